@@ -1,0 +1,10 @@
+//! Slipway's model: the release spec, its validation with source spans, plans with stable
+//! digests, and the exit-code contract.
+//!
+//! Architecture invariant: this crate does no IO. It is given text and facts and returns
+//! values; reading files, running git and talking to stores happen in callers.
+
+pub mod diag;
+pub mod exit;
+pub mod spec;
+pub mod yaml;

@@ -1,0 +1,868 @@
+//! The release spec, `apiVersion: slipway/v1`: the typed form of the YAML a user writes.
+//!
+//! Every struct denies unknown fields, and there is no `#[serde(untagged)]` or `flatten`
+//! anywhere: both ruin error messages. Where a value is "one of several shapes" (a target,
+//! a canary step, a check) it is a struct of optional fields and validation insists that
+//! exactly one is set, so the JSON Schema stays a plain object and every error can name the
+//! field that is wrong. Strings that carry structure (durations, semver, cron, dates) are
+//! kept as strings here and checked in [`crate::validate`], so that a bad value is reported
+//! with its location together with every other problem, not as the first serde error.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The only `apiVersion` this build understands.
+pub const API_VERSION: &str = "slipway/v1";
+/// The only `kind` a release spec may have.
+pub const KIND: &str = "Release";
+
+/// A whole release spec.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "Slipway release spec (slipway/v1)")]
+pub struct ReleaseSpec {
+    /// Always `slipway/v1`.
+    #[serde(rename = "apiVersion")]
+    pub api_version: String,
+    /// Always `Release`.
+    pub kind: String,
+    /// What is being released.
+    pub metadata: Metadata,
+    /// The services of the release, by name.
+    pub services: BTreeMap<String, Service>,
+    /// The environments the release can go to, by name.
+    #[serde(default)]
+    pub environments: BTreeMap<String, Environment>,
+    /// The default rollout strategy; an environment may override it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<Strategy>,
+    /// Reusable analysis templates, referenced from canary `analysis` steps.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub analysis_templates: BTreeMap<String, AnalysisTemplate>,
+    /// Named metric providers besides the `builtin` one.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub providers: BTreeMap<String, Provider>,
+    /// Named checks (smoke tests, probes, SQL checks) that environments and policy gate on.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub checks: BTreeMap<String, Check>,
+    /// Who hears about the run, and when.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notifications: Vec<Notification>,
+    /// Release type → required gates. Missing entries fall back to built-in defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<Policy>,
+}
+
+/// What is being released.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Metadata {
+    /// Release name, e.g. `shop`.
+    pub name: String,
+    /// Semantic version of the release, e.g. `2.4.0`.
+    pub version: String,
+    /// Release type; decides which gates apply.
+    #[serde(rename = "type")]
+    pub release_type: ReleaseType,
+    /// Change-board record id, e.g. `CHG-1042`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change: Option<String>,
+    /// Owning team or person; the escalation contact.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// Git tag pattern the release must have, e.g. `v{version}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    /// Free text shown in plans and release notes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+/// The kind of release; drives required tests and approvals.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum ReleaseType {
+    /// New functionality.
+    Feature,
+    /// A bug fix.
+    Patch,
+    /// A security fix.
+    Security,
+    /// An emergency fix, reviewed after the fact.
+    Hotfix,
+}
+
+impl ReleaseType {
+    /// The spelling used in specs and reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Feature => "feature",
+            Self::Patch => "patch",
+            Self::Security => "security",
+            Self::Hotfix => "hotfix",
+        }
+    }
+}
+
+/// What kind of thing a service is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceKind {
+    /// A deployable application (the default).
+    #[default]
+    App,
+    /// A set of database migrations applied as one step.
+    Migration,
+}
+
+/// One service of the release.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    /// `app` (default) or `migration`.
+    #[serde(default)]
+    pub kind: ServiceKind,
+    /// This service's version; defaults to the release version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// The artifact to install.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact: Option<Artifact>,
+    /// Services that must be deployed before this one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<String>,
+    /// Services this one must move together with (same wave, one decision).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub coupled_with: Vec<String>,
+    /// Version constraints on other services, e.g. `{ api: ">=2.3, <3" }`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub requires: BTreeMap<String, String>,
+    /// How the service runs (for long-running targets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<RunSpec>,
+    /// Install steps run by the `exec` target, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<ExecStep>,
+    /// Config files rendered per environment.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub config: Vec<ConfigTemplate>,
+    /// Liveness probe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<Probe>,
+    /// Readiness probe; gates traffic and every wave.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness: Option<Probe>,
+    /// Resources per instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Resources>,
+    /// Endpoints (`host:port`) this service must reach.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<String>,
+    /// Accounts that must exist where the service runs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub accounts: Vec<Account>,
+    /// For `kind: migration`: the directory of `V{n}__*.sql` / `U{n}__*.sql` files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migrations: Option<String>,
+    /// For `kind: migration`: the database URL (may use `{{ vars.x }}` and `secret://`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+    /// For `kind: migration`: migrations that cannot be undone (no `U` script) are allowed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub irreversible: bool,
+    /// Owner of this service, if not the release owner.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+}
+
+/// An artifact reference.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Artifact {
+    /// Path of the artifact, relative to the spec file.
+    pub path: String,
+    /// Expected sha256 of the artifact, 64 hex digits.
+    pub sha256: String,
+    /// Path of a minisign signature of the artifact.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
+}
+
+/// How a long-running service is started.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RunSpec {
+    /// The command line; `{{ port }}` is the instance's port.
+    pub command: String,
+    /// Number of instances.
+    #[serde(default = "one")]
+    pub replicas: u32,
+    /// Extra environment variables.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, Scalar>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// An install step for the `exec` target, with Ansible-like idempotency guards.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExecStep {
+    /// Step name, unique within the service.
+    pub name: String,
+    /// Shell command to run.
+    pub run: String,
+    /// Skip the step when this path exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creates: Option<String>,
+    /// Skip the step when this command exits 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unless: Option<String>,
+    /// Command that reverses the step, used by rollback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub undo: Option<String>,
+    /// Timeout, e.g. `30s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+}
+
+/// A config template rendered per environment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigTemplate {
+    /// Template path, relative to the spec file.
+    pub template: String,
+    /// Destination path on the target.
+    pub dest: String,
+}
+
+/// A health or readiness probe. Exactly one of `http`, `tcp`, `command`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Probe {
+    /// HTTP path probed on each instance; 2xx is healthy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<String>,
+    /// TCP connect to each instance's port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<bool>,
+    /// Command that exits 0 when healthy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    /// Timeout of one probe, e.g. `2s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    /// How long to keep trying before giving up, e.g. `30s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<String>,
+}
+
+/// Resources one instance needs.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    /// Memory, e.g. `256Mi`, `1Gi`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<String>,
+    /// CPU cores, e.g. `0.5`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<f64>,
+    /// Disk, e.g. `1Gi`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<String>,
+}
+
+/// A service account. Exactly one of `unix`, `postgres`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Account {
+    /// A unix user that must exist on the target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unix: Option<String>,
+    /// A PostgreSQL role that must exist with these grants.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<PostgresRole>,
+}
+
+/// A PostgreSQL role and its required grants.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresRole {
+    /// Role name.
+    pub role: String,
+    /// Grants, e.g. `SELECT ON orders`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub grants: Vec<String>,
+    /// Database URL to check against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+}
+
+/// An environment a release can go to.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Environment {
+    /// Where services run.
+    pub target: Target,
+    /// A production environment: release-type policy gates apply in full.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub production: bool,
+    /// Variables for config templates and spec placeholders.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub vars: BTreeMap<String, Scalar>,
+    /// Deployment windows; outside them a run waits.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub windows: Vec<Window>,
+    /// Freezes; inside them a run is refused unless overridden.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub freezes: Vec<Freeze>,
+    /// Approval policy for this environment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approvals: Option<ApprovalPolicy>,
+    /// Signature policy for artifacts installed here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<SignaturePolicy>,
+    /// Overrides the release's strategy here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<Strategy>,
+    /// Names of checks (from top-level `checks`) that gate a deploy here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<String>,
+    /// Service versions last seen running here (the store's history overrides this).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub deployed: BTreeMap<String, String>,
+}
+
+/// Where services run. Exactly one of `exec`, `process`, `ssh`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Target {
+    /// Run install steps as commands on this machine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec: Option<ExecTarget>,
+    /// Run services as local processes supervised by Slipway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<ProcessTarget>,
+    /// Deploy to hosts over SSH.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh: Option<SshTarget>,
+}
+
+impl Target {
+    /// The name of the configured target kind, or `none`.
+    pub fn kind(&self) -> &'static str {
+        match (&self.exec, &self.process, &self.ssh) {
+            (Some(_), _, _) => "exec",
+            (_, Some(_), _) => "process",
+            (_, _, Some(_)) => "ssh",
+            _ => "none",
+        }
+    }
+}
+
+/// Settings of the `exec` target.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExecTarget {
+    /// Working directory for commands (default: the spec's directory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
+    /// Default timeout of a step, e.g. `5m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    /// How many steps of a wave run at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parallelism: Option<u32>,
+}
+
+/// Settings of the `process` target.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessTarget {
+    /// Directory for instance state and logs (default under `.slipway/`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
+    /// Grace period between SIGTERM and SIGKILL, e.g. `10s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_grace: Option<String>,
+}
+
+/// Settings of the `ssh` target.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SshTarget {
+    /// Inventory file, relative to the spec.
+    pub inventory: String,
+    /// Group of the inventory to deploy to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// Remote user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Hosts worked on at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parallelism: Option<u32>,
+}
+
+/// A deployment window: opens by cron in a time zone, stays open for a duration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Window {
+    /// Cron expression of when the window opens, e.g. `0 9 * * MON-THU`.
+    pub cron: String,
+    /// IANA time zone, e.g. `Europe/Berlin`.
+    pub timezone: String,
+    /// How long the window stays open, e.g. `6h`.
+    pub duration: String,
+}
+
+/// A change freeze: no deploys between two dates (inclusive).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Freeze {
+    /// First frozen day, `YYYY-MM-DD`.
+    pub from: String,
+    /// Last frozen day, `YYYY-MM-DD`.
+    pub to: String,
+    /// Why, shown to whoever is refused.
+    pub reason: String,
+    /// Time zone the dates are in (default UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
+}
+
+/// Who must approve a deploy to an environment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalPolicy {
+    /// Distinct approvers needed.
+    pub required: u32,
+    /// Groups approvers must belong to (any of them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+    /// The author of a run can never approve it.
+    #[serde(default = "yes")]
+    pub four_eyes: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Which signatures artifacts must carry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SignaturePolicy {
+    /// Unsigned or untrusted artifacts are refused.
+    pub required: bool,
+    /// Trusted minisign public key files (several, for rotation).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keys: Vec<String>,
+}
+
+/// How a release rolls out. Exactly one of `big_bang`, `rolling`, `canary`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Strategy {
+    /// Everything at once, wave by wave.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub big_bang: Option<BigBang>,
+    /// Instances in batches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolling: Option<Rolling>,
+    /// Traffic shifted step by step, judged by analysis.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<Canary>,
+}
+
+impl Strategy {
+    /// The name of the configured strategy, `big_bang` when none is.
+    pub fn kind(&self) -> &'static str {
+        if self.canary.is_some() {
+            "canary"
+        } else if self.rolling.is_some() {
+            "rolling"
+        } else {
+            "big_bang"
+        }
+    }
+}
+
+/// Big-bang strategy settings.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BigBang {}
+
+/// Rolling strategy settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Rolling {
+    /// Instances or hosts per batch.
+    pub batch_size: u32,
+    /// Failed steps tolerated per wave before the rest is halted.
+    #[serde(default)]
+    pub failure_budget: u32,
+}
+
+/// Canary strategy settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Canary {
+    /// Steps, in order.
+    pub steps: Vec<CanaryStep>,
+    /// Analysis run in the background for the whole canary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<AnalysisStep>,
+}
+
+/// One canary step. Exactly one of `set_weight`, `pause`, `analysis`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CanaryStep {
+    /// Percentage of traffic (0–100) sent to the canary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set_weight: Option<u32>,
+    /// Wait: a duration (`5m`) or `manual` (until `slipway resume`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause: Option<String>,
+    /// Run an analysis template for a while.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<AnalysisStep>,
+}
+
+/// A reference to an analysis template.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AnalysisStep {
+    /// Template name from `analysis_templates`.
+    pub template: String,
+    /// How long to analyse (default: until the template decides).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<String>,
+}
+
+/// What to do when analysis fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum OnFailure {
+    /// Roll back automatically (the default).
+    #[default]
+    Rollback,
+    /// Pause for a human.
+    Pause,
+}
+
+/// A reusable analysis: metrics, thresholds and limits, as in Argo Rollouts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AnalysisTemplate {
+    /// Measurement interval, e.g. `1s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+    /// Fewer samples than this in a measurement is Inconclusive, never a pass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_samples: Option<u64>,
+    /// Failed measurements tolerated before the analysis fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_limit: Option<u32>,
+    /// Inconclusive measurements tolerated before the analysis pauses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inconclusive_limit: Option<u32>,
+    /// Consecutive provider errors tolerated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_error_limit: Option<u32>,
+    /// The metrics judged.
+    pub metrics: Vec<Metric>,
+    /// `rollback` (default) or `pause`.
+    #[serde(default)]
+    pub on_failure: OnFailure,
+}
+
+/// One metric of an analysis.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Metric {
+    /// Metric name; for `builtin`: `error-rate`, `p50-latency`, `p95-latency`,
+    /// `p99-latency`, `latency-vs-stable`, `request-rate`.
+    pub name: String,
+    /// `builtin` or a name from `providers`.
+    #[serde(default = "builtin")]
+    pub provider: String,
+    /// Provider query (PromQL for Prometheus, a JSON pointer for HTTP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+    /// Fails when the value is above this (a number, or a duration for latencies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<Scalar>,
+    /// Fails when the value is below this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<Scalar>,
+    /// Statistical comparison of canary vs stable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compare: Option<Comparison>,
+    /// Confidence for `compare`, e.g. `0.98`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confidence: Option<f64>,
+}
+
+fn builtin() -> String {
+    "builtin".to_owned()
+}
+
+/// A statistical comparison.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Comparison {
+    /// Mann-Whitney U test, as Kayenta.
+    MannWhitney,
+}
+
+/// A named metric provider. Exactly one of `prometheus`, `http`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Provider {
+    /// A Prometheus server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prometheus: Option<UrlProvider>,
+    /// An HTTP endpoint returning JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<UrlProvider>,
+}
+
+/// A provider reached by URL.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UrlProvider {
+    /// Base URL, e.g. `http://127.0.0.1:9090`.
+    pub url: String,
+    /// Request timeout, e.g. `2s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+}
+
+/// When a check runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckPhase {
+    /// Before the deploy touches anything (readiness of the environment).
+    #[default]
+    Pre,
+    /// Against the candidate before it gets traffic.
+    Smoke,
+    /// After the deploy (verification).
+    Post,
+}
+
+/// A declared check. Exactly one of `http`, `tcp`, `command`, `sql`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Check {
+    /// When it runs.
+    #[serde(default)]
+    pub phase: CheckPhase,
+    /// HTTP request and expectations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpCheck>,
+    /// `host:port` that must accept a TCP connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<String>,
+    /// Command that must exit 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    /// SQL query and expectation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sql: Option<SqlCheck>,
+    /// Timeout, e.g. `5s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+}
+
+/// An HTTP check.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HttpCheck {
+    /// URL to request.
+    pub url: String,
+    /// Expected status (default 200).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// Text the body must contain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contains: Option<String>,
+}
+
+/// A SQL check.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SqlCheck {
+    /// Database URL.
+    pub database: String,
+    /// Query returning one value.
+    pub query: String,
+    /// Expected value, as text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub equals: Option<Scalar>,
+}
+
+/// Run events a notification can subscribe to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum NotifyEvent {
+    /// A run started.
+    Started,
+    /// A run waits for approval.
+    WaitingForApproval,
+    /// A run paused.
+    Paused,
+    /// A run rolled back.
+    RolledBack,
+    /// A run finished (any outcome).
+    Finished,
+}
+
+/// A notification sink. Exactly one of `webhook`, `email`, `file`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Notification {
+    /// Events that trigger it (default: all).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub on: Vec<NotifyEvent>,
+    /// Slack-compatible webhook URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<String>,
+    /// Email recipients.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub email: Vec<String>,
+    /// A file that receives one JSON line per notification.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+}
+
+/// Release type → gates. Unset types use the built-in defaults
+/// (see [`crate::policy::default_rule`]).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// Gates for feature releases.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feature: Option<PolicyRule>,
+    /// Gates for patch releases.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patch: Option<PolicyRule>,
+    /// Gates for security releases.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security: Option<PolicyRule>,
+    /// Gates for hotfixes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hotfix: Option<PolicyRule>,
+}
+
+impl Policy {
+    /// The rule the spec sets for a release type, if any.
+    pub fn rule(&self, t: ReleaseType) -> Option<&PolicyRule> {
+        match t {
+            ReleaseType::Feature => self.feature.as_ref(),
+            ReleaseType::Patch => self.patch.as_ref(),
+            ReleaseType::Security => self.security.as_ref(),
+            ReleaseType::Hotfix => self.hotfix.as_ref(),
+        }
+    }
+}
+
+/// Whether a gate is needed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Requirement {
+    /// Must be present.
+    Required,
+    /// Used when configured.
+    Optional,
+}
+
+/// Gates for one release type, in production environments.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyRule {
+    /// Minimum distinct approvers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approvals: Option<u32>,
+    /// Whether a canary strategy is required.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<Requirement>,
+    /// Minimum soak time at full weight before the run succeeds, e.g. `10m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub soak: Option<String>,
+    /// Whether artifacts must be signed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<Requirement>,
+    /// Whether a change-board record (`metadata.change`) is required.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change_record: Option<Requirement>,
+    /// Whether a review after the fact is required (emergency changes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub post_review: Option<Requirement>,
+    /// Check phases that must be declared and pass, e.g. `[smoke, post]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checks: Option<Vec<CheckPhase>>,
+}
+
+/// A scalar written as a string, number or boolean in YAML, kept as its text.
+///
+/// Variables like `port: 8080` should not have to be quoted; this keeps the text form so
+/// templates and digests see exactly one representation.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct Scalar(pub String);
+
+impl Scalar {
+    /// The text of the scalar.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for Scalar {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Scalar;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string, number or boolean")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_owned()))
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl JsonSchema for Scalar {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Scalar".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A string, number or boolean, kept as text.",
+            "type": ["string", "number", "boolean"]
+        })
+    }
+}

@@ -1,0 +1,390 @@
+//! YAML text → JSON value plus a map from every JSON pointer to its place in the source.
+//!
+//! serde-saphyr does the parsing (with its budget against alias bombs, deep nesting and
+//! node floods); we deserialize into a small spanned tree and flatten it into a
+//! [`serde_json::Value`] and a [`SpanMap`]. Everything after this — schema checks, typed
+//! deserialization, semantic validation — works on the JSON value and asks the span map
+//! where a path came from, which is how every problem gets a line and column.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use serde::Deserialize;
+use serde::de::{MapAccess, SeqAccess, Visitor};
+use serde_saphyr::Spanned;
+
+use crate::diag::{Diagnostic, Pos};
+
+/// Largest spec accepted, in bytes. Real specs are a few KiB; 2,000 services fit in ~1 MiB.
+pub const MAX_SPEC_BYTES: usize = 8 * 1024 * 1024;
+
+/// Deepest nesting accepted. The spec itself needs about 8 levels.
+const MAX_DEPTH: usize = 48;
+
+/// Where a node sits in the source: the value, and for map entries the key too.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NodeSpan {
+    /// Where the value starts.
+    pub value: Pos,
+    /// Where the key of the entry holding this value starts (maps only).
+    pub key: Option<Pos>,
+}
+
+/// JSON pointer → position in the source.
+#[derive(Debug, Clone, Default)]
+pub struct SpanMap {
+    spans: HashMap<String, NodeSpan>,
+}
+
+impl SpanMap {
+    /// The span recorded for a pointer, or the nearest recorded ancestor's.
+    pub fn lookup(&self, pointer: &str) -> NodeSpan {
+        let mut p = pointer;
+        loop {
+            if let Some(s) = self.spans.get(p) {
+                return *s;
+            }
+            match p.rfind('/') {
+                Some(i) => p = &p[..i],
+                None => return NodeSpan::default(),
+            }
+        }
+    }
+
+    /// Whether a pointer was present in the source.
+    pub fn contains(&self, pointer: &str) -> bool {
+        self.spans.contains_key(pointer)
+    }
+}
+
+/// Escape one JSON pointer segment (RFC 6901).
+pub fn escape(segment: &str) -> String {
+    segment.replace('~', "~0").replace('/', "~1")
+}
+
+/// Build a JSON pointer from segments.
+pub fn pointer<I, S>(segments: I) -> String
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<str>,
+{
+    let mut out = String::new();
+    for s in segments {
+        out.push('/');
+        out.push_str(&escape(s.as_ref()));
+    }
+    out
+}
+
+/// A parsed node. Keys of maps may be any scalar in YAML; we keep their text.
+#[derive(Debug)]
+enum Node {
+    Null,
+    Bool(bool),
+    Int(i64),
+    UInt(u64),
+    Float(f64),
+    Str(String),
+    Seq(Vec<Spanned<Node>>),
+    Map(Vec<(Spanned<Node>, Spanned<Node>)>),
+}
+
+impl<'de> Deserialize<'de> for Node {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(NodeVisitor)
+    }
+}
+
+struct NodeVisitor;
+
+impl<'de> Visitor<'de> for NodeVisitor {
+    type Value = Node;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any YAML value")
+    }
+    fn visit_unit<E>(self) -> Result<Node, E> {
+        Ok(Node::Null)
+    }
+    fn visit_none<E>(self) -> Result<Node, E> {
+        Ok(Node::Null)
+    }
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Node, D::Error> {
+        Node::deserialize(d)
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Node, E> {
+        Ok(Node::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Node, E> {
+        Ok(Node::Int(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Node, E> {
+        Ok(Node::UInt(v))
+    }
+    fn visit_i128<E: serde::de::Error>(self, v: i128) -> Result<Node, E> {
+        Ok(Node::Str(v.to_string()))
+    }
+    fn visit_u128<E: serde::de::Error>(self, v: u128) -> Result<Node, E> {
+        Ok(Node::Str(v.to_string()))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Node, E> {
+        Ok(Node::Float(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Node, E> {
+        Ok(Node::Str(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Node, E> {
+        Ok(Node::Str(v))
+    }
+    fn visit_bytes<E: serde::de::Error>(self, _: &[u8]) -> Result<Node, E> {
+        Err(E::custom("binary values are not allowed in a release spec"))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Node, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element::<Spanned<Node>>()? {
+            items.push(item);
+        }
+        Ok(Node::Seq(items))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node, A::Error> {
+        let mut entries = Vec::new();
+        while let Some(k) = map.next_key::<Spanned<Node>>()? {
+            let v = map.next_value::<Spanned<Node>>()?;
+            entries.push((k, v));
+        }
+        Ok(Node::Map(entries))
+    }
+}
+
+/// Line-start table to turn (line, column) into byte offsets for snippets.
+pub(crate) struct LineIndex<'a> {
+    text: &'a str,
+    starts: Vec<usize>,
+}
+
+impl<'a> LineIndex<'a> {
+    pub(crate) fn new(text: &'a str) -> Self {
+        let mut starts = vec![0];
+        starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
+        Self { text, starts }
+    }
+
+    /// Byte offset of a 1-based line and 1-based column counted in characters.
+    pub(crate) fn offset(&self, line: u64, column: u64) -> usize {
+        let Some(&start) = usize::try_from(line)
+            .ok()
+            .and_then(|l| l.checked_sub(1))
+            .and_then(|l| self.starts.get(l))
+        else {
+            return self.text.len();
+        };
+        let col = usize::try_from(column.saturating_sub(1)).unwrap_or(usize::MAX);
+        let rest = &self.text[start..];
+        let line_end = rest.find('\n').unwrap_or(rest.len());
+        rest[..line_end]
+            .char_indices()
+            .nth(col)
+            .map_or(start + line_end, |(i, _)| start + i)
+    }
+
+    /// Length of the token starting at `offset`: to the end of the scalar-ish run.
+    pub(crate) fn token_len(&self, offset: usize) -> usize {
+        let rest = &self.text[offset.min(self.text.len())..];
+        let end = rest
+            .find(['\n', ',', '}', ']', '#'])
+            .unwrap_or(rest.len());
+        let token = rest[..end].trim_end();
+        // Keys end at the colon; values keep theirs (e.g. times like 09:00 are quoted).
+        let token = match token.find(": ") {
+            Some(i) => &token[..i],
+            None => token.strip_suffix(':').unwrap_or(token),
+        };
+        token.len().max(1)
+    }
+}
+
+fn pos_of(loc: &serde_saphyr::Location, lines: &LineIndex<'_>) -> Pos {
+    let line = loc.line();
+    let column = loc.column();
+    let offset = lines.offset(line, column);
+    Pos {
+        line: u32::try_from(line).unwrap_or(u32::MAX),
+        column: u32::try_from(column).unwrap_or(u32::MAX),
+        offset,
+        len: lines.token_len(offset),
+    }
+}
+
+/// Parse YAML text into a JSON value and its span map, or a list of diagnostics.
+pub fn parse(text: &str) -> Result<(serde_json::Value, SpanMap), Vec<Diagnostic>> {
+    if text.len() > MAX_SPEC_BYTES {
+        return Err(vec![Diagnostic::new(
+            "too-large",
+            "",
+            Pos::default(),
+            format!(
+                "the file is {} bytes; a release spec may be at most {} bytes",
+                text.len(),
+                MAX_SPEC_BYTES
+            ),
+            "split the release, or generate a smaller spec",
+        )]);
+    }
+    if text.trim().is_empty() {
+        return Err(vec![Diagnostic::new(
+            "empty",
+            "",
+            Pos::default(),
+            "the file is empty",
+            "a release spec starts with `apiVersion: slipway/v1` and `kind: Release`; \
+             run `slipway init` or copy examples/shop/release.yaml",
+        )]);
+    }
+    if let Some(i) = text.find('\0') {
+        let lines = LineIndex::new(text);
+        let line = lines.starts.partition_point(|&s| s <= i);
+        return Err(vec![Diagnostic::new(
+            "binary",
+            "",
+            Pos {
+                line: u32::try_from(line).unwrap_or(u32::MAX),
+                column: 1,
+                offset: i,
+                len: 1,
+            },
+            "the file contains a NUL byte: it is binary, not YAML text",
+            "point -f at the release spec (a .yaml file)",
+        )]);
+    }
+    let options = serde_saphyr::options! {
+        budget: serde_saphyr::budget! {
+            max_depth: MAX_DEPTH,
+            max_aliases: 1_000,
+            max_anchors: 1_000,
+            max_nodes: 500_000,
+            max_documents: 1,
+        },
+        alias_limits: serde_saphyr::alias_limits! {
+            max_total_replayed_events: 100_000,
+            max_replay_stack_depth: 16,
+            max_alias_expansions_per_anchor: 1_000,
+        },
+        duplicate_keys: serde_saphyr::options::DuplicateKeyPolicy::Error,
+        with_snippet: false,
+    };
+    let root: Spanned<Node> = match serde_saphyr::from_str_with_options(text, options) {
+        Ok(root) => root,
+        Err(e) => return Err(vec![yaml_error(&e, text)]),
+    };
+    let lines = LineIndex::new(text);
+    let mut map = SpanMap::default();
+    let value = flatten(root, String::new(), None, &lines, &mut map)?;
+    Ok((value, map))
+}
+
+fn yaml_error(e: &serde_saphyr::Error, text: &str) -> Diagnostic {
+    let lines = LineIndex::new(text);
+    let pos = e
+        .location()
+        .map(|l| pos_of(&l, &lines))
+        .unwrap_or_default();
+    let raw = e.to_string();
+    // serde-saphyr appends " at line X, column Y" — we show positions ourselves.
+    let msg = raw
+        .split(" at line ")
+        .next()
+        .unwrap_or(&raw)
+        .trim()
+        .to_owned();
+    let lower = msg.to_lowercase();
+    let (code, help) = if lower.contains("alias") || lower.contains("anchor") {
+        (
+            "yaml-aliases",
+            "too many or too deeply expanded aliases (a YAML \"billion laughs\"); \
+             write the values out instead of aliasing them",
+        )
+    } else if lower.contains("depth") || lower.contains("nest") {
+        (
+            "yaml-depth",
+            "the document nests deeper than any release spec needs; flatten it",
+        )
+    } else if lower.contains("duplicate") {
+        ("yaml-duplicate-key", "remove or rename one of the two keys")
+    } else if lower.contains("budget") || lower.contains("limit") || lower.contains("exceed") {
+        (
+            "yaml-limit",
+            "the document is larger than a release spec can be; split it",
+        )
+    } else if lower.contains("document") {
+        (
+            "yaml-documents",
+            "a spec file holds exactly one YAML document; remove the extra `---`",
+        )
+    } else {
+        (
+            "yaml-syntax",
+            "fix the YAML syntax here (indentation, a missing `:` or an unclosed quote or bracket)",
+        )
+    };
+    Diagnostic::new(code, "", pos, format!("invalid YAML: {msg}"), help)
+}
+
+fn flatten(
+    node: Spanned<Node>,
+    path: String,
+    key: Option<Pos>,
+    lines: &LineIndex<'_>,
+    map: &mut SpanMap,
+) -> Result<serde_json::Value, Vec<Diagnostic>> {
+    use serde_json::Value;
+    let here = pos_of(&node.referenced, lines);
+    map.spans.insert(path.clone(), NodeSpan { value: here, key });
+    Ok(match node.value {
+        Node::Null => Value::Null,
+        Node::Bool(b) => Value::Bool(b),
+        Node::Int(i) => Value::from(i),
+        Node::UInt(u) => Value::from(u),
+        Node::Float(f) => serde_json::Number::from_f64(f)
+            .map(Value::Number)
+            .unwrap_or_else(|| Value::String(f.to_string())),
+        Node::Str(s) => Value::String(s),
+        Node::Seq(items) => {
+            let mut out = Vec::with_capacity(items.len());
+            for (i, item) in items.into_iter().enumerate() {
+                out.push(flatten(item, format!("{path}/{i}"), None, lines, map)?);
+            }
+            Value::Array(out)
+        }
+        Node::Map(entries) => {
+            let mut out = serde_json::Map::new();
+            let mut errors = Vec::new();
+            for (k, v) in entries {
+                let kpos = pos_of(&k.referenced, lines);
+                let name = match k.value {
+                    Node::Str(s) => s,
+                    Node::Int(i) => i.to_string(),
+                    Node::UInt(u) => u.to_string(),
+                    Node::Bool(b) => b.to_string(),
+                    Node::Float(f) => f.to_string(),
+                    Node::Null => "null".to_owned(),
+                    Node::Seq(_) | Node::Map(_) => {
+                        errors.push(Diagnostic::new(
+                            "complex-key",
+                            &path,
+                            kpos,
+                            "a mapping key must be a plain scalar, not a list or a mapping",
+                            "use a plain name as the key",
+                        ));
+                        continue;
+                    }
+                };
+                let child = format!("{path}/{}", escape(&name));
+                let value = flatten(v, child, Some(kpos), lines, map)?;
+                out.insert(name, value);
+            }
+            if !errors.is_empty() {
+                return Err(errors);
+            }
+            Value::Object(out)
+        }
+    })
+}

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The whole test suite: installs what the tests need (real PostgreSQL, sshd, nginx,
+# HAProxy, minisign, sqlite3) when missing, checks crate edges, then runs every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v minisign >/dev/null || need+=(minisign)
+command -v sqlite3 >/dev/null || need+=(sqlite3)
+command -v nginx >/dev/null || need+=(nginx)
+command -v haproxy >/dev/null || need+=(haproxy)
+[ -x /usr/sbin/sshd ] || need+=(openssh-server)
+command -v wrk >/dev/null || need+=(wrk)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing test dependencies: ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+scripts/check-crate-edges.sh
+cargo test --workspace --all-targets --no-fail-fast "$@"
