@@ -26,9 +26,18 @@ pub const INTERNAL: i32 = 70;
 /// Every code with its meaning, for `--help` and README.
 pub const ALL: &[(i32, &str)] = &[
     (SUCCESS, "success"),
-    (FAILURE, "the operation ran and failed (run failed, check failed)"),
-    (INVALID_INPUT, "invalid input (spec, flag, argument, file); nothing changed"),
-    (BLOCKED, "blocked by a gate (window, freeze, approvals, lease)"),
+    (
+        FAILURE,
+        "the operation ran and failed (run failed, check failed)",
+    ),
+    (
+        INVALID_INPUT,
+        "invalid input (spec, flag, argument, file); nothing changed",
+    ),
+    (
+        BLOCKED,
+        "blocked by a gate (window, freeze, approvals, lease)",
+    ),
     (ROLLED_BACK, "the run was rolled back"),
     (PAUSED, "the run is paused, waiting for a human"),
     (ABORTED, "the run was aborted"),

@@ -5,6 +5,9 @@
 //! values; reading files, running git and talking to stores happen in callers.
 
 pub mod diag;
+pub mod duration;
 pub mod exit;
+pub mod plan;
+pub mod policy;
 pub mod spec;
 pub mod yaml;

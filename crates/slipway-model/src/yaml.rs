@@ -189,9 +189,7 @@ impl<'a> LineIndex<'a> {
     /// Length of the token starting at `offset`: to the end of the scalar-ish run.
     pub(crate) fn token_len(&self, offset: usize) -> usize {
         let rest = &self.text[offset.min(self.text.len())..];
-        let end = rest
-            .find(['\n', ',', '}', ']', '#'])
-            .unwrap_or(rest.len());
+        let end = rest.find(['\n', ',', '}', ']', '#']).unwrap_or(rest.len());
         let token = rest[..end].trim_end();
         // Keys end at the colon; values keep theirs (e.g. times like 09:00 are quoted).
         let token = match token.find(": ") {
@@ -283,10 +281,7 @@ pub fn parse(text: &str) -> Result<(serde_json::Value, SpanMap), Vec<Diagnostic>
 
 fn yaml_error(e: &serde_saphyr::Error, text: &str) -> Diagnostic {
     let lines = LineIndex::new(text);
-    let pos = e
-        .location()
-        .map(|l| pos_of(&l, &lines))
-        .unwrap_or_default();
+    let pos = e.location().map(|l| pos_of(&l, &lines)).unwrap_or_default();
     let raw = e.to_string();
     // serde-saphyr appends " at line X, column Y" — we show positions ourselves.
     let msg = raw
@@ -337,7 +332,8 @@ fn flatten(
 ) -> Result<serde_json::Value, Vec<Diagnostic>> {
     use serde_json::Value;
     let here = pos_of(&node.referenced, lines);
-    map.spans.insert(path.clone(), NodeSpan { value: here, key });
+    map.spans
+        .insert(path.clone(), NodeSpan { value: here, key });
     Ok(match node.value {
         Node::Null => Value::Null,
         Node::Bool(b) => Value::Bool(b),

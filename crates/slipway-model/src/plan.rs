@@ -1,0 +1,988 @@
+//! Plans: a pure function of a validated spec, an environment and observed facts.
+//!
+//! A [`Plan`] is what gets approved and executed: dependency-ordered waves, the concrete
+//! steps with idempotency keys, the gates the release type requires in that environment
+//! (each with where the requirement comes from), a risk score with its factors, and a
+//! big-bang vs phased recommendation with reasons. Its [`Plan::digest`] is the sha256 of a
+//! canonical JSON form of everything that changes what would happen — not of advisory
+//! parts (risk, recommendation) that may move with time — so an approval bound to a digest
+//! stays valid exactly as long as the plan means the same thing.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::policy::{self, EffectiveRule};
+use crate::spec::{
+    AnalysisTemplate, Check, CheckPhase, Environment, ExecStep, Notification, Provider,
+    ReleaseSpec, ReleaseType, Service, ServiceKind, Strategy,
+};
+
+/// Version of the plan format; bump when the meaning of a field changes.
+pub const PLAN_FORMAT: u32 = 1;
+
+/// Facts observed outside the spec that a plan may depend on. All optional: a plan made
+/// without them says which facts it lacked.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Facts {
+    /// Git tags of the repository holding the spec, if it is one.
+    pub git_tags: Option<Vec<String>>,
+    /// Versions currently running in the environment (from the store), overriding
+    /// `environments.X.deployed`.
+    pub deployed: BTreeMap<String, String>,
+    /// Days since each service last changed in this environment.
+    pub days_since_change: BTreeMap<String, u32>,
+    /// Migration files found per migration service: (version, has undo script).
+    pub migrations: BTreeMap<String, Vec<(u32, bool)>>,
+}
+
+/// The whole plan.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    /// [`PLAN_FORMAT`].
+    pub format: u32,
+    /// sha256 (hex) of the canonical form of the plan's semantic content.
+    pub digest: String,
+    /// What is released.
+    pub release: ReleaseInfo,
+    /// Environment name.
+    pub environment: String,
+    /// Whether it is a production environment.
+    pub production: bool,
+    /// The target kind (`exec`, `process`, `ssh`).
+    pub target: String,
+    /// The strategy in force here (`big_bang`, `rolling`, `canary`).
+    pub strategy_kind: String,
+    /// Dependency-ordered waves.
+    pub waves: Vec<Wave>,
+    /// Every step, in execution order.
+    pub steps: Vec<PlannedStep>,
+    /// Gates that must pass before and during the run.
+    pub gates: Vec<Gate>,
+    /// Risk score and its factors (advisory; not in the digest).
+    pub risk: Risk,
+    /// Big-bang vs phased (advisory; not in the digest).
+    pub recommendation: Recommendation,
+    /// Problems found while planning (e.g. a missing git tag).
+    pub findings: Vec<Finding>,
+    /// The environment's resolved settings.
+    pub env: Environment,
+    /// The strategy in force here.
+    pub strategy: Strategy,
+    /// The services of the release.
+    pub services: BTreeMap<String, Service>,
+    /// Analysis templates the strategy uses.
+    pub analysis_templates: BTreeMap<String, AnalysisTemplate>,
+    /// Metric providers the analysis uses.
+    pub providers: BTreeMap<String, Provider>,
+    /// Checks that gate this environment.
+    pub checks: BTreeMap<String, Check>,
+    /// Notification sinks.
+    pub notifications: Vec<Notification>,
+}
+
+/// Release identity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseInfo {
+    /// Release name.
+    pub name: String,
+    /// Release version.
+    pub version: String,
+    /// Release type.
+    #[serde(rename = "type")]
+    pub release_type: ReleaseType,
+    /// Change record.
+    pub change: Option<String>,
+    /// Owner.
+    pub owner: Option<String>,
+    /// The git tag the release must carry, when the spec declares a pattern.
+    pub tag: Option<String>,
+}
+
+/// One wave: services deployed in parallel once every earlier wave is done.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Wave {
+    /// 0-based index.
+    pub index: u32,
+    /// Services of the wave, sorted.
+    pub services: Vec<String>,
+}
+
+/// A concrete step of the plan.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlannedStep {
+    /// Stable id within the plan, `service/step`.
+    pub id: String,
+    /// Wave index.
+    pub wave: u32,
+    /// Service the step belongs to.
+    pub service: String,
+    /// sha256(plan digest input + id): the same step of the same plan always has the same key.
+    pub idempotency_key: String,
+    /// What the step does.
+    pub action: StepAction,
+}
+
+/// What a step does.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum StepAction {
+    /// Run a command with idempotency guards (the `exec` target).
+    Exec(ExecStep),
+    /// Apply pending migrations of a migration service.
+    Migrate {
+        /// Migration directory.
+        dir: String,
+        /// Database URL template.
+        database: String,
+    },
+    /// Deploy a service version onto the target (process or ssh), following the strategy.
+    Deploy {
+        /// Version deployed.
+        version: String,
+        /// Instances.
+        replicas: u32,
+    },
+}
+
+/// A gate and why it applies.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Gate {
+    /// The gate.
+    #[serde(flatten)]
+    pub kind: GateKind,
+    /// Where the requirement comes from, e.g. `policy.feature.approvals`.
+    pub source: String,
+}
+
+/// Kinds of gates.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "gate", rename_all = "snake_case")]
+pub enum GateKind {
+    /// N distinct approvers, from these groups, never the author when four-eyes.
+    Approvals {
+        /// Approvers needed.
+        required: u32,
+        /// Allowed groups (empty: anyone with the approver role).
+        groups: Vec<String>,
+        /// The author cannot approve.
+        four_eyes: bool,
+    },
+    /// A change-board record must be named in `metadata.change`.
+    ChangeRecord {
+        /// The record, if present.
+        record: Option<String>,
+    },
+    /// Artifacts must be signed by one of these keys.
+    Signature {
+        /// Trusted key files.
+        keys: Vec<String>,
+    },
+    /// The strategy must be a canary.
+    Canary,
+    /// Stay at full weight this long, healthy, before success.
+    Soak {
+        /// Seconds.
+        seconds: u64,
+    },
+    /// Only inside these windows.
+    Windows {
+        /// The windows.
+        windows: Vec<crate::spec::Window>,
+    },
+    /// Never inside these freezes unless overridden with a reason and a second approver.
+    Freezes {
+        /// The freezes.
+        freezes: Vec<crate::spec::Freeze>,
+    },
+    /// These checks must pass.
+    Checks {
+        /// Phase.
+        phase: CheckPhase,
+        /// Check names.
+        names: Vec<String>,
+    },
+    /// A review after the fact is required (emergency change).
+    PostReview,
+}
+
+impl GateKind {
+    /// Short name of the gate.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Approvals { .. } => "approvals",
+            Self::ChangeRecord { .. } => "change_record",
+            Self::Signature { .. } => "signature",
+            Self::Canary => "canary",
+            Self::Soak { .. } => "soak",
+            Self::Windows { .. } => "windows",
+            Self::Freezes { .. } => "freezes",
+            Self::Checks { .. } => "checks",
+            Self::PostReview => "post_review",
+        }
+    }
+}
+
+/// Risk score with contributing factors.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Risk {
+    /// 0–100.
+    pub score: u32,
+    /// `low` (<30), `medium` (<60), `high`.
+    pub level: String,
+    /// What contributed.
+    pub factors: Vec<RiskFactor>,
+}
+
+/// One contribution to the risk score.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RiskFactor {
+    /// Factor name.
+    pub factor: String,
+    /// Points added.
+    pub points: u32,
+    /// Why.
+    pub detail: String,
+}
+
+/// Big-bang vs phased.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Recommendation {
+    /// `big_bang` or `phased`.
+    pub approach: String,
+    /// Why.
+    pub reasons: Vec<String>,
+    /// Whether the strategy in force follows the recommendation.
+    pub strategy_agrees: bool,
+}
+
+/// A problem found while planning.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Finding {
+    /// `error` blocks the deploy; `warning` does not.
+    pub severity: String,
+    /// Stable code.
+    pub code: String,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+/// Risk score at or above which a release counts as high-impact (change record required).
+pub const HIGH_RISK: u32 = 60;
+
+/// Make the plan for one environment of a validated spec.
+///
+/// The caller must have validated the spec ([`crate::validate::load`]); an unknown
+/// environment is the only error, since everything else was checked there.
+pub fn plan(spec: &ReleaseSpec, env_name: &str, facts: &Facts) -> Result<Plan, String> {
+    let env = spec.environments.get(env_name).ok_or_else(|| {
+        let names: Vec<&str> = spec.environments.keys().map(String::as_str).collect();
+        format!(
+            "unknown environment `{env_name}`; the spec declares: {}",
+            names.join(", ")
+        )
+    })?;
+    let strategy = env
+        .strategy
+        .clone()
+        .or_else(|| spec.strategy.clone())
+        .unwrap_or_default();
+    let mut deployed = env.deployed.clone();
+    deployed.extend(facts.deployed.clone());
+
+    let waves = waves(&spec.services);
+    let release = ReleaseInfo {
+        name: spec.metadata.name.clone(),
+        version: spec.metadata.version.clone(),
+        release_type: spec.metadata.release_type,
+        change: spec.metadata.change.clone(),
+        owner: spec.metadata.owner.clone(),
+        tag: spec.metadata.tag.as_ref().map(|p| {
+            p.replace("{version}", &spec.metadata.version)
+                .replace("{name}", &spec.metadata.name)
+        }),
+    };
+
+    // Only what this environment uses goes into the plan (and so into its digest): editing
+    // staging's variables must not invalidate production approvals.
+    let mut templates = BTreeMap::new();
+    if let Some(c) = &strategy.canary {
+        for a in c
+            .steps
+            .iter()
+            .filter_map(|s| s.analysis.as_ref())
+            .chain(c.analysis.as_ref())
+        {
+            if let Some(t) = spec.analysis_templates.get(&a.template) {
+                templates.insert(a.template.clone(), t.clone());
+            }
+        }
+    }
+    let providers: BTreeMap<String, Provider> = templates
+        .values()
+        .flat_map(|t| t.metrics.iter().map(|m| m.provider.clone()))
+        .filter_map(|p| spec.providers.get(&p).map(|v| (p, v.clone())))
+        .collect();
+    let checks: BTreeMap<String, Check> = env
+        .checks
+        .iter()
+        .filter_map(|n| spec.checks.get(n).map(|c| (n.clone(), c.clone())))
+        .collect();
+
+    let rule = policy::effective_rule(spec, spec.metadata.release_type);
+    let mut findings = Vec::new();
+    if let (Some(tag), Some(tags)) = (&release.tag, &facts.git_tags) {
+        if !tags.iter().any(|t| t == tag) {
+            findings.push(Finding {
+                severity: "error".into(),
+                code: "tag-missing".into(),
+                message: format!(
+                    "git tag `{tag}` (from metadata.tag `{}`) does not exist; tag the release commit: git tag {tag}",
+                    spec.metadata.tag.as_deref().unwrap_or_default()
+                ),
+            });
+        }
+    }
+
+    let risk = risk(spec, env, &strategy, &deployed, facts, &waves);
+    let gates = gates(
+        spec,
+        env_name,
+        env,
+        &strategy,
+        &rule,
+        &checks,
+        &risk,
+        &mut findings,
+    );
+    let recommendation = recommend(spec, env, &strategy, &risk, facts);
+
+    let mut plan = Plan {
+        format: PLAN_FORMAT,
+        digest: String::new(),
+        release,
+        environment: env_name.to_owned(),
+        production: env.production,
+        target: env.target.kind().to_owned(),
+        strategy_kind: strategy.kind().to_owned(),
+        waves,
+        steps: Vec::new(),
+        gates,
+        risk,
+        recommendation,
+        findings,
+        env: env.clone(),
+        strategy,
+        services: spec.services.clone(),
+        analysis_templates: templates,
+        providers,
+        checks,
+        notifications: spec.notifications.clone(),
+    };
+    let base = digest_of(&plan);
+    plan.steps = steps(&plan, &base);
+    plan.digest = digest_of(&plan);
+    Ok(plan)
+}
+
+/// Canonical digest of the semantic content of a plan.
+///
+/// serde_json's map is a BTreeMap (no `preserve_order` feature), so keys are sorted and the
+/// text is whitespace-free: reordering keys or reformatting the YAML cannot change it.
+pub fn digest_of(plan: &Plan) -> String {
+    let mut depends: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for (n, s) in &plan.services {
+        depends.insert(n, s.depends_on.iter().map(String::as_str).collect());
+    }
+    let canonical = serde_json::json!({
+        "format": plan.format,
+        "release": plan.release,
+        "environment": plan.environment,
+        "env": plan.env,
+        "strategy": plan.strategy,
+        // depends_on order carries no meaning; the set does.
+        "depends": depends,
+        "services": plan.services.iter().map(|(n, s)| {
+            let mut s = s.clone();
+            s.depends_on.sort();
+            s.coupled_with.sort();
+            (n.clone(), s)
+        }).collect::<BTreeMap<_, _>>(),
+        "waves": plan.waves,
+        "steps": plan.steps,
+        "gates": plan.gates,
+        "analysis_templates": plan.analysis_templates,
+        "providers": plan.providers,
+        "checks": plan.checks,
+        "notifications": plan.notifications,
+    });
+    hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
+}
+
+/// Longest-path layering: a service's wave is one more than the latest of its
+/// dependencies; coupled services are pulled into the same (latest) wave.
+pub fn waves(services: &BTreeMap<String, Service>) -> Vec<Wave> {
+    let mut level: BTreeMap<&str, u32> = BTreeMap::new();
+    // Kahn-style iteration in a deterministic order; validation has ruled out cycles, but
+    // we still bound the loop so a cycle can never hang the planner.
+    let mut remaining: BTreeSet<&str> = services.keys().map(String::as_str).collect();
+    let mut rounds = 0usize;
+    while !remaining.is_empty() && rounds <= services.len() {
+        rounds += 1;
+        let ready: Vec<&str> = remaining
+            .iter()
+            .copied()
+            .filter(|n| {
+                services[*n]
+                    .depends_on
+                    .iter()
+                    .all(|d| level.contains_key(d.as_str()) || !services.contains_key(d))
+            })
+            .collect();
+        if ready.is_empty() {
+            break;
+        }
+        for n in ready {
+            let l = services[n]
+                .depends_on
+                .iter()
+                .filter_map(|d| level.get(d.as_str()))
+                .map(|l| l + 1)
+                .max()
+                .unwrap_or(0);
+            level.insert(n, l);
+            remaining.remove(n);
+        }
+    }
+    // Coupled groups move together: everyone in a group goes to the group's latest wave.
+    // Repeat until stable because groups can chain.
+    for _ in 0..services.len() {
+        let mut changed = false;
+        for (n, s) in services {
+            for c in &s.coupled_with {
+                let (Some(&a), Some(&b)) = (level.get(n.as_str()), level.get(c.as_str())) else {
+                    continue;
+                };
+                if a != b {
+                    let m = a.max(b);
+                    level.insert(n, m);
+                    level.insert(c, m);
+                    changed = true;
+                }
+            }
+        }
+        // Pulling a service later may break "after its dependencies" for its dependents.
+        for (n, s) in services {
+            let need = s
+                .depends_on
+                .iter()
+                .filter_map(|d| level.get(d.as_str()))
+                .map(|l| l + 1)
+                .max()
+                .unwrap_or(0);
+            if let Some(l) = level.get_mut(n.as_str()) {
+                if *l < need {
+                    *l = need;
+                    changed = true;
+                }
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    let mut by_wave: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+    for (n, l) in level {
+        by_wave.entry(l).or_default().push(n.to_owned());
+    }
+    by_wave
+        .into_values()
+        .enumerate()
+        .map(|(i, services)| Wave {
+            index: u32::try_from(i).unwrap_or(u32::MAX),
+            services,
+        })
+        .collect()
+}
+
+fn steps(plan: &Plan, base_digest: &str) -> Vec<PlannedStep> {
+    let mut out = Vec::new();
+    for wave in &plan.waves {
+        for name in &wave.services {
+            let Some(svc) = plan.services.get(name) else {
+                continue;
+            };
+            let version = svc
+                .version
+                .clone()
+                .unwrap_or_else(|| plan.release.version.clone());
+            let mut push = |id: String, action: StepAction| {
+                let key = hex::encode(Sha256::digest(format!("{base_digest}\n{id}").as_bytes()));
+                out.push(PlannedStep {
+                    id,
+                    wave: wave.index,
+                    service: name.clone(),
+                    idempotency_key: key,
+                    action,
+                });
+            };
+            if svc.kind == ServiceKind::Migration {
+                push(
+                    format!("{name}/migrate"),
+                    StepAction::Migrate {
+                        dir: svc.migrations.clone().unwrap_or_default(),
+                        database: svc.database.clone().unwrap_or_default(),
+                    },
+                );
+                continue;
+            }
+            if plan.env.target.exec.is_some() {
+                for s in &svc.steps {
+                    push(format!("{name}/{}", s.name), StepAction::Exec(s.clone()));
+                }
+            } else if svc.run.is_some() {
+                push(
+                    format!("{name}/deploy"),
+                    StepAction::Deploy {
+                        version,
+                        replicas: svc.run.as_ref().map_or(1, |r| r.replicas),
+                    },
+                );
+            }
+        }
+    }
+    out
+}
+
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call site; a struct would only rename them"
+)]
+fn gates(
+    spec: &ReleaseSpec,
+    env_name: &str,
+    env: &Environment,
+    strategy: &Strategy,
+    rule: &EffectiveRule,
+    checks: &BTreeMap<String, Check>,
+    risk: &Risk,
+    findings: &mut Vec<Finding>,
+) -> Vec<Gate> {
+    let t = spec.metadata.release_type.as_str();
+    let mut gates = Vec::new();
+    let env_src = |f: &str| format!("environments.{env_name}.{f}");
+
+    // Approvals: the environment's own policy, raised to the release type's minimum in
+    // production. Four-eyes always holds in production.
+    let env_required = env.approvals.as_ref().map_or(0, |a| a.required);
+    let policy_required = if env.production { rule.approvals.0 } else { 0 };
+    if env_required > 0 || policy_required > 0 {
+        let (required, source) = if policy_required > env_required {
+            (policy_required, rule.approvals.1.clone())
+        } else {
+            (env_required, env_src("approvals.required"))
+        };
+        gates.push(Gate {
+            kind: GateKind::Approvals {
+                required,
+                groups: env
+                    .approvals
+                    .as_ref()
+                    .map(|a| a.groups.clone())
+                    .unwrap_or_default(),
+                four_eyes: env.production || env.approvals.as_ref().is_none_or(|a| a.four_eyes),
+            },
+            source,
+        });
+    }
+
+    if env.production {
+        let high = risk.score >= HIGH_RISK;
+        if rule.change_record.0 || high {
+            let source = if rule.change_record.0 {
+                rule.change_record.1.clone()
+            } else {
+                format!(
+                    "risk score {} ≥ {HIGH_RISK} (high-impact change)",
+                    risk.score
+                )
+            };
+            if spec.metadata.change.is_none() {
+                findings.push(Finding {
+                    severity: "error".into(),
+                    code: "change-record-missing".into(),
+                    message: format!(
+                        "a change-board record is required ({source}); set metadata.change to the record id, e.g. CHG-1234"
+                    ),
+                });
+            }
+            gates.push(Gate {
+                kind: GateKind::ChangeRecord {
+                    record: spec.metadata.change.clone(),
+                },
+                source,
+            });
+        }
+        if rule.canary.0 {
+            if strategy.canary.is_none() {
+                findings.push(Finding {
+                    severity: "error".into(),
+                    code: "canary-required".into(),
+                    message: format!(
+                        "{t} releases need a canary strategy in production ({}); add strategy.canary to environments.{env_name}",
+                        rule.canary.1
+                    ),
+                });
+            }
+            gates.push(Gate {
+                kind: GateKind::Canary,
+                source: rule.canary.1.clone(),
+            });
+        }
+        if let Some((secs, src)) = &rule.soak {
+            gates.push(Gate {
+                kind: GateKind::Soak { seconds: *secs },
+                source: src.clone(),
+            });
+        }
+        if rule.post_review.0 {
+            gates.push(Gate {
+                kind: GateKind::PostReview,
+                source: rule.post_review.1.clone(),
+            });
+        }
+    }
+
+    let sig_by_env = env.signature.as_ref().filter(|s| s.required);
+    if sig_by_env.is_some() || (env.production && rule.signature.0) {
+        let keys = env
+            .signature
+            .as_ref()
+            .map(|s| s.keys.clone())
+            .unwrap_or_default();
+        if keys.is_empty() {
+            findings.push(Finding {
+                severity: "error".into(),
+                code: "signature-keys-missing".into(),
+                message: format!(
+                    "signatures are required ({}) but environments.{env_name}.signature.keys lists no trusted key",
+                    rule.signature.1
+                ),
+            });
+        }
+        gates.push(Gate {
+            kind: GateKind::Signature { keys },
+            source: if sig_by_env.is_some() {
+                env_src("signature")
+            } else {
+                rule.signature.1.clone()
+            },
+        });
+    }
+
+    if !env.windows.is_empty() {
+        if env.production && rule.bypass_windows {
+            findings.push(Finding {
+                severity: "warning".into(),
+                code: "windows-bypassed".into(),
+                message: format!(
+                    "{t} releases may deploy outside environments.{env_name}.windows (emergency change); a post-review is required instead"
+                ),
+            });
+        } else {
+            gates.push(Gate {
+                kind: GateKind::Windows {
+                    windows: env.windows.clone(),
+                },
+                source: env_src("windows"),
+            });
+        }
+    }
+    if !env.freezes.is_empty() {
+        gates.push(Gate {
+            kind: GateKind::Freezes {
+                freezes: env.freezes.clone(),
+            },
+            source: env_src("freezes"),
+        });
+    }
+
+    let mut by_phase: BTreeMap<CheckPhase, Vec<String>> = BTreeMap::new();
+    for (n, c) in checks {
+        by_phase.entry(c.phase).or_default().push(n.clone());
+    }
+    for (phase, names) in &by_phase {
+        gates.push(Gate {
+            kind: GateKind::Checks {
+                phase: *phase,
+                names: names.clone(),
+            },
+            source: env_src("checks"),
+        });
+    }
+    if env.production {
+        for phase in &rule.checks.0 {
+            if !by_phase.contains_key(phase) {
+                findings.push(Finding {
+                    severity: "error".into(),
+                    code: "checks-missing".into(),
+                    message: format!(
+                        "{t} releases need {} checks in production ({}); declare one under `checks` with phase: {} and list it in environments.{env_name}.checks",
+                        phase_name(*phase),
+                        rule.checks.1,
+                        phase_name(*phase)
+                    ),
+                });
+            }
+        }
+    }
+    gates
+}
+
+fn phase_name(p: CheckPhase) -> &'static str {
+    match p {
+        CheckPhase::Pre => "pre",
+        CheckPhase::Smoke => "smoke",
+        CheckPhase::Post => "post",
+    }
+}
+
+fn risk(
+    spec: &ReleaseSpec,
+    env: &Environment,
+    strategy: &Strategy,
+    deployed: &BTreeMap<String, String>,
+    facts: &Facts,
+    waves: &[Wave],
+) -> Risk {
+    let mut factors = Vec::new();
+    let release_version = &spec.metadata.version;
+    let touched: Vec<&String> = spec
+        .services
+        .iter()
+        .filter(|(n, s)| {
+            let v = s.version.as_ref().unwrap_or(release_version);
+            deployed.get(*n) != Some(v)
+        })
+        .map(|(n, _)| n)
+        .collect();
+    if !touched.is_empty() {
+        let points = u32::try_from(touched.len() * 5).unwrap_or(u32::MAX).min(25);
+        factors.push(RiskFactor {
+            factor: "services touched".into(),
+            points,
+            detail: format!(
+                "{} of {} services change: {}",
+                touched.len(),
+                spec.services.len(),
+                list(touched.iter().map(|s| s.as_str()))
+            ),
+        });
+    }
+
+    let irreversible: Vec<String> = spec
+        .services
+        .iter()
+        .filter(|(n, s)| {
+            s.kind == ServiceKind::Migration
+                && (s.irreversible
+                    || facts
+                        .migrations
+                        .get(*n)
+                        .is_some_and(|m| m.iter().any(|(_, undo)| !undo)))
+        })
+        .map(|(n, _)| n.clone())
+        .collect();
+    if !irreversible.is_empty() {
+        factors.push(RiskFactor {
+            factor: "irreversible migrations".into(),
+            points: 25,
+            detail: format!(
+                "{} cannot be undone: the release is roll-forward-only for them",
+                list(irreversible.iter().map(String::as_str))
+            ),
+        });
+    }
+
+    if !deployed.is_empty() {
+        let new: Vec<&String> = spec
+            .services
+            .keys()
+            .filter(|n| !deployed.contains_key(*n))
+            .collect();
+        if !new.is_empty() {
+            factors.push(RiskFactor {
+                factor: "new dependencies".into(),
+                points: u32::try_from(new.len() * 10).unwrap_or(u32::MAX).min(20),
+                detail: format!(
+                    "not running here yet: {}",
+                    list(new.iter().map(|s| s.as_str()))
+                ),
+            });
+        }
+    }
+
+    // Blast radius: how much of the system sits downstream of what changes.
+    let mut downstream: BTreeSet<&str> = touched.iter().map(|s| s.as_str()).collect();
+    loop {
+        let before = downstream.len();
+        for (n, s) in &spec.services {
+            if s.depends_on.iter().any(|d| downstream.contains(d.as_str())) {
+                downstream.insert(n);
+            }
+        }
+        if downstream.len() == before {
+            break;
+        }
+    }
+    let mut blast = 0u32;
+    let mut why = Vec::new();
+    if env.production {
+        blast += 10;
+        why.push("production environment".to_owned());
+    }
+    if waves.len() > 2 {
+        blast += 5;
+        why.push(format!("{} dependency levels", waves.len()));
+    }
+    if !spec.services.is_empty() && downstream.len() * 2 > spec.services.len() {
+        blast += 5;
+        why.push(format!(
+            "{} of {} services affected directly or downstream",
+            downstream.len(),
+            spec.services.len()
+        ));
+    }
+    if blast > 0 {
+        factors.push(RiskFactor {
+            factor: "blast radius".into(),
+            points: blast,
+            detail: why.join("; "),
+        });
+    }
+
+    let stale: Vec<String> = facts
+        .days_since_change
+        .iter()
+        .filter(|(n, d)| **d >= 90 && touched.iter().any(|t| t == n))
+        .map(|(n, d)| format!("{n} ({d} days)"))
+        .collect();
+    if !stale.is_empty() {
+        factors.push(RiskFactor {
+            factor: "time since last change".into(),
+            points: 10,
+            detail: format!("unchanged for 90+ days: {}", stale.join(", ")),
+        });
+    }
+
+    match spec.metadata.release_type {
+        ReleaseType::Hotfix => factors.push(RiskFactor {
+            factor: "release type".into(),
+            points: 10,
+            detail: "hotfix: emergency change with shortened testing".into(),
+        }),
+        ReleaseType::Security => factors.push(RiskFactor {
+            factor: "release type".into(),
+            points: 5,
+            detail: "security fix: urgency over soak time".into(),
+        }),
+        ReleaseType::Feature | ReleaseType::Patch => {}
+    }
+    if env.production && strategy.canary.is_none() && strategy.rolling.is_none() {
+        factors.push(RiskFactor {
+            factor: "no progressive delivery".into(),
+            points: 10,
+            detail: "big-bang in production: every user sees the change at once".into(),
+        });
+    }
+
+    let score = factors.iter().map(|f| f.points).sum::<u32>().min(100);
+    let level = if score >= HIGH_RISK {
+        "high"
+    } else if score >= 30 {
+        "medium"
+    } else {
+        "low"
+    };
+    Risk {
+        score,
+        level: level.into(),
+        factors,
+    }
+}
+
+fn recommend(
+    spec: &ReleaseSpec,
+    env: &Environment,
+    strategy: &Strategy,
+    risk: &Risk,
+    facts: &Facts,
+) -> Recommendation {
+    let mut phased = Vec::new();
+    let mut big_bang = Vec::new();
+    for (n, s) in &spec.services {
+        if !s.coupled_with.is_empty() {
+            big_bang.push(format!(
+                "{n} is tightly coupled with {}: they must move together in one wave and one decision",
+                list(s.coupled_with.iter().map(String::as_str))
+            ));
+        }
+        if s.kind == ServiceKind::Migration
+            && (s.irreversible
+                || facts
+                    .migrations
+                    .get(n)
+                    .is_some_and(|m| m.iter().any(|(_, u)| !u)))
+        {
+            phased.push(format!(
+                "migration {n} cannot be undone: expose the new code to a fraction of traffic first, and keep the schema change expand-only"
+            ));
+        }
+    }
+    let no_undo: Vec<&str> = spec
+        .services
+        .iter()
+        .filter(|(_, s)| !s.steps.is_empty() && s.steps.iter().all(|st| st.undo.is_none()))
+        .map(|(n, _)| n.as_str())
+        .collect();
+    if !no_undo.is_empty() {
+        phased.push(format!(
+            "rollback is manual for {} (no undo commands): limit the blast radius",
+            list(no_undo.iter().copied())
+        ));
+    }
+    if env.production && risk.score >= 30 {
+        phased.push(format!(
+            "risk is {} ({}) in a production environment",
+            risk.level, risk.score
+        ));
+    }
+    if spec.services.len() == 1 && phased.is_empty() {
+        big_bang.push("a single service with low risk: phasing buys little".into());
+    }
+    if !env.production && phased.is_empty() {
+        big_bang.push("not a production environment: fast feedback matters more".into());
+    }
+    let approach = if phased.is_empty() {
+        "big_bang"
+    } else {
+        "phased"
+    };
+    let progressive = strategy.canary.is_some() || strategy.rolling.is_some();
+    let strategy_agrees = (approach == "phased") == progressive || approach == "big_bang";
+    let reasons = if approach == "phased" {
+        phased.into_iter().chain(big_bang).collect()
+    } else {
+        big_bang
+    };
+    Recommendation {
+        approach: approach.into(),
+        reasons,
+        strategy_agrees,
+    }
+}
+
+fn list<'a>(items: impl Iterator<Item = &'a str>) -> String {
+    items.collect::<Vec<_>>().join(", ")
+}
