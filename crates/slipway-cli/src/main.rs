@@ -1,1 +1,82 @@
-fn main() {}
+//! `slipway`: plan, ship and prove software releases.
+//!
+//! This is the only crate that prints. Each subcommand lives in its own `cmd_*` module and
+//! returns an exit code from [`slipway_model::exit`]; errors carry a hint and map to
+//! exit codes here, so every failure a user sees says what to do next.
+
+mod cmd_plan;
+mod out;
+
+use clap::{Parser, Subcommand};
+
+use crate::out::{ColorChoice, Output, OutputFormat};
+
+const EXIT_CODES_HELP: &str = "\
+Exit codes:
+  0   success
+  1   the operation ran and failed (run failed, check failed)
+  2   invalid input (spec, flag, argument, file); nothing changed
+  3   blocked by a gate (window, freeze, approvals, lease, plan findings)
+  4   the run was rolled back
+  5   the run is paused, waiting for a human
+  6   the run was aborted
+  7   audit chain or evidence does not verify
+  8   store unavailable or journal version refused
+  70  internal error (a bug)
+
+Examples:
+  slipway demo
+  slipway plan -f examples/shop/release.yaml --env prod
+  slipway plan -f examples/shop/release.yaml --env prod --output json | jq .digest
+  slipway diff -f examples/shop/release.yaml --env staging --env prod
+  slipway schema > slipway-v1.schema.json";
+
+/// Slipway: plan a release, check every environment is ready, ship it progressively,
+/// roll it back by itself when the numbers say so, and prove what happened.
+#[derive(Debug, Parser)]
+#[command(name = "slipway", version, after_long_help = EXIT_CODES_HELP, after_help = EXIT_CODES_HELP)]
+pub struct Cli {
+    /// Output format: `text` for people, `json` for pipelines (stable, documented).
+    #[arg(long, global = true, value_enum, default_value_t = OutputFormat::Text, env = "SLIPWAY_OUTPUT")]
+    pub output: OutputFormat,
+    /// When to use colours: `auto` uses them only on a terminal (and honours NO_COLOR).
+    #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto)]
+    pub color: ColorChoice,
+    #[command(subcommand)]
+    pub command: Commands,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Commands {
+    /// Validate a spec and show the plan for one environment: waves, gates, risk, digest.
+    Plan(cmd_plan::PlanArgs),
+    /// Validate a spec: every problem at once, with file:line:column and a fix.
+    Validate(cmd_plan::ValidateArgs),
+    /// Compare two environments of a spec: variables, versions, target shape.
+    Diff(cmd_plan::DiffArgs),
+    /// Print the JSON Schema of the release spec.
+    Schema,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let out = Output::new(cli.output, cli.color);
+    let code = match run(cli.command, &out) {
+        Ok(code) => code,
+        Err(e) => out.fail(&e),
+    };
+    std::process::exit(code);
+}
+
+fn run(command: Commands, out: &Output) -> Result<i32, out::CliError> {
+    match command {
+        Commands::Plan(a) => cmd_plan::plan(a, out),
+        Commands::Validate(a) => cmd_plan::validate(a, out),
+        Commands::Diff(a) => cmd_plan::diff(a, out),
+        Commands::Schema => {
+            out.raw(&slipway_model::schema::schema_text());
+            Ok(slipway_model::exit::SUCCESS)
+        }
+    }
+}

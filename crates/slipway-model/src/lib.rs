@@ -9,5 +9,7 @@ pub mod duration;
 pub mod exit;
 pub mod plan;
 pub mod policy;
+pub mod schema;
 pub mod spec;
+pub mod validate;
 pub mod yaml;

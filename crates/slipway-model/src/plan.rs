@@ -332,9 +332,19 @@ pub fn plan(spec: &ReleaseSpec, env_name: &str, facts: &Facts) -> Result<Plan, S
 
     let rule = policy::effective_rule(spec, spec.metadata.release_type);
     let mut findings = Vec::new();
-    if let (Some(tag), Some(tags)) = (&release.tag, &facts.git_tags) {
-        if !tags.iter().any(|t| t == tag) {
-            findings.push(Finding {
+    if let (Some(tag), None) = (&release.tag, &facts.git_tags) {
+        findings.push(Finding {
+            severity: "warning".into(),
+            code: "tag-unchecked".into(),
+            message: format!(
+                "the spec is not in a git repository, so tag `{tag}` could not be checked"
+            ),
+        });
+    }
+    if let (Some(tag), Some(tags)) = (&release.tag, &facts.git_tags)
+        && !tags.iter().any(|t| t == tag)
+    {
+        findings.push(Finding {
                 severity: "error".into(),
                 code: "tag-missing".into(),
                 message: format!(
@@ -342,7 +352,6 @@ pub fn plan(spec: &ReleaseSpec, env_name: &str, facts: &Facts) -> Result<Plan, S
                     spec.metadata.tag.as_deref().unwrap_or_default()
                 ),
             });
-        }
     }
 
     let risk = risk(spec, env, &strategy, &deployed, facts, &waves);
@@ -481,11 +490,11 @@ pub fn waves(services: &BTreeMap<String, Service>) -> Vec<Wave> {
                 .map(|l| l + 1)
                 .max()
                 .unwrap_or(0);
-            if let Some(l) = level.get_mut(n.as_str()) {
-                if *l < need {
-                    *l = need;
-                    changed = true;
-                }
+            if let Some(l) = level.get_mut(n.as_str())
+                && *l < need
+            {
+                *l = need;
+                changed = true;
             }
         }
         if !changed {

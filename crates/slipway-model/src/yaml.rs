@@ -268,6 +268,7 @@ pub fn parse(text: &str) -> Result<(serde_json::Value, SpanMap), Vec<Diagnostic>
         },
         duplicate_keys: serde_saphyr::options::DuplicateKeyPolicy::Error,
         with_snippet: false,
+        strict_booleans: true,
     };
     let root: Spanned<Node> = match serde_saphyr::from_str_with_options(text, options) {
         Ok(root) => root,

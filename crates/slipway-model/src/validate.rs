@@ -1,0 +1,1385 @@
+//! Loading a spec: YAML → structure (JSON Schema) → types → meaning, all problems at once.
+//!
+//! Three passes, each reporting every problem it finds with a position:
+//! 1. [`crate::yaml::parse`] refuses what is not a sane YAML document (syntax, alias bombs,
+//!    depth, size, binary) — these stop everything, nothing later could be trusted.
+//! 2. The JSON Schema from [`crate::schema`] checks structure: unknown fields (with "did you
+//!    mean"), missing fields, wrong types, bad enum values. All of them, not the first.
+//! 3. Semantic checks on the typed spec: references between services, environments,
+//!    templates, providers and checks (naming the candidates), dependency cycles (with the
+//!    cycle path), semver, durations, cron, time zones, dates, "exactly one of" choices.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::Value;
+
+use crate::diag::{Diagnostic, Pos, Severity, SpecErrors};
+use crate::duration::parse_duration;
+use crate::schema;
+use crate::spec::{
+    API_VERSION, AnalysisTemplate, Check, Environment, KIND, Metric, ReleaseSpec, Service,
+    ServiceKind, Strategy,
+};
+use crate::yaml::{self, SpanMap, pointer};
+
+/// A spec that passed validation, with its warnings and source positions.
+#[derive(Debug, Clone)]
+pub struct LoadedSpec {
+    /// The spec.
+    pub spec: ReleaseSpec,
+    /// Non-fatal problems.
+    pub warnings: Vec<Diagnostic>,
+    /// File name as given.
+    pub file: String,
+    /// Source text.
+    pub source: String,
+    /// Positions of every value.
+    pub spans: SpanMap,
+}
+
+/// Load a spec from raw bytes (refusing non-UTF-8 cleanly).
+pub fn load_bytes(file: &str, bytes: &[u8]) -> Result<LoadedSpec, SpecErrors> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => load(file, text),
+        Err(e) => {
+            let at = e.valid_up_to();
+            let valid = String::from_utf8_lossy(&bytes[..at]).into_owned();
+            let line = valid.matches('\n').count() + 1;
+            let column = valid.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            Err(SpecErrors {
+                file: file.to_owned(),
+                source: String::from_utf8_lossy(bytes).into_owned(),
+                diagnostics: vec![Diagnostic::new(
+                    "not-utf8",
+                    "",
+                    Pos {
+                        line: u32::try_from(line).unwrap_or(u32::MAX),
+                        column: u32::try_from(column).unwrap_or(u32::MAX),
+                        offset: at,
+                        len: 1,
+                    },
+                    format!("the file is not UTF-8 text (invalid byte at offset {at})"),
+                    "a release spec is YAML text in UTF-8; check that -f points at the spec and not at an artifact",
+                )],
+            })
+        }
+    }
+}
+
+/// Load and validate a spec.
+pub fn load(file: &str, text: &str) -> Result<LoadedSpec, SpecErrors> {
+    let fail = |diagnostics: Vec<Diagnostic>| SpecErrors {
+        file: file.to_owned(),
+        source: text.to_owned(),
+        diagnostics,
+    };
+    let (value, spans) = yaml::parse(text).map_err(fail)?;
+    let mut cx = Cx {
+        spans: &spans,
+        diags: Vec::new(),
+    };
+
+    if !value.is_object() {
+        cx.err_value(
+            "not-a-mapping",
+            "",
+            format!(
+                "the document is {}, not a mapping",
+                json_type_name(&value)
+            ),
+            "a release spec is a mapping that starts with `apiVersion: slipway/v1` and `kind: Release`",
+        );
+        return Err(fail(cx.finish()));
+    }
+    // A different apiVersion means a different schema: report only that.
+    if let Some(v) = value.get("apiVersion").and_then(Value::as_str)
+        && v != API_VERSION
+    {
+        cx.err_value(
+            "api-version",
+            "/apiVersion",
+            format!("unsupported apiVersion `{v}`"),
+            format!("this slipway reads `{API_VERSION}`; set `apiVersion: {API_VERSION}`"),
+        );
+        return Err(fail(cx.finish()));
+    }
+
+    structural(&mut cx, &value);
+    if cx.has_errors() {
+        return Err(fail(cx.finish()));
+    }
+    let spec: ReleaseSpec = match serde_json::from_value(value) {
+        Ok(s) => s,
+        Err(e) => {
+            // The schema is generated from the same types, so this means they disagree: a
+            // bug, but still reported as a diagnostic rather than a panic.
+            cx.err_value(
+                "internal",
+                "",
+                format!("the spec passed the schema but could not be read: {e}"),
+                "please report this as a Slipway bug, with the spec",
+            );
+            return Err(fail(cx.finish()));
+        }
+    };
+    semantic(&mut cx, &spec);
+    let diags = cx.finish();
+    if diags.iter().any(|d| d.severity == Severity::Error) {
+        return Err(fail(diags));
+    }
+    Ok(LoadedSpec {
+        spec,
+        warnings: diags,
+        file: file.to_owned(),
+        source: text.to_owned(),
+        spans,
+    })
+}
+
+struct Cx<'a> {
+    spans: &'a SpanMap,
+    diags: Vec<Diagnostic>,
+}
+
+impl Cx<'_> {
+    fn err_value(
+        &mut self,
+        code: &'static str,
+        ptr: &str,
+        msg: impl Into<String>,
+        help: impl Into<String>,
+    ) {
+        let pos = self.spans.lookup(ptr).value;
+        self.diags.push(Diagnostic::new(code, ptr, pos, msg, help));
+    }
+    fn err_key(
+        &mut self,
+        code: &'static str,
+        ptr: &str,
+        msg: impl Into<String>,
+        help: impl Into<String>,
+    ) {
+        let span = self.spans.lookup(ptr);
+        let pos = span.key.unwrap_or(span.value);
+        self.diags.push(Diagnostic::new(code, ptr, pos, msg, help));
+    }
+    fn warn(
+        &mut self,
+        code: &'static str,
+        ptr: &str,
+        msg: impl Into<String>,
+        help: impl Into<String>,
+    ) {
+        let span = self.spans.lookup(ptr);
+        let pos = span.key.unwrap_or(span.value);
+        self.diags
+            .push(Diagnostic::new(code, ptr, pos, msg, help).warning());
+    }
+    fn has_errors(&self) -> bool {
+        self.diags.iter().any(|d| d.severity == Severity::Error)
+    }
+    fn finish(mut self) -> Vec<Diagnostic> {
+        self.diags.sort_by(|a, b| {
+            (
+                a.severity != Severity::Error,
+                a.pos.line,
+                a.pos.column,
+                &a.path,
+            )
+                .cmp(&(
+                    b.severity != Severity::Error,
+                    b.pos.line,
+                    b.pos.column,
+                    &b.path,
+                ))
+        });
+        self.diags
+            .dedup_by(|a, b| a.path == b.path && a.message == b.message);
+        self.diags
+    }
+
+    fn duration(&mut self, ptr: &str, v: Option<&String>, positive: bool) {
+        let Some(v) = v else { return };
+        match parse_duration(v) {
+            Ok(d) if positive && d.is_zero() => self.err_value(
+                "invalid-duration",
+                ptr,
+                format!("duration `{v}` must be greater than zero"),
+                "write a positive duration such as `30s` or `5m`",
+            ),
+            Ok(_) => {}
+            Err(e) => self.err_value(
+                "invalid-duration",
+                ptr,
+                format!("invalid duration: {e}"),
+                "write durations like `90s`, `5m`, `1h30m` or `300ms`",
+            ),
+        }
+    }
+
+    fn exactly_one(&mut self, ptr: &str, what: &str, options: &[(&str, bool)]) {
+        let set: Vec<&str> = options
+            .iter()
+            .filter(|(_, s)| *s)
+            .map(|(n, _)| *n)
+            .collect();
+        let names: Vec<String> = options.iter().map(|(n, _)| format!("`{n}`")).collect();
+        match set.len() {
+            1 => {}
+            0 => self.err_value(
+                "exactly-one",
+                ptr,
+                format!("{what} needs exactly one of {}", names.join(", ")),
+                format!("add one of them, e.g. `{}:`", options[0].0),
+            ),
+            _ => self.err_value(
+                "exactly-one",
+                ptr,
+                format!(
+                    "{what} sets {} at once; exactly one of {} is allowed",
+                    set.iter()
+                        .map(|s| format!("`{s}`"))
+                        .collect::<Vec<_>>()
+                        .join(" and "),
+                    names.join(", ")
+                ),
+                "keep one and move the others into separate entries",
+            ),
+        }
+    }
+
+    fn reference(&mut self, ptr: &str, kind: &str, name: &str, known: &[&str]) {
+        if known.contains(&name) {
+            return;
+        }
+        self.err_value(
+            "unknown-reference",
+            ptr,
+            format!("unknown {kind} `{name}`"),
+            suggest(name, known, kind),
+        );
+    }
+}
+
+/// "did you mean" help: the closest candidate, then the full list.
+pub(crate) fn suggest(name: &str, known: &[&str], kind: &str) -> String {
+    let best = known
+        .iter()
+        .map(|k| (strsim::jaro_winkler(name, k), *k))
+        .filter(|(s, _)| *s > 0.75)
+        .max_by(|a, b| a.0.total_cmp(&b.0));
+    let list = if known.is_empty() {
+        format!("no {kind}s are declared")
+    } else {
+        format!(
+            "known {kind}s: {}",
+            known
+                .iter()
+                .map(|k| format!("`{k}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    match best {
+        Some((_, b)) => format!("did you mean `{b}`? {list}"),
+        None => list,
+    }
+}
+
+fn json_type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null (empty)",
+        Value::Bool(_) => "a boolean",
+        Value::Number(n) if n.is_f64() => "a number",
+        Value::Number(_) => "an integer",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "a mapping",
+    }
+}
+
+fn structural(cx: &mut Cx<'_>, value: &Value) {
+    static VALIDATOR: std::sync::OnceLock<Option<jsonschema::Validator>> =
+        std::sync::OnceLock::new();
+    let root = schema::schema();
+    let Some(validator) = VALIDATOR
+        .get_or_init(|| jsonschema::validator_for(root).ok())
+        .as_ref()
+    else {
+        cx.err_value(
+            "internal",
+            "",
+            "the built-in JSON Schema does not compile",
+            "please report this as a Slipway bug",
+        );
+        return;
+    };
+    for e in validator.iter_errors(value) {
+        let ptr = e.instance_path().as_str().to_owned();
+        use jsonschema::error::ValidationErrorKind as K;
+        match e.kind() {
+            K::AdditionalProperties { unexpected } => {
+                let allowed = schema::allowed_fields(root, &ptr);
+                let known: Vec<&str> = allowed.iter().map(String::as_str).collect();
+                for field in unexpected {
+                    let child = format!("{ptr}/{}", yaml::escape(field));
+                    let where_ = if ptr.is_empty() {
+                        "at the top level".to_owned()
+                    } else {
+                        format!("in `{}`", crate::diag::dotted(&ptr))
+                    };
+                    cx.err_key(
+                        "unknown-field",
+                        &child,
+                        format!("unknown field `{field}` {where_}"),
+                        suggest(field, &known, "field"),
+                    );
+                }
+            }
+            K::Required { property } => {
+                let prop = property.as_str().unwrap_or_default();
+                let desc = schema::subschema_at(root, &format!("{ptr}/{}", yaml::escape(prop)))
+                    .and_then(|s| s.get("description"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
+                let what = if ptr.is_empty() {
+                    "the spec".to_owned()
+                } else {
+                    format!("`{}`", crate::diag::dotted(&ptr))
+                };
+                cx.err_key(
+                    "missing-field",
+                    &ptr,
+                    format!("{what} is missing the required field `{prop}`"),
+                    if desc.is_empty() {
+                        format!("add `{prop}:`")
+                    } else {
+                        format!("add `{prop}:` — {}", desc.trim_end_matches('.'))
+                    },
+                );
+            }
+            K::Type { kind } => {
+                let expected = match kind {
+                    jsonschema::error::TypeKind::Single(t) => type_word(&t.to_string()),
+                    jsonschema::error::TypeKind::Multiple(ts) => ts
+                        .iter()
+                        .map(|t| type_word(&t.to_string()))
+                        .collect::<Vec<_>>()
+                        .join(" or "),
+                };
+                let found = json_type_name(e.instance());
+                let help = if expected.contains("string") && !e.instance().is_object() {
+                    format!(
+                        "quote the value to make it text: \"{}\"",
+                        scalar_text(e.instance())
+                    )
+                } else if expected.contains("list") {
+                    "write a list, e.g. `[a, b]` or one `- item` per line".to_owned()
+                } else if expected.contains("mapping") {
+                    "write a mapping of `key: value` lines, indented under this field".to_owned()
+                } else {
+                    format!("write {expected} here")
+                };
+                cx.err_value(
+                    "wrong-type",
+                    &ptr,
+                    format!("expected {expected}, found {found}"),
+                    help,
+                );
+            }
+            K::Enum { options } => {
+                let opts: Vec<String> = options
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|o| o.as_str().map(str::to_owned))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let known: Vec<&str> = opts.iter().map(String::as_str).collect();
+                let got = scalar_text(e.instance());
+                cx.err_value(
+                    "invalid-value",
+                    &ptr,
+                    format!("`{got}` is not allowed here"),
+                    suggest(&got, &known, "value"),
+                );
+            }
+            K::Minimum { limit } | K::ExclusiveMinimum { limit } => cx.err_value(
+                "out-of-range",
+                &ptr,
+                format!("{} is below the minimum {limit}", scalar_text(e.instance())),
+                format!("use a value of at least {limit}"),
+            ),
+            K::Maximum { limit } | K::ExclusiveMaximum { limit } => cx.err_value(
+                "out-of-range",
+                &ptr,
+                format!("{} is above the maximum {limit}", scalar_text(e.instance())),
+                format!("use a value of at most {limit}"),
+            ),
+            _ => cx.err_value(
+                "schema",
+                &ptr,
+                e.to_string(),
+                "see `slipway schema` for what this field accepts",
+            ),
+        }
+    }
+}
+
+fn type_word(t: &str) -> String {
+    match t {
+        "object" => "a mapping".into(),
+        "array" => "a list".into(),
+        "string" => "a string".into(),
+        "integer" => "an integer".into(),
+        "number" => "a number".into(),
+        "boolean" => "a boolean (true or false)".into(),
+        "null" => "nothing".into(),
+        other => other.to_owned(),
+    }
+}
+
+fn scalar_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+const BUILTIN_METRICS: &[&str] = &[
+    "error-rate",
+    "p50-latency",
+    "p95-latency",
+    "p99-latency",
+    "latency-vs-stable",
+    "request-rate",
+];
+
+fn semantic(cx: &mut Cx<'_>, spec: &ReleaseSpec) {
+    if spec.kind != KIND {
+        cx.err_value(
+            "kind",
+            "/kind",
+            format!("unsupported kind `{}`", spec.kind),
+            format!("set `kind: {KIND}`"),
+        );
+    }
+    let m = &spec.metadata;
+    if m.name.is_empty()
+        || !m
+            .name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+    {
+        cx.err_value(
+            "invalid-name",
+            "/metadata/name",
+            format!("release name `{}` is not a simple name", m.name),
+            "use lowercase letters, digits, `-` and `_`, e.g. `shop`",
+        );
+    }
+    semver_at(cx, "/metadata/version", &m.version);
+    if let Some(tag) = &m.tag
+        && !tag.contains("{version}")
+    {
+        cx.err_value(
+            "invalid-tag-pattern",
+            "/metadata/tag",
+            format!("tag pattern `{tag}` does not contain `{{version}}`"),
+            "write the pattern with the version placeholder, e.g. `v{version}`",
+        );
+    }
+
+    let names: Vec<&str> = spec.services.keys().map(String::as_str).collect();
+    if spec.services.is_empty() {
+        cx.err_value(
+            "no-services",
+            "/services",
+            "the release has no services",
+            "declare at least one service under `services:`",
+        );
+    }
+    for (name, svc) in &spec.services {
+        service(cx, spec, name, svc, &names);
+    }
+    cycles(cx, spec);
+
+    if spec.environments.is_empty() {
+        cx.err_key(
+            "no-environments",
+            "/environments",
+            "the release has no environments",
+            "declare at least one under `environments:`, e.g. `staging: { target: { exec: {} } }`",
+        );
+    }
+    for (name, env) in &spec.environments {
+        environment(cx, spec, name, env, &names);
+    }
+    if let Some(s) = &spec.strategy {
+        strategy(cx, spec, "/strategy", s);
+    }
+    for (name, t) in &spec.analysis_templates {
+        template(cx, spec, name, t);
+    }
+    for (name, p) in &spec.providers {
+        let ptr = pointer(["providers", name]);
+        cx.exactly_one(
+            &ptr,
+            &format!("provider `{name}`"),
+            &[
+                ("prometheus", p.prometheus.is_some()),
+                ("http", p.http.is_some()),
+            ],
+        );
+        if name == "builtin" {
+            cx.err_key(
+                "reserved-name",
+                &ptr,
+                "`builtin` is the name of the built-in provider",
+                "give this provider another name",
+            );
+        }
+        for (field, u) in [("prometheus", &p.prometheus), ("http", &p.http)] {
+            if let Some(u) = u {
+                url_at(cx, &pointer(["providers", name, field, "url"]), &u.url);
+                cx.duration(
+                    &pointer(["providers", name, field, "timeout"]),
+                    u.timeout.as_ref(),
+                    true,
+                );
+            }
+        }
+    }
+    for (name, c) in &spec.checks {
+        check(cx, name, c);
+    }
+    for (i, n) in spec.notifications.iter().enumerate() {
+        let ptr = format!("/notifications/{i}");
+        cx.exactly_one(
+            &ptr,
+            "a notification",
+            &[
+                ("webhook", n.webhook.is_some()),
+                ("email", !n.email.is_empty()),
+                ("file", n.file.is_some()),
+            ],
+        );
+        if let Some(u) = &n.webhook {
+            url_at(cx, &format!("{ptr}/webhook"), u);
+        }
+        for (j, e) in n.email.iter().enumerate() {
+            if !e.contains('@') || e.starts_with('@') || e.ends_with('@') {
+                cx.err_value(
+                    "invalid-email",
+                    &format!("{ptr}/email/{j}"),
+                    format!("`{e}` is not an email address"),
+                    "write an address like `oncall@example.com`",
+                );
+            }
+        }
+    }
+    if let Some(p) = &spec.policy {
+        for (t, r) in [
+            ("feature", &p.feature),
+            ("patch", &p.patch),
+            ("security", &p.security),
+            ("hotfix", &p.hotfix),
+        ] {
+            if let Some(r) = r {
+                cx.duration(&pointer(["policy", t, "soak"]), r.soak.as_ref(), false);
+            }
+        }
+    }
+}
+
+fn semver_at(cx: &mut Cx<'_>, ptr: &str, v: &str) {
+    if let Err(e) = semver::Version::parse(v) {
+        let hint = if v.split('.').count() < 3 {
+            format!(
+                "write all three parts: `{v}{}`",
+                ".0".repeat(3 - v.split('.').count().min(3))
+            )
+        } else {
+            "write a semantic version like `2.4.0` or `2.4.0-rc.1`".to_owned()
+        };
+        cx.err_value(
+            "invalid-semver",
+            ptr,
+            format!("`{v}` is not a semantic version: {e}"),
+            hint,
+        );
+    }
+}
+
+fn url_at(cx: &mut Cx<'_>, ptr: &str, u: &str) {
+    if !(u.starts_with("http://") || u.starts_with("https://")) || u.len() < 10 {
+        cx.err_value(
+            "invalid-url",
+            ptr,
+            format!("`{u}` is not an http(s) URL"),
+            "write a full URL such as `http://127.0.0.1:9090`",
+        );
+    }
+}
+
+fn endpoint_at(cx: &mut Cx<'_>, ptr: &str, e: &str) {
+    let ok = match e.rsplit_once(':') {
+        Some((host, port)) => {
+            !host.is_empty() && (port.contains("{{") || port.parse::<u16>().is_ok_and(|p| p > 0))
+        }
+        None => false,
+    };
+    if !ok {
+        cx.err_value(
+            "invalid-endpoint",
+            ptr,
+            format!("`{e}` is not `host:port`"),
+            "write the endpoint as host and port, e.g. `db.internal:5432` or `{{ vars.db_host }}:5432`",
+        );
+    }
+}
+
+fn quantity_bytes(q: &str) -> Option<u64> {
+    let q = q.trim();
+    let split = q
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(q.len());
+    let (num, unit) = q.split_at(split);
+    let n: f64 = num.parse().ok()?;
+    let mult: f64 = match unit {
+        "" => 1.0,
+        "K" | "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "Ki" => 1024.0,
+        "Mi" => 1024.0 * 1024.0,
+        "Gi" => 1024.0 * 1024.0 * 1024.0,
+        "Ti" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        _ => return None,
+    };
+    let bytes = n * mult;
+    (bytes.is_finite() && bytes > 0.0).then_some(bytes as u64)
+}
+
+fn service(cx: &mut Cx<'_>, spec: &ReleaseSpec, name: &str, s: &Service, names: &[&str]) {
+    let base = pointer(["services", name]);
+    let at = |f: &str| format!("{base}/{f}");
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        cx.err_key(
+            "invalid-name",
+            &base,
+            format!("service name `{name}` is not a simple name"),
+            "use letters, digits, `-` and `_`",
+        );
+    }
+    if let Some(v) = &s.version {
+        semver_at(cx, &at("version"), v);
+    }
+    if let Some(a) = &s.artifact {
+        if a.sha256.len() != 64 || !a.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+            cx.err_value(
+                "invalid-digest",
+                &at("artifact/sha256"),
+                format!("`{}` is not a sha256 digest (64 hex digits)", a.sha256),
+                format!(
+                    "compute it with `sha256sum {}` and paste the 64-digit digest",
+                    a.path
+                ),
+            );
+        }
+        if a.path.is_empty() {
+            cx.err_value(
+                "empty",
+                &at("artifact/path"),
+                "artifact path is empty",
+                "give the path of the artifact file",
+            );
+        }
+    }
+    for (i, d) in s.depends_on.iter().enumerate() {
+        let p = format!("{}/{i}", at("depends_on"));
+        if d == name {
+            cx.err_value(
+                "self-dependency",
+                &p,
+                format!("service `{name}` depends on itself"),
+                "remove it from its own depends_on",
+            );
+        } else {
+            cx.reference(&p, "service", d, names);
+        }
+    }
+    for (i, d) in s.coupled_with.iter().enumerate() {
+        let p = format!("{}/{i}", at("coupled_with"));
+        if d == name {
+            cx.err_value(
+                "self-coupling",
+                &p,
+                format!("service `{name}` is coupled with itself"),
+                "remove it",
+            );
+        } else {
+            cx.reference(&p, "service", d, names);
+        }
+    }
+    let deployed_anywhere: BTreeSet<&str> = spec
+        .environments
+        .values()
+        .flat_map(|e| e.deployed.keys().map(String::as_str))
+        .collect();
+    for (other, req) in &s.requires {
+        let p = pointer(["services", name, "requires", other]);
+        let r = match semver::VersionReq::parse(req) {
+            Ok(r) => r,
+            Err(e) => {
+                cx.err_value(
+                    "invalid-version-req",
+                    &p,
+                    format!("`{req}` is not a version requirement: {e}"),
+                    "write a requirement like `>=2.3, <3` or `^1.4`",
+                );
+                continue;
+            }
+        };
+        match spec.services.get(other) {
+            Some(o) => {
+                let v = o.version.as_ref().unwrap_or(&spec.metadata.version);
+                if let Ok(v) = semver::Version::parse(v)
+                    && !r.matches(&v)
+                {
+                    cx.err_value(
+                            "version-conflict",
+                            &p,
+                            format!("`{name}` requires {other} `{req}`, but this release ships {other} {v}"),
+                            format!("ship a version of {other} that matches `{req}`, or relax the requirement"),
+                        );
+                }
+            }
+            None if deployed_anywhere.contains(other.as_str()) => {}
+            None => {
+                let mut known: Vec<&str> = names.to_vec();
+                known.extend(deployed_anywhere.iter());
+                cx.err_key(
+                    "unknown-reference",
+                    &p,
+                    format!("`{name}` requires unknown service `{other}`"),
+                    suggest(other, &known, "service"),
+                );
+            }
+        }
+    }
+    if let Some(r) = &s.run {
+        if r.command.trim().is_empty() {
+            cx.err_value(
+                "empty",
+                &at("run/command"),
+                "run.command is empty",
+                "give the command that starts one instance",
+            );
+        }
+        if r.replicas == 0 {
+            cx.err_value(
+                "out-of-range",
+                &at("run/replicas"),
+                "replicas is 0",
+                "run at least one instance, or remove the service from the release",
+            );
+        }
+    }
+    let mut seen = BTreeMap::new();
+    for (i, st) in s.steps.iter().enumerate() {
+        let p = format!("{}/{i}", at("steps"));
+        if let Some(first) = seen.insert(st.name.as_str(), i) {
+            cx.err_value(
+                "duplicate-step",
+                &format!("{p}/name"),
+                format!(
+                    "step name `{}` is used twice (steps {first} and {i})",
+                    st.name
+                ),
+                "give every step of a service its own name: it keys the step's idempotency",
+            );
+        }
+        if st.run.trim().is_empty() {
+            cx.err_value(
+                "empty",
+                &format!("{p}/run"),
+                "step command is empty",
+                "give the command to run",
+            );
+        }
+        cx.duration(&format!("{p}/timeout"), st.timeout.as_ref(), true);
+    }
+    for (field, probe) in [("health", &s.health), ("readiness", &s.readiness)] {
+        let Some(pr) = probe else { continue };
+        let p = at(field);
+        cx.exactly_one(
+            &p,
+            &format!("the {field} probe"),
+            &[
+                ("http", pr.http.is_some()),
+                ("tcp", pr.tcp.is_some()),
+                ("command", pr.command.is_some()),
+            ],
+        );
+        if let Some(h) = &pr.http
+            && !h.starts_with('/')
+        {
+            cx.err_value(
+                "invalid-probe",
+                &format!("{p}/http"),
+                format!("probe path `{h}` does not start with `/`"),
+                format!(
+                    "write the path on the instance, e.g. `/{}`",
+                    h.trim_start_matches('/')
+                ),
+            );
+        }
+        cx.duration(&format!("{p}/timeout"), pr.timeout.as_ref(), true);
+        cx.duration(&format!("{p}/deadline"), pr.deadline.as_ref(), true);
+    }
+    if let Some(r) = &s.resources {
+        for (f, v) in [("memory", &r.memory), ("disk", &r.disk)] {
+            if let Some(v) = v
+                && quantity_bytes(v).is_none()
+            {
+                cx.err_value(
+                    "invalid-quantity",
+                    &at(&format!("resources/{f}")),
+                    format!("`{v}` is not a size"),
+                    "write sizes like `256Mi`, `1Gi` or `500M`",
+                );
+            }
+        }
+        if let Some(c) = r.cpu
+            && (c <= 0.0 || !c.is_finite())
+        {
+            cx.err_value(
+                "out-of-range",
+                &at("resources/cpu"),
+                format!("cpu {c} must be positive"),
+                "write cores as a number, e.g. `0.5`",
+            );
+        }
+    }
+    for (i, e) in s.endpoints.iter().enumerate() {
+        endpoint_at(cx, &format!("{}/{i}", at("endpoints")), e);
+    }
+    for (i, a) in s.accounts.iter().enumerate() {
+        cx.exactly_one(
+            &format!("{}/{i}", at("accounts")),
+            "an account",
+            &[
+                ("unix", a.unix.is_some()),
+                ("postgres", a.postgres.is_some()),
+            ],
+        );
+    }
+    match s.kind {
+        ServiceKind::Migration => {
+            for (f, v) in [("migrations", &s.migrations), ("database", &s.database)] {
+                if v.is_none() {
+                    cx.err_key(
+                        "missing-field",
+                        &base,
+                        format!("migration service `{name}` is missing `{f}`"),
+                        if f == "migrations" {
+                            "add `migrations: ./migrations` (a directory of V{n}__name.sql and U{n}__name.sql files)"
+                        } else {
+                            "add `database: \"{{ vars.database_url }}\"`"
+                        },
+                    );
+                }
+            }
+        }
+        ServiceKind::App => {
+            for (f, set) in [
+                ("migrations", s.migrations.is_some()),
+                ("database", s.database.is_some()),
+                ("irreversible", s.irreversible),
+            ] {
+                if set {
+                    cx.err_key(
+                        "migration-field",
+                        &at(f),
+                        format!("`{f}` only applies to `kind: migration` services"),
+                        format!("add `kind: migration` to `{name}`, or move the migrations to their own service"),
+                    );
+                }
+            }
+            if s.artifact.is_none() && s.run.is_none() && s.steps.is_empty() {
+                cx.warn(
+                    "nothing-to-deploy",
+                    &base,
+                    format!("service `{name}` has no artifact, run command or steps: nothing will be deployed"),
+                    "add `run:` (process/ssh targets) or `steps:` (exec target)",
+                );
+            }
+        }
+    }
+}
+
+fn cycles(cx: &mut Cx<'_>, spec: &ReleaseSpec) {
+    use petgraph::graph::DiGraph;
+    let mut g = DiGraph::<&str, ()>::new();
+    let mut idx = BTreeMap::new();
+    for n in spec.services.keys() {
+        idx.insert(n.as_str(), g.add_node(n.as_str()));
+    }
+    for (n, s) in &spec.services {
+        for d in &s.depends_on {
+            if let (Some(&a), Some(&b)) = (idx.get(n.as_str()), idx.get(d.as_str()))
+                && a != b
+            {
+                g.add_edge(a, b, ());
+            }
+        }
+    }
+    for scc in petgraph::algo::tarjan_scc(&g) {
+        if scc.len() < 2 {
+            continue;
+        }
+        let members: BTreeSet<&str> = scc.iter().map(|i| g[*i]).collect();
+        // Walk from the alphabetically first member along in-cycle edges until we return.
+        let Some(&start) = members.iter().next() else {
+            continue;
+        };
+        let mut path = vec![start];
+        let mut cur = start;
+        for _ in 0..members.len() {
+            let next = spec.services[cur]
+                .depends_on
+                .iter()
+                .map(String::as_str)
+                .filter(|d| members.contains(d))
+                .min_by_key(|d| (*d != start, *d));
+            let Some(next) = next else { break };
+            path.push(next);
+            if next == start {
+                break;
+            }
+            if path[..path.len() - 1].contains(&next) {
+                break;
+            }
+            cur = next;
+        }
+        let Some(pos) = spec.services[start]
+            .depends_on
+            .iter()
+            .position(|d| members.contains(d.as_str()))
+        else {
+            continue;
+        };
+        cx.err_value(
+            "dependency-cycle",
+            &format!("{}/{pos}", pointer(["services", start, "depends_on"])),
+            format!("dependency cycle: {}", path.join(" → ")),
+            "services cannot depend on each other in a circle; remove one of these depends_on entries (services that must move together belong in coupled_with)",
+        );
+    }
+}
+
+fn environment(cx: &mut Cx<'_>, spec: &ReleaseSpec, name: &str, e: &Environment, names: &[&str]) {
+    let base = pointer(["environments", name]);
+    let at = |f: &str| format!("{base}/{f}");
+    cx.exactly_one(
+        &at("target"),
+        &format!("the target of `{name}`"),
+        &[
+            ("exec", e.target.exec.is_some()),
+            ("process", e.target.process.is_some()),
+            ("ssh", e.target.ssh.is_some()),
+        ],
+    );
+    if let Some(x) = &e.target.exec {
+        cx.duration(&at("target/exec/timeout"), x.timeout.as_ref(), true);
+        if x.parallelism == Some(0) {
+            cx.err_value(
+                "out-of-range",
+                &at("target/exec/parallelism"),
+                "parallelism is 0",
+                "use at least 1",
+            );
+        }
+    }
+    if let Some(p) = &e.target.process {
+        cx.duration(
+            &at("target/process/stop_grace"),
+            p.stop_grace.as_ref(),
+            false,
+        );
+    }
+    for (i, w) in e.windows.iter().enumerate() {
+        let p = format!("{}/{i}", at("windows"));
+        if let Err(err) = w.cron.parse::<croner::Cron>() {
+            cx.err_value(
+                "invalid-cron",
+                &format!("{p}/cron"),
+                format!("`{}` is not a cron expression: {err}", w.cron),
+                "write five fields: minute hour day-of-month month day-of-week, e.g. `0 9 * * MON-THU`",
+            );
+        }
+        if jiff::tz::TimeZone::get(&w.timezone).is_err() {
+            cx.err_value(
+                "invalid-timezone",
+                &format!("{p}/timezone"),
+                format!("`{}` is not an IANA time zone", w.timezone),
+                "write a zone name such as `Europe/Berlin`, `America/New_York` or `UTC`",
+            );
+        }
+        cx.duration(&format!("{p}/duration"), Some(&w.duration), true);
+    }
+    for (i, f) in e.freezes.iter().enumerate() {
+        let p = format!("{}/{i}", at("freezes"));
+        let from = date_at(cx, &format!("{p}/from"), &f.from);
+        let to = date_at(cx, &format!("{p}/to"), &f.to);
+        if let (Some(a), Some(b)) = (from, to)
+            && a > b
+        {
+            cx.err_value(
+                "invalid-date-range",
+                &format!("{p}/to"),
+                format!("the freeze ends ({b}) before it starts ({a})"),
+                "swap `from` and `to`",
+            );
+        }
+        if let Some(tz) = &f.timezone
+            && jiff::tz::TimeZone::get(tz).is_err()
+        {
+            cx.err_value(
+                "invalid-timezone",
+                &format!("{p}/timezone"),
+                format!("`{tz}` is not an IANA time zone"),
+                "write a zone name such as `Europe/Berlin` or `UTC`",
+            );
+        }
+        if f.reason.trim().is_empty() {
+            cx.err_value(
+                "empty",
+                &format!("{p}/reason"),
+                "the freeze has no reason",
+                "say why, e.g. `holiday freeze`: it is shown to whoever is refused",
+            );
+        }
+    }
+    if let Some(a) = &e.approvals
+        && a.required == 0
+        && !a.groups.is_empty()
+    {
+        cx.warn(
+            "approvals-zero",
+            &at("approvals/required"),
+            "approval groups are set but 0 approvals are required",
+            "set `required:` to the number of approvers needed",
+        );
+    }
+    if let Some(s) = &e.signature
+        && s.required
+        && s.keys.is_empty()
+    {
+        cx.err_key(
+            "missing-field",
+            &at("signature"),
+            "signatures are required but no trusted keys are listed",
+            "add `keys: [keys/release.pub]` (minisign public key files)",
+        );
+    }
+    if let Some(s) = &e.strategy {
+        strategy(cx, spec, &at("strategy"), s);
+    }
+    let check_names: Vec<&str> = spec.checks.keys().map(String::as_str).collect();
+    for (i, c) in e.checks.iter().enumerate() {
+        cx.reference(&format!("{}/{i}", at("checks")), "check", c, &check_names);
+    }
+    for (svc, v) in &e.deployed {
+        let p = format!("{}/{}", at("deployed"), yaml::escape(svc));
+        semver_at(cx, &p, v);
+        if !names.contains(&svc.as_str()) {
+            cx.warn(
+                "unknown-reference",
+                &p,
+                format!("`{svc}` is deployed here but is not a service of this release"),
+                suggest(svc, names, "service"),
+            );
+        }
+    }
+}
+
+fn date_at(cx: &mut Cx<'_>, ptr: &str, d: &str) -> Option<jiff::civil::Date> {
+    match d.parse::<jiff::civil::Date>() {
+        Ok(v) => Some(v),
+        Err(_) => {
+            cx.err_value(
+                "invalid-date",
+                ptr,
+                format!("`{d}` is not a date"),
+                "write dates as YYYY-MM-DD, e.g. `2026-12-20`",
+            );
+            None
+        }
+    }
+}
+
+fn strategy(cx: &mut Cx<'_>, spec: &ReleaseSpec, ptr: &str, s: &Strategy) {
+    cx.exactly_one(
+        ptr,
+        "the strategy",
+        &[
+            ("big_bang", s.big_bang.is_some()),
+            ("rolling", s.rolling.is_some()),
+            ("canary", s.canary.is_some()),
+        ],
+    );
+    if let Some(r) = &s.rolling
+        && r.batch_size == 0
+    {
+        cx.err_value(
+            "out-of-range",
+            &format!("{ptr}/rolling/batch_size"),
+            "batch_size is 0",
+            "use at least 1",
+        );
+    }
+    let templates: Vec<&str> = spec.analysis_templates.keys().map(String::as_str).collect();
+    if let Some(c) = &s.canary {
+        let sp = format!("{ptr}/canary/steps");
+        if c.steps.is_empty() {
+            cx.err_value(
+                "empty",
+                &sp,
+                "the canary has no steps",
+                "add steps such as `- set_weight: 10`, `- analysis: { template: golden-signals }`, `- set_weight: 100`",
+            );
+        }
+        for (i, st) in c.steps.iter().enumerate() {
+            let p = format!("{sp}/{i}");
+            cx.exactly_one(
+                &p,
+                "a canary step",
+                &[
+                    ("set_weight", st.set_weight.is_some()),
+                    ("pause", st.pause.is_some()),
+                    ("analysis", st.analysis.is_some()),
+                ],
+            );
+            if let Some(w) = st.set_weight
+                && w > 100
+            {
+                cx.err_value(
+                    "out-of-range",
+                    &format!("{p}/set_weight"),
+                    format!("weight {w} is above 100"),
+                    "weights are percentages of traffic, 0 to 100",
+                );
+            }
+            if let Some(pause) = &st.pause
+                && pause != "manual"
+            {
+                cx.duration(&format!("{p}/pause"), Some(pause), true);
+            }
+            if let Some(a) = &st.analysis {
+                cx.reference(
+                    &format!("{p}/analysis/template"),
+                    "analysis template",
+                    &a.template,
+                    &templates,
+                );
+                cx.duration(&format!("{p}/analysis/duration"), a.duration.as_ref(), true);
+            }
+        }
+        if let Some(a) = &c.analysis {
+            cx.reference(
+                &format!("{ptr}/canary/analysis/template"),
+                "analysis template",
+                &a.template,
+                &templates,
+            );
+            cx.duration(
+                &format!("{ptr}/canary/analysis/duration"),
+                a.duration.as_ref(),
+                true,
+            );
+        }
+        if !c.steps.iter().any(|s| s.analysis.is_some()) && c.analysis.is_none() {
+            cx.warn(
+                "canary-without-analysis",
+                &format!("{ptr}/canary"),
+                "the canary has no analysis: nothing will judge it and it can never roll back by itself",
+                "add an `- analysis: { template: ... }` step or a background `analysis:`",
+            );
+        }
+    }
+}
+
+fn template(cx: &mut Cx<'_>, spec: &ReleaseSpec, name: &str, t: &AnalysisTemplate) {
+    let base = pointer(["analysis_templates", name]);
+    cx.duration(&format!("{base}/interval"), t.interval.as_ref(), true);
+    if t.metrics.is_empty() {
+        cx.err_value(
+            "empty",
+            &format!("{base}/metrics"),
+            "the template has no metrics",
+            "add at least one, e.g. `- { name: error-rate, max: 0.01 }`",
+        );
+    }
+    if t.min_samples == Some(0) {
+        cx.warn(
+            "min-samples-zero",
+            &format!("{base}/min_samples"),
+            "min_samples 0 lets a measurement with no traffic pass",
+            "require enough samples to judge, e.g. `min_samples: 50`",
+        );
+    }
+    let mut providers: Vec<&str> = vec!["builtin"];
+    providers.extend(spec.providers.keys().map(String::as_str));
+    for (i, m) in t.metrics.iter().enumerate() {
+        metric(cx, &format!("{base}/metrics/{i}"), m, &providers);
+    }
+}
+
+fn metric(cx: &mut Cx<'_>, ptr: &str, m: &Metric, providers: &[&str]) {
+    cx.reference(
+        &format!("{ptr}/provider"),
+        "provider",
+        &m.provider,
+        providers,
+    );
+    let latency = m.name.contains("latency");
+    if m.provider == "builtin" {
+        if !BUILTIN_METRICS.contains(&m.name.as_str()) {
+            cx.err_value(
+                "unknown-metric",
+                &format!("{ptr}/name"),
+                format!("the builtin provider has no metric `{}`", m.name),
+                suggest(&m.name, BUILTIN_METRICS, "builtin metric"),
+            );
+        }
+        if m.query.is_some() {
+            cx.warn(
+                "unused-query",
+                &format!("{ptr}/query"),
+                "the builtin provider ignores `query`",
+                "remove it, or use a prometheus/http provider",
+            );
+        }
+    } else if m.query.is_none() {
+        cx.err_key(
+            "missing-field",
+            ptr,
+            format!(
+                "metric `{}` from provider `{}` needs a `query`",
+                m.name, m.provider
+            ),
+            "add `query:` (PromQL for prometheus, a JSON pointer for http)",
+        );
+    }
+    for (f, v) in [("max", &m.max), ("min", &m.min)] {
+        let Some(v) = v else { continue };
+        let p = format!("{ptr}/{f}");
+        let text = v.as_str();
+        let number = text.parse::<f64>().ok().filter(|n| n.is_finite());
+        let dur = parse_duration(text).ok();
+        match (number, dur) {
+            (Some(n), _) if m.name == "error-rate" && !(0.0..=1.0).contains(&n) => cx.err_value(
+                "out-of-range",
+                &p,
+                format!("error-rate threshold {n} is outside 0–1"),
+                format!(
+                    "error-rate is a fraction: 1% is 0.01, so write `{f}: {}`",
+                    n / 100.0
+                ),
+            ),
+            (Some(_), _) => {}
+            (None, Some(_)) if latency => {}
+            (None, Some(_)) => cx.err_value(
+                "invalid-threshold",
+                &p,
+                format!("`{text}` is a duration, but `{}` is not a latency", m.name),
+                "write a number",
+            ),
+            (None, None) => cx.err_value(
+                "invalid-threshold",
+                &p,
+                format!("`{text}` is neither a number nor a duration"),
+                if latency {
+                    "write a latency like `300ms`"
+                } else {
+                    "write a number such as `0.01`"
+                },
+            ),
+        }
+    }
+    if m.name == "latency-vs-stable" && m.compare.is_none() {
+        cx.err_key(
+            "missing-field",
+            ptr,
+            "`latency-vs-stable` needs `compare: mann-whitney`",
+            "add `compare: mann-whitney` and a `confidence:` such as 0.98",
+        );
+    }
+    if let Some(c) = m.confidence
+        && !(c > 0.5 && c < 1.0)
+    {
+        cx.err_value(
+            "out-of-range",
+            &format!("{ptr}/confidence"),
+            format!("confidence {c} is outside (0.5, 1)"),
+            "use a confidence such as 0.95 or 0.98",
+        );
+    }
+    if m.compare.is_some() && m.confidence.is_none() {
+        cx.warn(
+            "default-confidence",
+            ptr,
+            "no confidence given for the comparison; 0.95 is used",
+            "set `confidence:` explicitly",
+        );
+    }
+    if m.max.is_none() && m.min.is_none() && m.compare.is_none() {
+        cx.err_key(
+            "no-threshold",
+            ptr,
+            format!("metric `{}` has no threshold: it can never fail", m.name),
+            "add `max:`, `min:` or `compare:`",
+        );
+    }
+}
+
+fn check(cx: &mut Cx<'_>, name: &str, c: &Check) {
+    let base = pointer(["checks", name]);
+    cx.exactly_one(
+        &base,
+        &format!("check `{name}`"),
+        &[
+            ("http", c.http.is_some()),
+            ("tcp", c.tcp.is_some()),
+            ("command", c.command.is_some()),
+            ("sql", c.sql.is_some()),
+        ],
+    );
+    if let Some(h) = &c.http {
+        if !h.url.contains("{{") {
+            url_at(cx, &format!("{base}/http/url"), &h.url);
+        }
+        if let Some(s) = h.status
+            && !(100..=599).contains(&s)
+        {
+            cx.err_value(
+                "out-of-range",
+                &format!("{base}/http/status"),
+                format!("{s} is not an HTTP status"),
+                "use a status between 100 and 599",
+            );
+        }
+    }
+    if let Some(t) = &c.tcp {
+        endpoint_at(cx, &format!("{base}/tcp"), t);
+    }
+    cx.duration(&format!("{base}/timeout"), c.timeout.as_ref(), true);
+}
