@@ -1,0 +1,298 @@
+//! Forwarding one request: pick a version and backend, rewrite hop-by-hop headers, send it
+//! through the pooled client, stream the response back, and count the outcome.
+//!
+//! Bodies are never buffered: the client's request body is handed to the upstream
+//! connection as it arrives, and the upstream response body is handed to the client the
+//! same way, wrapped only to keep the in-flight count honest.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{Either, Full};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::http::uri::{PathAndQuery, Scheme};
+use hyper::{Request, Response, StatusCode, Uri};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+
+use crate::metrics::{InFlight, Metrics, Outcome};
+use crate::routing::{Router, Version};
+
+/// Testers force a version with this request header: `canary` or `stable`.
+pub const ROUTE_HEADER: &str = "x-slipway-route";
+/// Every proxied response says which version answered it.
+pub const VERSION_HEADER: &str = "x-slipway-version";
+
+/// The body the proxy answers with: the backend's, streamed, or its own short message.
+pub type ProxyBody = Either<Tracked<Incoming>, Full<Bytes>>;
+
+pub(crate) type UpstreamClient = Client<HttpConnector, Incoming>;
+
+/// Shared by all connection tasks.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) router: Router,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) client: UpstreamClient,
+    pub(crate) upstream_timeout: Option<Duration>,
+}
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1), plus `expect`: hyper already answered the
+/// client's `100-continue` when it started reading the body, so the backend must not.
+static HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::EXPECT,
+];
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+pub(crate) async fn handle(
+    shared: &Shared,
+    mut req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let started = Instant::now();
+    let version = match route_override(req.headers()) {
+        Ok(Some(version)) => version,
+        Ok(None) => shared.router.choose(),
+        Err(()) => {
+            return Ok(local_response(
+                StatusCode::BAD_REQUEST,
+                "x-slipway-route must be `canary` or `stable`\n",
+                None,
+            ));
+        }
+    };
+    let pools = shared.router.pools();
+    let Some(backend) = pools.pool(version).next_backend() else {
+        // Counted: a version that should take traffic but has no backend is failing.
+        shared
+            .metrics
+            .record(version, Outcome::ProxyError, started.elapsed());
+        return Ok(local_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no backend for this version\n",
+            Some(version),
+        ));
+    };
+
+    let path_and_query = req
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let mut parts = hyper::http::uri::Parts::default();
+    parts.scheme = Some(Scheme::HTTP);
+    parts.authority = Some(backend.authority.clone());
+    parts.path_and_query = Some(path_and_query);
+    match Uri::from_parts(parts) {
+        Ok(uri) => *req.uri_mut() = uri,
+        Err(_) => {
+            return Ok(local_response(
+                StatusCode::BAD_REQUEST,
+                "request target cannot be forwarded\n",
+                None,
+            ));
+        }
+    }
+    *req.version_mut() = hyper::Version::HTTP_11;
+    strip_hop_by_hop(req.headers_mut());
+    append_forwarded_for(req.headers_mut(), peer);
+
+    let in_flight = shared.metrics.in_flight_guard(version);
+    let sent = shared.client.request(req);
+    let result = match shared.upstream_timeout {
+        Some(limit) => match tokio::time::timeout(limit, sent).await {
+            Ok(result) => result.map_err(|_| StatusCode::BAD_GATEWAY),
+            Err(_elapsed) => Err(StatusCode::GATEWAY_TIMEOUT),
+        },
+        None => sent.await.map_err(|_| StatusCode::BAD_GATEWAY),
+    };
+    let elapsed = started.elapsed();
+    match result {
+        Ok(response) => {
+            shared.metrics.record(
+                version,
+                Outcome::Status(response.status().as_u16()),
+                elapsed,
+            );
+            let (mut parts, body) = response.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            parts
+                .headers
+                .insert(VERSION_HEADER, HeaderValue::from_static(version.as_str()));
+            let body = Tracked {
+                inner: body,
+                _in_flight: in_flight,
+            };
+            Ok(Response::from_parts(parts, Either::Left(body)))
+        }
+        Err(status) => {
+            shared.metrics.record(version, Outcome::ProxyError, elapsed);
+            let message = if status == StatusCode::GATEWAY_TIMEOUT {
+                "upstream timed out\n"
+            } else {
+                "upstream failed\n"
+            };
+            Ok(local_response(status, message, Some(version)))
+        }
+    }
+}
+
+/// `Ok(None)` without the header, `Err` when it names no version.
+fn route_override(headers: &HeaderMap) -> Result<Option<Version>, ()> {
+    let Some(value) = headers.get(ROUTE_HEADER) else {
+        return Ok(None);
+    };
+    let value = value.to_str().map_err(|_| ())?.trim();
+    if value.eq_ignore_ascii_case("canary") {
+        Ok(Some(Version::Canary))
+    } else if value.eq_ignore_ascii_case("stable") {
+        Ok(Some(Version::Stable))
+    } else {
+        Err(())
+    }
+}
+
+/// Removes the headers that describe this hop only: the fixed list and every header the
+/// `Connection` header names. Everything else passes unchanged.
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in listed {
+        headers.remove(name);
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
+    let client = peer.ip().to_string();
+    let mut values = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect::<Vec<_>>()
+        .join(", ");
+    if !values.is_empty() {
+        values.push_str(", ");
+    }
+    values.push_str(&client);
+    if let Ok(value) = HeaderValue::from_str(&values) {
+        headers.insert(X_FORWARDED_FOR.clone(), value);
+    }
+}
+
+pub(crate) fn local_response(
+    status: StatusCode,
+    message: &'static str,
+    version: Option<Version>,
+) -> Response<ProxyBody> {
+    let mut response = Response::new(Either::Right(Full::new(Bytes::from_static(
+        message.as_bytes(),
+    ))));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    if let Some(version) = version {
+        headers.insert(VERSION_HEADER, HeaderValue::from_static(version.as_str()));
+    }
+    response
+}
+
+/// A response body that keeps its request counted as in flight until it is finished
+/// or dropped.
+#[derive(Debug)]
+pub struct Tracked<B> {
+    inner: B,
+    _in_flight: InFlight,
+}
+
+impl<B: Body + Unpin> Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_listed_and_fixed_hop_headers_go_others_stay() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, X-Trace-Hop"),
+        );
+        headers.insert("x-trace-hop", HeaderValue::from_static("1"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("a/b"));
+        headers.insert("x-custom", HeaderValue::from_static("kept"));
+        strip_hop_by_hop(&mut headers);
+        let mut left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, vec!["content-type", "x-custom"]);
+    }
+
+    #[test]
+    fn forwarded_for_appends() {
+        let peer: SocketAddr = "127.0.0.7:5000".parse().unwrap();
+        let mut headers = HeaderMap::new();
+        append_forwarded_for(&mut headers, peer);
+        assert_eq!(headers[&X_FORWARDED_FOR], "127.0.0.7");
+        let mut headers = HeaderMap::new();
+        headers.append(&X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.1"));
+        headers.append(&X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.2"));
+        append_forwarded_for(&mut headers, peer);
+        assert_eq!(headers[&X_FORWARDED_FOR], "10.0.0.1, 10.0.0.2, 127.0.0.7");
+    }
+
+    #[test]
+    fn route_header_values() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(route_override(&headers), Ok(None));
+        headers.insert(ROUTE_HEADER, HeaderValue::from_static("Canary"));
+        assert_eq!(route_override(&headers), Ok(Some(Version::Canary)));
+        headers.insert(ROUTE_HEADER, HeaderValue::from_static("blue"));
+        assert_eq!(route_override(&headers), Err(()));
+    }
+}

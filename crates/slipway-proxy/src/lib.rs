@@ -1,0 +1,308 @@
+//! `slipway-proxy`: the built-in weighted HTTP reverse proxy that sits in front of a
+//! service's stable and canary pools, with live per-version metrics.
+//!
+//! Built on hyper 1 and hyper-util's pooled client (see CRATES.md for why not pingora).
+//! HTTP/1.1 with keep-alive on both sides; bodies stream in both directions.
+//!
+//! The engine drives it through [`ProxyHandle`]:
+//! - [`ProxyHandle::set_weight`] / [`ProxyHandle::weight`] — the `TrafficRouter`
+//!   set_weight / verify_weight pair; a change applies to the very next request, and
+//!   requests already dispatched finish where they are;
+//! - [`ProxyHandle::set_pools`] — swap backends live;
+//! - [`ProxyHandle::snapshot`], [`ProxyHandle::take_window`], [`ProxyHandle::in_flight`]
+//!   — what the built-in metric provider measures.
+//!
+//! Architecture invariant: this crate knows nothing about specs, runs or the engine; it
+//! routes and counts, and is told everything else.
+
+mod admin;
+mod forward;
+mod metrics;
+mod routing;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use forward::{ProxyBody, ROUTE_HEADER, Tracked, VERSION_HEADER};
+pub use metrics::{MetricsSnapshot, VersionSnapshot, VersionWindow, Window};
+pub use routing::{Pools, Version};
+
+use crate::forward::Shared;
+use crate::metrics::Metrics;
+
+/// How long shutdown waits for open connections to finish their requests.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// How the proxy starts.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// Where clients connect; port 0 picks a free port (see [`ProxyHandle::local_addr`]).
+    pub listen: SocketAddr,
+    /// Where `/metrics` (Prometheus text) is served, if anywhere. Kept off the traffic
+    /// port so the service's own `/metrics` path still reaches the backends.
+    pub admin_listen: Option<SocketAddr>,
+    pub pools: Pools,
+    /// Initial percent of weighted requests that go to the canary (0–100).
+    pub canary_weight: u8,
+    /// Limit on establishing an upstream TCP connection; a refused or slow connect is a
+    /// 502 counted as a proxy error for the version.
+    pub connect_timeout: Duration,
+    /// Limit on waiting for the upstream response head (504 when exceeded); `None`
+    /// waits as long as the backend takes.
+    pub upstream_timeout: Option<Duration>,
+    /// Idle keep-alive connections kept per backend.
+    pub max_idle_per_backend: usize,
+    /// How long an idle upstream connection is kept.
+    pub idle_timeout: Duration,
+    /// Raw latency samples kept per version per window (reservoir-sampled beyond this).
+    pub window_sample_limit: usize,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin_listen: None,
+            pools: Pools::default(),
+            canary_weight: 0,
+            connect_timeout: Duration::from_secs(1),
+            upstream_timeout: Some(Duration::from_secs(30)),
+            max_idle_per_backend: 1024,
+            idle_timeout: Duration::from_secs(60),
+            window_sample_limit: 10_000,
+        }
+    }
+}
+
+/// Why the proxy could not start or a change was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("canary weight {0} is above 100 percent")]
+    WeightOutOfRange(u8),
+    #[error("failed to bind the {role} listener on {addr}")]
+    Bind {
+        role: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("failed to read the bound address of the {role} listener")]
+    LocalAddr {
+        role: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Entry point; see [`Proxy::start`].
+#[derive(Debug)]
+pub struct Proxy;
+
+impl Proxy {
+    /// Binds the listeners and starts serving on the current tokio runtime.
+    pub async fn start(config: ProxyConfig) -> Result<ProxyHandle, ProxyError> {
+        if config.canary_weight > 100 {
+            return Err(ProxyError::WeightOutOfRange(config.canary_weight));
+        }
+        let listener = bind("traffic", config.listen).await?;
+        let local_addr = bound_addr("traffic", &listener)?;
+        let admin = match config.admin_listen {
+            Some(addr) => {
+                let admin = bind("admin", addr).await?;
+                let admin_addr = bound_addr("admin", &admin)?;
+                Some((admin, admin_addr))
+            }
+            None => None,
+        };
+
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(config.connect_timeout));
+        // Small requests and responses must not wait for Nagle's algorithm.
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(config.max_idle_per_backend)
+            .pool_idle_timeout(config.idle_timeout)
+            .build(connector);
+
+        let shared = Arc::new(Shared {
+            router: routing::Router::new(config.pools, config.canary_weight),
+            metrics: Arc::new(Metrics::new(config.window_sample_limit)),
+            client,
+            upstream_timeout: config.upstream_timeout,
+        });
+        let (stop, stop_rx) = watch::channel(false);
+        let mut tasks = vec![tokio::spawn(serve_traffic(
+            listener,
+            Arc::clone(&shared),
+            stop_rx.clone(),
+        ))];
+        let admin_addr = admin.map(|(admin, addr)| {
+            tasks.push(tokio::spawn(admin::serve(
+                admin,
+                Arc::clone(&shared),
+                stop_rx,
+            )));
+            addr
+        });
+        Ok(ProxyHandle {
+            shared,
+            local_addr,
+            admin_addr,
+            stop,
+            tasks,
+        })
+    }
+}
+
+/// Controls a running proxy. Dropping it stops the proxy (without waiting); use
+/// [`ProxyHandle::shutdown`] to wait for in-flight requests.
+#[derive(Debug)]
+pub struct ProxyHandle {
+    shared: Arc<Shared>,
+    local_addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl ProxyHandle {
+    /// The traffic address clients connect to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The address serving `/metrics`, when configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// Sets the canary's percent of weighted traffic. Takes effect for the next request
+    /// the proxy routes; at 0 no new request reaches the canary (except ones that ask for
+    /// it with [`ROUTE_HEADER`]). In-flight requests are not touched.
+    pub fn set_weight(&self, canary_percent: u8) -> Result<(), ProxyError> {
+        if canary_percent > 100 {
+            return Err(ProxyError::WeightOutOfRange(canary_percent));
+        }
+        self.shared.router.set_weight(canary_percent);
+        Ok(())
+    }
+
+    /// The canary weight in effect (the verify_weight of the router contract).
+    pub fn weight(&self) -> u8 {
+        self.shared.router.weight()
+    }
+
+    /// Replaces the backends of both pools; the next request uses the new ones.
+    /// In-flight requests finish on the backend they were sent to.
+    pub fn set_pools(&self, pools: Pools) {
+        self.shared.router.set_pools(pools);
+    }
+
+    /// The backends in effect.
+    pub fn pools(&self) -> Pools {
+        self.shared.router.pools().spec.clone()
+    }
+
+    /// Cumulative counters and histograms; subtract two with [`MetricsSnapshot::since`].
+    pub fn snapshot(&self) -> MetricsSnapshot {
+        self.shared.metrics.snapshot(self.weight())
+    }
+
+    /// Everything since the previous call (or start), with raw latency samples, and
+    /// starts a new window. For one analysis loop; other readers use [`Self::snapshot`].
+    pub fn take_window(&self) -> Window {
+        self.shared.metrics.take_window(self.weight())
+    }
+
+    /// Requests dispatched to `version` whose responses have not finished yet; after
+    /// `set_weight(0)` the canary has drained when this reaches 0.
+    pub fn in_flight(&self, version: Version) -> u64 {
+        self.shared.metrics.in_flight(version)
+    }
+
+    /// The metrics in Prometheus text format, as the admin `/metrics` serves them.
+    pub fn render_prometheus(&self) -> String {
+        self.shared.metrics.render_prometheus(self.weight())
+    }
+
+    /// Stops accepting connections, lets in-flight requests finish (up to a grace
+    /// period), and waits.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks.drain(..) {
+            // A task that panicked has nothing left to wait for.
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for ProxyHandle {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+async fn bind(role: &'static str, addr: SocketAddr) -> Result<TcpListener, ProxyError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ProxyError::Bind { role, addr, source })
+}
+
+fn bound_addr(role: &'static str, listener: &TcpListener) -> Result<SocketAddr, ProxyError> {
+    listener
+        .local_addr()
+        .map_err(|source| ProxyError::LocalAddr { role, source })
+}
+
+/// Resolves once stop was requested or the handle is gone.
+pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
+    // `wait_for` returns a guard that is not Send; it is dropped here, before any await.
+    let _ = stop.wait_for(|stopped| *stopped).await;
+}
+
+async fn serve_traffic(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let graceful = GracefulShutdown::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, peer)) = accepted else {
+                    // Accept errors (e.g. EMFILE) are transient; back off so a full
+                    // descriptor table does not become a busy loop.
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                let shared = Arc::clone(&shared);
+                let svc = hyper::service::service_fn(move |req| {
+                    let shared = Arc::clone(&shared);
+                    async move { forward::handle(&shared, req, peer).await }
+                });
+                let conn = http1::Builder::new()
+                    .keep_alive(true)
+                    .serve_connection(TokioIo::new(stream), svc);
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    // Client resets and aborted bodies end connections; nothing to report.
+                    let _ = conn.await;
+                });
+            }
+            () = stopped(&mut stop) => break,
+        }
+    }
+    drop(listener);
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await;
+}

@@ -1,0 +1,213 @@
+//! Which version and which backend a request goes to.
+//!
+//! The split is deterministic, not random: request k of every 100 weighted requests goes
+//! to the canary when `floor((k+1)·w/100) > floor(k·w/100)`, so at weight 10 exactly 10 of
+//! every 100 consecutive requests reach the canary, evenly spread (a smooth weighted round
+//! robin). An analysis at low traffic then sees the share it asked for, not a dice roll.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+
+use hyper::http::uri::Authority;
+
+/// The two versions the proxy splits traffic between.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Version {
+    Stable,
+    Canary,
+}
+
+impl Version {
+    /// The lowercase name used in headers and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stable => "stable",
+            Self::Canary => "canary",
+        }
+    }
+
+    pub(crate) fn index(self) -> usize {
+        match self {
+            Self::Stable => 0,
+            Self::Canary => 1,
+        }
+    }
+
+    /// Both versions, stable first.
+    pub const ALL: [Self; 2] = [Self::Stable, Self::Canary];
+}
+
+impl std::fmt::Display for Version {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The backends behind each version. Requests are spread round-robin within a pool.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pools {
+    pub stable: Vec<SocketAddr>,
+    pub canary: Vec<SocketAddr>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Backend {
+    pub(crate) authority: Authority,
+}
+
+#[derive(Debug)]
+pub(crate) struct Pool {
+    backends: Vec<Backend>,
+    next: AtomicUsize,
+}
+
+impl Pool {
+    fn new(addrs: &[SocketAddr]) -> Self {
+        let backends = addrs
+            .iter()
+            .filter_map(|addr| {
+                // A SocketAddr always renders as a valid authority; filter_map only to
+                // avoid an unwrap on that invariant.
+                let authority = Authority::try_from(addr.to_string()).ok()?;
+                Some(Backend { authority })
+            })
+            .collect();
+        Self {
+            backends,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    pub(crate) fn next_backend(&self) -> Option<&Backend> {
+        if self.backends.is_empty() {
+            return None;
+        }
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.backends.len();
+        self.backends.get(i)
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct PoolSet {
+    pub(crate) spec: Pools,
+    pools: [Pool; 2],
+}
+
+impl PoolSet {
+    fn new(spec: Pools) -> Self {
+        let pools = [Pool::new(&spec.stable), Pool::new(&spec.canary)];
+        Self { spec, pools }
+    }
+
+    pub(crate) fn pool(&self, version: Version) -> &Pool {
+        &self.pools[version.index()]
+    }
+}
+
+/// Weight and pools, shared by every connection task and the handle.
+#[derive(Debug)]
+pub(crate) struct Router {
+    weight: AtomicU8,
+    sequence: AtomicU64,
+    pools: RwLock<Arc<PoolSet>>,
+}
+
+impl Router {
+    pub(crate) fn new(pools: Pools, weight: u8) -> Self {
+        Self {
+            weight: AtomicU8::new(weight.min(100)),
+            sequence: AtomicU64::new(0),
+            pools: RwLock::new(Arc::new(PoolSet::new(pools))),
+        }
+    }
+
+    pub(crate) fn weight(&self) -> u8 {
+        self.weight.load(Ordering::SeqCst)
+    }
+
+    /// Every request decided after this returns sees the new weight: it is read per
+    /// request, at dispatch. Requests already dispatched finish where they are.
+    pub(crate) fn set_weight(&self, weight: u8) {
+        self.weight.store(weight, Ordering::SeqCst);
+    }
+
+    pub(crate) fn pools(&self) -> Arc<PoolSet> {
+        // A poisoned lock only means a writer panicked mid-swap of an Arc, which cannot
+        // leave a torn value: the old or new Arc is there, both valid.
+        Arc::clone(&self.pools.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    pub(crate) fn set_pools(&self, pools: Pools) {
+        let set = Arc::new(PoolSet::new(pools));
+        *self.pools.write().unwrap_or_else(PoisonError::into_inner) = set;
+    }
+
+    /// The version for a request without an override header.
+    pub(crate) fn choose(&self) -> Version {
+        let weight = u64::from(self.weight.load(Ordering::SeqCst));
+        match weight {
+            0 => Version::Stable,
+            100.. => Version::Canary,
+            w => {
+                let k = self.sequence.fetch_add(1, Ordering::Relaxed) % 100;
+                if (k + 1) * w / 100 > k * w / 100 {
+                    Version::Canary
+                } else {
+                    Version::Stable
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_is_exact_per_hundred() {
+        for weight in [0u8, 1, 5, 10, 25, 33, 50, 99, 100] {
+            let router = Router::new(Pools::default(), weight);
+            let canary = (0..1000)
+                .filter(|_| router.choose() == Version::Canary)
+                .count();
+            assert_eq!(canary, usize::from(weight) * 10, "weight {weight}");
+        }
+    }
+
+    #[test]
+    fn split_is_smooth() {
+        let router = Router::new(Pools::default(), 10);
+        let positions: Vec<usize> = (0..30)
+            .filter(|_| router.choose() == Version::Canary)
+            .collect();
+        assert_eq!(positions, vec![9, 19, 29]);
+    }
+
+    #[test]
+    fn round_robin_within_a_pool() {
+        let a: SocketAddr = "127.0.0.1:1001".parse().unwrap();
+        let b: SocketAddr = "127.0.0.1:1002".parse().unwrap();
+        let set = PoolSet::new(Pools {
+            stable: vec![a, b],
+            canary: vec![],
+        });
+        let picks: Vec<String> = (0..4)
+            .map(|_| {
+                let backend = set.pool(Version::Stable).next_backend().unwrap();
+                backend.authority.to_string()
+            })
+            .collect();
+        assert_eq!(
+            picks,
+            [
+                "127.0.0.1:1001",
+                "127.0.0.1:1002",
+                "127.0.0.1:1001",
+                "127.0.0.1:1002"
+            ]
+        );
+        assert!(set.pool(Version::Canary).next_backend().is_none());
+    }
+}
