@@ -195,17 +195,18 @@ impl std::error::Error for Report<'_> {}
 
 impl miette::Diagnostic for Report<'_> {
     fn code<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
-        Some(Box::new(format!(
-            "{}[{}] {}:{}:{}",
-            match self.d.severity {
-                Severity::Error => "error",
-                Severity::Warning => "warning",
-            },
-            self.d.code,
-            self.file,
-            self.d.pos.line,
-            self.d.pos.column
-        )))
+        let sev = match self.d.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        Some(Box::new(if self.d.pos.line == 0 {
+            format!("{sev}[{}] {}", self.d.code, self.file)
+        } else {
+            format!(
+                "{sev}[{}] {}:{}:{}",
+                self.d.code, self.file, self.d.pos.line, self.d.pos.column
+            )
+        }))
     }
     fn severity(&self) -> Option<miette::Severity> {
         Some(match self.d.severity {

@@ -368,7 +368,15 @@ fn structural(cx: &mut Cx<'_>, value: &Value) {
                         .join(" or "),
                 };
                 let found = json_type_name(e.instance());
-                let help = if expected.contains("string") && !e.instance().is_object() {
+                let help = if ptr.ends_with("/version") && e.instance().is_number() {
+                    format!(
+                        "a version is text with three parts; write it in quotes: \"{}{}\"",
+                        scalar_text(e.instance()),
+                        ".0".repeat(
+                            3usize.saturating_sub(scalar_text(e.instance()).split('.').count())
+                        )
+                    )
+                } else if expected.contains("string") && !e.instance().is_object() {
                     format!(
                         "quote the value to make it text: \"{}\"",
                         scalar_text(e.instance())
@@ -417,6 +425,17 @@ fn structural(cx: &mut Cx<'_>, value: &Value) {
                 format!("{} is above the maximum {limit}", scalar_text(e.instance())),
                 format!("use a value of at most {limit}"),
             ),
+            K::OneOfNotValid { .. } | K::AnyOf { .. } if enum_options(root, &ptr).is_some() => {
+                let opts = enum_options(root, &ptr).unwrap_or_default();
+                let known: Vec<&str> = opts.iter().map(String::as_str).collect();
+                let got = scalar_text(e.instance());
+                cx.err_value(
+                    "invalid-value",
+                    &ptr,
+                    format!("`{got}` is not allowed here"),
+                    suggest(&got, &known, "value"),
+                );
+            }
             _ => cx.err_value(
                 "schema",
                 &ptr,
@@ -425,6 +444,18 @@ fn structural(cx: &mut Cx<'_>, value: &Value) {
             ),
         }
     }
+}
+
+/// The allowed values of an enum written as `oneOf` of `const`s (how schemars renders
+/// documented enum variants).
+fn enum_options(root: &Value, ptr: &str) -> Option<Vec<String>> {
+    let s = schema::subschema_at(root, ptr)?;
+    let variants = s.get("oneOf").or_else(|| s.get("anyOf"))?.as_array()?;
+    let opts: Vec<String> = variants
+        .iter()
+        .filter_map(|v| v.get("const").and_then(Value::as_str).map(str::to_owned))
+        .collect();
+    (!opts.is_empty() && opts.len() == variants.len()).then_some(opts)
 }
 
 fn type_word(t: &str) -> String {
@@ -595,7 +626,10 @@ fn semantic(cx: &mut Cx<'_>, spec: &ReleaseSpec) {
 
 fn semver_at(cx: &mut Cx<'_>, ptr: &str, v: &str) {
     if let Err(e) = semver::Version::parse(v) {
-        let hint = if v.split('.').count() < 3 {
+        let numeric = v
+            .split('.')
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+        let hint = if numeric && v.split('.').count() < 3 {
             format!(
                 "write all three parts: `{v}{}`",
                 ".0".repeat(3 - v.split('.').count().min(3))

@@ -196,7 +196,8 @@ impl<'a> LineIndex<'a> {
             Some(i) => &token[..i],
             None => token.strip_suffix(':').unwrap_or(token),
         };
-        token.len().max(1)
+        // Long runs (deep brackets, minified JSON) would make an unreadable label.
+        token.len().clamp(1, 40)
     }
 }
 
@@ -234,7 +235,7 @@ pub fn parse(text: &str) -> Result<(serde_json::Value, SpanMap), Vec<Diagnostic>
             Pos::default(),
             "the file is empty",
             "a release spec starts with `apiVersion: slipway/v1` and `kind: Release`; \
-             run `slipway init` or copy examples/shop/release.yaml",
+             copy examples/shop/release.yaml to start",
         )]);
     }
     if let Some(i) = text.find('\0') {
@@ -292,13 +293,18 @@ fn yaml_error(e: &serde_saphyr::Error, text: &str) -> Diagnostic {
         .trim()
         .to_owned();
     let lower = msg.to_lowercase();
+    let msg = if lower.contains("depth") {
+        format!("the document nests more than {MAX_DEPTH} levels deep")
+    } else {
+        msg
+    };
     let (code, help) = if lower.contains("alias") || lower.contains("anchor") {
         (
             "yaml-aliases",
             "too many or too deeply expanded aliases (a YAML \"billion laughs\"); \
              write the values out instead of aliasing them",
         )
-    } else if lower.contains("depth") || lower.contains("nest") {
+    } else if lower.contains("depth") || lower.contains("nests") {
         (
             "yaml-depth",
             "the document nests deeper than any release spec needs; flatten it",

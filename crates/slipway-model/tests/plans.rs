@@ -1,0 +1,190 @@
+//! Plans of the examples (JSON snapshots) and the planner's rules: waves, gates with
+//! sources, risk factors, recommendations, tag findings.
+
+use slipway_model::plan::{Facts, GateKind, plan};
+use slipway_model::validate;
+
+use crate::repo_path;
+
+fn load(rel: &str) -> slipway_model::spec::ReleaseSpec {
+    let text = std::fs::read_to_string(repo_path(rel)).unwrap();
+    validate::load(rel, &text).unwrap().spec
+}
+
+#[test]
+fn example_plans_snapshot() {
+    for (example, envs) in [
+        ("shop", &["staging", "prod"][..]),
+        ("security-patch", &["staging", "prod"][..]),
+        ("hotfix", &["prod"][..]),
+    ] {
+        let spec = load(&format!("examples/{example}/release.yaml"));
+        for env in envs {
+            let p = plan(&spec, env, &Facts::default()).unwrap();
+            insta::assert_json_snapshot!(format!("plan-{example}-{env}"), p);
+        }
+    }
+}
+
+#[test]
+fn waves_follow_dependencies_and_coupling() {
+    let text = "apiVersion: slipway/v1
+kind: Release
+metadata: { name: x, version: 1.0.0, type: patch }
+services:
+  db: { steps: [ { name: i, run: \"true\" } ] }
+  cache: { steps: [ { name: i, run: \"true\" } ] }
+  api: { depends_on: [db], coupled_with: [worker], steps: [ { name: i, run: \"true\" } ] }
+  worker: { depends_on: [cache], steps: [ { name: i, run: \"true\" } ] }
+  web: { depends_on: [api], steps: [ { name: i, run: \"true\" } ] }
+  search: { depends_on: [db, cache], steps: [ { name: i, run: \"true\" } ] }
+environments:
+  s: { target: { exec: {} } }
+";
+    let spec = validate::load("w.yaml", text).unwrap().spec;
+    let p = plan(&spec, "s", &Facts::default()).unwrap();
+    let waves: Vec<Vec<&str>> = p
+        .waves
+        .iter()
+        .map(|w| w.services.iter().map(String::as_str).collect())
+        .collect();
+    assert_eq!(
+        waves,
+        vec![
+            vec!["cache", "db"],
+            vec!["api", "search", "worker"],
+            vec!["web"]
+        ]
+    );
+    // Steps come out in wave order.
+    let order: Vec<u32> = p.steps.iter().map(|s| s.wave).collect();
+    assert!(order.windows(2).all(|w| w[0] <= w[1]));
+}
+
+#[test]
+fn gates_come_from_policy_with_their_source() {
+    let spec = load("examples/shop/release.yaml");
+    let p = plan(&spec, "prod", &Facts::default()).unwrap();
+    let find = |name: &str| p.gates.iter().find(|g| g.kind.name() == name).unwrap();
+    assert_eq!(find("soak").source, "policy.feature.soak");
+    assert_eq!(find("canary").source, "policy.feature.canary");
+    assert!(matches!(
+        find("approvals").kind,
+        GateKind::Approvals {
+            required: 2,
+            four_eyes: true,
+            ..
+        }
+    ));
+    // Staging is not production: the release-type policy does not apply there.
+    let s = plan(&spec, "staging", &Facts::default()).unwrap();
+    assert!(
+        s.gates
+            .iter()
+            .all(|g| g.kind.name() != "soak" && g.kind.name() != "approvals")
+    );
+}
+
+#[test]
+fn security_releases_require_signatures_by_default() {
+    let spec = load("examples/security-patch/release.yaml");
+    let p = plan(&spec, "prod", &Facts::default()).unwrap();
+    let soak = p.gates.iter().find(|g| g.kind.name() == "soak").unwrap();
+    assert_eq!(soak.source, "default policy for security releases");
+    assert!(
+        p.gates
+            .iter()
+            .any(|g| matches!(&g.kind, GateKind::Signature { keys } if keys.len() == 2))
+    );
+}
+
+#[test]
+fn hotfix_needs_post_review_and_may_skip_windows() {
+    let spec = load("examples/hotfix/release.yaml");
+    let p = plan(&spec, "prod", &Facts::default()).unwrap();
+    assert!(p.gates.iter().any(|g| g.kind == GateKind::PostReview));
+    assert!(p.gates.iter().all(|g| g.kind.name() != "windows"));
+    assert!(p.findings.iter().any(|f| f.code == "windows-bypassed"));
+}
+
+#[test]
+fn missing_tag_is_named() {
+    let spec = load("examples/security-patch/release.yaml");
+    let facts = Facts {
+        git_tags: Some(vec!["payments-v3.1.1".into()]),
+        ..Facts::default()
+    };
+    let p = plan(&spec, "prod", &facts).unwrap();
+    let f = p.findings.iter().find(|f| f.code == "tag-missing").unwrap();
+    assert!(f.message.contains("payments-v3.1.2"), "{}", f.message);
+    let facts = Facts {
+        git_tags: Some(vec!["payments-v3.1.2".into()]),
+        ..Facts::default()
+    };
+    let p = plan(&spec, "prod", &facts).unwrap();
+    assert!(p.findings.iter().all(|f| f.code != "tag-missing"));
+}
+
+#[test]
+fn irreversible_migrations_raise_risk_and_recommend_phasing() {
+    let spec = load("examples/shop/release.yaml");
+    let mut facts = Facts::default();
+    let calm = plan(&spec, "prod", &facts).unwrap();
+    facts
+        .migrations
+        .insert("db".into(), vec![(2, true), (3, false)]);
+    let p = plan(&spec, "prod", &facts).unwrap();
+    let f = p
+        .risk
+        .factors
+        .iter()
+        .find(|f| f.factor == "irreversible migrations")
+        .unwrap();
+    assert_eq!(f.points, 25);
+    assert_eq!(p.risk.score, calm.risk.score + 25);
+    assert_eq!(p.recommendation.approach, "phased");
+    assert!(
+        p.recommendation
+            .reasons
+            .iter()
+            .any(|r| r.contains("migration db cannot be undone"))
+    );
+}
+
+#[test]
+fn high_risk_requires_a_change_record() {
+    let text = std::fs::read_to_string(repo_path("examples/shop/release.yaml"))
+        .unwrap()
+        .replace("  change: CHG-1042\n", "");
+    let spec = validate::load("s.yaml", &text).unwrap().spec;
+    let calm = plan(&spec, "prod", &Facts::default()).unwrap();
+    assert!(
+        calm.findings
+            .iter()
+            .all(|f| f.code != "change-record-missing")
+    );
+    let facts = Facts {
+        days_since_change: [("api".to_owned(), 200u32)].into(),
+        migrations: [("db".to_owned(), vec![(3u32, false)])].into(),
+        ..Facts::default()
+    };
+    let p = plan(&spec, "prod", &facts).unwrap();
+    assert!(
+        p.risk.score >= slipway_model::plan::HIGH_RISK,
+        "{:?}",
+        p.risk
+    );
+    let f = p
+        .findings
+        .iter()
+        .find(|f| f.code == "change-record-missing")
+        .unwrap();
+    assert!(f.message.contains("high-impact"), "{}", f.message);
+}
+
+#[test]
+fn unknown_environment_names_the_choices() {
+    let spec = load("examples/shop/release.yaml");
+    let e = plan(&spec, "production", &Facts::default()).unwrap_err();
+    assert!(e.contains("prod, staging"), "{e}");
+}
