@@ -139,6 +139,10 @@ impl Output {
 
     /// Report an error and return its exit code.
     pub fn fail(&self, e: &CliError) -> i32 {
+        // An empty message means the command already reported (e.g. spec diagnostics).
+        if e.message.is_empty() {
+            return e.code;
+        }
         if self.json() {
             self.json_value(&serde_json::json!({
                 "ok": false,
