@@ -1,0 +1,620 @@
+//! Reading what a package is without unpacking it: Slipway archives, plain tarballs,
+//! Debian packages, RPM packages and OCI image layouts.
+//!
+//! Only metadata is parsed (the embedded manifest, the deb control file, the RPM header,
+//! the OCI manifest and config); payloads are streamed to count their files.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::archive::{ARCHIVE_MANIFEST_NAME, ARCHIVE_MANIFEST_SCHEMA, ArchiveManifest};
+use crate::digest::{sha256_bytes, sha256_file};
+use crate::error::{Error, Result};
+use crate::unpack::decompressed;
+
+/// Metadata documents read into memory are capped; real ones are far smaller.
+const MAX_METADATA_BYTES: u64 = 64 * 1024 * 1024;
+
+/// The kind of package.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PackageFormat {
+    /// A Slipway archive: a tarball with `slipway-manifest.json`.
+    Slipway,
+    /// A tarball without a Slipway manifest.
+    Tar,
+    Deb,
+    Rpm,
+    /// An OCI image layout directory.
+    Oci,
+}
+
+impl std::fmt::Display for PackageFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PackageFormat::Slipway => "slipway",
+            PackageFormat::Tar => "tar",
+            PackageFormat::Deb => "deb",
+            PackageFormat::Rpm => "rpm",
+            PackageFormat::Oci => "oci",
+        })
+    }
+}
+
+/// What [`inspect`] found.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PackageInfo {
+    pub format: PackageFormat,
+    pub name: Option<String>,
+    /// For RPM packages `version-release`.
+    pub version: Option<String>,
+    pub architecture: Option<String>,
+    /// As the format writes them (`libc6 (>= 2.34)`, `bash >= 5`).
+    pub dependencies: Vec<String>,
+    /// Lowercase hex SHA-256 of the file; for an OCI layout, of its image manifest (the
+    /// digest registries and runtimes identify the image by).
+    pub digest: String,
+    /// Regular files in the payload; for an OCI image, its layers.
+    pub files: u64,
+}
+
+/// Inspects the package at `path` (a file, or an OCI layout directory).
+pub fn inspect(path: &Path) -> Result<PackageInfo> {
+    let meta = std::fs::metadata(path).map_err(|e| Error::io("read", path, e))?;
+    if meta.is_dir() {
+        return inspect_oci(path);
+    }
+    let mut head = [0u8; 512];
+    let n = read_up_to(
+        &mut File::open(path).map_err(|e| Error::io("open", path, e))?,
+        &mut head,
+    )
+    .map_err(|e| Error::io("read", path, e))?;
+    let head = &head[..n];
+    if head.starts_with(b"!<arch>\n") {
+        inspect_deb(path)
+    } else if head.starts_with(&[0xed, 0xab, 0xee, 0xdb]) {
+        inspect_rpm(path)
+    } else {
+        inspect_tar(path, head)
+    }
+}
+
+fn fail(path: &Path, reason: impl Into<String>) -> Error {
+    Error::Inspect {
+        path: path.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+fn read_up_to(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut total = 0;
+    while total < buf.len() {
+        match reader.read(&mut buf[total..])? {
+            0 => break,
+            n => total += n,
+        }
+    }
+    Ok(total)
+}
+
+fn read_capped(reader: impl Read, path: &Path, what: &str) -> Result<Vec<u8>> {
+    let mut data = Vec::new();
+    reader
+        .take(MAX_METADATA_BYTES + 1)
+        .read_to_end(&mut data)
+        .map_err(|e| fail(path, format!("cannot read {what} ({e})")))?;
+    if data.len() as u64 > MAX_METADATA_BYTES {
+        return Err(fail(
+            path,
+            format!("{what} is larger than {MAX_METADATA_BYTES} bytes"),
+        ));
+    }
+    Ok(data)
+}
+
+fn is_compressed(head: &[u8]) -> bool {
+    head.starts_with(&[0x1f, 0x8b])
+        || head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd])
+        || head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0])
+}
+
+fn inspect_tar(path: &Path, head: &[u8]) -> Result<PackageInfo> {
+    let plain_tar = head.len() >= 262 && &head[257..262] == b"ustar";
+    if !plain_tar && !is_compressed(head) {
+        return Err(fail(
+            path,
+            "it is not a tarball (.tar, .tar.gz, .tar.zst, .tar.xz), .deb, .rpm or OCI layout directory",
+        ));
+    }
+    let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
+    let stream = decompressed(file).map_err(|e| Error::io("read", path, e))?;
+    let mut archive = tar::Archive::new(stream);
+    let mut files = 0u64;
+    let mut manifest: Option<ArchiveManifest> = None;
+    let entries = archive
+        .entries()
+        .map_err(|e| fail(path, format!("it is not a readable tar archive ({e})")))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| {
+            fail(
+                path,
+                format!("the tar stream is corrupt or truncated ({e})"),
+            )
+        })?;
+        let entry_path = entry.path_bytes();
+        let name = entry_path.strip_prefix(b"./").unwrap_or(&entry_path);
+        if name == ARCHIVE_MANIFEST_NAME.as_bytes() {
+            let data = read_capped(entry, path, ARCHIVE_MANIFEST_NAME)?;
+            let parsed: ArchiveManifest = serde_json::from_slice(&data).map_err(|e| {
+                fail(
+                    path,
+                    format!("its {ARCHIVE_MANIFEST_NAME} is not a Slipway archive manifest ({e})"),
+                )
+            })?;
+            if parsed.schema != ARCHIVE_MANIFEST_SCHEMA {
+                return Err(fail(
+                    path,
+                    format!(
+                        "its {ARCHIVE_MANIFEST_NAME} has schema '{}', this version reads '{ARCHIVE_MANIFEST_SCHEMA}'",
+                        parsed.schema
+                    ),
+                ));
+            }
+            manifest = Some(parsed);
+        } else if entry.header().entry_type().is_file() {
+            files += 1;
+        }
+    }
+    Ok(match manifest {
+        Some(m) => PackageInfo {
+            format: PackageFormat::Slipway,
+            name: Some(m.name),
+            version: Some(m.version),
+            architecture: None,
+            dependencies: Vec::new(),
+            digest: sha256_file(path)?,
+            files,
+        },
+        None => PackageInfo {
+            format: PackageFormat::Tar,
+            name: None,
+            version: None,
+            architecture: None,
+            dependencies: Vec::new(),
+            digest: sha256_file(path)?,
+            files,
+        },
+    })
+}
+
+fn inspect_deb(path: &Path) -> Result<PackageInfo> {
+    let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
+    let mut ar = ar::Archive::new(file);
+    let mut control: Option<String> = None;
+    let mut files: Option<u64> = None;
+    while let Some(member) = ar.next_entry() {
+        let member =
+            member.map_err(|e| fail(path, format!("its ar container is corrupt ({e})")))?;
+        let id = String::from_utf8_lossy(member.header().identifier()).into_owned();
+        if id.starts_with("control.tar") {
+            let stream = decompressed(member)
+                .map_err(|e| fail(path, format!("cannot decompress {id} ({e})")))?;
+            let mut tar = tar::Archive::new(stream);
+            let entries = tar
+                .entries()
+                .map_err(|e| fail(path, format!("{id} is not a tar archive ({e})")))?;
+            for entry in entries {
+                let entry = entry.map_err(|e| fail(path, format!("{id} is corrupt ({e})")))?;
+                let entry_path = entry.path_bytes();
+                let name = entry_path.strip_prefix(b"./").unwrap_or(&entry_path);
+                if name == b"control" {
+                    let data = read_capped(entry, path, "the control file")?;
+                    control = Some(String::from_utf8_lossy(&data).into_owned());
+                    break;
+                }
+            }
+        } else if id.starts_with("data.tar") {
+            let stream = decompressed(member)
+                .map_err(|e| fail(path, format!("cannot decompress {id} ({e})")))?;
+            files = Some(
+                count_tar_files(stream)
+                    .map_err(|e| fail(path, format!("{id} is corrupt ({e})")))?,
+            );
+        }
+    }
+    let control = control.ok_or_else(|| {
+        fail(
+            path,
+            "it has no control.tar member with a control file; it is not a Debian package",
+        )
+    })?;
+    let fields = parse_control(&control);
+    let field = |name: &str| {
+        fields
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+    };
+    let mut dependencies = Vec::new();
+    for key in ["Pre-Depends", "Depends"] {
+        if let Some(value) = field(key) {
+            dependencies.extend(
+                value
+                    .split(',')
+                    .map(|d| d.split_whitespace().collect::<Vec<_>>().join(" "))
+                    .filter(|d| !d.is_empty()),
+            );
+        }
+    }
+    Ok(PackageInfo {
+        format: PackageFormat::Deb,
+        name: field("Package"),
+        version: field("Version"),
+        architecture: field("Architecture"),
+        dependencies,
+        digest: sha256_file(path)?,
+        files: files.ok_or_else(|| {
+            fail(
+                path,
+                "it has no data.tar member; it is not a Debian package",
+            )
+        })?,
+    })
+}
+
+/// Parses a deb822 paragraph: `Key: value` lines, continuation lines start with a blank.
+fn parse_control(text: &str) -> Vec<(String, String)> {
+    let mut fields: Vec<(String, String)> = Vec::new();
+    for line in text.lines() {
+        if line.starts_with([' ', '\t']) {
+            if let Some((_, value)) = fields.last_mut() {
+                value.push('\n');
+                value.push_str(line.trim());
+            }
+        } else if let Some((key, value)) = line.split_once(':') {
+            fields.push((key.trim().to_owned(), value.trim().to_owned()));
+        } else if line.trim().is_empty() && !fields.is_empty() {
+            // Only the first paragraph describes the binary package.
+            break;
+        }
+    }
+    fields
+}
+
+fn count_tar_files(stream: impl Read) -> io::Result<u64> {
+    let mut archive = tar::Archive::new(stream);
+    let mut files = 0;
+    for entry in archive.entries()? {
+        if entry?.header().entry_type().is_file() {
+            files += 1;
+        }
+    }
+    Ok(files)
+}
+
+// RPM header tags and types (rpm's lib/rpmtag.h).
+const RPMTAG_NAME: u32 = 1000;
+const RPMTAG_VERSION: u32 = 1001;
+const RPMTAG_RELEASE: u32 = 1002;
+const RPMTAG_EPOCH: u32 = 1003;
+const RPMTAG_ARCH: u32 = 1022;
+const RPMTAG_OLDFILENAMES: u32 = 1027;
+const RPMTAG_REQUIREFLAGS: u32 = 1048;
+const RPMTAG_REQUIRENAME: u32 = 1049;
+const RPMTAG_REQUIREVERSION: u32 = 1050;
+const RPMTAG_BASENAMES: u32 = 1117;
+const RPM_INT32: u32 = 4;
+const RPM_STRING: u32 = 6;
+const RPM_STRING_ARRAY: u32 = 8;
+const RPM_I18NSTRING: u32 = 9;
+const RPMSENSE_LESS: u32 = 0x02;
+const RPMSENSE_GREATER: u32 = 0x04;
+const RPMSENSE_EQUAL: u32 = 0x08;
+const HEADER_MAGIC: [u8; 3] = [0x8e, 0xad, 0xe8];
+
+struct RpmHeader {
+    index: Vec<(u32, u32, u32, u32)>,
+    store: Vec<u8>,
+}
+
+impl RpmHeader {
+    /// Reads one header structure; returns it and the bytes it occupied.
+    fn read(reader: &mut impl Read, path: &Path, which: &str) -> Result<(Self, u64)> {
+        let mut intro = [0u8; 16];
+        reader
+            .read_exact(&mut intro)
+            .map_err(|e| fail(path, format!("the {which} header is truncated ({e})")))?;
+        if intro[..3] != HEADER_MAGIC {
+            return Err(fail(
+                path,
+                format!("the {which} header has no header magic; the RPM is corrupt"),
+            ));
+        }
+        let count = u32::from_be_bytes([intro[8], intro[9], intro[10], intro[11]]);
+        let size = u32::from_be_bytes([intro[12], intro[13], intro[14], intro[15]]);
+        // rpm itself caps headers at 256 MiB and 64k entries; stay well within that.
+        if count > 65_536 || u64::from(size) > MAX_METADATA_BYTES {
+            return Err(fail(
+                path,
+                format!(
+                    "the {which} header claims {count} entries and {size} bytes, more than any real package"
+                ),
+            ));
+        }
+        let mut raw = vec![0u8; count as usize * 16];
+        reader
+            .read_exact(&mut raw)
+            .map_err(|e| fail(path, format!("the {which} header index is truncated ({e})")))?;
+        let index = raw
+            .chunks_exact(16)
+            .map(|c| {
+                let word = |i: usize| u32::from_be_bytes([c[i], c[i + 1], c[i + 2], c[i + 3]]);
+                (word(0), word(4), word(8), word(12))
+            })
+            .collect();
+        let mut store = vec![0u8; size as usize];
+        reader
+            .read_exact(&mut store)
+            .map_err(|e| fail(path, format!("the {which} header data is truncated ({e})")))?;
+        Ok((
+            RpmHeader { index, store },
+            16 + u64::from(count) * 16 + u64::from(size),
+        ))
+    }
+
+    fn find(&self, tag: u32) -> Option<(u32, usize, u32)> {
+        self.index
+            .iter()
+            .find(|(t, ..)| *t == tag)
+            .map(|&(_, kind, offset, count)| (kind, offset as usize, count))
+    }
+
+    fn strings(&self, tag: u32) -> Vec<String> {
+        let Some((kind, offset, count)) = self.find(tag) else {
+            return Vec::new();
+        };
+        if !matches!(kind, RPM_STRING | RPM_STRING_ARRAY | RPM_I18NSTRING) {
+            return Vec::new();
+        }
+        let count = if kind == RPM_STRING {
+            1
+        } else {
+            count as usize
+        };
+        let mut out = Vec::with_capacity(count.min(4096));
+        let mut rest = self.store.get(offset..).unwrap_or_default();
+        for _ in 0..count {
+            let Some(end) = rest.iter().position(|&b| b == 0) else {
+                break;
+            };
+            out.push(String::from_utf8_lossy(&rest[..end]).into_owned());
+            rest = &rest[end + 1..];
+        }
+        out
+    }
+
+    fn string(&self, tag: u32) -> Option<String> {
+        self.strings(tag).into_iter().next()
+    }
+
+    fn int32s(&self, tag: u32) -> Vec<u32> {
+        let Some((RPM_INT32, offset, count)) = self.find(tag) else {
+            return Vec::new();
+        };
+        self.store
+            .get(offset..)
+            .unwrap_or_default()
+            .chunks_exact(4)
+            .take(count as usize)
+            .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
+    }
+
+    fn count(&self, tag: u32) -> Option<u64> {
+        self.find(tag).map(|(_, _, count)| u64::from(count))
+    }
+}
+
+fn inspect_rpm(path: &Path) -> Result<PackageInfo> {
+    let mut file = io::BufReader::new(File::open(path).map_err(|e| Error::io("open", path, e))?);
+    let mut lead = [0u8; 96];
+    file.read_exact(&mut lead)
+        .map_err(|e| fail(path, format!("the RPM lead is truncated ({e})")))?;
+    let (_, signature_len) = RpmHeader::read(&mut file, path, "signature")?;
+    // The signature header is padded to a multiple of 8 bytes.
+    let padding = (8 - signature_len % 8) % 8;
+    io::copy(&mut (&mut file).take(padding), &mut io::sink())
+        .map_err(|e| Error::io("read", path, e))?;
+    let (header, _) = RpmHeader::read(&mut file, path, "main")?;
+
+    let version = match (header.string(RPMTAG_VERSION), header.string(RPMTAG_RELEASE)) {
+        (Some(v), Some(r)) => Some(format!("{v}-{r}")),
+        (v, _) => v,
+    };
+    let version = match (header.int32s(RPMTAG_EPOCH).first(), version) {
+        (Some(epoch), Some(v)) => Some(format!("{epoch}:{v}")),
+        (_, v) => v,
+    };
+    let names = header.strings(RPMTAG_REQUIRENAME);
+    let flags = header.int32s(RPMTAG_REQUIREFLAGS);
+    let versions = header.strings(RPMTAG_REQUIREVERSION);
+    let mut dependencies = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        // rpmlib(...) entries are features of rpm itself, not packages to install.
+        if name.starts_with("rpmlib(") {
+            continue;
+        }
+        let flag = flags.get(i).copied().unwrap_or(0);
+        let op = match (
+            flag & RPMSENSE_LESS != 0,
+            flag & RPMSENSE_GREATER != 0,
+            flag & RPMSENSE_EQUAL != 0,
+        ) {
+            (true, false, false) => "<",
+            (true, false, true) => "<=",
+            (false, true, false) => ">",
+            (false, true, true) => ">=",
+            (false, false, true) => "=",
+            _ => "",
+        };
+        let dep = match versions.get(i) {
+            Some(v) if !v.is_empty() && !op.is_empty() => format!("{name} {op} {v}"),
+            _ => name.clone(),
+        };
+        if !dependencies.contains(&dep) {
+            dependencies.push(dep);
+        }
+    }
+    Ok(PackageInfo {
+        format: PackageFormat::Rpm,
+        name: header.string(RPMTAG_NAME),
+        version,
+        architecture: header.string(RPMTAG_ARCH),
+        dependencies,
+        digest: sha256_file(path)?,
+        files: header
+            .count(RPMTAG_BASENAMES)
+            .or_else(|| header.count(RPMTAG_OLDFILENAMES))
+            .unwrap_or(0),
+    })
+}
+
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+
+/// Reads a blob by digest and checks that its content has that digest, so a tampered
+/// layout cannot pass as the image it claims to be.
+fn read_blob(layout: &Path, digest: &str) -> Result<(Vec<u8>, String)> {
+    let hex = digest
+        .strip_prefix("sha256:")
+        .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+        .ok_or_else(|| {
+            fail(
+                layout,
+                format!("blob digest '{digest}' is not a sha256 digest"),
+            )
+        })?;
+    let blob_path = layout.join("blobs").join("sha256").join(hex);
+    let file = File::open(&blob_path).map_err(|e| Error::io("open", &blob_path, e))?;
+    let data = read_capped(file, &blob_path, "the blob")?;
+    let actual = sha256_bytes(&data);
+    if actual != hex.to_ascii_lowercase() {
+        return Err(Error::DigestMismatch {
+            path: blob_path,
+            expected: hex.to_owned(),
+            actual,
+        });
+    }
+    Ok((data, actual))
+}
+
+fn json(data: &[u8], path: &Path, what: &str) -> Result<serde_json::Value> {
+    serde_json::from_slice(data).map_err(|e| fail(path, format!("{what} is not valid JSON ({e})")))
+}
+
+fn annotation(value: &serde_json::Value, key: &str) -> Option<String> {
+    value
+        .get("annotations")?
+        .get(key)?
+        .as_str()
+        .map(str::to_owned)
+}
+
+fn inspect_oci(layout: &Path) -> Result<PackageInfo> {
+    let marker = layout.join("oci-layout");
+    let marker_data = std::fs::read(&marker).map_err(|_| {
+        fail(layout, "it is a directory without an oci-layout file; only OCI image layouts can be inspected as directories")
+    })?;
+    let marker_json = json(&marker_data, &marker, "oci-layout")?;
+    if marker_json
+        .get("imageLayoutVersion")
+        .and_then(|v| v.as_str())
+        .is_none()
+    {
+        return Err(fail(
+            layout,
+            "its oci-layout file has no imageLayoutVersion",
+        ));
+    }
+    let index_path = layout.join("index.json");
+    let index_data = std::fs::read(&index_path).map_err(|e| Error::io("read", &index_path, e))?;
+    let mut index = json(&index_data, &index_path, "index.json")?;
+    let mut descriptor_annotations = serde_json::Value::Null;
+    // Follow nested indexes (multi-platform images) to the first image manifest.
+    for _ in 0..8 {
+        let descriptor = index
+            .get("manifests")
+            .and_then(|m| m.as_array())
+            .and_then(|m| m.first())
+            .cloned()
+            .ok_or_else(|| fail(layout, "its index lists no manifests"))?;
+        if descriptor_annotations.is_null() {
+            descriptor_annotations = descriptor.clone();
+        }
+        let digest = descriptor
+            .get("digest")
+            .and_then(|d| d.as_str())
+            .ok_or_else(|| fail(layout, "an index entry has no digest"))?
+            .to_owned();
+        let media_type = descriptor
+            .get("mediaType")
+            .and_then(|m| m.as_str())
+            .unwrap_or(OCI_MANIFEST);
+        let (data, manifest_digest) = read_blob(layout, &digest)?;
+        let blob = json(&data, layout, "the manifest")?;
+        if media_type == OCI_INDEX || media_type == DOCKER_MANIFEST_LIST {
+            index = blob;
+            continue;
+        }
+        let config_digest = blob
+            .get("config")
+            .and_then(|c| c.get("digest"))
+            .and_then(|d| d.as_str())
+            .ok_or_else(|| fail(layout, format!("manifest {digest} has no config")))?;
+        let (config_data, _) = read_blob(layout, config_digest)?;
+        let config = json(&config_data, layout, "the image config")?;
+        let label = |key: &str| {
+            config
+                .get("config")
+                .and_then(|c| c.get("Labels"))
+                .and_then(|l| l.get(key))
+                .and_then(|v| v.as_str())
+                .map(str::to_owned)
+        };
+        let pick = |key: &str| {
+            annotation(&blob, key)
+                .or_else(|| annotation(&descriptor_annotations, key))
+                .or_else(|| annotation(&index, key))
+                .or_else(|| label(key))
+        };
+        let architecture = config
+            .get("architecture")
+            .and_then(|a| a.as_str())
+            .map(
+                |arch| match config.get("variant").and_then(|v| v.as_str()) {
+                    Some(variant) => format!("{arch}/{variant}"),
+                    None => arch.to_owned(),
+                },
+            );
+        let layers = blob
+            .get("layers")
+            .and_then(|l| l.as_array())
+            .map_or(0, Vec::len);
+        return Ok(PackageInfo {
+            format: PackageFormat::Oci,
+            name: pick("org.opencontainers.image.title")
+                .or_else(|| pick("org.opencontainers.image.ref.name")),
+            version: pick("org.opencontainers.image.version"),
+            architecture,
+            dependencies: Vec::new(),
+            digest: manifest_digest,
+            files: layers as u64,
+        });
+    }
+    Err(fail(layout, "its indexes nest more than 8 levels deep"))
+}
