@@ -42,10 +42,15 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    // One thread means a current-thread runtime: no work stealing, the cheapest setup
+    // for a pinned benchmark backend.
+    let mut builder = match args.threads {
+        Some(0 | 1) => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
     builder.enable_all();
-    if let Some(threads) = args.threads {
-        builder.worker_threads(threads.max(1));
+    if let Some(threads) = args.threads.filter(|t| *t > 1) {
+        builder.worker_threads(threads);
     }
     let runtime = match builder.build() {
         Ok(rt) => rt,
