@@ -1,0 +1,1010 @@
+//! The durable executor: creates runs from plans and drives them through their states.
+//!
+//! Rule: an event is committed to the store *before* its effect counts as done. A step is
+//! journaled `step_started` before the target is touched, and `step_succeeded` before the
+//! engine moves on; so after a crash every step is either untouched, done, or "started"
+//! — and a started step is observed through its target before anything else happens.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use sha2::{Digest, Sha256};
+use slipway_model::plan::{GateKind, Plan, PlannedStep, StepAction};
+use tokio::sync::mpsc::UnboundedSender;
+use tokio::task::JoinSet;
+
+use crate::clock::Clock;
+use crate::event::{
+    Control, EngineEvent, Notice, RecoveryDecision, RunState, StepCompletion, StepStatus,
+};
+use crate::gates::{self, ApprovalNeed, ApprovalTally, GateError, WindowStatus};
+use crate::store::{JournalRecord, NewRun, RunRecord, StepRecord, Store, StoreError};
+use crate::target::{Applied, Observation, StepContext, Target, TargetError};
+
+/// Default number of steps of a wave applied at once.
+pub const DEFAULT_PARALLELISM: usize = 4;
+
+/// Why the engine could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A gate could not be evaluated.
+    #[error(transparent)]
+    Gate(#[from] GateError),
+    /// The stored plan cannot be read.
+    #[error("read the plan of run `{run}`: {message}")]
+    Plan {
+        /// Run id.
+        run: String,
+        /// Why.
+        message: String,
+    },
+    /// A freeze is in force.
+    #[error(
+        "deploy to `{environment}`: frozen from {from} to {to} ({reason}); to deploy anyway pass --override-freeze --reason TEXT (a second person must then approve)"
+    )]
+    Frozen {
+        /// Environment.
+        environment: String,
+        /// First day.
+        from: String,
+        /// Last day.
+        to: String,
+        /// The freeze's reason.
+        reason: String,
+    },
+    /// The author tried to approve their own run.
+    #[error("approve run `{run}`: you started it, and four-eyes requires someone else to approve")]
+    SelfApproval {
+        /// Run id.
+        run: String,
+    },
+    /// The approver reviewed another plan.
+    #[error(
+        "approve run `{run}`: you reviewed plan {given} but the run executes plan {expected}; review the current plan (`slipway status {run}`) and approve that digest"
+    )]
+    DigestMismatch {
+        /// Run id.
+        run: String,
+        /// The run's digest.
+        expected: String,
+        /// The digest given.
+        given: String,
+    },
+    /// The run is over.
+    #[error("{action} run `{run}`: it is already {state}")]
+    Terminal {
+        /// What was attempted.
+        action: &'static str,
+        /// Run id.
+        run: String,
+        /// Its state.
+        state: &'static str,
+    },
+    /// A step task panicked or was cancelled (a bug).
+    #[error("run a step task: {0}")]
+    Task(String),
+}
+
+/// How a drive ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DriveOutcome {
+    /// The run reached a terminal state.
+    Finished(RunState),
+    /// The run is paused.
+    Paused,
+    /// A gate holds the run and the caller asked not to wait.
+    Blocked {
+        /// `windows`, `approvals`, `freezes`.
+        gate: String,
+        /// For a human.
+        detail: String,
+        /// When a window opens.
+        opens_at: Option<Timestamp>,
+    },
+}
+
+/// Options of one drive.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DriveOptions {
+    /// Return [`DriveOutcome::Blocked`] instead of waiting for a window or approvals.
+    pub no_wait: bool,
+}
+
+/// A run to create.
+#[derive(Debug, Clone)]
+pub struct NewRunRequest {
+    /// The plan.
+    pub plan: Plan,
+    /// Pseudonymous id of the author.
+    pub author: String,
+    /// `--override-freeze --reason`.
+    pub override_freeze: Option<String>,
+}
+
+/// The engine. Cheap to clone: everything is shared.
+#[derive(Clone)]
+pub struct Engine {
+    store: Arc<dyn Store>,
+    target: Arc<dyn Target>,
+    clock: Arc<dyn Clock>,
+    notices: Option<UnboundedSender<Notice>>,
+    parallelism: usize,
+    poll: Duration,
+}
+
+/// What a drive keeps about its run.
+struct RunCtx {
+    run: RunRecord,
+    plan: Plan,
+    actor: String,
+    state: RunState,
+}
+
+enum Halt {
+    Budget,
+    Control(Control),
+}
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+impl Engine {
+    /// An engine over a store, a target and a clock.
+    pub fn new(store: Arc<dyn Store>, target: Arc<dyn Target>, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            store,
+            target,
+            clock,
+            notices: None,
+            parallelism: DEFAULT_PARALLELISM,
+            poll: Duration::from_millis(500),
+        }
+    }
+
+    /// Send every committed event here too (for progress display).
+    pub fn with_notices(mut self, tx: UnboundedSender<Notice>) -> Self {
+        self.notices = Some(tx);
+        self
+    }
+
+    /// Default bound on steps applied at once (the plan's `target.exec.parallelism` wins).
+    pub fn with_parallelism(mut self, n: usize) -> Self {
+        self.parallelism = n.max(1);
+        self
+    }
+
+    /// How often waiting gates and control requests are re-read.
+    pub fn with_poll(mut self, d: Duration) -> Self {
+        self.poll = d;
+        self
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    async fn commit(
+        &self,
+        run_id: &str,
+        digest: &str,
+        actor: &str,
+        events: Vec<EngineEvent>,
+    ) -> Result<(), StoreError> {
+        let at = self.clock.now();
+        let records: Vec<JournalRecord> = events
+            .into_iter()
+            .map(|event| JournalRecord {
+                run_id: run_id.to_owned(),
+                digest: digest.to_owned(),
+                at,
+                actor: actor.to_owned(),
+                event,
+            })
+            .collect();
+        let notices: Vec<Notice> = if self.notices.is_some() {
+            records
+                .iter()
+                .map(|r| Notice {
+                    seq: 0,
+                    run_id: r.run_id.clone(),
+                    at: r.at,
+                    actor: r.actor.clone(),
+                    event: r.event.clone(),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        self.store.commit(records).await?;
+        if let Some(tx) = &self.notices {
+            for n in notices {
+                // A display that went away must not stop the run.
+                let _ = tx.send(n);
+            }
+        }
+        Ok(())
+    }
+
+    async fn emit(&self, ctx: &RunCtx, events: Vec<EngineEvent>) -> Result<(), StoreError> {
+        self.commit(&ctx.run.id, &ctx.run.digest, &ctx.actor, events)
+            .await
+    }
+
+    async fn transition(
+        &self,
+        ctx: &mut RunCtx,
+        to: RunState,
+        reason: Option<String>,
+    ) -> Result<(), StoreError> {
+        if ctx.state == to {
+            return Ok(());
+        }
+        let from = ctx.state;
+        self.emit(ctx, vec![EngineEvent::StateChanged { from, to, reason }])
+            .await?;
+        ctx.state = to;
+        Ok(())
+    }
+
+    /// Create a run for a plan, unless a freeze refuses it. The refusal is audited.
+    pub async fn create_run(&self, req: NewRunRequest) -> Result<RunRecord, EngineError> {
+        let now = self.clock.now();
+        let plan = &req.plan;
+        if req.override_freeze.is_none()
+            && let Some(f) = gates::active_freeze(&plan.env.freezes, now)?
+        {
+            let err = EngineError::Frozen {
+                environment: plan.environment.clone(),
+                from: f.from.clone(),
+                to: f.to.clone(),
+                reason: f.reason.clone(),
+            };
+            self.commit(
+                "",
+                &plan.digest,
+                &req.author,
+                vec![EngineEvent::DeployRefused {
+                    digest: plan.digest.clone(),
+                    environment: plan.environment.clone(),
+                    reason: err.to_string(),
+                }],
+            )
+            .await?;
+            return Err(err);
+        }
+        let plan_json = serde_json::to_string(plan).map_err(|e| EngineError::Plan {
+            run: String::new(),
+            message: e.to_string(),
+        })?;
+        let id = new_run_id(now, &plan.digest);
+        let first = JournalRecord {
+            run_id: id.clone(),
+            digest: plan.digest.clone(),
+            at: now,
+            actor: req.author.clone(),
+            event: EngineEvent::RunCreated {
+                release: plan.release.name.clone(),
+                version: plan.release.version.clone(),
+                environment: plan.environment.clone(),
+                digest: plan.digest.clone(),
+                override_freeze: req.override_freeze.clone(),
+            },
+        };
+        self.store
+            .create_run(
+                NewRun {
+                    id: id.clone(),
+                    plan_json,
+                    digest: plan.digest.clone(),
+                    release: plan.release.name.clone(),
+                    version: plan.release.version.clone(),
+                    environment: plan.environment.clone(),
+                    author: req.author.clone(),
+                    override_reason: req.override_freeze.clone(),
+                    created_at: now,
+                },
+                first.clone(),
+            )
+            .await?;
+        if let Some(tx) = &self.notices {
+            let _ = tx.send(Notice {
+                seq: 0,
+                run_id: id.clone(),
+                at: now,
+                actor: req.author.clone(),
+                event: first.event,
+            });
+        }
+        self.store
+            .run(&id)
+            .await?
+            .ok_or(EngineError::Store(StoreError::NoSuchRun(id)))
+    }
+
+    /// The unfinished run of this plan in its environment if there is one (so deploying
+    /// the same plan again continues it), else a new run. The bool says "continued".
+    pub async fn create_or_continue(
+        &self,
+        req: NewRunRequest,
+    ) -> Result<(RunRecord, bool), EngineError> {
+        if let Some(run) = self
+            .store
+            .active_run(&req.plan.digest, &req.plan.environment)
+            .await?
+        {
+            return Ok((run, true));
+        }
+        Ok((self.create_run(req).await?, false))
+    }
+
+    /// Record an approval of the run's plan digest by `approver` (pseudonymous id).
+    /// `reviewed` is the digest the approver reviewed, when they name one.
+    pub async fn approve(
+        &self,
+        run_id: &str,
+        approver: &str,
+        groups: Vec<String>,
+        reviewed: Option<&str>,
+    ) -> Result<(), EngineError> {
+        let run = self.load(run_id).await?;
+        if run.state.is_terminal() {
+            return Err(EngineError::Terminal {
+                action: "approve",
+                run: run.id,
+                state: run.state.as_str(),
+            });
+        }
+        if let Some(given) = reviewed
+            && given != run.digest
+        {
+            return Err(EngineError::DigestMismatch {
+                run: run.id,
+                expected: run.digest,
+                given: given.to_owned(),
+            });
+        }
+        let plan = parse_plan(&run)?;
+        let need = approval_need(&plan, &run);
+        if need.exclude_author && approver == run.author {
+            return Err(EngineError::SelfApproval { run: run.id });
+        }
+        self.commit(
+            &run.id,
+            &run.digest,
+            approver,
+            vec![EngineEvent::Approved {
+                approver: approver.to_owned(),
+                digest: run.digest.clone(),
+                groups,
+            }],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Ask whoever drives the run to pause or abort it. A run nobody drives (paused,
+    /// waiting with `--no-wait`, or whose driver died) is aborted here directly.
+    pub async fn request(
+        &self,
+        run_id: &str,
+        actor: &str,
+        control: Control,
+    ) -> Result<RunState, EngineError> {
+        let run = self.load(run_id).await?;
+        if run.state.is_terminal() {
+            return Err(EngineError::Terminal {
+                action: control.as_str(),
+                run: run.id,
+                state: run.state.as_str(),
+            });
+        }
+        self.commit(
+            &run.id,
+            &run.digest,
+            actor,
+            vec![EngineEvent::ControlRequested { control }],
+        )
+        .await?;
+        if control == Control::Abort
+            && let Ok(_claim) = self.store.claim(run_id).await
+        {
+            // Nobody drives it: the request would never be picked up.
+            let plan = parse_plan(&run)?;
+            let mut ctx = RunCtx {
+                state: run.state,
+                run,
+                plan,
+                actor: actor.to_owned(),
+            };
+            self.transition(
+                &mut ctx,
+                RunState::Aborted,
+                Some("aborted by request".into()),
+            )
+            .await?;
+            return Ok(RunState::Aborted);
+        }
+        Ok(run.state)
+    }
+
+    /// The tally of approvals of a run, against what it needs.
+    pub async fn approvals(
+        &self,
+        run_id: &str,
+    ) -> Result<(ApprovalNeed, ApprovalTally), EngineError> {
+        let run = self.load(run_id).await?;
+        let plan = parse_plan(&run)?;
+        let need = approval_need(&plan, &run);
+        let approvals = self.store.approvals(run_id).await?;
+        let tally = gates::tally(&need, &approvals, &run.digest, &run.author);
+        Ok((need, tally))
+    }
+
+    async fn load(&self, run_id: &str) -> Result<RunRecord, EngineError> {
+        self.store
+            .run(run_id)
+            .await?
+            .ok_or_else(|| EngineError::Store(StoreError::NoSuchRun(run_id.to_owned())))
+    }
+
+    /// Drive a run as far as it goes: through its gates, its waves, and rollback on
+    /// failure. Resumes a paused run and recovers an interrupted one. `actor` is the
+    /// pseudonymous id of whoever drives.
+    pub async fn drive(
+        &self,
+        run_id: &str,
+        actor: &str,
+        opts: DriveOptions,
+    ) -> Result<DriveOutcome, EngineError> {
+        let _claim = self.store.claim(run_id).await?;
+        let run = self.load(run_id).await?;
+        let plan = parse_plan(&run)?;
+        let mut ctx = RunCtx {
+            state: run.state,
+            run,
+            plan,
+            actor: actor.to_owned(),
+        };
+        if ctx.state.is_terminal() {
+            return Ok(DriveOutcome::Finished(ctx.state));
+        }
+        if ctx.run.control == Some(Control::Abort) {
+            self.transition(
+                &mut ctx,
+                RunState::Aborted,
+                Some("aborted by request".into()),
+            )
+            .await?;
+            return Ok(DriveOutcome::Finished(RunState::Aborted));
+        }
+        if ctx.state == RunState::RollingBack {
+            let end = self.rollback(&mut ctx, "resuming rollback").await?;
+            return Ok(DriveOutcome::Finished(end));
+        }
+        if ctx.state == RunState::Paused {
+            self.transition(&mut ctx, RunState::Running, Some("resumed".into()))
+                .await?;
+        }
+        if matches!(
+            ctx.state,
+            RunState::Pending | RunState::WaitingForWindow | RunState::WaitingForApproval
+        ) {
+            if let Some(out) = self.pass_gates(&mut ctx, opts).await? {
+                return Ok(out);
+            }
+            self.transition(&mut ctx, RunState::Running, None).await?;
+        }
+        self.run_waves(&mut ctx).await
+    }
+
+    /// Wait at the gates. `Some(outcome)` when the drive must stop here.
+    async fn pass_gates(
+        &self,
+        ctx: &mut RunCtx,
+        opts: DriveOptions,
+    ) -> Result<Option<DriveOutcome>, EngineError> {
+        let need = approval_need(&ctx.plan, &ctx.run);
+        loop {
+            let now = self.clock.now();
+            if ctx.run.override_reason.is_none()
+                && let Some(f) = gates::active_freeze(&ctx.plan.env.freezes, now)?
+            {
+                let detail = format!(
+                    "frozen from {} to {} ({}); pass --override-freeze --reason TEXT",
+                    f.from, f.to, f.reason
+                );
+                return Ok(Some(DriveOutcome::Blocked {
+                    gate: "freezes".into(),
+                    detail,
+                    opens_at: None,
+                }));
+            }
+            if need.required > 0 {
+                let approvals = self.store.approvals(&ctx.run.id).await?;
+                let tally = gates::tally(&need, &approvals, &ctx.run.digest, &ctx.run.author);
+                if (tally.valid.len() as u32) < need.required {
+                    let mut detail = format!(
+                        "{} of {} approvals of plan {}",
+                        tally.valid.len(),
+                        need.required,
+                        gates::short(&ctx.run.digest)
+                    );
+                    if ctx.run.override_reason.is_some() {
+                        detail.push_str(
+                            " (freeze override: someone other than the author must approve)",
+                        );
+                    }
+                    for (who, why) in &tally.rejected {
+                        detail.push_str(&format!("; {who} does not count: {why}"));
+                    }
+                    if ctx.state != RunState::WaitingForApproval {
+                        self.transition(ctx, RunState::WaitingForApproval, None)
+                            .await?;
+                        self.emit(
+                            ctx,
+                            vec![EngineEvent::GateWaiting {
+                                gate: "approvals".into(),
+                                detail: detail.clone(),
+                                until: None,
+                            }],
+                        )
+                        .await?;
+                    }
+                    if opts.no_wait {
+                        return Ok(Some(DriveOutcome::Blocked {
+                            gate: "approvals".into(),
+                            detail: format!(
+                                "{detail}; approve with `slipway approve {}`",
+                                ctx.run.id
+                            ),
+                            opens_at: None,
+                        }));
+                    }
+                    if let Some(out) = self.wait_or_stop(ctx, self.poll).await? {
+                        return Ok(Some(out));
+                    }
+                    continue;
+                }
+            }
+            match gates::window_status(&ctx.plan.env.windows, now)? {
+                WindowStatus::Open { .. } => {}
+                WindowStatus::Closed { opens_at } => {
+                    let detail =
+                        format!("outside every deployment window; the next opens at {opens_at}");
+                    if ctx.state != RunState::WaitingForWindow {
+                        self.transition(ctx, RunState::WaitingForWindow, None)
+                            .await?;
+                        self.emit(
+                            ctx,
+                            vec![EngineEvent::GateWaiting {
+                                gate: "windows".into(),
+                                detail: detail.clone(),
+                                until: Some(opens_at),
+                            }],
+                        )
+                        .await?;
+                    }
+                    if opts.no_wait {
+                        return Ok(Some(DriveOutcome::Blocked {
+                            gate: "windows".into(),
+                            detail,
+                            opens_at: Some(opens_at),
+                        }));
+                    }
+                    let left = opens_at.duration_since(now).unsigned_abs();
+                    if let Some(out) = self.wait_or_stop(ctx, left.min(self.poll)).await? {
+                        return Ok(Some(out));
+                    }
+                    continue;
+                }
+            }
+            let mut passed = Vec::new();
+            if need.required > 0 {
+                passed.push(EngineEvent::GatePassed {
+                    gate: "approvals".into(),
+                    detail: format!("{} approvals of the plan digest", need.required),
+                });
+            }
+            if !ctx.plan.env.windows.is_empty() {
+                passed.push(EngineEvent::GatePassed {
+                    gate: "windows".into(),
+                    detail: "inside a deployment window".into(),
+                });
+            }
+            if let Some(r) = &ctx.run.override_reason {
+                passed.push(EngineEvent::GatePassed {
+                    gate: "freezes".into(),
+                    detail: format!("freeze overridden: {r}"),
+                });
+            }
+            if !passed.is_empty() {
+                self.emit(ctx, passed).await?;
+            }
+            return Ok(None);
+        }
+    }
+
+    /// Sleep on the clock, then stop if someone asked to.
+    async fn wait_or_stop(
+        &self,
+        ctx: &mut RunCtx,
+        d: Duration,
+    ) -> Result<Option<DriveOutcome>, EngineError> {
+        self.clock.sleep(d).await;
+        match self.store.control(&ctx.run.id).await? {
+            Some(Control::Abort) => {
+                self.transition(ctx, RunState::Aborted, Some("aborted by request".into()))
+                    .await?;
+                Ok(Some(DriveOutcome::Finished(RunState::Aborted)))
+            }
+            Some(Control::Pause) => {
+                self.transition(ctx, RunState::Paused, Some("paused by request".into()))
+                    .await?;
+                Ok(Some(DriveOutcome::Paused))
+            }
+            None => Ok(None),
+        }
+    }
+
+    async fn run_waves(&self, ctx: &mut RunCtx) -> Result<DriveOutcome, EngineError> {
+        let budget = ctx
+            .plan
+            .strategy
+            .rolling
+            .as_ref()
+            .map_or(0, |r| r.failure_budget);
+        let parallelism = ctx
+            .plan
+            .env
+            .target
+            .exec
+            .as_ref()
+            .and_then(|e| e.parallelism)
+            .map_or(self.parallelism, |p| p.max(1) as usize);
+        let records: HashMap<String, StepRecord> = self
+            .store
+            .steps(&ctx.run.id)
+            .await?
+            .into_iter()
+            .map(|r| (r.step_id.clone(), r))
+            .collect();
+        let waves = ctx.plan.waves.clone();
+        for wave in &waves {
+            let steps: Vec<&PlannedStep> = ctx
+                .plan
+                .steps
+                .iter()
+                .filter(|s| s.wave == wave.index)
+                .collect();
+            let mut failed = 0u32;
+            let mut todo = Vec::new();
+            let mut fresh = true;
+            for s in &steps {
+                match records.get(&s.id) {
+                    None => todo.push(((*s).clone(), None)),
+                    Some(r) => {
+                        fresh = false;
+                        match r.status {
+                            StepStatus::Succeeded => {}
+                            StepStatus::Failed => failed += 1,
+                            _ => todo.push(((*s).clone(), Some(r.clone()))),
+                        }
+                    }
+                }
+            }
+            if todo.is_empty() && failed == 0 {
+                continue;
+            }
+            if fresh {
+                self.emit(
+                    ctx,
+                    vec![EngineEvent::WaveStarted {
+                        wave: wave.index,
+                        steps: steps.len() as u32,
+                    }],
+                )
+                .await?;
+            }
+            let mut halt = if failed > budget {
+                Some(Halt::Budget)
+            } else {
+                None
+            };
+            let mut set = JoinSet::new();
+            let mut todo = todo.into_iter();
+            let mut last_check = Instant::now();
+            let ctx_shared = Arc::new((
+                ctx.run.id.clone(),
+                ctx.run.digest.clone(),
+                ctx.actor.clone(),
+            ));
+            loop {
+                while halt.is_none() && set.len() < parallelism {
+                    // Control requests are polled at most every 50 ms: a pause is prompt
+                    // for a human while a fast wave does not pay a read per step.
+                    if last_check.elapsed() >= Duration::from_millis(50) {
+                        last_check = Instant::now();
+                        if let Some(c) = self.store.control(&ctx.run.id).await? {
+                            halt = Some(Halt::Control(c));
+                            break;
+                        }
+                    }
+                    let Some((step, rec)) = todo.next() else {
+                        break;
+                    };
+                    let this = self.clone();
+                    let shared = Arc::clone(&ctx_shared);
+                    set.spawn(async move { this.run_step(&shared, step, rec).await });
+                }
+                match set.join_next().await {
+                    None => break,
+                    Some(joined) => {
+                        let ok = joined.map_err(|e| EngineError::Task(e.to_string()))??;
+                        if !ok {
+                            failed += 1;
+                            if failed > budget && halt.is_none() {
+                                halt = Some(Halt::Budget);
+                            }
+                        }
+                    }
+                }
+            }
+            self.emit(
+                ctx,
+                vec![EngineEvent::WaveFinished {
+                    wave: wave.index,
+                    failed,
+                }],
+            )
+            .await?;
+            match halt {
+                Some(Halt::Budget) => {
+                    let reason = format!(
+                        "wave {} had {failed} failed step(s), over its failure budget of {budget}",
+                        wave.index
+                    );
+                    let end = self.rollback(ctx, &reason).await?;
+                    return Ok(DriveOutcome::Finished(end));
+                }
+                Some(Halt::Control(Control::Pause)) => {
+                    self.transition(ctx, RunState::Paused, Some("paused by request".into()))
+                        .await?;
+                    return Ok(DriveOutcome::Paused);
+                }
+                Some(Halt::Control(Control::Abort)) => {
+                    self.transition(ctx, RunState::Aborted, Some("aborted by request".into()))
+                        .await?;
+                    return Ok(DriveOutcome::Finished(RunState::Aborted));
+                }
+                None => {}
+            }
+        }
+        self.transition(ctx, RunState::Succeeded, None).await?;
+        Ok(DriveOutcome::Finished(RunState::Succeeded))
+    }
+
+    /// Bring one step to done. `Ok(false)` when it failed.
+    async fn run_step(
+        &self,
+        run: &(String, String, String),
+        step: PlannedStep,
+        rec: Option<StepRecord>,
+    ) -> Result<bool, EngineError> {
+        let (run_id, digest, actor) = run;
+        let mut sctx = StepContext {
+            run_id: run_id.clone(),
+            step_id: step.id.clone(),
+            key: step.idempotency_key.clone(),
+            attempt: rec.as_ref().map_or(0, |r| r.attempts),
+        };
+        let commit = |events: Vec<EngineEvent>| self.commit(run_id, digest, actor, events);
+        if let Some(r) = &rec {
+            match r.status {
+                StepStatus::Succeeded => return Ok(true),
+                StepStatus::Failed => return Ok(false),
+                StepStatus::Started => {
+                    // Interrupted mid-step: look before doing anything.
+                    let obs = self.target.observe(&sctx, &step.action).await;
+                    match obs {
+                        Ok(Observation::Done { evidence }) => {
+                            commit(vec![
+                                EngineEvent::StepObserved {
+                                    step: step.id.clone(),
+                                    key: sctx.key.clone(),
+                                    evidence: evidence.clone(),
+                                    decision: RecoveryDecision::Complete,
+                                },
+                                EngineEvent::StepSucceeded {
+                                    step: step.id.clone(),
+                                    key: sctx.key.clone(),
+                                    completion: StepCompletion::Observed { evidence },
+                                    output: None,
+                                },
+                            ])
+                            .await?;
+                            return Ok(true);
+                        }
+                        Ok(Observation::NotDone { evidence }) => {
+                            commit(vec![EngineEvent::StepObserved {
+                                step: step.id.clone(),
+                                key: sctx.key.clone(),
+                                evidence,
+                                decision: RecoveryDecision::Reapply,
+                            }])
+                            .await?;
+                        }
+                        Err(e) => {
+                            commit(vec![EngineEvent::StepFailed {
+                                step: step.id.clone(),
+                                key: sctx.key.clone(),
+                                error: format!("observe the interrupted step: {e}"),
+                                output: None,
+                            }])
+                            .await?;
+                            return Ok(false);
+                        }
+                    }
+                }
+                // Steps in undo states belong to a rollback, which is not driven here.
+                _ => return Ok(true),
+            }
+        }
+        sctx.attempt += 1;
+        commit(vec![EngineEvent::StepStarted {
+            step: step.id.clone(),
+            key: sctx.key.clone(),
+            attempt: sctx.attempt,
+        }])
+        .await?;
+        let event = match self.target.apply(&sctx, &step.action).await {
+            Ok(Applied::Ran { output }) => EngineEvent::StepSucceeded {
+                step: step.id.clone(),
+                key: sctx.key.clone(),
+                completion: StepCompletion::Applied,
+                output: Some(output),
+            },
+            Ok(Applied::AlreadyDone { guard }) => EngineEvent::StepSucceeded {
+                step: step.id.clone(),
+                key: sctx.key.clone(),
+                completion: StepCompletion::AlreadyDone { guard },
+                output: None,
+            },
+            Err(TargetError::Failed { message, output }) => EngineEvent::StepFailed {
+                step: step.id.clone(),
+                key: sctx.key.clone(),
+                error: message,
+                output: Some(output),
+            },
+            Err(e) => EngineEvent::StepFailed {
+                step: step.id.clone(),
+                key: sctx.key.clone(),
+                error: e.to_string(),
+                output: None,
+            },
+        };
+        let ok = matches!(event, EngineEvent::StepSucceeded { .. });
+        commit(vec![event]).await?;
+        Ok(ok)
+    }
+
+    /// Undo completed steps in reverse plan order. Returns the final state.
+    async fn rollback(&self, ctx: &mut RunCtx, reason: &str) -> Result<RunState, EngineError> {
+        self.transition(ctx, RunState::RollingBack, Some(reason.to_owned()))
+            .await?;
+        let records: HashMap<String, StepRecord> = self
+            .store
+            .steps(&ctx.run.id)
+            .await?
+            .into_iter()
+            .map(|r| (r.step_id.clone(), r))
+            .collect();
+        let mut failures = Vec::new();
+        let steps: Vec<PlannedStep> = ctx.plan.steps.iter().rev().cloned().collect();
+        for step in steps {
+            let Some(rec) = records.get(&step.id) else {
+                continue;
+            };
+            if !matches!(rec.status, StepStatus::Succeeded | StepStatus::UndoStarted) {
+                continue;
+            }
+            let has_undo = match &step.action {
+                StepAction::Exec(e) => e.undo.is_some(),
+                _ => true,
+            };
+            if !has_undo {
+                failures.push(format!("{} has no undo command", step.id));
+                continue;
+            }
+            let sctx = StepContext {
+                run_id: ctx.run.id.clone(),
+                step_id: step.id.clone(),
+                key: step.idempotency_key.clone(),
+                attempt: rec.attempts,
+            };
+            self.emit(
+                ctx,
+                vec![EngineEvent::UndoStarted {
+                    step: step.id.clone(),
+                    key: sctx.key.clone(),
+                }],
+            )
+            .await?;
+            let event = match self.target.undo(&sctx, &step.action).await {
+                Ok(_) => EngineEvent::UndoSucceeded {
+                    step: step.id.clone(),
+                    key: sctx.key.clone(),
+                },
+                Err(e) => {
+                    failures.push(format!("{}: {e}", step.id));
+                    EngineEvent::UndoFailed {
+                        step: step.id.clone(),
+                        key: sctx.key.clone(),
+                        error: e.to_string(),
+                    }
+                }
+            };
+            self.emit(ctx, vec![event]).await?;
+        }
+        let end = if failures.is_empty() {
+            RunState::RolledBack
+        } else {
+            RunState::Failed
+        };
+        let why = if failures.is_empty() {
+            None
+        } else {
+            Some(format!("could not roll back: {}", failures.join("; ")))
+        };
+        self.transition(ctx, end, why).await?;
+        Ok(end)
+    }
+}
+
+/// What approvals a run needs: the plan's approvals gate, and with a freeze override at
+/// least one approver who is not the author.
+pub fn approval_need(plan: &Plan, run: &RunRecord) -> ApprovalNeed {
+    let mut need = ApprovalNeed {
+        required: 0,
+        groups: Vec::new(),
+        exclude_author: false,
+    };
+    for g in &plan.gates {
+        if let GateKind::Approvals {
+            required,
+            groups,
+            four_eyes,
+        } = &g.kind
+        {
+            need.required = need.required.max(*required);
+            need.groups.extend(groups.iter().cloned());
+            need.exclude_author |= *four_eyes;
+        }
+    }
+    if run.override_reason.is_some() {
+        need.required = need.required.max(1);
+        need.exclude_author = true;
+    }
+    need
+}
+
+fn parse_plan(run: &RunRecord) -> Result<Plan, EngineError> {
+    serde_json::from_str(&run.plan_json).map_err(|e| EngineError::Plan {
+        run: run.id.clone(),
+        message: e.to_string(),
+    })
+}
+
+/// A run id: sortable by creation time, unique per process and instant.
+fn new_run_id(now: Timestamp, digest: &str) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let seed = format!("{now}{digest}{}{n}", std::process::id());
+    let h = hex::encode(Sha256::digest(seed.as_bytes()));
+    let stamp = now.strftime("%Y%m%d-%H%M%S");
+    format!("{stamp}-{}", &h[..6])
+}

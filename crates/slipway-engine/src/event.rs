@@ -1,0 +1,375 @@
+//! Typed engine events: what the journal stores, what the audit chain hashes, and what the
+//! CLI and the server render. Only the CLI prints them.
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use crate::target::StepOutput;
+
+/// The state of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunState {
+    /// Created, gates not yet evaluated.
+    Pending,
+    /// Outside every deployment window; waits for the next one.
+    WaitingForWindow,
+    /// Not enough valid approvals for the plan digest yet.
+    WaitingForApproval,
+    /// Steps are being applied.
+    Running,
+    /// Stopped by a human between steps; `resume` continues.
+    Paused,
+    /// Undoing completed steps after a failure.
+    RollingBack,
+    /// Every step succeeded.
+    Succeeded,
+    /// A step failed and the run could not be rolled back cleanly.
+    Failed,
+    /// A step failed and completed steps were undone.
+    RolledBack,
+    /// Stopped for good by a human.
+    Aborted,
+}
+
+impl RunState {
+    /// No further transition is possible.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            Self::Succeeded | Self::Failed | Self::RolledBack | Self::Aborted
+        )
+    }
+    /// The snake_case name, as stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::WaitingForWindow => "waiting_for_window",
+            Self::WaitingForApproval => "waiting_for_approval",
+            Self::Running => "running",
+            Self::Paused => "paused",
+            Self::RollingBack => "rolling_back",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::RolledBack => "rolled_back",
+            Self::Aborted => "aborted",
+        }
+    }
+    /// Parse the stored name.
+    pub fn parse(s: &str) -> Option<Self> {
+        serde_json::from_value(serde_json::Value::String(s.to_owned())).ok()
+    }
+}
+
+/// The state of one step of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    /// Not started.
+    Pending,
+    /// Started; its outcome is not journaled yet.
+    Started,
+    /// Done (applied, or found done by a guard or by observation).
+    Succeeded,
+    /// Failed.
+    Failed,
+    /// Its undo command was started.
+    UndoStarted,
+    /// Undone by rollback.
+    Undone,
+    /// Its undo command failed.
+    UndoFailed,
+}
+
+impl StepStatus {
+    /// The snake_case name, as stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Started => "started",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::UndoStarted => "undo_started",
+            Self::Undone => "undone",
+            Self::UndoFailed => "undo_failed",
+        }
+    }
+    /// Parse the stored name.
+    pub fn parse(s: &str) -> Option<Self> {
+        serde_json::from_value(serde_json::Value::String(s.to_owned())).ok()
+    }
+}
+
+/// How a step came to be done.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "how", rename_all = "snake_case")]
+pub enum StepCompletion {
+    /// The target ran it.
+    Applied,
+    /// A guard (`creates`, `unless`, or the step's completion marker) showed it was already
+    /// done, so nothing ran.
+    AlreadyDone {
+        /// Which guard, with its evidence.
+        guard: String,
+    },
+    /// After a restart the target was observed and the step found complete.
+    Observed {
+        /// What was observed.
+        evidence: String,
+    },
+}
+
+/// What to do with a step found started-but-not-finished after a restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecoveryDecision {
+    /// The target shows it done: mark it complete without re-running.
+    Complete,
+    /// The target shows it not done: apply it again (its guards still hold).
+    Reapply,
+}
+
+/// A control request from a human, picked up by whoever drives the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Control {
+    /// Stop starting steps; finish those in flight; go to Paused.
+    Pause,
+    /// Stop starting steps; finish those in flight; go to Aborted.
+    Abort,
+}
+
+impl Control {
+    /// The snake_case name, as stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pause => "pause",
+            Self::Abort => "abort",
+        }
+    }
+    /// Parse the stored name.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "pause" => Some(Self::Pause),
+            "abort" => Some(Self::Abort),
+            _ => None,
+        }
+    }
+}
+
+/// Everything that happens to a run. Journaled, hashed into the audit chain, streamed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum EngineEvent {
+    /// A run was created from a plan.
+    RunCreated {
+        /// Release name.
+        release: String,
+        /// Release version.
+        version: String,
+        /// Environment.
+        environment: String,
+        /// Plan digest.
+        digest: String,
+        /// Reason given with `--override-freeze`, if any.
+        override_freeze: Option<String>,
+    },
+    /// A deploy was refused before a run existed (a freeze).
+    DeployRefused {
+        /// Plan digest.
+        digest: String,
+        /// Environment.
+        environment: String,
+        /// Why.
+        reason: String,
+    },
+    /// The run changed state.
+    StateChanged {
+        /// Previous state.
+        from: RunState,
+        /// New state.
+        to: RunState,
+        /// Why, when it is not obvious.
+        reason: Option<String>,
+    },
+    /// A gate holds the run.
+    GateWaiting {
+        /// `windows`, `approvals`, `freezes`.
+        gate: String,
+        /// What is missing, for a human.
+        detail: String,
+        /// When the gate opens by itself (a window), if known.
+        until: Option<Timestamp>,
+    },
+    /// A gate let the run through.
+    GatePassed {
+        /// Gate name.
+        gate: String,
+        /// Why it passed.
+        detail: String,
+    },
+    /// Someone approved the run's plan digest.
+    Approved {
+        /// Pseudonymous id of the approver.
+        approver: String,
+        /// The digest approved.
+        digest: String,
+        /// Groups the approver declared (`SLIPWAY_GROUPS`).
+        groups: Vec<String>,
+    },
+    /// A human asked the driver to pause or abort.
+    ControlRequested {
+        /// What was asked.
+        control: Control,
+    },
+    /// A wave began.
+    WaveStarted {
+        /// Wave index.
+        wave: u32,
+        /// Steps of the wave.
+        steps: u32,
+    },
+    /// A wave ended.
+    WaveFinished {
+        /// Wave index.
+        wave: u32,
+        /// Failed steps.
+        failed: u32,
+    },
+    /// A step is about to be applied (committed before the target is touched).
+    StepStarted {
+        /// Step id.
+        step: String,
+        /// Idempotency key.
+        key: String,
+        /// 1 for the first attempt.
+        attempt: u32,
+    },
+    /// A step found started-but-not-finished was observed through its target.
+    StepObserved {
+        /// Step id.
+        step: String,
+        /// Idempotency key.
+        key: String,
+        /// What was seen.
+        evidence: String,
+        /// What the engine decided.
+        decision: RecoveryDecision,
+    },
+    /// A step is done.
+    StepSucceeded {
+        /// Step id.
+        step: String,
+        /// Idempotency key.
+        key: String,
+        /// How.
+        completion: StepCompletion,
+        /// Captured output (bounded).
+        output: Option<StepOutput>,
+    },
+    /// A step failed.
+    StepFailed {
+        /// Step id.
+        step: String,
+        /// Idempotency key.
+        key: String,
+        /// Why.
+        error: String,
+        /// Captured output (bounded).
+        output: Option<StepOutput>,
+    },
+    /// Rollback started a step's undo.
+    UndoStarted {
+        /// Step id.
+        step: String,
+        /// Idempotency key.
+        key: String,
+    },
+    /// Rollback undid a step.
+    UndoSucceeded {
+        /// Step id.
+        step: String,
+        /// Idempotency key.
+        key: String,
+    },
+    /// A step's undo failed.
+    UndoFailed {
+        /// Step id.
+        step: String,
+        /// Idempotency key.
+        key: String,
+        /// Why.
+        error: String,
+    },
+}
+
+impl EngineEvent {
+    /// The event's name, as in its JSON `event` field.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::RunCreated { .. } => "run_created",
+            Self::DeployRefused { .. } => "deploy_refused",
+            Self::StateChanged { .. } => "state_changed",
+            Self::GateWaiting { .. } => "gate_waiting",
+            Self::GatePassed { .. } => "gate_passed",
+            Self::Approved { .. } => "approved",
+            Self::ControlRequested { .. } => "control_requested",
+            Self::WaveStarted { .. } => "wave_started",
+            Self::WaveFinished { .. } => "wave_finished",
+            Self::StepStarted { .. } => "step_started",
+            Self::StepObserved { .. } => "step_observed",
+            Self::StepSucceeded { .. } => "step_succeeded",
+            Self::StepFailed { .. } => "step_failed",
+            Self::UndoStarted { .. } => "undo_started",
+            Self::UndoSucceeded { .. } => "undo_succeeded",
+            Self::UndoFailed { .. } => "undo_failed",
+        }
+    }
+
+    /// The outcome recorded in the audit entry.
+    pub fn outcome(&self) -> String {
+        match self {
+            Self::StateChanged { to, .. } => to.as_str().to_owned(),
+            Self::StepSucceeded { completion, .. } => match completion {
+                StepCompletion::Applied => "applied".into(),
+                StepCompletion::AlreadyDone { .. } => "already_done".into(),
+                StepCompletion::Observed { .. } => "observed_done".into(),
+            },
+            Self::StepFailed { .. } | Self::UndoFailed { .. } => "failed".into(),
+            Self::DeployRefused { .. } => "refused".into(),
+            Self::StepObserved { decision, .. } => match decision {
+                RecoveryDecision::Complete => "complete".into(),
+                RecoveryDecision::Reapply => "reapply".into(),
+            },
+            _ => "ok".into(),
+        }
+    }
+
+    /// The step row this event updates: (step id, key, new status).
+    pub fn step_effect(&self) -> Option<(&str, &str, StepStatus)> {
+        match self {
+            Self::StepStarted { step, key, .. } => Some((step, key, StepStatus::Started)),
+            Self::StepSucceeded { step, key, .. } => Some((step, key, StepStatus::Succeeded)),
+            Self::StepFailed { step, key, .. } => Some((step, key, StepStatus::Failed)),
+            Self::UndoStarted { step, key } => Some((step, key, StepStatus::UndoStarted)),
+            Self::UndoSucceeded { step, key } => Some((step, key, StepStatus::Undone)),
+            Self::UndoFailed { step, key, .. } => Some((step, key, StepStatus::UndoFailed)),
+            _ => None,
+        }
+    }
+}
+
+/// A journaled event as read back or streamed: who, when, which run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Notice {
+    /// Journal sequence number (0 when not yet assigned).
+    pub seq: i64,
+    /// Run id (empty for events outside a run).
+    pub run_id: String,
+    /// When.
+    pub at: Timestamp,
+    /// Pseudonymous id of the actor.
+    pub actor: String,
+    /// The event.
+    pub event: EngineEvent,
+}

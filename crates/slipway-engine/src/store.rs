@@ -1,0 +1,199 @@
+//! The `Store` trait: the durable home of runs, the journal, step states, approvals, the
+//! audit chain and the erasable identity mapping. `slipway-store` implements it (SQLite).
+//!
+//! Every write goes through [`Store::commit`]: a batch of journal records applied in one
+//! transaction, each also appended to the audit chain. An implementation may merge the
+//! batches of concurrent callers into one transaction (group commit), but must not return
+//! from `commit` before the caller's records are durable.
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use crate::BoxFuture;
+use crate::audit::AuditEntry;
+use crate::event::{Control, EngineEvent, Notice, RunState, StepStatus};
+use crate::target::StepOutput;
+
+/// One event to journal.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JournalRecord {
+    /// Run id ("" for events outside a run).
+    pub run_id: String,
+    /// Plan digest the event concerns ("" when none).
+    pub digest: String,
+    /// When.
+    pub at: Timestamp,
+    /// Pseudonymous actor id.
+    pub actor: String,
+    /// The event.
+    pub event: EngineEvent,
+}
+
+/// A new run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewRun {
+    /// Run id.
+    pub id: String,
+    /// The plan, as JSON.
+    pub plan_json: String,
+    /// Plan digest.
+    pub digest: String,
+    /// Release name.
+    pub release: String,
+    /// Release version.
+    pub version: String,
+    /// Environment.
+    pub environment: String,
+    /// Pseudonymous id of the author.
+    pub author: String,
+    /// `--override-freeze` reason.
+    pub override_reason: Option<String>,
+    /// When.
+    pub created_at: Timestamp,
+}
+
+/// A run as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    /// Run id.
+    pub id: String,
+    /// Plan digest.
+    pub digest: String,
+    /// Release name.
+    pub release: String,
+    /// Release version.
+    pub version: String,
+    /// Environment.
+    pub environment: String,
+    /// Pseudonymous id of the author.
+    pub author: String,
+    /// Current state.
+    pub state: RunState,
+    /// Pending control request.
+    pub control: Option<Control>,
+    /// `--override-freeze` reason.
+    pub override_reason: Option<String>,
+    /// Created.
+    pub created_at: Timestamp,
+    /// Last change.
+    pub updated_at: Timestamp,
+    /// The plan JSON (omitted from listings).
+    #[serde(skip)]
+    pub plan_json: String,
+}
+
+/// A step's stored state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepRecord {
+    /// Step id.
+    pub step_id: String,
+    /// Idempotency key.
+    pub key: String,
+    /// Status.
+    pub status: StepStatus,
+    /// Attempts started.
+    pub attempts: u32,
+    /// Last captured output.
+    pub output: Option<StepOutput>,
+    /// Last change.
+    pub updated_at: Timestamp,
+}
+
+/// A recorded approval.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApprovalRecord {
+    /// Pseudonymous approver id.
+    pub approver: String,
+    /// Digest approved.
+    pub digest: String,
+    /// Groups the approver declared.
+    pub groups: Vec<String>,
+    /// When.
+    pub at: Timestamp,
+}
+
+/// Held while a process drives a run; dropping it lets another driver take over.
+pub trait RunClaim: Send + Sync {}
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store cannot be opened or written.
+    #[error("use the store at {location}: {message}")]
+    Unavailable {
+        /// Path or URL.
+        location: String,
+        /// Why.
+        message: String,
+    },
+    /// The journal was written by a version this build refuses.
+    #[error("{0}")]
+    Incompatible(String),
+    /// A run id that does not exist.
+    #[error("find run `{0}`; list runs with `slipway history`")]
+    NoSuchRun(String),
+    /// Another process drives this run.
+    #[error(
+        "drive run `{0}`: another slipway process is driving it; watch it with `slipway logs -f {0}`"
+    )]
+    Claimed(String),
+    /// A query failed.
+    #[error("{0}")]
+    Query(String),
+}
+
+/// Durable state of runs. See the module doc for the commit contract.
+pub trait Store: Send + Sync {
+    /// Where the store lives, for messages (`sqlite:///path`).
+    fn location(&self) -> String;
+    /// Create a run and journal its first event, atomically.
+    fn create_run<'a>(
+        &'a self,
+        run: NewRun,
+        first: JournalRecord,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// Durably journal events (and their step / state / approval effects, and audit
+    /// entries) in one transaction. Returns once durable.
+    fn commit(&self, records: Vec<JournalRecord>) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// One run.
+    fn run<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<RunRecord>, StoreError>>;
+    /// Most recent runs first.
+    fn runs(&self, limit: u32) -> BoxFuture<'_, Result<Vec<RunRecord>, StoreError>>;
+    /// The newest non-terminal run of this digest in this environment.
+    fn active_run<'a>(
+        &'a self,
+        digest: &'a str,
+        environment: &'a str,
+    ) -> BoxFuture<'a, Result<Option<RunRecord>, StoreError>>;
+    /// The pending control request of a run (cheap: polled between steps).
+    fn control<'a>(&'a self, run_id: &'a str)
+    -> BoxFuture<'a, Result<Option<Control>, StoreError>>;
+    /// Step states of a run.
+    fn steps<'a>(&'a self, run_id: &'a str) -> BoxFuture<'a, Result<Vec<StepRecord>, StoreError>>;
+    /// Journal entries of a run after `after_seq`, oldest first.
+    fn journal<'a>(
+        &'a self,
+        run_id: &'a str,
+        after_seq: i64,
+    ) -> BoxFuture<'a, Result<Vec<Notice>, StoreError>>;
+    /// Approvals of a run (of any digest).
+    fn approvals<'a>(
+        &'a self,
+        run_id: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<ApprovalRecord>, StoreError>>;
+    /// The pseudonymous id of a person, created on first use.
+    fn pseudonym<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<String, StoreError>>;
+    /// The person behind a pseudonymous id, unless erased.
+    fn identity<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<String>, StoreError>>;
+    /// Erase a person's mapping; the chain keeps only the pseudonym. Returns whether one
+    /// existed.
+    fn erase_identity<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<bool, StoreError>>;
+    /// The whole audit chain, by seq.
+    fn audit_entries(&self) -> BoxFuture<'_, Result<Vec<AuditEntry>, StoreError>>;
+    /// The head (seq, hash) recorded beside the chain, to detect a truncated tail.
+    fn audit_head(&self) -> BoxFuture<'_, Result<Option<(i64, String)>, StoreError>>;
+    /// Claim the right to drive a run; fails with [`StoreError::Claimed`] while another
+    /// live process holds it. Released on drop or when the process dies.
+    fn claim<'a>(&'a self, run_id: &'a str)
+    -> BoxFuture<'a, Result<Box<dyn RunClaim>, StoreError>>;
+}

@@ -1,0 +1,123 @@
+//! The `Target` extension point: where steps take effect. Implementations live in
+//! `slipway-providers`; they hold no state of their own beyond what they can observe on the
+//! target itself (files, markers), and the engine journals what goes in and out.
+
+use serde::{Deserialize, Serialize};
+use slipway_model::plan::StepAction;
+
+use crate::BoxFuture;
+
+/// Identity of one application of a step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepContext {
+    /// Run id.
+    pub run_id: String,
+    /// Step id, `service/step`.
+    pub step_id: String,
+    /// The plan's idempotency key for the step.
+    pub key: String,
+    /// 1 for the first attempt.
+    pub attempt: u32,
+}
+
+/// Captured output of a command, bounded (the tail is kept).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepOutput {
+    /// Exit code, if the process exited normally.
+    pub exit_code: Option<i32>,
+    /// Tail of stdout.
+    pub stdout: String,
+    /// Tail of stderr.
+    pub stderr: String,
+    /// Whether any output was cut off.
+    pub truncated: bool,
+}
+
+/// The result of applying a step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// The step ran.
+    Ran {
+        /// Its output.
+        output: StepOutput,
+    },
+    /// A guard showed the step was already done; nothing ran.
+    AlreadyDone {
+        /// Which guard and what it saw, e.g. `creates: /srv/app exists`.
+        guard: String,
+    },
+}
+
+/// What a target can tell about a step without changing anything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Observation {
+    /// The step's effect is in place.
+    Done {
+        /// What shows it.
+        evidence: String,
+    },
+    /// The step's effect is not in place (or cannot be shown to be).
+    NotDone {
+        /// What was checked.
+        evidence: String,
+    },
+}
+
+/// Why a target operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    /// The command ran and failed.
+    #[error("{message}")]
+    Failed {
+        /// What failed.
+        message: String,
+        /// Its output.
+        output: StepOutput,
+    },
+    /// The target cannot perform this kind of step.
+    #[error("the `{target}` target cannot run a `{action}` step; use a target that supports it")]
+    Unsupported {
+        /// Target kind.
+        target: &'static str,
+        /// Step action kind.
+        action: &'static str,
+    },
+    /// The target itself could not be used.
+    #[error("{0}")]
+    Io(String),
+}
+
+/// Where steps take effect. Every operation must be idempotent: `apply` of a step already
+/// in effect must change nothing, and `observe` must change nothing at all.
+pub trait Target: Send + Sync {
+    /// Kind name, e.g. `exec`.
+    fn kind(&self) -> &'static str;
+    /// Bring the step's effect about (or find it already there).
+    fn apply<'a>(
+        &'a self,
+        ctx: &'a StepContext,
+        action: &'a StepAction,
+    ) -> BoxFuture<'a, Result<Applied, TargetError>>;
+    /// Tell whether the step's effect is in place, without changing anything. Must wait for
+    /// any attempt still running from a previous orchestrator process before answering.
+    fn observe<'a>(
+        &'a self,
+        ctx: &'a StepContext,
+        action: &'a StepAction,
+    ) -> BoxFuture<'a, Result<Observation, TargetError>>;
+    /// Reverse the step's effect (rollback). `Ok(None)` when the step has nothing to undo.
+    fn undo<'a>(
+        &'a self,
+        ctx: &'a StepContext,
+        action: &'a StepAction,
+    ) -> BoxFuture<'a, Result<Option<StepOutput>, TargetError>>;
+}
+
+/// The name of a step action's kind, for messages.
+pub fn action_kind(action: &StepAction) -> &'static str {
+    match action {
+        StepAction::Exec(_) => "exec",
+        StepAction::Migrate { .. } => "migrate",
+        StepAction::Deploy { .. } => "deploy",
+    }
+}

@@ -1,0 +1,1 @@
+//! Targets for the engine. For now `exec`: commands on this machine.

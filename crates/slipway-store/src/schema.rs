@@ -1,0 +1,82 @@
+//! Slipway's own SQLite schema, versioned by the journal format kept in the `meta` table.
+//!
+//! Compatibility policy (reader/writer matrix): this build reads format
+//! [`JOURNAL_FORMAT`] and migrates every format from [`OLDEST_MIGRATABLE`] up, in one
+//! transaction. A newer format is refused ("written by a newer slipway"), an older
+//! unmigratable one is refused with what to do; neither is ever read as if it were current.
+
+/// The journal format this build writes.
+pub const JOURNAL_FORMAT: u32 = 2;
+/// The oldest format this build can migrate.
+pub const OLDEST_MIGRATABLE: u32 = 1;
+
+/// Migration `i` (0-based) brings format `i` to format `i + 1`.
+pub const MIGRATIONS: &[&str] = &[
+    // Format 1: runs, the journal, step states, approvals, the audit chain.
+    r#"
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE runs (
+    id TEXT PRIMARY KEY,
+    digest TEXT NOT NULL,
+    release TEXT NOT NULL,
+    version TEXT NOT NULL,
+    environment TEXT NOT NULL,
+    author TEXT NOT NULL,
+    state TEXT NOT NULL,
+    override_reason TEXT,
+    plan_json TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE INDEX runs_by_digest ON runs (digest, environment);
+CREATE TABLE journal (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT NOT NULL,
+    at TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    event TEXT NOT NULL,
+    data TEXT NOT NULL
+);
+CREATE INDEX journal_by_run ON journal (run_id, seq);
+CREATE TABLE steps (
+    run_id TEXT NOT NULL,
+    step_id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    output TEXT,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (run_id, step_id)
+);
+CREATE TABLE approvals (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT NOT NULL,
+    approver TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    groups TEXT NOT NULL,
+    at TEXT NOT NULL
+);
+CREATE TABLE audit (
+    seq INTEGER PRIMARY KEY,
+    at TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL
+);
+"#,
+    // Format 2: control requests (pause/abort from another process) and the erasable
+    // identity mapping behind pseudonymous operator ids.
+    r#"
+ALTER TABLE runs ADD COLUMN control TEXT;
+CREATE TABLE identities (
+    id TEXT PRIMARY KEY,
+    name TEXT UNIQUE,
+    created_at TEXT NOT NULL
+);
+"#,
+];

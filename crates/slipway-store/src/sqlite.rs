@@ -1,0 +1,809 @@
+//! The embedded SQLite store.
+//!
+//! Durability: WAL with `synchronous=FULL`, so a commit returns only after the WAL is
+//! fsynced. One writer task per process owns the only write connection; callers send it
+//! their journal records and wait for their own commit. While a transaction is being
+//! fsynced, the records of other callers queue up and go into the *next* transaction
+//! together (group commit): each caller still returns only after its own records are
+//! durable, so the journal-before-effect rule holds exactly as with one commit per event,
+//! while the fsync cost is shared by everything that arrived meanwhile. Other processes
+//! write through their own writer; `BEGIN IMMEDIATE` plus `busy_timeout` serialize them,
+//! and the audit head is re-read inside every transaction, so the chain stays linear.
+
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use jiff::Timestamp;
+use sha2_free::pseudonym_id;
+use slipway_engine::audit::{AuditEntry, GENESIS};
+use slipway_engine::event::{Control, EngineEvent, Notice, RunState, StepStatus};
+use slipway_engine::store::{
+    ApprovalRecord, JournalRecord, NewRun, RunClaim, RunRecord, StepRecord, Store, StoreError,
+};
+use slipway_engine::{BoxFuture, StepOutput};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteRow, SqliteSynchronous,
+};
+// Dynamic SQL here only ever joins fixed column lists and `?` placeholders; values are
+// always bound, never interpolated.
+use sqlx::{AssertSqlSafe, Connection, Row};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::schema::{JOURNAL_FORMAT, MIGRATIONS, OLDEST_MIGRATABLE};
+
+/// Largest number of queued writes merged into one transaction.
+const MAX_GROUP: usize = 512;
+
+enum Write {
+    Commit(Vec<JournalRecord>),
+    CreateRun(Box<(NewRun, JournalRecord)>),
+    Pseudonym(String),
+    Erase(String),
+}
+
+enum Reply {
+    Done,
+    Id(String),
+    Erased(bool),
+}
+
+type Pending = (Write, oneshot::Sender<Result<Reply, StoreError>>);
+
+/// The SQLite store. See the module doc for its durability contract.
+pub struct SqliteStore {
+    path: PathBuf,
+    read: SqlitePool,
+    writer: mpsc::UnboundedSender<Pending>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+fn q(location: &Path) -> impl Fn(sqlx::Error) -> StoreError + '_ {
+    move |e| StoreError::Unavailable {
+        location: format!("sqlite://{}", location.display()),
+        message: e.to_string(),
+    }
+}
+
+fn query_err(e: sqlx::Error) -> StoreError {
+    StoreError::Query(e.to_string())
+}
+
+impl SqliteStore {
+    /// Open (creating if needed) the store file, migrating an older journal format or
+    /// refusing one this build cannot read.
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::Unavailable {
+                location: format!("sqlite://{}", path.display()),
+                message: format!("create directory {}: {e}", dir.display()),
+            })?;
+        }
+        let opts = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(30));
+        let mut conn = SqliteConnection::connect_with(&opts)
+            .await
+            .map_err(q(path))?;
+        migrate(&mut conn, path).await?;
+        let read = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts.clone().read_only(true))
+            .await
+            .map_err(q(path))?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(writer(conn, rx));
+        Ok(Self {
+            path: path.to_owned(),
+            read,
+            writer: tx,
+        })
+    }
+
+    /// The store file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn send(&self, w: Write) -> Result<Reply, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        let gone = || StoreError::Unavailable {
+            location: self.location(),
+            message: "the writer task stopped (an earlier write failed fatally)".into(),
+        };
+        self.writer.send((w, tx)).map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
+    }
+}
+
+/// Read the journal format and bring the schema to the current one, or refuse.
+async fn migrate(conn: &mut SqliteConnection, path: &Path) -> Result<(), StoreError> {
+    let loc = format!("sqlite://{}", path.display());
+    let tables: i64 = sqlx::query_scalar("SELECT count(*) FROM sqlite_master WHERE type='table'")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(q(path))?;
+    let has_meta: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM sqlite_master WHERE type='table' AND name='meta'")
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(q(path))?;
+    let fresh = tables == 0;
+    let current: u32 = if fresh {
+        0
+    } else if has_meta == 0 {
+        return Err(StoreError::Incompatible(format!(
+            "open {loc}: the file is an SQLite database but not a slipway store (no meta table); point --store at another file"
+        )));
+    } else {
+        let v: Option<String> =
+            sqlx::query_scalar("SELECT value FROM meta WHERE key='journal_format'")
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(q(path))?;
+        let v = v.ok_or_else(|| {
+            StoreError::Incompatible(format!(
+                "open {loc}: the meta table names no journal_format; the file is damaged or not a slipway store"
+            ))
+        })?;
+        v.parse().map_err(|_| {
+            StoreError::Incompatible(format!(
+                "open {loc}: journal_format `{v}` is not a number; the file is damaged"
+            ))
+        })?
+    };
+    if current > JOURNAL_FORMAT {
+        return Err(StoreError::Incompatible(format!(
+            "open {loc}: the journal was written by a newer slipway (journal format {current}; this build reads up to {JOURNAL_FORMAT}); upgrade slipway to read it"
+        )));
+    }
+    if !fresh && current < OLDEST_MIGRATABLE {
+        return Err(StoreError::Incompatible(format!(
+            "open {loc}: journal format {current} is older than this build can migrate (oldest {OLDEST_MIGRATABLE}); export it with the slipway that wrote it (`slipway audit export`) and start a new store"
+        )));
+    }
+    if current == JOURNAL_FORMAT {
+        return Ok(());
+    }
+    let mut tx = conn.begin().await.map_err(q(path))?;
+    for sql in &MIGRATIONS[current as usize..JOURNAL_FORMAT as usize] {
+        sqlx::raw_sql(*sql)
+            .execute(&mut *tx)
+            .await
+            .map_err(q(path))?;
+    }
+    sqlx::query("INSERT INTO meta (key, value) VALUES ('journal_format', ?1) ON CONFLICT(key) DO UPDATE SET value = excluded.value")
+        .bind(JOURNAL_FORMAT.to_string())
+        .execute(&mut *tx)
+        .await
+        .map_err(q(path))?;
+    tx.commit().await.map_err(q(path))?;
+    Ok(())
+}
+
+/// The writer task: drains the queue into one transaction at a time.
+async fn writer(mut conn: SqliteConnection, mut rx: mpsc::UnboundedReceiver<Pending>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let writes: Vec<&Write> = batch.iter().map(|(w, _)| w).collect();
+        match apply_all(&mut conn, &writes).await {
+            Ok(replies) => {
+                for ((_, tx), r) in batch.into_iter().zip(replies) {
+                    let _ = tx.send(Ok(r));
+                }
+            }
+            Err(_) if batch.len() > 1 => {
+                // One write spoiled the group: retry each alone so only it fails.
+                for (w, tx) in batch {
+                    let r = apply_all(&mut conn, &[&w]).await.map(|mut v| {
+                        // apply_all returns one reply per write; exactly one here.
+                        v.pop().unwrap_or(Reply::Done)
+                    });
+                    let _ = tx.send(r);
+                }
+            }
+            Err(e) => {
+                for (_, tx) in batch {
+                    let _ = tx.send(Err(StoreError::Query(e.to_string())));
+                }
+            }
+        }
+    }
+}
+
+struct Staged {
+    journal: Vec<(String, String, String, &'static str, String)>,
+    audit: Vec<AuditEntry>,
+}
+
+async fn apply_all(
+    conn: &mut SqliteConnection,
+    writes: &[&Write],
+) -> Result<Vec<Reply>, StoreError> {
+    let mut tx = conn
+        .begin_with("BEGIN IMMEDIATE")
+        .await
+        .map_err(query_err)?;
+    let head: Option<(i64, String)> =
+        sqlx::query_as("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(query_err)?;
+    let (mut seq, mut prev) = head.unwrap_or((0, GENESIS.to_owned()));
+    let mut staged = Staged {
+        journal: Vec::new(),
+        audit: Vec::new(),
+    };
+    let mut replies = Vec::with_capacity(writes.len());
+    for w in writes {
+        let reply = match w {
+            Write::Commit(records) => {
+                for r in records {
+                    apply_record(&mut tx, r, &mut staged, &mut seq, &mut prev).await?;
+                }
+                Reply::Done
+            }
+            Write::CreateRun(b) => {
+                let (run, first) = &**b;
+                sqlx::query(
+                    "INSERT INTO runs (id, digest, release, version, environment, author, state, override_reason, plan_json, created_at, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7, ?8, ?9, ?9)",
+                )
+                .bind(&run.id)
+                .bind(&run.digest)
+                .bind(&run.release)
+                .bind(&run.version)
+                .bind(&run.environment)
+                .bind(&run.author)
+                .bind(&run.override_reason)
+                .bind(&run.plan_json)
+                .bind(run.created_at.to_string())
+                .execute(&mut *tx)
+                .await
+                .map_err(query_err)?;
+                apply_record(&mut tx, first, &mut staged, &mut seq, &mut prev).await?;
+                Reply::Done
+            }
+            Write::Pseudonym(name) => {
+                let found: Option<String> =
+                    sqlx::query_scalar("SELECT id FROM identities WHERE name = ?1")
+                        .bind(name)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(query_err)?;
+                match found {
+                    Some(id) => Reply::Id(id),
+                    None => {
+                        let id = pseudonym_id(name);
+                        sqlx::query(
+                            "INSERT INTO identities (id, name, created_at) VALUES (?1, ?2, ?3)",
+                        )
+                        .bind(&id)
+                        .bind(name)
+                        .bind(Timestamp::now().to_string())
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(query_err)?;
+                        Reply::Id(id)
+                    }
+                }
+            }
+            Write::Erase(name) => {
+                let n = sqlx::query("UPDATE identities SET name = NULL WHERE name = ?1")
+                    .bind(name)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(query_err)?
+                    .rows_affected();
+                Reply::Erased(n > 0)
+            }
+        };
+        replies.push(reply);
+    }
+    flush(&mut tx, &staged).await?;
+    if !staged.audit.is_empty() {
+        sqlx::query("INSERT INTO meta (key, value) VALUES ('audit_head', ?1) ON CONFLICT(key) DO UPDATE SET value = excluded.value")
+            .bind(format!("{seq}:{prev}"))
+            .execute(&mut *tx)
+            .await
+            .map_err(query_err)?;
+    }
+    tx.commit().await.map_err(query_err)?;
+    Ok(replies)
+}
+
+/// Apply one record's effects now (state rows) and stage its journal and audit rows,
+/// which are inserted many per statement at the end of the transaction.
+async fn apply_record(
+    tx: &mut SqliteConnection,
+    r: &JournalRecord,
+    staged: &mut Staged,
+    seq: &mut i64,
+    prev: &mut String,
+) -> Result<(), StoreError> {
+    let data = serde_json::to_string(&r.event).map_err(|e| StoreError::Query(e.to_string()))?;
+    let at = r.at.to_string();
+    match &r.event {
+        EngineEvent::StateChanged { from, to, .. } => {
+            let clear = to.is_terminal()
+                || matches!(to, RunState::Paused | RunState::Aborted)
+                || *from == RunState::Paused;
+            sqlx::query(
+                "UPDATE runs SET state = ?1, updated_at = ?2, control = CASE WHEN ?3 THEN NULL ELSE control END WHERE id = ?4",
+            )
+            .bind(to.as_str())
+            .bind(&at)
+            .bind(clear)
+            .bind(&r.run_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(query_err)?;
+        }
+        EngineEvent::ControlRequested { control } => {
+            sqlx::query("UPDATE runs SET control = ?1, updated_at = ?2 WHERE id = ?3")
+                .bind(control.as_str())
+                .bind(&at)
+                .bind(&r.run_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(query_err)?;
+        }
+        EngineEvent::Approved {
+            approver,
+            digest,
+            groups,
+        } => {
+            sqlx::query(
+                "INSERT INTO approvals (run_id, approver, digest, groups, at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .bind(&r.run_id)
+            .bind(approver)
+            .bind(digest)
+            .bind(groups.join(","))
+            .bind(&at)
+            .execute(&mut *tx)
+            .await
+            .map_err(query_err)?;
+        }
+        _ => {}
+    }
+    if let Some((step, key, status)) = r.event.step_effect() {
+        let attempts = match &r.event {
+            EngineEvent::StepStarted { attempt, .. } => Some(i64::from(*attempt)),
+            _ => None,
+        };
+        let output = match &r.event {
+            EngineEvent::StepSucceeded { output, .. } | EngineEvent::StepFailed { output, .. } => {
+                output.as_ref().and_then(|o| serde_json::to_string(o).ok())
+            }
+            _ => None,
+        };
+        sqlx::query(
+            "INSERT INTO steps (run_id, step_id, key, status, attempts, output, updated_at)
+             VALUES (?1, ?2, ?3, ?4, COALESCE(?5, 0), ?6, ?7)
+             ON CONFLICT (run_id, step_id) DO UPDATE SET
+               status = excluded.status,
+               attempts = COALESCE(?5, steps.attempts),
+               output = COALESCE(excluded.output, steps.output),
+               updated_at = excluded.updated_at",
+        )
+        .bind(&r.run_id)
+        .bind(step)
+        .bind(key)
+        .bind(status.as_str())
+        .bind(attempts)
+        .bind(output)
+        .bind(&at)
+        .execute(&mut *tx)
+        .await
+        .map_err(query_err)?;
+    }
+    let mut entry = AuditEntry {
+        seq: *seq + 1,
+        at: at.clone(),
+        actor: r.actor.clone(),
+        action: r.event.name().to_owned(),
+        run_id: r.run_id.clone(),
+        digest: r.digest.clone(),
+        outcome: r.event.outcome(),
+        detail: data.clone(),
+        prev_hash: prev.clone(),
+        hash: String::new(),
+    };
+    entry.hash = entry.compute_hash();
+    *seq = entry.seq;
+    prev.clone_from(&entry.hash);
+    staged.audit.push(entry);
+    staged
+        .journal
+        .push((r.run_id.clone(), at, r.actor.clone(), r.event.name(), data));
+    Ok(())
+}
+
+/// Insert the staged journal and audit rows, many rows per statement.
+async fn flush(tx: &mut SqliteConnection, staged: &Staged) -> Result<(), StoreError> {
+    // 10 columns per audit row; 90 rows keeps a statement under SQLite's 999 binds on
+    // old builds as well.
+    for chunk in staged.journal.chunks(150) {
+        let mut sql = String::from("INSERT INTO journal (run_id, at, actor, event, data) VALUES ");
+        sql.push_str(&vec!["(?, ?, ?, ?, ?)"; chunk.len()].join(", "));
+        let mut qy = sqlx::query(AssertSqlSafe(sql));
+        for (run, at, actor, event, data) in chunk {
+            qy = qy.bind(run).bind(at).bind(actor).bind(*event).bind(data);
+        }
+        qy.execute(&mut *tx).await.map_err(query_err)?;
+    }
+    for chunk in staged.audit.chunks(90) {
+        let mut sql = String::from(
+            "INSERT INTO audit (seq, at, actor, action, run_id, digest, outcome, detail, prev_hash, hash) VALUES ",
+        );
+        sql.push_str(&vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", "));
+        let mut qy = sqlx::query(AssertSqlSafe(sql));
+        for e in chunk {
+            qy = qy
+                .bind(e.seq)
+                .bind(&e.at)
+                .bind(&e.actor)
+                .bind(&e.action)
+                .bind(&e.run_id)
+                .bind(&e.digest)
+                .bind(&e.outcome)
+                .bind(&e.detail)
+                .bind(&e.prev_hash)
+                .bind(&e.hash);
+        }
+        qy.execute(&mut *tx).await.map_err(query_err)?;
+    }
+    Ok(())
+}
+
+mod sha2_free {
+    //! Pseudonymous ids without a dependency on a hash crate: they need to be unique and
+    //! unguessable from the name alone, not cryptographic.
+    use std::collections::hash_map::RandomState;
+    use std::hash::{BuildHasher, Hasher};
+
+    use super::{AtomicU64, Ordering};
+
+    static N: AtomicU64 = AtomicU64::new(0);
+
+    /// `op-` and 16 hex digits from a randomly keyed hash (SipHash with a per-process
+    /// random key), so the id cannot be recomputed from the name once the mapping is erased.
+    pub fn pseudonym_id(name: &str) -> String {
+        let mut h = RandomState::new().build_hasher();
+        h.write(name.as_bytes());
+        h.write_u64(N.fetch_add(1, Ordering::Relaxed));
+        h.write_u32(std::process::id());
+        format!("op-{:016x}", h.finish())
+    }
+}
+
+fn ts(s: &str) -> Timestamp {
+    // Every stored time was written by `Timestamp::to_string`; a hand-edited one that
+    // does not parse reads as the epoch rather than failing a status display.
+    Timestamp::from_str(s).unwrap_or(Timestamp::UNIX_EPOCH)
+}
+
+fn run_from_row(r: &SqliteRow) -> Result<RunRecord, StoreError> {
+    let state: String = r.try_get("state").map_err(query_err)?;
+    let control: Option<String> = r.try_get("control").map_err(query_err)?;
+    Ok(RunRecord {
+        id: r.try_get("id").map_err(query_err)?,
+        digest: r.try_get("digest").map_err(query_err)?,
+        release: r.try_get("release").map_err(query_err)?,
+        version: r.try_get("version").map_err(query_err)?,
+        environment: r.try_get("environment").map_err(query_err)?,
+        author: r.try_get("author").map_err(query_err)?,
+        state: RunState::parse(&state).ok_or_else(|| {
+            StoreError::Query(format!("unknown run state `{state}` in the store"))
+        })?,
+        control: control.as_deref().and_then(Control::parse),
+        override_reason: r.try_get("override_reason").map_err(query_err)?,
+        created_at: ts(&r.try_get::<String, _>("created_at").map_err(query_err)?),
+        updated_at: ts(&r.try_get::<String, _>("updated_at").map_err(query_err)?),
+        plan_json: r.try_get("plan_json").map_err(query_err)?,
+    })
+}
+
+const RUN_COLS: &str = "id, digest, release, version, environment, author, state, control, override_reason, created_at, updated_at";
+
+/// Held lock file of a claimed run.
+struct FileClaim {
+    _file: File,
+}
+
+impl RunClaim for FileClaim {}
+
+impl Store for SqliteStore {
+    fn location(&self) -> String {
+        format!("sqlite://{}", self.path.display())
+    }
+
+    fn create_run<'a>(
+        &'a self,
+        run: NewRun,
+        first: JournalRecord,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.send(Write::CreateRun(Box::new((run, first)))).await?;
+            Ok(())
+        })
+    }
+
+    fn commit(&self, records: Vec<JournalRecord>) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.send(Write::Commit(records)).await?;
+            Ok(())
+        })
+    }
+
+    fn run<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<RunRecord>, StoreError>> {
+        Box::pin(async move {
+            let sql = format!("SELECT {RUN_COLS}, plan_json FROM runs WHERE id = ?1");
+            let row = sqlx::query(AssertSqlSafe(sql))
+                .bind(id)
+                .fetch_optional(&self.read)
+                .await
+                .map_err(query_err)?;
+            row.as_ref().map(run_from_row).transpose()
+        })
+    }
+
+    fn runs(&self, limit: u32) -> BoxFuture<'_, Result<Vec<RunRecord>, StoreError>> {
+        Box::pin(async move {
+            let sql = format!(
+                "SELECT {RUN_COLS}, '' AS plan_json FROM runs ORDER BY created_at DESC, id DESC LIMIT ?1"
+            );
+            let rows = sqlx::query(AssertSqlSafe(sql))
+                .bind(i64::from(limit))
+                .fetch_all(&self.read)
+                .await
+                .map_err(query_err)?;
+            rows.iter().map(run_from_row).collect()
+        })
+    }
+
+    fn active_run<'a>(
+        &'a self,
+        digest: &'a str,
+        environment: &'a str,
+    ) -> BoxFuture<'a, Result<Option<RunRecord>, StoreError>> {
+        Box::pin(async move {
+            let sql = format!(
+                "SELECT {RUN_COLS}, plan_json FROM runs WHERE digest = ?1 AND environment = ?2
+                 AND state NOT IN ('succeeded', 'failed', 'rolled_back', 'aborted')
+                 ORDER BY created_at DESC LIMIT 1"
+            );
+            let row = sqlx::query(AssertSqlSafe(sql))
+                .bind(digest)
+                .bind(environment)
+                .fetch_optional(&self.read)
+                .await
+                .map_err(query_err)?;
+            row.as_ref().map(run_from_row).transpose()
+        })
+    }
+
+    fn control<'a>(
+        &'a self,
+        run_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Control>, StoreError>> {
+        Box::pin(async move {
+            let c: Option<Option<String>> =
+                sqlx::query_scalar("SELECT control FROM runs WHERE id = ?1")
+                    .bind(run_id)
+                    .fetch_optional(&self.read)
+                    .await
+                    .map_err(query_err)?;
+            Ok(c.flatten().as_deref().and_then(Control::parse))
+        })
+    }
+
+    fn steps<'a>(&'a self, run_id: &'a str) -> BoxFuture<'a, Result<Vec<StepRecord>, StoreError>> {
+        Box::pin(async move {
+            let rows = sqlx::query(
+                "SELECT step_id, key, status, attempts, output, updated_at FROM steps WHERE run_id = ?1",
+            )
+            .bind(run_id)
+            .fetch_all(&self.read)
+            .await
+            .map_err(query_err)?;
+            rows.iter()
+                .map(|r| {
+                    let status: String = r.try_get("status").map_err(query_err)?;
+                    let output: Option<String> = r.try_get("output").map_err(query_err)?;
+                    Ok(StepRecord {
+                        step_id: r.try_get("step_id").map_err(query_err)?,
+                        key: r.try_get("key").map_err(query_err)?,
+                        status: StepStatus::parse(&status).ok_or_else(|| {
+                            StoreError::Query(format!("unknown step status `{status}`"))
+                        })?,
+                        attempts: u32::try_from(
+                            r.try_get::<i64, _>("attempts").map_err(query_err)?,
+                        )
+                        .unwrap_or(0),
+                        output: output.and_then(|o| serde_json::from_str::<StepOutput>(&o).ok()),
+                        updated_at: ts(&r.try_get::<String, _>("updated_at").map_err(query_err)?),
+                    })
+                })
+                .collect()
+        })
+    }
+
+    fn journal<'a>(
+        &'a self,
+        run_id: &'a str,
+        after_seq: i64,
+    ) -> BoxFuture<'a, Result<Vec<Notice>, StoreError>> {
+        Box::pin(async move {
+            let rows = sqlx::query(
+                "SELECT seq, run_id, at, actor, data FROM journal WHERE run_id = ?1 AND seq > ?2 ORDER BY seq",
+            )
+            .bind(run_id)
+            .bind(after_seq)
+            .fetch_all(&self.read)
+            .await
+            .map_err(query_err)?;
+            rows.iter()
+                .map(|r| {
+                    let data: String = r.try_get("data").map_err(query_err)?;
+                    Ok(Notice {
+                        seq: r.try_get("seq").map_err(query_err)?,
+                        run_id: r.try_get("run_id").map_err(query_err)?,
+                        at: ts(&r.try_get::<String, _>("at").map_err(query_err)?),
+                        actor: r.try_get("actor").map_err(query_err)?,
+                        event: serde_json::from_str(&data)
+                            .map_err(|e| StoreError::Query(format!("read a journal event: {e}")))?,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    fn approvals<'a>(
+        &'a self,
+        run_id: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<ApprovalRecord>, StoreError>> {
+        Box::pin(async move {
+            let rows: Vec<(String, String, String, String)> = sqlx::query_as(
+                "SELECT approver, digest, groups, at FROM approvals WHERE run_id = ?1 ORDER BY id",
+            )
+            .bind(run_id)
+            .fetch_all(&self.read)
+            .await
+            .map_err(query_err)?;
+            Ok(rows
+                .into_iter()
+                .map(|(approver, digest, groups, at)| ApprovalRecord {
+                    approver,
+                    digest,
+                    groups: groups
+                        .split(',')
+                        .filter(|g| !g.is_empty())
+                        .map(str::to_owned)
+                        .collect(),
+                    at: ts(&at),
+                })
+                .collect())
+        })
+    }
+
+    fn pseudonym<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<String, StoreError>> {
+        Box::pin(async move {
+            match self.send(Write::Pseudonym(name.to_owned())).await? {
+                Reply::Id(id) => Ok(id),
+                _ => Err(StoreError::Query("the writer answered out of turn".into())),
+            }
+        })
+    }
+
+    fn identity<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<String>, StoreError>> {
+        Box::pin(async move {
+            let n: Option<Option<String>> =
+                sqlx::query_scalar("SELECT name FROM identities WHERE id = ?1")
+                    .bind(id)
+                    .fetch_optional(&self.read)
+                    .await
+                    .map_err(query_err)?;
+            Ok(n.flatten())
+        })
+    }
+
+    fn erase_identity<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            match self.send(Write::Erase(name.to_owned())).await? {
+                Reply::Erased(b) => Ok(b),
+                _ => Err(StoreError::Query("the writer answered out of turn".into())),
+            }
+        })
+    }
+
+    fn audit_entries(&self) -> BoxFuture<'_, Result<Vec<AuditEntry>, StoreError>> {
+        Box::pin(async move {
+            let rows = sqlx::query(
+                "SELECT seq, at, actor, action, run_id, digest, outcome, detail, prev_hash, hash FROM audit ORDER BY seq",
+            )
+            .fetch_all(&self.read)
+            .await
+            .map_err(query_err)?;
+            rows.iter()
+                .map(|r| {
+                    Ok(AuditEntry {
+                        seq: r.try_get("seq").map_err(query_err)?,
+                        at: r.try_get("at").map_err(query_err)?,
+                        actor: r.try_get("actor").map_err(query_err)?,
+                        action: r.try_get("action").map_err(query_err)?,
+                        run_id: r.try_get("run_id").map_err(query_err)?,
+                        digest: r.try_get("digest").map_err(query_err)?,
+                        outcome: r.try_get("outcome").map_err(query_err)?,
+                        detail: r.try_get("detail").map_err(query_err)?,
+                        prev_hash: r.try_get("prev_hash").map_err(query_err)?,
+                        hash: r.try_get("hash").map_err(query_err)?,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    fn audit_head(&self) -> BoxFuture<'_, Result<Option<(i64, String)>, StoreError>> {
+        Box::pin(async move {
+            let v: Option<String> =
+                sqlx::query_scalar("SELECT value FROM meta WHERE key = 'audit_head'")
+                    .fetch_optional(&self.read)
+                    .await
+                    .map_err(query_err)?;
+            Ok(v.and_then(|v| {
+                let (seq, hash) = v.split_once(':')?;
+                Some((seq.parse().ok()?, hash.to_owned()))
+            }))
+        })
+    }
+
+    fn claim<'a>(
+        &'a self,
+        run_id: &'a str,
+    ) -> BoxFuture<'a, Result<Box<dyn RunClaim>, StoreError>> {
+        Box::pin(async move {
+            let dir = self.path.with_extension("locks");
+            let unavailable = |e: std::io::Error| StoreError::Unavailable {
+                location: self.location(),
+                message: format!("create the run lock in {}: {e}", dir.display()),
+            };
+            std::fs::create_dir_all(&dir).map_err(unavailable)?;
+            let file = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(dir.join(format!("{run_id}.lock")))
+                .map_err(unavailable)?;
+            // An OS file lock dies with its process, so a SIGKILLed driver never leaves
+            // a run claimed.
+            match file.try_lock() {
+                Ok(()) => Ok(Box::new(FileClaim { _file: file }) as Box<dyn RunClaim>),
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    Err(StoreError::Claimed(run_id.to_owned()))
+                }
+                Err(std::fs::TryLockError::Error(e)) => Err(unavailable(e)),
+            }
+        })
+    }
+}

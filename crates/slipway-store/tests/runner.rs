@@ -1,0 +1,29 @@
+//! Integration tests of the SQLite store: one binary, one module per concern. Real SQLite
+//! files in temp dirs, tampered with the real `sqlite3` CLI.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test helpers outside #[test] fns panic on setup failure"
+)]
+
+mod common;
+mod compat;
+mod journal;
+mod tamper;
+
+#[test]
+fn every_test_module_is_listed() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests");
+    let runner = std::fs::read_to_string(dir.join("runner.rs")).unwrap();
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let name = e.unwrap().file_name().into_string().unwrap();
+        if let Some(m) = name.strip_suffix(".rs")
+            && m != "runner"
+        {
+            assert!(
+                runner.contains(&format!("mod {m};")),
+                "tests/{name} is not in runner.rs"
+            );
+        }
+    }
+}
