@@ -4,6 +4,7 @@
 //! returns an exit code from [`slipway_model::exit`]; errors carry a hint and map to
 //! exit codes here, so every failure a user sees says what to do next.
 
+mod cmd_package;
 mod cmd_plan;
 mod out;
 
@@ -57,6 +58,16 @@ pub enum Commands {
     Diff(cmd_plan::DiffArgs),
     /// Print the JSON Schema of the release spec.
     Schema,
+    /// Signing keys in minisign's format.
+    #[command(subcommand)]
+    Key(cmd_package::KeyCommand),
+    /// Sign a file (FILE.minisig, verifiable with `minisign -V`).
+    Sign(cmd_package::SignArgs),
+    /// Verify a file's minisign signature against trusted public keys.
+    Verify(cmd_package::VerifyArgs),
+    /// Build deterministic artifacts and inspect packages (tar, deb, rpm, OCI).
+    #[command(subcommand)]
+    Package(cmd_package::PackageCommand),
 }
 
 fn main() {
@@ -74,6 +85,10 @@ fn run(command: Commands, out: &Output) -> Result<i32, out::CliError> {
         Commands::Plan(a) => cmd_plan::plan(a, out),
         Commands::Validate(a) => cmd_plan::validate(a, out),
         Commands::Diff(a) => cmd_plan::diff(a, out),
+        Commands::Key(c) => cmd_package::key(c, out),
+        Commands::Sign(a) => cmd_package::sign(a, out),
+        Commands::Verify(a) => cmd_package::verify(a, out),
+        Commands::Package(c) => cmd_package::package(c, out),
         Commands::Schema => {
             out.raw(&slipway_model::schema::schema_text());
             Ok(slipway_model::exit::SUCCESS)
