@@ -1,0 +1,574 @@
+//! Judging a canary: measurements → metric verdicts → an analysis phase.
+//!
+//! Pure functions, so every rule is unit-tested without traffic. The vocabulary is Argo
+//! Rollouts' (Successful / Failed / Error / Inconclusive, failure_limit,
+//! inconclusive_limit, consecutive_error_limit), with the lessons of its open issues
+//! applied: an empty or NaN result is never a pass (argo-rollouts #180, #1466), and too
+//! little traffic is an explicit *insufficient data* Inconclusive, never a pass.
+//!
+//! Thresholds judge the canary's **own** traffic — an error rate diluted by stable traffic
+//! would let a canary at 5% weight fail every request and still look healthy. The
+//! canary-vs-stable comparison is a one-sided Mann-Whitney U test on latency samples from
+//! the same window (as Kayenta does): "is the canary slower than stable?".
+
+use serde::{Deserialize, Serialize};
+
+use crate::duration::parse_duration;
+use crate::spec::{AnalysisTemplate, Comparison, Metric};
+
+/// Default measurement interval for the builtin provider.
+pub const DEFAULT_INTERVAL_MS: u64 = 1_000;
+/// Default minimum samples per measurement.
+pub const DEFAULT_MIN_SAMPLES: u64 = 50;
+/// Default confidence of a comparison.
+pub const DEFAULT_CONFIDENCE: f64 = 0.95;
+/// Default consecutive provider errors tolerated (Argo's default).
+pub const DEFAULT_CONSECUTIVE_ERROR_LIMIT: u32 = 4;
+/// Samples per side used by the Mann-Whitney test (the test is O(n²) in statrs' tie check).
+pub const MAX_COMPARE_SAMPLES: usize = 1_500;
+
+/// Phase of a metric, a measurement or a whole analysis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Not started.
+    Pending,
+    /// Still measuring; no limit reached.
+    Running,
+    /// Passed.
+    Successful,
+    /// A threshold was breached.
+    Failed,
+    /// The provider could not measure.
+    Error,
+    /// Not enough information to decide (too little traffic, no data).
+    Inconclusive,
+}
+
+/// What one version served in one window, as the builtin proxy measures it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct VersionWindow {
+    /// Requests completed.
+    pub requests: u64,
+    /// 5xx responses and proxy-level failures.
+    pub errors: u64,
+    /// Latency percentiles in milliseconds (`None` when there were no requests).
+    pub p50_ms: Option<f64>,
+    /// p95, ms.
+    pub p95_ms: Option<f64>,
+    /// p99, ms.
+    pub p99_ms: Option<f64>,
+    /// Length of the window in seconds.
+    pub seconds: f64,
+    /// Raw latency samples in ms (bounded), for comparisons.
+    pub samples_ms: Vec<f64>,
+}
+
+/// Canary and stable over the same window.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Window {
+    /// The canary's own traffic.
+    pub canary: VersionWindow,
+    /// The stable version's traffic.
+    pub stable: VersionWindow,
+}
+
+/// The verdict on one metric in one measurement.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricResult {
+    /// Metric name.
+    pub metric: String,
+    /// Verdict.
+    pub phase: Phase,
+    /// Measured value (error rate as a fraction, latency in ms, p-value for comparisons).
+    pub value: Option<f64>,
+    /// The threshold, as written in the spec.
+    pub threshold: String,
+    /// A sentence a person can read in a log.
+    pub detail: String,
+}
+
+/// One measurement: every metric of the template at one point in time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Measurement {
+    /// Per-metric verdicts.
+    pub results: Vec<MetricResult>,
+    /// The worst of them (Failed > Error > Inconclusive > Successful).
+    pub phase: Phase,
+}
+
+/// Running totals of an analysis.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AnalysisState {
+    /// Measurements taken.
+    pub measurements: u32,
+    /// Failed measurements.
+    pub failed: u32,
+    /// Inconclusive measurements.
+    pub inconclusive: u32,
+    /// Consecutive Error measurements.
+    pub consecutive_errors: u32,
+    /// The last measurement.
+    pub last: Option<Measurement>,
+}
+
+/// The limits of a template with defaults applied.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    /// Measurement interval, ms.
+    pub interval_ms: u64,
+    /// Minimum samples.
+    pub min_samples: u64,
+    /// Failed measurements tolerated.
+    pub failure_limit: u32,
+    /// Inconclusive measurements tolerated.
+    pub inconclusive_limit: u32,
+    /// Consecutive errors tolerated.
+    pub consecutive_error_limit: u32,
+}
+
+impl Limits {
+    /// Limits of a template.
+    pub fn of(t: &AnalysisTemplate) -> Self {
+        Self {
+            interval_ms: t
+                .interval
+                .as_deref()
+                .and_then(|i| parse_duration(i).ok())
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1))
+                .unwrap_or(DEFAULT_INTERVAL_MS),
+            min_samples: t.min_samples.unwrap_or(DEFAULT_MIN_SAMPLES),
+            failure_limit: t.failure_limit.unwrap_or(0),
+            inconclusive_limit: t.inconclusive_limit.unwrap_or(0),
+            consecutive_error_limit: t
+                .consecutive_error_limit
+                .unwrap_or(DEFAULT_CONSECUTIVE_ERROR_LIMIT),
+        }
+    }
+}
+
+/// Parse a threshold: a number, or a duration for latencies (→ ms). Bare numbers on
+/// latency metrics are milliseconds, the unit every latency here is reported in.
+pub fn threshold_value(metric: &Metric, text: &str) -> Option<f64> {
+    if let Ok(n) = text.parse::<f64>() {
+        return n.is_finite().then_some(n);
+    }
+    if metric.name.contains("latency") {
+        return parse_duration(text).ok().map(|d| d.as_secs_f64() * 1000.0);
+    }
+    None
+}
+
+fn phase_rank(p: Phase) -> u8 {
+    match p {
+        Phase::Failed => 5,
+        Phase::Error => 4,
+        Phase::Inconclusive => 3,
+        Phase::Running | Phase::Pending => 2,
+        Phase::Successful => 1,
+    }
+}
+
+/// Judge a value against a metric's min/max. `None` or NaN is Inconclusive, never a pass.
+pub fn judge_value(metric: &Metric, value: Option<f64>, unit: &str) -> MetricResult {
+    let threshold = threshold_text(metric);
+    let Some(v) = value.filter(|v| v.is_finite()) else {
+        return MetricResult {
+            metric: metric.name.clone(),
+            phase: Phase::Inconclusive,
+            value: None,
+            threshold,
+            detail: "no data (empty or NaN result): not a pass".into(),
+        };
+    };
+    let max = metric
+        .max
+        .as_ref()
+        .and_then(|m| threshold_value(metric, m.as_str()));
+    let min = metric
+        .min
+        .as_ref()
+        .and_then(|m| threshold_value(metric, m.as_str()));
+    let (phase, detail) = match (max, min) {
+        (Some(mx), _) if v > mx => (
+            Phase::Failed,
+            format!(
+                "{} = {} above max {}",
+                metric.name,
+                fmt(v, unit),
+                fmt(mx, unit)
+            ),
+        ),
+        (_, Some(mn)) if v < mn => (
+            Phase::Failed,
+            format!(
+                "{} = {} below min {}",
+                metric.name,
+                fmt(v, unit),
+                fmt(mn, unit)
+            ),
+        ),
+        _ => (
+            Phase::Successful,
+            format!("{} = {} within {threshold}", metric.name, fmt(v, unit)),
+        ),
+    };
+    MetricResult {
+        metric: metric.name.clone(),
+        phase,
+        value: Some(v),
+        threshold,
+        detail,
+    }
+}
+
+fn fmt(v: f64, unit: &str) -> String {
+    match unit {
+        "%" => format!("{:.2}%", v * 100.0),
+        "ms" => format!("{v:.1}ms"),
+        _ => format!("{v:.4}"),
+    }
+}
+
+fn threshold_text(m: &Metric) -> String {
+    let mut parts = Vec::new();
+    if let Some(x) = &m.max {
+        parts.push(format!("max {}", x.as_str()));
+    }
+    if let Some(x) = &m.min {
+        parts.push(format!("min {}", x.as_str()));
+    }
+    if m.compare.is_some() {
+        parts.push(format!(
+            "canary not slower than stable at {}",
+            m.confidence.unwrap_or(DEFAULT_CONFIDENCE)
+        ));
+    }
+    parts.join(", ")
+}
+
+/// Measure one builtin metric on a window.
+pub fn measure_builtin(metric: &Metric, w: &Window, limits: &Limits) -> MetricResult {
+    let c = &w.canary;
+    let insufficient = |have: u64, who: &str| MetricResult {
+        metric: metric.name.clone(),
+        phase: Phase::Inconclusive,
+        value: None,
+        threshold: threshold_text(metric),
+        detail: format!(
+            "insufficient data: {who} served {have} requests, fewer than min_samples {}",
+            limits.min_samples
+        ),
+    };
+    match metric.name.as_str() {
+        "request-rate" => {
+            let rate = (c.seconds > 0.0).then(|| c.requests as f64 / c.seconds);
+            judge_value(metric, rate, "")
+        }
+        _ if c.requests < limits.min_samples => insufficient(c.requests, "the canary"),
+        "error-rate" => judge_value(metric, Some(c.errors as f64 / c.requests as f64), "%"),
+        "p50-latency" => judge_value(metric, c.p50_ms, "ms"),
+        "p95-latency" => judge_value(metric, c.p95_ms, "ms"),
+        "p99-latency" => judge_value(metric, c.p99_ms, "ms"),
+        "latency-vs-stable" => {
+            if w.stable.requests < limits.min_samples {
+                return insufficient(w.stable.requests, "stable");
+            }
+            compare(metric, &c.samples_ms, &w.stable.samples_ms)
+        }
+        other => MetricResult {
+            metric: other.to_owned(),
+            phase: Phase::Error,
+            value: None,
+            threshold: threshold_text(metric),
+            detail: format!("the builtin provider has no metric `{other}`"),
+        },
+    }
+}
+
+/// One-sided Mann-Whitney U: is the canary's latency stochastically greater than stable's?
+pub fn compare(metric: &Metric, canary: &[f64], stable: &[f64]) -> MetricResult {
+    use statrs::stats_tests::Alternative;
+    use statrs::stats_tests::mannwhitneyu::{MannWhitneyUMethod, mannwhitneyu};
+    let confidence = metric.confidence.unwrap_or(DEFAULT_CONFIDENCE);
+    let take = |v: &[f64]| -> Vec<f64> {
+        v.iter()
+            .copied()
+            .filter(|x| x.is_finite())
+            .take(MAX_COMPARE_SAMPLES)
+            .collect()
+    };
+    let (c, s) = (take(canary), take(stable));
+    let threshold = threshold_text(metric);
+    if c.len() < 2 || s.len() < 2 {
+        return MetricResult {
+            metric: metric.name.clone(),
+            phase: Phase::Inconclusive,
+            value: None,
+            threshold,
+            detail: format!(
+                "insufficient data: {} canary and {} stable latency samples",
+                c.len(),
+                s.len()
+            ),
+        };
+    }
+    let Some(Comparison::MannWhitney) = metric.compare else {
+        return judge_value(metric, None, "");
+    };
+    // The asymptotic method handles ties (latencies are quantised) and large samples.
+    match mannwhitneyu(
+        &c,
+        &s,
+        MannWhitneyUMethod::AsymptoticInclContinuityCorrection,
+        Alternative::Greater,
+    ) {
+        Ok((_, p)) if p.is_finite() => {
+            let alpha = 1.0 - confidence;
+            let median = |v: &[f64]| {
+                let mut v = v.to_vec();
+                v.sort_by(f64::total_cmp);
+                v[v.len() / 2]
+            };
+            let (mc, ms) = (median(&c), median(&s));
+            let (phase, verdict) = if p < alpha {
+                (Phase::Failed, "canary is slower than stable")
+            } else {
+                (Phase::Successful, "no evidence the canary is slower")
+            };
+            MetricResult {
+                metric: metric.name.clone(),
+                phase,
+                value: Some(p),
+                threshold,
+                detail: format!(
+                    "{verdict}: p = {p:.4} (α = {alpha:.3}); median canary {mc:.1}ms vs stable {ms:.1}ms, n = {}/{}",
+                    c.len(),
+                    s.len()
+                ),
+            }
+        }
+        Ok(_) | Err(_) => MetricResult {
+            metric: metric.name.clone(),
+            phase: Phase::Error,
+            value: None,
+            threshold,
+            detail: "the Mann-Whitney test could not be computed on these samples".into(),
+        },
+    }
+}
+
+/// Combine metric results into a measurement.
+pub fn combine(results: Vec<MetricResult>) -> Measurement {
+    let phase = results
+        .iter()
+        .map(|r| r.phase)
+        .max_by_key(|p| phase_rank(*p))
+        .unwrap_or(Phase::Inconclusive);
+    Measurement { results, phase }
+}
+
+/// Record a measurement and decide the analysis phase.
+///
+/// `Running` means "keep measuring"; the caller ends a timed analysis as Successful when
+/// its duration is over and the state is still Running *and* at least one measurement
+/// was Successful (an analysis that only ever saw insufficient data is Inconclusive).
+pub fn record(state: &mut AnalysisState, m: Measurement, limits: &Limits) -> Phase {
+    state.measurements += 1;
+    match m.phase {
+        Phase::Failed => {
+            state.failed += 1;
+            state.consecutive_errors = 0;
+        }
+        Phase::Inconclusive => {
+            state.inconclusive += 1;
+            state.consecutive_errors = 0;
+        }
+        Phase::Error => state.consecutive_errors += 1,
+        _ => state.consecutive_errors = 0,
+    }
+    state.last = Some(m);
+    if state.failed > limits.failure_limit {
+        Phase::Failed
+    } else if state.consecutive_errors > limits.consecutive_error_limit {
+        Phase::Error
+    } else if state.inconclusive > limits.inconclusive_limit {
+        Phase::Inconclusive
+    } else {
+        Phase::Running
+    }
+}
+
+/// The phase of a timed analysis whose duration has ended while still Running.
+pub fn conclude(state: &AnalysisState) -> Phase {
+    let successes = state
+        .measurements
+        .saturating_sub(state.failed + state.inconclusive + state.consecutive_errors);
+    if successes == 0 {
+        Phase::Inconclusive
+    } else {
+        Phase::Successful
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::Scalar;
+
+    fn metric(name: &str, max: Option<&str>) -> Metric {
+        Metric {
+            name: name.into(),
+            provider: "builtin".into(),
+            query: None,
+            max: max.map(|m| Scalar(m.into())),
+            min: None,
+            compare: (name == "latency-vs-stable").then_some(Comparison::MannWhitney),
+            confidence: Some(0.98),
+        }
+    }
+
+    fn limits() -> Limits {
+        Limits {
+            interval_ms: 1000,
+            min_samples: 50,
+            failure_limit: 1,
+            inconclusive_limit: 2,
+            consecutive_error_limit: 4,
+        }
+    }
+
+    fn version(requests: u64, errors: u64, latency: f64) -> VersionWindow {
+        VersionWindow {
+            requests,
+            errors,
+            p50_ms: Some(latency),
+            p95_ms: Some(latency * 1.5),
+            p99_ms: Some(latency * 2.0),
+            seconds: 1.0,
+            samples_ms: (0..requests)
+                .map(|i| latency + (i % 7) as f64 * 0.1)
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn error_rate_is_judged_on_the_canary_own_traffic() {
+        // 10% weight: 100 canary requests, all failing; 900 stable, all fine. Diluted over
+        // all traffic the error rate would be 10%; on the canary's own traffic it is 100%.
+        let w = Window {
+            canary: version(100, 100, 5.0),
+            stable: version(900, 0, 5.0),
+        };
+        let r = measure_builtin(&metric("error-rate", Some("0.01")), &w, &limits());
+        assert_eq!(r.phase, Phase::Failed);
+        assert_eq!(r.value, Some(1.0));
+    }
+
+    #[test]
+    fn too_little_traffic_is_inconclusive_never_a_pass() {
+        let w = Window {
+            canary: version(10, 0, 5.0),
+            stable: version(900, 0, 5.0),
+        };
+        for m in ["error-rate", "p99-latency"] {
+            let r = measure_builtin(&metric(m, Some("0.5")), &w, &limits());
+            assert_eq!(r.phase, Phase::Inconclusive, "{m}");
+            assert!(r.detail.contains("insufficient data"), "{}", r.detail);
+        }
+    }
+
+    #[test]
+    fn nan_and_empty_results_are_not_a_pass() {
+        let m = metric("error-rate", Some("0.01"));
+        assert_eq!(judge_value(&m, None, "").phase, Phase::Inconclusive);
+        assert_eq!(
+            judge_value(&m, Some(f64::NAN), "").phase,
+            Phase::Inconclusive
+        );
+    }
+
+    #[test]
+    fn latency_thresholds_accept_durations() {
+        let w = Window {
+            canary: version(100, 0, 200.0),
+            stable: version(100, 0, 5.0),
+        };
+        let r = measure_builtin(&metric("p99-latency", Some("300ms")), &w, &limits());
+        assert_eq!(r.phase, Phase::Failed, "{}", r.detail);
+        let r = measure_builtin(&metric("p99-latency", Some("1s")), &w, &limits());
+        assert_eq!(r.phase, Phase::Successful);
+    }
+
+    #[test]
+    fn mann_whitney_flags_a_slower_canary_only() {
+        let m = metric("latency-vs-stable", None);
+        let slow = Window {
+            canary: version(200, 0, 12.0),
+            stable: version(200, 0, 10.0),
+        };
+        assert_eq!(measure_builtin(&m, &slow, &limits()).phase, Phase::Failed);
+        let same = Window {
+            canary: version(200, 0, 10.0),
+            stable: version(200, 0, 10.0),
+        };
+        assert_eq!(
+            measure_builtin(&m, &same, &limits()).phase,
+            Phase::Successful
+        );
+        let faster = Window {
+            canary: version(200, 0, 8.0),
+            stable: version(200, 0, 10.0),
+        };
+        assert_eq!(
+            measure_builtin(&m, &faster, &limits()).phase,
+            Phase::Successful
+        );
+    }
+
+    #[test]
+    fn limits_decide_the_analysis_phase() {
+        let l = limits();
+        let failed = || {
+            combine(vec![judge_value(
+                &metric("error-rate", Some("0.01")),
+                Some(0.5),
+                "%",
+            )])
+        };
+        let ok = || {
+            combine(vec![judge_value(
+                &metric("error-rate", Some("0.01")),
+                Some(0.0),
+                "%",
+            )])
+        };
+        let mut s = AnalysisState::default();
+        assert_eq!(record(&mut s, failed(), &l), Phase::Running); // failure_limit 1 tolerates one
+        assert_eq!(record(&mut s, ok(), &l), Phase::Running);
+        assert_eq!(record(&mut s, failed(), &l), Phase::Failed);
+
+        let inconclusive = || {
+            combine(vec![judge_value(
+                &metric("error-rate", Some("0.01")),
+                None,
+                "",
+            )])
+        };
+        let mut s = AnalysisState::default();
+        assert_eq!(record(&mut s, inconclusive(), &l), Phase::Running);
+        assert_eq!(record(&mut s, inconclusive(), &l), Phase::Running);
+        assert_eq!(record(&mut s, inconclusive(), &l), Phase::Inconclusive);
+        assert_eq!(conclude(&s), Phase::Inconclusive);
+    }
+
+    #[test]
+    fn a_failed_metric_dominates_the_measurement() {
+        let m = combine(vec![
+            judge_value(&metric("error-rate", Some("0.01")), Some(0.0), "%"),
+            judge_value(&metric("p99-latency", Some("10")), None, "ms"),
+            judge_value(&metric("p50-latency", Some("10")), Some(50.0), "ms"),
+        ]);
+        assert_eq!(m.phase, Phase::Failed);
+    }
+}
