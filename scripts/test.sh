@@ -11,6 +11,10 @@ command -v nginx >/dev/null || need+=(nginx)
 command -v haproxy >/dev/null || need+=(haproxy)
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 command -v wrk >/dev/null || need+=(wrk)
+command -v rpmbuild >/dev/null || need+=(rpm)
+command -v dpkg-deb >/dev/null || need+=(dpkg)
+command -v xz >/dev/null || need+=(xz-utils)
+command -v git >/dev/null || need+=(git)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing test dependencies: ${need[*]}"
