@@ -48,11 +48,17 @@ free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
-# Starts a server pinned to SERVER_CPU that prints "listening on ADDR"; echoes ADDR.
-start_listening() {
+# Starts a server pinned to SERVER_CPU that prints "listening on ADDR". Runs in this
+# shell (not in $(...)) so its PID is recorded for cleanup.
+start_server() {
   local name=$1; shift
   taskset -c "$SERVER_CPU" "$@" >"$WORK/$name.out" 2>"$WORK/$name.err" &
   PIDS+=($!)
+}
+
+# Echoes the address a started server printed, waiting for it.
+listening_addr() {
+  local name=$1
   for _ in $(seq 1 200); do
     if grep -q '^listening on ' "$WORK/$name.out" 2>/dev/null; then
       sed -n 's/^listening on //p' "$WORK/$name.out" | head -1
@@ -73,8 +79,10 @@ wait_port() {
   exit 1
 }
 
-BACKEND=$(start_listening demo "$DEMO" --port 0 --version 1.0.0 --threads 1)
-SLIPWAY=$(start_listening slipway "$PROXY" --listen 127.0.0.1:0 --stable "$BACKEND" --threads 1)
+start_server demo "$DEMO" --port 0 --version 1.0.0 --threads 1
+BACKEND=$(listening_addr demo)
+start_server slipway "$PROXY" --listen 127.0.0.1:0 --stable "$BACKEND" --threads 1
+SLIPWAY=$(listening_addr slipway)
 
 NGINX_PORT=$(free_port)
 mkdir -p "$WORK/nginx"
