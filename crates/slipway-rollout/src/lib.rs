@@ -1,0 +1,645 @@
+//! The progressive-delivery controller: drives one service's canary through its steps,
+//! judges live analysis, and promotes or rolls back.
+//!
+//! The controller decides; the world is reached only through three traits, implemented
+//! in `slipway-providers`: [`Instances`] (start, probe and stop a version's instances),
+//! [`TrafficRouter`] (pools and weights) and [`MetricSource`] (a measurement window of
+//! canary vs stable). Every decision is reported as a [`RolloutEvent`] so the engine can
+//! journal it and the CLI can show it.
+//!
+//! Architecture invariant: no IO here besides the traits and timers; the same controller
+//! runs against the built-in proxy, nginx or HAProxy.
+//!
+//! Rollback done right (the lessons of argo-rollouts #1838, #3888, #4841): the stable
+//! pool is confirmed ready *before* any traffic moves back; the weight then goes to 0 in
+//! one step; the canary drains before it is stopped; the reason names the metric, the
+//! value and the threshold.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use slipway_model::analysis::{self, AnalysisState, Limits, Measurement, Phase, Window};
+use slipway_model::duration::parse_duration;
+use slipway_model::spec::{AnalysisStep, AnalysisTemplate, CanaryStep, OnFailure};
+
+/// A boxed, sendable future.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Which side of the split an instance serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// The version currently serving.
+    Stable,
+    /// The candidate.
+    Canary,
+}
+
+/// One running instance of a service version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Instance {
+    /// Stable id, e.g. `api-2.4.0-0`.
+    pub id: String,
+    /// Service.
+    pub service: String,
+    /// Version it runs.
+    pub version: String,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// OS process id (or another target-specific handle).
+    pub pid: u32,
+    /// Where its logs are kept.
+    pub log_path: Option<String>,
+}
+
+/// Why the world refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RolloutError {
+    /// Instances could not be started or did not become ready.
+    #[error("{0}")]
+    Instances(String),
+    /// The router refused a change.
+    #[error("{0}")]
+    Router(String),
+}
+
+/// Starting, probing and stopping instances.
+pub trait Instances: Send + Sync {
+    /// Start `replicas` instances of a version and wait until they are ready.
+    fn start<'a>(
+        &'a self,
+        service: &'a str,
+        version: &'a str,
+        replicas: u32,
+        role: Role,
+    ) -> BoxFuture<'a, Result<Vec<Instance>, RolloutError>>;
+    /// Whether every instance answers its readiness probe now.
+    fn ready<'a>(&'a self, instances: &'a [Instance]) -> BoxFuture<'a, bool>;
+    /// Stop instances gracefully.
+    fn stop<'a>(&'a self, instances: &'a [Instance]) -> BoxFuture<'a, Result<(), RolloutError>>;
+}
+
+/// A traffic router in front of a service.
+pub trait TrafficRouter: Send + Sync {
+    /// Replace both pools.
+    fn set_pools<'a>(
+        &'a self,
+        stable: &'a [SocketAddr],
+        canary: &'a [SocketAddr],
+    ) -> BoxFuture<'a, Result<(), RolloutError>>;
+    /// Send `weight`% of traffic to the canary.
+    fn set_weight(&self, weight: u8) -> BoxFuture<'_, Result<(), RolloutError>>;
+    /// The weight actually in force, or `None` when the router cannot tell.
+    fn verify_weight(&self) -> BoxFuture<'_, Option<u8>>;
+    /// Requests still in flight to the canary (`None` when unknown).
+    fn canary_in_flight(&self) -> BoxFuture<'_, Option<u64>>;
+}
+
+/// Measurements of canary vs stable.
+pub trait MetricSource: Send + Sync {
+    /// What happened since the previous call.
+    fn window(&self) -> BoxFuture<'_, Result<Window, String>>;
+}
+
+/// Human intervention, polled between ticks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Intervention {
+    /// Continue a paused canary.
+    Resume,
+    /// Skip the remaining steps and go to 100%.
+    Promote,
+    /// Roll back now.
+    Rollback,
+    /// Stop at the current weight and wait.
+    Pause,
+}
+
+/// Where interventions come from (the store's control table, a channel, ...).
+pub trait Interventions: Send + Sync {
+    /// The pending intervention, if any (consumed).
+    fn poll(&self) -> BoxFuture<'_, Option<Intervention>>;
+}
+
+/// No interventions ever.
+pub struct NoInterventions;
+
+impl Interventions for NoInterventions {
+    fn poll(&self) -> BoxFuture<'_, Option<Intervention>> {
+        Box::pin(async { None })
+    }
+}
+
+/// What the controller did, in order, for the journal and the live view.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum RolloutEvent {
+    /// Canary instances started and ready.
+    CanaryStarted {
+        /// Instances.
+        instances: Vec<Instance>,
+    },
+    /// A canary step began.
+    StepStarted {
+        /// 0-based.
+        index: usize,
+        /// Human description.
+        step: String,
+    },
+    /// The canary weight changed (verified where the router can tell).
+    WeightSet {
+        /// Percent to the canary.
+        weight: u8,
+        /// What the router reports back.
+        verified: Option<u8>,
+    },
+    /// One analysis measurement with its verdicts.
+    Measured {
+        /// Template.
+        template: String,
+        /// Traffic in the window.
+        window: WindowSummary,
+        /// The verdicts.
+        measurement: Measurement,
+        /// Analysis phase after it.
+        phase: Phase,
+    },
+    /// The canary is paused.
+    Paused {
+        /// Why.
+        reason: String,
+    },
+    /// A human intervened.
+    Intervened {
+        /// What.
+        intervention: Intervention,
+    },
+    /// Rolling back.
+    RollingBack {
+        /// Why.
+        reason: String,
+    },
+    /// Stable confirmed ready before traffic moves back.
+    StableConfirmed {
+        /// Instances checked.
+        instances: usize,
+    },
+    /// The canary drained.
+    CanaryDrained {
+        /// Requests still in flight when we stopped waiting (0 when fully drained).
+        in_flight: u64,
+    },
+    /// The canary is the new stable.
+    Promoted {
+        /// The version now serving.
+        version: String,
+    },
+    /// Back on stable.
+    RolledBack {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Traffic numbers of a window, for display.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WindowSummary {
+    /// Canary requests.
+    pub canary_requests: u64,
+    /// Canary errors.
+    pub canary_errors: u64,
+    /// Canary p99, ms.
+    pub canary_p99_ms: Option<f64>,
+    /// Stable requests.
+    pub stable_requests: u64,
+    /// Stable errors.
+    pub stable_errors: u64,
+    /// Stable p99, ms.
+    pub stable_p99_ms: Option<f64>,
+    /// Window length, s.
+    pub seconds: f64,
+}
+
+impl WindowSummary {
+    fn of(w: &Window) -> Self {
+        Self {
+            canary_requests: w.canary.requests,
+            canary_errors: w.canary.errors,
+            canary_p99_ms: w.canary.p99_ms,
+            stable_requests: w.stable.requests,
+            stable_errors: w.stable.errors,
+            stable_p99_ms: w.stable.p99_ms,
+            seconds: w.canary.seconds.max(w.stable.seconds),
+        }
+    }
+}
+
+/// How a canary ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Outcome {
+    /// The canary is the new stable.
+    Promoted {
+        /// Instances now serving.
+        instances: Vec<Instance>,
+    },
+    /// Back on stable.
+    RolledBack {
+        /// Which metric, which value, which threshold — or the human who asked.
+        reason: String,
+        /// The measurements taken (kept as diagnostics).
+        measurements: Vec<Measurement>,
+    },
+    /// Waiting for a human (inconclusive analysis, `pause: manual`, analysis `on_failure: pause`).
+    Paused {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// One canary to drive.
+pub struct Canary<'a> {
+    /// Service.
+    pub service: &'a str,
+    /// Candidate version.
+    pub version: &'a str,
+    /// Instances of the candidate.
+    pub replicas: u32,
+    /// Instances currently serving (stable).
+    pub stable: Vec<Instance>,
+    /// The canary steps.
+    pub steps: &'a [CanaryStep],
+    /// Analysis running in the background for the whole canary.
+    pub background: Option<&'a AnalysisStep>,
+    /// Templates by name.
+    pub templates: &'a BTreeMap<String, AnalysisTemplate>,
+    /// Where to resume (0 for a fresh canary).
+    pub start_step: usize,
+}
+
+/// The world the controller acts on.
+pub struct World<'a> {
+    /// Instances.
+    pub instances: &'a dyn Instances,
+    /// Router.
+    pub router: &'a dyn TrafficRouter,
+    /// Metrics.
+    pub metrics: &'a dyn MetricSource,
+    /// Human interventions.
+    pub interventions: &'a dyn Interventions,
+    /// Longest wait for the canary to drain after its weight went to 0.
+    pub drain_timeout: Duration,
+}
+
+struct Judge<'a> {
+    name: String,
+    template: &'a AnalysisTemplate,
+    limits: Limits,
+    state: AnalysisState,
+}
+
+impl<'a> Judge<'a> {
+    fn new(step: &AnalysisStep, templates: &'a BTreeMap<String, AnalysisTemplate>) -> Option<Self> {
+        let template = templates.get(&step.template)?;
+        Some(Self {
+            name: step.template.clone(),
+            template,
+            limits: Limits::of(template),
+            state: AnalysisState::default(),
+        })
+    }
+
+    fn measure(&mut self, w: &Window) -> (Measurement, Phase) {
+        let results = self
+            .template
+            .metrics
+            .iter()
+            .map(|m| {
+                if m.provider == "builtin" {
+                    analysis::measure_builtin(m, w, &self.limits)
+                } else {
+                    // Other providers are queried by the engine and judged with
+                    // `judge_value`; on the builtin window they have no data.
+                    analysis::judge_value(m, None, "")
+                }
+            })
+            .collect();
+        let m = analysis::combine(results);
+        let phase = analysis::record(&mut self.state, m.clone(), &self.limits);
+        (m, phase)
+    }
+}
+
+/// Drive a canary to its end. `emit` receives every event before the controller acts on
+/// the next decision, so a journal written from it is always ahead of the world.
+pub async fn run_canary(
+    c: Canary<'_>,
+    world: &World<'_>,
+    emit: &mut (dyn FnMut(RolloutEvent) + Send),
+) -> Result<Outcome, RolloutError> {
+    let canary = world
+        .instances
+        .start(c.service, c.version, c.replicas, Role::Canary)
+        .await?;
+    emit(RolloutEvent::CanaryStarted {
+        instances: canary.clone(),
+    });
+    let stable_addrs: Vec<SocketAddr> = c.stable.iter().map(|i| i.addr).collect();
+    let canary_addrs: Vec<SocketAddr> = canary.iter().map(|i| i.addr).collect();
+    // Pools are installed at weight 0 so nothing reaches the canary before the first step.
+    world.router.set_weight(0).await?;
+    world.router.set_pools(&stable_addrs, &canary_addrs).await?;
+    let _ = world.metrics.window().await; // discard traffic from before the canary
+
+    let mut background = c.background.and_then(|b| Judge::new(b, c.templates));
+    let mut measurements: Vec<Measurement> = Vec::new();
+    let mut weight: u8 = 0;
+
+    for (index, step) in c.steps.iter().enumerate().skip(c.start_step) {
+        emit(RolloutEvent::StepStarted {
+            index,
+            step: describe(step),
+        });
+        if let Some(w) = step.set_weight {
+            weight = u8::try_from(w.min(100)).unwrap_or(100);
+            world.router.set_weight(weight).await?;
+            let verified = world.router.verify_weight().await;
+            emit(RolloutEvent::WeightSet { weight, verified });
+            continue;
+        }
+        // Pauses and analysis steps are timed loops that keep judging the background
+        // analysis and listening for humans at the template's interval.
+        let (mut judge, deadline, manual) = if let Some(a) = &step.analysis {
+            let judge = Judge::new(a, c.templates).ok_or_else(|| {
+                RolloutError::Instances(format!("unknown analysis template `{}`", a.template))
+            })?;
+            let d = a.duration.as_deref().and_then(|d| parse_duration(d).ok());
+            (Some(judge), d, false)
+        } else {
+            let p = step.pause.as_deref().unwrap_or("manual");
+            (None, parse_duration(p).ok(), p == "manual")
+        };
+        let tick = Duration::from_millis(
+            judge
+                .as_ref()
+                .map(|j| j.limits.interval_ms)
+                .or(background.as_ref().map(|b| b.limits.interval_ms))
+                .unwrap_or(analysis::DEFAULT_INTERVAL_MS),
+        );
+        if manual {
+            emit(RolloutEvent::Paused {
+                reason: format!("step {index}: pause until resumed (slipway resume / promote)"),
+            });
+        }
+        let started = Instant::now();
+        loop {
+            tokio::time::sleep(tick).await;
+            match world.interventions.poll().await {
+                Some(Intervention::Rollback) => {
+                    emit(RolloutEvent::Intervened {
+                        intervention: Intervention::Rollback,
+                    });
+                    return rollback(
+                        &c,
+                        world,
+                        &canary,
+                        "rollback requested by an operator".into(),
+                        measurements,
+                        emit,
+                    )
+                    .await;
+                }
+                Some(Intervention::Promote) => {
+                    emit(RolloutEvent::Intervened {
+                        intervention: Intervention::Promote,
+                    });
+                    return promote(&c, world, canary, emit).await;
+                }
+                Some(i @ (Intervention::Resume | Intervention::Pause)) => {
+                    emit(RolloutEvent::Intervened { intervention: i });
+                    if i == Intervention::Resume && manual {
+                        break;
+                    }
+                    if i == Intervention::Pause {
+                        return Ok(Outcome::Paused {
+                            reason: "paused by an operator".into(),
+                        });
+                    }
+                }
+                None => {}
+            }
+            if judge.is_some() || background.is_some() {
+                let w = world.metrics.window().await;
+                let w = match w {
+                    Ok(w) => w,
+                    Err(e) => {
+                        // A provider error is a measurement in Error for every judge.
+                        let err = analysis::MetricResult {
+                            metric: "provider".into(),
+                            phase: Phase::Error,
+                            value: None,
+                            threshold: String::new(),
+                            detail: format!("metric source failed: {e}"),
+                        };
+                        for j in judge.iter_mut().chain(background.iter_mut()) {
+                            let m = analysis::combine(vec![err.clone()]);
+                            let _ = analysis::record(&mut j.state, m, &j.limits);
+                        }
+                        continue;
+                    }
+                };
+                for j in judge.iter_mut().chain(background.iter_mut()) {
+                    let (m, phase) = j.measure(&w);
+                    emit(RolloutEvent::Measured {
+                        template: j.name.clone(),
+                        window: WindowSummary::of(&w),
+                        measurement: m.clone(),
+                        phase,
+                    });
+                    measurements.push(m.clone());
+                    match phase {
+                        Phase::Failed | Phase::Error => {
+                            let reason = failure_reason(&j.name, &m, weight, phase);
+                            if j.template.on_failure == OnFailure::Pause || phase == Phase::Error {
+                                emit(RolloutEvent::Paused {
+                                    reason: reason.clone(),
+                                });
+                                return Ok(Outcome::Paused { reason });
+                            }
+                            return rollback(&c, world, &canary, reason, measurements, emit).await;
+                        }
+                        Phase::Inconclusive => {
+                            let reason = format!(
+                                "analysis `{}` is inconclusive ({} inconclusive measurements, limit {}): {}; pausing for a human (slipway resume or rollback)",
+                                j.name,
+                                j.state.inconclusive,
+                                j.limits.inconclusive_limit,
+                                m.results
+                                    .iter()
+                                    .filter(|r| r.phase == Phase::Inconclusive)
+                                    .map(|r| r.detail.clone())
+                                    .next()
+                                    .unwrap_or_default()
+                            );
+                            emit(RolloutEvent::Paused {
+                                reason: reason.clone(),
+                            });
+                            return Ok(Outcome::Paused { reason });
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            if manual {
+                continue;
+            }
+            if let Some(d) = deadline
+                && started.elapsed() >= d
+            {
+                if let Some(j) = &judge
+                    && analysis::conclude(&j.state) == Phase::Inconclusive
+                {
+                    let reason = format!(
+                        "analysis `{}` ended without one conclusive measurement (insufficient data); pausing for a human",
+                        j.name
+                    );
+                    emit(RolloutEvent::Paused {
+                        reason: reason.clone(),
+                    });
+                    return Ok(Outcome::Paused { reason });
+                }
+                break;
+            }
+            if deadline.is_none() && judge.is_some() {
+                // An analysis without a duration runs until it has one conclusive result.
+                if let Some(j) = &judge
+                    && analysis::conclude(&j.state) == Phase::Successful
+                {
+                    break;
+                }
+            }
+        }
+    }
+    promote(&c, world, canary, emit).await
+}
+
+fn describe(s: &CanaryStep) -> String {
+    if let Some(w) = s.set_weight {
+        format!("set_weight {w}")
+    } else if let Some(p) = &s.pause {
+        format!("pause {p}")
+    } else if let Some(a) = &s.analysis {
+        format!(
+            "analysis {}{}",
+            a.template,
+            a.duration
+                .as_ref()
+                .map(|d| format!(" for {d}"))
+                .unwrap_or_default()
+        )
+    } else {
+        "empty step".into()
+    }
+}
+
+fn failure_reason(template: &str, m: &Measurement, weight: u8, phase: Phase) -> String {
+    let failed: Vec<String> = m
+        .results
+        .iter()
+        .filter(|r| r.phase == phase)
+        .map(|r| r.detail.clone())
+        .collect();
+    format!(
+        "analysis `{template}` {} at canary weight {weight}%: {}",
+        if phase == Phase::Error {
+            "errored"
+        } else {
+            "failed"
+        },
+        failed.join("; ")
+    )
+}
+
+async fn promote(
+    c: &Canary<'_>,
+    world: &World<'_>,
+    canary: Vec<Instance>,
+    emit: &mut (dyn FnMut(RolloutEvent) + Send),
+) -> Result<Outcome, RolloutError> {
+    world.router.set_weight(100).await?;
+    emit(RolloutEvent::WeightSet {
+        weight: 100,
+        verified: world.router.verify_weight().await,
+    });
+    // The canary becomes the stable pool, then the old stable is retired.
+    let addrs: Vec<SocketAddr> = canary.iter().map(|i| i.addr).collect();
+    world.router.set_pools(&addrs, &[]).await?;
+    world.router.set_weight(0).await?;
+    world.instances.stop(&c.stable).await?;
+    emit(RolloutEvent::Promoted {
+        version: c.version.to_owned(),
+    });
+    Ok(Outcome::Promoted { instances: canary })
+}
+
+async fn rollback(
+    c: &Canary<'_>,
+    world: &World<'_>,
+    canary: &[Instance],
+    reason: String,
+    measurements: Vec<Measurement>,
+    emit: &mut (dyn FnMut(RolloutEvent) + Send),
+) -> Result<Outcome, RolloutError> {
+    emit(RolloutEvent::RollingBack {
+        reason: reason.clone(),
+    });
+    // Never shift traffic onto a stable that cannot take it (argo-rollouts #3888).
+    let mut stable = c.stable.clone();
+    if !world.instances.ready(&stable).await {
+        let replicas = u32::try_from(stable.len().max(1)).unwrap_or(1);
+        let version = stable
+            .first()
+            .map(|i| i.version.clone())
+            .unwrap_or_default();
+        let fresh = world
+            .instances
+            .start(c.service, &version, replicas, Role::Stable)
+            .await?;
+        let canary_addrs: Vec<SocketAddr> = canary.iter().map(|i| i.addr).collect();
+        let addrs: Vec<SocketAddr> = fresh.iter().map(|i| i.addr).collect();
+        world.router.set_pools(&addrs, &canary_addrs).await?;
+        stable = fresh;
+    }
+    emit(RolloutEvent::StableConfirmed {
+        instances: stable.len(),
+    });
+    world.router.set_weight(0).await?;
+    emit(RolloutEvent::WeightSet {
+        weight: 0,
+        verified: world.router.verify_weight().await,
+    });
+    let start = Instant::now();
+    let mut in_flight = world.router.canary_in_flight().await.unwrap_or(0);
+    while in_flight > 0 && start.elapsed() < world.drain_timeout {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        in_flight = world.router.canary_in_flight().await.unwrap_or(0);
+    }
+    emit(RolloutEvent::CanaryDrained { in_flight });
+    let stable_addrs: Vec<SocketAddr> = stable.iter().map(|i| i.addr).collect();
+    world.router.set_pools(&stable_addrs, &[]).await?;
+    world.instances.stop(canary).await?;
+    emit(RolloutEvent::RolledBack {
+        reason: reason.clone(),
+    });
+    Ok(Outcome::RolledBack {
+        reason,
+        measurements,
+    })
+}
+
+#[cfg(test)]
+mod tests;

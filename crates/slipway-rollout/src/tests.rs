@@ -1,0 +1,296 @@
+//! Controller logic against in-memory fakes (the integration with real processes and the
+//! real proxy is tested in slipway-providers).
+
+use std::sync::Mutex;
+
+use slipway_model::analysis::VersionWindow;
+use slipway_model::spec::{Comparison, Metric, Scalar};
+
+use super::*;
+
+#[derive(Default)]
+struct Log(Mutex<Vec<String>>);
+
+impl Log {
+    fn push(&self, s: impl Into<String>) {
+        self.0.lock().unwrap().push(s.into());
+    }
+    fn all(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+struct FakeInstances<'a> {
+    log: &'a Log,
+    stable_ready: bool,
+}
+
+fn inst(service: &str, version: &str, n: u32) -> Vec<Instance> {
+    (0..n)
+        .map(|i| Instance {
+            id: format!("{service}-{version}-{i}"),
+            service: service.into(),
+            version: version.into(),
+            addr: SocketAddr::from(([127, 0, 0, 1], 10_000 + u16::try_from(i).unwrap())),
+            pid: 1,
+            log_path: None,
+        })
+        .collect()
+}
+
+impl Instances for FakeInstances<'_> {
+    fn start<'a>(
+        &'a self,
+        service: &'a str,
+        version: &'a str,
+        replicas: u32,
+        role: Role,
+    ) -> BoxFuture<'a, Result<Vec<Instance>, RolloutError>> {
+        self.log.push(format!("start {version} {role:?}"));
+        Box::pin(async move { Ok(inst(service, version, replicas)) })
+    }
+    fn ready<'a>(&'a self, instances: &'a [Instance]) -> BoxFuture<'a, bool> {
+        self.log.push(format!("ready? {}", instances[0].version));
+        let r = self.stable_ready;
+        Box::pin(async move { r })
+    }
+    fn stop<'a>(&'a self, instances: &'a [Instance]) -> BoxFuture<'a, Result<(), RolloutError>> {
+        self.log.push(format!(
+            "stop {}",
+            instances.first().map(|i| i.version.as_str()).unwrap_or("-")
+        ));
+        Box::pin(async { Ok(()) })
+    }
+}
+
+struct FakeRouter<'a> {
+    log: &'a Log,
+    weight: Mutex<u8>,
+}
+
+impl TrafficRouter for FakeRouter<'_> {
+    fn set_pools<'a>(
+        &'a self,
+        s: &'a [SocketAddr],
+        c: &'a [SocketAddr],
+    ) -> BoxFuture<'a, Result<(), RolloutError>> {
+        self.log.push(format!("pools {}/{}", s.len(), c.len()));
+        Box::pin(async { Ok(()) })
+    }
+    fn set_weight(&self, w: u8) -> BoxFuture<'_, Result<(), RolloutError>> {
+        self.log.push(format!("weight {w}"));
+        *self.weight.lock().unwrap() = w;
+        Box::pin(async { Ok(()) })
+    }
+    fn verify_weight(&self) -> BoxFuture<'_, Option<u8>> {
+        let w = *self.weight.lock().unwrap();
+        Box::pin(async move { Some(w) })
+    }
+    fn canary_in_flight(&self) -> BoxFuture<'_, Option<u64>> {
+        Box::pin(async { Some(0) })
+    }
+}
+
+/// Windows scripted per call: canary requests and errors.
+struct Script(Mutex<Vec<(u64, u64)>>);
+
+impl MetricSource for Script {
+    fn window(&self) -> BoxFuture<'_, Result<Window, String>> {
+        let mut s = self.0.lock().unwrap();
+        let (req, err) = if s.is_empty() { (100, 0) } else { s.remove(0) };
+        let v = |r: u64, e: u64| VersionWindow {
+            requests: r,
+            errors: e,
+            p50_ms: Some(5.0),
+            p95_ms: Some(6.0),
+            p99_ms: Some(7.0),
+            seconds: 0.01,
+            samples_ms: (0..r).map(|i| 5.0 + (i % 3) as f64).collect(),
+        };
+        let w = Window {
+            canary: v(req, err),
+            stable: v(900, 0),
+        };
+        Box::pin(async move { Ok(w) })
+    }
+}
+
+fn template(failure_limit: u32) -> BTreeMap<String, AnalysisTemplate> {
+    BTreeMap::from([(
+        "t".to_owned(),
+        AnalysisTemplate {
+            interval: Some("10ms".into()),
+            min_samples: Some(20),
+            failure_limit: Some(failure_limit),
+            inconclusive_limit: Some(1),
+            consecutive_error_limit: None,
+            metrics: vec![
+                Metric {
+                    name: "error-rate".into(),
+                    provider: "builtin".into(),
+                    query: None,
+                    max: Some(Scalar("0.05".into())),
+                    min: None,
+                    compare: None,
+                    confidence: None,
+                },
+                Metric {
+                    name: "latency-vs-stable".into(),
+                    provider: "builtin".into(),
+                    query: None,
+                    max: None,
+                    min: None,
+                    compare: Some(Comparison::MannWhitney),
+                    confidence: Some(0.99),
+                },
+            ],
+            on_failure: OnFailure::Rollback,
+        },
+    )])
+}
+
+fn steps() -> Vec<CanaryStep> {
+    vec![
+        CanaryStep {
+            set_weight: Some(10),
+            ..Default::default()
+        },
+        CanaryStep {
+            analysis: Some(AnalysisStep {
+                template: "t".into(),
+                duration: Some("50ms".into()),
+            }),
+            ..Default::default()
+        },
+        CanaryStep {
+            set_weight: Some(50),
+            ..Default::default()
+        },
+    ]
+}
+
+async fn drive(
+    script: Vec<(u64, u64)>,
+    failure_limit: u32,
+    stable_ready: bool,
+) -> (Outcome, Vec<String>, Vec<RolloutEvent>) {
+    let log = Log::default();
+    let instances = FakeInstances {
+        log: &log,
+        stable_ready,
+    };
+    let router = FakeRouter {
+        log: &log,
+        weight: Mutex::new(0),
+    };
+    // The first window is discarded by the controller (traffic before the canary).
+    let mut s = vec![(0, 0)];
+    s.extend(script);
+    let metrics = Script(Mutex::new(s));
+    let templates = template(failure_limit);
+    let steps = steps();
+    let world = World {
+        instances: &instances,
+        router: &router,
+        metrics: &metrics,
+        interventions: &NoInterventions,
+        drain_timeout: Duration::from_millis(100),
+    };
+    let mut events = Vec::new();
+    let outcome = run_canary(
+        Canary {
+            service: "api",
+            version: "2.0.0",
+            replicas: 2,
+            stable: inst("api", "1.0.0", 2),
+            steps: &steps,
+            background: None,
+            templates: &templates,
+            start_step: 0,
+        },
+        &world,
+        &mut |e| events.push(e),
+    )
+    .await
+    .unwrap();
+    (outcome, log.all(), events)
+}
+
+#[tokio::test]
+async fn a_healthy_canary_is_promoted_and_old_stable_retired() {
+    let (outcome, log, events) = drive(vec![], 0, true).await;
+    assert!(matches!(outcome, Outcome::Promoted { .. }), "{outcome:?}");
+    assert_eq!(
+        log,
+        vec![
+            "start 2.0.0 Canary",
+            "weight 0",
+            "pools 2/2",
+            "weight 10",
+            "weight 50",
+            "weight 100",
+            "pools 2/0",
+            "weight 0",
+            "stop 1.0.0"
+        ]
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, RolloutEvent::Promoted { .. }))
+    );
+}
+
+#[tokio::test]
+async fn a_failing_canary_rolls_back_naming_metric_value_and_threshold() {
+    let (outcome, log, _) = drive(vec![(100, 40)], 0, true).await;
+    let Outcome::RolledBack {
+        reason,
+        measurements,
+    } = outcome
+    else {
+        panic!("{outcome:?}")
+    };
+    assert!(
+        reason.contains("error-rate = 40.00% above max 5.00%"),
+        "{reason}"
+    );
+    assert!(reason.contains("weight 10%"), "{reason}");
+    assert_eq!(measurements.len(), 1);
+    // Stable is confirmed ready before the weight goes to 0; the canary stops last.
+    let tail: Vec<&str> = log.iter().rev().take(4).rev().map(String::as_str).collect();
+    assert_eq!(
+        tail,
+        vec!["ready? 1.0.0", "weight 0", "pools 2/0", "stop 2.0.0"]
+    );
+}
+
+#[tokio::test]
+async fn failure_limit_tolerates_that_many_failed_measurements() {
+    let (outcome, _, _) = drive(
+        vec![(100, 40), (100, 0), (100, 0), (100, 0), (100, 0), (100, 0)],
+        1,
+        true,
+    )
+    .await;
+    assert!(matches!(outcome, Outcome::Promoted { .. }), "{outcome:?}");
+}
+
+#[tokio::test]
+async fn too_little_traffic_pauses_instead_of_passing() {
+    let (outcome, log, _) = drive(vec![(3, 0), (2, 0), (4, 0), (1, 0)], 0, true).await;
+    let Outcome::Paused { reason } = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert!(reason.contains("insufficient data"), "{reason}");
+    assert!(!log.iter().any(|l| l == "weight 100"), "{log:?}");
+}
+
+#[tokio::test]
+async fn rollback_restarts_stable_when_it_is_not_ready_before_moving_traffic() {
+    let (outcome, log, _) = drive(vec![(100, 100)], 0, false).await;
+    assert!(matches!(outcome, Outcome::RolledBack { .. }));
+    let i_start = log.iter().position(|l| l == "start 1.0.0 Stable").unwrap();
+    let i_weight0 = log.iter().rposition(|l| l == "weight 0").unwrap();
+    assert!(i_start < i_weight0, "{log:?}");
+}
