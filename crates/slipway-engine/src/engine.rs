@@ -125,6 +125,8 @@ pub struct NewRunRequest {
     pub author: String,
     /// `--override-freeze --reason`.
     pub override_freeze: Option<String>,
+    /// Absolute directory relative paths of the plan resolve against.
+    pub workdir: String,
 }
 
 /// The engine. Cheap to clone: everything is shared.
@@ -308,6 +310,7 @@ impl Engine {
                     author: req.author.clone(),
                     override_reason: req.override_freeze.clone(),
                     created_at: now,
+                    workdir: req.workdir.clone(),
                 },
                 first.clone(),
             )

@@ -50,6 +50,8 @@ pub struct NewRun {
     pub override_reason: Option<String>,
     /// When.
     pub created_at: Timestamp,
+    /// Absolute directory relative paths of the plan resolve against (the spec's).
+    pub workdir: String,
 }
 
 /// A run as stored.
@@ -77,6 +79,8 @@ pub struct RunRecord {
     pub created_at: Timestamp,
     /// Last change.
     pub updated_at: Timestamp,
+    /// Absolute directory relative paths of the plan resolve against.
+    pub workdir: String,
     /// The plan JSON (omitted from listings).
     #[serde(skip)]
     pub plan_json: String,

@@ -69,10 +69,12 @@ CREATE TABLE audit (
     hash TEXT NOT NULL
 );
 "#,
-    // Format 2: control requests (pause/abort from another process) and the erasable
+    // Format 2: control requests (pause/abort from another process), the run's working
+    // directory (so `resume` needs no spec file) and the erasable
     // identity mapping behind pseudonymous operator ids.
     r#"
 ALTER TABLE runs ADD COLUMN control TEXT;
+ALTER TABLE runs ADD COLUMN workdir TEXT NOT NULL DEFAULT '';
 CREATE TABLE identities (
     id TEXT PRIMARY KEY,
     name TEXT UNIQUE,

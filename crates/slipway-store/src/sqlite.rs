@@ -265,8 +265,8 @@ async fn apply_all(
             Write::CreateRun(b) => {
                 let (run, first) = &**b;
                 sqlx::query(
-                    "INSERT INTO runs (id, digest, release, version, environment, author, state, override_reason, plan_json, created_at, updated_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7, ?8, ?9, ?9)",
+                    "INSERT INTO runs (id, digest, release, version, environment, author, state, override_reason, plan_json, created_at, updated_at, workdir)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7, ?8, ?9, ?9, ?10)",
                 )
                 .bind(&run.id)
                 .bind(&run.digest)
@@ -277,6 +277,7 @@ async fn apply_all(
                 .bind(&run.override_reason)
                 .bind(&run.plan_json)
                 .bind(run.created_at.to_string())
+                .bind(&run.workdir)
                 .execute(&mut *tx)
                 .await
                 .map_err(query_err)?;
@@ -521,10 +522,11 @@ fn run_from_row(r: &SqliteRow) -> Result<RunRecord, StoreError> {
         created_at: ts(&r.try_get::<String, _>("created_at").map_err(query_err)?),
         updated_at: ts(&r.try_get::<String, _>("updated_at").map_err(query_err)?),
         plan_json: r.try_get("plan_json").map_err(query_err)?,
+        workdir: r.try_get("workdir").map_err(query_err)?,
     })
 }
 
-const RUN_COLS: &str = "id, digest, release, version, environment, author, state, control, override_reason, created_at, updated_at";
+const RUN_COLS: &str = "id, digest, release, version, environment, author, state, control, override_reason, created_at, updated_at, workdir";
 
 /// Held lock file of a claimed run.
 struct FileClaim {

@@ -37,6 +37,7 @@ pub async fn populated(path: &Path, n: usize) -> SqliteStore {
                 author: "op-test".into(),
                 override_reason: None,
                 created_at: at(0),
+                workdir: "/tmp".into(),
             },
             record(
                 "r1",

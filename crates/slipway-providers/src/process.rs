@@ -1,0 +1,413 @@
+//! The `process` target: service instances as local processes supervised by Slipway.
+//!
+//! Each instance is a `sh -c` command in its own process group, on a free loopback port,
+//! with its stdout/stderr captured to a log file and a state file
+//! (`<dir>/<id>.json`: pid, process start time, port). The state survives the `slipway`
+//! process dying: [`ProcessTarget::running`] finds instances that still run (same pid
+//! *and* same start time — a recycled pid is not ours — and the port answers) instead of
+//! starting duplicates, and reports the dead ones.
+//!
+//! Stopping is SIGTERM to the process group, then SIGKILL after the grace period.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use slipway_model::spec::{Probe, RunSpec};
+use slipway_rollout::{BoxFuture, Instance, Instances, Role, RolloutError};
+
+/// How one service's instances are started and probed.
+#[derive(Debug, Clone)]
+pub struct ServiceProcess {
+    /// The run command (`{{ port }}` and `{{ version }}` are substituted).
+    pub run: RunSpec,
+    /// Readiness probe (default: TCP connect to the port).
+    pub readiness: Option<Probe>,
+    /// Extra environment (rendered vars).
+    pub env: BTreeMap<String, String>,
+    /// Working directory.
+    pub workdir: PathBuf,
+}
+
+/// Supervises local processes.
+#[derive(Debug, Clone)]
+pub struct ProcessTarget {
+    dir: PathBuf,
+    services: BTreeMap<String, ServiceProcess>,
+    /// SIGTERM → SIGKILL grace.
+    pub stop_grace: Duration,
+    /// How long an instance may take to become ready.
+    pub ready_timeout: Duration,
+}
+
+/// What a state file holds.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct InstanceState {
+    /// The instance.
+    pub instance: Instance,
+    /// Process start time in clock ticks since boot (/proc/PID/stat field 22).
+    pub start_ticks: u64,
+}
+
+/// What [`ProcessTarget::running`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Survey {
+    /// Still running and answering.
+    pub alive: Vec<Instance>,
+    /// Recorded but gone (or the pid now belongs to another process).
+    pub dead: Vec<Instance>,
+}
+
+impl ProcessTarget {
+    /// A supervisor keeping state and logs under `dir`.
+    pub fn new(dir: impl Into<PathBuf>, services: BTreeMap<String, ServiceProcess>) -> Self {
+        Self {
+            dir: dir.into(),
+            services,
+            stop_grace: Duration::from_secs(10),
+            ready_timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// The directory holding state files and logs.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn state_path(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.json"))
+    }
+
+    /// Instances recorded for a service (any version), split into alive and dead. Dead
+    /// ones' state files are removed.
+    pub fn running(&self, service: &str) -> Survey {
+        let mut survey = Survey::default();
+        let Ok(rd) = std::fs::read_dir(&self.dir) else {
+            return survey;
+        };
+        let mut states: Vec<InstanceState> = rd
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+            .filter_map(|e| std::fs::read(e.path()).ok())
+            .filter_map(|b| serde_json::from_slice::<InstanceState>(&b).ok())
+            .filter(|s| s.instance.service == service)
+            .collect();
+        states.sort_by(|a, b| a.instance.id.cmp(&b.instance.id));
+        for s in states {
+            let ours = proc_start_ticks(s.instance.pid) == Some(s.start_ticks);
+            if ours && std::net::TcpStream::connect_timeout(&s.instance.addr, Duration::from_millis(500)).is_ok() {
+                survey.alive.push(s.instance);
+            } else {
+                let _ = std::fs::remove_file(self.state_path(&s.instance.id));
+                survey.dead.push(s.instance);
+            }
+        }
+        survey
+    }
+
+    async fn start_one(
+        &self,
+        svc: &ServiceProcess,
+        service: &str,
+        version: &str,
+        index: u32,
+        role: Role,
+    ) -> Result<Instance, RolloutError> {
+        std::fs::create_dir_all(&self.dir).map_err(|e| {
+            RolloutError::Instances(format!("create {}: {e}", self.dir.display()))
+        })?;
+        let port = free_port()?;
+        let role_s = match role {
+            Role::Stable => "stable",
+            Role::Canary => "canary",
+        };
+        let id = format!("{service}-{version}-{role_s}-{index}");
+        let log_path = self.dir.join(format!("{id}.log"));
+        let log = std::fs::File::create(&log_path).map_err(|e| {
+            RolloutError::Instances(format!("create log {}: {e}", log_path.display()))
+        })?;
+        let log2 = log
+            .try_clone()
+            .map_err(|e| RolloutError::Instances(format!("log {}: {e}", log_path.display())))?;
+        let command = svc
+            .run
+            .command
+            .replace("{{ port }}", &port.to_string())
+            .replace("{{port}}", &port.to_string())
+            .replace("{{ version }}", version)
+            .replace("{{version}}", version);
+        let mut cmd = tokio::process::Command::new("sh");
+        cmd.arg("-c")
+            .arg(format!("exec {command}"))
+            .current_dir(&svc.workdir)
+            .env("PORT", port.to_string())
+            .env("SLIPWAY_SERVICE", service)
+            .env("SLIPWAY_VERSION", version)
+            .envs(&svc.env)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            // Own process group: stopping it stops everything the command started, and a
+            // Ctrl-C aimed at `slipway` does not kill the service behind our back.
+            .process_group(0)
+            .kill_on_drop(false);
+        for (k, v) in &svc.run.env {
+            cmd.env(k, v.as_str());
+        }
+        let child = cmd
+            .spawn()
+            .map_err(|e| RolloutError::Instances(format!("start `{command}`: {e}")))?;
+        let pid = child
+            .id()
+            .ok_or_else(|| RolloutError::Instances(format!("`{command}` exited at once")))?;
+        // The child is not awaited here: it must outlive this `slipway` process. A reaper
+        // task collects its exit status while we live, so it never lingers as a zombie.
+        tokio::spawn(async move {
+            let mut child = child;
+            let _ = child.wait().await;
+        });
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let instance = Instance {
+            id: id.clone(),
+            service: service.to_owned(),
+            version: version.to_owned(),
+            addr,
+            pid,
+            log_path: Some(log_path.display().to_string()),
+        };
+        let state = InstanceState {
+            instance: instance.clone(),
+            start_ticks: proc_start_ticks(pid).unwrap_or(0),
+        };
+        let json = serde_json::to_vec_pretty(&state)
+            .map_err(|e| RolloutError::Instances(format!("state of {id}: {e}")))?;
+        write_atomic(&self.state_path(&id), &json)
+            .map_err(|e| RolloutError::Instances(format!("write state of {id}: {e}")))?;
+
+        // Readiness with backoff; a process that exits while we wait fails at once with
+        // the tail of its log.
+        let deadline = Instant::now() + self.ready_timeout;
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            if probe(&instance, svc.readiness.as_ref()).await {
+                return Ok(instance);
+            }
+            if proc_start_ticks(pid).is_none() || is_zombie(pid) {
+                let _ = std::fs::remove_file(self.state_path(&id));
+                return Err(RolloutError::Instances(format!(
+                    "{id} exited before it was ready; last log lines:\n{}",
+                    tail(&log_path, 10)
+                )));
+            }
+            if Instant::now() >= deadline {
+                self.stop_instances(std::slice::from_ref(&instance)).await;
+                return Err(RolloutError::Instances(format!(
+                    "{id} was not ready within {:?} (probe {}); last log lines:\n{}",
+                    self.ready_timeout,
+                    describe_probe(svc.readiness.as_ref()),
+                    tail(&log_path, 10)
+                )));
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(500));
+        }
+    }
+
+    /// SIGTERM the process groups, SIGKILL what is left after the grace period.
+    pub async fn stop_instances(&self, instances: &[Instance]) {
+        use nix::sys::signal::{Signal, killpg};
+        use nix::unistd::Pid;
+        let ours: Vec<&Instance> = instances
+            .iter()
+            .filter(|i| {
+                let recorded = std::fs::read(self.state_path(&i.id))
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<InstanceState>(&b).ok());
+                // Never signal a pid that was recycled for someone else's process.
+                match recorded {
+                    Some(s) => proc_start_ticks(i.pid) == Some(s.start_ticks),
+                    None => proc_start_ticks(i.pid).is_some(),
+                }
+            })
+            .collect();
+        for i in &ours {
+            if let Ok(pid) = i32::try_from(i.pid) {
+                let _ = killpg(Pid::from_raw(pid), Signal::SIGTERM);
+            }
+        }
+        let deadline = Instant::now() + self.stop_grace;
+        while Instant::now() < deadline
+            && ours
+                .iter()
+                .any(|i| proc_start_ticks(i.pid).is_some() && !is_zombie(i.pid))
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for i in &ours {
+            if proc_start_ticks(i.pid).is_some()
+                && !is_zombie(i.pid)
+                && let Ok(pid) = i32::try_from(i.pid)
+            {
+                let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
+        for i in instances {
+            let _ = std::fs::remove_file(self.state_path(&i.id));
+        }
+    }
+}
+
+impl Instances for ProcessTarget {
+    fn start<'a>(
+        &'a self,
+        service: &'a str,
+        version: &'a str,
+        replicas: u32,
+        role: Role,
+    ) -> BoxFuture<'a, Result<Vec<Instance>, RolloutError>> {
+        Box::pin(async move {
+            let svc = self.services.get(service).ok_or_else(|| {
+                RolloutError::Instances(format!(
+                    "service `{service}` has no `run:` command for the process target"
+                ))
+            })?;
+            let mut started = Vec::new();
+            for i in 0..replicas {
+                match self.start_one(svc, service, version, i, role).await {
+                    Ok(inst) => started.push(inst),
+                    Err(e) => {
+                        // All or nothing: a half-started version must not linger.
+                        self.stop_instances(&started).await;
+                        return Err(e);
+                    }
+                }
+            }
+            Ok(started)
+        })
+    }
+
+    fn ready<'a>(&'a self, instances: &'a [Instance]) -> BoxFuture<'a, bool> {
+        Box::pin(async move {
+            for i in instances {
+                let probe_spec = self.services.get(&i.service).and_then(|s| s.readiness.as_ref());
+                if !probe(i, probe_spec).await {
+                    return false;
+                }
+            }
+            !instances.is_empty()
+        })
+    }
+
+    fn stop<'a>(&'a self, instances: &'a [Instance]) -> BoxFuture<'a, Result<(), RolloutError>> {
+        Box::pin(async move {
+            self.stop_instances(instances).await;
+            Ok(())
+        })
+    }
+}
+
+fn describe_probe(p: Option<&Probe>) -> String {
+    match p {
+        Some(Probe { http: Some(h), .. }) => format!("GET {h}"),
+        Some(Probe { command: Some(c), .. }) => format!("`{c}`"),
+        _ => "TCP connect".into(),
+    }
+}
+
+/// One readiness probe: HTTP 2xx on the path, a command exiting 0, or a TCP connect.
+pub async fn probe(i: &Instance, p: Option<&Probe>) -> bool {
+    let timeout = p
+        .and_then(|p| p.timeout.as_deref())
+        .and_then(|t| slipway_model::duration::parse_duration(t).ok())
+        .unwrap_or(Duration::from_secs(2));
+    match p {
+        Some(Probe { http: Some(path), .. }) => {
+            tokio::time::timeout(timeout, http_get_status(i.addr, path))
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|s| (200..300).contains(&s))
+        }
+        Some(Probe { command: Some(c), .. }) => {
+            let run = tokio::process::Command::new("sh")
+                .arg("-c")
+                .arg(c)
+                .env("PORT", i.addr.port().to_string())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .kill_on_drop(true)
+                .status();
+            tokio::time::timeout(timeout, run)
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .is_some_and(|s| s.success())
+        }
+        _ => tokio::time::timeout(timeout, tokio::net::TcpStream::connect(i.addr))
+            .await
+            .is_ok_and(|r| r.is_ok()),
+    }
+}
+
+/// `GET path` over HTTP/1.1 with hyper; the status, or `None` on any failure.
+pub async fn http_get_status(addr: SocketAddr, path: &str) -> Option<u16> {
+    use http_body_util::Empty;
+    use hyper::body::Bytes;
+    let stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(io)
+        .await
+        .ok()?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let req = hyper::Request::get(path)
+        .header(hyper::header::HOST, addr.to_string())
+        .body(Empty::new())
+        .ok()?;
+    let resp = sender.send_request(req).await.ok()?;
+    Some(resp.status().as_u16())
+}
+
+fn free_port() -> Result<u16, RolloutError> {
+    // Binding port 0 and releasing it has a small race with other programs taking the
+    // port; the readiness probe then fails and names the instance's log.
+    TcpListener::bind(("127.0.0.1", 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| RolloutError::Instances(format!("find a free port: {e}")))
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(tmp, path)
+}
+
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces and parentheses: split after the
+    // last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    Some(rest.split_whitespace().map(str::to_owned).collect())
+}
+
+/// Start time of a process (clock ticks since boot), `None` when it does not exist.
+pub fn proc_start_ticks(pid: u32) -> Option<u64> {
+    // After ')': field 3 (state) is index 0, so field 22 (starttime) is index 19.
+    stat_fields(pid)?.get(19)?.parse().ok()
+}
+
+fn is_zombie(pid: u32) -> bool {
+    stat_fields(pid).is_some_and(|f| f.first().is_some_and(|s| s == "Z"))
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
