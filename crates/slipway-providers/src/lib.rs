@@ -1,9 +1,14 @@
-//! Targets for the engine's `Target` trait. For now `exec`: commands on this machine.
+//! Providers: targets for the engine's `Target` trait (`exec`: commands on this
+//! machine), the `process` target's instances for canaries, and the built-in proxy as
+//! traffic router and metric source for `slipway-rollout`.
 //!
 //! Architecture invariant: providers hold no state of their own beyond what they can
 //! observe on the target (paths, completion markers); the engine journals what goes in
 //! and out.
 
+pub mod builtin;
 pub mod exec;
+pub mod process;
+pub mod traffic;
 
 pub use exec::ExecTarget;

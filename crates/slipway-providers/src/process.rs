@@ -98,7 +98,13 @@ impl ProcessTarget {
         states.sort_by(|a, b| a.instance.id.cmp(&b.instance.id));
         for s in states {
             let ours = proc_start_ticks(s.instance.pid) == Some(s.start_ticks);
-            if ours && std::net::TcpStream::connect_timeout(&s.instance.addr, Duration::from_millis(500)).is_ok() {
+            if ours
+                && std::net::TcpStream::connect_timeout(
+                    &s.instance.addr,
+                    Duration::from_millis(500),
+                )
+                .is_ok()
+            {
                 survey.alive.push(s.instance);
             } else {
                 let _ = std::fs::remove_file(self.state_path(&s.instance.id));
@@ -116,9 +122,8 @@ impl ProcessTarget {
         index: u32,
         role: Role,
     ) -> Result<Instance, RolloutError> {
-        std::fs::create_dir_all(&self.dir).map_err(|e| {
-            RolloutError::Instances(format!("create {}: {e}", self.dir.display()))
-        })?;
+        std::fs::create_dir_all(&self.dir)
+            .map_err(|e| RolloutError::Instances(format!("create {}: {e}", self.dir.display())))?;
         let port = free_port()?;
         let role_s = match role {
             Role::Stable => "stable",
@@ -292,7 +297,10 @@ impl Instances for ProcessTarget {
     fn ready<'a>(&'a self, instances: &'a [Instance]) -> BoxFuture<'a, bool> {
         Box::pin(async move {
             for i in instances {
-                let probe_spec = self.services.get(&i.service).and_then(|s| s.readiness.as_ref());
+                let probe_spec = self
+                    .services
+                    .get(&i.service)
+                    .and_then(|s| s.readiness.as_ref());
                 if !probe(i, probe_spec).await {
                     return false;
                 }
@@ -312,7 +320,9 @@ impl Instances for ProcessTarget {
 fn describe_probe(p: Option<&Probe>) -> String {
     match p {
         Some(Probe { http: Some(h), .. }) => format!("GET {h}"),
-        Some(Probe { command: Some(c), .. }) => format!("`{c}`"),
+        Some(Probe {
+            command: Some(c), ..
+        }) => format!("`{c}`"),
         _ => "TCP connect".into(),
     }
 }
@@ -324,14 +334,16 @@ pub async fn probe(i: &Instance, p: Option<&Probe>) -> bool {
         .and_then(|t| slipway_model::duration::parse_duration(t).ok())
         .unwrap_or(Duration::from_secs(2));
     match p {
-        Some(Probe { http: Some(path), .. }) => {
-            tokio::time::timeout(timeout, http_get_status(i.addr, path))
-                .await
-                .ok()
-                .flatten()
-                .is_some_and(|s| (200..300).contains(&s))
-        }
-        Some(Probe { command: Some(c), .. }) => {
+        Some(Probe {
+            http: Some(path), ..
+        }) => tokio::time::timeout(timeout, http_get_status(i.addr, path))
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|s| (200..300).contains(&s)),
+        Some(Probe {
+            command: Some(c), ..
+        }) => {
             let run = tokio::process::Command::new("sh")
                 .arg("-c")
                 .arg(c)

@@ -1,0 +1,335 @@
+//! Canaries with real processes and real HTTP traffic: the real `demo-app` binary as
+//! stable and canary, the built-in proxy in front, the load generator as users, and the
+//! rollout controller deciding.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests: a panic is a failure")]
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use slipway_model::spec::{
+    AnalysisStep, AnalysisTemplate, CanaryStep, Comparison, Metric, OnFailure, Probe, RunSpec,
+    Scalar,
+};
+use slipway_providers::builtin::BuiltinRouter;
+use slipway_providers::process::{ProcessTarget, ServiceProcess};
+use slipway_providers::traffic::Traffic;
+use slipway_proxy::{Proxy, ProxyConfig};
+use slipway_rollout::{
+    Canary, Instances, NoInterventions, Outcome, Role, RolloutEvent, World, run_canary,
+};
+
+/// The real demo-app binary, built on demand (a dev-dependency only builds the library).
+pub fn demo_app_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("DEMO_APP_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().unwrap().parent().unwrap();
+    let bin = profile_dir.join("demo-app");
+    static BUILD: std::sync::Once = std::sync::Once::new();
+    BUILD.call_once(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let ok = std::process::Command::new(cargo)
+            .args(["build", "-q", "-p", "demo-app", "--bin", "demo-app"])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "building demo-app failed");
+    });
+    assert!(bin.exists(), "{} missing", bin.display());
+    bin
+}
+
+fn service(args: &str) -> ServiceProcess {
+    ServiceProcess {
+        run: RunSpec {
+            command: format!(
+                "{} --port {{{{ port }}}} --version {{{{ version }}}} --threads 1 {args}",
+                demo_app_bin().display()
+            ),
+            replicas: 2,
+            env: BTreeMap::new(),
+        },
+        readiness: Some(Probe {
+            http: Some("/ready".into()),
+            ..Probe::default()
+        }),
+        env: BTreeMap::new(),
+        workdir: std::env::temp_dir(),
+    }
+}
+
+fn target(dir: &std::path::Path, args: &str) -> ProcessTarget {
+    let mut t = ProcessTarget::new(dir, BTreeMap::from([("api".to_owned(), service(args))]));
+    t.stop_grace = Duration::from_secs(3);
+    t.ready_timeout = Duration::from_secs(20);
+    t
+}
+
+fn metric(name: &str, max: Option<&str>) -> Metric {
+    Metric {
+        name: name.into(),
+        provider: "builtin".into(),
+        query: None,
+        max: max.map(|m| Scalar(m.into())),
+        min: None,
+        compare: (name == "latency-vs-stable").then_some(Comparison::MannWhitney),
+        confidence: Some(0.99),
+    }
+}
+
+fn templates(metrics: Vec<Metric>, min_samples: u64) -> BTreeMap<String, AnalysisTemplate> {
+    BTreeMap::from([(
+        "golden".to_owned(),
+        AnalysisTemplate {
+            interval: Some("250ms".into()),
+            min_samples: Some(min_samples),
+            failure_limit: Some(0),
+            inconclusive_limit: Some(2),
+            consecutive_error_limit: None,
+            metrics,
+            on_failure: OnFailure::Rollback,
+        },
+    )])
+}
+
+fn steps(analysis_for: &str) -> Vec<CanaryStep> {
+    vec![
+        CanaryStep {
+            set_weight: Some(20),
+            ..CanaryStep::default()
+        },
+        CanaryStep {
+            analysis: Some(AnalysisStep {
+                template: "golden".into(),
+                duration: Some(analysis_for.into()),
+            }),
+            ..CanaryStep::default()
+        },
+        CanaryStep {
+            set_weight: Some(60),
+            ..CanaryStep::default()
+        },
+    ]
+}
+
+struct Run {
+    outcome: Outcome,
+    events: Vec<RolloutEvent>,
+    canary_ids: Vec<u32>,
+    stable_ids: Vec<u32>,
+    dir: tempfile::TempDir,
+}
+
+async fn canary(canary_args: &str, metrics: Vec<Metric>, rate: u32, min_samples: u64) -> Run {
+    let dir = tempfile::tempdir().unwrap();
+    let stable_t = target(dir.path(), "");
+    let stable = stable_t
+        .start("api", "1.0.0", 2, Role::Stable)
+        .await
+        .unwrap();
+    let proxy = Arc::new(
+        Proxy::start(ProxyConfig {
+            pools: slipway_proxy::Pools {
+                stable: stable.iter().map(|i| i.addr).collect(),
+                canary: vec![],
+            },
+            ..ProxyConfig::default()
+        })
+        .await
+        .unwrap(),
+    );
+    let traffic = Traffic::start(proxy.local_addr(), "/", rate, 16);
+    let router = BuiltinRouter::new(proxy.clone());
+    let canary_t = target(dir.path(), canary_args);
+    let templates = templates(metrics, min_samples);
+    let steps = steps("2s");
+    let world = World {
+        instances: &canary_t,
+        router: &router,
+        metrics: &router,
+        interventions: &NoInterventions,
+        drain_timeout: Duration::from_secs(5),
+    };
+    let mut events = Vec::new();
+    let outcome = run_canary(
+        Canary {
+            service: "api",
+            version: "2.0.0",
+            replicas: 2,
+            stable: stable.clone(),
+            steps: &steps,
+            background: None,
+            templates: &templates,
+            start_step: 0,
+        },
+        &world,
+        &mut |e| events.push(e),
+    )
+    .await
+    .unwrap();
+    let _ = traffic.stop().await;
+    let canary_ids = events
+        .iter()
+        .find_map(|e| match e {
+            RolloutEvent::CanaryStarted { instances } => {
+                Some(instances.iter().map(|i| i.pid).collect())
+            }
+            _ => None,
+        })
+        .unwrap();
+    Run {
+        outcome,
+        events,
+        canary_ids,
+        stable_ids: stable.iter().map(|i| i.pid).collect(),
+        dir,
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    slipway_providers::process::proc_start_ticks(pid).is_some()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+}
+
+async fn cleanup(run: &Run) {
+    let t = target(run.dir.path(), "");
+    let left = t.running("api");
+    t.stop_instances(&left.alive).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_good_canary_is_promoted_and_the_old_stable_stopped() {
+    let run = canary(
+        "",
+        vec![
+            metric("error-rate", Some("0.01")),
+            metric("p99-latency", Some("500ms")),
+        ],
+        400,
+        20,
+    )
+    .await;
+    assert!(
+        matches!(run.outcome, Outcome::Promoted { .. }),
+        "{:?}",
+        run.outcome
+    );
+    assert!(
+        run.canary_ids.iter().all(|p| alive(*p)),
+        "new stable must be running"
+    );
+    assert!(
+        run.stable_ids.iter().all(|p| !alive(*p)),
+        "old stable must be stopped"
+    );
+    assert!(run.events.iter().any(|e| matches!(
+        e,
+        RolloutEvent::Measured {
+            phase: slipway_model::analysis::Phase::Running,
+            ..
+        }
+    )));
+    cleanup(&run).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_returning_errors_is_rolled_back_automatically() {
+    let run = canary(
+        "--error-rate 0.5",
+        vec![metric("error-rate", Some("0.05"))],
+        400,
+        20,
+    )
+    .await;
+    let Outcome::RolledBack {
+        reason,
+        measurements,
+    } = &run.outcome
+    else {
+        panic!("{:?}", run.outcome)
+    };
+    assert!(reason.contains("error-rate"), "{reason}");
+    assert!(reason.contains("above max 5.00%"), "{reason}");
+    assert!(!measurements.is_empty());
+    assert!(
+        run.canary_ids.iter().all(|p| !alive(*p)),
+        "canary must be stopped"
+    );
+    assert!(
+        run.stable_ids.iter().all(|p| alive(*p)),
+        "stable must keep serving"
+    );
+    cleanup(&run).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_canary_is_rolled_back_on_latency() {
+    let run = canary(
+        "--latency 80ms",
+        vec![
+            metric("p99-latency", Some("50ms")),
+            metric("latency-vs-stable", None),
+        ],
+        300,
+        15,
+    )
+    .await;
+    let Outcome::RolledBack { reason, .. } = &run.outcome else {
+        panic!("{:?}", run.outcome)
+    };
+    assert!(reason.contains("latency"), "{reason}");
+    assert!(run.stable_ids.iter().all(|p| alive(*p)));
+    cleanup(&run).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_little_traffic_is_inconclusive_and_pauses() {
+    // 8 req/s × 20% weight ≈ 0.4 canary requests per 250 ms window: never min_samples.
+    let run = canary("", vec![metric("error-rate", Some("0.01"))], 8, 20).await;
+    let Outcome::Paused { reason } = &run.outcome else {
+        panic!("{:?}", run.outcome)
+    };
+    assert!(reason.contains("insufficient data"), "{reason}");
+    assert!(
+        !run.events
+            .iter()
+            .any(|e| matches!(e, RolloutEvent::Promoted { .. }))
+    );
+    cleanup(&run).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_survive_the_supervisor_and_are_found_not_duplicated() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = target(dir.path(), "");
+    let started = first.start("api", "1.0.0", 2, Role::Stable).await.unwrap();
+    drop(first);
+    // A new supervisor over the same directory — what `slipway` sees after a restart.
+    let second = target(dir.path(), "");
+    let survey = second.running("api");
+    assert_eq!(survey.alive, started);
+    assert!(survey.dead.is_empty());
+    // One dies behind our back: it is reported, not resurrected silently.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(started[0].pid).unwrap()),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let survey = loop {
+        let s = second.running("api");
+        if !s.dead.is_empty() || std::time::Instant::now() > deadline {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(survey.dead.len(), 1);
+    assert_eq!(survey.alive, vec![started[1].clone()]);
+    second.stop_instances(&survey.alive).await;
+    assert!(second.running("api").alive.is_empty());
+}
