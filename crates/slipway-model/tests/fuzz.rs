@@ -6,6 +6,14 @@
 use proptest::prelude::*;
 use slipway_model::{plan, validate};
 
+/// 512 cases per property in the normal suite; `PROPTEST_CASES` for long fuzzing runs.
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(512)
+}
+
 fn check(bytes: &[u8]) {
     if let Ok(l) = validate::load_bytes("fuzz.yaml", bytes) {
         // A spec that validates must also plan for each of its environments.
@@ -54,7 +62,7 @@ const TOKENS: &[&str] = &[
 ];
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
 
     #[test]
     fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
