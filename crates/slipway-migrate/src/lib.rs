@@ -1,0 +1,32 @@
+//! Database migrations for Slipway: PostgreSQL and SQLite targets.
+//!
+//! - [`files`]: the `V{n}__name.sql` / `U{n}__name.sql` directory format and checksums.
+//! - [`migrate`]: [`status`], [`apply`] and [`undo`] against a history table
+//!   (`slipway_schema_history`) in the target database, one transaction per migration.
+//! - [`dryrun`]: clone the database, apply, undo, compare schemas, drop the clone.
+//! - [`backup`]: content-addressed backups (`pg_dump --format=custom`, SQLite `VACUUM INTO`)
+//!   and restore.
+//! - [`rehearse`]: rollback rehearsal measuring RTO and RPO with marker rows.
+//! - [`consistency`]: declared data checks (row count, sum, ordered checksum) across two
+//!   databases or tables.
+//!
+//! Architecture invariant: this crate owns the SQL drivers; `slipway-engine` never depends on
+//! it directly (a step provider calls it). It never prints: every function returns a
+//! serializable report or an [`Error`]. Database URLs in errors and reports are masked.
+//! Only runtime queries are used (no `query!` macros), so building needs no database.
+
+pub mod dryrun;
+pub mod error;
+pub mod files;
+pub mod migrate;
+pub mod schema;
+pub mod target;
+
+mod clock;
+
+pub use dryrun::{DryRunReport, dry_run};
+pub use error::Error;
+pub use files::{Migration, MigrationSet};
+pub use migrate::{ApplyOptions, ApplyReport, Status, UndoReport, apply, apply_with, status, undo};
+pub use schema::{Schema, SchemaDiff};
+pub use target::mask_url;
