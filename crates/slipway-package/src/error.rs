@@ -119,6 +119,31 @@ pub enum Error {
         dest: PathBuf,
         reason: String,
     },
+
+    /// Config templates that cannot be rendered: undefined placeholders, syntax errors,
+    /// unreadable templates or malformed secret references. Every problem is listed.
+    #[error("render the config templates: {}", summarize(problems))]
+    Placeholders {
+        problems: Vec<crate::render::Problem>,
+    },
+
+    #[error("resolve the secret {reference}: {reason}")]
+    Secret { reference: String, reason: String },
+
+    #[error("read the OpenAPI document {path}: {reason}")]
+    OpenApi { path: PathBuf, reason: String },
+
+    #[error("read the migrations in {path}: {reason}")]
+    Migrations { path: PathBuf, reason: String },
+}
+
+/// The first problem and how many more, so a one-line error still says where to look.
+fn summarize(problems: &[crate::render::Problem]) -> String {
+    match problems {
+        [] => "no problems recorded".to_owned(),
+        [one] => one.message.clone(),
+        [first, rest @ ..] => format!("{} (and {} more)", first.message, rest.len()),
+    }
 }
 
 /// How a caller should treat an error, e.g. to pick an exit code.

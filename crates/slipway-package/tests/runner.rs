@@ -7,9 +7,11 @@
 
 mod common;
 mod test_archive;
+mod test_deps;
 mod test_digest;
 mod test_inspect;
 mod test_manifest;
+mod test_render;
 mod test_sign;
 mod test_unpack;
 
