@@ -8,6 +8,7 @@
 
 mod common;
 mod compat;
+mod engine;
 mod journal;
 mod tamper;
 

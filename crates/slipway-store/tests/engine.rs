@@ -1,0 +1,193 @@
+//! The engine over the real SQLite store, with a fake clock: gates (windows, freezes,
+//! approvals bound to the digest) and durable progress.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use slipway_engine::noop::NoopTarget;
+use slipway_engine::{
+    DriveOptions, DriveOutcome, Engine, EngineError, FakeClock, NewRunRequest, RunState,
+};
+use slipway_model::plan::{Facts, Plan, plan};
+use slipway_model::spec::ReleaseSpec;
+use slipway_store::SqliteStore;
+
+fn make_plan(env_extra: &str, version: &str) -> Plan {
+    let yaml = format!(
+        "apiVersion: slipway/v1\nkind: Release\nmetadata: {{ name: g, version: {version}, type: patch }}\n\
+         services:\n  app:\n    steps:\n      - {{ name: one, run: 'true' }}\n      - {{ name: two, run: 'true' }}\n\
+         environments:\n  prod:\n    target: {{ exec: {{}} }}\n{env_extra}"
+    );
+    let spec: ReleaseSpec = serde_saphyr::from_str(&yaml).unwrap();
+    plan(&spec, "prod", &Facts::default()).unwrap()
+}
+
+async fn setup(now: &str) -> (tempfile::TempDir, Engine, Arc<FakeClock>) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("s.db")).await.unwrap();
+    let clock = Arc::new(FakeClock::new(now.parse::<Timestamp>().unwrap()));
+    let engine = Engine::new(Arc::new(store), Arc::new(NoopTarget), clock.clone())
+        .with_poll(Duration::from_secs(60));
+    (dir, engine, clock)
+}
+
+fn req(p: Plan, author: &str) -> NewRunRequest {
+    NewRunRequest {
+        plan: p,
+        author: author.into(),
+        override_freeze: None,
+        workdir: "/tmp".into(),
+    }
+}
+
+const NO_WAIT: DriveOptions = DriveOptions { no_wait: true };
+
+#[tokio::test]
+async fn a_future_window_blocks_with_no_wait_and_is_waited_for_otherwise() {
+    // Window opens daily at 09:00 UTC for 1h; it is 07:30.
+    let p = make_plan(
+        "    windows: [ { cron: '0 9 * * *', timezone: UTC, duration: 1h } ]\n",
+        "1.0.0",
+    );
+    let (_d, engine, clock) = setup("2026-03-02T07:30:00Z").await;
+    let run = engine.create_run(req(p, "op-a")).await.unwrap();
+    let out = engine.drive(&run.id, "op-a", NO_WAIT).await.unwrap();
+    let DriveOutcome::Blocked { gate, opens_at, .. } = out else {
+        panic!("{out:?}")
+    };
+    assert_eq!(gate, "windows");
+    assert_eq!(opens_at.unwrap().to_string(), "2026-03-02T09:00:00Z");
+    let stored = engine.store().run(&run.id).await.unwrap().unwrap();
+    assert_eq!(stored.state, RunState::WaitingForWindow);
+    // Waiting: the fake clock advances as the engine sleeps, until the window opens.
+    let out = engine
+        .drive(&run.id, "op-a", DriveOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(out, DriveOutcome::Finished(RunState::Succeeded));
+    let now = slipway_engine::Clock::now(clock.as_ref());
+    assert!(now >= "2026-03-02T09:00:00Z".parse::<Timestamp>().unwrap());
+    assert!(now < "2026-03-02T10:00:00Z".parse::<Timestamp>().unwrap());
+}
+
+#[tokio::test]
+async fn inside_an_open_window_the_run_proceeds() {
+    let p = make_plan(
+        "    windows: [ { cron: '0 9 * * *', timezone: Europe/Berlin, duration: 6h } ]\n",
+        "1.0.0",
+    );
+    let (_d, engine, _) = setup("2026-03-02T10:00:00Z").await;
+    let run = engine.create_run(req(p, "op-a")).await.unwrap();
+    let out = engine.drive(&run.id, "op-a", NO_WAIT).await.unwrap();
+    assert_eq!(out, DriveOutcome::Finished(RunState::Succeeded));
+}
+
+#[tokio::test]
+async fn a_freeze_refuses_unless_overridden_and_then_needs_a_second_person() {
+    let p = make_plan(
+        "    freezes: [ { from: 2026-12-20, to: 2027-01-04, reason: holiday freeze } ]\n",
+        "1.0.0",
+    );
+    let (_d, engine, _) = setup("2026-12-24T12:00:00Z").await;
+    let err = engine.create_run(req(p.clone(), "op-a")).await.unwrap_err();
+    assert!(matches!(err, EngineError::Frozen { .. }), "{err}");
+    assert!(err.to_string().contains("--override-freeze"), "{err}");
+    let mut r = req(p, "op-a");
+    r.override_freeze = Some("payment outage fix".into());
+    let run = engine.create_run(r).await.unwrap();
+    let out = engine.drive(&run.id, "op-a", NO_WAIT).await.unwrap();
+    assert!(
+        matches!(out, DriveOutcome::Blocked { ref gate, .. } if gate == "approvals"),
+        "{out:?}"
+    );
+    let err = engine
+        .approve(&run.id, "op-a", vec![], None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, EngineError::SelfApproval { .. }), "{err}");
+    engine.approve(&run.id, "op-b", vec![], None).await.unwrap();
+    let out = engine.drive(&run.id, "op-a", NO_WAIT).await.unwrap();
+    assert_eq!(out, DriveOutcome::Finished(RunState::Succeeded));
+    // The refusal and the override are both in the audit chain.
+    let entries = engine.store().audit_entries().await.unwrap();
+    assert!(entries.iter().any(|e| e.action == "deploy_refused"));
+    assert!(
+        entries
+            .iter()
+            .any(|e| e.detail.contains("payment outage fix"))
+    );
+}
+
+#[tokio::test]
+async fn approvals_count_distinct_non_authors_of_the_same_digest() {
+    let gates = "    approvals: { required: 2, four_eyes: true }\n";
+    let old = make_plan(gates, "1.0.0");
+    let new = make_plan(gates, "1.0.1");
+    assert_ne!(old.digest, new.digest);
+    let (_d, engine, _) = setup("2026-03-02T10:00:00Z").await;
+    let run = engine.create_run(req(new, "op-author")).await.unwrap();
+    // The author cannot approve.
+    assert!(matches!(
+        engine.approve(&run.id, "op-author", vec![], None).await,
+        Err(EngineError::SelfApproval { .. })
+    ));
+    // An approval of the old plan's digest is refused.
+    let err = engine
+        .approve(&run.id, "op-b", vec![], Some(&old.digest))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, EngineError::DigestMismatch { .. }), "{err}");
+    // One approver, twice, is still one.
+    engine
+        .approve(&run.id, "op-b", vec![], Some(&run.digest))
+        .await
+        .unwrap();
+    engine.approve(&run.id, "op-b", vec![], None).await.unwrap();
+    let out = engine.drive(&run.id, "op-author", NO_WAIT).await.unwrap();
+    let DriveOutcome::Blocked { gate, detail, .. } = out else {
+        panic!("{out:?}")
+    };
+    assert_eq!(gate, "approvals");
+    assert!(detail.contains("1 of 2"), "{detail}");
+    // The second distinct approver lets it through.
+    engine.approve(&run.id, "op-c", vec![], None).await.unwrap();
+    let out = engine.drive(&run.id, "op-author", NO_WAIT).await.unwrap();
+    assert_eq!(out, DriveOutcome::Finished(RunState::Succeeded));
+}
+
+#[tokio::test]
+async fn an_approval_of_another_run_of_an_older_plan_does_not_count() {
+    let gates = "    approvals: { required: 1 }\n";
+    let (_d, engine, _) = setup("2026-03-02T10:00:00Z").await;
+    let old_run = engine
+        .create_run(req(make_plan(gates, "1.0.0"), "op-a"))
+        .await
+        .unwrap();
+    engine
+        .approve(&old_run.id, "op-b", vec![], None)
+        .await
+        .unwrap();
+    let new_run = engine
+        .create_run(req(make_plan(gates, "1.0.1"), "op-a"))
+        .await
+        .unwrap();
+    let out = engine.drive(&new_run.id, "op-a", NO_WAIT).await.unwrap();
+    assert!(matches!(out, DriveOutcome::Blocked { .. }), "{out:?}");
+}
+
+#[tokio::test]
+async fn deploying_the_same_plan_again_continues_the_unfinished_run() {
+    let gates = "    approvals: { required: 1 }\n";
+    let (_d, engine, _) = setup("2026-03-02T10:00:00Z").await;
+    let p = make_plan(gates, "1.0.0");
+    let (first, continued) = engine
+        .create_or_continue(req(p.clone(), "op-a"))
+        .await
+        .unwrap();
+    assert!(!continued);
+    engine.drive(&first.id, "op-a", NO_WAIT).await.unwrap();
+    let (again, continued) = engine.create_or_continue(req(p, "op-a")).await.unwrap();
+    assert!(continued);
+    assert_eq!(again.id, first.id);
+}
