@@ -4,8 +4,10 @@
 //! returns an exit code from [`slipway_model::exit`]; errors carry a hint and map to
 //! exit codes here, so every failure a user sees says what to do next.
 
+mod cmd_audit;
 mod cmd_package;
 mod cmd_plan;
+mod cmd_run;
 mod out;
 
 use clap::{Parser, Subcommand};
@@ -68,6 +70,25 @@ pub enum Commands {
     /// Build deterministic artifacts and inspect packages (tar, deb, rpm, OCI).
     #[command(subcommand)]
     Package(cmd_package::PackageCommand),
+    /// Deploy a spec to an environment as a durable, resumable run.
+    Deploy(cmd_run::DeployArgs),
+    /// Continue a paused, waiting or interrupted run.
+    Resume(cmd_run::RunArgs),
+    /// Show a run (default: the latest): state, steps, approvals.
+    Status(cmd_run::StatusArgs),
+    /// Show a run's journal; -f follows it live.
+    Logs(cmd_run::LogsArgs),
+    /// Ask the driver of a run to pause between steps.
+    Pause(cmd_run::RunArgs),
+    /// Abort a run (steps in flight finish; nothing is rolled back).
+    Abort(cmd_run::RunArgs),
+    /// Approve the plan digest of a run as the current identity (SLIPWAY_USER or OS user).
+    Approve(cmd_run::ApproveArgs),
+    /// List runs, newest first.
+    History(cmd_run::HistoryArgs),
+    /// Verify or export the hash-chained audit log.
+    #[command(subcommand)]
+    Audit(cmd_audit::AuditCommand),
 }
 
 fn main() {
@@ -89,6 +110,15 @@ fn run(command: Commands, out: &Output) -> Result<i32, out::CliError> {
         Commands::Sign(a) => cmd_package::sign(a, out),
         Commands::Verify(a) => cmd_package::verify(a, out),
         Commands::Package(c) => cmd_package::package(c, out),
+        Commands::Deploy(a) => cmd_run::deploy(a, out),
+        Commands::Resume(a) => cmd_run::resume(a, out),
+        Commands::Status(a) => cmd_run::status(a, out),
+        Commands::Logs(a) => cmd_run::logs(a, out),
+        Commands::Pause(a) => cmd_run::pause(a, out),
+        Commands::Abort(a) => cmd_run::abort(a, out),
+        Commands::Approve(a) => cmd_run::approve(a, out),
+        Commands::History(a) => cmd_run::history(a, out),
+        Commands::Audit(c) => cmd_audit::audit(c, out),
         Commands::Schema => {
             out.raw(&slipway_model::schema::schema_text());
             Ok(slipway_model::exit::SUCCESS)

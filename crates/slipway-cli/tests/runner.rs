@@ -5,6 +5,7 @@
     reason = "tests: a panic is a failure"
 )]
 
+mod crash;
 mod plan_cli;
 
 /// Every `.rs` file in tests/ must be a module of this runner, or it would never run.

@@ -1,0 +1,128 @@
+//! `slipway audit verify | export`: check the hash chain in the store or in an export
+//! file, and write the chain as JSONL with its head hash.
+
+use std::path::PathBuf;
+
+use serde_json::json;
+use slipway_engine::audit::{self, ChainBreak, Verified};
+use slipway_engine::store::Store;
+use slipway_model::exit;
+
+use crate::cmd_run::{StoreArg, open_store, runtime, store_error};
+use crate::out::{CliError, Output, Style};
+
+/// `slipway audit …`.
+#[derive(Debug, clap::Subcommand)]
+pub enum AuditCommand {
+    /// Verify the audit chain (exit 7 and the first bad entry when it does not).
+    Verify(VerifyArgs),
+    /// Write the audit chain as JSONL with its head hash.
+    Export(ExportArgs),
+}
+
+/// `slipway audit verify`.
+#[derive(Debug, clap::Args)]
+pub struct VerifyArgs {
+    /// Verify this export instead of the store.
+    #[arg(long)]
+    pub file: Option<PathBuf>,
+    #[command(flatten)]
+    pub store: StoreArg,
+}
+
+/// `slipway audit export`.
+#[derive(Debug, clap::Args)]
+pub struct ExportArgs {
+    /// Output file.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub store: StoreArg,
+}
+
+/// Run an audit subcommand.
+pub fn audit(c: AuditCommand, out: &Output) -> Result<i32, CliError> {
+    match c {
+        AuditCommand::Verify(a) => verify(a, out),
+        AuditCommand::Export(a) => export(a, out),
+    }
+}
+
+fn report(result: Result<Verified, ChainBreak>, source: &str, out: &Output) -> i32 {
+    match result {
+        Ok(v) => {
+            if out.json() {
+                out.json_value(&json!({"ok": true, "source": source, "entries": v.entries,
+                    "head_seq": v.head_seq, "head_hash": v.head_hash}));
+            } else {
+                out.line(&format!(
+                    "{} audit chain of {source}: {} entries, head {} {}",
+                    out.paint("OK", Style::Good),
+                    v.entries,
+                    v.head_seq,
+                    v.head_hash
+                ));
+            }
+            exit::SUCCESS
+        }
+        Err(b) => {
+            if out.json() {
+                out.json_value(
+                    &json!({"ok": false, "source": source, "break": b, "message": b.to_string()}),
+                );
+            } else {
+                out.line(&format!(
+                    "{} {source}: {b}",
+                    out.paint("TAMPERED", Style::Bad)
+                ));
+            }
+            exit::TAMPERED
+        }
+    }
+}
+
+fn verify(a: VerifyArgs, out: &Output) -> Result<i32, CliError> {
+    if let Some(f) = &a.file {
+        let text = std::fs::read_to_string(f).map_err(|e| {
+            CliError::input(
+                format!("failed to read {}: {e}", f.display()),
+                "pass a file written by `slipway audit export --out FILE`",
+            )
+        })?;
+        let result = audit::verify_export(&text).map_err(|e| {
+            CliError::new(
+                exit::TAMPERED,
+                format!("failed to {e}"),
+                Some("the export is damaged or not an audit export".into()),
+            )
+        })?;
+        return Ok(report(result, &f.display().to_string(), out));
+    }
+    let rt = runtime()?;
+    rt.block_on(async {
+        let (store, _) = open_store(&a.store).await?;
+        let entries = store.audit_entries().await.map_err(store_error)?;
+        let head = store.audit_head().await.map_err(store_error)?;
+        let result = audit::verify(&entries, head.as_ref().map(|(s, h)| (*s, h.as_str())));
+        Ok(report(result, &store.location(), out))
+    })
+}
+
+fn export(a: ExportArgs, out: &Output) -> Result<i32, CliError> {
+    let rt = runtime()?;
+    rt.block_on(async {
+        let (store, _) = open_store(&a.store).await?;
+        let entries = store.audit_entries().await.map_err(store_error)?;
+        let text = audit::export_jsonl(&entries);
+        std::fs::write(&a.out, &text).map_err(|e| {
+            CliError::input(format!("failed to write {}: {e}", a.out.display()), "choose a writable path for --out")
+        })?;
+        let head = entries.last().map(|e| (e.seq, e.hash.clone())).unwrap_or((0, audit::GENESIS.to_owned()));
+        if out.json() {
+            out.json_value(&json!({"out": a.out, "entries": entries.len(), "head_seq": head.0, "head_hash": head.1}));
+        } else {
+            out.line(&format!("wrote {} entries to {} (head {} {})", entries.len(), a.out.display(), head.0, head.1));
+        }
+        Ok(exit::SUCCESS)
+    })
+}

@@ -1,0 +1,704 @@
+//! Run commands: `deploy`, `resume`, `status`, `logs`, `pause`, `abort`, `approve`,
+//! `history`. They open the store (`--store` / `SLIPWAY_STORE`, default
+//! `.slipway/slipway.db`), build the engine with the `exec` target, and render the
+//! engine's typed events; the engine itself never prints.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use serde_json::json;
+use slipway_engine::engine::approval_need;
+use slipway_engine::event::{Control, EngineEvent, Notice, RunState, StepCompletion};
+use slipway_engine::store::{RunRecord, Store};
+use slipway_engine::{
+    DriveOptions, DriveOutcome, Engine, EngineError, NewRunRequest, StoreError, SystemClock,
+};
+use slipway_model::exit;
+use slipway_model::plan::Plan;
+use slipway_providers::ExecTarget;
+use slipway_store::{SqliteStore, StoreLocation};
+
+use crate::out::{CliError, Output, Style};
+
+/// `--store`, shared by every run command.
+#[derive(Debug, clap::Args)]
+pub struct StoreArg {
+    /// Where runs are kept: sqlite://PATH (default .slipway/slipway.db here).
+    #[arg(long, env = "SLIPWAY_STORE")]
+    pub store: Option<String>,
+}
+
+/// `slipway deploy`.
+#[derive(Debug, clap::Args)]
+pub struct DeployArgs {
+    /// The release spec.
+    #[arg(short = 'f', long)]
+    pub file: PathBuf,
+    /// The environment to deploy to.
+    #[arg(long)]
+    pub env: String,
+    /// Return the run id at once; the run continues in the background.
+    #[arg(long)]
+    pub detach: bool,
+    /// Exit with code 3 instead of waiting for a window or approvals.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// Deploy inside a freeze (needs --reason and a second person's approval).
+    #[arg(long, requires = "reason")]
+    pub override_freeze: bool,
+    /// Why the freeze is overridden (audited).
+    #[arg(long)]
+    pub reason: Option<String>,
+    #[command(flatten)]
+    pub store: StoreArg,
+}
+
+/// Commands that name one run.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Run id (see `slipway history`).
+    pub run: String,
+    /// Exit with code 3 instead of waiting for a window or approvals.
+    #[arg(long)]
+    pub no_wait: bool,
+    #[command(flatten)]
+    pub store: StoreArg,
+}
+
+/// `slipway status`.
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// Run id (default: the latest run).
+    pub run: Option<String>,
+    #[command(flatten)]
+    pub store: StoreArg,
+}
+
+/// `slipway logs`.
+#[derive(Debug, clap::Args)]
+pub struct LogsArgs {
+    /// Run id.
+    pub run: String,
+    /// Keep following the journal until the run ends.
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+    #[command(flatten)]
+    pub store: StoreArg,
+}
+
+/// `slipway approve`.
+#[derive(Debug, clap::Args)]
+pub struct ApproveArgs {
+    /// Run id.
+    pub run: String,
+    /// The plan digest you reviewed; refused if the run executes another plan.
+    #[arg(long)]
+    pub digest: Option<String>,
+    #[command(flatten)]
+    pub store: StoreArg,
+}
+
+/// `slipway history`.
+#[derive(Debug, clap::Args)]
+pub struct HistoryArgs {
+    /// How many runs, newest first.
+    #[arg(long, default_value_t = 20)]
+    pub limit: u32,
+    #[command(flatten)]
+    pub store: StoreArg,
+}
+
+/// The current person: `SLIPWAY_USER`, else the OS user.
+pub fn identity() -> String {
+    ["SLIPWAY_USER", "USER", "LOGNAME"]
+        .iter()
+        .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            CliError::new(
+                exit::INTERNAL,
+                format!("failed to start the async runtime: {e}"),
+                None,
+            )
+        })
+}
+
+pub(crate) fn store_error(e: StoreError) -> CliError {
+    let hint = match &e {
+        StoreError::Incompatible(_) | StoreError::Unavailable { .. } => {
+            Some("choose another store with --store sqlite://PATH or SLIPWAY_STORE".to_owned())
+        }
+        StoreError::NoSuchRun(_) => Some("list runs with `slipway history`".to_owned()),
+        _ => None,
+    };
+    let code = match &e {
+        StoreError::NoSuchRun(_) => exit::INVALID_INPUT,
+        StoreError::Claimed(_) => exit::BLOCKED,
+        _ => exit::STORE,
+    };
+    CliError::new(code, format!("failed to {e}"), hint)
+}
+
+fn engine_error(e: EngineError) -> CliError {
+    match e {
+        EngineError::Store(s) => store_error(s),
+        EngineError::Frozen { .. } | EngineError::SelfApproval { .. } => {
+            CliError::new(exit::BLOCKED, format!("failed to {e}"), None)
+        }
+        EngineError::DigestMismatch { .. } | EngineError::Terminal { .. } => {
+            CliError::new(exit::INVALID_INPUT, format!("failed to {e}"), None)
+        }
+        other => CliError::new(exit::INTERNAL, format!("failed to {other}"), None),
+    }
+}
+
+/// Open the store named by `--store`.
+pub(crate) async fn open_store(arg: &StoreArg) -> Result<(Arc<SqliteStore>, PathBuf), CliError> {
+    let cwd = std::env::current_dir().map_err(|e| {
+        CliError::new(
+            exit::STORE,
+            format!("failed to read the current directory: {e}"),
+            None,
+        )
+    })?;
+    let loc = slipway_store::resolve(arg.store.as_deref(), &cwd).map_err(store_error)?;
+    let StoreLocation::Sqlite(path) = &loc;
+    let store = slipway_store::open(&loc).await.map_err(store_error)?;
+    Ok((Arc::new(store), path.clone()))
+}
+
+fn engine_for(store: Arc<SqliteStore>, db: &Path, workdir: &str) -> Engine {
+    let state = db.parent().unwrap_or(Path::new(".")).join("exec");
+    Engine::new(
+        store,
+        Arc::new(ExecTarget::new(workdir, state)),
+        Arc::new(SystemClock),
+    )
+}
+
+fn exit_for(outcome: &DriveOutcome) -> i32 {
+    match outcome {
+        DriveOutcome::Finished(RunState::Succeeded) => exit::SUCCESS,
+        DriveOutcome::Finished(RunState::RolledBack) => exit::ROLLED_BACK,
+        DriveOutcome::Finished(RunState::Aborted) => exit::ABORTED,
+        DriveOutcome::Finished(_) => exit::FAILURE,
+        DriveOutcome::Paused => exit::PAUSED,
+        DriveOutcome::Blocked { .. } => exit::BLOCKED,
+    }
+}
+
+fn outcome_json(run: &str, outcome: &DriveOutcome, continued: bool) -> serde_json::Value {
+    match outcome {
+        DriveOutcome::Finished(s) => {
+            json!({"run": run, "state": s, "continued": continued, "exit_code": exit_for(outcome)})
+        }
+        DriveOutcome::Paused => {
+            json!({"run": run, "state": "paused", "continued": continued, "exit_code": exit::PAUSED})
+        }
+        DriveOutcome::Blocked {
+            gate,
+            detail,
+            opens_at,
+        } => json!({
+            "run": run, "state": "blocked", "continued": continued, "exit_code": exit::BLOCKED,
+            "blocked": {"gate": gate, "detail": detail, "opens_at": opens_at.map(|t| t.to_string())},
+        }),
+    }
+}
+
+/// One human line for an event, or None for events not worth a line.
+pub fn event_line(n: &Notice, out: &Output) -> Option<String> {
+    let s = match &n.event {
+        EngineEvent::RunCreated {
+            release,
+            version,
+            environment,
+            digest,
+            ..
+        } => format!(
+            "run {} created: {release} {version} -> {environment} (plan {})",
+            n.run_id,
+            &digest[..digest.len().min(12)]
+        ),
+        EngineEvent::StateChanged { to, reason, .. } => {
+            let style = match to {
+                RunState::Succeeded => Style::Good,
+                RunState::Failed | RunState::RolledBack | RunState::Aborted => Style::Bad,
+                _ => Style::Bold,
+            };
+            let r = reason
+                .as_deref()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default();
+            format!("state: {}{r}", out.paint(to.as_str(), style))
+        }
+        EngineEvent::GateWaiting { gate, detail, .. } => format!("waiting on {gate}: {detail}"),
+        EngineEvent::GatePassed { gate, detail } => format!("gate {gate} passed: {detail}"),
+        EngineEvent::Approved { approver, .. } => format!("approved by {approver}"),
+        EngineEvent::ControlRequested { control } => format!("{} requested", control.as_str()),
+        EngineEvent::StepSucceeded {
+            step, completion, ..
+        } => match completion {
+            StepCompletion::Applied => format!("  {} {step}", out.paint("ok", Style::Good)),
+            StepCompletion::AlreadyDone { guard } => {
+                format!(
+                    "  {} {step} (already done: {guard})",
+                    out.paint("ok", Style::Good)
+                )
+            }
+            StepCompletion::Observed { evidence } => {
+                format!(
+                    "  {} {step} (recovered: {evidence})",
+                    out.paint("ok", Style::Good)
+                )
+            }
+        },
+        EngineEvent::StepFailed { step, error, .. } => {
+            format!("  {} {step}: {error}", out.paint("FAILED", Style::Bad))
+        }
+        EngineEvent::StepObserved {
+            step,
+            evidence,
+            decision,
+            ..
+        } => {
+            format!("  observed {step}: {evidence} -> {decision:?}")
+        }
+        EngineEvent::UndoSucceeded { step, .. } => format!("  undone {step}"),
+        EngineEvent::UndoFailed { step, error, .. } => format!("  undo of {step} failed: {error}"),
+        EngineEvent::DeployRefused { reason, .. } => format!("refused: {reason}"),
+        EngineEvent::WaveStarted { wave, steps } => format!("wave {wave}: {steps} step(s)"),
+        _ => return None,
+    };
+    Some(s)
+}
+
+/// Drive a run in the foreground with live progress, then report.
+async fn drive_foreground(
+    engine: Engine,
+    run: &RunRecord,
+    plan: Option<&Plan>,
+    actor: &str,
+    no_wait: bool,
+    continued: bool,
+    out: &Output,
+) -> Result<i32, CliError> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Notice>();
+    let engine = engine.with_notices(tx);
+    let tty = std::io::stderr().is_terminal() && !out.json();
+    let json = out.json();
+    let multi = MultiProgress::new();
+    let mut bars: Vec<ProgressBar> = Vec::new();
+    if tty && let Some(p) = plan {
+        for w in &p.waves {
+            let n = p.steps.iter().filter(|s| s.wave == w.index).count() as u64;
+            let bar = multi.add(ProgressBar::new(n));
+            bar.set_style(
+                ProgressStyle::with_template("wave {prefix} [{bar:30}] {pos}/{len} {msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            bar.set_prefix(w.index.to_string());
+            bars.push(bar);
+        }
+    }
+    let wave_of: std::collections::HashMap<String, u32> = plan
+        .map(|p| p.steps.iter().map(|s| (s.id.clone(), s.wave)).collect())
+        .unwrap_or_default();
+    let printer = {
+        let out_color = out.color_err;
+        tokio::spawn(async move {
+            let out = Output {
+                format: crate::out::OutputFormat::Text,
+                color: out_color,
+                color_err: out_color,
+            };
+            while let Some(n) = rx.recv().await {
+                if json {
+                    continue;
+                }
+                if let EngineEvent::StepSucceeded { step, .. }
+                | EngineEvent::StepFailed { step, .. } = &n.event
+                    && let Some(bar) = wave_of.get(step).and_then(|w| bars.get(*w as usize))
+                {
+                    bar.inc(1);
+                    bar.set_message(step.clone());
+                }
+                if let Some(line) = event_line(&n, &out) {
+                    if tty {
+                        multi.suspend(|| out.eline(&line));
+                    } else {
+                        out.eline(&line);
+                    }
+                }
+            }
+            for b in bars {
+                b.finish();
+            }
+        })
+    };
+    let result = engine.drive(&run.id, actor, DriveOptions { no_wait }).await;
+    drop(engine);
+    let _ = printer.await;
+    let outcome = result.map_err(engine_error)?;
+    let code = exit_for(&outcome);
+    if out.json() {
+        out.json_value(&outcome_json(&run.id, &outcome, continued));
+    } else {
+        match &outcome {
+            DriveOutcome::Finished(s) => out.line(&format!("run {} {}", run.id, s.as_str())),
+            DriveOutcome::Paused => out.line(&format!(
+                "run {} paused; continue with `slipway resume {}`",
+                run.id, run.id
+            )),
+            DriveOutcome::Blocked { gate, detail, .. } => out.line(&format!(
+                "run {} blocked by {gate}: {detail}; continue later with `slipway resume {}`",
+                run.id, run.id
+            )),
+        }
+    }
+    Ok(code)
+}
+
+/// `slipway deploy`.
+pub fn deploy(a: DeployArgs, out: &Output) -> Result<i32, CliError> {
+    let (_, plan) = crate::cmd_plan::make_plan(&a.file, &a.env, out)?;
+    let blocking: Vec<_> = plan
+        .findings
+        .iter()
+        .filter(|f| f.severity == "error")
+        .collect();
+    if !blocking.is_empty() {
+        let msgs: Vec<String> = blocking
+            .iter()
+            .map(|f| format!("{}: {}", f.code, f.message))
+            .collect();
+        return Err(CliError::new(
+            exit::BLOCKED,
+            format!(
+                "failed to deploy: the plan has blocking findings: {}",
+                msgs.join("; ")
+            ),
+            Some(format!(
+                "see `slipway plan -f {} --env {}`",
+                a.file.display(),
+                a.env
+            )),
+        ));
+    }
+    if plan.target != "exec" {
+        return Err(CliError::input(
+            format!(
+                "failed to deploy: the `{}` target is not available in this build",
+                plan.target
+            ),
+            "use `target: { exec: {} }` for this environment",
+        ));
+    }
+    let spec_dir = a
+        .file
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    let spec_dir = std::fs::canonicalize(&spec_dir).unwrap_or(spec_dir);
+    let workdir = match plan
+        .env
+        .target
+        .exec
+        .as_ref()
+        .and_then(|e| e.workdir.as_ref())
+    {
+        Some(w) => spec_dir.join(w),
+        None => spec_dir,
+    };
+    let rt = runtime()?;
+    rt.block_on(async {
+        let (store, db) = open_store(&a.store).await?;
+        let me = identity();
+        let author = store.pseudonym(&me).await.map_err(store_error)?;
+        let engine = engine_for(store.clone(), &db, &workdir.to_string_lossy());
+        let (run, continued) = engine
+            .create_or_continue(NewRunRequest {
+                plan: plan.clone(),
+                author: author.clone(),
+                override_freeze: if a.override_freeze {
+                    a.reason.clone()
+                } else {
+                    None
+                },
+                workdir: workdir.to_string_lossy().into_owned(),
+            })
+            .await
+            .map_err(engine_error)?;
+        if a.detach {
+            let exe = std::env::current_exe().map_err(|e| {
+                CliError::new(
+                    exit::INTERNAL,
+                    format!("failed to find the slipway binary: {e}"),
+                    None,
+                )
+            })?;
+            let mut c = std::process::Command::new(exe);
+            c.arg("resume")
+                .arg(&run.id)
+                .arg("--store")
+                .arg(format!("sqlite://{}", db.display()));
+            if a.no_wait {
+                c.arg("--no-wait");
+            }
+            use std::os::unix::process::CommandExt;
+            c.stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .process_group(0);
+            c.spawn().map_err(|e| {
+                CliError::new(
+                    exit::INTERNAL,
+                    format!("failed to start the background driver: {e}"),
+                    None,
+                )
+            })?;
+            if out.json() {
+                out.json_value(&json!({"run": run.id, "detached": true, "continued": continued}));
+            } else {
+                out.line(&run.id);
+            }
+            return Ok(exit::SUCCESS);
+        }
+        if continued && !out.json() {
+            out.eline(&format!(
+                "continuing unfinished run {} of this plan",
+                run.id
+            ));
+        }
+        drive_foreground(
+            engine,
+            &run,
+            Some(&plan),
+            &author,
+            a.no_wait,
+            continued,
+            out,
+        )
+        .await
+    })
+}
+
+/// `slipway resume`.
+pub fn resume(a: RunArgs, out: &Output) -> Result<i32, CliError> {
+    let rt = runtime()?;
+    rt.block_on(async {
+        let (store, db) = open_store(&a.store).await?;
+        let run = load_run(store.as_ref(), &a.run).await?;
+        let actor = store.pseudonym(&identity()).await.map_err(store_error)?;
+        let plan: Option<Plan> = serde_json::from_str(&run.plan_json).ok();
+        let engine = engine_for(store.clone(), &db, &run.workdir);
+        drive_foreground(engine, &run, plan.as_ref(), &actor, a.no_wait, true, out).await
+    })
+}
+
+async fn load_run(store: &SqliteStore, id: &str) -> Result<RunRecord, CliError> {
+    store
+        .run(id)
+        .await
+        .map_err(store_error)?
+        .ok_or_else(|| store_error(StoreError::NoSuchRun(id.to_owned())))
+}
+
+/// `slipway status`.
+pub fn status(a: StatusArgs, out: &Output) -> Result<i32, CliError> {
+    let rt = runtime()?;
+    rt.block_on(async {
+        let (store, db) = open_store(&a.store).await?;
+        let id = match a.run {
+            Some(r) => r,
+            None => match store.runs(1).await.map_err(store_error)?.into_iter().next() {
+                Some(r) => r.id,
+                None => {
+                    return Err(CliError::input(
+                        "failed to show status: the store has no runs yet",
+                        "start one with `slipway deploy -f FILE --env ENV`",
+                    ));
+                }
+            },
+        };
+        let run = load_run(store.as_ref(), &id).await?;
+        let steps = store.steps(&id).await.map_err(store_error)?;
+        let engine = engine_for(store.clone(), &db, &run.workdir);
+        let (need, tally) = engine.approvals(&id).await.map_err(engine_error)?;
+        let plan: Option<Plan> = serde_json::from_str(&run.plan_json).ok();
+        let total = plan.as_ref().map_or(steps.len(), |p| p.steps.len());
+        let done = steps
+            .iter()
+            .filter(|s| s.status == slipway_engine::StepStatus::Succeeded)
+            .count();
+        if out.json() {
+            out.json_value(&json!({
+                "run": run,
+                "steps_total": total,
+                "steps_succeeded": done,
+                "steps": steps,
+                "approvals": {"required": need.required, "valid": tally.valid, "rejected": tally.rejected},
+            }));
+        } else {
+            out.line(&format!(
+                "run {}  {} {} -> {}  state {}",
+                run.id,
+                run.release,
+                run.version,
+                run.environment,
+                out.paint(run.state.as_str(), Style::Bold)
+            ));
+            out.line(&format!("plan {}  steps {done}/{total} succeeded", run.digest));
+            if need.required > 0 {
+                out.line(&format!("approvals {}/{}", tally.valid.len(), need.required));
+            }
+            for s in &steps {
+                out.line(&format!("  {:<13} {} (attempts {})", s.status.as_str(), s.step_id, s.attempts));
+            }
+        }
+        let _ = approval_need;
+        Ok(exit::SUCCESS)
+    })
+}
+
+/// `slipway logs`.
+pub fn logs(a: LogsArgs, out: &Output) -> Result<i32, CliError> {
+    let rt = runtime()?;
+    rt.block_on(async {
+        let (store, _) = open_store(&a.store).await?;
+        load_run(store.as_ref(), &a.run).await?;
+        let mut after = 0;
+        loop {
+            let entries = store.journal(&a.run, after).await.map_err(store_error)?;
+            for n in &entries {
+                after = n.seq;
+                if out.json() {
+                    // One JSON object per line: a stream a pipeline can follow.
+                    out.line(&serde_json::to_string(n).unwrap_or_default());
+                } else if let Some(line) = event_line(n, out) {
+                    out.line(&format!("{} {line}", n.at.strftime("%H:%M:%S")));
+                }
+            }
+            if !a.follow {
+                break;
+            }
+            if entries.is_empty() {
+                let run = load_run(store.as_ref(), &a.run).await?;
+                if run.state.is_terminal() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        Ok(exit::SUCCESS)
+    })
+}
+
+fn control(a: RunArgs, c: Control, out: &Output) -> Result<i32, CliError> {
+    let rt = runtime()?;
+    rt.block_on(async {
+        let (store, db) = open_store(&a.store).await?;
+        let run = load_run(store.as_ref(), &a.run).await?;
+        let actor = store.pseudonym(&identity()).await.map_err(store_error)?;
+        let engine = engine_for(store.clone(), &db, &run.workdir);
+        let state = engine
+            .request(&a.run, &actor, c)
+            .await
+            .map_err(engine_error)?;
+        if out.json() {
+            out.json_value(&json!({"run": a.run, "requested": c.as_str(), "state": state}));
+        } else {
+            out.line(&format!(
+                "{} requested for run {} (now {})",
+                c.as_str(),
+                a.run,
+                state.as_str()
+            ));
+        }
+        Ok(exit::SUCCESS)
+    })
+}
+
+/// `slipway pause`.
+pub fn pause(a: RunArgs, out: &Output) -> Result<i32, CliError> {
+    control(a, Control::Pause, out)
+}
+
+/// `slipway abort`.
+pub fn abort(a: RunArgs, out: &Output) -> Result<i32, CliError> {
+    control(a, Control::Abort, out)
+}
+
+/// `slipway approve`.
+pub fn approve(a: ApproveArgs, out: &Output) -> Result<i32, CliError> {
+    let rt = runtime()?;
+    rt.block_on(async {
+        let (store, db) = open_store(&a.store).await?;
+        let run = load_run(store.as_ref(), &a.run).await?;
+        let me = store.pseudonym(&identity()).await.map_err(store_error)?;
+        let groups: Vec<String> = std::env::var("SLIPWAY_GROUPS")
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|g| !g.is_empty())
+            .map(str::to_owned)
+            .collect();
+        let engine = engine_for(store.clone(), &db, &run.workdir);
+        engine
+            .approve(&a.run, &me, groups, a.digest.as_deref())
+            .await
+            .map_err(engine_error)?;
+        let (need, tally) = engine.approvals(&a.run).await.map_err(engine_error)?;
+        if out.json() {
+            out.json_value(&json!({"run": a.run, "approver": me, "digest": run.digest,
+                "valid": tally.valid.len(), "required": need.required}));
+        } else {
+            out.line(&format!(
+                "approved plan {} of run {} ({}/{} approvals)",
+                &run.digest[..run.digest.len().min(12)],
+                a.run,
+                tally.valid.len(),
+                need.required
+            ));
+        }
+        Ok(exit::SUCCESS)
+    })
+}
+
+/// `slipway history`.
+pub fn history(a: HistoryArgs, out: &Output) -> Result<i32, CliError> {
+    let rt = runtime()?;
+    rt.block_on(async {
+        let (store, _) = open_store(&a.store).await?;
+        let runs = store.runs(a.limit).await.map_err(store_error)?;
+        if out.json() {
+            out.json_value(&runs);
+        } else {
+            let mut t = comfy_table::Table::new();
+            t.set_header(["run", "release", "version", "env", "state", "created"]);
+            for r in &runs {
+                t.add_row([
+                    r.id.clone(),
+                    r.release.clone(),
+                    r.version.clone(),
+                    r.environment.clone(),
+                    r.state.as_str().to_owned(),
+                    r.created_at.strftime("%Y-%m-%d %H:%M:%S").to_string(),
+                ]);
+            }
+            out.line(&t.to_string());
+        }
+        Ok(exit::SUCCESS)
+    })
+}
