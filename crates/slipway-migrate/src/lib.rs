@@ -15,6 +15,8 @@
 //! serializable report or an [`Error`]. Database URLs in errors and reports are masked.
 //! Only runtime queries are used (no `query!` macros), so building needs no database.
 
+pub mod backup;
+pub mod consistency;
 pub mod dryrun;
 pub mod error;
 pub mod files;
@@ -24,6 +26,8 @@ pub mod target;
 
 mod clock;
 
+pub use backup::{Backup, BackupKind, backup, restore};
+pub use consistency::{Check, CheckOutcome, Measure, Side, run_check};
 pub use dryrun::{DryRunReport, dry_run};
 pub use error::Error;
 pub use files::{Migration, MigrationSet};

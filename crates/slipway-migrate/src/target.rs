@@ -46,10 +46,6 @@ pub fn mask_url(url: &str) -> String {
 
 /// The password in a PostgreSQL URL, percent-decoded, for `PGPASSWORD` of child processes
 /// (so it never appears on a command line).
-#[cfg_attr(
-    not(test),
-    expect(dead_code, reason = "used by the backup module, which comes next")
-)]
 pub(crate) fn url_password(url: &str) -> Option<String> {
     let rest = url.split_once("://")?.1;
     let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
@@ -59,10 +55,6 @@ pub(crate) fn url_password(url: &str) -> Option<String> {
 }
 
 /// The URL without its password (what child processes get on their command line).
-#[cfg_attr(
-    not(test),
-    expect(dead_code, reason = "used by the backup module, which comes next")
-)]
 pub(crate) fn url_without_password(url: &str) -> String {
     mask_url(url).replacen(":***@", "@", 1)
 }

@@ -5,6 +5,8 @@
 mod common;
 
 mod apply;
+mod backup;
+mod consistency;
 mod dry_run;
 
 /// Every `tests/*.rs` file is a module of this runner, so none is silently skipped.
