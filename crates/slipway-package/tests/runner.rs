@@ -7,6 +7,8 @@
 
 mod common;
 mod test_archive;
+mod test_compat_openapi;
+mod test_compat_sql;
 mod test_deps;
 mod test_digest;
 mod test_inspect;
