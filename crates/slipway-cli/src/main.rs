@@ -7,6 +7,7 @@
 mod cmd_audit;
 mod cmd_package;
 mod cmd_plan;
+mod cmd_render;
 mod cmd_run;
 mod out;
 
@@ -89,6 +90,11 @@ pub enum Commands {
     /// Verify or export the hash-chained audit log.
     #[command(subcommand)]
     Audit(cmd_audit::AuditCommand),
+    /// Render config templates for an environment, secrets masked; strict placeholders.
+    Render(cmd_render::RenderArgs),
+    /// Backward compatibility: OpenAPI documents and SQL migrations.
+    #[command(subcommand)]
+    Compat(cmd_render::CompatCommand),
 }
 
 fn main() {
@@ -119,6 +125,8 @@ fn run(command: Commands, out: &Output) -> Result<i32, out::CliError> {
         Commands::Approve(a) => cmd_run::approve(a, out),
         Commands::History(a) => cmd_run::history(a, out),
         Commands::Audit(c) => cmd_audit::audit(c, out),
+        Commands::Render(a) => cmd_render::render(a, out),
+        Commands::Compat(c) => cmd_render::compat(c, out),
         Commands::Schema => {
             out.raw(&slipway_model::schema::schema_text());
             Ok(slipway_model::exit::SUCCESS)

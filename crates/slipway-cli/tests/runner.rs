@@ -7,6 +7,7 @@
 
 mod crash;
 mod plan_cli;
+mod render_cli;
 
 /// Every `.rs` file in tests/ must be a module of this runner, or it would never run.
 #[test]
