@@ -23,6 +23,8 @@ use crate::target::{Conn, Target, quote_ident, quote_literal};
 
 /// How long terminated sessions may take to disappear.
 const TERMINATE_WAIT: Duration = Duration::from_secs(10);
+/// How long sessions on the source may take to go away by themselves.
+const SETTLE_WAIT: Duration = Duration::from_secs(2);
 
 /// One pending migration in a dry run.
 #[derive(Debug, Clone, Serialize)]
@@ -306,9 +308,18 @@ async fn pg_clone(
             source,
         }
     };
-    let sessions = pg_sessions(c, source)
-        .await
-        .map_err(q("list sessions on the source"))?;
+    // A session that has just disconnected stays in pg_stat_activity until its backend
+    // exits; give such sessions a moment (PostgreSQL itself waits 5 s in CREATE DATABASE).
+    let settle = Instant::now() + SETTLE_WAIT;
+    let sessions = loop {
+        let sessions = pg_sessions(c, source)
+            .await
+            .map_err(q("list sessions on the source"))?;
+        if sessions.is_empty() || allow_terminate || Instant::now() >= settle {
+            break sessions;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     let mut terminated = Vec::new();
     if !sessions.is_empty() {
         if !allow_terminate {

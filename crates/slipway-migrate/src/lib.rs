@@ -21,6 +21,7 @@ pub mod dryrun;
 pub mod error;
 pub mod files;
 pub mod migrate;
+pub mod rehearse;
 pub mod schema;
 pub mod target;
 
@@ -32,5 +33,8 @@ pub use dryrun::{DryRunReport, dry_run};
 pub use error::Error;
 pub use files::{Migration, MigrationSet};
 pub use migrate::{ApplyOptions, ApplyReport, Status, UndoReport, apply, apply_with, status, undo};
+pub use rehearse::{
+    NoRedeploy, Objectives, Redeploy, RehearsalConfig, RehearsalReport, RollbackMethod, rehearse,
+};
 pub use schema::{Schema, SchemaDiff};
 pub use target::mask_url;

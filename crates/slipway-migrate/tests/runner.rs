@@ -8,6 +8,7 @@ mod apply;
 mod backup;
 mod consistency;
 mod dry_run;
+mod rehearse;
 
 /// Every `tests/*.rs` file is a module of this runner, so none is silently skipped.
 #[test]
