@@ -278,6 +278,45 @@ pub fn event_line(n: &Notice, out: &Output) -> Option<String> {
         EngineEvent::UndoFailed { step, error, .. } => format!("  undo of {step} failed: {error}"),
         EngineEvent::DeployRefused { reason, .. } => format!("refused: {reason}"),
         EngineEvent::WaveStarted { wave, steps } => format!("wave {wave}: {steps} step(s)"),
+        EngineEvent::StepProgress { step, detail, .. } => {
+            let kind = detail
+                .get("event")
+                .and_then(|v| v.as_str())
+                .unwrap_or("progress");
+            let what = match kind {
+                "weight_set" => format!("canary weight {}%", detail["weight"]),
+                "measured" => format!(
+                    "analysis {}: {}",
+                    detail["phase"].as_str().unwrap_or("?"),
+                    detail["measurement"]["results"]
+                        .as_array()
+                        .map(|r| r
+                            .iter()
+                            .map(|m| m["detail"].as_str().unwrap_or_default().to_owned())
+                            .collect::<Vec<_>>()
+                            .join("; "))
+                        .unwrap_or_default()
+                ),
+                "rolling_back" | "rolled_back" | "paused" => {
+                    format!("{kind}: {}", detail["reason"].as_str().unwrap_or_default())
+                }
+                "step_started" => format!(
+                    "canary step {}: {}",
+                    detail["index"],
+                    detail["step"].as_str().unwrap_or_default()
+                ),
+                "promoted" => format!(
+                    "promoted {}",
+                    detail["version"].as_str().unwrap_or_default()
+                ),
+                "canary_started" => format!(
+                    "canary started ({} instances)",
+                    detail["instances"].as_array().map_or(0, Vec::len)
+                ),
+                other => other.replace('_', " "),
+            };
+            format!("    {step}: {what}")
+        }
         _ => return None,
     };
     Some(s)

@@ -5,6 +5,7 @@
 //! exit codes here, so every failure a user sees says what to do next.
 
 mod cmd_audit;
+mod cmd_demo;
 mod cmd_package;
 mod cmd_plan;
 mod cmd_render;
@@ -53,6 +54,12 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Commands {
+    /// The product in two minutes: a sample shop, live traffic, a canary that promotes
+    /// and one that rolls back by itself. Needs no setup and no network.
+    Demo(cmd_demo::DemoArgs),
+    /// The demo's tiny HTTP service (used by `slipway demo`).
+    #[command(name = "demo-app", hide = true)]
+    DemoApp(cmd_demo::DemoAppArgs),
     /// Validate a spec and show the plan for one environment: waves, gates, risk, digest.
     Plan(cmd_plan::PlanArgs),
     /// Validate a spec: every problem at once, with file:line:column and a fix.
@@ -116,6 +123,8 @@ fn run(command: Commands, out: &Output) -> Result<i32, out::CliError> {
         Commands::Sign(a) => cmd_package::sign(a, out),
         Commands::Verify(a) => cmd_package::verify(a, out),
         Commands::Package(c) => cmd_package::package(c, out),
+        Commands::Demo(a) => cmd_demo::demo(a, out),
+        Commands::DemoApp(a) => cmd_demo::demo_app(a, out),
         Commands::Deploy(a) => cmd_run::deploy(a, out),
         Commands::Resume(a) => cmd_run::resume(a, out),
         Commands::Status(a) => cmd_run::status(a, out),

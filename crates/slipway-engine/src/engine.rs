@@ -686,6 +686,7 @@ impl Engine {
                 .filter(|s| s.wave == wave.index)
                 .collect();
             let mut failed = 0u32;
+            let mut errors: Vec<String> = Vec::new();
             let mut todo = Vec::new();
             let mut fresh = true;
             for s in &steps {
@@ -748,8 +749,9 @@ impl Engine {
                 match set.join_next().await {
                     None => break,
                     Some(joined) => {
-                        let ok = joined.map_err(|e| EngineError::Task(e.to_string()))??;
-                        if !ok {
+                        let failure = joined.map_err(|e| EngineError::Task(e.to_string()))??;
+                        if let Some(error) = failure {
+                            errors.push(error);
                             failed += 1;
                             if failed > budget && halt.is_none() {
                                 halt = Some(Halt::Budget);
@@ -769,8 +771,13 @@ impl Engine {
             match halt {
                 Some(Halt::Budget) => {
                     let reason = format!(
-                        "wave {} had {failed} failed step(s), over its failure budget of {budget}",
-                        wave.index
+                        "wave {} had {failed} failed step(s), over its failure budget of {budget}{}",
+                        wave.index,
+                        if errors.is_empty() {
+                            String::new()
+                        } else {
+                            format!(": {}", errors.join("; "))
+                        }
                     );
                     let end = self.rollback(ctx, &reason).await?;
                     return Ok(DriveOutcome::Finished(end));
@@ -792,25 +799,26 @@ impl Engine {
         Ok(DriveOutcome::Finished(RunState::Succeeded))
     }
 
-    /// Bring one step to done. `Ok(false)` when it failed.
+    /// Bring one step to done. `Ok(Some(error))` when it failed.
     async fn run_step(
         &self,
         run: &(String, String, String),
         step: PlannedStep,
         rec: Option<StepRecord>,
-    ) -> Result<bool, EngineError> {
+    ) -> Result<Option<String>, EngineError> {
         let (run_id, digest, actor) = run;
         let mut sctx = StepContext {
             run_id: run_id.clone(),
             step_id: step.id.clone(),
             key: step.idempotency_key.clone(),
             attempt: rec.as_ref().map_or(0, |r| r.attempts),
+            progress: None,
         };
         let commit = |events: Vec<EngineEvent>| self.commit(run_id, digest, actor, events);
         if let Some(r) = &rec {
             match r.status {
-                StepStatus::Succeeded => return Ok(true),
-                StepStatus::Failed => return Ok(false),
+                StepStatus::Succeeded => return Ok(None),
+                StepStatus::Failed => return Ok(Some(format!("{} failed earlier", step.id))),
                 StepStatus::Started => {
                     // Interrupted mid-step: look before doing anything.
                     let obs = self.target.observe(&sctx, &step.action).await;
@@ -831,7 +839,7 @@ impl Engine {
                                 },
                             ])
                             .await?;
-                            return Ok(true);
+                            return Ok(None);
                         }
                         Ok(Observation::NotDone { evidence }) => {
                             commit(vec![EngineEvent::StepObserved {
@@ -843,19 +851,20 @@ impl Engine {
                             .await?;
                         }
                         Err(e) => {
+                            let error = format!("observe the interrupted step: {e}");
                             commit(vec![EngineEvent::StepFailed {
                                 step: step.id.clone(),
                                 key: sctx.key.clone(),
-                                error: format!("observe the interrupted step: {e}"),
+                                error: error.clone(),
                                 output: None,
                             }])
                             .await?;
-                            return Ok(false);
+                            return Ok(Some(format!("{}: {error}", step.id)));
                         }
                     }
                 }
                 // Steps in undo states belong to a rollback, which is not driven here.
-                _ => return Ok(true),
+                _ => return Ok(None),
             }
         }
         sctx.attempt += 1;
@@ -865,7 +874,31 @@ impl Engine {
             attempt: sctx.attempt,
         }])
         .await?;
-        let event = match self.target.apply(&sctx, &step.action).await {
+        // Progress reports are journaled as they come, and all of them before the outcome.
+        let (ptx, mut prx) = tokio::sync::mpsc::unbounded_channel::<serde_json::Value>();
+        sctx.progress = Some(ptx);
+        let journal_progress = {
+            let this = self.clone();
+            let (run_id, digest, actor) = (run_id.clone(), digest.clone(), actor.clone());
+            let (step_id, key) = (step.id.clone(), sctx.key.clone());
+            tokio::spawn(async move {
+                while let Some(detail) = prx.recv().await {
+                    let ev = EngineEvent::StepProgress {
+                        step: step_id.clone(),
+                        key: key.clone(),
+                        detail,
+                    };
+                    this.commit(&run_id, &digest, &actor, vec![ev]).await?;
+                }
+                Ok::<(), StoreError>(())
+            })
+        };
+        let applied = self.target.apply(&sctx, &step.action).await;
+        sctx.progress = None;
+        journal_progress
+            .await
+            .map_err(|e| EngineError::Task(e.to_string()))??;
+        let event = match applied {
             Ok(Applied::Ran { output }) => EngineEvent::StepSucceeded {
                 step: step.id.clone(),
                 key: sctx.key.clone(),
@@ -891,9 +924,12 @@ impl Engine {
                 output: None,
             },
         };
-        let ok = matches!(event, EngineEvent::StepSucceeded { .. });
+        let failure = match &event {
+            EngineEvent::StepFailed { error, .. } => Some(format!("{}: {error}", step.id)),
+            _ => None,
+        };
         commit(vec![event]).await?;
-        Ok(ok)
+        Ok(failure)
     }
 
     /// Undo completed steps in reverse plan order. Returns the final state.
@@ -929,6 +965,7 @@ impl Engine {
                 step_id: step.id.clone(),
                 key: step.idempotency_key.clone(),
                 attempt: rec.attempts,
+                progress: None,
             };
             self.emit(
                 ctx,

@@ -301,6 +301,16 @@ pub enum EngineEvent {
         /// Why.
         error: String,
     },
+    /// Progress inside a long step, as reported by its target: for a canary, every weight
+    /// change, analysis measurement and rollback decision.
+    StepProgress {
+        /// Step id.
+        step: String,
+        /// Idempotency key.
+        key: String,
+        /// What happened (target-defined JSON; a rollout event for deploys).
+        detail: serde_json::Value,
+    },
 }
 
 impl EngineEvent {
@@ -323,6 +333,7 @@ impl EngineEvent {
             Self::UndoStarted { .. } => "undo_started",
             Self::UndoSucceeded { .. } => "undo_succeeded",
             Self::UndoFailed { .. } => "undo_failed",
+            Self::StepProgress { .. } => "step_progress",
         }
     }
 
@@ -337,6 +348,11 @@ impl EngineEvent {
             },
             Self::StepFailed { .. } | Self::UndoFailed { .. } => "failed".into(),
             Self::DeployRefused { .. } => "refused".into(),
+            Self::StepProgress { detail, .. } => detail
+                .get("event")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or("progress")
+                .to_owned(),
             Self::StepObserved { decision, .. } => match decision {
                 RecoveryDecision::Complete => "complete".into(),
                 RecoveryDecision::Reapply => "reapply".into(),

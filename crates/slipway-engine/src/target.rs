@@ -8,7 +8,7 @@ use slipway_model::plan::StepAction;
 use crate::BoxFuture;
 
 /// Identity of one application of a step.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct StepContext {
     /// Run id.
     pub run_id: String,
@@ -18,6 +18,21 @@ pub struct StepContext {
     pub key: String,
     /// 1 for the first attempt.
     pub attempt: u32,
+    /// Where a long step reports progress; each value is journaled as a
+    /// `step_progress` event before the step's outcome.
+    pub progress: Option<ProgressSink>,
+}
+
+/// A channel to the journal for a step's progress reports.
+pub type ProgressSink = tokio::sync::mpsc::UnboundedSender<serde_json::Value>;
+
+impl StepContext {
+    /// Report progress (dropped silently when nobody journals it).
+    pub fn report(&self, detail: serde_json::Value) {
+        if let Some(tx) = &self.progress {
+            let _ = tx.send(detail);
+        }
+    }
 }
 
 /// Captured output of a command, bounded (the tail is kept).

@@ -7,6 +7,7 @@
 //! and out.
 
 pub mod builtin;
+pub mod deploy;
 pub mod exec;
 pub mod process;
 pub mod traffic;

@@ -1,7 +1,11 @@
 //! Canaries with real processes and real HTTP traffic: the real `demo-app` binary as
 //! stable and canary, the built-in proxy in front, the load generator as users, and the
 //! rollout controller deciding.
-#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests: a panic is a failure")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests: a panic is a failure"
+)]
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

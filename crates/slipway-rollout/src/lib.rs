@@ -570,11 +570,13 @@ async fn promote(
     canary: Vec<Instance>,
     emit: &mut (dyn FnMut(RolloutEvent) + Send),
 ) -> Result<Outcome, RolloutError> {
-    world.router.set_weight(100).await?;
-    emit(RolloutEvent::WeightSet {
-        weight: 100,
-        verified: world.router.verify_weight().await,
-    });
+    if world.router.verify_weight().await != Some(100) {
+        world.router.set_weight(100).await?;
+        emit(RolloutEvent::WeightSet {
+            weight: 100,
+            verified: world.router.verify_weight().await,
+        });
+    }
     // The canary becomes the stable pool, then the old stable is retired.
     let addrs: Vec<SocketAddr> = canary.iter().map(|i| i.addr).collect();
     world.router.set_pools(&addrs, &[]).await?;

@@ -1,0 +1,768 @@
+//! `slipway demo`: the product in two minutes, with nothing to set up.
+//!
+//! Starts the sample shop (api and web, each a pair of `demo-app` processes behind its own
+//! built-in proxy), sends it steady live traffic, then runs three real, durable runs
+//! through the engine: the current version as a first deploy, a good version whose
+//! canaries promote, and a bad version whose api canary breaches the error-rate threshold
+//! and is rolled back automatically. A live table shows weights, request rates, error
+//! rates and p99 per version; the end verifies the audit chain and prints delivery
+//! figures. Every process it started is stopped when it ends or is interrupted.
+//!
+//! `demo-app` is this very binary (`slipway demo-app`, hidden): a tiny wrapper script on
+//! the instances' PATH points at it, so the demo needs no other program.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use slipway_engine::{DriveOptions, DriveOutcome, Engine, NewRunRequest, RunState, SystemClock};
+use slipway_model::exit;
+use slipway_model::plan::{self, Facts, Plan};
+use slipway_providers::builtin::BuiltinRouter;
+use slipway_providers::deploy::{CompositeTarget, DeployTarget, ServiceEvent};
+use slipway_providers::process::{ProcessTarget, ServiceProcess};
+use slipway_providers::traffic::{Traffic, TrafficStats};
+use slipway_proxy::{Proxy, ProxyConfig, ProxyHandle, Version};
+use slipway_rollout::RolloutEvent;
+
+use crate::out::{CliError, Output, Style};
+
+const RELEASES: [(&str, &str); 3] = [
+    (
+        "2.3.0",
+        include_str!("../../../examples/demo/shop-2.3.0.yaml"),
+    ),
+    (
+        "2.4.0",
+        include_str!("../../../examples/demo/shop-2.4.0.yaml"),
+    ),
+    (
+        "2.5.0",
+        include_str!("../../../examples/demo/shop-2.5.0.yaml"),
+    ),
+];
+
+/// `slipway demo`.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Examples:\n  slipway demo\n  slipway demo --output json\n  slipway demo --dir /tmp/shop --keep"
+)]
+pub struct DemoArgs {
+    /// Working directory for the demo's store, logs and diagnostics (default: a new
+    /// temporary directory).
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Keep the working directory afterwards (always kept when --dir is given).
+    #[arg(long)]
+    pub keep: bool,
+    /// Requests per second sent to each service.
+    #[arg(long, default_value_t = 200)]
+    pub rate: u32,
+}
+
+/// `slipway demo-app` (hidden): the demo's service.
+#[derive(Debug, clap::Args)]
+pub struct DemoAppArgs {
+    /// Port (0 picks one).
+    #[arg(long, default_value_t = 0)]
+    pub port: u16,
+    /// Version reported.
+    #[arg(long, default_value = "1.0.0")]
+    pub version: String,
+    /// Share of requests answered with 500.
+    #[arg(long, default_value_t = 0.0)]
+    pub error_rate: f64,
+    /// Added latency, e.g. `20ms`.
+    #[arg(long, default_value = "0", value_parser = demo_app::parse_duration)]
+    pub latency: Duration,
+    /// Every request after the first N is a 500.
+    #[arg(long)]
+    pub fail_after: Option<u64>,
+    /// Accepted for compatibility with the standalone binary; the service is single-threaded.
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+/// Run the demo service until SIGTERM or Ctrl-C.
+pub fn demo_app(a: DemoAppArgs, out: &Output) -> Result<i32, CliError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            CliError::new(
+                exit::INTERNAL,
+                format!("failed to start a runtime: {e}"),
+                None,
+            )
+        })?;
+    rt.block_on(async {
+        let server = demo_app::serve(demo_app::Config {
+            addr: std::net::SocketAddr::from(([127, 0, 0, 1], a.port)),
+            version: a.version,
+            error_rate: a.error_rate,
+            latency: a.latency,
+            fail_after: a.fail_after,
+        })
+        .await
+        .map_err(|e| {
+            CliError::input(
+                format!("failed to start demo-app: {e}"),
+                "pick another --port",
+            )
+        })?;
+        out.line(&format!("listening on {}", server.local_addr()));
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|e| {
+                CliError::new(
+                    exit::INTERNAL,
+                    format!("failed to watch SIGTERM: {e}"),
+                    None,
+                )
+            })?;
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        server.shutdown().await;
+        Ok(exit::SUCCESS)
+    })
+}
+
+/// One run of the demo, for the summary.
+#[derive(Debug, Clone, Serialize)]
+struct RunSummary {
+    version: String,
+    run_id: String,
+    state: String,
+    expected: String,
+    reason: Option<String>,
+    seconds: f64,
+}
+
+/// Everything the demo reports at the end.
+#[derive(Debug, Serialize)]
+struct Summary {
+    ok: bool,
+    runs: Vec<RunSummary>,
+    traffic: BTreeMap<String, TrafficView>,
+    audit: serde_json::Value,
+    delivery: serde_json::Value,
+    workdir: String,
+}
+
+#[derive(Debug, Serialize)]
+struct TrafficView {
+    sent: u64,
+    ok: u64,
+    server_errors: u64,
+    failed: u64,
+    served_by_canary: u64,
+    canary_errors_seen_by_users: u64,
+}
+
+impl From<TrafficStats> for TrafficView {
+    fn from(s: TrafficStats) -> Self {
+        Self {
+            sent: s.sent,
+            ok: s.ok,
+            server_errors: s.server_errors,
+            failed: s.failed,
+            served_by_canary: s.canary,
+            canary_errors_seen_by_users: s.canary_errors,
+        }
+    }
+}
+
+struct Shop {
+    dir: PathBuf,
+    proxies: BTreeMap<String, Arc<ProxyHandle>>,
+    traffic: BTreeMap<String, Traffic>,
+}
+
+/// `slipway demo`.
+pub fn demo(a: DemoArgs, out: &Output) -> Result<i32, CliError> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            CliError::new(
+                exit::INTERNAL,
+                format!("failed to start a runtime: {e}"),
+                None,
+            )
+        })?;
+    let (dir, temp) = match &a.dir {
+        Some(d) => {
+            std::fs::create_dir_all(d).map_err(|e| {
+                CliError::input(
+                    format!("failed to create {}: {e}", d.display()),
+                    "pass a writable --dir",
+                )
+            })?;
+            (d.clone(), None)
+        }
+        None => {
+            let t = tempfile::Builder::new()
+                .prefix("slipway-demo-")
+                .tempdir()
+                .map_err(|e| {
+                    CliError::new(
+                        exit::INTERNAL,
+                        format!("failed to create a temporary directory: {e}"),
+                        None,
+                    )
+                })?;
+            (t.path().to_path_buf(), Some(t))
+        }
+    };
+    let result = rt.block_on(async {
+        tokio::select! {
+            r = run_demo(&a, &dir, out) => r,
+            _ = tokio::signal::ctrl_c() => Err(CliError::new(
+                130,
+                "interrupted; every demo process has been stopped",
+                None,
+            )),
+        }
+    });
+    // Whatever happened, nothing the demo started may outlive it.
+    rt.block_on(stop_everything(&dir));
+    if a.keep
+        && let Some(t) = temp
+    {
+        let kept = t.keep();
+        out.eline(&format!("demo files kept in {}", kept.display()));
+    }
+    result
+}
+
+fn process_target(dir: &Path, plan: &Plan, bin: &Path) -> ProcessTarget {
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let services = plan
+        .services
+        .iter()
+        .filter_map(|(name, s)| {
+            let run = s.run.clone()?;
+            Some((
+                name.clone(),
+                ServiceProcess {
+                    run,
+                    readiness: s.readiness.clone(),
+                    env: BTreeMap::from([("PATH".to_owned(), path.clone())]),
+                    workdir: dir.to_path_buf(),
+                },
+            ))
+        })
+        .collect();
+    let mut t = ProcessTarget::new(dir.join("instances"), services);
+    t.stop_grace = Duration::from_secs(3);
+    t.ready_timeout = Duration::from_secs(20);
+    t
+}
+
+async fn stop_everything(dir: &Path) {
+    let t = ProcessTarget::new(dir.join("instances"), BTreeMap::new());
+    for s in ["api", "web"] {
+        let survey = t.running(s);
+        t.stop_instances(&survey.alive).await;
+    }
+}
+
+fn write_wrapper(dir: &Path) -> Result<PathBuf, CliError> {
+    use std::os::unix::fs::PermissionsExt;
+    let bin = dir.join("bin");
+    let exe = std::env::current_exe().map_err(|e| {
+        CliError::new(
+            exit::INTERNAL,
+            format!("failed to find the slipway binary: {e}"),
+            None,
+        )
+    })?;
+    std::fs::create_dir_all(&bin)
+        .and_then(|_| {
+            let script = bin.join("demo-app");
+            std::fs::write(
+                &script,
+                format!("#!/bin/sh\nexec '{}' demo-app \"$@\"\n", exe.display()),
+            )?;
+            std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))
+        })
+        .map_err(|e| {
+            CliError::new(
+                exit::INTERNAL,
+                format!("failed to write the demo-app wrapper: {e}"),
+                None,
+            )
+        })?;
+    Ok(bin)
+}
+
+async fn run_demo(a: &DemoArgs, dir: &Path, out: &Output) -> Result<i32, CliError> {
+    let bin = write_wrapper(dir)?;
+    let store_path = dir.join("slipway.db");
+    let store = Arc::new(
+        slipway_store::SqliteStore::open(&store_path)
+            .await
+            .map_err(|e| {
+                CliError::new(
+                    exit::STORE,
+                    format!("failed to open the demo store: {e}"),
+                    None,
+                )
+            })?,
+    );
+    let author = std::env::var("SLIPWAY_USER").unwrap_or_else(|_| "demo".into());
+
+    // The shop's front doors: one built-in proxy per service, on fixed ports for the life
+    // of the demo; traffic flows through them the whole time.
+    let mut shop = Shop {
+        dir: dir.to_path_buf(),
+        proxies: BTreeMap::new(),
+        traffic: BTreeMap::new(),
+    };
+    for s in ["api", "web"] {
+        let p = Proxy::start(ProxyConfig::default()).await.map_err(|e| {
+            CliError::new(
+                exit::INTERNAL,
+                format!("failed to start the {s} proxy: {e}"),
+                None,
+            )
+        })?;
+        shop.proxies.insert(s.to_owned(), Arc::new(p));
+    }
+    if !out.json() {
+        out.line(&format!(
+            "{} the sample shop: api and web, two instances each, behind built-in proxies (api {}, web {}); working directory {}",
+            out.paint("Starting", Style::Bold),
+            shop.proxies["api"].local_addr(),
+            shop.proxies["web"].local_addr(),
+            dir.display()
+        ));
+    }
+
+    let mut runs = Vec::new();
+    let expectations = [
+        (
+            "2.3.0",
+            RunState::Succeeded,
+            "first deploy of what runs today",
+        ),
+        (
+            "2.4.0",
+            RunState::Succeeded,
+            "good version: canaries promote",
+        ),
+        (
+            "2.5.0",
+            RunState::RolledBack,
+            "bad version: api canary rolls back",
+        ),
+    ];
+    let mut started_traffic = false;
+    for ((version, text), (_, expected, what)) in RELEASES.iter().zip(expectations.iter()) {
+        let loaded =
+            slipway_model::validate::load(&format!("examples/demo/shop-{version}.yaml"), text)
+                .map_err(|e| {
+                    CliError::new(
+                        exit::INTERNAL,
+                        format!(
+                            "the embedded demo spec is invalid:\n{}",
+                            e.render(false, 100)
+                        ),
+                        None,
+                    )
+                })?;
+        let plan = plan::plan(&loaded.spec, "demo", &Facts::default())
+            .map_err(|m| CliError::new(exit::INTERNAL, m, None))?;
+        if !out.json() {
+            out.line(&format!(
+                "\n{} shop {version} — {what} (plan sha256:{}…)",
+                out.paint("Deploying", Style::Bold),
+                &plan.digest[..12]
+            ));
+        }
+        let processes = process_target(dir, &plan, &bin);
+        let routers: BTreeMap<String, BuiltinRouter> = shop
+            .proxies
+            .iter()
+            .map(|(k, p)| (k.clone(), BuiltinRouter::new(p.clone())))
+            .collect();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let deploy = DeployTarget::new(plan.clone(), processes, routers, dir.join("diagnostics"))
+            .with_events(tx);
+        let target = Arc::new(CompositeTarget {
+            exec: None,
+            deploy: Some(Arc::new(deploy)),
+            migrate: None,
+        });
+        let engine = Engine::new(store.clone(), target, Arc::new(SystemClock))
+            .with_poll(Duration::from_millis(200));
+        let run = engine
+            .create_run(NewRunRequest {
+                plan: plan.clone(),
+                author: author.clone(),
+                override_freeze: None,
+                workdir: dir.display().to_string(),
+            })
+            .await
+            .map_err(|e| {
+                CliError::new(
+                    exit::FAILURE,
+                    format!("failed to create the run: {e}"),
+                    None,
+                )
+            })?;
+        let view = tokio::spawn(live_view(
+            rx,
+            shop.proxies.clone(),
+            out.json(),
+            out.color,
+            std::io::stderr().is_terminal(),
+        ));
+        let t0 = Instant::now();
+        let outcome = engine
+            .drive(&run.id, &author, DriveOptions::default())
+            .await
+            .map_err(|e| {
+                CliError::new(
+                    exit::FAILURE,
+                    format!("run {} failed to drive: {e}", run.id),
+                    None,
+                )
+            })?;
+        view.abort();
+        let state = match outcome {
+            DriveOutcome::Finished(s) => s,
+            DriveOutcome::Paused => RunState::Paused,
+            DriveOutcome::Blocked { .. } => RunState::WaitingForApproval,
+        };
+        let reason = run_reason(store.as_ref(), &run.id).await;
+        if !out.json() {
+            let verdict = if state == *expected {
+                out.paint(&format!("{state:?}"), Style::Good)
+            } else {
+                out.paint(&format!("{state:?} (expected {expected:?})"), Style::Bad)
+            };
+            out.line(&format!(
+                "  run {} → {verdict} in {:.1}s{}",
+                run.id,
+                t0.elapsed().as_secs_f64(),
+                reason
+                    .as_ref()
+                    .map(|r| format!("\n  reason: {r}"))
+                    .unwrap_or_default()
+            ));
+        }
+        runs.push(RunSummary {
+            version: (*version).to_owned(),
+            run_id: run.id.clone(),
+            state: format!("{state:?}"),
+            expected: format!("{expected:?}"),
+            reason,
+            seconds: t0.elapsed().as_secs_f64(),
+        });
+        if !started_traffic {
+            // Users arrive once the shop is up.
+            for (name, p) in &shop.proxies {
+                shop.traffic
+                    .insert(name.clone(), Traffic::start(p.local_addr(), "/", a.rate, 8));
+            }
+            started_traffic = true;
+            if !out.json() {
+                out.line(&format!("  live traffic: {} req/s to each service", a.rate));
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    }
+
+    let mut traffic = BTreeMap::new();
+    for (name, t) in std::mem::take(&mut shop.traffic) {
+        traffic.insert(name, TrafficView::from(t.stop().await));
+    }
+    for p in shop.proxies.values() {
+        // Other handles may still exist in finished targets; shutdown is by reference.
+        let _ = p;
+    }
+
+    // The evidence: the audit chain over everything the demo did.
+    let entries = slipway_engine::Store::audit_entries(store.as_ref())
+        .await
+        .map_err(|e| {
+            CliError::new(
+                exit::STORE,
+                format!("failed to read the audit chain: {e}"),
+                None,
+            )
+        })?;
+    let head = slipway_engine::Store::audit_head(store.as_ref())
+        .await
+        .map_err(|e| {
+            CliError::new(
+                exit::STORE,
+                format!("failed to read the audit head: {e}"),
+                None,
+            )
+        })?;
+    let audit = match slipway_engine::audit::verify(
+        &entries,
+        head.as_ref().map(|(s, h)| (*s, h.as_str())),
+    ) {
+        Ok(v) => {
+            serde_json::json!({ "ok": true, "entries": v.entries, "head_seq": v.head_seq, "head_hash": v.head_hash })
+        }
+        Err(b) => serde_json::json!({ "ok": false, "problem": b.to_string() }),
+    };
+    let delivery = delivery(&runs);
+    let ok = runs.iter().all(|r| r.state == r.expected) && audit["ok"] == true;
+    let summary = Summary {
+        ok,
+        runs,
+        traffic,
+        audit,
+        delivery,
+        workdir: shop.dir.display().to_string(),
+    };
+    if out.json() {
+        out.json_value(&summary);
+    } else {
+        print_summary(&summary, out);
+    }
+    Ok(if ok { exit::SUCCESS } else { exit::FAILURE })
+}
+
+async fn run_reason(store: &dyn slipway_engine::Store, run: &str) -> Option<String> {
+    let journal = store.journal(run, 0).await.ok()?;
+    journal.iter().rev().find_map(|r| match &r.event {
+        slipway_engine::EngineEvent::StepFailed { error, .. } => Some(error.clone()),
+        _ => None,
+    })
+}
+
+fn delivery(runs: &[RunSummary]) -> serde_json::Value {
+    let n = runs.len() as f64;
+    let failed: Vec<&RunSummary> = runs.iter().filter(|r| r.state != "Succeeded").collect();
+    let rolled_back = runs.iter().filter(|r| r.state == "RolledBack").count();
+    let span: f64 = runs.iter().map(|r| r.seconds).sum();
+    serde_json::json!({
+        "deployments": runs.len(),
+        "succeeded": runs.len() - failed.len(),
+        "change_failure_rate": if n > 0.0 { failed.len() as f64 / n } else { 0.0 },
+        "rollback_frequency": if n > 0.0 { rolled_back as f64 / n } else { 0.0 },
+        "deployments_per_hour": if span > 0.0 { n / span * 3600.0 } else { 0.0 },
+        "failed_deployment_recovery_seconds": failed.iter().map(|r| r.seconds).fold(0.0, f64::max),
+    })
+}
+
+fn print_summary(s: &Summary, out: &Output) {
+    out.line(&format!("\n{}", out.paint("Summary", Style::Bold)));
+    for r in &s.runs {
+        let mark = if r.state == r.expected {
+            out.paint("✓", Style::Good)
+        } else {
+            out.paint("✗", Style::Bad)
+        };
+        out.line(&format!(
+            "  {mark} shop {:<6} {:<11} {:>5.1}s  run {}",
+            r.version, r.state, r.seconds, r.run_id
+        ));
+    }
+    for (name, t) in &s.traffic {
+        out.line(&format!(
+            "  users of {name}: {} requests, {} ok, {} 5xx ({} of them from a canary), {} connection failures",
+            t.sent, t.ok, t.server_errors, t.canary_errors_seen_by_users, t.failed
+        ));
+    }
+    if s.audit["ok"] == true {
+        out.line(&format!(
+            "  audit chain verified: {} entries, head {}",
+            s.audit["entries"],
+            s.audit["head_hash"].as_str().unwrap_or_default()
+        ));
+    } else {
+        out.line(&format!(
+            "  {} {}",
+            out.paint("audit chain broken:", Style::Bad),
+            s.audit["problem"]
+        ));
+    }
+    let d = &s.delivery;
+    out.line(&format!(
+        "  delivery: {} deployments, change failure rate {:.0}%, rollback frequency {:.0}%, recovery {:.1}s",
+        d["deployments"],
+        d["change_failure_rate"].as_f64().unwrap_or(0.0) * 100.0,
+        d["rollback_frequency"].as_f64().unwrap_or(0.0) * 100.0,
+        d["failed_deployment_recovery_seconds"].as_f64().unwrap_or(0.0),
+    ));
+    out.line(&format!(
+        "\n{}",
+        if s.ok {
+            out.paint("Both outcomes happened as intended.", Style::Good)
+        } else {
+            out.paint("The demo did not go as intended.", Style::Bad)
+        }
+    ));
+}
+
+/// Live table (on a terminal: redrawn in place; otherwise: a line per second) and a line
+/// per rollout decision.
+async fn live_view(
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<ServiceEvent>,
+    proxies: BTreeMap<String, Arc<ProxyHandle>>,
+    quiet: bool,
+    color: bool,
+    tty: bool,
+) {
+    use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+    if quiet {
+        while rx.recv().await.is_some() {}
+        return;
+    }
+    let mp = MultiProgress::with_draw_target(if tty {
+        ProgressDrawTarget::stderr()
+    } else {
+        ProgressDrawTarget::hidden()
+    });
+    let style = ProgressStyle::with_template("  {msg}")
+        .unwrap_or_else(|_| ProgressStyle::default_spinner());
+    let header = mp.add(ProgressBar::new_spinner().with_style(style.clone()));
+    header.set_message(format!(
+        "{:<5} {:>6} │ {:>7} {:>7} {:>8} │ {:>7} {:>7} {:>8}",
+        "svc", "weight", "stable/s", "err%", "p99", "canary/s", "err%", "p99"
+    ));
+    let rows: BTreeMap<String, ProgressBar> = proxies
+        .keys()
+        .map(|k| {
+            (
+                k.clone(),
+                mp.add(ProgressBar::new_spinner().with_style(style.clone())),
+            )
+        })
+        .collect();
+    let mut last: BTreeMap<String, slipway_proxy::MetricsSnapshot> = proxies
+        .iter()
+        .map(|(k, p)| (k.clone(), p.snapshot()))
+        .collect();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let say = |line: String| {
+        if tty {
+            let _ = mp.println(line);
+        } else {
+            #[allow(
+                clippy::print_stderr,
+                reason = "the live view is part of the CLI's output"
+            )]
+            {
+                eprintln!("{line}");
+            }
+        }
+    };
+    loop {
+        tokio::select! {
+            ev = rx.recv() => {
+                let Some(ev) = ev else { break };
+                if let Some(line) = describe(&ev, color) {
+                    say(line);
+                }
+            }
+            _ = tick.tick() => {
+                for (name, p) in &proxies {
+                    let now = p.snapshot();
+                    let prev = last.get(name).cloned().unwrap_or_else(|| now.clone());
+                    let d = now.since(&prev);
+                    let row = |v: Version| {
+                        let s = d.version(v);
+                        let err = s.error_rate().map_or("-".to_owned(), |e| format!("{:.1}", e * 100.0));
+                        let p99 = s.latency_quantile(0.99).map_or("-".to_owned(), |l| format!("{:.1}ms", l.as_secs_f64() * 1000.0));
+                        (s.requests, err, p99)
+                    };
+                    let (sr, se, sp) = row(Version::Stable);
+                    let (cr, ce, cp) = row(Version::Canary);
+                    let line = format!(
+                        "{:<5} {:>5}% │ {:>7} {:>7} {:>8} │ {:>7} {:>7} {:>8}",
+                        name, now.canary_weight, sr, se, sp, cr, ce, cp
+                    );
+                    if tty {
+                        if let Some(r) = rows.get(name) { r.set_message(line); r.tick(); }
+                    } else if cr > 0 || now.canary_weight > 0 {
+                        say(format!("  {line}"));
+                    }
+                    last.insert(name.clone(), now);
+                }
+            }
+        }
+    }
+    let _ = mp.clear();
+}
+
+fn describe(ev: &ServiceEvent, color: bool) -> Option<String> {
+    let paint = |t: &str, good: bool| {
+        if !color {
+            return t.to_owned();
+        }
+        use owo_colors::OwoColorize;
+        if good {
+            t.green().to_string()
+        } else {
+            t.red().bold().to_string()
+        }
+    };
+    let s = &ev.service;
+    Some(match &ev.event {
+        RolloutEvent::CanaryStarted { instances } => format!(
+            "  {s}: canary {} started on {}",
+            instances.first().map(|i| i.version.as_str()).unwrap_or("?"),
+            instances
+                .iter()
+                .map(|i| i.addr.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        RolloutEvent::WeightSet { weight, .. } => format!("  {s}: canary weight → {weight}%"),
+        RolloutEvent::Measured {
+            measurement,
+            phase,
+            window,
+            ..
+        } => {
+            let verdicts: Vec<String> = measurement
+                .results
+                .iter()
+                .map(|r| format!("{} {:?}", r.metric, r.phase))
+                .collect();
+            format!(
+                "  {s}: analysis {:?} ({} canary / {} stable requests): {}",
+                phase,
+                window.canary_requests,
+                window.stable_requests,
+                verdicts.join(", ")
+            )
+        }
+        RolloutEvent::RollingBack { reason } => {
+            format!("  {s}: {} {reason}", paint("ROLLING BACK:", false))
+        }
+        RolloutEvent::StableConfirmed { instances } => {
+            format!(
+                "  {s}: stable confirmed ready ({instances} instances) before moving traffic back"
+            )
+        }
+        RolloutEvent::CanaryDrained { in_flight } => {
+            format!("  {s}: canary drained ({in_flight} in flight)")
+        }
+        RolloutEvent::RolledBack { .. } => {
+            format!("  {s}: {}", paint("rolled back; canary stopped", false))
+        }
+        RolloutEvent::Promoted { version } => {
+            format!("  {s}: {}", paint(&format!("{version} promoted"), true))
+        }
+        RolloutEvent::Paused { reason } => format!("  {s}: paused: {reason}"),
+        RolloutEvent::StepStarted { .. } | RolloutEvent::Intervened { .. } => return None,
+    })
+}

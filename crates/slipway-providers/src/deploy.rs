@@ -1,0 +1,449 @@
+//! `Deploy` steps on the process target: a progressive rollout per service through the
+//! built-in proxy, or a straight replacement when there is nothing to canary against.
+//!
+//! The rollout controller (`slipway-rollout`) decides; this module wires it to the world
+//! (process instances, the service's proxy), streams its [`RolloutEvent`]s to whoever
+//! watches (the live view), and keeps a diagnostics bundle per rolled-back canary under
+//! the run: the analysis measurements and the canary's logs, so the evidence survives the
+//! instances.
+//!
+//! A canary that is rolled back fails its step with the reason (metric, value, threshold);
+//! the engine then rolls the run back. A canary that pauses (inconclusive analysis, manual
+//! pause) fails its step with `paused:` and leaves both versions running.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use slipway_engine::{
+    Applied, BoxFuture, Observation, StepContext, StepOutput, Target, TargetError,
+};
+use slipway_model::plan::{Plan, StepAction};
+use slipway_rollout::{
+    Canary, Instances, Interventions, NoInterventions, Outcome, Role, RolloutEvent, TrafficRouter,
+    World, run_canary,
+};
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::builtin::BuiltinRouter;
+use crate::process::ProcessTarget;
+
+/// A rollout event with the service it belongs to.
+#[derive(Debug, Clone)]
+pub struct ServiceEvent {
+    /// Service.
+    pub service: String,
+    /// What happened.
+    pub event: RolloutEvent,
+}
+
+/// Runs `Deploy` steps.
+pub struct DeployTarget {
+    plan: Plan,
+    processes: ProcessTarget,
+    /// The previous version's processes, to restore on undo.
+    previous: Option<ProcessTarget>,
+    routers: BTreeMap<String, BuiltinRouter>,
+    events: Option<UnboundedSender<ServiceEvent>>,
+    interventions: Arc<dyn Interventions>,
+    diagnostics: PathBuf,
+    /// How long a canary may take to drain after its weight went to 0.
+    pub drain_timeout: Duration,
+}
+
+impl DeployTarget {
+    /// A deploy target for one plan: `routers` holds the proxy of each service.
+    pub fn new(
+        plan: Plan,
+        processes: ProcessTarget,
+        routers: BTreeMap<String, BuiltinRouter>,
+        diagnostics: impl Into<PathBuf>,
+    ) -> Self {
+        Self {
+            plan,
+            processes,
+            previous: None,
+            routers,
+            events: None,
+            interventions: Arc::new(NoInterventions),
+            diagnostics: diagnostics.into(),
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// Stream rollout events here.
+    pub fn with_events(mut self, tx: UnboundedSender<ServiceEvent>) -> Self {
+        self.events = Some(tx);
+        self
+    }
+
+    /// Where human interventions come from.
+    pub fn with_interventions(mut self, i: Arc<dyn Interventions>) -> Self {
+        self.interventions = i;
+        self
+    }
+
+    /// The previous release's processes (for undo after promotion).
+    pub fn with_previous(mut self, previous: ProcessTarget) -> Self {
+        self.previous = Some(previous);
+        self
+    }
+
+    fn service_of(ctx: &StepContext) -> &str {
+        ctx.step_id.split('/').next().unwrap_or(&ctx.step_id)
+    }
+
+    fn router(&self, service: &str) -> Result<&BuiltinRouter, TargetError> {
+        self.routers.get(service).ok_or_else(|| {
+            TargetError::Io(format!(
+                "no traffic router for service `{service}`: the process target needs one proxy per service"
+            ))
+        })
+    }
+
+    async fn deploy(
+        &self,
+        ctx: &StepContext,
+        service: &str,
+        version: &str,
+        replicas: u32,
+    ) -> Result<Applied, TargetError> {
+        let router = self.router(service)?;
+        let survey = self.processes.running(service);
+        // Already running this version (a re-applied step after a crash): nothing to do.
+        let current: Vec<_> = survey
+            .alive
+            .iter()
+            .filter(|i| i.version == version)
+            .cloned()
+            .collect();
+        if !current.is_empty() && survey.alive.iter().all(|i| i.version == version) {
+            return Ok(Applied::AlreadyDone {
+                guard: format!(
+                    "{} instance(s) of {service} {version} already serving",
+                    current.len()
+                ),
+            });
+        }
+        // A canary left behind by an interrupted attempt is retired before a fresh one.
+        if !current.is_empty() {
+            self.processes.stop_instances(&current).await;
+        }
+        let stable: Vec<_> = survey
+            .alive
+            .into_iter()
+            .filter(|i| i.version != version)
+            .collect();
+        let emit_to = self.events.clone();
+        let svc = service.to_owned();
+        let mut log: Vec<RolloutEvent> = Vec::new();
+        let mut emit = |e: RolloutEvent| {
+            // Journaled by the engine as `step_progress`, before the step's outcome.
+            if let Ok(v) = serde_json::to_value(&e) {
+                ctx.report(v);
+            }
+            if let Some(tx) = &emit_to {
+                let _ = tx.send(ServiceEvent {
+                    service: svc.clone(),
+                    event: e.clone(),
+                });
+            }
+            log.push(e);
+        };
+        let canary = self.plan.strategy.canary.as_ref();
+        let outcome = match (canary, stable.is_empty()) {
+            (Some(c), false) => {
+                let world = World {
+                    instances: &self.processes,
+                    router,
+                    metrics: router,
+                    interventions: self.interventions.as_ref(),
+                    drain_timeout: self.drain_timeout,
+                };
+                run_canary(
+                    Canary {
+                        service,
+                        version,
+                        replicas,
+                        stable,
+                        steps: &c.steps,
+                        background: c.analysis.as_ref(),
+                        templates: &self.plan.analysis_templates,
+                        start_step: 0,
+                    },
+                    &world,
+                    &mut emit,
+                )
+                .await
+                .map_err(|e| TargetError::Io(e.to_string()))?
+            }
+            _ => {
+                // Nothing to compare against (first deploy) or not a canary: replace.
+                let fresh = self
+                    .processes
+                    .start(service, version, replicas, Role::Stable)
+                    .await
+                    .map_err(|e| TargetError::Io(e.to_string()))?;
+                let addrs: Vec<_> = fresh.iter().map(|i| i.addr).collect();
+                router
+                    .set_pools(&addrs, &[])
+                    .await
+                    .map_err(|e| TargetError::Io(e.to_string()))?;
+                router
+                    .set_weight(0)
+                    .await
+                    .map_err(|e| TargetError::Io(e.to_string()))?;
+                self.processes.stop_instances(&stable).await;
+                emit(RolloutEvent::Promoted {
+                    version: version.to_owned(),
+                });
+                Outcome::Promoted { instances: fresh }
+            }
+        };
+        match outcome {
+            Outcome::Promoted { instances } => Ok(Applied::Ran {
+                output: StepOutput {
+                    exit_code: Some(0),
+                    stdout: format!(
+                        "{service} {version} serving on {} instance(s): {}",
+                        instances.len(),
+                        instances
+                            .iter()
+                            .map(|i| i.addr.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                    stderr: String::new(),
+                    truncated: false,
+                },
+            }),
+            Outcome::RolledBack {
+                reason,
+                measurements,
+            } => {
+                let bundle = self.keep_diagnostics(service, version, &log, &measurements);
+                Err(TargetError::Failed {
+                    message: format!("canary rolled back: {reason}"),
+                    output: StepOutput {
+                        exit_code: None,
+                        stdout: bundle
+                            .map(|p| format!("diagnostics kept in {}", p.display()))
+                            .unwrap_or_default(),
+                        stderr: String::new(),
+                        truncated: false,
+                    },
+                })
+            }
+            Outcome::Paused { reason } => Err(TargetError::Failed {
+                message: format!("paused: {reason}"),
+                output: StepOutput::default(),
+            }),
+        }
+    }
+
+    /// Measurements and canary logs into `<diagnostics>/<service>-<version>/`.
+    fn keep_diagnostics(
+        &self,
+        service: &str,
+        version: &str,
+        log: &[RolloutEvent],
+        measurements: &[slipway_model::analysis::Measurement],
+    ) -> Option<PathBuf> {
+        let dir = self.diagnostics.join(format!("{service}-{version}"));
+        std::fs::create_dir_all(&dir).ok()?;
+        let events: String = log
+            .iter()
+            .filter_map(|e| serde_json::to_string(e).ok())
+            .map(|l| l + "\n")
+            .collect();
+        std::fs::write(dir.join("rollout-events.jsonl"), events).ok()?;
+        std::fs::write(
+            dir.join("measurements.json"),
+            serde_json::to_vec_pretty(measurements).ok()?,
+        )
+        .ok()?;
+        for e in log {
+            if let RolloutEvent::CanaryStarted { instances } = e {
+                for i in instances {
+                    if let Some(p) = &i.log_path {
+                        let _ = std::fs::copy(p, dir.join(format!("{}.log", i.id)));
+                    }
+                }
+            }
+        }
+        Some(dir)
+    }
+}
+
+impl Target for DeployTarget {
+    fn kind(&self) -> &'static str {
+        "process"
+    }
+
+    fn apply<'a>(
+        &'a self,
+        ctx: &'a StepContext,
+        action: &'a StepAction,
+    ) -> BoxFuture<'a, Result<Applied, TargetError>> {
+        Box::pin(async move {
+            match action {
+                StepAction::Deploy { version, replicas } => {
+                    self.deploy(ctx, Self::service_of(ctx), version, *replicas)
+                        .await
+                }
+                other => Err(TargetError::Unsupported {
+                    target: "process",
+                    action: slipway_engine::target::action_kind(other),
+                }),
+            }
+        })
+    }
+
+    fn observe<'a>(
+        &'a self,
+        ctx: &'a StepContext,
+        action: &'a StepAction,
+    ) -> BoxFuture<'a, Result<Observation, TargetError>> {
+        Box::pin(async move {
+            let StepAction::Deploy { version, .. } = action else {
+                return Err(TargetError::Unsupported {
+                    target: "process",
+                    action: slipway_engine::target::action_kind(action),
+                });
+            };
+            let service = Self::service_of(ctx);
+            let survey = self.processes.running(service);
+            let serving =
+                !survey.alive.is_empty() && survey.alive.iter().all(|i| &i.version == version);
+            let evidence = format!(
+                "{} alive instance(s) of {service}: {}; {} dead",
+                survey.alive.len(),
+                survey
+                    .alive
+                    .iter()
+                    .map(|i| format!("{}@{}", i.version, i.addr))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                survey.dead.len()
+            );
+            if serving {
+                // Make sure the proxy routes to what is running (the proxy may be new).
+                if let Ok(r) = self.router(service) {
+                    let addrs: Vec<_> = survey.alive.iter().map(|i| i.addr).collect();
+                    let _ = r.set_pools(&addrs, &[]).await;
+                    let _ = r.set_weight(0).await;
+                }
+                Ok(Observation::Done { evidence })
+            } else {
+                Ok(Observation::NotDone { evidence })
+            }
+        })
+    }
+
+    fn undo<'a>(
+        &'a self,
+        ctx: &'a StepContext,
+        action: &'a StepAction,
+    ) -> BoxFuture<'a, Result<Option<StepOutput>, TargetError>> {
+        Box::pin(async move {
+            let StepAction::Deploy { version, replicas } = action else {
+                return Ok(None);
+            };
+            let service = Self::service_of(ctx);
+            let Some(prev) = &self.previous else {
+                return Err(TargetError::Failed {
+                    message: format!(
+                        "{service} {version} was promoted and the previous version's run command is not known; roll forward"
+                    ),
+                    output: StepOutput::default(),
+                });
+            };
+            let router = self.router(service)?;
+            let survey = self.processes.running(service);
+            let prev_version = self
+                .plan
+                .env
+                .deployed
+                .get(service)
+                .cloned()
+                .unwrap_or_else(|| "previous".into());
+            let restored = prev
+                .start(service, &prev_version, *replicas, Role::Stable)
+                .await
+                .map_err(|e| TargetError::Io(e.to_string()))?;
+            let addrs: Vec<_> = restored.iter().map(|i| i.addr).collect();
+            router
+                .set_pools(&addrs, &[])
+                .await
+                .map_err(|e| TargetError::Io(e.to_string()))?;
+            self.processes.stop_instances(&survey.alive).await;
+            Ok(Some(StepOutput {
+                exit_code: Some(0),
+                stdout: format!("{service} back on {prev_version}"),
+                stderr: String::new(),
+                truncated: false,
+            }))
+        })
+    }
+}
+
+/// One target for a whole plan: each action kind goes to the target that handles it.
+pub struct CompositeTarget {
+    /// `exec` steps.
+    pub exec: Option<Arc<dyn Target>>,
+    /// `deploy` steps.
+    pub deploy: Option<Arc<dyn Target>>,
+    /// `migrate` steps.
+    pub migrate: Option<Arc<dyn Target>>,
+}
+
+impl CompositeTarget {
+    fn pick(&self, action: &StepAction) -> Result<&Arc<dyn Target>, TargetError> {
+        let t = match action {
+            StepAction::Exec(_) => &self.exec,
+            StepAction::Deploy { .. } => &self.deploy,
+            StepAction::Migrate { .. } => &self.migrate,
+        };
+        t.as_ref().ok_or(TargetError::Unsupported {
+            target: "composite",
+            action: slipway_engine::target::action_kind(action),
+        })
+    }
+}
+
+impl Target for CompositeTarget {
+    fn kind(&self) -> &'static str {
+        "composite"
+    }
+    fn apply<'a>(
+        &'a self,
+        ctx: &'a StepContext,
+        action: &'a StepAction,
+    ) -> BoxFuture<'a, Result<Applied, TargetError>> {
+        match self.pick(action) {
+            Ok(t) => t.apply(ctx, action),
+            Err(e) => Box::pin(async move { Err(e) }),
+        }
+    }
+    fn observe<'a>(
+        &'a self,
+        ctx: &'a StepContext,
+        action: &'a StepAction,
+    ) -> BoxFuture<'a, Result<Observation, TargetError>> {
+        match self.pick(action) {
+            Ok(t) => t.observe(ctx, action),
+            Err(e) => Box::pin(async move { Err(e) }),
+        }
+    }
+    fn undo<'a>(
+        &'a self,
+        ctx: &'a StepContext,
+        action: &'a StepAction,
+    ) -> BoxFuture<'a, Result<Option<StepOutput>, TargetError>> {
+        match self.pick(action) {
+            Ok(t) => t.undo(ctx, action),
+            Err(e) => Box::pin(async move { Err(e) }),
+        }
+    }
+}
