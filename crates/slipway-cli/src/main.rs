@@ -6,6 +6,7 @@
 
 mod cmd_audit;
 mod cmd_demo;
+mod cmd_migrate;
 mod cmd_package;
 mod cmd_plan;
 mod cmd_render;
@@ -102,6 +103,12 @@ pub enum Commands {
     /// Backward compatibility: OpenAPI documents and SQL migrations.
     #[command(subcommand)]
     Compat(cmd_render::CompatCommand),
+    /// Database migrations: status, apply, undo, dry run on a clone.
+    #[command(subcommand)]
+    Migrate(cmd_migrate::MigrateCommand),
+    /// Database backups: create (content-addressed) and restore.
+    #[command(subcommand)]
+    Backup(cmd_migrate::BackupCommand),
 }
 
 fn main() {
@@ -136,6 +143,8 @@ fn run(command: Commands, out: &Output) -> Result<i32, out::CliError> {
         Commands::Audit(c) => cmd_audit::audit(c, out),
         Commands::Render(a) => cmd_render::render(a, out),
         Commands::Compat(c) => cmd_render::compat(c, out),
+        Commands::Migrate(c) => cmd_migrate::migrate(c, out),
+        Commands::Backup(c) => cmd_migrate::backup(c, out),
         Commands::Schema => {
             out.raw(&slipway_model::schema::schema_text());
             Ok(slipway_model::exit::SUCCESS)

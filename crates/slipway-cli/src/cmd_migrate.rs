@@ -1,0 +1,360 @@
+//! `slipway migrate status|apply|undo|dry-run` and `slipway backup create|restore`: thin
+//! wrappers over `slipway-migrate` (PostgreSQL and SQLite).
+
+use std::path::PathBuf;
+
+use slipway_migrate as mig;
+use slipway_model::exit;
+
+use crate::out::{CliError, Output, Style};
+
+/// `slipway migrate …`.
+#[derive(Debug, clap::Subcommand)]
+pub enum MigrateCommand {
+    /// Applied, pending, out-of-order, missing and changed migrations; roll-forward-only ones.
+    #[command(
+        after_help = "Exit 1 when an applied file changed, an applied version's file is missing, or a pending version is older than the latest applied.\n\nExamples:\n  slipway migrate status --url sqlite://shop.db --dir migrations\n  slipway migrate status --url postgres://app@db:5432/shop --dir migrations --output json"
+    )]
+    Status(MigrateArgs),
+    /// Apply pending migrations in order, each in its own transaction.
+    #[command(
+        after_help = "Refuses (exit 2, nothing changed) when an applied file changed or a pending version is out of order. Exit 1 when a migration fails: it was rolled back and nothing after it ran.\n\nExample:\n  slipway migrate apply --url sqlite://shop.db --dir migrations"
+    )]
+    Apply(ApplyArgs),
+    /// Undo applied migrations above a version with their U scripts, newest first.
+    Undo(UndoArgs),
+    /// Clone the database, apply pending migrations, undo them, compare schemas, drop the clone.
+    #[command(
+        after_help = "Exit 1 when a migration fails or undo does not restore the schema exactly.\n\nExample:\n  slipway migrate dry-run --url postgres://app@db:5432/shop --dir migrations --output json"
+    )]
+    DryRun(DryRunArgs),
+}
+
+/// Where the database and the migrations are.
+#[derive(Debug, clap::Args)]
+pub struct MigrateArgs {
+    /// Database URL: postgres://user[:password]@host:port/db or sqlite://PATH.
+    #[arg(long, env = "SLIPWAY_DATABASE_URL", value_name = "URL")]
+    pub url: String,
+    /// Directory of V{n}__name.sql and U{n}__name.sql files.
+    #[arg(long, value_name = "DIR")]
+    pub dir: PathBuf,
+}
+
+/// `slipway migrate apply`.
+#[derive(Debug, clap::Args)]
+pub struct ApplyArgs {
+    #[command(flatten)]
+    pub target: MigrateArgs,
+    /// Recorded as `applied_by` (default: $USER).
+    #[arg(long)]
+    pub who: Option<String>,
+    /// Apply pending versions older than the latest applied one instead of refusing.
+    #[arg(long)]
+    pub allow_out_of_order: bool,
+}
+
+/// `slipway migrate undo`.
+#[derive(Debug, clap::Args)]
+pub struct UndoArgs {
+    #[command(flatten)]
+    pub target: MigrateArgs,
+    /// Undo every applied version above this one (0 undoes all).
+    #[arg(long, value_name = "VERSION")]
+    pub to: i64,
+}
+
+/// `slipway migrate dry-run`.
+#[derive(Debug, clap::Args)]
+pub struct DryRunArgs {
+    #[command(flatten)]
+    pub target: MigrateArgs,
+    /// PostgreSQL: terminate other sessions on the source database so it can be cloned.
+    #[arg(long)]
+    pub allow_terminate: bool,
+}
+
+/// `slipway backup …`.
+#[derive(Debug, clap::Subcommand)]
+pub enum BackupCommand {
+    /// Back up a database (pg_dump custom format, or an SQLite copy) into a content-addressed store.
+    #[command(
+        after_help = "Example:\n  slipway backup create --url sqlite://shop.db --store backups"
+    )]
+    Create(BackupCreateArgs),
+    /// Restore a stored backup (checked against its digest first).
+    #[command(
+        after_help = "Exit 7 when the backup file no longer matches its digest.\n\nExample:\n  slipway backup restore --store backups --digest sha256:… --url sqlite://shop.db"
+    )]
+    Restore(BackupRestoreArgs),
+}
+
+/// `slipway backup create`.
+#[derive(Debug, clap::Args)]
+pub struct BackupCreateArgs {
+    /// Database URL.
+    #[arg(long, env = "SLIPWAY_DATABASE_URL", value_name = "URL")]
+    pub url: String,
+    /// Backup store directory (backups go to STORE/sha256/<digest>).
+    #[arg(long, value_name = "STORE")]
+    pub store: PathBuf,
+}
+
+/// `slipway backup restore`.
+#[derive(Debug, clap::Args)]
+pub struct BackupRestoreArgs {
+    /// Database URL to restore into.
+    #[arg(long, env = "SLIPWAY_DATABASE_URL", value_name = "URL")]
+    pub url: String,
+    /// Backup store directory.
+    #[arg(long, value_name = "STORE")]
+    pub store: PathBuf,
+    /// The backup's digest (sha256:<hex>), as printed by `backup create`.
+    #[arg(long)]
+    pub digest: String,
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            CliError::new(
+                exit::INTERNAL,
+                format!("failed to start the async runtime: {e}"),
+                None,
+            )
+        })
+}
+
+/// Map a library error to an exit code and a hint.
+fn cli_error(e: mig::Error) -> CliError {
+    use mig::Error as E;
+    let (code, hint) = match &e {
+        E::BadUrl { .. } | E::BadMigrations { .. } | E::Io { .. } => (exit::INVALID_INPUT, None),
+        E::ChecksumMismatch { .. }
+        | E::OutOfOrder { .. }
+        | E::Irreversible { .. }
+        | E::UndoMissing { .. } => (exit::INVALID_INPUT, Some("nothing was changed".to_owned())),
+        E::CloneBlocked { .. } => (
+            exit::BLOCKED,
+            Some("re-run with --allow-terminate where the environment allows it".to_owned()),
+        ),
+        E::BackupDigest { .. } => (exit::TAMPERED, None),
+        E::Connect { .. } => (
+            exit::FAILURE,
+            Some("check the URL, that the server is up and reachable".to_owned()),
+        ),
+        _ => (exit::FAILURE, None),
+    };
+    CliError::new(code, format!("failed to {e}"), hint)
+}
+
+/// `slipway migrate …`.
+pub fn migrate(cmd: MigrateCommand, out: &Output) -> Result<i32, CliError> {
+    let rt = runtime()?;
+    rt.block_on(async {
+        match cmd {
+            MigrateCommand::Status(a) => {
+                let st = mig::status(&a.url, &a.dir).await.map_err(cli_error)?;
+                if out.json() {
+                    out.json_value(&st);
+                } else {
+                    out.line(&out.paint(
+                        &format!(
+                            "{} (latest applied: {})",
+                            st.database,
+                            fmt_version(st.latest_applied)
+                        ),
+                        Style::Bold,
+                    ));
+                    for e in &st.entries {
+                        let state = format!("{:?}", e.state);
+                        let rev = if e.reversible {
+                            ""
+                        } else {
+                            "  roll-forward-only"
+                        };
+                        out.line(&format!(
+                            "  V{:<5} {:<17} {}{rev}",
+                            e.version, state, e.description
+                        ));
+                    }
+                    for e in st
+                        .entries
+                        .iter()
+                        .filter(|e| e.state == mig::migrate::State::ChecksumMismatch)
+                    {
+                        out.line(&out.paint(
+                            &format!(
+                                "  V{} changed: recorded {}, file {}",
+                                e.version,
+                                e.history.as_ref().map(|h| h.checksum.as_str()).unwrap_or_default(),
+                                e.file_checksum.as_deref().unwrap_or_default()
+                            ),
+                            Style::Bad,
+                        ));
+                    }
+                }
+                Ok(if st.is_clean() {
+                    exit::SUCCESS
+                } else {
+                    exit::FAILURE
+                })
+            }
+            MigrateCommand::Apply(a) => {
+                let who = a
+                    .who
+                    .or_else(|| std::env::var("USER").ok())
+                    .unwrap_or_else(|| "slipway".into());
+                let opts = mig::ApplyOptions {
+                    who,
+                    allow_out_of_order: a.allow_out_of_order,
+                };
+                let r = mig::apply_with(&a.target.url, &a.target.dir, &opts)
+                    .await
+                    .map_err(cli_error)?;
+                if out.json() {
+                    out.json_value(&r);
+                } else {
+                    for s in &r.applied {
+                        out.line(&format!(
+                            "applied V{} {} ({} ms, {} rows)",
+                            s.version, s.description, s.duration_ms, s.rows_affected
+                        ));
+                    }
+                    if r.applied.is_empty() {
+                        out.line("nothing to apply");
+                    }
+                    if !r.roll_forward_only.is_empty() {
+                        out.line(&out.paint(
+                            &format!("roll-forward-only (no U script): {:?}", r.roll_forward_only),
+                            Style::Warn,
+                        ));
+                    }
+                    if !r.missing.is_empty() {
+                        out.line(&out.paint(
+                            &format!(
+                                "applied but missing from {}: {:?}",
+                                a.target.dir.display(),
+                                r.missing
+                            ),
+                            Style::Warn,
+                        ));
+                    }
+                }
+                Ok(exit::SUCCESS)
+            }
+            MigrateCommand::Undo(a) => {
+                let r = mig::undo(&a.target.url, &a.target.dir, a.to)
+                    .await
+                    .map_err(cli_error)?;
+                if out.json() {
+                    out.json_value(&r);
+                } else {
+                    for s in &r.undone {
+                        out.line(&format!(
+                            "undid V{} {} ({} ms, {} rows)",
+                            s.version, s.description, s.duration_ms, s.rows_affected
+                        ));
+                    }
+                    out.line(&format!(
+                        "latest applied: {}",
+                        fmt_version(r.latest_applied)
+                    ));
+                }
+                Ok(exit::SUCCESS)
+            }
+            MigrateCommand::DryRun(a) => {
+                let r = mig::dry_run(&a.target.url, &a.target.dir, a.allow_terminate)
+                    .await
+                    .map_err(cli_error)?;
+                if out.json() {
+                    out.json_value(&r);
+                } else {
+                    out.line(&format!("clone {} in {} ms", r.clone, r.clone_ms));
+                    for s in &r.steps {
+                        let undo = s
+                            .undo_ms
+                            .map_or_else(|| "not undone".to_owned(), |ms| format!("undo {ms} ms"));
+                        out.line(&format!(
+                            "  V{:<5} apply {} ms, {} rows, {undo}  {}",
+                            s.version, s.apply_ms, s.rows_affected, s.description
+                        ));
+                    }
+                    out.line(&format!("apply {} ms, undo {} ms", r.apply_ms, r.undo_ms));
+                    for e in r.apply_error.iter().chain(&r.undo_error) {
+                        out.line(&out.paint(e, Style::Bad));
+                    }
+                    if r.undo_restores_schema {
+                        out.line(&out.paint("undo restores the schema exactly", Style::Good));
+                    } else {
+                        out.line(&out.paint("undo does NOT restore the schema:", Style::Bad));
+                        for d in &r.schema_differences {
+                            out.line(&format!("  {d}"));
+                        }
+                    }
+                    if !r.roll_forward_only.is_empty() {
+                        out.line(&out.paint(
+                            &format!("roll-forward-only: {:?}", r.roll_forward_only),
+                            Style::Warn,
+                        ));
+                    }
+                    if let Some(e) = &r.drop_error {
+                        out.line(&out.paint(
+                            &format!("the clone {} was not dropped: {e}", r.clone),
+                            Style::Bad,
+                        ));
+                    }
+                }
+                Ok(if r.passed() && r.clone_dropped {
+                    exit::SUCCESS
+                } else {
+                    exit::FAILURE
+                })
+            }
+        }
+    })
+}
+
+/// `slipway backup …`.
+pub fn backup(cmd: BackupCommand, out: &Output) -> Result<i32, CliError> {
+    let rt = runtime()?;
+    rt.block_on(async {
+        match cmd {
+            BackupCommand::Create(a) => {
+                let b = mig::backup(&a.url, &a.store).await.map_err(cli_error)?;
+                if out.json() {
+                    out.json_value(&b);
+                } else {
+                    out.line(&format!(
+                        "{} {} bytes in {} ms",
+                        b.digest, b.size, b.duration_ms
+                    ));
+                    out.line(&out.paint(&b.path.display().to_string(), Style::Dim));
+                }
+                Ok(exit::SUCCESS)
+            }
+            BackupCommand::Restore(a) => {
+                let b = mig::backup::load(&a.store, &a.digest).map_err(cli_error)?;
+                mig::restore(&b, &a.url).await.map_err(cli_error)?;
+                if out.json() {
+                    out.json_value(
+                        &serde_json::json!({ "restored": b.digest, "into": mig::mask_url(&a.url) }),
+                    );
+                } else {
+                    out.line(&format!(
+                        "restored {} into {}",
+                        b.digest,
+                        mig::mask_url(&a.url)
+                    ));
+                }
+                Ok(exit::SUCCESS)
+            }
+        }
+    })
+}
+
+fn fmt_version(v: Option<i64>) -> String {
+    v.map_or_else(|| "none".to_owned(), |v| format!("V{v}"))
+}
