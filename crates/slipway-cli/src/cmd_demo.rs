@@ -58,8 +58,9 @@ pub struct DemoArgs {
     /// Keep the working directory afterwards (always kept when --dir is given).
     #[arg(long)]
     pub keep: bool,
-    /// Requests per second sent to each service.
-    #[arg(long, default_value_t = 200)]
+    /// Requests per second sent to each service (the canary at 10% needs enough of them
+    /// per analysis window to be judged: below ~200 the analysis turns inconclusive).
+    #[arg(long, default_value_t = 300)]
     pub rate: u32,
 }
 

@@ -131,7 +131,9 @@ fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
 fn cli_error(e: mig::Error) -> CliError {
     use mig::Error as E;
     let (code, hint) = match &e {
-        E::BadUrl { .. } | E::BadMigrations { .. } | E::Io { .. } => (exit::INVALID_INPUT, None),
+        E::BadUrl { .. } | E::BadMigrations { .. } | E::Io { .. } | E::Unsupported(_) => {
+            (exit::INVALID_INPUT, None)
+        }
         E::ChecksumMismatch { .. }
         | E::OutOfOrder { .. }
         | E::Irreversible { .. }

@@ -243,7 +243,7 @@ pub fn validate(a: ValidateArgs, out: &Output) -> Result<i32, CliError> {
 pub fn make_plan(file: &Path, env: &str, out: &Output) -> Result<(LoadedSpec, Plan), CliError> {
     let loaded = load_spec(file, out)?;
     let facts = gather_facts(file, &loaded);
-    let p = plan::plan(&loaded.spec, env, &facts).map_err(|m| {
+    let mut p = plan::plan(&loaded.spec, env, &facts).map_err(|m| {
         CliError::input(
             m,
             format!(
@@ -252,6 +252,23 @@ pub fn make_plan(file: &Path, env: &str, out: &Output) -> Result<(LoadedSpec, Pl
             ),
         )
     })?;
+    // Packaging checks (config placeholders, version constraints against what runs there,
+    // migration compatibility) need the files beside the spec, so they run here rather
+    // than in the pure planner. Findings are advisory data and not part of the digest.
+    let dir = file
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let checks = slipway_package::plan_checks(
+        &loaded.spec,
+        dir,
+        env,
+        &slipway_package::CheckFacts {
+            deployed: facts.deployed.clone(),
+            applied_migrations: BTreeMap::new(),
+        },
+    );
+    p.findings.extend(checks.findings);
     Ok((loaded, p))
 }
 

@@ -49,6 +49,9 @@ pub struct DeployArgs {
     /// Deploy inside a freeze (needs --reason and a second person's approval).
     #[arg(long, requires = "reason")]
     pub override_freeze: bool,
+    /// Wait while another release holds the environment's lease instead of exiting 3.
+    #[arg(long)]
+    pub wait: bool,
     /// Why the freeze is overridden (audited).
     #[arg(long)]
     pub reason: Option<String>,
@@ -64,6 +67,9 @@ pub struct RunArgs {
     /// Exit with code 3 instead of waiting for a window or approvals.
     #[arg(long)]
     pub no_wait: bool,
+    /// (resume) Wait while another release holds the environment's lease.
+    #[arg(long)]
+    pub wait: bool,
     #[command(flatten)]
     pub store: StoreArg,
 }
@@ -330,8 +336,11 @@ async fn drive_foreground(
     actor: &str,
     no_wait: bool,
     continued: bool,
+    lease_wait: bool,
     out: &Output,
 ) -> Result<i32, CliError> {
+    // No two runs deploy to one environment: take its lease before driving.
+    let mut lease = crate::cmd_env::take(engine.store().clone(), run, lease_wait, out).await?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Notice>();
     let engine = engine.with_notices(tx);
     let tty = std::io::stderr().is_terminal() && !out.json();
@@ -385,10 +394,31 @@ async fn drive_foreground(
             }
         })
     };
-    let result = engine.drive(&run.id, actor, DriveOptions { no_wait }).await;
+    let result = tokio::select! {
+        r = engine.drive(&run.id, actor, DriveOptions { no_wait }) => r,
+        // Our lease lapsed and another run took the environment: stop at once, as a crash
+        // would (the journal makes the run resumable), rather than deploy beside it.
+        Ok(other) = &mut lease.lost => {
+            return Err(CliError::new(
+                exit::BLOCKED,
+                format!(
+                    "failed to keep the lease on `{}`: it lapsed and run `{}` ({}) took it; run {} stopped",
+                    run.environment, other.holder, other.release, run.id
+                ),
+                Some(format!("continue with `slipway resume {}` once that release is done", run.id)),
+            ));
+        }
+    };
     drop(engine);
     let _ = printer.await;
     let outcome = result.map_err(engine_error)?;
+    // A finished run gives the environment back; a paused or blocked one lets its lease
+    // lapse at expiry (resume takes it again if still free).
+    if matches!(outcome, DriveOutcome::Finished(_)) {
+        lease.release().await?;
+    } else {
+        lease.lapse();
+    }
     let code = exit_for(&outcome);
     if out.json() {
         out.json_value(&outcome_json(&run.id, &outcome, continued));
@@ -465,6 +495,16 @@ pub fn deploy(a: DeployArgs, out: &Output) -> Result<i32, CliError> {
         let (store, db) = open_store(&a.store).await?;
         let me = identity();
         let author = store.pseudonym(&me).await.map_err(store_error)?;
+        if !a.wait {
+            // Refuse before creating a run when another release holds the environment.
+            let mine = store
+                .active_run(&plan.digest, &plan.environment)
+                .await
+                .map_err(store_error)?
+                .map(|r| r.id);
+            crate::cmd_env::refuse_if_leased(store.as_ref(), &plan.environment, mine.as_deref())
+                .await?;
+        }
         let engine = engine_for(store.clone(), &db, &workdir.to_string_lossy());
         let (run, continued) = engine
             .create_or_continue(NewRunRequest {
@@ -494,6 +534,9 @@ pub fn deploy(a: DeployArgs, out: &Output) -> Result<i32, CliError> {
                 .arg(format!("sqlite://{}", db.display()));
             if a.no_wait {
                 c.arg("--no-wait");
+            }
+            if a.wait {
+                c.arg("--wait");
             }
             use std::os::unix::process::CommandExt;
             c.stdin(std::process::Stdio::null())
@@ -527,6 +570,7 @@ pub fn deploy(a: DeployArgs, out: &Output) -> Result<i32, CliError> {
             &author,
             a.no_wait,
             continued,
+            a.wait,
             out,
         )
         .await
@@ -542,7 +586,7 @@ pub fn resume(a: RunArgs, out: &Output) -> Result<i32, CliError> {
         let actor = store.pseudonym(&identity()).await.map_err(store_error)?;
         let plan: Option<Plan> = serde_json::from_str(&run.plan_json).ok();
         let engine = engine_for(store.clone(), &db, &run.workdir);
-        drive_foreground(engine, &run, plan.as_ref(), &actor, a.no_wait, true, out).await
+        drive_foreground(engine, &run, plan.as_ref(), &actor, a.no_wait, true, a.wait, out).await
     })
 }
 

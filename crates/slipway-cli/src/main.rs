@@ -6,6 +6,7 @@
 
 mod cmd_audit;
 mod cmd_demo;
+mod cmd_env;
 mod cmd_migrate;
 mod cmd_package;
 mod cmd_plan;
@@ -95,6 +96,9 @@ pub enum Commands {
     Approve(cmd_run::ApproveArgs),
     /// List runs, newest first.
     History(cmd_run::HistoryArgs),
+    /// Environment leases: take, release and list them (deploys take them by themselves).
+    #[command(subcommand)]
+    Env(cmd_env::EnvCommand),
     /// Verify or export the hash-chained audit log.
     #[command(subcommand)]
     Audit(cmd_audit::AuditCommand),
@@ -141,6 +145,7 @@ fn run(command: Commands, out: &Output) -> Result<i32, out::CliError> {
         Commands::Approve(a) => cmd_run::approve(a, out),
         Commands::History(a) => cmd_run::history(a, out),
         Commands::Audit(c) => cmd_audit::audit(c, out),
+        Commands::Env(c) => cmd_env::env(c, out),
         Commands::Render(a) => cmd_render::render(a, out),
         Commands::Compat(c) => cmd_render::compat(c, out),
         Commands::Migrate(c) => cmd_migrate::migrate(c, out),

@@ -6,6 +6,7 @@
 )]
 
 mod crash;
+mod demo_cli;
 mod plan_cli;
 mod render_cli;
 
