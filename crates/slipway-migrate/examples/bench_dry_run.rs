@@ -17,7 +17,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if !r.passed() {
         return Err(format!("dry run did not pass: {r:#?}").into());
     }
-    let slowest = r.steps.iter().max_by_key(|s| s.apply_ms).map(|s| (s.version, s.apply_ms));
+    let slowest = r
+        .steps
+        .iter()
+        .max_by_key(|s| s.apply_ms)
+        .map(|s| (s.version, s.apply_ms));
     println!(
         "{}",
         serde_json::json!({

@@ -119,7 +119,7 @@ pub fn load(store_dir: &Path, digest: &str) -> Result<Backup> {
     let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
     if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(Error::Unsupported(format!(
-            "failed to find backup `{digest}`: a digest is sha256:<64 hex digits>"
+            "find backup `{digest}`: a digest is sha256:<64 hex digits>"
         )));
     }
     let meta = store_dir.join("sha256").join(format!("{hex}.json"));
@@ -128,12 +128,8 @@ pub fn load(store_dir: &Path, digest: &str) -> Result<Backup> {
         path: meta.clone(),
         source,
     })?;
-    serde_json::from_slice(&bytes).map_err(|e| {
-        Error::Unsupported(format!(
-            "failed to read backup metadata `{}`: {e}",
-            meta.display()
-        ))
-    })
+    serde_json::from_slice(&bytes)
+        .map_err(|e| Error::Unsupported(format!("read backup metadata `{}`: {e}", meta.display())))
 }
 
 /// Restore `backup` into `url`, after checking the file still matches its digest.
@@ -164,7 +160,7 @@ pub async fn restore(backup: &Backup, url: &str) -> Result<()> {
         }
         (Target::Sqlite { path }, BackupKind::SqliteFile) => restore_file(&backup.path, path),
         _ => Err(Error::Unsupported(format!(
-            "failed to restore backup {}: a {:?} backup cannot be restored into `{}`",
+            "restore backup {}: a {:?} backup cannot be restored into `{}`",
             backup.digest,
             backup.kind,
             target.display()

@@ -175,7 +175,7 @@ async fn measure(side: &Side, m: &Measure) -> Result<Value> {
             let order: Vec<String> = order_by.iter().map(|c| quote_ident(c)).collect();
             if cols.is_empty() || order.is_empty() {
                 return Err(Error::Unsupported(format!(
-                    "failed to run a checksum on {}: name the columns and a unique order_by",
+                    "run a checksum on {}: name the columns and a unique order_by",
                     side.table
                 )));
             }

@@ -91,9 +91,13 @@ pub enum Error {
         expected: String,
         actual: String,
     },
-    /// The operation does not make sense for this target (e.g. restoring a PostgreSQL dump to SQLite).
+    /// The request does not make sense (a malformed digest, a PostgreSQL dump restored into
+    /// SQLite, a checksum without columns).
     #[error("{0}")]
     Unsupported(String),
+    /// Another migrator holds the database's migration lock.
+    #[error("{0}")]
+    Locked(String),
     /// The rehearsal did not reach the previous version in time.
     #[error("rehearse rollback: {0}")]
     Rehearsal(String),

@@ -478,8 +478,8 @@ async fn lock(conn: &mut Conn, target: &Target) -> Result<()> {
             return Ok(());
         }
         if Instant::now() >= deadline {
-            return Err(Error::Unsupported(format!(
-                "failed to take the migration lock on `{}` within {LOCK_WAIT:?}: another migrator is running",
+            return Err(Error::Locked(format!(
+                "take the migration lock on `{}` within {LOCK_WAIT:?}: another migrator is running",
                 target.display()
             )));
         }

@@ -81,8 +81,8 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// A parsed database URL.
-#[derive(Debug, Clone)]
+/// A parsed database URL. `Debug` masks the password (the parsed options hold it).
+#[derive(Clone)]
 pub enum Target {
     /// PostgreSQL; `url` is the original URL (with password) and `opts` its parsed form.
     Postgres {
@@ -91,6 +91,12 @@ pub enum Target {
     },
     /// SQLite file.
     Sqlite { path: PathBuf },
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Target({})", self.display())
+    }
 }
 
 impl Target {
@@ -265,6 +271,14 @@ mod tests {
             url_without_password("postgres://app:pw@db:1/x"),
             "postgres://app@db:1/x"
         );
+    }
+
+    #[test]
+    fn debug_never_shows_the_password() {
+        let t = Target::parse("postgres://app:hunter2@db:5432/shop").unwrap();
+        let shown = format!("{t:?} {}", t.display());
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("app:***@db:5432/shop"), "{shown}");
     }
 
     #[test]
