@@ -113,11 +113,15 @@ pub fn held_error(environment: &str, l: &LeaseRecord, run: Option<&str>) -> CliE
         "wait with `slipway deploy --wait`, or when its holder crashed: it is reclaimed at expiry (or `slipway env release ENV --force`)",
     );
     if let Some(r) = run {
-        hint = format!("run {r} was created and waits; continue it with `slipway resume {r}`; {hint}");
+        hint =
+            format!("run {r} was created and waits; continue it with `slipway resume {r}`; {hint}");
     }
     CliError::new(
         exit::BLOCKED,
-        format!("failed to deploy to `{environment}`: the environment is {}", describe(l)),
+        format!(
+            "failed to deploy to `{environment}`: the environment is {}",
+            describe(l)
+        ),
         Some(hint.replace("ENV", environment)),
     )
 }
@@ -223,8 +227,10 @@ pub async fn take(
                 announced = Some(l.holder.clone());
                 // Poll at a fraction of the lease: a release is seen within it, an
                 // expiry at most that long after it.
-                tokio::time::sleep((ttl / 4).clamp(Duration::from_millis(50), Duration::from_secs(2)))
-                    .await;
+                tokio::time::sleep(
+                    (ttl / 4).clamp(Duration::from_millis(50), Duration::from_secs(2)),
+                )
+                .await;
             }
             LeaseOutcome::Held(l) => return Err(held_error(&run.environment, &l, Some(&run.id))),
         }

@@ -329,6 +329,10 @@ pub fn event_line(n: &Notice, out: &Output) -> Option<String> {
 }
 
 /// Drive a run in the foreground with live progress, then report.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one private call shape shared by deploy and resume; a struct would only rename them"
+)]
 async fn drive_foreground(
     engine: Engine,
     run: &RunRecord,
@@ -586,7 +590,17 @@ pub fn resume(a: RunArgs, out: &Output) -> Result<i32, CliError> {
         let actor = store.pseudonym(&identity()).await.map_err(store_error)?;
         let plan: Option<Plan> = serde_json::from_str(&run.plan_json).ok();
         let engine = engine_for(store.clone(), &db, &run.workdir);
-        drive_foreground(engine, &run, plan.as_ref(), &actor, a.no_wait, true, a.wait, out).await
+        drive_foreground(
+            engine,
+            &run,
+            plan.as_ref(),
+            &actor,
+            a.no_wait,
+            true,
+            a.wait,
+            out,
+        )
+        .await
     })
 }
 

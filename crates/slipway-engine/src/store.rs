@@ -116,6 +116,50 @@ pub struct ApprovalRecord {
     pub at: Timestamp,
 }
 
+/// A lease on an environment: while it is live, no other run deploys there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseRecord {
+    /// The environment leased.
+    pub environment: String,
+    /// The holder: the id of the run that deploys there.
+    pub holder: String,
+    /// What the holder deploys (`name version`), for the refusal message.
+    pub release: String,
+    /// When the holder first took it.
+    pub acquired_at: Timestamp,
+    /// When it lapses unless renewed.
+    pub expires_at: Timestamp,
+}
+
+/// Ask for (or renew) a lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseRequest {
+    /// The environment.
+    pub environment: String,
+    /// The run asking.
+    pub holder: String,
+    /// `name version` of the release.
+    pub release: String,
+    /// The caller's clock (expiry is judged against it, so tests can move time).
+    pub now: Timestamp,
+    /// How long the lease lasts from `now`.
+    pub ttl: std::time::Duration,
+}
+
+/// The answer to a [`LeaseRequest`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseOutcome {
+    /// Granted or renewed. `reclaimed` names the expired holder it replaced, if any.
+    Granted {
+        /// The lease now held.
+        lease: LeaseRecord,
+        /// The holder whose lease had expired and was taken over.
+        reclaimed: Option<LeaseRecord>,
+    },
+    /// Another run holds a live lease.
+    Held(LeaseRecord),
+}
+
 /// Held while a process drives a run; dropping it lets another driver take over.
 pub trait RunClaim: Send + Sync {}
 
@@ -200,4 +244,17 @@ pub trait Store: Send + Sync {
     /// live process holds it. Released on drop or when the process dies.
     fn claim<'a>(&'a self, run_id: &'a str)
     -> BoxFuture<'a, Result<Box<dyn RunClaim>, StoreError>>;
+    /// Take, renew or reclaim the lease on `req.environment`, as one compare-and-swap:
+    /// granted when the environment is free, the lease is the caller's own, or the
+    /// current lease expired at `req.now`; otherwise [`LeaseOutcome::Held`].
+    fn acquire_lease(&self, req: LeaseRequest) -> BoxFuture<'_, Result<LeaseOutcome, StoreError>>;
+    /// Give the lease on an environment up. With `holder`, only if that run holds it;
+    /// without, whoever holds it (by hand). Returns the lease removed.
+    fn release_lease<'a>(
+        &'a self,
+        environment: &'a str,
+        holder: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Option<LeaseRecord>, StoreError>>;
+    /// Every lease recorded, live or expired, by environment.
+    fn leases(&self) -> BoxFuture<'_, Result<Vec<LeaseRecord>, StoreError>>;
 }

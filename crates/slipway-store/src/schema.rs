@@ -6,7 +6,7 @@
 //! unmigratable one is refused with what to do; neither is ever read as if it were current.
 
 /// The journal format this build writes.
-pub const JOURNAL_FORMAT: u32 = 2;
+pub const JOURNAL_FORMAT: u32 = 3;
 /// The oldest format this build can migrate.
 pub const OLDEST_MIGRATABLE: u32 = 1;
 
@@ -79,6 +79,17 @@ CREATE TABLE identities (
     id TEXT PRIMARY KEY,
     name TEXT UNIQUE,
     created_at TEXT NOT NULL
+);
+"#,
+    // Format 3: environment leases (one live holder per environment; expiry in epoch
+    // milliseconds so a take-over compares numbers inside one transaction).
+    r#"
+CREATE TABLE leases (
+    environment TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    release TEXT NOT NULL,
+    acquired_at TEXT NOT NULL,
+    expires_ms INTEGER NOT NULL
 );
 "#,
 ];

@@ -21,7 +21,8 @@ use sha2_free::pseudonym_id;
 use slipway_engine::audit::{AuditEntry, GENESIS};
 use slipway_engine::event::{Control, EngineEvent, Notice, RunState, StepStatus};
 use slipway_engine::store::{
-    ApprovalRecord, JournalRecord, NewRun, RunClaim, RunRecord, StepRecord, Store, StoreError,
+    ApprovalRecord, JournalRecord, LeaseOutcome, LeaseRecord, LeaseRequest, NewRun, RunClaim,
+    RunRecord, StepRecord, Store, StoreError,
 };
 use slipway_engine::{BoxFuture, StepOutput};
 use sqlx::sqlite::{
@@ -33,6 +34,7 @@ use sqlx::sqlite::{
 use sqlx::{AssertSqlSafe, Connection, Row};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::leases::{LeaseOp, LeaseReply};
 use crate::schema::{JOURNAL_FORMAT, MIGRATIONS, OLDEST_MIGRATABLE};
 
 /// Largest number of queued writes merged into one transaction.
@@ -43,12 +45,14 @@ enum Write {
     CreateRun(Box<(NewRun, JournalRecord)>),
     Pseudonym(String),
     Erase(String),
+    Lease(LeaseOp),
 }
 
 enum Reply {
     Done,
     Id(String),
     Erased(bool),
+    Lease(LeaseReply),
 }
 
 type Pending = (Write, oneshot::Sender<Result<Reply, StoreError>>);
@@ -317,6 +321,7 @@ async fn apply_all(
                     .rows_affected();
                 Reply::Erased(n > 0)
             }
+            Write::Lease(op) => Reply::Lease(crate::leases::apply(&mut tx, op).await?),
         };
         replies.push(reply);
     }
@@ -807,5 +812,35 @@ impl Store for SqliteStore {
                 Err(std::fs::TryLockError::Error(e)) => Err(unavailable(e)),
             }
         })
+    }
+
+    fn acquire_lease(&self, req: LeaseRequest) -> BoxFuture<'_, Result<LeaseOutcome, StoreError>> {
+        Box::pin(async move {
+            match self.send(Write::Lease(LeaseOp::Acquire(req))).await? {
+                Reply::Lease(LeaseReply::Acquired(o)) => Ok(o),
+                _ => Err(StoreError::Query("the writer answered out of turn".into())),
+            }
+        })
+    }
+
+    fn release_lease<'a>(
+        &'a self,
+        environment: &'a str,
+        holder: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Option<LeaseRecord>, StoreError>> {
+        Box::pin(async move {
+            let op = LeaseOp::Release {
+                environment: environment.to_owned(),
+                holder: holder.map(str::to_owned),
+            };
+            match self.send(Write::Lease(op)).await? {
+                Reply::Lease(LeaseReply::Released(l)) => Ok(l),
+                _ => Err(StoreError::Query("the writer answered out of turn".into())),
+            }
+        })
+    }
+
+    fn leases(&self) -> BoxFuture<'_, Result<Vec<LeaseRecord>, StoreError>> {
+        Box::pin(crate::leases::all(&self.read))
     }
 }

@@ -35,6 +35,38 @@ async fn format_1_is_migrated_and_its_runs_read() {
 }
 
 #[tokio::test]
+async fn format_2_is_migrated_to_3_with_an_empty_lease_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("v2.db");
+    v1_store(&db);
+    sqlite3(&db, MIGRATIONS[1]);
+    sqlite3(
+        &db,
+        "UPDATE meta SET value = '2' WHERE key = 'journal_format';
+         UPDATE runs SET workdir = '/srv/shop', control = 'pause' WHERE id = 'old-run';",
+    );
+    let store = SqliteStore::open(&db).await.unwrap();
+    let run = store.run("old-run").await.unwrap().unwrap();
+    assert_eq!(run.workdir, "/srv/shop");
+    assert!(store.leases().await.unwrap().is_empty());
+    let req = slipway_engine::store::LeaseRequest {
+        environment: "staging".into(),
+        holder: "new-run".into(),
+        release: "shop 1.0.0".into(),
+        now: jiff::Timestamp::UNIX_EPOCH,
+        ttl: std::time::Duration::from_secs(5),
+    };
+    assert!(matches!(
+        store.acquire_lease(req).await.unwrap(),
+        slipway_engine::store::LeaseOutcome::Granted { .. }
+    ));
+    drop(store);
+    let v = sqlite3(&db, "SELECT value FROM meta WHERE key = 'journal_format'");
+    assert_eq!(v.trim(), "3");
+    assert_eq!(JOURNAL_FORMAT, 3);
+}
+
+#[tokio::test]
 async fn a_newer_format_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("new.db");

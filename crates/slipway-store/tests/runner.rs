@@ -10,6 +10,7 @@ mod common;
 mod compat;
 mod engine;
 mod journal;
+mod leases;
 mod tamper;
 
 #[test]
