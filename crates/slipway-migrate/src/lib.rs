@@ -4,9 +4,9 @@
 //! - [`migrate`]: [`status`], [`apply`] and [`undo`] against a history table
 //!   (`slipway_schema_history`) in the target database, one transaction per migration.
 //! - [`dryrun`]: clone the database, apply, undo, compare schemas, drop the clone.
-//! - [`backup`]: content-addressed backups (`pg_dump --format=custom`, SQLite `VACUUM INTO`)
+//! - [`backup`](mod@backup): content-addressed backups (`pg_dump --format=custom`, SQLite `VACUUM INTO`)
 //!   and restore.
-//! - [`rehearse`]: rollback rehearsal measuring RTO and RPO with marker rows.
+//! - [`rehearse`](mod@rehearse): rollback rehearsal measuring RTO and RPO with marker rows.
 //! - [`consistency`]: declared data checks (row count, sum, ordered checksum) across two
 //!   databases or tables.
 //!
@@ -14,6 +14,15 @@
 //! it directly (a step provider calls it). It never prints: every function returns a
 //! serializable report or an [`Error`]. Database URLs in errors and reports are masked.
 //! Only runtime queries are used (no `query!` macros), so building needs no database.
+//!
+//! How a caller (the engine's migration step provider, the CLI) uses it: every entry point is
+//! an `async fn` taking the database URL as text (resolve `{{ vars }}`/`secret://` first) and
+//! the migration directory of a `kind: migration` service. `status` before planning (pending
+//! versions, roll-forward-only ones for `Service.irreversible`); `dry_run` in the ready phase;
+//! `backup` before `apply` when the environment requires it; `apply` as the step's action and
+//! `undo(url, dir, previous_latest)` (or `restore`) as its compensation; `run_check` for
+//! verify steps; `rehearse` with a [`Redeploy`] that redeploys the previous artifacts.
+//! PostgreSQL backups need the client binaries (`pg_dump`, `pg_restore`; apt `postgresql-client`).
 
 pub mod backup;
 pub mod consistency;

@@ -1,6 +1,6 @@
 //! Database targets: URL parsing and masking, and one connection type over both backends.
 //!
-//! We keep two concrete sqlx connections behind [`Conn`] instead of `sqlx::Any`, because the
+//! We keep two concrete sqlx connections behind `Conn` instead of `sqlx::Any`, because the
 //! schema queries, cloning and advisory locks are backend specific anyway.
 
 use std::path::{Path, PathBuf};
