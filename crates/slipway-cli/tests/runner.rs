@@ -7,6 +7,7 @@
 
 mod crash;
 mod demo_cli;
+mod lease_cli;
 mod plan_cli;
 mod render_cli;
 
