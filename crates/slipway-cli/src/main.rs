@@ -11,6 +11,7 @@ mod cmd_migrate;
 mod cmd_package;
 mod cmd_plan;
 mod cmd_render;
+mod cmd_report;
 mod cmd_run;
 mod out;
 
@@ -107,6 +108,10 @@ pub enum Commands {
     /// Backward compatibility: OpenAPI documents and SQL migrations.
     #[command(subcommand)]
     Compat(cmd_render::CompatCommand),
+    /// Reports from the run history: DORA figures, handover packs, retrospectives,
+    /// compliance evidence.
+    #[command(subcommand)]
+    Report(cmd_report::ReportCommand),
     /// Database migrations: status, apply, undo, dry run on a clone.
     #[command(subcommand)]
     Migrate(cmd_migrate::MigrateCommand),
@@ -148,6 +153,7 @@ fn run(command: Commands, out: &Output) -> Result<i32, out::CliError> {
         Commands::Env(c) => cmd_env::env(c, out),
         Commands::Render(a) => cmd_render::render(a, out),
         Commands::Compat(c) => cmd_render::compat(c, out),
+        Commands::Report(c) => cmd_report::report(c, out),
         Commands::Migrate(c) => cmd_migrate::migrate(c, out),
         Commands::Backup(c) => cmd_migrate::backup(c, out),
         Commands::Schema => {

@@ -1,0 +1,124 @@
+//! `slipway report dora | handover | retro | compliance`: what supporters, auditors and
+//! process owners need after a release, computed by `slipway-govern` from the store and
+//! printed here (text, `--output json`, or an HTML file).
+
+use std::path::PathBuf;
+
+use slipway_govern::dora::{self, DoraQuery};
+use slipway_govern::{GovernError, history};
+use slipway_model::exit;
+
+use crate::cmd_run::{StoreArg, open_store, runtime, store_error};
+use crate::out::{CliError, Output};
+
+/// `slipway report …`.
+#[derive(Debug, clap::Subcommand)]
+pub enum ReportCommand {
+    /// DORA and delivery figures: deployment frequency, lead time for changes, change
+    /// failure rate, failed deployment recovery time, success rate, rollback frequency,
+    /// MTTR — overall, by service and by release type.
+    #[command(
+        after_help = "Examples:\n  slipway report dora --since 2026-11-01\n  slipway report dora --since 2026-11-01 --service api --type feature --output json\n  slipway report dora --since 2026-11-01 --html dora.html"
+    )]
+    Dora(DoraArgs),
+}
+
+/// `slipway report dora`.
+#[derive(Debug, clap::Args)]
+pub struct DoraArgs {
+    /// Start of the period: YYYY-MM-DD (UTC midnight) or an RFC 3339 time.
+    #[arg(long)]
+    pub since: String,
+    /// End of the period (default: now).
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Only runs that deploy this service.
+    #[arg(long)]
+    pub service: Option<String>,
+    /// Only releases of this type (feature, patch, security, hotfix).
+    #[arg(long = "type")]
+    pub release_type: Option<String>,
+    /// Only this environment (default: production environments).
+    #[arg(long)]
+    pub env: Option<String>,
+    /// Also write the report as an HTML page with SVG charts to this file.
+    #[arg(long)]
+    pub html: Option<PathBuf>,
+    #[command(flatten)]
+    pub store: StoreArg,
+}
+
+/// Run a report subcommand.
+pub fn report(c: ReportCommand, out: &Output) -> Result<i32, CliError> {
+    match c {
+        ReportCommand::Dora(a) => dora_cmd(a, out),
+    }
+}
+
+pub(crate) fn govern_error(e: GovernError) -> CliError {
+    match e {
+        GovernError::Store(s) => store_error(s),
+        e @ (GovernError::NoSuchRun(_)
+        | GovernError::BadDate { .. }
+        | GovernError::UnknownFramework(_)) => {
+            CliError::new(exit::INVALID_INPUT, format!("failed to {e}"), None)
+        }
+        e @ GovernError::Write { .. } => CliError::new(
+            exit::FAILURE,
+            format!("failed to {e}"),
+            Some("choose a writable --out directory".to_owned()),
+        ),
+    }
+}
+
+pub(crate) fn write_file(path: &std::path::Path, text: &str) -> Result<(), CliError> {
+    std::fs::write(path, text).map_err(|e| {
+        CliError::new(
+            exit::FAILURE,
+            format!("failed to write {}: {e}", path.display()),
+            Some("choose a writable path".to_owned()),
+        )
+    })
+}
+
+fn dora_cmd(a: DoraArgs, out: &Output) -> Result<i32, CliError> {
+    let since = slipway_govern::parse_when(&a.since).map_err(govern_error)?;
+    let until = a
+        .until
+        .as_deref()
+        .map(slipway_govern::parse_when)
+        .transpose()
+        .map_err(govern_error)?;
+    let rt = runtime()?;
+    let report = rt.block_on(async {
+        let (store, _) = open_store(&a.store).await?;
+        let runs = history::load_runs(store.as_ref(), Some(since))
+            .await
+            .map_err(govern_error)?;
+        let query = DoraQuery {
+            since: Some(since),
+            until,
+            service: a.service.clone(),
+            release_type: a.release_type.clone(),
+            environment: a.env.clone(),
+        };
+        Ok::<_, CliError>(dora::compute(
+            &runs,
+            &query,
+            jiff::Timestamp::now(),
+            &slipway_govern::git::change_origin,
+        ))
+    })?;
+    if let Some(path) = &a.html {
+        write_file(path, &dora::render_html(&report))?;
+    }
+    if out.json() {
+        out.json_value(&report);
+    } else {
+        out.raw(&dora::render_text(&report));
+        if let Some(path) = &a.html {
+            out.line(&format!("HTML report written to {}", path.display()));
+        }
+    }
+    Ok(exit::SUCCESS)
+}

@@ -1,0 +1,143 @@
+//! Read-only git facts for the reports: the commit a release tag points at, the commit
+//! that was current when a run was created (when no tag exists), and the log between two
+//! tags. Everything is a `git -C DIR …` query; a directory that is not a repository, or a
+//! missing `git`, yields no facts rather than an error, and the reports say so.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use jiff::Timestamp;
+use serde::Serialize;
+
+use crate::history::RunHistory;
+
+/// One commit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Commit {
+    /// Full sha.
+    pub sha: String,
+    /// Committer time.
+    pub time: Timestamp,
+    /// First line of the message.
+    pub subject: String,
+}
+
+/// Where a release's change came from, for its lead time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChangeOrigin {
+    /// The commit.
+    pub commit: Commit,
+    /// How it was found: `tag v2.4.0`, or `last commit before the run (no tag v2.4.0)`.
+    pub source: String,
+}
+
+/// A git working tree.
+#[derive(Debug, Clone)]
+pub struct GitRepo {
+    dir: PathBuf,
+}
+
+/// Field separator in `--format` output: never in a sha, a date or a subject line.
+const SEP: char = '\u{1f}';
+
+impl GitRepo {
+    /// The repository holding `dir`, if it is one and `git` runs.
+    pub fn open(dir: &Path) -> Option<Self> {
+        let repo = Self {
+            dir: dir.to_path_buf(),
+        };
+        repo.git(&["rev-parse", "--git-dir"])?;
+        Some(repo)
+    }
+
+    fn git(&self, args: &[&str]) -> Option<String> {
+        let out = Command::new("git")
+            .arg("-C")
+            .arg(&self.dir)
+            .args(args)
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn commits(&self, args: &[&str]) -> Vec<Commit> {
+        let fmt = format!("--format=%H{SEP}%cI{SEP}%s");
+        let mut all = vec!["log", fmt.as_str()];
+        all.extend_from_slice(args);
+        self.git(&all)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let mut parts = l.splitn(3, SEP);
+                let sha = parts.next()?.to_owned();
+                let time = parts.next()?.parse::<Timestamp>().ok()?;
+                let subject = parts.next().unwrap_or_default().to_owned();
+                Some(Commit { sha, time, subject })
+            })
+            .collect()
+    }
+
+    /// The commit a revision (tag, branch, sha) names.
+    pub fn commit(&self, rev: &str) -> Option<Commit> {
+        // `^{commit}` peels annotated tags; `--` keeps a rev from being read as a path.
+        let peeled = format!("{rev}^{{commit}}");
+        self.commits(&["-1", &peeled, "--"]).into_iter().next()
+    }
+
+    /// The newest commit of HEAD at or before `t`.
+    pub fn commit_before(&self, t: Timestamp) -> Option<Commit> {
+        let before = format!("--before={t}");
+        self.commits(&["-1", &before, "HEAD", "--"])
+            .into_iter()
+            .next()
+    }
+
+    /// Tags, any order.
+    pub fn tags(&self) -> Vec<String> {
+        self.git(&["tag", "--list"])
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Commits in `to` but not in `from` (all of `to` when `from` is `None`), newest first.
+    pub fn log(&self, from: Option<&str>, to: &str) -> Vec<Commit> {
+        let range = match from {
+            Some(f) => format!("{f}..{to}"),
+            None => to.to_owned(),
+        };
+        self.commits(&[&range, "--"])
+    }
+}
+
+/// The git tag a run's release carries: the plan's `tag` with `{version}` filled in.
+pub fn release_tag(run: &RunHistory) -> Option<String> {
+    let plan = run.plan.as_ref()?;
+    let tag = plan.release.tag.as_ref()?;
+    Some(tag.replace("{version}", &plan.release.version))
+}
+
+/// Where the change a run deploys came from: its release tag's commit when the tag exists
+/// in the repository holding the run's spec directory, else the last commit at or before
+/// the run was created (what was checked out when it was planned, as near as git knows).
+pub fn change_origin(run: &RunHistory) -> Option<ChangeOrigin> {
+    let repo = GitRepo::open(Path::new(&run.record.workdir))?;
+    let tag = release_tag(run);
+    if let Some(t) = &tag
+        && let Some(commit) = repo.commit(t)
+    {
+        return Some(ChangeOrigin {
+            commit,
+            source: format!("tag {t}"),
+        });
+    }
+    let commit = repo.commit_before(run.record.created_at)?;
+    let source = match tag {
+        Some(t) => format!("last commit before the run (no tag {t})"),
+        None => "last commit before the run (the spec names no tag)".to_owned(),
+    };
+    Some(ChangeOrigin { commit, source })
+}

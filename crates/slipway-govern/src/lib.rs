@@ -1,0 +1,75 @@
+//! Governance over the run history: what the people who support, audit and improve a
+//! release need after it, drawn from the engine's [`Store`](slipway_engine::Store) alone.
+//!
+//! - [`dora`]: DORA and delivery figures (frequency, lead time, change failure rate,
+//!   recovery time, success and rollback rates, MTTR) by service and release type, as
+//!   values, text, JSON and an HTML page with hand-written SVG charts.
+//! - [`handover`]: the Markdown handover pack of one run.
+//! - [`retro`]: the retrospective of one run (timeline, anomalies, action items).
+//! - [`compliance`]: a control catalogue (SOX, HIPAA, GDPR) evaluated into an evidence pack.
+//! - [`notify`]: notifications of run events to webhooks, email and files.
+//! - [`catalog`]: Backstage entities and the dependency map of a spec.
+//!
+//! Architecture invariant: this crate reads the store only through the engine's `Store`
+//! trait and never prints; the CLI renders what it returns. Wall-clock time is passed in,
+//! never read, so every report is reproducible in tests. The only processes it spawns are
+//! `git` (read-only queries, in [`git`]).
+
+pub mod dora;
+pub mod git;
+
+pub mod history;
+pub mod html;
+
+pub use history::RunHistory;
+
+/// Why a report could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum GovernError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] slipway_engine::StoreError),
+    /// A run id that does not exist.
+    #[error("find run `{0}`; list runs with `slipway history`")]
+    NoSuchRun(String),
+    /// A date or time argument that does not parse.
+    #[error("read the date `{value}`: {message}; use YYYY-MM-DD or an RFC 3339 time")]
+    BadDate {
+        /// What was given.
+        value: String,
+        /// Why it does not parse.
+        message: String,
+    },
+    /// A file could not be written.
+    #[error("write {path}: {message}")]
+    Write {
+        /// The file.
+        path: String,
+        /// Why.
+        message: String,
+    },
+    /// An unknown compliance framework.
+    #[error("select framework `{0}`: known frameworks are sox, hipaa and gdpr")]
+    UnknownFramework(String),
+}
+
+/// Parse `--since`/`--until`: a date (midnight UTC) or an RFC 3339 time.
+pub fn parse_when(value: &str) -> Result<jiff::Timestamp, GovernError> {
+    let v = value.trim();
+    if let Ok(t) = v.parse::<jiff::Timestamp>() {
+        return Ok(t);
+    }
+    match v.parse::<jiff::civil::Date>() {
+        Ok(d) => d
+            .to_zoned(jiff::tz::TimeZone::UTC)
+            .map(|z| z.timestamp())
+            .map_err(|e| GovernError::BadDate {
+                value: value.to_owned(),
+                message: e.to_string(),
+            }),
+        Err(e) => Err(GovernError::BadDate {
+            value: value.to_owned(),
+            message: e.to_string(),
+        }),
+    }
+}
