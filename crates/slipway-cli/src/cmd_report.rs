@@ -21,6 +21,27 @@ pub enum ReportCommand {
         after_help = "Examples:\n  slipway report dora --since 2026-11-01\n  slipway report dora --since 2026-11-01 --service api --type feature --output json\n  slipway report dora --since 2026-11-01 --html dora.html"
     )]
     Dora(DoraArgs),
+    /// The handover pack of a run as Markdown: release notes, configuration and endpoint
+    /// changes, known issues, escalation contacts, runbook delta.
+    #[command(
+        after_help = "Examples:\n  slipway report handover 20261126-033517-03c801 > handover.md"
+    )]
+    Handover(RunReportArgs),
+    /// The retrospective of a run as Markdown: timeline, analysis measurements, anomalies,
+    /// action items.
+    #[command(
+        after_help = "Examples:\n  slipway report retro 20261126-033517-03c801\n  slipway report retro 20261126-033517-03c801 --output json"
+    )]
+    Retro(RunReportArgs),
+}
+
+/// `slipway report handover | retro`.
+#[derive(Debug, clap::Args)]
+pub struct RunReportArgs {
+    /// Run id (see `slipway history`).
+    pub run: String,
+    #[command(flatten)]
+    pub store: StoreArg,
 }
 
 /// `slipway report dora`.
@@ -52,6 +73,8 @@ pub struct DoraArgs {
 pub fn report(c: ReportCommand, out: &Output) -> Result<i32, CliError> {
     match c {
         ReportCommand::Dora(a) => dora_cmd(a, out),
+        ReportCommand::Handover(a) => handover_cmd(a, out),
+        ReportCommand::Retro(a) => retro_cmd(a, out),
     }
 }
 
@@ -119,6 +142,45 @@ fn dora_cmd(a: DoraArgs, out: &Output) -> Result<i32, CliError> {
         if let Some(path) = &a.html {
             out.line(&format!("HTML report written to {}", path.display()));
         }
+    }
+    Ok(exit::SUCCESS)
+}
+
+fn handover_cmd(a: RunReportArgs, out: &Output) -> Result<i32, CliError> {
+    let rt = runtime()?;
+    let (run, prev) = rt.block_on(async {
+        let (store, _) = open_store(&a.store).await?;
+        let run = history::RunHistory::load(store.as_ref(), &a.run)
+            .await
+            .map_err(govern_error)?;
+        let prev = history::previous_run(store.as_ref(), &run)
+            .await
+            .map_err(govern_error)?;
+        Ok::<_, CliError>((run, prev))
+    })?;
+    let notes = slipway_govern::git::release_notes(&run, prev.as_ref());
+    let md = slipway_govern::handover::render(&run, prev.as_ref(), &notes);
+    if out.json() {
+        out.json_value(&serde_json::json!({ "run": run.record.id, "markdown": md, "git": notes }));
+    } else {
+        out.raw(&md);
+    }
+    Ok(exit::SUCCESS)
+}
+
+fn retro_cmd(a: RunReportArgs, out: &Output) -> Result<i32, CliError> {
+    let rt = runtime()?;
+    let run = rt.block_on(async {
+        let (store, _) = open_store(&a.store).await?;
+        history::RunHistory::load(store.as_ref(), &a.run)
+            .await
+            .map_err(govern_error)
+    })?;
+    let retro = slipway_govern::retro::build(&run);
+    if out.json() {
+        out.json_value(&retro);
+    } else {
+        out.raw(&slipway_govern::retro::render_markdown(&retro));
     }
     Ok(exit::SUCCESS)
 }

@@ -141,3 +141,41 @@ pub fn change_origin(run: &RunHistory) -> Option<ChangeOrigin> {
     };
     Some(ChangeOrigin { commit, source })
 }
+
+/// Release notes from git: the commits between the previous run's tag and this run's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GitNotes {
+    /// The range read (`v2.4.0..v2.5.0`), or why none was.
+    pub range: String,
+    /// Commits, newest first.
+    pub commits: Vec<Commit>,
+}
+
+/// Commits between the previous run's release tag and this run's, when both tags (or at
+/// least this one) exist in the repository holding the spec; otherwise why not.
+pub fn release_notes(run: &RunHistory, previous: Option<&RunHistory>) -> GitNotes {
+    let none = |range: String| GitNotes {
+        range,
+        commits: Vec::new(),
+    };
+    let Some(repo) = GitRepo::open(Path::new(&run.record.workdir)) else {
+        return none("no git history: the spec's directory is not a git repository".into());
+    };
+    let Some(tag) = release_tag(run) else {
+        return none("no git range: the spec names no release tag (metadata.tag)".into());
+    };
+    if repo.commit(&tag).is_none() {
+        return none(format!("no git range: tag {tag} does not exist"));
+    }
+    let prev = previous
+        .and_then(release_tag)
+        .filter(|p| repo.commit(p).is_some());
+    let range = match &prev {
+        Some(p) => format!("{p}..{tag}"),
+        None => format!("{tag} (no earlier release tag)"),
+    };
+    GitNotes {
+        range,
+        commits: repo.log(prev.as_deref(), &tag),
+    }
+}

@@ -18,8 +18,10 @@
 pub mod dora;
 pub mod git;
 
+pub mod handover;
 pub mod history;
 pub mod html;
+pub mod retro;
 
 pub use history::RunHistory;
 

@@ -151,3 +151,86 @@ pub fn lifecycle(
     }
     v
 }
+
+/// Seed the recorded demo runs (`fixtures/demo-runs.json`: the journal and plans of a real
+/// `slipway demo`) with `workdir` as their spec directory. Returns their ids, oldest first.
+pub async fn seed_demo(store: &SqliteStore, workdir: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/demo-runs.json"),
+    )
+    .unwrap();
+    let runs: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
+    let mut ids = Vec::new();
+    for r in runs {
+        let s = |k: &str| r[k].as_str().unwrap().to_owned();
+        let journal = r["journal"].as_array().unwrap();
+        let rec = |j: &serde_json::Value| JournalRecord {
+            run_id: s("id"),
+            digest: s("digest"),
+            at: j["at"].as_str().unwrap().parse().unwrap(),
+            actor: j["actor"].as_str().unwrap().into(),
+            event: serde_json::from_value(j["event"].clone()).unwrap(),
+        };
+        store
+            .create_run(
+                NewRun {
+                    id: s("id"),
+                    plan_json: s("plan_json"),
+                    digest: s("digest"),
+                    release: s("release"),
+                    version: s("version"),
+                    environment: s("environment"),
+                    author: s("author"),
+                    override_reason: None,
+                    created_at: s("created_at").parse().unwrap(),
+                    workdir: workdir.into(),
+                },
+                rec(&journal[0]),
+            )
+            .await
+            .unwrap();
+        store
+            .commit(journal[1..].iter().map(rec).collect())
+            .await
+            .unwrap();
+        ids.push(s("id"));
+    }
+    ids
+}
+
+/// insta settings that redact run ids, times, digests and temp paths.
+pub fn redacted() -> insta::Settings {
+    let mut s = insta::Settings::clone_current();
+    s.add_filter(r"\d{8}-\d{6}-[0-9a-f]{6}", "[run-id]");
+    s.add_filter(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z", "[time]");
+    s.add_filter(r"[0-9a-f]{64}", "[digest]");
+    s.add_filter(r"/tmp/[A-Za-z0-9_./-]+", "[path]");
+    s.add_filter(r"127\.0\.0\.1:\d+", "[addr]");
+    s
+}
+
+/// A git repository with one commit per (message, tag), at fixed committer times.
+pub fn git_repo(dir: &std::path::Path, commits: &[(&str, &str, &str)]) {
+    let git = |args: &[&str], date: &str| {
+        let st = std::process::Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(args)
+            .env("GIT_AUTHOR_NAME", "dev")
+            .env("GIT_AUTHOR_EMAIL", "dev@example.invalid")
+            .env("GIT_COMMITTER_NAME", "dev")
+            .env("GIT_COMMITTER_EMAIL", "dev@example.invalid")
+            .env("GIT_AUTHOR_DATE", date)
+            .env("GIT_COMMITTER_DATE", date)
+            .status()
+            .unwrap();
+        assert!(st.success(), "git {args:?}");
+    };
+    git(&["init", "-q"], "2026-01-01T00:00:00Z");
+    for (msg, tag, date) in commits {
+        git(&["commit", "-q", "--allow-empty", "-m", msg], date);
+        if !tag.is_empty() {
+            git(&["tag", tag], date);
+        }
+    }
+}

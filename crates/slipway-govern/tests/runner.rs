@@ -4,6 +4,7 @@
 
 mod common;
 mod dora;
+mod reports;
 
 #[test]
 fn every_test_module_is_listed() {
