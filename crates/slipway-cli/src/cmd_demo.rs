@@ -23,12 +23,77 @@ use slipway_model::exit;
 use slipway_model::plan::{self, Facts, Plan};
 use slipway_providers::builtin::BuiltinRouter;
 use slipway_providers::deploy::{CompositeTarget, DeployTarget, ServiceEvent};
+use slipway_providers::migrate::MigrateTarget;
 use slipway_providers::process::{ProcessTarget, ServiceProcess};
 use slipway_providers::traffic::{Traffic, TrafficStats};
 use slipway_proxy::{Proxy, ProxyConfig, ProxyHandle, Version};
 use slipway_rollout::RolloutEvent;
 
 use crate::out::{CliError, Output, Style};
+
+/// Migration files each release ships (cumulative, as a real repository would hold them).
+const MIGRATIONS: [(&str, &str, &str); 12] = [
+    (
+        "2.3.0",
+        "V1__create_orders.sql",
+        include_str!("../../../examples/demo/migrations-2.3.0/V1__create_orders.sql"),
+    ),
+    (
+        "2.3.0",
+        "U1__create_orders.sql",
+        include_str!("../../../examples/demo/migrations-2.3.0/U1__create_orders.sql"),
+    ),
+    (
+        "2.4.0",
+        "V1__create_orders.sql",
+        include_str!("../../../examples/demo/migrations-2.4.0/V1__create_orders.sql"),
+    ),
+    (
+        "2.4.0",
+        "U1__create_orders.sql",
+        include_str!("../../../examples/demo/migrations-2.4.0/U1__create_orders.sql"),
+    ),
+    (
+        "2.4.0",
+        "V2__orders_customer_index.sql",
+        include_str!("../../../examples/demo/migrations-2.4.0/V2__orders_customer_index.sql"),
+    ),
+    (
+        "2.4.0",
+        "U2__orders_customer_index.sql",
+        include_str!("../../../examples/demo/migrations-2.4.0/U2__orders_customer_index.sql"),
+    ),
+    (
+        "2.5.0",
+        "V1__create_orders.sql",
+        include_str!("../../../examples/demo/migrations-2.5.0/V1__create_orders.sql"),
+    ),
+    (
+        "2.5.0",
+        "U1__create_orders.sql",
+        include_str!("../../../examples/demo/migrations-2.5.0/U1__create_orders.sql"),
+    ),
+    (
+        "2.5.0",
+        "V2__orders_customer_index.sql",
+        include_str!("../../../examples/demo/migrations-2.5.0/V2__orders_customer_index.sql"),
+    ),
+    (
+        "2.5.0",
+        "U2__orders_customer_index.sql",
+        include_str!("../../../examples/demo/migrations-2.5.0/U2__orders_customer_index.sql"),
+    ),
+    (
+        "2.5.0",
+        "V3__payments.sql",
+        include_str!("../../../examples/demo/migrations-2.5.0/V3__payments.sql"),
+    ),
+    (
+        "2.5.0",
+        "U3__payments.sql",
+        include_str!("../../../examples/demo/migrations-2.5.0/U3__payments.sql"),
+    ),
+];
 
 const RELEASES: [(&str, &str); 3] = [
     (
@@ -140,6 +205,8 @@ struct RunSummary {
     state: String,
     expected: String,
     reason: Option<String>,
+    /// Latest applied migration after the run (the bad release's is undone again).
+    schema_version: Option<i64>,
     seconds: f64,
 }
 
@@ -306,8 +373,33 @@ fn write_wrapper(dir: &Path) -> Result<PathBuf, CliError> {
     Ok(bin)
 }
 
+fn write_migrations(dir: &Path) -> Result<(), CliError> {
+    for (release, name, text) in MIGRATIONS {
+        let d = dir.join(format!("migrations-{release}"));
+        std::fs::create_dir_all(&d)
+            .and_then(|_| std::fs::write(d.join(name), text))
+            .map_err(|e| {
+                CliError::new(
+                    exit::INTERNAL,
+                    format!("failed to write the demo migrations: {e}"),
+                    None,
+                )
+            })?;
+    }
+    Ok(())
+}
+
+async fn schema_version(dir: &Path, release: &str) -> Option<i64> {
+    let url = format!("sqlite://{}", dir.join("shop.db").display());
+    slipway_migrate::status(&url, &dir.join(format!("migrations-{release}")))
+        .await
+        .ok()?
+        .latest_applied
+}
+
 async fn run_demo(a: &DemoArgs, dir: &Path, out: &Output) -> Result<i32, CliError> {
     let bin = write_wrapper(dir)?;
+    write_migrations(dir)?;
     let store_path = dir.join("slipway.db");
     let store = Arc::new(
         slipway_store::SqliteStore::open(&store_path)
@@ -399,13 +491,49 @@ async fn run_demo(a: &DemoArgs, dir: &Path, out: &Output) -> Result<i32, CliErro
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let deploy = DeployTarget::new(plan.clone(), processes, routers, dir.join("diagnostics"))
             .with_events(tx);
+        let vars = plan
+            .env
+            .vars
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_str().to_owned()))
+            .collect();
+        let migrate = MigrateTarget::new(dir, dir.join("migrate-state"), vars, author.clone());
         let target = Arc::new(CompositeTarget {
             exec: None,
             deploy: Some(Arc::new(deploy)),
-            migrate: None,
+            migrate: Some(Arc::new(migrate)),
         });
+        let (ntx, mut nrx) = tokio::sync::mpsc::unbounded_channel::<slipway_engine::Notice>();
         let engine = Engine::new(store.clone(), target, Arc::new(SystemClock))
-            .with_poll(Duration::from_millis(200));
+            .with_poll(Duration::from_millis(200))
+            .with_notices(ntx);
+        let quiet = out.json();
+        let notices = tokio::spawn(async move {
+            use slipway_engine::EngineEvent as E;
+            while let Some(n) = nrx.recv().await {
+                let line = match &n.event {
+                    E::StepSucceeded {
+                        step,
+                        output: Some(o),
+                        ..
+                    } if step.ends_with("/migrate") => {
+                        format!("  {step}: {}", o.stdout)
+                    }
+                    E::UndoStarted { step, .. } => {
+                        format!("  {step}: undoing (pre-staged down-migration)")
+                    }
+                    E::UndoSucceeded { step, .. } => format!("  {step}: undone"),
+                    E::UndoFailed { step, error, .. } => format!("  {step}: undo FAILED: {error}"),
+                    _ => continue,
+                };
+                if !quiet {
+                    #[allow(clippy::print_stderr, reason = "live progress of the demo")]
+                    {
+                        eprintln!("{line}");
+                    }
+                }
+            }
+        });
         let run = engine
             .create_run(NewRunRequest {
                 plan: plan.clone(),
@@ -440,12 +568,15 @@ async fn run_demo(a: &DemoArgs, dir: &Path, out: &Output) -> Result<i32, CliErro
                 )
             })?;
         view.abort();
+        drop(engine);
+        let _ = notices.await;
         let state = match outcome {
             DriveOutcome::Finished(s) => s,
             DriveOutcome::Paused => RunState::Paused,
             DriveOutcome::Blocked { .. } => RunState::WaitingForApproval,
         };
         let reason = run_reason(store.as_ref(), &run.id).await;
+        let schema = schema_version(dir, version).await;
         if !out.json() {
             let verdict = if state == *expected {
                 out.paint(&format!("{state:?}"), Style::Good)
@@ -468,6 +599,7 @@ async fn run_demo(a: &DemoArgs, dir: &Path, out: &Output) -> Result<i32, CliErro
             state: format!("{state:?}"),
             expected: format!("{expected:?}"),
             reason,
+            schema_version: schema,
             seconds: t0.elapsed().as_secs_f64(),
         });
         if !started_traffic {
@@ -571,8 +703,12 @@ fn print_summary(s: &Summary, out: &Output) {
             out.paint("✗", Style::Bad)
         };
         out.line(&format!(
-            "  {mark} shop {:<6} {:<11} {:>5.1}s  run {}",
-            r.version, r.state, r.seconds, r.run_id
+            "  {mark} shop {:<6} {:<11} {:>5.1}s  schema V{}  run {}",
+            r.version,
+            r.state,
+            r.seconds,
+            r.schema_version.unwrap_or(0),
+            r.run_id
         ));
     }
     for (name, t) in &s.traffic {

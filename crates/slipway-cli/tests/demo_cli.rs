@@ -33,6 +33,14 @@ fn demo_promotes_the_good_canary_rolls_back_the_bad_one_and_cleans_up() {
         "{reason}"
     );
     assert_eq!(v["audit"]["ok"], true);
+    // The bad release's migration (V3) was applied, then undone by the rollback.
+    let schema: Vec<i64> = v["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["schema_version"].as_i64().unwrap())
+        .collect();
+    assert_eq!(schema, [1, 2, 2]);
     // The bad canary was stopped early: only a handful of its 500s reached users.
     let seen = v["traffic"]["api"]["canary_errors_seen_by_users"]
         .as_u64()

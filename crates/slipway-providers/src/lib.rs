@@ -9,6 +9,7 @@
 pub mod builtin;
 pub mod deploy;
 pub mod exec;
+pub mod migrate;
 pub mod process;
 pub mod traffic;
 

@@ -1,0 +1,207 @@
+//! `Migrate` steps: a migration service's pending `V{n}__*.sql` files applied through
+//! `slipway-migrate`, and undone by its `U{n}__*.sql` scripts on rollback.
+//!
+//! What to undo to is decided at apply time and kept in a marker file per idempotency key
+//! (`<state>/<key>.before`): the latest version applied *before* this step. Undo is then
+//! "back to exactly where this step found the database", whatever happened since.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use slipway_engine::{
+    Applied, BoxFuture, Observation, StepContext, StepOutput, Target, TargetError,
+};
+use slipway_model::plan::StepAction;
+
+/// Runs migration steps.
+#[derive(Debug, Clone)]
+pub struct MigrateTarget {
+    workdir: PathBuf,
+    state_dir: PathBuf,
+    vars: BTreeMap<String, String>,
+    who: String,
+}
+
+impl MigrateTarget {
+    /// Paths resolve against `workdir`; `vars` fill `{{ vars.x }}` in database URLs.
+    pub fn new(
+        workdir: impl Into<PathBuf>,
+        state_dir: impl Into<PathBuf>,
+        vars: BTreeMap<String, String>,
+        who: impl Into<String>,
+    ) -> Self {
+        Self {
+            workdir: workdir.into(),
+            state_dir: state_dir.into(),
+            vars,
+            who: who.into(),
+        }
+    }
+
+    fn resolve(&self, dir: &str, database: &str) -> Result<(PathBuf, String), TargetError> {
+        let mut url = database.to_owned();
+        for (k, v) in &self.vars {
+            for pat in [format!("{{{{ vars.{k} }}}}"), format!("{{{{vars.{k}}}}}")] {
+                url = url.replace(&pat, v);
+            }
+        }
+        if url.contains("{{") {
+            return Err(TargetError::Io(format!(
+                "database `{database}` has a placeholder no variable of the environment fills"
+            )));
+        }
+        if url.starts_with("secret://") {
+            return Err(TargetError::Io(
+                "the database URL is a secret reference; resolve secrets before migrating".into(),
+            ));
+        }
+        // Relative SQLite paths are relative to the run's working directory.
+        if let Some(rest) = url.strip_prefix("sqlite://")
+            && !rest.starts_with('/')
+        {
+            url = format!("sqlite://{}", self.workdir.join(rest).display());
+        }
+        Ok((self.workdir.join(dir), url))
+    }
+
+    fn marker(&self, key: &str) -> PathBuf {
+        self.state_dir.join(format!("{key}.before"))
+    }
+}
+
+fn io(e: impl std::fmt::Display) -> TargetError {
+    TargetError::Io(e.to_string())
+}
+
+fn write_marker(path: &Path, before: Option<i64>) -> std::io::Result<()> {
+    if let Some(p) = path.parent() {
+        std::fs::create_dir_all(p)?;
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, before.map_or("none".to_owned(), |v| v.to_string()))?;
+    std::fs::rename(tmp, path)
+}
+
+impl Target for MigrateTarget {
+    fn kind(&self) -> &'static str {
+        "migrate"
+    }
+
+    fn apply<'a>(
+        &'a self,
+        ctx: &'a StepContext,
+        action: &'a StepAction,
+    ) -> BoxFuture<'a, Result<Applied, TargetError>> {
+        Box::pin(async move {
+            let StepAction::Migrate { dir, database } = action else {
+                return Err(TargetError::Unsupported {
+                    target: "migrate",
+                    action: slipway_engine::target::action_kind(action),
+                });
+            };
+            let (dir, url) = self.resolve(dir, database)?;
+            let before = slipway_migrate::status(&url, &dir).await.map_err(io)?;
+            if before.pending.is_empty() {
+                return Ok(Applied::AlreadyDone {
+                    guard: format!(
+                        "no pending migrations (latest applied: V{})",
+                        before.latest_applied.unwrap_or(0)
+                    ),
+                });
+            }
+            // Only the first attempt records where the database started: a re-applied step
+            // after a crash must undo to the same place.
+            let marker = self.marker(&ctx.key);
+            if !marker.exists() {
+                write_marker(&marker, before.latest_applied).map_err(io)?;
+            }
+            match slipway_migrate::apply(&url, &dir, &self.who).await {
+                Ok(r) => Ok(Applied::Ran {
+                    output: StepOutput {
+                        exit_code: Some(0),
+                        stdout: format!(
+                            "applied {} migration(s) to {}: now at V{}{}",
+                            r.applied.len(),
+                            slipway_migrate::mask_url(&url),
+                            r.latest_applied.unwrap_or(0),
+                            if r.roll_forward_only.is_empty() {
+                                String::new()
+                            } else {
+                                format!("; roll-forward-only: {:?}", r.roll_forward_only)
+                            }
+                        ),
+                        stderr: String::new(),
+                        truncated: false,
+                    },
+                }),
+                Err(e) => Err(TargetError::Failed {
+                    message: format!("migrate {}: {e}", slipway_migrate::mask_url(&url)),
+                    output: StepOutput::default(),
+                }),
+            }
+        })
+    }
+
+    fn observe<'a>(
+        &'a self,
+        _ctx: &'a StepContext,
+        action: &'a StepAction,
+    ) -> BoxFuture<'a, Result<Observation, TargetError>> {
+        Box::pin(async move {
+            let StepAction::Migrate { dir, database } = action else {
+                return Err(TargetError::Unsupported {
+                    target: "migrate",
+                    action: slipway_engine::target::action_kind(action),
+                });
+            };
+            let (dir, url) = self.resolve(dir, database)?;
+            let s = slipway_migrate::status(&url, &dir).await.map_err(io)?;
+            let evidence = format!(
+                "latest applied V{}, pending {:?}",
+                s.latest_applied.unwrap_or(0),
+                s.pending
+            );
+            Ok(if s.pending.is_empty() {
+                Observation::Done { evidence }
+            } else {
+                Observation::NotDone { evidence }
+            })
+        })
+    }
+
+    fn undo<'a>(
+        &'a self,
+        ctx: &'a StepContext,
+        action: &'a StepAction,
+    ) -> BoxFuture<'a, Result<Option<StepOutput>, TargetError>> {
+        Box::pin(async move {
+            let StepAction::Migrate { dir, database } = action else {
+                return Ok(None);
+            };
+            let (dir, url) = self.resolve(dir, database)?;
+            let marker = self.marker(&ctx.key);
+            let Ok(text) = std::fs::read_to_string(&marker) else {
+                // The step found nothing pending (AlreadyDone): it changed nothing to undo.
+                return Ok(None);
+            };
+            let to = text.trim().parse::<i64>().unwrap_or(0);
+            let r =
+                slipway_migrate::undo(&url, &dir, to)
+                    .await
+                    .map_err(|e| TargetError::Failed {
+                        message: format!("undo migrations to V{to}: {e}"),
+                        output: StepOutput::default(),
+                    })?;
+            Ok(Some(StepOutput {
+                exit_code: Some(0),
+                stdout: format!(
+                    "undid {} migration(s): back at V{}",
+                    r.undone.len(),
+                    r.latest_applied.unwrap_or(0)
+                ),
+                stderr: String::new(),
+                truncated: false,
+            }))
+        })
+    }
+}

@@ -1,0 +1,1 @@
+CREATE TABLE payments (id INTEGER PRIMARY KEY, order_id INTEGER NOT NULL REFERENCES orders (id), amount_cents INTEGER NOT NULL);
