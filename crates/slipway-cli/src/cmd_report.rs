@@ -33,6 +33,32 @@ pub enum ReportCommand {
         after_help = "Examples:\n  slipway report retro 20261126-033517-03c801\n  slipway report retro 20261126-033517-03c801 --output json"
     )]
     Retro(RunReportArgs),
+    /// A compliance evidence pack (evidence.jsonl + summary.html) for SOX, HIPAA or GDPR,
+    /// listing every exception and the audit chain head it was drawn from. Exit 1 when
+    /// any control has an exception.
+    #[command(
+        after_help = "Examples:\n  slipway report compliance --framework sox --since 2026-10-01 --out evidence/sox-q4"
+    )]
+    Compliance(ComplianceArgs),
+}
+
+/// `slipway report compliance`.
+#[derive(Debug, clap::Args)]
+pub struct ComplianceArgs {
+    /// Control catalogue: sox, hipaa or gdpr.
+    #[arg(long)]
+    pub framework: String,
+    /// Start of the period: YYYY-MM-DD (UTC midnight) or an RFC 3339 time.
+    #[arg(long)]
+    pub since: String,
+    /// End of the period (default: now).
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Directory for the evidence pack.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub store: StoreArg,
 }
 
 /// `slipway report handover | retro`.
@@ -75,6 +101,7 @@ pub fn report(c: ReportCommand, out: &Output) -> Result<i32, CliError> {
         ReportCommand::Dora(a) => dora_cmd(a, out),
         ReportCommand::Handover(a) => handover_cmd(a, out),
         ReportCommand::Retro(a) => retro_cmd(a, out),
+        ReportCommand::Compliance(a) => compliance_cmd(a, out),
     }
 }
 
@@ -183,4 +210,75 @@ fn retro_cmd(a: RunReportArgs, out: &Output) -> Result<i32, CliError> {
         out.raw(&slipway_govern::retro::render_markdown(&retro));
     }
     Ok(exit::SUCCESS)
+}
+
+fn compliance_cmd(a: ComplianceArgs, out: &Output) -> Result<i32, CliError> {
+    use slipway_engine::store::Store;
+    let since = slipway_govern::parse_when(&a.since).map_err(govern_error)?;
+    let until = match a.until.as_deref() {
+        Some(u) => slipway_govern::parse_when(u).map_err(govern_error)?,
+        None => jiff::Timestamp::now(),
+    };
+    slipway_govern::compliance::catalogue(&a.framework).map_err(govern_error)?;
+    let rt = runtime()?;
+    let evidence = rt.block_on(async {
+        let (store, _) = open_store(&a.store).await?;
+        // Read the head before the entries: entries appended in between only extend the
+        // chain past the head the pack names, which still verifies.
+        let head = store.audit_head().await.map_err(store_error)?;
+        let entries = store.audit_entries().await.map_err(store_error)?;
+        let entries: Vec<_> = match &head {
+            Some((seq, _)) => entries.into_iter().filter(|e| e.seq <= *seq).collect(),
+            None => entries,
+        };
+        let runs = history::load_runs(store.as_ref(), None)
+            .await
+            .map_err(govern_error)?;
+        slipway_govern::compliance::evaluate(&a.framework, &runs, &entries, head, since, until)
+            .map_err(govern_error)
+    })?;
+    slipway_govern::compliance::write_pack(&evidence, &a.out).map_err(govern_error)?;
+    let exceptions: Vec<_> = evidence.exceptions().collect();
+    if out.json() {
+        out.json_value(&serde_json::json!({
+            "framework": evidence.framework,
+            "out": a.out.display().to_string(),
+            "audit_head_seq": evidence.audit_head_seq,
+            "audit_head_hash": evidence.audit_head_hash,
+            "chain": evidence.chain,
+            "exceptions": exceptions,
+        }));
+    } else {
+        for r in &evidence.results {
+            out.line(&format!(
+                "{:<11} {:<10} {} ({} examined)",
+                r.control.id,
+                if r.exceptions.is_empty() {
+                    "pass".to_owned()
+                } else {
+                    format!("{} exc.", r.exceptions.len())
+                },
+                r.control.title,
+                r.examined
+            ));
+        }
+        for x in &exceptions {
+            out.line(&format!(
+                "  exception {} run {}: {}",
+                x.control, x.run, x.detail
+            ));
+        }
+        out.line(&format!(
+            "evidence pack written to {} (audit chain head {} at entry {}; {})",
+            a.out.display(),
+            evidence.audit_head_hash,
+            evidence.audit_head_seq,
+            evidence.chain
+        ));
+    }
+    Ok(if exceptions.is_empty() {
+        exit::SUCCESS
+    } else {
+        exit::FAILURE
+    })
 }

@@ -37,7 +37,6 @@ environments:
 "#;
 
 /// A hotfix of api alone (an emergency change).
-#[allow(dead_code, reason = "used by the compliance tests")]
 pub const SHOP_HOTFIX: &str = r#"
 apiVersion: slipway/v1
 kind: Release

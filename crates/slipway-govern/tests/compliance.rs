@@ -1,0 +1,159 @@
+//! Compliance evidence over a seeded history with known exceptions.
+
+use slipway_engine::RunState;
+use slipway_engine::event::EngineEvent;
+use slipway_engine::store::Store;
+use slipway_govern::compliance;
+use slipway_govern::history::load_runs;
+
+use crate::common::*;
+
+fn approved(
+    at: &'static str,
+    who: &'static str,
+    digest: &str,
+) -> (&'static str, &'static str, EngineEvent) {
+    (
+        at,
+        who,
+        EngineEvent::Approved {
+            approver: who.into(),
+            digest: digest.into(),
+            groups: vec![],
+        },
+    )
+}
+
+#[tokio::test]
+async fn sox_pack_lists_the_seeded_exceptions_and_the_chain_head() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let staging = plan(SHOP_FEATURE, "staging");
+    let prod = plan(SHOP_FEATURE, "prod");
+    let patch = plan(SHOP_PATCH, "prod");
+    let hotfix = plan(SHOP_HOTFIX, "prod");
+    seed(
+        &store,
+        "c1",
+        &staging,
+        "op-bob",
+        "2026-11-02T09:00:00Z",
+        lifecycle(
+            "2026-11-02T09:00:00Z",
+            "2026-11-02T09:10:00Z",
+            RunState::Succeeded,
+        ),
+    )
+    .await;
+    // Clean: tested in staging, approved by someone else before it ran.
+    let mut ev = vec![approved("2026-11-02T10:00:00Z", "op-carol", &prod.digest)];
+    ev.extend(lifecycle(
+        "2026-11-02T10:05:00Z",
+        "2026-11-02T10:30:00Z",
+        RunState::Succeeded,
+    ));
+    seed(&store, "c2", &prod, "op-bob", "2026-11-02T10:00:00Z", ev).await;
+    // Self-approved, never tested outside production.
+    let mut ev = vec![approved("2026-11-03T10:00:00Z", "op-bob", &patch.digest)];
+    ev.extend(lifecycle(
+        "2026-11-03T10:05:00Z",
+        "2026-11-03T10:30:00Z",
+        RunState::Succeeded,
+    ));
+    seed(&store, "c3", &patch, "op-bob", "2026-11-03T10:00:00Z", ev).await;
+    // An emergency change with no review by anyone else.
+    let mut ev = vec![approved("2026-11-04T02:00:00Z", "op-dave", &hotfix.digest)];
+    ev.extend(lifecycle(
+        "2026-11-04T02:01:00Z",
+        "2026-11-04T02:05:00Z",
+        RunState::Succeeded,
+    ));
+    seed(&store, "c4", &hotfix, "op-dave", "2026-11-04T02:00:00Z", ev).await;
+
+    let runs = load_runs(&store, None).await.unwrap();
+    let entries = store.audit_entries().await.unwrap();
+    let head = store.audit_head().await.unwrap();
+    let e = compliance::evaluate(
+        "sox",
+        &runs,
+        &entries,
+        head.clone(),
+        t("2026-11-01T00:00:00Z"),
+        t("2026-12-01T00:00:00Z"),
+    )
+    .unwrap();
+    let found: Vec<(String, String)> = e
+        .exceptions()
+        .map(|x| (x.control.clone(), x.run.clone()))
+        .collect();
+    let has = |c: &str, r: &str| found.contains(&(c.to_owned(), r.to_owned()));
+    assert!(has("SOX-CM-2", "c3"), "{found:?}");
+    assert!(has("SOX-CM-2", "c4"), "{found:?}");
+    assert!(has("SOX-CM-3", "c3"), "{found:?}");
+    assert!(has("SOX-CM-4", "c4"), "{found:?}");
+    assert!(
+        !found.iter().any(|(_, r)| r == "c2"),
+        "the clean deploy has no exception: {found:?}"
+    );
+    assert!(
+        !found.iter().any(|(c, _)| c == "SOX-CM-1"),
+        "every prod run was approved first"
+    );
+    let (seq, hash) = head.unwrap();
+    assert_eq!(
+        (e.audit_head_seq, e.audit_head_hash.as_str()),
+        (seq, hash.as_str())
+    );
+
+    let out = dir.path().join("pack");
+    compliance::write_pack(&e, &out).unwrap();
+    let jsonl = std::fs::read_to_string(out.join("evidence.jsonl")).unwrap();
+    let first: serde_json::Value = serde_json::from_str(jsonl.lines().next().unwrap()).unwrap();
+    assert_eq!(first["audit_head_hash"], hash);
+    assert!(jsonl.lines().any(|l| l.contains("\"exception\"")
+        && l.contains("c3")
+        && l.contains("approved by its author")));
+    let html = std::fs::read_to_string(out.join("summary.html")).unwrap();
+    assert!(
+        html.contains("emergency change shop 2.4.2 (hotfix) has no review"),
+        "{html}"
+    );
+    assert!(html.contains(&hash));
+}
+
+#[tokio::test]
+async fn hipaa_flags_a_tampered_chain_and_gdpr_passes_a_clean_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let staging = plan(SHOP_FEATURE, "staging");
+    seed(
+        &store,
+        "h1",
+        &staging,
+        "op-bob",
+        "2026-11-02T09:00:00Z",
+        lifecycle(
+            "2026-11-02T09:00:00Z",
+            "2026-11-02T09:10:00Z",
+            RunState::Succeeded,
+        ),
+    )
+    .await;
+    let runs = load_runs(&store, None).await.unwrap();
+    let mut entries = store.audit_entries().await.unwrap();
+    let head = store.audit_head().await.unwrap();
+    let (since, until) = (t("2026-11-01T00:00:00Z"), t("2026-12-01T00:00:00Z"));
+    let g = compliance::evaluate("gdpr", &runs, &entries, head.clone(), since, until).unwrap();
+    assert_eq!(g.exceptions().count(), 0, "{:?}", g.results);
+    entries[1].outcome = "edited".into();
+    let h = compliance::evaluate("hipaa", &runs, &entries, head, since, until).unwrap();
+    let x: Vec<&compliance::Exception> = h.exceptions().collect();
+    assert_eq!(x.len(), 1);
+    assert_eq!(x[0].control, "HIPAA-AU-1");
+    assert!(
+        x[0].detail.contains("audit entry 2 was edited"),
+        "{}",
+        x[0].detail
+    );
+    assert!(compliance::evaluate("pci", &runs, &entries, None, since, until).is_err());
+}
