@@ -1,0 +1,204 @@
+//! The orchestrator dies mid-canary and a new one resumes the run: the interrupted step is
+//! observed first, the half-done canary is retired rather than duplicated, and the run ends
+//! with exactly the replicas it asked for.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests: a panic is a failure"
+)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use slipway_engine::{
+    DriveOptions, DriveOutcome, Engine, EngineEvent, NewRunRequest, RunState, Store, SystemClock,
+};
+use slipway_model::plan::{Facts, plan};
+use slipway_providers::builtin::BuiltinRouter;
+use slipway_providers::deploy::{CompositeTarget, DeployTarget};
+use slipway_providers::process::{ProcessTarget, ServiceProcess};
+use slipway_providers::traffic::Traffic;
+use slipway_proxy::{Pools, Proxy, ProxyConfig};
+use slipway_rollout::{Instances, Role, RolloutEvent};
+
+use crate::canary::demo_app_bin;
+
+fn spec() -> String {
+    format!(
+        "apiVersion: slipway/v1
+kind: Release
+metadata: {{ name: shop, version: 2.0.0, type: patch }}
+services:
+  api:
+    run: {{ command: \"{} --port {{{{ port }}}} --version {{{{ version }}}} --threads 1\", replicas: 2 }}
+    readiness: {{ http: /ready }}
+environments:
+  demo:
+    target: {{ process: {{}} }}
+    deployed: {{ api: 1.0.0 }}
+    strategy:
+      canary:
+        steps:
+          - set_weight: 20
+          - analysis: {{ template: t, duration: 2s }}
+analysis_templates:
+  t:
+    interval: 250ms
+    min_samples: 5
+    inconclusive_limit: 20
+    metrics: [ {{ name: error-rate, max: 0.05 }} ]
+",
+        demo_app_bin().display()
+    )
+}
+
+fn processes(dir: &std::path::Path, p: &slipway_model::plan::Plan) -> ProcessTarget {
+    let services = p
+        .services
+        .iter()
+        .map(|(n, s)| {
+            (
+                n.clone(),
+                ServiceProcess {
+                    run: s.run.clone().unwrap(),
+                    readiness: s.readiness.clone(),
+                    env: BTreeMap::new(),
+                    workdir: dir.to_path_buf(),
+                },
+            )
+        })
+        .collect();
+    let mut t = ProcessTarget::new(dir.join("instances"), services);
+    t.stop_grace = Duration::from_secs(3);
+    t
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orchestrator_killed_mid_canary_resumes_without_duplicate_instances() {
+    let dir = tempfile::tempdir().unwrap();
+    let loaded = slipway_model::validate::load("resume.yaml", &spec()).unwrap();
+    let p = plan(&loaded.spec, "demo", &Facts::default()).unwrap();
+    let store: Arc<dyn Store> = Arc::new(
+        slipway_store::SqliteStore::open(&dir.path().join("s.db"))
+            .await
+            .unwrap(),
+    );
+
+    // Production as it was: api 1.0.0 behind its proxy, with users.
+    let stable = processes(dir.path(), &p)
+        .start("api", "1.0.0", 2, Role::Stable)
+        .await
+        .unwrap();
+    let proxy = Arc::new(
+        Proxy::start(ProxyConfig {
+            pools: Pools {
+                stable: stable.iter().map(|i| i.addr).collect(),
+                canary: vec![],
+            },
+            ..ProxyConfig::default()
+        })
+        .await
+        .unwrap(),
+    );
+    let traffic = Traffic::start(proxy.local_addr(), "/", 300, 8);
+    let routers = || BTreeMap::from([("api".to_owned(), BuiltinRouter::new(proxy.clone()))]);
+
+    // First orchestrator: dies as soon as the canary is up and taking traffic.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let target = Arc::new(CompositeTarget {
+        exec: None,
+        deploy: Some(Arc::new(
+            DeployTarget::new(
+                p.clone(),
+                processes(dir.path(), &p),
+                routers(),
+                dir.path().join("diag"),
+            )
+            .with_events(tx),
+        )),
+        migrate: None,
+    });
+    let engine = Engine::new(store.clone(), target, Arc::new(SystemClock));
+    let run = engine
+        .create_run(NewRunRequest {
+            plan: p.clone(),
+            author: "alice".into(),
+            override_freeze: None,
+            workdir: dir.path().display().to_string(),
+        })
+        .await
+        .unwrap();
+    let id = run.id.clone();
+    let driving =
+        tokio::spawn(async move { engine.drive(&id, "alice", DriveOptions::default()).await });
+    let mut first_canary = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_secs(1), rx.recv()).await {
+            Ok(Some(ev)) => match ev.event {
+                RolloutEvent::CanaryStarted { instances } => first_canary = instances,
+                RolloutEvent::WeightSet { weight: 20, .. } => break,
+                _ => {}
+            },
+            _ => continue,
+        }
+    }
+    assert_eq!(first_canary.len(), 2, "the canary never started");
+    driving.abort();
+    let _ = driving.await;
+    let survey = processes(dir.path(), &p).running("api");
+    assert_eq!(
+        survey.alive.len(),
+        4,
+        "stable and canary both survive the orchestrator"
+    );
+
+    // Second orchestrator, fresh objects over the same store and instance directory.
+    let target = Arc::new(CompositeTarget {
+        exec: None,
+        deploy: Some(Arc::new(DeployTarget::new(
+            p.clone(),
+            processes(dir.path(), &p),
+            routers(),
+            dir.path().join("diag"),
+        ))),
+        migrate: None,
+    });
+    let engine = Engine::new(store.clone(), target, Arc::new(SystemClock));
+    let outcome = engine
+        .drive(&run.id, "alice", DriveOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(outcome, DriveOutcome::Finished(RunState::Succeeded));
+
+    // The interrupted step was observed before anything was re-applied.
+    let journal = store.journal(&run.id, 0).await.unwrap();
+    assert!(
+        journal.iter().any(
+            |r| matches!(&r.event, EngineEvent::StepObserved { step, .. } if step == "api/deploy")
+        ),
+        "no observation of the interrupted step"
+    );
+    // Exactly the asked-for replicas serve the new version; the first canary is gone.
+    let after = processes(dir.path(), &p).running("api");
+    assert_eq!(after.alive.len(), 2, "{:?}", after.alive);
+    assert!(after.alive.iter().all(|i| i.version == "2.0.0"));
+    for i in &first_canary {
+        assert!(
+            !after.alive.iter().any(|a| a.pid == i.pid),
+            "first canary {} still serving",
+            i.id
+        );
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", i.pid)).unwrap_or_default();
+        assert!(
+            stat.is_empty() || stat.contains(") Z "),
+            "first canary {} still running",
+            i.id
+        );
+    }
+    let stats = traffic.stop().await;
+    assert!(stats.ok > 0);
+    let t = processes(dir.path(), &p);
+    t.stop_instances(&after.alive).await;
+}
