@@ -1,0 +1,281 @@
+//! Performance regression: a paced load generator drives the same request mix at the
+//! baseline and the candidate side by side (concurrently, so both see the same machine
+//! load), then compares throughput and p50/p95/p99, and tests the latency distributions
+//! with a one-sided Mann-Whitney U (`slipway_model::analysis::compare`) against the
+//! baseline stretched by the declared tolerance. Both distributions are in the report.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use slipway_model::analysis::{Phase, compare};
+use slipway_model::spec::{Comparison, Metric};
+use tokio::net::TcpStream;
+
+use crate::{Outcome, Verdict};
+
+/// How the load is shaped.
+#[derive(Debug, Clone)]
+pub struct Load {
+    /// Paths requested round-robin (the request mix), e.g. `["/", "/version"]`.
+    pub paths: Vec<String>,
+    /// Requests per second to each side.
+    pub rate: u32,
+    /// Connections per side.
+    pub workers: u32,
+    /// How long.
+    pub duration: Duration,
+}
+
+/// What a regression is.
+#[derive(Debug, Clone, Copy)]
+pub struct Tolerance {
+    /// Relative slowdown (or throughput loss) allowed, e.g. 0.2 = 20 %.
+    pub ratio: f64,
+    /// Absolute latency difference that never counts (timer and scheduler noise), ms.
+    pub slack_ms: f64,
+    /// Confidence of the Mann-Whitney test.
+    pub confidence: f64,
+}
+
+impl Default for Tolerance {
+    fn default() -> Self {
+        Self {
+            ratio: 0.2,
+            slack_ms: 5.0,
+            confidence: 0.99,
+        }
+    }
+}
+
+/// One side's measurements.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Distribution {
+    /// Successful (2xx-4xx) requests.
+    pub ok: u64,
+    /// Failed requests (5xx, connection errors).
+    pub failed: u64,
+    /// Successful requests per second.
+    pub throughput: f64,
+    /// Latencies of successful requests, ms.
+    #[serde(skip)]
+    pub latencies_ms: Vec<f64>,
+    /// p50, p95, p99 in ms.
+    pub p50: f64,
+    /// p95, ms.
+    pub p95: f64,
+    /// p99, ms.
+    pub p99: f64,
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    // Nearest rank; the index is within bounds because q <= 1.
+    let i = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i]
+}
+
+/// Drive `load` at `addr` (`host:port`) and measure.
+pub async fn drive(addr: &str, load: &Load) -> Distribution {
+    let lat = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let failed = Arc::new(AtomicU64::new(0));
+    let workers = load.workers.max(1);
+    let period = Duration::from_secs_f64(f64::from(workers) / f64::from(load.rate.max(1)));
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..workers {
+        let (lat, failed, addr) = (lat.clone(), failed.clone(), addr.to_owned());
+        let paths = load.paths.clone();
+        let end = start + load.duration;
+        tasks.spawn(async move {
+            let mut sender: Option<http1::SendRequest<Empty<Bytes>>> = None;
+            let mut next = start + period.mul_f64(f64::from(w) / f64::from(workers));
+            let mut k = w as usize;
+            while next < end {
+                tokio::time::sleep_until(next.into()).await;
+                next += period;
+                let path = paths
+                    .get(k % paths.len().max(1))
+                    .map_or("/", String::as_str);
+                k += 1;
+                if sender.as_ref().is_none_or(|s| s.is_closed()) {
+                    sender = connect(&addr).await;
+                }
+                let Some(s) = sender.as_mut() else {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                };
+                let t = Instant::now();
+                let req = hyper::Request::get(path)
+                    .header(hyper::header::HOST, addr.as_str())
+                    .body(Empty::new());
+                let ok = match req {
+                    Ok(req) => match s.send_request(req).await {
+                        Ok(resp) => {
+                            let st = resp.status().as_u16();
+                            resp.into_body().collect().await.is_ok() && st < 500
+                        }
+                        Err(_) => false,
+                    },
+                    Err(_) => false,
+                };
+                if ok {
+                    let ms = t.elapsed().as_secs_f64() * 1000.0;
+                    if let Ok(mut v) = lat.lock() {
+                        v.push(ms);
+                    }
+                } else {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                    sender = None;
+                }
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    let elapsed = start.elapsed().as_secs_f64().max(1e-3);
+    let mut v = lat.lock().map(|v| v.clone()).unwrap_or_default();
+    v.sort_by(f64::total_cmp);
+    Distribution {
+        ok: v.len() as u64,
+        failed: failed.load(Ordering::Relaxed),
+        throughput: v.len() as f64 / elapsed,
+        p50: percentile(&v, 0.50),
+        p95: percentile(&v, 0.95),
+        p99: percentile(&v, 0.99),
+        latencies_ms: v,
+    }
+}
+
+async fn connect(addr: &str) -> Option<http1::SendRequest<Empty<Bytes>>> {
+    let stream = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr))
+        .await
+        .ok()?
+        .ok()?;
+    let (send, conn) = http1::handshake(TokioIo::new(stream)).await.ok()?;
+    tokio::spawn(conn);
+    Some(send)
+}
+
+/// The report of a comparison: the rows and both distributions.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Verdict rows (throughput, p50, p95, p99, distribution test).
+    pub rows: Vec<Verdict>,
+    /// The baseline's measurements.
+    pub baseline: Distribution,
+    /// The candidate's measurements.
+    pub candidate: Distribution,
+}
+
+/// Load baseline and candidate side by side and compare.
+pub async fn compare_side_by_side(
+    baseline: &str,
+    candidate: &str,
+    load: &Load,
+    tol: Tolerance,
+) -> Report {
+    let started = Instant::now();
+    let (b, c) = tokio::join!(drive(baseline, load), drive(candidate, load));
+    let mut rows = Vec::new();
+    let target = format!("{candidate} vs {baseline}");
+    let min_tp = b.throughput * (1.0 - tol.ratio);
+    let tp_ok = c.throughput >= min_tp && c.failed <= b.failed.max(1) * 2;
+    let mut v = Verdict::new(
+        "perf.throughput",
+        &target,
+        if tp_ok { Outcome::Pass } else { Outcome::Fail },
+        format!(
+            "{:.1} req/s ({} failed) vs {:.1} req/s ({} failed)",
+            c.throughput, c.failed, b.throughput, b.failed
+        ),
+        format!(">= {min_tp:.1} req/s"),
+        started,
+    );
+    if !tp_ok {
+        v = v.hint("the candidate serves fewer requests (or fails more) than the baseline under the same load");
+    }
+    rows.push(v);
+    for (name, cv, bv) in [
+        ("p50", c.p50, b.p50),
+        ("p95", c.p95, b.p95),
+        ("p99", c.p99, b.p99),
+    ] {
+        let limit = bv * (1.0 + tol.ratio) + tol.slack_ms;
+        // NaN (no samples) never passes.
+        let o = if cv.is_finite() && bv.is_finite() && cv <= limit {
+            Outcome::Pass
+        } else {
+            Outcome::Fail
+        };
+        let mut v = Verdict::new(
+            format!("perf.{name}"),
+            &target,
+            o,
+            format!("{cv:.1} ms vs {bv:.1} ms"),
+            format!("<= {limit:.1} ms"),
+            started,
+        );
+        if o == Outcome::Fail {
+            v = v.hint(format!(
+                "the candidate's {name} latency regressed beyond the tolerance"
+            ));
+        }
+        rows.push(v);
+    }
+    // One-sided test: is the candidate slower than the baseline stretched by tolerance?
+    let stretched: Vec<f64> = b
+        .latencies_ms
+        .iter()
+        .map(|x| x * (1.0 + tol.ratio) + tol.slack_ms)
+        .collect();
+    let metric = Metric {
+        name: "latency-vs-baseline".into(),
+        provider: "builtin".into(),
+        query: None,
+        max: None,
+        min: None,
+        compare: Some(Comparison::MannWhitney),
+        confidence: Some(tol.confidence),
+    };
+    let r = compare(&metric, &c.latencies_ms, &stretched);
+    let o = match r.phase {
+        Phase::Successful => Outcome::Pass,
+        Phase::Failed => Outcome::Fail,
+        // Too few samples is never a pass.
+        _ => Outcome::Warn,
+    };
+    let mut v = Verdict::new(
+        "perf.distribution",
+        &target,
+        o,
+        format!(
+            "p = {} ({} vs {} samples)",
+            r.value.map_or("n/a".into(), |p| format!("{p:.4}")),
+            c.ok,
+            b.ok
+        ),
+        format!(
+            "not slower than baseline +{:.0}% +{} ms at {:.0}% confidence",
+            tol.ratio * 100.0,
+            tol.slack_ms,
+            tol.confidence * 100.0
+        ),
+        started,
+    );
+    if o != Outcome::Pass {
+        v = v.hint(r.detail);
+    }
+    rows.push(v);
+    Report {
+        rows,
+        baseline: b,
+        candidate: c,
+    }
+}
