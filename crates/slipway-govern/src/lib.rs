@@ -22,6 +22,7 @@ pub mod git;
 pub mod handover;
 pub mod history;
 pub mod html;
+pub mod notify;
 pub mod retro;
 
 pub use history::RunHistory;

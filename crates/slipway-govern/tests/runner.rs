@@ -5,6 +5,7 @@
 mod common;
 mod compliance;
 mod dora;
+mod notify;
 mod reports;
 
 #[test]

@@ -1,0 +1,449 @@
+//! Notifications of run events — started, waiting for approval, paused, rolled back,
+//! finished — to the sinks a spec's `notifications` names: Slack-compatible webhooks
+//! (signed, retried with backoff), SMTP email, and files of JSON lines.
+//!
+//! A [`Notifier`] is fed the engine's [`Notice`]s (`Engine::with_notices`), turns the
+//! state changes that matter into [`Message`]s and delivers each to every sink that
+//! subscribed to its event. It never prints: each attempt's outcome is returned as a
+//! [`Delivery`] for the caller to show. Failing sinks never fail the run.
+//!
+//! Secrets: the webhook signing secret is used only as the HMAC key; every text leaving
+//! through a sink is passed through [`Redactor`], which masks the values it is given (the
+//! signing secret, the resolved `secret://` values of the environment) and the
+//! `user:password@` part of URLs.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hmac::{KeyInit, Mac};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use jiff::Timestamp;
+use serde::Serialize;
+use slipway_engine::{EngineEvent, Notice, RunState};
+use slipway_model::plan::Plan;
+use slipway_model::spec::{Notification, NotifyEvent};
+
+use crate::handover::strip_userinfo;
+
+/// The header carrying `sha256=<hex HMAC-SHA256 of the body>`.
+pub const SIGNATURE_HEADER: &str = "x-slipway-signature";
+
+/// The env var the CLI reads the webhook signing secret from.
+pub const SECRET_ENV: &str = "SLIPWAY_WEBHOOK_SECRET";
+
+/// Masks secret values and URL credentials in outgoing text.
+#[derive(Debug, Clone, Default)]
+pub struct Redactor {
+    secrets: Vec<String>,
+}
+
+impl Redactor {
+    /// Mask these values (empty ones are ignored: masking "" would mask everything).
+    pub fn new(secrets: impl IntoIterator<Item = String>) -> Self {
+        let mut secrets: Vec<String> = secrets.into_iter().filter(|s| s.len() >= 3).collect();
+        // Longest first, so a secret containing another is masked whole.
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        Self { secrets }
+    }
+    /// The text with every secret masked as `***`.
+    pub fn apply(&self, text: &str) -> String {
+        let mut t = text
+            .split(' ')
+            .map(strip_userinfo)
+            .collect::<Vec<_>>()
+            .join(" ");
+        for s in &self.secrets {
+            t = t.replace(s.as_str(), "***");
+        }
+        t
+    }
+}
+
+/// Where and how to deliver, beyond what the spec says.
+#[derive(Debug, Clone)]
+pub struct NotifySettings {
+    /// HMAC key for webhook signatures (from [`SECRET_ENV`]); unsigned when `None`.
+    pub webhook_secret: Option<String>,
+    /// SMTP relay host (plain SMTP; e.g. a local MTA or relay).
+    pub smtp_host: String,
+    /// SMTP port.
+    pub smtp_port: u16,
+    /// Sender address.
+    pub smtp_from: String,
+    /// Attempts per webhook delivery (at least 1).
+    pub attempts: u32,
+    /// First backoff; doubles after each failed attempt.
+    pub backoff: Duration,
+    /// Relative `file` sinks resolve against this directory (the spec's).
+    pub workdir: PathBuf,
+    /// Values to mask in every message.
+    pub redact: Vec<String>,
+}
+
+impl Default for NotifySettings {
+    fn default() -> Self {
+        Self {
+            webhook_secret: None,
+            smtp_host: "localhost".into(),
+            smtp_port: 25,
+            smtp_from: "slipway@localhost".into(),
+            attempts: 4,
+            backoff: Duration::from_millis(500),
+            workdir: PathBuf::from("."),
+            redact: Vec::new(),
+        }
+    }
+}
+
+/// One notification.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Message {
+    /// What happened.
+    pub event: NotifyEvent,
+    /// Run id.
+    pub run: String,
+    /// Release name.
+    pub release: String,
+    /// Release version.
+    pub version: String,
+    /// Environment.
+    pub environment: String,
+    /// State the run entered.
+    pub state: String,
+    /// Why, when known.
+    pub reason: Option<String>,
+    /// When.
+    pub at: Timestamp,
+    /// One line for people.
+    pub text: String,
+}
+
+/// The outcome of delivering one message to one sink.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Delivery {
+    /// `webhook`, `email` or `file`.
+    pub sink: String,
+    /// Where (URL without credentials, recipients, path).
+    pub target: String,
+    /// The event delivered.
+    pub event: NotifyEvent,
+    /// Attempts made.
+    pub attempts: u32,
+    /// `None` when delivered, else the last error.
+    pub error: Option<String>,
+}
+
+/// Which notification events a journaled event is.
+pub fn classify(event: &EngineEvent) -> Vec<NotifyEvent> {
+    let EngineEvent::StateChanged { from, to, .. } = event else {
+        return Vec::new();
+    };
+    let mut v = Vec::new();
+    match to {
+        RunState::Running
+            if matches!(
+                from,
+                RunState::Pending | RunState::WaitingForWindow | RunState::WaitingForApproval
+            ) =>
+        {
+            v.push(NotifyEvent::Started);
+        }
+        RunState::WaitingForApproval if *from != RunState::WaitingForApproval => {
+            v.push(NotifyEvent::WaitingForApproval);
+        }
+        RunState::Paused => v.push(NotifyEvent::Paused),
+        RunState::RolledBack => v.push(NotifyEvent::RolledBack),
+        _ => {}
+    }
+    if to.is_terminal() {
+        v.push(NotifyEvent::Finished);
+    }
+    v
+}
+
+fn event_name(e: NotifyEvent) -> &'static str {
+    match e {
+        NotifyEvent::Started => "started",
+        NotifyEvent::WaitingForApproval => "waiting for approval",
+        NotifyEvent::Paused => "paused",
+        NotifyEvent::RolledBack => "rolled back",
+        NotifyEvent::Finished => "finished",
+    }
+}
+
+/// Delivers run notifications for one plan's sinks.
+#[derive(Debug, Clone)]
+pub struct Notifier {
+    sinks: Vec<Notification>,
+    release: String,
+    version: String,
+    environment: String,
+    settings: NotifySettings,
+    redactor: Redactor,
+    last_reason: Option<String>,
+}
+
+impl Notifier {
+    /// A notifier for the sinks of `plan` (none when it names none).
+    pub fn new(plan: &Plan, settings: NotifySettings) -> Self {
+        let mut secrets = settings.redact.clone();
+        secrets.extend(settings.webhook_secret.clone());
+        Self {
+            sinks: plan.notifications.clone(),
+            release: plan.release.name.clone(),
+            version: plan.release.version.clone(),
+            environment: plan.environment.clone(),
+            redactor: Redactor::new(secrets),
+            settings,
+            last_reason: None,
+        }
+    }
+
+    /// Whether any sink is configured.
+    pub fn is_empty(&self) -> bool {
+        self.sinks.is_empty()
+    }
+
+    /// The messages a notice produces.
+    pub fn messages(&mut self, n: &Notice) -> Vec<Message> {
+        if let EngineEvent::StateChanged {
+            reason: Some(r), ..
+        } = &n.event
+        {
+            self.last_reason = Some(r.clone());
+        }
+        let EngineEvent::StateChanged { to, reason, .. } = &n.event else {
+            return Vec::new();
+        };
+        classify(&n.event)
+            .into_iter()
+            .map(|event| {
+                // A rollback's reason is on the transition into rolling back, not the last.
+                let reason = reason.clone().or_else(|| {
+                    matches!(to, RunState::RolledBack | RunState::Failed)
+                        .then(|| self.last_reason.clone())
+                        .flatten()
+                });
+                let mut text = format!(
+                    "{} {} → {}: {} (run {}, {})",
+                    self.release,
+                    self.version,
+                    self.environment,
+                    event_name(event),
+                    n.run_id,
+                    to.as_str()
+                );
+                if let Some(r) = &reason {
+                    text.push_str(&format!(": {r}"));
+                }
+                Message {
+                    event,
+                    run: n.run_id.clone(),
+                    release: self.release.clone(),
+                    version: self.version.clone(),
+                    environment: self.environment.clone(),
+                    state: to.as_str().to_owned(),
+                    reason: reason.map(|r| self.redactor.apply(&r)),
+                    at: n.at,
+                    text: self.redactor.apply(&text),
+                }
+            })
+            .collect()
+    }
+
+    /// Deliver the messages of a notice to every subscribed sink.
+    pub async fn handle(&mut self, n: &Notice) -> Vec<Delivery> {
+        let mut out = Vec::new();
+        for m in self.messages(n) {
+            for sink in &self.sinks {
+                if !sink.on.is_empty() && !sink.on.contains(&m.event) {
+                    continue;
+                }
+                if let Some(url) = &sink.webhook {
+                    out.push(self.webhook(url, &m).await);
+                }
+                if !sink.email.is_empty() {
+                    out.push(self.email(&sink.email, &m).await);
+                }
+                if let Some(path) = &sink.file {
+                    out.push(self.file(path, &m));
+                }
+            }
+        }
+        out
+    }
+
+    /// Consume notices until the channel closes; return every delivery.
+    pub async fn run(
+        mut self,
+        mut rx: tokio::sync::mpsc::UnboundedReceiver<Notice>,
+    ) -> Vec<Delivery> {
+        let mut all = Vec::new();
+        while let Some(n) = rx.recv().await {
+            all.extend(self.handle(&n).await);
+        }
+        all
+    }
+
+    /// The Slack-compatible body of a message: `text` for Slack, `slipway` for machines.
+    pub fn webhook_body(m: &Message) -> String {
+        serde_json::json!({ "text": m.text, "username": "slipway", "slipway": m }).to_string()
+    }
+
+    async fn webhook(&self, url: &str, m: &Message) -> Delivery {
+        let body = Self::webhook_body(m);
+        let signature = self
+            .settings
+            .webhook_secret
+            .as_ref()
+            .map(|s| sign(s, &body));
+        let mut attempts = 0;
+        let mut delay = self.settings.backoff;
+        let mut error = None;
+        while attempts < self.settings.attempts.max(1) {
+            attempts += 1;
+            match post(url, &body, signature.as_deref()).await {
+                Ok(status) if (200..300).contains(&status) => {
+                    error = None;
+                    break;
+                }
+                Ok(status) => {
+                    error = Some(format!("the receiver answered HTTP {status}"));
+                    // Other client errors will not change on retry.
+                    if (400..500).contains(&status) && status != 408 && status != 429 {
+                        break;
+                    }
+                }
+                Err(e) => error = Some(e),
+            }
+            if attempts < self.settings.attempts {
+                tokio::time::sleep(delay).await;
+                delay = delay.saturating_mul(2);
+            }
+        }
+        Delivery {
+            sink: "webhook".into(),
+            target: strip_userinfo(url),
+            event: m.event,
+            attempts,
+            error,
+        }
+    }
+
+    async fn email(&self, to: &[String], m: &Message) -> Delivery {
+        let result = send_mail(&self.settings, to, m).await;
+        Delivery {
+            sink: "email".into(),
+            target: to.join(", "),
+            event: m.event,
+            attempts: 1,
+            error: result.err(),
+        }
+    }
+
+    fn file(&self, path: &str, m: &Message) -> Delivery {
+        let p = self.settings.workdir.join(path);
+        let result = append_line(&p, &serde_json::to_string(m).unwrap_or_default());
+        Delivery {
+            sink: "file".into(),
+            target: p.display().to_string(),
+            event: m.event,
+            attempts: 1,
+            error: result.err(),
+        }
+    }
+}
+
+/// `sha256=<hex HMAC-SHA256(secret, body)>`.
+pub fn sign(secret: &str, body: &str) -> String {
+    match hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()) {
+        Ok(mut mac) => {
+            mac.update(body.as_bytes());
+            format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+        }
+        // HMAC accepts keys of any length; this arm is unreachable but keeps us panic-free.
+        Err(_) => String::new(),
+    }
+}
+
+fn append_line(path: &Path, line: &str) -> Result<(), String> {
+    use std::io::Write as _;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| format!("open {}: {e}", path.display()))?;
+    writeln!(f, "{line}").map_err(|e| format!("append to {}: {e}", path.display()))
+}
+
+async fn post(url: &str, body: &str, signature: Option<&str>) -> Result<u16, String> {
+    if url.starts_with("https://") {
+        return Err(
+            "deliver to an https webhook: this build sends plain http only; point the webhook at a local relay (http://)".into(),
+        );
+    }
+    let uri: hyper::Uri = url
+        .parse()
+        .map_err(|e| format!("parse webhook URL {}: {e}", strip_userinfo(url)))?;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    let mut req = hyper::Request::post(uri)
+        .header("content-type", "application/json")
+        .header("user-agent", "slipway");
+    if let Some(s) = signature {
+        req = req.header(SIGNATURE_HEADER, s);
+    }
+    let req = req
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .map_err(|e| format!("build the webhook request: {e}"))?;
+    let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req))
+        .await
+        .map_err(|_| "reach the webhook: timed out after 10s".to_owned())?
+        .map_err(|e| format!("reach the webhook: {e}"))?;
+    let status = resp.status().as_u16();
+    // Drain the body so the connection closes cleanly.
+    let _ = resp.into_body().collect().await;
+    Ok(status)
+}
+
+async fn send_mail(s: &NotifySettings, to: &[String], m: &Message) -> Result<(), String> {
+    use lettre::{AsyncSmtpTransport, AsyncTransport, Message as Mail, Tokio1Executor};
+    let mut b = Mail::builder()
+        .from(
+            s.smtp_from
+                .parse()
+                .map_err(|e| format!("parse the sender {}: {e}", s.smtp_from))?,
+        )
+        .subject(format!(
+            "[slipway] {} {} {}: {}",
+            m.release,
+            m.version,
+            m.environment,
+            event_name(m.event)
+        ));
+    for r in to {
+        b = b.to(r
+            .parse()
+            .map_err(|e| format!("parse the recipient {r}: {e}"))?);
+    }
+    let body = format!(
+        "{}\n\nrun: {}\nstate: {}\nat: {}\n",
+        m.text, m.run, m.state, m.at
+    );
+    let mail = b.body(body).map_err(|e| format!("build the email: {e}"))?;
+    // Plain SMTP to a relay the operator controls (localhost by default); no TLS in this
+    // build, so no credentials are ever sent.
+    let transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&s.smtp_host)
+        .port(s.smtp_port)
+        .timeout(Some(Duration::from_secs(10)))
+        .build();
+    transport
+        .send(mail)
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("send the email via {}:{}: {e}", s.smtp_host, s.smtp_port))
+}
