@@ -5,6 +5,7 @@
 //! exit codes here, so every failure a user sees says what to do next.
 
 mod cmd_audit;
+mod cmd_check;
 mod cmd_demo;
 mod cmd_env;
 mod cmd_migrate;
@@ -65,6 +66,8 @@ pub enum Commands {
     DemoApp(cmd_demo::DemoAppArgs),
     /// Validate a spec and show the plan for one environment: waves, gates, risk, digest.
     Plan(cmd_plan::PlanArgs),
+    /// Is the environment ready? Reachability, capacity, accounts and smoke checks, in one table.
+    Check(cmd_check::CheckArgs),
     /// Validate a spec: every problem at once, with file:line:column and a fix.
     Validate(cmd_plan::ValidateArgs),
     /// Compare two environments of a spec: variables, versions, target shape.
@@ -133,6 +136,7 @@ fn main() {
 fn run(command: Commands, out: &Output) -> Result<i32, out::CliError> {
     match command {
         Commands::Plan(a) => cmd_plan::plan(a, out),
+        Commands::Check(a) => cmd_check::check(a, out),
         Commands::Validate(a) => cmd_plan::validate(a, out),
         Commands::Diff(a) => cmd_plan::diff(a, out),
         Commands::Key(c) => cmd_package::key(c, out),

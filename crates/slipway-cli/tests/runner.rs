@@ -5,6 +5,7 @@
     reason = "tests: a panic is a failure"
 )]
 
+mod check_cli;
 mod crash;
 mod demo_cli;
 mod lease_cli;
