@@ -74,6 +74,21 @@ pub struct RunArgs {
     pub store: StoreArg,
 }
 
+/// `slipway rollback`.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Examples:\n  slipway rollback 20261126-033243-ef0a61 --reason \"checkout errors after release\""
+)]
+pub struct RollbackArgs {
+    /// Run id (see `slipway history`).
+    pub run: String,
+    /// Why; journaled and audited with your identity.
+    #[arg(long, value_name = "TEXT")]
+    pub reason: String,
+    #[command(flatten)]
+    pub store: StoreArg,
+}
+
 /// `slipway status`.
 #[derive(Debug, clap::Args)]
 pub struct StatusArgs {
@@ -347,6 +362,7 @@ async fn drive_foreground(
     let mut lease = crate::cmd_env::take(engine.store().clone(), run, lease_wait, out).await?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Notice>();
     let engine = engine.with_notices(tx);
+    let (notify_tx, notify_task) = crate::cmd_notify::start(plan, &run.workdir);
     let tty = std::io::stderr().is_terminal() && !out.json();
     let json = out.json();
     let multi = MultiProgress::new();
@@ -375,6 +391,9 @@ async fn drive_foreground(
                 color_err: out_color,
             };
             while let Some(n) = rx.recv().await {
+                if let Some(t) = &notify_tx {
+                    let _ = t.send(n.clone());
+                }
                 if json {
                     continue;
                 }
@@ -415,6 +434,7 @@ async fn drive_foreground(
     };
     drop(engine);
     let _ = printer.await;
+    crate::cmd_notify::finish(notify_task, out).await;
     let outcome = result.map_err(engine_error)?;
     // A finished run gives the environment back; a paused or blocked one lets its lease
     // lapse at expiry (resume takes it again if still free).
@@ -735,6 +755,37 @@ pub fn pause(a: RunArgs, out: &Output) -> Result<i32, CliError> {
 /// `slipway abort`.
 pub fn abort(a: RunArgs, out: &Output) -> Result<i32, CliError> {
     control(a, Control::Abort, out)
+}
+
+/// `slipway rollback`: undo a run's completed steps in reverse order, by hand.
+pub fn rollback(a: RollbackArgs, out: &Output) -> Result<i32, CliError> {
+    if a.reason.trim().is_empty() {
+        return Err(CliError::input(
+            "a rollback needs a reason",
+            "say why with --reason TEXT; it is kept in the audit chain",
+        ));
+    }
+    let rt = runtime()?;
+    rt.block_on(async {
+        let (store, db) = open_store(&a.store).await?;
+        let run = load_run(store.as_ref(), &a.run).await?;
+        let me = store.pseudonym(&identity()).await.map_err(store_error)?;
+        let engine = engine_for(store.clone(), &db, &run.workdir);
+        let end = engine
+            .rollback_run(&a.run, &me, a.reason.trim())
+            .await
+            .map_err(engine_error)?;
+        if out.json() {
+            out.json_value(&json!({"run": a.run, "state": end.as_str()}));
+        } else {
+            out.line(&format!("run {} → {}", a.run, end.as_str()));
+        }
+        Ok(match end {
+            RunState::RolledBack => exit::ROLLED_BACK,
+            RunState::Aborted => exit::ABORTED,
+            _ => exit::FAILURE,
+        })
+    })
 }
 
 /// `slipway approve`.

@@ -9,6 +9,7 @@ mod cmd_check;
 mod cmd_demo;
 mod cmd_env;
 mod cmd_migrate;
+mod cmd_notify;
 mod cmd_package;
 mod cmd_plan;
 mod cmd_render;
@@ -96,6 +97,8 @@ pub enum Commands {
     Pause(cmd_run::RunArgs),
     /// Abort a run (steps in flight finish; nothing is rolled back).
     Abort(cmd_run::RunArgs),
+    /// Roll a run back by hand: undo its completed steps in reverse order (audited).
+    Rollback(cmd_run::RollbackArgs),
     /// Approve the plan digest of a run as the current identity (SLIPWAY_USER or OS user).
     Approve(cmd_run::ApproveArgs),
     /// List runs, newest first.
@@ -151,6 +154,7 @@ fn run(command: Commands, out: &Output) -> Result<i32, out::CliError> {
         Commands::Logs(a) => cmd_run::logs(a, out),
         Commands::Pause(a) => cmd_run::pause(a, out),
         Commands::Abort(a) => cmd_run::abort(a, out),
+        Commands::Rollback(a) => cmd_run::rollback(a, out),
         Commands::Approve(a) => cmd_run::approve(a, out),
         Commands::History(a) => cmd_run::history(a, out),
         Commands::Audit(c) => cmd_audit::audit(c, out),

@@ -11,6 +11,7 @@ mod demo_cli;
 mod lease_cli;
 mod plan_cli;
 mod render_cli;
+mod rollback_cli;
 
 /// Every `.rs` file in tests/ must be a module of this runner, or it would never run.
 #[test]

@@ -506,6 +506,48 @@ impl Engine {
         self.run_waves(&mut ctx).await
     }
 
+    /// Roll a run back by hand: undo its completed steps in reverse order. Allowed for
+    /// runs that are paused, failed, succeeded or interrupted mid-rollback; the request and
+    /// its reason are journaled (and so audited) before anything is undone.
+    pub async fn rollback_run(
+        &self,
+        run_id: &str,
+        actor: &str,
+        reason: &str,
+    ) -> Result<RunState, EngineError> {
+        let _claim = self.store.claim(run_id).await?;
+        let run = self.load(run_id).await?;
+        let plan = parse_plan(&run)?;
+        let mut ctx = RunCtx {
+            state: run.state,
+            run,
+            plan,
+            actor: actor.to_owned(),
+        };
+        match ctx.state {
+            RunState::RolledBack | RunState::Aborted => {
+                return Err(EngineError::Terminal {
+                    action: "roll back",
+                    run: run_id.to_owned(),
+                    state: ctx.state.as_str(),
+                });
+            }
+            RunState::Pending | RunState::WaitingForWindow | RunState::WaitingForApproval => {
+                // Nothing ran yet: there is nothing to undo, so the run is simply aborted.
+                self.transition(
+                    &mut ctx,
+                    RunState::Aborted,
+                    Some(format!("rollback requested before any step ran: {reason}")),
+                )
+                .await?;
+                return Ok(RunState::Aborted);
+            }
+            _ => {}
+        }
+        self.rollback(&mut ctx, &format!("rollback requested by hand: {reason}"))
+            .await
+    }
+
     /// Wait at the gates. `Some(outcome)` when the drive must stop here.
     async fn pass_gates(
         &self,

@@ -1,0 +1,106 @@
+//! `slipway rollback RUN`: a finished run's steps are undone in reverse, by hand, audited.
+
+use crate::slipway;
+
+#[test]
+fn a_succeeded_run_is_rolled_back_by_hand_in_reverse_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    let spec = dir.path().join("release.yaml");
+    std::fs::write(
+        &spec,
+        format!(
+            "apiVersion: slipway/v1
+kind: Release
+metadata: {{ name: x, version: 1.0.0, type: patch }}
+services:
+  db:
+    steps: [ {{ name: schema, run: \"touch {d}/schema\", undo: \"rm {d}/schema && echo db >> {d}/undo-order\" }} ]
+  api:
+    depends_on: [db]
+    steps: [ {{ name: install, run: \"touch {d}/api\", undo: \"rm {d}/api && echo api >> {d}/undo-order\" }} ]
+environments:
+  staging: {{ target: {{ exec: {{}} }} }}
+"
+        ),
+    )
+    .unwrap();
+    let store = format!("sqlite://{d}/s.db");
+    let o = slipway()
+        .env("SLIPWAY_STORE", &store)
+        .args(["deploy", "--env", "staging", "--output", "json", "-f"])
+        .arg(&spec)
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let run = v["run"].as_str().or(v["id"].as_str()).unwrap().to_owned();
+    assert!(dir.path().join("api").exists() && dir.path().join("schema").exists());
+
+    let o = slipway()
+        .env("SLIPWAY_STORE", &store)
+        .args(["rollback", &run, "--reason", ""])
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "a rollback without a reason is refused"
+    );
+
+    let o = slipway()
+        .env("SLIPWAY_STORE", &store)
+        .env("SLIPWAY_USER", "bob")
+        .args([
+            "rollback",
+            &run,
+            "--reason",
+            "checkout errors after release",
+            "--output",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(!dir.path().join("api").exists() && !dir.path().join("schema").exists());
+    let order = std::fs::read_to_string(dir.path().join("undo-order")).unwrap();
+    assert_eq!(order, "api\ndb\n", "undo runs in reverse dependency order");
+
+    // Rolling back twice is refused; the chain still verifies and names the reason.
+    let o = slipway()
+        .env("SLIPWAY_STORE", &store)
+        .args(["rollback", &run, "--reason", "again"])
+        .output()
+        .unwrap();
+    assert_ne!(o.status.code(), Some(4));
+    let o = slipway()
+        .env("SLIPWAY_STORE", &store)
+        .args(["audit", "verify"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let logs = slipway()
+        .env("SLIPWAY_STORE", &store)
+        .args(["logs", &run])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&logs.stdout)
+            .contains("rollback requested by hand: checkout errors after release")
+    );
+}
