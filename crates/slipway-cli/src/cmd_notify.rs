@@ -1,0 +1,74 @@
+//! Run notifications from the CLI: a `slipway_govern::notify::Notifier` for the plan's
+//! sinks, fed the engine's notices beside the live progress, configured from the
+//! environment (`SLIPWAY_WEBHOOK_SECRET`, `SLIPWAY_SMTP_HOST`, `SLIPWAY_SMTP_PORT`,
+//! `SLIPWAY_SMTP_FROM`). Failed deliveries are reported as warnings; they never change a
+//! run's outcome or exit code.
+
+use slipway_engine::Notice;
+use slipway_govern::notify::{Delivery, Notifier, NotifySettings, SECRET_ENV};
+use slipway_model::plan::Plan;
+use tokio::sync::mpsc::UnboundedSender;
+use tokio::task::JoinHandle;
+
+use crate::out::Output;
+
+/// Settings from the environment; `secret://env/NAME` values of the plan's environment are
+/// resolved only to be masked in every message.
+fn settings(plan: &Plan, workdir: &str) -> NotifySettings {
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let d = NotifySettings::default();
+    let redact = plan
+        .env
+        .vars
+        .values()
+        .filter_map(|v| v.0.strip_prefix("secret://env/"))
+        .filter_map(env)
+        .collect();
+    NotifySettings {
+        webhook_secret: env(SECRET_ENV),
+        smtp_host: env("SLIPWAY_SMTP_HOST").unwrap_or(d.smtp_host.clone()),
+        smtp_port: env("SLIPWAY_SMTP_PORT")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(d.smtp_port),
+        smtp_from: env("SLIPWAY_SMTP_FROM").unwrap_or(d.smtp_from.clone()),
+        workdir: workdir.into(),
+        redact,
+        ..d
+    }
+}
+
+/// Start delivering notifications for a plan with sinks; `None`s when it has none.
+pub(crate) fn start(
+    plan: Option<&Plan>,
+    workdir: &str,
+) -> (
+    Option<UnboundedSender<Notice>>,
+    Option<JoinHandle<Vec<Delivery>>>,
+) {
+    let Some(plan) = plan.filter(|p| !p.notifications.is_empty()) else {
+        return (None, None);
+    };
+    let notifier = Notifier::new(plan, settings(plan, workdir));
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    (Some(tx), Some(tokio::spawn(notifier.run(rx))))
+}
+
+/// Wait for pending deliveries and warn about the ones that failed.
+pub(crate) async fn finish(task: Option<JoinHandle<Vec<Delivery>>>, out: &Output) {
+    let Some(task) = task else { return };
+    let Ok(deliveries) = task.await else { return };
+    for d in deliveries {
+        if let Some(e) = &d.error {
+            out.eline(&format!(
+                "warning: failed to notify {} {} of {} after {} attempt(s): {e}",
+                d.sink,
+                d.target,
+                serde_json::to_value(d.event)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default(),
+                d.attempts
+            ));
+        }
+    }
+}
