@@ -9,6 +9,7 @@ mod cmd_check;
 mod cmd_demo;
 mod cmd_env;
 mod cmd_migrate;
+mod cmd_notify;
 mod cmd_package;
 mod cmd_plan;
 mod cmd_render;
