@@ -8,6 +8,7 @@
 mod check_cli;
 mod crash;
 mod demo_cli;
+mod gates_cli;
 mod lease_cli;
 mod plan_cli;
 mod render_cli;
