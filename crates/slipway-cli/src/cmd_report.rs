@@ -42,6 +42,31 @@ pub enum ReportCommand {
     Compliance(ComplianceArgs),
 }
 
+/// `slipway catalog …`.
+#[derive(Debug, clap::Subcommand)]
+pub enum CatalogCommand {
+    /// Write Backstage catalog-info.yaml entities (System, Components with dependsOn,
+    /// owner and lifecycle) and the dependency map (dependencies.dot, and .svg when
+    /// Graphviz `dot` is installed).
+    #[command(
+        after_help = "Examples:\n  slipway catalog export -f examples/shop/release.yaml --out catalog/"
+    )]
+    Export(CatalogExportArgs),
+}
+
+/// `slipway catalog export`.
+#[derive(Debug, clap::Args)]
+pub struct CatalogExportArgs {
+    /// The release spec.
+    #[arg(short = 'f', long)]
+    pub file: PathBuf,
+    /// Output directory.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub store: StoreArg,
+}
+
 /// `slipway report compliance`.
 #[derive(Debug, clap::Args)]
 pub struct ComplianceArgs {
@@ -281,4 +306,66 @@ fn compliance_cmd(a: ComplianceArgs, out: &Output) -> Result<i32, CliError> {
     } else {
         exit::FAILURE
     })
+}
+
+/// Run a catalog subcommand.
+pub fn catalog(c: CatalogCommand, out: &Output) -> Result<i32, CliError> {
+    let CatalogCommand::Export(a) = c;
+    let loaded = crate::cmd_plan::load_spec(&a.file, out)?;
+    // Lifecycles come from the run history when a store exists; none is created here.
+    let cwd = std::env::current_dir().unwrap_or_default();
+    let runs = match slipway_store::resolve(a.store.store.as_deref(), &cwd) {
+        Ok(slipway_store::StoreLocation::Sqlite(p)) if p.exists() => {
+            let rt = runtime()?;
+            rt.block_on(async {
+                let (store, _) = open_store(&a.store).await?;
+                history::load_runs(store.as_ref(), None)
+                    .await
+                    .map_err(govern_error)
+            })?
+        }
+        _ => Vec::new(),
+    };
+    let entities = slipway_govern::catalog::entities(&loaded.spec, &runs);
+    std::fs::create_dir_all(&a.out).map_err(|e| {
+        CliError::new(
+            exit::FAILURE,
+            format!("failed to create {}: {e}", a.out.display()),
+            Some("choose a writable --out directory".to_owned()),
+        )
+    })?;
+    let yaml_path = a.out.join("catalog-info.yaml");
+    write_file(&yaml_path, &slipway_govern::catalog::to_yaml(&entities))?;
+    let dot = slipway_govern::catalog::to_dot(&loaded.spec);
+    let dot_path = a.out.join("dependencies.dot");
+    write_file(&dot_path, &dot)?;
+    let svg_path = a.out.join("dependencies.svg");
+    let svg = std::process::Command::new("dot")
+        .arg("-Tsvg")
+        .arg(&dot_path)
+        .arg("-o")
+        .arg(&svg_path)
+        .status()
+        .is_ok_and(|s| s.success());
+    if out.json() {
+        out.json_value(&serde_json::json!({
+            "entities": entities.len(),
+            "catalog": yaml_path.display().to_string(),
+            "dot": dot_path.display().to_string(),
+            "svg": svg.then(|| svg_path.display().to_string()),
+        }));
+    } else {
+        out.line(&format!(
+            "{} entities written to {}; dependency map {}{}",
+            entities.len(),
+            yaml_path.display(),
+            dot_path.display(),
+            if svg {
+                format!(" and {}", svg_path.display())
+            } else {
+                " (install Graphviz `dot` for an SVG)".to_owned()
+            }
+        ));
+    }
+    Ok(exit::SUCCESS)
 }

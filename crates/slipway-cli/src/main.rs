@@ -118,6 +118,9 @@ pub enum Commands {
     /// compliance evidence.
     #[command(subcommand)]
     Report(cmd_report::ReportCommand),
+    /// The service catalog: Backstage entities and the dependency map of a spec.
+    #[command(subcommand)]
+    Catalog(cmd_report::CatalogCommand),
     /// Database migrations: status, apply, undo, dry run on a clone.
     #[command(subcommand)]
     Migrate(cmd_migrate::MigrateCommand),
@@ -162,6 +165,7 @@ fn run(command: Commands, out: &Output) -> Result<i32, out::CliError> {
         Commands::Render(a) => cmd_render::render(a, out),
         Commands::Compat(c) => cmd_render::compat(c, out),
         Commands::Report(c) => cmd_report::report(c, out),
+        Commands::Catalog(c) => cmd_report::catalog(c, out),
         Commands::Migrate(c) => cmd_migrate::migrate(c, out),
         Commands::Backup(c) => cmd_migrate::backup(c, out),
         Commands::Schema => {
