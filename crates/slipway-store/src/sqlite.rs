@@ -136,13 +136,17 @@ impl SqliteStore {
 /// Read the journal format and bring the schema to the current one, or refuse.
 async fn migrate(conn: &mut SqliteConnection, path: &Path) -> Result<(), StoreError> {
     let loc = format!("sqlite://{}", path.display());
+    // Read the version and migrate under one write lock: two processes opening a fresh
+    // store at the same moment must not both create the schema (busy_timeout makes the
+    // second wait, then it finds the schema current).
+    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.map_err(q(path))?;
     let tables: i64 = sqlx::query_scalar("SELECT count(*) FROM sqlite_master WHERE type='table'")
-        .fetch_one(&mut *conn)
+        .fetch_one(&mut *tx)
         .await
         .map_err(q(path))?;
     let has_meta: i64 =
         sqlx::query_scalar("SELECT count(*) FROM sqlite_master WHERE type='table' AND name='meta'")
-            .fetch_one(&mut *conn)
+            .fetch_one(&mut *tx)
             .await
             .map_err(q(path))?;
     let fresh = tables == 0;
@@ -155,7 +159,7 @@ async fn migrate(conn: &mut SqliteConnection, path: &Path) -> Result<(), StoreEr
     } else {
         let v: Option<String> =
             sqlx::query_scalar("SELECT value FROM meta WHERE key='journal_format'")
-                .fetch_optional(&mut *conn)
+                .fetch_optional(&mut *tx)
                 .await
                 .map_err(q(path))?;
         let v = v.ok_or_else(|| {
@@ -180,9 +184,9 @@ async fn migrate(conn: &mut SqliteConnection, path: &Path) -> Result<(), StoreEr
         )));
     }
     if current == JOURNAL_FORMAT {
+        tx.commit().await.map_err(q(path))?;
         return Ok(());
     }
-    let mut tx = conn.begin().await.map_err(q(path))?;
     for sql in &MIGRATIONS[current as usize..JOURNAL_FORMAT as usize] {
         sqlx::raw_sql(*sql)
             .execute(&mut *tx)
