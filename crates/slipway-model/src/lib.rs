@@ -10,6 +10,7 @@ pub mod duration;
 pub mod exit;
 pub mod plan;
 pub mod policy;
+pub mod recovery;
 pub mod schema;
 pub mod spec;
 pub mod validate;

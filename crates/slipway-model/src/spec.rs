@@ -337,6 +337,60 @@ pub struct Environment {
     /// Service versions last seen running here (the store's history overrides this).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub deployed: BTreeMap<String, String>,
+    /// Backups: whether one is required before migrating, and the scheduled ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupPolicy>,
+    /// Recovery objectives (RTO/RPO) and whether a rollback rehearsal must prove them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery: Option<RecoveryPolicy>,
+}
+
+/// An environment's backups.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BackupPolicy {
+    /// A backup must exist before migrations run here; a plan whose windows open too long
+    /// after the last scheduled backup is blocked rather than warned about.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub required: bool,
+    /// Cron expression of the environment's scheduled backups, e.g. `0 2 * * *`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+    /// IANA time zone of `schedule` (default UTC), e.g. `Europe/Berlin`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
+    /// How old the last scheduled backup may be when a deployment window opens, e.g. `12h`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<String>,
+}
+
+/// An environment's recovery objectives.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RecoveryPolicy {
+    /// Recovery time objective: longest acceptable time until the previous version serves
+    /// again after a rollback starts, e.g. `5m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rto: Option<String>,
+    /// Recovery point objective: longest acceptable span of writes lost by a rollback,
+    /// e.g. `0s` (undo scripts) or `15m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpo: Option<String>,
+    /// Whether a passing rollback rehearsal (`slipway rehearse`) of this release must exist
+    /// before it goes to a production environment (default `optional`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rehearsal: Option<RehearsalRequirement>,
+}
+
+/// Whether a rollback rehearsal is required.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RehearsalRequirement {
+    /// A passing rehearsal newer than the release is required before production.
+    Required,
+    /// Rehearsals are informative only.
+    #[default]
+    Optional,
 }
 
 /// Where services run. Exactly one of `exec`, `process`, `ssh`.

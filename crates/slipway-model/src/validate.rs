@@ -17,8 +17,8 @@ use crate::diag::{Diagnostic, Pos, Severity, SpecErrors};
 use crate::duration::parse_duration;
 use crate::schema;
 use crate::spec::{
-    API_VERSION, AnalysisTemplate, Check, Environment, KIND, Metric, ReleaseSpec, Service,
-    ServiceKind, Strategy,
+    API_VERSION, AnalysisTemplate, BackupPolicy, Check, Environment, KIND, Metric,
+    RehearsalRequirement, ReleaseSpec, Service, ServiceKind, Strategy,
 };
 use crate::yaml::{self, SpanMap, pointer};
 
@@ -1131,6 +1131,23 @@ fn environment(cx: &mut Cx<'_>, spec: &ReleaseSpec, name: &str, e: &Environment,
     for (i, c) in e.checks.iter().enumerate() {
         cx.reference(&format!("{}/{i}", at("checks")), "check", c, &check_names);
     }
+    if let Some(b) = &e.backup {
+        backup_policy(cx, &at("backup"), b);
+    }
+    if let Some(r) = &e.recovery {
+        cx.duration(&at("recovery/rto"), r.rto.as_ref(), true);
+        cx.duration(&at("recovery/rpo"), r.rpo.as_ref(), false);
+        if r.rehearsal == Some(RehearsalRequirement::Required) && r.rto.is_none() && r.rpo.is_none()
+        {
+            // A rehearsal with nothing to meet passes whatever it measures.
+            cx.err_key(
+                "missing-field",
+                &at("recovery"),
+                format!("`{name}` requires a rollback rehearsal but declares no objectives"),
+                "add `rto:` and/or `rpo:`, e.g. `rto: 5m` and `rpo: 0s`",
+            );
+        }
+    }
     for (svc, v) in &e.deployed {
         let p = format!("{}/{}", at("deployed"), yaml::escape(svc));
         semver_at(cx, &p, v);
@@ -1142,6 +1159,54 @@ fn environment(cx: &mut Cx<'_>, spec: &ReleaseSpec, name: &str, e: &Environment,
                 suggest(svc, names, "service"),
             );
         }
+    }
+}
+
+/// `environments.X.backup`: cron and zone parse; an age is needed to judge a schedule.
+fn backup_policy(cx: &mut Cx<'_>, ptr: &str, b: &BackupPolicy) {
+    if let Some(c) = &b.schedule
+        && let Err(err) = c.parse::<croner::Cron>()
+    {
+        cx.err_value(
+            "invalid-cron",
+            &format!("{ptr}/schedule"),
+            format!("`{c}` is not a cron expression: {err}"),
+            "write five fields: minute hour day-of-month month day-of-week, e.g. `0 2 * * *`",
+        );
+    }
+    if let Some(tz) = &b.timezone
+        && jiff::tz::TimeZone::get(tz).is_err()
+    {
+        cx.err_value(
+            "invalid-timezone",
+            &format!("{ptr}/timezone"),
+            format!("`{tz}` is not an IANA time zone"),
+            "write a zone name such as `Europe/Berlin`, `America/New_York` or `UTC`",
+        );
+    }
+    cx.duration(&format!("{ptr}/max_age"), b.max_age.as_ref(), true);
+    match (&b.schedule, &b.max_age) {
+        (Some(_), None) => cx.err_key(
+            "missing-field",
+            ptr,
+            "a backup schedule is declared without `max_age`, so windows cannot be checked against it",
+            "add `max_age:`, the oldest a backup may be when a window opens, e.g. `max_age: 12h`",
+        ),
+        (None, Some(_)) => cx.err_key(
+            "missing-field",
+            ptr,
+            "`max_age` is declared without a backup `schedule` to measure it from",
+            "add `schedule:`, the cron of the scheduled backups, e.g. `schedule: \"0 2 * * *\"`",
+        ),
+        _ => {}
+    }
+    if b.timezone.is_some() && b.schedule.is_none() {
+        cx.warn(
+            "unused-field",
+            &format!("{ptr}/timezone"),
+            "`timezone` has no effect without a backup `schedule`",
+            "add `schedule:` or remove `timezone:`",
+        );
     }
 }
 

@@ -1,0 +1,412 @@
+//! Plan findings about recoverability: scheduled backups against deployment windows, and
+//! the rollback rehearsal a production environment may require.
+//!
+//! Pure like the rest of this crate: the caller gathers the facts (the current time, when
+//! the release last changed, the rehearsal record found beside the store) and gets findings
+//! back. Findings are advisory data and not part of the plan digest, so a rehearsal made
+//! after a plan was approved does not invalidate the approval.
+
+use std::time::Duration;
+
+use croner::Cron;
+use jiff::Timestamp;
+use jiff::tz::TimeZone;
+use serde::{Deserialize, Serialize};
+
+use crate::duration::{format_duration, parse_duration};
+use crate::plan::Finding;
+use crate::spec::{BackupPolicy, Environment, RehearsalRequirement, ReleaseSpec, Window};
+
+/// Version of [`RehearsalRecord`]; bump when the meaning of a field changes.
+pub const REHEARSAL_FORMAT: u32 = 1;
+
+/// Window openings looked at per window: enough for a weekly pattern of daily windows
+/// several times over, few enough to stay instant.
+const MAX_OPENINGS: usize = 64;
+/// How far ahead window openings are looked at; two weeks covers every weekly pattern.
+const HORIZON: jiff::SignedDuration = jiff::SignedDuration::from_hours(14 * 24);
+
+/// What `slipway rehearse` writes to `<store dir>/rehearsals/<release>-<version>.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RehearsalRecord {
+    /// [`REHEARSAL_FORMAT`].
+    pub format: u32,
+    /// Release name.
+    pub release: String,
+    /// Release version rehearsed.
+    pub version: String,
+    /// The (non-production) environment the rehearsal ran on.
+    pub environment: String,
+    /// When the rehearsal finished.
+    pub finished_at: Timestamp,
+    /// Measured recovery time, milliseconds.
+    pub rto_ms: u64,
+    /// Measured recovery point (span of lost writes), milliseconds.
+    pub rpo_ms: u64,
+    /// Acknowledged writes lost by the rollback.
+    pub markers_lost: u64,
+    /// The objectives the rehearsal was judged against (from the spec).
+    pub objective_rto_ms: Option<u64>,
+    /// The RPO objective, milliseconds.
+    pub objective_rpo_ms: Option<u64>,
+    /// Whether the measurements met those objectives.
+    pub objectives_met: bool,
+    /// The full measurement (`slipway_migrate::RehearsalReport`), kept as evidence.
+    pub report: serde_json::Value,
+}
+
+/// Facts the recovery findings need.
+#[derive(Debug, Clone, Default)]
+pub struct RecoveryFacts {
+    /// Window openings are checked from this instant on; `None` skips the backup check.
+    pub now: Option<Timestamp>,
+    /// When the release last changed (e.g. the spec file's modification time); a rehearsal
+    /// older than this does not count.
+    pub released_at: Option<Timestamp>,
+    /// Where the rehearsal record was looked for, to name it in findings.
+    pub rehearsal_path: String,
+    /// The record found there, or why none could be read.
+    pub rehearsal: Option<Result<RehearsalRecord, String>>,
+}
+
+/// Objectives as durations.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Objectives {
+    /// Recovery time objective.
+    pub rto: Option<Duration>,
+    /// Recovery point objective.
+    pub rpo: Option<Duration>,
+}
+
+impl Objectives {
+    /// The objectives an environment declares (unparsable values were refused by validation
+    /// and count as absent here).
+    pub fn of(env: &Environment) -> Self {
+        let r = env.recovery.as_ref();
+        let d = |v: Option<&String>| v.and_then(|v| parse_duration(v).ok());
+        Self {
+            rto: d(r.and_then(|r| r.rto.as_ref())),
+            rpo: d(r.and_then(|r| r.rpo.as_ref())),
+        }
+    }
+
+    /// Which objectives the measurements miss, as sentences; empty when all are met.
+    pub fn missed(&self, rto_ms: u64, rpo_ms: u64) -> Vec<String> {
+        let mut out = Vec::new();
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        if let Some(o) = self.rto
+            && rto_ms > ms(o)
+        {
+            out.push(format!(
+                "RTO {} exceeds the objective {}",
+                format_duration(Duration::from_millis(rto_ms)),
+                format_duration(o)
+            ));
+        }
+        if let Some(o) = self.rpo
+            && rpo_ms > ms(o)
+        {
+            out.push(format!(
+                "RPO {} exceeds the objective {}",
+                format_duration(Duration::from_millis(rpo_ms)),
+                format_duration(o)
+            ));
+        }
+        out
+    }
+}
+
+/// Recovery findings for one environment of a validated spec.
+pub fn findings(spec: &ReleaseSpec, env_name: &str, facts: &RecoveryFacts) -> Vec<Finding> {
+    let Some(env) = spec.environments.get(env_name) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    if let (Some(b), Some(now)) = (&env.backup, facts.now) {
+        backup_age(b, &env.windows, now, &mut out);
+    }
+    if env.production
+        && env.recovery.as_ref().and_then(|r| r.rehearsal) == Some(RehearsalRequirement::Required)
+    {
+        rehearsal(spec, env_name, env, facts, &mut out);
+    }
+    out
+}
+
+/// For every window, the first opening (from `now`, within [`HORIZON`]) that comes more than
+/// `max_age` after the last scheduled backup before it.
+fn backup_age(b: &BackupPolicy, windows: &[Window], now: Timestamp, out: &mut Vec<Finding>) {
+    let (Some(schedule), Some(max_age)) = (&b.schedule, &b.max_age) else {
+        return;
+    };
+    // Validation refused unparsable values; a spec that skipped it gets no finding rather
+    // than a wrong one.
+    let (Ok(cron), Ok(max)) = (schedule.parse::<Cron>(), parse_duration(max_age)) else {
+        return;
+    };
+    let Ok(max) = jiff::SignedDuration::try_from(max) else {
+        return;
+    };
+    let backup_tz = b.timezone.as_deref().unwrap_or("UTC");
+    let Ok(btz) = TimeZone::get(backup_tz) else {
+        return;
+    };
+    let (severity, consequence) = if b.required {
+        (
+            "error",
+            "backups are required here, so the deploy is blocked",
+        )
+    } else {
+        ("warning", "a rollback would restore an old backup")
+    };
+    let Ok(end) = now.checked_add(HORIZON) else {
+        return;
+    };
+    for (i, w) in windows.iter().enumerate() {
+        let (Ok(wcron), Ok(wtz)) = (w.cron.parse::<Cron>(), TimeZone::get(&w.timezone)) else {
+            continue;
+        };
+        for open in wcron.iter_after(now.to_zoned(wtz)).take(MAX_OPENINGS) {
+            if open.timestamp() > end {
+                break;
+            }
+            let last = cron
+                .find_previous_occurrence(&open.with_time_zone(btz.clone()), true)
+                .ok();
+            let age = last
+                .as_ref()
+                .map(|l| open.timestamp().duration_since(l.timestamp()));
+            if age.is_some_and(|a| a <= max) {
+                continue;
+            }
+            let ago = match (&last, age) {
+                (Some(l), Some(a)) => format!(
+                    "{} after the last scheduled backup at {}",
+                    format_duration(Duration::try_from(a).unwrap_or(Duration::MAX)),
+                    l.strftime("%Y-%m-%d %H:%M %Z")
+                ),
+                _ => format!("with no scheduled backup before it (`{schedule}` {backup_tz})"),
+            };
+            out.push(Finding {
+                severity: severity.into(),
+                code: "backup-too-old".into(),
+                message: format!(
+                    "deployment window {i} (`{}` {}) opens at {}, {ago}, more than backup.max_age {max_age}; {consequence}. Schedule a backup within {max_age} before the window opens, or move the window",
+                    w.cron,
+                    w.timezone,
+                    open.strftime("%Y-%m-%d %H:%M %Z"),
+                ),
+            });
+            // One finding per window: the same pattern repeats for the later openings.
+            break;
+        }
+    }
+}
+
+fn rehearsal(
+    spec: &ReleaseSpec,
+    env_name: &str,
+    env: &Environment,
+    facts: &RecoveryFacts,
+    out: &mut Vec<Finding>,
+) {
+    let name = &spec.metadata.name;
+    let version = &spec.metadata.version;
+    let stage = spec
+        .environments
+        .iter()
+        .find(|(_, e)| !e.production)
+        .map_or("ENV", |(n, _)| n.as_str());
+    let todo = format!(
+        "run `slipway rehearse -f SPEC --env {stage} --url DB_URL` (a non-production environment)"
+    );
+    let mut fail = |why: String| {
+        out.push(Finding {
+            severity: "error".into(),
+            code: "rollback-not-rehearsed".into(),
+            message: format!(
+                "rollback not rehearsed: `{env_name}` requires a passing rollback rehearsal of {name} {version}, but {why}; {todo}"
+            ),
+        });
+    };
+    let record = match &facts.rehearsal {
+        None => {
+            return fail(format!("there is no report at {}", facts.rehearsal_path));
+        }
+        Some(Err(e)) => {
+            return fail(format!(
+                "the report at {} cannot be read ({e})",
+                facts.rehearsal_path
+            ));
+        }
+        Some(Ok(r)) => r,
+    };
+    if record.release != *name || record.version != *version {
+        return fail(format!(
+            "the report at {} is for {} {}",
+            facts.rehearsal_path, record.release, record.version
+        ));
+    }
+    if let Some(at) = facts.released_at
+        && record.finished_at < at
+    {
+        return fail(format!(
+            "the last rehearsal ({}) is older than the release (changed {})",
+            record.finished_at, at
+        ));
+    }
+    // Judged against this environment's objectives, not the ones the rehearsal used: the
+    // rehearsed environment may be laxer than production.
+    let missed = Objectives::of(env).missed(record.rto_ms, record.rpo_ms);
+    if !missed.is_empty() {
+        fail(format!(
+            "the rehearsal on `{}` at {} missed the objectives: {}",
+            record.environment,
+            record.finished_at,
+            missed.join("; ")
+        ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::RecoveryPolicy;
+
+    fn spec(yaml_env: Environment) -> ReleaseSpec {
+        let mut s: ReleaseSpec = serde_json::from_value(serde_json::json!({
+            "apiVersion": "slipway/v1", "kind": "Release",
+            "metadata": {"name": "shop", "version": "1.2.0", "type": "feature"},
+            "services": {"api": {}},
+            "environments": {"staging": {"target": {"exec": {}}}}
+        }))
+        .unwrap();
+        s.environments.insert("prod".into(), yaml_env);
+        s
+    }
+
+    fn window(cron: &str) -> Window {
+        Window {
+            cron: cron.into(),
+            timezone: "UTC".into(),
+            duration: "2h".into(),
+        }
+    }
+
+    fn env(backup: Option<BackupPolicy>, rehearsal: bool) -> Environment {
+        Environment {
+            production: true,
+            windows: vec![window("0 9 * * *")],
+            backup,
+            recovery: rehearsal.then(|| RecoveryPolicy {
+                rto: Some("5m".into()),
+                rpo: Some("0s".into()),
+                rehearsal: Some(RehearsalRequirement::Required),
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn backup(schedule: &str, max_age: &str, required: bool) -> BackupPolicy {
+        BackupPolicy {
+            required,
+            schedule: Some(schedule.into()),
+            timezone: None,
+            max_age: Some(max_age.into()),
+        }
+    }
+
+    fn facts() -> RecoveryFacts {
+        RecoveryFacts {
+            now: Some("2025-03-03T00:00:00Z".parse().unwrap()),
+            released_at: Some("2025-03-01T00:00:00Z".parse().unwrap()),
+            rehearsal_path: ".slipway/rehearsals/shop-1.2.0.json".into(),
+            rehearsal: None,
+        }
+    }
+
+    #[test]
+    fn backup_shortly_before_the_window_is_fine() {
+        let s = spec(env(Some(backup("0 2 * * *", "12h", true)), false));
+        assert_eq!(findings(&s, "prod", &facts()), vec![]);
+    }
+
+    #[test]
+    fn stale_backup_names_window_and_backup_time() {
+        // Backups at 02:00 on Sundays only: Monday's 09:00 window is 31h after it.
+        let s = spec(env(Some(backup("0 2 * * SUN", "12h", true)), false));
+        let f = findings(&s, "prod", &facts());
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!(f[0].severity, "error");
+        assert_eq!(f[0].code, "backup-too-old");
+        assert!(
+            f[0].message.contains("window 0 (`0 9 * * *` UTC)"),
+            "{}",
+            f[0].message
+        );
+        assert!(
+            f[0].message.contains("2025-03-03 09:00"),
+            "{}",
+            f[0].message
+        );
+        assert!(
+            f[0].message.contains("2025-03-02 02:00"),
+            "{}",
+            f[0].message
+        );
+        assert!(f[0].message.contains("31h"), "{}", f[0].message);
+    }
+
+    #[test]
+    fn stale_backup_is_a_warning_when_not_required() {
+        let s = spec(env(Some(backup("0 2 * * SUN", "12h", false)), false));
+        let f = findings(&s, "prod", &facts());
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].severity, "warning");
+    }
+
+    fn record(rto_ms: u64, finished: &str) -> RehearsalRecord {
+        RehearsalRecord {
+            format: REHEARSAL_FORMAT,
+            release: "shop".into(),
+            version: "1.2.0".into(),
+            environment: "staging".into(),
+            finished_at: finished.parse().unwrap(),
+            rto_ms,
+            rpo_ms: 0,
+            markers_lost: 0,
+            objective_rto_ms: None,
+            objective_rpo_ms: None,
+            objectives_met: true,
+            report: serde_json::Value::Null,
+        }
+    }
+
+    #[test]
+    fn production_needs_a_passing_recent_rehearsal() {
+        let s = spec(env(None, true));
+        let mut f = facts();
+        let missing = findings(&s, "prod", &f);
+        assert_eq!(missing.len(), 1);
+        assert_eq!(missing[0].code, "rollback-not-rehearsed");
+        assert!(missing[0].message.contains("rollback not rehearsed"));
+        assert!(missing[0].message.contains("slipway rehearse"));
+        assert!(missing[0].message.contains("--env staging"));
+
+        f.rehearsal = Some(Ok(record(1_000, "2025-02-01T00:00:00Z")));
+        let old = findings(&s, "prod", &f);
+        assert!(old[0].message.contains("older than the release"), "{old:?}");
+
+        f.rehearsal = Some(Ok(record(600_000, "2025-03-02T00:00:00Z")));
+        let slow = findings(&s, "prod", &f);
+        assert!(
+            slow[0].message.contains("RTO 10m exceeds the objective 5m"),
+            "{slow:?}"
+        );
+
+        f.rehearsal = Some(Ok(record(1_000, "2025-03-02T00:00:00Z")));
+        assert_eq!(findings(&s, "prod", &f), vec![]);
+        // Staging itself never needs one.
+        assert_eq!(findings(&s, "staging", &RecoveryFacts::default()), vec![]);
+    }
+}
