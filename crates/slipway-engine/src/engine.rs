@@ -13,9 +13,11 @@ use std::time::{Duration, Instant};
 use jiff::Timestamp;
 use sha2::{Digest, Sha256};
 use slipway_model::plan::{GateKind, Plan, PlannedStep, StepAction};
+use slipway_model::spec::CheckPhase;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::JoinSet;
 
+use crate::checks::{CheckRunner, phase_name};
 use crate::clock::Clock;
 use crate::event::{
     Control, EngineEvent, Notice, RecoveryDecision, RunState, StepCompletion, StepStatus,
@@ -135,6 +137,7 @@ pub struct Engine {
     store: Arc<dyn Store>,
     target: Arc<dyn Target>,
     clock: Arc<dyn Clock>,
+    checks: Option<Arc<dyn CheckRunner>>,
     notices: Option<UnboundedSender<Notice>>,
     parallelism: usize,
     poll: Duration,
@@ -162,6 +165,7 @@ impl Engine {
             store,
             target,
             clock,
+            checks: None,
             notices: None,
             parallelism: DEFAULT_PARALLELISM,
             poll: Duration::from_millis(500),
@@ -171,6 +175,13 @@ impl Engine {
     /// Send every committed event here too (for progress display).
     pub fn with_notices(mut self, tx: UnboundedSender<Notice>) -> Self {
         self.notices = Some(tx);
+        self
+    }
+
+    /// Run the plan's declared checks through this runner. Without one, checks are
+    /// journaled as skipped (never as passed) and the run goes on.
+    pub fn with_checks(mut self, runner: Arc<dyn CheckRunner>) -> Self {
+        self.checks = Some(runner);
         self
     }
 
@@ -501,6 +512,15 @@ impl Engine {
             if let Some(out) = self.pass_gates(&mut ctx, opts).await? {
                 return Ok(out);
             }
+            // Pre checks run once the run may go (windows, freezes, approvals passed), so
+            // they see the environment as it is when the first step would start.
+            if let Some(reason) = self.run_checks(&ctx, CheckPhase::Pre).await? {
+                // Nothing was applied, so there is nothing to roll back: the run fails here
+                // and a new deploy starts afresh once the environment is ready.
+                self.transition(&mut ctx, RunState::Failed, Some(reason))
+                    .await?;
+                return Ok(DriveOutcome::Finished(RunState::Failed));
+            }
             self.transition(&mut ctx, RunState::Running, None).await?;
         }
         self.run_waves(&mut ctx).await
@@ -720,6 +740,18 @@ impl Engine {
             .map(|r| (r.step_id.clone(), r))
             .collect();
         let waves = ctx.plan.waves.clone();
+        // Smoke checks are meant for the candidate before it gets traffic. The exec target
+        // has no separate candidate instance, so they run right after the wave that
+        // deploys: the last wave with a `deploy` step, else (exec-only plans) the last wave,
+        // where the release is complete.
+        let smoke_wave = ctx
+            .plan
+            .steps
+            .iter()
+            .filter(|s| matches!(s.action, StepAction::Deploy { .. }))
+            .map(|s| s.wave)
+            .max()
+            .or_else(|| waves.last().map(|w| w.index));
         for wave in &waves {
             let steps: Vec<&PlannedStep> = ctx
                 .plan
@@ -745,6 +777,13 @@ impl Engine {
                 }
             }
             if todo.is_empty() && failed == 0 {
+                // Done before a restart: its smoke checks run again, since checks only
+                // observe and the journal may end before their verdicts.
+                if Some(wave.index) == smoke_wave
+                    && let Some(out) = self.checks_or_rollback(ctx, CheckPhase::Smoke).await?
+                {
+                    return Ok(out);
+                }
                 continue;
             }
             if fresh {
@@ -836,9 +875,134 @@ impl Engine {
                 }
                 None => {}
             }
+            if Some(wave.index) == smoke_wave
+                && let Some(out) = self.checks_or_rollback(ctx, CheckPhase::Smoke).await?
+            {
+                return Ok(out);
+            }
+        }
+        if smoke_wave.is_none()
+            && let Some(out) = self.checks_or_rollback(ctx, CheckPhase::Smoke).await?
+        {
+            return Ok(out);
+        }
+        if let Some(out) = self.checks_or_rollback(ctx, CheckPhase::Post).await? {
+            return Ok(out);
         }
         self.transition(ctx, RunState::Succeeded, None).await?;
         Ok(DriveOutcome::Finished(RunState::Succeeded))
+    }
+
+    /// Run the declared checks of one phase, every one of them even after a failure (a
+    /// report with all problems beats fixing them one deploy at a time), journaling each
+    /// verdict. `Some(reason)` when any failed.
+    async fn run_checks(
+        &self,
+        ctx: &RunCtx,
+        phase: CheckPhase,
+    ) -> Result<Option<String>, EngineError> {
+        let names: Vec<String> = ctx
+            .plan
+            .gates
+            .iter()
+            .filter_map(|g| match &g.kind {
+                GateKind::Checks { phase: p, names } if *p == phase => Some(names.clone()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        if names.is_empty() {
+            return Ok(None);
+        }
+        let mut failures = Vec::new();
+        let mut skipped = 0usize;
+        for name in &names {
+            let event = match (&self.checks, ctx.plan.checks.get(name)) {
+                (_, None) => EngineEvent::CheckRan {
+                    phase,
+                    name: name.clone(),
+                    passed: false,
+                    measured: "no definition in the plan".into(),
+                    expected: format!("a check named `{name}` under `checks`"),
+                    detail: format!(
+                        "the plan gates on check `{name}` but does not carry its definition; declare it under `checks` and plan again"
+                    ),
+                },
+                (None, Some(_)) => {
+                    skipped += 1;
+                    EngineEvent::CheckSkipped {
+                        phase,
+                        name: name.clone(),
+                        reason: "this engine has no check runner, so the check did not run and did not pass".into(),
+                    }
+                }
+                (Some(runner), Some(check)) => match runner.run(&ctx.plan, name, check).await {
+                    Ok(v) => EngineEvent::CheckRan {
+                        phase,
+                        name: name.clone(),
+                        passed: v.passed,
+                        measured: v.measured,
+                        expected: v.expected,
+                        detail: v.detail,
+                    },
+                    // A check that could not run must not pass ("prefer false alarms").
+                    Err(e) => EngineEvent::CheckRan {
+                        phase,
+                        name: name.clone(),
+                        passed: false,
+                        measured: "not run".into(),
+                        expected: "the check to run".into(),
+                        detail: e,
+                    },
+                },
+            };
+            if let EngineEvent::CheckRan {
+                passed: false,
+                measured,
+                expected,
+                detail,
+                ..
+            } = &event
+            {
+                failures.push(format!(
+                    "`{name}` measured {measured}, expected {expected} ({detail})"
+                ));
+            }
+            self.emit(ctx, vec![event]).await?;
+        }
+        let phase = phase_name(phase);
+        if !failures.is_empty() {
+            return Ok(Some(format!(
+                "{phase} check(s) failed: {}",
+                failures.join("; ")
+            )));
+        }
+        if skipped == 0 {
+            self.emit(
+                ctx,
+                vec![EngineEvent::GatePassed {
+                    gate: "checks".into(),
+                    detail: format!("{} {phase} check(s) passed", names.len()),
+                }],
+            )
+            .await?;
+        }
+        Ok(None)
+    }
+
+    /// Run a phase's checks after steps took effect; a failure rolls the run back.
+    async fn checks_or_rollback(
+        &self,
+        ctx: &mut RunCtx,
+        phase: CheckPhase,
+    ) -> Result<Option<DriveOutcome>, EngineError> {
+        match self.run_checks(ctx, phase).await? {
+            None => Ok(None),
+            Some(reason) => {
+                let end = self.rollback(ctx, &reason).await?;
+                Ok(Some(DriveOutcome::Finished(end)))
+            }
+        }
     }
 
     /// Bring one step to done. `Ok(Some(error))` when it failed.

@@ -3,6 +3,7 @@
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
+use slipway_model::spec::CheckPhase;
 
 use crate::target::StepOutput;
 
@@ -311,6 +312,32 @@ pub enum EngineEvent {
         /// What happened (target-defined JSON; a rollout event for deploys).
         detail: serde_json::Value,
     },
+    /// A declared check ran as a gate; a failure stops the run (before any step for
+    /// `pre`, by rollback for `smoke` and `post`).
+    CheckRan {
+        /// When it ran.
+        phase: CheckPhase,
+        /// Check name, as declared under `checks`.
+        name: String,
+        /// Whether it passed.
+        passed: bool,
+        /// What was measured.
+        measured: String,
+        /// What was expected.
+        expected: String,
+        /// What was checked, and for a failure what to do.
+        detail: String,
+    },
+    /// A declared check was not run because the engine has no check runner: reported so a
+    /// deploy never looks checked when it was not.
+    CheckSkipped {
+        /// When it would have run.
+        phase: CheckPhase,
+        /// Check name.
+        name: String,
+        /// Why it was skipped.
+        reason: String,
+    },
 }
 
 impl EngineEvent {
@@ -334,6 +361,8 @@ impl EngineEvent {
             Self::UndoSucceeded { .. } => "undo_succeeded",
             Self::UndoFailed { .. } => "undo_failed",
             Self::StepProgress { .. } => "step_progress",
+            Self::CheckRan { .. } => "check_ran",
+            Self::CheckSkipped { .. } => "check_skipped",
         }
     }
 
@@ -348,6 +377,9 @@ impl EngineEvent {
             },
             Self::StepFailed { .. } | Self::UndoFailed { .. } => "failed".into(),
             Self::DeployRefused { .. } => "refused".into(),
+            Self::CheckRan { passed: true, .. } => "passed".into(),
+            Self::CheckRan { passed: false, .. } => "failed".into(),
+            Self::CheckSkipped { .. } => "skipped".into(),
             Self::StepProgress { detail, .. } => detail
                 .get("event")
                 .and_then(serde_json::Value::as_str)

@@ -6,11 +6,13 @@
 //! finished after a restart is first *observed* through its [`Target`], then completed or
 //! re-applied, and the journal records which.
 //!
-//! Architecture invariant: this crate does IO only through the [`Store`], [`Target`] and
-//! [`Clock`] traits. It knows no SQL, no SSH, no HTTP and never spawns a process; the
-//! store and providers crates depend on it for these traits, never the other way round.
+//! Architecture invariant: this crate does IO only through the [`Store`], [`Target`],
+//! [`CheckRunner`] and [`Clock`] traits. It knows no SQL, no SSH, no HTTP and never spawns
+//! a process; the store and providers crates depend on it for these traits, never the
+//! other way round.
 
 pub mod audit;
+pub mod checks;
 pub mod clock;
 pub mod engine;
 pub mod event;
@@ -19,6 +21,7 @@ pub mod noop;
 pub mod store;
 pub mod target;
 
+pub use checks::{CheckRunner, CheckVerdict};
 pub use clock::{Clock, FakeClock, SystemClock};
 pub use engine::{DriveOptions, DriveOutcome, Engine, EngineError, NewRunRequest};
 pub use event::{EngineEvent, Notice, RunState, StepStatus};

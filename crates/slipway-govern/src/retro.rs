@@ -151,6 +151,19 @@ fn describe(e: &EngineEvent) -> String {
         EngineEvent::UndoSucceeded { step, .. } => format!("{step}: undone"),
         EngineEvent::UndoFailed { step, error, .. } => format!("{step}: undo failed — {error}"),
         EngineEvent::StepProgress { step, detail, .. } => progress_text(step, detail),
+        EngineEvent::CheckRan {
+            name,
+            passed,
+            measured,
+            expected,
+            ..
+        } => format!(
+            "check {name} {}: measured {measured}, expected {expected}",
+            if *passed { "passed" } else { "failed" }
+        ),
+        EngineEvent::CheckSkipped { name, reason, .. } => {
+            format!("check {name} skipped: {reason}")
+        }
     }
 }
 
