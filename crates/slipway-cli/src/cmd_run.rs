@@ -205,6 +205,7 @@ fn engine_for(store: Arc<SqliteStore>, db: &Path, workdir: &str) -> Engine {
         Arc::new(ExecTarget::new(workdir, state)),
         Arc::new(SystemClock),
     )
+    .with_checks(Arc::new(crate::check_runner::SpecCheckRunner::new(workdir)))
 }
 
 fn exit_for(outcome: &DriveOutcome) -> i32 {
@@ -299,6 +300,34 @@ pub fn event_line(n: &Notice, out: &Output) -> Option<String> {
         EngineEvent::UndoFailed { step, error, .. } => format!("  undo of {step} failed: {error}"),
         EngineEvent::DeployRefused { reason, .. } => format!("refused: {reason}"),
         EngineEvent::WaveStarted { wave, steps } => format!("wave {wave}: {steps} step(s)"),
+        EngineEvent::CheckRan {
+            phase,
+            name,
+            passed,
+            measured,
+            expected,
+            detail,
+        } => {
+            let (verdict, style) = if *passed {
+                ("ok", Style::Good)
+            } else {
+                ("FAILED", Style::Bad)
+            };
+            format!(
+                "  check {} {name} ({}): measured {measured}, expected {expected} — {detail}",
+                out.paint(verdict, style),
+                slipway_engine::checks::phase_name(*phase)
+            )
+        }
+        EngineEvent::CheckSkipped {
+            phase,
+            name,
+            reason,
+        } => format!(
+            "  check {} {name} ({}): {reason}",
+            out.paint("SKIPPED", Style::Warn),
+            slipway_engine::checks::phase_name(*phase)
+        ),
         EngineEvent::StepProgress { step, detail, .. } => {
             let kind = detail
                 .get("event")

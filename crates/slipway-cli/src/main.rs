@@ -4,6 +4,7 @@
 //! returns an exit code from [`slipway_model::exit`]; errors carry a hint and map to
 //! exit codes here, so every failure a user sees says what to do next.
 
+mod check_runner;
 mod cmd_audit;
 mod cmd_check;
 mod cmd_demo;

@@ -6,6 +6,7 @@
 )]
 
 mod check_cli;
+mod checks_gate_cli;
 mod crash;
 mod demo_cli;
 mod gates_cli;
