@@ -128,7 +128,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
 }
 
 /// Map a library error to an exit code and a hint.
-fn cli_error(e: mig::Error) -> CliError {
+pub(crate) fn cli_error(e: mig::Error) -> CliError {
     use mig::Error as E;
     let (code, hint) = match &e {
         E::BadUrl { .. } | E::BadMigrations { .. } | E::Io { .. } | E::Unsupported(_) => {

@@ -269,6 +269,9 @@ pub fn make_plan(file: &Path, env: &str, out: &Output) -> Result<(LoadedSpec, Pl
         },
     );
     p.findings.extend(checks.findings);
+    // Backups against windows, and the rollback rehearsal production may require.
+    let recovery = crate::cmd_rehearse::plan_findings(file, &loaded, env);
+    p.findings.extend(recovery);
     Ok((loaded, p))
 }
 

@@ -13,6 +13,7 @@ mod cmd_migrate;
 mod cmd_notify;
 mod cmd_package;
 mod cmd_plan;
+mod cmd_rehearse;
 mod cmd_render;
 mod cmd_report;
 mod cmd_run;
@@ -128,6 +129,9 @@ pub enum Commands {
     /// Database backups: create (content-addressed) and restore.
     #[command(subcommand)]
     Backup(cmd_migrate::BackupCommand),
+    /// Rehearse the rollback of a release's migrations on a non-production environment:
+    /// measure RTO and RPO against the spec's objectives and record them for `plan`.
+    Rehearse(cmd_rehearse::RehearseArgs),
 }
 
 fn main() {
@@ -169,6 +173,7 @@ fn run(command: Commands, out: &Output) -> Result<i32, out::CliError> {
         Commands::Catalog(c) => cmd_report::catalog(c, out),
         Commands::Migrate(c) => cmd_migrate::migrate(c, out),
         Commands::Backup(c) => cmd_migrate::backup(c, out),
+        Commands::Rehearse(a) => cmd_rehearse::rehearse(a, out),
         Commands::Schema => {
             out.raw(&slipway_model::schema::schema_text());
             Ok(slipway_model::exit::SUCCESS)

@@ -1,0 +1,399 @@
+//! `slipway rehearse`: a rollback rehearsal of a release's migrations on a non-production
+//! environment, judged against the spec's recovery objectives and recorded where `plan`
+//! looks for it (`<store dir>/rehearsals/<release>-<version>.json`).
+//!
+//! The database part is `slipway_migrate::rehearse` (back up, apply while writing marker
+//! rows, roll back, measure RTO and RPO). The application part uses `NoRedeploy`: bringing
+//! the previous artifacts back means a whole engine run against the environment's target,
+//! which a rehearsal command cannot do cheaply or safely, so the RTO measured here is the
+//! database's share and the output says so.
+//!
+//! Also home of [`plan_findings`], the facts-gathering half of the recovery findings that
+//! `slipway plan` appends (the pure half is `slipway_model::recovery`).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use slipway_migrate as mig;
+use slipway_model::exit;
+use slipway_model::plan::Finding;
+use slipway_model::recovery::{
+    Objectives, REHEARSAL_FORMAT, RecoveryFacts, RehearsalRecord, findings,
+};
+use slipway_model::spec::{ReleaseSpec, ServiceKind};
+use slipway_model::validate::LoadedSpec;
+
+use crate::cmd_run::StoreArg;
+use crate::out::{CliError, Output, Style};
+
+/// How the database is rolled back during the rehearsal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RollbackArg {
+    /// Run the `U` scripts down to the previous version.
+    Undo,
+    /// Restore the backup taken before applying.
+    RestoreBackup,
+}
+
+/// `slipway rehearse`.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Exit 1 when the rehearsal misses the RTO/RPO objectives (environments.X.recovery) or fails; 2 for a production environment.\n\nExample:\n  slipway rehearse -f release.yaml --env staging --url sqlite://staging.db"
+)]
+pub struct RehearseArgs {
+    /// The release spec (YAML).
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub file: PathBuf,
+    /// A non-production environment of the spec to rehearse on.
+    #[arg(long, value_name = "ENV")]
+    pub env: String,
+    /// Database URL (default: the migration service's `database`).
+    #[arg(long, value_name = "URL")]
+    pub url: Option<String>,
+    /// Migrations directory (default: the migration service's `migrations`, beside the spec).
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// The migration service, when the release has several.
+    #[arg(long, value_name = "SERVICE")]
+    pub service: Option<String>,
+    /// How the database is rolled back.
+    #[arg(long, value_enum, default_value_t = RollbackArg::Undo)]
+    pub rollback: RollbackArg,
+    #[command(flatten)]
+    pub store: StoreArg,
+}
+
+/// Directory beside the store where rehearsal records live.
+fn rehearsal_dir(store: Option<&str>) -> Result<PathBuf, CliError> {
+    let cwd = std::env::current_dir().map_err(|e| {
+        CliError::new(
+            exit::STORE,
+            format!("failed to read the current directory: {e}"),
+            None,
+        )
+    })?;
+    let loc = slipway_store::resolve(store, &cwd).map_err(crate::cmd_run::store_error)?;
+    let slipway_store::StoreLocation::Sqlite(db) = loc;
+    Ok(db
+        .parent()
+        .map_or_else(|| cwd.clone(), Path::to_path_buf)
+        .join("rehearsals"))
+}
+
+/// `<release>-<version>.json`, with anything but `[A-Za-z0-9._-]` replaced so a release
+/// name cannot point outside the directory.
+fn record_name(spec: &ReleaseSpec) -> String {
+    let clean = |s: &str| {
+        s.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect::<String>()
+    };
+    format!(
+        "{}-{}.json",
+        clean(&spec.metadata.name),
+        clean(&spec.metadata.version)
+    )
+}
+
+/// Recovery findings for `slipway plan`: gathers the facts (now, the spec's modification
+/// time as the release time, the rehearsal record beside the store named by
+/// `SLIPWAY_STORE`) and asks the pure planner.
+pub fn plan_findings(file: &Path, loaded: &LoadedSpec, env: &str) -> Vec<Finding> {
+    let store = std::env::var("SLIPWAY_STORE").ok();
+    let path = match rehearsal_dir(store.as_deref()) {
+        Ok(d) => d.join(record_name(&loaded.spec)),
+        Err(e) => PathBuf::from(format!("(store: {})", e.message)),
+    };
+    let rehearsal = match std::fs::read(&path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => Some(Err(e.to_string())),
+        Ok(bytes) => Some(
+            serde_json::from_slice::<RehearsalRecord>(&bytes)
+                .map_err(|e| format!("not a rehearsal record: {e}")),
+        ),
+    };
+    let released_at = std::fs::metadata(file)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| jiff::Timestamp::try_from(t).ok());
+    findings(
+        &loaded.spec,
+        env,
+        &RecoveryFacts {
+            now: Some(jiff::Timestamp::now()),
+            released_at,
+            rehearsal_path: path.display().to_string(),
+            rehearsal,
+        },
+    )
+}
+
+/// The objectives a rehearsal on `env` is judged by: the environment's own, else the
+/// strictest of the production environments' (what the rehearsal is meant to prove).
+fn objectives_for(spec: &ReleaseSpec, env: &str) -> Objectives {
+    let own = spec
+        .environments
+        .get(env)
+        .map(Objectives::of)
+        .unwrap_or_default();
+    if own.rto.is_some() || own.rpo.is_some() {
+        return own;
+    }
+    spec.environments
+        .values()
+        .filter(|e| e.production)
+        .map(Objectives::of)
+        .fold(Objectives::default(), |a, b| Objectives {
+            rto: min_some(a.rto, b.rto),
+            rpo: min_some(a.rpo, b.rpo),
+        })
+}
+
+fn min_some(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(x.min(y)),
+        (x, y) => x.or(y),
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// `slipway rehearse`.
+pub fn rehearse(a: RehearseArgs, out: &Output) -> Result<i32, CliError> {
+    let loaded = crate::cmd_plan::load_spec(&a.file, out)?;
+    let spec = &loaded.spec;
+    let shown = a.file.display();
+    let Some(env) = spec.environments.get(&a.env) else {
+        let names: Vec<&str> = spec.environments.keys().map(String::as_str).collect();
+        return Err(CliError::input(
+            format!("unknown environment `{}` in {shown}", a.env),
+            format!("pick one of: {}", names.join(", ")),
+        ));
+    };
+    if env.production {
+        return Err(CliError::input(
+            format!(
+                "`{}` is a production environment (environments.{}.production in {shown}); a rehearsal deploys and rolls back on purpose",
+                a.env, a.env
+            ),
+            "rehearse on a staging environment with a copy of production's data",
+        ));
+    }
+    let migrations: Vec<(&String, &slipway_model::spec::Service)> = spec
+        .services
+        .iter()
+        .filter(|(n, s)| {
+            s.kind == ServiceKind::Migration && a.service.as_ref().is_none_or(|w| w == *n)
+        })
+        .collect();
+    let (svc_name, svc) = match migrations.as_slice() {
+        [one] => *one,
+        [] => {
+            return Err(CliError::input(
+                match &a.service {
+                    Some(s) => format!("`{s}` is not a `kind: migration` service of {shown}"),
+                    None => format!("{shown} has no `kind: migration` service to rehearse"),
+                },
+                "declare one: services.db: { kind: migration, migrations: migrations, database: … }",
+            ));
+        }
+        many => {
+            let names: Vec<&str> = many.iter().map(|(n, _)| n.as_str()).collect();
+            return Err(CliError::input(
+                format!(
+                    "{shown} has several migration services: {}",
+                    names.join(", ")
+                ),
+                "pick one with --service NAME",
+            ));
+        }
+    };
+    let spec_dir = a
+        .file
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let dir = match (&a.dir, &svc.migrations) {
+        (Some(d), _) => d.clone(),
+        (None, Some(m)) => spec_dir.join(m),
+        (None, None) => {
+            return Err(CliError::input(
+                format!("services.{svc_name}.migrations is not set in {shown}"),
+                "pass --dir MIGRATIONS or set `migrations:` on the service",
+            ));
+        }
+    };
+    let url = match (&a.url, &svc.database) {
+        (Some(u), _) => u.clone(),
+        (None, Some(d)) if !d.contains("{{") && !d.starts_with("secret://") => d.clone(),
+        (None, Some(_)) => {
+            return Err(CliError::input(
+                format!(
+                    "services.{svc_name}.database in {shown} uses placeholders or a secret, which a rehearsal does not resolve"
+                ),
+                format!("pass the {} database with --url", a.env),
+            ));
+        }
+        (None, None) => {
+            return Err(CliError::input(
+                format!("services.{svc_name}.database is not set in {shown}"),
+                format!("pass the {} database with --url", a.env),
+            ));
+        }
+    };
+    let records = rehearsal_dir(a.store.store.as_deref())?;
+    let objectives = objectives_for(spec, &a.env);
+    let cfg = mig::RehearsalConfig {
+        url: url.clone(),
+        dir,
+        store_dir: records.join("backups"),
+        who: crate::cmd_run::identity(),
+        rollback: match a.rollback {
+            RollbackArg::Undo => mig::RollbackMethod::Undo,
+            RollbackArg::RestoreBackup => mig::RollbackMethod::RestoreBackup,
+        },
+        marker_interval: Duration::from_millis(10),
+        soak_markers: 5,
+        // Judged here against durations (the spec's RPO is a time span), not marker rows.
+        objectives: None,
+    };
+    let rt = crate::cmd_run::runtime()?;
+    let report = rt
+        .block_on(mig::rehearse(&cfg, &mig::NoRedeploy))
+        .map_err(crate::cmd_migrate::cli_error)?;
+    let mut missed = objectives.missed(report.rto_ms, report.rpo_ms);
+    if !report.schema_restored {
+        missed.push("the rollback did not restore the schema".to_owned());
+    }
+    let record = RehearsalRecord {
+        format: REHEARSAL_FORMAT,
+        release: spec.metadata.name.clone(),
+        version: spec.metadata.version.clone(),
+        environment: a.env.clone(),
+        finished_at: jiff::Timestamp::now(),
+        rto_ms: report.rto_ms,
+        rpo_ms: report.rpo_ms,
+        markers_lost: report.markers_lost,
+        objective_rto_ms: objectives.rto.map(millis),
+        objective_rpo_ms: objectives.rpo.map(millis),
+        objectives_met: missed.is_empty(),
+        report: serde_json::to_value(&report).map_err(|e| {
+            CliError::new(
+                exit::INTERNAL,
+                format!("failed to serialise the rehearsal report: {e}"),
+                None,
+            )
+        })?,
+    };
+    let path = records.join(record_name(spec));
+    write_record(&path, &record)?;
+
+    if out.json() {
+        out.json_value(&serde_json::json!({
+            "record": path.display().to_string(),
+            "service": svc_name,
+            "redeploy": "not rehearsed (database only)",
+            "missed": missed,
+            "rehearsal": record,
+        }));
+    } else {
+        let fmt = |ms: u64| slipway_model::duration::format_duration(Duration::from_millis(ms));
+        let objective = |o: Option<Duration>| {
+            o.map_or("—".to_owned(), slipway_model::duration::format_duration)
+        };
+        let mut t = comfy_table::Table::new();
+        t.force_no_tty();
+        t.set_header(vec!["measure", "measured", "objective", "verdict"]);
+        let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
+        t.add_row(vec![
+            "RTO".to_owned(),
+            fmt(report.rto_ms),
+            objective(objectives.rto),
+            verdict(objectives.rto.is_none_or(|o| report.rto_ms <= millis(o))).to_owned(),
+        ]);
+        t.add_row(vec![
+            "RPO".to_owned(),
+            format!("{} ({} rows lost)", fmt(report.rpo_ms), report.markers_lost),
+            objective(objectives.rpo),
+            verdict(objectives.rpo.is_none_or(|o| report.rpo_ms <= millis(o))).to_owned(),
+        ]);
+        t.add_row(vec![
+            "schema restored".to_owned(),
+            if report.schema_restored { "yes" } else { "no" }.to_owned(),
+            "yes".to_owned(),
+            verdict(report.schema_restored).to_owned(),
+        ]);
+        out.line(&format!(
+            "rehearsal of {} {} on {} ({}, {:?}): V{} → V{} → V{}",
+            spec.metadata.name,
+            spec.metadata.version,
+            a.env,
+            report.database,
+            report.rollback,
+            fmt_version(report.previous_version),
+            fmt_version(report.new_version),
+            fmt_version(report.previous_version),
+        ));
+        out.line(&t.to_string());
+        out.line(&out.paint(
+            &format!(
+                "apply {} ms, rollback {} ms; redeploy not rehearsed (database only); {} markers written, {} write errors",
+                report.apply_ms, report.rollback_ms, report.markers_written, report.marker_write_errors
+            ),
+            Style::Dim,
+        ));
+        for d in &report.schema_differences {
+            out.line(&format!("  schema: {d}"));
+        }
+        if record.objectives_met {
+            out.line(&out.paint("objectives met", Style::Good));
+        } else {
+            out.line(&out.paint(
+                &format!("objectives MISSED: {}", missed.join("; ")),
+                Style::Bad,
+            ));
+        }
+        out.line(&format!("recorded in {}", path.display()));
+    }
+    Ok(if record.objectives_met {
+        exit::SUCCESS
+    } else {
+        exit::FAILURE
+    })
+}
+
+fn fmt_version(v: Option<i64>) -> String {
+    v.map_or_else(|| "0".to_owned(), |v| v.to_string())
+}
+
+/// Write the record through a temporary file and a rename, so `plan` never reads half of one.
+fn write_record(path: &Path, record: &RehearsalRecord) -> Result<(), CliError> {
+    let fail = |what: &str, e: std::io::Error| {
+        CliError::new(
+            exit::FAILURE,
+            format!("failed to {what} {}: {e}", path.display()),
+            Some("check the store directory is writable, or pick another with --store".into()),
+        )
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| fail("create the directory of", e))?;
+    }
+    let bytes = serde_json::to_vec_pretty(record).map_err(|e| {
+        CliError::new(
+            exit::INTERNAL,
+            format!("failed to serialise the rehearsal record: {e}"),
+            None,
+        )
+    })?;
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, bytes).map_err(|e| fail("write", e))?;
+    std::fs::rename(&tmp, path).map_err(|e| fail("rename into", e))
+}
