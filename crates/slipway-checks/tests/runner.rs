@@ -9,6 +9,7 @@ mod t_capacity;
 mod t_infra;
 mod t_monitoring;
 mod t_perf;
+mod t_postgres;
 mod t_reach;
 mod t_smoke;
 
