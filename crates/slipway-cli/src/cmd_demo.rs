@@ -502,6 +502,8 @@ async fn run_demo(a: &DemoArgs, dir: &Path, out: &Output) -> Result<i32, CliErro
             exec: None,
             deploy: Some(Arc::new(deploy)),
             migrate: Some(Arc::new(migrate)),
+            // The demo's spec lives in `dir`, so artifact paths resolve there.
+            artifact: Some(Arc::new(slipway_providers::ArtifactTarget::new(dir))),
         });
         let (ntx, mut nrx) = tokio::sync::mpsc::unbounded_channel::<slipway_engine::Notice>();
         let engine = Engine::new(store.clone(), target, Arc::new(SystemClock))
@@ -771,9 +773,10 @@ async fn live_view(
         .unwrap_or_else(|_| ProgressStyle::default_spinner());
     let header = mp.add(ProgressBar::new_spinner().with_style(style.clone()));
     header.set_message(format!(
-        "{:<5} {:>6} │ {:>7} {:>7} {:>8} │ {:>7} {:>7} {:>8}",
-        "svc", "weight", "stable/s", "err%", "p99", "canary/s", "err%", "p99"
+        "{:<5} {:>6} │ {:>7} {:>7} {:>8} │ {:>7} {:>7} {:>8} │ {}",
+        "svc", "weight", "stable/s", "err%", "p99", "canary/s", "err%", "p99", "analysis"
     ));
+    let mut verdicts: BTreeMap<String, String> = BTreeMap::new();
     let rows: BTreeMap<String, ProgressBar> = proxies
         .keys()
         .map(|k| {
@@ -805,6 +808,26 @@ async fn live_view(
         tokio::select! {
             ev = rx.recv() => {
                 let Some(ev) = ev else { break };
+                // Routine measurements go into the table's last column; decisions get a line.
+                if let RolloutEvent::Measured { measurement, phase, window, .. } = &ev.event {
+                    let failing: Vec<&str> = measurement
+                        .results
+                        .iter()
+                        .filter(|r| r.phase != slipway_model::analysis::Phase::Successful)
+                        .map(|r| r.metric.as_str())
+                        .collect();
+                    verdicts.insert(
+                        ev.service.clone(),
+                        if failing.is_empty() {
+                            format!("{phase:?}: all metrics pass (n={})", window.canary_requests)
+                        } else {
+                            format!("{phase:?}: {} (n={})", failing.join(", "), window.canary_requests)
+                        },
+                    );
+                    if tty && *phase == slipway_model::analysis::Phase::Running && failing.is_empty() {
+                        continue;
+                    }
+                }
                 if let Some(line) = describe(&ev, color) {
                     say(line);
                 }
@@ -823,8 +846,16 @@ async fn live_view(
                     let (sr, se, sp) = row(Version::Stable);
                     let (cr, ce, cp) = row(Version::Canary);
                     let line = format!(
-                        "{:<5} {:>5}% │ {:>7} {:>7} {:>8} │ {:>7} {:>7} {:>8}",
-                        name, now.canary_weight, sr, se, sp, cr, ce, cp
+                        "{:<5} {:>5}% │ {:>7} {:>7} {:>8} │ {:>7} {:>7} {:>8} │ {}",
+                        name,
+                        now.canary_weight,
+                        sr,
+                        se,
+                        sp,
+                        cr,
+                        ce,
+                        cp,
+                        if now.canary_weight > 0 { verdicts.get(name).map_or("-", String::as_str) } else { "-" }
                     );
                     if tty {
                         if let Some(r) = rows.get(name) { r.set_message(line); r.tick(); }
