@@ -14,6 +14,7 @@ mod lease_cli;
 mod plan_cli;
 mod rehearse_cli;
 mod render_cli;
+mod report_cli;
 mod rollback_cli;
 
 /// Every `.rs` file in tests/ must be a module of this runner, or it would never run.
