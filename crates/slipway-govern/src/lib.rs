@@ -15,6 +15,7 @@
 //! never read, so every report is reproducible in tests. The only processes it spawns are
 //! `git` (read-only queries, in [`git`]).
 
+pub mod access;
 pub mod catalog;
 pub mod compliance;
 pub mod dora;

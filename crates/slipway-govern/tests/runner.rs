@@ -2,6 +2,7 @@
 //! the engine's `Store` trait, real git repositories, real local receivers.
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
+mod access;
 mod catalog;
 mod common;
 mod compliance;

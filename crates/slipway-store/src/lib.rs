@@ -6,6 +6,7 @@
 //! defaults to `.slipway/slipway.db` under the current directory.
 
 mod leases;
+pub mod access;
 pub mod schema;
 pub mod sqlite;
 

@@ -1,0 +1,204 @@
+//! Who may do what: roles granted to users and groups per environment, API tokens, peer
+//! review of high-risk plans, and access review campaigns. Records live in
+//! `slipway_store::access`; this module is the policy.
+//!
+//! Roles are ordered: `viewer` < `deployer` < `approver` < `admin`, each including the
+//! ones before it (an approver may deploy; only an admin grants). A grant is for one
+//! environment or `*`. A refusal names the role that is missing and where.
+//!
+//! Tokens are `slw_<id>_<secret>` with 32 random bytes of secret; the store keeps only a
+//! per-token salt and sha256(salt ‖ secret). Random tokens carry their own entropy, so a
+//! fast salted hash suffices (a password would need argon2; these are not passwords).
+
+use jiff::Timestamp;
+use sha2::{Digest, Sha256};
+use slipway_store::access::{GrantRow, TokenRow};
+
+/// A role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    /// Read runs and reports.
+    Viewer,
+    /// Deploy, pause, resume, abort.
+    Deployer,
+    /// Approve plans.
+    Approver,
+    /// Grant roles, manage tokens, run access reviews.
+    Admin,
+}
+
+impl Role {
+    /// Parse a stored role name.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "viewer" => Some(Self::Viewer),
+            "deployer" => Some(Self::Deployer),
+            "approver" => Some(Self::Approver),
+            "admin" => Some(Self::Admin),
+            _ => None,
+        }
+    }
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Viewer => "viewer",
+            Self::Deployer => "deployer",
+            Self::Approver => "approver",
+            Self::Admin => "admin",
+        }
+    }
+}
+
+/// Why access was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AccessError {
+    /// The subject lacks a role.
+    #[error(
+        "{action} in `{environment}`: {subject} lacks the `{}` role there; ask an admin for `slipway access grant {subject} {} --env {environment}`",
+        role.as_str(), role.as_str()
+    )]
+    MissingRole {
+        /// Who asked.
+        subject: String,
+        /// What they tried.
+        action: String,
+        /// The role needed.
+        role: Role,
+        /// Where.
+        environment: String,
+    },
+    /// The author approved a plan that needs a peer review.
+    #[error(
+        "count the approval of run `{run}`: {approver} is its author, and a high-risk plan needs a review by someone else"
+    )]
+    SelfApproval {
+        /// The run.
+        run: String,
+        /// The author-approver.
+        approver: String,
+    },
+    /// A token that does not verify.
+    #[error("authenticate with the token: {0}")]
+    Token(String),
+}
+
+/// Check that `user` (with `groups`) holds `role` in `environment`.
+pub fn authorize(
+    grants: &[GrantRow],
+    user: &str,
+    groups: &[String],
+    role: Role,
+    action: &str,
+    environment: &str,
+) -> Result<(), AccessError> {
+    let subjects: Vec<String> = std::iter::once(format!("user:{user}"))
+        .chain(groups.iter().map(|g| format!("group:{g}")))
+        .collect();
+    let ok = grants.iter().any(|g| {
+        g.revoked_at.is_none()
+            && subjects.contains(&g.subject)
+            && (g.environment == "*" || g.environment == environment)
+            && Role::parse(&g.role).is_some_and(|r| r >= role)
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(AccessError::MissingRole {
+            subject: format!("user:{user}"),
+            action: action.to_owned(),
+            role,
+            environment: environment.to_owned(),
+        })
+    }
+}
+
+/// Whether a plan needs a peer review before approvals count: a high risk level, or a
+/// security or hotfix release in production.
+pub fn needs_peer_review(plan: &slipway_model::plan::Plan) -> bool {
+    use slipway_model::spec::ReleaseType;
+    plan.risk.level == "high"
+        || (plan.production
+            && matches!(
+                plan.release.release_type,
+                ReleaseType::Security | ReleaseType::Hotfix
+            ))
+}
+
+/// Refuse an approval by the run's author when the plan needs a peer review.
+pub fn check_approval(
+    plan: &slipway_model::plan::Plan,
+    run: &str,
+    author: &str,
+    approver: &str,
+) -> Result<(), AccessError> {
+    if approver == author && needs_peer_review(plan) {
+        return Err(AccessError::SelfApproval {
+            run: run.to_owned(),
+            approver: approver.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// A token just issued: shown once, never stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuedToken {
+    /// `slw_<id>_<secret>`.
+    pub token: String,
+    /// What the store keeps.
+    pub row: TokenRow,
+}
+
+fn random_hex(n: usize) -> Result<String, AccessError> {
+    let mut b = vec![0u8; n];
+    getrandom::fill(&mut b)
+        .map_err(|e| AccessError::Token(format!("the system random source failed: {e}")))?;
+    Ok(hex::encode(b))
+}
+
+fn digest(salt: &str, secret: &str) -> String {
+    hex::encode(Sha256::digest(format!("{salt}{secret}").as_bytes()))
+}
+
+/// Issue a token for `user`.
+pub fn issue_token(user: &str, now: Timestamp) -> Result<IssuedToken, AccessError> {
+    let id = random_hex(6)?;
+    let secret = random_hex(32)?;
+    let salt = random_hex(16)?;
+    Ok(IssuedToken {
+        token: format!("slw_{id}_{secret}"),
+        row: TokenRow {
+            id,
+            subject: format!("user:{user}"),
+            hash: digest(&salt, &secret),
+            salt,
+            created_at: now,
+            last_used_at: None,
+            revoked_at: None,
+        },
+    })
+}
+
+/// Split a token into (id, secret).
+pub fn token_id(token: &str) -> Result<(&str, &str), AccessError> {
+    token
+        .strip_prefix("slw_")
+        .and_then(|t| t.split_once('_'))
+        .ok_or_else(|| AccessError::Token("it is not a slipway token (slw_ID_SECRET)".into()))
+}
+
+/// Verify a token against its stored row; the subject it acts as.
+pub fn verify_token(token: &str, row: Option<&TokenRow>) -> Result<String, AccessError> {
+    let (id, secret) = token_id(token)?;
+    let row = row
+        .filter(|r| r.id == id)
+        .ok_or_else(|| AccessError::Token(format!("token {id} is unknown")))?;
+    if row.revoked_at.is_some() {
+        return Err(AccessError::Token(format!("token {id} was revoked")));
+    }
+    // Compare digests, not secrets: equal-length hex, and the secret never leaves here.
+    if digest(&row.salt, secret) != row.hash {
+        return Err(AccessError::Token(format!("token {id} does not match")));
+    }
+    Ok(row.subject.clone())
+}

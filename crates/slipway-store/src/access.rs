@@ -1,0 +1,374 @@
+//! Access control records: role grants, API tokens (salted hashes only) and access review
+//! campaigns, in the same SQLite file as the runs.
+//!
+//! These tables are created here with `CREATE TABLE IF NOT EXISTS` when an [`AccessDb`]
+//! opens, outside the journal's versioned schema (`schema.rs`): they are not journal
+//! records, an older slipway simply ignores them, and keeping them apart lets the journal
+//! format evolve without them. Policy (who may do what) lives in `slipway-govern`.
+
+use std::path::Path;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+use slipway_engine::StoreError;
+use sqlx::Row;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+
+const TABLES: &str = r#"
+CREATE TABLE IF NOT EXISTS access_grants (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    subject TEXT NOT NULL,
+    role TEXT NOT NULL,
+    environment TEXT NOT NULL,
+    granted_by TEXT NOT NULL,
+    granted_at TEXT NOT NULL,
+    revoked_at TEXT,
+    revoked_by TEXT
+);
+CREATE TABLE IF NOT EXISTS access_tokens (
+    id TEXT PRIMARY KEY,
+    subject TEXT NOT NULL,
+    salt TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    last_used_at TEXT,
+    revoked_at TEXT
+);
+CREATE TABLE IF NOT EXISTS access_reviews (
+    id TEXT PRIMARY KEY,
+    opened_by TEXT NOT NULL,
+    opened_at TEXT NOT NULL,
+    closed_at TEXT
+);
+CREATE TABLE IF NOT EXISTS access_review_items (
+    review_id TEXT NOT NULL,
+    grant_id INTEGER NOT NULL,
+    decision TEXT,
+    reviewer TEXT,
+    decided_at TEXT,
+    PRIMARY KEY (review_id, grant_id)
+);
+"#;
+
+/// A role grant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantRow {
+    /// Id.
+    pub id: i64,
+    /// `user:NAME` or `group:NAME`.
+    pub subject: String,
+    /// `viewer`, `deployer`, `approver`, `admin`.
+    pub role: String,
+    /// Environment, or `*` for all.
+    pub environment: String,
+    /// Who granted it.
+    pub granted_by: String,
+    /// When.
+    pub granted_at: Timestamp,
+    /// When revoked, if it was.
+    pub revoked_at: Option<Timestamp>,
+}
+
+/// A stored API token: never the token itself, only a salted hash of its secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRow {
+    /// Public id (the token's prefix).
+    pub id: String,
+    /// `user:NAME` the token acts as.
+    pub subject: String,
+    /// Hex salt.
+    pub salt: String,
+    /// Hex sha256(salt || secret).
+    pub hash: String,
+    /// Created.
+    pub created_at: Timestamp,
+    /// Last successful use.
+    pub last_used_at: Option<Timestamp>,
+    /// Revoked.
+    pub revoked_at: Option<Timestamp>,
+}
+
+/// One grant in a review campaign.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReviewItem {
+    /// The grant.
+    pub grant_id: i64,
+    /// `confirm` or `revoke`, once decided.
+    pub decision: Option<String>,
+    /// Who decided.
+    pub reviewer: Option<String>,
+}
+
+/// The access tables of a store file.
+#[derive(Debug, Clone)]
+pub struct AccessDb {
+    pool: SqlitePool,
+    location: String,
+}
+
+fn ts(s: Option<String>) -> Option<Timestamp> {
+    s.and_then(|s| s.parse().ok())
+}
+
+impl AccessDb {
+    /// Open (creating the tables if needed) the access tables of the store at `path`.
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        let location = format!("sqlite://{}", path.display());
+        let unavailable = |e: sqlx::Error| StoreError::Unavailable {
+            location: location.clone(),
+            message: e.to_string(),
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::Unavailable {
+                location: location.clone(),
+                message: e.to_string(),
+            })?;
+        }
+        let opts = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(opts)
+            .await
+            .map_err(unavailable)?;
+        sqlx::raw_sql(TABLES)
+            .execute(&pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(Self { pool, location })
+    }
+
+    fn q(e: sqlx::Error) -> StoreError {
+        StoreError::Query(e.to_string())
+    }
+
+    /// Grant a role; returns the grant id.
+    pub async fn grant(
+        &self,
+        subject: &str,
+        role: &str,
+        environment: &str,
+        by: &str,
+        at: Timestamp,
+    ) -> Result<i64, StoreError> {
+        let r = sqlx::query(
+            "INSERT INTO access_grants (subject, role, environment, granted_by, granted_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )
+        .bind(subject)
+        .bind(role)
+        .bind(environment)
+        .bind(by)
+        .bind(at.to_string())
+        .execute(&self.pool)
+        .await
+        .map_err(Self::q)?;
+        Ok(r.last_insert_rowid())
+    }
+
+    /// Grants, live ones only unless `all`.
+    pub async fn grants(&self, all: bool) -> Result<Vec<GrantRow>, StoreError> {
+        let sql = if all {
+            "SELECT * FROM access_grants ORDER BY id"
+        } else {
+            "SELECT * FROM access_grants WHERE revoked_at IS NULL ORDER BY id"
+        };
+        let rows = sqlx::query(sql)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(Self::q)?;
+        rows.iter()
+            .map(|r| {
+                Ok(GrantRow {
+                    id: r.try_get("id").map_err(Self::q)?,
+                    subject: r.try_get("subject").map_err(Self::q)?,
+                    role: r.try_get("role").map_err(Self::q)?,
+                    environment: r.try_get("environment").map_err(Self::q)?,
+                    granted_by: r.try_get("granted_by").map_err(Self::q)?,
+                    granted_at: ts(r.try_get("granted_at").map_err(Self::q)?).unwrap_or_default(),
+                    revoked_at: ts(r.try_get("revoked_at").map_err(Self::q)?),
+                })
+            })
+            .collect()
+    }
+
+    /// Revoke a grant; false when it did not exist or was already revoked.
+    pub async fn revoke_grant(&self, id: i64, by: &str, at: Timestamp) -> Result<bool, StoreError> {
+        let r = sqlx::query(
+            "UPDATE access_grants SET revoked_at = ?2, revoked_by = ?3 WHERE id = ?1 AND revoked_at IS NULL",
+        )
+        .bind(id)
+        .bind(at.to_string())
+        .bind(by)
+        .execute(&self.pool)
+        .await
+        .map_err(Self::q)?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Store a new token's hash.
+    pub async fn add_token(&self, t: &TokenRow) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO access_tokens (id, subject, salt, hash, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )
+        .bind(&t.id)
+        .bind(&t.subject)
+        .bind(&t.salt)
+        .bind(&t.hash)
+        .bind(t.created_at.to_string())
+        .execute(&self.pool)
+        .await
+        .map_err(Self::q)?;
+        Ok(())
+    }
+
+    /// One token by id.
+    pub async fn token(&self, id: &str) -> Result<Option<TokenRow>, StoreError> {
+        let r = sqlx::query("SELECT * FROM access_tokens WHERE id = ?1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(Self::q)?;
+        r.map(|r| {
+            Ok(TokenRow {
+                id: r.try_get("id").map_err(Self::q)?,
+                subject: r.try_get("subject").map_err(Self::q)?,
+                salt: r.try_get("salt").map_err(Self::q)?,
+                hash: r.try_get("hash").map_err(Self::q)?,
+                created_at: ts(r.try_get("created_at").map_err(Self::q)?).unwrap_or_default(),
+                last_used_at: ts(r.try_get("last_used_at").map_err(Self::q)?),
+                revoked_at: ts(r.try_get("revoked_at").map_err(Self::q)?),
+            })
+        })
+        .transpose()
+    }
+
+    /// Record a successful use.
+    pub async fn touch_token(&self, id: &str, at: Timestamp) -> Result<(), StoreError> {
+        sqlx::query("UPDATE access_tokens SET last_used_at = ?2 WHERE id = ?1")
+            .bind(id)
+            .bind(at.to_string())
+            .execute(&self.pool)
+            .await
+            .map_err(Self::q)?;
+        Ok(())
+    }
+
+    /// Revoke a token; false when unknown or already revoked.
+    pub async fn revoke_token(&self, id: &str, at: Timestamp) -> Result<bool, StoreError> {
+        let r = sqlx::query(
+            "UPDATE access_tokens SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+        )
+        .bind(id)
+        .bind(at.to_string())
+        .execute(&self.pool)
+        .await
+        .map_err(Self::q)?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Open a review campaign over every live grant; returns how many it lists.
+    pub async fn open_review(&self, id: &str, by: &str, at: Timestamp) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(Self::q)?;
+        sqlx::query("INSERT INTO access_reviews (id, opened_by, opened_at) VALUES (?1, ?2, ?3)")
+            .bind(id)
+            .bind(by)
+            .bind(at.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(Self::q)?;
+        let r = sqlx::query(
+            "INSERT INTO access_review_items (review_id, grant_id) SELECT ?1, id FROM access_grants WHERE revoked_at IS NULL",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(Self::q)?;
+        tx.commit().await.map_err(Self::q)?;
+        Ok(r.rows_affected())
+    }
+
+    /// The items of a campaign.
+    pub async fn review_items(&self, id: &str) -> Result<Vec<ReviewItem>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT grant_id, decision, reviewer FROM access_review_items WHERE review_id = ?1 ORDER BY grant_id",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(Self::q)?;
+        rows.iter()
+            .map(|r| {
+                Ok(ReviewItem {
+                    grant_id: r.try_get("grant_id").map_err(Self::q)?,
+                    decision: r.try_get("decision").map_err(Self::q)?,
+                    reviewer: r.try_get("reviewer").map_err(Self::q)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Decide one item (`confirm` or `revoke`); a revoke also revokes the grant, in the
+    /// same transaction. False when the item is not in an open campaign.
+    pub async fn decide(
+        &self,
+        review: &str,
+        grant_id: i64,
+        decision: &str,
+        reviewer: &str,
+        at: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(Self::q)?;
+        let r = sqlx::query(
+            "UPDATE access_review_items SET decision = ?3, reviewer = ?4, decided_at = ?5
+             WHERE review_id = ?1 AND grant_id = ?2
+             AND EXISTS (SELECT 1 FROM access_reviews WHERE id = ?1 AND closed_at IS NULL)",
+        )
+        .bind(review)
+        .bind(grant_id)
+        .bind(decision)
+        .bind(reviewer)
+        .bind(at.to_string())
+        .execute(&mut *tx)
+        .await
+        .map_err(Self::q)?;
+        if r.rows_affected() == 1 && decision == "revoke" {
+            sqlx::query(
+                "UPDATE access_grants SET revoked_at = ?2, revoked_by = ?3 WHERE id = ?1 AND revoked_at IS NULL",
+            )
+            .bind(grant_id)
+            .bind(at.to_string())
+            .bind(reviewer)
+            .execute(&mut *tx)
+            .await
+            .map_err(Self::q)?;
+        }
+        tx.commit().await.map_err(Self::q)?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Close a campaign; returns the grant ids nobody reviewed.
+    pub async fn close_review(&self, id: &str, at: Timestamp) -> Result<Vec<i64>, StoreError> {
+        sqlx::query("UPDATE access_reviews SET closed_at = ?2 WHERE id = ?1 AND closed_at IS NULL")
+            .bind(id)
+            .bind(at.to_string())
+            .execute(&self.pool)
+            .await
+            .map_err(Self::q)?;
+        Ok(self
+            .review_items(id)
+            .await?
+            .into_iter()
+            .filter(|i| i.decision.is_none())
+            .map(|i| i.grant_id)
+            .collect())
+    }
+
+    /// Where the tables live, for messages.
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+}
