@@ -5,6 +5,7 @@
 //! exit codes here, so every failure a user sees says what to do next.
 
 mod check_runner;
+mod cmd_access;
 mod cmd_audit;
 mod cmd_check;
 mod cmd_demo;
@@ -123,6 +124,9 @@ pub enum Commands {
     /// The service catalog: Backstage entities and the dependency map of a spec.
     #[command(subcommand)]
     Catalog(cmd_report::CatalogCommand),
+    /// Access control: role grants per environment, API tokens, access reviews.
+    #[command(subcommand)]
+    Access(cmd_access::AccessCommand),
     /// Database migrations: status, apply, undo, dry run on a clone.
     #[command(subcommand)]
     Migrate(cmd_migrate::MigrateCommand),
@@ -171,6 +175,7 @@ fn run(command: Commands, out: &Output) -> Result<i32, out::CliError> {
         Commands::Compat(c) => cmd_render::compat(c, out),
         Commands::Report(c) => cmd_report::report(c, out),
         Commands::Catalog(c) => cmd_report::catalog(c, out),
+        Commands::Access(c) => cmd_access::access_cmd(c, out),
         Commands::Migrate(c) => cmd_migrate::migrate(c, out),
         Commands::Backup(c) => cmd_migrate::backup(c, out),
         Commands::Rehearse(a) => cmd_rehearse::rehearse(a, out),

@@ -219,3 +219,58 @@ fn reports_over_a_real_deploy_list_exceptions_and_never_a_secret() {
         );
     }
 }
+
+#[test]
+fn access_grants_refusals_tokens_and_a_review_that_revokes() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // Bootstrap: the first grant of a store needs no admin.
+    let (code, o) = run(d, &["access", "grant", "alice", "admin", "--env", "*"]);
+    assert_eq!(code, 0, "{o}");
+    let (code, o) = run(
+        d,
+        &["access", "grant", "user:bob", "deployer", "--env", "prod"],
+    );
+    assert_eq!(code, 0, "{o}");
+    assert!(o.contains("grant 2: user:bob is deployer in prod"), "{o}");
+    // Bob is no admin: refused, naming the missing role.
+    let (code, o) = run_as("bob", d, &["access", "grant", "bob", "admin", "--env", "*"]);
+    assert_eq!(code, 3, "{o}");
+    assert!(o.contains("lacks the `admin` role"), "{o}");
+    let (code, o) = run(d, &["access", "grant", "bob", "overlord", "--env", "prod"]);
+    assert_eq!(code, 2, "{o}");
+
+    let (code, o) = run(d, &["access", "token", "create"]);
+    assert_eq!(code, 0, "{o}");
+    let token = o
+        .split_whitespace()
+        .find(|w| w.starts_with("slw_"))
+        .unwrap()
+        .to_owned();
+    let id = token.split('_').nth(1).unwrap().to_owned();
+    assert!(
+        !std::fs::read(d.join("s.db"))
+            .unwrap()
+            .windows(token.len())
+            .any(|w| w == token.as_bytes()),
+        "only a hash is stored"
+    );
+    let (code, o) = run(d, &["access", "token", "revoke", &id]);
+    assert_eq!(code, 0, "{o}");
+    let (code, _) = run(d, &["access", "token", "revoke", &id]);
+    assert_eq!(code, 2, "a revoked token cannot be revoked again");
+
+    let (code, o) = run(d, &["access", "review", "start", "q4"]);
+    assert_eq!(code, 0, "{o}");
+    let (code, o) = run(d, &["access", "review", "decide", "q4", "2", "revoke"]);
+    assert_eq!(code, 0, "{o}");
+    let (code, o) = run(d, &["access", "review", "close", "q4"]);
+    assert_eq!(code, 1, "alice's grant was never reviewed: {o}");
+    assert!(o.contains("unreviewed: grant 1"), "{o}");
+    let (code, o) = run(d, &["access", "list"]);
+    assert_eq!(code, 0, "{o}");
+    assert!(
+        !o.contains("user:bob"),
+        "bob's grant was revoked by the review: {o}"
+    );
+}
