@@ -26,5 +26,8 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
+# A real SMTP server for the notification tests.
+python3 -c 'import aiosmtpd' 2>/dev/null || python3 -m pip install -q aiosmtpd >/dev/null
+
 scripts/check-crate-edges.sh
 cargo test --workspace --all-targets --no-fail-fast "$@"
