@@ -5,8 +5,8 @@
 //! Selecting a store: [`resolve`] takes `--store` / `SLIPWAY_STORE` (`sqlite://PATH`) or
 //! defaults to `.slipway/slipway.db` under the current directory.
 
-mod leases;
 pub mod access;
+mod leases;
 pub mod schema;
 pub mod sqlite;
 
