@@ -10,6 +10,9 @@ use crate::out::{CliError, Output, Style};
 
 /// `slipway migrate …`.
 #[derive(Debug, clap::Subcommand)]
+#[command(
+    after_help = "Examples:\n  slipway migrate status --url sqlite://shop.db --dir migrations\n  slipway migrate dry-run --url postgres://postgres@127.0.0.1:5432/shop --dir migrations\n  slipway migrate apply --url sqlite://shop.db --dir migrations\n  slipway migrate undo --url sqlite://shop.db --dir migrations --to 2"
+)]
 pub enum MigrateCommand {
     /// Applied, pending, out-of-order, missing and changed migrations; roll-forward-only ones.
     #[command(
@@ -76,6 +79,9 @@ pub struct DryRunArgs {
 
 /// `slipway backup …`.
 #[derive(Debug, clap::Subcommand)]
+#[command(
+    after_help = "Examples:\n  slipway backup create --url sqlite://shop.db --store .slipway/backups\n  slipway backup restore --url sqlite://shop.db --store .slipway/backups --digest SHA256"
+)]
 pub enum BackupCommand {
     /// Back up a database (pg_dump custom format, or an SQLite copy) into a content-addressed store.
     #[command(

@@ -13,6 +13,9 @@ use crate::out::{CliError, Output};
 
 /// `slipway report …`.
 #[derive(Debug, clap::Subcommand)]
+#[command(
+    after_help = "Examples:\n  slipway report dora --since 2026-10-01\n  slipway report dora --since 2026-10-01 --html dora.html\n  slipway report handover RUN > HANDOVER.md\n  slipway report retro RUN\n  slipway report compliance --framework sox --since 2026-01-01 --out evidence/"
+)]
 pub enum ReportCommand {
     /// DORA and delivery figures: deployment frequency, lead time for changes, change
     /// failure rate, failed deployment recovery time, success rate, rollback frequency,
