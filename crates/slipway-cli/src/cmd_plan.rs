@@ -272,6 +272,11 @@ pub fn make_plan(file: &Path, env: &str, out: &Output) -> Result<(LoadedSpec, Pl
     // Backups against windows, and the rollback rehearsal production may require.
     let recovery = crate::cmd_rehearse::plan_findings(file, &loaded, env);
     p.findings.extend(recovery);
+    // Integrity before promotion: the artifact must be the one the spec names (and signed
+    // by a trusted key when the plan has a signature gate). Checked again at install time
+    // by each service's verify-artifact step.
+    let artifact_findings = slipway_package::check_artifacts(&loaded.spec, dir, p.signature_keys());
+    p.findings.extend(artifact_findings);
     Ok((loaded, p))
 }
 
@@ -365,6 +370,21 @@ pub fn render_plan(p: &Plan, out: &Output) -> String {
                 )
             }
             StepAction::Migrate { dir, .. } => format!("migrate {dir}"),
+            StepAction::VerifyArtifact {
+                path,
+                signature,
+                keys,
+                ..
+            } => {
+                let signed = if keys.is_empty() {
+                    ""
+                } else if signature.is_some() {
+                    " + signature"
+                } else {
+                    " + signature (missing)"
+                };
+                format!("verify {}{signed}", truncate(path, 48))
+            }
             StepAction::Deploy { version, replicas } => {
                 format!("deploy {version} × {replicas} ({})", p.strategy_kind)
             }

@@ -18,7 +18,8 @@ use slipway_engine::{
 };
 use slipway_model::exit;
 use slipway_model::plan::Plan;
-use slipway_providers::ExecTarget;
+use slipway_providers::deploy::CompositeTarget;
+use slipway_providers::{ArtifactTarget, ExecTarget};
 use slipway_store::{SqliteStore, StoreLocation};
 
 use crate::out::{CliError, Output, Style};
@@ -198,14 +199,70 @@ pub(crate) async fn open_store(arg: &StoreArg) -> Result<(Arc<SqliteStore>, Path
     Ok((Arc::new(store), path.clone()))
 }
 
-fn engine_for(store: Arc<SqliteStore>, db: &Path, workdir: &str) -> Engine {
+/// The engine over the exec target, with verify-artifact steps routed to an
+/// [`ArtifactTarget`]. `plan` (when known) locates the spec's directory, which artifact,
+/// signature and key paths are relative to.
+fn engine_for(store: Arc<SqliteStore>, db: &Path, workdir: &str, plan: Option<&Plan>) -> Engine {
     let state = db.parent().unwrap_or(Path::new(".")).join("exec");
-    Engine::new(
-        store,
-        Arc::new(ExecTarget::new(workdir, state)),
-        Arc::new(SystemClock),
-    )
-    .with_checks(Arc::new(crate::check_runner::SpecCheckRunner::new(workdir)))
+    let target = CompositeTarget {
+        exec: Some(Arc::new(
+            ExecTarget::new(workdir, state).with_redactor(secret_redactor(plan)),
+        )),
+        deploy: None,
+        migrate: None,
+        artifact: Some(Arc::new(ArtifactTarget::new(spec_dir_of(
+            Path::new(workdir),
+            plan,
+        )))),
+    };
+    Engine::new(store, Arc::new(target), Arc::new(SystemClock))
+        .with_checks(Arc::new(crate::check_runner::SpecCheckRunner::new(workdir)))
+}
+
+/// A redactor for the values of the environment variables this environment's vars
+/// reference as `secret://env/NAME`: steps run with this process's environment, so a step
+/// can print such a secret, and captured output is journaled and audited. Unset variables
+/// have nothing to mask. (`secret://file/…` values are only read when rendering configs.)
+fn secret_redactor(plan: Option<&Plan>) -> slipway_package::Redactor {
+    use slipway_package::SecretRef;
+    // Masked as `***secret://env/NAME***`, so the reader sees which secret was printed.
+    let secrets = plan
+        .into_iter()
+        .flat_map(|p| p.env.vars.values())
+        .filter_map(|v| match SecretRef::parse(v.as_str()) {
+            Ok(Some(SecretRef::Env(name))) => std::env::var(&name)
+                .ok()
+                .map(|value| (SecretRef::Env(name), value)),
+            _ => None,
+        });
+    slipway_package::Redactor::new(secrets)
+}
+
+/// The spec file's directory, recovered from a run's workdir: `deploy` sets the workdir to
+/// the spec's directory joined with the exec target's `workdir`, so a relative one is
+/// stripped off again. An absolute exec `workdir` cannot be undone; the workdir is used.
+fn spec_dir_of(workdir: &Path, plan: Option<&Plan>) -> PathBuf {
+    let rel = plan
+        .and_then(|p| p.env.target.exec.as_ref())
+        .and_then(|e| e.workdir.as_deref())
+        .map(Path::new)
+        .filter(|w| w.is_relative());
+    let Some(rel) = rel else {
+        return workdir.to_path_buf();
+    };
+    // `Path::join` keeps `..` and drops interior `.`, so compare without `.` components.
+    let rel: PathBuf = rel
+        .components()
+        .filter(|c| !matches!(c, std::path::Component::CurDir))
+        .collect();
+    if rel.as_os_str().is_empty() || !workdir.ends_with(&rel) {
+        return workdir.to_path_buf();
+    }
+    let mut dir = workdir.to_path_buf();
+    for _ in rel.components() {
+        dir.pop();
+    }
+    dir
 }
 
 fn exit_for(outcome: &DriveOutcome) -> i32 {
@@ -558,7 +615,7 @@ pub fn deploy(a: DeployArgs, out: &Output) -> Result<i32, CliError> {
             crate::cmd_env::refuse_if_leased(store.as_ref(), &plan.environment, mine.as_deref())
                 .await?;
         }
-        let engine = engine_for(store.clone(), &db, &workdir.to_string_lossy());
+        let engine = engine_for(store.clone(), &db, &workdir.to_string_lossy(), Some(&plan));
         let (run, continued) = engine
             .create_or_continue(NewRunRequest {
                 plan: plan.clone(),
@@ -638,7 +695,7 @@ pub fn resume(a: RunArgs, out: &Output) -> Result<i32, CliError> {
         let run = load_run(store.as_ref(), &a.run).await?;
         let actor = store.pseudonym(&identity()).await.map_err(store_error)?;
         let plan: Option<Plan> = serde_json::from_str(&run.plan_json).ok();
-        let engine = engine_for(store.clone(), &db, &run.workdir);
+        let engine = engine_for(store.clone(), &db, &run.workdir, plan.as_ref());
         drive_foreground(
             engine,
             &run,
@@ -680,7 +737,7 @@ pub fn status(a: StatusArgs, out: &Output) -> Result<i32, CliError> {
         };
         let run = load_run(store.as_ref(), &id).await?;
         let steps = store.steps(&id).await.map_err(store_error)?;
-        let engine = engine_for(store.clone(), &db, &run.workdir);
+        let engine = engine_for(store.clone(), &db, &run.workdir, None);
         let (need, tally) = engine.approvals(&id).await.map_err(engine_error)?;
         let plan: Option<Plan> = serde_json::from_str(&run.plan_json).ok();
         let total = plan.as_ref().map_or(steps.len(), |p| p.steps.len());
@@ -757,7 +814,7 @@ fn control(a: RunArgs, c: Control, out: &Output) -> Result<i32, CliError> {
         let (store, db) = open_store(&a.store).await?;
         let run = load_run(store.as_ref(), &a.run).await?;
         let actor = store.pseudonym(&identity()).await.map_err(store_error)?;
-        let engine = engine_for(store.clone(), &db, &run.workdir);
+        let engine = engine_for(store.clone(), &db, &run.workdir, None);
         let state = engine
             .request(&a.run, &actor, c)
             .await
@@ -799,7 +856,9 @@ pub fn rollback(a: RollbackArgs, out: &Output) -> Result<i32, CliError> {
         let (store, db) = open_store(&a.store).await?;
         let run = load_run(store.as_ref(), &a.run).await?;
         let me = store.pseudonym(&identity()).await.map_err(store_error)?;
-        let engine = engine_for(store.clone(), &db, &run.workdir);
+        // Undo commands print too: the plan's secrets are masked in their output.
+        let plan: Option<Plan> = serde_json::from_str(&run.plan_json).ok();
+        let engine = engine_for(store.clone(), &db, &run.workdir, plan.as_ref());
         let end = engine
             .rollback_run(&a.run, &me, a.reason.trim())
             .await
@@ -831,7 +890,7 @@ pub fn approve(a: ApproveArgs, out: &Output) -> Result<i32, CliError> {
             .filter(|g| !g.is_empty())
             .map(str::to_owned)
             .collect();
-        let engine = engine_for(store.clone(), &db, &run.workdir);
+        let engine = engine_for(store.clone(), &db, &run.workdir, None);
         engine
             .approve(&a.run, &me, groups, a.digest.as_deref())
             .await

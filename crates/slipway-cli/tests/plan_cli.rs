@@ -112,6 +112,17 @@ fn tag_convention_is_checked_against_a_real_git_repo() {
     let dir = tempfile::tempdir().unwrap();
     let spec = dir.path().join("release.yaml");
     std::fs::copy(repo().join("examples/security-patch/release.yaml"), &spec).unwrap();
+    // The plan verifies the artifact and its signature, so they come along.
+    for f in [
+        "dist/payments-3.1.2.tar.gz",
+        "dist/payments-3.1.2.tar.gz.minisig",
+        "keys/release-2025.pub",
+        "keys/release-2026.pub",
+    ] {
+        let to = dir.path().join(f);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(repo().join("examples/security-patch").join(f), to).unwrap();
+    }
     let git = |args: &[&str]| {
         let ok = std::process::Command::new("git")
             .current_dir(dir.path())

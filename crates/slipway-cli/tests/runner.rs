@@ -5,6 +5,7 @@
     reason = "tests: a panic is a failure"
 )]
 
+mod artifact_cli;
 mod check_cli;
 mod checks_gate_cli;
 mod crash;
@@ -16,6 +17,7 @@ mod rehearse_cli;
 mod render_cli;
 mod report_cli;
 mod rollback_cli;
+mod secret_cli;
 
 /// Every `.rs` file in tests/ must be a module of this runner, or it would never run.
 #[test]

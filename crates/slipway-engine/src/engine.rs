@@ -26,6 +26,11 @@ use crate::gates::{self, ApprovalNeed, ApprovalTally, GateError, WindowStatus};
 use crate::store::{JournalRecord, NewRun, RunRecord, StepRecord, Store, StoreError};
 use crate::target::{Applied, Observation, StepContext, Target, TargetError};
 
+/// Whether a step re-verifies an artifact (run before the rest of its wave).
+fn is_verify(step: &PlannedStep) -> bool {
+    matches!(step.action, StepAction::VerifyArtifact { .. })
+}
+
 /// Default number of steps of a wave applied at once.
 pub const DEFAULT_PARALLELISM: usize = 4;
 
@@ -801,8 +806,13 @@ impl Engine {
             } else {
                 None
             };
+            // Verify-artifact steps run first: nothing of the wave is installed until every
+            // artifact of the wave has been re-verified, and a refused artifact halts the
+            // wave whatever the failure budget (steps of a wave otherwise run at once).
+            todo.sort_by_key(|(s, _)| !is_verify(s));
+            let mut verifying = 0usize;
             let mut set = JoinSet::new();
-            let mut todo = todo.into_iter();
+            let mut todo = todo.into_iter().peekable();
             let mut last_check = Instant::now();
             let ctx_shared = Arc::new((
                 ctx.run.id.clone(),
@@ -820,21 +830,29 @@ impl Engine {
                             break;
                         }
                     }
+                    if verifying > 0 && todo.peek().is_some_and(|(s, _)| !is_verify(s)) {
+                        break;
+                    }
                     let Some((step, rec)) = todo.next() else {
                         break;
                     };
+                    let verify = is_verify(&step);
+                    verifying += usize::from(verify);
                     let this = self.clone();
                     let shared = Arc::clone(&ctx_shared);
-                    set.spawn(async move { this.run_step(&shared, step, rec).await });
+                    set.spawn(async move { (verify, this.run_step(&shared, step, rec).await) });
                 }
                 match set.join_next().await {
                     None => break,
                     Some(joined) => {
-                        let failure = joined.map_err(|e| EngineError::Task(e.to_string()))??;
+                        let (verify, result) =
+                            joined.map_err(|e| EngineError::Task(e.to_string()))?;
+                        verifying -= usize::from(verify);
+                        let failure = result?;
                         if let Some(error) = failure {
                             errors.push(error);
                             failed += 1;
-                            if failed > budget && halt.is_none() {
+                            if (failed > budget || verify) && halt.is_none() {
                                 halt = Some(Halt::Budget);
                             }
                         }

@@ -134,5 +134,6 @@ pub fn action_kind(action: &StepAction) -> &'static str {
         StepAction::Exec(_) => "exec",
         StepAction::Migrate { .. } => "migrate",
         StepAction::Deploy { .. } => "deploy",
+        StepAction::VerifyArtifact { .. } => "verify_artifact",
     }
 }

@@ -314,7 +314,7 @@ pub fn render(run: &RunHistory, previous: Option<&RunHistory>, notes: &GitNotes)
                     step.id
                 );
             }
-            StepAction::Deploy { .. } => {}
+            StepAction::Deploy { .. } | StepAction::VerifyArtifact { .. } => {}
         }
     }
     s

@@ -144,6 +144,18 @@ pub enum StepAction {
         /// Instances.
         replicas: u32,
     },
+    /// Re-verify a service's artifact immediately before its install: its sha256, and its
+    /// signature when the plan requires signatures. Paths are relative to the spec file.
+    VerifyArtifact {
+        /// The artifact file.
+        path: String,
+        /// Expected sha256.
+        sha256: String,
+        /// The minisign signature file, if the spec names one.
+        signature: Option<String>,
+        /// Trusted public key files; empty when signatures are not required here.
+        keys: Vec<String>,
+    },
 }
 
 /// A gate and why it applies.
@@ -255,6 +267,21 @@ pub struct Recommendation {
     pub reasons: Vec<String>,
     /// Whether the strategy in force follows the recommendation.
     pub strategy_agrees: bool,
+}
+
+impl Plan {
+    /// The trusted keys of the plan's signature gate, when artifacts must be signed here;
+    /// `None` when the plan has no signature gate.
+    pub fn signature_keys(&self) -> Option<&[String]> {
+        signature_keys(&self.gates)
+    }
+}
+
+fn signature_keys(gates: &[Gate]) -> Option<&[String]> {
+    gates.iter().find_map(|g| match &g.kind {
+        GateKind::Signature { keys } => Some(keys.as_slice()),
+        _ => None,
+    })
 }
 
 /// A problem found while planning.
@@ -517,6 +544,7 @@ pub fn waves(services: &BTreeMap<String, Service>) -> Vec<Wave> {
 
 fn steps(plan: &Plan, base_digest: &str) -> Vec<PlannedStep> {
     let mut out = Vec::new();
+    let sig_keys = plan.signature_keys();
     for wave in &plan.waves {
         for name in &wave.services {
             let Some(svc) = plan.services.get(name) else {
@@ -536,6 +564,19 @@ fn steps(plan: &Plan, base_digest: &str) -> Vec<PlannedStep> {
                     action,
                 });
             };
+            // First in the service's steps, so nothing of the service is installed from
+            // an artifact that changed since the plan was made.
+            if let Some(a) = &svc.artifact {
+                push(
+                    format!("{name}/verify-artifact"),
+                    StepAction::VerifyArtifact {
+                        path: a.path.clone(),
+                        sha256: a.sha256.clone(),
+                        signature: a.signature.clone(),
+                        keys: sig_keys.map(<[String]>::to_vec).unwrap_or_default(),
+                    },
+                );
+            }
             if svc.kind == ServiceKind::Migration {
                 push(
                     format!("{name}/migrate"),

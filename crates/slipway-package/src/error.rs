@@ -130,6 +130,12 @@ pub enum Error {
     #[error("resolve the secret {reference}: {reason}")]
     Secret { reference: String, reason: String },
 
+    #[error(
+        "verify {file}: signatures are required here but the artifact has no signature; \
+         sign it (`slipway sign {file}`) and set `signature:` on the service's artifact"
+    )]
+    Unsigned { file: PathBuf },
+
     #[error("read the OpenAPI document {path}: {reason}")]
     OpenApi { path: PathBuf, reason: String },
 
@@ -167,6 +173,7 @@ impl Error {
             | Error::BadSignature { .. }
             | Error::ManifestMismatch { .. } => ErrorClass::Tampered,
             Error::UntrustedKey { .. }
+            | Error::Unsigned { .. }
             | Error::NotInManifest { .. }
             | Error::UnsafeEntry { .. }
             | Error::Unpack { .. } => ErrorClass::Refused,

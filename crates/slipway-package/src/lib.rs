@@ -8,6 +8,7 @@
 //! network, spawns no processes and never reads the clock; callers pass times in.
 
 pub mod archive;
+pub mod artifacts;
 pub mod checks;
 pub mod compat;
 pub mod deps;
@@ -22,6 +23,7 @@ pub mod unpack;
 pub use archive::{
     ArchiveManifest, BuildOptions, BuiltArchive, Compression, build_archive, build_archive_with,
 };
+pub use artifacts::{ArtifactVerified, check_artifacts, verify_artifact};
 pub use checks::{CheckFacts, PlanChecks, plan_checks};
 pub use deps::{Conflict, LockedVersion, Resolution, VersionLock, VersionSource, resolve};
 pub use digest::{parse_sha256, sha256_file, verify_digest};

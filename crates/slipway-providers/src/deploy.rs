@@ -396,6 +396,8 @@ pub struct CompositeTarget {
     pub deploy: Option<Arc<dyn Target>>,
     /// `migrate` steps.
     pub migrate: Option<Arc<dyn Target>>,
+    /// `verify_artifact` steps.
+    pub artifact: Option<Arc<dyn Target>>,
 }
 
 impl CompositeTarget {
@@ -404,6 +406,7 @@ impl CompositeTarget {
             StepAction::Exec(_) => &self.exec,
             StepAction::Deploy { .. } => &self.deploy,
             StepAction::Migrate { .. } => &self.migrate,
+            StepAction::VerifyArtifact { .. } => &self.artifact,
         };
         t.as_ref().ok_or(TargetError::Unsupported {
             target: "composite",

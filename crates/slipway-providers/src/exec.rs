@@ -22,6 +22,7 @@ use slipway_engine::{
 use slipway_model::duration::parse_duration;
 use slipway_model::plan::StepAction;
 use slipway_model::spec::ExecStep;
+use slipway_package::Redactor;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
 
@@ -47,6 +48,8 @@ pub struct ExecTarget {
     workdir: PathBuf,
     state_dir: PathBuf,
     default_timeout: Duration,
+    /// Known secret values masked in captured output before it reaches the journal.
+    redactor: Redactor,
 }
 
 impl ExecTarget {
@@ -57,6 +60,32 @@ impl ExecTarget {
             workdir: workdir.into(),
             state_dir: state_dir.into(),
             default_timeout: DEFAULT_TIMEOUT,
+            redactor: Redactor::default(),
+        }
+    }
+
+    /// Masks these secret values in every captured stdout/stderr. A step may print a
+    /// secret it was given through its environment; what the target returns is journaled
+    /// and audited, and neither may hold a secret (ARCHITECTURE.md, slipway-package).
+    pub fn with_redactor(mut self, redactor: Redactor) -> Self {
+        self.redactor = redactor;
+        self
+    }
+
+    /// [`run`], with the captured output (also of a failure) passed through the redactor.
+    async fn run_redacted(&self, c: Command, timeout: Duration) -> Result<StepOutput, TargetError> {
+        let redact = |o: StepOutput| StepOutput {
+            stdout: self.redactor.redact(&o.stdout),
+            stderr: self.redactor.redact(&o.stderr),
+            ..o
+        };
+        match run(c, timeout).await {
+            Ok(o) => Ok(redact(o)),
+            Err(TargetError::Failed { message, output }) => Err(TargetError::Failed {
+                message: self.redactor.redact(&message),
+                output: redact(output),
+            }),
+            Err(e) => Err(e),
         }
     }
 
@@ -124,7 +153,7 @@ impl ExecTarget {
         if let Some(cmd) = &step.unless {
             let mut c = self.command(ctx, "sh");
             c.arg("-c").arg(cmd);
-            let out = run(c, self.timeout(step)?).await?;
+            let out = self.run_redacted(c, self.timeout(step)?).await?;
             if out.exit_code == Some(0) {
                 return Ok(Some(format!("unless: `{cmd}` exited 0")));
             }
@@ -239,7 +268,7 @@ impl Target for ExecTarget {
                 .arg(&marker)
                 .arg(&step.run)
                 .arg(MARKER_SENTINEL);
-            let out = run(c, self.timeout(step)?).await?;
+            let out = self.run_redacted(c, self.timeout(step)?).await?;
             if out.exit_code == Some(0) && out.stderr.trim_end() == MARKER_SENTINEL {
                 return Ok(Applied::AlreadyDone {
                     guard: format!(
@@ -312,7 +341,7 @@ impl Target for ExecTarget {
             };
             let mut c = self.command(ctx, "sh");
             c.arg("-c").arg(cmd);
-            let out = run(c, self.timeout(step)?).await?;
+            let out = self.run_redacted(c, self.timeout(step)?).await?;
             if out.exit_code != Some(0) {
                 return Err(TargetError::Failed {
                     message: format!("undo `{cmd}` exited with {:?}", out.exit_code),

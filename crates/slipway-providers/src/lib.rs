@@ -6,6 +6,7 @@
 //! observe on the target (paths, completion markers); the engine journals what goes in
 //! and out.
 
+pub mod artifact;
 pub mod builtin;
 pub mod deploy;
 pub mod exec;
@@ -13,4 +14,5 @@ pub mod migrate;
 pub mod process;
 pub mod traffic;
 
+pub use artifact::ArtifactTarget;
 pub use exec::ExecTarget;

@@ -118,6 +118,7 @@ async fn orchestrator_killed_mid_canary_resumes_without_duplicate_instances() {
             .with_events(tx),
         )),
         migrate: None,
+        artifact: None,
     });
     let engine = Engine::new(store.clone(), target, Arc::new(SystemClock));
     let run = engine
@@ -164,6 +165,7 @@ async fn orchestrator_killed_mid_canary_resumes_without_duplicate_instances() {
             dir.path().join("diag"),
         ))),
         migrate: None,
+        artifact: None,
     });
     let engine = Engine::new(store.clone(), target, Arc::new(SystemClock));
     let outcome = engine
