@@ -404,7 +404,7 @@ pub fn event_line(n: &Notice, out: &Output) -> Option<String> {
                             .join("; "))
                         .unwrap_or_default()
                 ),
-                "rolling_back" | "rolled_back" | "paused" => {
+                "rolling_back" | "rolled_back" | "paused" | "step_paused" => {
                     format!("{kind}: {}", detail["reason"].as_str().unwrap_or_default())
                 }
                 "step_started" => format!(

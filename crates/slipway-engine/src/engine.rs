@@ -159,6 +159,15 @@ struct RunCtx {
 enum Halt {
     Budget,
     Control(Control),
+    Paused,
+}
+
+/// How one step ended for its wave.
+enum StepEnd {
+    Done,
+    Failed(String),
+    /// The target asked for a human; the step stays started, the run pauses.
+    Paused(String),
 }
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -766,6 +775,7 @@ impl Engine {
                 .collect();
             let mut failed = 0u32;
             let mut errors: Vec<String> = Vec::new();
+            let mut paused: Vec<String> = Vec::new();
             let mut todo = Vec::new();
             let mut fresh = true;
             for s in &steps {
@@ -848,12 +858,20 @@ impl Engine {
                         let (verify, result) =
                             joined.map_err(|e| EngineError::Task(e.to_string()))?;
                         verifying -= usize::from(verify);
-                        let failure = result?;
-                        if let Some(error) = failure {
-                            errors.push(error);
-                            failed += 1;
-                            if (failed > budget || verify) && halt.is_none() {
-                                halt = Some(Halt::Budget);
+                        match result? {
+                            StepEnd::Done => {}
+                            StepEnd::Failed(error) => {
+                                errors.push(error);
+                                failed += 1;
+                                if (failed > budget || verify) && halt.is_none() {
+                                    halt = Some(Halt::Budget);
+                                }
+                            }
+                            StepEnd::Paused(why) => {
+                                paused.push(why);
+                                if halt.is_none() {
+                                    halt = Some(Halt::Paused);
+                                }
                             }
                         }
                     }
@@ -884,6 +902,18 @@ impl Engine {
                 Some(Halt::Control(Control::Pause)) => {
                     self.transition(ctx, RunState::Paused, Some("paused by request".into()))
                         .await?;
+                    return Ok(DriveOutcome::Paused);
+                }
+                Some(Halt::Paused) => {
+                    self.transition(
+                        ctx,
+                        RunState::Paused,
+                        Some(format!(
+                            "waiting for a human: {}; `slipway resume` continues (the step is observed first), `slipway rollback` undoes",
+                            paused.join("; ")
+                        )),
+                    )
+                    .await?;
                     return Ok(DriveOutcome::Paused);
                 }
                 Some(Halt::Control(Control::Abort)) => {
@@ -1029,7 +1059,7 @@ impl Engine {
         run: &(String, String, String),
         step: PlannedStep,
         rec: Option<StepRecord>,
-    ) -> Result<Option<String>, EngineError> {
+    ) -> Result<StepEnd, EngineError> {
         let (run_id, digest, actor) = run;
         let mut sctx = StepContext {
             run_id: run_id.clone(),
@@ -1041,8 +1071,10 @@ impl Engine {
         let commit = |events: Vec<EngineEvent>| self.commit(run_id, digest, actor, events);
         if let Some(r) = &rec {
             match r.status {
-                StepStatus::Succeeded => return Ok(None),
-                StepStatus::Failed => return Ok(Some(format!("{} failed earlier", step.id))),
+                StepStatus::Succeeded => return Ok(StepEnd::Done),
+                StepStatus::Failed => {
+                    return Ok(StepEnd::Failed(format!("{} failed earlier", step.id)));
+                }
                 StepStatus::Started => {
                     // Interrupted mid-step: look before doing anything.
                     let obs = self.target.observe(&sctx, &step.action).await;
@@ -1063,7 +1095,7 @@ impl Engine {
                                 },
                             ])
                             .await?;
-                            return Ok(None);
+                            return Ok(StepEnd::Done);
                         }
                         Ok(Observation::NotDone { evidence }) => {
                             commit(vec![EngineEvent::StepObserved {
@@ -1083,12 +1115,12 @@ impl Engine {
                                 output: None,
                             }])
                             .await?;
-                            return Ok(Some(format!("{}: {error}", step.id)));
+                            return Ok(StepEnd::Failed(format!("{}: {error}", step.id)));
                         }
                     }
                 }
                 // Steps in undo states belong to a rollback, which is not driven here.
-                _ => return Ok(None),
+                _ => return Ok(StepEnd::Done),
             }
         }
         sctx.attempt += 1;
@@ -1135,6 +1167,17 @@ impl Engine {
                 completion: StepCompletion::AlreadyDone { guard },
                 output: None,
             },
+            Err(TargetError::Paused { reason }) => {
+                // Journaled as progress, not as an outcome: the step is still started, so
+                // a resume observes it through the target before anything is re-applied.
+                commit(vec![EngineEvent::StepProgress {
+                    step: step.id.clone(),
+                    key: sctx.key.clone(),
+                    detail: serde_json::json!({ "event": "step_paused", "reason": reason }),
+                }])
+                .await?;
+                return Ok(StepEnd::Paused(format!("{}: {reason}", step.id)));
+            }
             Err(TargetError::Failed { message, output }) => EngineEvent::StepFailed {
                 step: step.id.clone(),
                 key: sctx.key.clone(),
@@ -1148,12 +1191,14 @@ impl Engine {
                 output: None,
             },
         };
-        let failure = match &event {
-            EngineEvent::StepFailed { error, .. } => Some(format!("{}: {error}", step.id)),
-            _ => None,
+        let end = match &event {
+            EngineEvent::StepFailed { error, .. } => {
+                StepEnd::Failed(format!("{}: {error}", step.id))
+            }
+            _ => StepEnd::Done,
         };
         commit(vec![event]).await?;
-        Ok(failure)
+        Ok(end)
     }
 
     /// Undo completed steps in reverse plan order. Returns the final state.

@@ -100,6 +100,14 @@ pub enum TargetError {
     /// The target itself could not be used.
     #[error("{0}")]
     Io(String),
+    /// The step needs a human before it can go on (e.g. a canary whose analysis was
+    /// inconclusive). Neither done nor failed: the run pauses, and resuming observes the
+    /// step and carries on.
+    #[error("paused: {reason}")]
+    Paused {
+        /// Why, for the person who must decide.
+        reason: String,
+    },
 }
 
 /// Where steps take effect. Every operation must be idempotent: `apply` of a step already

@@ -9,7 +9,8 @@
 //!
 //! A canary that is rolled back fails its step with the reason (metric, value, threshold);
 //! the engine then rolls the run back. A canary that pauses (inconclusive analysis, manual
-//! pause) fails its step with `paused:` and leaves both versions running.
+//! pause) pauses the run with both versions running; a resume observes the step (mixed
+//! versions: not done) and runs a fresh canary, retiring the paused one.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -235,10 +236,8 @@ impl DeployTarget {
                     },
                 })
             }
-            Outcome::Paused { reason } => Err(TargetError::Failed {
-                message: format!("paused: {reason}"),
-                output: StepOutput::default(),
-            }),
+            // Both versions keep running; the run pauses and a resume observes this step.
+            Outcome::Paused { reason } => Err(TargetError::Paused { reason }),
         }
     }
 

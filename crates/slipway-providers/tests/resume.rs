@@ -204,3 +204,89 @@ async fn orchestrator_killed_mid_canary_resumes_without_duplicate_instances() {
     let t = processes(dir.path(), &p);
     t.stop_instances(&after.alive).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inconclusive_canary_pauses_the_run_and_a_resume_finishes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let loaded = slipway_model::validate::load("resume.yaml", &spec()).unwrap();
+    let p = plan(&loaded.spec, "demo", &Facts::default()).unwrap();
+    let store: Arc<dyn Store> = Arc::new(
+        slipway_store::SqliteStore::open(&dir.path().join("s.db"))
+            .await
+            .unwrap(),
+    );
+    let stable = processes(dir.path(), &p)
+        .start("api", "1.0.0", 2, Role::Stable)
+        .await
+        .unwrap();
+    let proxy = Arc::new(
+        Proxy::start(ProxyConfig {
+            pools: Pools {
+                stable: stable.iter().map(|i| i.addr).collect(),
+                canary: vec![],
+            },
+            ..ProxyConfig::default()
+        })
+        .await
+        .unwrap(),
+    );
+    let engine = || {
+        let target = Arc::new(CompositeTarget {
+            exec: None,
+            deploy: Some(Arc::new(DeployTarget::new(
+                p.clone(),
+                processes(dir.path(), &p),
+                BTreeMap::from([("api".to_owned(), BuiltinRouter::new(proxy.clone()))]),
+                dir.path().join("diag"),
+            ))),
+            migrate: None,
+            artifact: None,
+        });
+        Engine::new(store.clone(), target, Arc::new(SystemClock))
+    };
+    // A trickle of users: the 20% canary never gets min_samples in a window.
+    let trickle = Traffic::start(proxy.local_addr(), "/", 4, 1);
+    let run = engine()
+        .create_run(NewRunRequest {
+            plan: p.clone(),
+            author: "alice".into(),
+            override_freeze: None,
+            workdir: dir.path().display().to_string(),
+        })
+        .await
+        .unwrap();
+    let outcome = engine()
+        .drive(&run.id, "alice", DriveOptions::default())
+        .await
+        .unwrap();
+    let _ = trickle.stop().await;
+    assert_eq!(
+        outcome,
+        DriveOutcome::Paused,
+        "inconclusive must pause, not roll back"
+    );
+    let r = store.run(&run.id).await.unwrap().unwrap();
+    assert_eq!(r.state, RunState::Paused);
+    let both = processes(dir.path(), &p).running("api");
+    assert_eq!(
+        both.alive.len(),
+        4,
+        "stable and canary both keep running while paused"
+    );
+
+    // Real traffic arrives; a human resumes: the step is observed, a fresh canary judged.
+    let traffic = Traffic::start(proxy.local_addr(), "/", 300, 8);
+    let outcome = engine()
+        .drive(&run.id, "alice", DriveOptions::default())
+        .await
+        .unwrap();
+    let _ = traffic.stop().await;
+    assert_eq!(outcome, DriveOutcome::Finished(RunState::Succeeded));
+    let after = processes(dir.path(), &p).running("api");
+    assert_eq!(after.alive.len(), 2, "{:?}", after.alive);
+    assert!(after.alive.iter().all(|i| i.version == "2.0.0"));
+    let journal = store.journal(&run.id, 0).await.unwrap();
+    assert!(journal.iter().any(|r| matches!(&r.event,
+        EngineEvent::StateChanged { to: RunState::Paused, reason: Some(why), .. } if why.contains("insufficient data"))));
+    processes(dir.path(), &p).stop_instances(&after.alive).await;
+}
