@@ -269,6 +269,7 @@ pub fn make_plan(file: &Path, env: &str, out: &Output) -> Result<(LoadedSpec, Pl
         },
     );
     p.findings.extend(checks.findings);
+    p.findings.extend(rollback_staging(&p, dir));
     // Backups against windows, and the rollback rehearsal production may require.
     let recovery = crate::cmd_rehearse::plan_findings(file, &loaded, env);
     p.findings.extend(recovery);
@@ -278,6 +279,97 @@ pub fn make_plan(file: &Path, env: &str, out: &Output) -> Result<(LoadedSpec, Pl
     let artifact_findings = slipway_package::check_artifacts(&loaded.spec, dir, p.signature_keys());
     p.findings.extend(artifact_findings);
     Ok((loaded, p))
+}
+
+/// Is the rollback target pre-staged? The release that last succeeded in this environment
+/// is what a rollback returns to; its artifacts must already be in the artifact store
+/// (kept there by the verify-artifact step when it was installed), digest- and
+/// signature-verified, so that a rollback never depends on fetching or rebuilding
+/// anything. Without a store (no history yet) there is nothing to check.
+fn rollback_staging(p: &Plan, spec_dir: &Path) -> Vec<plan::Finding> {
+    let Ok(cwd) = std::env::current_dir() else {
+        return Vec::new();
+    };
+    let url = std::env::var("SLIPWAY_STORE").ok();
+    let Ok(loc) = slipway_store::resolve(url.as_deref(), &cwd) else {
+        return Vec::new();
+    };
+    let slipway_store::StoreLocation::Sqlite(db) = &loc;
+    // Planning must never create a store as a side effect.
+    if !db.exists() {
+        return Vec::new();
+    }
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return Vec::new();
+    };
+    let previous = rt.block_on(async {
+        use slipway_engine::Store;
+        let store = slipway_store::open(&loc).await.ok()?;
+        let runs = store.runs(1000).await.ok()?;
+        let prev = runs.iter().find(|r| {
+            r.environment == p.environment
+                && r.release == p.release.name
+                && r.state == slipway_engine::RunState::Succeeded
+                && r.version != p.release.version
+        })?;
+        let full = store.run(&prev.id).await.ok()??;
+        let plan: Plan = serde_json::from_str(&full.plan_json).ok()?;
+        Some((prev.id.clone(), plan))
+    });
+    let Some((run_id, prev)) = previous else {
+        return Vec::new();
+    };
+    let cas = db.parent().unwrap_or(Path::new(".")).join("artifacts");
+    let keys = prev.signature_keys().map(<[String]>::to_vec);
+    let mut kept = 0usize;
+    let mut missing = Vec::new();
+    for (name, svc) in &prev.services {
+        let Some(a) = &svc.artifact else { continue };
+        let stored = slipway_providers::artifact::stored_path(&cas, &a.sha256);
+        let sig = a
+            .signature
+            .as_ref()
+            .map(|_| stored.with_extension("minisig").display().to_string());
+        // Keys resolve against this spec's directory: same environment, same trust roots.
+        let checked = slipway_package::verify_artifact(
+            spec_dir,
+            &stored.display().to_string(),
+            &a.sha256,
+            sig.as_deref(),
+            keys.as_deref().filter(|k| !k.is_empty()),
+        );
+        match checked {
+            Ok(_) => kept += 1,
+            Err(e) => missing.push(format!("{name} ({}): {e}", a.path)),
+        }
+    }
+    let target = format!("{} {} (run {run_id})", prev.release.name, prev.release.version);
+    if !missing.is_empty() {
+        vec![plan::Finding {
+            severity: "error".into(),
+            code: "rollback-artifacts-missing".into(),
+            message: format!(
+                "the rollback target {target} is not pre-staged: {}; a rollback would have to fetch or rebuild it. Put the exact file back into {} under its sha256, or redeploy that release first",
+                missing.join("; "),
+                cas.display()
+            ),
+        }]
+    } else if kept > 0 {
+        vec![plan::Finding {
+            severity: "info".into(),
+            code: "rollback-artifacts-staged".into(),
+            message: format!(
+                "rollback target {target}: {kept} artifact(s) pre-staged in {} and verified (digest{})",
+                cas.display(),
+                if keys.as_ref().is_some_and(|k| !k.is_empty()) { " and signature" } else { "" }
+            ),
+        }]
+    } else {
+        Vec::new()
+    }
 }
 
 /// `slipway plan`.
@@ -500,10 +592,10 @@ pub fn render_plan(p: &Plan, out: &Output) -> String {
     if !p.findings.is_empty() {
         let _ = writeln!(s, "\n{}", b("Findings"));
         for f in &p.findings {
-            let sev = if f.severity == "error" {
-                out.paint("error", Style::Bad)
-            } else {
-                out.paint("warning", Style::Warn)
+            let sev = match f.severity.as_str() {
+                "error" => out.paint("error", Style::Bad),
+                "info" => out.paint("info", Style::Dim),
+                _ => out.paint("warning", Style::Warn),
             };
             let _ = writeln!(s, "  {sev} [{}] {}", f.code, f.message);
         }

@@ -210,10 +210,10 @@ fn engine_for(store: Arc<SqliteStore>, db: &Path, workdir: &str, plan: Option<&P
         )),
         deploy: None,
         migrate: None,
-        artifact: Some(Arc::new(ArtifactTarget::new(spec_dir_of(
-            Path::new(workdir),
-            plan,
-        )))),
+        artifact: Some(Arc::new(
+            ArtifactTarget::new(spec_dir_of(Path::new(workdir), plan))
+                .with_store(db.parent().unwrap_or(Path::new(".")).join("artifacts")),
+        )),
     };
     Engine::new(store, Arc::new(target), Arc::new(SystemClock))
         .with_checks(Arc::new(crate::check_runner::SpecCheckRunner::new(workdir)))

@@ -13,6 +13,7 @@ mod demo_cli;
 mod gates_cli;
 mod lease_cli;
 mod plan_cli;
+mod prestage_cli;
 mod rehearse_cli;
 mod render_cli;
 mod report_cli;

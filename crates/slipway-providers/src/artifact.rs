@@ -19,13 +19,61 @@ use slipway_package::{ArtifactVerified, Error as PackageError, verify_artifact};
 pub struct ArtifactTarget {
     /// Where the plan's relative paths resolve: the spec file's directory.
     base: PathBuf,
+    /// Content-addressed store every verified artifact is kept in (`sha256/<digest>`), so
+    /// rolling back to this release never depends on fetching or rebuilding anything.
+    store: Option<PathBuf>,
+}
+
+/// Where an artifact with this digest lives in a content-addressed store.
+pub fn stored_path(store: &std::path::Path, sha256: &str) -> PathBuf {
+    store.join("sha256").join(sha256.to_ascii_lowercase())
+}
+
+/// Copy a verified artifact (and its signature) into the store, atomically: a crash leaves
+/// either nothing or the whole file under its digest, never a partial one.
+fn keep(
+    store: &std::path::Path,
+    base: &std::path::Path,
+    path: &str,
+    sha256: &str,
+    signature: Option<&str>,
+) -> std::io::Result<PathBuf> {
+    let dest = stored_path(store, sha256);
+    if let Some(dir) = dest.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let copy = |from: &std::path::Path, to: &std::path::Path| -> std::io::Result<()> {
+        let tmp = to.with_extension("partial");
+        std::fs::copy(from, &tmp)?;
+        std::fs::File::open(&tmp)?.sync_all()?;
+        std::fs::rename(tmp, to)
+    };
+    if !dest.exists() {
+        copy(&base.join(path), &dest)?;
+    }
+    if let Some(sig) = signature {
+        let sig_dest = dest.with_extension("minisig");
+        if !sig_dest.exists() {
+            copy(&base.join(sig), &sig_dest)?;
+        }
+    }
+    Ok(dest)
 }
 
 impl ArtifactTarget {
     /// A target resolving artifact, signature and key paths against `base` (the directory
     /// of the spec file, as the plan's paths are relative to it).
     pub fn new(base: impl Into<PathBuf>) -> Self {
-        Self { base: base.into() }
+        Self {
+            base: base.into(),
+            store: None,
+        }
+    }
+
+    /// Keep every verified artifact in this content-addressed store.
+    pub fn with_store(mut self, store: impl Into<PathBuf>) -> Self {
+        self.store = Some(store.into());
+        self
     }
 
     async fn check(&self, action: &StepAction) -> Result<ArtifactVerified, TargetError> {
@@ -101,10 +149,31 @@ impl Target for ArtifactTarget {
     ) -> BoxFuture<'a, Result<Applied, TargetError>> {
         Box::pin(async move {
             let v = self.check(action).await?;
+            let mut stdout = describe(&v);
+            if let (
+                Some(store),
+                StepAction::VerifyArtifact {
+                    path,
+                    sha256,
+                    signature,
+                    ..
+                },
+            ) = (&self.store, action)
+            {
+                let kept = keep(store, &self.base, path, sha256, signature.as_deref()).map_err(
+                    |e| {
+                        TargetError::Io(format!(
+                            "keep {path} in the artifact store {}: {e}",
+                            store.display()
+                        ))
+                    },
+                )?;
+                stdout.push_str(&format!("; kept as {}", kept.display()));
+            }
             Ok(Applied::Ran {
                 output: StepOutput {
                     exit_code: Some(0),
-                    stdout: describe(&v),
+                    stdout,
                     stderr: String::new(),
                     truncated: false,
                 },
