@@ -346,7 +346,10 @@ fn rollback_staging(p: &Plan, spec_dir: &Path) -> Vec<plan::Finding> {
             Err(e) => missing.push(format!("{name} ({}): {e}", a.path)),
         }
     }
-    let target = format!("{} {} (run {run_id})", prev.release.name, prev.release.version);
+    let target = format!(
+        "{} {} (run {run_id})",
+        prev.release.name, prev.release.version
+    );
     if !missing.is_empty() {
         vec![plan::Finding {
             severity: "error".into(),
@@ -364,7 +367,11 @@ fn rollback_staging(p: &Plan, spec_dir: &Path) -> Vec<plan::Finding> {
             message: format!(
                 "rollback target {target}: {kept} artifact(s) pre-staged in {} and verified (digest{})",
                 cas.display(),
-                if keys.as_ref().is_some_and(|k| !k.is_empty()) { " and signature" } else { "" }
+                if keys.as_ref().is_some_and(|k| !k.is_empty()) {
+                    " and signature"
+                } else {
+                    ""
+                }
             ),
         }]
     } else {

@@ -160,14 +160,13 @@ impl Target for ArtifactTarget {
                 },
             ) = (&self.store, action)
             {
-                let kept = keep(store, &self.base, path, sha256, signature.as_deref()).map_err(
-                    |e| {
+                let kept =
+                    keep(store, &self.base, path, sha256, signature.as_deref()).map_err(|e| {
                         TargetError::Io(format!(
                             "keep {path} in the artifact store {}: {e}",
                             store.display()
                         ))
-                    },
-                )?;
+                    })?;
                 stdout.push_str(&format!("; kept as {}", kept.display()));
             }
             Ok(Applied::Ran {
