@@ -19,6 +19,7 @@ use slipway_engine::{
 use slipway_model::exit;
 use slipway_model::plan::Plan;
 use slipway_providers::deploy::CompositeTarget;
+use slipway_providers::migrate::MigrateTarget;
 use slipway_providers::{ArtifactTarget, ExecTarget};
 use slipway_store::{SqliteStore, StoreLocation};
 
@@ -209,7 +210,7 @@ fn engine_for(store: Arc<SqliteStore>, db: &Path, workdir: &str, plan: Option<&P
             ExecTarget::new(workdir, state).with_redactor(secret_redactor(plan)),
         )),
         deploy: None,
-        migrate: None,
+        migrate: Some(Arc::new(migrate_target(db, workdir, plan))),
         artifact: Some(Arc::new(
             ArtifactTarget::new(spec_dir_of(Path::new(workdir), plan))
                 .with_store(db.parent().unwrap_or(Path::new(".")).join("artifacts")),
@@ -217,6 +218,35 @@ fn engine_for(store: Arc<SqliteStore>, db: &Path, workdir: &str, plan: Option<&P
     };
     Engine::new(store, Arc::new(target), Arc::new(SystemClock))
         .with_checks(Arc::new(crate::check_runner::SpecCheckRunner::new(workdir)))
+}
+
+/// Migration steps: paths relative to the spec's directory, `{{ vars.x }}` filled from the
+/// environment (a `secret://env/NAME` variable is resolved from this process's
+/// environment here, at install time, and nowhere else), a backup first when the
+/// environment requires one.
+fn migrate_target(db: &Path, workdir: &str, plan: Option<&Plan>) -> MigrateTarget {
+    use slipway_package::SecretRef;
+    let state = db.parent().unwrap_or(Path::new("."));
+    let vars = plan
+        .into_iter()
+        .flat_map(|p| p.env.vars.iter())
+        .filter_map(|(k, v)| match SecretRef::parse(v.as_str()) {
+            Ok(Some(SecretRef::Env(name))) => std::env::var(&name).ok().map(|val| (k.clone(), val)),
+            Ok(Some(_)) => None,
+            _ => Some((k.clone(), v.as_str().to_owned())),
+        })
+        .collect();
+    let t = MigrateTarget::new(
+        spec_dir_of(Path::new(workdir), plan),
+        state.join("migrate"),
+        vars,
+        identity(),
+    );
+    if plan.is_some_and(|p| p.env.backup.as_ref().is_some_and(|b| b.required)) {
+        t.with_backup(state.join("backups"))
+    } else {
+        t
+    }
 }
 
 /// A redactor for the values of the environment variables this environment's vars

@@ -12,6 +12,7 @@ mod crash;
 mod demo_cli;
 mod gates_cli;
 mod lease_cli;
+mod migrate_deploy_cli;
 mod plan_cli;
 mod prestage_cli;
 mod rehearse_cli;

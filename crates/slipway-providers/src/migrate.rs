@@ -20,6 +20,8 @@ pub struct MigrateTarget {
     state_dir: PathBuf,
     vars: BTreeMap<String, String>,
     who: String,
+    /// Take a backup into this content-addressed store before applying anything.
+    backup_store: Option<PathBuf>,
 }
 
 impl MigrateTarget {
@@ -35,7 +37,16 @@ impl MigrateTarget {
             state_dir: state_dir.into(),
             vars,
             who: who.into(),
+            backup_store: None,
         }
+    }
+
+    /// Back the database up into `store` before any migration is applied (environments
+    /// with `backup.required`); the backup's digest goes into the step's output, so the
+    /// journal says which backup a restore would use.
+    pub fn with_backup(mut self, store: impl Into<PathBuf>) -> Self {
+        self.backup_store = Some(store.into());
+        self
     }
 
     fn resolve(&self, dir: &str, database: &str) -> Result<(PathBuf, String), TargetError> {
@@ -115,12 +126,34 @@ impl Target for MigrateTarget {
             if !marker.exists() {
                 write_marker(&marker, before.latest_applied).map_err(io)?;
             }
+            let fresh_sqlite = url
+                .strip_prefix("sqlite://")
+                .is_some_and(|p| !std::path::Path::new(p).exists());
+            let backed_up = match &self.backup_store {
+                // A database that does not exist yet holds nothing to lose.
+                Some(_) if fresh_sqlite => {
+                    "no backup: the database does not exist yet; ".to_owned()
+                }
+                Some(store) => {
+                    let b = slipway_migrate::backup(&url, store).await.map_err(|e| {
+                        TargetError::Failed {
+                            message: format!(
+                                "back up {} before migrating (the environment requires it): {e}",
+                                slipway_migrate::mask_url(&url)
+                            ),
+                            output: StepOutput::default(),
+                        }
+                    })?;
+                    format!("backup {} ({} bytes); ", b.digest, b.size)
+                }
+                None => String::new(),
+            };
             match slipway_migrate::apply(&url, &dir, &self.who).await {
                 Ok(r) => Ok(Applied::Ran {
                     output: StepOutput {
                         exit_code: Some(0),
                         stdout: format!(
-                            "applied {} migration(s) to {}: now at V{}{}",
+                            "{backed_up}applied {} migration(s) to {}: now at V{}{}",
                             r.applied.len(),
                             slipway_migrate::mask_url(&url),
                             r.latest_applied.unwrap_or(0),
