@@ -147,6 +147,24 @@ async fn require_admin(db: &AccessDb, action: &str) -> Result<String, CliError> 
     Ok(me)
 }
 
+/// Permission check for run commands. Access control switches on with the first grant
+/// (`slipway access grant`): before that every identity may act (a fresh install must be
+/// usable, and the first grant makes its holder admin); after it, each command needs its
+/// role in the run's environment, and a refusal names the role and the grant to ask for.
+pub(crate) async fn enforce(
+    db_path: &std::path::Path,
+    role: Role,
+    action: &str,
+    environment: &str,
+) -> Result<(), CliError> {
+    let db = AccessDb::open(db_path).await.map_err(store_error)?;
+    let grants = db.grants(false).await.map_err(store_error)?;
+    if grants.is_empty() {
+        return Ok(());
+    }
+    access::authorize(&grants, &identity(), &groups(), role, action, environment).map_err(refused)
+}
+
 fn groups() -> Vec<String> {
     std::env::var("SLIPWAY_GROUPS")
         .unwrap_or_default()

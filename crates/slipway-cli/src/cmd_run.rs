@@ -16,6 +16,7 @@ use slipway_engine::store::{RunRecord, Store};
 use slipway_engine::{
     DriveOptions, DriveOutcome, Engine, EngineError, NewRunRequest, StoreError, SystemClock,
 };
+use slipway_govern::access::Role;
 use slipway_model::exit;
 use slipway_model::plan::Plan;
 use slipway_providers::deploy::CompositeTarget;
@@ -633,6 +634,7 @@ pub fn deploy(a: DeployArgs, out: &Output) -> Result<i32, CliError> {
     let rt = runtime()?;
     rt.block_on(async {
         let (store, db) = open_store(&a.store).await?;
+        crate::cmd_access::enforce(&db, Role::Deployer, "deploy", &plan.environment).await?;
         let me = identity();
         let author = store.pseudonym(&me).await.map_err(store_error)?;
         if !a.wait {
@@ -723,6 +725,7 @@ pub fn resume(a: RunArgs, out: &Output) -> Result<i32, CliError> {
     rt.block_on(async {
         let (store, db) = open_store(&a.store).await?;
         let run = load_run(store.as_ref(), &a.run).await?;
+        crate::cmd_access::enforce(&db, Role::Deployer, "resume", &run.environment).await?;
         let actor = store.pseudonym(&identity()).await.map_err(store_error)?;
         let plan: Option<Plan> = serde_json::from_str(&run.plan_json).ok();
         let engine = engine_for(store.clone(), &db, &run.workdir, plan.as_ref());
@@ -843,6 +846,7 @@ fn control(a: RunArgs, c: Control, out: &Output) -> Result<i32, CliError> {
     rt.block_on(async {
         let (store, db) = open_store(&a.store).await?;
         let run = load_run(store.as_ref(), &a.run).await?;
+        crate::cmd_access::enforce(&db, Role::Deployer, c.as_str(), &run.environment).await?;
         let actor = store.pseudonym(&identity()).await.map_err(store_error)?;
         let engine = engine_for(store.clone(), &db, &run.workdir, None);
         let state = engine
@@ -885,6 +889,7 @@ pub fn rollback(a: RollbackArgs, out: &Output) -> Result<i32, CliError> {
     rt.block_on(async {
         let (store, db) = open_store(&a.store).await?;
         let run = load_run(store.as_ref(), &a.run).await?;
+        crate::cmd_access::enforce(&db, Role::Deployer, "roll back", &run.environment).await?;
         let me = store.pseudonym(&identity()).await.map_err(store_error)?;
         // Undo commands print too: the plan's secrets are masked in their output.
         let plan: Option<Plan> = serde_json::from_str(&run.plan_json).ok();
@@ -912,6 +917,7 @@ pub fn approve(a: ApproveArgs, out: &Output) -> Result<i32, CliError> {
     rt.block_on(async {
         let (store, db) = open_store(&a.store).await?;
         let run = load_run(store.as_ref(), &a.run).await?;
+        crate::cmd_access::enforce(&db, Role::Approver, "approve", &run.environment).await?;
         let me = store.pseudonym(&identity()).await.map_err(store_error)?;
         let groups: Vec<String> = std::env::var("SLIPWAY_GROUPS")
             .unwrap_or_default()

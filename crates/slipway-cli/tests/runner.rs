@@ -5,6 +5,7 @@
     reason = "tests: a panic is a failure"
 )]
 
+mod access_enforced_cli;
 mod artifact_cli;
 mod check_cli;
 mod checks_gate_cli;
