@@ -221,6 +221,54 @@ fn engine_for(store: Arc<SqliteStore>, db: &Path, workdir: &str, plan: Option<&P
         .with_checks(Arc::new(crate::check_runner::SpecCheckRunner::new(workdir)))
 }
 
+/// The versions this run resolved (release services + what runs there), written with the
+/// run as `<store dir>/runs/<run>/versions.lock.json`, so "what exactly was deployed
+/// beside what" survives the spec changing. Best effort: a run is not refused for it.
+fn write_version_lock(db: &Path, run_id: &str, plan: &Plan, spec_file: &Path) {
+    let spec_dir = spec_file
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let Ok(text) = std::fs::read_to_string(spec_file) else {
+        return;
+    };
+    let Ok(loaded) = slipway_model::validate::load(&spec_file.display().to_string(), &text) else {
+        return;
+    };
+    let checks = slipway_package::plan_checks(
+        &loaded.spec,
+        spec_dir,
+        &plan.environment,
+        &slipway_package::CheckFacts::default(),
+    );
+    let Some(lock) = checks.lock else {
+        return;
+    };
+    let dir = db
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join("runs")
+        .join(run_id);
+    let write = std::fs::create_dir_all(&dir).and_then(|_| {
+        std::fs::write(
+            dir.join("versions.lock.json"),
+            serde_json::to_vec_pretty(&lock).unwrap_or_default(),
+        )
+    });
+    if let Err(e) = write {
+        tracing_warn(&format!(
+            "could not write the version lock of run {run_id}: {e}"
+        ));
+    }
+}
+
+fn tracing_warn(msg: &str) {
+    #[allow(clippy::print_stderr, reason = "a warning the operator should see")]
+    {
+        eprintln!("warning: {msg}");
+    }
+}
+
 /// Migration steps: paths relative to the spec's directory, `{{ vars.x }}` filled from the
 /// environment (a `secret://env/NAME` variable is resolved from this process's
 /// environment here, at install time, and nowhere else), a backup first when the
@@ -661,6 +709,7 @@ pub fn deploy(a: DeployArgs, out: &Output) -> Result<i32, CliError> {
             })
             .await
             .map_err(engine_error)?;
+        write_version_lock(&db, &run.id, &plan, &a.file);
         if a.detach {
             let exe = std::env::current_exe().map_err(|e| {
                 CliError::new(

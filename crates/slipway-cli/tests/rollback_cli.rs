@@ -41,6 +41,19 @@ environments:
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let run = v["run"].as_str().or(v["id"].as_str()).unwrap().to_owned();
     assert!(dir.path().join("api").exists() && dir.path().join("schema").exists());
+    // The versions the run resolved are written with it.
+    let lock: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            dir.path()
+                .join("runs")
+                .join(&run)
+                .join("versions.lock.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(lock["versions"]["api"]["version"], "1.0.0", "{lock:#}");
+    assert_eq!(lock["digest"].as_str().unwrap().len(), 64);
 
     let o = slipway()
         .env("SLIPWAY_STORE", &store)
