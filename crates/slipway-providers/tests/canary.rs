@@ -119,16 +119,35 @@ fn steps(analysis_for: &str) -> Vec<CanaryStep> {
     ]
 }
 
+/// Kills every instance recorded under a directory when dropped, so a failing test
+/// (which panics before its cleanup) leaves no process behind.
+struct Reap(std::path::PathBuf);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let t = ProcessTarget::new(&self.0, BTreeMap::new());
+        for i in t.running("api").alive {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(i32::try_from(i.pid).unwrap_or(0)),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
 struct Run {
     outcome: Outcome,
     events: Vec<RolloutEvent>,
     canary_ids: Vec<u32>,
     stable_ids: Vec<u32>,
+    // Dropped before `dir` (fields drop in order), while the state files still exist.
+    _reap: Reap,
     dir: tempfile::TempDir,
 }
 
 async fn canary(canary_args: &str, metrics: Vec<Metric>, rate: u32, min_samples: u64) -> Run {
     let dir = tempfile::tempdir().unwrap();
+    let reap = Reap(dir.path().to_path_buf());
     let stable_t = target(dir.path(), "");
     let stable = stable_t
         .start("api", "1.0.0", 2, Role::Stable)
@@ -190,6 +209,7 @@ async fn canary(canary_args: &str, metrics: Vec<Metric>, rate: u32, min_samples:
         canary_ids,
         stable_ids: stable.iter().map(|i| i.pid).collect(),
         dir,
+        _reap: reap,
     }
 }
 
@@ -310,6 +330,7 @@ async fn too_little_traffic_is_inconclusive_and_pauses() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instances_survive_the_supervisor_and_are_found_not_duplicated() {
     let dir = tempfile::tempdir().unwrap();
+    let _reap = Reap(dir.path().to_path_buf());
     let first = target(dir.path(), "");
     let started = first.start("api", "1.0.0", 2, Role::Stable).await.unwrap();
     drop(first);
