@@ -776,6 +776,7 @@ impl Engine {
             let mut failed = 0u32;
             let mut errors: Vec<String> = Vec::new();
             let mut paused: Vec<String> = Vec::new();
+            let mut refused_artifact = false;
             let mut todo = Vec::new();
             let mut fresh = true;
             for s in &steps {
@@ -863,6 +864,7 @@ impl Engine {
                             StepEnd::Failed(error) => {
                                 errors.push(error);
                                 failed += 1;
+                                refused_artifact |= verify;
                                 if (failed > budget || verify) && halt.is_none() {
                                     halt = Some(Halt::Budget);
                                 }
@@ -887,8 +889,14 @@ impl Engine {
             .await?;
             match halt {
                 Some(Halt::Budget) => {
+                    let why = if refused_artifact && failed <= budget {
+                        // A refused artifact halts the wave whatever the budget allows.
+                        "an artifact was refused before install".to_owned()
+                    } else {
+                        format!("over its failure budget of {budget}")
+                    };
                     let reason = format!(
-                        "wave {} had {failed} failed step(s), over its failure budget of {budget}{}",
+                        "wave {} had {failed} failed step(s), {why}{}",
                         wave.index,
                         if errors.is_empty() {
                             String::new()
