@@ -99,10 +99,29 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(30));
-        let mut conn = SqliteConnection::connect_with(&opts)
-            .await
-            .map_err(q(path))?;
-        migrate(&mut conn, path).await?;
+        // Two processes opening a brand-new store at once can meet SQLITE_BUSY while one of
+        // them switches the file to WAL (the busy handler does not cover that); the open is
+        // idempotent, so retry it for a bounded while instead of failing a deploy.
+        let mut attempt = 0u32;
+        let conn = loop {
+            attempt += 1;
+            let opened = async {
+                let mut conn = SqliteConnection::connect_with(&opts)
+                    .await
+                    .map_err(q(path))?;
+                migrate(&mut conn, path).await?;
+                Ok::<_, StoreError>(conn)
+            }
+            .await;
+            match opened {
+                Ok(conn) => break conn,
+                Err(e) if attempt < 50 && is_busy(&e) => {
+                    tokio::time::sleep(Duration::from_millis(u64::from(attempt.min(10)) * 20))
+                        .await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
         let read = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(opts.clone().read_only(true))
@@ -131,6 +150,11 @@ impl SqliteStore {
         self.writer.send((w, tx)).map_err(|_| gone())?;
         rx.await.map_err(|_| gone())?
     }
+}
+
+fn is_busy(e: &StoreError) -> bool {
+    let m = e.to_string();
+    m.contains("database is locked") || m.contains("(code: 5)") || m.contains("(code: 6)")
 }
 
 /// Read the journal format and bring the schema to the current one, or refuse.
