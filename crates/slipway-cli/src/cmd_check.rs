@@ -28,8 +28,8 @@ pub struct CheckArgs {
     /// The environment to check.
     #[arg(long, value_name = "ENV")]
     pub env: String,
-    /// Run only one kind: reach, capacity, accounts, smoke.
-    #[arg(long, value_name = "KIND", value_parser = ["reach", "capacity", "accounts", "smoke"])]
+    /// Run only one kind: reach, capacity, accounts, smoke, infra.
+    #[arg(long, value_name = "KIND", value_parser = ["reach", "capacity", "accounts", "smoke", "infra"])]
     pub only: Option<String>,
     /// Base URL or `host:port` that `{base}` in smoke check URLs stands for.
     #[arg(long, value_name = "URL")]
@@ -41,6 +41,27 @@ pub struct CheckArgs {
 
 fn parse_timeout(s: &str) -> Result<Duration, String> {
     slipway_model::duration::parse_duration(s)
+}
+
+/// Infrastructure files committed and clean in git (with their digests), and the declared
+/// validation command passing.
+pub(crate) async fn infra_rows(
+    spec_dir: &std::path::Path,
+    infra: &slipway_model::spec::Infrastructure,
+    timeout: Duration,
+) -> Vec<Verdict> {
+    let mut rows: Vec<Verdict> = infra
+        .paths
+        .iter()
+        .map(|p| slipway_checks::infra::check_path(spec_dir, p))
+        .collect();
+    if let Some(cmd) = &infra.validate {
+        rows.push(
+            slipway_checks::infra::validate(spec_dir, cmd, timeout.max(Duration::from_secs(60)))
+                .await,
+        );
+    }
+    rows
 }
 
 /// `slipway check`.
@@ -156,6 +177,16 @@ pub fn check(a: CheckArgs, out: &Output) -> Result<i32, CliError> {
                     }
                 }
             }
+        }
+        if want("infra")
+            && let Some(infra) = &env.infrastructure
+        {
+            let dir = a
+                .file
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .map_or(PathBuf::from("."), PathBuf::from);
+            rows.extend(infra_rows(&dir, infra, a.timeout).await);
         }
         if want("smoke") {
             for name in &env.checks {

@@ -683,6 +683,35 @@ pub fn deploy(a: DeployArgs, out: &Output) -> Result<i32, CliError> {
     rt.block_on(async {
         let (store, db) = open_store(&a.store).await?;
         crate::cmd_access::enforce(&db, Role::Deployer, "deploy", &plan.environment).await?;
+        // Infrastructure must be committed, clean and valid before anything is touched.
+        let infra = match &plan.env.infrastructure {
+            Some(infra) => {
+                let spec_dir = a
+                    .file
+                    .parent()
+                    .filter(|d| !d.as_os_str().is_empty())
+                    .unwrap_or(Path::new("."));
+                let rows =
+                    crate::cmd_check::infra_rows(spec_dir, infra, Duration::from_secs(60)).await;
+                let bad: Vec<String> = rows
+                    .iter()
+                    .filter(|r| r.verdict == slipway_checks::Outcome::Fail)
+                    .map(|r| format!("{}: {} (expected {})", r.target, r.measured, r.expected))
+                    .collect();
+                if !bad.is_empty() {
+                    return Err(CliError::new(
+                        exit::BLOCKED,
+                        format!(
+                            "failed to deploy: the environment's infrastructure is not ready: {}",
+                            bad.join("; ")
+                        ),
+                        Some("commit the infrastructure files and make the validation pass (`slipway check --only infra`)".into()),
+                    ));
+                }
+                Some(rows)
+            }
+            None => None,
+        };
         let me = identity();
         let author = store.pseudonym(&me).await.map_err(store_error)?;
         if !a.wait {
@@ -710,6 +739,16 @@ pub fn deploy(a: DeployArgs, out: &Output) -> Result<i32, CliError> {
             .await
             .map_err(engine_error)?;
         write_version_lock(&db, &run.id, &plan, &a.file);
+        if let Some(rows) = &infra {
+            // The digests of the infrastructure the run was made against, kept with it.
+            let dir = db.parent().unwrap_or(Path::new(".")).join("runs").join(&run.id);
+            let _ = std::fs::create_dir_all(&dir).and_then(|_| {
+                std::fs::write(
+                    dir.join("infrastructure.json"),
+                    serde_json::to_vec_pretty(rows).unwrap_or_default(),
+                )
+            });
+        }
         if a.detach {
             let exe = std::env::current_exe().map_err(|e| {
                 CliError::new(

@@ -12,6 +12,7 @@ mod checks_gate_cli;
 mod crash;
 mod demo_cli;
 mod gates_cli;
+mod infra_cli;
 mod lease_cli;
 mod migrate_deploy_cli;
 mod plan_cli;

@@ -343,6 +343,22 @@ pub struct Environment {
     /// Recovery objectives (RTO/RPO) and whether a rollback rehearsal must prove them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recovery: Option<RecoveryPolicy>,
+    /// Infrastructure-as-code this environment is built from: the files must be committed
+    /// and clean in git (their digests are recorded with each run) and the validation
+    /// command must pass before a deploy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub infrastructure: Option<Infrastructure>,
+}
+
+/// Infrastructure files of an environment.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Infrastructure {
+    /// Paths (files or directories) relative to the spec file, e.g. `infra/prod.tf`.
+    pub paths: Vec<String>,
+    /// Command that validates them (run in the spec's directory), e.g. `terraform validate`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validate: Option<String>,
 }
 
 /// An environment's backups.

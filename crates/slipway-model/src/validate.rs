@@ -1127,6 +1127,29 @@ fn environment(cx: &mut Cx<'_>, spec: &ReleaseSpec, name: &str, e: &Environment,
     if let Some(s) = &e.strategy {
         strategy(cx, spec, &at("strategy"), s);
     }
+    if let Some(infra) = &e.infrastructure {
+        if infra.paths.is_empty() {
+            cx.err_value(
+                "empty",
+                &at("infrastructure/paths"),
+                "no infrastructure paths are listed",
+                "list the IaC files or directories, e.g. `paths: [infra/]`, or remove `infrastructure`",
+            );
+        }
+        for (i, p) in infra.paths.iter().enumerate() {
+            if p.trim().is_empty()
+                || std::path::Path::new(p).is_absolute()
+                || p.split('/').any(|c| c == "..")
+            {
+                cx.err_value(
+                    "invalid-path",
+                    &format!("{}/{i}", at("infrastructure/paths")),
+                    format!("`{p}` is not a path inside the repository"),
+                    "write a path relative to the spec file, without `..`",
+                );
+            }
+        }
+    }
     let check_names: Vec<&str> = spec.checks.keys().map(String::as_str).collect();
     for (i, c) in e.checks.iter().enumerate() {
         cx.reference(&format!("{}/{i}", at("checks")), "check", c, &check_names);
