@@ -6,13 +6,13 @@
     reason = "test helpers outside #[test] fns panic on setup failure"
 )]
 
-mod open_race;
 mod check_gates;
 mod common;
 mod compat;
 mod engine;
 mod journal;
 mod leases;
+mod open_race;
 mod tamper;
 
 #[test]
