@@ -62,30 +62,7 @@ pub enum CapacityError {
     },
 }
 
-/// Parse a size like `256Mi`, `1Gi`, `500M` or `1024` (bytes).
-pub fn parse_size(text: &str) -> Option<u64> {
-    let t = text.trim();
-    let split = t
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: f64 = num.parse().ok()?;
-    let mult: f64 = match unit {
-        "" => 1.0,
-        "K" | "k" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "T" => 1e12,
-        "Ki" => 1024.0,
-        "Mi" => 1024.0 * 1024.0,
-        "Gi" => 1024.0 * 1024.0 * 1024.0,
-        "Ti" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
-        _ => return None,
-    };
-    let b = n * mult;
-    // Sizes are far below 2^53 bytes; the cast is exact enough for a capacity check.
-    (b.is_finite() && b >= 0.0).then_some(b as u64)
-}
+pub use slipway_model::text::parse_size;
 
 fn mib(b: u64) -> String {
     format!("{:.0} MiB", b as f64 / 1_048_576.0)

@@ -26,19 +26,12 @@ impl SpecCheckRunner {
     }
 }
 
-/// Fill `{{ vars.x }}` (and `{{vars.x}}`) from the plan's environment, skipping secrets.
+/// Fill `{{ vars.x }}` from the plan's environment; secrets stay references.
 fn fill(plan: &Plan, text: &str) -> String {
-    let mut t = text.to_owned();
-    for (k, v) in &plan.env.vars {
-        let v = v.as_str();
-        if v.starts_with("secret://") {
-            continue;
-        }
-        t = t
-            .replace(&format!("{{{{ vars.{k} }}}}"), v)
-            .replace(&format!("{{{{vars.{k}}}}}"), v);
-    }
-    t
+    slipway_model::text::fill_vars(
+        text,
+        plan.env.vars.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+    )
 }
 
 /// A single-quoted shell word.

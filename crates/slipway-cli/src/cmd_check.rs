@@ -81,23 +81,9 @@ pub fn check(a: CheckArgs, out: &Output) -> Result<i32, CliError> {
             ),
         )
     })?;
-    let vars: Vec<(String, String)> = env
-        .vars
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_str().to_owned()))
-        .collect();
+    // A secret reference stays a reference: checks never resolve secrets.
     let fill = |text: &str| -> String {
-        let mut t = text.to_owned();
-        for (k, v) in &vars {
-            // A secret reference stays a reference: checks never resolve secrets.
-            if v.starts_with("secret://") {
-                continue;
-            }
-            t = t
-                .replace(&format!("{{{{ vars.{k} }}}}"), v)
-                .replace(&format!("{{{{vars.{k}}}}}"), v);
-        }
-        t
+        slipway_model::text::fill_vars(text, env.vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
     };
     let want = |k: &str| a.only.as_deref().is_none_or(|o| o == k);
     let rt = tokio::runtime::Builder::new_current_thread()

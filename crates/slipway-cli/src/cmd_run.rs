@@ -256,13 +256,13 @@ fn write_version_lock(db: &Path, run_id: &str, plan: &Plan, spec_file: &Path) {
         )
     });
     if let Err(e) = write {
-        tracing_warn(&format!(
+        warn_operator(&format!(
             "could not write the version lock of run {run_id}: {e}"
         ));
     }
 }
 
-fn tracing_warn(msg: &str) {
+fn warn_operator(msg: &str) {
     #[allow(clippy::print_stderr, reason = "a warning the operator should see")]
     {
         eprintln!("warning: {msg}");

@@ -13,5 +13,6 @@ pub mod policy;
 pub mod recovery;
 pub mod schema;
 pub mod spec;
+pub mod text;
 pub mod validate;
 pub mod yaml;

@@ -674,29 +674,6 @@ fn endpoint_at(cx: &mut Cx<'_>, ptr: &str, e: &str) {
     }
 }
 
-fn quantity_bytes(q: &str) -> Option<u64> {
-    let q = q.trim();
-    let split = q
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(q.len());
-    let (num, unit) = q.split_at(split);
-    let n: f64 = num.parse().ok()?;
-    let mult: f64 = match unit {
-        "" => 1.0,
-        "K" | "k" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "T" => 1e12,
-        "Ki" => 1024.0,
-        "Mi" => 1024.0 * 1024.0,
-        "Gi" => 1024.0 * 1024.0 * 1024.0,
-        "Ti" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
-        _ => return None,
-    };
-    let bytes = n * mult;
-    (bytes.is_finite() && bytes > 0.0).then_some(bytes as u64)
-}
-
 fn service(cx: &mut Cx<'_>, spec: &ReleaseSpec, name: &str, s: &Service, names: &[&str]) {
     let base = pointer(["services", name]);
     let at = |f: &str| format!("{base}/{f}");
@@ -881,7 +858,7 @@ fn service(cx: &mut Cx<'_>, spec: &ReleaseSpec, name: &str, s: &Service, names: 
     if let Some(r) = &s.resources {
         for (f, v) in [("memory", &r.memory), ("disk", &r.disk)] {
             if let Some(v) = v
-                && quantity_bytes(v).is_none()
+                && crate::text::parse_size(v).is_none_or(|b| b == 0)
             {
                 cx.err_value(
                     "invalid-quantity",

@@ -50,21 +50,23 @@ impl MigrateTarget {
     }
 
     fn resolve(&self, dir: &str, database: &str) -> Result<(PathBuf, String), TargetError> {
-        let mut url = database.to_owned();
-        for (k, v) in &self.vars {
-            for pat in [format!("{{{{ vars.{k} }}}}"), format!("{{{{vars.{k}}}}}")] {
-                url = url.replace(&pat, v);
-            }
+        let mut url = slipway_model::text::fill_vars(
+            database,
+            self.vars.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        );
+        let secret_left = self
+            .vars
+            .iter()
+            .any(|(k, v)| v.starts_with("secret://") && url.contains(&format!("vars.{k}")));
+        if url.starts_with("secret://") || secret_left {
+            return Err(TargetError::Io(
+                "the database URL is a secret reference; resolve secrets before migrating".into(),
+            ));
         }
         if url.contains("{{") {
             return Err(TargetError::Io(format!(
                 "database `{database}` has a placeholder no variable of the environment fills"
             )));
-        }
-        if url.starts_with("secret://") {
-            return Err(TargetError::Io(
-                "the database URL is a secret reference; resolve secrets before migrating".into(),
-            ));
         }
         // Relative SQLite paths are relative to the run's working directory.
         if let Some(rest) = url.strip_prefix("sqlite://")
