@@ -1,7 +1,14 @@
-//! Run commands: `deploy`, `resume`, `status`, `logs`, `pause`, `abort`, `approve`,
-//! `history`. They open the store (`--store` / `SLIPWAY_STORE`, default
-//! `.slipway/slipway.db`), build the engine with the `exec` target, and render the
-//! engine's typed events; the engine itself never prints.
+//! Run commands: `deploy`, `resume`, `status`, `logs`, `pause`, `promote`, `abort`,
+//! `approve`, `history`. They open the store (`--store` / `SLIPWAY_STORE`, default
+//! `.slipway/slipway.db`), build the engine with the `exec` target (and, for a `process`
+//! environment, the deploy target with one long-lived proxy process per service), and
+//! render the engine's typed events; the engine itself never prints.
+//!
+//! A live canary hears humans from other processes: `pause` and `abort` through the run's
+//! control request in the store, `resume` and `promote` through a request file the driver
+//! polls (`slipway_providers::interventions`). When nobody drives the run (paused, or its
+//! driver died), `resume` and `promote` drive it here and `abort` first takes a paused
+//! canary out of service.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -19,9 +26,11 @@ use slipway_engine::{
 use slipway_govern::access::Role;
 use slipway_model::exit;
 use slipway_model::plan::Plan;
-use slipway_providers::deploy::CompositeTarget;
+use slipway_providers::deploy::{CompositeTarget, DeployTarget};
+use slipway_providers::interventions;
 use slipway_providers::migrate::MigrateTarget;
 use slipway_providers::{ArtifactTarget, ExecTarget};
+use slipway_rollout::Intervention;
 use slipway_store::{SqliteStore, StoreLocation};
 
 use crate::out::{CliError, Output, Style};
@@ -205,12 +214,23 @@ pub(crate) async fn open_store(arg: &StoreArg) -> Result<(Arc<SqliteStore>, Path
 /// [`ArtifactTarget`]. `plan` (when known) locates the spec's directory, which artifact,
 /// signature and key paths are relative to.
 fn engine_for(store: Arc<SqliteStore>, db: &Path, workdir: &str, plan: Option<&Plan>) -> Engine {
+    engine_with(store, db, workdir, plan, None)
+}
+
+/// [`engine_for`] with `deploy` steps going to `deploy` (the process target).
+fn engine_with(
+    store: Arc<SqliteStore>,
+    db: &Path,
+    workdir: &str,
+    plan: Option<&Plan>,
+    deploy: Option<Arc<DeployTarget>>,
+) -> Engine {
     let state = db.parent().unwrap_or(Path::new(".")).join("exec");
     let target = CompositeTarget {
         exec: Some(Arc::new(
             ExecTarget::new(workdir, state).with_redactor(secret_redactor(plan)),
         )),
-        deploy: None,
+        deploy: deploy.map(|d| d as Arc<dyn slipway_engine::Target>),
         migrate: Some(Arc::new(migrate_target(db, workdir, plan))),
         artifact: Some(Arc::new(
             ArtifactTarget::new(spec_dir_of(Path::new(workdir), plan))
@@ -219,6 +239,163 @@ fn engine_for(store: Arc<SqliteStore>, db: &Path, workdir: &str, plan: Option<&P
     };
     Engine::new(store, Arc::new(target), Arc::new(SystemClock))
         .with_checks(Arc::new(crate::check_runner::SpecCheckRunner::new(workdir)))
+}
+
+/// Where the process target of an environment keeps instance and proxy state, logs and
+/// diagnostics: `target.process.workdir` (relative to the spec's directory), else
+/// `<store dir>/process/<environment>`.
+fn process_root(db: &Path, workdir: &Path, plan: &Plan) -> PathBuf {
+    match plan
+        .env
+        .target
+        .process
+        .as_ref()
+        .and_then(|p| p.workdir.as_deref())
+    {
+        Some(w) => workdir.join(w),
+        None => db
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join("process")
+            .join(&plan.environment),
+    }
+}
+
+/// The services a plan deploys and their versions (from each `service/step` deploy step).
+fn deployed_services(plan: &Plan) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = plan
+        .steps
+        .iter()
+        .filter_map(|s| match &s.action {
+            slipway_model::plan::StepAction::Deploy { version, .. } => Some((
+                s.id.split('/').next().unwrap_or(&s.id).to_owned(),
+                version.clone(),
+            )),
+            _ => None,
+        })
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// The deploy target of a `process` environment: instances under the process root, and
+/// each deployed service's proxy process found (or started) there. A proxy started now
+/// is given the instances already serving, so clients are answered from the first request.
+async fn process_deploy(
+    store: Arc<SqliteStore>,
+    db: &Path,
+    workdir: &Path,
+    plan: &Plan,
+    out: &Output,
+) -> Result<Arc<DeployTarget>, CliError> {
+    use slipway_providers::process::{ProcessTarget, ServiceProcess};
+    use slipway_providers::remote::{ProxySupervisor, RemoteRouter};
+    use slipway_rollout::TrafficRouter as _;
+    let root = process_root(db, workdir, plan);
+    let services = plan
+        .services
+        .iter()
+        .filter_map(|(name, s)| {
+            let run = s.run.clone()?;
+            Some((
+                name.clone(),
+                ServiceProcess {
+                    run,
+                    readiness: s.readiness.clone(),
+                    env: std::collections::BTreeMap::new(),
+                    workdir: workdir.to_path_buf(),
+                },
+            ))
+        })
+        .collect();
+    let mut processes = ProcessTarget::new(root.join("instances"), services);
+    if let Some(g) = plan
+        .env
+        .target
+        .process
+        .as_ref()
+        .and_then(|p| p.stop_grace.as_deref())
+        .and_then(|g| slipway_model::duration::parse_duration(g).ok())
+    {
+        processes.stop_grace = g;
+    }
+    let exe = std::env::current_exe().map_err(|e| {
+        CliError::new(
+            exit::INTERNAL,
+            format!("failed to find the slipway binary: {e}"),
+            None,
+        )
+    })?;
+    let supervisor = ProxySupervisor::new(
+        root.join("proxies"),
+        vec![exe.into_os_string(), "proxy".into(), "serve".into()],
+    );
+    let mut routers: std::collections::BTreeMap<String, RemoteRouter> =
+        std::collections::BTreeMap::new();
+    for (service, _) in deployed_services(plan) {
+        let (router, started) = supervisor.ensure(&service).await.map_err(|e| {
+            CliError::new(
+                exit::FAILURE,
+                format!("failed to deploy: {e}"),
+                Some(format!(
+                    "the proxy's log is {}",
+                    supervisor.log_path(&service).display()
+                )),
+            )
+        })?;
+        if started {
+            let alive = processes.running(&service).alive;
+            if let Some(first) = alive.first()
+                && alive.iter().all(|i| i.version == first.version)
+            {
+                let addrs: Vec<_> = alive.iter().map(|i| i.addr).collect();
+                router.set_pools(&addrs, &[]).await.map_err(|e| {
+                    CliError::new(exit::FAILURE, format!("failed to deploy: {e}"), None)
+                })?;
+            }
+        }
+        if !out.json() {
+            out.eline(&format!(
+                "{service}: proxy {} at http://{} (pid {})",
+                if started { "started" } else { "found" },
+                router.traffic_addr(),
+                router.state().pid
+            ));
+        }
+        routers.insert(service, router);
+    }
+    let runs_dir = db.parent().unwrap_or(Path::new(".")).join("runs");
+    let store: Arc<dyn slipway_engine::Store> = store;
+    Ok(Arc::new(
+        DeployTarget::new(plan.clone(), processes, routers, root.join("diagnostics"))
+            .with_run_interventions(runs_dir, Some(store)),
+    ))
+}
+
+/// The deploy target when the plan deploys to the process target.
+async fn deploy_target_for(
+    store: &Arc<SqliteStore>,
+    db: &Path,
+    workdir: &Path,
+    plan: Option<&Plan>,
+    out: &Output,
+) -> Result<Option<Arc<DeployTarget>>, CliError> {
+    match plan {
+        Some(p) if p.target == "process" => Ok(Some(
+            process_deploy(store.clone(), db, workdir, p, out).await?,
+        )),
+        _ => Ok(None),
+    }
+}
+
+/// Whether a live process drives the run now (holds its claim).
+async fn driven(store: &SqliteStore, run: &str) -> Result<bool, CliError> {
+    match slipway_engine::Store::claim(store, run).await {
+        Ok(_claim) => Ok(false),
+        Err(StoreError::Claimed(_)) => Ok(true),
+        Err(e) => Err(store_error(e)),
+    }
 }
 
 /// The versions this run resolved (release services + what runs there), written with the
@@ -353,6 +530,17 @@ fn exit_for(outcome: &DriveOutcome) -> i32 {
         DriveOutcome::Paused => exit::PAUSED,
         DriveOutcome::Blocked { .. } => exit::BLOCKED,
     }
+}
+
+/// Why the run is where it is: the reason of its latest state change that gave one.
+async fn last_reason(store: &dyn Store, run: &str) -> Option<String> {
+    let journal = store.journal(run, 0).await.ok()?;
+    journal.iter().rev().find_map(|n| match &n.event {
+        EngineEvent::StateChanged {
+            reason: Some(r), ..
+        } => Some(r.clone()),
+        _ => None,
+    })
 }
 
 fn outcome_json(run: &str, outcome: &DriveOutcome, continued: bool) -> serde_json::Value {
@@ -524,7 +712,8 @@ async fn drive_foreground(
     out: &Output,
 ) -> Result<i32, CliError> {
     // No two runs deploy to one environment: take its lease before driving.
-    let mut lease = crate::cmd_env::take(engine.store().clone(), run, lease_wait, out).await?;
+    let store = engine.store().clone();
+    let mut lease = crate::cmd_env::take(store.clone(), run, lease_wait, out).await?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Notice>();
     let engine = engine.with_notices(tx);
     let (notify_tx, notify_task) = crate::cmd_notify::start(plan, &run.workdir);
@@ -609,9 +798,20 @@ async fn drive_foreground(
         lease.lapse();
     }
     let code = exit_for(&outcome);
+    let reason = match &outcome {
+        DriveOutcome::Finished(RunState::Succeeded) | DriveOutcome::Blocked { .. } => None,
+        _ => last_reason(store.as_ref(), &run.id).await,
+    };
     if out.json() {
-        out.json_value(&outcome_json(&run.id, &outcome, continued));
+        let mut v = outcome_json(&run.id, &outcome, continued);
+        if let Some(r) = &reason {
+            v["reason"] = json!(r);
+        }
+        out.json_value(&v);
     } else {
+        if let Some(r) = &reason {
+            out.eline(&format!("reason: {r}"));
+        }
         match &outcome {
             DriveOutcome::Finished(s) => out.line(&format!("run {} {}", run.id, s.as_str())),
             DriveOutcome::Paused => out.line(&format!(
@@ -653,13 +853,13 @@ pub fn deploy(a: DeployArgs, out: &Output) -> Result<i32, CliError> {
             )),
         ));
     }
-    if plan.target != "exec" {
+    if plan.target != "exec" && plan.target != "process" {
         return Err(CliError::input(
             format!(
                 "failed to deploy: the `{}` target is not available in this build",
                 plan.target
             ),
-            "use `target: { exec: {} }` for this environment",
+            "use `target: { exec: {} }` or `target: { process: {} }` for this environment",
         ));
     }
     let spec_dir = a
@@ -724,7 +924,19 @@ pub fn deploy(a: DeployArgs, out: &Output) -> Result<i32, CliError> {
             crate::cmd_env::refuse_if_leased(store.as_ref(), &plan.environment, mine.as_deref())
                 .await?;
         }
-        let engine = engine_for(store.clone(), &db, &workdir.to_string_lossy(), Some(&plan));
+        let deploy = if a.detach {
+            // The background driver finds or starts the proxies itself.
+            None
+        } else {
+            deploy_target_for(&store, &db, &workdir, Some(&plan), out).await?
+        };
+        let engine = engine_with(
+            store.clone(),
+            &db,
+            &workdir.to_string_lossy(),
+            Some(&plan),
+            deploy,
+        );
         let (run, continued) = engine
             .create_or_continue(NewRunRequest {
                 plan: plan.clone(),
@@ -816,7 +1028,16 @@ pub fn resume(a: RunArgs, out: &Output) -> Result<i32, CliError> {
         crate::cmd_access::enforce(&db, Role::Deployer, "resume", &run.environment).await?;
         let actor = store.pseudonym(&identity()).await.map_err(store_error)?;
         let plan: Option<Plan> = serde_json::from_str(&run.plan_json).ok();
-        let engine = engine_for(store.clone(), &db, &run.workdir, plan.as_ref());
+        if plan.as_ref().is_some_and(|p| p.target == "process")
+            && !run.state.is_terminal()
+            && driven(&store, &run.id).await?
+        {
+            // A live driver: its canary (e.g. in a `pause: manual` step) continues.
+            return send_intervention(&db, &run, Intervention::Resume, &actor, out);
+        }
+        let deploy =
+            deploy_target_for(&store, &db, Path::new(&run.workdir), plan.as_ref(), out).await?;
+        let engine = engine_with(store.clone(), &db, &run.workdir, plan.as_ref(), deploy);
         drive_foreground(
             engine,
             &run,
@@ -828,6 +1049,120 @@ pub fn resume(a: RunArgs, out: &Output) -> Result<i32, CliError> {
             out,
         )
         .await
+    })
+}
+
+/// Leave a request for the live driver of a run's canary.
+fn send_intervention(
+    db: &Path,
+    run: &RunRecord,
+    what: Intervention,
+    actor: &str,
+    out: &Output,
+) -> Result<i32, CliError> {
+    let runs_dir = db.parent().unwrap_or(Path::new(".")).join("runs");
+    interventions::request(
+        &runs_dir,
+        &run.id,
+        &interventions::Requested {
+            intervention: what,
+            by: actor.to_owned(),
+        },
+    )
+    .map_err(|e| {
+        CliError::new(
+            exit::STORE,
+            format!(
+                "failed to record the request under {}: {e}",
+                runs_dir.display()
+            ),
+            None,
+        )
+    })?;
+    let name = serde_json::to_value(what)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    if out.json() {
+        out.json_value(&json!({"run": run.id, "requested": name, "state": run.state, "delivered_to": "driver"}));
+    } else {
+        out.line(&format!(
+            "{name} sent to the driver of run {} (its canary acts on it within an analysis interval; follow with `slipway logs -f {}`)",
+            run.id, run.id
+        ));
+    }
+    Ok(exit::SUCCESS)
+}
+
+/// `slipway promote`: the canary of a run becomes the new stable now.
+pub fn promote(a: RunArgs, out: &Output) -> Result<i32, CliError> {
+    let rt = runtime()?;
+    rt.block_on(async {
+        let (store, db) = open_store(&a.store).await?;
+        let run = load_run(store.as_ref(), &a.run).await?;
+        crate::cmd_access::enforce(&db, Role::Deployer, "promote", &run.environment).await?;
+        if run.state.is_terminal() {
+            return Err(CliError::input(
+                format!(
+                    "failed to promote: run {} is already {}",
+                    run.id,
+                    run.state.as_str()
+                ),
+                "promote a running or paused canary (see `slipway history`)",
+            ));
+        }
+        let plan: Option<Plan> = serde_json::from_str(&run.plan_json).ok();
+        if !plan
+            .as_ref()
+            .is_some_and(|p| p.target == "process" && p.strategy.canary.is_some())
+        {
+            return Err(CliError::input(
+                format!("failed to promote: run {} has no canary to promote", run.id),
+                "promote works on runs of a canary strategy on the process target",
+            ));
+        }
+        let actor = store.pseudonym(&identity()).await.map_err(store_error)?;
+        if driven(&store, &run.id).await? {
+            return send_intervention(&db, &run, Intervention::Promote, &actor, out);
+        }
+        // Nobody drives it: record the request, then drive the run here; the deploy step,
+        // observed first, finds the canary running and promotes it.
+        let runs_dir = db.parent().unwrap_or(Path::new(".")).join("runs");
+        interventions::request(
+            &runs_dir,
+            &run.id,
+            &interventions::Requested {
+                intervention: Intervention::Promote,
+                by: actor.clone(),
+            },
+        )
+        .map_err(|e| {
+            CliError::new(
+                exit::STORE,
+                format!(
+                    "failed to record the promotion under {}: {e}",
+                    runs_dir.display()
+                ),
+                None,
+            )
+        })?;
+        let deploy =
+            deploy_target_for(&store, &db, Path::new(&run.workdir), plan.as_ref(), out).await?;
+        let engine = engine_with(store.clone(), &db, &run.workdir, plan.as_ref(), deploy);
+        let code = drive_foreground(
+            engine,
+            &run,
+            plan.as_ref(),
+            &actor,
+            a.no_wait,
+            true,
+            a.wait,
+            out,
+        )
+        .await;
+        // Not acted on (no canary was running): it must not surprise a later driver.
+        let _ = interventions::take(&runs_dir, &run.id);
+        code
     })
 }
 
@@ -960,8 +1295,43 @@ pub fn pause(a: RunArgs, out: &Output) -> Result<i32, CliError> {
     control(a, Control::Pause, out)
 }
 
-/// `slipway abort`.
+/// `slipway abort`. A live canary hears it and rolls back; a paused canary (nobody
+/// drives the run) is taken out of service here first, so an aborted run leaves no
+/// canary taking traffic.
 pub fn abort(a: RunArgs, out: &Output) -> Result<i32, CliError> {
+    let rt = runtime()?;
+    rt.block_on(async {
+        let (store, db) = open_store(&a.store).await?;
+        let run = load_run(store.as_ref(), &a.run).await?;
+        let plan: Option<Plan> = serde_json::from_str(&run.plan_json).ok();
+        let Some(p) = plan.filter(|p| p.target == "process" && !run.state.is_terminal()) else {
+            return Ok(());
+        };
+        crate::cmd_access::enforce(&db, Role::Deployer, "abort", &run.environment).await?;
+        if driven(&store, &run.id).await? {
+            return Ok(());
+        }
+        let Some(deploy) =
+            deploy_target_for(&store, &db, Path::new(&run.workdir), Some(&p), out).await?
+        else {
+            return Ok(());
+        };
+        for (service, version) in deployed_services(&p) {
+            match deploy.retire_canary(&service, &version).await {
+                Ok(Some(done)) if !out.json() => out.eline(&done),
+                Ok(_) => {}
+                Err(e) => {
+                    return Err(CliError::new(
+                        exit::FAILURE,
+                        format!("failed to abort: the {service} canary could not be retired: {e}"),
+                        Some(format!("retry `slipway abort {}`", run.id)),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    })?;
+    drop(rt);
     control(a, Control::Abort, out)
 }
 

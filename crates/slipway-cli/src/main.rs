@@ -14,6 +14,7 @@ mod cmd_migrate;
 mod cmd_notify;
 mod cmd_package;
 mod cmd_plan;
+mod cmd_proxy;
 mod cmd_rehearse;
 mod cmd_render;
 mod cmd_report;
@@ -65,6 +66,9 @@ pub enum Commands {
     /// The product in two minutes: a sample shop, live traffic, a canary that promotes
     /// and one that rolls back by itself. Needs no setup and no network.
     Demo(cmd_demo::DemoArgs),
+    /// One service's built-in proxy as a process of its own (used by the process target).
+    #[command(subcommand, hide = true)]
+    Proxy(cmd_proxy::ProxyCommand),
     /// The demo's tiny HTTP service (used by `slipway demo`).
     #[command(name = "demo-app", hide = true)]
     DemoApp(cmd_demo::DemoAppArgs),
@@ -96,9 +100,13 @@ pub enum Commands {
     Status(cmd_run::StatusArgs),
     /// Show a run's journal; -f follows it live.
     Logs(cmd_run::LogsArgs),
-    /// Ask the driver of a run to pause between steps.
+    /// Ask the driver of a run to pause (a live canary pauses at its next analysis tick).
     Pause(cmd_run::RunArgs),
-    /// Abort a run (steps in flight finish; nothing is rolled back).
+    /// Skip a canary's remaining steps and make it the new stable: reaches a running
+    /// `slipway deploy`, or promotes the canary of a paused run.
+    Promote(cmd_run::RunArgs),
+    /// Abort a run (steps in flight finish; a live or paused canary is taken out of
+    /// service first).
     Abort(cmd_run::RunArgs),
     /// Roll a run back by hand: undo its completed steps in reverse order (audited).
     Rollback(cmd_run::RollbackArgs),
@@ -165,7 +173,9 @@ fn run(command: Commands, out: &Output) -> Result<i32, out::CliError> {
         Commands::Status(a) => cmd_run::status(a, out),
         Commands::Logs(a) => cmd_run::logs(a, out),
         Commands::Pause(a) => cmd_run::pause(a, out),
+        Commands::Promote(a) => cmd_run::promote(a, out),
         Commands::Abort(a) => cmd_run::abort(a, out),
+        Commands::Proxy(c) => cmd_proxy::run(c, out),
         Commands::Rollback(a) => cmd_run::rollback(a, out),
         Commands::Approve(a) => cmd_run::approve(a, out),
         Commands::History(a) => cmd_run::history(a, out),

@@ -10,7 +10,12 @@
 //! A canary that is rolled back fails its step with the reason (metric, value, threshold);
 //! the engine then rolls the run back. A canary that pauses (inconclusive analysis, manual
 //! pause) pauses the run with both versions running; a resume observes the step (mixed
-//! versions: not done) and runs a fresh canary, retiring the paused one.
+//! versions: not done) and runs a fresh canary, retiring the paused one (traffic moved off
+//! it first), unless a promote is pending: then the running canary is promoted as it is.
+//!
+//! The router of a service is the in-process proxy ([`crate::builtin::BuiltinRouter`],
+//! `slipway demo`) or a proxy process of its own ([`crate::remote::RemoteRouter`],
+//! `slipway deploy` on the process target); both are a [`ServiceRouter`].
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -22,13 +27,25 @@ use slipway_engine::{
 };
 use slipway_model::plan::{Plan, StepAction};
 use slipway_rollout::{
-    Canary, Instances, Interventions, NoInterventions, Outcome, Role, RolloutEvent, TrafficRouter,
-    World, run_canary,
+    Canary, Instances, Intervention, Interventions, NoInterventions, Outcome, Role, RolloutEvent,
+    TrafficRouter, World, run_canary,
 };
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::builtin::BuiltinRouter;
+use crate::interventions::{self, RunInterventions};
 use crate::process::ProcessTarget;
+
+/// A service's traffic router that also measures it: what a canary needs of a proxy.
+pub trait ServiceRouter: TrafficRouter + slipway_rollout::MetricSource {}
+
+impl<T: TrafficRouter + slipway_rollout::MetricSource> ServiceRouter for T {}
+
+/// Where a run's interventions come from: its request file and its store.
+#[derive(Clone)]
+struct RunSource {
+    runs_dir: PathBuf,
+    store: Option<Arc<dyn slipway_engine::Store>>,
+}
 
 /// A rollout event with the service it belongs to.
 #[derive(Debug, Clone)]
@@ -45,9 +62,10 @@ pub struct DeployTarget {
     processes: ProcessTarget,
     /// The previous version's processes, to restore on undo.
     previous: Option<ProcessTarget>,
-    routers: BTreeMap<String, BuiltinRouter>,
+    routers: BTreeMap<String, Arc<dyn ServiceRouter>>,
     events: Option<UnboundedSender<ServiceEvent>>,
     interventions: Arc<dyn Interventions>,
+    run_source: Option<RunSource>,
     diagnostics: PathBuf,
     /// How long a canary may take to drain after its weight went to 0.
     pub drain_timeout: Duration,
@@ -55,19 +73,23 @@ pub struct DeployTarget {
 
 impl DeployTarget {
     /// A deploy target for one plan: `routers` holds the proxy of each service.
-    pub fn new(
+    pub fn new<R: ServiceRouter + 'static>(
         plan: Plan,
         processes: ProcessTarget,
-        routers: BTreeMap<String, BuiltinRouter>,
+        routers: BTreeMap<String, R>,
         diagnostics: impl Into<PathBuf>,
     ) -> Self {
         Self {
             plan,
             processes,
             previous: None,
-            routers,
+            routers: routers
+                .into_iter()
+                .map(|(k, r)| (k, Arc::new(r) as Arc<dyn ServiceRouter>))
+                .collect(),
             events: None,
             interventions: Arc::new(NoInterventions),
+            run_source: None,
             diagnostics: diagnostics.into(),
             drain_timeout: Duration::from_secs(10),
         }
@@ -85,6 +107,21 @@ impl DeployTarget {
         self
     }
 
+    /// Interventions per run, from other processes: request files under
+    /// `<runs_dir>/<run>/` and the run's control requests in `store` (see
+    /// [`crate::interventions`]). Replaces [`Self::with_interventions`].
+    pub fn with_run_interventions(
+        mut self,
+        runs_dir: impl Into<PathBuf>,
+        store: Option<Arc<dyn slipway_engine::Store>>,
+    ) -> Self {
+        self.run_source = Some(RunSource {
+            runs_dir: runs_dir.into(),
+            store,
+        });
+        self
+    }
+
     /// The previous release's processes (for undo after promotion).
     pub fn with_previous(mut self, previous: ProcessTarget) -> Self {
         self.previous = Some(previous);
@@ -95,8 +132,8 @@ impl DeployTarget {
         ctx.step_id.split('/').next().unwrap_or(&ctx.step_id)
     }
 
-    fn router(&self, service: &str) -> Result<&BuiltinRouter, TargetError> {
-        self.routers.get(service).ok_or_else(|| {
+    fn router(&self, service: &str) -> Result<&dyn ServiceRouter, TargetError> {
+        self.routers.get(service).map(AsRef::as_ref).ok_or_else(|| {
             TargetError::Io(format!(
                 "no traffic router for service `{service}`: the process target needs one proxy per service"
             ))
@@ -127,15 +164,40 @@ impl DeployTarget {
                 ),
             });
         }
-        // A canary left behind by an interrupted attempt is retired before a fresh one.
-        if !current.is_empty() {
-            self.processes.stop_instances(&current).await;
-        }
         let stable: Vec<_> = survey
             .alive
             .into_iter()
             .filter(|i| i.version != version)
             .collect();
+        if !current.is_empty() {
+            if let Some(src) = &self.run_source
+                && interventions::pending(&src.runs_dir, &ctx.run_id)
+                    .is_some_and(|r| r.intervention == Intervention::Promote)
+                && self.processes.ready(&current).await
+                && let Some(r) = interventions::take(&src.runs_dir, &ctx.run_id)
+            {
+                // A human promoted the canary that was left running (a paused run).
+                interventions::report_received(ctx.progress.as_ref(), &r);
+                return self
+                    .promote_running(ctx, router, service, version, current, &stable)
+                    .await;
+            }
+            // A canary left behind by an interrupted attempt is retired before a fresh
+            // one: traffic first, so no client is sent to an instance being stopped.
+            retire(
+                router,
+                &self.processes,
+                &stable,
+                &current,
+                self.drain_timeout,
+            )
+            .await?;
+            ctx.report(serde_json::json!({
+                "event": "canary_retired",
+                "instances": current.iter().map(|i| i.id.clone()).collect::<Vec<_>>(),
+                "why": "left running by an earlier attempt; a fresh canary starts",
+            }));
+        }
         let emit_to = self.events.clone();
         let svc = service.to_owned();
         let mut log: Vec<RolloutEvent> = Vec::new();
@@ -153,13 +215,25 @@ impl DeployTarget {
             log.push(e);
         };
         let canary = self.plan.strategy.canary.as_ref();
+        let per_run: Option<RunInterventions> = self.run_source.as_ref().map(|src| {
+            RunInterventions::new(
+                src.runs_dir.clone(),
+                ctx.run_id.clone(),
+                src.store.clone(),
+                ctx.progress.clone(),
+            )
+        });
+        let humans: &dyn Interventions = match &per_run {
+            Some(p) => p,
+            None => self.interventions.as_ref(),
+        };
         let outcome = match (canary, stable.is_empty()) {
             (Some(c), false) => {
                 let world = World {
                     instances: &self.processes,
                     router,
                     metrics: router,
-                    interventions: self.interventions.as_ref(),
+                    interventions: humans,
                     drain_timeout: self.drain_timeout,
                 };
                 run_canary(
@@ -241,6 +315,92 @@ impl DeployTarget {
         }
     }
 
+    /// Promote canary instances found running (a paused canary a human promoted): all
+    /// traffic to them, then they become the stable pool and the old stable stops.
+    async fn promote_running(
+        &self,
+        ctx: &StepContext,
+        router: &dyn ServiceRouter,
+        service: &str,
+        version: &str,
+        canary: Vec<slipway_rollout::Instance>,
+        stable: &[slipway_rollout::Instance],
+    ) -> Result<Applied, TargetError> {
+        let io = |e: slipway_rollout::RolloutError| TargetError::Io(e.to_string());
+        let report = |e: RolloutEvent| {
+            if let Ok(v) = serde_json::to_value(&e) {
+                ctx.report(v);
+            }
+            if let Some(tx) = &self.events {
+                let _ = tx.send(ServiceEvent {
+                    service: service.to_owned(),
+                    event: e,
+                });
+            }
+        };
+        report(RolloutEvent::Intervened {
+            intervention: Intervention::Promote,
+        });
+        let stable_addrs: Vec<_> = stable.iter().map(|i| i.addr).collect();
+        let canary_addrs: Vec<_> = canary.iter().map(|i| i.addr).collect();
+        router
+            .set_pools(&stable_addrs, &canary_addrs)
+            .await
+            .map_err(io)?;
+        router.set_weight(100).await.map_err(io)?;
+        report(RolloutEvent::WeightSet {
+            weight: 100,
+            verified: router.verify_weight().await,
+        });
+        router.set_pools(&canary_addrs, &[]).await.map_err(io)?;
+        router.set_weight(0).await.map_err(io)?;
+        self.processes.stop_instances(stable).await;
+        report(RolloutEvent::Promoted {
+            version: version.to_owned(),
+        });
+        Ok(Applied::Ran {
+            output: StepOutput {
+                exit_code: Some(0),
+                stdout: format!(
+                    "{service} {version} promoted by request, serving on {} instance(s)",
+                    canary.len()
+                ),
+                stderr: String::new(),
+                truncated: false,
+            },
+        })
+    }
+
+    /// Take a canary of `version` out of service: no new traffic, drained, stopped; the
+    /// other version keeps (or takes back) the whole pool. For an abort of a paused run,
+    /// which nobody drives. Returns what was done, `None` when no canary was running.
+    pub async fn retire_canary(
+        &self,
+        service: &str,
+        version: &str,
+    ) -> Result<Option<String>, TargetError> {
+        let router = self.router(service)?;
+        let survey = self.processes.running(service);
+        let (canary, stable): (Vec<_>, Vec<_>) =
+            survey.alive.into_iter().partition(|i| i.version == version);
+        if canary.is_empty() || stable.is_empty() {
+            return Ok(None);
+        }
+        retire(
+            router,
+            &self.processes,
+            &stable,
+            &canary,
+            self.drain_timeout,
+        )
+        .await?;
+        Ok(Some(format!(
+            "{service}: canary {version} retired ({} instance(s) stopped), {} stable instance(s) serving",
+            canary.len(),
+            stable.len()
+        )))
+    }
+
     /// Measurements and canary logs into `<diagnostics>/<service>-<version>/`.
     fn keep_diagnostics(
         &self,
@@ -316,7 +476,7 @@ impl Target for DeployTarget {
             let serving =
                 !survey.alive.is_empty() && survey.alive.iter().all(|i| &i.version == version);
             let evidence = format!(
-                "{} alive instance(s) of {service}: {}; {} dead",
+                "{} alive instance(s) of {service}: {}; {} dead{}",
                 survey.alive.len(),
                 survey
                     .alive
@@ -324,7 +484,20 @@ impl Target for DeployTarget {
                     .map(|i| format!("{}@{}", i.version, i.addr))
                     .collect::<Vec<_>>()
                     .join(", "),
-                survey.dead.len()
+                survey.dead.len(),
+                if survey.dead.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        " ({})",
+                        survey
+                            .dead
+                            .iter()
+                            .map(|i| format!("{}@{}", i.id, i.addr))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                }
             );
             if serving {
                 // Make sure the proxy routes to what is running (the proxy may be new).
@@ -385,6 +558,34 @@ impl Target for DeployTarget {
             }))
         })
     }
+}
+
+/// Weight to 0 with the stable pool alone in front (the canary kept in its pool while it
+/// drains so in-flight requests are counted), then the canary stops.
+async fn retire(
+    router: &dyn ServiceRouter,
+    processes: &ProcessTarget,
+    stable: &[slipway_rollout::Instance],
+    canary: &[slipway_rollout::Instance],
+    drain_timeout: Duration,
+) -> Result<(), TargetError> {
+    let io = |e: slipway_rollout::RolloutError| TargetError::Io(e.to_string());
+    let stable_addrs: Vec<_> = stable.iter().map(|i| i.addr).collect();
+    let canary_addrs: Vec<_> = canary.iter().map(|i| i.addr).collect();
+    if !stable.is_empty() {
+        router.set_weight(0).await.map_err(io)?;
+        router
+            .set_pools(&stable_addrs, &canary_addrs)
+            .await
+            .map_err(io)?;
+        let start = std::time::Instant::now();
+        while router.canary_in_flight().await.unwrap_or(0) > 0 && start.elapsed() < drain_timeout {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        router.set_pools(&stable_addrs, &[]).await.map_err(io)?;
+    }
+    processes.stop_instances(canary).await;
+    Ok(())
 }
 
 /// One target for a whole plan: each action kind goes to the target that handles it.

@@ -1,6 +1,8 @@
 //! Providers: targets for the engine's `Target` trait (`exec`: commands on this
 //! machine), the `process` target's instances for canaries, and the built-in proxy as
-//! traffic router and metric source for `slipway-rollout`.
+//! traffic router and metric source for `slipway-rollout` (in-process, or a proxy process
+//! of its own driven over its admin API), and interventions on a live canary from other
+//! processes.
 //!
 //! Architecture invariant: providers hold no state of their own beyond what they can
 //! observe on the target (paths, completion markers); the engine journals what goes in
@@ -10,8 +12,10 @@ pub mod artifact;
 pub mod builtin;
 pub mod deploy;
 pub mod exec;
+pub mod interventions;
 pub mod migrate;
 pub mod process;
+pub mod remote;
 pub mod traffic;
 
 pub use artifact::ArtifactTarget;

@@ -1,24 +1,42 @@
-//! The admin listener: `/metrics` in Prometheus text format, separate from the traffic
-//! port so a service's own `/metrics` is still proxied to it.
+//! The admin listener, separate from the traffic port so a service's own `/metrics` is
+//! still proxied to it.
+//!
+//! Open to anyone who can reach it (loopback in practice): `GET /metrics` (Prometheus
+//! text) and `GET /weight`. Everything under `/admin/` needs the admin token in
+//! [`TOKEN_HEADER`] when one is configured, because it changes routing or consumes the
+//! analysis window: `GET /admin/state`, `PUT /admin/weight`, `PUT /admin/pools`,
+//! `POST /admin/window`. Bodies are JSON, typed in [`crate::api`], so a controller in
+//! another process (a `slipway` that outlives none of its proxies) drives the proxy
+//! exactly as the in-process [`crate::ProxyHandle`] does.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
 use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::server::conn::http1;
-use hyper::{Request, Response, StatusCode};
+use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::api::{PoolsRequest, StateReport, WeightRequest, WindowReport};
 use crate::forward::Shared;
+use crate::routing::{Pools, Version};
+
+/// The header carrying the admin token.
+pub const TOKEN_HEADER: &str = "x-slipway-admin-token";
+
+/// Admin request bodies are small JSON documents; anything bigger is refused.
+const BODY_LIMIT: usize = 1 << 20;
 
 pub(crate) async fn serve(
     listener: TcpListener,
     shared: Arc<Shared>,
+    token: Option<Arc<str>>,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
@@ -29,9 +47,11 @@ pub(crate) async fn serve(
                     continue;
                 };
                 let shared = Arc::clone(&shared);
+                let token = token.clone();
                 let svc = hyper::service::service_fn(move |req| {
                     let shared = Arc::clone(&shared);
-                    async move { Ok::<_, Infallible>(respond(&shared, &req)) }
+                    let token = token.clone();
+                    async move { Ok::<_, Infallible>(respond(&shared, token.as_deref(), req).await) }
                 });
                 let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
                 tokio::spawn(async move {
@@ -43,28 +63,149 @@ pub(crate) async fn serve(
     }
 }
 
-fn respond<B>(shared: &Shared, req: &Request<B>) -> Response<Full<Bytes>> {
-    let (status, content_type, body) = match req.uri().path() {
-        "/metrics" => (
-            StatusCode::OK,
-            "text/plain; version=0.0.4",
-            shared.metrics.render_prometheus(shared.router.weight()),
-        ),
-        "/weight" => (
-            StatusCode::OK,
-            "text/plain; charset=utf-8",
-            format!("{}\n", shared.router.weight()),
-        ),
-        _ => (
-            StatusCode::NOT_FOUND,
-            "text/plain; charset=utf-8",
-            "not found\n".to_owned(),
-        ),
-    };
+fn reply(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
     response
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
+}
+
+fn text(status: StatusCode, body: impl Into<String>) -> Response<Full<Bytes>> {
+    reply(status, "text/plain; charset=utf-8", body.into())
+}
+
+fn json<T: serde::Serialize>(value: &T) -> Response<Full<Bytes>> {
+    match serde_json::to_string(value) {
+        Ok(body) => reply(StatusCode::OK, "application/json", body),
+        Err(e) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("failed to encode the answer: {e}\n"),
+        ),
+    }
+}
+
+/// Compares without an early exit, so the time taken does not tell how much of a guessed
+/// token was right.
+fn same_token(given: &[u8], expected: &[u8]) -> bool {
+    given.len() == expected.len()
+        && given
+            .iter()
+            .zip(expected)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+async fn body_json<T: serde::de::DeserializeOwned>(
+    req: Request<Incoming>,
+) -> Result<T, Response<Full<Bytes>>> {
+    let bytes = Limited::new(req.into_body(), BODY_LIMIT)
+        .collect()
+        .await
+        .map_err(|e| {
+            text(
+                StatusCode::BAD_REQUEST,
+                format!("failed to read the body: {e}\n"),
+            )
+        })?
+        .to_bytes();
+    serde_json::from_slice(&bytes)
+        .map_err(|e| text(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}\n")))
+}
+
+async fn respond(
+    shared: &Shared,
+    token: Option<&str>,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let path = req.uri().path().to_owned();
+    match (req.method(), path.as_str()) {
+        (&Method::GET, "/metrics") => {
+            return reply(
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                shared.metrics.render_prometheus(shared.router.weight()),
+            );
+        }
+        (&Method::GET, "/weight") => {
+            return text(StatusCode::OK, format!("{}\n", shared.router.weight()));
+        }
+        _ => {}
+    }
+    if !path.starts_with("/admin/") {
+        return text(StatusCode::NOT_FOUND, "not found\n");
+    }
+    if let Some(expected) = token {
+        let given = req
+            .headers()
+            .get(TOKEN_HEADER)
+            .map(HeaderValue::as_bytes)
+            .unwrap_or_default();
+        if !same_token(given, expected.as_bytes()) {
+            return text(
+                StatusCode::UNAUTHORIZED,
+                format!("missing or wrong {TOKEN_HEADER}\n"),
+            );
+        }
+    }
+    match (req.method().clone(), path.as_str()) {
+        (Method::GET, "/admin/state") => json(&state(shared)),
+        (Method::PUT, "/admin/weight") => match body_json::<WeightRequest>(req).await {
+            Ok(w) if w.weight <= 100 => {
+                shared.router.set_weight(w.weight);
+                json(&state(shared))
+            }
+            Ok(w) => text(
+                StatusCode::BAD_REQUEST,
+                format!("canary weight {} is above 100 percent\n", w.weight),
+            ),
+            Err(resp) => resp,
+        },
+        (Method::PUT, "/admin/pools") => match body_json::<PoolsRequest>(req).await {
+            Ok(p) => {
+                // In-flight requests keep the backend they were dispatched to.
+                shared.router.set_pools(Pools {
+                    stable: p.stable,
+                    canary: p.canary,
+                });
+                json(&state(shared))
+            }
+            Err(resp) => resp,
+        },
+        (Method::POST, "/admin/window") => {
+            let window = shared.metrics.take_window(shared.router.weight());
+            json(&WindowReport::from(&window))
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+fn state(shared: &Shared) -> StateReport {
+    let pools = shared.router.pools();
+    let snapshot = shared.metrics.snapshot(shared.router.weight());
+    StateReport {
+        weight: shared.router.weight(),
+        stable: pools.spec.stable.clone(),
+        canary: pools.spec.canary.clone(),
+        in_flight_stable: shared.metrics.in_flight(Version::Stable),
+        in_flight_canary: shared.metrics.in_flight(Version::Canary),
+        requests_stable: snapshot.stable.requests,
+        requests_canary: snapshot.canary.requests,
+        errors_stable: snapshot.stable.errors(),
+        errors_canary: snapshot.canary.errors(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_token;
+
+    #[test]
+    fn tokens_compare_whole() {
+        assert!(same_token(b"abc", b"abc"));
+        assert!(!same_token(b"abd", b"abc"));
+        assert!(!same_token(b"ab", b"abc"));
+        assert!(!same_token(b"", b"abc"));
+    }
 }

@@ -12,10 +12,15 @@
 //! - [`ProxyHandle::snapshot`], [`ProxyHandle::take_window`], [`ProxyHandle::in_flight`]
 //!   — what the built-in metric provider measures.
 //!
+//! The same operations are served as JSON on the admin listener (`/admin/…`, guarded by
+//! a token; documents in [`api`]) for a proxy that runs in a process of its own and
+//! outlives the `slipway` that drives it.
+//!
 //! Architecture invariant: this crate knows nothing about specs, runs or the engine; it
 //! routes and counts, and is told everything else.
 
 mod admin;
+pub mod api;
 mod forward;
 mod metrics;
 mod routing;
@@ -33,6 +38,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+pub use admin::TOKEN_HEADER;
 pub use forward::{ProxyBody, ROUTE_HEADER, Tracked, VERSION_HEADER};
 pub use metrics::{MetricsSnapshot, VersionSnapshot, VersionWindow, Window};
 pub use routing::{Pools, Version};
@@ -51,6 +57,9 @@ pub struct ProxyConfig {
     /// Where `/metrics` (Prometheus text) is served, if anywhere. Kept off the traffic
     /// port so the service's own `/metrics` path still reaches the backends.
     pub admin_listen: Option<SocketAddr>,
+    /// When set, every `/admin/…` call must carry it in [`TOKEN_HEADER`]; `/metrics`
+    /// and `/weight` stay readable without it.
+    pub admin_token: Option<String>,
     pub pools: Pools,
     /// Initial percent of weighted requests that go to the canary (0–100).
     pub canary_weight: u8,
@@ -73,6 +82,7 @@ impl Default for ProxyConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             admin_listen: None,
+            admin_token: None,
             pools: Pools::default(),
             canary_weight: 0,
             connect_timeout: Duration::from_secs(1),
@@ -150,6 +160,7 @@ impl Proxy {
             tasks.push(tokio::spawn(admin::serve(
                 admin,
                 Arc::clone(&shared),
+                config.admin_token.map(Arc::from),
                 stop_rx,
             )));
             addr
@@ -181,7 +192,7 @@ impl ProxyHandle {
         self.local_addr
     }
 
-    /// The address serving `/metrics`, when configured.
+    /// The address serving `/metrics` and the admin API, when configured.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin_addr
     }

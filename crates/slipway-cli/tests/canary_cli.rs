@@ -1,0 +1,496 @@
+//! Canaries through the real `slipway` binary on the `process` target: real demo-app
+//! instances (`slipway demo-app` behind a wrapper on PATH), a real proxy process per
+//! service, real HTTP traffic through it from this test, and humans acting from other
+//! `slipway` processes.
+//!
+//! Every process a test causes (slipway, proxies, instances) carries a marker in its
+//! environment; the [`Env`] guard finds them in /proc and kills them when the test ends,
+//! whatever happened.
+
+use std::collections::BTreeMap;
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use slipway_providers::traffic::Traffic;
+
+/// One test's world: its directory (spec, store, process state), PATH with demo-app.
+struct Env {
+    dir: tempfile::TempDir,
+    mark: String,
+    rt: tokio::runtime::Runtime,
+}
+
+const CANARY_STEPS: &str = "
+      canary:
+        steps:
+          - set_weight: 20
+          - analysis: { template: golden, duration: ANALYSIS }
+          - set_weight: 100";
+
+impl Env {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        let exe = assert_cmd::cargo::cargo_bin("slipway");
+        let script = bin.join("demo-app");
+        std::fs::write(
+            &script,
+            format!("#!/bin/sh\nexec '{}' demo-app \"$@\"\n", exe.display()),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mark = dir.path().display().to_string();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        Self { dir, mark, rt }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn store(&self) -> String {
+        format!("sqlite://{}/slipway.db", self.path().display())
+    }
+
+    fn envs(&self) -> Vec<(String, String)> {
+        vec![
+            (
+                "PATH".into(),
+                format!(
+                    "{}:{}",
+                    self.path().join("bin").display(),
+                    std::env::var("PATH").unwrap_or_default()
+                ),
+            ),
+            ("SLIPWAY_STORE".into(), self.store()),
+            ("SLIPWAY_CANARY_TEST".into(), self.mark.clone()),
+        ]
+    }
+
+    /// `slipway ARGS` to completion: (exit code, stdout, stderr).
+    fn run(&self, args: &[&str]) -> (i32, String, String) {
+        let mut c = crate::slipway();
+        c.envs(self.envs()).args(args);
+        c.timeout(Duration::from_secs(60));
+        let o = c.output().unwrap();
+        (
+            o.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    }
+
+    /// A release of `api` at `version` whose instances run demo-app with `args`.
+    fn spec(&self, version: &str, args: &str, analysis: &str) -> PathBuf {
+        let text = format!(
+            "apiVersion: slipway/v1
+kind: Release
+metadata: {{ name: shop, version: {version}, type: patch }}
+services:
+  api:
+    run: {{ command: \"demo-app --port {{{{ port }}}} --version {{{{ version }}}} {args}\", replicas: 2 }}
+    readiness: {{ http: /ready, timeout: 2s }}
+environments:
+  live:
+    target: {{ process: {{ stop_grace: 2s }} }}
+    strategy:{steps}
+analysis_templates:
+  golden:
+    interval: 250ms
+    min_samples: 5
+    failure_limit: 0
+    inconclusive_limit: 3
+    metrics:
+      - {{ name: error-rate, max: 0.05 }}
+      - {{ name: p99-latency, max: 200ms }}
+    on_failure: rollback
+",
+            steps = CANARY_STEPS.replace("ANALYSIS", analysis)
+        );
+        let p = self.path().join(format!("release-{version}.yaml"));
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    /// `slipway deploy` of a spec: (exit code, JSON outcome, stderr).
+    fn deploy(&self, spec: &Path) -> (i32, serde_json::Value, String) {
+        let (code, stdout, stderr) = self.run(&[
+            "deploy",
+            "--env",
+            "live",
+            "--output",
+            "json",
+            "-f",
+            &spec.display().to_string(),
+        ]);
+        let v = serde_json::from_str(&stdout)
+            .unwrap_or_else(|e| panic!("{e}: stdout {stdout}\nstderr {stderr}"));
+        (code, v, stderr)
+    }
+
+    /// The first release (nothing to canary against: a straight start), then users.
+    fn baseline(&self) -> Traffic {
+        self.baseline_with(4)
+    }
+
+    /// [`Self::baseline`] with `workers` concurrent users (each waits for its answer).
+    fn baseline_with(&self, workers: u32) -> Traffic {
+        let (code, v, err) = self.deploy(&self.spec("1.0.0", "", "2s"));
+        assert_eq!(code, 0, "{v}\n{err}");
+        let _g = self.rt.enter();
+        Traffic::start(self.proxy().traffic, "/", 200, workers)
+    }
+
+    fn proxies_dir(&self) -> PathBuf {
+        self.path().join("process/live/proxies")
+    }
+
+    fn proxy(&self) -> slipway_providers::remote::ProxyState {
+        slipway_providers::remote::read_state(&self.proxies_dir().join("api.json"))
+            .expect("the api proxy recorded itself")
+    }
+
+    /// demo-app instances of this test now running, by version.
+    fn instances(&self) -> BTreeMap<String, usize> {
+        instances(&self.mark)
+    }
+
+    /// The version answering `GET /version` through the proxy, `n` times.
+    fn versions_served(&self, n: usize) -> BTreeMap<String, usize> {
+        let addr = self.proxy().traffic;
+        let mut seen = BTreeMap::new();
+        for _ in 0..n {
+            *seen.entry(get_version(addr)).or_insert(0) += 1;
+        }
+        seen
+    }
+
+    fn journal(&self, run: &str) -> String {
+        self.run(&["logs", run, "--output", "json"]).1
+    }
+}
+
+/// demo-app instances carrying `mark`, by version.
+fn instances(mark: &str) -> BTreeMap<String, usize> {
+    let mut by_version = BTreeMap::new();
+    for (_, argv) in marked(mark) {
+        if argv.get(1).map(String::as_str) == Some("demo-app")
+            && let Some(i) = argv.iter().position(|a| a == "--version")
+        {
+            *by_version.entry(argv[i + 1].clone()).or_insert(0) += 1;
+        }
+    }
+    by_version
+}
+
+/// Live processes carrying `mark` in their environment: pid and argv.
+fn marked(mark: &str) -> Vec<(u32, Vec<String>)> {
+    let needle = format!("SLIPWAY_CANARY_TEST={mark}");
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(environ) = std::fs::read(e.path().join("environ")) else {
+            continue;
+        };
+        if !environ.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()) {
+            continue;
+        }
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        if stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|s| s.trim_start().starts_with('Z'))
+        {
+            continue;
+        }
+        let argv = std::fs::read(e.path().join("cmdline"))
+            .unwrap_or_default()
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        found.push((pid, argv));
+    }
+    found
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        // Whatever the test did: nothing it caused outlives it.
+        for (pid, _) in marked(&self.mark) {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+fn get_version(addr: SocketAddr) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /version HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    assert!(head.starts_with("HTTP/1.1 200"), "{text}");
+    body.trim().to_owned()
+}
+
+fn run_id(v: &serde_json::Value) -> String {
+    v["run"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn a_good_canary_is_promoted_through_slipway_deploy() {
+    let env = Env::new();
+    let users = env.baseline();
+    let proxy = env.proxy();
+    assert_eq!(env.instances(), BTreeMap::from([("1.0.0".to_owned(), 2)]));
+
+    let (code, v, err) = env.deploy(&env.spec("2.0.0", "", "2s"));
+    assert_eq!(code, 0, "{v}\n{err}");
+    assert_eq!(v["state"], "succeeded");
+    // The canary really ran: weight moved, analysis judged real traffic.
+    let journal = env.journal(&run_id(&v));
+    assert!(journal.contains("\"weight\":20"), "{journal}");
+    assert!(
+        journal.contains("\"phase\":\"successful\"") || journal.contains("\"phase\":\"running\""),
+        "{journal}"
+    );
+    assert!(journal.contains("\"event\":\"promoted\""), "{journal}");
+    // The new version serves everything, the old one is gone, the proxy is the same one.
+    assert_eq!(
+        env.versions_served(20),
+        BTreeMap::from([("2.0.0".to_owned(), 20)])
+    );
+    assert_eq!(env.instances(), BTreeMap::from([("2.0.0".to_owned(), 2)]));
+    assert_eq!(
+        env.proxy().pid,
+        proxy.pid,
+        "one proxy for the service's life"
+    );
+    let stats = env.rt.block_on(users.stop());
+    assert!(stats.sent > 200, "{stats:?}");
+    // The only failures users saw came from the canary instance that died.
+    assert_eq!(stats.failed, 0, "{stats:?}");
+    assert_eq!(stats.server_errors, stats.canary_errors, "{stats:?}");
+}
+
+#[test]
+fn a_canary_returning_errors_is_rolled_back_by_itself() {
+    let env = Env::new();
+    let users = env.baseline();
+    let (code, v, err) = env.deploy(&env.spec("2.0.0", "--error-rate 1.0", "3s"));
+    assert_eq!(code, 4, "{v}\n{err}");
+    assert_eq!(v["state"], "rolled_back");
+    // The reason names the metric, its value and the threshold.
+    let reason = v["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("error-rate = 100.00% above max 5.00%"),
+        "{reason}\n{err}"
+    );
+    assert_eq!(
+        env.versions_served(20),
+        BTreeMap::from([("1.0.0".to_owned(), 20)])
+    );
+    assert_eq!(env.instances(), BTreeMap::from([("1.0.0".to_owned(), 2)]));
+    let stats = env.rt.block_on(users.stop());
+    assert!(stats.canary_errors < 100, "{stats:?}");
+}
+
+#[test]
+fn a_slow_canary_is_rolled_back_by_itself() {
+    let env = Env::new();
+    // Enough concurrent users that slow answers still complete in every window.
+    let users = env.baseline_with(32);
+    let (code, v, err) = env.deploy(&env.spec("2.0.0", "--latency 400ms", "3s"));
+    assert_eq!(code, 4, "{v}\n{err}");
+    let reason = v["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("p99-latency = ") && reason.contains("above max 200.0ms"),
+        "{reason}\n{err}"
+    );
+    assert_eq!(
+        env.versions_served(20),
+        BTreeMap::from([("1.0.0".to_owned(), 20)])
+    );
+    assert_eq!(env.instances(), BTreeMap::from([("1.0.0".to_owned(), 2)]));
+    let _ = env.rt.block_on(users.stop());
+}
+
+#[test]
+fn too_little_traffic_pauses_then_promote_and_abort_act_from_other_processes() {
+    let env = Env::new();
+    let (code, v, err) = env.deploy(&env.spec("1.0.0", "", "2s"));
+    assert_eq!(code, 0, "{v}\n{err}");
+
+    // No users at all: the analysis has no data, which is never a pass.
+    let (code, v, err) = env.deploy(&env.spec("2.0.0", "", "3s"));
+    assert_eq!(code, 5, "{v}\n{err}");
+    assert_eq!(v["state"], "paused");
+    let reason = v["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("insufficient data"), "{reason}\n{err}");
+    let run = run_id(&v);
+    // Paused: both versions keep running, the canary at its weight.
+    assert_eq!(
+        env.instances(),
+        BTreeMap::from([("1.0.0".to_owned(), 2), ("2.0.0".to_owned(), 2)])
+    );
+    let (code, out, err) = env.run(&["promote", &run, "--output", "json"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["state"], "succeeded", "{v}");
+    let journal = env.journal(&run);
+    assert!(journal.contains("intervention_received"), "{journal}");
+    // The paused canary itself was promoted: no third set of instances.
+    assert_eq!(env.instances(), BTreeMap::from([("2.0.0".to_owned(), 2)]));
+    assert_eq!(
+        env.versions_served(10),
+        BTreeMap::from([("2.0.0".to_owned(), 10)])
+    );
+
+    // Again, and this time a human aborts the paused canary.
+    let (code, v, err) = env.deploy(&env.spec("3.0.0", "", "3s"));
+    assert_eq!(code, 5, "{v}\n{err}");
+    let run = run_id(&v);
+    let (code, out, err) = env.run(&["abort", &run, "--output", "json"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["state"], "aborted", "{v}");
+    assert_eq!(env.instances(), BTreeMap::from([("2.0.0".to_owned(), 2)]));
+    assert_eq!(
+        env.versions_served(10),
+        BTreeMap::from([("2.0.0".to_owned(), 10)])
+    );
+    let (code, out, _) = env.run(&["audit", "verify"]);
+    assert_eq!(code, 0, "{out}");
+}
+
+#[test]
+fn slipway_killed_mid_canary_resumes_without_duplicate_instances() {
+    let env = Env::new();
+    let users = env.baseline();
+    let proxy = env.proxy();
+    let spec = env.spec("2.0.0", "", "4s");
+    let log = std::fs::File::create(env.path().join("killed-deploy.log")).unwrap();
+    let mut deploy = Command::new(assert_cmd::cargo::cargo_bin("slipway"));
+    deploy
+        .envs(env.envs())
+        .env("NO_COLOR", "1")
+        .args(["deploy", "--env", "live", "-f"])
+        .arg(&spec)
+        .stdout(Stdio::null())
+        .stderr(log);
+    let mut child = deploy.spawn().unwrap();
+
+    // Wait until the canary takes traffic, as the journal says.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let run = loop {
+        assert!(Instant::now() < deadline, "the canary never started");
+        let (_, out, _) = env.run(&["history", "--output", "json"]);
+        let runs: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+        let run = runs
+            .as_array()
+            .and_then(|r| r.iter().find(|r| r["version"] == "2.0.0"))
+            .and_then(|r| r["id"].as_str())
+            .map(str::to_owned);
+        if let Some(run) = run
+            && env.journal(&run).contains("\"weight\":20")
+        {
+            break run;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert_eq!(
+        env.instances(),
+        BTreeMap::from([("1.0.0".to_owned(), 2), ("2.0.0".to_owned(), 2)]),
+        "stable and canary outlive the killed slipway"
+    );
+    // One canary instance dies too while nobody watches.
+    let victim = std::fs::read_dir(env.path().join("process/live/instances"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+        .filter_map(|e| {
+            let v: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok()?;
+            (v["instance"]["version"] == "2.0.0").then(|| v["instance"]["pid"].as_u64().unwrap())
+        })
+        .next()
+        .expect("a canary instance is recorded");
+    Command::new("kill")
+        .args(["-KILL", &victim.to_string()])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while env.instances().get("2.0.0") != Some(&1) {
+        assert!(Instant::now() < deadline, "{:?}", env.instances());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // Resume while watching how many instances of each version run at any moment.
+    let watching = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let watcher = {
+        let watching = watching.clone();
+        let mark = env.mark.clone();
+        std::thread::spawn(move || {
+            let mut most: BTreeMap<String, usize> = BTreeMap::new();
+            while watching.load(std::sync::atomic::Ordering::SeqCst) {
+                for (v, n) in instances(&mark) {
+                    let m = most.entry(v).or_insert(0);
+                    *m = (*m).max(n);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            most
+        })
+    };
+    let (code, out, err) = env.run(&["resume", &run]);
+    watching.store(false, std::sync::atomic::Ordering::SeqCst);
+    let most = watcher.join().unwrap();
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(
+        most,
+        BTreeMap::from([("1.0.0".to_owned(), 2), ("2.0.0".to_owned(), 2)]),
+        "never more than the asked-for replicas of a version"
+    );
+    assert!(
+        err.contains("proxy found"),
+        "the same proxy is re-attached: {err}"
+    );
+    assert_eq!(env.proxy().pid, proxy.pid);
+    let journal = env.journal(&run);
+    assert!(journal.contains("step_observed"), "{journal}");
+    assert!(
+        journal.contains("; 1 dead (api-2.0.0-canary-"),
+        "the dead instance is reported: {journal}"
+    );
+    assert!(journal.contains("canary_retired"), "{journal}");
+    assert_eq!(env.instances(), BTreeMap::from([("2.0.0".to_owned(), 2)]));
+    assert_eq!(
+        env.versions_served(20),
+        BTreeMap::from([("2.0.0".to_owned(), 20)])
+    );
+    let (code, out, err) = env.run(&["audit", "verify"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let stats = env.rt.block_on(users.stop());
+    assert!(stats.sent > 200, "{stats:?}");
+    // The only failures users saw came from the canary instance that died.
+    assert_eq!(stats.failed, 0, "{stats:?}");
+    assert_eq!(stats.server_errors, stats.canary_errors, "{stats:?}");
+}

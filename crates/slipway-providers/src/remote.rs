@@ -1,0 +1,419 @@
+//! The built-in proxy in a process of its own, driven over its admin API.
+//!
+//! The process target's instances outlive `slipway`; so must the proxy in front of them,
+//! or a `slipway` that dies mid-canary takes the service's front door with it. Each
+//! service gets one long-lived proxy process (`slipway proxy serve`, spawned detached in
+//! its own process group, logs in `<dir>/<service>.log`) that records itself in a state
+//! file `<dir>/<service>.json` (mode 0600): pid + process start time (a recycled pid is
+//! not ours), traffic and admin addresses, and a random admin token. A later `slipway`
+//! finds the same proxy through that file instead of starting another
+//! ([`ProxySupervisor::ensure`]), exactly as [`crate::process`] finds instances.
+//!
+//! [`RemoteRouter`] is that proxy as the rollout controller's `TrafficRouter` and
+//! `MetricSource`: the same operations as [`crate::builtin::BuiltinRouter`], as JSON calls
+//! carrying the token.
+
+use std::ffi::OsString;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use serde::{Deserialize, Serialize};
+use slipway_model::analysis::{VersionWindow, Window};
+use slipway_proxy::TOKEN_HEADER;
+use slipway_proxy::api::{PoolsRequest, StateReport, VersionReport, WeightRequest, WindowReport};
+use slipway_rollout::{BoxFuture, MetricSource, RolloutError, TrafficRouter};
+
+use crate::process::proc_start_ticks;
+
+/// Longest an admin call may take; the proxy answers from memory, so this is generous.
+const CALL_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// What a proxy process records about itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProxyState {
+    /// The service it fronts.
+    pub service: String,
+    /// Its pid.
+    pub pid: u32,
+    /// Its start time in clock ticks since boot (`/proc/PID/stat` field 22).
+    pub start_ticks: u64,
+    /// Where clients connect.
+    pub traffic: SocketAddr,
+    /// Where the admin API listens.
+    pub admin: SocketAddr,
+    /// The admin token (the file is readable by its owner only).
+    pub token: String,
+}
+
+impl ProxyState {
+    /// Whether the recorded process is still the one that wrote this (same pid, same
+    /// start time).
+    pub fn is_running(&self) -> bool {
+        proc_start_ticks(self.pid) == Some(self.start_ticks)
+    }
+}
+
+/// Write a proxy's state file atomically, readable and writable by its owner only.
+pub fn write_state(path: &Path, state: &ProxyState) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("json.tmp");
+    let json = serde_json::to_vec_pretty(state).map_err(std::io::Error::other)?;
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(&json)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(tmp, path)
+}
+
+/// Read a proxy's state file.
+pub fn read_state(path: &Path) -> Option<ProxyState> {
+    std::fs::read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+}
+
+/// A fresh admin token: 32 random bytes from the kernel, hex.
+pub fn new_token() -> std::io::Result<String> {
+    use std::io::Read as _;
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(hex::encode(bytes))
+}
+
+/// A proxy process as router and metric source.
+#[derive(Debug, Clone)]
+pub struct RemoteRouter {
+    state: ProxyState,
+}
+
+impl RemoteRouter {
+    /// Drive the proxy a state file describes.
+    pub fn new(state: ProxyState) -> Self {
+        Self { state }
+    }
+
+    /// What the proxy recorded about itself.
+    pub fn state(&self) -> &ProxyState {
+        &self.state
+    }
+
+    /// Where clients connect.
+    pub fn traffic_addr(&self) -> SocketAddr {
+        self.state.traffic
+    }
+
+    async fn call<T: serde::de::DeserializeOwned>(
+        &self,
+        method: hyper::Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<T, String> {
+        let what = format!(
+            "{method} {path} on the {} proxy at {}",
+            self.state.service, self.state.admin
+        );
+        let attempt = async {
+            let stream = tokio::net::TcpStream::connect(self.state.admin)
+                .await
+                .map_err(|e| format!("connect: {e}"))?;
+            let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(
+                hyper_util::rt::TokioIo::new(stream),
+            )
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            let req = hyper::Request::builder()
+                .method(method.clone())
+                .uri(path)
+                .header(hyper::header::HOST, self.state.admin.to_string())
+                .header(hyper::header::CONTENT_TYPE, "application/json")
+                .header(TOKEN_HEADER, self.state.token.as_str())
+                .body(Full::new(Bytes::from(body.unwrap_or_default())))
+                .map_err(|e| e.to_string())?;
+            let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+            let status = resp.status();
+            let bytes = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?
+                .to_bytes();
+            if !status.is_success() {
+                return Err(format!(
+                    "answered {status}: {}",
+                    String::from_utf8_lossy(&bytes).trim()
+                ));
+            }
+            serde_json::from_slice::<T>(&bytes).map_err(|e| format!("unreadable answer: {e}"))
+        };
+        match tokio::time::timeout(CALL_TIMEOUT, attempt).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(format!("{what} failed: {e}")),
+            Err(_) => Err(format!("{what} timed out after {CALL_TIMEOUT:?}")),
+        }
+    }
+
+    /// Weight, pools, in-flight counts and lifetime counters.
+    pub async fn fetch_state(&self) -> Result<StateReport, String> {
+        self.call(hyper::Method::GET, "/admin/state", None).await
+    }
+
+    /// Take the analysis window (ends it and starts the next).
+    pub async fn take_window(&self) -> Result<WindowReport, String> {
+        self.call(hyper::Method::POST, "/admin/window", None).await
+    }
+}
+
+fn router_err(e: String) -> RolloutError {
+    RolloutError::Router(e)
+}
+
+impl TrafficRouter for RemoteRouter {
+    fn set_pools<'a>(
+        &'a self,
+        stable: &'a [SocketAddr],
+        canary: &'a [SocketAddr],
+    ) -> BoxFuture<'a, Result<(), RolloutError>> {
+        Box::pin(async move {
+            let body = serde_json::to_vec(&PoolsRequest {
+                stable: stable.to_vec(),
+                canary: canary.to_vec(),
+            })
+            .map_err(|e| RolloutError::Router(e.to_string()))?;
+            self.call::<StateReport>(hyper::Method::PUT, "/admin/pools", Some(body))
+                .await
+                .map(|_| ())
+                .map_err(router_err)
+        })
+    }
+
+    fn set_weight(&self, weight: u8) -> BoxFuture<'_, Result<(), RolloutError>> {
+        Box::pin(async move {
+            let body = serde_json::to_vec(&WeightRequest { weight })
+                .map_err(|e| RolloutError::Router(e.to_string()))?;
+            let state: StateReport = self
+                .call(hyper::Method::PUT, "/admin/weight", Some(body))
+                .await
+                .map_err(router_err)?;
+            if state.weight == weight {
+                Ok(())
+            } else {
+                Err(RolloutError::Router(format!(
+                    "the {} proxy reports weight {} after being set to {weight}",
+                    self.state.service, state.weight
+                )))
+            }
+        })
+    }
+
+    fn verify_weight(&self) -> BoxFuture<'_, Option<u8>> {
+        Box::pin(async move { self.fetch_state().await.ok().map(|s| s.weight) })
+    }
+
+    fn canary_in_flight(&self) -> BoxFuture<'_, Option<u64>> {
+        Box::pin(async move { self.fetch_state().await.ok().map(|s| s.in_flight_canary) })
+    }
+}
+
+fn convert(v: &VersionReport, seconds: f64) -> VersionWindow {
+    #[expect(
+        clippy::cast_precision_loss,
+        reason = "latencies in µs stay far below 2^53"
+    )]
+    let ms = |us: u64| us as f64 / 1000.0;
+    VersionWindow {
+        requests: v.requests,
+        errors: v.errors,
+        p50_ms: v.p50_us.map(ms),
+        p95_ms: v.p95_us.map(ms),
+        p99_ms: v.p99_us.map(ms),
+        seconds,
+        samples_ms: v.samples_us.iter().copied().map(ms).collect(),
+    }
+}
+
+/// A window report as the analysis reads it (the same conversion as the in-process
+/// builtin router's).
+pub fn analysis_window(w: &WindowReport) -> Window {
+    #[expect(
+        clippy::cast_precision_loss,
+        reason = "a window length in µs stays far below 2^53"
+    )]
+    let seconds = w.elapsed_us as f64 / 1e6;
+    Window {
+        canary: convert(&w.canary, seconds),
+        stable: convert(&w.stable, seconds),
+    }
+}
+
+impl MetricSource for RemoteRouter {
+    fn window(&self) -> BoxFuture<'_, Result<Window, String>> {
+        Box::pin(async move { self.take_window().await.map(|w| analysis_window(&w)) })
+    }
+}
+
+/// Finds or starts the proxy processes of one environment.
+#[derive(Debug, Clone)]
+pub struct ProxySupervisor {
+    dir: PathBuf,
+    command: Vec<OsString>,
+    /// How long a new proxy may take to record itself.
+    pub start_timeout: Duration,
+}
+
+impl ProxySupervisor {
+    /// Proxies recorded under `dir`; `command` (program and leading arguments) starts
+    /// one and is given `--service S --state FILE --listen ADDR`.
+    pub fn new(dir: impl Into<PathBuf>, command: Vec<OsString>) -> Self {
+        Self {
+            dir: dir.into(),
+            command,
+            start_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// Where the state files and logs are.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The state file of a service's proxy.
+    pub fn state_path(&self, service: &str) -> PathBuf {
+        self.dir.join(format!("{service}.json"))
+    }
+
+    /// The service's proxy when it is running and answers its admin API with the
+    /// recorded token.
+    pub async fn find(&self, service: &str) -> Option<RemoteRouter> {
+        let state = read_state(&self.state_path(service))?;
+        if !state.is_running() {
+            return None;
+        }
+        let router = RemoteRouter::new(state);
+        // A proxy that was just started may need a moment before it answers.
+        for _ in 0..5 {
+            if router.fetch_state().await.is_ok() {
+                return Some(router);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        None
+    }
+
+    /// The running proxy of a service, or a new one (on the port the previous one used,
+    /// so clients keep their address). `true` when it was started now.
+    pub async fn ensure(&self, service: &str) -> Result<(RemoteRouter, bool), String> {
+        if let Some(r) = self.find(service).await {
+            return Ok((r, false));
+        }
+        let path = self.state_path(service);
+        let previous = read_state(&path);
+        if let Some(p) = &previous
+            && p.is_running()
+        {
+            return Err(format!(
+                "the {service} proxy (pid {}) is running but does not answer its admin API on {}; see {}",
+                p.pid,
+                p.admin,
+                self.log_path(service).display()
+            ));
+        }
+        let listen = previous
+            .as_ref()
+            .map_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)), |p| p.traffic);
+        std::fs::create_dir_all(&self.dir)
+            .map_err(|e| format!("failed to create {}: {e}", self.dir.display()))?;
+        let _ = std::fs::remove_file(&path);
+        let log_path = self.log_path(service);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|e| format!("failed to open {}: {e}", log_path.display()))?;
+        let log2 = log
+            .try_clone()
+            .map_err(|e| format!("failed to open {}: {e}", log_path.display()))?;
+        let Some((program, args)) = self.command.split_first() else {
+            return Err("no command to start a proxy with".into());
+        };
+        let mut cmd = tokio::process::Command::new(program);
+        cmd.args(args)
+            .arg("--service")
+            .arg(service)
+            .arg("--state")
+            .arg(&path)
+            .arg("--listen")
+            .arg(listen.to_string())
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            // Its own process group: a Ctrl-C or a kill aimed at `slipway` leaves the
+            // service's front door standing.
+            .process_group(0)
+            .kill_on_drop(false);
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("failed to start the {service} proxy: {e}"))?;
+        let pid = child
+            .id()
+            .ok_or_else(|| format!("the {service} proxy exited at once"))?;
+        let deadline = Instant::now() + self.start_timeout;
+        loop {
+            if let Some(state) = read_state(&path)
+                && state.pid == pid
+                && let Some(router) = self.find(service).await
+            {
+                // Reap it while we live; after that it is init's child.
+                tokio::spawn(async move {
+                    let _ = child.wait().await;
+                });
+                return Ok((router, true));
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!(
+                    "the {service} proxy exited ({status}) before it was ready; see {}",
+                    log_path.display()
+                ));
+            }
+            if Instant::now() >= deadline {
+                let _ = child.start_kill();
+                return Err(format!(
+                    "the {service} proxy did not record itself within {:?}; see {}",
+                    self.start_timeout,
+                    log_path.display()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The log file of a service's proxy.
+    pub fn log_path(&self, service: &str) -> PathBuf {
+        self.dir.join(format!("{service}.log"))
+    }
+
+    /// Stop a service's proxy (SIGTERM: it finishes in-flight requests) if it is ours.
+    pub fn stop(&self, service: &str) -> bool {
+        use nix::sys::signal::{Signal, kill};
+        use nix::unistd::Pid;
+        let Some(state) = read_state(&self.state_path(service)) else {
+            return false;
+        };
+        if !state.is_running() {
+            return false;
+        }
+        i32::try_from(state.pid).is_ok_and(|pid| kill(Pid::from_raw(pid), Signal::SIGTERM).is_ok())
+    }
+}
