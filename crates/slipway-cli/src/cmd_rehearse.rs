@@ -2,11 +2,17 @@
 //! environment, judged against the spec's recovery objectives and recorded where `plan`
 //! looks for it (`<store dir>/rehearsals/<release>-<version>.json`).
 //!
-//! The database part is `slipway_migrate::rehearse` (back up, apply while writing marker
-//! rows, roll back, measure RTO and RPO). The application part uses `NoRedeploy`: bringing
-//! the previous artifacts back means a whole engine run against the environment's target,
-//! which a rehearsal command cannot do cheaply or safely, so the RTO measured here is the
-//! database's share and the output says so.
+//! The measuring is `slipway_migrate::rehearse` (back up, write marker rows at a steady
+//! rate, roll back, measure RTO and RPO). When the release has application services (exec
+//! steps or processes), the rehearsal is of the whole release, done the way production
+//! would do it: [`ReleaseRun`] runs the real `slipway deploy` of the release on the
+//! environment (migrations, installs, processes, checks, leases, audit — one real run),
+//! then the real `slipway rollback` of that run, and the RTO ends only when the rollback run
+//! has finished, the services' command probes pass again, the database is back at the
+//! previous version and a marker write succeeds after that. Running the two commands as
+//! child processes (rather than an engine in this process) keeps the rehearsal honest: it
+//! exercises exactly the code paths, locks and start-up costs an operator's rollback has.
+//! `--database-only` rehearses the migrations alone (undo scripts or backup restore).
 //!
 //! Also home of [`plan_findings`], the facts-gathering half of the recovery findings that
 //! `slipway plan` appends (the pure half is `slipway_model::recovery`).
@@ -38,7 +44,7 @@ pub enum RollbackArg {
 /// `slipway rehearse`.
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Exit 1 when the rehearsal misses the RTO/RPO objectives (environments.X.recovery) or fails; 2 for a production environment.\n\nExample:\n  slipway rehearse -f release.yaml --env staging --url sqlite://staging.db"
+    after_help = "With application services in the release, the rehearsal runs the real `slipway deploy` of the release on the environment and then `slipway rollback` of that run; --database-only rehearses the migrations alone.\n\nExit 1 when the rehearsal misses the RTO/RPO objectives (environments.X.recovery) or fails; 2 for a production environment.\n\nExamples:\n  slipway rehearse -f release.yaml --env staging\n  slipway rehearse -f release.yaml --env staging --database-only --rollback restore-backup --url sqlite://staging.db"
 )]
 pub struct RehearseArgs {
     /// The release spec (YAML).
@@ -56,9 +62,13 @@ pub struct RehearseArgs {
     /// The migration service, when the release has several.
     #[arg(long, value_name = "SERVICE")]
     pub service: Option<String>,
-    /// How the database is rolled back.
+    /// How the database is rolled back (`restore-backup` needs --database-only: a release
+    /// run rolls back through its own steps).
     #[arg(long, value_enum, default_value_t = RollbackArg::Undo)]
     pub rollback: RollbackArg,
+    /// Rehearse the migrations only, even when the release has application services.
+    #[arg(long)]
+    pub database_only: bool,
     #[command(flatten)]
     pub store: StoreArg,
 }
@@ -231,17 +241,39 @@ pub fn rehearse(a: RehearseArgs, out: &Output) -> Result<i32, CliError> {
             ));
         }
     };
-    let url = match (&a.url, &svc.database) {
-        (Some(u), _) => u.clone(),
-        (None, Some(d)) if !d.contains("{{") && !d.starts_with("secret://") => d.clone(),
-        (None, Some(_)) => {
+    // A whole-release rehearsal when anything besides migrations gets installed.
+    let release_scope = !a.database_only
+        && spec
+            .services
+            .values()
+            .any(|s| s.kind != ServiceKind::Migration && (!s.steps.is_empty() || s.run.is_some()));
+    if release_scope {
+        if a.url.is_some() || a.dir.is_some() {
             return Err(CliError::input(
-                format!(
-                    "services.{svc_name}.database in {shown} uses placeholders or a secret, which a rehearsal does not resolve"
-                ),
-                format!("pass the {} database with --url", a.env),
+                "--url and --dir only apply to a database-only rehearsal: the release run migrates the database its spec names",
+                "drop them, or add --database-only",
             ));
         }
+        if a.rollback == RollbackArg::RestoreBackup {
+            return Err(CliError::input(
+                "--rollback restore-backup only applies to a database-only rehearsal: a release run rolls back through its own steps (undo scripts)",
+                "drop --rollback, or add --database-only",
+            ));
+        }
+    }
+    let url = match (&a.url, &svc.database) {
+        (Some(u), _) => u.clone(),
+        (None, Some(d)) => resolve_database(d, env).ok_or_else(|| {
+            CliError::input(
+                format!(
+                    "services.{svc_name}.database in {shown} uses a placeholder or secret that is not set here"
+                ),
+                format!(
+                    "set the variable in environments.{}.vars (and any secret://env/NAME in this shell), or pass the database with --url --database-only",
+                    a.env
+                ),
+            )
+        })?,
         (None, None) => {
             return Err(CliError::input(
                 format!("services.{svc_name}.database is not set in {shown}"),
@@ -266,9 +298,15 @@ pub fn rehearse(a: RehearseArgs, out: &Output) -> Result<i32, CliError> {
         objectives: None,
     };
     let rt = crate::cmd_run::runtime()?;
-    let report = rt
-        .block_on(mig::rehearse(&cfg, &mig::NoRedeploy))
-        .map_err(crate::cmd_migrate::cli_error)?;
+    let driver = release_scope
+        .then(|| ReleaseRun::new(&a, spec_dir, spec))
+        .transpose()?;
+    let report = match &driver {
+        Some(d) => rt.block_on(mig::rehearse(&cfg, d)),
+        None => rt.block_on(mig::rehearse(&cfg, &mig::NoRedeploy)),
+    }
+    .map_err(crate::cmd_migrate::cli_error)?;
+    let run_id = driver.as_ref().and_then(ReleaseRun::run_id);
     let mut missed = objectives.missed(report.rto_ms, report.rpo_ms);
     if !report.schema_restored {
         missed.push("the rollback did not restore the schema".to_owned());
@@ -300,7 +338,13 @@ pub fn rehearse(a: RehearseArgs, out: &Output) -> Result<i32, CliError> {
         out.json_value(&serde_json::json!({
             "record": path.display().to_string(),
             "service": svc_name,
-            "redeploy": "not rehearsed (database only)",
+            "scope": report.scope,
+            "run": run_id,
+            "redeploy": if run_id.is_some() {
+                "rehearsed: the release run was deployed and rolled back"
+            } else {
+                "not rehearsed (database only)"
+            },
             "missed": missed,
             "rehearsal": record,
         }));
@@ -343,10 +387,20 @@ pub fn rehearse(a: RehearseArgs, out: &Output) -> Result<i32, CliError> {
             fmt_version(report.previous_version),
         ));
         out.line(&t.to_string());
+        let how = match &run_id {
+            Some(run) => format!(
+                "deploy {} ms, rollback run {} ms (run {run}: `slipway deploy` then `slipway rollback`)",
+                report.apply_ms, report.rollback_ms
+            ),
+            None => format!(
+                "apply {} ms, rollback {} ms; redeploy not rehearsed (database only)",
+                report.apply_ms, report.rollback_ms
+            ),
+        };
         out.line(&out.paint(
             &format!(
-                "apply {} ms, rollback {} ms; redeploy not rehearsed (database only); {} markers written, {} write errors",
-                report.apply_ms, report.rollback_ms, report.markers_written, report.marker_write_errors
+                "{how}; {} markers written, {} write errors",
+                report.markers_written, report.marker_write_errors
             ),
             Style::Dim,
         ));
@@ -396,4 +450,218 @@ fn write_record(path: &Path, record: &RehearsalRecord) -> Result<(), CliError> {
     let tmp = path.with_extension("json.tmp");
     std::fs::write(&tmp, bytes).map_err(|e| fail("write", e))?;
     std::fs::rename(&tmp, path).map_err(|e| fail("rename into", e))
+}
+
+/// The database URL of a migration service as the release run will resolve it: the
+/// environment's `{{ vars.x }}` filled in, `secret://env/NAME` (as the URL or as a
+/// variable's value) read from this process's environment. `None` when something is unset.
+fn resolve_database(database: &str, env: &slipway_model::spec::Environment) -> Option<String> {
+    use slipway_package::SecretRef;
+    let secret = |v: &str| match SecretRef::parse(v) {
+        Ok(Some(SecretRef::Env(name))) => Some(std::env::var(name).ok()),
+        Ok(Some(_)) | Err(_) => Some(None),
+        Ok(None) => None,
+    };
+    let vars: Vec<(String, String)> = env
+        .vars
+        .iter()
+        .filter_map(|(k, v)| match secret(v.as_str()) {
+            Some(resolved) => resolved.map(|r| (k.clone(), r)),
+            None => Some((k.clone(), v.as_str().to_owned())),
+        })
+        .collect();
+    let filled = slipway_model::text::fill_vars(
+        database,
+        vars.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+    );
+    let url = match secret(&filled) {
+        Some(resolved) => resolved?,
+        None => filled,
+    };
+    (!url.contains("{{")).then_some(url)
+}
+
+/// How long a service's probe may take to pass again after the rollback run.
+const PROBE_DEADLINE: Duration = Duration::from_secs(120);
+
+/// The engine's part of a whole-release rehearsal: the real `slipway deploy` of the release
+/// and the real `slipway rollback` of that run, as child processes of this same binary
+/// (same store, same identity, same environment variables for secrets).
+struct ReleaseRun {
+    exe: PathBuf,
+    spec: PathBuf,
+    env: String,
+    store: Option<String>,
+    /// Where command probes run: the deploy's workdir.
+    workdir: PathBuf,
+    /// (service, command, deadline) of every command health/readiness probe.
+    probes: Vec<(String, String, Duration)>,
+    run: std::sync::Mutex<Option<String>>,
+}
+
+impl ReleaseRun {
+    fn new(a: &RehearseArgs, spec_dir: &Path, spec: &ReleaseSpec) -> Result<Self, CliError> {
+        let exe = std::env::current_exe().map_err(|e| {
+            CliError::new(
+                exit::INTERNAL,
+                format!("failed to find the slipway binary: {e}"),
+                None,
+            )
+        })?;
+        let workdir = match spec
+            .environments
+            .get(&a.env)
+            .and_then(|e| e.target.exec.as_ref())
+            .and_then(|e| e.workdir.as_ref())
+        {
+            Some(w) => spec_dir.join(w),
+            None => spec_dir.to_path_buf(),
+        };
+        let probes = spec
+            .services
+            .iter()
+            .filter(|(_, s)| s.kind != ServiceKind::Migration)
+            .flat_map(|(name, s)| {
+                [s.readiness.as_ref(), s.health.as_ref()]
+                    .into_iter()
+                    .flatten()
+                    .filter_map(move |p| {
+                        let deadline = p
+                            .deadline
+                            .as_deref()
+                            .and_then(|d| slipway_model::duration::parse_duration(d).ok())
+                            .unwrap_or(PROBE_DEADLINE);
+                        p.command.clone().map(|c| (name.clone(), c, deadline))
+                    })
+            })
+            .collect();
+        Ok(Self {
+            exe,
+            spec: a.file.clone(),
+            env: a.env.clone(),
+            store: a.store.store.clone(),
+            workdir,
+            probes,
+            run: std::sync::Mutex::new(None),
+        })
+    }
+
+    fn run_id(&self) -> Option<String> {
+        self.run.lock().ok().and_then(|r| r.clone())
+    }
+
+    /// Run `slipway ARGS --output json`; the parsed JSON answer when it exits with one of
+    /// `ok` (`rollback` exits 4, ROLLED_BACK, when it did its job), or why it failed.
+    async fn slipway(
+        &self,
+        args: &[&std::ffi::OsStr],
+        ok: &[i32],
+    ) -> Result<serde_json::Value, String> {
+        let mut c = tokio::process::Command::new(&self.exe);
+        c.args(args).args(["--output", "json"]);
+        if let Some(s) = &self.store {
+            c.arg("--store").arg(s);
+        }
+        let out = c
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output()
+            .await
+            .map_err(|e| format!("failed to start {}: {e}", self.exe.display()))?;
+        let answer: serde_json::Value =
+            serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+        if let Some(run) = answer["run"].as_str()
+            && let Ok(mut slot) = self.run.lock()
+            && slot.is_none()
+        {
+            *slot = Some(run.to_owned());
+        }
+        if out.status.code().is_some_and(|c| ok.contains(&c)) {
+            return Ok(answer);
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let last = stderr.lines().rev().find(|l| !l.trim().is_empty());
+        Err(format!(
+            "`slipway {}` exited {} (run {}, state {}){}",
+            args.first().map_or("".into(), |a| a.to_string_lossy()),
+            out.status
+                .code()
+                .map_or("by a signal".to_owned(), |c| c.to_string()),
+            answer["run"].as_str().unwrap_or("none"),
+            answer["state"].as_str().unwrap_or("unknown"),
+            last.map(|l| format!(": {l}")).unwrap_or_default(),
+        ))
+    }
+
+    /// Poll every command probe until it passes, in the deploy's workdir.
+    async fn probes_pass(&self) -> Result<(), String> {
+        for (service, command, deadline) in &self.probes {
+            let until = std::time::Instant::now() + *deadline;
+            loop {
+                let ok = tokio::process::Command::new("sh")
+                    .arg("-c")
+                    .arg(command)
+                    .current_dir(&self.workdir)
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .kill_on_drop(true)
+                    .status()
+                    .await
+                    .is_ok_and(|s| s.success());
+                if ok {
+                    break;
+                }
+                if std::time::Instant::now() >= until {
+                    return Err(format!(
+                        "service `{service}` did not pass its probe `{command}` within {} after the rollback",
+                        slipway_model::duration::format_duration(*deadline)
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl mig::Redeploy for ReleaseRun {
+    fn owns_migrations(&self) -> bool {
+        true
+    }
+
+    async fn deploy_new(&self) -> Result<(), String> {
+        let args = [
+            "deploy".as_ref(),
+            "-f".as_ref(),
+            self.spec.as_os_str(),
+            "--env".as_ref(),
+            self.env.as_ref(),
+            // A rehearsal does not wait for a window or an approval: it says which gate.
+            "--no-wait".as_ref(),
+        ];
+        self.slipway(&args, &[exit::SUCCESS]).await.map(|_| ())
+    }
+
+    async fn redeploy_previous(&self) -> Result<(), String> {
+        let run = self
+            .run_id()
+            .ok_or_else(|| "the deploy did not report a run to roll back".to_owned())?;
+        let args = [
+            "rollback".as_ref(),
+            std::ffi::OsStr::new(&run),
+            "--reason".as_ref(),
+            "rollback rehearsal (slipway rehearse)".as_ref(),
+        ];
+        let answer = self
+            .slipway(&args, &[exit::SUCCESS, exit::ROLLED_BACK])
+            .await?;
+        if answer["state"] != "rolled_back" {
+            return Err(format!(
+                "the rollback of run {run} ended {} instead of rolled_back",
+                answer["state"]
+            ));
+        }
+        self.probes_pass().await
+    }
 }

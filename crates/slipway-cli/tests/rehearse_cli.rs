@@ -164,3 +164,132 @@ fn restoring_a_backup_misses_an_rpo_of_zero() {
     assert!(msg.contains("missed the objectives"), "{msg}");
     assert!(msg.contains("RPO"), "{msg}");
 }
+
+/// The shop with an application service installed by exec steps beside the migrations:
+/// `install` records the running version in `current` and keeps the previous one; its
+/// `undo` puts the previous one back (`UNDO` lets a test break it).
+const RELEASE: &str = r#"apiVersion: slipway/v1
+kind: Release
+metadata: { name: shop, version: 1.3.0, type: feature }
+services:
+  db:
+    kind: migration
+    migrations: migrations
+    database: "{{ vars.db }}"
+  web:
+    depends_on: [db]
+    steps:
+      - name: install
+        run: "cp current current.prev && echo 1.3.0 > current"
+        undo: "UNDO"
+    readiness: { command: "test -s current", deadline: 5s }
+environments:
+  staging:
+    target: { exec: {} }
+    vars: { db: DATABASE }
+    recovery: { rto: 1m, rpo: 0s }
+"#;
+
+fn setup_release(dir: &Path, undo: &str) -> (String, std::path::PathBuf) {
+    let (db, store) = setup(dir);
+    std::fs::write(dir.join("current"), "1.2.0\n").unwrap();
+    let spec = dir.join("release.yaml");
+    std::fs::write(
+        &spec,
+        RELEASE.replace("DATABASE", &db).replace("UNDO", undo),
+    )
+    .unwrap();
+    (store, spec)
+}
+
+#[test]
+fn whole_release_rehearsal_deploys_and_rolls_back_a_real_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (store, spec) = setup_release(tmp.path(), "mv current.prev current");
+
+    // Overrides that only make sense for the migrations alone are refused up front.
+    let refused = slipway()
+        .env("SLIPWAY_STORE", &store)
+        .args([
+            "rehearse",
+            "--env",
+            "staging",
+            "--rollback",
+            "restore-backup",
+            "-f",
+        ])
+        .arg(&spec)
+        .assert()
+        .code(2);
+    let err = String::from_utf8_lossy(&refused.get_output().stderr).into_owned();
+    assert!(err.contains("--database-only"), "{err}");
+
+    let ok = slipway()
+        .env("SLIPWAY_STORE", &store)
+        .args(["rehearse", "--env", "staging", "--output", "json", "-f"])
+        .arg(&spec)
+        .assert()
+        .code(0);
+    let v: serde_json::Value = serde_json::from_slice(&ok.get_output().stdout).unwrap();
+    assert_eq!(v["scope"], "release", "{v}");
+    let r = &v["rehearsal"];
+    assert_eq!(r["objectives_met"], true, "{v}");
+    assert_eq!(r["markers_lost"], 0, "{v}");
+    assert_eq!(r["report"]["previous_version"], 1, "{v}");
+    assert_eq!(r["report"]["new_version"], 2, "{v}");
+    assert_eq!(r["report"]["schema_restored"], true, "{v}");
+    assert!(r["rto_ms"].as_u64().unwrap() > 0, "{v}");
+
+    // It was a real run of the release, deployed then rolled back, in the store's history.
+    let run = v["run"]
+        .as_str()
+        .expect("the rehearsal names its run")
+        .to_owned();
+    let status = slipway()
+        .env("SLIPWAY_STORE", &store)
+        .args(["status", &run, "--output", "json"])
+        .assert()
+        .success();
+    let s: serde_json::Value = serde_json::from_slice(&status.get_output().stdout).unwrap();
+    assert_eq!(s["run"]["state"], "rolled_back", "{s}");
+    let undone: Vec<&str> = s["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|st| st["status"] == "undone")
+        .map(|st| st["step_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(undone, ["db/migrate", "web/install"], "{s}");
+    // The application is back on the previous version.
+    assert_eq!(
+        std::fs::read_to_string(tmp.path().join("current")).unwrap(),
+        "1.2.0\n"
+    );
+    slipway()
+        .env("SLIPWAY_STORE", &store)
+        .args(["audit", "verify"])
+        .assert()
+        .success();
+}
+
+#[test]
+fn a_release_whose_rollback_fails_fails_the_rehearsal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (store, spec) = setup_release(tmp.path(), "exit 3");
+
+    let failed = slipway()
+        .env("SLIPWAY_STORE", &store)
+        .args(["rehearse", "--env", "staging", "-f"])
+        .arg(&spec)
+        .assert()
+        .failure();
+    let err = String::from_utf8_lossy(&failed.get_output().stderr).into_owned();
+    assert!(err.contains("roll the release back"), "{err}");
+    assert!(err.contains("slipway rollback"), "{err}");
+    // No record: a rehearsal that failed cannot lift the plan's requirement.
+    assert!(
+        !tmp.path()
+            .join(".slipway/rehearsals/shop-1.3.0.json")
+            .exists()
+    );
+}

@@ -65,9 +65,25 @@ pub struct RehearsalConfig {
     pub objectives: Option<Objectives>,
 }
 
-/// The engine's part of a rollback: bring the previous artifacts back into service.
+/// The rest of the release around the database: the engine's part of a deploy and of a
+/// rollback.
+///
+/// Two shapes: a database-only rehearsal (the default methods) where this crate applies
+/// and rolls back the migrations itself and the callback only brings the previous artifacts
+/// back; or a whole-release rehearsal ([`Redeploy::owns_migrations`]) where the callback
+/// deploys the release through the engine (migrations included, as in production) and rolls
+/// that run back, and this crate only writes markers and measures.
 pub trait Redeploy {
-    /// Redeploy the previous version; `Err` is a human-readable reason.
+    /// `true` when [`Redeploy::deploy_new`] applies the migrations and
+    /// [`Redeploy::redeploy_previous`] undoes them.
+    fn owns_migrations(&self) -> bool {
+        false
+    }
+    /// Deploy the new version; `Err` is a human-readable reason.
+    fn deploy_new(&self) -> impl Future<Output = std::result::Result<(), String>> + Send {
+        async { Ok(()) }
+    }
+    /// Bring the previous version back into service; `Err` is a human-readable reason.
     fn redeploy_previous(&self) -> impl Future<Output = std::result::Result<(), String>> + Send;
 }
 
@@ -91,9 +107,15 @@ pub struct RehearsalReport {
     pub backup: Backup,
     pub apply: ApplyReport,
     pub apply_ms: u64,
-    /// The database part of the rollback (undo or restore).
+    /// The rollback: the database part (undo or restore), or for a whole-release
+    /// rehearsal the engine's rollback run of every step.
     pub rollback_ms: u64,
+    /// Bringing the previous artifacts back after the database part (0 when the
+    /// rollback run did both).
     pub redeploy_ms: u64,
+    /// `release`: the engine deployed and rolled back the whole release; `database`: the
+    /// migrations only.
+    pub scope: &'static str,
     pub rto_ms: u64,
     pub markers_written: u64,
     pub markers_lost: u64,
@@ -215,41 +237,79 @@ async fn rehearse_inner<R: Redeploy>(
     let backup = backup(&cfg.url, &cfg.store_dir).await?;
 
     let t = Instant::now();
-    let mut conn = target.connect(false).await?;
-    let apply = apply_on(
-        &mut conn,
-        target,
-        set,
-        &ApplyOptions {
-            who: cfg.who.clone(),
-            allow_out_of_order: false,
-        },
-    )
-    .await;
-    conn.close().await;
-    let apply = apply?;
+    let apply = if redeploy.owns_migrations() {
+        redeploy
+            .deploy_new()
+            .await
+            .map_err(|e| Error::Rehearsal(format!("deploy the release: {e}")))?;
+        // The engine applied them; what it applied is in the history table.
+        let mut conn = target.connect(false).await?;
+        let history = read_history(&mut conn, target).await;
+        conn.close().await;
+        let history = history?;
+        let newest = history
+            .iter()
+            .filter(|h| h.success)
+            .map(|h| h.version)
+            .max();
+        ApplyReport {
+            database: target.display(),
+            applied: Vec::new(),
+            missing: Vec::new(),
+            roll_forward_only: Vec::new(),
+            latest_applied: newest.filter(|v| Some(*v) != previous_version),
+        }
+    } else {
+        let mut conn = target.connect(false).await?;
+        let apply = apply_on(
+            &mut conn,
+            target,
+            set,
+            &ApplyOptions {
+                who: cfg.who.clone(),
+                allow_out_of_order: false,
+            },
+        )
+        .await;
+        conn.close().await;
+        let apply = apply?;
+        redeploy
+            .deploy_new()
+            .await
+            .map_err(|e| Error::Rehearsal(format!("deploy the new version: {e}")))?;
+        apply
+    };
     let apply_ms = millis(t.elapsed());
     let new_version = apply.latest_applied;
     let soaked = acked() + cfg.soak_markers as usize;
     wait_for(|| acked() >= soaked, "marker writes on the new version").await?;
 
     let rollback_start = Instant::now();
-    match cfg.rollback {
-        RollbackMethod::Undo => {
-            let mut conn = target.connect(false).await?;
-            let r = undo_on(&mut conn, target, set, previous_version.unwrap_or(0)).await;
-            conn.close().await;
-            r?;
+    let (rollback_ms, redeploy_ms) = if redeploy.owns_migrations() {
+        // One rollback run undoes the whole release, migrations included.
+        redeploy
+            .redeploy_previous()
+            .await
+            .map_err(|e| Error::Rehearsal(format!("roll the release back: {e}")))?;
+        (millis(rollback_start.elapsed()), 0)
+    } else {
+        match cfg.rollback {
+            RollbackMethod::Undo => {
+                let mut conn = target.connect(false).await?;
+                let r = undo_on(&mut conn, target, set, previous_version.unwrap_or(0)).await;
+                conn.close().await;
+                r?;
+            }
+            RollbackMethod::RestoreBackup => restore(&backup, &cfg.url).await?,
         }
-        RollbackMethod::RestoreBackup => restore(&backup, &cfg.url).await?,
-    }
-    let rollback_ms = millis(rollback_start.elapsed());
-    let t = Instant::now();
-    redeploy
-        .redeploy_previous()
-        .await
-        .map_err(|e| Error::Rehearsal(format!("redeploy the previous version: {e}")))?;
-    let redeploy_ms = millis(t.elapsed());
+        let rollback_ms = millis(rollback_start.elapsed());
+        let t = Instant::now();
+        redeploy
+            .redeploy_previous()
+            .await
+            .map_err(|e| Error::Rehearsal(format!("redeploy the previous version: {e}")))?;
+        (rollback_ms, millis(t.elapsed()))
+    };
 
     // Serving again: the previous version is visible to a new connection, then a marker
     // written after that point is acknowledged.
@@ -292,6 +352,11 @@ async fn rehearse_inner<R: Redeploy>(
             apply_ms,
             rollback_ms,
             redeploy_ms,
+            scope: if redeploy.owns_migrations() {
+                "release"
+            } else {
+                "database"
+            },
             rto_ms,
             markers_written: 0,
             markers_lost: 0,
