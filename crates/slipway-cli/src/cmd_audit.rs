@@ -24,8 +24,15 @@ pub enum AuditCommand {
 #[derive(Debug, clap::Args)]
 pub struct VerifyArgs {
     /// Verify this export instead of the store.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "archive")]
     pub file: Option<PathBuf>,
+    /// Also verify these archive bundles (`slipway archive`) and the live chain after
+    /// them as one chain; repeat for several.
+    #[arg(long, value_name = "BUNDLE")]
+    pub archive: Vec<PathBuf>,
+    /// A trusted public key the bundles are signed with; repeat for several.
+    #[arg(long, value_name = "KEY.pub", requires = "archive")]
+    pub pubkey: Vec<PathBuf>,
     #[command(flatten)]
     pub store: StoreArg,
 }
@@ -48,15 +55,27 @@ pub fn audit(c: AuditCommand, out: &Output) -> Result<i32, CliError> {
     }
 }
 
-fn report(result: Result<Verified, ChainBreak>, source: &str, out: &Output) -> i32 {
+/// Print a verification result; `from` is the seq the chain was verified from (0: genesis,
+/// else an archive checkpoint). Returns the exit code.
+pub(crate) fn report(
+    result: Result<Verified, ChainBreak>,
+    source: &str,
+    from: i64,
+    out: &Output,
+) -> i32 {
     match result {
         Ok(v) => {
             if out.json() {
                 out.json_value(&json!({"ok": true, "source": source, "entries": v.entries,
-                    "head_seq": v.head_seq, "head_hash": v.head_hash}));
+                    "from_seq": from, "head_seq": v.head_seq, "head_hash": v.head_hash}));
             } else {
+                let from = if from == 0 {
+                    String::new()
+                } else {
+                    format!(" from archive checkpoint {from}")
+                };
                 out.line(&format!(
-                    "{} audit chain of {source}: {} entries, head {} {}",
+                    "{} audit chain of {source}{from}: {} entries, head {} {}",
                     out.paint("OK", Style::Good),
                     v.entries,
                     v.head_seq,
@@ -96,15 +115,31 @@ fn verify(a: VerifyArgs, out: &Output) -> Result<i32, CliError> {
                 Some("the export is damaged or not an audit export".into()),
             )
         })?;
-        return Ok(report(result, &f.display().to_string(), out));
+        return Ok(report(result, &f.display().to_string(), 0, out));
     }
     let rt = runtime()?;
     rt.block_on(async {
-        let (store, _) = open_store(&a.store).await?;
-        let entries = store.audit_entries().await.map_err(store_error)?;
+        let (store, db_path) = open_store(&a.store).await?;
+        if !a.archive.is_empty() {
+            return crate::cmd_archive::verify_with_archives(
+                store.as_ref(),
+                &db_path,
+                &a.archive,
+                &a.pubkey,
+                out,
+            )
+            .await;
+        }
+        // After an archive the live chain starts at its checkpoint.
+        let start = store.audit_start().await.map_err(store_error)?;
         let head = store.audit_head().await.map_err(store_error)?;
-        let result = audit::verify(&entries, head.as_ref().map(|(s, h)| (*s, h.as_str())));
-        Ok(report(result, &store.location(), out))
+        let entries = store.audit_entries().await.map_err(store_error)?;
+        let result = audit::verify_from(
+            &entries,
+            (start.0, start.1.as_str()),
+            head.as_ref().map(|(s, h)| (*s, h.as_str())),
+        );
+        Ok(report(result, &store.location(), start.0, out))
     })
 }
 

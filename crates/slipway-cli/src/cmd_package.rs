@@ -95,7 +95,7 @@ pub struct InspectArgs {
     pub file: PathBuf,
 }
 
-fn cli_error(e: &pkg::Error) -> CliError {
+pub(crate) fn cli_error(e: &pkg::Error) -> CliError {
     let (code, hint) = match e.class() {
         pkg::ErrorClass::Tampered => (
             exit::TAMPERED,
@@ -110,7 +110,7 @@ fn cli_error(e: &pkg::Error) -> CliError {
     CliError::new(code, format!("failed to {e}"), Some(hint.to_owned()))
 }
 
-fn password(var: Option<&str>) -> Result<Option<String>, CliError> {
+pub(crate) fn password(var: Option<&str>) -> Result<Option<String>, CliError> {
     let Some(var) = var else { return Ok(None) };
     match std::env::var(var) {
         Ok(p) if !p.is_empty() => Ok(Some(p)),

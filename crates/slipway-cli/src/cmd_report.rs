@@ -253,6 +253,7 @@ fn compliance_cmd(a: ComplianceArgs, out: &Output) -> Result<i32, CliError> {
         let (store, _) = open_store(&a.store).await?;
         // Read the head before the entries: entries appended in between only extend the
         // chain past the head the pack names, which still verifies.
+        let start = store.audit_start().await.map_err(store_error)?;
         let head = store.audit_head().await.map_err(store_error)?;
         let entries = store.audit_entries().await.map_err(store_error)?;
         let entries: Vec<_> = match &head {
@@ -262,8 +263,16 @@ fn compliance_cmd(a: ComplianceArgs, out: &Output) -> Result<i32, CliError> {
         let runs = history::load_runs(store.as_ref(), None)
             .await
             .map_err(govern_error)?;
-        slipway_govern::compliance::evaluate(&a.framework, &runs, &entries, head, since, until)
-            .map_err(govern_error)
+        slipway_govern::compliance::evaluate_from(
+            &a.framework,
+            &runs,
+            &entries,
+            start,
+            head,
+            since,
+            until,
+        )
+        .map_err(govern_error)
     })?;
     slipway_govern::compliance::write_pack(&evidence, &a.out).map_err(govern_error)?;
     let exceptions: Vec<_> = evidence.exceptions().collect();

@@ -6,6 +6,7 @@
 
 mod check_runner;
 mod cmd_access;
+mod cmd_archive;
 mod cmd_audit;
 mod cmd_check;
 mod cmd_demo;
@@ -120,6 +121,11 @@ pub enum Commands {
     /// Verify or export the hash-chained audit log.
     #[command(subcommand)]
     Audit(cmd_audit::AuditCommand),
+    /// Move closed runs and the old audit chain into a signed bundle, leaving a checkpoint.
+    Archive(cmd_archive::ArchiveArgs),
+    /// The retention policy per record kind (runs, journal, approvals, checks, audit).
+    #[command(subcommand)]
+    Retention(cmd_archive::RetentionCommand),
     /// Render config templates for an environment, secrets masked; strict placeholders.
     Render(cmd_render::RenderArgs),
     /// Backward compatibility: OpenAPI documents and SQL migrations.
@@ -180,6 +186,8 @@ fn run(command: Commands, out: &Output) -> Result<i32, out::CliError> {
         Commands::Approve(a) => cmd_run::approve(a, out),
         Commands::History(a) => cmd_run::history(a, out),
         Commands::Audit(c) => cmd_audit::audit(c, out),
+        Commands::Archive(a) => cmd_archive::archive(a, out),
+        Commands::Retention(c) => cmd_archive::retention(c, out),
         Commands::Env(c) => cmd_env::env(c, out),
         Commands::Render(a) => cmd_render::render(a, out),
         Commands::Compat(c) => cmd_render::compat(c, out),

@@ -106,8 +106,19 @@ pub struct Verified {
 /// Walk the chain (sorted by seq) and name the first entry that was edited, deleted,
 /// inserted or reordered. `head` is the (seq, hash) recorded beside the chain, if any.
 pub fn verify(entries: &[AuditEntry], head: Option<(i64, &str)>) -> Result<Verified, ChainBreak> {
-    let mut prev_hash = GENESIS.to_owned();
-    let mut expected = 1;
+    verify_from(entries, (0, GENESIS), head)
+}
+
+/// [`verify`] for a chain whose first entries were archived: `start` is the checkpoint
+/// (seq, hash) the archive ends at, so the first entry given must be `start.0 + 1` and
+/// link to `start.1`. With `(0, GENESIS)` this is the whole chain.
+pub fn verify_from(
+    entries: &[AuditEntry],
+    start: (i64, &str),
+    head: Option<(i64, &str)>,
+) -> Result<Verified, ChainBreak> {
+    let mut prev_hash = start.1.to_owned();
+    let mut expected = start.0 + 1;
     for (i, e) in entries.iter().enumerate() {
         if let Some((head_seq, _)) = head
             && e.seq > head_seq

@@ -338,6 +338,17 @@ pub enum EngineEvent {
         /// Why it was skipped.
         reason: String,
     },
+    /// A governance change outside any run: an access grant or revoke, an API token issued
+    /// or revoked, an access review opened, decided or closed, a retention policy change,
+    /// an archive. Appended to the audit chain so "who could do what, and who changed it"
+    /// is as tamper-evident as the runs; never carries a secret (a token's id, not its value).
+    Governance {
+        /// What changed (`access_granted`, `token_revoked`, `archived`, ...): the audit
+        /// entry's outcome.
+        action: String,
+        /// The facts of the change.
+        detail: serde_json::Value,
+    },
 }
 
 impl EngineEvent {
@@ -363,6 +374,7 @@ impl EngineEvent {
             Self::StepProgress { .. } => "step_progress",
             Self::CheckRan { .. } => "check_ran",
             Self::CheckSkipped { .. } => "check_skipped",
+            Self::Governance { .. } => "governance",
         }
     }
 
@@ -380,6 +392,7 @@ impl EngineEvent {
             Self::CheckRan { passed: true, .. } => "passed".into(),
             Self::CheckRan { passed: false, .. } => "failed".into(),
             Self::CheckSkipped { .. } => "skipped".into(),
+            Self::Governance { action, .. } => action.clone(),
             Self::StepProgress { detail, .. } => detail
                 .get("event")
                 .and_then(serde_json::Value::as_str)

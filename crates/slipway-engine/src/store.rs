@@ -240,6 +240,11 @@ pub trait Store: Send + Sync {
     fn audit_entries(&self) -> BoxFuture<'_, Result<Vec<AuditEntry>, StoreError>>;
     /// The head (seq, hash) recorded beside the chain, to detect a truncated tail.
     fn audit_head(&self) -> BoxFuture<'_, Result<Option<(i64, String)>, StoreError>>;
+    /// Where the live chain starts: the (seq, hash) of the last archive checkpoint (the
+    /// first live entry links to it), or `(0, GENESIS)` when nothing was ever archived.
+    fn audit_start(&self) -> BoxFuture<'_, Result<(i64, String), StoreError>> {
+        Box::pin(async { Ok((0, crate::audit::GENESIS.to_owned())) })
+    }
     /// Claim the right to drive a run; fails with [`StoreError::Claimed`] while another
     /// live process holds it. Released on drop or when the process dies.
     fn claim<'a>(&'a self, run_id: &'a str)

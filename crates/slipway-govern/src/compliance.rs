@@ -187,6 +187,28 @@ pub fn evaluate(
     since: Timestamp,
     until: Timestamp,
 ) -> Result<Evidence, GovernError> {
+    evaluate_from(
+        framework,
+        all_runs,
+        entries,
+        (0, audit::GENESIS.to_owned()),
+        head,
+        since,
+        until,
+    )
+}
+
+/// [`evaluate`] over a live chain whose start was archived: `start` is the store's
+/// checkpoint (`Store::audit_start`), so the chain verifies from there.
+pub fn evaluate_from(
+    framework: &str,
+    all_runs: &[RunHistory],
+    entries: &[AuditEntry],
+    start: (i64, String),
+    head: Option<(i64, String)>,
+    since: Timestamp,
+    until: Timestamp,
+) -> Result<Evidence, GovernError> {
     let controls = catalogue(framework)?;
     let period: Vec<&RunHistory> = all_runs
         .iter()
@@ -197,7 +219,11 @@ pub fn evaluate(
         .copied()
         .filter(|r| r.production() && running_at(r).is_some())
         .collect();
-    let verified = audit::verify(entries, head.as_ref().map(|(s, h)| (*s, h.as_str())));
+    let verified = audit::verify_from(
+        entries,
+        (start.0, start.1.as_str()),
+        head.as_ref().map(|(s, h)| (*s, h.as_str())),
+    );
     let chain = match &verified {
         Ok(v) => format!("verified: {} entries", v.entries),
         Err(b) => b.to_string(),

@@ -9,6 +9,7 @@
 //! - [`compliance`]: a control catalogue (SOX, HIPAA, GDPR) evaluated into an evidence pack.
 //! - [`notify`]: notifications of run events to webhooks, email and files.
 //! - [`catalog`]: Backstage entities and the dependency map of a spec.
+//! - [`archive`]: the retention policy and the archive bundles `slipway archive` writes.
 //!
 //! Architecture invariant: this crate reads the store only through the engine's `Store`
 //! trait and never prints; the CLI renders what it returns. Wall-clock time is passed in,
@@ -16,6 +17,7 @@
 //! `git` (read-only queries, in [`git`]).
 
 pub mod access;
+pub mod archive;
 pub mod catalog;
 pub mod compliance;
 pub mod dora;

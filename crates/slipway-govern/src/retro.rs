@@ -164,6 +164,9 @@ fn describe(e: &EngineEvent) -> String {
         EngineEvent::CheckSkipped { name, reason, .. } => {
             format!("check {name} skipped: {reason}")
         }
+        EngineEvent::Governance { action, .. } => {
+            format!("governance: {}", action.replace('_', " "))
+        }
     }
 }
 

@@ -6,6 +6,7 @@
 //! defaults to `.slipway/slipway.db` under the current directory.
 
 pub mod access;
+pub mod archive;
 mod leases;
 pub mod schema;
 pub mod sqlite;

@@ -280,6 +280,22 @@ async fn apply_all(
             .fetch_optional(&mut *tx)
             .await
             .map_err(query_err)?;
+    // After `slipway archive` moved the whole chain out, the table is empty but the chain
+    // goes on from the recorded head (the archive's checkpoint), never from genesis again.
+    let head = match head {
+        Some(h) => Some(h),
+        None => {
+            let v: Option<String> =
+                sqlx::query_scalar("SELECT value FROM meta WHERE key = 'audit_head'")
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(query_err)?;
+            v.and_then(|v| {
+                let (seq, hash) = v.split_once(':')?;
+                Some((seq.parse().ok()?, hash.to_owned()))
+            })
+        }
+    };
     let (mut seq, mut prev) = head.unwrap_or((0, GENESIS.to_owned()));
     let mut staged = Staged {
         journal: Vec::new(),
@@ -810,6 +826,28 @@ impl Store for SqliteStore {
                 let (seq, hash) = v.split_once(':')?;
                 Some((seq.parse().ok()?, hash.to_owned()))
             }))
+        })
+    }
+
+    fn audit_start(&self) -> BoxFuture<'_, Result<(i64, String), StoreError>> {
+        Box::pin(async move {
+            // The checkpoint table exists only once `slipway archive` ran.
+            let has: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM sqlite_master WHERE type='table' AND name='archive_checkpoints'",
+            )
+            .fetch_one(&self.read)
+            .await
+            .map_err(query_err)?;
+            if has == 0 {
+                return Ok((0, GENESIS.to_owned()));
+            }
+            let c: Option<(i64, String)> = sqlx::query_as(
+                "SELECT end_seq, end_hash FROM archive_checkpoints ORDER BY id DESC LIMIT 1",
+            )
+            .fetch_optional(&self.read)
+            .await
+            .map_err(query_err)?;
+            Ok(c.unwrap_or_else(|| (0, GENESIS.to_owned())))
         })
     }
 

@@ -1,0 +1,352 @@
+//! Retention and archive through the real binary: closed runs and the old audit chain move
+//! into a signed bundle, the live store keeps a checkpoint, and `audit verify` passes over
+//! the live store alone and with the bundle; a changed bundle, a wrong key or an edited
+//! live row is refused with exit 7; a run still waiting is never archived; a crash between
+//! writing the bundle and pruning loses nothing.
+
+use std::path::{Path, PathBuf};
+
+use crate::slipway;
+
+struct Env {
+    _dir: tempfile::TempDir,
+    dir: PathBuf,
+    spec: PathBuf,
+    store: String,
+    db: PathBuf,
+}
+
+impl Env {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_owned();
+        let spec = d.join("release.yaml");
+        std::fs::write(
+            &spec,
+            "apiVersion: slipway/v1
+kind: Release
+metadata: { name: shop, version: 1.0.0, type: patch }
+services:
+  api: { steps: [ { name: install, run: \"true\", undo: \"true\" } ] }
+environments:
+  staging: { target: { exec: {} } }
+  prod: { target: { exec: {} }, approvals: { required: 1 } }
+",
+        )
+        .unwrap();
+        let db = d.join("s.db");
+        Self {
+            store: format!("sqlite://{}", db.display()),
+            db,
+            spec,
+            dir: d,
+            _dir: dir,
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        slipway()
+            .env("SLIPWAY_STORE", &self.store)
+            .env("SLIPWAY_USER", "alice")
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> serde_json::Value {
+        let o = self.run(args);
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {o:?}");
+        serde_json::from_slice(&o.stdout).unwrap_or(serde_json::Value::Null)
+    }
+
+    fn deploy(&self, env: &str) -> std::process::Output {
+        let spec = self.spec.display().to_string();
+        self.run(&[
+            "deploy",
+            "--env",
+            env,
+            "--no-wait",
+            "--output",
+            "json",
+            "-f",
+            &spec,
+        ])
+    }
+
+    fn sqlite(&self, sql: &str) {
+        let o = std::process::Command::new("sqlite3")
+            .arg(&self.db)
+            .arg(sql)
+            .output()
+            .expect("the sqlite3 CLI");
+        assert!(o.status.success(), "{o:?}");
+    }
+
+    fn keys(&self, name: &str) -> (String, String) {
+        let sk = self.dir.join(format!("{name}.key"));
+        let pk = self.dir.join(format!("{name}.pub"));
+        let o = slipway()
+            .args(["key", "generate", "--unencrypted", "--secret-key"])
+            .arg(&sk)
+            .arg("--public-key")
+            .arg(&pk)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{o:?}");
+        (sk.display().to_string(), pk.display().to_string())
+    }
+
+    fn live_policy(&self) {
+        for kind in ["runs", "journal", "approvals", "checks", "audit"] {
+            self.ok(&["retention", "set", kind, "--live", "0d", "--keep", "7y"]);
+        }
+    }
+
+    fn history(&self) -> Vec<String> {
+        let v = self.ok(&["history", "--output", "json"]);
+        v.as_array()
+            .or_else(|| v["runs"].as_array())
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].as_str().unwrap().to_owned())
+            .collect()
+    }
+}
+
+fn run_id(o: &std::process::Output) -> String {
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    v["run"].as_str().or(v["id"].as_str()).unwrap().to_owned()
+}
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Two closed runs around one still waiting for approval.
+fn seeded() -> (Env, String, String, String) {
+    let e = Env::new();
+    let a = e.deploy("staging");
+    assert_eq!(a.status.code(), Some(0), "{a:?}");
+    let w = e.deploy("prod");
+    assert_eq!(w.status.code(), Some(3), "waits for an approval: {w:?}");
+    let b = e.deploy("staging");
+    assert_eq!(b.status.code(), Some(0), "{b:?}");
+    (e, run_id(&a), run_id(&w), run_id(&b))
+}
+
+#[test]
+fn archive_prunes_closed_runs_and_the_chain_verifies_live_and_with_the_bundle() {
+    let (e, a, w, b) = seeded();
+    let (sk, pk) = e.keys("archive");
+
+    // The default policy keeps runs live 90 days: nothing this young leaves.
+    let v = e.ok(&[
+        "archive",
+        "--before",
+        "2100-01-01",
+        "--key",
+        &sk,
+        "--output",
+        "json",
+    ]);
+    assert_eq!(v["archived"], false, "{v}");
+
+    e.live_policy();
+    let v = e.ok(&[
+        "archive",
+        "--before",
+        "2100-01-01",
+        "--key",
+        &sk,
+        "--output",
+        "json",
+    ]);
+    assert_eq!(v["archived"], true, "{v}");
+    let runs: Vec<&str> = v["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap())
+        .collect();
+    assert_eq!(runs, [a.as_str(), b.as_str()], "only the closed runs: {v}");
+    // The chain prefix stops before the waiting run's first entry.
+    let end = v["checkpoint"]["end_seq"].as_i64().unwrap();
+    assert!(end > 0, "{v}");
+    let bundle = v["bundle"].as_str().unwrap().to_owned();
+    assert!(Path::new(&bundle).exists());
+    assert!(Path::new(&format!("{bundle}.minisig")).exists());
+
+    assert_eq!(e.history(), [w], "the waiting run stays live");
+    let o = e.run(&["status", &a]);
+    assert_ne!(o.status.code(), Some(0), "an archived run is gone: {o:?}");
+
+    // Live alone: the chain starts at the checkpoint.
+    let v = e.ok(&["audit", "verify", "--output", "json"]);
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(v["from_seq"].as_i64(), Some(end), "{v}");
+    // Live + archive: one chain from genesis.
+    let v = e.ok(&[
+        "audit",
+        "verify",
+        "--archive",
+        &bundle,
+        "--pubkey",
+        &pk,
+        "--output",
+        "json",
+    ]);
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(v["from_seq"].as_i64(), Some(0), "{v}");
+    let head = v["head_seq"].as_i64().unwrap();
+    assert_eq!(v["entries"].as_i64(), Some(head), "every entry once: {v}");
+
+    // The store keeps working after the prune: the chain goes on from its head.
+    let o = e.deploy("staging");
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    e.ok(&["audit", "verify"]);
+    e.ok(&["audit", "verify", "--archive", &bundle, "--pubkey", &pk]);
+
+    // The bundle holds the runs, their journal and the audit prefix.
+    let tar = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("zstd -dc '{bundle}' | tar -tf -"))
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&tar.stdout);
+    for f in [
+        "manifest.json",
+        "runs.jsonl",
+        "journal.jsonl",
+        "approvals.jsonl",
+        "checks.jsonl",
+        "audit.jsonl",
+    ] {
+        assert!(listing.contains(f), "{f} missing from {listing}");
+    }
+
+    // An edited live row still fails, with the checkpoint in place.
+    e.sqlite(&format!(
+        "UPDATE audit SET outcome = 'forged' WHERE seq = {}",
+        end + 2
+    ));
+    let o = e.run(&["audit", "verify"]);
+    assert_eq!(o.status.code(), Some(7), "{o:?}");
+    let o = e.run(&["audit", "verify", "--archive", &bundle, "--pubkey", &pk]);
+    assert_eq!(o.status.code(), Some(7), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains(&format!("entry {}", end + 2)),
+        "{o:?}"
+    );
+}
+
+#[test]
+fn a_changed_bundle_or_a_wrong_key_is_refused() {
+    let (e, _, _, _) = seeded();
+    let (sk, pk) = e.keys("archive");
+    let (_, other_pk) = e.keys("other");
+    e.live_policy();
+    let v = e.ok(&[
+        "archive",
+        "--before",
+        "2100-01-01",
+        "--key",
+        &sk,
+        "--output",
+        "json",
+    ]);
+    let bundle = v["bundle"].as_str().unwrap().to_owned();
+
+    let o = e.run(&[
+        "audit",
+        "verify",
+        "--archive",
+        &bundle,
+        "--pubkey",
+        &other_pk,
+    ]);
+    assert_eq!(o.status.code(), Some(7), "another key: {o:?}");
+    assert!(stderr(&o).contains("signature"), "{}", stderr(&o));
+
+    // A flipped byte breaks the signature.
+    let mut bytes = std::fs::read(&bundle).unwrap();
+    let original = bytes.clone();
+    let n = bytes.len() / 2;
+    bytes[n] ^= 0x40;
+    std::fs::write(&bundle, &bytes).unwrap();
+    let o = e.run(&["audit", "verify", "--archive", &bundle, "--pubkey", &pk]);
+    assert_eq!(o.status.code(), Some(7), "{o:?}");
+    assert!(stderr(&o).contains("signature"), "{}", stderr(&o));
+
+    // Someone with the key re-signs a changed bundle: its digest matches no checkpoint.
+    let o = slipway()
+        .args(["sign", &bundle, "--key", &sk])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    let o = e.run(&["audit", "verify", "--archive", &bundle, "--pubkey", &pk]);
+    assert_eq!(o.status.code(), Some(7), "{o:?}");
+    let err = stderr(&o);
+    assert!(
+        err.contains("matches no checkpoint") || err.contains("bundle"),
+        "{err}"
+    );
+
+    // The original bytes with a valid signature verify again.
+    std::fs::write(&bundle, &original).unwrap();
+    let o = slipway()
+        .args(["sign", &bundle, "--key", &sk])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    e.ok(&["audit", "verify", "--archive", &bundle, "--pubkey", &pk]);
+}
+
+#[test]
+fn a_crash_between_the_bundle_and_the_prune_loses_nothing_and_a_rerun_finishes() {
+    let (e, a, w, b) = seeded();
+    let (sk, pk) = e.keys("archive");
+    e.live_policy();
+    let o = slipway()
+        .env("SLIPWAY_STORE", &e.store)
+        .env("SLIPWAY_USER", "alice")
+        .env("SLIPWAY_FAULT", "archive-before-prune")
+        .args(["archive", "--before", "2100-01-01", "--key", &sk])
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "the fault aborts: {o:?}");
+    let written: Vec<PathBuf> = std::fs::read_dir(e.dir.join("archive"))
+        .unwrap()
+        .map(|d| d.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "zst"))
+        .collect();
+    assert_eq!(written.len(), 1, "the bundle was written before the crash");
+    let crashed = std::fs::read(&written[0]).unwrap();
+
+    // Nothing was pruned, and the chain is whole.
+    let mut live = e.history();
+    live.sort();
+    let mut all = vec![a.clone(), w, b];
+    all.sort();
+    assert_eq!(live, all);
+    e.ok(&["audit", "verify"]);
+
+    let v = e.ok(&[
+        "archive",
+        "--before",
+        "2100-01-01",
+        "--key",
+        &sk,
+        "--output",
+        "json",
+    ]);
+    assert_eq!(v["archived"], true, "{v}");
+    let bundle = v["bundle"].as_str().unwrap();
+    assert_eq!(
+        Path::new(bundle),
+        written[0],
+        "the re-run rebuilds the same bundle"
+    );
+    assert_eq!(std::fs::read(bundle).unwrap(), crashed, "byte for byte");
+    assert!(!e.history().contains(&a));
+    e.ok(&["audit", "verify", "--archive", bundle, "--pubkey", &pk]);
+}
