@@ -1276,6 +1276,13 @@ fn control(a: RunArgs, c: Control, out: &Output) -> Result<i32, CliError> {
             .request(&a.run, &actor, c)
             .await
             .map_err(engine_error)?;
+        if state.is_terminal() {
+            // Aborted here (nobody drove it): the environment is free again now, not at
+            // the lease's expiry. Only this run's own lease is given up.
+            slipway_engine::Store::release_lease(store.as_ref(), &run.environment, Some(&run.id))
+                .await
+                .map_err(store_error)?;
+        }
         if out.json() {
             out.json_value(&json!({"run": a.run, "requested": c.as_str(), "state": state}));
         } else {

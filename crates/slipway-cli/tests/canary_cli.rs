@@ -91,6 +91,11 @@ impl Env {
 
     /// A release of `api` at `version` whose instances run demo-app with `args`.
     fn spec(&self, version: &str, args: &str, analysis: &str) -> PathBuf {
+        self.spec_steps(version, args, &CANARY_STEPS.replace("ANALYSIS", analysis))
+    }
+
+    /// [`Self::spec`] with the canary strategy's YAML given.
+    fn spec_steps(&self, version: &str, args: &str, steps: &str) -> PathBuf {
         let text = format!(
             "apiVersion: slipway/v1
 kind: Release
@@ -113,8 +118,7 @@ analysis_templates:
       - {{ name: error-rate, max: 0.05 }}
       - {{ name: p99-latency, max: 200ms }}
     on_failure: rollback
-",
-            steps = CANARY_STEPS.replace("ANALYSIS", analysis)
+"
         );
         let p = self.path().join(format!("release-{version}.yaml"));
         std::fs::write(&p, text).unwrap();
@@ -176,6 +180,75 @@ analysis_templates:
 
     fn journal(&self, run: &str) -> String {
         self.run(&["logs", run, "--output", "json"]).1
+    }
+
+    /// `slipway deploy` of a spec in the background (its stderr in `<dir>/<name>.log`).
+    fn spawn_deploy(&self, spec: &Path, name: &str) -> std::process::Child {
+        let log = std::fs::File::create(self.path().join(format!("{name}.log"))).unwrap();
+        Command::new(assert_cmd::cargo::cargo_bin("slipway"))
+            .envs(self.envs())
+            .env("NO_COLOR", "1")
+            .args(["deploy", "--env", "live", "-f"])
+            .arg(spec)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    }
+
+    /// What the background `slipway deploy`s wrote, for failure messages.
+    fn background_logs(&self) -> String {
+        let mut all = String::new();
+        for e in std::fs::read_dir(self.path()).unwrap().flatten() {
+            if e.path().extension().is_some_and(|x| x == "log") {
+                all.push_str(&format!(
+                    "--- {}\n{}\n",
+                    e.path().display(),
+                    std::fs::read_to_string(e.path()).unwrap_or_default()
+                ));
+            }
+        }
+        all
+    }
+
+    /// The id of the run of `version`, once the journal of it contains `needle`.
+    fn wait_journal(&self, version: &str, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            assert!(
+                Instant::now() < deadline,
+                "the journal of {version} never showed {needle}; background logs:\n{}",
+                self.background_logs()
+            );
+            let (_, out, _) = self.run(&["history", "--output", "json"]);
+            let runs: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+            let run = runs
+                .as_array()
+                .and_then(|r| r.iter().find(|r| r["version"] == version))
+                .and_then(|r| r["id"].as_str())
+                .map(str::to_owned);
+            if let Some(run) = run
+                && self.journal(&run).contains(needle)
+            {
+                return run;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// The exit code of a background `slipway`, within `limit`.
+fn exit_within(child: &mut std::process::Child, limit: Duration) -> i32 {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code().unwrap_or(-1);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "slipway did not finish within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -385,35 +458,9 @@ fn slipway_killed_mid_canary_resumes_without_duplicate_instances() {
     let users = env.baseline();
     let proxy = env.proxy();
     let spec = env.spec("2.0.0", "", "4s");
-    let log = std::fs::File::create(env.path().join("killed-deploy.log")).unwrap();
-    let mut deploy = Command::new(assert_cmd::cargo::cargo_bin("slipway"));
-    deploy
-        .envs(env.envs())
-        .env("NO_COLOR", "1")
-        .args(["deploy", "--env", "live", "-f"])
-        .arg(&spec)
-        .stdout(Stdio::null())
-        .stderr(log);
-    let mut child = deploy.spawn().unwrap();
-
+    let mut child = env.spawn_deploy(&spec, "killed-deploy");
     // Wait until the canary takes traffic, as the journal says.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let run = loop {
-        assert!(Instant::now() < deadline, "the canary never started");
-        let (_, out, _) = env.run(&["history", "--output", "json"]);
-        let runs: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
-        let run = runs
-            .as_array()
-            .and_then(|r| r.iter().find(|r| r["version"] == "2.0.0"))
-            .and_then(|r| r["id"].as_str())
-            .map(str::to_owned);
-        if let Some(run) = run
-            && env.journal(&run).contains("\"weight\":20")
-        {
-            break run;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let run = env.wait_journal("2.0.0", "\"weight\":20");
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     assert_eq!(
@@ -493,4 +540,99 @@ fn slipway_killed_mid_canary_resumes_without_duplicate_instances() {
     // The only failures users saw came from the canary instance that died.
     assert_eq!(stats.failed, 0, "{stats:?}");
     assert_eq!(stats.server_errors, stats.canary_errors, "{stats:?}");
+}
+
+#[test]
+fn a_live_canary_hears_resume_promote_pause_and_abort_from_other_processes() {
+    let env = Env::new();
+    let users = env.baseline();
+    // The proxy's record holds its admin token: its owner alone may read it.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(env.proxies_dir().join("api.json"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    // A manual pause holds the canary at 20% until a human says so, from elsewhere.
+    let spec = env.spec_steps(
+        "2.0.0",
+        "",
+        "
+      canary:
+        steps:
+          - set_weight: 20
+          - pause: manual
+          - set_weight: 50
+          - pause: manual
+          - set_weight: 100",
+    );
+    let mut deploy = env.spawn_deploy(&spec, "deploy-2.0.0");
+    let run = env.wait_journal("2.0.0", "pause until resumed");
+    let (code, out, err) = env.run(&["resume", &run]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("resume sent to the driver"), "{out}");
+    env.wait_journal("2.0.0", "\"weight\":50");
+    let (code, out, err) = env.run(&["promote", &run, "--output", "json"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(exit_within(&mut deploy, Duration::from_secs(20)), 0);
+    let journal = env.journal(&run);
+    assert_eq!(
+        journal.matches("intervention_received").count(),
+        2,
+        "{journal}"
+    );
+    assert_eq!(
+        env.versions_served(10),
+        BTreeMap::from([("2.0.0".to_owned(), 10)])
+    );
+    assert_eq!(env.instances(), BTreeMap::from([("2.0.0".to_owned(), 2)]));
+
+    // A long analysis, paused by a human mid-way: the deploy stops at once with exit 5
+    // and both versions keep running; then an abort takes the canary out of service.
+    let started = Instant::now();
+    let mut deploy = env.spawn_deploy(&env.spec("3.0.0", "", "60s"), "deploy-3.0.0");
+    let run = env.wait_journal("3.0.0", "\"weight\":20");
+    let (code, out, err) = env.run(&["pause", &run]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(exit_within(&mut deploy, Duration::from_secs(20)), 5);
+    assert!(
+        started.elapsed() < Duration::from_secs(40),
+        "the pause was not heard mid-analysis"
+    );
+    assert_eq!(
+        env.instances(),
+        BTreeMap::from([("2.0.0".to_owned(), 2), ("3.0.0".to_owned(), 2)])
+    );
+    let (code, out, err) = env.run(&["abort", &run]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(err.contains("canary 3.0.0 retired"), "{err}");
+    assert_eq!(env.instances(), BTreeMap::from([("2.0.0".to_owned(), 2)]));
+    assert_eq!(
+        env.versions_served(10),
+        BTreeMap::from([("2.0.0".to_owned(), 10)])
+    );
+
+    // An abort while the deploy drives the canary: it rolls back at once (exit 4).
+    let mut deploy = env.spawn_deploy(&env.spec("4.0.0", "", "60s"), "deploy-4.0.0");
+    let run = env.wait_journal("4.0.0", "\"weight\":20");
+    let (code, out, err) = env.run(&["abort", &run]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(exit_within(&mut deploy, Duration::from_secs(20)), 4);
+    let journal = env.journal(&run);
+    assert!(
+        journal.contains("rollback requested by an operator"),
+        "{journal}"
+    );
+    assert_eq!(env.instances(), BTreeMap::from([("2.0.0".to_owned(), 2)]));
+    assert_eq!(
+        env.versions_served(10),
+        BTreeMap::from([("2.0.0".to_owned(), 10)])
+    );
+    let stats = env.rt.block_on(users.stop());
+    assert_eq!(
+        stats.server_errors + stats.failed,
+        0,
+        "users saw failures: {stats:?}"
+    );
 }

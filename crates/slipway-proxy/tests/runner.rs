@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
+mod test_admin;
 mod test_binary;
 mod test_bodies;
 mod test_failures;
