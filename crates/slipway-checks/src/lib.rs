@@ -13,8 +13,10 @@ pub mod capacity;
 pub mod infra;
 pub mod monitoring;
 pub mod perf;
+pub mod perf_baseline;
 pub mod reach;
 pub mod smoke;
+pub mod tls;
 
 mod http;
 

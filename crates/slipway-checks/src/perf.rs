@@ -3,6 +3,10 @@
 //! load), then compares throughput and p50/p95/p99, and tests the latency distributions
 //! with a one-sided Mann-Whitney U (`slipway_model::analysis::compare`) against the
 //! baseline stretched by the declared tolerance. Both distributions are in the report.
+//!
+//! The same comparison runs across a deploy ([`crate::perf_baseline`]): the running
+//! version measured before any change is kept as the run's baseline and the new version
+//! is judged against it after the last wave.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,7 +16,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use slipway_model::analysis::{Phase, compare};
 use slipway_model::spec::{Comparison, Metric};
 use tokio::net::TcpStream;
@@ -54,7 +58,7 @@ impl Default for Tolerance {
 }
 
 /// One side's measurements.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Distribution {
     /// Successful (2xx-4xx) requests.
     pub ok: u64,
@@ -62,7 +66,8 @@ pub struct Distribution {
     pub failed: u64,
     /// Successful requests per second.
     pub throughput: f64,
-    /// Latencies of successful requests, ms.
+    /// Latencies of successful requests, ms (kept out of reports; a stored baseline
+    /// carries them separately).
     #[serde(skip)]
     pub latencies_ms: Vec<f64>,
     /// p50, p95, p99 in ms.
@@ -164,7 +169,7 @@ async fn connect(addr: &str) -> Option<http1::SendRequest<Empty<Bytes>>> {
 }
 
 /// The report of a comparison: the rows and both distributions.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     /// Verdict rows (throughput, p50, p95, p99, distribution test).
     pub rows: Vec<Verdict>,
@@ -183,13 +188,30 @@ pub async fn compare_side_by_side(
 ) -> Report {
     let started = Instant::now();
     let (b, c) = tokio::join!(drive(baseline, load), drive(candidate, load));
-    let mut rows = Vec::new();
     let target = format!("{candidate} vs {baseline}");
+    let rows = judge(&b, &c, &target, tol, started);
+    Report {
+        rows,
+        baseline: b,
+        candidate: c,
+    }
+}
+
+/// Judge a candidate's measurements against a baseline's (taken side by side or earlier
+/// with the same load): throughput, p50/p95/p99 and the one-sided distribution test.
+pub fn judge(
+    b: &Distribution,
+    c: &Distribution,
+    target: &str,
+    tol: Tolerance,
+    started: Instant,
+) -> Vec<Verdict> {
+    let mut rows = Vec::new();
     let min_tp = b.throughput * (1.0 - tol.ratio);
     let tp_ok = c.throughput >= min_tp && c.failed <= b.failed.max(1) * 2;
     let mut v = Verdict::new(
         "perf.throughput",
-        &target,
+        target,
         if tp_ok { Outcome::Pass } else { Outcome::Fail },
         format!(
             "{:.1} req/s ({} failed) vs {:.1} req/s ({} failed)",
@@ -216,7 +238,7 @@ pub async fn compare_side_by_side(
         };
         let mut v = Verdict::new(
             format!("perf.{name}"),
-            &target,
+            target,
             o,
             format!("{cv:.1} ms vs {bv:.1} ms"),
             format!("<= {limit:.1} ms"),
@@ -253,7 +275,7 @@ pub async fn compare_side_by_side(
     };
     let mut v = Verdict::new(
         "perf.distribution",
-        &target,
+        target,
         o,
         format!(
             "p = {} ({} vs {} samples)",
@@ -273,9 +295,5 @@ pub async fn compare_side_by_side(
         v = v.hint(r.detail);
     }
     rows.push(v);
-    Report {
-        rows,
-        baseline: b,
-        candidate: c,
-    }
+    rows
 }

@@ -1,9 +1,11 @@
 //! Reachability: can this machine (the local target) reach every endpoint a service
 //! declares? Endpoints are `host:port` (TCP) or `tcp://`, `http://host:port/path`,
-//! `postgres://host:port` and `tls://host:port`. A refused connection (nothing listens)
-//! and a filtered one (no answer: a firewall drops the packets) fail with different hints.
+//! `postgres://host:port` and `tls://host:port[?ca=FILE&name=HOST&warn_days=N]` (a real
+//! handshake, see [`crate::tls`]). A refused connection (nothing listens) and a filtered
+//! one (no answer: a firewall drops the packets) fail with different hints.
 
 use std::io::ErrorKind;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -18,7 +20,7 @@ pub enum Flavour {
     Tcp,
     /// A GET that must answer below 500.
     Http,
-    /// A TCP connect; the TLS handshake itself is not checked (reported as a warning).
+    /// A TCP connect and a verified TLS handshake (chain, host name, expiry).
     Tls,
     /// A TCP connect plus PostgreSQL's SSLRequest, which any server answers without
     /// credentials (`S` or `N`).
@@ -34,7 +36,8 @@ pub fn parse(endpoint: &str) -> Result<(Flavour, String), String> {
         let (authority, _) = crate::http::split_url(e)?;
         return Ok((Flavour::Http, authority));
     } else if let Some(r) = e.strip_prefix("tls://") {
-        (Flavour::Tls, r)
+        // Options (`?ca=…`) are read by the probe; the address is what precedes them.
+        (Flavour::Tls, r.split('?').next().unwrap_or(r))
     } else if let Some(r) = e
         .strip_prefix("postgres://")
         .or_else(|| e.strip_prefix("postgresql://"))
@@ -65,9 +68,21 @@ pub async fn check_service(
     endpoints: &[String],
     timeout: Duration,
 ) -> Vec<Verdict> {
+    check_service_in(service, from, endpoints, timeout, Path::new(".")).await
+}
+
+/// [`check_service`] with relative `ca=` files of `tls://` endpoints resolved against
+/// `base_dir` (the spec's directory).
+pub async fn check_service_in(
+    service: &str,
+    from: &str,
+    endpoints: &[String],
+    timeout: Duration,
+    base_dir: &Path,
+) -> Vec<Verdict> {
     let mut rows = Vec::new();
     for e in endpoints {
-        let mut v = probe(e, timeout).await;
+        let mut v = probe_in(e, timeout, base_dir).await;
         v.check = format!("reach.{service}");
         v.target = format!("{from} -> {e}");
         rows.push(v);
@@ -75,8 +90,13 @@ pub async fn check_service(
     rows
 }
 
-/// Probe one endpoint.
+/// Probe one endpoint (relative `ca=` files resolved against the current directory).
 pub async fn probe(endpoint: &str, timeout: Duration) -> Verdict {
+    probe_in(endpoint, timeout, Path::new(".")).await
+}
+
+/// Probe one endpoint, relative `ca=` files resolved against `base_dir`.
+pub async fn probe_in(endpoint: &str, timeout: Duration, base_dir: &Path) -> Verdict {
     let started = Instant::now();
     let row = |o, measured: String, expected: &str| {
         Verdict::new("reach", endpoint, o, measured, expected, started)
@@ -114,8 +134,22 @@ pub async fn probe(endpoint: &str, timeout: Duration) -> Verdict {
     let connected = format!("connected in {} ms", started.elapsed().as_millis());
     match flavour {
         Flavour::Tcp => row(Outcome::Pass, connected, "connect"),
-        Flavour::Tls => row(Outcome::Warn, connected, "tls handshake")
-            .hint("the port is open; this build does not verify the TLS handshake"),
+        Flavour::Tls => {
+            let rest = endpoint.trim().trim_start_matches("tls://");
+            let expected = "trusted certificate for the host, not expiring soon";
+            match crate::tls::options(rest, base_dir) {
+                Err(e) => row(Outcome::Fail, e, expected)
+                    .hint("write tls endpoints as tls://host:port?ca=FILE&name=HOST&warn_days=N"),
+                Ok((_, o)) => {
+                    let f = crate::tls::handshake(stream, &addr, &o, timeout).await;
+                    let v = row(f.outcome, f.measured, expected);
+                    match f.hint {
+                        Some(h) => v.hint(h),
+                        None => v,
+                    }
+                }
+            }
+        }
         Flavour::Http => {
             drop(stream);
             match crate::http::get(endpoint, timeout).await {

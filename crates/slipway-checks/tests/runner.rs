@@ -12,6 +12,7 @@ mod t_perf;
 mod t_postgres;
 mod t_reach;
 mod t_smoke;
+mod t_tls;
 
 #[test]
 fn no_test_file_is_forgotten() {

@@ -6,15 +6,24 @@
 //! references are never resolved here, so a check still naming one fails with a hint
 //! instead of probing a literal `secret://…` address. `command` checks run in the run's
 //! working directory, where the plan's relative paths resolve.
+//!
+//! A `perf` check spans the deploy: as a `pre` gate it measures the running version and
+//! keeps the measurement as the run's baseline (`<store dir>/runs/<run>/perf-baseline.json`,
+//! summarised in the `check_ran` journal entry); as a `post` gate it measures the new
+//! version with the same mix and judges it against that baseline (`perf-verify.json`),
+//! so a regression fails verification and the run rolls back.
 
 use slipway_checks::Outcome;
 use slipway_engine::{BoxFuture, CheckRunner, CheckVerdict};
 use slipway_model::plan::Plan;
-use slipway_model::spec::Check;
+use std::path::{Path, PathBuf};
+
+use slipway_model::spec::{Check, CheckPhase, PerfCheck};
 
 /// Runs declared checks from this machine.
 pub struct SpecCheckRunner {
     workdir: String,
+    runs_dir: Option<PathBuf>,
 }
 
 impl SpecCheckRunner {
@@ -22,6 +31,122 @@ impl SpecCheckRunner {
     pub fn new(workdir: &str) -> Self {
         Self {
             workdir: workdir.to_owned(),
+            runs_dir: None,
+        }
+    }
+
+    /// Where per-run records live (`<store dir>/runs`): perf baselines are kept there.
+    pub fn with_runs_dir(mut self, dir: PathBuf) -> Self {
+        self.runs_dir = Some(dir);
+        self
+    }
+}
+
+/// A perf check as a gate: `pre` keeps a baseline, `post` verifies against it.
+async fn perf_gate(
+    runs_dir: Option<&Path>,
+    run_id: &str,
+    phase: CheckPhase,
+    plan: &Plan,
+    name: &str,
+    perf: &PerfCheck,
+) -> Result<CheckVerdict, String> {
+    use slipway_checks::perf_baseline as pb;
+    let runs_dir = runs_dir.ok_or_else(|| {
+        format!("perf check `{name}` needs a store directory to keep its baseline")
+    })?;
+    let run_dir = runs_dir.join(run_id);
+    let mut perf = perf.clone();
+    perf.url = fill(plan, &perf.url);
+    if perf.url.contains("{{") || perf.url.starts_with("secret://") {
+        return Err(format!(
+            "perf check `{name}` url still names a placeholder or a secret after filling environments.{}.vars",
+            plan.environment
+        ));
+    }
+    match phase {
+        CheckPhase::Pre | CheckPhase::Smoke => {
+            let setup =
+                pb::Setup::from_spec(&perf).map_err(|e| format!("checks.{name}.perf: {e}"))?;
+            match pb::take(&setup).await {
+                Ok(b) => {
+                    let file = pb::save_baseline(&run_dir, name, &b)?;
+                    Ok(CheckVerdict {
+                        passed: true,
+                        measured: format!("baseline {}", pb::summary(&b.distribution)),
+                        expected: format!("a baseline of the running version at {}", setup.addr),
+                        detail: format!(
+                            "perf baseline of `{name}` ({} req/s over {} for {} ms, paths {}) kept in {}",
+                            setup.rate,
+                            setup.workers,
+                            setup.duration_ms,
+                            setup.paths.join(","),
+                            file.display()
+                        ),
+                    })
+                }
+                Err(e) => Ok(CheckVerdict {
+                    passed: false,
+                    measured: "no usable baseline".into(),
+                    expected: format!("a baseline of the running version at {}", setup.addr),
+                    detail: e,
+                }),
+            }
+        }
+        CheckPhase::Post => {
+            let Some(b) = pb::load_baseline(&run_dir, name)? else {
+                return Ok(CheckVerdict {
+                    passed: false,
+                    measured: "no baseline kept for this run".into(),
+                    expected: "a baseline taken before the deploy".into(),
+                    detail: format!(
+                        "{} has no entry `{name}`: the pre-deploy measurement is missing, so the new version cannot be compared; deploy again to take one",
+                        run_dir.join(pb::BASELINE_FILE).display()
+                    ),
+                });
+            };
+            let v = pb::verify(&b).await;
+            let file = pb::save_verification(&run_dir, name, &v)?;
+            let failing: Vec<String> = v
+                .rows
+                .iter()
+                .filter(|r| r.verdict != Outcome::Pass)
+                .map(|r| {
+                    format!(
+                        "{} {} {} (limit {}){}",
+                        r.check,
+                        r.verdict.as_str(),
+                        r.measured,
+                        r.expected,
+                        r.hint
+                            .as_deref()
+                            .map(|h| format!(": {h}"))
+                            .unwrap_or_default()
+                    )
+                })
+                .collect();
+            Ok(CheckVerdict {
+                // Only a pass passes: too few samples for the test is not a pass.
+                passed: v.verdict == Outcome::Pass,
+                measured: format!(
+                    "after {} | before {}",
+                    pb::summary(&v.candidate),
+                    pb::summary(&v.baseline)
+                ),
+                expected: b.setup.expected(),
+                detail: if failing.is_empty() {
+                    format!(
+                        "perf verify of `{name}` against the pre-deploy baseline; report in {}",
+                        file.display()
+                    )
+                } else {
+                    format!(
+                        "perf regression of `{name}` against the pre-deploy baseline: {}; report in {}",
+                        failing.join("; "),
+                        file.display()
+                    )
+                },
+            })
         }
     }
 }
@@ -73,6 +198,27 @@ fn prepare(plan: &Plan, name: &str, check: &Check, workdir: &str) -> Result<Chec
 }
 
 impl CheckRunner for SpecCheckRunner {
+    fn run_gate<'a>(
+        &'a self,
+        run_id: &'a str,
+        phase: CheckPhase,
+        plan: &'a Plan,
+        name: &'a str,
+        check: &'a Check,
+    ) -> BoxFuture<'a, Result<CheckVerdict, String>> {
+        match &check.perf {
+            Some(perf) => Box::pin(perf_gate(
+                self.runs_dir.as_deref(),
+                run_id,
+                phase,
+                plan,
+                name,
+                perf,
+            )),
+            None => self.run(plan, name, check),
+        }
+    }
+
     fn run<'a>(
         &'a self,
         plan: &'a Plan,

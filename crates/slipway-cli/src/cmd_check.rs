@@ -4,7 +4,9 @@
 //! Kinds: `reach` (each service's endpoints, from this machine), `capacity` (resources ×
 //! replicas × canary surge vs what this machine has free), `accounts` (unix users,
 //! PostgreSQL roles and grants), `smoke` (the environment's declared checks: http, tcp,
-//! command, sql). Placeholders `{{ vars.x }}` in endpoints and URLs are filled from the
+//! command, sql), `infra`, `perf` (the running version under the declared request mix;
+//! with `--run RUN`, judged against the baseline that run kept before its deploy, both
+//! distributions shown). Placeholders `{{ vars.x }}` in endpoints and URLs are filled from the
 //! environment's variables; secret references are never resolved here.
 
 use std::path::PathBuf;
@@ -28,9 +30,14 @@ pub struct CheckArgs {
     /// The environment to check.
     #[arg(long, value_name = "ENV")]
     pub env: String,
-    /// Run only one kind: reach, capacity, accounts, smoke, infra.
-    #[arg(long, value_name = "KIND", value_parser = ["reach", "capacity", "accounts", "smoke", "infra"])]
+    /// Run only one kind: reach, capacity, accounts, smoke, infra, perf.
+    #[arg(long, value_name = "KIND", value_parser = ["reach", "capacity", "accounts", "smoke", "infra", "perf"])]
     pub only: Option<String>,
+    /// Judge perf checks against the baseline this run kept before its deploy.
+    #[arg(long, value_name = "RUN")]
+    pub run: Option<String>,
+    #[command(flatten)]
+    pub store: crate::cmd_run::StoreArg,
     /// Base URL or `host:port` that `{base}` in smoke check URLs stands for.
     #[arg(long, value_name = "URL")]
     pub base: Option<String>,
@@ -96,12 +103,52 @@ pub fn check(a: CheckArgs, out: &Output) -> Result<i32, CliError> {
                 None,
             )
         })?;
+    let spec_dir = a
+        .file
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .map_or(PathBuf::from("."), PathBuf::from);
+    let run_dir = match &a.run {
+        None => None,
+        Some(run) => {
+            let cwd = std::env::current_dir().map_err(|e| {
+                CliError::new(
+                    exit::STORE,
+                    format!("failed to read the current directory: {e}"),
+                    None,
+                )
+            })?;
+            let slipway_store::StoreLocation::Sqlite(db) =
+                slipway_store::resolve(a.store.store.as_deref(), &cwd)
+                    .map_err(crate::cmd_run::store_error)?;
+            Some(
+                db.parent()
+                    .unwrap_or(std::path::Path::new("."))
+                    .join("runs")
+                    .join(run),
+            )
+        }
+    };
     let mut rows: Vec<Verdict> = Vec::new();
+    let mut perf_json = serde_json::Map::new();
+    let mut perf_lines: Vec<String> = Vec::new();
     rt.block_on(async {
         if want("reach") {
             for (name, s) in &spec.services {
                 let endpoints: Vec<String> = s.endpoints.iter().map(|e| fill(e)).collect();
-                rows.extend(slipway_checks::reach::check_service(name, "this machine", &endpoints, a.timeout).await);
+                rows.extend(slipway_checks::reach::check_service_in(name, "this machine", &endpoints, a.timeout, &spec_dir).await);
+            }
+        }
+        if want("perf") {
+            for name in &env.checks {
+                if let Some(p) = spec.checks.get(name).and_then(|c| c.perf.as_ref()) {
+                    let mut p = p.clone();
+                    p.url = fill(&p.url);
+                    let (r, detail, lines) = crate::perf_report::check_rows(name, &p, run_dir.as_deref()).await;
+                    rows.extend(r);
+                    perf_json.insert(name.clone(), detail);
+                    perf_lines.extend(lines);
+                }
             }
         }
         if want("capacity") {
@@ -176,7 +223,8 @@ pub fn check(a: CheckArgs, out: &Output) -> Result<i32, CliError> {
         }
         if want("smoke") {
             for name in &env.checks {
-                if let Some(c) = spec.checks.get(name) {
+                // Perf checks are measurements, reported under `perf`.
+                if let Some(c) = spec.checks.get(name).filter(|c| c.perf.is_none()) {
                     let mut c = c.clone();
                     if let Some(h) = c.http.as_mut() {
                         h.url = fill(&h.url);
@@ -195,6 +243,7 @@ pub fn check(a: CheckArgs, out: &Output) -> Result<i32, CliError> {
             "environment": a.env,
             "verdict": worst.as_str(),
             "checks": rows,
+            "perf": perf_json,
         }));
     } else if rows.is_empty() {
         out.line(&format!(
@@ -218,6 +267,9 @@ pub fn check(a: CheckArgs, out: &Output) -> Result<i32, CliError> {
             ]);
         }
         out.line(&t.to_string());
+        for l in &perf_lines {
+            out.line(l);
+        }
         for r in rows.iter().filter(|r| r.verdict != Outcome::Pass) {
             if let Some(h) = &r.hint {
                 out.line(&format!(

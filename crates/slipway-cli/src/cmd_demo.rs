@@ -931,6 +931,12 @@ fn describe(ev: &ServiceEvent, color: bool) -> Option<String> {
             format!("  {s}: {}", paint(&format!("{version} promoted"), true))
         }
         RolloutEvent::Paused { reason } => format!("  {s}: paused: {reason}"),
+        RolloutEvent::PreTrafficChecked { passed, detail } => {
+            format!(
+                "  {s}: smoke {} before traffic: {detail}",
+                if *passed { "ok" } else { "FAILED" }
+            )
+        }
         RolloutEvent::StepStarted { .. } | RolloutEvent::Intervened { .. } => return None,
     })
 }

@@ -549,6 +549,19 @@ pub fn render_plan(p: &Plan, out: &Output) -> String {
                 .collect::<Vec<_>>()
                 .join("; "),
             GateKind::Checks { phase, names } => {
+                // A perf check gates both ends: say which half this is.
+                let names: Vec<String> = names
+                    .iter()
+                    .map(
+                        |n| match (p.checks.get(n).and_then(|c| c.perf.as_ref()), phase) {
+                            (Some(_), slipway_model::spec::CheckPhase::Post) => {
+                                format!("{n} (perf verify vs pre-deploy baseline)")
+                            }
+                            (Some(_), _) => format!("{n} (perf baseline of running version)"),
+                            (None, _) => n.clone(),
+                        },
+                    )
+                    .collect();
                 format!("{} checks: {}", phase_word(*phase), names.join(", "))
             }
             GateKind::PostReview => "review after the fact".to_owned(),

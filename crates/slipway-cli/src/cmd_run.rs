@@ -237,8 +237,10 @@ fn engine_with(
                 .with_store(db.parent().unwrap_or(Path::new(".")).join("artifacts")),
         )),
     };
-    Engine::new(store, Arc::new(target), Arc::new(SystemClock))
-        .with_checks(Arc::new(crate::check_runner::SpecCheckRunner::new(workdir)))
+    Engine::new(store, Arc::new(target), Arc::new(SystemClock)).with_checks(Arc::new(
+        crate::check_runner::SpecCheckRunner::new(workdir)
+            .with_runs_dir(db.parent().unwrap_or(Path::new(".")).join("runs")),
+    ))
 }
 
 /// Where the process target of an environment keeps instance and proxy state, logs and
@@ -1201,9 +1203,11 @@ pub fn status(a: StatusArgs, out: &Output) -> Result<i32, CliError> {
             .iter()
             .filter(|s| s.status == slipway_engine::StepStatus::Succeeded)
             .count();
+        let (perf, perf_lines) = crate::perf_report::run_perf(&db, &id);
         if out.json() {
             out.json_value(&json!({
                 "run": run,
+                "perf": perf,
                 "steps_total": total,
                 "steps_succeeded": done,
                 "steps": steps,
@@ -1224,6 +1228,9 @@ pub fn status(a: StatusArgs, out: &Output) -> Result<i32, CliError> {
             }
             for s in &steps {
                 out.line(&format!("  {:<13} {} (attempts {})", s.status.as_str(), s.step_id, s.attempts));
+            }
+            for l in &perf_lines {
+                out.line(l);
             }
         }
         let _ = approval_need;

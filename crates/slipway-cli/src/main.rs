@@ -21,6 +21,7 @@ mod cmd_render;
 mod cmd_report;
 mod cmd_run;
 mod out;
+mod perf_report;
 
 use clap::{Parser, Subcommand};
 

@@ -17,6 +17,7 @@ mod gates_cli;
 mod infra_cli;
 mod lease_cli;
 mod migrate_deploy_cli;
+mod perf_baseline_cli;
 mod plan_cli;
 mod prestage_cli;
 mod rehearse_cli;

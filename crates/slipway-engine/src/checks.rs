@@ -36,6 +36,21 @@ pub trait CheckRunner: Send + Sync {
         name: &'a str,
         check: &'a Check,
     ) -> BoxFuture<'a, Result<CheckVerdict, String>>;
+
+    /// Run check `name` as a gate of `phase` in run `run_id`: what the engine calls. A
+    /// check that spans the deploy (a perf baseline taken `pre` and verified `post`) needs
+    /// both to find what it kept; the default ignores them.
+    fn run_gate<'a>(
+        &'a self,
+        run_id: &'a str,
+        phase: slipway_model::spec::CheckPhase,
+        plan: &'a Plan,
+        name: &'a str,
+        check: &'a Check,
+    ) -> BoxFuture<'a, Result<CheckVerdict, String>> {
+        let _ = (run_id, phase);
+        self.run(plan, name, check)
+    }
 }
 
 /// The phase's name as written in specs: `pre`, `smoke`, `post`.

@@ -992,7 +992,10 @@ impl Engine {
                         reason: "this engine has no check runner, so the check did not run and did not pass".into(),
                     }
                 }
-                (Some(runner), Some(check)) => match runner.run(&ctx.plan, name, check).await {
+                (Some(runner), Some(check)) => match runner
+                    .run_gate(&ctx.run.id, phase, &ctx.plan, name, check)
+                    .await
+                {
                     Ok(v) => EngineEvent::CheckRan {
                         phase,
                         name: name.clone(),

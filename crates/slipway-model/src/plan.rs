@@ -760,7 +760,18 @@ fn gates(
 
     let mut by_phase: BTreeMap<CheckPhase, Vec<String>> = BTreeMap::new();
     for (n, c) in checks {
-        by_phase.entry(c.phase).or_default().push(n.clone());
+        if c.perf.is_some() {
+            // A perf check measures the running version before any change (its baseline,
+            // kept with the run) and verifies the new version against it after the last
+            // wave: it gates both ends of the deploy.
+            by_phase.entry(CheckPhase::Pre).or_default().push(n.clone());
+            by_phase
+                .entry(CheckPhase::Post)
+                .or_default()
+                .push(n.clone());
+        } else {
+            by_phase.entry(c.phase).or_default().push(n.clone());
+        }
     }
     for (phase, names) in &by_phase {
         gates.push(Gate {

@@ -731,7 +731,7 @@ pub enum CheckPhase {
     Post,
 }
 
-/// A declared check. Exactly one of `http`, `tcp`, `command`, `sql`.
+/// A declared check. Exactly one of `http`, `tcp`, `command`, `sql`, `perf`.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Check {
@@ -750,6 +750,10 @@ pub struct Check {
     /// SQL query and expectation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sql: Option<SqlCheck>,
+    /// Performance baseline kept before the deploy and compared after it (`phase` is
+    /// then implied: measured `pre`, verified `post`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub perf: Option<PerfCheck>,
     /// Timeout, e.g. `5s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,
@@ -767,6 +771,38 @@ pub struct HttpCheck {
     /// Text the body must contain.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub contains: Option<String>,
+}
+
+/// A performance check: the same request mix is driven at the running version before the
+/// deploy changes anything (kept as the run's baseline) and at the new version after the
+/// last wave; throughput and p50/p95/p99 are compared, and the latency distributions with
+/// a one-sided Mann-Whitney test, within the declared tolerance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PerfCheck {
+    /// `host:port` or `http://host:port` of the service as clients reach it.
+    pub url: String,
+    /// Paths requested round-robin (the request mix; default `["/"]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<String>,
+    /// Requests per second (default 50).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<u32>,
+    /// Concurrent connections (default 4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workers: Option<u32>,
+    /// How long each measurement lasts, e.g. `5s` (default `5s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<String>,
+    /// Allowed slowdown and throughput loss, in percent (default 20).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerance: Option<f64>,
+    /// Latency difference that never counts (timer noise), in ms (default 5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slack_ms: Option<f64>,
+    /// Confidence of the distribution test (default 0.99).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confidence: Option<f64>,
 }
 
 /// A SQL check.

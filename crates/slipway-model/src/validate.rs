@@ -1450,6 +1450,53 @@ fn metric(cx: &mut Cx<'_>, ptr: &str, m: &Metric, providers: &[&str]) {
     }
 }
 
+/// A perf check's numbers must mean something: a rate and a duration that yield samples,
+/// a tolerance in percent, a confidence strictly between 0 and 1.
+fn perf_check(cx: &mut Cx<'_>, base: &str, p: &crate::spec::PerfCheck) {
+    if !p.url.contains("{{") && p.url.starts_with("http") {
+        url_at(cx, &format!("{base}/perf/url"), &p.url);
+    }
+    cx.duration(&format!("{base}/perf/duration"), p.duration.as_ref(), true);
+    if p.rate == Some(0) || p.workers == Some(0) {
+        cx.err_value(
+            "out-of-range",
+            &format!("{base}/perf"),
+            "a perf check with rate 0 or workers 0 measures nothing".to_owned(),
+            "set rate and workers to at least 1 (defaults: 50 and 4)",
+        );
+    }
+    if let Some(t) = p.tolerance
+        && !(0.0..=1000.0).contains(&t)
+    {
+        cx.err_value(
+            "out-of-range",
+            &format!("{base}/perf/tolerance"),
+            format!("{t} is not a percentage between 0 and 1000"),
+            "write the allowed slowdown in percent, e.g. `tolerance: 20`",
+        );
+    }
+    if let Some(c) = p.confidence
+        && !(c > 0.0 && c < 1.0)
+    {
+        cx.err_value(
+            "out-of-range",
+            &format!("{base}/perf/confidence"),
+            format!("{c} is not a probability strictly between 0 and 1"),
+            "e.g. `confidence: 0.99`",
+        );
+    }
+    for (i, path) in p.paths.iter().enumerate() {
+        if !path.starts_with('/') {
+            cx.err_value(
+                "invalid-path",
+                &format!("{base}/perf/paths/{i}"),
+                format!("`{path}` is not a request path"),
+                "start each path with `/`, e.g. `/api/items`",
+            );
+        }
+    }
+}
+
 fn check(cx: &mut Cx<'_>, name: &str, c: &Check) {
     let base = pointer(["checks", name]);
     cx.exactly_one(
@@ -1460,8 +1507,12 @@ fn check(cx: &mut Cx<'_>, name: &str, c: &Check) {
             ("tcp", c.tcp.is_some()),
             ("command", c.command.is_some()),
             ("sql", c.sql.is_some()),
+            ("perf", c.perf.is_some()),
         ],
     );
+    if let Some(p) = &c.perf {
+        perf_check(cx, &base, p);
+    }
     if let Some(h) = &c.http {
         if !h.url.contains("{{") {
             url_at(cx, &format!("{base}/http/url"), &h.url);

@@ -27,8 +27,8 @@ use slipway_engine::{
 };
 use slipway_model::plan::{Plan, StepAction};
 use slipway_rollout::{
-    Canary, Instances, Intervention, Interventions, NoInterventions, Outcome, Role, RolloutEvent,
-    TrafficRouter, World, run_canary,
+    Canary, Instances, Intervention, Interventions, NoInterventions, Outcome, PreTraffic, Role,
+    RolloutEvent, TrafficRouter, World, run_canary_checked,
 };
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -66,6 +66,8 @@ pub struct DeployTarget {
     events: Option<UnboundedSender<ServiceEvent>>,
     interventions: Arc<dyn Interventions>,
     run_source: Option<RunSource>,
+    /// Smoke checks run against the candidate before it gets any traffic.
+    pre_traffic: Option<Arc<dyn PreTraffic>>,
     diagnostics: PathBuf,
     /// How long a canary may take to drain after its weight went to 0.
     pub drain_timeout: Duration,
@@ -90,6 +92,7 @@ impl DeployTarget {
             events: None,
             interventions: Arc::new(NoInterventions),
             run_source: None,
+            pre_traffic: None,
             diagnostics: diagnostics.into(),
             drain_timeout: Duration::from_secs(10),
         }
@@ -119,6 +122,13 @@ impl DeployTarget {
             runs_dir: runs_dir.into(),
             store,
         });
+        self
+    }
+
+    /// Checks each canary must pass on its own address before the router sees it
+    /// (e.g. [`crate::smoke_gate::SmokeGate`]).
+    pub fn with_pre_traffic(mut self, p: Arc<dyn PreTraffic>) -> Self {
+        self.pre_traffic = Some(p);
         self
     }
 
@@ -236,7 +246,7 @@ impl DeployTarget {
                     interventions: humans,
                     drain_timeout: self.drain_timeout,
                 };
-                run_canary(
+                run_canary_checked(
                     Canary {
                         service,
                         version,
@@ -248,6 +258,7 @@ impl DeployTarget {
                         start_step: 0,
                     },
                     &world,
+                    self.pre_traffic.as_deref(),
                     &mut emit,
                 )
                 .await

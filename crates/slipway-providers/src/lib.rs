@@ -16,6 +16,7 @@ pub mod interventions;
 pub mod migrate;
 pub mod process;
 pub mod remote;
+pub mod smoke_gate;
 pub mod traffic;
 
 pub use artifact::ArtifactTarget;

@@ -2,3 +2,4 @@
 
 mod canary;
 mod resume;
+mod smoke_gate;

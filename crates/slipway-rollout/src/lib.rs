@@ -134,6 +134,14 @@ impl Interventions for NoInterventions {
     }
 }
 
+/// Checks run against the candidate's own instances after they are ready and before the
+/// router knows them, so a candidate that fails them never serves a request (the smoke
+/// tests of a release). `Err` names what failed.
+pub trait PreTraffic: Send + Sync {
+    /// Check these candidate instances.
+    fn check<'a>(&'a self, candidate: &'a [Instance]) -> BoxFuture<'a, Result<String, String>>;
+}
+
 /// What the controller did, in order, for the journal and the live view.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
@@ -142,6 +150,13 @@ pub enum RolloutEvent {
     CanaryStarted {
         /// Instances.
         instances: Vec<Instance>,
+    },
+    /// The pre-traffic (smoke) checks ran against the isolated candidate.
+    PreTrafficChecked {
+        /// Whether they passed; a failure rolls back before any traffic.
+        passed: bool,
+        /// What was checked and measured.
+        detail: String,
     },
     /// A canary step began.
     StepStarted {
@@ -341,6 +356,18 @@ pub async fn run_canary(
     world: &World<'_>,
     emit: &mut (dyn FnMut(RolloutEvent) + Send),
 ) -> Result<Outcome, RolloutError> {
+    run_canary_checked(c, world, None, emit).await
+}
+
+/// [`run_canary`] with `pre_traffic` checks run against the candidate's own addresses
+/// after it is ready and before the router is given its pool: a failure rolls back with
+/// the checks' verdict as the reason, and no request ever reaches the candidate.
+pub async fn run_canary_checked(
+    c: Canary<'_>,
+    world: &World<'_>,
+    pre_traffic: Option<&dyn PreTraffic>,
+    emit: &mut (dyn FnMut(RolloutEvent) + Send),
+) -> Result<Outcome, RolloutError> {
     let canary = world
         .instances
         .start(c.service, c.version, c.replicas, Role::Canary)
@@ -348,6 +375,24 @@ pub async fn run_canary(
     emit(RolloutEvent::CanaryStarted {
         instances: canary.clone(),
     });
+    if let Some(pt) = pre_traffic {
+        let verdict = pt.check(&canary).await;
+        let (passed, detail) = match &verdict {
+            Ok(d) => (true, d.clone()),
+            Err(d) => (false, d.clone()),
+        };
+        emit(RolloutEvent::PreTrafficChecked {
+            passed,
+            detail: detail.clone(),
+        });
+        if !passed {
+            let reason = format!(
+                "smoke check(s) failed against the isolated candidate {} {} before it got any traffic: {detail}",
+                c.service, c.version
+            );
+            return rollback(&c, world, &canary, reason, Vec::new(), emit).await;
+        }
+    }
     let stable_addrs: Vec<SocketAddr> = c.stable.iter().map(|i| i.addr).collect();
     let canary_addrs: Vec<SocketAddr> = canary.iter().map(|i| i.addr).collect();
     // Pools are installed at weight 0 so nothing reaches the canary before the first step.
