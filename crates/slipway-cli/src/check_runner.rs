@@ -24,6 +24,7 @@ use slipway_model::spec::{Check, CheckPhase, PerfCheck};
 pub struct SpecCheckRunner {
     workdir: String,
     runs_dir: Option<PathBuf>,
+    instances: Option<PathBuf>,
 }
 
 impl SpecCheckRunner {
@@ -32,7 +33,49 @@ impl SpecCheckRunner {
         Self {
             workdir: workdir.to_owned(),
             runs_dir: None,
+            instances: None,
         }
+    }
+
+    /// The process target's instance directory: a check naming `{base}` then runs
+    /// against every instance of the version each service deploys (after the deploying
+    /// wave; the same checks ran against each isolated candidate before it got traffic).
+    pub fn with_instances(mut self, dir: PathBuf) -> Self {
+        self.instances = Some(dir);
+        self
+    }
+
+    /// What `{base}` stands for: one run per address, or `[None]` when the check does not
+    /// name it or there are no instances to aim at (the exec target).
+    fn bases(&self, plan: &Plan, c: &Check) -> Result<Vec<Option<String>>, String> {
+        let names_base = [c.http.as_ref().map(|h| h.url.as_str()), c.tcp.as_deref()]
+            .iter()
+            .flatten()
+            .any(|t| t.contains("{base}"));
+        let Some(dir) = self.instances.as_ref().filter(|_| names_base) else {
+            return Ok(vec![None]);
+        };
+        let t = slipway_providers::process::ProcessTarget::new(dir, Default::default());
+        let mut addrs = Vec::new();
+        for s in &plan.steps {
+            if let slipway_model::plan::StepAction::Deploy { version, .. } = &s.action {
+                let service = s.id.split('/').next().unwrap_or(&s.id);
+                addrs.extend(
+                    t.running(service)
+                        .alive
+                        .into_iter()
+                        .filter(|i| &i.version == version)
+                        .map(|i| Some(i.addr.to_string())),
+                );
+            }
+        }
+        if addrs.is_empty() {
+            return Err(format!(
+                "no running instance of the deployed version under {} for `{{base}}` to stand for",
+                dir.display()
+            ));
+        }
+        Ok(addrs)
     }
 
     /// Where per-run records live (`<store dir>/runs`): perf baselines are kept there.
@@ -233,18 +276,27 @@ impl CheckRunner for SpecCheckRunner {
                 None => slipway_checks::smoke::DEFAULT_TIMEOUT,
             };
             let c = prepare(plan, name, check, &self.workdir)?;
-            // No `{base}`: the exec target has no separate candidate instance to aim at.
-            let v = slipway_checks::smoke::run(name, &c, None, timeout).await;
-            let mut detail = format!("{} on {} in {} ms", v.check, v.target, v.duration_ms);
-            if let Some(h) = &v.hint {
-                detail.push_str(&format!("; {h}"));
+            // The exec target has no separate instance to aim at: `{base}` only means
+            // something on the process target.
+            let mut passed = true;
+            let (mut measured, mut expected, mut details) = (Vec::new(), String::new(), Vec::new());
+            for base in self.bases(plan, &c)? {
+                let v = slipway_checks::smoke::run(name, &c, base.as_deref(), timeout).await;
+                // Only a pass passes: a gate prefers a false alarm to a false pass.
+                passed &= v.verdict == Outcome::Pass;
+                measured.push(v.measured);
+                expected = v.expected;
+                let mut d = format!("{} on {} in {} ms", v.check, v.target, v.duration_ms);
+                if let Some(h) = &v.hint {
+                    d.push_str(&format!("; {h}"));
+                }
+                details.push(d);
             }
             Ok(CheckVerdict {
-                // Only a pass passes: a gate prefers a false alarm to a false pass.
-                passed: v.verdict == Outcome::Pass,
-                measured: v.measured,
-                expected: v.expected,
-                detail,
+                passed,
+                measured: measured.join(", "),
+                expected,
+                detail: details.join("; "),
             })
         })
     }

@@ -237,10 +237,12 @@ fn engine_with(
                 .with_store(db.parent().unwrap_or(Path::new(".")).join("artifacts")),
         )),
     };
-    Engine::new(store, Arc::new(target), Arc::new(SystemClock)).with_checks(Arc::new(
-        crate::check_runner::SpecCheckRunner::new(workdir)
-            .with_runs_dir(db.parent().unwrap_or(Path::new(".")).join("runs")),
-    ))
+    let mut checks = crate::check_runner::SpecCheckRunner::new(workdir)
+        .with_runs_dir(db.parent().unwrap_or(Path::new(".")).join("runs"));
+    if let Some(p) = plan.filter(|p| p.target == "process") {
+        checks = checks.with_instances(process_root(db, Path::new(workdir), p).join("instances"));
+    }
+    Engine::new(store, Arc::new(target), Arc::new(SystemClock)).with_checks(Arc::new(checks))
 }
 
 /// Where the process target of an environment keeps instance and proxy state, logs and
@@ -369,10 +371,13 @@ async fn process_deploy(
     }
     let runs_dir = db.parent().unwrap_or(Path::new(".")).join("runs");
     let store: Arc<dyn slipway_engine::Store> = store;
-    Ok(Arc::new(
-        DeployTarget::new(plan.clone(), processes, routers, root.join("diagnostics"))
-            .with_run_interventions(runs_dir, Some(store)),
-    ))
+    let mut deploy = DeployTarget::new(plan.clone(), processes, routers, root.join("diagnostics"))
+        .with_run_interventions(runs_dir, Some(store));
+    // Smoke checks run against each candidate's own address before it gets traffic.
+    if let Some(gate) = slipway_providers::smoke_gate::SmokeGate::from_plan(plan) {
+        deploy = deploy.with_pre_traffic(Arc::new(gate));
+    }
+    Ok(Arc::new(deploy))
 }
 
 /// The deploy target when the plan deploys to the process target.
@@ -684,6 +689,15 @@ pub fn event_line(n: &Notice, out: &Output) -> Option<String> {
                 "promoted" => format!(
                     "promoted {}",
                     detail["version"].as_str().unwrap_or_default()
+                ),
+                "pre_traffic_checked" => format!(
+                    "smoke before traffic {}: {}",
+                    if detail["passed"] == true {
+                        "ok"
+                    } else {
+                        "FAILED"
+                    },
+                    detail["detail"].as_str().unwrap_or_default()
                 ),
                 "canary_started" => format!(
                     "canary started ({} instances)",

@@ -25,6 +25,7 @@ mod render_cli;
 mod report_cli;
 mod rollback_cli;
 mod secret_cli;
+mod smoke_cli;
 
 /// Every `.rs` file in tests/ must be a module of this runner, or it would never run.
 #[test]

@@ -271,6 +271,31 @@ impl DeployTarget {
                     .start(service, version, replicas, Role::Stable)
                     .await
                     .map_err(|e| TargetError::Io(e.to_string()))?;
+                // Smoke tests on the new instances before the router is given them.
+                if let Some(pt) = &self.pre_traffic {
+                    let verdict = pt.check(&fresh).await;
+                    let (passed, detail) = match &verdict {
+                        Ok(d) | Err(d) => (verdict.is_ok(), d.clone()),
+                    };
+                    emit(RolloutEvent::PreTrafficChecked {
+                        passed,
+                        detail: detail.clone(),
+                    });
+                    if !passed {
+                        self.processes.stop_instances(&fresh).await;
+                        return Err(TargetError::Failed {
+                            message: format!(
+                                "smoke check(s) failed against the new {service} {version} before it got any traffic (it was stopped; the old version keeps serving): {detail}"
+                            ),
+                            output: StepOutput {
+                                exit_code: None,
+                                stdout: String::new(),
+                                stderr: String::new(),
+                                truncated: false,
+                            },
+                        });
+                    }
+                }
                 let addrs: Vec<_> = fresh.iter().map(|i| i.addr).collect();
                 router
                     .set_pools(&addrs, &[])

@@ -129,7 +129,7 @@ async fn deploy(dir: &std::path::Path, broken: bool) -> Deployed {
         .await
         .unwrap(),
     );
-    let users = Traffic::start(proxy.local_addr(), "/", 200, 8);
+    let users = Traffic::start(proxy.local_addr(), "/", 50, 2);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let gate = SmokeGate::from_plan(&p).expect("the plan declares smoke checks");
     let target = Arc::new(CompositeTarget {
