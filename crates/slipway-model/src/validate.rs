@@ -1457,13 +1457,15 @@ fn perf_check(cx: &mut Cx<'_>, base: &str, p: &crate::spec::PerfCheck) {
         url_at(cx, &format!("{base}/perf/url"), &p.url);
     }
     cx.duration(&format!("{base}/perf/duration"), p.duration.as_ref(), true);
-    if p.rate == Some(0) || p.workers == Some(0) {
-        cx.err_value(
-            "out-of-range",
-            &format!("{base}/perf"),
-            "a perf check with rate 0 or workers 0 measures nothing".to_owned(),
-            "set rate and workers to at least 1 (defaults: 50 and 4)",
-        );
+    for (field, v) in [("rate", p.rate), ("workers", p.workers)] {
+        if v == Some(0) {
+            cx.err_value(
+                "out-of-range",
+                &format!("{base}/perf/{field}"),
+                format!("a perf check with {field} 0 measures nothing"),
+                "set rate and workers to at least 1 (defaults: 50 and 4)",
+            );
+        }
     }
     if let Some(t) = p.tolerance
         && !(0.0..=1000.0).contains(&t)
