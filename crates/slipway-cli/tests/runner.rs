@@ -26,6 +26,7 @@ mod report_cli;
 mod rollback_cli;
 mod secret_cli;
 mod smoke_cli;
+mod tls_check_cli;
 
 /// Every `.rs` file in tests/ must be a module of this runner, or it would never run.
 #[test]

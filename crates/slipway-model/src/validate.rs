@@ -658,12 +658,22 @@ fn url_at(cx: &mut Cx<'_>, ptr: &str, u: &str) {
 }
 
 fn endpoint_at(cx: &mut Cx<'_>, ptr: &str, e: &str) {
-    let ok = match e.rsplit_once(':') {
+    // `host:port`, or a URL (`http://host:port/path`, `tls://host:port?ca=FILE`,
+    // `postgres://user@host[:port]/db`): the authority is what must name host and port.
+    let (scheme, rest) = e.split_once("://").unwrap_or(("", e));
+    let authority = if scheme.is_empty() {
+        rest
+    } else {
+        rest.split(['/', '?']).next().unwrap_or(rest)
+    };
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let ok = match authority.rsplit_once(':') {
         Some((host, port)) => {
             !host.is_empty() && (port.contains("{{") || port.parse::<u16>().is_ok_and(|p| p > 0))
         }
-        None => false,
-    };
+        // PostgreSQL has a default port.
+        None => matches!(scheme, "postgres" | "postgresql") && !authority.is_empty(),
+    } || authority.contains("{base}");
     if !ok {
         cx.err_value(
             "invalid-endpoint",
