@@ -1021,7 +1021,7 @@ pub fn deploy(a: DeployArgs, out: &Output) -> Result<i32, CliError> {
                 run.id
             ));
         }
-        drive_foreground(
+        let code = drive_foreground(
             engine,
             &run,
             Some(&plan),
@@ -1031,8 +1031,17 @@ pub fn deploy(a: DeployArgs, out: &Output) -> Result<i32, CliError> {
             a.wait,
             out,
         )
-        .await
+        .await;
+        discard_interventions(&db, &run.id);
+        code
     })
+}
+
+/// A canary request nobody consumed while this process drove the run (it came after the
+/// canary ended) must not act on a later canary of the run.
+fn discard_interventions(db: &Path, run: &str) {
+    let runs_dir = db.parent().unwrap_or(Path::new(".")).join("runs");
+    let _ = interventions::take(&runs_dir, run);
 }
 
 /// `slipway resume`.
@@ -1054,7 +1063,7 @@ pub fn resume(a: RunArgs, out: &Output) -> Result<i32, CliError> {
         let deploy =
             deploy_target_for(&store, &db, Path::new(&run.workdir), plan.as_ref(), out).await?;
         let engine = engine_with(store.clone(), &db, &run.workdir, plan.as_ref(), deploy);
-        drive_foreground(
+        let code = drive_foreground(
             engine,
             &run,
             plan.as_ref(),
@@ -1064,7 +1073,9 @@ pub fn resume(a: RunArgs, out: &Output) -> Result<i32, CliError> {
             a.wait,
             out,
         )
-        .await
+        .await;
+        discard_interventions(&db, &run.id);
+        code
     })
 }
 
@@ -1177,7 +1188,7 @@ pub fn promote(a: RunArgs, out: &Output) -> Result<i32, CliError> {
         )
         .await;
         // Not acted on (no canary was running): it must not surprise a later driver.
-        let _ = interventions::take(&runs_dir, &run.id);
+        discard_interventions(&db, &run.id);
         code
     })
 }
@@ -1379,7 +1390,10 @@ pub fn rollback(a: RollbackArgs, out: &Output) -> Result<i32, CliError> {
         let me = store.pseudonym(&identity()).await.map_err(store_error)?;
         // Undo commands print too: the plan's secrets are masked in their output.
         let plan: Option<Plan> = serde_json::from_str(&run.plan_json).ok();
-        let engine = engine_for(store.clone(), &db, &run.workdir, plan.as_ref());
+        // Deploy steps on the process target are undone through the service's proxy.
+        let deploy =
+            deploy_target_for(&store, &db, Path::new(&run.workdir), plan.as_ref(), out).await?;
+        let engine = engine_with(store.clone(), &db, &run.workdir, plan.as_ref(), deploy);
         let end = engine
             .rollback_run(&a.run, &me, a.reason.trim())
             .await

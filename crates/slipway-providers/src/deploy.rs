@@ -179,6 +179,7 @@ impl DeployTarget {
             .into_iter()
             .filter(|i| i.version != version)
             .collect();
+        let previous = stable.first().map(|i| i.version.clone());
         if !current.is_empty() {
             if let Some(src) = &self.run_source
                 && interventions::pending(&src.runs_dir, &ctx.run_id)
@@ -312,6 +313,9 @@ impl DeployTarget {
                 Outcome::Promoted { instances: fresh }
             }
         };
+        if let (Outcome::Promoted { .. }, Some(prev)) = (&outcome, &previous) {
+            self.processes.record_previous(service, version, prev);
+        }
         match outcome {
             Outcome::Promoted { instances } => Ok(Applied::Ran {
                 output: StepOutput {
@@ -388,9 +392,19 @@ impl DeployTarget {
             weight: 100,
             verified: router.verify_weight().await,
         });
-        router.set_pools(&canary_addrs, &[]).await.map_err(io)?;
+        // Both pools hold the canary while the weight returns to 0: no request meets an
+        // empty pool between the two calls.
+        router
+            .set_pools(&canary_addrs, &canary_addrs)
+            .await
+            .map_err(io)?;
         router.set_weight(0).await.map_err(io)?;
+        router.set_pools(&canary_addrs, &[]).await.map_err(io)?;
         self.processes.stop_instances(stable).await;
+        if let Some(prev) = stable.first() {
+            self.processes
+                .record_previous(service, version, &prev.version);
+        }
         report(RolloutEvent::Promoted {
             version: version.to_owned(),
         });
@@ -559,28 +573,39 @@ impl Target for DeployTarget {
                 return Ok(None);
             };
             let service = Self::service_of(ctx);
-            let Some(prev) = &self.previous else {
-                return Err(TargetError::Failed {
-                    message: format!(
-                        "{service} {version} was promoted and the previous version's run command is not known; roll forward"
-                    ),
-                    output: StepOutput::default(),
-                });
+            // The version this one replaced: as observed at promotion, else as the spec
+            // says is deployed.
+            let prev_version = self
+                .processes
+                .previous_of(service, version)
+                .or_else(|| self.plan.env.deployed.get(service).cloned());
+            // Its run command: the previous release's when given, else this release's
+            // when the command takes the version.
+            let prev = match (&self.previous, &prev_version) {
+                (Some(p), Some(_)) => p,
+                (None, Some(_)) if self.processes.versioned_command(service) => &self.processes,
+                _ => {
+                    return Err(TargetError::Failed {
+                        message: format!(
+                            "{service} {version} was promoted and the previous version or its run command is not known; roll forward"
+                        ),
+                        output: StepOutput::default(),
+                    });
+                }
             };
+            let prev_version = prev_version.unwrap_or_default();
             let router = self.router(service)?;
             let survey = self.processes.running(service);
-            let prev_version = self
-                .plan
-                .env
-                .deployed
-                .get(service)
-                .cloned()
-                .unwrap_or_else(|| "previous".into());
             let restored = prev
                 .start(service, &prev_version, *replicas, Role::Stable)
                 .await
                 .map_err(|e| TargetError::Io(e.to_string()))?;
             let addrs: Vec<_> = restored.iter().map(|i| i.addr).collect();
+            // The restored version is ready (start waits for it) before traffic moves.
+            router
+                .set_weight(0)
+                .await
+                .map_err(|e| TargetError::Io(e.to_string()))?;
             router
                 .set_pools(&addrs, &[])
                 .await

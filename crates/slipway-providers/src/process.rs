@@ -77,6 +77,33 @@ impl ProcessTarget {
         &self.dir
     }
 
+    /// Whether a service's run command takes the version (`{{ version }}`), so the same
+    /// command starts an earlier version too (what an undo of a promotion needs).
+    pub fn versioned_command(&self, service: &str) -> bool {
+        self.services.get(service).is_some_and(|s| {
+            s.run.command.contains("{{ version }}") || s.run.command.contains("{{version}}")
+        })
+    }
+
+    fn previous_path(&self, service: &str, version: &str) -> PathBuf {
+        self.dir.join(format!("{service}-{version}.previous"))
+    }
+
+    /// Remember which version `version` of a service replaced (observed when it was
+    /// promoted), for an undo after `slipway` has forgotten.
+    pub fn record_previous(&self, service: &str, version: &str, previous: &str) {
+        let _ = std::fs::create_dir_all(&self.dir);
+        let _ = std::fs::write(self.previous_path(service, version), previous);
+    }
+
+    /// The version `version` of a service replaced, if recorded.
+    pub fn previous_of(&self, service: &str, version: &str) -> Option<String> {
+        std::fs::read_to_string(self.previous_path(service, version))
+            .ok()
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+    }
+
     fn state_path(&self, id: &str) -> PathBuf {
         self.dir.join(format!("{id}.json"))
     }

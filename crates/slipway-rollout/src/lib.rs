@@ -622,10 +622,13 @@ async fn promote(
             verified: world.router.verify_weight().await,
         });
     }
-    // The canary becomes the stable pool, then the old stable is retired.
+    // The canary becomes the stable pool, then the old stable is retired. Both pools hold
+    // the canary while the weight returns to 0, so no request meets an empty pool in
+    // between (a remote router applies each change in its own call).
     let addrs: Vec<SocketAddr> = canary.iter().map(|i| i.addr).collect();
-    world.router.set_pools(&addrs, &[]).await?;
+    world.router.set_pools(&addrs, &addrs).await?;
     world.router.set_weight(0).await?;
+    world.router.set_pools(&addrs, &[]).await?;
     world.instances.stop(&c.stable).await?;
     emit(RolloutEvent::Promoted {
         version: c.version.to_owned(),
