@@ -11,7 +11,10 @@ use slipway_model::exit;
 use slipway_store::StoreLocation;
 use slipway_store::access::AccessDb;
 
-use crate::cmd_run::{StoreArg, identity, runtime, store_error};
+use serde_json::json;
+use slipway_engine::store::Store;
+
+use crate::cmd_run::{StoreArg, identity, open_store, runtime, store_error};
 use crate::out::{CliError, Output};
 
 /// `slipway access …`.
@@ -39,8 +42,10 @@ pub enum AccessCommand {
 pub enum TokenCommand {
     /// Create a token acting as a user (default: you). Printed once, never stored.
     Create(TokenCreateArgs),
-    /// Revoke a token by its id (the part after `slw_`).
+    /// Revoke a token by its id (the part after `slw_`): your own, or any as admin.
     Revoke(TokenIdArgs),
+    /// List tokens: id, user, created, last used, revoked (never the secret or its hash).
+    List(StoreOnly),
 }
 
 /// `slipway access review …`.
@@ -133,6 +138,65 @@ fn store_path(arg: &StoreArg) -> Result<PathBuf, CliError> {
     Ok(p)
 }
 
+/// The user a verified `--token` acts as, for the whole process.
+static TOKEN_USER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// The user of the token given with `--token` / `SLIPWAY_TOKEN`, once verified.
+pub(crate) fn token_user() -> Option<&'static str> {
+    TOKEN_USER.get().map(String::as_str)
+}
+
+/// The `--store` of the (sub)command being run, however deep, from clap's matches (every
+/// command flattens the same `StoreArg`, so the id is `store` everywhere).
+fn store_of(m: &clap::ArgMatches) -> Option<String> {
+    let here = m.try_get_one::<String>("store").ok().flatten().cloned();
+    match m.subcommand() {
+        Some((_, sub)) => store_of(sub).or(here),
+        None => here,
+    }
+}
+
+fn unauthenticated(e: impl std::fmt::Display) -> CliError {
+    CliError::new(
+        exit::UNAUTHENTICATED,
+        format!("failed to {e}"),
+        Some("ask an admin for a new token (`slipway access token create --user NAME`), or unset SLIPWAY_TOKEN to act as yourself".into()),
+    )
+}
+
+/// Verify `--token` against the store the command uses: the token must exist, be live and
+/// match its stored hash. Its subject becomes the identity of every check that follows,
+/// its last-used time is recorded, and a legacy sha256 row is upgraded to argon2id.
+pub(crate) fn authenticate(token: &str, matches: &clap::ArgMatches) -> Result<(), CliError> {
+    let store = StoreArg {
+        store: store_of(matches),
+    };
+    let path = store_path(&store)?;
+    let rt = runtime()?;
+    let result = rt.block_on(async {
+        // Opened first so a fresh file becomes a slipway store, not just access tables.
+        open_store(&store).await?;
+        let db = AccessDb::open(&path).await.map_err(store_error)?;
+        let (id, secret) = access::token_id(token).map_err(unauthenticated)?;
+        let row = db.token(id).await.map_err(store_error)?;
+        let subject = access::verify_token(token, row.as_ref()).map_err(unauthenticated)?;
+        if row.as_ref().is_some_and(access::needs_rehash) {
+            let hash = access::hash_secret(secret).map_err(refused)?;
+            db.rehash_token(id, &hash).await.map_err(store_error)?;
+        }
+        db.touch_token(id, Timestamp::now())
+            .await
+            .map_err(store_error)?;
+        let user = subject.strip_prefix("user:").unwrap_or(&subject).to_owned();
+        let _ = TOKEN_USER.set(user);
+        db.close().await;
+        Ok::<_, CliError>(())
+    });
+    // The command builds its own runtime; do not wait here for this one's pool tasks.
+    rt.shutdown_background();
+    result
+}
+
 fn refused(e: access::AccessError) -> CliError {
     CliError::new(exit::BLOCKED, format!("failed to {e}"), None)
 }
@@ -175,24 +239,58 @@ fn groups() -> Vec<String> {
         .collect()
 }
 
+/// Append an access change to the audit chain, so who could do what (and who changed it)
+/// is as tamper-evident as the runs. A person in `subject` is replaced by their pseudonym,
+/// like every actor in the chain, so erasing the person keeps the chain valid; no token
+/// value or hash ever goes in.
+async fn audit_change(
+    store: &dyn Store,
+    action: &str,
+    mut detail: serde_json::Value,
+) -> Result<(), CliError> {
+    if let Some(user) = detail
+        .get("subject")
+        .and_then(|s| s.as_str())
+        .and_then(|s| s.strip_prefix("user:"))
+        .map(str::to_owned)
+    {
+        let id = store.pseudonym(&user).await.map_err(store_error)?;
+        detail["subject"] = json!(format!("user:{id}"));
+    }
+    crate::cmd_archive::audit_governance(store, action, detail).await
+}
+
 /// Run an access subcommand.
 pub fn access_cmd(c: AccessCommand, out: &Output) -> Result<i32, CliError> {
     let rt = runtime()?;
-    rt.block_on(run(c, out))
+    let result = rt.block_on(run(c, out));
+    // Everything is committed; the pools' background tasks need no orderly wait.
+    rt.shutdown_background();
+    result
 }
 
 async fn run(c: AccessCommand, out: &Output) -> Result<i32, CliError> {
     let now = Timestamp::now();
-    let store = match &c {
+    let store_url = match &c {
         AccessCommand::Grant(a) => &a.store,
         AccessCommand::Revoke(a) => &a.store,
         AccessCommand::List(a) => &a.store,
         AccessCommand::Token(TokenCommand::Create(a)) => &a.store,
         AccessCommand::Token(TokenCommand::Revoke(a)) => &a.store,
+        AccessCommand::Token(TokenCommand::List(a)) => &a.store,
         AccessCommand::Review(ReviewCommand::Start(a) | ReviewCommand::Close(a)) => &a.store,
         AccessCommand::Review(ReviewCommand::Decide(a)) => &a.store,
+    }
+    .store
+    .clone();
+    let store = StoreArg {
+        store: store_url.clone(),
     };
-    let db = AccessDb::open(&store_path(store)?)
+    // The run store first: it creates and migrates the file, which the access tables share
+    // (created first, they would make the file look like a foreign SQLite database).
+    let (chain, _) = open_store(&store).await?;
+    let store = chain.as_ref();
+    let db = AccessDb::open(&store_path(&StoreArg { store: store_url })?)
         .await
         .map_err(store_error)?;
     match c {
@@ -213,6 +311,12 @@ async fn run(c: AccessCommand, out: &Output) -> Result<i32, CliError> {
                 .grant(&subject, &a.role, &a.env, &format!("user:{me}"), now)
                 .await
                 .map_err(store_error)?;
+            audit_change(
+                store,
+                "access_granted",
+                json!({"grant": id, "subject": subject, "role": a.role, "environment": a.env}),
+            )
+            .await?;
             out.line(&format!("grant {id}: {subject} is {} in {}", a.role, a.env));
         }
         AccessCommand::Revoke(a) => {
@@ -227,6 +331,7 @@ async fn run(c: AccessCommand, out: &Output) -> Result<i32, CliError> {
                     "list grants with `slipway access list`",
                 ));
             }
+            audit_change(store, "access_revoked", json!({"grant": a.id})).await?;
             out.line(&format!("grant {} revoked", a.id));
         }
         AccessCommand::List(_) => {
@@ -250,19 +355,61 @@ async fn run(c: AccessCommand, out: &Output) -> Result<i32, CliError> {
             }
             let issued = access::issue_token(&user, now).map_err(refused)?;
             db.add_token(&issued.row).await.map_err(store_error)?;
+            // The token's id only: its secret is shown once below and never kept.
+            audit_change(
+                store,
+                "token_issued",
+                json!({"token": issued.row.id, "subject": issued.row.subject}),
+            )
+            .await?;
             out.line(&format!(
                 "token for user:{user} (shown once; store it now): {}",
                 issued.token
             ));
         }
         AccessCommand::Token(TokenCommand::Revoke(a)) => {
+            let me = identity();
+            let own = db
+                .token(&a.id)
+                .await
+                .map_err(store_error)?
+                .is_some_and(|t| t.subject == format!("user:{me}"));
+            if !own {
+                require_admin(&db, "revoke tokens of others").await?;
+            }
             if !db.revoke_token(&a.id, now).await.map_err(store_error)? {
                 return Err(CliError::input(
                     format!("failed to revoke token {}: no live token has that id", a.id),
                     "the id is the part between `slw_` and the next `_`",
                 ));
             }
+            audit_change(store, "token_revoked", json!({"token": a.id})).await?;
             out.line(&format!("token {} revoked", a.id));
+        }
+        AccessCommand::Token(TokenCommand::List(_)) => {
+            require_admin(&db, "list tokens").await?;
+            let tokens = db.tokens().await.map_err(store_error)?;
+            let rows: Vec<_> = tokens
+                .iter()
+                .map(|t| {
+                    json!({"id": t.id, "subject": t.subject, "created_at": t.created_at,
+                        "last_used_at": t.last_used_at, "revoked_at": t.revoked_at})
+                })
+                .collect();
+            if out.json() {
+                out.json_value(&rows);
+            } else {
+                for t in &tokens {
+                    let used = t
+                        .last_used_at
+                        .map_or_else(|| "never used".to_owned(), |u| format!("last used {u}"));
+                    let revoked = t
+                        .revoked_at
+                        .map(|r| format!(", revoked {r}"))
+                        .unwrap_or_default();
+                    out.line(&format!("{}  {:<24} {used}{revoked}", t.id, t.subject));
+                }
+            }
         }
         AccessCommand::Review(ReviewCommand::Start(a)) => {
             let me = require_admin(&db, "start access reviews").await?;
@@ -270,6 +417,12 @@ async fn run(c: AccessCommand, out: &Output) -> Result<i32, CliError> {
                 .open_review(&a.review, &format!("user:{me}"), now)
                 .await
                 .map_err(store_error)?;
+            audit_change(
+                store,
+                "review_opened",
+                json!({"review": a.review, "grants": n}),
+            )
+            .await?;
             out.line(&format!("access review {} opened over {n} grant(s); decide each with `slipway access review decide {} GRANT confirm|revoke`", a.review, a.review));
         }
         AccessCommand::Review(ReviewCommand::Decide(a)) => {
@@ -287,11 +440,23 @@ async fn run(c: AccessCommand, out: &Output) -> Result<i32, CliError> {
                     "start one with `slipway access review start ID`",
                 ));
             }
+            audit_change(
+                store,
+                "review_decided",
+                json!({"review": a.review, "grant": a.grant, "decision": a.decision}),
+            )
+            .await?;
             out.line(&format!("grant {}: {}", a.grant, a.decision));
         }
         AccessCommand::Review(ReviewCommand::Close(a)) => {
             require_admin(&db, "close access reviews").await?;
             let unreviewed = db.close_review(&a.review, now).await.map_err(store_error)?;
+            audit_change(
+                store,
+                "review_closed",
+                json!({"review": a.review, "unreviewed": unreviewed}),
+            )
+            .await?;
             for g in &unreviewed {
                 out.line(&format!("unreviewed: grant {g}"));
             }

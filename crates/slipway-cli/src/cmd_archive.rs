@@ -167,7 +167,8 @@ async fn policy_of(db: &ArchiveDb) -> Result<RetentionPolicy, CliError> {
     ))
 }
 
-async fn audit_governance(
+/// Append a governance event (outside any run) to the audit chain as the current user.
+pub(crate) async fn audit_governance(
     store: &dyn Store,
     action: &str,
     detail: serde_json::Value,

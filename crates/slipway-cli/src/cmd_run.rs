@@ -144,8 +144,12 @@ pub struct HistoryArgs {
     pub store: StoreArg,
 }
 
-/// The current person: `SLIPWAY_USER`, else the OS user.
+/// The current person: the subject of a verified `--token`, else `SLIPWAY_USER`, else the
+/// OS user.
 pub fn identity() -> String {
+    if let Some(user) = crate::cmd_access::token_user() {
+        return user.to_owned();
+    }
     ["SLIPWAY_USER", "USER", "LOGNAME"]
         .iter()
         .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))

@@ -23,7 +23,7 @@ mod cmd_run;
 mod out;
 mod perf_report;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::out::{ColorChoice, Output, OutputFormat};
 
@@ -38,6 +38,7 @@ Exit codes:
   6   the run was aborted
   7   audit chain or evidence does not verify
   8   store unavailable or journal version refused
+  9   the API token is unknown, revoked or wrong
   70  internal error (a bug)
 
 Examples:
@@ -58,6 +59,10 @@ pub struct Cli {
     /// When to use colours: `auto` uses them only on a terminal (and honours NO_COLOR).
     #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto)]
     pub color: ColorChoice,
+    /// Act as the subject of this API token (`slipway access token create`), checked
+    /// against the store: every command then runs as that user. Prefer the env variable.
+    #[arg(long, global = true, env = "SLIPWAY_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     #[command(subcommand)]
     pub command: Commands,
 }
@@ -154,8 +159,14 @@ pub enum Commands {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let out = Output::new(cli.output, cli.color);
+    if let Some(token) = &cli.token
+        && let Err(e) = cmd_access::authenticate(token, &matches)
+    {
+        std::process::exit(out.fail(&e));
+    }
     let code = match run(cli.command, &out) {
         Ok(code) => code,
         Err(e) => out.fail(&e),

@@ -27,6 +27,7 @@ mod rollback_cli;
 mod secret_cli;
 mod smoke_cli;
 mod tls_check_cli;
+mod tokens_cli;
 
 /// Every `.rs` file in tests/ must be a module of this runner, or it would never run.
 #[test]

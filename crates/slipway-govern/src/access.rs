@@ -6,10 +6,17 @@
 //! ones before it (an approver may deploy; only an admin grants). A grant is for one
 //! environment or `*`. A refusal names the role that is missing and where.
 //!
-//! Tokens are `slw_<id>_<secret>` with 32 random bytes of secret; the store keeps only a
-//! per-token salt and sha256(salt ‖ secret). Random tokens carry their own entropy, so a
-//! fast salted hash suffices (a password would need argon2; these are not passwords).
+//! Tokens are `slw_<id>_<secret>` with 32 random bytes of secret; the store keeps only an
+//! argon2id hash of the secret as a PHC string (`$argon2id$v=19$m=…,t=…,p=…$salt$hash`,
+//! its own random salt inside), as the issue asks: a stolen store file then yields nothing
+//! usable even for a short or leaked-pattern secret, and the PHC string carries its
+//! parameters so they can be raised later without a migration. Rows written by earlier
+//! builds (salt column + hex sha256(salt ‖ secret)) still verify; [`needs_rehash`] tells the
+//! caller to replace them with an argon2id hash on their next successful use.
 
+use argon2::Argon2;
+use argon2::password_hash::phc::PasswordHash;
+use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use jiff::Timestamp;
 use sha2::{Digest, Sha256};
 use slipway_store::access::{GrantRow, TokenRow};
@@ -156,26 +163,54 @@ fn random_hex(n: usize) -> Result<String, AccessError> {
     Ok(hex::encode(b))
 }
 
-fn digest(salt: &str, secret: &str) -> String {
+/// The legacy (pre-argon2) digest: hex sha256(salt ‖ secret).
+fn legacy_digest(salt: &str, secret: &str) -> String {
     hex::encode(Sha256::digest(format!("{salt}{secret}").as_bytes()))
+}
+
+/// The argon2id PHC string of a token secret, with a fresh random salt.
+pub fn hash_secret(secret: &str) -> Result<String, AccessError> {
+    Argon2::default()
+        .hash_password(secret.as_bytes())
+        .map(|h| h.to_string())
+        .map_err(|e| AccessError::Token(format!("hash the token with argon2id: {e}")))
+}
+
+/// Whether a stored row still holds a legacy sha256 digest (to be rehashed with argon2id
+/// once its secret is at hand, i.e. on its next successful use).
+pub fn needs_rehash(row: &TokenRow) -> bool {
+    !row.hash.starts_with("$argon2")
+}
+
+fn secret_matches(row: &TokenRow, secret: &str) -> bool {
+    if needs_rehash(row) {
+        // Compare digests, not secrets: equal-length hex, the secret never leaves here.
+        return legacy_digest(&row.salt, secret) == row.hash;
+    }
+    // argon2's verifier compares in constant time, with the parameters the PHC string names.
+    PasswordHash::new(&row.hash).is_ok_and(|h| {
+        Argon2::default()
+            .verify_password(secret.as_bytes(), &h)
+            .is_ok()
+    })
 }
 
 /// Issue a token for `user`.
 pub fn issue_token(user: &str, now: Timestamp) -> Result<IssuedToken, AccessError> {
     let id = random_hex(6)?;
     let secret = random_hex(32)?;
-    let salt = random_hex(16)?;
     Ok(IssuedToken {
-        token: format!("slw_{id}_{secret}"),
         row: TokenRow {
-            id,
+            id: id.clone(),
             subject: format!("user:{user}"),
-            hash: digest(&salt, &secret),
-            salt,
+            hash: hash_secret(&secret)?,
+            // The salt lives inside the PHC string; the column stays for legacy rows.
+            salt: String::new(),
             created_at: now,
             last_used_at: None,
             revoked_at: None,
         },
+        token: format!("slw_{id}_{secret}"),
     })
 }
 
@@ -196,8 +231,7 @@ pub fn verify_token(token: &str, row: Option<&TokenRow>) -> Result<String, Acces
     if row.revoked_at.is_some() {
         return Err(AccessError::Token(format!("token {id} was revoked")));
     }
-    // Compare digests, not secrets: equal-length hex, and the secret never leaves here.
-    if digest(&row.salt, secret) != row.hash {
+    if !secret_matches(row, secret) {
         return Err(AccessError::Token(format!("token {id} does not match")));
     }
     Ok(row.subject.clone())

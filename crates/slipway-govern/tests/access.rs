@@ -97,6 +97,65 @@ async fn a_revoked_token_stops_working() {
 }
 
 #[tokio::test]
+async fn tokens_are_stored_as_argon2id_phc_strings_and_legacy_rows_still_verify() {
+    let (_d, db) = db().await;
+    let now = t("2026-11-02T10:00:00Z");
+    let issued = access::issue_token("alice", now).unwrap();
+    assert!(
+        issued.row.hash.starts_with("$argon2id$v=19$"),
+        "{}",
+        issued.row.hash
+    );
+    assert!(!access::needs_rehash(&issued.row));
+    // Two tokens never share a salt: the same secret hashes differently each time.
+    let (_, secret) = access::token_id(&issued.token).unwrap();
+    assert_ne!(
+        access::hash_secret(secret).unwrap(),
+        access::hash_secret(secret).unwrap()
+    );
+
+    // A row written by an earlier build: salt column + hex sha256(salt || secret).
+    let legacy_secret = "ab".repeat(32);
+    let salt = "00112233445566778899aabbccddeeff";
+    let legacy = slipway_store::access::TokenRow {
+        id: "0123456789ab".into(),
+        subject: "user:bob".into(),
+        salt: salt.into(),
+        hash: {
+            use sha2::Digest;
+            hex::encode(sha2::Sha256::digest(format!("{salt}{legacy_secret}")))
+        },
+        created_at: now,
+        last_used_at: None,
+        revoked_at: None,
+    };
+    db.add_token(&legacy).await.unwrap();
+    let token = format!("slw_0123456789ab_{legacy_secret}");
+    let row = db.token("0123456789ab").await.unwrap().unwrap();
+    assert!(access::needs_rehash(&row));
+    assert_eq!(
+        access::verify_token(&token, Some(&row)).unwrap(),
+        "user:bob"
+    );
+    let wrong = format!("slw_0123456789ab_{}", "cd".repeat(32));
+    assert!(access::verify_token(&wrong, Some(&row)).is_err());
+    // Upgraded on use: the same token verifies against the new argon2id row.
+    db.rehash_token(
+        "0123456789ab",
+        &access::hash_secret(&legacy_secret).unwrap(),
+    )
+    .await
+    .unwrap();
+    let row = db.token("0123456789ab").await.unwrap().unwrap();
+    assert!(!access::needs_rehash(&row) && row.salt.is_empty());
+    assert_eq!(
+        access::verify_token(&token, Some(&row)).unwrap(),
+        "user:bob"
+    );
+    assert!(access::verify_token(&wrong, Some(&row)).is_err());
+}
+
+#[tokio::test]
 async fn an_access_review_revokes_a_grant_and_flags_the_unreviewed() {
     let (_d, db) = db().await;
     let now = t("2026-11-02T10:00:00Z");

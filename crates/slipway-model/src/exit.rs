@@ -20,6 +20,9 @@ pub const ABORTED: i32 = 6;
 pub const TAMPERED: i32 = 7;
 /// The store cannot be used (unreachable, locked, or a journal version this build refuses).
 pub const STORE: i32 = 8;
+/// The caller could not be authenticated: the API token (`--token` / `SLIPWAY_TOKEN`) is
+/// unknown, revoked or wrong. Distinct from 3 (a known caller lacking a role).
+pub const UNAUTHENTICATED: i32 = 9;
 /// A bug in Slipway; please report it.
 pub const INTERNAL: i32 = 70;
 
@@ -43,5 +46,9 @@ pub const ALL: &[(i32, &str)] = &[
     (ABORTED, "the run was aborted"),
     (TAMPERED, "audit chain or evidence does not verify"),
     (STORE, "store unavailable or journal version refused"),
+    (
+        UNAUTHENTICATED,
+        "the API token is unknown, revoked or wrong",
+    ),
     (INTERNAL, "internal error (a bug)"),
 ];

@@ -77,9 +77,9 @@ pub struct TokenRow {
     pub id: String,
     /// `user:NAME` the token acts as.
     pub subject: String,
-    /// Hex salt.
+    /// Hex salt of a legacy row; empty for argon2id rows (their salt is in the PHC string).
     pub salt: String,
-    /// Hex sha256(salt || secret).
+    /// argon2id PHC string of the secret, or (legacy rows) hex sha256(salt || secret).
     pub hash: String,
     /// Created.
     pub created_at: Timestamp,
@@ -257,6 +257,33 @@ impl AccessDb {
         Ok(())
     }
 
+    /// Replace a token's stored hash (a legacy digest upgraded to argon2id).
+    pub async fn rehash_token(&self, id: &str, hash: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE access_tokens SET hash = ?2, salt = '' WHERE id = ?1")
+            .bind(id)
+            .bind(hash)
+            .execute(&self.pool)
+            .await
+            .map_err(Self::q)?;
+        Ok(())
+    }
+
+    /// Every token, newest first (hashes included: never print them).
+    pub async fn tokens(&self) -> Result<Vec<TokenRow>, StoreError> {
+        let ids: Vec<String> =
+            sqlx::query_scalar("SELECT id FROM access_tokens ORDER BY created_at DESC, id")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(Self::q)?;
+        let mut out = Vec::new();
+        for id in ids {
+            if let Some(t) = self.token(&id).await? {
+                out.push(t);
+            }
+        }
+        Ok(out)
+    }
+
     /// Revoke a token; false when unknown or already revoked.
     pub async fn revoke_token(&self, id: &str, at: Timestamp) -> Result<bool, StoreError> {
         let r = sqlx::query(
@@ -365,6 +392,11 @@ impl AccessDb {
             .filter(|i| i.decision.is_none())
             .map(|i| i.grant_id)
             .collect())
+    }
+
+    /// Close the connection pool (before its runtime is dropped).
+    pub async fn close(&self) {
+        self.pool.close().await;
     }
 
     /// Where the tables live, for messages.
