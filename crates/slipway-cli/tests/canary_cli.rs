@@ -389,6 +389,23 @@ fn a_canary_returning_errors_is_rolled_back_by_itself() {
     assert_eq!(v["state"], "rolled_back");
     // The reason names the metric, its value and the threshold.
     let reason = v["reason"].as_str().unwrap_or_default();
+    // The evidence is kept with the run: measurements, decisions, the canary's logs.
+    let diag = env
+        .path()
+        .join("runs")
+        .join(run_id(&v))
+        .join("diagnostics/api-2.0.0");
+    assert!(
+        diag.join("measurements.json").exists(),
+        "{}",
+        diag.display()
+    );
+    assert!(diag.join("rollout-events.jsonl").exists());
+    assert!(
+        diag.join("api-2.0.0-canary-0.log").exists(),
+        "{:?}",
+        std::fs::read_dir(&diag).map(|d| d.flatten().map(|e| e.file_name()).collect::<Vec<_>>())
+    );
     assert!(
         reason.contains("error-rate = 100.00% above max 5.00%"),
         "{reason}\n{err}"

@@ -337,7 +337,8 @@ impl DeployTarget {
                 reason,
                 measurements,
             } => {
-                let bundle = self.keep_diagnostics(service, version, &log, &measurements);
+                let bundle =
+                    self.keep_diagnostics(&ctx.run_id, service, version, &log, &measurements);
                 Err(TargetError::Failed {
                     message: format!("canary rolled back: {reason}"),
                     output: StepOutput {
@@ -451,15 +452,21 @@ impl DeployTarget {
         )))
     }
 
-    /// Measurements and canary logs into `<diagnostics>/<service>-<version>/`.
+    /// Measurements and canary logs into `<diagnostics>/<service>-<version>/`, or, with
+    /// run interventions configured, under the run: `<runs dir>/<run>/diagnostics/…`.
     fn keep_diagnostics(
         &self,
+        run: &str,
         service: &str,
         version: &str,
         log: &[RolloutEvent],
         measurements: &[slipway_model::analysis::Measurement],
     ) -> Option<PathBuf> {
-        let dir = self.diagnostics.join(format!("{service}-{version}"));
+        let base = match &self.run_source {
+            Some(src) => src.runs_dir.join(run).join("diagnostics"),
+            None => self.diagnostics.clone(),
+        };
+        let dir = base.join(format!("{service}-{version}"));
         std::fs::create_dir_all(&dir).ok()?;
         let events: String = log
             .iter()
