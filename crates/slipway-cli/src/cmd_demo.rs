@@ -504,6 +504,7 @@ async fn run_demo(a: &DemoArgs, dir: &Path, out: &Output) -> Result<i32, CliErro
             migrate: Some(Arc::new(migrate)),
             // The demo's spec lives in `dir`, so artifact paths resolve there.
             artifact: Some(Arc::new(slipway_providers::ArtifactTarget::new(dir))),
+            config: None,
         });
         let (ntx, mut nrx) = tokio::sync::mpsc::unbounded_channel::<slipway_engine::Notice>();
         let engine = Engine::new(store.clone(), target, Arc::new(SystemClock))

@@ -242,7 +242,16 @@ pub fn validate(a: ValidateArgs, out: &Output) -> Result<i32, CliError> {
 /// Make the plan for a spec file and environment (shared with deploy).
 pub fn make_plan(file: &Path, env: &str, out: &Output) -> Result<(LoadedSpec, Plan), CliError> {
     let loaded = load_spec(file, out)?;
-    let facts = gather_facts(file, &loaded);
+    let mut facts = gather_facts(file, &loaded);
+    // Breaking compatibility (OpenAPI documents, contract migrations) is read from the
+    // files here and judged by the planner, where it changes gates and strategy.
+    let compat_dir = file
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let (compat, compat_problems) =
+        slipway_package::compat::findings(&loaded.spec, compat_dir, &BTreeMap::new());
+    facts.compat = compat;
     let mut p = plan::plan(&loaded.spec, env, &facts).map_err(|m| {
         CliError::input(
             m,
@@ -269,6 +278,7 @@ pub fn make_plan(file: &Path, env: &str, out: &Output) -> Result<(LoadedSpec, Pl
         },
     );
     p.findings.extend(checks.findings);
+    p.findings.extend(compat_problems);
     p.findings.extend(rollback_staging(&p, dir));
     // Backups against windows, and the rollback rehearsal production may require.
     let recovery = crate::cmd_rehearse::plan_findings(file, &loaded, env);
@@ -487,6 +497,17 @@ pub fn render_plan(p: &Plan, out: &Output) -> String {
             StepAction::Deploy { version, replicas } => {
                 format!("deploy {version} × {replicas} ({})", p.strategy_kind)
             }
+            StepAction::RenderConfig { files } => format!(
+                "render config {}",
+                truncate(
+                    &files
+                        .iter()
+                        .map(|f| f.dest.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    48
+                )
+            ),
         };
         let _ = writeln!(
             s,
@@ -607,6 +628,13 @@ pub fn render_plan(p: &Plan, out: &Output) -> String {
     );
     for r in &p.recommendation.reasons {
         let _ = writeln!(s, "  - {r}");
+    }
+
+    if !p.waivers.is_empty() {
+        let _ = writeln!(s, "\n{}", b("Waivers"));
+        for w in &p.waivers {
+            let _ = writeln!(s, "  {} waived by {}: {}", w.finding, w.by, w.reason);
+        }
     }
 
     if !p.findings.is_empty() {

@@ -230,10 +230,15 @@ fn engine_with(
     deploy: Option<Arc<DeployTarget>>,
 ) -> Engine {
     let state = db.parent().unwrap_or(Path::new(".")).join("exec");
+    let (exec, config) = crate::cmd_config::targets(
+        db,
+        &spec_dir_of(Path::new(workdir), plan),
+        plan,
+        secret_redactor(plan),
+    );
     let target = CompositeTarget {
-        exec: Some(Arc::new(
-            ExecTarget::new(workdir, state).with_redactor(secret_redactor(plan)),
-        )),
+        config,
+        exec: Some(Arc::new(exec(ExecTarget::new(workdir, state)))),
         deploy: deploy.map(|d| d as Arc<dyn slipway_engine::Target>),
         migrate: Some(Arc::new(migrate_target(db, workdir, plan))),
         artifact: Some(Arc::new(
@@ -1233,6 +1238,8 @@ pub fn status(a: StatusArgs, out: &Output) -> Result<i32, CliError> {
             .filter(|s| s.status == slipway_engine::StepStatus::Succeeded)
             .count();
         let (perf, perf_lines) = crate::perf_report::run_perf(&db, &id);
+        let journal = store.journal(&id, 0).await.map_err(store_error)?;
+        let config = crate::cmd_config::rendered(&journal);
         if out.json() {
             out.json_value(&json!({
                 "run": run,
@@ -1241,6 +1248,7 @@ pub fn status(a: StatusArgs, out: &Output) -> Result<i32, CliError> {
                 "steps_succeeded": done,
                 "steps": steps,
                 "approvals": {"required": need.required, "valid": tally.valid, "rejected": tally.rejected},
+                "config": config,
             }));
         } else {
             out.line(&format!(
@@ -1260,6 +1268,13 @@ pub fn status(a: StatusArgs, out: &Output) -> Result<i32, CliError> {
             }
             for l in &perf_lines {
                 out.line(l);
+            }
+            for f in &config {
+                out.line(&format!(
+                    "  config {} masked sha256 {}",
+                    f["path"].as_str().unwrap_or_default(),
+                    f["masked_sha256"].as_str().unwrap_or_default()
+                ));
             }
         }
         let _ = approval_need;

@@ -9,6 +9,7 @@ mod cmd_access;
 mod cmd_archive;
 mod cmd_audit;
 mod cmd_check;
+mod cmd_config;
 mod cmd_demo;
 mod cmd_env;
 mod cmd_migrate;

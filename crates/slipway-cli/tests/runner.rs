@@ -11,6 +11,8 @@ mod artifact_cli;
 mod canary_cli;
 mod check_cli;
 mod checks_gate_cli;
+mod compat_plan_cli;
+mod config_cli;
 mod crash;
 mod demo_cli;
 mod gates_cli;

@@ -26,9 +26,16 @@ use crate::gates::{self, ApprovalNeed, ApprovalTally, GateError, WindowStatus};
 use crate::store::{JournalRecord, NewRun, RunRecord, StepRecord, Store, StoreError};
 use crate::target::{Applied, Observation, StepContext, Target, TargetError};
 
-/// Whether a step re-verifies an artifact (run before the rest of its wave).
-fn is_verify(step: &PlannedStep) -> bool {
-    matches!(step.action, StepAction::VerifyArtifact { .. })
+/// The order steps of a wave start in: artifact re-verification (0), then config
+/// rendering (1), then everything else (2), each rank finished before the next starts.
+/// Install steps may read their config, and nothing is rendered for an artifact that
+/// could still be refused.
+fn rank(step: &PlannedStep) -> u8 {
+    match step.action {
+        StepAction::VerifyArtifact { .. } => 0,
+        StepAction::RenderConfig { .. } => 1,
+        _ => 2,
+    }
 }
 
 /// Default number of steps of a wave applied at once.
@@ -348,6 +355,21 @@ impl Engine {
                 actor: req.author.clone(),
                 event: first.event,
             });
+        }
+        // Waived compatibility findings go into the audit chain as the run starts: the
+        // plan carries them, but the chain is what an auditor reads.
+        if !plan.waivers.is_empty() {
+            let waivers = plan
+                .waivers
+                .iter()
+                .map(|w| EngineEvent::WaiverApplied {
+                    finding: w.finding.clone(),
+                    message: w.message.clone(),
+                    reason: w.reason.clone(),
+                    by: w.by.clone(),
+                })
+                .collect();
+            self.commit(&id, &plan.digest, &req.author, waivers).await?;
         }
         self.store
             .run(&id)
@@ -820,8 +842,10 @@ impl Engine {
             // Verify-artifact steps run first: nothing of the wave is installed until every
             // artifact of the wave has been re-verified, and a refused artifact halts the
             // wave whatever the failure budget (steps of a wave otherwise run at once).
-            todo.sort_by_key(|(s, _)| !is_verify(s));
-            let mut verifying = 0usize;
+            todo.sort_by_key(|(s, _)| rank(s));
+            // Steps in flight per rank.
+            let mut running = [0usize; 3];
+            let mut refused_config = false;
             let mut set = JoinSet::new();
             let mut todo = todo.into_iter().peekable();
             let mut last_check = Instant::now();
@@ -841,31 +865,35 @@ impl Engine {
                             break;
                         }
                     }
-                    if verifying > 0 && todo.peek().is_some_and(|(s, _)| !is_verify(s)) {
+                    if todo.peek().is_some_and(|(s, _)| {
+                        running[..usize::from(rank(s))].iter().any(|n| *n > 0)
+                    }) {
                         break;
                     }
                     let Some((step, rec)) = todo.next() else {
                         break;
                     };
-                    let verify = is_verify(&step);
-                    verifying += usize::from(verify);
+                    let r = rank(&step);
+                    running[usize::from(r)] += 1;
                     let this = self.clone();
                     let shared = Arc::clone(&ctx_shared);
-                    set.spawn(async move { (verify, this.run_step(&shared, step, rec).await) });
+                    set.spawn(async move { (r, this.run_step(&shared, step, rec).await) });
                 }
                 match set.join_next().await {
                     None => break,
                     Some(joined) => {
-                        let (verify, result) =
-                            joined.map_err(|e| EngineError::Task(e.to_string()))?;
-                        verifying -= usize::from(verify);
+                        let (r, result) = joined.map_err(|e| EngineError::Task(e.to_string()))?;
+                        running[usize::from(r)] -= 1;
                         match result? {
                             StepEnd::Done => {}
                             StepEnd::Failed(error) => {
                                 errors.push(error);
                                 failed += 1;
-                                refused_artifact |= verify;
-                                if (failed > budget || verify) && halt.is_none() {
+                                refused_artifact |= r == 0;
+                                refused_config |= r == 1;
+                                // Nothing is installed from a refused artifact or without
+                                // its config, whatever the budget.
+                                if (failed > budget || r < 2) && halt.is_none() {
                                     halt = Some(Halt::Budget);
                                 }
                             }
@@ -892,6 +920,8 @@ impl Engine {
                     let why = if refused_artifact && failed <= budget {
                         // A refused artifact halts the wave whatever the budget allows.
                         "an artifact was refused before install".to_owned()
+                    } else if refused_config && failed <= budget {
+                        "a config could not be rendered before install".to_owned()
                     } else {
                         format!("over its failure budget of {budget}")
                     };

@@ -328,6 +328,18 @@ pub enum EngineEvent {
         /// What was checked, and for a failure what to do.
         detail: String,
     },
+    /// A breaking-compatibility finding the spec waives, recorded when the run starts so
+    /// the acceptance (what, why, who decided) is in the audit chain with the run.
+    WaiverApplied {
+        /// The finding id.
+        finding: String,
+        /// What the finding said.
+        message: String,
+        /// Why it is acceptable.
+        reason: String,
+        /// Who decided.
+        by: String,
+    },
     /// A declared check was not run because the engine has no check runner: reported so a
     /// deploy never looks checked when it was not.
     CheckSkipped {
@@ -375,6 +387,7 @@ impl EngineEvent {
             Self::CheckRan { .. } => "check_ran",
             Self::CheckSkipped { .. } => "check_skipped",
             Self::Governance { .. } => "governance",
+            Self::WaiverApplied { .. } => "waiver_applied",
         }
     }
 
@@ -393,6 +406,7 @@ impl EngineEvent {
             Self::CheckRan { passed: false, .. } => "failed".into(),
             Self::CheckSkipped { .. } => "skipped".into(),
             Self::Governance { action, .. } => action.clone(),
+            Self::WaiverApplied { .. } => "waived".into(),
             Self::StepProgress { detail, .. } => detail
                 .get("event")
                 .and_then(serde_json::Value::as_str)

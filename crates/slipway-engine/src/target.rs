@@ -143,5 +143,6 @@ pub fn action_kind(action: &StepAction) -> &'static str {
         StepAction::Migrate { .. } => "migrate",
         StepAction::Deploy { .. } => "deploy",
         StepAction::VerifyArtifact { .. } => "verify_artifact",
+        StepAction::RenderConfig { .. } => "render_config",
     }
 }

@@ -314,6 +314,13 @@ pub fn render(run: &RunHistory, previous: Option<&RunHistory>, notes: &GitNotes)
                     step.id
                 );
             }
+            StepAction::RenderConfig { .. } => {
+                let _ = writeln!(
+                    s,
+                    "- step `{}` is undone by restoring the service's previous rendered config",
+                    step.id
+                );
+            }
             StepAction::Deploy { .. } | StepAction::VerifyArtifact { .. } => {}
         }
     }

@@ -167,6 +167,12 @@ fn describe(e: &EngineEvent) -> String {
         EngineEvent::Governance { action, .. } => {
             format!("governance: {}", action.replace('_', " "))
         }
+        EngineEvent::WaiverApplied {
+            finding,
+            reason,
+            by,
+            ..
+        } => format!("compatibility finding {finding} waived by {by}: {reason}"),
     }
 }
 

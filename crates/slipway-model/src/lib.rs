@@ -5,6 +5,7 @@
 //! values; reading files, running git and talking to stores happen in callers.
 
 pub mod analysis;
+pub mod compat;
 pub mod diag;
 pub mod duration;
 pub mod exit;

@@ -35,6 +35,10 @@ pub struct Facts {
     pub days_since_change: BTreeMap<String, u32>,
     /// Migration files found per migration service: (version, has undo script).
     pub migrations: BTreeMap<String, Vec<(u32, bool)>>,
+    /// Breaking-compatibility findings (OpenAPI breaking changes, contract migrations
+    /// shipped with the code that needs them), read from the files beside the spec.
+    #[serde(default)]
+    pub compat: Vec<crate::compat::CompatFinding>,
 }
 
 /// The whole plan.
@@ -80,6 +84,14 @@ pub struct Plan {
     pub checks: BTreeMap<String, Check>,
     /// Notification sinks.
     pub notifications: Vec<Notification>,
+    /// Breaking-compatibility findings not waived: they require a phased strategy and an
+    /// extra approval (see [`crate::compat`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub breaking: Vec<crate::compat::CompatFinding>,
+    /// Breaking findings waived by the spec, with the reason and who decided; audited when
+    /// the run starts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waivers: Vec<crate::compat::AppliedWaiver>,
 }
 
 /// Release identity.
@@ -143,6 +155,12 @@ pub enum StepAction {
         version: String,
         /// Instances.
         replicas: u32,
+    },
+    /// Render a service's config templates for the environment at install time (secrets
+    /// resolved only then) into the service's config directory (the `exec` target).
+    RenderConfig {
+        /// The templates and their destinations, as in `services.X.config`.
+        files: Vec<crate::spec::ConfigTemplate>,
     },
     /// Re-verify a service's artifact immediately before its install: its sha256, and its
     /// signature when the plan requires signatures. Paths are relative to the spec file.
@@ -392,7 +410,18 @@ pub fn plan(spec: &ReleaseSpec, env_name: &str, facts: &Facts) -> Result<Plan, S
         &risk,
         &mut findings,
     );
-    let recommendation = recommend(spec, env, &strategy, &risk, facts);
+    let mut recommendation = recommend(spec, env, &strategy, &risk, facts);
+    let mut gates = gates;
+    let compat = crate::compat::apply(
+        spec,
+        env_name,
+        env,
+        &strategy,
+        facts,
+        &mut gates,
+        &mut recommendation,
+        &mut findings,
+    );
 
     let mut plan = Plan {
         format: PLAN_FORMAT,
@@ -415,6 +444,8 @@ pub fn plan(spec: &ReleaseSpec, env_name: &str, facts: &Facts) -> Result<Plan, S
         providers,
         checks,
         notifications: spec.notifications.clone(),
+        breaking: compat.breaking,
+        waivers: compat.waivers,
     };
     let base = digest_of(&plan);
     plan.steps = steps(&plan, &base);
@@ -431,7 +462,7 @@ pub fn digest_of(plan: &Plan) -> String {
     for (n, s) in &plan.services {
         depends.insert(n, s.depends_on.iter().map(String::as_str).collect());
     }
-    let canonical = serde_json::json!({
+    let mut canonical = serde_json::json!({
         "format": plan.format,
         "release": plan.release,
         "environment": plan.environment,
@@ -453,6 +484,16 @@ pub fn digest_of(plan: &Plan) -> String {
         "checks": plan.checks,
         "notifications": plan.notifications,
     });
+    // Only when present, so plans without compatibility findings keep their digests.
+    // A waiver changes what is approved (no compat gate), so it is part of the digest.
+    if let Some(m) = canonical.as_object_mut() {
+        if !plan.breaking.is_empty() {
+            m.insert("breaking".into(), serde_json::json!(plan.breaking));
+        }
+        if !plan.waivers.is_empty() {
+            m.insert("waivers".into(), serde_json::json!(plan.waivers));
+        }
+    }
     hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
 }
 
@@ -588,6 +629,15 @@ fn steps(plan: &Plan, base_digest: &str) -> Vec<PlannedStep> {
                 continue;
             }
             if plan.env.target.exec.is_some() {
+                // Config first, so the install steps find it in $SLIPWAY_CONFIG_DIR.
+                if !svc.config.is_empty() {
+                    push(
+                        format!("{name}/render-config"),
+                        StepAction::RenderConfig {
+                            files: svc.config.clone(),
+                        },
+                    );
+                }
                 for s in &svc.steps {
                     push(format!("{name}/{}", s.name), StepAction::Exec(s.clone()));
                 }

@@ -53,6 +53,25 @@ pub struct ReleaseSpec {
     /// Release type → required gates. Missing entries fall back to built-in defaults.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<Policy>,
+    /// Breaking-compatibility findings accepted on purpose: each names the finding id
+    /// (as `slipway plan` prints it), why, and who decided. A waived finding does not
+    /// force a phased strategy or an extra approval; the waiver is shown in the plan and
+    /// written to the audit chain when the run starts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waivers: Vec<Waiver>,
+}
+
+/// A breaking-compatibility finding accepted on purpose.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Waiver {
+    /// The finding id, e.g. `migration:db:V7__drop_total.sql` or
+    /// `api:orders:response-property-removed:/paths/~1orders/get/responses/200`.
+    pub finding: String,
+    /// Why it is acceptable, e.g. `no client reads total since 2.1`.
+    pub reason: String,
+    /// Who decided (a person or team), e.g. `alice@example.com`.
+    pub by: String,
 }
 
 /// What is being released.
@@ -177,6 +196,22 @@ pub struct Service {
     /// Owner of this service, if not the release owner.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
+    /// The service's OpenAPI 3 documents: the candidate's and the running version's.
+    /// Breaking changes between them make the plan require a phased strategy and an
+    /// extra approval unless waived.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub openapi: Option<OpenApiDocs>,
+}
+
+/// The OpenAPI documents compared for a service (paths relative to the spec file).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OpenApiDocs {
+    /// The document of the version this release ships, e.g. `api/openapi.yaml`.
+    pub candidate: String,
+    /// The document of the version running in the environments, e.g.
+    /// `api/openapi-2.3.yaml`.
+    pub running: String,
 }
 
 /// An artifact reference.

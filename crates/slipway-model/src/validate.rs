@@ -550,6 +550,7 @@ fn semantic(cx: &mut Cx<'_>, spec: &ReleaseSpec) {
     if let Some(s) = &spec.strategy {
         strategy(cx, spec, "/strategy", s);
     }
+    waivers(cx, spec);
     for (name, t) in &spec.analysis_templates {
         template(cx, spec, name, t);
     }
@@ -942,6 +943,47 @@ fn service(cx: &mut Cx<'_>, spec: &ReleaseSpec, name: &str, s: &Service, names: 
                     "add `run:` (process/ssh targets) or `steps:` (exec target)",
                 );
             }
+        }
+    }
+}
+
+/// A waiver accepts a breaking change on someone's word, so the word must be there: an
+/// empty reason or decider would make the audit entry it becomes worthless. Whether the
+/// finding exists is only known when the plan reads the files (an unused waiver is a plan
+/// warning there).
+fn waivers(cx: &mut Cx<'_>, spec: &ReleaseSpec) {
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, w) in spec.waivers.iter().enumerate() {
+        let i = i.to_string();
+        for (field, value, fix) in [
+            (
+                "finding",
+                &w.finding,
+                "copy the finding id from `slipway plan`, e.g. `migration:db:V7__drop_total.sql`",
+            ),
+            (
+                "reason",
+                &w.reason,
+                "say why the breaking change is acceptable, e.g. `no client reads total since 2.1`",
+            ),
+            ("by", &w.by, "name who decided, e.g. `alice@example.com`"),
+        ] {
+            if value.trim().is_empty() {
+                cx.err_value(
+                    "empty-waiver-field",
+                    &pointer(["waivers", i.as_str(), field]),
+                    format!("waiver {i} has an empty `{field}`"),
+                    fix,
+                );
+            }
+        }
+        if !seen.insert(w.finding.as_str()) {
+            cx.err_value(
+                "duplicate-waiver",
+                &pointer(["waivers", i.as_str(), "finding"]),
+                format!("finding `{}` is waived twice", w.finding),
+                "keep one waiver per finding",
+            );
         }
     }
 }

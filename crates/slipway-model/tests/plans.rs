@@ -188,3 +188,125 @@ fn unknown_environment_names_the_choices() {
     let e = plan(&spec, "production", &Facts::default()).unwrap_err();
     assert!(e.contains("prod, staging"), "{e}");
 }
+
+fn compat_spec(strategy: &str, waivers: &str) -> slipway_model::spec::ReleaseSpec {
+    let text = format!(
+        "apiVersion: slipway/v1
+kind: Release
+metadata: {{ name: shop, version: 2.0.0, type: feature }}
+services:
+  api: {{ steps: [ {{ name: i, run: \"true\" }} ] }}
+environments:
+  prod:
+    target: {{ exec: {{}} }}
+    approvals: {{ required: 1, groups: [release-managers] }}
+    strategy: {strategy}
+{waivers}"
+    );
+    validate::load("compat.yaml", &text)
+        .map_err(|e| e.render(false, 100))
+        .unwrap()
+        .spec
+}
+
+fn breaking() -> Facts {
+    Facts {
+        compat: vec![slipway_model::compat::CompatFinding {
+            id: "api:api:path-removed:/paths/~1orders".into(),
+            kind: "api".into(),
+            service: "api".into(),
+            message: "GET /orders was removed".into(),
+        }],
+        ..Facts::default()
+    }
+}
+
+fn approvals(p: &slipway_model::plan::Plan) -> Vec<(u32, String)> {
+    p.gates
+        .iter()
+        .filter_map(|g| match &g.kind {
+            GateKind::Approvals { required, .. } => Some((*required, g.source.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn breaking_findings_refuse_big_bang_and_add_an_approver() {
+    let p = plan(&compat_spec("{ big_bang: {} }", ""), "prod", &breaking()).unwrap();
+    let refused: Vec<_> = p
+        .findings
+        .iter()
+        .filter(|f| f.severity == "error" && f.code == "compat-requires-phased")
+        .collect();
+    assert_eq!(refused.len(), 1, "{:#?}", p.findings);
+    assert!(
+        refused[0]
+            .message
+            .contains("api:api:path-removed:/paths/~1orders")
+    );
+    assert!(refused[0].message.contains("rolling"));
+
+    let p = plan(
+        &compat_spec("{ rolling: { batch_size: 1 } }", ""),
+        "prod",
+        &breaking(),
+    )
+    .unwrap();
+    assert!(
+        p.findings.iter().all(|f| f.severity != "error"),
+        "{:#?}",
+        p.findings
+    );
+    let gates = approvals(&p);
+    assert_eq!(gates.len(), 2, "{gates:?}");
+    assert_eq!(gates[1].0, 2, "one approver more than the environment's 1");
+    assert!(gates[1].1.starts_with("compat:"), "{gates:?}");
+    assert_eq!(p.recommendation.approach, "phased");
+    assert!(p.recommendation.strategy_agrees);
+    assert_eq!(p.breaking.len(), 1);
+}
+
+#[test]
+fn a_waived_finding_adds_no_gate_and_is_in_the_plan_and_digest() {
+    let waiver = "waivers:
+  - { finding: 'api:api:path-removed:/paths/~1orders', reason: no client calls it since 1.4, by: alice }
+";
+    let spec = compat_spec("{ big_bang: {} }", waiver);
+    let p = plan(&spec, "prod", &breaking()).unwrap();
+    assert!(
+        p.findings.iter().all(|f| f.severity != "error"),
+        "{:#?}",
+        p.findings
+    );
+    assert_eq!(approvals(&p).len(), 1);
+    assert_eq!(p.waivers.len(), 1);
+    assert_eq!(p.waivers[0].by, "alice");
+    assert!(p.breaking.is_empty());
+    // The waiver is part of what is approved.
+    let without = plan(
+        &compat_spec("{ big_bang: {} }", ""),
+        "prod",
+        &Facts::default(),
+    )
+    .unwrap();
+    assert_ne!(p.digest, without.digest);
+}
+
+#[test]
+fn no_breaking_finding_leaves_the_plan_unchanged() {
+    let spec = compat_spec("{ big_bang: {} }", "");
+    let a = plan(&spec, "prod", &Facts::default()).unwrap();
+    let b = plan(
+        &spec,
+        "prod",
+        &Facts {
+            compat: Vec::new(),
+            ..Facts::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(a, b);
+    assert_eq!(approvals(&a).len(), 1);
+    assert!(a.waivers.is_empty() && a.breaking.is_empty());
+}

@@ -38,9 +38,9 @@ impl PlanChecks {
     /// Whether any finding requires a phased strategy and an extra approval (breaking
     /// compatibility), as the packaging issue asks.
     pub fn requires_phased(&self) -> bool {
-        self.findings
-            .iter()
-            .any(|f| f.code == "backward-incompatible")
+        self.migrations
+            .as_ref()
+            .is_some_and(|m| !m.incompatible.is_empty())
     }
 }
 
@@ -48,9 +48,10 @@ impl PlanChecks {
 ///
 /// Codes: `placeholder-undefined`, `template-syntax`, `template-render`,
 /// `template-unreadable`, `secret-reference` (errors: the deploy would fail at install);
-/// `dependency-conflict` (error); `backward-incompatible` (warning: requires a phased
-/// strategy and an extra approval unless waived); `migration-unclassified` (warning);
-/// `migrations-unreadable` (warning).
+/// `dependency-conflict` (error); `migration-unclassified` (warning);
+/// `migrations-unreadable` (warning). Breaking compatibility is not reported here but
+/// handed to the planner as facts ([`crate::compat::findings`]), which requires a phased
+/// strategy and an extra approval unless waived.
 pub fn plan_checks(
     spec: &ReleaseSpec,
     spec_dir: &Path,
@@ -89,13 +90,8 @@ pub fn plan_checks(
 
     let migrations = match compat::check_migrations(spec, spec_dir, &facts.applied_migrations) {
         Ok(m) => {
-            for inc in &m.incompatible {
-                findings.push(Finding {
-                    severity: Severity::Warning.as_str().to_owned(),
-                    code: "backward-incompatible".to_owned(),
-                    message: inc.message.clone(),
-                });
-            }
+            // Contract migrations are compatibility facts of the plan (`compat::findings`),
+            // reported by the planner with their waivers, not here.
             for (svc, r) in &m.reports {
                 for mig in &r.migrations {
                     let unknown = mig

@@ -222,4 +222,16 @@ fn contract_migration_shipped_with_dependent_apps_is_flagged_and_plan_checks_rep
         .map(|f| format!("{} {}: {}", f.severity, f.code, f.message))
         .collect();
     insta::assert_snapshot!("plan-checks-findings", findings.join("\n"));
+
+    // The incompatibility itself goes to the planner as a compatibility fact, one per
+    // contract file, with the id a waiver names.
+    let (facts, problems) = slipway_package::compat::findings(&spec, d.path(), &BTreeMap::new());
+    assert!(problems.is_empty(), "{problems:?}");
+    let ids: Vec<&str> = facts.iter().map(|f| f.id.as_str()).collect();
+    assert_eq!(ids, ["migration:db:V2__drop_total.sql"]);
+    assert!(
+        facts[0].message.contains("api, web"),
+        "{}",
+        facts[0].message
+    );
 }

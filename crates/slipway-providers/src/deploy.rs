@@ -666,6 +666,8 @@ pub struct CompositeTarget {
     pub migrate: Option<Arc<dyn Target>>,
     /// `verify_artifact` steps.
     pub artifact: Option<Arc<dyn Target>>,
+    /// `render_config` steps (`crate::config::ConfigTarget`).
+    pub config: Option<Arc<dyn Target>>,
 }
 
 impl CompositeTarget {
@@ -675,6 +677,7 @@ impl CompositeTarget {
             StepAction::Deploy { .. } => &self.deploy,
             StepAction::Migrate { .. } => &self.migrate,
             StepAction::VerifyArtifact { .. } => &self.artifact,
+            StepAction::RenderConfig { .. } => &self.config,
         };
         t.as_ref().ok_or(TargetError::Unsupported {
             target: "composite",

@@ -50,6 +50,9 @@ pub struct ExecTarget {
     default_timeout: Duration,
     /// Known secret values masked in captured output before it reaches the journal.
     redactor: Redactor,
+    /// The environment's rendered-config root (`crate::config`): a step of service S sees
+    /// `SLIPWAY_CONFIG_DIR=<root>/S` when that directory exists.
+    config_root: Option<PathBuf>,
 }
 
 impl ExecTarget {
@@ -61,7 +64,15 @@ impl ExecTarget {
             state_dir: state_dir.into(),
             default_timeout: DEFAULT_TIMEOUT,
             redactor: Redactor::default(),
+            config_root: None,
         }
+    }
+
+    /// Steps of a service whose config was rendered under `root` get its directory as
+    /// `SLIPWAY_CONFIG_DIR`.
+    pub fn with_config_root(mut self, root: impl Into<PathBuf>) -> Self {
+        self.config_root = Some(root.into());
+        self
     }
 
     /// Masks these secret values in every captured stdout/stderr. A step may print a
@@ -135,6 +146,13 @@ impl ExecTarget {
             // Its own process group: a timeout kills every process the command started,
             // and a SIGKILL of slipway does not interrupt a step half-way.
             .process_group(0);
+        if let Some(root) = &self.config_root {
+            let service = ctx.step_id.split('/').next().unwrap_or(&ctx.step_id);
+            let dir = crate::config::service_dir(root, service);
+            if dir.is_dir() {
+                c.env("SLIPWAY_CONFIG_DIR", dir);
+            }
+        }
         c
     }
 

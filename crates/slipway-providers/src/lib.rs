@@ -10,6 +10,7 @@
 
 pub mod artifact;
 pub mod builtin;
+pub mod config;
 pub mod deploy;
 pub mod exec;
 pub mod interventions;
@@ -20,4 +21,5 @@ pub mod smoke_gate;
 pub mod traffic;
 
 pub use artifact::ArtifactTarget;
+pub use config::ConfigTarget;
 pub use exec::ExecTarget;

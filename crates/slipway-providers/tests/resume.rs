@@ -108,6 +108,7 @@ async fn orchestrator_killed_mid_canary_resumes_without_duplicate_instances() {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let target = Arc::new(CompositeTarget {
         exec: None,
+        config: None,
         deploy: Some(Arc::new(
             DeployTarget::new(
                 p.clone(),
@@ -158,6 +159,7 @@ async fn orchestrator_killed_mid_canary_resumes_without_duplicate_instances() {
     // Second orchestrator, fresh objects over the same store and instance directory.
     let target = Arc::new(CompositeTarget {
         exec: None,
+        config: None,
         deploy: Some(Arc::new(DeployTarget::new(
             p.clone(),
             processes(dir.path(), &p),
@@ -233,6 +235,7 @@ async fn an_inconclusive_canary_pauses_the_run_and_a_resume_finishes_it() {
     let engine = || {
         let target = Arc::new(CompositeTarget {
             exec: None,
+            config: None,
             deploy: Some(Arc::new(DeployTarget::new(
                 p.clone(),
                 processes(dir.path(), &p),

@@ -11,6 +11,9 @@ use std::path::Path;
 use serde::Serialize;
 use slipway_model::spec::{ReleaseSpec, ServiceKind};
 
+use slipway_model::compat::CompatFinding;
+use slipway_model::plan::Finding;
+
 use crate::error::Result;
 use sql::{Class, Dialect, MigrationSetReport};
 
@@ -116,4 +119,63 @@ pub fn check_migrations(
         reports,
         incompatible,
     })
+}
+
+/// Every breaking-compatibility finding of a release, as plan facts: each OpenAPI breaking
+/// change between a service's `openapi.running` and `openapi.candidate` documents
+/// (`api:SERVICE:CODE:POINTER`), and each contract migration shipped with app services
+/// that depend on it (`migration:SERVICE:FILE`). Documents or migrations that cannot be
+/// read come back as `error` plan findings: compatibility that cannot be judged must not
+/// pass as compatible.
+pub fn findings(
+    spec: &ReleaseSpec,
+    spec_dir: &Path,
+    applied: &BTreeMap<String, u32>,
+) -> (Vec<CompatFinding>, Vec<Finding>) {
+    let mut out = Vec::new();
+    let mut problems = Vec::new();
+    for (name, svc) in &spec.services {
+        let Some(docs) = &svc.openapi else { continue };
+        match openapi::compare_files(&spec_dir.join(&docs.running), &spec_dir.join(&docs.candidate))
+        {
+            Ok(report) => {
+                for c in report
+                    .changes
+                    .iter()
+                    .filter(|c| c.impact == openapi::Impact::Breaking)
+                {
+                    out.push(CompatFinding {
+                        id: format!("api:{name}:{}:{}", c.code, c.pointer),
+                        kind: "api".into(),
+                        service: name.clone(),
+                        message: format!(
+                            "{} (OpenAPI {} → {} of `{name}`); existing clients may break: keep the old contract alongside the new one, or waive with a reason",
+                            c.message, docs.running, docs.candidate
+                        ),
+                    });
+                }
+            }
+            Err(e) => problems.push(Finding {
+                severity: "error".into(),
+                code: "openapi-unreadable".into(),
+                message: format!(
+                    "failed to {e} (services.{name}.openapi); fix the paths or the documents: compatibility cannot be judged without them"
+                ),
+            }),
+        }
+    }
+    // Unreadable migrations are reported by `plan_checks` already.
+    if let Ok(m) = check_migrations(spec, spec_dir, applied) {
+        for inc in &m.incompatible {
+            for file in &inc.files {
+                out.push(CompatFinding {
+                    id: format!("migration:{}:{file}", inc.service),
+                    kind: "migration".into(),
+                    service: inc.service.clone(),
+                    message: inc.message.clone(),
+                });
+            }
+        }
+    }
+    (out, problems)
 }
