@@ -262,3 +262,61 @@ fn an_additive_api_change_changes_nothing_in_the_plan() {
         "{p:#}"
     );
 }
+
+#[test]
+fn a_contract_migration_shipped_with_its_app_needs_a_phased_plan_too() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    std::fs::create_dir(p.join("migrations")).unwrap();
+    std::fs::write(
+        p.join("migrations/V1__orders.sql"),
+        "CREATE TABLE orders (id INTEGER PRIMARY KEY, total INTEGER);\n",
+    )
+    .unwrap();
+    std::fs::write(
+        p.join("migrations/V2__drop_total.sql"),
+        "ALTER TABLE orders DROP COLUMN total;\n",
+    )
+    .unwrap();
+    let write = |strategy: &str| {
+        let file = p.join("release.yaml");
+        std::fs::write(
+            &file,
+            format!(
+                "apiVersion: slipway/v1
+kind: Release
+metadata: {{ name: orders, version: 2.0.0, type: patch }}
+services:
+  db: {{ kind: migration, migrations: ./migrations, database: 'sqlite://orders.db', irreversible: true }}
+  api:
+    depends_on: [db]
+    steps: [ {{ name: install, run: 'true' }} ]
+environments:
+  staging:
+    target: {{ exec: {{}} }}
+    strategy: {strategy}
+"
+            ),
+        )
+        .unwrap();
+        file
+    };
+    let (code, plan) = plan_json(&write("{ big_bang: {} }"), "staging");
+    assert_eq!(code, 3, "{plan:#}");
+    let refused = plan["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["code"] == "compat-requires-phased")
+        .unwrap_or_else(|| panic!("{plan:#}"));
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap()
+            .contains("migration:db:V2__drop_total.sql"),
+        "{refused}"
+    );
+    let (code, plan) = plan_json(&write("{ rolling: { batch_size: 1 } }"), "staging");
+    assert_eq!(code, 0, "{plan:#}");
+    assert_eq!(approval_gates(&plan).len(), 1, "{plan:#}");
+}
