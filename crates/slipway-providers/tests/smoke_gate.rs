@@ -133,6 +133,7 @@ async fn deploy(dir: &std::path::Path, broken: bool) -> Deployed {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let gate = SmokeGate::from_plan(&p).expect("the plan declares smoke checks");
     let target = Arc::new(CompositeTarget {
+        config: None,
         exec: None,
         deploy: Some(Arc::new(
             DeployTarget::new(
