@@ -1,5 +1,6 @@
 //! Integration tests.
 
 mod canary;
+mod config;
 mod resume;
 mod smoke_gate;
