@@ -359,17 +359,8 @@ impl Engine {
         // Waived compatibility findings go into the audit chain as the run starts: the
         // plan carries them, but the chain is what an auditor reads.
         if !plan.waivers.is_empty() {
-            let waivers = plan
-                .waivers
-                .iter()
-                .map(|w| EngineEvent::WaiverApplied {
-                    finding: w.finding.clone(),
-                    message: w.message.clone(),
-                    reason: w.reason.clone(),
-                    by: w.by.clone(),
-                })
-                .collect();
-            self.commit(&id, &plan.digest, &req.author, waivers).await?;
+            self.commit(&id, &plan.digest, &req.author, waiver_events(plan))
+                .await?;
         }
         self.store
             .run(&id)
@@ -536,6 +527,19 @@ impl Engine {
         if ctx.state == RunState::RollingBack {
             let end = self.rollback(&mut ctx, "resuming rollback").await?;
             return Ok(DriveOutcome::Finished(end));
+        }
+        if ctx.state == RunState::Pending && !ctx.plan.waivers.is_empty() {
+            // `create_run` journals the waivers right after the run; a crash between the
+            // two commits would leave a run whose waivers are not in the audit chain, so
+            // the first drive makes sure they are.
+            let journal = self.store.journal(&ctx.run.id, 0).await?;
+            if !journal
+                .iter()
+                .any(|n| matches!(n.event, EngineEvent::WaiverApplied { .. }))
+            {
+                let waivers = waiver_events(&ctx.plan);
+                self.emit(&ctx, waivers).await?;
+            }
         }
         if ctx.state == RunState::Paused {
             self.transition(&mut ctx, RunState::Running, Some("resumed".into()))
@@ -1314,6 +1318,19 @@ impl Engine {
         self.transition(ctx, end, why).await?;
         Ok(end)
     }
+}
+
+/// The plan's waived compatibility findings as journal events.
+fn waiver_events(plan: &Plan) -> Vec<EngineEvent> {
+    plan.waivers
+        .iter()
+        .map(|w| EngineEvent::WaiverApplied {
+            finding: w.finding.clone(),
+            message: w.message.clone(),
+            reason: w.reason.clone(),
+            by: w.by.clone(),
+        })
+        .collect()
 }
 
 /// What approvals a run needs: the plan's approvals gate, and with a freeze override at

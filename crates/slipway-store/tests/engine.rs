@@ -191,3 +191,91 @@ async fn deploying_the_same_plan_again_continues_the_unfinished_run() {
     assert!(continued);
     assert_eq!(again.id, first.id);
 }
+
+/// A waived compatibility finding is journaled (and so audited) when the run starts, once,
+/// even when the process died between creating the run and journaling the waiver.
+#[tokio::test]
+async fn waivers_are_journaled_once_even_after_a_crash_right_after_creation() {
+    use slipway_engine::Store as _;
+    use slipway_engine::event::EngineEvent;
+    use slipway_engine::store::{JournalRecord, NewRun};
+    let waived = |mut p: Plan| {
+        p.waivers = vec![slipway_model::compat::AppliedWaiver {
+            finding: "migration:db:V7__drop_total.sql".into(),
+            message: "contracts the schema".into(),
+            reason: "nothing reads total since 2.1".into(),
+            by: "alice".into(),
+        }];
+        p.digest = slipway_model::plan::digest_of(&p);
+        p
+    };
+    let count = |journal: &[slipway_engine::Notice]| {
+        journal
+            .iter()
+            .filter(|n| matches!(n.event, EngineEvent::WaiverApplied { .. }))
+            .count()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::open(&dir.path().join("s.db")).await.unwrap());
+    let clock = Arc::new(FakeClock::new(
+        "2026-03-02T10:00:00Z".parse::<Timestamp>().unwrap(),
+    ));
+    let engine = Engine::new(store.clone(), Arc::new(NoopTarget), clock.clone());
+
+    // The normal path: journaled at creation, not again by the drive.
+    let run = engine
+        .create_run(req(waived(make_plan("", "1.0.0")), "op-a"))
+        .await
+        .unwrap();
+    engine.drive(&run.id, "op-a", NO_WAIT).await.unwrap();
+    assert_eq!(count(&store.journal(&run.id, 0).await.unwrap()), 1);
+
+    // A run as a crash right after its first commit leaves it: no waiver yet.
+    let p = waived(make_plan("", "1.0.1"));
+    let now = "2026-03-02T10:00:00Z".parse::<Timestamp>().unwrap();
+    store
+        .create_run(
+            NewRun {
+                id: "r-crashed".into(),
+                plan_json: serde_json::to_string(&p).unwrap(),
+                digest: p.digest.clone(),
+                release: "g".into(),
+                version: "1.0.1".into(),
+                environment: "prod".into(),
+                author: "op-a".into(),
+                override_reason: None,
+                created_at: now,
+                workdir: "/tmp".into(),
+            },
+            JournalRecord {
+                run_id: "r-crashed".into(),
+                digest: p.digest.clone(),
+                at: now,
+                actor: "op-a".into(),
+                event: EngineEvent::RunCreated {
+                    release: "g".into(),
+                    version: "1.0.1".into(),
+                    environment: "prod".into(),
+                    digest: p.digest.clone(),
+                    override_freeze: None,
+                },
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(count(&store.journal("r-crashed", 0).await.unwrap()), 0);
+    let out = engine.drive("r-crashed", "op-a", NO_WAIT).await.unwrap();
+    assert_eq!(out, DriveOutcome::Finished(RunState::Succeeded));
+    let journal = store.journal("r-crashed", 0).await.unwrap();
+    assert_eq!(count(&journal), 1);
+    // Before any step ran.
+    let waiver = journal
+        .iter()
+        .position(|n| matches!(n.event, EngineEvent::WaiverApplied { .. }))
+        .unwrap();
+    let first_step = journal
+        .iter()
+        .position(|n| matches!(n.event, EngineEvent::StepStarted { .. }))
+        .unwrap();
+    assert!(waiver < first_step);
+}
