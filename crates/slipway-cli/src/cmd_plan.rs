@@ -586,6 +586,14 @@ pub fn render_plan(p: &Plan, out: &Output) -> String {
                 format!("{} checks: {}", phase_word(*phase), names.join(", "))
             }
             GateKind::PostReview => "review after the fact".to_owned(),
+            GateKind::Checklist { items } => items
+                .iter()
+                .map(|i| match &i.check {
+                    Some(c) => format!("{}: {} (check {c})", i.id, i.text),
+                    None => format!("{}: {} (acknowledge)", i.id, i.text),
+                })
+                .collect::<Vec<_>>()
+                .join("; "),
         };
         let _ = writeln!(
             s,

@@ -908,6 +908,7 @@ pub fn deploy(a: DeployArgs, out: &Output) -> Result<i32, CliError> {
     rt.block_on(async {
         let (store, db) = open_store(&a.store).await?;
         crate::cmd_access::enforce(&db, Role::Deployer, "deploy", &plan.environment).await?;
+        crate::cmd_checklist::require(&db, &plan).await?;
         // Infrastructure must be committed, clean and valid before anything is touched.
         let infra = match &plan.env.infrastructure {
             Some(infra) => {

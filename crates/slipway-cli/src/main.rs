@@ -9,6 +9,7 @@ mod cmd_access;
 mod cmd_archive;
 mod cmd_audit;
 mod cmd_check;
+mod cmd_checklist;
 mod cmd_config;
 mod cmd_demo;
 mod cmd_env;
@@ -130,6 +131,9 @@ pub enum Commands {
     Audit(cmd_audit::AuditCommand),
     /// Move closed runs and the old audit chain into a signed bundle, leaving a checkpoint.
     Archive(cmd_archive::ArchiveArgs),
+    /// Lessons from retrospectives that every plan must satisfy: accept, show, acknowledge.
+    #[command(subcommand)]
+    Checklist(cmd_checklist::ChecklistCommand),
     /// The retention policy per record kind (runs, journal, approvals, checks, audit).
     #[command(subcommand)]
     Retention(cmd_archive::RetentionCommand),
@@ -201,6 +205,7 @@ fn run(command: Commands, out: &Output) -> Result<i32, out::CliError> {
         Commands::Audit(c) => cmd_audit::audit(c, out),
         Commands::Archive(a) => cmd_archive::archive(a, out),
         Commands::Retention(c) => cmd_archive::retention(c, out),
+        Commands::Checklist(c) => cmd_checklist::checklist(c, out),
         Commands::Env(c) => cmd_env::env(c, out),
         Commands::Render(a) => cmd_render::render(a, out),
         Commands::Compat(c) => cmd_render::compat(c, out),

@@ -10,6 +10,7 @@ mod archive_cli;
 mod artifact_cli;
 mod canary_cli;
 mod check_cli;
+mod checklist_cli;
 mod checks_gate_cli;
 mod compat_plan_cli;
 mod config_cli;

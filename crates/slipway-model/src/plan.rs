@@ -235,6 +235,13 @@ pub enum GateKind {
     },
     /// A review after the fact is required (emergency change).
     PostReview,
+    /// The spec's checklist (lessons from retrospectives): each item satisfied by its
+    /// check running in this plan, or acknowledged for this version and environment
+    /// before a deploy starts.
+    Checklist {
+        /// The items.
+        items: Vec<crate::spec::ChecklistItem>,
+    },
 }
 
 impl GateKind {
@@ -250,6 +257,7 @@ impl GateKind {
             Self::Freezes { .. } => "freezes",
             Self::Checks { .. } => "checks",
             Self::PostReview => "post_review",
+            Self::Checklist { .. } => "checklist",
         }
     }
 }
@@ -805,6 +813,15 @@ fn gates(
                 freezes: env.freezes.clone(),
             },
             source: env_src("freezes"),
+        });
+    }
+
+    if !spec.checklist.is_empty() {
+        gates.push(Gate {
+            kind: GateKind::Checklist {
+                items: spec.checklist.clone(),
+            },
+            source: "checklist".into(),
         });
     }
 

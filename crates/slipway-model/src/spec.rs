@@ -59,6 +59,12 @@ pub struct ReleaseSpec {
     /// written to the audit chain when the run starts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub waivers: Vec<Waiver>,
+    /// Lessons every future plan must satisfy, typically action items accepted from a
+    /// retrospective (`slipway checklist accept RUN N -f release.yaml`). Each
+    /// is a plan gate: satisfied by running its `check`, or acknowledged per version and
+    /// environment (`slipway checklist ack`); until then a deploy is blocked (exit 3).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checklist: Vec<ChecklistItem>,
 }
 
 /// A breaking-compatibility finding accepted on purpose.
@@ -72,6 +78,22 @@ pub struct Waiver {
     pub reason: String,
     /// Who decided (a person or team), e.g. `alice@example.com`.
     pub by: String,
+}
+
+/// One checklist item.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChecklistItem {
+    /// Stable id, e.g. `retro-20261126-033243-ef0a61-1`.
+    pub id: String,
+    /// What must be true before a deploy.
+    pub text: String,
+    /// The run whose retrospective produced it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_run: Option<String>,
+    /// A declared check (under `checks`) that satisfies the item when the plan runs it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<String>,
 }
 
 /// What is being released.

@@ -113,6 +113,7 @@ fn spec_from_plan(plan: &Plan) -> ReleaseSpec {
         notifications: Vec::new(),
         policy: None,
         waivers: Vec::new(),
+        checklist: Vec::new(),
     }
 }
 

@@ -7,6 +7,7 @@
 
 pub mod access;
 pub mod archive;
+pub mod checklist;
 mod leases;
 pub mod schema;
 pub mod sqlite;

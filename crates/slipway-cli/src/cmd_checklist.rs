@@ -1,0 +1,432 @@
+//! `slipway checklist …`: lessons that future plans must satisfy. An action item of a run's
+//! retrospective (`slipway report retro RUN`) is accepted into the spec's `checklist`
+//! (`checklist accept RUN N -f release.yaml`); every plan then carries a `checklist` gate,
+//! and `slipway deploy` is blocked (exit 3) until each item is satisfied — by its `check`
+//! running in the plan, or by someone acknowledging it for this release version and
+//! environment (`checklist ack`, approver role, audited).
+
+use std::path::{Path, PathBuf};
+
+use jiff::Timestamp;
+use serde_json::json;
+use slipway_govern::access::Role;
+use slipway_model::exit;
+use slipway_model::plan::{GateKind, Plan};
+use slipway_model::spec::ChecklistItem;
+use slipway_store::checklist::{Ack, ChecklistDb};
+
+use crate::cmd_run::{StoreArg, identity, open_store, runtime, store_error};
+use crate::out::{CliError, Output};
+
+/// `slipway checklist …`.
+#[derive(Debug, clap::Subcommand)]
+pub enum ChecklistCommand {
+    /// Accept action item N (1-based, as listed by `slipway report retro RUN`) of a run's
+    /// retrospective into the spec's checklist.
+    #[command(
+        after_help = "Examples:\n  slipway checklist accept 20261126-033243-ef0a61 1 -f release.yaml\n  slipway checklist accept 20261126-033243-ef0a61 2 -f release.yaml --check smoke-payments"
+    )]
+    Accept(AcceptArgs),
+    /// Show each checklist item of a plan: satisfied by a check, acknowledged, or open.
+    Show(ShowArgs),
+    /// Acknowledge an item for this release version and environment (approver role).
+    Ack(AckArgs),
+}
+
+/// `slipway checklist accept`.
+#[derive(Debug, clap::Args)]
+pub struct AcceptArgs {
+    /// The run whose retrospective lists the item.
+    pub run: String,
+    /// The action item's position (1-based).
+    pub item: usize,
+    /// The spec to add it to (rewritten in place, only the checklist grows).
+    #[arg(short = 'f', long)]
+    pub file: PathBuf,
+    /// A declared check that satisfies the item when the plan runs it.
+    #[arg(long)]
+    pub check: Option<String>,
+    #[command(flatten)]
+    pub store: StoreArg,
+}
+
+/// `slipway checklist show`.
+#[derive(Debug, clap::Args)]
+pub struct ShowArgs {
+    /// The release spec.
+    #[arg(short = 'f', long)]
+    pub file: PathBuf,
+    /// The environment.
+    #[arg(long)]
+    pub env: String,
+    #[command(flatten)]
+    pub store: StoreArg,
+}
+
+/// `slipway checklist ack`.
+#[derive(Debug, clap::Args)]
+pub struct AckArgs {
+    /// The item id.
+    pub item: String,
+    /// The release spec.
+    #[arg(short = 'f', long)]
+    pub file: PathBuf,
+    /// The environment.
+    #[arg(long)]
+    pub env: String,
+    /// What was done about it (audited).
+    #[arg(long)]
+    pub note: String,
+    #[command(flatten)]
+    pub store: StoreArg,
+}
+
+/// An item's state for one plan.
+#[derive(Debug, Clone, serde::Serialize)]
+struct ItemState {
+    id: String,
+    text: String,
+    /// `check`, `acknowledged` or `open`.
+    state: &'static str,
+    detail: String,
+}
+
+fn items(plan: &Plan) -> Vec<ChecklistItem> {
+    plan.gates
+        .iter()
+        .find_map(|g| match &g.kind {
+            GateKind::Checklist { items } => Some(items.clone()),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+fn states(plan: &Plan, acks: &[Ack]) -> Vec<ItemState> {
+    let planned: Vec<&String> = plan
+        .gates
+        .iter()
+        .filter_map(|g| match &g.kind {
+            GateKind::Checks { names, .. } => Some(names),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    items(plan)
+        .into_iter()
+        .map(|i| {
+            let by_check = i.check.as_ref().filter(|c| planned.contains(c));
+            let ack = acks.iter().find(|a| a.item == i.id);
+            let (state, detail) = match (by_check, ack) {
+                (Some(c), _) => ("check", format!("check {c} runs in this plan")),
+                (None, Some(a)) => (
+                    "acknowledged",
+                    format!("by {} at {}: {}", a.acknowledged_by, a.at, a.note),
+                ),
+                (None, None) => (
+                    "open",
+                    match &i.check {
+                        Some(c) => {
+                            format!("check {c} is not run in this environment; acknowledge instead")
+                        }
+                        None => "needs an acknowledgement for this version and environment".into(),
+                    },
+                ),
+            };
+            ItemState {
+                id: i.id,
+                text: i.text,
+                state,
+                detail,
+            }
+        })
+        .collect()
+}
+
+/// Refuse a deploy while a checklist item of the plan is open (exit 3).
+pub(crate) async fn require(db_path: &Path, plan: &Plan) -> Result<(), CliError> {
+    if items(plan).is_empty() {
+        return Ok(());
+    }
+    let db = ChecklistDb::open(db_path).await.map_err(store_error)?;
+    let acks = db
+        .acks(&plan.release.name, &plan.release.version, &plan.environment)
+        .await
+        .map_err(store_error)?;
+    db.close().await;
+    let open: Vec<ItemState> = states(plan, &acks)
+        .into_iter()
+        .filter(|s| s.state == "open")
+        .collect();
+    if open.is_empty() {
+        return Ok(());
+    }
+    Err(CliError::new(
+        exit::BLOCKED,
+        format!(
+            "failed to deploy: {} checklist item(s) open for {} {} in {}: {}",
+            open.len(),
+            plan.release.name,
+            plan.release.version,
+            plan.environment,
+            open.iter()
+                .map(|s| format!("{} ({}; {})", s.id, s.text, s.detail))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
+        Some(format!(
+            "do what the item says, then `slipway checklist ack {} -f SPEC --env {} --note \"what was done\"`",
+            open[0].id, plan.environment
+        )),
+    ))
+}
+
+/// Add `item` to the spec text's top-level `checklist` (creating it), touching nothing else.
+fn append_item(text: &str, item: &ChecklistItem) -> String {
+    let q = |s: &str| serde_json::to_string(s).unwrap_or_default();
+    let mut line = format!("  - {{ id: {}, text: {}", q(&item.id), q(&item.text));
+    if let Some(r) = &item.from_run {
+        line.push_str(&format!(", from_run: {}", q(r)));
+    }
+    if let Some(c) = &item.check {
+        line.push_str(&format!(", check: {}", q(c)));
+    }
+    line.push_str(" }");
+    let lines: Vec<&str> = text.lines().collect();
+    let head = lines
+        .iter()
+        .position(|l| l.trim_end() == "checklist:" || l.trim_end() == "checklist: []");
+    let mut out: Vec<String> = lines.iter().map(|l| (*l).to_owned()).collect();
+    match head {
+        Some(h) => {
+            out[h] = "checklist:".to_owned();
+            // The block ends at the next line that starts at column 0 (another key).
+            let mut end = h + 1;
+            let mut last = h;
+            while end < out.len() {
+                let l = &out[end];
+                if !l.is_empty() && !l.starts_with(' ') && !l.starts_with('-') {
+                    break;
+                }
+                if !l.trim().is_empty() {
+                    last = end;
+                }
+                end += 1;
+            }
+            out.insert(last + 1, line);
+        }
+        None => {
+            out.push("checklist:".to_owned());
+            out.push(line);
+        }
+    }
+    let mut s = out.join("\n");
+    s.push('\n');
+    s
+}
+
+/// Run a checklist subcommand.
+pub fn checklist(c: ChecklistCommand, out: &Output) -> Result<i32, CliError> {
+    // Planning gathers facts with its own runtime: plan before entering ours.
+    let plan = match &c {
+        ChecklistCommand::Accept(_) => None,
+        ChecklistCommand::Show(ShowArgs { file, env, .. })
+        | ChecklistCommand::Ack(AckArgs { file, env, .. }) => {
+            Some(crate::cmd_plan::make_plan(file, env, out)?.1)
+        }
+    };
+    let rt = runtime()?;
+    let result = rt.block_on(async {
+        match (c, plan) {
+            (ChecklistCommand::Accept(a), _) => accept(a, out).await,
+            (ChecklistCommand::Show(_) | ChecklistCommand::Ack(_), None) => Err(CliError::new(
+                exit::INTERNAL,
+                "failed to plan before the checklist command",
+                None,
+            )),
+            (ChecklistCommand::Show(a), Some(plan)) => {
+                let (_, db_path) = open_store(&a.store).await?;
+                let db = ChecklistDb::open(&db_path).await.map_err(store_error)?;
+                let acks = db
+                    .acks(&plan.release.name, &plan.release.version, &plan.environment)
+                    .await
+                    .map_err(store_error)?;
+                let st = states(&plan, &acks);
+                if out.json() {
+                    out.json_value(&st);
+                } else if st.is_empty() {
+                    out.line("the spec has no checklist");
+                } else {
+                    for s in &st {
+                        out.line(&format!(
+                            "{:<13} {}  {} — {}",
+                            s.state, s.id, s.text, s.detail
+                        ));
+                    }
+                }
+                Ok(if st.iter().any(|s| s.state == "open") {
+                    exit::BLOCKED
+                } else {
+                    exit::SUCCESS
+                })
+            }
+            (ChecklistCommand::Ack(a), Some(plan)) => {
+                if !items(&plan).iter().any(|i| i.id == a.item) {
+                    return Err(CliError::input(
+                        format!(
+                            "failed to acknowledge `{}`: the checklist of {} has no such item",
+                            a.item,
+                            a.file.display()
+                        ),
+                        "list the items with `slipway checklist show -f SPEC --env ENV`",
+                    ));
+                }
+                let (store, db_path) = open_store(&a.store).await?;
+                crate::cmd_access::enforce(
+                    &db_path,
+                    Role::Approver,
+                    "acknowledge checklist items",
+                    &plan.environment,
+                )
+                .await?;
+                let db = ChecklistDb::open(&db_path).await.map_err(store_error)?;
+                let me = identity();
+                db.acknowledge(
+                    &plan.release.name,
+                    &plan.release.version,
+                    &plan.environment,
+                    &Ack {
+                        item: a.item.clone(),
+                        acknowledged_by: format!("user:{me}"),
+                        note: a.note.clone(),
+                        at: Timestamp::now().to_string(),
+                    },
+                )
+                .await
+                .map_err(store_error)?;
+                crate::cmd_archive::audit_governance(
+                    store.as_ref(),
+                    "checklist_acknowledged",
+                    json!({"item": a.item, "release": plan.release.name,
+                        "version": plan.release.version, "environment": plan.environment,
+                        "note": a.note}),
+                )
+                .await?;
+                out.line(&format!(
+                    "checklist item {} acknowledged for {} {} in {}",
+                    a.item, plan.release.name, plan.release.version, plan.environment
+                ));
+                Ok(exit::SUCCESS)
+            }
+        }
+    });
+    rt.shutdown_background();
+    result
+}
+
+async fn accept(a: AcceptArgs, out: &Output) -> Result<i32, CliError> {
+    let (store, _) = open_store(&a.store).await?;
+    let run = slipway_govern::history::RunHistory::load(store.as_ref(), &a.run)
+        .await
+        .map_err(crate::cmd_report::govern_error)?;
+    let retro = slipway_govern::retro::build(&run);
+    let Some(text) = a.item.checked_sub(1).and_then(|i| retro.actions.get(i)) else {
+        return Err(CliError::input(
+            format!(
+                "failed to accept action item {} of run {}: its retrospective lists {}",
+                a.item,
+                a.run,
+                retro.actions.len()
+            ),
+            format!("see them with `slipway report retro {}`", a.run),
+        ));
+    };
+    let spec_text = std::fs::read_to_string(&a.file).map_err(|e| {
+        CliError::input(
+            format!("failed to read {}: {e}", a.file.display()),
+            "pass the release spec with -f",
+        )
+    })?;
+    let item = ChecklistItem {
+        id: format!("retro-{}-{}", a.run, a.item),
+        text: text.clone(),
+        from_run: Some(a.run.clone()),
+        check: a.check.clone(),
+    };
+    let name = a.file.display().to_string();
+    if let Ok(loaded) = slipway_model::validate::load(&name, &spec_text)
+        && loaded.spec.checklist.iter().any(|i| i.id == item.id)
+    {
+        return Err(CliError::input(
+            format!(
+                "failed to accept: {} is already in the checklist of {name}",
+                item.id
+            ),
+            "nothing to do",
+        ));
+    }
+    let new_text = append_item(&spec_text, &item);
+    // Never leave a spec that no longer loads: check before writing.
+    if let Err(e) = slipway_model::validate::load(&name, &new_text) {
+        return Err(CliError::input(
+            format!(
+                "failed to add the item to {name}: the result would not validate:\n{}",
+                e.render(false, 100)
+            ),
+            "add it by hand under `checklist:`",
+        ));
+    }
+    let dir = a
+        .file
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .map_err(|e| CliError::new(exit::FAILURE, format!("failed to write {name}: {e}"), None))?;
+    std::io::Write::write_all(&mut tmp, new_text.as_bytes())
+        .and_then(|_| tmp.as_file().sync_all())
+        .map_err(|e| CliError::new(exit::FAILURE, format!("failed to write {name}: {e}"), None))?;
+    tmp.persist(&a.file).map_err(|e| {
+        CliError::new(
+            exit::FAILURE,
+            format!("failed to write {name}: {}", e.error),
+            None,
+        )
+    })?;
+    if out.json() {
+        out.json_value(&json!({"accepted": item, "file": a.file}));
+    } else {
+        out.line(&format!(
+            "added {} to the checklist of {name}: {}",
+            item.id, item.text
+        ));
+    }
+    Ok(exit::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(id: &str) -> ChecklistItem {
+        ChecklistItem {
+            id: id.into(),
+            text: "say \"why\": yes".into(),
+            from_run: Some("r1".into()),
+            check: None,
+        }
+    }
+
+    #[test]
+    fn items_go_into_an_existing_checklist_or_a_new_one() {
+        let t = "a: 1\nchecklist:\n  - { id: x, text: y }\n\nb: 2\n";
+        let s = append_item(t, &item("z"));
+        assert_eq!(
+            s,
+            "a: 1\nchecklist:\n  - { id: x, text: y }\n  - { id: \"z\", text: \"say \\\"why\\\": yes\", from_run: \"r1\" }\n\nb: 2\n"
+        );
+        let s = append_item("a: 1\n", &item("z"));
+        assert!(s.ends_with("a: 1\nchecklist:\n  - { id: \"z\", text: \"say \\\"why\\\": yes\", from_run: \"r1\" }\n"), "{s}");
+        let s = append_item("checklist: []\nb: 2\n", &item("z"));
+        assert!(s.starts_with("checklist:\n  - { id: \"z\""), "{s}");
+    }
+}
