@@ -346,7 +346,7 @@ async fn process_deploy(
     );
     let mut routers: std::collections::BTreeMap<String, RemoteRouter> =
         std::collections::BTreeMap::new();
-    for (service, _) in deployed_services(plan) {
+    for (service, version) in deployed_services(plan) {
         let (router, started) = supervisor.ensure(&service).await.map_err(|e| {
             CliError::new(
                 exit::FAILURE,
@@ -358,11 +358,17 @@ async fn process_deploy(
             )
         })?;
         if started {
+            // A new front door serves what already runs: the previous version when a
+            // canary of this release was left running beside it, else all of it.
             let alive = processes.running(&service).alive;
-            if let Some(first) = alive.first()
-                && alive.iter().all(|i| i.version == first.version)
-            {
-                let addrs: Vec<_> = alive.iter().map(|i| i.addr).collect();
+            let serving: Vec<_> = alive.iter().filter(|i| i.version != version).collect();
+            let serving = if serving.is_empty() {
+                alive.iter().collect()
+            } else {
+                serving
+            };
+            if !serving.is_empty() {
+                let addrs: Vec<_> = serving.iter().map(|i| i.addr).collect();
                 router.set_pools(&addrs, &[]).await.map_err(|e| {
                     CliError::new(exit::FAILURE, format!("failed to deploy: {e}"), None)
                 })?;

@@ -311,15 +311,26 @@ impl Drop for Env {
 }
 
 fn get_version(addr: SocketAddr) -> String {
-    let mut s = TcpStream::connect(addr).unwrap();
+    match try_version(addr) {
+        Ok(v) => v,
+        Err(text) => panic!("GET /version through {addr}: {text}"),
+    }
+}
+
+/// `GET /version`: the body of a 200, else the whole answer as the error.
+fn try_version(addr: SocketAddr) -> Result<String, String> {
+    let mut s = TcpStream::connect(addr).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     s.write_all(b"GET /version HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .unwrap();
+        .map_err(|e| e.to_string())?;
     let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
+    s.read_to_string(&mut text).map_err(|e| e.to_string())?;
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    assert!(head.starts_with("HTTP/1.1 200"), "{text}");
-    body.trim().to_owned()
+    if head.starts_with("HTTP/1.1 200") {
+        Ok(body.trim().to_owned())
+    } else {
+        Err(text)
+    }
 }
 
 fn run_id(v: &serde_json::Value) -> String {
@@ -669,5 +680,74 @@ fn a_live_canary_hears_resume_promote_pause_and_abort_from_other_processes() {
         stats.server_errors + stats.failed,
         0,
         "users saw failures: {stats:?}"
+    );
+}
+
+#[test]
+fn a_dead_proxy_is_started_again_on_its_port_and_serves_what_runs() {
+    let env = Env::new();
+    let (code, v, err) = env.deploy(&env.spec("1.0.0", "", "2s"));
+    assert_eq!(code, 0, "{v}\n{err}");
+    let before = env.proxy();
+    // The front door and the orchestrator both die mid-canary.
+    let mut deploy = env.spawn_deploy(&env.spec("2.0.0", "", "60s"), "deploy-2.0.0");
+    let run = env.wait_journal("2.0.0", "\"weight\":20");
+    deploy.kill().unwrap();
+    deploy.wait().unwrap();
+    Command::new("kill")
+        .args(["-KILL", &before.pid.to_string()])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(before.traffic).is_ok() {
+        assert!(Instant::now() < deadline, "the proxy did not die");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // A resume brings a new proxy up on the same address, in front of the stable version
+    // at once, and finishes the canary (a fresh one: the old one is retired first).
+    let mut resume = Command::new(assert_cmd::cargo::cargo_bin("slipway"));
+    let log = std::fs::File::create(env.path().join("resume.log")).unwrap();
+    let mut resume = resume
+        .envs(env.envs())
+        .args(["resume", &run])
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let after = loop {
+        assert!(
+            Instant::now() < deadline,
+            "no new proxy: {}",
+            env.background_logs()
+        );
+        if let Some(s) = slipway_providers::remote::read_state(&env.proxies_dir().join("api.json"))
+            && s.pid != before.pid
+        {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(after.traffic, before.traffic, "clients keep their address");
+    assert_ne!(
+        after.token, before.token,
+        "a new proxy has a new admin token"
+    );
+    // Serving as soon as the resuming slipway has told it what runs (the canary of the
+    // run is not in its pools yet: the deploy step retires it first).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let first = loop {
+        match try_version(after.traffic) {
+            Ok(v) => break v,
+            Err(e) => assert!(Instant::now() < deadline, "never served: {e}"),
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(first, "1.0.0");
+    assert_eq!(
+        exit_within(&mut resume, Duration::from_secs(90)),
+        5,
+        "{}",
+        env.background_logs()
     );
 }

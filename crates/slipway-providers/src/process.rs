@@ -441,7 +441,9 @@ pub fn proc_start_ticks(pid: u32) -> Option<u64> {
     stat_fields(pid)?.get(19)?.parse().ok()
 }
 
-fn is_zombie(pid: u32) -> bool {
+/// Whether a process has exited but was not reaped yet (its parent may never reap it,
+/// e.g. a container's init): it exists in /proc but is not running.
+pub fn is_zombie(pid: u32) -> bool {
     stat_fields(pid).is_some_and(|f| f.first().is_some_and(|s| s == "Z"))
 }
 

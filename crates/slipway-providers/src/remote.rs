@@ -28,7 +28,7 @@ use slipway_proxy::TOKEN_HEADER;
 use slipway_proxy::api::{PoolsRequest, StateReport, VersionReport, WeightRequest, WindowReport};
 use slipway_rollout::{BoxFuture, MetricSource, RolloutError, TrafficRouter};
 
-use crate::process::proc_start_ticks;
+use crate::process::{is_zombie, proc_start_ticks};
 
 /// Longest an admin call may take; the proxy answers from memory, so this is generous.
 const CALL_TIMEOUT: Duration = Duration::from_secs(3);
@@ -52,9 +52,9 @@ pub struct ProxyState {
 
 impl ProxyState {
     /// Whether the recorded process is still the one that wrote this (same pid, same
-    /// start time).
+    /// start time) and has not exited.
     pub fn is_running(&self) -> bool {
-        proc_start_ticks(self.pid) == Some(self.start_ticks)
+        proc_start_ticks(self.pid) == Some(self.start_ticks) && !is_zombie(self.pid)
     }
 }
 
