@@ -156,6 +156,14 @@ pub fn gather_facts(spec_path: &Path, loaded: &LoadedSpec) -> Facts {
         facts.git_tags = git_tags(dir);
     }
     for (name, svc) in &loaded.spec.services {
+        for c in &svc.config {
+            if let Ok(bytes) = std::fs::read(dir.join(&c.template)) {
+                facts.config_templates.insert(
+                    c.template.clone(),
+                    slipway_package::digest::sha256_bytes(&bytes),
+                );
+            }
+        }
         if let Some(m) = &svc.migrations {
             facts
                 .migrations
@@ -497,7 +505,7 @@ pub fn render_plan(p: &Plan, out: &Output) -> String {
             StepAction::Deploy { version, replicas } => {
                 format!("deploy {version} × {replicas} ({})", p.strategy_kind)
             }
-            StepAction::RenderConfig { files } => format!(
+            StepAction::RenderConfig { files, .. } => format!(
                 "render config {}",
                 truncate(
                     &files

@@ -1,14 +1,18 @@
 //! Config rendered at install time, through the real binary: a deploy renders each
 //! service's templates into its config directory (`$SLIPWAY_CONFIG_DIR` of its steps),
-//! records the digests with the run, and a template that no longer renders at install
-//! time fails the step before anything is written — the previous release's config stays
-//! exactly as it was.
+//! records the digests with the run, and a template edited after the plan was made (here
+//! to read a variable no environment has) is refused at install with both digests before
+//! anything is rendered or written — the previous release's config stays exactly as it
+//! was. (The same all-or-nothing holds when the render itself fails: the providers tests
+//! render unpinned templates with an undefined variable.)
 
 use crate::slipway;
 
+const TEMPLATE: &str = "region = \"{{ vars.region }}\"\nversion = \"{{ version }}\"\n";
+
 fn spec(version: &str, break_template: bool) -> String {
     // `a` runs first (b depends on it); in the second release its step edits b's template
-    // after the plan was made, so only the install-time render can catch it.
+    // after the plan was made, so only the install-time check can catch it.
     let edit = if break_template {
         "printf 'extra = \\\"{{ vars.nope }}\\\"\\\\n' >> b.conf.j2"
     } else {
@@ -39,11 +43,7 @@ fn config_is_rendered_at_install_and_a_broken_render_writes_nothing() {
     let p = d.path();
     let store = format!("sqlite://{}/.slipway/s.db", p.display());
     let file = p.join("release.yaml");
-    std::fs::write(
-        p.join("b.conf.j2"),
-        "region = \"{{ vars.region }}\"\nversion = \"{{ version }}\"\n",
-    )
-    .unwrap();
+    std::fs::write(p.join("b.conf.j2"), TEMPLATE).unwrap();
     std::fs::write(&file, spec("1.0.0", false)).unwrap();
     let o = slipway()
         .env("SLIPWAY_STORE", &store)
@@ -98,7 +98,7 @@ fn config_is_rendered_at_install_and_a_broken_render_writes_nothing() {
         "{logs}"
     );
 
-    // Release 2: `a` breaks b's template after planning; b's render fails at install.
+    // Release 2: `a` edits b's template after planning; b's render is refused at install.
     std::fs::write(&file, spec("1.0.1", true)).unwrap();
     let o = slipway()
         .env("SLIPWAY_STORE", &store)
@@ -120,9 +120,13 @@ fn config_is_rendered_at_install_and_a_broken_render_writes_nothing() {
         .output()
         .unwrap();
     let logs = String::from_utf8_lossy(&o.stdout);
+    let template_now = std::fs::read(p.join("b.conf.j2")).unwrap();
     assert!(
-        logs.contains("b/render-config") && logs.contains("vars.nope"),
-        "the failure names the variable: {logs}"
+        logs.contains("b/render-config")
+            && logs.contains("changed since the plan was made")
+            && logs.contains(&slipway_package::digest::sha256_bytes(&template_now))
+            && logs.contains(&slipway_package::digest::sha256_bytes(TEMPLATE.as_bytes())),
+        "the failure names the template and both digests: {logs}"
     );
     // b's install never ran, and its config is release 1's, untouched; no temporary or
     // half-written directory is left beside it.

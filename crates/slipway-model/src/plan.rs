@@ -35,6 +35,10 @@ pub struct Facts {
     pub days_since_change: BTreeMap<String, u32>,
     /// Migration files found per migration service: (version, has undo script).
     pub migrations: BTreeMap<String, Vec<(u32, bool)>>,
+    /// sha256 of each config template, by its path as written in the spec; pinned into
+    /// the plan's `render_config` steps.
+    #[serde(default)]
+    pub config_templates: BTreeMap<String, String>,
     /// Breaking-compatibility findings (OpenAPI breaking changes, contract migrations
     /// shipped with the code that needs them), read from the files beside the spec.
     #[serde(default)]
@@ -161,6 +165,10 @@ pub enum StepAction {
     RenderConfig {
         /// The templates and their destinations, as in `services.X.config`.
         files: Vec<crate::spec::ConfigTemplate>,
+        /// sha256 of each template (by path) when the plan was made: a template edited
+        /// after planning (and approval) is refused at install, as a changed artifact is.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        templates: BTreeMap<String, String>,
     },
     /// Re-verify a service's artifact immediately before its install: its sha256, and its
     /// signature when the plan requires signatures. Paths are relative to the spec file.
@@ -457,6 +465,17 @@ pub fn plan(spec: &ReleaseSpec, env_name: &str, facts: &Facts) -> Result<Plan, S
     };
     let base = digest_of(&plan);
     plan.steps = steps(&plan, &base);
+    // Template digests are facts (the planner reads no files); they go into the steps, and
+    // so into the digest, but not into the idempotency keys' base.
+    for s in &mut plan.steps {
+        if let StepAction::RenderConfig { files, templates } = &mut s.action {
+            for f in files.iter() {
+                if let Some(d) = facts.config_templates.get(&f.template) {
+                    templates.insert(f.template.clone(), d.clone());
+                }
+            }
+        }
+    }
     plan.digest = digest_of(&plan);
     Ok(plan)
 }
@@ -643,6 +662,7 @@ fn steps(plan: &Plan, base_digest: &str) -> Vec<PlannedStep> {
                         format!("{name}/render-config"),
                         StepAction::RenderConfig {
                             files: svc.config.clone(),
+                            templates: BTreeMap::new(),
                         },
                     );
                 }

@@ -146,19 +146,48 @@ fn read_record(dir: &Path) -> Option<DirRecord> {
 /// Renders `service`'s config for the plan's environment and replaces `dir` with it.
 ///
 /// Secrets (`secret://env/NAME`, `secret://file/PATH` relative to `spec_dir`) are resolved
-/// here; `port` fills `{{ port }}` on targets that assign ports. Every error is returned
-/// before anything is written, and error texts pass through a redactor of the resolved
-/// values. `run` and `key` are recorded in the directory so a step can tell its own render
-/// from another's.
+/// here; `port` fills `{{ port }}` on targets that assign ports. `pinned` maps template
+/// paths to the sha256 the plan recorded: a template that changed since is refused (with
+/// both digests), so what is rendered with production secrets is what was approved.
+/// Every error is returned before anything is written, and error texts pass through a
+/// redactor of the resolved values. `run` and `key` are recorded in the directory so a
+/// step can tell its own render from another's.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "each is a different input of one install; a struct would only rename them"
+)]
 pub fn install_config(
     plan: &Plan,
     spec_dir: &Path,
     service: &str,
     port: Option<u16>,
+    pinned: &BTreeMap<String, String>,
     dir: &Path,
     run: &str,
     key: &str,
 ) -> Result<Vec<ConfigRecord>, String> {
+    // Integrity first: a template edited since the plan is not rendered at all.
+    if let Some(svc) = plan.services.get(service) {
+        for c in &svc.config {
+            let Some(planned) = pinned.get(&c.template) else {
+                continue;
+            };
+            let now = std::fs::read(spec_dir.join(&c.template))
+                .map(|b| sha256_bytes(&b))
+                .map_err(|e| {
+                    format!(
+                        "failed to render the config of `{service}`: cannot read {}: {e}",
+                        c.template
+                    )
+                })?;
+            if *planned != now {
+                return Err(format!(
+                    "failed to render the config of `{service}`: refused: template {} changed since the plan was made (planned sha256 {planned}, now {now}); plan and approve the release again",
+                    c.template
+                ));
+            }
+        }
+    }
     let spec = spec_from_plan(plan);
     let resolver = EnvFileResolver {
         base_dir: spec_dir.to_path_buf(),
@@ -200,12 +229,21 @@ pub fn install_config(
         let rel = relative_dest(&r.dest).map_err(fail)?;
         let template = std::fs::read(spec_dir.join(&r.template))
             .map_err(|e| fail(format!("cannot read {}: {e}", r.template)))?;
+        let template_sha256 = sha256_bytes(&template);
+        if let Some(planned) = pinned.get(&r.template)
+            && *planned != template_sha256
+        {
+            return Err(fail(format!(
+                "refused: template {} changed since the plan was made (planned sha256 {planned}, now {template_sha256}); plan and approve the release again",
+                r.template
+            )));
+        }
         records.push(ConfigRecord {
             service: service.to_owned(),
             template: r.template.clone(),
             dest: r.dest.clone(),
             path: dir.join(&rel).display().to_string(),
-            template_sha256: sha256_bytes(&template),
+            template_sha256,
             masked_sha256: m.sha256.clone(),
             sha256: r.secrets.is_empty().then(|| r.sha256.clone()),
             secrets: r.secrets.clone(),
@@ -321,6 +359,13 @@ impl ConfigTarget {
         }
         Ok(ctx.step_id.split('/').next().unwrap_or(&ctx.step_id))
     }
+
+    fn pinned(action: &StepAction) -> BTreeMap<String, String> {
+        match action {
+            StepAction::RenderConfig { templates, .. } => templates.clone(),
+            _ => BTreeMap::new(),
+        }
+    }
 }
 
 fn summary(records: &[ConfigRecord]) -> String {
@@ -368,8 +413,9 @@ impl Target for ConfigTarget {
             let (run, key) = (ctx.run_id.clone(), ctx.key.clone());
             let d = dir.clone();
             let svc = service.clone();
+            let pinned = Self::pinned(action);
             let res = tokio::task::spawn_blocking(move || {
-                install_config(&plan, &spec_dir, &svc, None, &d, &run, &key)
+                install_config(&plan, &spec_dir, &svc, None, &pinned, &d, &run, &key)
             })
             .await
             .map_err(|e| TargetError::Io(format!("config render task failed: {e}")))?;

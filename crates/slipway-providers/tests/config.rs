@@ -165,8 +165,10 @@ fn nothing_is_written_when_a_render_cannot_complete() {
     std::fs::write(spec_dir.join("api.conf.j2"), "region={{ vars.region }}\n").unwrap();
     let root = spec_dir.join("store/config/staging");
     let dir = service_dir(&root, "api");
+    // A plan made without template digests: the render itself must catch what changed.
+    let no_pins = std::collections::BTreeMap::new();
     let p = make_plan(spec_dir, "api.conf", "eu-west-1");
-    install_config(&p, spec_dir, "api", None, &dir, "run-1", "k1").unwrap();
+    install_config(&p, spec_dir, "api", None, &no_pins, &dir, "run-1", "k1").unwrap();
     let before = std::fs::read_to_string(dir.join("api.conf")).unwrap();
 
     // The template now reads a variable the environment lacks.
@@ -175,16 +177,17 @@ fn nothing_is_written_when_a_render_cannot_complete() {
         "region={{ vars.region }}\nzone={{ vars.zone }}\n",
     )
     .unwrap();
-    let err = install_config(&p, spec_dir, "api", None, &dir, "run-2", "k2").unwrap_err();
+    let err = install_config(&p, spec_dir, "api", None, &no_pins, &dir, "run-2", "k2").unwrap_err();
     assert!(err.contains("vars.zone"), "{err}");
     // A secret that cannot be resolved.
     std::fs::write(spec_dir.join("api.conf.j2"), "region={{ vars.region }}\n").unwrap();
     std::fs::remove_file(spec_dir.join("token.txt")).unwrap();
-    let err = install_config(&p, spec_dir, "api", None, &dir, "run-3", "k3").unwrap_err();
+    let err = install_config(&p, spec_dir, "api", None, &no_pins, &dir, "run-3", "k3").unwrap_err();
     assert!(err.contains("secret://file/token.txt"), "{err}");
     // A destination outside the service's directory.
     let bad = make_plan(spec_dir, "../../escape.conf", "eu-west-1");
-    let err = install_config(&bad, spec_dir, "api", None, &dir, "run-4", "k4").unwrap_err();
+    let err =
+        install_config(&bad, spec_dir, "api", None, &no_pins, &dir, "run-4", "k4").unwrap_err();
     assert!(err.contains(".."), "{err}");
     assert!(!spec_dir.join("store/escape.conf").exists());
 
