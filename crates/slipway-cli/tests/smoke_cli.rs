@@ -196,10 +196,11 @@ fn a_candidate_failing_smoke_never_gets_traffic_and_a_healthy_one_is_smoked_then
         "{first}"
     );
     assert!(first.contains("check ok root (smoke)"), "{first}");
-    let users = {
+    let users = |env: &Env| {
         let _g = env.rt.enter();
         Traffic::start(env.proxy().traffic, "/", 100, 4)
     };
+    let during_broken = users(&env);
 
     // A broken candidate: every `/` answers 500.
     let (code, v, err) = env.deploy(&env.spec("2.0.0", "--error-rate 1.0"));
@@ -222,9 +223,15 @@ fn a_candidate_failing_smoke_never_gets_traffic_and_a_healthy_one_is_smoked_then
     );
     assert_eq!(env.instances_of("2.0.0"), 0, "the candidate is stopped");
     assert_eq!(env.instances_of("1.0.0"), 2, "stable keeps serving");
+    // Users never met the broken candidate: not one answer from it, not one 500.
+    let stats = env.rt.block_on(during_broken.stop());
+    assert_eq!(stats.canary, 0, "{stats:?}");
+    assert_eq!(stats.server_errors, 0, "{stats:?}");
+    assert!(stats.ok > 0, "{stats:?}");
 
     // A healthy candidate: smoke passes before traffic, the canary gets weight, and the
     // smoke gate after the wave checks each new instance.
+    let during_healthy = users(&env);
     let (code, v, err) = env.deploy(&env.spec("2.0.1", ""));
     assert_eq!(code, 0, "{v}\n{err}");
     let text = env.logs(v["run"].as_str().unwrap());
@@ -233,10 +240,8 @@ fn a_candidate_failing_smoke_never_gets_traffic_and_a_healthy_one_is_smoked_then
     assert!(smoke < weight, "smoke before the first weight: {text}");
     assert!(text.contains("check ok root (smoke)"), "{text}");
     assert!(text.contains("check ok version (smoke)"), "{text}");
-    let stats = env.rt.block_on(users.stop());
-    // Users never met the broken candidate: no 500 at all, and requests were answered
-    // by the canary only once a healthy one had passed its smoke test.
-    assert_eq!(stats.server_errors, 0, "{stats:?}");
-    assert!(stats.ok > 0, "{stats:?}");
+    // Once its smoke test passed, the candidate did serve users.
+    let stats = env.rt.block_on(during_healthy.stop());
+    assert!(stats.canary > 0, "{stats:?}");
     assert_eq!(env.instances_of("2.0.1"), 2);
 }

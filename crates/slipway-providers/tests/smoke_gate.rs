@@ -296,5 +296,4 @@ async fn a_candidate_passing_its_smoke_test_gets_traffic_and_is_promoted() {
     };
     assert!(detail.starts_with("4 smoke check(s) passed"), "{detail}");
     assert!(d.canary_requests > 0 && d.users.canary > 0, "{:?}", d.users);
-    assert_eq!(d.users.server_errors, 0, "{:?}", d.users);
 }
