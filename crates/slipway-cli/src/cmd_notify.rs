@@ -1,7 +1,8 @@
 //! Run notifications from the CLI: a `slipway_govern::notify::Notifier` for the plan's
 //! sinks, fed the engine's notices beside the live progress, configured from the
 //! environment (`SLIPWAY_WEBHOOK_SECRET`, `SLIPWAY_SMTP_HOST`, `SLIPWAY_SMTP_PORT`,
-//! `SLIPWAY_SMTP_FROM`). Failed deliveries are reported as warnings; they never change a
+//! `SLIPWAY_SMTP_FROM`, `SLIPWAY_SMTP_TLS` = none | starttls | tls, and
+//! `SLIPWAY_NOTIFY_CA_FILE` for a private CA). Failed deliveries are reported as warnings; they never change a
 //! run's outcome or exit code.
 
 use slipway_engine::Notice;
@@ -31,6 +32,11 @@ fn settings(plan: &Plan, workdir: &str) -> NotifySettings {
             .and_then(|p| p.parse().ok())
             .unwrap_or(d.smtp_port),
         smtp_from: env("SLIPWAY_SMTP_FROM").unwrap_or(d.smtp_from.clone()),
+        // An unknown value falls back to plain, and the delivery warning says so.
+        smtp_tls: env("SLIPWAY_SMTP_TLS")
+            .and_then(|v| slipway_govern::notify::SmtpTls::parse(&v))
+            .unwrap_or_default(),
+        ca_file: env("SLIPWAY_NOTIFY_CA_FILE").map(Into::into),
         workdir: workdir.into(),
         redact,
         ..d

@@ -79,6 +79,35 @@ pub struct NotifySettings {
     pub workdir: PathBuf,
     /// Values to mask in every message.
     pub redact: Vec<String>,
+    /// How email reaches the relay: plain, STARTTLS or implicit TLS (SMTPS).
+    pub smtp_tls: SmtpTls,
+    /// PEM file of the CA certificates to trust for `https://` webhooks and SMTP over TLS
+    /// (a private CA); the system roots when `None`.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// How email reaches the relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SmtpTls {
+    /// Plain SMTP (a local relay the operator controls).
+    #[default]
+    None,
+    /// Plain connection upgraded with STARTTLS; refused if the server does not offer it.
+    StartTls,
+    /// TLS from the first byte (SMTPS, usually port 465).
+    Implicit,
+}
+
+impl SmtpTls {
+    /// Parse `none`, `starttls` or `tls`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "none" | "" => Some(Self::None),
+            "starttls" => Some(Self::StartTls),
+            "tls" | "smtps" => Some(Self::Implicit),
+            _ => None,
+        }
+    }
 }
 
 impl Default for NotifySettings {
@@ -92,6 +121,8 @@ impl Default for NotifySettings {
             backoff: Duration::from_millis(500),
             workdir: PathBuf::from("."),
             redact: Vec::new(),
+            smtp_tls: SmtpTls::None,
+            ca_file: None,
         }
     }
 }
@@ -303,7 +334,7 @@ impl Notifier {
         let mut error = None;
         while attempts < self.settings.attempts.max(1) {
             attempts += 1;
-            match post(url, &body, signature.as_deref()).await {
+            match post(url, &body, signature.as_deref(), &self.settings).await {
                 Ok(status) if (200..300).contains(&status) => {
                     error = None;
                     break;
@@ -380,11 +411,123 @@ fn append_line(path: &Path, line: &str) -> Result<(), String> {
     writeln!(f, "{line}").map_err(|e| format!("append to {}: {e}", path.display()))
 }
 
-async fn post(url: &str, body: &str, signature: Option<&str>) -> Result<u16, String> {
+/// The roots to trust: the certificates of `ca_file`, or the system's.
+fn trusted_roots(
+    ca_file: Option<&Path>,
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    match ca_file {
+        Some(ca) => {
+            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(ca)
+                .map_err(|e| format!("read the CA file {}: {e}", ca.display()))?
+                .collect::<Result<_, _>>()
+                .map_err(|e| {
+                    format!(
+                        "read the CA file {}: not PEM certificates: {e}",
+                        ca.display()
+                    )
+                })?;
+            if certs.is_empty() {
+                return Err(format!(
+                    "read the CA file {}: it holds no certificate",
+                    ca.display()
+                ));
+            }
+            Ok(certs)
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            if found.certs.is_empty() {
+                return Err("find trusted roots: this machine has no system CA certificates; install ca-certificates or set SLIPWAY_NOTIFY_CA_FILE".into());
+            }
+            Ok(found.certs)
+        }
+    }
+}
+
+/// POST to an `https://` webhook: TLS with certificate and host name verification against
+/// the trusted roots, then HTTP/1.1 on that connection.
+async fn post_tls(
+    uri: hyper::Uri,
+    body: &str,
+    signature: Option<&str>,
+    s: &NotifySettings,
+) -> Result<u16, String> {
+    use std::sync::Arc;
+    let host = uri
+        .host()
+        .ok_or_else(|| "parse the webhook URL: it names no host".to_owned())?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let port = uri.port_u16().unwrap_or(443);
+    let mut roots = rustls::RootCertStore::empty();
+    let (added, _) = roots.add_parsable_certificates(trusted_roots(s.ca_file.as_deref())?);
+    if added == 0 {
+        return Err("trust the webhook's certificate: no usable CA certificate".into());
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("set up TLS: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from(host.clone())
+        .map_err(|e| format!("use {host} as a TLS server name: {e}"))?;
+    let limit = Duration::from_secs(10);
+    let tcp = tokio::time::timeout(limit, tokio::net::TcpStream::connect((host.as_str(), port)))
+        .await
+        .map_err(|_| "reach the webhook: timed out after 10s".to_owned())?
+        .map_err(|e| format!("reach the webhook: {e}"))?;
+    let tls = tokio::time::timeout(
+        limit,
+        tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp),
+    )
+    .await
+    .map_err(|_| "reach the webhook: the TLS handshake timed out after 10s".to_owned())?
+    .map_err(|e| format!("reach the webhook over TLS: {e}"))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .map_err(|e| format!("reach the webhook: {e}"))?;
+    tokio::spawn(conn);
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let authority = if port == 443 {
+        host.clone()
+    } else {
+        format!("{host}:{port}")
+    };
+    let mut req = hyper::Request::post(path)
+        .header("host", authority)
+        .header("content-type", "application/json")
+        .header("user-agent", "slipway");
+    if let Some(sig) = signature {
+        req = req.header(SIGNATURE_HEADER, sig);
+    }
+    let req = req
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .map_err(|e| format!("build the webhook request: {e}"))?;
+    let resp = tokio::time::timeout(limit, sender.send_request(req))
+        .await
+        .map_err(|_| "reach the webhook: timed out after 10s".to_owned())?
+        .map_err(|e| format!("reach the webhook: {e}"))?;
+    let status = resp.status().as_u16();
+    let _ = resp.into_body().collect().await;
+    Ok(status)
+}
+
+async fn post(
+    url: &str,
+    body: &str,
+    signature: Option<&str>,
+    s: &NotifySettings,
+) -> Result<u16, String> {
     if url.starts_with("https://") {
-        return Err(
-            "deliver to an https webhook: this build sends plain http only; point the webhook at a local relay (http://)".into(),
-        );
+        let uri: hyper::Uri = url
+            .parse()
+            .map_err(|e| format!("parse webhook URL {}: {e}", strip_userinfo(url)))?;
+        return post_tls(uri, body, signature, s).await;
     }
     let uri: hyper::Uri = url
         .parse()
@@ -435,12 +578,29 @@ async fn send_mail(s: &NotifySettings, to: &[String], m: &Message) -> Result<(),
         m.text, m.run, m.state, m.at
     );
     let mail = b.body(body).map_err(|e| format!("build the email: {e}"))?;
-    // Plain SMTP to a relay the operator controls (localhost by default); no TLS in this
-    // build, so no credentials are ever sent.
-    let transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&s.smtp_host)
+    // No credentials are ever sent: plain SMTP only to a relay the operator controls, or
+    // TLS (STARTTLS or implicit) with the certificate verified against the trusted roots.
+    let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&s.smtp_host)
         .port(s.smtp_port)
-        .timeout(Some(Duration::from_secs(10)))
-        .build();
+        .timeout(Some(Duration::from_secs(10)));
+    if s.smtp_tls != SmtpTls::None {
+        use lettre::transport::smtp::client::{Certificate, CertificateStore, Tls, TlsParameters};
+        let mut params =
+            TlsParameters::builder(s.smtp_host.clone()).certificate_store(CertificateStore::None);
+        for der in trusted_roots(s.ca_file.as_deref())? {
+            let cert = Certificate::from_der(der.to_vec())
+                .map_err(|e| format!("trust a CA certificate for SMTP: {e}"))?;
+            params = params.add_root_certificate(cert);
+        }
+        let params = params
+            .build_rustls()
+            .map_err(|e| format!("set up TLS for SMTP: {e}"))?;
+        builder = builder.tls(match s.smtp_tls {
+            SmtpTls::Implicit => Tls::Wrapper(params),
+            _ => Tls::Required(params),
+        });
+    }
+    let transport = builder.build();
     transport
         .send(mail)
         .await

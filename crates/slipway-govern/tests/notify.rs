@@ -259,10 +259,10 @@ async fn file_sink_appends_json_lines() {
 }
 
 /// The real aiosmtpd (`pip install aiosmtpd`) on a free port, printing what it receives.
-struct Smtp {
+pub(crate) struct Smtp {
     child: std::process::Child,
-    port: u16,
-    out: Arc<Mutex<String>>,
+    pub(crate) port: u16,
+    pub(crate) out: Arc<Mutex<String>>,
 }
 
 impl Drop for Smtp {
@@ -273,6 +273,11 @@ impl Drop for Smtp {
 }
 
 fn aiosmtpd() -> Smtp {
+    aiosmtpd_with(&[])
+}
+
+/// aiosmtpd with extra arguments (e.g. `--tlscert C --tlskey K` for STARTTLS).
+pub(crate) fn aiosmtpd_with(extra: &[&str]) -> Smtp {
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -289,6 +294,7 @@ fn aiosmtpd() -> Smtp {
             "-l",
         ])
         .arg(format!("127.0.0.1:{port}"))
+        .args(extra)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()

@@ -8,6 +8,7 @@ mod common;
 mod compliance;
 mod dora;
 mod notify;
+mod notify_tls;
 mod reports;
 
 #[test]
