@@ -6,6 +6,7 @@
     reason = "test helpers outside #[test] fns panic on setup failure"
 )]
 
+mod archive;
 mod check_gates;
 mod common;
 mod compat;
