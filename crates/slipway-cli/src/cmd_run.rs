@@ -322,7 +322,10 @@ async fn process_deploy(
             ))
         })
         .collect();
-    let mut processes = ProcessTarget::new(root.join("instances"), services);
+    let store_dir = db.parent().unwrap_or(Path::new("."));
+    let mut processes = ProcessTarget::new(root.join("instances"), services).with_config_root(
+        slipway_providers::config::env_root(store_dir, &plan.environment),
+    );
     if let Some(g) = plan
         .env
         .target

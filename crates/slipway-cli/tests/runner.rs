@@ -14,6 +14,7 @@ mod checklist_cli;
 mod checks_gate_cli;
 mod compat_plan_cli;
 mod config_cli;
+mod config_process_cli;
 mod crash;
 mod demo_cli;
 mod gates_cli;

@@ -161,7 +161,8 @@ pub enum StepAction {
         replicas: u32,
     },
     /// Render a service's config templates for the environment at install time (secrets
-    /// resolved only then) into the service's config directory (the `exec` target).
+    /// resolved only then) into the service's config directory (the `exec` target), or
+    /// into its version's directory when the service is deployed as instances (`process`).
     RenderConfig {
         /// The templates and their destinations, as in `services.X.config`.
         files: Vec<crate::spec::ConfigTemplate>,
@@ -670,6 +671,17 @@ fn steps(plan: &Plan, base_digest: &str) -> Vec<PlannedStep> {
                     push(format!("{name}/{}", s.name), StepAction::Exec(s.clone()));
                 }
             } else if svc.run.is_some() {
+                // Config first here too: rendered (one directory per version) before the
+                // deploy step starts any instance of the new version.
+                if !svc.config.is_empty() {
+                    push(
+                        format!("{name}/render-config"),
+                        StepAction::RenderConfig {
+                            files: svc.config.clone(),
+                            templates: BTreeMap::new(),
+                        },
+                    );
+                }
                 push(
                     format!("{name}/deploy"),
                     StepAction::Deploy {

@@ -11,7 +11,7 @@
 //! | `service` | the service's name |
 //! | `version` | the service's version (its own, or the release's) |
 //! | `release` | `{ name, version, type }` of the release |
-//! | `port`    | the instance's port, only where the target assigns one (`process`, `ssh`) |
+//! | `port`    | the instance's port, only where the target assigns one (`process`, `ssh`) and the render is for one instance |
 //!
 //! Placeholders are checked *before* rendering: `undeclared_variables(true)` lists every
 //! variable and trivial attribute path a template reads, and each is looked up in the
@@ -343,7 +343,8 @@ pub struct RenderOptions<'a> {
     /// Masked or resolved secrets.
     pub secrets: SecretMode<'a>,
     /// The instance's port. When the target assigns ports and none is given, `port`
-    /// renders as `<port>` (masked mode only; resolved mode requires a port).
+    /// renders as `<port>` in masked mode, and is undefined in resolved mode (a render
+    /// per version, for no one instance: a template using it fails, naming it).
     pub port: Option<u16>,
 }
 
@@ -440,16 +441,13 @@ fn context(
     });
     if target_provides_port(env) {
         let port = match (opts.port, opts.secrets) {
-            (Some(p), _) => serde_json::Value::from(p),
-            (None, SecretMode::Masked) => serde_json::Value::from("<port>"),
-            (None, SecretMode::Resolved(_)) => {
-                return Err(
-                    "the target assigns ports, so an install-time render needs the instance's port"
-                        .to_owned(),
-                );
-            }
+            (Some(p), _) => Some(serde_json::Value::from(p)),
+            (None, SecretMode::Masked) => Some(serde_json::Value::from("<port>")),
+            // An install-time render for no one instance (the process target renders per
+            // version): `port` stays undefined, so a template using it fails, naming it.
+            (None, SecretMode::Resolved(_)) => None,
         };
-        if let Some(m) = ctx.as_object_mut() {
+        if let (Some(port), Some(m)) = (port, ctx.as_object_mut()) {
             m.insert("port".to_owned(), port);
         }
     }
@@ -725,7 +723,7 @@ fn fix_for(variable: &str) -> String {
             format!("add `{name}` to `vars` of those environments")
         }
         None if variable == "port" => {
-            "`port` exists only on targets that assign ports (process, ssh); remove it from the template or use such a target".to_owned()
+            "`port` exists only on targets that assign ports (process, ssh), and only in a render for one instance; config installed per version (process target) cannot hold an instance's port: read $PORT from the instance's environment instead".to_owned()
         }
         None => format!(
             "the context has {}; did you mean `vars.{variable}`?",

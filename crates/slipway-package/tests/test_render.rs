@@ -169,7 +169,7 @@ fn resolved_render_uses_real_values_and_redactor_removes_them() {
 }
 
 #[test]
-fn resolved_render_without_port_on_a_port_target_is_refused() {
+fn resolved_render_without_port_on_a_port_target_refuses_a_template_using_port() {
     let dir = tempfile::tempdir().unwrap();
     let spec = fixture(dir.path());
     let secrets = resolve_secrets(
@@ -190,8 +190,11 @@ fn resolved_render_without_port_on_a_port_target_is_refused() {
         },
     )
     .unwrap_err();
+    // A render per version (no instance, no port): the template's `{{ port }}` is named,
+    // with where the instance's port is found instead.
+    let err = err.to_string();
     assert!(
-        err.to_string().contains("needs the instance's port"),
+        err.contains("config/api.toml.j2:3: `port` is undefined") && err.contains("$PORT"),
         "{err}"
     );
 }

@@ -11,6 +11,15 @@
 //! directory on purpose: that is usually a git checkout, and rendered secrets must never
 //! be one `git add` away from a commit.
 //!
+//! A service the plan deploys as instances (a `deploy` step, the `process` target) gets
+//! one directory per **version**, `<store dir>/config/<env>/<service>/<version>/`, and
+//! each instance is started with `SLIPWAY_CONFIG_DIR` pointing at its own version's: a
+//! canary and the stable version run side by side, each reading its own config, and the
+//! old version kept or restarted by a rollback never reads the new version's. The plan
+//! puts the `render-config` step before the `deploy` step, and the engine finishes config
+//! ranks before any other step of the wave starts, so a render that fails (undefined
+//! variable, missing secret, edited template) fails the wave before an instance starts.
+//!
 //! All or nothing: secrets are resolved and every template rendered (strict: an undefined
 //! variable is an error) before anything is written; files go to a fresh temporary
 //! directory that replaces the old one only when complete. A failed render leaves the
@@ -28,7 +37,8 @@
 //! one).
 //!
 //! [`install_config`] is the whole operation as a plain function, for targets that render
-//! config themselves (the `process` target renders per instance, with its port).
+//! config themselves (it takes a port for `{{ port }}`; no target renders per instance
+//! yet).
 
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
@@ -82,6 +92,13 @@ struct DirRecord {
 /// config root, `<store dir>/config/<env>`).
 pub fn service_dir(root: &Path, service: &str) -> PathBuf {
     root.join(service)
+}
+
+/// The directory one version of a service's config is rendered into, for services run
+/// as versioned instances side by side (see the module docs). Versions are semver
+/// (validated in the spec), so the version is one plain path component.
+pub fn version_dir(root: &Path, service: &str, version: &str) -> PathBuf {
+    root.join(service).join(version)
 }
 
 /// The config root of an environment beside a store.
@@ -360,6 +377,19 @@ impl ConfigTarget {
         Ok(ctx.step_id.split('/').next().unwrap_or(&ctx.step_id))
     }
 
+    /// Where `service`'s config goes: its version's directory when the plan deploys it as
+    /// instances (a `deploy` step), else the service's directory.
+    fn dir(&self, service: &str) -> PathBuf {
+        let deployed = self.plan.steps.iter().find_map(|s| match &s.action {
+            StepAction::Deploy { version, .. } if s.service == service => Some(version),
+            _ => None,
+        });
+        match deployed {
+            Some(version) => version_dir(&self.root, service, version),
+            None => service_dir(&self.root, service),
+        }
+    }
+
     fn pinned(action: &StepAction) -> BTreeMap<String, String> {
         match action {
             StepAction::RenderConfig { templates, .. } => templates.clone(),
@@ -400,7 +430,7 @@ impl Target for ConfigTarget {
     ) -> BoxFuture<'a, Result<Applied, TargetError>> {
         Box::pin(async move {
             let service = Self::service(ctx, action)?.to_owned();
-            let dir = service_dir(&self.root, &service);
+            let dir = self.dir(&service);
             if let Some(rec) = read_record(&dir)
                 && rec.key == ctx.key
                 && rec.run == ctx.run_id
@@ -447,7 +477,7 @@ impl Target for ConfigTarget {
     ) -> BoxFuture<'a, Result<Observation, TargetError>> {
         Box::pin(async move {
             let service = Self::service(ctx, action)?;
-            let dir = service_dir(&self.root, service);
+            let dir = self.dir(service);
             match read_record(&dir) {
                 Some(rec) if rec.key == ctx.key && rec.run == ctx.run_id => Ok(Observation::Done {
                     evidence: format!("{} holds this step's render", dir.display()),
@@ -466,7 +496,7 @@ impl Target for ConfigTarget {
     ) -> BoxFuture<'a, Result<Option<StepOutput>, TargetError>> {
         Box::pin(async move {
             let service = Self::service(ctx, action)?;
-            let dir = service_dir(&self.root, service);
+            let dir = self.dir(service);
             // Only our own render is rolled back: after a restart mid-undo the directory
             // may already hold the previous config again.
             let ours = read_record(&dir).is_some_and(|r| r.key == ctx.key && r.run == ctx.run_id);

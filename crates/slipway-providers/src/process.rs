@@ -8,6 +8,11 @@
 //! starting duplicates, and reports the dead ones.
 //!
 //! Stopping is SIGTERM to the process group, then SIGKILL after the grace period.
+//!
+//! With a config root ([`ProcessTarget::with_config_root`]), an instance of version V is
+//! started with `SLIPWAY_CONFIG_DIR` set to V's rendered config
+//! ([`crate::config::version_dir`]) when it exists: each version reads its own config,
+//! whichever other version runs beside it.
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
@@ -41,6 +46,8 @@ pub struct ProcessTarget {
     pub stop_grace: Duration,
     /// How long an instance may take to become ready.
     pub ready_timeout: Duration,
+    /// The environment's config root (`<store dir>/config/<env>`), absolute.
+    config_root: Option<PathBuf>,
 }
 
 /// What a state file holds.
@@ -69,7 +76,16 @@ impl ProcessTarget {
             services,
             stop_grace: Duration::from_secs(10),
             ready_timeout: Duration::from_secs(30),
+            config_root: None,
         }
+    }
+
+    /// Give each instance its version's rendered config under `root` as
+    /// `SLIPWAY_CONFIG_DIR`. Made absolute here: instances run in the service's workdir.
+    pub fn with_config_root(mut self, root: impl Into<PathBuf>) -> Self {
+        let root = root.into();
+        self.config_root = Some(std::path::absolute(&root).unwrap_or(root));
+        self
     }
 
     /// The directory holding state files and logs.
@@ -188,6 +204,14 @@ impl ProcessTarget {
             .kill_on_drop(false);
         for (k, v) in &svc.run.env {
             cmd.env(k, v.as_str());
+        }
+        // After the spec's env: an instance must read its own version's config, never a
+        // path the spec pinned for every version.
+        if let Some(root) = &self.config_root {
+            let dir = crate::config::version_dir(root, service, version);
+            if dir.is_dir() {
+                cmd.env("SLIPWAY_CONFIG_DIR", dir);
+            }
         }
         let child = cmd
             .spawn()
