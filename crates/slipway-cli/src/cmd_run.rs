@@ -414,6 +414,40 @@ async fn deploy_target_for(
     }
 }
 
+/// What serves a process-target environment now, per deployed service: its proxy (live
+/// weight and counters from its admin API; never the token) and the instances running,
+/// by version. Read-only: nothing is started.
+async fn process_view(db: &Path, workdir: &Path, plan: &Plan) -> serde_json::Value {
+    use slipway_providers::process::ProcessTarget;
+    use slipway_providers::remote::ProxySupervisor;
+    let root = process_root(db, workdir, plan);
+    let instances = ProcessTarget::new(root.join("instances"), std::collections::BTreeMap::new());
+    let proxies = ProxySupervisor::new(root.join("proxies"), Vec::new());
+    let mut view = serde_json::Map::new();
+    for (service, _) in deployed_services(plan) {
+        let proxy = match proxies.find(&service).await {
+            Some(r) => {
+                let state = r.fetch_state().await.ok();
+                json!({
+                    "pid": r.state().pid,
+                    "traffic": r.traffic_addr().to_string(),
+                    "weight": state.as_ref().map(|s| s.weight),
+                    "requests": state.as_ref().map(|s| json!({"stable": s.requests_stable, "canary": s.requests_canary})),
+                    "errors": state.as_ref().map(|s| json!({"stable": s.errors_stable, "canary": s.errors_canary})),
+                })
+            }
+            None => serde_json::Value::Null,
+        };
+        let mut by_version: std::collections::BTreeMap<String, usize> =
+            std::collections::BTreeMap::new();
+        for i in instances.running(&service).alive {
+            *by_version.entry(i.version).or_insert(0) += 1;
+        }
+        view.insert(service, json!({"proxy": proxy, "instances": by_version}));
+    }
+    serde_json::Value::Object(view)
+}
+
 /// Whether a live process drives the run now (holds its claim).
 async fn driven(store: &SqliteStore, run: &str) -> Result<bool, CliError> {
     match slipway_engine::Store::claim(store, run).await {
@@ -1247,6 +1281,10 @@ pub fn status(a: StatusArgs, out: &Output) -> Result<i32, CliError> {
             .iter()
             .filter(|s| s.status == slipway_engine::StepStatus::Succeeded)
             .count();
+        let traffic = match &plan {
+            Some(p) if p.target == "process" => Some(process_view(&db, Path::new(&run.workdir), p).await),
+            _ => None,
+        };
         let (perf, perf_lines) = crate::perf_report::run_perf(&db, &id);
         let journal = store.journal(&id, 0).await.map_err(store_error)?;
         let config = crate::cmd_config::rendered(&journal);
@@ -1259,6 +1297,7 @@ pub fn status(a: StatusArgs, out: &Output) -> Result<i32, CliError> {
                 "steps": steps,
                 "approvals": {"required": need.required, "valid": tally.valid, "rejected": tally.rejected},
                 "config": config,
+                "traffic": traffic,
             }));
         } else {
             out.line(&format!(
@@ -1278,6 +1317,23 @@ pub fn status(a: StatusArgs, out: &Output) -> Result<i32, CliError> {
             }
             for l in &perf_lines {
                 out.line(l);
+            }
+            for (service, v) in traffic.as_ref().and_then(|t| t.as_object()).into_iter().flatten() {
+                let instances = v["instances"]
+                    .as_object()
+                    .map(|m| {
+                        m.iter()
+                            .map(|(ver, n)| format!("{ver}×{n}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    })
+                    .unwrap_or_default();
+                out.line(&format!(
+                    "  {service}: proxy {} canary weight {}%, instances {}",
+                    v["proxy"]["traffic"].as_str().map_or("not running".to_owned(), |a| format!("http://{a}")),
+                    v["proxy"]["weight"],
+                    if instances.is_empty() { "none".to_owned() } else { instances }
+                ));
             }
             for f in &config {
                 out.line(&format!(

@@ -366,6 +366,20 @@ fn a_good_canary_is_promoted_through_slipway_deploy_and_rolled_back_by_hand() {
         proxy.pid,
         "one proxy for the service's life"
     );
+    // `slipway status` shows what serves now, and never the admin token.
+    let (code, out, _) = env.run(&["status", &run_id(&v), "--output", "json"]);
+    assert_eq!(code, 0);
+    let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(status["traffic"]["api"]["proxy"]["weight"], 0, "{status:#}");
+    assert_eq!(
+        status["traffic"]["api"]["instances"]["2.0.0"], 2,
+        "{status:#}"
+    );
+    assert_eq!(
+        status["traffic"]["api"]["proxy"]["traffic"],
+        proxy.traffic.to_string()
+    );
+    assert!(!out.contains(&proxy.token));
 
     // Changed our minds: `slipway rollback` brings back the version it replaced.
     let (code, out, err) = env.run(&[
