@@ -13,7 +13,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use slipway_engine::StoreError;
 use sqlx::Row;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool};
 
 const TABLES: &str = r#"
 CREATE TABLE IF NOT EXISTS access_grants (
@@ -130,8 +130,7 @@ impl AccessDb {
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .busy_timeout(Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(1)
+        let pool = crate::sqlite::pool_options(1)
             .connect_with(opts)
             .await
             .map_err(unavailable)?;

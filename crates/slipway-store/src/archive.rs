@@ -22,7 +22,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use slipway_engine::StoreError;
 use slipway_engine::audit::{AuditEntry, GENESIS};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool};
 use sqlx::{Connection, Row};
 
 const TABLES: &str = r#"
@@ -169,8 +169,7 @@ impl ArchiveDb {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(sqlx::sqlite::SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(30));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(1)
+        let pool = crate::sqlite::pool_options(1)
             .connect_with(opts)
             .await
             .map_err(unavailable)?;

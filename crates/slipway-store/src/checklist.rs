@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use slipway_engine::StoreError;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool};
 
 const TABLES: &str = r#"
 CREATE TABLE IF NOT EXISTS checklist_acks (
@@ -53,8 +53,7 @@ impl ChecklistDb {
             .create_if_missing(false)
             .journal_mode(SqliteJournalMode::Wal)
             .busy_timeout(Duration::from_secs(30));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(1)
+        let pool = crate::sqlite::pool_options(1)
             .connect_with(opts)
             .await
             .map_err(|e| StoreError::Unavailable {

@@ -122,8 +122,7 @@ impl SqliteStore {
                 Err(e) => return Err(e),
             }
         };
-        let read = SqlitePoolOptions::new()
-            .max_connections(4)
+        let read = pool_options(4)
             .connect_with(opts.clone().read_only(true))
             .await
             .map_err(q(path))?;
@@ -909,4 +908,18 @@ impl Store for SqliteStore {
     fn leases(&self) -> BoxFuture<'_, Result<Vec<LeaseRecord>, StoreError>> {
         Box::pin(crate::leases::all(&self.read))
     }
+}
+
+/// Pool options for every SQLite pool of the store: `max` connections and no background
+/// maintenance task. sqlx 0.9.0's maintenance task (spawned when an idle timeout or max
+/// lifetime is set, both on by default) can spin a tokio worker at 100% CPU for ever after
+/// a race in `PoolInner::release` underflows its idle count (launchbadge/sqlx#3645, fixed
+/// upstream by #4289, not in 0.9.0) — seen here as `slipway` commands that never exited.
+/// Reaping idle connections buys nothing for a local file, so the task is simply not started.
+pub(crate) fn pool_options(max: u32) -> SqlitePoolOptions {
+    SqlitePoolOptions::new()
+        .max_connections(max)
+        .min_connections(0)
+        .idle_timeout(None)
+        .max_lifetime(None)
 }
