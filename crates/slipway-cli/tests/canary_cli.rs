@@ -242,7 +242,12 @@ fn exit_within(child: &mut std::process::Child, limit: Duration) -> i32 {
     let deadline = Instant::now() + limit;
     loop {
         if let Some(status) = child.try_wait().unwrap() {
-            return status.code().unwrap_or(-1);
+            // Killed by a signal: 128 + its number, as a shell reports it, so a failure says
+            // which signal (137 SIGKILL, 143 SIGTERM, 134 SIGABRT).
+            use std::os::unix::process::ExitStatusExt;
+            return status
+                .code()
+                .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
         }
         assert!(
             Instant::now() < deadline,
@@ -635,7 +640,8 @@ fn a_live_canary_hears_resume_promote_pause_and_abort_from_other_processes() {
     env.wait_journal("2.0.0", "\"weight\":50");
     let (code, out, err) = env.run(&["promote", &run, "--output", "json"]);
     assert_eq!(code, 0, "{out}\n{err}");
-    assert_eq!(exit_within(&mut deploy, Duration::from_secs(20)), 0);
+    let code = exit_within(&mut deploy, Duration::from_secs(20));
+    assert_eq!(code, 0, "{}", env.background_logs());
     let journal = env.journal(&run);
     assert_eq!(
         journal.matches("intervention_received").count(),
@@ -655,7 +661,8 @@ fn a_live_canary_hears_resume_promote_pause_and_abort_from_other_processes() {
     let run = env.wait_journal("3.0.0", "\"weight\":20");
     let (code, out, err) = env.run(&["pause", &run]);
     assert_eq!(code, 0, "{out}\n{err}");
-    assert_eq!(exit_within(&mut deploy, Duration::from_secs(20)), 5);
+    let code = exit_within(&mut deploy, Duration::from_secs(20));
+    assert_eq!(code, 5, "{}", env.background_logs());
     assert!(
         started.elapsed() < Duration::from_secs(40),
         "the pause was not heard mid-analysis"
@@ -678,7 +685,8 @@ fn a_live_canary_hears_resume_promote_pause_and_abort_from_other_processes() {
     let run = env.wait_journal("4.0.0", "\"weight\":20");
     let (code, out, err) = env.run(&["abort", &run]);
     assert_eq!(code, 0, "{out}\n{err}");
-    assert_eq!(exit_within(&mut deploy, Duration::from_secs(20)), 4);
+    let code = exit_within(&mut deploy, Duration::from_secs(20));
+    assert_eq!(code, 4, "{}", env.background_logs());
     let journal = env.journal(&run);
     assert!(
         journal.contains("rollback requested by an operator"),
