@@ -60,7 +60,7 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub(crate) async fn handle(
     shared: &Shared,
     mut req: Request<Incoming>,
-    peer: SocketAddr,
+    peer_ip: &HeaderValue,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let started = Instant::now();
     let version = match route_override(req.headers()) {
@@ -108,7 +108,7 @@ pub(crate) async fn handle(
     }
     *req.version_mut() = hyper::Version::HTTP_11;
     strip_hop_by_hop(req.headers_mut());
-    append_forwarded_for(req.headers_mut(), peer);
+    append_forwarded_for(req.headers_mut(), peer_ip);
 
     let in_flight = shared.metrics.in_flight_guard(version);
     let sent = shared.client.request(req);
@@ -168,6 +168,13 @@ fn route_override(headers: &HeaderMap) -> Result<Option<Version>, ()> {
 /// Removes the headers that describe this hop only: the fixed list and every header the
 /// `Connection` header names. Everything else passes unchanged.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none of these: one pass over the few headers present is
+    // cheaper than a hashed removal per listed name on every request and response.
+    // Connection-listed names only matter when `Connection` itself is present, and it
+    // is in the fixed list.
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -183,8 +190,22 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
-    let client = peer.ip().to_string();
+/// The `X-Forwarded-For` value naming one client connection's peer, rendered once per
+/// connection and shared by its requests.
+pub(crate) fn peer_ip_value(peer: SocketAddr) -> HeaderValue {
+    #[expect(
+        clippy::expect_used,
+        reason = "an IP address renders as ASCII digits, dots, colons and hex: always a valid header value"
+    )]
+    HeaderValue::from_str(&peer.ip().to_string()).expect("an IP address is a valid header value")
+}
+
+fn append_forwarded_for(headers: &mut HeaderMap, client: &HeaderValue) {
+    if !headers.contains_key(&X_FORWARDED_FOR) {
+        // The usual case: no proxy in front, so the value is just this connection's peer.
+        headers.insert(X_FORWARDED_FOR.clone(), client.clone());
+        return;
+    }
     let mut values = headers
         .get_all(&X_FORWARDED_FOR)
         .iter()
@@ -194,7 +215,8 @@ fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
     if !values.is_empty() {
         values.push_str(", ");
     }
-    values.push_str(&client);
+    // A HeaderValue built from an IP address is ASCII (see `peer_ip_value`).
+    values.push_str(client.to_str().unwrap_or_default());
     if let Ok(value) = HeaderValue::from_str(&values) {
         headers.insert(X_FORWARDED_FOR.clone(), value);
     }
@@ -275,7 +297,8 @@ mod tests {
 
     #[test]
     fn forwarded_for_appends() {
-        let peer: SocketAddr = "127.0.0.7:5000".parse().unwrap();
+        let peer = peer_ip_value("127.0.0.7:5000".parse().unwrap());
+        let peer = &peer;
         let mut headers = HeaderMap::new();
         append_forwarded_for(&mut headers, peer);
         assert_eq!(headers[&X_FORWARDED_FOR], "127.0.0.7");

@@ -298,9 +298,11 @@ async fn serve_traffic(
                 };
                 let _ = stream.set_nodelay(true);
                 let shared = Arc::clone(&shared);
+                let peer_ip = forward::peer_ip_value(peer);
                 let svc = hyper::service::service_fn(move |req| {
                     let shared = Arc::clone(&shared);
-                    async move { forward::handle(&shared, req, peer).await }
+                    let peer_ip = peer_ip.clone();
+                    async move { forward::handle(&shared, req, &peer_ip).await }
                 });
                 let conn = http1::Builder::new()
                     .keep_alive(true)
