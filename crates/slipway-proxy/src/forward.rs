@@ -15,14 +15,14 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{Either, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::client::conn::http1::SendRequest;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
-use hyper::http::uri::{PathAndQuery, Scheme};
+use hyper::http::uri::PathAndQuery;
 use hyper::{Request, Response, StatusCode, Uri};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 
 use crate::metrics::{InFlight, Metrics, Outcome};
-use crate::routing::{Router, Version};
+use crate::routing::{Backend, Router, Version};
+use crate::upstream::{self, UpstreamConfig};
 
 /// Testers force a version with this request header: `canary` or `stable`.
 pub const ROUTE_HEADER: &str = "x-slipway-route";
@@ -32,14 +32,12 @@ pub const VERSION_HEADER: &str = "x-slipway-version";
 /// The body the proxy answers with: the backend's, streamed, or its own short message.
 pub type ProxyBody = Either<Tracked<Incoming>, Full<Bytes>>;
 
-pub(crate) type UpstreamClient = Client<HttpConnector, Incoming>;
-
 /// Shared by all connection tasks.
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) router: Router,
     pub(crate) metrics: Arc<Metrics>,
-    pub(crate) client: UpstreamClient,
+    pub(crate) upstream: UpstreamConfig,
     pub(crate) upstream_timeout: Option<Duration>,
 }
 
@@ -87,31 +85,40 @@ pub(crate) async fn handle(
         ));
     };
 
-    let path_and_query = req
-        .uri()
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    let mut parts = hyper::http::uri::Parts::default();
-    parts.scheme = Some(Scheme::HTTP);
-    parts.authority = Some(backend.authority.clone());
-    parts.path_and_query = Some(path_and_query);
-    match Uri::from_parts(parts) {
-        Ok(uri) => *req.uri_mut() = uri,
-        Err(_) => {
-            return Ok(local_response(
-                StatusCode::BAD_REQUEST,
-                "request target cannot be forwarded\n",
-                None,
-            ));
+    let backend = Arc::clone(backend);
+    drop(pools);
+
+    // Upstream requests go in origin form; a client that sent the absolute form (as to
+    // a forward proxy) gets its path and query forwarded.
+    if req.uri().scheme().is_some() || req.uri().authority().is_some() {
+        let path_and_query = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let mut parts = hyper::http::uri::Parts::default();
+        parts.path_and_query = Some(path_and_query);
+        match Uri::from_parts(parts) {
+            Ok(uri) => *req.uri_mut() = uri,
+            Err(_) => {
+                return Ok(local_response(
+                    StatusCode::BAD_REQUEST,
+                    "request target cannot be forwarded\n",
+                    None,
+                ));
+            }
         }
     }
     *req.version_mut() = hyper::Version::HTTP_11;
     strip_hop_by_hop(req.headers_mut());
     append_forwarded_for(req.headers_mut(), peer_ip);
+    if !req.headers().contains_key(header::HOST) {
+        // HTTP/1.1 requires it; an HTTP/1.0 client may have left it out.
+        req.headers_mut().insert(header::HOST, backend.host.clone());
+    }
 
     let in_flight = shared.metrics.in_flight_guard(version);
-    let sent = shared.client.request(req);
+    let sent = upstream::send(backend.addr, &backend.idle, &shared.upstream, req);
     let result = match shared.upstream_timeout {
         Some(limit) => match tokio::time::timeout(limit, sent).await {
             Ok(result) => result.map_err(|_| StatusCode::BAD_GATEWAY),
@@ -121,7 +128,7 @@ pub(crate) async fn handle(
     };
     let elapsed = started.elapsed();
     match result {
-        Ok(response) => {
+        Ok((response, sender)) => {
             shared.metrics.record(
                 version,
                 Outcome::Status(response.status().as_u16()),
@@ -133,8 +140,14 @@ pub(crate) async fn handle(
                 .headers
                 .insert(VERSION_HEADER, HeaderValue::from_static(version.as_str()));
             let body = Tracked {
+                ended: body.is_end_stream(),
                 inner: body,
                 _in_flight: in_flight,
+                reuse: Some(Reuse {
+                    sender,
+                    backend,
+                    max_idle: shared.upstream.max_idle,
+                }),
             };
             Ok(Response::from_parts(parts, Either::Left(body)))
         }
@@ -243,11 +256,22 @@ pub(crate) fn local_response(
 }
 
 /// A response body that keeps its request counted as in flight until it is finished
-/// or dropped.
+/// or dropped, and puts its upstream connection back for the next request once it has
+/// been read to its end (a body dropped early leaves a connection in an unknown state:
+/// it is closed instead).
 #[derive(Debug)]
 pub struct Tracked<B> {
     inner: B,
     _in_flight: InFlight,
+    ended: bool,
+    reuse: Option<Reuse>,
+}
+
+#[derive(Debug)]
+struct Reuse {
+    sender: SendRequest<Incoming>,
+    backend: Arc<Backend>,
+    max_idle: usize,
 }
 
 impl<B: Body + Unpin> Body for Tracked<B> {
@@ -258,7 +282,12 @@ impl<B: Body + Unpin> Body for Tracked<B> {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        // hyper stops polling once `is_end_stream` says so, without waiting for `None`.
+        if matches!(polled, Poll::Ready(None)) || self.inner.is_end_stream() {
+            self.ended = true;
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -267,6 +296,17 @@ impl<B: Body + Unpin> Body for Tracked<B> {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+impl<B> Drop for Tracked<B> {
+    fn drop(&mut self) {
+        if !self.ended {
+            return;
+        }
+        if let Some(reuse) = self.reuse.take() {
+            reuse.backend.idle.put_back(reuse.sender, reuse.max_idle);
+        }
     }
 }
 

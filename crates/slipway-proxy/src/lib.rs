@@ -1,7 +1,8 @@
 //! `slipway-proxy`: the built-in weighted HTTP reverse proxy that sits in front of a
 //! service's stable and canary pools, with live per-version metrics.
 //!
-//! Built on hyper 1 and hyper-util's pooled client (see CRATES.md for why not pingora).
+//! Built on hyper 1: its HTTP/1 server, and its client connections kept in an own
+//! per-backend keep-alive pool (`upstream`; see CRATES.md for why not pingora).
 //! HTTP/1.1 with keep-alive on both sides; bodies stream in both directions.
 //!
 //! The engine drives it through [`ProxyHandle`]:
@@ -24,15 +25,14 @@ pub mod api;
 mod forward;
 mod metrics;
 mod routing;
+mod upstream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::server::conn::http1;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -135,27 +135,29 @@ impl Proxy {
             None => None,
         };
 
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(config.connect_timeout));
-        // Small requests and responses must not wait for Nagle's algorithm.
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(config.max_idle_per_backend)
-            .pool_idle_timeout(config.idle_timeout)
-            .build(connector);
-
         let shared = Arc::new(Shared {
             router: routing::Router::new(config.pools, config.canary_weight),
             metrics: Arc::new(Metrics::new(config.window_sample_limit)),
-            client,
+            upstream: upstream::UpstreamConfig {
+                connect_timeout: config.connect_timeout,
+                max_idle: config.max_idle_per_backend,
+                idle_timeout: config.idle_timeout,
+            },
             upstream_timeout: config.upstream_timeout,
         });
         let (stop, stop_rx) = watch::channel(false);
-        let mut tasks = vec![tokio::spawn(serve_traffic(
-            listener,
-            Arc::clone(&shared),
-            stop_rx.clone(),
-        ))];
+        let mut tasks = vec![
+            tokio::spawn(serve_traffic(
+                listener,
+                Arc::clone(&shared),
+                stop_rx.clone(),
+            )),
+            tokio::spawn(reap_idle(
+                Arc::clone(&shared),
+                config.idle_timeout,
+                stop_rx.clone(),
+            )),
+        ];
         let admin_addr = admin.map(|(admin, addr)| {
             tasks.push(tokio::spawn(admin::serve(
                 admin,
@@ -279,6 +281,20 @@ fn bound_addr(role: &'static str, listener: &TcpListener) -> Result<SocketAddr, 
 pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
     // `wait_for` returns a guard that is not Send; it is dropped here, before any await.
     let _ = stop.wait_for(|stopped| *stopped).await;
+}
+
+/// Closes upstream keep-alive connections idle longer than `idle_timeout`, checking a
+/// few times per timeout so none outlives it by much.
+async fn reap_idle(shared: Arc<Shared>, idle_timeout: Duration, mut stop: watch::Receiver<bool>) {
+    let period = (idle_timeout / 4).max(Duration::from_millis(100));
+    let mut ticks = tokio::time::interval(period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => shared.router.reap_idle(idle_timeout),
+            () = stopped(&mut stop) => break,
+        }
+    }
 }
 
 async fn serve_traffic(

@@ -9,7 +9,11 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
-use hyper::http::uri::Authority;
+use std::time::Duration;
+
+use hyper::header::HeaderValue;
+
+use crate::upstream::IdleConns;
 
 /// The two versions the proxy splits traffic between.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -53,24 +57,35 @@ pub struct Pools {
 
 #[derive(Debug)]
 pub(crate) struct Backend {
-    pub(crate) authority: Authority,
+    pub(crate) addr: SocketAddr,
+    /// `Host` for requests that came without one (HTTP/1.0 clients).
+    pub(crate) host: HeaderValue,
+    /// Its keep-alive connections; they survive a pool swap that keeps the backend.
+    pub(crate) idle: IdleConns,
 }
 
 #[derive(Debug)]
 pub(crate) struct Pool {
-    backends: Vec<Backend>,
+    backends: Vec<Arc<Backend>>,
     next: AtomicUsize,
 }
 
 impl Pool {
-    fn new(addrs: &[SocketAddr]) -> Self {
+    fn new(addrs: &[SocketAddr], previous: Option<&PoolSet>) -> Self {
         let backends = addrs
             .iter()
             .filter_map(|addr| {
-                // A SocketAddr always renders as a valid authority; filter_map only to
-                // avoid an unwrap on that invariant.
-                let authority = Authority::try_from(addr.to_string()).ok()?;
-                Some(Backend { authority })
+                if let Some(kept) = previous.and_then(|set| set.backend(*addr)) {
+                    return Some(Arc::clone(kept));
+                }
+                // A SocketAddr always renders as a valid header value; filter_map only
+                // to avoid an unwrap on that invariant.
+                let host = HeaderValue::from_str(&addr.to_string()).ok()?;
+                Some(Arc::new(Backend {
+                    addr: *addr,
+                    host,
+                    idle: IdleConns::default(),
+                }))
             })
             .collect();
         Self {
@@ -79,7 +94,7 @@ impl Pool {
         }
     }
 
-    pub(crate) fn next_backend(&self) -> Option<&Backend> {
+    pub(crate) fn next_backend(&self) -> Option<&Arc<Backend>> {
         if self.backends.is_empty() {
             return None;
         }
@@ -95,9 +110,20 @@ pub(crate) struct PoolSet {
 }
 
 impl PoolSet {
-    fn new(spec: Pools) -> Self {
-        let pools = [Pool::new(&spec.stable), Pool::new(&spec.canary)];
+    fn new(spec: Pools, previous: Option<&Self>) -> Self {
+        let pools = [
+            Pool::new(&spec.stable, previous),
+            Pool::new(&spec.canary, previous),
+        ];
         Self { spec, pools }
+    }
+
+    fn backends(&self) -> impl Iterator<Item = &Arc<Backend>> {
+        self.pools.iter().flat_map(|pool| pool.backends.iter())
+    }
+
+    fn backend(&self, addr: SocketAddr) -> Option<&Arc<Backend>> {
+        self.backends().find(|backend| backend.addr == addr)
     }
 
     pub(crate) fn pool(&self, version: Version) -> &Pool {
@@ -118,7 +144,7 @@ impl Router {
         Self {
             weight: AtomicU8::new(weight.min(100)),
             sequence: AtomicU64::new(0),
-            pools: RwLock::new(Arc::new(PoolSet::new(pools))),
+            pools: RwLock::new(Arc::new(PoolSet::new(pools, None))),
         }
     }
 
@@ -139,8 +165,16 @@ impl Router {
     }
 
     pub(crate) fn set_pools(&self, pools: Pools) {
-        let set = Arc::new(PoolSet::new(pools));
-        *self.pools.write().unwrap_or_else(PoisonError::into_inner) = set;
+        let mut current = self.pools.write().unwrap_or_else(PoisonError::into_inner);
+        let set = Arc::new(PoolSet::new(pools, Some(&current)));
+        *current = set;
+    }
+
+    /// Closes keep-alive connections idle longer than `idle_timeout`.
+    pub(crate) fn reap_idle(&self, idle_timeout: Duration) {
+        for backend in self.pools().backends() {
+            backend.idle.reap(idle_timeout);
+        }
     }
 
     /// The version for a request without an override header.
@@ -189,14 +223,17 @@ mod tests {
     fn round_robin_within_a_pool() {
         let a: SocketAddr = "127.0.0.1:1001".parse().unwrap();
         let b: SocketAddr = "127.0.0.1:1002".parse().unwrap();
-        let set = PoolSet::new(Pools {
-            stable: vec![a, b],
-            canary: vec![],
-        });
+        let set = PoolSet::new(
+            Pools {
+                stable: vec![a, b],
+                canary: vec![],
+            },
+            None,
+        );
         let picks: Vec<String> = (0..4)
             .map(|_| {
                 let backend = set.pool(Version::Stable).next_backend().unwrap();
-                backend.authority.to_string()
+                backend.addr.to_string()
             })
             .collect();
         assert_eq!(
