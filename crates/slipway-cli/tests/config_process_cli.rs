@@ -12,7 +12,6 @@
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const SECRET_NAME: &str = "SLIPWAY_CFG_TEST_PASSWORD";
@@ -157,61 +156,16 @@ analysis_templates:
 
 /// Live processes carrying `mark` in their environment: argv and environment.
 fn marked(mark: &str) -> Vec<(Vec<String>, BTreeMap<String, String>)> {
-    let mut found = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        if e.file_name().to_string_lossy().parse::<u32>().is_err() {
-            continue;
-        }
-        let Ok(raw) = std::fs::read(e.path().join("environ")) else {
-            continue;
-        };
-        let environ: BTreeMap<String, String> = raw
-            .split(|b| *b == 0)
-            .filter_map(|kv| {
-                let kv = String::from_utf8_lossy(kv);
-                kv.split_once('=')
-                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-            })
-            .collect();
-        if environ.get(MARK_VAR) != Some(&mark.to_owned()) {
-            continue;
-        }
-        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-        if stat
-            .rsplit(')')
-            .next()
-            .is_some_and(|s| s.trim_start().starts_with('Z'))
-        {
-            continue;
-        }
-        let argv = std::fs::read(e.path().join("cmdline"))
-            .unwrap_or_default()
-            .split(|b| *b == 0)
-            .filter(|a| !a.is_empty())
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        found.push((argv, environ));
-    }
-    found
+    crate::marked(MARK_VAR, mark)
+        .into_iter()
+        .map(|m| (m.argv, m.environ))
+        .collect()
 }
 
 impl Drop for Env {
     fn drop(&mut self) {
         // Whatever the test did: nothing it caused outlives it.
-        for e in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-                continue;
-            };
-            let needle = format!("{MARK_VAR}={}", self.mark);
-            let ours = std::fs::read(e.path().join("environ"))
-                .is_ok_and(|raw| raw.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()));
-            if ours {
-                let _ = Command::new("kill")
-                    .args(["-KILL", &pid.to_string()])
-                    .stderr(Stdio::null())
-                    .status();
-            }
-        }
+        crate::kill_marked(MARK_VAR, &self.mark);
     }
 }
 

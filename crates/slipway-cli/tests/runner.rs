@@ -65,3 +65,62 @@ pub fn slipway() -> assert_cmd::Command {
         .env("NO_COLOR", "1");
     c
 }
+
+/// A live process found by [`marked`].
+pub struct Marked {
+    pub pid: u32,
+    pub argv: Vec<String>,
+    pub environ: std::collections::BTreeMap<String, String>,
+}
+
+/// Live (non-zombie) processes whose environment has `var=mark`: the processes a test
+/// caused, however deep (slipway, its proxies, their instances), found without pid files.
+pub fn marked(var: &str, mark: &str) -> Vec<Marked> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(raw) = std::fs::read(e.path().join("environ")) else {
+            continue;
+        };
+        let environ: std::collections::BTreeMap<String, String> = raw
+            .split(|b| *b == 0)
+            .filter_map(|kv| {
+                let kv = String::from_utf8_lossy(kv);
+                kv.split_once('=')
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            })
+            .collect();
+        if environ.get(var).map(String::as_str) != Some(mark) {
+            continue;
+        }
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        if stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|s| s.trim_start().starts_with('Z'))
+        {
+            continue;
+        }
+        let argv = std::fs::read(e.path().join("cmdline"))
+            .unwrap_or_default()
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        found.push(Marked { pid, argv, environ });
+    }
+    found
+}
+
+/// SIGKILL every process [`marked`] finds: what a test's guard does when it ends, so
+/// nothing the test caused outlives it.
+pub fn kill_marked(var: &str, mark: &str) {
+    for m in marked(var, mark) {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &m.pid.to_string()])
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}

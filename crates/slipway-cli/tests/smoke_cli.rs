@@ -10,7 +10,6 @@
 //! the test ends, whatever happened.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use slipway_providers::traffic::Traffic;
@@ -141,45 +140,16 @@ environments:
 
 /// Live (not zombie) processes carrying `mark` in their environment: pid and argv.
 fn marked(mark: &str) -> Vec<(u32, Vec<String>)> {
-    let needle = format!("SLIPWAY_SMOKE_TEST={mark}");
-    let mut found = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(environ) = std::fs::read(e.path().join("environ")) else {
-            continue;
-        };
-        if !environ.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()) {
-            continue;
-        }
-        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-        if stat
-            .rsplit(')')
-            .next()
-            .is_some_and(|s| s.trim_start().starts_with('Z'))
-        {
-            continue;
-        }
-        let argv = std::fs::read(e.path().join("cmdline"))
-            .unwrap_or_default()
-            .split(|b| *b == 0)
-            .filter(|a| !a.is_empty())
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        found.push((pid, argv));
-    }
-    found
+    crate::marked("SLIPWAY_SMOKE_TEST", mark)
+        .into_iter()
+        .map(|m| (m.pid, m.argv))
+        .collect()
 }
 
 impl Drop for Env {
     fn drop(&mut self) {
-        for (pid, _) in marked(&self.mark) {
-            let _ = Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .stderr(Stdio::null())
-                .status();
-        }
+        // Whatever the test did: nothing it caused outlives it.
+        crate::kill_marked("SLIPWAY_SMOKE_TEST", &self.mark);
     }
 }
 
