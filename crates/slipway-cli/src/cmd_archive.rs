@@ -11,6 +11,11 @@
 //! records live and a bundle no checkpoint names; running the archive again rebuilds the
 //! identical bundle (it holds no time of its own) and prunes. `SLIPWAY_FAULT=
 //! archive-before-prune` aborts the process at that point; the tests use it to prove this.
+//!
+//! The prune's transaction also writes one summary per archived run (what the reports
+//! count: release, environment, outcome, start and end), so `slipway report dora` gives
+//! the same figures before and after an archive. `SLIPWAY_FAULT=archive-inside-prune`
+//! aborts inside that transaction, after the summaries and deletes, before the commit.
 
 use std::fs::File;
 use std::io::Write;
@@ -275,12 +280,26 @@ pub fn archive(a: ArchiveArgs, out: &Output) -> Result<i32, CliError> {
             .and_then(|f| f.sync_all())
             .map_err(|e| io_error("fsync", &sig, e))?;
         sync_dir(&dir)?;
+        // The summaries the reports count archived runs by, pruned with the runs in one
+        // transaction. Closed runs do not change, so reading them after the selection's
+        // snapshot reads the same records (the prune re-checks they are still closed).
+        let keep_until = manifest
+            .keep_until
+            .get("runs")
+            .and_then(|t| t.parse::<Timestamp>().ok());
+        let mut summaries = Vec::with_capacity(ids.len());
+        for id in &ids {
+            let run = slipway_govern::RunHistory::load(store.as_ref(), id)
+                .await
+                .map_err(crate::cmd_report::govern_error)?;
+            summaries.push(slipway_govern::history::summarize(&run, keep_until));
+        }
         if std::env::var("SLIPWAY_FAULT").as_deref() == Ok("archive-before-prune") {
             // Test hook (see the module doc): die as a crash would, before the prune.
             std::process::abort();
         }
         let cp = db
-            .prune(&sel, &digest, &name, &before.to_string(), now)
+            .prune(&sel, &summaries, &digest, &name, &before.to_string(), now)
             .await
             .map_err(store_error)?;
         for id in &ids {
@@ -297,7 +316,7 @@ pub fn archive(a: ArchiveArgs, out: &Output) -> Result<i32, CliError> {
         .await?;
         if out.json() {
             out.json_value(&json!({"archived": true, "bundle": path, "signature": sig,
-                "sha256": digest, "runs": ids, "audit_entries": sel.audit.len(),
+                "sha256": digest, "runs": ids, "summaries": summaries.len(), "audit_entries": sel.audit.len(),
                 "checkpoint": cp, "keep_until": manifest.keep_until}));
         } else {
             out.line(&format!(
@@ -311,6 +330,11 @@ pub fn archive(a: ArchiveArgs, out: &Output) -> Result<i32, CliError> {
             out.line(&format!(
                 "  checkpoint: the live chain now starts after entry {} ({})",
                 cp.end_seq, cp.end_hash
+            ));
+            out.line(&format!(
+                "  {} run summar{} kept in the store for the reports",
+                summaries.len(),
+                if summaries.len() == 1 { "y" } else { "ies" }
             ));
         }
         Ok(exit::SUCCESS)

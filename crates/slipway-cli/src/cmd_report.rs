@@ -1,12 +1,20 @@
 //! `slipway report dora | handover | retro | compliance`: what supporters, auditors and
 //! process owners need after a release, computed by `slipway-govern` from the store and
 //! printed here (text, `--output json`, or an HTML file).
+//!
+//! Every report that counts or lists runs reads the live runs *and* the summaries
+//! `slipway archive` left of archived ones ([`history_with_archive`]), so archiving never
+//! changes a figure; each says how many runs came from summaries and which bundles hold
+//! their records.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
+use slipway_engine::store::Store;
 use slipway_govern::dora::{self, DoraQuery};
+use slipway_govern::history::{RunHistory, Unsummarized};
 use slipway_govern::{GovernError, history};
 use slipway_model::exit;
+use slipway_store::archive::ArchiveDb;
 
 use crate::cmd_run::{StoreArg, open_store, runtime, store_error};
 use crate::out::{CliError, Output};
@@ -159,6 +167,62 @@ pub(crate) fn write_file(path: &std::path::Path, text: &str) -> Result<(), CliEr
     })
 }
 
+/// The runs created at or after `since`: live ones and, from their summaries, archived
+/// ones; plus the archives whose runs left no summary (archived by an older slipway).
+pub(crate) async fn history_with_archive(
+    store: &dyn Store,
+    db_path: &Path,
+    since: Option<jiff::Timestamp>,
+) -> Result<(Vec<RunHistory>, Vec<Unsummarized>), CliError> {
+    let live = history::load_runs(store, since)
+        .await
+        .map_err(govern_error)?;
+    let db = ArchiveDb::open(db_path).await.map_err(store_error)?;
+    let summaries = db.summaries().await.map_err(store_error)?;
+    let checkpoints = db.checkpoints().await.map_err(store_error)?;
+    Ok(history::with_archived(
+        live,
+        &summaries,
+        &checkpoints,
+        since,
+    ))
+}
+
+/// One run for a per-run report; an archived run is refused naming the bundle that holds
+/// its journal.
+async fn load_run(store: &dyn Store, db_path: &Path, id: &str) -> Result<RunHistory, CliError> {
+    match RunHistory::load(store, id).await {
+        Err(GovernError::NoSuchRun(_)) => {
+            let db = ArchiveDb::open(db_path).await.map_err(store_error)?;
+            let summaries = db.summaries().await.map_err(store_error)?;
+            let checkpoints = db.checkpoints().await.map_err(store_error)?;
+            let bundle = summaries
+                .iter()
+                .find(|s| s.run_id == id)
+                .map(|s| s.checkpoint_id)
+                .or_else(|| {
+                    checkpoints
+                        .iter()
+                        .find(|c| c.runs.iter().any(|r| r == id))
+                        .map(|c| c.id)
+                })
+                .and_then(|cp| checkpoints.iter().find(|c| c.id == cp));
+            match bundle {
+                Some(c) => Err(CliError::new(
+                    exit::INVALID_INPUT,
+                    format!(
+                        "failed to read run `{id}`: it was archived into {} (sha256 {}, archive before {}); its journal and approvals are in that bundle",
+                        c.bundle_name, c.bundle_sha256, c.before
+                    ),
+                    Some("read the bundle's journal.jsonl (`zstd -dc BUNDLE | tar -xO journal.jsonl`); `slipway report dora` still counts the run".to_owned()),
+                )),
+                None => Err(govern_error(GovernError::NoSuchRun(id.to_owned()))),
+            }
+        }
+        other => other.map_err(govern_error),
+    }
+}
+
 fn dora_cmd(a: DoraArgs, out: &Output) -> Result<i32, CliError> {
     let since = slipway_govern::parse_when(&a.since).map_err(govern_error)?;
     let until = a
@@ -169,16 +233,16 @@ fn dora_cmd(a: DoraArgs, out: &Output) -> Result<i32, CliError> {
         .map_err(govern_error)?;
     let rt = runtime()?;
     let report = rt.block_on(async {
-        let (store, _) = open_store(&a.store).await?;
-        let runs = history::load_runs(store.as_ref(), Some(since))
-            .await
-            .map_err(govern_error)?;
+        let (store, db_path) = open_store(&a.store).await?;
+        let (runs, unsummarized) =
+            history_with_archive(store.as_ref(), &db_path, Some(since)).await?;
         let query = DoraQuery {
             since: Some(since),
             until,
             service: a.service.clone(),
             release_type: a.release_type.clone(),
             environment: a.env.clone(),
+            unsummarized,
         };
         Ok::<_, CliError>(dora::compute(
             &runs,
@@ -204,13 +268,15 @@ fn dora_cmd(a: DoraArgs, out: &Output) -> Result<i32, CliError> {
 fn handover_cmd(a: RunReportArgs, out: &Output) -> Result<i32, CliError> {
     let rt = runtime()?;
     let (run, prev) = rt.block_on(async {
-        let (store, _) = open_store(&a.store).await?;
-        let run = history::RunHistory::load(store.as_ref(), &a.run)
-            .await
-            .map_err(govern_error)?;
-        let prev = history::previous_run(store.as_ref(), &run)
-            .await
-            .map_err(govern_error)?;
+        let (store, db_path) = open_store(&a.store).await?;
+        let run = load_run(store.as_ref(), &db_path, &a.run).await?;
+        let db = ArchiveDb::open(&db_path).await.map_err(store_error)?;
+        let summaries = db.summaries().await.map_err(store_error)?;
+        let checkpoints = db.checkpoints().await.map_err(store_error)?;
+        let prev =
+            history::previous_run_with_archived(store.as_ref(), &run, &summaries, &checkpoints)
+                .await
+                .map_err(govern_error)?;
         Ok::<_, CliError>((run, prev))
     })?;
     let notes = slipway_govern::git::release_notes(&run, prev.as_ref());
@@ -226,10 +292,8 @@ fn handover_cmd(a: RunReportArgs, out: &Output) -> Result<i32, CliError> {
 fn retro_cmd(a: RunReportArgs, out: &Output) -> Result<i32, CliError> {
     let rt = runtime()?;
     let run = rt.block_on(async {
-        let (store, _) = open_store(&a.store).await?;
-        history::RunHistory::load(store.as_ref(), &a.run)
-            .await
-            .map_err(govern_error)
+        let (store, db_path) = open_store(&a.store).await?;
+        load_run(store.as_ref(), &db_path, &a.run).await
     })?;
     let retro = slipway_govern::retro::build(&run);
     if out.json() {
@@ -241,7 +305,6 @@ fn retro_cmd(a: RunReportArgs, out: &Output) -> Result<i32, CliError> {
 }
 
 fn compliance_cmd(a: ComplianceArgs, out: &Output) -> Result<i32, CliError> {
-    use slipway_engine::store::Store;
     let since = slipway_govern::parse_when(&a.since).map_err(govern_error)?;
     let until = match a.until.as_deref() {
         Some(u) => slipway_govern::parse_when(u).map_err(govern_error)?,
@@ -250,7 +313,7 @@ fn compliance_cmd(a: ComplianceArgs, out: &Output) -> Result<i32, CliError> {
     slipway_govern::compliance::catalogue(&a.framework).map_err(govern_error)?;
     let rt = runtime()?;
     let evidence = rt.block_on(async {
-        let (store, _) = open_store(&a.store).await?;
+        let (store, db_path) = open_store(&a.store).await?;
         // Read the head before the entries: entries appended in between only extend the
         // chain past the head the pack names, which still verifies.
         let start = store.audit_start().await.map_err(store_error)?;
@@ -260,10 +323,8 @@ fn compliance_cmd(a: ComplianceArgs, out: &Output) -> Result<i32, CliError> {
             Some((seq, _)) => entries.into_iter().filter(|e| e.seq <= *seq).collect(),
             None => entries,
         };
-        let runs = history::load_runs(store.as_ref(), None)
-            .await
-            .map_err(govern_error)?;
-        slipway_govern::compliance::evaluate_from(
+        let (runs, unsummarized) = history_with_archive(store.as_ref(), &db_path, None).await?;
+        let mut evidence = slipway_govern::compliance::evaluate_from(
             &a.framework,
             &runs,
             &entries,
@@ -272,7 +333,9 @@ fn compliance_cmd(a: ComplianceArgs, out: &Output) -> Result<i32, CliError> {
             since,
             until,
         )
-        .map_err(govern_error)
+        .map_err(govern_error)?;
+        evidence.note_unsummarized(&unsummarized);
+        Ok::<_, CliError>(evidence)
     })?;
     slipway_govern::compliance::write_pack(&evidence, &a.out).map_err(govern_error)?;
     let exceptions: Vec<_> = evidence.exceptions().collect();
@@ -284,6 +347,9 @@ fn compliance_cmd(a: ComplianceArgs, out: &Output) -> Result<i32, CliError> {
             "audit_head_hash": evidence.audit_head_hash,
             "chain": evidence.chain,
             "exceptions": exceptions,
+            "archived_runs": evidence.archived,
+            "not_covered": evidence.not_covered,
+            "coverage": evidence.coverage(),
         }));
     } else {
         for r in &evidence.results {
@@ -304,6 +370,10 @@ fn compliance_cmd(a: ComplianceArgs, out: &Output) -> Result<i32, CliError> {
                 "  exception {} run {}: {}",
                 x.control, x.run, x.detail
             ));
+        }
+        let coverage = evidence.coverage();
+        if !coverage.is_empty() {
+            out.line(&format!("coverage: {coverage}"));
         }
         out.line(&format!(
             "evidence pack written to {} (audit chain head {} at entry {}; {})",
@@ -330,10 +400,14 @@ pub fn catalog(c: CatalogCommand, out: &Output) -> Result<i32, CliError> {
         Ok(slipway_store::StoreLocation::Sqlite(p)) if p.exists() => {
             let rt = runtime()?;
             rt.block_on(async {
-                let (store, _) = open_store(&a.store).await?;
-                history::load_runs(store.as_ref(), None)
-                    .await
-                    .map_err(govern_error)
+                let (store, db_path) = open_store(&a.store).await?;
+                // Archived runs count too: a service deployed to production once is
+                // in production whether or not that run was archived since.
+                Ok::<_, CliError>(
+                    history_with_archive(store.as_ref(), &db_path, None)
+                        .await?
+                        .0,
+                )
             })?
         }
         _ => Vec::new(),

@@ -15,6 +15,15 @@
 //! - GDPR: `GDPR-30` records of processing (every run names its author, environment and
 //!   plan), `GDPR-32-1` integrity (the chain verifies), `GDPR-32-2` regular testing
 //!   (production releases were tested in a non-production environment first).
+//!
+//! Archived runs: the per-run controls read a run's journal and approvals, which an
+//! archive moves into its bundle; the live store keeps only a summary. So a pack never
+//! examines an archived run's approvals, and never drops it silently either: every
+//! archived run in the period is listed (`archived_run` lines, the HTML's "Archived runs")
+//! with the bundle that holds its evidence, each control says how many archived runs of
+//! its population it did not examine, and an archive whose runs left no summary at all is
+//! named as not covered. Summaries do count as earlier tests for SOX-CM-3/GDPR-32-2: a
+//! staging success that was archived still happened before the production run.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -26,7 +35,7 @@ use slipway_engine::audit::{self, AuditEntry};
 use slipway_engine::{EngineEvent, RunState};
 
 use crate::GovernError;
-use crate::history::RunHistory;
+use crate::history::{RunHistory, Unsummarized};
 use crate::html::{esc, page};
 
 /// Format tag of the first JSONL line.
@@ -134,6 +143,30 @@ pub struct ControlResult {
     pub examined: u32,
     /// Exceptions.
     pub exceptions: Vec<Exception>,
+    /// Archived runs in the period this control would examine but cannot (their records
+    /// are in an archive bundle; see [`Evidence::archived`]).
+    pub archived_not_examined: u32,
+}
+
+/// An archived run of the period, listed with the bundle holding its evidence.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ArchivedRef {
+    /// Run id.
+    pub run: String,
+    /// Release name.
+    pub release: String,
+    /// Release version.
+    pub version: String,
+    /// Environment.
+    pub environment: String,
+    /// Whether the environment is a production one.
+    pub production: bool,
+    /// Final state.
+    pub state: String,
+    /// The bundle holding its journal, approvals and audit entries.
+    pub bundle: String,
+    /// The bundle's sha256.
+    pub bundle_sha256: String,
 }
 
 /// The evidence pack.
@@ -153,9 +186,52 @@ pub struct Evidence {
     pub chain: String,
     /// Per control.
     pub results: Vec<ControlResult>,
+    /// Archived runs of the period (not examined by the per-run controls).
+    pub archived: Vec<ArchivedRef>,
+    /// Archives whose runs left no summary and may overlap the period: not covered at all.
+    pub not_covered: Vec<Unsummarized>,
 }
 
 impl Evidence {
+    /// Record archives whose runs left no summary (from
+    /// [`crate::history::with_archived`]) that may overlap the period: their runs closed
+    /// before the archive's `--before`, so an archive before `since` cannot.
+    pub fn note_unsummarized(&mut self, unsummarized: &[Unsummarized]) {
+        self.not_covered = unsummarized
+            .iter()
+            .filter(|u| {
+                u.before
+                    .parse::<Timestamp>()
+                    .map_or(true, |b| self.since < b)
+            })
+            .cloned()
+            .collect();
+    }
+
+    /// What the pack does not examine, in words ("" when it examines everything).
+    pub fn coverage(&self) -> String {
+        let mut parts = Vec::new();
+        if !self.archived.is_empty() {
+            let mut bundles: Vec<&str> = self.archived.iter().map(|a| a.bundle.as_str()).collect();
+            bundles.sort_unstable();
+            bundles.dedup();
+            parts.push(format!(
+                "{} archived run(s) of the period are listed but not examined by the per-run controls; their evidence is in {} (check with `slipway audit verify --archive BUNDLE --pubkey KEY`)",
+                self.archived.len(),
+                bundles.join(", ")
+            ));
+        }
+        for u in &self.not_covered {
+            parts.push(format!(
+                "NOT COVERED: {} run(s) archived in {} (closed before {}) left no summary and are not listed",
+                u.runs.len(),
+                u.bundle,
+                u.before
+            ));
+        }
+        parts.join("; ")
+    }
+
     /// Every exception, in catalogue order.
     pub fn exceptions(&self) -> impl Iterator<Item = &Exception> {
         self.results.iter().flat_map(|r| &r.exceptions)
@@ -210,10 +286,11 @@ pub fn evaluate_from(
     until: Timestamp,
 ) -> Result<Evidence, GovernError> {
     let controls = catalogue(framework)?;
-    let period: Vec<&RunHistory> = all_runs
+    let (period, archived): (Vec<&RunHistory>, Vec<&RunHistory>) = all_runs
         .iter()
         .filter(|r| r.record.created_at >= since && r.record.created_at < until)
-        .collect();
+        .partition(|r| r.archived.is_none());
+    let archived_prod = archived.iter().filter(|r| r.production()).count() as u32;
     let prod: Vec<&RunHistory> = period
         .iter()
         .copied()
@@ -367,10 +444,16 @@ pub fn evaluate_from(
                 period.len()
             }
         };
+        let archived_not_examined = match c.id {
+            "HIPAA-AU-1" | "GDPR-32-1" => 0,
+            "HIPAA-AU-2" | "GDPR-30" => archived.len() as u32,
+            _ => archived_prod,
+        };
         results.push(ControlResult {
             control: c.clone(),
             examined: examined as u32,
             exceptions: ex,
+            archived_not_examined,
         });
     }
     Ok(Evidence {
@@ -381,6 +464,26 @@ pub fn evaluate_from(
         audit_head_hash: head_hash,
         chain,
         results,
+        archived: archived
+            .iter()
+            .map(|r| ArchivedRef {
+                run: r.record.id.clone(),
+                release: r.record.release.clone(),
+                version: r.record.version.clone(),
+                environment: r.record.environment.clone(),
+                production: r.production(),
+                state: r.record.state.as_str().to_owned(),
+                bundle: r
+                    .archived
+                    .as_ref()
+                    .map_or_else(String::new, |a| a.bundle.clone()),
+                bundle_sha256: r
+                    .archived
+                    .as_ref()
+                    .map_or_else(String::new, |a| a.bundle_sha256.clone()),
+            })
+            .collect(),
+        not_covered: Vec::new(),
     })
 }
 
@@ -394,6 +497,9 @@ pub fn to_jsonl(e: &Evidence) -> String {
         "audit_head_seq": e.audit_head_seq,
         "audit_head_hash": e.audit_head_hash,
         "chain": e.chain,
+        "archived_runs": e.archived.len(),
+        "not_covered": e.not_covered,
+        "coverage": e.coverage(),
     })
     .to_string();
     s.push('\n');
@@ -406,6 +512,7 @@ pub fn to_jsonl(e: &Evidence) -> String {
             "examined": r.examined,
             "result": if r.exceptions.is_empty() { "pass" } else { "exception" },
             "exceptions": r.exceptions.len(),
+            "archived_not_examined": r.archived_not_examined,
         });
         s.push_str(&line.to_string());
         s.push('\n');
@@ -415,6 +522,12 @@ pub fn to_jsonl(e: &Evidence) -> String {
             s.push_str(&v.to_string());
             s.push('\n');
         }
+    }
+    for a in &e.archived {
+        let mut v = serde_json::to_value(a).unwrap_or_default();
+        v["type"] = "archived_run".into();
+        s.push_str(&v.to_string());
+        s.push('\n');
     }
     s
 }
@@ -436,16 +549,21 @@ pub fn to_html(e: &Evidence) -> String {
         e.audit_head_seq,
         esc(&e.chain)
     );
-    b.push_str("<table><tr><th>control</th><th>requirement</th><th>test</th><th>examined</th><th>result</th></tr>\n");
+    let coverage = e.coverage();
+    if !coverage.is_empty() {
+        let _ = writeln!(b, "<p class=\"bad\">{}.</p>", esc(&coverage));
+    }
+    b.push_str("<table><tr><th>control</th><th>requirement</th><th>test</th><th>examined</th><th>archived, not examined</th><th>result</th></tr>\n");
     for r in &e.results {
         let ok = r.exceptions.is_empty();
         let _ = writeln!(
             b,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"{}\">{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"{}\">{}</td></tr>",
             r.control.id,
             esc(r.control.title),
             esc(r.control.query),
             r.examined,
+            r.archived_not_examined,
             if ok { "good" } else { "bad" },
             if ok {
                 "pass".to_owned()
@@ -467,6 +585,24 @@ pub fn to_html(e: &Evidence) -> String {
                 esc(&x.control),
                 esc(&x.run),
                 esc(&x.detail)
+            );
+        }
+        b.push_str("</table>\n");
+    }
+    if !e.archived.is_empty() {
+        b.push_str("<h2>Archived runs</h2>\n<p>Not examined by the per-run controls; their journal, approvals and audit entries are in the named bundle.</p>\n<table><tr><th>run</th><th>release</th><th>environment</th><th>state</th><th>bundle</th></tr>\n");
+        for a in &e.archived {
+            let _ = writeln!(
+                b,
+                "<tr><td><code>{}</code></td><td>{} {}</td><td>{}{}</td><td>{}</td><td><code>{}</code> (sha256 {})</td></tr>",
+                esc(&a.run),
+                esc(&a.release),
+                esc(&a.version),
+                esc(&a.environment),
+                if a.production { " (production)" } else { "" },
+                esc(&a.state),
+                esc(&a.bundle),
+                esc(&a.bundle_sha256)
             );
         }
         b.push_str("</table>\n");

@@ -17,6 +17,11 @@
 //!
 //! Scope: production environments (the plan's `production` flag). When the history holds
 //! no production run at all, every environment is used and the report says so.
+//!
+//! Archived runs count like live ones, read from the summaries `slipway archive` leaves
+//! (see [`crate::history::with_archived`]); the report says how many came from summaries
+//! and from which bundles, and names any archive whose runs left no summary (archived by
+//! an older slipway), since it cannot count those.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -26,7 +31,7 @@ use serde::Serialize;
 use slipway_engine::RunState;
 
 use crate::git::ChangeOrigin;
-use crate::history::RunHistory;
+use crate::history::{ArchiveUse, RunHistory, Unsummarized};
 use crate::html::{esc, page};
 
 /// What to report on.
@@ -42,6 +47,9 @@ pub struct DoraQuery {
     pub release_type: Option<String>,
     /// Only this environment (overrides the production scope).
     pub environment: Option<String>,
+    /// Archives whose runs left no summary (from [`crate::history::with_archived`]): not
+    /// countable, named in the report when they may overlap the period.
+    pub unsummarized: Vec<Unsummarized>,
 }
 
 /// The figures of one group of deployments.
@@ -106,6 +114,9 @@ pub struct Deployment {
     pub change_source: Option<String>,
     /// Recovery time, seconds (failed deployments that were restored).
     pub recovery_seconds: Option<f64>,
+    /// The archive bundle holding the run's records, when it was archived (counted from
+    /// its summary).
+    pub archived_in: Option<String>,
 }
 
 /// The report.
@@ -129,6 +140,9 @@ pub struct DoraReport {
     pub by_type: BTreeMap<String, Figures>,
     /// The deployments counted, oldest first.
     pub deployments: Vec<Deployment>,
+    /// How many counted runs (deployments and aborted) come from archive summaries, their
+    /// bundles, and archived runs that could not be counted.
+    pub archive: ArchiveUse,
 }
 
 fn secs(a: Timestamp, b: Timestamp) -> f64 {
@@ -217,6 +231,7 @@ pub fn compute(
             lead_time_seconds: None,
             change_source: None,
             recovery_seconds: None,
+            archived_in: r.archived.as_ref().map(|a| a.bundle.clone()),
         };
         match state {
             RunState::Succeeded => {
@@ -306,7 +321,13 @@ pub fn compute(
         let ab = aborted.iter().filter(|r| r.release_type() == t).count() as u32;
         by_type.insert(t.clone(), figures(&ds, ab));
     }
+    let counted = scoped
+        .iter()
+        .copied()
+        .filter(|r| r.record.state.is_terminal());
+    let archive = ArchiveUse::of(counted, &query.unsummarized, query.since);
     DoraReport {
+        archive,
         since: query.since,
         until,
         scope,
@@ -409,6 +430,7 @@ pub fn render_text(r: &DoraReport) -> String {
     for (k, v) in figure_rows(&r.overall) {
         let _ = writeln!(s, "  {k:<32} {v}");
     }
+    let _ = writeln!(s, "{}", r.archive.describe());
     for (title, groups) in [
         ("by service", &r.by_service),
         ("by release type", &r.by_type),
@@ -566,6 +588,7 @@ pub fn render_html(r: &DoraReport) -> String {
         esc(&r.until.to_string()),
         esc(&r.scope)
     );
+    let _ = writeln!(b, "<p>{}.</p>", esc(&r.archive.describe()));
     b.push_str("<table>");
     for (k, v) in figure_rows(&r.overall) {
         let _ = writeln!(b, "<tr><th>{}</th><td>{}</td></tr>", esc(k), esc(&v));
@@ -582,8 +605,11 @@ pub fn render_html(r: &DoraReport) -> String {
     for d in &r.deployments {
         let _ = writeln!(
             b,
-            "<tr><td><code>{}</code></td><td>{} {}</td><td>{}</td><td>{}</td><td class=\"{}\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td><code>{}</code>{}</td><td>{} {}</td><td>{}</td><td>{}</td><td class=\"{}\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             esc(&d.run),
+            d.archived_in
+                .as_ref()
+                .map_or_else(String::new, |b| format!(" (archived: {})", esc(b))),
             esc(&d.release),
             esc(&d.version),
             esc(&d.release_type),

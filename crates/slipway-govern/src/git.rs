@@ -115,9 +115,7 @@ impl GitRepo {
 
 /// The git tag a run's release carries: the plan's `tag` with `{version}` filled in.
 pub fn release_tag(run: &RunHistory) -> Option<String> {
-    let plan = run.plan.as_ref()?;
-    let tag = plan.release.tag.as_ref()?;
-    Some(tag.replace("{version}", &plan.release.version))
+    run.tag()
 }
 
 /// Where the change a run deploys came from: its release tag's commit when the tag exists

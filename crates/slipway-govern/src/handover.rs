@@ -122,11 +122,14 @@ pub fn render(run: &RunHistory, previous: Option<&RunHistory>, notes: &GitNotes)
     if let Some(prev) = previous {
         let _ = writeln!(
             s,
-            "Previous release here: {} {} (run `{}`, {}).\n",
+            "Previous release here: {} {} (run `{}`, {}{}).\n",
             prev.record.release,
             prev.record.version,
             prev.record.id,
-            prev.record.state.as_str()
+            prev.record.state.as_str(),
+            prev.archived
+                .as_ref()
+                .map_or_else(String::new, |a| format!(", archived in {}", a.bundle))
         );
     } else {
         let _ = writeln!(s, "First release of {} here.\n", r.release);
@@ -174,7 +177,13 @@ pub fn render(run: &RunHistory, previous: Option<&RunHistory>, notes: &GitNotes)
         endpoints(plan),
     );
     diff_sets(&mut changes, "endpoint", &old_eps, &new_eps);
-    if changes.is_empty() {
+    if let Some(a) = previous.and_then(|p| p.archived.as_ref()) {
+        // Its plan left with it: a diff against nothing would list everything as added.
+        changes = format!(
+            "Not shown: the previous run's plan is in archive bundle {} (sha256 {}).\n",
+            a.bundle, a.bundle_sha256
+        );
+    } else if changes.is_empty() {
         changes = "None since the previous run.\n".to_owned();
     }
     s.push_str(&changes);

@@ -157,3 +157,94 @@ async fn hipaa_flags_a_tampered_chain_and_gdpr_passes_a_clean_one() {
     );
     assert!(compliance::evaluate("pci", &runs, &entries, None, since, until).is_err());
 }
+
+/// A staging success archived before the production run's pack is drawn still counts as
+/// the test before production (live runs alone would raise a false SOX-CM-3 exception),
+/// and the archived run is listed with its bundle, not dropped.
+#[tokio::test]
+async fn an_archived_staging_success_still_tests_production_and_is_listed() {
+    use slipway_govern::RunHistory;
+    use slipway_govern::history::{summarize, with_archived};
+    use slipway_store::archive::ArchiveDb;
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let staging = plan(SHOP_FEATURE, "staging");
+    let prod = plan(SHOP_FEATURE, "prod");
+    seed(
+        &store,
+        "t1",
+        &staging,
+        "op-bob",
+        "2026-11-02T09:00:00Z",
+        lifecycle(
+            "2026-11-02T09:00:00Z",
+            "2026-11-02T09:10:00Z",
+            RunState::Succeeded,
+        ),
+    )
+    .await;
+    let mut ev = vec![approved("2026-11-02T10:00:00Z", "op-carol", &prod.digest)];
+    ev.extend(lifecycle(
+        "2026-11-02T10:05:00Z",
+        "2026-11-02T10:30:00Z",
+        RunState::Succeeded,
+    ));
+    seed(&store, "p1", &prod, "op-bob", "2026-11-02T10:00:00Z", ev).await;
+
+    let db = ArchiveDb::open(&dir.path().join("slipway.db"))
+        .await
+        .unwrap();
+    let cut = t("2026-11-02T09:30:00Z");
+    let sel = db.select(cut, cut).await.unwrap();
+    assert_eq!(sel.run_ids(), ["t1"]);
+    let sums = vec![summarize(
+        &RunHistory::load(&store, "t1").await.unwrap(),
+        None,
+    )];
+    db.prune(&sel, &sums, "cafe", "t.tar.zst", &cut.to_string(), cut)
+        .await
+        .unwrap();
+
+    let live = load_runs(&store, None).await.unwrap();
+    let start = store.audit_start().await.unwrap();
+    let head = store.audit_head().await.unwrap();
+    let entries = store.audit_entries().await.unwrap();
+    let (since, until) = (t("2026-11-01T00:00:00Z"), t("2026-12-01T00:00:00Z"));
+    let live_only = compliance::evaluate_from(
+        "sox",
+        &live,
+        &entries,
+        start.clone(),
+        head.clone(),
+        since,
+        until,
+    )
+    .unwrap();
+    assert!(
+        live_only.exceptions().any(|x| x.control == "SOX-CM-3"),
+        "without the summary the staging test is lost"
+    );
+
+    let (runs, _) = with_archived(
+        live,
+        &db.summaries().await.unwrap(),
+        &db.checkpoints().await.unwrap(),
+        None,
+    );
+    let e = compliance::evaluate_from("sox", &runs, &entries, start, head, since, until).unwrap();
+    assert_eq!(e.exceptions().count(), 0, "{:?}", e.results);
+    assert!(e.chain.starts_with("verified"), "{}", e.chain);
+    assert_eq!(e.archived.len(), 1);
+    assert_eq!(
+        (e.archived[0].run.as_str(), e.archived[0].bundle.as_str()),
+        ("t1", "t.tar.zst")
+    );
+    assert!(
+        e.coverage().contains("1 archived run(s)"),
+        "{}",
+        e.coverage()
+    );
+    // A non-production run is outside the SOX controls' population.
+    assert!(e.results.iter().all(|r| r.archived_not_examined == 0));
+}

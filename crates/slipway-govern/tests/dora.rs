@@ -235,3 +235,128 @@ fn text_and_html_carry_the_figures_and_no_script() {
     let json = serde_json::to_value(&r).unwrap();
     assert_eq!(json["overall"]["change_failure_rate"], 0.5);
 }
+
+/// Archive r0..r3 (r3 failed and was restored by r4, which stays live) the way
+/// `slipway archive` does — summaries from the loaded runs, pruned in one transaction —
+/// and report again: every figure is the one from before, and the report names the
+/// summaries it counted; the live runs alone would have undercounted.
+#[test]
+fn archiving_changes_no_figure_and_the_report_names_the_bundle() {
+    use slipway_govern::RunHistory;
+    use slipway_govern::history::{summarize, with_archived};
+    use slipway_store::archive::ArchiveDb;
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let (dir, all) = seeded().await;
+        let origins = origins();
+        let origin = |r: &RunHistory| origins.get(r.record.id.as_str()).cloned();
+        let now = t("2026-11-11T00:00:00Z");
+        let before = dora::compute(&all, &period(), now, &origin);
+        assert_eq!(before.archive.runs_from_summaries, 0);
+
+        let store = open(dir.path()).await;
+        let db = ArchiveDb::open(&dir.path().join("slipway.db"))
+            .await
+            .unwrap();
+        let cut = t("2026-11-04T13:00:00Z");
+        let sel = db.select(cut, cut).await.unwrap();
+        assert_eq!(sel.run_ids(), ["r0", "r1", "r2", "r3"]);
+        let mut sums = Vec::new();
+        for id in sel.run_ids() {
+            sums.push(summarize(
+                &RunHistory::load(&store, &id).await.unwrap(),
+                None,
+            ));
+        }
+        let cp = db
+            .prune(&sel, &sums, "feed", "b.tar.zst", &cut.to_string(), now)
+            .await
+            .unwrap();
+
+        let since = period().since;
+        let live = load_runs(&store, since).await.unwrap();
+        let ids: Vec<&str> = live.iter().map(|r| r.record.id.as_str()).collect();
+        assert_eq!(ids, ["r4", "r5", "r6"]);
+        let live_only = dora::compute(&live, &period(), now, &origin);
+        assert_eq!(live_only.overall.deployments, 1, "what reports did before");
+
+        let (runs, unsummarized) = with_archived(
+            live,
+            &db.summaries().await.unwrap(),
+            &db.checkpoints().await.unwrap(),
+            since,
+        );
+        assert!(unsummarized.is_empty());
+        let after = dora::compute(&runs, &period(), now, &origin);
+        assert_eq!(after.overall, before.overall);
+        assert_eq!(after.by_service, before.by_service);
+        assert_eq!(after.by_type, before.by_type);
+        assert_eq!(after.scope, before.scope);
+        let strip = |r: &dora::DoraReport| {
+            r.deployments
+                .iter()
+                .map(|d| dora::Deployment {
+                    archived_in: None,
+                    ..d.clone()
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(strip(&after), strip(&before));
+        let archived: Vec<(&str, Option<&str>)> = after
+            .deployments
+            .iter()
+            .map(|d| (d.run.as_str(), d.archived_in.as_deref()))
+            .collect();
+        assert_eq!(
+            archived,
+            [
+                ("r1", Some("b.tar.zst")),
+                ("r2", Some("b.tar.zst")),
+                ("r3", Some("b.tar.zst")),
+                ("r4", None)
+            ]
+        );
+        // r0 is before the period: archived but not counted.
+        assert_eq!(after.archive.runs_from_summaries, 3);
+        assert_eq!(after.archive.bundles.len(), 1);
+        assert_eq!(after.archive.bundles[0].checkpoint, cp.id);
+        assert_eq!(after.archive.bundles[0].sha256, "feed");
+        assert_eq!(after.archive.bundles[0].runs, 3);
+        let text = dora::render_text(&after);
+        assert!(
+            text.contains("archived runs: 3 counted from archive summaries (bundle b.tar.zst: 3)"),
+            "{text}"
+        );
+    });
+}
+
+/// An archive made before summaries existed (its checkpoint lists runs no summary
+/// covers): the report cannot count them and says so for any period it may overlap.
+#[test]
+fn runs_archived_without_summaries_are_named_as_not_counted() {
+    use slipway_govern::history::Unsummarized;
+    let old = Unsummarized {
+        bundle: "old.tar.zst".into(),
+        sha256: "aaaa".into(),
+        before: "2026-11-03T00:00:00Z".into(),
+        runs: vec!["x1".into(), "x2".into()],
+    };
+    let r = report(DoraQuery {
+        unsummarized: vec![old.clone()],
+        ..period()
+    });
+    assert_eq!(r.archive.not_counted, std::slice::from_ref(&old));
+    let text = dora::render_text(&r);
+    assert!(
+        text.contains("NOT COUNTED: 2 run(s) archived in old.tar.zst"),
+        "{text}"
+    );
+    // A period starting after that archive's cutoff cannot hold its runs.
+    let r = report(DoraQuery {
+        since: Some(t("2026-11-03T00:00:00Z")),
+        unsummarized: vec![old],
+        ..DoraQuery::default()
+    });
+    assert!(r.archive.not_counted.is_empty());
+}

@@ -12,6 +12,13 @@
 //! checkpoint keeps (N, hash of N), so the first live entry still links to something
 //! recorded. The prefix stops before the first entry that is too young or that belongs to
 //! a run staying live, so no live run ever loses part of its chain.
+//!
+//! Every archived run leaves a [`RunSummary`] behind (table `run_summaries`, journal format
+//! 4), written by the same transaction that prunes it: exactly the facts the delivery
+//! reports count (release, environment, outcome, start and end), no journal, no approver,
+//! no output. The prune refuses a selection whose summaries do not match its runs one for
+//! one, so no run can leave the live store without its summary, nor a summary appear for
+//! a run that stayed.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -20,8 +27,8 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
-use slipway_engine::StoreError;
 use slipway_engine::audit::{AuditEntry, GENESIS};
+use slipway_engine::{RunState, StoreError};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool};
 use sqlx::{Connection, Row};
 
@@ -73,6 +80,44 @@ pub struct Checkpoint {
     pub runs: Vec<String>,
     /// When the prune committed.
     pub created_at: String,
+}
+
+/// What the reports keep of an archived run: the figures' inputs, nothing more. Derived
+/// from the run's plan and journal by `slipway-govern` before the prune; the records
+/// themselves are in the bundle of checkpoint `checkpoint_id`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunSummary {
+    /// Run id.
+    pub run_id: String,
+    /// The checkpoint (and so the bundle) holding the run's records (0 before the prune).
+    pub checkpoint_id: i64,
+    /// Release name.
+    pub release: String,
+    /// Release version.
+    pub version: String,
+    /// Release type (`unknown` when the plan was unreadable).
+    pub release_type: String,
+    /// Environment.
+    pub environment: String,
+    /// Whether the environment is a production one.
+    pub production: bool,
+    /// Services the plan deployed.
+    pub services: Vec<String>,
+    /// Final state (always a closed one).
+    pub state: RunState,
+    /// When the run was created.
+    pub created_at: Timestamp,
+    /// When it started applying steps (its creation when it never did).
+    pub started_at: Timestamp,
+    /// When it reached its final state.
+    pub finished_at: Option<Timestamp>,
+    /// The spec's directory (where the lead time's git facts are read).
+    pub workdir: String,
+    /// The release's git tag, resolved (`v1.2.0`), when the spec names one.
+    pub tag: Option<String>,
+    /// Until when the run's records must be kept (the `runs` kind's keep period); the
+    /// summary is kept as long as the bundle it points to.
+    pub keep_until: Option<Timestamp>,
 }
 
 /// A stored retention rule for one record kind.
@@ -149,6 +194,38 @@ fn row_json(text: &str) -> Result<serde_json::Value, StoreError> {
     serde_json::from_str(text).map_err(|e| StoreError::Query(format!("read a row as JSON: {e}")))
 }
 
+async fn insert_summary(
+    tx: &mut sqlx::SqliteConnection,
+    r: &RunSummary,
+    checkpoint_id: i64,
+) -> Result<(), StoreError> {
+    let services = serde_json::to_string(&r.services).unwrap_or_else(|_| "[]".into());
+    sqlx::query(
+        "INSERT INTO run_summaries (run_id, checkpoint_id, release, version, release_type, environment, production,
+            services, state, created_at, started_at, finished_at, workdir, tag, keep_until)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+    )
+    .bind(&r.run_id)
+    .bind(checkpoint_id)
+    .bind(&r.release)
+    .bind(&r.version)
+    .bind(&r.release_type)
+    .bind(&r.environment)
+    .bind(i64::from(r.production))
+    .bind(services)
+    .bind(r.state.as_str())
+    .bind(r.created_at.to_string())
+    .bind(r.started_at.to_string())
+    .bind(r.finished_at.map(|t| t.to_string()))
+    .bind(&r.workdir)
+    .bind(&r.tag)
+    .bind(r.keep_until.map(|t| t.to_string()))
+    .execute(tx)
+    .await
+    .map_err(|e| StoreError::Query(format!("record the summary of run {}: {e}", r.run_id)))?;
+    Ok(())
+}
+
 const RUN_JSON: &str = "json_object('id', id, 'digest', digest, 'release', release, 'version', version, 'environment', environment, 'author', author, 'state', state, 'control', control, 'override_reason', override_reason, 'plan_json', plan_json, 'workdir', workdir, 'created_at', created_at, 'updated_at', updated_at)";
 const JOURNAL_JSON: &str = "json_object('seq', seq, 'run_id', run_id, 'at', at, 'actor', actor, 'event', event, 'data', data)";
 const STEP_JSON: &str = "json_object('run_id', run_id, 'step_id', step_id, 'key', key, 'status', status, 'attempts', attempts, 'output', output, 'updated_at', updated_at)";
@@ -219,6 +296,62 @@ impl ArchiveDb {
         .await
         .map_err(q)?;
         Ok(())
+    }
+
+    /// Every archived run's summary, oldest first.
+    pub async fn summaries(&self) -> Result<Vec<RunSummary>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT run_id, checkpoint_id, release, version, release_type, environment, production, services,
+                    state, created_at, started_at, finished_at, workdir, tag, keep_until
+             FROM run_summaries ORDER BY created_at, run_id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(q)?;
+        rows.iter()
+            .map(|r| {
+                let state: String = r.try_get("state").map_err(q)?;
+                let services: String = r.try_get("services").map_err(q)?;
+                let when = |col: &str| -> Result<Option<Timestamp>, StoreError> {
+                    let v: Option<String> = r.try_get(col).map_err(q)?;
+                    v.map(|s| {
+                        Timestamp::from_str(&s).map_err(|e| {
+                            StoreError::Query(format!("run_summaries.{col} `{s}`: {e}"))
+                        })
+                    })
+                    .transpose()
+                };
+                let run_id: String = r.try_get("run_id").map_err(q)?;
+                let required = |col: &str| -> Result<Timestamp, StoreError> {
+                    when(col)?.ok_or_else(|| {
+                        StoreError::Query(format!("run_summaries.{col} of {run_id} is empty"))
+                    })
+                };
+                Ok(RunSummary {
+                    checkpoint_id: r.try_get("checkpoint_id").map_err(q)?,
+                    release: r.try_get("release").map_err(q)?,
+                    version: r.try_get("version").map_err(q)?,
+                    release_type: r.try_get("release_type").map_err(q)?,
+                    environment: r.try_get("environment").map_err(q)?,
+                    production: r.try_get::<i64, _>("production").map_err(q)? != 0,
+                    services: serde_json::from_str(&services).map_err(|e| {
+                        StoreError::Query(format!("run_summaries.services of {run_id}: {e}"))
+                    })?,
+                    state: RunState::parse(&state).ok_or_else(|| {
+                        StoreError::Query(format!(
+                            "run_summaries.state `{state}` of {run_id} is not a run state"
+                        ))
+                    })?,
+                    created_at: required("created_at")?,
+                    started_at: required("started_at")?,
+                    finished_at: when("finished_at")?,
+                    workdir: r.try_get("workdir").map_err(q)?,
+                    tag: r.try_get("tag").map_err(q)?,
+                    keep_until: when("keep_until")?,
+                    run_id,
+                })
+            })
+            .collect()
     }
 
     /// Every checkpoint, oldest first.
@@ -347,12 +480,14 @@ impl ArchiveDb {
         Ok(sel)
     }
 
-    /// Remove what `sel` selected and record the checkpoint, in one transaction. Refused
-    /// (nothing removed) when the store moved since the selection: another archive ran,
-    /// the chain at the checkpoint changed, or a selected run is gone or not closed.
+    /// Remove what `sel` selected, record the checkpoint and the runs' `summaries`, in one
+    /// transaction. Refused (nothing removed) when the summaries are not exactly one per
+    /// selected run, or when the store moved since the selection: another archive ran, the
+    /// chain at the checkpoint changed, or a selected run is gone or not closed.
     pub async fn prune(
         &self,
         sel: &Selection,
+        summaries: &[RunSummary],
         bundle_sha256: &str,
         bundle_name: &str,
         before: &str,
@@ -363,6 +498,18 @@ impl ArchiveDb {
                 "prune the archived records: {what}; nothing was removed, run `slipway archive` again"
             ))
         };
+        let ids = sel.run_ids();
+        let mut want: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let mut have: Vec<&str> = summaries.iter().map(|s| s.run_id.as_str()).collect();
+        want.sort_unstable();
+        have.sort_unstable();
+        if want != have {
+            return Err(StoreError::Query(format!(
+                "prune the archived records: the run summaries ({}) do not match the selected runs ({}); nothing was removed",
+                have.join(", "),
+                want.join(", ")
+            )));
+        }
         let mut conn = self.pool.acquire().await.map_err(q)?;
         let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.map_err(q)?;
         let latest: Option<(i64, String)> = sqlx::query_as(
@@ -386,7 +533,6 @@ impl ArchiveDb {
                 return Err(moved(format!("audit entry {end_seq} changed")));
             }
         }
-        let ids = sel.run_ids();
         for id in &ids {
             let state: Option<String> = sqlx::query_scalar("SELECT state FROM runs WHERE id = ?1")
                 .bind(id)
@@ -432,6 +578,14 @@ impl ArchiveDb {
         .await
         .map_err(q)?
         .last_insert_rowid();
+        for r in summaries {
+            insert_summary(&mut tx, r, id).await?;
+        }
+        if std::env::var("SLIPWAY_FAULT").as_deref() == Ok("archive-inside-prune") {
+            // Test hook: die as a crash would with the summaries written and the records
+            // deleted but not committed; the tests show SQLite keeps neither.
+            std::process::abort();
+        }
         tx.commit().await.map_err(q)?;
         Ok(Checkpoint {
             id,

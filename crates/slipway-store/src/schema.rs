@@ -6,7 +6,7 @@
 //! unmigratable one is refused with what to do; neither is ever read as if it were current.
 
 /// The journal format this build writes.
-pub const JOURNAL_FORMAT: u32 = 3;
+pub const JOURNAL_FORMAT: u32 = 4;
 /// The oldest format this build can migrate.
 pub const OLDEST_MIGRATABLE: u32 = 1;
 
@@ -91,5 +91,30 @@ CREATE TABLE leases (
     acquired_at TEXT NOT NULL,
     expires_ms INTEGER NOT NULL
 );
+"#,
+    // Format 4: one summary row per archived run, written in the prune's transaction, so
+    // reports over a period count runs whose records moved into an archive bundle. A
+    // format bump rather than `CREATE TABLE IF NOT EXISTS`: an older slipway would read
+    // such a store's reports without the archived runs (a silent undercount) and could
+    // archive without writing summaries; it refuses the store instead.
+    r#"
+CREATE TABLE run_summaries (
+    run_id TEXT PRIMARY KEY,
+    checkpoint_id INTEGER NOT NULL,
+    release TEXT NOT NULL,
+    version TEXT NOT NULL,
+    release_type TEXT NOT NULL,
+    environment TEXT NOT NULL,
+    production INTEGER NOT NULL,
+    services TEXT NOT NULL,
+    state TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    started_at TEXT NOT NULL,
+    finished_at TEXT,
+    workdir TEXT NOT NULL,
+    tag TEXT,
+    keep_until TEXT
+);
+CREATE INDEX run_summaries_by_checkpoint ON run_summaries (checkpoint_id);
 "#,
 ];

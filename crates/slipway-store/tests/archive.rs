@@ -7,9 +7,39 @@ use slipway_engine::audit;
 use slipway_engine::event::{EngineEvent, RunState};
 use slipway_engine::store::{NewRun, Store};
 use slipway_store::SqliteStore;
-use slipway_store::archive::ArchiveDb;
+use slipway_store::archive::{ArchiveDb, RunSummary, Selection};
+use slipway_store::schema::MIGRATIONS;
 
-use crate::common::{at, record};
+use crate::common::{at, record, sqlite3};
+
+/// Summaries of the selected runs from their rows (the CLI derives them from the plan and
+/// journal; the store only needs one per run).
+fn summaries(sel: &Selection) -> Vec<RunSummary> {
+    sel.runs
+        .iter()
+        .map(|r| {
+            let s = |k: &str| r[k].as_str().unwrap().to_owned();
+            let created: jiff::Timestamp = s("created_at").parse().unwrap();
+            RunSummary {
+                run_id: s("id"),
+                checkpoint_id: 0,
+                release: s("release"),
+                version: s("version"),
+                release_type: "patch".into(),
+                environment: s("environment"),
+                production: false,
+                services: vec!["api".into()],
+                state: RunState::parse(&s("state")).unwrap(),
+                created_at: created,
+                started_at: created,
+                finished_at: Some(s("updated_at").parse().unwrap()),
+                workdir: s("workdir"),
+                tag: None,
+                keep_until: None,
+            }
+        })
+        .collect()
+}
 
 async fn run(store: &SqliteStore, id: &str, secs: i64, states: &[RunState]) {
     store
@@ -105,14 +135,28 @@ async fn only_closed_runs_leave_and_the_chain_verifies_from_the_checkpoint() {
     // entry): refused, nothing removed.
     crate::common::sqlite3(&db, "UPDATE audit SET hash = 'x' || hash WHERE seq = 6");
     let e = a
-        .prune(&sel, "digest", "b.tar.zst", "2030-01-01", at(100))
+        .prune(
+            &sel,
+            &summaries(&sel),
+            "digest",
+            "b.tar.zst",
+            "2030-01-01",
+            at(100),
+        )
         .await;
     assert!(e.is_err(), "{e:?}");
     crate::common::sqlite3(&db, "UPDATE audit SET hash = substr(hash, 2) WHERE seq = 6");
     assert_eq!(store.runs(10).await.unwrap().len(), 5);
 
     let cp = a
-        .prune(&sel, "digest", "b.tar.zst", "2030-01-01", at(100))
+        .prune(
+            &sel,
+            &summaries(&sel),
+            "digest",
+            "b.tar.zst",
+            "2030-01-01",
+            at(100),
+        )
         .await
         .unwrap();
     assert_eq!((cp.start_seq, cp.end_seq), (0, 6));
@@ -168,9 +212,16 @@ async fn only_closed_runs_leave_and_the_chain_verifies_from_the_checkpoint() {
         .unwrap();
     let sel2 = a.select(far, far).await.unwrap();
     assert_eq!(sel2.start, start);
-    a.prune(&sel2, "digest2", "c.tar.zst", "2030-01-01", at(300))
-        .await
-        .unwrap();
+    a.prune(
+        &sel2,
+        &summaries(&sel2),
+        "digest2",
+        "c.tar.zst",
+        "2030-01-01",
+        at(300),
+    )
+    .await
+    .unwrap();
     assert!(store.audit_entries().await.unwrap().is_empty());
     run(&store, "next", 400, &[RunState::Running]).await;
     let entries = store.audit_entries().await.unwrap();
@@ -178,4 +229,172 @@ async fn only_closed_runs_leave_and_the_chain_verifies_from_the_checkpoint() {
     assert_eq!(entries[0].seq, start.0 + 1);
     assert_eq!(entries[0].prev_hash, start.1);
     verify_live(&entries, &start, &store.audit_head().await.unwrap()).unwrap();
+}
+
+fn count(db: &std::path::Path, sql: &str) -> i64 {
+    sqlite3(db, sql).trim().parse().unwrap()
+}
+
+#[tokio::test]
+async fn summaries_are_written_with_the_prune_or_not_at_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let store = SqliteStore::open(&db).await.unwrap();
+    run(&store, "ok", 0, &[RunState::Running, RunState::Succeeded]).await;
+    run(
+        &store,
+        "back",
+        10,
+        &[
+            RunState::Running,
+            RunState::RollingBack,
+            RunState::RolledBack,
+        ],
+    )
+    .await;
+    let a = ArchiveDb::open(&db).await.unwrap();
+    let far = at(1_000_000);
+    let sel = a.select(far, far).await.unwrap();
+    let all = summaries(&sel);
+    let live = |n: usize| {
+        assert_eq!(count(&db, "SELECT count(*) FROM runs"), n as i64);
+    };
+
+    // One summary missing: refused before anything is written.
+    let e = a
+        .prune(&sel, &all[..1], "d", "b.tar.zst", "2030-01-01", at(100))
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("do not match the selected runs"),
+        "{e}"
+    );
+    // A summary for a run not selected: refused too.
+    let mut extra = all.clone();
+    extra[1].run_id = "elsewhere".into();
+    assert!(
+        a.prune(&sel, &extra, "d", "b.tar.zst", "2030-01-01", at(100))
+            .await
+            .is_err()
+    );
+    live(2);
+
+    // The second summary's insert fails inside the transaction (a row for that run is
+    // already there): the deletes, the checkpoint and the first summary roll back with it.
+    let journal = count(&db, "SELECT count(*) FROM journal");
+    let audit_rows = count(&db, "SELECT count(*) FROM audit");
+    sqlite3(
+        &db,
+        "INSERT INTO run_summaries (run_id, checkpoint_id, release, version, release_type, environment, production, services, state, created_at, started_at, workdir)
+         VALUES ('back', 99, 'x', 'x', 'x', 'x', 0, '[]', 'failed', '2026-01-01T00:00:00Z', '2026-01-01T00:00:00Z', '')",
+    );
+    let e = a
+        .prune(&sel, &all, "d", "b.tar.zst", "2030-01-01", at(100))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("summary of run back"), "{e}");
+    live(2);
+    assert_eq!(count(&db, "SELECT count(*) FROM journal"), journal);
+    assert_eq!(count(&db, "SELECT count(*) FROM audit"), audit_rows);
+    assert_eq!(count(&db, "SELECT count(*) FROM archive_checkpoints"), 0);
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM run_summaries WHERE checkpoint_id <> 99"
+        ),
+        0
+    );
+    sqlite3(&db, "DELETE FROM run_summaries");
+
+    let cp = a
+        .prune(&sel, &all, "d", "b.tar.zst", "2030-01-01", at(100))
+        .await
+        .unwrap();
+    live(0);
+    let got = a.summaries().await.unwrap();
+    assert_eq!(got.len(), 2);
+    for (g, want) in got.iter().zip(&all) {
+        assert_eq!(g.checkpoint_id, cp.id);
+        assert_eq!(
+            RunSummary {
+                checkpoint_id: 0,
+                ..g.clone()
+            },
+            *want
+        );
+    }
+    assert_eq!(got[1].state, RunState::RolledBack);
+}
+
+/// The archive tables as a slipway of journal format 3 created them.
+const V3_CHECKPOINTS: &str = "CREATE TABLE archive_checkpoints (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, start_seq INTEGER NOT NULL, start_hash TEXT NOT NULL,
+    end_seq INTEGER NOT NULL, end_hash TEXT NOT NULL, bundle_sha256 TEXT NOT NULL,
+    bundle_name TEXT NOT NULL, before TEXT NOT NULL, runs TEXT NOT NULL, created_at TEXT NOT NULL);";
+
+#[tokio::test]
+async fn a_format_3_store_with_an_old_archive_migrates_and_archives_with_summaries() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("v3.db");
+    for m in &MIGRATIONS[..3] {
+        sqlite3(&db, m);
+    }
+    sqlite3(&db, V3_CHECKPOINTS);
+    sqlite3(
+        &db,
+        &format!(
+            "INSERT INTO meta VALUES ('journal_format', '3');
+             INSERT INTO runs (id, digest, release, version, environment, author, state, override_reason, plan_json, created_at, updated_at, workdir)
+             VALUES ('old-run', 'd0', 'shop', '0.9.0', 'staging', 'op-x', 'succeeded', NULL, '{{}}', '2026-01-01T00:00:00Z', '2026-01-01T00:10:00Z', '/srv');
+             INSERT INTO archive_checkpoints (start_seq, start_hash, end_seq, end_hash, bundle_sha256, bundle_name, before, runs, created_at)
+             VALUES (0, '{g}', 0, '{g}', 'aaaa', 'slipway-archive-aaaa.tar.zst', '2025-12-01T00:00:00Z', '[\"gone-run\"]', '2025-12-02T00:00:00Z');",
+            g = audit::GENESIS
+        ),
+    );
+
+    let store = SqliteStore::open(&db).await.unwrap();
+    assert_eq!(
+        sqlite3(&db, "SELECT value FROM meta WHERE key = 'journal_format'").trim(),
+        "4"
+    );
+    let a = ArchiveDb::open(&db).await.unwrap();
+    assert!(a.summaries().await.unwrap().is_empty());
+    let cps = a.checkpoints().await.unwrap();
+    assert_eq!(cps.len(), 1);
+    assert_eq!(
+        cps[0].runs,
+        ["gone-run"],
+        "the old archive's runs left no summary"
+    );
+
+    // The old run archives like a new one, and a run created after the migration too.
+    run(&store, "new-run", 0, &[RunState::Running, RunState::Failed]).await;
+    let far = at(1_000_000);
+    let sel = a.select(far, far).await.unwrap();
+    assert_eq!(sel.run_ids(), ["old-run", "new-run"]);
+    let cp = a
+        .prune(
+            &sel,
+            &summaries(&sel),
+            "bbbb",
+            "b.tar.zst",
+            "2030-01-01",
+            at(100),
+        )
+        .await
+        .unwrap();
+    assert_eq!(cp.id, 2);
+    assert!(store.runs(10).await.unwrap().is_empty());
+    let got = a.summaries().await.unwrap();
+    let ids: Vec<&str> = got.iter().map(|s| s.run_id.as_str()).collect();
+    assert_eq!(ids, ["old-run", "new-run"]);
+    assert!(got.iter().all(|s| s.checkpoint_id == 2));
+    assert_eq!(got[0].workdir, "/srv");
+    let start = store.audit_start().await.unwrap();
+    verify_live(
+        &store.audit_entries().await.unwrap(),
+        &start,
+        &store.audit_head().await.unwrap(),
+    )
+    .unwrap();
 }

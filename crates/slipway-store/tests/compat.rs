@@ -35,7 +35,7 @@ async fn format_1_is_migrated_and_its_runs_read() {
 }
 
 #[tokio::test]
-async fn format_2_is_migrated_to_3_with_an_empty_lease_table() {
+async fn format_2_is_migrated_with_an_empty_lease_table() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("v2.db");
     v1_store(&db);
@@ -62,8 +62,8 @@ async fn format_2_is_migrated_to_3_with_an_empty_lease_table() {
     ));
     drop(store);
     let v = sqlite3(&db, "SELECT value FROM meta WHERE key = 'journal_format'");
-    assert_eq!(v.trim(), "3");
-    assert_eq!(JOURNAL_FORMAT, 3);
+    assert_eq!(v.trim(), "4");
+    assert_eq!(JOURNAL_FORMAT, 4);
 }
 
 #[tokio::test]
