@@ -420,6 +420,51 @@ pub(crate) async fn verify_with_archives(
     pubkeys: &[PathBuf],
     out: &Output,
 ) -> Result<i32, CliError> {
+    let verified = verified_bundles(db_path, bundles, pubkeys).await?;
+    let mut parts: Vec<(i64, String, Vec<AuditEntry>)> = verified
+        .into_iter()
+        .map(|v| {
+            let c = &v.bundle.manifest.chain;
+            (c.start_seq, c.start_hash.clone(), v.bundle.audit)
+        })
+        .collect();
+    parts.sort_by_key(|p| p.0);
+    let live_start = store.audit_start().await.map_err(store_error)?;
+    let head = store.audit_head().await.map_err(store_error)?;
+    let live = store.audit_entries().await.map_err(store_error)?;
+    let first = parts
+        .first()
+        .map_or_else(|| live_start.clone(), |p| (p.0, p.1.clone()));
+    let mut all: Vec<AuditEntry> = Vec::new();
+    for (_, _, entries) in parts {
+        all.extend(entries);
+    }
+    all.extend(live);
+    let source = format!("{} + {} archive bundle(s)", store.location(), bundles.len());
+    let result = audit::verify_from(
+        &all,
+        (first.0, first.1.as_str()),
+        head.as_ref().map(|(s, h)| (*s, h.as_str())),
+    );
+    Ok(crate::cmd_audit::report(result, &source, first.0, out))
+}
+
+/// An archive bundle whose signature, content and checkpoint were checked.
+pub(crate) struct VerifiedBundle {
+    /// The bundle as read.
+    pub bundle: garchive::Bundle,
+    /// The checkpoint of this store that names its digest.
+    pub checkpoint: slipway_store::archive::Checkpoint,
+}
+
+/// Read `bundles` and check each: its minisign signature by one of `pubkeys`, its content
+/// against its manifest, its digest against a checkpoint of this store and its chain
+/// range against that checkpoint. Exit 7 on any mismatch.
+pub(crate) async fn verified_bundles(
+    db_path: &Path,
+    bundles: &[PathBuf],
+    pubkeys: &[PathBuf],
+) -> Result<Vec<VerifiedBundle>, CliError> {
     if pubkeys.is_empty() {
         return Err(CliError::input(
             "failed to verify archive bundles: no trusted key given",
@@ -440,7 +485,7 @@ pub(crate) async fn verify_with_archives(
             Some("the bundle or the store was altered; keep both and investigate".into()),
         )
     };
-    let mut parts: Vec<(i64, String, Vec<AuditEntry>, PathBuf)> = Vec::new();
+    let mut parts: Vec<VerifiedBundle> = Vec::new();
     for b in bundles {
         let sig = pkg::sign::signature_path(b);
         pkg::verify(b, &sig, &keys).map_err(|e| {
@@ -468,25 +513,8 @@ pub(crate) async fn verify_with_archives(
                 "its chain range differs from the checkpoint recorded for it".into(),
             ));
         }
-        parts.push((c.start_seq, c.start_hash.clone(), bundle.audit, b.clone()));
+        let checkpoint = cp.clone();
+        parts.push(VerifiedBundle { bundle, checkpoint });
     }
-    parts.sort_by_key(|p| p.0);
-    let live_start = store.audit_start().await.map_err(store_error)?;
-    let head = store.audit_head().await.map_err(store_error)?;
-    let live = store.audit_entries().await.map_err(store_error)?;
-    let first = parts
-        .first()
-        .map_or_else(|| live_start.clone(), |p| (p.0, p.1.clone()));
-    let mut all: Vec<AuditEntry> = Vec::new();
-    for (_, _, entries, _) in parts {
-        all.extend(entries);
-    }
-    all.extend(live);
-    let source = format!("{} + {} archive bundle(s)", store.location(), bundles.len());
-    let result = audit::verify_from(
-        &all,
-        (first.0, first.1.as_str()),
-        head.as_ref().map(|(s, h)| (*s, h.as_str())),
-    );
-    Ok(crate::cmd_audit::report(result, &source, first.0, out))
+    Ok(parts)
 }

@@ -48,7 +48,7 @@ pub enum ReportCommand {
     /// listing every exception and the audit chain head it was drawn from. Exit 1 when
     /// any control has an exception.
     #[command(
-        after_help = "Examples:\n  slipway report compliance --framework sox --since 2026-10-01 --out evidence/sox-q4"
+        after_help = "Examples:\n  slipway report compliance --framework sox --since 2026-10-01 --out evidence/sox-q4\n  slipway report compliance --framework sox --since 2026-01-01 --out evidence/sox-2026 --archive .slipway/archive/slipway-archive-1f2e.tar.zst --pubkey archive.pub"
     )]
     Compliance(ComplianceArgs),
 }
@@ -93,6 +93,14 @@ pub struct ComplianceArgs {
     /// Directory for the evidence pack.
     #[arg(long)]
     pub out: PathBuf,
+    /// Archive bundles whose runs to examine like live ones (repeatable; give every bundle
+    /// from the oldest wanted to the newest, so the chain is whole). Without it, archived
+    /// runs are listed with their bundle but not examined.
+    #[arg(long, value_name = "BUNDLE")]
+    pub archive: Vec<PathBuf>,
+    /// Public key the bundles were signed with (repeatable).
+    #[arg(long, value_name = "KEY")]
+    pub pubkey: Vec<PathBuf>,
     #[command(flatten)]
     pub store: StoreArg,
 }
@@ -323,7 +331,49 @@ fn compliance_cmd(a: ComplianceArgs, out: &Output) -> Result<i32, CliError> {
             Some((seq, _)) => entries.into_iter().filter(|e| e.seq <= *seq).collect(),
             None => entries,
         };
-        let (runs, unsummarized) = history_with_archive(store.as_ref(), &db_path, None).await?;
+        let (mut runs, unsummarized) =
+            history_with_archive(store.as_ref(), &db_path, None).await?;
+        let (start, entries) = if a.archive.is_empty() {
+            (start, entries)
+        } else {
+            // The bundles' runs are examined whole, and the chain verified from the first
+            // bundle's start through the live entries.
+            let mut verified =
+                crate::cmd_archive::verified_bundles(&db_path, &a.archive, &a.pubkey).await?;
+            verified.sort_by_key(|v| v.checkpoint.id);
+            let db = ArchiveDb::open(&db_path).await.map_err(store_error)?;
+            let checkpoints = db.checkpoints().await.map_err(store_error)?;
+            let first = verified.first().map_or(0, |v| v.checkpoint.id);
+            let missing: Vec<&str> = checkpoints
+                .iter()
+                .filter(|c| c.id >= first && !verified.iter().any(|v| v.checkpoint.id == c.id))
+                .map(|c| c.bundle_name.as_str())
+                .collect();
+            if !missing.is_empty() {
+                return Err(CliError::input(
+                    format!(
+                        "failed to read the archived evidence: the bundles given leave a gap in the audit chain; missing {}",
+                        missing.join(", ")
+                    ),
+                    "give every bundle from the oldest wanted to the newest with --archive",
+                ));
+            }
+            let mut full = Vec::new();
+            let mut all = Vec::new();
+            for v in &verified {
+                full.extend(
+                    RunHistory::from_bundle(&v.bundle, &v.checkpoint).map_err(govern_error)?,
+                );
+                all.extend(v.bundle.audit.iter().cloned());
+            }
+            RunHistory::replace_from_bundles(&mut runs, full);
+            all.extend(entries);
+            let c = verified
+                .first()
+                .map(|v| &v.bundle.manifest.chain)
+                .map_or(start, |c| (c.start_seq, c.start_hash.clone()));
+            (c, all)
+        };
         let mut evidence = slipway_govern::compliance::evaluate_from(
             &a.framework,
             &runs,
@@ -348,6 +398,7 @@ fn compliance_cmd(a: ComplianceArgs, out: &Output) -> Result<i32, CliError> {
             "chain": evidence.chain,
             "exceptions": exceptions,
             "archived_runs": evidence.archived,
+            "examined_from_bundles": evidence.examined_from_bundles,
             "not_covered": evidence.not_covered,
             "coverage": evidence.coverage(),
         }));

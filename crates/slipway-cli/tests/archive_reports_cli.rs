@@ -3,7 +3,8 @@
 //! rate, rollback frequency, recovery and lead times as before the archive, and says how
 //! many runs it read from archive summaries and which bundles hold them. A crash inside
 //! the prune's transaction leaves neither summaries nor a prune; a compliance pack lists
-//! the archived runs of its period with their bundle instead of dropping them.
+//! the archived runs of its period with their bundle instead of dropping them, and given
+//! the bundles examines them whole.
 
 use std::path::{Path, PathBuf};
 
@@ -343,6 +344,25 @@ fn dora_figures_are_the_same_before_and_after_an_archive_and_a_crash_inside_the_
         "{text}"
     );
 
+    // The handover of the live S3 finds its archived predecessor S2 and does not diff
+    // against a plan it no longer has.
+    let o = e.run(&["report", "handover", &ids[5]]);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    let md = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        md.contains(&format!(
+            "(run `{}`, succeeded, archived in {})",
+            ids[3],
+            bundle_name(&first)
+        )),
+        "{md}"
+    );
+    assert!(
+        md.contains("Not shown: the previous run's plan is in archive bundle"),
+        "{md}"
+    );
+    assert!(!md.contains("service added"), "{md}");
+
     // Archive the rest: every run now comes from a summary, across two bundles.
     let second = e.ok(&[
         "archive",
@@ -373,6 +393,54 @@ fn dora_figures_are_the_same_before_and_after_an_archive_and_a_crash_inside_the_
         "--pubkey",
         &pk,
     ]);
+
+    // Compliance examines archived runs whole from their bundles, but only from a chain
+    // without gaps: the first bundle alone leaves the second's entries out.
+    let out = e.dir.join("evidence-full").display().to_string();
+    let compliance = |bundles: &[&str]| {
+        let mut args = vec![
+            "report",
+            "compliance",
+            "--framework",
+            "gdpr",
+            "--since",
+            "2020-01-01",
+            "--out",
+            &out,
+            "--pubkey",
+            &pk,
+            "--output",
+            "json",
+        ];
+        for b in bundles {
+            args.extend(["--archive", b]);
+        }
+        e.run(&args)
+    };
+    let gap = compliance(&[&bundle1]);
+    assert_eq!(gap.status.code(), Some(2), "{gap:?}");
+    assert!(
+        String::from_utf8_lossy(&gap.stdout).contains(&format!("missing {}", bundle_name(&second))),
+        "{gap:?}"
+    );
+    let full = compliance(&[&bundle2, &bundle1]);
+    assert_eq!(full.status.code(), Some(0), "{full:?}");
+    let pack: serde_json::Value = serde_json::from_slice(&full.stdout).unwrap();
+    assert_eq!(pack["archived_runs"], serde_json::json!([]), "{pack}");
+    assert_eq!(
+        pack["examined_from_bundles"][bundle_name(&first)],
+        5,
+        "{pack}"
+    );
+    assert_eq!(
+        pack["examined_from_bundles"][bundle_name(&second)],
+        1,
+        "{pack}"
+    );
+    assert!(
+        pack["chain"].as_str().unwrap().starts_with("verified"),
+        "the chain from genesis through both bundles and the live entries: {pack}"
+    );
 
     // A per-run report of an archived run names the bundle instead of "no such run".
     let o = e.run(&["report", "retro", &ids[1]]);

@@ -197,6 +197,10 @@ pub struct Bundle {
     pub audit: Vec<AuditEntry>,
     /// The archived run rows.
     pub runs: Vec<serde_json::Value>,
+    /// The archived runs' journal rows.
+    pub journal: Vec<serde_json::Value>,
+    /// The archived runs' approval rows.
+    pub approvals: Vec<serde_json::Value>,
 }
 
 fn sha256_hex(b: &[u8]) -> String {
@@ -436,10 +440,14 @@ pub fn read_bundle(bytes: &[u8]) -> Result<Bundle, ArchiveError> {
             "the row counts do not match manifest.json".into(),
         ));
     }
+    let journal = parse("journal.jsonl")?;
+    let approvals = parse("approvals.jsonl")?;
     Ok(Bundle {
         manifest,
         audit,
         runs,
+        journal,
+        approvals,
     })
 }
 

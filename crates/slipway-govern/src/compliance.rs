@@ -23,7 +23,10 @@
 //! with the bundle that holds its evidence, each control says how many archived runs of
 //! its population it did not examine, and an archive whose runs left no summary at all is
 //! named as not covered. Summaries do count as earlier tests for SOX-CM-3/GDPR-32-2: a
-//! staging success that was archived still happened before the production run.
+//! staging success that was archived still happened before the production run. Given the
+//! bundles themselves (`slipway report compliance --archive B --pubkey K`), the archived
+//! runs are read back whole ([`RunHistory::from_bundle`]) and examined like live ones,
+//! and the chain is verified from the first bundle's start.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -186,8 +189,12 @@ pub struct Evidence {
     pub chain: String,
     /// Per control.
     pub results: Vec<ControlResult>,
-    /// Archived runs of the period (not examined by the per-run controls).
+    /// Archived runs of the period known only by their summary (not examined by the
+    /// per-run controls).
     pub archived: Vec<ArchivedRef>,
+    /// Bundles (given with `--archive`, verified) whose runs of the period were examined
+    /// like live ones, and how many runs each contributed.
+    pub examined_from_bundles: BTreeMap<String, u32>,
     /// Archives whose runs left no summary and may overlap the period: not covered at all.
     pub not_covered: Vec<Unsummarized>,
 }
@@ -211,12 +218,22 @@ impl Evidence {
     /// What the pack does not examine, in words ("" when it examines everything).
     pub fn coverage(&self) -> String {
         let mut parts = Vec::new();
+        if !self.examined_from_bundles.is_empty() {
+            parts.push(format!(
+                "examined from archive bundles: {}",
+                self.examined_from_bundles
+                    .iter()
+                    .map(|(b, n)| format!("{b} ({n} run(s))"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
         if !self.archived.is_empty() {
             let mut bundles: Vec<&str> = self.archived.iter().map(|a| a.bundle.as_str()).collect();
             bundles.sort_unstable();
             bundles.dedup();
             parts.push(format!(
-                "{} archived run(s) of the period are listed but not examined by the per-run controls; their evidence is in {} (check with `slipway audit verify --archive BUNDLE --pubkey KEY`)",
+                "{} archived run(s) of the period are listed but not examined by the per-run controls; their evidence is in {} (examine them with `slipway report compliance --archive BUNDLE --pubkey KEY`)",
                 self.archived.len(),
                 bundles.join(", ")
             ));
@@ -289,7 +306,7 @@ pub fn evaluate_from(
     let (period, archived): (Vec<&RunHistory>, Vec<&RunHistory>) = all_runs
         .iter()
         .filter(|r| r.record.created_at >= since && r.record.created_at < until)
-        .partition(|r| r.archived.is_none());
+        .partition(|r| r.archived.as_ref().is_none_or(|a| a.records));
     let archived_prod = archived.iter().filter(|r| r.production()).count() as u32;
     let prod: Vec<&RunHistory> = period
         .iter()
@@ -484,6 +501,13 @@ pub fn evaluate_from(
             })
             .collect(),
         not_covered: Vec::new(),
+        examined_from_bundles: period
+            .iter()
+            .filter_map(|r| r.archived.as_ref().map(|a| a.bundle.clone()))
+            .fold(BTreeMap::new(), |mut m, b| {
+                *m.entry(b).or_insert(0) += 1;
+                m
+            }),
     })
 }
 
@@ -498,6 +522,7 @@ pub fn to_jsonl(e: &Evidence) -> String {
         "audit_head_hash": e.audit_head_hash,
         "chain": e.chain,
         "archived_runs": e.archived.len(),
+        "examined_from_bundles": e.examined_from_bundles,
         "not_covered": e.not_covered,
         "coverage": e.coverage(),
     })
@@ -551,7 +576,12 @@ pub fn to_html(e: &Evidence) -> String {
     );
     let coverage = e.coverage();
     if !coverage.is_empty() {
-        let _ = writeln!(b, "<p class=\"bad\">{}.</p>", esc(&coverage));
+        let class = if e.archived.is_empty() && e.not_covered.is_empty() {
+            "good"
+        } else {
+            "bad"
+        };
+        let _ = writeln!(b, "<p class=\"{class}\">{}.</p>", esc(&coverage));
     }
     b.push_str("<table><tr><th>control</th><th>requirement</th><th>test</th><th>examined</th><th>archived, not examined</th><th>result</th></tr>\n");
     for r in &e.results {

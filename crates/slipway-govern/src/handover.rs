@@ -243,6 +243,13 @@ pub fn render(run: &RunHistory, previous: Option<&RunHistory>, notes: &GitNotes)
 
     // Runbook delta.
     let _ = writeln!(s, "\n## Runbook delta\n");
+    if let Some(a) = previous.and_then(|p| p.archived.as_ref()) {
+        let _ = writeln!(
+            s,
+            "The previous run's plan is in archive bundle {}: the keys and checks below are all of this release's, not only the new ones.\n",
+            a.bundle
+        );
+    }
     let new_config: Vec<&String> = new_keys.difference(&old_keys).collect();
     let _ = writeln!(
         s,

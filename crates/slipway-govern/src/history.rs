@@ -50,6 +50,9 @@ pub struct ArchivedRun {
     pub bundle_sha256: String,
     /// The archive's `--before` date.
     pub before: String,
+    /// Whether the run's plan, journal and approvals were read back from its (verified)
+    /// bundle, so per-run controls can examine it; false when only the summary is known.
+    pub records: bool,
 }
 
 /// A bundle some counted runs come from.
@@ -214,7 +217,104 @@ impl RunHistory {
                 bundle: checkpoint.map_or_else(String::new, |c| c.bundle_name.clone()),
                 bundle_sha256: checkpoint.map_or_else(String::new, |c| c.bundle_sha256.clone()),
                 before: checkpoint.map_or_else(String::new, |c| c.before.clone()),
+                records: false,
             }),
+        }
+    }
+
+    /// The runs of an archive bundle (already checked against its manifest, its signature
+    /// and the store's `checkpoint`), with their plan, journal and approvals, so reports
+    /// can examine them as they examine live runs.
+    pub fn from_bundle(
+        bundle: &crate::archive::Bundle,
+        checkpoint: &Checkpoint,
+    ) -> Result<Vec<Self>, GovernError> {
+        let bad = |what: &str, e: &dyn std::fmt::Display| {
+            GovernError::Store(slipway_engine::StoreError::Query(format!(
+                "read {what} of archive {}: {e}",
+                checkpoint.bundle_name
+            )))
+        };
+        let text = |v: &serde_json::Value, k: &str| {
+            v.get(k)
+                .and_then(|x| x.as_str())
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let mut out = Vec::new();
+        for row in &bundle.runs {
+            let mut record: RunRecord =
+                serde_json::from_value(row.clone()).map_err(|e| bad("runs.jsonl", &e))?;
+            record.plan_json = text(row, "plan_json");
+            let mut journal = Vec::new();
+            for j in bundle
+                .journal
+                .iter()
+                .filter(|j| j.get("run_id").and_then(|v| v.as_str()) == Some(record.id.as_str()))
+            {
+                journal.push(Notice {
+                    seq: j
+                        .get("seq")
+                        .and_then(serde_json::Value::as_i64)
+                        .unwrap_or(0),
+                    run_id: record.id.clone(),
+                    at: text(j, "at")
+                        .parse()
+                        .map_err(|e| bad("journal.jsonl", &e))?,
+                    actor: text(j, "actor"),
+                    event: serde_json::from_str(&text(j, "data"))
+                        .map_err(|e| bad("journal.jsonl", &e))?,
+                });
+            }
+            let mut approvals = Vec::new();
+            for a in bundle
+                .approvals
+                .iter()
+                .filter(|a| a.get("run_id").and_then(|v| v.as_str()) == Some(record.id.as_str()))
+            {
+                approvals.push(ApprovalRecord {
+                    approver: text(a, "approver"),
+                    digest: text(a, "digest"),
+                    groups: serde_json::from_str(&text(a, "groups")).unwrap_or_default(),
+                    at: text(a, "at")
+                        .parse()
+                        .map_err(|e| bad("approvals.jsonl", &e))?,
+                });
+            }
+            let plan = serde_json::from_str(&record.plan_json).ok();
+            let mut run = Self {
+                record,
+                plan,
+                journal,
+                approvals,
+                archived: None,
+            };
+            let mut summary = summarize(&run, None);
+            summary.checkpoint_id = checkpoint.id;
+            run.archived = Some(ArchivedRun {
+                summary,
+                bundle: checkpoint.bundle_name.clone(),
+                bundle_sha256: checkpoint.bundle_sha256.clone(),
+                before: checkpoint.before.clone(),
+                records: true,
+            });
+            out.push(run);
+        }
+        Ok(out)
+    }
+
+    /// Replace the summary-only entries of `runs` with the full runs read from bundles
+    /// (see [`RunHistory::from_bundle`]); runs of a bundle not in `runs` (outside its
+    /// period) are left out.
+    pub fn replace_from_bundles(runs: &mut [Self], full: Vec<Self>) {
+        let mut by_id: BTreeMap<String, Self> =
+            full.into_iter().map(|r| (r.record.id.clone(), r)).collect();
+        for r in runs.iter_mut() {
+            if r.archived.as_ref().is_some_and(|a| !a.records)
+                && let Some(f) = by_id.remove(&r.record.id)
+            {
+                *r = f;
+            }
         }
     }
 

@@ -248,3 +248,139 @@ async fn an_archived_staging_success_still_tests_production_and_is_listed() {
     // A non-production run is outside the SOX controls' population.
     assert!(e.results.iter().all(|r| r.archived_not_examined == 0));
 }
+
+/// Runs archived with their exceptions: from summaries alone they are listed, not examined
+/// (no exception can be claimed or cleared); read back from the bundle they are examined
+/// like live runs — the self-approved, untested production run is an exception again — and
+/// the chain verifies from genesis through the bundle's entries and the live ones.
+#[tokio::test]
+async fn archived_runs_read_back_from_their_bundle_are_examined_like_live_ones() {
+    use slipway_govern::RunHistory;
+    use slipway_govern::archive::{RetentionPolicy, build_bundle, bundle_digest, read_bundle};
+    use slipway_govern::history::{summarize, with_archived};
+    use slipway_store::archive::ArchiveDb;
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let prod = plan(SHOP_FEATURE, "prod");
+    let patch = plan(SHOP_PATCH, "prod");
+    let mut ev = vec![approved("2026-11-02T10:00:00Z", "op-carol", &prod.digest)];
+    ev.extend(lifecycle(
+        "2026-11-02T10:05:00Z",
+        "2026-11-02T10:30:00Z",
+        RunState::Succeeded,
+    ));
+    seed(&store, "a1", &prod, "op-bob", "2026-11-02T10:00:00Z", ev).await;
+    let mut ev = vec![approved("2026-11-03T10:00:00Z", "op-bob", &patch.digest)];
+    ev.extend(lifecycle(
+        "2026-11-03T10:05:00Z",
+        "2026-11-03T10:30:00Z",
+        RunState::Succeeded,
+    ));
+    seed(&store, "a2", &patch, "op-bob", "2026-11-03T10:00:00Z", ev).await;
+    seed(
+        &store,
+        "live",
+        &plan(SHOP_FEATURE, "staging"),
+        "op-bob",
+        "2026-11-05T10:00:00Z",
+        lifecycle(
+            "2026-11-05T10:00:00Z",
+            "2026-11-05T10:01:00Z",
+            RunState::Succeeded,
+        ),
+    )
+    .await;
+
+    let db = ArchiveDb::open(&dir.path().join("slipway.db"))
+        .await
+        .unwrap();
+    let cut = t("2026-11-04T00:00:00Z");
+    let sel = db.select(cut, cut).await.unwrap();
+    assert_eq!(sel.run_ids(), ["a1", "a2"]);
+    let (bytes, _) = build_bundle(&sel, &[], "2026-11-04", &RetentionPolicy::defaults()).unwrap();
+    let mut sums = Vec::new();
+    for id in sel.run_ids() {
+        sums.push(summarize(
+            &RunHistory::load(&store, &id).await.unwrap(),
+            None,
+        ));
+    }
+    let cp = db
+        .prune(
+            &sel,
+            &sums,
+            &bundle_digest(&bytes),
+            "a.tar.zst",
+            "2026-11-04",
+            cut,
+        )
+        .await
+        .unwrap();
+
+    let (since, until) = (t("2026-11-01T00:00:00Z"), t("2026-12-01T00:00:00Z"));
+    let (mut runs, _) = with_archived(
+        load_runs(&store, None).await.unwrap(),
+        &db.summaries().await.unwrap(),
+        &db.checkpoints().await.unwrap(),
+        None,
+    );
+    let start = store.audit_start().await.unwrap();
+    let head = store.audit_head().await.unwrap();
+    let live = store.audit_entries().await.unwrap();
+    let summary_only =
+        compliance::evaluate_from("sox", &runs, &live, start, head.clone(), since, until).unwrap();
+    assert_eq!(summary_only.exceptions().count(), 0);
+    assert_eq!(summary_only.archived.len(), 2);
+    let cm2 = &summary_only.results[1];
+    assert_eq!((cm2.examined, cm2.archived_not_examined), (0, 2));
+
+    let bundle = read_bundle(&bytes).unwrap();
+    RunHistory::replace_from_bundles(&mut runs, RunHistory::from_bundle(&bundle, &cp).unwrap());
+    let mut entries = bundle.audit.clone();
+    entries.extend(live);
+    let full = compliance::evaluate_from(
+        "sox",
+        &runs,
+        &entries,
+        (0, slipway_engine::audit::GENESIS.to_owned()),
+        head,
+        since,
+        until,
+    )
+    .unwrap();
+    let found: Vec<(String, String)> = full
+        .exceptions()
+        .map(|x| (x.control.clone(), x.run.clone()))
+        .collect();
+    assert_eq!(
+        found,
+        [
+            ("SOX-CM-2".to_owned(), "a2".to_owned()),
+            ("SOX-CM-3".to_owned(), "a1".to_owned()),
+            ("SOX-CM-3".to_owned(), "a2".to_owned())
+        ],
+        "a1 was never tested outside production either"
+    );
+    assert!(full.archived.is_empty());
+    assert_eq!(full.examined_from_bundles["a.tar.zst"], 2);
+    assert_eq!(
+        (
+            full.results[1].examined,
+            full.results[1].archived_not_examined
+        ),
+        (2, 0)
+    );
+    assert!(full.chain.starts_with("verified"), "{}", full.chain);
+    let hipaa = compliance::evaluate_from(
+        "hipaa",
+        &runs,
+        &entries,
+        (0, slipway_engine::audit::GENESIS.to_owned()),
+        store.audit_head().await.unwrap(),
+        since,
+        until,
+    )
+    .unwrap();
+    assert_eq!(hipaa.exceptions().count(), 0, "{:?}", hipaa.results);
+}
