@@ -454,16 +454,14 @@ pub fn catalog(c: CatalogCommand, out: &Output) -> Result<i32, CliError> {
                 let (store, db_path) = open_store(&a.store).await?;
                 // Archived runs count too: a service deployed to production once is
                 // in production whether or not that run was archived since.
-                Ok::<_, CliError>(
-                    history_with_archive(store.as_ref(), &db_path, None)
-                        .await?
-                        .0,
-                )
+                history_with_archive(store.as_ref(), &db_path, None).await
             })?
         }
-        _ => Vec::new(),
+        _ => (Vec::new(), Vec::new()),
     };
+    let (runs, unsummarized) = runs;
     let entities = slipway_govern::catalog::entities(&loaded.spec, &runs);
+    let archive = history::ArchiveUse::of(&runs, &unsummarized, None);
     std::fs::create_dir_all(&a.out).map_err(|e| {
         CliError::new(
             exit::FAILURE,
@@ -490,6 +488,7 @@ pub fn catalog(c: CatalogCommand, out: &Output) -> Result<i32, CliError> {
             "catalog": yaml_path.display().to_string(),
             "dot": dot_path.display().to_string(),
             "svg": svg.then(|| svg_path.display().to_string()),
+            "archive": archive,
         }));
     } else {
         out.line(&format!(
@@ -502,6 +501,10 @@ pub fn catalog(c: CatalogCommand, out: &Output) -> Result<i32, CliError> {
             } else {
                 " (install Graphviz `dot` for an SVG)".to_owned()
             }
+        ));
+        out.line(&format!(
+            "lifecycles from the run history; {}",
+            archive.describe()
         ));
     }
     Ok(exit::SUCCESS)

@@ -442,6 +442,14 @@ fn dora_figures_are_the_same_before_and_after_an_archive_and_a_crash_inside_the_
         "the chain from genesis through both bundles and the live entries: {pack}"
     );
 
+    // The catalog's lifecycles read the same history and say so.
+    let spec = e.spec.display().to_string();
+    let cat = e.dir.join("catalog").display().to_string();
+    let v = e.ok(&[
+        "catalog", "export", "-f", &spec, "--out", &cat, "--output", "json",
+    ]);
+    assert_eq!(v["archive"]["runs_from_summaries"], 6, "{v}");
+
     // A per-run report of an archived run names the bundle instead of "no such run".
     let o = e.run(&["report", "retro", &ids[1]]);
     assert_eq!(o.status.code(), Some(2), "{o:?}");
