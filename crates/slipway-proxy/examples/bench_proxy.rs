@@ -2,7 +2,7 @@
 //! `benches/proxy_overhead.sh`.
 //!
 //! `bench_proxy --listen 127.0.0.1:8080 --stable 127.0.0.1:9000[,..] [--canary ..]
-//! [--weight N] [--threads N]`; prints `listening on ADDR` first.
+//! [--weight N] [--threads N] [--upstream-timeout-ms MS, 0 = none]`; prints `listening on ADDR` first.
 
 // A benchmark helper talks to its script through stdout.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
@@ -46,6 +46,12 @@ fn run() -> Result<(), String> {
                 config.canary_weight = value.parse().map_err(|e| format!("--weight: {e}"))?;
             }
             "--threads" => threads = value.parse().map_err(|e| format!("--threads: {e}"))?,
+            "--upstream-timeout-ms" => {
+                let ms: u64 = value
+                    .parse()
+                    .map_err(|e| format!("--upstream-timeout-ms: {e}"))?;
+                config.upstream_timeout = (ms > 0).then(|| std::time::Duration::from_millis(ms));
+            }
             _ => return Err(format!("unknown flag {flag}")),
         }
     }

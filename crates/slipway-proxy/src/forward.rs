@@ -22,6 +22,7 @@ use hyper::{Request, Response, StatusCode, Uri};
 
 use crate::metrics::{InFlight, Metrics, Outcome};
 use crate::routing::{Backend, Router, Version};
+use crate::timer::UpstreamTimer;
 use crate::upstream::{self, UpstreamConfig};
 
 /// Testers force a version with this request header: `canary` or `stable`.
@@ -53,13 +54,41 @@ static HOP_BY_HOP: [HeaderName; 7] = [
     header::EXPECT,
 ];
 
+/// Whether `name` is in [`HOP_BY_HOP`]; the length test first, because most names
+/// differ in length from all seven and comparing a length is cheaper than seven names.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    // connection/keep-alive 10, proxy-connection 16, te 2, transfer-encoding 17,
+    // upgrade 7, expect 6.
+    matches!(name.as_str().len(), 2 | 6 | 7 | 10 | 16 | 17) && HOP_BY_HOP.contains(name)
+}
+
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
+/// What one client connection's requests share: rendered once when it is accepted.
+#[derive(Debug)]
+pub(crate) struct ClientConn {
+    pub(crate) shared: Arc<Shared>,
+    /// `X-Forwarded-For` value of the peer.
+    pub(crate) peer_ip: HeaderValue,
+    pub(crate) timer: UpstreamTimer,
+}
+
+impl ClientConn {
+    pub(crate) fn new(shared: Arc<Shared>, peer: SocketAddr) -> Self {
+        Self {
+            shared,
+            peer_ip: peer_ip_value(peer),
+            timer: UpstreamTimer::default(),
+        }
+    }
+}
+
 pub(crate) async fn handle(
-    shared: &Shared,
+    conn: &ClientConn,
     mut req: Request<Incoming>,
-    peer_ip: &HeaderValue,
 ) -> Result<Response<ProxyBody>, Infallible> {
+    let shared = &*conn.shared;
+    let peer_ip = &conn.peer_ip;
     let started = Instant::now();
     let version = match route_override(req.headers()) {
         Ok(Some(version)) => version,
@@ -118,12 +147,15 @@ pub(crate) async fn handle(
     }
 
     let in_flight = shared.metrics.in_flight_guard(version);
-    let sent = upstream::send(backend.addr, &backend.idle, &shared.upstream, req);
+    let sent = upstream::send(backend.addr, &backend.idle, &shared.upstream, started, req);
     let result = match shared.upstream_timeout {
-        Some(limit) => match tokio::time::timeout(limit, sent).await {
-            Ok(result) => result.map_err(|_| StatusCode::BAD_GATEWAY),
-            Err(_elapsed) => Err(StatusCode::GATEWAY_TIMEOUT),
-        },
+        Some(limit) => {
+            let deadline = tokio::time::Instant::from_std(started) + limit;
+            match conn.timer.limit(deadline, sent).await {
+                Some(result) => result.map_err(|_| StatusCode::BAD_GATEWAY),
+                None => Err(StatusCode::GATEWAY_TIMEOUT),
+            }
+        }
         None => sent.await.map_err(|_| StatusCode::BAD_GATEWAY),
     };
     let elapsed = started.elapsed();
@@ -147,6 +179,7 @@ pub(crate) async fn handle(
                     sender,
                     backend,
                     max_idle: shared.upstream.max_idle,
+                    started,
                 }),
             };
             Ok(Response::from_parts(parts, Either::Left(body)))
@@ -185,7 +218,7 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // cheaper than a hashed removal per listed name on every request and response.
     // Connection-listed names only matter when `Connection` itself is present, and it
     // is in the fixed list.
-    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+    if !headers.keys().any(is_hop_by_hop) {
         return;
     }
     let listed: Vec<HeaderName> = headers
@@ -272,6 +305,10 @@ struct Reuse {
     sender: SendRequest<Incoming>,
     backend: Arc<Backend>,
     max_idle: usize,
+    /// When the request that used the connection started: stands in for "idle since"
+    /// (a little early, so a connection is never kept longer than the idle timeout) and
+    /// saves a clock read per request.
+    started: Instant,
 }
 
 impl<B: Body + Unpin> Body for Tracked<B> {
@@ -305,7 +342,10 @@ impl<B> Drop for Tracked<B> {
             return;
         }
         if let Some(reuse) = self.reuse.take() {
-            reuse.backend.idle.put_back(reuse.sender, reuse.max_idle);
+            reuse
+                .backend
+                .idle
+                .put_back(reuse.sender, reuse.max_idle, reuse.started);
         }
     }
 }

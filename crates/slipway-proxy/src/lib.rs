@@ -25,6 +25,7 @@ pub mod api;
 mod forward;
 mod metrics;
 mod routing;
+mod timer;
 mod upstream;
 
 use std::net::SocketAddr;
@@ -313,12 +314,10 @@ async fn serve_traffic(
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
-                let shared = Arc::clone(&shared);
-                let peer_ip = forward::peer_ip_value(peer);
+                let client = Arc::new(forward::ClientConn::new(Arc::clone(&shared), peer));
                 let svc = hyper::service::service_fn(move |req| {
-                    let shared = Arc::clone(&shared);
-                    let peer_ip = peer_ip.clone();
-                    async move { forward::handle(&shared, req, &peer_ip).await }
+                    let client = Arc::clone(&client);
+                    async move { forward::handle(&client, req).await }
                 });
                 let conn = http1::Builder::new()
                     .keep_alive(true)

@@ -49,24 +49,26 @@ impl IdleConns {
         self.list.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn checkout(&self, idle_timeout: Duration) -> Option<Sender> {
+    fn checkout(&self, idle_timeout: Duration, now: Instant) -> Option<Sender> {
         let mut list = self.lock();
         while let Some((sender, since)) = list.pop() {
-            if !sender.is_closed() && since.elapsed() < idle_timeout {
+            if !sender.is_closed() && now.saturating_duration_since(since) < idle_timeout {
                 return Some(sender);
             }
         }
         None
     }
 
-    /// Keeps a connection whose last response was read to its end.
-    pub(crate) fn put_back(&self, sender: Sender, max_idle: usize) {
+    /// Keeps a connection whose last response was read to its end; `since` is when its
+    /// last request started (callers have it at hand; a clock read per request is not
+    /// free, and an earlier "idle since" only makes reuse more careful).
+    pub(crate) fn put_back(&self, sender: Sender, max_idle: usize, since: Instant) {
         if sender.is_closed() {
             return;
         }
         let mut list = self.lock();
         if list.len() < max_idle {
-            list.push((sender, Instant::now()));
+            list.push((sender, since));
         }
     }
 
@@ -78,14 +80,16 @@ impl IdleConns {
 }
 
 /// Sends `req` to the backend at `addr` on an idle connection or a new one; returns the
-/// response head and the connection, to be put back once the body has ended.
+/// response head and the connection, to be put back once the body has ended. `now` is
+/// when the request started.
 pub(crate) async fn send(
     addr: SocketAddr,
     idle: &IdleConns,
     config: &UpstreamConfig,
+    now: Instant,
     mut req: Request<Incoming>,
 ) -> Result<(Response<Incoming>, Sender), UpstreamFailed> {
-    while let Some(mut sender) = idle.checkout(config.idle_timeout) {
+    while let Some(mut sender) = idle.checkout(config.idle_timeout, now) {
         // A connection put back the moment its last body ended may need its connection
         // task to run once more before it takes the next request.
         if sender.ready().await.is_err() {

@@ -73,3 +73,61 @@ async fn slow_backend_hits_the_upstream_timeout() {
     assert_eq!(get(&mut conn, "/", &[]).await.0.status(), 504);
     assert_eq!(proxy.snapshot().stable.proxy_errors, 1);
 }
+
+/// One timer serves all requests of a client connection (timer.rs): a deadline left
+/// armed by an earlier request must not cut a later, slower one short, and the later
+/// one's own deadline must still hold.
+#[tokio::test]
+async fn upstream_timeout_is_per_request_on_a_kept_alive_connection() {
+    use std::time::{Duration, Instant};
+    let fast = crate::support::backend("1.0.0").await;
+    let slowish = crate::support::backend_with(demo_app::Config {
+        latency: Duration::from_millis(600),
+        ..demo_app::Config::default()
+    })
+    .await;
+    let stuck = crate::support::backend_with(demo_app::Config {
+        latency: Duration::from_secs(30),
+        ..demo_app::Config::default()
+    })
+    .await;
+    let timeout = Duration::from_secs(1);
+    let proxy = Proxy::start(ProxyConfig {
+        pools: Pools {
+            stable: vec![fast.local_addr()],
+            canary: vec![slowish.local_addr()],
+        },
+        upstream_timeout: Some(timeout),
+        ..ProxyConfig::default()
+    })
+    .await
+    .unwrap();
+    let mut conn = connect::<Empty<Bytes>>(proxy.local_addr()).await;
+    let first = Instant::now();
+    assert_eq!(get(&mut conn, "/", &[]).await.0.status(), 200);
+    // The second request starts 0.6 s later and takes 0.6 s: the first one's deadline
+    // (1 s after it) passes while it waits.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let (resp, _) = get(&mut conn, "/", &[(slipway_proxy::ROUTE_HEADER, "canary")]).await;
+    assert!(
+        first.elapsed() > timeout,
+        "the scenario needs the first deadline to pass during the second request"
+    );
+    assert_eq!(
+        resp.status(),
+        200,
+        "cut short by an earlier request's deadline"
+    );
+    proxy.set_pools(Pools {
+        stable: vec![fast.local_addr()],
+        canary: vec![stuck.local_addr()],
+    });
+    let started = Instant::now();
+    let (resp, _) = get(&mut conn, "/", &[(slipway_proxy::ROUTE_HEADER, "canary")]).await;
+    assert_eq!(resp.status(), 504);
+    assert!(
+        started.elapsed() >= timeout,
+        "timed out before its own deadline"
+    );
+    assert_eq!(proxy.snapshot().canary.proxy_errors, 1);
+}
