@@ -273,39 +273,43 @@ impl ProcessTarget {
     }
 
     /// SIGTERM the process groups, SIGKILL what is left after the grace period.
+    ///
+    /// Every signal goes only to a pid whose start time is still the one we recorded:
+    /// pids are recycled quickly where `pid_max` is 32768 (as on the CI machines), and
+    /// a process-group signal to a recycled pid would hit someone else's whole group.
     pub async fn stop_instances(&self, instances: &[Instance]) {
         use nix::sys::signal::{Signal, killpg};
         use nix::unistd::Pid;
-        let ours: Vec<&Instance> = instances
+        let ours: Vec<(&Instance, u64)> = instances
             .iter()
-            .filter(|i| {
+            .filter_map(|i| {
                 let recorded = std::fs::read(self.state_path(&i.id))
                     .ok()
                     .and_then(|b| serde_json::from_slice::<InstanceState>(&b).ok());
+                let now = proc_start_ticks(i.pid)?;
                 // Never signal a pid that was recycled for someone else's process.
                 match recorded {
-                    Some(s) => proc_start_ticks(i.pid) == Some(s.start_ticks),
-                    None => proc_start_ticks(i.pid).is_some(),
+                    Some(s) if s.start_ticks != now => None,
+                    _ => Some((i, now)),
                 }
             })
             .collect();
-        for i in &ours {
+        // Still the same process, and not yet exited.
+        let alive = |(i, ticks): &(&Instance, u64)| {
+            proc_start_ticks(i.pid) == Some(*ticks) && !is_zombie(i.pid)
+        };
+        for (i, _) in &ours {
             if let Ok(pid) = i32::try_from(i.pid) {
                 let _ = killpg(Pid::from_raw(pid), Signal::SIGTERM);
             }
         }
         let deadline = Instant::now() + self.stop_grace;
-        while Instant::now() < deadline
-            && ours
-                .iter()
-                .any(|i| proc_start_ticks(i.pid).is_some() && !is_zombie(i.pid))
-        {
+        while Instant::now() < deadline && ours.iter().any(alive) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        for i in &ours {
-            if proc_start_ticks(i.pid).is_some()
-                && !is_zombie(i.pid)
-                && let Ok(pid) = i32::try_from(i.pid)
+        for entry in &ours {
+            if alive(entry)
+                && let Ok(pid) = i32::try_from(entry.0.pid)
             {
                 let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
             }
