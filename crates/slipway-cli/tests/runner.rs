@@ -25,6 +25,7 @@ mod migrate_deploy_cli;
 mod perf_baseline_cli;
 mod plan_cli;
 mod prestage_cli;
+mod process_target_cli;
 mod rehearse_cli;
 mod render_cli;
 mod report_cli;
@@ -74,9 +75,17 @@ pub struct Marked {
     pub environ: std::collections::BTreeMap<String, String>,
 }
 
-/// Live (non-zombie) processes whose environment has `var=mark`: the processes a test
-/// caused, however deep (slipway, its proxies, their instances), found without pid files.
+/// Live (non-zombie) processes a test caused, however deep, found without pid files: the
+/// `slipway` processes it started with `var=mark` in their environment, and — `mark`
+/// being the test's own directory — every process working in it or given a path in it.
+/// The latter is how a proxy (`--state DIR/...`) and an instance (its working directory
+/// is the spec's) are found: they start from a cleared environment, so the mark never
+/// reaches them.
 pub fn marked(var: &str, mark: &str) -> Vec<Marked> {
+    let under = |p: &str| {
+        p.strip_prefix(mark)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    };
     let mut found = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
@@ -93,7 +102,19 @@ pub fn marked(var: &str, mark: &str) -> Vec<Marked> {
                     .map(|(k, v)| (k.to_owned(), v.to_owned()))
             })
             .collect();
-        if environ.get(var).map(String::as_str) != Some(mark) {
+        let argv: Vec<String> = std::fs::read(e.path().join("cmdline"))
+            .unwrap_or_default()
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let cwd = std::fs::read_link(e.path().join("cwd"))
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        if environ.get(var).map(String::as_str) != Some(mark)
+            && !under(&cwd)
+            && !argv.iter().any(|a| under(a))
+        {
             continue;
         }
         let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
@@ -104,12 +125,6 @@ pub fn marked(var: &str, mark: &str) -> Vec<Marked> {
         {
             continue;
         }
-        let argv = std::fs::read(e.path().join("cmdline"))
-            .unwrap_or_default()
-            .split(|b| *b == 0)
-            .filter(|a| !a.is_empty())
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
         found.push(Marked { pid, argv, environ });
     }
     found

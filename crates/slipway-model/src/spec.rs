@@ -261,6 +261,13 @@ pub struct RunSpec {
     /// Extra environment variables.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, Scalar>,
+    /// Variables of the environment `slipway` runs in that instances receive too, by
+    /// name (e.g. `[JAVA_HOME, HTTPS_PROXY]`). Instances otherwise get only a small
+    /// allowlist (PATH, HOME, USER, LOGNAME, SHELL, LANG, LANGUAGE, LC_*, TZ, TMPDIR)
+    /// besides `env` and Slipway's own variables, so a credential exported for
+    /// `slipway deploy` never reaches a service unless named here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inherit_env: Vec<String>,
 }
 
 fn one() -> u32 {

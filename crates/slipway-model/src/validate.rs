@@ -685,6 +685,57 @@ fn endpoint_at(cx: &mut Cx<'_>, ptr: &str, e: &str) {
     }
 }
 
+/// Variables Slipway sets for every instance itself; inheriting them would be overwritten.
+pub const INSTANCE_VARS: &[&str] = &[
+    "PORT",
+    "SLIPWAY_SERVICE",
+    "SLIPWAY_VERSION",
+    "SLIPWAY_CONFIG_DIR",
+];
+
+/// `run.inherit_env`: names of real variables, each once, none that Slipway or `run.env`
+/// already sets (the value would silently not be the host's).
+fn inherit_env(cx: &mut Cx<'_>, ptr: &str, r: &crate::spec::RunSpec) {
+    let mut seen = BTreeMap::new();
+    for (i, name) in r.inherit_env.iter().enumerate() {
+        let p = format!("{ptr}/{i}");
+        let valid = name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            cx.err_value(
+                "invalid-name",
+                &p,
+                format!("`{name}` is not an environment variable name"),
+                "use letters, digits and `_`, not starting with a digit (e.g. `JAVA_HOME`)",
+            );
+        } else if INSTANCE_VARS.contains(&name.as_str()) {
+            cx.err_value(
+                "reserved-name",
+                &p,
+                format!("`{name}` is set by Slipway for each instance and cannot be inherited"),
+                format!("remove `{name}` from run.inherit_env"),
+            );
+        } else if r.env.contains_key(name) {
+            cx.err_value(
+                "conflict",
+                &p,
+                format!("`{name}` is both given in run.env and inherited"),
+                format!("keep `{name}` in one of run.env and run.inherit_env"),
+            );
+        } else if let Some(first) = seen.insert(name.as_str(), i) {
+            cx.err_value(
+                "duplicate",
+                &p,
+                format!("`{name}` is listed twice in run.inherit_env (entries {first} and {i})"),
+                format!("list `{name}` once"),
+            );
+        }
+    }
+}
+
 fn service(cx: &mut Cx<'_>, spec: &ReleaseSpec, name: &str, s: &Service, names: &[&str]) {
     let base = pointer(["services", name]);
     let at = |f: &str| format!("{base}/{f}");
@@ -813,6 +864,7 @@ fn service(cx: &mut Cx<'_>, spec: &ReleaseSpec, name: &str, s: &Service, names: 
                 "run at least one instance, or remove the service from the release",
             );
         }
+        inherit_env(cx, &at("run/inherit_env"), r);
     }
     let mut seen = BTreeMap::new();
     for (i, st) in s.steps.iter().enumerate() {

@@ -32,6 +32,7 @@ fn target(dir: &std::path::Path, bin: &str, args: &str) -> ProcessTarget {
             ),
             replicas: 2,
             env: BTreeMap::new(),
+            inherit_env: Vec::new(),
         },
         readiness: Some(Probe {
             http: Some("/ready".into()),

@@ -10,6 +10,15 @@
 //! re-applied step whose marker appeared meanwhile is a no-op decided under the lock. A
 //! step therefore runs at most once per run, unless its command itself is killed (by its
 //! timeout) — then it is re-applied, and its guards are what make that safe.
+//!
+//! Environment: unlike the `process` target's instances and proxies (which start from a
+//! cleared environment, see [`crate::process`]), a step inherits `slipway`'s environment.
+//! Steps are install commands the operator runs through `slipway deploy`, for the length
+//! of the step, and they legitimately need the operator's credentials (an `aws s3 cp`, a
+//! package registry login); `secret://env/NAME` values reach them this way, and what they
+//! print passes through the [`Redactor`] before it is journaled. A step that starts a
+//! long-running program hands it that environment on purpose: use `env -i` in the step to
+//! start it clean.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

@@ -13,8 +13,19 @@
 //! started with `SLIPWAY_CONFIG_DIR` set to V's rendered config
 //! ([`crate::config::version_dir`]) when it exists: each version reads its own config,
 //! whichever other version runs beside it.
+//!
+//! **Environment.** An instance does not inherit `slipway`'s environment: whoever runs
+//! `slipway deploy` may have exported an API token, `SLIPWAY_TOKEN` or cloud credentials,
+//! and a long-lived service would keep them in `/proc/PID/environ` for anyone who can
+//! read it (and hand them to every child it spawns). An instance gets exactly
+//! [`host_env`]: the variables of [`ALLOWED_HOST_VARS`] and `LC_*` that are set (what a
+//! program needs to find its tools, home, locale and time zone; none is a credential),
+//! plus those the spec names in `run.inherit_env`; then Slipway's own (`PORT`,
+//! `SLIPWAY_SERVICE`, `SLIPWAY_VERSION`, `SLIPWAY_CONFIG_DIR`) and the spec's `run.env`.
+//! A readiness probe command runs with the same environment as its instance.
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -23,6 +34,30 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use slipway_model::spec::{Probe, RunSpec};
 use slipway_rollout::{BoxFuture, Instance, Instances, Role, RolloutError};
+
+/// Variables of `slipway`'s environment that every process it starts detached keeps when
+/// they are set (with every `LC_*`): enough to find programs, a home and temporary
+/// directory, the user, the locale and the time zone. Nothing here can hold a credential.
+pub const ALLOWED_HOST_VARS: &[&str] = &[
+    "PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR",
+];
+
+/// Whether a variable of `slipway`'s environment passes to a process it starts detached.
+pub fn allowed_host_var(name: &str) -> bool {
+    ALLOWED_HOST_VARS.contains(&name) || name.starts_with("LC_")
+}
+
+/// The part of this process's environment a detached child keeps (an instance, a proxy):
+/// the allowlist ([`allowed_host_var`]) plus the variables named in `extra` that are set.
+/// The child must be started with `env_clear()` before these are added.
+pub fn host_env(extra: &[String]) -> Vec<(OsString, OsString)> {
+    std::env::vars_os()
+        .filter(|(k, _)| {
+            k.to_str()
+                .is_some_and(|k| allowed_host_var(k) || extra.iter().any(|e| e == k))
+        })
+        .collect()
+}
 
 /// How one service's instances are started and probed.
 #[derive(Debug, Clone)]
@@ -35,6 +70,26 @@ pub struct ServiceProcess {
     pub env: BTreeMap<String, String>,
     /// Working directory.
     pub workdir: PathBuf,
+}
+
+impl ServiceProcess {
+    /// What an instance's and its probe's environments start from (see the module docs):
+    /// the host's allowlisted and `run.inherit_env` variables, then `env`, then `run.env`.
+    fn spec_env(&self) -> Vec<(OsString, OsString)> {
+        let mut vars = host_env(&self.run.inherit_env);
+        vars.extend(
+            self.env
+                .iter()
+                .map(|(k, v)| (OsString::from(k), OsString::from(v))),
+        );
+        vars.extend(
+            self.run
+                .env
+                .iter()
+                .map(|(k, v)| (OsString::from(k), OsString::from(v.as_str()))),
+        );
+        vars
+    }
 }
 
 /// Supervises local processes.
@@ -191,6 +246,10 @@ impl ProcessTarget {
         cmd.arg("-c")
             .arg(format!("exec {command}"))
             .current_dir(&svc.workdir)
+            // Nothing of `slipway`'s environment but the allowlist and what the spec
+            // names: see the module docs.
+            .env_clear()
+            .envs(host_env(&svc.run.inherit_env))
             .env("PORT", port.to_string())
             .env("SLIPWAY_SERVICE", service)
             .env("SLIPWAY_VERSION", version)
@@ -248,7 +307,7 @@ impl ProcessTarget {
         let deadline = Instant::now() + self.ready_timeout;
         let mut backoff = Duration::from_millis(20);
         loop {
-            if probe(&instance, svc.readiness.as_ref()).await {
+            if probe(&instance, Some(svc)).await {
                 return Ok(instance);
             }
             if proc_start_ticks(pid).is_none() || is_zombie(pid) {
@@ -352,11 +411,7 @@ impl Instances for ProcessTarget {
     fn ready<'a>(&'a self, instances: &'a [Instance]) -> BoxFuture<'a, bool> {
         Box::pin(async move {
             for i in instances {
-                let probe_spec = self
-                    .services
-                    .get(&i.service)
-                    .and_then(|s| s.readiness.as_ref());
-                if !probe(i, probe_spec).await {
+                if !probe(i, self.services.get(&i.service)).await {
                     return false;
                 }
             }
@@ -382,8 +437,10 @@ fn describe_probe(p: Option<&Probe>) -> String {
     }
 }
 
-/// One readiness probe: HTTP 2xx on the path, a command exiting 0, or a TCP connect.
-pub async fn probe(i: &Instance, p: Option<&Probe>) -> bool {
+/// One readiness probe of an instance of `svc`: HTTP 2xx on the path, a command exiting
+/// 0 (run with the instance's environment), or a TCP connect.
+pub async fn probe(i: &Instance, svc: Option<&ServiceProcess>) -> bool {
+    let p = svc.and_then(|s| s.readiness.as_ref());
     let timeout = p
         .and_then(|p| p.timeout.as_deref())
         .and_then(|t| slipway_model::duration::parse_duration(t).ok())
@@ -399,9 +456,12 @@ pub async fn probe(i: &Instance, p: Option<&Probe>) -> bool {
         Some(Probe {
             command: Some(c), ..
         }) => {
+            let env = svc.map_or_else(|| host_env(&[]), ServiceProcess::spec_env);
             let run = tokio::process::Command::new("sh")
                 .arg("-c")
                 .arg(c)
+                .env_clear()
+                .envs(env)
                 .env("PORT", i.addr.port().to_string())
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())

@@ -9,6 +9,9 @@
 //! finds the same proxy through that file instead of starting another
 //! ([`ProxySupervisor::ensure`]), exactly as [`crate::process`] finds instances.
 //!
+//! The proxy process is started with a cleared environment plus the allowlist of
+//! [`crate::process::host_env`], as instances are.
+//!
 //! [`RemoteRouter`] is that proxy as the rollout controller's `TrafficRouter` and
 //! `MetricSource`: the same operations as [`crate::builtin::BuiltinRouter`], as JSON calls
 //! carrying the token.
@@ -28,7 +31,7 @@ use slipway_proxy::TOKEN_HEADER;
 use slipway_proxy::api::{PoolsRequest, StateReport, VersionReport, WeightRequest, WindowReport};
 use slipway_rollout::{BoxFuture, MetricSource, RolloutError, TrafficRouter};
 
-use crate::process::{is_zombie, proc_start_ticks};
+use crate::process::{host_env, is_zombie, proc_start_ticks};
 
 /// Longest an admin call may take; the proxy answers from memory, so this is generous.
 const CALL_TIMEOUT: Duration = Duration::from_secs(3);
@@ -356,6 +359,11 @@ impl ProxySupervisor {
             .arg(&path)
             .arg("--listen")
             .arg(listen.to_string())
+            // Like an instance, the long-lived proxy keeps nothing of this process's
+            // environment but the allowlist: no token or credential exported for
+            // `slipway deploy` lingers in its /proc/PID/environ.
+            .env_clear()
+            .envs(host_env(&[]))
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)

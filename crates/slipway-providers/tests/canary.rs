@@ -55,6 +55,7 @@ fn service(args: &str) -> ServiceProcess {
             ),
             replicas: 2,
             env: BTreeMap::new(),
+            inherit_env: Vec::new(),
         },
         readiness: Some(Probe {
             http: Some("/ready".into()),
