@@ -234,3 +234,53 @@ fn help_documents_exit_codes_and_examples() {
         assert!(h.contains(want), "--help lacks {want:?}");
     }
 }
+
+#[test]
+fn a_port_in_a_process_target_config_template_blocks_the_plan() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("api.conf.j2"),
+        "region = \"{{ vars.region }}\"\nlisten = \"127.0.0.1:{{ port }}\"\n",
+    )
+    .unwrap();
+    let f = dir.path().join("release.yaml");
+    std::fs::write(
+        &f,
+        "apiVersion: slipway/v1
+kind: Release
+metadata: { name: shop, version: 1.0.0, type: patch }
+services:
+  api:
+    run: { command: \"api --port {{ port }}\" }
+    config: [ { template: api.conf.j2, dest: api.conf } ]
+environments:
+  live:
+    target: { process: {} }
+    vars: { region: eu-west-1 }
+",
+    )
+    .unwrap();
+    // Text: exit 3 (blocked by a finding), naming file, line, placeholder and the fix.
+    let o = slipway()
+        .args(["plan", "--env", "live", "-f"])
+        .arg(&f)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(3), "{o:?}");
+    let text = stdout(&o);
+    assert!(
+        text.contains(
+            "error [port-in-version-config] api.conf.j2:2: `{{ port }}` in the config of `api`"
+        ),
+        "{text}"
+    );
+    // JSON: the same finding, in full.
+    let o = slipway()
+        .args(["plan", "--env", "live", "--output", "json", "-f"])
+        .arg(&f)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(3));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    insta::assert_json_snapshot!("plan-port-in-version-config", v["findings"]);
+}

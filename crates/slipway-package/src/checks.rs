@@ -47,7 +47,8 @@ impl PlanChecks {
 /// Runs this crate's plan-time checks for one environment.
 ///
 /// Codes: `placeholder-undefined`, `template-syntax`, `template-render`,
-/// `template-unreadable`, `secret-reference` (errors: the deploy would fail at install);
+/// `template-unreadable`, `secret-reference`, `port-in-version-config` (a process-target
+/// template needing an instance's `port`) (errors: the deploy would fail at install);
 /// `dependency-conflict` (error); `migration-unclassified` (warning);
 /// `migrations-unreadable` (warning). Breaking compatibility is not reported here but
 /// handed to the planner as facts ([`crate::compat::findings`]), which requires a phased
@@ -61,7 +62,10 @@ pub fn plan_checks(
     let mut findings = Vec::new();
 
     if let Some((name, _)) = spec.environments.get_key_value(env_name) {
-        for p in render::check_placeholders_in(spec, spec_dir, &[name]) {
+        let problems = render::check_placeholders_in(spec, spec_dir, &[name])
+            .into_iter()
+            .chain(render::check_version_config_in(spec, spec_dir, &[name]));
+        for p in problems {
             findings.push(Finding {
                 severity: p.severity.as_str().to_owned(),
                 code: if p.code == "undefined-variable" {

@@ -69,7 +69,7 @@ impl Severity {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Problem {
     /// Stable code: `undefined-variable`, `template-syntax`, `template-unreadable`,
-    /// `secret-reference`.
+    /// `secret-reference`, `port-in-version-config`.
     pub code: String,
     /// Error or warning.
     pub severity: Severity,
@@ -598,6 +598,9 @@ struct Scope<'a> {
     env: &'a EnvSpec,
     service_name: &'a str,
     service: &'a Service,
+    /// Rendered once per version, for no one instance: `port` is not in the context
+    /// whatever the target (see [`check_version_config_in`]).
+    per_version: bool,
 }
 
 fn render_one(
@@ -612,6 +615,7 @@ fn render_one(
         env,
         service_name,
         service,
+        per_version,
     } = *scope;
     let problem = |code: &str, line: Option<usize>, message: String| Problem {
         code: code.to_owned(),
@@ -623,7 +627,7 @@ fn render_one(
         environments: vec![env_name.to_owned()],
         message,
     };
-    let (ctx, secrets) = match context(spec, env_name, env, service_name, service, opts) {
+    let (mut ctx, secrets) = match context(spec, env_name, env, service_name, service, opts) {
         Ok(c) => c,
         Err(e) => {
             return Outcome::Failed(problem(
@@ -633,6 +637,9 @@ fn render_one(
             ));
         }
     };
+    if per_version && let Some(m) = ctx.as_object_mut() {
+        m.remove("port");
+    }
     let jenv = jinja();
     let tmpl = match jenv.template_from_named_str(&template.path, &template.source) {
         Ok(t) => t,
@@ -795,6 +802,7 @@ pub fn check_placeholders_in(
                     env,
                     service_name: svc_name,
                     service: svc,
+                    per_version: false,
                 };
                 match render_one(&scope, &template, &cfg.dest, &opts) {
                     Outcome::Ok(_) => {}
@@ -832,6 +840,73 @@ pub fn check_placeholders_in(
                 ));
             }
             problems.extend(failed.into_values());
+        }
+    }
+    problems
+}
+
+/// Templates that need an instance's `port` in environments whose config is rendered once
+/// per version: on the `process` target every instance of a version shares one rendering
+/// (`<store dir>/config/<env>/<service>/<version>/`), so there is no port to put in it, and
+/// such a template would pass [`check_placeholders`] (which shows `port` as `<port>`) only
+/// to fail at install time. Each template is rendered as the install renders it — secrets
+/// masked, `port` undefined — and a `port` the strict render needs is a
+/// `port-in-version-config` error naming the template, line and the fix. A template that
+/// guards it (`{% if port is defined %}`) passes.
+pub fn check_version_config_in(
+    spec: &ReleaseSpec,
+    spec_dir: &Path,
+    env_names: &[&String],
+) -> Vec<Problem> {
+    let mut problems: Vec<Problem> = Vec::new();
+    for (svc_name, svc) in &spec.services {
+        for cfg in &svc.config {
+            // An unreadable template is reported by `check_placeholders`.
+            let Ok(template) = read_template(spec_dir, svc_name, &cfg.template) else {
+                continue;
+            };
+            // line → environments where the template needs the port.
+            let mut needs: BTreeMap<Option<usize>, Vec<String>> = BTreeMap::new();
+            for env_name in env_names {
+                let Some(env) = spec.environments.get(env_name.as_str()) else {
+                    continue;
+                };
+                if env.target.process.is_none() {
+                    continue;
+                }
+                let scope = Scope {
+                    spec,
+                    env_name,
+                    env,
+                    service_name: svc_name,
+                    service: svc,
+                    per_version: true,
+                };
+                if let Outcome::Missing(vars) =
+                    render_one(&scope, &template, &cfg.dest, &RenderOptions::default())
+                    && let Some((_, line)) = vars.iter().find(|(v, _)| v == "port")
+                {
+                    needs.entry(*line).or_default().push((*env_name).clone());
+                }
+            }
+            for (line, envs) in needs {
+                problems.push(Problem {
+                    code: "port-in-version-config".into(),
+                    severity: Severity::Error,
+                    service: svc_name.clone(),
+                    template: cfg.template.clone(),
+                    line,
+                    variable: Some("port".into()),
+                    message: format!(
+                        "{}:{}: `{{{{ port }}}}` in the config of `{svc_name}` cannot be rendered on the process target of environment{} {}: config is rendered once per version and shared by all its instances, each of which has its own port; read the port from the instance's environment ($PORT) or pass it on the command line (`--port {{{{ port }}}}` in `run.command`), or guard it with `{{% if port is defined %}}`",
+                        cfg.template,
+                        line.map_or_else(|| "?".to_owned(), |l| l.to_string()),
+                        if envs.len() == 1 { "" } else { "s" },
+                        envs.join(", "),
+                    ),
+                    environments: envs,
+                });
+            }
         }
     }
     problems
@@ -907,6 +982,7 @@ pub fn render_environment(
                 env,
                 service_name: svc_name,
                 service: svc,
+                per_version: false,
             };
             match render_one(&scope, &template, &cfg.dest, opts) {
                 Outcome::Ok(f) => files.push(f),

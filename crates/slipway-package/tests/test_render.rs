@@ -6,7 +6,7 @@ use std::path::Path;
 use slipway_model::spec::ReleaseSpec;
 use slipway_package::render::{
     EnvFileResolver, Redactor, RenderOptions, SecretMode, SecretRef, check_placeholders,
-    render_environment, resolve_secrets,
+    check_version_config_in, render_environment, resolve_secrets,
 };
 use slipway_package::{Error, digest::sha256_bytes};
 
@@ -197,6 +197,53 @@ fn resolved_render_without_port_on_a_port_target_refuses_a_template_using_port()
         err.contains("config/api.toml.j2:3: `port` is undefined") && err.contains("$PORT"),
         "{err}"
     );
+}
+
+#[test]
+fn a_port_in_config_rendered_per_version_is_found_before_install() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = fixture(dir.path());
+    // The masked check shows `port` as `<port>` on process targets (the fixture above
+    // relies on it); the per-version check renders as the install does, without one.
+    let envs: Vec<&String> = spec.environments.keys().collect();
+    let problems = check_version_config_in(&spec, dir.path(), &envs);
+    let summary: Vec<_> = problems
+        .iter()
+        .map(|p| {
+            (
+                p.code.as_str(),
+                p.template.as_str(),
+                p.line,
+                p.environments.join(","),
+            )
+        })
+        .collect();
+    // qa is an exec target: no per-version render there (and `check_placeholders` already
+    // reports its undefined `port`).
+    assert_eq!(
+        summary,
+        [(
+            "port-in-version-config",
+            "config/api.toml.j2",
+            Some(3),
+            "prod,staging".to_owned()
+        )],
+        "{problems:#?}"
+    );
+    let msg = &problems[0].message;
+    assert!(
+        msg.starts_with("config/api.toml.j2:3: `{{ port }}` in the config of `api`")
+            && msg.contains("$PORT")
+            && msg.contains("once per version"),
+        "{msg}"
+    );
+
+    // Guarded, the template renders at install time without a port: no problem.
+    write(
+        &dir.path().join("config/api.toml.j2"),
+        b"{% if port is defined %}port = {{ port }}\n{% endif %}x = 1\n",
+    );
+    assert_eq!(check_version_config_in(&spec, dir.path(), &envs), []);
 }
 
 #[test]
