@@ -1,28 +1,87 @@
-//! `slipway proxy serve` (hidden): one service's built-in proxy as a process of its own.
+//! `slipway proxy list|stop`: the detached per-service proxies of the `process` target,
+//! found and stopped without digging in state files; and `slipway proxy serve` (hidden):
+//! one service's built-in proxy as a process of its own.
 //!
-//! The process target starts it detached (see `slipway_providers::remote`), so it keeps
-//! serving clients when the `slipway` that deploys dies; a later `slipway` finds it by its
-//! state file. It records itself only once both listeners are bound: pid, start time,
-//! addresses and a fresh admin token, in a file only its owner can read. The token is
+//! The process target starts `serve` detached (see `slipway_providers::remote`), so it
+//! keeps serving clients when the `slipway` that deploys dies; a later `slipway` finds it
+//! by its state file. It records itself only once both listeners are bound: pid, start
+//! time, addresses and a fresh admin token, in a file only its owner can read. The token is
 //! never printed. SIGTERM or Ctrl-C stop it after in-flight requests finish.
+//!
+//! Where proxies are recorded: `<store dir>/process/<env>/proxies/`, or under a spec's
+//! `target.process.workdir` — found through the store's runs (each environment's newest
+//! and every unfinished one), whose plans say where their process root was. `list` reads state files and each live proxy's admin API (weight and
+//! counters; never the token). `stop` refuses while a run that is not finished deploys
+//! through that proxy (it would take the service's front door from under the run), unless
+//! `--force`; it signals only the process the state file records (pid *and* start time),
+//! waits for it to exit and removes the state file.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
+use serde::Serialize;
+use slipway_engine::store::{RunRecord, Store};
+use slipway_model::duration::parse_duration;
 use slipway_model::exit;
+use slipway_model::plan::Plan;
 use slipway_providers::process::proc_start_ticks;
-use slipway_providers::remote::{ProxyState, new_token, read_state, write_state};
+use slipway_providers::remote::{
+    ProxyState, ProxySupervisor, RemoteRouter, Stopped, new_token, read_state, write_state,
+};
 use slipway_proxy::{Proxy, ProxyConfig};
 
+use crate::cmd_run::{StoreArg, runtime, store_error};
 use crate::out::{CliError, Output};
 
 /// `slipway proxy`.
 #[derive(Debug, clap::Subcommand)]
 pub enum ProxyCommand {
+    /// List the process target's proxies: service, environment, pid, alive or stale,
+    /// addresses, canary weight and request counts.
+    #[command(
+        after_help = "Examples:\n  slipway proxy list\n  slipway proxy list --env prod --output json"
+    )]
+    List(ListArgs),
+    /// Stop a service's proxy (refused while a run deploys through it, unless --force);
+    /// stopping one that is not running says so and succeeds.
+    #[command(
+        after_help = "Examples:\n  slipway proxy stop api --env staging\n  slipway proxy stop api --env staging --force --grace 30s"
+    )]
+    Stop(StopArgs),
     /// Run one service's proxy until SIGTERM (the process target starts it).
+    #[command(hide = true)]
     Serve(ServeArgs),
 }
 
+/// `slipway proxy list`.
+#[derive(Debug, clap::Args)]
+pub struct ListArgs {
+    /// Only this environment's proxies.
+    #[arg(long)]
+    pub env: Option<String>,
+    #[command(flatten)]
+    pub store: StoreArg,
+}
+
+/// `slipway proxy stop`.
+#[derive(Debug, clap::Args)]
+pub struct StopArgs {
+    /// The service whose proxy to stop.
+    pub service: String,
+    /// The environment.
+    #[arg(long)]
+    pub env: String,
+    /// Stop it even while a run that is not finished deploys through it.
+    #[arg(long)]
+    pub force: bool,
+    /// How long it may take to finish in-flight requests after SIGTERM before SIGKILL.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub grace: Duration,
+    #[command(flatten)]
+    pub store: StoreArg,
+}
 /// `slipway proxy serve`.
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
@@ -43,8 +102,329 @@ pub struct ServeArgs {
 /// Dispatch `slipway proxy …`.
 pub fn run(c: ProxyCommand, out: &Output) -> Result<i32, CliError> {
     match c {
+        ProxyCommand::List(a) => list(a, out),
+        ProxyCommand::Stop(a) => stop(a, out),
         ProxyCommand::Serve(a) => serve(a, out),
     }
+}
+
+/// Where one environment's proxies are recorded.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct ProxyDir {
+    env: String,
+    dir: PathBuf,
+}
+
+/// How many of the newest runs are looked at for where proxies are and who uses them.
+const RUNS_LOOKED_AT: u32 = 1000;
+
+/// The store's database path, and (when it exists: listing must not create one) the runs
+/// that can tell where proxies are recorded and who uses them, with their plans: every
+/// unfinished run, and the newest run of each environment.
+async fn store_runs(arg: &StoreArg) -> Result<(PathBuf, Vec<RunRecord>), CliError> {
+    let cwd = std::env::current_dir().unwrap_or_default();
+    let slipway_store::StoreLocation::Sqlite(db) =
+        slipway_store::resolve(arg.store.as_deref(), &cwd).map_err(store_error)?;
+    if !db.exists() {
+        return Ok((db, Vec::new()));
+    }
+    let (store, db) = crate::cmd_run::open_store(arg).await?;
+    // Listings carry no plan; the few runs that matter are read in full.
+    let listed = store.runs(RUNS_LOOKED_AT).await.map_err(store_error)?;
+    let mut seen_env = std::collections::BTreeSet::new();
+    let mut runs = Vec::new();
+    for r in listed {
+        let newest_of_env = seen_env.insert(r.environment.clone());
+        if (newest_of_env || !r.state.is_terminal())
+            && let Some(full) = store.run(&r.id).await.map_err(store_error)?
+        {
+            runs.push(full);
+        }
+    }
+    Ok((db, runs))
+}
+
+fn plan_of(run: &RunRecord) -> Option<Plan> {
+    serde_json::from_str::<Plan>(&run.plan_json)
+        .ok()
+        .filter(|p| p.target == "process")
+}
+
+/// Every directory proxies of `env` (or any environment) may be recorded in: the default
+/// `<store dir>/process/<env>/proxies`, and the process root of every process-target run.
+fn proxy_dirs(db: &Path, runs: &[RunRecord], env: Option<&str>) -> Vec<ProxyDir> {
+    let mut dirs = std::collections::BTreeSet::new();
+    let base = db.parent().unwrap_or(Path::new(".")).join("process");
+    if let Ok(rd) = std::fs::read_dir(&base) {
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if e.path().join("proxies").is_dir() {
+                dirs.insert(ProxyDir {
+                    env: name,
+                    dir: e.path().join("proxies"),
+                });
+            }
+        }
+    }
+    for run in runs {
+        if let Some(plan) = plan_of(run) {
+            let root = crate::cmd_run::process_root(db, Path::new(&run.workdir), &plan);
+            dirs.insert(ProxyDir {
+                env: run.environment.clone(),
+                dir: root.join("proxies"),
+            });
+        }
+    }
+    dirs.into_iter()
+        .filter(|d| env.is_none_or(|e| d.env == e))
+        .collect()
+}
+
+/// Runs not finished that deploy `service` in `env` through the proxies in `dir`.
+fn runs_using(
+    db: &Path,
+    runs: &[RunRecord],
+    env: &str,
+    service: &str,
+    dir: &Path,
+) -> Vec<RunRecord> {
+    runs.iter()
+        .filter(|r| !r.state.is_terminal() && r.environment == env)
+        .filter(|r| {
+            plan_of(r).is_some_and(|plan| {
+                crate::cmd_run::deployed_services(&plan)
+                    .iter()
+                    .any(|(s, _)| s == service)
+                    && crate::cmd_run::process_root(db, Path::new(&r.workdir), &plan)
+                        .join("proxies")
+                        == dir
+            })
+        })
+        .cloned()
+        .collect()
+}
+
+/// One proxy as `slipway proxy list` shows it (never its token).
+#[derive(Debug, Serialize)]
+struct Listed {
+    service: String,
+    env: String,
+    pid: u32,
+    /// `alive`, `unresponsive` (running, admin API does not answer) or `stale` (the
+    /// recorded process is gone or its pid belongs to another process).
+    status: &'static str,
+    traffic: SocketAddr,
+    admin: SocketAddr,
+    weight: Option<u8>,
+    requests: Option<BTreeMap<&'static str, u64>>,
+    errors: Option<BTreeMap<&'static str, u64>>,
+    /// Runs not finished that deploy through it.
+    runs: Vec<String>,
+    state_file: String,
+    log: String,
+}
+
+/// `slipway proxy list`.
+fn list(a: ListArgs, out: &Output) -> Result<i32, CliError> {
+    let rt = runtime()?;
+    rt.block_on(async {
+        let (db, runs) = store_runs(&a.store).await?;
+        let mut listed = Vec::new();
+        for d in proxy_dirs(&db, &runs, a.env.as_deref()) {
+            let sup = ProxySupervisor::new(&d.dir, Vec::new());
+            for (service, path, state) in sup.recorded() {
+                let report = if state.is_running() {
+                    RemoteRouter::new(state.clone()).fetch_state().await.ok()
+                } else {
+                    None
+                };
+                let status = match (&report, state.is_running()) {
+                    (Some(_), _) => "alive",
+                    (None, true) => "unresponsive",
+                    (None, false) => "stale",
+                };
+                listed.push(Listed {
+                    runs: runs_using(&db, &runs, &d.env, &service, &d.dir)
+                        .into_iter()
+                        .map(|r| r.id)
+                        .collect(),
+                    log: sup.log_path(&service).display().to_string(),
+                    service,
+                    env: d.env.clone(),
+                    pid: state.pid,
+                    status,
+                    traffic: state.traffic,
+                    admin: state.admin,
+                    weight: report.as_ref().map(|r| r.weight),
+                    requests: report.as_ref().map(|r| {
+                        BTreeMap::from([("stable", r.requests_stable), ("canary", r.requests_canary)])
+                    }),
+                    errors: report.as_ref().map(|r| {
+                        BTreeMap::from([("stable", r.errors_stable), ("canary", r.errors_canary)])
+                    }),
+                    state_file: path.display().to_string(),
+                });
+            }
+        }
+        if out.json() {
+            out.json_value(&listed);
+        } else if listed.is_empty() {
+            out.line(&match &a.env {
+                Some(e) => format!("no proxy recorded in {e}"),
+                None => "no proxy recorded".to_owned(),
+            });
+        } else {
+            out.line(&format!(
+                "{:<16} {:<12} {:>8}  {:<12} {:<22} {:<22} {:>6}  {:<19} runs",
+                "SERVICE", "ENV", "PID", "STATUS", "TRAFFIC", "ADMIN", "WEIGHT", "REQUESTS S/C"
+            ));
+            for l in &listed {
+                let requests = l.requests.as_ref().map_or_else(
+                    || "-".to_owned(),
+                    |r| format!("{}/{}", r["stable"], r["canary"]),
+                );
+                out.line(&format!(
+                    "{:<16} {:<12} {:>8}  {:<12} {:<22} {:<22} {:>6}  {:<19} {}",
+                    l.service,
+                    l.env,
+                    l.pid,
+                    l.status,
+                    format!("http://{}", l.traffic),
+                    l.admin.to_string(),
+                    l.weight.map_or_else(|| "-".to_owned(), |w| format!("{w}%")),
+                    requests,
+                    if l.runs.is_empty() { "-".to_owned() } else { l.runs.join(",") },
+                ));
+            }
+            if listed.iter().any(|l| l.status == "stale") {
+                out.line("stale: the recorded process is gone; `slipway proxy stop SERVICE --env ENV` removes its state file");
+            }
+        }
+        Ok(exit::SUCCESS)
+    })
+}
+
+/// `slipway proxy stop`.
+fn stop(a: StopArgs, out: &Output) -> Result<i32, CliError> {
+    let rt = runtime()?;
+    rt.block_on(async {
+        let (db, runs) = store_runs(&a.store).await?;
+        if db.exists() {
+            crate::cmd_access::enforce(
+                &db,
+                slipway_govern::access::Role::Deployer,
+                "stop a proxy",
+                &a.env,
+            )
+            .await?;
+        }
+        let dirs: Vec<ProxyDir> = proxy_dirs(&db, &runs, Some(&a.env))
+            .into_iter()
+            .filter(|d| d.dir.join(format!("{}.json", a.service)).exists())
+            .collect();
+        if dirs.is_empty() && !out.json() {
+            out.line(&format!(
+                "no proxy of {} is recorded in {}; nothing to stop",
+                a.service, a.env
+            ));
+        }
+        // Every refusal before anything is signalled.
+        let mut todo = Vec::new();
+        for d in dirs {
+            let sup = ProxySupervisor::new(&d.dir, Vec::new());
+            let running = read_state(&sup.state_path(&a.service)).is_some_and(|s| s.is_running());
+            let users = if running {
+                runs_using(&db, &runs, &a.env, &a.service, &d.dir)
+            } else {
+                Vec::new()
+            };
+            if !users.is_empty() && !a.force {
+                let names: Vec<String> = users
+                    .iter()
+                    .map(|r| format!("{} ({} {}, {})", r.id, r.release, r.version, r.state.as_str()))
+                    .collect();
+                return Err(CliError::new(
+                    exit::BLOCKED,
+                    format!(
+                        "refused to stop the {} proxy of {}: run {} deploys through it, and stopping it takes the service's front door from under the run",
+                        a.service,
+                        a.env,
+                        names.join(", ")
+                    ),
+                    Some(format!(
+                        "finish the run first (`slipway promote {0}`, `slipway abort {0}` or `slipway rollback {0}`), or pass --force",
+                        users[0].id
+                    )),
+                ));
+            }
+            todo.push((sup, users));
+        }
+        let mut results = Vec::new();
+        for (sup, users) in todo {
+            let stopped = sup
+                .stop_verified(&a.service, a.grace)
+                .await
+                .map_err(|e| CliError::new(exit::FAILURE, format!("failed to stop: {e}"), None))?;
+            let (result, pid, text) = match &stopped {
+                Stopped::NotRecorded => (
+                    "not_recorded",
+                    None,
+                    format!("no proxy of {} is recorded in {}; nothing to stop", a.service, a.env),
+                ),
+                Stopped::Stale(s) => (
+                    "not_running",
+                    Some(s.pid),
+                    format!(
+                        "the {} proxy of {} (pid {}) was not running; removed its stale state file {}",
+                        a.service,
+                        a.env,
+                        s.pid,
+                        sup.state_path(&a.service).display()
+                    ),
+                ),
+                Stopped::Stopped { state, killed } => (
+                    if *killed { "killed" } else { "stopped" },
+                    Some(state.pid),
+                    format!(
+                        "stopped the {} proxy of {} (pid {}, traffic {}){}",
+                        a.service,
+                        a.env,
+                        state.pid,
+                        state.traffic,
+                        if *killed {
+                            format!(": it did not exit within {:?} of SIGTERM and was killed", a.grace)
+                        } else {
+                            String::new()
+                        }
+                    ),
+                ),
+            };
+            let overridden: Vec<String> = users.iter().map(|r| r.id.clone()).collect();
+            if !out.json() {
+                out.line(&text);
+                if !overridden.is_empty() {
+                    out.eline(&format!(
+                        "warning: --force: run {} deployed through it; its service has no front door until a `slipway resume` starts a proxy again",
+                        overridden.join(", ")
+                    ));
+                }
+            }
+            results.push(serde_json::json!({
+                "result": result,
+                "pid": pid,
+                "state_file": sup.state_path(&a.service).display().to_string(),
+                "forced_past_runs": overridden,
+            }));
+        }
+        if out.json() {
+            out.json_value(&serde_json::json!({
+                "service": a.service,
+                "env": a.env,
+                "proxies": results,
+            }));
+        }
+        Ok(exit::SUCCESS)
+    })
 }
 
 fn internal(msg: String) -> CliError {

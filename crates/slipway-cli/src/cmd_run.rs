@@ -257,7 +257,7 @@ fn engine_with(
 /// Where the process target of an environment keeps instance and proxy state, logs and
 /// diagnostics: `target.process.workdir` (relative to the spec's directory), else
 /// `<store dir>/process/<environment>`.
-fn process_root(db: &Path, workdir: &Path, plan: &Plan) -> PathBuf {
+pub(crate) fn process_root(db: &Path, workdir: &Path, plan: &Plan) -> PathBuf {
     match plan
         .env
         .target
@@ -275,7 +275,7 @@ fn process_root(db: &Path, workdir: &Path, plan: &Plan) -> PathBuf {
 }
 
 /// The services a plan deploys and their versions (from each `service/step` deploy step).
-fn deployed_services(plan: &Plan) -> Vec<(String, String)> {
+pub(crate) fn deployed_services(plan: &Plan) -> Vec<(String, String)> {
     let mut v: Vec<(String, String)> = plan
         .steps
         .iter()

@@ -75,9 +75,6 @@ pub enum Commands {
     /// The product in two minutes: a sample shop, live traffic, a canary that promotes
     /// and one that rolls back by itself. Needs no setup and no network.
     Demo(cmd_demo::DemoArgs),
-    /// One service's built-in proxy as a process of its own (used by the process target).
-    #[command(subcommand, hide = true)]
-    Proxy(cmd_proxy::ProxyCommand),
     /// The demo's tiny HTTP service (used by `slipway demo`).
     #[command(name = "demo-app", hide = true)]
     DemoApp(cmd_demo::DemoAppArgs),
@@ -126,6 +123,10 @@ pub enum Commands {
     /// Environment leases: take, release and list them (deploys take them by themselves).
     #[command(subcommand)]
     Env(cmd_env::EnvCommand),
+    /// The process target's detached per-service proxies: list them (alive or stale,
+    /// addresses, weight, counts) and stop one.
+    #[command(subcommand)]
+    Proxy(cmd_proxy::ProxyCommand),
     /// Verify or export the hash-chained audit log.
     #[command(subcommand)]
     Audit(cmd_audit::AuditCommand),

@@ -1,6 +1,7 @@
 //! The `process` target's processes as a user sees them, through the real `slipway`
 //! binary: what environment a real instance and its proxy are given (never a credential
-//! exported for `slipway deploy`).
+//! exported for `slipway deploy`), and the detached per-service proxies found, listed and
+//! stopped with `slipway proxy list|stop`.
 //!
 //! Processes are real demo-app instances and proxy processes; the [`Env`] guard kills
 //! every process the test caused when it ends (see `crate::marked`).
@@ -8,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const MARK_VAR: &str = "SLIPWAY_PROCESS_TARGET_TEST";
 /// A credential the release manager exported for `slipway deploy`.
@@ -292,4 +293,117 @@ fn inherit_env_names_are_validated() {
         ],
         "{v:#}"
     );
+}
+
+/// Whether the process `pid` that started at `ticks` still runs (not exited, not a zombie,
+/// not a recycled pid).
+fn running(pid: u32, ticks: u64) -> bool {
+    slipway_providers::process::proc_start_ticks(pid) == Some(ticks)
+        && !slipway_providers::process::is_zombie(pid)
+}
+
+#[test]
+fn proxies_are_listed_refused_while_a_run_uses_them_and_stopped() {
+    let env = Env::new();
+    let list = |extra: &[&str]| -> serde_json::Value {
+        let mut args = vec!["proxy", "list", "--output", "json"];
+        args.extend_from_slice(extra);
+        let (code, out, err) = env.run(&args);
+        assert_eq!(code, 0, "{out}\n{err}");
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+    };
+    assert_eq!(list(&[]), serde_json::json!([]), "nothing deployed yet");
+
+    let (code, v, err) = env.deploy(&env.spec("1.0.0", ""));
+    assert_eq!(code, 0, "{v}\n{err}");
+    let proxy = env.proxy_state();
+    assert!(running(proxy.pid, proxy.start_ticks));
+
+    // Listed alive with its addresses and live figures from its admin API, never the token.
+    let listed = list(&["--env", "live"]);
+    let entry = &listed[0];
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed:#}");
+    assert_eq!(entry["service"], "api");
+    assert_eq!(entry["env"], "live");
+    assert_eq!(entry["pid"], proxy.pid);
+    assert_eq!(entry["status"], "alive");
+    assert_eq!(entry["traffic"], proxy.traffic.to_string());
+    assert_eq!(entry["admin"], proxy.admin.to_string());
+    assert_eq!(entry["weight"], 0);
+    assert_eq!(
+        entry["requests"],
+        serde_json::json!({"stable": 0, "canary": 0})
+    );
+    assert_eq!(entry["runs"], serde_json::json!([]));
+    assert!(!listed.to_string().contains(&proxy.token));
+    assert_eq!(list(&["--env", "other"]), serde_json::json!([]));
+    let (code, text, _) = env.run(&["proxy", "list"]);
+    assert_eq!(code, 0);
+    assert!(
+        text.contains("api") && text.contains("alive") && text.contains(&proxy.traffic.to_string()),
+        "{text}"
+    );
+
+    // A canary of 2.0.0 pauses (no traffic to judge) with the proxy in its path: stopping
+    // the proxy is refused, naming the run, and the proxy keeps running.
+    let (code, v, err) = env.deploy(&env.spec("2.0.0", ""));
+    assert_eq!(code, 5, "{v}\n{err}");
+    let run = v["run"].as_str().unwrap().to_owned();
+    assert_eq!(list(&[])[0]["runs"], serde_json::json!([run]));
+    let (code, out, err) = env.run(&["proxy", "stop", "api", "--env", "live"]);
+    assert_eq!(code, 3, "{out}\n{err}");
+    assert!(
+        err.contains("refused to stop the api proxy of live")
+            && err.contains(&run)
+            && err.contains("--force"),
+        "{err}"
+    );
+    assert!(
+        running(proxy.pid, proxy.start_ticks),
+        "a refusal signals nothing"
+    );
+
+    // --force stops the real process and removes its state file.
+    let (code, out, err) = env.run(&[
+        "proxy", "stop", "api", "--env", "live", "--force", "--output", "json",
+    ]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let stopped: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(stopped["proxies"][0]["result"], "stopped", "{stopped:#}");
+    assert_eq!(stopped["proxies"][0]["pid"], proxy.pid);
+    assert_eq!(
+        stopped["proxies"][0]["forced_past_runs"],
+        serde_json::json!([run])
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while running(proxy.pid, proxy.start_ticks) {
+        assert!(Instant::now() < deadline, "proxy {} still runs", proxy.pid);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let state_file = env.path().join("process/live/proxies/api.json");
+    assert!(!state_file.exists());
+    assert_eq!(list(&[]), serde_json::json!([]));
+
+    // Idempotent: stopping it again says so and succeeds.
+    let (code, out, err) = env.run(&["proxy", "stop", "api", "--env", "live"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        out.contains("no proxy of api is recorded in live; nothing to stop"),
+        "{out}"
+    );
+
+    // A state file left by a proxy that died without cleaning up: listed as stale, and
+    // `stop` removes the file without signalling anything.
+    slipway_providers::remote::write_state(&state_file, &proxy).unwrap();
+    let listed = list(&[]);
+    assert_eq!(listed[0]["status"], "stale", "{listed:#}");
+    assert_eq!(listed[0]["weight"], serde_json::Value::Null);
+    let (code, out, err) = env.run(&["proxy", "stop", "api", "--env", "live", "--output", "json"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let stopped: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        stopped["proxies"][0]["result"], "not_running",
+        "{stopped:#}"
+    );
+    assert!(!state_file.exists());
 }

@@ -267,6 +267,24 @@ impl MetricSource for RemoteRouter {
     }
 }
 
+/// What [`ProxySupervisor::stop_verified`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stopped {
+    /// No state file: nothing recorded, nothing to stop.
+    NotRecorded,
+    /// The recorded process was not running (exited, or its pid now belongs to another
+    /// process); its stale state file was removed.
+    Stale(ProxyState),
+    /// The proxy was running and has exited; `killed` when SIGTERM was not enough within
+    /// the grace period.
+    Stopped {
+        /// What the state file recorded.
+        state: ProxyState,
+        /// Whether SIGKILL was needed.
+        killed: bool,
+    },
+}
+
 /// Finds or starts the proxy processes of one environment.
 #[derive(Debug, Clone)]
 pub struct ProxySupervisor {
@@ -410,6 +428,101 @@ impl ProxySupervisor {
     /// The log file of a service's proxy.
     pub fn log_path(&self, service: &str) -> PathBuf {
         self.dir.join(format!("{service}.log"))
+    }
+
+    /// The state files recorded here, by service: `(service, state file, state)`. A file
+    /// that cannot be read as a proxy's state is skipped (a torn write is never left:
+    /// states are written to a temporary file and renamed).
+    pub fn recorded(&self) -> Vec<(String, PathBuf, ProxyState)> {
+        let Ok(rd) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        let mut found: Vec<(String, PathBuf, ProxyState)> = rd
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .filter_map(|p| {
+                let service = p.file_stem()?.to_str()?.to_owned();
+                let state = read_state(&p)?;
+                Some((service, p, state))
+            })
+            .collect();
+        found.sort_by(|a, b| a.0.cmp(&b.0));
+        found
+    }
+
+    /// Stop a service's proxy and remove its state file: SIGTERM (it finishes in-flight
+    /// requests), then SIGKILL if it has not exited after `grace`. Only the process the
+    /// state file records is ever signalled: pid *and* start time are checked right
+    /// before each signal, so a recycled pid is left alone. A recorded proxy that is no
+    /// longer running only has its stale state file removed.
+    pub async fn stop_verified(&self, service: &str, grace: Duration) -> Result<Stopped, String> {
+        use nix::sys::signal::{Signal, kill};
+        use nix::unistd::Pid;
+        let path = self.state_path(service);
+        let Some(state) = read_state(&path) else {
+            return Ok(Stopped::NotRecorded);
+        };
+        // Removes the record only while it is still this process's: a successor may have
+        // replaced it already.
+        let forget = |state: &ProxyState| -> Result<(), String> {
+            match read_state(&path) {
+                Some(now) if now.pid == state.pid && now.start_ticks == state.start_ticks => {
+                    std::fs::remove_file(&path)
+                        .or_else(|e| {
+                            if e.kind() == std::io::ErrorKind::NotFound {
+                                Ok(())
+                            } else {
+                                Err(e)
+                            }
+                        })
+                        .map_err(|e| format!("failed to remove {}: {e}", path.display()))
+                }
+                _ => Ok(()),
+            }
+        };
+        if !state.is_running() {
+            forget(&state)?;
+            return Ok(Stopped::Stale(state));
+        }
+        let pid = i32::try_from(state.pid)
+            .map_err(|_| format!("pid {} in {} is out of range", state.pid, path.display()))?;
+        let signal = |sig: Signal| -> Result<(), String> {
+            if !state.is_running() {
+                return Ok(());
+            }
+            match kill(Pid::from_raw(pid), sig) {
+                Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
+                Err(e) => Err(format!(
+                    "failed to send {sig} to the {service} proxy (pid {pid}): {e}"
+                )),
+            }
+        };
+        let st = &state;
+        let exited_within = |limit: Duration| async move {
+            let deadline = Instant::now() + limit;
+            while st.is_running() {
+                if Instant::now() >= deadline {
+                    return false;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            true
+        };
+        signal(Signal::SIGTERM)?;
+        let mut killed = false;
+        if !exited_within(grace).await {
+            signal(Signal::SIGKILL)?;
+            killed = true;
+            if !exited_within(Duration::from_secs(5)).await {
+                return Err(format!(
+                    "the {service} proxy (pid {pid}) is still running after SIGKILL; see {}",
+                    self.log_path(service).display()
+                ));
+            }
+        }
+        forget(&state)?;
+        Ok(Stopped::Stopped { state, killed })
     }
 
     /// Stop a service's proxy (SIGTERM: it finishes in-flight requests) if it is ours.
