@@ -323,7 +323,7 @@ pub fn verify(
     signature: &Path,
     trusted_public_keys: &[PublicKey],
 ) -> Result<Verified> {
-    let sig_text = read_small(signature, "signature")?;
+    let sig_text = read_signature_text(signature)?;
     let mut reader = File::open(file).map_err(|e| Error::io("open", file, e))?;
     verify_reader(&mut reader, file, &sig_text, signature, trusted_public_keys)
 }
@@ -347,7 +347,7 @@ pub(crate) fn verify_bytes(
 }
 
 pub(crate) fn read_signature(path: &Path) -> Result<String> {
-    read_small(path, "signature")
+    read_signature_text(path)
 }
 
 fn verify_reader(
@@ -451,13 +451,48 @@ fn key_id_of(keynum: &[u8]) -> String {
     format!("{:016X}", u64::from_le_bytes(bytes))
 }
 
+/// Reads a key file as text. Only its base64 line matters and that is ASCII; the comment
+/// lines may hold any bytes (minisign writes and accepts them unchecked), so they are read
+/// lossily rather than refusing a good key over its comment.
 fn read_small(path: &Path, what: &'static str) -> Result<String> {
+    let bytes = read_small_bytes(path, what)?;
+    Ok(String::from_utf8(bytes)
+        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
+}
+
+/// Reads a signature file as text. The untrusted comment (first line) is signed by
+/// nothing and minisign accepts any bytes there, so it is read lossily. The trusted
+/// comment is signed as bytes: replacing an invalid byte would make a genuine signature
+/// look like tampering, so a trusted comment that is not UTF-8 is a format error that says
+/// so.
+fn read_signature_text(path: &Path) -> Result<String> {
+    let bytes = read_small_bytes(path, "signature")?;
+    String::from_utf8(bytes).or_else(|e| {
+        let bytes = e.into_bytes();
+        let split = bytes
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(bytes.len(), |i| i + 1);
+        let (comment, rest) = bytes.split_at(split);
+        match std::str::from_utf8(rest) {
+            Ok(rest) => Ok(format!("{}{rest}", String::from_utf8_lossy(comment))),
+            Err(_) => Err(Error::SignatureFormat {
+                path: path.to_owned(),
+                reason: "its trusted comment or signature lines are not UTF-8 text; Slipway \
+                         checks only UTF-8 trusted comments (minisign -t)"
+                    .to_owned(),
+            }),
+        }
+    })
+}
+
+fn read_small_bytes(path: &Path, what: &'static str) -> Result<Vec<u8>> {
     let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
-    let mut text = String::new();
+    let mut bytes = Vec::new();
     file.take(MAX_SMALL_FILE + 1)
-        .read_to_string(&mut text)
+        .read_to_end(&mut bytes)
         .map_err(|e| Error::io("read", path, e))?;
-    if text.len() as u64 > MAX_SMALL_FILE {
+    if bytes.len() as u64 > MAX_SMALL_FILE {
         let reason =
             format!("it is larger than {MAX_SMALL_FILE} bytes, so it is not a minisign {what}");
         return Err(if what == "signature" {
@@ -472,7 +507,7 @@ fn read_small(path: &Path, what: &'static str) -> Result<String> {
             }
         });
     }
-    Ok(text)
+    Ok(bytes)
 }
 
 fn write_new(path: &Path, data: &[u8], mode: u32) -> Result<()> {

@@ -1,5 +1,6 @@
 //! Minisign signatures, checked against the real `minisign` CLI in both directions.
 
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use slipway_package::sign::{default_trusted_comment, signature_path};
@@ -293,4 +294,58 @@ fn multi_line_trusted_comment_is_refused() {
     let file = write(&dir.path().join("f"), b"data");
     let err = sign(&file, &sk, "a\nb").unwrap_err();
     assert!(err.to_string().contains("line break"), "{err}");
+}
+
+/// Found by fuzzing: minisign neither signs nor checks the untrusted comment, so a byte
+/// that is not UTF-8 there (a Latin-1 comment) must not make a good signature unreadable;
+/// it used to fail as an I/O error ("stream did not contain valid UTF-8"). A trusted
+/// comment that is not UTF-8 is refused as a format error that says so: it is signed as
+/// bytes, and reading it lossily would report a genuine signature as tampered.
+#[test]
+fn comments_that_are_not_utf8_read_like_minisign_reads_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    run_ok(
+        "minisign",
+        "minisign",
+        &["-G", "-W", "-p", "m.pub", "-s", "m.key"],
+        d,
+    );
+    let file = write(&d.join("f"), b"data");
+    run_ok("minisign", "minisign", &["-S", "-s", "m.key", "-m", "f"], d);
+    let latin1 = |text: &[u8]| {
+        let end = text.iter().position(|&b| b == b'\n').unwrap();
+        let mut out = b"untrusted comment: caf\xe9".to_vec();
+        out.extend_from_slice(&text[end..]);
+        out
+    };
+    let sig = signature_path(&file);
+    std::fs::write(&sig, latin1(&std::fs::read(&sig).unwrap())).unwrap();
+    std::fs::write(
+        d.join("m.pub"),
+        latin1(&std::fs::read(d.join("m.pub")).unwrap()),
+    )
+    .unwrap();
+    run_ok("minisign", "minisign", &["-Vm", "f", "-p", "m.pub"], d);
+    let pk = PublicKey::from_file(&d.join("m.pub")).unwrap();
+    verify(&file, &sig, std::slice::from_ref(&pk)).unwrap();
+
+    // The same key signs with a Latin-1 trusted comment: minisign accepts it, Slipway says
+    // what it cannot check.
+    let arg = std::ffi::OsStr::from_bytes(b"caf\xe9");
+    let out = std::process::Command::new("minisign")
+        .args(["-S", "-s", "m.key", "-m", "f", "-t"])
+        .arg(arg)
+        .current_dir(d)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    run_ok("minisign", "minisign", &["-Vm", "f", "-p", "m.pub"], d);
+    let err = verify(&file, &sig, &[pk]).unwrap_err();
+    assert!(matches!(err, Error::SignatureFormat { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("not UTF-8") && msg.contains("f.minisig"),
+        "{msg}"
+    );
 }
