@@ -13,7 +13,7 @@ use serde::Serialize;
 use crate::archive::{ARCHIVE_MANIFEST_NAME, ARCHIVE_MANIFEST_SCHEMA, ArchiveManifest};
 use crate::digest::{sha256_bytes, sha256_file};
 use crate::error::{Error, Result};
-use crate::unpack::decompressed;
+use crate::unpack::{TarBudget, decompressed};
 
 /// Metadata documents read into memory are capped; real ones are far smaller.
 const MAX_METADATA_BYTES: u64 = 64 * 1024 * 1024;
@@ -132,6 +132,7 @@ fn inspect_tar(path: &Path, head: &[u8]) -> Result<PackageInfo> {
     }
     let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
     let stream = decompressed(file).map_err(|e| Error::io("read", path, e))?;
+    let (stream, budget) = TarBudget::wrap(stream);
     let mut archive = tar::Archive::new(stream);
     let mut files = 0u64;
     let mut manifest: Option<ArchiveManifest> = None;
@@ -145,6 +146,7 @@ fn inspect_tar(path: &Path, head: &[u8]) -> Result<PackageInfo> {
                 format!("the tar stream is corrupt or truncated ({e})"),
             )
         })?;
+        budget.entry(entry.size());
         let entry_path = entry.path_bytes();
         let name = entry_path.strip_prefix(b"./").unwrap_or(&entry_path);
         if name == ARCHIVE_MANIFEST_NAME.as_bytes() {
@@ -203,12 +205,14 @@ fn inspect_deb(path: &Path) -> Result<PackageInfo> {
         if id.starts_with("control.tar") {
             let stream = decompressed(member)
                 .map_err(|e| fail(path, format!("cannot decompress {id} ({e})")))?;
+            let (stream, budget) = TarBudget::wrap(stream);
             let mut tar = tar::Archive::new(stream);
             let entries = tar
                 .entries()
                 .map_err(|e| fail(path, format!("{id} is not a tar archive ({e})")))?;
             for entry in entries {
                 let entry = entry.map_err(|e| fail(path, format!("{id} is corrupt ({e})")))?;
+                budget.entry(entry.size());
                 let entry_path = entry.path_bytes();
                 let name = entry_path.strip_prefix(b"./").unwrap_or(&entry_path);
                 if name == b"control" {
@@ -286,10 +290,13 @@ fn parse_control(text: &str) -> Vec<(String, String)> {
 }
 
 fn count_tar_files(stream: impl Read) -> io::Result<u64> {
+    let (stream, budget) = TarBudget::wrap(stream);
     let mut archive = tar::Archive::new(stream);
     let mut files = 0;
     for entry in archive.entries()? {
-        if entry?.header().entry_type().is_file() {
+        let entry = entry?;
+        budget.entry(entry.size());
+        if entry.header().entry_type().is_file() {
             files += 1;
         }
     }

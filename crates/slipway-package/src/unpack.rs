@@ -2,15 +2,18 @@
 //!
 //! Every entry is checked before anything is written: no absolute paths, no `..`, no
 //! device or fifo files, no link whose target leaves the destination, and limits on entry
-//! count, total size and compression ratio against decompression bombs. Extraction goes
+//! count, total size, compression ratio and the size of tar header extensions (long
+//! names, PAX records) against decompression bombs. Extraction goes
 //! to a temporary directory next to the destination, never writes through a symbolic
 //! link, and is renamed into place only when the whole archive passed: a refused archive
 //! leaves no destination at all.
 
+use std::cell::Cell;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
+use std::rc::Rc;
 
 use crate::archive::link_stays_inside;
 use crate::error::{Error, Result};
@@ -66,6 +69,69 @@ pub(crate) fn decompressed<'a, R: Read + 'a>(reader: R) -> io::Result<Box<dyn Re
     }
 }
 
+/// Most bytes the `tar` crate may read on its own between two entries it hands out: the
+/// next header with its GNU long name, long link and PAX records, which it reads whole into
+/// memory before the entry they describe reaches any of the checks here. Real ones are a
+/// few KiB; unbounded, a 50 KB `.tar.zst` declaring a 1 GiB long name made `inspect` and
+/// `unpack` allocate 1 GiB (and a bigger declared size, as much as asked).
+pub(crate) const TAR_EXTENSION_ALLOWANCE: u64 = 1 << 20;
+
+/// How far the tar reader may read: shared between a [`Budgeted`] reader, owned by the
+/// `tar::Archive`, and the loop over its entries, which raises the limit per entry.
+#[derive(Clone, Debug)]
+pub(crate) struct TarBudget(Rc<(Cell<u64>, Cell<u64>)>);
+
+impl TarBudget {
+    /// Wraps the (decompressed) tar stream; until the first entry it may read the first
+    /// header and its extensions.
+    pub(crate) fn wrap<R: Read>(inner: R) -> (Budgeted<R>, TarBudget) {
+        let budget = TarBudget(Rc::new((Cell::new(0), Cell::new(TAR_EXTENSION_ALLOWANCE))));
+        (
+            Budgeted {
+                inner,
+                budget: budget.clone(),
+            },
+            budget,
+        )
+    }
+
+    /// Called with each entry handed out: its data (read or skipped, padded to the tar
+    /// block) may follow, then the next header and its extensions.
+    pub(crate) fn entry(&self, size: u64) {
+        let (consumed, limit) = &*self.0;
+        limit.set(
+            consumed
+                .get()
+                .saturating_add(size.div_ceil(512).saturating_mul(512))
+                .saturating_add(TAR_EXTENSION_ALLOWANCE),
+        );
+    }
+}
+
+/// A reader that fails once its [`TarBudget`] is spent.
+pub(crate) struct Budgeted<R> {
+    inner: R,
+    budget: TarBudget,
+}
+
+impl<R: Read> Read for Budgeted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let (consumed, limit) = &*self.budget.0;
+        let room = limit.get().saturating_sub(consumed.get());
+        if room == 0 && !buf.is_empty() {
+            return Err(io::Error::other(format!(
+                "a tar header with its long name or PAX records takes more than \
+                 {TAR_EXTENSION_ALLOWANCE} bytes, which no real archive needs (a decompression \
+                 bomb or a corrupt archive)"
+            )));
+        }
+        let take = buf.len().min(usize::try_from(room).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..take])?;
+        consumed.set(consumed.get() + n as u64);
+        Ok(n)
+    }
+}
+
 /// Unpacks `archive` into `dest`, which must not exist yet.
 pub fn unpack(archive: &Path, dest: &Path, limits: &Limits) -> Result<Unpacked> {
     let refuse = |reason: String| Error::Unpack {
@@ -93,6 +159,7 @@ pub fn unpack(archive: &Path, dest: &Path, limits: &Limits) -> Result<Unpacked> 
         .len()
         .max(1);
     let stream = decompressed(file).map_err(|e| Error::io("read", archive, e))?;
+    let (stream, budget) = TarBudget::wrap(stream);
     // Dropping the TempDir on any error removes everything written so far.
     let tmp = tempfile::Builder::new()
         .prefix(&format!(".{}.unpack-", dest_name.to_string_lossy()))
@@ -115,6 +182,7 @@ pub fn unpack(archive: &Path, dest: &Path, limits: &Limits) -> Result<Unpacked> 
         .map_err(|e| refuse(format!("it is not a tar archive ({e})")))?;
     for entry in entries {
         let entry = entry.map_err(|e| refuse(format!("it is corrupt or truncated ({e})")))?;
+        budget.entry(entry.size());
         state.entry(entry)?;
     }
     state.check_symlinks()?;

@@ -249,6 +249,43 @@ fn decompression_bombs_are_refused() {
     sandbox.assert_untouched();
 }
 
+/// A `.tar.zst` of about 50 KB whose first header announces a 1 GiB GNU long name (or
+/// PAX record) and carries it: the `tar` crate reads such extensions whole into memory
+/// before handing out the entry they describe, so without a bound `unpack` and `inspect`
+/// allocated the whole gigabyte (found while fuzzing `inspect`'s tar paths).
+fn extension_bomb(kind: EntryType) -> Vec<u8> {
+    let mut h = Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_size(1 << 30);
+    h.set_cksum();
+    let mut out = zstd::encode_all(h.as_bytes().as_slice(), 1).unwrap();
+    // zstd frames concatenate; each of these is 49 bytes for 1 MiB.
+    let frame = zstd::encode_all(&vec![b'a'; 1 << 20][..], 19).unwrap();
+    for _ in 0..1024 {
+        out.extend_from_slice(&frame);
+    }
+    out
+}
+
+#[test]
+fn tar_header_extension_bombs_are_refused_by_unpack_and_inspect() {
+    for kind in [EntryType::GNULongName, EntryType::XHeader] {
+        let bomb = extension_bomb(kind);
+        assert!(bomb.len() < 64 * 1024, "{}", bomb.len());
+        let sandbox = Sandbox::new(&bomb);
+        let err = sandbox.unpack(&Limits::default()).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, Error::Unpack { .. }), "{msg}");
+        assert!(msg.contains("long name or PAX records"), "{kind:?}: {msg}");
+        sandbox.assert_untouched();
+
+        let err = slipway_package::inspect(&sandbox.archive()).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("long name or PAX records"), "{kind:?}: {msg}");
+        assert!(msg.contains("archive.tar"), "{msg}");
+    }
+}
+
 #[test]
 fn existing_destination_is_refused() {
     let sandbox = Sandbox::new(&tar_bytes(&[file("a", b"a")]));
