@@ -11,6 +11,7 @@ mod test_compat_openapi;
 mod test_compat_sql;
 mod test_deps;
 mod test_digest;
+mod test_fuzz;
 mod test_inspect;
 mod test_manifest;
 mod test_render;
