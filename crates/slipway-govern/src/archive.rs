@@ -19,8 +19,10 @@
 //! the same bytes, which is what makes a re-run after a crash between writing the bundle
 //! and pruning safe. This module builds and reads bytes; the CLI writes, fsyncs and signs.
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
+use std::rc::Rc;
 
 use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
@@ -342,12 +344,55 @@ pub fn bundle_digest(bytes: &[u8]) -> String {
     sha256_hex(bytes)
 }
 
+/// Most bytes the `tar` crate may read on its own between two entries: the next header
+/// with its GNU long name and PAX records, which it reads whole into memory before handing
+/// out the entry. Slipway writes a few hundred bytes there.
+const TAR_EXTENSION_ALLOWANCE: u64 = 1 << 20;
+
+/// The decompressed stream under the tar reader, failing once it has given `limit` bytes;
+/// the loop over the entries moves the limit (shared through the `Rc`) entry by entry.
+struct Budgeted<R> {
+    inner: R,
+    /// (bytes given, limit).
+    budget: Rc<(Cell<u64>, Cell<u64>)>,
+}
+
+impl<R: Read> Read for Budgeted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let (given, limit) = &*self.budget;
+        let room = limit.get().saturating_sub(given.get());
+        if room == 0 && !buf.is_empty() {
+            return Err(std::io::Error::other(format!(
+                "a tar header with its long name or PAX records takes more than \
+                 {TAR_EXTENSION_ALLOWANCE} bytes, which Slipway never writes (a decompression \
+                 bomb or not a bundle Slipway wrote)"
+            )));
+        }
+        let take = buf.len().min(usize::try_from(room).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..take])?;
+        given.set(given.get() + n as u64);
+        Ok(n)
+    }
+}
+
 /// Read a bundle and check it against its own manifest: every file's digest, the row
 /// counts, and that `audit.jsonl` covers exactly the manifest's chain range.
+/// What it unpacks to is capped at 2 GiB (see [`read_bundle_within`]).
 pub fn read_bundle(bytes: &[u8]) -> Result<Bundle, ArchiveError> {
+    read_bundle_within(bytes, MAX_UNPACKED)
+}
+
+/// [`read_bundle`] with the cap on the unpacked size (file contents and tar headers) given:
+/// a file whose declared size would pass it is refused before it is read, so a
+/// decompression bomb costs neither the memory nor the time of unpacking it.
+pub fn read_bundle_within(bytes: &[u8], max_unpacked: u64) -> Result<Bundle, ArchiveError> {
     let dec = zstd::Decoder::new(bytes)
         .map_err(|e| ArchiveError::Unreadable(format!("not a zstd stream: {e}")))?;
-    let mut ar = tar::Archive::new(dec.take(MAX_UNPACKED));
+    let budget = Rc::new((Cell::new(0), Cell::new(TAR_EXTENSION_ALLOWANCE)));
+    let mut ar = tar::Archive::new(Budgeted {
+        inner: dec,
+        budget: Rc::clone(&budget),
+    });
     let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     let entries = ar
         .entries()
@@ -359,6 +404,16 @@ pub fn read_bundle(bytes: &[u8]) -> Result<Bundle, ArchiveError> {
             .map_err(|e| ArchiveError::Unreadable(e.to_string()))?
             .to_string_lossy()
             .into_owned();
+        let (given, limit) = &*budget;
+        let size = entry.size();
+        let padded = size.div_ceil(512).saturating_mul(512);
+        if given.get().saturating_add(padded) > max_unpacked {
+            return Err(ArchiveError::Unreadable(format!(
+                "it unpacks to more than {max_unpacked} bytes ({name} alone declares {size}): \
+                 a decompression bomb, or not a bundle Slipway wrote"
+            )));
+        }
+        limit.set(given.get() + padded + TAR_EXTENSION_ALLOWANCE);
         let mut b = Vec::new();
         entry
             .read_to_end(&mut b)
