@@ -36,6 +36,16 @@ pub const BUNDLE_FORMAT: &str = "slipway-archive/1";
 /// The record kinds a policy covers, in the order they are shown.
 pub const KINDS: &[&str] = &["runs", "journal", "approvals", "checks", "audit"];
 
+/// The row files every bundle has, each listed and counted in its manifest.
+const ROW_FILES: &[&str] = &[
+    "runs.jsonl",
+    "journal.jsonl",
+    "steps.jsonl",
+    "approvals.jsonl",
+    "checks.jsonl",
+    "audit.jsonl",
+];
+
 /// Largest bundle content read back (after decompression): a bomb stops here.
 const MAX_UNPACKED: u64 = 2 << 30;
 
@@ -376,7 +386,7 @@ impl<R: Read> Read for Budgeted<R> {
 }
 
 /// Read a bundle and check it against its own manifest: every file's digest, the row
-/// counts, and that `audit.jsonl` covers exactly the manifest's chain range.
+/// counts, the run ids, and that `audit.jsonl` covers exactly the manifest's chain range.
 /// What it unpacks to is capped at 2 GiB (see [`read_bundle_within`]).
 pub fn read_bundle(bytes: &[u8]) -> Result<Bundle, ArchiveError> {
     read_bundle_within(bytes, MAX_UNPACKED)
@@ -414,6 +424,12 @@ pub fn read_bundle_within(bytes: &[u8], max_unpacked: u64) -> Result<Bundle, Arc
             )));
         }
         limit.set(given.get() + padded + TAR_EXTENSION_ALLOWANCE);
+        if files.contains_key(&name) {
+            // Readers disagree on which copy counts; Slipway writes each name once.
+            return Err(ArchiveError::Tampered(format!(
+                "{name} appears twice in the bundle"
+            )));
+        }
         let mut b = Vec::new();
         entry
             .read_to_end(&mut b)
@@ -451,6 +467,14 @@ pub fn read_bundle_within(bytes: &[u8], max_unpacked: u64) -> Result<Bundle, Arc
             "{extra} is not listed in manifest.json"
         )));
     }
+    if let Some(missing) = ROW_FILES
+        .iter()
+        .find(|n| !manifest.files.contains_key(**n) || !manifest.counts.contains_key(**n))
+    {
+        return Err(ArchiveError::Tampered(format!(
+            "manifest.json does not list {missing}, which every bundle has"
+        )));
+    }
     let parse = |name: &str| -> Result<Vec<serde_json::Value>, ArchiveError> {
         let text =
             String::from_utf8_lossy(files.get(name).map_or(&[][..], |b| b.as_slice())).into_owned();
@@ -462,14 +486,40 @@ pub fn read_bundle_within(bytes: &[u8], max_unpacked: u64) -> Result<Bundle, Arc
             })
             .collect()
     };
-    let audit: Vec<AuditEntry> = parse("audit.jsonl")?
+    let mut rows: BTreeMap<&str, Vec<serde_json::Value>> = BTreeMap::new();
+    for (name, want) in &manifest.counts {
+        if !manifest.files.contains_key(name) {
+            return Err(ArchiveError::Tampered(format!(
+                "manifest.json counts rows of {name}, which it does not list"
+            )));
+        }
+        let got = parse(name)?;
+        if got.len() != *want {
+            return Err(ArchiveError::Tampered(format!(
+                "{name} has {} rows, manifest.json counts {want}",
+                got.len()
+            )));
+        }
+        rows.insert(name, got);
+    }
+    let mut take = |name: &str| rows.remove(name).unwrap_or_default();
+    let audit: Vec<AuditEntry> = take("audit.jsonl")
         .into_iter()
         .map(|v| {
             serde_json::from_value(v)
                 .map_err(|e| ArchiveError::Unreadable(format!("audit.jsonl: {e}")))
         })
         .collect::<Result<_, _>>()?;
-    let runs = parse("runs.jsonl")?;
+    let runs = take("runs.jsonl");
+    let ids: Vec<&str> = runs
+        .iter()
+        .filter_map(|r| r.get("id").and_then(|v| v.as_str()))
+        .collect();
+    if ids != manifest.runs {
+        return Err(ArchiveError::Tampered(
+            "the runs in runs.jsonl are not the runs manifest.json lists".into(),
+        ));
+    }
     let c = &manifest.chain;
     let (first, last) = (audit.first(), audit.last());
     let range_ok = match (first, last) {
@@ -488,15 +538,8 @@ pub fn read_bundle_within(bytes: &[u8], max_unpacked: u64) -> Result<Bundle, Arc
             c.end_seq
         )));
     }
-    if manifest.counts.get("runs.jsonl") != Some(&runs.len())
-        || manifest.counts.get("audit.jsonl") != Some(&audit.len())
-    {
-        return Err(ArchiveError::Tampered(
-            "the row counts do not match manifest.json".into(),
-        ));
-    }
-    let journal = parse("journal.jsonl")?;
-    let approvals = parse("approvals.jsonl")?;
+    let journal = take("journal.jsonl");
+    let approvals = take("approvals.jsonl");
     Ok(Bundle {
         manifest,
         audit,

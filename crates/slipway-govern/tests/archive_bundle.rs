@@ -8,7 +8,7 @@ use std::sync::LazyLock;
 
 use slipway_engine::event::RunState;
 use slipway_govern::archive::{
-    Bundle, RetentionPolicy, build_bundle, read_bundle, read_bundle_within,
+    ArchiveError, Bundle, RetentionPolicy, build_bundle, read_bundle, read_bundle_within,
 };
 use slipway_store::archive::ArchiveDb;
 
@@ -157,4 +157,72 @@ fn a_bundle_that_unpacks_beyond_the_limit_is_refused_before_it_is_read() {
     h.set_cksum();
     let err = read_bundle(&bomb(&h, 1 << 30)).unwrap_err().to_string();
     assert!(err.contains("long name or PAX records"), "{err}");
+}
+
+/// The fixture with `manifest.json` edited by `edit` (and the tar rebuilt around it).
+fn with_manifest(edit: impl FnOnce(&mut serde_json::Value)) -> Vec<u8> {
+    let mut files = FIXTURE.files.clone();
+    assert_eq!(files[0].0, "manifest.json");
+    let mut value: serde_json::Value = serde_json::from_slice(&files[0].1).unwrap();
+    edit(&mut value);
+    files[0].1 = serde_json::to_vec_pretty(&value).unwrap();
+    zst(&tar_of(&files))
+}
+
+fn tampered(bytes: &[u8]) -> String {
+    match read_bundle(bytes) {
+        Err(e @ ArchiveError::Tampered(_)) => e.to_string(),
+        other => panic!("expected a tampered bundle, got {other:?}"),
+    }
+}
+
+/// Found by fuzzing: only the counts of runs.jsonl and audit.jsonl were compared with the
+/// files, so a manifest whose other counts, count keys or run list no longer matched the
+/// bundle's rows still read as good; and a name twice in the tar read as its last copy.
+#[test]
+fn a_manifest_that_no_longer_matches_the_rows_is_refused() {
+    // The run list (fuzzed: a run id replaced by "").
+    let msg = tampered(&with_manifest(|m| m["runs"][0] = "".into()));
+    assert!(
+        msg.contains("runs.jsonl") && msg.contains("manifest.json"),
+        "{msg}"
+    );
+    // A count key (fuzzed: "approvals.jsonl" became "pprovals.jsonl").
+    let msg = tampered(&with_manifest(|m| {
+        let counts = m["counts"].as_object_mut().unwrap();
+        let n = counts.remove("approvals.jsonl").unwrap();
+        counts.insert("pprovals.jsonl".into(), n);
+    }));
+    assert!(msg.contains("approvals.jsonl"), "{msg}");
+    // Another file's count.
+    let msg = tampered(&with_manifest(|m| m["counts"]["journal.jsonl"] = 1.into()));
+    assert!(
+        msg.contains("journal.jsonl has 7 rows, manifest.json counts 1"),
+        "{msg}"
+    );
+    // A row file dropped from the manifest and the tar together.
+    let mut files = FIXTURE.files.clone();
+    files.retain(|(n, _)| n != "checks.jsonl");
+    let mut value: serde_json::Value = serde_json::from_slice(&files[0].1).unwrap();
+    value["files"]
+        .as_object_mut()
+        .unwrap()
+        .remove("checks.jsonl");
+    value["counts"]
+        .as_object_mut()
+        .unwrap()
+        .remove("checks.jsonl");
+    files[0].1 = serde_json::to_vec_pretty(&value).unwrap();
+    let msg = tampered(&zst(&tar_of(&files)));
+    assert!(msg.contains("does not list checks.jsonl"), "{msg}");
+    // A file twice: which copy counts depends on the reader.
+    let mut files = FIXTURE.files.clone();
+    let runs = files
+        .iter()
+        .find(|(n, _)| n == "runs.jsonl")
+        .unwrap()
+        .clone();
+    files.push(runs);
+    let msg = tampered(&zst(&tar_of(&files)));
+    assert!(msg.contains("runs.jsonl appears twice"), "{msg}");
 }
