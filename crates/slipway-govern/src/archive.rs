@@ -524,7 +524,7 @@ pub fn read_bundle_within(bytes: &[u8], max_unpacked: u64) -> Result<Bundle, Arc
     let (first, last) = (audit.first(), audit.last());
     let range_ok = match (first, last) {
         (Some(f), Some(l)) => {
-            f.seq == c.start_seq + 1
+            c.start_seq.checked_add(1) == Some(f.seq)
                 && f.prev_hash == c.start_hash
                 && l.seq == c.end_seq
                 && l.hash == c.end_hash
@@ -534,7 +534,7 @@ pub fn read_bundle_within(bytes: &[u8], max_unpacked: u64) -> Result<Bundle, Arc
     if !range_ok {
         return Err(ArchiveError::Tampered(format!(
             "audit.jsonl does not cover the chain range {}..={} named in manifest.json",
-            c.start_seq + 1,
+            c.start_seq.saturating_add(1),
             c.end_seq
         )));
     }

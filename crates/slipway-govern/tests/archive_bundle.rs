@@ -226,3 +226,16 @@ fn a_manifest_that_no_longer_matches_the_rows_is_refused() {
     let msg = tampered(&zst(&tar_of(&files)));
     assert!(msg.contains("runs.jsonl appears twice"), "{msg}");
 }
+
+/// Found by fuzzing: a chain range starting at the largest seq overflowed `start_seq + 1`,
+/// a panic in debug builds and a wrong comparison in release ones.
+#[test]
+fn a_chain_range_at_the_largest_seq_is_refused_not_a_panic() {
+    let msg = tampered(&with_manifest(|m| {
+        m["chain"]["start_seq"] = i64::MAX.into();
+    }));
+    assert!(
+        msg.contains("audit.jsonl does not cover the chain range"),
+        "{msg}"
+    );
+}
