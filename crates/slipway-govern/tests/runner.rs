@@ -4,6 +4,7 @@
 
 mod access;
 mod archive_bundle;
+mod archive_fuzz;
 mod catalog;
 mod common;
 mod compliance;
