@@ -154,16 +154,21 @@ pub fn parse_days(value: &str) -> Result<u32, ArchiveError> {
     };
     let v = value.trim();
     let (num, unit) = v.split_at(v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len()));
-    let n: u32 = num
-        .parse()
-        .map_err(|_| bad("write a whole number of days, weeks or years: 90d, 12w, 7y"))?;
+    let too_long = || bad(&format!("the longest period is {} days", u32::MAX));
+    let n: u32 = num.parse().map_err(|_| {
+        if num.is_empty() {
+            bad("write a whole number of days, weeks or years: 90d, 12w, 7y")
+        } else {
+            too_long()
+        }
+    })?;
     let per = match unit {
         "d" => 1,
         "w" => 7,
         "y" => 365,
         _ => return Err(bad("the unit must be d, w or y (e.g. 90d, 12w, 7y)")),
     };
-    n.checked_mul(per).ok_or_else(|| bad("too long"))
+    n.checked_mul(per).ok_or_else(too_long)
 }
 
 /// The chain range a bundle covers.
@@ -560,6 +565,14 @@ mod tests {
         assert_eq!(parse_days("7y").unwrap(), 2555);
         assert!(parse_days("7 years").is_err());
         assert!(parse_days("d").is_err());
+        // A number too big said "write a whole number", which it is.
+        for long in ["99999999999d", "4294967295w"] {
+            let err = parse_days(long).unwrap_err().to_string();
+            assert!(
+                err.contains("the longest period is 4294967295 days"),
+                "{err}"
+            );
+        }
     }
 
     #[test]
