@@ -148,11 +148,20 @@ pub fn verify_from(
                 return Err(ChainBreak::Inserted { seq });
             }
             if self_ok && i >= 1 {
-                // A consistent entry whose link matches nothing: the predecessor was edited
-                // and its hash recomputed to hide it.
-                return Err(ChainBreak::Edited {
-                    seq: entries[i - 1].seq,
-                });
+                // This entry and its predecessor are each consistent but do not link: one
+                // of them was edited and its hash recomputed to hide it. A recomputed hash
+                // also breaks the link to it from its own successor (or the recorded head),
+                // so the one whose successor still links to it is the intact one.
+                let successor_links = match entries.get(i + 1) {
+                    Some(next) => next.prev_hash == e.hash,
+                    None => head.is_none_or(|(_, h)| h == e.hash),
+                };
+                let seq = if successor_links {
+                    entries[i - 1].seq
+                } else {
+                    e.seq
+                };
+                return Err(ChainBreak::Edited { seq });
             }
             return Err(ChainBreak::Edited { seq: e.seq });
         }

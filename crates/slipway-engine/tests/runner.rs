@@ -1,1 +1,23 @@
-//! Integration tests.
+//! Integration tests of slipway-engine, one binary (see TESTING.md): every test file is a
+//! `mod` here.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
+mod audit;
+
+/// Every `.rs` file in tests/ must be a module of this runner, or it would silently never run.
+#[test]
+fn no_test_file_is_forgotten() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests");
+    let runner = std::fs::read_to_string(dir.join("runner.rs")).unwrap();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        if let Some(stem) = name.strip_suffix(".rs")
+            && stem != "runner"
+        {
+            assert!(
+                runner.contains(&format!("mod {stem};")),
+                "tests/{name} is not listed in tests/runner.rs"
+            );
+        }
+    }
+}

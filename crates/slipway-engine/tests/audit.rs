@@ -1,0 +1,58 @@
+//! Chain verification cases found by fuzzing (`audit_fuzz`), kept as plain tests.
+
+use slipway_engine::audit::{AuditEntry, ChainBreak, GENESIS, verify};
+
+fn chain(n: i64) -> Vec<AuditEntry> {
+    let mut prev = GENESIS.to_owned();
+    (1..=n)
+        .map(|seq| {
+            let mut e = AuditEntry {
+                seq,
+                at: "2026-11-02T10:00:00Z".to_owned(),
+                actor: "op-alice".to_owned(),
+                action: "approved".to_owned(),
+                run_id: "r1".to_owned(),
+                digest: String::new(),
+                outcome: "ok".to_owned(),
+                detail: format!(r#"{{"n":{seq}}}"#),
+                prev_hash: prev.clone(),
+                hash: String::new(),
+            };
+            e.hash = e.compute_hash();
+            prev = e.hash.clone();
+            e
+        })
+        .collect()
+}
+
+/// Found by fuzzing: entry 2's link edited and its own hash recomputed was reported as
+/// "entry 1 was edited", though entry 1 was intact. Entry 3 no longer linking to entry 2
+/// (or, for the last entry, the recorded head no longer matching) says which one changed.
+#[test]
+fn an_entry_whose_link_was_edited_and_rehashed_is_named_not_its_predecessor() {
+    for (which, n) in [(1usize, 4i64), (3, 4)] {
+        let mut entries = chain(n);
+        let head = entries[n as usize - 1].hash.clone();
+        let e = &mut entries[which];
+        e.prev_hash = String::new();
+        e.hash = e.compute_hash();
+        assert_eq!(
+            verify(&entries, Some((n, &head))),
+            Err(ChainBreak::Edited {
+                seq: which as i64 + 1
+            }),
+            "entry {}",
+            which + 1
+        );
+    }
+    // Still: the predecessor edited and rehashed is named as before.
+    let mut entries = chain(4);
+    let head = entries[3].hash.clone();
+    entries[1].actor = "op-mallory".to_owned();
+    entries[1].hash = entries[1].compute_hash();
+    assert_eq!(
+        verify(&entries, Some((4, &head))),
+        Err(ChainBreak::Edited { seq: 2 })
+    );
+}
+
