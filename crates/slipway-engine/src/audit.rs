@@ -267,8 +267,23 @@ pub fn parse_jsonl(text: &str) -> Result<(ExportHeader, Vec<AuditEntry>), Export
     Ok((header, entries))
 }
 
-/// Verify an export on its own: the chain, and that it ends at the header's head.
+/// Verify an export on its own: the chain, that it ends at the header's head, and that the
+/// header counts the entries that follow.
 pub fn verify_export(text: &str) -> Result<Result<Verified, ChainBreak>, ExportError> {
     let (header, entries) = parse_jsonl(text)?;
-    Ok(verify(&entries, Some((header.head_seq, &header.head_hash))))
+    let verified = verify(&entries, Some((header.head_seq, &header.head_hash)));
+    // A chain break says more than the count (a cut tail is a deleted entry), so the count
+    // is judged only on a chain that verifies.
+    if verified.is_ok() && header.entries != entries.len() as u64 {
+        return Err(ExportError::Parse {
+            line: 1,
+            message: format!(
+                "the header counts {} entries but the {} that follow verify; the header was \
+                 edited: export again with `slipway audit export --out FILE`",
+                header.entries,
+                entries.len()
+            ),
+        });
+    }
+    Ok(verified)
 }

@@ -56,3 +56,22 @@ fn an_entry_whose_link_was_edited_and_rehashed_is_named_not_its_predecessor() {
     );
 }
 
+/// Found by fuzzing the export header: its entry count was never compared with the
+/// entries, so a header claiming 0 (or any number of) entries verified.
+#[test]
+fn an_export_header_that_miscounts_its_entries_is_refused() {
+    use slipway_engine::audit::{ExportError, export_jsonl, verify_export};
+    let text = export_jsonl(&chain(6));
+    assert!(verify_export(&text).unwrap().is_ok());
+    for wrong in ["0", "7", "60"] {
+        let edited = text.replacen("\"entries\":6", &format!("\"entries\":{wrong}"), 1);
+        assert_ne!(edited, text);
+        match verify_export(&edited) {
+            Err(ExportError::Parse { line: 1, message }) => assert!(
+                message.contains(&format!("counts {wrong} entries but the 6")),
+                "{message}"
+            ),
+            other => panic!("a header counting {wrong} entries: {other:?}"),
+        }
+    }
+}
