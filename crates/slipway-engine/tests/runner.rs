@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
 mod audit;
+mod audit_fuzz;
 
 /// Every `.rs` file in tests/ must be a module of this runner, or it would silently never run.
 #[test]
