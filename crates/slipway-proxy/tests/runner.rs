@@ -9,6 +9,7 @@
 
 mod support;
 mod test_admin;
+mod test_admin_fuzz;
 mod test_binary;
 mod test_bodies;
 mod test_failures;
