@@ -33,6 +33,10 @@ pub const TOKEN_HEADER: &str = "x-slipway-admin-token";
 /// Admin request bodies are small JSON documents; anything bigger is refused.
 const BODY_LIMIT: usize = 1 << 20;
 
+/// The shapes error messages show.
+const WEIGHT_EXAMPLE: &str = r#"{"weight": 25} (0 to 100)"#;
+const POOLS_EXAMPLE: &str = r#"{"stable": ["127.0.0.1:8080"], "canary": ["127.0.0.1:8081"]}"#;
+
 pub(crate) async fn serve(
     listener: TcpListener,
     shared: Arc<Shared>,
@@ -97,21 +101,45 @@ fn same_token(given: &[u8], expected: &[u8]) -> bool {
             == 0
 }
 
+/// Reads a JSON body of the shape `example` shows. Too big a body is a 413 (refused on its
+/// `Content-Length` before it is read, or once reading passes the limit); one that does not
+/// parse is a 400 that shows the expected shape.
 async fn body_json<T: serde::de::DeserializeOwned>(
     req: Request<Incoming>,
+    example: &str,
 ) -> Result<T, Response<Full<Bytes>>> {
-    let bytes = Limited::new(req.into_body(), BODY_LIMIT)
-        .collect()
-        .await
-        .map_err(|e| {
-            text(
+    let too_large = || {
+        text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the body is larger than {BODY_LIMIT} bytes; send a small JSON document: {example}\n"
+            ),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > BODY_LIMIT as u64) {
+        return Err(too_large());
+    }
+    let bytes = match Limited::new(req.into_body(), BODY_LIMIT).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
+        Err(e) => {
+            return Err(text(
                 StatusCode::BAD_REQUEST,
                 format!("failed to read the body: {e}\n"),
-            )
-        })?
-        .to_bytes();
-    serde_json::from_slice(&bytes)
-        .map_err(|e| text(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}\n")))
+            ));
+        }
+    };
+    serde_json::from_slice(&bytes).map_err(|e| {
+        text(
+            StatusCode::BAD_REQUEST,
+            format!("invalid JSON body: {e}; send {example}\n"),
+        )
+    })
 }
 
 async fn respond(
@@ -151,28 +179,35 @@ async fn respond(
     }
     match (req.method().clone(), path.as_str()) {
         (Method::GET, "/admin/state") => json(&state(shared)),
-        (Method::PUT, "/admin/weight") => match body_json::<WeightRequest>(req).await {
-            Ok(w) if w.weight <= 100 => {
-                shared.router.set_weight(w.weight);
-                json(&state(shared))
+        (Method::PUT, "/admin/weight") => {
+            match body_json::<WeightRequest>(req, WEIGHT_EXAMPLE).await {
+                Ok(w) if w.weight <= 100 => {
+                    shared.router.set_weight(w.weight);
+                    json(&state(shared))
+                }
+                Ok(w) => text(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "canary weight {} is above 100 percent; send {WEIGHT_EXAMPLE}\n",
+                        w.weight
+                    ),
+                ),
+                Err(resp) => resp,
             }
-            Ok(w) => text(
-                StatusCode::BAD_REQUEST,
-                format!("canary weight {} is above 100 percent\n", w.weight),
-            ),
-            Err(resp) => resp,
-        },
-        (Method::PUT, "/admin/pools") => match body_json::<PoolsRequest>(req).await {
-            Ok(p) => {
-                // In-flight requests keep the backend they were dispatched to.
-                shared.router.set_pools(Pools {
-                    stable: p.stable,
-                    canary: p.canary,
-                });
-                json(&state(shared))
+        }
+        (Method::PUT, "/admin/pools") => {
+            match body_json::<PoolsRequest>(req, POOLS_EXAMPLE).await {
+                Ok(p) => {
+                    // In-flight requests keep the backend they were dispatched to.
+                    shared.router.set_pools(Pools {
+                        stable: p.stable,
+                        canary: p.canary,
+                    });
+                    json(&state(shared))
+                }
+                Err(resp) => resp,
             }
-            Err(resp) => resp,
-        },
+        }
         (Method::POST, "/admin/window") => {
             let window = shared.metrics.take_window(shared.router.weight());
             json(&WindowReport::from(&window))

@@ -261,3 +261,50 @@ fn odd_paths_and_methods_are_answered_4xx() {
         })
     });
 }
+
+/// A PUT whose body passes 1 MiB, declared by `Content-Length` or sent chunked without one,
+/// is a 413 saying so, and changes nothing. It was a 400 "failed to read the body: length
+/// limit exceeded", which named neither the limit nor what to send.
+#[test]
+fn bodies_over_the_limit_are_refused_and_change_nothing() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let proxy = start().await;
+        let admin = proxy.admin_addr().unwrap();
+        // Valid JSON, padded past 1 MiB with whitespace.
+        let mut body = br#"{"weight":50"#.to_vec();
+        body.extend(std::iter::repeat_n(b' ', 1 << 20));
+        body.push(b'}');
+        let (status, text) = send(admin, Method::PUT, "/admin/weight", None, body.clone()).await;
+        assert_eq!(status, 413, "{text}");
+        assert!(text.contains("larger than 1048576 bytes") && text.contains("weight"), "{text}");
+        assert_eq!(proxy.weight(), 37);
+
+        let mut tcp = tokio::net::TcpStream::connect(admin).await.unwrap();
+        let head = format!(
+            "PUT /admin/pools HTTP/1.1\r\nhost: {admin}\r\n{TOKEN_HEADER}: {TOKEN}\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n",
+            body.len()
+        );
+        tcp.write_all(head.as_bytes()).await.unwrap();
+        // The proxy may answer before the whole body is sent; what it answers is the point.
+        let _ = tcp.write_all(&body).await;
+        let _ = tcp.write_all(b"\r\n0\r\n\r\n").await;
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = tcp.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed without an answer: {:?}", String::from_utf8_lossy(&answer));
+            answer.extend_from_slice(&buf[..n]);
+        }
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+        assert_eq!(proxy.pools().stable, vec![addr(9)]);
+        assert_eq!(proxy.weight(), 37);
+
+        // A body that does not parse shows the shape to send.
+        let (status, text) = send(admin, Method::PUT, "/admin/pools", None, br#"{"weight":5}"#.to_vec()).await;
+        assert_eq!(status, 400, "{text}");
+        assert!(text.contains("missing field `stable`") && text.contains(r#"{"stable": ["#), "{text}");
+    });
+}
