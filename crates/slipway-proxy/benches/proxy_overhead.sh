@@ -4,7 +4,11 @@
 # requests/s, the ratio to direct, p50/p99 and the latency each proxy adds.
 #
 # Usage: crates/slipway-proxy/benches/proxy_overhead.sh
-#   DURATION=10s CONNECTIONS="64 1" WARMUP=2s   (environment overrides)
+#   DURATION=10s CONNECTIONS="64 1" WARMUP=2s ROUNDS=1   (environment overrides)
+#
+# ROUNDS=N (N > 1) then repeats the first CONNECTIONS pass N more times, the four targets
+# back to back in each round, and prints each round's ratios and their median: on a
+# shared machine one run's ratio moves by 10-20 %, a median of paired rounds much less.
 #
 # Two passes by default: 64 connections (saturation: throughput, with queueing in the
 # latencies) and 1 connection (no queueing: the latency a proxy adds to one request).
@@ -18,6 +22,7 @@
 set -euo pipefail
 
 DURATION=${DURATION:-10s}
+ROUNDS=${ROUNDS:-1}
 CONNECTIONS=${CONNECTIONS:-64 1}
 WARMUP=${WARMUP:-2s}
 WRK_CPU=${WRK_CPU:-0}
@@ -184,3 +189,31 @@ for conns in $CONNECTIONS; do
     }'
   done
 done
+
+if [ "$ROUNDS" -gt 1 ]; then
+  conns=${CONNECTIONS%% *}
+  echo
+  echo "$ROUNDS paired rounds: wrk -t1 -c$conns -d$DURATION per target, the four back to back in each round"
+  echo
+  echo "| round | direct | slipway | nginx | haproxy | slipway / nginx | slipway / haproxy |"
+  echo "|---:|---:|---:|---:|---:|---:|---:|"
+  : >"$WORK/ratios"
+  for round in $(seq 1 "$ROUNDS"); do
+    for name in direct slipway nginx haproxy; do
+      case $name in
+        direct) url="http://$BACKEND/" ;;
+        slipway) url="http://$SLIPWAY/" ;;
+        nginx) url="http://127.0.0.1:$NGINX_PORT/" ;;
+        haproxy) url="http://127.0.0.1:$HAPROXY_PORT/" ;;
+      esac
+      run "$name" "$url" "$conns"
+    done
+    awk -v r="$round" -v d="${RPS[direct]}" -v s="${RPS[slipway]}" -v n="${RPS[nginx]}" -v h="${RPS[haproxy]}" \
+      'BEGIN { printf "| %d | %.0f | %.0f | %.0f | %.0f | %.2f | %.2f |\n", r, d, s, n, h, s / n, s / h }'
+    awk -v s="${RPS[slipway]}" -v n="${RPS[nginx]}" -v h="${RPS[haproxy]}" \
+      'BEGIN { printf "%.4f %.4f\n", s / n, s / h }' >>"$WORK/ratios"
+  done
+  median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+  echo
+  echo "median slipway / nginx: $(awk '{print $1}' "$WORK/ratios" | median), slipway / haproxy: $(awk '{print $2}' "$WORK/ratios" | median)"
+fi
