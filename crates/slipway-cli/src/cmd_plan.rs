@@ -296,7 +296,27 @@ pub fn make_plan(file: &Path, env: &str, out: &Output) -> Result<(LoadedSpec, Pl
     // by each service's verify-artifact step.
     let artifact_findings = slipway_package::check_artifacts(&loaded.spec, dir, p.signature_keys());
     p.findings.extend(artifact_findings);
+    p.findings.extend(target_unavailable(&p, file));
     Ok((loaded, p))
+}
+
+/// The targets `slipway deploy` can run a plan on.
+pub const DEPLOYABLE_TARGETS: &[&str] = &["exec", "process"];
+
+/// A plan for a target this build cannot deploy to is blocked at plan time, before anyone
+/// approves it, rather than refused only when the deploy starts.
+fn target_unavailable(p: &Plan, file: &Path) -> Option<plan::Finding> {
+    (!DEPLOYABLE_TARGETS.contains(&p.target.as_str())).then(|| plan::Finding {
+        severity: "error".into(),
+        code: "target-unavailable".into(),
+        message: format!(
+            "{}: environments.{}.target is `{}`, which this build of slipway cannot deploy to (it can: {}); use `target: {{ exec: {{}} }}` with install steps, or `target: {{ process: {{}} }}`",
+            file.display(),
+            p.environment,
+            p.target,
+            DEPLOYABLE_TARGETS.join(", ")
+        ),
+    })
 }
 
 /// Is the rollback target pre-staged? The release that last succeeded in this environment

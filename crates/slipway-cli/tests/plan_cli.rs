@@ -284,3 +284,74 @@ environments:
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     insta::assert_json_snapshot!("plan-port-in-version-config", v["findings"]);
 }
+
+/// The spec accepts `target: { ssh: … }` (it is part of the design), but no deploy path
+/// exists for it yet: the plan says so as a blocking finding, before anyone approves it,
+/// and a deploy is refused as blocked without creating a run.
+#[test]
+fn a_target_this_build_cannot_deploy_to_blocks_the_plan_and_the_deploy() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("hosts.yaml"), "hosts: [web1, web2]\n").unwrap();
+    let f = dir.path().join("release.yaml");
+    std::fs::write(
+        &f,
+        "apiVersion: slipway/v1
+kind: Release
+metadata: { name: shop, version: 1.0.0, type: patch }
+services:
+  api:
+    run: { command: \"api --port {{ port }}\" }
+environments:
+  fleet:
+    target: { ssh: { inventory: hosts.yaml } }
+",
+    )
+    .unwrap();
+    let o = slipway()
+        .args(["plan", "--env", "fleet", "--output", "json", "-f"])
+        .arg(&f)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(3), "{o:?}");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let finding = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["code"] == "target-unavailable")
+        .unwrap_or_else(|| panic!("no target-unavailable finding: {v}"));
+    assert_eq!(finding["severity"], "error");
+    let message = finding["message"].as_str().unwrap();
+    assert!(
+        message.contains("environments.fleet.target is `ssh`")
+            && message.contains("release.yaml")
+            && message.contains("target: { process: {} }"),
+        "{message}"
+    );
+
+    let store = dir.path().join("store.db");
+    let o = slipway()
+        .current_dir(dir.path())
+        .env("SLIPWAY_STORE", format!("sqlite://{}", store.display()))
+        .args(["deploy", "--env", "fleet", "-f"])
+        .arg(&f)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(3), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("target-unavailable")
+            || String::from_utf8_lossy(&o.stderr).contains("cannot deploy to"),
+        "{o:?}"
+    );
+    let o = slipway()
+        .current_dir(dir.path())
+        .env("SLIPWAY_STORE", format!("sqlite://{}", store.display()))
+        .args(["history", "--output", "json"])
+        .output()
+        .unwrap();
+    let history = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        !history.contains("\"fleet\""),
+        "a run was created: {history}"
+    );
+}
