@@ -1,5 +1,5 @@
 //! Providers: targets for the engine's `Target` trait (`exec`: commands on this
-//! machine), the `process` target's instances for canaries, and the built-in proxy as
+//! machine; `ssh`: the same steps on inventory hosts over SSH), the `process` target's instances for canaries, and the built-in proxy as
 //! traffic router and metric source for `slipway-rollout` (in-process, or a proxy process
 //! of its own driven over its admin API), and interventions on a live canary from other
 //! processes.
@@ -18,6 +18,7 @@ pub mod migrate;
 pub mod process;
 pub mod remote;
 pub mod smoke_gate;
+pub mod ssh;
 pub mod traffic;
 
 pub use artifact::ArtifactTarget;

@@ -4,3 +4,5 @@ mod canary;
 mod config;
 mod resume;
 mod smoke_gate;
+mod ssh;
+mod sshd;

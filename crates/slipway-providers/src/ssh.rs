@@ -1,0 +1,1194 @@
+//! The `ssh` target: the `exec` target's steps (`run`, `creates`, `unless`, `undo`,
+//! `timeout`) run on every host of an inventory group over SSH (russh), at most
+//! `parallelism` hosts at once, hosts in inventory order.
+//!
+//! # Inventory file
+//!
+//! ```yaml
+//! known_hosts: known_hosts      # required; relative to this file. Host keys are checked
+//!                               # against it and nothing else: an unknown or changed key
+//!                               # is refused (never trusted on first use)
+//! identity: id_ed25519          # private key for every host (OpenSSH format, no passphrase)
+//! user: deploy                  # remote user for every host
+//! hosts:                        # in the order they are worked on
+//!   - name: web1
+//!     address: 10.0.0.11        # as it appears in known_hosts (`[address]:port` if port != 22)
+//!     port: 22                  # default 22
+//!     user: deploy              # optional, overrides the target's and the file's user
+//!     identity: keys/web1       # optional, overrides `identity`
+//!     workdir: /srv/app         # optional; steps run there (default: the login directory)
+//!     state_dir: /var/lib/x     # optional; locks and markers (default: ~/.slipway)
+//!     env: { ROOT: /srv/web1 }  # optional; exported to every step on this host
+//! groups:
+//!   web: [web1]
+//! ```
+//!
+//! The user of a host is the host's `user`, else the target's `user`, else the file's.
+//!
+//! # Exactly once, on the host
+//!
+//! As in [`crate::exec`], each attempt runs under `flock` on the host, on
+//! `<state_dir>/markers/<run>/<key>.lock` (`state_dir` defaults to `~/.slipway`), and the
+//! shell holding the lock skips the command when the completion marker
+//! `<state_dir>/markers/<run>/<key>` exists, else runs it and
+//! writes the marker on exit 0. The whole attempt runs under `timeout` on the host, so a
+//! step that times out is killed there too (the host needs `flock` and `timeout`, i.e.
+//! util-linux and coreutils). `observe` waits for the lock before looking at the marker.
+//!
+//! # Failures and undo
+//!
+//! All hosts are connected (and their host keys checked) before a command runs on any of
+//! them, so a refused host key stops the step before it touches any host. A host whose
+//! command fails fails the step: no further host is started, hosts in flight finish, and
+//! the step's `undo` runs on the hosts where this step completed (the engine does not undo
+//! a failed step). The engine's rollback later undoes completed steps on the hosts where
+//! their marker is present; a host where a `creates`/`unless` guard skipped the step has
+//! no marker and is not undone (unlike `exec`, which cannot tell): undo reverses what the
+//! run did.
+//!
+//! Every host's outcome and its output (through the [`Redactor`]) is reported as a
+//! `step_progress` entry, so the journal and `slipway status` show per-host results.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use russh::client;
+use russh::keys::{HashAlg, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
+use serde::Deserialize;
+use slipway_engine::target::action_kind;
+use slipway_engine::{
+    Applied, BoxFuture, Observation, StepContext, StepOutput, Target, TargetError,
+};
+use slipway_model::duration::{format_duration, parse_duration};
+use slipway_model::plan::StepAction;
+use slipway_model::spec::ExecStep;
+use slipway_package::Redactor;
+
+use crate::exec::{DEFAULT_TIMEOUT, OUTPUT_LIMIT};
+
+/// How long connecting to one host (TCP, key exchange, authentication) may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// What the wrapper prints when the completion marker already exists.
+const MARKER_SENTINEL: &str = "slipway: completion marker present, nothing to do";
+
+/// What the undo script prints when the step left no marker on the host.
+const NO_MARKER_SENTINEL: &str = "slipway: no completion marker, nothing to undo";
+
+/// The wrapper run under the lock: `$1` marker, `$2` command, `$3` sentinel.
+const WRAPPER: &str = r#"if [ -e "$1" ]; then echo "$3" >&2; exit 0; fi
+sh -c "$2"
+rc=$?
+if [ "$rc" -eq 0 ]; then : > "$1"; fi
+exit "$rc""#;
+
+// ---------------------------------------------------------------------------------------
+// Inventory
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInventory {
+    known_hosts: Option<String>,
+    identity: Option<String>,
+    user: Option<String>,
+    #[serde(default)]
+    hosts: Vec<RawHost>,
+    #[serde(default)]
+    groups: BTreeMap<String, Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHost {
+    name: String,
+    address: String,
+    port: Option<u16>,
+    user: Option<String>,
+    identity: Option<String>,
+    workdir: Option<String>,
+    state_dir: Option<String>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+}
+
+/// One host of an inventory, with everything needed to reach it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Host {
+    /// Its name in the inventory (what messages and status show).
+    pub name: String,
+    /// Address to connect to, and to look up in `known_hosts`.
+    pub address: String,
+    /// SSH port.
+    pub port: u16,
+    /// Remote user, if the host sets one.
+    pub user: Option<String>,
+    /// Private key file, if the host sets one (absolute).
+    pub identity: Option<PathBuf>,
+    /// Where steps run on the host.
+    pub workdir: Option<String>,
+    /// Where locks and completion markers live on the host (default `~/.slipway`).
+    pub state_dir: Option<String>,
+    /// Exported to every step on this host.
+    pub env: BTreeMap<String, String>,
+}
+
+/// A parsed, checked inventory file.
+#[derive(Debug, Clone)]
+pub struct Inventory {
+    /// The file it was read from.
+    pub path: PathBuf,
+    /// The known_hosts file host keys are checked against (absolute).
+    pub known_hosts: PathBuf,
+    /// Default private key (absolute).
+    pub identity: Option<PathBuf>,
+    /// Default user.
+    pub user: Option<String>,
+    /// Hosts in file order.
+    pub hosts: Vec<Host>,
+    /// Groups: name → host names.
+    pub groups: BTreeMap<String, Vec<String>>,
+}
+
+/// A problem with an inventory file, naming the file, the field and the fix.
+#[derive(Debug, thiserror::Error)]
+#[error("inventory {}: {message}", path.display())]
+pub struct InventoryError {
+    /// The file.
+    pub path: PathBuf,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+impl Inventory {
+    /// Read and check an inventory file. Relative paths in it are relative to its directory.
+    pub fn load(path: &Path) -> Result<Self, InventoryError> {
+        let err = |message: String| InventoryError {
+            path: path.to_path_buf(),
+            message,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            err(format!(
+                "cannot be read: {e}; fix: point `target.ssh.inventory` at an inventory file (relative to the spec)"
+            ))
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parse inventory text read from `path`.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, InventoryError> {
+        let err = |message: String| InventoryError {
+            path: path.to_path_buf(),
+            message,
+        };
+        let raw: RawInventory = serde_saphyr::from_str(text).map_err(|e| {
+            err(format!(
+                "{e}; fix: the fields are known_hosts, identity, user, hosts (list of name, address, port, user, identity, workdir, state_dir, env) and groups (name: [host, ...])"
+            ))
+        })?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let abs = |p: &str| dir.join(p);
+        let Some(known_hosts) = raw.known_hosts.as_deref() else {
+            return Err(err(
+                "`known_hosts` is missing; fix: add `known_hosts: FILE` with the hosts' keys (e.g. from `ssh-keyscan` checked against the hosts' real fingerprints); host keys are never trusted on first use".into(),
+            ));
+        };
+        if raw.hosts.is_empty() {
+            return Err(err(
+                "`hosts` is empty; fix: list the hosts as `hosts: [{ name: web1, address: 10.0.0.11 }]`".into(),
+            ));
+        }
+        let mut seen = BTreeSet::new();
+        let mut hosts = Vec::new();
+        for (i, h) in raw.hosts.into_iter().enumerate() {
+            if h.name.trim().is_empty() {
+                return Err(err(format!(
+                    "`hosts[{i}].name` is empty; fix: give every host a unique name"
+                )));
+            }
+            if !seen.insert(h.name.clone()) {
+                return Err(err(format!(
+                    "`hosts[{i}].name` `{}` is used twice; fix: give every host a unique name",
+                    h.name
+                )));
+            }
+            if h.address.trim().is_empty() {
+                return Err(err(format!(
+                    "`hosts[{i}].address` of `{}` is empty; fix: set the host's address as in known_hosts",
+                    h.name
+                )));
+            }
+            let port = h.port.unwrap_or(22);
+            if port == 0 {
+                return Err(err(format!(
+                    "`hosts[{i}].port` of `{}` is 0; fix: use the host's SSH port (default 22)",
+                    h.name
+                )));
+            }
+            hosts.push(Host {
+                name: h.name,
+                address: h.address,
+                port,
+                user: h.user,
+                identity: h.identity.as_deref().map(abs),
+                workdir: h.workdir,
+                state_dir: h.state_dir,
+                env: h.env,
+            });
+        }
+        for (group, members) in &raw.groups {
+            for m in members {
+                if !seen.contains(m) {
+                    return Err(err(format!(
+                        "`groups.{group}` names host `{m}`, which is not in `hosts` (hosts: {}); fix: add it to `hosts` or correct the name",
+                        seen.iter().cloned().collect::<Vec<_>>().join(", ")
+                    )));
+                }
+            }
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            known_hosts: abs(known_hosts),
+            identity: raw.identity.as_deref().map(abs),
+            user: raw.user,
+            hosts,
+            groups: raw.groups,
+        })
+    }
+
+    /// The hosts of `group` in inventory order, or every host when no group is given.
+    pub fn select(&self, group: Option<&str>) -> Result<Vec<Host>, InventoryError> {
+        let Some(group) = group else {
+            return Ok(self.hosts.clone());
+        };
+        let Some(members) = self.groups.get(group) else {
+            return Err(InventoryError {
+                path: self.path.clone(),
+                message: format!(
+                    "has no group `{group}` (groups: {}); fix: add `groups: {{ {group}: [host, ...] }}` or correct `target.ssh.group`",
+                    if self.groups.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        self.groups.keys().cloned().collect::<Vec<_>>().join(", ")
+                    }
+                ),
+            });
+        };
+        if members.is_empty() {
+            return Err(InventoryError {
+                path: self.path.clone(),
+                message: format!("group `{group}` has no hosts; fix: list its hosts"),
+            });
+        }
+        Ok(self
+            .hosts
+            .iter()
+            .filter(|h| members.contains(&h.name))
+            .cloned()
+            .collect())
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Connections
+
+/// Everything needed to open an authenticated session to one host.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// The host.
+    pub host: Host,
+    /// Remote user.
+    pub user: String,
+    /// Private key file.
+    pub identity: PathBuf,
+    /// known_hosts file the host key must be in.
+    pub known_hosts: PathBuf,
+}
+
+impl Endpoint {
+    /// `name (address:port)`, for messages.
+    pub fn label(&self) -> String {
+        format!(
+            "host `{}` ({}:{})",
+            self.host.name, self.host.address, self.host.port
+        )
+    }
+}
+
+/// Why a host could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SshError {
+    /// Its host key is unknown or changed (or known_hosts is unusable): refused.
+    #[error("{0}")]
+    HostKey(String),
+    /// It could not be reached, or refused the key.
+    #[error("{0}")]
+    Connect(String),
+    /// A command could not be run (the session broke).
+    #[error("{0}")]
+    Session(String),
+}
+
+/// `SHA256:…` of a key, as `ssh-keygen -l` prints it.
+fn fingerprint(key: &PublicKey) -> String {
+    key.fingerprint(HashAlg::Sha256).to_string()
+}
+
+/// Check a presented host key against the known_hosts file: accepted only when the file
+/// records exactly this key for `[address]:port`.
+pub fn check_host_key(ep: &Endpoint, key: &PublicKey) -> Result<(), String> {
+    let kh = &ep.known_hosts;
+    let h = &ep.host;
+    let presented = format!("{} key {}", key.algorithm(), fingerprint(key));
+    let pattern = if h.port == 22 {
+        h.address.clone()
+    } else {
+        format!("[{}]:{}", h.address, h.port)
+    };
+    let scan = format!("ssh-keyscan -p {} {}", h.port, h.address);
+    if !kh.is_file() {
+        return Err(format!(
+            "refused {}: it presented {presented}, and the known_hosts file {} does not exist; fix: check that fingerprint against the host (`ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub` there), then record it: `{scan} >> {}`",
+            ep.label(),
+            kh.display(),
+            kh.display()
+        ));
+    }
+    let recorded = russh::keys::known_hosts::known_host_keys_path(&h.address, h.port, kh)
+        .map_err(|e| {
+            format!(
+                "refused {}: the known_hosts file {} cannot be read for `{pattern}`: {e}; fix: correct or remove that entry",
+                ep.label(),
+                kh.display()
+            )
+        })?;
+    if recorded.iter().any(|(_, k)| k.key_data() == key.key_data()) {
+        return Ok(());
+    }
+    if recorded.is_empty() {
+        return Err(format!(
+            "refused {}: its host key is unknown: it presented {presented}, and {} has no entry for `{pattern}` (keys are never trusted on first use); fix: check that fingerprint against the host (`ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub` there), then record it: `{scan} >> {}`",
+            ep.label(),
+            kh.display(),
+            kh.display()
+        ));
+    }
+    let was: Vec<String> = recorded
+        .iter()
+        .map(|(line, k)| format!("line {line}: {} {}", k.algorithm(), fingerprint(k)))
+        .collect();
+    Err(format!(
+        "refused {}: its HOST KEY CHANGED: it presented {presented}, but {} records {} for `{pattern}` (someone may be intercepting the connection); fix: if the host was legitimately re-keyed, check the new fingerprint against the host, then replace the entry: `ssh-keygen -R '{pattern}' -f {}` and `{scan} >> {}`",
+        ep.label(),
+        kh.display(),
+        was.join(", "),
+        kh.display(),
+        kh.display()
+    ))
+}
+
+struct Verifier {
+    endpoint: Endpoint,
+    /// Why the key was refused, read back after the handshake fails.
+    refusal: Arc<Mutex<Option<String>>>,
+}
+
+impl client::Handler for Verifier {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        server_public_key: &PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        match check_host_key(&self.endpoint, &server_public_key.public_key()) {
+            Ok(()) => Ok(true),
+            Err(why) => {
+                if let Ok(mut r) = self.refusal.lock() {
+                    *r = Some(why);
+                }
+                Ok(false)
+            }
+        }
+    }
+}
+
+/// An authenticated session to one host.
+pub struct Session {
+    endpoint: Endpoint,
+    handle: client::Handle<Verifier>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("endpoint", &self.endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Connect to a host, verify its key strictly, authenticate with its private key.
+pub async fn connect(ep: &Endpoint) -> Result<Session, SshError> {
+    let key = russh::keys::load_secret_key(&ep.identity, None).map_err(|e| {
+        SshError::Connect(format!(
+            "cannot use the private key {} for {}: {e}; fix: set `identity` in the inventory to an OpenSSH private key without a passphrase",
+            ep.identity.display(),
+            ep.label()
+        ))
+    })?;
+    let refusal = Arc::new(Mutex::new(None));
+    let verifier = Verifier {
+        endpoint: ep.clone(),
+        refusal: refusal.clone(),
+    };
+    let config = Arc::new(client::Config {
+        inactivity_timeout: None,
+        ..Default::default()
+    });
+    let addr = (ep.host.address.as_str(), ep.host.port);
+    let connected =
+        tokio::time::timeout(CONNECT_TIMEOUT, client::connect(config, addr, verifier)).await;
+    let mut handle = match connected {
+        Err(_) => {
+            return Err(SshError::Connect(format!(
+                "cannot reach {}: no SSH handshake within {}; fix: check the address and port in the inventory and that sshd runs there",
+                ep.label(),
+                format_duration(CONNECT_TIMEOUT)
+            )));
+        }
+        Ok(Err(e)) => {
+            if let Some(why) = refusal.lock().ok().and_then(|mut r| r.take()) {
+                return Err(SshError::HostKey(why));
+            }
+            return Err(SshError::Connect(format!(
+                "cannot connect to {}: {e}; fix: check the address and port in the inventory and that sshd runs there",
+                ep.label()
+            )));
+        }
+        Ok(Ok(h)) => h,
+    };
+    let hash = handle
+        .best_supported_rsa_hash()
+        .await
+        .map_err(|e| SshError::Connect(format!("{}: {e}", ep.label())))?
+        .flatten();
+    let auth = handle
+        .authenticate_publickey(
+            ep.user.clone(),
+            PrivateKeyWithHashAlg::new(Arc::new(key), hash),
+        )
+        .await
+        .map_err(|e| SshError::Connect(format!("authenticate to {}: {e}", ep.label())))?;
+    if !auth.success() {
+        return Err(SshError::Connect(format!(
+            "{} refused the key {} for user `{}`; fix: add its public key to that user's authorized_keys on the host, or correct `user`/`identity` in the inventory",
+            ep.label(),
+            ep.identity.display(),
+            ep.user
+        )));
+    }
+    Ok(Session {
+        endpoint: ep.clone(),
+        handle,
+    })
+}
+
+/// Append to a buffer keeping its last `limit` bytes.
+fn push_tail(buf: &mut Vec<u8>, data: &[u8], limit: usize, truncated: &mut bool) {
+    buf.extend_from_slice(data);
+    if buf.len() > limit {
+        let cut = buf.len() - limit;
+        buf.drain(..cut);
+        *truncated = true;
+    }
+}
+
+/// Quote a string for a POSIX shell.
+pub fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+impl Session {
+    /// The host this session is connected to.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    /// Run a command line (interpreted by the user's login shell on the host) with `env`
+    /// exported first, capturing the tail of stdout and stderr and the exit status. The
+    /// timeout is the caller's bound on the whole exchange; on expiry the channel is
+    /// closed and the output so far is returned with no exit code.
+    pub async fn run(
+        &self,
+        command: &str,
+        env: &[(String, String)],
+        timeout: Duration,
+    ) -> Result<(StepOutput, bool), SshError> {
+        let mut line = String::new();
+        for (k, v) in env {
+            line.push_str(&format!("export {k}={}; ", sh_quote(v)));
+        }
+        line.push_str(command);
+        let broke = |e: russh::Error| {
+            SshError::Session(format!("run a command on {}: {e}", self.endpoint.label()))
+        };
+        let mut ch = self.handle.channel_open_session().await.map_err(broke)?;
+        ch.exec(true, line).await.map_err(broke)?;
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let mut truncated = false;
+        let mut code = None;
+        let mut signal = None;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut timed_out = false;
+        loop {
+            match tokio::time::timeout_at(deadline, ch.wait()).await {
+                Err(_) => {
+                    timed_out = true;
+                    let _ = ch.close().await;
+                    break;
+                }
+                Ok(None) => break,
+                Ok(Some(msg)) => match msg {
+                    russh::ChannelMsg::Data { data } => {
+                        push_tail(&mut out, &data, OUTPUT_LIMIT, &mut truncated);
+                    }
+                    russh::ChannelMsg::ExtendedData { data, .. } => {
+                        push_tail(&mut err, &data, OUTPUT_LIMIT, &mut truncated);
+                    }
+                    russh::ChannelMsg::ExitStatus { exit_status } => {
+                        code = Some(i32::try_from(exit_status).unwrap_or(i32::MAX));
+                    }
+                    russh::ChannelMsg::ExitSignal { signal_name, .. } => {
+                        signal = Some(format!("{signal_name:?}"));
+                    }
+                    _ => {}
+                },
+            }
+        }
+        let mut stderr = String::from_utf8_lossy(&err).into_owned();
+        if let Some(s) = signal {
+            stderr.push_str(&format!("\n(killed by signal {s})"));
+        }
+        Ok((
+            StepOutput {
+                exit_code: code,
+                stdout: String::from_utf8_lossy(&out).into_owned(),
+                stderr,
+                truncated,
+            },
+            timed_out,
+        ))
+    }
+
+    /// Close the session politely.
+    pub async fn close(self) {
+        let _ = self
+            .handle
+            .disconnect(russh::Disconnect::ByApplication, "", "en")
+            .await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The target
+
+/// Runs exec steps on every host of an inventory group.
+#[derive(Debug, Clone)]
+pub struct SshTarget {
+    endpoints: Vec<Endpoint>,
+    parallelism: usize,
+    default_timeout: Duration,
+    redactor: Redactor,
+}
+
+/// What happened to one step on one host.
+#[derive(Debug, Clone)]
+enum HostOutcome {
+    Ran(StepOutput),
+    AlreadyDone(String),
+    Failed(String, StepOutput),
+    /// Not started because another host failed first.
+    Skipped,
+}
+
+impl SshTarget {
+    /// The hosts of `group` in `inventory`, as `user` unless a host or the inventory says
+    /// otherwise (host, then `user`, then the inventory's). Every host needs a user and a
+    /// private key.
+    pub fn new(
+        inventory: &Inventory,
+        group: Option<&str>,
+        user: Option<&str>,
+        parallelism: Option<u32>,
+    ) -> Result<Self, InventoryError> {
+        let hosts = inventory.select(group)?;
+        let mut endpoints = Vec::new();
+        for h in hosts {
+            let Some(user) = h
+                .user
+                .clone()
+                .or_else(|| user.map(str::to_owned))
+                .or_else(|| inventory.user.clone())
+            else {
+                return Err(InventoryError {
+                    path: inventory.path.clone(),
+                    message: format!(
+                        "host `{}` has no user; fix: set `user` on the host or in the inventory, or `target.ssh.user` in the spec",
+                        h.name
+                    ),
+                });
+            };
+            let Some(identity) = h.identity.clone().or_else(|| inventory.identity.clone()) else {
+                return Err(InventoryError {
+                    path: inventory.path.clone(),
+                    message: format!(
+                        "host `{}` has no private key; fix: set `identity: FILE` in the inventory (or on the host)",
+                        h.name
+                    ),
+                });
+            };
+            endpoints.push(Endpoint {
+                host: h,
+                user,
+                identity,
+                known_hosts: inventory.known_hosts.clone(),
+            });
+        }
+        Ok(Self {
+            endpoints,
+            parallelism: parallelism.map_or(1, |p| p.max(1) as usize),
+            default_timeout: DEFAULT_TIMEOUT,
+            redactor: Redactor::default(),
+        })
+    }
+
+    /// Masks these secret values in every captured stdout/stderr and message.
+    pub fn with_redactor(mut self, redactor: Redactor) -> Self {
+        self.redactor = redactor;
+        self
+    }
+
+    /// Timeout of steps that set none.
+    pub fn with_default_timeout(mut self, d: Duration) -> Self {
+        self.default_timeout = d;
+        self
+    }
+
+    /// The hosts, in order.
+    pub fn endpoints(&self) -> &[Endpoint] {
+        &self.endpoints
+    }
+
+    /// Connect to every host (bounded by `parallelism`), checking host keys and
+    /// authentication; every problem is named, host by host.
+    pub async fn connect_all(&self) -> Result<Vec<Session>, TargetError> {
+        let results: Vec<Result<Session, SshError>> = futures_util::stream::iter(&self.endpoints)
+            .map(connect)
+            .buffered(self.parallelism)
+            .collect()
+            .await;
+        let mut sessions = Vec::new();
+        let mut problems = Vec::new();
+        for r in results {
+            match r {
+                Ok(s) => sessions.push(s),
+                Err(e) => problems.push(e.to_string()),
+            }
+        }
+        if !problems.is_empty() {
+            for s in sessions {
+                s.close().await;
+            }
+            return Err(TargetError::Io(format!(
+                "nothing was run on any host: {}",
+                problems.join("; ")
+            )));
+        }
+        Ok(sessions)
+    }
+
+    fn step<'a>(&self, action: &'a StepAction) -> Result<&'a ExecStep, TargetError> {
+        match action {
+            StepAction::Exec(s) => Ok(s),
+            other => Err(TargetError::Unsupported {
+                target: "ssh",
+                action: action_kind(other),
+            }),
+        }
+    }
+
+    fn timeout(&self, step: &ExecStep) -> Result<Duration, TargetError> {
+        match &step.timeout {
+            None => Ok(self.default_timeout),
+            Some(t) => parse_duration(t).map_err(|e| {
+                TargetError::Io(format!("read timeout `{t}` of step `{}`: {e}", step.name))
+            }),
+        }
+    }
+
+    fn env(&self, ctx: &StepContext, host: &Host) -> Vec<(String, String)> {
+        let mut env = vec![
+            ("SLIPWAY_RUN_ID".to_owned(), ctx.run_id.clone()),
+            ("SLIPWAY_STEP".to_owned(), ctx.step_id.clone()),
+            ("SLIPWAY_STEP_KEY".to_owned(), ctx.key.clone()),
+            ("SLIPWAY_ATTEMPT".to_owned(), ctx.attempt.to_string()),
+            ("SLIPWAY_HOST".to_owned(), host.name.clone()),
+        ];
+        env.extend(host.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        env
+    }
+
+    fn redact(&self, o: StepOutput) -> StepOutput {
+        StepOutput {
+            stdout: self.redactor.redact(&o.stdout),
+            stderr: self.redactor.redact(&o.stderr),
+            ..o
+        }
+    }
+
+    /// `cd` into the host's workdir, then `script`.
+    fn in_workdir(host: &Host, script: &str) -> String {
+        match &host.workdir {
+            Some(w) => format!("cd {} && {script}", sh_quote(w)),
+            None => script.to_owned(),
+        }
+    }
+
+    fn marker_dir(host: &Host, ctx: &StepContext) -> String {
+        let base = match &host.state_dir {
+            Some(d) => sh_quote(d),
+            None => "\"$HOME\"/.slipway".to_owned(),
+        };
+        format!("{base}/markers/{}", sh_quote(&ctx.run_id))
+    }
+
+    fn marker(host: &Host, ctx: &StepContext) -> String {
+        format!("{}/{}", Self::marker_dir(host, ctx), sh_quote(&ctx.key))
+    }
+
+    /// Run `script` on a host, redacted; a time-out is a failure.
+    async fn run_on(
+        &self,
+        s: &Session,
+        ctx: &StepContext,
+        script: &str,
+        timeout: Duration,
+    ) -> Result<StepOutput, (String, StepOutput)> {
+        let host = &s.endpoint().host;
+        // The host kills the attempt at `timeout`; the extra 10 s here only bounds a
+        // host that stops answering.
+        let secs = timeout.as_secs().max(1);
+        let line = Self::in_workdir(
+            host,
+            &format!("timeout -k 5 {secs} sh -c {}", sh_quote(script)),
+        );
+        match s
+            .run(
+                &line,
+                &self.env(ctx, host),
+                timeout + Duration::from_secs(10),
+            )
+            .await
+        {
+            Ok((o, false)) => Ok(self.redact(o)),
+            Ok((o, true)) => Err((
+                format!(
+                    "timed out after {} on {}",
+                    format_duration(timeout),
+                    s.endpoint().label()
+                ),
+                self.redact(o),
+            )),
+            Err(e) => Err((self.redactor.redact(&e.to_string()), StepOutput::default())),
+        }
+    }
+
+    /// The guard that shows the step done on this host, if any.
+    async fn guard(
+        &self,
+        s: &Session,
+        ctx: &StepContext,
+        step: &ExecStep,
+    ) -> Result<Option<String>, (String, StepOutput)> {
+        let t = self
+            .timeout(step)
+            .map_err(|e| (e.to_string(), StepOutput::default()))?;
+        if let Some(p) = &step.creates {
+            let o = self
+                .run_on(s, ctx, &format!("test -e {}", sh_quote(p)), t)
+                .await?;
+            if o.exit_code == Some(0) {
+                return Ok(Some(format!("creates: {p} exists")));
+            }
+        }
+        if let Some(cmd) = &step.unless {
+            let o = self.run_on(s, ctx, cmd, t).await?;
+            if o.exit_code == Some(0) {
+                return Ok(Some(format!("unless: `{cmd}` exited 0")));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn apply_host(&self, s: &Session, ctx: &StepContext, step: &ExecStep) -> HostOutcome {
+        match self.guard(s, ctx, step).await {
+            Ok(Some(g)) => return HostOutcome::AlreadyDone(g),
+            Ok(None) => {}
+            Err((m, o)) => return HostOutcome::Failed(m, o),
+        }
+        let t = match self.timeout(step) {
+            Ok(t) => t,
+            Err(e) => return HostOutcome::Failed(e.to_string(), StepOutput::default()),
+        };
+        let host = &s.endpoint().host;
+        let dir = Self::marker_dir(host, ctx);
+        let marker = Self::marker(host, ctx);
+        let script = format!(
+            "mkdir -p {dir} && exec flock {marker}.lock sh -c {} slipway-step {marker} {} {}",
+            sh_quote(WRAPPER),
+            sh_quote(&step.run),
+            sh_quote(MARKER_SENTINEL)
+        );
+        match self.run_on(s, ctx, &script, t).await {
+            Err((m, o)) => HostOutcome::Failed(m, o),
+            Ok(o) if o.exit_code == Some(0) && o.stderr.trim_end() == MARKER_SENTINEL => {
+                HostOutcome::AlreadyDone("completion marker of an earlier attempt".into())
+            }
+            Ok(o) if o.exit_code == Some(0) => HostOutcome::Ran(o),
+            Ok(o) => HostOutcome::Failed(
+                match o.exit_code {
+                    Some(c) => format!("`{}` exited with status {c}", step.run),
+                    None => format!("`{}` ended without an exit status", step.run),
+                },
+                o,
+            ),
+        }
+    }
+
+    /// Undo on one host when its marker is there; `Ok(None)` when there was nothing.
+    async fn undo_host(
+        &self,
+        s: &Session,
+        ctx: &StepContext,
+        cmd: &str,
+        t: Duration,
+    ) -> Result<Option<StepOutput>, (String, StepOutput)> {
+        let marker = Self::marker(&s.endpoint().host, ctx);
+        let script = format!(
+            "if [ ! -e {marker} ]; then echo {} >&2; exit 0; fi; sh -c {} && rm -f {marker}",
+            sh_quote(NO_MARKER_SENTINEL),
+            sh_quote(cmd)
+        );
+        let o = self.run_on(s, ctx, &script, t).await?;
+        match o.exit_code {
+            Some(0) if o.stderr.trim_end() == NO_MARKER_SENTINEL => Ok(None),
+            Some(0) => Ok(Some(o)),
+            c => Err((format!("undo `{cmd}` exited with {c:?}"), o)),
+        }
+    }
+
+    /// [`Self::apply_host`] unless another host failed already; reported.
+    async fn apply_guarded(
+        &self,
+        s: &Session,
+        ctx: &StepContext,
+        step: &ExecStep,
+        failed: &AtomicBool,
+    ) -> HostOutcome {
+        let o = if failed.load(Ordering::SeqCst) {
+            HostOutcome::Skipped
+        } else {
+            self.apply_host(s, ctx, step).await
+        };
+        if matches!(o, HostOutcome::Failed(..)) {
+            failed.store(true, Ordering::SeqCst);
+        }
+        self.report(ctx, &s.endpoint().host, "apply", &o);
+        o
+    }
+
+    /// [`Self::undo_host`], reported.
+    async fn undo_reported(
+        &self,
+        s: &Session,
+        ctx: &StepContext,
+        cmd: &str,
+        t: Duration,
+    ) -> (String, Result<Option<StepOutput>, (String, StepOutput)>) {
+        let r = self.undo_host(s, ctx, cmd, t).await;
+        let outcome = match &r {
+            Ok(Some(o)) => HostOutcome::Ran(o.clone()),
+            Ok(None) => {
+                HostOutcome::AlreadyDone("no completion marker: nothing of this run to undo".into())
+            }
+            Err((m, o)) => HostOutcome::Failed(m.clone(), o.clone()),
+        };
+        self.report(ctx, &s.endpoint().host, "undo", &outcome);
+        (s.endpoint().host.name.clone(), r)
+    }
+
+    fn report(&self, ctx: &StepContext, host: &Host, what: &str, outcome: &HostOutcome) {
+        let (result, detail, out) = match outcome {
+            HostOutcome::Ran(o) => ("ran", None, Some(o)),
+            HostOutcome::AlreadyDone(g) => ("already_done", Some(g.clone()), None),
+            HostOutcome::Failed(m, o) => ("failed", Some(m.clone()), Some(o)),
+            HostOutcome::Skipped => (
+                "skipped",
+                Some("not started: another host failed first".to_owned()),
+                None,
+            ),
+        };
+        ctx.report(serde_json::json!({
+            "kind": "ssh_host",
+            "phase": what,
+            "host": host.name,
+            "address": format!("{}:{}", host.address, host.port),
+            "result": result,
+            "detail": detail,
+            "exit_code": out.and_then(|o| o.exit_code),
+            "stdout": out.map(|o| o.stdout.clone()),
+            "stderr": out.map(|o| o.stderr.clone()),
+        }));
+    }
+}
+
+/// One output of many hosts: each host's section, in host order.
+fn combine(parts: &[(String, StepOutput)]) -> StepOutput {
+    let mut stdout = String::new();
+    let mut stderr = String::new();
+    let mut exit_code = Some(0);
+    let mut truncated = false;
+    for (host, o) in parts {
+        if !o.stdout.is_empty() {
+            stdout.push_str(&format!("[{host}] {}\n", o.stdout.trim_end()));
+        }
+        if !o.stderr.is_empty() {
+            stderr.push_str(&format!("[{host}] {}\n", o.stderr.trim_end()));
+        }
+        if o.exit_code != Some(0) {
+            exit_code = o.exit_code;
+        }
+        truncated |= o.truncated;
+    }
+    StepOutput {
+        exit_code,
+        stdout,
+        stderr,
+        truncated,
+    }
+}
+
+impl Target for SshTarget {
+    fn kind(&self) -> &'static str {
+        "ssh"
+    }
+
+    fn apply<'a>(
+        &'a self,
+        ctx: &'a StepContext,
+        action: &'a StepAction,
+    ) -> BoxFuture<'a, Result<Applied, TargetError>> {
+        Box::pin(async move {
+            let step = self.step(action)?;
+            let sessions = self.connect_all().await?;
+            let failed = AtomicBool::new(false);
+            let futs: Vec<_> = sessions
+                .iter()
+                .map(|s| self.apply_guarded(s, ctx, step, &failed))
+                .collect();
+            let outcomes: Vec<HostOutcome> = futures_util::stream::iter(futs)
+                .buffered(self.parallelism)
+                .collect()
+                .await;
+            if !failed.load(Ordering::SeqCst) {
+                let mut parts = Vec::new();
+                let mut guards = Vec::new();
+                for (s, o) in sessions.iter().zip(&outcomes) {
+                    let name = s.endpoint().host.name.clone();
+                    match o {
+                        HostOutcome::Ran(out) => parts.push((name, out.clone())),
+                        HostOutcome::AlreadyDone(g) => guards.push(format!("{name}: {g}")),
+                        _ => {}
+                    }
+                }
+                for s in sessions {
+                    s.close().await;
+                }
+                if parts.is_empty() {
+                    return Ok(Applied::AlreadyDone {
+                        guard: format!("already done on every host ({})", guards.join("; ")),
+                    });
+                }
+                return Ok(Applied::Ran {
+                    output: combine(&parts),
+                });
+            }
+            // A host failed: undo where this step completed, then fail the step.
+            let mut failures = Vec::new();
+            let mut parts = Vec::new();
+            let mut completed = Vec::new();
+            let mut skipped = Vec::new();
+            for (s, o) in sessions.iter().zip(&outcomes) {
+                let name = s.endpoint().host.name.clone();
+                match o {
+                    HostOutcome::Failed(m, out) => {
+                        failures.push(format!("{}: {m}", s.endpoint().label()));
+                        parts.push((name, out.clone()));
+                    }
+                    HostOutcome::Ran(out) => {
+                        completed.push(s);
+                        parts.push((name, out.clone()));
+                    }
+                    HostOutcome::AlreadyDone(g) if g.starts_with("completion marker") => {
+                        completed.push(s);
+                    }
+                    HostOutcome::Skipped => skipped.push(name),
+                    HostOutcome::AlreadyDone(_) => {}
+                }
+            }
+            let mut undone = Vec::new();
+            if let Some(cmd) = &step.undo {
+                let t = self.timeout(step)?;
+                for s in &completed {
+                    let name = s.endpoint().host.name.clone();
+                    let r = self.undo_host(s, ctx, cmd, t).await;
+                    let outcome = match &r {
+                        Ok(o) => HostOutcome::Ran(o.clone().unwrap_or_default()),
+                        Err((m, o)) => HostOutcome::Failed(m.clone(), o.clone()),
+                    };
+                    self.report(ctx, &s.endpoint().host, "undo", &outcome);
+                    match r {
+                        Ok(_) => undone.push(name),
+                        Err((m, _)) => failures.push(format!("undo on {name} failed: {m}")),
+                    }
+                }
+            } else if !completed.is_empty() {
+                failures.push(format!(
+                    "the step has no undo, so it stays applied on: {}",
+                    completed
+                        .iter()
+                        .map(|s| s.endpoint().host.name.clone())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+            for s in sessions {
+                s.close().await;
+            }
+            let mut message = failures.join("; ");
+            if !undone.is_empty() {
+                message.push_str(&format!(
+                    "; undone on the hosts where it had completed: {}",
+                    undone.join(", ")
+                ));
+            }
+            if !skipped.is_empty() {
+                message.push_str(&format!("; not started on: {}", skipped.join(", ")));
+            }
+            Err(TargetError::Failed {
+                message: self.redactor.redact(&message),
+                output: combine(&parts),
+            })
+        })
+    }
+
+    fn observe<'a>(
+        &'a self,
+        ctx: &'a StepContext,
+        action: &'a StepAction,
+    ) -> BoxFuture<'a, Result<Observation, TargetError>> {
+        Box::pin(async move {
+            let step = self.step(action)?;
+            let t = self.timeout(step)?;
+            let sessions = self.connect_all().await?;
+            let mut done = Vec::new();
+            let mut not_done = Vec::new();
+            let mut error = None;
+            for s in &sessions {
+                let name = s.endpoint().host.name.clone();
+                let marker = Self::marker(&s.endpoint().host, ctx);
+                // Wait for an attempt still holding the lock, then look for the marker.
+                let script = format!(
+                    "if [ -e {marker}.lock ]; then flock {marker}.lock true; fi; test -e {marker}"
+                );
+                match self.run_on(s, ctx, &script, t).await {
+                    Ok(o) if o.exit_code == Some(0) => done.push(format!("{name}: marker")),
+                    Ok(_) => match self.guard(s, ctx, step).await {
+                        Ok(Some(g)) => done.push(format!("{name}: {g}")),
+                        Ok(None) => not_done.push(name),
+                        Err((m, _)) => error = Some(m),
+                    },
+                    Err((m, _)) => error = Some(m),
+                }
+                if error.is_some() {
+                    break;
+                }
+            }
+            for s in sessions {
+                s.close().await;
+            }
+            if let Some(m) = error {
+                return Err(TargetError::Io(m));
+            }
+            if not_done.is_empty() {
+                Ok(Observation::Done {
+                    evidence: format!("done on every host ({})", done.join("; ")),
+                })
+            } else {
+                Ok(Observation::NotDone {
+                    evidence: format!(
+                        "no completion marker and no guard showing it done on: {}",
+                        not_done.join(", ")
+                    ),
+                })
+            }
+        })
+    }
+
+    fn undo<'a>(
+        &'a self,
+        ctx: &'a StepContext,
+        action: &'a StepAction,
+    ) -> BoxFuture<'a, Result<Option<StepOutput>, TargetError>> {
+        Box::pin(async move {
+            let step = self.step(action)?;
+            let Some(cmd) = &step.undo else {
+                return Ok(None);
+            };
+            let t = self.timeout(step)?;
+            let sessions = self.connect_all().await?;
+            let futs: Vec<_> = sessions
+                .iter()
+                .map(|s| self.undo_reported(s, ctx, cmd, t))
+                .collect();
+            let results: Vec<_> = futures_util::stream::iter(futs)
+                .buffered(self.parallelism)
+                .collect()
+                .await;
+            for s in sessions {
+                s.close().await;
+            }
+            let mut parts = Vec::new();
+            let mut failures = Vec::new();
+            for (name, r) in results {
+                match r {
+                    Ok(Some(o)) => parts.push((name, o)),
+                    Ok(None) => {}
+                    Err((m, o)) => {
+                        failures.push(format!("{name}: {m}"));
+                        parts.push((name, o));
+                    }
+                }
+            }
+            if !failures.is_empty() {
+                return Err(TargetError::Failed {
+                    message: self.redactor.redact(&failures.join("; ")),
+                    output: combine(&parts),
+                });
+            }
+            Ok(Some(combine(&parts)))
+        })
+    }
+}

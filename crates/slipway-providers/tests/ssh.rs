@@ -1,0 +1,418 @@
+//! The ssh target against real sshd processes (tests/sshd.rs): inventory errors, strict
+//! host-key checking (unknown and changed keys), command execution with env, bounded
+//! output, timeouts, and the target's apply/observe/undo on several hosts.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
+use std::path::Path;
+use std::time::Duration;
+
+use slipway_engine::{Applied, Observation, StepContext, Target, TargetError};
+use slipway_model::plan::StepAction;
+use slipway_model::spec::ExecStep;
+use slipway_providers::exec::OUTPUT_LIMIT;
+use slipway_providers::ssh::{self, Inventory, SshError, SshTarget};
+
+use crate::sshd::{Fleet, fingerprint};
+
+fn inventory(fleet: &Fleet, extra: impl Fn(usize) -> String) -> Inventory {
+    let path = fleet.dir.join("inventory.yaml");
+    std::fs::write(&path, fleet.inventory(extra)).unwrap();
+    Inventory::load(&path).unwrap()
+}
+
+fn endpoint(fleet: &Fleet, i: usize) -> ssh::Endpoint {
+    let inv = inventory(fleet, |_| String::new());
+    SshTarget::new(&inv, None, None, None).unwrap().endpoints()[i].clone()
+}
+
+fn ctx(
+    run: &str,
+    step: &str,
+) -> (
+    StepContext,
+    tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    (
+        StepContext {
+            run_id: run.into(),
+            step_id: format!("web/{step}"),
+            key: format!("key-{step}"),
+            attempt: 1,
+            progress: Some(tx),
+        },
+        rx,
+    )
+}
+
+fn exec_step(run: &str, undo: Option<&str>) -> StepAction {
+    StepAction::Exec(ExecStep {
+        name: "install".into(),
+        run: run.into(),
+        creates: None,
+        unless: None,
+        undo: undo.map(str::to_owned),
+        timeout: Some("30s".into()),
+    })
+}
+
+fn reports(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>,
+) -> Vec<serde_json::Value> {
+    let mut v = Vec::new();
+    while let Ok(r) = rx.try_recv() {
+        v.push(r);
+    }
+    v
+}
+
+fn load_err(dir: &Path, text: &str) -> String {
+    let p = dir.join("inv.yaml");
+    std::fs::write(&p, text).unwrap();
+    Inventory::load(&p).unwrap_err().to_string()
+}
+
+#[test]
+fn inventory_errors_name_the_file_the_field_and_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = load_err(dir.path(), "hosts:\n  - name: a\n    address: 10.0.0.1\n");
+    assert!(
+        e.contains("inv.yaml") && e.contains("`known_hosts` is missing") && e.contains("fix:"),
+        "{e}"
+    );
+    let e = load_err(
+        dir.path(),
+        "known_hosts: kh\nhosts:\n  - name: a\n    address: 10.0.0.1\ngroups:\n  web: [a, b]\n",
+    );
+    assert!(
+        e.contains("`groups.web` names host `b`") && e.contains("hosts: a"),
+        "{e}"
+    );
+    let e = load_err(
+        dir.path(),
+        "known_hosts: kh\nhosts:\n  - name: a\n    adress: 10.0.0.1\n",
+    );
+    assert!(e.contains("adress") && e.contains("fix:"), "{e}");
+    let e = load_err(
+        dir.path(),
+        "known_hosts: kh\nhosts:\n  - name: a\n    address: x\n  - name: a\n    address: y\n",
+    );
+    assert!(e.contains("`hosts[1].name` `a` is used twice"), "{e}");
+    let p = dir.path().join("ok.yaml");
+    std::fs::write(&p, "known_hosts: kh\nhosts:\n  - name: a\n    address: x\n").unwrap();
+    let inv = Inventory::load(&p).unwrap();
+    let e = inv.select(Some("db")).unwrap_err().to_string();
+    assert!(
+        e.contains("no group `db`") && e.contains("target.ssh.group"),
+        "{e}"
+    );
+    let e = SshTarget::new(&inv, None, None, None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("host `a` has no user"), "{e}");
+    assert_eq!(inv.known_hosts, dir.path().join("kh"));
+}
+
+#[tokio::test]
+async fn runs_a_command_with_env_and_captures_output_and_status() {
+    let fleet = Fleet::start(1);
+    let s = ssh::connect(&endpoint(&fleet, 0)).await.unwrap();
+    let (out, timed_out) = s
+        .run(
+            "echo \"$GREETING\"; echo oops >&2; exit 3",
+            &[("GREETING".into(), "it's a 'quoted' $value".into())],
+            Duration::from_secs(20),
+        )
+        .await
+        .unwrap();
+    assert!(!timed_out);
+    assert_eq!(out.exit_code, Some(3));
+    assert_eq!(out.stdout, "it's a 'quoted' $value\n");
+    assert_eq!(out.stderr, "oops\n");
+    assert!(!out.truncated);
+
+    // Output is bounded: the tail is kept.
+    let (out, _) = s
+        .run(
+            "head -c 100000 /dev/zero | tr '\\0' a; echo END",
+            &[],
+            Duration::from_secs(20),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.exit_code, Some(0));
+    assert!(out.truncated);
+    assert_eq!(out.stdout.len(), OUTPUT_LIMIT);
+    assert!(
+        out.stdout.ends_with("aaa\nEND\n") || out.stdout.ends_with("aEND\n"),
+        "{}",
+        &out.stdout[out.stdout.len() - 10..]
+    );
+
+    // A command past its timeout is cut off with no exit status.
+    let (out, timed_out) = s
+        .run(
+            "echo started; exec sleep 30",
+            &[],
+            Duration::from_millis(1500),
+        )
+        .await
+        .unwrap();
+    assert!(timed_out);
+    assert_eq!(out.exit_code, None);
+    assert_eq!(out.stdout, "started\n");
+    s.close().await;
+}
+
+#[tokio::test]
+async fn an_unknown_host_key_is_refused_naming_host_fingerprint_and_fix() {
+    let fleet = Fleet::start(1);
+    let mut ep = endpoint(&fleet, 0);
+    let empty = fleet.dir.join("empty_known_hosts");
+    std::fs::write(&empty, "").unwrap();
+    ep.known_hosts = empty.clone();
+    let e = ssh::connect(&ep).await.unwrap_err();
+    let SshError::HostKey(msg) = &e else {
+        panic!("expected a host-key refusal, got {e:?}");
+    };
+    let fp = fingerprint(&fleet.hosts[0].host_key.with_extension("pub"));
+    assert!(msg.contains("host `host1`"), "{msg}");
+    assert!(msg.contains(&fp), "{msg} lacks {fp}");
+    assert!(
+        msg.contains("unknown") && msg.contains("never trusted on first use"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains(&format!("ssh-keyscan -p {} 127.0.0.1", fleet.hosts[0].port)),
+        "{msg}"
+    );
+    // Nothing was learnt: the file is still empty.
+    assert_eq!(std::fs::read_to_string(&empty).unwrap(), "");
+
+    // A missing known_hosts file is refused too.
+    ep.known_hosts = fleet.dir.join("no-such-file");
+    let e = ssh::connect(&ep).await.unwrap_err().to_string();
+    assert!(e.contains("does not exist") && e.contains(&fp), "{e}");
+}
+
+#[tokio::test]
+async fn a_changed_host_key_is_refused_naming_both_fingerprints() {
+    let mut fleet = Fleet::start(2);
+    // Before: accepted.
+    ssh::connect(&endpoint(&fleet, 1))
+        .await
+        .unwrap()
+        .close()
+        .await;
+    fleet.rekey(1);
+    let e = ssh::connect(&endpoint(&fleet, 1)).await.unwrap_err();
+    let SshError::HostKey(msg) = &e else {
+        panic!("expected a host-key refusal, got {e:?}");
+    };
+    let new_fp = fingerprint(&fleet.hosts[1].host_key.with_extension("pub"));
+    let old_fp = fingerprint(&fleet.hosts[1].dir.join("old_host_key.pub"));
+    assert_ne!(new_fp, old_fp);
+    assert!(
+        msg.contains("host `host2`") && msg.contains("HOST KEY CHANGED"),
+        "{msg}"
+    );
+    assert!(msg.contains(&new_fp) && msg.contains(&old_fp), "{msg}");
+    assert!(msg.contains("ssh-keygen -R"), "{msg}");
+    // The other host is unaffected.
+    ssh::connect(&endpoint(&fleet, 0))
+        .await
+        .unwrap()
+        .close()
+        .await;
+}
+
+/// Per-host directories on this machine stand for the hosts' file systems.
+fn host_dirs(fleet: &Fleet) -> (Inventory, Vec<std::path::PathBuf>) {
+    let roots: Vec<_> = (0..fleet.hosts.len())
+        .map(|i| {
+            let d = fleet.dir.join(format!("root{i}"));
+            std::fs::create_dir_all(&d).unwrap();
+            d
+        })
+        .collect();
+    let r = roots.clone();
+    let inv = inventory(fleet, move |i| {
+        format!(
+            "    workdir: {}\n    state_dir: {}/state\n    env: {{ ROOT: {} }}\n",
+            r[i].display(),
+            r[i].display(),
+            r[i].display()
+        )
+    });
+    (inv, roots)
+}
+
+#[tokio::test]
+async fn the_target_applies_observes_and_undoes_on_every_host() {
+    let fleet = Fleet::start(3);
+    let (inv, roots) = host_dirs(&fleet);
+    let target = SshTarget::new(&inv, Some("all"), None, Some(2)).unwrap();
+    let action = exec_step(
+        "echo \"$SLIPWAY_HOST\" > app.txt && echo installed on $SLIPWAY_HOST",
+        Some("rm app.txt"),
+    );
+    let (c, mut rx) = ctx("run1", "install");
+    assert!(matches!(
+        target.observe(&c, &action).await.unwrap(),
+        Observation::NotDone { .. }
+    ));
+    let Applied::Ran { output } = target.apply(&c, &action).await.unwrap() else {
+        panic!("expected the step to run");
+    };
+    for (i, root) in roots.iter().enumerate() {
+        let host = format!("host{}", i + 1);
+        assert_eq!(
+            std::fs::read_to_string(root.join("app.txt")).unwrap(),
+            format!("{host}\n")
+        );
+        assert!(
+            output
+                .stdout
+                .contains(&format!("[{host}] installed on {host}")),
+            "{}",
+            output.stdout
+        );
+        assert!(root.join("state/markers/run1/key-install").exists());
+    }
+    let r = reports(&mut rx);
+    assert_eq!(r.len(), 3, "{r:?}");
+    assert!(
+        r.iter()
+            .all(|v| v["kind"] == "ssh_host" && v["result"] == "ran"),
+        "{r:?}"
+    );
+
+    // Exactly once: a re-apply finds every marker and runs nothing.
+    std::fs::remove_file(roots[0].join("app.txt")).unwrap();
+    let again = target.apply(&c, &action).await.unwrap();
+    assert!(matches!(again, Applied::AlreadyDone { .. }), "{again:?}");
+    assert!(!roots[0].join("app.txt").exists());
+    std::fs::write(roots[0].join("app.txt"), "host1\n").unwrap();
+    assert!(matches!(
+        target.observe(&c, &action).await.unwrap(),
+        Observation::Done { .. }
+    ));
+
+    // Undo runs on every host with a marker and clears it.
+    target.undo(&c, &action).await.unwrap();
+    for root in &roots {
+        assert!(!root.join("app.txt").exists());
+        assert!(!root.join("state/markers/run1/key-install").exists());
+    }
+    assert!(matches!(
+        target.observe(&c, &action).await.unwrap(),
+        Observation::NotDone { .. }
+    ));
+}
+
+#[tokio::test]
+async fn a_failing_host_fails_the_step_and_undoes_where_it_completed() {
+    let fleet = Fleet::start(3);
+    let (inv, roots) = host_dirs(&fleet);
+    // One host at a time, in order: host1 completes, host2 fails, host3 never starts.
+    let target = SshTarget::new(&inv, None, None, Some(1)).unwrap();
+    let action = exec_step(
+        "if [ \"$SLIPWAY_HOST\" = host2 ]; then echo disk full >&2; exit 7; fi; touch app.txt",
+        Some("rm app.txt && touch undone.txt"),
+    );
+    let (c, mut rx) = ctx("run2", "install");
+    let e = target.apply(&c, &action).await.unwrap_err();
+    let TargetError::Failed { message, output } = &e else {
+        panic!("expected a failed step, got {e:?}");
+    };
+    assert!(
+        message.contains("host `host2`") && message.contains("exited with status 7"),
+        "{message}"
+    );
+    assert!(
+        message.contains("undone on the hosts where it had completed: host1"),
+        "{message}"
+    );
+    assert!(message.contains("not started on: host3"), "{message}");
+    assert!(output.stderr.contains("[host2] disk full"), "{output:?}");
+    assert!(roots[0].join("undone.txt").exists() && !roots[0].join("app.txt").exists());
+    assert!(!roots[1].join("app.txt").exists() && !roots[1].join("undone.txt").exists());
+    assert!(!roots[2].join("app.txt").exists() && !roots[2].join("undone.txt").exists());
+    let r = reports(&mut rx);
+    let summary: Vec<(String, String, String)> = r
+        .iter()
+        .map(|v| {
+            (
+                v["phase"].as_str().unwrap().to_owned(),
+                v["host"].as_str().unwrap().to_owned(),
+                v["result"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let s = |a: &str, b: &str, c: &str| (a.to_owned(), b.to_owned(), c.to_owned());
+    assert_eq!(
+        summary,
+        vec![
+            s("apply", "host1", "ran"),
+            s("apply", "host2", "failed"),
+            s("apply", "host3", "skipped"),
+            s("undo", "host1", "ran"),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_changed_host_key_stops_the_step_before_any_host_runs_it() {
+    let mut fleet = Fleet::start(3);
+    fleet.rekey(2);
+    let (inv, roots) = host_dirs(&fleet);
+    let target = SshTarget::new(&inv, None, None, Some(3)).unwrap();
+    let (c, _rx) = ctx("run3", "install");
+    let e = target
+        .apply(&c, &exec_step("touch app.txt", None))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("nothing was run on any host")
+            && e.contains("host `host3`")
+            && e.contains("HOST KEY CHANGED"),
+        "{e}"
+    );
+    for root in &roots {
+        assert!(!root.join("app.txt").exists());
+    }
+}
+
+#[tokio::test]
+async fn guards_skip_hosts_where_the_effect_is_already_there() {
+    let fleet = Fleet::start(2);
+    let (inv, roots) = host_dirs(&fleet);
+    std::fs::write(roots[0].join("app.txt"), "pre-existing").unwrap();
+    let target = SshTarget::new(&inv, None, None, Some(2)).unwrap();
+    let action = StepAction::Exec(ExecStep {
+        name: "install".into(),
+        run: "echo new > app.txt".into(),
+        creates: Some("app.txt".into()),
+        unless: None,
+        undo: Some("rm app.txt".into()),
+        timeout: None,
+    });
+    let (c, _rx) = ctx("run4", "install");
+    assert!(matches!(
+        target.apply(&c, &action).await.unwrap(),
+        Applied::Ran { .. }
+    ));
+    assert_eq!(
+        std::fs::read_to_string(roots[0].join("app.txt")).unwrap(),
+        "pre-existing"
+    );
+    assert_eq!(
+        std::fs::read_to_string(roots[1].join("app.txt")).unwrap(),
+        "new\n"
+    );
+    // Undo reverses what this run did: host1's file predates it and stays.
+    target.undo(&c, &action).await.unwrap();
+    assert!(roots[0].join("app.txt").exists());
+    assert!(!roots[1].join("app.txt").exists());
+}

@@ -1,0 +1,257 @@
+//! Real OpenSSH servers for tests: N `sshd` processes on 127.0.0.1, each on a free port
+//! with its own generated host key, all accepting one generated client key for the
+//! current user. Killed on drop. Also used by slipway-cli's tests (`#[path]` include).
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test support, shared with slipway-cli's tests"
+)]
+
+use std::io::Read;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// One sshd.
+pub struct Sshd {
+    /// Host name used in inventories.
+    pub name: String,
+    /// Listening port on 127.0.0.1.
+    pub port: u16,
+    /// Its private host key (the `.pub` beside it).
+    pub host_key: PathBuf,
+    /// Its own directory (config, keys, log).
+    pub dir: PathBuf,
+    child: Child,
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Several sshd and the client side to reach them.
+pub struct Fleet {
+    /// Holds every file; removed on drop (after the servers, which are dropped first).
+    pub hosts: Vec<Sshd>,
+    /// The client's private key.
+    pub client_key: PathBuf,
+    /// A known_hosts file with every host's key.
+    pub known_hosts: PathBuf,
+    /// The user the servers let in (the current one).
+    pub user: String,
+    /// The fleet's directory.
+    pub dir: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+fn keygen(path: &Path) {
+    let st = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "slipway-test", "-f"])
+        .arg(path)
+        .stdin(Stdio::null())
+        .status()
+        .expect("ssh-keygen runs (apt: openssh-client)");
+    assert!(st.success(), "ssh-keygen failed for {}", path.display());
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    l.local_addr().expect("local addr").port()
+}
+
+fn current_user() -> String {
+    let out = Command::new("id").arg("-un").output().expect("id -un");
+    String::from_utf8(out.stdout)
+        .expect("utf-8 user")
+        .trim()
+        .to_owned()
+}
+
+/// `[127.0.0.1]:port <type> <key>` for a host key.
+pub fn known_hosts_line(port: u16, host_key: &Path) -> String {
+    let public = std::fs::read_to_string(host_key.with_extension("pub")).expect("read host .pub");
+    let mut parts = public.split_whitespace();
+    let (alg, key) = (
+        parts.next().expect("key type"),
+        parts.next().expect("key data"),
+    );
+    format!("[127.0.0.1]:{port} {alg} {key}\n")
+}
+
+/// `SHA256:…` of a public key file, by ssh-keygen.
+pub fn fingerprint(public: &Path) -> String {
+    let out = Command::new("ssh-keygen")
+        .arg("-lf")
+        .arg(public)
+        .output()
+        .expect("ssh-keygen -l");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.split_whitespace()
+        .nth(1)
+        .expect("fingerprint field")
+        .to_owned()
+}
+
+impl Sshd {
+    fn start(dir: &Path, name: &str, authorized: &Path) -> Sshd {
+        std::fs::create_dir_all(dir).expect("host dir");
+        let host_key = dir.join("host_key");
+        if !host_key.exists() {
+            keygen(&host_key);
+        }
+        // sshd's privilege-separation directory (absent on a fresh machine).
+        let _ = std::fs::create_dir_all("/run/sshd");
+        let port = free_port();
+        let config = dir.join("sshd_config");
+        std::fs::write(
+            &config,
+            format!(
+                "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nPidFile {}\nAuthorizedKeysFile {}\n\
+                 PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n\
+                 PermitRootLogin prohibit-password\nPubkeyAuthentication yes\nLogLevel ERROR\n",
+                host_key.display(),
+                dir.join("sshd.pid").display(),
+                authorized.display()
+            ),
+        )
+        .expect("write sshd_config");
+        let log = std::fs::File::create(dir.join("sshd.log")).expect("sshd log");
+        let mut child = Command::new("/usr/sbin/sshd")
+            .args(["-D", "-e", "-f"])
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start /usr/sbin/sshd (apt: openssh-server)");
+        // Ready when it sends its banner.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(st)) = child.try_wait() {
+                panic!(
+                    "sshd {name} exited ({st}) before listening: {}",
+                    std::fs::read_to_string(dir.join("sshd.log")).unwrap_or_default()
+                );
+            }
+            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                let mut buf = [0u8; 4];
+                if s.read_exact(&mut buf).is_ok() && &buf == b"SSH-" {
+                    break;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sshd {name} did not listen on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Sshd {
+            name: name.to_owned(),
+            port,
+            host_key,
+            dir: dir.to_path_buf(),
+            child,
+        }
+    }
+}
+
+impl Fleet {
+    /// Start `n` servers named `host1`..`hostN`.
+    pub fn start(n: usize) -> Fleet {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().to_path_buf();
+        let client_key = dir.join("id_ed25519");
+        keygen(&client_key);
+        let authorized = dir.join("authorized_keys");
+        std::fs::copy(client_key.with_extension("pub"), &authorized).expect("authorized_keys");
+        let hosts: Vec<Sshd> = (1..=n)
+            .map(|i| {
+                Sshd::start(
+                    &dir.join(format!("host{i}")),
+                    &format!("host{i}"),
+                    &authorized,
+                )
+            })
+            .collect();
+        let known_hosts = dir.join("known_hosts");
+        let lines: String = hosts
+            .iter()
+            .map(|h| known_hosts_line(h.port, &h.host_key))
+            .collect();
+        std::fs::write(&known_hosts, lines).expect("known_hosts");
+        Fleet {
+            hosts,
+            client_key,
+            known_hosts,
+            user: current_user(),
+            dir,
+            _tmp: tmp,
+        }
+    }
+
+    /// Give host `i` a new host key and restart it (on a new port, whose known_hosts
+    /// entry is rewritten with the *old* key): what a re-keyed or impostor host looks like.
+    pub fn rekey(&mut self, i: usize) {
+        let old_line = {
+            let h = &self.hosts[i];
+            known_hosts_line(h.port, &h.host_key)
+        };
+        let dir = self.hosts[i].dir.clone();
+        let name = self.hosts[i].name.clone();
+        let old_key = std::fs::read_to_string(&self.hosts[i].host_key).expect("old key");
+        let old_pub =
+            std::fs::read_to_string(self.hosts[i].host_key.with_extension("pub")).expect("pub");
+        // Stop the old server before reusing its directory.
+        let _ = self.hosts[i].child.kill();
+        let _ = self.hosts[i].child.wait();
+        let _ = std::fs::remove_file(dir.join("host_key"));
+        let _ = std::fs::remove_file(dir.join("host_key.pub"));
+        let new = Sshd::start(&dir, &name, &self.dir.join("authorized_keys"));
+        // known_hosts keeps the old key, now for the new port.
+        std::fs::write(dir.join("old_host_key"), old_key).expect("keep old key");
+        std::fs::write(dir.join("old_host_key.pub"), old_pub).expect("keep old pub");
+        let kh = std::fs::read_to_string(&self.known_hosts).expect("known_hosts");
+        let updated = kh.replace(
+            &old_line,
+            &known_hosts_line(new.port, &dir.join("old_host_key")),
+        );
+        std::fs::write(&self.known_hosts, updated).expect("rewrite known_hosts");
+        self.hosts[i] = new;
+    }
+
+    /// An inventory listing every host with `extra(i)` appended to its entry (YAML lines
+    /// indented by four spaces), group `all` with every host.
+    pub fn inventory(&self, extra: impl Fn(usize) -> String) -> String {
+        let mut s = format!(
+            "known_hosts: {}\nidentity: {}\nuser: {}\nhosts:\n",
+            self.known_hosts.display(),
+            self.client_key.display(),
+            self.user
+        );
+        for (i, h) in self.hosts.iter().enumerate() {
+            s.push_str(&format!(
+                "  - name: {}\n    address: 127.0.0.1\n    port: {}\n{}",
+                h.name,
+                h.port,
+                extra(i)
+            ));
+        }
+        s.push_str("groups:\n  all: [");
+        s.push_str(
+            &self
+                .hosts
+                .iter()
+                .map(|h| h.name.clone())
+                .collect::<Vec<_>>()
+                .join(", "),
+        );
+        s.push_str("]\n");
+        s
+    }
+}
