@@ -233,7 +233,7 @@ fn inspect_deb(path: &Path) -> Result<PackageInfo> {
     let control = control.ok_or_else(|| {
         fail(
             path,
-            "it has no control.tar member with a control file; it is not a Debian package",
+            "it has no control.tar member with a control file: it is cut short, or not a Debian package",
         )
     })?;
     let fields = parse_control(&control);
@@ -264,7 +264,7 @@ fn inspect_deb(path: &Path) -> Result<PackageInfo> {
         files: files.ok_or_else(|| {
             fail(
                 path,
-                "it has no data.tar member; it is not a Debian package",
+                "it has no data.tar member: it is cut short (a download or copy that stopped), or not a Debian package",
             )
         })?,
     })

@@ -40,6 +40,33 @@ Pre-Depends: dpkg (>= 1.19)\nDepends: libc6 (>= 2.34), adduser\nDescription: dem
     assert_eq!(info.digest, sha256_file(&d.join("demo.deb")).unwrap());
 }
 
+/// Found in the fuzz runs' errors: a deb cut short between its members said "it is not a
+/// Debian package", which sends one looking for the wrong problem.
+#[test]
+fn a_deb_cut_between_its_members_says_it_may_be_cut_short() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write(
+        &d.join("pkg/DEBIAN/control"),
+        b"Package: demo\nVersion: 1\nArchitecture: all\nMaintainer: Ops <ops@example.invalid>\nDescription: demo\n",
+    );
+    write(&d.join("pkg/usr/share/demo/a.txt"), b"a");
+    run_ok(
+        "dpkg-deb",
+        "dpkg-dev",
+        &["--root-owner-group", "--build", "pkg", "demo.deb"],
+        d,
+    );
+    let deb = std::fs::read(d.join("demo.deb")).unwrap();
+    let data_member = deb.windows(8).position(|w| w == b"data.tar").unwrap();
+    let cut = write(&d.join("cut.deb"), &deb[..data_member]);
+    let msg = inspect(&cut).unwrap_err().to_string();
+    assert!(
+        msg.contains("cut.deb") && msg.contains("no data.tar member: it is cut short"),
+        "{msg}"
+    );
+}
+
 #[test]
 fn inspects_an_rpm_built_by_rpmbuild() {
     let dir = tempfile::tempdir().unwrap();
