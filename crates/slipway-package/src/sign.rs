@@ -465,7 +465,21 @@ fn read_small(path: &Path, what: &'static str) -> Result<String> {
 /// comment is signed as bytes: replacing an invalid byte would make a genuine signature
 /// look like tampering, so a trusted comment that is not UTF-8 is a format error that says
 /// so.
+///
+/// minisign drops every carriage return that ends a line; `str::lines` drops only one, so
+/// the lines are trimmed the same way here. Otherwise a signature file that went through a
+/// Windows editor twice ("\r\r\n") verified with minisign and failed here, as garbled base64
+/// or, on the trusted comment, as tampering.
 fn read_signature_text(path: &Path) -> Result<String> {
+    let text = read_signature_utf8(path)?;
+    let lines: Vec<&str> = text.lines().map(|l| l.trim_end_matches('\r')).collect();
+    if lines.is_empty() {
+        return Ok(String::new());
+    }
+    Ok(lines.join("\n") + "\n")
+}
+
+fn read_signature_utf8(path: &Path) -> Result<String> {
     let bytes = read_small_bytes(path, "signature")?;
     String::from_utf8(bytes).or_else(|e| {
         let bytes = e.into_bytes();

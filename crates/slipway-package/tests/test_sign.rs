@@ -349,3 +349,46 @@ fn comments_that_are_not_utf8_read_like_minisign_reads_them() {
         "{msg}"
     );
 }
+
+/// Found by the long fuzz run against the minisign CLI: minisign drops every carriage
+/// return ending a line, Slipway dropped one, so a signature whose lines end in "\r\r\n"
+/// verified with minisign and was refused here as garbled (or, on the trusted comment
+/// line, reported as tampered).
+#[test]
+fn lines_ending_in_several_carriage_returns_read_like_minisign_reads_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    run_ok(
+        "minisign",
+        "minisign",
+        &["-G", "-W", "-p", "m.pub", "-s", "m.key"],
+        d,
+    );
+    let file = write(&d.join("f"), b"data");
+    run_ok(
+        "minisign",
+        "minisign",
+        &["-S", "-s", "m.key", "-m", "f", "-t", "built by ci"],
+        d,
+    );
+    let sig = signature_path(&file);
+    let text = std::fs::read_to_string(&sig).unwrap();
+    // minisign reads the signature line into a buffer of its exact size, so only the
+    // other three lines may carry more than one.
+    let crlf: Vec<String> = text
+        .lines()
+        .enumerate()
+        .map(|(i, l)| {
+            if i == 1 {
+                format!("{l}\r\n")
+            } else {
+                format!("{l}\r\r\n")
+            }
+        })
+        .collect();
+    std::fs::write(&sig, crlf.concat()).unwrap();
+    run_ok("minisign", "minisign", &["-Vm", "f", "-p", "m.pub"], d);
+    let pk = PublicKey::from_file(&d.join("m.pub")).unwrap();
+    let verified = verify(&file, &sig, &[pk]).unwrap();
+    assert_eq!(verified.trusted_comment, "built by ci");
+}
