@@ -297,11 +297,71 @@ pub fn make_plan(file: &Path, env: &str, out: &Output) -> Result<(LoadedSpec, Pl
     let artifact_findings = slipway_package::check_artifacts(&loaded.spec, dir, p.signature_keys());
     p.findings.extend(artifact_findings);
     p.findings.extend(target_unavailable(&p, file));
+    p.findings.extend(ssh_findings(&p, file, dir));
     Ok((loaded, p))
 }
 
 /// The targets `slipway deploy` can run a plan on.
-pub const DEPLOYABLE_TARGETS: &[&str] = &["exec", "process"];
+pub const DEPLOYABLE_TARGETS: &[&str] = &["exec", "process", "ssh"];
+
+/// What an `ssh` plan cannot do, found before anyone approves it: an inventory that does
+/// not load (or lacks the group, a user or a key), and services the ssh target has no way
+/// to install — `run:` instances (it runs install `steps:` only) and config templates
+/// (rendered on this machine, not on the hosts). No host is contacted here.
+fn ssh_findings(p: &Plan, file: &Path, dir: &Path) -> Vec<plan::Finding> {
+    let Some(t) = &p.env.target.ssh else {
+        return Vec::new();
+    };
+    let error = |code: &str, message: String| plan::Finding {
+        severity: "error".into(),
+        code: code.into(),
+        message,
+    };
+    let mut out = Vec::new();
+    if let Err(e) =
+        slipway_providers::ssh::Inventory::load(&dir.join(&t.inventory)).and_then(|inv| {
+            slipway_providers::ssh::SshTarget::new(
+                &inv,
+                t.group.as_deref(),
+                t.user.as_deref(),
+                t.parallelism,
+            )
+        })
+    {
+        out.push(error(
+            "ssh-inventory",
+            format!(
+                "{}: environments.{}.target.ssh: {e}",
+                file.display(),
+                p.environment
+            ),
+        ));
+    }
+    for (name, svc) in &p.services {
+        if svc.kind == slipway_model::spec::ServiceKind::Migration {
+            continue;
+        }
+        if !svc.config.is_empty() {
+            out.push(error(
+                "ssh-unsupported",
+                format!(
+                    "{}: services.{name}.config: the ssh target does not render config templates on the hosts yet; install the files with a step, or deploy this service with `target: {{ exec: {{}} }}`",
+                    file.display()
+                ),
+            ));
+        }
+        if svc.steps.is_empty() {
+            out.push(error(
+                "ssh-unsupported",
+                format!(
+                    "{}: services.{name} has no `steps:`; the ssh target runs a service's install steps on each host (it does not supervise `run:` instances); add `steps: [{{ name: install, run: ... }}]`",
+                    file.display()
+                ),
+            ));
+        }
+    }
+    out
+}
 
 /// A plan for a target this build cannot deploy to is blocked at plan time, before anyone
 /// approves it, rather than refused only when the deploy starts.

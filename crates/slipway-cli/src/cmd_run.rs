@@ -1,6 +1,7 @@
 //! Run commands: `deploy`, `resume`, `status`, `logs`, `pause`, `promote`, `abort`,
 //! `approve`, `history`. They open the store (`--store` / `SLIPWAY_STORE`, default
-//! `.slipway/slipway.db`), build the engine with the `exec` target (and, for a `process`
+//! `.slipway/slipway.db`), build the engine with the `exec` target (the `ssh` target for an
+//! `ssh` environment, whose hosts `deploy` checks before creating a run; and, for a `process`
 //! environment, the deploy target with one long-lived proxy process per service), and
 //! render the engine's typed events; the engine itself never prints.
 //!
@@ -236,9 +237,18 @@ fn engine_with(
         plan,
         secret_redactor(plan),
     );
+    let exec: Arc<dyn slipway_engine::Target> = match plan.filter(|p| p.target == "ssh") {
+        Some(p) => match ssh_target(p, &spec_dir_of(Path::new(workdir), plan)) {
+            Ok(t) => Arc::new(t),
+            // A resumed or rolled-back run whose inventory no longer loads: every step
+            // fails with the reason instead of running somewhere else.
+            Err(why) => Arc::new(Unavailable(why)),
+        },
+        None => Arc::new(exec(ExecTarget::new(workdir, state))),
+    };
     let target = CompositeTarget {
         config,
-        exec: Some(Arc::new(exec(ExecTarget::new(workdir, state)))),
+        exec: Some(exec),
         deploy: deploy.map(|d| d as Arc<dyn slipway_engine::Target>),
         migrate: Some(Arc::new(migrate_target(db, workdir, plan))),
         artifact: Some(Arc::new(
@@ -252,6 +262,88 @@ fn engine_with(
         checks = checks.with_instances(process_root(db, Path::new(workdir), p).join("instances"));
     }
     Engine::new(store, Arc::new(target), Arc::new(SystemClock)).with_checks(Arc::new(checks))
+}
+
+/// The ssh target of an `ssh` plan: its inventory (relative to the spec's directory),
+/// group, user and parallelism, with the environment's secrets masked in host output.
+pub(crate) fn ssh_target(
+    plan: &Plan,
+    spec_dir: &Path,
+) -> Result<slipway_providers::ssh::SshTarget, String> {
+    let Some(t) = &plan.env.target.ssh else {
+        return Err(format!(
+            "environments.{}.target is not `ssh`",
+            plan.environment
+        ));
+    };
+    let inventory = slipway_providers::ssh::Inventory::load(&spec_dir.join(&t.inventory))
+        .map_err(|e| e.to_string())?;
+    slipway_providers::ssh::SshTarget::new(
+        &inventory,
+        t.group.as_deref(),
+        t.user.as_deref(),
+        t.parallelism,
+    )
+    .map(|t| t.with_redactor(secret_redactor(Some(plan))))
+    .map_err(|e| e.to_string())
+}
+
+/// A target that cannot be built: every operation fails with why.
+struct Unavailable(String);
+
+impl slipway_engine::Target for Unavailable {
+    fn kind(&self) -> &'static str {
+        "unavailable"
+    }
+    fn apply<'a>(
+        &'a self,
+        _: &'a slipway_engine::StepContext,
+        _: &'a slipway_model::plan::StepAction,
+    ) -> slipway_engine::BoxFuture<'a, Result<slipway_engine::Applied, slipway_engine::TargetError>>
+    {
+        Box::pin(async move { Err(slipway_engine::TargetError::Io(self.0.clone())) })
+    }
+    fn observe<'a>(
+        &'a self,
+        _: &'a slipway_engine::StepContext,
+        _: &'a slipway_model::plan::StepAction,
+    ) -> slipway_engine::BoxFuture<
+        'a,
+        Result<slipway_engine::Observation, slipway_engine::TargetError>,
+    > {
+        Box::pin(async move { Err(slipway_engine::TargetError::Io(self.0.clone())) })
+    }
+    fn undo<'a>(
+        &'a self,
+        _: &'a slipway_engine::StepContext,
+        _: &'a slipway_model::plan::StepAction,
+    ) -> slipway_engine::BoxFuture<
+        'a,
+        Result<Option<slipway_engine::StepOutput>, slipway_engine::TargetError>,
+    > {
+        Box::pin(async move { Err(slipway_engine::TargetError::Io(self.0.clone())) })
+    }
+}
+
+/// Per host, what each ssh step did (`ssh_host` progress entries of the journal), in
+/// journal order.
+fn ssh_hosts(journal: &[Notice]) -> Vec<serde_json::Value> {
+    journal
+        .iter()
+        .filter_map(|n| match &n.event {
+            EngineEvent::StepProgress { step, detail, .. }
+                if detail.get("event").and_then(|e| e.as_str()) == Some("ssh_host") =>
+            {
+                let mut d = detail.clone();
+                if let Some(m) = d.as_object_mut() {
+                    m.remove("event");
+                    m.insert("step".into(), serde_json::Value::from(step.as_str()));
+                }
+                Some(d)
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 /// Where the process target of an environment keeps instance and proxy state, logs and
@@ -755,6 +847,16 @@ pub fn event_line(n: &Notice, out: &Output) -> Option<String> {
                     "canary started ({} instances)",
                     detail["instances"].as_array().map_or(0, Vec::len)
                 ),
+                "ssh_host" => format!(
+                    "{} on {}: {}{}",
+                    detail["phase"].as_str().unwrap_or_default(),
+                    detail["host"].as_str().unwrap_or_default(),
+                    detail["result"].as_str().unwrap_or_default(),
+                    detail["detail"]
+                        .as_str()
+                        .map(|d| format!(" ({d})"))
+                        .unwrap_or_default()
+                ),
                 other => other.replace('_', " "),
             };
             format!("    {step}: {what}")
@@ -994,6 +1096,27 @@ pub fn deploy(a: DeployArgs, out: &Output) -> Result<i32, CliError> {
                 .map(|r| r.id);
             crate::cmd_env::refuse_if_leased(store.as_ref(), &plan.environment, mine.as_deref())
                 .await?;
+        }
+        if plan.target == "ssh" {
+            // Every host reachable, its key the recorded one, the key accepted: checked
+            // before a run exists, so a refused host key stops the release before any
+            // host has changed.
+            let target = ssh_target(&plan, &spec_dir_of(&workdir, Some(&plan)))
+                .map_err(|e| CliError::input(format!("failed to deploy: {e}"), "fix the inventory, then deploy again"))?;
+            match target.connect_all().await {
+                Ok(sessions) => {
+                    for s in sessions {
+                        s.close().await;
+                    }
+                }
+                Err(e) => {
+                    return Err(CliError::new(
+                        exit::BLOCKED,
+                        format!("failed to deploy: the ssh hosts are not ready, no run was started: {e}"),
+                        Some("fix what each host's message says, then deploy again".into()),
+                    ));
+                }
+            }
         }
         let deploy = if a.detach {
             // The background driver finds or starts the proxies itself.
@@ -1300,6 +1423,7 @@ pub fn status(a: StatusArgs, out: &Output) -> Result<i32, CliError> {
                 "approvals": {"required": need.required, "valid": tally.valid, "rejected": tally.rejected},
                 "config": config,
                 "traffic": traffic,
+                "hosts": ssh_hosts(&journal),
             }));
         } else {
             out.line(&format!(

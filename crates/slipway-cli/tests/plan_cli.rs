@@ -285,11 +285,12 @@ environments:
     insta::assert_json_snapshot!("plan-port-in-version-config", v["findings"]);
 }
 
-/// The spec accepts `target: { ssh: … }` (it is part of the design), but no deploy path
-/// exists for it yet: the plan says so as a blocking finding, before anyone approves it,
-/// and a deploy is refused as blocked without creating a run.
+/// An `ssh` plan the ssh target cannot carry out — a service with `run:` instances and no
+/// install `steps:`, an inventory that does not load — is blocked by findings at plan
+/// time, before anyone approves it, and a deploy is refused as blocked without a run.
+/// (No host is contacted for this.)
 #[test]
-fn a_target_this_build_cannot_deploy_to_blocks_the_plan_and_the_deploy() {
+fn an_ssh_plan_the_target_cannot_carry_out_blocks_the_plan_and_the_deploy() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("hosts.yaml"), "hosts: [web1, web2]\n").unwrap();
     let f = dir.path().join("release.yaml");
@@ -314,19 +315,32 @@ environments:
         .unwrap();
     assert_eq!(o.status.code(), Some(3), "{o:?}");
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let finding = v["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["code"] == "target-unavailable")
-        .unwrap_or_else(|| panic!("no target-unavailable finding: {v}"));
-    assert_eq!(finding["severity"], "error");
-    let message = finding["message"].as_str().unwrap();
+    let findings = v["findings"].as_array().unwrap();
+    let find = |code: &str| {
+        findings
+            .iter()
+            .find(|f| f["code"] == code)
+            .unwrap_or_else(|| panic!("no {code} finding: {v}"))
+    };
+    let unsupported = find("ssh-unsupported");
+    assert_eq!(unsupported["severity"], "error");
+    let message = unsupported["message"].as_str().unwrap();
     assert!(
-        message.contains("environments.fleet.target is `ssh`")
-            && message.contains("release.yaml")
-            && message.contains("target: { process: {} }"),
+        message.contains("services.api has no `steps:`") && message.contains("release.yaml"),
         "{message}"
+    );
+    let inventory = find("ssh-inventory");
+    assert_eq!(inventory["severity"], "error");
+    let message = inventory["message"].as_str().unwrap();
+    assert!(
+        message.contains("hosts.yaml")
+            && message.contains("environments.fleet.target.ssh")
+            && message.contains("fix:"),
+        "{message}"
+    );
+    assert!(
+        !findings.iter().any(|f| f["code"] == "target-unavailable"),
+        "ssh is deployable: {v}"
     );
 
     let store = dir.path().join("store.db");
@@ -339,8 +353,7 @@ environments:
         .unwrap();
     assert_eq!(o.status.code(), Some(3), "{o:?}");
     assert!(
-        String::from_utf8_lossy(&o.stderr).contains("target-unavailable")
-            || String::from_utf8_lossy(&o.stderr).contains("cannot deploy to"),
+        String::from_utf8_lossy(&o.stderr).contains("ssh-unsupported"),
         "{o:?}"
     );
     let o = slipway()

@@ -32,6 +32,7 @@ mod report_cli;
 mod rollback_cli;
 mod secret_cli;
 mod smoke_cli;
+mod ssh_cli;
 mod tls_check_cli;
 mod tokens_cli;
 

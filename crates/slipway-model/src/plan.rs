@@ -670,6 +670,13 @@ fn steps(plan: &Plan, base_digest: &str) -> Vec<PlannedStep> {
                 for s in &svc.steps {
                     push(format!("{name}/{}", s.name), StepAction::Exec(s.clone()));
                 }
+            } else if plan.env.target.ssh.is_some() {
+                // The same install steps, run on every host of the inventory group. Config
+                // is rendered on this machine, so it has no place here yet (the CLI refuses
+                // such a plan: `ssh-unsupported`).
+                for s in &svc.steps {
+                    push(format!("{name}/{}", s.name), StepAction::Exec(s.clone()));
+                }
             } else if svc.run.is_some() {
                 // Config first here too: rendered (one directory per version) before the
                 // deploy step starts any instance of the new version.

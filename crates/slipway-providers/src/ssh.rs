@@ -941,7 +941,7 @@ impl SshTarget {
             ),
         };
         ctx.report(serde_json::json!({
-            "kind": "ssh_host",
+            "event": "ssh_host",
             "phase": what,
             "host": host.name,
             "address": format!("{}:{}", host.address, host.port),

@@ -283,7 +283,7 @@ async fn the_target_applies_observes_and_undoes_on_every_host() {
     assert_eq!(r.len(), 3, "{r:?}");
     assert!(
         r.iter()
-            .all(|v| v["kind"] == "ssh_host" && v["result"] == "ran"),
+            .all(|v| v["event"] == "ssh_host" && v["result"] == "ran"),
         "{r:?}"
     );
 

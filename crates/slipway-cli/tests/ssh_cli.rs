@@ -1,0 +1,242 @@
+//! `slipway deploy` to an `ssh` environment, through the real binary, against real sshd
+//! processes on 127.0.0.1 (one per "host", each with its own directory standing for its
+//! file system): steps on every host, a failing host rolling the run back with undo on
+//! the hosts that had completed, a changed host key refused before any run exists, and
+//! per-host results in `slipway status --output json`.
+
+use std::path::{Path, PathBuf};
+
+#[path = "../../slipway-providers/tests/sshd.rs"]
+mod sshd;
+
+use crate::slipway;
+use sshd::Fleet;
+
+/// A spec directory with an inventory of the fleet (each host's `ROOT` its own directory)
+/// and `release.yaml` with `services` as given.
+fn setup(fleet: &Fleet, services: &str) -> (PathBuf, Vec<PathBuf>) {
+    let dir = fleet.dir.join("spec");
+    std::fs::create_dir_all(&dir).unwrap();
+    let roots: Vec<PathBuf> = (0..fleet.hosts.len())
+        .map(|i| {
+            let r = fleet.dir.join(format!("root{i}"));
+            std::fs::create_dir_all(&r).unwrap();
+            r
+        })
+        .collect();
+    let r = roots.clone();
+    std::fs::write(
+        dir.join("hosts.yaml"),
+        fleet.inventory(|i| {
+            format!(
+                "    state_dir: {}/state\n    env: {{ ROOT: {} }}\n",
+                r[i].display(),
+                r[i].display()
+            )
+        }),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("release.yaml"),
+        format!(
+            "apiVersion: slipway/v1
+kind: Release
+metadata: {{ name: shop, version: 1.0.0, type: patch }}
+services:
+{services}environments:
+  fleet:
+    target: {{ ssh: {{ inventory: hosts.yaml, group: all, parallelism: 2 }} }}
+"
+        ),
+    )
+    .unwrap();
+    (dir, roots)
+}
+
+fn run(dir: &Path, args: &[&str]) -> std::process::Output {
+    slipway()
+        .env(
+            "SLIPWAY_STORE",
+            format!("sqlite://{}", dir.join("store.db").display()),
+        )
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn deploy(dir: &Path) -> std::process::Output {
+    let spec = dir.join("release.yaml").display().to_string();
+    run(
+        dir,
+        &["deploy", "--env", "fleet", "--output", "json", "-f", &spec],
+    )
+}
+
+fn status(dir: &Path) -> serde_json::Value {
+    let o = run(dir, &["status", "--output", "json"]);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+/// `(phase, host, result)` of a step's per-host entries in `status`.
+fn host_results(status: &serde_json::Value, step: &str) -> Vec<(String, String, String)> {
+    status["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h["step"] == step)
+        .map(|h| {
+            (
+                h["phase"].as_str().unwrap().to_owned(),
+                h["host"].as_str().unwrap().to_owned(),
+                h["result"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn t(a: &str, b: &str, c: &str) -> (String, String, String) {
+    (a.to_owned(), b.to_owned(), c.to_owned())
+}
+
+#[test]
+fn a_release_is_deployed_on_every_host_and_status_shows_each_host() {
+    let fleet = Fleet::start(3);
+    let (dir, roots) = setup(
+        &fleet,
+        "  web:
+    steps:
+      - { name: install, run: 'echo \"1.0.0 on $SLIPWAY_HOST\" > \"$ROOT/app.txt\"', undo: 'rm \"$ROOT/app.txt\"' }
+",
+    );
+    let spec = dir.join("release.yaml").display().to_string();
+    let o = run(
+        &dir,
+        &["plan", "--env", "fleet", "--output", "json", "-f", &spec],
+    );
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    let plan: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(plan["target"], "ssh");
+
+    let o = deploy(&dir);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    for (i, root) in roots.iter().enumerate() {
+        assert_eq!(
+            std::fs::read_to_string(root.join("app.txt")).unwrap(),
+            format!("1.0.0 on host{}\n", i + 1)
+        );
+    }
+    let s = status(&dir);
+    assert_eq!(s["run"]["state"], "succeeded", "{s:#}");
+    let mut results = host_results(&s, "web/install");
+    results.sort();
+    assert_eq!(
+        results,
+        vec![
+            t("apply", "host1", "ran"),
+            t("apply", "host2", "ran"),
+            t("apply", "host3", "ran"),
+        ],
+        "{s:#}"
+    );
+    let port = fleet.hosts[1].port;
+    assert!(
+        s["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["host"] == "host2" && h["address"] == format!("127.0.0.1:{port}")),
+        "{s:#}"
+    );
+}
+
+#[test]
+fn a_failing_host_rolls_the_run_back_and_undo_runs_where_steps_completed() {
+    let fleet = Fleet::start(3);
+    let (dir, roots) = setup(
+        &fleet,
+        "  web:
+    steps:
+      - { name: install, run: 'touch \"$ROOT/app\"', undo: 'rm \"$ROOT/app\" && touch \"$ROOT/install-undone\"' }
+      - { name: switch, run: 'if [ \"$SLIPWAY_HOST\" = host2 ]; then echo no space left >&2; exit 5; fi; touch \"$ROOT/switched\"', undo: 'rm \"$ROOT/switched\" && touch \"$ROOT/switch-undone\"' }
+",
+    );
+    // One host at a time, so the order is known: host1 switches, host2 fails, host3 is
+    // never started.
+    let spec = std::fs::read_to_string(dir.join("release.yaml"))
+        .unwrap()
+        .replace("parallelism: 2", "parallelism: 1");
+    std::fs::write(dir.join("release.yaml"), spec).unwrap();
+    let o = deploy(&dir);
+    assert_eq!(o.status.code(), Some(4), "rolled back: {o:?}");
+    for root in &roots {
+        // The install step completed everywhere and was undone everywhere.
+        assert!(!root.join("app").exists());
+        assert!(root.join("install-undone").exists(), "{}", root.display());
+        assert!(!root.join("switched").exists());
+    }
+    assert!(roots[0].join("switch-undone").exists());
+    assert!(!roots[1].join("switch-undone").exists());
+    assert!(!roots[2].join("switch-undone").exists());
+
+    let s = status(&dir);
+    assert_eq!(s["run"]["state"], "rolled_back", "{s:#}");
+    assert_eq!(
+        host_results(&s, "web/switch"),
+        vec![
+            t("apply", "host1", "ran"),
+            t("apply", "host2", "failed"),
+            t("apply", "host3", "skipped"),
+            t("undo", "host1", "ran"),
+        ],
+        "{s:#}"
+    );
+    let failed = s["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["result"] == "failed")
+        .unwrap();
+    assert_eq!(failed["exit_code"], 5);
+    assert!(
+        failed["stderr"].as_str().unwrap().contains("no space left"),
+        "{failed}"
+    );
+    // The engine's rollback undid `install` on every host (the files above); it journals
+    // undo outcomes per step, not per host.
+}
+
+#[test]
+fn a_changed_host_key_is_refused_before_any_run_or_step() {
+    let mut fleet = Fleet::start(3);
+    fleet.rekey(1);
+    let (dir, roots) = setup(
+        &fleet,
+        "  web:
+    steps:
+      - { name: install, run: 'touch \"$ROOT/app\"' }
+",
+    );
+    let o = deploy(&dir);
+    assert_eq!(o.status.code(), Some(3), "{o:?}");
+    // With `--output json` the error is a JSON document on stdout.
+    let err = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        err.contains("host `host2`") && err.contains("HOST KEY CHANGED"),
+        "{err}"
+    );
+    assert!(err.contains("no run was started"), "{err}");
+    for root in &roots {
+        assert!(!root.join("app").exists());
+    }
+    let o = run(&dir, &["history", "--output", "json"]);
+    let history = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        !history.contains("\"fleet\""),
+        "a run was created: {history}"
+    );
+}
