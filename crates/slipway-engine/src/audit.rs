@@ -118,17 +118,23 @@ pub fn verify_from(
     head: Option<(i64, &str)>,
 ) -> Result<Verified, ChainBreak> {
     let mut prev_hash = start.1.to_owned();
-    let mut expected = start.0 + 1;
+    // The seq of the last entry checked; `start` may come from a tampered store, so no
+    // arithmetic on it may overflow.
+    let mut last = start.0;
     for (i, e) in entries.iter().enumerate() {
         if let Some((head_seq, _)) = head
             && e.seq > head_seq
         {
             return Err(ChainBreak::Inserted { seq: e.seq });
         }
+        let Some(expected) = last.checked_add(1) else {
+            // Nothing can follow the largest seq.
+            return Err(ChainBreak::Inserted { seq: e.seq });
+        };
         if e.seq > expected {
             return Err(ChainBreak::Deleted {
                 seq: expected,
-                after: expected - 1,
+                after: last,
             });
         }
         if e.seq < expected {
@@ -169,9 +175,9 @@ pub fn verify_from(
             return Err(ChainBreak::Edited { seq: e.seq });
         }
         prev_hash = e.hash.clone();
-        expected = e.seq + 1;
+        last = e.seq;
     }
-    let head_seq = expected - 1;
+    let head_seq = last;
     if let Some((seq, hash)) = head {
         if seq > head_seq {
             return Err(ChainBreak::Deleted {

@@ -75,3 +75,24 @@ fn an_export_header_that_miscounts_its_entries_is_refused() {
         }
     }
 }
+
+/// Found while reading `verify_from` for the fuzz targets: a start checkpoint (or an entry)
+/// at the largest seq overflowed `seq + 1`, a panic in debug builds. A checkpoint comes from
+/// the store, which a tamperer may edit: the answer must be a chain break.
+#[test]
+fn a_start_at_the_largest_seq_is_a_chain_break_not_a_panic() {
+    use slipway_engine::audit::verify_from;
+    let entries = chain(2);
+    assert_eq!(
+        verify_from(&entries, (i64::MAX, GENESIS), None),
+        Err(ChainBreak::Inserted { seq: 1 })
+    );
+    let v = verify_from(&[], (i64::MAX, GENESIS), None).unwrap();
+    assert_eq!((v.entries, v.head_seq), (0, i64::MAX));
+    let mut last = chain(1);
+    last[0].seq = i64::MAX;
+    assert_eq!(
+        verify_from(&last, (i64::MAX - 1, GENESIS), None).map(|v| v.head_seq),
+        Ok(i64::MAX)
+    );
+}
