@@ -1,4 +1,5 @@
-//! Chain verification cases found by fuzzing (`audit_fuzz`), kept as plain tests.
+//! Chain verification cases found by fuzzing (`audit_fuzz`) or while writing it, kept as
+//! plain tests.
 
 use slipway_engine::audit::{AuditEntry, ChainBreak, GENESIS, verify};
 
