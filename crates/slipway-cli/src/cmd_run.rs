@@ -1444,6 +1444,19 @@ pub fn status(a: StatusArgs, out: &Output) -> Result<i32, CliError> {
             for l in &perf_lines {
                 out.line(l);
             }
+            for h in ssh_hosts(&journal) {
+                out.line(&format!(
+                    "  {} {} on {}: {}{}",
+                    h["step"].as_str().unwrap_or_default(),
+                    h["phase"].as_str().unwrap_or_default(),
+                    h["host"].as_str().unwrap_or_default(),
+                    h["result"].as_str().unwrap_or_default(),
+                    h["exit_code"]
+                        .as_i64()
+                        .map(|c| format!(" (exit {c})"))
+                        .unwrap_or_default()
+                ));
+            }
             for (service, v) in traffic.as_ref().and_then(|t| t.as_object()).into_iter().flatten() {
                 let instances = v["instances"]
                     .as_object()

@@ -139,6 +139,12 @@ fn a_release_is_deployed_on_every_host_and_status_shows_each_host() {
         ],
         "{s:#}"
     );
+    let o = run(&dir, &["status"]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains("web/install apply on host3: ran (exit 0)"),
+        "{text}"
+    );
     let port = fleet.hosts[1].port;
     assert!(
         s["hosts"]

@@ -31,9 +31,12 @@
 //! `<state_dir>/markers/<run>/<key>.lock` (`state_dir` defaults to `~/.slipway`), and the
 //! shell holding the lock skips the command when the completion marker
 //! `<state_dir>/markers/<run>/<key>` exists, else runs it and
-//! writes the marker on exit 0. The whole attempt runs under `timeout` on the host, so a
-//! step that times out is killed there too (the host needs `flock` and `timeout`, i.e.
-//! util-linux and coreutils). `observe` waits for the lock before looking at the marker.
+//! writes the marker on exit 0. The attempt runs in a session of its own (`setsid`) with
+//! its output in files beside the marker, so slipway dying (the connection dropping) does
+//! not hang it up or kill it through a closed pipe: it finishes on its own, and `observe`
+//! waits for its lock before looking at the marker. Its timeout is applied on the host
+//! (`timeout`, killing it there). The host needs `flock`, `setsid` and `timeout`
+//! (util-linux and coreutils).
 //!
 //! # Failures and undo
 //!
@@ -845,14 +848,47 @@ impl SshTarget {
         let host = &s.endpoint().host;
         let dir = Self::marker_dir(host, ctx);
         let marker = Self::marker(host, ctx);
+        // The attempt runs in a session of its own with its output in files on the host:
+        // if slipway dies or the connection drops, it is neither hung up on nor killed
+        // by a closed pipe, and finishes (and writes its marker) on its own; `observe`
+        // waits for its lock. The timeout is applied on the host, inside that session.
+        let secs = t.as_secs().max(1);
         let script = format!(
-            "mkdir -p {dir} && exec flock {marker}.lock sh -c {} slipway-step {marker} {} {}",
+            "mkdir -p {dir} || exit 1\n\
+             setsid -w timeout -k 5 {secs} flock {marker}.lock sh -c {} slipway-step {marker} {} {} >{marker}.out 2>{marker}.err </dev/null &\n\
+             wait $!\n\
+             rc=$?\n\
+             tail -c {OUTPUT_LIMIT} {marker}.out\n\
+             tail -c {OUTPUT_LIMIT} {marker}.err >&2\n\
+             rm -f {marker}.out {marker}.err\n\
+             exit $rc",
             sh_quote(WRAPPER),
             sh_quote(&step.run),
             sh_quote(MARKER_SENTINEL)
         );
-        match self.run_on(s, ctx, &script, t).await {
+        let line = Self::in_workdir(host, &script);
+        // The host enforces `t`; this bound only covers a host that stops answering.
+        let ran = s
+            .run(&line, &self.env(ctx, host), t + Duration::from_secs(15))
+            .await;
+        let ran = match ran {
+            Ok((o, false)) => Ok(self.redact(o)),
+            Ok((o, true)) => Err((
+                format!("{} stopped answering", s.endpoint().label()),
+                self.redact(o),
+            )),
+            Err(e) => Err((self.redactor.redact(&e.to_string()), StepOutput::default())),
+        };
+        match ran {
             Err((m, o)) => HostOutcome::Failed(m, o),
+            Ok(o) if o.exit_code == Some(124) => HostOutcome::Failed(
+                format!(
+                    "`{}` timed out after {} (exit 124 from `timeout` on the host, which killed it)",
+                    step.run,
+                    format_duration(t)
+                ),
+                o,
+            ),
             Ok(o) if o.exit_code == Some(0) && o.stderr.trim_end() == MARKER_SENTINEL => {
                 HostOutcome::AlreadyDone("completion marker of an earlier attempt".into())
             }

@@ -416,3 +416,78 @@ async fn guards_skip_hosts_where_the_effect_is_already_there() {
     assert!(roots[0].join("app.txt").exists());
     assert!(!roots[1].join("app.txt").exists());
 }
+
+async fn wait_for(path: &Path) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !path.exists() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// slipway dying mid-step drops the connection; the attempt on the host must neither be
+/// hung up on nor killed by its closed output pipe, and `observe` must wait for it and
+/// find its marker: the step ran exactly once.
+#[tokio::test]
+async fn an_attempt_outlives_a_dropped_connection_and_observe_waits_for_it() {
+    let fleet = Fleet::start(1);
+    let (inv, roots) = host_dirs(&fleet);
+    let target = SshTarget::new(&inv, None, None, None).unwrap();
+    // It writes output after the connection is gone.
+    let action = exec_step(
+        "touch started; sleep 1; echo still here; echo more >&2; echo x >> runs; touch app.txt",
+        Some("rm app.txt"),
+    );
+    let (c, _rx) = ctx("run5", "install");
+    let started = roots[0].join("started");
+    {
+        let apply = target.apply(&c, &action);
+        tokio::pin!(apply);
+        tokio::select! {
+            r = &mut apply => panic!("the step finished before it was interrupted: {r:?}"),
+            () = wait_for(&started) => {}
+        }
+    }
+    let seen = target.observe(&c, &action).await.unwrap();
+    assert!(matches!(seen, Observation::Done { .. }), "{seen:?}");
+    assert!(roots[0].join("app.txt").exists());
+    let again = target.apply(&c, &action).await.unwrap();
+    assert!(matches!(again, Applied::AlreadyDone { .. }), "{again:?}");
+    assert_eq!(
+        std::fs::read_to_string(roots[0].join("runs")).unwrap(),
+        "x\n"
+    );
+}
+
+#[tokio::test]
+async fn a_step_past_its_timeout_is_killed_on_the_host_and_leaves_no_marker() {
+    let fleet = Fleet::start(1);
+    let (inv, roots) = host_dirs(&fleet);
+    let target = SshTarget::new(&inv, None, None, None).unwrap();
+    let action = StepAction::Exec(ExecStep {
+        name: "install".into(),
+        run: "echo begun; sleep 30; touch app.txt".into(),
+        creates: None,
+        unless: None,
+        undo: None,
+        timeout: Some("1s".into()),
+    });
+    let (c, _rx) = ctx("run6", "install");
+    let e = target.apply(&c, &action).await.unwrap_err();
+    let TargetError::Failed { message, output } = &e else {
+        panic!("expected a failed step, got {e:?}");
+    };
+    assert!(message.contains("timed out after 1s"), "{message}");
+    assert!(output.stdout.contains("[host1] begun"), "{output:?}");
+    assert!(!roots[0].join("state/markers/run6/key-install").exists());
+    // Killed there: the sleep did not go on to create the file (its lock is free again).
+    assert!(matches!(
+        target.observe(&c, &action).await.unwrap(),
+        Observation::NotDone { .. }
+    ));
+    assert!(!roots[0].join("app.txt").exists());
+}
