@@ -208,8 +208,21 @@ fn a_failing_host_rolls_the_run_back_and_undo_runs_where_steps_completed() {
         failed["stderr"].as_str().unwrap().contains("no space left"),
         "{failed}"
     );
-    // The engine's rollback undid `install` on every host (the files above); it journals
-    // undo outcomes per step, not per host.
+    // The engine's rollback undid `install` on every host, each host's outcome journaled.
+    let mut undo: Vec<_> = host_results(&s, "web/install")
+        .into_iter()
+        .filter(|r| r.0 == "undo")
+        .collect();
+    undo.sort();
+    assert_eq!(
+        undo,
+        vec![
+            t("undo", "host1", "ran"),
+            t("undo", "host2", "ran"),
+            t("undo", "host3", "ran"),
+        ],
+        "{s:#}"
+    );
 }
 
 #[test]

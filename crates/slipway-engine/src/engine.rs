@@ -1274,12 +1274,15 @@ impl Engine {
                 failures.push(format!("{} has no undo command", step.id));
                 continue;
             }
+            // What the undo reports (e.g. per host on the ssh target) is journaled
+            // between its start and its outcome, as an apply's progress is.
+            let (ptx, mut prx) = tokio::sync::mpsc::unbounded_channel::<serde_json::Value>();
             let sctx = StepContext {
                 run_id: ctx.run.id.clone(),
                 step_id: step.id.clone(),
                 key: step.idempotency_key.clone(),
                 attempt: rec.attempts,
-                progress: None,
+                progress: Some(ptx),
             };
             self.emit(
                 ctx,
@@ -1289,16 +1292,29 @@ impl Engine {
                 }],
             )
             .await?;
-            let event = match self.target.undo(&sctx, &step.action).await {
+            let undone = self.target.undo(&sctx, &step.action).await;
+            drop(sctx);
+            let mut progress = Vec::new();
+            while let Ok(detail) = prx.try_recv() {
+                progress.push(EngineEvent::StepProgress {
+                    step: step.id.clone(),
+                    key: step.idempotency_key.clone(),
+                    detail,
+                });
+            }
+            if !progress.is_empty() {
+                self.emit(ctx, progress).await?;
+            }
+            let event = match undone {
                 Ok(_) => EngineEvent::UndoSucceeded {
                     step: step.id.clone(),
-                    key: sctx.key.clone(),
+                    key: step.idempotency_key.clone(),
                 },
                 Err(e) => {
                     failures.push(format!("{}: {e}", step.id));
                     EngineEvent::UndoFailed {
                         step: step.id.clone(),
-                        key: sctx.key.clone(),
+                        key: step.idempotency_key.clone(),
                         error: e.to_string(),
                     }
                 }
