@@ -259,3 +259,60 @@ fn a_changed_host_key_is_refused_before_any_run_or_step() {
         "a run was created: {history}"
     );
 }
+
+/// `slipway` SIGKILLed while a step runs on the hosts: the attempts there finish on their
+/// own, and `slipway resume` observes them (waiting for their locks) instead of running
+/// the step again: each host's side effect happens exactly once. (An attempt killed by
+/// its closed output pipe after its side effect, before its marker, would be re-applied
+/// and count twice.)
+#[test]
+fn slipway_killed_mid_step_then_resumed_runs_the_step_once_per_host() {
+    let fleet = Fleet::start(2);
+    let (dir, roots) = setup(
+        &fleet,
+        "  web:
+    steps:
+      - { name: install, run: 'touch \"$ROOT/started\"; sleep 1; echo x >> \"$ROOT/count\"; echo done' }
+",
+    );
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_slipway"))
+        .env(
+            "SLIPWAY_STORE",
+            format!("sqlite://{}", dir.join("store.db").display()),
+        )
+        .env("NO_COLOR", "1")
+        .args(["deploy", "--env", "fleet", "-f"])
+        .arg(dir.join("release.yaml"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !roots.iter().all(|r| r.join("started").exists()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the step never started on every host"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "slipway ended before the step started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let s = status(&dir);
+    let id = s["run"]["id"].as_str().unwrap().to_owned();
+    assert_ne!(s["run"]["state"], "succeeded", "{s:#}");
+    let o = run(&dir, &["resume", &id]);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    for root in &roots {
+        assert_eq!(
+            std::fs::read_to_string(root.join("count")).unwrap(),
+            "x\n",
+            "{}",
+            root.display()
+        );
+    }
+    assert_eq!(status(&dir)["run"]["state"], "succeeded");
+}
