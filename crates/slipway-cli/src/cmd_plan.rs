@@ -155,6 +155,16 @@ pub fn gather_facts(spec_path: &Path, loaded: &LoadedSpec) -> Facts {
     if loaded.spec.metadata.tag.is_some() {
         facts.git_tags = git_tags(dir);
     }
+    for env in loaded.spec.environments.values() {
+        if let Some(t) = &env.target.ssh
+            && let Ok(bytes) = std::fs::read(dir.join(&t.inventory))
+        {
+            facts.target_files.insert(
+                t.inventory.clone(),
+                slipway_package::digest::sha256_bytes(&bytes),
+            );
+        }
+    }
     for (name, svc) in &loaded.spec.services {
         for c in &svc.config {
             if let Ok(bytes) = std::fs::read(dir.join(&c.template)) {

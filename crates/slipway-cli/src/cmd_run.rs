@@ -276,8 +276,27 @@ pub(crate) fn ssh_target(
             plan.environment
         ));
     };
-    let inventory = slipway_providers::ssh::Inventory::load(&spec_dir.join(&t.inventory))
-        .map_err(|e| e.to_string())?;
+    let path = spec_dir.join(&t.inventory);
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        format!(
+            "inventory {}: cannot be read: {e}; fix: restore the file the plan was made with",
+            path.display()
+        )
+    })?;
+    // The plan pinned the inventory it was approved with: hosts and users are what
+    // approvers reviewed, and a run never goes on against other ones.
+    if let Some(pinned) = plan.target_files.get(&t.inventory) {
+        let now = slipway_package::digest::sha256_bytes(text.as_bytes());
+        if &now != pinned {
+            return Err(format!(
+                "inventory {} changed since plan {} was made (pinned sha256 {pinned}, now {now}); fix: restore it, or make a new plan (`slipway plan`) and have that approved",
+                path.display(),
+                plan.digest
+            ));
+        }
+    }
+    let inventory =
+        slipway_providers::ssh::Inventory::parse(&path, &text).map_err(|e| e.to_string())?;
     slipway_providers::ssh::SshTarget::new(
         &inventory,
         t.group.as_deref(),
@@ -1237,6 +1256,16 @@ pub fn resume(a: RunArgs, out: &Output) -> Result<i32, CliError> {
         {
             // A live driver: its canary (e.g. in a `pause: manual` step) continues.
             return send_intervention(&db, &run, Intervention::Resume, &actor, out);
+        }
+        if let Some(p) = plan.as_ref().filter(|p| p.target == "ssh")
+            && !run.state.is_terminal()
+            && let Err(why) = ssh_target(p, &spec_dir_of(Path::new(&run.workdir), Some(p)))
+        {
+            return Err(CliError::new(
+                exit::BLOCKED,
+                format!("failed to resume run {}: {why}", run.id),
+                None,
+            ));
         }
         let deploy =
             deploy_target_for(&store, &db, Path::new(&run.workdir), plan.as_ref(), out).await?;

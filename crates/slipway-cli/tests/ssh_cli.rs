@@ -316,3 +316,87 @@ fn slipway_killed_mid_step_then_resumed_runs_the_step_once_per_host() {
     }
     assert_eq!(status(&dir)["run"]["state"], "succeeded");
 }
+
+/// The inventory (which hosts, as whom) is pinned into the plan by its sha256: editing it
+/// makes another plan (another digest, so approvals of the old one do not carry over),
+/// and a run made with the old one refuses to go on until the file is restored.
+#[test]
+fn the_inventory_is_pinned_into_the_plan_and_a_run_refuses_an_edited_one() {
+    let fleet = Fleet::start(2);
+    let (dir, roots) = setup(
+        &fleet,
+        "  web:
+    steps:
+      - { name: install, run: 'touch \"$ROOT/app\"' }
+",
+    );
+    let spec_path = dir.join("release.yaml");
+    let spec = std::fs::read_to_string(&spec_path)
+        .unwrap()
+        .replace("  fleet:\n", "  fleet:\n    approvals: { required: 1 }\n");
+    std::fs::write(&spec_path, spec).unwrap();
+    let spec = spec_path.display().to_string();
+    let plan = |dir: &Path| -> serde_json::Value {
+        let o = run(
+            dir,
+            &["plan", "--env", "fleet", "--output", "json", "-f", &spec],
+        );
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let inventory = dir.join("hosts.yaml");
+    let original = std::fs::read(&inventory).unwrap();
+    let before = plan(&dir);
+    let o = std::process::Command::new("sha256sum")
+        .arg(&inventory)
+        .output()
+        .unwrap();
+    let sha = String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        before["target_files"]["hosts.yaml"],
+        sha.as_str(),
+        "{before:#}"
+    );
+
+    let as_user = |u: &str, args: &[&str]| {
+        slipway()
+            .env(
+                "SLIPWAY_STORE",
+                format!("sqlite://{}", dir.join("store.db").display()),
+            )
+            .env("SLIPWAY_USER", u)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let o = as_user(
+        "alice",
+        &["deploy", "--env", "fleet", "--no-wait", "-f", &spec],
+    );
+    assert_eq!(o.status.code(), Some(3), "waits for an approval: {o:?}");
+    let id = status(&dir)["run"]["id"].as_str().unwrap().to_owned();
+    let o = as_user("bob", &["approve", &id]);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+
+    // Someone adds a host after the approval.
+    let mut edited = original.clone();
+    edited.extend_from_slice(b"# edited after approval\n");
+    std::fs::write(&inventory, &edited).unwrap();
+    assert_ne!(plan(&dir)["digest"], before["digest"]);
+    let o = as_user("alice", &["resume", &id, "--no-wait"]);
+    assert_eq!(o.status.code(), Some(3), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("hosts.yaml") && err.contains("changed since plan"),
+        "{err}"
+    );
+    assert!(roots.iter().all(|r| !r.join("app").exists()));
+
+    std::fs::write(&inventory, &original).unwrap();
+    let o = as_user("alice", &["resume", &id, "--no-wait"]);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    assert!(roots.iter().all(|r| r.join("app").exists()));
+}

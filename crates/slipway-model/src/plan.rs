@@ -43,6 +43,10 @@ pub struct Facts {
     /// shipped with the code that needs them), read from the files beside the spec.
     #[serde(default)]
     pub compat: Vec<crate::compat::CompatFinding>,
+    /// sha256 of files the target reads at deploy time (the ssh target's inventory), by
+    /// their path as written in the spec; pinned into the plan.
+    #[serde(default)]
+    pub target_files: BTreeMap<String, String>,
 }
 
 /// The whole plan.
@@ -96,6 +100,12 @@ pub struct Plan {
     /// the run starts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub waivers: Vec<crate::compat::AppliedWaiver>,
+    /// sha256 of the files the target reads at deploy time (the ssh target's inventory:
+    /// which hosts, as whom), by path as written in the spec. In the digest, so an edited
+    /// inventory is another plan needing its own approvals, and a run refuses to go on
+    /// with a file that no longer matches.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub target_files: BTreeMap<String, String>,
 }
 
 /// Release identity.
@@ -463,6 +473,7 @@ pub fn plan(spec: &ReleaseSpec, env_name: &str, facts: &Facts) -> Result<Plan, S
         notifications: spec.notifications.clone(),
         breaking: compat.breaking,
         waivers: compat.waivers,
+        target_files: BTreeMap::new(),
     };
     let base = digest_of(&plan);
     plan.steps = steps(&plan, &base);
@@ -476,6 +487,12 @@ pub fn plan(spec: &ReleaseSpec, env_name: &str, facts: &Facts) -> Result<Plan, S
                 }
             }
         }
+    }
+    // Like template digests: in the plan's digest, not in the idempotency keys' base.
+    if let Some(t) = &plan.env.target.ssh
+        && let Some(d) = facts.target_files.get(&t.inventory)
+    {
+        plan.target_files.insert(t.inventory.clone(), d.clone());
     }
     plan.digest = digest_of(&plan);
     Ok(plan)
@@ -520,6 +537,9 @@ pub fn digest_of(plan: &Plan) -> String {
         }
         if !plan.waivers.is_empty() {
             m.insert("waivers".into(), serde_json::json!(plan.waivers));
+        }
+        if !plan.target_files.is_empty() {
+            m.insert("target_files".into(), serde_json::json!(plan.target_files));
         }
     }
     hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
