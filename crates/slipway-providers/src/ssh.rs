@@ -925,6 +925,25 @@ impl SshTarget {
         }
     }
 
+    /// Whether the step is done on this host: its marker (after waiting for an attempt
+    /// still holding the lock), else a guard. `Ok(None)` when it is not.
+    async fn observe_host(
+        &self,
+        s: &Session,
+        ctx: &StepContext,
+        step: &ExecStep,
+        t: Duration,
+    ) -> Result<Option<String>, String> {
+        let marker = Self::marker(&s.endpoint().host, ctx);
+        let script =
+            format!("if [ -e {marker}.lock ]; then flock {marker}.lock true; fi; test -e {marker}");
+        match self.run_on(s, ctx, &script, t).await {
+            Ok(o) if o.exit_code == Some(0) => Ok(Some("completion marker".into())),
+            Ok(_) => self.guard(s, ctx, step).await.map_err(|(m, _)| m),
+            Err((m, _)) => Err(m),
+        }
+    }
+
     /// [`Self::apply_host`] unless another host failed already; reported.
     async fn apply_guarded(
         &self,
@@ -1139,29 +1158,26 @@ impl Target for SshTarget {
             let step = self.step(action)?;
             let t = self.timeout(step)?;
             let sessions = self.connect_all().await?;
+            let futs: Vec<_> = sessions
+                .iter()
+                .map(|s| self.observe_host(s, ctx, step, t))
+                .collect();
+            let seen: Vec<_> = futures_util::stream::iter(futs)
+                .buffered(self.parallelism)
+                .collect()
+                .await;
             let mut done = Vec::new();
             let mut not_done = Vec::new();
-            let mut error = None;
-            for s in &sessions {
+            let mut errors = Vec::new();
+            for (s, r) in sessions.iter().zip(seen) {
                 let name = s.endpoint().host.name.clone();
-                let marker = Self::marker(&s.endpoint().host, ctx);
-                // Wait for an attempt still holding the lock, then look for the marker.
-                let script = format!(
-                    "if [ -e {marker}.lock ]; then flock {marker}.lock true; fi; test -e {marker}"
-                );
-                match self.run_on(s, ctx, &script, t).await {
-                    Ok(o) if o.exit_code == Some(0) => done.push(format!("{name}: marker")),
-                    Ok(_) => match self.guard(s, ctx, step).await {
-                        Ok(Some(g)) => done.push(format!("{name}: {g}")),
-                        Ok(None) => not_done.push(name),
-                        Err((m, _)) => error = Some(m),
-                    },
-                    Err((m, _)) => error = Some(m),
-                }
-                if error.is_some() {
-                    break;
+                match r {
+                    Ok(Some(evidence)) => done.push(format!("{name}: {evidence}")),
+                    Ok(None) => not_done.push(name),
+                    Err(m) => errors.push(m),
                 }
             }
+            let error = (!errors.is_empty()).then(|| errors.join("; "));
             for s in sessions {
                 s.close().await;
             }
