@@ -585,8 +585,24 @@ impl Session {
         ))
     }
 
+    /// Whether the session still opens a channel (within 10 s).
+    pub async fn alive(&self) -> bool {
+        if self.handle.is_closed() {
+            return false;
+        }
+        match tokio::time::timeout(Duration::from_secs(10), self.handle.channel_open_session())
+            .await
+        {
+            Ok(Ok(ch)) => {
+                let _ = ch.close().await;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Close the session politely.
-    pub async fn close(self) {
+    pub async fn close(&self) {
         let _ = self
             .handle
             .disconnect(russh::Disconnect::ByApplication, "", "en")
@@ -604,6 +620,9 @@ pub struct SshTarget {
     parallelism: usize,
     default_timeout: Duration,
     redactor: Redactor,
+    /// Open sessions by endpoint index, reused by the next step of the run (one handshake
+    /// per host per run, not per step); a closed one is replaced.
+    sessions: Arc<tokio::sync::Mutex<BTreeMap<usize, Arc<Session>>>>,
 }
 
 /// What happened to one step on one host.
@@ -664,6 +683,7 @@ impl SshTarget {
             parallelism: parallelism.map_or(1, |p| p.max(1) as usize),
             default_timeout: DEFAULT_TIMEOUT,
             redactor: Redactor::default(),
+            sessions: Arc::default(),
         })
     }
 
@@ -684,32 +704,54 @@ impl SshTarget {
         &self.endpoints
     }
 
-    /// Connect to every host (bounded by `parallelism`), checking host keys and
-    /// authentication; every problem is named, host by host.
-    pub async fn connect_all(&self) -> Result<Vec<Session>, TargetError> {
-        let results: Vec<Result<Session, SshError>> = futures_util::stream::iter(&self.endpoints)
-            .map(connect)
+    /// A session to every host, in host order: the open ones kept from an earlier step,
+    /// new ones connected (bounded by `parallelism`) with their host keys checked and
+    /// their key authenticated; every problem is named, host by host, and then none of
+    /// the sessions is handed out.
+    pub async fn connect_all(&self) -> Result<Vec<Arc<Session>>, TargetError> {
+        let mut pool = self.sessions.lock().await;
+        // A kept session is used again only if it still opens a channel: the host may
+        // have dropped it (restarted sshd, idle timeout) since the last step.
+        let kept: Vec<(usize, Arc<Session>)> = pool.iter().map(|(i, s)| (*i, s.clone())).collect();
+        let probes: Vec<_> = kept.iter().map(|(_, s)| s.alive()).collect();
+        let alive: Vec<bool> = futures_util::stream::iter(probes)
             .buffered(self.parallelism)
             .collect()
             .await;
-        let mut sessions = Vec::new();
+        for ((i, _), ok) in kept.iter().zip(alive) {
+            if !ok {
+                pool.remove(i);
+            }
+        }
+        let todo: Vec<usize> = (0..self.endpoints.len())
+            .filter(|i| !pool.contains_key(i))
+            .collect();
+        let futs: Vec<_> = todo.iter().map(|&i| connect(&self.endpoints[i])).collect();
+        let results: Vec<Result<Session, SshError>> = futures_util::stream::iter(futs)
+            .buffered(self.parallelism)
+            .collect()
+            .await;
         let mut problems = Vec::new();
-        for r in results {
+        for (i, r) in todo.into_iter().zip(results) {
             match r {
-                Ok(s) => sessions.push(s),
-                Err(e) => problems.push(e.to_string()),
+                Ok(s) => {
+                    pool.insert(i, Arc::new(s));
+                }
+                Err(e) => {
+                    pool.remove(&i);
+                    problems.push(e.to_string());
+                }
             }
         }
         if !problems.is_empty() {
-            for s in sessions {
-                s.close().await;
-            }
             return Err(TargetError::Io(format!(
                 "nothing was run on any host: {}",
                 problems.join("; ")
             )));
         }
-        Ok(sessions)
+        Ok((0..self.endpoints.len())
+            .filter_map(|i| pool.get(&i).cloned())
+            .collect())
     }
 
     fn step<'a>(&self, action: &'a StepAction) -> Result<&'a ExecStep, TargetError> {
@@ -1068,9 +1110,6 @@ impl Target for SshTarget {
                         _ => {}
                     }
                 }
-                for s in sessions {
-                    s.close().await;
-                }
                 if parts.is_empty() {
                     return Ok(Applied::AlreadyDone {
                         guard: format!("already done on every host ({})", guards.join("; ")),
@@ -1129,9 +1168,6 @@ impl Target for SshTarget {
                         .join(", ")
                 ));
             }
-            for s in sessions {
-                s.close().await;
-            }
             let mut message = failures.join("; ");
             if !undone.is_empty() {
                 message.push_str(&format!(
@@ -1178,9 +1214,6 @@ impl Target for SshTarget {
                 }
             }
             let error = (!errors.is_empty()).then(|| errors.join("; "));
-            for s in sessions {
-                s.close().await;
-            }
             if let Some(m) = error {
                 return Err(TargetError::Io(m));
             }
@@ -1219,9 +1252,6 @@ impl Target for SshTarget {
                 .buffered(self.parallelism)
                 .collect()
                 .await;
-            for s in sessions {
-                s.close().await;
-            }
             let mut parts = Vec::new();
             let mut failures = Vec::new();
             for (name, r) in results {

@@ -436,7 +436,6 @@ async fn wait_for(path: &Path) {
 async fn an_attempt_outlives_a_dropped_connection_and_observe_waits_for_it() {
     let fleet = Fleet::start(1);
     let (inv, roots) = host_dirs(&fleet);
-    let target = SshTarget::new(&inv, None, None, None).unwrap();
     // It writes output after the connection is gone.
     let action = exec_step(
         "touch started; sleep 1; echo still here; echo more >&2; echo x >> runs; touch app.txt",
@@ -445,6 +444,8 @@ async fn an_attempt_outlives_a_dropped_connection_and_observe_waits_for_it() {
     let (c, _rx) = ctx("run5", "install");
     let started = roots[0].join("started");
     {
+        // This target (and its open sessions) is dropped mid-step, as when slipway dies.
+        let target = SshTarget::new(&inv, None, None, None).unwrap();
         let apply = target.apply(&c, &action);
         tokio::pin!(apply);
         tokio::select! {
@@ -452,6 +453,7 @@ async fn an_attempt_outlives_a_dropped_connection_and_observe_waits_for_it() {
             () = wait_for(&started) => {}
         }
     }
+    let target = SshTarget::new(&inv, None, None, None).unwrap();
     let seen = target.observe(&c, &action).await.unwrap();
     assert!(matches!(seen, Observation::Done { .. }), "{seen:?}");
     assert!(roots[0].join("app.txt").exists());
@@ -490,4 +492,31 @@ async fn a_step_past_its_timeout_is_killed_on_the_host_and_leaves_no_marker() {
         Observation::NotDone { .. }
     ));
     assert!(!roots[0].join("app.txt").exists());
+}
+
+/// One handshake per host per run, not per step: a target keeps its sessions between
+/// operations, and replaces one the host dropped.
+#[tokio::test]
+async fn sessions_are_kept_between_steps_and_replaced_when_the_host_drops_them() {
+    let fleet = Fleet::start(2);
+    let (inv, roots) = host_dirs(&fleet);
+    let target = SshTarget::new(&inv, None, None, Some(2)).unwrap();
+    for step in ["one", "two", "three"] {
+        let (c, _rx) = ctx("run7", step);
+        let action = exec_step(&format!("touch {step}"), None);
+        target.apply(&c, &action).await.unwrap();
+        target.observe(&c, &action).await.unwrap();
+    }
+    assert_eq!(fleet.hosts[0].logins(), 1);
+    assert_eq!(fleet.hosts[1].logins(), 1);
+
+    fleet.hosts[0].drop_connections();
+    let (c, _rx) = ctx("run7", "four");
+    target
+        .apply(&c, &exec_step("touch four", None))
+        .await
+        .unwrap();
+    assert!(roots.iter().all(|r| r.join("four").exists()));
+    assert_eq!(fleet.hosts[0].logins(), 2);
+    assert_eq!(fleet.hosts[1].logins(), 1);
 }

@@ -98,6 +98,37 @@ pub fn fingerprint(public: &Path) -> String {
 }
 
 impl Sshd {
+    /// Successful logins so far (from its log).
+    pub fn logins(&self) -> usize {
+        std::fs::read_to_string(self.dir.join("sshd.log"))
+            .unwrap_or_default()
+            .matches("Accepted publickey")
+            .count()
+    }
+
+    /// Kill the per-connection processes of this server (its children), by pid: every
+    /// open session to it drops, the listener stays.
+    pub fn drop_connections(&self) {
+        let me = self.child.id();
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+            // Fields after the `(comm)`: state, ppid, ...
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<u32>().ok());
+            if ppid == Some(me) {
+                let _ = Command::new("kill")
+                    .arg("-KILL")
+                    .arg(pid.to_string())
+                    .status();
+            }
+        }
+    }
+
     fn start(dir: &Path, name: &str, authorized: &Path) -> Sshd {
         std::fs::create_dir_all(dir).expect("host dir");
         let host_key = dir.join("host_key");
@@ -113,7 +144,7 @@ impl Sshd {
             format!(
                 "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nPidFile {}\nAuthorizedKeysFile {}\n\
                  PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n\
-                 PermitRootLogin prohibit-password\nPubkeyAuthentication yes\nLogLevel ERROR\n",
+                 PermitRootLogin prohibit-password\nPubkeyAuthentication yes\nLogLevel INFO\n",
                 host_key.display(),
                 dir.join("sshd.pid").display(),
                 authorized.display()
