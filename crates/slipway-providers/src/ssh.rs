@@ -118,6 +118,15 @@ struct RawHost {
     env: BTreeMap<String, String>,
 }
 
+/// A shell variable name: `[A-Za-z_][A-Za-z0-9_]*`.
+fn is_env_name(k: &str) -> bool {
+    let mut chars = k.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
 /// One host of an inventory, with everything needed to reach it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Host {
@@ -228,6 +237,13 @@ impl Inventory {
             if port == 0 {
                 return Err(err(format!(
                     "`hosts[{i}].port` of `{}` is 0; fix: use the host's SSH port (default 22)",
+                    h.name
+                )));
+            }
+            // Names are written into the remote command line (`export NAME=...`).
+            if let Some(bad) = h.env.keys().find(|k| !is_env_name(k)) {
+                return Err(err(format!(
+                    "`hosts[{i}].env` of `{}` has the name `{bad}`, which is not a variable name; fix: use letters, digits and `_`, not starting with a digit",
                     h.name
                 )));
             }

@@ -98,6 +98,14 @@ fn inventory_errors_name_the_file_the_field_and_the_fix() {
         "known_hosts: kh\nhosts:\n  - name: a\n    address: x\n  - name: a\n    address: y\n",
     );
     assert!(e.contains("`hosts[1].name` `a` is used twice"), "{e}");
+    let e = load_err(
+        dir.path(),
+        "known_hosts: kh\nhosts:\n  - name: a\n    address: x\n    env: { 'X; rm -rf ~': 1 }\n",
+    );
+    assert!(
+        e.contains("`hosts[0].env`") && e.contains("not a variable name"),
+        "{e}"
+    );
     let p = dir.path().join("ok.yaml");
     std::fs::write(&p, "known_hosts: kh\nhosts:\n  - name: a\n    address: x\n").unwrap();
     let inv = Inventory::load(&p).unwrap();
@@ -152,7 +160,7 @@ async fn runs_a_command_with_env_and_captures_output_and_status() {
     // A command past its timeout is cut off with no exit status.
     let (out, timed_out) = s
         .run(
-            "echo started; exec sleep 30",
+            "echo started; exec sleep 8",
             &[],
             Duration::from_millis(1500),
         )
