@@ -539,9 +539,57 @@ pub struct SshTarget {
     /// Remote user.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
-    /// Hosts worked on at once.
+    /// Hosts worked on at once (within a wave).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parallelism: Option<u32>,
+    /// Hosts per wave: a number (`2`) or a percentage of the group (`"25%"`, rounded
+    /// down, at least 1). Waves run one after another, in inventory order. Default: the
+    /// whole group in one wave.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<HostCount>,
+    /// Failure budget: how many hosts of the group (a number, or a percentage rounded
+    /// down, `"10%"`) may fail during the run without failing it. A host that fails
+    /// within the budget is left out of the later steps of the run. Default 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_failures: Option<HostCount>,
+}
+
+/// A number of hosts, or a percentage of a group (`"25%"`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum HostCount {
+    /// That many hosts.
+    Hosts(u32),
+    /// `N%` of the group's hosts.
+    Percent(String),
+}
+
+impl HostCount {
+    /// The percentage of `"N%"` (0–100), or why the text is not one.
+    pub fn percent(text: &str) -> Result<u32, String> {
+        text.trim()
+            .strip_suffix('%')
+            .and_then(|n| n.trim().parse::<u32>().ok())
+            .filter(|n| *n <= 100)
+            .ok_or_else(|| format!("`{text}` is not a percentage from 0% to 100%"))
+    }
+
+    /// How many hosts this is of a group of `total`: a percentage is rounded down.
+    pub fn of(&self, total: usize) -> Result<usize, String> {
+        match self {
+            HostCount::Hosts(n) => Ok(*n as usize),
+            HostCount::Percent(t) => Ok(total * Self::percent(t)? as usize / 100),
+        }
+    }
+}
+
+impl std::fmt::Display for HostCount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HostCount::Hosts(n) => write!(f, "{n}"),
+            HostCount::Percent(t) => write!(f, "{t}"),
+        }
+    }
 }
 
 /// A deployment window: opens by cron in a time zone, stays open for a duration.

@@ -1123,6 +1123,9 @@ fn environment(cx: &mut Cx<'_>, spec: &ReleaseSpec, name: &str, e: &Environment,
             );
         }
     }
+    if let Some(s) = &e.target.ssh {
+        ssh_counts(cx, &at("target/ssh"), s);
+    }
     if let Some(p) = &e.target.process {
         cx.duration(
             &at("target/process/stop_grace"),
@@ -1638,4 +1641,47 @@ fn check(cx: &mut Cx<'_>, name: &str, c: &Check) {
         endpoint_at(cx, &format!("{base}/tcp"), t);
     }
     cx.duration(&format!("{base}/timeout"), c.timeout.as_ref(), true);
+}
+
+/// `batch` and `max_failures` of an ssh target: a wave holds at least one host; a budget
+/// of 100% would let every host fail and still call the run a success.
+fn ssh_counts(cx: &mut Cx<'_>, base: &str, s: &crate::spec::SshTarget) {
+    use crate::spec::HostCount;
+    if s.parallelism == Some(0) {
+        cx.err_value(
+            "out-of-range",
+            &format!("{base}/parallelism"),
+            "parallelism is 0",
+            "use at least 1",
+        );
+    }
+    match &s.batch {
+        Some(HostCount::Hosts(0)) => cx.err_value(
+            "out-of-range",
+            &format!("{base}/batch"),
+            "batch is 0: a wave would hold no host",
+            "write the hosts per wave as a number of at least 1 (`batch: 2`) or a percentage of the group from 1% to 100% (`batch: \"25%\"`)",
+        ),
+        Some(HostCount::Percent(t)) => match HostCount::percent(t) {
+            Ok(0) | Err(_) => cx.err_value(
+                "out-of-range",
+                &format!("{base}/batch"),
+                format!("batch `{t}` is not a percentage from 1% to 100%"),
+                "write the hosts per wave as a number of at least 1 (`batch: 2`) or a percentage of the group from 1% to 100% (`batch: \"25%\"`)",
+            ),
+            Ok(_) => {}
+        },
+        _ => {}
+    }
+    if let Some(HostCount::Percent(t)) = &s.max_failures {
+        match HostCount::percent(t) {
+            Ok(p) if p < 100 => {}
+            _ => cx.err_value(
+                "out-of-range",
+                &format!("{base}/max_failures"),
+                format!("max_failures `{t}` is not a percentage from 0% to 99%"),
+                "write how many hosts may fail as a number (`max_failures: 1`) or a percentage of the group below 100% (`max_failures: \"10%\"`)",
+            ),
+        }
+    }
 }
