@@ -328,24 +328,47 @@ fn ssh_findings(p: &Plan, file: &Path, dir: &Path) -> Vec<plan::Finding> {
         message,
     };
     let mut out = Vec::new();
-    if let Err(e) =
-        slipway_providers::ssh::Inventory::load(&dir.join(&t.inventory)).and_then(|inv| {
-            slipway_providers::ssh::SshTarget::new(
-                &inv,
-                t.group.as_deref(),
-                t.user.as_deref(),
-                t.parallelism,
-            )
-        })
-    {
-        out.push(error(
+    match slipway_providers::ssh::Inventory::load(&dir.join(&t.inventory)).and_then(|inv| {
+        slipway_providers::ssh::SshTarget::new(
+            &inv,
+            t.group.as_deref(),
+            t.user.as_deref(),
+            t.parallelism,
+        )?
+        .with_waves(&inv, t.batch.as_ref(), t.max_failures.as_ref())
+    }) {
+        // The waves, from the inventory alone: which hosts go together, in which order.
+        Ok(target) => {
+            let waves = target.waves();
+            out.push(plan::Finding {
+                severity: "info".into(),
+                code: "ssh-waves".into(),
+                message: format!(
+                    "{} hosts in {} wave{} of up to {} (at most {} at once), failure budget {} host{}: {}",
+                    target.endpoints().len(),
+                    waves.len(),
+                    if waves.len() == 1 { "" } else { "s" },
+                    waves.first().map_or(0, Vec::len),
+                    t.parallelism.unwrap_or(1).max(1),
+                    target.max_failures(),
+                    if target.max_failures() == 1 { "" } else { "s" },
+                    waves
+                        .iter()
+                        .enumerate()
+                        .map(|(i, w)| format!("wave {}: {}", i + 1, w.join(", ")))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ),
+            });
+        }
+        Err(e) => out.push(error(
             "ssh-inventory",
             format!(
                 "{}: environments.{}.target.ssh: {e}",
                 file.display(),
                 p.environment
             ),
-        ));
+        )),
     }
     for (name, svc) in &p.services {
         if svc.kind == slipway_model::spec::ServiceKind::Migration {

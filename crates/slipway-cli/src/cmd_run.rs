@@ -303,6 +303,7 @@ pub(crate) fn ssh_target(
         t.user.as_deref(),
         t.parallelism,
     )
+    .and_then(|s| s.with_waves(&inventory, t.batch.as_ref(), t.max_failures.as_ref()))
     .map(|t| t.with_redactor(secret_redactor(Some(plan))))
     .map_err(|e| e.to_string())
 }
@@ -363,6 +364,23 @@ fn ssh_hosts(journal: &[Notice]) -> Vec<serde_json::Value> {
             _ => None,
         })
         .collect()
+}
+
+/// The ssh hosts where a step failed during the run (those that failed within the
+/// failure budget of a succeeded run were left out of its later steps), distinct, in the
+/// order they failed.
+fn ssh_failed_hosts(journal: &[Notice]) -> Vec<String> {
+    let mut failed: Vec<String> = Vec::new();
+    for h in ssh_hosts(journal) {
+        if h["phase"] == "apply"
+            && (h["result"] == "failed" || h["result"] == "excluded")
+            && let Some(name) = h["host"].as_str()
+            && !failed.iter().any(|f| f == name)
+        {
+            failed.push(name.to_owned());
+        }
+    }
+    failed
 }
 
 /// Where the process target of an environment keeps instance and proxy state, logs and
@@ -991,15 +1009,37 @@ async fn drive_foreground(
         DriveOutcome::Finished(RunState::Succeeded) | DriveOutcome::Blocked { .. } => None,
         _ => last_reason(store.as_ref(), &run.id).await,
     };
+    // A run that succeeded with ssh hosts failed within the failure budget exits 0 (as
+    // Ansible does within `max_fail_percentage`) but says which hosts were left behind.
+    let failed_hosts = match &outcome {
+        DriveOutcome::Finished(RunState::Succeeded) => store
+            .journal(&run.id, 0)
+            .await
+            .map(|j| ssh_failed_hosts(&j))
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    };
     if out.json() {
         let mut v = outcome_json(&run.id, &outcome, continued);
         if let Some(r) = &reason {
             v["reason"] = json!(r);
         }
+        if !failed_hosts.is_empty() {
+            v["failed_hosts"] = json!(failed_hosts);
+        }
         out.json_value(&v);
     } else {
         if let Some(r) = &reason {
             out.eline(&format!("reason: {r}"));
+        }
+        if !failed_hosts.is_empty() {
+            out.eline(&format!(
+                "warning: succeeded with {} host{} failed within the failure budget (left out of the later steps): {}; see `slipway status {}`",
+                failed_hosts.len(),
+                if failed_hosts.len() == 1 { "" } else { "s" },
+                failed_hosts.join(", "),
+                run.id
+            ));
         }
         match &outcome {
             DriveOutcome::Finished(s) => out.line(&format!("run {} {}", run.id, s.as_str())),
@@ -1453,6 +1493,7 @@ pub fn status(a: StatusArgs, out: &Output) -> Result<i32, CliError> {
                 "config": config,
                 "traffic": traffic,
                 "hosts": ssh_hosts(&journal),
+                "failed_hosts": ssh_failed_hosts(&journal),
             }));
         } else {
             out.line(&format!(
@@ -1472,6 +1513,10 @@ pub fn status(a: StatusArgs, out: &Output) -> Result<i32, CliError> {
             }
             for l in &perf_lines {
                 out.line(l);
+            }
+            let failed_hosts = ssh_failed_hosts(&journal);
+            if !failed_hosts.is_empty() {
+                out.line(&format!("  ssh hosts failed: {}", failed_hosts.join(", ")));
             }
             for h in ssh_hosts(&journal) {
                 out.line(&format!(

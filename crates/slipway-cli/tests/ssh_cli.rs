@@ -400,3 +400,117 @@ fn the_inventory_is_pinned_into_the_plan_and_a_run_refuses_an_edited_one() {
     assert_eq!(o.status.code(), Some(0), "{o:?}");
     assert!(roots.iter().all(|r| r.join("app").exists()));
 }
+
+/// Sets `batch` and `max_failures` on the fleet environment of `dir`'s spec.
+fn with_waves(dir: &Path, waves: &str) {
+    let spec = std::fs::read_to_string(dir.join("release.yaml"))
+        .unwrap()
+        .replace("parallelism: 2", &format!("parallelism: 2, {waves}"));
+    std::fs::write(dir.join("release.yaml"), spec).unwrap();
+}
+
+#[test]
+fn a_host_failing_within_the_budget_is_left_behind_and_the_deploy_succeeds() {
+    let fleet = Fleet::start(4);
+    let (dir, roots) = setup(
+        &fleet,
+        "  web:
+    steps:
+      - { name: install, run: 'if [ \"$SLIPWAY_HOST\" = host3 ]; then echo disk full >&2; exit 6; fi; touch \"$ROOT/app\"', undo: 'rm \"$ROOT/app\"' }
+  edge:
+    depends_on: [web]
+    steps:
+      - { name: switch, run: 'touch \"$ROOT/switched\"', undo: 'rm \"$ROOT/switched\"' }
+",
+    );
+    with_waves(&dir, "batch: \"50%\", max_failures: 1");
+    // The plan shows the waves without contacting any host.
+    let spec = dir.join("release.yaml").display().to_string();
+    let p = run(
+        &dir,
+        &["plan", "--env", "fleet", "--output", "json", "-f", &spec],
+    );
+    let plan: serde_json::Value = serde_json::from_slice(&p.stdout).unwrap();
+    let waves = plan["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["code"] == "ssh-waves")
+        .unwrap_or_else(|| panic!("no ssh-waves finding: {plan:#}"));
+    assert!(
+        waves["message"].as_str().unwrap().contains(
+            "4 hosts in 2 waves of up to 2 (at most 2 at once), failure budget 1 host: wave 1: host1, host2; wave 2: host3, host4"
+        ),
+        "{waves}"
+    );
+
+    let o = deploy(&dir);
+    assert_eq!(o.status.code(), Some(0), "within the budget: {o:?}");
+    let out: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(out["state"], "succeeded", "{out:#}");
+    assert_eq!(out["failed_hosts"], serde_json::json!(["host3"]), "{out:#}");
+    for i in [0, 1, 3] {
+        assert!(roots[i].join("app").exists() && roots[i].join("switched").exists());
+    }
+    // host3 failed `install` and was left out of `switch` (a step of a later wave: the
+    // engine runs the steps of one wave at once).
+    let s = status(&dir);
+    assert!(
+        !roots[2].join("app").exists() && !roots[2].join("switched").exists(),
+        "{s:#}"
+    );
+
+    let s = status(&dir);
+    assert_eq!(s["run"]["state"], "succeeded", "{s:#}");
+    assert_eq!(s["failed_hosts"], serde_json::json!(["host3"]), "{s:#}");
+    assert!(
+        host_results(&s, "web/install").contains(&t("apply", "host3", "failed")),
+        "{s:#}"
+    );
+    // Hosts of a wave report as they finish; sorted to compare.
+    let mut switch = host_results(&s, "edge/switch");
+    switch.sort();
+    assert_eq!(
+        switch,
+        vec![
+            t("apply", "host1", "ran"),
+            t("apply", "host2", "ran"),
+            t("apply", "host4", "ran"),
+        ],
+        "{s:#}"
+    );
+}
+
+#[test]
+fn failures_over_the_budget_roll_the_deploy_back() {
+    let fleet = Fleet::start(4);
+    let (dir, roots) = setup(
+        &fleet,
+        "  web:
+    steps:
+      - { name: install, run: 'case $SLIPWAY_HOST in host1|host2) echo broken >&2; exit 6;; esac; touch \"$ROOT/app\"', undo: 'rm \"$ROOT/app\" && touch \"$ROOT/undone\"' }
+",
+    );
+    with_waves(&dir, "batch: 2, max_failures: 1");
+    let o = deploy(&dir);
+    assert_eq!(o.status.code(), Some(4), "rolled back: {o:?}");
+    // Both hosts of the first wave failed: the second wave was never started.
+    for root in &roots {
+        assert!(!root.join("app").exists() && !root.join("undone").exists());
+    }
+    let s = status(&dir);
+    assert_eq!(s["run"]["state"], "rolled_back", "{s:#}");
+    // Hosts of a wave report as they finish; sorted to compare.
+    let mut results = host_results(&s, "web/install");
+    results.sort();
+    assert_eq!(
+        results,
+        vec![
+            t("apply", "host1", "failed"),
+            t("apply", "host2", "failed"),
+            t("apply", "host3", "skipped"),
+            t("apply", "host4", "skipped"),
+        ],
+        "{s:#}"
+    );
+}

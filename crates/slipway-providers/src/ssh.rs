@@ -1,6 +1,7 @@
 //! The `ssh` target: the `exec` target's steps (`run`, `creates`, `unless`, `undo`,
-//! `timeout`) run on every host of an inventory group over SSH (russh), at most
-//! `parallelism` hosts at once, hosts in inventory order.
+//! `timeout`) run on every host of an inventory group over SSH (russh), in waves of
+//! `batch` hosts one after another, at most `parallelism` hosts of a wave at once, hosts
+//! in inventory order, with a failure budget of `max_failures` hosts.
 //!
 //! # Inventory file
 //!
@@ -38,23 +39,49 @@
 //! (`timeout`, killing it there). The host needs `flock`, `setsid` and `timeout`
 //! (util-linux and coreutils).
 //!
-//! # Failures and undo
+//! # Waves
+//!
+//! `batch` (a number, or a percentage of the group rounded down, at least 1) cuts the
+//! group into waves in inventory order; a wave starts only when every host of the one
+//! before has finished the step, and within a wave at most `parallelism` hosts work at
+//! once. Without `batch` the whole group is one wave. Waves are per step: step 1 goes
+//! through every wave before step 2 starts on the first one.
+//!
+//! # Failures, the failure budget, and undo
 //!
 //! All hosts are connected (and their host keys checked) before a command runs on any of
-//! them, so a refused host key stops the step before it touches any host. A host whose
-//! command fails fails the step: no further host is started, hosts in flight finish, and
-//! the step's `undo` runs on the hosts where this step completed (the engine does not undo
-//! a failed step). The engine's rollback later undoes completed steps on the hosts where
-//! their marker is present; a host where a `creates`/`unless` guard skipped the step has
-//! no marker and is not undone (unlike `exec`, which cannot tell): undo reverses what the
-//! run did.
+//! them, so a refused host key stops the step before it touches any host (an unreachable
+//! host also fails the step, whatever the budget: the budget counts hosts whose step
+//! failed, not hosts that could not be reached).
+//!
+//! `max_failures` (a number, or a percentage of the group rounded down; default 0, less
+//! than the group's size) is how many hosts may fail during the run without failing it.
+//! It counts over the whole run, not per step or per wave: hosts that failed an earlier
+//! step count against it. A host that fails within the budget is reported `failed`, gets
+//! an exclusion marker (`<state_dir>/markers/<run>/.host-failed`) and is left out of the
+//! steps of the run that start after that (reported `excluded` when found by its marker,
+//! e.g. after a resume; not contacted at all while this process remembers it). The engine
+//! runs the steps of one dependency wave at once, so in practice a host is left out of the
+//! services that depend on the one whose step failed; a step running alongside may still
+//! reach it. What earlier steps did there stays (a rollback of the run undoes it, as on
+//! every host). The step succeeds, its output naming
+//! the failed hosts; the run ends `succeeded`, and `slipway deploy` exits 0 with a warning
+//! naming them (as Ansible does within `max_fail_percentage`); `slipway status` lists
+//! them under `failed_hosts`.
+//!
+//! When a failure exceeds the budget, the step fails: no further host of the wave and no
+//! further wave is started, hosts in flight finish, and the step's `undo` runs on the
+//! hosts where this step completed (the engine does not undo a failed step). The engine's
+//! rollback later undoes completed steps on the hosts where their marker is present; a
+//! host where a `creates`/`unless` guard skipped the step has no marker and is not undone
+//! (unlike `exec`, which cannot tell): undo reverses what the run did.
 //!
 //! Every host's outcome and its output (through the [`Redactor`]) is reported as a
 //! `step_progress` entry, so the journal and `slipway status` show per-host results.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -68,7 +95,7 @@ use slipway_engine::{
 };
 use slipway_model::duration::{format_duration, parse_duration};
 use slipway_model::plan::StepAction;
-use slipway_model::spec::ExecStep;
+use slipway_model::spec::{ExecStep, HostCount};
 use slipway_package::Redactor;
 
 use crate::exec::{DEFAULT_TIMEOUT, OUTPUT_LIMIT};
@@ -79,11 +106,20 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// What the wrapper prints when the completion marker already exists.
 const MARKER_SENTINEL: &str = "slipway: completion marker present, nothing to do";
 
+/// What the step wrapper prints when the host failed an earlier step of the run.
+const EXCLUDED_SENTINEL: &str = "slipway: this host failed an earlier step of the run";
+
+/// Name of the exclusion marker in a run's marker directory (idempotency keys are hex,
+/// so it cannot be one).
+const EXCLUDED_MARKER: &str = ".host-failed";
+
 /// What the undo script prints when the step left no marker on the host.
 const NO_MARKER_SENTINEL: &str = "slipway: no completion marker, nothing to undo";
 
-/// The wrapper run under the lock: `$1` marker, `$2` command, `$3` sentinel.
-const WRAPPER: &str = r#"if [ -e "$1" ]; then echo "$3" >&2; exit 0; fi
+/// The wrapper run under the lock: `$1` marker, `$2` command, `$3` sentinel, `$4` the
+/// run's exclusion marker, `$5` its sentinel.
+const WRAPPER: &str = r#"if [ -e "$4" ]; then echo "$5" >&2; exit 0; fi
+if [ -e "$1" ]; then echo "$3" >&2; exit 0; fi
 sh -c "$2"
 rc=$?
 if [ "$rc" -eq 0 ]; then : > "$1"; fi
@@ -634,6 +670,13 @@ impl Session {
 pub struct SshTarget {
     endpoints: Vec<Endpoint>,
     parallelism: usize,
+    /// Hosts per wave (at least 1).
+    batch: usize,
+    /// Hosts that may fail during the run (less than the number of hosts).
+    max_failures: usize,
+    /// Endpoint indices of hosts that failed a step within the budget: left out of the
+    /// later steps. Also marked on the host, so a resumed run finds them again.
+    excluded: Arc<Mutex<BTreeSet<usize>>>,
     default_timeout: Duration,
     redactor: Redactor,
     /// Open sessions by endpoint index, reused by the next step of the run (one handshake
@@ -647,8 +690,10 @@ enum HostOutcome {
     Ran(StepOutput),
     AlreadyDone(String),
     Failed(String, StepOutput),
-    /// Not started because another host failed first.
+    /// Not started because the failure budget was used up first.
     Skipped,
+    /// Left out: the host failed an earlier step of the run within the budget.
+    Excluded,
 }
 
 impl SshTarget {
@@ -694,13 +739,97 @@ impl SshTarget {
                 known_hosts: inventory.known_hosts.clone(),
             });
         }
+        let batch = endpoints.len().max(1);
         Ok(Self {
             endpoints,
             parallelism: parallelism.map_or(1, |p| p.max(1) as usize),
+            batch,
+            max_failures: 0,
+            excluded: Arc::default(),
             default_timeout: DEFAULT_TIMEOUT,
             redactor: Redactor::default(),
             sessions: Arc::default(),
         })
+    }
+
+    /// Waves of `batch` hosts (default: one wave) and a failure budget of `max_failures`
+    /// hosts (default 0), resolved against the group's size; a budget that would let
+    /// every host fail is refused.
+    pub fn with_waves(
+        mut self,
+        inventory: &Inventory,
+        batch: Option<&HostCount>,
+        max_failures: Option<&HostCount>,
+    ) -> Result<Self, InventoryError> {
+        let n = self.endpoints.len();
+        let err = |message: String| InventoryError {
+            path: inventory.path.clone(),
+            message,
+        };
+        if let Some(b) = batch {
+            let size = b.of(n).map_err(|e| {
+                err(format!(
+                    "`target.ssh.batch`: {e}; fix: write a number of hosts (`2`) or a percentage (`\"25%\"`)"
+                ))
+            })?;
+            if matches!(b, HostCount::Hosts(0)) {
+                return Err(err(
+                    "`target.ssh.batch` is 0; fix: put at least 1 host in a wave".into(),
+                ));
+            }
+            self.batch = size.max(1);
+        }
+        if let Some(m) = max_failures {
+            let budget = m.of(n).map_err(|e| {
+                err(format!(
+                    "`target.ssh.max_failures`: {e}; fix: write a number of hosts (`1`) or a percentage (`\"10%\"`)"
+                ))
+            })?;
+            if budget >= n && n > 0 {
+                return Err(err(format!(
+                    "`target.ssh.max_failures` {m} lets all {n} hosts of the group fail and still calls the run a success; fix: set it below {n}"
+                )));
+            }
+            self.max_failures = budget;
+        }
+        Ok(self)
+    }
+
+    /// The waves: host names, in the order they are worked on.
+    pub fn waves(&self) -> Vec<Vec<String>> {
+        self.endpoints
+            .chunks(self.batch)
+            .map(|w| w.iter().map(|e| e.host.name.clone()).collect())
+            .collect()
+    }
+
+    /// How many hosts may fail during the run without failing it.
+    pub fn max_failures(&self) -> usize {
+        self.max_failures
+    }
+
+    /// Names of the hosts left out of later steps after failing within the budget.
+    pub fn excluded_hosts(&self) -> Vec<String> {
+        self.excluded_set()
+            .iter()
+            .filter_map(|i| self.endpoints.get(*i).map(|e| e.host.name.clone()))
+            .collect()
+    }
+
+    fn excluded_set(&self) -> BTreeSet<usize> {
+        // A poisoned lock only means a thread panicked while inserting an index: the set
+        // is still a set of indices.
+        self.excluded
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn exclude(&self, i: usize) {
+        self.excluded
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(i);
     }
 
     /// Masks these secret values in every captured stdout/stderr and message.
@@ -725,6 +854,20 @@ impl SshTarget {
     /// their key authenticated; every problem is named, host by host, and then none of
     /// the sessions is handed out.
     pub async fn connect_all(&self) -> Result<Vec<Arc<Session>>, TargetError> {
+        let all: Vec<usize> = (0..self.endpoints.len()).collect();
+        Ok(self
+            .connect_some(&all)
+            .await?
+            .into_iter()
+            .map(|(_, s)| s)
+            .collect())
+    }
+
+    /// [`Self::connect_all`] for the hosts at these endpoint indices, with their indices.
+    async fn connect_some(
+        &self,
+        which: &[usize],
+    ) -> Result<Vec<(usize, Arc<Session>)>, TargetError> {
         let mut pool = self.sessions.lock().await;
         // A kept session is used again only if it still opens a channel: the host may
         // have dropped it (restarted sshd, idle timeout) since the last step.
@@ -739,7 +882,9 @@ impl SshTarget {
                 pool.remove(i);
             }
         }
-        let todo: Vec<usize> = (0..self.endpoints.len())
+        let todo: Vec<usize> = which
+            .iter()
+            .copied()
             .filter(|i| !pool.contains_key(i))
             .collect();
         let futs: Vec<_> = todo.iter().map(|&i| connect(&self.endpoints[i])).collect();
@@ -765,8 +910,9 @@ impl SshTarget {
                 problems.join("; ")
             )));
         }
-        Ok((0..self.endpoints.len())
-            .filter_map(|i| pool.get(&i).cloned())
+        Ok(which
+            .iter()
+            .filter_map(|i| pool.get(i).map(|s| (*i, s.clone())))
             .collect())
     }
 
@@ -913,7 +1059,7 @@ impl SshTarget {
         let secs = t.as_secs().max(1);
         let script = format!(
             "mkdir -p {dir} || exit 1\n\
-             setsid -w timeout -k 5 {secs} flock {marker}.lock sh -c {} slipway-step {marker} {} {} >{marker}.out 2>{marker}.err </dev/null &\n\
+             setsid -w timeout -k 5 {secs} flock {marker}.lock sh -c {} slipway-step {marker} {} {} {dir}/{EXCLUDED_MARKER} {} >{marker}.out 2>{marker}.err </dev/null &\n\
              wait $!\n\
              rc=$?\n\
              tail -c {OUTPUT_LIMIT} {marker}.out\n\
@@ -922,7 +1068,8 @@ impl SshTarget {
              exit $rc",
             sh_quote(WRAPPER),
             sh_quote(&step.run),
-            sh_quote(MARKER_SENTINEL)
+            sh_quote(MARKER_SENTINEL),
+            sh_quote(EXCLUDED_SENTINEL)
         );
         let line = Self::in_workdir(host, &script);
         // The host enforces `t`; this bound only covers a host that stops answering.
@@ -947,6 +1094,9 @@ impl SshTarget {
                 ),
                 o,
             ),
+            Ok(o) if o.exit_code == Some(0) && o.stderr.trim_end() == EXCLUDED_SENTINEL => {
+                HostOutcome::Excluded
+            }
             Ok(o) if o.exit_code == Some(0) && o.stderr.trim_end() == MARKER_SENTINEL => {
                 HostOutcome::AlreadyDone("completion marker of an earlier attempt".into())
             }
@@ -992,34 +1142,70 @@ impl SshTarget {
         step: &ExecStep,
         t: Duration,
     ) -> Result<Option<String>, String> {
-        let marker = Self::marker(&s.endpoint().host, ctx);
-        let script =
-            format!("if [ -e {marker}.lock ]; then flock {marker}.lock true; fi; test -e {marker}");
+        let host = &s.endpoint().host;
+        let marker = Self::marker(host, ctx);
+        let excluded = format!("{}/{EXCLUDED_MARKER}", Self::marker_dir(host, ctx));
+        let script = format!(
+            "if [ -e {excluded} ]; then exit 3; fi; if [ -e {marker}.lock ]; then flock {marker}.lock true; fi; test -e {marker}"
+        );
         match self.run_on(s, ctx, &script, t).await {
             Ok(o) if o.exit_code == Some(0) => Ok(Some("completion marker".into())),
+            Ok(o) if o.exit_code == Some(3) => Ok(Some(
+                "left out: failed an earlier step of this run within the failure budget".into(),
+            )),
             Ok(_) => self.guard(s, ctx, step).await.map_err(|(m, _)| m),
             Err((m, _)) => Err(m),
         }
     }
 
-    /// [`Self::apply_host`] unless another host failed already; reported.
+    /// [`Self::apply_host`] unless the failure budget is used up already; a failure (or
+    /// a host found marked as failed by an earlier attempt) counts against the budget and
+    /// `over` is set when it exceeds it. Reported.
     async fn apply_guarded(
         &self,
         s: &Session,
         ctx: &StepContext,
         step: &ExecStep,
-        failed: &AtomicBool,
+        wave: usize,
+        budget: &Budget,
     ) -> HostOutcome {
-        let o = if failed.load(Ordering::SeqCst) {
+        let o = if budget.over.load(Ordering::SeqCst) {
             HostOutcome::Skipped
         } else {
             self.apply_host(s, ctx, step).await
         };
-        if matches!(o, HostOutcome::Failed(..)) {
-            failed.store(true, Ordering::SeqCst);
+        if matches!(o, HostOutcome::Failed(..) | HostOutcome::Excluded) {
+            let failed = budget.failed.fetch_add(1, Ordering::SeqCst) + 1;
+            if failed > self.max_failures {
+                budget.over.store(true, Ordering::SeqCst);
+            }
         }
-        self.report(ctx, &s.endpoint().host, "apply", &o);
+        self.report(ctx, &s.endpoint().host, "apply", Some(wave), &o);
         o
+    }
+
+    /// Leave a host that failed within the budget out of the later steps: remembered
+    /// here, and marked on the host for a resumed run. The mark is best effort (the host
+    /// may be the reason it failed); reported either way.
+    async fn exclude_host(&self, i: usize, s: &Session, ctx: &StepContext, t: Duration) {
+        self.exclude(i);
+        let dir = Self::marker_dir(&s.endpoint().host, ctx);
+        let script = format!(
+            "mkdir -p {dir} && echo {} > {dir}/{EXCLUDED_MARKER}",
+            sh_quote(&ctx.step_id)
+        );
+        let marked = match self.run_on(s, ctx, &script, t).await {
+            Ok(o) if o.exit_code == Some(0) => "marked on the host".to_owned(),
+            Ok(o) => format!("could not be marked on the host (exit {:?})", o.exit_code),
+            Err((m, _)) => format!("could not be marked on the host: {m}"),
+        };
+        ctx.report(serde_json::json!({
+            "event": "ssh_host",
+            "phase": "exclude",
+            "host": s.endpoint().host.name,
+            "result": "excluded",
+            "detail": format!("failed within the failure budget; left out of the later steps of the run ({marked})"),
+        }));
     }
 
     /// [`Self::undo_host`], reported.
@@ -1038,24 +1224,43 @@ impl SshTarget {
             }
             Err((m, o)) => HostOutcome::Failed(m.clone(), o.clone()),
         };
-        self.report(ctx, &s.endpoint().host, "undo", &outcome);
+        self.report(ctx, &s.endpoint().host, "undo", None, &outcome);
         (s.endpoint().host.name.clone(), r)
     }
 
-    fn report(&self, ctx: &StepContext, host: &Host, what: &str, outcome: &HostOutcome) {
+    fn report(
+        &self,
+        ctx: &StepContext,
+        host: &Host,
+        what: &str,
+        wave: Option<usize>,
+        outcome: &HostOutcome,
+    ) {
         let (result, detail, out) = match outcome {
             HostOutcome::Ran(o) => ("ran", None, Some(o)),
             HostOutcome::AlreadyDone(g) => ("already_done", Some(g.clone()), None),
             HostOutcome::Failed(m, o) => ("failed", Some(m.clone()), Some(o)),
             HostOutcome::Skipped => (
                 "skipped",
-                Some("not started: another host failed first".to_owned()),
+                Some(format!(
+                    "not started: more hosts failed than the failure budget allows ({})",
+                    self.max_failures
+                )),
+                None,
+            ),
+            HostOutcome::Excluded => (
+                "excluded",
+                Some(
+                    "left out: failed an earlier step of this run within the failure budget"
+                        .to_owned(),
+                ),
                 None,
             ),
         };
         ctx.report(serde_json::json!({
             "event": "ssh_host",
             "phase": what,
+            "wave": wave,
             "host": host.name,
             "address": format!("{}:{}", host.address, host.port),
             "result": result,
@@ -1065,6 +1270,14 @@ impl SshTarget {
             "stderr": out.map(|o| o.stderr.clone()),
         }));
     }
+}
+
+/// Failures counted against the budget during one step.
+struct Budget {
+    /// Hosts failed in the run so far (earlier steps' included).
+    failed: AtomicUsize,
+    /// Whether `failed` went past the budget: nothing more starts.
+    over: AtomicBool,
 }
 
 /// One output of many hosts: each host's section, in host order.
@@ -1105,35 +1318,91 @@ impl Target for SshTarget {
     ) -> BoxFuture<'a, Result<Applied, TargetError>> {
         Box::pin(async move {
             let step = self.step(action)?;
-            let sessions = self.connect_all().await?;
-            let failed = AtomicBool::new(false);
-            let futs: Vec<_> = sessions
-                .iter()
-                .map(|s| self.apply_guarded(s, ctx, step, &failed))
+            let excluded = self.excluded_set();
+            let live: Vec<usize> = (0..self.endpoints.len())
+                .filter(|i| !excluded.contains(i))
                 .collect();
-            let outcomes: Vec<HostOutcome> = futures_util::stream::iter(futs)
-                .buffered(self.parallelism)
-                .collect()
-                .await;
-            if !failed.load(Ordering::SeqCst) {
+            let connected = self.connect_some(&live).await?;
+            let budget = Budget {
+                failed: AtomicUsize::new(excluded.len()),
+                over: AtomicBool::new(false),
+            };
+            // Waves one after another; within one, at most `parallelism` hosts at once.
+            let mut results: Vec<(usize, Arc<Session>, HostOutcome)> = Vec::new();
+            let mut left_out = Vec::new();
+            for (w, wave) in connected
+                .chunk_by(|(a, _), (b, _)| a / self.batch == b / self.batch)
+                .enumerate()
+            {
+                let wave_no = wave.first().map_or(w, |(i, _)| i / self.batch) + 1;
+                let futs: Vec<_> = wave
+                    .iter()
+                    .map(|(_, s)| self.apply_guarded(s, ctx, step, wave_no, &budget))
+                    .collect();
+                let outcomes: Vec<HostOutcome> = futures_util::stream::iter(futs)
+                    .buffered(self.parallelism)
+                    .collect()
+                    .await;
+                for ((i, s), o) in wave.iter().zip(outcomes) {
+                    results.push((*i, s.clone(), o));
+                }
+            }
+            for i in &excluded {
+                left_out.push(self.endpoints[*i].host.name.clone());
+            }
+            let sessions: Vec<Arc<Session>> = results.iter().map(|(_, s, _)| s.clone()).collect();
+            let outcomes: Vec<HostOutcome> = results.iter().map(|(_, _, o)| o.clone()).collect();
+            if !budget.over.load(Ordering::SeqCst) {
+                let t = self.timeout(step)?;
                 let mut parts = Vec::new();
                 let mut guards = Vec::new();
-                for (s, o) in sessions.iter().zip(&outcomes) {
+                let mut failed_here = Vec::new();
+                for (i, s, o) in &results {
                     let name = s.endpoint().host.name.clone();
                     match o {
                         HostOutcome::Ran(out) => parts.push((name, out.clone())),
                         HostOutcome::AlreadyDone(g) => guards.push(format!("{name}: {g}")),
-                        _ => {}
+                        HostOutcome::Failed(m, out) => {
+                            self.exclude_host(*i, s, ctx, t).await;
+                            failed_here.push(format!("{}: {m}", s.endpoint().label()));
+                            parts.push((name, out.clone()));
+                        }
+                        HostOutcome::Excluded => {
+                            self.exclude(*i);
+                            left_out.push(name);
+                        }
+                        HostOutcome::Skipped => {}
                     }
                 }
-                if parts.is_empty() {
-                    return Ok(Applied::AlreadyDone {
-                        guard: format!("already done on every host ({})", guards.join("; ")),
-                    });
+                if parts.is_empty() && failed_here.is_empty() {
+                    let mut guard = format!("already done on every host ({})", guards.join("; "));
+                    if !left_out.is_empty() {
+                        guard.push_str(&format!(
+                            "; left out (failed an earlier step within the failure budget): {}",
+                            left_out.join(", ")
+                        ));
+                    }
+                    return Ok(Applied::AlreadyDone { guard });
                 }
-                return Ok(Applied::Ran {
-                    output: combine(&parts),
-                });
+                let mut output = combine(&parts);
+                if !failed_here.is_empty() {
+                    // Within the budget: the step succeeded on the other hosts.
+                    output.exit_code = Some(0);
+                    output.stderr.push_str(&self.redactor.redact(&format!(
+                        "[slipway] failed within the failure budget ({} of {} hosts may fail; {} failed in this run), left out of the later steps: {}\n",
+                        self.max_failures,
+                        self.endpoints.len(),
+                        budget.failed.load(Ordering::SeqCst),
+                        failed_here.join("; ")
+                    )));
+                }
+                if !left_out.is_empty() {
+                    output.stderr.push_str(&format!(
+                        "[slipway] left out (failed an earlier step within the failure budget): {}\n",
+                        left_out.join(", ")
+                    ));
+                }
+                return Ok(Applied::Ran { output });
             }
             // A host failed: undo where this step completed, then fail the step.
             let mut failures = Vec::new();
@@ -1155,7 +1424,7 @@ impl Target for SshTarget {
                         completed.push(s);
                     }
                     HostOutcome::Skipped => skipped.push(name),
-                    HostOutcome::AlreadyDone(_) => {}
+                    HostOutcome::AlreadyDone(_) | HostOutcome::Excluded => {}
                 }
             }
             let mut undone = Vec::new();
@@ -1168,7 +1437,7 @@ impl Target for SshTarget {
                         Ok(o) => HostOutcome::Ran(o.clone().unwrap_or_default()),
                         Err((m, o)) => HostOutcome::Failed(m.clone(), o.clone()),
                     };
-                    self.report(ctx, &s.endpoint().host, "undo", &outcome);
+                    self.report(ctx, &s.endpoint().host, "undo", None, &outcome);
                     match r {
                         Ok(_) => undone.push(name),
                         Err((m, _)) => failures.push(format!("undo on {name} failed: {m}")),
@@ -1185,6 +1454,13 @@ impl Target for SshTarget {
                 ));
             }
             let mut message = failures.join("; ");
+            if self.max_failures > 0 || !excluded.is_empty() {
+                message.push_str(&format!(
+                    "; {} hosts failed in this run, more than the failure budget of {}",
+                    budget.failed.load(Ordering::SeqCst),
+                    self.max_failures
+                ));
+            }
             if !undone.is_empty() {
                 message.push_str(&format!(
                     "; undone on the hosts where it had completed: {}",
@@ -1209,7 +1485,17 @@ impl Target for SshTarget {
         Box::pin(async move {
             let step = self.step(action)?;
             let t = self.timeout(step)?;
-            let sessions = self.connect_all().await?;
+            // Hosts left out after failing within the budget are not waited for.
+            let excluded = self.excluded_set();
+            let live: Vec<usize> = (0..self.endpoints.len())
+                .filter(|i| !excluded.contains(i))
+                .collect();
+            let sessions: Vec<Arc<Session>> = self
+                .connect_some(&live)
+                .await?
+                .into_iter()
+                .map(|(_, s)| s)
+                .collect();
             let futs: Vec<_> = sessions
                 .iter()
                 .map(|s| self.observe_host(s, ctx, step, t))

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use slipway_engine::{Applied, Observation, StepContext, Target, TargetError};
 use slipway_model::plan::StepAction;
-use slipway_model::spec::ExecStep;
+use slipway_model::spec::{ExecStep, HostCount};
 use slipway_providers::exec::OUTPUT_LIMIT;
 use slipway_providers::ssh::{self, Inventory, SshError, SshTarget};
 
@@ -527,4 +527,221 @@ async fn sessions_are_kept_between_steps_and_replaced_when_the_host_drops_them()
     assert!(roots.iter().all(|r| r.join("four").exists()));
     assert_eq!(fleet.hosts[0].logins(), 2);
     assert_eq!(fleet.hosts[1].logins(), 1);
+}
+
+fn waves_target(inv: &Inventory, parallelism: u32, batch: u32, max_failures: u32) -> SshTarget {
+    SshTarget::new(inv, None, None, Some(parallelism))
+        .unwrap()
+        .with_waves(
+            inv,
+            Some(&HostCount::Hosts(batch)),
+            Some(&HostCount::Hosts(max_failures)),
+        )
+        .unwrap()
+}
+
+fn summary(r: &[serde_json::Value]) -> Vec<(String, String, String)> {
+    r.iter()
+        .map(|v| {
+            (
+                v["phase"].as_str().unwrap().to_owned(),
+                v["host"].as_str().unwrap().to_owned(),
+                v["result"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_second_wave_starts_only_after_the_first_finished() {
+    let fleet = Fleet::start(4);
+    let (inv, _roots) = host_dirs(&fleet);
+    // Four at once would be allowed; the waves of two must still go one after another.
+    let target = waves_target(&inv, 4, 2, 0);
+    assert_eq!(
+        target.waves(),
+        vec![vec!["host1", "host2"], vec!["host3", "host4"]]
+    );
+    let log = fleet.dir.join("order.log");
+    let started = fleet.dir.join("started");
+    std::fs::create_dir_all(&started).unwrap();
+    // Each host logs its start; a host of the first wave waits (bounded) until both of
+    // its wave have started — so they do run together — and lingers a moment, long
+    // enough that a host of the second wave started too early would log in between.
+    let action = exec_step(
+        &format!(
+            "echo \"start $SLIPWAY_HOST\" >> {log}; touch {started}/$SLIPWAY_HOST; \
+             case $SLIPWAY_HOST in host1|host2) \
+               for i in $(seq 100); do [ -e {started}/host1 ] && [ -e {started}/host2 ] && break; sleep 0.1; done; \
+               [ -e {started}/host1 ] && [ -e {started}/host2 ] || exit 9; sleep 1;; \
+             esac; echo \"end $SLIPWAY_HOST\" >> {log}",
+            log = log.display(),
+            started = started.display()
+        ),
+        None,
+    );
+    let (c, mut rx) = ctx("waves1", "install");
+    let applied = target.apply(&c, &action).await.unwrap();
+    assert!(matches!(applied, Applied::Ran { .. }), "{applied:?}");
+    let lines: Vec<String> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let pos = |l: &str| {
+        lines
+            .iter()
+            .position(|x| x == l)
+            .unwrap_or_else(|| panic!("{l} not in {lines:?}"))
+    };
+    for first in ["host1", "host2"] {
+        for second in ["host3", "host4"] {
+            assert!(
+                pos(&format!("end {first}")) < pos(&format!("start {second}")),
+                "{second} started before {first} ended: {lines:?}"
+            );
+        }
+    }
+    let r = reports(&mut rx);
+    let waves: Vec<(String, i64)> = r
+        .iter()
+        .map(|v| {
+            (
+                v["host"].as_str().unwrap().to_owned(),
+                v["wave"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    for (host, wave) in &waves {
+        let want = if host == "host1" || host == "host2" {
+            1
+        } else {
+            2
+        };
+        assert_eq!(*wave, want, "{waves:?}");
+    }
+    assert_eq!(waves.len(), 4, "{r:?}");
+}
+
+#[tokio::test]
+async fn a_host_failing_within_the_budget_is_left_out_of_later_steps() {
+    let fleet = Fleet::start(4);
+    let (inv, roots) = host_dirs(&fleet);
+    let target = waves_target(&inv, 2, 2, 1);
+    let install = exec_step(
+        "if [ \"$SLIPWAY_HOST\" = host2 ]; then echo disk full >&2; exit 7; fi; touch app.txt",
+        Some("rm app.txt"),
+    );
+    let (c, mut rx) = ctx("budget1", "install");
+    let Applied::Ran { output } = target.apply(&c, &install).await.unwrap() else {
+        panic!("expected the step to run");
+    };
+    assert!(
+        output.stderr.contains("failed within the failure budget")
+            && output.stderr.contains("host `host2`")
+            && output.stderr.contains("[host2] disk full"),
+        "{output:?}"
+    );
+    for i in [0, 2, 3] {
+        assert!(roots[i].join("app.txt").exists(), "host{}", i + 1);
+    }
+    assert!(!roots[1].join("app.txt").exists());
+    assert!(roots[1].join("state/markers/budget1/.host-failed").exists());
+    assert_eq!(target.excluded_hosts(), vec!["host2"]);
+    let s = |a: &str, b: &str, c: &str| (a.to_owned(), b.to_owned(), c.to_owned());
+    let first = summary(&reports(&mut rx));
+    assert!(first.contains(&s("apply", "host2", "failed")), "{first:?}");
+    assert!(
+        first.contains(&s("exclude", "host2", "excluded")),
+        "{first:?}"
+    );
+    // The observe of the step does not wait for the host left out.
+    assert!(matches!(
+        target.observe(&c, &install).await.unwrap(),
+        Observation::Done { .. }
+    ));
+
+    // The next step runs everywhere but host2.
+    let (c2, mut rx2) = ctx("budget1", "start");
+    let start = exec_step("touch started.txt", None);
+    let Applied::Ran { output } = target.apply(&c2, &start).await.unwrap() else {
+        panic!("expected the step to run");
+    };
+    assert!(output.stderr.contains("left out"), "{output:?}");
+    for i in [0, 2, 3] {
+        assert!(roots[i].join("started.txt").exists(), "host{}", i + 1);
+    }
+    assert!(!roots[1].join("started.txt").exists());
+    // Hosts of a wave report as they finish; sorted to compare.
+    let mut second = summary(&reports(&mut rx2));
+    second.sort();
+    assert_eq!(
+        second,
+        vec![
+            s("apply", "host1", "ran"),
+            s("apply", "host3", "ran"),
+            s("apply", "host4", "ran"),
+        ]
+    );
+
+    // A resumed run (a new target, nothing in memory) finds the mark on the host.
+    let fresh = waves_target(&inv, 2, 2, 1);
+    let (c3, mut rx3) = ctx("budget1", "migrate");
+    let Applied::Ran { .. } = fresh
+        .apply(&c3, &exec_step("touch migrated.txt", None))
+        .await
+        .unwrap()
+    else {
+        panic!("expected the step to run");
+    };
+    assert!(!roots[1].join("migrated.txt").exists());
+    assert!(roots[0].join("migrated.txt").exists());
+    let third = summary(&reports(&mut rx3));
+    assert!(
+        third.contains(&s("apply", "host2", "excluded")),
+        "{third:?}"
+    );
+    assert_eq!(fresh.excluded_hosts(), vec!["host2"]);
+}
+
+#[tokio::test]
+async fn failures_over_the_budget_fail_the_step_start_no_later_wave_and_undo() {
+    // Wave 1: host1 fails, host2 completes (within the budget of 1). Wave 2: host3
+    // fails (over it), host4 runs alongside. Wave 3 (host5) never starts.
+    let fleet = Fleet::start(5);
+    let (inv5, roots5) = host_dirs(&fleet);
+    let target = waves_target(&inv5, 2, 2, 1);
+    assert_eq!(target.waves().len(), 3);
+    let action = exec_step(
+        "case $SLIPWAY_HOST in host1|host3) echo broken >&2; exit 3;; esac; touch app.txt",
+        Some("rm app.txt && touch undone.txt"),
+    );
+    let (c, mut rx) = ctx("budget2", "install");
+    let e = target.apply(&c, &action).await.unwrap_err();
+    let TargetError::Failed { message, .. } = &e else {
+        panic!("expected a failed step, got {e:?}");
+    };
+    assert!(
+        message.contains("2 hosts failed in this run, more than the failure budget of 1"),
+        "{message}"
+    );
+    assert!(message.contains("not started on: host5"), "{message}");
+    for i in [1, 3] {
+        assert!(
+            roots5[i].join("undone.txt").exists() && !roots5[i].join("app.txt").exists(),
+            "host{}",
+            i + 1
+        );
+    }
+    assert!(!roots5[4].join("app.txt").exists() && !roots5[4].join("undone.txt").exists());
+    let r = summary(&reports(&mut rx));
+    let s = |a: &str, b: &str, c: &str| (a.to_owned(), b.to_owned(), c.to_owned());
+    assert!(r.contains(&s("apply", "host5", "skipped")), "{r:?}");
+    assert!(r.contains(&s("undo", "host2", "ran")), "{r:?}");
+    assert!(r.contains(&s("undo", "host4", "ran")), "{r:?}");
+    assert!(
+        !r.iter()
+            .any(|(p, h, _)| p == "undo" && (h == "host1" || h == "host3" || h == "host5")),
+        "{r:?}"
+    );
 }
