@@ -1162,10 +1162,13 @@ pub fn deploy(a: DeployArgs, out: &Output) -> Result<i32, CliError> {
             // host has changed.
             let target = ssh_target(&plan, &spec_dir_of(&workdir, Some(&plan)))
                 .map_err(|e| CliError::input(format!("failed to deploy: {e}"), "fix the inventory, then deploy again"))?;
-            match target.connect_all().await {
-                Ok(sessions) => {
-                    for s in sessions {
-                        s.close().await;
+            // Unreachable hosts are tolerated up to the failure budget (`max_failures`).
+            match target.check_hosts().await {
+                Ok(unreachable) => {
+                    for u in unreachable {
+                        out.eline(&format!(
+                            "warning: {u}; deploying without it (counted against the failure budget)"
+                        ));
                     }
                 }
                 Err(e) => {

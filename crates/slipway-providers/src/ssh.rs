@@ -50,9 +50,11 @@
 //! # Failures, the failure budget, and undo
 //!
 //! All hosts are connected (and their host keys checked) before a command runs on any of
-//! them, so a refused host key stops the step before it touches any host (an unreachable
-//! host also fails the step, whatever the budget: the budget counts hosts whose step
-//! failed, not hosts that could not be reached).
+//! them, so a refused host key stops the step before it touches any host, whatever the
+//! budget. A host that cannot be reached counts against the failure budget below: within
+//! it, the step goes on without the host (reported `failed`, left out of later steps —
+//! remembered by this process only, since nothing can be marked on it); beyond it, nothing
+//! runs on any host.
 //!
 //! `max_failures` (a number, or a percentage of the group rounded down; default 0, less
 //! than the group's size) is how many hosts may fail during the run without failing it.
@@ -863,11 +865,54 @@ impl SshTarget {
             .collect())
     }
 
+    /// Whether a run can start: every host's key checked (a refused one is an error) and
+    /// at most `max_failures` hosts unreachable (each named in the result, to warn about:
+    /// the run counts them against its budget). The sessions are closed again.
+    pub async fn check_hosts(&self) -> Result<Vec<String>, TargetError> {
+        let all: Vec<usize> = (0..self.endpoints.len()).collect();
+        let (sessions, problems) = self.connect_each(&all).await;
+        for (_, s) in sessions {
+            s.close().await;
+        }
+        self.sessions.lock().await.clear();
+        let refused = problems
+            .iter()
+            .any(|(_, e)| matches!(e, SshError::HostKey(_)));
+        let named: Vec<String> = problems.iter().map(|(_, e)| e.to_string()).collect();
+        if refused || problems.len() > self.max_failures {
+            return Err(TargetError::Io(format!(
+                "nothing was run on any host: {}",
+                named.join("; ")
+            )));
+        }
+        Ok(named)
+    }
+
     /// [`Self::connect_all`] for the hosts at these endpoint indices, with their indices.
     async fn connect_some(
         &self,
         which: &[usize],
     ) -> Result<Vec<(usize, Arc<Session>)>, TargetError> {
+        let (sessions, problems) = self.connect_each(which).await;
+        if !problems.is_empty() {
+            return Err(TargetError::Io(format!(
+                "nothing was run on any host: {}",
+                problems
+                    .iter()
+                    .map(|(_, e)| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )));
+        }
+        Ok(sessions)
+    }
+
+    /// A session to each host at these indices that could be had, and the problem of
+    /// each that could not, both in host order.
+    async fn connect_each(
+        &self,
+        which: &[usize],
+    ) -> (Vec<(usize, Arc<Session>)>, Vec<(usize, SshError)>) {
         let mut pool = self.sessions.lock().await;
         // A kept session is used again only if it still opens a channel: the host may
         // have dropped it (restarted sshd, idle timeout) since the last step.
@@ -900,20 +945,66 @@ impl SshTarget {
                 }
                 Err(e) => {
                     pool.remove(&i);
-                    problems.push(e.to_string());
+                    problems.push((i, e));
                 }
             }
         }
-        if !problems.is_empty() {
-            return Err(TargetError::Io(format!(
-                "nothing was run on any host: {}",
-                problems.join("; ")
-            )));
-        }
-        Ok(which
+        let sessions = which
             .iter()
             .filter_map(|i| pool.get(i).map(|s| (*i, s.clone())))
-            .collect())
+            .collect();
+        (sessions, problems)
+    }
+
+    /// Sessions for a step: a refused host key stops it before any host runs anything;
+    /// hosts that cannot be reached count against the failure budget (reported failed
+    /// and left out of later steps — in memory only, nothing can be marked on them) and
+    /// the step goes on without them while the budget holds, else nothing runs.
+    async fn connect_within_budget(
+        &self,
+        ctx: &StepContext,
+        which: &[usize],
+        failed_before: usize,
+    ) -> Result<(Vec<(usize, Arc<Session>)>, Vec<String>), TargetError> {
+        let (sessions, problems) = self.connect_each(which).await;
+        if problems.is_empty() {
+            return Ok((sessions, Vec::new()));
+        }
+        let refused = problems
+            .iter()
+            .any(|(_, e)| matches!(e, SshError::HostKey(_)));
+        if refused || failed_before + problems.len() > self.max_failures {
+            let mut message = format!(
+                "nothing was run on any host: {}",
+                problems
+                    .iter()
+                    .map(|(_, e)| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            );
+            if !refused && self.max_failures > 0 {
+                message.push_str(&format!(
+                    "; {} hosts failed in this run, more than the failure budget of {}",
+                    failed_before + problems.len(),
+                    self.max_failures
+                ));
+            }
+            return Err(TargetError::Io(message));
+        }
+        let mut unreachable = Vec::new();
+        for (i, e) in problems {
+            self.exclude(i);
+            let outcome = HostOutcome::Failed(format!("unreachable: {e}"), StepOutput::default());
+            self.report(
+                ctx,
+                &self.endpoints[i].host,
+                "apply",
+                Some(i / self.batch + 1),
+                &outcome,
+            );
+            unreachable.push(format!("{}: unreachable: {e}", self.endpoints[i].label()));
+        }
+        Ok((sessions, unreachable))
     }
 
     fn step<'a>(&self, action: &'a StepAction) -> Result<&'a ExecStep, TargetError> {
@@ -1322,9 +1413,11 @@ impl Target for SshTarget {
             let live: Vec<usize> = (0..self.endpoints.len())
                 .filter(|i| !excluded.contains(i))
                 .collect();
-            let connected = self.connect_some(&live).await?;
+            let (connected, unreachable) = self
+                .connect_within_budget(ctx, &live, excluded.len())
+                .await?;
             let budget = Budget {
-                failed: AtomicUsize::new(excluded.len()),
+                failed: AtomicUsize::new(excluded.len() + unreachable.len()),
                 over: AtomicBool::new(false),
             };
             // Waves one after another; within one, at most `parallelism` hosts at once.
@@ -1356,7 +1449,7 @@ impl Target for SshTarget {
                 let t = self.timeout(step)?;
                 let mut parts = Vec::new();
                 let mut guards = Vec::new();
-                let mut failed_here = Vec::new();
+                let mut failed_here = unreachable.clone();
                 for (i, s, o) in &results {
                     let name = s.endpoint().host.name.clone();
                     match o {
@@ -1404,8 +1497,8 @@ impl Target for SshTarget {
                 }
                 return Ok(Applied::Ran { output });
             }
-            // A host failed: undo where this step completed, then fail the step.
-            let mut failures = Vec::new();
+            // Over the budget: undo where this step completed, then fail the step.
+            let mut failures = unreachable.clone();
             let mut parts = Vec::new();
             let mut completed = Vec::new();
             let mut skipped = Vec::new();

@@ -745,3 +745,55 @@ async fn failures_over_the_budget_fail_the_step_start_no_later_wave_and_undo() {
         "{r:?}"
     );
 }
+
+#[tokio::test]
+async fn an_unreachable_host_counts_against_the_budget() {
+    let fleet = Fleet::start(3);
+    let (inv, roots) = host_dirs(&fleet);
+    // host3's port now has nobody listening: connecting is refused.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let text = std::fs::read_to_string(&inv.path).unwrap().replace(
+        &format!("port: {}", fleet.hosts[2].port),
+        &format!("port: {closed}"),
+    );
+    std::fs::write(&inv.path, text).unwrap();
+    let inv = Inventory::load(&inv.path).unwrap();
+    let action = exec_step("touch app.txt", None);
+
+    // Without a budget nothing runs anywhere, as before.
+    let strict = waves_target(&inv, 3, 3, 0);
+    let e = strict.check_hosts().await.unwrap_err().to_string();
+    assert!(e.contains("host3"), "{e}");
+    let (c, _rx) = ctx("reach0", "install");
+    let e = strict.apply(&c, &action).await.unwrap_err().to_string();
+    assert!(e.contains("nothing was run on any host"), "{e}");
+    assert!(!roots[0].join("app.txt").exists());
+
+    // With a budget of 1 the others go on; host3 is reported failed and left out.
+    let lenient = waves_target(&inv, 3, 3, 1);
+    let warned = lenient.check_hosts().await.unwrap();
+    assert_eq!(warned.len(), 1, "{warned:?}");
+    let (c, mut rx) = ctx("reach1", "install");
+    let Applied::Ran { output } = lenient.apply(&c, &action).await.unwrap() else {
+        panic!("expected the step to run");
+    };
+    assert!(output.stderr.contains("unreachable"), "{output:?}");
+    assert!(roots[0].join("app.txt").exists() && roots[1].join("app.txt").exists());
+    assert_eq!(lenient.excluded_hosts(), vec!["host3"]);
+    let s = |a: &str, b: &str, c: &str| (a.to_owned(), b.to_owned(), c.to_owned());
+    let r = summary(&reports(&mut rx));
+    assert!(r.contains(&s("apply", "host3", "failed")), "{r:?}");
+    // The next step does not try it again.
+    let (c2, _rx2) = ctx("reach1", "start");
+    assert!(
+        lenient
+            .apply(&c2, &exec_step("touch started.txt", None))
+            .await
+            .is_ok()
+    );
+    assert!(roots[0].join("started.txt").exists());
+}
