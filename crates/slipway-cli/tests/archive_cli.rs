@@ -75,6 +75,9 @@ environments:
 
     fn sqlite(&self, sql: &str) {
         let o = std::process::Command::new("sqlite3")
+            // Wait for a lock the store holds instead of failing at once with "database is
+            // locked", as any other SQLite client of the store would.
+            .args(["-cmd", ".timeout 10000"])
             .arg(&self.db)
             .arg(sql)
             .output()

@@ -73,6 +73,9 @@ pub async fn populated(path: &Path, n: usize) -> SqliteStore {
 
 pub fn sqlite3(db: &Path, sql: &str) -> String {
     let out = Command::new("sqlite3")
+        // Wait for a lock the store holds instead of failing at once with "database is
+        // locked", as any other SQLite client of the store would.
+        .args(["-cmd", ".timeout 10000"])
         .arg(db)
         .arg(sql)
         .output()
