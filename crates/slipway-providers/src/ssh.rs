@@ -83,7 +83,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -676,8 +675,10 @@ pub struct SshTarget {
     batch: usize,
     /// Hosts that may fail during the run (less than the number of hosts).
     max_failures: usize,
-    /// Endpoint indices of hosts that failed a step within the budget: left out of the
-    /// later steps. Also marked on the host, so a resumed run finds them again.
+    /// Endpoint indices of hosts that failed a step (or could not be reached) in this run:
+    /// left out of the later steps. Shared by the steps the engine runs at once, so the
+    /// budget holds for the run, not per step. Also marked on the host, so a resumed run
+    /// finds them again.
     excluded: Arc<Mutex<BTreeSet<usize>>>,
     default_timeout: Duration,
     redactor: Redactor,
@@ -827,11 +828,27 @@ impl SshTarget {
             .clone()
     }
 
-    fn exclude(&self, i: usize) {
+    /// Count host `i` as failed in this run; how many have failed now.
+    fn exclude(&self, i: usize) -> usize {
+        let mut set = self
+            .excluded
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        set.insert(i);
+        set.len()
+    }
+
+    /// How many hosts have failed in this run (as far as this process knows).
+    fn failed_count(&self) -> usize {
         self.excluded
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(i);
+            .len()
+    }
+
+    /// Whether more hosts failed than the budget allows: nothing more starts.
+    fn over_budget(&self) -> bool {
+        self.failed_count() > self.max_failures
     }
 
     /// Masks these secret values in every captured stdout/stderr and message.
@@ -964,7 +981,6 @@ impl SshTarget {
         &self,
         ctx: &StepContext,
         which: &[usize],
-        failed_before: usize,
     ) -> Result<(Vec<(usize, Arc<Session>)>, Vec<String>), TargetError> {
         let (sessions, problems) = self.connect_each(which).await;
         if problems.is_empty() {
@@ -973,7 +989,8 @@ impl SshTarget {
         let refused = problems
             .iter()
             .any(|(_, e)| matches!(e, SshError::HostKey(_)));
-        if refused || failed_before + problems.len() > self.max_failures {
+        let failed = self.failed_count() + problems.len();
+        if refused || failed > self.max_failures {
             let mut message = format!(
                 "nothing was run on any host: {}",
                 problems
@@ -984,8 +1001,7 @@ impl SshTarget {
             );
             if !refused && self.max_failures > 0 {
                 message.push_str(&format!(
-                    "; {} hosts failed in this run, more than the failure budget of {}",
-                    failed_before + problems.len(),
+                    "; {failed} hosts failed in this run, more than the failure budget of {}",
                     self.max_failures
                 ));
             }
@@ -1249,27 +1265,24 @@ impl SshTarget {
         }
     }
 
-    /// [`Self::apply_host`] unless the failure budget is used up already; a failure (or
-    /// a host found marked as failed by an earlier attempt) counts against the budget and
-    /// `over` is set when it exceeds it. Reported.
+    /// [`Self::apply_host`] on host `i` unless the failure budget is used up already (by
+    /// any step of the run); a failure (or a host found marked as failed by an earlier
+    /// attempt) counts against it at once. Reported.
     async fn apply_guarded(
         &self,
+        i: usize,
         s: &Session,
         ctx: &StepContext,
         step: &ExecStep,
         wave: usize,
-        budget: &Budget,
     ) -> HostOutcome {
-        let o = if budget.over.load(Ordering::SeqCst) {
+        let o = if self.over_budget() {
             HostOutcome::Skipped
         } else {
             self.apply_host(s, ctx, step).await
         };
         if matches!(o, HostOutcome::Failed(..) | HostOutcome::Excluded) {
-            let failed = budget.failed.fetch_add(1, Ordering::SeqCst) + 1;
-            if failed > self.max_failures {
-                budget.over.store(true, Ordering::SeqCst);
-            }
+            self.exclude(i);
         }
         self.report(ctx, &s.endpoint().host, "apply", Some(wave), &o);
         o
@@ -1363,14 +1376,6 @@ impl SshTarget {
     }
 }
 
-/// Failures counted against the budget during one step.
-struct Budget {
-    /// Hosts failed in the run so far (earlier steps' included).
-    failed: AtomicUsize,
-    /// Whether `failed` went past the budget: nothing more starts.
-    over: AtomicBool,
-}
-
 /// One output of many hosts: each host's section, in host order.
 fn combine(parts: &[(String, StepOutput)]) -> StepOutput {
     let mut stdout = String::new();
@@ -1413,13 +1418,7 @@ impl Target for SshTarget {
             let live: Vec<usize> = (0..self.endpoints.len())
                 .filter(|i| !excluded.contains(i))
                 .collect();
-            let (connected, unreachable) = self
-                .connect_within_budget(ctx, &live, excluded.len())
-                .await?;
-            let budget = Budget {
-                failed: AtomicUsize::new(excluded.len() + unreachable.len()),
-                over: AtomicBool::new(false),
-            };
+            let (connected, unreachable) = self.connect_within_budget(ctx, &live).await?;
             // Waves one after another; within one, at most `parallelism` hosts at once.
             let mut results: Vec<(usize, Arc<Session>, HostOutcome)> = Vec::new();
             let mut left_out = Vec::new();
@@ -1430,7 +1429,7 @@ impl Target for SshTarget {
                 let wave_no = wave.first().map_or(w, |(i, _)| i / self.batch) + 1;
                 let futs: Vec<_> = wave
                     .iter()
-                    .map(|(_, s)| self.apply_guarded(s, ctx, step, wave_no, &budget))
+                    .map(|(i, s)| self.apply_guarded(*i, s, ctx, step, wave_no))
                     .collect();
                 let outcomes: Vec<HostOutcome> = futures_util::stream::iter(futs)
                     .buffered(self.parallelism)
@@ -1445,7 +1444,7 @@ impl Target for SshTarget {
             }
             let sessions: Vec<Arc<Session>> = results.iter().map(|(_, s, _)| s.clone()).collect();
             let outcomes: Vec<HostOutcome> = results.iter().map(|(_, _, o)| o.clone()).collect();
-            if !budget.over.load(Ordering::SeqCst) {
+            if !self.over_budget() {
                 let t = self.timeout(step)?;
                 let mut parts = Vec::new();
                 let mut guards = Vec::new();
@@ -1485,7 +1484,7 @@ impl Target for SshTarget {
                         "[slipway] failed within the failure budget ({} of {} hosts may fail; {} failed in this run), left out of the later steps: {}\n",
                         self.max_failures,
                         self.endpoints.len(),
-                        budget.failed.load(Ordering::SeqCst),
+                        self.failed_count(),
                         failed_here.join("; ")
                     )));
                 }
@@ -1550,7 +1549,7 @@ impl Target for SshTarget {
             if self.max_failures > 0 || !excluded.is_empty() {
                 message.push_str(&format!(
                     "; {} hosts failed in this run, more than the failure budget of {}",
-                    budget.failed.load(Ordering::SeqCst),
+                    self.failed_count(),
                     self.max_failures
                 ));
             }
@@ -1578,8 +1577,13 @@ impl Target for SshTarget {
         Box::pin(async move {
             let step = self.step(action)?;
             let t = self.timeout(step)?;
-            // Hosts left out after failing within the budget are not waited for.
-            let excluded = self.excluded_set();
+            // Hosts left out after failing within the budget are not waited for; once
+            // the budget is exceeded the run is failing, and every host is looked at.
+            let excluded = if self.over_budget() {
+                BTreeSet::new()
+            } else {
+                self.excluded_set()
+            };
             let live: Vec<usize> = (0..self.endpoints.len())
                 .filter(|i| !excluded.contains(i))
                 .collect();

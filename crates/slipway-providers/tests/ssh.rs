@@ -797,3 +797,32 @@ async fn an_unreachable_host_counts_against_the_budget() {
     );
     assert!(roots[0].join("started.txt").exists());
 }
+
+/// The engine runs the steps of one wave at once: the budget is the run's, so two steps
+/// each losing a different host are two failures, not one per step.
+#[tokio::test]
+async fn the_budget_holds_across_steps_running_at_once() {
+    let fleet = Fleet::start(3);
+    let (inv, _roots) = host_dirs(&fleet);
+    let target = waves_target(&inv, 3, 3, 1);
+    let fail_on = |h: &str| {
+        exec_step(
+            &format!("if [ \"$SLIPWAY_HOST\" = {h} ]; then exit 5; fi; true"),
+            None,
+        )
+    };
+    let (a, b) = (fail_on("host1"), fail_on("host2"));
+    let (ca, _ra) = ctx("budget3", "a");
+    let (cb, _rb) = ctx("budget3", "b");
+    let (ra, rb) = tokio::join!(target.apply(&ca, &a), target.apply(&cb, &b));
+    assert!(
+        ra.is_err() || rb.is_err(),
+        "two hosts failed with a budget of 1, yet both steps succeeded: {ra:?} {rb:?}"
+    );
+    let failed = ra.err().or(rb.err()).unwrap().to_string();
+    assert!(
+        failed.contains("2 hosts failed in this run, more than the failure budget of 1"),
+        "{failed}"
+    );
+    assert_eq!(target.excluded_hosts(), vec!["host1", "host2"]);
+}
