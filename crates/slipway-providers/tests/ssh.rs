@@ -826,3 +826,47 @@ async fn the_budget_holds_across_steps_running_at_once() {
     );
     assert_eq!(target.excluded_hosts(), vec!["host1", "host2"]);
 }
+
+#[test]
+fn percentages_are_taken_of_the_group_rounded_down() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("known_hosts"), "").unwrap();
+    let hosts: String = (1..=10)
+        .map(|i| format!("  - {{ name: h{i}, address: 10.0.0.{i} }}\n"))
+        .collect();
+    let p = dir.path().join("inv.yaml");
+    std::fs::write(
+        &p,
+        format!("known_hosts: known_hosts\nidentity: id\nuser: deploy\nhosts:\n{hosts}"),
+    )
+    .unwrap();
+    let inv = Inventory::load(&p).unwrap();
+    let pct = |s: &str| HostCount::Percent(s.into());
+    let t = |batch: Option<HostCount>, max: Option<HostCount>| {
+        SshTarget::new(&inv, None, None, None).unwrap().with_waves(
+            &inv,
+            batch.as_ref(),
+            max.as_ref(),
+        )
+    };
+    // 25% of 10 is 2.5: waves of 2.
+    let w = t(Some(pct("25%")), None).unwrap().waves();
+    assert_eq!(w.iter().map(Vec::len).collect::<Vec<_>>(), vec![2; 5]);
+    // 5% of 10 rounds down to 0: a wave still holds one host.
+    assert_eq!(t(Some(pct("5%")), None).unwrap().waves().len(), 10);
+    // No batch: one wave of everything; 3 of 10 per wave: 3, 3, 3, 1.
+    assert_eq!(t(None, None).unwrap().waves().len(), 1);
+    let w = t(Some(HostCount::Hosts(3)), None).unwrap().waves();
+    assert_eq!(w.iter().map(Vec::len).collect::<Vec<_>>(), vec![3, 3, 3, 1]);
+    // 15% of 10 hosts may fail: 1.
+    assert_eq!(t(None, Some(pct("15%"))).unwrap().max_failures(), 1);
+    assert_eq!(t(None, None).unwrap().max_failures(), 0);
+    // A budget that lets every host fail is refused, naming the fix.
+    let e = t(None, Some(HostCount::Hosts(10))).unwrap_err().to_string();
+    assert!(
+        e.contains("max_failures") && e.contains("fix: set it below 10"),
+        "{e}"
+    );
+    let e = t(Some(pct("lots")), None).unwrap_err().to_string();
+    assert!(e.contains("batch") && e.contains("fix:"), "{e}");
+}
