@@ -117,3 +117,45 @@ environments:
             .contains("rollback requested by hand: checkout errors after release")
     );
 }
+
+/// A service's `steps:` are a script: each starts when the one before it has finished
+/// (they once all started at once, so a step could run before the one it builds on).
+/// Services of one wave still run side by side.
+#[test]
+fn the_steps_of_a_service_run_one_after_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    let spec = dir.path().join("release.yaml");
+    std::fs::write(
+        &spec,
+        format!(
+            "apiVersion: slipway/v1
+kind: Release
+metadata: {{ name: x, version: 1.0.0, type: patch }}
+services:
+  api:
+    steps:
+      - {{ name: download, run: \"sleep 0.3 && echo download >> {d}/api-order\" }}
+      - {{ name: unpack, run: \"grep -q download {d}/api-order && echo unpack >> {d}/api-order\" }}
+      - {{ name: switch, run: \"grep -q unpack {d}/api-order && echo switch >> {d}/api-order\" }}
+  web:
+    steps:
+      - {{ name: one, run: \"echo one >> {d}/web-order\" }}
+      - {{ name: two, run: \"echo two >> {d}/web-order\" }}
+environments:
+  staging: {{ target: {{ exec: {{}} }} }}
+"
+        ),
+    )
+    .unwrap();
+    let o = slipway()
+        .env("SLIPWAY_STORE", format!("sqlite://{d}/s.db"))
+        .args(["deploy", "--env", "staging", "-f"])
+        .arg(&spec)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    let order = |f: &str| std::fs::read_to_string(dir.path().join(f)).unwrap();
+    assert_eq!(order("api-order"), "download\nunpack\nswitch\n");
+    assert_eq!(order("web-order"), "one\ntwo\n");
+}

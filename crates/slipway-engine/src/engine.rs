@@ -5,7 +5,7 @@
 //! engine moves on; so after a crash every step is either untouched, done, or "started"
 //! — and a started step is observed through its target before anything else happens.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -805,6 +805,8 @@ impl Engine {
             let mut refused_artifact = false;
             let mut todo = Vec::new();
             let mut fresh = true;
+            // A service whose step failed runs none of its later steps.
+            let mut failed_services: HashSet<String> = HashSet::new();
             for s in &steps {
                 match records.get(&s.id) {
                     None => todo.push(((*s).clone(), None)),
@@ -812,7 +814,10 @@ impl Engine {
                         fresh = false;
                         match r.status {
                             StepStatus::Succeeded => {}
-                            StepStatus::Failed => failed += 1,
+                            StepStatus::Failed => {
+                                failed += 1;
+                                failed_services.insert(s.service.clone());
+                            }
                             _ => todo.push(((*s).clone(), Some(r.clone()))),
                         }
                     }
@@ -845,13 +850,17 @@ impl Engine {
             };
             // Verify-artifact steps run first: nothing of the wave is installed until every
             // artifact of the wave has been re-verified, and a refused artifact halts the
-            // wave whatever the failure budget (steps of a wave otherwise run at once).
+            // wave whatever the failure budget. Otherwise the services of a wave run at
+            // once, and the steps of one service one after another, in their order: a
+            // service's `steps:` are a script (download, unpack, switch), not a set.
+            // The sort is stable, so plan order holds within a rank.
             todo.sort_by_key(|(s, _)| rank(s));
-            // Steps in flight per rank.
+            // Steps in flight per rank, and the services that have one in flight.
             let mut running = [0usize; 3];
+            let mut busy: HashSet<String> = HashSet::new();
             let mut refused_config = false;
             let mut set = JoinSet::new();
-            let mut todo = todo.into_iter().peekable();
+            let mut todo: Vec<(PlannedStep, Option<StepRecord>)> = todo;
             let mut last_check = Instant::now();
             let ctx_shared = Arc::new((
                 ctx.run.id.clone(),
@@ -869,30 +878,45 @@ impl Engine {
                             break;
                         }
                     }
-                    if todo.peek().is_some_and(|(s, _)| {
-                        running[..usize::from(rank(s))].iter().any(|n| *n > 0)
-                    }) {
-                        break;
-                    }
-                    let Some((step, rec)) = todo.next() else {
+                    // Steps of failed services never start; of the others, the lowest
+                    // rank left goes first, and a rank starts once the lower ones ended.
+                    todo.retain(|(s, _)| !failed_services.contains(&s.service));
+                    let Some(lowest) = todo.iter().map(|(s, _)| rank(s)).min() else {
                         break;
                     };
+                    if running[..usize::from(lowest)].iter().any(|n| *n > 0) {
+                        break;
+                    }
+                    // The first step (in plan order) of a service with nothing in flight;
+                    // an earlier step of the same service is always found before a later.
+                    let Some(i) = todo
+                        .iter()
+                        .position(|(s, _)| rank(s) == lowest && !busy.contains(&s.service))
+                    else {
+                        break;
+                    };
+                    let (step, rec) = todo.remove(i);
                     let r = rank(&step);
                     running[usize::from(r)] += 1;
+                    busy.insert(step.service.clone());
+                    let service = step.service.clone();
                     let this = self.clone();
                     let shared = Arc::clone(&ctx_shared);
-                    set.spawn(async move { (r, this.run_step(&shared, step, rec).await) });
+                    set.spawn(async move { (r, service, this.run_step(&shared, step, rec).await) });
                 }
                 match set.join_next().await {
                     None => break,
                     Some(joined) => {
-                        let (r, result) = joined.map_err(|e| EngineError::Task(e.to_string()))?;
+                        let (r, service, result) =
+                            joined.map_err(|e| EngineError::Task(e.to_string()))?;
                         running[usize::from(r)] -= 1;
+                        busy.remove(&service);
                         match result? {
                             StepEnd::Done => {}
                             StepEnd::Failed(error) => {
                                 errors.push(error);
                                 failed += 1;
+                                failed_services.insert(service);
                                 refused_artifact |= r == 0;
                                 refused_config |= r == 1;
                                 // Nothing is installed from a refused artifact or without
