@@ -32,18 +32,7 @@ const CANARY_STEPS: &str = "
 
 impl Env {
     fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let bin = dir.path().join("bin");
-        std::fs::create_dir_all(&bin).unwrap();
-        let exe = assert_cmd::cargo::cargo_bin("slipway");
-        let script = bin.join("demo-app");
-        std::fs::write(
-            &script,
-            format!("#!/bin/sh\nexec '{}' demo-app \"$@\"\n", exe.display()),
-        )
-        .unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let dir = crate::demo_app_dir();
         let mark = dir.path().display().to_string();
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)

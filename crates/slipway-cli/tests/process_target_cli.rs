@@ -7,7 +7,6 @@
 //! every process the test caused when it ends (see `crate::marked`).
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -27,17 +26,7 @@ struct Env {
 
 impl Env {
     fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let bin = dir.path().join("bin");
-        std::fs::create_dir_all(&bin).unwrap();
-        let exe = assert_cmd::cargo::cargo_bin("slipway");
-        let script = bin.join("demo-app");
-        std::fs::write(
-            &script,
-            format!("#!/bin/sh\nexec '{}' demo-app \"$@\"\n", exe.display()),
-        )
-        .unwrap();
-        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let dir = crate::demo_app_dir();
         let mark = dir.path().display().to_string();
         Self { dir, mark }
     }

@@ -59,6 +59,26 @@ pub fn repo() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+/// A test's directory with `bin/demo-app`: a shim running `slipway demo-app`, for specs
+/// whose services run `demo-app` with `<dir>/bin` on PATH.
+pub fn demo_app_dir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let script = bin.join("demo-app");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nexec '{}' demo-app \"$@\"\n",
+            assert_cmd::cargo::cargo_bin("slipway").display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
 /// A `slipway` command with a clean, deterministic environment.
 pub fn slipway() -> assert_cmd::Command {
     let mut c = assert_cmd::Command::cargo_bin("slipway").unwrap();

@@ -22,20 +22,7 @@ struct Env {
 
 impl Env {
     fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let bin = dir.path().join("bin");
-        std::fs::create_dir_all(&bin).unwrap();
-        let script = bin.join("demo-app");
-        std::fs::write(
-            &script,
-            format!(
-                "#!/bin/sh\nexec '{}' demo-app \"$@\"\n",
-                assert_cmd::cargo::cargo_bin("slipway").display()
-            ),
-        )
-        .unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let dir = crate::demo_app_dir();
         let mark = dir.path().display().to_string();
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
