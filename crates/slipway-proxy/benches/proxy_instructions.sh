@@ -39,79 +39,14 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-
-wait_port() {
-  for _ in $(seq 1 400); do
-    if curl -fs -o /dev/null "http://$1/"; then return; fi
-    sleep 0.05
-  done
-  echo "nothing answers on $1" >&2
-  exit 1
-}
+# shellcheck source=peers.sh
+. "$ROOT/crates/slipway-proxy/benches/peers.sh"
 
 "$DEMO" --port 0 --version 1.0.0 --threads 1 >"$WORK/demo.out" 2>"$WORK/demo.err" &
 PIDS+=($!)
 for _ in $(seq 1 200); do grep -q '^listening on ' "$WORK/demo.out" 2>/dev/null && break; sleep 0.05; done
 BACKEND=$(sed -n 's/^listening on //p' "$WORK/demo.out" | head -1)
 [ -n "$BACKEND" ] || { echo "demo-app did not start: $(cat "$WORK/demo.err")" >&2; exit 1; }
-
-nginx_conf() {
-  local port=$1 dir=$2
-  mkdir -p "$dir"
-  cat >"$dir/nginx.conf" <<CONF
-user root;
-worker_processes 1;
-master_process off;
-daemon off;
-pid $dir/nginx.pid;
-error_log $dir/error.log warn;
-events { worker_connections 4096; multi_accept on; }
-http {
-  access_log off;
-  client_body_temp_path $dir/body;
-  proxy_temp_path $dir/proxy;
-  fastcgi_temp_path $dir/fastcgi;
-  uwsgi_temp_path $dir/uwsgi;
-  scgi_temp_path $dir/scgi;
-  keepalive_requests 1000000;
-  upstream app { server $BACKEND; keepalive 256; keepalive_requests 1000000; }
-  server {
-    listen 127.0.0.1:$port;
-    location / {
-      proxy_pass http://app;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-    }
-  }
-}
-CONF
-}
-
-haproxy_conf() {
-  local port=$1 file=$2
-  cat >"$file" <<CONF
-global
-  nbthread 1
-  maxconn 4096
-defaults
-  mode http
-  timeout connect 1s
-  timeout client 30s
-  timeout server 30s
-  option http-keep-alive
-  option forwardfor
-  http-reuse always
-frontend fe
-  bind 127.0.0.1:$port
-  default_backend app
-backend app
-  server s1 $BACKEND
-CONF
-}
 
 # Runs one proxy under callgrind, with load (wrk) or without (one request), and prints
 # the requests served and the instructions executed.
@@ -122,7 +57,7 @@ run_once() {
   local cmd
   case $name in
     slipway) cmd=("$PROXY" --listen "127.0.0.1:$port" --stable "$BACKEND" --threads 1) ;;
-    nginx) nginx_conf "$port" "$WORK/nginx-$tag"; cmd=(nginx -p "$WORK/nginx-$tag" -c "$WORK/nginx-$tag/nginx.conf") ;;
+    nginx) nginx_conf "$port" "$WORK/nginx-$tag" "master_process off;"; cmd=(nginx -p "$WORK/nginx-$tag" -c "$WORK/nginx-$tag/nginx.conf") ;;
     haproxy) haproxy_conf "$port" "$WORK/haproxy-$tag.cfg"; cmd=(haproxy -f "$WORK/haproxy-$tag.cfg" -db) ;;
   esac
   valgrind --tool=callgrind --callgrind-out-file="$out" "${cmd[@]}" >"$WORK/$name-$tag.log" 2>&1 &

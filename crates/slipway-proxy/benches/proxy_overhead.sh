@@ -49,9 +49,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
+# shellcheck source=peers.sh
+. "$ROOT/crates/slipway-proxy/benches/peers.sh"
 
 # Starts a server pinned to SERVER_CPU that prints "listening on ADDR". Runs in this
 # shell (not in $(...)) so its PID is recorded for cleanup.
@@ -75,71 +74,18 @@ listening_addr() {
   exit 1
 }
 
-wait_port() {
-  for _ in $(seq 1 200); do
-    if curl -fs -o /dev/null "http://$1/"; then return; fi
-    sleep 0.05
-  done
-  echo "nothing answers on $1" >&2
-  exit 1
-}
-
 start_server demo "$DEMO" --port 0 --version 1.0.0 --threads 1
 BACKEND=$(listening_addr demo)
 start_server slipway "$PROXY" --listen 127.0.0.1:0 --stable "$BACKEND" --threads 1
 SLIPWAY=$(listening_addr slipway)
 
 NGINX_PORT=$(free_port)
-mkdir -p "$WORK/nginx"
-cat >"$WORK/nginx/nginx.conf" <<EOF
-user root;
-worker_processes 1;
-daemon off;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/error.log warn;
-events { worker_connections 4096; multi_accept on; }
-http {
-  access_log off;
-  client_body_temp_path $WORK/nginx/body;
-  proxy_temp_path $WORK/nginx/proxy;
-  fastcgi_temp_path $WORK/nginx/fastcgi;
-  uwsgi_temp_path $WORK/nginx/uwsgi;
-  scgi_temp_path $WORK/nginx/scgi;
-  keepalive_requests 1000000;
-  upstream app { server $BACKEND; keepalive 256; keepalive_requests 1000000; }
-  server {
-    listen 127.0.0.1:$NGINX_PORT;
-    location / {
-      proxy_pass http://app;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-    }
-  }
-}
-EOF
+nginx_conf "$NGINX_PORT" "$WORK/nginx"
 taskset -c "$SERVER_CPU" nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -e "$WORK/nginx/error.log" &
 PIDS+=($!)
 
 HAPROXY_PORT=$(free_port)
-cat >"$WORK/haproxy.cfg" <<EOF
-global
-  nbthread 1
-  maxconn 4096
-defaults
-  mode http
-  timeout connect 1s
-  timeout client 30s
-  timeout server 30s
-  option http-keep-alive
-  option forwardfor
-  http-reuse always
-frontend fe
-  bind 127.0.0.1:$HAPROXY_PORT
-  default_backend app
-backend app
-  server s1 $BACKEND
-EOF
+haproxy_conf "$HAPROXY_PORT" "$WORK/haproxy.cfg"
 taskset -c "$SERVER_CPU" haproxy -f "$WORK/haproxy.cfg" -db >"$WORK/haproxy.out" 2>&1 &
 PIDS+=($!)
 
