@@ -262,7 +262,10 @@ async fn file_sink_appends_json_lines() {
 pub(crate) struct Smtp {
     child: std::process::Child,
     pub(crate) port: u16,
+    /// What the server printed on stdout: the received messages.
     pub(crate) out: Arc<Mutex<String>>,
+    /// Its log (stderr, `-d`): connections, TLS errors. Shown when a delivery fails.
+    pub(crate) log: Arc<Mutex<String>>,
 }
 
 impl Drop for Smtp {
@@ -276,8 +279,40 @@ fn aiosmtpd() -> Smtp {
     aiosmtpd_with(&[])
 }
 
+/// Copies a child's stream into a shared buffer, line by line, on a thread.
+fn collect(
+    stream: impl std::io::Read + Send + 'static,
+    into: Arc<Mutex<String>>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            let mut g = into.lock().unwrap();
+            g.push_str(&line);
+            g.push('\n');
+        }
+    })
+}
+
 /// aiosmtpd with extra arguments (e.g. `--tlscert C --tlskey K` for STARTTLS).
+///
+/// Ready when the server itself logs that it listens: a TCP connect alone could reach
+/// another socket that took the port between our probe bind and aiosmtpd's (seen in CI as
+/// a "connection reset" from a stranger). If it did, aiosmtpd exits with "address already
+/// in use" and we start it again on another free port.
 pub(crate) fn aiosmtpd_with(extra: &[&str]) -> Smtp {
+    let mut last_log = String::new();
+    for _ in 0..5 {
+        match start_aiosmtpd(extra) {
+            Ok(smtp) => return smtp,
+            Err(log) if log.contains("address already in use") => last_log = log,
+            Err(log) => panic!("aiosmtpd did not start:\n{log}"),
+        }
+    }
+    panic!("aiosmtpd found its port taken five times:\n{last_log}");
+}
+
+/// One attempt: the running server, or its log when it exited or never listened.
+fn start_aiosmtpd(extra: &[&str]) -> Result<Smtp, String> {
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -289,6 +324,7 @@ pub(crate) fn aiosmtpd_with(extra: &[&str]) -> Smtp {
             "-m",
             "aiosmtpd",
             "-n",
+            "-d",
             "-c",
             "aiosmtpd.handlers.Debugging",
             "-l",
@@ -296,28 +332,36 @@ pub(crate) fn aiosmtpd_with(extra: &[&str]) -> Smtp {
         .arg(format!("127.0.0.1:{port}"))
         .args(extra)
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("python3 -m aiosmtpd: install it with `pip install aiosmtpd`");
-    let stdout = child.stdout.take().unwrap();
     let out = Arc::new(Mutex::new(String::new()));
-    let o = out.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let mut g = o.lock().unwrap();
-            g.push_str(&line);
-            g.push('\n');
-        }
-    });
+    let log = Arc::new(Mutex::new(String::new()));
+    collect(child.stdout.take().unwrap(), out.clone());
+    let stderr = collect(child.stderr.take().unwrap(), log.clone());
     // Owned by the guard from here on, so it is killed and reaped on every path.
-    let smtp = Smtp { child, port, out };
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return smtp;
+    let mut smtp = Smtp {
+        child,
+        port,
+        out,
+        log,
+    };
+    let listening = format!("Server is listening on 127.0.0.1:{port}");
+    for _ in 0..200 {
+        if smtp.log.lock().unwrap().contains(&listening) {
+            return Ok(smtp);
         }
-        std::thread::sleep(Duration::from_millis(100));
+        if let Ok(Some(status)) = smtp.child.try_wait() {
+            // Its whole traceback, not the part read so far.
+            let _ = stderr.join();
+            return Err(format!("exited ({status}):\n{}", smtp.log.lock().unwrap()));
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
-    panic!("aiosmtpd did not listen on {port}");
+    Err(format!(
+        "did not listen on {port} within 10 s:\n{}",
+        smtp.log.lock().unwrap()
+    ))
 }
 
 #[tokio::test]
@@ -340,7 +384,11 @@ async fn email_reaches_a_real_smtp_server() {
         d.extend(n.handle(&x).await);
     }
     assert_eq!(d.len(), 1);
-    assert!(d[0].error.is_none(), "{d:?}");
+    assert!(
+        d[0].error.is_none(),
+        "{d:?}\naiosmtpd log:\n{}",
+        smtp.log.lock().unwrap()
+    );
     let mut got = String::new();
     for _ in 0..50 {
         got = smtp.out.lock().unwrap().clone();

@@ -204,7 +204,9 @@ async fn an_https_webhook_verifies_the_private_ca_and_refuses_another() {
     assert_eq!(seen.lock().unwrap().len(), 1, "nothing more was delivered");
 }
 
-async fn email(ca: &Path, tls: SmtpTls, extra: &[&str]) -> (Option<String>, String) {
+/// Sends one notification email; gives the delivery error, what the server printed, and
+/// the server's log (so a failed assertion shows both sides of the connection).
+async fn email(ca: &Path, tls: SmtpTls, extra: &[&str]) -> (Option<String>, String, String) {
     let smtp = aiosmtpd_with(extra);
     let mut n = Notifier::new(
         &plan_with(Notification {
@@ -236,7 +238,8 @@ async fn email(ca: &Path, tls: SmtpTls, extra: &[&str]) -> (Option<String>, Stri
     } else {
         got = smtp.out.lock().unwrap().clone();
     }
-    (d[0].error.clone(), got)
+    let log = smtp.log.lock().unwrap().clone();
+    (d[0].error.clone(), got, log)
 }
 
 #[tokio::test]
@@ -249,18 +252,18 @@ async fn email_over_starttls_and_implicit_tls_verifies_the_certificate() {
     let starttls = ["--tlscert", cert.as_str(), "--tlskey", key.as_str()];
     let smtps = ["--smtpscert", cert.as_str(), "--smtpskey", key.as_str()];
 
-    let (err, got) = email(&pki.ca, SmtpTls::StartTls, &starttls).await;
-    assert!(err.is_none(), "{err:?}");
+    let (err, got, log) = email(&pki.ca, SmtpTls::StartTls, &starttls).await;
+    assert!(err.is_none(), "{err:?}\naiosmtpd log:\n{log}");
     assert!(
         got.contains("oncall@example.invalid") && got.contains("run-mail"),
         "{got}"
     );
 
-    let (err, got) = email(&pki.ca, SmtpTls::Implicit, &smtps).await;
-    assert!(err.is_none(), "{err:?}");
+    let (err, got, log) = email(&pki.ca, SmtpTls::Implicit, &smtps).await;
+    assert!(err.is_none(), "{err:?}\naiosmtpd log:\n{log}");
     assert!(got.contains("run-mail"), "{got}");
 
-    let (err, got) = email(&pki.other_ca, SmtpTls::StartTls, &starttls).await;
+    let (err, got, _) = email(&pki.other_ca, SmtpTls::StartTls, &starttls).await;
     let err = err.expect("another CA must not be trusted");
     assert!(
         err.to_lowercase().contains("certificate") || err.contains("tls"),
@@ -268,11 +271,11 @@ async fn email_over_starttls_and_implicit_tls_verifies_the_certificate() {
     );
     assert!(!got.contains("END MESSAGE"), "{got}");
 
-    let (err, _) = email(&pki.other_ca, SmtpTls::Implicit, &smtps).await;
+    let (err, _, _) = email(&pki.other_ca, SmtpTls::Implicit, &smtps).await;
     assert!(err.is_some(), "SMTPS with another CA must fail");
 
     // A server requiring STARTTLS refuses a plain client.
-    let (err, _) = email(&pki.ca, SmtpTls::None, &starttls).await;
+    let (err, _, _) = email(&pki.ca, SmtpTls::None, &starttls).await;
     assert!(
         err.is_some(),
         "plain SMTP to a STARTTLS-only server must fail"
