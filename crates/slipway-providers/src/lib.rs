@@ -15,6 +15,7 @@ pub mod deploy;
 pub mod exec;
 pub mod interventions;
 pub mod migrate;
+pub mod portowner;
 pub mod process;
 pub mod remote;
 pub mod smoke_gate;

@@ -29,11 +29,14 @@ use std::ffi::OsString;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use slipway_model::spec::{Probe, RunSpec};
 use slipway_rollout::{BoxFuture, Instance, Instances, Role, RolloutError};
+
+use crate::portowner::{self, Ownership};
 
 /// Variables of `slipway`'s environment that every process it starts detached keeps when
 /// they are set (with every `LC_*`): enough to find programs, a home and temporary
@@ -103,6 +106,25 @@ pub struct ProcessTarget {
     pub ready_timeout: Duration,
     /// The environment's config root (`<store dir>/config/<env>`), absolute.
     config_root: Option<PathBuf>,
+    /// Ports to try before free ones (tests: a port a stranger holds).
+    first_ports: Arc<Mutex<Vec<u16>>>,
+}
+
+/// Ports tried for one instance when other programs keep taking the free port picked
+/// for it (see [`crate::portowner`]).
+const PORT_ATTEMPTS: usize = 3;
+
+/// Why one attempt to start an instance on a port failed.
+enum StartError {
+    /// Another process holds the port: try another one.
+    PortTaken(String),
+    Failed(RolloutError),
+}
+
+impl From<RolloutError> for StartError {
+    fn from(e: RolloutError) -> Self {
+        Self::Failed(e)
+    }
 }
 
 /// What a state file holds.
@@ -132,7 +154,23 @@ impl ProcessTarget {
             stop_grace: Duration::from_secs(10),
             ready_timeout: Duration::from_secs(30),
             config_root: None,
+            first_ports: Arc::default(),
         }
+    }
+
+    /// Try these ports, in order, before free ones. For tests that need an instance's
+    /// port to be taken by a stranger; a deployment has no use for it.
+    #[doc(hidden)]
+    pub fn with_first_ports(self, ports: Vec<u16>) -> Self {
+        if let Ok(mut p) = self.first_ports.lock() {
+            *p = ports.into_iter().rev().collect();
+        }
+        self
+    }
+
+    fn pick_port(&self) -> Result<u16, RolloutError> {
+        let first = self.first_ports.lock().ok().and_then(|mut p| p.pop());
+        first.map_or_else(free_port, Ok)
     }
 
     /// Give each instance its version's rendered config under `root` as
@@ -222,12 +260,40 @@ impl ProcessTarget {
     ) -> Result<Instance, RolloutError> {
         std::fs::create_dir_all(&self.dir)
             .map_err(|e| RolloutError::Instances(format!("create {}: {e}", self.dir.display())))?;
-        let port = free_port()?;
         let role_s = match role {
             Role::Stable => "stable",
             Role::Canary => "canary",
         };
         let id = format!("{service}-{version}-{role_s}-{index}");
+        let mut taken = Vec::new();
+        for _ in 0..PORT_ATTEMPTS {
+            let port = self.pick_port()?;
+            match self.start_on(svc, service, version, &id, port).await {
+                Ok(instance) => return Ok(instance),
+                Err(StartError::Failed(e)) => return Err(e),
+                Err(StartError::PortTaken(owner)) => {
+                    taken.push(format!("{port} (held by {owner})"));
+                }
+            }
+        }
+        Err(RolloutError::Instances(format!(
+            "{id} could not get a port of its own: other programs took each port picked for \
+             it between the pick and the instance's bind: {}. Stop what keeps taking ports \
+             on 127.0.0.1, or retry",
+            taken.join(", ")
+        )))
+    }
+
+    /// One attempt to start an instance on `port`: ready (on a listener of its own), taken
+    /// by a stranger, or failed.
+    async fn start_on(
+        &self,
+        svc: &ServiceProcess,
+        service: &str,
+        version: &str,
+        id: &str,
+        port: u16,
+    ) -> Result<Instance, StartError> {
         let log_path = self.dir.join(format!("{id}.log"));
         let log = std::fs::File::create(&log_path).map_err(|e| {
             RolloutError::Instances(format!("create log {}: {e}", log_path.display()))
@@ -285,6 +351,7 @@ impl ProcessTarget {
             let _ = child.wait().await;
         });
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let id = id.to_owned();
         let instance = Instance {
             id: id.clone(),
             service: service.to_owned(),
@@ -304,27 +371,50 @@ impl ProcessTarget {
 
         // Readiness with backoff; a process that exits while we wait fails at once with
         // the tail of its log.
+        // A probe answered by a stranger holding the port is not readiness (see
+        // `portowner`): the instance is ready only on a listener of its own process group
+        // (or where /proc cannot tell, as before).
+        let stranger = |port| match portowner::loopback_listener_owner(port, pid) {
+            o @ Ownership::Other { .. } => Some(o),
+            _ => None,
+        };
         let deadline = Instant::now() + self.ready_timeout;
         let mut backoff = Duration::from_millis(20);
         loop {
-            if probe(&instance, Some(svc)).await {
+            let answered = probe(&instance, Some(svc)).await;
+            let held_by = stranger(port);
+            if answered && held_by.is_none() {
                 return Ok(instance);
             }
             if proc_start_ticks(pid).is_none() || is_zombie(pid) {
                 let _ = std::fs::remove_file(self.state_path(&id));
+                if let Some(owner) = held_by {
+                    return Err(StartError::PortTaken(owner.describe()));
+                }
                 return Err(RolloutError::Instances(format!(
                     "{id} exited before it was ready; last log lines:\n{}",
                     tail(&log_path, 10)
-                )));
+                ))
+                .into());
             }
             if Instant::now() >= deadline {
                 self.stop_instances(std::slice::from_ref(&instance)).await;
+                if let Some(owner) = held_by {
+                    return Err(RolloutError::Instances(format!(
+                        "{id} never listened on its port {port}: {} holds it; last log \
+                         lines:\n{}",
+                        owner.describe(),
+                        tail(&log_path, 10)
+                    ))
+                    .into());
+                }
                 return Err(RolloutError::Instances(format!(
                     "{id} was not ready within {:?} (probe {}); last log lines:\n{}",
                     self.ready_timeout,
                     describe_probe(svc.readiness.as_ref()),
                     tail(&log_path, 10)
-                )));
+                ))
+                .into());
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_millis(500));
@@ -501,8 +591,8 @@ pub async fn http_get_status(addr: SocketAddr, path: &str) -> Option<u16> {
 }
 
 fn free_port() -> Result<u16, RolloutError> {
-    // Binding port 0 and releasing it has a small race with other programs taking the
-    // port; the readiness probe then fails and names the instance's log.
+    // Binding port 0 and releasing it races with other programs taking the port: the
+    // readiness loop checks who listens and `start_one` tries another port.
     TcpListener::bind(("127.0.0.1", 0))
         .and_then(|l| l.local_addr())
         .map(|a| a.port())

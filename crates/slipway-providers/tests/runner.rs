@@ -2,6 +2,7 @@
 
 mod canary;
 mod config;
+mod ports;
 mod resume;
 mod smoke_gate;
 mod ssh;
