@@ -10,6 +10,7 @@
 
 use std::io::Read;
 use std::net::TcpStream;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -137,7 +138,26 @@ impl Sshd {
         }
         // sshd's privilege-separation directory (absent on a fresh machine).
         let _ = std::fs::create_dir_all("/run/sshd");
-        let port = free_port();
+        // A port picked free can be taken by another program (another test's sshd) before
+        // sshd binds it: then sshd exits with "Address already in use" and we pick again.
+        let mut taken = Vec::new();
+        for _ in 0..5 {
+            match Self::start_on(dir, name, authorized, &host_key, free_port()) {
+                Ok(sshd) => return sshd,
+                Err(port) => taken.push(port),
+            }
+        }
+        panic!("sshd {name}: ports {taken:?} were each taken by another program");
+    }
+
+    /// One attempt on `port`: the server, or `Err(port)` when another program holds it.
+    fn start_on(
+        dir: &Path,
+        name: &str,
+        authorized: &Path,
+        host_key: &Path,
+        port: u16,
+    ) -> Result<Sshd, u16> {
         let config = dir.join("sshd_config");
         std::fs::write(
             &config,
@@ -155,21 +175,29 @@ impl Sshd {
         let mut child = Command::new("/usr/sbin/sshd")
             .args(["-D", "-e", "-f"])
             .arg(&config)
+            // Its own process group, so "who listens on the port" can tell it from
+            // another test's sshd (a child of this same test process).
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("start /usr/sbin/sshd (apt: openssh-server)");
-        // Ready when it sends its banner.
+        // Ready when it sends its banner from a listener of its own.
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(Some(st)) = child.try_wait() {
-                panic!(
-                    "sshd {name} exited ({st}) before listening: {}",
-                    std::fs::read_to_string(dir.join("sshd.log")).unwrap_or_default()
-                );
+                let log = std::fs::read_to_string(dir.join("sshd.log")).unwrap_or_default();
+                if log.contains("Address already in use") {
+                    return Err(port);
+                }
+                panic!("sshd {name} exited ({st}) before listening: {log}");
             }
-            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
+            let own = slipway_providers::portowner::loopback_listener_owner(port, child.id())
+                == slipway_providers::portowner::Ownership::Ours;
+            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port))
+                && own
+            {
                 let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
                 let mut buf = [0u8; 4];
                 if s.read_exact(&mut buf).is_ok() && &buf == b"SSH-" {
@@ -182,13 +210,13 @@ impl Sshd {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        Sshd {
+        Ok(Sshd {
             name: name.to_owned(),
             port,
-            host_key,
+            host_key: host_key.to_path_buf(),
             dir: dir.to_path_buf(),
             child,
-        }
+        })
     }
 }
 
