@@ -13,7 +13,7 @@ use serde::Serialize;
 use crate::archive::{ARCHIVE_MANIFEST_NAME, ARCHIVE_MANIFEST_SCHEMA, ArchiveManifest};
 use crate::digest::{sha256_bytes, sha256_file};
 use crate::error::{Error, Result};
-use crate::unpack::{TarBudget, decompressed};
+use crate::unpack::{Limits, TarBudget, decompressed};
 
 /// Metadata documents read into memory are capped; real ones are far smaller.
 const MAX_METADATA_BYTES: u64 = 64 * 1024 * 1024;
@@ -101,6 +101,130 @@ fn read_up_to(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(total)
 }
 
+/// Exactly `len` bytes, or an error when the input ends first. Memory grows with what is
+/// actually read, so a header claiming 64 MiB in a 1 KiB file costs 1 KiB, not 64 MiB.
+fn read_exactly(reader: &mut impl Read, len: u64) -> io::Result<Vec<u8>> {
+    let mut data = Vec::new();
+    reader.take(len).read_to_end(&mut data)?;
+    if (data.len() as u64) < len {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("{} of {len} bytes present", data.len()),
+        ));
+    }
+    Ok(data)
+}
+
+/// How much decompressed tar stream inspecting a compressed input of `input_len` bytes may
+/// read: what [`crate::unpack::unpack`]'s default [`Limits`] would let it write (total
+/// size, and the ratio to the input once past a grace), plus headroom for tar headers.
+/// Inspecting only counts files, but streaming a decompression bomb's terabytes would
+/// still take hours of CPU.
+fn inflation_cap(input_len: u64) -> u64 {
+    let l = Limits::default();
+    let by_ratio = l
+        .max_ratio
+        .saturating_mul(input_len)
+        .max(l.ratio_grace_bytes)
+        // Headers and block padding of many small files are not file content.
+        .saturating_mul(2);
+    by_ratio.min(l.max_total_bytes)
+}
+
+/// A decompressed stream that fails once more than `cap` bytes were read from it.
+struct Inflation<R> {
+    inner: R,
+    read: u64,
+    cap: u64,
+    input_len: u64,
+}
+
+impl<R> Inflation<R> {
+    fn new(inner: R, input_len: u64) -> Self {
+        Self {
+            inner,
+            read: 0,
+            cap: inflation_cap(input_len),
+            input_len,
+        }
+    }
+}
+
+/// The error [`Inflation`] stops with, found again under the `tar` crate's wrapping by
+/// [`too_inflated`] so the message does not call the archive corrupt.
+#[derive(Debug)]
+struct InflationExceeded {
+    input_len: u64,
+    cap: u64,
+}
+
+impl std::fmt::Display for InflationExceeded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "its {} compressed bytes decompress to more than {} bytes, beyond what `package \
+             unpack` accepts: a decompression bomb, or an archive over unpack's limits",
+            self.input_len, self.cap
+        )
+    }
+}
+
+impl std::error::Error for InflationExceeded {}
+
+/// The [`InflationExceeded`] somewhere inside `e`, if that is what stopped the read.
+fn too_inflated(e: &io::Error) -> Option<String> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        let inner = err
+            .downcast_ref::<io::Error>()
+            .and_then(io::Error::get_ref)
+            .map(|i| i as &(dyn std::error::Error + 'static));
+        for candidate in [Some(err), inner].into_iter().flatten() {
+            if let Some(b) = candidate.downcast_ref::<InflationExceeded>() {
+                return Some(b.to_string());
+            }
+        }
+        cur = inner.or_else(|| err.source());
+    }
+    None
+}
+
+/// "the tar stream is corrupt" unless the read was stopped as a decompression bomb.
+fn tar_failure(path: &Path, what: &str, e: &io::Error) -> Error {
+    fail(
+        path,
+        too_inflated(e).unwrap_or_else(|| format!("{what} ({e})")),
+    )
+}
+
+impl<R: Read> Read for Inflation<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.read >= self.cap && !buf.is_empty() {
+            return Err(io::Error::other(InflationExceeded {
+                input_len: self.input_len,
+                cap: self.cap,
+            }));
+        }
+        let room = usize::try_from(self.cap - self.read).unwrap_or(usize::MAX);
+        let take = buf.len().min(room);
+        let n = self.inner.read(&mut buf[..take])?;
+        self.read += n as u64;
+        Ok(n)
+    }
+}
+
+/// Counts entries against [`Limits::max_entries`], as unpacking would.
+fn count_entry(entries: &mut u64) -> io::Result<()> {
+    *entries += 1;
+    let max = Limits::default().max_entries;
+    if *entries > max {
+        return Err(io::Error::other(format!(
+            "it has more than {max} entries, beyond what `package unpack` accepts"
+        )));
+    }
+    Ok(())
+}
+
 fn read_capped(reader: impl Read, path: &Path, what: &str) -> Result<Vec<u8>> {
     let mut data = Vec::new();
     reader
@@ -131,21 +255,23 @@ fn inspect_tar(path: &Path, head: &[u8]) -> Result<PackageInfo> {
         ));
     }
     let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
+    let input_len = file
+        .metadata()
+        .map_err(|e| Error::io("read", path, e))?
+        .len();
     let stream = decompressed(file).map_err(|e| Error::io("read", path, e))?;
-    let (stream, budget) = TarBudget::wrap(stream);
+    let (stream, budget) = TarBudget::wrap(Inflation::new(stream, input_len));
     let mut archive = tar::Archive::new(stream);
     let mut files = 0u64;
+    let mut seen = 0u64;
     let mut manifest: Option<ArchiveManifest> = None;
     let entries = archive
         .entries()
         .map_err(|e| fail(path, format!("it is not a readable tar archive ({e})")))?;
     for entry in entries {
-        let entry = entry.map_err(|e| {
-            fail(
-                path,
-                format!("the tar stream is corrupt or truncated ({e})"),
-            )
-        })?;
+        let entry =
+            entry.map_err(|e| tar_failure(path, "the tar stream is corrupt or truncated", &e))?;
+        count_entry(&mut seen).map_err(|e| fail(path, e.to_string()))?;
         budget.entry(entry.size());
         let entry_path = entry.path_bytes();
         let name = entry_path.strip_prefix(b"./").unwrap_or(&entry_path);
@@ -222,11 +348,13 @@ fn inspect_deb(path: &Path) -> Result<PackageInfo> {
                 }
             }
         } else if id.starts_with("data.tar") {
+            let input_len = member.header().size();
             let stream = decompressed(member)
                 .map_err(|e| fail(path, format!("cannot decompress {id} ({e})")))?;
+            let stream = Inflation::new(stream, input_len);
             files = Some(
                 count_tar_files(stream)
-                    .map_err(|e| fail(path, format!("{id} is corrupt ({e})")))?,
+                    .map_err(|e| tar_failure(path, &format!("{id} is corrupt"), &e))?,
             );
         }
     }
@@ -293,8 +421,10 @@ fn count_tar_files(stream: impl Read) -> io::Result<u64> {
     let (stream, budget) = TarBudget::wrap(stream);
     let mut archive = tar::Archive::new(stream);
     let mut files = 0;
+    let mut seen = 0u64;
     for entry in archive.entries()? {
         let entry = entry?;
+        count_entry(&mut seen)?;
         budget.entry(entry.size());
         if entry.header().entry_type().is_file() {
             files += 1;
@@ -352,9 +482,7 @@ impl RpmHeader {
                 ),
             ));
         }
-        let mut raw = vec![0u8; count as usize * 16];
-        reader
-            .read_exact(&mut raw)
+        let raw = read_exactly(reader, u64::from(count) * 16)
             .map_err(|e| fail(path, format!("the {which} header index is truncated ({e})")))?;
         let index = raw
             .chunks_exact(16)
@@ -363,9 +491,7 @@ impl RpmHeader {
                 (word(0), word(4), word(8), word(12))
             })
             .collect();
-        let mut store = vec![0u8; size as usize];
-        reader
-            .read_exact(&mut store)
+        let store = read_exactly(reader, u64::from(size))
             .map_err(|e| fail(path, format!("the {which} header data is truncated ({e})")))?;
         Ok((
             RpmHeader { index, store },

@@ -286,6 +286,37 @@ fn tar_header_extension_bombs_are_refused_by_unpack_and_inspect() {
     }
 }
 
+/// A `.tar.zst` of about 200 KB holding one regular file of 4 GiB of zeros: what
+/// `inspect` (which only counts files) used to stream through whole, for as long as the
+/// bomb was big. It must stop where `unpack`'s ratio limit would.
+#[test]
+fn inspect_stops_reading_a_decompression_bomb() {
+    let mut h = Header::new_gnu();
+    h.set_path("zeros.bin").unwrap();
+    h.set_entry_type(EntryType::Regular);
+    h.set_size(4 << 30);
+    h.set_mode(0o644);
+    h.set_cksum();
+    let mut out = zstd::encode_all(h.as_bytes().as_slice(), 1).unwrap();
+    let frame = zstd::encode_all(&vec![0u8; 1 << 20][..], 19).unwrap();
+    for _ in 0..4096 {
+        out.extend_from_slice(&frame);
+    }
+    assert!(out.len() < 256 * 1024, "{}", out.len());
+    let sandbox = Sandbox::new(&out);
+    let err = slipway_package::inspect(&sandbox.archive()).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("decompress to more than"), "{msg}");
+    assert!(!msg.contains("corrupt or truncated"), "{msg}");
+    assert!(msg.contains("archive.tar"), "{msg}");
+
+    // An honest archive of the same shape, small enough, is still inspected.
+    let tar = tar_bytes(&[file("zeros.bin", &[0u8; 1 << 20])]);
+    let sandbox = Sandbox::new(&zstd::encode_all(&tar[..], 19).unwrap());
+    let info = slipway_package::inspect(&sandbox.archive()).unwrap();
+    assert_eq!(info.files, 1);
+}
+
 #[test]
 fn existing_destination_is_refused() {
     let sandbox = Sandbox::new(&tar_bytes(&[file("a", b"a")]));
