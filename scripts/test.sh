@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite: installs what the tests need (real PostgreSQL, sshd, nginx,
-# HAProxy, minisign, sqlite3) when missing, checks crate edges, then runs every test.
+# HAProxy, minisign, sqlite3, Prometheus) when missing, checks crate edges, then runs every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +11,7 @@ command -v nginx >/dev/null || need+=(nginx)
 command -v haproxy >/dev/null || need+=(haproxy)
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 command -v wrk >/dev/null || need+=(wrk)
+command -v prometheus >/dev/null || need+=(prometheus)
 command -v rpmbuild >/dev/null || need+=(rpm)
 command -v dpkg-deb >/dev/null || need+=(dpkg)
 command -v xz >/dev/null || need+=(xz-utils)

@@ -17,10 +17,11 @@ use std::time::{Duration, Instant};
 use slipway_providers::traffic::Traffic;
 
 /// One test's world: its directory (spec, store, process state), PATH with demo-app.
-struct Env {
+/// Also used by `metrics_cli` (canaries judged by Prometheus and HTTP providers).
+pub(crate) struct Env {
     dir: tempfile::TempDir,
     mark: String,
-    rt: tokio::runtime::Runtime,
+    pub(crate) rt: tokio::runtime::Runtime,
 }
 
 const CANARY_STEPS: &str = "
@@ -31,7 +32,7 @@ const CANARY_STEPS: &str = "
           - set_weight: 100";
 
 impl Env {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let dir = crate::demo_app_dir();
         let mark = dir.path().display().to_string();
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -42,7 +43,7 @@ impl Env {
         Self { dir, mark, rt }
     }
 
-    fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         self.dir.path()
     }
 
@@ -66,7 +67,7 @@ impl Env {
     }
 
     /// `slipway ARGS` to completion: (exit code, stdout, stderr).
-    fn run(&self, args: &[&str]) -> (i32, String, String) {
+    pub(crate) fn run(&self, args: &[&str]) -> (i32, String, String) {
         let mut c = crate::slipway();
         c.envs(self.envs()).args(args);
         c.timeout(Duration::from_secs(60));
@@ -115,7 +116,7 @@ analysis_templates:
     }
 
     /// `slipway deploy` of a spec: (exit code, JSON outcome, stderr).
-    fn deploy(&self, spec: &Path) -> (i32, serde_json::Value, String) {
+    pub(crate) fn deploy(&self, spec: &Path) -> (i32, serde_json::Value, String) {
         let (code, stdout, stderr) = self.run(&[
             "deploy",
             "--env",
@@ -131,7 +132,7 @@ analysis_templates:
     }
 
     /// The first release (nothing to canary against: a straight start), then users.
-    fn baseline(&self) -> Traffic {
+    pub(crate) fn baseline(&self) -> Traffic {
         self.baseline_with(4)
     }
 
@@ -147,18 +148,18 @@ analysis_templates:
         self.path().join("process/live/proxies")
     }
 
-    fn proxy(&self) -> slipway_providers::remote::ProxyState {
+    pub(crate) fn proxy(&self) -> slipway_providers::remote::ProxyState {
         slipway_providers::remote::read_state(&self.proxies_dir().join("api.json"))
             .expect("the api proxy recorded itself")
     }
 
     /// demo-app instances of this test now running, by version.
-    fn instances(&self) -> BTreeMap<String, usize> {
+    pub(crate) fn instances(&self) -> BTreeMap<String, usize> {
         instances(&self.mark)
     }
 
     /// The version answering `GET /version` through the proxy, `n` times.
-    fn versions_served(&self, n: usize) -> BTreeMap<String, usize> {
+    pub(crate) fn versions_served(&self, n: usize) -> BTreeMap<String, usize> {
         let addr = self.proxy().traffic;
         let mut seen = BTreeMap::new();
         for _ in 0..n {
@@ -167,7 +168,7 @@ analysis_templates:
         seen
     }
 
-    fn journal(&self, run: &str) -> String {
+    pub(crate) fn journal(&self, run: &str) -> String {
         self.run(&["logs", run, "--output", "json"]).1
     }
 

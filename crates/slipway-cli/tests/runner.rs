@@ -21,6 +21,7 @@ mod demo_cli;
 mod gates_cli;
 mod infra_cli;
 mod lease_cli;
+mod metrics_cli;
 mod migrate_deploy_cli;
 mod perf_baseline_cli;
 mod plan_cli;

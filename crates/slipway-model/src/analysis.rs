@@ -86,6 +86,9 @@ pub struct MetricResult {
     pub threshold: String,
     /// A sentence a person can read in a log.
     pub detail: String,
+    /// The query an external provider was sent, placeholders filled (never credentials).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
 }
 
 /// One measurement: every metric of the template at one point in time.
@@ -179,6 +182,7 @@ pub fn judge_value(metric: &Metric, value: Option<f64>, unit: &str) -> MetricRes
             value: None,
             threshold,
             detail: "no data (empty or NaN result): not a pass".into(),
+            query: None,
         };
     };
     let max = metric
@@ -219,6 +223,7 @@ pub fn judge_value(metric: &Metric, value: Option<f64>, unit: &str) -> MetricRes
         value: Some(v),
         threshold,
         detail,
+        query: None,
     }
 }
 
@@ -259,6 +264,7 @@ pub fn measure_builtin(metric: &Metric, w: &Window, limits: &Limits) -> MetricRe
             "insufficient data: {who} served {have} requests, fewer than min_samples {}",
             limits.min_samples
         ),
+        query: None,
     };
     match metric.name.as_str() {
         "request-rate" => {
@@ -282,6 +288,7 @@ pub fn measure_builtin(metric: &Metric, w: &Window, limits: &Limits) -> MetricRe
             value: None,
             threshold: threshold_text(metric),
             detail: format!("the builtin provider has no metric `{other}`"),
+            query: None,
         },
     }
 }
@@ -311,6 +318,7 @@ pub fn compare(metric: &Metric, canary: &[f64], stable: &[f64]) -> MetricResult 
                 c.len(),
                 s.len()
             ),
+            query: None,
         };
     }
     let Some(Comparison::MannWhitney) = metric.compare else {
@@ -346,6 +354,7 @@ pub fn compare(metric: &Metric, canary: &[f64], stable: &[f64]) -> MetricResult 
                     c.len(),
                     s.len()
                 ),
+                query: None,
             }
         }
         Ok(_) | Err(_) => MetricResult {
@@ -354,8 +363,50 @@ pub fn compare(metric: &Metric, canary: &[f64], stable: &[f64]) -> MetricResult 
             value: None,
             threshold,
             detail: "the Mann-Whitney test could not be computed on these samples".into(),
+            query: None,
         },
     }
+}
+
+/// What an external provider (Prometheus, HTTP JSON) answered for one metric.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reading {
+    /// A number.
+    Value(f64),
+    /// Nothing to judge (no sample, null, NaN): why, in words.
+    NoData(String),
+    /// The provider could not answer (unreachable, refused the query, unreadable answer).
+    Error(String),
+}
+
+/// Judge what an external provider answered. No data is Inconclusive *insufficient data*,
+/// never a pass; an error is Error (counted by `consecutive_error_limit`); `source` names
+/// the provider in every detail, `query` is kept with the verdict.
+pub fn judge_reading(metric: &Metric, source: &str, query: &str, reading: Reading) -> MetricResult {
+    let mut r = match reading {
+        Reading::Value(v) if v.is_finite() => judge_value(metric, Some(v), ""),
+        Reading::Value(_) => MetricResult {
+            detail: format!(
+                "insufficient data: {source} returned NaN for `{}`",
+                metric.name
+            ),
+            ..judge_value(metric, None, "")
+        },
+        Reading::NoData(why) => MetricResult {
+            detail: format!("insufficient data: {source}: {why}"),
+            ..judge_value(metric, None, "")
+        },
+        Reading::Error(e) => MetricResult {
+            phase: Phase::Error,
+            detail: format!("{} could not be measured: {source}: {e}", metric.name),
+            ..judge_value(metric, None, "")
+        },
+    };
+    if r.phase == Phase::Successful || r.phase == Phase::Failed {
+        r.detail = format!("{} ({source})", r.detail);
+    }
+    r.query = Some(query.to_owned());
+    r
 }
 
 /// Combine metric results into a measurement.

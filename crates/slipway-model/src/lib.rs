@@ -9,6 +9,7 @@ pub mod compat;
 pub mod diag;
 pub mod duration;
 pub mod exit;
+pub mod metric_query;
 pub mod plan;
 pub mod policy;
 pub mod recovery;

@@ -574,7 +574,9 @@ fn semantic(cx: &mut Cx<'_>, spec: &ReleaseSpec) {
         }
         for (field, u) in [("prometheus", &p.prometheus), ("http", &p.http)] {
             if let Some(u) = u {
-                url_at(cx, &pointer(["providers", name, field, "url"]), &u.url);
+                let url_ptr = pointer(["providers", name, field, "url"]);
+                url_at(cx, &url_ptr, &u.url);
+                placeholders(cx, &url_ptr, &u.url);
                 cx.duration(
                     &pointer(["providers", name, field, "timeout"]),
                     u.timeout.as_ref(),
@@ -1445,7 +1447,76 @@ fn template(cx: &mut Cx<'_>, spec: &ReleaseSpec, name: &str, t: &AnalysisTemplat
     let mut providers: Vec<&str> = vec!["builtin"];
     providers.extend(spec.providers.keys().map(String::as_str));
     for (i, m) in t.metrics.iter().enumerate() {
-        metric(cx, &format!("{base}/metrics/{i}"), m, &providers);
+        let ptr = format!("{base}/metrics/{i}");
+        metric(cx, &ptr, m, &providers);
+        if let (Some(q), Some(p)) = (&m.query, spec.providers.get(&m.provider)) {
+            external_query(cx, &format!("{ptr}/query"), q, p.http.is_some());
+        }
+    }
+}
+
+/// A query for an external provider: placeholders known, and for `http` a JSON pointer.
+fn external_query(cx: &mut Cx<'_>, ptr: &str, query: &str, http: bool) {
+    placeholders(cx, ptr, query);
+    if http && !(query.is_empty() || query.starts_with('/')) {
+        // `canary.queue` / `$.canary.queue` (JSONPath habits) → `/canary/queue`.
+        let fixed = format!(
+            "/{}",
+            query.trim_start_matches(['$', '.']).replace('.', "/")
+        );
+        cx.err_value(
+            "invalid-pointer",
+            ptr,
+            format!(
+                "`{query}` is not a JSON pointer: the http provider reads `query` as one (RFC 6901)"
+            ),
+            format!("start it with `/` and separate fields with `/`, e.g. `{fixed}`"),
+        );
+    }
+}
+
+/// Placeholders of a metric query or provider URL: each must be one Slipway fills.
+fn placeholders(cx: &mut Cx<'_>, ptr: &str, text: &str) {
+    use crate::metric_query::{PLACEHOLDERS, QueryProblem, check};
+    let known = PLACEHOLDERS
+        .iter()
+        .map(|p| format!("{{{{ {p} }}}}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    match check(text) {
+        Ok(()) => {}
+        Err(QueryProblem::Syntax(e)) => cx.err_value(
+            "invalid-placeholder",
+            ptr,
+            format!("the placeholders cannot be read: {e}"),
+            format!("write placeholders as `{{{{ name }}}}`; known: {known}"),
+        ),
+        Err(QueryProblem::Unknown(names)) => {
+            // Suggest for the first name that is a near miss of a known one.
+            let first = names
+                .iter()
+                .find(|n| suggest(n, PLACEHOLDERS, "placeholder").starts_with("did you mean"))
+                .or(names.first())
+                .map(String::as_str)
+                .unwrap_or_default();
+            cx.err_value(
+                "unknown-placeholder",
+                ptr,
+                format!(
+                    "unknown placeholder{} {}",
+                    if names.len() == 1 { "" } else { "s" },
+                    names
+                        .iter()
+                        .map(|n| format!("`{{{{ {n} }}}}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                format!(
+                    "{} (written `{{{{ name }}}}`)",
+                    suggest(first, PLACEHOLDERS, "placeholder")
+                ),
+            );
+        }
     }
 }
 

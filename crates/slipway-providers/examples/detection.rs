@@ -135,6 +135,7 @@ async fn round(bin: &str, rate: u32, fail_after: u64) -> Round {
         instances: &canary_t,
         router: &router,
         metrics: &router,
+        external: None,
         interventions: &NoInterventions,
         drain_timeout: Duration::from_secs(5),
     };
@@ -148,6 +149,7 @@ async fn round(bin: &str, rate: u32, fail_after: u64) -> Round {
             background: None,
             templates: &templates,
             start_step: 0,
+            environment: "test",
         },
         &world,
         &mut |_| {},

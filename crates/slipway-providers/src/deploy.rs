@@ -27,12 +27,13 @@ use slipway_engine::{
 };
 use slipway_model::plan::{Plan, StepAction};
 use slipway_rollout::{
-    Canary, Instances, Intervention, Interventions, NoInterventions, Outcome, PreTraffic, Role,
-    RolloutEvent, TrafficRouter, World, run_canary_checked,
+    Canary, ExternalMetrics, Instances, Intervention, Interventions, NoInterventions, Outcome,
+    PreTraffic, Role, RolloutEvent, TrafficRouter, World, run_canary_checked,
 };
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::interventions::{self, RunInterventions};
+use crate::metrics::ProviderSet;
 use crate::process::ProcessTarget;
 
 /// A service's traffic router that also measures it: what a canary needs of a proxy.
@@ -68,6 +69,8 @@ pub struct DeployTarget {
     run_source: Option<RunSource>,
     /// Smoke checks run against the candidate before it gets any traffic.
     pre_traffic: Option<Arc<dyn PreTraffic>>,
+    /// The plan's Prometheus/HTTP metric providers, asked by canary analysis.
+    external: Arc<dyn ExternalMetrics>,
     diagnostics: PathBuf,
     /// How long a canary may take to drain after its weight went to 0.
     pub drain_timeout: Duration,
@@ -81,6 +84,8 @@ impl DeployTarget {
         routers: BTreeMap<String, R>,
         diagnostics: impl Into<PathBuf>,
     ) -> Self {
+        // The plan carries its providers: a deploy target always has them.
+        let external = Arc::new(ProviderSet::from_plan(&plan));
         Self {
             plan,
             processes,
@@ -93,6 +98,7 @@ impl DeployTarget {
             interventions: Arc::new(NoInterventions),
             run_source: None,
             pre_traffic: None,
+            external,
             diagnostics: diagnostics.into(),
             drain_timeout: Duration::from_secs(10),
         }
@@ -129,6 +135,13 @@ impl DeployTarget {
     /// (e.g. [`crate::smoke_gate::SmokeGate`]).
     pub fn with_pre_traffic(mut self, p: Arc<dyn PreTraffic>) -> Self {
         self.pre_traffic = Some(p);
+        self
+    }
+
+    /// Where canary analysis reads the metrics of external providers (by default the
+    /// plan's `providers`, [`ProviderSet::from_plan`]).
+    pub fn with_external_metrics(mut self, e: Arc<dyn ExternalMetrics>) -> Self {
+        self.external = e;
         self
     }
 
@@ -244,6 +257,7 @@ impl DeployTarget {
                     instances: &self.processes,
                     router,
                     metrics: router,
+                    external: Some(self.external.as_ref()),
                     interventions: humans,
                     drain_timeout: self.drain_timeout,
                 };
@@ -257,6 +271,7 @@ impl DeployTarget {
                         background: c.analysis.as_ref(),
                         templates: &self.plan.analysis_templates,
                         start_step: 0,
+                        environment: &self.plan.environment,
                     },
                     &world,
                     self.pre_traffic.as_deref(),

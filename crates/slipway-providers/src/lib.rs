@@ -14,6 +14,7 @@ pub mod config;
 pub mod deploy;
 pub mod exec;
 pub mod interventions;
+pub mod metrics;
 pub mod migrate;
 pub mod portowner;
 pub mod process;

@@ -174,6 +174,7 @@ async fn canary(canary_args: &str, metrics: Vec<Metric>, rate: u32, min_samples:
         instances: &canary_t,
         router: &router,
         metrics: &router,
+        external: None,
         interventions: &NoInterventions,
         drain_timeout: Duration::from_secs(5),
     };
@@ -188,6 +189,7 @@ async fn canary(canary_args: &str, metrics: Vec<Metric>, rate: u32, min_samples:
             background: None,
             templates: &templates,
             start_step: 0,
+            environment: "test",
         },
         &world,
         &mut |e| events.push(e),

@@ -1,11 +1,12 @@
 //! The progressive-delivery controller: drives one service's canary through its steps,
 //! judges live analysis, and promotes or rolls back.
 //!
-//! The controller decides; the world is reached only through three traits, implemented
-//! in `slipway-providers`: [`Instances`] (start, probe and stop a version's instances),
-//! [`TrafficRouter`] (pools and weights) and [`MetricSource`] (a measurement window of
-//! canary vs stable). Every decision is reported as a [`RolloutEvent`] so the engine can
-//! journal it and the CLI can show it.
+//! The controller decides; the world is reached only through traits, implemented in
+//! `slipway-providers`: [`Instances`] (start, probe and stop a version's instances),
+//! [`TrafficRouter`] (pools and weights), [`MetricSource`] (a measurement window of
+//! canary vs stable) and [`ExternalMetrics`] (Prometheus and HTTP JSON providers, asked
+//! each interval and judged here like builtin metrics). Every decision is reported as a
+//! [`RolloutEvent`] so the engine can journal it and the CLI can show it.
 //!
 //! Architecture invariant: no IO here besides the traits and timers; the same controller
 //! runs against the built-in proxy, nginx or HAProxy.
@@ -22,9 +23,12 @@ use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use slipway_model::analysis::{self, AnalysisState, Limits, Measurement, Phase, Window};
+use slipway_model::analysis::{
+    self, AnalysisState, Limits, Measurement, MetricResult, Phase, Reading, Window,
+};
 use slipway_model::duration::parse_duration;
-use slipway_model::spec::{AnalysisStep, AnalysisTemplate, CanaryStep, OnFailure};
+pub use slipway_model::metric_query::QueryVars;
+use slipway_model::spec::{AnalysisStep, AnalysisTemplate, CanaryStep, Metric, OnFailure};
 
 /// A boxed, sendable future.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -103,6 +107,31 @@ pub trait TrafficRouter: Send + Sync {
 pub trait MetricSource: Send + Sync {
     /// What happened since the previous call.
     fn window(&self) -> BoxFuture<'_, Result<Window, String>>;
+}
+
+/// Metrics of external providers (Prometheus, HTTP JSON) for one canary.
+///
+/// Implemented in `slipway-providers` from the plan's `providers`; the controller decides
+/// when to measure and judges what comes back, the implementation only asks.
+pub trait ExternalMetrics: Send + Sync {
+    /// Ask the provider of each metric now, all at once, each within its provider's
+    /// timeout. One [`Asked`] per metric, in order.
+    fn read<'a>(
+        &'a self,
+        metrics: &'a [&'a Metric],
+        vars: &'a QueryVars,
+    ) -> BoxFuture<'a, Vec<Asked>>;
+}
+
+/// What was asked of an external provider and what it answered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Asked {
+    /// The provider, as the reason should name it (`prometheus \`prom\``).
+    pub source: String,
+    /// The query sent, placeholders filled, credentials masked.
+    pub query: String,
+    /// The answer.
+    pub reading: Reading,
 }
 
 /// Human intervention, polled between ticks.
@@ -294,6 +323,8 @@ pub struct Canary<'a> {
     pub templates: &'a BTreeMap<String, AnalysisTemplate>,
     /// Where to resume (0 for a fresh canary).
     pub start_step: usize,
+    /// The environment (for the placeholders of external metric queries).
+    pub environment: &'a str,
 }
 
 /// The world the controller acts on.
@@ -304,6 +335,8 @@ pub struct World<'a> {
     pub router: &'a dyn TrafficRouter,
     /// Metrics.
     pub metrics: &'a dyn MetricSource,
+    /// External metric providers (`None`: a template that uses one errors, never passes).
+    pub external: Option<&'a dyn ExternalMetrics>,
     /// Human interventions.
     pub interventions: &'a dyn Interventions,
     /// Longest wait for the canary to drain after its weight went to 0.
@@ -328,24 +361,58 @@ impl<'a> Judge<'a> {
         })
     }
 
-    fn measure(&mut self, w: &Window) -> (Measurement, Phase) {
+    /// The template's metrics that an external provider measures.
+    fn external(&self) -> Vec<&'a Metric> {
+        self.template
+            .metrics
+            .iter()
+            .filter(|m| m.provider != "builtin")
+            .collect()
+    }
+
+    /// Judge one measurement: builtin metrics on the window, external ones on what their
+    /// providers answered (`asked`, in the order of [`Self::external`]).
+    fn measure(&mut self, w: &Window, asked: Vec<Asked>) -> (Measurement, Phase) {
+        let mut asked = asked.into_iter();
         let results = self
             .template
             .metrics
             .iter()
             .map(|m| {
                 if m.provider == "builtin" {
-                    analysis::measure_builtin(m, w, &self.limits)
-                } else {
-                    // Other providers are queried by the engine and judged with
-                    // `judge_value`; on the builtin window they have no data.
-                    analysis::judge_value(m, None, "")
+                    return analysis::measure_builtin(m, w, &self.limits);
+                }
+                match asked.next() {
+                    Some(a) => analysis::judge_reading(m, &a.source, &a.query, a.reading),
+                    None => MetricResult {
+                        phase: Phase::Error,
+                        detail: format!(
+                            "{} could not be measured: no client for provider `{}` in this controller",
+                            m.name, m.provider
+                        ),
+                        ..analysis::judge_value(m, None, "")
+                    },
                 }
             })
             .collect();
         let m = analysis::combine(results);
         let phase = analysis::record(&mut self.state, m.clone(), &self.limits);
         (m, phase)
+    }
+}
+
+/// Ask the external providers of a judge's template, if it has any metric of theirs.
+async fn ask(world: &World<'_>, judge: &Judge<'_>, vars: &QueryVars) -> Vec<Asked> {
+    let metrics = judge.external();
+    match (world.external, metrics.is_empty()) {
+        (Some(ext), false) => {
+            let vars = QueryVars {
+                interval_ms: judge.limits.interval_ms,
+                ..vars.clone()
+            };
+            ext.read(&metrics, &vars).await
+        }
+        _ => Vec::new(),
     }
 }
 
@@ -401,6 +468,18 @@ pub async fn run_canary_checked(
     let _ = world.metrics.window().await; // discard traffic from before the canary
 
     let mut background = c.background.and_then(|b| Judge::new(b, c.templates));
+    // What external queries may refer to; the interval is each template's own.
+    let vars = QueryVars {
+        service: c.service.to_owned(),
+        version: c.version.to_owned(),
+        stable_version: c
+            .stable
+            .first()
+            .map(|i| i.version.clone())
+            .unwrap_or_default(),
+        environment: c.environment.to_owned(),
+        interval_ms: analysis::DEFAULT_INTERVAL_MS,
+    };
     let mut measurements: Vec<Measurement> = Vec::new();
     let mut weight: u8 = 0;
 
@@ -489,6 +568,7 @@ pub async fn run_canary_checked(
                             value: None,
                             threshold: String::new(),
                             detail: format!("metric source failed: {e}"),
+                            query: None,
                         };
                         for j in judge.iter_mut().chain(background.iter_mut()) {
                             let m = analysis::combine(vec![err.clone()]);
@@ -498,7 +578,8 @@ pub async fn run_canary_checked(
                     }
                 };
                 for j in judge.iter_mut().chain(background.iter_mut()) {
-                    let (m, phase) = j.measure(&w);
+                    let asked = ask(world, j, &vars).await;
+                    let (m, phase) = j.measure(&w, asked);
                     emit(RolloutEvent::Measured {
                         template: j.name.clone(),
                         window: WindowSummary::of(&w),

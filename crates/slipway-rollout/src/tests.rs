@@ -174,6 +174,15 @@ async fn drive(
     failure_limit: u32,
     stable_ready: bool,
 ) -> (Outcome, Vec<String>, Vec<RolloutEvent>) {
+    drive_with(script, template(failure_limit), stable_ready, None).await
+}
+
+async fn drive_with(
+    script: Vec<(u64, u64)>,
+    templates: BTreeMap<String, AnalysisTemplate>,
+    stable_ready: bool,
+    external: Option<&dyn ExternalMetrics>,
+) -> (Outcome, Vec<String>, Vec<RolloutEvent>) {
     let log = Log::default();
     let instances = FakeInstances {
         log: &log,
@@ -187,12 +196,12 @@ async fn drive(
     let mut s = vec![(0, 0)];
     s.extend(script);
     let metrics = Script(Mutex::new(s));
-    let templates = template(failure_limit);
     let steps = steps();
     let world = World {
         instances: &instances,
         router: &router,
         metrics: &metrics,
+        external,
         interventions: &NoInterventions,
         drain_timeout: Duration::from_millis(100),
     };
@@ -207,6 +216,7 @@ async fn drive(
             background: None,
             templates: &templates,
             start_step: 0,
+            environment: "prod",
         },
         &world,
         &mut |e| events.push(e),
@@ -296,4 +306,153 @@ async fn rollback_restarts_stable_when_it_is_not_ready_before_moving_traffic() {
     let i_start = log.iter().position(|l| l == "start 1.0.0 Stable").unwrap();
     let i_weight0 = log.iter().rposition(|l| l == "weight 0").unwrap();
     assert!(i_start < i_weight0, "{log:?}");
+}
+
+/// External readings scripted per call; every query asked is kept.
+struct Readings {
+    script: Mutex<Vec<Reading>>,
+    asked: Mutex<Vec<(String, QueryVars)>>,
+}
+
+impl Readings {
+    fn new(script: Vec<Reading>) -> Self {
+        Self {
+            script: Mutex::new(script),
+            asked: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+impl ExternalMetrics for Readings {
+    fn read<'a>(
+        &'a self,
+        metrics: &'a [&'a Metric],
+        vars: &'a QueryVars,
+    ) -> BoxFuture<'a, Vec<Asked>> {
+        let out = metrics
+            .iter()
+            .map(|m| {
+                let q = m.query.clone().unwrap_or_default();
+                self.asked.lock().unwrap().push((q.clone(), vars.clone()));
+                let mut s = self.script.lock().unwrap();
+                let reading = if s.is_empty() {
+                    Reading::Value(0.0)
+                } else {
+                    s.remove(0)
+                };
+                Asked {
+                    source: format!("prometheus `{}`", m.provider),
+                    query: q,
+                    reading,
+                }
+            })
+            .collect();
+        Box::pin(async move { out })
+    }
+}
+
+/// A template judged by one Prometheus metric only.
+fn prom_template() -> BTreeMap<String, AnalysisTemplate> {
+    BTreeMap::from([(
+        "t".to_owned(),
+        AnalysisTemplate {
+            interval: Some("10ms".into()),
+            min_samples: None,
+            failure_limit: Some(0),
+            inconclusive_limit: Some(1),
+            consecutive_error_limit: Some(1),
+            metrics: vec![Metric {
+                name: "error-ratio".into(),
+                provider: "prom".into(),
+                query: Some("errors{version=\"2.0.0\"}".into()),
+                max: Some(Scalar("0.1".into())),
+                min: None,
+                compare: None,
+                confidence: None,
+            }],
+            on_failure: OnFailure::Rollback,
+        },
+    )])
+}
+
+#[tokio::test]
+async fn an_external_metric_over_its_threshold_rolls_back_naming_provider_value_and_threshold() {
+    let ext = Readings::new(vec![Reading::Value(0.5)]);
+    let (outcome, _, events) = drive_with(vec![], prom_template(), true, Some(&ext)).await;
+    let Outcome::RolledBack { reason, .. } = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert!(
+        reason.contains("error-ratio = 0.5000 above max 0.1000 (prometheus `prom`)"),
+        "{reason}"
+    );
+    // The measurement in the journal carries the query that was sent.
+    let measured = events
+        .iter()
+        .find_map(|e| match e {
+            RolloutEvent::Measured { measurement, .. } => Some(measurement.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(
+        measured.results[0].query.as_deref(),
+        Some("errors{version=\"2.0.0\"}")
+    );
+    assert_eq!(measured.results[0].value, Some(0.5));
+    // The provider was told which canary, beside which stable, at which interval.
+    let (_, vars) = ext.asked.lock().unwrap()[0].clone();
+    assert_eq!(
+        vars,
+        QueryVars {
+            service: "api".into(),
+            version: "2.0.0".into(),
+            stable_version: "1.0.0".into(),
+            environment: "prod".into(),
+            interval_ms: 10,
+        }
+    );
+}
+
+#[tokio::test]
+async fn an_external_metric_within_its_threshold_promotes() {
+    let ext = Readings::new(vec![Reading::Value(0.01)]);
+    let (outcome, _, _) = drive_with(vec![], prom_template(), true, Some(&ext)).await;
+    assert!(matches!(outcome, Outcome::Promoted { .. }), "{outcome:?}");
+}
+
+#[tokio::test]
+async fn no_data_from_an_external_provider_pauses_never_passes() {
+    let ext = Readings::new(vec![
+        Reading::NoData("the query returned no sample".into());
+        10
+    ]);
+    let (outcome, log, _) = drive_with(vec![], prom_template(), true, Some(&ext)).await;
+    let Outcome::Paused { reason } = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert!(
+        reason.contains("insufficient data: prometheus `prom`: the query returned no sample"),
+        "{reason}"
+    );
+    assert!(!log.iter().any(|l| l == "weight 100"), "{log:?}");
+}
+
+#[tokio::test]
+async fn provider_errors_past_the_consecutive_limit_pause_with_the_error() {
+    let ext = Readings::new(vec![Reading::Error("bad_data: parse error".into()); 10]);
+    let (outcome, _, _) = drive_with(vec![], prom_template(), true, Some(&ext)).await;
+    let Outcome::Paused { reason } = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert!(reason.contains("errored"), "{reason}");
+    assert!(reason.contains("bad_data: parse error"), "{reason}");
+}
+
+#[tokio::test]
+async fn an_external_metric_without_a_client_is_an_error_not_an_endless_inconclusive() {
+    let (outcome, _, _) = drive_with(vec![], prom_template(), true, None).await;
+    let Outcome::Paused { reason } = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert!(reason.contains("no client for provider `prom`"), "{reason}");
 }

@@ -1,0 +1,157 @@
+//! Placeholders in the queries and URLs of external metric providers (Prometheus, HTTP
+//! JSON), rendered with minijinja each time a canary measures.
+//!
+//! The names follow Flagger's metric templates (`{{ interval }}`, a plain name per fact
+//! of the canary) rather than Argo Rollouts' `{{args.x}}`: every value here is known to
+//! Slipway itself, so there is nothing for the author to declare or pass.
+//!
+//! | placeholder          | value |
+//! |----------------------|-------|
+//! | `{{ service }}`      | the service being deployed |
+//! | `{{ version }}`      | the canary's version |
+//! | `{{ stable_version }}` | the version serving beside it |
+//! | `{{ environment }}`  | the environment's name |
+//! | `{{ interval }}`     | the template's measurement interval as a PromQL duration (`1s`, `250ms`) |
+//!
+//! An unknown placeholder is a plan-time error ([`check`] from validation), so a typo
+//! never reaches a canary; rendering is strict as well.
+
+use std::collections::BTreeMap;
+
+use minijinja::{AutoEscape, Environment, UndefinedBehavior};
+
+/// Every placeholder a query or provider URL may use.
+pub const PLACEHOLDERS: &[&str] = &[
+    "service",
+    "version",
+    "stable_version",
+    "environment",
+    "interval",
+];
+
+/// The values of the placeholders for one canary.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct QueryVars {
+    /// Service.
+    pub service: String,
+    /// Canary version.
+    pub version: String,
+    /// Stable version (empty when nothing serves beside the canary).
+    pub stable_version: String,
+    /// Environment.
+    pub environment: String,
+    /// Measurement interval in ms.
+    pub interval_ms: u64,
+}
+
+impl QueryVars {
+    fn map(&self) -> BTreeMap<&'static str, String> {
+        BTreeMap::from([
+            ("service", self.service.clone()),
+            ("version", self.version.clone()),
+            ("stable_version", self.stable_version.clone()),
+            ("environment", self.environment.clone()),
+            ("interval", promql_duration(self.interval_ms)),
+        ])
+    }
+}
+
+/// A duration in ms as PromQL writes it: whole seconds as `Ns`, else `Nms`.
+pub fn promql_duration(ms: u64) -> String {
+    if ms > 0 && ms.is_multiple_of(1000) {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
+fn jinja() -> Environment<'static> {
+    let mut env = Environment::new();
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    // Queries are PromQL, JSON pointers and URLs, never HTML.
+    env.set_auto_escape_callback(|_| AutoEscape::None);
+    env
+}
+
+/// What is wrong with a query or URL template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueryProblem {
+    /// Not a valid template (an unclosed `{{`, a bad expression).
+    Syntax(String),
+    /// Placeholders that are not in [`PLACEHOLDERS`], sorted.
+    Unknown(Vec<String>),
+}
+
+/// Check a template without rendering it: syntax, then every placeholder it reads.
+pub fn check(text: &str) -> Result<(), QueryProblem> {
+    let env = jinja();
+    let tmpl = env
+        .template_from_str(text)
+        .map_err(|e| QueryProblem::Syntax(syntax_message(&e)))?;
+    let globals: Vec<String> = env.globals().map(|(n, _)| n.to_owned()).collect();
+    let mut unknown: Vec<String> = tmpl
+        .undeclared_variables(false)
+        .into_iter()
+        .filter(|v| !PLACEHOLDERS.contains(&v.as_str()) && !globals.contains(v))
+        .collect();
+    unknown.sort();
+    if unknown.is_empty() {
+        Ok(())
+    } else {
+        Err(QueryProblem::Unknown(unknown))
+    }
+}
+
+/// Render a template with the canary's values. Errors name the problem, for the
+/// measurement's detail (validation has refused what it can see before).
+pub fn render(text: &str, vars: &QueryVars) -> Result<String, String> {
+    let env = jinja();
+    let tmpl = env
+        .template_from_str(text)
+        .map_err(|e| format!("invalid placeholder syntax: {}", syntax_message(&e)))?;
+    tmpl.render(vars.map())
+        .map_err(|e| format!("cannot fill the placeholders: {}", syntax_message(&e)))
+}
+
+fn syntax_message(e: &minijinja::Error) -> String {
+    match e.detail() {
+        Some(d) => format!("{} ({d})", e.kind()),
+        None => e.kind().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars() -> QueryVars {
+        QueryVars {
+            service: "api".into(),
+            version: "2.0.0".into(),
+            stable_version: "1.0.0".into(),
+            environment: "prod".into(),
+            interval_ms: 250,
+        }
+    }
+
+    #[test]
+    fn promql_label_braces_and_placeholders_render_together() {
+        let q = r#"sum(rate(http_requests_total{service="{{ service }}",version="{{version}}",code=~"5.."}[{{ interval }}])) / sum(rate(http_requests_total{service="{{ service }}",version!="{{ stable_version }}"}[1m]))"#;
+        assert_eq!(check(q), Ok(()));
+        assert_eq!(
+            render(q, &vars()).unwrap(),
+            r#"sum(rate(http_requests_total{service="api",version="2.0.0",code=~"5.."}[250ms])) / sum(rate(http_requests_total{service="api",version!="1.0.0"}[1m]))"#
+        );
+        assert_eq!(promql_duration(2000), "2s");
+    }
+
+    #[test]
+    fn unknown_placeholders_are_named_all_at_once() {
+        assert_eq!(
+            check("x{a=\"{{ servce }}\",b=\"{{ args.version }}\"}"),
+            Err(QueryProblem::Unknown(vec!["args".into(), "servce".into()]))
+        );
+        assert!(matches!(check("x{{ service"), Err(QueryProblem::Syntax(_))));
+        assert!(render("{{ nope }}", &vars()).is_err());
+    }
+}
