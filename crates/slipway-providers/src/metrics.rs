@@ -15,15 +15,18 @@
 //! this module (query shown in the journal, errors) names the URL without them and passes
 //! through a [`Redactor`] of their values.
 //!
-//! Only `http://` is spoken for now: an `https://` provider is an error naming the fix
-//! (a TLS-terminating sidecar or a plain-HTTP listener), never a silent pass.
+//! `https://` providers are verified (chain and host name, rustls with ring as elsewhere)
+//! against the system's roots — `SSL_CERT_FILE`/`SSL_CERT_DIR` replace them, e.g. with a
+//! private CA — or the roots given by [`ProviderSet::with_roots`].
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
+use rustls::pki_types::CertificateDer;
 use slipway_model::analysis::Reading;
 use slipway_model::duration::parse_duration;
 use slipway_model::metric_query::{QueryVars, render};
@@ -68,6 +71,8 @@ impl Client {
 #[derive(Clone, Default)]
 pub struct ProviderSet {
     clients: BTreeMap<String, Client>,
+    /// Roots `https://` providers are verified with (`None`: the system's).
+    roots: Option<Arc<Vec<CertificateDer<'static>>>>,
 }
 
 impl ProviderSet {
@@ -104,7 +109,16 @@ impl ProviderSet {
                 ))
             })
             .collect();
-        Self { clients }
+        Self {
+            clients,
+            roots: None,
+        }
+    }
+
+    /// Verify `https://` providers against these roots instead of the system's.
+    pub fn with_roots(mut self, roots: Vec<CertificateDer<'static>>) -> Self {
+        self.roots = Some(Arc::new(roots));
+        self
     }
 
     /// Whether no provider is declared.
@@ -152,17 +166,23 @@ impl ProviderSet {
                             t.url.path().trim_end_matches('/')
                         ));
                         t.url.query_pairs_mut().append_pair("query", &query);
-                        let reading = match get(&t, client.timeout).await {
-                            Ok((status, body)) => parse_prometheus(status, &body),
-                            Err(e) => Reading::Error(e),
-                        };
+                        let reading =
+                            match get(&t, client.timeout, self.roots.as_deref().map(Vec::as_slice))
+                                .await
+                            {
+                                Ok((status, body)) => parse_prometheus(status, &body),
+                                Err(e) => Reading::Error(e),
+                            };
                         (query.clone(), reading)
                     }
                     Kind::Http => {
-                        let reading = match get(&t, client.timeout).await {
-                            Ok((status, body)) => parse_json(status, &body, &query),
-                            Err(e) => Reading::Error(e),
-                        };
+                        let reading =
+                            match get(&t, client.timeout, self.roots.as_deref().map(Vec::as_slice))
+                                .await
+                            {
+                                Ok((status, body)) => parse_json(status, &body, &query),
+                                Err(e) => Reading::Error(e),
+                            };
                         (format!("GET {} → {query}", t.url), reading)
                     }
                 };
@@ -224,11 +244,8 @@ impl Target {
         let _ = url.set_username("");
         let _ = url.set_password(None);
         match url.scheme() {
-            "http" => Ok(Self { url, credentials }),
-            "https" => Err(format!(
-                "{url}: https metric providers are not supported yet; reach the provider over plain http (e.g. a TLS-terminating sidecar on localhost)"
-            )),
-            other => Err(format!("{url}: `{other}` is not an http URL")),
+            "http" | "https" => Ok(Self { url, credentials }),
+            other => Err(format!("{url}: `{other}` is not an http(s) URL")),
         }
     }
 
@@ -250,74 +267,125 @@ fn utf8_percent(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
-/// GET a URL over HTTP/1.1: status and body, within `timeout` (connect within
-/// [`CONNECT_TIMEOUT`] of it).
-async fn get(t: &Target, timeout: Duration) -> Result<(u16, Bytes), String> {
-    let host = t.url.host_str().unwrap_or_default().to_owned();
-    let port = t.url.port_or_known_default().unwrap_or(80);
+/// GET a URL over HTTP/1.1 (over TLS for `https://`, verified against `roots` or the
+/// system's): status and body, within `timeout`, connected within [`CONNECT_TIMEOUT`].
+async fn get(
+    t: &Target,
+    timeout: Duration,
+    roots: Option<&[CertificateDer<'static>]>,
+) -> Result<(u16, Bytes), String> {
+    let host = t
+        .url
+        .host_str()
+        .unwrap_or_default()
+        .trim_matches(['[', ']'])
+        .to_owned();
+    let https = t.url.scheme() == "https";
+    let port = t
+        .url
+        .port_or_known_default()
+        .unwrap_or(if https { 443 } else { 80 });
     let shown = t.url.to_string();
     let connect_limit = timeout.min(CONNECT_TIMEOUT);
+    let path = match t.url.query() {
+        Some(q) => format!("{}?{q}", t.url.path()),
+        None => t.url.path().to_owned(),
+    };
+    let authority = match t.url.port() {
+        Some(p) => format!("{}:{p}", t.url.host_str().unwrap_or_default()),
+        None => t.url.host_str().unwrap_or_default().to_owned(),
+    };
+    let mut req = hyper::Request::get(path)
+        .header(hyper::header::HOST, authority)
+        .header(hyper::header::ACCEPT, "application/json");
+    if let Some((user, password)) = &t.credentials {
+        let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        req = req.header(hyper::header::AUTHORIZATION, format!("Basic {token}"));
+    }
+    let req = req
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| format!("GET {shown}: {e}"))?;
     let attempt = async {
-        let stream = match tokio::time::timeout(
+        let tcp = match tokio::time::timeout(
             connect_limit,
-            tokio::net::TcpStream::connect((host.trim_matches(['[', ']']), port)),
+            tokio::net::TcpStream::connect((host.as_str(), port)),
         )
         .await
         {
             Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(format!("GET {shown}: cannot connect: {e}")),
-            Err(_) => {
-                return Err(format!(
-                    "GET {shown}: no connection within {connect_limit:?}"
-                ));
-            }
+            Ok(Err(e)) => return Err(format!("cannot connect: {e}")),
+            Err(_) => return Err(format!("no connection within {connect_limit:?}")),
         };
-        let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(
-            hyper_util::rt::TokioIo::new(stream),
-        )
-        .await
-        .map_err(|e| format!("GET {shown}: {e}"))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let path = match t.url.query() {
-            Some(q) => format!("{}?{q}", t.url.path()),
-            None => t.url.path().to_owned(),
-        };
-        let authority = match t.url.port() {
-            Some(p) => format!("{host}:{p}"),
-            None => host.clone(),
-        };
-        let mut req = hyper::Request::get(path)
-            .header(hyper::header::HOST, authority)
-            .header(hyper::header::ACCEPT, "application/json");
-        if let Some((user, password)) = &t.credentials {
-            let token =
-                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-            req = req.header(hyper::header::AUTHORIZATION, format!("Basic {token}"));
+        if https {
+            let tls = tls_connect(tcp, &host, roots).await?;
+            exchange(tls, req).await
+        } else {
+            exchange(tcp, req).await
         }
-        let req = req
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| format!("GET {shown}: {e}"))?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| format!("GET {shown}: {e}"))?;
-        let status = resp.status().as_u16();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| format!("GET {shown}: reading the answer: {e}"))?
-            .to_bytes();
-        Ok((status, body))
     };
     match tokio::time::timeout(timeout, attempt).await {
-        Ok(r) => r,
+        Ok(r) => r.map_err(|e| format!("GET {shown}: {e}")),
         Err(_) => Err(format!(
             "GET {shown}: no answer within the provider's timeout {timeout:?}"
         )),
     }
+}
+
+/// A TLS session with certificate chain and host name verified (rustls, ring).
+async fn tls_connect(
+    tcp: tokio::net::TcpStream,
+    host: &str,
+    roots: Option<&[CertificateDer<'static>]>,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
+    let certs = match roots {
+        Some(r) => r.to_vec(),
+        // SSL_CERT_FILE / SSL_CERT_DIR replace the system's roots, as for other tools.
+        None => rustls_native_certs::load_native_certs().certs,
+    };
+    let mut store = rustls::RootCertStore::empty();
+    let (added, _) = store.add_parsable_certificates(certs);
+    if added == 0 {
+        return Err(
+            "no trusted CA certificate to verify the provider with (install ca-certificates, or point SSL_CERT_FILE at the provider's CA)"
+                .into(),
+        );
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| format!("set up TLS: {e}"))?
+    .with_root_certificates(store)
+    .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+        .map_err(|e| format!("`{host}` is not a TLS server name: {e}"))?;
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("TLS: {e}"))
+}
+
+/// One request on a fresh HTTP/1.1 connection over `io`.
+async fn exchange<IO>(io: IO, req: hyper::Request<Empty<Bytes>>) -> Result<(u16, Bytes), String>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(hyper_util::rt::TokioIo::new(io))
+            .await
+            .map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("reading the answer: {e}"))?
+        .to_bytes();
+    Ok((status, body))
 }
 
 /// The start of an answer, for an error that must show what came back.

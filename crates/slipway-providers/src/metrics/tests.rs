@@ -3,6 +3,7 @@
 
 use std::sync::{Arc, Mutex};
 
+use rustls::pki_types::CertificateDer;
 use slipway_model::spec::{Scalar, UrlProvider};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -325,12 +326,102 @@ async fn the_http_provider_fills_placeholders_in_its_url_and_reads_the_pointer()
     assert!(seen.lock().unwrap()[0].starts_with("GET /stats/api?v=2.0.0 HTTP/1.1"));
 }
 
+/// A throwaway CA and an HTTPS server for 127.0.0.1 signed by it, answering `answer`
+/// to each request and keeping the request heads: (CA certificate, address, heads).
+async fn serve_tls(
+    answer: String,
+) -> (
+    CertificateDer<'static>,
+    std::net::SocketAddr,
+    Arc<Mutex<Vec<String>>>,
+) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = p.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![leaf.der().clone()],
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+    )
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let heads = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let (acceptor, answer, heads) = (acceptor.clone(), answer.clone(), heads.clone());
+            tokio::spawn(async move {
+                // A client refusing the certificate ends the handshake: nothing is read.
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tls.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                heads
+                    .lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&got).into_owned());
+                let _ = tls.write_all(answer.as_bytes()).await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    (ca.der().clone(), addr, seen)
+}
+
 #[tokio::test]
-async fn https_providers_are_refused_with_the_fix_not_passed() {
-    let set = prom("https://user:pw@prom.example:9090".into(), "1s");
+async fn an_https_provider_is_read_over_verified_tls_with_basic_auth() {
+    let (ca, addr, seen) = serve_tls(http(
+        "200 OK",
+        r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1,"0.02"]}]}}"#,
+    ))
+    .await;
+    let set = prom(format!("https://ops:pw@{addr}"), "3s").with_roots(vec![ca]);
     let a = set.read_one(&metric("prom", "up"), &vars()).await;
+    assert_eq!(a.reading, Reading::Value(0.02), "{a:?}");
+    let head = seen.lock().unwrap()[0].clone();
+    let token = base64::engine::general_purpose::STANDARD.encode("ops:pw");
     assert!(
-        matches!(&a.reading, Reading::Error(e) if e.contains("https") && !e.contains("pw")),
-        "{a:?}"
+        head.contains(&format!("authorization: Basic {token}")),
+        "{head}"
     );
+}
+
+#[tokio::test]
+async fn an_https_provider_with_an_untrusted_certificate_is_an_error_and_never_asked() {
+    let (_, addr, seen) = serve_tls(http("200 OK", "{}")).await;
+    // Another CA as the only root: the server's chain does not verify.
+    let (other, _, _) = serve_tls(String::new()).await;
+    let set = prom(format!("https://ops:topsecret@{addr}"), "3s").with_roots(vec![other]);
+    let a = set.read_one(&metric("prom", "up"), &vars()).await;
+    let Reading::Error(e) = &a.reading else {
+        panic!("{a:?}")
+    };
+    assert!(e.contains("TLS") && e.contains("certificate"), "{e}");
+    assert!(!e.contains("topsecret"), "{e}");
+    assert!(seen.lock().unwrap().is_empty(), "the request was sent");
 }
