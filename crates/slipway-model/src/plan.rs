@@ -315,6 +315,16 @@ pub struct Recommendation {
 }
 
 impl Plan {
+    /// The router in front of `service` here: the environment's `router:` when it names
+    /// this service or names none, else `None` (the built-in proxy).
+    pub fn router_of(&self, service: &str) -> Option<&crate::spec::Router> {
+        self.env
+            .router
+            .as_ref()
+            .filter(|r| r.service.as_deref().is_none_or(|s| s == service))
+            .filter(|r| r.kind() != "builtin")
+    }
+
     /// The trusted keys of the plan's signature gate, when artifacts must be signed here;
     /// `None` when the plan has no signature gate.
     pub fn signature_keys(&self) -> Option<&[String]> {

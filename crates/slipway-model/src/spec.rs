@@ -412,6 +412,89 @@ pub struct Environment {
     /// command must pass before a deploy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub infrastructure: Option<Infrastructure>,
+    /// What shifts traffic between stable and canary here (process target): the built-in
+    /// proxy (default), or an nginx / HAProxy the team already runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub router: Option<Router>,
+}
+
+/// The traffic router of an environment. Exactly one of `builtin`, `nginx`, `haproxy`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Router {
+    /// The service this router fronts; required when the release deploys more than one
+    /// service as instances (the others keep the built-in proxy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// Slipway's own proxy, one process per service (the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub builtin: Option<BuiltinRouter>,
+    /// An nginx that includes an upstream file Slipway owns; weights change by rewriting
+    /// that file, `nginx -t`, then a reload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nginx: Option<NginxRouter>,
+    /// An HAProxy whose backend has server slots Slipway fills over the runtime API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub haproxy: Option<HaproxyRouter>,
+}
+
+impl Router {
+    /// `builtin`, `nginx` or `haproxy`.
+    pub fn kind(&self) -> &'static str {
+        match (&self.nginx, &self.haproxy) {
+            (Some(_), _) => "nginx",
+            (_, Some(_)) => "haproxy",
+            _ => "builtin",
+        }
+    }
+}
+
+/// Settings of the built-in proxy as router (none yet).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BuiltinRouter {}
+
+/// nginx as router.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NginxRouter {
+    /// The file Slipway owns and rewrites (relative to the spec), `include`d in the main
+    /// config's `http` block: the `upstream` block, and a status server on the unix
+    /// socket `<upstream_file>.sock` through which Slipway confirms a reload took.
+    pub upstream_file: String,
+    /// The upstream's name, as the main config's `proxy_pass http://NAME` uses it.
+    pub upstream: String,
+    /// Validates the whole config before a reload; default `nginx -t`. A failure restores
+    /// the previous upstream file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test: Option<String>,
+    /// Reloads nginx; default `nginx -s reload`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reload: Option<String>,
+}
+
+/// HAProxy as router.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HaproxyRouter {
+    /// The admin socket (`stats socket PATH level admin`), relative to the spec.
+    pub socket: String,
+    /// The backend whose server slots Slipway fills.
+    pub backend: String,
+    /// Name prefixes of the stable and canary slots (default `stable` and `canary`, as
+    /// `server-template stable 4 127.0.0.1:1 disabled` names them `stable1`..`stable4`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub servers: Option<HaproxySlots>,
+}
+
+/// Name prefixes of HAProxy server slots.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HaproxySlots {
+    /// Prefix of the stable pool's slots.
+    pub stable: String,
+    /// Prefix of the canary pool's slots.
+    pub canary: String,
 }
 
 /// Infrastructure files of an environment.

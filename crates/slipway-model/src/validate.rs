@@ -18,7 +18,7 @@ use crate::duration::parse_duration;
 use crate::schema;
 use crate::spec::{
     API_VERSION, AnalysisTemplate, BackupPolicy, Check, Environment, KIND, Metric,
-    RehearsalRequirement, ReleaseSpec, Service, ServiceKind, Strategy,
+    RehearsalRequirement, ReleaseSpec, Router, Service, ServiceKind, Strategy,
 };
 use crate::yaml::{self, SpanMap, pointer};
 
@@ -1257,6 +1257,9 @@ fn environment(cx: &mut Cx<'_>, spec: &ReleaseSpec, name: &str, e: &Environment,
             );
         }
     }
+    if let Some(r) = &e.router {
+        router(cx, spec, name, e, r);
+    }
     for (svc, v) in &e.deployed {
         let p = format!("{}/{}", at("deployed"), yaml::escape(svc));
         semver_at(cx, &p, v);
@@ -1267,6 +1270,205 @@ fn environment(cx: &mut Cx<'_>, spec: &ReleaseSpec, name: &str, e: &Environment,
                 format!("`{svc}` is deployed here but is not a service of this release"),
                 suggest(svc, names, "service"),
             );
+        }
+    }
+}
+
+/// Builtin metrics HAProxy's per-server counters (`show stat`) can answer.
+pub const HAPROXY_BUILTIN_METRICS: &[&str] = &["error-rate", "request-rate"];
+
+/// `environments.X.router`: one kind, on the process target, fronting one service, with
+/// the builtin metrics of the canary's analysis answerable by that router.
+fn router(cx: &mut Cx<'_>, spec: &ReleaseSpec, env: &str, e: &Environment, r: &Router) {
+    let base = pointer(["environments", env, "router"]);
+    let at = |f: &str| format!("{base}/{f}");
+    cx.exactly_one(
+        &base,
+        &format!("the router of `{env}`"),
+        &[
+            ("builtin", r.builtin.is_some()),
+            ("nginx", r.nginx.is_some()),
+            ("haproxy", r.haproxy.is_some()),
+        ],
+    );
+    if e.target.process.is_none() && e.target.kind() != "none" {
+        cx.err_key(
+            "router-needs-process",
+            &base,
+            format!(
+                "`{env}` deploys with the `{}` target, which does not shift traffic; a router fronts the instances of the `process` target",
+                e.target.kind()
+            ),
+            "use `target: { process: {} }` here, or remove `router:`",
+        );
+    }
+    let instanced: Vec<&str> = spec
+        .services
+        .iter()
+        .filter(|(_, s)| s.run.is_some())
+        .map(|(n, _)| n.as_str())
+        .collect();
+    match &r.service {
+        Some(svc) => {
+            if !instanced.contains(&svc.as_str()) {
+                let msg = if spec.services.contains_key(svc) {
+                    format!("service `{svc}` has no `run:`, so it runs no instances to route to")
+                } else {
+                    format!("unknown service `{svc}`")
+                };
+                cx.err_value(
+                    "unknown-reference",
+                    &at("service"),
+                    msg,
+                    suggest(svc, &instanced, "service"),
+                );
+            }
+        }
+        None if instanced.len() > 1 && r.kind() != "builtin" => cx.err_key(
+            "missing-field",
+            &base,
+            format!(
+                "the release runs {} services as instances ({}); the {} router fronts one",
+                instanced.len(),
+                instanced.join(", "),
+                r.kind()
+            ),
+            format!(
+                "add `service: {}` to `router:` (the other services keep the built-in proxy)",
+                instanced[0]
+            ),
+        ),
+        None => {}
+    }
+    let word = |v: &str| {
+        !v.is_empty()
+            && v.bytes()
+                .all(|b| b.is_ascii_graphic() && !b";{}'\"#$\\".contains(&b))
+    };
+    if let Some(n) = &r.nginx {
+        if n.upstream_file.trim().is_empty() {
+            cx.err_value(
+                "empty",
+                &at("nginx/upstream_file"),
+                "the upstream file is empty",
+                "name the file Slipway owns, e.g. `upstream_file: /etc/nginx/slipway/api.conf`, and `include` it in nginx's `http` block",
+            );
+        }
+        if !word(&n.upstream) {
+            cx.err_value(
+                "invalid-name",
+                &at("nginx/upstream"),
+                format!("`{}` is not an nginx upstream name", n.upstream),
+                "write the name your `proxy_pass http://NAME` uses: letters, digits, `-`, `_`, `.`",
+            );
+        }
+        for (f, v) in [("test", &n.test), ("reload", &n.reload)] {
+            if v.as_ref().is_some_and(|v| v.trim().is_empty()) {
+                cx.err_value(
+                    "empty",
+                    &at(&format!("nginx/{f}")),
+                    format!("the `{f}` command is empty"),
+                    format!(
+                        "write the command, e.g. `{}`, or remove the field for that default",
+                        if f == "test" {
+                            "nginx -t"
+                        } else {
+                            "nginx -s reload"
+                        }
+                    ),
+                );
+            }
+        }
+    }
+    if let Some(h) = &r.haproxy {
+        if h.socket.trim().is_empty() {
+            cx.err_value(
+                "empty",
+                &at("haproxy/socket"),
+                "the admin socket path is empty",
+                "name the socket of `stats socket PATH mode 600 level admin` in haproxy.cfg",
+            );
+        }
+        if !word(&h.backend) {
+            cx.err_value(
+                "invalid-name",
+                &at("haproxy/backend"),
+                format!("`{}` is not an HAProxy backend name", h.backend),
+                "write the name of the `backend NAME` section whose server slots Slipway fills",
+            );
+        }
+        if let Some(sl) = &h.servers {
+            for (f, v) in [("stable", &sl.stable), ("canary", &sl.canary)] {
+                if !word(v) {
+                    cx.err_value(
+                        "invalid-name",
+                        &at(&format!("haproxy/servers/{f}")),
+                        format!("`{v}` is not a server name prefix"),
+                        format!("write the prefix of the {f} slots, e.g. `{f}` for `server-template {f} 4 127.0.0.1:1 disabled`"),
+                    );
+                }
+            }
+            if sl.stable.starts_with(&sl.canary) || sl.canary.starts_with(&sl.stable) {
+                cx.err_value(
+                    "ambiguous-prefix",
+                    &at("haproxy/servers"),
+                    format!(
+                        "the prefixes `{}` and `{}` overlap: a slot name could belong to both pools",
+                        sl.stable, sl.canary
+                    ),
+                    "use prefixes neither of which starts the other, e.g. `stable` and `canary`",
+                );
+            }
+        }
+    }
+    // The canary's analysis in this environment: builtin metrics come from the router.
+    let Some(canary) = e
+        .strategy
+        .as_ref()
+        .or(spec.strategy.as_ref())
+        .and_then(|s| s.canary.as_ref())
+    else {
+        return;
+    };
+    let used: BTreeSet<&str> = canary
+        .steps
+        .iter()
+        .filter_map(|s| s.analysis.as_ref())
+        .chain(canary.analysis.as_ref())
+        .map(|a| a.template.as_str())
+        .collect();
+    for t in used {
+        let Some(tpl) = spec.analysis_templates.get(t) else {
+            continue;
+        };
+        for m in tpl.metrics.iter().filter(|m| m.provider == "builtin") {
+            let answered = match r.kind() {
+                "haproxy" => HAPROXY_BUILTIN_METRICS.contains(&m.name.as_str()),
+                "nginx" => false,
+                _ => true,
+            };
+            if answered {
+                continue;
+            }
+            let (msg, help) = if r.kind() == "nginx" {
+                (
+                    format!(
+                        "analysis template `{t}` measures `{}` with the builtin provider, which counts requests in the built-in proxy; behind nginx there are no such counters",
+                        m.name
+                    ),
+                    "measure it with a `prometheus` or `http` provider (declared under `providers:`), use `router: { haproxy: ... }` for error-rate from HAProxy's counters, or keep the built-in router".to_owned(),
+                )
+            } else {
+                (
+                    format!(
+                        "analysis template `{t}` measures `{}` with the builtin provider; behind HAProxy it only has per-server request and 5xx counters ({})",
+                        m.name,
+                        HAPROXY_BUILTIN_METRICS.join(", ")
+                    ),
+                    "measure latency with a `prometheus` or `http` provider (declared under `providers:`), or keep the built-in router".to_owned(),
+                )
+            };
+            cx.err_key("router-metrics", &base, msg, help);
         }
     }
 }

@@ -86,3 +86,37 @@ fn idempotency_keys_are_stable_and_distinct() {
     assert_eq!(keys.len(), a.steps.len());
     assert_eq!(a.steps, b.steps);
 }
+
+#[test]
+fn the_router_is_part_of_the_digest_and_named_per_service() {
+    let spec = |router: &str| {
+        format!(
+            "apiVersion: slipway/v1
+kind: Release
+metadata: {{ name: shop, version: 1.0.0, type: patch }}
+services:
+  api: {{ run: {{ command: \"bin/api --port {{{{ port }}}}\" }} }}
+  web: {{ run: {{ command: \"bin/web --port {{{{ port }}}}\" }} }}
+environments:
+  prod: {{ target: {{ process: {{}} }}{router} }}
+"
+        )
+    };
+    let builtin = digest(&spec(""), "prod");
+    let h = ", router: { service: api, haproxy: { socket: a.sock, backend: app } }";
+    let haproxy = digest(&spec(h), "prod");
+    assert_ne!(builtin, haproxy);
+    let other_backend = digest(&spec(&h.replace("backend: app", "backend: app2")), "prod");
+    assert_ne!(haproxy, other_backend);
+    let n = ", router: { service: api, nginx: { upstream_file: up.conf, upstream: app } }";
+    let nginx = digest(&spec(n), "prod");
+    assert_ne!(nginx, haproxy);
+    assert_ne!(
+        nginx,
+        digest(&spec(&n.replace("up.conf", "up2.conf")), "prod")
+    );
+    let l = validate::load("d.yaml", &spec(h)).unwrap();
+    let p = plan(&l.spec, "prod", &Facts::default()).unwrap();
+    assert_eq!(p.router_of("api").map(|r| r.kind()), Some("haproxy"));
+    assert!(p.router_of("web").is_none(), "web keeps the built-in proxy");
+}
