@@ -1309,20 +1309,18 @@ fn router(cx: &mut Cx<'_>, spec: &ReleaseSpec, env: &str, e: &Environment, r: &R
         .map(|(n, _)| n.as_str())
         .collect();
     match &r.service {
-        Some(svc) => {
-            if !instanced.contains(&svc.as_str()) {
-                let msg = if spec.services.contains_key(svc) {
-                    format!("service `{svc}` has no `run:`, so it runs no instances to route to")
-                } else {
-                    format!("unknown service `{svc}`")
-                };
-                cx.err_value(
-                    "unknown-reference",
-                    &at("service"),
-                    msg,
-                    suggest(svc, &instanced, "service"),
-                );
-            }
+        Some(svc) if !instanced.contains(&svc.as_str()) => {
+            let msg = if spec.services.contains_key(svc) {
+                format!("service `{svc}` has no `run:`, so it runs no instances to route to")
+            } else {
+                format!("unknown service `{svc}`")
+            };
+            cx.err_value(
+                "unknown-reference",
+                &at("service"),
+                msg,
+                suggest(svc, &instanced, "service"),
+            );
         }
         None if instanced.len() > 1 && r.kind() != "builtin" => cx.err_key(
             "missing-field",
@@ -1338,7 +1336,7 @@ fn router(cx: &mut Cx<'_>, spec: &ReleaseSpec, env: &str, e: &Environment, r: &R
                 instanced[0]
             ),
         ),
-        None => {}
+        _ => {}
     }
     let word = |v: &str| {
         !v.is_empty()

@@ -13,6 +13,7 @@ pub mod builtin;
 pub mod config;
 pub mod deploy;
 pub mod exec;
+pub mod haproxy;
 pub mod interventions;
 pub mod metrics;
 pub mod migrate;

@@ -2,8 +2,10 @@
 
 mod canary;
 mod config;
+mod haproxy;
 mod ports;
 mod resume;
+mod router_support;
 mod smoke_gate;
 mod ssh;
 mod sshd;

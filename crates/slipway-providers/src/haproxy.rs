@@ -1,0 +1,561 @@
+//! HAProxy as traffic router and metric source, over its runtime API on the admin unix
+//! socket (`stats socket PATH mode 600 level admin`), spoken directly (no socat).
+//!
+//! The backend must hold *server slots* Slipway fills, named by two prefixes (default
+//! `stable` and `canary`), e.g.
+//!
+//! ```text
+//! backend app
+//!     balance roundrobin
+//!     server-template stable 4 127.0.0.1:1 disabled
+//!     server-template canary 4 127.0.0.1:1 disabled
+//! ```
+//!
+//! A pool's instances go into its first slots (`set server B/S addr IP port P`, then
+//! `state ready`); unused slots are put in `maint`. The canary weight W% is spread over
+//! the servers in use with *absolute* weights (`set weight B/S N`, never `N%`, which is
+//! relative to the configured weight): each stable server gets `(100-W)·canaries` and each
+//! canary `W·stables`, reduced, so the canary pool's share is exactly W%. A pool at 0% has
+//! weight 0 on every server: HAProxy sends it no new request, in-flight ones complete.
+//!
+//! Nothing is kept here: the pools and the weight in force are read back from
+//! `show servers state BACKEND` on every call, so a `slipway` restarted after a crash
+//! drives the same HAProxy from what it finds. The one thing held in memory is the
+//! previous `show stat` counters, for the difference a metric window is; a new router's
+//! first window is discarded by the controller anyway.
+//!
+//! Metrics: per-server `hrsp_*` counters give requests and 5xx per pool (`error-rate`,
+//! `request-rate`); HAProxy keeps no latency distribution per server, so latency metrics
+//! need another provider (the spec's validation says so). `canary_in_flight` is the sum of
+//! the canary slots' current sessions (`scur`).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use slipway_model::analysis::{VersionWindow, Window};
+use slipway_rollout::{BoxFuture, MetricSource, RolloutError, TrafficRouter};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+/// Longest a runtime API command may take (it answers from memory).
+const CALL_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Admin-state bits that take a server out of service (forced, inherited, resolution and
+/// hostname maintenance). `0x04`, "configured disabled", stays set after `state ready`.
+const MAINT_MASK: u32 = 0x01 | 0x02 | 0x20 | 0x40;
+
+/// HAProxy's largest server weight.
+const MAX_WEIGHT: u64 = 256;
+
+/// One server slot as `show servers state` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Slot {
+    /// Server name, e.g. `canary1`.
+    pub name: String,
+    /// Address it points at.
+    pub addr: String,
+    /// Port.
+    pub port: u16,
+    /// `srv_admin_state` bits.
+    pub admin_state: u32,
+    /// Current (user) weight.
+    pub weight: u64,
+}
+
+impl Slot {
+    /// Whether the slot takes part in load balancing (not in maintenance).
+    pub fn in_use(&self) -> bool {
+        self.admin_state & MAINT_MASK == 0
+    }
+}
+
+/// The slots of a backend, by pool.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Slots {
+    /// Stable slots in slot order.
+    pub stable: Vec<Slot>,
+    /// Canary slots in slot order.
+    pub canary: Vec<Slot>,
+}
+
+impl Slots {
+    /// The canary's share of the weight of the servers in use, in percent; `None` when no
+    /// server is in use or all weights are 0.
+    pub fn weight(&self) -> Option<u8> {
+        let sum = |v: &[Slot]| -> u64 {
+            v.iter()
+                .filter(|s| s.in_use())
+                .map(|s| s.weight)
+                .sum::<u64>()
+        };
+        let (s, c) = (sum(&self.stable), sum(&self.canary));
+        if s + c == 0 {
+            return None;
+        }
+        u8::try_from((c * 100 + (s + c) / 2) / (s + c)).ok()
+    }
+}
+
+/// Per-server weights `(stable, canary)` that give the canary pool `weight`% of new
+/// requests with `stables` and `canaries` servers in use.
+pub fn server_weights(weight: u8, stables: usize, canaries: usize) -> (u64, u64) {
+    let w = u64::from(weight.min(100));
+    let (ns, nc) = (stables as u64, canaries as u64);
+    if nc == 0 {
+        return (1, 0);
+    }
+    if ns == 0 {
+        return (0, 1);
+    }
+    let (mut s, mut c) = ((100 - w) * nc, w * ns);
+    let g = gcd(s, c).max(1);
+    s /= g;
+    c /= g;
+    let top = s.max(c);
+    if top > MAX_WEIGHT {
+        // Scale into HAProxy's range; a non-zero weight stays non-zero.
+        let scale = |x: u64| {
+            if x == 0 {
+                0
+            } else {
+                ((x * MAX_WEIGHT + top / 2) / top).max(1)
+            }
+        };
+        (s, c) = (scale(s), scale(c));
+    }
+    (s, c)
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Counts {
+    requests: u64,
+    errors: u64,
+}
+
+/// HAProxy's runtime API as the rollout controller's router and metric source.
+pub struct HaproxyRouter {
+    socket: PathBuf,
+    backend: String,
+    stable_prefix: String,
+    canary_prefix: String,
+    last: Mutex<Option<(Instant, Counts, Counts)>>,
+}
+
+impl HaproxyRouter {
+    /// Drive `backend` through the admin socket at `socket`, with slots named by the
+    /// given prefixes (`stable`, `canary` by default in the spec).
+    pub fn new(
+        socket: impl Into<PathBuf>,
+        backend: impl Into<String>,
+        stable_prefix: impl Into<String>,
+        canary_prefix: impl Into<String>,
+    ) -> Self {
+        Self {
+            socket: socket.into(),
+            backend: backend.into(),
+            stable_prefix: stable_prefix.into(),
+            canary_prefix: canary_prefix.into(),
+            last: Mutex::new(None),
+        }
+    }
+
+    /// The admin socket.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &str {
+        &self.backend
+    }
+
+    /// Send one runtime API command and return HAProxy's answer.
+    pub async fn command(&self, cmd: &str) -> Result<String, String> {
+        let attempt = async {
+            let mut s = tokio::net::UnixStream::connect(&self.socket)
+                .await
+                .map_err(|e| format!("connect: {e}"))?;
+            s.write_all(format!("{cmd}\n").as_bytes())
+                .await
+                .map_err(|e| format!("write: {e}"))?;
+            // Without `prompt`, HAProxy answers one line of commands and closes.
+            let mut out = String::new();
+            s.read_to_string(&mut out)
+                .await
+                .map_err(|e| format!("read: {e}"))?;
+            Ok::<_, String>(out)
+        };
+        match tokio::time::timeout(CALL_TIMEOUT, attempt).await {
+            Ok(Ok(out)) => Ok(out),
+            Ok(Err(e)) => Err(format!(
+                "HAProxy runtime API `{cmd}` on {} failed: {e} (is HAProxy running with `stats socket {} mode 600 level admin`?)",
+                self.socket.display(),
+                self.socket.display()
+            )),
+            Err(_) => Err(format!(
+                "HAProxy runtime API `{cmd}` on {} timed out after {CALL_TIMEOUT:?}",
+                self.socket.display()
+            )),
+        }
+    }
+
+    /// A command that answers nothing (or only a confirmation) when it worked.
+    async fn change(&self, cmd: &str) -> Result<(), RolloutError> {
+        let out = self.command(cmd).await.map_err(RolloutError::Router)?;
+        let t = out.trim();
+        if t.is_empty() || t.contains("changed from") || t.starts_with("no need to change") {
+            Ok(())
+        } else {
+            Err(RolloutError::Router(format!(
+                "HAProxy refused `{cmd}` on {}: {t}",
+                self.socket.display()
+            )))
+        }
+    }
+
+    /// The backend's slots, read back from HAProxy.
+    pub async fn slots(&self) -> Result<Slots, String> {
+        let out = self
+            .command(&format!("show servers state {}", self.backend))
+            .await?;
+        let mut header: Vec<&str> = Vec::new();
+        let mut slots = Slots::default();
+        for line in out.lines() {
+            if let Some(h) = line.strip_prefix("# ") {
+                header = h.split_whitespace().collect();
+                continue;
+            }
+            if header.is_empty() {
+                if line.contains("Can't find backend") || line.contains("No such backend") {
+                    return Err(format!(
+                        "HAProxy at {} has no backend `{}`; add a `backend {}` section with server slots (`server-template {} 4 127.0.0.1:1 disabled` and `server-template {} 4 127.0.0.1:1 disabled`), or fix `router.haproxy.backend`",
+                        self.socket.display(),
+                        self.backend,
+                        self.backend,
+                        self.stable_prefix,
+                        self.canary_prefix
+                    ));
+                }
+                continue;
+            }
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() < header.len() {
+                continue;
+            }
+            let get = |name: &str| {
+                header
+                    .iter()
+                    .position(|h| *h == name)
+                    .and_then(|i| fields.get(i).copied())
+                    .unwrap_or("")
+            };
+            let slot = Slot {
+                name: get("srv_name").to_owned(),
+                addr: get("srv_addr").to_owned(),
+                port: get("srv_port").parse().unwrap_or(0),
+                admin_state: get("srv_admin_state").parse().unwrap_or(0),
+                weight: get("srv_uweight").parse().unwrap_or(0),
+            };
+            if get("be_name") != self.backend {
+                continue;
+            }
+            if slot.name.starts_with(&self.canary_prefix) {
+                slots.canary.push(slot);
+            } else if slot.name.starts_with(&self.stable_prefix) {
+                slots.stable.push(slot);
+            }
+        }
+        if header.is_empty() {
+            return Err(format!(
+                "HAProxy at {} answered `show servers state {}` with: {}",
+                self.socket.display(),
+                self.backend,
+                out.trim()
+            ));
+        }
+        // `stable10` after `stable9`: order by the number the template appended.
+        let key = |s: &Slot, p: &str| {
+            let n: u64 = s.name[p.len()..].parse().unwrap_or(u64::MAX);
+            (n, s.name.clone())
+        };
+        slots.stable.sort_by_key(|s| key(s, &self.stable_prefix));
+        slots.canary.sort_by_key(|s| key(s, &self.canary_prefix));
+        Ok(slots)
+    }
+
+    fn missing_slots(&self, pool: &str, prefix: &str, have: usize, need: usize) -> RolloutError {
+        RolloutError::Router(format!(
+            "HAProxy backend `{}` has {have} `{prefix}*` server slot(s) but the {pool} pool has {need} instance(s); add `server-template {prefix} {need} 127.0.0.1:1 disabled` (or more) to `backend {}` and reload HAProxy, or set `router.haproxy.servers.{pool}` to the prefix your slots use",
+            self.backend, self.backend
+        ))
+    }
+
+    async fn apply_weights(&self, slots: &Slots, weight: u8) -> Result<(), RolloutError> {
+        let ns = slots.stable.iter().filter(|s| s.in_use()).count();
+        let nc = slots.canary.iter().filter(|s| s.in_use()).count();
+        let (ws, wc) = server_weights(weight, ns, nc);
+        let stable = slots.stable.iter().filter(|s| s.in_use()).map(|s| (s, ws));
+        let canary = slots.canary.iter().filter(|s| s.in_use()).map(|s| (s, wc));
+        // The pool gaining weight first, so the servers in use never all weigh 0.
+        let current_c = slots.weight().unwrap_or(0);
+        let order: Vec<(&Slot, u64)> = if weight >= current_c {
+            canary.chain(stable).collect()
+        } else {
+            stable.chain(canary).collect()
+        };
+        for (slot, w) in order {
+            if slot.weight != w {
+                self.change(&format!("set weight {}/{} {w}", self.backend, slot.name))
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn counts(&self) -> Result<(Counts, Counts, Option<u64>), String> {
+        let out = self.command("show stat").await?;
+        let mut lines = out.lines();
+        let header: Vec<&str> = lines
+            .next()
+            .and_then(|h| h.strip_prefix("# "))
+            .map(|h| h.split(',').collect())
+            .ok_or_else(|| format!("HAProxy answered `show stat` with: {}", out.trim()))?;
+        let col = |n: &str| header.iter().position(|h| *h == n);
+        let (px, sv, scur) = (col("pxname"), col("svname"), col("scur"));
+        let codes: Vec<Option<usize>> = [
+            "hrsp_1xx",
+            "hrsp_2xx",
+            "hrsp_3xx",
+            "hrsp_4xx",
+            "hrsp_5xx",
+            "hrsp_other",
+        ]
+        .iter()
+        .map(|n| col(n))
+        .collect();
+        let (mut stable, mut canary) = (Counts::default(), Counts::default());
+        let mut in_flight = None;
+        for line in lines {
+            let f: Vec<&str> = line.split(',').collect();
+            let at = |i: Option<usize>| i.and_then(|i| f.get(i)).copied().unwrap_or("");
+            if at(px) != self.backend {
+                continue;
+            }
+            let name = at(sv);
+            let num = |i: Option<usize>| at(i).parse::<u64>().unwrap_or(0);
+            let requests: u64 = codes.iter().map(|c| num(*c)).sum();
+            let errors = num(codes[4]);
+            let pool = if name.starts_with(&self.canary_prefix) {
+                *in_flight.get_or_insert(0) += num(scur);
+                &mut canary
+            } else if name.starts_with(&self.stable_prefix) {
+                &mut stable
+            } else {
+                continue;
+            };
+            pool.requests += requests;
+            pool.errors += errors;
+        }
+        Ok((stable, canary, in_flight))
+    }
+}
+
+impl TrafficRouter for HaproxyRouter {
+    fn set_pools<'a>(
+        &'a self,
+        stable: &'a [std::net::SocketAddr],
+        canary: &'a [std::net::SocketAddr],
+    ) -> BoxFuture<'a, Result<(), RolloutError>> {
+        Box::pin(async move {
+            let slots = self.slots().await.map_err(RolloutError::Router)?;
+            if stable.len() > slots.stable.len() {
+                return Err(self.missing_slots(
+                    "stable",
+                    &self.stable_prefix,
+                    slots.stable.len(),
+                    stable.len(),
+                ));
+            }
+            if canary.len() > slots.canary.len() {
+                return Err(self.missing_slots(
+                    "canary",
+                    &self.canary_prefix,
+                    slots.canary.len(),
+                    canary.len(),
+                ));
+            }
+            // The weight in force carries over to the new pools.
+            let weight = if canary.is_empty() {
+                0
+            } else if stable.is_empty() {
+                100
+            } else {
+                slots.weight().unwrap_or(0)
+            };
+            let (ws, wc) = server_weights(weight, stable.len(), canary.len());
+            let mut after = slots.clone();
+            // New servers first (address, weight, ready), then the slots no longer used
+            // go to maintenance: the backend never lacks a server in between.
+            for (pool, addrs, w) in [
+                (&mut after.stable, stable, ws),
+                (&mut after.canary, canary, wc),
+            ] {
+                for (slot, addr) in pool.iter_mut().zip(addrs) {
+                    let ip = addr.ip().to_string();
+                    if slot.addr != ip || slot.port != addr.port() {
+                        self.change(&format!(
+                            "set server {}/{} addr {ip} port {}",
+                            self.backend,
+                            slot.name,
+                            addr.port()
+                        ))
+                        .await?;
+                    }
+                    if slot.weight != w {
+                        self.change(&format!("set weight {}/{} {w}", self.backend, slot.name))
+                            .await?;
+                    }
+                    if !slot.in_use() {
+                        self.change(&format!(
+                            "set server {}/{} state ready",
+                            self.backend, slot.name
+                        ))
+                        .await?;
+                    }
+                    slot.admin_state &= !MAINT_MASK;
+                    slot.weight = w;
+                }
+            }
+            for (pool, n) in [(&after.stable, stable.len()), (&after.canary, canary.len())] {
+                for slot in pool.iter().skip(n).filter(|s| s.in_use()) {
+                    self.change(&format!(
+                        "set server {}/{} state maint",
+                        self.backend, slot.name
+                    ))
+                    .await?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn set_weight(&self, weight: u8) -> BoxFuture<'_, Result<(), RolloutError>> {
+        Box::pin(async move {
+            let slots = self.slots().await.map_err(RolloutError::Router)?;
+            self.apply_weights(&slots, weight).await
+        })
+    }
+
+    fn verify_weight(&self) -> BoxFuture<'_, Option<u8>> {
+        Box::pin(async move {
+            let slots = self.slots().await.ok()?;
+            if !slots.canary.iter().any(Slot::in_use) {
+                // No canary pool: everything goes to stable.
+                return slots.stable.iter().any(Slot::in_use).then_some(0);
+            }
+            slots.weight()
+        })
+    }
+
+    fn canary_in_flight(&self) -> BoxFuture<'_, Option<u64>> {
+        Box::pin(async move { self.counts().await.ok().and_then(|(_, _, n)| n) })
+    }
+}
+
+impl MetricSource for HaproxyRouter {
+    fn window(&self) -> BoxFuture<'_, Result<Window, String>> {
+        Box::pin(async move {
+            let (stable, canary, _) = self.counts().await?;
+            let now = Instant::now();
+            let previous = self
+                .last
+                .lock()
+                .map_err(|_| "metric state poisoned".to_owned())?
+                .replace((now, stable, canary));
+            let (since, ps, pc) = previous.unwrap_or((now, Counts::default(), Counts::default()));
+            // Counters restart with HAProxy: a smaller total is a fresh start.
+            let diff = |now: Counts, before: Counts| {
+                if now.requests < before.requests {
+                    now
+                } else {
+                    Counts {
+                        requests: now.requests - before.requests,
+                        errors: now.errors.saturating_sub(before.errors),
+                    }
+                }
+            };
+            let seconds = now.duration_since(since).as_secs_f64();
+            let v = |c: Counts| VersionWindow {
+                requests: c.requests,
+                errors: c.errors,
+                p50_ms: None,
+                p95_ms: None,
+                p99_ms: None,
+                seconds,
+                samples_ms: Vec::new(),
+            };
+            Ok(Window {
+                canary: v(diff(canary, pc)),
+                stable: v(diff(stable, ps)),
+            })
+        })
+    }
+}
+
+/// Slot names by pool, for messages (`stable1 stable2 | canary1`).
+pub fn describe(slots: &Slots) -> String {
+    let names = |v: &[Slot]| -> String {
+        let m: BTreeMap<&str, String> = v
+            .iter()
+            .map(|s| {
+                (
+                    s.name.as_str(),
+                    format!(
+                        "{}{}:{} w{}",
+                        if s.in_use() { "" } else { "(maint) " },
+                        s.addr,
+                        s.port,
+                        s.weight
+                    ),
+                )
+            })
+            .collect();
+        m.iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    format!(
+        "stable: {}; canary: {}",
+        names(&slots.stable),
+        names(&slots.canary)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn absolute_weights_give_the_canary_its_share() {
+        assert_eq!(server_weights(10, 1, 1), (9, 1));
+        assert_eq!(server_weights(50, 2, 1), (1, 2));
+        assert_eq!(server_weights(0, 2, 2), (1, 0));
+        assert_eq!(server_weights(100, 2, 2), (0, 1));
+        assert_eq!(server_weights(33, 1, 0), (1, 0));
+        for (w, ns, nc) in [(1, 3, 4), (99, 4, 3), (37, 2, 3), (5, 4, 4)] {
+            let (s, c) = server_weights(w, ns, nc);
+            assert!(s <= MAX_WEIGHT && c <= MAX_WEIGHT && s > 0 && c > 0);
+            let share = (c * nc as u64) as f64 / ((s * ns as u64 + c * nc as u64) as f64) * 100.0;
+            assert!(
+                (share - f64::from(w)).abs() < 1.0,
+                "{w}% {ns}/{nc}: {share}"
+            );
+        }
+    }
+}
