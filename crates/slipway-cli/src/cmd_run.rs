@@ -518,8 +518,13 @@ async fn process_deploy(
     }
     let runs_dir = db.parent().unwrap_or(Path::new(".")).join("runs");
     let store: Arc<dyn slipway_engine::Store> = store;
+    // Canary analysis asks the plan's metric providers, with the environment's
+    // `secret://env/…` variables resolved here, at deploy time, and nowhere else.
+    let providers =
+        slipway_providers::metrics::ProviderSet::from_plan(plan).with_secrets(secret_vars(plan));
     let mut deploy = DeployTarget::new(plan.clone(), processes, routers, root.join("diagnostics"))
-        .with_run_interventions(runs_dir, Some(store));
+        .with_run_interventions(runs_dir, Some(store))
+        .with_external_metrics(Arc::new(providers));
     // Smoke checks run against each candidate's own address before it gets traffic.
     if let Some(gate) = slipway_providers::smoke_gate::SmokeGate::from_plan(plan) {
         deploy = deploy.with_pre_traffic(Arc::new(gate));
@@ -632,6 +637,20 @@ fn warn_operator(msg: &str) {
     {
         eprintln!("warning: {msg}");
     }
+}
+
+/// The environment's variables that are `secret://env/NAME` references and whose variable
+/// is set in this process, by variable name, resolved (for metric provider URLs).
+fn secret_vars(plan: &Plan) -> std::collections::BTreeMap<String, String> {
+    use slipway_package::SecretRef;
+    plan.env
+        .vars
+        .iter()
+        .filter_map(|(k, v)| match SecretRef::parse(v.as_str()) {
+            Ok(Some(SecretRef::Env(name))) => std::env::var(&name).ok().map(|val| (k.clone(), val)),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Migration steps: paths relative to the spec's directory, `{{ vars.x }}` filled from the

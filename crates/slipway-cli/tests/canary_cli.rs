@@ -68,8 +68,13 @@ impl Env {
 
     /// `slipway ARGS` to completion: (exit code, stdout, stderr).
     pub(crate) fn run(&self, args: &[&str]) -> (i32, String, String) {
+        self.run_with(args, &[])
+    }
+
+    /// [`Self::run`] with more environment variables (e.g. a secret a spec refers to).
+    pub(crate) fn run_with(&self, args: &[&str], extra: &[(&str, &str)]) -> (i32, String, String) {
         let mut c = crate::slipway();
-        c.envs(self.envs()).args(args);
+        c.envs(self.envs()).envs(extra.iter().copied()).args(args);
         c.timeout(Duration::from_secs(60));
         let o = c.output().unwrap();
         (
@@ -117,15 +122,27 @@ analysis_templates:
 
     /// `slipway deploy` of a spec: (exit code, JSON outcome, stderr).
     pub(crate) fn deploy(&self, spec: &Path) -> (i32, serde_json::Value, String) {
-        let (code, stdout, stderr) = self.run(&[
-            "deploy",
-            "--env",
-            "live",
-            "--output",
-            "json",
-            "-f",
-            &spec.display().to_string(),
-        ]);
+        self.deploy_with(spec, &[])
+    }
+
+    /// [`Self::deploy`] with more environment variables.
+    pub(crate) fn deploy_with(
+        &self,
+        spec: &Path,
+        extra: &[(&str, &str)],
+    ) -> (i32, serde_json::Value, String) {
+        let (code, stdout, stderr) = self.run_with(
+            &[
+                "deploy",
+                "--env",
+                "live",
+                "--output",
+                "json",
+                "-f",
+                &spec.display().to_string(),
+            ],
+            extra,
+        );
         let v = serde_json::from_str(&stdout)
             .unwrap_or_else(|e| panic!("{e}: stdout {stdout}\nstderr {stderr}"));
         (code, v, stderr)

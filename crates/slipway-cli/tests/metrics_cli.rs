@@ -12,6 +12,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
+
 use crate::canary_cli::Env;
 
 /// The canary's own error ratio over the last 5 s, from the proxy's per-version counters
@@ -34,6 +36,7 @@ services:
 environments:
   live:
     target: {{ process: {{ stop_grace: 2s }} }}
+    vars: {{ stats_password: \"secret://env/SLIPWAY_TEST_STATS_PASSWORD\" }}
     strategy:
       canary:
         steps:
@@ -289,11 +292,13 @@ fn a_canary_judged_by_prometheus_is_rolled_back_on_its_error_ratio() {
 }
 
 /// An HTTP server answering `GET` with `{"canary":{"error_ratio": X}}`, X taken from
-/// `script` per request (`None` → `null`) and the last entry repeated; paths kept.
+/// `script` per request (`None` → `null`) and the last entry repeated; paths and
+/// `authorization` headers kept.
 struct JsonServer {
     addr: SocketAddr,
     script: Arc<Mutex<Vec<Option<f64>>>>,
     paths: Arc<Mutex<Vec<String>>>,
+    auth: Arc<Mutex<Vec<String>>>,
 }
 
 impl JsonServer {
@@ -302,7 +307,8 @@ impl JsonServer {
         let addr = listener.local_addr().unwrap();
         let script: Arc<Mutex<Vec<Option<f64>>>> = Arc::new(Mutex::new(vec![None]));
         let paths = Arc::new(Mutex::new(Vec::new()));
-        let (s, p) = (script.clone(), paths.clone());
+        let auth = Arc::new(Mutex::new(Vec::new()));
+        let (s, p, a) = (script.clone(), paths.clone(), auth.clone());
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(mut stream) = stream else { return };
@@ -315,6 +321,9 @@ impl JsonServer {
                     let mut h = String::new();
                     if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
                         break;
+                    }
+                    if let Some(v) = h.to_ascii_lowercase().strip_prefix("authorization:") {
+                        a.lock().unwrap().push(v.trim().to_owned());
                     }
                 }
                 p.lock()
@@ -343,6 +352,7 @@ impl JsonServer {
             addr,
             script,
             paths,
+            auth,
         }
     }
 
@@ -358,16 +368,21 @@ fn a_canary_judged_by_an_http_json_endpoint_waits_for_data_then_promotes_or_roll
     let server = JsonServer::start();
     let metric =
         "      - { name: canary-errors, provider: stats, max: 0.1, query: /canary/error_ratio }";
+    // The password is a secret variable: resolved by `slipway deploy` from its own
+    // environment when it measures, never in the plan, the journal or the output.
+    let password = "pw-7f3a-never-logged";
+    let secret = [("SLIPWAY_TEST_STATS_PASSWORD", password)];
     let provider = format!(
-        "  stats: {{ http: {{ url: \"http://{}/stats/{{{{ service }}}}/{{{{ version }}}}\", timeout: 2s }} }}",
+        "  stats: {{ http: {{ url: \"http://ops:{{{{ vars.stats_password }}}}@{}/stats/{{{{ service }}}}/{{{{ version }}}}\", timeout: 2s }} }}",
         server.addr
     );
 
     // No data twice (null), then a healthy value: inconclusive, inconclusive, promoted.
     server.answer(vec![None, None, Some(0.01)]);
-    let (code, v, err) = env.deploy(&spec(&env, "2.0.0", "", metric, &provider));
+    let (code, v, err) = env.deploy_with(&spec(&env, "2.0.0", "", metric, &provider), &secret);
     assert_eq!(code, 0, "{v}\n{err}");
-    let results = measured(&env.journal(v["run"].as_str().unwrap()));
+    let run2 = v["run"].as_str().unwrap().to_owned();
+    let results = measured(&env.journal(&run2));
     let phases: Vec<&str> = results.iter().filter_map(|r| r["phase"].as_str()).collect();
     assert!(
         phases.iter().filter(|p| **p == "inconclusive").count() >= 2
@@ -399,8 +414,9 @@ fn a_canary_judged_by_an_http_json_endpoint_waits_for_data_then_promotes_or_roll
 
     // A bad value: rolled back, the reason naming metric, value, threshold and provider.
     server.answer(vec![Some(0.4)]);
-    let (code, v, err) = env.deploy(&spec(&env, "3.0.0", "", metric, &provider));
+    let (code, v, err) = env.deploy_with(&spec(&env, "3.0.0", "", metric, &provider), &secret);
     assert_eq!(code, 4, "{v}\n{err}");
+    let run3 = v["run"].as_str().unwrap().to_owned();
     let reason = v["reason"].as_str().unwrap_or_default();
     assert!(
         reason.contains("canary-errors = 0.4000 above max 0.1000 (http `stats`)"),
@@ -417,5 +433,53 @@ fn a_canary_judged_by_an_http_json_endpoint_waits_for_data_then_promotes_or_roll
             .unwrap()
             .contains(&"/stats/api/3.0.0".to_owned())
     );
+    // Every request carried the secret as basic auth; nothing Slipway wrote carries it.
+    let basic = format!(
+        "basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("ops:{password}"))
+    )
+    .to_ascii_lowercase();
+    let auth = server.auth.lock().unwrap().clone();
+    assert!(
+        !auth.is_empty() && auth.iter().all(|a| a.to_ascii_lowercase() == basic),
+        "{auth:?}"
+    );
+    for run in [&run2, &run3] {
+        for args in [
+            vec!["logs", run.as_str(), "--output", "json"],
+            vec!["logs", run.as_str()],
+            vec!["status", run.as_str(), "--output", "json"],
+            vec!["plan", "--env", "live", "-f"],
+        ] {
+            let mut args = args;
+            let spec_path = env.path().join("release-3.0.0.yaml").display().to_string();
+            if args[0] == "plan" {
+                args.push(&spec_path);
+            }
+            let (_, out, errs) = env.run(&args);
+            assert!(
+                !out.contains(password) && !errs.contains(password),
+                "{args:?} shows the secret:\n{out}\n{errs}"
+            );
+        }
+    }
+    // Nor any file of the test's world: store (and its WAL), run files, process state.
+    let mut dirs = vec![env.path().to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if let Ok(bytes) = std::fs::read(&p) {
+                assert!(
+                    !bytes
+                        .windows(password.len())
+                        .any(|w| w == password.as_bytes()),
+                    "{} holds the secret",
+                    p.display()
+                );
+            }
+        }
+    }
     let _ = env.rt.block_on(users.stop());
 }

@@ -12,6 +12,7 @@
 //! | `{{ stable_version }}` | the version serving beside it |
 //! | `{{ environment }}`  | the environment's name |
 //! | `{{ interval }}`     | the template's measurement interval as a PromQL duration (`1s`, `250ms`) |
+//! | `{{ vars.NAME }}`    | the environment's variable `NAME` (a `secret://env/…` one is resolved by `slipway deploy` at measure time, never written into the plan) |
 //!
 //! An unknown placeholder is a plan-time error ([`check`] from validation), so a typo
 //! never reaches a canary; rendering is strict as well.
@@ -42,17 +43,20 @@ pub struct QueryVars {
     pub environment: String,
     /// Measurement interval in ms.
     pub interval_ms: u64,
+    /// The environment's variables (secret ones resolved, or absent when unresolved).
+    pub vars: BTreeMap<String, String>,
 }
 
 impl QueryVars {
-    fn map(&self) -> BTreeMap<&'static str, String> {
-        BTreeMap::from([
-            ("service", self.service.clone()),
-            ("version", self.version.clone()),
-            ("stable_version", self.stable_version.clone()),
-            ("environment", self.environment.clone()),
-            ("interval", promql_duration(self.interval_ms)),
-        ])
+    fn context(&self) -> serde_json::Value {
+        serde_json::json!({
+            "service": self.service,
+            "version": self.version,
+            "stable_version": self.stable_version,
+            "environment": self.environment,
+            "interval": promql_duration(self.interval_ms),
+            "vars": self.vars,
+        })
     }
 }
 
@@ -82,17 +86,25 @@ pub enum QueryProblem {
     Unknown(Vec<String>),
 }
 
-/// Check a template without rendering it: syntax, then every placeholder it reads.
-pub fn check(text: &str) -> Result<(), QueryProblem> {
+/// Check a template without rendering it: syntax, then every placeholder it reads
+/// (`vars.NAME` must name one of `known_vars`).
+pub fn check(text: &str, known_vars: &[&str]) -> Result<(), QueryProblem> {
     let env = jinja();
     let tmpl = env
         .template_from_str(text)
         .map_err(|e| QueryProblem::Syntax(syntax_message(&e)))?;
     let globals: Vec<String> = env.globals().map(|(n, _)| n.to_owned()).collect();
     let mut unknown: Vec<String> = tmpl
-        .undeclared_variables(false)
+        .undeclared_variables(true)
         .into_iter()
-        .filter(|v| !PLACEHOLDERS.contains(&v.as_str()) && !globals.contains(v))
+        .filter(|v| {
+            let (root, rest) = v.split_once('.').unwrap_or((v, ""));
+            let known = match root {
+                "vars" => known_vars.contains(&rest.split('.').next().unwrap_or_default()),
+                _ => PLACEHOLDERS.contains(&root) || globals.iter().any(|g| g == root),
+            };
+            !known
+        })
         .collect();
     unknown.sort();
     if unknown.is_empty() {
@@ -109,8 +121,10 @@ pub fn render(text: &str, vars: &QueryVars) -> Result<String, String> {
     let tmpl = env
         .template_from_str(text)
         .map_err(|e| format!("invalid placeholder syntax: {}", syntax_message(&e)))?;
-    tmpl.render(vars.map())
-        .map_err(|e| format!("cannot fill the placeholders: {}", syntax_message(&e)))
+    tmpl.render(minijinja::Value::from(minijinja::value::Serde(
+        vars.context(),
+    )))
+    .map_err(|e| format!("cannot fill the placeholders: {}", syntax_message(&e)))
 }
 
 fn syntax_message(e: &minijinja::Error) -> String {
@@ -131,16 +145,17 @@ mod tests {
             stable_version: "1.0.0".into(),
             environment: "prod".into(),
             interval_ms: 250,
+            vars: BTreeMap::from([("region".to_owned(), "eu".to_owned())]),
         }
     }
 
     #[test]
     fn promql_label_braces_and_placeholders_render_together() {
-        let q = r#"sum(rate(http_requests_total{service="{{ service }}",version="{{version}}",code=~"5.."}[{{ interval }}])) / sum(rate(http_requests_total{service="{{ service }}",version!="{{ stable_version }}"}[1m]))"#;
-        assert_eq!(check(q), Ok(()));
+        let q = r#"sum(rate(http_requests_total{service="{{ service }}",version="{{version}}",code=~"5..",region="{{ vars.region }}"}[{{ interval }}])) / sum(rate(http_requests_total{service="{{ service }}",version!="{{ stable_version }}"}[1m]))"#;
+        assert_eq!(check(q, &["region"]), Ok(()));
         assert_eq!(
             render(q, &vars()).unwrap(),
-            r#"sum(rate(http_requests_total{service="api",version="2.0.0",code=~"5.."}[250ms])) / sum(rate(http_requests_total{service="api",version!="1.0.0"}[1m]))"#
+            r#"sum(rate(http_requests_total{service="api",version="2.0.0",code=~"5..",region="eu"}[250ms])) / sum(rate(http_requests_total{service="api",version!="1.0.0"}[1m]))"#
         );
         assert_eq!(promql_duration(2000), "2s");
     }
@@ -148,10 +163,22 @@ mod tests {
     #[test]
     fn unknown_placeholders_are_named_all_at_once() {
         assert_eq!(
-            check("x{a=\"{{ servce }}\",b=\"{{ args.version }}\"}"),
-            Err(QueryProblem::Unknown(vec!["args".into(), "servce".into()]))
+            check(
+                "x{a=\"{{ servce }}\",b=\"{{ args.version }}\",c=\"{{ vars.regio }}\"}",
+                &["region"]
+            ),
+            Err(QueryProblem::Unknown(vec![
+                "args.version".into(),
+                "servce".into(),
+                "vars.regio".into()
+            ]))
         );
-        assert!(matches!(check("x{{ service"), Err(QueryProblem::Syntax(_))));
+        assert!(matches!(
+            check("x{{ service", &[]),
+            Err(QueryProblem::Syntax(_))
+        ));
         assert!(render("{{ nope }}", &vars()).is_err());
+        // A variable not resolved (an unset secret) is an error, never an empty string.
+        assert!(render("{{ vars.password }}", &vars()).is_err());
     }
 }

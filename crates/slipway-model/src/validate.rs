@@ -576,7 +576,8 @@ fn semantic(cx: &mut Cx<'_>, spec: &ReleaseSpec) {
             if let Some(u) = u {
                 let url_ptr = pointer(["providers", name, field, "url"]);
                 url_at(cx, &url_ptr, &u.url);
-                placeholders(cx, &url_ptr, &u.url);
+                placeholders(cx, spec, &url_ptr, &u.url);
+                literal_password(cx, &url_ptr, &u.url);
                 cx.duration(
                     &pointer(["providers", name, field, "timeout"]),
                     u.timeout.as_ref(),
@@ -1650,14 +1651,14 @@ fn template(cx: &mut Cx<'_>, spec: &ReleaseSpec, name: &str, t: &AnalysisTemplat
         let ptr = format!("{base}/metrics/{i}");
         metric(cx, &ptr, m, &providers);
         if let (Some(q), Some(p)) = (&m.query, spec.providers.get(&m.provider)) {
-            external_query(cx, &format!("{ptr}/query"), q, p.http.is_some());
+            external_query(cx, spec, &format!("{ptr}/query"), q, p.http.is_some());
         }
     }
 }
 
 /// A query for an external provider: placeholders known, and for `http` a JSON pointer.
-fn external_query(cx: &mut Cx<'_>, ptr: &str, query: &str, http: bool) {
-    placeholders(cx, ptr, query);
+fn external_query(cx: &mut Cx<'_>, spec: &ReleaseSpec, ptr: &str, query: &str, http: bool) {
+    placeholders(cx, spec, ptr, query);
     if http && !(query.is_empty() || query.starts_with('/')) {
         // `canary.queue` / `$.canary.queue` (JSONPath habits) → `/canary/queue`.
         let fixed = format!(
@@ -1675,15 +1676,52 @@ fn external_query(cx: &mut Cx<'_>, ptr: &str, query: &str, http: bool) {
     }
 }
 
+/// A password written into a provider URL would be in every plan, run and audit export
+/// made from the spec: it must come from a secret variable, filled at measure time.
+fn literal_password(cx: &mut Cx<'_>, ptr: &str, url: &str) {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or(rest);
+    let Some((userinfo, _)) = authority.rsplit_once('@') else {
+        return;
+    };
+    let Some((user, password)) = userinfo.split_once(':') else {
+        return;
+    };
+    if !password.is_empty() && !password.contains("{{") {
+        cx.err_value(
+            "secret-in-url",
+            ptr,
+            "this URL carries a password: it would be stored in every plan, run and audit export made from this spec",
+            format!(
+                "write `{user}:{{{{ vars.NAME }}}}@…` and declare `NAME: secret://env/VARIABLE` under the environment's `vars:`; `slipway deploy` fills it from its own environment when it measures"
+            ),
+        );
+    }
+}
+
 /// Placeholders of a metric query or provider URL: each must be one Slipway fills.
-fn placeholders(cx: &mut Cx<'_>, ptr: &str, text: &str) {
+fn placeholders(cx: &mut Cx<'_>, spec: &ReleaseSpec, ptr: &str, text: &str) {
     use crate::metric_query::{PLACEHOLDERS, QueryProblem, check};
-    let known = PLACEHOLDERS
+    // `vars.NAME` is known when some environment declares NAME.
+    let vars: std::collections::BTreeSet<&str> = spec
+        .environments
+        .values()
+        .flat_map(|e| e.vars.keys().map(String::as_str))
+        .collect();
+    let vars: Vec<&str> = vars.into_iter().collect();
+    // Every name a placeholder may use: the canary's facts, then `vars.NAME` declared.
+    let names: Vec<String> = PLACEHOLDERS
+        .iter()
+        .map(|p| (*p).to_owned())
+        .chain(vars.iter().map(|v| format!("vars.{v}")))
+        .collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let known = names
         .iter()
         .map(|p| format!("{{{{ {p} }}}}"))
         .collect::<Vec<_>>()
         .join(", ");
-    match check(text) {
+    match check(text, &vars) {
         Ok(()) => {}
         Err(QueryProblem::Syntax(e)) => cx.err_value(
             "invalid-placeholder",
@@ -1691,12 +1729,12 @@ fn placeholders(cx: &mut Cx<'_>, ptr: &str, text: &str) {
             format!("the placeholders cannot be read: {e}"),
             format!("write placeholders as `{{{{ name }}}}`; known: {known}"),
         ),
-        Err(QueryProblem::Unknown(names)) => {
+        Err(QueryProblem::Unknown(unknown)) => {
             // Suggest for the first name that is a near miss of a known one.
-            let first = names
+            let first = unknown
                 .iter()
-                .find(|n| suggest(n, PLACEHOLDERS, "placeholder").starts_with("did you mean"))
-                .or(names.first())
+                .find(|n| suggest(n, &names, "placeholder").starts_with("did you mean"))
+                .or(unknown.first())
                 .map(String::as_str)
                 .unwrap_or_default();
             cx.err_value(
@@ -1704,16 +1742,16 @@ fn placeholders(cx: &mut Cx<'_>, ptr: &str, text: &str) {
                 ptr,
                 format!(
                     "unknown placeholder{} {}",
-                    if names.len() == 1 { "" } else { "s" },
-                    names
+                    if unknown.len() == 1 { "" } else { "s" },
+                    unknown
                         .iter()
                         .map(|n| format!("`{{{{ {n} }}}}`"))
                         .collect::<Vec<_>>()
                         .join(", ")
                 ),
                 format!(
-                    "{} (written `{{{{ name }}}}`)",
-                    suggest(first, PLACEHOLDERS, "placeholder")
+                    "{} (written `{{{{ name }}}}`; `vars.NAME` must be declared under an environment's `vars:`)",
+                    suggest(first, &names, "placeholder")
                 ),
             );
         }

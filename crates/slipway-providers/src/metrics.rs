@@ -11,9 +11,11 @@
 //!
 //! Each request is bounded by its provider's `timeout` (default [`DEFAULT_TIMEOUT`]) and
 //! its connection by [`CONNECT_TIMEOUT`]. A provider URL may carry credentials
-//! (`https://user:pass@host`): they are sent as HTTP basic auth, and every text leaving
-//! this module (query shown in the journal, errors) names the URL without them and passes
-//! through a [`Redactor`] of their values.
+//! (`https://user:{{ vars.prom_password }}@host`, the password a `secret://env/…`
+//! variable resolved by the caller, [`ProviderSet::with_secrets`]): they are sent as HTTP
+//! basic auth, and every text leaving this module (query shown in the journal, errors)
+//! names the URL without them and passes through [`Redactor`]s of their values and of
+//! every resolved secret.
 //!
 //! `https://` providers are verified (chain and host name, rustls with ring as elsewhere)
 //! against the system's roots — `SSL_CERT_FILE`/`SSL_CERT_DIR` replace them, e.g. with a
@@ -73,13 +75,55 @@ pub struct ProviderSet {
     clients: BTreeMap<String, Client>,
     /// Roots `https://` providers are verified with (`None`: the system's).
     roots: Option<Arc<Vec<CertificateDer<'static>>>>,
+    /// The environment's variables for `{{ vars.NAME }}`, secret ones once resolved.
+    vars: BTreeMap<String, String>,
+    /// Variables that are secret references not resolved here, with the reference.
+    unresolved: BTreeMap<String, String>,
+    /// Masks resolved secret values in everything this returns.
+    secrets: Redactor,
 }
 
 impl ProviderSet {
     /// The providers a plan declares (validation has checked their URLs and timeouts; an
     /// unreadable timeout falls back to [`DEFAULT_TIMEOUT`]).
     pub fn from_plan(plan: &Plan) -> Self {
-        Self::new(&plan.providers)
+        let mut set = Self::new(&plan.providers);
+        for (k, v) in &plan.env.vars {
+            if v.as_str().starts_with("secret://") {
+                set.unresolved.insert(k.clone(), v.as_str().to_owned());
+            } else {
+                set.vars.insert(k.clone(), v.as_str().to_owned());
+            }
+        }
+        set
+    }
+
+    /// The values of the environment's secret variables (`NAME` → value), resolved by the
+    /// caller at deploy time: they fill `{{ vars.NAME }}` and are masked in every text
+    /// this returns.
+    pub fn with_secrets(mut self, secrets: BTreeMap<String, String>) -> Self {
+        self.secrets = Redactor::from_values(secrets.values().cloned());
+        for (k, v) in secrets {
+            self.unresolved.remove(&k);
+            self.vars.insert(k, v);
+        }
+        self
+    }
+
+    /// Fill the placeholders of `text`; an unresolved secret variable is named.
+    fn render(&self, text: &str, vars: &QueryVars) -> Result<String, String> {
+        render(text, vars).map_err(|e| {
+            match self
+                .unresolved
+                .iter()
+                .find(|(k, _)| text.contains(&format!("vars.{k}")))
+            {
+                Some((k, r)) => format!(
+                    "`{{{{ vars.{k} }}}}` is the secret `{r}`, not resolved by this process (is the variable set where `slipway deploy` runs?)"
+                ),
+                None => e,
+            }
+        })
     }
 
     /// These providers, by name.
@@ -111,7 +155,7 @@ impl ProviderSet {
             .collect();
         Self {
             clients,
-            roots: None,
+            ..Self::default()
         }
     }
 
@@ -140,7 +184,11 @@ impl ProviderSet {
             };
         };
         let source = client.source();
-        let query = match render(&query_text, vars) {
+        let vars = &QueryVars {
+            vars: self.vars.clone(),
+            ..vars.clone()
+        };
+        let query = match self.render(&query_text, vars) {
             Ok(q) => q,
             Err(e) => {
                 return Asked {
@@ -150,13 +198,13 @@ impl ProviderSet {
                 };
             }
         };
-        let url = match client.kind {
-            Kind::Prometheus => Ok(client.url.clone()),
-            Kind::Http => render(&client.url, vars),
-        };
+        let url = self.render(&client.url, vars);
         let target = url.and_then(|u| Target::parse(&u));
         let (shown, reading) = match target {
-            Err(e) => (query.clone(), Reading::Error(e)),
+            Err(e) => (
+                self.secrets.redact(&query),
+                Reading::Error(self.secrets.redact(&e)),
+            ),
             Ok(mut t) => {
                 let redactor = t.redactor();
                 let (shown, reading) = match client.kind {
@@ -186,12 +234,13 @@ impl ProviderSet {
                         (format!("GET {} → {query}", t.url), reading)
                     }
                 };
+                let mask = |t: &str| self.secrets.redact(&redactor.redact(t));
                 let reading = match reading {
-                    Reading::Error(e) => Reading::Error(redactor.redact(&e)),
-                    Reading::NoData(e) => Reading::NoData(redactor.redact(&e)),
+                    Reading::Error(e) => Reading::Error(mask(&e)),
+                    Reading::NoData(e) => Reading::NoData(mask(&e)),
                     v => v,
                 };
-                (redactor.redact(&shown), reading)
+                (mask(&shown), reading)
             }
         };
         Asked {

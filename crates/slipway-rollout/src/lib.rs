@@ -479,6 +479,8 @@ pub async fn run_canary_checked(
             .unwrap_or_default(),
         environment: c.environment.to_owned(),
         interval_ms: analysis::DEFAULT_INTERVAL_MS,
+        // The environment's variables are the provider set's (it holds resolved secrets).
+        vars: BTreeMap::new(),
     };
     let mut measurements: Vec<Measurement> = Vec::new();
     let mut weight: u8 = 0;

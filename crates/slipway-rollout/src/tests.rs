@@ -409,6 +409,7 @@ async fn an_external_metric_over_its_threshold_rolls_back_naming_provider_value_
             stable_version: "1.0.0".into(),
             environment: "prod".into(),
             interval_ms: 10,
+            vars: BTreeMap::new(),
         }
     );
 }

@@ -213,6 +213,7 @@ fn vars() -> QueryVars {
         stable_version: "1.0.0".into(),
         environment: "prod".into(),
         interval_ms: 1000,
+        vars: BTreeMap::new(),
     }
 }
 
@@ -424,4 +425,50 @@ async fn an_https_provider_with_an_untrusted_certificate_is_an_error_and_never_a
     assert!(e.contains("TLS") && e.contains("certificate"), "{e}");
     assert!(!e.contains("topsecret"), "{e}");
     assert!(seen.lock().unwrap().is_empty(), "the request was sent");
+}
+
+#[tokio::test]
+async fn a_secret_variable_fills_the_url_at_measure_time_and_is_masked_in_what_returns() {
+    // The provider echoes what it was sent, as a misconfigured proxy might.
+    let (addr, seen) = serve(Some(http(
+        "502 Bad Gateway",
+        "upstream refused ops:s3cr3t-value",
+    )))
+    .await;
+    let set =
+        prom(format!("http://ops:{{{{ vars.pw }}}}@{addr}"), "2s").with_secrets(BTreeMap::from([
+            ("pw".to_owned(), "s3cr3t-value".to_owned()),
+        ]));
+    let a = set
+        .read_one(&metric("prom", r#"up{pw="{{ vars.pw }}"}"#), &vars())
+        .await;
+    let Reading::Error(e) = &a.reading else {
+        panic!("{a:?}")
+    };
+    assert!(e.contains("HTTP 502"), "{e}");
+    assert!(
+        !e.contains("s3cr3t-value") && !a.query.contains("s3cr3t-value"),
+        "{a:?}"
+    );
+    let head = seen.lock().unwrap()[0].clone();
+    let token = base64::engine::general_purpose::STANDARD.encode("ops:s3cr3t-value");
+    assert!(
+        head.contains(&format!("authorization: Basic {token}")),
+        "{head}"
+    );
+}
+
+#[tokio::test]
+async fn an_unresolved_secret_variable_is_an_error_naming_the_secret() {
+    let mut set = prom("http://ops:{{ vars.pw }}@127.0.0.1:9".into(), "1s");
+    set.unresolved
+        .insert("pw".into(), "secret://env/PROM_PASSWORD".into());
+    let a = set.read_one(&metric("prom", "up"), &vars()).await;
+    let Reading::Error(e) = &a.reading else {
+        panic!("{a:?}")
+    };
+    assert!(
+        e.contains("`{{ vars.pw }}` is the secret `secret://env/PROM_PASSWORD`, not resolved"),
+        "{e}"
+    );
 }
