@@ -32,7 +32,7 @@ use slipway_model::exit;
 use slipway_package as pkg;
 use slipway_store::archive::{ArchiveDb, PolicyRow};
 
-use crate::cmd_run::{StoreArg, identity, open_store, runtime, store_error};
+use crate::cmd_run::{StoreArg, identity, open_store, runtime, sqlite_only, store_error};
 use crate::out::{CliError, Output};
 
 /// `slipway archive`.
@@ -200,8 +200,14 @@ pub fn archive(a: ArchiveArgs, out: &Output) -> Result<i32, CliError> {
         .map_err(|e| CliError::input(format!("failed to {e}"), "e.g. --before 2026-01-01"))?;
     let rt = runtime()?;
     rt.block_on(async {
-        let (store, db_path) = open_store(&a.store).await?;
-        crate::cmd_access::enforce(&db_path, Role::Admin, "archive records", "*").await?;
+        let (store, _) = open_store(&a.store).await?;
+        let db_path = sqlite_only(
+            &store,
+            "slipway archive",
+            "archive checkpoints, run summaries and the retention policy",
+        )?
+        .to_path_buf();
+        crate::cmd_access::enforce(&store, Role::Admin, "archive records", "*").await?;
         let db = ArchiveDb::open(&db_path).await.map_err(store_error)?;
         // A chain that does not verify is evidence of tampering: moving it into a signed
         // bundle would launder it.
@@ -347,8 +353,9 @@ pub fn retention(c: RetentionCommand, out: &Output) -> Result<i32, CliError> {
     rt.block_on(async {
         match c {
             RetentionCommand::Show(a) => {
-                let (_store, db_path) = open_store(&a.store).await?;
-                let db = ArchiveDb::open(&db_path).await.map_err(store_error)?;
+                let (store, _) = open_store(&a.store).await?;
+                let db_path = sqlite_only(&store, "slipway retention show", "the retention policy")?;
+                let db = ArchiveDb::open(db_path).await.map_err(store_error)?;
                 let policy = policy_of(&db).await?;
                 if out.json() {
                     out.json_value(&policy);
@@ -377,9 +384,10 @@ pub fn retention(c: RetentionCommand, out: &Output) -> Result<i32, CliError> {
                         "records must be kept at least as long as they stay live",
                     ));
                 }
-                let (store, db_path) = open_store(&a.store).await?;
-                crate::cmd_access::enforce(&db_path, Role::Admin, "set retention", "*").await?;
-                let db = ArchiveDb::open(&db_path).await.map_err(store_error)?;
+                let (store, _) = open_store(&a.store).await?;
+                let db_path = sqlite_only(&store, "slipway retention set", "the retention policy")?;
+                crate::cmd_access::enforce(&store, Role::Admin, "set retention", "*").await?;
+                let db = ArchiveDb::open(db_path).await.map_err(store_error)?;
                 let me = identity();
                 db.set_policy(&PolicyRow {
                     kind: a.kind.clone(),

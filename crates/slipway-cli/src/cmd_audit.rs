@@ -119,11 +119,16 @@ fn verify(a: VerifyArgs, out: &Output) -> Result<i32, CliError> {
     }
     let rt = runtime()?;
     rt.block_on(async {
-        let (store, db_path) = open_store(&a.store).await?;
+        let (store, _) = open_store(&a.store).await?;
         if !a.archive.is_empty() {
+            let db_path = crate::cmd_run::sqlite_only(
+                &store,
+                "slipway audit verify --archive",
+                "archive checkpoints",
+            )?;
             return crate::cmd_archive::verify_with_archives(
                 store.as_ref(),
-                &db_path,
+                db_path,
                 &a.archive,
                 &a.pubkey,
                 out,

@@ -118,9 +118,11 @@ pub fn check(a: CheckArgs, out: &Output) -> Result<i32, CliError> {
                     None,
                 )
             })?;
-            let slipway_store::StoreLocation::Sqlite(db) =
-                slipway_store::resolve(a.store.store.as_deref(), &cwd)
-                    .map_err(crate::cmd_run::store_error)?;
+            let db = crate::cmd_run::local_anchor(
+                &slipway_store::resolve(a.store.store.as_deref(), &cwd)
+                    .map_err(crate::cmd_run::store_error)?,
+                &cwd,
+            );
             Some(
                 db.parent()
                     .unwrap_or(std::path::Path::new("."))

@@ -15,8 +15,9 @@ use slipway_model::plan::{GateKind, Plan};
 use slipway_model::spec::ChecklistItem;
 use slipway_store::checklist::{Ack, ChecklistDb};
 
-use crate::cmd_run::{StoreArg, identity, open_store, runtime, store_error};
+use crate::cmd_run::{StoreArg, identity, open_store, runtime, sqlite_only, store_error};
 use crate::out::{CliError, Output};
+use slipway_store::AnyStore;
 
 /// `slipway checklist …`.
 #[derive(Debug, clap::Subcommand)]
@@ -142,11 +143,14 @@ fn states(plan: &Plan, acks: &[Ack]) -> Vec<ItemState> {
         .collect()
 }
 
-/// Refuse a deploy while a checklist item of the plan is open (exit 3).
-pub(crate) async fn require(db_path: &Path, plan: &Plan) -> Result<(), CliError> {
+/// Refuse a deploy while a checklist item of the plan is open (exit 3). Acknowledgements
+/// are kept only in an SQLite store so far: on PostgreSQL a plan with a checklist is
+/// refused (it could never be acknowledged there), one without deploys.
+pub(crate) async fn require(store: &AnyStore, plan: &Plan) -> Result<(), CliError> {
     if items(plan).is_empty() {
         return Ok(());
     }
+    let db_path = sqlite_only(store, "slipway deploy", "checklist acknowledgements")?;
     let db = ChecklistDb::open(db_path).await.map_err(store_error)?;
     let acks = db
         .acks(&plan.release.name, &plan.release.version, &plan.environment)
@@ -244,8 +248,13 @@ pub fn checklist(c: ChecklistCommand, out: &Output) -> Result<i32, CliError> {
                 None,
             )),
             (ChecklistCommand::Show(a), Some(plan)) => {
-                let (_, db_path) = open_store(&a.store).await?;
-                let db = ChecklistDb::open(&db_path).await.map_err(store_error)?;
+                let (store, _) = open_store(&a.store).await?;
+                let db_path = sqlite_only(
+                    &store,
+                    "slipway checklist show",
+                    "checklist acknowledgements",
+                )?;
+                let db = ChecklistDb::open(db_path).await.map_err(store_error)?;
                 let acks = db
                     .acks(&plan.release.name, &plan.release.version, &plan.environment)
                     .await
@@ -280,9 +289,15 @@ pub fn checklist(c: ChecklistCommand, out: &Output) -> Result<i32, CliError> {
                         "list the items with `slipway checklist show -f SPEC --env ENV`",
                     ));
                 }
-                let (store, db_path) = open_store(&a.store).await?;
+                let (store, _) = open_store(&a.store).await?;
+                let db_path = sqlite_only(
+                    &store,
+                    "slipway checklist ack",
+                    "checklist acknowledgements",
+                )?
+                .to_path_buf();
                 crate::cmd_access::enforce(
-                    &db_path,
+                    &store,
                     Role::Approver,
                     "acknowledge checklist items",
                     &plan.environment,

@@ -425,9 +425,10 @@ fn rollback_staging(p: &Plan, spec_dir: &Path) -> Vec<plan::Finding> {
     let Ok(loc) = slipway_store::resolve(url.as_deref(), &cwd) else {
         return Vec::new();
     };
-    let slipway_store::StoreLocation::Sqlite(db) = &loc;
-    // Planning must never create a store as a side effect.
-    if !db.exists() {
+    let db = &crate::cmd_run::local_anchor(&loc, &cwd);
+    // Planning must never create a store as a side effect (a PostgreSQL database named by
+    // the URL is the store already; opening it creates the schema at most).
+    if matches!(loc, slipway_store::StoreLocation::Sqlite(_)) && !db.exists() {
         return Vec::new();
     }
     let Ok(rt) = tokio::runtime::Builder::new_current_thread()

@@ -123,9 +123,9 @@ const RUNS_LOOKED_AT: u32 = 1000;
 /// unfinished run, and the newest run of each environment.
 async fn store_runs(arg: &StoreArg) -> Result<(PathBuf, Vec<RunRecord>), CliError> {
     let cwd = std::env::current_dir().unwrap_or_default();
-    let slipway_store::StoreLocation::Sqlite(db) =
-        slipway_store::resolve(arg.store.as_deref(), &cwd).map_err(store_error)?;
-    if !db.exists() {
+    let loc = slipway_store::resolve(arg.store.as_deref(), &cwd).map_err(store_error)?;
+    let db = crate::cmd_run::local_anchor(&loc, &cwd);
+    if matches!(loc, slipway_store::StoreLocation::Sqlite(_)) && !db.exists() {
         return Ok((db, Vec::new()));
     }
     let (store, db) = crate::cmd_run::open_store(arg).await?;
@@ -309,9 +309,11 @@ fn stop(a: StopArgs, out: &Output) -> Result<i32, CliError> {
     let rt = runtime()?;
     rt.block_on(async {
         let (db, runs) = store_runs(&a.store).await?;
+        // Only an existing SQLite store can hold grants (PostgreSQL holds none).
         if db.exists() {
+            let (store, _) = crate::cmd_run::open_store(&a.store).await?;
             crate::cmd_access::enforce(
-                &db,
+                &store,
                 slipway_govern::access::Role::Deployer,
                 "stop a proxy",
                 &a.env,

@@ -83,7 +83,7 @@ fn rehearsal_dir(store: Option<&str>) -> Result<PathBuf, CliError> {
         )
     })?;
     let loc = slipway_store::resolve(store, &cwd).map_err(crate::cmd_run::store_error)?;
-    let slipway_store::StoreLocation::Sqlite(db) = loc;
+    let db = crate::cmd_run::local_anchor(&loc, &cwd);
     Ok(db
         .parent()
         .map_or_else(|| cwd.clone(), Path::to_path_buf)

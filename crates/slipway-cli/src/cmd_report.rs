@@ -179,15 +179,13 @@ pub(crate) fn write_file(path: &std::path::Path, text: &str) -> Result<(), CliEr
 /// ones; plus the archives whose runs left no summary (archived by an older slipway).
 pub(crate) async fn history_with_archive(
     store: &dyn Store,
-    db_path: &Path,
+    db_path: Option<&Path>,
     since: Option<jiff::Timestamp>,
 ) -> Result<(Vec<RunHistory>, Vec<Unsummarized>), CliError> {
     let live = history::load_runs(store, since)
         .await
         .map_err(govern_error)?;
-    let db = ArchiveDb::open(db_path).await.map_err(store_error)?;
-    let summaries = db.summaries().await.map_err(store_error)?;
-    let checkpoints = db.checkpoints().await.map_err(store_error)?;
+    let (summaries, checkpoints) = archived(db_path).await?;
     Ok(history::with_archived(
         live,
         &summaries,
@@ -196,14 +194,37 @@ pub(crate) async fn history_with_archive(
     ))
 }
 
+/// The run summaries and archive checkpoints of an SQLite store (`db_path`); none for a
+/// PostgreSQL store (`None`), which cannot be archived, so reports there count its live
+/// runs — all of them.
+async fn archived(
+    db_path: Option<&Path>,
+) -> Result<
+    (
+        Vec<slipway_store::archive::RunSummary>,
+        Vec<slipway_store::archive::Checkpoint>,
+    ),
+    CliError,
+> {
+    let Some(db_path) = db_path else {
+        return Ok((Vec::new(), Vec::new()));
+    };
+    let db = ArchiveDb::open(db_path).await.map_err(store_error)?;
+    let summaries = db.summaries().await.map_err(store_error)?;
+    let checkpoints = db.checkpoints().await.map_err(store_error)?;
+    Ok((summaries, checkpoints))
+}
+
 /// One run for a per-run report; an archived run is refused naming the bundle that holds
 /// its journal.
-async fn load_run(store: &dyn Store, db_path: &Path, id: &str) -> Result<RunHistory, CliError> {
+async fn load_run(
+    store: &dyn Store,
+    db_path: Option<&Path>,
+    id: &str,
+) -> Result<RunHistory, CliError> {
     match RunHistory::load(store, id).await {
         Err(GovernError::NoSuchRun(_)) => {
-            let db = ArchiveDb::open(db_path).await.map_err(store_error)?;
-            let summaries = db.summaries().await.map_err(store_error)?;
-            let checkpoints = db.checkpoints().await.map_err(store_error)?;
+            let (summaries, checkpoints) = archived(db_path).await?;
             let bundle = summaries
                 .iter()
                 .find(|s| s.run_id == id)
@@ -241,9 +262,9 @@ fn dora_cmd(a: DoraArgs, out: &Output) -> Result<i32, CliError> {
         .map_err(govern_error)?;
     let rt = runtime()?;
     let report = rt.block_on(async {
-        let (store, db_path) = open_store(&a.store).await?;
+        let (store, _) = open_store(&a.store).await?;
         let (runs, unsummarized) =
-            history_with_archive(store.as_ref(), &db_path, Some(since)).await?;
+            history_with_archive(store.as_ref(), store.sqlite_path(), Some(since)).await?;
         let query = DoraQuery {
             since: Some(since),
             until,
@@ -276,11 +297,9 @@ fn dora_cmd(a: DoraArgs, out: &Output) -> Result<i32, CliError> {
 fn handover_cmd(a: RunReportArgs, out: &Output) -> Result<i32, CliError> {
     let rt = runtime()?;
     let (run, prev) = rt.block_on(async {
-        let (store, db_path) = open_store(&a.store).await?;
-        let run = load_run(store.as_ref(), &db_path, &a.run).await?;
-        let db = ArchiveDb::open(&db_path).await.map_err(store_error)?;
-        let summaries = db.summaries().await.map_err(store_error)?;
-        let checkpoints = db.checkpoints().await.map_err(store_error)?;
+        let (store, _) = open_store(&a.store).await?;
+        let run = load_run(store.as_ref(), store.sqlite_path(), &a.run).await?;
+        let (summaries, checkpoints) = archived(store.sqlite_path()).await?;
         let prev =
             history::previous_run_with_archived(store.as_ref(), &run, &summaries, &checkpoints)
                 .await
@@ -300,8 +319,8 @@ fn handover_cmd(a: RunReportArgs, out: &Output) -> Result<i32, CliError> {
 fn retro_cmd(a: RunReportArgs, out: &Output) -> Result<i32, CliError> {
     let rt = runtime()?;
     let run = rt.block_on(async {
-        let (store, db_path) = open_store(&a.store).await?;
-        load_run(store.as_ref(), &db_path, &a.run).await
+        let (store, _) = open_store(&a.store).await?;
+        load_run(store.as_ref(), store.sqlite_path(), &a.run).await
     })?;
     let retro = slipway_govern::retro::build(&run);
     if out.json() {
@@ -321,7 +340,7 @@ fn compliance_cmd(a: ComplianceArgs, out: &Output) -> Result<i32, CliError> {
     slipway_govern::compliance::catalogue(&a.framework).map_err(govern_error)?;
     let rt = runtime()?;
     let evidence = rt.block_on(async {
-        let (store, db_path) = open_store(&a.store).await?;
+        let (store, _) = open_store(&a.store).await?;
         // Read the head before the entries: entries appended in between only extend the
         // chain past the head the pack names, which still verifies.
         let start = store.audit_start().await.map_err(store_error)?;
@@ -332,17 +351,21 @@ fn compliance_cmd(a: ComplianceArgs, out: &Output) -> Result<i32, CliError> {
             None => entries,
         };
         let (mut runs, unsummarized) =
-            history_with_archive(store.as_ref(), &db_path, None).await?;
+            history_with_archive(store.as_ref(), store.sqlite_path(), None).await?;
         let (start, entries) = if a.archive.is_empty() {
             (start, entries)
         } else {
             // The bundles' runs are examined whole, and the chain verified from the first
             // bundle's start through the live entries.
+            let db_path = crate::cmd_run::sqlite_only(
+                &store,
+                "slipway report compliance --archive",
+                "archive checkpoints",
+            )?;
             let mut verified =
-                crate::cmd_archive::verified_bundles(&db_path, &a.archive, &a.pubkey).await?;
+                crate::cmd_archive::verified_bundles(db_path, &a.archive, &a.pubkey).await?;
             verified.sort_by_key(|v| v.checkpoint.id);
-            let db = ArchiveDb::open(&db_path).await.map_err(store_error)?;
-            let checkpoints = db.checkpoints().await.map_err(store_error)?;
+            let (_, checkpoints) = archived(Some(db_path)).await?;
             let first = verified.first().map_or(0, |v| v.checkpoint.id);
             let missing: Vec<&str> = checkpoints
                 .iter()
@@ -448,13 +471,16 @@ pub fn catalog(c: CatalogCommand, out: &Output) -> Result<i32, CliError> {
     // Lifecycles come from the run history when a store exists; none is created here.
     let cwd = std::env::current_dir().unwrap_or_default();
     let runs = match slipway_store::resolve(a.store.store.as_deref(), &cwd) {
-        Ok(slipway_store::StoreLocation::Sqlite(p)) if p.exists() => {
+        Ok(loc)
+            if matches!(&loc, slipway_store::StoreLocation::Postgres(_))
+                || matches!(&loc, slipway_store::StoreLocation::Sqlite(p) if p.exists()) =>
+        {
             let rt = runtime()?;
             rt.block_on(async {
-                let (store, db_path) = open_store(&a.store).await?;
+                let (store, _) = open_store(&a.store).await?;
                 // Archived runs count too: a service deployed to production once is
                 // in production whether or not that run was archived since.
-                history_with_archive(store.as_ref(), &db_path, None).await
+                history_with_archive(store.as_ref(), store.sqlite_path(), None).await
             })?
         }
         _ => (Vec::new(), Vec::new()),

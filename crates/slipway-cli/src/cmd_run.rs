@@ -1,6 +1,6 @@
 //! Run commands: `deploy`, `resume`, `status`, `logs`, `pause`, `promote`, `abort`,
-//! `approve`, `history`. They open the store (`--store` / `SLIPWAY_STORE`, default
-//! `.slipway/slipway.db`), build the engine with the `exec` target (the `ssh` target for an
+//! `approve`, `history`. They open the store (`--store` / `SLIPWAY_STORE`: an SQLite file,
+//! default `.slipway/slipway.db`, or a PostgreSQL URL), build the engine with the `exec` target (the `ssh` target for an
 //! `ssh` environment, whose hosts `deploy` checks before creating a run; and, for a `process`
 //! environment, the deploy target with one long-lived proxy process per service), and
 //! render the engine's typed events; the engine itself never prints.
@@ -32,14 +32,15 @@ use slipway_providers::interventions;
 use slipway_providers::migrate::MigrateTarget;
 use slipway_providers::{ArtifactTarget, ExecTarget};
 use slipway_rollout::Intervention;
-use slipway_store::{SqliteStore, StoreLocation};
+use slipway_store::{AnyStore, StoreLocation};
 
 use crate::out::{CliError, Output, Style};
 
 /// `--store`, shared by every run command.
 #[derive(Debug, clap::Args)]
 pub struct StoreArg {
-    /// Where runs are kept: sqlite://PATH (default .slipway/slipway.db here).
+    /// Where runs are kept: sqlite://PATH (default .slipway/slipway.db here) or
+    /// postgres://USER:PASSWORD@HOST:PORT/DB (shared by a team).
     #[arg(long, env = "SLIPWAY_STORE")]
     pub store: Option<String>,
 }
@@ -174,7 +175,7 @@ pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
 pub(crate) fn store_error(e: StoreError) -> CliError {
     let hint = match &e {
         StoreError::Incompatible(_) | StoreError::Unavailable { .. } => {
-            Some("choose another store with --store sqlite://PATH or SLIPWAY_STORE".to_owned())
+            Some("choose another store with --store (or SLIPWAY_STORE): sqlite://PATH or postgres://USER:PASSWORD@HOST:PORT/DB".to_owned())
         }
         StoreError::NoSuchRun(_) => Some("list runs with `slipway history`".to_owned()),
         _ => None,
@@ -200,8 +201,12 @@ fn engine_error(e: EngineError) -> CliError {
     }
 }
 
-/// Open the store named by `--store`.
-pub(crate) async fn open_store(arg: &StoreArg) -> Result<(Arc<SqliteStore>, PathBuf), CliError> {
+/// Open the store named by `--store`. Besides the store, the path whose directory holds
+/// this machine's files of runs (exec markers, verified artifacts, `runs/<id>/`, process
+/// state): the SQLite file itself, or for PostgreSQL `.slipway/slipway.db` under the
+/// current directory — a name only, never opened as a database (the records kept only in
+/// SQLite go through [`sqlite_only`]).
+pub(crate) async fn open_store(arg: &StoreArg) -> Result<(Arc<AnyStore>, PathBuf), CliError> {
     let cwd = std::env::current_dir().map_err(|e| {
         CliError::new(
             exit::STORE,
@@ -210,21 +215,52 @@ pub(crate) async fn open_store(arg: &StoreArg) -> Result<(Arc<SqliteStore>, Path
         )
     })?;
     let loc = slipway_store::resolve(arg.store.as_deref(), &cwd).map_err(store_error)?;
-    let StoreLocation::Sqlite(path) = &loc;
+    let anchor = local_anchor(&loc, &cwd);
     let store = slipway_store::open(&loc).await.map_err(store_error)?;
-    Ok((Arc::new(store), path.clone()))
+    Ok((Arc::new(store), anchor))
+}
+
+/// See [`open_store`]: where this machine's run files live for a store location.
+pub(crate) fn local_anchor(loc: &StoreLocation, cwd: &Path) -> PathBuf {
+    match loc {
+        StoreLocation::Sqlite(p) => p.clone(),
+        StoreLocation::Postgres(_) => cwd.join(slipway_store::DEFAULT_PATH),
+    }
+}
+
+/// The SQLite file of the store, for `command`, which needs `what` — records kept only in
+/// an SQLite store so far. On PostgreSQL: a refusal (exit 2, nothing done) naming the
+/// command, the store and what to do.
+pub(crate) fn sqlite_only<'a>(
+    store: &'a AnyStore,
+    command: &str,
+    what: &str,
+) -> Result<&'a Path, CliError> {
+    store.sqlite_path().ok_or_else(|| {
+        CliError::new(
+            exit::INVALID_INPUT,
+            format!(
+                "failed to run `{command}` on {}: it needs {what}, which only an SQLite store keeps so far",
+                store.location()
+            ),
+            Some(
+                "run it with --store sqlite://PATH; on PostgreSQL, deploy, status, logs, history, approvals, leases and `audit verify/export` work"
+                    .to_owned(),
+            ),
+        )
+    })
 }
 
 /// The engine over the exec target, with verify-artifact steps routed to an
 /// [`ArtifactTarget`]. `plan` (when known) locates the spec's directory, which artifact,
 /// signature and key paths are relative to.
-fn engine_for(store: Arc<SqliteStore>, db: &Path, workdir: &str, plan: Option<&Plan>) -> Engine {
+fn engine_for(store: Arc<AnyStore>, db: &Path, workdir: &str, plan: Option<&Plan>) -> Engine {
     engine_with(store, db, workdir, plan, None)
 }
 
 /// [`engine_for`] with `deploy` steps going to `deploy` (the process target).
 fn engine_with(
-    store: Arc<SqliteStore>,
+    store: Arc<AnyStore>,
     db: &Path,
     workdir: &str,
     plan: Option<&Plan>,
@@ -425,7 +461,7 @@ pub(crate) fn deployed_services(plan: &Plan) -> Vec<(String, String)> {
 /// each deployed service's proxy process found (or started) there. A proxy started now
 /// is given the instances already serving, so clients are answered from the first request.
 async fn process_deploy(
-    store: Arc<SqliteStore>,
+    store: Arc<AnyStore>,
     db: &Path,
     workdir: &Path,
     plan: &Plan,
@@ -534,7 +570,7 @@ async fn process_deploy(
 
 /// The deploy target when the plan deploys to the process target.
 async fn deploy_target_for(
-    store: &Arc<SqliteStore>,
+    store: &Arc<AnyStore>,
     db: &Path,
     workdir: &Path,
     plan: Option<&Plan>,
@@ -583,7 +619,7 @@ async fn process_view(db: &Path, workdir: &Path, plan: &Plan) -> serde_json::Val
 }
 
 /// Whether a live process drives the run now (holds its claim).
-async fn driven(store: &SqliteStore, run: &str) -> Result<bool, CliError> {
+async fn driven(store: &AnyStore, run: &str) -> Result<bool, CliError> {
     match slipway_engine::Store::claim(store, run).await {
         Ok(_claim) => Ok(false),
         Err(StoreError::Claimed(_)) => Ok(true),
@@ -1132,8 +1168,8 @@ pub fn deploy(a: DeployArgs, out: &Output) -> Result<i32, CliError> {
     let rt = runtime()?;
     rt.block_on(async {
         let (store, db) = open_store(&a.store).await?;
-        crate::cmd_access::enforce(&db, Role::Deployer, "deploy", &plan.environment).await?;
-        crate::cmd_checklist::require(&db, &plan).await?;
+        crate::cmd_access::enforce(&store, Role::Deployer, "deploy", &plan.environment).await?;
+        crate::cmd_checklist::require(&store, &plan).await?;
         // Infrastructure must be committed, clean and valid before anything is touched.
         let infra = match &plan.env.infrastructure {
             Some(infra) => {
@@ -1245,10 +1281,13 @@ pub fn deploy(a: DeployArgs, out: &Output) -> Result<i32, CliError> {
                 )
             })?;
             let mut c = std::process::Command::new(exe);
-            c.arg("resume")
-                .arg(&run.id)
-                .arg("--store")
-                .arg(format!("sqlite://{}", db.display()));
+            c.arg("resume").arg(&run.id);
+            // Through the environment, never argv: a PostgreSQL URL may hold a password,
+            // and a command line is readable by every user of the machine.
+            match store.sqlite_path() {
+                Some(p) => c.env("SLIPWAY_STORE", format!("sqlite://{}", p.display())),
+                None => c.env("SLIPWAY_STORE", a.store.store.as_deref().unwrap_or_default()),
+            };
             if a.no_wait {
                 c.arg("--no-wait");
             }
@@ -1309,7 +1348,7 @@ pub fn resume(a: RunArgs, out: &Output) -> Result<i32, CliError> {
     rt.block_on(async {
         let (store, db) = open_store(&a.store).await?;
         let run = load_run(store.as_ref(), &a.run).await?;
-        crate::cmd_access::enforce(&db, Role::Deployer, "resume", &run.environment).await?;
+        crate::cmd_access::enforce(&store, Role::Deployer, "resume", &run.environment).await?;
         let actor = store.pseudonym(&identity()).await.map_err(store_error)?;
         let plan: Option<Plan> = serde_json::from_str(&run.plan_json).ok();
         if plan.as_ref().is_some_and(|p| p.target == "process")
@@ -1396,7 +1435,7 @@ pub fn promote(a: RunArgs, out: &Output) -> Result<i32, CliError> {
     rt.block_on(async {
         let (store, db) = open_store(&a.store).await?;
         let run = load_run(store.as_ref(), &a.run).await?;
-        crate::cmd_access::enforce(&db, Role::Deployer, "promote", &run.environment).await?;
+        crate::cmd_access::enforce(&store, Role::Deployer, "promote", &run.environment).await?;
         if run.state.is_terminal() {
             return Err(CliError::input(
                 format!(
@@ -1462,7 +1501,7 @@ pub fn promote(a: RunArgs, out: &Output) -> Result<i32, CliError> {
     })
 }
 
-async fn load_run(store: &SqliteStore, id: &str) -> Result<RunRecord, CliError> {
+async fn load_run(store: &AnyStore, id: &str) -> Result<RunRecord, CliError> {
     store
         .run(id)
         .await
@@ -1621,7 +1660,7 @@ fn control(a: RunArgs, c: Control, out: &Output) -> Result<i32, CliError> {
     rt.block_on(async {
         let (store, db) = open_store(&a.store).await?;
         let run = load_run(store.as_ref(), &a.run).await?;
-        crate::cmd_access::enforce(&db, Role::Deployer, c.as_str(), &run.environment).await?;
+        crate::cmd_access::enforce(&store, Role::Deployer, c.as_str(), &run.environment).await?;
         let actor = store.pseudonym(&identity()).await.map_err(store_error)?;
         let engine = engine_for(store.clone(), &db, &run.workdir, None);
         let state = engine
@@ -1666,7 +1705,7 @@ pub fn abort(a: RunArgs, out: &Output) -> Result<i32, CliError> {
         let Some(p) = plan.filter(|p| p.target == "process" && !run.state.is_terminal()) else {
             return Ok(());
         };
-        crate::cmd_access::enforce(&db, Role::Deployer, "abort", &run.environment).await?;
+        crate::cmd_access::enforce(&store, Role::Deployer, "abort", &run.environment).await?;
         if driven(&store, &run.id).await? {
             return Ok(());
         }
@@ -1706,7 +1745,7 @@ pub fn rollback(a: RollbackArgs, out: &Output) -> Result<i32, CliError> {
     rt.block_on(async {
         let (store, db) = open_store(&a.store).await?;
         let run = load_run(store.as_ref(), &a.run).await?;
-        crate::cmd_access::enforce(&db, Role::Deployer, "roll back", &run.environment).await?;
+        crate::cmd_access::enforce(&store, Role::Deployer, "roll back", &run.environment).await?;
         let me = store.pseudonym(&identity()).await.map_err(store_error)?;
         // Undo commands print too: the plan's secrets are masked in their output.
         let plan: Option<Plan> = serde_json::from_str(&run.plan_json).ok();
@@ -1737,7 +1776,7 @@ pub fn approve(a: ApproveArgs, out: &Output) -> Result<i32, CliError> {
     rt.block_on(async {
         let (store, db) = open_store(&a.store).await?;
         let run = load_run(store.as_ref(), &a.run).await?;
-        crate::cmd_access::enforce(&db, Role::Approver, "approve", &run.environment).await?;
+        crate::cmd_access::enforce(&store, Role::Approver, "approve", &run.environment).await?;
         let me = store.pseudonym(&identity()).await.map_err(store_error)?;
         let groups: Vec<String> = std::env::var("SLIPWAY_GROUPS")
             .unwrap_or_default()

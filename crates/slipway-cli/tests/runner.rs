@@ -25,6 +25,7 @@ mod metrics_cli;
 mod migrate_deploy_cli;
 mod perf_baseline_cli;
 mod plan_cli;
+mod postgres_store_cli;
 mod prestage_cli;
 mod process_target_cli;
 mod rehearse_cli;

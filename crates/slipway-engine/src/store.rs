@@ -1,5 +1,6 @@
 //! The `Store` trait: the durable home of runs, the journal, step states, approvals, the
-//! audit chain and the erasable identity mapping. `slipway-store` implements it (SQLite).
+//! audit chain and the erasable identity mapping. `slipway-store` implements it (SQLite,
+//! PostgreSQL).
 //!
 //! Every write goes through [`Store::commit`]: a batch of journal records applied in one
 //! transaction, each also appended to the audit chain. An implementation may merge the

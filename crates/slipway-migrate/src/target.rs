@@ -16,33 +16,9 @@ use crate::error::{Error, Result};
 /// How long a connection attempt may take before we give up.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Hide the password of a database URL (`postgres://u:secret@h/db` → `postgres://u:***@h/db`),
-/// so URLs can appear in errors, logs and reports.
-pub fn mask_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    // The authority ends at the first '/', '?' or '#'; a password can only sit inside it.
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(end);
-    let masked = match authority.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _password)) => format!("{user}:***@{host}"),
-            None => authority.to_owned(),
-        },
-        None => authority.to_owned(),
-    };
-    // `password=` may also be passed as a query parameter.
-    let tail = match tail.find("password=") {
-        Some(i) => {
-            let after = &tail[i + "password=".len()..];
-            let stop = after.find('&').unwrap_or(after.len());
-            format!("{}password=***{}", &tail[..i], &after[stop..])
-        }
-        None => tail.to_owned(),
-    };
-    format!("{scheme}://{masked}{tail}")
-}
+/// Hide the password of a database URL; shared with the state store's URLs, so it lives in
+/// the model crate.
+pub use slipway_model::text::mask_url;
 
 /// The password in a PostgreSQL URL, percent-decoded, for `PGPASSWORD` of child processes
 /// (so it never appears on a command line).

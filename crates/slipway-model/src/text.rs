@@ -1,5 +1,6 @@
-//! Small textual conventions of the spec shared by every crate that reads it: sizes like
-//! `256Mi`, and `{{ vars.x }}` placeholders in endpoints, URLs and database strings.
+//! Small textual conventions shared by every crate: sizes like `256Mi`, `{{ vars.x }}`
+//! placeholders in endpoints, URLs and database strings, and database URLs with their
+//! password masked for messages.
 
 /// Parse a size like `256Mi`, `1Gi`, `500M` or `1024` (bytes). Negative and non-finite
 /// values are refused; zero is a valid size (callers that need more say so).
@@ -41,6 +42,34 @@ pub fn fill_vars<'a>(text: &str, vars: impl IntoIterator<Item = (&'a str, &'a st
             .replace(&format!("{{{{vars.{k}}}}}"), v);
     }
     t
+}
+
+/// Hide the password of a database URL (`postgres://u:secret@h/db` → `postgres://u:***@h/db`),
+/// so URLs can appear in errors, logs and reports.
+pub fn mask_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    // The authority ends at the first '/', '?' or '#'; a password can only sit inside it.
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let masked = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{user}:***@{host}"),
+            None => authority.to_owned(),
+        },
+        None => authority.to_owned(),
+    };
+    // `password=` may also be passed as a query parameter.
+    let tail = match tail.find("password=") {
+        Some(i) => {
+            let after = &tail[i + "password=".len()..];
+            let stop = after.find('&').unwrap_or(after.len());
+            format!("{}password=***{}", &tail[..i], &after[stop..])
+        }
+        None => tail.to_owned(),
+    };
+    format!("{scheme}://{masked}{tail}")
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! Durability benchmark: N no-op durable steps end to end (run created, every step
 //! journaled started + succeeded with its audit entry, synchronous=FULL), beside the fsync
 //! rate of the same disk. `cargo run --release -p slipway-store --example bench_durable --
-//! [STEPS] [PARALLELISM] [DIR]`.
+//! [STEPS] [PARALLELISM] [DIR]`. With `SLIPWAY_BENCH_STORE=postgres://…` the run goes to
+//! that (empty) PostgreSQL database instead of an SQLite file in DIR.
 #![allow(
     clippy::print_stdout,
     clippy::unwrap_used,
@@ -51,9 +52,18 @@ async fn main() {
     let spec: ReleaseSpec = serde_saphyr::from_str(&yaml).unwrap();
     let p = plan(&spec, "dev", &Facts::default()).unwrap();
 
-    let store = SqliteStore::open(&dir.path().join("bench.db"))
-        .await
-        .unwrap();
+    let store = match std::env::var("SLIPWAY_BENCH_STORE") {
+        Ok(url) => {
+            let loc = slipway_store::resolve(Some(&url), dir.path()).unwrap();
+            println!("store: {}", loc.display());
+            slipway_store::open(&loc).await.unwrap()
+        }
+        Err(_) => slipway_store::AnyStore::Sqlite(
+            SqliteStore::open(&dir.path().join("bench.db"))
+                .await
+                .unwrap(),
+        ),
+    };
     let engine = Engine::new(Arc::new(store), Arc::new(NoopTarget), Arc::new(SystemClock));
     let t = Instant::now();
     let run = engine

@@ -1,46 +1,85 @@
-//! Store implementations of `slipway_engine::Store`. For now the embedded default:
-//! SQLite in WAL mode, one writer task per process with group commit, `busy_timeout` for
-//! the other processes (a `slipway approve` beside a running `slipway deploy`).
+//! Store implementations of `slipway_engine::Store`: the embedded default, SQLite in WAL
+//! mode (one writer task per process with group commit, `busy_timeout` for the other
+//! processes: a `slipway approve` beside a running `slipway deploy`), and PostgreSQL for a
+//! team sharing one database ([`postgres`]).
 //!
-//! Selecting a store: [`resolve`] takes `--store` / `SLIPWAY_STORE` (`sqlite://PATH`) or
-//! defaults to `.slipway/slipway.db` under the current directory.
+//! Selecting a store: [`resolve`] takes `--store` / `SLIPWAY_STORE` (`sqlite://PATH` or
+//! `postgres://USER:PASSWORD@HOST:PORT/DB`) or defaults to `.slipway/slipway.db` under the
+//! current directory; [`open`] gives an [`AnyStore`].
 
 pub mod access;
 pub mod archive;
 pub mod checklist;
 mod leases;
+pub mod postgres;
 pub mod schema;
 pub mod sqlite;
 
 use std::path::{Path, PathBuf};
 
-use slipway_engine::StoreError;
+pub use postgres::PgStore;
+use slipway_engine::audit::AuditEntry;
+use slipway_engine::event::{Control, Notice};
+use slipway_engine::store::{
+    ApprovalRecord, JournalRecord, LeaseOutcome, LeaseRecord, LeaseRequest, NewRun, RunClaim,
+    RunRecord, StepRecord, Store,
+};
+use slipway_engine::{BoxFuture, StoreError};
 pub use sqlite::SqliteStore;
 
 /// The default store file, relative to the current directory.
 pub const DEFAULT_PATH: &str = ".slipway/slipway.db";
 
 /// Where the store lives.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum StoreLocation {
     /// An SQLite file.
     Sqlite(PathBuf),
+    /// A PostgreSQL database, by URL (which may hold a password: `Debug` and
+    /// [`StoreLocation::display`] mask it).
+    Postgres(String),
+}
+
+impl std::fmt::Debug for StoreLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Sqlite(p) => f.debug_tuple("Sqlite").field(p).finish(),
+            Self::Postgres(u) => f
+                .debug_tuple("Postgres")
+                .field(&slipway_model::text::mask_url(u))
+                .finish(),
+        }
+    }
+}
+
+impl StoreLocation {
+    /// The location for messages, password masked.
+    pub fn display(&self) -> String {
+        match self {
+            Self::Sqlite(p) => format!("sqlite://{}", p.display()),
+            Self::Postgres(u) => slipway_model::text::mask_url(u),
+        }
+    }
 }
 
 /// Resolve `--store` (or `SLIPWAY_STORE`, given as `url`) against `cwd`.
 ///
 /// Accepted: `sqlite://PATH` and `sqlite:PATH` (relative paths are relative to `cwd`;
-/// `sqlite:///abs` is absolute). None: `cwd/.slipway/slipway.db`.
+/// `sqlite:///abs` is absolute), `postgres://…` and `postgresql://…` (a libpq-style URL).
+/// None: `cwd/.slipway/slipway.db`.
 pub fn resolve(url: Option<&str>, cwd: &Path) -> Result<StoreLocation, StoreError> {
     let Some(url) = url.map(str::trim).filter(|u| !u.is_empty()) else {
         return Ok(StoreLocation::Sqlite(cwd.join(DEFAULT_PATH)));
     };
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(StoreLocation::Postgres(url.to_owned()));
+    }
     let path = url
         .strip_prefix("sqlite://")
         .or_else(|| url.strip_prefix("sqlite:"))
         .ok_or_else(|| StoreError::Unavailable {
-            location: url.to_owned(),
-            message: "unsupported store URL; use sqlite://PATH (e.g. sqlite://.slipway/slipway.db)"
+            location: slipway_model::text::mask_url(url),
+            message: "unsupported store URL; use sqlite://PATH (e.g. sqlite://.slipway/slipway.db) or postgres://USER:PASSWORD@HOST:PORT/DB"
                 .into(),
         })?;
     if path.is_empty() {
@@ -53,8 +92,127 @@ pub fn resolve(url: Option<&str>, cwd: &Path) -> Result<StoreLocation, StoreErro
 }
 
 /// Open the store at a location.
-pub async fn open(loc: &StoreLocation) -> Result<SqliteStore, StoreError> {
+pub async fn open(loc: &StoreLocation) -> Result<AnyStore, StoreError> {
     match loc {
-        StoreLocation::Sqlite(p) => SqliteStore::open(p).await,
+        StoreLocation::Sqlite(p) => SqliteStore::open(p).await.map(AnyStore::Sqlite),
+        StoreLocation::Postgres(u) => PgStore::open(u).await.map(AnyStore::Postgres),
+    }
+}
+
+/// Either store, chosen at run time by the URL; the engine sees only [`Store`].
+#[derive(Debug)]
+pub enum AnyStore {
+    /// The embedded store.
+    Sqlite(SqliteStore),
+    /// The shared store.
+    Postgres(PgStore),
+}
+
+impl AnyStore {
+    /// The SQLite file, when the store is one (the records kept beside the journal —
+    /// access grants, retention and archives, checklists — exist only there).
+    pub fn sqlite_path(&self) -> Option<&Path> {
+        match self {
+            Self::Sqlite(s) => Some(s.path()),
+            Self::Postgres(_) => None,
+        }
+    }
+}
+
+/// Forward a `Store` method to whichever store this is.
+macro_rules! both {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self {
+            AnyStore::Sqlite($s) => $e,
+            AnyStore::Postgres($s) => $e,
+        }
+    };
+}
+
+impl Store for AnyStore {
+    fn location(&self) -> String {
+        both!(self, s => s.location())
+    }
+    fn create_run<'a>(
+        &'a self,
+        run: NewRun,
+        first: JournalRecord,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        both!(self, s => s.create_run(run, first))
+    }
+    fn commit(&self, records: Vec<JournalRecord>) -> BoxFuture<'_, Result<(), StoreError>> {
+        both!(self, s => s.commit(records))
+    }
+    fn run<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<RunRecord>, StoreError>> {
+        both!(self, s => s.run(id))
+    }
+    fn runs(&self, limit: u32) -> BoxFuture<'_, Result<Vec<RunRecord>, StoreError>> {
+        both!(self, s => s.runs(limit))
+    }
+    fn active_run<'a>(
+        &'a self,
+        digest: &'a str,
+        environment: &'a str,
+    ) -> BoxFuture<'a, Result<Option<RunRecord>, StoreError>> {
+        both!(self, s => s.active_run(digest, environment))
+    }
+    fn control<'a>(
+        &'a self,
+        run_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Control>, StoreError>> {
+        both!(self, s => s.control(run_id))
+    }
+    fn steps<'a>(&'a self, run_id: &'a str) -> BoxFuture<'a, Result<Vec<StepRecord>, StoreError>> {
+        both!(self, s => s.steps(run_id))
+    }
+    fn journal<'a>(
+        &'a self,
+        run_id: &'a str,
+        after_seq: i64,
+    ) -> BoxFuture<'a, Result<Vec<Notice>, StoreError>> {
+        both!(self, s => s.journal(run_id, after_seq))
+    }
+    fn approvals<'a>(
+        &'a self,
+        run_id: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<ApprovalRecord>, StoreError>> {
+        both!(self, s => s.approvals(run_id))
+    }
+    fn pseudonym<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<String, StoreError>> {
+        both!(self, s => s.pseudonym(name))
+    }
+    fn identity<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<String>, StoreError>> {
+        both!(self, s => s.identity(id))
+    }
+    fn erase_identity<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<bool, StoreError>> {
+        both!(self, s => s.erase_identity(name))
+    }
+    fn audit_entries(&self) -> BoxFuture<'_, Result<Vec<AuditEntry>, StoreError>> {
+        both!(self, s => s.audit_entries())
+    }
+    fn audit_head(&self) -> BoxFuture<'_, Result<Option<(i64, String)>, StoreError>> {
+        both!(self, s => s.audit_head())
+    }
+    fn audit_start(&self) -> BoxFuture<'_, Result<(i64, String), StoreError>> {
+        both!(self, s => s.audit_start())
+    }
+    fn claim<'a>(
+        &'a self,
+        run_id: &'a str,
+    ) -> BoxFuture<'a, Result<Box<dyn RunClaim>, StoreError>> {
+        both!(self, s => s.claim(run_id))
+    }
+    fn acquire_lease(&self, req: LeaseRequest) -> BoxFuture<'_, Result<LeaseOutcome, StoreError>> {
+        both!(self, s => s.acquire_lease(req))
+    }
+    fn release_lease<'a>(
+        &'a self,
+        environment: &'a str,
+        holder: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Option<LeaseRecord>, StoreError>> {
+        both!(self, s => s.release_lease(environment, holder))
+    }
+    fn leases(&self) -> BoxFuture<'_, Result<Vec<LeaseRecord>, StoreError>> {
+        both!(self, s => s.leases())
     }
 }

@@ -1,4 +1,5 @@
-//! Slipway's own SQLite schema, versioned by the journal format kept in the `meta` table.
+//! Slipway's own schema (SQLite migrations and the PostgreSQL schema), versioned by the
+//! journal format kept in the `meta` table.
 //!
 //! Compatibility policy (reader/writer matrix): this build reads format
 //! [`JOURNAL_FORMAT`] and migrates every format from [`OLDEST_MIGRATABLE`] up, in one
@@ -118,3 +119,107 @@ CREATE TABLE run_summaries (
 CREATE INDEX run_summaries_by_checkpoint ON run_summaries (checkpoint_id);
 "#,
 ];
+
+/// The oldest journal format a PostgreSQL store can have: PostgreSQL support started at
+/// format 4, so a fresh database gets [`PG_SCHEMA`] (format 4) in one transaction, and
+/// later formats add their PostgreSQL migration to [`PG_MIGRATIONS`].
+pub const PG_FIRST_FORMAT: u32 = 4;
+
+/// The PostgreSQL schema of journal format [`PG_FIRST_FORMAT`]: the same tables and
+/// columns as the SQLite migrations 1–4 produce, with PostgreSQL types (identity columns
+/// for the journal and approvals, `BIGINT` for counters and milliseconds). Times stay RFC
+/// 3339 text as in SQLite, so both backends hash and compare the same strings.
+pub const PG_SCHEMA: &str = r#"
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE runs (
+    id TEXT PRIMARY KEY,
+    digest TEXT NOT NULL,
+    release TEXT NOT NULL,
+    version TEXT NOT NULL,
+    environment TEXT NOT NULL,
+    author TEXT NOT NULL,
+    state TEXT NOT NULL,
+    override_reason TEXT,
+    plan_json TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    control TEXT,
+    workdir TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX runs_by_digest ON runs (digest, environment);
+CREATE TABLE journal (
+    seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    run_id TEXT NOT NULL,
+    at TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    event TEXT NOT NULL,
+    data TEXT NOT NULL
+);
+CREATE INDEX journal_by_run ON journal (run_id, seq);
+CREATE TABLE steps (
+    run_id TEXT NOT NULL,
+    step_id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    status TEXT NOT NULL,
+    attempts BIGINT NOT NULL DEFAULT 0,
+    output TEXT,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (run_id, step_id)
+);
+CREATE TABLE approvals (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    run_id TEXT NOT NULL,
+    approver TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    groups TEXT NOT NULL,
+    at TEXT NOT NULL
+);
+CREATE TABLE audit (
+    seq BIGINT PRIMARY KEY,
+    at TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL
+);
+CREATE TABLE identities (
+    id TEXT PRIMARY KEY,
+    name TEXT UNIQUE,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE leases (
+    environment TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    release TEXT NOT NULL,
+    acquired_at TEXT NOT NULL,
+    expires_ms BIGINT NOT NULL
+);
+CREATE TABLE run_summaries (
+    run_id TEXT PRIMARY KEY,
+    checkpoint_id BIGINT NOT NULL,
+    release TEXT NOT NULL,
+    version TEXT NOT NULL,
+    release_type TEXT NOT NULL,
+    environment TEXT NOT NULL,
+    production BIGINT NOT NULL,
+    services TEXT NOT NULL,
+    state TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    started_at TEXT NOT NULL,
+    finished_at TEXT,
+    workdir TEXT NOT NULL,
+    tag TEXT,
+    keep_until TEXT
+);
+CREATE INDEX run_summaries_by_checkpoint ON run_summaries (checkpoint_id);
+"#;
+
+/// PostgreSQL migration `i` brings format `PG_FIRST_FORMAT + i` to the next one (none yet).
+pub const PG_MIGRATIONS: &[&str] = &[];
+
+// Whoever bumps JOURNAL_FORMAT must also say how a PostgreSQL store gets there.
+const _: () = assert!(PG_FIRST_FORMAT as usize + PG_MIGRATIONS.len() == JOURNAL_FORMAT as usize);

@@ -525,7 +525,7 @@ async fn flush(tx: &mut SqliteConnection, staged: &Staged) -> Result<(), StoreEr
     Ok(())
 }
 
-mod sha2_free {
+pub(crate) mod sha2_free {
     //! Pseudonymous ids without a dependency on a hash crate: they need to be unique and
     //! unguessable from the name alone, not cryptographic.
     use std::collections::hash_map::RandomState;

@@ -1,4 +1,5 @@
-//! Shared helpers: a store in a temp dir, journal records, the sqlite3 CLI.
+//! Shared helpers: a fresh store on either backend (an SQLite file in a temp dir or a
+//! database on the binary's PostgreSQL server), journal records, the sqlite3 and psql CLIs.
 
 use std::path::Path;
 use std::process::Command;
@@ -6,7 +7,76 @@ use std::process::Command;
 use jiff::Timestamp;
 use slipway_engine::event::{EngineEvent, RunState};
 use slipway_engine::store::{JournalRecord, NewRun, Store};
-use slipway_store::SqliteStore;
+use slipway_store::AnyStore;
+
+use crate::pg::pg;
+
+/// The two store backends the contract tests run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A fresh, empty store location: a file in a temp dir or a new database.
+pub struct Fresh {
+    pub backend: Backend,
+    /// `sqlite:///…` or `postgres://…` (with the password).
+    pub url: String,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Fresh {
+    pub fn new(backend: Backend) -> Self {
+        match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().unwrap();
+                let url = format!("sqlite://{}", dir.path().join("s.db").display());
+                Self {
+                    backend,
+                    url,
+                    _dir: Some(dir),
+                }
+            }
+            Backend::Postgres => Self {
+                backend,
+                url: pg().new_db("store"),
+                _dir: None,
+            },
+        }
+    }
+
+    /// A new handle on the store (its own pools and writer, as another process has).
+    pub async fn open(&self) -> Result<AnyStore, slipway_engine::StoreError> {
+        let loc = slipway_store::resolve(Some(&self.url), Path::new("/")).unwrap();
+        slipway_store::open(&loc).await
+    }
+
+    /// Run SQL on the store with the backend's own CLI (sqlite3 or psql).
+    pub fn sql(&self, sql: &str) -> String {
+        match self.backend {
+            Backend::Sqlite => sqlite3(Path::new(self.url.strip_prefix("sqlite://").unwrap()), sql),
+            Backend::Postgres => pg().psql(crate::pg::db_name(&self.url), sql),
+        }
+    }
+}
+
+/// `name::sqlite` and `name::postgres` tests calling `async fn name(Backend)`.
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name(crate::common::Backend::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$name(crate::common::Backend::Postgres).await
+            }
+        }
+    )*};
+}
+pub(crate) use on_both;
 
 pub fn at(secs: i64) -> Timestamp {
     Timestamp::from_second(1_800_000_000 + secs).unwrap()
@@ -22,9 +92,15 @@ pub fn record(run: &str, secs: i64, event: EngineEvent) -> JournalRecord {
     }
 }
 
-/// A store with one run and `n` further events (so `n + 1` audit entries).
-pub async fn populated(path: &Path, n: usize) -> SqliteStore {
-    let store = SqliteStore::open(path).await.unwrap();
+/// A fresh store on `backend` with one run and `n` further events.
+pub async fn populated_on(backend: Backend, n: usize) -> (Fresh, AnyStore) {
+    let fresh = Fresh::new(backend);
+    let store = fresh.open().await.unwrap();
+    fill(&store, n).await;
+    (fresh, store)
+}
+
+async fn fill(store: &impl Store, n: usize) {
     store
         .create_run(
             NewRun {
@@ -68,7 +144,6 @@ pub async fn populated(path: &Path, n: usize) -> SqliteStore {
             .unwrap();
     }
     let _ = RunState::Pending;
-    store
 }
 
 pub fn sqlite3(db: &Path, sql: &str) -> String {

@@ -119,8 +119,25 @@ fn store_urls_resolve() {
         resolve(Some("sqlite:///abs/y.db"), cwd).unwrap(),
         StoreLocation::Sqlite("/abs/y.db".into())
     );
-    let msg = resolve(Some("postgres://h/db"), cwd)
+    assert_eq!(
+        resolve(Some("postgres://u:pw@h:5432/db"), cwd).unwrap(),
+        StoreLocation::Postgres("postgres://u:pw@h:5432/db".into())
+    );
+    assert_eq!(
+        resolve(Some("postgresql://h/db"), cwd).unwrap(),
+        StoreLocation::Postgres("postgresql://h/db".into())
+    );
+    // The password never reaches a debug print or a message.
+    let loc = resolve(Some("postgres://u:pw@h/db"), cwd).unwrap();
+    assert_eq!(loc.display(), "postgres://u:***@h/db");
+    assert!(!format!("{loc:?}").contains("pw"), "{loc:?}");
+    let msg = resolve(Some("mysql://u:pw@h/db"), cwd)
         .unwrap_err()
         .to_string();
     assert!(msg.contains("use sqlite://PATH"), "{msg}");
+    assert!(
+        msg.contains("postgres://USER:PASSWORD@HOST:PORT/DB"),
+        "{msg}"
+    );
+    assert!(!msg.contains(":pw@"), "{msg}");
 }

@@ -1,5 +1,5 @@
-//! The engine over the real SQLite store, with a fake clock: gates (windows, freezes,
-//! approvals bound to the digest) and durable progress.
+//! The engine over each real store (SQLite, PostgreSQL), with a fake clock: gates
+//! (windows, freezes, approvals bound to the digest) and durable progress.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +11,8 @@ use slipway_engine::{
 };
 use slipway_model::plan::{Facts, Plan, plan};
 use slipway_model::spec::ReleaseSpec;
-use slipway_store::SqliteStore;
+
+use crate::common::{Backend, Fresh, on_both};
 
 fn make_plan(env_extra: &str, version: &str) -> Plan {
     let yaml = format!(
@@ -23,9 +24,9 @@ fn make_plan(env_extra: &str, version: &str) -> Plan {
     plan(&spec, "prod", &Facts::default()).unwrap()
 }
 
-async fn setup(now: &str) -> (tempfile::TempDir, Engine, Arc<FakeClock>) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&dir.path().join("s.db")).await.unwrap();
+async fn setup(b: Backend, now: &str) -> (Fresh, Engine, Arc<FakeClock>) {
+    let dir = Fresh::new(b);
+    let store = dir.open().await.unwrap();
     let clock = Arc::new(FakeClock::new(now.parse::<Timestamp>().unwrap()));
     let engine = Engine::new(Arc::new(store), Arc::new(NoopTarget), clock.clone())
         .with_poll(Duration::from_secs(60));
@@ -43,14 +44,13 @@ fn req(p: Plan, author: &str) -> NewRunRequest {
 
 const NO_WAIT: DriveOptions = DriveOptions { no_wait: true };
 
-#[tokio::test]
-async fn a_future_window_blocks_with_no_wait_and_is_waited_for_otherwise() {
+async fn a_future_window_blocks_with_no_wait_and_is_waited_for_otherwise(b: Backend) {
     // Window opens daily at 09:00 UTC for 1h; it is 07:30.
     let p = make_plan(
         "    windows: [ { cron: '0 9 * * *', timezone: UTC, duration: 1h } ]\n",
         "1.0.0",
     );
-    let (_d, engine, clock) = setup("2026-03-02T07:30:00Z").await;
+    let (_d, engine, clock) = setup(b, "2026-03-02T07:30:00Z").await;
     let run = engine.create_run(req(p, "op-a")).await.unwrap();
     let out = engine.drive(&run.id, "op-a", NO_WAIT).await.unwrap();
     let DriveOutcome::Blocked { gate, opens_at, .. } = out else {
@@ -71,25 +71,23 @@ async fn a_future_window_blocks_with_no_wait_and_is_waited_for_otherwise() {
     assert!(now < "2026-03-02T10:00:00Z".parse::<Timestamp>().unwrap());
 }
 
-#[tokio::test]
-async fn inside_an_open_window_the_run_proceeds() {
+async fn inside_an_open_window_the_run_proceeds(b: Backend) {
     let p = make_plan(
         "    windows: [ { cron: '0 9 * * *', timezone: Europe/Berlin, duration: 6h } ]\n",
         "1.0.0",
     );
-    let (_d, engine, _) = setup("2026-03-02T10:00:00Z").await;
+    let (_d, engine, _) = setup(b, "2026-03-02T10:00:00Z").await;
     let run = engine.create_run(req(p, "op-a")).await.unwrap();
     let out = engine.drive(&run.id, "op-a", NO_WAIT).await.unwrap();
     assert_eq!(out, DriveOutcome::Finished(RunState::Succeeded));
 }
 
-#[tokio::test]
-async fn a_freeze_refuses_unless_overridden_and_then_needs_a_second_person() {
+async fn a_freeze_refuses_unless_overridden_and_then_needs_a_second_person(b: Backend) {
     let p = make_plan(
         "    freezes: [ { from: 2026-12-20, to: 2027-01-04, reason: holiday freeze } ]\n",
         "1.0.0",
     );
-    let (_d, engine, _) = setup("2026-12-24T12:00:00Z").await;
+    let (_d, engine, _) = setup(b, "2026-12-24T12:00:00Z").await;
     let err = engine.create_run(req(p.clone(), "op-a")).await.unwrap_err();
     assert!(matches!(err, EngineError::Frozen { .. }), "{err}");
     assert!(err.to_string().contains("--override-freeze"), "{err}");
@@ -119,13 +117,12 @@ async fn a_freeze_refuses_unless_overridden_and_then_needs_a_second_person() {
     );
 }
 
-#[tokio::test]
-async fn approvals_count_distinct_non_authors_of_the_same_digest() {
+async fn approvals_count_distinct_non_authors_of_the_same_digest(b: Backend) {
     let gates = "    approvals: { required: 2, four_eyes: true }\n";
     let old = make_plan(gates, "1.0.0");
     let new = make_plan(gates, "1.0.1");
     assert_ne!(old.digest, new.digest);
-    let (_d, engine, _) = setup("2026-03-02T10:00:00Z").await;
+    let (_d, engine, _) = setup(b, "2026-03-02T10:00:00Z").await;
     let run = engine.create_run(req(new, "op-author")).await.unwrap();
     // The author cannot approve.
     assert!(matches!(
@@ -156,10 +153,9 @@ async fn approvals_count_distinct_non_authors_of_the_same_digest() {
     assert_eq!(out, DriveOutcome::Finished(RunState::Succeeded));
 }
 
-#[tokio::test]
-async fn an_approval_of_another_run_of_an_older_plan_does_not_count() {
+async fn an_approval_of_another_run_of_an_older_plan_does_not_count(b: Backend) {
     let gates = "    approvals: { required: 1 }\n";
-    let (_d, engine, _) = setup("2026-03-02T10:00:00Z").await;
+    let (_d, engine, _) = setup(b, "2026-03-02T10:00:00Z").await;
     let old_run = engine
         .create_run(req(make_plan(gates, "1.0.0"), "op-a"))
         .await
@@ -176,10 +172,9 @@ async fn an_approval_of_another_run_of_an_older_plan_does_not_count() {
     assert!(matches!(out, DriveOutcome::Blocked { .. }), "{out:?}");
 }
 
-#[tokio::test]
-async fn deploying_the_same_plan_again_continues_the_unfinished_run() {
+async fn deploying_the_same_plan_again_continues_the_unfinished_run(b: Backend) {
     let gates = "    approvals: { required: 1 }\n";
-    let (_d, engine, _) = setup("2026-03-02T10:00:00Z").await;
+    let (_d, engine, _) = setup(b, "2026-03-02T10:00:00Z").await;
     let p = make_plan(gates, "1.0.0");
     let (first, continued) = engine
         .create_or_continue(req(p.clone(), "op-a"))
@@ -194,8 +189,7 @@ async fn deploying_the_same_plan_again_continues_the_unfinished_run() {
 
 /// A waived compatibility finding is journaled (and so audited) when the run starts, once,
 /// even when the process died between creating the run and journaling the waiver.
-#[tokio::test]
-async fn waivers_are_journaled_once_even_after_a_crash_right_after_creation() {
+async fn waivers_are_journaled_once_even_after_a_crash_right_after_creation(b: Backend) {
     use slipway_engine::Store as _;
     use slipway_engine::event::EngineEvent;
     use slipway_engine::store::{JournalRecord, NewRun};
@@ -215,8 +209,8 @@ async fn waivers_are_journaled_once_even_after_a_crash_right_after_creation() {
             .filter(|n| matches!(n.event, EngineEvent::WaiverApplied { .. }))
             .count()
     };
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(SqliteStore::open(&dir.path().join("s.db")).await.unwrap());
+    let fresh = Fresh::new(b);
+    let store = Arc::new(fresh.open().await.unwrap());
     let clock = Arc::new(FakeClock::new(
         "2026-03-02T10:00:00Z".parse::<Timestamp>().unwrap(),
     ));
@@ -279,3 +273,13 @@ async fn waivers_are_journaled_once_even_after_a_crash_right_after_creation() {
         .unwrap();
     assert!(waiver < first_step);
 }
+
+on_both!(
+    a_future_window_blocks_with_no_wait_and_is_waited_for_otherwise,
+    inside_an_open_window_the_run_proceeds,
+    a_freeze_refuses_unless_overridden_and_then_needs_a_second_person,
+    approvals_count_distinct_non_authors_of_the_same_digest,
+    an_approval_of_another_run_of_an_older_plan_does_not_count,
+    deploying_the_same_plan_again_continues_the_unfinished_run,
+    waivers_are_journaled_once_even_after_a_crash_right_after_creation
+);

@@ -1,15 +1,14 @@
-//! Journal effects: step states, control requests, approvals, claims, identities.
+//! Journal effects: step states, control requests, approvals, claims, identities — on
+//! both backends.
 
 use slipway_engine::audit;
 use slipway_engine::event::{Control, EngineEvent, RunState, StepStatus};
 use slipway_engine::store::{Store, StoreError};
 
-use crate::common::{populated, record};
+use crate::common::{Backend, on_both, populated_on, record};
 
-#[tokio::test]
-async fn events_update_steps_runs_and_approvals() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = populated(&dir.path().join("s.db"), 2).await;
+async fn events_update_steps_runs_and_approvals(b: Backend) {
+    let (_f, store) = populated_on(b, 2).await;
     store
         .commit(vec![
             record(
@@ -70,10 +69,9 @@ async fn events_update_steps_runs_and_approvals() {
     assert_eq!(store.journal("r1", journal[5].seq).await.unwrap().len(), 1);
 }
 
-#[tokio::test]
-async fn concurrent_commits_are_grouped_and_the_chain_stays_linear() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = std::sync::Arc::new(populated(&dir.path().join("s.db"), 0).await);
+async fn concurrent_commits_are_grouped_and_the_chain_stays_linear(b: Backend) {
+    let (_f, store) = populated_on(b, 0).await;
+    let store = std::sync::Arc::new(store);
     let mut tasks = Vec::new();
     for i in 0..200 {
         let s = store.clone();
@@ -100,10 +98,8 @@ async fn concurrent_commits_are_grouped_and_the_chain_stays_linear() {
     assert_eq!(store.steps("r1").await.unwrap().len(), 200);
 }
 
-#[tokio::test]
-async fn a_second_claim_on_a_run_is_refused_until_released() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = populated(&dir.path().join("s.db"), 0).await;
+async fn a_second_claim_on_a_run_is_refused_until_released(b: Backend) {
+    let (_f, store) = populated_on(b, 0).await;
     let claim = store.claim("r1").await.unwrap();
     assert!(matches!(
         store.claim("r1").await,
@@ -113,10 +109,8 @@ async fn a_second_claim_on_a_run_is_refused_until_released() {
     store.claim("r1").await.unwrap();
 }
 
-#[tokio::test]
-async fn erasing_a_person_keeps_the_chain_valid() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = populated(&dir.path().join("s.db"), 1).await;
+async fn erasing_a_person_keeps_the_chain_valid(b: Backend) {
+    let (_f, store) = populated_on(b, 1).await;
     let id = store.pseudonym("alice").await.unwrap();
     assert_eq!(store.pseudonym("alice").await.unwrap(), id);
     assert_ne!(store.pseudonym("bob").await.unwrap(), id);
@@ -140,3 +134,10 @@ async fn erasing_a_person_keeps_the_chain_valid() {
     audit::verify(&entries, Some((head.0, &head.1))).unwrap();
     assert!(!store.erase_identity("alice").await.unwrap());
 }
+
+on_both!(
+    events_update_steps_runs_and_approvals,
+    concurrent_commits_are_grouped_and_the_chain_stays_linear,
+    a_second_claim_on_a_run_is_refused_until_released,
+    erasing_a_person_keeps_the_chain_valid
+);

@@ -1,12 +1,11 @@
 //! Environment leases: one holder at a time, renewals, take-over of an expired lease, and
-//! the compare-and-swap holding between two stores on one file (as two processes would).
+//! the compare-and-swap holding between two store handles (as two processes would) — on
+//! both backends.
 
 use std::time::Duration;
 
+use crate::common::{Backend, Fresh, at, on_both};
 use slipway_engine::store::{LeaseOutcome, LeaseRequest, Store};
-use slipway_store::SqliteStore;
-
-use crate::common::at;
 
 fn req(holder: &str, secs: i64) -> LeaseRequest {
     LeaseRequest {
@@ -22,10 +21,9 @@ fn granted(o: &LeaseOutcome) -> bool {
     matches!(o, LeaseOutcome::Granted { .. })
 }
 
-#[tokio::test]
-async fn a_live_lease_refuses_others_names_itself_and_renews_for_its_holder() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&dir.path().join("s.db")).await.unwrap();
+async fn a_live_lease_refuses_others_names_itself_and_renews_for_its_holder(b: Backend) {
+    let fresh = Fresh::new(b);
+    let store = fresh.open().await.unwrap();
     assert!(granted(
         &store.acquire_lease(req("run-a", 0)).await.unwrap()
     ));
@@ -55,10 +53,9 @@ async fn a_live_lease_refuses_others_names_itself_and_renews_for_its_holder() {
     assert_eq!(all[0].holder, "run-a");
 }
 
-#[tokio::test]
-async fn an_expired_lease_is_reclaimed_and_the_old_holder_cannot_release_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&dir.path().join("s.db")).await.unwrap();
+async fn an_expired_lease_is_reclaimed_and_the_old_holder_cannot_release_it(b: Backend) {
+    let fresh = Fresh::new(b);
+    let store = fresh.open().await.unwrap();
     store.acquire_lease(req("run-a", 0)).await.unwrap();
     match store.acquire_lease(req("run-b", 30)).await.unwrap() {
         LeaseOutcome::Granted { lease, reclaimed } => {
@@ -96,13 +93,11 @@ async fn an_expired_lease_is_reclaimed_and_the_old_holder_cannot_release_it() {
     );
 }
 
-#[tokio::test]
-async fn concurrent_takers_on_two_store_handles_get_exactly_one_lease() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("s.db");
+async fn concurrent_takers_on_two_store_handles_get_exactly_one_lease(b: Backend) {
+    let fresh = Fresh::new(b);
     // Two handles = two writer connections, the situation of two slipway processes.
-    let a = std::sync::Arc::new(SqliteStore::open(&path).await.unwrap());
-    let b = std::sync::Arc::new(SqliteStore::open(&path).await.unwrap());
+    let a = std::sync::Arc::new(fresh.open().await.unwrap());
+    let b = std::sync::Arc::new(fresh.open().await.unwrap());
     let mut tasks = Vec::new();
     for i in 0..16 {
         let s = if i % 2 == 0 { a.clone() } else { b.clone() };
@@ -119,3 +114,9 @@ async fn concurrent_takers_on_two_store_handles_get_exactly_one_lease() {
     assert_eq!(winners.len(), 1, "winners: {winners:?}");
     assert_eq!(a.leases().await.unwrap()[0].holder, winners[0]);
 }
+
+on_both!(
+    a_live_lease_refuses_others_names_itself_and_renews_for_its_holder,
+    an_expired_lease_is_reclaimed_and_the_old_holder_cannot_release_it,
+    concurrent_takers_on_two_store_handles_get_exactly_one_lease
+);

@@ -1,17 +1,16 @@
 //! Many openers of one brand-new store at the same moment: every one succeeds and the
-//! schema is created once (found by CI as a lease-test flake between two processes).
+//! schema is created once (found by CI as a lease-test flake between two processes) — an
+//! SQLite file and a PostgreSQL database alike.
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_opens_of_a_fresh_store_all_succeed() {
+use crate::common::{Backend, Fresh, on_both};
+
+async fn concurrent_opens_of_a_fresh_store_all_succeed(b: Backend) {
     for round in 0..5 {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(format!("fresh-{round}.db"));
+        let fresh = std::sync::Arc::new(Fresh::new(b));
         let mut tasks = Vec::new();
         for _ in 0..8 {
-            let p = path.clone();
-            tasks.push(tokio::spawn(async move {
-                slipway_store::SqliteStore::open(&p).await.map(|_| ())
-            }));
+            let f = fresh.clone();
+            tasks.push(tokio::spawn(async move { f.open().await.map(|_| ()) }));
         }
         for t in tasks {
             t.await
@@ -20,3 +19,5 @@ async fn concurrent_opens_of_a_fresh_store_all_succeed() {
         }
     }
 }
+
+on_both!(concurrent_opens_of_a_fresh_store_all_succeed);

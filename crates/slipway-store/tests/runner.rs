@@ -1,5 +1,6 @@
-//! Integration tests of the SQLite store: one binary, one module per concern. Real SQLite
-//! files in temp dirs, tampered with the real `sqlite3` CLI.
+//! Integration tests of the stores: one binary, one module per concern. Real SQLite files
+//! in temp dirs and databases on one real PostgreSQL server per binary, tampered with the
+//! real `sqlite3` and `psql` CLIs; the contract tests run on both backends (`on_both!`).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -14,6 +15,8 @@ mod engine;
 mod journal;
 mod leases;
 mod open_race;
+mod pg;
+mod postgres;
 mod tamper;
 
 #[test]

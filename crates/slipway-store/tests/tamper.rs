@@ -1,16 +1,13 @@
-//! The audit chain detects rows edited, deleted, inserted or reordered with the sqlite3
-//! CLI, and names the first bad entry.
+//! The audit chain detects rows edited, deleted, inserted or reordered with the backend's
+//! own CLI (sqlite3, psql), and names the first bad entry — on both backends.
 
 use slipway_engine::audit::{self, ChainBreak};
 use slipway_engine::store::Store;
-use slipway_store::SqliteStore;
 
-use crate::common::{populated, sqlite3};
+use crate::common::{Backend, on_both, populated_on};
 
-async fn verify_after(sql: &str) -> Result<audit::Verified, ChainBreak> {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("s.db");
-    let store = populated(&db, 9).await;
+async fn verify_after(b: Backend, sql: &str) -> Result<audit::Verified, ChainBreak> {
+    let (fresh, store) = populated_on(b, 9).await;
     let before = audit::verify(
         &store.audit_entries().await.unwrap(),
         store
@@ -22,8 +19,8 @@ async fn verify_after(sql: &str) -> Result<audit::Verified, ChainBreak> {
     );
     assert_eq!(before.as_ref().map(|v| v.head_seq), Ok(10), "{before:?}");
     drop(store);
-    sqlite3(&db, sql);
-    let store = SqliteStore::open(&db).await.unwrap();
+    fresh.sql(sql);
+    let store = fresh.open().await.unwrap();
     let head = store.audit_head().await.unwrap();
     audit::verify(
         &store.audit_entries().await.unwrap(),
@@ -31,49 +28,48 @@ async fn verify_after(sql: &str) -> Result<audit::Verified, ChainBreak> {
     )
 }
 
-#[tokio::test]
-async fn untouched_chain_verifies() {
-    let v = verify_after("SELECT 1").await.unwrap();
+async fn untouched_chain_verifies(b: Backend) {
+    let v = verify_after(b, "SELECT 1").await.unwrap();
     assert_eq!(v.entries, 10);
 }
 
-#[tokio::test]
-async fn edited_entry_is_named() {
-    let r = verify_after("UPDATE audit SET actor = 'op-someone-else' WHERE seq = 4").await;
+async fn edited_entry_is_named(b: Backend) {
+    let r = verify_after(
+        b,
+        "UPDATE audit SET actor = 'op-someone-else' WHERE seq = 4",
+    )
+    .await;
     assert_eq!(r, Err(ChainBreak::Edited { seq: 4 }));
 }
 
-#[tokio::test]
-async fn edited_outcome_is_named() {
-    let r = verify_after("UPDATE audit SET outcome = 'failed' WHERE seq = 7").await;
+async fn edited_outcome_is_named(b: Backend) {
+    let r = verify_after(b, "UPDATE audit SET outcome = 'failed' WHERE seq = 7").await;
     assert_eq!(r, Err(ChainBreak::Edited { seq: 7 }));
 }
 
-#[tokio::test]
-async fn deleted_entry_is_named() {
-    let r = verify_after("DELETE FROM audit WHERE seq = 5").await;
+async fn deleted_entry_is_named(b: Backend) {
+    let r = verify_after(b, "DELETE FROM audit WHERE seq = 5").await;
     assert_eq!(r, Err(ChainBreak::Deleted { seq: 5, after: 4 }));
 }
 
-#[tokio::test]
-async fn deleted_tail_is_named() {
-    let r = verify_after("DELETE FROM audit WHERE seq = 10").await;
+async fn deleted_tail_is_named(b: Backend) {
+    let r = verify_after(b, "DELETE FROM audit WHERE seq = 10").await;
     assert_eq!(r, Err(ChainBreak::Deleted { seq: 10, after: 9 }));
 }
 
-#[tokio::test]
-async fn inserted_entry_is_named() {
+async fn inserted_entry_is_named(b: Backend) {
     let r = verify_after(
+        b,
         "INSERT INTO audit SELECT 11, at, actor, action, run_id, digest, outcome, detail, hash, 'forged' FROM audit WHERE seq = 10",
     )
     .await;
     assert_eq!(r, Err(ChainBreak::Inserted { seq: 11 }));
 }
 
-#[tokio::test]
-async fn inserted_entry_in_the_middle_is_named() {
+async fn inserted_entry_in_the_middle_is_named(b: Backend) {
     // Make room at 6 by shifting the tail up, then slip a copy of entry 5 in.
     let r = verify_after(
+        b,
         "UPDATE audit SET seq = seq + 100 WHERE seq >= 6; UPDATE audit SET seq = seq - 99 WHERE seq >= 106;
          INSERT INTO audit SELECT 6, at, actor, action, run_id, digest, outcome, detail, prev_hash, hash FROM audit WHERE seq = 5;
          UPDATE meta SET value = '11:' || (SELECT hash FROM audit WHERE seq = 11) WHERE key = 'audit_head';",
@@ -82,19 +78,17 @@ async fn inserted_entry_in_the_middle_is_named() {
     assert_eq!(r, Err(ChainBreak::Inserted { seq: 6 }));
 }
 
-#[tokio::test]
-async fn reordered_entries_are_named() {
+async fn reordered_entries_are_named(b: Backend) {
     let r = verify_after(
+        b,
         "UPDATE audit SET seq = -3 WHERE seq = 3; UPDATE audit SET seq = 3 WHERE seq = 6; UPDATE audit SET seq = 6 WHERE seq = -3;",
     )
     .await;
     assert_eq!(r, Err(ChainBreak::Reordered { seq: 3 }));
 }
 
-#[tokio::test]
-async fn export_verifies_standalone_and_detects_edits() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = populated(&dir.path().join("s.db"), 4).await;
+async fn export_verifies_standalone_and_detects_edits(b: Backend) {
+    let (_f, store) = populated_on(b, 4).await;
     let entries = store.audit_entries().await.unwrap();
     let text = audit::export_jsonl(&entries);
     let v = audit::verify_export(&text).unwrap().unwrap();
@@ -112,3 +106,15 @@ async fn export_verifies_standalone_and_detects_edits() {
         Err(ChainBreak::Deleted { seq: 5, after: 4 })
     );
 }
+
+on_both!(
+    untouched_chain_verifies,
+    edited_entry_is_named,
+    edited_outcome_is_named,
+    deleted_entry_is_named,
+    deleted_tail_is_named,
+    inserted_entry_is_named,
+    inserted_entry_in_the_middle_is_named,
+    reordered_entries_are_named,
+    export_verifies_standalone_and_detects_edits
+);

@@ -1,0 +1,260 @@
+//! The real `slipway` binary on the PostgreSQL store (`--store postgres://…`), against one
+//! real PostgreSQL server per test binary with password authentication: a deploy read back
+//! by `status`, `history` and `audit verify` from other invocations; a row edited with
+//! psql named by `audit verify` (exit 7); two concurrent deploys of one environment (one
+//! refused on the lease, exit 3); clear errors for an unreachable server, a wrong password
+//! and a newer journal format (exit 8); SQLite-only commands refused by name (exit 2).
+//! The password never appears in any output.
+
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+#[path = "../../slipway-store/tests/pg.rs"]
+mod pg;
+
+use pg::{PASSWORD, db_name, free_port, pg};
+
+fn spec(dir: &Path, version: &str, step: &str) -> std::path::PathBuf {
+    let text = format!(
+        "apiVersion: slipway/v1\nkind: Release\nmetadata: {{ name: shop, version: {version}, type: patch }}\n\
+         services:\n  api:\n    steps:\n      - {{ name: work, run: \"{step}\" }}\n\
+         environments:\n  prod:\n    target: {{ exec: {{}} }}\n"
+    );
+    let p = dir.join(format!("shop-{version}.yaml"));
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// `slipway` in `dir` with the store given through `SLIPWAY_STORE` (as a team would set
+/// it once), and a clean environment otherwise.
+fn slipway(dir: &Path, store: &str) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_slipway"));
+    c.current_dir(dir)
+        .env("SLIPWAY_STORE", store)
+        .env_remove("SLIPWAY_OUTPUT")
+        .env_remove("SLIPWAY_TOKEN")
+        .env("SLIPWAY_USER", "pg-tester")
+        .env("NO_COLOR", "1");
+    c
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Run and check the exit code; the password must never be printed.
+fn run(c: &mut Command, code: i32) -> Output {
+    let o = c.output().unwrap();
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(code), "{t}");
+    assert!(!t.contains(PASSWORD), "the password was printed: {t}");
+    o
+}
+
+fn json(o: &Output) -> serde_json::Value {
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(o)))
+}
+
+#[test]
+fn a_deploy_on_postgres_is_read_back_by_other_invocations_and_verified() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let url = pg().new_db("cli");
+    let file = spec(d, "1.0.0", "touch deployed");
+    let o = run(
+        slipway(d, &url)
+            .arg("deploy")
+            .arg("-f")
+            .arg(&file)
+            .args(["--env", "prod", "--output", "json"]),
+        0,
+    );
+    let v = json(&o);
+    let run_id = v["run"].as_str().or(v["id"].as_str()).unwrap().to_owned();
+    assert!(d.join("deployed").exists());
+
+    // Another invocation (another process, another connection) reads the run back.
+    let status = json(&run(
+        slipway(d, &url).args(["status", &run_id, "--output", "json"]),
+        0,
+    ));
+    assert_eq!(status["run"]["state"], "succeeded", "{status}");
+    assert_eq!(status["steps_succeeded"], 1, "{status}");
+    let history = run(slipway(d, &url).args(["history"]), 0);
+    assert!(text(&history).contains(&run_id), "{}", text(&history));
+
+    let verified = json(&run(
+        slipway(d, &url).args(["audit", "verify", "--output", "json"]),
+        0,
+    ));
+    assert_eq!(verified["ok"], true, "{verified}");
+    assert!(verified["entries"].as_i64().unwrap() >= 4, "{verified}");
+    let source = verified["source"].as_str().unwrap();
+    assert!(
+        source.starts_with("postgres://postgres:***@127.0.0.1:"),
+        "{source}"
+    );
+
+    // The journal is in PostgreSQL, not in an SQLite file beside the spec.
+    let rows = pg().psql(db_name(&url), "SELECT count(*) FROM runs");
+    assert_eq!(rows.trim(), "1");
+    assert!(!d.join(".slipway/slipway.db").exists());
+
+    // An entry edited with psql is named, exit 7.
+    pg().psql(
+        db_name(&url),
+        "UPDATE audit SET outcome = 'forged' WHERE seq = 2",
+    );
+    let o = run(slipway(d, &url).args(["audit", "verify"]), 7);
+    let t = text(&o);
+    assert!(t.contains("TAMPERED") && t.contains("entry 2"), "{t}");
+}
+
+fn spawn(mut c: Command) -> Child {
+    c.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Poll `cond` every 20 ms for at most `limit`.
+fn until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn two_concurrent_deploys_of_one_environment_on_postgres_exactly_one_proceeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let url = pg().new_db("cli_lease");
+    let block = |v: &str| format!("touch started-{v}; while [ ! -e go ]; do sleep 0.02; done");
+    let a = spec(d, "1.0.0", &block("1.0.0"));
+    let b = spec(d, "1.0.1", &block("1.0.1"));
+    let deploy = |file: &Path| {
+        let mut c = slipway(d, &url);
+        c.arg("deploy").arg("-f").arg(file).args(["--env", "prod"]);
+        c
+    };
+    let mut ca = spawn(deploy(&a));
+    let mut cb = spawn(deploy(&b));
+    let mut refused = None;
+    until(Duration::from_secs(60), "one deploy to be refused", || {
+        for (name, c) in [("1.0.0", &mut ca), ("1.0.1", &mut cb)] {
+            if c.try_wait().unwrap().is_some() {
+                refused = Some(name);
+                return true;
+            }
+        }
+        false
+    });
+    let refused = refused.unwrap();
+    let winner = if refused == "1.0.0" { "1.0.1" } else { "1.0.0" };
+    let (loser, proceeding) = if refused == "1.0.0" {
+        (ca, cb)
+    } else {
+        (cb, ca)
+    };
+    let lo = loser.wait_with_output().unwrap();
+    let msg = text(&lo);
+    assert_eq!(lo.status.code(), Some(3), "{msg}");
+    assert!(msg.contains("environment is leased by"), "{msg}");
+    assert!(msg.contains(&format!("shop {winner}")), "{msg}");
+    assert!(!msg.contains(PASSWORD), "{msg}");
+    until(Duration::from_secs(60), "the winner's step", || {
+        d.join(format!("started-{winner}")).exists()
+    });
+    assert!(!d.join(format!("started-{refused}")).exists());
+    // The lease is in the shared database, seen by another invocation.
+    let held = json(&run(
+        slipway(d, &url).args(["env", "leases", "--output", "json"]),
+        0,
+    ));
+    assert_eq!(held.as_array().unwrap().len(), 1, "{held}");
+    assert_eq!(held[0]["release"], format!("shop {winner}"));
+    std::fs::write(d.join("go"), "").unwrap();
+    let wo = proceeding.wait_with_output().unwrap();
+    assert_eq!(wo.status.code(), Some(0), "{}", text(&wo));
+    let held = json(&run(
+        slipway(d, &url).args(["env", "leases", "--output", "json"]),
+        0,
+    ));
+    assert!(held.as_array().unwrap().is_empty(), "{held}");
+}
+
+#[test]
+fn store_errors_name_the_masked_url_and_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // Unreachable: nothing listens on the port.
+    let url = format!(
+        "postgres://app:{PASSWORD}@127.0.0.1:{}/slipway",
+        free_port()
+    );
+    let t = text(&run(slipway(d, &url).arg("history"), 8));
+    assert!(t.contains("postgres://app:***@127.0.0.1:"), "{t}");
+    assert!(t.contains("start PostgreSQL"), "{t}");
+
+    // Wrong password: the wrong one is not printed either.
+    let good = pg().new_db("cli_err");
+    let bad = good.replace(PASSWORD, "Wr0ng-pa55word");
+    let t = text(&run(slipway(d, &bad).arg("history"), 8));
+    assert!(t.contains("authentication failed"), "{t}");
+    assert!(t.contains("correct the user and password"), "{t}");
+    assert!(!t.contains("Wr0ng-pa55word"), "{t}");
+
+    // A journal written by a newer slipway is refused, not misread.
+    run(slipway(d, &good).arg("history"), 0);
+    pg().psql(
+        db_name(&good),
+        "UPDATE meta SET value = '99' WHERE key = 'journal_format'",
+    );
+    let t = text(&run(slipway(d, &good).arg("history"), 8));
+    assert!(t.contains("written by a newer slipway"), "{t}");
+    assert!(t.contains("upgrade slipway"), "{t}");
+    assert!(t.contains("postgres://postgres:***@127.0.0.1:"), "{t}");
+}
+
+#[test]
+fn sqlite_only_commands_refuse_by_name_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let url = pg().new_db("cli_only");
+    let entries = || pg().psql(db_name(&url), "SELECT count(*) FROM audit");
+    run(slipway(d, &url).arg("history"), 0);
+    let before = entries();
+    for (args, command) in [
+        (
+            &["access", "grant", "alice", "admin", "--env", "*"][..],
+            "slipway access",
+        ),
+        (&["retention", "show"][..], "slipway retention show"),
+    ] {
+        let t = text(&run(slipway(d, &url).args(args), 2));
+        assert!(t.contains(&format!("`{command}`")), "{t}");
+        assert!(t.contains("only an SQLite store keeps"), "{t}");
+        assert!(t.contains("--store sqlite://PATH"), "{t}");
+    }
+    // A token cannot be checked against a store that holds none: refused, exit 9.
+    let t = text(&run(
+        slipway(d, &url)
+            .env("SLIPWAY_TOKEN", "slw_abc.def")
+            .arg("history"),
+        9,
+    ));
+    assert!(t.contains("API tokens"), "{t}");
+    assert_eq!(
+        entries(),
+        before,
+        "a refused command wrote to the audit chain"
+    );
+    assert!(!d.join(".slipway/slipway.db").exists());
+}
