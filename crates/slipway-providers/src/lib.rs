@@ -17,6 +17,7 @@ pub mod haproxy;
 pub mod interventions;
 pub mod metrics;
 pub mod migrate;
+pub mod nginx;
 pub mod portowner;
 pub mod process;
 pub mod remote;

@@ -123,3 +123,47 @@ impl Drop for Daemon {
         let _ = self.child.wait();
     }
 }
+
+/// A backend that answers `version` only when released: each request it receives is
+/// announced on `arrived` and held until `release` is sent, so a test knows a request is
+/// in flight rather than hoping so.
+pub struct HeldBackend {
+    pub addr: SocketAddr,
+    pub arrived: tokio::sync::mpsc::UnboundedReceiver<()>,
+    pub release: tokio::sync::watch::Sender<bool>,
+}
+
+pub async fn held_backend(version: &'static str) -> HeldBackend {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (tx, arrived) = tokio::sync::mpsc::unbounded_channel();
+    let (release, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let tx = tx.clone();
+            let mut rx = rx.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 1024];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let _ = tx.send(());
+                let _ = rx.wait_for(|r| *r).await;
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\nx-version: {version}\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
+                );
+                let _ = s.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+    HeldBackend {
+        addr,
+        arrived,
+        release,
+    }
+}

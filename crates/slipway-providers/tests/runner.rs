@@ -3,6 +3,7 @@
 mod canary;
 mod config;
 mod haproxy;
+mod nginx;
 mod ports;
 mod resume;
 mod router_support;

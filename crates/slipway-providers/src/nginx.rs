@@ -1,0 +1,526 @@
+//! nginx as traffic router: Slipway owns one file the main config `include`s in its
+//! `http` block, and changes weights and pools by rewriting it, validating the whole
+//! config, and reloading.
+//!
+//! The file holds the `upstream NAME { ... }` block with the stable and canary servers,
+//! and a small status server on the unix socket `<file>.sock` that answers
+//! `GET /slipway-upstream` with the state the file describes (upstream, weight, pools).
+//! A reload is asynchronous (the master starts new workers, old ones finish their
+//! requests), so after `reload` the router polls that socket until it answers with the
+//! new state — the observable proof that workers with the new file took over — with a
+//! deadline, never a sleep. `verify_weight` reads the weight from the same socket: what
+//! nginx serves, not what the file says.
+//!
+//! Each change: the new file is written beside the old one and renamed over it (a reader
+//! never sees half a file), then `test` (default `nginx -t`) checks the whole config; if
+//! it fails, the previous file is put back the same way and the error carries nginx's
+//! own message; nginx is not reloaded, so traffic is unaffected. Only then `reload`
+//! (default `nginx -s reload`).
+//!
+//! Weights: each stable server gets `(100-W)·canaries`, each canary `W·stables`, reduced,
+//! so the canary pool's share is W% whatever the pool sizes. A pool at 0% is written with
+//! its servers marked `down` (no request reaches them, and the upstream keeps a server);
+//! an empty pool is left out.
+//!
+//! Nothing is kept here: the pools and weight are read back from the file (its header
+//! comments) and nginx (the socket) on every call, so a `slipway` restarted after a crash
+//! continues from what it finds. `canary_in_flight` is `None`: open-source nginx counts no
+//! requests per upstream server (stub_status has only connection totals), so a rollback
+//! behind nginx does not wait for a drain it cannot see; old workers finish their requests
+//! after the reload and a canary instance is stopped gracefully (`stop_grace`). Nor does
+//! it measure: canary analysis behind nginx needs a Prometheus or HTTP provider (the
+//! spec's validation refuses builtin metrics with this router).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use slipway_model::analysis::Window;
+use slipway_rollout::{BoxFuture, MetricSource, RolloutError, TrafficRouter};
+
+/// Longest `test` or `reload` may run.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The path the status server answers on.
+pub const STATUS_PATH: &str = "/slipway-upstream";
+
+/// What the upstream file describes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UpstreamState {
+    /// Percent of requests to the canary.
+    pub weight: u8,
+    /// Stable servers.
+    pub stable: Vec<SocketAddr>,
+    /// Canary servers.
+    pub canary: Vec<SocketAddr>,
+}
+
+impl UpstreamState {
+    /// The status line the socket answers with for this state.
+    pub fn status_line(&self, upstream: &str) -> String {
+        let list = |v: &[SocketAddr]| {
+            if v.is_empty() {
+                "-".to_owned()
+            } else {
+                v.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            }
+        };
+        format!(
+            "upstream={upstream} weight={} stable={} canary={}",
+            self.weight,
+            list(&self.stable),
+            list(&self.canary)
+        )
+    }
+
+    /// Read a status line back.
+    pub fn parse_status(line: &str) -> Option<Self> {
+        let mut s = Self::default();
+        let addrs = |v: &str| -> Option<Vec<SocketAddr>> {
+            if v == "-" {
+                return Some(Vec::new());
+            }
+            v.split(',').map(|a| a.parse().ok()).collect()
+        };
+        let mut weight = None;
+        for part in line.split_whitespace() {
+            let (k, v) = part.split_once('=')?;
+            match k {
+                "weight" => weight = v.parse().ok(),
+                "stable" => s.stable = addrs(v)?,
+                "canary" => s.canary = addrs(v)?,
+                _ => {}
+            }
+        }
+        s.weight = weight?;
+        Some(s)
+    }
+}
+
+/// Per-server weights `(stable, canary)` for `weight`% to the canary; 0 means `down`.
+pub fn server_weights(weight: u8, stables: usize, canaries: usize) -> (u64, u64) {
+    let w = u64::from(weight.min(100));
+    let (ns, nc) = (stables as u64, canaries as u64);
+    if nc == 0 {
+        return (1, 0);
+    }
+    if ns == 0 {
+        return (0, 1);
+    }
+    let (s, c) = ((100 - w) * nc, w * ns);
+    let g = gcd(s, c).max(1);
+    (s / g, c / g)
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+/// The upstream file's text for a state.
+pub fn render(upstream: &str, file: &Path, state: &UpstreamState) -> String {
+    let (ws, wc) = server_weights(state.weight, state.stable.len(), state.canary.len());
+    let list = |v: &[SocketAddr]| {
+        v.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let mut out = format!(
+        "# Managed by slipway (router nginx, upstream {upstream}): rewritten on every weight\n\
+         # or pool change. Edits here are overwritten.\n\
+         # slipway-weight {}\n# slipway-stable {}\n# slipway-canary {}\nupstream {upstream} {{\n",
+        state.weight,
+        list(&state.stable),
+        list(&state.canary)
+    );
+    let mut servers = 0;
+    for (pool, w, role) in [(&state.stable, ws, "stable"), (&state.canary, wc, "canary")] {
+        for a in pool {
+            servers += 1;
+            if w == 0 {
+                out.push_str(&format!("    server {a} down; # {role}, 0%\n"));
+            } else {
+                out.push_str(&format!("    server {a} weight={w}; # {role}\n"));
+            }
+        }
+    }
+    if servers == 0 {
+        // nginx refuses an upstream without servers; nothing is deployed yet.
+        out.push_str("    server 127.0.0.1:1 down; # no instances yet\n");
+    }
+    out.push_str(&format!(
+        "}}\n# Slipway reads the state nginx serves from here after each reload.\nserver {{\n    listen unix:{};\n    access_log off;\n    location = {STATUS_PATH} {{\n        return 200 \"{} pid=$pid\";\n    }}\n}}\n",
+        status_socket(file).display(),
+        state.status_line(upstream)
+    ));
+    out
+}
+
+/// The status socket of an upstream file.
+pub fn status_socket(file: &Path) -> PathBuf {
+    let mut s = file.as_os_str().to_owned();
+    s.push(".sock");
+    PathBuf::from(s)
+}
+
+/// Read the state from an upstream file's header comments.
+pub fn parse_file(text: &str) -> Option<UpstreamState> {
+    let mut s = UpstreamState::default();
+    let mut weight = None;
+    let addrs = |v: &str| -> Option<Vec<SocketAddr>> {
+        v.split_whitespace().map(|a| a.parse().ok()).collect()
+    };
+    for line in text.lines() {
+        if let Some(v) = line.strip_prefix("# slipway-weight") {
+            weight = v.trim().parse().ok();
+        } else if let Some(v) = line.strip_prefix("# slipway-stable") {
+            s.stable = addrs(v)?;
+        } else if let Some(v) = line.strip_prefix("# slipway-canary") {
+            s.canary = addrs(v)?;
+        }
+    }
+    s.weight = weight?;
+    Some(s)
+}
+
+/// nginx as the rollout controller's router.
+#[derive(Debug, Clone)]
+pub struct NginxRouter {
+    file: PathBuf,
+    upstream: String,
+    test: String,
+    reload: String,
+    /// How long a reload may take to show.
+    pub reload_timeout: Duration,
+}
+
+impl NginxRouter {
+    /// Drive `upstream` through the file `file`; `test` and `reload` are shell commands
+    /// (`None`: `nginx -t`, `nginx -s reload`).
+    pub fn new(
+        file: impl Into<PathBuf>,
+        upstream: impl Into<String>,
+        test: Option<String>,
+        reload: Option<String>,
+    ) -> Self {
+        Self {
+            file: file.into(),
+            upstream: upstream.into(),
+            test: test.unwrap_or_else(|| "nginx -t".into()),
+            reload: reload.unwrap_or_else(|| "nginx -s reload".into()),
+            reload_timeout: Duration::from_secs(15),
+        }
+    }
+
+    /// The upstream file.
+    pub fn file(&self) -> &Path {
+        &self.file
+    }
+
+    /// The state the upstream file describes (`None`: no file, or not one of ours).
+    pub fn file_state(&self) -> Option<UpstreamState> {
+        std::fs::read_to_string(&self.file)
+            .ok()
+            .and_then(|t| parse_file(&t))
+    }
+
+    /// Write the file for a state without testing or reloading: for a first file that
+    /// nginx's main config can `include` before nginx starts.
+    pub fn write_initial(&self, state: &UpstreamState) -> Result<(), String> {
+        write_atomic(
+            &self.file,
+            render(&self.upstream, &self.file, state).as_bytes(),
+        )
+    }
+
+    /// The state nginx serves now, from the status socket.
+    pub async fn served(&self) -> Result<UpstreamState, String> {
+        self.served_by().await.map(|(s, _)| s)
+    }
+
+    /// The state nginx serves now and the pid of the worker that answered.
+    async fn served_by(&self) -> Result<(UpstreamState, Option<u32>), String> {
+        let sock = status_socket(&self.file);
+        let attempt = async {
+            let stream = tokio::net::UnixStream::connect(&sock)
+                .await
+                .map_err(|e| format!("connect: {e}"))?;
+            let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(
+                hyper_util::rt::TokioIo::new(stream),
+            )
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            let req = hyper::Request::get(STATUS_PATH)
+                .header(hyper::header::HOST, "localhost")
+                .body(Empty::new())
+                .map_err(|e| e.to_string())?;
+            let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?
+                .to_bytes();
+            Ok::<_, String>(String::from_utf8_lossy(&body).trim().to_owned())
+        };
+        let line = tokio::time::timeout(Duration::from_secs(3), attempt)
+            .await
+            .map_err(|_| "timed out".to_owned())
+            .and_then(|r| r)
+            .map_err(|e| {
+                format!(
+                    "nginx's status socket {} did not answer: {e} (is nginx running with {} included in its `http` block?)",
+                    sock.display(),
+                    self.file.display()
+                )
+            })?;
+        let pid = line
+            .split_whitespace()
+            .find_map(|p| p.strip_prefix("pid="))
+            .and_then(|p| p.parse().ok());
+        UpstreamState::parse_status(&line)
+            .map(|s| (s, pid))
+            .ok_or_else(|| {
+                format!(
+                    "nginx's status socket {} answered `{line}`, not a Slipway upstream state",
+                    sock.display()
+                )
+            })
+    }
+
+    /// Rewrite, test, reload, and wait until nginx serves `next`.
+    pub async fn apply(&self, next: &UpstreamState) -> Result<(), RolloutError> {
+        let previous = std::fs::read(&self.file).ok();
+        let text = render(&self.upstream, &self.file, next);
+        if previous.as_deref() == Some(text.as_bytes())
+            && self.served().await.is_ok_and(|s| &s == next)
+        {
+            return Ok(());
+        }
+        // The workers serving now: after the reload none of them may still accept, or a
+        // request could meet the old upstream after we report the change done.
+        let old_workers = match self.served_by().await {
+            Ok((_, Some(pid))) => active_workers(pid),
+            _ => Vec::new(),
+        };
+        write_atomic(&self.file, text.as_bytes()).map_err(RolloutError::Router)?;
+        let restore = || match &previous {
+            Some(bytes) => write_atomic(&self.file, bytes),
+            None => std::fs::remove_file(&self.file)
+                .map_err(|e| format!("failed to remove {}: {e}", self.file.display())),
+        };
+        if let Err(e) = run(&self.test).await {
+            let restored = match restore() {
+                Ok(()) => "the previous upstream file was restored".to_owned(),
+                Err(r) => format!("restoring the previous upstream file failed too: {r}"),
+            };
+            return Err(RolloutError::Router(format!(
+                "`{}` refused the config with the new {} ({restored}; nginx was not reloaded, traffic is unchanged): {e}",
+                self.test,
+                self.file.display()
+            )));
+        }
+        if let Err(e) = run(&self.reload).await {
+            let restored = match restore() {
+                Ok(()) => "the previous upstream file was restored",
+                Err(_) => "the previous upstream file could not be restored",
+            };
+            return Err(RolloutError::Router(format!(
+                "`{}` failed ({restored}): {e}",
+                self.reload
+            )));
+        }
+        let deadline = Instant::now() + self.reload_timeout;
+        loop {
+            let served = self.served_by().await;
+            if let Ok((s, Some(pid))) = &served
+                && s == next
+                && active_workers(*pid)
+                    .iter()
+                    .all(|w| !old_workers.contains(w))
+            {
+                return Ok(());
+            }
+            let served = served.map(|(s, _)| s);
+            if Instant::now() >= deadline {
+                return Err(RolloutError::Router(format!(
+                    "nginx did not serve the new {} within {:?} after `{}`: {}; see nginx's error log",
+                    self.file.display(),
+                    self.reload_timeout,
+                    self.reload,
+                    match served {
+                        Ok(s) => format!("it still serves `{}`", s.status_line(&self.upstream)),
+                        Err(e) => e,
+                    }
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    fn current(&self) -> UpstreamState {
+        self.file_state().unwrap_or_default()
+    }
+}
+
+/// The worker processes of the nginx master that `worker` belongs to which still accept
+/// requests (not "shutting down"), from /proc. Empty when /proc cannot tell (nginx in
+/// another pid namespace): the status socket alone then confirms the reload.
+fn active_workers(worker: u32) -> Vec<u32> {
+    let ppid = |pid: u32| -> Option<u32> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Field 4, after the parenthesised command name (which may hold spaces).
+        let rest = &stat[stat.rfind(')')? + 1..];
+        rest.split_whitespace().nth(1)?.parse().ok()
+    };
+    let Some(master) = ppid(worker) else {
+        return Vec::new();
+    };
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| ppid(*pid) == Some(master))
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                let t = String::from_utf8_lossy(&c);
+                t.contains("worker process") && !t.contains("shutting down")
+            })
+        })
+        .collect()
+}
+
+/// Write `bytes` to a temporary file beside `path`, sync it, and rename it over `path`.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    use std::io::Write as _;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.slipway-tmp"));
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    write().map_err(|e| format!("failed to write {}: {e}", path.display()))
+}
+
+/// Run a shell command; `Err` carries its exit status and output.
+async fn run(cmd: &str) -> Result<(), String> {
+    let child = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(COMMAND_TIMEOUT, child)
+        .await
+        .map_err(|_| format!("`{cmd}` did not finish within {COMMAND_TIMEOUT:?}"))?
+        .map_err(|e| format!("failed to run `{cmd}`: {e}"))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let mut text = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !stdout.trim().is_empty() {
+        text = format!("{text}\n{}", stdout.trim());
+    }
+    Err(format!("`{cmd}` exited with {}: {text}", out.status))
+}
+
+impl TrafficRouter for NginxRouter {
+    fn set_pools<'a>(
+        &'a self,
+        stable: &'a [SocketAddr],
+        canary: &'a [SocketAddr],
+    ) -> BoxFuture<'a, Result<(), RolloutError>> {
+        Box::pin(async move {
+            let mut next = self.current();
+            next.stable = stable.to_vec();
+            next.canary = canary.to_vec();
+            self.apply(&next).await
+        })
+    }
+
+    fn set_weight(&self, weight: u8) -> BoxFuture<'_, Result<(), RolloutError>> {
+        Box::pin(async move {
+            let mut next = self.current();
+            next.weight = weight.min(100);
+            self.apply(&next).await
+        })
+    }
+
+    fn verify_weight(&self) -> BoxFuture<'_, Option<u8>> {
+        Box::pin(async move {
+            let s = self.served().await.ok()?;
+            // The share nginx actually gives the canary: its weight needs servers on both
+            // sides; an empty pool leaves everything to the other.
+            Some(match (s.stable.is_empty(), s.canary.is_empty()) {
+                (_, true) => 0,
+                (true, false) => 100,
+                _ => s.weight,
+            })
+        })
+    }
+
+    fn canary_in_flight(&self) -> BoxFuture<'_, Option<u64>> {
+        Box::pin(async { None })
+    }
+}
+
+impl MetricSource for NginxRouter {
+    /// nginx measures nothing per upstream server; analysis behind it uses external
+    /// providers, and this window is empty.
+    fn window(&self) -> BoxFuture<'_, Result<Window, String>> {
+        Box::pin(async { Ok(Window::default()) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_file_and_the_status_line_read_back() {
+        let s = UpstreamState {
+            weight: 10,
+            stable: vec!["127.0.0.1:8001".parse().unwrap()],
+            canary: vec![
+                "127.0.0.1:8002".parse().unwrap(),
+                "127.0.0.1:8003".parse().unwrap(),
+            ],
+        };
+        let text = render("app", Path::new("/tmp/up.conf"), &s);
+        assert!(text.contains("server 127.0.0.1:8001 weight=18;"), "{text}");
+        assert!(text.contains("server 127.0.0.1:8002 weight=1;"), "{text}");
+        assert!(text.contains("listen unix:/tmp/up.conf.sock;"), "{text}");
+        assert!(
+            text.contains("canary=127.0.0.1:8002,127.0.0.1:8003 pid=$pid"),
+            "{text}"
+        );
+        assert_eq!(parse_file(&text), Some(s.clone()));
+        assert_eq!(UpstreamState::parse_status(&s.status_line("app")), Some(s));
+        let empty = UpstreamState::default();
+        let text = render("app", Path::new("/tmp/up.conf"), &empty);
+        assert!(text.contains("server 127.0.0.1:1 down;"), "{text}");
+        assert_eq!(parse_file(&text), Some(empty.clone()));
+        assert_eq!(
+            UpstreamState::parse_status(&empty.status_line("app")),
+            Some(empty)
+        );
+        assert_eq!(server_weights(0, 1, 1), (1, 0));
+        assert_eq!(server_weights(100, 2, 1), (0, 1));
+        assert_eq!(server_weights(50, 2, 1), (1, 2));
+    }
+}
