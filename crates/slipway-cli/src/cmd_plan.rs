@@ -308,7 +308,48 @@ pub fn make_plan(file: &Path, env: &str, out: &Output) -> Result<(LoadedSpec, Pl
     p.findings.extend(artifact_findings);
     p.findings.extend(target_unavailable(&p, file));
     p.findings.extend(ssh_findings(&p, file, dir));
+    p.findings.extend(router_findings(&p));
     Ok((loaded, p))
+}
+
+/// Which router fronts each service the plan deploys as instances when the environment
+/// names one (an `info` finding per service, so `slipway plan` shows it and reviewers
+/// approve it); without `router:` every service has the built-in proxy, as always.
+fn router_findings(p: &Plan) -> Vec<plan::Finding> {
+    if p.env.target.process.is_none() || p.env.router.is_none() {
+        return Vec::new();
+    }
+    crate::cmd_run::deployed_services(p)
+        .into_iter()
+        .map(|(service, _)| {
+            let how = match p.router_of(&service) {
+                Some(r) if r.nginx.is_some() => {
+                    let n = r
+                        .nginx
+                        .as_ref()
+                        .map(|n| (n.upstream.as_str(), n.upstream_file.as_str()));
+                    let (up, file) = n.unwrap_or_default();
+                    format!("nginx upstream `{up}` in {file} (the built-in proxy is not started)")
+                }
+                Some(r) if r.haproxy.is_some() => {
+                    let h = r
+                        .haproxy
+                        .as_ref()
+                        .map(|h| (h.backend.as_str(), h.socket.as_str()));
+                    let (be, sock) = h.unwrap_or_default();
+                    format!(
+                        "HAProxy backend `{be}` over {sock} (the built-in proxy is not started)"
+                    )
+                }
+                _ => "the built-in proxy".to_owned(),
+            };
+            plan::Finding {
+                severity: "info".into(),
+                code: "router".into(),
+                message: format!("{service}: traffic through {how}"),
+            }
+        })
+        .collect()
 }
 
 /// The targets `slipway deploy` can run a plan on.

@@ -514,7 +514,14 @@ async fn process_deploy(
     );
     let mut routers: std::collections::BTreeMap<String, RemoteRouter> =
         std::collections::BTreeMap::new();
+    let external = external_routers(plan, workdir);
     for (service, version) in deployed_services(plan) {
+        if let Some(r) = external.get(&service) {
+            if !out.json() {
+                out.eline(&format!("{service}: traffic through {}", r.0));
+            }
+            continue;
+        }
         let (router, started) = supervisor.ensure(&service).await.map_err(|e| {
             CliError::new(
                 exit::FAILURE,
@@ -559,6 +566,7 @@ async fn process_deploy(
     let providers =
         slipway_providers::metrics::ProviderSet::from_plan(plan).with_secrets(secret_vars(plan));
     let mut deploy = DeployTarget::new(plan.clone(), processes, routers, root.join("diagnostics"))
+        .with_routers(external.into_iter().map(|(s, (_, r))| (s, r)).collect())
         .with_run_interventions(runs_dir, Some(store))
         .with_external_metrics(Arc::new(providers));
     // Smoke checks run against each candidate's own address before it gets traffic.
@@ -566,6 +574,59 @@ async fn process_deploy(
         deploy = deploy.with_pre_traffic(Arc::new(gate));
     }
     Ok(Arc::new(deploy))
+}
+
+/// The nginx / HAProxy router of each deployed service whose environment names one
+/// (paths relative to the spec's directory), with a description for the operator. They
+/// keep nothing: a later `slipway` builds the same from the plan and reads the rest back
+/// from nginx / HAProxy.
+fn external_routers(
+    plan: &Plan,
+    workdir: &Path,
+) -> std::collections::BTreeMap<String, (String, Arc<dyn slipway_providers::deploy::ServiceRouter>)>
+{
+    use slipway_providers::deploy::ServiceRouter;
+    let mut out = std::collections::BTreeMap::new();
+    for (service, _) in deployed_services(plan) {
+        let Some(r) = plan.router_of(&service) else {
+            continue;
+        };
+        let built: Option<(String, Arc<dyn ServiceRouter>)> = if let Some(n) = &r.nginx {
+            let file = workdir.join(&n.upstream_file);
+            Some((
+                format!("nginx upstream `{}` ({})", n.upstream, file.display()),
+                Arc::new(slipway_providers::nginx::NginxRouter::new(
+                    file,
+                    n.upstream.clone(),
+                    n.test.clone(),
+                    n.reload.clone(),
+                )),
+            ))
+        } else {
+            r.haproxy.as_ref().map(|h| {
+                let socket = workdir.join(&h.socket);
+                let (stable, canary) = h
+                    .servers
+                    .as_ref()
+                    .map_or(("stable".to_owned(), "canary".to_owned()), |s| {
+                        (s.stable.clone(), s.canary.clone())
+                    });
+                (
+                    format!("HAProxy backend `{}` ({})", h.backend, socket.display()),
+                    Arc::new(slipway_providers::haproxy::HaproxyRouter::new(
+                        socket,
+                        h.backend.clone(),
+                        stable,
+                        canary,
+                    )) as Arc<dyn ServiceRouter>,
+                )
+            })
+        };
+        if let Some(b) = built {
+            out.insert(service, b);
+        }
+    }
+    out
 }
 
 /// The deploy target when the plan deploys to the process target.
@@ -593,6 +654,7 @@ async fn process_view(db: &Path, workdir: &Path, plan: &Plan) -> serde_json::Val
     let root = process_root(db, workdir, plan);
     let instances = ProcessTarget::new(root.join("instances"), std::collections::BTreeMap::new());
     let proxies = ProxySupervisor::new(root.join("proxies"), Vec::new());
+    let external = external_routers(plan, workdir);
     let mut view = serde_json::Map::new();
     for (service, _) in deployed_services(plan) {
         let proxy = match proxies.find(&service).await {
@@ -613,7 +675,12 @@ async fn process_view(db: &Path, workdir: &Path, plan: &Plan) -> serde_json::Val
         for i in instances.running(&service).alive {
             *by_version.entry(i.version).or_insert(0) += 1;
         }
-        view.insert(service, json!({"proxy": proxy, "instances": by_version}));
+        let mut entry = json!({"proxy": proxy, "instances": by_version});
+        if let Some((what, r)) = external.get(&service) {
+            // No built-in proxy here: what the external router serves, read back from it.
+            entry["router"] = json!({"via": what, "weight": r.verify_weight().await});
+        }
+        view.insert(service, entry);
     }
     serde_json::Value::Object(view)
 }

@@ -32,6 +32,7 @@ mod rehearse_cli;
 mod render_cli;
 mod report_cli;
 mod rollback_cli;
+mod router_cli;
 mod secret_cli;
 mod smoke_cli;
 mod ssh_cli;

@@ -104,6 +104,12 @@ impl DeployTarget {
         }
     }
 
+    /// Replace the routers of some services (nginx, HAProxy, or any [`ServiceRouter`]).
+    pub fn with_routers(mut self, routers: BTreeMap<String, Arc<dyn ServiceRouter>>) -> Self {
+        self.routers.extend(routers);
+        self
+    }
+
     /// Stream rollout events here.
     pub fn with_events(mut self, tx: UnboundedSender<ServiceEvent>) -> Self {
         self.events = Some(tx);
