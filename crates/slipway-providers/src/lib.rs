@@ -1,7 +1,7 @@
 //! Providers: targets for the engine's `Target` trait (`exec`: commands on this
 //! machine; `ssh`: the same steps on inventory hosts over SSH), the `process` target's instances for canaries, and the built-in proxy as
 //! traffic router and metric source for `slipway-rollout` (in-process, or a proxy process
-//! of its own driven over its admin API), and interventions on a live canary from other
+//! of its own driven over its admin API), nginx (`nginx`) and HAProxy (`haproxy`) as routers, and interventions on a live canary from other
 //! processes.
 //!
 //! Architecture invariant: providers hold no state of their own beyond what they can
