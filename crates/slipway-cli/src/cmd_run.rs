@@ -1669,10 +1669,19 @@ pub fn status(a: StatusArgs, out: &Output) -> Result<i32, CliError> {
                             .join(", ")
                     })
                     .unwrap_or_default();
+                let (front, weight) = match v.get("router") {
+                    // nginx / HAProxy: what it serves, read back from it.
+                    Some(r) => (r["via"].as_str().unwrap_or_default().to_owned(), &r["weight"]),
+                    None => (
+                        format!(
+                            "proxy {}",
+                            v["proxy"]["traffic"].as_str().map_or("not running".to_owned(), |a| format!("http://{a}"))
+                        ),
+                        &v["proxy"]["weight"],
+                    ),
+                };
                 out.line(&format!(
-                    "  {service}: proxy {} canary weight {}%, instances {}",
-                    v["proxy"]["traffic"].as_str().map_or("not running".to_owned(), |a| format!("http://{a}")),
-                    v["proxy"]["weight"],
+                    "  {service}: {front} canary weight {weight}%, instances {}",
                     if instances.is_empty() { "none".to_owned() } else { instances }
                 ));
             }

@@ -190,7 +190,7 @@ analysis_templates:
     }
 
     /// `slipway deploy` of a spec in the background (its stderr in `<dir>/<name>.log`).
-    fn spawn_deploy(&self, spec: &Path, name: &str) -> std::process::Child {
+    pub(crate) fn spawn_deploy(&self, spec: &Path, name: &str) -> std::process::Child {
         let log = std::fs::File::create(self.path().join(format!("{name}.log"))).unwrap();
         Command::new(assert_cmd::cargo::cargo_bin("slipway"))
             .envs(self.envs())
@@ -219,7 +219,7 @@ analysis_templates:
     }
 
     /// The id of the run of `version`, once the journal of it contains `needle`.
-    fn wait_journal(&self, version: &str, needle: &str) -> String {
+    pub(crate) fn wait_journal(&self, version: &str, needle: &str) -> String {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             assert!(

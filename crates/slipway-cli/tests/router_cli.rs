@@ -286,6 +286,26 @@ fn haproxy_fronts_a_canary_that_is_promoted_and_a_bad_one_that_is_rolled_back() 
     assert!(journal.contains("\"event\":\"promoted\""), "{journal}");
     assert_eq!(versions_served(front, 20), one("2.0.0", 20));
     assert_eq!(env.instances(), one("2.0.0", 2));
+    // Status reads the weight back from HAProxy (no proxy to ask).
+    let (code, out, err) = env.run(&["status", v["run"].as_str().unwrap(), "--output", "json"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let api = &status["traffic"]["api"];
+    assert!(
+        api["router"]["via"]
+            .as_str()
+            .unwrap()
+            .contains("HAProxy backend `app`"),
+        "{api}"
+    );
+    assert_eq!(api["router"]["weight"], 0, "{api}");
+    assert_eq!(api["proxy"], serde_json::Value::Null, "{api}");
+    let (code, out, err) = env.run(&["status", v["run"].as_str().unwrap()]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        out.contains("api: HAProxy backend `app`") && out.contains("canary weight 0%"),
+        "{out}"
+    );
 
     // A bad version (half its answers are 500): HAProxy's 5xx counters roll it back.
     let (code, v, err) = env.deploy(&spec(
@@ -499,4 +519,43 @@ fn nginx_fronts_a_canary_that_is_promoted_and_a_bad_one_that_is_rolled_back() {
         None,
         "every request was answered by a version: {tally:?}"
     );
+}
+
+/// `slipway` killed mid-canary behind HAProxy: nothing of the canary was kept by the
+/// router, so the resumed run reads the slots and weight back from HAProxy, retires the
+/// orphaned canary (traffic off it first) and promotes a fresh one, with no user request
+/// failing.
+#[test]
+fn haproxy_canary_resumes_after_slipway_is_killed() {
+    let env = Env::new();
+    let h = haproxy(env.path());
+    let front = SocketAddr::from(([127, 0, 0, 1], h.port));
+    let router = "{ haproxy: { socket: admin.sock, backend: app } }";
+    let metrics = "      - { name: error-rate, max: 0.05 }";
+    let (code, v, err) = env.deploy(&spec(&env, "1.0.0", "", router, STEPS, metrics));
+    assert_eq!(code, 0, "{v}\n{err}");
+    let users = {
+        let _g = env.rt.enter();
+        Traffic::start(front, "/", 200, 4)
+    };
+    let long = STEPS.replace("duration: 3s", "duration: 6s");
+    let mut child = env.spawn_deploy(&spec(&env, "2.0.0", "", router, &long, metrics), "killed");
+    let run = env.wait_journal("2.0.0", "\"verified\":30,\"weight\":30");
+    child.kill().unwrap(); // SIGKILL mid-analysis
+    child.wait().unwrap();
+    // HAProxy alone knows the split now; the canary really takes a share of traffic.
+    let seen = versions_served(front, 100);
+    assert!(seen.get("2.0.0").copied().unwrap_or(0) > 5, "{seen:?}");
+
+    let (code, out, err) = env.run(&["resume", &run]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let journal = env.journal(&run);
+    assert!(journal.contains("canary_retired"), "{journal}");
+    assert!(journal.contains("\"event\":\"promoted\""), "{journal}");
+    assert_eq!(versions_served(front, 20), one("2.0.0", 20));
+    assert_eq!(env.instances(), one("2.0.0", 2));
+    let stats = env.rt.block_on(users.stop());
+    assert!(stats.sent > 200, "{stats:?}");
+    assert_eq!(stats.failed, 0, "{stats:?}");
+    assert_eq!(stats.server_errors, 0, "{stats:?}");
 }

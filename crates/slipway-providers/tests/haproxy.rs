@@ -226,3 +226,40 @@ async fn a_weight_change_and_pool_removal_do_not_drop_a_request_in_flight() {
         .await
     );
 }
+
+/// Routers keep nothing: a router built afresh (as by a `slipway` restarted after a crash)
+/// reads the pools and weight back from HAProxy and carries the weight over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_router_continues_from_what_haproxy_serves() {
+    let h = start_haproxy(2);
+    let stable = backend("stable", Duration::ZERO, 0.0).await;
+    let canary = backend("canary", Duration::ZERO, 0.0).await;
+    let other = backend("canary", Duration::ZERO, 0.0).await;
+    let first = router(&h);
+    first
+        .set_pools(&[stable.local_addr()], &[canary.local_addr()])
+        .await
+        .unwrap();
+    first.set_weight(50).await.unwrap();
+    drop(first);
+    let second = router(&h);
+    assert_eq!(
+        second.verify_weight().await,
+        Some(50),
+        "read back, not remembered"
+    );
+    // A pool change keeps the weight in force: a second canary joins at the same 50%.
+    second
+        .set_pools(
+            &[stable.local_addr()],
+            &[canary.local_addr(), other.local_addr()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(second.verify_weight().await, Some(50));
+    let seen = canary_share(front(&h), 200).await;
+    assert!(
+        (70..=130).contains(&seen),
+        "50% over 1+2 servers: {seen}/200"
+    );
+}

@@ -223,3 +223,49 @@ async fn a_failing_nginx_test_restores_the_previous_file_and_keeps_traffic() {
     r.set_weight(100).await.unwrap();
     assert_eq!(canary_share(front(&n), 20).await, 20);
 }
+
+/// Routers keep nothing: a router built afresh (as by a `slipway` restarted after a crash)
+/// reads the pools and weight back from the file and nginx and carries the weight over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_router_continues_from_what_nginx_serves() {
+    let stable = backend("stable", Duration::ZERO, 0.0).await;
+    let canary = backend("canary", Duration::ZERO, 0.0).await;
+    let other = backend("canary", Duration::ZERO, 0.0).await;
+    let (n, first) = tokio::task::block_in_place(|| {
+        start_nginx(&UpstreamState {
+            weight: 0,
+            stable: vec![stable.local_addr()],
+            canary: vec![canary.local_addr()],
+        })
+    });
+    first.set_weight(50).await.unwrap();
+    let (file, test, reload) = (
+        first.file().to_path_buf(),
+        format!("nginx -t -q {}", flags(n.dir.path())),
+        format!("nginx -s reload {}", flags(n.dir.path())),
+    );
+    drop(first);
+    let second = NginxRouter::new(file, "app", Some(test), Some(reload));
+    assert_eq!(
+        second.verify_weight().await,
+        Some(50),
+        "read back, not remembered"
+    );
+    second
+        .set_pools(
+            &[stable.local_addr()],
+            &[canary.local_addr(), other.local_addr()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        second.verify_weight().await,
+        Some(50),
+        "the weight carries over"
+    );
+    let seen = canary_share(front(&n), 200).await;
+    assert!(
+        (70..=130).contains(&seen),
+        "50% over 1+2 servers: {seen}/200"
+    );
+}
