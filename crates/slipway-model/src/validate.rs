@@ -1352,6 +1352,17 @@ fn router(cx: &mut Cx<'_>, spec: &ReleaseSpec, env: &str, e: &Environment, r: &R
                 "the upstream file is empty",
                 "name the file Slipway owns, e.g. `upstream_file: /etc/nginx/slipway/api.conf`, and `include` it in nginx's `http` block",
             );
+        } else if !word(&n.upstream_file) {
+            // The path is written into nginx config (`listen unix:<file>.sock;`).
+            cx.err_value(
+                "invalid-path",
+                &at("nginx/upstream_file"),
+                format!(
+                    "`{}` cannot be written into an nginx config: it holds whitespace, a quote, `;`, `{{`, `}}`, `#`, `$` or `\\`",
+                    n.upstream_file
+                ),
+                "use a plain path such as `/etc/nginx/slipway/api.conf`",
+            );
         }
         if !word(&n.upstream) {
             cx.err_value(
