@@ -559,3 +559,57 @@ fn haproxy_canary_resumes_after_slipway_is_killed() {
     assert_eq!(stats.failed, 0, "{stats:?}");
     assert_eq!(stats.server_errors, 0, "{stats:?}");
 }
+
+/// `slipway` killed mid-canary behind nginx: the resumed run reads the pools and weight
+/// back from the upstream file and nginx, retires the orphaned canary and promotes a
+/// fresh one; every user request through nginx is answered.
+#[test]
+fn nginx_canary_resumes_after_slipway_is_killed() {
+    let env = Env::new();
+    let n = nginx(env.path());
+    let front = SocketAddr::from(([127, 0, 0, 1], n.port));
+    let router = format!(
+        "{{ nginx: {{ upstream_file: upstream.conf, upstream: app, test: \"nginx -t -q {f}\", reload: \"nginx -s reload {f}\" }} }}",
+        f = nginx_flags(env.path())
+    );
+    let users = Observed::start(front);
+    let metrics = "      - { name: canary-errors, provider: stats, max: 0.1, query: /error_ratio }";
+    let long = STEPS.replace("duration: 3s", "duration: 6s");
+    let spec_at = |version: &str| {
+        let p = spec(&env, version, "", &router, &long, metrics);
+        let text = std::fs::read_to_string(&p).unwrap()
+            + &format!(
+                "providers:\n  stats: {{ http: {{ url: \"http://{}/stats/{{{{ version }}}}\", timeout: 2s }} }}\n",
+                users.stats
+            );
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let (code, v, err) = env.deploy(&spec_at("1.0.0"));
+    assert_eq!(code, 0, "{v}\n{err}");
+    users.users();
+    let mut child = env.spawn_deploy(&spec_at("2.0.0"), "killed");
+    let run = env.wait_journal("2.0.0", "\"verified\":30,\"weight\":30");
+    child.kill().unwrap(); // SIGKILL mid-analysis
+    child.wait().unwrap();
+    let seen = versions_served(front, 100);
+    assert!(
+        seen.get("2.0.0").copied().unwrap_or(0) > 5,
+        "nginx still splits: {seen:?}"
+    );
+
+    let (code, out, err) = env.run(&["resume", &run]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let journal = env.journal(&run);
+    assert!(journal.contains("canary_retired"), "{journal}");
+    assert!(journal.contains("\"event\":\"promoted\""), "{journal}");
+    assert_eq!(versions_served(front, 20), one("2.0.0", 20));
+    assert_eq!(env.instances(), one("2.0.0", 2));
+    let tally = users.tally();
+    assert_eq!(
+        tally.get("none"),
+        None,
+        "every request was answered: {tally:?}"
+    );
+    assert!(tally.values().all(|(_, errors)| *errors == 0), "{tally:?}");
+}
