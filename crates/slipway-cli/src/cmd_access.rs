@@ -12,7 +12,7 @@ use slipway_store::access::AccessDb;
 use serde_json::json;
 use slipway_engine::store::Store;
 
-use crate::cmd_run::{StoreArg, identity, open_store, runtime, sqlite_only, store_error};
+use crate::cmd_run::{StoreArg, identity, open_store, runtime, store_error};
 use crate::out::{CliError, Output};
 
 /// `slipway access …`.
@@ -166,11 +166,7 @@ pub(crate) fn authenticate(token: &str, matches: &clap::ArgMatches) -> Result<()
     let result = rt.block_on(async {
         // Opened first so a fresh file becomes a slipway store, not just access tables.
         let (run_store, _) = open_store(&store).await?;
-        // No token can exist in a PostgreSQL store (tokens are issued into SQLite only),
-        // so a token given there is refused rather than ignored.
-        let path = sqlite_only(&run_store, "--token", "API tokens")
-            .map_err(|e| CliError::new(exit::UNAUTHENTICATED, e.message, e.hint))?;
-        let db = AccessDb::open(path).await.map_err(store_error)?;
+        let db = AccessDb::for_store(&run_store).await.map_err(store_error)?;
         let (id, secret) = access::token_id(token).map_err(unauthenticated)?;
         let row = db.token(id).await.map_err(store_error)?;
         let subject = access::verify_token(token, row.as_ref()).map_err(unauthenticated)?;
@@ -209,19 +205,13 @@ async fn require_admin(db: &AccessDb, action: &str) -> Result<String, CliError> 
 /// (`slipway access grant`): before that every identity may act (a fresh install must be
 /// usable, and the first grant makes its holder admin); after it, each command needs its
 /// role in the run's environment, and a refusal names the role and the grant to ask for.
-///
-/// A PostgreSQL store holds no grants (they are kept only in SQLite so far, and `access
-/// grant` refuses there), so it is the "no grant yet" case: every identity may act.
 pub(crate) async fn enforce(
     store: &AnyStore,
     role: Role,
     action: &str,
     environment: &str,
 ) -> Result<(), CliError> {
-    let Some(db_path) = store.sqlite_path() else {
-        return Ok(());
-    };
-    let db = AccessDb::open(db_path).await.map_err(store_error)?;
+    let db = AccessDb::for_store(store).await.map_err(store_error)?;
     let grants = db.grants(false).await.map_err(store_error)?;
     if grants.is_empty() {
         return Ok(());
@@ -287,13 +277,8 @@ async fn run(c: AccessCommand, out: &Output) -> Result<i32, CliError> {
     // The run store first: it creates and migrates the file, which the access tables share
     // (created first, they would make the file look like a foreign SQLite database).
     let (chain, _) = open_store(&store).await?;
-    let path = sqlite_only(
-        &chain,
-        "slipway access",
-        "access grants, tokens and reviews",
-    )?;
+    let db = AccessDb::for_store(&chain).await.map_err(store_error)?;
     let store = chain.as_ref();
-    let db = AccessDb::open(path).await.map_err(store_error)?;
     match c {
         AccessCommand::Grant(a) => {
             if Role::parse(&a.role).is_none() {

@@ -309,8 +309,14 @@ fn stop(a: StopArgs, out: &Output) -> Result<i32, CliError> {
     let rt = runtime()?;
     rt.block_on(async {
         let (db, runs) = store_runs(&a.store).await?;
-        // Only an existing SQLite store can hold grants (PostgreSQL holds none).
-        if db.exists() {
+        // A missing SQLite file holds no grant (and listing must not create one); a
+        // PostgreSQL store is always asked.
+        let cwd = std::env::current_dir().unwrap_or_default();
+        let shared = matches!(
+            slipway_store::resolve(a.store.store.as_deref(), &cwd),
+            Ok(slipway_store::StoreLocation::Postgres(_))
+        );
+        if db.exists() || shared {
             let (store, _) = crate::cmd_run::open_store(&a.store).await?;
             crate::cmd_access::enforce(
                 &store,

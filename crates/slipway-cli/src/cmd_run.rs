@@ -244,7 +244,7 @@ pub(crate) fn sqlite_only<'a>(
                 store.location()
             ),
             Some(
-                "run it with --store sqlite://PATH; on PostgreSQL, deploy, status, logs, history, approvals, leases and `audit verify/export` work"
+                "run it with --store sqlite://PATH; on PostgreSQL, runs, approvals, leases, access control, reports and `audit verify/export` work"
                     .to_owned(),
             ),
         )

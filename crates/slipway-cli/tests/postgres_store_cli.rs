@@ -3,7 +3,8 @@
 //! by `status`, `history` and `audit verify` from other invocations; a row edited with
 //! psql named by `audit verify` (exit 7); two concurrent deploys of one environment (one
 //! refused on the lease, exit 3); clear errors for an unreachable server, a wrong password
-//! and a newer journal format (exit 8); SQLite-only commands refused by name (exit 2).
+//! and a newer journal format (exit 8); access control in the shared database; SQLite-only
+//! commands refused by name (exit 2).
 //! The password never appears in any output.
 
 use std::path::Path;
@@ -224,6 +225,67 @@ fn store_errors_name_the_masked_url_and_the_fix() {
 }
 
 #[test]
+fn access_control_works_on_postgres_and_its_changes_are_audited_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let url = pg().new_db("cli_access");
+    let file = spec(d, "1.0.0", "true");
+    let as_user = |u: &str| {
+        let mut c = slipway(d, &url);
+        c.env("SLIPWAY_USER", u);
+        c
+    };
+    // The first grant switches access control on, in the shared database.
+    run(
+        as_user("alice").args(["access", "grant", "user:alice", "admin", "--env", "*"]),
+        0,
+    );
+    let o = run(
+        as_user("carol")
+            .arg("deploy")
+            .arg("-f")
+            .arg(&file)
+            .args(["--env", "prod"]),
+        3,
+    );
+    let t = text(&o);
+    assert!(t.contains("lacks the `deployer` role"), "{t}");
+    run(
+        as_user("alice").args(["access", "grant", "user:carol", "deployer", "--env", "prod"]),
+        0,
+    );
+    run(
+        as_user("carol")
+            .arg("deploy")
+            .arg("-f")
+            .arg(&file)
+            .args(["--env", "prod"]),
+        0,
+    );
+    // Both grants are governance entries of the PostgreSQL chain, which verifies.
+    let n = pg().psql(
+        db_name(&url),
+        "SELECT count(*) FROM audit WHERE action = 'governance'",
+    );
+    assert_eq!(n.trim(), "2");
+    assert!(
+        !pg()
+            .psql(db_name(&url), "SELECT detail FROM audit")
+            .contains("carol")
+    );
+    run(slipway(d, &url).args(["audit", "verify"]), 0);
+    // A token is checked against the tokens of this database: an unknown one exits 9.
+    let t = text(&run(
+        as_user("carol")
+            .env("SLIPWAY_TOKEN", "slw_abc.def")
+            .arg("history"),
+        9,
+    ));
+    assert!(!t.contains("slw_abc.def"), "{t}");
+    assert!(!d.join(".slipway/slipway.db").exists());
+}
+
+#[test]
 fn sqlite_only_commands_refuse_by_name_and_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
@@ -233,8 +295,8 @@ fn sqlite_only_commands_refuse_by_name_and_change_nothing() {
     let before = entries();
     for (args, command) in [
         (
-            &["access", "grant", "alice", "admin", "--env", "*"][..],
-            "slipway access",
+            &["retention", "set", "runs", "--live", "90d", "--keep", "7y"][..],
+            "slipway retention set",
         ),
         (&["retention", "show"][..], "slipway retention show"),
     ] {
@@ -243,14 +305,6 @@ fn sqlite_only_commands_refuse_by_name_and_change_nothing() {
         assert!(t.contains("only an SQLite store keeps"), "{t}");
         assert!(t.contains("--store sqlite://PATH"), "{t}");
     }
-    // A token cannot be checked against a store that holds none: refused, exit 9.
-    let t = text(&run(
-        slipway(d, &url)
-            .env("SLIPWAY_TOKEN", "slw_abc.def")
-            .arg("history"),
-        9,
-    ));
-    assert!(t.contains("API tokens"), "{t}");
     assert_eq!(
         entries(),
         before,

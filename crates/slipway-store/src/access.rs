@@ -1,10 +1,13 @@
 //! Access control records: role grants, API tokens (salted hashes only) and access review
-//! campaigns, in the same SQLite file as the runs.
+//! campaigns, in the same store as the runs — the SQLite file or the PostgreSQL database.
 //!
 //! These tables are created here with `CREATE TABLE IF NOT EXISTS` when an [`AccessDb`]
 //! opens, outside the journal's versioned schema (`schema.rs`): they are not journal
 //! records, an older slipway simply ignores them, and keeping them apart lets the journal
 //! format evolve without them. Policy (who may do what) lives in `slipway-govern`.
+//!
+//! One SQL text serves both backends: `$n` placeholders (sqlx binds them by number on
+//! SQLite too), `RETURNING id`, and types both read as the same Rust values.
 
 use std::path::Path;
 use std::time::Duration;
@@ -13,7 +16,10 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use slipway_engine::StoreError;
 use sqlx::Row;
+use sqlx::postgres::PgPool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool};
+
+use crate::AnyStore;
 
 const TABLES: &str = r#"
 CREATE TABLE IF NOT EXISTS access_grants (
@@ -44,6 +50,43 @@ CREATE TABLE IF NOT EXISTS access_reviews (
 CREATE TABLE IF NOT EXISTS access_review_items (
     review_id TEXT NOT NULL,
     grant_id INTEGER NOT NULL,
+    decision TEXT,
+    reviewer TEXT,
+    decided_at TEXT,
+    PRIMARY KEY (review_id, grant_id)
+);
+"#;
+
+/// The same tables in PostgreSQL (identity columns, `BIGINT` ids).
+const PG_TABLES: &str = r#"
+CREATE TABLE IF NOT EXISTS access_grants (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    subject TEXT NOT NULL,
+    role TEXT NOT NULL,
+    environment TEXT NOT NULL,
+    granted_by TEXT NOT NULL,
+    granted_at TEXT NOT NULL,
+    revoked_at TEXT,
+    revoked_by TEXT
+);
+CREATE TABLE IF NOT EXISTS access_tokens (
+    id TEXT PRIMARY KEY,
+    subject TEXT NOT NULL,
+    salt TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    last_used_at TEXT,
+    revoked_at TEXT
+);
+CREATE TABLE IF NOT EXISTS access_reviews (
+    id TEXT PRIMARY KEY,
+    opened_by TEXT NOT NULL,
+    opened_at TEXT NOT NULL,
+    closed_at TEXT
+);
+CREATE TABLE IF NOT EXISTS access_review_items (
+    review_id TEXT NOT NULL,
+    grant_id BIGINT NOT NULL,
     decision TEXT,
     reviewer TEXT,
     decided_at TEXT,
@@ -100,10 +143,28 @@ pub struct ReviewItem {
     pub reviewer: Option<String>,
 }
 
-/// The access tables of a store file.
+#[derive(Debug, Clone)]
+enum Pool {
+    Sqlite(SqlitePool),
+    /// The PostgreSQL store's own read pool (not closed here).
+    Pg(PgPool),
+}
+
+/// Run `$e` with `$p` bound to whichever pool this is (the expression is type-checked
+/// once per backend).
+macro_rules! on {
+    ($self:ident, $p:ident => $e:expr) => {
+        match &$self.pool {
+            Pool::Sqlite($p) => $e,
+            Pool::Pg($p) => $e,
+        }
+    };
+}
+
+/// The access tables of a store.
 #[derive(Debug, Clone)]
 pub struct AccessDb {
-    pool: SqlitePool,
+    pool: Pool,
     location: String,
 }
 
@@ -138,7 +199,40 @@ impl AccessDb {
             .execute(&pool)
             .await
             .map_err(unavailable)?;
-        Ok(Self { pool, location })
+        Ok(Self {
+            pool: Pool::Sqlite(pool),
+            location,
+        })
+    }
+
+    /// The access tables of whichever store this is (created if needed).
+    pub async fn for_store(store: &AnyStore) -> Result<Self, StoreError> {
+        match store {
+            AnyStore::Sqlite(s) => Self::open(s.path()).await,
+            AnyStore::Postgres(s) => {
+                let location = slipway_engine::Store::location(s);
+                let unavailable = |e: sqlx::Error| StoreError::Unavailable {
+                    location: location.clone(),
+                    message: format!("create the access tables: {e}"),
+                };
+                let pool = s.pool().clone();
+                // Under the schema lock: concurrent `CREATE TABLE IF NOT EXISTS` of one
+                // table can still collide in PostgreSQL's catalog.
+                let mut tx = pool.begin().await.map_err(unavailable)?;
+                crate::postgres::schema_lock(&mut tx)
+                    .await
+                    .map_err(unavailable)?;
+                sqlx::raw_sql(PG_TABLES)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(unavailable)?;
+                tx.commit().await.map_err(unavailable)?;
+                Ok(Self {
+                    pool: Pool::Pg(pool),
+                    location,
+                })
+            }
+        }
     }
 
     fn q(e: sqlx::Error) -> StoreError {
@@ -154,187 +248,206 @@ impl AccessDb {
         by: &str,
         at: Timestamp,
     ) -> Result<i64, StoreError> {
-        let r = sqlx::query(
-            "INSERT INTO access_grants (subject, role, environment, granted_by, granted_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+        on!(self, p => sqlx::query_scalar::<_, i64>(
+            "INSERT INTO access_grants (subject, role, environment, granted_by, granted_at) VALUES ($1, $2, $3, $4, $5) RETURNING id",
         )
         .bind(subject)
         .bind(role)
         .bind(environment)
         .bind(by)
         .bind(at.to_string())
-        .execute(&self.pool)
+        .fetch_one(p)
         .await
-        .map_err(Self::q)?;
-        Ok(r.last_insert_rowid())
+        .map_err(Self::q))
     }
 
     /// Grants, live ones only unless `all`.
     pub async fn grants(&self, all: bool) -> Result<Vec<GrantRow>, StoreError> {
-        let sql = if all {
-            "SELECT * FROM access_grants ORDER BY id"
-        } else {
-            "SELECT * FROM access_grants WHERE revoked_at IS NULL ORDER BY id"
-        };
-        let rows = sqlx::query(sql)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(Self::q)?;
-        rows.iter()
-            .map(|r| {
-                Ok(GrantRow {
-                    id: r.try_get("id").map_err(Self::q)?,
-                    subject: r.try_get("subject").map_err(Self::q)?,
-                    role: r.try_get("role").map_err(Self::q)?,
-                    environment: r.try_get("environment").map_err(Self::q)?,
-                    granted_by: r.try_get("granted_by").map_err(Self::q)?,
-                    granted_at: ts(r.try_get("granted_at").map_err(Self::q)?).unwrap_or_default(),
-                    revoked_at: ts(r.try_get("revoked_at").map_err(Self::q)?),
+        on!(self, p => {
+            let sql = if all {
+                "SELECT * FROM access_grants ORDER BY id"
+            } else {
+                "SELECT * FROM access_grants WHERE revoked_at IS NULL ORDER BY id"
+            };
+            let rows = sqlx::query(sql)
+                .fetch_all(p)
+                .await
+                .map_err(Self::q)?;
+            rows.iter()
+                .map(|r| {
+                    Ok(GrantRow {
+                        id: r.try_get("id").map_err(Self::q)?,
+                        subject: r.try_get("subject").map_err(Self::q)?,
+                        role: r.try_get("role").map_err(Self::q)?,
+                        environment: r.try_get("environment").map_err(Self::q)?,
+                        granted_by: r.try_get("granted_by").map_err(Self::q)?,
+                        granted_at: ts(r.try_get("granted_at").map_err(Self::q)?).unwrap_or_default(),
+                        revoked_at: ts(r.try_get("revoked_at").map_err(Self::q)?),
+                    })
                 })
-            })
-            .collect()
+                .collect()
+        })
     }
 
     /// Revoke a grant; false when it did not exist or was already revoked.
     pub async fn revoke_grant(&self, id: i64, by: &str, at: Timestamp) -> Result<bool, StoreError> {
-        let r = sqlx::query(
-            "UPDATE access_grants SET revoked_at = ?2, revoked_by = ?3 WHERE id = ?1 AND revoked_at IS NULL",
-        )
-        .bind(id)
-        .bind(at.to_string())
-        .bind(by)
-        .execute(&self.pool)
-        .await
-        .map_err(Self::q)?;
-        Ok(r.rows_affected() == 1)
+        on!(self, p => {
+            let r = sqlx::query(
+                "UPDATE access_grants SET revoked_at = $2, revoked_by = $3 WHERE id = $1 AND revoked_at IS NULL",
+            )
+            .bind(id)
+            .bind(at.to_string())
+            .bind(by)
+            .execute(p)
+            .await
+            .map_err(Self::q)?;
+            Ok(r.rows_affected() == 1)
+        })
     }
 
     /// Store a new token's hash.
     pub async fn add_token(&self, t: &TokenRow) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO access_tokens (id, subject, salt, hash, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-        )
-        .bind(&t.id)
-        .bind(&t.subject)
-        .bind(&t.salt)
-        .bind(&t.hash)
-        .bind(t.created_at.to_string())
-        .execute(&self.pool)
-        .await
-        .map_err(Self::q)?;
-        Ok(())
+        on!(self, p => {
+            sqlx::query(
+                "INSERT INTO access_tokens (id, subject, salt, hash, created_at) VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(&t.id)
+            .bind(&t.subject)
+            .bind(&t.salt)
+            .bind(&t.hash)
+            .bind(t.created_at.to_string())
+            .execute(p)
+            .await
+            .map_err(Self::q)?;
+            Ok(())
+        })
     }
 
     /// One token by id.
     pub async fn token(&self, id: &str) -> Result<Option<TokenRow>, StoreError> {
-        let r = sqlx::query("SELECT * FROM access_tokens WHERE id = ?1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(Self::q)?;
-        r.map(|r| {
-            Ok(TokenRow {
-                id: r.try_get("id").map_err(Self::q)?,
-                subject: r.try_get("subject").map_err(Self::q)?,
-                salt: r.try_get("salt").map_err(Self::q)?,
-                hash: r.try_get("hash").map_err(Self::q)?,
-                created_at: ts(r.try_get("created_at").map_err(Self::q)?).unwrap_or_default(),
-                last_used_at: ts(r.try_get("last_used_at").map_err(Self::q)?),
-                revoked_at: ts(r.try_get("revoked_at").map_err(Self::q)?),
+        on!(self, p => {
+            let r = sqlx::query("SELECT * FROM access_tokens WHERE id = $1")
+                .bind(id)
+                .fetch_optional(p)
+                .await
+                .map_err(Self::q)?;
+            r.map(|r| {
+                Ok(TokenRow {
+                    id: r.try_get("id").map_err(Self::q)?,
+                    subject: r.try_get("subject").map_err(Self::q)?,
+                    salt: r.try_get("salt").map_err(Self::q)?,
+                    hash: r.try_get("hash").map_err(Self::q)?,
+                    created_at: ts(r.try_get("created_at").map_err(Self::q)?).unwrap_or_default(),
+                    last_used_at: ts(r.try_get("last_used_at").map_err(Self::q)?),
+                    revoked_at: ts(r.try_get("revoked_at").map_err(Self::q)?),
+                })
             })
+            .transpose()
         })
-        .transpose()
     }
 
     /// Record a successful use.
     pub async fn touch_token(&self, id: &str, at: Timestamp) -> Result<(), StoreError> {
-        sqlx::query("UPDATE access_tokens SET last_used_at = ?2 WHERE id = ?1")
-            .bind(id)
-            .bind(at.to_string())
-            .execute(&self.pool)
-            .await
-            .map_err(Self::q)?;
-        Ok(())
+        on!(self, p => {
+            sqlx::query("UPDATE access_tokens SET last_used_at = $2 WHERE id = $1")
+                .bind(id)
+                .bind(at.to_string())
+                .execute(p)
+                .await
+                .map_err(Self::q)?;
+            Ok(())
+        })
     }
 
     /// Replace a token's stored hash (a legacy digest upgraded to argon2id).
     pub async fn rehash_token(&self, id: &str, hash: &str) -> Result<(), StoreError> {
-        sqlx::query("UPDATE access_tokens SET hash = ?2, salt = '' WHERE id = ?1")
-            .bind(id)
-            .bind(hash)
-            .execute(&self.pool)
-            .await
-            .map_err(Self::q)?;
-        Ok(())
+        on!(self, p => {
+            sqlx::query("UPDATE access_tokens SET hash = $2, salt = '' WHERE id = $1")
+                .bind(id)
+                .bind(hash)
+                .execute(p)
+                .await
+                .map_err(Self::q)?;
+            Ok(())
+        })
     }
 
     /// Every token, newest first (hashes included: never print them).
     pub async fn tokens(&self) -> Result<Vec<TokenRow>, StoreError> {
-        let ids: Vec<String> =
-            sqlx::query_scalar("SELECT id FROM access_tokens ORDER BY created_at DESC, id")
-                .fetch_all(&self.pool)
-                .await
-                .map_err(Self::q)?;
-        let mut out = Vec::new();
-        for id in ids {
-            if let Some(t) = self.token(&id).await? {
-                out.push(t);
+        on!(self, p => {
+            let ids: Vec<String> =
+                sqlx::query_scalar("SELECT id FROM access_tokens ORDER BY created_at DESC, id")
+                    .fetch_all(p)
+                    .await
+                    .map_err(Self::q)?;
+            let mut out = Vec::new();
+            for id in ids {
+                if let Some(t) = self.token(&id).await? {
+                    out.push(t);
+                }
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     /// Revoke a token; false when unknown or already revoked.
     pub async fn revoke_token(&self, id: &str, at: Timestamp) -> Result<bool, StoreError> {
-        let r = sqlx::query(
-            "UPDATE access_tokens SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
-        )
-        .bind(id)
-        .bind(at.to_string())
-        .execute(&self.pool)
-        .await
-        .map_err(Self::q)?;
-        Ok(r.rows_affected() == 1)
+        on!(self, p => {
+            let r = sqlx::query(
+                "UPDATE access_tokens SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL",
+            )
+            .bind(id)
+            .bind(at.to_string())
+            .execute(p)
+            .await
+            .map_err(Self::q)?;
+            Ok(r.rows_affected() == 1)
+        })
     }
 
     /// Open a review campaign over every live grant; returns how many it lists.
     pub async fn open_review(&self, id: &str, by: &str, at: Timestamp) -> Result<u64, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(Self::q)?;
-        sqlx::query("INSERT INTO access_reviews (id, opened_by, opened_at) VALUES (?1, ?2, ?3)")
+        on!(self, p => {
+            let mut tx = p.begin().await.map_err(Self::q)?;
+            sqlx::query("INSERT INTO access_reviews (id, opened_by, opened_at) VALUES ($1, $2, $3)")
+                .bind(id)
+                .bind(by)
+                .bind(at.to_string())
+                .execute(&mut *tx)
+                .await
+                .map_err(Self::q)?;
+            let r = sqlx::query(
+                "INSERT INTO access_review_items (review_id, grant_id) SELECT $1, id FROM access_grants WHERE revoked_at IS NULL",
+            )
             .bind(id)
-            .bind(by)
-            .bind(at.to_string())
             .execute(&mut *tx)
             .await
             .map_err(Self::q)?;
-        let r = sqlx::query(
-            "INSERT INTO access_review_items (review_id, grant_id) SELECT ?1, id FROM access_grants WHERE revoked_at IS NULL",
-        )
-        .bind(id)
-        .execute(&mut *tx)
-        .await
-        .map_err(Self::q)?;
-        tx.commit().await.map_err(Self::q)?;
-        Ok(r.rows_affected())
+            tx.commit().await.map_err(Self::q)?;
+            Ok(r.rows_affected())
+        })
     }
 
     /// The items of a campaign.
     pub async fn review_items(&self, id: &str) -> Result<Vec<ReviewItem>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT grant_id, decision, reviewer FROM access_review_items WHERE review_id = ?1 ORDER BY grant_id",
-        )
-        .bind(id)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(Self::q)?;
-        rows.iter()
-            .map(|r| {
-                Ok(ReviewItem {
-                    grant_id: r.try_get("grant_id").map_err(Self::q)?,
-                    decision: r.try_get("decision").map_err(Self::q)?,
-                    reviewer: r.try_get("reviewer").map_err(Self::q)?,
+        on!(self, p => {
+            let rows = sqlx::query(
+                "SELECT grant_id, decision, reviewer FROM access_review_items WHERE review_id = $1 ORDER BY grant_id",
+            )
+            .bind(id)
+            .fetch_all(p)
+            .await
+            .map_err(Self::q)?;
+            rows.iter()
+                .map(|r| {
+                    Ok(ReviewItem {
+                        grant_id: r.try_get("grant_id").map_err(Self::q)?,
+                        decision: r.try_get("decision").map_err(Self::q)?,
+                        reviewer: r.try_get("reviewer").map_err(Self::q)?,
+                    })
                 })
-            })
-            .collect()
+                .collect()
+        })
     }
 
     /// Decide one item (`confirm` or `revoke`); a revoke also revokes the grant, in the
@@ -347,55 +460,62 @@ impl AccessDb {
         reviewer: &str,
         at: Timestamp,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(Self::q)?;
-        let r = sqlx::query(
-            "UPDATE access_review_items SET decision = ?3, reviewer = ?4, decided_at = ?5
-             WHERE review_id = ?1 AND grant_id = ?2
-             AND EXISTS (SELECT 1 FROM access_reviews WHERE id = ?1 AND closed_at IS NULL)",
-        )
-        .bind(review)
-        .bind(grant_id)
-        .bind(decision)
-        .bind(reviewer)
-        .bind(at.to_string())
-        .execute(&mut *tx)
-        .await
-        .map_err(Self::q)?;
-        if r.rows_affected() == 1 && decision == "revoke" {
-            sqlx::query(
-                "UPDATE access_grants SET revoked_at = ?2, revoked_by = ?3 WHERE id = ?1 AND revoked_at IS NULL",
+        on!(self, p => {
+            let mut tx = p.begin().await.map_err(Self::q)?;
+            let r = sqlx::query(
+                "UPDATE access_review_items SET decision = $3, reviewer = $4, decided_at = $5
+             WHERE review_id = $1 AND grant_id = $2
+             AND EXISTS (SELECT 1 FROM access_reviews WHERE id = $1 AND closed_at IS NULL)",
             )
+            .bind(review)
             .bind(grant_id)
-            .bind(at.to_string())
+            .bind(decision)
             .bind(reviewer)
+            .bind(at.to_string())
             .execute(&mut *tx)
             .await
             .map_err(Self::q)?;
-        }
-        tx.commit().await.map_err(Self::q)?;
-        Ok(r.rows_affected() == 1)
+            if r.rows_affected() == 1 && decision == "revoke" {
+                sqlx::query(
+                    "UPDATE access_grants SET revoked_at = $2, revoked_by = $3 WHERE id = $1 AND revoked_at IS NULL",
+                )
+                .bind(grant_id)
+                .bind(at.to_string())
+                .bind(reviewer)
+                .execute(&mut *tx)
+                .await
+                .map_err(Self::q)?;
+            }
+            tx.commit().await.map_err(Self::q)?;
+            Ok(r.rows_affected() == 1)
+        })
     }
 
     /// Close a campaign; returns the grant ids nobody reviewed.
     pub async fn close_review(&self, id: &str, at: Timestamp) -> Result<Vec<i64>, StoreError> {
-        sqlx::query("UPDATE access_reviews SET closed_at = ?2 WHERE id = ?1 AND closed_at IS NULL")
-            .bind(id)
-            .bind(at.to_string())
-            .execute(&self.pool)
-            .await
-            .map_err(Self::q)?;
-        Ok(self
-            .review_items(id)
-            .await?
-            .into_iter()
-            .filter(|i| i.decision.is_none())
-            .map(|i| i.grant_id)
-            .collect())
+        on!(self, p => {
+            sqlx::query("UPDATE access_reviews SET closed_at = $2 WHERE id = $1 AND closed_at IS NULL")
+                .bind(id)
+                .bind(at.to_string())
+                .execute(p)
+                .await
+                .map_err(Self::q)?;
+            Ok(self
+                .review_items(id)
+                .await?
+                .into_iter()
+                .filter(|i| i.decision.is_none())
+                .map(|i| i.grant_id)
+                .collect())
+        })
     }
 
     /// Close the connection pool (before its runtime is dropped).
     pub async fn close(&self) {
-        self.pool.close().await;
+        // A PostgreSQL store's pool belongs to the store.
+        if let Pool::Sqlite(p) = &self.pool {
+            p.close().await;
+        }
     }
 
     /// Where the tables live, for messages.

@@ -185,6 +185,11 @@ impl PgStore {
         rx.await.map_err(|_| gone())?
     }
 
+    /// The read pool, for the records kept beside the journal (`access`).
+    pub(crate) fn pool(&self) -> &PgPool {
+        &self.read
+    }
+
     /// Close the pools (the writer task ends when the store is dropped).
     pub async fn close(&self) {
         self.read.close().await;
@@ -230,12 +235,7 @@ async fn migrate(
     let mut tx = conn.begin().await.map_err(err)?;
     // Two processes opening a fresh database at once: the second waits here, then finds
     // the schema current (PostgreSQL's CREATE TABLE would otherwise race on the catalog).
-    sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
-        .bind(LOCK_CLASS)
-        .bind(SCHEMA_LOCK)
-        .execute(&mut *tx)
-        .await
-        .map_err(err)?;
+    schema_lock(&mut tx).await.map_err(err)?;
     let has = |name: &'static str| {
         sqlx::query_scalar::<_, bool>("SELECT to_regclass($1) IS NOT NULL").bind(name)
     };
@@ -302,6 +302,17 @@ async fn migrate(
     .await
     .map_err(err)?;
     tx.commit().await.map_err(err)?;
+    Ok(())
+}
+
+/// Take the schema lock for the rest of the transaction: everything that creates tables
+/// (the journal schema, the access tables) does it under this lock.
+pub(crate) async fn schema_lock(tx: &mut PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
+        .bind(LOCK_CLASS)
+        .bind(SCHEMA_LOCK)
+        .execute(&mut *tx)
+        .await?;
     Ok(())
 }
 

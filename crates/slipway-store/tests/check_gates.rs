@@ -1,5 +1,5 @@
-//! Declared checks as gates, through the engine over the real SQLite store with a fake
-//! check runner: a failing `pre` check fails the run before any step starts; a failing
+//! Declared checks as gates, through the engine over each real store (SQLite, PostgreSQL)
+//! with a fake check runner: a failing `pre` check fails the run before any step starts; a failing
 //! `post` check rolls back the steps that ran; without a runner checks are journaled as
 //! skipped, never as passed.
 
@@ -14,7 +14,8 @@ use slipway_engine::{
 };
 use slipway_model::plan::{Facts, Plan, plan};
 use slipway_model::spec::{Check, ReleaseSpec};
-use slipway_store::SqliteStore;
+
+use crate::common::{Backend, Fresh, on_both};
 
 /// Passes or fails each check by name, and remembers the order checks were asked in.
 struct FakeRunner {
@@ -55,10 +56,11 @@ fn make_plan() -> Plan {
 }
 
 async fn run_with(
+    b: Backend,
     runner: Option<Arc<FakeRunner>>,
-) -> (tempfile::TempDir, Engine, String, DriveOutcome) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&dir.path().join("s.db")).await.unwrap();
+) -> (Fresh, Engine, String, DriveOutcome) {
+    let dir = Fresh::new(b);
+    let store = dir.open().await.unwrap();
     let mut engine = Engine::new(Arc::new(store), Arc::new(NoopTarget), Arc::new(SystemClock));
     if let Some(r) = runner {
         engine = engine.with_checks(r);
@@ -90,15 +92,14 @@ fn runner(verdicts: &[(&'static str, bool)]) -> Arc<FakeRunner> {
     })
 }
 
-#[tokio::test]
-async fn a_failing_pre_check_fails_the_run_before_any_step() {
+async fn a_failing_pre_check_fails_the_run_before_any_step(b: Backend) {
     let r = runner(&[
         ("db", false),
         ("cache", true),
         ("health", true),
         ("ping", true),
     ]);
-    let (_d, engine, run, out) = run_with(Some(r.clone())).await;
+    let (_d, engine, run, out) = run_with(b, Some(r.clone())).await;
     assert_eq!(out, DriveOutcome::Finished(RunState::Failed));
     assert!(engine.store().steps(&run).await.unwrap().is_empty());
     // Every pre check ran (one report with all problems), the post check never did.
@@ -129,15 +130,14 @@ async fn a_failing_pre_check_fails_the_run_before_any_step() {
     );
 }
 
-#[tokio::test]
-async fn a_failing_post_check_rolls_back_the_steps_that_ran() {
+async fn a_failing_post_check_rolls_back_the_steps_that_ran(b: Backend) {
     let r = runner(&[
         ("db", true),
         ("cache", true),
         ("health", false),
         ("ping", true),
     ]);
-    let (_d, engine, run, out) = run_with(Some(r.clone())).await;
+    let (_d, engine, run, out) = run_with(b, Some(r.clone())).await;
     assert_eq!(out, DriveOutcome::Finished(RunState::RolledBack));
     let steps = engine.store().steps(&run).await.unwrap();
     assert_eq!(steps.len(), 2);
@@ -161,15 +161,14 @@ async fn a_failing_post_check_rolls_back_the_steps_that_ran() {
     );
 }
 
-#[tokio::test]
-async fn passing_checks_let_the_run_succeed_and_are_journaled() {
+async fn passing_checks_let_the_run_succeed_and_are_journaled(b: Backend) {
     let r = runner(&[
         ("db", true),
         ("cache", true),
         ("health", true),
         ("ping", true),
     ]);
-    let (_d, engine, run, out) = run_with(Some(r)).await;
+    let (_d, engine, run, out) = run_with(b, Some(r)).await;
     assert_eq!(out, DriveOutcome::Finished(RunState::Succeeded));
     let j = journal(&engine, &run).await;
     let ran: Vec<&str> = j
@@ -185,9 +184,8 @@ async fn passing_checks_let_the_run_succeed_and_are_journaled() {
     assert_eq!(ran, vec!["cache", "db", "ping", "health"]);
 }
 
-#[tokio::test]
-async fn without_a_runner_checks_are_journaled_as_skipped_never_as_passed() {
-    let (_d, engine, run, out) = run_with(None).await;
+async fn without_a_runner_checks_are_journaled_as_skipped_never_as_passed(b: Backend) {
+    let (_d, engine, run, out) = run_with(b, None).await;
     assert_eq!(out, DriveOutcome::Finished(RunState::Succeeded));
     let j = journal(&engine, &run).await;
     let skipped = j
@@ -206,3 +204,10 @@ async fn without_a_runner_checks_are_journaled_as_skipped_never_as_passed() {
             .any(|e| e.action == "check_skipped" && e.outcome == "skipped")
     );
 }
+
+on_both!(
+    a_failing_pre_check_fails_the_run_before_any_step,
+    a_failing_post_check_rolls_back_the_steps_that_ran,
+    passing_checks_let_the_run_succeed_and_are_journaled,
+    without_a_runner_checks_are_journaled_as_skipped_never_as_passed
+);

@@ -7,6 +7,7 @@
     reason = "test helpers outside #[test] fns panic on setup failure"
 )]
 
+mod access;
 mod archive;
 mod check_gates;
 mod common;
