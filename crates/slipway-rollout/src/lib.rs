@@ -361,6 +361,14 @@ impl<'a> Judge<'a> {
         })
     }
 
+    /// Whether the template has a metric of the router's window.
+    fn uses_builtin(&self) -> bool {
+        self.template
+            .metrics
+            .iter()
+            .any(|m| m.provider == "builtin")
+    }
+
     /// The template's metrics that an external provider measures.
     fn external(&self) -> Vec<&'a Metric> {
         self.template
@@ -559,29 +567,34 @@ pub async fn run_canary_checked(
                 None => {}
             }
             if judge.is_some() || background.is_some() {
-                let w = world.metrics.window().await;
-                let w = match w {
-                    Ok(w) => w,
-                    Err(e) => {
-                        // A provider error is a measurement in Error for every judge.
-                        let err = analysis::MetricResult {
-                            metric: "provider".into(),
-                            phase: Phase::Error,
-                            value: None,
-                            threshold: String::new(),
-                            detail: format!("metric source failed: {e}"),
-                            query: None,
-                        };
-                        for j in judge.iter_mut().chain(background.iter_mut()) {
-                            let m = analysis::combine(vec![err.clone()]);
-                            let _ = analysis::record(&mut j.state, m, &j.limits);
-                        }
-                        continue;
-                    }
+                // A template judged only by external providers does not need the router's
+                // window (an nginx router has none): a failing window is an Error only
+                // for templates with builtin metrics.
+                let (w, source_error) = match world.metrics.window().await {
+                    Ok(w) => (w, None),
+                    Err(e) => (Window::default(), Some(e)),
                 };
                 for j in judge.iter_mut().chain(background.iter_mut()) {
-                    let asked = ask(world, j, &vars).await;
-                    let (m, phase) = j.measure(&w, asked);
+                    let (m, phase) = match &source_error {
+                        Some(e) if j.uses_builtin() => {
+                            // The window failed: a measurement in Error for this judge,
+                            // counted against consecutive_error_limit like any other.
+                            let m = analysis::combine(vec![analysis::MetricResult {
+                                metric: "provider".into(),
+                                phase: Phase::Error,
+                                value: None,
+                                threshold: String::new(),
+                                detail: format!("metric source failed: {e}"),
+                                query: None,
+                            }]);
+                            let phase = analysis::record(&mut j.state, m.clone(), &j.limits);
+                            (m, phase)
+                        }
+                        _ => {
+                            let asked = ask(world, j, &vars).await;
+                            j.measure(&w, asked)
+                        }
+                    };
                     emit(RolloutEvent::Measured {
                         template: j.name.clone(),
                         window: WindowSummary::of(&w),

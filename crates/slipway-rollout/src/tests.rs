@@ -183,6 +183,26 @@ async fn drive_with(
     stable_ready: bool,
     external: Option<&dyn ExternalMetrics>,
 ) -> (Outcome, Vec<String>, Vec<RolloutEvent>) {
+    drive_full(script, templates, stable_ready, external, false, steps()).await
+}
+
+/// A router that cannot measure (as nginx): every window fails.
+struct NoWindow;
+
+impl MetricSource for NoWindow {
+    fn window(&self) -> BoxFuture<'_, Result<Window, String>> {
+        Box::pin(async { Err("this router keeps no per-version counters".into()) })
+    }
+}
+
+async fn drive_full(
+    script: Vec<(u64, u64)>,
+    templates: BTreeMap<String, AnalysisTemplate>,
+    stable_ready: bool,
+    external: Option<&dyn ExternalMetrics>,
+    no_window: bool,
+    steps: Vec<CanaryStep>,
+) -> (Outcome, Vec<String>, Vec<RolloutEvent>) {
     let log = Log::default();
     let instances = FakeInstances {
         log: &log,
@@ -196,11 +216,11 @@ async fn drive_with(
     let mut s = vec![(0, 0)];
     s.extend(script);
     let metrics = Script(Mutex::new(s));
-    let steps = steps();
+    let metrics: &dyn MetricSource = if no_window { &NoWindow } else { &metrics };
     let world = World {
         instances: &instances,
         router: &router,
-        metrics: &metrics,
+        metrics,
         external,
         interventions: &NoInterventions,
         drain_timeout: Duration::from_millis(100),
@@ -456,4 +476,44 @@ async fn an_external_metric_without_a_client_is_an_error_not_an_endless_inconclu
         panic!("{outcome:?}")
     };
     assert!(reason.contains("no client for provider `prom`"), "{reason}");
+}
+
+#[tokio::test]
+async fn external_metrics_judge_a_canary_whose_router_cannot_measure() {
+    let ext = Readings::new(vec![Reading::Value(0.5)]);
+    let (outcome, _, _) =
+        drive_full(vec![], prom_template(), true, Some(&ext), true, steps()).await;
+    let Outcome::RolledBack { reason, .. } = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert!(
+        reason.contains("error-ratio = 0.5000 above max"),
+        "{reason}"
+    );
+    // A template with builtin metrics cannot pass without the router's window: its
+    // errors are measurements that pause the canary past consecutive_error_limit (they
+    // used to be counted and never acted on, and the canary waited forever).
+    // (An analysis without a duration: it ends by its limits alone, whatever the clock.)
+    let mut untimed = steps();
+    untimed[1].analysis = Some(AnalysisStep {
+        template: "t".into(),
+        duration: None,
+    });
+    let (outcome, log, events) = drive_full(vec![], template(0), true, None, true, untimed).await;
+    let Outcome::Paused { reason } = outcome else {
+        panic!("{outcome:?} {log:?}")
+    };
+    assert!(
+        reason.contains("errored")
+            && reason.contains("metric source failed: this router keeps no per-version counters"),
+        "{reason}"
+    );
+    let measured = events
+        .iter()
+        .filter(|e| matches!(e, RolloutEvent::Measured { .. }))
+        .count();
+    assert_eq!(
+        measured, 5,
+        "4 errors tolerated (the default), the 5th pauses"
+    );
 }
