@@ -472,3 +472,40 @@ async fn an_unresolved_secret_variable_is_an_error_naming_the_secret() {
         "{e}"
     );
 }
+
+#[tokio::test]
+async fn the_metrics_of_a_measurement_are_asked_at_once() {
+    // A server that answers nobody until both requests are in: asked one after another,
+    // the first would wait out its timeout and be an error.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while held.len() < 2 {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 4096];
+            let mut got = Vec::new();
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = s.read(&mut buf).await.unwrap();
+                got.extend_from_slice(&buf[..n]);
+            }
+            held.push(s);
+        }
+        for mut s in held {
+            let _ = s
+                .write_all(
+                    http(
+                        "200 OK",
+                        r#"{"status":"success","data":{"resultType":"scalar","result":[1,"1"]}}"#,
+                    )
+                    .as_bytes(),
+                )
+                .await;
+        }
+    });
+    let set = prom(format!("http://{addr}"), "2s");
+    let (a, b) = (metric("prom", "up"), metric("prom", "up"));
+    let asked = set.read(&[&a, &b], &vars()).await;
+    let readings: Vec<&Reading> = asked.iter().map(|x| &x.reading).collect();
+    assert_eq!(readings, [&Reading::Value(1.0), &Reading::Value(1.0)]);
+}
