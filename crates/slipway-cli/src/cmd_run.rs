@@ -266,6 +266,19 @@ fn engine_with(
     plan: Option<&Plan>,
     deploy: Option<Arc<DeployTarget>>,
 ) -> Engine {
+    engine_with_ssh(store, db, workdir, plan, deploy, None)
+}
+
+/// [`engine_with`] whose steps on an `ssh` plan go to `ssh` when given: the target whose
+/// host check opened the sessions, so the run does not log in to every host again.
+fn engine_with_ssh(
+    store: Arc<AnyStore>,
+    db: &Path,
+    workdir: &str,
+    plan: Option<&Plan>,
+    deploy: Option<Arc<DeployTarget>>,
+    ssh: Option<slipway_providers::ssh::SshTarget>,
+) -> Engine {
     let state = db.parent().unwrap_or(Path::new(".")).join("exec");
     let (exec, config) = crate::cmd_config::targets(
         db,
@@ -273,14 +286,15 @@ fn engine_with(
         plan,
         secret_redactor(plan),
     );
-    let exec: Arc<dyn slipway_engine::Target> = match plan.filter(|p| p.target == "ssh") {
-        Some(p) => match ssh_target(p, &spec_dir_of(Path::new(workdir), plan)) {
+    let exec: Arc<dyn slipway_engine::Target> = match (plan.filter(|p| p.target == "ssh"), ssh) {
+        (Some(_), Some(checked)) => Arc::new(checked),
+        (Some(p), None) => match ssh_target(p, &spec_dir_of(Path::new(workdir), plan)) {
             Ok(t) => Arc::new(t),
             // A resumed or rolled-back run whose inventory no longer loads: every step
             // fails with the reason instead of running somewhere else.
             Err(why) => Arc::new(Unavailable(why)),
         },
-        None => Arc::new(exec(ExecTarget::new(workdir, state))),
+        (None, _) => Arc::new(exec(ExecTarget::new(workdir, state))),
     };
     let target = CompositeTarget {
         config,
@@ -1278,6 +1292,7 @@ pub fn deploy(a: DeployArgs, out: &Output) -> Result<i32, CliError> {
             crate::cmd_env::refuse_if_leased(store.as_ref(), &plan.environment, mine.as_deref())
                 .await?;
         }
+        let mut checked_ssh = None;
         if plan.target == "ssh" {
             // Every host reachable, its key the recorded one, the key accepted: checked
             // before a run exists, so a refused host key stops the release before any
@@ -1301,6 +1316,12 @@ pub fn deploy(a: DeployArgs, out: &Output) -> Result<i32, CliError> {
                     ));
                 }
             }
+            if a.detach {
+                // The background driver opens its own sessions.
+                target.close_all().await;
+            } else {
+                checked_ssh = Some(target);
+            }
         }
         let deploy = if a.detach {
             // The background driver finds or starts the proxies itself.
@@ -1308,12 +1329,13 @@ pub fn deploy(a: DeployArgs, out: &Output) -> Result<i32, CliError> {
         } else {
             deploy_target_for(&store, &db, &workdir, Some(&plan), out).await?
         };
-        let engine = engine_with(
+        let engine = engine_with_ssh(
             store.clone(),
             &db,
             &workdir.to_string_lossy(),
             Some(&plan),
             deploy,
+            checked_ssh,
         );
         let (run, continued) = engine
             .create_or_continue(NewRunRequest {

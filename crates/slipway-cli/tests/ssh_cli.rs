@@ -126,6 +126,10 @@ fn a_release_is_deployed_on_every_host_and_status_shows_each_host() {
             format!("1.0.0 on host{}\n", i + 1)
         );
     }
+    // The host-key check before the run and the run's steps share one session per host.
+    for h in &fleet.hosts {
+        assert_eq!(h.logins(), 1, "logins on {}", h.name);
+    }
     let s = status(&dir);
     assert_eq!(s["run"]["state"], "succeeded", "{s:#}");
     let mut results = host_results(&s, "web/install");

@@ -884,25 +884,32 @@ impl SshTarget {
 
     /// Whether a run can start: every host's key checked (a refused one is an error) and
     /// at most `max_failures` hosts unreachable (each named in the result, to warn about:
-    /// the run counts them against its budget). The sessions are closed again.
+    /// the run counts them against its budget). The sessions stay open for this target's
+    /// steps, so a deploy that checks first and then runs logs in once per host; on an
+    /// error they are closed.
     pub async fn check_hosts(&self) -> Result<Vec<String>, TargetError> {
         let all: Vec<usize> = (0..self.endpoints.len()).collect();
-        let (sessions, problems) = self.connect_each(&all).await;
-        for (_, s) in sessions {
-            s.close().await;
-        }
-        self.sessions.lock().await.clear();
+        let (_kept, problems) = self.connect_each(&all).await;
         let refused = problems
             .iter()
             .any(|(_, e)| matches!(e, SshError::HostKey(_)));
         let named: Vec<String> = problems.iter().map(|(_, e)| e.to_string()).collect();
         if refused || problems.len() > self.max_failures {
+            self.close_all().await;
             return Err(TargetError::Io(format!(
                 "nothing was run on any host: {}",
                 named.join("; ")
             )));
         }
         Ok(named)
+    }
+
+    /// Close every kept session (the hosts see a clean disconnect, not a dropped one).
+    pub async fn close_all(&self) {
+        let kept = std::mem::take(&mut *self.sessions.lock().await);
+        for s in kept.into_values() {
+            s.close().await;
+        }
     }
 
     /// [`Self::connect_all`] for the hosts at these endpoint indices, with their indices.
