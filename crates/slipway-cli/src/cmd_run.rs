@@ -416,6 +416,48 @@ fn ssh_hosts(journal: &[Notice]) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// Per step and analysis template, the canary's measurements: how many, by phase, the
+/// analysis phase after the last one and the last one's per-metric verdicts (value,
+/// threshold, detail and, for Prometheus/HTTP providers, the query sent), so `status`
+/// shows what judged the canary without reading the journal.
+fn analysis_summary(journal: &[Notice]) -> Vec<serde_json::Value> {
+    let mut by_key: Vec<(String, String, serde_json::Value)> = Vec::new();
+    for n in journal {
+        let EngineEvent::StepProgress { step, detail, .. } = &n.event else {
+            continue;
+        };
+        if detail.get("event").and_then(|e| e.as_str()) != Some("measured") {
+            continue;
+        }
+        let template = detail["template"].as_str().unwrap_or_default().to_owned();
+        let phase = detail["measurement"]["phase"]
+            .as_str()
+            .unwrap_or("?")
+            .to_owned();
+        let at = match by_key
+            .iter()
+            .position(|(s, t, _)| s == step && *t == template)
+        {
+            Some(i) => i,
+            None => {
+                by_key.push((
+                    step.clone(),
+                    template.clone(),
+                    json!({"step": step, "template": template, "measurements": 0, "by_phase": {}}),
+                ));
+                by_key.len() - 1
+            }
+        };
+        let entry = &mut by_key[at].2;
+        entry["measurements"] = json!(entry["measurements"].as_u64().unwrap_or(0) + 1);
+        let count = entry["by_phase"][&phase].as_u64().unwrap_or(0) + 1;
+        entry["by_phase"][&phase] = json!(count);
+        entry["phase"] = detail["phase"].clone();
+        entry["last"] = detail["measurement"]["results"].clone();
+    }
+    by_key.into_iter().map(|(_, _, v)| v).collect()
+}
+
 /// The ssh hosts where a step failed during the run (those that failed within the
 /// failure budget of a succeeded run were left out of its later steps), distinct, in the
 /// order they failed.
@@ -1644,6 +1686,7 @@ pub fn status(a: StatusArgs, out: &Output) -> Result<i32, CliError> {
                 "traffic": traffic,
                 "hosts": ssh_hosts(&journal),
                 "failed_hosts": ssh_failed_hosts(&journal),
+                "analysis": analysis_summary(&journal),
             }));
         } else {
             out.line(&format!(
@@ -1660,6 +1703,26 @@ pub fn status(a: StatusArgs, out: &Output) -> Result<i32, CliError> {
             }
             for s in &steps {
                 out.line(&format!("  {:<13} {} (attempts {})", s.status.as_str(), s.step_id, s.attempts));
+            }
+            for a in analysis_summary(&journal) {
+                let phases = a["by_phase"]
+                    .as_object()
+                    .map(|m| m.iter().map(|(k, v)| format!("{v} {k}")).collect::<Vec<_>>().join(", "))
+                    .unwrap_or_default();
+                out.line(&format!(
+                    "  analysis {} on {}: {} after {} measurement(s) ({phases})",
+                    a["template"].as_str().unwrap_or_default(),
+                    a["step"].as_str().unwrap_or_default(),
+                    a["phase"].as_str().unwrap_or("?"),
+                    a["measurements"]
+                ));
+                for r in a["last"].as_array().into_iter().flatten() {
+                    out.line(&format!(
+                        "    {} {}",
+                        r["phase"].as_str().unwrap_or("?"),
+                        r["detail"].as_str().unwrap_or_default()
+                    ));
+                }
             }
             for l in &perf_lines {
                 out.line(l);

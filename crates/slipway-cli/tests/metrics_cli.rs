@@ -275,7 +275,20 @@ fn a_canary_judged_by_prometheus_is_rolled_back_on_its_error_ratio() {
             && reason.contains("prometheus `prom`"),
         "{reason}\n{err}"
     );
-    let results = measured(&env.journal(v["run"].as_str().unwrap()));
+    let run = v["run"].as_str().unwrap();
+    // What people read shows the Prometheus verdict: the run's status, its log, the retro.
+    for args in [
+        vec!["status", run],
+        vec!["logs", run],
+        vec!["report", "retro", run],
+    ] {
+        let (_, out, errs) = env.run(&args);
+        assert!(
+            out.contains("canary-error-ratio = ") && out.contains("above max 0.0500"),
+            "{args:?}:\n{out}\n{errs}"
+        );
+    }
+    let results = measured(&env.journal(run));
     let failed = results
         .iter()
         .find(|r| r["phase"] == "failed")
