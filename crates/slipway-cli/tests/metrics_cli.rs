@@ -17,8 +17,11 @@ use base64::Engine as _;
 use crate::canary_cli::Env;
 
 /// The canary's own error ratio over the last 5 s, from the proxy's per-version counters
-/// (`version` is the proxy's side, canary or stable; `service` is the scrape's label).
-const ERROR_RATIO: &str = r#"sum(rate(slipway_proxy_requests_total{service="{{ service }}",version="canary",class=~"5xx|proxy_error"}[5s])) / sum(rate(slipway_proxy_requests_total{service="{{ service }}",version="canary"}[5s]))"#;
+/// (`version` is the proxy's side, canary or stable; `service` is the scrape's label),
+/// and only once the canary served 20 requests in that window (`and`: otherwise no
+/// sample, i.e. insufficient data) — PromQL's min_samples, so a ratio of 3 lucky requests
+/// never passes a bad canary.
+const ERROR_RATIO: &str = r#"(sum(rate(slipway_proxy_requests_total{service="{{ service }}",version="canary",class=~"5xx|proxy_error"}[5s])) / sum(rate(slipway_proxy_requests_total{service="{{ service }}",version="canary"}[5s]))) and (sum(increase(slipway_proxy_requests_total{service="{{ service }}",version="canary"}[5s])) >= 20)"#;
 
 /// A release of `api` at `version` (demo-app with `args`) whose canary is judged by
 /// `metrics` (YAML list items) from `providers` (YAML map entries). The analysis has no
