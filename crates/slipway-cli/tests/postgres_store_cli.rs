@@ -312,3 +312,58 @@ fn sqlite_only_commands_refuse_by_name_and_change_nothing() {
     );
     assert!(!d.join(".slipway/slipway.db").exists());
 }
+
+#[test]
+fn a_detached_deploy_on_postgres_gets_the_url_through_its_environment_never_argv() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let url = pg().new_db("cli_detach");
+    let file = spec(
+        d,
+        "1.0.0",
+        "touch started; while [ ! -e go ]; do sleep 0.02; done",
+    );
+    let v = json(&run(
+        slipway(d, &url)
+            .arg("deploy")
+            .arg("-f")
+            .arg(&file)
+            .args(["--env", "prod", "--detach", "--output", "json"]),
+        0,
+    ));
+    let run_id = v["run"].as_str().or(v["id"].as_str()).unwrap().to_owned();
+    until(
+        Duration::from_secs(60),
+        "the detached driver's step",
+        || d.join("started").exists(),
+    );
+    // The driver is a `slipway resume RUN` process: its command line is readable by every
+    // user of the machine, so the URL (with its password) is only in its environment.
+    let mark = d.display().to_string();
+    let drivers: Vec<_> = crate::marked("SLIPWAY_STORE", &url)
+        .into_iter()
+        .chain(crate::marked("__NO_SUCH_VAR__", &mark))
+        .filter(|m| m.argv.iter().any(|a| a == "resume") && m.argv.contains(&run_id))
+        .collect();
+    assert!(!drivers.is_empty(), "no detached driver found");
+    for m in &drivers {
+        assert!(
+            !m.argv.iter().any(|a| a.contains(PASSWORD)),
+            "password on a command line: {:?}",
+            m.argv
+        );
+        assert_eq!(m.environ.get("SLIPWAY_STORE"), Some(&url));
+    }
+    std::fs::write(d.join("go"), "").unwrap();
+    until(
+        Duration::from_secs(60),
+        "the detached run to succeed",
+        || {
+            let o = slipway(d, &url)
+                .args(["status", &run_id, "--output", "json"])
+                .output()
+                .unwrap();
+            o.status.success() && json(&o)["run"]["state"] == "succeeded"
+        },
+    );
+}
