@@ -19,6 +19,7 @@ pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Hide the password of a database URL; shared with the state store's URLs, so it lives in
 /// the model crate.
 pub use slipway_model::text::mask_url;
+use slipway_model::text::percent_decode;
 
 /// The password in a PostgreSQL URL, percent-decoded, for `PGPASSWORD` of child processes
 /// (so it never appears on a command line).
@@ -33,28 +34,6 @@ pub(crate) fn url_password(url: &str) -> Option<String> {
 /// The URL without its password (what child processes get on their command line).
 pub(crate) fn url_without_password(url: &str) -> String {
     mask_url(url).replacen(":***@", "@", 1)
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        if bytes[i] == b'%'
-            && let Some(b) = hex
-        {
-            out.push(b);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A parsed database URL. `Debug` masks the password (the parsed options hold it).

@@ -135,10 +135,13 @@ fn unavailable(location: &str, password: Option<&str>, e: &sqlx::Error) -> Store
     }
 }
 
-/// Remove the password from a message, in case a driver ever echoed it.
+/// Remove the password from a message, as written in the URL or decoded, in case a
+/// driver ever echoed it.
 fn scrub(message: &str, password: Option<&str>) -> String {
     match password.filter(|p| !p.is_empty()) {
-        Some(p) => message.replace(p, "***"),
+        Some(p) => message
+            .replace(p, "***")
+            .replace(&slipway_model::text::percent_decode(p), "***"),
         None => message.to_owned(),
     }
 }
@@ -1111,11 +1114,25 @@ mod tests {
     }
 
     #[test]
+    fn a_malformed_url_is_refused_without_its_password() {
+        for url in [
+            "postgres://app:s3cr%40t@db:notaport/shop",
+            "postgres://app:s3cr%40t@db:5432/shop?sslmode=bogus",
+        ] {
+            let e = PgConnectOptions::from_str(url).unwrap_err();
+            let msg = unavailable(&mask_url(url), url_password(url).as_deref(), &e).to_string();
+            assert!(!msg.contains("s3cr"), "{msg}");
+            assert!(msg.contains("postgres://app:***@db:"), "{msg}");
+        }
+    }
+
+    #[test]
     fn passwords_are_found_and_scrubbed() {
         let url = "postgres://app:s3cr%40t@db:5432/shop";
         let pw = url_password(url);
         assert_eq!(pw.as_deref(), Some("s3cr%40t"));
         assert_eq!(scrub("bad s3cr%40t here", pw.as_deref()), "bad *** here");
+        assert_eq!(scrub("bad s3cr@t here", pw.as_deref()), "bad *** here");
         assert_eq!(url_password("postgres://app@db/shop"), None);
     }
 }
