@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite: installs what the tests need (real PostgreSQL, sshd, nginx,
-# HAProxy, minisign, sqlite3, Prometheus) when missing, checks crate edges, then runs every test.
+# HAProxy, minisign, sqlite3, Prometheus, Chromium for the web UI) when missing, checks crate edges, then runs every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +17,7 @@ command -v dpkg-deb >/dev/null || need+=(dpkg)
 command -v xz >/dev/null || need+=(xz-utils)
 command -v zstd >/dev/null || need+=(zstd)
 command -v git >/dev/null || need+=(git)
+command -v chromium >/dev/null || need+=(chromium)
 command -v openssl >/dev/null || need+=(openssl)
 command -v iptables >/dev/null || need+=(iptables)
 command -v ip >/dev/null || need+=(iproute2)

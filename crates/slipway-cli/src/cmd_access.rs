@@ -167,16 +167,13 @@ pub(crate) fn authenticate(token: &str, matches: &clap::ArgMatches) -> Result<()
         // Opened first so a fresh file becomes a slipway store, not just access tables.
         let (run_store, _) = open_store(&store).await?;
         let db = AccessDb::for_store(&run_store).await.map_err(store_error)?;
-        let (id, secret) = access::token_id(token).map_err(unauthenticated)?;
-        let row = db.token(id).await.map_err(store_error)?;
-        let subject = access::verify_token(token, row.as_ref()).map_err(unauthenticated)?;
-        if row.as_ref().is_some_and(access::needs_rehash) {
-            let hash = access::hash_secret(secret).map_err(refused)?;
-            db.rehash_token(id, &hash).await.map_err(store_error)?;
-        }
-        db.touch_token(id, Timestamp::now())
+        let subject = access::authenticate(&db, token, Timestamp::now())
             .await
-            .map_err(store_error)?;
+            .map_err(|e| match e {
+                access::AuthError::Refused(e) => unauthenticated(e),
+                access::AuthError::Rehash(e) => refused(e),
+                access::AuthError::Store(e) => store_error(e),
+            })?;
         let user = subject.strip_prefix("user:").unwrap_or(&subject).to_owned();
         let _ = TOKEN_USER.set(user);
         db.close().await;

@@ -454,7 +454,14 @@ pub(crate) async fn verify_with_archives(
         (first.0, first.1.as_str()),
         head.as_ref().map(|(s, h)| (*s, h.as_str())),
     );
-    Ok(crate::cmd_audit::report(result, &source, first.0, out))
+    Ok(crate::cmd_audit::report(
+        audit::StoreVerification {
+            from_seq: first.0,
+            result,
+        },
+        &source,
+        out,
+    ))
 }
 
 /// An archive bundle whose signature, content and checkpoint were checked.

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use serde_json::json;
-use slipway_engine::audit::{self, ChainBreak, Verified};
+use slipway_engine::audit::{self, StoreVerification};
 use slipway_engine::store::Store;
 use slipway_model::exit;
 
@@ -55,48 +55,37 @@ pub fn audit(c: AuditCommand, out: &Output) -> Result<i32, CliError> {
     }
 }
 
-/// Print a verification result; `from` is the seq the chain was verified from (0: genesis,
-/// else an archive checkpoint). Returns the exit code.
-pub(crate) fn report(
-    result: Result<Verified, ChainBreak>,
-    source: &str,
-    from: i64,
-    out: &Output,
-) -> i32 {
-    match result {
-        Ok(v) => {
-            if out.json() {
-                out.json_value(&json!({"ok": true, "source": source, "entries": v.entries,
-                    "from_seq": from, "head_seq": v.head_seq, "head_hash": v.head_hash}));
-            } else {
-                let from = if from == 0 {
+/// Print a verification result (the JSON document is [`audit::StoreVerification::to_json`],
+/// the server's too). Returns the exit code.
+pub(crate) fn report(v: StoreVerification, source: &str, out: &Output) -> i32 {
+    if out.json() {
+        out.json_value(&v.to_json(source));
+    } else {
+        match &v.result {
+            Ok(ok) => {
+                let from = if v.from_seq == 0 {
                     String::new()
                 } else {
-                    format!(" from archive checkpoint {from}")
+                    format!(" from archive checkpoint {}", v.from_seq)
                 };
                 out.line(&format!(
                     "{} audit chain of {source}{from}: {} entries, head {} {}",
                     out.paint("OK", Style::Good),
-                    v.entries,
-                    v.head_seq,
-                    v.head_hash
+                    ok.entries,
+                    ok.head_seq,
+                    ok.head_hash
                 ));
             }
-            exit::SUCCESS
+            Err(b) => out.line(&format!(
+                "{} {source}: {b}",
+                out.paint("TAMPERED", Style::Bad)
+            )),
         }
-        Err(b) => {
-            if out.json() {
-                out.json_value(
-                    &json!({"ok": false, "source": source, "break": b, "message": b.to_string()}),
-                );
-            } else {
-                out.line(&format!(
-                    "{} {source}: {b}",
-                    out.paint("TAMPERED", Style::Bad)
-                ));
-            }
-            exit::TAMPERED
-        }
+    }
+    if v.result.is_ok() {
+        exit::SUCCESS
+    } else {
+        exit::TAMPERED
     }
 }
 
@@ -115,7 +104,14 @@ fn verify(a: VerifyArgs, out: &Output) -> Result<i32, CliError> {
                 Some("the export is damaged or not an audit export".into()),
             )
         })?;
-        return Ok(report(result, &f.display().to_string(), 0, out));
+        return Ok(report(
+            StoreVerification {
+                from_seq: 0,
+                result,
+            },
+            &f.display().to_string(),
+            out,
+        ));
     }
     let rt = runtime()?;
     rt.block_on(async {
@@ -135,16 +131,10 @@ fn verify(a: VerifyArgs, out: &Output) -> Result<i32, CliError> {
             )
             .await;
         }
-        // After an archive the live chain starts at its checkpoint.
-        let start = store.audit_start().await.map_err(store_error)?;
-        let head = store.audit_head().await.map_err(store_error)?;
-        let entries = store.audit_entries().await.map_err(store_error)?;
-        let result = audit::verify_from(
-            &entries,
-            (start.0, start.1.as_str()),
-            head.as_ref().map(|(s, h)| (*s, h.as_str())),
-        );
-        Ok(report(result, &store.location(), start.0, out))
+        let v = audit::verify_store(store.as_ref())
+            .await
+            .map_err(store_error)?;
+        Ok(report(v, &store.location(), out))
     })
 }
 

@@ -22,6 +22,7 @@ mod cmd_rehearse;
 mod cmd_render;
 mod cmd_report;
 mod cmd_run;
+mod cmd_serve;
 mod out;
 mod perf_report;
 
@@ -127,6 +128,8 @@ pub enum Commands {
     /// addresses, weight, counts) and stop one.
     #[command(subcommand)]
     Proxy(cmd_proxy::ProxyCommand),
+    /// Serve the HTTP API, live run events (SSE) and the web UI over the store, for a team.
+    Serve(cmd_serve::ServeArgs),
     /// Verify or export the hash-chained audit log.
     #[command(subcommand)]
     Audit(cmd_audit::AuditCommand),
@@ -204,6 +207,7 @@ fn run(command: Commands, out: &Output) -> Result<i32, out::CliError> {
         Commands::Approve(a) => cmd_run::approve(a, out),
         Commands::History(a) => cmd_run::history(a, out),
         Commands::Audit(c) => cmd_audit::audit(c, out),
+        Commands::Serve(a) => cmd_serve::serve(a, out),
         Commands::Archive(a) => cmd_archive::archive(a, out),
         Commands::Retention(c) => cmd_archive::retention(c, out),
         Commands::Checklist(c) => cmd_checklist::checklist(c, out),

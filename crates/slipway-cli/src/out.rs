@@ -122,6 +122,14 @@ impl Output {
         }
     }
 
+    /// Print a value as JSON on one line (a "ready" line a script reads before more come).
+    pub fn json_line<T: Serialize>(&self, v: &T) {
+        match serde_json::to_string(v) {
+            Ok(s) => println!("{s}"),
+            Err(e) => eprintln!("error: failed to serialize output: {e}"),
+        }
+    }
+
     /// Wrap text in a colour when colours are on.
     pub fn paint(&self, text: &str, style: Style) -> String {
         if !self.color {

@@ -34,6 +34,7 @@ mod report_cli;
 mod rollback_cli;
 mod router_cli;
 mod secret_cli;
+mod serve_cli;
 mod smoke_cli;
 mod ssh_cli;
 mod tls_check_cli;

@@ -109,6 +109,49 @@ pub fn verify(entries: &[AuditEntry], head: Option<(i64, &str)>) -> Result<Verif
     verify_from(entries, (0, GENESIS), head)
 }
 
+/// The verification of a store's live chain: where it started (0: genesis, else the
+/// archive checkpoint it continues) and what it found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreVerification {
+    /// Seq the chain was verified from.
+    pub from_seq: i64,
+    /// The verdict.
+    pub result: Result<Verified, ChainBreak>,
+}
+
+impl StoreVerification {
+    /// The JSON document `slipway audit verify --output json` prints and the server's
+    /// `/api/v1/audit/verify` answers; `source` names the store.
+    pub fn to_json(&self, source: &str) -> serde_json::Value {
+        match &self.result {
+            Ok(v) => serde_json::json!({"ok": true, "source": source, "entries": v.entries,
+                "from_seq": self.from_seq, "head_seq": v.head_seq, "head_hash": v.head_hash}),
+            Err(b) => serde_json::json!({"ok": false, "source": source, "break": b,
+                "message": b.to_string()}),
+        }
+    }
+}
+
+/// Verify the live chain of `store` as `slipway audit verify` does: from the last archive
+/// checkpoint (or genesis), against the head recorded beside the chain.
+pub async fn verify_store(
+    store: &dyn crate::store::Store,
+) -> Result<StoreVerification, crate::store::StoreError> {
+    // After an archive the live chain starts at its checkpoint.
+    let start = store.audit_start().await?;
+    let head = store.audit_head().await?;
+    let entries = store.audit_entries().await?;
+    let result = verify_from(
+        &entries,
+        (start.0, start.1.as_str()),
+        head.as_ref().map(|(s, h)| (*s, h.as_str())),
+    );
+    Ok(StoreVerification {
+        from_seq: start.0,
+        result,
+    })
+}
+
 /// [`verify`] for a chain whose first entries were archived: `start` is the checkpoint
 /// (seq, hash) the archive ends at, so the first entry given must be `start.0 + 1` and
 /// link to `start.1`. With `(0, GENESIS)` this is the whole chain.

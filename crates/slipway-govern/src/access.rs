@@ -236,3 +236,36 @@ pub fn verify_token(token: &str, row: Option<&TokenRow>) -> Result<String, Acces
     }
     Ok(row.subject.clone())
 }
+
+/// Why [`authenticate`] did not accept a token.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// Unknown, revoked, malformed or wrong: the caller is not who the token claims.
+    #[error("{0}")]
+    Refused(AccessError),
+    /// A legacy row could not be rehashed.
+    #[error("{0}")]
+    Rehash(AccessError),
+    /// The store could not be asked.
+    #[error("{0}")]
+    Store(slipway_engine::store::StoreError),
+}
+
+/// Verify a presented token against the access tables: it must exist, be live and match
+/// its stored hash. Returns its subject (`user:NAME`); records the use, and upgrades a
+/// legacy sha256 row to argon2id. The one check `--token` and `slipway serve` share.
+pub async fn authenticate(
+    db: &slipway_store::access::AccessDb,
+    token: &str,
+    now: Timestamp,
+) -> Result<String, AuthError> {
+    let (id, secret) = token_id(token).map_err(AuthError::Refused)?;
+    let row = db.token(id).await.map_err(AuthError::Store)?;
+    let subject = verify_token(token, row.as_ref()).map_err(AuthError::Refused)?;
+    if row.as_ref().is_some_and(needs_rehash) {
+        let hash = hash_secret(secret).map_err(AuthError::Rehash)?;
+        db.rehash_token(id, &hash).await.map_err(AuthError::Store)?;
+    }
+    db.touch_token(id, now).await.map_err(AuthError::Store)?;
+    Ok(subject)
+}

@@ -1,0 +1,129 @@
+//! `slipway serve`: the HTTP API, SSE event stream and web UI of `slipway-server` over
+//! the store `--store` names, until SIGINT or SIGTERM.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use slipway_engine::store::Store;
+use slipway_model::exit;
+use slipway_store::access::AccessDb;
+
+use crate::cmd_run::{StoreArg, open_store, runtime, store_error};
+use crate::out::{CliError, Output};
+
+/// How long open connections (event streams above all) get to finish after a signal.
+const DRAIN: Duration = Duration::from_secs(3);
+
+const EXAMPLES: &str = "\
+Examples:
+  slipway serve                                   # http://127.0.0.1:8080, store .slipway/slipway.db
+  slipway serve --store postgres://slipway@db/slipway --listen 0.0.0.0:8080
+  slipway serve --listen 127.0.0.1:0 --output json   # one line {\"listening\": …} when ready
+  curl -H \"Authorization: Bearer $SLIPWAY_TOKEN\" http://127.0.0.1:8080/api/v1/runs
+
+Every /api route and page needs an API token (`slipway access token create --user NAME`);
+the web UI asks for it once at /login. /healthz is open.";
+
+/// `slipway serve`.
+#[derive(Debug, clap::Args)]
+#[command(after_help = EXAMPLES)]
+pub struct ServeArgs {
+    /// Address to listen on; port 0 picks a free one (printed when ready).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub store: StoreArg,
+}
+
+/// Run the server until a signal.
+pub fn serve(a: ServeArgs, out: &Output) -> Result<i32, CliError> {
+    let rt = runtime()?;
+    let result = rt.block_on(run(a, out));
+    // Everything is committed; the pools' background tasks need no orderly wait.
+    rt.shutdown_background();
+    result
+}
+
+async fn run(a: ServeArgs, out: &Output) -> Result<i32, CliError> {
+    let (store, _) = open_store(&a.store).await?;
+    let access = AccessDb::for_store(&store).await.map_err(store_error)?;
+    let location = store.location();
+    let store: Arc<dyn Store> = store;
+    let app = slipway_server::router(store, access, slipway_server::Options::default())
+        .map_err(|e| CliError::new(exit::INTERNAL, format!("failed to {e}"), None))?;
+    let listener = tokio::net::TcpListener::bind(a.listen).await.map_err(|e| {
+        CliError::input(
+            format!("failed to listen on {}: {e}", a.listen),
+            "choose a free address with --listen HOST:PORT (port 0 picks a free one)",
+        )
+    })?;
+    let bound = listener.local_addr().map_err(|e| {
+        CliError::new(
+            exit::INTERNAL,
+            format!("failed to read the bound address: {e}"),
+            None,
+        )
+    })?;
+    if !bound.ip().is_loopback() {
+        out.eline(&format!(
+            "warning: serving plain HTTP on {bound}: API tokens cross the network unencrypted; put a TLS-terminating proxy in front (slipway serve has no TLS of its own yet)"
+        ));
+    }
+    if out.json() {
+        out.json_line(&json!({"listening": bound.to_string(), "url": format!("http://{bound}"), "store": location}));
+    } else {
+        out.line(&format!(
+            "serving http://{bound} (store {location}); Ctrl-C stops"
+        ));
+    }
+
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let _ = stop_rx.wait_for(|s| *s).await;
+    });
+    let mut server = std::pin::pin!(server.into_future());
+    let signal = shutdown_signal().await.map_err(|e| {
+        CliError::new(
+            exit::INTERNAL,
+            format!("failed to listen for signals: {e}"),
+            None,
+        )
+    })?;
+    tokio::select! {
+        r = &mut server => return served(r),
+        name = signal => {
+            let _ = stop_tx.send(true);
+            // Event streams never end by themselves while a run is live: give open
+            // connections a moment, then stop regardless.
+            if let Ok(r) = tokio::time::timeout(DRAIN, &mut server).await {
+                served(r)?;
+            }
+            if out.json() {
+                out.json_line(&json!({"stopped": name}));
+            } else {
+                out.line(&format!("stopped ({name})"));
+            }
+        }
+    }
+    Ok(exit::SUCCESS)
+}
+
+fn served(r: std::io::Result<()>) -> Result<i32, CliError> {
+    r.map(|()| exit::SUCCESS)
+        .map_err(|e| CliError::new(exit::FAILURE, format!("failed to serve: {e}"), None))
+}
+
+/// A future that resolves to the name of the first of SIGINT / SIGTERM received.
+async fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = &'static str>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => "SIGINT",
+            _ = term.recv() => "SIGTERM",
+        }
+    })
+}

@@ -1,0 +1,578 @@
+//! `slipway serve` through the real binary and real HTTP: the API over a store a real
+//! deploy wrote (tokens checked on every request, 401/404/400 as JSON), the audit
+//! verification seeing an edit made with the `sqlite3` CLI, the SSE stream of a run while
+//! it executes (resumed by `Last-Event-ID` without duplicates), graceful shutdown on
+//! SIGTERM, and the web UI in headless Chromium (sign-in, steps, live journal, escaping).
+//!
+//! The HTTP client is a few lines over `TcpStream` speaking HTTP/1.0, so every body —
+//! the event stream too — is delimited by the server closing the connection: nothing to
+//! decode, and the stream's end is observable as EOF.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::slipway;
+
+/// A step that waits for `GO` beside the spec, so a test sees the run live.
+const SPEC: &str = "apiVersion: slipway/v1
+kind: Release
+metadata: { name: shop, version: 1.0.0, type: patch }
+services:
+  api:
+    steps:
+      - { name: install, run: \"true\", undo: \"true\" }
+      - { name: wait-for-go, run: \"while [ ! -f GO ]; do sleep 0.05; done\", undo: \"true\" }
+      - { name: \"<script>document.title='pwned'</script>\", run: \"true\", undo: \"true\" }
+environments:
+  staging: { target: { exec: {} } }
+";
+
+const HOSTILE_STEP: &str = "api/<script>document.title='pwned'</script>";
+
+struct Env {
+    dir: tempfile::TempDir,
+    spec: String,
+    store: String,
+}
+
+impl Env {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = dir.path().join("release.yaml");
+        std::fs::write(&spec, SPEC).unwrap();
+        Self {
+            spec: spec.display().to_string(),
+            store: format!("sqlite://{}/s.db", dir.path().display()),
+            dir,
+        }
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let o = slipway()
+            .env("SLIPWAY_STORE", &self.store)
+            .env("SLIPWAY_USER", "alice")
+            .env_remove("SLIPWAY_TOKEN")
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {o:?}");
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    fn token(&self, user: &str) -> String {
+        let text = self.ok(&["access", "token", "create", "--user", user]);
+        text.split_whitespace()
+            .find(|w| w.starts_with("slw_"))
+            .unwrap()
+            .to_owned()
+    }
+
+    /// `slipway deploy` in the background (it waits for `GO`).
+    fn deploy(&self) -> Child {
+        let mut c = Command::new(assert_cmd::cargo::cargo_bin("slipway"));
+        c.current_dir(self.dir.path())
+            .env_remove("SLIPWAY_TOKEN")
+            .env_remove("SLIPWAY_OUTPUT")
+            .env("SLIPWAY_STORE", &self.store)
+            .env("SLIPWAY_USER", "alice")
+            .args(["deploy", "-f", &self.spec, "--env", "staging"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        c.spawn().unwrap()
+    }
+
+    fn go(&self) {
+        std::fs::write(self.dir.path().join("GO"), "").unwrap();
+    }
+
+    fn serve(&self) -> Server {
+        let mut child = Command::new(assert_cmd::cargo::cargo_bin("slipway"))
+            .current_dir(self.dir.path())
+            .env_remove("SLIPWAY_TOKEN")
+            .env("SLIPWAY_STORE", &self.store)
+            .args(["serve", "--listen", "127.0.0.1:0", "--output", "json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        // The ready line comes once the socket is bound; EOF means serve exited.
+        stdout.read_line(&mut line).unwrap();
+        let ready: Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("ready line {line:?}: {e}; {:?}", child.try_wait()));
+        Server {
+            addr: ready["listening"].as_str().unwrap().to_owned(),
+            child,
+            stdout,
+        }
+    }
+}
+
+struct Server {
+    addr: String,
+    child: Child,
+    stdout: BufReader<std::process::ChildStdout>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A response: status, headers (lowercased names), body.
+struct Response {
+    status: u16,
+    headers: String,
+    body: String,
+}
+
+impl Response {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
+    }
+}
+
+/// Open a request; the reader is positioned at the body.
+fn open(addr: &str, path: &str, headers: &[(&str, &str)]) -> (u16, String, BufReader<TcpStream>) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    let mut r = BufReader::new(s);
+    let mut status = String::new();
+    r.read_line(&mut status).unwrap();
+    let code = status.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let mut head = String::new();
+    loop {
+        let mut l = String::new();
+        r.read_line(&mut l).unwrap();
+        if l.trim().is_empty() {
+            break;
+        }
+        head.push_str(&l.to_ascii_lowercase());
+    }
+    (code, head, r)
+}
+
+fn get(addr: &str, path: &str, token: Option<&str>) -> Response {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = auth
+        .as_deref()
+        .map(|a| vec![("Authorization", a)])
+        .unwrap_or_default();
+    let (status, headers, mut r) = open(addr, path, &headers);
+    let mut body = String::new();
+    r.read_to_string(&mut body).unwrap();
+    Response {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// One SSE event: its name, id and data.
+#[derive(Debug)]
+struct Sse {
+    event: String,
+    id: Option<i64>,
+    data: String,
+}
+
+/// The next event of a stream, `None` at EOF (comments and keep-alives skipped).
+fn next_event(r: &mut BufReader<TcpStream>) -> Option<Sse> {
+    let mut ev = Sse {
+        event: "message".into(),
+        id: None,
+        data: String::new(),
+    };
+    let mut any = false;
+    loop {
+        let mut l = String::new();
+        if r.read_line(&mut l).unwrap() == 0 {
+            return None;
+        }
+        let l = l.trim_end_matches(['\r', '\n']);
+        if l.is_empty() {
+            if any {
+                return Some(ev);
+            }
+            continue;
+        }
+        if let Some(v) = l.strip_prefix("event:") {
+            ev.event = v.trim().into();
+            any = true;
+        } else if let Some(v) = l.strip_prefix("id:") {
+            ev.id = Some(v.trim().parse().unwrap());
+        } else if let Some(v) = l.strip_prefix("data:") {
+            ev.data.push_str(v.trim_start());
+            any = true;
+        }
+    }
+}
+
+/// Poll `f` until it returns a value, or fail after 30 s.
+fn until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn finished_run(e: &Env) -> String {
+    let mut d = e.deploy();
+    e.go();
+    assert!(d.wait().unwrap().success());
+    let v: Value = serde_json::from_str(&e.ok(&["history", "--output", "json"])).unwrap();
+    v[0]["id"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn the_api_serves_runs_to_live_tokens_only_and_verifies_the_audit_chain() {
+    let e = Env::new();
+    let token = e.token("bob");
+    let other = e.token("carol");
+    let run = finished_run(&e);
+    let s = e.serve();
+    let a = s.addr.as_str();
+
+    let h = get(a, "/healthz", None);
+    assert_eq!((h.status, h.json()["ok"].as_bool()), (200, Some(true)));
+
+    // No token, a malformed one, a wrong secret: 401 with a JSON error and its fix.
+    let (id, secret) = token["slw_".len()..].split_once('_').unwrap();
+    let wrong = format!("slw_{id}_{}", "0".repeat(secret.len()));
+    for t in [None, Some("nope"), Some(wrong.as_str())] {
+        let r = get(a, "/api/v1/runs", t);
+        assert_eq!(r.status, 401, "{t:?}: {}", r.body);
+        assert!(r.json()["error"].is_string() && r.json()["fix"].is_string());
+        assert!(r.headers.contains("www-authenticate: bearer"));
+    }
+
+    let runs = get(a, "/api/v1/runs", Some(&token));
+    assert_eq!(runs.status, 200, "{}", runs.body);
+    let listed = &runs.json()["runs"][0];
+    assert_eq!(listed["id"], run.as_str());
+    assert_eq!(listed["environment"], "staging");
+    assert_eq!(listed["state"], "succeeded");
+    assert_eq!(listed["digest"].as_str().unwrap().len(), 64);
+    assert!(listed["finished_at"].is_string());
+
+    let one = get(a, &format!("/api/v1/runs/{run}"), Some(&token)).json();
+    let steps: Vec<(&str, &str)> = one["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["step_id"].as_str().unwrap(),
+                s["status"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert!(steps.contains(&("api/install", "succeeded")), "{steps:?}");
+    assert!(
+        steps.contains(&("api/wait-for-go", "succeeded")),
+        "{steps:?}"
+    );
+    assert!(one["approvals"].as_array().unwrap().is_empty());
+    let journal = get(a, &format!("/api/v1/runs/{run}/journal"), Some(&token)).json();
+    assert_eq!(
+        journal["entries"][0]["event"]["event"], "run_created",
+        "{journal}"
+    );
+
+    let missing = get(a, "/api/v1/runs/no-such-run", Some(&token));
+    assert_eq!(missing.status, 404);
+    assert!(
+        missing.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("no-such-run")
+    );
+    let bad = get(a, "/api/v1/runs?limit=ten", Some(&token));
+    assert_eq!(bad.status, 400);
+    assert!(bad.json()["error"].as_str().unwrap().contains("limit"));
+    assert_eq!(get(a, "/api/v1/runs?limit=0", Some(&token)).status, 400);
+
+    let ok = get(a, "/api/v1/audit/verify", Some(&token));
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    assert_eq!(ok.json()["ok"], true);
+
+    // Edited behind slipway's back: the server names the entry, as `audit verify` does.
+    let db = e.dir.path().join("s.db");
+    let o = Command::new("sqlite3")
+        .args(["-cmd", ".timeout 10000"])
+        .arg(&db)
+        .arg("UPDATE audit SET outcome = 'forged' WHERE seq = 3")
+        .output()
+        .expect("the sqlite3 CLI");
+    assert!(o.status.success(), "{o:?}");
+    let broken = get(a, "/api/v1/audit/verify", Some(&token));
+    assert_eq!(broken.status, 409, "{}", broken.body);
+    let b = broken.json();
+    assert_eq!(
+        (b["ok"].as_bool(), b["break"]["seq"].as_i64()),
+        (Some(false), Some(3))
+    );
+    assert_eq!(b["break"]["problem"], "edited");
+
+    // Revoked while the server runs: refused at the next request.
+    e.ok(&["access", "token", "revoke", id]);
+    assert_eq!(get(a, "/api/v1/runs", Some(&token)).status, 401);
+    assert_eq!(get(a, "/api/v1/runs", Some(&other)).status, 200);
+
+    // No response carries a token's secret.
+    for path in ["/api/v1/runs", &format!("/api/v1/runs/{run}")] {
+        let body = get(a, path, Some(&other)).body;
+        assert!(!body.contains(secret) && !body.contains(&other[20..]));
+    }
+}
+
+#[test]
+fn the_event_stream_follows_a_run_live_and_resumes_without_duplicates() {
+    let e = Env::new();
+    let token = e.token("bob");
+    let s = e.serve();
+    let a = s.addr.clone();
+    let mut deploy = e.deploy();
+    let run = until("the run to be listed", || {
+        get(&a, "/api/v1/runs", Some(&token)).json()["runs"][0]["id"]
+            .as_str()
+            .map(str::to_owned)
+    });
+    let auth = format!("Bearer {token}");
+    let path = format!("/api/v1/runs/{run}/events");
+
+    // First connection: everything up to the step that waits, which cannot have finished.
+    let (status, headers, mut r) = open(&a, &path, &[("Authorization", &auth)]);
+    assert_eq!(status, 200);
+    assert!(
+        headers.contains("content-type: text/event-stream"),
+        "{headers}"
+    );
+    let mut seen: Vec<i64> = Vec::new();
+    loop {
+        let ev = next_event(&mut r).expect("the stream ended before the step started");
+        assert_eq!(ev.event, "journal", "{ev:?}");
+        let n: Value = serde_json::from_str(&ev.data).unwrap();
+        assert_eq!(Some(n["seq"].as_i64().unwrap()), ev.id);
+        seen.push(ev.id.unwrap());
+        if n["event"]["event"] == "step_started" && n["event"]["step"] == "api/wait-for-go" {
+            break;
+        }
+    }
+    // Live: the run is still executing as the event arrives.
+    let now = get(&a, &format!("/api/v1/runs/{run}"), Some(&token)).json();
+    assert_eq!(now["state"], "running", "{now}");
+    drop(r);
+
+    // Reconnect where the first stream stopped, then let the step finish.
+    let last = seen.last().unwrap().to_string();
+    let (status, _, mut r) = open(
+        &a,
+        &path,
+        &[("Authorization", &auth), ("Last-Event-ID", &last)],
+    );
+    assert_eq!(status, 200);
+    e.go();
+    let mut end = None;
+    while let Some(ev) = next_event(&mut r) {
+        match ev.event.as_str() {
+            "journal" => seen.push(ev.id.unwrap()),
+            "end" => end = Some(ev.data),
+            other => panic!("unexpected event {other}"),
+        }
+    }
+    let end: Value = serde_json::from_str(&end.expect("an end event")).unwrap();
+    assert_eq!(end["state"], "succeeded");
+    assert!(deploy.wait().unwrap().success());
+
+    // Both connections together: the whole journal, once each, in order.
+    let journal: Vec<i64> =
+        get(&a, &format!("/api/v1/runs/{run}/journal"), Some(&token)).json()["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["seq"].as_i64().unwrap())
+            .collect();
+    assert_eq!(seen, journal);
+
+    // A terminal run's stream replays and ends; a bad Last-Event-ID is a 400.
+    let (_, _, mut r) = open(
+        &a,
+        &path,
+        &[("Authorization", &auth), ("Last-Event-ID", "5")],
+    );
+    let mut replay = Vec::new();
+    while let Some(ev) = next_event(&mut r) {
+        replay.extend(ev.id);
+    }
+    assert_eq!(
+        replay,
+        journal
+            .iter()
+            .copied()
+            .filter(|s| *s > 5)
+            .collect::<Vec<_>>()
+    );
+    let (status, _, _) = open(
+        &a,
+        &path,
+        &[("Authorization", &auth), ("Last-Event-ID", "x")],
+    );
+    assert_eq!(status, 400);
+}
+
+#[test]
+fn serve_is_in_the_help_with_examples() {
+    let o = slipway().arg("--help").output().unwrap();
+    let top = String::from_utf8_lossy(&o.stdout);
+    assert!(top.contains("serve ") && top.contains("web UI"), "{top}");
+    let o = slipway().args(["serve", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&o.stdout);
+    for want in [
+        "--listen",
+        "--store",
+        "Examples:",
+        "--listen 127.0.0.1:0 --output json",
+    ] {
+        assert!(help.contains(want), "serve --help lacks {want:?}: {help}");
+    }
+}
+
+#[test]
+fn serve_stops_cleanly_on_sigterm() {
+    let e = Env::new();
+    let mut s = e.serve();
+    assert_eq!(get(&s.addr, "/healthz", None).status, 200);
+    let pid = s.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = until("slipway serve to exit", || s.child.try_wait().unwrap());
+    assert_eq!(status.code(), Some(0));
+    let mut rest = String::new();
+    s.stdout.read_to_string(&mut rest).unwrap();
+    let stopped: Value = serde_json::from_str(rest.trim()).unwrap();
+    assert_eq!(stopped["stopped"], "SIGTERM");
+}
+
+#[test]
+fn serve_warns_when_listening_beyond_loopback_without_tls() {
+    let e = Env::new();
+    let mut child = Command::new(assert_cmd::cargo::cargo_bin("slipway"))
+        .current_dir(e.dir.path())
+        .env("SLIPWAY_STORE", &e.store)
+        .args(["serve", "--listen", "0.0.0.0:0", "--output", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    child.kill().unwrap();
+    let o = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(line.contains("\"listening\":\"0.0.0.0:"), "{line}");
+    assert!(stderr.contains("warning: serving plain HTTP"), "{stderr}");
+    assert!(stderr.contains("TLS"), "{stderr}");
+}
+
+/// Headless Chromium's DOM of `url` after its scripts ran (`--dump-dom`).
+fn chromium_dom(url: &str) -> String {
+    let profile = tempfile::tempdir().unwrap();
+    let o = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            // Scripts and the event stream run to the end of this virtual time budget.
+            "--virtual-time-budget=10000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg("--dump-dom")
+        .arg(url)
+        .output()
+        .expect("chromium (apt-get install chromium; scripts/test.sh installs it)");
+    assert!(o.status.success(), "{o:?}");
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn the_web_ui_signs_in_shows_a_run_streams_its_journal_and_escapes_spec_text() {
+    let e = Env::new();
+    let token = e.token("bob");
+    let run = finished_run(&e);
+    let s = e.serve();
+    let a = s.addr.as_str();
+
+    // Without the cookie a page sends the browser to the login form.
+    let page = get(a, &format!("/runs/{run}"), None);
+    assert_eq!(page.status, 303, "{}", page.body);
+    assert!(
+        page.headers
+            .contains(&format!("location: /login?next=/runs/{run}"))
+    );
+
+    // With it: the steps, the hostile step name as text, CSP forbidding inline script.
+    let (status, headers, mut r) = open(
+        a,
+        &format!("/runs/{run}"),
+        &[("Cookie", &format!("slipway_token={token}"))],
+    );
+    let mut html = String::new();
+    r.read_to_string(&mut html).unwrap();
+    assert_eq!(status, 200, "{html}");
+    assert!(headers.contains("content-security-policy: default-src 'self'; script-src 'self'"));
+    assert!(html.contains("api&#x2f;install"), "{html}");
+    assert!(!html.contains("<script>document"), "{html}");
+    assert!(html.contains("&lt;script&gt;document.title="), "{html}");
+
+    // A real browser: the token in the URL fragment (never sent to the server) signs in
+    // through the form, the cookie takes it to the run, and the page's script appends
+    // the journal from the event stream until the run's end.
+    let dom = chromium_dom(&format!("http://{a}/login?next=/runs/{run}#token={token}"));
+    let cell = |step: &str| {
+        format!(
+            "<td class=\"step\">{}</td>",
+            step.replace('&', "&amp;")
+                .replace('<', "&lt;")
+                .replace('>', "&gt;")
+        )
+    };
+    assert!(dom.contains(&cell("api/install")), "{dom}");
+    assert!(dom.contains(&cell("api/wait-for-go")), "{dom}");
+    assert!(dom.contains(&cell(HOSTILE_STEP)), "{dom}");
+    assert!(!dom.contains("pwned</title>"), "{dom}");
+    assert!(dom.contains("signed in as bob"), "{dom}");
+    assert!(dom.contains("step_succeeded api/wait-for-go"), "{dom}");
+    assert!(
+        dom.contains("<small id=\"stream-state\">ended: succeeded</small>"),
+        "{dom}"
+    );
+    assert!(!dom.contains(&token), "the token stays out of the page");
+}

@@ -1,0 +1,143 @@
+//! Who is asking: the API token from `Authorization: Bearer` or the session cookie,
+//! verified against the store on every request (a revoked token stops at once), and the
+//! `viewer` role per environment once access control is on.
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Redirect, Response};
+use jiff::Timestamp;
+use slipway_govern::access::{self, AuthError, Role};
+
+use crate::{ApiError, AppState};
+
+/// The cookie the login form sets; it holds the token itself (see the crate doc).
+pub(crate) const COOKIE: &str = "slipway_token";
+
+/// The authenticated caller, put in the request's extensions by the middleware.
+#[derive(Debug, Clone)]
+pub(crate) struct Caller {
+    /// The user name (the token's subject without `user:`).
+    pub user: String,
+}
+
+/// The token of a request: the bearer header first, else the session cookie.
+fn presented(headers: &HeaderMap) -> Option<String> {
+    if let Some(v) = headers.get(header::AUTHORIZATION) {
+        let v = v.to_str().ok()?;
+        return v
+            .strip_prefix("Bearer ")
+            .map(|t| t.trim().to_owned())
+            .filter(|t| !t.is_empty());
+    }
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == COOKIE)
+        .map(|(_, v)| v.to_owned())
+        .filter(|t| !t.is_empty())
+}
+
+/// Check a token; the caller it stands for.
+pub(crate) async fn verify(state: &AppState, token: &str) -> Result<Caller, ApiError> {
+    match access::authenticate(&state.access, token, Timestamp::now()).await {
+        Ok(subject) => Ok(Caller {
+            user: subject.strip_prefix("user:").unwrap_or(&subject).to_owned(),
+        }),
+        // The message names the token's id at most, never its secret.
+        Err(AuthError::Refused(e)) => Err(ApiError::unauthenticated(e.to_string())),
+        Err(AuthError::Rehash(e)) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            e.to_string(),
+            "retry; if it persists, issue a new token with `slipway access token create`",
+        )),
+        Err(AuthError::Store(e)) => Err(e.into()),
+    }
+}
+
+async fn caller_of(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    let token = presented(headers)
+        .ok_or_else(|| ApiError::unauthenticated("this request carries no API token".to_owned()))?;
+    verify(state, &token).await
+}
+
+/// Middleware of `/api/…`: 401 JSON without a valid token.
+pub(crate) async fn require_api(
+    State(state): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    match caller_of(&state, req.headers()).await {
+        Ok(caller) => {
+            req.extensions_mut().insert(caller);
+            next.run(req).await
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Middleware of the pages: to the login form without a valid token.
+pub(crate) async fn require_page(
+    State(state): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    match caller_of(&state, req.headers()).await {
+        Ok(caller) => {
+            req.extensions_mut().insert(caller);
+            next.run(req).await
+        }
+        Err(e) if e.status == StatusCode::UNAUTHORIZED => {
+            let next_path = req.uri().path();
+            Redirect::to(&format!("/login?next={}", crate::ui::url_encode(next_path)))
+                .into_response()
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Whether `caller` may read runs of `environment`: anyone authenticated until the first
+/// grant switches access control on, then the `viewer` role there (or `*`).
+pub(crate) async fn can_view(
+    state: &AppState,
+    caller: &Caller,
+    environment: &str,
+) -> Result<bool, ApiError> {
+    let grants = state.access.grants(false).await?;
+    Ok(grants.is_empty()
+        || access::authorize(
+            &grants,
+            &caller.user,
+            &[],
+            Role::Viewer,
+            "read",
+            environment,
+        )
+        .is_ok())
+}
+
+/// [`can_view`] as a 403.
+pub(crate) async fn require_view(
+    state: &AppState,
+    caller: &Caller,
+    environment: &str,
+) -> Result<(), ApiError> {
+    if can_view(state, caller, environment).await? {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "user:{} lacks the `viewer` role in `{environment}`",
+                caller.user
+            ),
+            format!(
+                "ask an admin for `slipway access grant user:{} viewer --env {environment}`",
+                caller.user
+            ),
+        ))
+    }
+}

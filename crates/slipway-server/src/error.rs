@@ -1,0 +1,84 @@
+//! The one error shape of the API: `{"error": …, "fix": …}` with a status code that says
+//! whose problem it is (4xx the caller's, 5xx the store's).
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use slipway_engine::store::StoreError;
+
+/// An error answered as JSON.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{error}")]
+pub struct ApiError {
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// What went wrong.
+    pub error: String,
+    /// What to do about it.
+    pub fix: String,
+}
+
+impl ApiError {
+    /// An error with its status, message and fix.
+    pub fn new(status: StatusCode, error: impl Into<String>, fix: impl Into<String>) -> Self {
+        Self {
+            status,
+            error: error.into(),
+            fix: fix.into(),
+        }
+    }
+
+    /// 401: no token, or one the store does not accept.
+    pub fn unauthenticated(error: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            error,
+            "send `Authorization: Bearer slw_…` with a live token; an admin creates one with `slipway access token create --user NAME`",
+        )
+    }
+
+    /// 404 for a run id the store does not have.
+    pub fn no_such_run(id: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            format!("run `{id}` does not exist"),
+            "list runs with GET /api/v1/runs",
+        )
+    }
+
+    /// 400 for a query parameter that does not parse.
+    pub fn bad_parameter(name: &str, value: &str, expected: &str) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            format!("parameter `{name}` is `{value}`, not {expected}"),
+            format!("pass `{name}` as {expected}"),
+        )
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NoSuchRun(id) => Self::no_such_run(&id),
+            other => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the store failed: {other}"),
+                "check that the store `slipway serve` was started with is reachable; the CLI's `slipway history --store …` shows the same error",
+            ),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({"error": self.error, "fix": self.fix});
+        let mut r = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            r.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        r
+    }
+}

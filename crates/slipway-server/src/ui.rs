@@ -1,0 +1,260 @@
+//! The web UI: server-rendered pages (minijinja, HTML auto-escaping on, undefined values
+//! an error), a login form that sets the session cookie, and two small scripts served as
+//! files so the Content-Security-Policy can forbid inline script: whatever a spec puts in
+//! a name is text, never code, twice over.
+
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::{Extension, Form};
+use minijinja::{Environment, UndefinedBehavior, context};
+use serde::Deserialize;
+
+use crate::api::{load_run, run_summary, visible_runs};
+use crate::auth::{COOKIE, Caller, verify};
+use crate::{ApiError, AppState};
+
+/// Scripts only from this origin, no inline script, no framing.
+const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'";
+
+/// Runs listed on the index page.
+const INDEX_LIMIT: u32 = 100;
+
+/// The page templates, parsed once.
+pub(crate) fn templates() -> Result<Environment<'static>, ApiError> {
+    let mut env = Environment::new();
+    // `.html` names switch HTML auto-escaping on; undefined values are bugs, not blanks.
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    for (name, text) in [
+        ("base.html", include_str!("../templates/base.html")),
+        ("index.html", include_str!("../templates/index.html")),
+        ("run.html", include_str!("../templates/run.html")),
+        ("login.html", include_str!("../templates/login.html")),
+        ("error.html", include_str!("../templates/error.html")),
+    ] {
+        env.add_template(name, text).map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("template {name}: {e}"),
+                "this is a bug in slipway-server",
+            )
+        })?;
+    }
+    Ok(env)
+}
+
+/// An HTML page with the security headers every page gets.
+fn page(status: StatusCode, body: String) -> Response {
+    let mut r = (status, Html(body)).into_response();
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+fn render(state: &AppState, name: &str, ctx: minijinja::Value) -> Result<String, ApiError> {
+    state
+        .templates
+        .get_template(name)
+        .and_then(|t| t.render(ctx))
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("render {name}: {e}"),
+                "this is a bug in slipway-server",
+            )
+        })
+}
+
+/// An error as a page (same message and fix as the API's JSON).
+fn error_page(state: &AppState, e: ApiError) -> Response {
+    let body = render(
+        state,
+        "error.html",
+        context! { user => None::<String>, status => e.status.as_u16(), error => &e.error, fix => &e.fix },
+    );
+    match body {
+        Ok(b) => page(e.status, b),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `GET /`: recent runs.
+pub(crate) async fn index(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Response {
+    let result = async {
+        let runs = visible_runs(&state, &caller, INDEX_LIMIT).await?;
+        let runs: Vec<_> = runs.iter().map(run_summary).collect();
+        render(
+            &state,
+            "index.html",
+            context! { user => &caller.user, runs => minijinja::Value::from(minijinja::value::Serde(&runs)) },
+        )
+    }
+    .await;
+    match result {
+        Ok(b) => page(StatusCode::OK, b),
+        Err(e) => error_page(&state, e),
+    }
+}
+
+/// `GET /runs/{id}`: the run, its steps and approvals; the journal arrives by SSE.
+pub(crate) async fn run_page(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Response {
+    let result = async {
+        let run = load_run(&state, &caller, &id).await?;
+        let steps = state.store.steps(&id).await?;
+        let approvals = state.store.approvals(&id).await?;
+        render(
+            &state,
+            "run.html",
+            context! {
+                user => &caller.user,
+                run => minijinja::Value::from(minijinja::value::Serde(run_summary(&run))),
+                steps => minijinja::Value::from(minijinja::value::Serde(&steps)),
+                approvals => minijinja::Value::from(minijinja::value::Serde(&approvals)),
+            },
+        )
+    }
+    .await;
+    match result {
+        Ok(b) => page(StatusCode::OK, b),
+        Err(e) => error_page(&state, e),
+    }
+}
+
+/// Where to go after signing in: a path of this site only (no `//host`, no scheme), so
+/// the form cannot be made an open redirect.
+fn safe_next(next: Option<&str>) -> String {
+    match next {
+        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n.to_owned(),
+        _ => "/".to_owned(),
+    }
+}
+
+/// `GET /login?next=PATH`.
+pub(crate) async fn login_form(
+    State(state): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let next = safe_next(q.get("next").map(String::as_str));
+    match render(
+        &state,
+        "login.html",
+        context! { user => None::<String>, next => next, error => None::<String> },
+    ) {
+        Ok(b) => page(StatusCode::OK, b),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// The login form's fields.
+#[derive(Deserialize)]
+pub(crate) struct LoginForm {
+    token: String,
+    next: Option<String>,
+}
+
+/// `POST /login`: verify the token, keep it in the session cookie, go to `next`.
+pub(crate) async fn login(State(state): State<AppState>, Form(f): Form<LoginForm>) -> Response {
+    let next = safe_next(f.next.as_deref());
+    let token = f.token.trim();
+    match verify(&state, token).await {
+        Ok(_) => {
+            let secure = if state.options.secure_cookie {
+                "; Secure"
+            } else {
+                ""
+            };
+            let cookie = format!("{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/{secure}");
+            // A verified token is `slw_<hex>_<hex>`, always a valid header value; anything
+            // else is refused rather than echoed.
+            let Ok(cookie) = HeaderValue::from_str(&cookie) else {
+                return error_page(
+                    &state,
+                    ApiError::unauthenticated("the token has characters a cookie cannot hold"),
+                );
+            };
+            let mut r = Redirect::to(&next).into_response();
+            r.headers_mut().insert(header::SET_COOKIE, cookie);
+            r
+        }
+        Err(e) if e.status == StatusCode::UNAUTHORIZED => {
+            match render(
+                &state,
+                "login.html",
+                context! { user => None::<String>, next => next, error => e.error },
+            ) {
+                Ok(b) => page(StatusCode::UNAUTHORIZED, b),
+                Err(e) => e.into_response(),
+            }
+        }
+        Err(e) => error_page(&state, e),
+    }
+}
+
+/// `POST /logout`: forget the cookie.
+pub(crate) async fn logout() -> Response {
+    let mut r = Redirect::to("/login").into_response();
+    r.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_static("slipway_token=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0"),
+    );
+    r
+}
+
+/// `GET /assets/{name}`: the stylesheet and the two scripts, compiled in.
+pub(crate) async fn asset(Path(name): Path<String>) -> Response {
+    let (body, kind) = match name.as_str() {
+        "run.js" => (include_str!("../templates/run.js"), "text/javascript"),
+        "login.js" => (include_str!("../templates/login.js"), "text/javascript"),
+        "slipway.css" => (include_str!("../templates/slipway.css"), "text/css"),
+        _ => {
+            return ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no asset `{name}`"),
+                "assets are run.js, login.js and slipway.css",
+            )
+            .into_response();
+        }
+    };
+    (
+        [
+            (header::CONTENT_TYPE, kind),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// Percent-encode a path for a `next=` query value.
+pub(crate) fn url_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b'/') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
