@@ -11,8 +11,9 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+// One PostgreSQL server per test binary: serve_cli uses this module too.
 #[path = "../../slipway-store/tests/pg.rs"]
-mod pg;
+pub(crate) mod pg;
 
 use pg::{PASSWORD, db_name, free_port, pg};
 

@@ -41,20 +41,28 @@ struct Env {
 
 impl Env {
     fn new() -> Self {
+        Self::with_store(|dir| format!("sqlite://{}/s.db", dir.display()))
+    }
+
+    fn with_store(store: impl FnOnce(&std::path::Path) -> String) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let spec = dir.path().join("release.yaml");
         std::fs::write(&spec, SPEC).unwrap();
         Self {
             spec: spec.display().to_string(),
-            store: format!("sqlite://{}/s.db", dir.path().display()),
+            store: store(dir.path()),
             dir,
         }
     }
 
     fn ok(&self, args: &[&str]) -> String {
+        self.ok_as("alice", args)
+    }
+
+    fn ok_as(&self, user: &str, args: &[&str]) -> String {
         let o = slipway()
             .env("SLIPWAY_STORE", &self.store)
-            .env("SLIPWAY_USER", "alice")
+            .env("SLIPWAY_USER", user)
             .env_remove("SLIPWAY_TOKEN")
             .args(args)
             .output()
@@ -436,6 +444,130 @@ fn the_event_stream_follows_a_run_live_and_resumes_without_duplicates() {
         &[("Authorization", &auth), ("Last-Event-ID", "x")],
     );
     assert_eq!(status, 400);
+}
+
+#[test]
+fn reading_runs_needs_the_viewer_role_once_access_control_is_on() {
+    let e = Env::new();
+    let run = finished_run(&e);
+    e.ok_as(
+        "alice",
+        &["access", "grant", "user:alice", "admin", "--env", "*"],
+    );
+    e.ok_as(
+        "alice",
+        &["access", "grant", "user:bob", "viewer", "--env", "staging"],
+    );
+    let bob = e.token("bob");
+    let carol = e.token("carol");
+    let alice = e.token("alice");
+    let s = e.serve();
+    let a = s.addr.as_str();
+
+    let listed = |t: &str| {
+        get(a, "/api/v1/runs", Some(t)).json()["runs"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    assert_eq!(listed(&bob), 1);
+    assert_eq!(
+        listed(&carol),
+        0,
+        "runs of environments carol may not view are left out"
+    );
+    assert_eq!(
+        get(a, &format!("/api/v1/runs/{run}"), Some(&bob)).status,
+        200
+    );
+    let refused = get(a, &format!("/api/v1/runs/{run}"), Some(&carol));
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    let r = refused.json();
+    assert!(r["error"].as_str().unwrap().contains("viewer"), "{r}");
+    assert!(
+        r["fix"]
+            .as_str()
+            .unwrap()
+            .contains("slipway access grant user:carol viewer --env staging"),
+        "{r}"
+    );
+    assert_eq!(
+        get(a, &format!("/api/v1/runs/{run}/events"), Some(&carol)).status,
+        403
+    );
+    // The chain spans every environment: viewer on `*` (alice, admin there), not bob.
+    assert_eq!(get(a, "/api/v1/audit/verify", Some(&bob)).status, 403);
+    assert_eq!(get(a, "/api/v1/audit/verify", Some(&alice)).status, 200);
+}
+
+#[test]
+fn serve_on_postgres_lists_and_streams_a_run_without_printing_the_password() {
+    use crate::postgres_store_cli::pg::{PASSWORD, pg};
+    let url = pg().new_db("serve");
+    let e = Env::with_store(|_| url.clone());
+    let token = e.token("bob");
+    let run = finished_run(&e);
+    let s = e.serve();
+    let a = s.addr.as_str();
+    let runs = get(a, "/api/v1/runs", Some(&token));
+    assert_eq!(runs.json()["runs"][0]["id"], run.as_str(), "{}", runs.body);
+    let (status, _, mut r) = open(
+        a,
+        &format!("/api/v1/runs/{run}/events"),
+        &[("Authorization", &format!("Bearer {token}"))],
+    );
+    assert_eq!(status, 200);
+    let mut events = Vec::new();
+    while let Some(ev) = next_event(&mut r) {
+        events.push(ev.event);
+    }
+    assert_eq!(events.last().map(String::as_str), Some("end"), "{events:?}");
+    assert!(
+        events.iter().filter(|e| *e == "journal").count() >= 5,
+        "{events:?}"
+    );
+    let verified = get(a, "/api/v1/audit/verify", Some(&token));
+    assert_eq!(verified.status, 200, "{}", verified.body);
+    assert!(!verified.body.contains(PASSWORD) && !runs.body.contains(PASSWORD));
+    assert!(
+        verified.json()["source"]
+            .as_str()
+            .unwrap()
+            .contains(":***@")
+    );
+}
+
+#[test]
+fn sigterm_stops_serve_while_an_event_stream_is_open() {
+    let e = Env::new();
+    let token = e.token("bob");
+    let mut s = e.serve();
+    let a = s.addr.clone();
+    let mut deploy = e.deploy();
+    let run = until("the run to be listed", || {
+        get(&a, "/api/v1/runs", Some(&token)).json()["runs"][0]["id"]
+            .as_str()
+            .map(str::to_owned)
+    });
+    let (status, _, mut r) = open(
+        &a,
+        &format!("/api/v1/runs/{run}/events"),
+        &[("Authorization", &format!("Bearer {token}"))],
+    );
+    assert_eq!(status, 200);
+    assert!(next_event(&mut r).is_some());
+    // The run waits for GO: its stream would never end by itself.
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &s.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = until("slipway serve to exit", || s.child.try_wait().unwrap());
+    assert_eq!(status.code(), Some(0));
+    e.go();
+    assert!(deploy.wait().unwrap().success());
 }
 
 #[test]
