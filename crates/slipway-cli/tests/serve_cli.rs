@@ -189,6 +189,26 @@ fn get(addr: &str, path: &str, token: Option<&str>) -> Response {
     }
 }
 
+/// `POST path` with a form body (`application/x-www-form-urlencoded`, already encoded).
+fn post_form(addr: &str, path: &str, body: &str) -> Response {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let req = format!(
+        "POST {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    Response {
+        status,
+        headers: head.to_ascii_lowercase(),
+        body: body.to_owned(),
+    }
+}
+
 /// One SSE event: its name, id and data.
 #[derive(Debug)]
 struct Sse {
@@ -668,6 +688,52 @@ fn the_web_ui_signs_in_shows_a_run_streams_its_journal_and_escapes_spec_text() {
     assert!(
         page.headers
             .contains(&format!("location: /login?next=/runs/{run}"))
+    );
+
+    // The login form: a wrong token is refused on the form; a good one sets an HttpOnly,
+    // SameSite=Strict cookie and goes to `next`, a path of this site only.
+    let refused = post_form(a, "/login", "token=slw_nope_nope&next=%2F");
+    assert_eq!(refused.status, 401);
+    assert!(
+        refused.body.contains("token nope is unknown"),
+        "{}",
+        refused.body
+    );
+    assert!(!refused.headers.contains("set-cookie"));
+    let signed_in = post_form(a, "/login", &format!("token={token}&next=%2Fruns%2F{run}"));
+    assert_eq!(signed_in.status, 303, "{}", signed_in.body);
+    assert!(
+        signed_in
+            .headers
+            .contains(&format!("location: /runs/{run}"))
+    );
+    let cookie = signed_in
+        .headers
+        .lines()
+        .find(|l| l.starts_with("set-cookie:"))
+        .unwrap();
+    assert!(
+        cookie.contains("httponly") && cookie.contains("samesite=strict"),
+        "{cookie}"
+    );
+    let elsewhere = post_form(
+        a,
+        "/login",
+        &format!("token={token}&next=%2F%2Fevil.example"),
+    );
+    assert!(
+        elsewhere.headers.contains("location: /\r\n"),
+        "{}",
+        elsewhere.headers
+    );
+
+    // The index lists the run, linked.
+    let (_, _, mut r) = open(a, "/", &[("Cookie", &format!("slipway_token={token}"))]);
+    let mut index = String::new();
+    r.read_to_string(&mut index).unwrap();
+    assert!(
+        index.contains(&format!("<a href=\"/runs/{run}\">{run}</a>")),
+        "{index}"
     );
 
     // With it: the steps, the hostile step name as text, CSP forbidding inline script.
