@@ -651,6 +651,25 @@ fn serve_warns_when_listening_beyond_loopback_without_tls() {
     assert!(stderr.contains("TLS"), "{stderr}");
 }
 
+#[test]
+fn serve_on_a_taken_address_says_which_and_exits_2() {
+    let e = Env::new();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let o = slipway()
+        .env("SLIPWAY_STORE", &e.store)
+        .args(["serve", "--listen", &addr])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.contains(&format!("failed to listen on {addr}")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--listen"), "{stderr}");
+}
+
 /// Headless Chromium's DOM of `url` after its scripts ran (`--dump-dom`).
 fn chromium_dom(url: &str) -> String {
     let profile = tempfile::tempdir().unwrap();

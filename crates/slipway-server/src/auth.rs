@@ -22,7 +22,7 @@ pub(crate) struct Caller {
 }
 
 /// The token of a request: the bearer header first, else the session cookie.
-fn presented(headers: &HeaderMap) -> Option<String> {
+pub(crate) fn presented(headers: &HeaderMap) -> Option<String> {
     if let Some(v) = headers.get(header::AUTHORIZATION) {
         let v = v.to_str().ok()?;
         return v

@@ -34,6 +34,9 @@ pub use error::ApiError;
 pub struct Options {
     /// How often an SSE stream asks the store for new journal entries.
     pub poll_interval: Duration,
+    /// How often an open SSE stream checks its token again, so a revoked token stops a
+    /// stream that outlives it.
+    pub reauth_interval: Duration,
     /// Whether the session cookie gets the `Secure` attribute (only when served over TLS,
     /// or a browser would never send it back over plain HTTP).
     pub secure_cookie: bool,
@@ -43,6 +46,7 @@ impl Default for Options {
     fn default() -> Self {
         Self {
             poll_interval: Duration::from_millis(250),
+            reauth_interval: Duration::from_secs(30),
             secure_cookie: false,
         }
     }

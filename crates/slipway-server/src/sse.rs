@@ -5,10 +5,12 @@
 //! entry it saw, without duplicates. The stream polls the store (`Options::poll_interval`)
 //! — it works the same whichever process drives the run, on SQLite or PostgreSQL — and
 //! ends with one `end` event carrying the final state once the run is terminal and every
-//! entry was sent.
+//! entry was sent. The token is checked again every `Options::reauth_interval`: a stream
+//! whose token was revoked ends with an `end` event naming why.
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
+use std::time::Instant;
 
 use axum::Extension;
 use axum::extract::{Path, Query, State};
@@ -24,6 +26,9 @@ use crate::{ApiError, AppState};
 
 struct Follow {
     state: AppState,
+    /// The token the stream was opened with, checked again every `reauth_interval`.
+    token: String,
+    verified_at: Instant,
     run: String,
     after: i64,
     pending: VecDeque<Notice>,
@@ -52,8 +57,12 @@ pub(crate) async fn events(
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let after = resume_from(&headers, &q)?;
     load_run(&state, &caller, &id).await?;
+    // The middleware accepted this request, so it carries a token.
+    let token = crate::auth::presented(&headers).unwrap_or_default();
     let follow = Follow {
         state,
+        token,
+        verified_at: Instant::now(),
         run: id,
         after,
         pending: VecDeque::new(),
@@ -81,6 +90,12 @@ async fn next_event(f: &mut Follow) -> Option<Event> {
         }
         if f.done {
             return None;
+        }
+        if f.verified_at.elapsed() >= f.state.options.reauth_interval {
+            if let Err(e) = crate::auth::verify(&f.state, &f.token).await {
+                return Some(finish(f, json!({"error": e.error, "fix": e.fix})));
+            }
+            f.verified_at = Instant::now();
         }
         // The state first, then the journal: a run terminal at this read had journaled
         // everything, so an empty read after it means nothing more will come.

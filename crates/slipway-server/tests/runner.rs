@@ -1,0 +1,115 @@
+//! The server as a library over a real SQLite store, for what the CLI tests cannot reach
+//! quickly: an open event stream whose token is revoked ends instead of streaming on.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests: a panic is a failure"
+)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use slipway_engine::event::EngineEvent;
+use slipway_engine::store::{JournalRecord, NewRun, Store};
+use slipway_store::access::AccessDb;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_event_stream_ends_when_its_token_is_revoked() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = slipway_store::open(&slipway_store::StoreLocation::Sqlite(
+        dir.path().join("s.db"),
+    ))
+    .await
+    .unwrap();
+    let access = AccessDb::for_store(&store).await.unwrap();
+    let issued = slipway_govern::access::issue_token("bob", Timestamp::now()).unwrap();
+    access.add_token(&issued.row).await.unwrap();
+    // A run that never finishes: its stream would stay open for ever.
+    let now = Timestamp::now();
+    store
+        .create_run(
+            NewRun {
+                id: "r1".into(),
+                plan_json: "{}".into(),
+                digest: "d".repeat(64),
+                release: "shop".into(),
+                version: "1.0.0".into(),
+                environment: "staging".into(),
+                author: "a".into(),
+                override_reason: None,
+                created_at: now,
+                workdir: dir.path().display().to_string(),
+            },
+            JournalRecord {
+                run_id: "r1".into(),
+                digest: "d".repeat(64),
+                at: now,
+                actor: "a".into(),
+                event: EngineEvent::RunCreated {
+                    release: "shop".into(),
+                    version: "1.0.0".into(),
+                    environment: "staging".into(),
+                    digest: "d".repeat(64),
+                    override_freeze: None,
+                },
+            },
+        )
+        .await
+        .unwrap();
+    let store: Arc<dyn Store> = Arc::new(store);
+    let options = slipway_server::Options {
+        poll_interval: Duration::from_millis(20),
+        reauth_interval: Duration::from_millis(100),
+        ..Default::default()
+    };
+    let app = slipway_server::router(store, access.clone(), options).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum_serve(listener, app).await });
+
+    let token = issued.token.clone();
+    let mut r = tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        // Longer than any re-check; a stream that never ends fails the read.
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        write!(
+            s,
+            "GET /api/v1/runs/r1/events HTTP/1.0\r\nAuthorization: Bearer {token}\r\n\r\n"
+        )
+        .unwrap();
+        let mut r = BufReader::new(s);
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        assert!(line.contains(" 200 "), "{line}");
+        // Up to the first event's data: the stream is open.
+        while !line.starts_with("data:") {
+            line.clear();
+            r.read_line(&mut line).unwrap();
+        }
+        assert!(line.contains("run_created"), "{line}");
+        r
+    })
+    .await
+    .unwrap();
+
+    let (id, _) = slipway_govern::access::token_id(&issued.token).unwrap();
+    assert!(access.revoke_token(id, Timestamp::now()).await.unwrap());
+
+    let rest = tokio::task::spawn_blocking(move || {
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut r, &mut rest).unwrap();
+        rest
+    })
+    .await
+    .unwrap();
+    assert!(rest.contains("event: end"), "{rest}");
+    assert!(rest.contains("was revoked"), "{rest}");
+    assert!(!rest.contains(&issued.token), "{rest}");
+}
+
+async fn axum_serve(listener: tokio::net::TcpListener, app: axum::Router) {
+    axum::serve(listener, app).await.unwrap();
+}
