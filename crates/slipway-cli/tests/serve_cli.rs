@@ -293,6 +293,12 @@ fn the_api_serves_runs_to_live_tokens_only_and_verifies_the_audit_chain() {
 
     let runs = get(a, "/api/v1/runs", Some(&token));
     assert_eq!(runs.status, 200, "{}", runs.body);
+    let (status, _, _) = open(
+        a,
+        "/api/v1/runs",
+        &[("Authorization", &format!("bearer {token}"))],
+    );
+    assert_eq!(status, 200, "the scheme is case-insensitive");
     let listed = &runs.json()["runs"][0];
     assert_eq!(listed["id"], run.as_str());
     assert_eq!(listed["environment"], "staging");

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use slipway_engine::audit;
 use slipway_engine::store::RunRecord;
 
-use crate::auth::{Caller, can_view, require_view};
+use crate::auth::{Caller, require_view, viewable};
 use crate::{ApiError, AppState};
 
 /// Runs listed when `?limit=` is not given, and the most one may ask for.
@@ -53,13 +53,10 @@ pub(crate) async fn visible_runs(
     caller: &Caller,
     limit: u32,
 ) -> Result<Vec<RunRecord>, ApiError> {
-    let mut out = Vec::new();
-    for r in state.store.runs(limit).await? {
-        if can_view(state, caller, &r.environment).await? {
-            out.push(r);
-        }
-    }
-    Ok(out)
+    let may_view = viewable(state, caller).await?;
+    let mut runs = state.store.runs(limit).await?;
+    runs.retain(|r| may_view(&r.environment));
+    Ok(runs)
 }
 
 /// `GET /api/v1/runs?limit=N`.

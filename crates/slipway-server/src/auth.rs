@@ -24,10 +24,11 @@ pub(crate) struct Caller {
 /// The token of a request: the bearer header first, else the session cookie.
 pub(crate) fn presented(headers: &HeaderMap) -> Option<String> {
     if let Some(v) = headers.get(header::AUTHORIZATION) {
-        let v = v.to_str().ok()?;
-        return v
-            .strip_prefix("Bearer ")
-            .map(|t| t.trim().to_owned())
+        // The scheme is case-insensitive (RFC 9110 §11.1).
+        let (scheme, token) = v.to_str().ok()?.split_once(' ')?;
+        return scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| token.trim().to_owned())
             .filter(|t| !t.is_empty());
     }
     headers
@@ -106,17 +107,20 @@ pub(crate) async fn can_view(
     caller: &Caller,
     environment: &str,
 ) -> Result<bool, ApiError> {
+    Ok(viewable(state, caller).await?(environment))
+}
+
+/// [`can_view`] for many environments, with the grants read once.
+pub(crate) async fn viewable(
+    state: &AppState,
+    caller: &Caller,
+) -> Result<impl Fn(&str) -> bool + use<>, ApiError> {
     let grants = state.access.grants(false).await?;
-    Ok(grants.is_empty()
-        || access::authorize(
-            &grants,
-            &caller.user,
-            &[],
-            Role::Viewer,
-            "read",
-            environment,
-        )
-        .is_ok())
+    let user = caller.user.clone();
+    Ok(move |environment: &str| {
+        grants.is_empty()
+            || access::authorize(&grants, &user, &[], Role::Viewer, "read", environment).is_ok()
+    })
 }
 
 /// [`can_view`] as a 403.
