@@ -793,6 +793,11 @@ fn the_web_ui_signs_in_shows_a_run_streams_its_journal_and_escapes_spec_text() {
     assert!(!dom.contains("pwned</title>"), "{dom}");
     assert!(dom.contains("signed in as bob"), "{dom}");
     assert!(dom.contains("step_succeeded api/wait-for-go"), "{dom}");
+    // The script keeps the steps table current from the same events.
+    assert!(
+        dom.contains("<tr data-step=\"api/wait-for-go\" data-live=\"1\">"),
+        "{dom}"
+    );
     assert!(
         dom.contains("<small id=\"stream-state\">ended: succeeded</small>"),
         "{dom}"

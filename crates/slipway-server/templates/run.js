@@ -1,9 +1,49 @@
-// Appends the run's journal entries as the server streams them (SSE), and stops at the
-// `end` event: a finished run's stream closes, and EventSource must not reconnect then.
+// Appends the run's journal entries as the server streams them (SSE), keeps the steps
+// table and the run's state current from them, and stops at the `end` event: a finished
+// run's stream closes, and EventSource must not reconnect then.
 (function () {
   var list = document.getElementById("journal");
   var status = document.getElementById("stream-state");
   if (!list || !window.EventSource) { return; }
+  // Journal event → the step status it records (StepStatus's names).
+  var STEP = {
+    step_started: "started", step_succeeded: "succeeded", step_failed: "failed",
+    undo_started: "undo_started", undo_succeeded: "undone", undo_failed: "undo_failed"
+  };
+  function stepRow(step) {
+    var rows = document.querySelectorAll("#steps tbody tr[data-step]");
+    for (var i = 0; i < rows.length; i++) {
+      if (rows[i].getAttribute("data-step") === step) { return rows[i]; }
+    }
+    var body = document.querySelector("#steps tbody");
+    var empty = body.querySelector("tr.empty");
+    if (empty) { empty.parentNode.removeChild(empty); }
+    var tr = document.createElement("tr");
+    tr.setAttribute("data-step", step);
+    ["step", "status", "attempts", "updated"].forEach(function (c) {
+      var td = document.createElement("td");
+      td.className = c;
+      tr.appendChild(td);
+    });
+    tr.cells[0].textContent = step;
+    body.appendChild(tr);
+    return tr;
+  }
+  function follow(n) {
+    var e = n.event || {};
+    if (STEP[e.event] && e.step) {
+      var row = stepRow(e.step);
+      row.cells[1].textContent = STEP[e.event];
+      row.cells[1].className = "status " + STEP[e.event];
+      if (e.attempt) { row.cells[2].textContent = String(e.attempt); }
+      row.cells[3].textContent = n.at;
+      row.setAttribute("data-live", "1");
+    } else if (e.event === "state_changed" && e.to) {
+      var st = document.getElementById("run-state");
+      st.textContent = e.to;
+      st.className = "state " + e.to;
+    }
+  }
   var es = new EventSource(list.getAttribute("data-events"));
   es.addEventListener("open", function () { status.textContent = "live"; });
   es.addEventListener("journal", function (e) {
@@ -16,6 +56,7 @@
     // textContent, never innerHTML: journal text comes from specs and step output.
     li.textContent = n.at + " " + kind + step;
     list.appendChild(li);
+    follow(n);
   });
   es.addEventListener("end", function (e) {
     es.close();
