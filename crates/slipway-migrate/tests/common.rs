@@ -42,7 +42,6 @@ impl PgServer {
         if as_postgres {
             run(Command::new("chown").arg("postgres:").arg(dir.path()));
         }
-        let port = free_port();
         let data = dir.path().join("data");
         let mut initdb = if as_postgres {
             let mut c = Command::new("runuser");
@@ -61,25 +60,45 @@ impl PgServer {
             "--no-locale",
             "--no-sync",
         ]));
-        let server = Self {
-            port,
+        let mut server = Self {
+            port: 0,
             bin,
             dir,
             as_postgres,
         };
-        run(server
-            .pg_ctl()
-            .arg("-D")
-            .arg(&data)
-            .arg("-l")
-            .arg(server.dir.path().join("pg.log"))
-            .args(["-w", "-t", "30", "-o"])
-            .arg(format!(
-                "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
-                server.dir.path().display()
-            ))
-            .arg("start"));
-        server
+        // A port picked free can be taken by another program before the postmaster binds
+        // it; it then exits with "Address already in use" and we pick another.
+        let log = server.dir.path().join("pg.log");
+        for _ in 0..5 {
+            server.port = free_port();
+            let _ = std::fs::remove_file(&log);
+            let out = server
+                .pg_ctl()
+                .arg("-D")
+                .arg(&data)
+                .arg("-l")
+                .arg(&log)
+                .args(["-w", "-t", "30", "-o"])
+                .arg(format!(
+                    "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
+                    server.port,
+                    server.dir.path().display()
+                ))
+                .arg("start")
+                .output()
+                .unwrap();
+            if out.status.success() {
+                return server;
+            }
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            assert!(
+                text.contains("Address already in use"),
+                "pg_ctl start failed: {}{}\n{text}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        panic!("PostgreSQL found five ports taken in a row");
     }
 
     fn stop(&self) {

@@ -22,10 +22,6 @@ pub struct PgServer {
 }
 
 impl PgServer {
-    fn as_pg(&self, tool: &str) -> Command {
-        as_pg(self.as_postgres, &self.bin, tool)
-    }
-
     fn start() -> Self {
         let bin = pg_bin();
         let dir = tempfile::Builder::new()
@@ -42,7 +38,6 @@ impl PgServer {
         if as_postgres {
             run(Command::new("chown").arg("postgres:").arg(&pwfile));
         }
-        let port = free_port();
         let data = dir.join("data");
         run(as_pg(as_postgres, &bin, "initdb")
             .arg("-D")
@@ -58,25 +53,42 @@ impl PgServer {
                 "--no-sync",
             ])
             .arg(format!("--pwfile={}", pwfile.display())));
-        let server = Self {
-            port,
-            bin,
-            dir,
-            as_postgres,
-        };
-        run(server
-            .as_pg("pg_ctl")
-            .arg("-D")
-            .arg(&data)
-            .arg("-l")
-            .arg(server.dir.join("pg.log"))
-            .args(["-w", "-t", "30", "-o"])
-            .arg(format!(
-                "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300",
-                server.dir.display()
-            ))
-            .arg("start"));
-        server
+        // A port picked free can be taken by another program before the postmaster binds
+        // it; it then exits with "Address already in use" and we pick another.
+        for _ in 0..5 {
+            let port = free_port();
+            let log = dir.join("pg.log");
+            let _ = std::fs::remove_file(&log);
+            let out = as_pg(as_postgres, &bin, "pg_ctl")
+                .arg("-D")
+                .arg(&data)
+                .arg("-l")
+                .arg(&log)
+                .args(["-w", "-t", "30", "-o"])
+                .arg(format!(
+                    "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300",
+                    dir.display()
+                ))
+                .arg("start")
+                .output()
+                .unwrap();
+            if out.status.success() {
+                return Self {
+                    port,
+                    bin,
+                    dir,
+                    as_postgres,
+                };
+            }
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            assert!(
+                text.contains("Address already in use"),
+                "pg_ctl start failed: {}{}\n{text}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        panic!("PostgreSQL found five ports taken in a row");
     }
 
     /// The URL of a database, with the password.
