@@ -60,6 +60,46 @@ impl Drop for Server {
     }
 }
 
+/// `openssl s_server` with `srv.pem` on a free port, ready when the listener on that port
+/// is its own: a port picked free can be taken by another program before s_server binds
+/// it (then s_server exits and another port is tried), and a connect alone would reach
+/// that stranger.
+fn s_server(d: &Path) -> (u16, Server) {
+    use slipway_providers::portowner::{Ownership, loopback_listener_owner};
+    use std::os::unix::process::CommandExt;
+    for _ in 0..5 {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let mut server = Server(
+            Command::new("openssl")
+                .current_dir(d)
+                .args(["s_server", "-quiet", "-accept"])
+                .arg(format!("127.0.0.1:{port}"))
+                .args(["-cert", "srv.pem", "-key", "srv.key"])
+                .process_group(0)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if loopback_listener_owner(port, server.0.id()) == Ownership::Ours {
+                return (port, server);
+            }
+            if server.0.try_wait().unwrap().is_some() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "openssl s_server never listened");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    panic!("openssl s_server could not listen on five free ports in a row");
+}
+
 #[test]
 fn tls_endpoints_are_handshaken_and_judged_by_chain_name_and_expiry() {
     let dir = tempfile::tempdir().unwrap();
@@ -105,27 +145,7 @@ fn tls_endpoints_are_handshaken_and_judged_by_chain_name_and_expiry() {
             "ext",
         ],
     );
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let _server = Server(
-        Command::new("openssl")
-            .current_dir(d)
-            .args(["s_server", "-quiet", "-accept"])
-            .arg(format!("127.0.0.1:{port}"))
-            .args(["-cert", "srv.pem", "-key", "srv.key"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "openssl s_server never listened");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (port, _server) = s_server(d);
     let spec = d.join("release.yaml");
     let endpoint = |host: &str, ca: &str| format!("\"tls://{host}:{port}?ca={ca}\"");
     let write = |endpoints: &[String]| {
