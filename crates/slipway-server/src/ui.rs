@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::{Extension, Form};
 use minijinja::{Environment, UndefinedBehavior, context};
@@ -173,8 +173,51 @@ pub(crate) struct LoginForm {
     next: Option<String>,
 }
 
+/// Whether a browser says this request comes from another site: `Sec-Fetch-Site` other
+/// than `same-origin`/`none`, or else an `Origin` whose host is not this `Host`. Login
+/// CSRF is the reason: a cross-site form posting an attacker's token to `/login` would
+/// sign the victim's browser in as the attacker (whose runs and audit they would then
+/// read and act in). Clients that send neither header (curl, scripts) are not browsers
+/// carrying someone's session, so they pass.
+pub(crate) fn cross_site(headers: &HeaderMap) -> bool {
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(site) = text("sec-fetch-site") {
+        return !matches!(site, "same-origin" | "none");
+    }
+    match (text("origin"), text("host")) {
+        (Some("null"), _) => true,
+        (Some(origin), Some(host)) => {
+            let origin_host = origin
+                .split_once("://")
+                .map_or(origin, |(_, rest)| rest)
+                .trim_end_matches('/');
+            !origin_host.eq_ignore_ascii_case(host)
+        }
+        (Some(_), None) => true,
+        (None, _) => false,
+    }
+}
+
+fn cross_site_refused(state: &AppState) -> Response {
+    error_page(
+        state,
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "a sign-in or sign-out posted from another site is refused",
+            "open this server's own /login page and sign in there",
+        ),
+    )
+}
+
 /// `POST /login`: verify the token, keep it in the session cookie, go to `next`.
-pub(crate) async fn login(State(state): State<AppState>, Form(f): Form<LoginForm>) -> Response {
+pub(crate) async fn login(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Form(f): Form<LoginForm>,
+) -> Response {
+    if cross_site(&headers) {
+        return cross_site_refused(&state);
+    }
     let next = safe_next(f.next.as_deref());
     let token = f.token.trim();
     match verify(&state, token).await {
@@ -211,8 +254,11 @@ pub(crate) async fn login(State(state): State<AppState>, Form(f): Form<LoginForm
     }
 }
 
-/// `POST /logout`: forget the cookie.
-pub(crate) async fn logout() -> Response {
+/// `POST /logout`: forget the cookie (not from another site: see [`cross_site`]).
+pub(crate) async fn logout(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if cross_site(&headers) {
+        return cross_site_refused(&state);
+    }
     let mut r = Redirect::to("/login").into_response();
     r.headers_mut().insert(
         header::SET_COOKIE,

@@ -113,3 +113,65 @@ async fn an_open_event_stream_ends_when_its_token_is_revoked() {
 async fn axum_serve(listener: tokio::net::TcpListener, app: axum::Router) {
     axum::serve(listener, app).await.unwrap();
 }
+
+/// One raw HTTP/1.0 request; the whole response.
+fn http(addr: std::net::SocketAddr, request: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut s, &mut out).unwrap();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sign_in_posted_from_another_site_is_refused_and_sets_no_cookie() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = slipway_store::open(&slipway_store::StoreLocation::Sqlite(
+        dir.path().join("s.db"),
+    ))
+    .await
+    .unwrap();
+    let access = AccessDb::for_store(&store).await.unwrap();
+    let issued = slipway_govern::access::issue_token("mallory", Timestamp::now()).unwrap();
+    access.add_token(&issued.row).await.unwrap();
+    let store: Arc<dyn Store> = Arc::new(store);
+    let app = slipway_server::router(store, access, slipway_server::Options::default()).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum_serve(listener, app).await });
+
+    let body = format!("token={}&next=%2F", issued.token);
+    let post = move |extra: &str| {
+        format!(
+            "POST /login HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n{extra}\r\n{body}",
+            body.len()
+        )
+    };
+    let cases = [
+        ("Sec-Fetch-Site: cross-site\r\n", false),
+        ("Sec-Fetch-Site: same-site\r\n", false),
+        ("Origin: http://evil.example\r\n", false),
+        ("Origin: null\r\n", false),
+        ("Sec-Fetch-Site: same-origin\r\n", true),
+        (&*format!("Origin: http://{addr}\r\n"), true),
+        // Not a browser (no Origin, no fetch metadata): nobody's session is at stake.
+        ("", true),
+    ];
+    for (extra, signed_in) in cases {
+        let request = post(extra);
+        let r = tokio::task::spawn_blocking(move || http(addr, &request))
+            .await
+            .unwrap();
+        let status = r.lines().next().unwrap_or_default().to_owned();
+        let cookie = r.to_lowercase().contains("set-cookie: slipway_token=slw_");
+        if signed_in {
+            assert!(status.contains(" 303 "), "{extra:?}: {r}");
+            assert!(cookie, "{extra:?}: {r}");
+        } else {
+            assert!(status.contains(" 403 "), "{extra:?}: {r}");
+            assert!(!cookie, "{extra:?}: {r}");
+            assert!(r.contains("another site"), "{extra:?}: {r}");
+        }
+    }
+}
