@@ -345,10 +345,19 @@ async fn run(c: AccessCommand, out: &Output) -> Result<i32, CliError> {
                 json!({"token": issued.row.id, "subject": issued.row.subject}),
             )
             .await?;
-            out.line(&format!(
-                "token for user:{user} (shown once; store it now): {}",
-                issued.token
-            ));
+            if out.json() {
+                // For pipelines that hand the token on (a CI secret): the one time it exists.
+                out.json_value(&json!({
+                    "id": issued.row.id,
+                    "subject": issued.row.subject,
+                    "token": issued.token,
+                }));
+            } else {
+                out.line(&format!(
+                    "token for user:{user} (shown once; store it now): {}",
+                    issued.token
+                ));
+            }
         }
         AccessCommand::Token(TokenCommand::Revoke(a)) => {
             let me = identity();
@@ -367,7 +376,11 @@ async fn run(c: AccessCommand, out: &Output) -> Result<i32, CliError> {
                 ));
             }
             audit_change(store, "token_revoked", json!({"token": a.id})).await?;
-            out.line(&format!("token {} revoked", a.id));
+            if out.json() {
+                out.json_value(&json!({"id": a.id, "revoked": true}));
+            } else {
+                out.line(&format!("token {} revoked", a.id));
+            }
         }
         AccessCommand::Token(TokenCommand::List(_)) => {
             require_admin(&db, "list tokens").await?;

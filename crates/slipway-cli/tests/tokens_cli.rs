@@ -168,14 +168,24 @@ fn access_changes_are_in_the_audit_chain_without_secrets() {
         "alice",
         &["access", "grant", "group:sre", "viewer", "--env", "*"],
     );
-    let text = e.ok("alice", &["access", "token", "create", "--user", "carol"]);
-    let token = text
-        .split_whitespace()
-        .find(|w| w.starts_with("slw_"))
-        .unwrap()
-        .to_owned();
-    let id = token.split('_').nth(1).unwrap().to_owned();
-    e.ok("alice", &["access", "token", "revoke", &id]);
+    // For pipelines: the token once, as JSON.
+    let text = e.ok(
+        "alice",
+        &[
+            "access", "token", "create", "--user", "carol", "--output", "json",
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let token = v["token"].as_str().unwrap().to_owned();
+    let id = v["id"].as_str().unwrap().to_owned();
+    assert!(token.starts_with(&format!("slw_{id}_")), "{v}");
+    assert_eq!(v["subject"], "user:carol");
+    let text = e.ok(
+        "alice",
+        &["access", "token", "revoke", &id, "--output", "json"],
+    );
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["revoked"], true, "{v}");
     e.ok("alice", &["access", "review", "start", "q4"]);
     e.ok(
         "alice",

@@ -237,6 +237,96 @@ pub fn verify_token(token: &str, row: Option<&TokenRow>) -> Result<String, Acces
     Ok(row.subject.clone())
 }
 
+/// Tokens a long-running process (`slipway serve`) has already verified, so a token used
+/// on every request costs the argon2id verification once, not per request (about 30 ms
+/// each on these machines).
+///
+/// Keyed by sha256 of the whole presented token (a token has 256 bits of random secret,
+/// so a fast hash of it is as unguessable as the token), holding the stored hash it was
+/// verified against. The row is still read on every use: a revoked or re-issued token is
+/// refused at once, and a changed stored hash (rehash, replaced row) means a full
+/// verification again. A wrong secret has another key and always gets the full check.
+#[derive(Debug, Default)]
+pub struct VerifiedTokens {
+    inner: std::sync::Mutex<std::collections::HashMap<[u8; 32], Verified>>,
+}
+
+#[derive(Debug, Clone)]
+struct Verified {
+    stored_hash: String,
+    touched: Timestamp,
+}
+
+/// How many verified tokens [`VerifiedTokens`] keeps before it starts over.
+const VERIFIED_TOKENS_CAP: usize = 4096;
+
+/// How often a cached token's `last_used_at` is written: a request per second would
+/// otherwise be a write per second for a figure access reviews read by the day.
+const TOUCH_EVERY: jiff::SignedDuration = jiff::SignedDuration::from_secs(60);
+
+impl VerifiedTokens {
+    fn key(token: &str) -> [u8; 32] {
+        Sha256::digest(token.as_bytes()).into()
+    }
+
+    fn get(&self, token: &str) -> Option<Verified> {
+        let map = self.inner.lock().ok()?;
+        map.get(&Self::key(token)).cloned()
+    }
+
+    fn put(&self, token: &str, v: Verified) {
+        if let Ok(mut map) = self.inner.lock() {
+            if map.len() >= VERIFIED_TOKENS_CAP {
+                map.clear();
+            }
+            map.insert(Self::key(token), v);
+        }
+    }
+}
+
+/// [`authenticate`] for a process that sees the same tokens again and again: the row is
+/// read every time (revocation is immediate), the argon2id check runs only when this
+/// exact token was not yet verified against the row's current hash, and `last_used_at`
+/// is written at most once a minute per token.
+pub async fn authenticate_cached(
+    db: &slipway_store::access::AccessDb,
+    token: &str,
+    now: Timestamp,
+    cache: &VerifiedTokens,
+) -> Result<String, AuthError> {
+    let (id, _) = token_id(token).map_err(AuthError::Refused)?;
+    let row = db.token(id).await.map_err(AuthError::Store)?;
+    if let (Some(row), Some(hit)) = (row.as_ref(), cache.get(token))
+        && row.id == id
+        && row.revoked_at.is_none()
+        && row.hash == hit.stored_hash
+    {
+        if now.duration_since(hit.touched) >= TOUCH_EVERY {
+            db.touch_token(id, now).await.map_err(AuthError::Store)?;
+            cache.put(
+                token,
+                Verified {
+                    touched: now,
+                    ..hit
+                },
+            );
+        }
+        return Ok(row.subject.clone());
+    }
+    let subject = authenticate(db, token, now).await?;
+    // After a rehash the row holds a new hash: cache the one now stored.
+    if let Some(row) = db.token(id).await.map_err(AuthError::Store)? {
+        cache.put(
+            token,
+            Verified {
+                stored_hash: row.hash,
+                touched: now,
+            },
+        );
+    }
+    Ok(subject)
+}
+
 /// Why [`authenticate`] did not accept a token.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {

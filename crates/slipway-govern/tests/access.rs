@@ -97,6 +97,68 @@ async fn a_revoked_token_stops_working() {
 }
 
 #[tokio::test]
+async fn a_verified_token_cache_never_outlives_revocation_a_new_hash_or_a_wrong_secret() {
+    let (_d, db) = db().await;
+    let cache = access::VerifiedTokens::default();
+    let t0 = t("2026-11-02T10:00:00Z");
+    let issued = access::issue_token("alice", t0).unwrap();
+    db.add_token(&issued.row).await.unwrap();
+    let (id, _) = access::token_id(&issued.token).unwrap();
+    let id = id.to_owned();
+    let auth = |token: String, at: &'static str| {
+        let (db, cache) = (&db, &cache);
+        async move { access::authenticate_cached(db, &token, t(at), cache).await }
+    };
+
+    assert_eq!(
+        auth(issued.token.clone(), "2026-11-02T10:00:00Z")
+            .await
+            .unwrap(),
+        "user:alice"
+    );
+    let used = || async { db.token(&id).await.unwrap().unwrap().last_used_at };
+    assert_eq!(used().await, Some(t0));
+    // Again within the minute: accepted from the cache, last use not rewritten.
+    auth(issued.token.clone(), "2026-11-02T10:00:30Z")
+        .await
+        .unwrap();
+    assert_eq!(used().await, Some(t0));
+    // A minute on: written again.
+    auth(issued.token.clone(), "2026-11-02T10:01:01Z")
+        .await
+        .unwrap();
+    assert_eq!(used().await, Some(t("2026-11-02T10:01:01Z")));
+
+    // A forged secret with the cached token's id gets the full check, and fails.
+    let forged = format!("slw_{id}_{}", "0".repeat(64));
+    assert!(auth(forged, "2026-11-02T10:02:00Z").await.is_err());
+
+    // The row's hash replaced (re-issued under the same id): the cached token no longer
+    // matches what is stored and is refused.
+    let other = access::issue_token("alice", t0).unwrap();
+    db.rehash_token(&id, &other.row.hash).await.unwrap();
+    let e = auth(issued.token.clone(), "2026-11-02T10:03:00Z")
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("does not match"), "{e}");
+    db.rehash_token(&id, &issued.row.hash).await.unwrap();
+    auth(issued.token.clone(), "2026-11-02T10:04:00Z")
+        .await
+        .unwrap();
+
+    // Revoked: refused on the very next use, cached or not.
+    assert!(
+        db.revoke_token(&id, t("2026-11-02T10:05:00Z"))
+            .await
+            .unwrap()
+    );
+    let e = auth(issued.token.clone(), "2026-11-02T10:05:01Z")
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("was revoked"), "{e}");
+}
+
+#[tokio::test]
 async fn tokens_are_stored_as_argon2id_phc_strings_and_legacy_rows_still_verify() {
     let (_d, db) = db().await;
     let now = t("2026-11-02T10:00:00Z");

@@ -44,7 +44,8 @@ pub(crate) fn presented(headers: &HeaderMap) -> Option<String> {
 
 /// Check a token; the caller it stands for.
 pub(crate) async fn verify(state: &AppState, token: &str) -> Result<Caller, ApiError> {
-    match access::authenticate(&state.access, token, Timestamp::now()).await {
+    match access::authenticate_cached(&state.access, token, Timestamp::now(), &state.verified).await
+    {
         Ok(subject) => Ok(Caller {
             user: subject.strip_prefix("user:").unwrap_or(&subject).to_owned(),
         }),

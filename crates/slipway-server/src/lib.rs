@@ -57,6 +57,8 @@ impl Default for Options {
 pub(crate) struct AppState {
     pub store: Arc<dyn Store>,
     pub access: AccessDb,
+    /// Tokens already verified (argon2id once per token, not per request).
+    pub verified: Arc<slipway_govern::access::VerifiedTokens>,
     pub options: Arc<Options>,
     pub templates: Arc<minijinja::Environment<'static>>,
 }
@@ -72,6 +74,7 @@ pub fn router(
     let state = AppState {
         store,
         access,
+        verified: Arc::default(),
         options: Arc::new(options),
         templates: Arc::new(ui::templates()?),
     };
