@@ -300,7 +300,10 @@ async fn run(c: AccessCommand, out: &Output) -> Result<i32, CliError> {
                 json!({"grant": id, "subject": subject, "role": a.role, "environment": a.env}),
             )
             .await?;
-            out.line(&format!("grant {id}: {subject} is {} in {}", a.role, a.env));
+            out.outcome(
+                &json!({"grant": id, "subject": subject, "role": a.role, "environment": a.env}),
+                &format!("grant {id}: {subject} is {} in {}", a.role, a.env),
+            );
         }
         AccessCommand::Revoke(a) => {
             let me = require_admin(&db, "revoke grants").await?;
@@ -315,7 +318,10 @@ async fn run(c: AccessCommand, out: &Output) -> Result<i32, CliError> {
                 ));
             }
             audit_change(store, "access_revoked", json!({"grant": a.id})).await?;
-            out.line(&format!("grant {} revoked", a.id));
+            out.outcome(
+                &json!({"grant": a.id, "revoked": true}),
+                &format!("grant {} revoked", a.id),
+            );
         }
         AccessCommand::List(_) => {
             let grants = db.grants(false).await.map_err(store_error)?;
@@ -419,7 +425,10 @@ async fn run(c: AccessCommand, out: &Output) -> Result<i32, CliError> {
                 json!({"review": a.review, "grants": n}),
             )
             .await?;
-            out.line(&format!("access review {} opened over {n} grant(s); decide each with `slipway access review decide {} GRANT confirm|revoke`", a.review, a.review));
+            out.outcome(
+                &json!({"review": a.review, "opened": true, "grants": n}),
+                &format!("access review {} opened over {n} grant(s); decide each with `slipway access review decide {} GRANT confirm|revoke`", a.review, a.review),
+            );
         }
         AccessCommand::Review(ReviewCommand::Decide(a)) => {
             let me = require_admin(&db, "decide access reviews").await?;
@@ -442,7 +451,10 @@ async fn run(c: AccessCommand, out: &Output) -> Result<i32, CliError> {
                 json!({"review": a.review, "grant": a.grant, "decision": a.decision}),
             )
             .await?;
-            out.line(&format!("grant {}: {}", a.grant, a.decision));
+            out.outcome(
+                &json!({"review": a.review, "grant": a.grant, "decision": a.decision}),
+                &format!("grant {}: {}", a.grant, a.decision),
+            );
         }
         AccessCommand::Review(ReviewCommand::Close(a)) => {
             require_admin(&db, "close access reviews").await?;
@@ -453,14 +465,20 @@ async fn run(c: AccessCommand, out: &Output) -> Result<i32, CliError> {
                 json!({"review": a.review, "unreviewed": unreviewed}),
             )
             .await?;
-            for g in &unreviewed {
-                out.line(&format!("unreviewed: grant {g}"));
+            if out.json() {
+                out.json_value(
+                    &json!({"review": a.review, "closed": true, "unreviewed": unreviewed}),
+                );
+            } else {
+                for g in &unreviewed {
+                    out.line(&format!("unreviewed: grant {g}"));
+                }
+                out.line(&format!(
+                    "access review {} closed; {} grant(s) unreviewed",
+                    a.review,
+                    unreviewed.len()
+                ));
             }
-            out.line(&format!(
-                "access review {} closed; {} grant(s) unreviewed",
-                a.review,
-                unreviewed.len()
-            ));
             return Ok(if unreviewed.is_empty() {
                 exit::SUCCESS
             } else {

@@ -114,6 +114,15 @@ impl Output {
         eprintln!("{text}");
     }
 
+    /// The outcome of a command: `v` as JSON with `--output json`, else `text` as a line.
+    pub fn outcome<T: Serialize>(&self, v: &T, text: &str) {
+        if self.json() {
+            self.json_value(v);
+        } else {
+            self.line(text);
+        }
+    }
+
     /// Print a value as pretty JSON.
     pub fn json_value<T: Serialize>(&self, v: &T) {
         match serde_json::to_string_pretty(v) {

@@ -164,9 +164,24 @@ fn access_changes_are_in_the_audit_chain_without_secrets() {
         "alice",
         &["access", "grant", "user:carol", "deployer", "--env", "prod"],
     );
-    e.ok(
+    let text = e.ok(
         "alice",
-        &["access", "grant", "group:sre", "viewer", "--env", "*"],
+        &[
+            "access",
+            "grant",
+            "group:sre",
+            "viewer",
+            "--env",
+            "*",
+            "--output",
+            "json",
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        (v["subject"].as_str(), v["role"].as_str()),
+        (Some("group:sre"), Some("viewer")),
+        "{v}"
     );
     // For pipelines: the token once, as JSON.
     let text = e.ok(
@@ -191,8 +206,14 @@ fn access_changes_are_in_the_audit_chain_without_secrets() {
         "alice",
         &["access", "review", "decide", "q4", "2", "revoke"],
     );
-    let o = e.run("alice", None, &["access", "review", "close", "q4"]);
+    let o = e.run(
+        "alice",
+        None,
+        &["access", "review", "close", "q4", "--output", "json"],
+    );
     assert_eq!(code(&o), Some(1), "grants 1 and 3 were not reviewed: {o:?}");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["unreviewed"], serde_json::json!([1, 3]), "{v}");
     e.ok("alice", &["access", "revoke", "3"]);
 
     e.ok("alice", &["audit", "verify"]);
