@@ -33,5 +33,11 @@ fi
 # A real SMTP server for the notification tests.
 python3 -c 'import aiosmtpd' 2>/dev/null || python3 -m pip install -q aiosmtpd >/dev/null
 
+# Reference implementations the judgement cross-checks compare against (issue 18):
+# scipy's Mann-Whitney U, croniter for deployment windows, check-jsonschema for the schema.
+python3 -c 'import scipy.stats' 2>/dev/null || python3 -m pip install -q scipy >/dev/null
+python3 -c 'import croniter' 2>/dev/null || python3 -m pip install -q croniter >/dev/null
+command -v check-jsonschema >/dev/null || python3 -m pip install -q check-jsonschema >/dev/null
+
 scripts/check-crate-edges.sh
 cargo test --workspace --all-targets --no-fail-fast "$@"

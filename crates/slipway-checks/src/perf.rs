@@ -4,6 +4,11 @@
 //! with a one-sided Mann-Whitney U (`slipway_model::analysis::compare`) against the
 //! baseline stretched by the declared tolerance. Both distributions are in the report.
 //!
+//! Latencies are kept in arrival order and never sorted before the test samples them:
+//! the test draws a uniform reservoir sample of each side
+//! (`slipway_model::analysis::reservoir`), and the report says how many of how many it
+//! judged ([`Report::sampled`]). Percentiles are read from a sorted copy.
+//!
 //! The same comparison runs across a deploy ([`crate::perf_baseline`]): the running
 //! version measured before any change is kept as the run's baseline and the new version
 //! is judged against it after the last wave.
@@ -17,7 +22,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
-use slipway_model::analysis::{Phase, compare};
+use slipway_model::analysis::{Phase, Sampled, compare};
 use slipway_model::spec::{Comparison, Metric};
 use tokio::net::TcpStream;
 
@@ -66,8 +71,8 @@ pub struct Distribution {
     pub failed: u64,
     /// Successful requests per second.
     pub throughput: f64,
-    /// Latencies of successful requests, ms (kept out of reports; a stored baseline
-    /// carries them separately).
+    /// Latencies of successful requests, ms, in the order they completed (kept out of
+    /// reports; a stored baseline carries them separately).
     #[serde(skip)]
     pub latencies_ms: Vec<f64>,
     /// p50, p95, p99 in ms.
@@ -145,16 +150,22 @@ pub async fn drive(addr: &str, load: &Load) -> Distribution {
     }
     while tasks.join_next().await.is_some() {}
     let elapsed = start.elapsed().as_secs_f64().max(1e-3);
-    let mut v = lat.lock().map(|v| v.clone()).unwrap_or_default();
-    v.sort_by(f64::total_cmp);
+    let v = lat.lock().map(|v| v.clone()).unwrap_or_default();
+    distribution(v, failed.load(Ordering::Relaxed), elapsed)
+}
+
+/// A side's figures from its latencies (kept in their order: see the module doc).
+pub fn distribution(latencies_ms: Vec<f64>, failed: u64, seconds: f64) -> Distribution {
+    let mut sorted = latencies_ms.clone();
+    sorted.sort_by(f64::total_cmp);
     Distribution {
-        ok: v.len() as u64,
-        failed: failed.load(Ordering::Relaxed),
-        throughput: v.len() as f64 / elapsed,
-        p50: percentile(&v, 0.50),
-        p95: percentile(&v, 0.95),
-        p99: percentile(&v, 0.99),
-        latencies_ms: v,
+        ok: latencies_ms.len() as u64,
+        failed,
+        throughput: latencies_ms.len() as f64 / seconds,
+        p50: percentile(&sorted, 0.50),
+        p95: percentile(&sorted, 0.95),
+        p99: percentile(&sorted, 0.99),
+        latencies_ms,
     }
 }
 
@@ -177,6 +188,9 @@ pub struct Report {
     pub baseline: Distribution,
     /// The candidate's measurements.
     pub candidate: Distribution,
+    /// Which samples the distribution test judged (none when it could not run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampled: Option<Sampled>,
 }
 
 /// Load baseline and candidate side by side and compare.
@@ -189,11 +203,12 @@ pub async fn compare_side_by_side(
     let started = Instant::now();
     let (b, c) = tokio::join!(drive(baseline, load), drive(candidate, load));
     let target = format!("{candidate} vs {baseline}");
-    let rows = judge(&b, &c, &target, tol, started);
+    let (rows, sampled) = judge(&b, &c, &target, tol, started);
     Report {
         rows,
         baseline: b,
         candidate: c,
+        sampled,
     }
 }
 
@@ -216,14 +231,15 @@ pub fn samples_to_judge(q: f64) -> u64 {
 
 /// Judge a candidate's measurements against a baseline's (taken side by side or earlier
 /// with the same load): throughput, p50/p95/p99 (each only with enough samples beyond it,
-/// see [`MIN_TAIL_SAMPLES`]) and the one-sided distribution test over all samples.
+/// see [`MIN_TAIL_SAMPLES`]) and the one-sided distribution test over a uniform sample of
+/// each side; also which samples that test judged.
 pub fn judge(
     b: &Distribution,
     c: &Distribution,
     target: &str,
     tol: Tolerance,
     started: Instant,
-) -> Vec<Verdict> {
+) -> (Vec<Verdict>, Option<Sampled>) {
     let mut rows = Vec::new();
     let min_tp = b.throughput * (1.0 - tol.ratio);
     let tp_ok = c.throughput >= min_tp && c.failed <= b.failed.max(1) * 2;
@@ -314,10 +330,15 @@ pub fn judge(
         target,
         o,
         format!(
-            "p = {} ({} vs {} samples)",
+            "p = {} ({})",
             r.value.map_or("n/a".into(), |p| format!("{p:.4}")),
-            c.ok,
-            b.ok
+            r.sampled.as_ref().map_or_else(
+                || format!("{} vs {} samples", c.ok, b.ok),
+                |s| s
+                    .describe()
+                    .replace("canary", "candidate")
+                    .replace("stable", "baseline")
+            )
         ),
         format!(
             "not slower than baseline +{:.0}% +{} ms at {:.0}% confidence",
@@ -331,7 +352,7 @@ pub fn judge(
         v = v.hint(r.detail);
     }
     rows.push(v);
-    rows
+    (rows, r.sampled)
 }
 
 #[cfg(test)]
@@ -339,17 +360,7 @@ mod tests {
     use super::*;
 
     fn dist(latencies: Vec<f64>, secs: f64) -> Distribution {
-        let mut v = latencies;
-        v.sort_by(f64::total_cmp);
-        Distribution {
-            ok: v.len() as u64,
-            failed: 0,
-            throughput: v.len() as f64 / secs,
-            p50: percentile(&v, 0.50),
-            p95: percentile(&v, 0.95),
-            p99: percentile(&v, 0.99),
-            latencies_ms: v,
-        }
+        distribution(latencies, 0, secs)
     }
 
     /// `n` latencies spread evenly over 10–14 ms, in an order unrelated to their size.
@@ -379,7 +390,7 @@ mod tests {
         slow[97] = 80.0;
         let c = dist(slow, 3.0);
         assert!(c.p99 > b.p99 * 1.2 + 5.0, "the p99 alone would fail it");
-        let rows = judge(&b, &c, "t", Tolerance::default(), Instant::now());
+        let (rows, _) = judge(&b, &c, "t", Tolerance::default(), Instant::now());
         let p99 = verdict(&rows, "perf.p99");
         assert_eq!(p99.verdict, Outcome::Pass);
         assert!(p99.expected.contains("not judged"), "{}", p99.expected);
@@ -395,7 +406,7 @@ mod tests {
             *x = 60.0;
         }
         let c = dist(slow, 20.0);
-        let rows = judge(&b, &c, "t", Tolerance::default(), Instant::now());
+        let (rows, _) = judge(&b, &c, "t", Tolerance::default(), Instant::now());
         assert_eq!(verdict(&rows, "perf.p50").verdict, Outcome::Pass);
         assert_eq!(verdict(&rows, "perf.p99").verdict, Outcome::Fail);
         assert_eq!(crate::worst(&rows), Outcome::Fail);
@@ -405,9 +416,60 @@ mod tests {
     fn a_uniformly_slower_small_sample_still_fails() {
         let b = dist(steady(180), 3.0);
         let c = dist(steady(180).into_iter().map(|x| x + 40.0).collect(), 3.0);
-        let rows = judge(&b, &c, "t", Tolerance::default(), Instant::now());
+        let (rows, _) = judge(&b, &c, "t", Tolerance::default(), Instant::now());
         assert_eq!(verdict(&rows, "perf.p50").verdict, Outcome::Fail);
         assert_eq!(verdict(&rows, "perf.distribution").verdict, Outcome::Fail);
         assert_eq!(crate::worst(&rows), Outcome::Fail);
+    }
+
+    #[test]
+    fn a_slower_half_is_judged_even_in_sorted_order() {
+        // The case: half the candidate's requests 4x slower. Sorted and cut to the
+        // fastest 1,500 of each side, the test saw two equal distributions (p = 1).
+        // (100-140 ms, so the 5 ms slack does not hide the change.)
+        let ms100 = || {
+            steady(3000)
+                .into_iter()
+                .map(|x| x * 10.0)
+                .collect::<Vec<_>>()
+        };
+        let b = dist(ms100(), 30.0);
+        let mut slow = ms100();
+        for x in slow.iter_mut().skip(1).step_by(2) {
+            *x *= 4.0;
+        }
+        slow.sort_by(f64::total_cmp);
+        let c = dist(slow, 30.0);
+        let (rows, sampled) = judge(&b, &c, "t", Tolerance::default(), Instant::now());
+        let d = verdict(&rows, "perf.distribution");
+        assert_eq!(d.verdict, Outcome::Fail, "{d:#?}");
+        let s = sampled.unwrap();
+        assert_eq!((s.n_canary, s.used_canary), (3000, 1500));
+        assert!(
+            d.measured.contains("1500 of 3000 candidate"),
+            "{}",
+            d.measured
+        );
+    }
+
+    #[test]
+    fn equal_distributions_of_different_sizes_pass() {
+        // 2,000 vs 3,000 requests from one distribution: not slower, even sorted (as
+        // baselines stored by earlier versions are) — the fastest 1,500 of each were.
+        let sorted = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v
+        };
+        let ms100 = |n| steady(n).into_iter().map(|x| x * 10.0).collect::<Vec<_>>();
+        let b = dist(sorted(ms100(3000)), 30.0);
+        let c = dist(sorted(ms100(2000)), 20.0);
+        // No tolerance: any systematic cut would show.
+        let exact = Tolerance {
+            ratio: 0.0,
+            slack_ms: 0.0,
+            confidence: 0.99,
+        };
+        let (rows, _) = judge(&b, &c, "t", exact, Instant::now());
+        assert_eq!(verdict(&rows, "perf.distribution").verdict, Outcome::Pass);
     }
 }

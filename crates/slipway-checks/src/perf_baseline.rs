@@ -126,7 +126,9 @@ pub struct Baseline {
     pub taken_at: String,
     /// Throughput and percentiles.
     pub distribution: Distribution,
-    /// Every successful request's latency, ms, sorted: the distribution test needs them.
+    /// Every successful request's latency, ms, in completion order (baselines written
+    /// before that are sorted; the test's uniform reservoir sample does not depend on the
+    /// order): the distribution test needs them.
     pub latencies_ms: Vec<f64>,
 }
 
@@ -147,6 +149,9 @@ pub struct Verification {
     pub baseline: Distribution,
     /// The new version.
     pub candidate: Distribution,
+    /// Which samples the distribution test judged: method, cap, how many of how many.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampled: Option<slipway_model::analysis::Sampled>,
 }
 
 /// One line summary of a distribution: `50.0 req/s, p50 1.2 / p95 2.0 / p99 3.1 ms (250 ok, 0 failed)`.
@@ -187,8 +192,9 @@ pub async fn verify(baseline: &Baseline) -> Verification {
     let mut b = baseline.distribution.clone();
     b.latencies_ms.clone_from(&baseline.latencies_ms);
     let target = format!("{} after vs before the deploy", setup.addr);
-    let rows = judge(&b, &c, &target, setup.tolerance(), started);
+    let (rows, sampled) = judge(&b, &c, &target, setup.tolerance(), started);
     Verification {
+        sampled,
         setup: setup.clone(),
         baseline_taken_at: baseline.taken_at.clone(),
         taken_at: now(),

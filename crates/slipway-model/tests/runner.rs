@@ -9,6 +9,8 @@ mod digest;
 mod fuzz;
 mod malformed;
 mod plans;
+mod ref_scipy;
+mod reference;
 mod schema;
 
 /// Every `.rs` file in tests/ must be a module of this runner, or it would silently never run.

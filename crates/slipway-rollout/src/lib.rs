@@ -586,6 +586,7 @@ pub async fn run_canary_checked(
                                 threshold: String::new(),
                                 detail: format!("metric source failed: {e}"),
                                 query: None,
+                                sampled: None,
                             }]);
                             let phase = analysis::record(&mut j.state, m.clone(), &j.limits);
                             (m, phase)
