@@ -4,6 +4,8 @@
 
 mod audit;
 mod audit_fuzz;
+mod ref_croniter;
+mod reference;
 
 /// Every `.rs` file in tests/ must be a module of this runner, or it would silently never run.
 #[test]

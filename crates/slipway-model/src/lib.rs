@@ -6,6 +6,7 @@
 
 pub mod analysis;
 pub mod compat;
+pub mod cron;
 pub mod diag;
 pub mod duration;
 pub mod exit;

@@ -8,7 +8,6 @@
 
 use std::time::Duration;
 
-use croner::Cron;
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
 use serde::{Deserialize, Serialize};
@@ -141,7 +140,7 @@ fn backup_age(b: &BackupPolicy, windows: &[Window], now: Timestamp, out: &mut Ve
     };
     // Validation refused unparsable values; a spec that skipped it gets no finding rather
     // than a wrong one.
-    let (Ok(cron), Ok(max)) = (schedule.parse::<Cron>(), parse_duration(max_age)) else {
+    let (Ok(cron), Ok(max)) = (crate::cron::parse(schedule), parse_duration(max_age)) else {
         return;
     };
     let Ok(max) = jiff::SignedDuration::try_from(max) else {
@@ -163,7 +162,7 @@ fn backup_age(b: &BackupPolicy, windows: &[Window], now: Timestamp, out: &mut Ve
         return;
     };
     for (i, w) in windows.iter().enumerate() {
-        let (Ok(wcron), Ok(wtz)) = (w.cron.parse::<Cron>(), TimeZone::get(&w.timezone)) else {
+        let (Ok(wcron), Ok(wtz)) = (crate::cron::parse(&w.cron), TimeZone::get(&w.timezone)) else {
             continue;
         };
         for open in wcron.iter_after(now.to_zoned(wtz)).take(MAX_OPENINGS) {

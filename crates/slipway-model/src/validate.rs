@@ -1138,11 +1138,11 @@ fn environment(cx: &mut Cx<'_>, spec: &ReleaseSpec, name: &str, e: &Environment,
     }
     for (i, w) in e.windows.iter().enumerate() {
         let p = format!("{}/{i}", at("windows"));
-        if let Err(err) = w.cron.parse::<croner::Cron>() {
+        if let Err(err) = crate::cron::parse(&w.cron) {
             cx.err_value(
                 "invalid-cron",
                 &format!("{p}/cron"),
-                format!("`{}` is not a cron expression: {err}", w.cron),
+                err,
                 "write five fields: minute hour day-of-month month day-of-week, e.g. `0 9 * * MON-THU`",
             );
         }
@@ -1486,12 +1486,12 @@ fn router(cx: &mut Cx<'_>, spec: &ReleaseSpec, env: &str, e: &Environment, r: &R
 /// `environments.X.backup`: cron and zone parse; an age is needed to judge a schedule.
 fn backup_policy(cx: &mut Cx<'_>, ptr: &str, b: &BackupPolicy) {
     if let Some(c) = &b.schedule
-        && let Err(err) = c.parse::<croner::Cron>()
+        && let Err(err) = crate::cron::parse(c)
     {
         cx.err_value(
             "invalid-cron",
             &format!("{ptr}/schedule"),
-            format!("`{c}` is not a cron expression: {err}"),
+            err,
             "write five fields: minute hour day-of-month month day-of-week, e.g. `0 2 * * *`",
         );
     }
