@@ -4,6 +4,15 @@
 //! schema and what Slipway accepts cannot drift apart. schemars renders `Option<T>` as
 //! "T or null"; we strip the null because a spec writes an absent field by leaving it out,
 //! and "null is allowed" would only make editors suggest something useless.
+//!
+//! The generated schema is then tightened so that a standard validator (check-jsonschema,
+//! an editor) refuses what Slipway refuses for shape, and nothing that passes it can fail
+//! to read into the Rust types:
+//! - every integer gets the bounds its Rust type holds (`uint32` → 0..=4294967295; 64-bit
+//!   ones are capped at 2^53 − 1, the largest integer every JSON reader keeps exactly);
+//! - `apiVersion` and `kind` are pinned (`const`);
+//! - each "exactly one of" struct ([`crate::spec::EXACTLY_ONE`]) gets a `oneOf` of
+//!   `required` alternatives, so two at once (or none) is refused.
 
 use std::sync::OnceLock;
 
@@ -20,6 +29,9 @@ pub fn schema() -> &'static Value {
         let schema = generator.into_root_schema_for::<ReleaseSpec>();
         let mut value = schema.to_value();
         strip_null(&mut value);
+        integer_bounds(&mut value);
+        pin(&mut value);
+        exactly_one(&mut value);
         if let Value::Object(o) = &mut value {
             o.insert(
                 "$id".into(),
@@ -35,6 +47,84 @@ pub fn schema_text() -> String {
     let mut s = serde_json::to_string_pretty(schema()).unwrap_or_default();
     s.push('\n');
     s
+}
+
+/// Largest integer a JSON number keeps exactly in every reader (2^53 − 1).
+pub const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
+
+/// `minimum`/`maximum` from the Rust integer type schemars names in `format`; a tighter
+/// bound already there (e.g. a weight's 100) is kept.
+fn integer_bounds(v: &mut Value) {
+    match v {
+        Value::Object(o) => {
+            let range: Option<(i64, u64)> = match o.get("format").and_then(Value::as_str) {
+                Some("uint8") => Some((0, u64::from(u8::MAX))),
+                Some("uint16") => Some((0, u64::from(u16::MAX))),
+                Some("uint32") => Some((0, u64::from(u32::MAX))),
+                Some("uint64" | "uint") => Some((0, MAX_SAFE_INTEGER)),
+                Some("int32") => Some((i64::from(i32::MIN), u64::from(i32::MAX.unsigned_abs()))),
+                Some("int64" | "int") => Some((-(1 << 53) + 1, MAX_SAFE_INTEGER)),
+                _ => None,
+            };
+            if let Some((min, max)) = range {
+                let lower = o
+                    .get("minimum")
+                    .and_then(Value::as_i64)
+                    .map_or(min, |m| m.max(min));
+                let upper = o
+                    .get("maximum")
+                    .and_then(Value::as_u64)
+                    .map_or(max, |m| m.min(max));
+                o.insert("minimum".into(), Value::from(lower));
+                o.insert("maximum".into(), Value::from(upper));
+            }
+            for (_, child) in o.iter_mut() {
+                integer_bounds(child);
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(integer_bounds),
+        _ => {}
+    }
+}
+
+/// `apiVersion` and `kind` have one allowed value each.
+fn pin(v: &mut Value) {
+    for (field, value) in [
+        ("apiVersion", crate::spec::API_VERSION),
+        ("kind", crate::spec::KIND),
+    ] {
+        if let Some(Value::Object(p)) = v.pointer_mut(&format!("/properties/{field}")) {
+            p.insert("const".into(), Value::from(value));
+        }
+    }
+}
+
+/// A `oneOf` of `required` alternatives on every "exactly one of" struct. A list field
+/// (a notification's `email`) counts as set when it has an entry.
+fn exactly_one(v: &mut Value) {
+    for (name, fields) in crate::spec::EXACTLY_ONE {
+        let Some(Value::Object(def)) = v.pointer_mut(&format!("/$defs/{name}")) else {
+            continue;
+        };
+        let is_list = |f: &str| {
+            def.get("properties")
+                .and_then(|p| p.get(f))
+                .and_then(|p| p.get("type"))
+                .and_then(Value::as_str)
+                == Some("array")
+        };
+        let alternatives: Vec<Value> = fields
+            .iter()
+            .map(|f| {
+                if is_list(f) {
+                    serde_json::json!({"required": [f], "properties": {*f: {"minItems": 1}}})
+                } else {
+                    serde_json::json!({"required": [f]})
+                }
+            })
+            .collect();
+        def.insert("oneOf".into(), Value::Array(alternatives));
+    }
 }
 
 fn strip_null(v: &mut Value) {

@@ -18,6 +18,22 @@ pub const API_VERSION: &str = "slipway/v1";
 /// The only `kind` a release spec may have.
 pub const KIND: &str = "Release";
 
+/// The "exactly one of" shapes: the schema name of each struct of optional fields and the
+/// fields of which exactly one must be set. The published schema expresses each as a
+/// `oneOf` of `required` alternatives (so any JSON Schema validator refuses two at once, or
+/// none), and validation reports the same rule in its own words.
+pub const EXACTLY_ONE: &[(&str, &[&str])] = &[
+    ("Probe", &["http", "tcp", "command"]),
+    ("Account", &["unix", "postgres"]),
+    ("Target", &["exec", "process", "ssh"]),
+    ("Router", &["builtin", "nginx", "haproxy"]),
+    ("Strategy", &["big_bang", "rolling", "canary"]),
+    ("CanaryStep", &["set_weight", "pause", "analysis"]),
+    ("Provider", &["prometheus", "http"]),
+    ("Check", &["http", "tcp", "command", "sql", "perf"]),
+    ("Notification", &["webhook", "email", "file"]),
+];
+
 /// A whole release spec.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -792,6 +808,7 @@ pub struct Canary {
 pub struct CanaryStep {
     /// Percentage of traffic (0–100) sent to the canary.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 100))]
     pub set_weight: Option<u32>,
     /// Wait: a duration (`5m`) or `manual` (until `slipway resume`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -871,8 +888,9 @@ pub struct Metric {
     /// Statistical comparison of canary vs stable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compare: Option<Comparison>,
-    /// Confidence for `compare`, e.g. `0.98`.
+    /// Confidence for `compare`, e.g. `0.98` (between 0 and 1, both excluded).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("exclusiveMinimum" = 0, "exclusiveMaximum" = 1))]
     pub confidence: Option<f64>,
 }
 
@@ -995,8 +1013,9 @@ pub struct PerfCheck {
     /// Latency difference that never counts (timer noise), in ms (default 5).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slack_ms: Option<f64>,
-    /// Confidence of the distribution test (default 0.99).
+    /// Confidence of the distribution test (default 0.99; between 0 and 1, both excluded).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("exclusiveMinimum" = 0, "exclusiveMaximum" = 1))]
     pub confidence: Option<f64>,
 }
 

@@ -104,29 +104,63 @@ pub fn load(file: &str, text: &str) -> Result<LoadedSpec, SpecErrors> {
         return Err(fail(cx.finish()));
     }
 
-    structural(&mut cx, &value);
-    if cx.has_errors() {
-        return Err(fail(cx.finish()));
+    let root = schema::schema();
+    let mut value = value;
+    // `replicas: 10.0` is the integer 10 to JSON Schema; serde would refuse the float.
+    whole_floats_to_integers(root, &mut value, &mut String::new());
+
+    // Pass 2, structure. Every problem is reported; each is then patched on a copy (an
+    // unknown field dropped, a wrong or missing value replaced by a well-typed stand-in)
+    // so that pass 3 can still judge the meaning of everything that did parse.
+    let first = structural(root, &value, &spans);
+    cx.diags.extend(first.diagnostics);
+    let mut repaired: Vec<String> = Vec::new();
+    let mut patched = value.clone();
+    let mut repairs = first.repairs;
+    for _ in 0..16 {
+        if repairs.is_empty() {
+            break;
+        }
+        for r in &repairs {
+            repaired.push(r.apply(&mut patched));
+        }
+        repairs = structural(root, &patched, &spans).repairs;
     }
-    let spec: ReleaseSpec = match serde_json::from_value(value) {
-        Ok(s) => s,
-        Err(e) => {
+    let mut typed = None;
+    match serde_json::from_value::<ReleaseSpec>(patched) {
+        Ok(spec) if repairs.is_empty() => {
+            let before = cx.diags.len();
+            semantic(&mut cx, &spec);
+            typed = Some(spec);
+            // A stand-in's own findings are not the user's problems: the structural
+            // diagnostic at that place already is.
+            let mut kept = cx.diags.split_off(before);
+            kept.retain(|d| !repaired.iter().any(|r| within(&d.path, r)));
+            cx.diags.extend(kept);
+        }
+        Ok(_) | Err(_) if !first.exactly_one.is_empty() || !repaired.is_empty() => {
+            // The meaning cannot be judged; the structural diagnostics stand alone.
+            cx.diags.extend(first.exactly_one);
+        }
+        Ok(_) | Err(_) => {
             // The schema is generated from the same types, so this means they disagree: a
             // bug, but still reported as a diagnostic rather than a panic.
             cx.err_value(
                 "internal",
                 "",
-                format!("the spec passed the schema but could not be read: {e}"),
+                "the spec passed the schema but could not be read",
                 "please report this as a Slipway bug, with the spec",
             );
-            return Err(fail(cx.finish()));
         }
-    };
-    semantic(&mut cx, &spec);
+    }
     let diags = cx.finish();
     if diags.iter().any(|d| d.severity == Severity::Error) {
         return Err(fail(diags));
     }
+    // No error means pass 3 ran on the document as written (nothing was patched).
+    let Some(spec) = typed else {
+        return Err(fail(diags));
+    };
     Ok(LoadedSpec {
         spec,
         warnings: diags,
@@ -174,9 +208,6 @@ impl Cx<'_> {
         let pos = span.key.unwrap_or(span.value);
         self.diags
             .push(Diagnostic::new(code, ptr, pos, msg, help).warning());
-    }
-    fn has_errors(&self) -> bool {
-        self.diags.iter().any(|d| d.severity == Severity::Error)
     }
     fn finish(mut self) -> Vec<Diagnostic> {
         self.diags.sort_by(|a, b| {
@@ -298,25 +329,219 @@ fn json_type_name(v: &Value) -> &'static str {
     }
 }
 
-fn structural(cx: &mut Cx<'_>, value: &Value) {
+/// What the structural pass found: diagnostics, the "exactly one of" ones held back (pass 3
+/// says the same in its own words when it runs), and how to patch each problem.
+#[derive(Default)]
+struct Structure {
+    diagnostics: Vec<Diagnostic>,
+    exactly_one: Vec<Diagnostic>,
+    repairs: Vec<Repair>,
+}
+
+/// A patch that makes one structural problem go away on a copy of the document.
+enum Repair {
+    /// Drop an unknown field.
+    Remove(String),
+    /// Put a well-typed stand-in at a pointer (a wrong value, or a missing field).
+    Put(String, Value),
+}
+
+impl Repair {
+    /// Apply it; returns the pointer it changed.
+    fn apply(&self, v: &mut Value) -> String {
+        let (ptr, new) = match self {
+            Repair::Remove(p) => (p, None),
+            Repair::Put(p, x) => (p, Some(x)),
+        };
+        let (parent, key) = ptr.rsplit_once('/').unwrap_or(("", ptr));
+        let key = key.replace("~1", "/").replace("~0", "~");
+        match (v.pointer_mut(parent), new) {
+            (Some(Value::Object(o)), None) => {
+                o.remove(&key);
+            }
+            (Some(Value::Object(o)), Some(x)) => {
+                o.insert(key, x.clone());
+            }
+            (Some(Value::Array(a)), Some(x)) => {
+                if let Some(slot) = key.parse::<usize>().ok().and_then(|i| a.get_mut(i)) {
+                    *slot = x.clone();
+                }
+            }
+            _ => {}
+        }
+        ptr.clone()
+    }
+}
+
+/// Whether the dotted path `p` (a diagnostic's) is the one of JSON pointer `at` or inside it.
+fn within(p: &str, at: &str) -> bool {
+    let at = crate::diag::dotted(at);
+    p == at
+        || (p.starts_with(&at)
+            && (at.is_empty() || matches!(p.as_bytes().get(at.len()), Some(b'.' | b'['))))
+}
+
+/// A value the schema `s` accepts, standing in for a wrong or missing one.
+fn stand_in(root: &Value, s: &Value) -> Value {
+    let s = schema::deref(root, s);
+    if let Some(c) = s.get("const") {
+        return c.clone();
+    }
+    if let Some(first) = s
+        .get("enum")
+        .and_then(Value::as_array)
+        .and_then(|e| e.first())
+    {
+        return first.clone();
+    }
+    if let Some(alts) = s
+        .get("oneOf")
+        .or_else(|| s.get("anyOf"))
+        .and_then(Value::as_array)
+        && s.get("type").is_none()
+        && let Some(first) = alts.first()
+    {
+        return stand_in(root, first);
+    }
+    let ty = match s.get("type") {
+        Some(Value::String(t)) => t.as_str(),
+        Some(Value::Array(ts)) => ts.first().and_then(Value::as_str).unwrap_or("string"),
+        _ => "string",
+    };
+    let bound = |k: &str| s.get(k).and_then(Value::as_f64);
+    match ty {
+        "object" => Value::Object(serde_json::Map::new()),
+        "array" => Value::Array(Vec::new()),
+        "boolean" => Value::Bool(false),
+        "integer" => Value::from(bound("minimum").map_or(0, |m| m.max(0.0) as u64)),
+        "number" => match (bound("exclusiveMinimum"), bound("exclusiveMaximum")) {
+            (Some(lo), Some(hi)) => Value::from(f64::midpoint(lo, hi)),
+            (Some(lo), None) => Value::from(lo + 1.0),
+            _ => Value::from(bound("minimum").unwrap_or(0.0)),
+        },
+        _ => Value::String(String::new()),
+    }
+}
+
+/// A whole float (`10.0`) where the schema wants an integer becomes that integer.
+fn whole_floats_to_integers(root: &Value, v: &mut Value, ptr: &mut String) {
+    match v {
+        Value::Object(o) => {
+            for (k, child) in o.iter_mut() {
+                let len = ptr.len();
+                ptr.push('/');
+                ptr.push_str(&yaml::escape(k));
+                whole_floats_to_integers(root, child, ptr);
+                ptr.truncate(len);
+            }
+        }
+        Value::Array(a) => {
+            for (i, child) in a.iter_mut().enumerate() {
+                let len = ptr.len();
+                ptr.push_str(&format!("/{i}"));
+                whole_floats_to_integers(root, child, ptr);
+                ptr.truncate(len);
+            }
+        }
+        Value::Number(n) if n.is_f64() => {
+            let Some(x) = n.as_f64() else { return };
+            let wants_integer = |s: &Value| {
+                let s = schema::deref(root, s);
+                s.get("type").and_then(Value::as_str) == Some("integer")
+                    || s.get("anyOf")
+                        .and_then(Value::as_array)
+                        .is_some_and(|alts| {
+                            alts.iter().any(|a| {
+                                schema::deref(root, a).get("type").and_then(Value::as_str)
+                                    == Some("integer")
+                            })
+                        })
+            };
+            // Within ±2^53 a whole f64 is exactly that integer.
+            if x.fract() == 0.0
+                && x.abs() <= schema::MAX_SAFE_INTEGER as f64
+                && schema::subschema_at(root, ptr).is_some_and(wants_integer)
+            {
+                *v = if x < 0.0 {
+                    Value::from(x as i64)
+                } else {
+                    Value::from(x as u64)
+                };
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Pass 2: the document against the JSON Schema.
+fn structural(root: &Value, value: &Value, spans: &SpanMap) -> Structure {
     static VALIDATOR: std::sync::OnceLock<Option<jsonschema::Validator>> =
         std::sync::OnceLock::new();
-    let root = schema::schema();
+    let mut out = Structure::default();
     let Some(validator) = VALIDATOR
         .get_or_init(|| jsonschema::validator_for(root).ok())
         .as_ref()
     else {
-        cx.err_value(
+        out.diagnostics.push(Diagnostic::new(
             "internal",
             "",
+            Pos::default(),
             "the built-in JSON Schema does not compile",
             "please report this as a Slipway bug",
-        );
-        return;
+        ));
+        return out;
+    };
+    let mut cx = Cx {
+        spans,
+        diags: Vec::new(),
     };
     for e in validator.iter_errors(value) {
         let ptr = e.instance_path().as_str().to_owned();
         use jsonschema::error::ValidationErrorKind as K;
+        let stand_in_here = || {
+            Repair::Put(
+                ptr.clone(),
+                schema::subschema_at(root, &ptr)
+                    .map_or(Value::String(String::new()), |s| stand_in(root, s)),
+            )
+        };
+        match e.kind() {
+            K::AdditionalProperties { unexpected } => {
+                for field in unexpected {
+                    out.repairs
+                        .push(Repair::Remove(format!("{ptr}/{}", yaml::escape(field))));
+                }
+            }
+            K::Required { property } => {
+                let prop = property.as_str().unwrap_or_default();
+                let child = format!("{ptr}/{}", yaml::escape(prop));
+                let filler = schema::subschema_at(root, &child)
+                    .map_or(Value::String(String::new()), |s| stand_in(root, s));
+                out.repairs.push(Repair::Put(child, filler));
+            }
+            K::OneOfNotValid { .. } | K::OneOfMultipleValid { .. }
+                if exactly_one_fields(root, &ptr).is_some() => {}
+            _ => out.repairs.push(stand_in_here()),
+        }
+        if let (K::OneOfNotValid { .. } | K::OneOfMultipleValid { .. }, Some(fields)) =
+            (e.kind(), exactly_one_fields(root, &ptr))
+        {
+            let set: Vec<(&str, bool)> = fields
+                .iter()
+                .map(|f| {
+                    let here = value.pointer(&ptr).and_then(|o| o.get(*f));
+                    let is_set = here.is_some_and(|v| v.as_array().is_none_or(|a| !a.is_empty()));
+                    (*f, is_set)
+                })
+                .collect();
+            let mut held = Cx {
+                spans,
+                diags: Vec::new(),
+            };
+            held.exactly_one(&ptr, &format!("`{}`", crate::diag::dotted(&ptr)), &set);
+            out.exactly_one.extend(held.diags);
+            continue;
+        }
         match e.kind() {
             K::AdditionalProperties { unexpected } => {
                 let allowed = schema::allowed_fields(root, &ptr);
@@ -413,18 +638,40 @@ fn structural(cx: &mut Cx<'_>, value: &Value) {
                     suggest(&got, &known, "value"),
                 );
             }
-            K::Minimum { limit } | K::ExclusiveMinimum { limit } => cx.err_value(
-                "out-of-range",
-                &ptr,
-                format!("{} is below the minimum {limit}", scalar_text(e.instance())),
-                format!("use a value of at least {limit}"),
-            ),
-            K::Maximum { limit } | K::ExclusiveMaximum { limit } => cx.err_value(
-                "out-of-range",
-                &ptr,
-                format!("{} is above the maximum {limit}", scalar_text(e.instance())),
-                format!("use a value of at most {limit}"),
-            ),
+            K::Minimum { .. }
+            | K::ExclusiveMinimum { .. }
+            | K::Maximum { .. }
+            | K::ExclusiveMaximum { .. } => {
+                let here = schema::subschema_at(root, &ptr);
+                let bound = |k: &str| here.and_then(|s| s.get(k)).map(scalar_text);
+                let range = match (
+                    bound("minimum"),
+                    bound("exclusiveMinimum"),
+                    bound("maximum"),
+                    bound("exclusiveMaximum"),
+                ) {
+                    (_, Some(lo), _, Some(hi)) => {
+                        format!("a value between {lo} and {hi}, both excluded")
+                    }
+                    (Some(lo), _, Some(hi), _) => format!("a value from {lo} to {hi}"),
+                    (Some(lo), ..) => format!("a value of at least {lo}"),
+                    (_, Some(lo), ..) => format!("a value above {lo}"),
+                    (_, _, Some(hi), _) => format!("a value of at most {hi}"),
+                    (_, _, _, Some(hi)) => format!("a value below {hi}"),
+                    _ => "a value in range".to_owned(),
+                };
+                let desc = here
+                    .and_then(|s| s.get("description"))
+                    .and_then(Value::as_str)
+                    .map(|d| format!(" — {}", d.trim_end_matches('.')))
+                    .unwrap_or_default();
+                cx.err_value(
+                    "out-of-range",
+                    &ptr,
+                    format!("{} is out of range", scalar_text(e.instance())),
+                    format!("use {range}{desc}"),
+                );
+            }
             K::OneOfNotValid { .. } | K::AnyOf { .. } if enum_options(root, &ptr).is_some() => {
                 let opts = enum_options(root, &ptr).unwrap_or_default();
                 let known: Vec<&str> = opts.iter().map(String::as_str).collect();
@@ -436,6 +683,18 @@ fn structural(cx: &mut Cx<'_>, value: &Value) {
                     suggest(&got, &known, "value"),
                 );
             }
+            K::Constant { expected_value } if ptr == "/kind" => cx.err_value(
+                "kind",
+                &ptr,
+                format!("unsupported kind `{}`", scalar_text(e.instance())),
+                format!("set `kind: {}`", scalar_text(expected_value)),
+            ),
+            K::Constant { expected_value } => cx.err_value(
+                "invalid-value",
+                &ptr,
+                format!("`{}` is not allowed here", scalar_text(e.instance())),
+                format!("write `{}`", scalar_text(expected_value)),
+            ),
             _ => cx.err_value(
                 "schema",
                 &ptr,
@@ -444,6 +703,17 @@ fn structural(cx: &mut Cx<'_>, value: &Value) {
             ),
         }
     }
+    out.diagnostics = cx.diags;
+    out
+}
+
+/// The fields of the "exactly one of" struct at `ptr`, if it is one.
+fn exactly_one_fields(root: &Value, ptr: &str) -> Option<Vec<&'static str>> {
+    let here = schema::subschema_at(root, ptr)?;
+    crate::spec::EXACTLY_ONE
+        .iter()
+        .find(|(name, _)| root.pointer(&format!("/$defs/{name}")) == Some(here))
+        .map(|(_, fields)| fields.to_vec())
 }
 
 /// The allowed values of an enum written as `oneOf` of `const`s (how schemars renders

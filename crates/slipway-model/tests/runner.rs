@@ -9,6 +9,7 @@ mod digest;
 mod fuzz;
 mod malformed;
 mod plans;
+mod ref_jsonschema;
 mod ref_scipy;
 mod reference;
 mod schema;
