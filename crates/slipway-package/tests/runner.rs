@@ -6,6 +6,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+mod ref_openapi_diff;
+mod reference;
 mod test_archive;
 mod test_compat_openapi;
 mod test_compat_sql;

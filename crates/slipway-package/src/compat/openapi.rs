@@ -5,8 +5,21 @@
 //! document must keep working against the new one. So for requests (what clients send) the
 //! new version may accept *more* — new optional fields and parameters, wider types — and
 //! for responses (what clients read) it may return *more* — new fields — but never less.
-//! Following the brief, a removed enum value is breaking and an added one additive in
-//! both directions.
+//!
+//! Enums follow the same point of view (oasdiff's rules are the reference):
+//!
+//! | enum change            | in a request (parameter, body)   | in a response                    |
+//! |------------------------|----------------------------------|----------------------------------|
+//! | value added            | additive: the server accepts more | **breaking**: a strict client (generated enum types, exhaustive `switch`) fails on a value it does not know — oasdiff warns (WARN, listed by `oasdiff breaking`) |
+//! | value removed          | **breaking**: clients sending it are refused (oasdiff ERR) | compatible: clients never see it again (oasdiff INFO) |
+//! | enum introduced        | **breaking**: values clients send may now be refused | compatible: the server returns a subset |
+//! | enum dropped           | additive: any value is accepted   | **breaking**: like values added  |
+//!
+//! Media types are compared per content type: a request media type no longer accepted or a
+//! response media type no longer produced (JSON → XML) is breaking; a new one is additive;
+//! schemas are compared under each media type both documents have. Path parameters are
+//! positional (`/pets/{petId}` and `/pets/{id}` are one route) and their schemas are
+//! compared position by position like any request value.
 //!
 //! Documents are YAML or JSON, read into `serde_json::Value`; local `$ref`s
 //! (`#/components/...`) are inlined first, with recursion cut where a schema refers to
@@ -289,7 +302,7 @@ impl Differ {
                 ),
                 (Some(o), Some(n)) => {
                     let ptr = format!("{base_new}/{m}");
-                    self.parameters(&op_name, &ptr, old, o, new, n);
+                    self.parameters(&op_name, &ptr, (old_path, old, o), (new_path, new, n));
                     self.request_body(&op_name, &ptr, o, n);
                     self.responses(&op_name, &ptr, o, n);
                 }
@@ -317,17 +330,45 @@ impl Differ {
         out
     }
 
+    /// The names of a path's parameters in order: `/a/{x}/b/{y}` → `[x, y]`.
+    fn path_params(path: &str) -> Vec<&str> {
+        path.split('{')
+            .skip(1)
+            .filter_map(|rest| rest.split_once('}').map(|(name, _)| name))
+            .collect()
+    }
+
+    /// `(path, path item, operation)` of each side.
     fn parameters(
         &mut self,
         op: &str,
         ptr: &str,
-        old_item: &Value,
-        old_op: &Value,
-        new_item: &Value,
-        new_op: &Value,
+        (old_path, old_item, old_op): (&str, &Value, &Value),
+        (new_path, new_item, new_op): (&str, &Value, &Value),
     ) {
         let old = Self::params_of(old_item, old_op);
         let new = Self::params_of(new_item, new_op);
+        // Path parameters by position: a renamed one is the same parameter.
+        for (on, nn) in Self::path_params(old_path)
+            .into_iter()
+            .zip(Self::path_params(new_path))
+        {
+            let (Some(os), Some(ns)) = (
+                old.get(&("path".to_owned(), on.to_owned()))
+                    .and_then(|p| p.get("schema")),
+                new.get(&("path".to_owned(), nn.to_owned()))
+                    .and_then(|p| p.get("schema")),
+            ) else {
+                continue;
+            };
+            self.schema(
+                Dir::Request,
+                &format!("{op}: path parameter `{nn}`"),
+                &format!("{ptr}/parameters/{}/schema", esc(nn)),
+                os,
+                ns,
+            );
+        }
         let required = |p: &Value| p.get("required").and_then(Value::as_bool).unwrap_or(false);
         for ((loc, name), np) in &new {
             if loc == "path" {
@@ -382,14 +423,87 @@ impl Differ {
         }
     }
 
-    fn json_schema_of(body: &Value) -> Option<(&str, &Value)> {
-        let content = body.get("content")?.as_object()?;
-        // Prefer JSON: it is what nearly every API's clients parse.
-        content
-            .iter()
-            .find(|(k, _)| k.contains("json"))
-            .or_else(|| content.iter().next())
-            .and_then(|(k, v)| v.get("schema").map(|s| (k.as_str(), s)))
+    /// The media types of a request body or response, normalised (lower case, parameters
+    /// such as `; charset=utf-8` dropped), with their schemas.
+    fn media(body: &Value) -> BTreeMap<String, (String, Option<&Value>)> {
+        body.get("content")
+            .and_then(Value::as_object)
+            .map(|c| {
+                c.iter()
+                    .map(|(k, v)| {
+                        let norm = k.split(';').next().unwrap_or(k).trim().to_ascii_lowercase();
+                        (norm, (k.clone(), v.get("schema")))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Whether media range `range` (`application/json`, `application/*`, `*/*`) covers
+    /// media type `t`.
+    fn covers(range: &str, t: &str) -> bool {
+        match range.split_once('/') {
+            _ if range == t || range == "*/*" => true,
+            Some((kind, "*")) => t.split_once('/').is_some_and(|(k, _)| k == kind),
+            _ => false,
+        }
+    }
+
+    /// Compare the media types of a request body or response, and the schema under each
+    /// media type both sides have. `at` is the pointer of the body (or response).
+    fn contents(&mut self, dir: Dir, what: &str, at: &str, old: &Value, new: &Value) {
+        let (om, nm) = (Self::media(old), Self::media(new));
+        for (t, (raw, _)) in &om {
+            if !nm.keys().any(|r| Self::covers(r, t)) {
+                let now: Vec<&str> = nm.values().map(|(k, _)| k.as_str()).collect();
+                let (code, verb) = match dir {
+                    Dir::Request => ("request-media-type-removed", "is no longer accepted"),
+                    Dir::Response => ("response-media-type-removed", "is no longer returned"),
+                };
+                self.push(
+                    Impact::Breaking,
+                    code,
+                    format!("{at}/content/{}", esc(raw)),
+                    format!(
+                        "{what}: media type {raw} {verb} (now {})",
+                        if now.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            now.join(", ")
+                        }
+                    ),
+                );
+            }
+        }
+        for (t, (raw, ns)) in &nm {
+            match om.get(t) {
+                None => self.push(
+                    Impact::Additive,
+                    match dir {
+                        Dir::Request => "request-media-type-added",
+                        Dir::Response => "response-media-type-added",
+                    },
+                    format!("{at}/content/{}", esc(raw)),
+                    format!("{what}: media type {raw} was added"),
+                ),
+                Some((_, os)) => {
+                    if let (Some(os), Some(ns)) = (os, ns) {
+                        let label = if om.len() > 1 || nm.len() > 1 {
+                            format!("{what} ({raw})")
+                        } else {
+                            what.to_owned()
+                        };
+                        self.schema(
+                            dir,
+                            &label,
+                            &format!("{at}/content/{}/schema", esc(raw)),
+                            os,
+                            ns,
+                        );
+                    }
+                }
+            }
+        }
     }
 
     fn request_body(&mut self, op: &str, ptr: &str, old: &Value, new: &Value) {
@@ -410,17 +524,13 @@ impl Differ {
                         format!("{op}: the request body became required"),
                     );
                 }
-                if let (Some((_, os)), Some((media, ns))) =
-                    (Self::json_schema_of(ob), Self::json_schema_of(nb))
-                {
-                    self.schema(
-                        Dir::Request,
-                        &format!("{op} request body"),
-                        &format!("{ptr}/requestBody/content/{}/schema", esc(media)),
-                        os,
-                        ns,
-                    );
-                }
+                self.contents(
+                    Dir::Request,
+                    &format!("{op} request body"),
+                    &format!("{ptr}/requestBody"),
+                    ob,
+                    nb,
+                );
             }
             _ => {}
         }
@@ -449,23 +559,15 @@ impl Differ {
                     format!("{op}: response {code} is no longer documented"),
                 ),
                 Some(n) => {
-                    if let (Some((_, os)), Some((media, ns))) =
-                        (Self::json_schema_of(o), Self::json_schema_of(n))
-                    {
-                        self.schema(
-                            Dir::Response,
-                            &format!("{op} response {code}"),
-                            &format!("{rptr}/content/{}/schema", esc(media)),
-                            os,
-                            ns,
-                        );
-                    } else if Self::json_schema_of(o).is_some() {
+                    if !Self::media(o).is_empty() && Self::media(n).is_empty() {
                         self.push(
                             Impact::Breaking,
                             "response-body-removed",
                             rptr,
                             format!("{op}: response {code} no longer has a body"),
                         );
+                    } else {
+                        self.contents(Dir::Response, &format!("{op} response {code}"), &rptr, o, n);
                     }
                 }
             }
@@ -575,7 +677,7 @@ impl Differ {
             return;
         }
 
-        self.enums(what, ptr, &old, &new);
+        self.enums(dir, what, ptr, &old, &new);
         self.bounds(dir, what, ptr, &old, &new);
 
         let props = |s: &Value| {
@@ -686,13 +788,24 @@ impl Differ {
         }
     }
 
-    fn enums(&mut self, what: &str, ptr: &str, old: &Value, new: &Value) {
+    /// Enum changes by the rule table in the module doc: what a client sends may gain
+    /// values and never lose them; what it reads may lose values and never gain them.
+    fn enums(&mut self, dir: Dir, what: &str, ptr: &str, old: &Value, new: &Value) {
         let values = |s: &Value| -> Option<Vec<Value>> { s.get("enum")?.as_array().cloned() };
+        let (more, fewer) = match dir {
+            // Values added, values removed.
+            Dir::Request => (Impact::Additive, Impact::Breaking),
+            Dir::Response => (Impact::Breaking, Impact::Compatible),
+        };
+        let why_added = match dir {
+            Dir::Request => "",
+            Dir::Response => " (a client that knows only the documented values may fail on it)",
+        };
         match (values(old), values(new)) {
             (Some(ov), Some(nv)) => {
                 for v in ov.iter().filter(|v| !nv.contains(v)) {
                     self.push(
-                        Impact::Breaking,
+                        fewer,
                         "enum-value-removed",
                         format!("{ptr}/enum"),
                         format!("{what}: enum value {v} was removed"),
@@ -700,15 +813,15 @@ impl Differ {
                 }
                 for v in nv.iter().filter(|v| !ov.contains(v)) {
                     self.push(
-                        Impact::Additive,
+                        more,
                         "enum-value-added",
                         format!("{ptr}/enum"),
-                        format!("{what}: enum value {v} was added"),
+                        format!("{what}: enum value {v} was added{why_added}"),
                     );
                 }
             }
             (None, Some(nv)) => self.push(
-                Impact::Breaking,
+                fewer,
                 "enum-added",
                 format!("{ptr}/enum"),
                 format!(
@@ -720,10 +833,10 @@ impl Differ {
                 ),
             ),
             (Some(_), None) => self.push(
-                Impact::Additive,
+                more,
                 "enum-removed",
                 ptr.to_owned(),
-                format!("{what}: values are no longer restricted to an enum"),
+                format!("{what}: values are no longer restricted to an enum{why_added}"),
             ),
             (None, None) => {}
         }
