@@ -39,7 +39,7 @@ python3 -c 'import aiosmtpd' 2>/dev/null || python3 -m pip install -q aiosmtpd >
 # each cross-check fails in CI (CI set) when its tool is missing, and is skipped loudly elsewhere.
 python3 -c 'import scipy.stats' 2>/dev/null || python3 -m pip install -q scipy >/dev/null
 python3 -c 'import croniter' 2>/dev/null || python3 -m pip install -q croniter >/dev/null
-command -v check-jsonschema >/dev/null || python3 -m pip install -q check-jsonschema >/dev/null
+python3 -c 'import check_jsonschema' 2>/dev/null || python3 -m pip install -q check-jsonschema >/dev/null
 # openapi-diff for the OpenAPI differ's cross-check (oasdiff has no PyPI/npm build).
 [ -f "$(npm root -g)/openapi-diff/package.json" ] || npm install -g -q openapi-diff@0.24.1 >/dev/null
 

@@ -109,8 +109,9 @@ fn variant(from: &str, to: &str) -> String {
 
 /// The files check-jsonschema refused, by path.
 fn check_jsonschema(schema: &Path, files: &[PathBuf]) -> Vec<String> {
-    let out = Command::new("check-jsonschema")
-        .args(["-o", "json", "--schemafile"])
+    // Through the interpreter, not the console script: a pyenv shim for it may be missing.
+    let out = Command::new("python3")
+        .args(["-m", "check_jsonschema", "-o", "json", "--schemafile"])
         .arg(schema)
         .args(files)
         .output()
@@ -136,7 +137,7 @@ fn check_jsonschema(schema: &Path, files: &[PathBuf]) -> Vec<String> {
 fn the_published_schema_agrees_with_check_jsonschema_and_validation() {
     if !reference::available(
         "check-jsonschema",
-        &["check-jsonschema", "--version"],
+        &["python3", "-m", "check_jsonschema", "--version"],
         "`python3 -m pip install check-jsonschema`",
     ) {
         return;
