@@ -370,18 +370,31 @@ impl Engine {
 
     /// The unfinished run of this plan in its environment if there is one (so deploying
     /// the same plan again continues it), else a new run. The bool says "continued".
+    ///
+    /// Safe against a race: the store keeps one live run per digest and environment, so
+    /// of two deploys of one plan started together one creates the run and the other
+    /// continues it (and then finds it claimed, or finished, when it tries to drive it);
+    /// the loser leaves no run of its own behind.
     pub async fn create_or_continue(
         &self,
         req: NewRunRequest,
     ) -> Result<(RunRecord, bool), EngineError> {
-        if let Some(run) = self
-            .store
-            .active_run(&req.plan.digest, &req.plan.environment)
-            .await?
-        {
-            return Ok((run, true));
+        let (digest, environment) = (req.plan.digest.clone(), req.plan.environment.clone());
+        // A few rounds: the live run found by a lost race may end before it is read back.
+        let mut rounds = 0;
+        loop {
+            rounds += 1;
+            if let Some(run) = self.store.active_run(&digest, &environment).await? {
+                return Ok((run, true));
+            }
+            match self.create_run(req.clone()).await {
+                Err(EngineError::Store(StoreError::LiveRunExists { .. })) if rounds < 3 => {
+                    // Another process created a run of this plan between the look and
+                    // the insert: continue that one.
+                }
+                other => return other.map(|run| (run, false)),
+            }
         }
-        Ok((self.create_run(req).await?, false))
     }
 
     /// Record an approval of the run's plan digest by `approver` (pseudonymous id).
@@ -1271,6 +1284,12 @@ impl Engine {
     }
 
     /// Undo completed steps in reverse plan order. Returns the final state.
+    ///
+    /// Before anything is called rolled back, every step is settled: a step still
+    /// `started` (in flight when a sibling failed and the driver died, or when the run was
+    /// rolled back by hand) is observed through its target, which waits for an attempt
+    /// still running, and is undone if it completed; an undo found `undo_started` (the
+    /// driver died during it) is observed before it runs again, so it never runs twice.
     async fn rollback(&self, ctx: &mut RunCtx, reason: &str) -> Result<RunState, EngineError> {
         self.transition(ctx, RunState::RollingBack, Some(reason.to_owned()))
             .await?;
@@ -1287,8 +1306,77 @@ impl Engine {
             let Some(rec) = records.get(&step.id) else {
                 continue;
             };
-            if !matches!(rec.status, StepStatus::Succeeded | StepStatus::UndoStarted) {
-                continue;
+            let key = step.idempotency_key.clone();
+            let sctx = StepContext {
+                run_id: ctx.run.id.clone(),
+                step_id: step.id.clone(),
+                key: key.clone(),
+                attempt: rec.attempts,
+                progress: None,
+            };
+            // Whether the undo's start is journaled already (a resumed undo).
+            let mut undo_journaled = false;
+            match rec.status {
+                StepStatus::Succeeded => {}
+                StepStatus::Started => {
+                    if !self
+                        .settle_in_flight(ctx, &step, &sctx, &mut failures)
+                        .await?
+                    {
+                        continue;
+                    }
+                }
+                StepStatus::UndoStarted => {
+                    match self.target.observe_undo(&sctx, &step.action).await {
+                        Ok(Observation::Done { evidence }) => {
+                            self.emit(
+                                ctx,
+                                vec![
+                                    EngineEvent::StepObserved {
+                                        step: step.id.clone(),
+                                        key: key.clone(),
+                                        evidence,
+                                        decision: RecoveryDecision::UndoComplete,
+                                    },
+                                    EngineEvent::UndoSucceeded {
+                                        step: step.id.clone(),
+                                        key: key.clone(),
+                                    },
+                                ],
+                            )
+                            .await?;
+                            continue;
+                        }
+                        Ok(Observation::NotDone { evidence }) => {
+                            self.emit(
+                                ctx,
+                                vec![EngineEvent::StepObserved {
+                                    step: step.id.clone(),
+                                    key: key.clone(),
+                                    evidence,
+                                    decision: RecoveryDecision::UndoAgain,
+                                }],
+                            )
+                            .await?;
+                            undo_journaled = true;
+                        }
+                        Err(e) => {
+                            let error = format!("observe the interrupted undo: {e}");
+                            failures.push(format!("{}: {error}", step.id));
+                            self.emit(
+                                ctx,
+                                vec![EngineEvent::UndoFailed {
+                                    step: step.id.clone(),
+                                    key: key.clone(),
+                                    error,
+                                }],
+                            )
+                            .await?;
+                            continue;
+                        }
+                    }
+                }
+                _ => continue,
             }
             let has_undo = match &step.action {
                 StepAction::Exec(e) => e.undo.is_some(),
@@ -1302,27 +1390,26 @@ impl Engine {
             // between its start and its outcome, as an apply's progress is.
             let (ptx, mut prx) = tokio::sync::mpsc::unbounded_channel::<serde_json::Value>();
             let sctx = StepContext {
-                run_id: ctx.run.id.clone(),
-                step_id: step.id.clone(),
-                key: step.idempotency_key.clone(),
-                attempt: rec.attempts,
                 progress: Some(ptx),
+                ..sctx
             };
-            self.emit(
-                ctx,
-                vec![EngineEvent::UndoStarted {
-                    step: step.id.clone(),
-                    key: sctx.key.clone(),
-                }],
-            )
-            .await?;
+            if !undo_journaled {
+                self.emit(
+                    ctx,
+                    vec![EngineEvent::UndoStarted {
+                        step: step.id.clone(),
+                        key: key.clone(),
+                    }],
+                )
+                .await?;
+            }
             let undone = self.target.undo(&sctx, &step.action).await;
             drop(sctx);
             let mut progress = Vec::new();
             while let Ok(detail) = prx.try_recv() {
                 progress.push(EngineEvent::StepProgress {
                     step: step.id.clone(),
-                    key: step.idempotency_key.clone(),
+                    key: key.clone(),
                     detail,
                 });
             }
@@ -1332,13 +1419,13 @@ impl Engine {
             let event = match undone {
                 Ok(_) => EngineEvent::UndoSucceeded {
                     step: step.id.clone(),
-                    key: step.idempotency_key.clone(),
+                    key,
                 },
                 Err(e) => {
                     failures.push(format!("{}: {e}", step.id));
                     EngineEvent::UndoFailed {
                         step: step.id.clone(),
-                        key: step.idempotency_key.clone(),
+                        key,
                         error: e.to_string(),
                     }
                 }
@@ -1357,6 +1444,82 @@ impl Engine {
         };
         self.transition(ctx, end, why).await?;
         Ok(end)
+    }
+
+    /// Settle a step found `started` during a rollback: observe it (the target waits for
+    /// an attempt still running) and journal what was found. `true` when it completed, so
+    /// it must be undone; a step not done is recorded failed and never applied again;
+    /// one that cannot be observed is recorded failed and counted in `failures` (the run
+    /// cannot be called rolled back while nobody knows whether it took effect).
+    async fn settle_in_flight(
+        &self,
+        ctx: &RunCtx,
+        step: &PlannedStep,
+        sctx: &StepContext,
+        failures: &mut Vec<String>,
+    ) -> Result<bool, EngineError> {
+        let key = sctx.key.clone();
+        match self.target.observe(sctx, &step.action).await {
+            Ok(Observation::Done { evidence }) => {
+                self.emit(
+                    ctx,
+                    vec![
+                        EngineEvent::StepObserved {
+                            step: step.id.clone(),
+                            key: key.clone(),
+                            evidence: evidence.clone(),
+                            decision: RecoveryDecision::Complete,
+                        },
+                        EngineEvent::StepSucceeded {
+                            step: step.id.clone(),
+                            key,
+                            completion: StepCompletion::Observed { evidence },
+                            output: None,
+                        },
+                    ],
+                )
+                .await?;
+                Ok(true)
+            }
+            Ok(Observation::NotDone { evidence }) => {
+                self.emit(
+                    ctx,
+                    vec![
+                        EngineEvent::StepObserved {
+                            step: step.id.clone(),
+                            key: key.clone(),
+                            evidence,
+                            decision: RecoveryDecision::Abandon,
+                        },
+                        EngineEvent::StepFailed {
+                            step: step.id.clone(),
+                            key,
+                            error: "interrupted and found not done while the run rolls back; not applied again".into(),
+                            output: None,
+                        },
+                    ],
+                )
+                .await?;
+                Ok(false)
+            }
+            Err(e) => {
+                let error = format!(
+                    "observe the interrupted step while rolling back: {e}; whether it took effect is unknown, so check it by hand"
+                );
+                failures.push(format!("{}: {error}", step.id));
+                self.emit(
+                    ctx,
+                    vec![EngineEvent::StepFailed {
+                        step: step.id.clone(),
+                        key,
+                        error,
+                        output: None,
+                    }],
+                )
+                .await?;
+                Ok(false)
+            }
+        }
     }
 }
 

@@ -128,6 +128,14 @@ pub enum RecoveryDecision {
     Complete,
     /// The target shows it not done: apply it again (its guards still hold).
     Reapply,
+    /// The target shows it not done while the run rolls back: it is not applied again,
+    /// and is recorded failed (nothing of it to undo).
+    Abandon,
+    /// Its interrupted undo is shown complete: recorded undone without running it again.
+    UndoComplete,
+    /// Its interrupted undo is shown not complete (and no attempt still runs): the undo
+    /// runs again.
+    UndoAgain,
 }
 
 /// A control request from a human, picked up by whoever drives the run.
@@ -246,7 +254,8 @@ pub enum EngineEvent {
         /// 1 for the first attempt.
         attempt: u32,
     },
-    /// A step found started-but-not-finished was observed through its target.
+    /// A step found started-but-not-finished (or its undo found started-but-not-finished)
+    /// was observed through its target.
     StepObserved {
         /// Step id.
         step: String,
@@ -415,6 +424,9 @@ impl EngineEvent {
             Self::StepObserved { decision, .. } => match decision {
                 RecoveryDecision::Complete => "complete".into(),
                 RecoveryDecision::Reapply => "reapply".into(),
+                RecoveryDecision::Abandon => "abandon".into(),
+                RecoveryDecision::UndoComplete => "undo_complete".into(),
+                RecoveryDecision::UndoAgain => "undo_again".into(),
             },
             _ => "ok".into(),
         }

@@ -186,6 +186,17 @@ pub enum StoreError {
         "drive run `{0}`: another slipway process is driving it; watch it with `slipway logs -f {0}`"
     )]
     Claimed(String),
+    /// Another run of the same plan is live (not terminal) in the environment: a plan
+    /// digest has at most one live run per environment, a rule the store enforces.
+    #[error(
+        "start another run of plan {digest} in `{environment}`: a run of this plan is still live there (one plan has at most one live run per environment); continue that run (`slipway history` shows it) or end it first"
+    )]
+    LiveRunExists {
+        /// The plan digest.
+        digest: String,
+        /// The environment.
+        environment: String,
+    },
     /// A query failed.
     #[error("{0}")]
     Query(String),
@@ -195,7 +206,10 @@ pub enum StoreError {
 pub trait Store: Send + Sync {
     /// Where the store lives, for messages (`sqlite:///path`).
     fn location(&self) -> String;
-    /// Create a run and journal its first event, atomically.
+    /// Create a run and journal its first event, atomically. Fails with
+    /// [`StoreError::LiveRunExists`] (creating nothing) while another run of the same
+    /// digest is live in the environment, however many processes race to create one; so
+    /// does a state change that would make a second run of a digest live there.
     fn create_run<'a>(
         &'a self,
         run: NewRun,

@@ -129,11 +129,39 @@ pub trait Target: Send + Sync {
         action: &'a StepAction,
     ) -> BoxFuture<'a, Result<Observation, TargetError>>;
     /// Reverse the step's effect (rollback). `Ok(None)` when the step has nothing to undo.
+    ///
+    /// An undo gets the guarantees of an apply: the engine journals `undo_started` before
+    /// calling it, and a target whose undo can outlive the orchestrator (a command in a
+    /// process group of its own, a shell on another host) must run it under the step's
+    /// lock and leave evidence of its completion for [`Target::observe_undo`].
     fn undo<'a>(
         &'a self,
         ctx: &'a StepContext,
         action: &'a StepAction,
     ) -> BoxFuture<'a, Result<Option<StepOutput>, TargetError>>;
+    /// Tell whether the step's undo is complete, without changing anything: asked after a
+    /// restart for a step journaled `undo_started` but not finished, before its undo runs
+    /// again. Must wait for an undo still running from a previous orchestrator process.
+    /// `Done` means the undo is not run again; an error means nobody can tell (the engine
+    /// records the undo as failed rather than run it blindly).
+    ///
+    /// The default answers `NotDone`: right for targets whose undo dies with the
+    /// orchestrator (in-process work: the run's claim already keeps two drivers apart) and
+    /// reverses only what it finds in place, so running it again is safe.
+    fn observe_undo<'a>(
+        &'a self,
+        _ctx: &'a StepContext,
+        _action: &'a StepAction,
+    ) -> BoxFuture<'a, Result<Observation, TargetError>> {
+        Box::pin(async {
+            Ok(Observation::NotDone {
+                evidence: format!(
+                    "the `{}` target keeps no undo record; its undo runs again and reverses only what it finds in place",
+                    self.kind()
+                ),
+            })
+        })
+    }
 }
 
 /// The name of a step action's kind, for messages.

@@ -741,4 +741,14 @@ impl Target for CompositeTarget {
             Err(e) => Box::pin(async move { Err(e) }),
         }
     }
+    fn observe_undo<'a>(
+        &'a self,
+        ctx: &'a StepContext,
+        action: &'a StepAction,
+    ) -> BoxFuture<'a, Result<Observation, TargetError>> {
+        match self.pick(action) {
+            Ok(t) => t.observe_undo(ctx, action),
+            Err(e) => Box::pin(async move { Err(e) }),
+        }
+    }
 }

@@ -4,12 +4,31 @@
 //!
 //! Exactly-once across orchestrator crashes. Each attempt runs under `flock` on a lock file
 //! of its (run, idempotency key), and the shell that holds the lock first checks the step's
-//! completion marker, runs the command, and writes the marker when it exits 0. Killing
-//! slipway does not kill that shell (it has its own process group), so an attempt in
-//! flight finishes on its own; `observe` waits for the lock before looking, and a
-//! re-applied step whose marker appeared meanwhile is a no-op decided under the lock. A
-//! step therefore runs at most once per run, unless its command itself is killed (by its
-//! timeout) — then it is re-applied, and its guards are what make that safe.
+//! completion marker, records that an attempt started (`<key>.run`), runs the command, and
+//! writes the marker when it exits 0 (or its exit status into `<key>.run` when not).
+//! Killing slipway does not kill that shell (it has its own process group, and its output
+//! goes to files in the state directory, which slipway reads once it exits — never to a
+//! pipe, whose closing would kill a command printing after its effect with SIGPIPE), so an
+//! attempt in flight finishes on its own; `observe` waits for the lock before looking, and
+//! a re-applied step whose marker appeared meanwhile is a no-op decided under the lock. A
+//! step therefore runs at most once per run.
+//!
+//! An attempt that started but recorded no end — no marker and an empty `<key>.run` once
+//! the lock is free: its shell was killed, or the marker could not be written because the
+//! disk went read-only or full after the effect — is neither done nor not done. `observe`
+//! says so as an error, and the engine records the step failed instead of re-applying it
+//! blindly (a guard that shows it done still wins).
+//!
+//! Undo gets the same treatment: `undo:` runs under the same lock, in the same wrapper,
+//! with `<key>.undone` as its completion marker and `<key>.undo.run` as its attempt
+//! record, so an undo interrupted by a crash is never run twice (`observe_undo` waits for
+//! it and reads the marker) nor beside a running apply of the step.
+//!
+//! Output: each attempt writes to its own pair of files (`<key>.<tag>.out|err`, mode 0600,
+//! since a step may print a secret it was given), of which the last [`OUTPUT_LIMIT`] bytes
+//! are kept and redacted; the files are removed once read, and those of attempts a dead
+//! orchestrator left are removed by the next `observe` after their attempt ended. A step
+//! printing gigabytes therefore needs that much room in the state directory while it runs.
 //!
 //! Environment: unlike the `process` target's instances and proxies (which start from a
 //! cleared environment, see [`crate::process`]), a step inherits `slipway`'s environment.
@@ -20,8 +39,11 @@
 //! long-running program hands it that environment on purpose: use `env -i` in the step to
 //! start it clean.
 
+use std::io::{Read as _, Seek as _, SeekFrom};
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use slipway_engine::target::action_kind;
@@ -44,12 +66,34 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
 /// What the wrapper shell prints when the completion marker already exists.
 const MARKER_SENTINEL: &str = "slipway: completion marker present, nothing to do";
 
-/// The wrapper: under the lock, skip if the marker exists; else run and mark on success.
+/// What the wrapper shell prints when the undo's completion marker already exists.
+const UNDONE_SENTINEL: &str = "slipway: undo completion marker present, nothing to do";
+
+/// The wrapper run under the lock, for an apply and for an undo alike: `$1` completion
+/// marker, `$2` command, `$3` sentinel, `$4` attempt record. Skip if the marker exists;
+/// else record the start (refusing to run when even that cannot be written: nothing
+/// could tell afterwards whether it ran), run, and mark success or record the failure.
+/// Only shell builtins besides the command: a process start is paid per step.
 const WRAPPER: &str = r#"if [ -e "$1" ]; then echo "$3" >&2; exit 0; fi
+if ! : > "$4"; then echo "slipway: cannot write $4, so the command was not started" >&2; exit 75; fi
 sh -c "$2"
 rc=$?
-if [ "$rc" -eq 0 ]; then : > "$1"; fi
+if [ "$rc" -eq 0 ]; then
+  : > "$1" || echo "slipway: the command succeeded but its completion marker $1 could not be written" >&2
+else
+  echo "$rc" > "$4"
+fi
 exit "$rc""#;
+
+/// Distinguishes the output files of attempts started by one process.
+static ATTEMPTS: AtomicU64 = AtomicU64::new(0);
+
+/// The files of one step's apply or undo in the run's state directory.
+struct StepFiles {
+    lock: PathBuf,
+    marker: PathBuf,
+    record: PathBuf,
+}
 
 /// Runs steps as shell commands on this machine.
 #[derive(Debug, Clone)]
@@ -93,13 +137,19 @@ impl ExecTarget {
     }
 
     /// [`run`], with the captured output (also of a failure) passed through the redactor.
-    async fn run_redacted(&self, c: Command, timeout: Duration) -> Result<StepOutput, TargetError> {
+    /// `files`: where the command's output goes (see [`run`]).
+    async fn run_redacted(
+        &self,
+        c: Command,
+        timeout: Duration,
+        files: Option<(PathBuf, PathBuf)>,
+    ) -> Result<StepOutput, TargetError> {
         let redact = |o: StepOutput| StepOutput {
             stdout: self.redactor.redact(&o.stdout),
             stderr: self.redactor.redact(&o.stderr),
             ..o
         };
-        match run(c, timeout).await {
+        match run(c, timeout, files).await {
             Ok(o) => Ok(redact(o)),
             Err(TargetError::Failed { message, output }) => Err(TargetError::Failed {
                 message: self.redactor.redact(&message),
@@ -115,12 +165,99 @@ impl ExecTarget {
         self
     }
 
-    fn paths(&self, ctx: &StepContext) -> (PathBuf, PathBuf) {
-        let dir = self.state_dir.join(&ctx.run_id);
+    /// The run's state directory.
+    fn run_dir(&self, ctx: &StepContext) -> PathBuf {
+        self.state_dir.join(&ctx.run_id)
+    }
+
+    /// Lock, completion marker and attempt record of the step's apply.
+    fn apply_files(&self, ctx: &StepContext) -> StepFiles {
+        let dir = self.run_dir(ctx);
+        StepFiles {
+            lock: dir.join(format!("{}.lock", ctx.key)),
+            marker: dir.join(format!("{}.done", ctx.key)),
+            record: dir.join(format!("{}.run", ctx.key)),
+        }
+    }
+
+    /// The same for the step's undo; the lock is the apply's, so an undo never runs
+    /// beside an attempt of the step.
+    fn undo_files(&self, ctx: &StepContext) -> StepFiles {
+        let dir = self.run_dir(ctx);
+        StepFiles {
+            lock: dir.join(format!("{}.lock", ctx.key)),
+            marker: dir.join(format!("{}.undone", ctx.key)),
+            record: dir.join(format!("{}.undo.run", ctx.key)),
+        }
+    }
+
+    /// Fresh output files for one attempt (`what`: `apply` or `undo`).
+    fn output_files(&self, ctx: &StepContext, what: &str) -> (PathBuf, PathBuf) {
+        let dir = self.run_dir(ctx);
+        let tag = format!(
+            "{what}-{}-{}",
+            std::process::id(),
+            ATTEMPTS.fetch_add(1, Ordering::Relaxed)
+        );
         (
-            dir.join(format!("{}.lock", ctx.key)),
-            dir.join(format!("{}.done", ctx.key)),
+            dir.join(format!("{}.{tag}.out", ctx.key)),
+            dir.join(format!("{}.{tag}.err", ctx.key)),
         )
+    }
+
+    /// Run `command` in the wrapper under the step's lock, its output in files.
+    async fn wrapped(
+        &self,
+        ctx: &StepContext,
+        files: &StepFiles,
+        command: &str,
+        sentinel: &str,
+        what: &str,
+        timeout: Duration,
+    ) -> Result<StepOutput, TargetError> {
+        if let Some(dir) = files.lock.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| io("create", dir, e))?;
+        }
+        let mut c = self.command(ctx, "flock");
+        c.arg(&files.lock)
+            .arg("sh")
+            .arg("-c")
+            .arg(WRAPPER)
+            .arg("slipway-step")
+            .arg(&files.marker)
+            .arg(command)
+            .arg(sentinel)
+            .arg(&files.record);
+        self.run_redacted(c, timeout, Some(self.output_files(ctx, what)))
+            .await
+    }
+
+    /// Wait until no attempt holds the step's lock (one started by a dead orchestrator may
+    /// still run), then remove the output files such attempts left.
+    async fn wait_for_attempts(&self, ctx: &StepContext, lock: &Path) -> Result<(), TargetError> {
+        if !lock.exists() {
+            return Ok(());
+        }
+        let l = lock.to_owned();
+        let waited = tokio::task::spawn_blocking(move || {
+            let f = std::fs::File::open(&l)?;
+            f.lock()?;
+            f.unlock()
+        })
+        .await
+        .map_err(|e| TargetError::Io(format!("wait for the step lock: {e}")))?;
+        waited.map_err(|e| io("lock", lock, e))?;
+        // Best effort: leftovers only cost room.
+        let prefix = format!("{}.", ctx.key);
+        if let Ok(entries) = std::fs::read_dir(self.run_dir(ctx)) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with(&prefix) && (name.ends_with(".out") || name.ends_with(".err")) {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        Ok(())
     }
 
     fn step<'a>(&self, action: &'a StepAction) -> Result<&'a ExecStep, TargetError> {
@@ -178,9 +315,11 @@ impl ExecTarget {
             }
         }
         if let Some(cmd) = &step.unless {
+            // A guard only looks, so its output may go through a pipe: killing it with
+            // slipway changes nothing.
             let mut c = self.command(ctx, "sh");
             c.arg("-c").arg(cmd);
-            let out = self.run_redacted(c, self.timeout(step)?).await?;
+            let out = self.run_redacted(c, self.timeout(step)?, None).await?;
             if out.exit_code == Some(0) {
                 return Ok(Some(format!("unless: `{cmd}` exited 0")));
             }
@@ -212,8 +351,44 @@ async fn tail<R: AsyncRead + Unpin>(mut r: R, limit: usize) -> (Vec<u8>, bool) {
     (buf, truncated)
 }
 
-/// Run a command to completion or timeout, capturing bounded output.
-async fn run(mut c: Command, timeout: Duration) -> Result<StepOutput, TargetError> {
+/// The last `limit` bytes of a file, and whether there was more; removes the file.
+fn tail_file(path: &Path, limit: usize) -> (Vec<u8>, bool) {
+    let read = || -> std::io::Result<(Vec<u8>, bool)> {
+        let mut f = std::fs::File::open(path)?;
+        let len = f.metadata()?.len();
+        let keep = len.min(limit as u64);
+        f.seek(SeekFrom::Start(len - keep))?;
+        let mut buf = Vec::with_capacity(keep as usize);
+        f.take(keep).read_to_end(&mut buf)?;
+        Ok((buf, len > keep))
+    };
+    let r = read().unwrap_or_default();
+    let _ = std::fs::remove_file(path);
+    r
+}
+
+/// A new file for a command's output, readable by its owner only.
+fn output_file(path: &Path) -> Result<std::fs::File, TargetError> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| io("create the output file", path, e))
+}
+
+/// Run a command to completion or timeout, capturing bounded output: through pipes, or —
+/// for commands with effects, which must outlive slipway — into `files` (stdout, stderr),
+/// read once it exits.
+async fn run(
+    mut c: Command,
+    timeout: Duration,
+    files: Option<(PathBuf, PathBuf)>,
+) -> Result<StepOutput, TargetError> {
+    if let Some((out, err)) = &files {
+        c.stdout(output_file(out)?).stderr(output_file(err)?);
+    }
     let mut child = c
         .spawn()
         .map_err(|e| TargetError::Io(format!("start `sh`: {e}")))?;
@@ -247,8 +422,10 @@ async fn run(mut c: Command, timeout: Duration) -> Result<StepOutput, TargetErro
             None
         }
     };
-    let (o, ot) = out.await.unwrap_or_default();
-    let (e, et) = err.await.unwrap_or_default();
+    let ((o, ot), (e, et)) = match &files {
+        Some((out, err)) => (tail_file(out, OUTPUT_LIMIT), tail_file(err, OUTPUT_LIMIT)),
+        None => (out.await.unwrap_or_default(), err.await.unwrap_or_default()),
+    };
     let output = StepOutput {
         exit_code: status.and_then(|s| s.code()),
         stdout: String::from_utf8_lossy(&o).into_owned(),
@@ -267,6 +444,22 @@ async fn run(mut c: Command, timeout: Duration) -> Result<StepOutput, TargetErro
     }
 }
 
+/// What the attempt record says once no attempt holds the lock and there is no completion
+/// marker: `Err` when an attempt started and recorded no end (see the module doc).
+fn attempt_ended(record: &Path, what: &str) -> Result<String, TargetError> {
+    match std::fs::read_to_string(record) {
+        Err(_) => Ok("no attempt started under the lock".into()),
+        Ok(text) if text.trim().is_empty() => Err(TargetError::Io(format!(
+            "an attempt of this {what} started ({} exists) and recorded no end: its shell was killed, or it finished but its completion marker could not be written (a full or read-only disk); whether it took effect is unknown, so slipway does not run it again — check it by hand",
+            record.display()
+        ))),
+        Ok(text) => Ok(format!(
+            "the last attempt exited with status {}",
+            text.trim()
+        )),
+    }
+}
+
 impl Target for ExecTarget {
     fn kind(&self) -> &'static str {
         "exec"
@@ -282,25 +475,22 @@ impl Target for ExecTarget {
             if let Some(guard) = self.guard(ctx, step).await? {
                 return Ok(Applied::AlreadyDone { guard });
             }
-            let (lock, marker) = self.paths(ctx);
-            if let Some(dir) = lock.parent() {
-                std::fs::create_dir_all(dir).map_err(|e| io("create", dir, e))?;
-            }
-            let mut c = self.command(ctx, "flock");
-            c.arg(&lock)
-                .arg("sh")
-                .arg("-c")
-                .arg(WRAPPER)
-                .arg("slipway-step")
-                .arg(&marker)
-                .arg(&step.run)
-                .arg(MARKER_SENTINEL);
-            let out = self.run_redacted(c, self.timeout(step)?).await?;
+            let files = self.apply_files(ctx);
+            let out = self
+                .wrapped(
+                    ctx,
+                    &files,
+                    &step.run,
+                    MARKER_SENTINEL,
+                    "apply",
+                    self.timeout(step)?,
+                )
+                .await?;
             if out.exit_code == Some(0) && out.stderr.trim_end() == MARKER_SENTINEL {
                 return Ok(Applied::AlreadyDone {
                     guard: format!(
                         "completion marker {} of an earlier attempt",
-                        marker.display()
+                        files.marker.display()
                     ),
                 });
             }
@@ -325,33 +515,26 @@ impl Target for ExecTarget {
     ) -> BoxFuture<'a, Result<Observation, TargetError>> {
         Box::pin(async move {
             let step = self.step(action)?;
-            let (lock, marker) = self.paths(ctx);
-            if lock.exists() {
-                // An attempt of a dead orchestrator may still be running: wait for it to
-                // release the lock before judging.
-                let l = lock.clone();
-                let waited = tokio::task::spawn_blocking(move || {
-                    let f = std::fs::File::open(&l)?;
-                    f.lock()?;
-                    f.unlock()
-                })
-                .await
-                .map_err(|e| TargetError::Io(format!("wait for the step lock: {e}")))?;
-                waited.map_err(|e| io("lock", &lock, e))?;
-            }
-            if marker.exists() {
+            let files = self.apply_files(ctx);
+            // An attempt of a dead orchestrator may still be running: wait for it to
+            // release the lock before judging.
+            self.wait_for_attempts(ctx, &files.lock).await?;
+            if files.marker.exists() {
                 return Ok(Observation::Done {
                     evidence: format!(
                         "completion marker {} exists: an earlier attempt finished",
-                        marker.display()
+                        files.marker.display()
                     ),
                 });
             }
             if let Some(guard) = self.guard(ctx, step).await? {
                 return Ok(Observation::Done { evidence: guard });
             }
+            let attempt = attempt_ended(&files.record, "step")?;
             Ok(Observation::NotDone {
-                evidence: "no completion marker, and no creates/unless guard shows it done".into(),
+                evidence: format!(
+                    "no completion marker, and no creates/unless guard shows it done ({attempt})"
+                ),
             })
         })
     }
@@ -366,22 +549,55 @@ impl Target for ExecTarget {
             let Some(cmd) = &step.undo else {
                 return Ok(None);
             };
-            let mut c = self.command(ctx, "sh");
-            c.arg("-c").arg(cmd);
-            let out = self.run_redacted(c, self.timeout(step)?).await?;
+            let files = self.undo_files(ctx);
+            let out = self
+                .wrapped(
+                    ctx,
+                    &files,
+                    cmd,
+                    UNDONE_SENTINEL,
+                    "undo",
+                    self.timeout(step)?,
+                )
+                .await?;
             if out.exit_code != Some(0) {
                 return Err(TargetError::Failed {
                     message: format!("undo `{cmd}` exited with {:?}", out.exit_code),
                     output: out,
                 });
             }
-            let (_, marker) = self.paths(ctx);
+            let marker = self.apply_files(ctx).marker;
             if let Err(e) = std::fs::remove_file(&marker)
                 && e.kind() != std::io::ErrorKind::NotFound
             {
                 return Err(io("remove", &marker, e));
             }
             Ok(Some(out))
+        })
+    }
+
+    fn observe_undo<'a>(
+        &'a self,
+        ctx: &'a StepContext,
+        action: &'a StepAction,
+    ) -> BoxFuture<'a, Result<Observation, TargetError>> {
+        Box::pin(async move {
+            self.step(action)?;
+            let files = self.undo_files(ctx);
+            // An undo of a dead orchestrator may still be running: wait for it.
+            self.wait_for_attempts(ctx, &files.lock).await?;
+            if files.marker.exists() {
+                return Ok(Observation::Done {
+                    evidence: format!(
+                        "undo completion marker {} exists: an earlier undo finished",
+                        files.marker.display()
+                    ),
+                });
+            }
+            let attempt = attempt_ended(&files.record, "undo")?;
+            Ok(Observation::NotDone {
+                evidence: format!("no undo completion marker ({attempt})"),
+            })
         })
     }
 }

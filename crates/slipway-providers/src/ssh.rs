@@ -78,6 +78,12 @@
 //! host where a `creates`/`unless` guard skipped the step has no marker and is not undone
 //! (unlike `exec`, which cannot tell): undo reverses what the run did.
 //!
+//! An undo runs as an attempt does: under the step's lock, in a session of its own with
+//! its output in files, and it removes the marker once it succeeded; so the marker is the
+//! undo's completion record too. `observe_undo` (after a crash during a rollback) waits
+//! for the lock on every host and calls the undo complete when no marker is left; an undo
+//! run again goes only where a marker is left.
+//!
 //! Every host's outcome and its output (through the [`Redactor`]) is reported as a
 //! `step_progress` entry, so the journal and `slipway status` show per-host results.
 
@@ -116,6 +122,16 @@ const EXCLUDED_MARKER: &str = ".host-failed";
 
 /// What the undo script prints when the step left no marker on the host.
 const NO_MARKER_SENTINEL: &str = "slipway: no completion marker, nothing to undo";
+
+/// The undo wrapper run under the step's lock: `$1` the step's completion marker, `$2`
+/// the undo command, `$3` the sentinel printed when there is no marker (nothing of this
+/// run to undo here, or an earlier undo finished). The marker goes once the undo
+/// succeeded, so it is also the undo's completion evidence.
+const UNDO_WRAPPER: &str = r#"if [ ! -e "$1" ]; then echo "$3" >&2; exit 0; fi
+sh -c "$2"
+rc=$?
+if [ "$rc" -eq 0 ]; then rm -f "$1" || exit 75; fi
+exit "$rc""#;
 
 /// The wrapper run under the lock: `$1` marker, `$2` command, `$3` sentinel, `$4` the
 /// run's exclusion marker, `$5` its sentinel.
@@ -1229,6 +1245,12 @@ impl SshTarget {
     }
 
     /// Undo on one host when its marker is there; `Ok(None)` when there was nothing.
+    ///
+    /// As an apply: under the step's lock (so never beside an attempt of the step, nor
+    /// beside the undo of a dead slipway, which is waited for), in a session of its own
+    /// with its output in files, so slipway dying neither hangs it up nor kills it by a
+    /// closed pipe; removing the marker is its completion record, so an interrupted undo
+    /// that finished is not run again.
     async fn undo_host(
         &self,
         s: &Session,
@@ -1236,17 +1258,74 @@ impl SshTarget {
         cmd: &str,
         t: Duration,
     ) -> Result<Option<StepOutput>, (String, StepOutput)> {
-        let marker = Self::marker(&s.endpoint().host, ctx);
+        let host = &s.endpoint().host;
+        let dir = Self::marker_dir(host, ctx);
+        let marker = Self::marker(host, ctx);
+        let secs = t.as_secs().max(1);
+        let no_marker = sh_quote(NO_MARKER_SENTINEL);
         let script = format!(
-            "if [ ! -e {marker} ]; then echo {} >&2; exit 0; fi; sh -c {} && rm -f {marker}",
-            sh_quote(NO_MARKER_SENTINEL),
-            sh_quote(cmd)
+            "[ -d {dir} ] || {{ echo {no_marker} >&2; exit 0; }}\n\
+             setsid -w timeout -k 5 {secs} flock {marker}.lock sh -c {} slipway-undo {marker} {} {no_marker} >{marker}.undo.out 2>{marker}.undo.err </dev/null &\n\
+             wait $!\n\
+             rc=$?\n\
+             if [ -s {marker}.undo.out ]; then tail -c {OUTPUT_LIMIT} {marker}.undo.out; fi\n\
+             if [ -s {marker}.undo.err ]; then tail -c {OUTPUT_LIMIT} {marker}.undo.err >&2; fi\n\
+             rm -f {marker}.undo.out {marker}.undo.err\n\
+             exit $rc",
+            sh_quote(UNDO_WRAPPER),
+            sh_quote(cmd),
         );
-        let o = self.run_on(s, ctx, &script, t).await?;
+        let line = Self::in_workdir(host, &script);
+        // The host enforces `t`; this bound only covers a host that stops answering.
+        let o = match s
+            .run(&line, &self.env(ctx, host), t + Duration::from_secs(15))
+            .await
+        {
+            Ok((o, false)) => self.redact(o),
+            Ok((o, true)) => {
+                return Err((
+                    format!("{} stopped answering", s.endpoint().label()),
+                    self.redact(o),
+                ));
+            }
+            Err(e) => return Err((self.redactor.redact(&e.to_string()), StepOutput::default())),
+        };
         match o.exit_code {
             Some(0) if o.stderr.trim_end() == NO_MARKER_SENTINEL => Ok(None),
             Some(0) => Ok(Some(o)),
+            Some(124) => Err((
+                format!(
+                    "undo `{cmd}` timed out after {} (exit 124 from `timeout` on the host, which killed it)",
+                    format_duration(t)
+                ),
+                o,
+            )),
             c => Err((format!("undo `{cmd}` exited with {c:?}"), o)),
+        }
+    }
+
+    /// Whether the step's undo is complete on this host: no completion marker left once
+    /// no attempt or undo holds the step's lock. `Ok(true)` when none is left.
+    async fn undo_observed_host(
+        &self,
+        s: &Session,
+        ctx: &StepContext,
+        t: Duration,
+    ) -> Result<bool, String> {
+        let marker = Self::marker(&s.endpoint().host, ctx);
+        let script = format!(
+            "if [ -e {marker}.lock ]; then flock {marker}.lock true; fi; if [ -e {marker} ]; then exit 1; fi"
+        );
+        match self.run_on(s, ctx, &script, t).await {
+            Ok(o) if o.exit_code == Some(0) => Ok(true),
+            Ok(o) if o.exit_code == Some(1) => Ok(false),
+            Ok(o) => Err(format!(
+                "{}: looking for the completion marker exited with {:?}: {}",
+                s.endpoint().label(),
+                o.exit_code,
+                o.stderr.trim()
+            )),
+            Err((m, _)) => Err(m),
         }
     }
 
@@ -1680,6 +1759,54 @@ impl Target for SshTarget {
                 });
             }
             Ok(Some(combine(&parts)))
+        })
+    }
+
+    fn observe_undo<'a>(
+        &'a self,
+        ctx: &'a StepContext,
+        action: &'a StepAction,
+    ) -> BoxFuture<'a, Result<Observation, TargetError>> {
+        Box::pin(async move {
+            let step = self.step(action)?;
+            let t = self.timeout(step)?;
+            // Every host, as `undo` goes to every host.
+            let sessions = self.connect_all().await?;
+            let futs: Vec<_> = sessions
+                .iter()
+                .map(|s| self.undo_observed_host(s, ctx, t))
+                .collect();
+            let seen: Vec<_> = futures_util::stream::iter(futs)
+                .buffered(self.parallelism)
+                .collect()
+                .await;
+            let mut left = Vec::new();
+            let mut errors = Vec::new();
+            for (s, r) in sessions.iter().zip(seen) {
+                match r {
+                    Ok(true) => {}
+                    Ok(false) => left.push(s.endpoint().host.name.clone()),
+                    Err(m) => errors.push(m),
+                }
+            }
+            if !errors.is_empty() {
+                return Err(TargetError::Io(self.redactor.redact(&errors.join("; "))));
+            }
+            Ok(if left.is_empty() {
+                Observation::Done {
+                    evidence: format!(
+                        "no completion marker left on any of {} host(s): undone, or never applied there",
+                        sessions.len()
+                    ),
+                }
+            } else {
+                Observation::NotDone {
+                    evidence: format!(
+                        "the completion marker is still there (not undone yet) on: {}",
+                        left.join(", ")
+                    ),
+                }
+            })
         })
     }
 }

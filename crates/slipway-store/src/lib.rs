@@ -27,6 +27,43 @@ use slipway_engine::store::{
 use slipway_engine::{BoxFuture, StoreError};
 pub use sqlite::SqliteStore;
 
+/// The journal records aborting the older of live runs that share a digest and
+/// environment (`rows`: id, digest, environment, state as [`schema::LIVE_DUPLICATES`]
+/// lists them, newest first per pair): what the format 5 migration commits before the
+/// store starts enforcing one live run per plan and environment. The newest of each pair
+/// is kept, because it is the run `deploy` continued until now.
+pub(crate) fn duplicate_aborts(
+    rows: &[(String, String, String, String)],
+    at: jiff::Timestamp,
+) -> Vec<JournalRecord> {
+    use slipway_engine::event::{EngineEvent, RunState};
+    let mut out = Vec::new();
+    let mut kept: Option<(&str, &str, &str)> = None;
+    for (id, digest, environment, state) in rows {
+        match kept {
+            Some((d, e, keeper)) if d == digest && e == environment => {
+                // A state this build cannot name is still live (the query said so).
+                let from = RunState::parse(state).unwrap_or(RunState::Pending);
+                out.push(JournalRecord {
+                    run_id: id.clone(),
+                    digest: digest.clone(),
+                    at,
+                    actor: schema::MIGRATION_ACTOR.to_owned(),
+                    event: EngineEvent::StateChanged {
+                        from,
+                        to: RunState::Aborted,
+                        reason: Some(format!(
+                            "aborted by the journal format 5 migration: run {keeper} of the same plan is live in `{environment}` too, and a plan now has at most one live run per environment (the newer one is kept); steps this run completed stay as they are"
+                        )),
+                    },
+                });
+            }
+            _ => kept = Some((digest, environment, id)),
+        }
+    }
+    out
+}
+
 /// The default store file, relative to the current directory.
 pub const DEFAULT_PATH: &str = ".slipway/slipway.db";
 

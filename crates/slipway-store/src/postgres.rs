@@ -42,7 +42,10 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRo
 use sqlx::{AssertSqlSafe, Connection, Postgres, Row, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::schema::{JOURNAL_FORMAT, PG_FIRST_FORMAT, PG_MIGRATIONS, PG_SCHEMA};
+use crate::schema::{
+    JOURNAL_FORMAT, LIVE_DUPLICATES, LIVE_RUN_FORMAT, LIVE_RUN_INDEX_NAME, PG_FIRST_FORMAT,
+    PG_MIGRATIONS, PG_SCHEMA,
+};
 use crate::sqlite::sha2_free::pseudonym_id;
 
 /// Largest number of queued writes merged into one transaction.
@@ -290,7 +293,14 @@ async fn migrate(
             .map_err(err)?;
     }
     let from = current.max(PG_FIRST_FORMAT);
-    for sql in &PG_MIGRATIONS[(from - PG_FIRST_FORMAT) as usize..] {
+    for (i, sql) in PG_MIGRATIONS
+        .iter()
+        .enumerate()
+        .skip((from - PG_FIRST_FORMAT) as usize)
+    {
+        if PG_FIRST_FORMAT + i as u32 + 1 == LIVE_RUN_FORMAT {
+            abort_live_duplicates(&mut tx).await?;
+        }
         sqlx::raw_sql(AssertSqlSafe(*sql))
             .execute(&mut *tx)
             .await
@@ -306,6 +316,66 @@ async fn migrate(
     .map_err(err)?;
     tx.commit().await.map_err(err)?;
     Ok(())
+}
+
+/// Before the one-live-run index exists: abort, journaled and audited in the migration's
+/// transaction, the older live runs that share a digest and environment.
+async fn abort_live_duplicates(tx: &mut PgConnection) -> Result<(), StoreError> {
+    let rows: Vec<(String, String, String, String)> =
+        sqlx::query_as(AssertSqlSafe(LIVE_DUPLICATES))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(query_err)?;
+    let records = crate::duplicate_aborts(&rows, Timestamp::now());
+    if records.is_empty() {
+        return Ok(());
+    }
+    let head: Option<(i64, String)> =
+        sqlx::query_as("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(query_err)?;
+    let head = match head {
+        Some(h) => Some(h),
+        None => meta_head(tx).await?,
+    };
+    let (mut seq, mut prev) = head.unwrap_or((0, GENESIS.to_owned()));
+    let mut staged = Staged {
+        journal: Vec::new(),
+        audit: Vec::new(),
+    };
+    for r in &records {
+        apply_record(tx, r, &mut staged, &mut seq, &mut prev).await?;
+    }
+    flush(tx, &staged).await?;
+    sqlx::query(
+        "INSERT INTO meta (key, value) VALUES ('audit_head', $1)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    )
+    .bind(format!("{seq}:{prev}"))
+    .execute(&mut *tx)
+    .await
+    .map_err(query_err)?;
+    Ok(())
+}
+
+/// A statement's error, as [`StoreError::LiveRunExists`] when it broke the one-live-run
+/// rule (the `runs_one_live` index).
+fn run_insert_err(digest: &str, environment: &str) -> impl Fn(sqlx::Error) -> StoreError {
+    let (digest, environment) = (digest.to_owned(), environment.to_owned());
+    move |e| {
+        let live = e.as_database_error().is_some_and(|d| {
+            d.is_unique_violation() && d.constraint() == Some(LIVE_RUN_INDEX_NAME)
+        });
+        if live {
+            StoreError::LiveRunExists {
+                digest: digest.clone(),
+                environment: environment.clone(),
+            }
+        } else {
+            query_err(e)
+        }
+    }
 }
 
 /// Take the schema lock for the rest of the transaction: everything that creates tables
@@ -347,8 +417,14 @@ async fn writer(pool: PgPool, mut rx: mpsc::UnboundedReceiver<Pending>) {
                 }
             }
             Err(e) => {
+                // A batch of one: its caller gets the error as it is (a typed
+                // `LiveRunExists` must reach the engine as such).
+                let mut e = Some(e);
                 for (_, tx) in batch {
-                    let _ = tx.send(Err(StoreError::Query(e.to_string())));
+                    let err = e
+                        .take()
+                        .unwrap_or_else(|| StoreError::Query("the write failed".into()));
+                    let _ = tx.send(Err(err));
                 }
             }
         }
@@ -413,7 +489,7 @@ async fn apply_all(pool: &PgPool, writes: &[&Write]) -> Result<Vec<Reply>, Store
                 .bind(&run.workdir)
                 .execute(&mut *tx)
                 .await
-                .map_err(query_err)?;
+                .map_err(run_insert_err(&run.digest, &run.environment))?;
                 apply_record(&mut tx, first, &mut staged, &mut seq, &mut prev).await?;
                 Reply::Done
             }
@@ -473,9 +549,9 @@ async fn apply_all(pool: &PgPool, writes: &[&Write]) -> Result<Vec<Reply>, Store
     Ok(replies)
 }
 
-async fn meta_head(tx: &mut Tx) -> Result<Option<(i64, String)>, StoreError> {
+async fn meta_head(tx: &mut PgConnection) -> Result<Option<(i64, String)>, StoreError> {
     let v: Option<String> = sqlx::query_scalar("SELECT value FROM meta WHERE key = 'audit_head'")
-        .fetch_optional(&mut **tx)
+        .fetch_optional(&mut *tx)
         .await
         .map_err(query_err)?;
     Ok(v.and_then(|v| parse_head(&v)))
@@ -488,7 +564,7 @@ fn parse_head(v: &str) -> Option<(i64, String)> {
 
 /// Apply one record's effects now (state rows) and stage its journal and audit rows.
 async fn apply_record(
-    tx: &mut Tx,
+    tx: &mut PgConnection,
     r: &JournalRecord,
     staged: &mut Staged,
     seq: &mut i64,
@@ -501,6 +577,18 @@ async fn apply_record(
             let clear = to.is_terminal()
                 || matches!(to, RunState::Paused | RunState::Aborted)
                 || *from == RunState::Paused;
+            // A finished run becoming live again (rolled back by hand) may meet the
+            // one-live-run rule: its environment names the conflict.
+            let environment: String = if from.is_terminal() && !to.is_terminal() {
+                sqlx::query_scalar("SELECT environment FROM runs WHERE id = $1")
+                    .bind(&r.run_id)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(query_err)?
+                    .unwrap_or_default()
+            } else {
+                String::new()
+            };
             sqlx::query(
                 "UPDATE runs SET state = $1, updated_at = $2, control = CASE WHEN $3 THEN NULL ELSE control END WHERE id = $4",
             )
@@ -508,16 +596,16 @@ async fn apply_record(
             .bind(&at)
             .bind(clear)
             .bind(&r.run_id)
-            .execute(&mut **tx)
+            .execute(&mut *tx)
             .await
-            .map_err(query_err)?;
+            .map_err(run_insert_err(&r.digest, &environment))?;
         }
         EngineEvent::ControlRequested { control } => {
             sqlx::query("UPDATE runs SET control = $1, updated_at = $2 WHERE id = $3")
                 .bind(control.as_str())
                 .bind(&at)
                 .bind(&r.run_id)
-                .execute(&mut **tx)
+                .execute(&mut *tx)
                 .await
                 .map_err(query_err)?;
         }
@@ -534,7 +622,7 @@ async fn apply_record(
             .bind(digest)
             .bind(groups.join(","))
             .bind(&at)
-            .execute(&mut **tx)
+            .execute(&mut *tx)
             .await
             .map_err(query_err)?;
         }
@@ -567,7 +655,7 @@ async fn apply_record(
         .bind(attempts)
         .bind(output)
         .bind(&at)
-        .execute(&mut **tx)
+        .execute(&mut *tx)
         .await
         .map_err(query_err)?;
     }
@@ -606,7 +694,7 @@ fn placeholders(rows: usize, cols: usize) -> String {
 
 /// Insert the staged journal and audit rows, many rows per statement (in staging order,
 /// so journal seq follows the audit chain's order).
-async fn flush(tx: &mut Tx, staged: &Staged) -> Result<(), StoreError> {
+async fn flush(tx: &mut PgConnection, staged: &Staged) -> Result<(), StoreError> {
     for chunk in staged.journal.chunks(500) {
         let sql = format!(
             "INSERT INTO journal (run_id, at, actor, event, data) VALUES {}",
@@ -616,7 +704,7 @@ async fn flush(tx: &mut Tx, staged: &Staged) -> Result<(), StoreError> {
         for (run, at, actor, event, data) in chunk {
             qy = qy.bind(run).bind(at).bind(actor).bind(*event).bind(data);
         }
-        qy.execute(&mut **tx).await.map_err(query_err)?;
+        qy.execute(&mut *tx).await.map_err(query_err)?;
     }
     for chunk in staged.audit.chunks(500) {
         let sql = format!(
@@ -637,7 +725,7 @@ async fn flush(tx: &mut Tx, staged: &Staged) -> Result<(), StoreError> {
                 .bind(&e.prev_hash)
                 .bind(&e.hash);
         }
-        qy.execute(&mut **tx).await.map_err(query_err)?;
+        qy.execute(&mut *tx).await.map_err(query_err)?;
     }
     Ok(())
 }

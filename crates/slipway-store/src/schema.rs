@@ -7,7 +7,7 @@
 //! unmigratable one is refused with what to do; neither is ever read as if it were current.
 
 /// The journal format this build writes.
-pub const JOURNAL_FORMAT: u32 = 4;
+pub const JOURNAL_FORMAT: u32 = 5;
 /// The oldest format this build can migrate.
 pub const OLDEST_MIGRATABLE: u32 = 1;
 
@@ -118,7 +118,42 @@ CREATE TABLE run_summaries (
 );
 CREATE INDEX run_summaries_by_checkpoint ON run_summaries (checkpoint_id);
 "#,
+    // Format 5: one live run per plan digest and environment, enforced by the store, so
+    // two deploys of one plan racing each other cannot both create a run (the loser
+    // continues the winner's). Before it, the migration aborts the older live duplicates
+    // an earlier build let in (see [`LIVE_DUPLICATES`]), journaled and audited. A format
+    // bump: an older slipway would meet the index as an unexplained error where it creates
+    // a run, and could not read the undo observations (`step_observed` decisions
+    // `abandon`, `undo_complete`, `undo_again`) this format's engine journals.
+    LIVE_RUN_INDEX,
 ];
+
+/// The partial unique index of format 5 (same text on SQLite and PostgreSQL). The list of
+/// terminal states is `RunState::is_terminal`'s.
+pub const LIVE_RUN_INDEX: &str = r#"
+CREATE UNIQUE INDEX runs_one_live ON runs (digest, environment)
+    WHERE state NOT IN ('succeeded', 'failed', 'rolled_back', 'aborted');
+"#;
+
+/// The index's name, as a violation names it (PostgreSQL's `constraint`).
+pub const LIVE_RUN_INDEX_NAME: &str = "runs_one_live";
+
+/// Live runs sharing a digest and environment, newest first within each pair: what the
+/// format 5 migration resolves (it keeps the newest, the one `deploy` continues, and
+/// aborts the others) before it creates [`LIVE_RUN_INDEX`].
+pub const LIVE_DUPLICATES: &str = r#"
+SELECT id, digest, environment, state FROM runs r
+WHERE state NOT IN ('succeeded', 'failed', 'rolled_back', 'aborted')
+  AND EXISTS (SELECT 1 FROM runs o WHERE o.digest = r.digest AND o.environment = r.environment
+              AND o.id <> r.id AND o.state NOT IN ('succeeded', 'failed', 'rolled_back', 'aborted'))
+ORDER BY digest, environment, created_at DESC, id DESC
+"#;
+
+/// The format whose migration creates [`LIVE_RUN_INDEX`].
+pub const LIVE_RUN_FORMAT: u32 = 5;
+
+/// The actor of the journal entries a migration writes.
+pub const MIGRATION_ACTOR: &str = "slipway-migration";
 
 /// The oldest journal format a PostgreSQL store can have: PostgreSQL support started at
 /// format 4, so a fresh database gets [`PG_SCHEMA`] (format 4) in one transaction, and
@@ -218,8 +253,11 @@ CREATE TABLE run_summaries (
 CREATE INDEX run_summaries_by_checkpoint ON run_summaries (checkpoint_id);
 "#;
 
-/// PostgreSQL migration `i` brings format `PG_FIRST_FORMAT + i` to the next one (none yet).
-pub const PG_MIGRATIONS: &[&str] = &[];
+/// PostgreSQL migration `i` brings format `PG_FIRST_FORMAT + i` to the next one.
+pub const PG_MIGRATIONS: &[&str] = &[
+    // Format 5: see the SQLite migration (the same index, after the same clean-up).
+    LIVE_RUN_INDEX,
+];
 
 // Whoever bumps JOURNAL_FORMAT must also say how a PostgreSQL store gets there.
 const _: () = assert!(PG_FIRST_FORMAT as usize + PG_MIGRATIONS.len() == JOURNAL_FORMAT as usize);

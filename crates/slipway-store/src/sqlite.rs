@@ -35,7 +35,9 @@ use sqlx::{AssertSqlSafe, Connection, Row};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::leases::{LeaseOp, LeaseReply};
-use crate::schema::{JOURNAL_FORMAT, MIGRATIONS, OLDEST_MIGRATABLE};
+use crate::schema::{
+    JOURNAL_FORMAT, LIVE_DUPLICATES, LIVE_RUN_FORMAT, MIGRATIONS, OLDEST_MIGRATABLE,
+};
 
 /// Largest number of queued writes merged into one transaction.
 const MAX_GROUP: usize = 512;
@@ -210,7 +212,15 @@ async fn migrate(conn: &mut SqliteConnection, path: &Path) -> Result<(), StoreEr
         tx.commit().await.map_err(q(path))?;
         return Ok(());
     }
-    for sql in &MIGRATIONS[current as usize..JOURNAL_FORMAT as usize] {
+    for (i, sql) in MIGRATIONS
+        .iter()
+        .enumerate()
+        .take(JOURNAL_FORMAT as usize)
+        .skip(current as usize)
+    {
+        if i as u32 + 1 == LIVE_RUN_FORMAT {
+            abort_live_duplicates(&mut tx).await?;
+        }
         sqlx::raw_sql(*sql)
             .execute(&mut *tx)
             .await
@@ -222,6 +232,87 @@ async fn migrate(conn: &mut SqliteConnection, path: &Path) -> Result<(), StoreEr
         .await
         .map_err(q(path))?;
     tx.commit().await.map_err(q(path))?;
+    Ok(())
+}
+
+/// Before the one-live-run index exists: abort, journaled and audited in the migration's
+/// transaction, the older live runs that share a digest and environment.
+async fn abort_live_duplicates(tx: &mut SqliteConnection) -> Result<(), StoreError> {
+    let rows: Vec<(String, String, String, String)> = sqlx::query_as(LIVE_DUPLICATES)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(query_err)?;
+    let records = crate::duplicate_aborts(&rows, Timestamp::now());
+    if records.is_empty() {
+        return Ok(());
+    }
+    let (mut seq, mut prev) = audit_head_in(tx).await?;
+    let mut staged = Staged {
+        journal: Vec::new(),
+        audit: Vec::new(),
+    };
+    for r in &records {
+        apply_record(tx, r, &mut staged, &mut seq, &mut prev).await?;
+    }
+    flush(tx, &staged).await?;
+    set_audit_head(tx, seq, &prev).await
+}
+
+/// Whether a failed statement broke the one-live-run rule.
+fn live_run_violation(e: &sqlx::Error) -> bool {
+    // SQLite names the columns of the violated unique index, not the index.
+    e.as_database_error().is_some_and(|d| {
+        d.is_unique_violation() && d.message().contains("runs.digest, runs.environment")
+    })
+}
+
+/// A statement's error, as [`StoreError::LiveRunExists`] when it broke that rule.
+fn run_insert_err(digest: &str, environment: &str) -> impl Fn(sqlx::Error) -> StoreError {
+    let (digest, environment) = (digest.to_owned(), environment.to_owned());
+    move |e| {
+        if live_run_violation(&e) {
+            StoreError::LiveRunExists {
+                digest: digest.clone(),
+                environment: environment.clone(),
+            }
+        } else {
+            query_err(e)
+        }
+    }
+}
+
+/// The head of the audit chain inside a write transaction (after `slipway archive` moved
+/// the whole chain out, the recorded head: the chain never restarts from genesis).
+async fn audit_head_in(tx: &mut SqliteConnection) -> Result<(i64, String), StoreError> {
+    let head: Option<(i64, String)> =
+        sqlx::query_as("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(query_err)?;
+    let head = match head {
+        Some(h) => Some(h),
+        None => {
+            let v: Option<String> =
+                sqlx::query_scalar("SELECT value FROM meta WHERE key = 'audit_head'")
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(query_err)?;
+            v.and_then(|v| {
+                let (seq, hash) = v.split_once(':')?;
+                Some((seq.parse().ok()?, hash.to_owned()))
+            })
+        }
+    };
+    Ok(head.unwrap_or((0, GENESIS.to_owned())))
+}
+
+/// Record the chain's head beside it (a truncated tail is then detectable).
+async fn set_audit_head(tx: &mut SqliteConnection, seq: i64, prev: &str) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO meta (key, value) VALUES ('audit_head', ?1) ON CONFLICT(key) DO UPDATE SET value = excluded.value")
+        .bind(format!("{seq}:{prev}"))
+        .execute(&mut *tx)
+        .await
+        .map_err(query_err)?;
     Ok(())
 }
 
@@ -253,8 +344,14 @@ async fn writer(mut conn: SqliteConnection, mut rx: mpsc::UnboundedReceiver<Pend
                 }
             }
             Err(e) => {
+                // A batch of one: its caller gets the error as it is (a typed
+                // `LiveRunExists` must reach the engine as such).
+                let mut e = Some(e);
                 for (_, tx) in batch {
-                    let _ = tx.send(Err(StoreError::Query(e.to_string())));
+                    let err = e
+                        .take()
+                        .unwrap_or_else(|| StoreError::Query("the write failed".into()));
+                    let _ = tx.send(Err(err));
                 }
             }
         }
@@ -274,28 +371,9 @@ async fn apply_all(
         .begin_with("BEGIN IMMEDIATE")
         .await
         .map_err(query_err)?;
-    let head: Option<(i64, String)> =
-        sqlx::query_as("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(query_err)?;
     // After `slipway archive` moved the whole chain out, the table is empty but the chain
     // goes on from the recorded head (the archive's checkpoint), never from genesis again.
-    let head = match head {
-        Some(h) => Some(h),
-        None => {
-            let v: Option<String> =
-                sqlx::query_scalar("SELECT value FROM meta WHERE key = 'audit_head'")
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(query_err)?;
-            v.and_then(|v| {
-                let (seq, hash) = v.split_once(':')?;
-                Some((seq.parse().ok()?, hash.to_owned()))
-            })
-        }
-    };
-    let (mut seq, mut prev) = head.unwrap_or((0, GENESIS.to_owned()));
+    let (mut seq, mut prev) = audit_head_in(&mut tx).await?;
     let mut staged = Staged {
         journal: Vec::new(),
         audit: Vec::new(),
@@ -327,7 +405,7 @@ async fn apply_all(
                 .bind(&run.workdir)
                 .execute(&mut *tx)
                 .await
-                .map_err(query_err)?;
+                .map_err(run_insert_err(&run.digest, &run.environment))?;
                 apply_record(&mut tx, first, &mut staged, &mut seq, &mut prev).await?;
                 Reply::Done
             }
@@ -370,11 +448,7 @@ async fn apply_all(
     }
     flush(&mut tx, &staged).await?;
     if !staged.audit.is_empty() {
-        sqlx::query("INSERT INTO meta (key, value) VALUES ('audit_head', ?1) ON CONFLICT(key) DO UPDATE SET value = excluded.value")
-            .bind(format!("{seq}:{prev}"))
-            .execute(&mut *tx)
-            .await
-            .map_err(query_err)?;
+        set_audit_head(&mut tx, seq, &prev).await?;
     }
     tx.commit().await.map_err(query_err)?;
     Ok(replies)
@@ -396,6 +470,18 @@ async fn apply_record(
             let clear = to.is_terminal()
                 || matches!(to, RunState::Paused | RunState::Aborted)
                 || *from == RunState::Paused;
+            // A finished run becoming live again (rolled back by hand) may meet the
+            // one-live-run rule: its environment names the conflict.
+            let environment: String = if from.is_terminal() && !to.is_terminal() {
+                sqlx::query_scalar("SELECT environment FROM runs WHERE id = ?1")
+                    .bind(&r.run_id)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(query_err)?
+                    .unwrap_or_default()
+            } else {
+                String::new()
+            };
             sqlx::query(
                 "UPDATE runs SET state = ?1, updated_at = ?2, control = CASE WHEN ?3 THEN NULL ELSE control END WHERE id = ?4",
             )
@@ -405,7 +491,7 @@ async fn apply_record(
             .bind(&r.run_id)
             .execute(&mut *tx)
             .await
-            .map_err(query_err)?;
+            .map_err(run_insert_err(&r.digest, &environment))?;
         }
         EngineEvent::ControlRequested { control } => {
             sqlx::query("UPDATE runs SET control = ?1, updated_at = ?2 WHERE id = ?3")
