@@ -473,6 +473,50 @@ async fn an_attempt_outlives_a_dropped_connection_and_observe_waits_for_it() {
     );
 }
 
+/// The same for an undo: slipway dying mid-undo drops the connection; the undo on the
+/// host goes on (its own session, output in files), `observe_undo` waits for it and finds
+/// it complete, and an undo run again changes nothing: it ran exactly once.
+#[tokio::test]
+async fn an_undo_outlives_a_dropped_connection_and_observe_undo_waits_for_it() {
+    let fleet = Fleet::start(2);
+    let (inv, roots) = host_dirs(&fleet);
+    let action = exec_step(
+        "echo x >> applied",
+        Some("touch undo-started; sleep 1; echo still undoing; echo x >> undone"),
+    );
+    let (c, _rx) = ctx("run6", "install");
+    let target = SshTarget::new(&inv, None, None, None).unwrap();
+    target.apply(&c, &action).await.unwrap();
+    let (c2, _rx2) = ctx("run6", "install");
+    let seen = target.observe_undo(&c2, &action).await.unwrap();
+    assert!(matches!(seen, Observation::NotDone { .. }), "{seen:?}");
+    drop(target);
+    {
+        let target = SshTarget::new(&inv, None, None, None).unwrap();
+        let undo = target.undo(&c, &action);
+        tokio::pin!(undo);
+        tokio::select! {
+            r = &mut undo => panic!("the undo finished before it was interrupted: {r:?}"),
+            () = async {
+                for root in &roots {
+                    wait_for(&root.join("undo-started")).await;
+                }
+            } => {}
+        }
+    }
+    let target = SshTarget::new(&inv, None, None, None).unwrap();
+    let seen = target.observe_undo(&c, &action).await.unwrap();
+    assert!(matches!(seen, Observation::Done { .. }), "{seen:?}");
+    target.undo(&c, &action).await.unwrap();
+    for root in &roots {
+        assert_eq!(std::fs::read_to_string(root.join("undone")).unwrap(), "x\n");
+        assert_eq!(
+            std::fs::read_to_string(root.join("applied")).unwrap(),
+            "x\n"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_step_past_its_timeout_is_killed_on_the_host_and_leaves_no_marker() {
     let fleet = Fleet::start(1);

@@ -15,9 +15,11 @@ mod compat;
 mod engine;
 mod journal;
 mod leases;
+mod live_runs;
 mod open_race;
 mod pg;
 mod postgres;
+mod rollback;
 mod tamper;
 
 #[test]
