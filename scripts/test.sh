@@ -22,6 +22,8 @@ command -v openssl >/dev/null || need+=(openssl)
 command -v npm >/dev/null || need+=(npm)
 command -v iptables >/dev/null || need+=(iptables)
 command -v ip >/dev/null || need+=(iproute2)
+# The crash test that fills a store's file system mounts a small tmpfs (as root).
+command -v mount >/dev/null || need+=(mount)
 command -v pg_dump >/dev/null || ls /usr/lib/postgresql/*/bin/pg_dump >/dev/null 2>&1 || need+=(postgresql-client)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 if [ ${#need[@]} -gt 0 ]; then
