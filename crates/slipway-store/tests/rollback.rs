@@ -265,7 +265,11 @@ async fn a_step_in_flight_that_cannot_be_observed_fails_the_rollback(b: Backend)
         .unwrap()
         .into_iter()
         .filter_map(|n| match n.event {
-            EngineEvent::StateChanged { to, reason, .. } if to == RunState::Failed => reason,
+            EngineEvent::StateChanged {
+                to: RunState::Failed,
+                reason,
+                ..
+            } => reason,
             _ => None,
         })
         .next_back()
