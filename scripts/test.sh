@@ -35,6 +35,8 @@ fi
 
 # A real SMTP server for the notification tests.
 python3 -c 'import aiosmtpd' 2>/dev/null || python3 -m pip install -q aiosmtpd >/dev/null
+# squawk, the PostgreSQL migration linter the lock classification is cross-checked against.
+command -v squawk >/dev/null || python3 -m pip install -q squawk-cli >/dev/null
 
 # Reference implementations the judgement cross-checks compare against (issue 18):
 # scipy's Mann-Whitney U, croniter for deployment windows, check-jsonschema for the schema;

@@ -267,8 +267,10 @@ pub fn make_plan(file: &Path, env: &str, out: &Output) -> Result<(LoadedSpec, Pl
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
+    // Only this release's migrations are judged: those already applied there are not.
+    let (applied, applied_problems) = applied_migrations(&loaded.spec, env, compat_dir);
     let (compat, compat_problems) =
-        slipway_package::compat::findings(&loaded.spec, compat_dir, &BTreeMap::new());
+        slipway_package::compat::findings(&loaded.spec, compat_dir, &applied);
     facts.compat = compat;
     let mut p = plan::plan(&loaded.spec, env, &facts).map_err(|m| {
         CliError::input(
@@ -292,9 +294,10 @@ pub fn make_plan(file: &Path, env: &str, out: &Output) -> Result<(LoadedSpec, Pl
         env,
         &slipway_package::CheckFacts {
             deployed: facts.deployed.clone(),
-            applied_migrations: BTreeMap::new(),
+            applied_migrations: applied,
         },
     );
+    p.findings.extend(applied_problems);
     p.findings.extend(checks.findings);
     p.findings.extend(compat_problems);
     p.findings.extend(rollback_staging(&p, dir));
@@ -310,6 +313,25 @@ pub fn make_plan(file: &Path, env: &str, out: &Output) -> Result<(LoadedSpec, Pl
     p.findings.extend(ssh_findings(&p, file, dir));
     p.findings.extend(router_findings(&p));
     Ok((loaded, p))
+}
+
+/// The latest migration applied to each migration service's database in `env`
+/// (`slipway_providers::migrate::applied_versions`), read without writing.
+fn applied_migrations(
+    spec: &slipway_model::spec::ReleaseSpec,
+    env: &str,
+    dir: &Path,
+) -> (BTreeMap<String, u32>, Vec<plan::Finding>) {
+    if !spec.services.values().any(|s| s.migrations.is_some()) {
+        return Default::default();
+    }
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(slipway_providers::migrate::applied_versions(spec, env, dir)),
+        Err(_) => Default::default(),
+    }
 }
 
 /// Which router fronts each service the plan deploys as instances when the environment

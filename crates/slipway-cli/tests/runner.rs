@@ -23,6 +23,7 @@ mod infra_cli;
 mod lease_cli;
 mod metrics_cli;
 mod migrate_deploy_cli;
+mod migration_locks_cli;
 mod perf_baseline_cli;
 mod plan_cli;
 mod postgres_store_cli;

@@ -18,6 +18,12 @@
 //!   groups, four-eyes if any asks), so the compat gate is an approvals gate whose
 //!   `required` is one above the rest, from the same groups, never the author. It shows in
 //!   the plan as its own line with the finding ids as its source.
+//!
+//! Migration statements that block a live table (`lock` findings, from the lock
+//! classification in `slipway-package`) take the same waiver path but are not breaking
+//! compatibility: unwaived, each is an `error` (`migration-lock`) when the environment is
+//! production and a `warning` elsewhere, and it neither requires a phased strategy nor
+//! adds an approver — neither makes a table rewrite shorter.
 
 use serde::{Deserialize, Serialize};
 
@@ -28,9 +34,10 @@ use crate::spec::{Environment, ReleaseSpec, Strategy};
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct CompatFinding {
     /// Stable id, what a waiver names: `api:SERVICE:CODE:POINTER` for an OpenAPI change,
-    /// `migration:SERVICE:FILE` for a contract migration.
+    /// `migration:SERVICE:FILE` for a contract migration, `lock:SERVICE:FILE:LINE` for a
+    /// migration statement that blocks a live table.
     pub id: String,
-    /// `api` or `migration`.
+    /// `api`, `migration` or `lock`.
     pub kind: String,
     /// The service concerned.
     pub service: String,
@@ -103,6 +110,23 @@ pub fn apply(
                     by: w.by.clone(),
                 });
             }
+            // A statement that blocks a live table is no compatibility break: a phased
+            // rollout or another approver does not shorten the lock. It blocks production
+            // plans and warns elsewhere, where a blocked table costs little.
+            None if f.kind == "lock" => findings.push(Finding {
+                severity: if env.production { "error" } else { "warning" }.into(),
+                code: "migration-lock".into(),
+                message: format!(
+                    "`{}`: {}{}",
+                    f.id,
+                    f.message,
+                    if env.production {
+                        " (this environment is production: rewrite the migration, or waive the finding under `waivers:` with a reason and who decided)"
+                    } else {
+                        ""
+                    }
+                ),
+            }),
             None => {
                 findings.push(Finding {
                     severity: "warning".into(),

@@ -310,3 +310,88 @@ fn no_breaking_finding_leaves_the_plan_unchanged() {
     assert_eq!(approvals(&a).len(), 1);
     assert!(a.waivers.is_empty() && a.breaking.is_empty());
 }
+
+fn lock_spec(waivers: &str) -> slipway_model::spec::ReleaseSpec {
+    let text = format!(
+        "apiVersion: slipway/v1
+kind: Release
+metadata: {{ name: shop, version: 2.0.0, type: patch }}
+services:
+  api: {{ steps: [ {{ name: i, run: \"true\" }} ] }}
+environments:
+  prod:
+    production: true
+    target: {{ exec: {{}} }}
+  staging:
+    target: {{ exec: {{}} }}
+{waivers}"
+    );
+    validate::load("locks.yaml", &text)
+        .map_err(|e| e.render(false, 100))
+        .unwrap()
+        .spec
+}
+
+fn blocking_lock() -> Facts {
+    Facts {
+        compat: vec![slipway_model::compat::CompatFinding {
+            id: "lock:db:V3__index.sql:1".into(),
+            kind: "lock".into(),
+            service: "db".into(),
+            message: "V3__index.sql line 1: `CREATE INDEX …` takes SHARE on orders".into(),
+        }],
+        ..Facts::default()
+    }
+}
+
+#[test]
+fn a_blocking_migration_lock_is_an_error_in_production_and_a_warning_elsewhere() {
+    let spec = lock_spec("");
+    let prod = plan(&spec, "prod", &blocking_lock()).unwrap();
+    let f: Vec<_> = prod
+        .findings
+        .iter()
+        .filter(|f| f.code == "migration-lock")
+        .collect();
+    assert_eq!(f.len(), 1, "{:#?}", prod.findings);
+    assert_eq!(f[0].severity, "error");
+    assert!(
+        f[0].message.contains("lock:db:V3__index.sql:1"),
+        "{}",
+        f[0].message
+    );
+    // A lock is no compatibility break: no phased requirement, no extra approver.
+    assert!(prod.breaking.is_empty());
+    assert!(
+        prod.findings
+            .iter()
+            .all(|f| f.code != "compat-requires-phased"),
+        "{:#?}",
+        prod.findings
+    );
+    let staging = plan(&spec, "staging", &blocking_lock()).unwrap();
+    let f: Vec<_> = staging
+        .findings
+        .iter()
+        .filter(|f| f.code == "migration-lock")
+        .collect();
+    assert_eq!(f.len(), 1);
+    assert_eq!(f[0].severity, "warning");
+}
+
+#[test]
+fn a_waived_migration_lock_is_listed_not_blocking() {
+    let spec = lock_spec(
+        "waivers:
+  - { finding: 'lock:db:V3__index.sql:1', reason: orders has 200 rows, by: alice }
+",
+    );
+    let p = plan(&spec, "prod", &blocking_lock()).unwrap();
+    assert!(
+        p.findings.iter().all(|f| f.severity != "error"),
+        "{:#?}",
+        p.findings
+    );
+    assert_eq!(p.waivers.len(), 1);
+    assert_eq!(p.waivers[0].finding, "lock:db:V3__index.sql:1");
+}

@@ -15,6 +15,7 @@ mod test_deps;
 mod test_digest;
 mod test_fuzz;
 mod test_inspect;
+mod test_locks;
 mod test_manifest;
 mod test_render;
 mod test_sign;

@@ -49,7 +49,10 @@ impl MigrateTarget {
         self
     }
 
-    fn resolve(&self, dir: &str, database: &str) -> Result<(PathBuf, String), TargetError> {
+    /// The migration directory and the database URL a step of `dir` and `database` would
+    /// use: `{{ vars.x }}` filled, relative SQLite paths resolved against the workdir;
+    /// refused while a secret reference or a placeholder is left.
+    pub fn resolve(&self, dir: &str, database: &str) -> Result<(PathBuf, String), TargetError> {
         let mut url = slipway_model::text::fill_vars(
             database,
             self.vars.iter().map(|(k, v)| (k.as_str(), v.as_str())),
@@ -80,6 +83,77 @@ impl MigrateTarget {
     fn marker(&self, key: &str) -> PathBuf {
         self.state_dir.join(format!("{key}.before"))
     }
+}
+
+/// How long reading a database's migration history may take at plan time.
+const PLAN_STATUS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Plan-time facts: the latest migration version applied to each migration service's
+/// database in environment `env_name`, read (never written) from its history table, so the
+/// plan judges only the migrations this release will run — a `CREATE INDEX` that ran last
+/// year is not this release's lock. Variables are filled as a deploy fills them
+/// (`secret://env/NAME` from this process's environment), relative SQLite paths against
+/// the spec's directory joined with the exec target's `workdir`.
+///
+/// A database that cannot be read gives a `migrations-applied-unknown` warning instead:
+/// every migration of that service is then judged as pending, the safe side.
+pub async fn applied_versions(
+    spec: &slipway_model::spec::ReleaseSpec,
+    env_name: &str,
+    spec_dir: &Path,
+) -> (BTreeMap<String, u32>, Vec<slipway_model::plan::Finding>) {
+    use slipway_package::SecretRef;
+    let mut applied = BTreeMap::new();
+    let mut findings = Vec::new();
+    let Some(env) = spec.environments.get(env_name) else {
+        return (applied, findings);
+    };
+    let vars: BTreeMap<String, String> = env
+        .vars
+        .iter()
+        .filter_map(|(k, v)| match SecretRef::parse(v.as_str()) {
+            Ok(Some(SecretRef::Env(name))) => std::env::var(&name).ok().map(|val| (k.clone(), val)),
+            Ok(Some(_)) => None,
+            _ => Some((k.clone(), v.as_str().to_owned())),
+        })
+        .collect();
+    let workdir = match env.target.exec.as_ref().and_then(|e| e.workdir.as_deref()) {
+        Some(w) => spec_dir.join(w),
+        None => spec_dir.to_owned(),
+    };
+    let target = MigrateTarget::new(workdir, spec_dir, vars, "slipway plan");
+    for (name, svc) in &spec.services {
+        let (Some(dir), Some(database)) = (&svc.migrations, &svc.database) else {
+            continue;
+        };
+        let unknown = |why: String| slipway_model::plan::Finding {
+            severity: "warning".into(),
+            code: "migrations-applied-unknown".into(),
+            message: format!(
+                "services.{name}: cannot read which migrations are applied ({why}); every migration in {dir} is judged as pending. Make the database reachable from here (and its secret set) for an exact plan"
+            ),
+        };
+        let (dir, url) = match target.resolve(dir, database) {
+            Ok(r) => r,
+            Err(e) => {
+                findings.push(unknown(e.to_string()));
+                continue;
+            }
+        };
+        match tokio::time::timeout(PLAN_STATUS_TIMEOUT, slipway_migrate::status(&url, &dir)).await {
+            Ok(Ok(st)) => {
+                if let Some(v) = st.latest_applied.and_then(|v| u32::try_from(v).ok()) {
+                    applied.insert(name.clone(), v);
+                }
+            }
+            Ok(Err(e)) => findings.push(unknown(e.to_string())),
+            Err(_) => findings.push(unknown(format!(
+                "{} did not answer within {PLAN_STATUS_TIMEOUT:?}",
+                slipway_migrate::mask_url(&url)
+            ))),
+        }
+    }
+    (applied, findings)
 }
 
 fn io(e: impl std::fmt::Display) -> TargetError {

@@ -2,6 +2,7 @@
 //! ([`openapi`]) and database migrations ([`sql`]), plus the release-level rule that a
 //! contracting migration must not ship together with the code that runs against it.
 
+pub mod locks;
 pub mod openapi;
 pub mod sql;
 
@@ -121,10 +122,54 @@ pub fn check_migrations(
     })
 }
 
+/// Every pending PostgreSQL statement that blocks reads or writes of a live table for
+/// longer than a catalog change, as a `lock` finding (`lock:SERVICE:FILE:LINE`, what a
+/// waiver names). The planner makes them errors in a production environment and warnings
+/// elsewhere; they never require a phased strategy (the lock is the same either way).
+pub fn lock_findings(m: &MigrationCompat) -> Vec<CompatFinding> {
+    let mut out = Vec::new();
+    for (service, report) in &m.reports {
+        if report.dialect != Dialect::Postgres {
+            continue;
+        }
+        for mig in &report.migrations {
+            for (i, s) in mig.statements.iter().enumerate() {
+                let Some(l) = s.lock.as_ref().filter(|l| l.blocking) else {
+                    continue;
+                };
+                let at = s
+                    .line
+                    .map_or_else(|| format!("statement {}", i + 1), |n| n.to_string());
+                out.push(CompatFinding {
+                    id: format!("lock:{service}:{}:{at}", mig.file),
+                    kind: "lock".into(),
+                    service: service.clone(),
+                    message: format!(
+                        "{} line {at}: `{}` takes {} on {} and {}, so {} of {} wait meanwhile: {}; instead: {}",
+                        mig.file,
+                        s.sql,
+                        l.mode.as_str(),
+                        l.tables.join(", "),
+                        l.work.as_str(),
+                        l.blocks.as_str(),
+                        l.tables.join(", "),
+                        l.why,
+                        l.alternative
+                            .as_deref()
+                            .unwrap_or("run it in a maintenance window, or waive it with a reason")
+                    ),
+                });
+            }
+        }
+    }
+    out
+}
+
 /// Every breaking-compatibility finding of a release, as plan facts: each OpenAPI breaking
 /// change between a service's `openapi.running` and `openapi.candidate` documents
 /// (`api:SERVICE:CODE:POINTER`), and each contract migration shipped with app services
-/// that depend on it (`migration:SERVICE:FILE`). Documents or migrations that cannot be
+/// that depend on it (`migration:SERVICE:FILE`), and each pending statement that blocks a
+/// live table ([`lock_findings`]). Documents or migrations that cannot be
 /// read come back as `error` plan findings: compatibility that cannot be judged must not
 /// pass as compatible.
 pub fn findings(
@@ -166,6 +211,7 @@ pub fn findings(
     }
     // Unreadable migrations are reported by `plan_checks` already.
     if let Ok(m) = check_migrations(spec, spec_dir, applied) {
+        out.extend(lock_findings(&m));
         for inc in &m.incompatible {
             for file in &inc.files {
                 out.push(CompatFinding {

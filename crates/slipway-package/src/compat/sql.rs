@@ -11,7 +11,7 @@
 //! TABLE, ADD COLUMN) are remembered so `ALTER COLUMN … TYPE` can tell widening from
 //! narrowing; when the earlier type is unknown the statement is `unknown`, not guessed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use serde::Serialize;
@@ -21,6 +21,7 @@ use sqlparser::ast::{
 use sqlparser::dialect::{Dialect as SqlDialect, PostgreSqlDialect, SQLiteDialect};
 use sqlparser::parser::Parser;
 
+use super::locks::{self, LockMode, LockReport, TxNeed, Work};
 use crate::error::{Error, Result};
 
 /// Largest migration file read.
@@ -93,6 +94,24 @@ pub struct StatementReport {
     pub class: Class,
     /// Why, in words; several for ALTER TABLE with several operations.
     pub reasons: Vec<String>,
+    /// PostgreSQL only: the table lock it takes, the work under it and whether that
+    /// blocks reads or writes of a live table.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lock: Option<LockReport>,
+    /// Where `migrate apply` runs it relative to the migration's transaction.
+    #[serde(skip_serializing_if = "is_shared")]
+    pub transaction: TxNeed,
+}
+
+fn is_shared(t: &TxNeed) -> bool {
+    *t == TxNeed::Shared
+}
+
+impl StatementReport {
+    /// Whether it blocks reads or writes of a live table for longer than a catalog change.
+    pub fn blocking(&self) -> bool {
+        self.lock.as_ref().is_some_and(|l| l.blocking)
+    }
 }
 
 /// One migration file's classification.
@@ -144,6 +163,30 @@ impl MigrationSetReport {
                 for r in &s.reasons {
                     out.push_str(&format!("             - {r}\n"));
                 }
+                if let Some(l) = &s.lock {
+                    let referenced = if l.referenced.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" + SHARE ROW EXCLUSIVE on {}", l.referenced.join(", "))
+                    };
+                    out.push_str(&format!(
+                        "             lock: {} on {}{referenced} ({}; blocks {}){}\n",
+                        l.mode.as_str(),
+                        l.tables.join(", "),
+                        l.work.as_str(),
+                        l.blocks.as_str(),
+                        if l.blocking { " BLOCKING" } else { "" }
+                    ));
+                    if l.blocking {
+                        out.push_str(&format!("               why: {}\n", l.why));
+                        if let Some(a) = &l.alternative {
+                            out.push_str(&format!("               instead: {a}\n"));
+                        }
+                    }
+                }
+                if s.transaction != TxNeed::Shared {
+                    out.push_str(&format!("             runs {}\n", s.transaction.as_str()));
+                }
             }
         }
         for s in &self.skipped {
@@ -153,13 +196,39 @@ impl MigrationSetReport {
     }
 }
 
-/// Column types seen so far: table → column → type text (lowercase).
+/// What the migration set has done so far: column types (table → column → type text,
+/// lowercase), and for the lock classification the tables created in the current file, the
+/// `CHECK (col IS NOT NULL)` constraints seen, and the blocking locks the current
+/// transaction still holds.
 #[derive(Debug, Default, Clone)]
 pub struct SchemaMemory {
-    tables: BTreeMap<String, BTreeMap<String, String>>,
+    pub(crate) tables: BTreeMap<String, BTreeMap<String, String>>,
+    /// Tables created by the file being classified: nobody reads them yet.
+    created_here: BTreeSet<String>,
+    /// `CHECK (col IS NOT NULL) NOT VALID` constraints: name → (table, column).
+    unvalidated_not_null: BTreeMap<String, (String, String)>,
+    /// (table, column) pairs a valid `CHECK (col IS NOT NULL)` proves.
+    pub(crate) proven_not_null: BTreeSet<(String, String)>,
+    /// Locks that block reads or writes of existing tables, taken earlier in the current
+    /// transaction: (table, mode, line).
+    held: Vec<(String, LockMode, Option<usize>)>,
 }
 
-fn norm(name: &impl std::fmt::Display) -> String {
+impl SchemaMemory {
+    /// Whether `table` existed before the file being classified (and so may have readers,
+    /// writers and rows).
+    pub(crate) fn existing(&self, table: &str) -> bool {
+        !self.created_here.contains(table)
+    }
+
+    /// A new migration file starts: it runs in a transaction of its own.
+    fn start_file(&mut self) {
+        self.created_here.clear();
+        self.held.clear();
+    }
+}
+
+pub(crate) fn norm(name: &impl std::fmt::Display) -> String {
     name.to_string().trim_matches('"').to_lowercase()
 }
 
@@ -272,63 +341,209 @@ pub fn classify_sql(
     let d = dialect.parser_dialect();
     let pieces = split_statements(text);
     match Parser::parse_sql(d.as_ref(), text) {
-        Ok(statements) => {
-            // The splitter only supplies line numbers; trust them when it agrees with the
-            // parser on the number of statements (a SQLite trigger body, say, may not).
-            let lines: Vec<Option<usize>> = if pieces.len() == statements.len() {
-                pieces.iter().map(|(l, _)| Some(*l)).collect()
-            } else {
-                vec![None; statements.len()]
-            };
-            statements
-                .iter()
-                .zip(lines)
-                .map(|(s, line)| {
-                    let (class, reasons) = classify_statement(s, memory);
-                    StatementReport {
-                        line,
-                        sql: shorten(&s.to_string()),
-                        class,
-                        reasons,
-                    }
-                })
-                .collect()
-        }
+        // The splitter only supplies line numbers; trust them when it agrees with the
+        // parser on the number of statements (a SQLite trigger body, say, may not).
+        Ok(statements) if pieces.len() == statements.len() => statements
+            .iter()
+            .zip(&pieces)
+            .map(|(s, (line, sql))| classify_parsed(&[s], Some(*line), sql, dialect, memory))
+            .collect(),
+        Ok(statements) => statements
+            .iter()
+            .map(|s| classify_parsed(&[s], None, &s.to_string(), dialect, memory))
+            .collect(),
         // One bad statement should not hide what the others do: go statement by statement.
         Err(_) => pieces
             .iter()
-            .map(|(line, sql)| match Parser::parse_sql(d.as_ref(), sql) {
-                Ok(stmts) if !stmts.is_empty() => {
-                    let mut class = Class::Expand;
-                    let mut reasons = Vec::new();
-                    for s in &stmts {
-                        let (c, r) = classify_statement(s, memory);
-                        class = class.max(c);
-                        reasons.extend(r);
-                    }
-                    StatementReport {
+            .map(|(line, sql)| {
+                let lexical = (dialect == Dialect::Postgres)
+                    .then(|| locks::lexical(sql, &|t| memory.existing(t)))
+                    .flatten();
+                if let Some((reason, lock)) = lexical {
+                    let class = if sql.to_uppercase().starts_with("DROP") {
+                        Class::Contract
+                    } else {
+                        Class::Expand
+                    };
+                    let mut r = StatementReport {
                         line: Some(*line),
                         sql: shorten(sql),
                         class,
-                        reasons,
-                    }
+                        reasons: vec![reason],
+                        lock: Some(lock),
+                        transaction: locks::transaction_need(sql),
+                    };
+                    track_locks(&mut r, Some(*line), memory);
+                    return r;
                 }
-                Ok(_) => StatementReport {
-                    line: Some(*line),
-                    sql: shorten(sql),
-                    class: Class::Unknown,
-                    reasons: vec!["the parser found no statement here".into()],
-                },
-                Err(e) => StatementReport {
-                    line: Some(*line),
-                    sql: shorten(sql),
-                    class: Class::Unknown,
-                    reasons: vec![format!(
-                        "cannot parse as {dialect:?} SQL ({e}); review it by hand"
-                    )],
-                },
+                match Parser::parse_sql(d.as_ref(), sql) {
+                    Ok(stmts) if !stmts.is_empty() => {
+                        let refs: Vec<&Statement> = stmts.iter().collect();
+                        classify_parsed(&refs, Some(*line), sql, dialect, memory)
+                    }
+                    Ok(_) => StatementReport {
+                        line: Some(*line),
+                        sql: shorten(sql),
+                        class: Class::Unknown,
+                        reasons: vec!["the parser found no statement here".into()],
+                        lock: None,
+                        transaction: TxNeed::Shared,
+                    },
+                    Err(e) => StatementReport {
+                        line: Some(*line),
+                        sql: shorten(sql),
+                        class: Class::Unknown,
+                        reasons: vec![format!(
+                            "cannot parse as {dialect:?} SQL ({e}); review it by hand"
+                        )],
+                        lock: None,
+                        transaction: if dialect == Dialect::Postgres {
+                            locks::transaction_need(sql)
+                        } else {
+                            TxNeed::Shared
+                        },
+                    },
+                }
             })
             .collect(),
+    }
+}
+
+/// One statement (as the splitter cut it; the parser may find several in it) classified
+/// for compatibility and, on PostgreSQL, for locks.
+fn classify_parsed(
+    stmts: &[&Statement],
+    line: Option<usize>,
+    text: &str,
+    dialect: Dialect,
+    memory: &mut SchemaMemory,
+) -> StatementReport {
+    let mut class = Class::Expand;
+    let mut reasons = Vec::new();
+    let mut lock: Option<LockReport> = None;
+    let pg = dialect == Dialect::Postgres;
+    for s in stmts {
+        // The lock is judged against the schema as it was before the statement.
+        if pg && let Some(l) = locks::of_statement(s, memory) {
+            lock = Some(match lock {
+                None => l,
+                Some(acc) if l.blocking && !acc.blocking => l,
+                Some(acc) => acc,
+            });
+        }
+        let (c, r) = classify_statement(s, memory);
+        class = class.max(c);
+        reasons.extend(r);
+        if let Statement::CreateTable(ct) = s {
+            memory.created_here.insert(norm(&ct.name));
+        }
+        if pg {
+            remember_not_null_checks(s, memory);
+        }
+    }
+    let sql = if stmts.len() == 1 {
+        shorten(&stmts[0].to_string())
+    } else {
+        shorten(text)
+    };
+    let mut r = StatementReport {
+        line,
+        sql,
+        class,
+        reasons,
+        lock,
+        transaction: if pg {
+            locks::transaction_need(text)
+        } else {
+            TxNeed::Shared
+        },
+    };
+    if pg {
+        track_locks(&mut r, line, memory);
+    }
+    r
+}
+
+/// `CHECK (col IS NOT NULL)` constraints: added `NOT VALID` they wait for their
+/// `VALIDATE CONSTRAINT`; valid, they let a later `SET NOT NULL` skip its scan.
+fn remember_not_null_checks(s: &Statement, memory: &mut SchemaMemory) {
+    let Statement::AlterTable(at) = s else {
+        return;
+    };
+    let table = norm(&at.name);
+    for op in &at.operations {
+        match op {
+            AlterTableOperation::AddConstraint {
+                constraint: sqlparser::ast::TableConstraint::Check(c),
+                not_valid,
+            } => {
+                let Some(col) = locks::not_null_check_column(&c.expr) else {
+                    continue;
+                };
+                if *not_valid {
+                    if let Some(name) = &c.name {
+                        memory
+                            .unvalidated_not_null
+                            .insert(norm(name), (table.clone(), col));
+                    }
+                } else {
+                    memory.proven_not_null.insert((table.clone(), col));
+                }
+            }
+            AlterTableOperation::ValidateConstraint { name } => {
+                if let Some(pair) = memory.unvalidated_not_null.remove(&norm(name)) {
+                    memory.proven_not_null.insert(pair);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The transaction a statement runs in holds the locks earlier statements took until it
+/// commits: slow work while a lock that blocks reads or writes of a live table is held
+/// blocks that table for as long. A statement run outside the shared transaction (or in
+/// its own) ends it before and after.
+fn track_locks(r: &mut StatementReport, line: Option<usize>, memory: &mut SchemaMemory) {
+    if r.transaction != TxNeed::Shared {
+        memory.held.clear();
+    }
+    if let Some(l) = &mut r.lock {
+        let slow = l.work != Work::Metadata && l.tables.iter().any(|t| memory.existing(t));
+        if slow && !memory.held.is_empty() && !l.blocking {
+            let (t, mode, at) = &memory.held[0];
+            let at = at.map_or_else(String::new, |n| format!(" at line {n}"));
+            l.blocking = true;
+            l.why = format!(
+                "{}; but the {} lock on {t} taken{at} is still held, since the migration's statements share one transaction, so {} of {t} wait while this {}",
+                l.why,
+                mode.as_str(),
+                mode.blocks().as_str(),
+                l.work.as_str()
+            );
+            l.alternative = Some(format!(
+                "put this statement in a migration of its own (or after the slow work), so the {} lock on {t} is released first",
+                mode.as_str()
+            ));
+        }
+        if r.transaction == TxNeed::Shared {
+            let taken = l.tables.iter().map(|t| (t, l.mode)).chain(
+                l.referenced
+                    .iter()
+                    .map(|t| (t, LockMode::ShareRowExclusive)),
+            );
+            for (t, mode) in taken {
+                if mode.blocks() != locks::Blocks::Nothing
+                    && memory.existing(t)
+                    && !memory.held.iter().any(|(h, m, _)| h == t && *m >= mode)
+                {
+                    memory.held.push((t.clone(), mode, line));
+                }
+            }
+        }
+    }
+    if r.transaction != TxNeed::Shared {
+        memory.held.clear();
     }
 }
 
@@ -388,7 +603,7 @@ fn classify_type_change(
     match (type_shape(old), type_shape(new)) {
         (Some((fo, so)), Some((fn_, sn))) if fo == fn_ && sn >= so => (
             Class::Expand,
-            format!("widens {table}.{column} from {old} to {new} (may rewrite the table)"),
+            format!("widens {table}.{column} from {old} to {new}"),
         ),
         (Some((fo, _)), Some((fn_, _))) if fo == fn_ => (
             Class::Contract,
@@ -517,6 +732,36 @@ fn classify_statement(s: &Statement, memory: &mut SchemaMemory) -> (Class, Vec<S
             (Class::Expand, vec!["transaction control".into()])
         }
         Statement::Comment { .. } => (Class::Expand, vec!["sets a comment".into()]),
+        Statement::Set(_) => (Class::Expand, vec!["sets a session setting".into()]),
+        Statement::Vacuum(_) => (
+            Class::Expand,
+            vec!["maintenance (VACUUM): the schema is unchanged".into()],
+        ),
+        Statement::RefreshMaterializedView(r) => (
+            Class::Expand,
+            vec![format!("refreshes materialized view {}", norm(&r.name))],
+        ),
+        Statement::Lock(_) => (
+            Class::Expand,
+            vec!["locks tables until the migration commits".into()],
+        ),
+        Statement::AlterType(at) => match &at.operation {
+            sqlparser::ast::AlterTypeOperation::AddValue(v) => (
+                Class::Expand,
+                vec![format!(
+                    "adds value {} to enum type {} (older code never writes it)",
+                    v.value,
+                    norm(&at.name)
+                )],
+            ),
+            _ => (
+                Class::Unknown,
+                vec![format!(
+                    "`ALTER TYPE {}` changes a type the running version may use: review it by hand",
+                    norm(&at.name)
+                )],
+            ),
+        },
         Statement::Grant(_) => (Class::Expand, vec!["grants privileges".into()]),
         Statement::Revoke(_) => (
             Class::Contract,
@@ -659,6 +904,13 @@ fn classify_alter(
                 shorten(&constraint.to_string())
             ),
         ),
+        AlterTableOperation::ValidateConstraint { name } => (
+            Class::Expand,
+            format!(
+                "validates constraint {} against the existing rows of {table} (new rows were already checked)",
+                norm(name)
+            ),
+        ),
         AlterTableOperation::DropConstraint { name, .. } => (
             Class::Expand,
             format!(
@@ -763,6 +1015,7 @@ pub fn classify_migration(
     dialect: Dialect,
     memory: &mut SchemaMemory,
 ) -> MigrationReport {
+    memory.start_file();
     let statements = classify_sql(text, dialect, memory);
     let class = statements
         .iter()
