@@ -141,6 +141,7 @@ pub(crate) fn cli_error(e: mig::Error) -> CliError {
             (exit::INVALID_INPUT, None)
         }
         E::ChecksumMismatch { .. }
+        | E::ResumeChanged { .. }
         | E::OutOfOrder { .. }
         | E::Irreversible { .. }
         | E::UndoMissing { .. } => (exit::INVALID_INPUT, Some("nothing was changed".to_owned())),
@@ -177,7 +178,10 @@ pub fn migrate(cmd: MigrateCommand, out: &Output) -> Result<i32, CliError> {
                         Style::Bold,
                     ));
                     for e in &st.entries {
-                        let state = format!("{:?}", e.state);
+                        let state = match &e.progress {
+                            Some(p) => format!("InProgress {}/{}", p.done, p.total),
+                            None => format!("{:?}", e.state),
+                        };
                         let rev = if e.reversible {
                             ""
                         } else {
@@ -187,6 +191,17 @@ pub fn migrate(cmd: MigrateCommand, out: &Output) -> Result<i32, CliError> {
                             "  V{:<5} {:<17} {}{rev}",
                             e.version, state, e.description
                         ));
+                    }
+                    for e in &st.entries {
+                        if let Some(p) = &e.progress {
+                            out.line(&out.paint(
+                                &format!(
+                                    "  V{} was interrupted after part {} of {} (started {} by {}); `slipway migrate apply` continues it",
+                                    e.version, p.done, p.total, p.started_at, p.applied_by
+                                ),
+                                Style::Warn,
+                            ));
+                        }
                     }
                     for e in st
                         .entries
@@ -230,6 +245,9 @@ pub fn migrate(cmd: MigrateCommand, out: &Output) -> Result<i32, CliError> {
                             "applied V{} {} ({} ms, {} rows)",
                             s.version, s.description, s.duration_ms, s.rows_affected
                         ));
+                        for n in &s.notes {
+                            out.line(&format!("  {n}"));
+                        }
                     }
                     if r.applied.is_empty() {
                         out.line("nothing to apply");

@@ -7,7 +7,8 @@
 //! progress, statement k of n; the INVALID index) and a re-run resumes and rebuilds it.
 
 use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use crate::postgres_store_cli::pg::pg;
 use crate::slipway;
@@ -176,4 +177,137 @@ fn a_blocking_statement_refuses_production_warns_elsewhere_and_is_judged_only_wh
     assert_eq!(code, 3, "{p:#}");
     assert_eq!(findings(&p, "migrations-applied-unknown").len(), 1, "{p:#}");
     assert_eq!(findings(&p, "migration-lock").len(), 2, "{p:#}");
+}
+
+/// Polls `cond` every 50 ms until it holds, failing the test after `limit`.
+fn until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_migrator_killed_during_a_concurrent_build_is_detected_and_the_next_apply_resumes() {
+    let server = pg();
+    let url = server.new_db("locks_crash");
+    let db = crate::postgres_store_cli::pg::db_name(&url).to_owned();
+    let d = tempfile::tempdir().unwrap();
+    migration(
+        d.path(),
+        "V1__orders.sql",
+        "CREATE TABLE orders (id integer PRIMARY KEY, status text, total integer);\nINSERT INTO orders SELECT g, 'new', 0 FROM generate_series(1, 1000) g;\n",
+    );
+    let o = migrate(&["apply"], &url, d.path());
+    assert!(o.status.success(), "{}", text(&o));
+    migration(
+        d.path(),
+        "V2__status_index.sql",
+        "CREATE TABLE order_log (n integer);\nINSERT INTO order_log VALUES (1);\nCREATE INDEX CONCURRENTLY orders_status_idx ON orders (status);\nUPDATE orders SET total = id;\n",
+    );
+
+    // An application session with a write in flight: the concurrent build waits for it.
+    let mut app = Command::new(server.bin.join("psql"))
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1"])
+        .arg(&url)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write as _;
+        let stdin = app.stdin.as_mut().unwrap();
+        stdin
+            .write_all(b"BEGIN;\nINSERT INTO orders VALUES (5000, 'held', 0);\n")
+            .unwrap();
+        stdin.flush().unwrap();
+    }
+    let count = |sql: &str| server.psql(&db, sql).trim().to_owned();
+    until(
+        Duration::from_secs(10),
+        "the application's open write",
+        || {
+            count("SELECT count(*) FROM pg_stat_activity WHERE state = 'idle in transaction'")
+                == "1"
+        },
+    );
+
+    let mut migrator = Command::new(assert_cmd::cargo::cargo_bin("slipway"))
+        .env("NO_COLOR", "1")
+        .args(["migrate", "apply", "--url", &url, "--dir"])
+        .arg(d.path().join("migrations"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    until(
+        Duration::from_secs(15),
+        "the concurrent build to wait",
+        || {
+            count(
+                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'CREATE INDEX CONCURRENTLY%' AND wait_event_type = 'Lock'",
+            ) == "1"
+        },
+    );
+    // The migrator dies between its statements: part 1 committed, part 2 mid-build.
+    migrator.kill().unwrap();
+    migrator.wait().unwrap();
+    // Its backend notices the client is gone and aborts the build, leaving the index
+    // INVALID, while the application's transaction is still open (nothing else ended it).
+    until(
+        Duration::from_secs(10),
+        "the orphaned build to stop",
+        || {
+            count(
+                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'CREATE INDEX CONCURRENTLY%'",
+            ) == "0"
+        },
+    );
+    assert_eq!(
+        count(
+            "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass('orders_status_idx')"
+        ),
+        "f"
+    );
+    // The application carries on: its transaction commits.
+    {
+        use std::io::Write as _;
+        let stdin = app.stdin.as_mut().unwrap();
+        stdin.write_all(b"COMMIT;\n").unwrap();
+    }
+    drop(app.stdin.take());
+    assert!(app.wait().unwrap().success());
+    assert_eq!(count("SELECT count(*) FROM orders WHERE id = 5000"), "1");
+
+    let o = migrate(&["status"], &url, d.path());
+    let shown = text(&o);
+    assert!(shown.contains("InProgress 1/3"), "{shown}");
+    assert!(shown.contains("interrupted after part 1 of 3"), "{shown}");
+
+    let o = migrate(&["apply"], &url, d.path());
+    let shown = text(&o);
+    assert!(o.status.success(), "{shown}");
+    assert!(shown.contains("resumed after part 1 of 3"), "{shown}");
+    assert!(
+        shown.contains("INVALID") && shown.contains("built again"),
+        "{shown}"
+    );
+    assert_eq!(
+        count(
+            "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass('orders_status_idx')"
+        ),
+        "t"
+    );
+    // Part 1 ran once, part 3 ran.
+    assert_eq!(count("SELECT count(*) FROM order_log"), "1");
+    assert_eq!(
+        count("SELECT count(*) FROM orders WHERE total = id"),
+        "1001"
+    );
+    let o = migrate(&["status", "--output", "json"], &url, d.path());
+    let st: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(st["applied"], serde_json::json!([1, 2]), "{st:#}");
+    assert_eq!(st["in_progress"], serde_json::json!([]), "{st:#}");
 }

@@ -57,6 +57,31 @@ pub enum Error {
         file: PathBuf,
         reason: String,
     },
+    /// A part of a migration applied in parts failed; the parts before it are committed.
+    #[error(
+        "apply V{version} (`{file}`): part {part} of {total} (from line {line}, run {how}) failed: {reason}; the parts before it are committed and recorded, so `status` shows V{version} in progress: fix the cause and run apply again to continue with part {part}"
+    )]
+    PartFailed {
+        version: i64,
+        file: PathBuf,
+        part: usize,
+        total: usize,
+        line: usize,
+        how: &'static str,
+        reason: String,
+    },
+    /// A migration interrupted between parts changed before it was resumed.
+    #[error(
+        "apply V{version} (`{file}`): it was interrupted after part {done} of {total} and the file changed since (checksum then {recorded}, now {current}); restore the file as it was to finish it, then add a new migration for the change"
+    )]
+    ResumeChanged {
+        version: i64,
+        file: PathBuf,
+        done: i64,
+        total: i64,
+        recorded: String,
+        current: String,
+    },
     /// An undo script failed; its transaction was rolled back.
     #[error(
         "undo V{version} (`{file}`): {reason}; the undo was rolled back and nothing after it ran"

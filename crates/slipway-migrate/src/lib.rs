@@ -2,7 +2,8 @@
 //!
 //! - [`files`]: the `V{n}__name.sql` / `U{n}__name.sql` directory format and checksums.
 //! - [`migrate`]: [`status`], [`apply`] and [`undo`] against a history table
-//!   (`slipway_schema_history`) in the target database, one transaction per migration.
+//!   (`slipway_schema_history`) in the target database, one transaction per migration (in
+//!   parts with recorded progress when it holds statements that cannot run in one).
 //! - [`dryrun`]: clone the database, apply, undo, compare schemas, drop the clone.
 //! - [`backup`](mod@backup): content-addressed backups (`pg_dump --format=custom`, SQLite `VACUUM INTO`)
 //!   and restore.

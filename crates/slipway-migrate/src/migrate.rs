@@ -2,9 +2,30 @@
 //!
 //! Each migration runs in its own transaction together with its history row, so a failed
 //! script leaves the database as it was (PostgreSQL and SQLite both have transactional DDL).
-//! Scripts must therefore not contain `BEGIN`/`COMMIT` or statements that refuse to run in a
-//! transaction (PostgreSQL `CREATE INDEX CONCURRENTLY`). A failed attempt is recorded with
+//! Scripts must therefore not contain `BEGIN`/`COMMIT`. A failed attempt is recorded with
 //! `success = false` after the rollback, for the audit trail; it counts as pending.
+//!
+//! **Statements that cannot run in a transaction.** A migration holding `CREATE INDEX
+//! CONCURRENTLY`, `DROP INDEX CONCURRENTLY`, `REINDEX … CONCURRENTLY`, `VACUUM`, `ALTER
+//! TYPE … ADD VALUE` (refused in a transaction block, or unusable in the one that added
+//! it) or `VALIDATE CONSTRAINT` (which must not run while the stronger lock of an earlier
+//! `ADD CONSTRAINT … NOT VALID` is held) is applied in **parts**
+//! (`slipway_package::compat::locks::transaction_need`): consecutive ordinary statements
+//! share a transaction, `VALIDATE CONSTRAINT` gets one of its own, the others run alone in
+//! autocommit. Progress is a row of `slipway_schema_progress` (version, checksum, parts
+//! done of parts in all), written before the first part and advanced with each: in the
+//! same transaction as a transactional part, right after an autocommit one. A crash
+//! between parts leaves the row, so `status` shows the version `in-progress` (part k of n)
+//! and the next `apply` continues at the first part not recorded as done — the file must be
+//! unchanged (its checksum is in the row). The part that was running when the crash came is
+//! checked before it runs again: an INVALID index left by an interrupted concurrent build is
+//! dropped (`DROP INDEX CONCURRENTLY`) and built again, a build that finished is not
+//! repeated, an index already dropped or an enum label already added is skipped. The last
+//! part's completion writes the history row and deletes the progress row in one
+//! transaction. A concurrent index must have a name (an unnamed one could not be found
+//! again); such a migration is refused before anything runs. Undo runs a `U` script in the
+//! same parts, without progress: undo scripts with such statements must be re-runnable
+//! (`IF EXISTS`). A version in progress is undone like an applied one.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -13,6 +34,8 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use sqlx::{AssertSqlSafe, Connection, Row};
 
+use slipway_package::compat::locks::{self, Resumable, TxNeed};
+
 use crate::clock::now_rfc3339;
 use crate::error::{Error, Result};
 use crate::files::{Migration, MigrationSet};
@@ -20,6 +43,9 @@ use crate::target::{Conn, Target, on_conn};
 
 /// Name of the history table in the target database.
 pub const HISTORY_TABLE: &str = "slipway_schema_history";
+
+/// Name of the table recording how far a migration applied in parts got.
+pub const PROGRESS_TABLE: &str = "slipway_schema_progress";
 
 /// Advisory lock key for PostgreSQL ("slip" in ASCII): one migrator per database at a time.
 const PG_LOCK_KEY: i64 = 0x736c_6970;
@@ -52,6 +78,23 @@ pub enum State {
     ChecksumMismatch,
     /// Applied, but the file is gone.
     Missing,
+    /// Applied in parts and interrupted (or failed) after some of them: `apply` continues
+    /// it. Also pending.
+    InProgress,
+}
+
+/// How far a migration applied in parts got (a row of `slipway_schema_progress`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Progress {
+    /// Parts done (committed).
+    pub done: i64,
+    /// Parts in all.
+    pub total: i64,
+    /// Checksum of the file the parts came from.
+    pub checksum: String,
+    pub applied_by: String,
+    pub started_at: String,
+    pub updated_at: String,
 }
 
 /// One version in a [`Status`].
@@ -64,6 +107,9 @@ pub struct Entry {
     pub reversible: bool,
     /// The history row, if any (also for a failed attempt).
     pub history: Option<HistoryRow>,
+    /// For a migration applied in parts and not finished: how far it got.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Progress>,
     /// Checksum of the file now.
     pub file_checksum: Option<String>,
     pub file: Option<PathBuf>,
@@ -83,6 +129,8 @@ pub struct Status {
     pub checksum_mismatch: Vec<i64>,
     /// Versions whose last attempt failed (they are also pending).
     pub failed: Vec<i64>,
+    /// Versions applied in parts and not finished (they are also pending).
+    pub in_progress: Vec<i64>,
     /// Versions without a `U` script: roll-forward-only.
     pub roll_forward_only: Vec<i64>,
 }
@@ -110,6 +158,9 @@ pub struct StepResult {
     pub description: String,
     pub duration_ms: u64,
     pub rows_affected: u64,
+    /// What happened beyond running the script: parts resumed, an INVALID index rebuilt.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// What [`apply`] did.
@@ -143,9 +194,20 @@ pub async fn status(url: &str, dir: &Path) -> Result<Status> {
         return Ok(compute_status(&target.display(), &set, &[]));
     }
     let mut conn = target.connect(false).await?;
-    let history = read_history(&mut conn, &target).await;
+    let read = async {
+        let history = read_history(&mut conn, &target).await?;
+        let progress = read_progress(&mut conn, &target).await?;
+        Ok::<_, Error>((history, progress))
+    }
+    .await;
     conn.close().await;
-    Ok(compute_status(&target.display(), &set, &history?))
+    let (history, progress) = read?;
+    Ok(compute_status_with(
+        &target.display(),
+        &set,
+        &history,
+        &progress,
+    ))
 }
 
 /// Apply all pending migrations in order, recording `who`. Refuses changed files and
@@ -199,7 +261,8 @@ pub(crate) async fn apply_on(
 ) -> Result<ApplyReport> {
     ensure_history(conn, target).await?;
     let history = read_history(conn, target).await?;
-    let st = compute_status(&target.display(), set, &history);
+    let progress = read_progress(conn, target).await?;
+    let st = compute_status_with(&target.display(), set, &history, &progress);
     if let Some(e) = st
         .entries
         .iter()
@@ -245,14 +308,17 @@ pub(crate) async fn undo_on(
     to_version: i64,
 ) -> Result<UndoReport> {
     let history = read_history(conn, target).await?;
-    let st = compute_status(&target.display(), set, &history);
+    let progress = read_progress(conn, target).await?;
+    let st = compute_status_with(&target.display(), set, &history, &progress);
     let mut todo: Vec<&Migration> = Vec::new();
     let mut irreversible = Vec::new();
+    // A version in progress has parts committed: it is undone like an applied one.
     for v in st
         .applied
         .iter()
         .chain(&st.checksum_mismatch)
         .chain(&st.missing)
+        .chain(&st.in_progress)
     {
         if *v <= to_version {
             continue;
@@ -325,8 +391,23 @@ const UPSERT: &str = "INSERT INTO slipway_schema_history \
     applied_at = excluded.applied_at, duration_ms = excluded.duration_ms, \
     success = excluded.success";
 
-/// Apply one migration and record it, in one transaction.
+/// Apply one migration and record it: in one transaction, or in parts when it has
+/// statements that cannot share the migration's transaction (see the module docs).
 pub(crate) async fn apply_one(
+    conn: &mut Conn,
+    target: &Target,
+    m: &Migration,
+    who: &str,
+) -> Result<StepResult> {
+    let parts = parts(&m.apply.sql);
+    if parts.iter().any(|p| p.need != TxNeed::Shared) {
+        return apply_in_parts(conn, target, m, who, &parts).await;
+    }
+    apply_whole(conn, target, m, who).await
+}
+
+/// Apply one migration and record it, in one transaction.
+async fn apply_whole(
     conn: &mut Conn,
     target: &Target,
     m: &Migration,
@@ -358,6 +439,7 @@ pub(crate) async fn apply_one(
             description: m.description.clone(),
             duration_ms: millis(elapsed),
             rows_affected,
+            notes: Vec::new(),
         }),
         Err(e) => {
             // The transaction was dropped, so it is rolled back before the next statement on
@@ -394,23 +476,66 @@ pub(crate) async fn undo_one(conn: &mut Conn, m: &Migration) -> Result<StepResul
         });
     };
     let start = Instant::now();
-    let sql = undo.sql.clone();
+    let parts = parts(&undo.sql);
+    let split = parts.iter().any(|p| p.need != TxNeed::Shared);
+    // Without progress rows: an undo interrupted between parts is run again whole, which
+    // is why such undo scripts must be re-runnable (the module docs say so).
+    let mut rows = 0;
+    if split {
+        for p in &parts {
+            let r = match p.need {
+                TxNeed::Outside => conn.exec(&p.sql).await,
+                _ => on_conn!(conn, c => async {
+                    let mut tx = c.begin().await?;
+                    let rows = run_script(&mut *tx, p.sql.clone()).await?;
+                    tx.commit().await?;
+                    Ok(rows)
+                }.await),
+            };
+            match r {
+                Ok(n) => rows += n,
+                Err(e) => {
+                    return Err(Error::UndoFailed {
+                        version: m.version,
+                        file: undo.path.clone(),
+                        reason: format!(
+                            "the statement at line {} ({e}); the parts before it are committed, so undo is partial: make the script re-runnable (IF EXISTS) and run undo again",
+                            p.line
+                        ),
+                    });
+                }
+            }
+        }
+    }
+    let sql = if split {
+        String::new()
+    } else {
+        undo.sql.clone()
+    };
+    let progress = progress_exists(conn).await;
     let result: Result<u64, sqlx::Error> = on_conn!(conn, c => async {
         let mut tx = c.begin().await?;
-        let rows = run_script(&mut *tx, sql).await?;
+        let rows = if sql.is_empty() { 0 } else { run_script(&mut *tx, sql).await? };
         sqlx::query("DELETE FROM slipway_schema_history WHERE version = $1")
             .bind(m.version)
             .execute(&mut *tx)
             .await?;
+        if progress {
+            sqlx::query("DELETE FROM slipway_schema_progress WHERE version = $1")
+                .bind(m.version)
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
         Ok(rows)
     }.await);
     match result {
-        Ok(rows_affected) => Ok(StepResult {
+        Ok(n) => Ok(StepResult {
             version: m.version,
             description: m.description.clone(),
             duration_ms: millis(start.elapsed()),
-            rows_affected,
+            rows_affected: rows + n,
+            notes: Vec::new(),
         }),
         Err(e) => Err(Error::UndoFailed {
             version: m.version,
@@ -474,7 +599,14 @@ async fn lock(conn: &mut Conn, target: &Target) -> Result<()> {
                 source,
             })?;
         if got {
-            // Released when the connection closes.
+            // Released when the connection closes. A migrator that dies mid-statement must
+            // not leave its backend working on: PostgreSQL 14+ checks the client is still
+            // there every second and aborts the statement when it is gone (for a concurrent
+            // index build that leaves the INVALID index the next apply rebuilds). Older
+            // servers refuse the setting; they notice only when they next write to us.
+            let _ = sqlx::raw_sql("SET client_connection_check_interval = '1s'")
+                .execute(&mut *c)
+                .await;
             return Ok(());
         }
         if Instant::now() >= deadline {
@@ -547,6 +679,16 @@ pub(crate) async fn read_history(conn: &mut Conn, target: &Target) -> Result<Vec
 }
 
 pub(crate) fn compute_status(database: &str, set: &MigrationSet, history: &[HistoryRow]) -> Status {
+    compute_status_with(database, set, history, &BTreeMap::new())
+}
+
+/// [`compute_status`] with the progress of migrations applied in parts.
+pub(crate) fn compute_status_with(
+    database: &str,
+    set: &MigrationSet,
+    history: &[HistoryRow],
+    progress: &BTreeMap<i64, Progress>,
+) -> Status {
     let by_version: BTreeMap<i64, &HistoryRow> = history.iter().map(|h| (h.version, h)).collect();
     let latest_applied = history
         .iter()
@@ -563,6 +705,7 @@ pub(crate) fn compute_status(database: &str, set: &MigrationSet, history: &[Hist
         missing: Vec::new(),
         checksum_mismatch: Vec::new(),
         failed: Vec::new(),
+        in_progress: Vec::new(),
         roll_forward_only: set.irreversible(),
     };
     let mut versions: Vec<i64> = set.migrations.iter().map(|m| m.version).collect();
@@ -577,6 +720,7 @@ pub(crate) fn compute_status(database: &str, set: &MigrationSet, history: &[Hist
             (Some(m), Some(h)) if h.checksum != m.apply.checksum => State::ChecksumMismatch,
             (Some(_), Some(_)) => State::Applied,
             (None, _) => State::Missing,
+            (Some(_), None) if progress.contains_key(&v) => State::InProgress,
             (Some(_), None) if latest_applied.is_some_and(|l| v < l) => State::OutOfOrder,
             (Some(_), None) => State::Pending,
         };
@@ -588,6 +732,10 @@ pub(crate) fn compute_status(database: &str, set: &MigrationSet, history: &[Hist
             State::Pending => st.pending.push(v),
             State::OutOfOrder => {
                 st.out_of_order.push(v);
+                st.pending.push(v);
+            }
+            State::InProgress => {
+                st.in_progress.push(v);
                 st.pending.push(v);
             }
             State::ChecksumMismatch => st.checksum_mismatch.push(v),
@@ -602,9 +750,367 @@ pub(crate) fn compute_status(database: &str, set: &MigrationSet, history: &[Hist
             state,
             reversible: m.is_some_and(Migration::reversible),
             history: h.cloned(),
+            progress: progress.get(&v).filter(|_| applied.is_none()).cloned(),
             file_checksum: m.map(|m| m.apply.checksum.clone()),
             file: m.map(|m| m.apply.path.clone()),
         });
     }
     st
+}
+
+/// One part of a migration as apply runs it: consecutive statements sharing a transaction,
+/// or one statement needing a transaction of its own or none.
+#[derive(Debug, Clone)]
+pub(crate) struct Part {
+    need: TxNeed,
+    /// 1-based line of its first statement.
+    line: usize,
+    sql: String,
+}
+
+/// The parts of a script (see the module docs).
+pub(crate) fn parts(sql: &str) -> Vec<Part> {
+    let mut out: Vec<Part> = Vec::new();
+    for (line, stmt) in slipway_package::compat::sql::statements(sql) {
+        let need = locks::transaction_need(&stmt);
+        match out.last_mut() {
+            Some(p) if need == TxNeed::Shared && p.need == TxNeed::Shared => {
+                p.sql.push_str(";\n");
+                p.sql.push_str(&stmt);
+            }
+            _ => out.push(Part {
+                need,
+                line,
+                sql: stmt,
+            }),
+        }
+    }
+    out
+}
+
+fn progress_ddl(pg: bool) -> &'static str {
+    if pg {
+        "CREATE TABLE IF NOT EXISTS slipway_schema_progress (version BIGINT PRIMARY KEY, \
+         checksum TEXT NOT NULL, done BIGINT NOT NULL, total BIGINT NOT NULL, \
+         applied_by TEXT NOT NULL, started_at TEXT NOT NULL, updated_at TEXT NOT NULL)"
+    } else {
+        "CREATE TABLE IF NOT EXISTS slipway_schema_progress (version INTEGER PRIMARY KEY, \
+         checksum TEXT NOT NULL, done INTEGER NOT NULL, total INTEGER NOT NULL, \
+         applied_by TEXT NOT NULL, started_at TEXT NOT NULL, updated_at TEXT NOT NULL)"
+    }
+}
+
+const UPSERT_PROGRESS: &str = "INSERT INTO slipway_schema_progress \
+    (version, checksum, done, total, applied_by, started_at, updated_at) \
+    VALUES ($1, $2, $3, $4, $5, $6, $6) \
+    ON CONFLICT (version) DO UPDATE SET checksum = excluded.checksum, done = excluded.done, \
+    total = excluded.total, applied_by = excluded.applied_by, updated_at = excluded.updated_at";
+
+/// Whether the progress table exists (only databases that had a migration applied in
+/// parts have it).
+async fn progress_exists(conn: &mut Conn) -> bool {
+    let sql = if conn.is_pg() {
+        "SELECT to_regclass('slipway_schema_progress') IS NOT NULL"
+    } else {
+        "SELECT count(*) > 0 FROM sqlite_schema WHERE name = 'slipway_schema_progress'"
+    };
+    on_conn!(conn, c => sqlx::query_scalar::<_, bool>(sql).fetch_one(&mut *c).await)
+        .unwrap_or(false)
+}
+
+/// Every progress row; none when the table does not exist.
+pub(crate) async fn read_progress(
+    conn: &mut Conn,
+    target: &Target,
+) -> Result<BTreeMap<i64, Progress>> {
+    if !progress_exists(conn).await {
+        return Ok(BTreeMap::new());
+    }
+    let q = |source| Error::Query {
+        what: "read the progress table".into(),
+        url: target.display(),
+        source,
+    };
+    let sql = "SELECT version, checksum, done, total, applied_by, started_at, updated_at \
+               FROM slipway_schema_progress ORDER BY version";
+    on_conn!(conn, c => {
+        let rows = sqlx::query(sql).fetch_all(&mut *c).await.map_err(q)?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get::<i64, _>(0)?,
+                    Progress {
+                        checksum: r.try_get(1)?,
+                        done: r.try_get(2)?,
+                        total: r.try_get(3)?,
+                        applied_by: r.try_get(4)?,
+                        started_at: r.try_get(5)?,
+                        updated_at: r.try_get(6)?,
+                    },
+                ))
+            })
+            .collect::<Result<BTreeMap<_, _>, sqlx::Error>>()
+            .map_err(q)
+    })
+}
+
+/// Before an autocommit part runs: whether to run it, and what was found. Only
+/// PostgreSQL statements are checked (SQLite's `VACUUM` is simply run again).
+async fn prepare_outside(
+    conn: &mut Conn,
+    target: &Target,
+    part: &Part,
+    resuming: bool,
+    notes: &mut Vec<String>,
+) -> Result<bool> {
+    let Conn::Pg(c) = conn else {
+        return Ok(true);
+    };
+    let q = |what: &str| {
+        let what = what.to_owned();
+        let url = target.display();
+        move |source| Error::Query { what, url, source }
+    };
+    match locks::resumable(&part.sql) {
+        Resumable::CreateIndexConcurrently { name: Some(name) } => {
+            let valid: Option<bool> = sqlx::query_scalar(
+                "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass($1)",
+            )
+            .bind(&name)
+            .fetch_optional(&mut *c)
+            .await
+            .map_err(q("look for the index"))?;
+            match valid {
+                Some(false) => {
+                    // What an interrupted CREATE INDEX CONCURRENTLY leaves: an index that
+                    // is maintained on every write but never used. It must go before the
+                    // build runs again (IF NOT EXISTS would keep it as it is).
+                    sqlx::raw_sql(AssertSqlSafe(format!(
+                        "DROP INDEX CONCURRENTLY IF EXISTS {name}"
+                    )))
+                    .execute(&mut *c)
+                    .await
+                    .map_err(q("drop the INVALID index"))?;
+                    notes.push(format!(
+                        "index {name} was INVALID (an interrupted concurrent build): dropped and built again (line {})",
+                        part.line
+                    ));
+                    Ok(true)
+                }
+                Some(true) if resuming => {
+                    notes.push(format!(
+                        "index {name} was built before the interruption (line {}): not built again",
+                        part.line
+                    ));
+                    Ok(false)
+                }
+                _ => Ok(true),
+            }
+        }
+        Resumable::DropIndexConcurrently { name } if resuming => {
+            let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+                .bind(&name)
+                .fetch_one(&mut *c)
+                .await
+                .map_err(q("look for the index"))?;
+            if !exists {
+                notes.push(format!(
+                    "index {name} was dropped before the interruption (line {})",
+                    part.line
+                ));
+            }
+            Ok(exists)
+        }
+        Resumable::AddEnumValue { type_name, label } if resuming => {
+            let exists: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM pg_enum WHERE enumtypid = to_regtype($1) AND enumlabel = $2)",
+            )
+            .bind(&type_name)
+            .bind(&label)
+            .fetch_one(&mut *c)
+            .await
+            .map_err(q("look for the enum value"))?;
+            if exists {
+                notes.push(format!(
+                    "value '{label}' of {type_name} was added before the interruption (line {})",
+                    part.line
+                ));
+            }
+            Ok(!exists)
+        }
+        _ => Ok(true),
+    }
+}
+
+/// Apply one migration part by part, recording progress (see the module docs).
+async fn apply_in_parts(
+    conn: &mut Conn,
+    target: &Target,
+    m: &Migration,
+    who: &str,
+    parts: &[Part],
+) -> Result<StepResult> {
+    let start = Instant::now();
+    let total = i64::try_from(parts.len()).unwrap_or(i64::MAX);
+    let query = |what: &'static str| {
+        let url = target.display();
+        move |source| Error::Query {
+            what: what.into(),
+            url,
+            source,
+        }
+    };
+    // A concurrent index without a name could not be found again after a crash.
+    if let Some(p) = parts.iter().find(|p| {
+        matches!(
+            locks::resumable(&p.sql),
+            Resumable::CreateIndexConcurrently { name: None }
+        )
+    }) {
+        return Err(Error::Unsupported(format!(
+            "apply V{} (`{}`): the CREATE INDEX CONCURRENTLY at line {} has no index name; name it (CREATE INDEX CONCURRENTLY orders_status_idx ON …) so an interrupted build can be found and rebuilt. Nothing was applied",
+            m.version,
+            m.apply.path.display(),
+            p.line
+        )));
+    }
+    conn.exec(progress_ddl(conn.is_pg()))
+        .await
+        .map_err(query("create the progress table"))?;
+    let progress = read_progress(conn, target).await?.remove(&m.version);
+    let mut notes = Vec::new();
+    let done = match &progress {
+        Some(p) if p.checksum != m.apply.checksum || p.total != total => {
+            return Err(Error::ResumeChanged {
+                version: m.version,
+                file: m.apply.path.clone(),
+                done: p.done,
+                total: p.total,
+                recorded: p.checksum.clone(),
+                current: m.apply.checksum.clone(),
+            });
+        }
+        Some(p) => {
+            notes.push(format!(
+                "resumed after part {} of {total} (started {} by {})",
+                p.done, p.started_at, p.applied_by
+            ));
+            usize::try_from(p.done).unwrap_or(0)
+        }
+        None => {
+            let now = now_rfc3339();
+            on_conn!(conn, c => sqlx::query(UPSERT_PROGRESS)
+                .bind(m.version)
+                .bind(&m.apply.checksum)
+                .bind(0_i64)
+                .bind(total)
+                .bind(who)
+                .bind(&now)
+                .execute(&mut *c)
+                .await
+                .map(|_| ()))
+            .map_err(query("record the migration's progress"))?;
+            0
+        }
+    };
+    let mut rows = 0;
+    for (k, part) in parts.iter().enumerate().skip(done) {
+        let now_done = i64::try_from(k + 1).unwrap_or(i64::MAX);
+        let result: Result<u64, sqlx::Error> = match part.need {
+            TxNeed::Outside => {
+                let resuming = progress.is_some() && k == done;
+                let run = prepare_outside(conn, target, part, resuming, &mut notes).await?;
+                let r = if run {
+                    conn.exec(&part.sql).await
+                } else {
+                    Ok(0)
+                };
+                match r {
+                    Ok(n) => on_conn!(conn, c => sqlx::query(UPSERT_PROGRESS)
+                        .bind(m.version)
+                        .bind(&m.apply.checksum)
+                        .bind(now_done)
+                        .bind(total)
+                        .bind(who)
+                        .bind(now_rfc3339())
+                        .execute(&mut *c)
+                        .await
+                        .map(|_| n)),
+                    Err(e) => Err(e),
+                }
+            }
+            TxNeed::Shared | TxNeed::Own => on_conn!(conn, c => async {
+                let mut tx = c.begin().await?;
+                let n = run_script(&mut *tx, part.sql.clone()).await?;
+                sqlx::query(UPSERT_PROGRESS)
+                    .bind(m.version)
+                    .bind(&m.apply.checksum)
+                    .bind(now_done)
+                    .bind(total)
+                    .bind(who)
+                    .bind(now_rfc3339())
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(n)
+            }
+            .await),
+        };
+        match result {
+            Ok(n) => rows += n,
+            Err(e) => {
+                // The failed attempt is in the history for the audit trail; the progress
+                // row says where the next apply continues.
+                let ms = i64::try_from(start.elapsed().as_millis()).unwrap_or(i64::MAX);
+                let _ = on_conn!(conn, c => sqlx::query(UPSERT)
+                    .bind(m.version)
+                    .bind(&m.description)
+                    .bind(&m.apply.checksum)
+                    .bind(who)
+                    .bind(now_rfc3339())
+                    .bind(ms)
+                    .bind(false)
+                    .execute(&mut *c)
+                    .await
+                    .map(|_| ()));
+                return Err(Error::PartFailed {
+                    version: m.version,
+                    file: m.apply.path.clone(),
+                    part: k + 1,
+                    total: parts.len(),
+                    line: part.line,
+                    how: part.need.as_str(),
+                    reason: e.to_string(),
+                });
+            }
+        }
+    }
+    let ms = i64::try_from(start.elapsed().as_millis()).unwrap_or(i64::MAX);
+    on_conn!(conn, c => async {
+        let mut tx = c.begin().await?;
+        sqlx::query(UPSERT)
+            .bind(m.version)
+            .bind(&m.description)
+            .bind(&m.apply.checksum)
+            .bind(who)
+            .bind(now_rfc3339())
+            .bind(ms)
+            .bind(true)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM slipway_schema_progress WHERE version = $1")
+            .bind(m.version)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await
+    }
+    .await)
+    .map_err(query("record the applied migration"))?;
+    Ok(StepResult {
+        version: m.version,
+        description: m.description.clone(),
+        duration_ms: millis(start.elapsed()),
+        rows_affected: rows,
+        notes,
+    })
 }

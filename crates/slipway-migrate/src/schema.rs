@@ -152,7 +152,7 @@ async fn pg_snapshot(c: &mut sqlx::PgConnection) -> Result<Schema, sqlx::Error> 
         "SELECT n.nspname::text || '.' || c.relname::text, c.relkind::text FROM pg_class c \
          JOIN pg_namespace n ON n.oid = c.relnamespace \
          WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') AND {PG_EXCLUDED} \
-         AND NOT (n.nspname = 'public' AND c.relname = 'slipway_schema_history')"
+         AND NOT (n.nspname = 'public' AND c.relname IN ('slipway_schema_history', 'slipway_schema_progress'))"
     );
     for r in sqlx::query(sqlx::AssertSqlSafe(rel))
         .fetch_all(&mut *c)
@@ -220,7 +220,7 @@ async fn pg_snapshot(c: &mut sqlx::PgConnection) -> Result<Schema, sqlx::Error> 
 async fn sqlite_snapshot(c: &mut sqlx::SqliteConnection) -> Result<Schema, sqlx::Error> {
     let mut s = Schema::default();
     let objects = "SELECT type, name, tbl_name, sql FROM sqlite_schema \
-                   WHERE name NOT LIKE 'sqlite_%' AND tbl_name <> 'slipway_schema_history' ORDER BY name";
+                   WHERE name NOT LIKE 'sqlite_%' AND tbl_name NOT IN ('slipway_schema_history', 'slipway_schema_progress') ORDER BY name";
     let rows = sqlx::query(objects).fetch_all(&mut *c).await?;
     for r in &rows {
         let kind: String = r.try_get(0)?;

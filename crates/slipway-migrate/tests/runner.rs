@@ -6,6 +6,7 @@ mod common;
 
 mod apply;
 mod backup;
+mod concurrent;
 mod consistency;
 mod dry_run;
 mod rehearse;

@@ -171,9 +171,42 @@ impl TxNeed {
     }
 }
 
-/// The words of a statement, uppercased, with comments, string literals and quoted
-/// identifiers reduced to single tokens (`'…'` and the identifier's text).
-pub fn words(sql: &str) -> Vec<String> {
+/// One token of a statement, as [`tokens`] cuts it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Token {
+    /// The text as written (a string literal without its quotes, `''` unescaped; a quoted
+    /// identifier without its quotes).
+    pub text: String,
+    /// What kind of token it is.
+    pub kind: TokenKind,
+}
+
+/// The kinds of [`Token`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenKind {
+    /// A keyword or unquoted identifier (possibly dotted: `public.orders`).
+    Word,
+    /// A `"quoted"` identifier.
+    Quoted,
+    /// A `'string'` literal.
+    String,
+    /// Any other character.
+    Symbol,
+}
+
+impl Token {
+    /// How PostgreSQL names the object this token spells, ready for `to_regclass`: an
+    /// unquoted identifier folds to lowercase, a quoted one is kept and re-quoted.
+    pub fn as_identifier(&self) -> String {
+        match self.kind {
+            TokenKind::Quoted => format!("\"{}\"", self.text.replace('"', "\"\"")),
+            _ => self.text.to_lowercase(),
+        }
+    }
+}
+
+/// The tokens of a statement, skipping comments and whitespace.
+pub fn tokens(sql: &str) -> Vec<Token> {
     let chars: Vec<char> = sql.chars().collect();
     let mut out = Vec::new();
     let mut i = 0;
@@ -190,27 +223,29 @@ pub fn words(sql: &str) -> Vec<String> {
                 i += 1;
             }
             i += 2;
-        } else if c == '\'' {
+        } else if c == '\'' || c == '"' {
+            let mut text = String::new();
             i += 1;
             while i < chars.len() {
-                if chars[i] == '\'' && chars.get(i + 1) == Some(&'\'') {
+                if chars[i] == c && chars.get(i + 1) == Some(&c) {
+                    text.push(c);
                     i += 2;
-                } else if chars[i] == '\'' {
+                } else if chars[i] == c {
                     break;
                 } else {
+                    text.push(chars[i]);
                     i += 1;
                 }
             }
             i += 1;
-            out.push("'…'".to_owned());
-        } else if c == '"' {
-            let start = i + 1;
-            i += 1;
-            while i < chars.len() && chars[i] != '"' {
-                i += 1;
-            }
-            out.push(chars[start..i.min(chars.len())].iter().collect());
-            i += 1;
+            out.push(Token {
+                text,
+                kind: if c == '"' {
+                    TokenKind::Quoted
+                } else {
+                    TokenKind::String
+                },
+            });
         } else if c.is_alphanumeric() || c == '_' || c == '$' {
             let start = i;
             while i < chars.len()
@@ -218,15 +253,115 @@ pub fn words(sql: &str) -> Vec<String> {
             {
                 i += 1;
             }
-            out.push(chars[start..i].iter().collect::<String>().to_uppercase());
+            out.push(Token {
+                text: chars[start..i].iter().collect(),
+                kind: TokenKind::Word,
+            });
         } else {
             if !c.is_whitespace() {
-                out.push(c.to_string());
+                out.push(Token {
+                    text: c.to_string(),
+                    kind: TokenKind::Symbol,
+                });
             }
             i += 1;
         }
     }
     out
+}
+
+/// The words of a statement, uppercased, with comments skipped, string literals reduced to
+/// `'…'` and quoted identifiers to their text.
+pub fn words(sql: &str) -> Vec<String> {
+    tokens(sql)
+        .into_iter()
+        .map(|t| match t.kind {
+            TokenKind::Word | TokenKind::Symbol => t.text.to_uppercase(),
+            TokenKind::Quoted => t.text,
+            TokenKind::String => "'…'".to_owned(),
+        })
+        .collect()
+}
+
+/// A statement run outside a transaction that `migrate apply` checks before running it
+/// again after an interruption (see `slipway_migrate::migrate`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resumable {
+    /// `CREATE [UNIQUE] INDEX CONCURRENTLY [IF NOT EXISTS] name ON …`: an interrupted build
+    /// leaves an INVALID index of that name. `None` when the index has no name.
+    CreateIndexConcurrently {
+        /// The index, as [`Token::as_identifier`] gives it.
+        name: Option<String>,
+    },
+    /// `DROP INDEX CONCURRENTLY [IF EXISTS] name`: done when the index is gone.
+    DropIndexConcurrently {
+        /// The index, as [`Token::as_identifier`] gives it.
+        name: String,
+    },
+    /// `ALTER TYPE t ADD VALUE [IF NOT EXISTS] 'label'`: done when the label exists.
+    AddEnumValue {
+        /// The type, as [`Token::as_identifier`] gives it.
+        type_name: String,
+        /// The new label.
+        label: String,
+    },
+    /// Anything else: run again as written.
+    Other,
+}
+
+/// What [`Resumable`] a statement is.
+pub fn resumable(sql: &str) -> Resumable {
+    let t = tokens(sql);
+    let up: Vec<String> = t
+        .iter()
+        .map(|t| match t.kind {
+            TokenKind::Word => t.text.to_uppercase(),
+            _ => String::new(),
+        })
+        .collect();
+    let after = |mut i: usize| {
+        while up
+            .get(i)
+            .is_some_and(|w| matches!(w.as_str(), "IF" | "NOT" | "EXISTS"))
+        {
+            i += 1;
+        }
+        i
+    };
+    let create = if starts(&up, &["CREATE", "INDEX", "CONCURRENTLY"]) {
+        Some(3)
+    } else if starts(&up, &["CREATE", "UNIQUE", "INDEX", "CONCURRENTLY"]) {
+        Some(4)
+    } else {
+        None
+    };
+    if let Some(at) = create {
+        let i = after(at);
+        let name = t
+            .get(i)
+            .filter(|_| up.get(i).is_none_or(|w| w != "ON"))
+            .map(Token::as_identifier);
+        return Resumable::CreateIndexConcurrently { name };
+    }
+    if starts(&up, &["DROP", "INDEX", "CONCURRENTLY"])
+        && let Some(name) = t.get(after(3))
+    {
+        return Resumable::DropIndexConcurrently {
+            name: name.as_identifier(),
+        };
+    }
+    if starts(&up, &["ALTER", "TYPE"])
+        && up.get(3).is_some_and(|w| w == "ADD")
+        && up.get(4).is_some_and(|w| w == "VALUE")
+        && let (Some(ty), Some(label)) = (t.get(2), t.get(after(5)))
+        && label.kind == TokenKind::String
+    {
+        return Resumable::AddEnumValue {
+            type_name: ty.as_identifier(),
+            label: label.text.clone(),
+        };
+    }
+    Resumable::Other
 }
 
 fn starts(w: &[String], head: &[&str]) -> bool {
@@ -1151,6 +1286,40 @@ mod tests {
         ] {
             assert_eq!(transaction_need(sql), TxNeed::Shared, "{sql}");
         }
+    }
+
+    #[test]
+    fn resumable_statements() {
+        assert_eq!(
+            resumable("CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS Orders_Idx ON t (a)"),
+            Resumable::CreateIndexConcurrently {
+                name: Some("orders_idx".into())
+            }
+        );
+        assert_eq!(
+            resumable("create index concurrently \"Odd Name\" on t (a)"),
+            Resumable::CreateIndexConcurrently {
+                name: Some("\"Odd Name\"".into())
+            }
+        );
+        assert_eq!(
+            resumable("CREATE INDEX CONCURRENTLY ON t (a)"),
+            Resumable::CreateIndexConcurrently { name: None }
+        );
+        assert_eq!(
+            resumable("DROP INDEX CONCURRENTLY IF EXISTS public.i"),
+            Resumable::DropIndexConcurrently {
+                name: "public.i".into()
+            }
+        );
+        assert_eq!(
+            resumable("ALTER TYPE mood ADD VALUE IF NOT EXISTS 'it''s' AFTER 'a'"),
+            Resumable::AddEnumValue {
+                type_name: "mood".into(),
+                label: "it's".into()
+            }
+        );
+        assert_eq!(resumable("VACUUM t"), Resumable::Other);
     }
 
     #[test]

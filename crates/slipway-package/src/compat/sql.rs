@@ -242,6 +242,14 @@ fn shorten(sql: &str) -> String {
     }
 }
 
+/// The statements of a SQL text with their 1-based start lines, as `migrate apply` runs
+/// them one by one when a migration has statements that must run outside its transaction
+/// (see [`super::locks::transaction_need`]). Comments are dropped; quotes, dollar quoting
+/// and statement text are kept as written.
+pub fn statements(text: &str) -> Vec<(usize, String)> {
+    split_statements(text)
+}
+
 /// Splits SQL text into statements with their start lines, honouring quotes, comments and
 /// PostgreSQL dollar quoting. Used for line numbers, and to classify statement by statement
 /// when the file as a whole does not parse.
