@@ -270,7 +270,7 @@ pub fn make_plan(file: &Path, env: &str, out: &Output) -> Result<(LoadedSpec, Pl
     // Only this release's migrations are judged: those already applied there are not.
     let (applied, applied_problems) = applied_migrations(&loaded.spec, env, compat_dir);
     let (compat, compat_problems) =
-        slipway_package::compat::findings(&loaded.spec, compat_dir, &applied);
+        slipway_package::compat::findings(&loaded.spec, compat_dir, Some(env), &applied);
     facts.compat = compat;
     let mut p = plan::plan(&loaded.spec, env, &facts).map_err(|m| {
         CliError::input(

@@ -97,7 +97,12 @@ pub fn apply(
             Some(w) => {
                 findings.push(Finding {
                     severity: "info".into(),
-                    code: "backward-incompatible-waived".into(),
+                    code: if f.kind == "lock" {
+                        "migration-lock-waived"
+                    } else {
+                        "backward-incompatible-waived"
+                    }
+                    .into(),
                     message: format!(
                         "`{}` waived by {}: {} (finding: {})",
                         f.id, w.by, w.reason, f.message

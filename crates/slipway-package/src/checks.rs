@@ -92,7 +92,12 @@ pub fn plan_checks(
         Err(_) => None,
     };
 
-    let migrations = match compat::check_migrations(spec, spec_dir, &facts.applied_migrations) {
+    let migrations = match compat::check_migrations(
+        spec,
+        spec_dir,
+        Some(env_name),
+        &facts.applied_migrations,
+    ) {
         Ok(m) => {
             // Contract migrations are compatibility facts of the plan (`compat::findings`),
             // reported by the planner with their waivers, not here.

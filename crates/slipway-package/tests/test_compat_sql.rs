@@ -198,7 +198,7 @@ fn contract_migration_shipped_with_dependent_apps_is_flagged_and_plan_checks_rep
         .map_err(|e| e.render(false, 100))
         .unwrap()
         .spec;
-    let m = check_migrations(&spec, d.path(), &BTreeMap::new()).unwrap();
+    let m = check_migrations(&spec, d.path(), None, &BTreeMap::new()).unwrap();
     assert_eq!(m.incompatible.len(), 1);
     assert_eq!(m.incompatible[0].dependents, ["api", "web"]);
     assert_eq!(m.incompatible[0].files, ["V2__drop_total.sql"]);
@@ -206,7 +206,7 @@ fn contract_migration_shipped_with_dependent_apps_is_flagged_and_plan_checks_rep
     // Once V2 is applied, nothing pending contracts.
     let applied = BTreeMap::from([("db".to_owned(), 2)]);
     assert!(
-        check_migrations(&spec, d.path(), &applied)
+        check_migrations(&spec, d.path(), None, &applied)
             .unwrap()
             .incompatible
             .is_empty()
@@ -225,7 +225,8 @@ fn contract_migration_shipped_with_dependent_apps_is_flagged_and_plan_checks_rep
 
     // The incompatibility itself goes to the planner as a compatibility fact, one per
     // contract file, with the id a waiver names.
-    let (facts, problems) = slipway_package::compat::findings(&spec, d.path(), &BTreeMap::new());
+    let (facts, problems) =
+        slipway_package::compat::findings(&spec, d.path(), None, &BTreeMap::new());
     assert!(problems.is_empty(), "{problems:?}");
     let ids: Vec<&str> = facts.iter().map(|f| f.id.as_str()).collect();
     assert_eq!(ids, ["migration:db:V2__drop_total.sql"]);

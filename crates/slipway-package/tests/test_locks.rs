@@ -463,3 +463,54 @@ fn sqlite_migrations_have_no_lock_report() {
             .all(|s| s.lock.is_none() && s.transaction == TxNeed::Shared)
     );
 }
+
+#[test]
+fn lock_findings_follow_the_environments_database_and_skip_applied_migrations() {
+    let d = tempfile::tempdir().unwrap();
+    let mig = d.path().join("migrations");
+    std::fs::create_dir(&mig).unwrap();
+    std::fs::write(
+        mig.join("V1__orders.sql"),
+        "CREATE TABLE orders (id integer PRIMARY KEY, status text);\n",
+    )
+    .unwrap();
+    std::fs::write(
+        mig.join("V2__index.sql"),
+        "CREATE INDEX orders_status_idx ON orders (status);\n",
+    )
+    .unwrap();
+    let spec = slipway_model::validate::load(
+        "release.yaml",
+        r#"apiVersion: slipway/v1
+kind: Release
+metadata: { name: shop, version: 1.0.0, type: patch }
+services:
+  db: { kind: migration, migrations: ./migrations, database: "{{ vars.db }}" }
+environments:
+  staging:
+    target: { exec: {} }
+    vars: { db: "sqlite://staging.db" }
+  prod:
+    production: true
+    target: { exec: {} }
+    vars: { db: "secret://env/SHOP_DB" }
+"#,
+    )
+    .map_err(|e| e.render(false, 100))
+    .unwrap()
+    .spec;
+    let none = BTreeMap::new();
+    let ids = |env: &str, applied: &BTreeMap<String, u32>| -> Vec<String> {
+        slipway_package::compat::findings(&spec, d.path(), Some(env), applied)
+            .0
+            .into_iter()
+            .filter(|f| f.kind == "lock")
+            .map(|f| f.id)
+            .collect()
+    };
+    // SQLite has no such locks; PostgreSQL (a secret URL is taken as PostgreSQL) does.
+    assert!(ids("staging", &none).is_empty());
+    assert_eq!(ids("prod", &none), ["lock:db:V2__index.sql:1"]);
+    // Once V2 ran there, it is not this release's lock.
+    assert!(ids("prod", &BTreeMap::from([("db".to_owned(), 2)])).is_empty());
+}

@@ -133,6 +133,23 @@ pub async fn applied_versions(
                 "services.{name}: cannot read which migrations are applied ({why}); every migration in {dir} is judged as pending. Make the database reachable from here (and its secret set) for an exact plan"
             ),
         };
+        // A secret the URL needs that is not set here is the likely reason: say which.
+        let missing: Vec<String> = env
+            .vars
+            .iter()
+            .filter(|(k, _)| {
+                database.contains(&format!("vars.{k}")) && !target.vars.contains_key(*k)
+            })
+            .map(|(k, v)| format!("{} (vars.{k}) is not set here", v.as_str()))
+            .chain(
+                matches!(SecretRef::parse(database), Ok(Some(_)))
+                    .then(|| format!("{database} is not resolved at plan time")),
+            )
+            .collect();
+        if !missing.is_empty() {
+            findings.push(unknown(missing.join(", ")));
+            continue;
+        }
         let (dir, url) = match target.resolve(dir, database) {
             Ok(r) => r,
             Err(e) => {

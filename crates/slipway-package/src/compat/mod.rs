@@ -68,10 +68,13 @@ fn dependents(spec: &ReleaseSpec, target: &str) -> Vec<String> {
 ///
 /// `applied` is the highest migration version already applied per migration service (from
 /// the store); migrations at or below it are not part of this release. A service missing
-/// from it has all its migrations considered.
+/// from it has all its migrations considered. `env` is the environment planned for: its
+/// variables decide the dialect of a `{{ vars.x }}` database URL (without one, or for a
+/// secret reference, PostgreSQL is assumed).
 pub fn check_migrations(
     spec: &ReleaseSpec,
     spec_dir: &Path,
+    env: Option<&str>,
     applied: &BTreeMap<String, u32>,
 ) -> Result<MigrationCompat> {
     let mut reports = BTreeMap::new();
@@ -80,7 +83,15 @@ pub fn check_migrations(
         let (ServiceKind::Migration, Some(dir)) = (svc.kind, &svc.migrations) else {
             continue;
         };
-        let dialect = Dialect::from_database_url(svc.database.as_deref().unwrap_or(""));
+        let url = svc.database.as_deref().unwrap_or("");
+        let url = match env.and_then(|e| spec.environments.get(e)) {
+            Some(e) => slipway_model::text::fill_vars(
+                url,
+                e.vars.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            ),
+            None => url.to_owned(),
+        };
+        let dialect = Dialect::from_database_url(&url);
         let mut report = sql::classify_dir(&spec_dir.join(dir), dialect)?;
         if let Some(done) = applied.get(name) {
             report
@@ -175,6 +186,7 @@ pub fn lock_findings(m: &MigrationCompat) -> Vec<CompatFinding> {
 pub fn findings(
     spec: &ReleaseSpec,
     spec_dir: &Path,
+    env: Option<&str>,
     applied: &BTreeMap<String, u32>,
 ) -> (Vec<CompatFinding>, Vec<Finding>) {
     let mut out = Vec::new();
@@ -210,7 +222,7 @@ pub fn findings(
         }
     }
     // Unreadable migrations are reported by `plan_checks` already.
-    if let Ok(m) = check_migrations(spec, spec_dir, applied) {
+    if let Ok(m) = check_migrations(spec, spec_dir, env, applied) {
         out.extend(lock_findings(&m));
         for inc in &m.incompatible {
             for file in &inc.files {
