@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite: installs what the tests need (real PostgreSQL, sshd, nginx,
-# HAProxy, minisign, sqlite3, Prometheus, Chromium for the web UI) when missing, checks crate edges, then runs every test.
+# HAProxy, minisign, sqlite3, Prometheus, Chromium for the web UI) when missing, then runs every test (the tidy test checks crate edges).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -47,5 +47,4 @@ python3 -c 'import check_jsonschema' 2>/dev/null || python3 -m pip install -q ch
 # openapi-diff for the OpenAPI differ's cross-check (oasdiff has no PyPI/npm build).
 [ -f "$(npm root -g)/openapi-diff/package.json" ] || npm install -g -q openapi-diff@0.24.1 >/dev/null
 
-scripts/check-crate-edges.sh
 cargo test --workspace --all-targets --no-fail-fast "$@"

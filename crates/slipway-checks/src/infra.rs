@@ -4,7 +4,7 @@
 //! exit 0.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use crate::{Outcome, Verdict};
 
 fn git(repo: &Path, args: &[&str]) -> Result<String, String> {
-    let out = Command::new("git")
+    let out = slipway_stdx::command("git")
         .arg("-C")
         .arg(repo)
         .args(args)
@@ -88,7 +88,7 @@ pub fn check_path(repo: &Path, path: &str) -> Verdict {
 pub async fn validate(repo: &Path, command: &str, timeout: Duration) -> Verdict {
     let started = Instant::now();
     let row = |o, m: String| Verdict::new("infra.validate", command, o, m, "exit 0", started);
-    let child = tokio::process::Command::new("sh")
+    let child = slipway_stdx::tokio_command("sh")
         .arg("-c")
         .arg(command)
         .current_dir(repo)

@@ -163,7 +163,7 @@ pub fn summary(d: &Distribution) -> String {
 }
 
 fn now() -> String {
-    jiff::Timestamp::now().to_string()
+    slipway_stdx::now().to_string()
 }
 
 /// Measure the running version. `Err` (with a hint) when it could not be measured well

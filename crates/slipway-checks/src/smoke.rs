@@ -75,7 +75,7 @@ pub async fn run(name: &str, check: &Check, base: Option<&str>, timeout: Duratio
         return v;
     }
     if let Some(cmd) = &check.command {
-        let out = tokio::process::Command::new("sh")
+        let out = slipway_stdx::tokio_command("sh")
             .arg("-c")
             .arg(cmd)
             .stdin(std::process::Stdio::null())

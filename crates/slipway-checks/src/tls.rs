@@ -179,7 +179,7 @@ fn days_left(leaf: &[u8]) -> Option<i64> {
     let cert = x509_cert::Certificate::from_der(leaf).ok()?;
     let not_after = cert.tbs_certificate.validity.not_after.to_unix_duration();
     let end = i64::try_from(not_after.as_secs()).ok()?;
-    let now = jiff::Timestamp::now().as_second();
+    let now = slipway_stdx::now().as_second();
     Some((end - now).div_euclid(86_400))
 }
 

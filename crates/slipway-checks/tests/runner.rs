@@ -1,6 +1,10 @@
 //! The one integration-test binary of slipway-checks: every check kind against real
 //! things (listeners, a network namespace with a drop rule, unix users, git repositories,
 //! PostgreSQL, the demo-app binary), each with a passing and a failing case.
+#![allow(
+    clippy::disallowed_methods,
+    reason = "tests start real processes and read the real clock directly"
+)]
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
 mod common;

@@ -3,16 +3,14 @@
 //! `slipway_govern::access`. Managing access needs the `admin` role, except the very
 //! first grant of a store (bootstrap: someone must become the first admin).
 
-use jiff::Timestamp;
+use serde_json::json;
 use slipway_govern::access::{self, Role};
 use slipway_model::exit;
-use slipway_store::AnyStore;
+use slipway_ops::Session;
+use slipway_ops::access::{audit_change, require_admin};
 use slipway_store::access::AccessDb;
 
-use serde_json::json;
-use slipway_engine::store::Store;
-
-use crate::cmd_run::{StoreArg, identity, open_store, runtime, store_error};
+use crate::cli_util::{StoreArg, runtime, session};
 use crate::out::{CliError, Output};
 
 /// `slipway access …`.
@@ -129,124 +127,6 @@ pub struct DecideArgs {
     pub store: StoreArg,
 }
 
-/// The user a verified `--token` acts as, for the whole process.
-static TOKEN_USER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-
-/// The user of the token given with `--token` / `SLIPWAY_TOKEN`, once verified.
-pub(crate) fn token_user() -> Option<&'static str> {
-    TOKEN_USER.get().map(String::as_str)
-}
-
-/// The `--store` of the (sub)command being run, however deep, from clap's matches (every
-/// command flattens the same `StoreArg`, so the id is `store` everywhere).
-fn store_of(m: &clap::ArgMatches) -> Option<String> {
-    let here = m.try_get_one::<String>("store").ok().flatten().cloned();
-    match m.subcommand() {
-        Some((_, sub)) => store_of(sub).or(here),
-        None => here,
-    }
-}
-
-fn unauthenticated(e: impl std::fmt::Display) -> CliError {
-    CliError::new(
-        exit::UNAUTHENTICATED,
-        format!("failed to {e}"),
-        Some("ask an admin for a new token (`slipway access token create --user NAME`), or unset SLIPWAY_TOKEN to act as yourself".into()),
-    )
-}
-
-/// Verify `--token` against the store the command uses: the token must exist, be live and
-/// match its stored hash. Its subject becomes the identity of every check that follows,
-/// its last-used time is recorded, and a legacy sha256 row is upgraded to argon2id.
-pub(crate) fn authenticate(token: &str, matches: &clap::ArgMatches) -> Result<(), CliError> {
-    let store = StoreArg {
-        store: store_of(matches),
-    };
-    let rt = runtime()?;
-    let result = rt.block_on(async {
-        // Opened first so a fresh file becomes a slipway store, not just access tables.
-        let (run_store, _) = open_store(&store).await?;
-        let db = AccessDb::for_store(&run_store).await.map_err(store_error)?;
-        let subject = access::authenticate(&db, token, Timestamp::now())
-            .await
-            .map_err(|e| match e {
-                access::AuthError::Refused(e) => unauthenticated(e),
-                access::AuthError::Rehash(e) => refused(e),
-                access::AuthError::Store(e) => store_error(e),
-            })?;
-        let user = subject.strip_prefix("user:").unwrap_or(&subject).to_owned();
-        let _ = TOKEN_USER.set(user);
-        db.close().await;
-        Ok::<_, CliError>(())
-    });
-    // The command builds its own runtime; do not wait here for this one's pool tasks.
-    rt.shutdown_background();
-    result
-}
-
-fn refused(e: access::AccessError) -> CliError {
-    CliError::new(exit::BLOCKED, format!("failed to {e}"), None)
-}
-
-/// Require `admin` (anywhere) of the current user, unless no grant exists yet.
-async fn require_admin(db: &AccessDb, action: &str) -> Result<String, CliError> {
-    let me = identity();
-    let grants = db.grants(false).await.map_err(store_error)?;
-    if !grants.is_empty() {
-        access::authorize(&grants, &me, &groups(), Role::Admin, action, "*").map_err(refused)?;
-    }
-    Ok(me)
-}
-
-/// Permission check for run commands. Access control switches on with the first grant
-/// (`slipway access grant`): before that every identity may act (a fresh install must be
-/// usable, and the first grant makes its holder admin); after it, each command needs its
-/// role in the run's environment, and a refusal names the role and the grant to ask for.
-pub(crate) async fn enforce(
-    store: &AnyStore,
-    role: Role,
-    action: &str,
-    environment: &str,
-) -> Result<(), CliError> {
-    let db = AccessDb::for_store(store).await.map_err(store_error)?;
-    let grants = db.grants(false).await.map_err(store_error)?;
-    if grants.is_empty() {
-        return Ok(());
-    }
-    access::authorize(&grants, &identity(), &groups(), role, action, environment).map_err(refused)
-}
-
-fn groups() -> Vec<String> {
-    std::env::var("SLIPWAY_GROUPS")
-        .unwrap_or_default()
-        .split(',')
-        .map(str::trim)
-        .filter(|g| !g.is_empty())
-        .map(str::to_owned)
-        .collect()
-}
-
-/// Append an access change to the audit chain, so who could do what (and who changed it)
-/// is as tamper-evident as the runs. A person in `subject` is replaced by their pseudonym,
-/// like every actor in the chain, so erasing the person keeps the chain valid; no token
-/// value or hash ever goes in.
-async fn audit_change(
-    store: &dyn Store,
-    action: &str,
-    mut detail: serde_json::Value,
-) -> Result<(), CliError> {
-    if let Some(user) = detail
-        .get("subject")
-        .and_then(|s| s.as_str())
-        .and_then(|s| s.strip_prefix("user:"))
-        .map(str::to_owned)
-    {
-        let id = store.pseudonym(&user).await.map_err(store_error)?;
-        detail["subject"] = json!(format!("user:{id}"));
-    }
-    crate::cmd_archive::audit_governance(store, action, detail).await
-}
-
 /// Run an access subcommand.
 pub fn access_cmd(c: AccessCommand, out: &Output) -> Result<i32, CliError> {
     let rt = runtime()?;
@@ -257,7 +137,7 @@ pub fn access_cmd(c: AccessCommand, out: &Output) -> Result<i32, CliError> {
 }
 
 async fn run(c: AccessCommand, out: &Output) -> Result<i32, CliError> {
-    let now = Timestamp::now();
+    let now = slipway_stdx::now();
     let store_url = match &c {
         AccessCommand::Grant(a) => &a.store,
         AccessCommand::Revoke(a) => &a.store,
@@ -273,9 +153,11 @@ async fn run(c: AccessCommand, out: &Output) -> Result<i32, CliError> {
     let store = StoreArg { store: store_url };
     // The run store first: it creates and migrates the file, which the access tables share
     // (created first, they would make the file look like a foreign SQLite database).
-    let (chain, _) = open_store(&store).await?;
-    let db = AccessDb::for_store(&chain).await.map_err(store_error)?;
-    let store = chain.as_ref();
+    let s: Session = session(&store).await?;
+    let db = AccessDb::for_store(&s.store)
+        .await
+        .map_err(CliError::from)?;
+    let me = s.actor.user.clone();
     match c {
         AccessCommand::Grant(a) => {
             if Role::parse(&a.role).is_none() {
@@ -284,7 +166,7 @@ async fn run(c: AccessCommand, out: &Output) -> Result<i32, CliError> {
                     "use viewer, deployer, approver or admin",
                 ));
             }
-            let me = require_admin(&db, "grant roles").await?;
+            require_admin(&s, &db, "grant roles").await?;
             let subject = if a.subject.contains(':') {
                 a.subject
             } else {
@@ -293,9 +175,9 @@ async fn run(c: AccessCommand, out: &Output) -> Result<i32, CliError> {
             let id = db
                 .grant(&subject, &a.role, &a.env, &format!("user:{me}"), now)
                 .await
-                .map_err(store_error)?;
+                .map_err(CliError::from)?;
             audit_change(
-                store,
+                &s,
                 "access_granted",
                 json!({"grant": id, "subject": subject, "role": a.role, "environment": a.env}),
             )
@@ -306,25 +188,25 @@ async fn run(c: AccessCommand, out: &Output) -> Result<i32, CliError> {
             );
         }
         AccessCommand::Revoke(a) => {
-            let me = require_admin(&db, "revoke grants").await?;
+            require_admin(&s, &db, "revoke grants").await?;
             if !db
                 .revoke_grant(a.id, &format!("user:{me}"), now)
                 .await
-                .map_err(store_error)?
+                .map_err(CliError::from)?
             {
                 return Err(CliError::input(
                     format!("failed to revoke grant {}: no live grant has that id", a.id),
                     "list grants with `slipway access list`",
                 ));
             }
-            audit_change(store, "access_revoked", json!({"grant": a.id})).await?;
+            audit_change(&s, "access_revoked", json!({"grant": a.id})).await?;
             out.outcome(
                 &json!({"grant": a.id, "revoked": true}),
                 &format!("grant {} revoked", a.id),
             );
         }
         AccessCommand::List(_) => {
-            let grants = db.grants(false).await.map_err(store_error)?;
+            let grants = db.grants(false).await.map_err(CliError::from)?;
             if out.json() {
                 out.json_value(&grants);
             } else {
@@ -337,16 +219,16 @@ async fn run(c: AccessCommand, out: &Output) -> Result<i32, CliError> {
             }
         }
         AccessCommand::Token(TokenCommand::Create(a)) => {
-            let me = identity();
             let user = a.user.unwrap_or_else(|| me.clone());
             if user != me {
-                require_admin(&db, "create tokens for others").await?;
+                require_admin(&s, &db, "create tokens for others").await?;
             }
-            let issued = access::issue_token(&user, now).map_err(refused)?;
-            db.add_token(&issued.row).await.map_err(store_error)?;
+            let issued = access::issue_token(&user, now)
+                .map_err(|e| CliError::new(exit::BLOCKED, format!("failed to {e}"), None))?;
+            db.add_token(&issued.row).await.map_err(CliError::from)?;
             // The token's id only: its secret is shown once below and never kept.
             audit_change(
-                store,
+                &s,
                 "token_issued",
                 json!({"token": issued.row.id, "subject": issued.row.subject}),
             )
@@ -366,22 +248,21 @@ async fn run(c: AccessCommand, out: &Output) -> Result<i32, CliError> {
             }
         }
         AccessCommand::Token(TokenCommand::Revoke(a)) => {
-            let me = identity();
             let own = db
                 .token(&a.id)
                 .await
-                .map_err(store_error)?
+                .map_err(CliError::from)?
                 .is_some_and(|t| t.subject == format!("user:{me}"));
             if !own {
-                require_admin(&db, "revoke tokens of others").await?;
+                require_admin(&s, &db, "revoke tokens of others").await?;
             }
-            if !db.revoke_token(&a.id, now).await.map_err(store_error)? {
+            if !db.revoke_token(&a.id, now).await.map_err(CliError::from)? {
                 return Err(CliError::input(
                     format!("failed to revoke token {}: no live token has that id", a.id),
                     "the id is the part between `slw_` and the next `_`",
                 ));
             }
-            audit_change(store, "token_revoked", json!({"token": a.id})).await?;
+            audit_change(&s, "token_revoked", json!({"token": a.id})).await?;
             if out.json() {
                 out.json_value(&json!({"id": a.id, "revoked": true}));
             } else {
@@ -389,8 +270,8 @@ async fn run(c: AccessCommand, out: &Output) -> Result<i32, CliError> {
             }
         }
         AccessCommand::Token(TokenCommand::List(_)) => {
-            require_admin(&db, "list tokens").await?;
-            let tokens = db.tokens().await.map_err(store_error)?;
+            require_admin(&s, &db, "list tokens").await?;
+            let tokens = db.tokens().await.map_err(CliError::from)?;
             let rows: Vec<_> = tokens
                 .iter()
                 .map(|t| {
@@ -414,13 +295,13 @@ async fn run(c: AccessCommand, out: &Output) -> Result<i32, CliError> {
             }
         }
         AccessCommand::Review(ReviewCommand::Start(a)) => {
-            let me = require_admin(&db, "start access reviews").await?;
+            require_admin(&s, &db, "start access reviews").await?;
             let n = db
                 .open_review(&a.review, &format!("user:{me}"), now)
                 .await
-                .map_err(store_error)?;
+                .map_err(CliError::from)?;
             audit_change(
-                store,
+                &s,
                 "review_opened",
                 json!({"review": a.review, "grants": n}),
             )
@@ -431,11 +312,11 @@ async fn run(c: AccessCommand, out: &Output) -> Result<i32, CliError> {
             );
         }
         AccessCommand::Review(ReviewCommand::Decide(a)) => {
-            let me = require_admin(&db, "decide access reviews").await?;
+            require_admin(&s, &db, "decide access reviews").await?;
             if !db
                 .decide(&a.review, a.grant, &a.decision, &format!("user:{me}"), now)
                 .await
-                .map_err(store_error)?
+                .map_err(CliError::from)?
             {
                 return Err(CliError::input(
                     format!(
@@ -446,7 +327,7 @@ async fn run(c: AccessCommand, out: &Output) -> Result<i32, CliError> {
                 ));
             }
             audit_change(
-                store,
+                &s,
                 "review_decided",
                 json!({"review": a.review, "grant": a.grant, "decision": a.decision}),
             )
@@ -457,10 +338,13 @@ async fn run(c: AccessCommand, out: &Output) -> Result<i32, CliError> {
             );
         }
         AccessCommand::Review(ReviewCommand::Close(a)) => {
-            require_admin(&db, "close access reviews").await?;
-            let unreviewed = db.close_review(&a.review, now).await.map_err(store_error)?;
+            require_admin(&s, &db, "close access reviews").await?;
+            let unreviewed = db
+                .close_review(&a.review, now)
+                .await
+                .map_err(CliError::from)?;
             audit_change(
-                store,
+                &s,
                 "review_closed",
                 json!({"review": a.review, "unreviewed": unreviewed}),
             )

@@ -32,7 +32,7 @@ use slipway_model::exit;
 use slipway_package as pkg;
 use slipway_store::archive::{ArchiveDb, PolicyRow};
 
-use crate::cmd_run::{StoreArg, identity, open_store, runtime, sqlite_only, store_error};
+use crate::cli_util::{StoreArg, identity, open_store, runtime, sqlite_only};
 use crate::out::{CliError, Output};
 
 /// `slipway archive`.
@@ -168,7 +168,7 @@ fn run_files(store_dir: &Path, run: &str) -> Result<Vec<(String, Vec<u8>)>, CliE
 
 async fn policy_of(db: &ArchiveDb) -> Result<RetentionPolicy, CliError> {
     Ok(RetentionPolicy::from_rows(
-        &db.policy().await.map_err(store_error)?,
+        &db.policy().await.map_err(CliError::from)?,
     ))
 }
 
@@ -178,12 +178,12 @@ pub(crate) async fn audit_governance(
     action: &str,
     detail: serde_json::Value,
 ) -> Result<(), CliError> {
-    let actor = store.pseudonym(&identity()).await.map_err(store_error)?;
+    let actor = store.pseudonym(&identity()).await.map_err(CliError::from)?;
     store
         .commit(vec![JournalRecord {
             run_id: String::new(),
             digest: String::new(),
-            at: Timestamp::now(),
+            at: slipway_stdx::now(),
             actor,
             event: EngineEvent::Governance {
                 action: action.to_owned(),
@@ -191,7 +191,7 @@ pub(crate) async fn audit_governance(
             },
         }])
         .await
-        .map_err(store_error)
+        .map_err(CliError::from)
 }
 
 /// Run `slipway archive`.
@@ -207,13 +207,13 @@ pub fn archive(a: ArchiveArgs, out: &Output) -> Result<i32, CliError> {
             "archive checkpoints, run summaries and the retention policy",
         )?
         .to_path_buf();
-        crate::cmd_access::enforce(&store, Role::Admin, "archive records", "*").await?;
-        let db = ArchiveDb::open(&db_path).await.map_err(store_error)?;
+        crate::cli_util::enforce(&store, Role::Admin, "archive records", "*").await?;
+        let db = ArchiveDb::open(&db_path).await.map_err(CliError::from)?;
         // A chain that does not verify is evidence of tampering: moving it into a signed
         // bundle would launder it.
-        let start = store.audit_start().await.map_err(store_error)?;
-        let head = store.audit_head().await.map_err(store_error)?;
-        let live = store.audit_entries().await.map_err(store_error)?;
+        let start = store.audit_start().await.map_err(CliError::from)?;
+        let head = store.audit_head().await.map_err(CliError::from)?;
+        let live = store.audit_entries().await.map_err(CliError::from)?;
         if let Err(b) = audit::verify_from(
             &live,
             (start.0, start.1.as_str()),
@@ -226,12 +226,12 @@ pub fn archive(a: ArchiveArgs, out: &Output) -> Result<i32, CliError> {
             ));
         }
         let policy = policy_of(&db).await?;
-        let now = Timestamp::now();
+        let now = slipway_stdx::now();
         let (runs_before, audit_before) = policy.cutoffs(now, before);
         let sel = db
             .select(runs_before, audit_before)
             .await
-            .map_err(store_error)?;
+            .map_err(CliError::from)?;
         let ids = sel.run_ids();
         let (end_seq, _) = sel.end();
         if sel.is_empty() {
@@ -272,16 +272,16 @@ pub fn archive(a: ArchiveArgs, out: &Output) -> Result<i32, CliError> {
             }
             return Ok(exit::SUCCESS);
         }
-        let pw = crate::cmd_package::password(a.password_env.as_deref())?;
+        let pw = crate::cli_util::password_from_env(a.password_env.as_deref())?;
         let sk = pkg::SecretKey::from_file(&a.key, pw.as_deref())
-            .map_err(|e| crate::cmd_package::cli_error(&e))?;
+            .map_err(|e| crate::cli_util::package_error(&e))?;
         std::fs::create_dir_all(&dir).map_err(|e| io_error("create", &dir, e))?;
         write_durable(&path, &bytes)?;
         let sig = pkg::sign::signature_path(&path);
         // The trusted comment binds the digest the checkpoint records; it holds no time, so
         // a re-run signs identically.
         pkg::sign::sign_to(&path, &sk, &format!("slipway-archive sha256:{digest}"), &sig)
-            .map_err(|e| crate::cmd_package::cli_error(&e))?;
+            .map_err(|e| crate::cli_util::package_error(&e))?;
         File::open(&sig)
             .and_then(|f| f.sync_all())
             .map_err(|e| io_error("fsync", &sig, e))?;
@@ -297,7 +297,7 @@ pub fn archive(a: ArchiveArgs, out: &Output) -> Result<i32, CliError> {
         for id in &ids {
             let run = slipway_govern::RunHistory::load(store.as_ref(), id)
                 .await
-                .map_err(crate::cmd_report::govern_error)?;
+                .map_err(CliError::from)?;
             summaries.push(slipway_govern::history::summarize(&run, keep_until));
         }
         if std::env::var("SLIPWAY_FAULT").as_deref() == Ok("archive-before-prune") {
@@ -307,7 +307,7 @@ pub fn archive(a: ArchiveArgs, out: &Output) -> Result<i32, CliError> {
         let cp = db
             .prune(&sel, &summaries, &digest, &name, &before.to_string(), now)
             .await
-            .map_err(store_error)?;
+            .map_err(CliError::from)?;
         for id in &ids {
             // Best effort: the records are in the bundle and gone from the store; a left
             // directory only costs space.
@@ -355,7 +355,7 @@ pub fn retention(c: RetentionCommand, out: &Output) -> Result<i32, CliError> {
             RetentionCommand::Show(a) => {
                 let (store, _) = open_store(&a.store).await?;
                 let db_path = sqlite_only(&store, "slipway retention show", "the retention policy")?;
-                let db = ArchiveDb::open(db_path).await.map_err(store_error)?;
+                let db = ArchiveDb::open(db_path).await.map_err(CliError::from)?;
                 let policy = policy_of(&db).await?;
                 if out.json() {
                     out.json_value(&policy);
@@ -386,18 +386,18 @@ pub fn retention(c: RetentionCommand, out: &Output) -> Result<i32, CliError> {
                 }
                 let (store, _) = open_store(&a.store).await?;
                 let db_path = sqlite_only(&store, "slipway retention set", "the retention policy")?;
-                crate::cmd_access::enforce(&store, Role::Admin, "set retention", "*").await?;
-                let db = ArchiveDb::open(db_path).await.map_err(store_error)?;
+                crate::cli_util::enforce(&store, Role::Admin, "set retention", "*").await?;
+                let db = ArchiveDb::open(db_path).await.map_err(CliError::from)?;
                 let me = identity();
                 db.set_policy(&PolicyRow {
                     kind: a.kind.clone(),
                     live_days: live,
                     keep_days: keep,
                     set_by: format!("user:{me}"),
-                    set_at: Timestamp::now().to_string(),
+                    set_at: slipway_stdx::now().to_string(),
                 })
                 .await
-                .map_err(store_error)?;
+                .map_err(CliError::from)?;
                 audit_governance(
                     store.as_ref(),
                     "retention_set",
@@ -437,9 +437,9 @@ pub(crate) async fn verify_with_archives(
         })
         .collect();
     parts.sort_by_key(|p| p.0);
-    let live_start = store.audit_start().await.map_err(store_error)?;
-    let head = store.audit_head().await.map_err(store_error)?;
-    let live = store.audit_entries().await.map_err(store_error)?;
+    let live_start = store.audit_start().await.map_err(CliError::from)?;
+    let head = store.audit_head().await.map_err(CliError::from)?;
+    let live = store.audit_entries().await.map_err(CliError::from)?;
     let first = parts
         .first()
         .map_or_else(|| live_start.clone(), |p| (p.0, p.1.clone()));
@@ -490,9 +490,9 @@ pub(crate) async fn verified_bundles(
         .iter()
         .map(|k| pkg::PublicKey::from_file(k))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| crate::cmd_package::cli_error(&e))?;
-    let db = ArchiveDb::open(db_path).await.map_err(store_error)?;
-    let checkpoints = db.checkpoints().await.map_err(store_error)?;
+        .map_err(|e| crate::cli_util::package_error(&e))?;
+    let db = ArchiveDb::open(db_path).await.map_err(CliError::from)?;
+    let checkpoints = db.checkpoints().await.map_err(CliError::from)?;
     let tampered = |path: &Path, why: String| {
         CliError::new(
             exit::TAMPERED,

@@ -8,7 +8,7 @@ use slipway_engine::audit::{self, StoreVerification};
 use slipway_engine::store::Store;
 use slipway_model::exit;
 
-use crate::cmd_run::{StoreArg, open_store, runtime, store_error};
+use crate::cli_util::{StoreArg, open_store, runtime};
 use crate::out::{CliError, Output, Style};
 
 /// `slipway audit …`.
@@ -117,7 +117,7 @@ fn verify(a: VerifyArgs, out: &Output) -> Result<i32, CliError> {
     rt.block_on(async {
         let (store, _) = open_store(&a.store).await?;
         if !a.archive.is_empty() {
-            let db_path = crate::cmd_run::sqlite_only(
+            let db_path = crate::cli_util::sqlite_only(
                 &store,
                 "slipway audit verify --archive",
                 "archive checkpoints",
@@ -133,7 +133,7 @@ fn verify(a: VerifyArgs, out: &Output) -> Result<i32, CliError> {
         }
         let v = audit::verify_store(store.as_ref())
             .await
-            .map_err(store_error)?;
+            .map_err(CliError::from)?;
         Ok(report(v, &store.location(), out))
     })
 }
@@ -142,7 +142,7 @@ fn export(a: ExportArgs, out: &Output) -> Result<i32, CliError> {
     let rt = runtime()?;
     rt.block_on(async {
         let (store, _) = open_store(&a.store).await?;
-        let entries = store.audit_entries().await.map_err(store_error)?;
+        let entries = store.audit_entries().await.map_err(CliError::from)?;
         let text = audit::export_jsonl(&entries);
         std::fs::write(&a.out, &text).map_err(|e| {
             CliError::input(format!("failed to write {}: {e}", a.out.display()), "choose a writable path for --out")

@@ -15,7 +15,7 @@ use std::time::Duration;
 use slipway_checks::{Outcome, Verdict};
 use slipway_model::exit;
 
-use crate::cmd_plan::load_spec;
+use crate::cli_util::load_spec;
 use crate::out::{CliError, Output, Style};
 
 /// `slipway check`.
@@ -37,7 +37,7 @@ pub struct CheckArgs {
     #[arg(long, value_name = "RUN")]
     pub run: Option<String>,
     #[command(flatten)]
-    pub store: crate::cmd_run::StoreArg,
+    pub store: crate::cli_util::StoreArg,
     /// Base URL or `host:port` that `{base}` in smoke check URLs stands for.
     #[arg(long, value_name = "URL")]
     pub base: Option<String>,
@@ -111,24 +111,11 @@ pub fn check(a: CheckArgs, out: &Output) -> Result<i32, CliError> {
     let run_dir = match &a.run {
         None => None,
         Some(run) => {
-            let cwd = std::env::current_dir().map_err(|e| {
-                CliError::new(
-                    exit::STORE,
-                    format!("failed to read the current directory: {e}"),
-                    None,
-                )
-            })?;
-            let db = crate::cmd_run::local_anchor(
-                &slipway_store::resolve(a.store.store.as_deref(), &cwd)
-                    .map_err(crate::cmd_run::store_error)?,
-                &cwd,
-            );
-            Some(
-                db.parent()
-                    .unwrap_or(std::path::Path::new("."))
-                    .join("runs")
-                    .join(run),
-            )
+            let (_, layout) = slipway_ops::session::layout_for(a.store.store.as_deref())
+                .ok_or_else(|| {
+                    CliError::new(exit::STORE, "failed to resolve the store's directory", None)
+                })?;
+            Some(layout.run(run))
         }
     };
     let mut rows: Vec<Verdict> = Vec::new();

@@ -7,17 +7,14 @@
 
 use std::path::{Path, PathBuf};
 
-use jiff::Timestamp;
 use serde_json::json;
 use slipway_govern::access::Role;
 use slipway_model::exit;
-use slipway_model::plan::{GateKind, Plan};
 use slipway_model::spec::ChecklistItem;
 use slipway_store::checklist::{Ack, ChecklistDb};
 
-use crate::cmd_run::{StoreArg, identity, open_store, runtime, sqlite_only, store_error};
+use crate::cli_util::{StoreArg, identity, open_store, runtime, sqlite_only};
 use crate::out::{CliError, Output};
-use slipway_store::AnyStore;
 
 /// `slipway checklist …`.
 #[derive(Debug, clap::Subcommand)]
@@ -82,108 +79,6 @@ pub struct AckArgs {
     pub store: StoreArg,
 }
 
-/// An item's state for one plan.
-#[derive(Debug, Clone, serde::Serialize)]
-struct ItemState {
-    id: String,
-    text: String,
-    /// `check`, `acknowledged` or `open`.
-    state: &'static str,
-    detail: String,
-}
-
-fn items(plan: &Plan) -> Vec<ChecklistItem> {
-    plan.gates
-        .iter()
-        .find_map(|g| match &g.kind {
-            GateKind::Checklist { items } => Some(items.clone()),
-            _ => None,
-        })
-        .unwrap_or_default()
-}
-
-fn states(plan: &Plan, acks: &[Ack]) -> Vec<ItemState> {
-    let planned: Vec<&String> = plan
-        .gates
-        .iter()
-        .filter_map(|g| match &g.kind {
-            GateKind::Checks { names, .. } => Some(names),
-            _ => None,
-        })
-        .flatten()
-        .collect();
-    items(plan)
-        .into_iter()
-        .map(|i| {
-            let by_check = i.check.as_ref().filter(|c| planned.contains(c));
-            let ack = acks.iter().find(|a| a.item == i.id);
-            let (state, detail) = match (by_check, ack) {
-                (Some(c), _) => ("check", format!("check {c} runs in this plan")),
-                (None, Some(a)) => (
-                    "acknowledged",
-                    format!("by {} at {}: {}", a.acknowledged_by, a.at, a.note),
-                ),
-                (None, None) => (
-                    "open",
-                    match &i.check {
-                        Some(c) => {
-                            format!("check {c} is not run in this environment; acknowledge instead")
-                        }
-                        None => "needs an acknowledgement for this version and environment".into(),
-                    },
-                ),
-            };
-            ItemState {
-                id: i.id,
-                text: i.text,
-                state,
-                detail,
-            }
-        })
-        .collect()
-}
-
-/// Refuse a deploy while a checklist item of the plan is open (exit 3). Acknowledgements
-/// are kept only in an SQLite store so far: on PostgreSQL a plan with a checklist is
-/// refused (it could never be acknowledged there), one without deploys.
-pub(crate) async fn require(store: &AnyStore, plan: &Plan) -> Result<(), CliError> {
-    if items(plan).is_empty() {
-        return Ok(());
-    }
-    let db_path = sqlite_only(store, "slipway deploy", "checklist acknowledgements")?;
-    let db = ChecklistDb::open(db_path).await.map_err(store_error)?;
-    let acks = db
-        .acks(&plan.release.name, &plan.release.version, &plan.environment)
-        .await
-        .map_err(store_error)?;
-    db.close().await;
-    let open: Vec<ItemState> = states(plan, &acks)
-        .into_iter()
-        .filter(|s| s.state == "open")
-        .collect();
-    if open.is_empty() {
-        return Ok(());
-    }
-    Err(CliError::new(
-        exit::BLOCKED,
-        format!(
-            "failed to deploy: {} checklist item(s) open for {} {} in {}: {}",
-            open.len(),
-            plan.release.name,
-            plan.release.version,
-            plan.environment,
-            open.iter()
-                .map(|s| format!("{} ({}; {})", s.id, s.text, s.detail))
-                .collect::<Vec<_>>()
-                .join("; ")
-        ),
-        Some(format!(
-            "do what the item says, then `slipway checklist ack {} -f SPEC --env {} --note \"what was done\"`",
-            open[0].id, plan.environment
-        )),
-    ))
-}
-
 /// Add `item` to the spec text's top-level `checklist` (creating it), touching nothing else.
 fn append_item(text: &str, item: &ChecklistItem) -> String {
     let q = |s: &str| serde_json::to_string(s).unwrap_or_default();
@@ -235,7 +130,8 @@ pub fn checklist(c: ChecklistCommand, out: &Output) -> Result<i32, CliError> {
         ChecklistCommand::Accept(_) => None,
         ChecklistCommand::Show(ShowArgs { file, env, .. })
         | ChecklistCommand::Ack(AckArgs { file, env, .. }) => {
-            Some(crate::cmd_plan::make_plan(file, env, out)?.1)
+            let store = std::env::var("SLIPWAY_STORE").ok();
+            Some(crate::cli_util::planned(file, env, store.as_deref(), out)?.plan)
         }
     };
     let rt = runtime()?;
@@ -254,12 +150,12 @@ pub fn checklist(c: ChecklistCommand, out: &Output) -> Result<i32, CliError> {
                     "slipway checklist show",
                     "checklist acknowledgements",
                 )?;
-                let db = ChecklistDb::open(db_path).await.map_err(store_error)?;
+                let db = ChecklistDb::open(db_path).await.map_err(CliError::from)?;
                 let acks = db
                     .acks(&plan.release.name, &plan.release.version, &plan.environment)
                     .await
-                    .map_err(store_error)?;
-                let st = states(&plan, &acks);
+                    .map_err(CliError::from)?;
+                let st = slipway_ops::gates::checklist_states(&plan, &acks);
                 if out.json() {
                     out.json_value(&st);
                 } else if st.is_empty() {
@@ -279,7 +175,10 @@ pub fn checklist(c: ChecklistCommand, out: &Output) -> Result<i32, CliError> {
                 })
             }
             (ChecklistCommand::Ack(a), Some(plan)) => {
-                if !items(&plan).iter().any(|i| i.id == a.item) {
+                if !slipway_ops::gates::checklist_items(&plan)
+                    .iter()
+                    .any(|i| i.id == a.item)
+                {
                     return Err(CliError::input(
                         format!(
                             "failed to acknowledge `{}`: the checklist of {} has no such item",
@@ -289,21 +188,22 @@ pub fn checklist(c: ChecklistCommand, out: &Output) -> Result<i32, CliError> {
                         "list the items with `slipway checklist show -f SPEC --env ENV`",
                     ));
                 }
-                let (store, _) = open_store(&a.store).await?;
+                let session = crate::cli_util::session(&a.store).await?;
+                let store = session.store.clone();
                 let db_path = sqlite_only(
                     &store,
                     "slipway checklist ack",
                     "checklist acknowledgements",
                 )?
                 .to_path_buf();
-                crate::cmd_access::enforce(
+                crate::cli_util::enforce(
                     &store,
                     Role::Approver,
                     "acknowledge checklist items",
                     &plan.environment,
                 )
                 .await?;
-                let db = ChecklistDb::open(&db_path).await.map_err(store_error)?;
+                let db = ChecklistDb::open(&db_path).await.map_err(CliError::from)?;
                 let me = identity();
                 db.acknowledge(
                     &plan.release.name,
@@ -313,13 +213,13 @@ pub fn checklist(c: ChecklistCommand, out: &Output) -> Result<i32, CliError> {
                         item: a.item.clone(),
                         acknowledged_by: format!("user:{me}"),
                         note: a.note.clone(),
-                        at: Timestamp::now().to_string(),
+                        at: slipway_stdx::now().to_string(),
                     },
                 )
                 .await
-                .map_err(store_error)?;
-                crate::cmd_archive::audit_governance(
-                    store.as_ref(),
+                .map_err(CliError::from)?;
+                slipway_ops::access::audit_governance(
+                    &session,
                     "checklist_acknowledged",
                     json!({"item": a.item, "release": plan.release.name,
                         "version": plan.release.version, "environment": plan.environment,
@@ -342,7 +242,7 @@ async fn accept(a: AcceptArgs, out: &Output) -> Result<i32, CliError> {
     let (store, _) = open_store(&a.store).await?;
     let run = slipway_govern::history::RunHistory::load(store.as_ref(), &a.run)
         .await
-        .map_err(crate::cmd_report::govern_error)?;
+        .map_err(CliError::from)?;
     let retro = slipway_govern::retro::build(&run);
     let Some(text) = a.item.checked_sub(1).and_then(|i| retro.actions.get(i)) else {
         return Err(CliError::input(

@@ -18,12 +18,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use slipway_engine::{DriveOptions, DriveOutcome, Engine, NewRunRequest, RunState, SystemClock};
+use slipway_engine::{DriveOutcome, RunState};
 use slipway_model::exit;
-use slipway_model::plan::{self, Facts, Plan};
+use slipway_model::plan::Plan;
 use slipway_providers::builtin::BuiltinRouter;
-use slipway_providers::deploy::{CompositeTarget, DeployTarget, ServiceEvent};
-use slipway_providers::migrate::MigrateTarget;
+use slipway_providers::deploy::{DeployTarget, ServiceEvent};
 use slipway_providers::process::{ProcessTarget, ServiceProcess};
 use slipway_providers::traffic::{Traffic, TrafficStats};
 use slipway_proxy::{Proxy, ProxyConfig, ProxyHandle, Version};
@@ -400,19 +399,27 @@ async fn schema_version(dir: &Path, release: &str) -> Option<i64> {
 async fn run_demo(a: &DemoArgs, dir: &Path, out: &Output) -> Result<i32, CliError> {
     let bin = write_wrapper(dir)?;
     write_migrations(dir)?;
-    let store_path = dir.join("slipway.db");
-    let store = Arc::new(
-        slipway_store::SqliteStore::open(&store_path)
-            .await
-            .map_err(|e| {
-                CliError::new(
-                    exit::STORE,
-                    format!("failed to open the demo store: {e}"),
-                    None,
-                )
-            })?,
-    );
+    let store_url = format!("sqlite://{}", dir.join("slipway.db").display());
     let author = std::env::var("SLIPWAY_USER").unwrap_or_else(|_| "demo".into());
+    // The demo's runs go through the same operations as `slipway deploy` (plan, gates,
+    // lease, checks, notifications, audit); only the canaries' front doors differ: one
+    // in-process proxy per service, watched live.
+    let session = slipway_ops::Session::open(
+        Some(&store_url),
+        slipway_ops::Actor {
+            user: author,
+            groups: Vec::new(),
+        },
+    )
+    .await
+    .map_err(|e| {
+        CliError::new(
+            exit::STORE,
+            format!("failed to open the demo store: {}", e.message),
+            None,
+        )
+    })?;
+    let store = session.store.clone();
 
     // The shop's front doors: one built-in proxy per service, on fixed ports for the life
     // of the demo; traffic flows through them the whole time.
@@ -461,20 +468,29 @@ async fn run_demo(a: &DemoArgs, dir: &Path, out: &Output) -> Result<i32, CliErro
     ];
     let mut started_traffic = false;
     for ((version, text), (_, expected, what)) in RELEASES.iter().zip(expectations.iter()) {
-        let loaded =
-            slipway_model::validate::load(&format!("examples/demo/shop-{version}.yaml"), text)
-                .map_err(|e| {
-                    CliError::new(
-                        exit::INTERNAL,
-                        format!(
-                            "the embedded demo spec is invalid:\n{}",
-                            e.render(false, 100)
-                        ),
-                        None,
-                    )
-                })?;
-        let plan = plan::plan(&loaded.spec, "demo", &Facts::default())
-            .map_err(|m| CliError::new(exit::INTERNAL, m, None))?;
+        // The spec is planned from a file beside the store, as any release is.
+        let spec_file = dir.join(format!("shop-{version}.yaml"));
+        std::fs::write(&spec_file, text).map_err(|e| {
+            CliError::new(
+                exit::INTERNAL,
+                format!("failed to write {}: {e}", spec_file.display()),
+                None,
+            )
+        })?;
+        let planned = slipway_ops::planning::plan_file(&spec_file, "demo", Some(&store_url))
+            .await
+            .map_err(|e| match e {
+                slipway_ops::planning::PlanError::Spec(e) => CliError::new(
+                    exit::INTERNAL,
+                    format!(
+                        "the embedded demo spec is invalid:\n{}",
+                        e.render(false, 100)
+                    ),
+                    None,
+                ),
+                slipway_ops::planning::PlanError::Ops(e) => e.into(),
+            })?;
+        let plan = planned.plan.clone();
         if !out.json() {
             out.line(&format!(
                 "\n{} shop {version} — {what} (plan sha256:{}…)",
@@ -491,67 +507,6 @@ async fn run_demo(a: &DemoArgs, dir: &Path, out: &Output) -> Result<i32, CliErro
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let deploy = DeployTarget::new(plan.clone(), processes, routers, dir.join("diagnostics"))
             .with_events(tx);
-        let vars = plan
-            .env
-            .vars
-            .iter()
-            .map(|(k, v)| (k.clone(), v.as_str().to_owned()))
-            .collect();
-        let migrate = MigrateTarget::new(dir, dir.join("migrate-state"), vars, author.clone());
-        let target = Arc::new(CompositeTarget {
-            exec: None,
-            deploy: Some(Arc::new(deploy)),
-            migrate: Some(Arc::new(migrate)),
-            // The demo's spec lives in `dir`, so artifact paths resolve there.
-            artifact: Some(Arc::new(slipway_providers::ArtifactTarget::new(dir))),
-            config: None,
-        });
-        let (ntx, mut nrx) = tokio::sync::mpsc::unbounded_channel::<slipway_engine::Notice>();
-        let engine = Engine::new(store.clone(), target, Arc::new(SystemClock))
-            .with_poll(Duration::from_millis(200))
-            .with_notices(ntx);
-        let quiet = out.json();
-        let notices = tokio::spawn(async move {
-            use slipway_engine::EngineEvent as E;
-            while let Some(n) = nrx.recv().await {
-                let line = match &n.event {
-                    E::StepSucceeded {
-                        step,
-                        output: Some(o),
-                        ..
-                    } if step.ends_with("/migrate") => {
-                        format!("  {step}: {}", o.stdout)
-                    }
-                    E::UndoStarted { step, .. } => {
-                        format!("  {step}: undoing (pre-staged down-migration)")
-                    }
-                    E::UndoSucceeded { step, .. } => format!("  {step}: undone"),
-                    E::UndoFailed { step, error, .. } => format!("  {step}: undo FAILED: {error}"),
-                    _ => continue,
-                };
-                if !quiet {
-                    #[allow(clippy::print_stderr, reason = "live progress of the demo")]
-                    {
-                        eprintln!("{line}");
-                    }
-                }
-            }
-        });
-        let run = engine
-            .create_run(NewRunRequest {
-                plan: plan.clone(),
-                author: author.clone(),
-                override_freeze: None,
-                workdir: dir.display().to_string(),
-            })
-            .await
-            .map_err(|e| {
-                CliError::new(
-                    exit::FAILURE,
-                    format!("failed to create the run: {e}"),
-                    None,
-                )
-            })?;
         let view = tokio::spawn(live_view(
             rx,
             shop.proxies.clone(),
@@ -560,25 +515,39 @@ async fn run_demo(a: &DemoArgs, dir: &Path, out: &Output) -> Result<i32, CliErro
             std::io::stderr().is_terminal(),
         ));
         let t0 = Instant::now();
-        let outcome = engine
-            .drive(&run.id, &author, DriveOptions::default())
-            .await
-            .map_err(|e| {
-                CliError::new(
-                    exit::FAILURE,
-                    format!("run {} failed to drive: {e}", run.id),
-                    None,
-                )
-            })?;
+        let started = slipway_ops::runs::deploy_with(
+            &session,
+            &planned,
+            slipway_ops::runs::DeployRequest {
+                file: spec_file.clone(),
+                detach: false,
+                drive: slipway_ops::runs::DriveRequest::default(),
+                override_freeze: None,
+            },
+            Arc::new(DemoReporter { quiet: out.json() }),
+            slipway_ops::runs::Overrides {
+                deploy: Some(Arc::new(deploy)),
+            },
+        )
+        .await;
         view.abort();
-        drop(engine);
-        let _ = notices.await;
-        let state = match outcome {
+        let report = match started.map_err(CliError::from)? {
+            slipway_ops::runs::DeployStarted::Driven(r) => r,
+            slipway_ops::runs::DeployStarted::Detached { run, .. } => {
+                return Err(CliError::new(
+                    exit::INTERNAL,
+                    format!("run {run} was detached; the demo drives its runs itself"),
+                    None,
+                ));
+            }
+        };
+        let state = match report.outcome {
             DriveOutcome::Finished(s) => s,
             DriveOutcome::Paused => RunState::Paused,
             DriveOutcome::Blocked { .. } => RunState::WaitingForApproval,
         };
-        let reason = run_reason(store.as_ref(), &run.id).await;
+        let run_id = report.run.clone();
+        let reason = run_reason(store.as_ref(), &run_id).await;
         let schema = schema_version(dir, version).await;
         if !out.json() {
             let verdict = if state == *expected {
@@ -588,7 +557,7 @@ async fn run_demo(a: &DemoArgs, dir: &Path, out: &Output) -> Result<i32, CliErro
             };
             out.line(&format!(
                 "  run {} → {verdict} in {:.1}s{}",
-                run.id,
+                run_id,
                 t0.elapsed().as_secs_f64(),
                 reason
                     .as_ref()
@@ -598,7 +567,7 @@ async fn run_demo(a: &DemoArgs, dir: &Path, out: &Output) -> Result<i32, CliErro
         }
         runs.push(RunSummary {
             version: (*version).to_owned(),
-            run_id: run.id.clone(),
+            run_id,
             state: format!("{state:?}"),
             expected: format!("{expected:?}"),
             reason,
@@ -672,6 +641,39 @@ async fn run_demo(a: &DemoArgs, dir: &Path, out: &Output) -> Result<i32, CliErro
         print_summary(&summary, out);
     }
     Ok(if ok { exit::SUCCESS } else { exit::FAILURE })
+}
+
+/// Prints what the demo narrates besides its live table: migration output and undos.
+struct DemoReporter {
+    quiet: bool,
+}
+
+impl slipway_ops::Reporter for DemoReporter {
+    fn report(&self, event: slipway_ops::OpsEvent) {
+        use slipway_engine::EngineEvent as E;
+        let slipway_ops::OpsEvent::Notice(n) = event else {
+            return;
+        };
+        let line = match &n.event {
+            E::StepSucceeded {
+                step,
+                output: Some(o),
+                ..
+            } if step.ends_with("/migrate") => format!("  {step}: {}", o.stdout),
+            E::UndoStarted { step, .. } => {
+                format!("  {step}: undoing (pre-staged down-migration)")
+            }
+            E::UndoSucceeded { step, .. } => format!("  {step}: undone"),
+            E::UndoFailed { step, error, .. } => format!("  {step}: undo FAILED: {error}"),
+            _ => return,
+        };
+        if !self.quiet {
+            #[allow(clippy::print_stderr, reason = "live progress of the demo")]
+            {
+                eprintln!("{line}");
+            }
+        }
+    }
 }
 
 async fn run_reason(store: &dyn slipway_engine::Store, run: &str) -> Option<String> {

@@ -133,39 +133,15 @@ fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
         })
 }
 
-/// Map a library error to an exit code and a hint.
-pub(crate) fn cli_error(e: mig::Error) -> CliError {
-    use mig::Error as E;
-    let (code, hint) = match &e {
-        E::BadUrl { .. } | E::BadMigrations { .. } | E::Io { .. } | E::Unsupported(_) => {
-            (exit::INVALID_INPUT, None)
-        }
-        E::ChecksumMismatch { .. }
-        | E::ResumeChanged { .. }
-        | E::OutOfOrder { .. }
-        | E::Irreversible { .. }
-        | E::UndoMissing { .. } => (exit::INVALID_INPUT, Some("nothing was changed".to_owned())),
-        E::CloneBlocked { .. } => (
-            exit::BLOCKED,
-            Some("re-run with --allow-terminate where the environment allows it".to_owned()),
-        ),
-        E::BackupDigest { .. } => (exit::TAMPERED, None),
-        E::Connect { .. } => (
-            exit::FAILURE,
-            Some("check the URL, that the server is up and reachable".to_owned()),
-        ),
-        _ => (exit::FAILURE, None),
-    };
-    CliError::new(code, format!("failed to {e}"), hint)
-}
-
 /// `slipway migrate …`.
 pub fn migrate(cmd: MigrateCommand, out: &Output) -> Result<i32, CliError> {
     let rt = runtime()?;
     rt.block_on(async {
         match cmd {
             MigrateCommand::Status(a) => {
-                let st = mig::status(&a.url, &a.dir).await.map_err(cli_error)?;
+                let st = mig::status(&a.url, &a.dir)
+                    .await
+                    .map_err(crate::cli_util::migrate_error)?;
                 if out.json() {
                     out.json_value(&st);
                 } else {
@@ -236,7 +212,7 @@ pub fn migrate(cmd: MigrateCommand, out: &Output) -> Result<i32, CliError> {
                 };
                 let r = mig::apply_with(&a.target.url, &a.target.dir, &opts)
                     .await
-                    .map_err(cli_error)?;
+                    .map_err(crate::cli_util::migrate_error)?;
                 if out.json() {
                     out.json_value(&r);
                 } else {
@@ -274,7 +250,7 @@ pub fn migrate(cmd: MigrateCommand, out: &Output) -> Result<i32, CliError> {
             MigrateCommand::Undo(a) => {
                 let r = mig::undo(&a.target.url, &a.target.dir, a.to)
                     .await
-                    .map_err(cli_error)?;
+                    .map_err(crate::cli_util::migrate_error)?;
                 if out.json() {
                     out.json_value(&r);
                 } else {
@@ -294,7 +270,7 @@ pub fn migrate(cmd: MigrateCommand, out: &Output) -> Result<i32, CliError> {
             MigrateCommand::DryRun(a) => {
                 let r = mig::dry_run(&a.target.url, &a.target.dir, a.allow_terminate)
                     .await
-                    .map_err(cli_error)?;
+                    .map_err(crate::cli_util::migrate_error)?;
                 if out.json() {
                     out.json_value(&r);
                 } else {
@@ -349,7 +325,9 @@ pub fn backup(cmd: BackupCommand, out: &Output) -> Result<i32, CliError> {
     rt.block_on(async {
         match cmd {
             BackupCommand::Create(a) => {
-                let b = mig::backup(&a.url, &a.store).await.map_err(cli_error)?;
+                let b = mig::backup(&a.url, &a.store)
+                    .await
+                    .map_err(crate::cli_util::migrate_error)?;
                 if out.json() {
                     out.json_value(&b);
                 } else {
@@ -362,8 +340,11 @@ pub fn backup(cmd: BackupCommand, out: &Output) -> Result<i32, CliError> {
                 Ok(exit::SUCCESS)
             }
             BackupCommand::Restore(a) => {
-                let b = mig::backup::load(&a.store, &a.digest).map_err(cli_error)?;
-                mig::restore(&b, &a.url).await.map_err(cli_error)?;
+                let b = mig::backup::load(&a.store, &a.digest)
+                    .map_err(crate::cli_util::migrate_error)?;
+                mig::restore(&b, &a.url)
+                    .await
+                    .map_err(crate::cli_util::migrate_error)?;
                 if out.json() {
                     out.json_value(
                         &serde_json::json!({ "restored": b.digest, "into": mig::mask_url(&a.url) }),

@@ -95,32 +95,6 @@ pub struct InspectArgs {
     pub file: PathBuf,
 }
 
-pub(crate) fn cli_error(e: &pkg::Error) -> CliError {
-    let (code, hint) = match e.class() {
-        pkg::ErrorClass::Tampered => (
-            exit::TAMPERED,
-            "do not deploy this file; find out how it changed",
-        ),
-        pkg::ErrorClass::Refused => (
-            exit::FAILURE,
-            "the check refused the input; see the message",
-        ),
-        pkg::ErrorClass::Input => (exit::INVALID_INPUT, "check the paths and files given"),
-    };
-    CliError::new(code, format!("failed to {e}"), Some(hint.to_owned()))
-}
-
-pub(crate) fn password(var: Option<&str>) -> Result<Option<String>, CliError> {
-    let Some(var) = var else { return Ok(None) };
-    match std::env::var(var) {
-        Ok(p) if !p.is_empty() => Ok(Some(p)),
-        _ => Err(CliError::input(
-            format!("the password variable {var} is not set or empty"),
-            format!("export {var}=… before running, or drop --password-env for an unencrypted key"),
-        )),
-    }
-}
-
 /// Runs `slipway key …`.
 pub fn key(command: KeyCommand, out: &Output) -> Result<i32, CliError> {
     let KeyCommand::Generate(a) = command;
@@ -130,9 +104,9 @@ pub fn key(command: KeyCommand, out: &Output) -> Result<i32, CliError> {
             "pass --password-env VAR to encrypt it, or --unencrypted for automation",
         ));
     }
-    let pw = password(a.password_env.as_deref())?;
+    let pw = crate::cli_util::password_from_env(a.password_env.as_deref())?;
     let generated = pkg::generate_keypair(&a.secret_key, &a.public_key, pw.as_deref())
-        .map_err(|e| cli_error(&e))?;
+        .map_err(|e| crate::cli_util::package_error(&e))?;
     if out.json() {
         out.json_value(&serde_json::json!({
             "ok": true,
@@ -159,16 +133,17 @@ pub fn key(command: KeyCommand, out: &Output) -> Result<i32, CliError> {
 
 /// Runs `slipway sign`.
 pub fn sign(a: SignArgs, out: &Output) -> Result<i32, CliError> {
-    let pw = password(a.password_env.as_deref())?;
-    let sk = pkg::SecretKey::from_file(&a.key, pw.as_deref()).map_err(|e| cli_error(&e))?;
+    let pw = crate::cli_util::password_from_env(a.password_env.as_deref())?;
+    let sk = pkg::SecretKey::from_file(&a.key, pw.as_deref())
+        .map_err(|e| crate::cli_util::package_error(&e))?;
     let comment = match a.trusted_comment {
         Some(c) => c,
         None => {
-            let now = u64::try_from(jiff::Timestamp::now().as_second()).unwrap_or(0);
+            let now = u64::try_from(slipway_stdx::now().as_second()).unwrap_or(0);
             pkg::sign::default_trusted_comment(&a.file, now)
         }
     };
-    let sig = pkg::sign(&a.file, &sk, &comment).map_err(|e| cli_error(&e))?;
+    let sig = pkg::sign(&a.file, &sk, &comment).map_err(|e| crate::cli_util::package_error(&e))?;
     if out.json() {
         out.json_value(&serde_json::json!({
             "ok": true,
@@ -195,11 +170,12 @@ pub fn verify(a: VerifyArgs, out: &Output) -> Result<i32, CliError> {
         .iter()
         .map(|k| pkg::PublicKey::from_file(k))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| cli_error(&e))?;
+        .map_err(|e| crate::cli_util::package_error(&e))?;
     let sig = a
         .signature
         .unwrap_or_else(|| pkg::sign::signature_path(&a.file));
-    let verified = pkg::verify(&a.file, &sig, &keys).map_err(|e| cli_error(&e))?;
+    let verified =
+        pkg::verify(&a.file, &sig, &keys).map_err(|e| crate::cli_util::package_error(&e))?;
     if out.json() {
         out.json_value(&serde_json::json!({
             "ok": true,
@@ -232,8 +208,8 @@ fn build(a: BuildArgs, out: &Output) -> Result<i32, CliError> {
     let target = a
         .out
         .unwrap_or_else(|| PathBuf::from(format!("{}-{}.tar.gz", a.name, a.version)));
-    let built =
-        pkg::build_archive(&a.dir, &a.name, &a.version, &target).map_err(|e| cli_error(&e))?;
+    let built = pkg::build_archive(&a.dir, &a.name, &a.version, &target)
+        .map_err(|e| crate::cli_util::package_error(&e))?;
     if out.json() {
         out.json_value(&serde_json::json!({
             "ok": true,
@@ -260,7 +236,7 @@ fn build(a: BuildArgs, out: &Output) -> Result<i32, CliError> {
 }
 
 fn inspect(file: &Path, out: &Output) -> Result<i32, CliError> {
-    let info = pkg::inspect(file).map_err(|e| cli_error(&e))?;
+    let info = pkg::inspect(file).map_err(|e| crate::cli_util::package_error(&e))?;
     if out.json() {
         out.json_value(&info);
         return Ok(exit::SUCCESS);

@@ -32,7 +32,7 @@ use slipway_providers::remote::{
 };
 use slipway_proxy::{Proxy, ProxyConfig};
 
-use crate::cmd_run::{StoreArg, runtime, store_error};
+use crate::cli_util::{StoreArg, runtime};
 use crate::out::{CliError, Output};
 
 /// `slipway proxy`.
@@ -122,21 +122,22 @@ const RUNS_LOOKED_AT: u32 = 1000;
 /// that can tell where proxies are recorded and who uses them, with their plans: every
 /// unfinished run, and the newest run of each environment.
 async fn store_runs(arg: &StoreArg) -> Result<(PathBuf, Vec<RunRecord>), CliError> {
-    let cwd = std::env::current_dir().unwrap_or_default();
-    let loc = slipway_store::resolve(arg.store.as_deref(), &cwd).map_err(store_error)?;
-    let db = crate::cmd_run::local_anchor(&loc, &cwd);
-    if matches!(loc, slipway_store::StoreLocation::Sqlite(_)) && !db.exists() {
-        return Ok((db, Vec::new()));
+    let (loc, layout) = slipway_ops::session::layout_for(arg.store.as_deref())
+        .ok_or_else(|| CliError::new(exit::STORE, "failed to resolve the store", None))?;
+    if let slipway_store::StoreLocation::Sqlite(db) = &loc
+        && !db.exists()
+    {
+        return Ok((layout.dir().join("slipway.db"), Vec::new()));
     }
-    let (store, db) = crate::cmd_run::open_store(arg).await?;
+    let (store, db) = crate::cli_util::open_store(arg).await?;
     // Listings carry no plan; the few runs that matter are read in full.
-    let listed = store.runs(RUNS_LOOKED_AT).await.map_err(store_error)?;
+    let listed = store.runs(RUNS_LOOKED_AT).await.map_err(CliError::from)?;
     let mut seen_env = std::collections::BTreeSet::new();
     let mut runs = Vec::new();
     for r in listed {
         let newest_of_env = seen_env.insert(r.environment.clone());
         if (newest_of_env || !r.state.is_terminal())
-            && let Some(full) = store.run(&r.id).await.map_err(store_error)?
+            && let Some(full) = store.run(&r.id).await.map_err(CliError::from)?
         {
             runs.push(full);
         }
@@ -168,7 +169,8 @@ fn proxy_dirs(db: &Path, runs: &[RunRecord], env: Option<&str>) -> Vec<ProxyDir>
     }
     for run in runs {
         if let Some(plan) = plan_of(run) {
-            let root = crate::cmd_run::process_root(db, Path::new(&run.workdir), &plan);
+            let root = slipway_providers::compose::Layout::beside(db)
+                .process_root(Path::new(&run.workdir), &plan);
             dirs.insert(ProxyDir {
                 env: run.environment.clone(),
                 dir: root.join("proxies"),
@@ -192,10 +194,11 @@ fn runs_using(
         .filter(|r| !r.state.is_terminal() && r.environment == env)
         .filter(|r| {
             plan_of(r).is_some_and(|plan| {
-                crate::cmd_run::deployed_services(&plan)
+                slipway_providers::compose::deployed_services(&plan)
                     .iter()
                     .any(|(s, _)| s == service)
-                    && crate::cmd_run::process_root(db, Path::new(&r.workdir), &plan)
+                    && slipway_providers::compose::Layout::beside(db)
+                        .process_root(Path::new(&r.workdir), &plan)
                         .join("proxies")
                         == dir
             })
@@ -317,8 +320,8 @@ fn stop(a: StopArgs, out: &Output) -> Result<i32, CliError> {
             Ok(slipway_store::StoreLocation::Postgres(_))
         );
         if db.exists() || shared {
-            let (store, _) = crate::cmd_run::open_store(&a.store).await?;
-            crate::cmd_access::enforce(
+            let (store, _) = crate::cli_util::open_store(&a.store).await?;
+            crate::cli_util::enforce(
                 &store,
                 slipway_govern::access::Role::Deployer,
                 "stop a proxy",
@@ -440,7 +443,7 @@ fn internal(msg: String) -> CliError {
 }
 
 fn serve(a: ServeArgs, out: &Output) -> Result<i32, CliError> {
-    let rt = crate::cmd_run::runtime()?;
+    let rt = crate::cli_util::runtime()?;
     rt.block_on(async {
         let token =
             new_token().map_err(|e| internal(format!("failed to make an admin token: {e}")))?;

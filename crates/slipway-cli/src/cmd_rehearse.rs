@@ -14,22 +14,18 @@
 //! exercises exactly the code paths, locks and start-up costs an operator's rollback has.
 //! `--database-only` rehearses the migrations alone (undo scripts or backup restore).
 //!
-//! Also home of [`plan_findings`], the facts-gathering half of the recovery findings that
-//! `slipway plan` appends (the pure half is `slipway_model::recovery`).
+//! The findings `slipway plan` draws from rehearsal records are
+//! `slipway_ops::recovery::plan_findings`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use slipway_migrate as mig;
 use slipway_model::exit;
-use slipway_model::plan::Finding;
-use slipway_model::recovery::{
-    Objectives, REHEARSAL_FORMAT, RecoveryFacts, RehearsalRecord, findings,
-};
+use slipway_model::recovery::{Objectives, REHEARSAL_FORMAT, RehearsalRecord};
 use slipway_model::spec::{ReleaseSpec, ServiceKind};
-use slipway_model::validate::LoadedSpec;
 
-use crate::cmd_run::StoreArg;
+use crate::cli_util::StoreArg;
 use crate::out::{CliError, Output, Style};
 
 /// How the database is rolled back during the rehearsal.
@@ -75,73 +71,7 @@ pub struct RehearseArgs {
 
 /// Directory beside the store where rehearsal records live.
 fn rehearsal_dir(store: Option<&str>) -> Result<PathBuf, CliError> {
-    let cwd = std::env::current_dir().map_err(|e| {
-        CliError::new(
-            exit::STORE,
-            format!("failed to read the current directory: {e}"),
-            None,
-        )
-    })?;
-    let loc = slipway_store::resolve(store, &cwd).map_err(crate::cmd_run::store_error)?;
-    let db = crate::cmd_run::local_anchor(&loc, &cwd);
-    Ok(db
-        .parent()
-        .map_or_else(|| cwd.clone(), Path::to_path_buf)
-        .join("rehearsals"))
-}
-
-/// `<release>-<version>.json`, with anything but `[A-Za-z0-9._-]` replaced so a release
-/// name cannot point outside the directory.
-fn record_name(spec: &ReleaseSpec) -> String {
-    let clean = |s: &str| {
-        s.chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect::<String>()
-    };
-    format!(
-        "{}-{}.json",
-        clean(&spec.metadata.name),
-        clean(&spec.metadata.version)
-    )
-}
-
-/// Recovery findings for `slipway plan`: gathers the facts (now, the spec's modification
-/// time as the release time, the rehearsal record beside the store named by
-/// `SLIPWAY_STORE`) and asks the pure planner.
-pub fn plan_findings(file: &Path, loaded: &LoadedSpec, env: &str) -> Vec<Finding> {
-    let store = std::env::var("SLIPWAY_STORE").ok();
-    let path = match rehearsal_dir(store.as_deref()) {
-        Ok(d) => d.join(record_name(&loaded.spec)),
-        Err(e) => PathBuf::from(format!("(store: {})", e.message)),
-    };
-    let rehearsal = match std::fs::read(&path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => Some(Err(e.to_string())),
-        Ok(bytes) => Some(
-            serde_json::from_slice::<RehearsalRecord>(&bytes)
-                .map_err(|e| format!("not a rehearsal record: {e}")),
-        ),
-    };
-    let released_at = std::fs::metadata(file)
-        .and_then(|m| m.modified())
-        .ok()
-        .and_then(|t| jiff::Timestamp::try_from(t).ok());
-    findings(
-        &loaded.spec,
-        env,
-        &RecoveryFacts {
-            now: Some(jiff::Timestamp::now()),
-            released_at,
-            rehearsal_path: path.display().to_string(),
-            rehearsal,
-        },
-    )
+    Ok(slipway_ops::recovery::rehearsal_dir(store)?)
 }
 
 /// The objectives a rehearsal on `env` is judged by: the environment's own, else the
@@ -178,7 +108,7 @@ fn millis(d: Duration) -> u64 {
 
 /// `slipway rehearse`.
 pub fn rehearse(a: RehearseArgs, out: &Output) -> Result<i32, CliError> {
-    let loaded = crate::cmd_plan::load_spec(&a.file, out)?;
+    let loaded = crate::cli_util::load_spec(&a.file, out)?;
     let spec = &loaded.spec;
     let shown = a.file.display();
     let Some(env) = spec.environments.get(&a.env) else {
@@ -287,7 +217,7 @@ pub fn rehearse(a: RehearseArgs, out: &Output) -> Result<i32, CliError> {
         url: url.clone(),
         dir,
         store_dir: records.join("backups"),
-        who: crate::cmd_run::identity(),
+        who: crate::cli_util::identity(),
         rollback: match a.rollback {
             RollbackArg::Undo => mig::RollbackMethod::Undo,
             RollbackArg::RestoreBackup => mig::RollbackMethod::RestoreBackup,
@@ -297,7 +227,7 @@ pub fn rehearse(a: RehearseArgs, out: &Output) -> Result<i32, CliError> {
         // Judged here against durations (the spec's RPO is a time span), not marker rows.
         objectives: None,
     };
-    let rt = crate::cmd_run::runtime()?;
+    let rt = crate::cli_util::runtime()?;
     let driver = release_scope
         .then(|| ReleaseRun::new(&a, spec_dir, spec))
         .transpose()?;
@@ -305,7 +235,7 @@ pub fn rehearse(a: RehearseArgs, out: &Output) -> Result<i32, CliError> {
         Some(d) => rt.block_on(mig::rehearse(&cfg, d)),
         None => rt.block_on(mig::rehearse(&cfg, &mig::NoRedeploy)),
     }
-    .map_err(crate::cmd_migrate::cli_error)?;
+    .map_err(crate::cli_util::migrate_error)?;
     let run_id = driver.as_ref().and_then(ReleaseRun::run_id);
     let mut missed = objectives.missed(report.rto_ms, report.rpo_ms);
     if !report.schema_restored {
@@ -316,7 +246,7 @@ pub fn rehearse(a: RehearseArgs, out: &Output) -> Result<i32, CliError> {
         release: spec.metadata.name.clone(),
         version: spec.metadata.version.clone(),
         environment: a.env.clone(),
-        finished_at: jiff::Timestamp::now(),
+        finished_at: slipway_stdx::now(),
         rto_ms: report.rto_ms,
         rpo_ms: report.rpo_ms,
         markers_lost: report.markers_lost,
@@ -331,7 +261,7 @@ pub fn rehearse(a: RehearseArgs, out: &Output) -> Result<i32, CliError> {
             )
         })?,
     };
-    let path = records.join(record_name(spec));
+    let path = records.join(slipway_ops::recovery::record_name(spec));
     write_record(&path, &record)?;
 
     if out.json() {
@@ -557,7 +487,7 @@ impl ReleaseRun {
         args: &[&std::ffi::OsStr],
         ok: &[i32],
     ) -> Result<serde_json::Value, String> {
-        let mut c = tokio::process::Command::new(&self.exe);
+        let mut c = slipway_stdx::tokio_command(&self.exe);
         c.args(args).args(["--output", "json"]);
         if let Some(s) = &self.store {
             c.arg("--store").arg(s);
@@ -598,7 +528,7 @@ impl ReleaseRun {
         for (service, command, deadline) in &self.probes {
             let until = std::time::Instant::now() + *deadline;
             loop {
-                let ok = tokio::process::Command::new("sh")
+                let ok = slipway_stdx::tokio_command("sh")
                     .arg("-c")
                     .arg(command)
                     .current_dir(&self.workdir)

@@ -80,7 +80,7 @@ fn spec_dir(file: &Path) -> &Path {
 
 /// `slipway render`.
 pub fn render(a: RenderArgs, out: &Output) -> Result<i32, CliError> {
-    let loaded = crate::cmd_plan::load_spec(&a.file, out)?;
+    let loaded = crate::cli_util::load_spec(&a.file, out)?;
     let opts = RenderOptions {
         secrets: SecretMode::Masked,
         port: a.port,

@@ -16,7 +16,7 @@ use slipway_govern::{GovernError, history};
 use slipway_model::exit;
 use slipway_store::archive::ArchiveDb;
 
-use crate::cmd_run::{StoreArg, open_store, runtime, store_error};
+use crate::cli_util::{StoreArg, open_store, runtime};
 use crate::out::{CliError, Output};
 
 /// `slipway report …`.
@@ -151,7 +151,7 @@ pub fn report(c: ReportCommand, out: &Output) -> Result<i32, CliError> {
 
 pub(crate) fn govern_error(e: GovernError) -> CliError {
     match e {
-        GovernError::Store(s) => store_error(s),
+        GovernError::Store(s) => CliError::from(s),
         e @ (GovernError::NoSuchRun(_)
         | GovernError::BadDate { .. }
         | GovernError::UnknownFramework(_)) => {
@@ -209,9 +209,9 @@ async fn archived(
     let Some(db_path) = db_path else {
         return Ok((Vec::new(), Vec::new()));
     };
-    let db = ArchiveDb::open(db_path).await.map_err(store_error)?;
-    let summaries = db.summaries().await.map_err(store_error)?;
-    let checkpoints = db.checkpoints().await.map_err(store_error)?;
+    let db = ArchiveDb::open(db_path).await.map_err(CliError::from)?;
+    let summaries = db.summaries().await.map_err(CliError::from)?;
+    let checkpoints = db.checkpoints().await.map_err(CliError::from)?;
     Ok((summaries, checkpoints))
 }
 
@@ -276,7 +276,7 @@ fn dora_cmd(a: DoraArgs, out: &Output) -> Result<i32, CliError> {
         Ok::<_, CliError>(dora::compute(
             &runs,
             &query,
-            jiff::Timestamp::now(),
+            slipway_stdx::now(),
             &slipway_govern::git::change_origin,
         ))
     })?;
@@ -335,7 +335,7 @@ fn compliance_cmd(a: ComplianceArgs, out: &Output) -> Result<i32, CliError> {
     let since = slipway_govern::parse_when(&a.since).map_err(govern_error)?;
     let until = match a.until.as_deref() {
         Some(u) => slipway_govern::parse_when(u).map_err(govern_error)?,
-        None => jiff::Timestamp::now(),
+        None => slipway_stdx::now(),
     };
     slipway_govern::compliance::catalogue(&a.framework).map_err(govern_error)?;
     let rt = runtime()?;
@@ -343,9 +343,9 @@ fn compliance_cmd(a: ComplianceArgs, out: &Output) -> Result<i32, CliError> {
         let (store, _) = open_store(&a.store).await?;
         // Read the head before the entries: entries appended in between only extend the
         // chain past the head the pack names, which still verifies.
-        let start = store.audit_start().await.map_err(store_error)?;
-        let head = store.audit_head().await.map_err(store_error)?;
-        let entries = store.audit_entries().await.map_err(store_error)?;
+        let start = store.audit_start().await.map_err(CliError::from)?;
+        let head = store.audit_head().await.map_err(CliError::from)?;
+        let entries = store.audit_entries().await.map_err(CliError::from)?;
         let entries: Vec<_> = match &head {
             Some((seq, _)) => entries.into_iter().filter(|e| e.seq <= *seq).collect(),
             None => entries,
@@ -357,7 +357,7 @@ fn compliance_cmd(a: ComplianceArgs, out: &Output) -> Result<i32, CliError> {
         } else {
             // The bundles' runs are examined whole, and the chain verified from the first
             // bundle's start through the live entries.
-            let db_path = crate::cmd_run::sqlite_only(
+            let db_path = crate::cli_util::sqlite_only(
                 &store,
                 "slipway report compliance --archive",
                 "archive checkpoints",
@@ -467,7 +467,7 @@ fn compliance_cmd(a: ComplianceArgs, out: &Output) -> Result<i32, CliError> {
 /// Run a catalog subcommand.
 pub fn catalog(c: CatalogCommand, out: &Output) -> Result<i32, CliError> {
     let CatalogCommand::Export(a) = c;
-    let loaded = crate::cmd_plan::load_spec(&a.file, out)?;
+    let loaded = crate::cli_util::load_spec(&a.file, out)?;
     // Lifecycles come from the run history when a store exists; none is created here.
     let cwd = std::env::current_dir().unwrap_or_default();
     let runs = match slipway_store::resolve(a.store.store.as_deref(), &cwd) {
@@ -501,7 +501,7 @@ pub fn catalog(c: CatalogCommand, out: &Output) -> Result<i32, CliError> {
     let dot_path = a.out.join("dependencies.dot");
     write_file(&dot_path, &dot)?;
     let svg_path = a.out.join("dependencies.svg");
-    let svg = std::process::Command::new("dot")
+    let svg = slipway_stdx::command("dot")
         .arg("-Tsvg")
         .arg(&dot_path)
         .arg("-o")

@@ -2,7 +2,6 @@
 //! the store `--store` names, until SIGINT or SIGTERM.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
@@ -10,7 +9,7 @@ use slipway_engine::store::Store;
 use slipway_model::exit;
 use slipway_store::access::AccessDb;
 
-use crate::cmd_run::{StoreArg, open_store, runtime, store_error};
+use crate::cli_util::{StoreArg, runtime};
 use crate::out::{CliError, Output};
 
 /// How long open connections (event streams above all) get to finish after a signal.
@@ -47,11 +46,11 @@ pub fn serve(a: ServeArgs, out: &Output) -> Result<i32, CliError> {
 }
 
 async fn run(a: ServeArgs, out: &Output) -> Result<i32, CliError> {
-    let (store, _) = open_store(&a.store).await?;
-    let access = AccessDb::for_store(&store).await.map_err(store_error)?;
+    let session = crate::cli_util::session(&a.store).await?;
+    let store = session.store.clone();
+    let access = AccessDb::for_store(&store).await.map_err(CliError::from)?;
     let location = store.location();
-    let store: Arc<dyn Store> = store;
-    let app = slipway_server::router(store, access, slipway_server::Options::default())
+    let app = slipway_server::router(session, access, slipway_server::Options::default())
         .map_err(|e| CliError::new(exit::INTERNAL, format!("failed to {e}"), None))?;
     let listener = tokio::net::TcpListener::bind(a.listen).await.map_err(|e| {
         CliError::input(

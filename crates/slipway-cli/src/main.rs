@@ -4,17 +4,15 @@
 //! returns an exit code from [`slipway_model::exit`]; errors carry a hint and map to
 //! exit codes here, so every failure a user sees says what to do next.
 
-mod check_runner;
+mod cli_util;
 mod cmd_access;
 mod cmd_archive;
 mod cmd_audit;
 mod cmd_check;
 mod cmd_checklist;
-mod cmd_config;
 mod cmd_demo;
 mod cmd_env;
 mod cmd_migrate;
-mod cmd_notify;
 mod cmd_package;
 mod cmd_plan;
 mod cmd_proxy;
@@ -25,6 +23,7 @@ mod cmd_run;
 mod cmd_serve;
 mod out;
 mod perf_report;
+mod progress;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
@@ -172,7 +171,7 @@ fn main() {
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let out = Output::new(cli.output, cli.color);
     if let Some(token) = &cli.token
-        && let Err(e) = cmd_access::authenticate(token, &matches)
+        && let Err(e) = cli_util::authenticate(token, store_of(&matches).as_deref())
     {
         std::process::exit(out.fail(&e));
     }
@@ -181,6 +180,16 @@ fn main() {
         Err(e) => out.fail(&e),
     };
     std::process::exit(code);
+}
+
+/// The `--store` of the (sub)command being run, however deep, from clap's matches (every
+/// command flattens the same `StoreArg`, so the id is `store` everywhere).
+fn store_of(m: &clap::ArgMatches) -> Option<String> {
+    let here = m.try_get_one::<String>("store").ok().flatten().cloned();
+    match m.subcommand() {
+        Some((_, sub)) => store_of(sub).or(here),
+        None => here,
+    }
 }
 
 fn run(command: Commands, out: &Output) -> Result<i32, out::CliError> {

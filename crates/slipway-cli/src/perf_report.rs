@@ -120,14 +120,9 @@ pub async fn check_rows(
 }
 
 /// A run's perf baselines and verifications: JSON (`null` when it kept none) and lines.
-pub fn run_perf(db: &Path, run_id: &str) -> (Value, Vec<String>) {
-    let dir = db
-        .parent()
-        .unwrap_or(Path::new("."))
-        .join("runs")
-        .join(run_id);
-    let baselines = pb::baselines(&dir).unwrap_or_default();
-    let verifications = pb::verifications(&dir).unwrap_or_default();
+pub fn run_perf(dir: &Path) -> (Value, Vec<String>) {
+    let baselines = pb::baselines(dir).unwrap_or_default();
+    let verifications = pb::verifications(dir).unwrap_or_default();
     if baselines.is_empty() && verifications.is_empty() {
         return (Value::Null, Vec::new());
     }

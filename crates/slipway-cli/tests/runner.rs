@@ -1,5 +1,9 @@
 //! The one integration-test binary of the CLI: real `slipway` processes, real files.
 #![allow(
+    clippy::disallowed_methods,
+    reason = "tests start real processes and read the real clock directly"
+)]
+#![allow(
     clippy::unwrap_used,
     clippy::expect_used,
     reason = "tests: a panic is a failure"

@@ -526,6 +526,172 @@ fn reading_runs_needs_the_viewer_role_once_access_control_is_on() {
     assert_eq!(get(a, "/api/v1/audit/verify", Some(&alice)).status, 200);
 }
 
+/// `POST path` with a JSON body and optional extra headers.
+fn post_json(addr: &str, path: &str, body: &str, headers: &[(&str, &str)]) -> Response {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut req = format!(
+        "POST {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    Response {
+        status,
+        headers: head.to_ascii_lowercase(),
+        body: body.to_owned(),
+    }
+}
+
+/// An approval over HTTP is the CLI's approval (the same operation): the approver role in
+/// the run's environment, four-eyes against the author, the reviewed digest; a viewer is
+/// refused, a cookie alone never approves, and the run then passes its approvals gate.
+#[test]
+fn approving_over_the_api_applies_the_same_rules_as_the_cli() {
+    let e = Env::new();
+    std::fs::write(
+        &e.spec,
+        SPEC.replace(
+            "  staging: { target: { exec: {} } }",
+            "  staging:\n    target: { exec: {} }\n    approvals: { required: 1, four_eyes: true }",
+        ),
+    )
+    .unwrap();
+    e.ok_as(
+        "alice",
+        &["access", "grant", "user:alice", "admin", "--env", "*"],
+    );
+    e.ok_as(
+        "alice",
+        &[
+            "access", "grant", "user:bob", "approver", "--env", "staging",
+        ],
+    );
+    e.ok_as(
+        "alice",
+        &[
+            "access",
+            "grant",
+            "user:carol",
+            "viewer",
+            "--env",
+            "staging",
+        ],
+    );
+    // alice starts the run; it waits for one approval (exit 3 with --no-wait).
+    let o = slipway()
+        .current_dir(e.dir.path())
+        .env("SLIPWAY_STORE", &e.store)
+        .env("SLIPWAY_USER", "alice")
+        .env_remove("SLIPWAY_TOKEN")
+        .args([
+            "deploy",
+            "-f",
+            &e.spec,
+            "--env",
+            "staging",
+            "--no-wait",
+            "--output",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(3), "{o:?}");
+    let started: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let run = started["run"].as_str().unwrap().to_owned();
+    let (alice, bob, carol) = (e.token("alice"), e.token("bob"), e.token("carol"));
+    let s = e.serve();
+    let a = s.addr.as_str();
+    let path = format!("/api/v1/runs/{run}/approve");
+    let bearer = |t: &str| format!("Bearer {t}");
+
+    let viewer = post_json(a, &path, "{}", &[("Authorization", &bearer(&carol))]);
+    assert_eq!(viewer.status, 403, "{}", viewer.body);
+    assert!(
+        viewer.json()["fix"].as_str().unwrap().contains("approver"),
+        "{}",
+        viewer.body
+    );
+    let author = post_json(a, &path, "{}", &[("Authorization", &bearer(&alice))]);
+    assert_eq!(author.status, 409, "four-eyes: {}", author.body);
+    assert!(
+        author.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("four-eyes"),
+        "{}",
+        author.body
+    );
+    let stale = post_json(
+        a,
+        &path,
+        &format!("{{\"digest\": \"{}\"}}", "0".repeat(64)),
+        &[("Authorization", &bearer(&bob))],
+    );
+    assert_eq!(stale.status, 400, "another plan's digest: {}", stale.body);
+    let cookie = post_json(
+        a,
+        &path,
+        "{}",
+        &[("Cookie", &format!("slipway_token={bob}"))],
+    );
+    assert_eq!(
+        cookie.status, 403,
+        "a cookie alone never approves: {}",
+        cookie.body
+    );
+    let none = post_json(
+        a,
+        "/api/v1/runs/no-such-run/approve",
+        "{}",
+        &[("Authorization", &bearer(&bob))],
+    );
+    assert_eq!(none.status, 404, "{}", none.body);
+
+    let digest = get(a, &format!("/api/v1/runs/{run}"), Some(&bob)).json()["digest"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let ok = post_json(
+        a,
+        &path,
+        &format!("{{\"digest\": \"{digest}\"}}"),
+        &[("Authorization", &bearer(&bob))],
+    );
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    let ok = ok.json();
+    assert_eq!(
+        (ok["valid"].as_u64(), ok["required"].as_u64()),
+        (Some(1), Some(1)),
+        "{ok}"
+    );
+    // The CLI sees the same approval, and the run now passes its gate.
+    let status: Value = serde_json::from_str(&e.ok(&["status", &run, "--output", "json"])).unwrap();
+    assert_eq!(
+        status["approvals"]["valid"].as_array().unwrap().len(),
+        1,
+        "{status}"
+    );
+    e.go();
+    let o = slipway()
+        .current_dir(e.dir.path())
+        .env("SLIPWAY_STORE", &e.store)
+        .env("SLIPWAY_USER", "alice")
+        .env_remove("SLIPWAY_TOKEN")
+        .args(["resume", &run])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+}
+
 #[test]
 fn serve_on_postgres_lists_and_streams_a_run_without_printing_the_password() {
     use crate::postgres_store_cli::pg::{PASSWORD, pg};

@@ -21,7 +21,7 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now(&self) -> Timestamp {
-        Timestamp::now()
+        slipway_stdx::now()
     }
     fn sleep(&self, d: Duration) -> BoxFuture<'_, ()> {
         Box::pin(tokio::time::sleep(d))

@@ -1,5 +1,9 @@
 //! Integration tests of slipway-engine, one binary (see TESTING.md): every test file is a
 //! `mod` here.
+#![allow(
+    clippy::disallowed_methods,
+    reason = "tests start real processes and read the real clock directly"
+)]
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
 mod audit;

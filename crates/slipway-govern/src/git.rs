@@ -4,7 +4,6 @@
 //! missing `git`, yields no facts rather than an error, and the reports say so.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use jiff::Timestamp;
 use serde::Serialize;
@@ -51,7 +50,7 @@ impl GitRepo {
     }
 
     fn git(&self, args: &[&str]) -> Option<String> {
-        let out = Command::new("git")
+        let out = slipway_stdx::command("git")
             .arg("-C")
             .arg(&self.dir)
             .args(args)

@@ -1,5 +1,9 @@
 //! The one integration-test binary of slipway-govern: real SQLite stores seeded through
 //! the engine's `Store` trait, real git repositories, real local receivers.
+#![allow(
+    clippy::disallowed_methods,
+    reason = "tests start real processes and read the real clock directly"
+)]
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
 mod access;

@@ -1,6 +1,10 @@
 //! Benchmark driver: dry-run the migrations in DIR against URL and print the timings
 //! (clone, apply, undo, drop) as one JSON line. Run by `benches/dry_run.sh`, which starts a
 //! PostgreSQL server, loads a database of at least 100 MB and writes 50 migrations.
+#![allow(
+    clippy::disallowed_methods,
+    reason = "tests start real processes and read the real clock directly"
+)]
 #![allow(clippy::print_stdout, reason = "benchmark output")]
 
 use std::time::Instant;

@@ -238,7 +238,7 @@ pub fn pg_bin_dir() -> Option<PathBuf> {
 
 fn pg_command(tool: &str, url: &str) -> Command {
     let program = pg_bin_dir().map_or_else(|| PathBuf::from(tool), |d| d.join(tool));
-    let mut cmd = Command::new(program);
+    let mut cmd = slipway_stdx::command(program);
     cmd.arg("--no-password")
         .arg("--dbname")
         .arg(url_without_password(url))

@@ -5,5 +5,5 @@
 
 /// Now as RFC 3339 in UTC, e.g. `2026-11-02T10:00:00Z`.
 pub(crate) fn now_rfc3339() -> String {
-    jiff::Timestamp::now().to_string()
+    slipway_stdx::now().to_string()
 }

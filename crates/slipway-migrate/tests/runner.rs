@@ -1,5 +1,9 @@
 //! The one integration-test binary of slipway-migrate: real PostgreSQL (started by
 //! [`common`]) and real SQLite files.
+#![allow(
+    clippy::disallowed_methods,
+    reason = "tests start real processes and read the real clock directly"
+)]
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
 mod common;

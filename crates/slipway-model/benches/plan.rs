@@ -1,5 +1,9 @@
 //! Planning a generated spec of 2,000 services and 10,000 dependency edges: validation
 //! (all three passes) and planning, measured separately.
+#![allow(
+    clippy::disallowed_methods,
+    reason = "tests start real processes and read the real clock directly"
+)]
 #![allow(clippy::expect_used, reason = "benchmark setup: a panic is a failure")]
 
 use std::fmt::Write;

@@ -1,7 +1,10 @@
 //! Integration tests of slipway-package, one binary (see TESTING.md). Tests that need a
 //! real tool (`minisign`, `dpkg-deb`, `rpmbuild`) fail with the apt package to install
 //! rather than skip, so a missing tool is never mistaken for a pass.
-
+#![allow(
+    clippy::disallowed_methods,
+    reason = "tests start real processes and read the real clock directly"
+)]
 // Helpers outside #[test] functions are test code too: a failed setup step should panic.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

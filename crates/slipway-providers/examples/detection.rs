@@ -5,6 +5,10 @@
 //! Usage: `cargo run --release -p slipway-providers --example detection -- [ROUNDS] [RATE]`
 //! (needs the demo-app binary: `cargo build --release -p demo-app`).
 #![allow(
+    clippy::disallowed_methods,
+    reason = "tests start real processes and read the real clock directly"
+)]
+#![allow(
     clippy::print_stdout,
     clippy::unwrap_used,
     clippy::expect_used,

@@ -262,7 +262,7 @@ impl ExecTarget {
     }
 
     fn command(&self, ctx: &StepContext, program: &str) -> Command {
-        let mut c = Command::new(program);
+        let mut c = slipway_stdx::tokio_command(program);
         c.current_dir(&self.workdir)
             .env("SLIPWAY_RUN_ID", &ctx.run_id)
             .env("SLIPWAY_STEP", &ctx.step_id)
@@ -399,7 +399,7 @@ async fn run(
         Err(_) => {
             if let Some(pid) = child.id() {
                 // The group id is the child's pid (process_group(0)).
-                let _ = Command::new("kill")
+                let _ = slipway_stdx::tokio_command("kill")
                     .arg("-KILL")
                     .arg("--")
                     .arg(format!("-{pid}"))

@@ -2,7 +2,8 @@
 //! machine; `ssh`: the same steps on inventory hosts over SSH), the `process` target's instances for canaries, and the built-in proxy as
 //! traffic router and metric source for `slipway-rollout` (in-process, or a proxy process
 //! of its own driven over its admin API), nginx (`nginx`) and HAProxy (`haproxy`) as routers, and interventions on a live canary from other
-//! processes.
+//! processes. [`compose`] builds all of them for a run from its plan: the one composition
+//! root, which `slipway-ops` calls.
 //!
 //! Architecture invariant: providers hold no state of their own beyond what they can
 //! observe on the target (paths, completion markers); the engine journals what goes in
@@ -10,6 +11,8 @@
 
 pub mod artifact;
 pub mod builtin;
+pub mod checks;
+pub mod compose;
 pub mod config;
 pub mod deploy;
 pub mod exec;

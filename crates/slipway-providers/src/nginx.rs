@@ -418,7 +418,7 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
 
 /// Run a shell command; `Err` carries its exit status and output.
 async fn run(cmd: &str) -> Result<(), String> {
-    let child = tokio::process::Command::new("sh")
+    let child = slipway_stdx::tokio_command("sh")
         .arg("-c")
         .arg(cmd)
         .stdin(std::process::Stdio::null())

@@ -142,7 +142,7 @@ mod tests {
         let port = l.local_addr().unwrap().port();
         assert_eq!(loopback_listener_owner(port, own_pgid()), Ownership::Ours);
         // The same socket judged for some other group (a sleeping child of its own).
-        let mut child = std::process::Command::new("sleep")
+        let mut child = slipway_stdx::command("sleep")
             .arg("30")
             .process_group(0)
             .spawn()

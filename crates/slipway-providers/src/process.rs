@@ -308,7 +308,7 @@ impl ProcessTarget {
             .replace("{{port}}", &port.to_string())
             .replace("{{ version }}", version)
             .replace("{{version}}", version);
-        let mut cmd = tokio::process::Command::new("sh");
+        let mut cmd = slipway_stdx::tokio_command("sh");
         cmd.arg("-c")
             .arg(format!("exec {command}"))
             .current_dir(&svc.workdir)
@@ -547,7 +547,7 @@ pub async fn probe(i: &Instance, svc: Option<&ServiceProcess>) -> bool {
             command: Some(c), ..
         }) => {
             let env = svc.map_or_else(|| host_env(&[]), ServiceProcess::spec_env);
-            let run = tokio::process::Command::new("sh")
+            let run = slipway_stdx::tokio_command("sh")
                 .arg("-c")
                 .arg(c)
                 .env_clear()

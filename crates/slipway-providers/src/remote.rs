@@ -369,7 +369,7 @@ impl ProxySupervisor {
         let Some((program, args)) = self.command.split_first() else {
             return Err("no command to start a proxy with".into());
         };
-        let mut cmd = tokio::process::Command::new(program);
+        let mut cmd = slipway_stdx::tokio_command(program);
         cmd.args(args)
             .arg("--service")
             .arg(service)

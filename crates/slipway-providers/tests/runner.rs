@@ -1,4 +1,8 @@
 //! Integration tests.
+#![allow(
+    clippy::disallowed_methods,
+    reason = "tests start real processes and read the real clock directly"
+)]
 
 mod canary;
 mod config;

@@ -3,7 +3,10 @@
 //!
 //! `bench_proxy --listen 127.0.0.1:8080 --stable 127.0.0.1:9000[,..] [--canary ..]
 //! [--weight N] [--threads N] [--upstream-timeout-ms MS, 0 = none]`; prints `listening on ADDR` first.
-
+#![allow(
+    clippy::disallowed_methods,
+    reason = "tests start real processes and read the real clock directly"
+)]
 // A benchmark helper talks to its script through stdout.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 

@@ -3,7 +3,10 @@
 //!
 //! The tests use real servers: demo-app started in-process through `demo_app::serve`,
 //! and in `test_binary` the real `demo-app` executable.
-
+#![allow(
+    clippy::disallowed_methods,
+    reason = "tests start real processes and read the real clock directly"
+)]
 // Helpers outside `#[test]` functions are test code too; a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

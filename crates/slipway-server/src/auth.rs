@@ -6,8 +6,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
-use jiff::Timestamp;
-use slipway_govern::access::{self, AuthError, Role};
+use slipway_govern::access::{self, AuthError};
 
 use crate::{ApiError, AppState};
 
@@ -19,6 +18,19 @@ pub(crate) const COOKIE: &str = "slipway_token";
 pub(crate) struct Caller {
     /// The user name (the token's subject without `user:`).
     pub user: String,
+    /// The credentials came in an `Authorization` header (a cross-site form cannot set
+    /// one), not in the browser's cookie.
+    pub bearer: bool,
+}
+
+impl Caller {
+    /// The server's session acting as this caller.
+    pub(crate) fn session(&self, state: &AppState) -> slipway_ops::Session {
+        state.session.as_actor(slipway_ops::Actor {
+            user: self.user.clone(),
+            groups: Vec::new(),
+        })
+    }
 }
 
 /// The token of a request: the bearer header first, else the session cookie.
@@ -44,10 +56,12 @@ pub(crate) fn presented(headers: &HeaderMap) -> Option<String> {
 
 /// Check a token; the caller it stands for.
 pub(crate) async fn verify(state: &AppState, token: &str) -> Result<Caller, ApiError> {
-    match access::authenticate_cached(&state.access, token, Timestamp::now(), &state.verified).await
+    match access::authenticate_cached(&state.access, token, slipway_stdx::now(), &state.verified)
+        .await
     {
         Ok(subject) => Ok(Caller {
             user: subject.strip_prefix("user:").unwrap_or(&subject).to_owned(),
+            bearer: false,
         }),
         // The message names the token's id at most, never its secret.
         Err(AuthError::Refused(e)) => Err(ApiError::unauthenticated(e.to_string())),
@@ -63,7 +77,9 @@ pub(crate) async fn verify(state: &AppState, token: &str) -> Result<Caller, ApiE
 async fn caller_of(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
     let token = presented(headers)
         .ok_or_else(|| ApiError::unauthenticated("this request carries no API token".to_owned()))?;
-    verify(state, &token).await
+    let mut caller = verify(state, &token).await?;
+    caller.bearer = headers.contains_key(header::AUTHORIZATION);
+    Ok(caller)
 }
 
 /// Middleware of `/api/…`: 401 JSON without a valid token.
@@ -111,17 +127,13 @@ pub(crate) async fn can_view(
     Ok(viewable(state, caller).await?(environment))
 }
 
-/// [`can_view`] for many environments, with the grants read once.
+/// [`can_view`] for many environments, with the grants read once: the operations layer's
+/// rule (`slipway_ops::access::readable`), the one the CLI applies.
 pub(crate) async fn viewable(
     state: &AppState,
     caller: &Caller,
 ) -> Result<impl Fn(&str) -> bool + use<>, ApiError> {
-    let grants = state.access.grants(false).await?;
-    let user = caller.user.clone();
-    Ok(move |environment: &str| {
-        grants.is_empty()
-            || access::authorize(&grants, &user, &[], Role::Viewer, "read", environment).is_ok()
-    })
+    Ok(slipway_ops::access::readable(&caller.session(state)).await?)
 }
 
 /// [`can_view`] as a 403.

@@ -69,6 +69,41 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<slipway_ops::OpsError> for ApiError {
+    fn from(e: slipway_ops::OpsError) -> Self {
+        use slipway_ops::{ErrorKind, Hint};
+        let refused_role = e.hints.iter().any(|h| matches!(h, Hint::AskGrant { .. }));
+        let status = match e.kind {
+            ErrorKind::Input => StatusCode::BAD_REQUEST,
+            ErrorKind::NotFound => StatusCode::NOT_FOUND,
+            ErrorKind::Blocked if refused_role => StatusCode::FORBIDDEN,
+            ErrorKind::Blocked | ErrorKind::Evidence => StatusCode::CONFLICT,
+            ErrorKind::Unauthenticated => StatusCode::UNAUTHORIZED,
+            ErrorKind::Store => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::Failure | ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let fix = e
+            .hints
+            .iter()
+            .map(|h| match h {
+                Hint::Text { text } => text.clone(),
+                Hint::ListRuns => "list runs with GET /api/v1/runs".to_owned(),
+                Hint::AskGrant {
+                    subject,
+                    role,
+                    environment,
+                } => format!(
+                    "ask an admin for `slipway access grant {subject} {role} --env {environment}`"
+                ),
+                Hint::Run { run, .. } => format!("see GET /api/v1/runs/{run}"),
+                other => serde_json::to_string(other).unwrap_or_default(),
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        Self::new(status, e.message, fix)
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({"error": self.error, "fix": self.fix});

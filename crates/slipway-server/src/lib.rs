@@ -3,8 +3,10 @@
 //!
 //! Reads go through the engine's [`Store`] trait only, so SQLite and PostgreSQL serve
 //! alike; tokens are checked against the store's access tables with the same
-//! [`slipway_govern::access::authenticate`] `--token` uses. This crate prints nothing: the
-//! CLI binds, reports the address and owns the process (signals, warnings).
+//! [`slipway_govern::access::authenticate`] `--token` uses; every authorization and every
+//! action (`POST /api/v1/runs/{id}/approve`) is a `slipway_ops` call for the caller, the one
+//! policy the CLI uses too. This crate prints nothing: the CLI binds, reports the address
+//! and owns the process (signals, warnings).
 //!
 //! Authentication: every `/api/…` route and every page except `/login` and `/healthz`
 //! needs an API token (`slipway access token create`), given as `Authorization: Bearer
@@ -55,6 +57,9 @@ impl Default for Options {
 /// What every handler shares.
 #[derive(Clone)]
 pub(crate) struct AppState {
+    /// The store and its layout; handlers act through it as the caller
+    /// ([`slipway_ops::Session::as_actor`]).
+    pub session: slipway_ops::Session,
     pub store: Arc<dyn Store>,
     pub access: AccessDb,
     /// Tokens already verified (argon2id once per token, not per request).
@@ -65,14 +70,15 @@ pub(crate) struct AppState {
 
 /// The whole application: API, event streams, pages.
 ///
-/// `access` must be the access tables of `store` (`AccessDb::for_store`).
+/// `access` must be the access tables of the session's store (`AccessDb::for_store`).
 pub fn router(
-    store: Arc<dyn Store>,
+    session: slipway_ops::Session,
     access: AccessDb,
     options: Options,
 ) -> Result<Router, ApiError> {
     let state = AppState {
-        store,
+        store: session.dyn_store(),
+        session,
         access,
         verified: Arc::default(),
         options: Arc::new(options),
@@ -83,6 +89,7 @@ pub fn router(
         .route("/runs/{id}", get(api::run))
         .route("/runs/{id}/journal", get(api::journal))
         .route("/runs/{id}/events", get(sse::events))
+        .route("/runs/{id}/approve", post(api::approve))
         .route("/audit/verify", get(api::audit_verify))
         .fallback(api::not_found)
         .route_layer(axum::middleware::from_fn_with_state(

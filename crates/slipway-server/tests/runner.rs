@@ -1,6 +1,10 @@
 //! The server as a library over a real SQLite store, for what the CLI tests cannot reach
 //! quickly: an open event stream whose token is revoked ends instead of streaming on.
 #![allow(
+    clippy::disallowed_methods,
+    reason = "tests start real processes and read the real clock directly"
+)]
+#![allow(
     clippy::unwrap_used,
     clippy::expect_used,
     reason = "tests: a panic is a failure"
@@ -59,13 +63,13 @@ async fn an_open_event_stream_ends_when_its_token_is_revoked() {
         )
         .await
         .unwrap();
-    let store: Arc<dyn Store> = Arc::new(store);
+    let session = session_over(store, dir.path());
     let options = slipway_server::Options {
         poll_interval: Duration::from_millis(20),
         reauth_interval: Duration::from_millis(100),
         ..Default::default()
     };
-    let app = slipway_server::router(store, access.clone(), options).unwrap();
+    let app = slipway_server::router(session, access.clone(), options).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum_serve(listener, app).await });
@@ -135,8 +139,8 @@ async fn a_sign_in_posted_from_another_site_is_refused_and_sets_no_cookie() {
     let access = AccessDb::for_store(&store).await.unwrap();
     let issued = slipway_govern::access::issue_token("mallory", Timestamp::now()).unwrap();
     access.add_token(&issued.row).await.unwrap();
-    let store: Arc<dyn Store> = Arc::new(store);
-    let app = slipway_server::router(store, access, slipway_server::Options::default()).unwrap();
+    let session = session_over(store, dir.path());
+    let app = slipway_server::router(session, access, slipway_server::Options::default()).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum_serve(listener, app).await });
@@ -174,4 +178,16 @@ async fn a_sign_in_posted_from_another_site_is_refused_and_sets_no_cookie() {
             assert!(r.contains("another site"), "{extra:?}: {r}");
         }
     }
+}
+
+/// The server's session over an open store whose files live in `dir`.
+fn session_over(store: slipway_store::AnyStore, dir: &std::path::Path) -> slipway_ops::Session {
+    slipway_ops::Session::over(
+        Arc::new(store),
+        slipway_ops::Layout::new(dir),
+        slipway_ops::Actor {
+            user: "server".into(),
+            groups: Vec::new(),
+        },
+    )
 }

@@ -4,6 +4,10 @@
 //! [STEPS] [PARALLELISM] [DIR]`. With `SLIPWAY_BENCH_STORE=postgres://…` the run goes to
 //! that (empty) PostgreSQL database instead of an SQLite file in DIR.
 #![allow(
+    clippy::disallowed_methods,
+    reason = "tests start real processes and read the real clock directly"
+)]
+#![allow(
     clippy::print_stdout,
     clippy::unwrap_used,
     clippy::expect_used,

@@ -509,7 +509,7 @@ async fn apply_all(pool: &PgPool, writes: &[&Write]) -> Result<Vec<Reply>, Store
                         )
                         .bind(&id)
                         .bind(name)
-                        .bind(Timestamp::now().to_string())
+                        .bind(slipway_stdx::now().to_string())
                         .execute(&mut *tx)
                         .await
                         .map_err(query_err)?;

@@ -425,7 +425,7 @@ async fn apply_all(
                         )
                         .bind(&id)
                         .bind(name)
-                        .bind(Timestamp::now().to_string())
+                        .bind(slipway_stdx::now().to_string())
                         .execute(&mut *tx)
                         .await
                         .map_err(query_err)?;

@@ -2,6 +2,10 @@
 //! in temp dirs and databases on one real PostgreSQL server per binary, tampered with the
 //! real `sqlite3` and `psql` CLIs; the contract tests run on both backends (`on_both!`).
 #![allow(
+    clippy::disallowed_methods,
+    reason = "tests start real processes and read the real clock directly"
+)]
+#![allow(
     clippy::unwrap_used,
     clippy::expect_used,
     reason = "test helpers outside #[test] fns panic on setup failure"

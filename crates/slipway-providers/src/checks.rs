@@ -55,7 +55,7 @@ impl SpecCheckRunner {
         let Some(dir) = self.instances.as_ref().filter(|_| names_base) else {
             return Ok(vec![None]);
         };
-        let t = slipway_providers::process::ProcessTarget::new(dir, Default::default());
+        let t = crate::process::ProcessTarget::new(dir, Default::default());
         let mut addrs = Vec::new();
         for s in &plan.steps {
             if let slipway_model::plan::StepAction::Deploy { version, .. } = &s.action {

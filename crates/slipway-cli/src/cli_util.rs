@@ -1,0 +1,316 @@
+//! What every command shares: the global `--store` argument, the async runtime, the
+//! session (store + actor) an operation runs in, and the one mapping from the operations
+//! layer's errors to exit codes and hints as a person at a shell reads them.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use slipway_model::exit;
+use slipway_model::validate::LoadedSpec;
+use slipway_ops::planning::{PlanError, Planned};
+use slipway_ops::{ErrorKind, Hint, OpsError, RunAction, Session};
+use slipway_store::AnyStore;
+
+use crate::out::{CliError, Output};
+
+/// `--store`, shared by every command that reads or writes runs.
+#[derive(Debug, clap::Args)]
+pub struct StoreArg {
+    /// Where runs are kept: sqlite://PATH (default .slipway/slipway.db here) or
+    /// postgres://USER:PASSWORD@HOST:PORT/DB (shared by a team).
+    #[arg(long, env = "SLIPWAY_STORE")]
+    pub store: Option<String>,
+}
+
+/// A multi-threaded runtime for one command.
+pub fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            CliError::new(
+                exit::INTERNAL,
+                format!("failed to start the async runtime: {e}"),
+                None,
+            )
+        })
+}
+
+/// The user a verified `--token` acts as, for the whole process.
+static TOKEN_USER: OnceLock<String> = OnceLock::new();
+
+/// Verify `--token` against the store `store` names; its subject becomes the identity of
+/// every command that follows.
+pub fn authenticate(token: &str, store: Option<&str>) -> Result<(), CliError> {
+    let rt = runtime()?;
+    let result = rt.block_on(slipway_ops::access::authenticate(store, token));
+    // The command builds its own runtime; do not wait here for this one's pool tasks.
+    rt.shutdown_background();
+    let user = result.map_err(CliError::from)?;
+    let _ = TOKEN_USER.set(user);
+    Ok(())
+}
+
+/// The actor of this process.
+pub fn actor() -> slipway_ops::Actor {
+    slipway_ops::Actor::from_process(TOKEN_USER.get().map(String::as_str))
+}
+
+/// The current person's name (for records that name a user, e.g. `manual:NAME` leases).
+pub fn identity() -> String {
+    actor().user
+}
+
+/// Open the session of a command: the store `--store` names, as this process's actor.
+pub async fn session(store: &StoreArg) -> Result<Session, CliError> {
+    Ok(Session::open(store.store.as_deref(), actor()).await?)
+}
+
+/// A hint as a shell user acts on it.
+pub fn render_hint(h: &Hint) -> String {
+    match h {
+        Hint::Text { text } => text.clone(),
+        Hint::ListRuns => "list runs with `slipway history`".into(),
+        Hint::ChooseStore => "choose another store with --store (or SLIPWAY_STORE): sqlite://PATH or postgres://USER:PASSWORD@HOST:PORT/DB".into(),
+        Hint::ShowPlan { file, environment } => {
+            format!("see `slipway plan -f {} --env {environment}`", file.display())
+        }
+        Hint::Check {
+            file,
+            environment,
+            only,
+        } => format!(
+            "`slipway check -f {} --env {environment} --only {only}`",
+            file.display()
+        ),
+        Hint::Run { action, run } => match action {
+            RunAction::Resume => format!("continue with `slipway resume {run}`"),
+            RunAction::Approve => format!("approve with `slipway approve {run}`"),
+            RunAction::Abort => format!("retry `slipway abort {run}`"),
+            RunAction::Rollback => format!("roll back with `slipway rollback {run} --reason TEXT`"),
+            RunAction::Status => format!("review the current plan with `slipway status {run}`"),
+        },
+        Hint::WaitForLease { .. } => "wait with `slipway deploy --wait`".into(),
+        Hint::ForceRelease { environment } => format!(
+            "when its holder crashed: it is reclaimed at expiry (or `slipway env release {environment} --force`)"
+        ),
+        Hint::AskGrant {
+            subject,
+            role,
+            environment,
+        } => format!("ask an admin for `slipway access grant {subject} {role} --env {environment}`"),
+        Hint::GetToken => "ask an admin for a new token (`slipway access token create --user NAME`), or unset SLIPWAY_TOKEN to act as yourself".into(),
+    }
+}
+
+/// The exit code of an error kind.
+pub fn exit_code(kind: ErrorKind) -> i32 {
+    match kind {
+        ErrorKind::Input | ErrorKind::NotFound => exit::INVALID_INPUT,
+        ErrorKind::Blocked => exit::BLOCKED,
+        ErrorKind::Failure => exit::FAILURE,
+        ErrorKind::Store => exit::STORE,
+        ErrorKind::Unauthenticated => exit::UNAUTHENTICATED,
+        ErrorKind::Evidence => exit::TAMPERED,
+        ErrorKind::Internal => exit::INTERNAL,
+    }
+}
+
+impl From<OpsError> for CliError {
+    fn from(e: OpsError) -> Self {
+        let hint = (!e.hints.is_empty()).then(|| {
+            e.hints
+                .iter()
+                .map(render_hint)
+                .collect::<Vec<_>>()
+                .join("; ")
+        });
+        CliError::new(exit_code(e.kind), e.message, hint)
+    }
+}
+
+impl From<slipway_engine::StoreError> for CliError {
+    fn from(e: slipway_engine::StoreError) -> Self {
+        OpsError::from(e).into()
+    }
+}
+
+impl From<slipway_govern::GovernError> for CliError {
+    fn from(e: slipway_govern::GovernError) -> Self {
+        OpsError::from(e).into()
+    }
+}
+
+/// Read and validate a spec (`slipway_ops::planning::load_spec`), printing its warnings,
+/// or its diagnostics when it does not validate.
+pub fn load_spec(path: &Path, out: &Output) -> Result<LoadedSpec, CliError> {
+    match slipway_ops::planning::load_spec(path) {
+        Ok(l) => {
+            warn_spec(&l, out);
+            Ok(l)
+        }
+        Err(e) => Err(spec_error(e, out)),
+    }
+}
+
+/// Make the plan of a spec file for an environment (`slipway_ops::planning::plan_file`),
+/// printing the spec's warnings, or its diagnostics when it does not validate. Runs its
+/// own runtime: call it before entering a command's.
+pub fn planned(
+    file: &Path,
+    env: &str,
+    store: Option<&str>,
+    out: &Output,
+) -> Result<Planned, CliError> {
+    let rt = runtime()?;
+    let planned = rt.block_on(slipway_ops::planning::plan_file(file, env, store));
+    rt.shutdown_background();
+    match planned {
+        Ok(p) => {
+            warn_spec(&p.loaded, out);
+            Ok(p)
+        }
+        Err(e) => Err(spec_error(e, out)),
+    }
+}
+
+fn warn_spec(l: &LoadedSpec, out: &Output) {
+    if !l.warnings.is_empty() && !out.json() {
+        out.eline(&slipway_model::diag::render_all(
+            &l.file,
+            &l.source,
+            &l.warnings,
+            out.color_err,
+            100,
+        ));
+    }
+}
+
+/// A planning error as the CLI reports it: a spec that does not validate prints every
+/// diagnostic — under `--output json` as the one JSON document of the command (so the
+/// returned error is silent: a second document would make stdout two).
+fn spec_error(e: PlanError, out: &Output) -> CliError {
+    let errs = match e {
+        PlanError::Ops(e) => return e.into(),
+        PlanError::Spec(errs) => errs,
+    };
+    if out.json() {
+        out.json_value(&serde_json::json!({
+            "ok": false,
+            "exit_code": exit::INVALID_INPUT,
+            "file": errs.file,
+            "diagnostics": errs.diagnostics,
+        }));
+        return CliError::new(exit::INVALID_INPUT, String::new(), None);
+    }
+    out.eline(&errs.render(out.color_err, 100));
+    CliError::new(
+        exit::INVALID_INPUT,
+        format!(
+            "{} has {} error{}",
+            errs.file,
+            errs.error_count(),
+            if errs.error_count() == 1 { "" } else { "s" }
+        ),
+        // The hint is in each diagnostic.
+        None,
+    )
+}
+
+/// The store `--store` names and the path whose directory holds this machine's files of
+/// its runs (the SQLite file, or `.slipway/slipway.db` under the current directory for
+/// PostgreSQL — a name only). For commands that need the store without an actor.
+pub async fn open_store(arg: &StoreArg) -> Result<(Arc<AnyStore>, PathBuf), CliError> {
+    let s = session(arg).await?;
+    let anchor = s.layout.dir().join("slipway.db");
+    Ok((s.store, anchor))
+}
+
+/// The SQLite file of the store, for `command`, which needs `what` — records kept only in
+/// an SQLite store so far. On PostgreSQL: a refusal (exit 2, nothing done).
+pub fn sqlite_only<'a>(
+    store: &'a AnyStore,
+    command: &str,
+    what: &str,
+) -> Result<&'a Path, CliError> {
+    store.sqlite_path().ok_or_else(|| {
+        CliError::new(
+            exit::INVALID_INPUT,
+            format!(
+                "failed to run `{command}` on {}: it needs {what}, which only an SQLite store keeps so far",
+                slipway_engine::Store::location(store)
+            ),
+            Some(
+                "run it with --store sqlite://PATH; on PostgreSQL, runs, approvals, leases, access control, reports and `audit verify/export` work"
+                    .to_owned(),
+            ),
+        )
+    })
+}
+
+/// Require `role` in `environment` of this process's actor (see `slipway_ops::access`).
+pub async fn enforce(
+    store: &AnyStore,
+    role: slipway_govern::access::Role,
+    action: &str,
+    environment: &str,
+) -> Result<(), CliError> {
+    Ok(slipway_ops::access::require_on(store, &actor(), role, action, environment).await?)
+}
+
+/// A packaging error (signatures, digests, archives) with its exit code and what to do.
+pub fn package_error(e: &slipway_package::Error) -> CliError {
+    let (code, hint) = match e.class() {
+        slipway_package::ErrorClass::Tampered => (
+            exit::TAMPERED,
+            "do not deploy this file; find out how it changed",
+        ),
+        slipway_package::ErrorClass::Refused => (
+            exit::FAILURE,
+            "the check refused the input; see the message",
+        ),
+        slipway_package::ErrorClass::Input => {
+            (exit::INVALID_INPUT, "check the paths and files given")
+        }
+    };
+    CliError::new(code, format!("failed to {e}"), Some(hint.to_owned()))
+}
+
+/// The password in the environment variable a `--password-env VAR` names.
+pub fn password_from_env(var: Option<&str>) -> Result<Option<String>, CliError> {
+    let Some(var) = var else { return Ok(None) };
+    match std::env::var(var) {
+        Ok(p) if !p.is_empty() => Ok(Some(p)),
+        _ => Err(CliError::input(
+            format!("the password variable {var} is not set or empty"),
+            format!("export {var}=… before running, or drop --password-env for an unencrypted key"),
+        )),
+    }
+}
+
+/// A database migration error with its exit code and what to do.
+pub fn migrate_error(e: slipway_migrate::Error) -> CliError {
+    use slipway_migrate::Error as E;
+    let (code, hint) = match &e {
+        E::BadUrl { .. } | E::BadMigrations { .. } | E::Io { .. } | E::Unsupported(_) => {
+            (exit::INVALID_INPUT, None)
+        }
+        E::ChecksumMismatch { .. }
+        | E::ResumeChanged { .. }
+        | E::OutOfOrder { .. }
+        | E::Irreversible { .. }
+        | E::UndoMissing { .. } => (exit::INVALID_INPUT, Some("nothing was changed".to_owned())),
+        E::CloneBlocked { .. } => (
+            exit::BLOCKED,
+            Some("re-run with --allow-terminate where the environment allows it".to_owned()),
+        ),
+        E::BackupDigest { .. } => (exit::TAMPERED, None),
+        E::Connect { .. } => (
+            exit::FAILURE,
+            Some("check the URL, that the server is up and reachable".to_owned()),
+        ),
+        _ => (exit::FAILURE, None),
+    };
+    CliError::new(code, format!("failed to {e}"), hint)
+}

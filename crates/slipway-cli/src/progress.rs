@@ -1,0 +1,302 @@
+//! Live progress of operations: a [`slipway_ops::Reporter`] that draws a bar per wave on a
+//! terminal and one line per journal entry (or nothing but warnings under
+//! `--output json`), and [`event_line`], the one text form of a journal entry that
+//! `deploy`, `resume` and `logs` share.
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use slipway_engine::event::{EngineEvent, Notice, RunState, StepCompletion};
+use slipway_model::plan::Plan;
+use slipway_ops::OpsEvent;
+use slipway_providers::compose::WiringNote;
+
+use crate::out::{Output, OutputFormat, Style};
+
+/// One human line for an event, or None for events not worth a line.
+pub fn event_line(n: &Notice, out: &Output) -> Option<String> {
+    let s = match &n.event {
+        EngineEvent::RunCreated {
+            release,
+            version,
+            environment,
+            digest,
+            ..
+        } => format!(
+            "run {} created: {release} {version} -> {environment} (plan {})",
+            n.run_id,
+            &digest[..digest.len().min(12)]
+        ),
+        EngineEvent::StateChanged { to, reason, .. } => {
+            let style = match to {
+                RunState::Succeeded => Style::Good,
+                RunState::Failed | RunState::RolledBack | RunState::Aborted => Style::Bad,
+                _ => Style::Bold,
+            };
+            let r = reason
+                .as_deref()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default();
+            format!("state: {}{r}", out.paint(to.as_str(), style))
+        }
+        EngineEvent::GateWaiting { gate, detail, .. } => format!("waiting on {gate}: {detail}"),
+        EngineEvent::GatePassed { gate, detail } => format!("gate {gate} passed: {detail}"),
+        EngineEvent::Approved { approver, .. } => format!("approved by {approver}"),
+        EngineEvent::ControlRequested { control } => format!("{} requested", control.as_str()),
+        EngineEvent::StepSucceeded {
+            step, completion, ..
+        } => match completion {
+            StepCompletion::Applied => format!("  {} {step}", out.paint("ok", Style::Good)),
+            StepCompletion::AlreadyDone { guard } => {
+                format!(
+                    "  {} {step} (already done: {guard})",
+                    out.paint("ok", Style::Good)
+                )
+            }
+            StepCompletion::Observed { evidence } => {
+                format!(
+                    "  {} {step} (recovered: {evidence})",
+                    out.paint("ok", Style::Good)
+                )
+            }
+        },
+        EngineEvent::StepFailed { step, error, .. } => {
+            format!("  {} {step}: {error}", out.paint("FAILED", Style::Bad))
+        }
+        EngineEvent::StepObserved {
+            step,
+            evidence,
+            decision,
+            ..
+        } => {
+            format!("  observed {step}: {evidence} -> {decision:?}")
+        }
+        EngineEvent::UndoSucceeded { step, .. } => format!("  undone {step}"),
+        EngineEvent::UndoFailed { step, error, .. } => format!("  undo of {step} failed: {error}"),
+        EngineEvent::DeployRefused { reason, .. } => format!("refused: {reason}"),
+        EngineEvent::WaveStarted { wave, steps } => format!("wave {wave}: {steps} step(s)"),
+        EngineEvent::CheckRan {
+            phase,
+            name,
+            passed,
+            measured,
+            expected,
+            detail,
+        } => {
+            let (verdict, style) = if *passed {
+                ("ok", Style::Good)
+            } else {
+                ("FAILED", Style::Bad)
+            };
+            format!(
+                "  check {} {name} ({}): measured {measured}, expected {expected} — {detail}",
+                out.paint(verdict, style),
+                slipway_engine::checks::phase_name(*phase)
+            )
+        }
+        EngineEvent::CheckSkipped {
+            phase,
+            name,
+            reason,
+        } => format!(
+            "  check {} {name} ({}): {reason}",
+            out.paint("SKIPPED", Style::Warn),
+            slipway_engine::checks::phase_name(*phase)
+        ),
+        EngineEvent::StepProgress { step, detail, .. } => {
+            let kind = detail
+                .get("event")
+                .and_then(|v| v.as_str())
+                .unwrap_or("progress");
+            let what = match kind {
+                "weight_set" => format!("canary weight {}%", detail["weight"]),
+                "measured" => format!(
+                    "analysis {}: {}",
+                    detail["phase"].as_str().unwrap_or("?"),
+                    detail["measurement"]["results"]
+                        .as_array()
+                        .map(|r| r
+                            .iter()
+                            .map(|m| m["detail"].as_str().unwrap_or_default().to_owned())
+                            .collect::<Vec<_>>()
+                            .join("; "))
+                        .unwrap_or_default()
+                ),
+                "rolling_back" | "rolled_back" | "paused" | "step_paused" => {
+                    format!("{kind}: {}", detail["reason"].as_str().unwrap_or_default())
+                }
+                "step_started" => format!(
+                    "canary step {}: {}",
+                    detail["index"],
+                    detail["step"].as_str().unwrap_or_default()
+                ),
+                "promoted" => format!(
+                    "promoted {}",
+                    detail["version"].as_str().unwrap_or_default()
+                ),
+                "pre_traffic_checked" => format!(
+                    "smoke before traffic {}: {}",
+                    if detail["passed"] == true {
+                        "ok"
+                    } else {
+                        "FAILED"
+                    },
+                    detail["detail"].as_str().unwrap_or_default()
+                ),
+                "canary_started" => format!(
+                    "canary started ({} instances)",
+                    detail["instances"].as_array().map_or(0, Vec::len)
+                ),
+                "ssh_host" => format!(
+                    "{} on {}: {}{}",
+                    detail["phase"].as_str().unwrap_or_default(),
+                    detail["host"].as_str().unwrap_or_default(),
+                    detail["result"].as_str().unwrap_or_default(),
+                    detail["detail"]
+                        .as_str()
+                        .map(|d| format!(" ({d})"))
+                        .unwrap_or_default()
+                ),
+                other => other.replace('_', " "),
+            };
+            format!("    {step}: {what}")
+        }
+        _ => return None,
+    };
+    Some(s)
+}
+
+/// Draws an operation's progress on stderr.
+pub struct CliReporter {
+    json: bool,
+    tty: bool,
+    out: Output,
+    multi: MultiProgress,
+    bars: Vec<ProgressBar>,
+    wave_of: HashMap<String, u32>,
+}
+
+impl CliReporter {
+    /// A reporter for a drive of `plan` (bars per wave on a terminal, text mode only).
+    pub fn new(plan: Option<&Plan>, out: &Output) -> Self {
+        let json = out.json();
+        let tty = std::io::stderr().is_terminal() && !json;
+        let multi = MultiProgress::new();
+        let mut bars = Vec::new();
+        if tty && let Some(p) = plan {
+            for w in &p.waves {
+                let n = p.steps.iter().filter(|s| s.wave == w.index).count() as u64;
+                let bar = multi.add(ProgressBar::new(n));
+                bar.set_style(
+                    ProgressStyle::with_template("wave {prefix} [{bar:30}] {pos}/{len} {msg}")
+                        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                );
+                bar.set_prefix(w.index.to_string());
+                bars.push(bar);
+            }
+        }
+        Self {
+            json,
+            tty,
+            out: Output {
+                format: OutputFormat::Text,
+                color: out.color_err,
+                color_err: out.color_err,
+            },
+            multi,
+            bars,
+            wave_of: plan
+                .map(|p| p.steps.iter().map(|s| (s.id.clone(), s.wave)).collect())
+                .unwrap_or_default(),
+        }
+    }
+
+    fn line(&self, text: &str) {
+        if self.tty {
+            self.multi.suspend(|| self.out.eline(text));
+        } else {
+            self.out.eline(text);
+        }
+    }
+
+    /// Finish the bars.
+    pub fn finish(&self) {
+        for b in &self.bars {
+            b.finish();
+        }
+    }
+}
+
+impl slipway_ops::Reporter for CliReporter {
+    fn report(&self, event: OpsEvent) {
+        match event {
+            OpsEvent::Notice(n) => {
+                if self.json {
+                    return;
+                }
+                if let EngineEvent::StepSucceeded { step, .. }
+                | EngineEvent::StepFailed { step, .. } = &n.event
+                    && let Some(bar) = self
+                        .wave_of
+                        .get(step)
+                        .and_then(|w| self.bars.get(*w as usize))
+                {
+                    bar.inc(1);
+                    bar.set_message(step.clone());
+                }
+                if let Some(line) = event_line(&n, &self.out) {
+                    self.line(&line);
+                }
+            }
+            OpsEvent::LeaseReclaimed {
+                environment,
+                holder,
+                release,
+                expired_at,
+            } if !self.json => self.line(&format!(
+                "reclaimed the expired lease on {environment} from `{holder}` ({release}), expired {}",
+                expired_at.strftime("%H:%M:%S UTC")
+            )),
+            OpsEvent::LeaseWaiting {
+                environment,
+                holder,
+                release,
+                until,
+            } if !self.json => self.line(&format!(
+                "waiting for {environment}: leased by `{holder}` ({release}) until {}",
+                until.strftime("%Y-%m-%d %H:%M:%S UTC")
+            )),
+            OpsEvent::Wiring(WiringNote::ExternalRouter { service, via }) if !self.json => {
+                self.line(&format!("{service}: traffic through {via}"));
+            }
+            OpsEvent::Wiring(WiringNote::Proxy {
+                service,
+                started,
+                addr,
+                pid,
+            }) if !self.json => self.line(&format!(
+                "{service}: proxy {} at http://{addr} (pid {pid})",
+                if started { "started" } else { "found" }
+            )),
+            OpsEvent::Continuing { run } if !self.json => {
+                self.line(&format!("continuing unfinished run {run} of this plan"));
+            }
+            OpsEvent::HostUnreachable(u) => self.line(&format!(
+                "warning: {u}; deploying without it (counted against the failure budget)"
+            )),
+            OpsEvent::DeliveryFailed {
+                sink,
+                target,
+                event,
+                attempts,
+                error,
+            } => self.line(&format!(
+                "warning: failed to notify {sink} {target} of {event} after {attempts} attempt(s): {error}"
+            )),
+            OpsEvent::CanaryRetired { detail, .. } if !self.json => self.line(&detail),
+            OpsEvent::Warning(w) => self.line(&format!("warning: {w}")),
+            _ => {}
+        }
+    }
+}

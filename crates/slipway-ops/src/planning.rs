@@ -1,0 +1,458 @@
+//! Planning a spec file: read and validate it, gather the facts the pure planner cannot
+//! gather itself (git tags beside the spec, migration files, pinned inventories and
+//! templates, compatibility documents, what ran before in the store), plan, and add the
+//! findings that need files or the store (packaging, artifacts, rollback staging, recovery,
+//! ssh inventories, routers, target availability).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use slipway_model::diag::SpecErrors;
+use slipway_model::plan::{self, Facts, Finding, Plan};
+use slipway_model::validate::{self, LoadedSpec};
+
+use crate::error::{Hint, OpsError};
+
+/// Why a spec could not be planned.
+#[derive(Debug)]
+pub enum PlanError {
+    /// The spec does not validate: every diagnostic, for the front end to render.
+    Spec(Box<SpecErrors>),
+    /// Anything else (unreadable file, unknown environment).
+    Ops(OpsError),
+}
+
+impl From<OpsError> for PlanError {
+    fn from(e: OpsError) -> Self {
+        Self::Ops(e)
+    }
+}
+
+/// Read and validate a spec file (warnings are in the result).
+pub fn load_spec(path: &Path) -> Result<LoadedSpec, PlanError> {
+    let shown = path.display().to_string();
+    let meta = std::fs::metadata(path).map_err(|e| {
+        OpsError::input(format!("failed to read spec `{shown}`: {e}")).hint(Hint::text(
+            "pass the release spec with -f, e.g. -f examples/shop/release.yaml",
+        ))
+    })?;
+    if meta.is_dir() {
+        return Err(
+            OpsError::input(format!("`{shown}` is a directory, not a spec file"))
+                .hint(Hint::text(format!(
+                    "pass the file, e.g. -f {}",
+                    path.join("release.yaml").display()
+                )))
+                .into(),
+        );
+    }
+    if meta.len() > slipway_model::yaml::MAX_SPEC_BYTES as u64 {
+        return Err(OpsError::input(format!(
+            "spec `{shown}` is {} bytes; the limit is {} bytes",
+            meta.len(),
+            slipway_model::yaml::MAX_SPEC_BYTES
+        ))
+        .hint(Hint::text("split the release into smaller specs"))
+        .into());
+    }
+    let bytes = std::fs::read(path).map_err(|e| {
+        OpsError::input(format!("failed to read spec `{shown}`: {e}"))
+            .hint(Hint::text("check the path and its permissions"))
+    })?;
+    validate::load_bytes(&shown, &bytes).map_err(|e| PlanError::Spec(Box::new(e)))
+}
+
+/// The directory a spec's relative paths resolve against.
+pub fn spec_dir(file: &Path) -> &Path {
+    file.parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
+/// Facts from the machine: git tags beside the spec, migration files, the digests of the
+/// inventories and templates the plan pins.
+pub fn gather_facts(spec_path: &Path, loaded: &LoadedSpec) -> Facts {
+    let dir = spec_dir(spec_path);
+    let mut facts = Facts::default();
+    if loaded.spec.metadata.tag.is_some() {
+        facts.git_tags = git_tags(dir);
+    }
+    for env in loaded.spec.environments.values() {
+        if let Some(t) = &env.target.ssh
+            && let Ok(bytes) = std::fs::read(dir.join(&t.inventory))
+        {
+            facts.target_files.insert(
+                t.inventory.clone(),
+                slipway_package::digest::sha256_bytes(&bytes),
+            );
+        }
+    }
+    for (name, svc) in &loaded.spec.services {
+        for c in &svc.config {
+            if let Ok(bytes) = std::fs::read(dir.join(&c.template)) {
+                facts.config_templates.insert(
+                    c.template.clone(),
+                    slipway_package::digest::sha256_bytes(&bytes),
+                );
+            }
+        }
+        if let Some(m) = &svc.migrations {
+            facts
+                .migrations
+                .insert(name.clone(), migration_files(&dir.join(m)));
+        }
+    }
+    facts
+}
+
+fn git_tags(dir: &Path) -> Option<Vec<String>> {
+    let out = slipway_stdx::command("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["tag", "--list"])
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    Some(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect(),
+    )
+}
+
+/// `V{n}__x.sql` files and whether a matching `U{n}__*.sql` exists.
+fn migration_files(dir: &Path) -> Vec<(u32, bool)> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut up = BTreeSet::new();
+    let mut down = BTreeSet::new();
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some((head, _)) = name.split_once("__") else {
+            continue;
+        };
+        if !name.ends_with(".sql") {
+            continue;
+        }
+        if let Some(n) = head.strip_prefix('V').and_then(|n| n.parse::<u32>().ok()) {
+            up.insert(n);
+        } else if let Some(n) = head.strip_prefix('U').and_then(|n| n.parse::<u32>().ok()) {
+            down.insert(n);
+        }
+    }
+    up.into_iter().map(|v| (v, down.contains(&v))).collect()
+}
+
+/// The targets a deploy can run a plan on.
+pub const DEPLOYABLE_TARGETS: &[&str] = &["exec", "process", "ssh"];
+
+/// A validated spec and its plan for one environment.
+pub struct Planned {
+    /// The spec.
+    pub loaded: LoadedSpec,
+    /// The plan, with every finding.
+    pub plan: Plan,
+}
+
+/// Make the plan for a spec file and environment, with every finding. `store` names the
+/// store whose history says what a rollback would return to (never created here).
+pub async fn plan_file(file: &Path, env: &str, store: Option<&str>) -> Result<Planned, PlanError> {
+    let loaded = load_spec(file)?;
+    let mut facts = gather_facts(file, &loaded);
+    let dir = spec_dir(file);
+    // Only this release's migrations are judged: those already applied there are not
+    // (read from each migration service's database without writing).
+    let (applied, applied_problems) = if loaded.spec.services.values().any(|s| s.migrations.is_some()) {
+        slipway_providers::migrate::applied_versions(&loaded.spec, env, dir).await
+    } else {
+        Default::default()
+    };
+    // Breaking compatibility (OpenAPI documents, contract migrations) is read from the
+    // files here and judged by the planner, where it changes gates and strategy.
+    let (compat, compat_problems) =
+        slipway_package::compat::findings(&loaded.spec, dir, Some(env), &applied);
+    facts.compat = compat;
+    let mut p = plan::plan(&loaded.spec, env, &facts).map_err(|m| {
+        OpsError::input(m).hint(Hint::text(format!(
+            "pick one of the environments declared in {}",
+            file.display()
+        )))
+    })?;
+    // Packaging checks (config placeholders, version constraints against what runs there,
+    // migration compatibility) need the files beside the spec, so they run here rather
+    // than in the pure planner. Findings are advisory data and not part of the digest.
+    let checks = slipway_package::plan_checks(
+        &loaded.spec,
+        dir,
+        env,
+        &slipway_package::CheckFacts {
+            deployed: facts.deployed.clone(),
+            applied_migrations: applied,
+        },
+    );
+    p.findings.extend(applied_problems);
+    p.findings.extend(checks.findings);
+    p.findings.extend(compat_problems);
+    p.findings.extend(rollback_staging(&p, dir, store).await);
+    // Backups against windows, and the rollback rehearsal production may require.
+    p.findings
+        .extend(crate::recovery::plan_findings(file, &loaded, env, store));
+    // Integrity before promotion: the artifact must be the one the spec names (and signed
+    // by a trusted key when the plan has a signature gate). Checked again at install time
+    // by each service's verify-artifact step.
+    p.findings.extend(slipway_package::check_artifacts(
+        &loaded.spec,
+        dir,
+        p.signature_keys(),
+    ));
+    p.findings.extend(target_unavailable(&p, file));
+    p.findings.extend(ssh_findings(&p, file, dir));
+    p.findings.extend(router_findings(&p));
+    Ok(Planned { loaded, plan: p })
+}
+
+/// Which router fronts each service the plan deploys as instances when the environment
+/// names one (an `info` finding per service, so `slipway plan` shows it and reviewers
+/// approve it); without `router:` every service has the built-in proxy, as always.
+fn router_findings(p: &Plan) -> Vec<Finding> {
+    if p.env.target.process.is_none() || p.env.router.is_none() {
+        return Vec::new();
+    }
+    slipway_providers::compose::deployed_services(p)
+        .into_iter()
+        .map(|(service, _)| {
+            let how = match p.router_of(&service) {
+                Some(r) if r.nginx.is_some() => {
+                    let n = r
+                        .nginx
+                        .as_ref()
+                        .map(|n| (n.upstream.as_str(), n.upstream_file.as_str()));
+                    let (up, file) = n.unwrap_or_default();
+                    format!("nginx upstream `{up}` in {file} (the built-in proxy is not started)")
+                }
+                Some(r) if r.haproxy.is_some() => {
+                    let h = r
+                        .haproxy
+                        .as_ref()
+                        .map(|h| (h.backend.as_str(), h.socket.as_str()));
+                    let (be, sock) = h.unwrap_or_default();
+                    format!(
+                        "HAProxy backend `{be}` over {sock} (the built-in proxy is not started)"
+                    )
+                }
+                _ => "the built-in proxy".to_owned(),
+            };
+            Finding {
+                severity: "info".into(),
+                code: "router".into(),
+                message: format!("{service}: traffic through {how}"),
+            }
+        })
+        .collect()
+}
+
+/// What an `ssh` plan cannot do, found before anyone approves it: an inventory that does
+/// not load (or lacks the group, a user or a key), and services the ssh target has no way
+/// to install — `run:` instances (it runs install `steps:` only) and config templates
+/// (rendered on this machine, not on the hosts). No host is contacted here.
+fn ssh_findings(p: &Plan, file: &Path, dir: &Path) -> Vec<Finding> {
+    use slipway_providers::ssh::{Inventory, SshTarget};
+    let Some(t) = &p.env.target.ssh else {
+        return Vec::new();
+    };
+    let error = |code: &str, message: String| Finding {
+        severity: "error".into(),
+        code: code.into(),
+        message,
+    };
+    let mut out = Vec::new();
+    match Inventory::load(&dir.join(&t.inventory)).and_then(|inv| {
+        SshTarget::new(&inv, t.group.as_deref(), t.user.as_deref(), t.parallelism)?.with_waves(
+            &inv,
+            t.batch.as_ref(),
+            t.max_failures.as_ref(),
+        )
+    }) {
+        // The waves, from the inventory alone: which hosts go together, in which order.
+        Ok(target) => {
+            let waves = target.waves();
+            out.push(Finding {
+                severity: "info".into(),
+                code: "ssh-waves".into(),
+                message: format!(
+                    "{} hosts in {} wave{} of up to {} (at most {} at once), failure budget {} host{}: {}",
+                    target.endpoints().len(),
+                    waves.len(),
+                    if waves.len() == 1 { "" } else { "s" },
+                    waves.first().map_or(0, Vec::len),
+                    t.parallelism.unwrap_or(1).max(1),
+                    target.max_failures(),
+                    if target.max_failures() == 1 { "" } else { "s" },
+                    waves
+                        .iter()
+                        .enumerate()
+                        .map(|(i, w)| format!("wave {}: {}", i + 1, w.join(", ")))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ),
+            });
+        }
+        Err(e) => out.push(error(
+            "ssh-inventory",
+            format!(
+                "{}: environments.{}.target.ssh: {e}",
+                file.display(),
+                p.environment
+            ),
+        )),
+    }
+    for (name, svc) in &p.services {
+        if svc.kind == slipway_model::spec::ServiceKind::Migration {
+            continue;
+        }
+        if !svc.config.is_empty() {
+            out.push(error(
+                "ssh-unsupported",
+                format!(
+                    "{}: services.{name}.config: the ssh target does not render config templates on the hosts yet; install the files with a step, or deploy this service with `target: {{ exec: {{}} }}`",
+                    file.display()
+                ),
+            ));
+        }
+        if svc.steps.is_empty() {
+            out.push(error(
+                "ssh-unsupported",
+                format!(
+                    "{}: services.{name} has no `steps:`; the ssh target runs a service's install steps on each host (it does not supervise `run:` instances); add `steps: [{{ name: install, run: ... }}]`",
+                    file.display()
+                ),
+            ));
+        }
+    }
+    out
+}
+
+/// A plan for a target this build cannot deploy to is blocked at plan time, before anyone
+/// approves it, rather than refused only when the deploy starts.
+fn target_unavailable(p: &Plan, file: &Path) -> Option<Finding> {
+    (!DEPLOYABLE_TARGETS.contains(&p.target.as_str())).then(|| Finding {
+        severity: "error".into(),
+        code: "target-unavailable".into(),
+        message: format!(
+            "{}: environments.{}.target is `{}`, which this build of slipway cannot deploy to (it can: {}); use `target: {{ exec: {{}} }}` with install steps, or `target: {{ process: {{}} }}`",
+            file.display(),
+            p.environment,
+            p.target,
+            DEPLOYABLE_TARGETS.join(", ")
+        ),
+    })
+}
+
+/// Is the rollback target pre-staged? The release that last succeeded in this environment
+/// is what a rollback returns to; its artifacts must already be in the artifact store
+/// (kept there by the verify-artifact step when it was installed), digest- and
+/// signature-verified, so that a rollback never depends on fetching or rebuilding
+/// anything. Without a store (no history yet) there is nothing to check.
+async fn rollback_staging(p: &Plan, spec_dir: &Path, store: Option<&str>) -> Vec<Finding> {
+    let Some((loc, layout)) = crate::session::layout_for(store) else {
+        return Vec::new();
+    };
+    // Planning must never create a store as a side effect (a PostgreSQL database named by
+    // the URL is the store already; opening it creates the schema at most).
+    if let slipway_store::StoreLocation::Sqlite(db) = &loc
+        && !db.exists()
+    {
+        return Vec::new();
+    }
+    let previous = async {
+        use slipway_engine::Store;
+        let store = slipway_store::open(&loc).await.ok()?;
+        let runs = store.runs(1000).await.ok()?;
+        let prev = runs.iter().find(|r| {
+            r.environment == p.environment
+                && r.release == p.release.name
+                && r.state == slipway_engine::RunState::Succeeded
+                && r.version != p.release.version
+        })?;
+        let full = store.run(&prev.id).await.ok()??;
+        let plan: Plan = serde_json::from_str(&full.plan_json).ok()?;
+        Some((prev.id.clone(), plan))
+    }
+    .await;
+    let Some((run_id, prev)) = previous else {
+        return Vec::new();
+    };
+    let cas = layout.artifacts();
+    let keys = prev.signature_keys().map(<[String]>::to_vec);
+    let mut kept = 0usize;
+    let mut missing = Vec::new();
+    for (name, svc) in &prev.services {
+        let Some(a) = &svc.artifact else { continue };
+        let stored = slipway_providers::artifact::stored_path(&cas, &a.sha256);
+        let sig = a
+            .signature
+            .as_ref()
+            .map(|_| stored.with_extension("minisig").display().to_string());
+        // Keys resolve against this spec's directory: same environment, same trust roots.
+        let checked = slipway_package::verify_artifact(
+            spec_dir,
+            &stored.display().to_string(),
+            &a.sha256,
+            sig.as_deref(),
+            keys.as_deref().filter(|k| !k.is_empty()),
+        );
+        match checked {
+            Ok(_) => kept += 1,
+            Err(e) => missing.push(format!("{name} ({}): {e}", a.path)),
+        }
+    }
+    let target = format!(
+        "{} {} (run {run_id})",
+        prev.release.name, prev.release.version
+    );
+    if !missing.is_empty() {
+        vec![Finding {
+            severity: "error".into(),
+            code: "rollback-artifacts-missing".into(),
+            message: format!(
+                "the rollback target {target} is not pre-staged: {}; a rollback would have to fetch or rebuild it. Put the exact file back into {} under its sha256, or redeploy that release first",
+                missing.join("; "),
+                cas.display()
+            ),
+        }]
+    } else if kept > 0 {
+        vec![Finding {
+            severity: "info".into(),
+            code: "rollback-artifacts-staged".into(),
+            message: format!(
+                "rollback target {target}: {kept} artifact(s) pre-staged in {} and verified (digest{})",
+                cas.display(),
+                if keys.as_ref().is_some_and(|k| !k.is_empty()) {
+                    " and signature"
+                } else {
+                    ""
+                }
+            ),
+        }]
+    } else {
+        Vec::new()
+    }
+}
+
+/// The blocking findings of a plan (severity `error`).
+pub fn blocking(p: &Plan) -> Vec<&Finding> {
+    p.findings
+        .iter()
+        .filter(|f| f.severity == "error")
+        .collect()
+}
+
+/// The spec file's directory, canonical when it can be (the run's workdir is absolute).
+pub fn canonical_spec_dir(file: &Path) -> PathBuf {
+    let dir = spec_dir(file).to_path_buf();
+    std::fs::canonicalize(&dir).unwrap_or(dir)
+}

@@ -1,0 +1,771 @@
+//! Operations on runs: start a deploy, drive a run (lease, notifications, engine), resume,
+//! promote, pause, abort (retiring a paused canary first), roll back and approve.
+//!
+//! Every run is driven through [`drive`], so each drive takes the environment's lease,
+//! delivers notifications and reports progress the same way, whichever operation started
+//! it. A live canary hears humans from other processes: pause and abort through the run's
+//! control request in the store, resume and promote through a request file its driver
+//! polls (`slipway_providers::interventions`). When nobody drives the run (paused, or its
+//! driver died), resume and promote drive it here, and abort first takes a paused canary
+//! out of service.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use slipway_engine::event::{Control, EngineEvent, Notice, RunState};
+use slipway_engine::store::RunRecord;
+use slipway_engine::{DriveOptions, DriveOutcome, Engine, NewRunRequest, Store, StoreError};
+use slipway_govern::access::Role;
+use slipway_model::plan::Plan;
+use slipway_providers::compose::{RunSecrets, RunWiring};
+use slipway_providers::deploy::DeployTarget;
+use slipway_providers::interventions;
+use slipway_providers::ssh::SshTarget;
+use slipway_rollout::Intervention;
+
+use crate::error::{Hint, OpsError, OpsResult, RunAction};
+use crate::events::{OpsEvent, Reporter};
+use crate::lease;
+use crate::notify::Notifications;
+use crate::planning::Planned;
+use crate::session::Session;
+
+/// How a drive ended, with what the caller shows.
+#[derive(Debug, Clone)]
+pub struct DriveReport {
+    /// The run.
+    pub run: String,
+    /// The engine's outcome.
+    pub outcome: DriveOutcome,
+    /// The drive continued an existing run.
+    pub continued: bool,
+    /// Why the run is where it is (its latest state change's reason), unless it succeeded.
+    pub reason: Option<String>,
+    /// Hosts that failed within the failure budget of a succeeded run.
+    pub failed_hosts: Vec<String>,
+}
+
+/// Options of a drive.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DriveRequest {
+    /// Return at a window or approvals gate instead of waiting.
+    pub no_wait: bool,
+    /// Wait while another release holds the environment's lease instead of being refused.
+    pub wait_for_lease: bool,
+}
+
+/// A deploy to start.
+#[derive(Debug, Clone)]
+pub struct DeployRequest {
+    /// The spec file the plan was made from.
+    pub file: PathBuf,
+    /// Return the run id at once; a child process drives the run.
+    pub detach: bool,
+    /// Drive options.
+    pub drive: DriveRequest,
+    /// Deploy inside a freeze, for this reason (a second person must then approve).
+    pub override_freeze: Option<String>,
+}
+
+/// Parts of a run's world a caller provides instead of the composed ones: the demo drives
+/// its canaries through in-process proxies it watches live.
+#[derive(Default)]
+pub struct Overrides {
+    /// The deploy target of the process target's deploy steps.
+    pub deploy: Option<Arc<DeployTarget>>,
+}
+
+/// How a deploy started.
+#[derive(Debug, Clone)]
+pub enum DeployStarted {
+    /// A background driver took the run.
+    Detached {
+        /// The run.
+        run: String,
+        /// It continues an unfinished run of the same plan.
+        continued: bool,
+    },
+    /// The run was driven here.
+    Driven(DriveReport),
+}
+
+/// A request handed to the live driver of a run.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Delivered {
+    /// The run.
+    pub run: String,
+    /// `resume` or `promote`.
+    pub requested: String,
+    /// The run's state when the request was left.
+    pub state: RunState,
+}
+
+/// What resume or promote did.
+#[derive(Debug, Clone)]
+pub enum Handled {
+    /// A live driver got the request.
+    Delivered(Delivered),
+    /// Nobody drove the run: it was driven here.
+    Driven(DriveReport),
+}
+
+/// The engine of a run, over everything [`RunWiring`] composes. The one place an engine
+/// is made besides the demo's override (see [`Session::engine_with`]).
+pub(crate) fn engine(
+    session: &Session,
+    workdir: &Path,
+    plan: Option<&Plan>,
+    actor: &str,
+    deploy: Option<Arc<DeployTarget>>,
+    ssh: Option<SshTarget>,
+) -> Engine {
+    let secrets = RunSecrets::resolve(plan, |k| std::env::var(k).ok());
+    let wiring = RunWiring {
+        layout: &session.layout,
+        workdir,
+        plan,
+        secrets: &secrets,
+        actor,
+    };
+    let target = wiring.target(deploy, ssh);
+    Engine::new(
+        session.dyn_store(),
+        target,
+        Arc::new(slipway_engine::SystemClock),
+    )
+    .with_checks(wiring.checks())
+}
+
+/// The deploy target of a process-target plan (proxies found or started), `None` for other
+/// targets.
+async fn deploy_target(
+    session: &Session,
+    workdir: &Path,
+    plan: Option<&Plan>,
+    reporter: &dyn Reporter,
+) -> OpsResult<Option<Arc<DeployTarget>>> {
+    let secrets = RunSecrets::resolve(plan, |k| std::env::var(k).ok());
+    let wiring = RunWiring {
+        layout: &session.layout,
+        workdir,
+        plan,
+        secrets: &secrets,
+        actor: "",
+    };
+    let exe = std::env::current_exe()
+        .map_err(|e| OpsError::internal(format!("failed to find the slipway binary: {e}")))?;
+    let mut notes = Vec::new();
+    let built = wiring
+        .process_deploy(
+            session.dyn_store(),
+            vec![exe.into_os_string(), "proxy".into(), "serve".into()],
+            &mut notes,
+        )
+        .await;
+    for n in notes {
+        reporter.report(OpsEvent::Wiring(n));
+    }
+    built.map_err(|e| OpsError::failure(format!("failed to deploy: {e}")))
+}
+
+/// A run by id.
+pub async fn load_run(store: &dyn Store, id: &str) -> OpsResult<RunRecord> {
+    store
+        .run(id)
+        .await?
+        .ok_or_else(|| StoreError::NoSuchRun(id.to_owned()).into())
+}
+
+/// The plan a run executes, when it can be read.
+pub fn plan_of(run: &RunRecord) -> Option<Plan> {
+    serde_json::from_str(&run.plan_json).ok()
+}
+
+/// Whether a live process drives the run now (holds its claim).
+pub async fn driven(store: &dyn Store, run: &str) -> OpsResult<bool> {
+    match store.claim(run).await {
+        Ok(_claim) => Ok(false),
+        Err(StoreError::Claimed(_)) => Ok(true),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Why the run is where it is: the reason of its latest state change that gave one.
+pub async fn last_reason(store: &dyn Store, run: &str) -> Option<String> {
+    let journal = store.journal(run, 0).await.ok()?;
+    journal.iter().rev().find_map(|n| match &n.event {
+        EngineEvent::StateChanged {
+            reason: Some(r), ..
+        } => Some(r.clone()),
+        _ => None,
+    })
+}
+
+/// Start a deploy of a planned spec: refuse blocking findings, check access, the
+/// checklist and the infrastructure, refuse early when another release holds the
+/// environment, check every ssh host, create (or continue) the run, and drive it here or
+/// in a background process.
+pub async fn deploy(
+    session: &Session,
+    planned: &Planned,
+    req: DeployRequest,
+    reporter: Arc<dyn Reporter>,
+) -> OpsResult<DeployStarted> {
+    deploy_with(session, planned, req, reporter, Overrides::default()).await
+}
+
+/// [`deploy`] with parts of the run's world provided by the caller.
+pub async fn deploy_with(
+    session: &Session,
+    planned: &Planned,
+    req: DeployRequest,
+    reporter: Arc<dyn Reporter>,
+    overrides: Overrides,
+) -> OpsResult<DeployStarted> {
+    let plan = &planned.plan;
+    let blocking = crate::planning::blocking(plan);
+    if !blocking.is_empty() {
+        let msgs: Vec<String> = blocking
+            .iter()
+            .map(|f| format!("{}: {}", f.code, f.message))
+            .collect();
+        return Err(OpsError::blocked(format!(
+            "failed to deploy: the plan has blocking findings: {}",
+            msgs.join("; ")
+        ))
+        .hint(Hint::ShowPlan {
+            file: req.file.clone(),
+            environment: plan.environment.clone(),
+        }));
+    }
+    // Unreachable through planning (a `target-unavailable` finding blocks above); kept so
+    // that no later change to the findings can start a run on a target without code.
+    if !crate::planning::DEPLOYABLE_TARGETS.contains(&plan.target.as_str()) {
+        return Err(OpsError::input(format!(
+            "failed to deploy: the `{}` target is not available in this build",
+            plan.target
+        ))
+        .hint(Hint::text(
+            "use `target: { exec: {} }` or `target: { process: {} }` for this environment",
+        )));
+    }
+    let spec_dir = crate::planning::canonical_spec_dir(&req.file);
+    let workdir = match plan
+        .env
+        .target
+        .exec
+        .as_ref()
+        .and_then(|e| e.workdir.as_ref())
+    {
+        Some(w) => spec_dir.join(w),
+        None => spec_dir,
+    };
+    crate::access::require(session, Role::Deployer, "deploy", &plan.environment).await?;
+    crate::gates::require_checklist(session, plan).await?;
+    let infra = crate::gates::require_infrastructure(&req.file, plan).await?;
+    let author = session.actor_id().await?;
+    if !req.drive.wait_for_lease {
+        // Refuse before creating a run when another release holds the environment.
+        let mine = session
+            .store
+            .active_run(&plan.digest, &plan.environment)
+            .await?
+            .map(|r| r.id);
+        lease::refuse_if_leased(session.store.as_ref(), &plan.environment, mine.as_deref()).await?;
+    }
+    let mut checked_ssh = None;
+    if plan.target == "ssh" {
+        // Every host reachable, its key the recorded one, the key accepted: checked before
+        // a run exists, so a refused host key stops the release before any host changed.
+        let spec_dir = slipway_providers::compose::spec_dir_of(&workdir, Some(plan));
+        let redactor = slipway_providers::config::plan_redactor(plan, &spec_dir);
+        let target =
+            slipway_providers::compose::ssh_target(plan, &spec_dir, redactor).map_err(|e| {
+                OpsError::input(format!("failed to deploy: {e}"))
+                    .hint(Hint::text("fix the inventory, then deploy again"))
+            })?;
+        // Unreachable hosts are tolerated up to the failure budget (`max_failures`).
+        match target.check_hosts().await {
+            Ok(unreachable) => {
+                for u in unreachable {
+                    reporter.report(OpsEvent::HostUnreachable(u.to_string()));
+                }
+            }
+            Err(e) => {
+                return Err(OpsError::blocked(format!(
+                    "failed to deploy: the ssh hosts are not ready, no run was started: {e}"
+                ))
+                .hint(Hint::text(
+                    "fix what each host's message says, then deploy again",
+                )));
+            }
+        }
+        if req.detach {
+            // The background driver opens its own sessions.
+            target.close_all().await;
+        } else {
+            checked_ssh = Some(target);
+        }
+    }
+    let deploy = if let Some(d) = overrides.deploy {
+        Some(d)
+    } else if req.detach {
+        // The background driver finds or starts the proxies itself.
+        None
+    } else {
+        deploy_target(session, &workdir, Some(plan), reporter.as_ref()).await?
+    };
+    let engine = engine(session, &workdir, Some(plan), &author, deploy, checked_ssh);
+    let (run, continued) = engine
+        .create_or_continue(NewRunRequest {
+            plan: plan.clone(),
+            author: author.clone(),
+            override_freeze: req.override_freeze.clone(),
+            workdir: workdir.to_string_lossy().into_owned(),
+        })
+        .await?;
+    write_version_lock(session, &run.id, planned, &req.file, reporter.as_ref());
+    if let Some(rows) = &infra {
+        // The digests of the infrastructure the run was made against, kept with it.
+        let dir = session.layout.run(&run.id);
+        let _ = std::fs::create_dir_all(&dir).and_then(|_| {
+            std::fs::write(
+                dir.join("infrastructure.json"),
+                serde_json::to_vec_pretty(rows).unwrap_or_default(),
+            )
+        });
+    }
+    if req.detach {
+        spawn_driver(session, &run.id, req.drive)?;
+        return Ok(DeployStarted::Detached {
+            run: run.id,
+            continued,
+        });
+    }
+    if continued {
+        reporter.report(OpsEvent::Continuing {
+            run: run.id.clone(),
+        });
+    }
+    let report = drive(
+        engine,
+        &run,
+        Some(plan),
+        &author,
+        req.drive,
+        continued,
+        reporter,
+    )
+    .await;
+    discard_interventions(session, &run.id);
+    report.map(DeployStarted::Driven)
+}
+
+/// Start `slipway resume RUN` in the background, in its own process group, with the store
+/// in its environment (never argv: a PostgreSQL URL may hold a password, and a command
+/// line is readable by every user of the machine).
+fn spawn_driver(session: &Session, run: &str, drive: DriveRequest) -> OpsResult<()> {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe()
+        .map_err(|e| OpsError::internal(format!("failed to find the slipway binary: {e}")))?;
+    let mut c = slipway_stdx::command(exe);
+    c.arg("resume").arg(run);
+    c.env("SLIPWAY_STORE", session.store_for_child());
+    if drive.no_wait {
+        c.arg("--no-wait");
+    }
+    if drive.wait_for_lease {
+        c.arg("--wait");
+    }
+    c.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0);
+    c.spawn()
+        .map_err(|e| OpsError::internal(format!("failed to start the background driver: {e}")))?;
+    Ok(())
+}
+
+/// The versions this run resolved (release services + what runs there), written with the
+/// run as `<store dir>/runs/<run>/versions.lock.json`, so "what exactly was deployed beside
+/// what" survives the spec changing. Best effort: a run is not refused for it.
+fn write_version_lock(
+    session: &Session,
+    run_id: &str,
+    planned: &Planned,
+    spec_file: &Path,
+    reporter: &dyn Reporter,
+) {
+    let checks = slipway_package::plan_checks(
+        &planned.loaded.spec,
+        crate::planning::spec_dir(spec_file),
+        &planned.plan.environment,
+        &slipway_package::CheckFacts::default(),
+    );
+    let Some(lock) = checks.lock else {
+        return;
+    };
+    let dir = session.layout.run(run_id);
+    let write = std::fs::create_dir_all(&dir).and_then(|_| {
+        std::fs::write(
+            dir.join("versions.lock.json"),
+            serde_json::to_vec_pretty(&lock).unwrap_or_default(),
+        )
+    });
+    if let Err(e) = write {
+        reporter.report(OpsEvent::Warning(format!(
+            "could not write the version lock of run {run_id}: {e}"
+        )));
+    }
+}
+
+/// A canary request nobody consumed while this process drove the run (it came after the
+/// canary ended) must not act on a later canary of the run.
+fn discard_interventions(session: &Session, run: &str) {
+    let _ = interventions::take(&session.layout.runs(), run);
+}
+
+/// The reporter of one drive: every committed notice goes to the caller and to the
+/// notifier.
+struct Tee {
+    reporter: Arc<dyn Reporter>,
+    notify: Notifications,
+}
+
+/// Drive a run: take the environment's lease, deliver notifications, drive the engine
+/// (reporting every committed entry), give the lease back when the run ends.
+async fn drive(
+    engine: Engine,
+    run: &RunRecord,
+    plan: Option<&Plan>,
+    actor: &str,
+    req: DriveRequest,
+    continued: bool,
+    reporter: Arc<dyn Reporter>,
+) -> OpsResult<DriveReport> {
+    // No two runs deploy to one environment: take its lease before driving.
+    let store = engine.store().clone();
+    let mut held = lease::take(store.clone(), run, req.wait_for_lease, reporter.as_ref()).await?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Notice>();
+    let engine = engine.with_notices(tx);
+    let tee = Tee {
+        reporter: reporter.clone(),
+        notify: Notifications::start(plan, &run.workdir),
+    };
+    let forward = tokio::spawn(async move {
+        while let Some(n) = rx.recv().await {
+            tee.notify.send(&n);
+            tee.reporter.report(OpsEvent::Notice(n));
+        }
+        tee
+    });
+    let result = tokio::select! {
+        r = engine.drive(&run.id, actor, DriveOptions { no_wait: req.no_wait }) => r,
+        // Our lease lapsed and another run took the environment: stop at once, as a crash
+        // would (the journal makes the run resumable), rather than deploy beside it.
+        Ok(other) = &mut held.lost => {
+            return Err(OpsError::blocked(format!(
+                "failed to keep the lease on `{}`: it lapsed and run `{}` ({}) took it; run {} stopped",
+                run.environment, other.holder, other.release, run.id
+            ))
+            .hint(Hint::text("continue once that release is done"))
+            .hint(Hint::Run { action: RunAction::Resume, run: run.id.clone() }));
+        }
+    };
+    drop(engine);
+    if let Ok(tee) = forward.await {
+        tee.notify.finish(reporter.as_ref()).await;
+    }
+    let outcome = result?;
+    // A finished run gives the environment back; a paused or blocked one lets its lease
+    // lapse at expiry (resume takes it again if still free).
+    if matches!(outcome, DriveOutcome::Finished(_)) {
+        held.release().await?;
+    } else {
+        held.lapse();
+    }
+    let reason = match &outcome {
+        DriveOutcome::Finished(RunState::Succeeded) | DriveOutcome::Blocked { .. } => None,
+        _ => last_reason(store.as_ref(), &run.id).await,
+    };
+    // A run that succeeded with ssh hosts failed within the failure budget exits 0 (as
+    // Ansible does within `max_fail_percentage`) but says which hosts were left behind.
+    let failed_hosts = match &outcome {
+        DriveOutcome::Finished(RunState::Succeeded) => store
+            .journal(&run.id, 0)
+            .await
+            .map(|j| crate::views::ssh_failed_hosts(&j))
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    };
+    Ok(DriveReport {
+        run: run.id.clone(),
+        outcome,
+        continued,
+        reason,
+        failed_hosts,
+    })
+}
+
+/// Continue a paused, waiting or interrupted run — or, when another process drives its
+/// canary (e.g. in a `pause: manual` step), hand it the resume.
+pub async fn resume(
+    session: &Session,
+    run_id: &str,
+    req: DriveRequest,
+    reporter: Arc<dyn Reporter>,
+) -> OpsResult<Handled> {
+    let run = load_run(session.store.as_ref(), run_id).await?;
+    crate::access::require(session, Role::Deployer, "resume", &run.environment).await?;
+    let actor = session.actor_id().await?;
+    let plan = plan_of(&run);
+    if plan.as_ref().is_some_and(|p| p.target == "process")
+        && !run.state.is_terminal()
+        && driven(session.store.as_ref(), &run.id).await?
+    {
+        // A live driver: its canary continues.
+        return deliver(session, &run, Intervention::Resume, &actor).map(Handled::Delivered);
+    }
+    if let Some(p) = plan.as_ref().filter(|p| p.target == "ssh")
+        && !run.state.is_terminal()
+    {
+        let spec_dir = slipway_providers::compose::spec_dir_of(Path::new(&run.workdir), Some(p));
+        if let Err(why) = slipway_providers::compose::ssh_target(
+            p,
+            &spec_dir,
+            slipway_package::Redactor::default(),
+        ) {
+            return Err(OpsError::blocked(format!(
+                "failed to resume run {}: {why}",
+                run.id
+            )));
+        }
+    }
+    let workdir = PathBuf::from(&run.workdir);
+    let deploy = deploy_target(session, &workdir, plan.as_ref(), reporter.as_ref()).await?;
+    let engine = engine(session, &workdir, plan.as_ref(), &actor, deploy, None);
+    let report = drive(engine, &run, plan.as_ref(), &actor, req, true, reporter).await;
+    discard_interventions(session, &run.id);
+    report.map(Handled::Driven)
+}
+
+/// Leave a request for the live driver of a run's canary.
+fn deliver(
+    session: &Session,
+    run: &RunRecord,
+    what: Intervention,
+    actor: &str,
+) -> OpsResult<Delivered> {
+    let runs_dir = session.layout.runs();
+    interventions::request(
+        &runs_dir,
+        &run.id,
+        &interventions::Requested {
+            intervention: what,
+            by: actor.to_owned(),
+        },
+    )
+    .map_err(|e| {
+        OpsError::new(
+            crate::error::ErrorKind::Store,
+            format!(
+                "failed to record the request under {}: {e}",
+                runs_dir.display()
+            ),
+        )
+    })?;
+    let name = serde_json::to_value(what)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    Ok(Delivered {
+        run: run.id.clone(),
+        requested: name,
+        state: run.state,
+    })
+}
+
+/// The canary of a run becomes the new stable now: handed to its live driver, or — nobody
+/// driving — recorded and the run driven here (the deploy step, observed first, finds the
+/// canary running and promotes it).
+pub async fn promote(
+    session: &Session,
+    run_id: &str,
+    req: DriveRequest,
+    reporter: Arc<dyn Reporter>,
+) -> OpsResult<Handled> {
+    let run = load_run(session.store.as_ref(), run_id).await?;
+    crate::access::require(session, Role::Deployer, "promote", &run.environment).await?;
+    if run.state.is_terminal() {
+        return Err(OpsError::input(format!(
+            "failed to promote: run {} is already {}",
+            run.id,
+            run.state.as_str()
+        ))
+        .hint(Hint::text("promote a running or paused canary"))
+        .hint(Hint::ListRuns));
+    }
+    let plan = plan_of(&run);
+    if !plan
+        .as_ref()
+        .is_some_and(|p| p.target == "process" && p.strategy.canary.is_some())
+    {
+        return Err(OpsError::input(format!(
+            "failed to promote: run {} has no canary to promote",
+            run.id
+        ))
+        .hint(Hint::text(
+            "promote works on runs of a canary strategy on the process target",
+        )));
+    }
+    let actor = session.actor_id().await?;
+    if driven(session.store.as_ref(), &run.id).await? {
+        return deliver(session, &run, Intervention::Promote, &actor).map(Handled::Delivered);
+    }
+    deliver(session, &run, Intervention::Promote, &actor)?;
+    let workdir = PathBuf::from(&run.workdir);
+    let deploy = deploy_target(session, &workdir, plan.as_ref(), reporter.as_ref()).await?;
+    let engine = engine(session, &workdir, plan.as_ref(), &actor, deploy, None);
+    let report = drive(engine, &run, plan.as_ref(), &actor, req, true, reporter).await;
+    // Not acted on (no canary was running): it must not surprise a later driver.
+    discard_interventions(session, &run.id);
+    report.map(Handled::Driven)
+}
+
+/// What a pause or abort request did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Controlled {
+    /// The run.
+    pub run: String,
+    /// `pause` or `abort`.
+    pub requested: &'static str,
+    /// The run's state after the request.
+    pub state: RunState,
+}
+
+/// Ask the driver of a run to pause it (a live canary pauses at its next analysis tick).
+pub async fn pause(session: &Session, run_id: &str) -> OpsResult<Controlled> {
+    control(session, run_id, Control::Pause).await
+}
+
+/// Abort a run: a live canary hears it and rolls back; a paused canary (nobody drives the
+/// run) is taken out of service here first, so an aborted run leaves no canary taking
+/// traffic.
+pub async fn abort(
+    session: &Session,
+    run_id: &str,
+    reporter: &dyn Reporter,
+) -> OpsResult<Controlled> {
+    let run = load_run(session.store.as_ref(), run_id).await?;
+    if let Some(p) = plan_of(&run).filter(|p| p.target == "process" && !run.state.is_terminal()) {
+        crate::access::require(session, Role::Deployer, "abort", &run.environment).await?;
+        if !driven(session.store.as_ref(), &run.id).await?
+            && let Some(deploy) =
+                deploy_target(session, Path::new(&run.workdir), Some(&p), reporter).await?
+        {
+            for (service, version) in slipway_providers::compose::deployed_services(&p) {
+                match deploy.retire_canary(&service, &version).await {
+                    Ok(Some(detail)) => reporter.report(OpsEvent::CanaryRetired {
+                        service: service.clone(),
+                        detail,
+                    }),
+                    Ok(None) => {}
+                    Err(e) => {
+                        return Err(OpsError::failure(format!(
+                            "failed to abort: the {service} canary could not be retired: {e}"
+                        ))
+                        .hint(Hint::Run {
+                            action: RunAction::Abort,
+                            run: run.id.clone(),
+                        }));
+                    }
+                }
+            }
+        }
+    }
+    control(session, run_id, Control::Abort).await
+}
+
+async fn control(session: &Session, run_id: &str, c: Control) -> OpsResult<Controlled> {
+    let run = load_run(session.store.as_ref(), run_id).await?;
+    crate::access::require(session, Role::Deployer, c.as_str(), &run.environment).await?;
+    let actor = session.actor_id().await?;
+    let engine = engine(session, Path::new(&run.workdir), None, &actor, None, None);
+    let state = engine.request(run_id, &actor, c).await?;
+    if state.is_terminal() {
+        // Aborted here (nobody drove it): the environment is free again now, not at the
+        // lease's expiry. Only this run's own lease is given up.
+        session
+            .store
+            .release_lease(&run.environment, Some(&run.id))
+            .await?;
+    }
+    Ok(Controlled {
+        run: run_id.to_owned(),
+        requested: c.as_str(),
+        state,
+    })
+}
+
+/// Roll a run back by hand: undo its completed steps in reverse order (audited, with the
+/// reason). Returns the run's final state.
+pub async fn rollback(
+    session: &Session,
+    run_id: &str,
+    reason: &str,
+    reporter: &dyn Reporter,
+) -> OpsResult<RunState> {
+    if reason.trim().is_empty() {
+        return Err(OpsError::input("a rollback needs a reason")
+            .hint(Hint::text("say why; the reason is kept in the audit chain")));
+    }
+    let run = load_run(session.store.as_ref(), run_id).await?;
+    crate::access::require(session, Role::Deployer, "roll back", &run.environment).await?;
+    let me = session.actor_id().await?;
+    // Undo commands print too: the plan's secrets are masked in their output.
+    let plan = plan_of(&run);
+    let workdir = PathBuf::from(&run.workdir);
+    // Deploy steps on the process target are undone through the service's proxy.
+    let deploy = deploy_target(session, &workdir, plan.as_ref(), reporter).await?;
+    let engine = engine(session, &workdir, plan.as_ref(), &me, deploy, None);
+    Ok(engine.rollback_run(run_id, &me, reason.trim()).await?)
+}
+
+/// An approval as recorded, with the run's tally after it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Approval {
+    /// The run.
+    pub run: String,
+    /// The approver's pseudonymous id.
+    pub approver: String,
+    /// The plan digest approved.
+    pub digest: String,
+    /// Valid approvals now.
+    pub valid: usize,
+    /// Approvals required.
+    pub required: u32,
+}
+
+/// Approve the plan digest of a run as the session's actor. `reviewed` is the digest the
+/// approver reviewed; refused when the run executes another plan.
+pub async fn approve(
+    session: &Session,
+    run_id: &str,
+    reviewed: Option<&str>,
+) -> OpsResult<Approval> {
+    let run = load_run(session.store.as_ref(), run_id).await?;
+    crate::access::require(session, Role::Approver, "approve", &run.environment).await?;
+    let me = session.actor_id().await?;
+    let engine = engine(session, Path::new(&run.workdir), None, &me, None, None);
+    engine
+        .approve(run_id, &me, session.actor.groups.clone(), reviewed)
+        .await?;
+    let (need, tally) = engine.approvals(run_id).await?;
+    Ok(Approval {
+        run: run_id.to_owned(),
+        approver: me,
+        digest: run.digest,
+        valid: tally.valid.len(),
+        required: need.required,
+    })
+}

@@ -1,0 +1,38 @@
+//! Test fixtures shared by the workspace's tests (a dev-dependency only; nothing ships it):
+//! a real PostgreSQL server per test binary ([`pg`]), ports ([`ports`]), polling with a
+//! deadline instead of sleeping ([`eventually`]), and the `slipway` command with a cleared
+//! environment ([`cli`]).
+//!
+//! The workspace's tidy test (`tests/tidy.rs`) lives beside them: crate edges, module docs,
+//! forgotten test files, and the one-helper rules for clocks and processes.
+#![allow(
+    clippy::disallowed_methods,
+    reason = "tests start real processes and read the real clock directly"
+)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test fixtures: a panic is a failed test with the reason"
+)]
+
+pub mod cli;
+pub mod pg;
+pub mod ports;
+
+use std::time::{Duration, Instant};
+
+/// Call `f` until it returns `Some`, at most for `within`; panics with `what` when it
+/// never does. Poll, never sleep-and-hope.
+pub fn eventually<T>(within: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
