@@ -110,6 +110,19 @@ fn two_concurrent_deploys_to_one_environment_exactly_one_proceeds() {
     let msg = text(&lo);
     assert!(msg.contains("environment is leased by"), "{msg}");
     assert!(msg.contains(&format!("shop {winner}")), "{msg}");
+    // A refused deploy leaves no run behind that could deploy later over the winner: it was
+    // refused before creating one, or the one it created lost the lease and was aborted.
+    let o = slipway(d, "30s")
+        .args(["history", "--output", "json"])
+        .output()
+        .unwrap();
+    let runs: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(
+        runs.iter()
+            .filter(|r| r["version"] == refused)
+            .all(|r| r["state"] == "aborted"),
+        "{runs:?}"
+    );
     // The winner really runs its step, and the store names it as the holder.
     until(Duration::from_secs(60), "the winner's step", || {
         d.join(format!("started-{winner}")).exists()

@@ -164,7 +164,7 @@ impl From<StoreError> for OpsError {
     fn from(e: StoreError) -> Self {
         let (kind, hint) = match &e {
             StoreError::NoSuchRun(_) => (ErrorKind::NotFound, Some(Hint::ListRuns)),
-            StoreError::Claimed(_) => (ErrorKind::Blocked, None),
+            StoreError::Claimed(_) | StoreError::LiveRunExists { .. } => (ErrorKind::Blocked, None),
             StoreError::Incompatible(_) | StoreError::Unavailable { .. } => {
                 (ErrorKind::Store, Some(Hint::ChooseStore))
             }

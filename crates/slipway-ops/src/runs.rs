@@ -348,7 +348,7 @@ pub async fn deploy_with(
         });
     }
     let report = drive(
-        engine,
+        engine.clone(),
         &run,
         Some(plan),
         &author,
@@ -358,6 +358,27 @@ pub async fn deploy_with(
     )
     .await;
     discard_interventions(session, &run.id);
+    if let Err(e) = &report
+        && !continued
+        && e.kind == crate::error::ErrorKind::Blocked
+        && session
+            .store
+            .run(&run.id)
+            .await?
+            .is_some_and(|r| r.state == RunState::Pending)
+    {
+        // Another release took the environment between the early check and the lease: the
+        // run this deploy just created must not wait to deploy later over that release.
+        engine.request(&run.id, &author, Control::Abort).await?;
+        return Err(OpsError::blocked(e.message.clone())
+            .hint(Hint::text(format!(
+                "run {} was aborted before it started; deploy again once the environment is free",
+                run.id
+            )))
+            .hint(Hint::WaitForLease {
+                environment: plan.environment.clone(),
+            }));
+    }
     report.map(DeployStarted::Driven)
 }
 

@@ -326,7 +326,7 @@ async fn abort_live_duplicates(tx: &mut PgConnection) -> Result<(), StoreError> 
             .fetch_all(&mut *tx)
             .await
             .map_err(query_err)?;
-    let records = crate::duplicate_aborts(&rows, Timestamp::now());
+    let records = crate::duplicate_aborts(&rows, slipway_stdx::now());
     if records.is_empty() {
         return Ok(());
     }

@@ -242,7 +242,7 @@ async fn abort_live_duplicates(tx: &mut SqliteConnection) -> Result<(), StoreErr
         .fetch_all(&mut *tx)
         .await
         .map_err(query_err)?;
-    let records = crate::duplicate_aborts(&rows, Timestamp::now());
+    let records = crate::duplicate_aborts(&rows, slipway_stdx::now());
     if records.is_empty() {
         return Ok(());
     }
