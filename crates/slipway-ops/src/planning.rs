@@ -4,7 +4,7 @@
 //! findings that need files or the store (packaging, artifacts, rollback staging, recovery,
 //! ssh inventories, routers, target availability).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use slipway_model::diag::SpecErrors;
@@ -166,7 +166,12 @@ pub async fn plan_file(file: &Path, env: &str, store: Option<&str>) -> Result<Pl
     let dir = spec_dir(file);
     // Only this release's migrations are judged: those already applied there are not
     // (read from each migration service's database without writing).
-    let (applied, applied_problems) = if loaded.spec.services.values().any(|s| s.migrations.is_some()) {
+    let (applied, applied_problems) = if loaded
+        .spec
+        .services
+        .values()
+        .any(|s| s.migrations.is_some())
+    {
         slipway_providers::migrate::applied_versions(&loaded.spec, env, dir).await
     } else {
         Default::default()
