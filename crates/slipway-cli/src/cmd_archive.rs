@@ -172,42 +172,21 @@ async fn policy_of(db: &ArchiveDb) -> Result<RetentionPolicy, CliError> {
     ))
 }
 
-/// Append a governance event (outside any run) to the audit chain as the current user.
-pub(crate) async fn audit_governance(
-    store: &dyn Store,
-    action: &str,
-    detail: serde_json::Value,
-) -> Result<(), CliError> {
-    let actor = store.pseudonym(&identity()).await.map_err(CliError::from)?;
-    store
-        .commit(vec![JournalRecord {
-            run_id: String::new(),
-            digest: String::new(),
-            at: slipway_stdx::now(),
-            actor,
-            event: EngineEvent::Governance {
-                action: action.to_owned(),
-                detail,
-            },
-        }])
-        .await
-        .map_err(CliError::from)
-}
-
 /// Run `slipway archive`.
 pub fn archive(a: ArchiveArgs, out: &Output) -> Result<i32, CliError> {
     let before = slipway_govern::parse_when(&a.before)
         .map_err(|e| CliError::input(format!("failed to {e}"), "e.g. --before 2026-01-01"))?;
     let rt = runtime()?;
     rt.block_on(async {
-        let (store, _) = open_store(&a.store).await?;
+        let session = crate::cli_util::session(&a.store).await?;
+        let store = session.store.clone();
         let db_path = sqlite_only(
             &store,
             "slipway archive",
             "archive checkpoints, run summaries and the retention policy",
         )?
         .to_path_buf();
-        crate::cli_util::enforce(&store, Role::Admin, "archive records", "*").await?;
+        crate::cli_util::enforce(&session, Role::Admin, "archive records", "*").await?;
         let db = ArchiveDb::open(&db_path).await.map_err(CliError::from)?;
         // A chain that does not verify is evidence of tampering: moving it into a signed
         // bundle would launder it.
@@ -313,8 +292,8 @@ pub fn archive(a: ArchiveArgs, out: &Output) -> Result<i32, CliError> {
             // directory only costs space.
             let _ = std::fs::remove_dir_all(store_dir.join("runs").join(id));
         }
-        audit_governance(
-            store.as_ref(),
+        slipway_ops::access::audit_governance(
+            &session,
             "archived",
             json!({"bundle": name, "sha256": digest, "runs": ids.len(),
                 "chain_start": cp.start_seq, "chain_end": cp.end_seq, "before": cp.before}),
@@ -384,11 +363,12 @@ pub fn retention(c: RetentionCommand, out: &Output) -> Result<i32, CliError> {
                         "records must be kept at least as long as they stay live",
                     ));
                 }
-                let (store, _) = open_store(&a.store).await?;
+                let session = crate::cli_util::session(&a.store).await?;
+                let store = session.store.clone();
                 let db_path = sqlite_only(&store, "slipway retention set", "the retention policy")?;
-                crate::cli_util::enforce(&store, Role::Admin, "set retention", "*").await?;
+                crate::cli_util::enforce(&session, Role::Admin, "set retention", "*").await?;
                 let db = ArchiveDb::open(db_path).await.map_err(CliError::from)?;
-                let me = identity();
+                let me = session.actor.user.clone();
                 db.set_policy(&PolicyRow {
                     kind: a.kind.clone(),
                     live_days: live,
@@ -398,8 +378,8 @@ pub fn retention(c: RetentionCommand, out: &Output) -> Result<i32, CliError> {
                 })
                 .await
                 .map_err(CliError::from)?;
-                audit_governance(
-                    store.as_ref(),
+                slipway_ops::access::audit_governance(
+                    &session,
                     "retention_set",
                     json!({"kind": a.kind, "live_days": live, "keep_days": keep}),
                 )

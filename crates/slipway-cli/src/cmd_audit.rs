@@ -115,7 +115,7 @@ fn verify(a: VerifyArgs, out: &Output) -> Result<i32, CliError> {
     }
     let rt = runtime()?;
     rt.block_on(async {
-        let (store, _) = open_store(&a.store).await?;
+        let (store, _) = crate::cli_util::open_store_to_read(&a.store, "read the audit chain").await?;
         if !a.archive.is_empty() {
             let db_path = crate::cli_util::sqlite_only(
                 &store,
@@ -141,7 +141,7 @@ fn verify(a: VerifyArgs, out: &Output) -> Result<i32, CliError> {
 fn export(a: ExportArgs, out: &Output) -> Result<i32, CliError> {
     let rt = runtime()?;
     rt.block_on(async {
-        let (store, _) = open_store(&a.store).await?;
+        let (store, _) = crate::cli_util::open_store_to_read(&a.store, "read the audit chain").await?;
         let entries = store.audit_entries().await.map_err(CliError::from)?;
         let text = audit::export_jsonl(&entries);
         std::fs::write(&a.out, &text).map_err(|e| {

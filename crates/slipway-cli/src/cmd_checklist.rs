@@ -197,14 +197,14 @@ pub fn checklist(c: ChecklistCommand, out: &Output) -> Result<i32, CliError> {
                 )?
                 .to_path_buf();
                 crate::cli_util::enforce(
-                    &store,
+                    &session,
                     Role::Approver,
                     "acknowledge checklist items",
                     &plan.environment,
                 )
                 .await?;
                 let db = ChecklistDb::open(&db_path).await.map_err(CliError::from)?;
-                let me = identity();
+                let me = session.actor.user.clone();
                 db.acknowledge(
                     &plan.release.name,
                     &plan.release.version,

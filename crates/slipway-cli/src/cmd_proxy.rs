@@ -320,9 +320,10 @@ fn stop(a: StopArgs, out: &Output) -> Result<i32, CliError> {
             Ok(slipway_store::StoreLocation::Postgres(_))
         );
         if db.exists() || shared {
-            let (store, _) = crate::cli_util::open_store(&a.store).await?;
+            let session = crate::cli_util::session(&a.store).await?;
+            let store = session.store.clone();
             crate::cli_util::enforce(
-                &store,
+                &session,
                 slipway_govern::access::Role::Deployer,
                 "stop a proxy",
                 &a.env,

@@ -217,7 +217,7 @@ pub fn rehearse(a: RehearseArgs, out: &Output) -> Result<i32, CliError> {
         url: url.clone(),
         dir,
         store_dir: records.join("backups"),
-        who: crate::cli_util::identity(),
+        who: crate::cli_util::whoami(&a.store)?,
         rollback: match a.rollback {
             RollbackArg::Undo => mig::RollbackMethod::Undo,
             RollbackArg::RestoreBackup => mig::RollbackMethod::RestoreBackup,

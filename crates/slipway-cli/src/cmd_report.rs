@@ -262,7 +262,7 @@ fn dora_cmd(a: DoraArgs, out: &Output) -> Result<i32, CliError> {
         .map_err(govern_error)?;
     let rt = runtime()?;
     let report = rt.block_on(async {
-        let (store, _) = open_store(&a.store).await?;
+        let (store, _) = crate::cli_util::open_store_to_read(&a.store, "read reports").await?;
         let (runs, unsummarized) =
             history_with_archive(store.as_ref(), store.sqlite_path(), Some(since)).await?;
         let query = DoraQuery {
@@ -297,7 +297,7 @@ fn dora_cmd(a: DoraArgs, out: &Output) -> Result<i32, CliError> {
 fn handover_cmd(a: RunReportArgs, out: &Output) -> Result<i32, CliError> {
     let rt = runtime()?;
     let (run, prev) = rt.block_on(async {
-        let (store, _) = open_store(&a.store).await?;
+        let (store, _) = crate::cli_util::open_store_to_read(&a.store, "read reports").await?;
         let run = load_run(store.as_ref(), store.sqlite_path(), &a.run).await?;
         let (summaries, checkpoints) = archived(store.sqlite_path()).await?;
         let prev =
@@ -319,7 +319,7 @@ fn handover_cmd(a: RunReportArgs, out: &Output) -> Result<i32, CliError> {
 fn retro_cmd(a: RunReportArgs, out: &Output) -> Result<i32, CliError> {
     let rt = runtime()?;
     let run = rt.block_on(async {
-        let (store, _) = open_store(&a.store).await?;
+        let (store, _) = crate::cli_util::open_store_to_read(&a.store, "read reports").await?;
         load_run(store.as_ref(), store.sqlite_path(), &a.run).await
     })?;
     let retro = slipway_govern::retro::build(&run);
@@ -340,7 +340,7 @@ fn compliance_cmd(a: ComplianceArgs, out: &Output) -> Result<i32, CliError> {
     slipway_govern::compliance::catalogue(&a.framework).map_err(govern_error)?;
     let rt = runtime()?;
     let evidence = rt.block_on(async {
-        let (store, _) = open_store(&a.store).await?;
+        let (store, _) = crate::cli_util::open_store_to_read(&a.store, "read reports").await?;
         // Read the head before the entries: entries appended in between only extend the
         // chain past the head the pack names, which still verifies.
         let start = store.audit_start().await.map_err(CliError::from)?;
@@ -477,7 +477,7 @@ pub fn catalog(c: CatalogCommand, out: &Output) -> Result<i32, CliError> {
         {
             let rt = runtime()?;
             rt.block_on(async {
-                let (store, _) = open_store(&a.store).await?;
+                let (store, _) = crate::cli_util::open_store_to_read(&a.store, "read reports").await?;
                 // Archived runs count too: a service deployed to production once is
                 // in production whether or not that run was archived since.
                 history_with_archive(store.as_ref(), store.sqlite_path(), None).await

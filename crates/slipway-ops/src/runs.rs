@@ -348,6 +348,7 @@ pub async fn deploy_with(
         });
     }
     let report = drive(
+        session,
         engine.clone(),
         &run,
         Some(plan),
@@ -456,6 +457,7 @@ struct Tee {
 /// Drive a run: take the environment's lease, deliver notifications, drive the engine
 /// (reporting every committed entry), give the lease back when the run ends.
 async fn drive(
+    session: &Session,
     engine: Engine,
     run: &RunRecord,
     plan: Option<&Plan>,
@@ -464,6 +466,17 @@ async fn drive(
     continued: bool,
     reporter: Arc<dyn Reporter>,
 ) -> OpsResult<DriveReport> {
+    // Freezes of the admin policy hold every release, including runs planned before the
+    // freeze was declared: a run that has not started waits like at any closed gate.
+    if let Some(blocked) = policy_freeze(&session.store, run, plan).await? {
+        return Ok(DriveReport {
+            run: run.id.clone(),
+            outcome: blocked,
+            continued,
+            reason: None,
+            failed_hosts: Vec::new(),
+        });
+    }
     // No two runs deploy to one environment: take its lease before driving.
     let store = engine.store().clone();
     let mut held = lease::take(store.clone(), run, req.wait_for_lease, reporter.as_ref()).await?;
@@ -528,6 +541,49 @@ async fn drive(
     })
 }
 
+/// The admin policy's freeze in force for a run that has not started yet, as a blocked
+/// outcome (unless the run overrides freezes with a reason and a second approver).
+async fn policy_freeze(
+    store: &slipway_store::AnyStore,
+    run: &RunRecord,
+    plan: Option<&Plan>,
+) -> OpsResult<Option<DriveOutcome>> {
+    let not_started = matches!(
+        run.state,
+        RunState::Pending | RunState::WaitingForWindow | RunState::WaitingForApproval
+    );
+    let (Some(plan), true, None) = (plan, not_started, &run.override_reason) else {
+        return Ok(None);
+    };
+    let Some(policy) = crate::policy::for_environment(store, &run.environment).await? else {
+        return Ok(None);
+    };
+    let now = slipway_stdx::now();
+    for f in &policy.env.freezes {
+        if f.allow.contains(&plan.release.release_type) {
+            continue;
+        }
+        let freeze = f.as_freeze();
+        if slipway_engine::gates::active_freeze(std::slice::from_ref(&freeze), now)
+            .map_err(|e| OpsError::input(format!("failed to read a freeze of the policy: {e}")))?
+            .is_some()
+        {
+            return Ok(Some(DriveOutcome::Blocked {
+                gate: "freezes".into(),
+                detail: format!(
+                    "frozen by {} from {} to {} ({})",
+                    policy.source("freezes"),
+                    f.from,
+                    f.to,
+                    f.reason
+                ),
+                opens_at: None,
+            }));
+        }
+    }
+    Ok(None)
+}
+
 /// Continue a paused, waiting or interrupted run — or, when another process drives its
 /// canary (e.g. in a `pause: manual` step), hand it the resume.
 pub async fn resume(
@@ -565,7 +621,7 @@ pub async fn resume(
     let workdir = PathBuf::from(&run.workdir);
     let deploy = deploy_target(session, &workdir, plan.as_ref(), reporter.as_ref()).await?;
     let engine = engine(session, &workdir, plan.as_ref(), &actor, deploy, None);
-    let report = drive(engine, &run, plan.as_ref(), &actor, req, true, reporter).await;
+    let report = drive(session, engine, &run, plan.as_ref(), &actor, req, true, reporter).await;
     discard_interventions(session, &run.id);
     report.map(Handled::Driven)
 }
@@ -647,7 +703,7 @@ pub async fn promote(
     let workdir = PathBuf::from(&run.workdir);
     let deploy = deploy_target(session, &workdir, plan.as_ref(), reporter.as_ref()).await?;
     let engine = engine(session, &workdir, plan.as_ref(), &actor, deploy, None);
-    let report = drive(engine, &run, plan.as_ref(), &actor, req, true, reporter).await;
+    let report = drive(session, engine, &run, plan.as_ref(), &actor, req, true, reporter).await;
     // Not acted on (no canary was running): it must not surprise a later driver.
     discard_interventions(session, &run.id);
     report.map(Handled::Driven)
@@ -778,6 +834,41 @@ pub async fn approve(
     crate::access::require(session, Role::Approver, "approve", &run.environment).await?;
     let me = session.actor_id().await?;
     let engine = engine(session, Path::new(&run.workdir), None, &me, None, None);
+    // An approval that would not count is refused, saying why, instead of being recorded
+    // and silently ignored by the gate (self-approval and a stale digest are refused by
+    // the engine).
+    let (need, _) = engine.approvals(run_id).await?;
+    if !need.groups.is_empty()
+        && !session
+            .actor
+            .groups
+            .iter()
+            .any(|g| need.groups.contains(g))
+    {
+        return Err(OpsError::blocked(format!(
+            "failed to approve run {run_id}: its approvals count only from members of {}; {} is a member of {}",
+            need.groups
+                .iter()
+                .map(|g| format!("group:{g}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            session.actor.user,
+            if session.actor.groups.is_empty() {
+                "no group".to_owned()
+            } else {
+                session
+                    .actor
+                    .groups
+                    .iter()
+                    .map(|g| format!("group:{g}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        ))
+        .hint(Hint::text(
+            "group membership is kept by admins: `slipway access group add GROUP USER`",
+        )));
+    }
     engine
         .approve(run_id, &me, session.actor.groups.clone(), reviewed)
         .await?;

@@ -55,6 +55,22 @@ CREATE TABLE IF NOT EXISTS access_review_items (
     decided_at TEXT,
     PRIMARY KEY (review_id, grant_id)
 );
+CREATE TABLE IF NOT EXISTS access_group_members (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    group_name TEXT NOT NULL,
+    user_name TEXT NOT NULL,
+    added_by TEXT NOT NULL,
+    added_at TEXT NOT NULL,
+    removed_at TEXT,
+    removed_by TEXT
+);
+CREATE TABLE IF NOT EXISTS admin_policies (
+    version INTEGER PRIMARY KEY,
+    digest TEXT NOT NULL,
+    text TEXT NOT NULL,
+    applied_by TEXT NOT NULL,
+    applied_at TEXT NOT NULL
+);
 "#;
 
 /// The same tables in PostgreSQL (identity columns, `BIGINT` ids).
@@ -91,6 +107,22 @@ CREATE TABLE IF NOT EXISTS access_review_items (
     reviewer TEXT,
     decided_at TEXT,
     PRIMARY KEY (review_id, grant_id)
+);
+CREATE TABLE IF NOT EXISTS access_group_members (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    group_name TEXT NOT NULL,
+    user_name TEXT NOT NULL,
+    added_by TEXT NOT NULL,
+    added_at TEXT NOT NULL,
+    removed_at TEXT,
+    removed_by TEXT
+);
+CREATE TABLE IF NOT EXISTS admin_policies (
+    version BIGINT PRIMARY KEY,
+    digest TEXT NOT NULL,
+    text TEXT NOT NULL,
+    applied_by TEXT NOT NULL,
+    applied_at TEXT NOT NULL
 );
 "#;
 
@@ -130,6 +162,37 @@ pub struct TokenRow {
     pub last_used_at: Option<Timestamp>,
     /// Revoked.
     pub revoked_at: Option<Timestamp>,
+}
+
+/// A user's membership of a group, kept by admins (`slipway access group add`). Groups
+/// are never taken from the caller: the authorizer reads them here for a verified user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberRow {
+    /// Id.
+    pub id: i64,
+    /// The group.
+    pub group: String,
+    /// The user (a name, as in `user:NAME`).
+    pub user: String,
+    /// Who added them.
+    pub added_by: String,
+    /// When.
+    pub added_at: Timestamp,
+}
+
+/// A version of the admin policy (`slipway policy apply`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyRow {
+    /// 1, 2, …
+    pub version: i64,
+    /// sha256 of `text`.
+    pub digest: String,
+    /// The policy file as applied.
+    pub text: String,
+    /// Who applied it (`user:NAME`).
+    pub applied_by: String,
+    /// When.
+    pub applied_at: Timestamp,
 }
 
 /// One grant in a review campaign.
@@ -237,6 +300,134 @@ impl AccessDb {
 
     fn q(e: sqlx::Error) -> StoreError {
         StoreError::Query(e.to_string())
+    }
+
+    /// Add `user` to `group`; returns the membership id, or `None` when they already are
+    /// a member.
+    pub async fn add_member(
+        &self,
+        group: &str,
+        user: &str,
+        by: &str,
+        at: Timestamp,
+    ) -> Result<Option<i64>, StoreError> {
+        if self.members(Some(group)).await?.iter().any(|m| m.user == user) {
+            return Ok(None);
+        }
+        on!(self, p => sqlx::query_scalar::<_, i64>(
+            "INSERT INTO access_group_members (group_name, user_name, added_by, added_at) VALUES ($1, $2, $3, $4) RETURNING id",
+        )
+        .bind(group)
+        .bind(user)
+        .bind(by)
+        .bind(at.to_string())
+        .fetch_one(p)
+        .await
+        .map(Some)
+        .map_err(Self::q))
+    }
+
+    /// Remove `user` from `group`; false when they were not a member.
+    pub async fn remove_member(
+        &self,
+        group: &str,
+        user: &str,
+        by: &str,
+        at: Timestamp,
+    ) -> Result<bool, StoreError> {
+        on!(self, p => sqlx::query(
+            "UPDATE access_group_members SET removed_at = $1, removed_by = $2 WHERE group_name = $3 AND user_name = $4 AND removed_at IS NULL",
+        )
+        .bind(at.to_string())
+        .bind(by)
+        .bind(group)
+        .bind(user)
+        .execute(p)
+        .await
+        .map(|r| r.rows_affected() > 0)
+        .map_err(Self::q))
+    }
+
+    /// Live memberships, of one group or all, ordered by group then user.
+    pub async fn members(&self, group: Option<&str>) -> Result<Vec<MemberRow>, StoreError> {
+        let rows = on!(self, p => sqlx::query(
+            "SELECT id, group_name, user_name, added_by, added_at FROM access_group_members WHERE removed_at IS NULL ORDER BY group_name, user_name",
+        )
+        .fetch_all(p)
+        .await
+        .map_err(Self::q)
+        .and_then(|rows| rows.into_iter().map(|r| {
+            Ok(MemberRow {
+                id: r.try_get("id").map_err(Self::q)?,
+                group: r.try_get("group_name").map_err(Self::q)?,
+                user: r.try_get("user_name").map_err(Self::q)?,
+                added_by: r.try_get("added_by").map_err(Self::q)?,
+                added_at: ts(Some(r.try_get("added_at").map_err(Self::q)?)).unwrap_or_default(),
+            })
+        }).collect::<Result<Vec<_>, StoreError>>()))?;
+        Ok(rows
+            .into_iter()
+            .filter(|m| group.is_none_or(|g| m.group == g))
+            .collect())
+    }
+
+    /// The groups `user` belongs to.
+    pub async fn groups_of(&self, user: &str) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .members(None)
+            .await?
+            .into_iter()
+            .filter(|m| m.user == user)
+            .map(|m| m.group)
+            .collect())
+    }
+
+    /// Record a new version of the admin policy; returns its version. Versions are
+    /// numbered in the order applied; a version is never changed.
+    pub async fn apply_policy(
+        &self,
+        digest: &str,
+        text: &str,
+        by: &str,
+        at: Timestamp,
+    ) -> Result<i64, StoreError> {
+        let next = self.current_policy().await?.map_or(1, |p| p.version + 1);
+        on!(self, p => sqlx::query(
+            "INSERT INTO admin_policies (version, digest, text, applied_by, applied_at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(next)
+        .bind(digest)
+        .bind(text)
+        .bind(by)
+        .bind(at.to_string())
+        .execute(p)
+        .await
+        .map_err(Self::q))?;
+        Ok(next)
+    }
+
+    /// Every version of the admin policy, oldest first.
+    pub async fn policies(&self) -> Result<Vec<PolicyRow>, StoreError> {
+        on!(self, p => sqlx::query(
+            "SELECT version, digest, text, applied_by, applied_at FROM admin_policies ORDER BY version",
+        )
+        .fetch_all(p)
+        .await
+        .map_err(Self::q)
+        .and_then(|rows| rows.into_iter().map(|r| {
+            Ok(PolicyRow {
+                version: r.try_get("version").map_err(Self::q)?,
+                digest: r.try_get("digest").map_err(Self::q)?,
+                text: r.try_get("text").map_err(Self::q)?,
+                applied_by: r.try_get("applied_by").map_err(Self::q)?,
+                applied_at: ts(Some(r.try_get("applied_at").map_err(Self::q)?)).unwrap_or_default(),
+            })
+        }).collect()))
+    }
+
+    /// The admin policy in force (the latest version), if any was applied.
+    pub async fn current_policy(&self) -> Result<Option<PolicyRow>, StoreError> {
+        Ok(self.policies().await?.pop())
     }
 
     /// Grant a role; returns the grant id.
