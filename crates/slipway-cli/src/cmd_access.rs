@@ -4,7 +4,7 @@
 //! first grant of a store (bootstrap: someone must become the first admin).
 
 use serde_json::json;
-use slipway_govern::access::{self, Role};
+use slipway_govern::access::{self};
 use slipway_model::exit;
 use slipway_ops::Session;
 use slipway_ops::access::{audit_change, require_admin};
@@ -34,6 +34,8 @@ pub enum AccessCommand {
     /// Group membership, kept here by admins (never declared by the caller).
     #[command(subcommand)]
     Group(GroupCommand),
+    /// Who you act as in this store, and how that was verified.
+    Whoami(StoreOnly),
 }
 
 /// `slipway access group …`.
@@ -184,6 +186,7 @@ async fn run(c: AccessCommand, out: &Output) -> Result<i32, CliError> {
         AccessCommand::Review(ReviewCommand::Decide(a)) => &a.store,
         AccessCommand::Group(GroupCommand::Add(a) | GroupCommand::Remove(a)) => &a.store,
         AccessCommand::Group(GroupCommand::List(a)) => &a.store,
+        AccessCommand::Whoami(a) => &a.store,
     }
     .store
     .clone();
@@ -198,7 +201,10 @@ async fn run(c: AccessCommand, out: &Output) -> Result<i32, CliError> {
     match c {
         AccessCommand::Grant(a) => {
             let g = slipway_ops::access::grant(&s, &a.subject, &a.role, &a.env).await?;
-            let mut text = format!("grant {}: {} is {} in {}", g.grant, g.subject, g.role, g.environment);
+            let mut text = format!(
+                "grant {}: {} is {} in {}",
+                g.grant, g.subject, g.role, g.environment
+            );
             if let Some(t) = &g.token {
                 text.push_str(&format!(
                     "\naccess control is on: every command now acts as the subject of an API token.\ntoken for {} (shown once; store it now, e.g. export SLIPWAY_TOKEN=…): {t}",
@@ -206,6 +212,20 @@ async fn run(c: AccessCommand, out: &Output) -> Result<i32, CliError> {
                 ));
             }
             out.outcome(&g, &text);
+        }
+        AccessCommand::Whoami(_) => {
+            out.outcome(
+                &s.actor,
+                &format!(
+                    "{}; groups: {}",
+                    s.actor.describe(),
+                    if s.actor.groups.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        s.actor.groups.join(", ")
+                    }
+                ),
+            );
         }
         AccessCommand::Group(GroupCommand::Add(a)) => {
             let added = slipway_ops::access::add_member(&s, &a.group, &a.user).await?;
@@ -221,7 +241,10 @@ async fn run(c: AccessCommand, out: &Output) -> Result<i32, CliError> {
         AccessCommand::Group(GroupCommand::Remove(a)) => {
             if !slipway_ops::access::remove_member(&s, &a.group, &a.user).await? {
                 return Err(CliError::input(
-                    format!("failed to remove user:{} from group:{}: not a member", a.user, a.group),
+                    format!(
+                        "failed to remove user:{} from group:{}: not a member",
+                        a.user, a.group
+                    ),
                     "list members with `slipway access group list`",
                 ));
             }

@@ -24,15 +24,14 @@ use std::path::{Path, PathBuf};
 use jiff::Timestamp;
 use serde_json::json;
 use slipway_engine::audit::{self, AuditEntry};
-use slipway_engine::event::EngineEvent;
-use slipway_engine::store::{JournalRecord, Store};
+use slipway_engine::store::Store;
 use slipway_govern::access::Role;
 use slipway_govern::archive::{self as garchive, KINDS, RetentionPolicy};
 use slipway_model::exit;
 use slipway_package as pkg;
 use slipway_store::archive::{ArchiveDb, PolicyRow};
 
-use crate::cli_util::{StoreArg, identity, open_store, runtime, sqlite_only};
+use crate::cli_util::{StoreArg, open_store, runtime, sqlite_only};
 use crate::out::{CliError, Output};
 
 /// `slipway archive`.

@@ -8,7 +8,7 @@ use slipway_engine::audit::{self, StoreVerification};
 use slipway_engine::store::Store;
 use slipway_model::exit;
 
-use crate::cli_util::{StoreArg, open_store, runtime};
+use crate::cli_util::{StoreArg, runtime};
 use crate::out::{CliError, Output, Style};
 
 /// `slipway audit …`.
@@ -115,7 +115,8 @@ fn verify(a: VerifyArgs, out: &Output) -> Result<i32, CliError> {
     }
     let rt = runtime()?;
     rt.block_on(async {
-        let (store, _) = crate::cli_util::open_store_to_read(&a.store, "read the audit chain").await?;
+        let (store, _) =
+            crate::cli_util::open_store_to_read(&a.store, "read the audit chain").await?;
         if !a.archive.is_empty() {
             let db_path = crate::cli_util::sqlite_only(
                 &store,

@@ -13,7 +13,7 @@ use slipway_model::exit;
 use slipway_model::spec::ChecklistItem;
 use slipway_store::checklist::{Ack, ChecklistDb};
 
-use crate::cli_util::{StoreArg, identity, open_store, runtime, sqlite_only};
+use crate::cli_util::{StoreArg, open_store, runtime, sqlite_only};
 use crate::out::{CliError, Output};
 
 /// `slipway checklist …`.

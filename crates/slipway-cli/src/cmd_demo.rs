@@ -404,14 +404,14 @@ async fn run_demo(a: &DemoArgs, dir: &Path, out: &Output) -> Result<i32, CliErro
     // lease, checks, notifications, audit); only the canaries' front doors differ: one
     // in-process proxy per service, watched live. Its store is its own: the local user acts.
     let session = slipway_ops::Session::open_private(&store_url)
-    .await
-    .map_err(|e| {
-        CliError::new(
-            exit::STORE,
-            format!("failed to open the demo store: {}", e.message),
-            None,
-        )
-    })?;
+        .await
+        .map_err(|e| {
+            CliError::new(
+                exit::STORE,
+                format!("failed to open the demo store: {}", e.message),
+                None,
+            )
+        })?;
     let store = session.store.clone();
 
     // The shop's front doors: one built-in proxy per service, on fixed ports for the life

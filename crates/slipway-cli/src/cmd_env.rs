@@ -11,7 +11,7 @@ use slipway_model::duration::{format_duration, parse_duration};
 use slipway_model::exit;
 use slipway_ops::lease::{describe, live};
 
-use crate::cli_util::{StoreArg, identity, open_store, runtime};
+use crate::cli_util::{StoreArg, open_store, runtime};
 use crate::out::{CliError, Output};
 
 /// `slipway env …`.

@@ -156,7 +156,10 @@ fn show(a: PlanShowArgs, out: &Output) -> Result<i32, CliError> {
                     c.service,
                     c.running.as_deref().unwrap_or("(not deployed)"),
                     c.planned,
-                    c.run.as_deref().map(|r| format!("  (current from run {r})")).unwrap_or_default()
+                    c.run
+                        .as_deref()
+                        .map(|r| format!("  (current from run {r})"))
+                        .unwrap_or_default()
                 ));
             }
         }

@@ -180,7 +180,11 @@ pub fn freeze(c: FreezeCommand, out: &Output) -> Result<i32, CliError> {
         let s = session(&a.store).await?;
         let st =
             slipway_ops::policy::freeze_status(&s, &a.env, a.release_type.map(Into::into)).await?;
-        let code = if st.frozen { exit::BLOCKED } else { exit::SUCCESS };
+        let code = if st.frozen {
+            exit::BLOCKED
+        } else {
+            exit::SUCCESS
+        };
         if out.json() {
             let mut v = serde_json::to_value(&st).unwrap_or_default();
             v["exit_code"] = json!(code);
@@ -198,7 +202,11 @@ pub fn freeze(c: FreezeCommand, out: &Output) -> Result<i32, CliError> {
                     } else {
                         format!(
                             "; allowed through: {}",
-                            f.allow.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(", ")
+                            f.allow
+                                .iter()
+                                .map(|t| t.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
                         )
                     }
                 )),

@@ -321,7 +321,7 @@ fn stop(a: StopArgs, out: &Output) -> Result<i32, CliError> {
         );
         if db.exists() || shared {
             let session = crate::cli_util::session(&a.store).await?;
-            let store = session.store.clone();
+            let _store = session.store.clone();
             crate::cli_util::enforce(
                 &session,
                 slipway_govern::access::Role::Deployer,

@@ -16,7 +16,7 @@ use slipway_govern::{GovernError, history};
 use slipway_model::exit;
 use slipway_store::archive::ArchiveDb;
 
-use crate::cli_util::{StoreArg, open_store, runtime};
+use crate::cli_util::{StoreArg, runtime};
 use crate::out::{CliError, Output};
 
 /// `slipway report …`.
@@ -477,7 +477,8 @@ pub fn catalog(c: CatalogCommand, out: &Output) -> Result<i32, CliError> {
         {
             let rt = runtime()?;
             rt.block_on(async {
-                let (store, _) = crate::cli_util::open_store_to_read(&a.store, "read reports").await?;
+                let (store, _) =
+                    crate::cli_util::open_store_to_read(&a.store, "read reports").await?;
                 // Archived runs count too: a service deployed to production once is
                 // in production whether or not that run was archived since.
                 history_with_archive(store.as_ref(), store.sqlite_path(), None).await

@@ -190,9 +190,8 @@ fn merge(a: &EnvPolicy, b: &EnvPolicy) -> EnvPolicy {
         freezes: a.freezes.iter().chain(&b.freezes).cloned().collect(),
         checks,
         rehearsal: match (a.rehearsal, b.rehearsal) {
-            (Some(RehearsalRequirement::Required), _) | (_, Some(RehearsalRequirement::Required)) => {
-                Some(RehearsalRequirement::Required)
-            }
+            (Some(RehearsalRequirement::Required), _)
+            | (_, Some(RehearsalRequirement::Required)) => Some(RehearsalRequirement::Required),
             (x, y) => x.or(y),
         },
         change_record: a.change_record || b.change_record,
@@ -254,8 +253,7 @@ pub fn tighten(
         };
         let raised = env.approvals.as_ref() != Some(&merged);
         if raised {
-            t.sources
-                .insert("approvals", policy.source("approvals"));
+            t.sources.insert("approvals", policy.source("approvals"));
         }
         out.approvals = Some(merged);
     }
@@ -278,8 +276,7 @@ pub fn tighten(
         });
         r.rehearsal = Some(RehearsalRequirement::Required);
         out.recovery = Some(r);
-        t.sources
-            .insert("rehearsal", policy.source("rehearsal"));
+        t.sources.insert("rehearsal", policy.source("rehearsal"));
     }
     if !p.release_types.is_empty() && !p.release_types.contains(&release_type) {
         t.violations.push((

@@ -488,7 +488,6 @@ pub fn plan(spec: &ReleaseSpec, env_name: &str, facts: &Facts) -> Result<Plan, S
         apply_policy(spec, env, &risk, t, p, &mut gates, &mut findings);
     }
     let mut recommendation = recommend(spec, env, &strategy, &risk, facts);
-    let mut gates = gates;
     let compat = crate::compat::apply(
         spec,
         env_name,

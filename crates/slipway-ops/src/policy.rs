@@ -44,12 +44,13 @@ pub struct Applied {
 /// Apply a policy file as the next version (admin everywhere; audited with its full text,
 /// so the chain holds what every version said).
 pub async fn apply(session: &Session, file: &Path) -> Result<Applied, ApplyError> {
-    let text = std::fs::read_to_string(file).map_err(|e| {
-        OpsError::input(format!("failed to read policy `{}`: {e}", file.display()))
-    })?;
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| OpsError::input(format!("failed to read policy `{}`: {e}", file.display())))?;
     let doc = admin_policy::load(&file.display().to_string(), &text)
         .map_err(|e| ApplyError::Invalid(Box::new(e)))?;
-    let db = AccessDb::for_store(&session.store).await.map_err(OpsError::from)?;
+    let db = AccessDb::for_store(&session.store)
+        .await
+        .map_err(OpsError::from)?;
     crate::access::require_admin(session, &db, "apply policy").await?;
     let digest = slipway_package::digest::sha256_bytes(text.as_bytes());
     let version = db
@@ -109,7 +110,9 @@ fn parse_row(row: &PolicyRow) -> OpsResult<PolicyDoc> {
                 e.render(false, 100)
             ),
         )
-        .hint(Hint::text("an admin applies a valid policy again: `slipway policy apply -f FILE`"))
+        .hint(Hint::text(
+            "an admin applies a valid policy again: `slipway policy apply -f FILE`",
+        ))
     })
 }
 
@@ -142,9 +145,12 @@ pub async fn freeze_status(
     let mut freeze = None;
     let mut frozen = false;
     for f in policy.iter().flat_map(|p| &p.env.freezes) {
-        let active = slipway_engine::gates::active_freeze(std::slice::from_ref(&f.as_freeze()), now)
-            .map_err(|e| OpsError::input(format!("failed to read a freeze of the policy: {e}")))?
-            .is_some();
+        let active =
+            slipway_engine::gates::active_freeze(std::slice::from_ref(&f.as_freeze()), now)
+                .map_err(|e| {
+                    OpsError::input(format!("failed to read a freeze of the policy: {e}"))
+                })?
+                .is_some();
         if active {
             let holds = release_type.is_none_or(|t| !f.allow.contains(&t));
             frozen |= holds;

@@ -350,11 +350,13 @@ pub async fn deploy_with(
     let report = drive(
         session,
         engine.clone(),
-        &run,
-        Some(plan),
-        &author,
+        Driving {
+            run: &run,
+            plan: Some(plan),
+            actor: &author,
+            continued,
+        },
         req.drive,
-        continued,
         reporter,
     )
     .await;
@@ -456,16 +458,28 @@ struct Tee {
 
 /// Drive a run: take the environment's lease, deliver notifications, drive the engine
 /// (reporting every committed entry), give the lease back when the run ends.
+/// What one drive is of: the run, its plan, who drives it, and whether the drive continues
+/// a run the caller did not just create.
+struct Driving<'a> {
+    run: &'a RunRecord,
+    plan: Option<&'a Plan>,
+    actor: &'a str,
+    continued: bool,
+}
+
 async fn drive(
     session: &Session,
     engine: Engine,
-    run: &RunRecord,
-    plan: Option<&Plan>,
-    actor: &str,
+    d: Driving<'_>,
     req: DriveRequest,
-    continued: bool,
     reporter: Arc<dyn Reporter>,
 ) -> OpsResult<DriveReport> {
+    let Driving {
+        run,
+        plan,
+        actor,
+        continued,
+    } = d;
     // Freezes of the admin policy hold every release, including runs planned before the
     // freeze was declared: a run that has not started waits like at any closed gate.
     if let Some(blocked) = policy_freeze(&session.store, run, plan).await? {
@@ -511,9 +525,14 @@ async fn drive(
         tee.notify.finish(reporter.as_ref()).await;
     }
     let outcome = result?;
-    // A finished run gives the environment back; a paused or blocked one lets its lease
-    // lapse at expiry (resume takes it again if still free).
-    if matches!(outcome, DriveOutcome::Finished(_)) {
+    // A finished run gives the environment back, and so does one blocked at a gate
+    // (windows, approvals, freezes: nothing of it has started, and waiting for people can
+    // take hours); a paused one lets its lease lapse at expiry (resume takes it again if
+    // still free).
+    if matches!(
+        outcome,
+        DriveOutcome::Finished(_) | DriveOutcome::Blocked { .. }
+    ) {
         held.release().await?;
     } else {
         held.lapse();
@@ -621,7 +640,19 @@ pub async fn resume(
     let workdir = PathBuf::from(&run.workdir);
     let deploy = deploy_target(session, &workdir, plan.as_ref(), reporter.as_ref()).await?;
     let engine = engine(session, &workdir, plan.as_ref(), &actor, deploy, None);
-    let report = drive(session, engine, &run, plan.as_ref(), &actor, req, true, reporter).await;
+    let report = drive(
+        session,
+        engine,
+        Driving {
+            run: &run,
+            plan: plan.as_ref(),
+            actor: &actor,
+            continued: true,
+        },
+        req,
+        reporter,
+    )
+    .await;
     discard_interventions(session, &run.id);
     report.map(Handled::Driven)
 }
@@ -703,7 +734,19 @@ pub async fn promote(
     let workdir = PathBuf::from(&run.workdir);
     let deploy = deploy_target(session, &workdir, plan.as_ref(), reporter.as_ref()).await?;
     let engine = engine(session, &workdir, plan.as_ref(), &actor, deploy, None);
-    let report = drive(session, engine, &run, plan.as_ref(), &actor, req, true, reporter).await;
+    let report = drive(
+        session,
+        engine,
+        Driving {
+            run: &run,
+            plan: plan.as_ref(),
+            actor: &actor,
+            continued: true,
+        },
+        req,
+        reporter,
+    )
+    .await;
     // Not acted on (no canary was running): it must not surprise a later driver.
     discard_interventions(session, &run.id);
     report.map(Handled::Driven)
@@ -838,13 +881,7 @@ pub async fn approve(
     // and silently ignored by the gate (self-approval and a stale digest are refused by
     // the engine).
     let (need, _) = engine.approvals(run_id).await?;
-    if !need.groups.is_empty()
-        && !session
-            .actor
-            .groups
-            .iter()
-            .any(|g| need.groups.contains(g))
-    {
+    if !need.groups.is_empty() && !session.actor.groups.iter().any(|g| need.groups.contains(g)) {
         return Err(OpsError::blocked(format!(
             "failed to approve run {run_id}: its approvals count only from members of {}; {} is a member of {}",
             need.groups

@@ -22,6 +22,9 @@ pub enum Verified {
         /// The token's public id.
         id: String,
     },
+    /// A service process (`slipway serve`): it acts for nobody itself — every request acts
+    /// as the caller its own token verifies ([`Session::as_token_user`]).
+    Service,
 }
 
 /// Who performs an operation.
@@ -60,6 +63,7 @@ impl Actor {
                 self.user
             ),
             Verified::Token { id } => format!("{} (token {id})", self.user),
+            Verified::Service => format!("{} (a service; acts only for its callers)", self.user),
         }
     }
 }
@@ -103,6 +107,25 @@ impl Session {
             store,
             layout,
             actor,
+            named: url.map(str::to_owned),
+        })
+    }
+
+    /// Open a store for a service that acts only for the callers it authenticates
+    /// (`slipway serve`): the session's own actor holds no role anywhere.
+    pub async fn open_for_service(url: Option<&str>, name: &str) -> OpsResult<Self> {
+        let cwd = current_dir()?;
+        let loc = slipway_store::resolve(url, &cwd)?;
+        let layout = layout_of(&loc, &cwd);
+        let store = Arc::new(slipway_store::open(&loc).await?);
+        Ok(Self {
+            store,
+            layout,
+            actor: Actor {
+                user: format!("service:{name}"),
+                groups: Vec::new(),
+                verified: Verified::Service,
+            },
             named: url.map(str::to_owned),
         })
     }

@@ -311,7 +311,12 @@ impl AccessDb {
         by: &str,
         at: Timestamp,
     ) -> Result<Option<i64>, StoreError> {
-        if self.members(Some(group)).await?.iter().any(|m| m.user == user) {
+        if self
+            .members(Some(group))
+            .await?
+            .iter()
+            .any(|m| m.user == user)
+        {
             return Ok(None);
         }
         on!(self, p => sqlx::query_scalar::<_, i64>(
@@ -402,6 +407,7 @@ impl AccessDb {
         .bind(at.to_string())
         .execute(p)
         .await
+        .map(|_| ())
         .map_err(Self::q))?;
         Ok(next)
     }
