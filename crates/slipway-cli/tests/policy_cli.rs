@@ -141,6 +141,33 @@ fn a_spec_cannot_drop_the_approvals_or_the_production_flag_the_policy_requires()
         serde_json::from_str(&p.ok("bob", &["plan", "show", &run, "--output", "json"])).unwrap();
     assert_eq!(shown["plan"]["production"], true, "{shown}");
 
+    // The policy's other requirements hold too: a rehearsal before production, a change
+    // record, the release types allowed.
+    let file = policy(
+        d,
+        "policy2.yaml",
+        &format!(
+            "{PROD_POLICY}    rehearsal: required\n    change_record: true\n    release_types: [hotfix, security]\n"
+        ),
+    );
+    p.ok("admin", &["policy", "apply", "-f", &file]);
+    let v2 = plan_json(&p, "dev", &s);
+    let codes: Vec<&str> = v2["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["severity"] == "error")
+        .map(|f| f["code"].as_str().unwrap())
+        .collect();
+    for code in [
+        "rollback-not-rehearsed",
+        "change-record-missing",
+        "policy-release-type",
+    ] {
+        assert!(codes.contains(&code), "{code} missing: {codes:?}");
+    }
+    assert_eq!(v2["policy"]["version"], 2);
+
     // A spec may tighten: three approvals where the policy asks two.
     let strict = spec(
         d,

@@ -206,8 +206,15 @@ pub async fn plan_file(file: &Path, env: &str, store: Option<&str>) -> Result<Pl
     p.findings.extend(compat_problems);
     p.findings.extend(rollback_staging(&p, dir, store).await);
     // Backups against windows, and the rollback rehearsal production may require.
+    // Judged on the environment as the plan has it — the admin policy may require a
+    // rehearsal or production that the spec does not declare.
+    let mut tightened = loaded.clone();
+    tightened
+        .spec
+        .environments
+        .insert(env.to_owned(), p.env.clone());
     p.findings
-        .extend(crate::recovery::plan_findings(file, &loaded, env, store));
+        .extend(crate::recovery::plan_findings(file, &tightened, env, store));
     // Integrity before promotion: the artifact must be the one the spec names (and signed
     // by a trusted key when the plan has a signature gate). Checked again at install time
     // by each service's verify-artifact step.
