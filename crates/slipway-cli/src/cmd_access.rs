@@ -4,10 +4,10 @@
 //! first grant of a store (bootstrap: someone must become the first admin).
 
 use serde_json::json;
-use slipway_govern::access::{self};
+use slipway_govern::access::{self, Role};
 use slipway_model::exit;
 use slipway_ops::Session;
-use slipway_ops::access::{audit_change, require_admin};
+use slipway_ops::access::require_admin;
 use slipway_store::access::AccessDb;
 
 use crate::cli_util::{StoreArg, runtime, session};
@@ -18,7 +18,7 @@ use crate::out::{CliError, Output};
 pub enum AccessCommand {
     /// Grant a role (viewer, deployer, approver, admin) to `user:NAME` or `group:NAME`.
     #[command(
-        after_help = "The first grant of a store switches access control on: it must be `user:NAME admin --env '*'`, and prints that user's first API token (from then on every command acts as the subject of a token).\n\nExamples:\n  slipway access grant user:alice admin --env '*'\n  slipway access grant user:bob deployer --env staging\n  slipway access grant group:release-managers approver --env prod"
+        after_help = "Examples:\n  slipway access grant user:alice deployer --env staging\n  slipway access grant group:release-managers approver --env prod"
     )]
     Grant(GrantArgs),
     /// Revoke a grant by id (see `slipway access list`).
@@ -31,43 +31,6 @@ pub enum AccessCommand {
     /// Access review campaigns: start, decide each grant, close.
     #[command(subcommand)]
     Review(ReviewCommand),
-    /// Group membership, kept here by admins (never declared by the caller).
-    #[command(subcommand)]
-    Group(GroupCommand),
-    /// Who you act as in this store, and how that was verified.
-    Whoami(StoreOnly),
-}
-
-/// `slipway access group …`.
-#[derive(Debug, clap::Subcommand)]
-pub enum GroupCommand {
-    /// Add a user to a group.
-    #[command(after_help = "Examples:\n  slipway access group add release-managers alice")]
-    Add(MemberArgs),
-    /// Remove a user from a group.
-    Remove(MemberArgs),
-    /// List members (of one group, or all).
-    List(GroupListArgs),
-}
-
-/// A group and a user.
-#[derive(Debug, clap::Args)]
-pub struct MemberArgs {
-    /// The group (as granted: `group:NAME`).
-    pub group: String,
-    /// The user.
-    pub user: String,
-    #[command(flatten)]
-    pub store: StoreArg,
-}
-
-/// `slipway access group list`.
-#[derive(Debug, clap::Args)]
-pub struct GroupListArgs {
-    /// Only this group.
-    pub group: Option<String>,
-    #[command(flatten)]
-    pub store: StoreArg,
 }
 
 /// `slipway access token …`.
@@ -184,9 +147,6 @@ async fn run(c: AccessCommand, out: &Output) -> Result<i32, CliError> {
         AccessCommand::Token(TokenCommand::List(a)) => &a.store,
         AccessCommand::Review(ReviewCommand::Start(a) | ReviewCommand::Close(a)) => &a.store,
         AccessCommand::Review(ReviewCommand::Decide(a)) => &a.store,
-        AccessCommand::Group(GroupCommand::Add(a) | GroupCommand::Remove(a)) => &a.store,
-        AccessCommand::Group(GroupCommand::List(a)) => &a.store,
-        AccessCommand::Whoami(a) => &a.store,
     }
     .store
     .clone();
@@ -200,68 +160,26 @@ async fn run(c: AccessCommand, out: &Output) -> Result<i32, CliError> {
     let me = s.actor.user.clone();
     match c {
         AccessCommand::Grant(a) => {
-            let g = slipway_ops::access::grant(&s, &a.subject, &a.role, &a.env).await?;
-            let mut text = format!(
-                "grant {}: {} is {} in {}",
-                g.grant, g.subject, g.role, g.environment
-            );
-            if let Some(t) = &g.token {
-                text.push_str(&format!(
-                    "\naccess control is on: every command now acts as the subject of an API token.\ntoken for {} (shown once; store it now, e.g. export SLIPWAY_TOKEN=…): {t}",
-                    g.subject
-                ));
-            }
-            out.outcome(&g, &text);
-        }
-        AccessCommand::Whoami(_) => {
-            out.outcome(
-                &s.actor,
-                &format!(
-                    "{}; groups: {}",
-                    s.actor.describe(),
-                    if s.actor.groups.is_empty() {
-                        "none".to_owned()
-                    } else {
-                        s.actor.groups.join(", ")
-                    }
-                ),
-            );
-        }
-        AccessCommand::Group(GroupCommand::Add(a)) => {
-            let added = slipway_ops::access::add_member(&s, &a.group, &a.user).await?;
-            out.outcome(
-                &json!({"group": a.group, "user": a.user, "added": added}),
-                &if added {
-                    format!("user:{} is a member of group:{}", a.user, a.group)
-                } else {
-                    format!("user:{} already is a member of group:{}", a.user, a.group)
-                },
-            );
-        }
-        AccessCommand::Group(GroupCommand::Remove(a)) => {
-            if !slipway_ops::access::remove_member(&s, &a.group, &a.user).await? {
+            if Role::parse(&a.role).is_none() {
                 return Err(CliError::input(
-                    format!(
-                        "failed to remove user:{} from group:{}: not a member",
-                        a.user, a.group
-                    ),
-                    "list members with `slipway access group list`",
+                    format!("failed to grant role `{}`: no such role", a.role),
+                    "use viewer, deployer, approver or admin",
                 ));
             }
-            out.outcome(
-                &json!({"group": a.group, "user": a.user, "removed": true}),
-                &format!("user:{} removed from group:{}", a.user, a.group),
-            );
-        }
-        AccessCommand::Group(GroupCommand::List(a)) => {
-            let members = slipway_ops::access::members(&s, a.group.as_deref()).await?;
-            if out.json() {
-                out.json_value(&members);
+            require_admin(&s, &db, "grant roles").await?;
+            let subject = if a.subject.contains(':') {
+                a.subject
             } else {
-                for m in &members {
-                    out.line(&format!("group:{:<24} user:{}", m.group, m.user));
-                }
-            }
+                format!("user:{}", a.subject)
+            };
+            let id = db
+                .grant(&subject, &a.role, &a.env, &format!("user:{me}"), now)
+                .await
+                .map_err(CliError::from)?;
+            out.outcome(
+                &json!({"grant": id, "subject": subject, "role": a.role, "environment": a.env}),
+                &format!("grant {id}: {subject} is {} in {}", a.role, a.env),
+            );
         }
         AccessCommand::Revoke(a) => {
             require_admin(&s, &db, "revoke grants").await?;
@@ -275,7 +193,6 @@ async fn run(c: AccessCommand, out: &Output) -> Result<i32, CliError> {
                     "list grants with `slipway access list`",
                 ));
             }
-            audit_change(&s, "access_revoked", json!({"grant": a.id})).await?;
             out.outcome(
                 &json!({"grant": a.id, "revoked": true}),
                 &format!("grant {} revoked", a.id),
@@ -301,14 +218,10 @@ async fn run(c: AccessCommand, out: &Output) -> Result<i32, CliError> {
             }
             let issued = access::issue_token(&user, now)
                 .map_err(|e| CliError::new(exit::BLOCKED, format!("failed to {e}"), None))?;
-            db.add_token(&issued.row).await.map_err(CliError::from)?;
+            db.add_token(&issued.row, &format!("user:{me}"))
+                .await
+                .map_err(CliError::from)?;
             // The token's id only: its secret is shown once below and never kept.
-            audit_change(
-                &s,
-                "token_issued",
-                json!({"token": issued.row.id, "subject": issued.row.subject}),
-            )
-            .await?;
             if out.json() {
                 // For pipelines that hand the token on (a CI secret): the one time it exists.
                 out.json_value(&json!({
@@ -332,13 +245,16 @@ async fn run(c: AccessCommand, out: &Output) -> Result<i32, CliError> {
             if !own {
                 require_admin(&s, &db, "revoke tokens of others").await?;
             }
-            if !db.revoke_token(&a.id, now).await.map_err(CliError::from)? {
+            if !db
+                .revoke_token(&a.id, now, &format!("user:{me}"))
+                .await
+                .map_err(CliError::from)?
+            {
                 return Err(CliError::input(
                     format!("failed to revoke token {}: no live token has that id", a.id),
                     "the id is the part between `slw_` and the next `_`",
                 ));
             }
-            audit_change(&s, "token_revoked", json!({"token": a.id})).await?;
             if out.json() {
                 out.json_value(&json!({"id": a.id, "revoked": true}));
             } else {
@@ -376,12 +292,6 @@ async fn run(c: AccessCommand, out: &Output) -> Result<i32, CliError> {
                 .open_review(&a.review, &format!("user:{me}"), now)
                 .await
                 .map_err(CliError::from)?;
-            audit_change(
-                &s,
-                "review_opened",
-                json!({"review": a.review, "grants": n}),
-            )
-            .await?;
             out.outcome(
                 &json!({"review": a.review, "opened": true, "grants": n}),
                 &format!("access review {} opened over {n} grant(s); decide each with `slipway access review decide {} GRANT confirm|revoke`", a.review, a.review),
@@ -402,12 +312,6 @@ async fn run(c: AccessCommand, out: &Output) -> Result<i32, CliError> {
                     "start one with `slipway access review start ID`",
                 ));
             }
-            audit_change(
-                &s,
-                "review_decided",
-                json!({"review": a.review, "grant": a.grant, "decision": a.decision}),
-            )
-            .await?;
             out.outcome(
                 &json!({"review": a.review, "grant": a.grant, "decision": a.decision}),
                 &format!("grant {}: {}", a.grant, a.decision),
@@ -416,15 +320,9 @@ async fn run(c: AccessCommand, out: &Output) -> Result<i32, CliError> {
         AccessCommand::Review(ReviewCommand::Close(a)) => {
             require_admin(&s, &db, "close access reviews").await?;
             let unreviewed = db
-                .close_review(&a.review, now)
+                .close_review(&a.review, now, &format!("user:{me}"))
                 .await
                 .map_err(CliError::from)?;
-            audit_change(
-                &s,
-                "review_closed",
-                json!({"review": a.review, "unreviewed": unreviewed}),
-            )
-            .await?;
             if out.json() {
                 out.json_value(
                     &json!({"review": a.review, "closed": true, "unreviewed": unreviewed}),

@@ -31,7 +31,7 @@ use slipway_model::exit;
 use slipway_package as pkg;
 use slipway_store::archive::{ArchiveDb, PolicyRow};
 
-use crate::cli_util::{StoreArg, open_store, runtime, sqlite_only};
+use crate::cli_util::{StoreArg, identity, open_store, runtime, sqlite_only};
 use crate::out::{CliError, Output};
 
 /// `slipway archive`.
@@ -177,15 +177,14 @@ pub fn archive(a: ArchiveArgs, out: &Output) -> Result<i32, CliError> {
         .map_err(|e| CliError::input(format!("failed to {e}"), "e.g. --before 2026-01-01"))?;
     let rt = runtime()?;
     rt.block_on(async {
-        let session = crate::cli_util::session(&a.store).await?;
-        let store = session.store.clone();
+        let (store, _) = open_store(&a.store).await?;
         let db_path = sqlite_only(
             &store,
             "slipway archive",
             "archive checkpoints, run summaries and the retention policy",
         )?
         .to_path_buf();
-        crate::cli_util::enforce(&session, Role::Admin, "archive records", "*").await?;
+        crate::cli_util::enforce(&store, Role::Admin, "archive records", "*").await?;
         let db = ArchiveDb::open(&db_path).await.map_err(CliError::from)?;
         // A chain that does not verify is evidence of tampering: moving it into a signed
         // bundle would launder it.
@@ -282,22 +281,33 @@ pub fn archive(a: ArchiveArgs, out: &Output) -> Result<i32, CliError> {
             // Test hook (see the module doc): die as a crash would, before the prune.
             std::process::abort();
         }
-        let cp = db
-            .prune(&sel, &summaries, &digest, &name, &before.to_string(), now)
+        let actor = store
+            .pseudonym(&identity())
             .await
             .map_err(CliError::from)?;
+        // The prune appends the `archived` chain entry itself, in its transaction.
+        let cp = db
+            .prune(&sel, &summaries, &digest, &name, &before.to_string(), now, &actor)
+            .await
+            .map_err(CliError::from)?;
+        // The live chain now starts at the checkpoint: sign that (with the archive's key),
+        // so `audit verify --pubkey` can tell this start from a forged one.
+        if let Some((seq, hash)) = store.audit_head().await.map_err(CliError::from)? {
+            let payload = slipway_engine::evidence::AnchorPayload {
+                seq,
+                hash,
+                entries: seq - cp.end_seq,
+                start_seq: cp.end_seq,
+                start_hash: cp.end_hash.clone(),
+                at: now.to_string(),
+            };
+            crate::cmd_audit::sign_anchor(store.as_ref(), &sk, &payload).await?;
+        }
         for id in &ids {
             // Best effort: the records are in the bundle and gone from the store; a left
             // directory only costs space.
             let _ = std::fs::remove_dir_all(store_dir.join("runs").join(id));
         }
-        slipway_ops::access::audit_governance(
-            &session,
-            "archived",
-            json!({"bundle": name, "sha256": digest, "runs": ids.len(),
-                "chain_start": cp.start_seq, "chain_end": cp.end_seq, "before": cp.before}),
-        )
-        .await?;
         if out.json() {
             out.json_value(&json!({"archived": true, "bundle": path, "signature": sig,
                 "sha256": digest, "runs": ids, "summaries": summaries.len(), "audit_entries": sel.audit.len(),
@@ -362,12 +372,11 @@ pub fn retention(c: RetentionCommand, out: &Output) -> Result<i32, CliError> {
                         "records must be kept at least as long as they stay live",
                     ));
                 }
-                let session = crate::cli_util::session(&a.store).await?;
-                let store = session.store.clone();
+                let (store, _) = open_store(&a.store).await?;
                 let db_path = sqlite_only(&store, "slipway retention set", "the retention policy")?;
-                crate::cli_util::enforce(&session, Role::Admin, "set retention", "*").await?;
+                crate::cli_util::enforce(&store, Role::Admin, "set retention", "*").await?;
                 let db = ArchiveDb::open(db_path).await.map_err(CliError::from)?;
-                let me = session.actor.user.clone();
+                let me = identity();
                 db.set_policy(&PolicyRow {
                     kind: a.kind.clone(),
                     live_days: live,
@@ -377,12 +386,6 @@ pub fn retention(c: RetentionCommand, out: &Output) -> Result<i32, CliError> {
                 })
                 .await
                 .map_err(CliError::from)?;
-                slipway_ops::access::audit_governance(
-                    &session,
-                    "retention_set",
-                    json!({"kind": a.kind, "live_days": live, "keep_days": keep}),
-                )
-                .await?;
                 if out.json() {
                     out.json_value(&json!({"kind": a.kind, "live_days": live, "keep_days": keep}));
                 } else {
@@ -434,10 +437,7 @@ pub(crate) async fn verify_with_archives(
         head.as_ref().map(|(s, h)| (*s, h.as_str())),
     );
     Ok(crate::cmd_audit::report(
-        audit::StoreVerification {
-            from_seq: first.0,
-            result,
-        },
+        audit::StoreVerification::of_chain(first.0, result),
         &source,
         out,
     ))

@@ -13,7 +13,7 @@ use slipway_model::exit;
 use slipway_model::spec::ChecklistItem;
 use slipway_store::checklist::{Ack, ChecklistDb};
 
-use crate::cli_util::{StoreArg, open_store, runtime, sqlite_only};
+use crate::cli_util::{StoreArg, identity, open_store, runtime, sqlite_only};
 use crate::out::{CliError, Output};
 
 /// `slipway checklist …`.
@@ -197,14 +197,14 @@ pub fn checklist(c: ChecklistCommand, out: &Output) -> Result<i32, CliError> {
                 )?
                 .to_path_buf();
                 crate::cli_util::enforce(
-                    &session,
+                    &store,
                     Role::Approver,
                     "acknowledge checklist items",
                     &plan.environment,
                 )
                 .await?;
                 let db = ChecklistDb::open(&db_path).await.map_err(CliError::from)?;
-                let me = session.actor.user.clone();
+                let me = identity();
                 db.acknowledge(
                     &plan.release.name,
                     &plan.release.version,
@@ -218,14 +218,6 @@ pub fn checklist(c: ChecklistCommand, out: &Output) -> Result<i32, CliError> {
                 )
                 .await
                 .map_err(CliError::from)?;
-                slipway_ops::access::audit_governance(
-                    &session,
-                    "checklist_acknowledged",
-                    json!({"item": a.item, "release": plan.release.name,
-                        "version": plan.release.version, "environment": plan.environment,
-                        "note": a.note}),
-                )
-                .await?;
                 out.line(&format!(
                     "checklist item {} acknowledged for {} {} in {}",
                     a.item, plan.release.name, plan.release.version, plan.environment

@@ -320,10 +320,9 @@ fn stop(a: StopArgs, out: &Output) -> Result<i32, CliError> {
             Ok(slipway_store::StoreLocation::Postgres(_))
         );
         if db.exists() || shared {
-            let session = crate::cli_util::session(&a.store).await?;
-            let _store = session.store.clone();
+            let (store, _) = crate::cli_util::open_store(&a.store).await?;
             crate::cli_util::enforce(
-                &session,
+                &store,
                 slipway_govern::access::Role::Deployer,
                 "stop a proxy",
                 &a.env,

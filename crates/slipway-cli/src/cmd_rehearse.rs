@@ -1,6 +1,7 @@
 //! `slipway rehearse`: a rollback rehearsal of a release's migrations on a non-production
 //! environment, judged against the spec's recovery objectives and recorded where `plan`
-//! looks for it (`<store dir>/rehearsals/<release>-<version>.json`).
+//! looks for it: a governance record of kind `rehearsal` in the store, committed to by an
+//! audit chain entry (`slipway_ops::recovery`).
 //!
 //! The measuring is `slipway_migrate::rehearse` (back up, write marker rows at a steady
 //! rate, roll back, measure RTO and RPO). When the release has application services (exec
@@ -217,7 +218,7 @@ pub fn rehearse(a: RehearseArgs, out: &Output) -> Result<i32, CliError> {
         url: url.clone(),
         dir,
         store_dir: records.join("backups"),
-        who: crate::cli_util::whoami(&a.store)?,
+        who: crate::cli_util::identity(),
         rollback: match a.rollback {
             RollbackArg::Undo => mig::RollbackMethod::Undo,
             RollbackArg::RestoreBackup => mig::RollbackMethod::RestoreBackup,
@@ -261,12 +262,11 @@ pub fn rehearse(a: RehearseArgs, out: &Output) -> Result<i32, CliError> {
             )
         })?,
     };
-    let path = records.join(slipway_ops::recovery::record_name(spec));
-    write_record(&path, &record)?;
+    let path = rt.block_on(store_record(&a.store, spec, &record))?;
 
     if out.json() {
         out.json_value(&serde_json::json!({
-            "record": path.display().to_string(),
+            "record": path,
             "service": svc_name,
             "scope": report.scope,
             "run": run_id,
@@ -345,7 +345,7 @@ pub fn rehearse(a: RehearseArgs, out: &Output) -> Result<i32, CliError> {
                 Style::Bad,
             ));
         }
-        out.line(&format!("recorded in {}", path.display()));
+        out.line(&format!("recorded in {path}"));
     }
     Ok(if record.objectives_met {
         exit::SUCCESS
@@ -358,28 +358,43 @@ fn fmt_version(v: Option<i64>) -> String {
     v.map_or_else(|| "0".to_owned(), |v| v.to_string())
 }
 
-/// Write the record through a temporary file and a rename, so `plan` never reads half of one.
-fn write_record(path: &Path, record: &RehearsalRecord) -> Result<(), CliError> {
-    let fail = |what: &str, e: std::io::Error| {
-        CliError::new(
-            exit::FAILURE,
-            format!("failed to {what} {}: {e}", path.display()),
-            Some("check the store directory is writable, or pick another with --store".into()),
-        )
-    };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| fail("create the directory of", e))?;
-    }
-    let bytes = serde_json::to_vec_pretty(record).map_err(|e| {
+/// Keep the record in the store as a governance record (its chain entry commits to it and
+/// says who rehearsed what, with which outcome); returns where, for the output.
+async fn store_record(
+    store: &StoreArg,
+    spec: &ReleaseSpec,
+    record: &RehearsalRecord,
+) -> Result<String, CliError> {
+    use slipway_engine::Store;
+    let (store, _) = crate::cli_util::open_store(store).await?;
+    let actor = store
+        .pseudonym(&crate::cli_util::identity())
+        .await
+        .map_err(CliError::from)?;
+    let data = serde_json::to_value(record).map_err(|e| {
         CliError::new(
             exit::INTERNAL,
             format!("failed to serialise the rehearsal record: {e}"),
             None,
         )
     })?;
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, bytes).map_err(|e| fail("write", e))?;
-    std::fs::rename(&tmp, path).map_err(|e| fail("rename into", e))
+    let key = slipway_ops::recovery::record_key(spec);
+    store
+        .append_governance(vec![slipway_engine::store::GovernanceRecord {
+            kind: slipway_ops::recovery::REHEARSAL.to_owned(),
+            key: slipway_engine::store::RecordKey::Given(key.clone()),
+            data: Some(data),
+            action: "rehearsal_recorded".to_owned(),
+            summary: serde_json::json!({"release": record.release, "version": record.version,
+                "environment": record.environment, "objectives_met": record.objectives_met,
+                "rto_ms": record.rto_ms, "rpo_ms": record.rpo_ms}),
+            actor,
+            at: record.finished_at,
+            if_seq: None,
+        }])
+        .await
+        .map_err(CliError::from)?;
+    Ok(format!("{} as rehearsal record {key}", store.location()))
 }
 
 /// The database URL of a migration service as the release run will resolve it: the

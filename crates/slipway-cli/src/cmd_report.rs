@@ -16,7 +16,7 @@ use slipway_govern::{GovernError, history};
 use slipway_model::exit;
 use slipway_store::archive::ArchiveDb;
 
-use crate::cli_util::{StoreArg, runtime};
+use crate::cli_util::{StoreArg, open_store, runtime};
 use crate::out::{CliError, Output};
 
 /// `slipway report …`.
@@ -157,6 +157,13 @@ pub(crate) fn govern_error(e: GovernError) -> CliError {
         | GovernError::UnknownFramework(_)) => {
             CliError::new(exit::INVALID_INPUT, format!("failed to {e}"), None)
         }
+        e @ GovernError::Tampered(_) => CliError::new(
+            exit::TAMPERED,
+            format!("failed to {e}"),
+            Some(
+                "nothing was written; find what changed with `slipway audit verify` and restore it from a backup or an export".to_owned(),
+            ),
+        ),
         e @ GovernError::Write { .. } => CliError::new(
             exit::FAILURE,
             format!("failed to {e}"),
@@ -262,7 +269,10 @@ fn dora_cmd(a: DoraArgs, out: &Output) -> Result<i32, CliError> {
         .map_err(govern_error)?;
     let rt = runtime()?;
     let report = rt.block_on(async {
-        let (store, _) = crate::cli_util::open_store_to_read(&a.store, "read reports").await?;
+        let (store, _) = open_store(&a.store).await?;
+        slipway_govern::verify_evidence(store.as_ref())
+            .await
+            .map_err(govern_error)?;
         let (runs, unsummarized) =
             history_with_archive(store.as_ref(), store.sqlite_path(), Some(since)).await?;
         let query = DoraQuery {
@@ -297,7 +307,10 @@ fn dora_cmd(a: DoraArgs, out: &Output) -> Result<i32, CliError> {
 fn handover_cmd(a: RunReportArgs, out: &Output) -> Result<i32, CliError> {
     let rt = runtime()?;
     let (run, prev) = rt.block_on(async {
-        let (store, _) = crate::cli_util::open_store_to_read(&a.store, "read reports").await?;
+        let (store, _) = open_store(&a.store).await?;
+        slipway_govern::verify_evidence(store.as_ref())
+            .await
+            .map_err(govern_error)?;
         let run = load_run(store.as_ref(), store.sqlite_path(), &a.run).await?;
         let (summaries, checkpoints) = archived(store.sqlite_path()).await?;
         let prev =
@@ -319,7 +332,10 @@ fn handover_cmd(a: RunReportArgs, out: &Output) -> Result<i32, CliError> {
 fn retro_cmd(a: RunReportArgs, out: &Output) -> Result<i32, CliError> {
     let rt = runtime()?;
     let run = rt.block_on(async {
-        let (store, _) = crate::cli_util::open_store_to_read(&a.store, "read reports").await?;
+        let (store, _) = open_store(&a.store).await?;
+        slipway_govern::verify_evidence(store.as_ref())
+            .await
+            .map_err(govern_error)?;
         load_run(store.as_ref(), store.sqlite_path(), &a.run).await
     })?;
     let retro = slipway_govern::retro::build(&run);
@@ -340,7 +356,10 @@ fn compliance_cmd(a: ComplianceArgs, out: &Output) -> Result<i32, CliError> {
     slipway_govern::compliance::catalogue(&a.framework).map_err(govern_error)?;
     let rt = runtime()?;
     let evidence = rt.block_on(async {
-        let (store, _) = crate::cli_util::open_store_to_read(&a.store, "read reports").await?;
+        let (store, _) = open_store(&a.store).await?;
+        slipway_govern::verify_evidence(store.as_ref())
+            .await
+            .map_err(govern_error)?;
         // Read the head before the entries: entries appended in between only extend the
         // chain past the head the pack names, which still verifies.
         let start = store.audit_start().await.map_err(CliError::from)?;
@@ -477,8 +496,10 @@ pub fn catalog(c: CatalogCommand, out: &Output) -> Result<i32, CliError> {
         {
             let rt = runtime()?;
             rt.block_on(async {
-                let (store, _) =
-                    crate::cli_util::open_store_to_read(&a.store, "read reports").await?;
+                let (store, _) = open_store(&a.store).await?;
+                slipway_govern::verify_evidence(store.as_ref())
+                    .await
+                    .map_err(govern_error)?;
                 // Archived runs count too: a service deployed to production once is
                 // in production whether or not that run was archived since.
                 history_with_archive(store.as_ref(), store.sqlite_path(), None).await

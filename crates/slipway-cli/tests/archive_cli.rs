@@ -47,6 +47,7 @@ environments:
     fn run(&self, args: &[&str]) -> std::process::Output {
         slipway()
             .env("SLIPWAY_STORE", &self.store)
+            .env("SLIPWAY_USER", "alice")
             .args(args)
             .output()
             .unwrap()
@@ -310,6 +311,7 @@ fn a_crash_between_the_bundle_and_the_prune_loses_nothing_and_a_rerun_finishes()
     e.live_policy();
     let o = slipway()
         .env("SLIPWAY_STORE", &e.store)
+        .env("SLIPWAY_USER", "alice")
         .env("SLIPWAY_FAULT", "archive-before-prune")
         .args(["archive", "--before", "2100-01-01", "--key", &sk])
         .output()
@@ -350,4 +352,127 @@ fn a_crash_between_the_bundle_and_the_prune_loses_nothing_and_a_rerun_finishes()
     assert_eq!(std::fs::read(bundle).unwrap(), crashed, "byte for byte");
     assert!(!e.history().contains(&a));
     e.ok(&["audit", "verify", "--archive", bundle, "--pubkey", &pk]);
+}
+
+/// A forged archive checkpoint: to hide a run, a writer of the database deletes the live
+/// chain's start and the run, records a checkpoint saying an archive took them, and appends
+/// a correctly hashed entry committing to it (carrying the other records forward). Without
+/// a key nothing can tell; against the checkpoint `slipway archive` signed of the real
+/// start, `audit verify --pubkey` refuses (exit 7). A checkpoint row inserted without any
+/// entry is named even without a key.
+#[test]
+fn a_forged_archive_checkpoint_is_caught() {
+    use crate::evidence_cli::{Db, rehash};
+    use slipway_engine::audit::AuditEntry;
+    let (e, _, _, _) = seeded();
+    let (sk, pk) = e.keys("archive");
+    e.live_policy();
+    e.ok(&["archive", "--before", "2100-01-01", "--key", &sk]);
+    let hidden = run_id(&e.deploy("staging"));
+    e.ok(&["audit", "verify", "--pubkey", &pk]);
+    let db = Db::Sqlite(e.db.clone());
+    let verify = |extra: &[&str]| {
+        let mut args = vec!["audit", "verify"];
+        args.extend_from_slice(extra);
+        let o = e.run(&args);
+        let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), stderr(&o));
+        (o.status.code(), text)
+    };
+
+    // A checkpoint row alone: not in the chain.
+    let backup = e.dir.join("pristine.db");
+    db.sql(&format!("VACUUM INTO '{}'", backup.display()));
+    db.sql("INSERT INTO records (kind, key, data, nonce, seq) SELECT kind, '7', data, nonce, seq FROM records WHERE kind = 'archive_checkpoint'");
+    let (code, text) = verify(&[]);
+    assert_eq!(code, Some(7), "{text}");
+    assert!(
+        text.contains("archive_checkpoint record `7` was inserted"),
+        "{text}"
+    );
+    std::fs::copy(&backup, &e.db).unwrap();
+    let _ = std::fs::remove_file(e.db.with_extension("db-wal"));
+    let _ = std::fs::remove_file(e.db.with_extension("db-shm"));
+
+    // The whole forgery: a prefix can only go whole, so every live run goes with it (the
+    // hidden one and the one still waiting).
+    let gone: Vec<String> = db
+        .sql("SELECT id FROM runs ORDER BY id")
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert!(gone.contains(&hidden), "{gone:?}");
+    let live = db.entries();
+    let last = live.last().unwrap().clone();
+    let cp1: serde_json::Value = serde_json::from_str(
+        db.sql("SELECT data FROM records WHERE kind = 'archive_checkpoint' AND key = '1'")
+            .trim(),
+    )
+    .unwrap();
+    let cp2 =
+        serde_json::json!({"id": 2, "start_seq": cp1["end_seq"], "start_hash": cp1["end_hash"],
+        "end_seq": last.seq, "end_hash": last.hash, "bundle_sha256": "0".repeat(64),
+        "bundle_name": "slipway-archive-forged.tar.zst", "before": "2100-01-01",
+        "runs": gone, "created_at": last.at})
+        .to_string();
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(
+        &std::process::Command::new("sqlite3")
+            .arg("-json")
+            .arg(&e.db)
+            .arg("SELECT kind, key, nonce, data FROM records WHERE kind <> 'archive_checkpoint' OR key = '1'")
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let mut refs: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|r| {
+            let s = |k: &str| r[k].as_str().unwrap().to_owned();
+            serde_json::json!({"kind": s("kind"), "key": s("key"),
+                "sha256": slipway_engine::evidence::record_commitment(&s("kind"), &s("key"), &s("nonce"), &s("data"))})
+        })
+        .collect();
+    refs.push(serde_json::json!({"kind": "archive_checkpoint", "key": "2",
+        "sha256": slipway_engine::evidence::record_commitment("archive_checkpoint", "2", "00", &cp2)}));
+    let detail = serde_json::json!({"event": "governance", "action": "archived",
+        "detail": {"run_ids": gone, "records": refs}})
+    .to_string();
+    let mut forged = vec![
+        last.clone(),
+        AuditEntry {
+            seq: last.seq + 1,
+            at: last.at.clone(),
+            actor: last.actor.clone(),
+            action: "governance".into(),
+            run_id: String::new(),
+            digest: String::new(),
+            outcome: "archived".into(),
+            detail,
+            prev_hash: String::new(),
+            hash: String::new(),
+            v: 2,
+        },
+    ];
+    rehash(&mut forged, 1);
+    db.rewrite(last.seq + 1, &forged[1..]);
+    db.sql(&format!(
+        "DELETE FROM audit WHERE seq <= {}; DELETE FROM runs;
+         UPDATE records SET seq = {}; INSERT INTO records (kind, key, data, nonce, seq) VALUES ('archive_checkpoint', '2', '{}', '00', {});",
+        last.seq,
+        last.seq + 1,
+        cp2.replace('\'', "''"),
+        last.seq + 1
+    ));
+    let (code, text) = verify(&[]);
+    assert_eq!(code, Some(0), "without a key the forgery passes: {text}");
+    assert!(e.history().is_empty());
+    let (code, text) = verify(&["--pubkey", &pk]);
+    assert_eq!(code, Some(7), "{text}");
+    assert!(
+        text.contains(&format!(
+            "the live audit chain starts after entry {}",
+            last.seq
+        )) && text.contains("archive checkpoint was forged"),
+        "{text}"
+    );
 }

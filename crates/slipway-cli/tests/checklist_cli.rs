@@ -38,6 +38,7 @@ environments:
     let run = |args: &[&str]| {
         slipway()
             .env("SLIPWAY_STORE", &store)
+            .env("SLIPWAY_USER", "alice")
             .args(args)
             .output()
             .unwrap()
@@ -114,4 +115,27 @@ environments:
     // The acknowledgement is in the audit chain, which still verifies.
     let o = run(&["audit", "verify"]);
     assert_eq!(o.status.code(), Some(0), "{o:?}");
+
+    // An acknowledgement for 1.0.1 slipped into the store by hand (copied from the real
+    // one): named by `audit verify`, and the reports refuse the store.
+    let sql = "INSERT INTO records (kind, key, data, nonce, seq)
+               SELECT kind, replace(key, '1.0.0', '1.0.1'), replace(data, '\"1.0.0\"', '\"1.0.1\"'), nonce, seq
+               FROM records WHERE kind = 'checklist_ack'";
+    let s = std::process::Command::new("sqlite3")
+        .arg(d.join("s.db"))
+        .arg(sql)
+        .output()
+        .unwrap();
+    assert!(s.status.success(), "{s:?}");
+    let o = run(&["audit", "verify"]);
+    assert_eq!(o.status.code(), Some(7), "{o:?}");
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains("checklist_ack record")
+            && text.contains("1.0.1")
+            && text.contains("was inserted"),
+        "{text}"
+    );
+    let o = run(&["report", "dora", "--since", "2000-01-01"]);
+    assert_eq!(o.status.code(), Some(7), "{o:?}");
 }

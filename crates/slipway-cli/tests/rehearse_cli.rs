@@ -1,7 +1,9 @@
 //! `slipway rehearse` through the real binary on a real SQLite file: production refused,
-//! a passing rehearsal recorded beside the store and lifting `plan`'s "rollback not
-//! rehearsed" error, and a restore-from-backup rollback that loses writes missing an RPO of
-//! zero (exit 1, and `plan` still blocks with the measured figure).
+//! a passing rehearsal recorded in the store (a governance record the audit chain commits
+//! to) and lifting `plan`'s "rollback not rehearsed" error, and a restore-from-backup
+//! rollback that loses writes missing an RPO of zero (exit 1, and `plan` still blocks with
+//! the measured figure) — also after its record was edited by hand to pass (refused, and
+//! named by `audit verify`, exit 7).
 
 use std::path::Path;
 
@@ -91,7 +93,7 @@ fn passing_rehearsal_lifts_the_plan_error() {
     let msg = rehearsal_error(&before).expect("plan must say the rollback is not rehearsed");
     assert!(msg.contains("rollback not rehearsed"), "{msg}");
     assert!(msg.contains("slipway rehearse"), "{msg}");
-    assert!(msg.contains("shop-1.2.0.json"), "{msg}");
+    assert!(msg.contains("rehearsal record of shop 1.2.0"), "{msg}");
 
     // Production is never rehearsed on.
     let refused = slipway()
@@ -117,8 +119,15 @@ fn passing_rehearsal_lifts_the_plan_error() {
     assert!(r["rto_ms"].as_u64().unwrap() > 0, "{v}");
     assert_eq!(r["report"]["previous_version"], 1, "{v}");
     assert_eq!(r["report"]["new_version"], 2, "{v}");
-    let record = tmp.path().join(".slipway/rehearsals/shop-1.2.0.json");
-    assert!(record.is_file(), "{v}");
+    assert!(
+        v["record"].as_str().unwrap().contains("rehearsal record"),
+        "{v}"
+    );
+    let db = tmp.path().join(".slipway/slipway.db");
+    assert_eq!(
+        sqlite3(&db, "SELECT key FROM records WHERE kind = 'rehearsal'").trim(),
+        r#"["shop","1.2.0"]"#
+    );
 
     let after = plan_codes(&spec, &store);
     assert_eq!(rehearsal_error(&after), None, "{after:?}");
@@ -163,6 +172,40 @@ fn restoring_a_backup_misses_an_rpo_of_zero() {
     let msg = rehearsal_error(&codes).expect("a failed rehearsal must not count");
     assert!(msg.contains("missed the objectives"), "{msg}");
     assert!(msg.contains("RPO"), "{msg}");
+
+    // The failed record edited by hand to pass (the issue's bypass): `plan` does not trust
+    // it, and `audit verify` names it.
+    let db = tmp.path().join(".slipway/slipway.db");
+    sqlite3(
+        &db,
+        "UPDATE records SET data = json_set(data, '$.rpo_ms', 0, '$.markers_lost', 0, '$.objectives_met', json('true')) WHERE kind = 'rehearsal'",
+    );
+    let codes = plan_codes(&spec, &store);
+    let msg = rehearsal_error(&codes).expect("an edited record must not count");
+    assert!(msg.contains("does not verify"), "{msg}");
+    assert!(
+        msg.contains(r#"rehearsal record `["shop","1.2.0"]` was edited"#),
+        "{msg}"
+    );
+    let o = slipway()
+        .env("SLIPWAY_STORE", &store)
+        .args(["audit", "verify"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(7), "{o:?}");
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("rehearsal record"), "{text}");
+}
+
+/// Run SQL on an SQLite file with the real `sqlite3` CLI.
+fn sqlite3(db: &Path, sql: &str) -> String {
+    let o = std::process::Command::new("sqlite3")
+        .arg(db)
+        .arg(sql)
+        .output()
+        .expect("the sqlite3 CLI is installed (apt install sqlite3)");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 /// The shop with an application service installed by exec steps beside the migrations:
@@ -287,9 +330,9 @@ fn a_release_whose_rollback_fails_fails_the_rehearsal() {
     assert!(err.contains("roll the release back"), "{err}");
     assert!(err.contains("slipway rollback"), "{err}");
     // No record: a rehearsal that failed cannot lift the plan's requirement.
-    assert!(
-        !tmp.path()
-            .join(".slipway/rehearsals/shop-1.3.0.json")
-            .exists()
+    let db = tmp.path().join(".slipway/slipway.db");
+    assert_eq!(
+        sqlite3(&db, "SELECT count(*) FROM records WHERE kind = 'rehearsal'").trim(),
+        "0"
     );
 }

@@ -68,6 +68,7 @@ environments:
 
     let o = slipway()
         .env("SLIPWAY_STORE", &store)
+        .env("SLIPWAY_USER", "bob")
         .args([
             "rollback",
             &run,

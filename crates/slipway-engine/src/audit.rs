@@ -1,11 +1,25 @@
-//! The audit chain: each entry holds the hash of the one before, and its own hash is the
-//! sha256 of its canonical JSON (sorted keys, no whitespace) including that link.
+//! The audit chain: each entry holds the hash of the one before, and its own hash covers
+//! its content and that link.
+//!
+//! Two hash schemes, named per entry by [`AuditEntry::v`]: entries written before journal
+//! format 6 (`v` 1) hash the canonical JSON of their fields (sorted keys, no whitespace);
+//! newer ones (`v` 2) hash `prev_hash` followed by their fields each framed as
+//! `<byte length>:<bytes>` ([`canonical_v2`]) — the bytes the store keeps in its columns,
+//! so verifying needs no JSON to be rebuilt, and the framing is unambiguous whatever the
+//! bytes. A scheme flipped on an entry makes its hash mismatch, so it buys a forger
+//! nothing.
 //!
 //! `seq` is monotonic and not hashed: a gap in it names a deleted entry, while the links
 //! alone fix the order, so an entry whose link points at a *later* entry names a reorder.
 //! The store also keeps the head (seq, hash) beside the chain, so truncating the tail or
 //! appending a forged entry is caught too. Verification is a pure function over entries,
 //! so a JSONL export verifies on its own with the same code.
+//!
+//! Large chains are verified by [`ChainScan`] over *framed* rows ([`parse_framed`]: the
+//! store streams its rows in that form, many per read): each row's own hash depends only
+//! on its bytes, so [`check_hashes`] computes them on every core, and the sequential part
+//! is an equality walk over seqs and links. The first inconsistency hands over to the exact
+//! classifier ([`verify_from`]), which names what happened.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -39,25 +53,148 @@ pub struct AuditEntry {
     pub prev_hash: String,
     /// sha256 of this entry's canonical form.
     pub hash: String,
+    /// Hash scheme: 1 (canonical JSON, before journal format 6) or 2 (framed fields).
+    #[serde(default = "scheme_v1", skip_serializing_if = "is_v1")]
+    pub v: u8,
 }
 
+fn scheme_v1() -> u8 {
+    HASH_V1
+}
+
+fn is_v1(v: &u8) -> bool {
+    *v == HASH_V1
+}
+
+/// The hash scheme of entries written before journal format 6: canonical JSON.
+pub const HASH_V1: u8 = 1;
+/// The hash scheme written since journal format 6: framed fields, see [`canonical_v2`].
+pub const HASH_V2: u8 = 2;
+
 impl AuditEntry {
-    /// Compute the hash this entry must carry.
-    pub fn compute_hash(&self) -> String {
-        // serde_json's map is sorted (no preserve_order), and to_string has no whitespace:
-        // this is the canonical form.
-        let canonical = serde_json::json!({
-            "at": self.at,
-            "actor": self.actor,
-            "action": self.action,
-            "run_id": self.run_id,
-            "digest": self.digest,
-            "outcome": self.outcome,
-            "detail": self.detail,
-            "prev_hash": self.prev_hash,
-        });
-        hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
+    /// The seven hashed fields, in the order both schemes use.
+    pub fn fields(&self) -> [&[u8]; 7] {
+        [
+            self.at.as_bytes(),
+            self.actor.as_bytes(),
+            self.action.as_bytes(),
+            self.run_id.as_bytes(),
+            self.digest.as_bytes(),
+            self.outcome.as_bytes(),
+            self.detail.as_bytes(),
+        ]
     }
+
+    /// Compute the hash this entry must carry under its scheme (an unknown scheme hashes
+    /// as version 1, so it can never match a forged hash by accident of scheme).
+    pub fn compute_hash(&self) -> String {
+        let mut buf = Vec::new();
+        hex::encode(hash_fields(
+            self.v,
+            self.prev_hash.as_bytes(),
+            self.fields(),
+            &mut buf,
+        ))
+    }
+}
+
+/// The hash of an entry with fields `f` (in [`AuditEntry::fields`] order) linking to
+/// `prev`, under scheme `v`; `buf` is scratch space reused between calls.
+pub fn hash_fields(v: u8, prev: &[u8], f: [&[u8]; 7], buf: &mut Vec<u8>) -> [u8; 32] {
+    buf.clear();
+    if v == HASH_V2 {
+        buf.extend_from_slice(prev);
+        canonical_v2(f, buf);
+    } else {
+        canonical_v1(prev, f, buf);
+    }
+    Sha256::digest(&buf[..]).into()
+}
+
+/// Scheme 2's canonical bytes of the fields: each as `<decimal byte length>:<bytes>`, in
+/// [`AuditEntry::fields`] order (the hash input is `prev_hash` followed by these).
+pub fn canonical_v2(f: [&[u8]; 7], out: &mut Vec<u8>) {
+    for field in f {
+        push_len(out, field.len());
+        out.extend_from_slice(field);
+    }
+}
+
+fn push_len(out: &mut Vec<u8>, n: usize) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        // A decimal digit: n % 10 < 10 always fits in a u8.
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+    out.push(b':');
+}
+
+/// Scheme 1's canonical JSON, written directly: exactly what `serde_json` prints for the
+/// object of the fields and `prev_hash` (keys sorted, no whitespace, its escapes), without
+/// building a JSON value per entry.
+fn canonical_v1(prev: &[u8], f: [&[u8]; 7], out: &mut Vec<u8>) {
+    let [at, actor, action, run_id, digest, outcome, detail] = f;
+    // Keys in byte order, as serde_json's (sorted) map writes them.
+    let fields: [(&[u8], &[u8]); 8] = [
+        (b"action", action),
+        (b"actor", actor),
+        (b"at", at),
+        (b"detail", detail),
+        (b"digest", digest),
+        (b"outcome", outcome),
+        (b"prev_hash", prev),
+        (b"run_id", run_id),
+    ];
+    out.push(b'{');
+    for (i, (k, v)) in fields.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.push(b'"');
+        out.extend_from_slice(k);
+        out.extend_from_slice(b"\":\"");
+        json_escape(v, out);
+        out.push(b'"');
+    }
+    out.push(b'}');
+}
+
+/// serde_json's string escaping: `"` and `\\`, the short escapes for \b \f \n \r \t,
+/// `\u00xx` (lowercase hex) for other control bytes; everything else as is.
+fn json_escape(s: &[u8], out: &mut Vec<u8>) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut start = 0;
+    for (i, &b) in s.iter().enumerate() {
+        let esc: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0x08 => b"\\b",
+            0x0c => b"\\f",
+            0..=0x1f => b"",
+            _ => continue,
+        };
+        out.extend_from_slice(&s[start..i]);
+        if esc.is_empty() {
+            out.extend_from_slice(b"\\u00");
+            out.push(HEX[usize::from(b >> 4)]);
+            out.push(HEX[usize::from(b & 0xf)]);
+        } else {
+            out.extend_from_slice(esc);
+        }
+        start = i + 1;
+    }
+    out.extend_from_slice(&s[start..]);
 }
 
 /// The first thing wrong with a chain.
@@ -90,6 +227,82 @@ pub enum ChainBreak {
         /// The entry.
         seq: i64,
     },
+    /// A row the reports and gates read differs from what the chain committed to.
+    #[error(
+        "{} record `{}` was edited: its {} is {} but audit entry {} says {}",
+        .0.table, .0.row, .0.field, .0.found, .0.seq, .0.expected
+    )]
+    RecordEdited(Box<RecordEdit>),
+    /// A row no chain entry wrote.
+    #[error("{table} record `{row}` was inserted: no audit entry wrote it")]
+    RecordInserted {
+        /// The table or record kind.
+        table: String,
+        /// Which row.
+        row: String,
+    },
+    /// A row the chain wrote is gone.
+    #[error("{table} record `{row}` was deleted: audit entry {seq} wrote it")]
+    RecordDeleted {
+        /// The table or record kind.
+        table: String,
+        /// Which row.
+        row: String,
+        /// The entry that wrote it last.
+        seq: i64,
+    },
+    /// The chain ends before a signed checkpoint's head.
+    #[error(
+        "the audit chain was truncated: a signed checkpoint covers entry {signed_seq}, but the chain ends at entry {head_seq}"
+    )]
+    Truncated {
+        /// The signed head.
+        signed_seq: i64,
+        /// Where the chain ends now.
+        head_seq: i64,
+    },
+    /// The live chain starts at an archive checkpoint the newest signed checkpoint does
+    /// not name.
+    #[error(
+        "the live audit chain starts after entry {start_seq}, but the newest signed checkpoint (of entry {signed_seq}) has it start after entry {signed_start}: the archive checkpoint was forged, or a signed checkpoint removed"
+    )]
+    StartUnanchored {
+        /// Where the live chain starts now.
+        start_seq: i64,
+        /// The newest signed head.
+        signed_seq: i64,
+        /// The start that checkpoint signed.
+        signed_start: i64,
+    },
+    /// The chain differs from a signed checkpoint: it was re-hashed after an edit.
+    #[error(
+        "the audit chain was rewritten: entry {seq} has hash {found}, but a signed checkpoint says {signed}"
+    )]
+    Rewritten {
+        /// The signed entry.
+        seq: i64,
+        /// The hash signed.
+        signed: String,
+        /// The hash in the chain now.
+        found: String,
+    },
+}
+
+/// What differs in an edited row ([`ChainBreak::RecordEdited`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordEdit {
+    /// The table (`runs`) or governance record kind (`access_grant`, `rehearsal`, …).
+    pub table: String,
+    /// Which row (run id, record key).
+    pub row: String,
+    /// The field that differs (`data` for a governance record).
+    pub field: String,
+    /// What the row holds.
+    pub found: String,
+    /// What the chain says.
+    pub expected: String,
+    /// The chain entry that says it.
+    pub seq: i64,
 }
 
 /// A chain that verified.
@@ -109,47 +322,51 @@ pub fn verify(entries: &[AuditEntry], head: Option<(i64, &str)>) -> Result<Verif
     verify_from(entries, (0, GENESIS), head)
 }
 
-/// The verification of a store's live chain: where it started (0: genesis, else the
-/// archive checkpoint it continues) and what it found.
+/// The verification of a store: where its live chain started (0: genesis, else the
+/// archive checkpoint it continues) and what it found — the chain, the rows it vouches for
+/// (`crate::evidence`) and any signed checkpoints held against it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreVerification {
     /// Seq the chain was verified from.
     pub from_seq: i64,
     /// The verdict.
     pub result: Result<Verified, ChainBreak>,
+    /// Signed checkpoints checked against the live chain.
+    pub anchors_checked: usize,
+    /// Signed checkpoints whose entry is archived (checkable only with the bundle).
+    pub anchors_archived: Vec<i64>,
 }
 
 impl StoreVerification {
+    /// A verdict on a chain alone (an export, bundles), no checkpoint involved.
+    pub fn of_chain(from_seq: i64, result: Result<Verified, ChainBreak>) -> Self {
+        Self {
+            from_seq,
+            result,
+            anchors_checked: 0,
+            anchors_archived: Vec::new(),
+        }
+    }
+
     /// The JSON document `slipway audit verify --output json` prints and the server's
     /// `/api/v1/audit/verify` answers; `source` names the store.
     pub fn to_json(&self, source: &str) -> serde_json::Value {
         match &self.result {
             Ok(v) => serde_json::json!({"ok": true, "source": source, "entries": v.entries,
-                "from_seq": self.from_seq, "head_seq": v.head_seq, "head_hash": v.head_hash}),
+                "from_seq": self.from_seq, "head_seq": v.head_seq, "head_hash": v.head_hash,
+                "checkpoints_checked": self.anchors_checked,
+                "checkpoints_archived": self.anchors_archived}),
             Err(b) => serde_json::json!({"ok": false, "source": source, "break": b,
                 "message": b.to_string()}),
         }
     }
 }
 
-/// Verify the live chain of `store` as `slipway audit verify` does: from the last archive
-/// checkpoint (or genesis), against the head recorded beside the chain.
+/// Verify the store as `slipway audit verify` does ([`crate::evidence::verify_store`]).
 pub async fn verify_store(
     store: &dyn crate::store::Store,
 ) -> Result<StoreVerification, crate::store::StoreError> {
-    // After an archive the live chain starts at its checkpoint.
-    let start = store.audit_start().await?;
-    let head = store.audit_head().await?;
-    let entries = store.audit_entries().await?;
-    let result = verify_from(
-        &entries,
-        (start.0, start.1.as_str()),
-        head.as_ref().map(|(s, h)| (*s, h.as_str())),
-    );
-    Ok(StoreVerification {
-        from_seq: start.0,
-        result,
-    })
+    crate::evidence::verify_store(store).await
 }
 
 /// [`verify`] for a chain whose first entries were archived: `start` is the checkpoint
@@ -237,6 +454,228 @@ pub fn verify_from(
         head_seq,
         head_hash: prev_hash,
     })
+}
+
+/// One audit row as a store streams it, borrowed from the read buffer. The framing of a
+/// row is `<seq>:<v>:` followed by the seven hashed fields, `prev_hash` and `hash`, each as
+/// `<byte length>:<bytes>` — so the seven framed fields are exactly scheme 2's canonical
+/// bytes, hashed where they lie. A store produces it in SQL (`concat`, `octet_length`,
+/// one aggregate per many rows); [`frame`] writes the same from an [`AuditEntry`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Framed<'a> {
+    /// Position in the chain.
+    pub seq: i64,
+    /// Hash scheme.
+    pub v: u8,
+    /// The hashed fields, in [`AuditEntry::fields`] order.
+    pub fields: [&'a [u8]; 7],
+    /// The seven framed fields as they lie in the buffer (scheme 2's canonical bytes).
+    pub canonical: &'a [u8],
+    /// The link.
+    pub prev_hash: &'a [u8],
+    /// The stored hash.
+    pub hash: &'a [u8],
+}
+
+impl Framed<'_> {
+    /// The row's action (the event name).
+    pub fn action(&self) -> &[u8] {
+        self.fields[2]
+    }
+
+    /// The row as an entry (fails on bytes that are not UTF-8, which no writer produces).
+    pub fn entry(&self) -> Result<AuditEntry, String> {
+        let text = |b: &[u8]| {
+            String::from_utf8(b.to_vec())
+                .map_err(|_| format!("audit entry {} holds bytes that are not UTF-8", self.seq))
+        };
+        Ok(AuditEntry {
+            seq: self.seq,
+            at: text(self.fields[0])?,
+            actor: text(self.fields[1])?,
+            action: text(self.fields[2])?,
+            run_id: text(self.fields[3])?,
+            digest: text(self.fields[4])?,
+            outcome: text(self.fields[5])?,
+            detail: text(self.fields[6])?,
+            prev_hash: text(self.prev_hash)?,
+            hash: text(self.hash)?,
+            v: self.v,
+        })
+    }
+
+    /// Whether the stored hash is the one the row's content and link give.
+    pub fn hash_ok(&self) -> bool {
+        let digest: [u8; 32] = if self.v == HASH_V2 {
+            let mut h = Sha256::new();
+            h.update(self.prev_hash);
+            h.update(self.canonical);
+            h.finalize().into()
+        } else {
+            let mut buf = Vec::with_capacity(self.canonical.len() + 160);
+            hash_fields(self.v, self.prev_hash, self.fields, &mut buf)
+        };
+        let mut hex = [0u8; 64];
+        hex::encode_to_slice(digest, &mut hex).is_ok() && self.hash == hex.as_slice()
+    }
+}
+
+/// Append `e` to `out` in the framing [`parse_framed`] reads.
+pub fn frame(e: &AuditEntry, out: &mut Vec<u8>) {
+    out.extend_from_slice(e.seq.to_string().as_bytes());
+    out.push(b':');
+    out.extend_from_slice(e.v.to_string().as_bytes());
+    out.push(b':');
+    canonical_v2(e.fields(), out);
+    for f in [e.prev_hash.as_bytes(), e.hash.as_bytes()] {
+        push_len(out, f.len());
+        out.extend_from_slice(f);
+    }
+}
+
+/// Read the rows framed in `buf` (see [`Framed`]), in the order they lie there.
+pub fn parse_framed(buf: &[u8]) -> Result<Vec<Framed<'_>>, String> {
+    fn number(buf: &[u8], at: &mut usize) -> Option<i64> {
+        let end = *at + buf.get(*at..)?.iter().position(|b| *b == b':')?;
+        let n = std::str::from_utf8(&buf[*at..end]).ok()?.parse().ok()?;
+        *at = end + 1;
+        Some(n)
+    }
+    fn field<'a>(buf: &'a [u8], at: &mut usize) -> Option<&'a [u8]> {
+        let len = usize::try_from(number(buf, at)?).ok()?;
+        let f = buf.get(*at..at.checked_add(len)?)?;
+        *at += len;
+        Some(f)
+    }
+    let mut rows = Vec::new();
+    let mut at = 0;
+    while at < buf.len() {
+        let row = (|| {
+            let seq = number(buf, &mut at)?;
+            let v = u8::try_from(number(buf, &mut at)?).ok()?;
+            let start = at;
+            let mut fields: [&[u8]; 7] = [&[]; 7];
+            for f in &mut fields {
+                *f = field(buf, &mut at)?;
+            }
+            let canonical = &buf[start..at];
+            let prev_hash = field(buf, &mut at)?;
+            let hash = field(buf, &mut at)?;
+            Some(Framed {
+                seq,
+                v,
+                fields,
+                canonical,
+                prev_hash,
+                hash,
+            })
+        })();
+        match row {
+            Some(r) => rows.push(r),
+            None => {
+                return Err(format!(
+                    "read the audit rows after entry {}: a row is not framed as expected (a column holds NULL or was changed outside slipway)",
+                    rows.last().map_or(0, |r: &Framed<'_>| r.seq)
+                ));
+            }
+        }
+    }
+    Ok(rows)
+}
+
+/// Whether each row's stored hash is right ([`Framed::hash_ok`]), computed on every core:
+/// a row's hash depends only on its own bytes and link, never on another row's check.
+pub fn check_hashes(rows: &[Framed<'_>]) -> Vec<bool> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if threads <= 1 || rows.len() < 512 {
+        return rows.iter().map(Framed::hash_ok).collect();
+    }
+    let per = rows.len().div_ceil(threads);
+    std::thread::scope(|s| {
+        let parts: Vec<_> = rows
+            .chunks(per)
+            .map(|c| {
+                (
+                    c.len(),
+                    s.spawn(move || c.iter().map(Framed::hash_ok).collect()),
+                )
+            })
+            .collect();
+        parts
+            .into_iter()
+            // A thread that panicked checked nothing: its rows count as wrong, so the exact
+            // (sequential) classifier takes over.
+            .flat_map(|(n, h)| h.join().unwrap_or_else(|_| vec![false; n]))
+            .collect()
+    })
+}
+
+/// The fast, sequential half of verifying a large chain, fed in slices of rows in seq
+/// order: seqs follow one another, each link is the previous hash, each stored hash was
+/// right (from [`check_hashes`]), nothing lies past the recorded head. It accepts exactly
+/// the chains [`verify_from`] accepts; at the first row it cannot accept, the caller asks
+/// [`verify_from`] what happened.
+#[derive(Debug, Clone)]
+pub struct ChainScan {
+    prev: Vec<u8>,
+    last: i64,
+    entries: u64,
+    head_seq: Option<i64>,
+}
+
+impl ChainScan {
+    /// Start after `start` (seq, hash); `head_seq` is the recorded head's seq, if any.
+    pub fn new(start: (i64, &str), head_seq: Option<i64>) -> Self {
+        Self {
+            prev: start.1.as_bytes().to_vec(),
+            last: start.0,
+            entries: 0,
+            head_seq,
+        }
+    }
+
+    /// Walk the next rows; false at the first one that does not follow.
+    pub fn push(&mut self, rows: &[Framed<'_>], hash_ok: &[bool]) -> bool {
+        if rows.len() != hash_ok.len() {
+            return false;
+        }
+        for (r, ok) in rows.iter().zip(hash_ok) {
+            let Some(expected) = self.last.checked_add(1) else {
+                return false;
+            };
+            if r.seq != expected
+                || self.head_seq.is_some_and(|h| r.seq > h)
+                || r.prev_hash != self.prev.as_slice()
+                || !*ok
+            {
+                return false;
+            }
+            self.prev.clear();
+            self.prev.extend_from_slice(r.hash);
+            self.last = r.seq;
+            self.entries += 1;
+        }
+        true
+    }
+
+    /// The chain verified, when it ends at the recorded `head` (or there is none).
+    pub fn finish(&self, head: Option<(i64, &str)>) -> Option<Verified> {
+        if let Some((seq, hash)) = head
+            && (seq != self.last || hash.as_bytes() != self.prev.as_slice())
+        {
+            return None;
+        }
+        Some(Verified {
+            entries: self.entries,
+            head_seq: self.last,
+            head_hash: String::from_utf8(self.prev.clone()).ok()?,
+        })
+    }
+
+    /// The last seq accepted.
+    pub fn last(&self) -> i64 {
+        self.last
+    }
 }
 
 /// Header line of a JSONL export.

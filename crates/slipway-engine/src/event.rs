@@ -182,6 +182,14 @@ pub enum EngineEvent {
         digest: String,
         /// Reason given with `--override-freeze`, if any.
         override_freeze: Option<String>,
+        /// sha256 (hex) of the plan JSON stored with the run (journal format 6 on; the
+        /// store fills it in), so an edited stored plan is caught by `audit verify`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        plan_sha256: Option<String>,
+        /// The run's working directory as stored (journal format 6 on; the store fills it
+        /// in).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        workdir: Option<String>,
     },
     /// A deploy was refused before a run existed (a freeze).
     DeployRefused {

@@ -16,6 +16,7 @@ pub mod checks;
 pub mod clock;
 pub mod engine;
 pub mod event;
+pub mod evidence;
 pub mod gates;
 pub mod noop;
 pub mod store;

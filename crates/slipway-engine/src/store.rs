@@ -1,11 +1,19 @@
-//! The `Store` trait: the durable home of runs, the journal, step states, approvals, the
-//! audit chain and the erasable identity mapping. `slipway-store` implements it (SQLite,
-//! PostgreSQL).
+//! The `Store` trait: the durable home of runs, the audit chain (which *is* the journal:
+//! a run's journal, step states, approvals and check results are read back from its chain
+//! entries), governance records and the erasable identity mapping. `slipway-store`
+//! implements it (SQLite, PostgreSQL).
 //!
 //! Every write goes through [`Store::commit`]: a batch of journal records applied in one
 //! transaction, each also appended to the audit chain. An implementation may merge the
 //! batches of concurrent callers into one transaction (group commit), but must not return
 //! from `commit` before the caller's records are durable.
+//!
+//! Governance records (access grants, tokens, reviews, rehearsals, checklist
+//! acknowledgements, retention rules, archive checkpoints and run summaries — and any kind
+//! added later) go through [`Store::append_governance`]: the record's row and a chain entry
+//! committing to it are written in one transaction, so `slipway audit verify` can tell
+//! every row from the chain (see `crate::evidence`). A new kind needs no schema: a kind
+//! name, a key, a JSON document, and a readable summary for the chain.
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -161,6 +169,130 @@ pub enum LeaseOutcome {
     Held(LeaseRecord),
 }
 
+/// The key of a governance record: given by the caller, or the next integer of its kind
+/// (allocated inside the writing transaction, like an autoincrement id).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RecordKey {
+    /// This key.
+    Given(String),
+    /// One more than the largest integer key of the kind (1 for the first).
+    Next,
+}
+
+/// A change to one governance record, written with the chain entry that commits to it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GovernanceRecord {
+    /// The record kind (`access_grant`, `rehearsal`, …): lowercase, `[a-z0-9_]`.
+    pub kind: String,
+    /// Which record of the kind.
+    pub key: RecordKey,
+    /// The record's new content; `None` deletes it.
+    pub data: Option<serde_json::Value>,
+    /// The chain entry's outcome (`access_granted`, `rehearsal_recorded`, …).
+    pub action: String,
+    /// What the chain entry shows a reader besides the commitment: the facts of the change
+    /// with people as pseudonyms, never a secret (the data itself is only committed to by
+    /// its salted sha256, so a name or a token hash in it never enters the chain).
+    pub summary: serde_json::Value,
+    /// Pseudonymous actor.
+    pub actor: String,
+    /// When.
+    pub at: Timestamp,
+    /// Optimistic concurrency: `Some(0)` writes only if the record does not exist,
+    /// `Some(seq)` only if its current version was written by chain entry `seq`; `None`
+    /// writes whatever is there. A failed condition fails the whole append with
+    /// [`StoreError::Conflict`]: read again and retry.
+    pub if_seq: Option<i64>,
+}
+
+/// A governance record as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredRecord {
+    /// Kind.
+    pub kind: String,
+    /// Key.
+    pub key: String,
+    /// The content, as the JSON text that was committed to.
+    pub data: String,
+    /// Random salt of the commitment, so a digest of low-entropy data (a name) cannot be
+    /// guessed from the chain.
+    pub nonce: String,
+    /// The chain entry that wrote this version.
+    pub seq: i64,
+}
+
+impl StoredRecord {
+    /// The content as JSON.
+    pub fn value(&self) -> Result<serde_json::Value, StoreError> {
+        serde_json::from_str(&self.data).map_err(|e| {
+            StoreError::Query(format!(
+                "read {} record `{}`: its data is not JSON ({e})",
+                self.kind, self.key
+            ))
+        })
+    }
+
+    /// The salted sha256 the chain entry carries ([`crate::evidence::record_commitment`]).
+    pub fn commitment(&self) -> String {
+        crate::evidence::record_commitment(&self.kind, &self.key, &self.nonce, &self.data)
+    }
+}
+
+/// A `runs` row as stored, text as it is (a value no reader would accept still compares),
+/// with the digest of its plan: what `slipway audit verify` compares with the chain.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RunEvidence {
+    /// Run id.
+    pub id: String,
+    /// Plan digest.
+    pub digest: String,
+    /// Release name.
+    pub release: String,
+    /// Release version.
+    pub version: String,
+    /// Environment.
+    pub environment: String,
+    /// Author (pseudonym).
+    pub author: String,
+    /// State as stored.
+    pub state: String,
+    /// Pending control as stored.
+    pub control: Option<String>,
+    /// `--override-freeze` reason.
+    pub override_reason: Option<String>,
+    /// Creation time as stored.
+    pub created_at: String,
+    /// Last change as stored.
+    pub updated_at: String,
+    /// Working directory.
+    pub workdir: String,
+    /// sha256 (hex) of the stored plan JSON.
+    pub plan_sha256: String,
+}
+
+/// The seqs present in the audit table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AuditBounds {
+    /// Smallest seq, if any row.
+    pub min: Option<i64>,
+    /// Largest seq, if any row.
+    pub max: Option<i64>,
+}
+
+/// A signed statement of the chain's head (`slipway audit checkpoint`), kept beside the
+/// chain (never in it: it would move the head it signs).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Anchor {
+    /// The head's seq.
+    pub seq: i64,
+    /// The head's hash.
+    pub hash: String,
+    /// The signed text (`crate::evidence::AnchorPayload`'s line).
+    pub payload: String,
+    /// The minisign signature of `payload`.
+    pub signature: String,
+}
+
 /// Held while a process drives a run; dropping it lets another driver take over.
 pub trait RunClaim: Send + Sync {}
 
@@ -200,6 +332,12 @@ pub enum StoreError {
     /// A query failed.
     #[error("{0}")]
     Query(String),
+    /// A conditional governance write found the record changed (or present, or absent).
+    #[error("{0}")]
+    Conflict(String),
+    /// The store does not keep this kind of record.
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 /// Durable state of runs. See the module doc for the commit contract.
@@ -277,4 +415,79 @@ pub trait Store: Send + Sync {
     ) -> BoxFuture<'a, Result<Option<LeaseRecord>, StoreError>>;
     /// Every lease recorded, live or expired, by environment.
     fn leases(&self) -> BoxFuture<'_, Result<Vec<LeaseRecord>, StoreError>>;
+
+    /// Smallest and largest seq in the audit table.
+    fn audit_bounds(&self) -> BoxFuture<'_, Result<AuditBounds, StoreError>> {
+        Box::pin(async {
+            let e = self.audit_entries().await?;
+            Ok(AuditBounds {
+                min: e.first().map(|e| e.seq),
+                max: e.last().map(|e| e.seq),
+            })
+        })
+    }
+    /// The audit rows with `after < seq <= upto`, in seq order, framed
+    /// ([`crate::audit::parse_framed`]). Stores read many rows per query; this default
+    /// frames [`Store::audit_entries`].
+    fn audit_framed(&self, after: i64, upto: i64) -> BoxFuture<'_, Result<Vec<u8>, StoreError>> {
+        Box::pin(async move {
+            let mut out = Vec::new();
+            for e in self.audit_entries().await? {
+                if e.seq > after && e.seq <= upto {
+                    crate::audit::frame(&e, &mut out);
+                }
+            }
+            Ok(out)
+        })
+    }
+    /// Every run row with its plan's digest, for verification.
+    fn run_evidence(&self) -> BoxFuture<'_, Result<Vec<RunEvidence>, StoreError>> {
+        Box::pin(async { Err(unsupported(self.location(), "run evidence")) })
+    }
+    /// Append governance records and their chain entries in one transaction; returns the
+    /// records as stored (keys allocated).
+    fn append_governance(
+        &self,
+        records: Vec<GovernanceRecord>,
+    ) -> BoxFuture<'_, Result<Vec<StoredRecord>, StoreError>> {
+        let _ = records;
+        Box::pin(async { Err(unsupported(self.location(), "governance records")) })
+    }
+    /// The records of one kind (every kind with `None`), by kind and key.
+    fn records<'a>(
+        &'a self,
+        kind: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Vec<StoredRecord>, StoreError>> {
+        let _ = kind;
+        Box::pin(async { Err(unsupported(self.location(), "governance records")) })
+    }
+    /// One record.
+    fn record<'a>(
+        &'a self,
+        kind: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<StoredRecord>, StoreError>> {
+        Box::pin(async move {
+            Ok(self
+                .records(Some(kind))
+                .await?
+                .into_iter()
+                .find(|r| r.key == key))
+        })
+    }
+    /// The signed head anchors kept beside the chain, oldest first.
+    fn anchors(&self) -> BoxFuture<'_, Result<Vec<Anchor>, StoreError>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+    /// Keep a signed head anchor (a second one for the same head is not added).
+    fn add_anchor(&self, anchor: Anchor) -> BoxFuture<'_, Result<bool, StoreError>> {
+        let _ = anchor;
+        Box::pin(async { Err(unsupported(self.location(), "audit anchors")) })
+    }
+}
+
+fn unsupported(location: String, what: &str) -> StoreError {
+    StoreError::Unsupported(format!(
+        "use {what} in the store at {location}: it keeps none"
+    ))
 }

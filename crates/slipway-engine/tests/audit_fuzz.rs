@@ -27,7 +27,9 @@ fn config(default: u32) -> ProptestConfig {
     }
 }
 
-/// A chain of `n` entries linked the way the store links them.
+/// A chain of `n` entries linked the way the store links them: the first half hashed as
+/// journal formats before 5 did (scheme 1), the rest as since (scheme 2), as in a store
+/// migrated halfway.
 fn chain(n: i64) -> Vec<AuditEntry> {
     let mut prev = GENESIS.to_owned();
     (1..=n)
@@ -43,6 +45,7 @@ fn chain(n: i64) -> Vec<AuditEntry> {
                 detail: format!(r#"{{"event":"x","n":{seq},"note":"é \"quoted\""}}"#),
                 prev_hash: prev.clone(),
                 hash: String::new(),
+                v: if seq <= n / 2 { 1 } else { 2 },
             };
             e.hash = e.compute_hash();
             prev = e.hash.clone();

@@ -59,6 +59,22 @@ pub enum GovernError {
     /// An unknown compliance framework.
     #[error("select framework `{0}`: known frameworks are sox, hipaa and gdpr")]
     UnknownFramework(String),
+    /// The store's evidence does not verify: a report drawn from it would launder the
+    /// tampering, so none is made.
+    #[error("read the run history: the evidence in the store does not verify: {0}")]
+    Tampered(slipway_engine::audit::ChainBreak),
+}
+
+/// Verify everything a report reads before it reads it: the audit chain, the `runs` rows
+/// and the governance records against it ([`slipway_engine::evidence::verify_store`]).
+/// A report over a store that does not verify is refused, naming the first broken record.
+pub async fn verify_evidence(
+    store: &dyn slipway_engine::Store,
+) -> Result<slipway_engine::audit::Verified, GovernError> {
+    slipway_engine::evidence::verify_store(store)
+        .await?
+        .result
+        .map_err(GovernError::Tampered)
 }
 
 /// Parse `--since`/`--until`: a date (midnight UTC) or an RFC 3339 time.

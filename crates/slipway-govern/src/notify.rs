@@ -324,35 +324,7 @@ impl Notifier {
 
     async fn webhook(&self, url: &str, m: &Message) -> Delivery {
         let body = Self::webhook_body(m);
-        let signature = self
-            .settings
-            .webhook_secret
-            .as_ref()
-            .map(|s| sign(s, &body));
-        let mut attempts = 0;
-        let mut delay = self.settings.backoff;
-        let mut error = None;
-        while attempts < self.settings.attempts.max(1) {
-            attempts += 1;
-            match post(url, &body, signature.as_deref(), &self.settings).await {
-                Ok(status) if (200..300).contains(&status) => {
-                    error = None;
-                    break;
-                }
-                Ok(status) => {
-                    error = Some(format!("the receiver answered HTTP {status}"));
-                    // Other client errors will not change on retry.
-                    if (400..500).contains(&status) && status != 408 && status != 429 {
-                        break;
-                    }
-                }
-                Err(e) => error = Some(e),
-            }
-            if attempts < self.settings.attempts {
-                tokio::time::sleep(delay).await;
-                delay = delay.saturating_mul(2);
-            }
-        }
+        let (attempts, error) = post_json(url, &body, &self.settings).await;
         Delivery {
             sink: "webhook".into(),
             target: strip_userinfo(url),
@@ -384,6 +356,39 @@ impl Notifier {
             error: result.err(),
         }
     }
+}
+
+/// POST a JSON document to a webhook as notifications are sent: signed
+/// (`x-slipway-signature`) when a secret is set, retried with doubling backoff on errors
+/// and 5xx/408/429 answers. Returns the attempts made and the last error, if it never
+/// succeeded. Also what `slipway audit checkpoint --webhook` sends its checkpoints with.
+pub async fn post_json(url: &str, body: &str, settings: &NotifySettings) -> (u32, Option<String>) {
+    let signature = settings.webhook_secret.as_ref().map(|s| sign(s, body));
+    let mut attempts = 0;
+    let mut delay = settings.backoff;
+    let mut error = None;
+    while attempts < settings.attempts.max(1) {
+        attempts += 1;
+        match post(url, body, signature.as_deref(), settings).await {
+            Ok(status) if (200..300).contains(&status) => {
+                error = None;
+                break;
+            }
+            Ok(status) => {
+                error = Some(format!("the receiver answered HTTP {status}"));
+                // Other client errors will not change on retry.
+                if (400..500).contains(&status) && status != 408 && status != 429 {
+                    break;
+                }
+            }
+            Err(e) => error = Some(e),
+        }
+        if attempts < settings.attempts {
+            tokio::time::sleep(delay).await;
+            delay = delay.saturating_mul(2);
+        }
+    }
+    (attempts, error)
 }
 
 /// `sha256=<hex HMAC-SHA256(secret, body)>`.

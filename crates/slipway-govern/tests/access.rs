@@ -69,7 +69,7 @@ async fn a_revoked_token_stops_working() {
     let (_d, db) = db().await;
     let now = t("2026-11-02T10:00:00Z");
     let issued = access::issue_token("alice", now).unwrap();
-    db.add_token(&issued.row).await.unwrap();
+    db.add_token(&issued.row, "user:admin").await.unwrap();
     let (id, secret) = access::token_id(&issued.token).unwrap();
     assert_eq!(id, issued.row.id);
     assert!(!issued.row.hash.contains(secret), "only a hash is stored");
@@ -87,7 +87,7 @@ async fn a_revoked_token_stops_working() {
     let forged = format!("slw_{id}_{}", "0".repeat(64));
     assert!(access::verify_token(&forged, row.as_ref()).is_err());
     assert!(
-        db.revoke_token(id, t("2026-11-03T00:00:00Z"))
+        db.revoke_token(id, t("2026-11-03T00:00:00Z"), "user:admin")
             .await
             .unwrap()
     );
@@ -102,7 +102,7 @@ async fn a_verified_token_cache_never_outlives_revocation_a_new_hash_or_a_wrong_
     let cache = access::VerifiedTokens::default();
     let t0 = t("2026-11-02T10:00:00Z");
     let issued = access::issue_token("alice", t0).unwrap();
-    db.add_token(&issued.row).await.unwrap();
+    db.add_token(&issued.row, "user:admin").await.unwrap();
     let (id, _) = access::token_id(&issued.token).unwrap();
     let id = id.to_owned();
     let auth = |token: String, at: &'static str| {
@@ -148,7 +148,7 @@ async fn a_verified_token_cache_never_outlives_revocation_a_new_hash_or_a_wrong_
 
     // Revoked: refused on the very next use, cached or not.
     assert!(
-        db.revoke_token(&id, t("2026-11-02T10:05:00Z"))
+        db.revoke_token(&id, t("2026-11-02T10:05:00Z"), "user:admin")
             .await
             .unwrap()
     );
@@ -191,7 +191,7 @@ async fn tokens_are_stored_as_argon2id_phc_strings_and_legacy_rows_still_verify(
         last_used_at: None,
         revoked_at: None,
     };
-    db.add_token(&legacy).await.unwrap();
+    db.add_token(&legacy, "user:admin").await.unwrap();
     let token = format!("slw_0123456789ab_{legacy_secret}");
     let row = db.token("0123456789ab").await.unwrap().unwrap();
     assert!(access::needs_rehash(&row));
@@ -245,7 +245,7 @@ async fn an_access_review_revokes_a_grant_and_flags_the_unreviewed() {
             .unwrap()
     );
     let unreviewed = db
-        .close_review("q4", t("2026-11-09T00:00:00Z"))
+        .close_review("q4", t("2026-11-09T00:00:00Z"), "user:admin")
         .await
         .unwrap();
     assert_eq!(unreviewed, [c]);

@@ -97,6 +97,8 @@ pub async fn seed(
                     environment: plan.environment.clone(),
                     digest: plan.digest.clone(),
                     override_freeze: None,
+                    plan_sha256: None,
+                    workdir: None,
                 },
             },
         )

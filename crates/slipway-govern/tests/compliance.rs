@@ -202,9 +202,17 @@ async fn an_archived_staging_success_still_tests_production_and_is_listed() {
         &RunHistory::load(&store, "t1").await.unwrap(),
         None,
     )];
-    db.prune(&sel, &sums, "cafe", "t.tar.zst", &cut.to_string(), cut)
-        .await
-        .unwrap();
+    db.prune(
+        &sel,
+        &sums,
+        "cafe",
+        "t.tar.zst",
+        &cut.to_string(),
+        cut,
+        "op-archiver",
+    )
+    .await
+    .unwrap();
 
     let live = load_runs(&store, None).await.unwrap();
     let start = store.audit_start().await.unwrap();
@@ -314,6 +322,7 @@ async fn archived_runs_read_back_from_their_bundle_are_examined_like_live_ones()
             "a.tar.zst",
             "2026-11-04",
             cut,
+            "op-archiver",
         )
         .await
         .unwrap();

@@ -270,7 +270,15 @@ fn archiving_changes_no_figure_and_the_report_names_the_bundle() {
             ));
         }
         let cp = db
-            .prune(&sel, &sums, "feed", "b.tar.zst", &cut.to_string(), now)
+            .prune(
+                &sel,
+                &sums,
+                "feed",
+                "b.tar.zst",
+                &cut.to_string(),
+                now,
+                "op-archiver",
+            )
             .await
             .unwrap();
 

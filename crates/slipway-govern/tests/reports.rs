@@ -136,6 +136,8 @@ async fn seed_in(
                     environment: plan.environment.clone(),
                     digest: plan.digest.clone(),
                     override_freeze: None,
+                    plan_sha256: None,
+                    workdir: None,
                 },
             },
         )

@@ -208,6 +208,10 @@ impl From<slipway_govern::GovernError> for OpsError {
             | GovernError::UnknownFramework(_)) => Self::input(format!("failed to {e}")),
             e @ GovernError::Write { .. } => Self::failure(format!("failed to {e}"))
                 .hint(Hint::text("choose a writable --out directory")),
+            e @ GovernError::Tampered(_) => Self::new(ErrorKind::Evidence, format!("failed to {e}"))
+                .hint(Hint::text(
+                    "nothing was written; find what changed with `slipway audit verify` and restore it from a backup or an export",
+                )),
         }
     }
 }

@@ -19,7 +19,6 @@ pub mod gates;
 pub mod lease;
 pub mod notify;
 pub mod planning;
-pub mod policy;
 pub mod recovery;
 pub mod runs;
 pub mod session;
@@ -27,5 +26,5 @@ pub mod views;
 
 pub use error::{ErrorKind, Hint, OpsError, OpsResult, RunAction};
 pub use events::{OpsEvent, Quiet, Reporter};
-pub use session::{Actor, Credentials, Session, Verified};
+pub use session::{Actor, Session};
 pub use slipway_providers::compose::Layout;

@@ -269,8 +269,9 @@ pub fn sign_to(
     write_replace(out, text.as_bytes())
 }
 
-/// Signs an in-memory document (the release manifest), returning the signature text.
-pub(crate) fn sign_bytes(
+/// Signs an in-memory document (the release manifest, an audit checkpoint), returning the
+/// signature text; `origin` names the document in errors.
+pub fn sign_bytes(
     data: &[u8],
     origin: &Path,
     secret_key: &SecretKey,
@@ -328,8 +329,9 @@ pub fn verify(
     verify_reader(&mut reader, file, &sig_text, signature, trusted_public_keys)
 }
 
-/// Verifies an in-memory document against signature text read from `signature`.
-pub(crate) fn verify_bytes(
+/// Verifies an in-memory document against signature text; `origin` and `signature` name
+/// the document and where the signature came from in errors.
+pub fn verify_bytes(
     data: &[u8],
     origin: &Path,
     sig_text: &str,

@@ -30,7 +30,7 @@ async fn an_open_event_stream_ends_when_its_token_is_revoked() {
     .unwrap();
     let access = AccessDb::for_store(&store).await.unwrap();
     let issued = slipway_govern::access::issue_token("bob", Timestamp::now()).unwrap();
-    access.add_token(&issued.row).await.unwrap();
+    access.add_token(&issued.row, "user:admin").await.unwrap();
     // A run that never finishes: its stream would stay open for ever.
     let now = Timestamp::now();
     store
@@ -58,6 +58,8 @@ async fn an_open_event_stream_ends_when_its_token_is_revoked() {
                     environment: "staging".into(),
                     digest: "d".repeat(64),
                     override_freeze: None,
+                    plan_sha256: None,
+                    workdir: None,
                 },
             },
         )
@@ -100,7 +102,12 @@ async fn an_open_event_stream_ends_when_its_token_is_revoked() {
     .unwrap();
 
     let (id, _) = slipway_govern::access::token_id(&issued.token).unwrap();
-    assert!(access.revoke_token(id, Timestamp::now()).await.unwrap());
+    assert!(
+        access
+            .revoke_token(id, Timestamp::now(), "user:admin")
+            .await
+            .unwrap()
+    );
 
     let rest = tokio::task::spawn_blocking(move || {
         let mut rest = String::new();
@@ -138,7 +145,7 @@ async fn a_sign_in_posted_from_another_site_is_refused_and_sets_no_cookie() {
     .unwrap();
     let access = AccessDb::for_store(&store).await.unwrap();
     let issued = slipway_govern::access::issue_token("mallory", Timestamp::now()).unwrap();
-    access.add_token(&issued.row).await.unwrap();
+    access.add_token(&issued.row, "user:admin").await.unwrap();
     let session = session_over(store, dir.path());
     let app = slipway_server::router(session, access, slipway_server::Options::default()).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -185,6 +192,9 @@ fn session_over(store: slipway_store::AnyStore, dir: &std::path::Path) -> slipwa
     slipway_ops::Session::over(
         Arc::new(store),
         slipway_ops::Layout::new(dir),
-        slipway_ops::Actor::local(),
+        slipway_ops::Actor {
+            user: "server".into(),
+            groups: Vec::new(),
+        },
     )
 }

@@ -1,130 +1,35 @@
 //! Access control records: role grants, API tokens (salted hashes only) and access review
 //! campaigns, in the same store as the runs — the SQLite file or the PostgreSQL database.
 //!
-//! These tables are created here with `CREATE TABLE IF NOT EXISTS` when an [`AccessDb`]
-//! opens, outside the journal's versioned schema (`schema.rs`): they are not journal
-//! records, an older slipway simply ignores them, and keeping them apart lets the journal
-//! format evolve without them. Policy (who may do what) lives in `slipway-govern`.
-//!
-//! One SQL text serves both backends: `$n` placeholders (sqlx binds them by number on
-//! SQLite too), `RETURNING id`, and types both read as the same Rust values.
+//! Each is a governance record (`Store::append_governance`): kinds `access_grant` (key:
+//! the grant id, allocated by the store), `access_token` (key: the token id) and
+//! `access_review` (key: the campaign id, its items inside). Every change is one chain
+//! entry committing to the new version, with a readable summary (people as pseudonyms,
+//! never a token's secret or hash), written in the same transaction as the row: so who
+//! could do what, and who changed it, verifies like the runs. Conditional writes (revoke
+//! only a live grant, decide only in an open campaign) re-read and retry on a conflict.
+//! The one thing outside the chain is a token's last use (`token_use`), which changes on
+//! every request and decides nothing. Policy (who may do what) lives in `slipway-govern`.
 
 use std::path::Path;
-use std::time::Duration;
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 use slipway_engine::StoreError;
-use sqlx::Row;
-use sqlx::postgres::PgPool;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool};
+use slipway_engine::store::{GovernanceRecord, RecordKey, Store, StoredRecord};
 
-use crate::AnyStore;
+use crate::{AnyStore, SqliteStore};
 
-const TABLES: &str = r#"
-CREATE TABLE IF NOT EXISTS access_grants (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    subject TEXT NOT NULL,
-    role TEXT NOT NULL,
-    environment TEXT NOT NULL,
-    granted_by TEXT NOT NULL,
-    granted_at TEXT NOT NULL,
-    revoked_at TEXT,
-    revoked_by TEXT
-);
-CREATE TABLE IF NOT EXISTS access_tokens (
-    id TEXT PRIMARY KEY,
-    subject TEXT NOT NULL,
-    salt TEXT NOT NULL,
-    hash TEXT NOT NULL,
-    created_at TEXT NOT NULL,
-    last_used_at TEXT,
-    revoked_at TEXT
-);
-CREATE TABLE IF NOT EXISTS access_reviews (
-    id TEXT PRIMARY KEY,
-    opened_by TEXT NOT NULL,
-    opened_at TEXT NOT NULL,
-    closed_at TEXT
-);
-CREATE TABLE IF NOT EXISTS access_review_items (
-    review_id TEXT NOT NULL,
-    grant_id INTEGER NOT NULL,
-    decision TEXT,
-    reviewer TEXT,
-    decided_at TEXT,
-    PRIMARY KEY (review_id, grant_id)
-);
-CREATE TABLE IF NOT EXISTS access_group_members (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    group_name TEXT NOT NULL,
-    user_name TEXT NOT NULL,
-    added_by TEXT NOT NULL,
-    added_at TEXT NOT NULL,
-    removed_at TEXT,
-    removed_by TEXT
-);
-CREATE TABLE IF NOT EXISTS admin_policies (
-    version INTEGER PRIMARY KEY,
-    digest TEXT NOT NULL,
-    text TEXT NOT NULL,
-    applied_by TEXT NOT NULL,
-    applied_at TEXT NOT NULL
-);
-"#;
+/// Record kind of a role grant.
+pub const GRANT: &str = "access_grant";
+/// Record kind of an API token.
+pub const TOKEN: &str = "access_token";
+/// Record kind of an access review campaign.
+pub const REVIEW: &str = "access_review";
 
-/// The same tables in PostgreSQL (identity columns, `BIGINT` ids).
-const PG_TABLES: &str = r#"
-CREATE TABLE IF NOT EXISTS access_grants (
-    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    subject TEXT NOT NULL,
-    role TEXT NOT NULL,
-    environment TEXT NOT NULL,
-    granted_by TEXT NOT NULL,
-    granted_at TEXT NOT NULL,
-    revoked_at TEXT,
-    revoked_by TEXT
-);
-CREATE TABLE IF NOT EXISTS access_tokens (
-    id TEXT PRIMARY KEY,
-    subject TEXT NOT NULL,
-    salt TEXT NOT NULL,
-    hash TEXT NOT NULL,
-    created_at TEXT NOT NULL,
-    last_used_at TEXT,
-    revoked_at TEXT
-);
-CREATE TABLE IF NOT EXISTS access_reviews (
-    id TEXT PRIMARY KEY,
-    opened_by TEXT NOT NULL,
-    opened_at TEXT NOT NULL,
-    closed_at TEXT
-);
-CREATE TABLE IF NOT EXISTS access_review_items (
-    review_id TEXT NOT NULL,
-    grant_id BIGINT NOT NULL,
-    decision TEXT,
-    reviewer TEXT,
-    decided_at TEXT,
-    PRIMARY KEY (review_id, grant_id)
-);
-CREATE TABLE IF NOT EXISTS access_group_members (
-    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    group_name TEXT NOT NULL,
-    user_name TEXT NOT NULL,
-    added_by TEXT NOT NULL,
-    added_at TEXT NOT NULL,
-    removed_at TEXT,
-    removed_by TEXT
-);
-CREATE TABLE IF NOT EXISTS admin_policies (
-    version BIGINT PRIMARY KEY,
-    digest TEXT NOT NULL,
-    text TEXT NOT NULL,
-    applied_by TEXT NOT NULL,
-    applied_at TEXT NOT NULL
-);
-"#;
+/// How many times a conditional write is retried after another writer changed the record.
+const RETRIES: usize = 5;
 
 /// A role grant.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -164,37 +69,6 @@ pub struct TokenRow {
     pub revoked_at: Option<Timestamp>,
 }
 
-/// A user's membership of a group, kept by admins (`slipway access group add`). Groups
-/// are never taken from the caller: the authorizer reads them here for a verified user.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MemberRow {
-    /// Id.
-    pub id: i64,
-    /// The group.
-    pub group: String,
-    /// The user (a name, as in `user:NAME`).
-    pub user: String,
-    /// Who added them.
-    pub added_by: String,
-    /// When.
-    pub added_at: Timestamp,
-}
-
-/// A version of the admin policy (`slipway policy apply`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PolicyRow {
-    /// 1, 2, …
-    pub version: i64,
-    /// sha256 of `text`.
-    pub digest: String,
-    /// The policy file as applied.
-    pub text: String,
-    /// Who applied it (`user:NAME`).
-    pub applied_by: String,
-    /// When.
-    pub applied_at: Timestamp,
-}
-
 /// One grant in a review campaign.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReviewItem {
@@ -206,234 +80,145 @@ pub struct ReviewItem {
     pub reviewer: Option<String>,
 }
 
-#[derive(Debug, Clone)]
-enum Pool {
-    Sqlite(SqlitePool),
-    /// The PostgreSQL store's own read pool (not closed here).
-    Pg(PgPool),
+/// The stored form of a grant (the record's data).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct GrantData {
+    pub subject: String,
+    pub role: String,
+    pub environment: String,
+    pub granted_by: String,
+    pub granted_at: String,
+    #[serde(default)]
+    pub revoked_at: Option<String>,
+    #[serde(default)]
+    pub revoked_by: Option<String>,
 }
 
-/// Run `$e` with `$p` bound to whichever pool this is (the expression is type-checked
-/// once per backend).
-macro_rules! on {
-    ($self:ident, $p:ident => $e:expr) => {
-        match &$self.pool {
-            Pool::Sqlite($p) => $e,
-            Pool::Pg($p) => $e,
-        }
-    };
+/// The stored form of a token (its last use is kept apart, in `token_use`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct TokenData {
+    pub subject: String,
+    pub salt: String,
+    pub hash: String,
+    pub created_at: String,
+    #[serde(default)]
+    pub revoked_at: Option<String>,
 }
 
-/// The access tables of a store.
+/// The stored form of a campaign.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ReviewData {
+    pub opened_by: String,
+    pub opened_at: String,
+    #[serde(default)]
+    pub closed_at: Option<String>,
+    pub items: Vec<ItemData>,
+}
+
+/// One grant of a campaign, as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ItemData {
+    pub grant_id: i64,
+    #[serde(default)]
+    pub decision: Option<String>,
+    #[serde(default)]
+    pub reviewer: Option<String>,
+    #[serde(default)]
+    pub decided_at: Option<String>,
+}
+
+/// The access records of a store.
 #[derive(Debug, Clone)]
 pub struct AccessDb {
-    pool: Pool,
-    location: String,
+    store: AnyStore,
 }
 
-fn ts(s: Option<String>) -> Option<Timestamp> {
+fn ts(s: Option<&str>) -> Option<Timestamp> {
     s.and_then(|s| s.parse().ok())
 }
 
+fn data<T: serde::de::DeserializeOwned>(r: &StoredRecord) -> Result<T, StoreError> {
+    serde_json::from_str(&r.data).map_err(|e| {
+        StoreError::Query(format!(
+            "read {} record `{}`: {e}; `slipway audit verify` names what was changed",
+            r.kind, r.key
+        ))
+    })
+}
+
+fn value<T: Serialize>(v: &T) -> Result<serde_json::Value, StoreError> {
+    serde_json::to_value(v).map_err(|e| StoreError::Query(e.to_string()))
+}
+
+fn grant_row(r: &StoredRecord) -> Result<GrantRow, StoreError> {
+    let d: GrantData = data(r)?;
+    Ok(GrantRow {
+        id: r.key.parse().map_err(|_| {
+            StoreError::Query(format!(
+                "read access grant `{}`: its id is not a number",
+                r.key
+            ))
+        })?,
+        subject: d.subject,
+        role: d.role,
+        environment: d.environment,
+        granted_by: d.granted_by,
+        granted_at: ts(Some(&d.granted_at)).unwrap_or_default(),
+        revoked_at: ts(d.revoked_at.as_deref()),
+    })
+}
+
 impl AccessDb {
-    /// Open (creating the tables if needed) the access tables of the store at `path`.
+    /// The access records of the SQLite store at `path` (opened, created or migrated).
     pub async fn open(path: &Path) -> Result<Self, StoreError> {
-        let location = format!("sqlite://{}", path.display());
-        let unavailable = |e: sqlx::Error| StoreError::Unavailable {
-            location: location.clone(),
-            message: e.to_string(),
-        };
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| StoreError::Unavailable {
-                location: location.clone(),
-                message: e.to_string(),
-            })?;
-        }
-        let opts = SqliteConnectOptions::new()
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .busy_timeout(Duration::from_secs(10));
-        let pool = crate::sqlite::pool_options(1)
-            .connect_with(opts)
-            .await
-            .map_err(unavailable)?;
-        sqlx::raw_sql(TABLES)
-            .execute(&pool)
-            .await
-            .map_err(unavailable)?;
         Ok(Self {
-            pool: Pool::Sqlite(pool),
-            location,
+            store: AnyStore::Sqlite(SqliteStore::open(path).await?),
         })
     }
 
-    /// The access tables of whichever store this is (created if needed).
+    /// The access records of whichever store this is.
     pub async fn for_store(store: &AnyStore) -> Result<Self, StoreError> {
-        match store {
-            AnyStore::Sqlite(s) => Self::open(s.path()).await,
-            AnyStore::Postgres(s) => {
-                let location = slipway_engine::Store::location(s);
-                let unavailable = |e: sqlx::Error| StoreError::Unavailable {
-                    location: location.clone(),
-                    message: format!("create the access tables: {e}"),
-                };
-                let pool = s.pool().clone();
-                // Under the schema lock: concurrent `CREATE TABLE IF NOT EXISTS` of one
-                // table can still collide in PostgreSQL's catalog.
-                let mut tx = pool.begin().await.map_err(unavailable)?;
-                crate::postgres::schema_lock(&mut tx)
-                    .await
-                    .map_err(unavailable)?;
-                sqlx::raw_sql(PG_TABLES)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(unavailable)?;
-                tx.commit().await.map_err(unavailable)?;
-                Ok(Self {
-                    pool: Pool::Pg(pool),
-                    location,
-                })
-            }
+        Ok(Self {
+            store: store.clone(),
+        })
+    }
+
+    /// The pseudonym of the person in `who` (`user:NAME` or a bare name), for the chain.
+    async fn actor(&self, who: &str) -> Result<String, StoreError> {
+        self.store
+            .pseudonym(who.strip_prefix("user:").unwrap_or(who))
+            .await
+    }
+
+    /// A subject as the chain shows it: a user by pseudonym, a group by name.
+    async fn public_subject(&self, subject: &str) -> Result<String, StoreError> {
+        match subject.strip_prefix("user:") {
+            Some(name) => Ok(format!("user:{}", self.store.pseudonym(name).await?)),
+            None => Ok(subject.to_owned()),
         }
     }
 
-    fn q(e: sqlx::Error) -> StoreError {
-        StoreError::Query(e.to_string())
-    }
-
-    /// Add `user` to `group`; returns the membership id, or `None` when they already are
-    /// a member.
-    pub async fn add_member(
-        &self,
-        group: &str,
-        user: &str,
-        by: &str,
+    #[expect(clippy::too_many_arguments, reason = "one governance record's fields")]
+    fn record(
+        kind: &str,
+        key: RecordKey,
+        data: serde_json::Value,
+        action: &str,
+        summary: serde_json::Value,
+        actor: &str,
         at: Timestamp,
-    ) -> Result<Option<i64>, StoreError> {
-        if self
-            .members(Some(group))
-            .await?
-            .iter()
-            .any(|m| m.user == user)
-        {
-            return Ok(None);
+        if_seq: i64,
+    ) -> GovernanceRecord {
+        GovernanceRecord {
+            kind: kind.to_owned(),
+            key,
+            data: Some(data),
+            action: action.to_owned(),
+            summary,
+            actor: actor.to_owned(),
+            at,
+            if_seq: Some(if_seq),
         }
-        on!(self, p => sqlx::query_scalar::<_, i64>(
-            "INSERT INTO access_group_members (group_name, user_name, added_by, added_at) VALUES ($1, $2, $3, $4) RETURNING id",
-        )
-        .bind(group)
-        .bind(user)
-        .bind(by)
-        .bind(at.to_string())
-        .fetch_one(p)
-        .await
-        .map(Some)
-        .map_err(Self::q))
-    }
-
-    /// Remove `user` from `group`; false when they were not a member.
-    pub async fn remove_member(
-        &self,
-        group: &str,
-        user: &str,
-        by: &str,
-        at: Timestamp,
-    ) -> Result<bool, StoreError> {
-        on!(self, p => sqlx::query(
-            "UPDATE access_group_members SET removed_at = $1, removed_by = $2 WHERE group_name = $3 AND user_name = $4 AND removed_at IS NULL",
-        )
-        .bind(at.to_string())
-        .bind(by)
-        .bind(group)
-        .bind(user)
-        .execute(p)
-        .await
-        .map(|r| r.rows_affected() > 0)
-        .map_err(Self::q))
-    }
-
-    /// Live memberships, of one group or all, ordered by group then user.
-    pub async fn members(&self, group: Option<&str>) -> Result<Vec<MemberRow>, StoreError> {
-        let rows = on!(self, p => sqlx::query(
-            "SELECT id, group_name, user_name, added_by, added_at FROM access_group_members WHERE removed_at IS NULL ORDER BY group_name, user_name",
-        )
-        .fetch_all(p)
-        .await
-        .map_err(Self::q)
-        .and_then(|rows| rows.into_iter().map(|r| {
-            Ok(MemberRow {
-                id: r.try_get("id").map_err(Self::q)?,
-                group: r.try_get("group_name").map_err(Self::q)?,
-                user: r.try_get("user_name").map_err(Self::q)?,
-                added_by: r.try_get("added_by").map_err(Self::q)?,
-                added_at: ts(Some(r.try_get("added_at").map_err(Self::q)?)).unwrap_or_default(),
-            })
-        }).collect::<Result<Vec<_>, StoreError>>()))?;
-        Ok(rows
-            .into_iter()
-            .filter(|m| group.is_none_or(|g| m.group == g))
-            .collect())
-    }
-
-    /// The groups `user` belongs to.
-    pub async fn groups_of(&self, user: &str) -> Result<Vec<String>, StoreError> {
-        Ok(self
-            .members(None)
-            .await?
-            .into_iter()
-            .filter(|m| m.user == user)
-            .map(|m| m.group)
-            .collect())
-    }
-
-    /// Record a new version of the admin policy; returns its version. Versions are
-    /// numbered in the order applied; a version is never changed.
-    pub async fn apply_policy(
-        &self,
-        digest: &str,
-        text: &str,
-        by: &str,
-        at: Timestamp,
-    ) -> Result<i64, StoreError> {
-        let next = self.current_policy().await?.map_or(1, |p| p.version + 1);
-        on!(self, p => sqlx::query(
-            "INSERT INTO admin_policies (version, digest, text, applied_by, applied_at) VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(next)
-        .bind(digest)
-        .bind(text)
-        .bind(by)
-        .bind(at.to_string())
-        .execute(p)
-        .await
-        .map(|_| ())
-        .map_err(Self::q))?;
-        Ok(next)
-    }
-
-    /// Every version of the admin policy, oldest first.
-    pub async fn policies(&self) -> Result<Vec<PolicyRow>, StoreError> {
-        on!(self, p => sqlx::query(
-            "SELECT version, digest, text, applied_by, applied_at FROM admin_policies ORDER BY version",
-        )
-        .fetch_all(p)
-        .await
-        .map_err(Self::q)
-        .and_then(|rows| rows.into_iter().map(|r| {
-            Ok(PolicyRow {
-                version: r.try_get("version").map_err(Self::q)?,
-                digest: r.try_get("digest").map_err(Self::q)?,
-                text: r.try_get("text").map_err(Self::q)?,
-                applied_by: r.try_get("applied_by").map_err(Self::q)?,
-                applied_at: ts(Some(r.try_get("applied_at").map_err(Self::q)?)).unwrap_or_default(),
-            })
-        }).collect()))
-    }
-
-    /// The admin policy in force (the latest version), if any was applied.
-    pub async fn current_policy(&self) -> Result<Option<PolicyRow>, StoreError> {
-        Ok(self.policies().await?.pop())
     }
 
     /// Grant a role; returns the grant id.
@@ -445,206 +230,265 @@ impl AccessDb {
         by: &str,
         at: Timestamp,
     ) -> Result<i64, StoreError> {
-        on!(self, p => sqlx::query_scalar::<_, i64>(
-            "INSERT INTO access_grants (subject, role, environment, granted_by, granted_at) VALUES ($1, $2, $3, $4, $5) RETURNING id",
-        )
-        .bind(subject)
-        .bind(role)
-        .bind(environment)
-        .bind(by)
-        .bind(at.to_string())
-        .fetch_one(p)
-        .await
-        .map_err(Self::q))
+        let d = GrantData {
+            subject: subject.to_owned(),
+            role: role.to_owned(),
+            environment: environment.to_owned(),
+            granted_by: by.to_owned(),
+            granted_at: at.to_string(),
+            revoked_at: None,
+            revoked_by: None,
+        };
+        let summary = json!({"subject": self.public_subject(subject).await?, "role": role,
+            "environment": environment});
+        let rec = Self::record(
+            GRANT,
+            RecordKey::Next,
+            value(&d)?,
+            "access_granted",
+            summary,
+            &self.actor(by).await?,
+            at,
+            0,
+        );
+        let stored = self.store.append_governance(vec![rec]).await?;
+        let key = stored.first().map(|r| r.key.clone()).unwrap_or_default();
+        key.parse()
+            .map_err(|_| StoreError::Query(format!("grant a role: the store allocated id `{key}`")))
     }
 
-    /// Grants, live ones only unless `all`.
+    /// Grants, live ones only unless `all`, by id.
     pub async fn grants(&self, all: bool) -> Result<Vec<GrantRow>, StoreError> {
-        on!(self, p => {
-            let sql = if all {
-                "SELECT * FROM access_grants ORDER BY id"
-            } else {
-                "SELECT * FROM access_grants WHERE revoked_at IS NULL ORDER BY id"
-            };
-            let rows = sqlx::query(sql)
-                .fetch_all(p)
-                .await
-                .map_err(Self::q)?;
-            rows.iter()
-                .map(|r| {
-                    Ok(GrantRow {
-                        id: r.try_get("id").map_err(Self::q)?,
-                        subject: r.try_get("subject").map_err(Self::q)?,
-                        role: r.try_get("role").map_err(Self::q)?,
-                        environment: r.try_get("environment").map_err(Self::q)?,
-                        granted_by: r.try_get("granted_by").map_err(Self::q)?,
-                        granted_at: ts(r.try_get("granted_at").map_err(Self::q)?).unwrap_or_default(),
-                        revoked_at: ts(r.try_get("revoked_at").map_err(Self::q)?),
-                    })
-                })
-                .collect()
-        })
+        let mut rows = self
+            .store
+            .records(Some(GRANT))
+            .await?
+            .iter()
+            .map(grant_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.retain(|g| all || g.revoked_at.is_none());
+        rows.sort_by_key(|g| g.id);
+        Ok(rows)
     }
 
     /// Revoke a grant; false when it did not exist or was already revoked.
     pub async fn revoke_grant(&self, id: i64, by: &str, at: Timestamp) -> Result<bool, StoreError> {
-        on!(self, p => {
-            let r = sqlx::query(
-                "UPDATE access_grants SET revoked_at = $2, revoked_by = $3 WHERE id = $1 AND revoked_at IS NULL",
-            )
-            .bind(id)
-            .bind(at.to_string())
-            .bind(by)
-            .execute(p)
-            .await
-            .map_err(Self::q)?;
-            Ok(r.rows_affected() == 1)
-        })
+        let actor = self.actor(by).await?;
+        for _ in 0..RETRIES {
+            let Some(r) = self.store.record(GRANT, &id.to_string()).await? else {
+                return Ok(false);
+            };
+            let mut d: GrantData = data(&r)?;
+            if d.revoked_at.is_some() {
+                return Ok(false);
+            }
+            d.revoked_at = Some(at.to_string());
+            d.revoked_by = Some(by.to_owned());
+            let rec = Self::record(
+                GRANT,
+                RecordKey::Given(r.key.clone()),
+                value(&d)?,
+                "access_revoked",
+                json!({"grant": id}),
+                &actor,
+                at,
+                r.seq,
+            );
+            match self.store.append_governance(vec![rec]).await {
+                Err(StoreError::Conflict(_)) => continue,
+                other => return other.map(|_| true),
+            }
+        }
+        Err(conflict("revoke grant", &id.to_string()))
     }
 
-    /// Store a new token's hash.
-    pub async fn add_token(&self, t: &TokenRow) -> Result<(), StoreError> {
-        on!(self, p => {
-            sqlx::query(
-                "INSERT INTO access_tokens (id, subject, salt, hash, created_at) VALUES ($1, $2, $3, $4, $5)",
-            )
-            .bind(&t.id)
-            .bind(&t.subject)
-            .bind(&t.salt)
-            .bind(&t.hash)
-            .bind(t.created_at.to_string())
-            .execute(p)
-            .await
-            .map_err(Self::q)?;
-            Ok(())
+    /// Store a new token's hash; `by` issued it.
+    pub async fn add_token(&self, t: &TokenRow, by: &str) -> Result<(), StoreError> {
+        let d = TokenData {
+            subject: t.subject.clone(),
+            salt: t.salt.clone(),
+            hash: t.hash.clone(),
+            created_at: t.created_at.to_string(),
+            revoked_at: t.revoked_at.map(|r| r.to_string()),
+        };
+        // The token's id only: its secret is never kept, its hash only committed to.
+        let summary = json!({"token": t.id, "subject": self.public_subject(&t.subject).await?});
+        let rec = Self::record(
+            TOKEN,
+            RecordKey::Given(t.id.clone()),
+            value(&d)?,
+            "token_issued",
+            summary,
+            &self.actor(by).await?,
+            t.created_at,
+            0,
+        );
+        self.store.append_governance(vec![rec]).await?;
+        Ok(())
+    }
+
+    fn token_row(r: &StoredRecord, last_used: Option<&str>) -> Result<TokenRow, StoreError> {
+        let d: TokenData = data(r)?;
+        Ok(TokenRow {
+            id: r.key.clone(),
+            subject: d.subject,
+            salt: d.salt,
+            hash: d.hash,
+            created_at: ts(Some(&d.created_at)).unwrap_or_default(),
+            last_used_at: ts(last_used),
+            revoked_at: ts(d.revoked_at.as_deref()),
         })
     }
 
     /// One token by id.
     pub async fn token(&self, id: &str) -> Result<Option<TokenRow>, StoreError> {
-        on!(self, p => {
-            let r = sqlx::query("SELECT * FROM access_tokens WHERE id = $1")
-                .bind(id)
-                .fetch_optional(p)
-                .await
-                .map_err(Self::q)?;
-            r.map(|r| {
-                Ok(TokenRow {
-                    id: r.try_get("id").map_err(Self::q)?,
-                    subject: r.try_get("subject").map_err(Self::q)?,
-                    salt: r.try_get("salt").map_err(Self::q)?,
-                    hash: r.try_get("hash").map_err(Self::q)?,
-                    created_at: ts(r.try_get("created_at").map_err(Self::q)?).unwrap_or_default(),
-                    last_used_at: ts(r.try_get("last_used_at").map_err(Self::q)?),
-                    revoked_at: ts(r.try_get("revoked_at").map_err(Self::q)?),
-                })
-            })
-            .transpose()
-        })
+        let Some(r) = self.store.record(TOKEN, id).await? else {
+            return Ok(None);
+        };
+        let used = self.store.token_last_used(id).await?;
+        Self::token_row(&r, used.as_deref()).map(Some)
     }
 
-    /// Record a successful use.
+    /// Record a successful use (outside the chain: it decides nothing).
     pub async fn touch_token(&self, id: &str, at: Timestamp) -> Result<(), StoreError> {
-        on!(self, p => {
-            sqlx::query("UPDATE access_tokens SET last_used_at = $2 WHERE id = $1")
-                .bind(id)
-                .bind(at.to_string())
-                .execute(p)
-                .await
-                .map_err(Self::q)?;
-            Ok(())
-        })
+        self.store.token_used(id, at).await
     }
 
-    /// Replace a token's stored hash (a legacy digest upgraded to argon2id).
+    /// Replace a token's stored hash (a legacy digest upgraded to argon2id); a chain entry
+    /// records that it changed.
     pub async fn rehash_token(&self, id: &str, hash: &str) -> Result<(), StoreError> {
-        on!(self, p => {
-            sqlx::query("UPDATE access_tokens SET hash = $2, salt = '' WHERE id = $1")
-                .bind(id)
-                .bind(hash)
-                .execute(p)
-                .await
-                .map_err(Self::q)?;
-            Ok(())
-        })
+        for _ in 0..RETRIES {
+            let Some(r) = self.store.record(TOKEN, id).await? else {
+                return Ok(());
+            };
+            let mut d: TokenData = data(&r)?;
+            d.hash = hash.to_owned();
+            d.salt = String::new();
+            let actor = self.actor(&d.subject).await?;
+            let rec = Self::record(
+                TOKEN,
+                RecordKey::Given(r.key.clone()),
+                value(&d)?,
+                "token_rehashed",
+                json!({"token": id}),
+                &actor,
+                slipway_stdx::now(),
+                r.seq,
+            );
+            match self.store.append_governance(vec![rec]).await {
+                Err(StoreError::Conflict(_)) => continue,
+                other => return other.map(|_| ()),
+            }
+        }
+        Err(conflict("rehash token", id))
     }
 
     /// Every token, newest first (hashes included: never print them).
     pub async fn tokens(&self) -> Result<Vec<TokenRow>, StoreError> {
-        on!(self, p => {
-            let ids: Vec<String> =
-                sqlx::query_scalar("SELECT id FROM access_tokens ORDER BY created_at DESC, id")
-                    .fetch_all(p)
-                    .await
-                    .map_err(Self::q)?;
-            let mut out = Vec::new();
-            for id in ids {
-                if let Some(t) = self.token(&id).await? {
-                    out.push(t);
-                }
+        let mut out = Vec::new();
+        for r in self.store.records(Some(TOKEN)).await? {
+            let used = self.store.token_last_used(&r.key).await?;
+            out.push(Self::token_row(&r, used.as_deref())?);
+        }
+        out.sort_by(|a, b| {
+            b.created_at
+                .cmp(&a.created_at)
+                .then_with(|| a.id.cmp(&b.id))
+        });
+        Ok(out)
+    }
+
+    /// Revoke a token; false when unknown or already revoked. `by` revoked it.
+    pub async fn revoke_token(
+        &self,
+        id: &str,
+        at: Timestamp,
+        by: &str,
+    ) -> Result<bool, StoreError> {
+        let actor = self.actor(by).await?;
+        for _ in 0..RETRIES {
+            let Some(r) = self.store.record(TOKEN, id).await? else {
+                return Ok(false);
+            };
+            let mut d: TokenData = data(&r)?;
+            if d.revoked_at.is_some() {
+                return Ok(false);
             }
-            Ok(out)
-        })
+            d.revoked_at = Some(at.to_string());
+            let rec = Self::record(
+                TOKEN,
+                RecordKey::Given(r.key.clone()),
+                value(&d)?,
+                "token_revoked",
+                json!({"token": id}),
+                &actor,
+                at,
+                r.seq,
+            );
+            match self.store.append_governance(vec![rec]).await {
+                Err(StoreError::Conflict(_)) => continue,
+                other => return other.map(|_| true),
+            }
+        }
+        Err(conflict("revoke token", id))
     }
 
-    /// Revoke a token; false when unknown or already revoked.
-    pub async fn revoke_token(&self, id: &str, at: Timestamp) -> Result<bool, StoreError> {
-        on!(self, p => {
-            let r = sqlx::query(
-                "UPDATE access_tokens SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL",
-            )
-            .bind(id)
-            .bind(at.to_string())
-            .execute(p)
-            .await
-            .map_err(Self::q)?;
-            Ok(r.rows_affected() == 1)
-        })
-    }
-
-    /// Open a review campaign over every live grant; returns how many it lists.
+    /// Open a review campaign over every live grant; returns how many it lists. Refused
+    /// when a campaign of that id exists.
     pub async fn open_review(&self, id: &str, by: &str, at: Timestamp) -> Result<u64, StoreError> {
-        on!(self, p => {
-            let mut tx = p.begin().await.map_err(Self::q)?;
-            sqlx::query("INSERT INTO access_reviews (id, opened_by, opened_at) VALUES ($1, $2, $3)")
-                .bind(id)
-                .bind(by)
-                .bind(at.to_string())
-                .execute(&mut *tx)
-                .await
-                .map_err(Self::q)?;
-            let r = sqlx::query(
-                "INSERT INTO access_review_items (review_id, grant_id) SELECT $1, id FROM access_grants WHERE revoked_at IS NULL",
-            )
-            .bind(id)
-            .execute(&mut *tx)
-            .await
-            .map_err(Self::q)?;
-            tx.commit().await.map_err(Self::q)?;
-            Ok(r.rows_affected())
-        })
+        let items: Vec<ItemData> = self
+            .grants(false)
+            .await?
+            .into_iter()
+            .map(|g| ItemData {
+                grant_id: g.id,
+                decision: None,
+                reviewer: None,
+                decided_at: None,
+            })
+            .collect();
+        let n = items.len() as u64;
+        let d = ReviewData {
+            opened_by: by.to_owned(),
+            opened_at: at.to_string(),
+            closed_at: None,
+            items,
+        };
+        let rec = Self::record(
+            REVIEW,
+            RecordKey::Given(id.to_owned()),
+            value(&d)?,
+            "review_opened",
+            json!({"review": id, "grants": n}),
+            &self.actor(by).await?,
+            at,
+            0,
+        );
+        match self.store.append_governance(vec![rec]).await {
+            Err(StoreError::Conflict(_)) => Err(StoreError::Query(format!(
+                "open access review `{id}`: a campaign with that id exists; pick another id"
+            ))),
+            other => other.map(|_| n),
+        }
     }
 
     /// The items of a campaign.
     pub async fn review_items(&self, id: &str) -> Result<Vec<ReviewItem>, StoreError> {
-        on!(self, p => {
-            let rows = sqlx::query(
-                "SELECT grant_id, decision, reviewer FROM access_review_items WHERE review_id = $1 ORDER BY grant_id",
-            )
-            .bind(id)
-            .fetch_all(p)
-            .await
-            .map_err(Self::q)?;
-            rows.iter()
-                .map(|r| {
-                    Ok(ReviewItem {
-                        grant_id: r.try_get("grant_id").map_err(Self::q)?,
-                        decision: r.try_get("decision").map_err(Self::q)?,
-                        reviewer: r.try_get("reviewer").map_err(Self::q)?,
-                    })
-                })
-                .collect()
-        })
+        let Some(r) = self.store.record(REVIEW, id).await? else {
+            return Ok(Vec::new());
+        };
+        let d: ReviewData = data(&r)?;
+        let mut items: Vec<ReviewItem> = d
+            .items
+            .into_iter()
+            .map(|i| ReviewItem {
+                grant_id: i.grant_id,
+                decision: i.decision,
+                reviewer: i.reviewer,
+            })
+            .collect();
+        items.sort_by_key(|i| i.grant_id);
+        Ok(items)
     }
 
     /// Decide one item (`confirm` or `revoke`); a revoke also revokes the grant, in the
@@ -657,66 +501,111 @@ impl AccessDb {
         reviewer: &str,
         at: Timestamp,
     ) -> Result<bool, StoreError> {
-        on!(self, p => {
-            let mut tx = p.begin().await.map_err(Self::q)?;
-            let r = sqlx::query(
-                "UPDATE access_review_items SET decision = $3, reviewer = $4, decided_at = $5
-             WHERE review_id = $1 AND grant_id = $2
-             AND EXISTS (SELECT 1 FROM access_reviews WHERE id = $1 AND closed_at IS NULL)",
-            )
-            .bind(review)
-            .bind(grant_id)
-            .bind(decision)
-            .bind(reviewer)
-            .bind(at.to_string())
-            .execute(&mut *tx)
-            .await
-            .map_err(Self::q)?;
-            if r.rows_affected() == 1 && decision == "revoke" {
-                sqlx::query(
-                    "UPDATE access_grants SET revoked_at = $2, revoked_by = $3 WHERE id = $1 AND revoked_at IS NULL",
-                )
-                .bind(grant_id)
-                .bind(at.to_string())
-                .bind(reviewer)
-                .execute(&mut *tx)
-                .await
-                .map_err(Self::q)?;
+        let actor = self.actor(reviewer).await?;
+        for _ in 0..RETRIES {
+            let Some(r) = self.store.record(REVIEW, review).await? else {
+                return Ok(false);
+            };
+            let mut d: ReviewData = data(&r)?;
+            if d.closed_at.is_some() {
+                return Ok(false);
             }
-            tx.commit().await.map_err(Self::q)?;
-            Ok(r.rows_affected() == 1)
-        })
+            let Some(item) = d.items.iter_mut().find(|i| i.grant_id == grant_id) else {
+                return Ok(false);
+            };
+            item.decision = Some(decision.to_owned());
+            item.reviewer = Some(reviewer.to_owned());
+            item.decided_at = Some(at.to_string());
+            let mut recs = vec![Self::record(
+                REVIEW,
+                RecordKey::Given(review.to_owned()),
+                value(&d)?,
+                "review_decided",
+                json!({"review": review, "grant": grant_id, "decision": decision}),
+                &actor,
+                at,
+                r.seq,
+            )];
+            if decision == "revoke"
+                && let Some(g) = self.store.record(GRANT, &grant_id.to_string()).await?
+            {
+                let mut gd: GrantData = data(&g)?;
+                if gd.revoked_at.is_none() {
+                    gd.revoked_at = Some(at.to_string());
+                    gd.revoked_by = Some(reviewer.to_owned());
+                    recs.push(Self::record(
+                        GRANT,
+                        RecordKey::Given(g.key.clone()),
+                        value(&gd)?,
+                        "access_revoked",
+                        json!({"grant": grant_id, "review": review}),
+                        &actor,
+                        at,
+                        g.seq,
+                    ));
+                }
+            }
+            match self.store.append_governance(recs).await {
+                Err(StoreError::Conflict(_)) => continue,
+                other => return other.map(|_| true),
+            }
+        }
+        Err(conflict("decide access review", review))
     }
 
-    /// Close a campaign; returns the grant ids nobody reviewed.
-    pub async fn close_review(&self, id: &str, at: Timestamp) -> Result<Vec<i64>, StoreError> {
-        on!(self, p => {
-            sqlx::query("UPDATE access_reviews SET closed_at = $2 WHERE id = $1 AND closed_at IS NULL")
-                .bind(id)
-                .bind(at.to_string())
-                .execute(p)
-                .await
-                .map_err(Self::q)?;
-            Ok(self
-                .review_items(id)
-                .await?
-                .into_iter()
+    /// Close a campaign (`by` closes it); returns the grant ids nobody reviewed.
+    pub async fn close_review(
+        &self,
+        id: &str,
+        at: Timestamp,
+        by: &str,
+    ) -> Result<Vec<i64>, StoreError> {
+        let actor = self.actor(by).await?;
+        for _ in 0..RETRIES {
+            let Some(r) = self.store.record(REVIEW, id).await? else {
+                return Ok(Vec::new());
+            };
+            let mut d: ReviewData = data(&r)?;
+            let mut unreviewed: Vec<i64> = d
+                .items
+                .iter()
                 .filter(|i| i.decision.is_none())
                 .map(|i| i.grant_id)
-                .collect())
-        })
-    }
-
-    /// Close the connection pool (before its runtime is dropped).
-    pub async fn close(&self) {
-        // A PostgreSQL store's pool belongs to the store.
-        if let Pool::Sqlite(p) = &self.pool {
-            p.close().await;
+                .collect();
+            unreviewed.sort_unstable();
+            if d.closed_at.is_some() {
+                return Ok(unreviewed);
+            }
+            d.closed_at = Some(at.to_string());
+            let rec = Self::record(
+                REVIEW,
+                RecordKey::Given(id.to_owned()),
+                value(&d)?,
+                "review_closed",
+                json!({"review": id, "unreviewed": unreviewed}),
+                &actor,
+                at,
+                r.seq,
+            );
+            match self.store.append_governance(vec![rec]).await {
+                Err(StoreError::Conflict(_)) => continue,
+                other => return other.map(|_| unreviewed),
+            }
         }
+        Err(conflict("close access review", id))
     }
 
-    /// Where the tables live, for messages.
-    pub fn location(&self) -> &str {
-        &self.location
+    /// Nothing to close: the records live in the store, whose pools close with it.
+    pub async fn close(&self) {}
+
+    /// Where the records live, for messages.
+    pub fn location(&self) -> String {
+        self.store.location()
     }
+}
+
+fn conflict(what: &str, key: &str) -> StoreError {
+    StoreError::Conflict(format!(
+        "{what} `{key}`: other writers kept changing it; try again"
+    ))
 }

@@ -1,24 +1,28 @@
-//! Retention and archive records in the store file: the retention policy per record kind,
-//! what an archive would take (closed runs with their journal, steps and approvals, and a
-//! prefix of the audit chain), the prune that removes them in one transaction, and the
-//! checkpoints that let the live chain verify on its own after its start was archived.
+//! Retention and archive records: the retention policy per record kind, what an archive
+//! would take (closed runs with their journal, steps and approvals, and a prefix of the
+//! audit chain), the prune that removes them in one transaction, and the checkpoints that
+//! let the live chain verify on its own after its start was archived.
 //!
-//! Like the access tables, these tables are created with `CREATE TABLE IF NOT EXISTS`
-//! outside the journal's versioned schema: an older slipway ignores them. Policy (which
-//! kinds, what defaults, what a bundle contains) lives in `slipway-govern`; this module
-//! only reads and writes rows, always with bound values.
+//! Retention rules, checkpoints and run summaries are governance records (kinds
+//! `retention`, `archive_checkpoint`, `run_summary`), so each is committed to by a chain
+//! entry. Policy (which kinds, what defaults, what a bundle contains) lives in
+//! `slipway-govern`; this module only reads and writes records, always with bound values.
 //!
 //! The audit chain leaves only as a *prefix*: entries 1..=N move into the bundle and the
 //! checkpoint keeps (N, hash of N), so the first live entry still links to something
 //! recorded. The prefix stops before the first entry that is too young or that belongs to
 //! a run staying live, so no live run ever loses part of its chain.
 //!
-//! Every archived run leaves a [`RunSummary`] behind (table `run_summaries`, journal format
-//! 4), written by the same transaction that prunes it: exactly the facts the delivery
-//! reports count (release, environment, outcome, start and end), no journal, no approver,
-//! no output. The prune refuses a selection whose summaries do not match its runs one for
-//! one, so no run can leave the live store without its summary, nor a summary appear for
-//! a run that stayed.
+//! Every archived run leaves a [`RunSummary`] behind, written by the same transaction that
+//! prunes it: exactly the facts the delivery reports count (release, environment, outcome,
+//! start and end), no journal, no approver, no output. The prune refuses a selection whose
+//! summaries do not match its runs one for one, so no run can leave the live store without
+//! its summary, nor a summary appear for a run that stayed.
+//!
+//! The prune's transaction appends one `archived` chain entry that commits to the new
+//! checkpoint and summaries, names the archived runs (so `audit verify` expects their rows
+//! gone) and carries forward every live record whose last entry moves into the bundle
+//! (re-committed, so the live chain alone still vouches for every live row).
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -28,31 +32,34 @@ use std::time::Duration;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use slipway_engine::audit::{AuditEntry, GENESIS};
+use slipway_engine::store::{GovernanceRecord, RecordKey};
 use slipway_engine::{RunState, StoreError};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool};
 use sqlx::{Connection, Row};
 
-const TABLES: &str = r#"
-CREATE TABLE IF NOT EXISTS archive_checkpoints (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    start_seq INTEGER NOT NULL,
-    start_hash TEXT NOT NULL,
-    end_seq INTEGER NOT NULL,
-    end_hash TEXT NOT NULL,
-    bundle_sha256 TEXT NOT NULL,
-    bundle_name TEXT NOT NULL,
-    before TEXT NOT NULL,
-    runs TEXT NOT NULL,
-    created_at TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS retention_policy (
-    kind TEXT PRIMARY KEY,
-    live_days INTEGER NOT NULL,
-    keep_days INTEGER NOT NULL,
-    set_by TEXT NOT NULL,
-    set_at TEXT NOT NULL
-);
-"#;
+use crate::chain::{self, Appender, Staged};
+
+/// Record kind of a retention rule (key: the record kind it governs).
+pub const RETENTION: &str = "retention";
+/// Record kind of an archive checkpoint (key: its id).
+pub const CHECKPOINT: &str = "archive_checkpoint";
+/// Record kind of an archived run's summary (key: the run id).
+pub const SUMMARY: &str = "run_summary";
+
+/// Where the live chain starts, from the latest checkpoint record's data (none: genesis).
+pub(crate) fn start_of(data: Option<&str>) -> Result<(i64, String), StoreError> {
+    match data {
+        None => Ok((0, GENESIS.to_owned())),
+        Some(d) => {
+            let c: Checkpoint = serde_json::from_str(d).map_err(|e| {
+                StoreError::Query(format!(
+                    "read the latest archive checkpoint: {e}; `slipway audit verify` names what was changed"
+                ))
+            })?;
+            Ok((c.end_seq, c.end_hash))
+        }
+    }
+}
 
 /// Run states after which nothing more happens to a run: only these are ever archived.
 pub const CLOSED_STATES: &[&str] = &["succeeded", "failed", "rolled_back", "aborted"];
@@ -174,7 +181,7 @@ impl Selection {
     }
 }
 
-/// The retention and archive tables of a store file.
+/// The retention and archive records of a store file.
 #[derive(Debug, Clone)]
 pub struct ArchiveDb {
     pool: SqlitePool,
@@ -194,47 +201,24 @@ fn row_json(text: &str) -> Result<serde_json::Value, StoreError> {
     serde_json::from_str(text).map_err(|e| StoreError::Query(format!("read a row as JSON: {e}")))
 }
 
-async fn insert_summary(
-    tx: &mut sqlx::SqliteConnection,
-    r: &RunSummary,
-    checkpoint_id: i64,
-) -> Result<(), StoreError> {
-    let services = serde_json::to_string(&r.services).unwrap_or_else(|_| "[]".into());
-    sqlx::query(
-        "INSERT INTO run_summaries (run_id, checkpoint_id, release, version, release_type, environment, production,
-            services, state, created_at, started_at, finished_at, workdir, tag, keep_until)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
-    )
-    .bind(&r.run_id)
-    .bind(checkpoint_id)
-    .bind(&r.release)
-    .bind(&r.version)
-    .bind(&r.release_type)
-    .bind(&r.environment)
-    .bind(i64::from(r.production))
-    .bind(services)
-    .bind(r.state.as_str())
-    .bind(r.created_at.to_string())
-    .bind(r.started_at.to_string())
-    .bind(r.finished_at.map(|t| t.to_string()))
-    .bind(&r.workdir)
-    .bind(&r.tag)
-    .bind(r.keep_until.map(|t| t.to_string()))
-    .execute(tx)
-    .await
-    .map_err(|e| StoreError::Query(format!("record the summary of run {}: {e}", r.run_id)))?;
-    Ok(())
+fn parse<T: serde::de::DeserializeOwned>(
+    kind: &str,
+    key: &str,
+    data: &str,
+) -> Result<T, StoreError> {
+    serde_json::from_str(data).map_err(|e| {
+        StoreError::Query(format!(
+            "read {kind} record `{key}`: {e}; `slipway audit verify` names what was changed"
+        ))
+    })
 }
 
 const RUN_JSON: &str = "json_object('id', id, 'digest', digest, 'release', release, 'version', version, 'environment', environment, 'author', author, 'state', state, 'control', control, 'override_reason', override_reason, 'plan_json', plan_json, 'workdir', workdir, 'created_at', created_at, 'updated_at', updated_at)";
-const JOURNAL_JSON: &str = "json_object('seq', seq, 'run_id', run_id, 'at', at, 'actor', actor, 'event', event, 'data', data)";
-const STEP_JSON: &str = "json_object('run_id', run_id, 'step_id', step_id, 'key', key, 'status', status, 'attempts', attempts, 'output', output, 'updated_at', updated_at)";
-const APPROVAL_JSON: &str = "json_object('id', id, 'run_id', run_id, 'approver', approver, 'digest', digest, 'groups', groups, 'at', at)";
 
 impl ArchiveDb {
-    /// Open (creating the tables if needed) the archive tables of the store at `path`.
-    /// The store itself must exist (open it with `SqliteStore::open` first).
+    /// Open the archive records of the store at `path` (opened, created or migrated first).
     pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        drop(crate::SqliteStore::open(path).await?);
         let location = format!("sqlite://{}", path.display());
         let unavailable = |e: sqlx::Error| StoreError::Unavailable {
             location: location.clone(),
@@ -250,136 +234,76 @@ impl ArchiveDb {
             .connect_with(opts)
             .await
             .map_err(unavailable)?;
-        sqlx::raw_sql(TABLES)
-            .execute(&pool)
-            .await
-            .map_err(unavailable)?;
         Ok(Self { pool })
+    }
+
+    async fn kind(&self, kind: &str) -> Result<Vec<(String, String)>, StoreError> {
+        sqlx::query_as("SELECT key, data FROM records WHERE kind = ?1")
+            .bind(kind)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(q)
     }
 
     /// The stored retention rules (kinds never set are absent: the caller's defaults hold).
     pub async fn policy(&self) -> Result<Vec<PolicyRow>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT kind, live_days, keep_days, set_by, set_at FROM retention_policy ORDER BY kind",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .map_err(q)?;
-        rows.iter()
-            .map(|r| {
-                Ok(PolicyRow {
-                    kind: r.try_get("kind").map_err(q)?,
-                    live_days: u32::try_from(r.try_get::<i64, _>("live_days").map_err(q)?)
-                        .unwrap_or(0),
-                    keep_days: u32::try_from(r.try_get::<i64, _>("keep_days").map_err(q)?)
-                        .unwrap_or(0),
-                    set_by: r.try_get("set_by").map_err(q)?,
-                    set_at: r.try_get("set_at").map_err(q)?,
-                })
-            })
-            .collect()
+        let mut rows = self
+            .kind(RETENTION)
+            .await?
+            .iter()
+            .map(|(k, d)| parse::<PolicyRow>(RETENTION, k, d))
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.sort_by(|a, b| a.kind.cmp(&b.kind));
+        Ok(rows)
     }
 
-    /// Set the rule of one kind.
+    /// Set the rule of one kind, committed to by a chain entry (`retention_set`) naming the
+    /// rule and, as its actor, the pseudonym of `row.set_by`.
     pub async fn set_policy(&self, row: &PolicyRow) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO retention_policy (kind, live_days, keep_days, set_by, set_at) VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT(kind) DO UPDATE SET live_days = excluded.live_days, keep_days = excluded.keep_days,
-               set_by = excluded.set_by, set_at = excluded.set_at",
-        )
-        .bind(&row.kind)
-        .bind(i64::from(row.live_days))
-        .bind(i64::from(row.keep_days))
-        .bind(&row.set_by)
-        .bind(&row.set_at)
-        .execute(&self.pool)
-        .await
-        .map_err(q)?;
+        let mut conn = self.pool.acquire().await.map_err(q)?;
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.map_err(q)?;
+        let who = row.set_by.strip_prefix("user:").unwrap_or(&row.set_by);
+        let actor = crate::sqlite::pseudonym_in(&mut tx, who).await?;
+        let mut app = Appender::new(crate::sqlite::read_head(&mut tx).await?);
+        let rec = GovernanceRecord {
+            kind: RETENTION.to_owned(),
+            key: RecordKey::Given(row.kind.clone()),
+            data: Some(serde_json::to_value(row).map_err(|e| StoreError::Query(e.to_string()))?),
+            action: "retention_set".to_owned(),
+            summary: serde_json::json!({"kind": row.kind, "live_days": row.live_days,
+                "keep_days": row.keep_days}),
+            actor,
+            at: row.set_at.parse().unwrap_or_else(|_| slipway_stdx::now()),
+            if_seq: None,
+        };
+        crate::sqlite::write_governance(&mut tx, &mut app, &[rec]).await?;
+        crate::sqlite::flush(&mut tx, &app).await?;
+        tx.commit().await.map_err(q)?;
         Ok(())
     }
 
     /// Every archived run's summary, oldest first.
     pub async fn summaries(&self) -> Result<Vec<RunSummary>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT run_id, checkpoint_id, release, version, release_type, environment, production, services,
-                    state, created_at, started_at, finished_at, workdir, tag, keep_until
-             FROM run_summaries ORDER BY created_at, run_id",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .map_err(q)?;
-        rows.iter()
-            .map(|r| {
-                let state: String = r.try_get("state").map_err(q)?;
-                let services: String = r.try_get("services").map_err(q)?;
-                let when = |col: &str| -> Result<Option<Timestamp>, StoreError> {
-                    let v: Option<String> = r.try_get(col).map_err(q)?;
-                    v.map(|s| {
-                        Timestamp::from_str(&s).map_err(|e| {
-                            StoreError::Query(format!("run_summaries.{col} `{s}`: {e}"))
-                        })
-                    })
-                    .transpose()
-                };
-                let run_id: String = r.try_get("run_id").map_err(q)?;
-                let required = |col: &str| -> Result<Timestamp, StoreError> {
-                    when(col)?.ok_or_else(|| {
-                        StoreError::Query(format!("run_summaries.{col} of {run_id} is empty"))
-                    })
-                };
-                Ok(RunSummary {
-                    checkpoint_id: r.try_get("checkpoint_id").map_err(q)?,
-                    release: r.try_get("release").map_err(q)?,
-                    version: r.try_get("version").map_err(q)?,
-                    release_type: r.try_get("release_type").map_err(q)?,
-                    environment: r.try_get("environment").map_err(q)?,
-                    production: r.try_get::<i64, _>("production").map_err(q)? != 0,
-                    services: serde_json::from_str(&services).map_err(|e| {
-                        StoreError::Query(format!("run_summaries.services of {run_id}: {e}"))
-                    })?,
-                    state: RunState::parse(&state).ok_or_else(|| {
-                        StoreError::Query(format!(
-                            "run_summaries.state `{state}` of {run_id} is not a run state"
-                        ))
-                    })?,
-                    created_at: required("created_at")?,
-                    started_at: required("started_at")?,
-                    finished_at: when("finished_at")?,
-                    workdir: r.try_get("workdir").map_err(q)?,
-                    tag: r.try_get("tag").map_err(q)?,
-                    keep_until: when("keep_until")?,
-                    run_id,
-                })
-            })
-            .collect()
+        let mut rows = self
+            .kind(SUMMARY)
+            .await?
+            .iter()
+            .map(|(k, d)| parse::<RunSummary>(SUMMARY, k, d))
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.sort_by(|a, b| (a.created_at, &a.run_id).cmp(&(b.created_at, &b.run_id)));
+        Ok(rows)
     }
 
     /// Every checkpoint, oldest first.
     pub async fn checkpoints(&self) -> Result<Vec<Checkpoint>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, start_seq, start_hash, end_seq, end_hash, bundle_sha256, bundle_name, before, runs, created_at
-             FROM archive_checkpoints ORDER BY id",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .map_err(q)?;
-        rows.iter()
-            .map(|r| {
-                let runs: String = r.try_get("runs").map_err(q)?;
-                Ok(Checkpoint {
-                    id: r.try_get("id").map_err(q)?,
-                    start_seq: r.try_get("start_seq").map_err(q)?,
-                    start_hash: r.try_get("start_hash").map_err(q)?,
-                    end_seq: r.try_get("end_seq").map_err(q)?,
-                    end_hash: r.try_get("end_hash").map_err(q)?,
-                    bundle_sha256: r.try_get("bundle_sha256").map_err(q)?,
-                    bundle_name: r.try_get("bundle_name").map_err(q)?,
-                    before: r.try_get("before").map_err(q)?,
-                    runs: serde_json::from_str(&runs).unwrap_or_default(),
-                    created_at: r.try_get("created_at").map_err(q)?,
-                })
-            })
-            .collect()
+        let mut rows = self
+            .kind(CHECKPOINT)
+            .await?
+            .iter()
+            .map(|(k, d)| parse::<Checkpoint>(CHECKPOINT, k, d))
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.sort_by_key(|c| c.id);
+        Ok(rows)
     }
 
     /// Where the live chain starts: the end of the latest checkpoint, or (0, genesis).
@@ -391,8 +315,9 @@ impl ArchiveDb {
     }
 
     /// What an archive would move: closed runs last changed before `runs_before`, with
-    /// their rows, and the audit prefix of entries older than `audit_before` that belong
-    /// to no run staying live. Read in one snapshot.
+    /// their rows (journal, steps and approvals as read from their chain entries), and the
+    /// audit prefix of entries older than `audit_before` that belong to no run staying
+    /// live. Read in one snapshot.
     pub async fn select(
         &self,
         runs_before: Timestamp,
@@ -423,37 +348,48 @@ impl ArchiveDb {
             ..Selection::default()
         };
         for id in &chosen {
-            for (sql, into) in [
-                (
-                    format!("SELECT {RUN_JSON} FROM runs WHERE id = ?1"),
-                    &mut sel.runs,
-                ),
-                (
-                    format!("SELECT {JOURNAL_JSON} FROM journal WHERE run_id = ?1 ORDER BY seq"),
-                    &mut sel.journal,
-                ),
-                (
-                    format!("SELECT {STEP_JSON} FROM steps WHERE run_id = ?1 ORDER BY step_id"),
-                    &mut sel.steps,
-                ),
-                (
-                    format!("SELECT {APPROVAL_JSON} FROM approvals WHERE run_id = ?1 ORDER BY id"),
-                    &mut sel.approvals,
-                ),
-            ] {
-                // The SQL joins fixed column lists; the run id is bound.
-                let rows: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-                    .bind(id)
-                    .fetch_all(&mut *tx)
-                    .await
-                    .map_err(q)?;
-                for r in rows {
-                    into.push(row_json(&r)?);
-                }
+            // The SQL joins a fixed column list; the run id is bound.
+            let run: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "SELECT {RUN_JSON} FROM runs WHERE id = ?1"
+            )))
+            .bind(id)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(q)?;
+            for r in run {
+                sel.runs.push(row_json(&r)?);
+            }
+            let rows: Vec<(i64, String, String, String, String)> = sqlx::query_as(
+                "SELECT seq, at, actor, action, detail FROM audit WHERE run_id = ?1 ORDER BY seq",
+            )
+            .bind(id)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(q)?;
+            let mut events = Vec::with_capacity(rows.len());
+            for (seq, at, actor, action, detail) in rows {
+                sel.journal
+                    .push(serde_json::json!({"seq": seq, "run_id": id, "at": at,
+                    "actor": actor, "event": action, "data": detail}));
+                events.push((at, chain::event(&detail)?));
+            }
+            for s in chain::fold_steps(&events) {
+                sel.steps
+                    .push(serde_json::json!({"run_id": id, "step_id": s.step_id,
+                    "key": s.key, "status": s.status.as_str(), "attempts": s.attempts,
+                    "output": s.output.as_ref().and_then(|o| serde_json::to_string(o).ok()),
+                    "updated_at": s.updated_at.to_string()}));
+            }
+            for (i, a) in chain::fold_approvals(&events).into_iter().enumerate() {
+                sel.approvals
+                    .push(serde_json::json!({"id": i + 1, "run_id": id,
+                    "approver": a.approver, "digest": a.digest,
+                    "groups": serde_json::to_string(&a.groups).unwrap_or_default(),
+                    "at": a.at.to_string()}));
             }
         }
         let rows = sqlx::query(
-            "SELECT seq, at, actor, action, run_id, digest, outcome, detail, prev_hash, hash FROM audit ORDER BY seq",
+            "SELECT seq, at, actor, action, run_id, digest, outcome, detail, prev_hash, hash, hv FROM audit ORDER BY seq",
         )
         .fetch_all(&mut *tx)
         .await
@@ -470,6 +406,10 @@ impl ArchiveDb {
                 detail: r.try_get("detail").map_err(q)?,
                 prev_hash: r.try_get("prev_hash").map_err(q)?,
                 hash: r.try_get("hash").map_err(q)?,
+                v: r.try_get::<i64, _>("hv")
+                    .ok()
+                    .and_then(|v| u8::try_from(v).ok())
+                    .unwrap_or(0),
             };
             if ts(&e.at) >= audit_before || staying.contains(e.run_id.as_str()) {
                 break;
@@ -480,10 +420,12 @@ impl ArchiveDb {
         Ok(sel)
     }
 
-    /// Remove what `sel` selected, record the checkpoint and the runs' `summaries`, in one
-    /// transaction. Refused (nothing removed) when the summaries are not exactly one per
-    /// selected run, or when the store moved since the selection: another archive ran, the
-    /// chain at the checkpoint changed, or a selected run is gone or not closed.
+    /// Remove what `sel` selected, record the checkpoint and the runs' `summaries`, and
+    /// append the `archived` chain entry (by `actor`, a pseudonym) committing to them, in
+    /// one transaction. Refused (nothing removed) when the summaries are not exactly one
+    /// per selected run, or when the store moved since the selection: another archive ran,
+    /// the chain at the checkpoint changed, or a selected run is gone or not closed.
+    #[expect(clippy::too_many_arguments, reason = "what one archive records")]
     pub async fn prune(
         &self,
         sel: &Selection,
@@ -492,6 +434,7 @@ impl ArchiveDb {
         bundle_name: &str,
         before: &str,
         now: Timestamp,
+        actor: &str,
     ) -> Result<Checkpoint, StoreError> {
         let moved = |what: String| {
             StoreError::Query(format!(
@@ -512,14 +455,13 @@ impl ArchiveDb {
         }
         let mut conn = self.pool.acquire().await.map_err(q)?;
         let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.map_err(q)?;
-        let latest: Option<(i64, String)> = sqlx::query_as(
-            "SELECT end_seq, end_hash FROM archive_checkpoints ORDER BY id DESC LIMIT 1",
+        let latest: Option<String> = sqlx::query_scalar(
+            "SELECT data FROM records WHERE kind = 'archive_checkpoint' ORDER BY CAST(key AS INTEGER) DESC LIMIT 1",
         )
         .fetch_optional(&mut *tx)
         .await
         .map_err(q)?;
-        let latest = latest.unwrap_or((0, GENESIS.to_owned()));
-        if latest != sel.start {
+        if start_of(latest.as_deref())? != sel.start {
             return Err(moved("another archive ran meanwhile".into()));
         }
         let (end_seq, end_hash) = sel.end();
@@ -542,52 +484,32 @@ impl ArchiveDb {
             if !state.is_some_and(|s| CLOSED_STATES.contains(&s.as_str())) {
                 return Err(moved(format!("run {id} is gone or no longer closed")));
             }
-            for sql in [
-                "DELETE FROM journal WHERE run_id = ?1",
-                "DELETE FROM steps WHERE run_id = ?1",
-                "DELETE FROM approvals WHERE run_id = ?1",
-                "DELETE FROM runs WHERE id = ?1",
-            ] {
-                sqlx::query(sql)
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(q)?;
-            }
+            sqlx::query("DELETE FROM runs WHERE id = ?1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(q)?;
         }
+        // Records whose last entry leaves with the prefix are carried forward below.
+        let carried: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT kind, key, data FROM records WHERE seq <= ?1 ORDER BY kind, key",
+        )
+        .bind(end_seq)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(q)?;
         sqlx::query("DELETE FROM audit WHERE seq <= ?1")
             .bind(end_seq)
             .execute(&mut *tx)
             .await
             .map_err(q)?;
-        let runs = serde_json::to_string(&ids).unwrap_or_else(|_| "[]".into());
-        let id = sqlx::query(
-            "INSERT INTO archive_checkpoints (start_seq, start_hash, end_seq, end_hash, bundle_sha256, bundle_name, before, runs, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        let id: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(max(CAST(key AS INTEGER)), 0) + 1 FROM records WHERE kind = 'archive_checkpoint'",
         )
-        .bind(sel.start.0)
-        .bind(&sel.start.1)
-        .bind(end_seq)
-        .bind(&end_hash)
-        .bind(bundle_sha256)
-        .bind(bundle_name)
-        .bind(before)
-        .bind(&runs)
-        .bind(now.to_string())
-        .execute(&mut *tx)
+        .fetch_one(&mut *tx)
         .await
-        .map_err(q)?
-        .last_insert_rowid();
-        for r in summaries {
-            insert_summary(&mut tx, r, id).await?;
-        }
-        if std::env::var("SLIPWAY_FAULT").as_deref() == Ok("archive-inside-prune") {
-            // Test hook: die as a crash would with the summaries written and the records
-            // deleted but not committed; the tests show SQLite keeps neither.
-            std::process::abort();
-        }
-        tx.commit().await.map_err(q)?;
-        Ok(Checkpoint {
+        .map_err(q)?;
+        let cp = Checkpoint {
             id,
             start_seq: sel.start.0,
             start_hash: sel.start.1.clone(),
@@ -596,8 +518,65 @@ impl ArchiveDb {
             bundle_sha256: bundle_sha256.to_owned(),
             bundle_name: bundle_name.to_owned(),
             before: before.to_owned(),
-            runs: ids,
+            runs: ids.clone(),
             created_at: now.to_string(),
-        })
+        };
+        let mut staged = vec![stage(CHECKPOINT, id.to_string(), to_json(&cp)?)?];
+        for r in summaries {
+            let mut r = r.clone();
+            r.checkpoint_id = id;
+            staged.push(stage(SUMMARY, r.run_id.clone(), to_json(&r)?)?);
+        }
+        for (kind, key, data) in carried {
+            let v: serde_json::Value = serde_json::from_str(&data).map_err(|e| {
+                StoreError::Query(format!(
+                    "carry {kind} record `{key}` forward: {e}; `slipway audit verify` names what was changed"
+                ))
+            })?;
+            staged.push(stage(&kind, key, v)?);
+        }
+        let mut app = Appender::new(crate::sqlite::read_head(&mut tx).await?);
+        let seq = chain::push_governance(
+            &mut app,
+            "archived",
+            actor,
+            now,
+            &serde_json::json!({"bundle": bundle_name, "sha256": bundle_sha256,
+                "runs": ids.len(), "run_ids": ids, "chain_start": sel.start.0,
+                "chain_end": end_seq, "before": before, "checkpoint": id}),
+            staged.iter().map(Staged::reference).collect(),
+        )?;
+        for s in &staged {
+            crate::sqlite::put_record(&mut tx, s, seq).await?;
+        }
+        crate::sqlite::flush(&mut tx, &app).await?;
+        if std::env::var("SLIPWAY_FAULT").as_deref() == Ok("archive-inside-prune") {
+            // Test hook: die as a crash would with the summaries written and the records
+            // deleted but not committed; the tests show SQLite keeps neither.
+            std::process::abort();
+        }
+        tx.commit().await.map_err(q)?;
+        Ok(cp)
     }
+}
+
+/// A record version staged by the prune (given key, fresh nonce).
+fn stage(kind: &str, key: String, data: serde_json::Value) -> Result<Staged, StoreError> {
+    Staged::new(
+        &GovernanceRecord {
+            kind: kind.to_owned(),
+            key: RecordKey::Given(key.clone()),
+            data: Some(data),
+            action: String::new(),
+            summary: serde_json::Value::Null,
+            actor: String::new(),
+            at: Timestamp::UNIX_EPOCH,
+            if_seq: None,
+        },
+        key,
+    )
+}
+
+fn to_json<T: Serialize>(v: &T) -> Result<serde_json::Value, StoreError> {
+    serde_json::to_value(v).map_err(|e| StoreError::Query(e.to_string()))
 }

@@ -1,26 +1,20 @@
 //! Acknowledgements of spec checklist items: who confirmed, for which release version and
-//! environment, that an item without a check holds. In the store file beside the runs, in a
-//! `CREATE TABLE IF NOT EXISTS` table like the access tables (an older slipway ignores it).
+//! environment, that an item without a check holds. Governance records of kind
+//! `checklist_ack` (key: the JSON array `[release, version, environment, item]`), each
+//! committed to by a chain entry, so an acknowledgement slipped into the store by hand is
+//! named by `slipway audit verify`.
 
 use std::path::Path;
-use std::time::Duration;
 
+use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use slipway_engine::StoreError;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool};
+use slipway_engine::store::{GovernanceRecord, RecordKey, Store};
 
-const TABLES: &str = r#"
-CREATE TABLE IF NOT EXISTS checklist_acks (
-    release TEXT NOT NULL,
-    version TEXT NOT NULL,
-    environment TEXT NOT NULL,
-    item TEXT NOT NULL,
-    acknowledged_by TEXT NOT NULL,
-    note TEXT NOT NULL,
-    at TEXT NOT NULL,
-    PRIMARY KEY (release, version, environment, item)
-);
-"#;
+use crate::{AnyStore, SqliteStore};
+
+/// Record kind of an acknowledgement.
+pub const ACK: &str = "checklist_ack";
 
 /// One acknowledgement.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,36 +29,44 @@ pub struct Ack {
     pub at: String,
 }
 
-/// The checklist table of a store file (open the run store first).
-#[derive(Debug, Clone)]
-pub struct ChecklistDb {
-    pool: SqlitePool,
+/// The stored form: the acknowledgement and what it is for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct AckData {
+    pub release: String,
+    pub version: String,
+    pub environment: String,
+    #[serde(flatten)]
+    pub ack: Ack,
 }
 
-fn q(e: sqlx::Error) -> StoreError {
-    StoreError::Query(e.to_string())
+/// The key of an acknowledgement: unambiguous whatever the names hold.
+pub(crate) fn ack_key(release: &str, version: &str, environment: &str, item: &str) -> String {
+    serde_json::json!([release, version, environment, item]).to_string()
+}
+
+/// The checklist acknowledgements of a store.
+#[derive(Debug, Clone)]
+pub struct ChecklistDb {
+    store: AnyStore,
 }
 
 impl ChecklistDb {
-    /// Open (creating the table if needed).
+    /// The acknowledgements of the SQLite store at `path`.
     pub async fn open(path: &Path) -> Result<Self, StoreError> {
-        let opts = SqliteConnectOptions::new()
-            .filename(path)
-            .create_if_missing(false)
-            .journal_mode(SqliteJournalMode::Wal)
-            .busy_timeout(Duration::from_secs(30));
-        let pool = crate::sqlite::pool_options(1)
-            .connect_with(opts)
-            .await
-            .map_err(|e| StoreError::Unavailable {
-                location: format!("sqlite://{}", path.display()),
-                message: e.to_string(),
-            })?;
-        sqlx::raw_sql(TABLES).execute(&pool).await.map_err(q)?;
-        Ok(Self { pool })
+        Ok(Self {
+            store: AnyStore::Sqlite(SqliteStore::open(path).await?),
+        })
     }
 
-    /// Record (or replace) an acknowledgement.
+    /// The acknowledgements of whichever store this is.
+    pub fn for_store(store: &AnyStore) -> Self {
+        Self {
+            store: store.clone(),
+        }
+    }
+
+    /// Record (or replace) an acknowledgement; the chain entry names the item, the release
+    /// and the acknowledger's pseudonym.
     pub async fn acknowledge(
         &self,
         release: &str,
@@ -72,55 +74,62 @@ impl ChecklistDb {
         environment: &str,
         ack: &Ack,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO checklist_acks (release, version, environment, item, acknowledged_by, note, at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-             ON CONFLICT (release, version, environment, item) DO UPDATE SET
-               acknowledged_by = excluded.acknowledged_by, note = excluded.note, at = excluded.at",
-        )
-        .bind(release)
-        .bind(version)
-        .bind(environment)
-        .bind(&ack.item)
-        .bind(&ack.acknowledged_by)
-        .bind(&ack.note)
-        .bind(&ack.at)
-        .execute(&self.pool)
-        .await
-        .map_err(q)?;
+        let who = ack.acknowledged_by.as_str();
+        let actor = self
+            .store
+            .pseudonym(who.strip_prefix("user:").unwrap_or(who))
+            .await?;
+        let data = AckData {
+            release: release.to_owned(),
+            version: version.to_owned(),
+            environment: environment.to_owned(),
+            ack: ack.clone(),
+        };
+        let at = ack
+            .at
+            .parse::<Timestamp>()
+            .unwrap_or_else(|_| slipway_stdx::now());
+        self.store
+            .append_governance(vec![GovernanceRecord {
+                kind: ACK.to_owned(),
+                key: RecordKey::Given(ack_key(release, version, environment, &ack.item)),
+                data: Some(
+                    serde_json::to_value(&data).map_err(|e| StoreError::Query(e.to_string()))?,
+                ),
+                action: "checklist_acknowledged".to_owned(),
+                summary: serde_json::json!({"release": release, "version": version,
+                    "environment": environment, "item": ack.item}),
+                actor,
+                at,
+                if_seq: None,
+            }])
+            .await?;
         Ok(())
     }
 
-    /// The acknowledgements of one release version in one environment.
+    /// The acknowledgements of one release version in one environment, by item.
     pub async fn acks(
         &self,
         release: &str,
         version: &str,
         environment: &str,
     ) -> Result<Vec<Ack>, StoreError> {
-        let rows: Vec<(String, String, String, String)> = sqlx::query_as(
-            "SELECT item, acknowledged_by, note, at FROM checklist_acks
-             WHERE release = ?1 AND version = ?2 AND environment = ?3 ORDER BY item",
-        )
-        .bind(release)
-        .bind(version)
-        .bind(environment)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(q)?;
-        Ok(rows
-            .into_iter()
-            .map(|(item, acknowledged_by, note, at)| Ack {
-                item,
-                acknowledged_by,
-                note,
-                at,
-            })
-            .collect())
+        let mut out = Vec::new();
+        for r in self.store.records(Some(ACK)).await? {
+            let d: AckData = serde_json::from_str(&r.data).map_err(|e| {
+                StoreError::Query(format!(
+                    "read checklist acknowledgement `{}`: {e}; `slipway audit verify` names what was changed",
+                    r.key
+                ))
+            })?;
+            if d.release == release && d.version == version && d.environment == environment {
+                out.push(d.ack);
+            }
+        }
+        out.sort_by(|a, b| a.item.cmp(&b.item));
+        Ok(out)
     }
 
-    /// Close the pool (before its runtime is dropped).
-    pub async fn close(&self) {
-        self.pool.close().await;
-    }
+    /// Nothing to close: the records live in the store, whose pools close with it.
+    pub async fn close(&self) {}
 }

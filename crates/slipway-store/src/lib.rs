@@ -9,8 +9,10 @@
 
 pub mod access;
 pub mod archive;
+mod chain;
 pub mod checklist;
 mod leases;
+mod legacy;
 pub mod postgres;
 pub mod schema;
 pub mod sqlite;
@@ -21,8 +23,9 @@ pub use postgres::PgStore;
 use slipway_engine::audit::AuditEntry;
 use slipway_engine::event::{Control, Notice};
 use slipway_engine::store::{
-    ApprovalRecord, JournalRecord, LeaseOutcome, LeaseRecord, LeaseRequest, NewRun, RunClaim,
-    RunRecord, StepRecord, Store,
+    Anchor, ApprovalRecord, AuditBounds, GovernanceRecord, JournalRecord, LeaseOutcome,
+    LeaseRecord, LeaseRequest, NewRun, RunClaim, RunEvidence, RunRecord, StepRecord, Store,
+    StoredRecord,
 };
 use slipway_engine::{BoxFuture, StoreError};
 pub use sqlite::SqliteStore;
@@ -136,8 +139,9 @@ pub async fn open(loc: &StoreLocation) -> Result<AnyStore, StoreError> {
     }
 }
 
-/// Either store, chosen at run time by the URL; the engine sees only [`Store`].
-#[derive(Debug)]
+/// Either store, chosen at run time by the URL; the engine sees only [`Store`]. Cloning
+/// is cheap: the clones share the pools and the writer task.
+#[derive(Debug, Clone)]
 pub enum AnyStore {
     /// The embedded store.
     Sqlite(SqliteStore),
@@ -152,6 +156,23 @@ impl AnyStore {
         match self {
             Self::Sqlite(s) => Some(s.path()),
             Self::Postgres(_) => None,
+        }
+    }
+
+    /// Record that API token `id` was used at `at` (kept beside the chain, not in it: a
+    /// last use changes on every request and decides nothing).
+    pub async fn token_used(&self, id: &str, at: jiff::Timestamp) -> Result<(), StoreError> {
+        match self {
+            Self::Sqlite(s) => s.token_used(id, at).await,
+            Self::Postgres(s) => s.token_used(id, at).await,
+        }
+    }
+
+    /// When API token `id` was last used (RFC 3339), if ever.
+    pub async fn token_last_used(&self, id: &str) -> Result<Option<String>, StoreError> {
+        match self {
+            Self::Sqlite(s) => s.token_last_used(id).await,
+            Self::Postgres(s) => s.token_last_used(id).await,
         }
     }
 }
@@ -251,5 +272,39 @@ impl Store for AnyStore {
     }
     fn leases(&self) -> BoxFuture<'_, Result<Vec<LeaseRecord>, StoreError>> {
         both!(self, s => s.leases())
+    }
+    fn audit_bounds(&self) -> BoxFuture<'_, Result<AuditBounds, StoreError>> {
+        both!(self, s => s.audit_bounds())
+    }
+    fn audit_framed(&self, after: i64, upto: i64) -> BoxFuture<'_, Result<Vec<u8>, StoreError>> {
+        both!(self, s => s.audit_framed(after, upto))
+    }
+    fn run_evidence(&self) -> BoxFuture<'_, Result<Vec<RunEvidence>, StoreError>> {
+        both!(self, s => s.run_evidence())
+    }
+    fn append_governance(
+        &self,
+        records: Vec<GovernanceRecord>,
+    ) -> BoxFuture<'_, Result<Vec<StoredRecord>, StoreError>> {
+        both!(self, s => s.append_governance(records))
+    }
+    fn records<'a>(
+        &'a self,
+        kind: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Vec<StoredRecord>, StoreError>> {
+        both!(self, s => s.records(kind))
+    }
+    fn record<'a>(
+        &'a self,
+        kind: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<StoredRecord>, StoreError>> {
+        both!(self, s => s.record(kind, key))
+    }
+    fn anchors(&self) -> BoxFuture<'_, Result<Vec<Anchor>, StoreError>> {
+        both!(self, s => s.anchors())
+    }
+    fn add_anchor(&self, anchor: Anchor) -> BoxFuture<'_, Result<bool, StoreError>> {
+        both!(self, s => s.add_anchor(anchor))
     }
 }

@@ -6,9 +6,16 @@
 //!   (as in SQLite). Every write transaction first takes a transaction-scoped advisory lock
 //!   (`pg_advisory_xact_lock`), the PostgreSQL counterpart of SQLite's `BEGIN IMMEDIATE`:
 //!   writers of all processes are serialized, so the audit head read inside the
-//!   transaction is the real head and the chain stays linear, journal `seq` values are
-//!   handed out in commit order (a `logs -f` reader polling `seq > n` never skips one), and
-//!   the lease compare-and-swap cannot interleave with another process's.
+//!   transaction is the real head and the chain stays linear, journal (= audit) `seq`
+//!   values are handed out in commit order (a `logs -f` reader polling `seq > n` never
+//!   skips one), and the lease compare-and-swap cannot interleave with another process's.
+//!   The lock and the head read are one round trip (two statements of one simple query,
+//!   the head read after the lock is held, with its own snapshot); a group's journal
+//!   records become one statement — the audit rows, new runs and every run's collapsed
+//!   state change as `UNNEST` arrays in data-modifying CTEs — so a group costs four round
+//!   trips (begin, lock + head, write, commit) however many records it holds. Records that
+//!   need reads of their own (leases, governance records, pseudonyms) run their statements
+//!   before that one.
 //! - **Run claims** are session advisory locks held on a dedicated connection
 //!   (`pg_try_advisory_lock` on a 64-bit hash of the run id). Why not a row with an expiry
 //!   renewed by a heartbeat: a claim must end the moment its process exits, and `Drop`
@@ -28,20 +35,23 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use jiff::Timestamp;
-use slipway_engine::audit::{AuditEntry, GENESIS};
-use slipway_engine::event::{Control, EngineEvent, Notice, RunState, StepStatus};
+use slipway_engine::BoxFuture;
+use slipway_engine::audit::AuditEntry;
+use slipway_engine::event::{Control, EngineEvent, Notice, RunState};
+use slipway_engine::evidence::sha256_hex;
 use slipway_engine::store::{
-    ApprovalRecord, JournalRecord, LeaseOutcome, LeaseRecord, LeaseRequest, NewRun, RunClaim,
-    RunRecord, StepRecord, Store, StoreError,
+    Anchor, ApprovalRecord, AuditBounds, GovernanceRecord, JournalRecord, LeaseOutcome,
+    LeaseRecord, LeaseRequest, NewRun, RecordKey, RunClaim, RunEvidence, RunRecord, StepRecord,
+    Store, StoreError, StoredRecord,
 };
-use slipway_engine::{BoxFuture, StepOutput};
 use slipway_model::text::mask_url;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
 // Dynamic SQL here only ever joins fixed column lists and `$n` placeholders; values are
 // always bound, never interpolated.
-use sqlx::{AssertSqlSafe, Connection, Postgres, Row, Transaction};
+use sqlx::{AssertSqlSafe, Connection, Row};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::chain::{self, Appender, RunUpdates, Staged};
 use crate::schema::{
     JOURNAL_FORMAT, LIVE_DUPLICATES, LIVE_RUN_FORMAT, LIVE_RUN_INDEX_NAME, PG_FIRST_FORMAT,
     PG_MIGRATIONS, PG_SCHEMA,
@@ -73,6 +83,9 @@ enum Write {
         environment: String,
         holder: Option<String>,
     },
+    Governance(Vec<GovernanceRecord>),
+    Anchor(Anchor),
+    TokenUsed(String, String),
 }
 
 enum Reply {
@@ -81,11 +94,15 @@ enum Reply {
     Erased(bool),
     Acquired(LeaseOutcome),
     Released(Option<LeaseRecord>),
+    Records(Vec<StoredRecord>),
+    Added(bool),
 }
 
 type Pending = (Write, oneshot::Sender<Result<Reply, StoreError>>);
 
-/// The PostgreSQL store. See the module doc for its concurrency contract.
+/// The PostgreSQL store. See the module doc for its concurrency contract. Clones share
+/// the pools and the writer task.
+#[derive(Clone)]
 pub struct PgStore {
     /// The URL with its password masked.
     location: String,
@@ -191,11 +208,6 @@ impl PgStore {
         rx.await.map_err(|_| gone())?
     }
 
-    /// The read pool, for the records kept beside the journal (`access`).
-    pub(crate) fn pool(&self) -> &PgPool {
-        &self.read
-    }
-
     /// Close the pools (the writer task ends when the store is dropped).
     pub async fn close(&self) {
         self.read.close().await;
@@ -292,6 +304,14 @@ async fn migrate(
             .await
             .map_err(err)?;
     }
+    let mut legacy = if current == 0 {
+        crate::legacy::Legacy::default()
+    } else {
+        crate::legacy::read_pg(&mut tx).await?
+    };
+    // Runs the format 5 clean-up aborts: their rows change now (the index needs it), their
+    // chain entries are appended after all the SQL, when scheme 2's column exists.
+    let mut aborted = Vec::new();
     let from = current.max(PG_FIRST_FORMAT);
     for (i, sql) in PG_MIGRATIONS
         .iter()
@@ -299,12 +319,24 @@ async fn migrate(
         .skip((from - PG_FIRST_FORMAT) as usize)
     {
         if PG_FIRST_FORMAT + i as u32 + 1 == LIVE_RUN_FORMAT {
-            abort_live_duplicates(&mut tx).await?;
+            aborted = abort_live_duplicates(&mut tx).await?;
         }
         sqlx::raw_sql(AssertSqlSafe(*sql))
             .execute(&mut *tx)
             .await
             .map_err(err)?;
+    }
+    if current != 0 && current < 6 {
+        let mut app = Appender::new(read_head(&mut tx).await?);
+        for r in &aborted {
+            app.push(r)?;
+        }
+        let uses = std::mem::take(&mut legacy.token_uses);
+        let records = legacy.into_records(slipway_stdx::now());
+        write_governance(&mut tx, &mut app, &records).await?;
+        crate::legacy::finish_pg(&mut tx, &uses).await?;
+        let mut batch = Batch::default();
+        flush(&mut tx, &app, &mut batch).await?;
     }
     sqlx::query(
         "INSERT INTO meta (key, value) VALUES ('journal_format', $1)
@@ -318,45 +350,28 @@ async fn migrate(
     Ok(())
 }
 
-/// Before the one-live-run index exists: abort, journaled and audited in the migration's
-/// transaction, the older live runs that share a digest and environment.
-async fn abort_live_duplicates(tx: &mut PgConnection) -> Result<(), StoreError> {
+/// Before the one-live-run index exists: abort the older live runs that share a digest and
+/// environment (their rows now); returns the journal records the caller appends to the
+/// chain in the same transaction.
+async fn abort_live_duplicates(tx: &mut PgConnection) -> Result<Vec<JournalRecord>, StoreError> {
     let rows: Vec<(String, String, String, String)> =
         sqlx::query_as(AssertSqlSafe(LIVE_DUPLICATES))
             .fetch_all(&mut *tx)
             .await
             .map_err(query_err)?;
     let records = crate::duplicate_aborts(&rows, slipway_stdx::now());
-    if records.is_empty() {
-        return Ok(());
-    }
-    let head: Option<(i64, String)> =
-        sqlx::query_as("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(query_err)?;
-    let head = match head {
-        Some(h) => Some(h),
-        None => meta_head(tx).await?,
-    };
-    let (mut seq, mut prev) = head.unwrap_or((0, GENESIS.to_owned()));
-    let mut staged = Staged {
-        journal: Vec::new(),
-        audit: Vec::new(),
-    };
     for r in &records {
-        apply_record(tx, r, &mut staged, &mut seq, &mut prev).await?;
+        // Aborted: the pending control request is cleared, as the writer does.
+        sqlx::query(
+            "UPDATE runs SET state = 'aborted', updated_at = $1, control = NULL WHERE id = $2",
+        )
+        .bind(r.at.to_string())
+        .bind(&r.run_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(query_err)?;
     }
-    flush(tx, &staged).await?;
-    sqlx::query(
-        "INSERT INTO meta (key, value) VALUES ('audit_head', $1)
-         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-    )
-    .bind(format!("{seq}:{prev}"))
-    .execute(&mut *tx)
-    .await
-    .map_err(query_err)?;
-    Ok(())
+    Ok(records)
 }
 
 /// A statement's error, as [`StoreError::LiveRunExists`] when it broke the one-live-run
@@ -432,91 +447,92 @@ async fn writer(pool: PgPool, mut rx: mpsc::UnboundedReceiver<Pending>) {
     pool.close().await;
 }
 
-type Tx = Transaction<'static, Postgres>;
-
-struct Staged {
-    journal: Vec<(String, String, String, &'static str, String)>,
-    audit: Vec<AuditEntry>,
+/// The run rows a group creates, with the group's own later state changes folded in (a
+/// CTE cannot update a row another CTE of the same statement inserts).
+#[derive(Default)]
+struct Batch {
+    runs: Vec<(NewRun, chain::RunUpdate)>,
+    updates: RunUpdates,
 }
 
-async fn apply_all(pool: &PgPool, writes: &[&Write]) -> Result<Vec<Reply>, StoreError> {
-    let mut tx = pool.begin().await.map_err(query_err)?;
-    sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
-        .bind(LOCK_CLASS)
-        .bind(WRITE_LOCK)
-        .execute(&mut *tx)
+/// The head after the advisory write lock is held: two statements of one simple query, so
+/// one round trip, and the head read gets a snapshot taken after the lock was granted
+/// (read committed: one per statement), never one from before another writer committed.
+async fn lock_and_head(tx: &mut PgConnection) -> Result<Option<(i64, String)>, StoreError> {
+    use sqlx::Executor as _;
+    // `ORDER BY audit.seq`: the bare name would sort by the text alias (9 after 10).
+    let sql = format!(
+        "SELECT pg_advisory_xact_lock({LOCK_CLASS}, {WRITE_LOCK}); \
+         SELECT 'chain' AS src, seq::text AS seq, hash FROM audit ORDER BY audit.seq DESC LIMIT 1; \
+         SELECT 'meta' AS src, value AS seq, '' AS hash FROM meta WHERE key = 'audit_head'"
+    );
+    let rows = tx
+        .fetch_all(sqlx::raw_sql(AssertSqlSafe(sql)))
         .await
         .map_err(query_err)?;
+    let mut chain = None;
+    let mut meta = None;
+    for r in &rows {
+        let Ok(src) = r.try_get::<String, _>("src") else {
+            continue;
+        };
+        let seq: String = r.try_get("seq").map_err(query_err)?;
+        if src == "chain" {
+            let hash: String = r.try_get("hash").map_err(query_err)?;
+            chain = seq.parse().ok().map(|s| (s, hash));
+        } else {
+            meta = parse_head(&seq);
+        }
+    }
+    // After `slipway archive` moved the whole chain out, the table is empty but the chain
+    // goes on from the recorded head.
+    Ok(chain.or(meta))
+}
+
+/// The head inside a transaction that already holds the write lock (the migration's).
+async fn read_head(tx: &mut PgConnection) -> Result<Option<(i64, String)>, StoreError> {
     let head: Option<(i64, String)> =
         sqlx::query_as("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
             .fetch_optional(&mut *tx)
             .await
             .map_err(query_err)?;
-    // An empty audit table with a recorded head continues from that head, as in SQLite.
-    let head = match head {
-        Some(h) => Some(h),
-        None => meta_head(&mut tx).await?,
-    };
-    let (mut seq, mut prev) = head.unwrap_or((0, GENESIS.to_owned()));
-    let mut staged = Staged {
-        journal: Vec::new(),
-        audit: Vec::new(),
-    };
+    if head.is_some() {
+        return Ok(head);
+    }
+    let v: Option<String> = sqlx::query_scalar("SELECT value FROM meta WHERE key = 'audit_head'")
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(query_err)?;
+    Ok(v.and_then(|v| parse_head(&v)))
+}
+
+async fn apply_all(pool: &PgPool, writes: &[&Write]) -> Result<Vec<Reply>, StoreError> {
+    let mut tx = pool.begin().await.map_err(query_err)?;
+    let mut app = Appender::new(lock_and_head(&mut tx).await?);
+    let mut batch = Batch::default();
     let mut replies = Vec::with_capacity(writes.len());
     for w in writes {
         let reply = match w {
             Write::Commit(records) => {
                 for r in records {
-                    apply_record(&mut tx, r, &mut staged, &mut seq, &mut prev).await?;
+                    app.push(r)?;
+                    batch.updates.apply(r);
                 }
                 Reply::Done
             }
             Write::CreateRun(b) => {
                 let (run, first) = &**b;
-                sqlx::query(
-                    "INSERT INTO runs (id, digest, release, version, environment, author, state, override_reason, plan_json, created_at, updated_at, workdir)
-                     VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $8, $9, $9, $10)",
-                )
-                .bind(&run.id)
-                .bind(&run.digest)
-                .bind(&run.release)
-                .bind(&run.version)
-                .bind(&run.environment)
-                .bind(&run.author)
-                .bind(&run.override_reason)
-                .bind(&run.plan_json)
-                .bind(run.created_at.to_string())
-                .bind(&run.workdir)
-                .execute(&mut *tx)
-                .await
-                .map_err(run_insert_err(&run.digest, &run.environment))?;
-                apply_record(&mut tx, first, &mut staged, &mut seq, &mut prev).await?;
+                let first = chain::covered_first(run, first)?;
+                app.push(&first)?;
+                let mut u = RunUpdates::default();
+                u.apply(&first);
+                // Later records of this run in the group fold into its row (below).
+                batch
+                    .runs
+                    .push((run.clone(), u.by_run.remove(&run.id).unwrap_or_default()));
                 Reply::Done
             }
-            Write::Pseudonym(name) => {
-                let found: Option<String> =
-                    sqlx::query_scalar("SELECT id FROM identities WHERE name = $1")
-                        .bind(name)
-                        .fetch_optional(&mut *tx)
-                        .await
-                        .map_err(query_err)?;
-                match found {
-                    Some(id) => Reply::Id(id),
-                    None => {
-                        let id = pseudonym_id(name);
-                        sqlx::query(
-                            "INSERT INTO identities (id, name, created_at) VALUES ($1, $2, $3)",
-                        )
-                        .bind(&id)
-                        .bind(name)
-                        .bind(slipway_stdx::now().to_string())
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(query_err)?;
-                        Reply::Id(id)
-                    }
-                }
-            }
+            Write::Pseudonym(name) => Reply::Id(pseudonym_in(&mut tx, name).await?),
             Write::Erase(name) => {
                 let n = sqlx::query("UPDATE identities SET name = NULL WHERE name = $1")
                     .bind(name)
@@ -531,30 +547,139 @@ async fn apply_all(pool: &PgPool, writes: &[&Write]) -> Result<Vec<Reply>, Store
                 environment,
                 holder,
             } => Reply::Released(release(&mut tx, environment, holder.as_deref()).await?),
+            Write::Governance(recs) => {
+                Reply::Records(write_governance(&mut tx, &mut app, recs).await?)
+            }
+            Write::Anchor(a) => {
+                let n = sqlx::query(
+                    "INSERT INTO audit_anchors (seq, hash, payload, signature) VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (seq, hash) DO NOTHING",
+                )
+                .bind(a.seq)
+                .bind(&a.hash)
+                .bind(&a.payload)
+                .bind(&a.signature)
+                .execute(&mut *tx)
+                .await
+                .map_err(query_err)?
+                .rows_affected();
+                Reply::Added(n > 0)
+            }
+            Write::TokenUsed(id, at) => {
+                sqlx::query(
+                    "INSERT INTO token_use (id, last_used_at) VALUES ($1, $2)
+                     ON CONFLICT (id) DO UPDATE SET last_used_at = excluded.last_used_at",
+                )
+                .bind(id)
+                .bind(at)
+                .execute(&mut *tx)
+                .await
+                .map_err(query_err)?;
+                Reply::Done
+            }
         };
         replies.push(reply);
     }
-    flush(&mut tx, &staged).await?;
-    if !staged.audit.is_empty() {
-        sqlx::query(
-            "INSERT INTO meta (key, value) VALUES ('audit_head', $1)
-             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        )
-        .bind(format!("{seq}:{prev}"))
-        .execute(&mut *tx)
-        .await
-        .map_err(query_err)?;
-    }
+    flush(&mut tx, &app, &mut batch).await?;
     tx.commit().await.map_err(query_err)?;
     Ok(replies)
 }
 
-async fn meta_head(tx: &mut PgConnection) -> Result<Option<(i64, String)>, StoreError> {
-    let v: Option<String> = sqlx::query_scalar("SELECT value FROM meta WHERE key = 'audit_head'")
+/// The pseudonymous id of `name`, created on first use, inside `tx`.
+async fn pseudonym_in(tx: &mut PgConnection, name: &str) -> Result<String, StoreError> {
+    let found: Option<String> = sqlx::query_scalar("SELECT id FROM identities WHERE name = $1")
+        .bind(name)
         .fetch_optional(&mut *tx)
         .await
         .map_err(query_err)?;
-    Ok(v.and_then(|v| parse_head(&v)))
+    if let Some(id) = found {
+        return Ok(id);
+    }
+    let id = pseudonym_id(name);
+    sqlx::query("INSERT INTO identities (id, name, created_at) VALUES ($1, $2, $3)")
+        .bind(&id)
+        .bind(name)
+        .bind(slipway_stdx::now().to_string())
+        .execute(&mut *tx)
+        .await
+        .map_err(query_err)?;
+    Ok(id)
+}
+
+/// Write governance records and their chain entries (one entry per record) inside `tx`.
+async fn write_governance(
+    tx: &mut PgConnection,
+    app: &mut Appender,
+    recs: &[GovernanceRecord],
+) -> Result<Vec<StoredRecord>, StoreError> {
+    let mut out = Vec::with_capacity(recs.len());
+    for rec in recs {
+        let key = match &rec.key {
+            RecordKey::Given(k) => k.clone(),
+            RecordKey::Next => {
+                // Only keys of digits count: a cast of another key would fail the query.
+                let n: i64 = sqlx::query_scalar(
+                    "SELECT COALESCE(max(key::bigint), 0) + 1 FROM records WHERE kind = $1 AND key ~ '^[0-9]{1,18}$'",
+                )
+                .bind(&rec.kind)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(query_err)?;
+                n.to_string()
+            }
+        };
+        let current: Option<i64> =
+            sqlx::query_scalar("SELECT seq FROM records WHERE kind = $1 AND key = $2")
+                .bind(&rec.kind)
+                .bind(&key)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(query_err)?;
+        if let Some(want) = rec.if_seq
+            && current.unwrap_or(0) != want
+        {
+            return Err(StoreError::Conflict(format!(
+                "write {} record `{key}`: it changed meanwhile; read it again and retry",
+                rec.kind
+            )));
+        }
+        let staged = Staged::new(rec, key)?;
+        let seq = chain::push_governance(
+            app,
+            &rec.action,
+            &rec.actor,
+            rec.at,
+            &rec.summary,
+            vec![staged.reference()],
+        )?;
+        match &staged.data {
+            Some(data) => sqlx::query(
+                "INSERT INTO records (kind, key, data, nonce, seq) VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (kind, key) DO UPDATE SET data = excluded.data, nonce = excluded.nonce, seq = excluded.seq",
+            )
+            .bind(&staged.kind)
+            .bind(&staged.key)
+            .bind(data)
+            .bind(&staged.nonce)
+            .bind(seq),
+            None => sqlx::query("DELETE FROM records WHERE kind = $1 AND key = $2")
+                .bind(&staged.kind)
+                .bind(&staged.key),
+        }
+        .execute(&mut *tx)
+        .await
+        .map_err(query_err)?;
+        if let Some(data) = staged.data {
+            out.push(StoredRecord {
+                kind: staged.kind,
+                key: staged.key,
+                data,
+                nonce: staged.nonce,
+                seq,
+            });
+        }
+    }
+    Ok(out)
 }
 
 fn parse_head(v: &str) -> Option<(i64, String)> {
@@ -562,171 +687,150 @@ fn parse_head(v: &str) -> Option<(i64, String)> {
     Some((seq.parse().ok()?, hash.to_owned()))
 }
 
-/// Apply one record's effects now (state rows) and stage its journal and audit rows.
-async fn apply_record(
-    tx: &mut PgConnection,
-    r: &JournalRecord,
-    staged: &mut Staged,
-    seq: &mut i64,
-    prev: &mut String,
-) -> Result<(), StoreError> {
-    let data = serde_json::to_string(&r.event).map_err(|e| StoreError::Query(e.to_string()))?;
-    let at = r.at.to_string();
-    match &r.event {
-        EngineEvent::StateChanged { from, to, .. } => {
-            let clear = to.is_terminal()
-                || matches!(to, RunState::Paused | RunState::Aborted)
-                || *from == RunState::Paused;
-            // A finished run becoming live again (rolled back by hand) may meet the
-            // one-live-run rule: its environment names the conflict.
-            let environment: String = if from.is_terminal() && !to.is_terminal() {
-                sqlx::query_scalar("SELECT environment FROM runs WHERE id = $1")
-                    .bind(&r.run_id)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(query_err)?
-                    .unwrap_or_default()
-            } else {
-                String::new()
-            };
-            sqlx::query(
-                "UPDATE runs SET state = $1, updated_at = $2, control = CASE WHEN $3 THEN NULL ELSE control END WHERE id = $4",
-            )
-            .bind(to.as_str())
-            .bind(&at)
-            .bind(clear)
-            .bind(&r.run_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(run_insert_err(&r.digest, &environment))?;
+/// The one statement that writes a group's journal records: the audit rows, the runs it
+/// creates (with their later changes in the group folded in), the collapsed state changes
+/// of other runs and the new head, as `UNNEST` arrays in data-modifying CTEs.
+const GROUP_SQL: &str = "WITH a AS (
+    INSERT INTO audit (seq, at, actor, action, run_id, digest, outcome, detail, prev_hash, hash, hv)
+    SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                         $7::text[], $8::text[], $9::text[], $10::text[], $11::int[])
+), r AS (
+    INSERT INTO runs (id, digest, release, version, environment, author, state, override_reason,
+                      plan_json, created_at, updated_at, workdir, control)
+    SELECT * FROM UNNEST($12::text[], $13::text[], $14::text[], $15::text[], $16::text[],
+                         $17::text[], $18::text[], $19::text[], $20::text[], $21::text[],
+                         $22::text[], $23::text[], $24::text[])
+), u AS (
+    UPDATE runs SET state = COALESCE(x.state, runs.state),
+                    updated_at = COALESCE(x.updated_at, runs.updated_at),
+                    control = CASE WHEN x.set_control THEN x.control ELSE runs.control END
+    FROM UNNEST($25::text[], $26::text[], $27::text[], $28::bool[], $29::text[])
+         AS x(id, state, updated_at, set_control, control)
+    WHERE runs.id = x.id
+)
+INSERT INTO meta (key, value) VALUES ('audit_head', $30)
+ON CONFLICT (key) DO UPDATE SET value = excluded.value";
+
+/// Write the group's audit rows and run changes in one round trip.
+async fn flush(tx: &mut PgConnection, app: &Appender, batch: &mut Batch) -> Result<(), StoreError> {
+    if app.entries.is_empty() && batch.runs.is_empty() && batch.updates.by_run.is_empty() {
+        return Ok(());
+    }
+    let created: std::collections::HashSet<String> =
+        batch.runs.iter().map(|(r, _)| r.id.clone()).collect();
+    // Fold the group's later changes of a created run into its row.
+    for (run, u) in &mut batch.runs {
+        if let Some(later) = batch.updates.by_run.remove(&run.id) {
+            u.state = later.state.or(u.state);
+            u.updated_at = later.updated_at.or(u.updated_at.take());
+            if later.control.is_some() {
+                u.control = later.control;
+            }
         }
-        EngineEvent::ControlRequested { control } => {
-            sqlx::query("UPDATE runs SET control = $1, updated_at = $2 WHERE id = $3")
-                .bind(control.as_str())
-                .bind(&at)
-                .bind(&r.run_id)
-                .execute(&mut *tx)
-                .await
-                .map_err(query_err)?;
-        }
-        EngineEvent::Approved {
-            approver,
-            digest,
-            groups,
-        } => {
-            sqlx::query(
-                "INSERT INTO approvals (run_id, approver, digest, groups, at) VALUES ($1, $2, $3, $4, $5)",
-            )
-            .bind(&r.run_id)
-            .bind(approver)
-            .bind(digest)
-            .bind(groups.join(","))
-            .bind(&at)
-            .execute(&mut *tx)
+    }
+    let e = &app.entries;
+    let col = |f: fn(&AuditEntry) -> String| e.iter().map(f).collect::<Vec<String>>();
+    let runs = &batch.runs;
+    let rcol = |f: &dyn Fn(&(NewRun, chain::RunUpdate)) -> String| {
+        runs.iter().map(f).collect::<Vec<String>>()
+    };
+    let ropt = |f: &dyn Fn(&(NewRun, chain::RunUpdate)) -> Option<String>| {
+        runs.iter().map(f).collect::<Vec<Option<String>>>()
+    };
+    let updates: Vec<(&String, &chain::RunUpdate)> = batch
+        .updates
+        .by_run
+        .iter()
+        .filter(|(id, _)| !created.contains(*id))
+        .collect();
+    // What a violation of the one-live-run rule would be about: a run this group creates,
+    // or a finished one it makes live again (rolled back by hand).
+    let mut live = batch
+        .runs
+        .first()
+        .map(|(r, _)| (r.digest.clone(), r.environment.clone()));
+    if live.is_none()
+        && let Some((id, _)) = updates.iter().find(|(_, u)| u.revived)
+    {
+        live = sqlx::query_as("SELECT digest, environment FROM runs WHERE id = $1")
+            .bind(*id)
+            .fetch_optional(&mut *tx)
             .await
             .map_err(query_err)?;
-        }
-        _ => {}
     }
-    if let Some((step, key, status)) = r.event.step_effect() {
-        let attempts = match &r.event {
-            EngineEvent::StepStarted { attempt, .. } => Some(i64::from(*attempt)),
-            _ => None,
-        };
-        let output = match &r.event {
-            EngineEvent::StepSucceeded { output, .. } | EngineEvent::StepFailed { output, .. } => {
-                output.as_ref().and_then(|o| serde_json::to_string(o).ok())
-            }
-            _ => None,
-        };
-        sqlx::query(
-            "INSERT INTO steps (run_id, step_id, key, status, attempts, output, updated_at)
-             VALUES ($1, $2, $3, $4, COALESCE($5, 0), $6, $7)
-             ON CONFLICT (run_id, step_id) DO UPDATE SET
-               status = excluded.status,
-               attempts = COALESCE($5, steps.attempts),
-               output = COALESCE(excluded.output, steps.output),
-               updated_at = excluded.updated_at",
+    let (seq, prev) = app.head();
+    sqlx::query(GROUP_SQL)
+        .bind(e.iter().map(|e| e.seq).collect::<Vec<i64>>())
+        .bind(col(|e| e.at.clone()))
+        .bind(col(|e| e.actor.clone()))
+        .bind(col(|e| e.action.clone()))
+        .bind(col(|e| e.run_id.clone()))
+        .bind(col(|e| e.digest.clone()))
+        .bind(col(|e| e.outcome.clone()))
+        .bind(col(|e| e.detail.clone()))
+        .bind(col(|e| e.prev_hash.clone()))
+        .bind(col(|e| e.hash.clone()))
+        .bind(e.iter().map(|e| i32::from(e.v)).collect::<Vec<i32>>())
+        .bind(rcol(&|(r, _)| r.id.clone()))
+        .bind(rcol(&|(r, _)| r.digest.clone()))
+        .bind(rcol(&|(r, _)| r.release.clone()))
+        .bind(rcol(&|(r, _)| r.version.clone()))
+        .bind(rcol(&|(r, _)| r.environment.clone()))
+        .bind(rcol(&|(r, _)| r.author.clone()))
+        .bind(rcol(&|(_, u)| {
+            u.state.unwrap_or(RunState::Pending).as_str().to_owned()
+        }))
+        .bind(ropt(&|(r, _)| r.override_reason.clone()))
+        .bind(rcol(&|(r, _)| r.plan_json.clone()))
+        .bind(rcol(&|(r, _)| r.created_at.to_string()))
+        .bind(rcol(&|(r, u)| {
+            u.updated_at
+                .clone()
+                .unwrap_or_else(|| r.created_at.to_string())
+        }))
+        .bind(rcol(&|(r, _)| r.workdir.clone()))
+        .bind(ropt(&|(_, u)| {
+            u.control.flatten().map(|c| c.as_str().to_owned())
+        }))
+        .bind(
+            updates
+                .iter()
+                .map(|(id, _)| (*id).clone())
+                .collect::<Vec<String>>(),
         )
-        .bind(&r.run_id)
-        .bind(step)
-        .bind(key)
-        .bind(status.as_str())
-        .bind(attempts)
-        .bind(output)
-        .bind(&at)
+        .bind(
+            updates
+                .iter()
+                .map(|(_, u)| u.state.map(|s| s.as_str().to_owned()))
+                .collect::<Vec<Option<String>>>(),
+        )
+        .bind(
+            updates
+                .iter()
+                .map(|(_, u)| u.updated_at.clone())
+                .collect::<Vec<Option<String>>>(),
+        )
+        .bind(
+            updates
+                .iter()
+                .map(|(_, u)| u.control.is_some())
+                .collect::<Vec<bool>>(),
+        )
+        .bind(
+            updates
+                .iter()
+                .map(|(_, u)| u.control.flatten().map(|c| c.as_str().to_owned()))
+                .collect::<Vec<Option<String>>>(),
+        )
+        .bind(format!("{seq}:{prev}"))
         .execute(&mut *tx)
         .await
-        .map_err(query_err)?;
-    }
-    let mut entry = AuditEntry {
-        seq: *seq + 1,
-        at: at.clone(),
-        actor: r.actor.clone(),
-        action: r.event.name().to_owned(),
-        run_id: r.run_id.clone(),
-        digest: r.digest.clone(),
-        outcome: r.event.outcome(),
-        detail: data.clone(),
-        prev_hash: prev.clone(),
-        hash: String::new(),
-    };
-    entry.hash = entry.compute_hash();
-    *seq = entry.seq;
-    prev.clone_from(&entry.hash);
-    staged.audit.push(entry);
-    staged
-        .journal
-        .push((r.run_id.clone(), at, r.actor.clone(), r.event.name(), data));
-    Ok(())
-}
-
-/// `($1, $2, …), ($k, …)`: `rows` groups of `cols` numbered placeholders.
-fn placeholders(rows: usize, cols: usize) -> String {
-    (0..rows)
-        .map(|r| {
-            let p: Vec<String> = (1..=cols).map(|c| format!("${}", r * cols + c)).collect();
-            format!("({})", p.join(", "))
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// Insert the staged journal and audit rows, many rows per statement (in staging order,
-/// so journal seq follows the audit chain's order).
-async fn flush(tx: &mut PgConnection, staged: &Staged) -> Result<(), StoreError> {
-    for chunk in staged.journal.chunks(500) {
-        let sql = format!(
-            "INSERT INTO journal (run_id, at, actor, event, data) VALUES {}",
-            placeholders(chunk.len(), 5)
-        );
-        let mut qy = sqlx::query(AssertSqlSafe(sql));
-        for (run, at, actor, event, data) in chunk {
-            qy = qy.bind(run).bind(at).bind(actor).bind(*event).bind(data);
-        }
-        qy.execute(&mut *tx).await.map_err(query_err)?;
-    }
-    for chunk in staged.audit.chunks(500) {
-        let sql = format!(
-            "INSERT INTO audit (seq, at, actor, action, run_id, digest, outcome, detail, prev_hash, hash) VALUES {}",
-            placeholders(chunk.len(), 10)
-        );
-        let mut qy = sqlx::query(AssertSqlSafe(sql));
-        for e in chunk {
-            qy = qy
-                .bind(e.seq)
-                .bind(&e.at)
-                .bind(&e.actor)
-                .bind(&e.action)
-                .bind(&e.run_id)
-                .bind(&e.digest)
-                .bind(&e.outcome)
-                .bind(&e.detail)
-                .bind(&e.prev_hash)
-                .bind(&e.hash);
-        }
-        qy.execute(&mut *tx).await.map_err(query_err)?;
-    }
+        .map_err(|e| match &live {
+            // The group is retried write by write after a failure, so a violation then
+            // names the one run that broke the rule.
+            Some((digest, environment)) => run_insert_err(digest, environment)(e),
+            None => query_err(e),
+        })?;
     Ok(())
 }
 
@@ -752,12 +856,15 @@ fn lease_from_row(r: &PgRow) -> Result<LeaseRecord, StoreError> {
     })
 }
 
-async fn current_lease(tx: &mut Tx, environment: &str) -> Result<Option<LeaseRecord>, StoreError> {
+async fn current_lease(
+    tx: &mut PgConnection,
+    environment: &str,
+) -> Result<Option<LeaseRecord>, StoreError> {
     let row = sqlx::query(AssertSqlSafe(format!(
         "SELECT {LEASE_COLS} FROM leases WHERE environment = $1"
     )))
     .bind(environment)
-    .fetch_optional(&mut **tx)
+    .fetch_optional(&mut *tx)
     .await
     .map_err(lease_err)?;
     row.as_ref().map(lease_from_row).transpose()
@@ -765,7 +872,7 @@ async fn current_lease(tx: &mut Tx, environment: &str) -> Result<Option<LeaseRec
 
 /// The compare-and-swap of a lease; the write lock held by the transaction makes the
 /// read and the write one step for every process.
-async fn acquire(tx: &mut Tx, req: &LeaseRequest) -> Result<LeaseOutcome, StoreError> {
+async fn acquire(tx: &mut PgConnection, req: &LeaseRequest) -> Result<LeaseOutcome, StoreError> {
     let ttl = i64::try_from(req.ttl.as_millis()).unwrap_or(i64::MAX / 2);
     let now = req.now.as_millisecond();
     let expires = now.saturating_add(ttl);
@@ -787,7 +894,7 @@ async fn acquire(tx: &mut Tx, req: &LeaseRequest) -> Result<LeaseOutcome, StoreE
     .bind(&req.release)
     .bind(acquired_at.to_string())
     .bind(expires)
-    .execute(&mut **tx)
+    .execute(&mut *tx)
     .await
     .map_err(lease_err)?;
     Ok(LeaseOutcome::Granted {
@@ -803,7 +910,7 @@ async fn acquire(tx: &mut Tx, req: &LeaseRequest) -> Result<LeaseOutcome, StoreE
 }
 
 async fn release(
-    tx: &mut Tx,
+    tx: &mut PgConnection,
     environment: &str,
     holder: Option<&str>,
 ) -> Result<Option<LeaseRecord>, StoreError> {
@@ -816,7 +923,7 @@ async fn release(
     sqlx::query("DELETE FROM leases WHERE environment = $1 AND holder = $2")
         .bind(environment)
         .bind(&lease.holder)
-        .execute(&mut **tx)
+        .execute(&mut *tx)
         .await
         .map_err(lease_err)?;
     Ok(Some(lease))
@@ -950,32 +1057,12 @@ impl Store for PgStore {
 
     fn steps<'a>(&'a self, run_id: &'a str) -> BoxFuture<'a, Result<Vec<StepRecord>, StoreError>> {
         Box::pin(async move {
-            let rows = sqlx::query(
-                "SELECT step_id, key, status, attempts, output, updated_at FROM steps WHERE run_id = $1",
-            )
-            .bind(run_id)
-            .fetch_all(&self.read)
-            .await
-            .map_err(query_err)?;
-            rows.iter()
-                .map(|r| {
-                    let status: String = r.try_get("status").map_err(query_err)?;
-                    let output: Option<String> = r.try_get("output").map_err(query_err)?;
-                    Ok(StepRecord {
-                        step_id: r.try_get("step_id").map_err(query_err)?,
-                        key: r.try_get("key").map_err(query_err)?,
-                        status: StepStatus::parse(&status).ok_or_else(|| {
-                            StoreError::Query(format!("unknown step status `{status}`"))
-                        })?,
-                        attempts: u32::try_from(
-                            r.try_get::<i64, _>("attempts").map_err(query_err)?,
-                        )
-                        .unwrap_or(0),
-                        output: output.and_then(|o| serde_json::from_str::<StepOutput>(&o).ok()),
-                        updated_at: ts(&r.try_get::<String, _>("updated_at").map_err(query_err)?),
-                    })
-                })
-                .collect()
+            let sql = format!(
+                "SELECT at, detail FROM audit WHERE run_id = $1 AND action IN ({}) ORDER BY seq",
+                chain::STEP_ACTIONS
+            );
+            let events = self.events(&sql, run_id).await?;
+            Ok(chain::fold_steps(&events))
         })
     }
 
@@ -985,24 +1072,22 @@ impl Store for PgStore {
         after_seq: i64,
     ) -> BoxFuture<'a, Result<Vec<Notice>, StoreError>> {
         Box::pin(async move {
-            let rows = sqlx::query(
-                "SELECT seq, run_id, at, actor, data FROM journal WHERE run_id = $1 AND seq > $2 ORDER BY seq",
+            let rows: Vec<(i64, String, String, String, String)> = sqlx::query_as(
+                "SELECT seq, run_id, at, actor, detail FROM audit WHERE run_id = $1 AND seq > $2 ORDER BY seq",
             )
             .bind(run_id)
             .bind(after_seq)
             .fetch_all(&self.read)
             .await
             .map_err(query_err)?;
-            rows.iter()
-                .map(|r| {
-                    let data: String = r.try_get("data").map_err(query_err)?;
+            rows.into_iter()
+                .map(|(seq, run_id, at, actor, detail)| {
                     Ok(Notice {
-                        seq: r.try_get("seq").map_err(query_err)?,
-                        run_id: r.try_get("run_id").map_err(query_err)?,
-                        at: ts(&r.try_get::<String, _>("at").map_err(query_err)?),
-                        actor: r.try_get("actor").map_err(query_err)?,
-                        event: serde_json::from_str(&data)
-                            .map_err(|e| StoreError::Query(format!("read a journal event: {e}")))?,
+                        seq,
+                        run_id,
+                        at: ts(&at),
+                        actor,
+                        event: chain::event(&detail)?,
                     })
                 })
                 .collect()
@@ -1014,26 +1099,13 @@ impl Store for PgStore {
         run_id: &'a str,
     ) -> BoxFuture<'a, Result<Vec<ApprovalRecord>, StoreError>> {
         Box::pin(async move {
-            let rows: Vec<(String, String, String, String)> = sqlx::query_as(
-                "SELECT approver, digest, groups, at FROM approvals WHERE run_id = $1 ORDER BY id",
-            )
-            .bind(run_id)
-            .fetch_all(&self.read)
-            .await
-            .map_err(query_err)?;
-            Ok(rows
-                .into_iter()
-                .map(|(approver, digest, groups, at)| ApprovalRecord {
-                    approver,
-                    digest,
-                    groups: groups
-                        .split(',')
-                        .filter(|g| !g.is_empty())
-                        .map(str::to_owned)
-                        .collect(),
-                    at: ts(&at),
-                })
-                .collect())
+            let events = self
+                .events(
+                    "SELECT at, detail FROM audit WHERE run_id = $1 AND action = 'approved' ORDER BY seq",
+                    run_id,
+                )
+                .await?;
+            Ok(chain::fold_approvals(&events))
         })
     }
 
@@ -1070,7 +1142,7 @@ impl Store for PgStore {
     fn audit_entries(&self) -> BoxFuture<'_, Result<Vec<AuditEntry>, StoreError>> {
         Box::pin(async move {
             let rows = sqlx::query(
-                "SELECT seq, at, actor, action, run_id, digest, outcome, detail, prev_hash, hash FROM audit ORDER BY seq",
+                "SELECT seq, at, actor, action, run_id, digest, outcome, detail, prev_hash, hash, hv FROM audit ORDER BY seq",
             )
             .fetch_all(&self.read)
             .await
@@ -1088,6 +1160,10 @@ impl Store for PgStore {
                         detail: r.try_get("detail").map_err(query_err)?,
                         prev_hash: r.try_get("prev_hash").map_err(query_err)?,
                         hash: r.try_get("hash").map_err(query_err)?,
+                        v: r.try_get::<i32, _>("hv")
+                            .ok()
+                            .and_then(|v| u8::try_from(v).ok())
+                            .unwrap_or(0),
                     })
                 })
                 .collect()
@@ -1190,16 +1266,209 @@ impl Store for PgStore {
             rows.iter().map(lease_from_row).collect()
         })
     }
+
+    fn audit_start(&self) -> BoxFuture<'_, Result<(i64, String), StoreError>> {
+        Box::pin(async move {
+            let data: Option<String> = sqlx::query_scalar(
+                "SELECT data FROM records WHERE kind = 'archive_checkpoint' AND key ~ '^[0-9]{1,18}$'
+                 ORDER BY key::bigint DESC LIMIT 1",
+            )
+            .fetch_optional(&self.read)
+            .await
+            .map_err(query_err)?;
+            crate::archive::start_of(data.as_deref())
+        })
+    }
+
+    fn audit_bounds(&self) -> BoxFuture<'_, Result<AuditBounds, StoreError>> {
+        Box::pin(async move {
+            let (min, max): (Option<i64>, Option<i64>) =
+                sqlx::query_as("SELECT min(seq), max(seq) FROM audit")
+                    .fetch_one(&self.read)
+                    .await
+                    .map_err(query_err)?;
+            Ok(AuditBounds { min, max })
+        })
+    }
+
+    fn audit_framed(&self, after: i64, upto: i64) -> BoxFuture<'_, Result<Vec<u8>, StoreError>> {
+        Box::pin(async move {
+            let text: Option<String> = sqlx::query_scalar(FRAMED_SQL)
+                .bind(after)
+                .bind(upto)
+                .fetch_one(&self.read)
+                .await
+                .map_err(query_err)?;
+            Ok(text.map(String::into_bytes).unwrap_or_default())
+        })
+    }
+
+    fn run_evidence(&self) -> BoxFuture<'_, Result<Vec<RunEvidence>, StoreError>> {
+        Box::pin(async move {
+            let rows = sqlx::query(
+                "SELECT id, digest, release, version, environment, author, state, control, override_reason, created_at, updated_at, workdir, plan_json FROM runs",
+            )
+            .fetch_all(&self.read)
+            .await
+            .map_err(query_err)?;
+            rows.iter()
+                .map(|r| {
+                    let s = |c: &str| -> Result<String, StoreError> {
+                        r.try_get::<String, _>(c).map_err(query_err)
+                    };
+                    let o = |c: &str| -> Result<Option<String>, StoreError> {
+                        r.try_get::<Option<String>, _>(c).map_err(query_err)
+                    };
+                    Ok(RunEvidence {
+                        id: s("id")?,
+                        digest: s("digest")?,
+                        release: s("release")?,
+                        version: s("version")?,
+                        environment: s("environment")?,
+                        author: s("author")?,
+                        state: s("state")?,
+                        control: o("control")?,
+                        override_reason: o("override_reason")?,
+                        created_at: s("created_at")?,
+                        updated_at: s("updated_at")?,
+                        workdir: s("workdir")?,
+                        plan_sha256: sha256_hex(s("plan_json")?.as_bytes()),
+                    })
+                })
+                .collect()
+        })
+    }
+
+    fn append_governance(
+        &self,
+        records: Vec<GovernanceRecord>,
+    ) -> BoxFuture<'_, Result<Vec<StoredRecord>, StoreError>> {
+        Box::pin(async move {
+            match self.send(Write::Governance(records)).await? {
+                Reply::Records(r) => Ok(r),
+                _ => Err(StoreError::Query("the writer answered out of turn".into())),
+            }
+        })
+    }
+
+    fn records<'a>(
+        &'a self,
+        kind: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Vec<StoredRecord>, StoreError>> {
+        Box::pin(async move {
+            let rows: Vec<(String, String, String, String, i64)> = match kind {
+                Some(k) => sqlx::query_as(
+                    "SELECT kind, key, data, nonce, seq FROM records WHERE kind = $1
+                     ORDER BY kind COLLATE \"C\", key COLLATE \"C\"",
+                )
+                .bind(k)
+                .fetch_all(&self.read)
+                .await,
+                None => sqlx::query_as(
+                    "SELECT kind, key, data, nonce, seq FROM records ORDER BY kind COLLATE \"C\", key COLLATE \"C\"",
+                )
+                .fetch_all(&self.read)
+                .await,
+            }
+            .map_err(query_err)?;
+            Ok(rows.into_iter().map(crate::sqlite::stored).collect())
+        })
+    }
+
+    fn record<'a>(
+        &'a self,
+        kind: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<StoredRecord>, StoreError>> {
+        Box::pin(async move {
+            let row: Option<(String, String, String, String, i64)> = sqlx::query_as(
+                "SELECT kind, key, data, nonce, seq FROM records WHERE kind = $1 AND key = $2",
+            )
+            .bind(kind)
+            .bind(key)
+            .fetch_optional(&self.read)
+            .await
+            .map_err(query_err)?;
+            Ok(row.map(crate::sqlite::stored))
+        })
+    }
+
+    fn anchors(&self) -> BoxFuture<'_, Result<Vec<Anchor>, StoreError>> {
+        Box::pin(async move {
+            let rows: Vec<(i64, String, String, String)> = sqlx::query_as(
+                "SELECT seq, hash, payload, signature FROM audit_anchors ORDER BY seq, hash COLLATE \"C\"",
+            )
+            .fetch_all(&self.read)
+            .await
+            .map_err(query_err)?;
+            Ok(rows
+                .into_iter()
+                .map(|(seq, hash, payload, signature)| Anchor {
+                    seq,
+                    hash,
+                    payload,
+                    signature,
+                })
+                .collect())
+        })
+    }
+
+    fn add_anchor(&self, anchor: Anchor) -> BoxFuture<'_, Result<bool, StoreError>> {
+        Box::pin(async move {
+            match self.send(Write::Anchor(anchor)).await? {
+                Reply::Added(b) => Ok(b),
+                _ => Err(StoreError::Query("the writer answered out of turn".into())),
+            }
+        })
+    }
+}
+
+/// One framed chunk of the chain, built by PostgreSQL in one aggregate (see
+/// `sqlite::FRAMED_SQL`); `octet_length` counts bytes of the UTF-8 text.
+const FRAMED_SQL: &str = "SELECT string_agg(concat(seq, ':', hv, ':',
+    octet_length(at), ':', at, octet_length(actor), ':', actor, octet_length(action), ':', action,
+    octet_length(run_id), ':', run_id, octet_length(digest), ':', digest,
+    octet_length(outcome), ':', outcome, octet_length(detail), ':', detail,
+    octet_length(prev_hash), ':', prev_hash, octet_length(hash), ':', hash), '' ORDER BY seq)
+    FROM audit WHERE seq > $1 AND seq <= $2";
+
+impl PgStore {
+    /// See [`crate::AnyStore::token_used`].
+    pub async fn token_used(&self, id: &str, at: Timestamp) -> Result<(), StoreError> {
+        self.send(Write::TokenUsed(id.to_owned(), at.to_string()))
+            .await
+            .map(|_| ())
+    }
+
+    /// See [`crate::AnyStore::token_last_used`].
+    pub async fn token_last_used(&self, id: &str) -> Result<Option<String>, StoreError> {
+        sqlx::query_scalar("SELECT last_used_at FROM token_use WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.read)
+            .await
+            .map_err(query_err)
+    }
+
+    /// `(at, event)` of the audit rows `sql` selects for one run.
+    async fn events(
+        &self,
+        sql: &str,
+        run_id: &str,
+    ) -> Result<Vec<(String, EngineEvent)>, StoreError> {
+        let rows: Vec<(String, String)> = sqlx::query_as(AssertSqlSafe(sql.to_owned()))
+            .bind(run_id)
+            .fetch_all(&self.read)
+            .await
+            .map_err(query_err)?;
+        rows.into_iter()
+            .map(|(at, detail)| Ok((at, chain::event(&detail)?)))
+            .collect()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn placeholders_number_every_row() {
-        assert_eq!(placeholders(2, 2), "($1, $2), ($3, $4)");
-    }
 
     #[test]
     fn a_malformed_url_is_refused_without_its_password() {

@@ -5,9 +5,18 @@
 //! [`JOURNAL_FORMAT`] and migrates every format from [`OLDEST_MIGRATABLE`] up, in one
 //! transaction. A newer format is refused ("written by a newer slipway"), an older
 //! unmigratable one is refused with what to do; neither is ever read as if it were current.
+//!
+//! Format 6 makes the audit chain the evidence: the journal, step and approval tables are
+//! dropped (their contents are the runs' chain entries, which is where they are read from
+//! now), new entries hash framed fields (`audit.hv = 2`), and every governance table
+//! (access grants, tokens, reviews, checklist acknowledgements, retention rules, archive
+//! checkpoints, run summaries) becomes rows of `records`, each version committed to by a
+//! chain entry. The migration moves the rows an older store has into `records` and commits
+//! to them with one `evidence_baseline` entry (`crate::legacy`): from the upgrade on, an
+//! edit of any of them is caught; what was edited before it cannot be.
 
 /// The journal format this build writes.
-pub const JOURNAL_FORMAT: u32 = 5;
+pub const JOURNAL_FORMAT: u32 = 6;
 /// The oldest format this build can migrate.
 pub const OLDEST_MIGRATABLE: u32 = 1;
 
@@ -126,6 +135,10 @@ CREATE INDEX run_summaries_by_checkpoint ON run_summaries (checkpoint_id);
     // a run, and could not read the undo observations (`step_observed` decisions
     // `abandon`, `undo_complete`, `undo_again`) this format's engine journals.
     LIVE_RUN_INDEX,
+    // Format 6: the chain is the journal (see the module doc). The legacy governance
+    // tables are moved into `records` by `crate::legacy` in the same transaction, after
+    // this SQL.
+    FORMAT_6,
 ];
 
 /// The partial unique index of format 5 (same text on SQLite and PostgreSQL). The list of
@@ -154,6 +167,35 @@ pub const LIVE_RUN_FORMAT: u32 = 5;
 
 /// The actor of the journal entries a migration writes.
 pub const MIGRATION_ACTOR: &str = "slipway-migration";
+
+/// Format 6, the same SQL on both backends.
+const FORMAT_6: &str = r#"
+ALTER TABLE audit ADD COLUMN hv INTEGER NOT NULL DEFAULT 1;
+CREATE INDEX audit_by_run ON audit (run_id, seq);
+DROP TABLE journal;
+DROP TABLE steps;
+DROP TABLE approvals;
+DROP TABLE run_summaries;
+CREATE TABLE records (
+    kind TEXT NOT NULL,
+    key TEXT NOT NULL,
+    data TEXT NOT NULL,
+    nonce TEXT NOT NULL,
+    seq BIGINT NOT NULL,
+    PRIMARY KEY (kind, key)
+);
+CREATE TABLE audit_anchors (
+    seq BIGINT NOT NULL,
+    hash TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    signature TEXT NOT NULL,
+    PRIMARY KEY (seq, hash)
+);
+CREATE TABLE token_use (
+    id TEXT PRIMARY KEY,
+    last_used_at TEXT NOT NULL
+);
+"#;
 
 /// The oldest journal format a PostgreSQL store can have: PostgreSQL support started at
 /// format 4, so a fresh database gets [`PG_SCHEMA`] (format 4) in one transaction, and
@@ -257,6 +299,8 @@ CREATE INDEX run_summaries_by_checkpoint ON run_summaries (checkpoint_id);
 pub const PG_MIGRATIONS: &[&str] = &[
     // Format 5: see the SQLite migration (the same index, after the same clean-up).
     LIVE_RUN_INDEX,
+    // Format 6: the same SQL as SQLite's.
+    FORMAT_6,
 ];
 
 // Whoever bumps JOURNAL_FORMAT must also say how a PostgreSQL store gets there.

@@ -18,13 +18,15 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use sha2_free::pseudonym_id;
-use slipway_engine::audit::{AuditEntry, GENESIS};
-use slipway_engine::event::{Control, EngineEvent, Notice, RunState, StepStatus};
+use slipway_engine::BoxFuture;
+use slipway_engine::audit::AuditEntry;
+use slipway_engine::event::{Control, EngineEvent, Notice, RunState};
+use slipway_engine::evidence::sha256_hex;
 use slipway_engine::store::{
-    ApprovalRecord, JournalRecord, LeaseOutcome, LeaseRecord, LeaseRequest, NewRun, RunClaim,
-    RunRecord, StepRecord, Store, StoreError,
+    Anchor, ApprovalRecord, AuditBounds, GovernanceRecord, JournalRecord, LeaseOutcome,
+    LeaseRecord, LeaseRequest, NewRun, RecordKey, RunClaim, RunEvidence, RunRecord, StepRecord,
+    Store, StoreError, StoredRecord,
 };
-use slipway_engine::{BoxFuture, StepOutput};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteRow, SqliteSynchronous,
@@ -34,6 +36,7 @@ use sqlx::sqlite::{
 use sqlx::{AssertSqlSafe, Connection, Row};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::chain::{self, Appender, Staged};
 use crate::leases::{LeaseOp, LeaseReply};
 use crate::schema::{
     JOURNAL_FORMAT, LIVE_DUPLICATES, LIVE_RUN_FORMAT, MIGRATIONS, OLDEST_MIGRATABLE,
@@ -48,6 +51,9 @@ enum Write {
     Pseudonym(String),
     Erase(String),
     Lease(LeaseOp),
+    Governance(Vec<GovernanceRecord>),
+    Anchor(Anchor),
+    TokenUsed(String, String),
 }
 
 enum Reply {
@@ -55,11 +61,15 @@ enum Reply {
     Id(String),
     Erased(bool),
     Lease(LeaseReply),
+    Records(Vec<StoredRecord>),
+    Added(bool),
 }
 
 type Pending = (Write, oneshot::Sender<Result<Reply, StoreError>>);
 
-/// The SQLite store. See the module doc for its durability contract.
+/// The SQLite store. See the module doc for its durability contract. Clones share the
+/// pool and the writer task.
+#[derive(Clone)]
 pub struct SqliteStore {
     path: PathBuf,
     read: SqlitePool,
@@ -212,6 +222,16 @@ async fn migrate(conn: &mut SqliteConnection, path: &Path) -> Result<(), StoreEr
         tx.commit().await.map_err(q(path))?;
         return Ok(());
     }
+    // The legacy governance tables are read before format 6's SQL, which the baseline
+    // import then follows.
+    let mut legacy = if fresh {
+        crate::legacy::Legacy::default()
+    } else {
+        crate::legacy::read_sqlite(&mut tx).await?
+    };
+    // Runs the format 5 clean-up aborts: their rows change now (the index needs it), their
+    // chain entries are appended after all the SQL, when scheme 2's column exists.
+    let mut aborted = Vec::new();
     for (i, sql) in MIGRATIONS
         .iter()
         .enumerate()
@@ -219,12 +239,23 @@ async fn migrate(conn: &mut SqliteConnection, path: &Path) -> Result<(), StoreEr
         .skip(current as usize)
     {
         if i as u32 + 1 == LIVE_RUN_FORMAT {
-            abort_live_duplicates(&mut tx).await?;
+            aborted = abort_live_duplicates(&mut tx).await?;
         }
         sqlx::raw_sql(*sql)
             .execute(&mut *tx)
             .await
             .map_err(q(path))?;
+    }
+    if !fresh && current < 6 {
+        let mut app = Appender::new(read_head(&mut tx).await?);
+        for r in &aborted {
+            app.push(r)?;
+        }
+        let uses = std::mem::take(&mut legacy.token_uses);
+        let records = legacy.into_records(slipway_stdx::now());
+        write_governance(&mut tx, &mut app, &records).await?;
+        crate::legacy::finish_sqlite(&mut tx, &uses).await?;
+        flush(&mut tx, &app).await?;
     }
     sqlx::query("INSERT INTO meta (key, value) VALUES ('journal_format', ?1) ON CONFLICT(key) DO UPDATE SET value = excluded.value")
         .bind(JOURNAL_FORMAT.to_string())
@@ -235,27 +266,21 @@ async fn migrate(conn: &mut SqliteConnection, path: &Path) -> Result<(), StoreEr
     Ok(())
 }
 
-/// Before the one-live-run index exists: abort, journaled and audited in the migration's
-/// transaction, the older live runs that share a digest and environment.
-async fn abort_live_duplicates(tx: &mut SqliteConnection) -> Result<(), StoreError> {
+/// Before the one-live-run index exists: abort the older live runs that share a digest and
+/// environment (their rows now); returns the journal records the caller appends to the
+/// chain in the same transaction.
+async fn abort_live_duplicates(
+    tx: &mut SqliteConnection,
+) -> Result<Vec<JournalRecord>, StoreError> {
     let rows: Vec<(String, String, String, String)> = sqlx::query_as(LIVE_DUPLICATES)
         .fetch_all(&mut *tx)
         .await
         .map_err(query_err)?;
     let records = crate::duplicate_aborts(&rows, slipway_stdx::now());
-    if records.is_empty() {
-        return Ok(());
-    }
-    let (mut seq, mut prev) = audit_head_in(tx).await?;
-    let mut staged = Staged {
-        journal: Vec::new(),
-        audit: Vec::new(),
-    };
     for r in &records {
-        apply_record(tx, r, &mut staged, &mut seq, &mut prev).await?;
+        apply_record(tx, r).await?;
     }
-    flush(tx, &staged).await?;
-    set_audit_head(tx, seq, &prev).await
+    Ok(records)
 }
 
 /// Whether a failed statement broke the one-live-run rule.
@@ -279,41 +304,6 @@ fn run_insert_err(digest: &str, environment: &str) -> impl Fn(sqlx::Error) -> St
             query_err(e)
         }
     }
-}
-
-/// The head of the audit chain inside a write transaction (after `slipway archive` moved
-/// the whole chain out, the recorded head: the chain never restarts from genesis).
-async fn audit_head_in(tx: &mut SqliteConnection) -> Result<(i64, String), StoreError> {
-    let head: Option<(i64, String)> =
-        sqlx::query_as("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(query_err)?;
-    let head = match head {
-        Some(h) => Some(h),
-        None => {
-            let v: Option<String> =
-                sqlx::query_scalar("SELECT value FROM meta WHERE key = 'audit_head'")
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(query_err)?;
-            v.and_then(|v| {
-                let (seq, hash) = v.split_once(':')?;
-                Some((seq.parse().ok()?, hash.to_owned()))
-            })
-        }
-    };
-    Ok(head.unwrap_or((0, GENESIS.to_owned())))
-}
-
-/// Record the chain's head beside it (a truncated tail is then detectable).
-async fn set_audit_head(tx: &mut SqliteConnection, seq: i64, prev: &str) -> Result<(), StoreError> {
-    sqlx::query("INSERT INTO meta (key, value) VALUES ('audit_head', ?1) ON CONFLICT(key) DO UPDATE SET value = excluded.value")
-        .bind(format!("{seq}:{prev}"))
-        .execute(&mut *tx)
-        .await
-        .map_err(query_err)?;
-    Ok(())
 }
 
 /// The writer task: drains the queue into one transaction at a time.
@@ -358,9 +348,28 @@ async fn writer(mut conn: SqliteConnection, mut rx: mpsc::UnboundedReceiver<Pend
     }
 }
 
-struct Staged {
-    journal: Vec<(String, String, String, &'static str, String)>,
-    audit: Vec<AuditEntry>,
+/// The head the chain continues from, read inside the writing transaction: the last entry,
+/// or — after `slipway archive` moved the whole chain out — the head recorded in `meta`
+/// (the archive's checkpoint), never genesis again.
+pub(crate) async fn read_head(
+    tx: &mut SqliteConnection,
+) -> Result<Option<(i64, String)>, StoreError> {
+    let head: Option<(i64, String)> =
+        sqlx::query_as("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(query_err)?;
+    if head.is_some() {
+        return Ok(head);
+    }
+    let v: Option<String> = sqlx::query_scalar("SELECT value FROM meta WHERE key = 'audit_head'")
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(query_err)?;
+    Ok(v.and_then(|v| {
+        let (seq, hash) = v.split_once(':')?;
+        Some((seq.parse().ok()?, hash.to_owned()))
+    }))
 }
 
 async fn apply_all(
@@ -371,24 +380,20 @@ async fn apply_all(
         .begin_with("BEGIN IMMEDIATE")
         .await
         .map_err(query_err)?;
-    // After `slipway archive` moved the whole chain out, the table is empty but the chain
-    // goes on from the recorded head (the archive's checkpoint), never from genesis again.
-    let (mut seq, mut prev) = audit_head_in(&mut tx).await?;
-    let mut staged = Staged {
-        journal: Vec::new(),
-        audit: Vec::new(),
-    };
+    let mut app = Appender::new(read_head(&mut tx).await?);
     let mut replies = Vec::with_capacity(writes.len());
     for w in writes {
         let reply = match w {
             Write::Commit(records) => {
                 for r in records {
-                    apply_record(&mut tx, r, &mut staged, &mut seq, &mut prev).await?;
+                    apply_record(&mut tx, r).await?;
+                    app.push(r)?;
                 }
                 Reply::Done
             }
             Write::CreateRun(b) => {
                 let (run, first) = &**b;
+                let first = chain::covered_first(run, first)?;
                 sqlx::query(
                     "INSERT INTO runs (id, digest, release, version, environment, author, state, override_reason, plan_json, created_at, updated_at, workdir)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7, ?8, ?9, ?9, ?10)",
@@ -406,33 +411,11 @@ async fn apply_all(
                 .execute(&mut *tx)
                 .await
                 .map_err(run_insert_err(&run.digest, &run.environment))?;
-                apply_record(&mut tx, first, &mut staged, &mut seq, &mut prev).await?;
+                apply_record(&mut tx, &first).await?;
+                app.push(&first)?;
                 Reply::Done
             }
-            Write::Pseudonym(name) => {
-                let found: Option<String> =
-                    sqlx::query_scalar("SELECT id FROM identities WHERE name = ?1")
-                        .bind(name)
-                        .fetch_optional(&mut *tx)
-                        .await
-                        .map_err(query_err)?;
-                match found {
-                    Some(id) => Reply::Id(id),
-                    None => {
-                        let id = pseudonym_id(name);
-                        sqlx::query(
-                            "INSERT INTO identities (id, name, created_at) VALUES (?1, ?2, ?3)",
-                        )
-                        .bind(&id)
-                        .bind(name)
-                        .bind(slipway_stdx::now().to_string())
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(query_err)?;
-                        Reply::Id(id)
-                    }
-                }
-            }
+            Write::Pseudonym(name) => Reply::Id(pseudonym_in(&mut tx, name).await?),
             Write::Erase(name) => {
                 let n = sqlx::query("UPDATE identities SET name = NULL WHERE name = ?1")
                     .bind(name)
@@ -443,27 +426,70 @@ async fn apply_all(
                 Reply::Erased(n > 0)
             }
             Write::Lease(op) => Reply::Lease(crate::leases::apply(&mut tx, op).await?),
+            Write::Governance(recs) => {
+                Reply::Records(write_governance(&mut tx, &mut app, recs).await?)
+            }
+            Write::TokenUsed(id, at) => {
+                sqlx::query(
+                    "INSERT INTO token_use (id, last_used_at) VALUES (?1, ?2)
+                     ON CONFLICT (id) DO UPDATE SET last_used_at = excluded.last_used_at",
+                )
+                .bind(id)
+                .bind(at)
+                .execute(&mut *tx)
+                .await
+                .map_err(query_err)?;
+                Reply::Done
+            }
+            Write::Anchor(a) => {
+                let n = sqlx::query(
+                    "INSERT INTO audit_anchors (seq, hash, payload, signature) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (seq, hash) DO NOTHING",
+                )
+                .bind(a.seq)
+                .bind(&a.hash)
+                .bind(&a.payload)
+                .bind(&a.signature)
+                .execute(&mut *tx)
+                .await
+                .map_err(query_err)?
+                .rows_affected();
+                Reply::Added(n > 0)
+            }
         };
         replies.push(reply);
     }
-    flush(&mut tx, &staged).await?;
-    if !staged.audit.is_empty() {
-        set_audit_head(&mut tx, seq, &prev).await?;
-    }
+    flush(&mut tx, &app).await?;
     tx.commit().await.map_err(query_err)?;
     Ok(replies)
 }
 
-/// Apply one record's effects now (state rows) and stage its journal and audit rows,
-/// which are inserted many per statement at the end of the transaction.
-async fn apply_record(
+/// The pseudonymous id of `name`, created on first use, inside `tx`.
+pub(crate) async fn pseudonym_in(
     tx: &mut SqliteConnection,
-    r: &JournalRecord,
-    staged: &mut Staged,
-    seq: &mut i64,
-    prev: &mut String,
-) -> Result<(), StoreError> {
-    let data = serde_json::to_string(&r.event).map_err(|e| StoreError::Query(e.to_string()))?;
+    name: &str,
+) -> Result<String, StoreError> {
+    let found: Option<String> = sqlx::query_scalar("SELECT id FROM identities WHERE name = ?1")
+        .bind(name)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(query_err)?;
+    if let Some(id) = found {
+        return Ok(id);
+    }
+    let id = pseudonym_id(name);
+    sqlx::query("INSERT INTO identities (id, name, created_at) VALUES (?1, ?2, ?3)")
+        .bind(&id)
+        .bind(name)
+        .bind(slipway_stdx::now().to_string())
+        .execute(&mut *tx)
+        .await
+        .map_err(query_err)?;
+    Ok(id)
+}
+
+/// Apply one record's effect on its run row (the state, the pending control request).
+async fn apply_record(tx: &mut SqliteConnection, r: &JournalRecord) -> Result<(), StoreError> {
     let at = r.at.to_string();
     match &r.event {
         EngineEvent::StateChanged { from, to, .. } => {
@@ -502,96 +528,105 @@ async fn apply_record(
                 .await
                 .map_err(query_err)?;
         }
-        EngineEvent::Approved {
-            approver,
-            digest,
-            groups,
-        } => {
-            sqlx::query(
-                "INSERT INTO approvals (run_id, approver, digest, groups, at) VALUES (?1, ?2, ?3, ?4, ?5)",
-            )
-            .bind(&r.run_id)
-            .bind(approver)
-            .bind(digest)
-            .bind(groups.join(","))
-            .bind(&at)
-            .execute(&mut *tx)
-            .await
-            .map_err(query_err)?;
-        }
         _ => {}
     }
-    if let Some((step, key, status)) = r.event.step_effect() {
-        let attempts = match &r.event {
-            EngineEvent::StepStarted { attempt, .. } => Some(i64::from(*attempt)),
-            _ => None,
-        };
-        let output = match &r.event {
-            EngineEvent::StepSucceeded { output, .. } | EngineEvent::StepFailed { output, .. } => {
-                output.as_ref().and_then(|o| serde_json::to_string(o).ok())
-            }
-            _ => None,
-        };
-        sqlx::query(
-            "INSERT INTO steps (run_id, step_id, key, status, attempts, output, updated_at)
-             VALUES (?1, ?2, ?3, ?4, COALESCE(?5, 0), ?6, ?7)
-             ON CONFLICT (run_id, step_id) DO UPDATE SET
-               status = excluded.status,
-               attempts = COALESCE(?5, steps.attempts),
-               output = COALESCE(excluded.output, steps.output),
-               updated_at = excluded.updated_at",
-        )
-        .bind(&r.run_id)
-        .bind(step)
-        .bind(key)
-        .bind(status.as_str())
-        .bind(attempts)
-        .bind(output)
-        .bind(&at)
-        .execute(&mut *tx)
-        .await
-        .map_err(query_err)?;
-    }
-    let mut entry = AuditEntry {
-        seq: *seq + 1,
-        at: at.clone(),
-        actor: r.actor.clone(),
-        action: r.event.name().to_owned(),
-        run_id: r.run_id.clone(),
-        digest: r.digest.clone(),
-        outcome: r.event.outcome(),
-        detail: data.clone(),
-        prev_hash: prev.clone(),
-        hash: String::new(),
-    };
-    entry.hash = entry.compute_hash();
-    *seq = entry.seq;
-    prev.clone_from(&entry.hash);
-    staged.audit.push(entry);
-    staged
-        .journal
-        .push((r.run_id.clone(), at, r.actor.clone(), r.event.name(), data));
     Ok(())
 }
 
-/// Insert the staged journal and audit rows, many rows per statement.
-async fn flush(tx: &mut SqliteConnection, staged: &Staged) -> Result<(), StoreError> {
-    // 10 columns per audit row; 90 rows keeps a statement under SQLite's 999 binds on
-    // old builds as well.
-    for chunk in staged.journal.chunks(150) {
-        let mut sql = String::from("INSERT INTO journal (run_id, at, actor, event, data) VALUES ");
-        sql.push_str(&vec!["(?, ?, ?, ?, ?)"; chunk.len()].join(", "));
-        let mut qy = sqlx::query(AssertSqlSafe(sql));
-        for (run, at, actor, event, data) in chunk {
-            qy = qy.bind(run).bind(at).bind(actor).bind(*event).bind(data);
+/// Write governance records and their chain entries (one entry per record) inside `tx`.
+pub(crate) async fn write_governance(
+    tx: &mut SqliteConnection,
+    app: &mut Appender,
+    recs: &[GovernanceRecord],
+) -> Result<Vec<StoredRecord>, StoreError> {
+    let mut out = Vec::with_capacity(recs.len());
+    for rec in recs {
+        let key = match &rec.key {
+            RecordKey::Given(k) => k.clone(),
+            RecordKey::Next => {
+                let n: i64 = sqlx::query_scalar(
+                    "SELECT COALESCE(max(CAST(key AS INTEGER)), 0) + 1 FROM records WHERE kind = ?1",
+                )
+                .bind(&rec.kind)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(query_err)?;
+                n.to_string()
+            }
+        };
+        let current: Option<i64> =
+            sqlx::query_scalar("SELECT seq FROM records WHERE kind = ?1 AND key = ?2")
+                .bind(&rec.kind)
+                .bind(&key)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(query_err)?;
+        if let Some(want) = rec.if_seq
+            && current.unwrap_or(0) != want
+        {
+            return Err(StoreError::Conflict(format!(
+                "write {} record `{key}`: it changed meanwhile; read it again and retry",
+                rec.kind
+            )));
         }
-        qy.execute(&mut *tx).await.map_err(query_err)?;
+        let staged = Staged::new(rec, key)?;
+        let seq = chain::push_governance(
+            app,
+            &rec.action,
+            &rec.actor,
+            rec.at,
+            &rec.summary,
+            vec![staged.reference()],
+        )?;
+        put_record(tx, &staged, seq).await?;
+        if let Some(data) = staged.data {
+            out.push(StoredRecord {
+                kind: staged.kind,
+                key: staged.key,
+                data,
+                nonce: staged.nonce,
+                seq,
+            });
+        }
     }
-    for chunk in staged.audit.chunks(90) {
+    Ok(out)
+}
+
+/// Store (or, without data, delete) a staged record version written by entry `seq`.
+pub(crate) async fn put_record(
+    tx: &mut SqliteConnection,
+    staged: &Staged,
+    seq: i64,
+) -> Result<(), StoreError> {
+    match &staged.data {
+        Some(data) => sqlx::query(
+            "INSERT INTO records (kind, key, data, nonce, seq) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (kind, key) DO UPDATE SET data = excluded.data, nonce = excluded.nonce, seq = excluded.seq",
+        )
+        .bind(&staged.kind)
+        .bind(&staged.key)
+        .bind(data)
+        .bind(&staged.nonce)
+        .bind(seq),
+        None => sqlx::query("DELETE FROM records WHERE kind = ?1 AND key = ?2")
+            .bind(&staged.kind)
+            .bind(&staged.key),
+    }
+    .execute(&mut *tx)
+    .await
+    .map_err(query_err)?;
+    Ok(())
+}
+
+/// Insert the appended entries, many rows per statement, and record the new head.
+pub(crate) async fn flush(tx: &mut SqliteConnection, app: &Appender) -> Result<(), StoreError> {
+    // 11 columns per row; 80 rows keeps a statement under SQLite's 999 binds on old builds
+    // as well.
+    for chunk in app.entries.chunks(80) {
         let mut sql = String::from(
-            "INSERT INTO audit (seq, at, actor, action, run_id, digest, outcome, detail, prev_hash, hash) VALUES ",
+            "INSERT INTO audit (seq, at, actor, action, run_id, digest, outcome, detail, prev_hash, hash, hv) VALUES ",
         );
-        sql.push_str(&vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", "));
+        sql.push_str(&vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", "));
         let mut qy = sqlx::query(AssertSqlSafe(sql));
         for e in chunk {
             qy = qy
@@ -604,12 +639,31 @@ async fn flush(tx: &mut SqliteConnection, staged: &Staged) -> Result<(), StoreEr
                 .bind(&e.outcome)
                 .bind(&e.detail)
                 .bind(&e.prev_hash)
-                .bind(&e.hash);
+                .bind(&e.hash)
+                .bind(i64::from(e.v));
         }
         qy.execute(&mut *tx).await.map_err(query_err)?;
     }
+    if !app.entries.is_empty() {
+        let (seq, prev) = app.head();
+        sqlx::query("INSERT INTO meta (key, value) VALUES ('audit_head', ?1) ON CONFLICT(key) DO UPDATE SET value = excluded.value")
+            .bind(format!("{seq}:{prev}"))
+            .execute(&mut *tx)
+            .await
+            .map_err(query_err)?;
+    }
     Ok(())
 }
+
+/// One framed chunk of the chain, built by SQLite itself: one aggregate row for many
+/// entries (reading row by row costs microseconds each through the driver), each entry
+/// framed as `slipway_engine::audit::parse_framed` reads it.
+pub(crate) const FRAMED_SQL: &str = "SELECT CAST(group_concat(concat(seq, ':', hv, ':',
+    octet_length(at), ':', at, octet_length(actor), ':', actor, octet_length(action), ':', action,
+    octet_length(run_id), ':', run_id, octet_length(digest), ':', digest,
+    octet_length(outcome), ':', outcome, octet_length(detail), ':', detail,
+    octet_length(prev_hash), ':', prev_hash, octet_length(hash), ':', hash), '') AS BLOB)
+    FROM (SELECT * FROM audit WHERE seq > ?1 AND seq <= ?2 ORDER BY seq)";
 
 pub(crate) mod sha2_free {
     //! Pseudonymous ids without a dependency on a hash crate: they need to be unique and
@@ -756,32 +810,12 @@ impl Store for SqliteStore {
 
     fn steps<'a>(&'a self, run_id: &'a str) -> BoxFuture<'a, Result<Vec<StepRecord>, StoreError>> {
         Box::pin(async move {
-            let rows = sqlx::query(
-                "SELECT step_id, key, status, attempts, output, updated_at FROM steps WHERE run_id = ?1",
-            )
-            .bind(run_id)
-            .fetch_all(&self.read)
-            .await
-            .map_err(query_err)?;
-            rows.iter()
-                .map(|r| {
-                    let status: String = r.try_get("status").map_err(query_err)?;
-                    let output: Option<String> = r.try_get("output").map_err(query_err)?;
-                    Ok(StepRecord {
-                        step_id: r.try_get("step_id").map_err(query_err)?,
-                        key: r.try_get("key").map_err(query_err)?,
-                        status: StepStatus::parse(&status).ok_or_else(|| {
-                            StoreError::Query(format!("unknown step status `{status}`"))
-                        })?,
-                        attempts: u32::try_from(
-                            r.try_get::<i64, _>("attempts").map_err(query_err)?,
-                        )
-                        .unwrap_or(0),
-                        output: output.and_then(|o| serde_json::from_str::<StepOutput>(&o).ok()),
-                        updated_at: ts(&r.try_get::<String, _>("updated_at").map_err(query_err)?),
-                    })
-                })
-                .collect()
+            let sql = format!(
+                "SELECT at, detail FROM audit WHERE run_id = ?1 AND action IN ({}) ORDER BY seq",
+                chain::STEP_ACTIONS
+            );
+            let events = self.events(&sql, run_id).await?;
+            Ok(chain::fold_steps(&events))
         })
     }
 
@@ -791,24 +825,22 @@ impl Store for SqliteStore {
         after_seq: i64,
     ) -> BoxFuture<'a, Result<Vec<Notice>, StoreError>> {
         Box::pin(async move {
-            let rows = sqlx::query(
-                "SELECT seq, run_id, at, actor, data FROM journal WHERE run_id = ?1 AND seq > ?2 ORDER BY seq",
+            let rows: Vec<(i64, String, String, String, String)> = sqlx::query_as(
+                "SELECT seq, run_id, at, actor, detail FROM audit WHERE run_id = ?1 AND seq > ?2 ORDER BY seq",
             )
             .bind(run_id)
             .bind(after_seq)
             .fetch_all(&self.read)
             .await
             .map_err(query_err)?;
-            rows.iter()
-                .map(|r| {
-                    let data: String = r.try_get("data").map_err(query_err)?;
+            rows.into_iter()
+                .map(|(seq, run_id, at, actor, detail)| {
                     Ok(Notice {
-                        seq: r.try_get("seq").map_err(query_err)?,
-                        run_id: r.try_get("run_id").map_err(query_err)?,
-                        at: ts(&r.try_get::<String, _>("at").map_err(query_err)?),
-                        actor: r.try_get("actor").map_err(query_err)?,
-                        event: serde_json::from_str(&data)
-                            .map_err(|e| StoreError::Query(format!("read a journal event: {e}")))?,
+                        seq,
+                        run_id,
+                        at: ts(&at),
+                        actor,
+                        event: chain::event(&detail)?,
                     })
                 })
                 .collect()
@@ -820,26 +852,13 @@ impl Store for SqliteStore {
         run_id: &'a str,
     ) -> BoxFuture<'a, Result<Vec<ApprovalRecord>, StoreError>> {
         Box::pin(async move {
-            let rows: Vec<(String, String, String, String)> = sqlx::query_as(
-                "SELECT approver, digest, groups, at FROM approvals WHERE run_id = ?1 ORDER BY id",
-            )
-            .bind(run_id)
-            .fetch_all(&self.read)
-            .await
-            .map_err(query_err)?;
-            Ok(rows
-                .into_iter()
-                .map(|(approver, digest, groups, at)| ApprovalRecord {
-                    approver,
-                    digest,
-                    groups: groups
-                        .split(',')
-                        .filter(|g| !g.is_empty())
-                        .map(str::to_owned)
-                        .collect(),
-                    at: ts(&at),
-                })
-                .collect())
+            let events = self
+                .events(
+                    "SELECT at, detail FROM audit WHERE run_id = ?1 AND action = 'approved' ORDER BY seq",
+                    run_id,
+                )
+                .await?;
+            Ok(chain::fold_approvals(&events))
         })
     }
 
@@ -876,27 +895,12 @@ impl Store for SqliteStore {
     fn audit_entries(&self) -> BoxFuture<'_, Result<Vec<AuditEntry>, StoreError>> {
         Box::pin(async move {
             let rows = sqlx::query(
-                "SELECT seq, at, actor, action, run_id, digest, outcome, detail, prev_hash, hash FROM audit ORDER BY seq",
+                "SELECT seq, at, actor, action, run_id, digest, outcome, detail, prev_hash, hash, hv FROM audit ORDER BY seq",
             )
             .fetch_all(&self.read)
             .await
             .map_err(query_err)?;
-            rows.iter()
-                .map(|r| {
-                    Ok(AuditEntry {
-                        seq: r.try_get("seq").map_err(query_err)?,
-                        at: r.try_get("at").map_err(query_err)?,
-                        actor: r.try_get("actor").map_err(query_err)?,
-                        action: r.try_get("action").map_err(query_err)?,
-                        run_id: r.try_get("run_id").map_err(query_err)?,
-                        digest: r.try_get("digest").map_err(query_err)?,
-                        outcome: r.try_get("outcome").map_err(query_err)?,
-                        detail: r.try_get("detail").map_err(query_err)?,
-                        prev_hash: r.try_get("prev_hash").map_err(query_err)?,
-                        hash: r.try_get("hash").map_err(query_err)?,
-                    })
-                })
-                .collect()
+            rows.iter().map(entry_from_row).collect()
         })
     }
 
@@ -916,23 +920,13 @@ impl Store for SqliteStore {
 
     fn audit_start(&self) -> BoxFuture<'_, Result<(i64, String), StoreError>> {
         Box::pin(async move {
-            // The checkpoint table exists only once `slipway archive` ran.
-            let has: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM sqlite_master WHERE type='table' AND name='archive_checkpoints'",
-            )
-            .fetch_one(&self.read)
-            .await
-            .map_err(query_err)?;
-            if has == 0 {
-                return Ok((0, GENESIS.to_owned()));
-            }
-            let c: Option<(i64, String)> = sqlx::query_as(
-                "SELECT end_seq, end_hash FROM archive_checkpoints ORDER BY id DESC LIMIT 1",
+            let data: Option<String> = sqlx::query_scalar(
+                "SELECT data FROM records WHERE kind = 'archive_checkpoint' ORDER BY CAST(key AS INTEGER) DESC LIMIT 1",
             )
             .fetch_optional(&self.read)
             .await
             .map_err(query_err)?;
-            Ok(c.unwrap_or_else(|| (0, GENESIS.to_owned())))
+            crate::archive::start_of(data.as_deref())
         })
     }
 
@@ -994,6 +988,216 @@ impl Store for SqliteStore {
     fn leases(&self) -> BoxFuture<'_, Result<Vec<LeaseRecord>, StoreError>> {
         Box::pin(crate::leases::all(&self.read))
     }
+
+    fn audit_bounds(&self) -> BoxFuture<'_, Result<AuditBounds, StoreError>> {
+        Box::pin(async move {
+            let (min, max): (Option<i64>, Option<i64>) =
+                sqlx::query_as("SELECT min(seq), max(seq) FROM audit")
+                    .fetch_one(&self.read)
+                    .await
+                    .map_err(query_err)?;
+            Ok(AuditBounds { min, max })
+        })
+    }
+
+    fn audit_framed(&self, after: i64, upto: i64) -> BoxFuture<'_, Result<Vec<u8>, StoreError>> {
+        Box::pin(async move {
+            let blob: Option<Vec<u8>> = sqlx::query_scalar(FRAMED_SQL)
+                .bind(after)
+                .bind(upto)
+                .fetch_one(&self.read)
+                .await
+                .map_err(query_err)?;
+            Ok(blob.unwrap_or_default())
+        })
+    }
+
+    fn run_evidence(&self) -> BoxFuture<'_, Result<Vec<RunEvidence>, StoreError>> {
+        Box::pin(async move {
+            let rows = sqlx::query(AssertSqlSafe(format!("SELECT {EVIDENCE_COLS} FROM runs")))
+                .fetch_all(&self.read)
+                .await
+                .map_err(query_err)?;
+            rows.iter().map(evidence_from_row).collect()
+        })
+    }
+
+    fn append_governance(
+        &self,
+        records: Vec<GovernanceRecord>,
+    ) -> BoxFuture<'_, Result<Vec<StoredRecord>, StoreError>> {
+        Box::pin(async move {
+            match self.send(Write::Governance(records)).await? {
+                Reply::Records(r) => Ok(r),
+                _ => Err(StoreError::Query("the writer answered out of turn".into())),
+            }
+        })
+    }
+
+    fn records<'a>(
+        &'a self,
+        kind: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Vec<StoredRecord>, StoreError>> {
+        Box::pin(async move {
+            let rows: Vec<(String, String, String, String, i64)> = match kind {
+                Some(k) => sqlx::query_as(
+                    "SELECT kind, key, data, nonce, seq FROM records WHERE kind = ?1 ORDER BY kind, key",
+                )
+                .bind(k)
+                .fetch_all(&self.read)
+                .await,
+                None => sqlx::query_as(
+                    "SELECT kind, key, data, nonce, seq FROM records ORDER BY kind, key",
+                )
+                .fetch_all(&self.read)
+                .await,
+            }
+            .map_err(query_err)?;
+            Ok(rows.into_iter().map(stored).collect())
+        })
+    }
+
+    fn record<'a>(
+        &'a self,
+        kind: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<StoredRecord>, StoreError>> {
+        Box::pin(async move {
+            let row: Option<(String, String, String, String, i64)> = sqlx::query_as(
+                "SELECT kind, key, data, nonce, seq FROM records WHERE kind = ?1 AND key = ?2",
+            )
+            .bind(kind)
+            .bind(key)
+            .fetch_optional(&self.read)
+            .await
+            .map_err(query_err)?;
+            Ok(row.map(stored))
+        })
+    }
+
+    fn anchors(&self) -> BoxFuture<'_, Result<Vec<Anchor>, StoreError>> {
+        Box::pin(async move {
+            let rows: Vec<(i64, String, String, String)> = sqlx::query_as(
+                "SELECT seq, hash, payload, signature FROM audit_anchors ORDER BY seq, hash",
+            )
+            .fetch_all(&self.read)
+            .await
+            .map_err(query_err)?;
+            Ok(rows
+                .into_iter()
+                .map(|(seq, hash, payload, signature)| Anchor {
+                    seq,
+                    hash,
+                    payload,
+                    signature,
+                })
+                .collect())
+        })
+    }
+
+    fn add_anchor(&self, anchor: Anchor) -> BoxFuture<'_, Result<bool, StoreError>> {
+        Box::pin(async move {
+            match self.send(Write::Anchor(anchor)).await? {
+                Reply::Added(b) => Ok(b),
+                _ => Err(StoreError::Query("the writer answered out of turn".into())),
+            }
+        })
+    }
+}
+
+impl SqliteStore {
+    /// See [`crate::AnyStore::token_used`].
+    pub async fn token_used(&self, id: &str, at: Timestamp) -> Result<(), StoreError> {
+        self.send(Write::TokenUsed(id.to_owned(), at.to_string()))
+            .await
+            .map(|_| ())
+    }
+
+    /// See [`crate::AnyStore::token_last_used`].
+    pub async fn token_last_used(&self, id: &str) -> Result<Option<String>, StoreError> {
+        sqlx::query_scalar("SELECT last_used_at FROM token_use WHERE id = ?1")
+            .bind(id)
+            .fetch_optional(&self.read)
+            .await
+            .map_err(query_err)
+    }
+
+    /// `(at, event)` of the audit rows `sql` selects for one run.
+    async fn events(
+        &self,
+        sql: &str,
+        run_id: &str,
+    ) -> Result<Vec<(String, EngineEvent)>, StoreError> {
+        let rows: Vec<(String, String)> = sqlx::query_as(AssertSqlSafe(sql.to_owned()))
+            .bind(run_id)
+            .fetch_all(&self.read)
+            .await
+            .map_err(query_err)?;
+        rows.into_iter()
+            .map(|(at, detail)| Ok((at, chain::event(&detail)?)))
+            .collect()
+    }
+}
+
+pub(crate) fn stored(
+    (kind, key, data, nonce, seq): (String, String, String, String, i64),
+) -> StoredRecord {
+    StoredRecord {
+        kind,
+        key,
+        data,
+        nonce,
+        seq,
+    }
+}
+
+/// The columns `run_evidence` reads.
+pub(crate) const EVIDENCE_COLS: &str = "id, digest, release, version, environment, author, state, control, override_reason, created_at, updated_at, workdir, plan_json";
+
+/// A `runs` row as text, however it was edited (a column a reader would refuse still
+/// compares), with its plan's digest.
+fn evidence_from_row(r: &SqliteRow) -> Result<RunEvidence, StoreError> {
+    let s =
+        |c: &str| -> Result<String, StoreError> { r.try_get::<String, _>(c).map_err(query_err) };
+    let o = |c: &str| -> Result<Option<String>, StoreError> {
+        r.try_get::<Option<String>, _>(c).map_err(query_err)
+    };
+    Ok(RunEvidence {
+        id: s("id")?,
+        digest: s("digest")?,
+        release: s("release")?,
+        version: s("version")?,
+        environment: s("environment")?,
+        author: s("author")?,
+        state: s("state")?,
+        control: o("control")?,
+        override_reason: o("override_reason")?,
+        created_at: s("created_at")?,
+        updated_at: s("updated_at")?,
+        workdir: s("workdir")?,
+        plan_sha256: sha256_hex(s("plan_json")?.as_bytes()),
+    })
+}
+
+/// An audit row; an `hv` that is not a small number reads as scheme 0 (hashed as scheme 1,
+/// so only a genuine scheme-1 entry can still match).
+fn entry_from_row(r: &SqliteRow) -> Result<AuditEntry, StoreError> {
+    Ok(AuditEntry {
+        seq: r.try_get("seq").map_err(query_err)?,
+        at: r.try_get("at").map_err(query_err)?,
+        actor: r.try_get("actor").map_err(query_err)?,
+        action: r.try_get("action").map_err(query_err)?,
+        run_id: r.try_get("run_id").map_err(query_err)?,
+        digest: r.try_get("digest").map_err(query_err)?,
+        outcome: r.try_get("outcome").map_err(query_err)?,
+        detail: r.try_get("detail").map_err(query_err)?,
+        prev_hash: r.try_get("prev_hash").map_err(query_err)?,
+        hash: r.try_get("hash").map_err(query_err)?,
+        v: r.try_get::<i64, _>("hv")
+            .ok()
+            .and_then(|v| u8::try_from(v).ok())
+            .unwrap_or(0),
+    })
 }
 
 /// Pool options for every SQLite pool of the store: `max` connections and no background

@@ -40,15 +40,23 @@ async fn grants_tokens_and_reviews_round_trip(b: Backend) {
         last_used_at: None,
         revoked_at: None,
     };
-    db.add_token(&t).await.unwrap();
+    db.add_token(&t, "user:admin").await.unwrap();
     db.touch_token("slw_abc", at(3)).await.unwrap();
     db.rehash_token("slw_abc", "$argon2id$new").await.unwrap();
     let read = again.token("slw_abc").await.unwrap().unwrap();
     assert_eq!(read.last_used_at, Some(at(3)));
     assert_eq!(read.hash, "$argon2id$new");
     assert_eq!(db.tokens().await.unwrap().len(), 1);
-    assert!(db.revoke_token("slw_abc", at(4)).await.unwrap());
-    assert!(!db.revoke_token("slw_abc", at(5)).await.unwrap());
+    assert!(
+        db.revoke_token("slw_abc", at(4), "user:admin")
+            .await
+            .unwrap()
+    );
+    assert!(
+        !db.revoke_token("slw_abc", at(5), "user:admin")
+            .await
+            .unwrap()
+    );
     assert!(db.token("nope").await.unwrap().is_none());
 
     assert_eq!(db.open_review("rv1", "user:alice", at(6)).await.unwrap(), 2);
@@ -57,7 +65,10 @@ async fn grants_tokens_and_reviews_round_trip(b: Backend) {
             .await
             .unwrap()
     );
-    assert_eq!(db.close_review("rv1", at(8)).await.unwrap(), vec![g1]);
+    assert_eq!(
+        db.close_review("rv1", at(8), "user:admin").await.unwrap(),
+        vec![g1]
+    );
     // Closed: no more decisions.
     assert!(
         !db.decide("rv1", g1, "confirm", "user:alice", Timestamp::UNIX_EPOCH)

@@ -66,6 +66,8 @@ async fn run(store: &SqliteStore, id: &str, secs: i64, states: &[RunState]) {
                     environment: "staging".into(),
                     digest: "d1".into(),
                     override_freeze: None,
+                    plan_sha256: None,
+                    workdir: None,
                 },
             ),
         )
@@ -143,6 +145,7 @@ async fn only_closed_runs_leave_and_the_chain_verifies_from_the_checkpoint() {
             "b.tar.zst",
             "2030-01-01",
             at(100),
+            "op-archiver",
         )
         .await;
     assert!(e.is_err(), "{e:?}");
@@ -157,6 +160,7 @@ async fn only_closed_runs_leave_and_the_chain_verifies_from_the_checkpoint() {
             "b.tar.zst",
             "2030-01-01",
             at(100),
+            "op-archiver",
         )
         .await
         .unwrap();
@@ -220,10 +224,14 @@ async fn only_closed_runs_leave_and_the_chain_verifies_from_the_checkpoint() {
         "c.tar.zst",
         "2030-01-01",
         at(300),
+        "op-archiver",
     )
     .await
     .unwrap();
-    assert!(store.audit_entries().await.unwrap().is_empty());
+    // What stays live is the archive's own entry, committing to its checkpoint.
+    let left = store.audit_entries().await.unwrap();
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(left[0].outcome, "archived");
     run(&store, "next", 400, &[RunState::Running]).await;
     let entries = store.audit_entries().await.unwrap();
     let start = store.audit_start().await.unwrap();
@@ -263,7 +271,15 @@ async fn summaries_are_written_with_the_prune_or_not_at_all() {
 
     // One summary missing: refused before anything is written.
     let e = a
-        .prune(&sel, &all[..1], "d", "b.tar.zst", "2030-01-01", at(100))
+        .prune(
+            &sel,
+            &all[..1],
+            "d",
+            "b.tar.zst",
+            "2030-01-01",
+            at(100),
+            "op-archiver",
+        )
         .await
         .unwrap_err();
     assert!(
@@ -274,41 +290,57 @@ async fn summaries_are_written_with_the_prune_or_not_at_all() {
     let mut extra = all.clone();
     extra[1].run_id = "elsewhere".into();
     assert!(
-        a.prune(&sel, &extra, "d", "b.tar.zst", "2030-01-01", at(100))
-            .await
-            .is_err()
+        a.prune(
+            &sel,
+            &extra,
+            "d",
+            "b.tar.zst",
+            "2030-01-01",
+            at(100),
+            "op-archiver"
+        )
+        .await
+        .is_err()
     );
     live(2);
 
-    // The second summary's insert fails inside the transaction (a row for that run is
-    // already there): the deletes, the checkpoint and the first summary roll back with it.
-    let journal = count(&db, "SELECT count(*) FROM journal");
+    // The second summary's write fails inside the transaction (a trigger refuses it): the
+    // deletes, the checkpoint, the first summary and the chain entry roll back with it.
     let audit_rows = count(&db, "SELECT count(*) FROM audit");
+    let records = count(&db, "SELECT count(*) FROM records");
     sqlite3(
         &db,
-        "INSERT INTO run_summaries (run_id, checkpoint_id, release, version, release_type, environment, production, services, state, created_at, started_at, workdir)
-         VALUES ('back', 99, 'x', 'x', 'x', 'x', 0, '[]', 'failed', '2026-01-01T00:00:00Z', '2026-01-01T00:00:00Z', '')",
+        "CREATE TRIGGER refuse BEFORE INSERT ON records WHEN NEW.key = 'back'
+         BEGIN SELECT RAISE(ABORT, 'summary of run back refused'); END;",
     );
     let e = a
-        .prune(&sel, &all, "d", "b.tar.zst", "2030-01-01", at(100))
+        .prune(
+            &sel,
+            &all,
+            "d",
+            "b.tar.zst",
+            "2030-01-01",
+            at(100),
+            "op-archiver",
+        )
         .await
         .unwrap_err();
     assert!(e.to_string().contains("summary of run back"), "{e}");
     live(2);
-    assert_eq!(count(&db, "SELECT count(*) FROM journal"), journal);
     assert_eq!(count(&db, "SELECT count(*) FROM audit"), audit_rows);
-    assert_eq!(count(&db, "SELECT count(*) FROM archive_checkpoints"), 0);
-    assert_eq!(
-        count(
-            &db,
-            "SELECT count(*) FROM run_summaries WHERE checkpoint_id <> 99"
-        ),
-        0
-    );
-    sqlite3(&db, "DELETE FROM run_summaries");
+    assert_eq!(count(&db, "SELECT count(*) FROM records"), records);
+    sqlite3(&db, "DROP TRIGGER refuse");
 
     let cp = a
-        .prune(&sel, &all, "d", "b.tar.zst", "2030-01-01", at(100))
+        .prune(
+            &sel,
+            &all,
+            "d",
+            "b.tar.zst",
+            "2030-01-01",
+            at(100),
+            "op-archiver",
+        )
         .await
         .unwrap();
     live(0);
@@ -358,6 +390,19 @@ async fn a_format_3_store_with_an_old_archive_migrates_and_archives_with_summari
         sqlite3(&db, "SELECT value FROM meta WHERE key = 'journal_format'").trim(),
         slipway_store::schema::JOURNAL_FORMAT.to_string()
     );
+    // The old checkpoint moved into the records, committed to by a baseline entry; the
+    // one thing that does not verify is this fixture's run, written by hand with no chain
+    // entry at all (a real store's runs always have their `run_created` entry).
+    assert_eq!(
+        slipway_engine::evidence::verify_store(&store)
+            .await
+            .unwrap()
+            .result,
+        Err(audit::ChainBreak::RecordInserted {
+            table: "runs".into(),
+            row: "old-run".into()
+        })
+    );
     let a = ArchiveDb::open(&db).await.unwrap();
     assert!(a.summaries().await.unwrap().is_empty());
     let cps = a.checkpoints().await.unwrap();
@@ -381,6 +426,7 @@ async fn a_format_3_store_with_an_old_archive_migrates_and_archives_with_summari
             "b.tar.zst",
             "2030-01-01",
             at(100),
+            "op-archiver",
         )
         .await
         .unwrap();

@@ -124,6 +124,8 @@ async fn fill(store: &impl Store, n: usize) {
                     environment: "staging".into(),
                     digest: "d1".into(),
                     override_freeze: None,
+                    plan_sha256: None,
+                    workdir: None,
                 },
             ),
         )

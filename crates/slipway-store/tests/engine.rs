@@ -252,6 +252,8 @@ async fn waivers_are_journaled_once_even_after_a_crash_right_after_creation(b: B
                     environment: "prod".into(),
                     digest: p.digest.clone(),
                     override_freeze: None,
+                    plan_sha256: None,
+                    workdir: None,
                 },
             },
         )

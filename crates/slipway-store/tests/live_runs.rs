@@ -1,6 +1,7 @@
 //! One live run per plan digest and environment, enforced by each store: a second live
 //! run is refused whoever creates it, two engines racing to create one make one, and the
-//! format 5 migration resolves the duplicates an older build let in — on both backends.
+//! format 5 migration resolves the duplicates an older build let in (migrating on to format
+//! 6, whose evidence must then verify) — on both backends.
 
 use std::sync::Arc;
 
@@ -11,7 +12,7 @@ use slipway_engine::store::{JournalRecord, NewRun, Store, StoreError};
 use slipway_engine::{Engine, FakeClock, NewRunRequest};
 use slipway_model::plan::{Facts, Plan, plan};
 use slipway_model::spec::ReleaseSpec;
-use slipway_store::schema::{JOURNAL_FORMAT, MIGRATION_ACTOR};
+use slipway_store::schema::{JOURNAL_FORMAT, MIGRATION_ACTOR, MIGRATIONS, PG_SCHEMA};
 
 use crate::common::{Backend, Fresh, at, on_both};
 
@@ -40,6 +41,8 @@ fn new_run(id: &str, digest: &str, environment: &str, secs: i64) -> (NewRun, Jou
                 environment: environment.into(),
                 digest: digest.into(),
                 override_freeze: None,
+                plan_sha256: None,
+                workdir: None,
             },
         },
     )
@@ -168,24 +171,54 @@ async fn two_engines_racing_to_create_a_run_of_one_plan_make_one(b: Backend) {
 /// — and aborts the older one, journaled and in the audit chain, before the index exists.
 async fn migrating_live_duplicates_keeps_the_newest_and_aborts_the_others(b: Backend) {
     let fresh = Fresh::new(b);
+    // A format 4 store as an older build wrote it: its schema, the runs with duplicates
+    // (three live runs of digest dA in prod), their journal and their chain (scheme 1).
+    let schema = match b {
+        Backend::Sqlite => MIGRATIONS[..4].concat(),
+        Backend::Postgres => PG_SCHEMA.to_owned(),
+    };
+    let mut sql = schema;
+    let mut prev = audit::GENESIS.to_owned();
+    for (seq, (id, env)) in [
+        ("r-old", "prod"),
+        ("r-mid", "prod"),
+        ("r-new", "prod"),
+        ("r-elsewhere", "staging"),
+    ]
+    .into_iter()
+    .enumerate()
     {
-        let store = fresh.open().await.unwrap();
-        for (id, digest, env, secs) in [
-            ("r-old", "dA", "prod", 0),
-            ("r-mid", "dX", "prod", 1),
-            ("r-new", "dY", "prod", 2),
-            ("r-elsewhere", "dZ", "staging", 3),
-        ] {
-            let (r, f) = new_run(id, digest, env, secs);
-            store.create_run(r, f).await.unwrap();
-        }
+        let (_, f) = new_run(id, "dA", env, seq as i64);
+        let detail = serde_json::to_string(&f.event).unwrap();
+        let mut e = audit::AuditEntry {
+            seq: seq as i64 + 1,
+            at: f.at.to_string(),
+            actor: f.actor.clone(),
+            action: "run_created".into(),
+            run_id: id.into(),
+            digest: "dA".into(),
+            outcome: "ok".into(),
+            detail: detail.clone(),
+            prev_hash: prev.clone(),
+            hash: String::new(),
+            v: 1,
+        };
+        e.hash = e.compute_hash();
+        prev = e.hash.clone();
+        sql.push_str(&format!(
+            "INSERT INTO runs (id, digest, release, version, environment, author, state, override_reason, plan_json, created_at, updated_at, workdir)
+             VALUES ('{id}', 'dA', 'shop', '1.0.0', '{env}', 'op-test', 'pending', NULL, '{{}}', '{at}', '{at}', '/tmp');
+             INSERT INTO journal (run_id, at, actor, event, data) VALUES ('{id}', '{at}', 'op-test', 'run_created', '{detail}');
+             INSERT INTO audit (seq, at, actor, action, run_id, digest, outcome, detail, prev_hash, hash)
+             VALUES ({}, '{at}', 'op-test', 'run_created', '{id}', 'dA', 'ok', '{detail}', '{}', '{}');",
+            e.seq, e.prev_hash, e.hash,
+            at = e.at,
+        ));
     }
-    // Back to format 4 as an older build left it: no index, duplicates.
-    fresh.sql(
-        "DROP INDEX runs_one_live;
-         UPDATE meta SET value = '4' WHERE key = 'journal_format';
-         UPDATE runs SET digest = 'dA' WHERE id IN ('r-mid', 'r-new', 'r-elsewhere');",
-    );
+    sql.push_str(&format!(
+        "INSERT INTO meta (key, value) VALUES ('journal_format', '4'), ('audit_head', '4:{prev}');"
+    ));
+    fresh.sql(&sql);
     let store = fresh.open().await.unwrap();
     let state = |id: &'static str| {
         let store = &store;

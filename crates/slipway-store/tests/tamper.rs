@@ -60,7 +60,7 @@ async fn deleted_tail_is_named(b: Backend) {
 async fn inserted_entry_is_named(b: Backend) {
     let r = verify_after(
         b,
-        "INSERT INTO audit SELECT 11, at, actor, action, run_id, digest, outcome, detail, hash, 'forged' FROM audit WHERE seq = 10",
+        "INSERT INTO audit SELECT 11, at, actor, action, run_id, digest, outcome, detail, hash, 'forged', hv FROM audit WHERE seq = 10",
     )
     .await;
     assert_eq!(r, Err(ChainBreak::Inserted { seq: 11 }));
@@ -71,7 +71,7 @@ async fn inserted_entry_in_the_middle_is_named(b: Backend) {
     let r = verify_after(
         b,
         "UPDATE audit SET seq = seq + 100 WHERE seq >= 6; UPDATE audit SET seq = seq - 99 WHERE seq >= 106;
-         INSERT INTO audit SELECT 6, at, actor, action, run_id, digest, outcome, detail, prev_hash, hash FROM audit WHERE seq = 5;
+         INSERT INTO audit SELECT 6, at, actor, action, run_id, digest, outcome, detail, prev_hash, hash, hv FROM audit WHERE seq = 5;
          UPDATE meta SET value = '11:' || (SELECT hash FROM audit WHERE seq = 11) WHERE key = 'audit_head';",
     )
     .await;

@@ -1,0 +1,376 @@
+//! What both backends do the same way when they append to the audit chain: number and hash
+//! the entries of one transaction (scheme 2, framed fields), fill in the run coverage of a
+//! `run_created` event, build the chain entry of a governance record, fold a run's step
+//! and approval events back into rows, and collapse a group's run updates into one per run.
+//!
+//! The SQL stays in `sqlite.rs` / `postgres.rs`; everything here is plain values, so the
+//! two backends cannot disagree on what a chain entry or a derived row is.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasher, Hasher};
+use std::str::FromStr;
+
+use jiff::Timestamp;
+use slipway_engine::audit::{AuditEntry, GENESIS, HASH_V2};
+use slipway_engine::event::{Control, EngineEvent, RunState};
+use slipway_engine::evidence::{RecordRef, record_commitment, sha256_hex};
+use slipway_engine::store::{
+    ApprovalRecord, GovernanceRecord, JournalRecord, NewRun, StepRecord, StoreError,
+};
+
+/// Numbers and hashes the entries one transaction appends, from the head it read.
+#[derive(Debug)]
+pub(crate) struct Appender {
+    seq: i64,
+    prev: String,
+    /// The entries to insert, in chain order.
+    pub entries: Vec<AuditEntry>,
+}
+
+impl Appender {
+    /// Continue after `head` (genesis when `None`).
+    pub fn new(head: Option<(i64, String)>) -> Self {
+        let (seq, prev) = head.unwrap_or((0, GENESIS.to_owned()));
+        Self {
+            seq,
+            prev,
+            entries: Vec::new(),
+        }
+    }
+
+    /// The head after what was appended.
+    pub fn head(&self) -> (i64, &str) {
+        (self.seq, &self.prev)
+    }
+
+    /// Append one journal record; returns its seq.
+    pub fn push(&mut self, r: &JournalRecord) -> Result<i64, StoreError> {
+        let detail =
+            serde_json::to_string(&r.event).map_err(|e| StoreError::Query(e.to_string()))?;
+        Ok(self.push_raw(
+            &r.run_id,
+            &r.digest,
+            &r.at.to_string(),
+            &r.actor,
+            r.event.name(),
+            r.event.outcome(),
+            detail,
+        ))
+    }
+
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the seven hashed fields of an entry"
+    )]
+    fn push_raw(
+        &mut self,
+        run_id: &str,
+        digest: &str,
+        at: &str,
+        actor: &str,
+        action: &str,
+        outcome: String,
+        detail: String,
+    ) -> i64 {
+        self.seq += 1;
+        let mut e = AuditEntry {
+            seq: self.seq,
+            at: at.to_owned(),
+            actor: actor.to_owned(),
+            action: action.to_owned(),
+            run_id: run_id.to_owned(),
+            digest: digest.to_owned(),
+            outcome,
+            detail,
+            prev_hash: std::mem::take(&mut self.prev),
+            hash: String::new(),
+            v: HASH_V2,
+        };
+        e.hash = e.compute_hash();
+        self.prev.clone_from(&e.hash);
+        self.entries.push(e);
+        self.seq
+    }
+}
+
+/// The `run_created` record of `run` with its coverage filled in: the plan's digest and the
+/// working directory the row stores (what `audit verify` compares the row with). A record
+/// that already names them must name the row's own.
+pub(crate) fn covered_first(
+    run: &NewRun,
+    first: &JournalRecord,
+) -> Result<JournalRecord, StoreError> {
+    let mut first = first.clone();
+    let sha = sha256_hex(run.plan_json.as_bytes());
+    if let EngineEvent::RunCreated {
+        plan_sha256,
+        workdir,
+        ..
+    } = &mut first.event
+    {
+        if plan_sha256.as_ref().is_some_and(|s| *s != sha) {
+            return Err(StoreError::Query(format!(
+                "create run {}: its first event names another plan than the one stored",
+                run.id
+            )));
+        }
+        *plan_sha256 = Some(sha);
+        workdir.get_or_insert_with(|| run.workdir.clone());
+    }
+    Ok(first)
+}
+
+/// A random hex nonce for a record commitment: two 64-bit SipHash outputs under keys the
+/// standard library draws from the OS's random source, so the commitment of a short
+/// value (a name, a role) cannot be recomputed from guesses.
+pub(crate) fn nonce() -> String {
+    let a = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(a);
+    format!("{a:016x}{:016x}", h.finish())
+}
+
+/// The stored form of a record version: its exact JSON text and a fresh nonce.
+pub(crate) struct Staged {
+    pub kind: String,
+    pub key: String,
+    pub data: Option<String>,
+    pub nonce: String,
+}
+
+impl Staged {
+    pub fn new(rec: &GovernanceRecord, key: String) -> Result<Self, StoreError> {
+        check_kind(&rec.kind)?;
+        if key.contains('\0') {
+            return Err(StoreError::Query(format!(
+                "write a {} record: its key holds a NUL byte",
+                rec.kind
+            )));
+        }
+        let data = rec
+            .data
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(|e| StoreError::Query(e.to_string()))?;
+        Ok(Self {
+            kind: rec.kind.clone(),
+            key,
+            data,
+            nonce: nonce(),
+        })
+    }
+
+    /// The chain entry's reference to this version.
+    pub fn reference(&self) -> RecordRef {
+        RecordRef {
+            kind: self.kind.clone(),
+            key: self.key.clone(),
+            sha256: self
+                .data
+                .as_ref()
+                .map(|d| record_commitment(&self.kind, &self.key, &self.nonce, d)),
+        }
+    }
+}
+
+fn check_kind(kind: &str) -> Result<(), StoreError> {
+    if kind.is_empty()
+        || !kind
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
+        return Err(StoreError::Query(format!(
+            "write a governance record of kind `{kind}`: a kind is [a-z0-9_]+"
+        )));
+    }
+    Ok(())
+}
+
+/// Append the chain entry of governance records (one entry for several, as the archive's
+/// prune and the format-6 migration write them); returns its seq.
+pub(crate) fn push_governance(
+    app: &mut Appender,
+    action: &str,
+    actor: &str,
+    at: Timestamp,
+    summary: &serde_json::Value,
+    refs: Vec<RecordRef>,
+) -> Result<i64, StoreError> {
+    let mut detail = match summary {
+        serde_json::Value::Object(m) => m.clone(),
+        serde_json::Value::Null => serde_json::Map::new(),
+        other => {
+            let mut m = serde_json::Map::new();
+            m.insert("summary".into(), other.clone());
+            m
+        }
+    };
+    let refs = serde_json::to_value(&refs).map_err(|e| StoreError::Query(e.to_string()))?;
+    match refs {
+        serde_json::Value::Array(mut a) if a.len() == 1 => {
+            detail.insert("record".into(), a.remove(0));
+        }
+        other => {
+            detail.insert("records".into(), other);
+        }
+    }
+    app.push(&JournalRecord {
+        run_id: String::new(),
+        digest: String::new(),
+        at,
+        actor: actor.to_owned(),
+        event: EngineEvent::Governance {
+            action: action.to_owned(),
+            detail: serde_json::Value::Object(detail),
+        },
+    })
+}
+
+/// The run updates of one transaction, collapsed to one per run: the last state and time,
+/// and the control as the events leave it (kept, set, or cleared).
+#[derive(Debug, Default)]
+pub(crate) struct RunUpdates {
+    pub by_run: BTreeMap<String, RunUpdate>,
+}
+
+/// One run's collapsed update.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct RunUpdate {
+    pub state: Option<RunState>,
+    pub updated_at: Option<String>,
+    /// `None`: keep the stored control; `Some(c)`: set it to `c`.
+    pub control: Option<Option<Control>>,
+    /// A finished run made live again (a rollback by hand): it may meet the one-live-run
+    /// rule.
+    pub revived: bool,
+}
+
+impl RunUpdates {
+    /// Fold one record's effect on its run (the rules of `slipway_engine::evidence::RunFold`).
+    pub fn apply(&mut self, r: &JournalRecord) {
+        let at = || r.at.to_string();
+        match &r.event {
+            EngineEvent::StateChanged { from, to, .. } => {
+                let u = self.by_run.entry(r.run_id.clone()).or_default();
+                if to.is_terminal()
+                    || matches!(to, RunState::Paused | RunState::Aborted)
+                    || *from == RunState::Paused
+                {
+                    u.control = Some(None);
+                }
+                u.state = Some(*to);
+                u.updated_at = Some(at());
+                u.revived |= from.is_terminal() && !to.is_terminal();
+            }
+            EngineEvent::ControlRequested { control } => {
+                let u = self.by_run.entry(r.run_id.clone()).or_default();
+                u.control = Some(Some(*control));
+                u.updated_at = Some(at());
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A run's step rows, folded from its step events `(at, event)` in chain order: what the
+/// step table held before journal format 6, now read from the chain. Sorted by step id.
+pub(crate) fn fold_steps(events: &[(String, EngineEvent)]) -> Vec<StepRecord> {
+    let mut rows: HashMap<String, StepRecord> = HashMap::new();
+    for (at, ev) in events {
+        let Some((step, key, status)) = ev.step_effect() else {
+            continue;
+        };
+        let updated_at = ts(at);
+        let row = rows.entry(step.to_owned()).or_insert_with(|| StepRecord {
+            step_id: step.to_owned(),
+            key: key.to_owned(),
+            status,
+            attempts: 0,
+            output: None,
+            updated_at,
+        });
+        // The key stays the first one seen, as the step table kept it.
+        row.status = status;
+        row.updated_at = updated_at;
+        match ev {
+            EngineEvent::StepStarted { attempt, .. } => row.attempts = *attempt,
+            EngineEvent::StepSucceeded {
+                output: Some(o), ..
+            }
+            | EngineEvent::StepFailed {
+                output: Some(o), ..
+            } => row.output = Some(o.clone()),
+            _ => {}
+        }
+    }
+    let mut out: Vec<StepRecord> = rows.into_values().collect();
+    out.sort_by(|a, b| a.step_id.cmp(&b.step_id));
+    out
+}
+
+/// A run's approvals from its `approved` events `(at, event)`, in chain order.
+pub(crate) fn fold_approvals(events: &[(String, EngineEvent)]) -> Vec<ApprovalRecord> {
+    events
+        .iter()
+        .filter_map(|(at, ev)| match ev {
+            EngineEvent::Approved {
+                approver,
+                digest,
+                groups,
+            } => Some(ApprovalRecord {
+                approver: approver.clone(),
+                digest: digest.clone(),
+                groups: groups.clone(),
+                at: ts(at),
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The actions whose events make step rows.
+pub(crate) const STEP_ACTIONS: &str = "'step_started', 'step_succeeded', 'step_failed', 'undo_started', 'undo_succeeded', 'undo_failed'";
+
+/// Parse an event stored in the chain.
+pub(crate) fn event(detail: &str) -> Result<EngineEvent, StoreError> {
+    serde_json::from_str(detail)
+        .map_err(|e| StoreError::Query(format!("read a journal event: {e}")))
+}
+
+/// A stored time; a hand-edited one that does not parse reads as the epoch rather than
+/// failing a status display (`audit verify` names the edit).
+pub(crate) fn ts(s: &str) -> Timestamp {
+    Timestamp::from_str(s).unwrap_or(Timestamp::UNIX_EPOCH)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn appended_entries_verify_as_a_chain() {
+        let mut app = Appender::new(None);
+        for i in 0..3 {
+            app.push(&JournalRecord {
+                run_id: "r".into(),
+                digest: "d".into(),
+                at: Timestamp::UNIX_EPOCH,
+                actor: "op-x".into(),
+                event: EngineEvent::WaveStarted { wave: i, steps: 1 },
+            })
+            .unwrap();
+        }
+        let (seq, hash) = app.head();
+        let v = slipway_engine::audit::verify(&app.entries, Some((seq, hash))).unwrap();
+        assert_eq!(v.entries, 3);
+    }
+
+    #[test]
+    fn nonces_differ() {
+        assert_ne!(nonce(), nonce());
+        assert_eq!(nonce().len(), 32);
+    }
+}
