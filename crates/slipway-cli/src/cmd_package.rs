@@ -249,6 +249,14 @@ fn inspect(file: &Path, out: &Output) -> Result<i32, CliError> {
     out.line(&format!("  architecture: {}", dash(&info.architecture)));
     out.line(&format!("  sha256:       {}", info.digest));
     out.line(&format!("  files:        {}", info.files));
+    if let Some(m) = &info.msi {
+        out.line(&format!("  upgrade code: {}", dash(&m.upgrade_code)));
+        out.line(&format!("  product code: {}", dash(&m.product_code)));
+        out.line(&format!("  manufacturer: {}", dash(&m.manufacturer)));
+        for f in &m.file_names {
+            out.line(&format!("    {f}"));
+        }
+    }
     if info.dependencies.is_empty() {
         out.line("  dependencies: -");
     } else {

@@ -33,7 +33,7 @@ fn sign(dir: &Path, file: &str, key: &str) {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
-/// A spec with one service `api` installing `app.tar`, signatures required with `trusted.pub`.
+/// A spec with one service `api` installing `app.bin`, signatures required with `trusted.pub`.
 fn write_spec(dir: &Path, digest: &str, signature: Option<&str>) -> std::path::PathBuf {
     let d = dir.display();
     let sig = signature
@@ -48,7 +48,7 @@ kind: Release
 metadata: {{ name: shop, version: 1.0.0, type: patch }}
 services:
   api:
-    artifact: {{ path: app.tar, sha256: \"{digest}\"{sig} }}
+    artifact: {{ path: app.bin, sha256: \"{digest}\"{sig} }}
     steps: [ {{ name: install, run: \"touch {d}/installed\" }} ]
 environments:
   staging:
@@ -102,13 +102,13 @@ fn plan_checks_digest_and_signature_of_every_artifact() {
     let p = dir.path();
     keypair(p, "trusted");
     keypair(p, "other");
-    std::fs::write(p.join("app.tar"), b"the build output\n").unwrap();
-    let good = sha256(&p.join("app.tar"));
-    sign(p, "app.tar", "trusted.key");
+    std::fs::write(p.join("app.bin"), b"the build output\n").unwrap();
+    let good = sha256(&p.join("app.bin"));
+    sign(p, "app.bin", "trusted.key");
 
     // Exact file, signed by a trusted key: no artifact finding, and the plan carries a
     // verify-artifact step before the install.
-    let spec = write_spec(p, &good, Some("app.tar.minisig"));
+    let spec = write_spec(p, &good, Some("app.bin.minisig"));
     let (code, v) = plan_json(&spec);
     assert_eq!(code, Some(0), "{v:#}");
     assert!(codes(&v).is_empty(), "{v:#}");
@@ -123,17 +123,17 @@ fn plan_checks_digest_and_signature_of_every_artifact() {
     assert_eq!(v["steps"][0]["action"]["keys"][0], "trusted.pub");
 
     // Missing file.
-    let spec_missing = write_spec(p, &good, Some("app.tar.minisig"));
-    std::fs::rename(p.join("app.tar"), p.join("app.tar.away")).unwrap();
+    let spec_missing = write_spec(p, &good, Some("app.bin.minisig"));
+    std::fs::rename(p.join("app.bin"), p.join("app.bin.away")).unwrap();
     let (code, v) = plan_json(&spec_missing);
     assert_eq!(code, Some(3));
     assert_eq!(codes(&v), ["artifact-missing"]);
-    assert!(message(&v, "artifact-missing").contains("app.tar"));
-    std::fs::rename(p.join("app.tar.away"), p.join("app.tar")).unwrap();
+    assert!(message(&v, "artifact-missing").contains("app.bin"));
+    std::fs::rename(p.join("app.bin.away"), p.join("app.bin")).unwrap();
 
     // Another digest in the spec than the file's: blocked, both digests named.
     let wrong = "0".repeat(64);
-    let spec = write_spec(p, &wrong, Some("app.tar.minisig"));
+    let spec = write_spec(p, &wrong, Some("app.bin.minisig"));
     let (code, v) = plan_json(&spec);
     assert_eq!(code, Some(3), "a digest mismatch blocks the plan");
     let m = message(&v, "artifact-digest-mismatch");
@@ -146,17 +146,17 @@ fn plan_checks_digest_and_signature_of_every_artifact() {
     assert_eq!(codes(&v), ["artifact-unsigned"]);
 
     // Signed with a key the environment does not trust.
-    std::fs::copy(p.join("app.tar"), p.join("b.tar")).unwrap();
-    sign(p, "b.tar", "other.key");
-    let spec = write_spec(p, &good, Some("b.tar.minisig"));
+    std::fs::copy(p.join("app.bin"), p.join("b.bin")).unwrap();
+    sign(p, "b.bin", "other.key");
+    let spec = write_spec(p, &good, Some("b.bin.minisig"));
     let (code, v) = plan_json(&spec);
     assert_eq!(code, Some(3));
     assert_eq!(codes(&v), ["artifact-untrusted-key"]);
 
     // A trusted signature of another file.
-    std::fs::write(p.join("c.tar"), b"something else\n").unwrap();
-    sign(p, "c.tar", "trusted.key");
-    let spec = write_spec(p, &good, Some("c.tar.minisig"));
+    std::fs::write(p.join("c.bin"), b"something else\n").unwrap();
+    sign(p, "c.bin", "trusted.key");
+    let spec = write_spec(p, &good, Some("c.bin.minisig"));
     let (code, v) = plan_json(&spec);
     assert_eq!(code, Some(3));
     assert_eq!(codes(&v), ["artifact-signature-invalid"]);
@@ -168,9 +168,14 @@ fn an_artifact_changed_after_planning_is_refused_before_install_and_audited() {
     let p = dir.path();
     let d = p.display();
     keypair(p, "trusted");
-    std::fs::write(p.join("app.tar"), b"the build output\n").unwrap();
-    let good = sha256(&p.join("app.tar"));
-    sign(p, "app.tar", "trusted.key");
+    std::fs::write(p.join("app.bin"), b"the build output\n").unwrap();
+    let good = sha256(&p.join("app.bin"));
+    sign(p, "app.bin", "trusted.key");
+    // Under `signature: required` a service that runs commands needs a signed artifact
+    // of its own too.
+    std::fs::write(p.join("build.bin"), b"the swapper\n").unwrap();
+    let build = sha256(&p.join("build.bin"));
+    sign(p, "build.bin", "trusted.key");
     // `build` (wave 0) rewrites api's artifact after the plan was made and checked: the
     // swap happens between plan and install, which is exactly what the step must catch.
     let spec = p.join("release.yaml");
@@ -182,10 +187,11 @@ kind: Release
 metadata: {{ name: shop, version: 1.0.0, type: patch }}
 services:
   build:
-    steps: [ {{ name: swap, run: \"echo tampered >> {d}/app.tar\" }} ]
+    artifact: {{ path: build.bin, sha256: \"{build}\", signature: build.bin.minisig }}
+    steps: [ {{ name: swap, run: \"echo tampered >> {d}/app.bin\" }} ]
   api:
     depends_on: [build]
-    artifact: {{ path: app.tar, sha256: \"{good}\", signature: app.tar.minisig }}
+    artifact: {{ path: app.bin, sha256: \"{good}\", signature: app.bin.minisig }}
     steps: [ {{ name: install, run: \"touch {d}/installed\" }} ]
 environments:
   staging:
@@ -204,7 +210,7 @@ environments:
         .unwrap();
     let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
     assert!(!o.status.success(), "the deploy must fail: {stderr}");
-    let tampered = sha256(&p.join("app.tar"));
+    let tampered = sha256(&p.join("app.bin"));
     assert_ne!(tampered, good);
     assert!(
         !p.join("installed").exists(),

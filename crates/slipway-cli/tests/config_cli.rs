@@ -14,7 +14,8 @@ fn spec(version: &str, break_template: bool) -> String {
     // `a` runs first (b depends on it); in the second release its step edits b's template
     // after the plan was made, so only the install-time check can catch it.
     let edit = if break_template {
-        "printf 'extra = \\\"{{ vars.nope }}\\\"\\\\n' >> b.conf.j2"
+        // The braces are Slipway's escape for a literal `{{`/`}}` in a step command.
+        "printf 'extra = \\\"{{ '{{' }} vars.nope {{ '}}' }}\\\"\\\\n' >> b.conf.j2"
     } else {
         "true"
     };

@@ -3,8 +3,9 @@
 //! `<store dir>/config/<env>/<service>/<version>/` before the version's instances start,
 //! and each instance gets its own version's directory as `SLIPWAY_CONFIG_DIR` — a canary
 //! and the stable version side by side each read their own. A render that cannot be done
-//! (the secret is not set) fails the deploy before any instance of the new version starts,
-//! writing nothing. The run records the digests and secret names, never the value.
+//! (the secret is not set) is refused by the plan (`secret-missing`, exit 3) before any
+//! run starts, so no instance of the new version starts and nothing is written. The run
+//! records the digests and secret names, never the value.
 //!
 //! Processes are real demo-app instances and proxies (the canary tests' setup); every one
 //! carries a marker in its environment and the [`Env`] guard kills them all at the end.
@@ -197,19 +198,16 @@ fn each_version_reads_its_own_config_and_a_failed_render_starts_nothing() {
         rendered("1.0.0", SECRET)
     );
 
-    // Release 2 without its secret: the render fails, no 2.0.0 instance ever starts, and
-    // nothing of 2.0.0's config is written (no directory, no temporary beside it).
+    // Release 2 without its secret: the plan finds it missing and the deploy is refused
+    // before a run exists; no 2.0.0 instance starts and nothing of 2.0.0's config is
+    // written (no directory, no temporary beside it).
     let (code, v, err) = env.deploy("2.0.0", false);
-    assert_ne!(code, 0, "{v}\n{err}");
-    let failed = v["run"].as_str().unwrap().to_owned();
-    let (_, logs, _) = env.run(&["logs", &failed, "--output", "json"], false);
+    assert_eq!(code, 3, "{v}\n{err}");
+    assert!(v.get("run").is_none(), "no run was started: {v}");
+    let said = format!("{v}{err}");
     assert!(
-        logs.contains("api/render-config") && logs.contains(SECRET_NAME),
-        "the failure names the step and the secret: {logs}"
-    );
-    assert!(
-        !logs.contains("canary_started"),
-        "the deploy step never started an instance: {logs}"
+        said.contains("secret-missing") && said.contains(SECRET_NAME),
+        "the refusal names the secret: {said}"
     );
     assert_eq!(
         env.instances(),

@@ -7,7 +7,7 @@ use std::path::Path;
 use crate::slipway;
 
 fn write_release(dir: &Path, version: &str, content: &str) -> std::path::PathBuf {
-    let artifact = format!("app-{version}.tar");
+    let artifact = format!("app-{version}.bin");
     std::fs::write(dir.join(&artifact), content).unwrap();
     let digest = slipway_package::sha256_file(&dir.join(&artifact)).unwrap();
     let spec = dir.join(format!("release-{version}.yaml"));
@@ -69,7 +69,7 @@ fn the_rollback_target_must_be_pre_staged_and_verified() {
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
-    let digest = slipway_package::sha256_file(&dir.path().join("app-1.0.0.tar")).unwrap();
+    let digest = slipway_package::sha256_file(&dir.path().join("app-1.0.0.bin")).unwrap();
     let kept = dir.path().join("state/artifacts/sha256").join(&digest);
     assert_eq!(std::fs::read_to_string(&kept).unwrap(), "version one");
 

@@ -43,6 +43,7 @@ mod secret_cli;
 mod serve_cli;
 mod smoke_cli;
 mod ssh_cli;
+mod supply_cli;
 mod tls_check_cli;
 mod tokens_cli;
 

@@ -112,6 +112,81 @@ impl GitRepo {
     }
 }
 
+impl GitRepo {
+    /// The commit HEAD is at.
+    pub fn head(&self) -> Option<String> {
+        self.git(&["rev-parse", "--verify", "-q", "HEAD"])
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+    }
+
+    /// The commit a tag points at (annotated tags peeled), if the tag exists.
+    pub fn tag_commit(&self, tag: &str) -> Option<String> {
+        let rev = format!("refs/tags/{tag}^{{commit}}");
+        self.git(&["rev-parse", "--verify", "-q", &rev])
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+    }
+
+    /// Commits in `to` after `from`, when `to` descends from `from`.
+    pub fn commits_after(&self, from: &str, to: &str) -> Option<u32> {
+        self.git(&["merge-base", "--is-ancestor", from, to])?;
+        self.git(&["rev-list", "--count", &format!("{from}..{to}")])?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// Paths of the working tree no commit holds — modified, staged, deleted or untracked
+    /// (ignored files excepted) — in the whole repository, except Slipway's own state
+    /// directories (`.slipway/`), which a deploy beside the spec creates.
+    pub fn uncommitted(&self) -> Vec<String> {
+        let Some(out) = self.git(&[
+            // Never take index.lock: a plan must not get in the way of a commit.
+            "--no-optional-locks",
+            "status",
+            "--porcelain=v1",
+            "-z",
+            "--untracked-files=all",
+        ]) else {
+            return Vec::new();
+        };
+        let mut paths = Vec::new();
+        let mut entries = out.split('\0');
+        while let Some(entry) = entries.next() {
+            if entry.len() < 4 {
+                continue;
+            }
+            let (status, path) = entry.split_at(3);
+            // A rename or copy is followed by its source path.
+            if status.starts_with('R') || status.starts_with('C') {
+                let _ = entries.next();
+            }
+            if !path.split('/').any(|c| c == ".slipway") {
+                paths.push(path.to_owned());
+            }
+        }
+        paths
+    }
+}
+
+/// Where the repository holding `dir` stands relative to release tag `tag`, for the
+/// plan's tag check (`slipway_model::plan::GitState`); `None` outside a repository.
+pub fn tag_state(dir: &Path, tag: &str) -> Option<slipway_model::plan::GitState> {
+    let repo = GitRepo::open(dir)?;
+    let head = repo.head()?;
+    let tag_commit = repo.tag_commit(tag);
+    let commits_after_tag = tag_commit
+        .as_deref()
+        .and_then(|t| repo.commits_after(t, &head));
+    Some(slipway_model::plan::GitState {
+        head,
+        tag_commit,
+        commits_after_tag,
+        uncommitted: repo.uncommitted(),
+    })
+}
+
 /// The git tag a run's release carries: the plan's `tag` with `{version}` filled in.
 pub fn release_tag(run: &RunHistory) -> Option<String> {
     run.tag()

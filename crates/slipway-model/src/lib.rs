@@ -16,6 +16,7 @@ pub mod policy;
 pub mod recovery;
 pub mod schema;
 pub mod spec;
+pub mod step_vars;
 pub mod text;
 pub mod validate;
 pub mod yaml;

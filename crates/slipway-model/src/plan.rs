@@ -47,6 +47,28 @@ pub struct Facts {
     /// their path as written in the spec; pinned into the plan.
     #[serde(default)]
     pub target_files: BTreeMap<String, String>,
+    /// Where the spec's repository stands relative to the release tag (only gathered when
+    /// the spec declares `metadata.tag`).
+    #[serde(default)]
+    pub git: Option<GitState>,
+    /// The source commit each service's artifact records it was built from (an OCI
+    /// image's `org.opencontainers.image.revision`, an RPM's VCS tag), by service.
+    #[serde(default)]
+    pub artifact_revisions: BTreeMap<String, String>,
+}
+
+/// The repository holding the spec, for the release-tag check.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GitState {
+    /// The commit checked out (HEAD).
+    pub head: String,
+    /// The commit the release tag points at, when the tag exists.
+    pub tag_commit: Option<String>,
+    /// Commits on HEAD after the tag, when HEAD descends from it.
+    pub commits_after_tag: Option<u32>,
+    /// Paths with changes no commit holds (modified, staged, untracked), Slipway's own
+    /// `.slipway/` state excepted.
+    pub uncommitted: Vec<String>,
 }
 
 /// The whole plan.
@@ -350,6 +372,163 @@ pub struct Finding {
     pub message: String,
 }
 
+/// Fills a step's commands in place (see [`crate::step_vars`]); what cannot be filled
+/// stays as written and is an `error` finding, so the plan is refused rather than a
+/// placeholder reaching the shell.
+fn render_step(
+    service: &str,
+    index: usize,
+    st: &mut crate::spec::ExecStep,
+    vars: &BTreeMap<String, crate::spec::Scalar>,
+    env_name: &str,
+    findings: &mut Vec<Finding>,
+) {
+    use crate::step_vars::{RenderError, render};
+    let fields: [(&str, &mut String); 1] = [("run", &mut st.run)];
+    let optional = [
+        ("creates", st.creates.as_mut()),
+        ("unless", st.unless.as_mut()),
+        ("undo", st.undo.as_mut()),
+    ];
+    let all = fields
+        .into_iter()
+        .chain(optional.into_iter().filter_map(|(f, v)| v.map(|v| (f, v))));
+    for (field, text) in all {
+        match render(text, vars) {
+            Ok(filled) => *text = filled,
+            Err(e) => {
+                let why = match e {
+                    RenderError::Placeholder(p) => p.to_string(),
+                    RenderError::Undefined(names) => format!(
+                        "environments.{env_name} declares no variable {}: declare it under environments.{env_name}.vars",
+                        names
+                            .iter()
+                            .map(|n| format!("`{n}`"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                    RenderError::Secret(names) => secret_advice(&names, vars, env_name),
+                };
+                findings.push(Finding {
+                    severity: "error".into(),
+                    code: "step-placeholder".into(),
+                    message: format!("services.{service}.steps[{index}].{field}: {why}"),
+                });
+            }
+        }
+    }
+}
+
+/// Why a secret variable cannot be filled into a command, and what to write instead: the
+/// variable a `secret://env/X` names is in the environment every exec step inherits.
+pub fn secret_advice(
+    names: &[String],
+    vars: &BTreeMap<String, crate::spec::Scalar>,
+    env_name: &str,
+) -> String {
+    let instead: Vec<String> = names
+        .iter()
+        .map(|n| {
+            let v = vars
+                .get(n)
+                .map(crate::spec::Scalar::as_str)
+                .unwrap_or_default();
+            match v.strip_prefix("secret://env/") {
+                Some(var) => format!("\"${var}\" for vars.{n}"),
+                None => format!("read {v} in the command for vars.{n}"),
+            }
+        })
+        .collect();
+    format!(
+        "{} {} a secret reference in environments.{env_name}, and a secret's value is never written into a plan; write {} (exec steps inherit slipway's environment)",
+        names
+            .iter()
+            .map(|n| format!("vars.{n}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        if names.len() == 1 { "is" } else { "are" },
+        instead.join(", ")
+    )
+}
+
+/// The git tag the release must carry: `metadata.tag` with `{version}` and `{name}` filled.
+pub fn release_tag(spec: &ReleaseSpec) -> Option<String> {
+    spec.metadata.tag.as_ref().map(|p| {
+        p.replace("{version}", &spec.metadata.version)
+            .replace("{name}", &spec.metadata.name)
+    })
+}
+
+/// The release tag must be what is deployed: the tagged commit checked out with no
+/// uncommitted change — or else every artifact must record that it was built from the
+/// tagged commit (then what runs is the tag's, whatever the checkout holds; the spec's own
+/// edits are what the plan shows and approvers review).
+fn tag_at_head(
+    tag: &str,
+    g: &GitState,
+    revisions: &BTreeMap<String, String>,
+    spec: &ReleaseSpec,
+) -> Vec<Finding> {
+    let Some(tagged) = &g.tag_commit else {
+        return Vec::new();
+    };
+    let short = |c: &str| c.chars().take(12).collect::<String>();
+    let with_artifacts: Vec<&String> = spec
+        .services
+        .iter()
+        .filter(|(_, s)| s.artifact.is_some())
+        .map(|(n, _)| n)
+        .collect();
+    if !with_artifacts.is_empty()
+        && with_artifacts.iter().all(|n| {
+            // A revision may be abbreviated, but not below git's shortest default.
+            revisions
+                .get(*n)
+                .is_some_and(|r| r.len() >= 7 && tagged.starts_with(&r.to_lowercase()))
+        })
+    {
+        return vec![Finding {
+            severity: "info".into(),
+            code: "tag-artifacts".into(),
+            message: format!(
+                "every artifact records it was built from {} (tag {tag}), so what is deployed is the tag's even though the checkout is not",
+                short(tagged)
+            ),
+        }];
+    }
+    let mut out = Vec::new();
+    if g.head != *tagged {
+        let distance = match g.commits_after_tag {
+            Some(n) => format!("{n} commit{} after", if n == 1 { "" } else { "s" }),
+            None => "not a descendant of".to_owned(),
+        };
+        out.push(Finding {
+            severity: "error".into(),
+            code: "tag-not-head".into(),
+            message: format!(
+                "HEAD is {} ({distance} tag {tag} at {}): the plan would deploy what is checked out, not what was tagged. Check out the tag (git checkout {tag}), or move the tag to this commit if it is the release",
+                short(&g.head),
+                short(tagged)
+            ),
+        });
+    }
+    if !g.uncommitted.is_empty() {
+        let shown: Vec<&str> = g.uncommitted.iter().take(5).map(String::as_str).collect();
+        out.push(Finding {
+            severity: "error".into(),
+            code: "tree-dirty".into(),
+            message: format!(
+                "{} uncommitted change{} ({}{}): tag {tag} does not contain what would be deployed. Commit and tag them, or stash them",
+                g.uncommitted.len(),
+                if g.uncommitted.len() == 1 { "" } else { "s" },
+                shown.join(", "),
+                if g.uncommitted.len() > 5 { ", …" } else { "" }
+            ),
+        });
+    }
+    out
+}
+
 /// Risk score at or above which a release counts as high-impact (change record required).
 pub const HIGH_RISK: u32 = 60;
 
@@ -380,10 +559,7 @@ pub fn plan(spec: &ReleaseSpec, env_name: &str, facts: &Facts) -> Result<Plan, S
         release_type: spec.metadata.release_type,
         change: spec.metadata.change.clone(),
         owner: spec.metadata.owner.clone(),
-        tag: spec.metadata.tag.as_ref().map(|p| {
-            p.replace("{version}", &spec.metadata.version)
-                .replace("{name}", &spec.metadata.name)
-        }),
+        tag: release_tag(spec),
     };
 
     // Only what this environment uses goes into the plan (and so into its digest): editing
@@ -436,6 +612,10 @@ pub fn plan(spec: &ReleaseSpec, env_name: &str, facts: &Facts) -> Result<Plan, S
             });
     }
 
+    if let (Some(tag), Some(g)) = (&release.tag, &facts.git) {
+        findings.extend(tag_at_head(tag, g, &facts.artifact_revisions, spec));
+    }
+
     let risk = risk(spec, env, &strategy, &deployed, facts, &waves);
     let gates = gates(
         spec,
@@ -460,6 +640,15 @@ pub fn plan(spec: &ReleaseSpec, env_name: &str, facts: &Facts) -> Result<Plan, S
         &mut findings,
     );
 
+    // `{{ vars.NAME }}` in step commands, filled with this environment's variables: the
+    // plan shows, and approvals cover, the commands exactly as they will run.
+    let mut services = spec.services.clone();
+    for (name, svc) in &mut services {
+        for (i, st) in svc.steps.iter_mut().enumerate() {
+            render_step(name, i, st, &env.vars, env_name, &mut findings);
+        }
+    }
+
     let mut plan = Plan {
         format: PLAN_FORMAT,
         digest: String::new(),
@@ -476,7 +665,7 @@ pub fn plan(spec: &ReleaseSpec, env_name: &str, facts: &Facts) -> Result<Plan, S
         findings,
         env: env.clone(),
         strategy,
-        services: spec.services.clone(),
+        services,
         analysis_templates: templates,
         providers,
         checks,

@@ -256,13 +256,21 @@ pub struct OpenApiDocs {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Artifact {
-    /// Path of the artifact, relative to the spec file.
+    /// Path of the artifact, relative to the spec file: a file, or an OCI image layout
+    /// directory.
     pub path: String,
-    /// Expected sha256 of the artifact, 64 hex digits.
+    /// Expected sha256 of the artifact, 64 hex digits (for an OCI layout: of its image
+    /// manifest, the digest the image is known by).
     pub sha256: String,
-    /// Path of a minisign signature of the artifact.
+    /// Path of a minisign signature of the artifact (for an OCI layout: of its image
+    /// manifest blob, `blobs/sha256/<sha256>`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature: Option<String>,
+    /// The name the package's own metadata gives it (deb `Package`, rpm `Name`, MSI
+    /// `ProductName`, OCI title, Slipway archive name), checked at plan time; defaults to
+    /// the service's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 /// How a long-running service is started.

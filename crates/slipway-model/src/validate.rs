@@ -1162,6 +1162,17 @@ fn service(cx: &mut Cx<'_>, spec: &ReleaseSpec, name: &str, s: &Service, names: 
             );
         }
         cx.duration(&format!("{p}/timeout"), st.timeout.as_ref(), true);
+        let fields = [
+            ("run", Some(&st.run)),
+            ("creates", st.creates.as_ref()),
+            ("unless", st.unless.as_ref()),
+            ("undo", st.undo.as_ref()),
+        ];
+        for (field, text) in fields {
+            if let Some(text) = text {
+                step_placeholders(cx, spec, &format!("{p}/{field}"), text);
+            }
+        }
     }
     for (field, probe) in [("health", &s.health), ("readiness", &s.readiness)] {
         let Some(pr) = probe else { continue };
@@ -1977,6 +1988,61 @@ fn literal_password(cx: &mut Cx<'_>, ptr: &str, url: &str) {
                 "write `{user}:{{{{ vars.NAME }}}}@…` and declare `NAME: secret://env/VARIABLE` under the environment's `vars:`; `slipway deploy` fills it from its own environment when it measures"
             ),
         );
+    }
+}
+
+/// `{{ vars.NAME }}` in a step command (`crate::step_vars`): well formed, declared by some
+/// environment, and never a secret (its value would have to be written into the plan).
+/// An environment that lacks a variable another declares is refused when that
+/// environment is planned (`step-placeholder`).
+fn step_placeholders(cx: &mut Cx<'_>, spec: &ReleaseSpec, ptr: &str, text: &str) {
+    let names = match crate::step_vars::variables(text) {
+        Ok(n) => n,
+        Err(p) => {
+            cx.err_value(
+                "step-placeholder",
+                ptr,
+                p.to_string(),
+                "write `{{ vars.NAME }}` for an environment's variable; other `{{ … }}` text reaches the shell only as `{{ '{{' }}` … `{{ '}}' }}`, or as a Go template starting with a dot",
+            );
+            return;
+        }
+    };
+    let declared: Vec<&str> = spec
+        .environments
+        .values()
+        .flat_map(|e| e.vars.keys().map(String::as_str))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    for n in names {
+        if !declared.contains(&n.as_str()) {
+            cx.err_value(
+                "unknown-placeholder",
+                ptr,
+                format!("`{{{{ vars.{n} }}}}`: no environment declares `{n}`"),
+                format!(
+                    "{} (declare it under each environment's `vars:`)",
+                    suggest(&n, &declared, "variable")
+                ),
+            );
+            continue;
+        }
+        for (env_name, env) in &spec.environments {
+            if env
+                .vars
+                .get(&n)
+                .is_some_and(|v| v.as_str().starts_with("secret://"))
+            {
+                cx.err_value(
+                    "step-placeholder-secret",
+                    ptr,
+                    format!("`{{{{ vars.{n} }}}}` cannot be filled into a command"),
+                    crate::plan::secret_advice(std::slice::from_ref(&n), &env.vars, env_name),
+                );
+                break;
+            }
+        }
     }
 }
 

@@ -395,3 +395,196 @@ fn a_waived_migration_lock_is_listed_not_blocking() {
     assert_eq!(p.waivers.len(), 1);
     assert_eq!(p.waivers[0].finding, "lock:db:V3__index.sql:1");
 }
+
+fn steps_spec(prod_vars: &str, run: &str) -> Result<slipway_model::spec::ReleaseSpec, String> {
+    let text = format!(
+        "apiVersion: slipway/v1
+kind: Release
+metadata: {{ name: shop, version: 2.0.0, type: patch }}
+services:
+  api:
+    steps:
+      - {{ name: install, run: '{run}', creates: '{{{{ vars.dir }}}}/installed', undo: 'rm -rf {{{{ vars.dir }}}}' }}
+environments:
+  staging:
+    target: {{ exec: {{}} }}
+    vars: {{ dir: /srv/staging, mode: fast }}
+  prod:
+    production: true
+    target: {{ exec: {{}} }}
+    vars: {prod_vars}
+"
+    );
+    validate::load("steps.yaml", &text)
+        .map(|l| l.spec)
+        .map_err(|e| e.render(false, 100))
+}
+
+fn exec_runs(p: &slipway_model::plan::Plan) -> Vec<(String, Option<String>, Option<String>)> {
+    p.steps
+        .iter()
+        .filter_map(|s| match &s.action {
+            slipway_model::plan::StepAction::Exec(e) => {
+                Some((e.run.clone(), e.creates.clone(), e.undo.clone()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn step_placeholders_are_filled_per_environment_and_change_only_that_plan() {
+    let spec = steps_spec(
+        "{ dir: /srv/prod, mode: careful }",
+        "install --to {{ vars.dir }} --{{ vars.mode }} ${#ARGS[@]}",
+    )
+    .unwrap();
+    let staging = plan(&spec, "staging", &Facts::default()).unwrap();
+    assert_eq!(
+        exec_runs(&staging),
+        [(
+            "install --to /srv/staging --fast ${#ARGS[@]}".to_owned(),
+            Some("/srv/staging/installed".to_owned()),
+            Some("rm -rf /srv/staging".to_owned())
+        )]
+    );
+    let prod = plan(&spec, "prod", &Facts::default()).unwrap();
+    assert_eq!(
+        exec_runs(&prod)[0].0,
+        "install --to /srv/prod --careful ${#ARGS[@]}"
+    );
+    assert!(prod.findings.iter().all(|f| f.code != "step-placeholder"));
+    // The command is part of what prod's approvers approve: another value, another digest.
+    let other = steps_spec(
+        "{ dir: /srv/other, mode: careful }",
+        "install --to {{ vars.dir }} --{{ vars.mode }} ${#ARGS[@]}",
+    )
+    .unwrap();
+    assert_ne!(
+        plan(&other, "prod", &Facts::default()).unwrap().digest,
+        prod.digest
+    );
+    assert_eq!(
+        plan(&other, "staging", &Facts::default()).unwrap().digest,
+        staging.digest
+    );
+}
+
+#[test]
+fn a_step_placeholder_that_cannot_be_filled_is_refused() {
+    // Declared by staging only: prod's plan is refused, naming the step and the fix.
+    let spec = steps_spec("{ other: 1 }", "install --to {{ vars.dir }}").unwrap();
+    let prod = plan(&spec, "prod", &Facts::default()).unwrap();
+    let f: Vec<_> = prod
+        .findings
+        .iter()
+        .filter(|f| f.code == "step-placeholder")
+        .collect();
+    assert_eq!(f.len(), 3, "{:#?}", prod.findings);
+    assert!(f.iter().all(|f| f.severity == "error"));
+    assert!(
+        f[0].message.contains("services.api.steps[0].run")
+            && f[0].message.contains("environments.prod.vars"),
+        "{}",
+        f[0].message
+    );
+    // Unknown to every environment, a typo, or a secret: `validate` refuses it.
+    for (vars, run, expect) in [
+        (
+            "{ dir: /srv/prod }",
+            "echo {{ vars.nope }}",
+            "no environment declares `nope`",
+        ),
+        (
+            "{ dir: /srv/prod }",
+            "echo {{ var.dir }}",
+            "not a placeholder Slipway fills",
+        ),
+        (
+            "{ dir: 'secret://env/PROD_DIR' }",
+            "echo {{ vars.dir }}",
+            "\"$PROD_DIR\"",
+        ),
+    ] {
+        let e = steps_spec(vars, run).unwrap_err();
+        assert!(e.contains(expect), "{run}: {e}");
+    }
+}
+
+fn tagged_spec() -> slipway_model::spec::ReleaseSpec {
+    validate::load(
+        "tag.yaml",
+        "apiVersion: slipway/v1
+kind: Release
+metadata: { name: shop, version: 2.0.0, type: patch, tag: 'v{version}' }
+services:
+  api:
+    artifact: { path: api.tar.gz, sha256: '0000000000000000000000000000000000000000000000000000000000000000' }
+    steps: [ { name: i, run: 'true' } ]
+environments:
+  prod: { target: { exec: {} } }
+",
+    )
+    .map_err(|e| e.render(false, 100))
+    .unwrap()
+    .spec
+}
+
+fn tag_facts(head: &str, uncommitted: &[&str], revision: Option<&str>) -> Facts {
+    Facts {
+        git_tags: Some(vec!["v2.0.0".into()]),
+        git: Some(slipway_model::plan::GitState {
+            head: head.into(),
+            tag_commit: Some("aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa".into()),
+            commits_after_tag: (head != "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa").then_some(1),
+            uncommitted: uncommitted.iter().map(|s| (*s).to_owned()).collect(),
+        }),
+        artifact_revisions: revision
+            .map(|r| std::collections::BTreeMap::from([("api".to_owned(), r.to_owned())]))
+            .unwrap_or_default(),
+        ..Facts::default()
+    }
+}
+
+fn codes(p: &slipway_model::plan::Plan) -> Vec<(String, String)> {
+    p.findings
+        .iter()
+        .filter(|f| f.code.starts_with("tag") || f.code == "tree-dirty")
+        .map(|f| (f.severity.clone(), f.code.clone()))
+        .collect()
+}
+
+#[test]
+fn the_release_tag_must_be_head_with_a_clean_tree_or_the_artifacts_built_from_it() {
+    let spec = tagged_spec();
+    let tagged = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    let later = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+    let p = plan(&spec, "prod", &tag_facts(tagged, &[], None)).unwrap();
+    assert!(codes(&p).is_empty(), "{:?}", codes(&p));
+    let p = plan(&spec, "prod", &tag_facts(later, &["release.yaml"], None)).unwrap();
+    assert_eq!(
+        codes(&p),
+        [
+            ("error".to_owned(), "tag-not-head".to_owned()),
+            ("error".to_owned(), "tree-dirty".to_owned())
+        ]
+    );
+    let msg = &p
+        .findings
+        .iter()
+        .find(|f| f.code == "tag-not-head")
+        .unwrap()
+        .message;
+    assert!(msg.contains("1 commit after tag v2.0.0"), "{msg}");
+    // An artifact that records the tagged commit (abbreviated) was built from the tag.
+    let p = plan(
+        &spec,
+        "prod",
+        &tag_facts(later, &["x"], Some("aaaaaaaaaaaa")),
+    )
+    .unwrap();
+    assert_eq!(codes(&p), [("info".to_owned(), "tag-artifacts".to_owned())]);
+    // One from another commit is not.
+    let p = plan(&spec, "prod", &tag_facts(later, &[], Some("cccccccccccc"))).unwrap();
+    assert_eq!(codes(&p), [("error".to_owned(), "tag-not-head".to_owned())]);
+}

@@ -74,8 +74,11 @@ pub fn spec_dir(file: &Path) -> &Path {
 pub fn gather_facts(spec_path: &Path, loaded: &LoadedSpec) -> Facts {
     let dir = spec_dir(spec_path);
     let mut facts = Facts::default();
-    if loaded.spec.metadata.tag.is_some() {
+    if let Some(tag) = slipway_model::plan::release_tag(&loaded.spec) {
         facts.git_tags = git_tags(dir);
+        // HEAD and a clean tree, or artifacts built from the tag (the model decides).
+        facts.git = slipway_govern::git::tag_state(dir, &tag);
+        facts.artifact_revisions = slipway_package::artifact_revisions(&loaded.spec, dir);
     }
     for env in loaded.spec.environments.values() {
         if let Some(t) = &env.target.ssh

@@ -44,9 +44,79 @@ impl PlanChecks {
     }
 }
 
+/// Whether `text` uses `vars.NAME` (not as the prefix of a longer name).
+fn uses_var(text: &str, name: &str) -> bool {
+    let needle = format!("vars.{name}");
+    text.match_indices(&needle).any(|(i, _)| {
+        text[i + needle.len()..]
+            .chars()
+            .next()
+            .is_none_or(|c| !(c.is_ascii_alphanumeric() || c == '_'))
+    })
+}
+
+/// Every secret the deploy of `env_name` will need, resolved now for presence only (the
+/// value is dropped at once): a variable `secret://env/NAME` or `secret://file/PATH` that
+/// the spec (a database URL, a provider, a check) or a config template of a service uses
+/// must resolve here, or the plan is refused (`secret-missing`) — rather than the deploy
+/// finding out after its migration ran. When a service renders config, every secret of
+/// the environment is needed (rendering resolves them all); otherwise variables nothing
+/// uses are not required.
+pub fn secret_findings(spec: &ReleaseSpec, spec_dir: &Path, env_name: &str) -> Vec<Finding> {
+    use crate::render::{EnvFileResolver, SecretRef, SecretResolver};
+    let Some(env) = spec.environments.get(env_name) else {
+        return Vec::new();
+    };
+    // Where variables can be used: the spec itself (other environments' own sections
+    // aside) and the config templates that will be rendered.
+    let mut uses: Vec<(String, String)> = Vec::new();
+    let mut shape = spec.clone();
+    shape.environments.retain(|n, _| n == env_name);
+    if let Ok(text) = serde_json::to_string(&shape) {
+        uses.push(("the spec".to_owned(), text));
+    }
+    for svc in spec.services.values() {
+        for c in &svc.config {
+            if let Ok(t) = std::fs::read_to_string(spec_dir.join(&c.template)) {
+                uses.push((c.template.clone(), t));
+            }
+        }
+    }
+    let renders_config = spec.services.values().any(|s| !s.config.is_empty());
+    let resolver = EnvFileResolver {
+        base_dir: spec_dir.to_owned(),
+    };
+    let mut out = Vec::new();
+    for (var, value) in &env.vars {
+        let Ok(Some(secret)) = SecretRef::parse(value.as_str()) else {
+            continue;
+        };
+        // Rendering a service's config resolves every secret of the environment
+        // (`render::resolve_secrets`), used by its templates or not.
+        let place = match uses.iter().find(|(_, t)| uses_var(t, var)) {
+            Some((place, _)) => place.clone(),
+            None if renders_config => {
+                "config rendering (it resolves every secret of the environment)".to_owned()
+            }
+            None => continue,
+        };
+        if let Err(e) = resolver.resolve(&secret) {
+            out.push(Finding {
+                severity: Severity::Error.as_str().to_owned(),
+                code: "secret-missing".to_owned(),
+                message: format!(
+                    "environments.{env_name}.vars.{var} ({secret}) is needed by {place} but cannot be resolved here: failed to {e}. The deploy would stop when it first needs it — after earlier steps (a migration) already ran"
+                ),
+            });
+        }
+    }
+    out
+}
+
 /// Runs this crate's plan-time checks for one environment.
 ///
-/// Codes: `placeholder-undefined`, `template-syntax`, `template-render`,
+/// Codes: `secret-missing` (error: a secret the deploy needs is not there, see
+/// [`secret_findings`]), `placeholder-undefined`, `template-syntax`, `template-render`,
 /// `template-unreadable`, `secret-reference`, `port-in-version-config` (a process-target
 /// template needing an instance's `port`) (errors: the deploy would fail at install);
 /// `dependency-conflict` (error); `migration-unclassified` (warning);
@@ -59,7 +129,7 @@ pub fn plan_checks(
     env_name: &str,
     facts: &CheckFacts,
 ) -> PlanChecks {
-    let mut findings = Vec::new();
+    let mut findings = secret_findings(spec, spec_dir, env_name);
 
     if let Some((name, _)) = spec.environments.get_key_value(env_name) {
         let problems = render::check_placeholders_in(spec, spec_dir, &[name])

@@ -1,6 +1,5 @@
 //! Streaming SHA-256 digests of files and their verification against an expected value.
 
-use std::fs::File;
 use std::io::{self, Read};
 use std::path::Path;
 
@@ -54,8 +53,11 @@ pub fn sha256_bytes(data: &[u8]) -> String {
 
 /// Returns the lowercase hex SHA-256 of the file at `path`, read in a stream so large
 /// artifacts never sit in memory.
+///
+/// Only regular files are read: a FIFO or device is refused at once instead of blocking
+/// or streaming forever.
 pub fn sha256_file(path: &Path) -> Result<String> {
-    let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
+    let (file, _) = crate::fsread::open_regular(path)?;
     let (digest, _) = sha256_reader(file).map_err(|e| Error::io("read", path, e))?;
     Ok(digest)
 }

@@ -1,8 +1,11 @@
 //! Reading what a package is without unpacking it: Slipway archives, plain tarballs,
-//! Debian packages, RPM packages and OCI image layouts.
+//! Debian packages, RPM packages, MSI packages and OCI image layouts.
 //!
 //! Only metadata is parsed (the embedded manifest, the deb control file, the RPM header,
-//! the OCI manifest and config); payloads are streamed to count their files.
+//! the MSI Property and File tables, the OCI manifest and config); payloads are streamed
+//! to count their files and, where the format records one, checked against their digest
+//! (an RPM's payload digest, every OCI blob), so a package cut short is refused. Only
+//! regular files are read (a FIFO or device is refused, never waited on).
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -11,7 +14,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::archive::{ARCHIVE_MANIFEST_NAME, ARCHIVE_MANIFEST_SCHEMA, ArchiveManifest};
-use crate::digest::{sha256_bytes, sha256_file};
+use crate::digest::sha256_file;
 use crate::error::{Error, Result};
 use crate::unpack::{Limits, TarBudget, decompressed};
 
@@ -28,6 +31,8 @@ pub enum PackageFormat {
     Tar,
     Deb,
     Rpm,
+    /// A Windows Installer package.
+    Msi,
     /// An OCI image layout directory.
     Oci,
 }
@@ -39,6 +44,7 @@ impl std::fmt::Display for PackageFormat {
             PackageFormat::Tar => "tar",
             PackageFormat::Deb => "deb",
             PackageFormat::Rpm => "rpm",
+            PackageFormat::Msi => "msi",
             PackageFormat::Oci => "oci",
         })
     }
@@ -59,6 +65,27 @@ pub struct PackageInfo {
     pub digest: String,
     /// Regular files in the payload; for an OCI image, its layers.
     pub files: u64,
+    /// What only an MSI package has.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub msi: Option<MsiInfo>,
+    /// The source commit the package records it was built from: an OCI image's
+    /// `org.opencontainers.image.revision`, an RPM's VCS tag.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+}
+
+/// The identity of an MSI package beyond name and version.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct MsiInfo {
+    /// `UpgradeCode`: the GUID shared by every version of the product, which major
+    /// upgrades find the installed version by.
+    pub upgrade_code: Option<String>,
+    /// `ProductCode`: this version's GUID.
+    pub product_code: Option<String>,
+    /// `Manufacturer`.
+    pub manufacturer: Option<String>,
+    /// The long names of the files the File table installs, sorted.
+    pub file_names: Vec<String>,
 }
 
 /// Inspects the package at `path` (a file, or an OCI layout directory).
@@ -68,20 +95,22 @@ pub fn inspect(path: &Path) -> Result<PackageInfo> {
         return inspect_oci(path);
     }
     let mut head = [0u8; 512];
-    let n = read_up_to(
-        &mut File::open(path).map_err(|e| Error::io("open", path, e))?,
-        &mut head,
-    )
-    .map_err(|e| Error::io("read", path, e))?;
+    let n = read_up_to(&mut crate::fsread::open_regular(path)?.0, &mut head)
+        .map_err(|e| Error::io("read", path, e))?;
     let head = &head[..n];
     if head.starts_with(b"!<arch>\n") {
         inspect_deb(path)
     } else if head.starts_with(&[0xed, 0xab, 0xee, 0xdb]) {
         inspect_rpm(path)
+    } else if head.starts_with(&CFB_MAGIC) {
+        inspect_msi(path)
     } else {
         inspect_tar(path, head)
     }
 }
+
+/// The compound-file (OLE) signature MSI packages start with.
+const CFB_MAGIC: [u8; 8] = [0xd0, 0xcf, 0x11, 0xe0, 0xa1, 0xb1, 0x1a, 0xe1];
 
 fn fail(path: &Path, reason: impl Into<String>) -> Error {
     Error::Inspect {
@@ -254,11 +283,7 @@ fn inspect_tar(path: &Path, head: &[u8]) -> Result<PackageInfo> {
             "it is not a tarball (.tar, .tar.gz, .tar.zst, .tar.xz), .deb, .rpm or OCI layout directory",
         ));
     }
-    let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
-    let input_len = file
-        .metadata()
-        .map_err(|e| Error::io("read", path, e))?
-        .len();
+    let (file, input_len) = crate::fsread::open_regular(path)?;
     let stream = decompressed(file).map_err(|e| Error::io("read", path, e))?;
     let (stream, budget) = TarBudget::wrap(Inflation::new(stream, input_len));
     let mut archive = tar::Archive::new(stream);
@@ -306,6 +331,8 @@ fn inspect_tar(path: &Path, head: &[u8]) -> Result<PackageInfo> {
             dependencies: Vec::new(),
             digest: sha256_file(path)?,
             files,
+            msi: None,
+            revision: None,
         },
         None => PackageInfo {
             format: PackageFormat::Tar,
@@ -315,12 +342,14 @@ fn inspect_tar(path: &Path, head: &[u8]) -> Result<PackageInfo> {
             dependencies: Vec::new(),
             digest: sha256_file(path)?,
             files,
+            msi: None,
+            revision: None,
         },
     })
 }
 
 fn inspect_deb(path: &Path) -> Result<PackageInfo> {
-    let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
+    let (file, _) = crate::fsread::open_regular(path)?;
     let mut ar = ar::Archive::new(file);
     let mut control: Option<String> = None;
     let mut files: Option<u64> = None;
@@ -395,6 +424,8 @@ fn inspect_deb(path: &Path) -> Result<PackageInfo> {
                 "it has no data.tar member: it is cut short (a download or copy that stopped), or not a Debian package",
             )
         })?,
+        msi: None,
+        revision: None,
     })
 }
 
@@ -547,22 +578,36 @@ impl RpmHeader {
             .collect()
     }
 
+    fn int64s(&self, tag: u32) -> Vec<u64> {
+        let Some((RPM_INT64, offset, count)) = self.find(tag) else {
+            return Vec::new();
+        };
+        self.store
+            .get(offset..)
+            .unwrap_or_default()
+            .chunks_exact(8)
+            .take(count as usize)
+            .map(|c| u64::from_be_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+            .collect()
+    }
+
     fn count(&self, tag: u32) -> Option<u64> {
         self.find(tag).map(|(_, _, count)| u64::from(count))
     }
 }
 
 fn inspect_rpm(path: &Path) -> Result<PackageInfo> {
-    let mut file = io::BufReader::new(File::open(path).map_err(|e| Error::io("open", path, e))?);
+    let mut file = io::BufReader::new(crate::fsread::open_regular(path)?.0);
     let mut lead = [0u8; 96];
     file.read_exact(&mut lead)
         .map_err(|e| fail(path, format!("the RPM lead is truncated ({e})")))?;
-    let (_, signature_len) = RpmHeader::read(&mut file, path, "signature")?;
+    let (signature, signature_len) = RpmHeader::read(&mut file, path, "signature")?;
     // The signature header is padded to a multiple of 8 bytes.
     let padding = (8 - signature_len % 8) % 8;
     io::copy(&mut (&mut file).take(padding), &mut io::sink())
         .map_err(|e| Error::io("read", path, e))?;
-    let (header, _) = RpmHeader::read(&mut file, path, "main")?;
+    let (header, header_len) = RpmHeader::read(&mut file, path, "main")?;
+    check_rpm_payload(path, &mut file, &signature, &header, header_len)?;
 
     let version = match (header.string(RPMTAG_VERSION), header.string(RPMTAG_RELEASE)) {
         (Some(v), Some(r)) => Some(format!("{v}-{r}")),
@@ -613,141 +658,178 @@ fn inspect_rpm(path: &Path) -> Result<PackageInfo> {
             .count(RPMTAG_BASENAMES)
             .or_else(|| header.count(RPMTAG_OLDFILENAMES))
             .unwrap_or(0),
+        msi: None,
+        revision: header.string(RPMTAG_VCS).filter(|v| !v.is_empty()),
     })
 }
 
-const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+// Signature header tags (rpm's lib/rpmtag.h, RPMSIGTAG_*) and main header payload tags.
+const RPMSIGTAG_SIZE: u32 = 1000;
+const RPMSIGTAG_LONGSIZE: u32 = 270;
+const RPMTAG_PAYLOADDIGEST: u32 = 5092;
+/// `%{vcs}`: where the package was built from (rpm 4.15+).
+const RPMTAG_VCS: u32 = 5034;
+const RPMTAG_PAYLOADDIGESTALGO: u32 = 5093;
+const RPM_INT64: u32 = 5;
+/// `PGPHASHALGO_SHA256`.
+const RPM_DIGEST_SHA256: u32 = 8;
 
-/// Reads a blob by digest and checks that its content has that digest, so a tampered
-/// layout cannot pass as the image it claims to be.
-fn read_blob(layout: &Path, digest: &str) -> Result<(Vec<u8>, String)> {
-    let hex = digest
-        .strip_prefix("sha256:")
-        .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
-        .ok_or_else(|| {
-            fail(
-                layout,
-                format!("blob digest '{digest}' is not a sha256 digest"),
-            )
-        })?;
-    let blob_path = layout.join("blobs").join("sha256").join(hex);
-    let file = File::open(&blob_path).map_err(|e| Error::io("open", &blob_path, e))?;
-    let data = read_capped(file, &blob_path, "the blob")?;
-    let actual = sha256_bytes(&data);
-    if actual != hex.to_ascii_lowercase() {
-        return Err(Error::DigestMismatch {
-            path: blob_path,
-            expected: hex.to_owned(),
-            actual,
+/// The rest of an RPM after its headers is the compressed payload: its length must be what
+/// the signature header records (header + payload) and, when the package records a sha256
+/// payload digest (rpm 4.14+), its bytes must hash to it — a package cut short (a download
+/// that stopped) or altered in its payload is refused here, not when it is installed.
+fn check_rpm_payload(
+    path: &Path,
+    file: &mut impl Read,
+    signature: &RpmHeader,
+    header: &RpmHeader,
+    header_len: u64,
+) -> Result<()> {
+    let (digest, payload_len) =
+        crate::digest::sha256_reader(file).map_err(|e| Error::io("read", path, e))?;
+    let recorded = signature
+        .int64s(RPMSIGTAG_LONGSIZE)
+        .first()
+        .copied()
+        .or_else(|| {
+            signature
+                .int32s(RPMSIGTAG_SIZE)
+                .first()
+                .map(|v| u64::from(*v))
         });
+    if let Some(size) = recorded
+        && header_len + payload_len != size
+    {
+        return Err(fail(
+            path,
+            format!(
+                "its header and payload are {} bytes but the signature header records {size}: the package is cut short or has bytes appended",
+                header_len + payload_len
+            ),
+        ));
     }
-    Ok((data, actual))
-}
-
-fn json(data: &[u8], path: &Path, what: &str) -> Result<serde_json::Value> {
-    serde_json::from_slice(data).map_err(|e| fail(path, format!("{what} is not valid JSON ({e})")))
-}
-
-fn annotation(value: &serde_json::Value, key: &str) -> Option<String> {
-    value
-        .get("annotations")?
-        .get(key)?
-        .as_str()
-        .map(str::to_owned)
+    let algo = header.int32s(RPMTAG_PAYLOADDIGESTALGO).first().copied();
+    if let (Some(RPM_DIGEST_SHA256), Some(expected)) = (algo, header.string(RPMTAG_PAYLOADDIGEST))
+        && !expected.eq_ignore_ascii_case(&digest)
+    {
+        return Err(fail(
+            path,
+            format!(
+                "its payload's sha256 is {digest} but the header records {expected}: the payload is corrupt or cut short"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn inspect_oci(layout: &Path) -> Result<PackageInfo> {
-    let marker = layout.join("oci-layout");
-    let marker_data = std::fs::read(&marker).map_err(|_| {
-        fail(layout, "it is a directory without an oci-layout file; only OCI image layouts can be inspected as directories")
-    })?;
-    let marker_json = json(&marker_data, &marker, "oci-layout")?;
-    if marker_json
-        .get("imageLayoutVersion")
-        .and_then(|v| v.as_str())
-        .is_none()
-    {
+    let image = crate::oci::verify_layout(layout, None)?;
+    Ok(PackageInfo {
+        format: PackageFormat::Oci,
+        name: image.name,
+        version: image.version,
+        architecture: image.architecture,
+        dependencies: Vec::new(),
+        digest: image.manifest_digest,
+        files: image.layers,
+        msi: None,
+        revision: image.revision,
+    })
+}
+
+/// Largest MSI read: the tables are small, but the container's allocation tables grow with
+/// the embedded cabinets, and all of them are read.
+const MAX_MSI_BYTES: u64 = 4 * 1024 * 1024 * 1024;
+
+fn inspect_msi(path: &Path) -> Result<PackageInfo> {
+    let (file, len) = crate::fsread::open_regular(path)?;
+    if len > MAX_MSI_BYTES {
         return Err(fail(
-            layout,
-            "its oci-layout file has no imageLayoutVersion",
+            path,
+            format!("it is {len} bytes, more than the {MAX_MSI_BYTES}-byte limit for MSI packages"),
         ));
     }
-    let index_path = layout.join("index.json");
-    let index_data = std::fs::read(&index_path).map_err(|e| Error::io("read", &index_path, e))?;
-    let mut index = json(&index_data, &index_path, "index.json")?;
-    let mut descriptor_annotations = serde_json::Value::Null;
-    // Follow nested indexes (multi-platform images) to the first image manifest.
-    for _ in 0..8 {
-        let descriptor = index
-            .get("manifests")
-            .and_then(|m| m.as_array())
-            .and_then(|m| m.first())
-            .cloned()
-            .ok_or_else(|| fail(layout, "its index lists no manifests"))?;
-        if descriptor_annotations.is_null() {
-            descriptor_annotations = descriptor.clone();
+    // The msi crate reads untrusted bytes and may panic on some malformed inputs; a panic
+    // there must be a refused package, never a crashed `slipway`.
+    let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read_msi(file)));
+    let (properties, file_names, arch) = match read {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            return Err(fail(
+                path,
+                format!("it is not a readable MSI package ({e}): cut short, or not an MSI"),
+            ));
         }
-        let digest = descriptor
-            .get("digest")
-            .and_then(|d| d.as_str())
-            .ok_or_else(|| fail(layout, "an index entry has no digest"))?
-            .to_owned();
-        let media_type = descriptor
-            .get("mediaType")
-            .and_then(|m| m.as_str())
-            .unwrap_or(OCI_MANIFEST);
-        let (data, manifest_digest) = read_blob(layout, &digest)?;
-        let blob = json(&data, layout, "the manifest")?;
-        if media_type == OCI_INDEX || media_type == DOCKER_MANIFEST_LIST {
-            index = blob;
-            continue;
+        Err(_) => {
+            return Err(fail(
+                path,
+                "it is not a readable MSI package (its structure is corrupt)",
+            ));
         }
-        let config_digest = blob
-            .get("config")
-            .and_then(|c| c.get("digest"))
-            .and_then(|d| d.as_str())
-            .ok_or_else(|| fail(layout, format!("manifest {digest} has no config")))?;
-        let (config_data, _) = read_blob(layout, config_digest)?;
-        let config = json(&config_data, layout, "the image config")?;
-        let label = |key: &str| {
-            config
-                .get("config")
-                .and_then(|c| c.get("Labels"))
-                .and_then(|l| l.get(key))
-                .and_then(|v| v.as_str())
-                .map(str::to_owned)
-        };
-        let pick = |key: &str| {
-            annotation(&blob, key)
-                .or_else(|| annotation(&descriptor_annotations, key))
-                .or_else(|| annotation(&index, key))
-                .or_else(|| label(key))
-        };
-        let architecture = config
-            .get("architecture")
-            .and_then(|a| a.as_str())
-            .map(
-                |arch| match config.get("variant").and_then(|v| v.as_str()) {
-                    Some(variant) => format!("{arch}/{variant}"),
-                    None => arch.to_owned(),
-                },
-            );
-        let layers = blob
-            .get("layers")
-            .and_then(|l| l.as_array())
-            .map_or(0, Vec::len);
-        return Ok(PackageInfo {
-            format: PackageFormat::Oci,
-            name: pick("org.opencontainers.image.title")
-                .or_else(|| pick("org.opencontainers.image.ref.name")),
-            version: pick("org.opencontainers.image.version"),
-            architecture,
-            dependencies: Vec::new(),
-            digest: manifest_digest,
-            files: layers as u64,
-        });
+    };
+    let prop = |k: &str| properties.get(k).cloned();
+    let name = prop("ProductName");
+    let version = prop("ProductVersion");
+    if name.is_none() || version.is_none() {
+        return Err(fail(
+            path,
+            "its Property table has no ProductName or ProductVersion, which every MSI package must have",
+        ));
     }
-    Err(fail(layout, "its indexes nest more than 8 levels deep"))
+    Ok(PackageInfo {
+        format: PackageFormat::Msi,
+        name,
+        version,
+        architecture: arch,
+        dependencies: Vec::new(),
+        digest: sha256_file(path)?,
+        files: file_names.len() as u64,
+        msi: Some(MsiInfo {
+            upgrade_code: prop("UpgradeCode"),
+            product_code: prop("ProductCode"),
+            manufacturer: prop("Manufacturer"),
+            file_names,
+        }),
+        revision: None,
+    })
+}
+
+/// The Property table, the File table's long names (sorted) and the platform of an MSI.
+type MsiTables = (
+    std::collections::BTreeMap<String, String>,
+    Vec<String>,
+    Option<String>,
+);
+
+fn read_msi(file: File) -> io::Result<MsiTables> {
+    let mut package = msi::Package::open(file)?;
+    // The platform is the first part of the summary's template (`x64;1033`).
+    let arch = package
+        .summary_info()
+        .arch()
+        .map(|a| a.split(';').next().unwrap_or(a).to_owned())
+        .filter(|a| !a.is_empty());
+    let has = |p: &msi::Package<File>, table: &str, cols: &[&str]| {
+        p.get_table(table)
+            .is_some_and(|t| cols.iter().all(|c| t.has_column(c)))
+    };
+    let mut properties = std::collections::BTreeMap::new();
+    if has(&package, "Property", &["Property", "Value"]) {
+        for row in package.select_rows(msi::Select::table("Property"))? {
+            if let (Some(k), Some(v)) = (row["Property"].as_str(), row["Value"].as_str()) {
+                properties.insert(k.to_owned(), v.to_owned());
+            }
+        }
+    }
+    let mut names = Vec::new();
+    if has(&package, "File", &["FileName"]) {
+        for row in package.select_rows(msi::Select::table("File"))? {
+            if let Some(n) = row["FileName"].as_str() {
+                // `SHORT~1.TXT|long name.txt`: the long name is what users see.
+                names.push(n.rsplit('|').next().unwrap_or(n).to_owned());
+            }
+        }
+    }
+    names.sort();
+    Ok((properties, names, arch))
 }

@@ -14,8 +14,10 @@ pub mod compat;
 pub mod deps;
 pub mod digest;
 pub mod error;
+mod fsread;
 pub mod inspect;
 pub mod manifest;
+pub mod oci;
 pub mod render;
 pub mod sign;
 pub mod unpack;
@@ -23,7 +25,7 @@ pub mod unpack;
 pub use archive::{
     ArchiveManifest, BuildOptions, BuiltArchive, Compression, build_archive, build_archive_with,
 };
-pub use artifacts::{ArtifactVerified, check_artifacts, verify_artifact};
+pub use artifacts::{ArtifactVerified, artifact_revisions, check_artifacts, verify_artifact};
 pub use checks::{CheckFacts, PlanChecks, plan_checks};
 pub use deps::{Conflict, LockedVersion, Resolution, VersionLock, VersionSource, resolve};
 pub use digest::{parse_sha256, sha256_file, verify_digest};

@@ -22,6 +22,7 @@ mod test_locks;
 mod test_manifest;
 mod test_render;
 mod test_sign;
+mod test_supply;
 mod test_unpack;
 
 #[test]

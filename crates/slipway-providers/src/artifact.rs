@@ -30,13 +30,15 @@ pub fn stored_path(store: &std::path::Path, sha256: &str) -> PathBuf {
 }
 
 /// Copy a verified artifact (and its signature) into the store, atomically: a crash leaves
-/// either nothing or the whole file under its digest, never a partial one.
+/// either nothing or the whole file under its digest, never a partial one. An OCI layout
+/// is kept as a directory holding exactly the files of the verified image.
 fn keep(
     store: &std::path::Path,
     base: &std::path::Path,
     path: &str,
     sha256: &str,
     signature: Option<&str>,
+    layout_files: &[PathBuf],
 ) -> std::io::Result<PathBuf> {
     let dest = stored_path(store, sha256);
     if let Some(dir) = dest.parent() {
@@ -48,8 +50,22 @@ fn keep(
         std::fs::File::open(&tmp)?.sync_all()?;
         std::fs::rename(tmp, to)
     };
-    if !dest.exists() {
+    if !dest.exists() && layout_files.is_empty() {
         copy(&base.join(path), &dest)?;
+    } else if !dest.exists() {
+        let tmp = dest.with_extension("partial");
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp)?;
+        }
+        for rel in layout_files {
+            let to = tmp.join(rel);
+            if let Some(dir) = to.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            std::fs::copy(base.join(path).join(rel), &to)?;
+            std::fs::File::open(&to)?.sync_all()?;
+        }
+        std::fs::rename(tmp, &dest)?;
     }
     if let Some(sig) = signature {
         let sig_dest = dest.with_extension("minisig");
@@ -160,13 +176,20 @@ impl Target for ArtifactTarget {
                 },
             ) = (&self.store, action)
             {
-                let kept =
-                    keep(store, &self.base, path, sha256, signature.as_deref()).map_err(|e| {
-                        TargetError::Io(format!(
-                            "keep {path} in the artifact store {}: {e}",
-                            store.display()
-                        ))
-                    })?;
+                let kept = keep(
+                    store,
+                    &self.base,
+                    path,
+                    sha256,
+                    signature.as_deref(),
+                    &v.layout_files,
+                )
+                .map_err(|e| {
+                    TargetError::Io(format!(
+                        "keep {path} in the artifact store {}: {e}",
+                        store.display()
+                    ))
+                })?;
                 stdout.push_str(&format!("; kept as {}", kept.display()));
             }
             Ok(Applied::Ran {
