@@ -67,6 +67,21 @@ pub async fn session(store: &StoreArg) -> Result<Session, CliError> {
     Ok(Session::open(store.store.as_deref(), actor()).await?)
 }
 
+/// Open the session of a command that only reads, or acts on records that must already
+/// exist (a run id): the store must be there. A mistyped `--store` is then exit 8 naming
+/// the path, never a new empty store answering "no runs" (only commands that write — a
+/// deploy, a grant — create one).
+pub async fn read_session(store: &StoreArg) -> Result<Session, CliError> {
+    Ok(Session::open_existing(store.store.as_deref(), actor()).await?)
+}
+
+/// [`open_store`] for commands that only read ([`read_session`]).
+pub async fn read_store(arg: &StoreArg) -> Result<(Arc<AnyStore>, PathBuf), CliError> {
+    let s = read_session(arg).await?;
+    let anchor = s.layout.dir().join("slipway.db");
+    Ok((s.store, anchor))
+}
+
 /// A hint as a shell user acts on it.
 pub fn render_hint(h: &Hint) -> String {
     match h {

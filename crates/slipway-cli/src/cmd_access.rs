@@ -151,9 +151,22 @@ async fn run(c: AccessCommand, out: &Output) -> Result<i32, CliError> {
     .store
     .clone();
     let store = StoreArg { store: store_url };
+    // Listing, revoking and deciding need records that exist: never create a store for
+    // them (a mistyped --store is exit 8 naming it). Granting, issuing a token and
+    // starting a review write, and may start a store.
+    let creates = matches!(
+        c,
+        AccessCommand::Grant(_)
+            | AccessCommand::Token(TokenCommand::Create(_))
+            | AccessCommand::Review(ReviewCommand::Start(_))
+    );
     // The run store first: it creates and migrates the file, which the access tables share
     // (created first, they would make the file look like a foreign SQLite database).
-    let s: Session = session(&store).await?;
+    let s: Session = if creates {
+        session(&store).await?
+    } else {
+        crate::cli_util::read_session(&store).await?
+    };
     let db = AccessDb::for_store(&s.store)
         .await
         .map_err(CliError::from)?;

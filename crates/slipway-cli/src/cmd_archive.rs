@@ -46,7 +46,7 @@ pub struct ArchiveArgs {
     #[arg(long)]
     pub before: String,
     /// Directory for the bundle (default: `archive/` beside the store file).
-    #[arg(long)]
+    #[arg(long, short = 'o', value_name = "DIR")]
     pub out: Option<PathBuf>,
     /// The minisign secret key that signs the bundle (`slipway key generate`).
     #[arg(long, short = 's')]
@@ -177,7 +177,7 @@ pub fn archive(a: ArchiveArgs, out: &Output) -> Result<i32, CliError> {
         .map_err(|e| CliError::input(format!("failed to {e}"), "e.g. --before 2026-01-01"))?;
     let rt = runtime()?;
     rt.block_on(async {
-        let (store, _) = open_store(&a.store).await?;
+        let (store, _) = crate::cli_util::read_store(&a.store).await?;
         let db_path = sqlite_only(
             &store,
             "slipway archive",
@@ -341,7 +341,7 @@ pub fn retention(c: RetentionCommand, out: &Output) -> Result<i32, CliError> {
     rt.block_on(async {
         match c {
             RetentionCommand::Show(a) => {
-                let (store, _) = open_store(&a.store).await?;
+                let (store, _) = crate::cli_util::read_store(&a.store).await?;
                 let db_path = sqlite_only(&store, "slipway retention show", "the retention policy")?;
                 let db = ArchiveDb::open(db_path).await.map_err(CliError::from)?;
                 let policy = policy_of(&db).await?;

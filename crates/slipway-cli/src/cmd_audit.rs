@@ -21,7 +21,7 @@ use slipway_engine::store::{Anchor, Store};
 use slipway_model::exit;
 use slipway_package as pkg;
 
-use crate::cli_util::{StoreArg, open_store, runtime};
+use crate::cli_util::{StoreArg, runtime};
 use crate::out::{CliError, Output, Style};
 
 /// `slipway audit …`.
@@ -89,7 +89,7 @@ pub struct VerifyArgs {
 #[derive(Debug, clap::Args)]
 pub struct ExportArgs {
     /// Output file.
-    #[arg(long)]
+    #[arg(long, short = 'o', value_name = "FILE")]
     pub out: PathBuf,
     #[command(flatten)]
     pub store: StoreArg,
@@ -175,7 +175,7 @@ fn verify(a: VerifyArgs, out: &Output) -> Result<i32, CliError> {
     }
     let rt = runtime()?;
     rt.block_on(async {
-        let (store, _) = open_store(&a.store).await?;
+        let (store, _) = crate::cli_util::read_store(&a.store).await?;
         if !a.archive.is_empty() {
             let db_path = crate::cli_util::sqlite_only(
                 &store,
@@ -487,7 +487,7 @@ fn append_durably(path: &Path, text: &str) -> Result<(), CliError> {
 fn export(a: ExportArgs, out: &Output) -> Result<i32, CliError> {
     let rt = runtime()?;
     rt.block_on(async {
-        let (store, _) = open_store(&a.store).await?;
+        let (store, _) = crate::cli_util::read_store(&a.store).await?;
         let entries = store.audit_entries().await.map_err(CliError::from)?;
         let text = audit::export_jsonl(&entries);
         std::fs::write(&a.out, &text).map_err(|e| {

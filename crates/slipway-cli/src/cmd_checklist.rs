@@ -13,7 +13,7 @@ use slipway_model::exit;
 use slipway_model::spec::ChecklistItem;
 use slipway_store::checklist::{Ack, ChecklistDb};
 
-use crate::cli_util::{StoreArg, identity, open_store, runtime, sqlite_only};
+use crate::cli_util::{StoreArg, identity, runtime, sqlite_only};
 use crate::out::{CliError, Output};
 
 /// `slipway checklist …`.
@@ -144,7 +144,7 @@ pub fn checklist(c: ChecklistCommand, out: &Output) -> Result<i32, CliError> {
                 None,
             )),
             (ChecklistCommand::Show(a), Some(plan)) => {
-                let (store, _) = open_store(&a.store).await?;
+                let (store, _) = crate::cli_util::read_store(&a.store).await?;
                 let db_path = sqlite_only(
                     &store,
                     "slipway checklist show",
@@ -231,7 +231,7 @@ pub fn checklist(c: ChecklistCommand, out: &Output) -> Result<i32, CliError> {
 }
 
 async fn accept(a: AcceptArgs, out: &Output) -> Result<i32, CliError> {
-    let (store, _) = open_store(&a.store).await?;
+    let (store, _) = crate::cli_util::read_store(&a.store).await?;
     let run = slipway_govern::history::RunHistory::load(store.as_ref(), &a.run)
         .await
         .map_err(CliError::from)?;

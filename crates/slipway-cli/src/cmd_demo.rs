@@ -668,10 +668,7 @@ impl slipway_ops::Reporter for DemoReporter {
             _ => return,
         };
         if !self.quiet {
-            #[allow(clippy::print_stderr, reason = "live progress of the demo")]
-            {
-                eprintln!("{line}");
-            }
+            crate::out::stderr_line(&line);
         }
     }
 }
@@ -798,13 +795,7 @@ async fn live_view(
         if tty {
             let _ = mp.println(line);
         } else {
-            #[allow(
-                clippy::print_stderr,
-                reason = "the live view is part of the CLI's output"
-            )]
-            {
-                eprintln!("{line}");
-            }
+            crate::out::stderr_line(&line);
         }
     };
     loop {

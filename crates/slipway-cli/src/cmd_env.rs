@@ -101,7 +101,7 @@ pub fn env(c: EnvCommand, out: &Output) -> Result<i32, CliError> {
                 Ok(exit::SUCCESS)
             }
             EnvCommand::Release(a) => {
-                let (store, _) = open_store(&a.store).await?;
+                let (store, _) = crate::cli_util::read_store(&a.store).await?;
                 let holder = if a.force {
                     None
                 } else {
@@ -135,7 +135,7 @@ pub fn env(c: EnvCommand, out: &Output) -> Result<i32, CliError> {
                 }
             }
             EnvCommand::Leases(a) => {
-                let (store, _) = open_store(&a.store).await?;
+                let (store, _) = crate::cli_util::read_store(&a.store).await?;
                 let now = SystemClock.now();
                 let leases = store.leases().await.map_err(CliError::from)?;
                 if out.json() {

@@ -39,7 +39,8 @@ pub struct MigrateArgs {
     /// Database URL: postgres://user[:password]@host:port/db or sqlite://PATH.
     #[arg(long, env = "SLIPWAY_DATABASE_URL", value_name = "URL")]
     pub url: String,
-    /// Directory of V{n}__name.sql and U{n}__name.sql files.
+    /// Directory of migrations: V<N>__<name>.sql files and their U<N>__<name>.sql undo
+    /// scripts (N the version, e.g. V3__add_orders_index.sql).
     #[arg(long, value_name = "DIR")]
     pub dir: PathBuf,
 }
@@ -49,7 +50,8 @@ pub struct MigrateArgs {
 pub struct ApplyArgs {
     #[command(flatten)]
     pub target: MigrateArgs,
-    /// Recorded as `applied_by` (default: $USER).
+    /// Recorded as `applied_by` (default: who you are: the token's user, `SLIPWAY_USER`,
+    /// `USER`, or the OS account).
     #[arg(long)]
     pub who: Option<String>,
     /// Apply pending versions older than the latest applied one instead of refusing.
@@ -202,10 +204,7 @@ pub fn migrate(cmd: MigrateCommand, out: &Output) -> Result<i32, CliError> {
                 })
             }
             MigrateCommand::Apply(a) => {
-                let who = a
-                    .who
-                    .or_else(|| std::env::var("USER").ok())
-                    .unwrap_or_else(|| "slipway".into());
+                let who = a.who.unwrap_or_else(crate::cli_util::identity);
                 let opts = mig::ApplyOptions {
                     who,
                     allow_out_of_order: a.allow_out_of_order,

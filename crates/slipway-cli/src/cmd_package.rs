@@ -84,7 +84,7 @@ pub struct BuildArgs {
     #[arg(long)]
     pub version: String,
     /// Output file, .tar.gz or .tar.zst (default: NAME-VERSION.tar.gz).
-    #[arg(long)]
+    #[arg(long, short = 'o', value_name = "FILE")]
     pub out: Option<PathBuf>,
 }
 

@@ -129,7 +129,7 @@ async fn store_runs(arg: &StoreArg) -> Result<(PathBuf, Vec<RunRecord>), CliErro
     {
         return Ok((layout.dir().join("slipway.db"), Vec::new()));
     }
-    let (store, db) = crate::cli_util::open_store(arg).await?;
+    let (store, db) = crate::cli_util::read_store(arg).await?;
     // Listings carry no plan; the few runs that matter are read in full.
     let listed = store.runs(RUNS_LOOKED_AT).await.map_err(CliError::from)?;
     let mut seen_env = std::collections::BTreeSet::new();
@@ -320,7 +320,7 @@ fn stop(a: StopArgs, out: &Output) -> Result<i32, CliError> {
             Ok(slipway_store::StoreLocation::Postgres(_))
         );
         if db.exists() || shared {
-            let (store, _) = crate::cli_util::open_store(&a.store).await?;
+            let (store, _) = crate::cli_util::read_store(&a.store).await?;
             crate::cli_util::enforce(
                 &store,
                 slipway_govern::access::Role::Deployer,

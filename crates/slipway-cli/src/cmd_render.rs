@@ -65,7 +65,7 @@ pub enum DialectArg {
 /// `slipway compat sql`.
 #[derive(Debug, clap::Args)]
 pub struct CompatSqlArgs {
-    /// The directory of migrations (`V{N}__name.sql`; `U{N}__` undo scripts are skipped).
+    /// The directory of migrations (`V<N>__<name>.sql`; `U<N>__` undo scripts are skipped).
     pub dir: PathBuf,
     /// The SQL dialect.
     #[arg(long, value_enum, default_value_t = DialectArg::Postgres)]

@@ -16,7 +16,7 @@ use slipway_govern::{GovernError, history};
 use slipway_model::exit;
 use slipway_store::archive::ArchiveDb;
 
-use crate::cli_util::{StoreArg, open_store, runtime};
+use crate::cli_util::{StoreArg, runtime};
 use crate::out::{CliError, Output};
 
 /// `slipway report …`.
@@ -72,7 +72,7 @@ pub struct CatalogExportArgs {
     #[arg(short = 'f', long)]
     pub file: PathBuf,
     /// Output directory.
-    #[arg(long)]
+    #[arg(long, short = 'o', value_name = "DIR")]
     pub out: PathBuf,
     #[command(flatten)]
     pub store: StoreArg,
@@ -91,7 +91,7 @@ pub struct ComplianceArgs {
     #[arg(long)]
     pub until: Option<String>,
     /// Directory for the evidence pack.
-    #[arg(long)]
+    #[arg(long, short = 'o', value_name = "DIR")]
     pub out: PathBuf,
     /// Archive bundles whose runs to examine like live ones (repeatable; give every bundle
     /// from the oldest wanted to the newest, so the chain is whole). Without it, archived
@@ -269,7 +269,7 @@ fn dora_cmd(a: DoraArgs, out: &Output) -> Result<i32, CliError> {
         .map_err(govern_error)?;
     let rt = runtime()?;
     let report = rt.block_on(async {
-        let (store, _) = open_store(&a.store).await?;
+        let (store, _) = crate::cli_util::read_store(&a.store).await?;
         slipway_govern::verify_evidence(store.as_ref())
             .await
             .map_err(govern_error)?;
@@ -307,7 +307,7 @@ fn dora_cmd(a: DoraArgs, out: &Output) -> Result<i32, CliError> {
 fn handover_cmd(a: RunReportArgs, out: &Output) -> Result<i32, CliError> {
     let rt = runtime()?;
     let (run, prev) = rt.block_on(async {
-        let (store, _) = open_store(&a.store).await?;
+        let (store, _) = crate::cli_util::read_store(&a.store).await?;
         slipway_govern::verify_evidence(store.as_ref())
             .await
             .map_err(govern_error)?;
@@ -332,7 +332,7 @@ fn handover_cmd(a: RunReportArgs, out: &Output) -> Result<i32, CliError> {
 fn retro_cmd(a: RunReportArgs, out: &Output) -> Result<i32, CliError> {
     let rt = runtime()?;
     let run = rt.block_on(async {
-        let (store, _) = open_store(&a.store).await?;
+        let (store, _) = crate::cli_util::read_store(&a.store).await?;
         slipway_govern::verify_evidence(store.as_ref())
             .await
             .map_err(govern_error)?;
@@ -356,7 +356,7 @@ fn compliance_cmd(a: ComplianceArgs, out: &Output) -> Result<i32, CliError> {
     slipway_govern::compliance::catalogue(&a.framework).map_err(govern_error)?;
     let rt = runtime()?;
     let evidence = rt.block_on(async {
-        let (store, _) = open_store(&a.store).await?;
+        let (store, _) = crate::cli_util::read_store(&a.store).await?;
         slipway_govern::verify_evidence(store.as_ref())
             .await
             .map_err(govern_error)?;
@@ -496,7 +496,7 @@ pub fn catalog(c: CatalogCommand, out: &Output) -> Result<i32, CliError> {
         {
             let rt = runtime()?;
             rt.block_on(async {
-                let (store, _) = open_store(&a.store).await?;
+                let (store, _) = crate::cli_util::read_store(&a.store).await?;
                 slipway_govern::verify_evidence(store.as_ref())
                     .await
                     .map_err(govern_error)?;

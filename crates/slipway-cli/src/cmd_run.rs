@@ -13,9 +13,9 @@ use slipway_model::exit;
 use slipway_ops::runs::{self, DeployRequest, DeployStarted, DriveReport, DriveRequest, Handled};
 use slipway_ops::views;
 
-use crate::cli_util::{StoreArg, runtime, session};
+use crate::cli_util::{StoreArg, read_session, runtime, session};
 use crate::out::{CliError, Output, Style};
-use crate::progress::{CliReporter, event_line};
+use crate::progress::{CliReporter, event_line, output_lines};
 
 /// `slipway deploy`.
 #[derive(Debug, clap::Args)]
@@ -53,7 +53,22 @@ pub struct RunArgs {
     /// Exit with code 3 instead of waiting for a window or approvals.
     #[arg(long)]
     pub no_wait: bool,
-    /// (resume) Wait while another release holds the environment's lease.
+    /// (promote) Wait while another release holds the environment's lease.
+    #[arg(long)]
+    pub wait: bool,
+    #[command(flatten)]
+    pub store: StoreArg,
+}
+
+/// `slipway resume`.
+#[derive(Debug, clap::Args)]
+pub struct ResumeArgs {
+    /// Run id (default: the latest run, as for `status` and `logs`).
+    pub run: Option<String>,
+    /// Exit with code 3 instead of waiting for a window or approvals.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// Wait while another release holds the environment's lease.
     #[arg(long)]
     pub wait: bool,
     #[command(flatten)]
@@ -87,8 +102,8 @@ pub struct StatusArgs {
 /// `slipway logs`.
 #[derive(Debug, clap::Args)]
 pub struct LogsArgs {
-    /// Run id.
-    pub run: String,
+    /// Run id (default: the latest run).
+    pub run: Option<String>,
     /// Keep following the journal until the run ends.
     #[arg(short = 'f', long)]
     pub follow: bool,
@@ -245,11 +260,22 @@ pub fn deploy(a: DeployArgs, out: &Output) -> Result<i32, CliError> {
 }
 
 /// `slipway resume`.
-pub fn resume(a: RunArgs, out: &Output) -> Result<i32, CliError> {
+pub fn resume(a: ResumeArgs, out: &Output) -> Result<i32, CliError> {
     let rt = runtime()?;
     rt.block_on(async {
-        let s = session(&a.store).await?;
-        let plan = runs::load_run(s.store.as_ref(), &a.run)
+        let s = read_session(&a.store).await?;
+        let run = match a.run {
+            Some(r) => r,
+            None => {
+                let r = views::latest_run(&s).await?;
+                // It acts on a run nobody named: say which.
+                if !out.json() {
+                    out.eline(&format!("resuming the latest run, {r}"));
+                }
+                r
+            }
+        };
+        let plan = runs::load_run(s.store.as_ref(), &run)
             .await
             .ok()
             .and_then(|r| runs::plan_of(&r));
@@ -258,7 +284,7 @@ pub fn resume(a: RunArgs, out: &Output) -> Result<i32, CliError> {
             no_wait: a.no_wait,
             wait_for_lease: a.wait,
         };
-        let h = runs::resume(&s, &a.run, req, reporter.clone()).await?;
+        let h = runs::resume(&s, &run, req, reporter.clone()).await?;
         Ok(render_handled(h, &reporter, out))
     })
 }
@@ -267,7 +293,7 @@ pub fn resume(a: RunArgs, out: &Output) -> Result<i32, CliError> {
 pub fn promote(a: RunArgs, out: &Output) -> Result<i32, CliError> {
     let rt = runtime()?;
     rt.block_on(async {
-        let s = session(&a.store).await?;
+        let s = read_session(&a.store).await?;
         let plan = runs::load_run(s.store.as_ref(), &a.run)
             .await
             .ok()
@@ -286,7 +312,7 @@ pub fn promote(a: RunArgs, out: &Output) -> Result<i32, CliError> {
 pub fn status(a: StatusArgs, out: &Output) -> Result<i32, CliError> {
     let rt = runtime()?;
     rt.block_on(async {
-        let s = session(&a.store).await?;
+        let s = read_session(&a.store).await?;
         let id = match a.run {
             Some(r) => r,
             None => views::latest_run(&s).await?,
@@ -306,8 +332,21 @@ pub fn status(a: StatusArgs, out: &Output) -> Result<i32, CliError> {
 
 fn render_status(v: &views::RunView, perf_lines: &[String], out: &Output) {
     let run = &v.run;
+    // A run that is not over and that no process drives is going nowhere: its driver was
+    // killed (or it waits for a person). Say so instead of a bare `running`.
+    let driver = match v.driven {
+        Some(false) if run.state == RunState::Paused => {
+            format!(" (continue with `slipway resume {}`)", run.id)
+        }
+        Some(false) => format!(
+            " — {}: no process drives it (continue with `slipway resume {}`)",
+            out.paint("interrupted", Style::Warn),
+            run.id
+        ),
+        _ => String::new(),
+    };
     out.line(&format!(
-        "run {}  {} {} -> {}  state {}",
+        "run {}  {} {} -> {}  state {}{driver}",
         run.id,
         run.release,
         run.version,
@@ -332,6 +371,11 @@ fn render_status(v: &views::RunView, perf_lines: &[String], out: &Output) {
             s.step_id,
             s.attempts
         ));
+        if s.status == slipway_engine::StepStatus::Failed {
+            for l in s.output.iter().flat_map(output_lines) {
+                out.line(&format!("      {l}"));
+            }
+        }
     }
     for a in &v.analysis {
         let phases = a["by_phase"]
@@ -356,6 +400,9 @@ fn render_status(v: &views::RunView, perf_lines: &[String], out: &Output) {
                 r["phase"].as_str().unwrap_or("?"),
                 r["detail"].as_str().unwrap_or_default()
             ));
+            if let Some(line) = sampled_line(&r["sampled"]) {
+                out.line(&format!("      {line}"));
+            }
         }
     }
     for l in perf_lines {
@@ -422,12 +469,32 @@ fn render_status(v: &views::RunView, perf_lines: &[String], out: &Output) {
     }
 }
 
+/// What a distribution comparison judged (`MetricResult::sampled`, journaled with each
+/// measurement): the method, the cap per side, and used of available samples per side.
+fn sampled_line(v: &serde_json::Value) -> Option<String> {
+    let s: slipway_model::analysis::Sampled = serde_json::from_value(v.clone()).ok()?;
+    let method = match s.method {
+        slipway_model::analysis::SampleMethod::All => "all samples".to_owned(),
+        slipway_model::analysis::SampleMethod::Reservoir => {
+            format!("uniform reservoir sample (seed {:#x})", s.seed)
+        }
+    };
+    Some(format!(
+        "sampled: {method}, cap {} per side; canary {} of {}, stable {} of {}",
+        s.cap, s.used_canary, s.n_canary, s.used_stable, s.n_stable
+    ))
+}
+
 /// `slipway logs`.
 pub fn logs(a: LogsArgs, out: &Output) -> Result<i32, CliError> {
     let rt = runtime()?;
     rt.block_on(async {
-        let s = session(&a.store).await?;
-        views::journal(&s, &a.run, a.follow, |n| {
+        let s = read_session(&a.store).await?;
+        let run = match a.run {
+            Some(r) => r,
+            None => views::latest_run(&s).await?,
+        };
+        views::journal(&s, &run, a.follow, |n| {
             if out.json() {
                 // One JSON object per line: a stream a pipeline can follow.
                 out.line(&serde_json::to_string(n).unwrap_or_default());
@@ -458,7 +525,7 @@ fn render_control(c: &runs::Controlled, out: &Output) -> i32 {
 pub fn pause(a: RunArgs, out: &Output) -> Result<i32, CliError> {
     let rt = runtime()?;
     rt.block_on(async {
-        let s = session(&a.store).await?;
+        let s = read_session(&a.store).await?;
         let c = runs::pause(&s, &a.run).await?;
         Ok(render_control(&c, out))
     })
@@ -468,7 +535,7 @@ pub fn pause(a: RunArgs, out: &Output) -> Result<i32, CliError> {
 pub fn abort(a: RunArgs, out: &Output) -> Result<i32, CliError> {
     let rt = runtime()?;
     rt.block_on(async {
-        let s = session(&a.store).await?;
+        let s = read_session(&a.store).await?;
         let reporter = CliReporter::new(None, out);
         let c = runs::abort(&s, &a.run, &reporter).await?;
         Ok(render_control(&c, out))
@@ -479,7 +546,7 @@ pub fn abort(a: RunArgs, out: &Output) -> Result<i32, CliError> {
 pub fn rollback(a: RollbackArgs, out: &Output) -> Result<i32, CliError> {
     let rt = runtime()?;
     rt.block_on(async {
-        let s = session(&a.store).await?;
+        let s = read_session(&a.store).await?;
         let reporter = CliReporter::new(None, out);
         let end = runs::rollback(&s, &a.run, &a.reason, &reporter).await?;
         if out.json() {
@@ -499,7 +566,7 @@ pub fn rollback(a: RollbackArgs, out: &Output) -> Result<i32, CliError> {
 pub fn approve(a: ApproveArgs, out: &Output) -> Result<i32, CliError> {
     let rt = runtime()?;
     rt.block_on(async {
-        let s = session(&a.store).await?;
+        let s = read_session(&a.store).await?;
         let ap = runs::approve(&s, &a.run, a.digest.as_deref()).await?;
         if out.json() {
             out.json_value(
@@ -523,7 +590,7 @@ pub fn approve(a: ApproveArgs, out: &Output) -> Result<i32, CliError> {
 pub fn history(a: HistoryArgs, out: &Output) -> Result<i32, CliError> {
     let rt = runtime()?;
     rt.block_on(async {
-        let s = session(&a.store).await?;
+        let s = read_session(&a.store).await?;
         let runs = views::history(&s, a.limit).await?;
         if out.json() {
             out.json_value(&runs);

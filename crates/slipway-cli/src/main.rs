@@ -26,23 +26,11 @@ mod perf_report;
 mod progress;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use slipway_model::exit;
 
 use crate::out::{ColorChoice, Output, OutputFormat};
 
-const EXIT_CODES_HELP: &str = "\
-Exit codes:
-  0   success
-  1   the operation ran and failed (run failed, check failed)
-  2   invalid input (spec, flag, argument, file); nothing changed
-  3   blocked by a gate (window, freeze, approvals, lease, plan findings)
-  4   the run was rolled back
-  5   the run is paused, waiting for a human
-  6   the run was aborted
-  7   audit chain or evidence does not verify
-  8   store unavailable or journal version refused
-  9   the API token is unknown, revoked or wrong
-  70  internal error (a bug)
-
+const EXAMPLES: &str = "\
 Examples:
   slipway demo
   slipway plan -f examples/shop/release.yaml --env prod
@@ -50,10 +38,84 @@ Examples:
   slipway diff -f examples/shop/release.yaml --env staging --env prod
   slipway schema > slipway-v1.schema.json";
 
+/// The end of `slipway --help`: the exit codes, generated from
+/// [`slipway_model::exit::ALL`] (the one list README's table is checked against), then
+/// examples.
+fn root_help() -> String {
+    let mut s = String::from("Exit codes:\n");
+    for (code, meaning) in exit::ALL {
+        s.push_str(&hanging(&format!("  {code:<4}"), meaning, 78));
+    }
+    s.push('\n');
+    s.push_str(EXAMPLES);
+    s
+}
+
+/// `text` after `lead`, wrapped at `width` columns with later lines indented as far as
+/// `lead` reaches (clap would wrap a long line at the terminal's width, flush left). Lines
+/// stay within 78 columns, so no terminal of 80 or more wraps them again.
+fn hanging(lead: &str, text: &str, width: usize) -> String {
+    let indent = " ".repeat(lead.len());
+    let mut out = String::new();
+    let mut line = lead.to_owned();
+    for word in text.split_whitespace() {
+        if line.len() > indent.len() && line.len() + 1 + word.len() > width {
+            out.push_str(line.trim_end());
+            out.push('\n');
+            line = indent.clone();
+        } else if line.len() > indent.len() {
+            line.push(' ');
+        }
+        line.push_str(word);
+    }
+    out.push_str(&line);
+    out.push('\n');
+    out
+}
+
+/// The one line every subcommand's help says about the global flags instead of repeating
+/// their blocks (they work after any subcommand; `slipway --help` describes them).
+const GLOBAL_NOTE: &str = "Global options (any command; see `slipway --help`):
+  --output text|json, --color auto|always|never, --token TOKEN";
+
+/// The command line: clap's derive, plus what derive cannot say — the exit codes in the
+/// root help, and subcommand help that lists the command's own flags, with the global
+/// ones summarised in one line. Clap copies a global flag into every subcommand that has
+/// no flag of that id; giving each subcommand a hidden copy instead keeps the flag
+/// working there (same id, same settings) without its help block.
+fn command() -> clap::Command {
+    let root = Cli::command()
+        .after_help(root_help())
+        .after_long_help(root_help());
+    let globals: Vec<clap::Arg> = root
+        .get_arguments()
+        .filter(|a| a.is_global_set())
+        .cloned()
+        .collect();
+    root.mut_subcommands(|sc| quiet_globals(sc, &globals))
+}
+
+fn quiet_globals(mut sc: clap::Command, globals: &[clap::Arg]) -> clap::Command {
+    for g in globals {
+        sc = sc.arg(g.clone().hide(true));
+    }
+    let note = |own: Option<&clap::builder::StyledStr>| match own {
+        Some(h) => format!("{h}\n\n{GLOBAL_NOTE}"),
+        None => GLOBAL_NOTE.to_owned(),
+    };
+    let short = note(sc.get_after_help());
+    let long = sc.get_after_long_help().map(|h| note(Some(h)));
+    sc = sc.after_help(short);
+    if let Some(long) = long {
+        sc = sc.after_long_help(long);
+    }
+    sc.mut_subcommands(|c| quiet_globals(c, globals))
+}
+
 /// Slipway: plan a release, check every environment is ready, ship it progressively,
 /// roll it back by itself when the numbers say so, and prove what happened.
 #[derive(Debug, Parser)]
-#[command(name = "slipway", version, after_long_help = EXIT_CODES_HELP, after_help = EXIT_CODES_HELP)]
+#[command(name = "slipway", version)]
 pub struct Cli {
     /// Output format: `text` for people, `json` for pipelines (stable, documented).
     #[arg(long, global = true, value_enum, default_value_t = OutputFormat::Text, env = "SLIPWAY_OUTPUT")]
@@ -100,11 +162,11 @@ pub enum Commands {
     Package(cmd_package::PackageCommand),
     /// Deploy a spec to an environment as a durable, resumable run.
     Deploy(cmd_run::DeployArgs),
-    /// Continue a paused, waiting or interrupted run.
-    Resume(cmd_run::RunArgs),
+    /// Continue a paused, waiting or interrupted run (default: the latest).
+    Resume(cmd_run::ResumeArgs),
     /// Show a run (default: the latest): state, steps, approvals.
     Status(cmd_run::StatusArgs),
-    /// Show a run's journal; -f follows it live.
+    /// Show a run's journal (default: the latest run); -f follows it live.
     Logs(cmd_run::LogsArgs),
     /// Ask the driver of a run to pause (a live canary pauses at its next analysis tick).
     Pause(cmd_run::RunArgs),
@@ -167,7 +229,10 @@ pub enum Commands {
 }
 
 fn main() {
-    let matches = Cli::command().get_matches();
+    let matches = match command().try_get_matches() {
+        Ok(m) => m,
+        Err(e) => usage_error(e),
+    };
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let out = Output::new(cli.output, cli.color);
     if let Some(token) = &cli.token
@@ -180,6 +245,25 @@ fn main() {
         Err(e) => out.fail(&e),
     };
     std::process::exit(code);
+}
+
+/// A command line clap refused (or `--help`/`--version`, which clap prints and ends with
+/// 0). `--output` is the global output format; a file name given to it (`package build
+/// --output x.tar.gz`, the spelling of an earlier version) gets a pointer to `--out`.
+fn usage_error(e: clap::Error) -> ! {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    let output_flag = matches!(
+        e.get(ContextKind::InvalidArg),
+        Some(ContextValue::String(a)) if a.starts_with("--output")
+    );
+    if e.kind() == ErrorKind::InvalidValue && output_flag {
+        let _ = e.print();
+        out::stderr_line(
+            "  tip: --output is the output format (text or json); a command that writes a file or directory takes it as --out PATH (-o PATH)",
+        );
+        std::process::exit(exit::INVALID_INPUT);
+    }
+    e.exit()
 }
 
 /// The `--store` of the (sub)command being run, however deep, from clap's matches (every
@@ -231,7 +315,7 @@ fn run(command: Commands, out: &Output) -> Result<i32, out::CliError> {
         Commands::Rehearse(a) => cmd_rehearse::rehearse(a, out),
         Commands::Schema => {
             out.raw(&slipway_model::schema::schema_text());
-            Ok(slipway_model::exit::SUCCESS)
+            Ok(exit::SUCCESS)
         }
     }
 }

@@ -3,13 +3,14 @@
 //! Every line Slipway prints goes through [`Output`], so `--output json` is honoured
 //! everywhere and colour decisions are made once (a terminal, no NO_COLOR, or `--color
 //! always`).
-#![allow(
-    clippy::print_stdout,
-    clippy::print_stderr,
-    reason = "this module is the CLI's one place that prints"
-)]
+//!
+//! A closed stdout (`slipway status | head -1`) ends the process quietly with exit 141
+//! ([`exit::BROKEN_PIPE`], what a shell reports for a program ended by SIGPIPE): nobody
+//! reads the rest, and a pipeline under `pipefail` learns the output was cut. Rust ignores
+//! SIGPIPE, so `println!` would panic there instead; every write goes through [`stdout`]
+//! and [`stderr`] here. A closed stderr only loses diagnostics: the command carries on.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write as _};
 
 use serde::Serialize;
 use slipway_model::exit;
@@ -101,17 +102,17 @@ impl Output {
 
     /// Print text as is.
     pub fn raw(&self, text: &str) {
-        print!("{text}");
+        stdout(text);
     }
 
     /// Print a line.
     pub fn line(&self, text: &str) {
-        println!("{text}");
+        stdout(&format!("{text}\n"));
     }
 
     /// Print a line to stderr (progress, warnings).
     pub fn eline(&self, text: &str) {
-        eprintln!("{text}");
+        stderr_line(text);
     }
 
     /// The outcome of a command: `v` as JSON with `--output json`, else `text` as a line.
@@ -126,16 +127,16 @@ impl Output {
     /// Print a value as pretty JSON.
     pub fn json_value<T: Serialize>(&self, v: &T) {
         match serde_json::to_string_pretty(v) {
-            Ok(s) => println!("{s}"),
-            Err(e) => eprintln!("error: failed to serialize output: {e}"),
+            Ok(s) => stdout(&format!("{s}\n")),
+            Err(e) => stderr_line(&format!("error: failed to serialize output: {e}")),
         }
     }
 
     /// Print a value as JSON on one line (a "ready" line a script reads before more come).
     pub fn json_line<T: Serialize>(&self, v: &T) {
         match serde_json::to_string(v) {
-            Ok(s) => println!("{s}"),
-            Err(e) => eprintln!("error: failed to serialize output: {e}"),
+            Ok(s) => stdout(&format!("{s}\n")),
+            Err(e) => stderr_line(&format!("error: failed to serialize output: {e}")),
         }
     }
 
@@ -174,13 +175,33 @@ impl Output {
             } else {
                 "error:".to_owned()
             };
-            eprintln!("{label} {}", e.message);
+            stderr_line(&format!("{label} {}", e.message));
             if let Some(h) = &e.hint {
-                eprintln!("  hint: {h}");
+                stderr_line(&format!("  hint: {h}"));
             }
         }
         e.code
     }
+}
+
+/// Write `text` to stdout now. A closed pipe ends the process quietly with
+/// [`exit::BROKEN_PIPE`]; any other write error ends it with [`exit::FAILURE`], saying why
+/// on stderr — the output a command promised cannot be delivered either way.
+pub fn stdout(text: &str) {
+    let mut o = std::io::stdout().lock();
+    if let Err(e) = o.write_all(text.as_bytes()).and_then(|()| o.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(exit::BROKEN_PIPE);
+        }
+        stderr_line(&format!("error: failed to write to stdout: {e}"));
+        std::process::exit(exit::FAILURE);
+    }
+}
+
+/// Write a line to stderr; a write error (a closed pipe) loses the line and nothing else.
+pub fn stderr_line(text: &str) {
+    let mut e = std::io::stderr().lock();
+    let _ = writeln!(e, "{text}").and_then(|()| e.flush());
 }
 
 /// Text styles.

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::io::IsTerminal;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use slipway_engine::StepOutput;
 use slipway_engine::event::{EngineEvent, Notice, RunState, StepCompletion};
 use slipway_model::plan::Plan;
 use slipway_ops::OpsEvent;
@@ -61,8 +62,18 @@ pub fn event_line(n: &Notice, out: &Output) -> Option<String> {
                 )
             }
         },
-        EngineEvent::StepFailed { step, error, .. } => {
-            format!("  {} {step}: {error}", out.paint("FAILED", Style::Bad))
+        EngineEvent::StepFailed {
+            step,
+            error,
+            output,
+            ..
+        } => {
+            let mut s = format!("  {} {step}: {error}", out.paint("FAILED", Style::Bad));
+            for l in output.iter().flat_map(output_lines) {
+                s.push_str("\n      ");
+                s.push_str(&l);
+            }
+            s
         }
         EngineEvent::StepObserved {
             step,
@@ -75,7 +86,10 @@ pub fn event_line(n: &Notice, out: &Output) -> Option<String> {
         EngineEvent::UndoSucceeded { step, .. } => format!("  undone {step}"),
         EngineEvent::UndoFailed { step, error, .. } => format!("  undo of {step} failed: {error}"),
         EngineEvent::DeployRefused { reason, .. } => format!("refused: {reason}"),
-        EngineEvent::WaveStarted { wave, steps } => format!("wave {wave}: {steps} step(s)"),
+        // The journal counts waves from 0; people (and `slipway plan`) from 1.
+        EngineEvent::WaveStarted { wave, steps } => {
+            format!("wave {}: {steps} step(s)", wave + 1)
+        }
         EngineEvent::CheckRan {
             phase,
             name,
@@ -167,6 +181,25 @@ pub fn event_line(n: &Notice, out: &Output) -> Option<String> {
     Some(s)
 }
 
+/// A failed step's captured output as lines to show under it: its exit code, then the
+/// kept tails of stderr and stdout, each line labelled. The text is what the journal
+/// holds — already passed through the run's secret redactor when it was captured.
+pub fn output_lines(o: &StepOutput) -> Vec<String> {
+    let mut lines = Vec::new();
+    if let Some(code) = o.exit_code {
+        lines.push(format!("exit code {code}"));
+    }
+    for (name, text) in [("stderr", &o.stderr), ("stdout", &o.stdout)] {
+        for l in text.lines().filter(|l| !l.trim().is_empty()) {
+            lines.push(format!("{name} | {l}"));
+        }
+    }
+    if o.truncated {
+        lines.push("(output cut: only its tail was kept)".to_owned());
+    }
+    lines
+}
+
 /// Draws an operation's progress on stderr.
 pub struct CliReporter {
     json: bool,
@@ -192,7 +225,7 @@ impl CliReporter {
                     ProgressStyle::with_template("wave {prefix} [{bar:30}] {pos}/{len} {msg}")
                         .unwrap_or_else(|_| ProgressStyle::default_bar()),
                 );
-                bar.set_prefix(w.index.to_string());
+                bar.set_prefix((w.index + 1).to_string());
                 bars.push(bar);
             }
         }

@@ -46,6 +46,7 @@ mod ssh_cli;
 mod supply_cli;
 mod tls_check_cli;
 mod tokens_cli;
+mod truth_cli;
 
 /// Every `.rs` file in tests/ must be a module of this runner, or it would never run.
 #[test]

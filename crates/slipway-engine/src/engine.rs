@@ -968,9 +968,10 @@ impl Engine {
                     } else {
                         format!("over its failure budget of {budget}")
                     };
+                    // Waves are 0-based in plans and the journal, 1-based for people.
                     let reason = format!(
                         "wave {} had {failed} failed step(s), {why}{}",
-                        wave.index,
+                        wave.index + 1,
                         if errors.is_empty() {
                             String::new()
                         } else {

@@ -135,9 +135,12 @@ fn describe(e: &EngineEvent) -> String {
         EngineEvent::ControlRequested { control } => {
             format!("{} requested", control.as_str())
         }
-        EngineEvent::WaveStarted { wave, steps } => format!("wave {wave} started ({steps} steps)"),
+        // The journal counts waves from 0; people (and `slipway plan`) from 1.
+        EngineEvent::WaveStarted { wave, steps } => {
+            format!("wave {} started ({steps} steps)", wave + 1)
+        }
         EngineEvent::WaveFinished { wave, failed } => {
-            format!("wave {wave} finished ({failed} failed)")
+            format!("wave {} finished ({failed} failed)", wave + 1)
         }
         EngineEvent::StepStarted { step, attempt, .. } => {
             format!("{step}: started (attempt {attempt})")

@@ -14,8 +14,9 @@ pub enum Error {
     /// Connecting failed or timed out.
     #[error("connect to `{url}`: {reason}")]
     Connect { url: String, reason: String },
-    /// A query failed.
-    #[error("{what} on `{url}`: {source}")]
+    /// A query failed (PostgreSQL's errors worded by `migrate::db_error`: never the line
+    /// of PostgreSQL's own source that sqlx's `Display` appends).
+    #[error("{what} on `{url}`: {}", crate::migrate::db_error(source, None))]
     Query {
         what: String,
         url: String,

@@ -415,9 +415,9 @@ async fn apply_whole(
 ) -> Result<StepResult> {
     let start = Instant::now();
     let sql = m.apply.sql.clone();
-    let result: Result<u64, sqlx::Error> = on_conn!(conn, c => async {
+    let result: Result<u64, Failed> = on_conn!(conn, c => async {
         let mut tx = c.begin().await?;
-        let rows = run_script(&mut *tx, sql).await?;
+        let rows = run_script(&mut *tx, sql).await.map_err(Failed::Script)?;
         let ms = i64::try_from(start.elapsed().as_millis()).unwrap_or(i64::MAX);
         sqlx::query(UPSERT)
             .bind(m.version)
@@ -461,7 +461,7 @@ async fn apply_whole(
             Err(Error::MigrationFailed {
                 version: m.version,
                 file: m.apply.path.clone(),
-                reason: e.to_string(),
+                reason: e.describe(&m.apply.sql),
             })
         }
     }
@@ -499,8 +499,9 @@ pub(crate) async fn undo_one(conn: &mut Conn, m: &Migration) -> Result<StepResul
                         version: m.version,
                         file: undo.path.clone(),
                         reason: format!(
-                            "the statement at line {} ({e}); the parts before it are committed, so undo is partial: make the script re-runnable (IF EXISTS) and run undo again",
-                            p.line
+                            "the statement at line {} ({}); the parts before it are committed, so undo is partial: make the script re-runnable (IF EXISTS) and run undo again",
+                            p.line,
+                            db_error(&e, None)
                         ),
                     });
                 }
@@ -513,9 +514,13 @@ pub(crate) async fn undo_one(conn: &mut Conn, m: &Migration) -> Result<StepResul
         undo.sql.clone()
     };
     let progress = progress_exists(conn).await;
-    let result: Result<u64, sqlx::Error> = on_conn!(conn, c => async {
+    let result: Result<u64, Failed> = on_conn!(conn, c => async {
         let mut tx = c.begin().await?;
-        let rows = if sql.is_empty() { 0 } else { run_script(&mut *tx, sql).await? };
+        let rows = if sql.is_empty() {
+            0
+        } else {
+            run_script(&mut *tx, sql).await.map_err(Failed::Script)?
+        };
         sqlx::query("DELETE FROM slipway_schema_history WHERE version = $1")
             .bind(m.version)
             .execute(&mut *tx)
@@ -540,7 +545,7 @@ pub(crate) async fn undo_one(conn: &mut Conn, m: &Migration) -> Result<StepResul
         Err(e) => Err(Error::UndoFailed {
             version: m.version,
             file: undo.path.clone(),
-            reason: e.to_string(),
+            reason: e.describe(&undo.sql),
         }),
     }
 }
@@ -575,6 +580,76 @@ impl RunScript for sqlx::SqliteConnection {
             .await?;
         Ok(u64::try_from(after - before).unwrap_or(0))
     }
+}
+
+/// Why applying or undoing a migration in one transaction failed: its script, or the
+/// bookkeeping around it (the transaction, the history row).
+enum Failed {
+    Script(sqlx::Error),
+    Other(sqlx::Error),
+}
+
+impl From<sqlx::Error> for Failed {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Other(e)
+    }
+}
+
+impl Failed {
+    /// The reason as a user reads it; a position is the script's own (`script` is the
+    /// file's text, sent as it is).
+    fn describe(&self, script: &str) -> String {
+        match self {
+            Self::Script(e) => db_error(e, Some(script)),
+            Self::Other(e) => db_error(e, None),
+        }
+    }
+}
+
+/// A database error as a user reads it. For PostgreSQL: the message, the SQLSTATE, where
+/// in the script it happened when `script` is the text that was sent (PostgreSQL's
+/// `position`, a 1-based character offset, as line and column of the file), its detail
+/// and hint — never the "at line N" sqlx's `Display` appends, which is a line of
+/// PostgreSQL's own C source. Other databases: their message as sqlx words it.
+pub(crate) fn db_error(e: &sqlx::Error, script: Option<&str>) -> String {
+    let Some(pg) = e
+        .as_database_error()
+        .and_then(|d| d.try_downcast_ref::<sqlx::postgres::PgDatabaseError>())
+    else {
+        return e.to_string();
+    };
+    let mut s = format!("{} (SQLSTATE {})", pg.message(), pg.code());
+    if let (Some(script), Some(sqlx::postgres::PgErrorPosition::Original(p))) =
+        (script, pg.position())
+        && let Some((line, col)) = line_col(script, p)
+    {
+        s.push_str(&format!(" at line {line}, column {col} of the file"));
+    }
+    if let Some(d) = pg.detail() {
+        s.push_str(&format!("; detail: {d}"));
+    }
+    if let Some(h) = pg.hint() {
+        s.push_str(&format!("; hint: {h}"));
+    }
+    s
+}
+
+/// Line and column (both 1-based, columns in characters) of the `pos`-th character
+/// (1-based) of `text`; `None` past its end.
+fn line_col(text: &str, pos: usize) -> Option<(usize, usize)> {
+    let (mut line, mut col) = (1, 1);
+    for (i, c) in text.chars().enumerate() {
+        if i + 1 == pos {
+            return Some((line, col));
+        }
+        if c == '\n' {
+            line += 1;
+            col = 1;
+        } else {
+            col += 1;
+        }
+    }
+    None
 }
 
 async fn run_script<C: RunScript>(c: &mut C, sql: String) -> Result<u64, sqlx::Error> {
@@ -1080,7 +1155,9 @@ async fn apply_in_parts(
                     total: parts.len(),
                     line: part.line,
                     how: part.need.as_str(),
-                    reason: e.to_string(),
+                    // A part is the file's statements re-joined, so a position in it is
+                    // not one in the file: the part's first line is named instead.
+                    reason: db_error(&e, None),
                 });
             }
         }

@@ -129,7 +129,7 @@ impl Target {
         };
         match tokio::time::timeout(CONNECT_TIMEOUT, fut).await {
             Ok(Ok(c)) => Ok(c),
-            Ok(Err(e)) => Err(fail(e.to_string())),
+            Ok(Err(e)) => Err(fail(crate::migrate::db_error(&e, None))),
             Err(_) => Err(fail(format!("no answer within {CONNECT_TIMEOUT:?}"))),
         }
     }

@@ -295,6 +295,17 @@ fn yaml_error(e: &serde_saphyr::Error, text: &str) -> Diagnostic {
     let lower = msg.to_lowercase();
     let msg = if lower.contains("depth") {
         format!("the document nests more than {MAX_DEPTH} levels deep")
+    } else if lower.contains("duplicate") {
+        // serde-saphyr's wording ends with advice to its own API ("set DuplicateKeyPolicy
+        // in Options"), which a spec's author cannot act on: say what is wrong instead.
+        let key = msg
+            .split_once("duplicate mapping key:")
+            .map(|(_, rest)| rest.split(", set ").next().unwrap_or(rest).trim())
+            .filter(|k| !k.is_empty());
+        match key {
+            Some(k) => format!("the key `{k}` appears twice in the same mapping"),
+            None => "a key appears twice in the same mapping".to_owned(),
+        }
     } else {
         msg
     };
@@ -310,7 +321,10 @@ fn yaml_error(e: &serde_saphyr::Error, text: &str) -> Diagnostic {
             "the document nests deeper than any release spec needs; flatten it",
         )
     } else if lower.contains("duplicate") {
-        ("yaml-duplicate-key", "remove or rename one of the two keys")
+        (
+            "yaml-duplicate-key",
+            "keep one of the two: merge their contents under one key, or rename one",
+        )
     } else if lower.contains("budget") || lower.contains("limit") || lower.contains("exceed") {
         (
             "yaml-limit",

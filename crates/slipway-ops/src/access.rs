@@ -116,8 +116,9 @@ pub async fn authenticate(url: Option<&str>, token: &str) -> OpsResult<String> {
         )
     })?;
     let loc = slipway_store::resolve(url, &cwd)?;
-    // Opened first so a fresh file becomes a slipway store, not just access tables.
-    let store: AnyStore = slipway_store::open(&loc).await?;
+    // Only an existing store: a token can only be known to a store that holds grants, and
+    // verifying one must not create a store at a mistyped path.
+    let store: AnyStore = slipway_store::open_existing(&loc).await?;
     let db = AccessDb::for_store(&store).await?;
     let subject = access::authenticate(&db, token, slipway_stdx::now())
         .await

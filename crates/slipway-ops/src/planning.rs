@@ -369,16 +369,11 @@ async fn rollback_staging(p: &Plan, spec_dir: &Path, store: Option<&str>) -> Vec
     let Some((loc, layout)) = crate::session::layout_for(store) else {
         return Vec::new();
     };
-    // Planning must never create a store as a side effect (a PostgreSQL database named by
-    // the URL is the store already; opening it creates the schema at most).
-    if let slipway_store::StoreLocation::Sqlite(db) = &loc
-        && !db.exists()
-    {
-        return Vec::new();
-    }
+    // Planning must never create a store as a side effect: without one (the first plan
+    // comes before the first deploy) there is no history to check.
     let previous = async {
         use slipway_engine::Store;
-        let store = slipway_store::open(&loc).await.ok()?;
+        let store = slipway_store::open_existing(&loc).await.ok()?;
         let runs = store.runs(1000).await.ok()?;
         let prev = runs.iter().find(|r| {
             r.environment == p.environment

@@ -20,14 +20,11 @@ pub struct Actor {
 
 impl Actor {
     /// The actor of this process: the subject of a verified token when there is one, else
-    /// `SLIPWAY_USER`, `USER` or `LOGNAME`; groups from `SLIPWAY_GROUPS`.
+    /// [`process_user`]; groups from `SLIPWAY_GROUPS`.
     pub fn from_process(token_user: Option<&str>) -> Self {
         let user = match token_user {
             Some(u) => u.to_owned(),
-            None => ["SLIPWAY_USER", "USER", "LOGNAME"]
-                .iter()
-                .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
-                .unwrap_or_else(|| "unknown".to_owned()),
+            None => process_user(),
         };
         let groups = std::env::var("SLIPWAY_GROUPS")
             .unwrap_or_default()
@@ -37,6 +34,24 @@ impl Actor {
             .map(str::to_owned)
             .collect();
         Self { user, groups }
+    }
+}
+
+/// The user this process runs as, when no token says who acts: `SLIPWAY_USER`, `USER` or
+/// `LOGNAME`, else the OS account of the process's uid (cron jobs, containers and
+/// `env -i` have no `$USER`, but always a uid), else `uid:N` for a uid without an account.
+/// The one fallback lookup of an identity, so the identity rework replaces one function.
+pub fn process_user() -> String {
+    if let Some(u) = ["SLIPWAY_USER", "USER", "LOGNAME"]
+        .iter()
+        .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
+    {
+        return u;
+    }
+    let uid = nix::unistd::getuid();
+    match nix::unistd::User::from_uid(uid) {
+        Ok(Some(u)) if !u.name.is_empty() => u.name,
+        _ => format!("uid:{uid}"),
     }
 }
 
@@ -61,6 +76,22 @@ impl Session {
         let loc = slipway_store::resolve(url, &cwd)?;
         let layout = layout_of(&loc, &cwd);
         let store = slipway_store::open(&loc).await?;
+        Ok(Self {
+            store: Arc::new(store),
+            layout,
+            actor,
+            named: url.map(str::to_owned),
+        })
+    }
+
+    /// Open the store named by `url` only if it exists (see
+    /// [`slipway_store::open_existing`]): for operations that only read, which must never
+    /// create a store — a mistyped path is an error naming it, not an empty history.
+    pub async fn open_existing(url: Option<&str>, actor: Actor) -> OpsResult<Self> {
+        let cwd = current_dir()?;
+        let loc = slipway_store::resolve(url, &cwd)?;
+        let layout = layout_of(&loc, &cwd);
+        let store = slipway_store::open_existing(&loc).await?;
         Ok(Self {
             store: Arc::new(store),
             layout,

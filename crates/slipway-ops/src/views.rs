@@ -9,6 +9,7 @@ use serde_json::json;
 use slipway_engine::event::{EngineEvent, Notice};
 use slipway_engine::store::{RunRecord, StepRecord};
 use slipway_engine::{StepStatus, Store};
+use slipway_model::plan::Plan;
 use slipway_providers::compose::ServiceTraffic;
 
 use crate::error::{OpsError, OpsResult};
@@ -24,8 +25,12 @@ pub struct RunView {
     pub steps_total: usize,
     /// Steps that succeeded.
     pub steps_succeeded: usize,
-    /// Each step's record.
+    /// Each step's record, in the plan's (execution) order.
     pub steps: Vec<StepRecord>,
+    /// Whether a live process drives the run now (holds its claim); `None` once the run
+    /// is over. `false` for a run that is not over means nothing moves it on: its driver
+    /// was killed or it waits for a person — `resume` continues it.
+    pub driven: Option<bool>,
     /// Approvals required and given.
     pub approvals: ApprovalsView,
     /// Config files the run rendered (digests and secret names, no values).
@@ -69,10 +74,17 @@ pub async fn latest_run(session: &Session) -> OpsResult<String> {
 pub async fn run(session: &Session, id: &str) -> OpsResult<RunView> {
     let run = load_run(session.store.as_ref(), id).await?;
     let steps = session.store.steps(id).await?;
+    // Asked before anything slower: the claim is taken and let go at once when free.
+    let driven = if run.state.is_terminal() {
+        None
+    } else {
+        Some(crate::runs::driven(session.store.as_ref(), id).await?)
+    };
     // A read: no pseudonym is minted for the reader.
     let engine = crate::runs::engine(session, Path::new(&run.workdir), None, "", None, None);
     let (need, tally) = engine.approvals(id).await?;
     let plan = plan_of(&run);
+    let steps = in_plan_order(plan.as_ref(), steps);
     let total = plan.as_ref().map_or(steps.len(), |p| p.steps.len());
     let done = steps
         .iter()
@@ -91,6 +103,7 @@ pub async fn run(session: &Session, id: &str) -> OpsResult<RunView> {
         steps_total: total,
         steps_succeeded: done,
         steps,
+        driven,
         approvals: ApprovalsView {
             required: need.required,
             valid: tally.valid,
@@ -103,6 +116,22 @@ pub async fn run(session: &Session, id: &str) -> OpsResult<RunView> {
         analysis: analysis_summary(&journal),
         run,
     })
+}
+
+/// Step records in the order the plan executes them (the store keeps them by id, which
+/// is alphabetical); records the plan does not name (none, unless the plan is unreadable)
+/// follow in the store's order.
+pub fn in_plan_order(plan: Option<&Plan>, mut steps: Vec<StepRecord>) -> Vec<StepRecord> {
+    let Some(plan) = plan else { return steps };
+    let rank: std::collections::HashMap<&str, usize> = plan
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.id.as_str(), i))
+        .collect();
+    // Stable: unknown steps keep their relative order after the known ones.
+    steps.sort_by_key(|s| rank.get(s.step_id.as_str()).copied().unwrap_or(usize::MAX));
+    steps
 }
 
 /// The newest runs, newest first.

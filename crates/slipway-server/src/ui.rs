@@ -121,7 +121,10 @@ pub(crate) async fn run_page(
 ) -> Response {
     let result = async {
         let run = load_run(&state, &caller, &id).await?;
-        let steps = state.store.steps(&id).await?;
+        let steps = slipway_ops::views::in_plan_order(
+            slipway_ops::runs::plan_of(&run).as_ref(),
+            state.store.steps(&id).await?,
+        );
         let approvals = state.store.approvals(&id).await?;
         render(
             &state,

@@ -139,6 +139,33 @@ pub async fn open(loc: &StoreLocation) -> Result<AnyStore, StoreError> {
     }
 }
 
+/// Open the store at a location only if one is there: an SQLite file that exists, a
+/// PostgreSQL database that holds slipway's schema. For commands that only read, so a
+/// mistyped `--store` is an error naming the path instead of a new, empty store that
+/// answers "no runs". An existing store of an older format is still migrated on open.
+pub async fn open_existing(loc: &StoreLocation) -> Result<AnyStore, StoreError> {
+    let missing = |what: &str| StoreError::Unavailable {
+        location: loc.display(),
+        message: format!(
+            "{what}, and a command that only reads never creates one; check the path (--store or SLIPWAY_STORE; the default is {DEFAULT_PATH} under the current directory) — a deploy creates the store"
+        ),
+    };
+    match loc {
+        StoreLocation::Sqlite(p) => {
+            if !p.is_file() {
+                return Err(missing("there is no store file there"));
+            }
+            SqliteStore::open(p).await.map(AnyStore::Sqlite)
+        }
+        StoreLocation::Postgres(u) => {
+            if !PgStore::has_schema(u).await? {
+                return Err(missing("the database holds no slipway store"));
+            }
+            PgStore::open(u).await.map(AnyStore::Postgres)
+        }
+    }
+}
+
 /// Either store, chosen at run time by the URL; the engine sees only [`Store`]. Cloning
 /// is cheap: the clones share the pools and the writer task.
 #[derive(Debug, Clone)]

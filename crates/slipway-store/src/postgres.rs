@@ -198,6 +198,23 @@ impl PgStore {
         })
     }
 
+    /// Whether the database at `url` holds a slipway store (its `meta` table), without
+    /// creating anything.
+    pub async fn has_schema(url: &str) -> Result<bool, StoreError> {
+        let location = mask_url(url);
+        let password = url_password(url);
+        let opts = PgConnectOptions::from_str(url)
+            .map_err(|e| unavailable(&location, password.as_deref(), &e))?
+            .application_name("slipway");
+        let mut conn = connect(&opts, &location, password.as_deref()).await?;
+        let has: bool = sqlx::query_scalar("SELECT to_regclass('meta') IS NOT NULL")
+            .fetch_one(&mut conn)
+            .await
+            .map_err(|e| unavailable(&location, password.as_deref(), &e))?;
+        let _ = conn.close().await;
+        Ok(has)
+    }
+
     async fn send(&self, w: Write) -> Result<Reply, StoreError> {
         let (tx, rx) = oneshot::channel();
         let gone = || StoreError::Unavailable {

@@ -45,6 +45,10 @@ use crate::schema::{
 /// Largest number of queued writes merged into one transaction.
 const MAX_GROUP: usize = 512;
 
+/// How often a busy run lock is tried again, 20 ms apart, before it counts as another
+/// driver's (a probe holds it for microseconds; a driver for the whole drive).
+const CLAIM_RETRIES: u32 = 5;
+
 enum Write {
     Commit(Vec<JournalRecord>),
     CreateRun(Box<(NewRun, JournalRecord)>),
@@ -948,13 +952,22 @@ impl Store for SqliteStore {
                 .open(dir.join(format!("{run_id}.lock")))
                 .map_err(unavailable)?;
             // An OS file lock dies with its process, so a SIGKILLed driver never leaves
-            // a run claimed.
-            match file.try_lock() {
-                Ok(()) => Ok(Box::new(FileClaim { _file: file }) as Box<dyn RunClaim>),
-                Err(std::fs::TryLockError::WouldBlock) => {
-                    Err(StoreError::Claimed(run_id.to_owned()))
+            // a run claimed. A probe (`status` asking whether anything drives the run)
+            // holds the lock for an instant: a busy lock is tried again for a short while
+            // before it counts as another driver's, as on PostgreSQL.
+            let mut attempt = 0;
+            loop {
+                match file.try_lock() {
+                    Ok(()) => break Ok(Box::new(FileClaim { _file: file }) as Box<dyn RunClaim>),
+                    Err(std::fs::TryLockError::WouldBlock) if attempt < CLAIM_RETRIES => {
+                        attempt += 1;
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    Err(std::fs::TryLockError::WouldBlock) => {
+                        break Err(StoreError::Claimed(run_id.to_owned()));
+                    }
+                    Err(std::fs::TryLockError::Error(e)) => break Err(unavailable(e)),
                 }
-                Err(std::fs::TryLockError::Error(e)) => Err(unavailable(e)),
             }
         })
     }
