@@ -49,6 +49,16 @@ fn text(o: &Output) -> String {
     )
 }
 
+/// Make the database a slipway store with a command that writes (one that only reads,
+/// like `history`, never creates a store): a lease taken and given back.
+fn create_store(d: &Path, url: &str) {
+    run(
+        slipway(d, url).args(["env", "lease", "setup", "--reason", "create the store"]),
+        0,
+    );
+    run(slipway(d, url).args(["env", "release", "setup"]), 0);
+}
+
 /// Run and check the exit code; the password must never be printed.
 fn run(c: &mut Command, code: i32) -> Output {
     let o = c.output().unwrap();
@@ -214,7 +224,7 @@ fn store_errors_name_the_masked_url_and_the_fix() {
     assert!(!t.contains("Wr0ng-pa55word"), "{t}");
 
     // A journal written by a newer slipway is refused, not misread.
-    run(slipway(d, &good).arg("history"), 0);
+    create_store(d, &good);
     pg().psql(
         db_name(&good),
         "UPDATE meta SET value = '99' WHERE key = 'journal_format'",
@@ -292,7 +302,7 @@ fn sqlite_only_commands_refuse_by_name_and_change_nothing() {
     let d = dir.path();
     let url = pg().new_db("cli_only");
     let entries = || pg().psql(db_name(&url), "SELECT count(*) FROM audit");
-    run(slipway(d, &url).arg("history"), 0);
+    create_store(d, &url);
     let before = entries();
     for (args, command) in [
         (

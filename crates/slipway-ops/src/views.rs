@@ -74,7 +74,8 @@ pub async fn latest_run(session: &Session) -> OpsResult<String> {
 pub async fn run(session: &Session, id: &str) -> OpsResult<RunView> {
     let run = load_run(session.store.as_ref(), id).await?;
     let steps = session.store.steps(id).await?;
-    // Asked before anything slower: the claim is taken and let go at once when free.
+    // Only a run that is not over can have a driver. The probe takes the claim and lets
+    // it go at once when free (a driver starting at that instant retries its claim).
     let driven = if run.state.is_terminal() {
         None
     } else {

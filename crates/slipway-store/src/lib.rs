@@ -144,22 +144,30 @@ pub async fn open(loc: &StoreLocation) -> Result<AnyStore, StoreError> {
 /// mistyped `--store` is an error naming the path instead of a new, empty store that
 /// answers "no runs". An existing store of an older format is still migrated on open.
 pub async fn open_existing(loc: &StoreLocation) -> Result<AnyStore, StoreError> {
-    let missing = |what: &str| StoreError::Unavailable {
+    let missing = |what: &str, fix: &str| StoreError::Unavailable {
         location: loc.display(),
         message: format!(
-            "{what}, and a command that only reads never creates one; check the path (--store or SLIPWAY_STORE; the default is {DEFAULT_PATH} under the current directory) — a deploy creates the store"
+            "{what}, and a command that only reads never creates one; {fix} — a deploy creates the store"
         ),
     };
     match loc {
         StoreLocation::Sqlite(p) => {
             if !p.is_file() {
-                return Err(missing("there is no store file there"));
+                return Err(missing(
+                    "there is no store file there",
+                    &format!(
+                        "check the path (--store or SLIPWAY_STORE; the default is {DEFAULT_PATH} under the directory you deploy from)"
+                    ),
+                ));
             }
             SqliteStore::open(p).await.map(AnyStore::Sqlite)
         }
         StoreLocation::Postgres(u) => {
             if !PgStore::has_schema(u).await? {
-                return Err(missing("the database holds no slipway store"));
+                return Err(missing(
+                    "the database holds no slipway store",
+                    "check the database name in the URL (--store or SLIPWAY_STORE)",
+                ));
             }
             PgStore::open(u).await.map(AnyStore::Postgres)
         }
