@@ -321,7 +321,7 @@ fn checkpoint(a: CheckpointArgs, out: &Output) -> Result<i32, CliError> {
         .map_err(|e| crate::cli_util::package_error(&e))?;
     let rt = runtime()?;
     rt.block_on(async {
-        let (store, _) = open_store(&a.store).await?;
+        let (store, _) = crate::cli_util::read_store(&a.store).await?;
         let store = store.as_ref();
         let mine = trusted_anchors(store, &[], &[sk.public_key()]).await?;
         let start = store.audit_start().await.map_err(CliError::from)?;

@@ -55,8 +55,9 @@ async fn read_record(
         spec.metadata.name,
         spec.metadata.version
     );
-    // Planning never creates a store as a side effect.
-    if matches!(&loc, slipway_store::StoreLocation::Sqlite(p) if !p.exists()) {
+    // Planning never creates a store as a side effect (a PostgreSQL database without
+    // slipway's schema included); an unreachable one is reported by the open below.
+    if matches!(slipway_store::exists(&loc).await, Ok(false)) {
         return (place, None);
     }
     let found = async {

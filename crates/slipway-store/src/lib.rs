@@ -150,27 +150,29 @@ pub async fn open_existing(loc: &StoreLocation) -> Result<AnyStore, StoreError> 
             "{what}, and a command that only reads never creates one; {fix} — a deploy creates the store"
         ),
     };
+    if !exists(loc).await? {
+        return Err(match loc {
+            StoreLocation::Sqlite(_) => missing(
+                "there is no store file there",
+                &format!(
+                    "check the path (--store or SLIPWAY_STORE; the default is {DEFAULT_PATH} under the directory you deploy from)"
+                ),
+            ),
+            StoreLocation::Postgres(_) => missing(
+                "the database holds no slipway store",
+                "check the database name in the URL (--store or SLIPWAY_STORE)",
+            ),
+        });
+    }
+    open(loc).await
+}
+
+/// Whether a store is at a location, creating nothing: the SQLite file exists, or the
+/// PostgreSQL database holds slipway's schema (an unreachable server is an error).
+pub async fn exists(loc: &StoreLocation) -> Result<bool, StoreError> {
     match loc {
-        StoreLocation::Sqlite(p) => {
-            if !p.is_file() {
-                return Err(missing(
-                    "there is no store file there",
-                    &format!(
-                        "check the path (--store or SLIPWAY_STORE; the default is {DEFAULT_PATH} under the directory you deploy from)"
-                    ),
-                ));
-            }
-            SqliteStore::open(p).await.map(AnyStore::Sqlite)
-        }
-        StoreLocation::Postgres(u) => {
-            if !PgStore::has_schema(u).await? {
-                return Err(missing(
-                    "the database holds no slipway store",
-                    "check the database name in the URL (--store or SLIPWAY_STORE)",
-                ));
-            }
-            PgStore::open(u).await.map(AnyStore::Postgres)
-        }
+        StoreLocation::Sqlite(p) => Ok(p.is_file()),
+        StoreLocation::Postgres(u) => PgStore::has_schema(u).await,
     }
 }
 
