@@ -887,6 +887,9 @@ fn describe(ev: &ServiceEvent, color: bool) -> Option<String> {
                 .collect::<Vec<_>>()
                 .join(", ")
         ),
+        RolloutEvent::CanaryResumed { step, weight, .. } => {
+            format!("  {s}: canary continues at step {step}, weight {weight}%")
+        }
         RolloutEvent::WeightSet { weight, .. } => format!("  {s}: canary weight → {weight}%"),
         RolloutEvent::Measured {
             measurement,

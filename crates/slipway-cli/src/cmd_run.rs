@@ -133,8 +133,11 @@ pub struct HistoryArgs {
     pub store: StoreArg,
 }
 
-fn exit_for(outcome: &DriveOutcome) -> i32 {
-    match outcome {
+fn exit_for(r: &DriveReport) -> i32 {
+    if !r.not_deployed.is_empty() && r.outcome == DriveOutcome::Finished(RunState::Succeeded) {
+        return exit::PARTIAL;
+    }
+    match &r.outcome {
         DriveOutcome::Finished(RunState::Succeeded) => exit::SUCCESS,
         DriveOutcome::Finished(RunState::RolledBack) => exit::ROLLED_BACK,
         DriveOutcome::Finished(RunState::Aborted) => exit::ABORTED,
@@ -146,7 +149,7 @@ fn exit_for(outcome: &DriveOutcome) -> i32 {
 
 /// The end of a drive: its outcome as JSON, or the reason, warnings and one line.
 fn render_drive(r: &DriveReport, out: &Output) -> i32 {
-    let code = exit_for(&r.outcome);
+    let code = exit_for(r);
     if out.json() {
         let mut v = match &r.outcome {
             DriveOutcome::Finished(s) => json!({"run": r.run, "state": s}),
@@ -168,10 +171,29 @@ fn render_drive(r: &DriveReport, out: &Output) -> i32 {
         if !r.failed_hosts.is_empty() {
             v["failed_hosts"] = json!(r.failed_hosts);
         }
+        if !r.not_deployed.is_empty() {
+            v["not_deployed"] = json!(r.not_deployed);
+            v["outcome"] = json!("partially_succeeded");
+        }
         out.json_value(&v);
         return code;
     }
-    if let Some(reason) = &r.reason {
+    if !r.not_deployed.is_empty() {
+        out.eline(&format!(
+            "warning: succeeded partially: {} not deployed: {} (exit {}); see `slipway status {}`",
+            if r.not_deployed.len() == 1 {
+                "1 service"
+            } else {
+                "services"
+            },
+            r.reason
+                .as_deref()
+                .and_then(|x| x.strip_prefix(slipway_engine::engine::PARTIAL_PREFIX))
+                .map_or_else(|| r.not_deployed.join(", "), str::to_owned),
+            exit::PARTIAL,
+            r.run
+        ));
+    } else if let Some(reason) = &r.reason {
         out.eline(&format!("reason: {reason}"));
     }
     if !r.failed_hosts.is_empty() {
@@ -364,6 +386,18 @@ fn render_status(v: &views::RunView, perf_lines: &[String], out: &Output) {
             v.approvals.required
         ));
     }
+    for (service, sv) in &v.services {
+        out.line(&format!(
+            "  {service}: on {} ({}{})",
+            sv.version.as_deref().unwrap_or("nothing"),
+            sv.state.replace('_', " "),
+            if sv.version.as_deref() == Some(sv.target.as_str()) {
+                String::new()
+            } else {
+                format!("; this run deploys {}", sv.target)
+            }
+        ));
+    }
     for s in &v.steps {
         out.line(&format!(
             "  {:<13} {} (attempts {})",
@@ -509,8 +543,13 @@ pub fn logs(a: LogsArgs, out: &Output) -> Result<i32, CliError> {
 
 fn render_control(c: &runs::Controlled, out: &Output) -> i32 {
     if out.json() {
-        out.json_value(&json!({"run": c.run, "requested": c.requested, "state": c.state}));
+        out.json_value(
+            &json!({"run": c.run, "requested": c.requested, "state": c.state, "reason": c.reason}),
+        );
     } else {
+        if let Some(r) = c.reason.as_ref().filter(|_| c.state.is_terminal()) {
+            out.eline(&format!("reason: {r}"));
+        }
         out.line(&format!(
             "{} requested for run {} (now {})",
             c.requested,
@@ -531,34 +570,44 @@ pub fn pause(a: RunArgs, out: &Output) -> Result<i32, CliError> {
     })
 }
 
-/// `slipway abort`.
+/// `slipway abort`: stop a run where it is (see README, "rollback and abort").
 pub fn abort(a: RunArgs, out: &Output) -> Result<i32, CliError> {
     let rt = runtime()?;
     rt.block_on(async {
         let s = read_session(&a.store).await?;
-        let reporter = CliReporter::new(None, out);
-        let c = runs::abort(&s, &a.run, &reporter).await?;
-        Ok(render_control(&c, out))
+        let reporter = Arc::new(CliReporter::new(None, out));
+        let c = runs::abort(&s, &a.run, reporter.clone()).await;
+        reporter.finish();
+        Ok(render_control(&c?, out))
     })
 }
 
-/// `slipway rollback`: undo a run's completed steps in reverse order, by hand.
+/// `slipway rollback`: take a run's release back by hand (see README, "rollback and
+/// abort"). Exit 0 once it is rolled back (or aborted when nothing had run), 1 when an
+/// undo failed.
 pub fn rollback(a: RollbackArgs, out: &Output) -> Result<i32, CliError> {
     let rt = runtime()?;
     rt.block_on(async {
         let s = read_session(&a.store).await?;
-        let reporter = CliReporter::new(None, out);
-        let end = runs::rollback(&s, &a.run, &a.reason, &reporter).await?;
-        if out.json() {
-            out.json_value(&json!({"run": a.run, "state": end.as_str()}));
-        } else {
-            out.line(&format!("run {} → {}", a.run, end.as_str()));
-        }
-        Ok(match end {
-            RunState::RolledBack => exit::ROLLED_BACK,
-            RunState::Aborted => exit::ABORTED,
+        let reporter = Arc::new(CliReporter::new(None, out));
+        let r = runs::rollback(&s, &a.run, &a.reason, reporter.clone()).await;
+        reporter.finish();
+        let r = r?;
+        let code = match r.state {
+            RunState::RolledBack | RunState::Aborted => exit::SUCCESS,
             _ => exit::FAILURE,
-        })
+        };
+        if out.json() {
+            out.json_value(&json!({"run": r.run, "state": r.state.as_str(), "reason": r.reason, "by_driver": r.by_driver, "exit_code": code}));
+        } else {
+            if code != exit::SUCCESS
+                && let Some(reason) = &r.reason
+            {
+                out.eline(&format!("reason: {reason}"));
+            }
+            out.line(&format!("run {} → {}", r.run, r.state.as_str()));
+        }
+        Ok(code)
     })
 }
 

@@ -44,7 +44,10 @@ pub fn event_line(n: &Notice, out: &Output) -> Option<String> {
         EngineEvent::GateWaiting { gate, detail, .. } => format!("waiting on {gate}: {detail}"),
         EngineEvent::GatePassed { gate, detail } => format!("gate {gate} passed: {detail}"),
         EngineEvent::Approved { approver, .. } => format!("approved by {approver}"),
-        EngineEvent::ControlRequested { control } => format!("{} requested", control.as_str()),
+        EngineEvent::ControlRequested { control, reason } => match reason {
+            Some(r) => format!("{} requested: {r}", control.as_str()),
+            None => format!("{} requested", control.as_str()),
+        },
         EngineEvent::StepSucceeded {
             step, completion, ..
         } => match completion {
@@ -161,6 +164,25 @@ pub fn event_line(n: &Notice, out: &Output) -> Option<String> {
                 "canary_started" => format!(
                     "canary started ({} instances)",
                     detail["instances"].as_array().map_or(0, Vec::len)
+                ),
+                "canary_resumed" => format!(
+                    "canary continues at step {}, weight {}% ({} instances)",
+                    detail["step"],
+                    detail["weight"],
+                    detail["instances"].as_array().map_or(0, Vec::len)
+                ),
+                "retracted" => detail["detail"].as_str().unwrap_or_default().to_owned(),
+                "replaces" => format!(
+                    "replaces {}",
+                    detail["previous"]
+                        .as_str()
+                        .unwrap_or("nothing (first deploy)")
+                ),
+                "launched" | "relaunched" => format!(
+                    "{kind} {} {}: `{}`",
+                    detail["launch"]["service"].as_str().unwrap_or_default(),
+                    detail["launch"]["version"].as_str().unwrap_or_default(),
+                    detail["launch"]["command"].as_str().unwrap_or_default()
                 ),
                 "ssh_host" => format!(
                     "{} on {}: {}{}",

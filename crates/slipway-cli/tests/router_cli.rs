@@ -522,8 +522,8 @@ fn nginx_fronts_a_canary_that_is_promoted_and_a_bad_one_that_is_rolled_back() {
 }
 
 /// `slipway` killed mid-canary behind HAProxy: nothing of the canary was kept by the
-/// router, so the resumed run reads the slots and weight back from HAProxy, retires the
-/// orphaned canary (traffic off it first) and promotes a fresh one, with no user request
+/// router, so the resumed run reads the slots and weight back from HAProxy, continues
+/// the canary at its recorded step and weight (30 %) and promotes it, with no user request
 /// failing.
 #[test]
 fn haproxy_canary_resumes_after_slipway_is_killed() {
@@ -550,7 +550,13 @@ fn haproxy_canary_resumes_after_slipway_is_killed() {
     let (code, out, err) = env.run(&["resume", &run]);
     assert_eq!(code, 0, "{out}\n{err}");
     let journal = env.journal(&run);
-    assert!(journal.contains("canary_retired"), "{journal}");
+    assert!(
+        journal
+            .lines()
+            .any(|l| l.contains("\"event\":\"canary_resumed\"") && l.contains("\"weight\":30")),
+        "the canary continues at 30 %: {journal}"
+    );
+    assert!(!journal.contains("canary_retired"), "{journal}");
     assert!(journal.contains("\"event\":\"promoted\""), "{journal}");
     assert_eq!(versions_served(front, 20), one("2.0.0", 20));
     assert_eq!(env.instances(), one("2.0.0", 2));
@@ -561,8 +567,8 @@ fn haproxy_canary_resumes_after_slipway_is_killed() {
 }
 
 /// `slipway` killed mid-canary behind nginx: the resumed run reads the pools and weight
-/// back from the upstream file and nginx, retires the orphaned canary and promotes a
-/// fresh one; every user request through nginx is answered.
+/// back from the upstream file and nginx, continues the canary at its
+/// recorded step and weight (30 %) and promotes it; every user request through nginx is answered.
 #[test]
 fn nginx_canary_resumes_after_slipway_is_killed() {
     let env = Env::new();
@@ -601,7 +607,13 @@ fn nginx_canary_resumes_after_slipway_is_killed() {
     let (code, out, err) = env.run(&["resume", &run]);
     assert_eq!(code, 0, "{out}\n{err}");
     let journal = env.journal(&run);
-    assert!(journal.contains("canary_retired"), "{journal}");
+    assert!(
+        journal
+            .lines()
+            .any(|l| l.contains("\"event\":\"canary_resumed\"") && l.contains("\"weight\":30")),
+        "the canary continues at 30 %: {journal}"
+    );
+    assert!(!journal.contains("canary_retired"), "{journal}");
     assert!(journal.contains("\"event\":\"promoted\""), "{journal}");
     assert_eq!(versions_served(front, 20), one("2.0.0", 20));
     assert_eq!(env.instances(), one("2.0.0", 2));

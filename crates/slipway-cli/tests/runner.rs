@@ -38,6 +38,7 @@ mod rehearse_cli;
 mod render_cli;
 mod report_cli;
 mod rollback_cli;
+mod rollback_matrix_cli;
 mod router_cli;
 mod secret_cli;
 mod serve_cli;

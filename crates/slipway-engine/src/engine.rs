@@ -5,7 +5,7 @@
 //! engine moves on; so after a crash every step is either untouched, done, or "started"
 //! — and a started step is observed through its target before anything else happens.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -37,6 +37,9 @@ fn rank(step: &PlannedStep) -> u8 {
         _ => 2,
     }
 }
+
+/// How the reason of a run that succeeded without deploying every service begins.
+pub const PARTIAL_PREFIX: &str = "succeeded partially; not deployed: ";
 
 /// Default number of steps of a wave applied at once.
 pub const DEFAULT_PARALLELISM: usize = 4;
@@ -99,6 +102,16 @@ pub enum EngineError {
         run: String,
         /// Its state.
         state: &'static str,
+    },
+    /// A pause or abort while the run rolls back.
+    #[error(
+        "{action} run `{run}`: it is rolling back, which always runs to its end; if its driver died, `slipway rollback {run} --reason TEXT` finishes it"
+    )]
+    RollingBack {
+        /// What was attempted.
+        action: &'static str,
+        /// Run id.
+        run: String,
     },
     /// A step task panicked or was cancelled (a bug).
     #[error("run a step task: {0}")]
@@ -445,7 +458,10 @@ impl Engine {
     }
 
     /// Ask whoever drives the run to pause or abort it. A run nobody drives (paused,
-    /// waiting with `--no-wait`, or whose driver died) is aborted here directly.
+    /// waiting with `--no-wait`, or whose driver died) is aborted here directly: its
+    /// steps still `started` are observed first, and one found not done has what is in
+    /// place of it taken back ([`Target::retract`], e.g. a paused canary taken out of
+    /// service); completed steps stay (a rollback undoes them).
     pub async fn request(
         &self,
         run_id: &str,
@@ -460,17 +476,27 @@ impl Engine {
                 state: run.state.as_str(),
             });
         }
+        if run.state == RunState::RollingBack {
+            return Err(EngineError::RollingBack {
+                action: control.as_str(),
+                run: run.id,
+            });
+        }
         self.commit(
             &run.id,
             &run.digest,
             actor,
-            vec![EngineEvent::ControlRequested { control }],
+            vec![EngineEvent::ControlRequested {
+                control,
+                reason: None,
+            }],
         )
         .await?;
         if control == Control::Abort
             && let Ok(_claim) = self.store.claim(run_id).await
         {
             // Nobody drives it: the request would never be picked up.
+            let run = self.load(run_id).await?;
             let plan = parse_plan(&run)?;
             let mut ctx = RunCtx {
                 state: run.state,
@@ -478,15 +504,109 @@ impl Engine {
                 plan,
                 actor: actor.to_owned(),
             };
-            self.transition(
-                &mut ctx,
-                RunState::Aborted,
-                Some("aborted by request".into()),
-            )
-            .await?;
-            return Ok(RunState::Aborted);
+            let end = self.abort(&mut ctx, "aborted by request").await?;
+            return Ok(end);
         }
         Ok(run.state)
+    }
+
+    /// Ask the live driver of a run to roll it back (`reason` is journaled with the
+    /// request). The caller rolls back itself ([`Engine::rollback_run`]) when nobody
+    /// drives the run.
+    pub async fn request_rollback(
+        &self,
+        run_id: &str,
+        actor: &str,
+        reason: &str,
+    ) -> Result<(), EngineError> {
+        let run = self.load(run_id).await?;
+        if run.state.is_terminal() {
+            return Err(EngineError::Terminal {
+                action: "roll back",
+                run: run.id,
+                state: run.state.as_str(),
+            });
+        }
+        self.commit(
+            &run.id,
+            &run.digest,
+            actor,
+            vec![EngineEvent::ControlRequested {
+                control: Control::Rollback,
+                reason: Some(reason.to_owned()),
+            }],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// The reason of the latest rollback request of a run.
+    async fn rollback_reason(&self, run_id: &str) -> String {
+        let journal = self.store.journal(run_id, 0).await.unwrap_or_default();
+        let reason = journal.iter().rev().find_map(|n| match &n.event {
+            EngineEvent::ControlRequested {
+                control: Control::Rollback,
+                reason,
+            } => Some(reason.clone().unwrap_or_default()),
+            _ => None,
+        });
+        format!(
+            "rollback requested by hand: {}",
+            reason.unwrap_or_else(|| "no reason given".into())
+        )
+    }
+
+    /// End a run as aborted: settle every step still `started` (see [`Engine::request`]),
+    /// then go to Aborted. Completed steps are not undone.
+    async fn abort(&self, ctx: &mut RunCtx, why: &str) -> Result<RunState, EngineError> {
+        let records = self.store.steps(&ctx.run.id).await?;
+        let started: Vec<&StepRecord> = records
+            .iter()
+            .filter(|r| r.status == StepStatus::Started)
+            .collect();
+        let mut unknown = Vec::new();
+        if !started.is_empty() {
+            let prior = self.prior_progress(&ctx.run.id).await?;
+            for rec in started {
+                let Some(step) = ctx.plan.steps.iter().find(|s| s.id == rec.step_id).cloned()
+                else {
+                    continue;
+                };
+                let sctx = StepContext {
+                    run_id: ctx.run.id.clone(),
+                    step_id: step.id.clone(),
+                    key: step.idempotency_key.clone(),
+                    attempt: rec.attempts,
+                    progress: None,
+                    prior: prior.get(&step.id).cloned().unwrap_or_default(),
+                };
+                self.settle_in_flight(ctx, &step, &sctx, &mut unknown, "aborted")
+                    .await?;
+            }
+        }
+        let reason = if unknown.is_empty() {
+            why.to_owned()
+        } else {
+            format!("{why}; {}", unknown.join("; "))
+        };
+        self.transition(ctx, RunState::Aborted, Some(reason))
+            .await?;
+        Ok(RunState::Aborted)
+    }
+
+    /// Every `step_progress` detail of a run, by step, oldest first: what a step applied
+    /// again or undone is given as [`StepContext::prior`].
+    async fn prior_progress(
+        &self,
+        run_id: &str,
+    ) -> Result<HashMap<String, Vec<serde_json::Value>>, StoreError> {
+        let mut by_step: HashMap<String, Vec<serde_json::Value>> = HashMap::new();
+        for n in self.store.journal(run_id, 0).await? {
+            if let EngineEvent::StepProgress { step, detail, .. } = n.event {
+                by_step.entry(step).or_default().push(detail);
+            }
+        }
+        Ok(by_step)
     }
 
     /// The tally of approvals of a run, against what it needs.
@@ -530,14 +650,15 @@ impl Engine {
         if ctx.state.is_terminal() {
             return Ok(DriveOutcome::Finished(ctx.state));
         }
-        if ctx.run.control == Some(Control::Abort) {
-            self.transition(
-                &mut ctx,
-                RunState::Aborted,
-                Some("aborted by request".into()),
-            )
-            .await?;
-            return Ok(DriveOutcome::Finished(RunState::Aborted));
+        if ctx.run.control == Some(Control::Abort) && ctx.state != RunState::RollingBack {
+            let end = self.abort(&mut ctx, "aborted by request").await?;
+            return Ok(DriveOutcome::Finished(end));
+        }
+        if ctx.run.control == Some(Control::Rollback) && ctx.state != RunState::RollingBack {
+            // Asked while its driver was gone (or before it looked).
+            let reason = self.rollback_reason(&ctx.run.id).await;
+            let end = self.rollback_ctx(&mut ctx, &reason).await?;
+            return Ok(DriveOutcome::Finished(end));
         }
         if ctx.state == RunState::RollingBack {
             let end = self.rollback(&mut ctx, "resuming rollback").await?;
@@ -582,8 +703,10 @@ impl Engine {
     }
 
     /// Roll a run back by hand: undo its completed steps in reverse order. Allowed for
-    /// runs that are paused, failed, succeeded or interrupted mid-rollback; the request and
-    /// its reason are journaled (and so audited) before anything is undone.
+    /// runs that are paused, running without a live driver, failed, succeeded, aborted
+    /// (what an abort kept is undone) or interrupted mid-rollback; the request and its
+    /// reason are journaled (and so audited) before anything is undone. A run nobody
+    /// started a step of yet is aborted instead: there is nothing to undo.
     pub async fn rollback_run(
         &self,
         run_id: &str,
@@ -599,28 +722,49 @@ impl Engine {
             plan,
             actor: actor.to_owned(),
         };
-        match ctx.state {
-            RunState::RolledBack | RunState::Aborted => {
-                return Err(EngineError::Terminal {
-                    action: "roll back",
-                    run: run_id.to_owned(),
-                    state: ctx.state.as_str(),
-                });
-            }
-            RunState::Pending | RunState::WaitingForWindow | RunState::WaitingForApproval => {
-                // Nothing ran yet: there is nothing to undo, so the run is simply aborted.
-                self.transition(
-                    &mut ctx,
-                    RunState::Aborted,
-                    Some(format!("rollback requested before any step ran: {reason}")),
-                )
-                .await?;
-                return Ok(RunState::Aborted);
-            }
-            _ => {}
+        if ctx.state == RunState::RolledBack {
+            return Err(EngineError::Terminal {
+                action: "roll back",
+                run: run_id.to_owned(),
+                state: ctx.state.as_str(),
+            });
         }
-        self.rollback(&mut ctx, &format!("rollback requested by hand: {reason}"))
+        if ctx.state == RunState::Aborted
+            && self
+                .store
+                .steps(run_id)
+                .await?
+                .iter()
+                .all(|r| !matches!(r.status, StepStatus::Succeeded | StepStatus::Started))
+        {
+            return Err(EngineError::Terminal {
+                action: "roll back",
+                run: run_id.to_owned(),
+                state: "aborted with nothing left applied",
+            });
+        }
+        self.rollback_ctx(&mut ctx, &format!("rollback requested by hand: {reason}"))
             .await
+    }
+
+    /// Roll back a loaded run: aborted when nothing ran yet, else undone.
+    async fn rollback_ctx(&self, ctx: &mut RunCtx, reason: &str) -> Result<RunState, EngineError> {
+        if matches!(
+            ctx.state,
+            RunState::Pending | RunState::WaitingForWindow | RunState::WaitingForApproval
+        ) {
+            // Nothing ran yet: there is nothing to undo, so the run is simply aborted.
+            self.transition(
+                ctx,
+                RunState::Aborted,
+                Some(format!(
+                    "{reason}; no step had started, so nothing was undone"
+                )),
+            )
+            .await?;
+            return Ok(RunState::Aborted);
+        }
+        self.rollback(ctx, reason).await
     }
 
     /// Wait at the gates. `Some(outcome)` when the drive must stop here.
@@ -768,6 +912,11 @@ impl Engine {
                     .await?;
                 Ok(Some(DriveOutcome::Paused))
             }
+            Some(Control::Rollback) => {
+                let reason = self.rollback_reason(&ctx.run.id).await;
+                let end = self.rollback_ctx(ctx, &reason).await?;
+                Ok(Some(DriveOutcome::Finished(end)))
+            }
             None => Ok(None),
         }
     }
@@ -807,6 +956,10 @@ impl Engine {
             .map(|s| s.wave)
             .max()
             .or_else(|| waves.last().map(|w| w.index));
+        // Services not deployed, with why: failed within the budget, or never started
+        // because a service they depend on is not deployed (a failure budget must not put
+        // a service in front of a dependency that is not there).
+        let mut down: BTreeMap<String, String> = BTreeMap::new();
         for wave in &waves {
             let steps: Vec<&PlannedStep> = ctx
                 .plan
@@ -837,6 +990,43 @@ impl Engine {
                         }
                     }
                 }
+            }
+            for service in &failed_services {
+                down.entry(service.clone())
+                    .or_insert_with(|| "a step failed".into());
+            }
+            let mut skipped: BTreeMap<String, String> = BTreeMap::new();
+            for (s, _) in &todo {
+                if skipped.contains_key(&s.service) {
+                    continue;
+                }
+                let deps = ctx
+                    .plan
+                    .services
+                    .get(&s.service)
+                    .map(|svc| svc.depends_on.clone())
+                    .unwrap_or_default();
+                if let Some(dep) = deps.iter().find(|d| down.contains_key(*d)) {
+                    skipped.insert(
+                        s.service.clone(),
+                        format!("not started: {dep}, which it depends on, is not deployed"),
+                    );
+                }
+            }
+            if !skipped.is_empty() {
+                let mut notes = Vec::new();
+                for (service, why) in &skipped {
+                    if let Some((s, _)) = todo.iter().find(|(s, _)| &s.service == service) {
+                        notes.push(EngineEvent::StepProgress {
+                            step: s.id.clone(),
+                            key: s.idempotency_key.clone(),
+                            detail: serde_json::json!({"event": "skipped", "service": service, "reason": why}),
+                        });
+                    }
+                }
+                todo.retain(|(s, _)| !skipped.contains_key(&s.service));
+                down.extend(skipped);
+                self.emit(ctx, notes).await?;
             }
             if todo.is_empty() && failed == 0 {
                 // Done before a restart: its smoke checks run again, since checks only
@@ -876,6 +1066,12 @@ impl Engine {
             let mut refused_config = false;
             let mut set = JoinSet::new();
             let mut todo: Vec<(PlannedStep, Option<StepRecord>)> = todo;
+            // What interrupted steps reported before, so they continue from it.
+            let prior = if todo.iter().any(|(_, r)| r.is_some()) {
+                self.prior_progress(&ctx.run.id).await?
+            } else {
+                HashMap::new()
+            };
             let mut last_check = Instant::now();
             let ctx_shared = Arc::new((
                 ctx.run.id.clone(),
@@ -917,7 +1113,10 @@ impl Engine {
                     let service = step.service.clone();
                     let this = self.clone();
                     let shared = Arc::clone(&ctx_shared);
-                    set.spawn(async move { (r, service, this.run_step(&shared, step, rec).await) });
+                    let before = prior.get(&step.id).cloned().unwrap_or_default();
+                    set.spawn(async move {
+                        (r, service, this.run_step(&shared, step, rec, before).await)
+                    });
                 }
                 match set.join_next().await {
                     None => break,
@@ -929,6 +1128,7 @@ impl Engine {
                         match result? {
                             StepEnd::Done => {}
                             StepEnd::Failed(error) => {
+                                down.insert(service.clone(), format!("failed: {error}"));
                                 errors.push(error);
                                 failed += 1;
                                 failed_services.insert(service);
@@ -950,6 +1150,13 @@ impl Engine {
                     }
                 }
             }
+            // A request that came while the wave's last steps ran is heard before the
+            // next wave (requests are otherwise read only when a step starts).
+            if halt.is_none()
+                && let Some(c) = self.store.control(&ctx.run.id).await?
+            {
+                halt = Some(Halt::Control(c));
+            }
             self.emit(
                 ctx,
                 vec![EngineEvent::WaveFinished {
@@ -958,6 +1165,14 @@ impl Engine {
                 }],
             )
             .await?;
+            // A failure caused by a human's abort or rollback (a canary takes itself out
+            // of service when it hears one) ends the run as that human asked.
+            if matches!(halt, Some(Halt::Budget))
+                && let Some(c @ (Control::Abort | Control::Rollback)) =
+                    self.store.control(&ctx.run.id).await?
+            {
+                halt = Some(Halt::Control(c));
+            }
             match halt {
                 Some(Halt::Budget) => {
                     let why = if refused_artifact && failed <= budget {
@@ -987,11 +1202,12 @@ impl Engine {
                     return Ok(DriveOutcome::Paused);
                 }
                 Some(Halt::Paused) => {
+                    let id = ctx.run.id.clone();
                     self.transition(
                         ctx,
                         RunState::Paused,
                         Some(format!(
-                            "waiting for a human: {}; `slipway resume` continues (the step is observed first), `slipway rollback` undoes",
+                            "waiting for a human: {}; `slipway resume {id}` continues (the step is observed first), `slipway promote {id}` accepts the canary as it is, `slipway abort {id}` takes the canary out and stops the release here, `slipway rollback {id} --reason TEXT` takes the whole release back",
                             paused.join("; ")
                         )),
                     )
@@ -999,9 +1215,13 @@ impl Engine {
                     return Ok(DriveOutcome::Paused);
                 }
                 Some(Halt::Control(Control::Abort)) => {
-                    self.transition(ctx, RunState::Aborted, Some("aborted by request".into()))
-                        .await?;
-                    return Ok(DriveOutcome::Finished(RunState::Aborted));
+                    let end = self.abort(ctx, "aborted by request").await?;
+                    return Ok(DriveOutcome::Finished(end));
+                }
+                Some(Halt::Control(Control::Rollback)) => {
+                    let reason = self.rollback_reason(&ctx.run.id).await;
+                    let end = self.rollback(ctx, &reason).await?;
+                    return Ok(DriveOutcome::Finished(end));
                 }
                 None => {}
             }
@@ -1019,7 +1239,17 @@ impl Engine {
         if let Some(out) = self.checks_or_rollback(ctx, CheckPhase::Post).await? {
             return Ok(out);
         }
-        self.transition(ctx, RunState::Succeeded, None).await?;
+        // A success that is not complete says so, naming the services left out.
+        let reason = (!down.is_empty()).then(|| {
+            format!(
+                "{PARTIAL_PREFIX}{}",
+                down.iter()
+                    .map(|(s, why)| format!("{s} ({why})"))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )
+        });
+        self.transition(ctx, RunState::Succeeded, reason).await?;
         Ok(DriveOutcome::Finished(RunState::Succeeded))
     }
 
@@ -1144,6 +1374,7 @@ impl Engine {
         run: &(String, String, String),
         step: PlannedStep,
         rec: Option<StepRecord>,
+        prior: Vec<serde_json::Value>,
     ) -> Result<StepEnd, EngineError> {
         let (run_id, digest, actor) = run;
         let mut sctx = StepContext {
@@ -1152,6 +1383,7 @@ impl Engine {
             key: step.idempotency_key.clone(),
             attempt: rec.as_ref().map_or(0, |r| r.attempts),
             progress: None,
+            prior,
         };
         let commit = |events: Vec<EngineEvent>| self.commit(run_id, digest, actor, events);
         if let Some(r) = &rec {
@@ -1304,6 +1536,7 @@ impl Engine {
             .map(|r| (r.step_id.clone(), r))
             .collect();
         let mut failures = Vec::new();
+        let prior = self.prior_progress(&ctx.run.id).await?;
         let steps: Vec<PlannedStep> = ctx.plan.steps.iter().rev().cloned().collect();
         for step in steps {
             let Some(rec) = records.get(&step.id) else {
@@ -1316,6 +1549,7 @@ impl Engine {
                 key: key.clone(),
                 attempt: rec.attempts,
                 progress: None,
+                prior: prior.get(&step.id).cloned().unwrap_or_default(),
             };
             // Whether the undo's start is journaled already (a resumed undo).
             let mut undo_journaled = false;
@@ -1323,13 +1557,16 @@ impl Engine {
                 StepStatus::Succeeded => {}
                 StepStatus::Started => {
                     if !self
-                        .settle_in_flight(ctx, &step, &sctx, &mut failures)
+                        .settle_in_flight(ctx, &step, &sctx, &mut failures, "rolls back")
                         .await?
                     {
                         continue;
                     }
                 }
-                StepStatus::UndoStarted => {
+                // An undo interrupted by a crash, or one that failed (a rollback by hand of
+                // a run that ended `failed` tries what is left again): observed first, so
+                // one that completed after all is not run again.
+                StepStatus::UndoStarted | StepStatus::UndoFailed => {
                     match self.target.observe_undo(&sctx, &step.action).await {
                         Ok(Observation::Done { evidence }) => {
                             self.emit(
@@ -1449,17 +1686,21 @@ impl Engine {
         Ok(end)
     }
 
-    /// Settle a step found `started` during a rollback: observe it (the target waits for
-    /// an attempt still running) and journal what was found. `true` when it completed, so
-    /// it must be undone; a step not done is recorded failed and never applied again;
-    /// one that cannot be observed is recorded failed and counted in `failures` (the run
-    /// cannot be called rolled back while nobody knows whether it took effect).
+    /// Settle a step found `started` during a rollback or an abort (`why`): observe it
+    /// (the target waits for an attempt still running) and journal what was found.
+    /// `true` when it completed, so a rollback must undo it; a step not done is recorded
+    /// failed and never applied again, after whatever part of it is in place was taken
+    /// back ([`Target::retract`]: a paused canary leaves the traffic); one that cannot be
+    /// observed, or whose partial effect cannot be taken back, is recorded failed and
+    /// counted in `failures` (the run cannot be called rolled back while nobody knows
+    /// whether it took effect).
     async fn settle_in_flight(
         &self,
         ctx: &RunCtx,
         step: &PlannedStep,
         sctx: &StepContext,
         failures: &mut Vec<String>,
+        why: &str,
     ) -> Result<bool, EngineError> {
         let key = sctx.key.clone();
         match self.target.observe(sctx, &step.action).await {
@@ -1487,27 +1728,56 @@ impl Engine {
             Ok(Observation::NotDone { evidence }) => {
                 self.emit(
                     ctx,
-                    vec![
-                        EngineEvent::StepObserved {
-                            step: step.id.clone(),
-                            key: key.clone(),
-                            evidence,
-                            decision: RecoveryDecision::Abandon,
-                        },
-                        EngineEvent::StepFailed {
-                            step: step.id.clone(),
-                            key,
-                            error: "interrupted and found not done while the run rolls back; not applied again".into(),
-                            output: None,
-                        },
-                    ],
+                    vec![EngineEvent::StepObserved {
+                        step: step.id.clone(),
+                        key: key.clone(),
+                        evidence,
+                        decision: RecoveryDecision::Abandon,
+                    }],
+                )
+                .await?;
+                let retracted = self.target.retract(sctx, &step.action).await;
+                let error = match &retracted {
+                    Ok(Some(what)) => {
+                        self.emit(
+                            ctx,
+                            vec![EngineEvent::StepProgress {
+                                step: step.id.clone(),
+                                key: key.clone(),
+                                detail: serde_json::json!({"event": "retracted", "detail": what}),
+                            }],
+                        )
+                        .await?;
+                        format!(
+                            "interrupted and found not done while the run {why}; what was in place of it was taken back ({what}); not applied again"
+                        )
+                    }
+                    Ok(None) => format!(
+                        "interrupted and found not done while the run {why}; not applied again"
+                    ),
+                    Err(e) => {
+                        let error = format!(
+                            "interrupted and found not done while the run {why}, and what is in place of it could not be taken back: {e}; check it by hand"
+                        );
+                        failures.push(format!("{}: {error}", step.id));
+                        error
+                    }
+                };
+                self.emit(
+                    ctx,
+                    vec![EngineEvent::StepFailed {
+                        step: step.id.clone(),
+                        key,
+                        error,
+                        output: None,
+                    }],
                 )
                 .await?;
                 Ok(false)
             }
             Err(e) => {
                 let error = format!(
-                    "observe the interrupted step while rolling back: {e}; whether it took effect is unknown, so check it by hand"
+                    "observe the interrupted step while the run {why}: {e}; whether it took effect is unknown, so check it by hand"
                 );
                 failures.push(format!("{}: {error}", step.id));
                 self.emit(

@@ -144,8 +144,12 @@ pub enum RecoveryDecision {
 pub enum Control {
     /// Stop starting steps; finish those in flight; go to Paused.
     Pause,
-    /// Stop starting steps; finish those in flight; go to Aborted.
+    /// Stop starting steps; take a canary in flight out of service; keep what completed;
+    /// go to Aborted.
     Abort,
+    /// Stop starting steps; take a canary in flight out of service; undo every completed
+    /// step in reverse order; go to RolledBack.
+    Rollback,
 }
 
 impl Control {
@@ -154,6 +158,7 @@ impl Control {
         match self {
             Self::Pause => "pause",
             Self::Abort => "abort",
+            Self::Rollback => "rollback",
         }
     }
     /// Parse the stored name.
@@ -161,6 +166,7 @@ impl Control {
         match s {
             "pause" => Some(Self::Pause),
             "abort" => Some(Self::Abort),
+            "rollback" => Some(Self::Rollback),
             _ => None,
         }
     }
@@ -234,10 +240,13 @@ pub enum EngineEvent {
         /// Groups the approver declared (`SLIPWAY_GROUPS`).
         groups: Vec<String>,
     },
-    /// A human asked the driver to pause or abort.
+    /// A human asked the driver to pause, abort or roll back.
     ControlRequested {
         /// What was asked.
         control: Control,
+        /// Why (a rollback's reason, audited with it).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
     },
     /// A wave began.
     WaveStarted {

@@ -21,6 +21,11 @@ pub struct StepContext {
     /// Where a long step reports progress; each value is journaled as a
     /// `step_progress` event before the step's outcome.
     pub progress: Option<ProgressSink>,
+    /// What this step reported in earlier attempts and undos (its `step_progress`
+    /// details, oldest first): a step applied again after a restart continues from what
+    /// it recorded (a canary at its step and weight), and an undo restores what the
+    /// step's own run recorded it replaced. Empty for a first attempt.
+    pub prior: Vec<serde_json::Value>,
 }
 
 /// A channel to the journal for a step's progress reports.
@@ -139,6 +144,18 @@ pub trait Target: Send + Sync {
         ctx: &'a StepContext,
         action: &'a StepAction,
     ) -> BoxFuture<'a, Result<Option<StepOutput>, TargetError>>;
+    /// Take back whatever part of a step found *not done* is in place, applying nothing:
+    /// called while a run is rolled back or aborted for a step that was interrupted (a
+    /// canary paused at 20 % is not done, yet takes traffic). `Ok(Some(what))` says what
+    /// was taken back. The default does nothing: a command found not done left nothing
+    /// the target can tell apart.
+    fn retract<'a>(
+        &'a self,
+        _ctx: &'a StepContext,
+        _action: &'a StepAction,
+    ) -> BoxFuture<'a, Result<Option<String>, TargetError>> {
+        Box::pin(async { Ok(None) })
+    }
     /// Tell whether the step's undo is complete, without changing anything: asked after a
     /// restart for a step journaled `undo_started` but not finished, before its undo runs
     /// again. Must wait for an undo still running from a previous orchestrator process.

@@ -1,5 +1,5 @@
-//! Notifications of run events — started, waiting for approval, paused, rolled back,
-//! finished — to the sinks a spec's `notifications` names: Slack-compatible webhooks
+//! Notifications of run events — started, waiting for approval, paused, rollback started,
+//! rollback finished, rolled back, finished — to the sinks a spec's `notifications` names: Slack-compatible webhooks
 //! (signed, retried with backoff), SMTP email, and files of JSON lines.
 //!
 //! A [`Notifier`] is fed the engine's [`Notice`]s (`Engine::with_notices`), turns the
@@ -148,6 +148,24 @@ pub struct Message {
     pub at: Timestamp,
     /// One line for people.
     pub text: String,
+    /// For `rollback_started` and `rollback_finished`: what is restored and what serves.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<RollbackInfo>,
+}
+
+/// What stakeholders hear about a rollback besides its reason.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct RollbackInfo {
+    /// Services being rolled back, with the version each goes back to (`None`: nothing
+    /// served before this run, so it is stopped).
+    pub restoring: std::collections::BTreeMap<String, Option<String>>,
+    /// How long the rollback is expected to take, in seconds: the RTO the last rollback
+    /// rehearsal of this release measured, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expected_seconds: Option<f64>,
+    /// When it finished: the version each service is on now (`None`: none runs).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub serving: std::collections::BTreeMap<String, Option<String>>,
 }
 
 /// The outcome of delivering one message to one sink.
@@ -184,8 +202,14 @@ pub fn classify(event: &EngineEvent) -> Vec<NotifyEvent> {
             v.push(NotifyEvent::WaitingForApproval);
         }
         RunState::Paused => v.push(NotifyEvent::Paused),
+        RunState::RollingBack if *from != RunState::RollingBack => {
+            v.push(NotifyEvent::RollbackStarted);
+        }
         RunState::RolledBack => v.push(NotifyEvent::RolledBack),
         _ => {}
+    }
+    if *from == RunState::RollingBack && *to != RunState::RollingBack {
+        v.push(NotifyEvent::RollbackFinished);
     }
     if to.is_terminal() {
         v.push(NotifyEvent::Finished);
@@ -200,6 +224,8 @@ fn event_name(e: NotifyEvent) -> &'static str {
         NotifyEvent::Paused => "paused",
         NotifyEvent::RolledBack => "rolled back",
         NotifyEvent::Finished => "finished",
+        NotifyEvent::RollbackStarted => "rollback started",
+        NotifyEvent::RollbackFinished => "rollback finished",
     }
 }
 
@@ -238,6 +264,12 @@ impl Notifier {
 
     /// The messages a notice produces.
     pub fn messages(&mut self, n: &Notice) -> Vec<Message> {
+        self.messages_with(n, None)
+    }
+
+    /// The messages a notice produces; `info` is what the caller found out about a
+    /// rollback this notice starts or ends (services, versions, expected duration).
+    pub fn messages_with(&mut self, n: &Notice, info: Option<&RollbackInfo>) -> Vec<Message> {
         if let EngineEvent::StateChanged {
             reason: Some(r), ..
         } = &n.event
@@ -268,6 +300,14 @@ impl Notifier {
                 if let Some(r) = &reason {
                     text.push_str(&format!(": {r}"));
                 }
+                let rollback = match event {
+                    NotifyEvent::RollbackStarted | NotifyEvent::RollbackFinished => {
+                        let info = info.cloned().unwrap_or_default();
+                        text.push_str(&describe_rollback(event, &info));
+                        Some(info)
+                    }
+                    _ => None,
+                };
                 Message {
                     event,
                     run: n.run_id.clone(),
@@ -278,6 +318,7 @@ impl Notifier {
                     reason: reason.map(|r| self.redactor.apply(&r)),
                     at: n.at,
                     text: self.redactor.apply(&text),
+                    rollback,
                 }
             })
             .collect()
@@ -285,8 +326,14 @@ impl Notifier {
 
     /// Deliver the messages of a notice to every subscribed sink.
     pub async fn handle(&mut self, n: &Notice) -> Vec<Delivery> {
+        self.handle_with(n, None).await
+    }
+
+    /// [`Self::handle`] with what the caller knows of a rollback (see
+    /// [`Self::messages_with`]).
+    pub async fn handle_with(&mut self, n: &Notice, info: Option<&RollbackInfo>) -> Vec<Delivery> {
         let mut out = Vec::new();
-        for m in self.messages(n) {
+        for m in self.messages_with(n, info) {
             for sink in &self.sinks {
                 if !sink.on.is_empty() && !sink.on.contains(&m.event) {
                     continue;
@@ -313,6 +360,19 @@ impl Notifier {
         let mut all = Vec::new();
         while let Some(n) = rx.recv().await {
             all.extend(self.handle(&n).await);
+        }
+        all
+    }
+
+    /// [`Self::run`] over notices with what the caller knows of the rollbacks they start
+    /// or end.
+    pub async fn run_with(
+        mut self,
+        mut rx: tokio::sync::mpsc::UnboundedReceiver<(Notice, Option<RollbackInfo>)>,
+    ) -> Vec<Delivery> {
+        let mut all = Vec::new();
+        while let Some((n, info)) = rx.recv().await {
+            all.extend(self.handle_with(&n, info.as_ref()).await);
         }
         all
     }
@@ -389,6 +449,35 @@ pub async fn post_json(url: &str, body: &str, settings: &NotifySettings) -> (u32
         }
     }
     (attempts, error)
+}
+
+/// The rollback part of a message's text: what is restored and how long it should take,
+/// or what serves now.
+fn describe_rollback(event: NotifyEvent, info: &RollbackInfo) -> String {
+    let version = |v: &Option<String>| v.clone().unwrap_or_else(|| "nothing".into());
+    let list = |m: &std::collections::BTreeMap<String, Option<String>>| {
+        m.iter()
+            .map(|(s, v)| format!("{s} {}", version(v)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match event {
+        NotifyEvent::RollbackStarted => {
+            let mut t = String::new();
+            if !info.restoring.is_empty() {
+                t.push_str(&format!("; restoring {}", list(&info.restoring)));
+            }
+            match info.expected_seconds {
+                Some(s) => t.push_str(&format!(
+                    "; expected to take about {s:.0}s (the last rollback rehearsal's RTO)"
+                )),
+                None => t.push_str("; no rehearsal measured how long it takes"),
+            }
+            t
+        }
+        _ if !info.serving.is_empty() => format!("; serving now: {}", list(&info.serving)),
+        _ => String::new(),
+    }
 }
 
 /// `sha256=<hex HMAC-SHA256(secret, body)>`.
@@ -578,11 +667,36 @@ async fn send_mail(s: &NotifySettings, to: &[String], m: &Message) -> Result<(),
             .parse()
             .map_err(|e| format!("parse the recipient {r}: {e}"))?);
     }
-    let body = format!(
+    let mut body = format!(
         "{}\n\nrun: {}\nstate: {}\nat: {}\n",
         m.text, m.run, m.state, m.at
     );
-    let mail = b.body(body).map_err(|e| format!("build the email: {e}"))?;
+    if let Some(r) = &m.rollback {
+        for (service, v) in &r.restoring {
+            body.push_str(&format!(
+                "restoring: {service} {}\n",
+                v.as_deref().unwrap_or("(stopped: nothing served before)")
+            ));
+        }
+        if let Some(s) = r.expected_seconds {
+            body.push_str(&format!(
+                "expected duration: {s:.0}s (last rehearsal's RTO)\n"
+            ));
+        }
+        for (service, v) in &r.serving {
+            body.push_str(&format!(
+                "serving now: {service} {}\n",
+                v.as_deref().unwrap_or("(nothing)")
+            ));
+        }
+    }
+    // A MIME message (lettre writes the headers): `MIME-Version: 1.0`, `Content-Type:
+    // text/plain; charset=utf-8` with a transfer encoding for any text, a `Date` and a
+    // `Message-ID`, so mail clients and relays read it as they should.
+    let mail = b
+        .message_id(None)
+        .singlepart(lettre::message::SinglePart::plain(body))
+        .map_err(|e| format!("build the email: {e}"))?;
     // No credentials are ever sent: plain SMTP only to a relay the operator controls, or
     // TLS (STARTTLS or implicit) with the certificate verified against the trusted roots.
     let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&s.smtp_host)

@@ -132,7 +132,7 @@ fn describe(e: &EngineEvent) -> String {
         EngineEvent::GateWaiting { gate, detail, .. } => format!("gate {gate} holds: {detail}"),
         EngineEvent::GatePassed { gate, detail } => format!("gate {gate} passed: {detail}"),
         EngineEvent::Approved { approver, .. } => format!("approved by {approver}"),
-        EngineEvent::ControlRequested { control } => {
+        EngineEvent::ControlRequested { control, .. } => {
             format!("{} requested", control.as_str())
         }
         // The journal counts waves from 0; people (and `slipway plan`) from 1.
@@ -223,7 +223,7 @@ pub fn build(run: &RunHistory) -> Retro {
                     steps.insert(step.clone(), n.at.duration_since(*s).as_secs_f64());
                 }
             }
-            EngineEvent::ControlRequested { control } => anomalies.push(Anomaly {
+            EngineEvent::ControlRequested { control, .. } => anomalies.push(Anomaly {
                 kind: "pause".into(),
                 detail: format!("{} requested by {}", control.as_str(), n.actor),
             }),

@@ -139,8 +139,20 @@ fn state_changes_map_to_notification_events() {
         [NotifyEvent::Paused]
     );
     assert_eq!(
+        e(RunState::Running, RunState::RollingBack),
+        [NotifyEvent::RollbackStarted]
+    );
+    assert_eq!(
         e(RunState::RollingBack, RunState::RolledBack),
-        [NotifyEvent::RolledBack, NotifyEvent::Finished]
+        [
+            NotifyEvent::RolledBack,
+            NotifyEvent::RollbackFinished,
+            NotifyEvent::Finished
+        ]
+    );
+    assert_eq!(
+        e(RunState::RollingBack, RunState::Failed),
+        [NotifyEvent::RollbackFinished, NotifyEvent::Finished]
     );
     assert_eq!(
         e(RunState::Running, RunState::Succeeded),
@@ -254,7 +266,16 @@ async fn file_sink_appends_json_lines() {
                 .to_owned()
         })
         .collect();
-    assert_eq!(events, ["started", "rolled_back", "finished"]);
+    assert_eq!(
+        events,
+        [
+            "started",
+            "rollback_started",
+            "rolled_back",
+            "rollback_finished",
+            "finished"
+        ]
+    );
     assert!(!text.contains(DB_PASSWORD), "{text}");
 }
 
@@ -409,4 +430,71 @@ async fn email_reaches_a_real_smtp_server() {
         "{got}"
     );
     assert!(!got.contains(DB_PASSWORD) && !got.contains(SECRET), "{got}");
+}
+
+/// A rollback is announced when it starts (why, which services go back to which version,
+/// how long the last rehearsal took) and when it ends (what serves now), by email as a
+/// proper MIME message.
+#[tokio::test]
+async fn rollback_started_and_finished_by_email_with_mime_headers() {
+    let smtp = aiosmtpd();
+    let mut n = Notifier::new(
+        &plan_with(vec![Notification {
+            on: vec![NotifyEvent::RollbackStarted, NotifyEvent::RollbackFinished],
+            email: vec!["oncall@example.invalid".into()],
+            ..Notification::default()
+        }]),
+        NotifySettings {
+            smtp_host: "127.0.0.1".into(),
+            smtp_port: smtp.port,
+            ..settings()
+        },
+    );
+    let run = rolled_back_run();
+    let started = notify::RollbackInfo {
+        restoring: [("api".to_owned(), Some("2.3.0".to_owned()))].into(),
+        expected_seconds: Some(42.0),
+        ..Default::default()
+    };
+    let finished = notify::RollbackInfo {
+        serving: [("api".to_owned(), Some("2.3.0".to_owned()))].into(),
+        ..Default::default()
+    };
+    let m = n.messages_with(&run[1], Some(&started));
+    assert_eq!(m.len(), 1);
+    assert_eq!(m[0].event, NotifyEvent::RollbackStarted);
+    assert!(m[0].text.contains("restoring api 2.3.0"), "{}", m[0].text);
+    assert!(m[0].text.contains("about 42s"), "{}", m[0].text);
+    let mut d = Vec::new();
+    d.extend(n.handle_with(&run[1], Some(&started)).await);
+    d.extend(n.handle_with(&run[2], Some(&finished)).await);
+    assert_eq!(d.len(), 2, "{d:?}");
+    assert!(
+        d.iter().all(|d| d.error.is_none()),
+        "{d:?}\naiosmtpd log:\n{}",
+        smtp.log.lock().unwrap()
+    );
+    let mut got = String::new();
+    for _ in 0..50 {
+        got = smtp.out.lock().unwrap().clone();
+        if got.matches("END MESSAGE").count() >= 2 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let got = got.replace("=\n", "");
+    for header in [
+        "MIME-Version: 1.0",
+        "Content-Type: text/plain; charset=utf-8",
+        "Message-ID: <",
+        "Date: ",
+        "Subject: [slipway] shop 2.4.0 prod: rollback started",
+        "Subject: [slipway] shop 2.4.0 prod: rollback finished",
+    ] {
+        assert!(got.contains(header), "missing {header}:\n{got}");
+    }
+    assert!(got.contains("restoring: api 2.3.0"), "{got}");
+    assert!(got.contains("expected duration: 42s"), "{got}");
+    assert!(got.contains("serving now: api 2.3.0"), "{got}");
+    assert!(!got.contains(DB_PASSWORD), "{got}");
 }

@@ -11,7 +11,9 @@ pub const FAILURE: i32 = 1;
 pub const INVALID_INPUT: i32 = 2;
 /// A gate blocks: outside a window (`--no-wait`), a freeze, missing approvals, a held lease.
 pub const BLOCKED: i32 = 3;
-/// The run was rolled back (automatically or by hand).
+/// The run of a `deploy`/`resume` was rolled back by itself (an analysis, a check or a
+/// step failed) or by another person's `slipway rollback`. A successful `slipway
+/// rollback` itself exits 0: it did what was asked.
 pub const ROLLED_BACK: i32 = 4;
 /// The run is paused and waits for a human (`slipway resume` / `promote`).
 pub const PAUSED: i32 = 5;
@@ -28,6 +30,10 @@ pub const STORE: i32 = 8;
 /// The caller could not be authenticated: the API token (`--token` / `SLIPWAY_TOKEN`) is
 /// unknown, revoked or wrong. Distinct from 3 (a known caller lacking a role).
 pub const UNAUTHENTICATED: i32 = 9;
+/// The run succeeded but not everywhere: some services were not deployed (failed within
+/// the failure budget, or not started because a service they depend on failed); the
+/// message and `slipway status` name them.
+pub const PARTIAL: i32 = 10;
 /// A bug in Slipway; please report it.
 pub const INTERNAL: i32 = 70;
 /// Stdout was closed before everything was written (`slipway history | head -1`): the
@@ -51,7 +57,10 @@ pub const ALL: &[(i32, &str)] = &[
         BLOCKED,
         "blocked by a gate (window, freeze, approvals, lease, blocking plan findings, a role you lack)",
     ),
-    (ROLLED_BACK, "the run was rolled back"),
+    (
+        ROLLED_BACK,
+        "the run was rolled back (by itself, or by someone else's `slipway rollback`)",
+    ),
     (PAUSED, "the run is paused, waiting for a human"),
     (ABORTED, "the run was aborted"),
     (
@@ -65,6 +74,10 @@ pub const ALL: &[(i32, &str)] = &[
     (
         UNAUTHENTICATED,
         "the API token (`--token` / `SLIPWAY_TOKEN`) is unknown, revoked or wrong",
+    ),
+    (
+        PARTIAL,
+        "the run succeeded partially: some services were not deployed (named in the message)",
     ),
     (INTERNAL, "internal error (a bug)"),
     (

@@ -1056,6 +1056,11 @@ pub enum NotifyEvent {
     RolledBack,
     /// A run finished (any outcome).
     Finished,
+    /// A rollback started (automatic or by hand): why, which services, the versions being
+    /// restored and, when a rehearsal measured one, how long it is expected to take.
+    RollbackStarted,
+    /// A rollback ended (rolled back, or failed): the outcome and what serves now.
+    RollbackFinished,
 }
 
 /// A notification sink. Exactly one of `webhook`, `email`, `file`.

@@ -192,7 +192,9 @@ impl From<EngineError> for OpsError {
                     run,
                 })
             }
-            EngineError::Terminal { .. } => Self::input(format!("failed to {e}")),
+            EngineError::Terminal { .. } | EngineError::RollingBack { .. } => {
+                Self::input(format!("failed to {e}"))
+            }
             other => Self::internal(format!("failed to {other}")),
         }
     }

@@ -4,9 +4,13 @@
 //! | starttls | tls, and `SLIPWAY_NOTIFY_CA_FILE` for a private CA). Failed deliveries are
 //! reported as events; they never change a run's outcome.
 
-use slipway_engine::Notice;
-use slipway_govern::notify::{Delivery, Notifier, NotifySettings, SECRET_ENV};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use slipway_engine::{EngineEvent, Notice, RunState, Store};
+use slipway_govern::notify::{Delivery, Notifier, NotifySettings, RollbackInfo, SECRET_ENV};
 use slipway_model::plan::Plan;
+use slipway_model::recovery::RehearsalRecord;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::JoinHandle;
 
@@ -42,34 +46,72 @@ fn settings(plan: &Plan, workdir: &str) -> NotifySettings {
     }
 }
 
-/// Notifications being delivered for one drive.
+/// Notifications being delivered for one drive (or manual rollback).
 pub struct Notifications {
-    tx: Option<UnboundedSender<Notice>>,
+    tx: Option<UnboundedSender<(Notice, Option<RollbackInfo>)>>,
     task: Option<JoinHandle<Vec<Delivery>>>,
+    /// What a rollback's messages are built from.
+    context: Option<Context>,
+}
+
+/// Where the details of a rollback come from: the run's records in the store, its plan,
+/// and the rehearsal records.
+struct Context {
+    store: Arc<dyn Store>,
+    plan: Plan,
+    rehearsals: PathBuf,
 }
 
 impl Notifications {
     /// Start delivering notifications for a plan with sinks (nothing when it has none).
-    pub fn start(plan: Option<&Plan>, workdir: &str) -> Self {
+    /// With `store` and `rehearsals` (the directory of rollback rehearsal records), a
+    /// rollback's messages say which services go back to which version, how long the
+    /// last rehearsal took, and what serves once it is over.
+    pub fn start(
+        plan: Option<&Plan>,
+        workdir: &str,
+        store: Option<Arc<dyn Store>>,
+        rehearsals: Option<PathBuf>,
+    ) -> Self {
         let Some(plan) = plan.filter(|p| !p.notifications.is_empty()) else {
             return Self {
                 tx: None,
                 task: None,
+                context: None,
             };
         };
         let notifier = Notifier::new(plan, settings(plan, workdir));
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let context = match (store, rehearsals) {
+            (Some(store), Some(rehearsals)) => Some(Context {
+                store,
+                plan: plan.clone(),
+                rehearsals,
+            }),
+            _ => None,
+        };
         Self {
             tx: Some(tx),
-            task: Some(tokio::spawn(notifier.run(rx))),
+            task: Some(tokio::spawn(notifier.run_with(rx))),
+            context,
         }
     }
 
     /// A committed journal entry the notifier may turn into a message.
-    pub fn send(&self, n: &Notice) {
-        if let Some(t) = &self.tx {
-            let _ = t.send(n.clone());
-        }
+    pub async fn send(&self, n: &Notice) {
+        let Some(t) = &self.tx else { return };
+        let info = match (&n.event, &self.context) {
+            (EngineEvent::StateChanged { from, to, .. }, Some(cx))
+                if *to == RunState::RollingBack || *from == RunState::RollingBack =>
+            {
+                Some(
+                    cx.rollback_info(&n.run_id, *to == RunState::RollingBack)
+                        .await,
+                )
+            }
+            _ => None,
+        };
+        let _ = t.send((n.clone(), info));
     }
 
     /// Wait for pending deliveries; report the ones that failed.
@@ -91,5 +133,54 @@ impl Notifications {
                 });
             }
         }
+    }
+}
+
+impl Context {
+    /// At the start of a rollback: the services this run changed (a step applied or in
+    /// flight) and the version each goes back to, with the expected duration. At its end:
+    /// the version each service of the release is on.
+    async fn rollback_info(&self, run: &str, starting: bool) -> RollbackInfo {
+        let steps = self.store.steps(run).await.unwrap_or_default();
+        let journal = self.store.journal(run, 0).await.unwrap_or_default();
+        let before = match self.store.run(run).await {
+            Ok(Some(r)) => crate::views::versions_before(self.store.as_ref(), &r)
+                .await
+                .unwrap_or_default(),
+            _ => Default::default(),
+        };
+        let versions = crate::views::service_versions(&self.plan, &steps, &journal, &before);
+        if starting {
+            RollbackInfo {
+                restoring: versions
+                    .iter()
+                    .filter(|(_, v)| v.state != "not_deployed")
+                    .map(|(s, v)| (s.clone(), v.previous.clone()))
+                    .collect(),
+                expected_seconds: self.expected_seconds(),
+                serving: Default::default(),
+            }
+        } else {
+            RollbackInfo {
+                serving: versions.into_iter().map(|(s, v)| (s, v.version)).collect(),
+                ..RollbackInfo::default()
+            }
+        }
+    }
+
+    /// The RTO of the last rollback rehearsal of this release (this version's record,
+    /// else the newest of any version), in seconds.
+    fn expected_seconds(&self) -> Option<f64> {
+        let release = &self.plan.release;
+        let records: Vec<RehearsalRecord> = std::fs::read_dir(&self.rehearsals)
+            .ok()?
+            .flatten()
+            .filter_map(|e| std::fs::read(e.path()).ok())
+            .filter_map(|b| serde_json::from_slice::<RehearsalRecord>(&b).ok())
+            .filter(|r| r.release == release.name)
+            .collect();
+        let exact = records.iter().find(|r| r.version == release.version);
+        let newest = records.iter().max_by_key(|r| r.finished_at);
+        exact.or(newest).map(|r| r.rto_ms as f64 / 1000.0)
     }
 }

@@ -43,6 +43,9 @@ pub struct DriveReport {
     pub reason: Option<String>,
     /// Hosts that failed within the failure budget of a succeeded run.
     pub failed_hosts: Vec<String>,
+    /// Services a succeeded run did not deploy (failed within the failure budget, or not
+    /// started because a service they depend on is not deployed): a partial success.
+    pub not_deployed: Vec<String>,
 }
 
 /// Options of a drive.
@@ -348,6 +351,7 @@ pub async fn deploy_with(
         });
     }
     let report = drive(
+        session,
         engine.clone(),
         &run,
         Some(plan),
@@ -459,9 +463,47 @@ struct Tee {
     notify: Notifications,
 }
 
+/// Every notice the engine commits goes to the caller and to the run's notification
+/// sinks; [`unwatch`] waits for the deliveries once the engine is dropped.
+fn watch(
+    engine: Engine,
+    plan: Option<&Plan>,
+    run: &RunRecord,
+    reporter: Arc<dyn Reporter>,
+    rehearsals: PathBuf,
+) -> (Engine, tokio::task::JoinHandle<Tee>) {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Notice>();
+    let store = engine.store().clone();
+    let engine = engine.with_notices(tx);
+    let tee = Tee {
+        reporter,
+        notify: Notifications::start(plan, &run.workdir, Some(store), Some(rehearsals)),
+    };
+    let forward = tokio::spawn(async move {
+        while let Some(n) = rx.recv().await {
+            tee.notify.send(&n).await;
+            tee.reporter.report(OpsEvent::Notice(n));
+        }
+        tee
+    });
+    (engine, forward)
+}
+
+/// Wait for the notifications of a watched engine (dropped by now) to be delivered.
+async fn unwatch(forward: tokio::task::JoinHandle<Tee>, reporter: &dyn Reporter) {
+    if let Ok(tee) = forward.await {
+        tee.notify.finish(reporter).await;
+    }
+}
+
 /// Drive a run: take the environment's lease, deliver notifications, drive the engine
 /// (reporting every committed entry), give the lease back when the run ends.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "a private helper its three callers give what they each hold"
+)]
 async fn drive(
+    session: &Session,
     engine: Engine,
     run: &RunRecord,
     plan: Option<&Plan>,
@@ -473,19 +515,13 @@ async fn drive(
     // No two runs deploy to one environment: take its lease before driving.
     let store = engine.store().clone();
     let mut held = lease::take(store.clone(), run, req.wait_for_lease, reporter.as_ref()).await?;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Notice>();
-    let engine = engine.with_notices(tx);
-    let tee = Tee {
-        reporter: reporter.clone(),
-        notify: Notifications::start(plan, &run.workdir),
-    };
-    let forward = tokio::spawn(async move {
-        while let Some(n) = rx.recv().await {
-            tee.notify.send(&n);
-            tee.reporter.report(OpsEvent::Notice(n));
-        }
-        tee
-    });
+    let (engine, forward) = watch(
+        engine,
+        plan,
+        run,
+        reporter.clone(),
+        session.layout.rehearsals(),
+    );
     let result = tokio::select! {
         r = engine.drive(&run.id, actor, DriveOptions { no_wait: req.no_wait }) => r,
         // Our lease lapsed and another run took the environment: stop at once, as a crash
@@ -500,9 +536,7 @@ async fn drive(
         }
     };
     drop(engine);
-    if let Ok(tee) = forward.await {
-        tee.notify.finish(reporter.as_ref()).await;
-    }
+    unwatch(forward, reporter.as_ref()).await;
     let outcome = result?;
     // A finished run gives the environment back; a paused or blocked one lets its lease
     // lapse at expiry (resume takes it again if still free).
@@ -512,8 +546,24 @@ async fn drive(
         held.lapse();
     }
     let reason = match &outcome {
-        DriveOutcome::Finished(RunState::Succeeded) | DriveOutcome::Blocked { .. } => None,
+        DriveOutcome::Blocked { .. } => None,
+        // A success has a reason only when it is partial.
+        DriveOutcome::Finished(RunState::Succeeded) => last_reason(store.as_ref(), &run.id)
+            .await
+            .filter(|r| r.starts_with(slipway_engine::engine::PARTIAL_PREFIX)),
         _ => last_reason(store.as_ref(), &run.id).await,
+    };
+    let not_deployed = match (&outcome, plan) {
+        (DriveOutcome::Finished(RunState::Succeeded), Some(p)) => {
+            let steps = store.steps(&run.id).await?;
+            let journal = store.journal(&run.id, 0).await?;
+            crate::views::service_versions(p, &steps, &journal, &Default::default())
+                .into_iter()
+                .filter(|(_, v)| v.state != "deployed")
+                .map(|(s, _)| s)
+                .collect()
+        }
+        _ => Vec::new(),
     };
     // A run that succeeded with ssh hosts failed within the failure budget exits 0 (as
     // Ansible does within `max_fail_percentage`) but says which hosts were left behind.
@@ -531,6 +581,7 @@ async fn drive(
         continued,
         reason,
         failed_hosts,
+        not_deployed,
     })
 }
 
@@ -571,7 +622,17 @@ pub async fn resume(
     let workdir = PathBuf::from(&run.workdir);
     let deploy = deploy_target(session, &workdir, plan.as_ref(), reporter.as_ref()).await?;
     let engine = engine(session, &workdir, plan.as_ref(), &actor, deploy, None);
-    let report = drive(engine, &run, plan.as_ref(), &actor, req, true, reporter).await;
+    let report = drive(
+        session,
+        engine,
+        &run,
+        plan.as_ref(),
+        &actor,
+        req,
+        true,
+        reporter,
+    )
+    .await;
     discard_interventions(session, &run.id);
     report.map(Handled::Driven)
 }
@@ -653,7 +714,17 @@ pub async fn promote(
     let workdir = PathBuf::from(&run.workdir);
     let deploy = deploy_target(session, &workdir, plan.as_ref(), reporter.as_ref()).await?;
     let engine = engine(session, &workdir, plan.as_ref(), &actor, deploy, None);
-    let report = drive(engine, &run, plan.as_ref(), &actor, req, true, reporter).await;
+    let report = drive(
+        session,
+        engine,
+        &run,
+        plan.as_ref(),
+        &actor,
+        req,
+        true,
+        reporter,
+    )
+    .await;
     // Not acted on (no canary was running): it must not surprise a later driver.
     discard_interventions(session, &run.id);
     report.map(Handled::Driven)
@@ -668,60 +739,71 @@ pub struct Controlled {
     pub requested: &'static str,
     /// The run's state after the request.
     pub state: RunState,
+    /// Why it is in that state (its latest state change's reason).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// Ask the driver of a run to pause it (a live canary pauses at its next analysis tick).
 pub async fn pause(session: &Session, run_id: &str) -> OpsResult<Controlled> {
-    control(session, run_id, Control::Pause).await
+    let run = load_run(session.store.as_ref(), run_id).await?;
+    crate::access::require(session, Role::Deployer, "pause", &run.environment).await?;
+    let actor = session.actor_id().await?;
+    let engine = engine(session, Path::new(&run.workdir), None, &actor, None, None);
+    let state = engine.request(run_id, &actor, Control::Pause).await?;
+    Ok(Controlled {
+        run: run_id.to_owned(),
+        requested: "pause",
+        state,
+        reason: None,
+    })
 }
 
-/// Abort a run: a live canary hears it and rolls back; a paused canary (nobody drives the
-/// run) is taken out of service here first, so an aborted run leaves no canary taking
-/// traffic.
+/// Abort a run: stop it where it is for good. No further step starts; a canary in flight
+/// (live, or paused with nobody driving) is taken out of service; steps that completed
+/// stay as they are (`rollback` undoes them). A live driver hears the request; a run
+/// nobody drives is aborted here. Returns once the run is aborted, and gives its
+/// environment's lease back.
 pub async fn abort(
     session: &Session,
     run_id: &str,
-    reporter: &dyn Reporter,
+    reporter: Arc<dyn Reporter>,
 ) -> OpsResult<Controlled> {
     let run = load_run(session.store.as_ref(), run_id).await?;
-    if let Some(p) = plan_of(&run).filter(|p| p.target == "process" && !run.state.is_terminal()) {
-        crate::access::require(session, Role::Deployer, "abort", &run.environment).await?;
-        if !driven(session.store.as_ref(), &run.id).await?
-            && let Some(deploy) =
-                deploy_target(session, Path::new(&run.workdir), Some(&p), reporter).await?
-        {
-            for (service, version) in slipway_providers::compose::deployed_services(&p) {
-                match deploy.retire_canary(&service, &version).await {
-                    Ok(Some(detail)) => reporter.report(OpsEvent::CanaryRetired {
-                        service: service.clone(),
-                        detail,
-                    }),
-                    Ok(None) => {}
-                    Err(e) => {
-                        return Err(OpsError::failure(format!(
-                            "failed to abort: the {service} canary could not be retired: {e}"
-                        ))
-                        .hint(Hint::Run {
-                            action: RunAction::Abort,
-                            run: run.id.clone(),
-                        }));
-                    }
-                }
-            }
-        }
-    }
-    control(session, run_id, Control::Abort).await
-}
-
-async fn control(session: &Session, run_id: &str, c: Control) -> OpsResult<Controlled> {
-    let run = load_run(session.store.as_ref(), run_id).await?;
-    crate::access::require(session, Role::Deployer, c.as_str(), &run.environment).await?;
+    crate::access::require(session, Role::Deployer, "abort", &run.environment).await?;
     let actor = session.actor_id().await?;
-    let engine = engine(session, Path::new(&run.workdir), None, &actor, None, None);
-    let state = engine.request(run_id, &actor, c).await?;
+    let plan = plan_of(&run);
+    let workdir = PathBuf::from(&run.workdir);
+    let state = if !run.state.is_terminal() && driven(session.store.as_ref(), &run.id).await? {
+        let engine = engine(session, &workdir, None, &actor, None, None);
+        engine.request(run_id, &actor, Control::Abort).await?;
+        wait_for_driver(session, run_id).await?
+    } else {
+        // Nobody drives it: the engine settles what is in flight (a paused canary is
+        // taken out of service through the deploy target) and ends the run here.
+        let deploy = deploy_target(session, &workdir, plan.as_ref(), reporter.as_ref()).await?;
+        let engine = engine(session, &workdir, plan.as_ref(), &actor, deploy, None);
+        let (engine, forward) = watch(
+            engine,
+            plan.as_ref(),
+            &run,
+            reporter.clone(),
+            session.layout.rehearsals(),
+        );
+        let state = engine.request(run_id, &actor, Control::Abort).await;
+        drop(engine);
+        unwatch(forward, reporter.as_ref()).await;
+        let state = state?;
+        if state.is_terminal() {
+            state
+        } else {
+            // A driver took the run between the look and the request: it acts on it.
+            wait_for_driver(session, run_id).await?
+        }
+    };
     if state.is_terminal() {
-        // Aborted here (nobody drove it): the environment is free again now, not at the
-        // lease's expiry. Only this run's own lease is given up.
+        // The environment is free again now, not at the lease's expiry. Only this run's
+        // own lease is given up.
         session
             .store
             .release_lease(&run.environment, Some(&run.id))
@@ -729,33 +811,159 @@ async fn control(session: &Session, run_id: &str, c: Control) -> OpsResult<Contr
     }
     Ok(Controlled {
         run: run_id.to_owned(),
-        requested: c.as_str(),
+        requested: "abort",
         state,
+        reason: last_reason(session.store.as_ref(), run_id).await,
     })
 }
 
-/// Roll a run back by hand: undo its completed steps in reverse order (audited, with the
-/// reason). Returns the run's final state.
+/// Wait until the live driver of a run has acted on a request: the run is terminal, or
+/// paused, or nobody drives it any more (its driver died; the run is then as it left it).
+async fn wait_for_driver(session: &Session, run_id: &str) -> OpsResult<RunState> {
+    loop {
+        let run = load_run(session.store.as_ref(), run_id).await?;
+        if run.state.is_terminal()
+            || run.state == RunState::Paused
+            || !driven(session.store.as_ref(), run_id).await?
+        {
+            // Read again: the driver may have finished between the two reads.
+            return Ok(load_run(session.store.as_ref(), run_id).await?.state);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// Hand a rollback to the live driver of a run and wait until it acted.
+async fn ask_driver(
+    session: &Session,
+    workdir: &Path,
+    me: &str,
+    run_id: &str,
+    reason: &str,
+) -> OpsResult<RunState> {
+    let engine = engine(session, workdir, None, me, None, None);
+    engine.request_rollback(run_id, me, reason).await?;
+    wait_for_driver(session, run_id).await
+}
+
+/// What a manual rollback did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RolledBack {
+    /// The run.
+    pub run: String,
+    /// Its state now: `rolled_back`, `aborted` (nothing had run), or `failed` (some undo
+    /// failed; the reason names it).
+    pub state: RunState,
+    /// Why it is in that state.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// A live driver carried the rollback out.
+    pub by_driver: bool,
+}
+
+/// Roll a run back by hand: take a canary in flight out of service and undo every
+/// completed step in reverse order (audited, with the reason). A live driver hears the
+/// request and rolls back itself; otherwise the rollback runs here, holding the
+/// environment's lease, with the run's notifications (`rollback_started`,
+/// `rollback_finished`). Returns once the run is rolled back (or failed to be), and gives
+/// the lease back.
 pub async fn rollback(
     session: &Session,
     run_id: &str,
     reason: &str,
-    reporter: &dyn Reporter,
-) -> OpsResult<RunState> {
+    reporter: Arc<dyn Reporter>,
+) -> OpsResult<RolledBack> {
     if reason.trim().is_empty() {
         return Err(OpsError::input("a rollback needs a reason")
             .hint(Hint::text("say why; the reason is kept in the audit chain")));
     }
+    let reason = reason.trim();
     let run = load_run(session.store.as_ref(), run_id).await?;
     crate::access::require(session, Role::Deployer, "roll back", &run.environment).await?;
     let me = session.actor_id().await?;
-    // Undo commands print too: the plan's secrets are masked in their output.
     let plan = plan_of(&run);
     let workdir = PathBuf::from(&run.workdir);
-    // Deploy steps on the process target are undone through the service's proxy.
-    let deploy = deploy_target(session, &workdir, plan.as_ref(), reporter).await?;
-    let engine = engine(session, &workdir, plan.as_ref(), &me, deploy, None);
-    Ok(engine.rollback_run(run_id, &me, reason.trim()).await?)
+    let (state, by_driver) = if !run.state.is_terminal()
+        && driven(session.store.as_ref(), &run.id).await?
+    {
+        (
+            ask_driver(session, &workdir, &me, run_id, reason).await?,
+            true,
+        )
+    } else {
+        // No two releases change one environment at once: a rollback takes the lease.
+        let now = slipway_stdx::now();
+        if let Some(l) =
+            session.store.leases().await?.into_iter().find(|l| {
+                l.environment == run.environment && lease::live(l, now) && l.holder != run.id
+            })
+        {
+            return Err(OpsError::blocked(format!(
+                    "failed to roll back run {}: `{}` is {}; nothing was undone",
+                    run.id,
+                    run.environment,
+                    lease::describe(&l)
+                ))
+                .hint(Hint::text(format!(
+                    "roll back once that release is done, or roll it back first (`slipway rollback {} --reason TEXT`)",
+                    l.holder
+                ))));
+        }
+        let mut held = lease::take(session.store.clone(), &run, false, reporter.as_ref()).await?;
+        // Deploy steps on the process target are undone through the service's proxy;
+        // undo commands print too, and the plan's secrets are masked in their output.
+        let deploy = deploy_target(session, &workdir, plan.as_ref(), reporter.as_ref()).await?;
+        let engine = engine(session, &workdir, plan.as_ref(), &me, deploy, None);
+        let (engine, forward) = watch(
+            engine,
+            plan.as_ref(),
+            &run,
+            reporter.clone(),
+            session.layout.rehearsals(),
+        );
+        let result = tokio::select! {
+            r = engine.rollback_run(run_id, &me, reason) => r,
+            Ok(other) = &mut held.lost => {
+                return Err(OpsError::blocked(format!(
+                    "failed to keep the lease on `{}`: it lapsed and run `{}` ({}) took it; the rollback of run {} stopped",
+                    run.environment, other.holder, other.release, run.id
+                ))
+                .hint(Hint::text("finish the rollback once that release is done (it continues where it stopped)")));
+            }
+        };
+        drop(engine);
+        unwatch(forward, reporter.as_ref()).await;
+        match result {
+            Ok(state) => {
+                held.release().await?;
+                (state, false)
+            }
+            Err(slipway_engine::EngineError::Store(StoreError::Claimed(_))) => {
+                // A driver took the run between the look and the claim.
+                held.lapse();
+                (
+                    ask_driver(session, &workdir, &me, run_id, reason).await?,
+                    true,
+                )
+            }
+            Err(e) => {
+                held.lapse();
+                return Err(e.into());
+            }
+        }
+    };
+    if state.is_terminal() {
+        session
+            .store
+            .release_lease(&run.environment, Some(&run.id))
+            .await?;
+    }
+    Ok(RolledBack {
+        run: run_id.to_owned(),
+        state,
+        reason: last_reason(session.store.as_ref(), run_id).await,
+        by_driver,
+    })
 }
 
 /// An approval as recorded, with the run's tally after it.

@@ -43,9 +43,141 @@ pub struct RunView {
     pub failed_hosts: Vec<String>,
     /// Canary analyses with their measurements.
     pub analysis: Vec<serde_json::Value>,
+    /// The version each service of the release is on, as this run's records say.
+    pub services: BTreeMap<String, ServiceVersion>,
     /// Where the run's files are (perf baselines and verifications).
     #[serde(skip)]
     pub run_dir: PathBuf,
+}
+
+/// The version one service is on, as a run's step records say: the run's version when
+/// its steps completed (and were not undone), else the version before the run.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ServiceVersion {
+    /// The version the records say it is on (`None`: nothing served before this run and
+    /// its steps did not complete).
+    pub version: Option<String>,
+    /// The version this run deploys.
+    pub target: String,
+    /// The version before this run, when known.
+    pub previous: Option<String>,
+    /// `deployed` (this run's version is in place), `not_deployed` (never started, failed,
+    /// skipped or undone: the previous version stays), `in_progress` (a step runs or is
+    /// interrupted: a canary may take part of the traffic) or `partial` (some of its
+    /// steps are applied, others not: check it by hand).
+    pub state: &'static str,
+}
+
+/// What the store records each service of `run`'s environment was on before the run: for
+/// each service, its version in the newest earlier run there that left it deployed.
+pub async fn versions_before(
+    store: &dyn Store,
+    run: &RunRecord,
+) -> OpsResult<BTreeMap<String, String>> {
+    let mut found: BTreeMap<String, String> = BTreeMap::new();
+    for r in store.runs(500).await? {
+        if r.environment != run.environment || r.created_at >= run.created_at || r.id == run.id {
+            continue;
+        }
+        // Listings leave the plan out: read the run whole.
+        let Some(r) = store.run(&r.id).await? else {
+            continue;
+        };
+        let Some(plan) = plan_of(&r) else { continue };
+        let steps = store.steps(&r.id).await?;
+        let journal = store.journal(&r.id, 0).await?;
+        for (service, v) in service_versions(&plan, &steps, &journal, &BTreeMap::new()) {
+            if v.state == "deployed" {
+                found.entry(service).or_insert(v.target);
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// The version each service of a run is on (see [`ServiceVersion`]). `before` is what the
+/// store records the services were on before the run ([`versions_before`]); the run's own
+/// record of what a deploy replaced, and the spec's `deployed`, are used first and last.
+pub fn service_versions(
+    plan: &slipway_model::plan::Plan,
+    steps: &[StepRecord],
+    journal: &[Notice],
+    before: &BTreeMap<String, String>,
+) -> BTreeMap<String, ServiceVersion> {
+    use slipway_model::plan::StepAction;
+    let mut out = BTreeMap::new();
+    let status = |id: &str| steps.iter().find(|r| r.step_id == id).map(|r| r.status);
+    for (service, svc) in &plan.services {
+        let own: Vec<_> = plan
+            .steps
+            .iter()
+            .filter(|s| &s.service == service)
+            .collect();
+        // Migrations, artifact checks and config renders are not what serves.
+        let decisive: Vec<_> = own
+            .iter()
+            .filter(|s| matches!(s.action, StepAction::Deploy { .. } | StepAction::Exec(_)))
+            .collect();
+        let decisive = if decisive.is_empty() {
+            own.clone()
+        } else {
+            decisive.into_iter().copied().collect()
+        };
+        if decisive.is_empty() {
+            continue;
+        }
+        let target = decisive
+            .iter()
+            .find_map(|s| match &s.action {
+                StepAction::Deploy { version, .. } => Some(version.clone()),
+                _ => None,
+            })
+            .or_else(|| svc.version.clone())
+            .unwrap_or_else(|| plan.release.version.clone());
+        let replaced = journal.iter().rev().find_map(|n| match &n.event {
+            EngineEvent::StepProgress { step, detail, .. }
+                if detail["event"] == "replaces" && decisive.iter().any(|s| &s.id == step) =>
+            {
+                Some(detail["previous"].as_str().map(str::to_owned))
+            }
+            _ => None,
+        });
+        let previous = replaced.unwrap_or_else(|| {
+            before
+                .get(service)
+                .or_else(|| plan.env.deployed.get(service))
+                .cloned()
+        });
+        let states: Vec<Option<StepStatus>> = decisive.iter().map(|s| status(&s.id)).collect();
+        let applied = |st: &Option<StepStatus>| {
+            matches!(
+                st,
+                Some(StepStatus::Succeeded | StepStatus::UndoFailed | StepStatus::UndoStarted)
+            )
+        };
+        let (version, state) = if states.iter().all(applied) {
+            (Some(target.clone()), "deployed")
+        } else if states
+            .iter()
+            .any(|st| matches!(st, Some(StepStatus::Started)))
+        {
+            (previous.clone(), "in_progress")
+        } else if states.iter().any(applied) {
+            (None, "partial")
+        } else {
+            (previous.clone(), "not_deployed")
+        };
+        out.insert(
+            service.clone(),
+            ServiceVersion {
+                version,
+                target,
+                previous,
+                state,
+            },
+        );
+    }
+    out
 }
 
 /// Approvals of a run.
@@ -99,6 +231,11 @@ pub async fn run(session: &Session, id: &str) -> OpsResult<RunView> {
         _ => None,
     };
     let journal = session.store.journal(id, 0).await?;
+    let before = versions_before(session.store.as_ref(), &run).await?;
+    let services = plan
+        .as_ref()
+        .map(|p| service_versions(p, &steps, &journal, &before))
+        .unwrap_or_default();
     Ok(RunView {
         run_dir: session.layout.run(id),
         steps_total: total,
@@ -115,6 +252,7 @@ pub async fn run(session: &Session, id: &str) -> OpsResult<RunView> {
         hosts: ssh_hosts(&journal),
         failed_hosts: ssh_failed_hosts(&journal),
         analysis: analysis_summary(&journal),
+        services,
         run,
     })
 }

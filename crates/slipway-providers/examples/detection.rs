@@ -153,6 +153,7 @@ async fn round(bin: &str, rate: u32, fail_after: u64) -> Round {
             background: None,
             templates: &templates,
             start_step: 0,
+            resume: None,
             environment: "test",
         },
         &world,

@@ -366,8 +366,15 @@ pub fn process_target(layout: &Layout, workdir: &Path, plan: &Plan) -> ProcessTa
             ))
         })
         .collect();
+    let artifacts = plan
+        .services
+        .iter()
+        .filter_map(|(name, s)| Some((name.clone(), s.artifact.as_ref()?.sha256.clone())))
+        .collect();
     let mut processes = ProcessTarget::new(root.join("instances"), services)
-        .with_config_root(layout.config(&plan.environment));
+        .with_config_root(layout.config(&plan.environment))
+        .with_artifacts(artifacts)
+        .with_deploying(deployed_services(plan).into_iter().collect());
     if let Some(g) = plan
         .env
         .target

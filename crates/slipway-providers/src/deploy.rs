@@ -61,8 +61,6 @@ pub struct ServiceEvent {
 pub struct DeployTarget {
     plan: Plan,
     processes: ProcessTarget,
-    /// The previous version's processes, to restore on undo.
-    previous: Option<ProcessTarget>,
     routers: BTreeMap<String, Arc<dyn ServiceRouter>>,
     events: Option<UnboundedSender<ServiceEvent>>,
     interventions: Arc<dyn Interventions>,
@@ -89,7 +87,6 @@ impl DeployTarget {
         Self {
             plan,
             processes,
-            previous: None,
             routers: routers
                 .into_iter()
                 .map(|(k, r)| (k, Arc::new(r) as Arc<dyn ServiceRouter>))
@@ -151,12 +148,6 @@ impl DeployTarget {
         self
     }
 
-    /// The previous release's processes (for undo after promotion).
-    pub fn with_previous(mut self, previous: ProcessTarget) -> Self {
-        self.previous = Some(previous);
-        self
-    }
-
     fn service_of(ctx: &StepContext) -> &str {
         ctx.step_id.split('/').next().unwrap_or(&ctx.step_id)
     }
@@ -176,16 +167,37 @@ impl DeployTarget {
         version: &str,
         replicas: u32,
     ) -> Result<Applied, TargetError> {
+        let io = |e: slipway_rollout::RolloutError| TargetError::Io(e.to_string());
         let router = self.router(service)?;
         let survey = self.processes.running(service);
-        // Already running this version (a re-applied step after a crash): nothing to do.
-        let current: Vec<_> = survey
-            .alive
-            .iter()
-            .filter(|i| i.version == version)
-            .cloned()
-            .collect();
-        if !current.is_empty() && survey.alive.iter().all(|i| i.version == version) {
+        let serving = self.processes.serving(service);
+        let (current, others): (Vec<_>, Vec<_>) =
+            survey.alive.into_iter().partition(|i| i.version == version);
+        // This version already serves (a re-applied step after a crash, or a deploy of the
+        // current stable version): whatever else runs is a canary another run left
+        // behind, never the stable pool.
+        if !current.is_empty() && (others.is_empty() || serving.as_deref() == Some(version)) {
+            if !others.is_empty() {
+                retire(
+                    router,
+                    &self.processes,
+                    &current,
+                    &others,
+                    self.drain_timeout,
+                )
+                .await?;
+                ctx.report(serde_json::json!({
+                    "event": "canary_retired",
+                    "instances": others.iter().map(|i| i.id.clone()).collect::<Vec<_>>(),
+                    "why": format!("left running by another run; {version} is the version serving"),
+                }));
+            }
+            let addrs: Vec<_> = current.iter().map(|i| i.addr).collect();
+            router.set_pools(&addrs, &[]).await.map_err(io)?;
+            router.set_weight(0).await.map_err(io)?;
+            if serving.as_deref() != Some(version) {
+                self.processes.set_serving(service, Some(version));
+            }
             return Ok(Applied::AlreadyDone {
                 guard: format!(
                     "{} instance(s) of {service} {version} already serving",
@@ -193,12 +205,42 @@ impl DeployTarget {
                 ),
             });
         }
-        let stable: Vec<_> = survey
-            .alive
+        // The stable pool: the version recorded as serving, else the one most instances
+        // run. Any third version is a canary another run left behind: out first.
+        let stable_version = serving
+            .clone()
+            .filter(|v| others.iter().any(|i| &i.version == v))
+            .or_else(|| most_common_version(&others));
+        let (stable, leftovers): (Vec<_>, Vec<_>) = others
             .into_iter()
-            .filter(|i| i.version != version)
-            .collect();
+            .partition(|i| Some(&i.version) == stable_version.as_ref());
+        if !leftovers.is_empty() {
+            retire(
+                router,
+                &self.processes,
+                &stable,
+                &leftovers,
+                self.drain_timeout,
+            )
+            .await?;
+            ctx.report(serde_json::json!({
+                "event": "canary_retired",
+                "instances": leftovers.iter().map(|i| i.id.clone()).collect::<Vec<_>>(),
+                "why": "left running by another run; not part of the stable pool",
+            }));
+        }
         let previous = stable.first().map(|i| i.version.clone());
+        // What this deploy replaces, journaled before anything changes: the undo restores
+        // exactly this version, as its own run launched it.
+        if !ctx.prior.iter().any(|p| p["event"] == "replaces") {
+            ctx.report(serde_json::json!({
+                "event": "replaces",
+                "service": service,
+                "version": version,
+                "previous": previous,
+            }));
+        }
+        let mut resume = None;
         if !current.is_empty() {
             if let Some(src) = &self.run_source
                 && interventions::pending(&src.runs_dir, &ctx.run_id)
@@ -212,29 +254,57 @@ impl DeployTarget {
                     .promote_running(ctx, router, service, version, current, &stable)
                     .await;
             }
-            // A canary left behind by an interrupted attempt is retired before a fresh
-            // one: traffic first, so no client is sent to an instance being stopped.
-            retire(
-                router,
-                &self.processes,
-                &stable,
-                &current,
-                self.drain_timeout,
-            )
-            .await?;
-            ctx.report(serde_json::json!({
-                "event": "canary_retired",
-                "instances": current.iter().map(|i| i.id.clone()).collect::<Vec<_>>(),
-                "why": "left running by an earlier attempt; a fresh canary starts",
-            }));
+            // A canary of this run left by an interrupted attempt continues at its
+            // recorded step and weight (Argo Rollouts' behaviour) when every instance is
+            // still there and ready; otherwise it is retired (traffic first) and a fresh
+            // one starts.
+            // A `pause: manual` it waited at was passed by the human who resumed the run.
+            let at = canary_position(&ctx.prior).map(|(step, weight)| {
+                let manual = self
+                    .plan
+                    .strategy
+                    .canary
+                    .as_ref()
+                    .and_then(|c| c.steps.get(step))
+                    .is_some_and(|s| s.pause.as_deref() == Some("manual"));
+                (if manual { step + 1 } else { step }, weight)
+            });
+            if let Some((step, weight)) = at
+                && current.len() == replicas as usize
+                && !stable.is_empty()
+                && self.processes.ready(&current).await
+            {
+                resume = Some((step, weight, current.clone()));
+            } else {
+                retire(
+                    router,
+                    &self.processes,
+                    &stable,
+                    &current,
+                    self.drain_timeout,
+                )
+                .await?;
+                ctx.report(serde_json::json!({
+                    "event": "canary_retired",
+                    "instances": current.iter().map(|i| i.id.clone()).collect::<Vec<_>>(),
+                    "why": "left running by an earlier attempt; a fresh canary starts",
+                }));
+            }
         }
         let emit_to = self.events.clone();
         let svc = service.to_owned();
         let mut log: Vec<RolloutEvent> = Vec::new();
+        let processes = &self.processes;
         let mut emit = |e: RolloutEvent| {
             // Journaled by the engine as `step_progress`, before the step's outcome.
             if let Ok(v) = serde_json::to_value(&e) {
                 ctx.report(v);
+            }
+            if let RolloutEvent::CanaryStarted { .. } = &e
+                && let Some(l) = processes.launch_of(&svc, version)
+            {
+                // How the candidate was launched, for the audit trail (no env values).
+                ctx.report(serde_json::json!({"event": "launched", "launch": l.summary()}));
             }
             if let Some(tx) = &emit_to {
                 let _ = tx.send(ServiceEvent {
@@ -267,16 +337,23 @@ impl DeployTarget {
                     interventions: humans,
                     drain_timeout: self.drain_timeout,
                 };
+                let (start_step, resumed) = match resume {
+                    Some((step, weight, instances)) => {
+                        (step, Some(slipway_rollout::Resumed { instances, weight }))
+                    }
+                    None => (0, None),
+                };
                 run_canary_checked(
                     Canary {
                         service,
                         version,
                         replicas,
-                        stable,
+                        stable: stable.clone(),
                         steps: &c.steps,
                         background: c.analysis.as_ref(),
                         templates: &self.plan.analysis_templates,
-                        start_step: 0,
+                        start_step,
+                        resume: resumed,
                         environment: &self.plan.environment,
                     },
                     &world,
@@ -293,6 +370,9 @@ impl DeployTarget {
                     .start(service, version, replicas, Role::Stable)
                     .await
                     .map_err(|e| TargetError::Io(e.to_string()))?;
+                if let Some(l) = self.processes.launch_of(service, version) {
+                    ctx.report(serde_json::json!({"event": "launched", "launch": l.summary()}));
+                }
                 // Smoke tests on the new instances before the router is given them.
                 if let Some(pt) = &self.pre_traffic {
                     let verdict = pt.check(&fresh).await;
@@ -327,6 +407,7 @@ impl DeployTarget {
                     .set_weight(0)
                     .await
                     .map_err(|e| TargetError::Io(e.to_string()))?;
+                self.processes.set_serving(service, Some(version));
                 self.processes.stop_instances(&stable).await;
                 emit(RolloutEvent::Promoted {
                     version: version.to_owned(),
@@ -334,8 +415,11 @@ impl DeployTarget {
                 Outcome::Promoted { instances: fresh }
             }
         };
-        if let (Outcome::Promoted { .. }, Some(prev)) = (&outcome, &previous) {
-            self.processes.record_previous(service, version, prev);
+        if let Outcome::Promoted { .. } = &outcome {
+            self.processes.set_serving(service, Some(version));
+            if let Some(prev) = &previous {
+                self.processes.record_previous(service, version, prev);
+            }
         }
         match outcome {
             Outcome::Promoted { instances } => Ok(Applied::Ran {
@@ -422,6 +506,7 @@ impl DeployTarget {
             .map_err(io)?;
         router.set_weight(0).await.map_err(io)?;
         router.set_pools(&canary_addrs, &[]).await.map_err(io)?;
+        self.processes.set_serving(service, Some(version));
         self.processes.stop_instances(stable).await;
         if let Some(prev) = stable.first() {
             self.processes
@@ -578,6 +663,9 @@ impl Target for DeployTarget {
                 }
             );
             if serving {
+                if self.processes.serving(service).as_deref() != Some(version.as_str()) {
+                    self.processes.set_serving(service, Some(version));
+                }
                 // Make sure the proxy routes to what is running (the proxy may be new).
                 if let Ok(r) = self.router(service) {
                     let addrs: Vec<_> = survey.alive.iter().map(|i| i.addr).collect();
@@ -597,56 +685,207 @@ impl Target for DeployTarget {
         action: &'a StepAction,
     ) -> BoxFuture<'a, Result<Option<StepOutput>, TargetError>> {
         Box::pin(async move {
-            let StepAction::Deploy { version, replicas } = action else {
+            let StepAction::Deploy { version, .. } = action else {
                 return Ok(None);
             };
-            let service = Self::service_of(ctx);
-            // The version this one replaced: as observed at promotion, else as the spec
-            // says is deployed.
-            let prev_version = self
-                .processes
-                .previous_of(service, version)
-                .or_else(|| self.plan.env.deployed.get(service).cloned());
-            // Its run command: the previous release's when given, else this release's
-            // when the command takes the version.
-            let prev = match (&self.previous, &prev_version) {
-                (Some(p), Some(_)) => p,
-                (None, Some(_)) if self.processes.versioned_command(service) => &self.processes,
-                _ => {
-                    return Err(TargetError::Failed {
-                        message: format!(
-                            "{service} {version} was promoted and the previous version or its run command is not known; roll forward"
-                        ),
-                        output: StepOutput::default(),
-                    });
-                }
-            };
-            let prev_version = prev_version.unwrap_or_default();
-            let router = self.router(service)?;
-            let survey = self.processes.running(service);
-            let restored = prev
-                .start(service, &prev_version, *replicas, Role::Stable)
-                .await
-                .map_err(|e| TargetError::Io(e.to_string()))?;
-            let addrs: Vec<_> = restored.iter().map(|i| i.addr).collect();
-            // The restored version is ready (start waits for it) before traffic moves.
-            router
-                .set_weight(0)
-                .await
-                .map_err(|e| TargetError::Io(e.to_string()))?;
-            router
-                .set_pools(&addrs, &[])
-                .await
-                .map_err(|e| TargetError::Io(e.to_string()))?;
-            self.processes.stop_instances(&survey.alive).await;
+            let said = self.take_back(ctx, Self::service_of(ctx), version).await?;
             Ok(Some(StepOutput {
                 exit_code: Some(0),
-                stdout: format!("{service} back on {prev_version}"),
+                stdout: said,
                 stderr: String::new(),
                 truncated: false,
             }))
         })
     }
+
+    fn retract<'a>(
+        &'a self,
+        ctx: &'a StepContext,
+        action: &'a StepAction,
+    ) -> BoxFuture<'a, Result<Option<String>, TargetError>> {
+        Box::pin(async move {
+            let StepAction::Deploy { version, .. } = action else {
+                return Ok(None);
+            };
+            self.take_back(ctx, Self::service_of(ctx), version)
+                .await
+                .map(Some)
+        })
+    }
+}
+
+impl DeployTarget {
+    /// Put a service back on what served before this step: the undo of a deploy step,
+    /// and the retraction of one found not done (a paused or interrupted canary).
+    ///
+    /// - A canary of `version` beside the stable pool is taken out of service (traffic
+    ///   first, drained, stopped).
+    /// - A promoted `version` is replaced by the version it replaced — as this step's own
+    ///   run recorded it (`replaces`), else as recorded at promotion, else as the spec
+    ///   says is deployed — started from that version's launch record exactly as its own
+    ///   run launched it (command, environment, config, artifact), made ready, given the
+    ///   traffic, and only then are the instances of `version` stopped. With no earlier
+    ///   version (a first deploy) the service is stopped.
+    /// - A service a later release moved on from `version` is left alone: undoing this
+    ///   step must not replace what another run put there.
+    ///
+    /// Safe to repeat: each case acts only on what it finds running.
+    async fn take_back(
+        &self,
+        ctx: &StepContext,
+        service: &str,
+        version: &str,
+    ) -> Result<String, TargetError> {
+        let io = |e: slipway_rollout::RolloutError| TargetError::Io(e.to_string());
+        let router = self.router(service)?;
+        let survey = self.processes.running(service);
+        let serving = self.processes.serving(service);
+        let previous: Option<String> = ctx
+            .prior
+            .iter()
+            .rev()
+            .find(|p| p["event"] == "replaces")
+            .map(|p| p["previous"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| {
+                self.processes
+                    .previous_of(service, version)
+                    .or_else(|| self.plan.env.deployed.get(service).cloned())
+            });
+        let (ours, others): (Vec<_>, Vec<_>) =
+            survey.alive.into_iter().partition(|i| i.version == version);
+        let promoted = serving.as_deref() == Some(version)
+            || (serving.is_none() && !ours.is_empty() && others.is_empty());
+        if !promoted {
+            if ours.is_empty() {
+                return Ok(match serving {
+                    Some(s) if Some(&s) == previous.as_ref() => {
+                        format!("{service} already back on {s}; nothing of {version} runs")
+                    }
+                    Some(s) => format!(
+                        "{service} serves {s} now, not {version} (a later release moved it on); nothing of {version} runs, left as it is"
+                    ),
+                    None => format!("nothing of {service} {version} runs"),
+                });
+            }
+            // A canary never promoted: out of service, the stable pool keeps serving.
+            let stable: Vec<_> = others
+                .iter()
+                .filter(|i| serving.as_ref().is_none_or(|s| &i.version == s))
+                .cloned()
+                .collect();
+            if stable.is_empty() {
+                return Err(TargetError::Failed {
+                    message: format!(
+                        "{service}: the canary {version} runs but no stable instance does, so taking it out would leave nobody serving; deploy the version you want serving"
+                    ),
+                    output: StepOutput::default(),
+                });
+            }
+            retire(router, &self.processes, &stable, &ours, self.drain_timeout).await?;
+            return Ok(format!(
+                "{service}: canary {version} taken out of service ({} instance(s) stopped), {} {} instance(s) serving",
+                ours.len(),
+                stable.len(),
+                stable[0].version
+            ));
+        }
+        let Some(prev) = previous else {
+            // A first deploy: nothing served before it.
+            router.set_weight(0).await.map_err(io)?;
+            router.set_pools(&[], &[]).await.map_err(io)?;
+            self.processes.stop_instances(&ours).await;
+            self.processes.stop_instances(&others).await;
+            self.processes.set_serving(service, None);
+            return Ok(format!(
+                "{service} {version} stopped; no earlier version served before it"
+            ));
+        };
+        let alive_prev: Vec<_> = others
+            .iter()
+            .filter(|i| i.version == prev)
+            .cloned()
+            .collect();
+        let launch = self.processes.launch_of(service, &prev);
+        let wanted = launch.as_ref().map_or(1, |l| l.replicas.max(1) as usize);
+        let (restored, how) = if alive_prev.len() >= wanted
+            && self.processes.ready(&alive_prev).await
+        {
+            (alive_prev, "its instances were still running".to_owned())
+        } else {
+            // Some of it left by an interrupted undo: started again whole, so the version
+            // serves with its own replicas.
+            self.processes.stop_instances(&alive_prev).await;
+            let Some(launch) = launch else {
+                return Err(TargetError::Failed {
+                    message: format!(
+                        "{service} {version} was promoted and how {service} {prev} was launched is not recorded (it was not started by this slipway, or by a version before launch records); it is not restarted with {version}'s command: roll forward, or deploy {prev} again"
+                    ),
+                    output: StepOutput::default(),
+                });
+            };
+            let fresh = self
+                .processes
+                .relaunch(&launch, Role::Stable)
+                .await
+                .map_err(|e| TargetError::Failed {
+                    message: format!("restore {service} {prev}: {e}"),
+                    output: StepOutput::default(),
+                })?;
+            ctx.report(serde_json::json!({
+                "event": "relaunched",
+                "launch": launch.summary(),
+                "instances": fresh.iter().map(|i| i.id.clone()).collect::<Vec<_>>(),
+            }));
+            (
+                fresh,
+                format!("relaunched as it was launched: `{}`", launch.command),
+            )
+        };
+        let addrs: Vec<_> = restored.iter().map(|i| i.addr).collect();
+        // The restored version is ready (a start waits for it) before traffic moves.
+        router.set_weight(0).await.map_err(io)?;
+        router.set_pools(&addrs, &[]).await.map_err(io)?;
+        self.processes.set_serving(service, Some(&prev));
+        let rest: Vec<_> = ours
+            .into_iter()
+            .chain(others.into_iter().filter(|i| i.version != prev))
+            .collect();
+        self.processes.stop_instances(&rest).await;
+        Ok(format!("{service} back on {prev} ({how})"))
+    }
+}
+
+/// The version most of these instances run (ties: the smallest, for determinism).
+fn most_common_version(instances: &[slipway_rollout::Instance]) -> Option<String> {
+    let mut count: BTreeMap<&str, usize> = BTreeMap::new();
+    for i in instances {
+        *count.entry(i.version.as_str()).or_insert(0) += 1;
+    }
+    let most = count.values().copied().max()?;
+    count
+        .into_iter()
+        .find(|(_, n)| *n == most)
+        .map(|(v, _)| v.to_owned())
+}
+
+/// Where this step's canary was when its driver stopped, from what the step journaled:
+/// the canary step it was in and the weight it served at. `None` when no canary of the
+/// step is live (never started, or it ended: promoted or rolled back).
+fn canary_position(prior: &[serde_json::Value]) -> Option<(usize, u8)> {
+    let start = prior
+        .iter()
+        .rposition(|p| p["event"] == "canary_started" || p["event"] == "canary_resumed")?;
+    let mut step = prior[start]["step"].as_u64().unwrap_or(0) as usize;
+    let mut weight = prior[start]["weight"].as_u64().unwrap_or(0) as u8;
+    for p in &prior[start + 1..] {
+        match p["event"].as_str() {
+            Some("step_started") => step = p["index"].as_u64().unwrap_or(0) as usize,
+            Some("weight_set") => weight = p["weight"].as_u64().unwrap_or(0).min(100) as u8,
+            Some("promoted" | "rolling_back" | "rolled_back") => return None,
+            _ => {}
+        }
+    }
+    Some((step, weight))
 }
 
 /// Weight to 0 with the stable pool alone in front (the canary kept in its pool while it
@@ -738,6 +977,16 @@ impl Target for CompositeTarget {
     ) -> BoxFuture<'a, Result<Option<StepOutput>, TargetError>> {
         match self.pick(action) {
             Ok(t) => t.undo(ctx, action),
+            Err(e) => Box::pin(async move { Err(e) }),
+        }
+    }
+    fn retract<'a>(
+        &'a self,
+        ctx: &'a StepContext,
+        action: &'a StepAction,
+    ) -> BoxFuture<'a, Result<Option<String>, TargetError>> {
+        match self.pick(action) {
+            Ok(t) => t.retract(ctx, action),
             Err(e) => Box::pin(async move { Err(e) }),
         }
     }

@@ -2,8 +2,9 @@
 //! idempotency guards (`creates:` path, `unless:` command), bounded output capture, a
 //! timeout that kills the whole process group, and an `undo:` command for rollback.
 //!
-//! Exactly-once across orchestrator crashes. Each attempt runs under `flock` on a lock file
-//! of its (run, idempotency key), and the shell that holds the lock first checks the step's
+//! Exactly-once across orchestrator crashes. Each attempt runs under `flock -o` (the lock
+//! held by flock for the command's life, not inherited by what the command starts in the
+//! background) on a lock file of its (run, idempotency key), and the shell that holds the lock first checks the step's
 //! completion marker, records that an attempt started (`<key>.run`), runs the command, and
 //! writes the marker when it exits 0 (or its exit status into `<key>.run` when not).
 //! Killing slipway does not kill that shell (it has its own process group, and its output
@@ -212,7 +213,12 @@ impl ExecTarget {
             std::fs::create_dir_all(dir).map_err(|e| io("create", dir, e))?;
         }
         let mut c = self.command(ctx, "flock");
-        c.arg(&files.lock)
+        // `-o`: the lock is held by flock itself while the command runs, never inherited:
+        // a step that starts a long-running program (a service) must not keep its step
+        // locked for that program's life, or its undo and every observation would wait
+        // for it forever.
+        c.arg("-o")
+            .arg(&files.lock)
             .arg("sh")
             .arg("-c")
             .arg(WRAPPER)

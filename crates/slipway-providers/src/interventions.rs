@@ -4,9 +4,9 @@
 //! `<runs dir>/<run>/canary-intervention.json` (atomically); the `slipway` driving the run
 //! polls it between analysis ticks through [`RunInterventions`], consumes it (a rename,
 //! so a request is acted on once) and journals who asked before the controller acts.
-//! Pause and abort travel the engine's durable way instead (the run's control request in
-//! the store): [`RunInterventions`] maps them to the controller's pause and rollback, so
-//! a pause or an abort reaches a canary in the middle of a long analysis step, not only
+//! Pause, abort and rollback travel the engine's durable way instead (the run's control
+//! request in the store): [`RunInterventions`] maps them to the controller's pause and
+//! rollback, so they reach a canary in the middle of a long analysis step, not only
 //! between steps.
 //!
 //! A request left behind (nobody was driving) is seen by the next driver: a pending
@@ -114,8 +114,9 @@ impl Interventions for RunInterventions {
             // seen on every poll until the controller has acted on it.
             match store.control(&self.run).await.ok().flatten()? {
                 Control::Pause => Some(Intervention::Pause),
-                // An abort must not leave a canary taking traffic: roll it back.
-                Control::Abort => Some(Intervention::Rollback),
+                // An abort or a rollback must not leave a canary taking traffic: the
+                // canary rolls back, and the engine ends the run as the human asked.
+                Control::Abort | Control::Rollback => Some(Intervention::Rollback),
             }
         })
     }

@@ -23,6 +23,23 @@
 //! plus those the spec names in `run.inherit_env`; then Slipway's own (`PORT`,
 //! `SLIPWAY_SERVICE`, `SLIPWAY_VERSION`, `SLIPWAY_CONFIG_DIR`) and the spec's `run.env`.
 //! A readiness probe command runs with the same environment as its instance.
+//!
+//! **Launch records.** Every start of a version writes how it was launched — the command
+//! its spec gave (version filled in, `{{ port }}` kept, since each instance gets its
+//! own), the working directory, the exact environment (everything above but `PORT`), the
+//! rendered config directory with the sha256 of its bytes, the artifact's sha256, the
+//! probes and replicas — to `<dir>/launch/<service>@<version>.json` (0600: the
+//! environment may hold what `run.inherit_env` passed on). An undo relaunches the version
+//! it restores from that record ([`ProcessTarget::relaunch`]), never by putting the old
+//! version into the new release's command: a flag, variable or config of the rejected
+//! release must not survive its rollback, and a command that hard-codes its version
+//! would start the wrong one. A relaunch whose config directory no longer has the
+//! recorded bytes is refused.
+//!
+//! **Serving record.** `<dir>/<service>.serving` holds the version the service's stable
+//! pool runs (written by a first start, a promotion and an undo), so a deploy of the
+//! version already serving tells the stable instances from a canary left behind by an
+//! earlier run, and an undo refuses to replace a version a later release put there.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -75,6 +92,110 @@ pub struct ServiceProcess {
     pub workdir: PathBuf,
 }
 
+/// How one version of a service was launched: everything a relaunch needs to start it
+/// again exactly so (see the module docs). Written when the version starts, read by an
+/// undo that restores it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Launch {
+    /// Service.
+    pub service: String,
+    /// Version.
+    pub version: String,
+    /// The command as the version's spec gave it, `{{ version }}` filled in; `{{ port }}`
+    /// is each instance's port. Run as `sh -c "exec <command>"`.
+    pub command: String,
+    /// Working directory of every instance.
+    pub workdir: PathBuf,
+    /// The whole environment of an instance except `PORT` (set per instance first, so
+    /// the spec's variables still win as they did).
+    pub env: BTreeMap<String, String>,
+    /// The version's rendered config directory (`SLIPWAY_CONFIG_DIR`), if it had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_dir: Option<PathBuf>,
+    /// sha256 of that directory's files (names and bytes), to refuse a relaunch with
+    /// another config.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_sha256: Option<String>,
+    /// sha256 of the service's artifact, as the plan pinned it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact_sha256: Option<String>,
+    /// Readiness probe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness: Option<Probe>,
+    /// Instances the version ran with.
+    pub replicas: u32,
+}
+
+impl Launch {
+    /// sha256 of the environment (names and values), for the journal, which must not
+    /// hold the values themselves.
+    pub fn env_sha256(&self) -> String {
+        let mut bytes = Vec::new();
+        for (k, v) in &self.env {
+            bytes.extend_from_slice(k.as_bytes());
+            bytes.push(0);
+            bytes.extend_from_slice(v.as_bytes());
+            bytes.push(0);
+        }
+        slipway_package::digest::sha256_bytes(&bytes)
+    }
+
+    /// What the journal records of a launch: everything but the environment's values.
+    pub fn summary(&self) -> serde_json::Value {
+        serde_json::json!({
+            "service": self.service,
+            "version": self.version,
+            "command": self.command,
+            "workdir": self.workdir,
+            "env_names": self.env.keys().collect::<Vec<_>>(),
+            "env_sha256": self.env_sha256(),
+            "config_dir": self.config_dir,
+            "config_sha256": self.config_sha256,
+            "artifact_sha256": self.artifact_sha256,
+            "replicas": self.replicas,
+        })
+    }
+
+    /// How long an instance may take to become ready: the readiness probe's `deadline`,
+    /// else `default`.
+    fn ready_deadline(&self, default: Duration) -> Duration {
+        self.readiness
+            .as_ref()
+            .and_then(|p| p.deadline.as_deref())
+            .and_then(|d| slipway_model::duration::parse_duration(d).ok())
+            .unwrap_or(default)
+    }
+}
+
+/// sha256 over the files of a directory (relative names and bytes, sorted), `None` when
+/// it cannot be read.
+pub fn dir_sha256(dir: &Path) -> Option<String> {
+    fn walk(base: &Path, dir: &Path, out: &mut Vec<(String, Vec<u8>)>) -> std::io::Result<()> {
+        for e in std::fs::read_dir(dir)? {
+            let e = e?;
+            let p = e.path();
+            if e.file_type()?.is_dir() {
+                walk(base, &p, out)?;
+            } else {
+                let rel = p.strip_prefix(base).unwrap_or(&p).display().to_string();
+                out.push((rel, std::fs::read(&p)?));
+            }
+        }
+        Ok(())
+    }
+    let mut files = Vec::new();
+    walk(dir, dir, &mut files).ok()?;
+    files.sort();
+    let mut all = Vec::new();
+    for (name, bytes) in files {
+        all.extend_from_slice(name.as_bytes());
+        all.push(0);
+        all.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+        all.extend_from_slice(&bytes);
+    }
+    Some(slipway_package::digest::sha256_bytes(&all))
+}
+
 impl ServiceProcess {
     /// What an instance's and its probe's environments start from (see the module docs):
     /// the host's allowlisted and `run.inherit_env` variables, then `env`, then `run.env`.
@@ -108,6 +229,12 @@ pub struct ProcessTarget {
     config_root: Option<PathBuf>,
     /// Ports to try before free ones (tests: a port a stranger holds).
     first_ports: Arc<Mutex<Vec<u16>>>,
+    /// Each service's artifact sha256, recorded in its launches.
+    artifacts: BTreeMap<String, String>,
+    /// The version of each service the plan deploys: only that version is started from
+    /// the spec; any other (a stable pool started again during a canary's rollback) is
+    /// relaunched from its launch record.
+    deploying: BTreeMap<String, String>,
 }
 
 /// Ports tried for one instance when other programs keep taking the free port picked
@@ -155,6 +282,8 @@ impl ProcessTarget {
             ready_timeout: Duration::from_secs(30),
             config_root: None,
             first_ports: Arc::default(),
+            artifacts: BTreeMap::new(),
+            deploying: BTreeMap::new(),
         }
     }
 
@@ -181,17 +310,24 @@ impl ProcessTarget {
         self
     }
 
+    /// The version of each service the plan deploys: the spec's command starts only that
+    /// version; another one (an earlier version started again) is relaunched from its
+    /// launch record, or refused when there is none. Without this, every version is
+    /// started from the spec (the demo, tests of the controller).
+    pub fn with_deploying(mut self, deploying: BTreeMap<String, String>) -> Self {
+        self.deploying = deploying;
+        self
+    }
+
+    /// Record each service's artifact sha256 in its launches.
+    pub fn with_artifacts(mut self, artifacts: BTreeMap<String, String>) -> Self {
+        self.artifacts = artifacts;
+        self
+    }
+
     /// The directory holding state files and logs.
     pub fn dir(&self) -> &Path {
         &self.dir
-    }
-
-    /// Whether a service's run command takes the version (`{{ version }}`), so the same
-    /// command starts an earlier version too (what an undo of a promotion needs).
-    pub fn versioned_command(&self, service: &str) -> bool {
-        self.services.get(service).is_some_and(|s| {
-            s.run.command.contains("{{ version }}") || s.run.command.contains("{{version}}")
-        })
     }
 
     fn previous_path(&self, service: &str, version: &str) -> PathBuf {
@@ -250,11 +386,188 @@ impl ProcessTarget {
         survey
     }
 
-    async fn start_one(
+    /// How `version` of a service is launched now, from its spec: the record a start
+    /// writes (see the module docs).
+    pub fn launch_for(
         &self,
-        svc: &ServiceProcess,
         service: &str,
         version: &str,
+        replicas: u32,
+    ) -> Result<Launch, RolloutError> {
+        let svc = self.services.get(service).ok_or_else(|| {
+            RolloutError::Instances(format!(
+                "service `{service}` has no `run:` command for the process target"
+            ))
+        })?;
+        let command = svc
+            .run
+            .command
+            .replace("{{ version }}", version)
+            .replace("{{version}}", version);
+        // The order a start always used: the host's allowlist, Slipway's own, the
+        // rendered vars, the spec's `run.env`, then the version's own config directory.
+        let mut env: BTreeMap<String, String> = host_env(&svc.run.inherit_env)
+            .into_iter()
+            .map(|(k, v)| {
+                (
+                    k.to_string_lossy().into_owned(),
+                    v.to_string_lossy().into_owned(),
+                )
+            })
+            .collect();
+        env.insert("SLIPWAY_SERVICE".into(), service.into());
+        env.insert("SLIPWAY_VERSION".into(), version.into());
+        env.extend(svc.env.clone());
+        env.extend(
+            svc.run
+                .env
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_str().to_owned())),
+        );
+        let mut config_dir = None;
+        let mut config_sha256 = None;
+        if let Some(root) = &self.config_root {
+            let dir = crate::config::version_dir(root, service, version);
+            if dir.is_dir() {
+                // After the spec's env: an instance must read its own version's config,
+                // never a path the spec pinned for every version.
+                env.insert("SLIPWAY_CONFIG_DIR".into(), dir.display().to_string());
+                config_sha256 = dir_sha256(&dir);
+                config_dir = Some(dir);
+            }
+        }
+        Ok(Launch {
+            service: service.to_owned(),
+            version: version.to_owned(),
+            command,
+            workdir: svc.workdir.clone(),
+            env,
+            config_dir,
+            config_sha256,
+            artifact_sha256: self.artifacts.get(service).cloned(),
+            readiness: svc.readiness.clone(),
+            replicas,
+        })
+    }
+
+    fn launch_path(&self, service: &str, version: &str) -> PathBuf {
+        self.dir
+            .join("launch")
+            .join(format!("{service}@{version}.json"))
+    }
+
+    /// The launch record of a version of a service, if it was ever started here.
+    pub fn launch_of(&self, service: &str, version: &str) -> Option<Launch> {
+        std::fs::read(self.launch_path(service, version))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+    }
+
+    fn write_launch(&self, launch: &Launch) -> Result<(), RolloutError> {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let path = self.launch_path(&launch.service, &launch.version);
+        let write = || -> std::io::Result<()> {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let tmp = path.with_extension("json.tmp");
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .write(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            f.write_all(&serde_json::to_vec_pretty(launch).map_err(std::io::Error::other)?)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path)
+        };
+        write().map_err(|e| {
+            RolloutError::Instances(format!(
+                "record how {} {} is launched in {}: {e}",
+                launch.service,
+                launch.version,
+                path.display()
+            ))
+        })
+    }
+
+    fn serving_path(&self, service: &str) -> PathBuf {
+        self.dir.join(format!("{service}.serving"))
+    }
+
+    /// The version the service's stable pool runs, as last recorded.
+    pub fn serving(&self, service: &str) -> Option<String> {
+        std::fs::read_to_string(self.serving_path(service))
+            .ok()
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+    }
+
+    /// Record the version the service's stable pool runs (`None`: nothing serves it).
+    pub fn set_serving(&self, service: &str, version: Option<&str>) {
+        let path = self.serving_path(service);
+        match version {
+            Some(v) => {
+                let _ = std::fs::create_dir_all(&self.dir);
+                let _ = write_atomic(&path, v.as_bytes());
+            }
+            None => {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+    }
+
+    /// Start `launch.replicas` instances of a version exactly as `launch` records (an
+    /// undo restoring it): refused when its config directory no longer holds the bytes
+    /// it was launched with.
+    pub async fn relaunch(
+        &self,
+        launch: &Launch,
+        role: Role,
+    ) -> Result<Vec<Instance>, RolloutError> {
+        if let Some(dir) = &launch.config_dir {
+            let now = dir_sha256(dir);
+            if now != launch.config_sha256 {
+                return Err(RolloutError::Instances(format!(
+                    "{} {} was launched with the config in {} (sha256 {}), which now reads {}; not relaunching it with another config: render that version's config again (deploy {} {} anew) or roll forward",
+                    launch.service,
+                    launch.version,
+                    dir.display(),
+                    launch.config_sha256.as_deref().unwrap_or("unknown"),
+                    now.as_deref().unwrap_or("missing"),
+                    launch.service,
+                    launch.version
+                )));
+            }
+        }
+        self.start_launched(launch, role).await
+    }
+
+    /// Start every instance of a launch, all or nothing.
+    async fn start_launched(
+        &self,
+        launch: &Launch,
+        role: Role,
+    ) -> Result<Vec<Instance>, RolloutError> {
+        self.write_launch(launch)?;
+        let mut started = Vec::new();
+        for i in 0..launch.replicas {
+            match self.start_one(launch, i, role).await {
+                Ok(inst) => started.push(inst),
+                Err(e) => {
+                    // All or nothing: a half-started version must not linger.
+                    self.stop_instances(&started).await;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(started)
+    }
+
+    async fn start_one(
+        &self,
+        launch: &Launch,
         index: u32,
         role: Role,
     ) -> Result<Instance, RolloutError> {
@@ -264,11 +577,12 @@ impl ProcessTarget {
             Role::Stable => "stable",
             Role::Canary => "canary",
         };
+        let (service, version) = (&launch.service, &launch.version);
         let id = format!("{service}-{version}-{role_s}-{index}");
         let mut taken = Vec::new();
         for _ in 0..PORT_ATTEMPTS {
             let port = self.pick_port()?;
-            match self.start_on(svc, service, version, &id, port).await {
+            match self.start_on(launch, &id, port).await {
                 Ok(instance) => return Ok(instance),
                 Err(StartError::Failed(e)) => return Err(e),
                 Err(StartError::PortTaken(owner)) => {
@@ -286,14 +600,7 @@ impl ProcessTarget {
 
     /// One attempt to start an instance on `port`: ready (on a listener of its own), taken
     /// by a stranger, or failed.
-    async fn start_on(
-        &self,
-        svc: &ServiceProcess,
-        service: &str,
-        version: &str,
-        id: &str,
-        port: u16,
-    ) -> Result<Instance, StartError> {
+    async fn start_on(&self, launch: &Launch, id: &str, port: u16) -> Result<Instance, StartError> {
         let log_path = self.dir.join(format!("{id}.log"));
         let log = std::fs::File::create(&log_path).map_err(|e| {
             RolloutError::Instances(format!("create log {}: {e}", log_path.display()))
@@ -301,25 +608,19 @@ impl ProcessTarget {
         let log2 = log
             .try_clone()
             .map_err(|e| RolloutError::Instances(format!("log {}: {e}", log_path.display())))?;
-        let command = svc
-            .run
+        let command = launch
             .command
             .replace("{{ port }}", &port.to_string())
-            .replace("{{port}}", &port.to_string())
-            .replace("{{ version }}", version)
-            .replace("{{version}}", version);
+            .replace("{{port}}", &port.to_string());
         let mut cmd = slipway_stdx::tokio_command("sh");
         cmd.arg("-c")
             .arg(format!("exec {command}"))
-            .current_dir(&svc.workdir)
-            // Nothing of `slipway`'s environment but the allowlist and what the spec
-            // names: see the module docs.
+            .current_dir(&launch.workdir)
+            // Nothing of `slipway`'s environment but what the launch records: see the
+            // module docs.
             .env_clear()
-            .envs(host_env(&svc.run.inherit_env))
             .env("PORT", port.to_string())
-            .env("SLIPWAY_SERVICE", service)
-            .env("SLIPWAY_VERSION", version)
-            .envs(&svc.env)
+            .envs(&launch.env)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)
@@ -327,17 +628,6 @@ impl ProcessTarget {
             // Ctrl-C aimed at `slipway` does not kill the service behind our back.
             .process_group(0)
             .kill_on_drop(false);
-        for (k, v) in &svc.run.env {
-            cmd.env(k, v.as_str());
-        }
-        // After the spec's env: an instance must read its own version's config, never a
-        // path the spec pinned for every version.
-        if let Some(root) = &self.config_root {
-            let dir = crate::config::version_dir(root, service, version);
-            if dir.is_dir() {
-                cmd.env("SLIPWAY_CONFIG_DIR", dir);
-            }
-        }
         let child = cmd
             .spawn()
             .map_err(|e| RolloutError::Instances(format!("start `{command}`: {e}")))?;
@@ -354,8 +644,8 @@ impl ProcessTarget {
         let id = id.to_owned();
         let instance = Instance {
             id: id.clone(),
-            service: service.to_owned(),
-            version: version.to_owned(),
+            service: launch.service.clone(),
+            version: launch.version.clone(),
             addr,
             pid,
             log_path: Some(log_path.display().to_string()),
@@ -378,10 +668,11 @@ impl ProcessTarget {
             o @ Ownership::Other { .. } => Some(o),
             _ => None,
         };
-        let deadline = Instant::now() + self.ready_timeout;
+        let ready_within = launch.ready_deadline(self.ready_timeout);
+        let deadline = Instant::now() + ready_within;
         let mut backoff = Duration::from_millis(20);
         loop {
-            let answered = probe(&instance, Some(svc)).await;
+            let answered = probe_with(&instance, launch.readiness.as_ref(), &launch.env).await;
             let held_by = stranger(port);
             if answered && held_by.is_none() {
                 return Ok(instance);
@@ -409,9 +700,18 @@ impl ProcessTarget {
                     .into());
                 }
                 return Err(RolloutError::Instances(format!(
-                    "{id} was not ready within {:?} (probe {}); last log lines:\n{}",
-                    self.ready_timeout,
-                    describe_probe(svc.readiness.as_ref()),
+                    "{id} was not ready within {:?} (probe {}{}); last log lines:\n{}",
+                    ready_within,
+                    describe_probe(launch.readiness.as_ref()),
+                    if launch
+                        .readiness
+                        .as_ref()
+                        .is_some_and(|p| p.deadline.is_some())
+                    {
+                        ", readiness.deadline"
+                    } else {
+                        ", the default deadline; set readiness.deadline to change it"
+                    },
                     tail(&log_path, 10)
                 ))
                 .into());
@@ -478,30 +778,35 @@ impl Instances for ProcessTarget {
         role: Role,
     ) -> BoxFuture<'a, Result<Vec<Instance>, RolloutError>> {
         Box::pin(async move {
-            let svc = self.services.get(service).ok_or_else(|| {
-                RolloutError::Instances(format!(
-                    "service `{service}` has no `run:` command for the process target"
-                ))
-            })?;
-            let mut started = Vec::new();
-            for i in 0..replicas {
-                match self.start_one(svc, service, version, i, role).await {
-                    Ok(inst) => started.push(inst),
-                    Err(e) => {
-                        // All or nothing: a half-started version must not linger.
-                        self.stop_instances(&started).await;
-                        return Err(e);
-                    }
+            match self.deploying.get(service) {
+                Some(v) if v != version => {
+                    // Not the version this release brings: never this release's command.
+                    let launch = self.launch_of(service, version).ok_or_else(|| {
+                        RolloutError::Instances(format!(
+                            "start {service} {version} again: how it was launched is not recorded, and this release's command starts {v}, not {version}"
+                        ))
+                    })?;
+                    let launch = Launch { replicas, ..launch };
+                    self.relaunch(&launch, role).await
+                }
+                _ => {
+                    let launch = self.launch_for(service, version, replicas)?;
+                    self.start_launched(&launch, role).await
                 }
             }
-            Ok(started)
         })
     }
 
     fn ready<'a>(&'a self, instances: &'a [Instance]) -> BoxFuture<'a, bool> {
         Box::pin(async move {
             for i in instances {
-                if !probe(i, self.services.get(&i.service)).await {
+                // Probed as the version was launched: a relaunched earlier version keeps
+                // its own probe.
+                let ok = match self.launch_of(&i.service, &i.version) {
+                    Some(l) => probe_with(i, l.readiness.as_ref(), &l.env).await,
+                    None => probe(i, self.services.get(&i.service)).await,
+                };
+                if !ok {
                     return false;
                 }
             }
@@ -530,7 +835,32 @@ fn describe_probe(p: Option<&Probe>) -> String {
 /// One readiness probe of an instance of `svc`: HTTP 2xx on the path, a command exiting
 /// 0 (run with the instance's environment), or a TCP connect.
 pub async fn probe(i: &Instance, svc: Option<&ServiceProcess>) -> bool {
-    let p = svc.and_then(|s| s.readiness.as_ref());
+    let env: BTreeMap<String, String> = svc
+        .map_or_else(|| host_env(&[]), ServiceProcess::spec_env)
+        .into_iter()
+        .map(|(k, v)| {
+            (
+                k.to_string_lossy().into_owned(),
+                v.to_string_lossy().into_owned(),
+            )
+        })
+        .collect();
+    probe_with(i, svc.and_then(|s| s.readiness.as_ref()), &env).await
+}
+
+/// One probe of an instance: HTTP 2xx on the path, a command exiting 0 (run with `env`,
+/// the instance's environment, and its `PORT`), or a TCP connect. Each within the probe's
+/// `timeout` (2 s by default).
+pub async fn probe_with(i: &Instance, p: Option<&Probe>, env: &BTreeMap<String, String>) -> bool {
+    probe_result(i, p, env).await.is_ok()
+}
+
+/// [`probe_with`], saying what failed.
+pub async fn probe_result(
+    i: &Instance,
+    p: Option<&Probe>,
+    env: &BTreeMap<String, String>,
+) -> Result<(), String> {
     let timeout = p
         .and_then(|p| p.timeout.as_deref())
         .and_then(|t| slipway_model::duration::parse_duration(t).ok())
@@ -538,15 +868,18 @@ pub async fn probe(i: &Instance, svc: Option<&ServiceProcess>) -> bool {
     match p {
         Some(Probe {
             http: Some(path), ..
-        }) => tokio::time::timeout(timeout, http_get_status(i.addr, path))
-            .await
-            .ok()
-            .flatten()
-            .is_some_and(|s| (200..300).contains(&s)),
+        }) => match tokio::time::timeout(timeout, http_get_status(i.addr, path)).await {
+            Ok(Some(s)) if (200..300).contains(&s) => Ok(()),
+            Ok(Some(s)) => Err(format!("GET {path} on {} answered {s}", i.addr)),
+            Ok(None) => Err(format!("GET {path} on {} got no answer", i.addr)),
+            Err(_) => Err(format!(
+                "GET {path} on {} timed out after {timeout:?}",
+                i.addr
+            )),
+        },
         Some(Probe {
             command: Some(c), ..
         }) => {
-            let env = svc.map_or_else(|| host_env(&[]), ServiceProcess::spec_env);
             let run = slipway_stdx::tokio_command("sh")
                 .arg("-c")
                 .arg(c)
@@ -558,15 +891,21 @@ pub async fn probe(i: &Instance, svc: Option<&ServiceProcess>) -> bool {
                 .stderr(Stdio::null())
                 .kill_on_drop(true)
                 .status();
-            tokio::time::timeout(timeout, run)
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .is_some_and(|s| s.success())
+            match tokio::time::timeout(timeout, run).await {
+                Ok(Ok(s)) if s.success() => Ok(()),
+                Ok(Ok(s)) => Err(format!("`{c}` for {} exited with {s}", i.addr)),
+                Ok(Err(e)) => Err(format!("`{c}` for {} could not run: {e}", i.addr)),
+                Err(_) => Err(format!("`{c}` for {} timed out after {timeout:?}", i.addr)),
+            }
         }
-        _ => tokio::time::timeout(timeout, tokio::net::TcpStream::connect(i.addr))
-            .await
-            .is_ok_and(|r| r.is_ok()),
+        _ => match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(i.addr)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(format!("TCP connect to {}: {e}", i.addr)),
+            Err(_) => Err(format!(
+                "TCP connect to {} timed out after {timeout:?}",
+                i.addr
+            )),
+        },
     }
 }
 

@@ -36,7 +36,9 @@
 //! its output in files beside the marker, so slipway dying (the connection dropping) does
 //! not hang it up or kill it through a closed pipe: it finishes on its own, and `observe`
 //! waits for its lock before looking at the marker. Its timeout is applied on the host
-//! (`timeout`, killing it there). The host needs `flock`, `setsid` and `timeout`
+//! (`timeout`, killing it there). The lock is held by `flock -o` itself, never inherited
+//! by what the command starts, so a step that starts a service does not keep its step
+//! locked for the service's life. The host needs `flock`, `setsid` and `timeout`
 //! (util-linux and coreutils).
 //!
 //! # Waves
@@ -1192,7 +1194,7 @@ impl SshTarget {
         let secs = t.as_secs().max(1);
         let script = format!(
             "[ -d {dir} ] || mkdir -p {dir} || exit 1\n\
-             setsid -w timeout -k 5 {secs} flock {marker}.lock sh -c {} slipway-step {marker} {} {} {dir}/{EXCLUDED_MARKER} {} >{marker}.out 2>{marker}.err </dev/null &\n\
+             setsid -w timeout -k 5 {secs} flock -o {marker}.lock sh -c {} slipway-step {marker} {} {} {dir}/{EXCLUDED_MARKER} {} >{marker}.out 2>{marker}.err </dev/null &\n\
              wait $!\n\
              rc=$?\n\
              if [ -s {marker}.out ]; then tail -c {OUTPUT_LIMIT} {marker}.out; fi\n\
@@ -1265,7 +1267,7 @@ impl SshTarget {
         let no_marker = sh_quote(NO_MARKER_SENTINEL);
         let script = format!(
             "[ -d {dir} ] || {{ echo {no_marker} >&2; exit 0; }}\n\
-             setsid -w timeout -k 5 {secs} flock {marker}.lock sh -c {} slipway-undo {marker} {} {no_marker} >{marker}.undo.out 2>{marker}.undo.err </dev/null &\n\
+             setsid -w timeout -k 5 {secs} flock -o {marker}.lock sh -c {} slipway-undo {marker} {} {no_marker} >{marker}.undo.out 2>{marker}.undo.err </dev/null &\n\
              wait $!\n\
              rc=$?\n\
              if [ -s {marker}.undo.out ]; then tail -c {OUTPUT_LIMIT} {marker}.undo.out; fi\n\

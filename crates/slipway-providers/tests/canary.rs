@@ -189,6 +189,7 @@ async fn canary(canary_args: &str, metrics: Vec<Metric>, rate: u32, min_samples:
             background: None,
             templates: &templates,
             start_step: 0,
+            resume: None,
             environment: "test",
         },
         &world,

@@ -49,6 +49,7 @@ fn ctx(plan: &Plan, run: &str) -> (StepContext, StepAction) {
             key: step.idempotency_key.clone(),
             attempt: 1,
             progress: None,
+            prior: Vec::new(),
         },
         step.action.clone(),
     )

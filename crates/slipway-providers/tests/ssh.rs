@@ -40,6 +40,7 @@ fn ctx(
             key: format!("key-{step}"),
             attempt: 1,
             progress: Some(tx),
+            prior: Vec::new(),
         },
         rx,
     )

@@ -180,6 +180,16 @@ pub enum RolloutEvent {
         /// Instances.
         instances: Vec<Instance>,
     },
+    /// A canary left running by an earlier driver is continued: from this step, at this
+    /// weight (an analysis there starts fresh).
+    CanaryResumed {
+        /// Its instances.
+        instances: Vec<Instance>,
+        /// The step it continues at (0-based).
+        step: usize,
+        /// The weight it serves at.
+        weight: u8,
+    },
     /// The pre-traffic (smoke) checks ran against the isolated candidate.
     PreTrafficChecked {
         /// Whether they passed; a failure rolls back before any traffic.
@@ -323,8 +333,22 @@ pub struct Canary<'a> {
     pub templates: &'a BTreeMap<String, AnalysisTemplate>,
     /// Where to resume (0 for a fresh canary).
     pub start_step: usize,
+    /// A canary already running, continued instead of started (a resume after its driver
+    /// died): its instances and the weight it served at. It is not started or
+    /// smoke-checked again; the pools are restored at that weight and the steps continue
+    /// from `start_step`, an analysis there starting fresh.
+    pub resume: Option<Resumed>,
     /// The environment (for the placeholders of external metric queries).
     pub environment: &'a str,
+}
+
+/// A canary continued where an earlier driver left it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resumed {
+    /// Its running instances.
+    pub instances: Vec<Instance>,
+    /// The weight it served at.
+    pub weight: u8,
 }
 
 /// The world the controller acts on.
@@ -443,6 +467,9 @@ pub async fn run_canary_checked(
     pre_traffic: Option<&dyn PreTraffic>,
     emit: &mut (dyn FnMut(RolloutEvent) + Send),
 ) -> Result<Outcome, RolloutError> {
+    if let Some(r) = &c.resume {
+        return continue_canary(&c, world, r.instances.clone(), r.weight, emit).await;
+    }
     let canary = world
         .instances
         .start(c.service, c.version, c.replicas, Role::Canary)
@@ -473,6 +500,45 @@ pub async fn run_canary_checked(
     // Pools are installed at weight 0 so nothing reaches the canary before the first step.
     world.router.set_weight(0).await?;
     world.router.set_pools(&stable_addrs, &canary_addrs).await?;
+    steps(&c, world, canary, 0, emit).await
+}
+
+/// Continue a canary that is already running at `weight` (see [`Canary::resume`]).
+async fn continue_canary(
+    c: &Canary<'_>,
+    world: &World<'_>,
+    canary: Vec<Instance>,
+    weight: u8,
+    emit: &mut (dyn FnMut(RolloutEvent) + Send),
+) -> Result<Outcome, RolloutError> {
+    emit(RolloutEvent::CanaryResumed {
+        instances: canary.clone(),
+        step: c.start_step,
+        weight,
+    });
+    let stable_addrs: Vec<SocketAddr> = c.stable.iter().map(|i| i.addr).collect();
+    let canary_addrs: Vec<SocketAddr> = canary.iter().map(|i| i.addr).collect();
+    // The pools first (a proxy started again may hold only the stable pool), then the
+    // weight the canary served at: never more than it had.
+    let current = world.router.verify_weight().await.unwrap_or(0);
+    world.router.set_weight(current.min(weight)).await?;
+    world.router.set_pools(&stable_addrs, &canary_addrs).await?;
+    world.router.set_weight(weight).await?;
+    emit(RolloutEvent::WeightSet {
+        weight,
+        verified: world.router.verify_weight().await,
+    });
+    steps(c, world, canary, weight, emit).await
+}
+
+/// The canary's steps from `c.start_step`, then its promotion (or rollback, or pause).
+async fn steps(
+    c: &Canary<'_>,
+    world: &World<'_>,
+    canary: Vec<Instance>,
+    weight: u8,
+    emit: &mut (dyn FnMut(RolloutEvent) + Send),
+) -> Result<Outcome, RolloutError> {
     let _ = world.metrics.window().await; // discard traffic from before the canary
 
     let mut background = c.background.and_then(|b| Judge::new(b, c.templates));
@@ -491,7 +557,7 @@ pub async fn run_canary_checked(
         vars: BTreeMap::new(),
     };
     let mut measurements: Vec<Measurement> = Vec::new();
-    let mut weight: u8 = 0;
+    let mut weight: u8 = weight;
 
     for (index, step) in c.steps.iter().enumerate().skip(c.start_step) {
         emit(RolloutEvent::StepStarted {
@@ -538,7 +604,7 @@ pub async fn run_canary_checked(
                         intervention: Intervention::Rollback,
                     });
                     return rollback(
-                        &c,
+                        c,
                         world,
                         &canary,
                         "rollback requested by an operator".into(),
@@ -551,7 +617,7 @@ pub async fn run_canary_checked(
                     emit(RolloutEvent::Intervened {
                         intervention: Intervention::Promote,
                     });
-                    return promote(&c, world, canary, emit).await;
+                    return promote(c, world, canary, emit).await;
                 }
                 Some(i @ (Intervention::Resume | Intervention::Pause)) => {
                     emit(RolloutEvent::Intervened { intervention: i });
@@ -612,7 +678,7 @@ pub async fn run_canary_checked(
                                 });
                                 return Ok(Outcome::Paused { reason });
                             }
-                            return rollback(&c, world, &canary, reason, measurements, emit).await;
+                            return rollback(c, world, &canary, reason, measurements, emit).await;
                         }
                         Phase::Inconclusive => {
                             let reason = format!(
@@ -666,7 +732,7 @@ pub async fn run_canary_checked(
             }
         }
     }
-    promote(&c, world, canary, emit).await
+    promote(c, world, canary, emit).await
 }
 
 fn describe(s: &CanaryStep) -> String {

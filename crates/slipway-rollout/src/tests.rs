@@ -236,6 +236,7 @@ async fn drive_full(
             background: None,
             templates: &templates,
             start_step: 0,
+            resume: None,
             environment: "prod",
         },
         &world,

@@ -265,7 +265,7 @@ impl RunUpdates {
                 u.updated_at = Some(at());
                 u.revived |= from.is_terminal() && !to.is_terminal();
             }
-            EngineEvent::ControlRequested { control } => {
+            EngineEvent::ControlRequested { control, .. } => {
                 let u = self.by_run.entry(r.run_id.clone()).or_default();
                 u.control = Some(Some(*control));
                 u.updated_at = Some(at());

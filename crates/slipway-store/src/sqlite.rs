@@ -523,7 +523,7 @@ async fn apply_record(tx: &mut SqliteConnection, r: &JournalRecord) -> Result<()
             .await
             .map_err(run_insert_err(&r.digest, &environment))?;
         }
-        EngineEvent::ControlRequested { control } => {
+        EngineEvent::ControlRequested { control, .. } => {
             sqlx::query("UPDATE runs SET control = ?1, updated_at = ?2 WHERE id = ?3")
                 .bind(control.as_str())
                 .bind(&at)

@@ -26,6 +26,7 @@ async fn events_update_steps_runs_and_approvals(b: Backend) {
                 11,
                 EngineEvent::ControlRequested {
                     control: Control::Pause,
+                    reason: None,
                 },
             ),
             record(
