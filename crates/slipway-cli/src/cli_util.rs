@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock};
 use slipway_model::exit;
 use slipway_model::validate::LoadedSpec;
 use slipway_ops::planning::{PlanError, Planned};
-use slipway_ops::{ErrorKind, Hint, OpsError, RunAction, Session};
+use slipway_ops::{Credentials, ErrorKind, Hint, OpsError, RunAction, Session};
 use slipway_store::AnyStore;
 
 use crate::out::{CliError, Output};
@@ -37,34 +37,57 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
         })
 }
 
-/// The user a verified `--token` acts as, for the whole process.
-static TOKEN_USER: OnceLock<String> = OnceLock::new();
+/// What this process presents to act as someone: `--token` / `SLIPWAY_TOKEN`, set once by
+/// `main`.
+static CREDENTIALS: OnceLock<Credentials> = OnceLock::new();
 
-/// Verify `--token` against the store `store` names; its subject becomes the identity of
-/// every command that follows.
-pub fn authenticate(token: &str, store: Option<&str>) -> Result<(), CliError> {
-    let rt = runtime()?;
-    let result = rt.block_on(slipway_ops::access::authenticate(store, token));
-    // The command builds its own runtime; do not wait here for this one's pool tasks.
-    rt.shutdown_background();
-    let user = result.map_err(CliError::from)?;
-    let _ = TOKEN_USER.set(user);
+/// Variables that once declared an identity; they never do now (identity is verified).
+const DECLARED_IDENTITY: &[(&str, &str)] = &[
+    (
+        "SLIPWAY_USER",
+        "a name in an environment variable is not an identity: without access control slipway acts as the operating-system user; with it, as the subject of your API token (--token or SLIPWAY_TOKEN; an admin creates one with `slipway access token create --user NAME`)",
+    ),
+    (
+        "SLIPWAY_GROUPS",
+        "group membership is kept in the store by admins (`slipway access group add GROUP USER`), never declared by the caller",
+    ),
+];
+
+/// Record the caller's credentials for every session of this process; refuse a declared
+/// identity (exit 9).
+pub fn set_credentials(token: Option<String>) -> Result<(), CliError> {
+    for (var, why) in DECLARED_IDENTITY {
+        if std::env::var_os(var).is_some_and(|v| !v.is_empty()) {
+            return Err(CliError::new(
+                exit::UNAUTHENTICATED,
+                format!("refusing to act: {var} is set, but {why}"),
+                Some(format!("unset {var}")),
+            ));
+        }
+    }
+    let _ = CREDENTIALS.set(match token {
+        Some(t) => Credentials::Token(t),
+        None => Credentials::None,
+    });
     Ok(())
 }
 
-/// The actor of this process.
-pub fn actor() -> slipway_ops::Actor {
-    slipway_ops::Actor::from_process(TOKEN_USER.get().map(String::as_str))
+fn credentials() -> Credentials {
+    CREDENTIALS.get().cloned().unwrap_or_default()
 }
 
-/// The current person's name (for records that name a user, e.g. `manual:NAME` leases).
-pub fn identity() -> String {
-    actor().user
-}
-
-/// Open the session of a command: the store `--store` names, as this process's actor.
+/// Open the session of a command: the store `--store` names, acting as the verified
+/// subject of the caller's token, or the local user while access control is off.
 pub async fn session(store: &StoreArg) -> Result<Session, CliError> {
-    Ok(Session::open(store.store.as_deref(), actor()).await?)
+    Ok(Session::open(store.store.as_deref(), &credentials()).await?)
+}
+
+/// The verified user this process acts as in the store `store` names.
+pub fn whoami(store: &StoreArg) -> Result<String, CliError> {
+    let rt = runtime()?;
+    let s = rt.block_on(session(store));
+    rt.shutdown_background();
+    Ok(s?.actor.user)
 }
 
 /// Open the session of a command that only reads, or acts on records that must already
@@ -72,10 +95,11 @@ pub async fn session(store: &StoreArg) -> Result<Session, CliError> {
 /// the path, never a new empty store answering "no runs" (only commands that write — a
 /// deploy, a grant — create one).
 pub async fn read_session(store: &StoreArg) -> Result<Session, CliError> {
-    Ok(Session::open_existing(store.store.as_deref(), actor()).await?)
+    Ok(Session::open_existing(store.store.as_deref(), &credentials()).await?)
 }
 
-/// [`open_store`] for commands that only read ([`read_session`]).
+/// The store of a command that only reads ([`read_session`]) and the path whose directory
+/// holds this machine's files of its runs.
 pub async fn read_store(arg: &StoreArg) -> Result<(Arc<AnyStore>, PathBuf), CliError> {
     let s = read_session(arg).await?;
     let anchor = s.layout.dir().join("slipway.db");
@@ -115,7 +139,7 @@ pub fn render_hint(h: &Hint) -> String {
             role,
             environment,
         } => format!("ask an admin for `slipway access grant {subject} {role} --env {environment}`"),
-        Hint::GetToken => "ask an admin for a new token (`slipway access token create --user NAME`), or unset SLIPWAY_TOKEN to act as yourself".into(),
+        Hint::GetToken => "pass an API token with --token or SLIPWAY_TOKEN; an admin creates one with `slipway access token create --user NAME`".into(),
     }
 }
 
@@ -233,11 +257,14 @@ fn spec_error(e: PlanError, out: &Output) -> CliError {
     )
 }
 
-/// The store `--store` names and the path whose directory holds this machine's files of
-/// its runs (the SQLite file, or `.slipway/slipway.db` under the current directory for
-/// PostgreSQL — a name only). For commands that need the store without an actor.
-pub async fn open_store(arg: &StoreArg) -> Result<(Arc<AnyStore>, PathBuf), CliError> {
-    let s = session(arg).await?;
+/// [`open_store`] for a command that reads records of every environment (reports, the
+/// audit chain): the caller needs the viewer role on `*` once access control is on.
+pub async fn open_store_to_read(
+    arg: &StoreArg,
+    what: &str,
+) -> Result<(Arc<AnyStore>, PathBuf), CliError> {
+    let s = read_session(arg).await?;
+    slipway_ops::access::require(&s, slipway_govern::access::Role::Viewer, what, "*").await?;
     let anchor = s.layout.dir().join("slipway.db");
     Ok((s.store, anchor))
 }
@@ -264,14 +291,14 @@ pub fn sqlite_only<'a>(
     })
 }
 
-/// Require `role` in `environment` of this process's actor (see `slipway_ops::access`).
+/// Require `role` in `environment` of the session's actor (see `slipway_ops::access`).
 pub async fn enforce(
-    store: &AnyStore,
+    session: &Session,
     role: slipway_govern::access::Role,
     action: &str,
     environment: &str,
 ) -> Result<(), CliError> {
-    Ok(slipway_ops::access::require_on(store, &actor(), role, action, environment).await?)
+    Ok(slipway_ops::access::require(session, role, action, environment).await?)
 }
 
 /// A packaging error (signatures, digests, archives) with its exit code and what to do.

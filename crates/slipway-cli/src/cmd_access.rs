@@ -4,7 +4,7 @@
 //! first grant of a store (bootstrap: someone must become the first admin).
 
 use serde_json::json;
-use slipway_govern::access::{self, Role};
+use slipway_govern::access::{self};
 use slipway_model::exit;
 use slipway_ops::Session;
 use slipway_ops::access::require_admin;
@@ -18,7 +18,7 @@ use crate::out::{CliError, Output};
 pub enum AccessCommand {
     /// Grant a role (viewer, deployer, approver, admin) to `user:NAME` or `group:NAME`.
     #[command(
-        after_help = "Examples:\n  slipway access grant user:alice deployer --env staging\n  slipway access grant group:release-managers approver --env prod"
+        after_help = "The first grant of a store switches access control on: it must be `user:NAME admin --env '*'`, and prints that user's first API token (from then on every command acts as the subject of a token).\n\nExamples:\n  slipway access grant user:alice admin --env '*'\n  slipway access grant user:bob deployer --env staging\n  slipway access grant group:release-managers approver --env prod"
     )]
     Grant(GrantArgs),
     /// Revoke a grant by id (see `slipway access list`).
@@ -31,6 +31,43 @@ pub enum AccessCommand {
     /// Access review campaigns: start, decide each grant, close.
     #[command(subcommand)]
     Review(ReviewCommand),
+    /// Group membership, kept here by admins (never declared by the caller).
+    #[command(subcommand)]
+    Group(GroupCommand),
+    /// Who you act as in this store, and how that was verified.
+    Whoami(StoreOnly),
+}
+
+/// `slipway access group …`.
+#[derive(Debug, clap::Subcommand)]
+pub enum GroupCommand {
+    /// Add a user to a group.
+    #[command(after_help = "Examples:\n  slipway access group add release-managers alice")]
+    Add(MemberArgs),
+    /// Remove a user from a group.
+    Remove(MemberArgs),
+    /// List members (of one group, or all).
+    List(GroupListArgs),
+}
+
+/// A group and a user.
+#[derive(Debug, clap::Args)]
+pub struct MemberArgs {
+    /// The group (as granted: `group:NAME`).
+    pub group: String,
+    /// The user.
+    pub user: String,
+    #[command(flatten)]
+    pub store: StoreArg,
+}
+
+/// `slipway access group list`.
+#[derive(Debug, clap::Args)]
+pub struct GroupListArgs {
+    /// Only this group.
+    pub group: Option<String>,
+    #[command(flatten)]
+    pub store: StoreArg,
 }
 
 /// `slipway access token …`.
@@ -147,6 +184,9 @@ async fn run(c: AccessCommand, out: &Output) -> Result<i32, CliError> {
         AccessCommand::Token(TokenCommand::List(a)) => &a.store,
         AccessCommand::Review(ReviewCommand::Start(a) | ReviewCommand::Close(a)) => &a.store,
         AccessCommand::Review(ReviewCommand::Decide(a)) => &a.store,
+        AccessCommand::Group(GroupCommand::Add(a) | GroupCommand::Remove(a)) => &a.store,
+        AccessCommand::Group(GroupCommand::List(a)) => &a.store,
+        AccessCommand::Whoami(a) => &a.store,
     }
     .store
     .clone();
@@ -173,26 +213,68 @@ async fn run(c: AccessCommand, out: &Output) -> Result<i32, CliError> {
     let me = s.actor.user.clone();
     match c {
         AccessCommand::Grant(a) => {
-            if Role::parse(&a.role).is_none() {
-                return Err(CliError::input(
-                    format!("failed to grant role `{}`: no such role", a.role),
-                    "use viewer, deployer, approver or admin",
+            let g = slipway_ops::access::grant(&s, &a.subject, &a.role, &a.env).await?;
+            let mut text = format!(
+                "grant {}: {} is {} in {}",
+                g.grant, g.subject, g.role, g.environment
+            );
+            if let Some(t) = &g.token {
+                text.push_str(&format!(
+                    "\naccess control is on: every command now acts as the subject of an API token.\ntoken for {} (shown once; store it now, e.g. export SLIPWAY_TOKEN=…): {t}",
+                    g.subject
                 ));
             }
-            require_admin(&s, &db, "grant roles").await?;
-            let subject = if a.subject.contains(':') {
-                a.subject
-            } else {
-                format!("user:{}", a.subject)
-            };
-            let id = db
-                .grant(&subject, &a.role, &a.env, &format!("user:{me}"), now)
-                .await
-                .map_err(CliError::from)?;
+            out.outcome(&g, &text);
+        }
+        AccessCommand::Whoami(_) => {
             out.outcome(
-                &json!({"grant": id, "subject": subject, "role": a.role, "environment": a.env}),
-                &format!("grant {id}: {subject} is {} in {}", a.role, a.env),
+                &s.actor,
+                &format!(
+                    "{}; groups: {}",
+                    s.actor.describe(),
+                    if s.actor.groups.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        s.actor.groups.join(", ")
+                    }
+                ),
             );
+        }
+        AccessCommand::Group(GroupCommand::Add(a)) => {
+            let added = slipway_ops::access::add_member(&s, &a.group, &a.user).await?;
+            out.outcome(
+                &json!({"group": a.group, "user": a.user, "added": added}),
+                &if added {
+                    format!("user:{} is a member of group:{}", a.user, a.group)
+                } else {
+                    format!("user:{} already is a member of group:{}", a.user, a.group)
+                },
+            );
+        }
+        AccessCommand::Group(GroupCommand::Remove(a)) => {
+            if !slipway_ops::access::remove_member(&s, &a.group, &a.user).await? {
+                return Err(CliError::input(
+                    format!(
+                        "failed to remove user:{} from group:{}: not a member",
+                        a.user, a.group
+                    ),
+                    "list members with `slipway access group list`",
+                ));
+            }
+            out.outcome(
+                &json!({"group": a.group, "user": a.user, "removed": true}),
+                &format!("user:{} removed from group:{}", a.user, a.group),
+            );
+        }
+        AccessCommand::Group(GroupCommand::List(a)) => {
+            let members = slipway_ops::access::members(&s, a.group.as_deref()).await?;
+            if out.json() {
+                out.json_value(&members);
+            } else {
+                for m in &members {
+                    out.line(&format!("group:{:<24} user:{}", m.group, m.user));
+                }
+            }
         }
         AccessCommand::Revoke(a) => {
             require_admin(&s, &db, "revoke grants").await?;

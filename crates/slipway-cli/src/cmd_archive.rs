@@ -31,7 +31,7 @@ use slipway_model::exit;
 use slipway_package as pkg;
 use slipway_store::archive::{ArchiveDb, PolicyRow};
 
-use crate::cli_util::{StoreArg, identity, open_store, runtime, sqlite_only};
+use crate::cli_util::{StoreArg, runtime, sqlite_only};
 use crate::out::{CliError, Output};
 
 /// `slipway archive`.
@@ -177,14 +177,15 @@ pub fn archive(a: ArchiveArgs, out: &Output) -> Result<i32, CliError> {
         .map_err(|e| CliError::input(format!("failed to {e}"), "e.g. --before 2026-01-01"))?;
     let rt = runtime()?;
     rt.block_on(async {
-        let (store, _) = crate::cli_util::read_store(&a.store).await?;
+        let session = crate::cli_util::read_session(&a.store).await?;
+        let store = session.store.clone();
         let db_path = sqlite_only(
             &store,
             "slipway archive",
             "archive checkpoints, run summaries and the retention policy",
         )?
         .to_path_buf();
-        crate::cli_util::enforce(&store, Role::Admin, "archive records", "*").await?;
+        crate::cli_util::enforce(&session, Role::Admin, "archive records", "*").await?;
         let db = ArchiveDb::open(&db_path).await.map_err(CliError::from)?;
         // A chain that does not verify is evidence of tampering: moving it into a signed
         // bundle would launder it.
@@ -281,10 +282,7 @@ pub fn archive(a: ArchiveArgs, out: &Output) -> Result<i32, CliError> {
             // Test hook (see the module doc): die as a crash would, before the prune.
             std::process::abort();
         }
-        let actor = store
-            .pseudonym(&identity())
-            .await
-            .map_err(CliError::from)?;
+        let actor = session.actor_id().await?;
         // The prune appends the `archived` chain entry itself, in its transaction.
         let cp = db
             .prune(&sel, &summaries, &digest, &name, &before.to_string(), now, &actor)
@@ -372,11 +370,12 @@ pub fn retention(c: RetentionCommand, out: &Output) -> Result<i32, CliError> {
                         "records must be kept at least as long as they stay live",
                     ));
                 }
-                let (store, _) = open_store(&a.store).await?;
+                let session = crate::cli_util::session(&a.store).await?;
+                let store = session.store.clone();
                 let db_path = sqlite_only(&store, "slipway retention set", "the retention policy")?;
-                crate::cli_util::enforce(&store, Role::Admin, "set retention", "*").await?;
+                crate::cli_util::enforce(&session, Role::Admin, "set retention", "*").await?;
                 let db = ArchiveDb::open(db_path).await.map_err(CliError::from)?;
-                let me = identity();
+                let me = session.actor.user.clone();
                 db.set_policy(&PolicyRow {
                     kind: a.kind.clone(),
                     live_days: live,

@@ -175,7 +175,8 @@ fn verify(a: VerifyArgs, out: &Output) -> Result<i32, CliError> {
     }
     let rt = runtime()?;
     rt.block_on(async {
-        let (store, _) = crate::cli_util::read_store(&a.store).await?;
+        let (store, _) =
+            crate::cli_util::open_store_to_read(&a.store, "read the audit chain").await?;
         if !a.archive.is_empty() {
             let db_path = crate::cli_util::sqlite_only(
                 &store,
@@ -321,7 +322,9 @@ fn checkpoint(a: CheckpointArgs, out: &Output) -> Result<i32, CliError> {
         .map_err(|e| crate::cli_util::package_error(&e))?;
     let rt = runtime()?;
     rt.block_on(async {
-        let (store, _) = crate::cli_util::read_store(&a.store).await?;
+        // Signing a checkpoint vouches for the whole chain: the signer must be able to read
+        // all of it (viewer on `*`), as a verified person.
+        let (store, _) = crate::cli_util::open_store_to_read(&a.store, "checkpoint the audit chain").await?;
         let store = store.as_ref();
         let mine = trusted_anchors(store, &[], &[sk.public_key()]).await?;
         let start = store.audit_start().await.map_err(CliError::from)?;
@@ -487,7 +490,7 @@ fn append_durably(path: &Path, text: &str) -> Result<(), CliError> {
 fn export(a: ExportArgs, out: &Output) -> Result<i32, CliError> {
     let rt = runtime()?;
     rt.block_on(async {
-        let (store, _) = crate::cli_util::read_store(&a.store).await?;
+        let (store, _) = crate::cli_util::open_store_to_read(&a.store, "read the audit chain").await?;
         let entries = store.audit_entries().await.map_err(CliError::from)?;
         let text = audit::export_jsonl(&entries);
         std::fs::write(&a.out, &text).map_err(|e| {

@@ -13,7 +13,7 @@ use slipway_model::exit;
 use slipway_model::spec::ChecklistItem;
 use slipway_store::checklist::{Ack, ChecklistDb};
 
-use crate::cli_util::{StoreArg, identity, runtime, sqlite_only};
+use crate::cli_util::{StoreArg, runtime, sqlite_only};
 use crate::out::{CliError, Output};
 
 /// `slipway checklist …`.
@@ -197,14 +197,14 @@ pub fn checklist(c: ChecklistCommand, out: &Output) -> Result<i32, CliError> {
                 )?
                 .to_path_buf();
                 crate::cli_util::enforce(
-                    &store,
+                    &session,
                     Role::Approver,
                     "acknowledge checklist items",
                     &plan.environment,
                 )
                 .await?;
                 let db = ChecklistDb::open(&db_path).await.map_err(CliError::from)?;
-                let me = identity();
+                let me = session.actor.user.clone();
                 db.acknowledge(
                     &plan.release.name,
                     &plan.release.version,

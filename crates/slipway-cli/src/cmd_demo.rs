@@ -400,25 +400,18 @@ async fn run_demo(a: &DemoArgs, dir: &Path, out: &Output) -> Result<i32, CliErro
     let bin = write_wrapper(dir)?;
     write_migrations(dir)?;
     let store_url = format!("sqlite://{}", dir.join("slipway.db").display());
-    let author = std::env::var("SLIPWAY_USER").unwrap_or_else(|_| "demo".into());
     // The demo's runs go through the same operations as `slipway deploy` (plan, gates,
     // lease, checks, notifications, audit); only the canaries' front doors differ: one
-    // in-process proxy per service, watched live.
-    let session = slipway_ops::Session::open(
-        Some(&store_url),
-        slipway_ops::Actor {
-            user: author,
-            groups: Vec::new(),
-        },
-    )
-    .await
-    .map_err(|e| {
-        CliError::new(
-            exit::STORE,
-            format!("failed to open the demo store: {}", e.message),
-            None,
-        )
-    })?;
+    // in-process proxy per service, watched live. Its store is its own: the local user acts.
+    let session = slipway_ops::Session::open_private(&store_url)
+        .await
+        .map_err(|e| {
+            CliError::new(
+                exit::STORE,
+                format!("failed to open the demo store: {}", e.message),
+                None,
+            )
+        })?;
     let store = session.store.clone();
 
     // The shop's front doors: one built-in proxy per service, on fixed ports for the life

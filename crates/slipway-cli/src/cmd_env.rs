@@ -11,7 +11,7 @@ use slipway_model::duration::{format_duration, parse_duration};
 use slipway_model::exit;
 use slipway_ops::lease::{describe, live};
 
-use crate::cli_util::{StoreArg, identity, open_store, runtime};
+use crate::cli_util::{StoreArg, runtime};
 use crate::out::{CliError, Output};
 
 /// `slipway env …`.
@@ -30,9 +30,6 @@ pub enum EnvCommand {
 pub struct LeaseArgs {
     /// The environment.
     pub env: String,
-    /// Who holds it (default: `manual:` and the current identity).
-    #[arg(long)]
-    pub holder: Option<String>,
     /// Why, shown to whoever is refused.
     #[arg(long, default_value = "manual lease")]
     pub reason: String,
@@ -48,9 +45,6 @@ pub struct LeaseArgs {
 pub struct ReleaseArgs {
     /// The environment.
     pub env: String,
-    /// Release only if this holder has it (default: `manual:` and the current identity).
-    #[arg(long, conflicts_with = "force")]
-    pub holder: Option<String>,
     /// Release whoever holds it (a crashed run's lease, without waiting for expiry).
     #[arg(long)]
     pub force: bool,
@@ -82,11 +76,8 @@ pub fn env(c: EnvCommand, out: &Output) -> Result<i32, CliError> {
     rt.block_on(async {
         match c {
             EnvCommand::Lease(a) => {
-                let (store, _) = open_store(&a.store).await?;
-                let holder = a.holder.unwrap_or_else(|| format!("manual:{}", identity()));
-                let lease =
-                    slipway_ops::lease::lease(store.as_ref(), &a.env, holder, &a.reason, a.ttl)
-                        .await?;
+                let s = crate::cli_util::session(&a.store).await?;
+                let lease = slipway_ops::lease::lease(&s, &a.env, &a.reason, a.ttl).await?;
                 if out.json() {
                     out.json_value(&lease_json(&lease, SystemClock.now()));
                 } else {
@@ -101,16 +92,8 @@ pub fn env(c: EnvCommand, out: &Output) -> Result<i32, CliError> {
                 Ok(exit::SUCCESS)
             }
             EnvCommand::Release(a) => {
-                let (store, _) = crate::cli_util::read_store(&a.store).await?;
-                let holder = if a.force {
-                    None
-                } else {
-                    Some(a.holder.unwrap_or_else(|| format!("manual:{}", identity())))
-                };
-                let gone = store
-                    .release_lease(&a.env, holder.as_deref())
-                    .await
-                    .map_err(CliError::from)?;
+                let s = crate::cli_util::read_session(&a.store).await?;
+                let gone = slipway_ops::lease::release(&s, &a.env, a.force).await?;
                 match gone {
                     Some(l) => {
                         if out.json() {
@@ -125,12 +108,13 @@ pub fn env(c: EnvCommand, out: &Output) -> Result<i32, CliError> {
                         format!(
                             "failed to release `{}`: {}",
                             a.env,
-                            match &holder {
-                                Some(h) => format!("`{h}` holds no lease on it"),
-                                None => "it has no lease".to_owned(),
+                            if a.force {
+                                "it has no lease".to_owned()
+                            } else {
+                                format!("you (manual:{}) hold no lease on it", s.actor.user)
                             }
                         ),
-                        Some("list leases with `slipway env leases`; name the holder with --holder or use --force".into()),
+                        Some("list leases with `slipway env leases`; a lease someone else holds is released with --force".into()),
                     )),
                 }
             }

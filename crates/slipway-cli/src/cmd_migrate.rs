@@ -50,8 +50,8 @@ pub struct MigrateArgs {
 pub struct ApplyArgs {
     #[command(flatten)]
     pub target: MigrateArgs,
-    /// Recorded as `applied_by` (default: who you are: the token's user, `SLIPWAY_USER`,
-    /// `USER`, or the OS account).
+    /// Recorded as `applied_by` in the target database's history (default: the OS account
+    /// running slipway; this command works on the target database, not on the store).
     #[arg(long)]
     pub who: Option<String>,
     /// Apply pending versions older than the latest applied one instead of refusing.
@@ -204,7 +204,7 @@ pub fn migrate(cmd: MigrateCommand, out: &Output) -> Result<i32, CliError> {
                 })
             }
             MigrateCommand::Apply(a) => {
-                let who = a.who.unwrap_or_else(crate::cli_util::identity);
+                let who = a.who.unwrap_or_else(|| slipway_ops::session::Actor::local().user);
                 let opts = mig::ApplyOptions {
                     who,
                     allow_out_of_order: a.allow_out_of_order,

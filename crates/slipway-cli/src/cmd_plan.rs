@@ -14,15 +14,36 @@ use crate::out::{CliError, Output, Style};
 /// `slipway plan`.
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Examples:\n  slipway plan -f examples/shop/release.yaml --env prod\n  slipway plan -f release.yaml --env staging --output json"
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true,
+    after_help = "Examples:\n  slipway plan -f examples/shop/release.yaml --env prod\n  slipway plan -f release.yaml --env staging --output json\n  slipway plan show 20261206-091500-3fa2c1"
 )]
 pub struct PlanArgs {
     /// The release spec (YAML).
-    #[arg(short = 'f', long = "file", value_name = "FILE")]
-    pub file: PathBuf,
+    #[arg(short = 'f', long = "file", value_name = "FILE", required = true)]
+    pub file: Option<PathBuf>,
     /// The environment to plan for.
-    #[arg(long, value_name = "ENV")]
-    pub env: String,
+    #[arg(long, value_name = "ENV", required = true)]
+    pub env: Option<String>,
+    #[command(subcommand)]
+    pub command: Option<PlanCommand>,
+}
+
+/// `slipway plan …` subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum PlanCommand {
+    /// The plan a run executes — what its approvers approve: waves, gates with their
+    /// sources, risk factors, findings, and what it changes against what runs now.
+    Show(PlanShowArgs),
+}
+
+/// `slipway plan show`.
+#[derive(Debug, clap::Args)]
+pub struct PlanShowArgs {
+    /// The run.
+    pub run: String,
+    #[command(flatten)]
+    pub store: crate::cli_util::StoreArg,
 }
 
 /// `slipway validate`.
@@ -85,8 +106,17 @@ pub fn validate(a: ValidateArgs, out: &Output) -> Result<i32, CliError> {
 
 /// `slipway plan`.
 pub fn plan(a: PlanArgs, out: &Output) -> Result<i32, CliError> {
+    if let Some(PlanCommand::Show(s)) = a.command {
+        return show(s, out);
+    }
+    let (Some(file), Some(env)) = (a.file, a.env) else {
+        return Err(CliError::input(
+            "failed to plan: -f FILE and --env ENV are both needed",
+            "e.g. slipway plan -f release.yaml --env prod, or slipway plan show RUN",
+        ));
+    };
     let store = std::env::var("SLIPWAY_STORE").ok();
-    let p = planned(&a.file, &a.env, store.as_deref(), out)?.plan;
+    let p = planned(&file, &env, store.as_deref(), out)?.plan;
     let blocked = p.findings.iter().any(|f| f.severity == "error");
     if out.json() {
         out.json_value(&p);
@@ -97,6 +127,43 @@ pub fn plan(a: PlanArgs, out: &Output) -> Result<i32, CliError> {
         exit::BLOCKED
     } else {
         exit::SUCCESS
+    })
+}
+
+/// `slipway plan show RUN`: the stored plan of a run and what it changes.
+fn show(a: PlanShowArgs, out: &Output) -> Result<i32, CliError> {
+    let rt = crate::cli_util::runtime()?;
+    rt.block_on(async {
+        let s = crate::cli_util::session(&a.store).await?;
+        let shown = slipway_ops::views::plan_of_run(&s, &a.run).await?;
+        if out.json() {
+            out.json_value(&shown);
+        } else {
+            out.line(&format!(
+                "run {} ({}), the plan its approvals are bound to:",
+                shown.run,
+                shown.state.as_str()
+            ));
+            out.raw(&render_plan(&shown.plan, out));
+            let b = |t: &str| out.paint(t, Style::Bold);
+            out.line(&format!("\n{}", b("Against what runs now")));
+            if shown.changes.is_empty() {
+                out.line("  (nothing this plan deploys is recorded as running there)");
+            }
+            for c in &shown.changes {
+                out.line(&format!(
+                    "  {:<16} {} → {}{}",
+                    c.service,
+                    c.running.as_deref().unwrap_or("(not deployed)"),
+                    c.planned,
+                    c.run
+                        .as_deref()
+                        .map(|r| format!("  (current from run {r})"))
+                        .unwrap_or_default()
+                ));
+            }
+        }
+        Ok(exit::SUCCESS)
     })
 }
 
@@ -126,6 +193,19 @@ pub fn render_plan(p: &Plan, out: &Output) -> String {
     }
     if let Some(t) = &p.release.tag {
         let _ = writeln!(s, "  git tag   {t}");
+    }
+    match &p.policy {
+        Some(pol) => {
+            let _ = writeln!(
+                s,
+                "  policy    admin policy v{} (sha256 {})",
+                pol.version,
+                &pol.digest[..pol.digest.len().min(12)]
+            );
+        }
+        None => {
+            let _ = writeln!(s, "  policy    none applied (gates from the spec alone)");
+        }
     }
 
     let _ = writeln!(s, "\n{}", b("Waves"));

@@ -320,9 +320,9 @@ fn stop(a: StopArgs, out: &Output) -> Result<i32, CliError> {
             Ok(slipway_store::StoreLocation::Postgres(_))
         );
         if db.exists() || shared {
-            let (store, _) = crate::cli_util::read_store(&a.store).await?;
+            let session = crate::cli_util::read_session(&a.store).await?;
             crate::cli_util::enforce(
-                &store,
+                &session,
                 slipway_govern::access::Role::Deployer,
                 "stop a proxy",
                 &a.env,

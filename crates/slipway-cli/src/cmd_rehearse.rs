@@ -218,7 +218,7 @@ pub fn rehearse(a: RehearseArgs, out: &Output) -> Result<i32, CliError> {
         url: url.clone(),
         dir,
         store_dir: records.join("backups"),
-        who: crate::cli_util::identity(),
+        who: crate::cli_util::whoami(&a.store)?,
         rollback: match a.rollback {
             RollbackArg::Undo => mig::RollbackMethod::Undo,
             RollbackArg::RestoreBackup => mig::RollbackMethod::RestoreBackup,
@@ -366,11 +366,9 @@ async fn store_record(
     record: &RehearsalRecord,
 ) -> Result<String, CliError> {
     use slipway_engine::Store;
-    let (store, _) = crate::cli_util::open_store(store).await?;
-    let actor = store
-        .pseudonym(&crate::cli_util::identity())
-        .await
-        .map_err(CliError::from)?;
+    let session = crate::cli_util::session(store).await?;
+    let actor = session.actor_id().await?;
+    let store = session.store;
     let data = serde_json::to_value(record).map_err(|e| {
         CliError::new(
             exit::INTERNAL,

@@ -269,7 +269,7 @@ fn dora_cmd(a: DoraArgs, out: &Output) -> Result<i32, CliError> {
         .map_err(govern_error)?;
     let rt = runtime()?;
     let report = rt.block_on(async {
-        let (store, _) = crate::cli_util::read_store(&a.store).await?;
+        let (store, _) = crate::cli_util::open_store_to_read(&a.store, "read reports").await?;
         slipway_govern::verify_evidence(store.as_ref())
             .await
             .map_err(govern_error)?;
@@ -307,7 +307,7 @@ fn dora_cmd(a: DoraArgs, out: &Output) -> Result<i32, CliError> {
 fn handover_cmd(a: RunReportArgs, out: &Output) -> Result<i32, CliError> {
     let rt = runtime()?;
     let (run, prev) = rt.block_on(async {
-        let (store, _) = crate::cli_util::read_store(&a.store).await?;
+        let (store, _) = crate::cli_util::open_store_to_read(&a.store, "read reports").await?;
         slipway_govern::verify_evidence(store.as_ref())
             .await
             .map_err(govern_error)?;
@@ -332,7 +332,7 @@ fn handover_cmd(a: RunReportArgs, out: &Output) -> Result<i32, CliError> {
 fn retro_cmd(a: RunReportArgs, out: &Output) -> Result<i32, CliError> {
     let rt = runtime()?;
     let run = rt.block_on(async {
-        let (store, _) = crate::cli_util::read_store(&a.store).await?;
+        let (store, _) = crate::cli_util::open_store_to_read(&a.store, "read reports").await?;
         slipway_govern::verify_evidence(store.as_ref())
             .await
             .map_err(govern_error)?;
@@ -356,7 +356,7 @@ fn compliance_cmd(a: ComplianceArgs, out: &Output) -> Result<i32, CliError> {
     slipway_govern::compliance::catalogue(&a.framework).map_err(govern_error)?;
     let rt = runtime()?;
     let evidence = rt.block_on(async {
-        let (store, _) = crate::cli_util::read_store(&a.store).await?;
+        let (store, _) = crate::cli_util::open_store_to_read(&a.store, "read reports").await?;
         slipway_govern::verify_evidence(store.as_ref())
             .await
             .map_err(govern_error)?;
@@ -496,7 +496,8 @@ pub fn catalog(c: CatalogCommand, out: &Output) -> Result<i32, CliError> {
         {
             let rt = runtime()?;
             rt.block_on(async {
-                let (store, _) = crate::cli_util::read_store(&a.store).await?;
+                let (store, _) =
+                    crate::cli_util::open_store_to_read(&a.store, "read reports").await?;
                 slipway_govern::verify_evidence(store.as_ref())
                     .await
                     .map_err(govern_error)?;

@@ -46,7 +46,7 @@ pub fn serve(a: ServeArgs, out: &Output) -> Result<i32, CliError> {
 }
 
 async fn run(a: ServeArgs, out: &Output) -> Result<i32, CliError> {
-    let session = crate::cli_util::session(&a.store).await?;
+    let session = slipway_ops::Session::open_for_service(a.store.store.as_deref(), "serve").await?;
     let store = session.store.clone();
     let access = AccessDb::for_store(&store).await.map_err(CliError::from)?;
     let location = store.location();

@@ -15,6 +15,7 @@ mod cmd_env;
 mod cmd_migrate;
 mod cmd_package;
 mod cmd_plan;
+mod cmd_policy;
 mod cmd_proxy;
 mod cmd_rehearse;
 mod cmd_render;
@@ -178,7 +179,7 @@ pub enum Commands {
     Abort(cmd_run::RunArgs),
     /// Roll a run back by hand: undo its completed steps in reverse order (audited).
     Rollback(cmd_run::RollbackArgs),
-    /// Approve the plan digest of a run as the current identity (SLIPWAY_USER or OS user).
+    /// Approve the plan digest of a run as the verified identity (the token's user; before any grant, the OS user).
     Approve(cmd_run::ApproveArgs),
     /// List runs, newest first.
     History(cmd_run::HistoryArgs),
@@ -214,9 +215,15 @@ pub enum Commands {
     /// The service catalog: Backstage entities and the dependency map of a spec.
     #[command(subcommand)]
     Catalog(cmd_report::CatalogCommand),
-    /// Access control: role grants per environment, API tokens, access reviews.
+    /// Access control: role grants per environment, groups, API tokens, access reviews.
     #[command(subcommand)]
     Access(cmd_access::AccessCommand),
+    /// The environment policy admins own: apply a policy file, show it.
+    #[command(subcommand)]
+    Policy(cmd_policy::PolicyCommand),
+    /// Freezes of the admin policy: `freeze status` for merge pipelines.
+    #[command(subcommand)]
+    Freeze(cmd_policy::FreezeCommand),
     /// Database migrations: status, apply, undo, dry run on a clone.
     #[command(subcommand)]
     Migrate(cmd_migrate::MigrateCommand),
@@ -235,9 +242,7 @@ fn main() {
     };
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let out = Output::new(cli.output, cli.color);
-    if let Some(token) = &cli.token
-        && let Err(e) = cli_util::authenticate(token, store_of(&matches).as_deref())
-    {
+    if let Err(e) = cli_util::set_credentials(cli.token.clone()) {
         std::process::exit(out.fail(&e));
     }
     let code = match run(cli.command, &out) {
@@ -264,16 +269,6 @@ fn usage_error(e: clap::Error) -> ! {
         std::process::exit(exit::INVALID_INPUT);
     }
     e.exit()
-}
-
-/// The `--store` of the (sub)command being run, however deep, from clap's matches (every
-/// command flattens the same `StoreArg`, so the id is `store` everywhere).
-fn store_of(m: &clap::ArgMatches) -> Option<String> {
-    let here = m.try_get_one::<String>("store").ok().flatten().cloned();
-    match m.subcommand() {
-        Some((_, sub)) => store_of(sub).or(here),
-        None => here,
-    }
 }
 
 fn run(command: Commands, out: &Output) -> Result<i32, out::CliError> {
@@ -310,6 +305,8 @@ fn run(command: Commands, out: &Output) -> Result<i32, out::CliError> {
         Commands::Report(c) => cmd_report::report(c, out),
         Commands::Catalog(c) => cmd_report::catalog(c, out),
         Commands::Access(c) => cmd_access::access_cmd(c, out),
+        Commands::Policy(c) => cmd_policy::policy(c, out),
+        Commands::Freeze(c) => cmd_policy::freeze(c, out),
         Commands::Migrate(c) => cmd_migrate::migrate(c, out),
         Commands::Backup(c) => cmd_migrate::backup(c, out),
         Commands::Rehearse(a) => cmd_rehearse::rehearse(a, out),

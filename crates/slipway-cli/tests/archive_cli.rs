@@ -47,7 +47,6 @@ environments:
     fn run(&self, args: &[&str]) -> std::process::Output {
         slipway()
             .env("SLIPWAY_STORE", &self.store)
-            .env("SLIPWAY_USER", "alice")
             .args(args)
             .output()
             .unwrap()
@@ -311,7 +310,6 @@ fn a_crash_between_the_bundle_and_the_prune_loses_nothing_and_a_rerun_finishes()
     e.live_policy();
     let o = slipway()
         .env("SLIPWAY_STORE", &e.store)
-        .env("SLIPWAY_USER", "alice")
         .env("SLIPWAY_FAULT", "archive-before-prune")
         .args(["archive", "--before", "2100-01-01", "--key", &sk])
         .output()

@@ -82,7 +82,6 @@ environments:
     fn cmd(&self) -> assert_cmd::Command {
         let mut c = slipway();
         c.env("SLIPWAY_STORE", &self.store)
-            .env("SLIPWAY_USER", "alice")
             .timeout(std::time::Duration::from_secs(120));
         c
     }

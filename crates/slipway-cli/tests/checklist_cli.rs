@@ -38,7 +38,6 @@ environments:
     let run = |args: &[&str]| {
         slipway()
             .env("SLIPWAY_STORE", &store)
-            .env("SLIPWAY_USER", "alice")
             .args(args)
             .output()
             .unwrap()

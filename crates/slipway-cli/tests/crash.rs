@@ -62,7 +62,6 @@ fn slipway(dir: &Path) -> Command {
     c.current_dir(dir)
         .env_remove("SLIPWAY_STORE")
         .env_remove("SLIPWAY_OUTPUT")
-        .env("SLIPWAY_USER", "crash-tester")
         .env("NO_COLOR", "1");
     c
 }

@@ -162,6 +162,8 @@ struct Env {
     _dir: tempfile::TempDir,
     dir: PathBuf,
     db: Db,
+    /// Each person's API token (access control is on from the first grant).
+    tokens: std::cell::RefCell<std::collections::BTreeMap<String, String>>,
 }
 
 impl Env {
@@ -178,15 +180,18 @@ impl Env {
             _dir: dir,
             dir: d,
             db,
+            tokens: Default::default(),
         }
     }
 
     fn run_on(&self, db: &Db, user: &str, args: &[&str]) -> Output {
-        slipway()
-            .current_dir(&self.dir)
+        let mut cmd = slipway();
+        match self.tokens.borrow().get(user) {
+            Some(t) => cmd.env("SLIPWAY_TOKEN", t),
+            None => cmd.env_remove("SLIPWAY_TOKEN"),
+        };
+        cmd.current_dir(&self.dir)
             .env("SLIPWAY_STORE", db.url())
-            .env("SLIPWAY_USER", user)
-            .env_remove("SLIPWAY_TOKEN")
             .args(args)
             .timeout(std::time::Duration::from_secs(60))
             .output()
@@ -202,6 +207,44 @@ impl Env {
     /// A store with an approved production run, a rolled-back staging run, grants, a
     /// token and an access review: every kind of record the reports and gates read.
     fn populate(&self) -> (String, String) {
+        // Access control on: alice is the first admin (grant 1, her token printed), bob
+        // approves in prod (grant 2), the auditor reads; each signs in with a token.
+        let v = self.ok(
+            "alice",
+            &[
+                "access",
+                "grant",
+                "user:alice",
+                "admin",
+                "--env",
+                "*",
+                "--output",
+                "json",
+            ],
+        );
+        let token = v["token"].as_str().unwrap().to_owned();
+        self.tokens.borrow_mut().insert("alice".into(), token);
+        for (who, role, env) in [("bob", "approver", "prod"), ("auditor", "viewer", "*")] {
+            self.ok(
+                "alice",
+                &[
+                    "access",
+                    "grant",
+                    &format!("user:{who}"),
+                    role,
+                    "--env",
+                    env,
+                ],
+            );
+            let v = self.ok(
+                "alice",
+                &[
+                    "access", "token", "create", "--user", who, "--output", "json",
+                ],
+            );
+            let token = v["token"].as_str().unwrap().to_owned();
+            self.tokens.borrow_mut().insert(who.into(), token);
+        }
         let deploy = |env: &str| {
             self.run_on(
                 &self.db,
@@ -235,16 +278,7 @@ impl Env {
         assert_eq!(o.status.code(), Some(4), "{o:?}");
         let rolled = id(&o);
         std::fs::remove_file(self.dir.join("FAIL")).unwrap();
-        self.ok(
-            "alice",
-            &["access", "grant", "user:alice", "admin", "--env", "*"],
-        );
-        self.ok(
-            "alice",
-            &["access", "grant", "user:bob", "approver", "--env", "prod"],
-        );
         self.ok("alice", &["access", "review", "start", "q4"]);
-        self.ok("alice", &["access", "token", "create", "--user", "bob"]);
         let v = self.ok("alice", &["audit", "verify", "--output", "json"]);
         assert_eq!(v["ok"], true, "{v}");
         (approved, rolled)
@@ -255,7 +289,8 @@ impl Env {
     fn tampered_is_named(&self, case: &str, sql: &str, names: &str) {
         let db = self.db.copy(case, &self.dir);
         db.sql(sql);
-        let o = self.run_on(&db, "alice", &["audit", "verify"]);
+        // The auditor verifies: alice's own grant is among the records tampered with.
+        let o = self.run_on(&db, "auditor", &["audit", "verify"]);
         let text = format!(
             "{}{}",
             String::from_utf8_lossy(&o.stdout),
@@ -266,7 +301,7 @@ impl Env {
             text.contains("TAMPERED") && text.contains(names),
             "{case}: `{names}` not in: {text}"
         );
-        let o = self.run_on(&db, "alice", &["report", "dora", "--since", "2000-01-01"]);
+        let o = self.run_on(&db, "auditor", &["report", "dora", "--since", "2000-01-01"]);
         let err = String::from_utf8_lossy(&o.stderr);
         assert_eq!(o.status.code(), Some(7), "{case}: report: {o:?}");
         assert!(
@@ -370,7 +405,7 @@ fn every_kind_is_named(sqlite: bool) {
     );
     e.tampered_is_named(
         "token_edited",
-        "UPDATE records SET data = replace(data, '$argon2id$', '$argon2id$x') WHERE kind = 'access_token'",
+        "UPDATE records SET data = replace(data, '$argon2id$', '$argon2id$x') WHERE kind = 'access_token' AND data LIKE '%\"user:bob\"%'",
         "access_token record",
     );
     e.tampered_is_named(
@@ -511,13 +546,14 @@ fn checkpoints_catch_rehash_and_truncation(sqlite: bool) {
         "{text}"
     );
 
-    // Truncated: the last change (the token issued) cut, with the record it wrote, so the
-    // rest is consistent; the checkpoint rows deleted too, so only the witness keeps it.
+    // Truncated: the last change (the access review started) cut, with the record it
+    // wrote, so the rest is consistent; the checkpoint rows deleted too, so only the
+    // witness keeps it.
     let db = e.db.copy("truncated", &e.dir);
     let entries = db.entries();
     let keep = &entries[..entries.len() - 1];
     db.sql(&format!(
-        "DELETE FROM audit WHERE seq = {head}; DELETE FROM records WHERE kind = 'access_token';
+        "DELETE FROM audit WHERE seq = {head}; DELETE FROM records WHERE kind = 'access_review';
          UPDATE meta SET value = '{}:{}' WHERE key = 'audit_head'; DELETE FROM audit_anchors;",
         keep.last().unwrap().seq,
         keep.last().unwrap().hash

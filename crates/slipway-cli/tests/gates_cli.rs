@@ -121,11 +121,13 @@ fn approvals_exclude_the_author_and_other_digests_and_need_two_people() {
     let dir = tempfile::tempdir().unwrap();
     let f = spec(dir.path(), "    approvals: { required: 2 }\n");
     let store = format!("sqlite://{}/s.db", dir.path().display());
-    let as_user = |u: &str| {
-        let mut c = slipway();
-        c.env("SLIPWAY_STORE", &store).env("SLIPWAY_USER", u);
-        c
-    };
+    // Four-eyes needs people: verified ones, each with their own token.
+    let mut people = crate::People::new(&store, "admin");
+    people
+        .add("alice", "approver", "staging")
+        .add("bob", "approver", "staging")
+        .add("carol", "approver", "staging");
+    let as_user = |u: &str| people.cmd(u);
     let o = as_user("alice")
         .args([
             "deploy",

@@ -30,7 +30,6 @@ fn slipway(dir: &Path, ttl: &str) -> Command {
     c.current_dir(dir)
         .env_remove("SLIPWAY_STORE")
         .env_remove("SLIPWAY_OUTPUT")
-        .env("SLIPWAY_USER", "lease-tester")
         .env("SLIPWAY_LEASE_TTL", ttl)
         .env("NO_COLOR", "1");
     c

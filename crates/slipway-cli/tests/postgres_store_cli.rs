@@ -36,7 +36,6 @@ fn slipway(dir: &Path, store: &str) -> Command {
         .env("SLIPWAY_STORE", store)
         .env_remove("SLIPWAY_OUTPUT")
         .env_remove("SLIPWAY_TOKEN")
-        .env("SLIPWAY_USER", "pg-tester")
         .env("NO_COLOR", "1");
     c
 }
@@ -241,18 +240,43 @@ fn access_control_works_on_postgres_and_its_changes_are_audited_there() {
     let d = dir.path();
     let url = pg().new_db("cli_access");
     let file = spec(d, "1.0.0", "true");
-    let as_user = |u: &str| {
-        let mut c = slipway(d, &url);
-        c.env("SLIPWAY_USER", u);
-        c
-    };
-    // The first grant switches access control on, in the shared database.
-    run(
-        as_user("alice").args(["access", "grant", "user:alice", "admin", "--env", "*"]),
+    // The first grant switches access control on, in the shared database, and gives alice
+    // her first token; from then on everyone acts through a token of this database.
+    let o = run(
+        slipway(d, &url).args([
+            "access",
+            "grant",
+            "user:alice",
+            "admin",
+            "--env",
+            "*",
+            "--output",
+            "json",
+        ]),
         0,
     );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let alice = v["token"].as_str().unwrap().to_owned();
+    let as_alice = || {
+        let mut c = slipway(d, &url);
+        c.env("SLIPWAY_TOKEN", &alice);
+        c
+    };
     let o = run(
-        as_user("carol")
+        as_alice().args([
+            "access", "token", "create", "--user", "carol", "--output", "json",
+        ]),
+        0,
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let carol = v["token"].as_str().unwrap().to_owned();
+    let as_carol = || {
+        let mut c = slipway(d, &url);
+        c.env("SLIPWAY_TOKEN", &carol);
+        c
+    };
+    let o = run(
+        as_carol()
             .arg("deploy")
             .arg("-f")
             .arg(&file)
@@ -262,32 +286,35 @@ fn access_control_works_on_postgres_and_its_changes_are_audited_there() {
     let t = text(&o);
     assert!(t.contains("lacks the `deployer` role"), "{t}");
     run(
-        as_user("alice").args(["access", "grant", "user:carol", "deployer", "--env", "prod"]),
+        as_alice().args(["access", "grant", "user:carol", "deployer", "--env", "prod"]),
         0,
     );
     run(
-        as_user("carol")
+        as_carol()
             .arg("deploy")
             .arg("-f")
             .arg(&file)
             .args(["--env", "prod"]),
         0,
     );
-    // Both grants are governance entries of the PostgreSQL chain, which verifies.
+    // Both grants and both tokens issued are governance entries of the PostgreSQL chain,
+    // which verifies; people are pseudonyms there.
     let n = pg().psql(
         db_name(&url),
         "SELECT count(*) FROM audit WHERE action = 'governance'",
     );
-    assert_eq!(n.trim(), "2");
+    assert_eq!(n.trim(), "4");
     assert!(
         !pg()
             .psql(db_name(&url), "SELECT detail FROM audit")
             .contains("carol")
     );
-    run(slipway(d, &url).args(["audit", "verify"]), 0);
+    run(as_alice().args(["audit", "verify"]), 0);
+    // Without a token nobody acts any more, not even to read.
+    run(slipway(d, &url).arg("history"), 9);
     // A token is checked against the tokens of this database: an unknown one exits 9.
     let t = text(&run(
-        as_user("carol")
+        slipway(d, &url)
             .env("SLIPWAY_TOKEN", "slw_abc.def")
             .arg("history"),
         9,

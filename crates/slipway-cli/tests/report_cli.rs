@@ -31,15 +31,45 @@ fn run(dir: &std::path::Path, args: &[&str]) -> (i32, String) {
     run_as("alice", dir, args)
 }
 
-/// Run slipway as `user`; returns the exit code and stdout followed by stderr.
+/// Keep the token printed in `output` as `user`'s, for [`run_as`].
+fn keep_token(dir: &std::path::Path, user: &str, output: &str) {
+    let token = output
+        .split(|c: char| c.is_whitespace() || c == '"')
+        .find(|w| w.starts_with("slw_"))
+        .unwrap_or_else(|| panic!("no token in {output}"));
+    std::fs::write(dir.join(format!("token-{user}")), token).unwrap();
+}
+
+/// Access control on with alice as admin and bob as approver in prod, each with a token.
+fn alice_and_bob(dir: &std::path::Path) {
+    let (code, o) = run(dir, &["access", "grant", "alice", "admin", "--env", "*"]);
+    assert_eq!(code, 0, "{o}");
+    keep_token(dir, "alice", &o);
+    let (code, o) = run(
+        dir,
+        &["access", "grant", "user:bob", "approver", "--env", "prod"],
+    );
+    assert_eq!(code, 0, "{o}");
+    let (code, o) = run(dir, &["access", "token", "create", "--user", "bob"]);
+    assert_eq!(code, 0, "{o}");
+    keep_token(dir, "bob", &o);
+}
+
+/// Run slipway as `user` — through the token kept for them in `dir` (see [`keep_token`]),
+/// or as the local user while they have none; returns the exit code and stdout followed
+/// by stderr.
 fn run_as(user: &str, dir: &std::path::Path, args: &[&str]) -> (i32, String) {
     let store = format!("sqlite://{}", dir.join("s.db").display());
-    let o = slipway()
-        .args(args)
+    let mut c = slipway();
+    c.args(args)
         .args(["--store", &store])
         .env("TINY_DB_PASSWORD", SECRET)
         .env("SLIPWAY_WEBHOOK_SECRET", SIGNING)
-        .env("SLIPWAY_USER", user)
+        .env_remove("SLIPWAY_TOKEN");
+    if let Ok(t) = std::fs::read_to_string(dir.join(format!("token-{user}"))) {
+        c.env("SLIPWAY_TOKEN", t.trim());
+    }
+    let o = c
         .timeout(std::time::Duration::from_secs(60))
         .output()
         .unwrap();
@@ -57,7 +87,9 @@ fn reports_over_a_real_deploy_list_exceptions_and_never_a_secret() {
     let spec = dir.path().join("release.yaml");
     std::fs::write(&spec, SPEC).unwrap();
     let spec = spec.display().to_string();
-    // A hotfix needs one approval: alice deploys, bob approves, alice resumes.
+    // A hotfix needs one approval: alice deploys, bob approves, alice resumes — two
+    // verified people.
+    alice_and_bob(dir.path());
     let (code, out) = run(
         dir.path(),
         &[
@@ -224,15 +256,19 @@ fn reports_over_a_real_deploy_list_exceptions_and_never_a_secret() {
 fn access_grants_refusals_tokens_and_a_review_that_revokes() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    // Bootstrap: the first grant of a store needs no admin.
+    // Bootstrap: the first grant of a store needs no admin, and gives alice a token.
     let (code, o) = run(d, &["access", "grant", "alice", "admin", "--env", "*"]);
     assert_eq!(code, 0, "{o}");
+    keep_token(d, "alice", &o);
     let (code, o) = run(
         d,
         &["access", "grant", "user:bob", "deployer", "--env", "prod"],
     );
     assert_eq!(code, 0, "{o}");
     assert!(o.contains("grant 2: user:bob is deployer in prod"), "{o}");
+    let (code, o) = run(d, &["access", "token", "create", "--user", "bob"]);
+    assert_eq!(code, 0, "{o}");
+    keep_token(d, "bob", &o);
     // Bob is no admin: refused, naming the missing role.
     let (code, o) = run_as("bob", d, &["access", "grant", "bob", "admin", "--env", "*"]);
     assert_eq!(code, 3, "{o}");

@@ -68,7 +68,6 @@ environments:
 
     let o = slipway()
         .env("SLIPWAY_STORE", &store)
-        .env("SLIPWAY_USER", "bob")
         .args([
             "rollback",
             &run,

@@ -31,6 +31,7 @@ mod migrate_deploy_cli;
 mod migration_locks_cli;
 mod perf_baseline_cli;
 mod plan_cli;
+mod policy_cli;
 mod postgres_store_cli;
 mod prestage_cli;
 mod process_target_cli;
@@ -172,5 +173,108 @@ pub fn kill_marked(var: &str, mark: &str) {
             .args(["-KILL", &m.pid.to_string()])
             .stderr(std::process::Stdio::null())
             .status();
+    }
+}
+
+/// The people of a store with access control on, each acting through their own API token
+/// (identity is verified, never declared): the first is the bootstrap admin (`access grant
+/// user:NAME admin --env '*'` as the local user, which prints that admin's first token);
+/// [`People::add`] grants others a role and issues their tokens as that admin.
+pub struct People {
+    store: String,
+    dir: std::path::PathBuf,
+    admin: String,
+    tokens: std::collections::BTreeMap<String, String>,
+}
+
+impl People {
+    /// Switch access control on in `store` with `admin` as the first admin.
+    pub fn new(store: &str, admin: &str) -> Self {
+        let dir = std::env::temp_dir();
+        let o = slipway()
+            .env("SLIPWAY_STORE", store)
+            .env_remove("SLIPWAY_TOKEN")
+            .args([
+                "access",
+                "grant",
+                &format!("user:{admin}"),
+                "admin",
+                "--env",
+                "*",
+                "--output",
+                "json",
+            ])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "bootstrap grant: {o:?}");
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let token = v["token"]
+            .as_str()
+            .expect("the first grant prints a token")
+            .to_owned();
+        Self {
+            store: store.to_owned(),
+            dir,
+            admin: admin.to_owned(),
+            tokens: [(admin.to_owned(), token)].into(),
+        }
+    }
+
+    /// Grant `who` `role` in `env` (as the admin) and give them a token.
+    pub fn add(&mut self, who: &str, role: &str, env: &str) -> &mut Self {
+        let admin = self.admin.clone();
+        self.ok(
+            &admin,
+            &[
+                "access",
+                "grant",
+                &format!("user:{who}"),
+                role,
+                "--env",
+                env,
+            ],
+        );
+        if !self.tokens.contains_key(who) {
+            let o = self
+                .cmd(&admin)
+                .args([
+                    "access", "token", "create", "--user", who, "--output", "json",
+                ])
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "token for {who}: {o:?}");
+            let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+            self.tokens
+                .insert(who.to_owned(), v["token"].as_str().unwrap().to_owned());
+        }
+        self
+    }
+
+    /// Put `who` in `group` (as the admin).
+    pub fn group(&mut self, group: &str, who: &str) -> &mut Self {
+        let admin = self.admin.clone();
+        self.ok(&admin, &["access", "group", "add", group, who]);
+        self
+    }
+
+    /// `who`'s token.
+    pub fn token(&self, who: &str) -> &str {
+        &self.tokens[who]
+    }
+
+    /// `slipway` acting as `who`, on the store, in the temp directory.
+    pub fn cmd(&self, who: &str) -> assert_cmd::Command {
+        let mut c = slipway();
+        c.current_dir(&self.dir)
+            .env("SLIPWAY_STORE", &self.store)
+            .env("SLIPWAY_TOKEN", self.token(who));
+        c
+    }
+
+    /// Run `args` as `who`; must succeed; stdout.
+    pub fn ok(&self, who: &str, args: &[&str]) -> String {
+        let o = self.cmd(who).args(args).output().unwrap();
+        assert!(o.status.success(), "{who}: {args:?}: {o:?}");
+        String::from_utf8_lossy(&o.stdout).into_owned()
     }
 }

@@ -37,6 +37,9 @@ struct Env {
     dir: tempfile::TempDir,
     spec: String,
     store: String,
+    /// Tokens of the people acting once access control is on (the bootstrap grant's
+    /// printed token, and those [`Env::token`] creates).
+    tokens: std::cell::RefCell<std::collections::BTreeMap<String, String>>,
 }
 
 impl Env {
@@ -52,7 +55,21 @@ impl Env {
             spec: spec.display().to_string(),
             store: store(dir.path()),
             dir,
+            tokens: Default::default(),
         }
+    }
+
+    /// `slipway` on the store acting as `user`: through their token once they have one,
+    /// else as the local user (access control off).
+    fn cmd_as(&self, user: &str) -> assert_cmd::Command {
+        let mut c = slipway();
+        c.current_dir(self.dir.path())
+            .env("SLIPWAY_STORE", &self.store)
+            .env_remove("SLIPWAY_TOKEN");
+        if let Some(t) = self.tokens.borrow().get(user) {
+            c.env("SLIPWAY_TOKEN", t);
+        }
+        c
     }
 
     fn ok(&self, args: &[&str]) -> String {
@@ -60,23 +77,32 @@ impl Env {
     }
 
     fn ok_as(&self, user: &str, args: &[&str]) -> String {
-        let o = slipway()
-            .env("SLIPWAY_STORE", &self.store)
-            .env("SLIPWAY_USER", user)
-            .env_remove("SLIPWAY_TOKEN")
-            .args(args)
-            .output()
-            .unwrap();
+        let o = self.cmd_as(user).args(args).output().unwrap();
         assert_eq!(o.status.code(), Some(0), "{args:?}: {o:?}");
-        String::from_utf8_lossy(&o.stdout).into_owned()
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        // The grant that switches access control on prints its admin's first token.
+        if args.starts_with(&["access", "grant"])
+            && let Some(t) = text.split_whitespace().find(|w| w.starts_with("slw_"))
+            && let Some(u) = args.get(2)
+        {
+            let u = u.strip_prefix("user:").unwrap_or(u);
+            self.tokens.borrow_mut().insert(u.to_owned(), t.to_owned());
+        }
+        text
     }
 
     fn token(&self, user: &str) -> String {
+        if let Some(t) = self.tokens.borrow().get(user) {
+            return t.clone();
+        }
         let text = self.ok(&["access", "token", "create", "--user", user]);
-        text.split_whitespace()
+        let t = text
+            .split_whitespace()
             .find(|w| w.starts_with("slw_"))
             .unwrap()
-            .to_owned()
+            .to_owned();
+        self.tokens.borrow_mut().insert(user.to_owned(), t.clone());
+        t
     }
 
     /// `slipway deploy` in the background (it waits for `GO`).
@@ -86,7 +112,6 @@ impl Env {
             .env_remove("SLIPWAY_TOKEN")
             .env_remove("SLIPWAY_OUTPUT")
             .env("SLIPWAY_STORE", &self.store)
-            .env("SLIPWAY_USER", "alice")
             .args(["deploy", "-f", &self.spec, "--env", "staging"])
             .stdout(Stdio::null())
             .stderr(Stdio::null());
@@ -587,11 +612,8 @@ fn approving_over_the_api_applies_the_same_rules_as_the_cli() {
         ],
     );
     // alice starts the run; it waits for one approval (exit 3 with --no-wait).
-    let o = slipway()
-        .current_dir(e.dir.path())
-        .env("SLIPWAY_STORE", &e.store)
-        .env("SLIPWAY_USER", "alice")
-        .env_remove("SLIPWAY_TOKEN")
+    let o = e
+        .cmd_as("alice")
         .args([
             "deploy",
             "-f",
@@ -681,14 +703,7 @@ fn approving_over_the_api_applies_the_same_rules_as_the_cli() {
         "{status}"
     );
     e.go();
-    let o = slipway()
-        .current_dir(e.dir.path())
-        .env("SLIPWAY_STORE", &e.store)
-        .env("SLIPWAY_USER", "alice")
-        .env_remove("SLIPWAY_TOKEN")
-        .args(["resume", &run])
-        .output()
-        .unwrap();
+    let o = e.cmd_as("alice").args(["resume", &run]).output().unwrap();
     assert_eq!(o.status.code(), Some(0), "{o:?}");
 }
 

@@ -365,23 +365,23 @@ fn the_inventory_is_pinned_into_the_plan_and_a_run_refuses_an_edited_one() {
         "{before:#}"
     );
 
-    let as_user = |u: &str, args: &[&str]| {
-        slipway()
-            .env(
-                "SLIPWAY_STORE",
-                format!("sqlite://{}", dir.join("store.db").display()),
-            )
-            .env("SLIPWAY_USER", u)
-            .args(args)
-            .output()
-            .unwrap()
-    };
+    // Approvals need two verified people.
+    let mut people = crate::People::new(
+        &format!("sqlite://{}", dir.join("store.db").display()),
+        "admin",
+    );
+    people
+        .add("alice", "deployer", "fleet")
+        .add("bob", "approver", "fleet");
+    let as_user = |u: &str, args: &[&str]| people.cmd(u).args(args).output().unwrap();
     let o = as_user(
         "alice",
         &["deploy", "--env", "fleet", "--no-wait", "-f", &spec],
     );
     assert_eq!(o.status.code(), Some(3), "waits for an approval: {o:?}");
-    let id = status(&dir)["run"]["id"].as_str().unwrap().to_owned();
+    let st: serde_json::Value =
+        serde_json::from_str(&people.ok("admin", &["status", "--output", "json"])).unwrap();
+    let id = st["run"]["id"].as_str().unwrap().to_owned();
     let o = as_user("bob", &["approve", &id]);
     assert_eq!(o.status.code(), Some(0), "{o:?}");
 

@@ -20,6 +20,7 @@ struct Env {
     spec: String,
     store: String,
     out: std::path::PathBuf,
+    tokens: std::cell::RefCell<std::collections::BTreeMap<String, String>>,
 }
 
 impl Env {
@@ -32,19 +33,36 @@ impl Env {
             store: format!("sqlite://{}/s.db", dir.path().display()),
             out: dir.path().join("audit.jsonl"),
             _dir: dir,
+            tokens: Default::default(),
         }
     }
 
-    /// `slipway ARGS` as `user`, with `token` in SLIPWAY_TOKEN when given.
+    /// `slipway ARGS` with `token` in SLIPWAY_TOKEN when given, else `user`'s token when
+    /// they have one (the bootstrap admin's is kept from the first grant), else as the
+    /// local user. A user with no token is someone the store cannot tell apart from the
+    /// local user: identity is verified, never declared.
     fn run(&self, user: &str, token: Option<&str>, args: &[&str]) -> std::process::Output {
         let mut c = slipway();
         c.env("SLIPWAY_STORE", &self.store)
-            .env("SLIPWAY_USER", user)
             .env_remove("SLIPWAY_TOKEN");
-        if let Some(t) = token {
+        if let Some(t) = token
+            .map(str::to_owned)
+            .or_else(|| self.tokens.borrow().get(user).cloned())
+        {
             c.env("SLIPWAY_TOKEN", t);
         }
-        c.args(args).output().unwrap()
+        let o = c.args(args).output().unwrap();
+        if o.status.success()
+            && args.starts_with(&["access", "grant"])
+            && let Some(t) = String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .find(|w| w.starts_with("slw_"))
+            && let Some(u) = args.get(2)
+        {
+            let u = u.strip_prefix("user:").unwrap_or(u);
+            self.tokens.borrow_mut().insert(u.to_owned(), t.to_owned());
+        }
+        o
     }
 
     fn ok(&self, user: &str, args: &[&str]) -> String {
@@ -96,9 +114,10 @@ fn a_token_acts_as_its_user_until_it_is_revoked() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let run = v["run"].as_str().or(v["id"].as_str()).unwrap().to_owned();
 
-    // mallory holds no role; with bob's token the command is bob's.
+    // mallory has no token: once access control is on, nobody acts without one; with
+    // bob's token the command is bob's.
     let o = e.run("mallory", None, &["approve", &run]);
-    assert_eq!(code(&o), Some(3), "no role without the token: {o:?}");
+    assert_eq!(code(&o), Some(9), "no identity without a token: {o:?}");
     let o = e.run("mallory", Some(&token), &["approve", &run]);
     assert_eq!(code(&o), Some(0), "{o:?}");
     let o = e.run(
@@ -230,6 +249,8 @@ fn access_changes_are_in_the_audit_chain_without_secrets() {
     assert_eq!(
         outcomes,
         [
+            // The first grant gives the first admin a token at once.
+            "token_issued",
             "access_granted",
             "access_granted",
             "access_granted",

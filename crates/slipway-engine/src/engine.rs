@@ -836,7 +836,22 @@ impl Engine {
                     continue;
                 }
             }
-            match gates::window_status(&ctx.plan.env.windows, now)? {
+            // Every windows gate the plan shows must be open (the spec's and the admin
+            // policy's are separate gates: a deploy must be inside one of each); a plan
+            // without one (e.g. a hotfix's bypass in production) waits for none.
+            let mut closed: Option<Timestamp> = None;
+            for g in &ctx.plan.gates {
+                if let GateKind::Windows { windows } = &g.kind
+                    && let WindowStatus::Closed { opens_at } = gates::window_status(windows, now)?
+                {
+                    closed = Some(closed.map_or(opens_at, |c| c.max(opens_at)));
+                }
+            }
+            let status = match closed {
+                Some(opens_at) => WindowStatus::Closed { opens_at },
+                None => WindowStatus::Open { until: None },
+            };
+            match status {
                 WindowStatus::Open { .. } => {}
                 WindowStatus::Closed { opens_at } => {
                     let detail =
@@ -875,7 +890,12 @@ impl Engine {
                     detail: format!("{} approvals of the plan digest", need.required),
                 });
             }
-            if !ctx.plan.env.windows.is_empty() {
+            if ctx
+                .plan
+                .gates
+                .iter()
+                .any(|g| matches!(g.kind, GateKind::Windows { .. }))
+            {
                 passed.push(EngineEvent::GatePassed {
                     gate: "windows".into(),
                     detail: "inside a deployment window".into(),

@@ -237,7 +237,7 @@ pub enum EngineEvent {
         approver: String,
         /// The digest approved.
         digest: String,
-        /// Groups the approver declared (`SLIPWAY_GROUPS`).
+        /// The approver's groups as the store records them when the approval was given.
         groups: Vec<String>,
     },
     /// A human asked the driver to pause, abort or roll back.

@@ -4,6 +4,7 @@
 //! Architecture invariant: this crate does no IO. It is given text and facts and returns
 //! values; reading files, running git and talking to stores happen in callers.
 
+pub mod admin_policy;
 pub mod analysis;
 pub mod compat;
 pub mod cron;

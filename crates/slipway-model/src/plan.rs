@@ -55,6 +55,10 @@ pub struct Facts {
     /// image's `org.opencontainers.image.revision`, an RPM's VCS tag), by service.
     #[serde(default)]
     pub artifact_revisions: BTreeMap<String, String>,
+    /// The admin policy in force for the environment (from the store), which the plan is
+    /// made at least as strict as.
+    #[serde(default)]
+    pub policy: Option<crate::admin_policy::AppliedPolicy>,
 }
 
 /// The repository holding the spec, for the release-tag check.
@@ -69,6 +73,15 @@ pub struct GitState {
     /// Paths with changes no commit holds (modified, staged, untracked), Slipway's own
     /// `.slipway/` state excepted.
     pub uncommitted: Vec<String>,
+}
+
+/// The admin policy a plan was made under.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyRef {
+    /// The store's policy version.
+    pub version: u32,
+    /// sha256 of the policy file's text.
+    pub digest: String,
 }
 
 /// The whole plan.
@@ -128,6 +141,10 @@ pub struct Plan {
     /// with a file that no longer matches.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub target_files: BTreeMap<String, String>,
+    /// The admin policy the plan was made under, when the store has one. In the digest: a
+    /// new policy version is another plan needing its own approvals.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicyRef>,
 }
 
 /// Release identity.
@@ -537,13 +554,33 @@ pub const HIGH_RISK: u32 = 60;
 /// The caller must have validated the spec ([`crate::validate::load`]); an unknown
 /// environment is the only error, since everything else was checked there.
 pub fn plan(spec: &ReleaseSpec, env_name: &str, facts: &Facts) -> Result<Plan, String> {
-    let env = spec.environments.get(env_name).ok_or_else(|| {
+    let declared = spec.environments.get(env_name).ok_or_else(|| {
         let names: Vec<&str> = spec.environments.keys().map(String::as_str).collect();
         format!(
             "unknown environment `{env_name}`; the spec declares: {}",
             names.join(", ")
         )
     })?;
+    // The admin policy makes the environment at least as strict as it says; the spec can
+    // tighten it further but never loosen it.
+    let declared_phases: Vec<CheckPhase> = declared
+        .checks
+        .iter()
+        .filter_map(|n| spec.checks.get(n).map(|c| c.phase))
+        .collect();
+    let (tightened_env, tightened) = match &facts.policy {
+        Some(p) => {
+            let (e, t) = crate::admin_policy::tighten(
+                declared,
+                spec.metadata.release_type,
+                &declared_phases,
+                p,
+            );
+            (e, Some((t, p)))
+        }
+        None => (declared.clone(), None),
+    };
+    let env = &tightened_env;
     let strategy = env
         .strategy
         .clone()
@@ -617,7 +654,7 @@ pub fn plan(spec: &ReleaseSpec, env_name: &str, facts: &Facts) -> Result<Plan, S
     }
 
     let risk = risk(spec, env, &strategy, &deployed, facts, &waves);
-    let gates = gates(
+    let mut gates = gates(
         spec,
         env_name,
         env,
@@ -627,8 +664,10 @@ pub fn plan(spec: &ReleaseSpec, env_name: &str, facts: &Facts) -> Result<Plan, S
         &risk,
         &mut findings,
     );
+    if let Some((t, p)) = &tightened {
+        apply_policy(spec, env, &risk, t, p, &mut gates, &mut findings);
+    }
     let mut recommendation = recommend(spec, env, &strategy, &risk, facts);
-    let mut gates = gates;
     let compat = crate::compat::apply(
         spec,
         env_name,
@@ -673,6 +712,10 @@ pub fn plan(spec: &ReleaseSpec, env_name: &str, facts: &Facts) -> Result<Plan, S
         breaking: compat.breaking,
         waivers: compat.waivers,
         target_files: BTreeMap::new(),
+        policy: facts.policy.as_ref().map(|p| PolicyRef {
+            version: p.version,
+            digest: p.digest.clone(),
+        }),
     };
     let base = digest_of(&plan);
     plan.steps = steps(&plan, &base);
@@ -695,6 +738,90 @@ pub fn plan(spec: &ReleaseSpec, env_name: &str, facts: &Facts) -> Result<Plan, S
     }
     plan.digest = digest_of(&plan);
     Ok(plan)
+}
+
+/// What the admin policy adds beyond the tightened environment: the source of each gate it
+/// decided, its windows (a gate of their own: a deploy must be inside one of the policy's
+/// windows and one of the spec's), approvals added for risk, the change record it
+/// requires, and releases it does not allow.
+fn apply_policy(
+    spec: &ReleaseSpec,
+    env: &Environment,
+    risk: &Risk,
+    t: &crate::admin_policy::Tightened,
+    p: &crate::admin_policy::AppliedPolicy,
+    gates: &mut Vec<Gate>,
+    findings: &mut Vec<Finding>,
+) {
+    for g in gates.iter_mut() {
+        let name = g.kind.name();
+        if let Some(src) = t.sources.get(name) {
+            g.source = src.clone();
+        }
+    }
+    if let Some(r) = &p.env.risk
+        && risk.score >= r.above
+    {
+        let base = gates.iter().find_map(|g| match &g.kind {
+            GateKind::Approvals { required, .. } => Some(*required),
+            _ => None,
+        });
+        let groups = env
+            .approvals
+            .as_ref()
+            .map(|a| a.groups.clone())
+            .unwrap_or_default();
+        gates.push(Gate {
+            kind: GateKind::Approvals {
+                required: base.unwrap_or(0) + r.add_approvals,
+                groups,
+                four_eyes: true,
+            },
+            source: format!(
+                "{} (risk score {} ≥ {})",
+                p.source("risk"),
+                risk.score,
+                r.above
+            ),
+        });
+    }
+    if !t.windows.is_empty() {
+        gates.push(Gate {
+            kind: GateKind::Windows {
+                windows: t.windows.clone(),
+            },
+            source: p.source("windows"),
+        });
+    }
+    if p.env.change_record
+        && !gates
+            .iter()
+            .any(|g| matches!(g.kind, GateKind::ChangeRecord { .. }))
+    {
+        if spec.metadata.change.is_none() {
+            findings.push(Finding {
+                severity: "error".into(),
+                code: "change-record-missing".into(),
+                message: format!(
+                    "a change-board record is required ({}); set metadata.change to the record id, e.g. CHG-1234",
+                    p.source("change_record")
+                ),
+            });
+        }
+        gates.push(Gate {
+            kind: GateKind::ChangeRecord {
+                record: spec.metadata.change.clone(),
+            },
+            source: p.source("change_record"),
+        });
+    }
+    for (code, message) in &t.violations {
+        findings.push(Finding {
+            severity: "error".into(),
+            code: code.clone(),
+            message: message.clone(),
+        });
+    }
 }
 
 /// Canonical digest of the semantic content of a plan.
@@ -739,6 +866,9 @@ pub fn digest_of(plan: &Plan) -> String {
         }
         if !plan.target_files.is_empty() {
             m.insert("target_files".into(), serde_json::json!(plan.target_files));
+        }
+        if let Some(p) = &plan.policy {
+            m.insert("policy".into(), serde_json::json!(p));
         }
     }
     hex::encode(Sha256::digest(canonical.to_string().as_bytes()))

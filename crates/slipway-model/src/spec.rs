@@ -952,6 +952,17 @@ pub enum CheckPhase {
     Post,
 }
 
+impl CheckPhase {
+    /// The spelling used in specs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pre => "pre",
+            Self::Smoke => "smoke",
+            Self::Post => "post",
+        }
+    }
+}
+
 /// A declared check. Exactly one of `http`, `tcp`, `command`, `sql`, `perf`.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

@@ -105,22 +105,11 @@ pub async fn require_admin(session: &Session, db: &AccessDb, action: &str) -> Op
     Ok(())
 }
 
-/// Verify an API token against the store named by `url`: it must exist, be live and match
-/// its stored hash. Returns the user it acts as (its subject without `user:`); records
-/// its last use, and upgrades a legacy sha256 row to argon2id.
-pub async fn authenticate(url: Option<&str>, token: &str) -> OpsResult<String> {
-    let cwd = std::env::current_dir().map_err(|e| {
-        OpsError::new(
-            ErrorKind::Store,
-            format!("failed to read the current directory: {e}"),
-        )
-    })?;
-    let loc = slipway_store::resolve(url, &cwd)?;
-    // Only an existing store: a token can only be known to a store that holds grants, and
-    // verifying one must not create a store at a mistyped path.
-    let store: AnyStore = slipway_store::open_existing(&loc).await?;
-    let db = AccessDb::for_store(&store).await?;
-    let subject = access::authenticate(&db, token, slipway_stdx::now())
+/// Verify an API token against the access tables: it must exist, be live and match its
+/// stored hash. Returns the user it acts as (its subject without `user:`) and the token's
+/// id; records its last use, and upgrades a legacy sha256 row to argon2id.
+pub async fn verify_token(db: &AccessDb, token: &str) -> OpsResult<(String, String)> {
+    let subject = access::authenticate(db, token, slipway_stdx::now())
         .await
         .map_err(|e| match e {
             access::AuthError::Refused(e) => {
@@ -130,8 +119,13 @@ pub async fn authenticate(url: Option<&str>, token: &str) -> OpsResult<String> {
             access::AuthError::Rehash(e) => refused(e),
             access::AuthError::Store(e) => e.into(),
         })?;
-    db.close().await;
-    Ok(subject.strip_prefix("user:").unwrap_or(&subject).to_owned())
+    let id = access::token_id(token)
+        .map(|(id, _)| id.to_owned())
+        .unwrap_or_default();
+    Ok((
+        subject.strip_prefix("user:").unwrap_or(&subject).to_owned(),
+        id,
+    ))
 }
 
 /// Append a governance event (outside any run) to the audit chain as the session's actor.
@@ -176,4 +170,127 @@ pub async fn audit_change(
         detail["subject"] = json!(format!("user:{id}"));
     }
     audit_governance(session, action, detail).await
+}
+
+/// A grant made, with the first admin's token when the grant switched access control on.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Granted {
+    /// The grant's id.
+    pub grant: i64,
+    /// `user:NAME` or `group:NAME`.
+    pub subject: String,
+    /// The role.
+    pub role: String,
+    /// The environment or `*`.
+    pub environment: String,
+    /// The first admin's API token (shown once, never stored): from this grant on, every
+    /// command acts as the subject of a token, the first admin included.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+/// Grant `role` in `environment` to `subject` (`user:NAME`, `group:NAME` or a bare user
+/// name). Needs `admin`, except the first grant of a store, which switches access control
+/// on: it must make a user admin everywhere, and that user gets a token at once.
+pub async fn grant(
+    session: &Session,
+    subject: &str,
+    role: &str,
+    environment: &str,
+) -> OpsResult<Granted> {
+    if Role::parse(role).is_none() {
+        return Err(
+            OpsError::input(format!("failed to grant role `{role}`: no such role"))
+                .hint(Hint::text("use viewer, deployer, approver or admin")),
+        );
+    }
+    let subject = if subject.contains(':') {
+        subject.to_owned()
+    } else {
+        format!("user:{subject}")
+    };
+    let db = AccessDb::for_store(&session.store).await?;
+    let first = db.grants(false).await?.is_empty();
+    let mut token = None;
+    if first {
+        let Some(user) = subject.strip_prefix("user:") else {
+            return Err(OpsError::input(format!(
+                "failed to grant `{role}` to {subject}: the first grant of a store switches access control on, so it must make a user admin everywhere"
+            ))
+            .hint(Hint::text(format!(
+                "start with `access grant user:NAME admin --env '*'`; that user gets a token and can then grant {subject}"
+            ))));
+        };
+        if role != "admin" || environment != "*" {
+            return Err(OpsError::input(format!(
+                "failed to grant `{role}` in `{environment}` to {subject}: the first grant of a store switches access control on, so it must make a user admin everywhere (otherwise nobody could manage access afterwards)"
+            ))
+            .hint(Hint::text(format!(
+                "start with `access grant user:{user} admin --env '*'`"
+            ))));
+        }
+        let issued = access::issue_token(user, slipway_stdx::now()).map_err(refused)?;
+        // The store commits the token (never its secret) to the chain as `token_issued`.
+        db.add_token(&issued.row, &format!("user:{}", session.actor.user))
+            .await?;
+        token = Some(issued.token);
+    } else {
+        require_admin(session, &db, "grant roles").await?;
+    }
+    let id = db
+        .grant(
+            &subject,
+            role,
+            environment,
+            &format!("user:{}", session.actor.user),
+            slipway_stdx::now(),
+        )
+        .await?;
+    Ok(Granted {
+        grant: id,
+        subject,
+        role: role.to_owned(),
+        environment: environment.to_owned(),
+        token,
+    })
+}
+
+/// Add `user` to `group` (admin; audited). False when they already were a member.
+pub async fn add_member(session: &Session, group: &str, user: &str) -> OpsResult<bool> {
+    let db = AccessDb::for_store(&session.store).await?;
+    require_admin(session, &db, "manage groups").await?;
+    let added = db
+        .add_member(
+            group,
+            user,
+            &format!("user:{}", session.actor.user),
+            slipway_stdx::now(),
+        )
+        .await?;
+    Ok(added)
+}
+
+/// Remove `user` from `group` (admin; audited). False when they were not a member.
+pub async fn remove_member(session: &Session, group: &str, user: &str) -> OpsResult<bool> {
+    let db = AccessDb::for_store(&session.store).await?;
+    require_admin(session, &db, "manage groups").await?;
+    let removed = db
+        .remove_member(
+            group,
+            user,
+            &format!("user:{}", session.actor.user),
+            slipway_stdx::now(),
+        )
+        .await?;
+    Ok(removed)
+}
+
+/// Live group memberships, of one group or all (viewer anywhere suffices: who may approve
+/// is not a secret to the people governed by it).
+pub async fn members(
+    session: &Session,
+    group: Option<&str>,
+) -> OpsResult<Vec<slipway_store::access::MemberRow>> {
+    let db = AccessDb::for_store(&session.store).await?;
+    Ok(db.members(group).await?)
 }

@@ -19,6 +19,9 @@ use tokio::sync::oneshot;
 
 use crate::error::{Hint, OpsError, OpsResult, RunAction};
 use crate::events::{OpsEvent, Reporter};
+use crate::session::Session;
+use serde_json::json;
+use slipway_govern::access::Role;
 
 /// Default lease length; renewed every third of it while a run is driven.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(60);
@@ -217,23 +220,33 @@ pub async fn take(
     })
 }
 
-/// `env lease`: take an environment's lease by hand for `holder`.
+/// `env lease`: take an environment's lease by hand (maintenance, a manual change), held
+/// by `manual:<the actor>`. Needs the deployer role there; audited.
 pub async fn lease(
-    store: &dyn Store,
+    session: &Session,
     environment: &str,
-    holder: String,
     reason: &str,
     ttl: Duration,
 ) -> OpsResult<LeaseRecord> {
+    crate::access::require(session, Role::Deployer, "lease", environment).await?;
     let req = LeaseRequest {
         environment: environment.to_owned(),
-        holder,
+        holder: manual_holder(session),
         release: reason.to_owned(),
         now: SystemClock.now(),
         ttl,
     };
-    match store.acquire_lease(req).await? {
-        LeaseOutcome::Granted { lease, .. } => Ok(lease),
+    match session.store.acquire_lease(req).await? {
+        LeaseOutcome::Granted { lease, .. } => {
+            crate::access::audit_governance(
+                session,
+                "lease_taken",
+                json!({"environment": environment, "holder": lease.holder, "reason": reason,
+                    "expires_at": lease.expires_at.to_string()}),
+            )
+            .await?;
+            Ok(lease)
+        }
         LeaseOutcome::Held(l) => Err(OpsError::blocked(format!(
             "failed to lease `{environment}`: it is {}",
             describe(&l)
@@ -243,4 +256,34 @@ pub async fn lease(
             environment: environment.to_owned(),
         })),
     }
+}
+
+/// The holder of the actor's manual leases.
+fn manual_holder(session: &Session) -> String {
+    format!("manual:{}", session.actor.user)
+}
+
+/// `env release`: give up the actor's manual lease on `environment`, or with `force`
+/// whoever holds it (a crashed run's, without waiting for expiry). Needs the deployer role
+/// there; audited. `None` when there was nothing to release.
+pub async fn release(
+    session: &Session,
+    environment: &str,
+    force: bool,
+) -> OpsResult<Option<LeaseRecord>> {
+    crate::access::require(session, Role::Deployer, "release the lease of", environment).await?;
+    let holder = (!force).then(|| manual_holder(session));
+    let gone = session
+        .store
+        .release_lease(environment, holder.as_deref())
+        .await?;
+    if let Some(l) = &gone {
+        crate::access::audit_governance(
+            session,
+            "lease_released",
+            json!({"environment": environment, "holder": l.holder, "forced": force}),
+        )
+        .await?;
+    }
+    Ok(gone)
 }

@@ -19,6 +19,7 @@ pub mod gates;
 pub mod lease;
 pub mod notify;
 pub mod planning;
+pub mod policy;
 pub mod recovery;
 pub mod runs;
 pub mod session;
@@ -26,5 +27,5 @@ pub mod views;
 
 pub use error::{ErrorKind, Hint, OpsError, OpsResult, RunAction};
 pub use events::{OpsEvent, Quiet, Reporter};
-pub use session::{Actor, Session};
+pub use session::{Actor, Credentials, Session, Verified};
 pub use slipway_providers::compose::Layout;

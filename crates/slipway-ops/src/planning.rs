@@ -11,7 +11,7 @@ use slipway_model::diag::SpecErrors;
 use slipway_model::plan::{self, Facts, Finding, Plan};
 use slipway_model::validate::{self, LoadedSpec};
 
-use crate::error::{Hint, OpsError};
+use crate::error::{Hint, OpsError, OpsResult};
 
 /// Why a spec could not be planned.
 #[derive(Debug)]
@@ -166,6 +166,8 @@ pub struct Planned {
 pub async fn plan_file(file: &Path, env: &str, store: Option<&str>) -> Result<Planned, PlanError> {
     let loaded = load_spec(file)?;
     let mut facts = gather_facts(file, &loaded);
+    // The admin policy of the environment comes from the store, never from the spec.
+    facts.policy = admin_policy(store, env).await?;
     let dir = spec_dir(file);
     // Only this release's migrations are judged: those already applied there are not
     // (read from each migration service's database without writing).
@@ -207,8 +209,15 @@ pub async fn plan_file(file: &Path, env: &str, store: Option<&str>) -> Result<Pl
     p.findings.extend(compat_problems);
     p.findings.extend(rollback_staging(&p, dir, store).await);
     // Backups against windows, and the rollback rehearsal production may require.
+    // Judged on the environment as the plan has it — the admin policy may require a
+    // rehearsal or production that the spec does not declare.
+    let mut tightened = loaded.clone();
+    tightened
+        .spec
+        .environments
+        .insert(env.to_owned(), p.env.clone());
     p.findings
-        .extend(crate::recovery::plan_findings(file, &loaded, env, store).await);
+        .extend(crate::recovery::plan_findings(file, &tightened, env, store).await);
     // Integrity before promotion: the artifact must be the one the spec names (and signed
     // by a trusted key when the plan has a signature gate). Checked again at install time
     // by each service's verify-artifact step.
@@ -221,6 +230,24 @@ pub async fn plan_file(file: &Path, env: &str, store: Option<&str>) -> Result<Pl
     p.findings.extend(ssh_findings(&p, file, dir));
     p.findings.extend(router_findings(&p));
     Ok(Planned { loaded, plan: p })
+}
+
+/// The admin policy in force for `env` in the store `store` names, when the store exists
+/// (planning never creates one) and has a policy.
+async fn admin_policy(
+    store: Option<&str>,
+    env: &str,
+) -> OpsResult<Option<slipway_model::admin_policy::AppliedPolicy>> {
+    let Some((loc, _)) = crate::session::layout_for(store) else {
+        return Ok(None);
+    };
+    if let slipway_store::StoreLocation::Sqlite(db) = &loc
+        && !db.exists()
+    {
+        return Ok(None);
+    }
+    let opened = slipway_store::open(&loc).await?;
+    crate::policy::for_environment(&opened, env).await
 }
 
 /// Which router fronts each service the plan deploys as instances when the environment

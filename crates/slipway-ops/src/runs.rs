@@ -353,11 +353,13 @@ pub async fn deploy_with(
     let report = drive(
         session,
         engine.clone(),
-        &run,
-        Some(plan),
-        &author,
+        Driving {
+            run: &run,
+            plan: Some(plan),
+            actor: &author,
+            continued,
+        },
         req.drive,
-        continued,
         reporter,
     )
     .await;
@@ -498,20 +500,40 @@ async fn unwatch(forward: tokio::task::JoinHandle<Tee>, reporter: &dyn Reporter)
 
 /// Drive a run: take the environment's lease, deliver notifications, drive the engine
 /// (reporting every committed entry), give the lease back when the run ends.
-#[expect(
-    clippy::too_many_arguments,
-    reason = "a private helper its three callers give what they each hold"
-)]
+/// What one drive is of: the run, its plan, who drives it, and whether the drive continues
+/// a run the caller did not just create.
+struct Driving<'a> {
+    run: &'a RunRecord,
+    plan: Option<&'a Plan>,
+    actor: &'a str,
+    continued: bool,
+}
+
 async fn drive(
     session: &Session,
     engine: Engine,
-    run: &RunRecord,
-    plan: Option<&Plan>,
-    actor: &str,
+    d: Driving<'_>,
     req: DriveRequest,
-    continued: bool,
     reporter: Arc<dyn Reporter>,
 ) -> OpsResult<DriveReport> {
+    let Driving {
+        run,
+        plan,
+        actor,
+        continued,
+    } = d;
+    // Freezes of the admin policy hold every release, including runs planned before the
+    // freeze was declared: a run that has not started waits like at any closed gate.
+    if let Some(blocked) = policy_freeze(&session.store, run, plan).await? {
+        return Ok(DriveReport {
+            run: run.id.clone(),
+            outcome: blocked,
+            continued,
+            reason: None,
+            failed_hosts: Vec::new(),
+            not_deployed: Vec::new(),
+        });
+    }
     // No two runs deploy to one environment: take its lease before driving.
     let store = engine.store().clone();
     let mut held = lease::take(store.clone(), run, req.wait_for_lease, reporter.as_ref()).await?;
@@ -538,9 +560,14 @@ async fn drive(
     drop(engine);
     unwatch(forward, reporter.as_ref()).await;
     let outcome = result?;
-    // A finished run gives the environment back; a paused or blocked one lets its lease
-    // lapse at expiry (resume takes it again if still free).
-    if matches!(outcome, DriveOutcome::Finished(_)) {
+    // A finished run gives the environment back, and so does one blocked at a gate
+    // (windows, approvals, freezes: nothing of it has started, and waiting for people can
+    // take hours); a paused one lets its lease lapse at expiry (resume takes it again if
+    // still free).
+    if matches!(
+        outcome,
+        DriveOutcome::Finished(_) | DriveOutcome::Blocked { .. }
+    ) {
         held.release().await?;
     } else {
         held.lapse();
@@ -585,6 +612,49 @@ async fn drive(
     })
 }
 
+/// The admin policy's freeze in force for a run that has not started yet, as a blocked
+/// outcome (unless the run overrides freezes with a reason and a second approver).
+async fn policy_freeze(
+    store: &slipway_store::AnyStore,
+    run: &RunRecord,
+    plan: Option<&Plan>,
+) -> OpsResult<Option<DriveOutcome>> {
+    let not_started = matches!(
+        run.state,
+        RunState::Pending | RunState::WaitingForWindow | RunState::WaitingForApproval
+    );
+    let (Some(plan), true, None) = (plan, not_started, &run.override_reason) else {
+        return Ok(None);
+    };
+    let Some(policy) = crate::policy::for_environment(store, &run.environment).await? else {
+        return Ok(None);
+    };
+    let now = slipway_stdx::now();
+    for f in &policy.env.freezes {
+        if f.allow.contains(&plan.release.release_type) {
+            continue;
+        }
+        let freeze = f.as_freeze();
+        if slipway_engine::gates::active_freeze(std::slice::from_ref(&freeze), now)
+            .map_err(|e| OpsError::input(format!("failed to read a freeze of the policy: {e}")))?
+            .is_some()
+        {
+            return Ok(Some(DriveOutcome::Blocked {
+                gate: "freezes".into(),
+                detail: format!(
+                    "frozen by {} from {} to {} ({})",
+                    policy.source("freezes"),
+                    f.from,
+                    f.to,
+                    f.reason
+                ),
+                opens_at: None,
+            }));
+        }
+    }
+    Ok(None)
+}
+
 /// Continue a paused, waiting or interrupted run — or, when another process drives its
 /// canary (e.g. in a `pause: manual` step), hand it the resume.
 pub async fn resume(
@@ -625,11 +695,13 @@ pub async fn resume(
     let report = drive(
         session,
         engine,
-        &run,
-        plan.as_ref(),
-        &actor,
+        Driving {
+            run: &run,
+            plan: plan.as_ref(),
+            actor: &actor,
+            continued: true,
+        },
         req,
-        true,
         reporter,
     )
     .await;
@@ -717,11 +789,13 @@ pub async fn promote(
     let report = drive(
         session,
         engine,
-        &run,
-        plan.as_ref(),
-        &actor,
+        Driving {
+            run: &run,
+            plan: plan.as_ref(),
+            actor: &actor,
+            continued: true,
+        },
         req,
-        true,
         reporter,
     )
     .await;
@@ -992,6 +1066,35 @@ pub async fn approve(
     crate::access::require(session, Role::Approver, "approve", &run.environment).await?;
     let me = session.actor_id().await?;
     let engine = engine(session, Path::new(&run.workdir), None, &me, None, None);
+    // An approval that would not count is refused, saying why, instead of being recorded
+    // and silently ignored by the gate (self-approval and a stale digest are refused by
+    // the engine).
+    let (need, _) = engine.approvals(run_id).await?;
+    if !need.groups.is_empty() && !session.actor.groups.iter().any(|g| need.groups.contains(g)) {
+        return Err(OpsError::blocked(format!(
+            "failed to approve run {run_id}: its approvals count only from members of {}; {} is a member of {}",
+            need.groups
+                .iter()
+                .map(|g| format!("group:{g}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            session.actor.user,
+            if session.actor.groups.is_empty() {
+                "no group".to_owned()
+            } else {
+                session
+                    .actor
+                    .groups
+                    .iter()
+                    .map(|g| format!("group:{g}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        ))
+        .hint(Hint::text(
+            "group membership is kept by admins: `slipway access group add GROUP USER`",
+        )));
+    }
     engine
         .approve(run_id, &me, session.actor.groups.clone(), reviewed)
         .await?;

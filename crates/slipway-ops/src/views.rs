@@ -9,6 +9,7 @@ use serde_json::json;
 use slipway_engine::event::{EngineEvent, Notice};
 use slipway_engine::store::{RunRecord, StepRecord};
 use slipway_engine::{StepStatus, Store};
+use slipway_govern::access::Role;
 use slipway_model::plan::Plan;
 use slipway_providers::compose::ServiceTraffic;
 
@@ -191,9 +192,10 @@ pub struct ApprovalsView {
     pub rejected: Vec<(String, String)>,
 }
 
-/// The id of the newest run, for commands whose run defaults to the latest.
+/// The id of the newest run the actor may read, for commands whose run defaults to the
+/// latest.
 pub async fn latest_run(session: &Session) -> OpsResult<String> {
-    match session.store.runs(1).await?.into_iter().next() {
+    match history(session, 1).await?.into_iter().next() {
         Some(r) => Ok(r.id),
         None => Err(
             OpsError::input("failed to find a run: the store has no runs yet")
@@ -205,6 +207,7 @@ pub async fn latest_run(session: &Session) -> OpsResult<String> {
 /// One run as `status` shows it.
 pub async fn run(session: &Session, id: &str) -> OpsResult<RunView> {
     let run = load_run(session.store.as_ref(), id).await?;
+    crate::access::require(session, Role::Viewer, "read runs", &run.environment).await?;
     let steps = session.store.steps(id).await?;
     // Only a run that is not over can have a driver. The probe takes the claim and lets
     // it go at once when free (a driver starting at that instant retries its claim).
@@ -273,9 +276,12 @@ pub fn in_plan_order(plan: Option<&Plan>, mut steps: Vec<StepRecord>) -> Vec<Ste
     steps
 }
 
-/// The newest runs, newest first.
+/// The newest runs the actor may read, newest first.
 pub async fn history(session: &Session, limit: u32) -> OpsResult<Vec<RunRecord>> {
-    Ok(session.store.runs(limit).await?)
+    let may_read = crate::access::readable(session).await?;
+    let mut runs = session.store.runs(limit).await?;
+    runs.retain(|r| may_read(&r.environment));
+    Ok(runs)
 }
 
 /// Read a run's journal after `after`, calling `on` for each entry; with `follow`, keep
@@ -286,7 +292,8 @@ pub async fn journal(
     follow: bool,
     mut on: impl FnMut(&Notice),
 ) -> OpsResult<()> {
-    load_run(session.store.as_ref(), run).await?;
+    let r = load_run(session.store.as_ref(), run).await?;
+    crate::access::require(session, Role::Viewer, "read runs", &r.environment).await?;
     let mut after = 0;
     loop {
         let entries = session.store.journal(run, after).await?;
@@ -415,4 +422,95 @@ pub fn rendered_config(journal: &[Notice]) -> Vec<serde_json::Value> {
         }
     }
     by_path.into_values().collect()
+}
+
+/// A service a plan deploys, against what runs there now.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Change {
+    /// The service.
+    pub service: String,
+    /// The version running now (from the store's history), if any.
+    pub running: Option<String>,
+    /// The version the plan deploys.
+    pub planned: String,
+    /// The run that put the running version there.
+    pub run: Option<String>,
+}
+
+/// The plan a run executes, as its approvers review it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PlanOfRun {
+    /// The run.
+    pub run: String,
+    /// Its state.
+    pub state: slipway_engine::RunState,
+    /// The plan its approvals are bound to (by digest).
+    pub plan: slipway_model::plan::Plan,
+    /// What it changes against what runs now.
+    pub changes: Vec<Change>,
+}
+
+/// The plan a run executes and what it changes against what runs in its environment now
+/// (the newest succeeded run of each service there, from the store's history).
+pub async fn plan_of_run(session: &Session, id: &str) -> OpsResult<PlanOfRun> {
+    let run = load_run(session.store.as_ref(), id).await?;
+    crate::access::require(session, Role::Viewer, "read runs", &run.environment).await?;
+    let plan = plan_of(&run).ok_or_else(|| {
+        OpsError::new(
+            crate::error::ErrorKind::Evidence,
+            format!("failed to read the plan of run {id}: it does not parse"),
+        )
+    })?;
+    let current = running_versions(session, &run.environment, Some(id)).await?;
+    let mut changes = Vec::new();
+    for (service, version) in planned_versions(&plan) {
+        let now = current.get(&service);
+        changes.push(Change {
+            running: now.map(|(v, _)| v.clone()),
+            run: now.map(|(_, r)| r.clone()),
+            planned: version,
+            service,
+        });
+    }
+    Ok(PlanOfRun {
+        run: run.id.clone(),
+        state: run.state,
+        plan,
+        changes,
+    })
+}
+
+/// The version each service of a plan deploys (its release's version).
+fn planned_versions(plan: &slipway_model::plan::Plan) -> Vec<(String, String)> {
+    plan.services
+        .keys()
+        .map(|s| (s.clone(), plan.release.version.clone()))
+        .collect()
+}
+
+/// Per service, the version the newest succeeded run in `environment` deployed and that
+/// run's id (runs other than `except`).
+pub async fn running_versions(
+    session: &Session,
+    environment: &str,
+    except: Option<&str>,
+) -> OpsResult<BTreeMap<String, (String, String)>> {
+    let mut out: BTreeMap<String, (String, String)> = BTreeMap::new();
+    for r in session.store.runs(1000).await? {
+        if r.environment != environment
+            || r.state != slipway_engine::RunState::Succeeded
+            || Some(r.id.as_str()) == except
+        {
+            continue;
+        }
+        let Some(full) = session.store.run(&r.id).await? else {
+            continue;
+        };
+        let Some(p) = plan_of(&full) else { continue };
+        // Newest first: the first run naming a service is what runs there.
+        for (service, version) in planned_versions(&p) {
+            out.entry(service).or_insert((version, r.id.clone()));
+        }
+    }
+    Ok(out)
 }

@@ -172,7 +172,8 @@ pub(crate) async fn approve(
     }
     let body = body.map(|Json(b)| b).unwrap_or_default();
     let done =
-        slipway_ops::runs::approve(&caller.session(&state), &id, body.digest.as_deref()).await?;
+        slipway_ops::runs::approve(&caller.session(&state).await?, &id, body.digest.as_deref())
+            .await?;
     Ok(Json(serde_json::to_value(done).unwrap_or_default()))
 }
 

@@ -18,18 +18,20 @@ pub(crate) const COOKIE: &str = "slipway_token";
 pub(crate) struct Caller {
     /// The user name (the token's subject without `user:`).
     pub user: String,
+    /// The verified token's public id.
+    pub token_id: String,
     /// The credentials came in an `Authorization` header (a cross-site form cannot set
     /// one), not in the browser's cookie.
     pub bearer: bool,
 }
 
 impl Caller {
-    /// The server's session acting as this caller.
-    pub(crate) fn session(&self, state: &AppState) -> slipway_ops::Session {
-        state.session.as_actor(slipway_ops::Actor {
-            user: self.user.clone(),
-            groups: Vec::new(),
-        })
+    /// The server's session acting as this caller, with the groups admins keep for them.
+    pub(crate) async fn session(&self, state: &AppState) -> Result<slipway_ops::Session, ApiError> {
+        Ok(state
+            .session
+            .as_token_user(&self.user, &self.token_id)
+            .await?)
     }
 }
 
@@ -61,6 +63,9 @@ pub(crate) async fn verify(state: &AppState, token: &str) -> Result<Caller, ApiE
     {
         Ok(subject) => Ok(Caller {
             user: subject.strip_prefix("user:").unwrap_or(&subject).to_owned(),
+            token_id: access::token_id(token)
+                .map(|(id, _)| id.to_owned())
+                .unwrap_or_default(),
             bearer: false,
         }),
         // The message names the token's id at most, never its secret.
@@ -133,7 +138,7 @@ pub(crate) async fn viewable(
     state: &AppState,
     caller: &Caller,
 ) -> Result<impl Fn(&str) -> bool + use<>, ApiError> {
-    Ok(slipway_ops::access::readable(&caller.session(state)).await?)
+    Ok(slipway_ops::access::readable(&caller.session(state).await?).await?)
 }
 
 /// [`can_view`] as a 403.

@@ -192,9 +192,6 @@ fn session_over(store: slipway_store::AnyStore, dir: &std::path::Path) -> slipwa
     slipway_ops::Session::over(
         Arc::new(store),
         slipway_ops::Layout::new(dir),
-        slipway_ops::Actor {
-            user: "server".into(),
-            groups: Vec::new(),
-        },
+        slipway_ops::Actor::local(),
     )
 }

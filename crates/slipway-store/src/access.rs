@@ -27,6 +27,10 @@ pub const GRANT: &str = "access_grant";
 pub const TOKEN: &str = "access_token";
 /// Record kind of an access review campaign.
 pub const REVIEW: &str = "access_review";
+/// Record kind of a user's membership of a group (key: `GROUP/USER`).
+pub const MEMBER: &str = "access_group_member";
+/// Record kind of a version of the admin policy (key: the version number).
+pub const POLICY: &str = "admin_policy";
 
 /// How many times a conditional write is retried after another writer changed the record.
 const RETRIES: usize = 5;
@@ -67,6 +71,37 @@ pub struct TokenRow {
     pub last_used_at: Option<Timestamp>,
     /// Revoked.
     pub revoked_at: Option<Timestamp>,
+}
+
+/// A user's membership of a group, kept by admins (`slipway access group add`). Groups
+/// are never taken from the caller: the authorizer reads them here for a verified user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberRow {
+    /// Id.
+    pub id: i64,
+    /// The group.
+    pub group: String,
+    /// The user (a name, as in `user:NAME`).
+    pub user: String,
+    /// Who added them.
+    pub added_by: String,
+    /// When.
+    pub added_at: Timestamp,
+}
+
+/// A version of the admin policy (`slipway policy apply`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyRow {
+    /// 1, 2, …
+    pub version: i64,
+    /// sha256 of `text`.
+    pub digest: String,
+    /// The policy file as applied.
+    pub text: String,
+    /// Who applied it (`user:NAME`).
+    pub applied_by: String,
+    /// When.
+    pub applied_at: Timestamp,
 }
 
 /// One grant in a review campaign.
@@ -150,6 +185,24 @@ fn value<T: Serialize>(v: &T) -> Result<serde_json::Value, StoreError> {
     serde_json::to_value(v).map_err(|e| StoreError::Query(e.to_string()))
 }
 
+/// A group membership as stored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct MemberData {
+    group: String,
+    user: String,
+    added_by: String,
+    added_at: String,
+}
+
+/// A version of the admin policy as stored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct PolicyData {
+    digest: String,
+    text: String,
+    applied_by: String,
+    applied_at: String,
+}
+
 fn grant_row(r: &StoredRecord) -> Result<GrantRow, StoreError> {
     let d: GrantData = data(r)?;
     Ok(GrantRow {
@@ -219,6 +272,163 @@ impl AccessDb {
             at,
             if_seq: Some(if_seq),
         }
+    }
+
+    /// Add `user` to `group`; false when they already are a member.
+    pub async fn add_member(
+        &self,
+        group: &str,
+        user: &str,
+        by: &str,
+        at: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let d = MemberData {
+            group: group.to_owned(),
+            user: user.to_owned(),
+            added_by: by.to_owned(),
+            added_at: at.to_string(),
+        };
+        let summary =
+            json!({"group": group, "subject": self.public_subject(&format!("user:{user}")).await?});
+        let rec = Self::record(
+            MEMBER,
+            RecordKey::Given(format!("{group}/{user}")),
+            value(&d)?,
+            "group_member_added",
+            summary,
+            &self.actor(by).await?,
+            at,
+            0,
+        );
+        match self.store.append_governance(vec![rec]).await {
+            // Written by someone else first: already a member.
+            Err(StoreError::Conflict(_)) => Ok(false),
+            other => other.map(|_| true),
+        }
+    }
+
+    /// Remove `user` from `group`; false when they were not a member.
+    pub async fn remove_member(
+        &self,
+        group: &str,
+        user: &str,
+        by: &str,
+        at: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let key = format!("{group}/{user}");
+        let actor = self.actor(by).await?;
+        for _ in 0..RETRIES {
+            let Some(r) = self.store.record(MEMBER, &key).await? else {
+                return Ok(false);
+            };
+            let summary = json!({"group": group, "subject": self.public_subject(&format!("user:{user}")).await?});
+            let rec = GovernanceRecord {
+                kind: MEMBER.to_owned(),
+                key: RecordKey::Given(key.clone()),
+                data: None,
+                action: "group_member_removed".to_owned(),
+                summary,
+                actor: actor.clone(),
+                at,
+                if_seq: Some(r.seq),
+            };
+            match self.store.append_governance(vec![rec]).await {
+                Err(StoreError::Conflict(_)) => continue,
+                other => return other.map(|_| true),
+            }
+        }
+        Err(conflict("remove group member", &key))
+    }
+
+    /// Memberships, of one group or all, ordered by group then user.
+    pub async fn members(&self, group: Option<&str>) -> Result<Vec<MemberRow>, StoreError> {
+        let mut rows = Vec::new();
+        for r in self.store.records(Some(MEMBER)).await? {
+            let d: MemberData = data(&r)?;
+            if group.is_none_or(|g| d.group == g) {
+                rows.push(MemberRow {
+                    id: r.seq,
+                    group: d.group,
+                    user: d.user,
+                    added_by: d.added_by,
+                    added_at: ts(Some(&d.added_at)).unwrap_or_default(),
+                });
+            }
+        }
+        rows.sort_by(|a, b| (&a.group, &a.user).cmp(&(&b.group, &b.user)));
+        Ok(rows)
+    }
+
+    /// The groups `user` belongs to.
+    pub async fn groups_of(&self, user: &str) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .members(None)
+            .await?
+            .into_iter()
+            .filter(|m| m.user == user)
+            .map(|m| m.group)
+            .collect())
+    }
+
+    /// Record a new version of the admin policy; returns its version. Versions are
+    /// numbered in the order applied and never changed; each is a chain entry whose
+    /// summary carries the policy's digest (the record commits to its full text).
+    pub async fn apply_policy(
+        &self,
+        digest: &str,
+        text: &str,
+        by: &str,
+        at: Timestamp,
+    ) -> Result<i64, StoreError> {
+        let actor = self.actor(by).await?;
+        for _ in 0..RETRIES {
+            let next = self.current_policy().await?.map_or(1, |p| p.version + 1);
+            let d = PolicyData {
+                digest: digest.to_owned(),
+                text: text.to_owned(),
+                applied_by: by.to_owned(),
+                applied_at: at.to_string(),
+            };
+            let rec = Self::record(
+                POLICY,
+                RecordKey::Given(next.to_string()),
+                value(&d)?,
+                "policy_applied",
+                json!({"version": next, "digest": digest}),
+                &actor,
+                at,
+                0,
+            );
+            match self.store.append_governance(vec![rec]).await {
+                Err(StoreError::Conflict(_)) => continue,
+                other => return other.map(|_| next),
+            }
+        }
+        Err(conflict("apply policy", "next version"))
+    }
+
+    /// Every version of the admin policy, oldest first.
+    pub async fn policies(&self) -> Result<Vec<PolicyRow>, StoreError> {
+        let mut rows = Vec::new();
+        for r in self.store.records(Some(POLICY)).await? {
+            let d: PolicyData = data(&r)?;
+            rows.push(PolicyRow {
+                version: r.key.parse().map_err(|_| {
+                    StoreError::Query(format!("admin policy record `{}` is not a version", r.key))
+                })?,
+                digest: d.digest,
+                text: d.text,
+                applied_by: d.applied_by,
+                applied_at: ts(Some(&d.applied_at)).unwrap_or_default(),
+            });
+        }
+        rows.sort_by_key(|p| p.version);
+        Ok(rows)
+    }
+
+    /// The admin policy in force (the latest version), if any was applied.
+    pub async fn current_policy(&self) -> Result<Option<PolicyRow>, StoreError> {
+        Ok(self.policies().await?.pop())
     }
 
     /// Grant a role; returns the grant id.

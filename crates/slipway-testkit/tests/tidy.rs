@@ -22,8 +22,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+/// The workspace root. From the variable cargo sets when it runs the test (a test binary
+/// built in a moved checkout would carry the old path in `env!`).
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    let dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    dir.join("../..")
 }
 
 /// Normal (non-dev, non-build) dependencies of every workspace package, transitively, by
@@ -35,7 +39,8 @@ struct Graph {
 
 impl Graph {
     fn load() -> Self {
-        let out = std::process::Command::new(env!("CARGO"))
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
+        let out = std::process::Command::new(cargo)
             .args(["metadata", "--format-version", "1", "--locked"])
             .current_dir(root())
             .output()
