@@ -1,10 +1,8 @@
 //! `slipway plan`, `slipway validate`, `slipway diff`: reading specs and showing plans.
 //! Planning itself (facts, findings) is `slipway_ops::planning`.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
-use serde::Serialize;
 use slipway_model::exit;
 use slipway_model::plan::{GateKind, Plan, StepAction};
 
@@ -67,9 +65,12 @@ pub struct DiffArgs {
     /// Two environments to compare (give `--env` twice).
     #[arg(long = "env", value_name = "ENV", num_args = 1, required = true)]
     pub envs: Vec<String>,
-    /// Exit 1 when the environments differ.
+    /// Exit 1 when they differ in a way the spec's parity standard (`parity.allow`)
+    /// does not allow.
     #[arg(long)]
     pub fail_on_drift: bool,
+    #[command(flatten)]
+    pub store: crate::cli_util::StoreArg,
 }
 
 /// `slipway validate`.
@@ -450,20 +451,9 @@ fn truncate(s: &str, n: usize) -> String {
     }
 }
 
-/// One difference between two environments.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct Drift {
-    /// `variable`, `version`, `target`, `policy`.
-    pub kind: String,
-    /// The item that differs.
-    pub item: String,
-    /// Value in the first environment (`None`: absent).
-    pub left: Option<String>,
-    /// Value in the second.
-    pub right: Option<String>,
-}
-
-/// `slipway diff`.
+/// `slipway diff`: two environments compared — spec shape and, from the store's history,
+/// what runs there (versions, artifact and config digests, replicas) — against the spec's
+/// parity standard (`slipway_ops::parity`).
 pub fn diff(a: DiffArgs, out: &Output) -> Result<i32, CliError> {
     if a.envs.len() != 2 {
         return Err(CliError::input(
@@ -472,147 +462,59 @@ pub fn diff(a: DiffArgs, out: &Output) -> Result<i32, CliError> {
         ));
     }
     let loaded = load_spec(&a.file, out)?;
-    let spec = &loaded.spec;
-    let get = |n: &str| {
-        spec.environments.get(n).ok_or_else(|| {
-            CliError::input(
-                format!("unknown environment `{n}`"),
-                format!(
-                    "the spec declares: {}",
-                    spec.environments
-                        .keys()
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            )
-        })
-    };
-    let (l, r) = (get(&a.envs[0])?, get(&a.envs[1])?);
-    let drift = env_drift(spec, l, r);
+    let rt = crate::cli_util::runtime()?;
+    let report = rt.block_on(slipway_ops::parity::diff_in(
+        a.store.store.as_deref(),
+        &loaded.spec,
+        &a.envs[0],
+        &a.envs[1],
+    ))?;
+    let drift = report
+        .differences
+        .iter()
+        .filter(|d| d.allowed_by.is_none())
+        .count();
     if out.json() {
         out.json_value(&serde_json::json!({
-            "left": a.envs[0],
-            "right": a.envs[1],
-            "in_parity": drift.is_empty(),
-            "differences": drift,
+            "left": report.left,
+            "right": report.right,
+            "in_parity": report.in_parity,
+            "drift": drift,
+            "differences": report.differences,
+            "live": report.live,
         }));
-    } else if drift.is_empty() {
+    } else if report.differences.is_empty() {
         out.line(&format!("{} and {} are in parity", a.envs[0], a.envs[1]));
     } else {
         let mut t = comfy_table::Table::new();
         t.force_no_tty();
-        t.set_header(vec!["kind", "item", &a.envs[0], &a.envs[1]]);
-        for d in &drift {
+        t.set_header(vec![
+            "kind",
+            "item",
+            &a.envs[0],
+            &a.envs[1],
+            "from",
+            "allowed by",
+        ]);
+        for d in &report.differences {
             t.add_row(vec![
                 d.kind.clone(),
                 d.item.clone(),
                 d.left.clone().unwrap_or_else(|| "—".into()),
                 d.right.clone().unwrap_or_else(|| "—".into()),
+                d.source.clone(),
+                d.allowed_by.clone().unwrap_or_else(|| "— (drift)".into()),
             ]);
         }
         out.line(&t.to_string());
-        out.line(&format!("{} difference(s)", drift.len()));
+        out.line(&format!(
+            "{} difference(s), {drift} not allowed by the parity standard",
+            report.differences.len()
+        ));
     }
-    Ok(if a.fail_on_drift && !drift.is_empty() {
+    Ok(if a.fail_on_drift && drift > 0 {
         exit::FAILURE
     } else {
         exit::SUCCESS
     })
-}
-
-/// Differences between two environments of one spec.
-pub fn env_drift(
-    spec: &slipway_model::spec::ReleaseSpec,
-    l: &slipway_model::spec::Environment,
-    r: &slipway_model::spec::Environment,
-) -> Vec<Drift> {
-    let mut out = Vec::new();
-    let keys: BTreeSet<&String> = l.vars.keys().chain(r.vars.keys()).collect();
-    for k in keys {
-        let (a, b) = (l.vars.get(k), r.vars.get(k));
-        // Values legitimately differ between environments; a variable that exists in one
-        // and not the other is what breaks a promotion.
-        if a.is_none() != b.is_none() {
-            out.push(Drift {
-                kind: "variable".into(),
-                item: k.clone(),
-                left: a.map(|v| mask(v.as_str())),
-                right: b.map(|v| mask(v.as_str())),
-            });
-        }
-    }
-    let services: BTreeSet<&String> = spec
-        .services
-        .keys()
-        .chain(l.deployed.keys())
-        .chain(r.deployed.keys())
-        .collect();
-    for s in services {
-        let (a, b) = (l.deployed.get(s), r.deployed.get(s));
-        if a != b {
-            out.push(Drift {
-                kind: "version".into(),
-                item: s.clone(),
-                left: a.cloned(),
-                right: b.cloned(),
-            });
-        }
-    }
-    let shape = |e: &slipway_model::spec::Environment| -> BTreeMap<&'static str, String> {
-        let strategy = e
-            .strategy
-            .as_ref()
-            .or(spec.strategy.as_ref())
-            .map_or("big_bang", |s| s.kind());
-        BTreeMap::from([
-            ("target", e.target.kind().to_owned()),
-            ("strategy", strategy.to_owned()),
-            ("production", e.production.to_string()),
-            (
-                "approvals",
-                e.approvals
-                    .as_ref()
-                    .map_or("none".to_owned(), |a| a.required.to_string()),
-            ),
-            (
-                "signature",
-                e.signature.as_ref().map_or("not required".to_owned(), |s| {
-                    if s.required {
-                        "required".to_owned()
-                    } else {
-                        "optional".to_owned()
-                    }
-                }),
-            ),
-            ("windows", e.windows.len().to_string()),
-            ("checks", e.checks.join(",")),
-        ])
-    };
-    let (sl, sr) = (shape(l), shape(r));
-    for (k, v) in &sl {
-        let w = &sr[k];
-        if v != w {
-            out.push(Drift {
-                kind: if matches!(*k, "target" | "strategy") {
-                    "target".into()
-                } else {
-                    "policy".into()
-                },
-                item: (*k).to_owned(),
-                left: Some(v.clone()),
-                right: Some(w.clone()),
-            });
-        }
-    }
-    out
-}
-
-/// Secret references are shown as references; nothing is resolved here.
-fn mask(v: &str) -> String {
-    if v.starts_with("secret://") {
-        v.to_owned()
-    } else {
-        format!("\"{v}\"")
-    }
 }

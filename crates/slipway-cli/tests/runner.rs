@@ -29,6 +29,7 @@ mod lease_cli;
 mod metrics_cli;
 mod migrate_deploy_cli;
 mod migration_locks_cli;
+mod parity_cli;
 mod perf_baseline_cli;
 mod plan_cli;
 mod policy_cli;

@@ -6,6 +6,12 @@
 //! Lifecycle: `production` once a run deploying the service succeeded in a production
 //! environment, else `experimental` (Backstage's own vocabulary).
 //!
+//! What runs where comes from the history, not from the spec: each entity carries
+//! `slipway.dev/deployed.ENV` (the version the newest succeeded run deployed in each of
+//! the spec's environments; a rolled-back or failed run changes nothing) and
+//! `slipway.dev/deployed-run.ENV` (that run), and the system's `slipway.dev/spec-version`
+//! says which version the spec describes.
+//!
 //! The YAML is written by hand with every scalar JSON-quoted (JSON strings are YAML), so
 //! no name or description can change the document's structure.
 
@@ -64,7 +70,11 @@ pub fn entities(spec: &ReleaseSpec, history: &[RunHistory]) -> Vec<Entity> {
         lifecycle: None,
         system: None,
         depends_on: Vec::new(),
-        annotations: vec![("slipway.dev/version".into(), m.version.clone())],
+        annotations: {
+            let mut a = vec![("slipway.dev/spec-version".into(), m.version.clone())];
+            a.extend(deployed(spec, history, None));
+            a
+        },
     }];
     let ref_of = |name: &str| match spec.services.get(name).map(|s| s.kind) {
         Some(ServiceKind::Migration) => format!("resource:{}", entity_name(&m.name, name)),
@@ -79,6 +89,7 @@ pub fn entities(spec: &ReleaseSpec, history: &[RunHistory]) -> Vec<Entity> {
         });
         let migration = s.kind == ServiceKind::Migration;
         let mut annotations = vec![("slipway.dev/release".into(), m.name.clone())];
+        annotations.extend(deployed(spec, history, Some(name)));
         if let Some(h) = s.health.as_ref().and_then(|h| h.http.clone()) {
             annotations.push(("slipway.dev/health".into(), h));
         }
@@ -100,6 +111,39 @@ pub fn entities(spec: &ReleaseSpec, history: &[RunHistory]) -> Vec<Entity> {
             depends_on: s.depends_on.iter().map(|d| ref_of(d)).collect(),
             annotations,
         });
+    }
+    out
+}
+
+/// `slipway.dev/deployed.ENV` and `slipway.dev/deployed-run.ENV` per environment of the
+/// spec where a run of this release (deploying `service`, when given) succeeded: the
+/// newest such run's version of it.
+fn deployed(
+    spec: &ReleaseSpec,
+    history: &[RunHistory],
+    service: Option<&str>,
+) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for env in spec.environments.keys() {
+        let newest = history
+            .iter()
+            .filter(|r| {
+                r.record.release == spec.metadata.name
+                    && &r.record.environment == env
+                    && r.record.state == RunState::Succeeded
+                    && service.is_none_or(|s| r.services().iter().any(|x| x == s))
+            })
+            .max_by_key(|r| r.record.created_at);
+        if let Some(r) = newest {
+            let version = service
+                .and_then(|s| r.plan.as_ref()?.services.get(s)?.version.clone())
+                .unwrap_or_else(|| r.record.version.clone());
+            out.push((format!("slipway.dev/deployed.{env}"), version));
+            out.push((
+                format!("slipway.dev/deployed-run.{env}"),
+                r.record.id.clone(),
+            ));
+        }
     }
     out
 }

@@ -70,6 +70,75 @@ async fn entities_carry_owner_dependencies_and_lifecycle_from_history() {
     assert_eq!(web["spec"]["system"], "shop");
 }
 
+#[tokio::test]
+async fn entities_carry_the_version_that_runs_in_each_environment_from_history() {
+    let spec = shop();
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let p = plan(SHOP_FEATURE, "prod");
+    seed(
+        &store,
+        "p1",
+        &p,
+        "op-bob",
+        "2026-11-02T10:00:00Z",
+        lifecycle(
+            "2026-11-02T10:00:00Z",
+            "2026-11-02T10:10:00Z",
+            RunState::Succeeded,
+        ),
+    )
+    .await;
+    // A newer release that rolled back there: what runs is still p1's.
+    let mut newer = p.clone();
+    newer.release.version = "2.5.0".into();
+    seed(
+        &store,
+        "p2",
+        &newer,
+        "op-bob",
+        "2026-11-03T10:00:00Z",
+        lifecycle(
+            "2026-11-03T10:00:00Z",
+            "2026-11-03T10:10:00Z",
+            RunState::RolledBack,
+        ),
+    )
+    .await;
+    let runs = load_runs(&store, None).await.unwrap();
+    let with = catalog::entities(&spec, &runs);
+    let annotation = |entity: &str, key: &str| {
+        with.iter()
+            .find(|e| e.name == entity)
+            .unwrap()
+            .annotations
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(
+        annotation("shop-api", "slipway.dev/deployed.prod").as_deref(),
+        Some(p.release.version.as_str())
+    );
+    assert_eq!(
+        annotation("shop-api", "slipway.dev/deployed-run.prod").as_deref(),
+        Some("p1")
+    );
+    assert_eq!(annotation("shop-api", "slipway.dev/deployed.staging"), None);
+    assert_eq!(
+        annotation("shop", "slipway.dev/spec-version").as_deref(),
+        Some(spec.metadata.version.as_str())
+    );
+    let yaml = catalog::to_yaml(&with);
+    assert!(
+        yaml.contains(&format!(
+            "\"slipway.dev/deployed.prod\": \"{}\"",
+            p.release.version
+        )),
+        "{yaml}"
+    );
+}
+
 #[test]
 fn dependency_map_is_dot() {
     let dot = catalog::to_dot(&shop());

@@ -81,7 +81,28 @@ pub struct ReleaseSpec {
     /// environment (`slipway checklist ack`); until then a deploy is blocked (exit 3).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub checklist: Vec<ChecklistItem>,
+    /// The parity standard `slipway diff` judges environments against: the differences
+    /// allowed between them. Every other difference is drift (`--fail-on-drift`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parity: Option<Parity>,
 }
+
+/// Differences allowed between environments.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Parity {
+    /// Each entry a kind (`replicas`, `version`, `artifact`, `config`, `variable`,
+    /// `target`, `policy`) allowing every difference of it, or `kind:item` allowing one
+    /// (`policy:approvals`, `variable:debug_port`), `*` at the end matching any rest
+    /// (`config:api/*`).
+    #[serde(default)]
+    pub allow: Vec<String>,
+}
+
+/// The kinds of differences `slipway diff` reports.
+pub const DRIFT_KINDS: &[&str] = &[
+    "variable", "version", "artifact", "config", "replicas", "target", "policy",
+];
 
 /// A breaking-compatibility finding accepted on purpose.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -422,7 +443,9 @@ pub struct Environment {
     /// Names of checks (from top-level `checks`) that gate a deploy here.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub checks: Vec<String>,
-    /// Service versions last seen running here (the store's history overrides this).
+    /// Versions of systems Slipway does not deploy here (e.g. a database server), by hand.
+    /// What Slipway deployed comes from the store's history: an entry for such a service is
+    /// ignored, with a warning.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub deployed: BTreeMap<String, String>,
     /// Backups: whether one is required before migrating, and the scheduled ones.

@@ -13,11 +13,13 @@
 //! providers themselves — they call this crate (checked by the tidy test).
 
 pub mod access;
+pub mod deployed;
 pub mod error;
 pub mod events;
 pub mod gates;
 pub mod lease;
 pub mod notify;
+pub mod parity;
 pub mod planning;
 pub mod policy;
 pub mod recovery;

@@ -168,6 +168,13 @@ pub async fn plan_file(file: &Path, env: &str, store: Option<&str>) -> Result<Pl
     let mut facts = gather_facts(file, &loaded);
     // The admin policy of the environment comes from the store, never from the spec.
     facts.policy = admin_policy(store, env).await?;
+    // What runs there comes from the store's history, never from the spec: the spec's
+    // `deployed:` is only for systems Slipway does not deploy (see `deployed_findings`).
+    let history = history_versions(store, env).await?;
+    facts.deployed = history
+        .iter()
+        .map(|(s, (v, _))| (s.clone(), v.clone()))
+        .collect();
     let dir = spec_dir(file);
     // Only this release's migrations are judged: those already applied there are not
     // (read from each migration service's database without writing).
@@ -204,6 +211,8 @@ pub async fn plan_file(file: &Path, env: &str, store: Option<&str>) -> Result<Pl
             applied_migrations: applied,
         },
     );
+    p.findings
+        .extend(deployed_findings(&loaded.spec, env, &history, file));
     p.findings.extend(applied_problems);
     p.findings.extend(checks.findings);
     p.findings.extend(compat_problems);
@@ -248,6 +257,75 @@ async fn admin_policy(
     }
     let opened = slipway_store::open(&loc).await?;
     crate::policy::for_environment(&opened, env).await
+}
+
+/// Per service, the version the store's history says runs in `env` and the run that put
+/// it there (nothing when the store does not exist yet).
+async fn history_versions(
+    store: Option<&str>,
+    env: &str,
+) -> OpsResult<std::collections::BTreeMap<String, (String, String)>> {
+    let Some((loc, _)) = crate::session::layout_for(store) else {
+        return Ok(Default::default());
+    };
+    if let slipway_store::StoreLocation::Sqlite(db) = &loc
+        && !db.exists()
+    {
+        return Ok(Default::default());
+    }
+    let opened = slipway_store::open(&loc).await?;
+    crate::deployed::running_versions(&opened, env, None).await
+}
+
+/// Where the versions a plan compares against come from: the store's history (what
+/// Slipway deployed), and the spec's `deployed:` only for systems Slipway has not deployed
+/// there — an entry for one it has is ignored and said so.
+fn deployed_findings(
+    spec: &slipway_model::spec::ReleaseSpec,
+    env: &str,
+    history: &std::collections::BTreeMap<String, (String, String)>,
+    file: &Path,
+) -> Vec<Finding> {
+    let mut out = Vec::new();
+    if !history.is_empty() {
+        out.push(Finding {
+            severity: "info".into(),
+            code: "deployed-from-history".into(),
+            message: format!(
+                "running in {env} (from the store's history): {}",
+                history
+                    .iter()
+                    .map(|(s, (v, r))| format!("{s} {v} (run {r})"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        });
+    }
+    let declared = spec
+        .environments
+        .get(env)
+        .map(|e| e.deployed.clone())
+        .unwrap_or_default();
+    for (service, version) in declared {
+        match history.get(&service) {
+            Some((v, r)) => out.push(Finding {
+                severity: "warning".into(),
+                code: "deployed-override-ignored".into(),
+                message: format!(
+                    "{}: environments.{env}.deployed.{service} says {version}, but Slipway deployed {service} {v} there (run {r}), and its history wins; `deployed:` is only for systems Slipway does not deploy: remove the entry",
+                    file.display()
+                ),
+            }),
+            None => out.push(Finding {
+                severity: "info".into(),
+                code: "deployed-declared".into(),
+                message: format!(
+                    "{service} {version} in {env} is declared by hand (environments.{env}.deployed; Slipway has not deployed it there)"
+                ),
+            }),
+        }
+    }
+    out
 }
 
 /// Which router fronts each service the plan deploys as instances when the environment

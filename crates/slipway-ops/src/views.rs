@@ -463,7 +463,7 @@ pub async fn plan_of_run(session: &Session, id: &str) -> OpsResult<PlanOfRun> {
     })?;
     let current = running_versions(session, &run.environment, Some(id)).await?;
     let mut changes = Vec::new();
-    for (service, version) in planned_versions(&plan) {
+    for (service, version) in crate::deployed::planned_versions(&plan) {
         let now = current.get(&service);
         changes.push(Change {
             running: now.map(|(v, _)| v.clone()),
@@ -480,14 +480,6 @@ pub async fn plan_of_run(session: &Session, id: &str) -> OpsResult<PlanOfRun> {
     })
 }
 
-/// The version each service of a plan deploys (its release's version).
-fn planned_versions(plan: &slipway_model::plan::Plan) -> Vec<(String, String)> {
-    plan.services
-        .keys()
-        .map(|s| (s.clone(), plan.release.version.clone()))
-        .collect()
-}
-
 /// Per service, the version the newest succeeded run in `environment` deployed and that
 /// run's id (runs other than `except`).
 pub async fn running_versions(
@@ -495,22 +487,5 @@ pub async fn running_versions(
     environment: &str,
     except: Option<&str>,
 ) -> OpsResult<BTreeMap<String, (String, String)>> {
-    let mut out: BTreeMap<String, (String, String)> = BTreeMap::new();
-    for r in session.store.runs(1000).await? {
-        if r.environment != environment
-            || r.state != slipway_engine::RunState::Succeeded
-            || Some(r.id.as_str()) == except
-        {
-            continue;
-        }
-        let Some(full) = session.store.run(&r.id).await? else {
-            continue;
-        };
-        let Some(p) = plan_of(&full) else { continue };
-        // Newest first: the first run naming a service is what runs there.
-        for (service, version) in planned_versions(&p) {
-            out.entry(service).or_insert((version, r.id.clone()));
-        }
-    }
-    Ok(out)
+    crate::deployed::running_versions(session.store.as_ref(), environment, except).await
 }

@@ -131,6 +131,7 @@ fn spec_from_plan(plan: &Plan) -> ReleaseSpec {
         policy: None,
         waivers: Vec::new(),
         checklist: Vec::new(),
+        parity: None,
     }
 }
 
