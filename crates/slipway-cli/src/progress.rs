@@ -48,6 +48,12 @@ pub fn event_line(n: &Notice, out: &Output) -> Option<String> {
             Some(r) => format!("{} requested: {r}", control.as_str()),
             None => format!("{} requested", control.as_str()),
         },
+        EngineEvent::InterventionRequested { intervention } => {
+            format!("{intervention} requested")
+        }
+        EngineEvent::InterventionSettled { outcome, .. } if outcome == "dropped" => {
+            "a resume/promote request came after its canary ended: dropped".to_owned()
+        }
         EngineEvent::StepSucceeded {
             step, completion, ..
         } => match completion {

@@ -22,6 +22,8 @@ pub(crate) struct Env {
     dir: tempfile::TempDir,
     mark: String,
     pub(crate) rt: tokio::runtime::Runtime,
+    /// A PostgreSQL store instead of `<dir>/slipway.db`.
+    postgres: Option<String>,
 }
 
 const CANARY_STEPS: &str = "
@@ -40,7 +42,28 @@ impl Env {
             .enable_all()
             .build()
             .unwrap();
-        Self { dir, mark, rt }
+        Self {
+            dir,
+            mark,
+            rt,
+            postgres: None,
+        }
+    }
+
+    /// An [`Env`] whose store is a fresh PostgreSQL database: run files then live in
+    /// `.slipway/` of the working directory of each command (the test's directory).
+    fn on_postgres() -> Self {
+        let mut env = Self::new();
+        env.postgres = Some(crate::postgres_store_cli::pg::pg().new_db("canary"));
+        env
+    }
+
+    /// Where this machine's run files (process state, proxies) live.
+    fn state_dir(&self) -> PathBuf {
+        match self.postgres {
+            Some(_) => self.path().join(".slipway"),
+            None => self.path().to_owned(),
+        }
     }
 
     pub(crate) fn path(&self) -> &Path {
@@ -48,7 +71,10 @@ impl Env {
     }
 
     fn store(&self) -> String {
-        format!("sqlite://{}/slipway.db", self.path().display())
+        match &self.postgres {
+            Some(url) => url.clone(),
+            None => format!("sqlite://{}/slipway.db", self.path().display()),
+        }
     }
 
     fn envs(&self) -> Vec<(String, String)> {
@@ -73,8 +99,16 @@ impl Env {
 
     /// [`Self::run`] with more environment variables (e.g. a secret a spec refers to).
     pub(crate) fn run_with(&self, args: &[&str], extra: &[(&str, &str)]) -> (i32, String, String) {
+        self.run_in(self.path(), args, extra)
+    }
+
+    /// [`Self::run_with`] from the working directory `cwd`.
+    fn run_in(&self, cwd: &Path, args: &[&str], extra: &[(&str, &str)]) -> (i32, String, String) {
         let mut c = crate::slipway();
-        c.envs(self.envs()).envs(extra.iter().copied()).args(args);
+        c.current_dir(cwd)
+            .envs(self.envs())
+            .envs(extra.iter().copied())
+            .args(args);
         c.timeout(Duration::from_secs(60));
         let o = c.output().unwrap();
         (
@@ -162,7 +196,7 @@ analysis_templates:
     }
 
     fn proxies_dir(&self) -> PathBuf {
-        self.path().join("process/live/proxies")
+        self.state_dir().join("process/live/proxies")
     }
 
     pub(crate) fn proxy(&self) -> slipway_providers::remote::ProxyState {
@@ -193,6 +227,7 @@ analysis_templates:
     pub(crate) fn spawn_deploy(&self, spec: &Path, name: &str) -> std::process::Child {
         let log = std::fs::File::create(self.path().join(format!("{name}.log"))).unwrap();
         Command::new(assert_cmd::cargo::cargo_bin("slipway"))
+            .current_dir(self.path())
             .envs(self.envs())
             .env("NO_COLOR", "1")
             .args(["deploy", "--env", "live", "-f"])
@@ -582,6 +617,66 @@ fn slipway_killed_mid_canary_resumes_without_duplicate_instances() {
     // The only failures users saw came from the canary instance that died.
     assert_eq!(stats.failed, 0, "{stats:?}");
     assert_eq!(stats.server_errors, stats.canary_errors, "{stats:?}");
+}
+
+/// On a PostgreSQL store shared by several machines, each with its own working directory:
+/// resume and promote typed in another directory (another machine's view: none of the
+/// driver's run files) reach the live canary through the store's journal.
+#[test]
+fn on_a_shared_postgresql_store_resume_and_promote_reach_a_live_canary_from_another_directory() {
+    let env = Env::on_postgres();
+    let users = env.baseline();
+    let spec = env.spec_steps(
+        "2.0.0",
+        "",
+        "
+      canary:
+        steps:
+          - set_weight: 20
+          - pause: manual
+          - set_weight: 50
+          - pause: manual
+          - set_weight: 100",
+    );
+    let mut deploy = env.spawn_deploy(&spec, "deploy-2.0.0");
+    let run = env.wait_journal("2.0.0", "pause until resumed");
+    let elsewhere = tempfile::tempdir().unwrap();
+    let (code, out, err) = env.run_in(elsewhere.path(), &["resume", &run], &[]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("resume sent to the driver"), "{out}");
+    env.wait_journal("2.0.0", "\"weight\":50");
+    let (code, out, err) = env.run_in(
+        elsewhere.path(),
+        &["promote", &run, "--output", "json"],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    let code = exit_within(&mut deploy, Duration::from_secs(20));
+    assert_eq!(code, 0, "{}", env.background_logs());
+    // Each request journaled (chained), taken once by the driver, acted on once.
+    let journal = env.journal(&run);
+    for (needle, n) in [
+        ("\"intervention_requested\"", 2),
+        ("\"outcome\":\"taken\"", 2),
+        ("intervention_received", 2),
+    ] {
+        assert_eq!(journal.matches(needle).count(), n, "{needle}: {journal}");
+    }
+    assert_eq!(
+        env.versions_served(10),
+        BTreeMap::from([("2.0.0".to_owned(), 10)])
+    );
+    assert_eq!(env.instances(), BTreeMap::from([("2.0.0".to_owned(), 2)]));
+    // Nothing of the run was written in the other directory.
+    assert!(!elsewhere.path().join(".slipway/runs").join(&run).exists());
+    let (code, out, _) = env.run(&["audit", "verify"]);
+    assert_eq!(code, 0, "{out}");
+    let stats = env.rt.block_on(users.stop());
+    assert_eq!(
+        stats.server_errors + stats.failed,
+        0,
+        "no user request failed: {stats:?}"
+    );
 }
 
 #[test]

@@ -248,6 +248,23 @@ pub enum EngineEvent {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
     },
+    /// A human asked the driver of a run's canary to resume it (past a pause) or promote
+    /// it: a one-shot request, kept in the journal so a driver on any machine sharing the
+    /// store hears it, and consumed once ([`EngineEvent::InterventionSettled`]). A newer
+    /// request replaces an unsettled older one.
+    InterventionRequested {
+        /// `resume` or `promote`.
+        intervention: String,
+    },
+    /// The request at journal entry `request` (and every older one) was settled: `taken`
+    /// by the driver, which acts on it next, or `dropped` because the canary it was for
+    /// had ended when the drive did.
+    InterventionSettled {
+        /// Sequence number of the request's journal entry.
+        request: i64,
+        /// `taken` or `dropped`.
+        outcome: String,
+    },
     /// A wave began.
     WaveStarted {
         /// Wave index.
@@ -400,6 +417,8 @@ impl EngineEvent {
             Self::GatePassed { .. } => "gate_passed",
             Self::Approved { .. } => "approved",
             Self::ControlRequested { .. } => "control_requested",
+            Self::InterventionRequested { .. } => "intervention_requested",
+            Self::InterventionSettled { .. } => "intervention_settled",
             Self::WaveStarted { .. } => "wave_started",
             Self::WaveFinished { .. } => "wave_finished",
             Self::StepStarted { .. } => "step_started",

@@ -135,6 +135,12 @@ fn describe(e: &EngineEvent) -> String {
         EngineEvent::ControlRequested { control, .. } => {
             format!("{} requested", control.as_str())
         }
+        EngineEvent::InterventionRequested { intervention } => {
+            format!("{intervention} requested")
+        }
+        EngineEvent::InterventionSettled { request, outcome } => {
+            format!("request #{request} {outcome}")
+        }
         // The journal counts waves from 0; people (and `slipway plan`) from 1.
         EngineEvent::WaveStarted { wave, steps } => {
             format!("wave {} started ({steps} steps)", wave + 1)

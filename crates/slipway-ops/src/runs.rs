@@ -3,9 +3,9 @@
 //!
 //! Every run is driven through [`drive`], so each drive takes the environment's lease,
 //! delivers notifications and reports progress the same way, whichever operation started
-//! it. A live canary hears humans from other processes: pause and abort through the run's
-//! control request in the store, resume and promote through a request file its driver
-//! polls (`slipway_providers::interventions`). When nobody drives the run (paused, or its
+//! it. A live canary hears humans from other processes and machines sharing the store:
+//! pause and abort through the run's control request, resume and promote through journaled
+//! requests its driver polls (`slipway_providers::interventions`). When nobody drives the run (paused, or its
 //! driver died), resume and promote drive it here, and abort first takes a paused canary
 //! out of service.
 
@@ -360,10 +360,10 @@ pub async fn deploy_with(
             continued,
         },
         req.drive,
-        reporter,
+        reporter.clone(),
     )
     .await;
-    discard_interventions(session, &run.id);
+    discard_interventions(session, &run.id, reporter.as_ref()).await;
     if let Err(e) = &report
         && !continued
         && e.kind == crate::error::ErrorKind::Blocked
@@ -452,10 +452,15 @@ fn write_version_lock(
     }
 }
 
-/// A canary request nobody consumed while this process drove the run (it came after the
-/// canary ended) must not act on a later canary of the run.
-fn discard_interventions(session: &Session, run: &str) {
-    let _ = interventions::take(&session.layout.runs(), run);
+/// A canary request nobody took while this process drove the run (it came after the
+/// canary ended) must not act on a later canary of the run: it is settled `dropped`. A
+/// store that refuses the write leaves it pending, said as a warning.
+async fn discard_interventions(session: &Session, run: &str, reporter: &dyn Reporter) {
+    if let Err(e) = interventions::drop_pending(session.store.as_ref(), run).await {
+        reporter.report(OpsEvent::Warning(format!(
+            "could not settle the pending resume/promote request of run {run}: {e}; a later canary of this run may act on it"
+        )));
+    }
 }
 
 /// The reporter of one drive: every committed notice goes to the caller and to the
@@ -672,7 +677,9 @@ pub async fn resume(
         && driven(session.store.as_ref(), &run.id).await?
     {
         // A live driver: its canary continues.
-        return deliver(session, &run, Intervention::Resume, &actor).map(Handled::Delivered);
+        return deliver(session, &run, Intervention::Resume, &actor)
+            .await
+            .map(Handled::Delivered);
     }
     if let Some(p) = plan.as_ref().filter(|p| p.target == "ssh")
         && !run.state.is_terminal()
@@ -702,38 +709,21 @@ pub async fn resume(
             continued: true,
         },
         req,
-        reporter,
+        reporter.clone(),
     )
     .await;
-    discard_interventions(session, &run.id);
+    discard_interventions(session, &run.id, reporter.as_ref()).await;
     report.map(Handled::Driven)
 }
 
-/// Leave a request for the live driver of a run's canary.
-fn deliver(
+/// Journal a request for the driver of a run's canary, wherever it runs.
+async fn deliver(
     session: &Session,
     run: &RunRecord,
     what: Intervention,
     actor: &str,
 ) -> OpsResult<Delivered> {
-    let runs_dir = session.layout.runs();
-    interventions::request(
-        &runs_dir,
-        &run.id,
-        &interventions::Requested {
-            intervention: what,
-            by: actor.to_owned(),
-        },
-    )
-    .map_err(|e| {
-        OpsError::new(
-            crate::error::ErrorKind::Store,
-            format!(
-                "failed to record the request under {}: {e}",
-                runs_dir.display()
-            ),
-        )
-    })?;
+    interventions::request(session.store.as_ref(), &run.id, what, actor).await?;
     let name = serde_json::to_value(what)
         .ok()
         .and_then(|v| v.as_str().map(str::to_owned))
@@ -780,9 +770,11 @@ pub async fn promote(
     }
     let actor = session.actor_id().await?;
     if driven(session.store.as_ref(), &run.id).await? {
-        return deliver(session, &run, Intervention::Promote, &actor).map(Handled::Delivered);
+        return deliver(session, &run, Intervention::Promote, &actor)
+            .await
+            .map(Handled::Delivered);
     }
-    deliver(session, &run, Intervention::Promote, &actor)?;
+    deliver(session, &run, Intervention::Promote, &actor).await?;
     let workdir = PathBuf::from(&run.workdir);
     let deploy = deploy_target(session, &workdir, plan.as_ref(), reporter.as_ref()).await?;
     let engine = engine(session, &workdir, plan.as_ref(), &actor, deploy, None);
@@ -796,11 +788,11 @@ pub async fn promote(
             continued: true,
         },
         req,
-        reporter,
+        reporter.clone(),
     )
     .await;
     // Not acted on (no canary was running): it must not surprise a later driver.
-    discard_interventions(session, &run.id);
+    discard_interventions(session, &run.id, reporter.as_ref()).await;
     report.map(Handled::Driven)
 }
 

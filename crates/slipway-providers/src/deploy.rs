@@ -41,7 +41,7 @@ pub trait ServiceRouter: TrafficRouter + slipway_rollout::MetricSource {}
 
 impl<T: TrafficRouter + slipway_rollout::MetricSource> ServiceRouter for T {}
 
-/// Where a run's interventions come from: its request file and its store.
+/// Where a run's interventions come from (its store) and its files go (`runs_dir`).
 #[derive(Clone)]
 struct RunSource {
     runs_dir: PathBuf,
@@ -119,9 +119,10 @@ impl DeployTarget {
         self
     }
 
-    /// Interventions per run, from other processes: request files under
-    /// `<runs_dir>/<run>/` and the run's control requests in `store` (see
-    /// [`crate::interventions`]). Replaces [`Self::with_interventions`].
+    /// Interventions per run, from other processes and machines: the run's journaled
+    /// requests and control requests in `store` (see [`crate::interventions`]); its
+    /// diagnostics go under `<runs_dir>/<run>/`. Replaces [`Self::with_interventions`]
+    /// when a store is given.
     pub fn with_run_interventions(
         mut self,
         runs_dir: impl Into<PathBuf>,
@@ -242,11 +243,14 @@ impl DeployTarget {
         }
         let mut resume = None;
         if !current.is_empty() {
-            if let Some(src) = &self.run_source
-                && interventions::pending(&src.runs_dir, &ctx.run_id)
+            if let Some(store) = self.run_source.as_ref().and_then(|s| s.store.as_deref())
+                && interventions::pending(store, &ctx.run_id)
+                    .await
+                    .ok()
+                    .flatten()
                     .is_some_and(|r| r.intervention == Intervention::Promote)
                 && self.processes.ready(&current).await
-                && let Some(r) = interventions::take(&src.runs_dir, &ctx.run_id)
+                && let Ok(Some(r)) = interventions::take(store, &ctx.run_id).await
             {
                 // A human promoted the canary that was left running (a paused run).
                 interventions::report_received(ctx.progress.as_ref(), &r);
@@ -315,14 +319,11 @@ impl DeployTarget {
             log.push(e);
         };
         let canary = self.plan.strategy.canary.as_ref();
-        let per_run: Option<RunInterventions> = self.run_source.as_ref().map(|src| {
-            RunInterventions::new(
-                src.runs_dir.clone(),
-                ctx.run_id.clone(),
-                src.store.clone(),
-                ctx.progress.clone(),
-            )
-        });
+        let per_run: Option<RunInterventions> = self
+            .run_source
+            .as_ref()
+            .and_then(|src| src.store.clone())
+            .map(|store| RunInterventions::new(ctx.run_id.clone(), store, ctx.progress.clone()));
         let humans: &dyn Interventions = match &per_run {
             Some(p) => p,
             None => self.interventions.as_ref(),

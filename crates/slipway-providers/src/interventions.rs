@@ -1,25 +1,27 @@
-//! Human interventions on a live canary that reach it from another process.
+//! Human interventions on a live canary that reach it from another process — or another
+//! machine sharing the store.
 //!
-//! `slipway resume|promote RUN` write the request to
-//! `<runs dir>/<run>/canary-intervention.json` (atomically); the `slipway` driving the run
-//! polls it between analysis ticks through [`RunInterventions`], consumes it (a rename,
-//! so a request is acted on once) and journals who asked before the controller acts.
-//! Pause, abort and rollback travel the engine's durable way instead (the run's control
-//! request in the store): [`RunInterventions`] maps them to the controller's pause and
-//! rollback, so they reach a canary in the middle of a long analysis step, not only
-//! between steps.
+//! `slipway resume|promote RUN` journal the request (`intervention_requested`, chained like
+//! every journal entry) when someone else drives the run; the driver polls the run's
+//! journal between analysis ticks through [`RunInterventions`], settles the request
+//! (`intervention_settled`, `taken`) durably before acting on it — so a request is acted on
+//! at most once, by whichever process drives the run — and the controller acts. Pause,
+//! abort and rollback travel the engine's control request instead (also in the store):
+//! [`RunInterventions`] maps them to the controller's pause and rollback, so they reach a
+//! canary in the middle of a long analysis step, not only between steps.
 //!
 //! A request left behind (nobody was driving) is seen by the next driver: a pending
 //! promote makes a re-applied deploy step promote the canary it finds running instead of
-//! starting a fresh one.
+//! starting a fresh one. One that no canary took by the end of a drive is settled
+//! `dropped` ([`drop_pending`]), so it cannot surprise a later canary of the run.
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use slipway_engine::Store;
-use slipway_engine::event::Control;
+use slipway_engine::event::{Control, EngineEvent};
+use slipway_engine::store::JournalRecord;
 use slipway_engine::target::ProgressSink;
+use slipway_engine::{Store, StoreError};
 use slipway_rollout::{BoxFuture, Intervention, Interventions};
 
 /// A request recorded for the driver of a run.
@@ -31,42 +33,146 @@ pub struct Requested {
     pub by: String,
 }
 
-fn path(runs_dir: &Path, run: &str) -> PathBuf {
-    runs_dir.join(run).join("canary-intervention.json")
+/// The name a request is journaled under (`resume`, `promote`).
+fn name(i: Intervention) -> String {
+    serde_json::to_value(i)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
 }
 
-/// Record a request for the run's driver (replacing an unconsumed one).
-pub fn request(runs_dir: &Path, run: &str, r: &Requested) -> std::io::Result<PathBuf> {
-    let p = path(runs_dir, run);
-    if let Some(dir) = p.parent() {
-        std::fs::create_dir_all(dir)?;
+/// Journal a request for the run's driver (replacing an unsettled one). `by` is the
+/// asker's pseudonym; only `resume` and `promote` travel this way.
+pub async fn request(
+    store: &dyn Store,
+    run: &str,
+    what: Intervention,
+    by: &str,
+) -> Result<(), StoreError> {
+    let digest = store
+        .run(run)
+        .await?
+        .ok_or_else(|| StoreError::NoSuchRun(run.to_owned()))?
+        .digest;
+    store
+        .commit(vec![JournalRecord {
+            run_id: run.to_owned(),
+            digest,
+            at: slipway_stdx::now(),
+            actor: by.to_owned(),
+            event: EngineEvent::InterventionRequested {
+                intervention: name(what),
+            },
+        }])
+        .await
+}
+
+/// Where a reader of a run's journal stands: entries up to `after` folded in.
+#[derive(Debug, Default)]
+struct Scan {
+    after: i64,
+    /// Every request at or before this seq is settled.
+    settled: i64,
+    /// The newest request seen: (its seq, the request).
+    latest: Option<(i64, Requested)>,
+}
+
+impl Scan {
+    /// Fold the run's journal entries after the last ones read.
+    async fn advance(&mut self, store: &dyn Store, run: &str) -> Result<(), StoreError> {
+        for n in store.journal(run, self.after).await? {
+            self.after = self.after.max(n.seq);
+            match n.event {
+                EngineEvent::InterventionRequested { intervention } => {
+                    // A request this build cannot read (none today) is not acted on.
+                    if let Ok(i) = serde_json::from_value(serde_json::Value::String(intervention)) {
+                        self.latest = Some((
+                            n.seq,
+                            Requested {
+                                intervention: i,
+                                by: n.actor,
+                            },
+                        ));
+                    }
+                }
+                EngineEvent::InterventionSettled { request, .. } => {
+                    self.settled = self.settled.max(request);
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     }
-    let tmp = p.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec(r).map_err(std::io::Error::other)?)?;
-    std::fs::rename(tmp, &p)?;
-    Ok(p)
+
+    fn pending(&self) -> Option<&(i64, Requested)> {
+        self.latest.as_ref().filter(|(seq, _)| *seq > self.settled)
+    }
 }
 
-/// The unconsumed request of a run, if any (not consumed).
-pub fn pending(runs_dir: &Path, run: &str) -> Option<Requested> {
-    std::fs::read(path(runs_dir, run))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
+/// The unsettled request of a run, if any (not settled by reading it).
+pub async fn pending(store: &dyn Store, run: &str) -> Result<Option<Requested>, StoreError> {
+    let mut scan = Scan::default();
+    scan.advance(store, run).await?;
+    Ok(scan.pending().map(|(_, r)| r.clone()))
 }
 
-/// Consume the run's request: renamed away first, so two readers never both act on it.
-pub fn take(runs_dir: &Path, run: &str) -> Option<Requested> {
-    let p = path(runs_dir, run);
-    let taken = p.with_extension("json.taken");
-    std::fs::rename(&p, &taken).ok()?;
-    let r = std::fs::read(&taken)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok());
-    let _ = std::fs::remove_file(&taken);
-    r
+/// Settle the request at `seq` durably with `outcome`, on behalf of its asker.
+async fn settle(
+    store: &dyn Store,
+    run: &str,
+    seq: i64,
+    by: &str,
+    outcome: &str,
+) -> Result<(), StoreError> {
+    let digest = store.run(run).await?.map(|r| r.digest).unwrap_or_default();
+    store
+        .commit(vec![JournalRecord {
+            run_id: run.to_owned(),
+            digest,
+            at: slipway_stdx::now(),
+            actor: by.to_owned(),
+            event: EngineEvent::InterventionSettled {
+                request: seq,
+                outcome: outcome.to_owned(),
+            },
+        }])
+        .await
 }
 
-/// Journal that a request was received, with who asked, before it is acted on.
+/// Take the run's request: settled `taken` in the store before it is returned, so it is
+/// acted on at most once. Only the run's driver (the holder of its claim) takes requests.
+pub async fn take(store: &dyn Store, run: &str) -> Result<Option<Requested>, StoreError> {
+    let mut scan = Scan::default();
+    scan.advance(store, run).await?;
+    take_from(&mut scan, store, run).await
+}
+
+async fn take_from(
+    scan: &mut Scan,
+    store: &dyn Store,
+    run: &str,
+) -> Result<Option<Requested>, StoreError> {
+    let Some((seq, r)) = scan.pending().cloned() else {
+        return Ok(None);
+    };
+    settle(store, run, seq, &r.by, "taken").await?;
+    scan.settled = seq;
+    Ok(Some(r))
+}
+
+/// Settle a request no canary took by the end of a drive as `dropped`. Returns it.
+pub async fn drop_pending(store: &dyn Store, run: &str) -> Result<Option<Requested>, StoreError> {
+    let mut scan = Scan::default();
+    scan.advance(store, run).await?;
+    let Some((seq, r)) = scan.pending().cloned() else {
+        return Ok(None);
+    };
+    settle(store, run, seq, &r.by, "dropped").await?;
+    Ok(Some(r))
+}
+
+/// Journal that a request was received, with who asked, before it is acted on (a progress
+/// line for the live display; the settlement is the durable record).
 pub fn report_received(progress: Option<&ProgressSink>, r: &Requested) {
     if let Some(tx) = progress {
         let _ = tx.send(serde_json::json!({
@@ -77,27 +183,27 @@ pub fn report_received(progress: Option<&ProgressSink>, r: &Requested) {
     }
 }
 
-/// The interventions of one run: its request file, then its control request in the store.
+/// The interventions of one run: its journaled requests, then its control request.
 pub struct RunInterventions {
-    runs_dir: PathBuf,
     run: String,
-    store: Option<Arc<dyn Store>>,
+    store: Arc<dyn Store>,
     progress: Option<ProgressSink>,
+    /// The journal read so far: each poll reads only the entries after it.
+    scan: tokio::sync::Mutex<Scan>,
 }
 
 impl RunInterventions {
-    /// Interventions of `run`; `progress` journals who asked.
+    /// Interventions of `run`; `progress` shows who asked.
     pub fn new(
-        runs_dir: impl Into<PathBuf>,
         run: impl Into<String>,
-        store: Option<Arc<dyn Store>>,
+        store: Arc<dyn Store>,
         progress: Option<ProgressSink>,
     ) -> Self {
         Self {
-            runs_dir: runs_dir.into(),
             run: run.into(),
             store,
             progress,
+            scan: tokio::sync::Mutex::new(Scan::default()),
         }
     }
 }
@@ -105,14 +211,20 @@ impl RunInterventions {
 impl Interventions for RunInterventions {
     fn poll(&self) -> BoxFuture<'_, Option<Intervention>> {
         Box::pin(async move {
-            if let Some(r) = take(&self.runs_dir, &self.run) {
-                report_received(self.progress.as_ref(), &r);
-                return Some(r.intervention);
+            {
+                let mut scan = self.scan.lock().await;
+                // A store that cannot be read now is read again at the next tick; the
+                // control request below is the same store's, so it waits too.
+                if scan.advance(self.store.as_ref(), &self.run).await.is_ok()
+                    && let Ok(Some(r)) = take_from(&mut scan, self.store.as_ref(), &self.run).await
+                {
+                    report_received(self.progress.as_ref(), &r);
+                    return Some(r.intervention);
+                }
             }
-            let store = self.store.as_ref()?;
             // The run's control request stays set until the run changes state, so it is
             // seen on every poll until the controller has acted on it.
-            match store.control(&self.run).await.ok().flatten()? {
+            match self.store.control(&self.run).await.ok().flatten()? {
                 Control::Pause => Some(Intervention::Pause),
                 // An abort or a rollback must not leave a canary taking traffic: the
                 // canary rolls back, and the engine ends the run as the human asked.

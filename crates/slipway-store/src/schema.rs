@@ -16,7 +16,7 @@
 //! edit of any of them is caught; what was edited before it cannot be.
 
 /// The journal format this build writes.
-pub const JOURNAL_FORMAT: u32 = 6;
+pub const JOURNAL_FORMAT: u32 = 7;
 /// The oldest format this build can migrate.
 pub const OLDEST_MIGRATABLE: u32 = 1;
 
@@ -139,6 +139,8 @@ CREATE INDEX run_summaries_by_checkpoint ON run_summaries (checkpoint_id);
     // tables are moved into `records` by `crate::legacy` in the same transaction, after
     // this SQL.
     FORMAT_6,
+    // Format 7: see [`FORMAT_7`].
+    FORMAT_7,
 ];
 
 /// The partial unique index of format 5 (same text on SQLite and PostgreSQL). The list of
@@ -167,6 +169,13 @@ pub const LIVE_RUN_FORMAT: u32 = 5;
 
 /// The actor of the journal entries a migration writes.
 pub const MIGRATION_ACTOR: &str = "slipway-migration";
+
+/// Format 7: resume and promote requests for a live canary are journal events
+/// (`intervention_requested`, `intervention_settled`) instead of request files beside the
+/// store, so a request reaches the run's driver on any machine sharing the store. No table
+/// changes; a format bump so that an older slipway refuses the store with "written by a
+/// newer slipway" instead of failing on an event it cannot read.
+const FORMAT_7: &str = "SELECT 1;";
 
 /// Format 6, the same SQL on both backends.
 const FORMAT_6: &str = r#"
@@ -301,6 +310,8 @@ pub const PG_MIGRATIONS: &[&str] = &[
     LIVE_RUN_INDEX,
     // Format 6: the same SQL as SQLite's.
     FORMAT_6,
+    // Format 7: no SQL either.
+    FORMAT_7,
 ];
 
 // Whoever bumps JOURNAL_FORMAT must also say how a PostgreSQL store gets there.
