@@ -22,7 +22,7 @@ use slipway_model::exit;
 use slipway_package as pkg;
 
 use crate::cli_util::{StoreArg, runtime};
-use crate::out::{CliError, Output, Style};
+use crate::out::{CliError, Output};
 
 /// `slipway audit …`.
 #[derive(Debug, clap::Subcommand)]
@@ -104,54 +104,6 @@ pub fn audit(c: AuditCommand, out: &Output) -> Result<i32, CliError> {
     }
 }
 
-/// Print a verification result (the JSON document is [`audit::StoreVerification::to_json`],
-/// the server's too). Returns the exit code.
-pub(crate) fn report(v: StoreVerification, source: &str, out: &Output) -> i32 {
-    if out.json() {
-        out.json_value(&v.to_json(source));
-    } else {
-        match &v.result {
-            Ok(ok) => {
-                let from = if v.from_seq == 0 {
-                    String::new()
-                } else {
-                    format!(" from archive checkpoint {}", v.from_seq)
-                };
-                out.line(&format!(
-                    "{} audit chain of {source}{from}: {} entries, head {} {}",
-                    out.paint("OK", Style::Good),
-                    ok.entries,
-                    ok.head_seq,
-                    ok.head_hash
-                ));
-                if v.anchors_checked > 0 {
-                    out.line(&format!(
-                        "  held to {} signed checkpoint(s){}",
-                        v.anchors_checked,
-                        if v.anchors_archived.is_empty() {
-                            String::new()
-                        } else {
-                            format!(
-                                "; {} more are of archived entries (check them with --archive)",
-                                v.anchors_archived.len()
-                            )
-                        }
-                    ));
-                }
-            }
-            Err(b) => out.line(&format!(
-                "{} {source}: {b}",
-                out.paint("TAMPERED", Style::Bad)
-            )),
-        }
-    }
-    if v.result.is_ok() {
-        exit::SUCCESS
-    } else {
-        exit::TAMPERED
-    }
-}
-
 fn verify(a: VerifyArgs, out: &Output) -> Result<i32, CliError> {
     if let Some(f) = &a.file {
         let text = std::fs::read_to_string(f).map_err(|e| {
@@ -167,7 +119,7 @@ fn verify(a: VerifyArgs, out: &Output) -> Result<i32, CliError> {
                 Some("the export is damaged or not an audit export".into()),
             )
         })?;
-        return Ok(report(
+        return Ok(crate::audit_view::report(
             StoreVerification::of_chain(0, result),
             &f.display().to_string(),
             out,
@@ -183,7 +135,7 @@ fn verify(a: VerifyArgs, out: &Output) -> Result<i32, CliError> {
                 "slipway audit verify --archive",
                 "archive checkpoints",
             )?;
-            return crate::cmd_archive::verify_with_archives(
+            return crate::audit_view::verify_with_archives(
                 store.as_ref(),
                 db_path,
                 &a.archive,
@@ -202,7 +154,7 @@ fn verify(a: VerifyArgs, out: &Output) -> Result<i32, CliError> {
         let v = evidence::verify_store_anchored(store.as_ref(), &anchors)
             .await
             .map_err(CliError::from)?;
-        Ok(report(v, &store.location(), out))
+        Ok(crate::audit_view::report(v, &store.location(), out))
     })
 }
 
@@ -368,7 +320,7 @@ fn checkpoint(a: CheckpointArgs, out: &Output) -> Result<i32, CliError> {
             .find(|x| x.seq == payload.seq && x.hash == payload.hash);
         let (anchor, new) = match existing {
             Some(x) => (x, false),
-            None => (sign_anchor(store, &sk, &payload).await?, true),
+            None => (crate::audit_view::sign_anchor(store, &sk, &payload).await?, true),
         };
         // Witnesses get every checkpoint of the store they lack, so a witness added later
         // (or one that missed a run) catches up.
@@ -436,29 +388,6 @@ fn checkpoint(a: CheckpointArgs, out: &Output) -> Result<i32, CliError> {
         }
         Ok(if failed { exit::FAILURE } else { exit::SUCCESS })
     })
-}
-
-/// Sign `payload` with `sk` and keep the checkpoint in the store (`slipway archive` signs
-/// one for the start it moves the live chain to, with the archive's key).
-pub(crate) async fn sign_anchor(
-    store: &dyn Store,
-    sk: &pkg::SecretKey,
-    payload: &AnchorPayload,
-) -> Result<Anchor, CliError> {
-    let line = payload.line();
-    let signature = pkg::sign::sign_bytes(line.as_bytes(), Path::new("checkpoint"), sk, &line)
-        .map_err(|e| crate::cli_util::package_error(&e))?;
-    let anchor = Anchor {
-        seq: payload.seq,
-        hash: payload.hash.clone(),
-        payload: line,
-        signature,
-    };
-    store
-        .add_anchor(anchor.clone())
-        .await
-        .map_err(CliError::from)?;
-    Ok(anchor)
 }
 
 /// Append to a witness file and fsync it: a checkpoint that is not durable there proves

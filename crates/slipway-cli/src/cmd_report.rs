@@ -382,7 +382,7 @@ fn compliance_cmd(a: ComplianceArgs, out: &Output) -> Result<i32, CliError> {
                 "archive checkpoints",
             )?;
             let mut verified =
-                crate::cmd_archive::verified_bundles(db_path, &a.archive, &a.pubkey).await?;
+                crate::audit_view::verified_bundles(db_path, &a.archive, &a.pubkey).await?;
             verified.sort_by_key(|v| v.checkpoint.id);
             let (_, checkpoints) = archived(Some(db_path)).await?;
             let first = verified.first().map_or(0, |v| v.checkpoint.id);

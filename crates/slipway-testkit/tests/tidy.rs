@@ -300,6 +300,67 @@ fn only_the_operations_layer_constructs_the_engine() {
     );
 }
 
+/// `cmd_*` modules of a file list, each with the other `cmd_*` modules it names.
+fn cmd_cross_imports(files: &[(String, String)]) -> Vec<String> {
+    let mut found = Vec::new();
+    for (name, text) in files {
+        let Some(me) = name.strip_suffix(".rs").filter(|n| n.starts_with("cmd_")) else {
+            continue;
+        };
+        for (i, _) in text.match_indices("cmd_") {
+            // A path into another command module: `crate::cmd_x::` or `super::cmd_x::`.
+            let before = &text[..i];
+            if !(before.ends_with("crate::") || before.ends_with("super::")) {
+                continue;
+            }
+            let other: String = text[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            if other != me {
+                found.push(format!("{name} -> {other}"));
+            }
+        }
+    }
+    found.sort();
+    found.dedup();
+    found
+}
+
+/// The CLI's commands are thin and independent: what two of them share lives in a shared
+/// module (`cli_util`, `audit_view`, `progress`, …) or in slipway-ops, never in another
+/// command's module — the circle the operations issue removed must not come back.
+#[test]
+fn no_cli_command_module_imports_another() {
+    let dir = root().join("crates/slipway-cli/src");
+    let files: Vec<(String, String)> = rust_files(&dir)
+        .into_iter()
+        .map(|f| {
+            (
+                f.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read_to_string(&f).unwrap(),
+            )
+        })
+        .collect();
+    let found = cmd_cross_imports(&files);
+    assert!(
+        found.is_empty(),
+        "cmd_* modules importing another: {found:?}"
+    );
+}
+
+#[test]
+fn a_cross_import_between_commands_is_reported() {
+    let files = vec![
+        (
+            "cmd_a.rs".to_owned(),
+            "fn f() { crate::cmd_b::g(); crate::cmd_a::h(); crate::cli_util::x(); }".to_owned(),
+        ),
+        ("cli_util.rs".to_owned(), "use crate::cmd_a::Y;".to_owned()),
+    ];
+    assert_eq!(cmd_cross_imports(&files), vec!["cmd_a.rs -> cmd_b"]);
+}
+
 #[test]
 fn every_source_file_has_a_module_doc() {
     let mut missing = Vec::new();
