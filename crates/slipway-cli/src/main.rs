@@ -26,6 +26,7 @@ mod cmd_serve;
 mod out;
 mod perf_report;
 mod progress;
+mod status_view;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use slipway_model::exit;
