@@ -1,5 +1,5 @@
 //! Accounts and grants: declared unix users must exist on the target (this machine for
-//! local targets), declared PostgreSQL roles must exist and hold every declared grant. A
+//! local targets, each host for the ssh target: [`unix_user_command`] runs there), declared PostgreSQL roles must exist and hold every declared grant. A
 //! missing grant is named exactly (`INSERT ON orders`), one row per privilege.
 
 use std::time::{Duration, Instant};
@@ -41,6 +41,61 @@ pub fn unix_user(name: &str) -> Verdict {
             started,
         )
         .hint("check /etc/passwd and NSS on the target"),
+    }
+}
+
+/// The POSIX shell command that looks a unix user up on a target host: its passwd entry
+/// on stdout and exit 0, or a non-zero exit when there is none (`getent` where the host
+/// has it, so NSS users count; `/etc/passwd` otherwise).
+pub fn unix_user_command(name: &str) -> String {
+    let q = format!("'{}'", name.replace('\'', r"'\''"));
+    format!(
+        "if command -v getent >/dev/null 2>&1; then getent passwd {q}; else grep -e \"^\"{q}\":\" /etc/passwd; fi"
+    )
+}
+
+/// Judge a unix user from what [`unix_user_command`] answered on a host: its exit code
+/// (`None`: the command did not finish) and stdout.
+pub fn unix_user_from_report(
+    name: &str,
+    exit: Option<i32>,
+    stdout: &str,
+    started: Instant,
+) -> Verdict {
+    let entry = stdout
+        .lines()
+        .find(|l| l.split(':').next() == Some(name))
+        .map(|l| l.split(':').collect::<Vec<_>>());
+    match (exit, entry) {
+        (Some(0), Some(f)) if f.len() >= 7 => Verdict::new(
+            "accounts.unix",
+            name,
+            Outcome::Pass,
+            format!("uid {} home {}", f[2], f[5]),
+            "exists",
+            started,
+        ),
+        (Some(_), None) | (Some(1 | 2), _) => Verdict::new(
+            "accounts.unix",
+            name,
+            Outcome::Fail,
+            "missing",
+            "exists",
+            started,
+        )
+        .hint(format!("create it on the host: `useradd --system {name}`")),
+        (code, _) => Verdict::new(
+            "accounts.unix",
+            name,
+            Outcome::Fail,
+            format!(
+                "lookup failed (exit {})",
+                code.map_or("none".to_owned(), |c| c.to_string())
+            ),
+            "exists",
+            started,
+        )
+        .hint("check /etc/passwd and NSS on the host"),
     }
 }
 

@@ -1,5 +1,6 @@
 //! Capacity: declared resources per instance × instances (replicas plus the canary's
-//! surge) against what this machine has free: `MemAvailable` from /proc/meminfo, CPU as
+//! surge) against what this machine — or a target host, from a report its shell prints
+//! ([`host_report_command`]) — has free: `MemAvailable` from /proc/meminfo, CPU as
 //! cores minus the 1-minute load average, disk from statvfs of the deploy directory, and
 //! ports by trying to bind them. Over 80 % of what is free warns; more than free fails.
 
@@ -68,13 +69,9 @@ fn mib(b: u64) -> String {
     format!("{:.0} MiB", b as f64 / 1_048_576.0)
 }
 
-/// Measure this machine; `dir` is where the release will be written.
-pub fn measure(dir: &Path) -> Result<Free, CapacityError> {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").map_err(|e| CapacityError::Proc {
-        file: "/proc/meminfo",
-        message: e.to_string(),
-    })?;
-    let memory = meminfo
+/// `MemAvailable` of /proc/meminfo, in bytes.
+fn parse_meminfo(meminfo: &str) -> Result<u64, CapacityError> {
+    meminfo
         .lines()
         .find_map(|l| l.strip_prefix("MemAvailable:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
@@ -82,19 +79,33 @@ pub fn measure(dir: &Path) -> Result<Free, CapacityError> {
         .ok_or(CapacityError::Proc {
             file: "/proc/meminfo",
             message: "no MemAvailable line".into(),
-        })?;
-    let loadavg = std::fs::read_to_string("/proc/loadavg").map_err(|e| CapacityError::Proc {
-        file: "/proc/loadavg",
-        message: e.to_string(),
-    })?;
-    let load: f64 = loadavg
+        })
+}
+
+/// The 1-minute load average of /proc/loadavg.
+fn parse_loadavg(loadavg: &str) -> Result<f64, CapacityError> {
+    loadavg
         .split_whitespace()
         .next()
         .and_then(|v| v.parse().ok())
         .ok_or(CapacityError::Proc {
             file: "/proc/loadavg",
             message: "no 1-minute load average".into(),
-        })?;
+        })
+}
+
+/// Measure this machine; `dir` is where the release will be written.
+pub fn measure(dir: &Path) -> Result<Free, CapacityError> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").map_err(|e| CapacityError::Proc {
+        file: "/proc/meminfo",
+        message: e.to_string(),
+    })?;
+    let memory = parse_meminfo(&meminfo)?;
+    let loadavg = std::fs::read_to_string("/proc/loadavg").map_err(|e| CapacityError::Proc {
+        file: "/proc/loadavg",
+        message: e.to_string(),
+    })?;
+    let load = parse_loadavg(&loadavg)?;
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get) as f64;
     let st = nix::sys::statvfs::statvfs(dir).map_err(|e| CapacityError::Disk {
         path: dir.display().to_string(),
@@ -105,6 +116,63 @@ pub fn measure(dir: &Path) -> Result<Free, CapacityError> {
         reason = "the field types differ between libc targets"
     )]
     let disk = u64::from(st.blocks_available()).saturating_mul(u64::from(st.fragment_size()));
+    Ok(Free {
+        cpu: (cores - load).max(0.0),
+        cores,
+        memory,
+        disk,
+    })
+}
+
+/// Separates the sections of a host report.
+const SECTION: &str = "@@slipway-capacity@@";
+
+/// The POSIX shell command whose output [`parse_host_report`] reads: what a target host
+/// has free, measured on the host itself (/proc/meminfo, /proc/loadavg, its cores, and
+/// `df -Pk` of `dir`, where the release is written there). Only reads; needs `cat`,
+/// `getconf` (or `nproc`) and `df`.
+pub fn host_report_command(dir: &str) -> String {
+    let q = format!("'{}'", dir.replace('\'', r"'\''"));
+    format!(
+        "cat /proc/meminfo; echo {SECTION}; cat /proc/loadavg; echo {SECTION}; \
+         getconf _NPROCESSORS_ONLN 2>/dev/null || nproc; echo {SECTION}; df -Pk {q}"
+    )
+}
+
+/// What a host has free, from the output of [`host_report_command`] run there.
+pub fn parse_host_report(text: &str, dir: &str) -> Result<Free, CapacityError> {
+    let parts: Vec<&str> = text.split(SECTION).collect();
+    let [meminfo, loadavg, cores, df] = parts.as_slice() else {
+        return Err(CapacityError::Proc {
+            file: "host report",
+            message: format!("{} section(s) instead of 4", parts.len()),
+        });
+    };
+    let memory = parse_meminfo(meminfo)?;
+    let load = parse_loadavg(loadavg)?;
+    let cores: f64 = cores
+        .trim()
+        .lines()
+        .next()
+        .and_then(|c| c.trim().parse::<u32>().ok())
+        .map(f64::from)
+        .ok_or(CapacityError::Proc {
+            file: "getconf _NPROCESSORS_ONLN",
+            message: format!("not a number of cores: `{}`", cores.trim()),
+        })?;
+    // `df -P`: a header, then `Filesystem 1024-blocks Used Available Capacity Mounted-on`
+    // (a long device name never wraps under -P).
+    let disk = df
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .nth(1)
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .map(|kb| kb.saturating_mul(1024))
+        .ok_or_else(|| CapacityError::Disk {
+            path: dir.to_owned(),
+            message: format!("`df -Pk` gave no usable line: `{}`", df.trim()),
+        })?;
     Ok(Free {
         cpu: (cores - load).max(0.0),
         cores,

@@ -65,6 +65,10 @@ pub struct Verdict {
     /// What to do when it is not a pass.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hint: Option<String>,
+    /// The target host the row was measured on (an ssh environment's host, by its
+    /// inventory name); `None` when measured on this machine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 impl Verdict {
@@ -85,12 +89,19 @@ impl Verdict {
             expected: expected.into(),
             duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
             hint: None,
+            host: None,
         }
     }
 
     /// With a hint.
     pub fn hint(mut self, h: impl Into<String>) -> Self {
         self.hint = Some(h.into());
+        self
+    }
+
+    /// Measured on this target host.
+    pub fn on_host(mut self, host: impl Into<String>) -> Self {
+        self.host = Some(host.into());
         self
     }
 }

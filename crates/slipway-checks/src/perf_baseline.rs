@@ -273,6 +273,7 @@ pub fn report_rows(name: &str, b: Option<&Baseline>, v: Option<&Verification>) -
         expected: "a baseline of the running version".into(),
         duration_ms: b.setup.duration_ms,
         hint: None,
+        host: None,
     })
     .into_iter()
     .collect()

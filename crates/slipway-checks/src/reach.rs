@@ -1,14 +1,16 @@
-//! Reachability: can this machine (the local target) reach every endpoint a service
+//! Reachability: can this machine (the local target), or a target host over its SSH
+//! session ([`probe_via`] with a channel the host opens), reach every endpoint a service
 //! declares? Endpoints are `host:port` (TCP) or `tcp://`, `http://host:port/path`,
 //! `postgres://host:port` and `tls://host:port[?ca=FILE&name=HOST&warn_days=N]` (a real
 //! handshake, see [`crate::tls`]). A refused connection (nothing listens) and a filtered
 //! one (no answer: a firewall drops the packets) fail with different hints.
 
+use std::future::Future;
 use std::io::ErrorKind;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::{Outcome, Verdict};
@@ -95,8 +97,63 @@ pub async fn probe(endpoint: &str, timeout: Duration) -> Verdict {
     probe_in(endpoint, timeout, Path::new(".")).await
 }
 
-/// Probe one endpoint, relative `ca=` files resolved against `base_dir`.
+/// Probe one endpoint from this machine, relative `ca=` files resolved against `base_dir`.
 pub async fn probe_in(endpoint: &str, timeout: Duration, base_dir: &Path) -> Verdict {
+    probe_via(
+        endpoint,
+        timeout,
+        base_dir,
+        "this machine",
+        |host, port| async move {
+            match TcpStream::connect((host.as_str(), port)).await {
+                Ok(s) => Ok(s),
+                Err(e) if e.kind() == ErrorKind::ConnectionRefused => Err(ConnectError::Refused),
+                Err(e) => Err(ConnectError::Other {
+                    measured: format!("error: {e}"),
+                    hint: format!("check the name and route to {host}:{port} from this machine"),
+                }),
+            }
+        },
+    )
+    .await
+}
+
+/// Why a connection to an endpoint could not be opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnectError {
+    /// The host answered, but nothing listens on the port.
+    Refused,
+    /// Anything else: what was seen and what to do.
+    Other {
+        /// What was measured, e.g. `error: no route to host`.
+        measured: String,
+        /// The fix.
+        hint: String,
+    },
+}
+
+/// A connection a probe speaks over: a TCP stream of this machine, or a channel a remote
+/// host opened to the endpoint (SSH `direct-tcpip`), so the same probe judges "can this
+/// host reach it" wherever it runs.
+pub trait Conn: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn for T {}
+
+/// Probe one endpoint over connections `connect(host, port)` opens, as seen from `from`
+/// (named in hints): the connection must open within `timeout` (else it is *filtered*),
+/// then the endpoint's protocol is spoken over it (HTTP GET, TLS handshake, PostgreSQL
+/// SSLRequest), also within `timeout`.
+pub async fn probe_via<C, F, Fut>(
+    endpoint: &str,
+    timeout: Duration,
+    base_dir: &Path,
+    from: &str,
+    connect: F,
+) -> Verdict
+where
+    C: Conn,
+    F: FnOnce(String, u16) -> Fut,
+    Fut: Future<Output = Result<C, ConnectError>>,
+{
     let started = Instant::now();
     let row = |o, measured: String, expected: &str| {
         Verdict::new("reach", endpoint, o, measured, expected, started)
@@ -108,7 +165,21 @@ pub async fn probe_in(endpoint: &str, timeout: Duration, base_dir: &Path) -> Ver
                 .hint("write endpoints as host:port, tcp://, http://, tls:// or postgres:// URLs");
         }
     };
-    let stream = match tokio::time::timeout(timeout, TcpStream::connect(&addr)).await {
+    let (host, port) = match addr.rsplit_once(':').map(|(h, p)| (h, p.parse::<u16>())) {
+        Some((h, Ok(p))) => (
+            h.trim_start_matches('[').trim_end_matches(']').to_owned(),
+            p,
+        ),
+        _ => {
+            return row(
+                Outcome::Fail,
+                format!("`{addr}` is not host:port"),
+                "host:port",
+            )
+            .hint("write endpoints as host:port, tcp://, http://, tls:// or postgres:// URLs");
+        }
+    };
+    let stream = match tokio::time::timeout(timeout, connect(host, port)).await {
         Err(_) => {
             return row(
                 Outcome::Fail,
@@ -116,18 +187,16 @@ pub async fn probe_in(endpoint: &str, timeout: Duration, base_dir: &Path) -> Ver
                 "connect",
             )
             .hint(format!(
-                "packets to {addr} are dropped (a firewall rule or a down host): open the port from this machine"
+                "packets to {addr} are dropped (a firewall rule or a down host): open the port from {from}"
             ));
         }
-        Ok(Err(e)) if e.kind() == ErrorKind::ConnectionRefused => {
+        Ok(Err(ConnectError::Refused)) => {
             return row(Outcome::Fail, "refused".into(), "connect").hint(format!(
                 "the host answers but nothing listens on {addr}: start the service or fix the port"
             ));
         }
-        Ok(Err(e)) => {
-            return row(Outcome::Fail, format!("error: {e}"), "connect").hint(format!(
-                "check the name and route to {addr} from this machine"
-            ));
+        Ok(Err(ConnectError::Other { measured, hint })) => {
+            return row(Outcome::Fail, measured, "connect").hint(hint);
         }
         Ok(Ok(s)) => s,
     };
@@ -151,8 +220,10 @@ pub async fn probe_in(endpoint: &str, timeout: Duration, base_dir: &Path) -> Ver
             }
         }
         Flavour::Http => {
-            drop(stream);
-            match crate::http::get(endpoint, timeout).await {
+            let answer = tokio::time::timeout(timeout, crate::http::get_on(stream, endpoint))
+                .await
+                .unwrap_or_else(|_| Err(format!("no answer within {} ms", timeout.as_millis())));
+            match answer {
                 Ok(a) if a.status < 500 => {
                     row(Outcome::Pass, format!("HTTP {}", a.status), "HTTP < 500")
                 }
@@ -174,7 +245,7 @@ pub async fn probe_in(endpoint: &str, timeout: Duration, base_dir: &Path) -> Ver
     }
 }
 
-async fn pg_ssl_probe(mut s: TcpStream, timeout: Duration) -> Result<u8, String> {
+async fn pg_ssl_probe<S: Conn>(mut s: S, timeout: Duration) -> Result<u8, String> {
     // SSLRequest: length 8, code 80877103. A server answers one byte, `S` or `N`.
     let mut msg = [0u8; 8];
     msg[..4].copy_from_slice(&8u32.to_be_bytes());

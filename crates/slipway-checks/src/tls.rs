@@ -21,7 +21,6 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
-use tokio::net::TcpStream;
 
 use crate::Outcome;
 
@@ -184,12 +183,10 @@ fn days_left(leaf: &[u8]) -> Option<i64> {
 }
 
 /// Handshake over an open connection to `host:port` and judge the certificate.
-pub async fn handshake(
-    stream: TcpStream,
-    addr: &str,
-    o: &TlsOptions,
-    timeout: Duration,
-) -> TlsFinding {
+pub async fn handshake<S>(stream: S, addr: &str, o: &TlsOptions, timeout: Duration) -> TlsFinding
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let fail = |measured: String, hint: String| TlsFinding {
         outcome: Outcome::Fail,
         measured,

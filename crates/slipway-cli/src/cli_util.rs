@@ -356,3 +356,32 @@ pub fn migrate_error(e: slipway_migrate::Error) -> CliError {
     };
     CliError::new(code, format!("failed to {e}"), hint)
 }
+
+/// Check rows as a table: check, host (when a row was measured on a target host), target,
+/// verdict, measured, expected, time.
+pub fn verdict_table(rows: &[slipway_checks::Verdict]) -> String {
+    let hosts = rows.iter().any(|r| r.host.is_some());
+    let mut t = comfy_table::Table::new();
+    t.force_no_tty();
+    let mut header = vec!["check"];
+    if hosts {
+        header.push("host");
+    }
+    header.extend(["target", "verdict", "measured", "expected", "time"]);
+    t.set_header(header);
+    for r in rows {
+        let mut row = vec![r.check.clone()];
+        if hosts {
+            row.push(r.host.clone().unwrap_or_else(|| "this machine".into()));
+        }
+        row.extend([
+            r.target.clone(),
+            r.verdict.as_str().to_owned(),
+            r.measured.clone(),
+            r.expected.clone(),
+            format!("{}ms", r.duration_ms),
+        ]);
+        t.add_row(row);
+    }
+    t.to_string()
+}

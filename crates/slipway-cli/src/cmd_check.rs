@@ -1,19 +1,24 @@
 //! `slipway check`: is this environment ready for this release? Runs every check the spec
 //! declares for it and prints one table.
 //!
-//! Kinds: `reach` (each service's endpoints, from this machine), `capacity` (resources ×
-//! replicas × canary surge vs what this machine has free), `accounts` (unix users,
-//! PostgreSQL roles and grants), `smoke` (the environment's declared checks: http, tcp,
-//! command, sql), `infra`, `perf` (the running version under the declared request mix;
-//! with `--run RUN`, judged against the baseline that run kept before its deploy, both
-//! distributions shown). Placeholders `{{ vars.x }}` in endpoints and URLs are filled from the
-//! environment's variables; secret references are never resolved here.
+//! Kinds: the readiness checks a deploy also runs before its first wave
+//! (`slipway_ops::gates::check_readiness`): `reach` (each service's endpoints), `tls`
+//! (its `tls://` endpoints), `capacity` (resources × replicas × canary surge vs what is
+//! free), `accounts` (unix users, PostgreSQL roles and grants), `monitoring` (each metric
+//! provider and query the canary analysis uses answers with data) — measured on this
+//! machine, or on every host of an ssh environment, each row naming its host — and
+//! `smoke` (the environment's declared checks: http, tcp, command, sql), `infra`, `perf`
+//! (the running version under the declared request mix; with `--run RUN`, judged against
+//! the baseline that run kept before its deploy, both distributions shown). Placeholders
+//! `{{ vars.x }}` are filled from the environment's variables; readiness addresses may use
+//! secret variables, resolved here and never shown.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use slipway_checks::{Outcome, Verdict};
 use slipway_model::exit;
+use slipway_model::readiness::ReadinessCheck;
 
 use crate::cli_util::load_spec;
 use crate::out::{CliError, Output, Style};
@@ -30,8 +35,8 @@ pub struct CheckArgs {
     /// The environment to check.
     #[arg(long, value_name = "ENV")]
     pub env: String,
-    /// Run only one kind: reach, capacity, accounts, smoke, infra, perf.
-    #[arg(long, value_name = "KIND", value_parser = ["reach", "capacity", "accounts", "smoke", "infra", "perf"])]
+    /// Run only one kind: reach, tls, capacity, accounts, monitoring, smoke, infra, perf.
+    #[arg(long, value_name = "KIND", value_parser = ["reach", "tls", "capacity", "accounts", "monitoring", "smoke", "infra", "perf"])]
     pub only: Option<String>,
     /// Judge perf checks against the baseline this run kept before its deploy.
     #[arg(long, value_name = "RUN")]
@@ -103,11 +108,6 @@ pub fn check(a: CheckArgs, out: &Output) -> Result<i32, CliError> {
                 None,
             )
         })?;
-    let spec_dir = a
-        .file
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .map_or(PathBuf::from("."), PathBuf::from);
     let run_dir = match &a.run {
         None => None,
         Some(run) => {
@@ -121,82 +121,38 @@ pub fn check(a: CheckArgs, out: &Output) -> Result<i32, CliError> {
     let mut rows: Vec<Verdict> = Vec::new();
     let mut perf_json = serde_json::Map::new();
     let mut perf_lines: Vec<String> = Vec::new();
-    rt.block_on(async {
-        if want("reach") {
-            for (name, s) in &spec.services {
-                let endpoints: Vec<String> = s.endpoints.iter().map(|e| fill(e)).collect();
-                rows.extend(slipway_checks::reach::check_service_in(name, "this machine", &endpoints, a.timeout, &spec_dir).await);
-            }
+    let readiness_only = a
+        .only
+        .as_deref()
+        .and_then(|o| ReadinessCheck::ALL.into_iter().find(|k| k.as_str() == o));
+    let readiness_wanted = a.only.is_none() || readiness_only.is_some();
+    let plan = slipway_model::plan::plan(spec, &a.env, &slipway_model::plan::Facts::default())
+        .map_err(|e| CliError::input(e, "pick an environment the spec declares"))?;
+    let readiness: Result<Vec<Verdict>, CliError> = rt.block_on(async {
+        if !readiness_wanted {
+            return Ok(Vec::new());
         }
+        Ok(slipway_ops::gates::check_readiness(
+            a.store.store.as_deref(),
+            &a.file,
+            &plan,
+            readiness_only,
+            a.timeout,
+        )
+        .await?)
+    });
+    rows.extend(readiness?);
+    rt.block_on(async {
         if want("perf") {
             for name in &env.checks {
                 if let Some(p) = spec.checks.get(name).and_then(|c| c.perf.as_ref()) {
                     let mut p = p.clone();
                     p.url = fill(&p.url);
-                    let (r, detail, lines) = crate::perf_report::check_rows(name, &p, run_dir.as_deref()).await;
+                    let (r, detail, lines) =
+                        crate::perf_report::check_rows(name, &p, run_dir.as_deref()).await;
                     rows.extend(r);
                     perf_json.insert(name.clone(), detail);
                     perf_lines.extend(lines);
-                }
-            }
-        }
-        if want("capacity") {
-            let surge = u32::from(env.strategy.as_ref().or(spec.strategy.as_ref()).is_some_and(|s| s.canary.is_some()));
-            let demands: Vec<slipway_checks::capacity::Demand> = spec
-                .services
-                .iter()
-                .filter_map(|(name, s)| {
-                    let r = s.resources.as_ref()?;
-                    let replicas = s.run.as_ref().map_or(1, |r| r.replicas);
-                    Some(slipway_checks::capacity::Demand {
-                        service: name.clone(),
-                        // A canary runs the new version beside the old: replicas twice at the peak.
-                        instances: replicas * (1 + surge),
-                        cpu: r.cpu,
-                        memory: r.memory.as_deref().and_then(slipway_checks::capacity::parse_size),
-                        disk: r.disk.as_deref().and_then(slipway_checks::capacity::parse_size),
-                        ports: Vec::new(),
-                    })
-                })
-                .collect();
-            if !demands.is_empty() {
-                let dir = a.file.parent().filter(|d| !d.as_os_str().is_empty()).map_or(PathBuf::from("."), PathBuf::from);
-                match slipway_checks::capacity::measure(&dir) {
-                    Ok(free) => rows.extend(slipway_checks::capacity::check(&demands, &free)),
-                    Err(e) => rows.push(Verdict {
-                        check: "capacity".into(),
-                        target: "this machine".into(),
-                        verdict: Outcome::Fail,
-                        measured: e.to_string(),
-                        expected: "readable /proc and filesystem".into(),
-                        duration_ms: 0,
-                        hint: None,
-                    }),
-                }
-            }
-        }
-        if want("accounts") {
-            for s in spec.services.values() {
-                for acc in &s.accounts {
-                    if let Some(u) = &acc.unix {
-                        rows.push(slipway_checks::accounts::unix_user(u));
-                    }
-                    if let Some(pg) = &acc.postgres {
-                        let url = pg.database.as_deref().map(&fill).unwrap_or_default();
-                        if url.is_empty() || url.starts_with("secret://") {
-                            rows.push(Verdict {
-                                check: "accounts.postgres".into(),
-                                target: pg.role.clone(),
-                                verdict: Outcome::Warn,
-                                measured: "not checked".into(),
-                                expected: format!("role {} with {} grant(s)", pg.role, pg.grants.len()),
-                                duration_ms: 0,
-                                hint: Some("give the account a `database:` URL this machine can use (secrets are resolved only at install time)".into()),
-                            });
-                        } else {
-                            rows.extend(slipway_checks::accounts::postgres_role(&url, &pg.role, &pg.grants, a.timeout).await);
-                        }
-                    }
                 }
             }
         }
@@ -211,19 +167,16 @@ pub fn check(a: CheckArgs, out: &Output) -> Result<i32, CliError> {
             rows.extend(infra_rows(&dir, infra, a.timeout).await);
         }
         if want("smoke") {
-            for name in &env.checks {
-                // Perf checks are measurements, reported under `perf`.
-                if let Some(c) = spec.checks.get(name).filter(|c| c.perf.is_none()) {
-                    let mut c = c.clone();
-                    if let Some(h) = c.http.as_mut() {
-                        h.url = fill(&h.url);
-                    }
-                    if let Some(t) = c.tcp.as_mut() {
-                        *t = fill(t);
-                    }
-                    rows.push(slipway_checks::smoke::run(name, &c, a.base.as_deref(), a.timeout).await);
-                }
-            }
+            // Perf checks are measurements, reported under `perf`.
+            rows.extend(
+                slipway_ops::gates::declared_check_rows(
+                    &a.file,
+                    &plan,
+                    a.base.as_deref(),
+                    a.timeout,
+                )
+                .await,
+            );
         }
     });
     let worst = slipway_checks::worst(&rows);
@@ -240,29 +193,19 @@ pub fn check(a: CheckArgs, out: &Output) -> Result<i32, CliError> {
             a.env, a.env
         ));
     } else {
-        let mut t = comfy_table::Table::new();
-        t.force_no_tty();
-        t.set_header(vec![
-            "check", "target", "verdict", "measured", "expected", "time",
-        ]);
-        for r in &rows {
-            t.add_row(vec![
-                r.check.clone(),
-                r.target.clone(),
-                r.verdict.as_str().to_owned(),
-                r.measured.clone(),
-                r.expected.clone(),
-                format!("{}ms", r.duration_ms),
-            ]);
-        }
-        out.line(&t.to_string());
+        out.line(&crate::cli_util::verdict_table(&rows));
         for l in &perf_lines {
             out.line(l);
         }
         for r in rows.iter().filter(|r| r.verdict != Outcome::Pass) {
             if let Some(h) = &r.hint {
+                let on = r
+                    .host
+                    .as_ref()
+                    .map(|h| format!(" on {h}"))
+                    .unwrap_or_default();
                 out.line(&format!(
-                    "  {} {}: {h}",
+                    "  {} {}{on}: {h}",
                     out.paint(
                         r.verdict.as_str(),
                         if r.verdict == Outcome::Fail {

@@ -370,6 +370,19 @@ pub fn render_plan(p: &Plan, out: &Output) -> String {
                 })
                 .collect::<Vec<_>>()
                 .join("; "),
+            GateKind::Readiness { checks, advisory } => {
+                let names: Vec<String> = checks
+                    .iter()
+                    .map(|c| {
+                        if advisory.contains(c) {
+                            format!("{} (advisory)", c.as_str())
+                        } else {
+                            c.as_str().to_owned()
+                        }
+                    })
+                    .collect();
+                format!("before the first wave: {}", names.join(", "))
+            }
         };
         let _ = writeln!(
             s,

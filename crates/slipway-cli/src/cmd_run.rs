@@ -148,7 +148,7 @@ fn exit_for(r: &DriveReport) -> i32 {
 }
 
 /// The end of a drive: its outcome as JSON, or the reason, warnings and one line.
-fn render_drive(r: &DriveReport, out: &Output) -> i32 {
+fn render_drive(r: &DriveReport, readiness: &[slipway_checks::Verdict], out: &Output) -> i32 {
     let code = exit_for(r);
     if out.json() {
         let mut v = match &r.outcome {
@@ -174,6 +174,9 @@ fn render_drive(r: &DriveReport, out: &Output) -> i32 {
         if !r.not_deployed.is_empty() {
             v["not_deployed"] = json!(r.not_deployed);
             v["outcome"] = json!("partially_succeeded");
+        }
+        if !readiness.is_empty() {
+            v["readiness"] = json!(readiness);
         }
         out.json_value(&v);
         return code;
@@ -236,7 +239,7 @@ fn render_handled(h: Handled, reporter: &CliReporter, out: &Output) -> i32 {
     reporter.finish();
     match h {
         Handled::Delivered(d) => render_delivered(&d, out),
-        Handled::Driven(r) => render_drive(&r, out),
+        Handled::Driven(r) => render_drive(&r, &[], out),
     }
 }
 
@@ -267,16 +270,37 @@ pub fn deploy(a: DeployArgs, out: &Output) -> Result<i32, CliError> {
         )
         .await;
         reporter.finish();
-        Ok(match started? {
+        let readiness = reporter.readiness();
+        let started = match started {
+            Ok(s) => s,
+            Err(e) if out.json() && !readiness.is_empty() => {
+                // The refusal with the rows that refused it, as one document.
+                let e = CliError::from(e);
+                out.json_value(&json!({
+                    "ok": false,
+                    "exit_code": e.code,
+                    "error": e.message,
+                    "hint": e.hint,
+                    "readiness": readiness,
+                }));
+                return Err(CliError::new(e.code, "", None));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        Ok(match started {
             DeployStarted::Detached { run, continued } => {
                 if out.json() {
-                    out.json_value(&json!({"run": run, "detached": true, "continued": continued}));
+                    let mut v = json!({"run": run, "detached": true, "continued": continued});
+                    if !readiness.is_empty() {
+                        v["readiness"] = json!(readiness);
+                    }
+                    out.json_value(&v);
                 } else {
                     out.line(&run);
                 }
                 exit::SUCCESS
             }
-            DeployStarted::Driven(r) => render_drive(&r, out),
+            DeployStarted::Driven(r) => render_drive(&r, &readiness, out),
         })
     })
 }

@@ -19,6 +19,7 @@ fn fail_row(name: &str, target: &str, measured: String, hint: String) -> Verdict
         expected: "a measurement of the running version".into(),
         duration_ms: 0,
         hint: Some(hint),
+        host: None,
     }
 }
 
@@ -103,6 +104,7 @@ pub async fn check_rows(
                 expected: format!("at least {} ok requests, under 10% failed", pb::MIN_SAMPLES),
                 duration_ms: setup.duration_ms,
                 hint: None,
+                host: None,
             };
             let lines = vec![format!("perf {name} now: {}", pb::summary(&b.distribution))];
             (

@@ -236,6 +236,8 @@ pub struct CliReporter {
     multi: MultiProgress,
     bars: Vec<ProgressBar>,
     wave_of: HashMap<String, u32>,
+    /// The readiness rows of the deploy, for the JSON document.
+    readiness: std::sync::Mutex<Vec<slipway_checks::Verdict>>,
 }
 
 impl CliReporter {
@@ -270,6 +272,7 @@ impl CliReporter {
             wave_of: plan
                 .map(|p| p.steps.iter().map(|s| (s.id.clone(), s.wave)).collect())
                 .unwrap_or_default(),
+            readiness: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -279,6 +282,11 @@ impl CliReporter {
         } else {
             self.out.eline(text);
         }
+    }
+
+    /// The readiness rows reported so far (empty when the plan declares none).
+    pub fn readiness(&self) -> Vec<slipway_checks::Verdict> {
+        self.readiness.lock().map(|r| r.clone()).unwrap_or_default()
     }
 
     /// Finish the bars.
@@ -357,6 +365,28 @@ impl slipway_ops::Reporter for CliReporter {
             )),
             OpsEvent::CanaryRetired { detail, .. } if !self.json => self.line(&detail),
             OpsEvent::Warning(w) => self.line(&format!("warning: {w}")),
+            OpsEvent::Readiness { rows, advisory } => {
+                if !self.json {
+                    self.line("readiness before the first wave:");
+                    self.line(&crate::cli_util::verdict_table(&rows));
+                    for r in rows.iter().filter(|r| r.verdict != slipway_checks::Outcome::Pass) {
+                        let kind = slipway_model::readiness::ReadinessCheck::of_row(&r.check);
+                        let advisory = kind.is_some_and(|k| advisory.contains(&k))
+                            && r.verdict == slipway_checks::Outcome::Fail;
+                        let on = r.host.as_ref().map(|h| format!(" on {h}")).unwrap_or_default();
+                        self.line(&format!(
+                            "  {}{} {}{on}: {}",
+                            r.verdict.as_str(),
+                            if advisory { " (advisory)" } else { "" },
+                            r.target,
+                            r.hint.as_deref().unwrap_or(&r.measured)
+                        ));
+                    }
+                }
+                if let Ok(mut kept) = self.readiness.lock() {
+                    *kept = rows;
+                }
+            }
             _ => {}
         }
     }

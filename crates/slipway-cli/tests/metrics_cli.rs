@@ -255,7 +255,127 @@ fn a_canary_judged_by_prometheus_is_promoted_when_healthy() {
         env.versions_served(10),
         BTreeMap::from([("2.0.0".to_owned(), 10)])
     );
+    // Before any traffic moved, the readiness gate proved the query's series exist.
+    let row = v["readiness"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no readiness rows: {v:#}"))
+        .iter()
+        .find(|r| r["check"] == "monitoring.prom")
+        .unwrap_or_else(|| panic!("no monitoring row: {v:#}"))
+        .clone();
+    assert_eq!(row["verdict"], "pass", "{row:#}");
+    assert!(
+        row["measured"]
+            .as_str()
+            .unwrap()
+            .contains("every series it selects exists: slipway_proxy_requests_total"),
+        "{row:#}"
+    );
     let _ = env.rt.block_on(users.stop());
+}
+
+#[test]
+fn a_dead_prometheus_blocks_the_deploy_before_any_traffic_moves() {
+    let env = Env::new();
+    let users = env.baseline();
+    // Nothing listens there: the provider is dead.
+    let dead = format!(
+        "  prom: {{ prometheus: {{ url: \"http://127.0.0.1:{}\", timeout: 1s }} }}",
+        free_port()
+    );
+    let spec = spec(&env, "2.0.0", "", &prometheus_metric(), &dead);
+    let (code, v, err) = env.deploy(&spec);
+    assert_eq!(code, 3, "blocked before the first wave: {v}\n{err}");
+    let row = v["readiness"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no readiness rows: {v:#}"))
+        .iter()
+        .find(|r| r["check"] == "monitoring.prom")
+        .unwrap_or_else(|| panic!("no monitoring row: {v:#}"))
+        .clone();
+    assert_eq!(row["verdict"], "fail", "{row:#}");
+    assert!(
+        row["target"]
+            .as_str()
+            .unwrap()
+            .contains("canary-error-ratio (prometheus `prom`)"),
+        "{row:#}"
+    );
+    // No canary was started, no traffic moved.
+    assert_eq!(env.instances(), BTreeMap::from([("1.0.0".to_owned(), 2)]));
+    assert_eq!(
+        env.versions_served(10),
+        BTreeMap::from([("1.0.0".to_owned(), 10)])
+    );
+    // The same by hand.
+    let (code, out, err) = env.run(&[
+        "check",
+        "--env",
+        "live",
+        "--only",
+        "monitoring",
+        "--output",
+        "json",
+        "-f",
+        &spec.display().to_string(),
+    ]);
+    assert_eq!(code, 1, "{out}\n{err}");
+    let c: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(c["checks"][0]["check"], "monitoring.prom", "{c:#}");
+    assert_eq!(c["checks"][0]["verdict"], "fail", "{c:#}");
+    let _ = env.rt.block_on(users.stop());
+}
+
+#[test]
+fn check_only_monitoring_proves_a_live_prometheus_query_and_names_a_missing_series() {
+    let (env, users, prom) = with_prometheus();
+    let spec = spec(
+        &env,
+        "2.0.0",
+        "",
+        &prometheus_metric(),
+        &prometheus_provider(&prom),
+    );
+    let check = |spec: &Path| {
+        let (code, out, err) = env.run(&[
+            "check",
+            "--env",
+            "live",
+            "--only",
+            "monitoring",
+            "--output",
+            "json",
+            "-f",
+            &spec.display().to_string(),
+        ]);
+        let v: serde_json::Value =
+            serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}\n{err}"));
+        (code, v)
+    };
+    let (code, v) = check(&spec);
+    assert_eq!(code, 0, "{v:#}");
+    assert_eq!(v["checks"][0]["verdict"], "pass", "{v:#}");
+    // A misspelt metric: Prometheus answers, but nothing exports that series while 1.0.0
+    // runs there: the canary would be judged on nothing.
+    let typo = prometheus_metric().replace(
+        "slipway_proxy_requests_total",
+        "slipway_proxy_request_total",
+    );
+    let spec = spec_with(&env, &typo, &prometheus_provider(&prom));
+    let (code, v) = check(&spec);
+    assert_eq!(code, 1, "{v:#}");
+    assert!(
+        v["checks"][0]["measured"]
+            .as_str()
+            .unwrap()
+            .contains("no series named `slipway_proxy_request_total`"),
+        "{v:#}"
+    );
+    let _ = env.rt.block_on(users.stop());
+}
+
+fn spec_with(env: &Env, metric: &str, provider: &str) -> PathBuf {
+    spec(env, "2.0.0", "", metric, provider)
 }
 
 #[test]
@@ -393,8 +513,10 @@ fn a_canary_judged_by_an_http_json_endpoint_waits_for_data_then_promotes_or_roll
         server.addr
     );
 
-    // No data twice (null), then a healthy value: inconclusive, inconclusive, promoted.
-    server.answer(vec![None, None, Some(0.01)]);
+    // The readiness gate asks first (for the version running now: no data there only
+    // warns for an HTTP provider); then no data twice (null), then a healthy value:
+    // inconclusive, inconclusive, promoted.
+    server.answer(vec![None, None, None, Some(0.01)]);
     let (code, v, err) = env.deploy_with(&spec(&env, "2.0.0", "", metric, &provider), &secret);
     assert_eq!(code, 0, "{v}\n{err}");
     let run2 = v["run"].as_str().unwrap().to_owned();
@@ -416,16 +538,13 @@ fn a_canary_judged_by_an_http_json_endpoint_waits_for_data_then_promotes_or_roll
             .contains("insufficient data: http `stats`: `/canary/error_ratio` is null"),
         "{no_data}"
     );
-    // The URL's placeholders were filled with the canary's service and version.
+    // The URL's placeholders were filled with the canary's service and version (the
+    // gate's with the version that ran before any traffic moved).
+    let paths = server.paths.lock().unwrap().clone();
+    assert_eq!(paths[0], "/stats/api/1.0.0", "{paths:?}");
     assert!(
-        server
-            .paths
-            .lock()
-            .unwrap()
-            .iter()
-            .all(|p| p == "/stats/api/2.0.0"),
-        "{:?}",
-        server.paths.lock().unwrap()
+        paths[1..].iter().all(|p| p == "/stats/api/2.0.0"),
+        "{paths:?}"
     );
 
     // A bad value: rolled back, the reason naming metric, value, threshold and provider.

@@ -36,6 +36,8 @@ mod policy_cli;
 mod postgres_store_cli;
 mod prestage_cli;
 mod process_target_cli;
+mod readiness_cli;
+mod readiness_ssh_cli;
 mod rehearse_cli;
 mod render_cli;
 mod report_cli;
@@ -50,6 +52,7 @@ mod supply_cli;
 mod tls_check_cli;
 mod tokens_cli;
 mod truth_cli;
+mod verification_cli;
 
 /// Every `.rs` file in tests/ must be a module of this runner, or it would never run.
 #[test]

@@ -6,8 +6,9 @@
 
 use std::path::{Path, PathBuf};
 
+// Shared with readiness_ssh_cli (a file may be a module of the runner only once).
 #[path = "../../slipway-providers/tests/sshd.rs"]
-mod sshd;
+pub(crate) mod sshd;
 
 use crate::slipway;
 use sshd::Fleet;

@@ -218,6 +218,10 @@ pub fn render(run: &RunHistory, previous: Option<&RunHistory>, notes: &GitNotes)
             ));
         }
     }
+    // What the release's authors know is not right, before the plan's own findings.
+    for (i, k) in plan.release.known_issues.iter().enumerate() {
+        issues.insert(i, format!("Known: {k}"));
+    }
     if issues.is_empty() {
         let _ = writeln!(s, "None recorded.");
     }
@@ -239,6 +243,9 @@ pub fn render(run: &RunHistory, previous: Option<&RunHistory>, notes: &GitNotes)
         if let Some(o) = &svc.owner {
             let _ = writeln!(s, "- {name}: {o}");
         }
+    }
+    for (i, c) in plan.release.contacts.iter().enumerate() {
+        let _ = writeln!(s, "- escalation {}: {c}", i + 1);
     }
 
     // Runbook delta.

@@ -502,7 +502,9 @@ pub async fn load_runs(
     Ok(out)
 }
 
-/// The run before `run` of the same release in the same environment, if any.
+/// The previous release of `run` in its environment: the newest run of the same release
+/// there, created before it, that succeeded — an aborted, failed or rolled-back run never
+/// put its version there, so it is never the previous release.
 pub async fn previous_run(
     store: &dyn Store,
     run: &RunHistory,
@@ -512,6 +514,7 @@ pub async fn previous_run(
         if r.id != run.record.id
             && r.release == run.record.release
             && r.environment == run.record.environment
+            && r.state == RunState::Succeeded
             && r.created_at < run.record.created_at
             && best.as_ref().is_none_or(|b| r.created_at > b.created_at)
         {
@@ -539,6 +542,7 @@ pub async fn previous_run_with_archived(
             s.run_id != run.record.id
                 && s.release == run.record.release
                 && s.environment == run.record.environment
+                && s.state == RunState::Succeeded
                 && s.created_at < run.record.created_at
         })
         .max_by_key(|s| s.created_at);

@@ -148,6 +148,9 @@ pub struct Message {
     pub at: Timestamp,
     /// One line for people.
     pub text: String,
+    /// The handover pack (Markdown), for `handover` messages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handover: Option<String>,
     /// For `rollback_started` and `rollback_finished`: what is restored and what serves.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rollback: Option<RollbackInfo>,
@@ -226,6 +229,7 @@ fn event_name(e: NotifyEvent) -> &'static str {
         NotifyEvent::Finished => "finished",
         NotifyEvent::RollbackStarted => "rollback started",
         NotifyEvent::RollbackFinished => "rollback finished",
+        NotifyEvent::Handover => "handover",
     }
 }
 
@@ -319,6 +323,7 @@ impl Notifier {
                     at: n.at,
                     text: self.redactor.apply(&text),
                     rollback,
+                    handover: None,
                 }
             })
             .collect()
@@ -350,6 +355,57 @@ impl Notifier {
             }
         }
         out
+    }
+
+    /// Deliver a succeeded run's handover pack (Markdown) to the sinks that list
+    /// `handover` in their `on` (the support team's channels; a sink listening to every
+    /// event does not get it — a pack is a document, not an event line).
+    pub async fn deliver_handover(
+        &self,
+        run: &str,
+        at: Timestamp,
+        markdown: &str,
+    ) -> Vec<Delivery> {
+        let m = Message {
+            event: NotifyEvent::Handover,
+            run: run.to_owned(),
+            release: self.release.clone(),
+            version: self.version.clone(),
+            environment: self.environment.clone(),
+            state: "succeeded".into(),
+            reason: None,
+            at,
+            text: self.redactor.apply(&format!(
+                "{} {} → {}: handover (run {run})\n\n{markdown}",
+                self.release, self.version, self.environment
+            )),
+            rollback: None,
+            handover: Some(self.redactor.apply(markdown)),
+        };
+        let mut out = Vec::new();
+        for sink in self
+            .sinks
+            .iter()
+            .filter(|s| s.on.contains(&NotifyEvent::Handover))
+        {
+            if let Some(url) = &sink.webhook {
+                out.push(self.webhook(url, &m).await);
+            }
+            if !sink.email.is_empty() {
+                out.push(self.email(&sink.email, &m).await);
+            }
+            if let Some(path) = &sink.file {
+                out.push(self.file(path, &m));
+            }
+        }
+        out
+    }
+
+    /// Whether a sink wants handover packs.
+    pub fn wants_handover(&self) -> bool {
+        self.sinks
+            .iter()
+            .any(|s| s.on.contains(&NotifyEvent::Handover))
     }
 
     /// Consume notices until the channel closes; return every delivery.

@@ -90,6 +90,53 @@ pub struct CheckOutcome {
     pub message: String,
 }
 
+/// The first value of the first row `query` returns on the database at `url` (PostgreSQL
+/// or SQLite), as text; `None` when it returns no row. A `sql` check (`equals`) compares
+/// it. Read-only by intent, not by enforcement: the query is the spec author's, like the
+/// migrations themselves.
+pub async fn query_first(url: &str, query: &str) -> Result<Option<String>> {
+    let target = Target::parse(url)?;
+    let mut conn = target.connect(false).await?;
+    let q = |source| Error::Query {
+        what: "run the check's query".into(),
+        url: target.display(),
+        source,
+    };
+    fn text<R: Row>(r: &R) -> String
+    where
+        for<'c> String: sqlx::Decode<'c, R::Database> + sqlx::Type<R::Database>,
+        for<'c> i64: sqlx::Decode<'c, R::Database> + sqlx::Type<R::Database>,
+        for<'c> i32: sqlx::Decode<'c, R::Database> + sqlx::Type<R::Database>,
+        for<'c> bool: sqlx::Decode<'c, R::Database> + sqlx::Type<R::Database>,
+        for<'c> f64: sqlx::Decode<'c, R::Database> + sqlx::Type<R::Database>,
+        usize: sqlx::ColumnIndex<R>,
+    {
+        // Any column type: the common ones in turn (a value cast to text in the query
+        // always reads).
+        r.try_get::<String, _>(0)
+            .or_else(|_| r.try_get::<i64, _>(0).map(|v| v.to_string()))
+            .or_else(|_| r.try_get::<i32, _>(0).map(|v| v.to_string()))
+            .or_else(|_| r.try_get::<bool, _>(0).map(|v| v.to_string()))
+            .or_else(|_| r.try_get::<f64, _>(0).map(|v| v.to_string()))
+            .unwrap_or_else(|_| "<unreadable type; cast the column to text>".to_owned())
+    }
+    let sql = sqlx::AssertSqlSafe(query.to_owned());
+    let value = match &mut conn {
+        Conn::Pg(c) => sqlx::query(sql)
+            .fetch_optional(&mut *c)
+            .await
+            .map_err(q)?
+            .map(|r| text(&r)),
+        Conn::Sqlite(c) => sqlx::query(sql)
+            .fetch_optional(&mut *c)
+            .await
+            .map_err(q)?
+            .map(|r| text(&r)),
+    };
+    conn.close().await;
+    Ok(value)
+}
+
 /// Measure both sides and compare.
 pub async fn run_check(check: &Check) -> Result<CheckOutcome> {
     let (left, right) = tokio::try_join!(

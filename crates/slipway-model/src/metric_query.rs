@@ -127,6 +127,139 @@ pub fn render(text: &str, vars: &QueryVars) -> Result<String, String> {
     .map_err(|e| format!("cannot fill the placeholders: {}", syntax_message(&e)))
 }
 
+/// The metric names a PromQL query selects (`rate(x_total{a="b"}[5m])` → `x_total`), in
+/// order of first use, placeholders and label matchers skipped.
+///
+/// Not a PromQL parser: Prometheus parses the query itself and refuses a bad one as an
+/// error answer. This only finds the names, so that a query with no sample *yet* (a canary
+/// query before the canary exists) can still be proven to select series that exist
+/// (`count({__name__="x_total"})`): it skips strings, `{…}` (matchers and placeholders),
+/// `[…]` (ranges), numbers and durations, functions (a name followed by `(`), keywords,
+/// and the label lists of `by`/`without`/`on`/`ignoring`/`group_left`/`group_right`.
+pub fn promql_metric_names(query: &str) -> Vec<String> {
+    // Operators, modifiers and the aggregation operators (reserved: `sum by (x) (…)`
+    // puts a label list between the name and its parenthesis).
+    const KEYWORDS: &[&str] = &[
+        "and",
+        "or",
+        "unless",
+        "bool",
+        "offset",
+        "inf",
+        "nan",
+        "atan2",
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+        "sum",
+        "min",
+        "max",
+        "avg",
+        "group",
+        "stddev",
+        "stdvar",
+        "count",
+        "count_values",
+        "bottomk",
+        "topk",
+        "quantile",
+        "limitk",
+        "limit_ratio",
+    ];
+    const LABEL_LISTS: &[&str] = &[
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+    ];
+    let chars: Vec<char> = query.chars().collect();
+    let mut names: Vec<String> = Vec::new();
+    let mut i = 0;
+    // Skip to after the bracket matching the one at `i`.
+    let skip_group = |mut i: usize, open: char, close: char| -> usize {
+        let mut depth = 0usize;
+        let mut quote: Option<char> = None;
+        while i < chars.len() {
+            let c = chars[i];
+            match quote {
+                Some(q) if c == '\\' && q != '`' => i += 1,
+                Some(q) if c == q => quote = None,
+                Some(_) => {}
+                None if matches!(c, '"' | '\'' | '`') => quote = Some(c),
+                None if c == open => depth += 1,
+                None if c == close => {
+                    depth = depth.saturating_sub(1);
+                    if depth == 0 {
+                        return i + 1;
+                    }
+                }
+                None => {}
+            }
+            i += 1;
+        }
+        i
+    };
+    while i < chars.len() {
+        let c = chars[i];
+        if c == '#' {
+            // A comment runs to the end of the line.
+            while i < chars.len() && chars[i] != '\n' {
+                i += 1;
+            }
+        } else if matches!(c, '"' | '\'' | '`') {
+            let mut j = i + 1;
+            while j < chars.len() && chars[j] != c {
+                if chars[j] == '\\' && c != '`' {
+                    j += 1;
+                }
+                j += 1;
+            }
+            i = j + 1;
+        } else if c == '{' {
+            i = skip_group(i, '{', '}');
+        } else if c == '[' {
+            i = skip_group(i, '[', ']');
+        } else if c.is_ascii_digit()
+            || (c == '.' && chars.get(i + 1).is_some_and(char::is_ascii_digit))
+        {
+            while i < chars.len()
+                && (chars[i].is_ascii_alphanumeric() || matches!(chars[i], '.' | '_'))
+            {
+                i += 1;
+            }
+        } else if c.is_ascii_alphabetic() || c == '_' || c == ':' {
+            let start = i;
+            while i < chars.len()
+                && (chars[i].is_ascii_alphanumeric() || matches!(chars[i], '_' | ':'))
+            {
+                i += 1;
+            }
+            let word: String = chars[start..i].iter().collect();
+            let mut j = i;
+            while j < chars.len() && chars[j].is_whitespace() {
+                j += 1;
+            }
+            let next = chars.get(j).copied();
+            let lower = word.to_ascii_lowercase();
+            if LABEL_LISTS.contains(&lower.as_str()) && next == Some('(') {
+                i = skip_group(j, '(', ')');
+            } else if next == Some('(') || KEYWORDS.contains(&lower.as_str()) {
+                // A function, or an operator word.
+            } else if !names.contains(&word) {
+                names.push(word);
+            }
+        } else {
+            i += 1;
+        }
+    }
+    names
+}
+
 fn syntax_message(e: &minijinja::Error) -> String {
     match e.detail() {
         Some(d) => format!("{} ({d})", e.kind()),
@@ -158,6 +291,24 @@ mod tests {
             r#"sum(rate(http_requests_total{service="api",version="2.0.0",code=~"5..",region="eu"}[250ms])) / sum(rate(http_requests_total{service="api",version!="1.0.0"}[1m]))"#
         );
         assert_eq!(promql_duration(2000), "2s");
+    }
+
+    #[test]
+    fn the_metric_names_of_a_query_skip_matchers_functions_and_label_lists() {
+        let q = r#"(sum(rate(slipway_proxy_requests_total{service="{{ service }}",version="canary",class=~"5xx|proxy_error"}[5s])) / sum by (service) (rate(slipway_proxy_requests_total{service="{{ service }}"}[{{ interval }}] offset 1m))) and on(job) (sum(increase(http_errors:rate5m{a="x{y}"}[5s])) >= 20) or up"#;
+        assert_eq!(
+            promql_metric_names(q),
+            vec!["slipway_proxy_requests_total", "http_errors:rate5m", "up"]
+        );
+        assert_eq!(
+            promql_metric_names("histogram_quantile(0.99, sum by (le) (rate(req_bucket[1m])))"),
+            vec!["req_bucket"]
+        );
+        assert_eq!(promql_metric_names("1 + 2.5e3"), Vec::<String>::new());
+        assert_eq!(
+            promql_metric_names("{__name__=\"x\"}"),
+            Vec::<String>::new()
+        );
     }
 
     #[test]

@@ -163,6 +163,12 @@ pub struct ReleaseInfo {
     pub owner: Option<String>,
     /// The git tag the release must carry, when the spec declares a pattern.
     pub tag: Option<String>,
+    /// Known issues, for the handover pack.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub known_issues: Vec<String>,
+    /// Escalation contacts, for the handover pack.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub contacts: Vec<String>,
 }
 
 /// One wave: services deployed in parallel once every earlier wave is done.
@@ -300,6 +306,17 @@ pub enum GateKind {
         /// The items.
         items: Vec<crate::spec::ChecklistItem>,
     },
+    /// Readiness checks the spec declares for the environment (endpoints, TLS, resources,
+    /// accounts, the analysis's metric providers) run before the first wave; a failure of
+    /// one not listed as advisory blocks the deploy. On the ssh target they run on every
+    /// host over the deploy's own sessions.
+    Readiness {
+        /// The kinds that run.
+        checks: Vec<crate::readiness::ReadinessCheck>,
+        /// The kinds whose failures only warn (`environments.X.advisory_checks`).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        advisory: Vec<crate::readiness::ReadinessCheck>,
+    },
 }
 
 impl GateKind {
@@ -316,6 +333,7 @@ impl GateKind {
             Self::Checks { .. } => "checks",
             Self::PostReview => "post_review",
             Self::Checklist { .. } => "checklist",
+            Self::Readiness { .. } => "readiness",
         }
     }
 }
@@ -597,6 +615,8 @@ pub fn plan(spec: &ReleaseSpec, env_name: &str, facts: &Facts) -> Result<Plan, S
         change: spec.metadata.change.clone(),
         owner: spec.metadata.owner.clone(),
         tag: release_tag(spec),
+        known_issues: spec.metadata.known_issues.clone(),
+        contacts: spec.metadata.contacts.clone(),
     };
 
     // Only what this environment uses goes into the plan (and so into its digest): editing
@@ -666,6 +686,9 @@ pub fn plan(spec: &ReleaseSpec, env_name: &str, facts: &Facts) -> Result<Plan, S
     );
     if let Some((t, p)) = &tightened {
         apply_policy(spec, env, &risk, t, p, &mut gates, &mut findings);
+    }
+    if let Some(g) = readiness_gate(spec, env, env_name, &templates) {
+        gates.push(g);
     }
     let mut recommendation = recommend(spec, env, &strategy, &risk, facts);
     let compat = crate::compat::apply(
@@ -822,6 +845,67 @@ fn apply_policy(
             message: message.clone(),
         });
     }
+}
+
+/// The readiness checks the spec declares for this environment, as a gate: endpoints
+/// (reach, and TLS for `tls://`), resources (capacity), accounts, and — where canaries run
+/// (the process target) — the external metric providers the analysis asks (monitoring).
+/// `None` when nothing is declared.
+fn readiness_gate(
+    spec: &ReleaseSpec,
+    env: &Environment,
+    env_name: &str,
+    templates: &BTreeMap<String, AnalysisTemplate>,
+) -> Option<Gate> {
+    use crate::readiness::ReadinessCheck as K;
+    let services = spec.services.values();
+    let endpoints: Vec<&String> = services.clone().flat_map(|s| &s.endpoints).collect();
+    let mut checks = Vec::new();
+    if endpoints
+        .iter()
+        .any(|e| !e.trim_start().starts_with("tls://"))
+    {
+        checks.push(K::Reach);
+    }
+    if endpoints
+        .iter()
+        .any(|e| e.trim_start().starts_with("tls://"))
+    {
+        checks.push(K::Tls);
+    }
+    if services.clone().any(|s| s.resources.is_some()) {
+        checks.push(K::Capacity);
+    }
+    if services.clone().any(|s| !s.accounts.is_empty()) {
+        checks.push(K::Accounts);
+    }
+    let external = templates
+        .values()
+        .flat_map(|t| &t.metrics)
+        .any(|m| spec.providers.contains_key(&m.provider));
+    if external && env.target.process.is_some() {
+        checks.push(K::Monitoring);
+    }
+    if checks.is_empty() {
+        return None;
+    }
+    let advisory: Vec<K> = env
+        .advisory_checks
+        .iter()
+        .copied()
+        .filter(|k| checks.contains(k))
+        .collect();
+    let mut source =
+        "services (endpoints, resources, accounts) and the analysis's providers".to_owned();
+    if !advisory.is_empty() {
+        source.push_str(&format!(
+            "; advisory: environments.{env_name}.advisory_checks"
+        ));
+    }
+    Some(Gate {
+        kind: GateKind::Readiness { checks, advisory },
+        source,
+    })
 }
 
 /// Canonical digest of the semantic content of a plan.

@@ -30,7 +30,10 @@ pub const EXACTLY_ONE: &[(&str, &[&str])] = &[
     ("Strategy", &["big_bang", "rolling", "canary"]),
     ("CanaryStep", &["set_weight", "pause", "analysis"]),
     ("Provider", &["prometheus", "http"]),
-    ("Check", &["http", "tcp", "command", "sql", "perf"]),
+    (
+        "Check",
+        &["http", "tcp", "command", "sql", "perf", "consistency"],
+    ),
     ("Notification", &["webhook", "email", "file"]),
 ];
 
@@ -156,6 +159,14 @@ pub struct Metadata {
     /// Free text shown in plans and release notes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// What support should know is not right in this release (limitations, workarounds),
+    /// for the handover pack.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub known_issues: Vec<String>,
+    /// Whom support escalates to, in order (e.g. `#shop-oncall`, `oncall@example.com`),
+    /// for the handover pack.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub contacts: Vec<String>,
 }
 
 /// The kind of release; drives required tests and approvals.
@@ -443,6 +454,11 @@ pub struct Environment {
     /// Names of checks (from top-level `checks`) that gate a deploy here.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub checks: Vec<String>,
+    /// Readiness checks that only warn here: their failures are shown before the first
+    /// wave but do not block the deploy (e.g. `[capacity]` where the hosts' free memory
+    /// is managed elsewhere). Every other declared readiness check blocks.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub advisory_checks: Vec<crate::readiness::ReadinessCheck>,
     /// Versions of systems Slipway does not deploy here (e.g. a database server), by hand.
     /// What Slipway deployed comes from the store's history: an entry for such a service is
     /// ignored, with a warning.
@@ -1009,6 +1025,11 @@ pub struct Check {
     /// then implied: measured `pre`, verified `post`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub perf: Option<PerfCheck>,
+    /// The same measure (row count, sum of a column, or a checksum over ordered rows)
+    /// taken on two tables — of two databases after a data move, or old and new table of
+    /// one — and compared (PostgreSQL and SQLite, either side).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consistency: Option<ConsistencyCheck>,
     /// Timeout, e.g. `5s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,
@@ -1061,6 +1082,46 @@ pub struct PerfCheck {
     pub confidence: Option<f64>,
 }
 
+/// A consistency check between two tables. Counts rows unless `sum` or `checksum` says
+/// otherwise.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConsistencyCheck {
+    /// The source side.
+    pub left: TableRef,
+    /// The side compared with it.
+    pub right: TableRef,
+    /// Compare the sum of this numeric column instead of the row count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sum: Option<String>,
+    /// Compare a sha256 over these columns of every row (ordered by `order_by`) instead
+    /// of the row count. Each value is cast to text by its database, so compare like with
+    /// like (booleans and floats read differently in PostgreSQL and SQLite).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checksum: Vec<String>,
+    /// A unique key ordering the rows of a checksum.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub order_by: Vec<String>,
+    /// Largest accepted absolute difference of counts and sums (default 0; checksums must
+    /// be equal).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerance: Option<f64>,
+}
+
+/// A table of a database, for a consistency check.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TableRef {
+    /// Database URL (`postgres://…` or `sqlite://PATH`; may use `{{ vars.x }}`, secret
+    /// ones resolved only when the check runs).
+    pub database: String,
+    /// Table, optionally `schema.table`.
+    pub table: String,
+    /// SQL condition without `WHERE`, e.g. `created_at < '2026-01-01'`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<String>,
+}
+
 /// A SQL check.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -1095,6 +1156,10 @@ pub enum NotifyEvent {
     RollbackStarted,
     /// A rollback ended (rolled back, or failed): the outcome and what serves now.
     RollbackFinished,
+    /// A run succeeded: its handover pack (release notes, known issues, escalation
+    /// contacts, runbook delta) for the support team. Sent only to sinks that list it in
+    /// `on`.
+    Handover,
 }
 
 /// A notification sink. Exactly one of `webhook`, `email`, `file`.

@@ -2267,8 +2267,35 @@ fn check(cx: &mut Cx<'_>, name: &str, c: &Check) {
             ("command", c.command.is_some()),
             ("sql", c.sql.is_some()),
             ("perf", c.perf.is_some()),
+            ("consistency", c.consistency.is_some()),
         ],
     );
+    if let Some(k) = &c.consistency {
+        if k.sum.is_some() && !k.checksum.is_empty() {
+            cx.err_value(
+                "conflicting-fields",
+                &format!("{base}/consistency"),
+                "`sum` and `checksum` are both set",
+                "compare one measure per check: a row count (neither), `sum: COLUMN`, or `checksum: [COLUMNS]` with `order_by`",
+            );
+        }
+        if !k.checksum.is_empty() && k.order_by.is_empty() {
+            cx.err_value(
+                "missing-field",
+                &format!("{base}/consistency/order_by"),
+                "a checksum needs `order_by`",
+                "name a unique key, e.g. `order_by: [id]`, so both sides hash rows in the same order",
+            );
+        }
+        if k.tolerance.is_some_and(|t| t.is_nan() || t < 0.0) {
+            cx.err_value(
+                "out-of-range",
+                &format!("{base}/consistency/tolerance"),
+                "a tolerance below 0",
+                "write the largest accepted difference, 0 or more",
+            );
+        }
+    }
     if let Some(p) = &c.perf {
         perf_check(cx, &base, p);
     }

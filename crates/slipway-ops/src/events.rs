@@ -65,6 +65,13 @@ pub enum OpsEvent {
     },
     /// Something the operator should know that is not an error.
     Warning(String),
+    /// The readiness checks run before the first wave, pass or fail.
+    Readiness {
+        /// Every row.
+        rows: Vec<slipway_checks::Verdict>,
+        /// The kinds whose failures only warn here.
+        advisory: Vec<slipway_model::readiness::ReadinessCheck>,
+    },
 }
 
 /// Receives events; must not block (a slow display never slows a run).

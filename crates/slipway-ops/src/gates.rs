@@ -1,6 +1,9 @@
 //! Gates a deploy passes before a run is created, besides the engine's own (windows,
-//! freezes, approvals): retrospective checklist items and committed, valid infrastructure.
+//! freezes, approvals): retrospective checklist items, committed and valid
+//! infrastructure, and the readiness checks the spec declares for the environment
+//! (reach, TLS, capacity, accounts, monitoring — on every host of an ssh environment).
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -10,6 +13,7 @@ use slipway_model::spec::ChecklistItem;
 use slipway_store::checklist::{Ack, ChecklistDb};
 
 use crate::error::{Hint, OpsError, OpsResult};
+use crate::events::{OpsEvent, Reporter};
 use crate::session::Session;
 
 /// An item's state for one plan.
@@ -169,4 +173,167 @@ pub async fn require_infrastructure(file: &Path, plan: &Plan) -> OpsResult<Optio
         }));
     }
     Ok(Some(rows))
+}
+
+/// The readiness gate of a plan: which kinds run and which only warn.
+pub fn readiness_gate(
+    plan: &Plan,
+) -> Option<(
+    Vec<slipway_model::readiness::ReadinessCheck>,
+    Vec<slipway_model::readiness::ReadinessCheck>,
+)> {
+    plan.gates.iter().find_map(|g| match &g.kind {
+        GateKind::Readiness { checks, advisory } => Some((checks.clone(), advisory.clone())),
+        _ => None,
+    })
+}
+
+/// The rows of a readiness run that block: failures of kinds not advisory here.
+pub fn blocking_rows<'a>(
+    rows: &'a [Verdict],
+    advisory: &[slipway_model::readiness::ReadinessCheck],
+) -> Vec<&'a Verdict> {
+    rows.iter()
+        .filter(|r| r.verdict == Outcome::Fail)
+        .filter(|r| {
+            slipway_model::readiness::ReadinessCheck::of_row(&r.check)
+                .is_none_or(|k| !advisory.contains(&k))
+        })
+        .collect()
+}
+
+/// Run the plan's readiness checks before anything is touched — on this machine, or on
+/// every host over the deploy's own sessions — and refuse the deploy (blocked, no run
+/// created) when one that is not advisory fails. The rows are reported (the front end
+/// shows the table either way) and returned to be kept with the run.
+pub async fn require_readiness(
+    session: &Session,
+    plan: &Plan,
+    file: &Path,
+    workdir: &Path,
+    ssh: Option<&slipway_providers::ssh::SshTarget>,
+    reporter: &dyn Reporter,
+) -> OpsResult<Vec<Verdict>> {
+    let Some((_, advisory)) = readiness_gate(plan) else {
+        return Ok(Vec::new());
+    };
+    let running =
+        crate::deployed::running_versions(session.store.as_ref(), &plan.environment, None)
+            .await?
+            .into_iter()
+            .map(|(s, (v, _))| (s, v))
+            .collect();
+    let rows = slipway_providers::readiness::Readiness::new(
+        plan,
+        crate::planning::spec_dir(file),
+        workdir,
+    )
+    .with_running(running)
+    .run(ssh)
+    .await;
+    reporter.report(OpsEvent::Readiness {
+        rows: rows.clone(),
+        advisory: advisory.clone(),
+    });
+    let blocking = blocking_rows(&rows, &advisory);
+    if blocking.is_empty() {
+        return Ok(rows);
+    }
+    let named: Vec<String> = blocking
+        .iter()
+        .map(|r| {
+            let on = r
+                .host
+                .as_ref()
+                .map(|h| format!(" on {h}"))
+                .unwrap_or_default();
+            format!(
+                "{} {}{on}: {} (expected {})",
+                r.check, r.target, r.measured, r.expected
+            )
+        })
+        .collect();
+    Err(OpsError::blocked(format!(
+        "failed to deploy: {} readiness check(s) failed before the first wave, no run was started: {}",
+        blocking.len(),
+        named.join("; ")
+    ))
+    .hint(Hint::text(
+        "fix what each row says (or mark the kind advisory there: `environments.ENV.advisory_checks`), then deploy again",
+    ))
+    .hint(Hint::Check {
+        file: file.to_path_buf(),
+        environment: plan.environment.clone(),
+        only: slipway_model::readiness::ReadinessCheck::of_row(&blocking[0].check)
+            .map_or("reach", |k| k.as_str())
+            .to_owned(),
+    }))
+}
+
+/// The readiness rows of a plan as `slipway check` shows them (no gate: every row is
+/// shown, nothing refused): on this machine, or on every host of an ssh environment.
+/// What runs there now comes from the store `store` names, when it exists (never created
+/// here).
+pub async fn check_readiness(
+    store: Option<&str>,
+    file: &Path,
+    plan: &Plan,
+    only: Option<slipway_model::readiness::ReadinessCheck>,
+    timeout: Duration,
+) -> OpsResult<Vec<Verdict>> {
+    let running = match crate::session::layout_for(store) {
+        Some((slipway_store::StoreLocation::Sqlite(db), _)) if !db.exists() => BTreeMap::new(),
+        None => BTreeMap::new(),
+        Some((loc, _)) => {
+            let opened = slipway_store::open(&loc).await?;
+            crate::deployed::running_versions(&opened, &plan.environment, None)
+                .await?
+                .into_iter()
+                .map(|(s, (v, _))| (s, v))
+                .collect()
+        }
+    };
+    let spec_dir = crate::planning::spec_dir(file);
+    let readiness = slipway_providers::readiness::Readiness::new(plan, spec_dir, spec_dir)
+        .with_running(running)
+        .with_timeout(timeout)
+        .only(only);
+    if plan.env.target.ssh.is_none() {
+        return Ok(readiness.run(None).await);
+    }
+    let redactor = slipway_providers::config::plan_redactor(plan, spec_dir);
+    let target = slipway_providers::compose::ssh_target(plan, spec_dir, redactor)
+        .map_err(|e| OpsError::input(format!("failed to check: {e}")))?;
+    let rows = readiness.run(Some(&target)).await;
+    target.close_all().await;
+    Ok(rows)
+}
+
+/// The environment's declared checks (all but `perf`) as `slipway check` shows them: run
+/// now, from this machine, addresses filled with secret variables resolved (and masked in
+/// the rows); `sql` and `consistency` checks on PostgreSQL or SQLite.
+pub async fn declared_check_rows(
+    file: &Path,
+    plan: &Plan,
+    base: Option<&str>,
+    timeout: Duration,
+) -> Vec<Verdict> {
+    let spec_dir = crate::planning::spec_dir(file);
+    let vars = slipway_providers::readiness::PlanVars::resolve(plan, spec_dir);
+    let workdir = crate::planning::canonical_spec_dir(file);
+    let mut rows = Vec::new();
+    for (name, c) in plan.checks.iter().filter(|(_, c)| c.perf.is_none()) {
+        rows.push(
+            slipway_providers::checks::run_declared(
+                name,
+                c,
+                &vars,
+                base,
+                timeout,
+                Some(&workdir.to_string_lossy()),
+            )
+            .await,
+        );
+    }
+    rows
 }

@@ -1,5 +1,6 @@
 //! Run notifications: a `slipway_govern::notify::Notifier` for the plan's sinks, fed the
-//! engine's notices, configured from the environment (`SLIPWAY_WEBHOOK_SECRET`,
+//! engine's notices, and the handover pack of a succeeded run delivered to the sinks that
+//! subscribe to `handover` (the support team's channels), configured from the environment (`SLIPWAY_WEBHOOK_SECRET`,
 //! `SLIPWAY_SMTP_HOST`, `SLIPWAY_SMTP_PORT`, `SLIPWAY_SMTP_FROM`, `SLIPWAY_SMTP_TLS` = none
 //! | starttls | tls, and `SLIPWAY_NOTIFY_CA_FILE` for a private CA). Failed deliveries are
 //! reported as events; they never change a run's outcome.
@@ -182,5 +183,58 @@ impl Context {
         let exact = records.iter().find(|r| r.version == release.version);
         let newest = records.iter().max_by_key(|r| r.finished_at);
         exact.or(newest).map(|r| r.rto_ms as f64 / 1000.0)
+    }
+}
+
+/// Render a succeeded run's handover pack (against the previous release that succeeded
+/// there, never an aborted or rolled-back run) and deliver it to the plan's sinks that
+/// subscribe to `handover`. A failed delivery is reported; it never changes the run.
+pub async fn deliver_handover(
+    store: &dyn slipway_engine::Store,
+    run: &str,
+    plan: &Plan,
+    workdir: &str,
+    reporter: &dyn Reporter,
+) {
+    let notifier = Notifier::new(plan, settings(plan, workdir));
+    if !notifier.wants_handover() {
+        return;
+    }
+    let fail = |error: String| OpsEvent::DeliveryFailed {
+        sink: "handover".into(),
+        target: "every sink with `on: [handover]`".into(),
+        event: "handover".into(),
+        attempts: 0,
+        error,
+    };
+    let history = match slipway_govern::history::RunHistory::load(store, run).await {
+        Ok(h) => h,
+        Err(e) => {
+            reporter.report(fail(format!("read the run for its handover pack: {e}")));
+            return;
+        }
+    };
+    let previous = match slipway_govern::history::previous_run(store, &history).await {
+        Ok(p) => p,
+        Err(e) => {
+            reporter.report(fail(format!("find the previous release: {e}")));
+            return;
+        }
+    };
+    let notes = slipway_govern::git::release_notes(&history, previous.as_ref());
+    let markdown = slipway_govern::handover::render(&history, previous.as_ref(), &notes);
+    for d in notifier
+        .deliver_handover(run, slipway_stdx::now(), &markdown)
+        .await
+    {
+        if let Some(e) = d.error {
+            reporter.report(OpsEvent::DeliveryFailed {
+                sink: d.sink,
+                target: d.target,
+                event: "handover".into(),
+                attempts: d.attempts,
+                error: e,
+            });
+        }
     }
 }

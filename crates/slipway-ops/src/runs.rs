@@ -277,6 +277,7 @@ pub async fn deploy_with(
         lease::refuse_if_leased(session.store.as_ref(), &plan.environment, mine.as_deref()).await?;
     }
     let mut checked_ssh = None;
+    let readiness;
     if plan.target == "ssh" {
         // Every host reachable, its key the recorded one, the key accepted: checked before
         // a run exists, so a refused host key stops the release before any host changed.
@@ -303,12 +304,39 @@ pub async fn deploy_with(
                 )));
             }
         }
+        // Readiness on every host, over the sessions just opened (no extra login).
+        let gate = crate::gates::require_readiness(
+            session,
+            plan,
+            &req.file,
+            &workdir,
+            Some(&target),
+            reporter.as_ref(),
+        )
+        .await;
+        match gate {
+            Ok(rows) => readiness = rows,
+            Err(e) => {
+                target.close_all().await;
+                return Err(e);
+            }
+        }
         if req.detach {
             // The background driver opens its own sessions.
             target.close_all().await;
         } else {
             checked_ssh = Some(target);
         }
+    } else {
+        readiness = crate::gates::require_readiness(
+            session,
+            plan,
+            &req.file,
+            &workdir,
+            None,
+            reporter.as_ref(),
+        )
+        .await?;
     }
     let deploy = if let Some(d) = overrides.deploy {
         Some(d)
@@ -328,6 +356,16 @@ pub async fn deploy_with(
         })
         .await?;
     write_version_lock(session, &run.id, planned, &req.file, reporter.as_ref());
+    if !readiness.is_empty() {
+        // What the readiness checks measured before the run, kept with it.
+        let dir = session.layout.run(&run.id);
+        let _ = std::fs::create_dir_all(&dir).and_then(|_| {
+            std::fs::write(
+                dir.join("readiness.json"),
+                serde_json::to_vec_pretty(&readiness).unwrap_or_default(),
+            )
+        });
+    }
     if let Some(rows) = &infra {
         // The digests of the infrastructure the run was made against, kept with it.
         let dir = session.layout.run(&run.id);
@@ -607,6 +645,17 @@ async fn drive(
             .unwrap_or_default(),
         _ => Vec::new(),
     };
+    // The support team gets the handover pack of a release that is now live.
+    if let (DriveOutcome::Finished(RunState::Succeeded), Some(plan)) = (&outcome, plan) {
+        crate::notify::deliver_handover(
+            store.as_ref(),
+            &run.id,
+            plan,
+            &run.workdir,
+            reporter.as_ref(),
+        )
+        .await;
+    }
     Ok(DriveReport {
         run: run.id.clone(),
         outcome,

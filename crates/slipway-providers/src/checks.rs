@@ -2,10 +2,14 @@
 //! command, sql) with `slipway_checks::smoke`, as `slipway check` does, so a gate and a
 //! hand-run check judge alike.
 //!
-//! Placeholders `{{ vars.x }}` are filled from the plan's environment variables; secret
-//! references are never resolved here, so a check still naming one fails with a hint
-//! instead of probing a literal `secret://…` address. `command` checks run in the run's
-//! working directory, where the plan's relative paths resolve.
+//! Placeholders `{{ vars.x }}` are filled from the plan's environment variables; in
+//! addresses (http URLs, tcp endpoints, database URLs) secret ones are resolved when the
+//! check runs and masked in everything it reports, so a secret is never journaled
+//! ([`crate::readiness::PlanVars`]); `command` checks get plain variables only and run in
+//! the run's working directory, where the plan's relative paths resolve. `sql` checks run
+//! on PostgreSQL or SQLite, and `consistency` checks compare a measure of two tables
+//! (row count, sum, ordered checksum; across databases after a data move), both through
+//! `slipway-migrate`, which owns the target database drivers.
 //!
 //! A `perf` check spans the deploy: as a `pre` gate it measures the running version and
 //! keeps the measurement as the run's baseline (`<store dir>/runs/<run>/perf-baseline.json`,
@@ -13,7 +17,7 @@
 //! version with the same mix and judges it against that baseline (`perf-verify.json`),
 //! so a regression fails verification and the run rolls back.
 
-use slipway_checks::Outcome;
+use slipway_checks::{Outcome, Verdict};
 use slipway_engine::{BoxFuture, CheckRunner, CheckVerdict};
 use slipway_model::plan::Plan;
 use std::path::{Path, PathBuf};
@@ -207,37 +211,182 @@ fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
-/// The check with its placeholders filled, or why it cannot run.
-fn prepare(plan: &Plan, name: &str, check: &Check, workdir: &str) -> Result<Check, String> {
+/// Run one declared check as a row: `sql` and `consistency` through slipway-migrate
+/// (PostgreSQL or SQLite), the others through [`slipway_checks::smoke`]. Addresses are
+/// filled from `vars` (secret ones resolved, and masked in the row); a `command` runs in
+/// `workdir` when one is given.
+pub async fn run_declared(
+    name: &str,
+    check: &Check,
+    vars: &crate::readiness::PlanVars,
+    base: Option<&str>,
+    timeout: std::time::Duration,
+    workdir: Option<&str>,
+) -> Verdict {
+    let started = std::time::Instant::now();
+    let fail = |target: String, measured: String, expected: &str| {
+        Verdict::new(
+            format!("smoke.{name}"),
+            target,
+            Outcome::Fail,
+            measured,
+            expected,
+            started,
+        )
+    };
     let mut c = check.clone();
-    if let Some(h) = c.http.as_mut() {
-        h.url = fill(plan, &h.url);
-    }
-    if let Some(t) = c.tcp.as_mut() {
-        *t = fill(plan, t);
-    }
-    if let Some(s) = c.sql.as_mut() {
-        s.database = fill(plan, &s.database);
+    let filled = (|| -> Result<(), String> {
+        if let Some(h) = c.http.as_mut() {
+            h.url = vars.fill(&h.url)?;
+        }
+        if let Some(t) = c.tcp.as_mut() {
+            *t = vars.fill(t)?;
+        }
+        if let Some(q) = c.sql.as_mut() {
+            q.database = vars.fill(&q.database)?;
+        }
+        if let Some(k) = c.consistency.as_mut() {
+            k.left.database = vars.fill(&k.left.database)?;
+            k.right.database = vars.fill(&k.right.database)?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = filled {
+        return vars.redact_row(
+            fail(String::new(), e, "the check's addresses").hint(
+                "define the variable in the environment's `vars` (a secret one must be set where slipway runs)",
+            ),
+        );
     }
     if let Some(cmd) = c.command.as_mut() {
-        *cmd = format!("cd {} && {}", shell_quote(workdir), fill(plan, cmd));
+        let plain = vars.shown(cmd);
+        *cmd = match workdir {
+            Some(w) => format!("cd {} && {plain}", shell_quote(w)),
+            None => plain,
+        };
     }
-    let texts = [
-        c.http.as_ref().map(|h| h.url.as_str()),
-        c.tcp.as_deref(),
-        c.sql.as_ref().map(|s| s.database.as_str()),
-    ];
-    if texts
-        .iter()
-        .flatten()
-        .any(|t| t.contains("{{") || t.starts_with("secret://"))
-    {
-        return Err(format!(
-            "check `{name}` still names a placeholder or a secret after filling environments.{}.vars; checks never resolve secrets, so give it a plain address in the spec",
-            plan.environment
-        ));
+    let row = if let Some(q) = &c.sql {
+        sql_row(name, q, timeout, started).await
+    } else if let Some(k) = &c.consistency {
+        consistency_row(name, k, timeout, started).await
+    } else {
+        slipway_checks::smoke::run(name, &c, base, timeout).await
+    };
+    vars.redact_row(row)
+}
+
+async fn sql_row(
+    name: &str,
+    q: &slipway_model::spec::SqlCheck,
+    timeout: std::time::Duration,
+    started: std::time::Instant,
+) -> Verdict {
+    let target = slipway_model::text::mask_url(&q.database);
+    let expected = q
+        .equals
+        .as_ref()
+        .map_or_else(|| "a row".to_owned(), |e| format!("= {}", e.as_str()));
+    let row = |o, measured: String| {
+        Verdict::new(
+            format!("smoke.{name}"),
+            target.clone(),
+            o,
+            measured,
+            expected.clone(),
+            started,
+        )
+    };
+    let got = tokio::time::timeout(
+        timeout,
+        slipway_migrate::consistency::query_first(&q.database, &q.query),
+    )
+    .await;
+    match got {
+        Err(_) => row(
+            Outcome::Fail,
+            format!("no answer within {} ms", timeout.as_millis()),
+        ),
+        Ok(Err(e)) => row(Outcome::Fail, e.to_string())
+            .hint("check the database URL and the query (PostgreSQL or SQLite)"),
+        Ok(Ok(None)) => row(Outcome::Fail, "no row".into()),
+        Ok(Ok(Some(v))) => match &q.equals {
+            Some(e) if e.as_str() != v => {
+                row(Outcome::Fail, v).hint("the query's first value differs from `equals`")
+            }
+            _ => row(Outcome::Pass, v),
+        },
     }
-    Ok(c)
+}
+
+async fn consistency_row(
+    name: &str,
+    k: &slipway_model::spec::ConsistencyCheck,
+    timeout: std::time::Duration,
+    started: std::time::Instant,
+) -> Verdict {
+    use slipway_migrate::consistency::{Check as DataCheck, Measure, Side};
+    let measure = match (&k.sum, k.checksum.is_empty()) {
+        (Some(column), _) => Measure::Sum {
+            column: column.clone(),
+        },
+        (None, false) => Measure::Checksum {
+            columns: k.checksum.clone(),
+            order_by: k.order_by.clone(),
+        },
+        (None, true) => Measure::RowCount,
+    };
+    let what = match &measure {
+        Measure::RowCount => "row count".to_owned(),
+        Measure::Sum { column } => format!("sum of {column}"),
+        Measure::Checksum { columns, .. } => format!("checksum of {}", columns.join(", ")),
+    };
+    let side = |t: &slipway_model::spec::TableRef| Side {
+        url: t.database.clone(),
+        table: t.table.clone(),
+        filter: t.filter.clone(),
+    };
+    let check = DataCheck {
+        name: name.to_owned(),
+        measure,
+        left: side(&k.left),
+        right: side(&k.right),
+        tolerance: k.tolerance.unwrap_or(0.0),
+    };
+    let target = format!(
+        "{} {} vs {} {}",
+        slipway_model::text::mask_url(&k.left.database),
+        k.left.table,
+        slipway_model::text::mask_url(&k.right.database),
+        k.right.table
+    );
+    let expected = format!("equal {what} (tolerance {})", check.tolerance);
+    let row = |o, measured: String| {
+        Verdict::new(
+            format!("consistency.{name}"),
+            target.clone(),
+            o,
+            measured,
+            expected.clone(),
+            started,
+        )
+    };
+    match tokio::time::timeout(timeout, slipway_migrate::consistency::run_check(&check)).await {
+        Err(_) => row(
+            Outcome::Fail,
+            format!("no answer within {} ms", timeout.as_millis()),
+        ),
+        Ok(Err(e)) => {
+            row(Outcome::Fail, e.to_string()).hint("check both database URLs and table names")
+        }
+        Ok(Ok(o)) => {
+            let measured = format!("{} | {}", o.left, o.right);
+            if o.passed {
+                row(Outcome::Pass, measured)
+            } else {
+                row(Outcome::Fail, measured).hint(o.message)
+            }
+        }
+    }
 }
 
 impl CheckRunner for SpecCheckRunner {
@@ -275,13 +424,22 @@ impl CheckRunner for SpecCheckRunner {
                 })?,
                 None => slipway_checks::smoke::DEFAULT_TIMEOUT,
             };
-            let c = prepare(plan, name, check, &self.workdir)?;
+            let spec_dir = crate::compose::spec_dir_of(Path::new(&self.workdir), Some(plan));
+            let vars = crate::readiness::PlanVars::resolve(plan, &spec_dir);
             // The exec target has no separate instance to aim at: `{base}` only means
             // something on the process target.
             let mut passed = true;
             let (mut measured, mut expected, mut details) = (Vec::new(), String::new(), Vec::new());
-            for base in self.bases(plan, &c)? {
-                let v = slipway_checks::smoke::run(name, &c, base.as_deref(), timeout).await;
+            for base in self.bases(plan, check)? {
+                let v = run_declared(
+                    name,
+                    check,
+                    &vars,
+                    base.as_deref(),
+                    timeout,
+                    Some(&self.workdir),
+                )
+                .await;
                 // Only a pass passes: a gate prefers a false alarm to a false pass.
                 passed &= v.verdict == Outcome::Pass;
                 measured.push(v.measured);

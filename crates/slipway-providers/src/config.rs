@@ -120,6 +120,8 @@ fn spec_from_plan(plan: &Plan) -> ReleaseSpec {
             owner: plan.release.owner.clone(),
             tag: None,
             description: None,
+            known_issues: Vec::new(),
+            contacts: Vec::new(),
         },
         services: plan.services.clone(),
         environments: BTreeMap::from([(plan.environment.clone(), plan.env.clone())]),

@@ -23,6 +23,7 @@ pub mod migrate;
 pub mod nginx;
 pub mod portowner;
 pub mod process;
+pub mod readiness;
 pub mod remote;
 pub mod smoke_gate;
 pub mod ssh;

@@ -656,6 +656,21 @@ impl Session {
         ))
     }
 
+    /// A TCP connection opened *by the host* to `host:port` (an SSH `direct-tcpip`
+    /// channel): what the host can reach, not what this machine can, with no tool needed
+    /// there. sshd refuses it when its `AllowTcpForwarding`/`PermitOpen` forbid it.
+    pub async fn open_tcp(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> Result<russh::ChannelStream<client::Msg>, russh::Error> {
+        let ch = self
+            .handle
+            .channel_open_direct_tcpip(host, u32::from(port), "127.0.0.1", 0)
+            .await?;
+        Ok(ch.into_stream())
+    }
+
     /// Whether the session still opens a channel (within 10 s).
     pub async fn alive(&self) -> bool {
         if self.handle.is_closed() {
@@ -920,6 +935,23 @@ impl SshTarget {
             )));
         }
         Ok(named)
+    }
+
+    /// A session to every host for read-only checks, in host order: the sessions kept by
+    /// [`Self::check_hosts`] (so a deploy's readiness checks log in no more often than its
+    /// steps do), new ones where none is kept; a host that cannot be had carries why.
+    pub async fn sessions(&self) -> Vec<(Endpoint, Result<Arc<Session>, String>)> {
+        let all: Vec<usize> = (0..self.endpoints.len()).collect();
+        let (kept, problems) = self.connect_each(&all).await;
+        let mut out: Vec<(usize, Result<Arc<Session>, String>)> = kept
+            .into_iter()
+            .map(|(i, s)| (i, Ok(s)))
+            .chain(problems.into_iter().map(|(i, e)| (i, Err(e.to_string()))))
+            .collect();
+        out.sort_by_key(|(i, _)| *i);
+        out.into_iter()
+            .map(|(i, r)| (self.endpoints[i].clone(), r))
+            .collect()
     }
 
     /// Close every kept session (the hosts see a clean disconnect, not a dropped one).

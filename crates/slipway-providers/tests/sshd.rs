@@ -98,6 +98,21 @@ pub fn fingerprint(public: &Path) -> String {
         .to_owned()
 }
 
+/// What makes one host differ from the others: its own /etc/passwd (this machine's plus
+/// `passwd_extra` lines), its own /etc/hosts, a small tmpfs (path, size such as `16m`), and
+/// extra sshd_config lines. The server then runs in a mount namespace of its own.
+#[derive(Debug, Clone, Default)]
+pub struct Isolation {
+    /// Lines appended to a copy of /etc/passwd.
+    pub passwd_extra: Option<String>,
+    /// The whole /etc/hosts.
+    pub hosts: Option<String>,
+    /// A tmpfs mounted at this path with this size.
+    pub tmpfs: Option<(PathBuf, String)>,
+    /// Appended to sshd_config.
+    pub sshd_config: String,
+}
+
 impl Sshd {
     /// Successful logins so far (from its log).
     pub fn logins(&self) -> usize {
@@ -131,6 +146,15 @@ impl Sshd {
     }
 
     fn start(dir: &Path, name: &str, authorized: &Path) -> Sshd {
+        Self::start_isolated(dir, name, authorized, None)
+    }
+
+    fn start_isolated(
+        dir: &Path,
+        name: &str,
+        authorized: &Path,
+        isolation: Option<&Isolation>,
+    ) -> Sshd {
         std::fs::create_dir_all(dir).expect("host dir");
         let host_key = dir.join("host_key");
         if !host_key.exists() {
@@ -142,7 +166,7 @@ impl Sshd {
         // sshd binds it: then sshd exits with "Address already in use" and we pick again.
         let mut taken = Vec::new();
         for _ in 0..5 {
-            match Self::start_on(dir, name, authorized, &host_key, free_port()) {
+            match Self::start_on(dir, name, authorized, &host_key, free_port(), isolation) {
                 Ok(sshd) => return sshd,
                 Err(port) => taken.push(port),
             }
@@ -157,6 +181,7 @@ impl Sshd {
         authorized: &Path,
         host_key: &Path,
         port: u16,
+        isolation: Option<&Isolation>,
     ) -> Result<Sshd, u16> {
         let config = dir.join("sshd_config");
         std::fs::write(
@@ -164,17 +189,55 @@ impl Sshd {
             format!(
                 "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nPidFile {}\nAuthorizedKeysFile {}\n\
                  PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n\
-                 PermitRootLogin prohibit-password\nPubkeyAuthentication yes\nLogLevel INFO\n",
+                 PermitRootLogin prohibit-password\nPubkeyAuthentication yes\nLogLevel INFO\n{}",
                 host_key.display(),
                 dir.join("sshd.pid").display(),
-                authorized.display()
+                authorized.display(),
+                isolation.map_or("", |i| i.sshd_config.as_str())
             ),
         )
         .expect("write sshd_config");
         let log = std::fs::File::create(dir.join("sshd.log")).expect("sshd log");
-        let mut child = Command::new("/usr/sbin/sshd")
-            .args(["-D", "-e", "-f"])
-            .arg(&config)
+        let mut cmd = match isolation {
+            None => {
+                let mut c = Command::new("/usr/sbin/sshd");
+                c.args(["-D", "-e", "-f"]).arg(&config);
+                c
+            }
+            Some(i) => {
+                // A mount namespace of its own: the host's /etc/passwd, /etc/hosts and a
+                // small file system are what its sessions see. `unshare` without --fork
+                // execs, so the child's pid is sshd's.
+                let mut script = String::new();
+                let mut bind = |file: &str, text: &str| {
+                    let copy = dir.join(file.trim_start_matches("/etc/"));
+                    std::fs::write(&copy, text).expect("host file");
+                    script.push_str(&format!("mount --bind '{}' {file} && ", copy.display()));
+                };
+                if let Some(extra) = &i.passwd_extra {
+                    let passwd = std::fs::read_to_string("/etc/passwd").expect("/etc/passwd");
+                    bind("/etc/passwd", &format!("{passwd}{extra}"));
+                }
+                if let Some(hosts) = &i.hosts {
+                    bind("/etc/hosts", hosts);
+                }
+                if let Some((path, size)) = &i.tmpfs {
+                    std::fs::create_dir_all(path).expect("tmpfs mount point");
+                    script.push_str(&format!(
+                        "mount -t tmpfs -o size={size} tmpfs '{}' && ",
+                        path.display()
+                    ));
+                }
+                script.push_str(&format!(
+                    "exec /usr/sbin/sshd -D -e -f '{}'",
+                    config.display()
+                ));
+                let mut c = Command::new("unshare");
+                c.args(["--mount", "--propagation", "private", "sh", "-c", &script]);
+                c
+            }
+        };
+        let mut child = cmd
             // Its own process group, so "who listens on the port" can tell it from
             // another test's sshd (a child of this same test process).
             .process_group(0)
@@ -223,6 +286,12 @@ impl Sshd {
 impl Fleet {
     /// Start `n` servers named `host1`..`hostN`.
     pub fn start(n: usize) -> Fleet {
+        Self::start_isolated(n, |_, _| None)
+    }
+
+    /// Start `n` servers, host `i` (0-based) isolated as `isolate(i, its directory)`
+    /// says (see [`Isolation`]), or not at all for `None`.
+    pub fn start_isolated(n: usize, isolate: impl Fn(usize, &Path) -> Option<Isolation>) -> Fleet {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().to_path_buf();
         let client_key = dir.join("id_ed25519");
@@ -231,11 +300,10 @@ impl Fleet {
         std::fs::copy(client_key.with_extension("pub"), &authorized).expect("authorized_keys");
         let hosts: Vec<Sshd> = (1..=n)
             .map(|i| {
-                Sshd::start(
-                    &dir.join(format!("host{i}")),
-                    &format!("host{i}"),
-                    &authorized,
-                )
+                let hdir = dir.join(format!("host{i}"));
+                std::fs::create_dir_all(&hdir).expect("host dir");
+                let iso = isolate(i - 1, &hdir);
+                Sshd::start_isolated(&hdir, &format!("host{i}"), &authorized, iso.as_ref())
             })
             .collect();
         let known_hosts = dir.join("known_hosts");
