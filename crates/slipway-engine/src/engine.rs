@@ -184,7 +184,9 @@ enum Halt {
 
 /// How one step ended for its wave.
 enum StepEnd {
-    Done,
+    /// Applied. `Some(event)`: its `step_succeeded`, not yet committed — the wave commits it
+    /// together with the service's next `step_started` (one fsync for both), or on its own.
+    Done(Option<EngineEvent>),
     Failed(String),
     /// The target asked for a human; the step stays started, the run pauses.
     Paused(String),
@@ -1084,6 +1086,10 @@ impl Engine {
             let mut running = [0usize; 3];
             let mut busy: HashSet<String> = HashSet::new();
             let mut refused_config = false;
+            // Successes returned uncommitted: (service, rank, event). Their service stays
+            // busy and their rank running until the event is committed, with the service's
+            // next step or by a flush job below, within this turn of the loop.
+            let mut pending: Vec<(String, u8, EngineEvent)> = Vec::new();
             let mut set = JoinSet::new();
             let mut todo: Vec<(PlannedStep, Option<StepRecord>)> = todo;
             // What interrupted steps reported before, so they continue from it.
@@ -1118,13 +1124,31 @@ impl Engine {
                     if running[..usize::from(lowest)].iter().any(|n| *n > 0) {
                         break;
                     }
-                    // The first step (in plan order) of a service with nothing in flight;
-                    // an earlier step of the same service is always found before a later.
-                    let Some(i) = todo
-                        .iter()
-                        .position(|(s, _)| rank(s) == lowest && !busy.contains(&s.service))
-                    else {
-                        break;
+                    // A service whose last step's success is pending continues first, if
+                    // its next step (the first of it left, in plan order) may start now:
+                    // that start carries the success into the same commit.
+                    let chained = pending.iter().enumerate().find_map(|(p, (svc, _, _))| {
+                        let i = todo.iter().position(|(s, _)| &s.service == svc)?;
+                        let (s, rec) = &todo[i];
+                        (rank(s) == lowest && rec.is_none()).then_some((p, i))
+                    });
+                    let (i, prelude) = match chained {
+                        Some((p, i)) => {
+                            let (_, pr, ev) = pending.swap_remove(p);
+                            running[usize::from(pr)] -= 1;
+                            (i, vec![ev])
+                        }
+                        None => {
+                            // The first step (in plan order) of a service with nothing in
+                            // flight; an earlier step of a service is found before a later.
+                            let Some(i) = todo
+                                .iter()
+                                .position(|(s, _)| rank(s) == lowest && !busy.contains(&s.service))
+                            else {
+                                break;
+                            };
+                            (i, Vec::new())
+                        }
                     };
                     let (step, rec) = todo.remove(i);
                     let r = rank(&step);
@@ -1135,7 +1159,26 @@ impl Engine {
                     let shared = Arc::clone(&ctx_shared);
                     let before = prior.get(&step.id).cloned().unwrap_or_default();
                     set.spawn(async move {
-                        (r, service, this.run_step(&shared, step, rec, before).await)
+                        (
+                            r,
+                            service,
+                            this.run_step(&shared, step, rec, before, prelude).await,
+                        )
+                    });
+                }
+                // Successes that no next step carried are committed on their own, still
+                // counted as running (a higher rank waits for them) and their service busy.
+                for (service, r, ev) in pending.drain(..) {
+                    let this = self.clone();
+                    let shared = Arc::clone(&ctx_shared);
+                    set.spawn(async move {
+                        let (run_id, digest, actor) = &*shared;
+                        let done = this.commit(run_id, digest, actor, vec![ev]).await;
+                        (
+                            r,
+                            service,
+                            done.map(|()| StepEnd::Done(None)).map_err(Into::into),
+                        )
                     });
                 }
                 match set.join_next().await {
@@ -1143,10 +1186,15 @@ impl Engine {
                     Some(joined) => {
                         let (r, service, result) =
                             joined.map_err(|e| EngineError::Task(e.to_string()))?;
+                        let end = result?;
+                        if let StepEnd::Done(Some(ev)) = end {
+                            pending.push((service, r, ev));
+                            continue;
+                        }
                         running[usize::from(r)] -= 1;
                         busy.remove(&service);
-                        match result? {
-                            StepEnd::Done => {}
+                        match end {
+                            StepEnd::Done(_) => {}
                             StepEnd::Failed(error) => {
                                 down.insert(service.clone(), format!("failed: {error}"));
                                 errors.push(error);
@@ -1388,13 +1436,16 @@ impl Engine {
         }
     }
 
-    /// Bring one step to done. `Ok(Some(error))` when it failed.
+    /// Bring one step to done. `prelude`: events to commit in the same transaction as this step's
+    /// `step_started` (the previous step of its service's `step_succeeded`); the wave only
+    /// passes them for a step with no record yet.
     async fn run_step(
         &self,
         run: &(String, String, String),
         step: PlannedStep,
         rec: Option<StepRecord>,
         prior: Vec<serde_json::Value>,
+        mut prelude: Vec<EngineEvent>,
     ) -> Result<StepEnd, EngineError> {
         let (run_id, digest, actor) = run;
         let mut sctx = StepContext {
@@ -1406,9 +1457,13 @@ impl Engine {
             prior,
         };
         let commit = |events: Vec<EngineEvent>| self.commit(run_id, digest, actor, events);
+        if rec.is_some() && !prelude.is_empty() {
+            // Not expected (see above), but a resumed step decides on its own commits.
+            commit(std::mem::take(&mut prelude)).await?;
+        }
         if let Some(r) = &rec {
             match r.status {
-                StepStatus::Succeeded => return Ok(StepEnd::Done),
+                StepStatus::Succeeded => return Ok(StepEnd::Done(None)),
                 StepStatus::Failed => {
                     return Ok(StepEnd::Failed(format!("{} failed earlier", step.id)));
                 }
@@ -1432,7 +1487,7 @@ impl Engine {
                                 },
                             ])
                             .await?;
-                            return Ok(StepEnd::Done);
+                            return Ok(StepEnd::Done(None));
                         }
                         Ok(Observation::NotDone { evidence }) => {
                             commit(vec![EngineEvent::StepObserved {
@@ -1457,16 +1512,19 @@ impl Engine {
                     }
                 }
                 // Steps in undo states belong to a rollback, which is not driven here.
-                _ => return Ok(StepEnd::Done),
+                _ => return Ok(StepEnd::Done(None)),
             }
         }
         sctx.attempt += 1;
-        commit(vec![EngineEvent::StepStarted {
+        // The previous step's success and this start in one transaction: both are durable
+        // before this step's effect begins, and a sequential service pays one fsync per
+        // step instead of two.
+        prelude.push(EngineEvent::StepStarted {
             step: step.id.clone(),
             key: sctx.key.clone(),
             attempt: sctx.attempt,
-        }])
-        .await?;
+        });
+        commit(prelude).await?;
         // Progress reports are journaled as they come, and all of them before the outcome.
         let (ptx, mut prx) = tokio::sync::mpsc::unbounded_channel::<serde_json::Value>();
         sctx.progress = Some(ptx);
@@ -1528,14 +1586,14 @@ impl Engine {
                 output: None,
             },
         };
-        let end = match &event {
-            EngineEvent::StepFailed { error, .. } => {
-                StepEnd::Failed(format!("{}: {error}", step.id))
-            }
-            _ => StepEnd::Done,
-        };
-        commit(vec![event]).await?;
-        Ok(end)
+        if let EngineEvent::StepFailed { error, .. } = &event {
+            let end = StepEnd::Failed(format!("{}: {error}", step.id));
+            commit(vec![event]).await?;
+            return Ok(end);
+        }
+        // The success is not committed here: the wave commits it with the next step of
+        // this service, or alone. Until then the step counts as running, not done.
+        Ok(StepEnd::Done(Some(event)))
     }
 
     /// Undo completed steps in reverse plan order. Returns the final state.

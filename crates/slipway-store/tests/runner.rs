@@ -14,6 +14,7 @@
 mod access;
 mod archive;
 mod check_gates;
+mod commits;
 mod common;
 mod compat;
 mod engine;

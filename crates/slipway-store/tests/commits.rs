@@ -1,0 +1,283 @@
+//! Which events share a commit (issue 20 part 2): within one service, the transaction that
+//! records a step's success also records the next step's start, so a sequential service
+//! costs one fsync per step; and both are durable before the next step's effect begins.
+//! The store is wrapped to record each `commit` call (one call is one transaction), the
+//! target reads the real store's step states at the moment of each effect.
+
+use std::sync::{Arc, Mutex};
+
+use slipway_engine::event::{Control, EngineEvent};
+use slipway_engine::store::{
+    ApprovalRecord, JournalRecord, LeaseOutcome, LeaseRecord, LeaseRequest, NewRun, RunClaim,
+    RunRecord, StepRecord,
+};
+use slipway_engine::target::{Applied, Observation, StepContext, StepOutput, Target, TargetError};
+use slipway_engine::{
+    DriveOptions, DriveOutcome, Engine, Notice, RunState, StepStatus, Store, StoreError,
+    SystemClock,
+};
+use slipway_model::plan::{Facts, StepAction, plan};
+use slipway_model::spec::ReleaseSpec;
+use slipway_store::AnyStore;
+
+use crate::common::{Backend, Fresh, on_both};
+
+type Fut<'a, T> = slipway_engine::BoxFuture<'a, Result<T, StoreError>>;
+
+/// The real store, with the events of every `commit` call kept in call order.
+struct Recording {
+    inner: AnyStore,
+    commits: Mutex<Vec<Vec<EngineEvent>>>,
+}
+
+impl Store for Recording {
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+    fn create_run<'a>(&'a self, run: NewRun, first: JournalRecord) -> Fut<'a, ()> {
+        self.inner.create_run(run, first)
+    }
+    fn commit(&self, records: Vec<JournalRecord>) -> Fut<'_, ()> {
+        let events = records.iter().map(|r| r.event.clone()).collect();
+        Box::pin(async move {
+            self.inner.commit(records).await?;
+            self.commits.lock().unwrap().push(events);
+            Ok(())
+        })
+    }
+    fn run<'a>(&'a self, id: &'a str) -> Fut<'a, Option<RunRecord>> {
+        self.inner.run(id)
+    }
+    fn runs(&self, limit: u32) -> Fut<'_, Vec<RunRecord>> {
+        self.inner.runs(limit)
+    }
+    fn active_run<'a>(&'a self, digest: &'a str, env: &'a str) -> Fut<'a, Option<RunRecord>> {
+        self.inner.active_run(digest, env)
+    }
+    fn control<'a>(&'a self, run_id: &'a str) -> Fut<'a, Option<Control>> {
+        self.inner.control(run_id)
+    }
+    fn steps<'a>(&'a self, run_id: &'a str) -> Fut<'a, Vec<StepRecord>> {
+        self.inner.steps(run_id)
+    }
+    fn journal<'a>(&'a self, run_id: &'a str, after: i64) -> Fut<'a, Vec<Notice>> {
+        self.inner.journal(run_id, after)
+    }
+    fn approvals<'a>(&'a self, run_id: &'a str) -> Fut<'a, Vec<ApprovalRecord>> {
+        self.inner.approvals(run_id)
+    }
+    fn pseudonym<'a>(&'a self, name: &'a str) -> Fut<'a, String> {
+        self.inner.pseudonym(name)
+    }
+    fn identity<'a>(&'a self, id: &'a str) -> Fut<'a, Option<String>> {
+        self.inner.identity(id)
+    }
+    fn erase_identity<'a>(&'a self, name: &'a str) -> Fut<'a, bool> {
+        self.inner.erase_identity(name)
+    }
+    fn audit_entries(&self) -> Fut<'_, Vec<slipway_engine::audit::AuditEntry>> {
+        self.inner.audit_entries()
+    }
+    fn audit_head(&self) -> Fut<'_, Option<(i64, String)>> {
+        self.inner.audit_head()
+    }
+    fn claim<'a>(&'a self, run_id: &'a str) -> Fut<'a, Box<dyn RunClaim>> {
+        self.inner.claim(run_id)
+    }
+    fn acquire_lease(&self, req: LeaseRequest) -> Fut<'_, LeaseOutcome> {
+        self.inner.acquire_lease(req)
+    }
+    fn release_lease<'a>(
+        &'a self,
+        environment: &'a str,
+        holder: Option<&'a str>,
+    ) -> Fut<'a, Option<LeaseRecord>> {
+        self.inner.release_lease(environment, holder)
+    }
+    fn leases(&self) -> Fut<'_, Vec<LeaseRecord>> {
+        self.inner.leases()
+    }
+}
+
+/// Per effect: the step applied and the run's (step, status) as durable at that moment.
+type Seen = Vec<(String, Vec<(String, StepStatus)>)>;
+
+/// Applies every step without effect, after writing down the store's durable step states
+/// as its effect would see them: (step applied, [(step, status)] of the run).
+struct Probe {
+    store: Arc<Recording>,
+    seen: Mutex<Seen>,
+}
+
+impl Target for Probe {
+    fn kind(&self) -> &'static str {
+        "probe"
+    }
+    fn apply<'a>(
+        &'a self,
+        ctx: &'a StepContext,
+        _action: &'a StepAction,
+    ) -> slipway_engine::BoxFuture<'a, Result<Applied, TargetError>> {
+        Box::pin(async move {
+            let steps = self.store.steps(&ctx.run_id).await.unwrap();
+            let states = steps.into_iter().map(|r| (r.step_id, r.status)).collect();
+            self.seen
+                .lock()
+                .unwrap()
+                .push((ctx.step_id.clone(), states));
+            Ok(Applied::Ran {
+                output: StepOutput::default(),
+            })
+        })
+    }
+    fn observe<'a>(
+        &'a self,
+        _ctx: &'a StepContext,
+        _action: &'a StepAction,
+    ) -> slipway_engine::BoxFuture<'a, Result<Observation, TargetError>> {
+        Box::pin(async { unreachable!("nothing is interrupted here") })
+    }
+    fn undo<'a>(
+        &'a self,
+        _ctx: &'a StepContext,
+        _action: &'a StepAction,
+    ) -> slipway_engine::BoxFuture<'a, Result<Option<StepOutput>, TargetError>> {
+        Box::pin(async { Ok(None) })
+    }
+}
+
+fn started(e: &EngineEvent) -> Option<&str> {
+    match e {
+        EngineEvent::StepStarted { step, .. } => Some(step),
+        _ => None,
+    }
+}
+
+fn succeeded(e: &EngineEvent) -> Option<&str> {
+    match e {
+        EngineEvent::StepSucceeded { step, .. } => Some(step),
+        _ => None,
+    }
+}
+
+/// Drive a plan of `services` services of `steps` steps each at `parallelism`; the
+/// recorded commits and what each effect saw.
+async fn drive(
+    b: Backend,
+    services: usize,
+    steps: usize,
+    parallelism: usize,
+) -> (Vec<Vec<EngineEvent>>, Seen) {
+    let mut yaml = String::from(
+        "apiVersion: slipway/v1\nkind: Release\nmetadata: { name: c, version: 1.0.0, type: patch }\nservices:\n",
+    );
+    for s in 0..services {
+        yaml.push_str(&format!("  svc{s}:\n    steps:\n"));
+        for i in 0..steps {
+            yaml.push_str(&format!("      - {{ name: s{i}, run: 'true' }}\n"));
+        }
+    }
+    yaml.push_str(&format!(
+        "environments:\n  dev:\n    target: {{ exec: {{ parallelism: {parallelism} }} }}\n"
+    ));
+    let spec: ReleaseSpec = serde_saphyr::from_str(&yaml).unwrap();
+    let p = plan(&spec, "dev", &Facts::default()).unwrap();
+    let fresh = Fresh::new(b);
+    let store = Arc::new(Recording {
+        inner: fresh.open().await.unwrap(),
+        commits: Mutex::new(Vec::new()),
+    });
+    let probe = Arc::new(Probe {
+        store: store.clone(),
+        seen: Mutex::new(Vec::new()),
+    });
+    let engine = Engine::new(store.clone(), probe.clone(), Arc::new(SystemClock));
+    let run = engine
+        .create_run(slipway_engine::NewRunRequest {
+            plan: p,
+            author: "op-a".into(),
+            override_freeze: None,
+            workdir: "/tmp".into(),
+        })
+        .await
+        .unwrap();
+    let out = engine
+        .drive(&run.id, "op-a", DriveOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(out, DriveOutcome::Finished(RunState::Succeeded));
+    let commits = store.commits.lock().unwrap().clone();
+    let seen = probe.seen.lock().unwrap().clone();
+    (commits, seen)
+}
+
+/// The plan's step id of step `i` of service `s`.
+fn id_of(commits: &[Vec<EngineEvent>], s: usize, i: usize) -> String {
+    let want = format!("svc{s}");
+    commits
+        .iter()
+        .flatten()
+        .filter_map(started)
+        .find(|id| id.contains(&want) && id.ends_with(&format!("s{i}")))
+        .unwrap_or_else(|| panic!("no start of step {i} of {want}"))
+        .to_owned()
+}
+
+async fn a_steps_success_and_the_next_start_share_a_commit(b: Backend) {
+    let (commits, seen) = drive(b, 1, 5, 4).await;
+    for i in 1..5 {
+        let (prev, next) = (id_of(&commits, 0, i - 1), id_of(&commits, 0, i));
+        let shared = commits
+            .iter()
+            .find(|c| c.iter().any(|e| started(e) == Some(&*next)));
+        let shared = shared.unwrap();
+        assert!(
+            shared.iter().any(|e| succeeded(e) == Some(&*prev)),
+            "{prev} succeeded in another commit than {next} started: {commits:#?}"
+        );
+        // Both were durable before the effect of the next step began.
+        let (_, states) = seen.iter().find(|(s, _)| *s == next).unwrap();
+        let status = |id: &str| states.iter().find(|(s, _)| s == id).map(|(_, st)| *st);
+        assert_eq!(status(&prev), Some(StepStatus::Succeeded), "{states:?}");
+        assert_eq!(status(&next), Some(StepStatus::Started), "{states:?}");
+    }
+    // One commit per step (its start, carrying the previous success), plus the last
+    // success: 6 commits carry the 10 step events, not 10.
+    let step_commits = commits
+        .iter()
+        .filter(|c| {
+            c.iter()
+                .any(|e| started(e).is_some() || succeeded(e).is_some())
+        })
+        .count();
+    assert_eq!(step_commits, 6, "{commits:#?}");
+}
+
+async fn parallel_services_each_chain_their_own_steps(b: Backend) {
+    let (commits, _) = drive(b, 3, 3, 3).await;
+    for s in 0..3 {
+        for i in 1..3 {
+            let (prev, next) = (id_of(&commits, s, i - 1), id_of(&commits, s, i));
+            let c = commits
+                .iter()
+                .find(|c| c.iter().any(|e| started(e) == Some(&*next)))
+                .unwrap();
+            assert!(
+                c.iter().any(|e| succeeded(e) == Some(&*prev)),
+                "{prev} / {next}: {commits:#?}"
+            );
+            // Never another service's step in the commit of this start.
+            assert!(
+                c.iter()
+                    .filter_map(|e| started(e).or_else(|| succeeded(e)))
+                    .all(|id| id.contains(&format!("svc{s}"))),
+                "{c:#?}"
+            );
+        }
+    }
+}
+
+on_both!(
+    a_steps_success_and_the_next_start_share_a_commit,
+    parallel_services_each_chain_their_own_steps
+);
