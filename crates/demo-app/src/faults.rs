@@ -10,6 +10,7 @@ const PPM: u64 = 1_000_000;
 pub(crate) struct Faults {
     error_ppm: u64,
     fail_after: Option<u64>,
+    seed: Option<u64>,
 }
 
 impl Faults {
@@ -24,7 +25,13 @@ impl Faults {
         Self {
             error_ppm,
             fail_after,
+            seed: None,
         }
+    }
+
+    /// Independent failures drawn from `seed` instead of evenly spread ones.
+    pub(crate) fn seeded(self, seed: Option<u64>) -> Self {
+        Self { seed, ..self }
     }
 
     /// Evenly spread and deterministic: with rate r exactly `floor(n·r)` of the first n
@@ -33,10 +40,21 @@ impl Faults {
         if self.fail_after.is_some_and(|after| n >= after) {
             return true;
         }
+        if let Some(seed) = self.seed {
+            return splitmix64(seed ^ splitmix64(n)) % PPM < self.error_ppm;
+        }
         let before = u128::from(n) * u128::from(self.error_ppm) / u128::from(PPM);
         let after = (u128::from(n) + 1) * u128::from(self.error_ppm) / u128::from(PPM);
         after > before
     }
+}
+
+/// SplitMix64's output function: a well-mixed 64-bit hash, plenty for fault injection.
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 /// A `--latency` value that is not a number followed by `us`, `ms`, `s` or nothing.
@@ -75,6 +93,18 @@ mod tests {
         assert_eq!((0..1000).filter(|n| faults.fails(*n)).count(), 100);
         assert!((0..100).all(|n| Faults::new(1.0, None).fails(n)));
         assert!((0..100).all(|n| !Faults::new(0.0, None).fails(n)));
+    }
+
+    #[test]
+    fn seeded_errors_are_independent_at_the_rate_and_reproducible() {
+        let faults = Faults::new(0.01, None).seeded(Some(7));
+        let failed: Vec<u64> = (0..100_000).filter(|n| faults.fails(*n)).collect();
+        // Binomial(100000, 0.01): 1000 ± 31; some errors come close together.
+        assert!((900..1100).contains(&failed.len()), "{}", failed.len());
+        assert!(failed.windows(2).any(|w| w[1] - w[0] < 10));
+        let again = Faults::new(0.01, None).seeded(Some(7));
+        assert!(failed.iter().all(|n| again.fails(*n)));
+        assert!((0..100).all(|n| Faults::new(1.0, None).seeded(Some(1)).fails(n)));
     }
 
     #[test]

@@ -46,6 +46,10 @@ pub struct Config {
     pub latency: Duration,
     /// After this many faultable requests, every further one is answered with 500.
     pub fail_after: Option<u64>,
+    /// With a seed, each faultable request fails independently with probability
+    /// `error_rate` (a seeded pseudo-random stream: errors arrive as real ones do,
+    /// sometimes several close together) instead of evenly spread.
+    pub error_seed: Option<u64>,
 }
 
 impl Default for Config {
@@ -56,6 +60,7 @@ impl Default for Config {
             error_rate: 0.0,
             latency: Duration::ZERO,
             fail_after: None,
+            error_seed: None,
         }
     }
 }

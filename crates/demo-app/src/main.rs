@@ -35,6 +35,10 @@ struct Args {
     /// After N requests to `/`, `/echo` and `/stream`, answer every further one with 500.
     #[arg(long, value_name = "N")]
     fail_after: Option<u64>,
+    /// Fail requests independently at `--error-rate` from this seed (pseudo-random,
+    /// reproducible) instead of evenly spread.
+    #[arg(long, value_name = "SEED")]
+    error_seed: Option<u64>,
     /// Tokio worker threads (default: one per CPU).
     #[arg(long)]
     threads: Option<usize>,
@@ -80,6 +84,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         error_rate: args.error_rate,
         latency: args.latency,
         fail_after: args.fail_after,
+        error_seed: args.error_seed,
     };
     let server = demo_app::serve(config).await?;
     println!("listening on {}", server.local_addr());

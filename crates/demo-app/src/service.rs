@@ -39,7 +39,7 @@ impl State {
         let version_header = HeaderValue::from_str(&config.version)
             .unwrap_or_else(|_| HeaderValue::from_static("invalid"));
         Self {
-            faults: Faults::new(config.error_rate, config.fail_after),
+            faults: Faults::new(config.error_rate, config.fail_after).seeded(config.error_seed),
             version: config.version,
             version_header,
             latency: config.latency,

@@ -170,6 +170,7 @@ pub fn demo_app(a: DemoAppArgs, out: &Output) -> Result<i32, CliError> {
             error_rate: a.error_rate,
             latency: a.latency,
             fail_after: a.fail_after,
+            error_seed: None,
         })
         .await
         .map_err(|e| {

@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use slipway_model::analysis::{VersionWindow, Window};
+use slipway_proxy::guard::GuardConfig;
 use slipway_proxy::{Pools, ProxyHandle, Version};
 use slipway_rollout::{BoxFuture, MetricSource, RolloutError, TrafficRouter};
 
@@ -59,6 +60,18 @@ impl TrafficRouter for BuiltinRouter {
     fn canary_in_flight(&self) -> BoxFuture<'_, Option<u64>> {
         let n = self.proxy.in_flight(Version::Canary);
         Box::pin(async move { Some(n) })
+    }
+
+    fn arm_guard(&self, max_error_rate: Option<f64>) -> BoxFuture<'_, Result<bool, RolloutError>> {
+        // An analysis whose max admits no distinguishable hard failure gets no guard.
+        let config = max_error_rate.and_then(GuardConfig::for_max_error_rate);
+        self.proxy.arm_guard(config);
+        Box::pin(async move { Ok(config.is_some() || max_error_rate.is_none()) })
+    }
+
+    fn guard_trip(&self) -> BoxFuture<'_, Option<String>> {
+        let trip = self.proxy.guard_trip().map(|t| t.sentence());
+        Box::pin(async move { trip })
     }
 }
 

@@ -28,7 +28,9 @@ use hyper::body::Bytes;
 use serde::{Deserialize, Serialize};
 use slipway_model::analysis::{VersionWindow, Window};
 use slipway_proxy::TOKEN_HEADER;
-use slipway_proxy::api::{PoolsRequest, StateReport, VersionReport, WeightRequest, WindowReport};
+use slipway_proxy::api::{
+    GuardRequest, PoolsRequest, StateReport, VersionReport, WeightRequest, WindowReport,
+};
 use slipway_rollout::{BoxFuture, MetricSource, RolloutError, TrafficRouter};
 
 use crate::process::{host_env, is_zombie, proc_start_ticks};
@@ -227,6 +229,31 @@ impl TrafficRouter for RemoteRouter {
 
     fn canary_in_flight(&self) -> BoxFuture<'_, Option<u64>> {
         Box::pin(async move { self.fetch_state().await.ok().map(|s| s.in_flight_canary) })
+    }
+
+    fn arm_guard(&self, max_error_rate: Option<f64>) -> BoxFuture<'_, Result<bool, RolloutError>> {
+        Box::pin(async move {
+            // The proxy refuses a max that admits no distinguishable hard failure; such an
+            // analysis has no guard (the interval analysis alone judges it).
+            let max_error_rate = max_error_rate
+                .filter(|m| slipway_proxy::guard::GuardConfig::for_max_error_rate(*m).is_some());
+            let body = serde_json::to_vec(&GuardRequest { max_error_rate })
+                .map_err(|e| RolloutError::Router(e.to_string()))?;
+            // A proxy started by an older slipway has no guard route: the interval
+            // analysis alone judges then, as with any router without a guard.
+            let armed = self
+                .call::<StateReport>(hyper::Method::PUT, "/admin/guard", Some(body))
+                .await
+                .is_ok();
+            Ok(armed && max_error_rate.is_some())
+        })
+    }
+
+    fn guard_trip(&self) -> BoxFuture<'_, Option<String>> {
+        Box::pin(async move {
+            let state = self.fetch_state().await.ok()?;
+            state.guard_trip.map(|t| t.sentence())
+        })
     }
 }
 

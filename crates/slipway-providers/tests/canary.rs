@@ -270,8 +270,10 @@ async fn a_good_canary_is_promoted_and_the_old_stable_stopped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_canary_returning_errors_is_rolled_back_automatically() {
+    // 20 % errors, evenly spread: far above the 5 % max for the interval analysis, while
+    // the guard (which waits for a hard failure, half of all responses) lets it through.
     let run = canary(
-        "--error-rate 0.5",
+        "--error-rate 0.2",
         vec![metric("error-rate", Some("0.05"))],
         400,
         20,
@@ -364,4 +366,32 @@ async fn instances_survive_the_supervisor_and_are_found_not_duplicated() {
     assert_eq!(survey.alive, vec![started[1].clone()]);
     second.stop_instances(&survey.alive).await;
     assert!(second.running("api").alive.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_failing_hard_is_cut_off_by_the_guard() {
+    let run = canary(
+        "--error-rate 1.0",
+        vec![metric("error-rate", Some("0.05"))],
+        400,
+        20,
+    )
+    .await;
+    let Outcome::RolledBack { reason, .. } = &run.outcome else {
+        panic!("{:?}", run.outcome)
+    };
+    // The 4th failed response trips the guard, before any interval has 20 samples.
+    assert!(
+        reason.contains("canary guard tripped: 4 errors in the last 4"),
+        "{reason}"
+    );
+    assert!(
+        run.canary_ids.iter().all(|p| !alive(*p)),
+        "canary must be stopped"
+    );
+    assert!(
+        run.stable_ids.iter().all(|p| alive(*p)),
+        "stable must keep serving"
+    );
+    cleanup(&run).await;
 }

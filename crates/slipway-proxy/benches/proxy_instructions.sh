@@ -4,7 +4,7 @@
 # with the same wrk load. Unlike requests/s (proxy_overhead.sh), the count hardly moves
 # with machine load, so it shows a 2 % change that a busy 2-core machine hides in noise.
 # Kernel time is not in it (per-request kernel time of the three is alike; see
-# BENCHMARKS.md 4b), nor is the backend's work.
+# docs/benchmarks-history.md 4b), nor is the backend's work.
 #
 # Usage: crates/slipway-proxy/benches/proxy_instructions.sh
 #   DURATION=10s CONNECTIONS=64 ROUNDS=2   (environment overrides)

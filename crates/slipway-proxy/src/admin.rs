@@ -5,7 +5,7 @@
 //! text) and `GET /weight`. Everything under `/admin/` needs the admin token in
 //! [`TOKEN_HEADER`] when one is configured, because it changes routing or consumes the
 //! analysis window: `GET /admin/state`, `PUT /admin/weight`, `PUT /admin/pools`,
-//! `POST /admin/window`. Bodies are JSON, typed in [`crate::api`], so a controller in
+//! `PUT /admin/guard`, `POST /admin/window`. Bodies are JSON, typed in [`crate::api`], so a controller in
 //! another process (a `slipway` that outlives none of its proxies) drives the proxy
 //! exactly as the in-process [`crate::ProxyHandle`] does.
 
@@ -23,8 +23,9 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::api::{PoolsRequest, StateReport, WeightRequest, WindowReport};
+use crate::api::{GuardRequest, PoolsRequest, StateReport, WeightRequest, WindowReport};
 use crate::forward::Shared;
+use crate::guard::GuardConfig;
 use crate::routing::{Pools, Version};
 
 /// The header carrying the admin token.
@@ -35,6 +36,7 @@ const BODY_LIMIT: usize = 1 << 20;
 
 /// The shapes error messages show.
 const WEIGHT_EXAMPLE: &str = r#"{"weight": 25} (0 to 100)"#;
+const GUARD_EXAMPLE: &str = r#"{"max_error_rate": 0.05}"#;
 const POOLS_EXAMPLE: &str = r#"{"stable": ["127.0.0.1:8080"], "canary": ["127.0.0.1:8081"]}"#;
 
 pub(crate) async fn serve(
@@ -208,6 +210,25 @@ async fn respond(
                 Err(resp) => resp,
             }
         }
+        (Method::PUT, "/admin/guard") => {
+            match body_json::<GuardRequest>(req, GUARD_EXAMPLE).await {
+                Ok(g) => {
+                    let config = g.max_error_rate.and_then(GuardConfig::for_max_error_rate);
+                    if g.max_error_rate.is_some() && config.is_none() {
+                        return text(
+                            StatusCode::BAD_REQUEST,
+                            format!(
+                                "no hard failure can be told from an error rate of {:?}: send a max_error_rate between 0 and 0.5 (exclusive), e.g. {GUARD_EXAMPLE}, or null to disarm\n",
+                                g.max_error_rate
+                            ),
+                        );
+                    }
+                    shared.metrics.arm_guard(Version::Canary, config);
+                    json(&state(shared))
+                }
+                Err(resp) => resp,
+            }
+        }
         (Method::POST, "/admin/window") => {
             let window = shared.metrics.take_window(shared.router.weight());
             json(&WindowReport::from(&window))
@@ -229,6 +250,7 @@ fn state(shared: &Shared) -> StateReport {
         requests_canary: snapshot.canary.requests,
         errors_stable: snapshot.stable.errors(),
         errors_canary: snapshot.canary.errors(),
+        guard_trip: shared.metrics.guard_trip(Version::Canary),
     }
 }
 

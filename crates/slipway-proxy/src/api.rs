@@ -15,6 +15,13 @@ pub struct WeightRequest {
     pub weight: u8,
 }
 
+/// `PUT /admin/guard`: arm the canary guard for an analysis whose error rate may be at
+/// most `max_error_rate` (a fresh test), or disarm it with `null`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct GuardRequest {
+    pub max_error_rate: Option<f64>,
+}
+
 /// `PUT /admin/pools`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PoolsRequest {
@@ -38,6 +45,9 @@ pub struct StateReport {
     pub requests_canary: u64,
     pub errors_stable: u64,
     pub errors_canary: u64,
+    /// The canary guard's verdict once it tripped (it set the weight to 0 then).
+    #[serde(default)]
+    pub guard_trip: Option<crate::guard::Trip>,
 }
 
 /// One version's traffic in a window (`POST /admin/window`).

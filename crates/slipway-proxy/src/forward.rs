@@ -104,9 +104,7 @@ pub(crate) async fn handle(
     let pools = shared.router.pools();
     let Some(backend) = pools.pool(version).next_backend() else {
         // Counted: a version that should take traffic but has no backend is failing.
-        shared
-            .metrics
-            .record(version, Outcome::ProxyError, started.elapsed());
+        record(shared, version, Outcome::ProxyError, started.elapsed());
         return Ok(local_response(
             StatusCode::SERVICE_UNAVAILABLE,
             "no backend for this version\n",
@@ -161,11 +159,8 @@ pub(crate) async fn handle(
     let elapsed = started.elapsed();
     match result {
         Ok((response, sender)) => {
-            shared.metrics.record(
-                version,
-                Outcome::Status(response.status().as_u16()),
-                elapsed,
-            );
+            let status = Outcome::Status(response.status().as_u16());
+            record(shared, version, status, elapsed);
             let (mut parts, body) = response.into_parts();
             strip_hop_by_hop(&mut parts.headers);
             parts
@@ -185,7 +180,7 @@ pub(crate) async fn handle(
             Ok(Response::from_parts(parts, Either::Left(body)))
         }
         Err(status) => {
-            shared.metrics.record(version, Outcome::ProxyError, elapsed);
+            record(shared, version, Outcome::ProxyError, elapsed);
             let message = if status == StatusCode::GATEWAY_TIMEOUT {
                 "upstream timed out\n"
             } else {
@@ -197,6 +192,14 @@ pub(crate) async fn handle(
 }
 
 /// `Ok(None)` without the header, `Err` when it names no version.
+/// Count a response; when it trips the canary guard, the canary gets no further request
+/// from this instant (weight 0), before the controller has even looked.
+fn record(shared: &Shared, version: Version, outcome: Outcome, elapsed: Duration) {
+    if shared.metrics.record(version, outcome, elapsed).is_some() {
+        shared.router.set_weight(0);
+    }
+}
+
 fn route_override(headers: &HeaderMap) -> Result<Option<Version>, ()> {
     let Some(value) = headers.get(ROUTE_HEADER) else {
         return Ok(None);

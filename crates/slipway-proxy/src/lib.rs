@@ -23,6 +23,7 @@
 mod admin;
 pub mod api;
 mod forward;
+pub mod guard;
 mod metrics;
 mod routing;
 mod timer;
@@ -236,6 +237,18 @@ impl ProxyHandle {
     /// starts a new window. For one analysis loop; other readers use [`Self::snapshot`].
     pub fn take_window(&self) -> Window {
         self.shared.metrics.take_window(self.weight())
+    }
+
+    /// Arm the canary guard (a sequential test on every canary response that sets the
+    /// canary's weight to 0 on the response that trips it; see [`guard`]) with a fresh
+    /// test, or disarm it with `None`.
+    pub fn arm_guard(&self, config: Option<guard::GuardConfig>) {
+        self.shared.metrics.arm_guard(Version::Canary, config);
+    }
+
+    /// The guard's verdict once it tripped (until armed again or disarmed).
+    pub fn guard_trip(&self) -> Option<guard::Trip> {
+        self.shared.metrics.guard_trip(Version::Canary)
     }
 
     /// Requests dispatched to `version` whose responses have not finished yet; after

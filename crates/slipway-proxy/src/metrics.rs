@@ -14,6 +14,7 @@
 //! make a version look slow. Proxy errors (connect failure, timeout) are recorded too:
 //! that is what the client experienced.
 
+use crate::guard::{Cusum, GuardConfig, Trip};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
@@ -206,6 +207,8 @@ struct VersionState {
     /// Latencies offered to the reservoir this window.
     offered: u64,
     rng: u64,
+    /// The sequential test on this version's responses, when armed (canary only).
+    guard: Option<Cusum>,
 }
 
 /// Fixed seed: windows are reproducible given the same traffic.
@@ -219,6 +222,7 @@ impl VersionState {
             samples: Vec::new(),
             offered: 0,
             rng: RNG_SEED,
+            guard: None,
         }
     }
 
@@ -263,7 +267,13 @@ impl Metrics {
         &self.versions[version.index()]
     }
 
-    pub(crate) fn record(&self, version: Version, outcome: Outcome, latency: Duration) {
+    /// Count one response; `Some` when it trips the version's guard (that response only).
+    pub(crate) fn record(
+        &self,
+        version: Version,
+        outcome: Outcome,
+        latency: Duration,
+    ) -> Option<Trip> {
         let latency_us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
         // Poison only means another recorder panicked between plain integer updates;
         // the counters are still meaningful, so keep counting.
@@ -274,6 +284,11 @@ impl Metrics {
             .unwrap_or_else(PoisonError::into_inner);
         state.total.record(outcome, latency_us);
         state.window.record(outcome, latency_us);
+        let error = match outcome {
+            Outcome::Status(status) => status >= 500,
+            Outcome::ProxyError => true,
+        };
+        let trip = state.guard.as_mut().and_then(|g| g.observe(error));
         state.offered += 1;
         if state.samples.len() < self.sample_limit {
             state.samples.push(latency_us);
@@ -288,6 +303,27 @@ impl Metrics {
                 *kept = latency_us;
             }
         }
+        trip
+    }
+
+    /// Arm (a fresh test) or disarm the guard on `version`'s responses.
+    pub(crate) fn arm_guard(&self, version: Version, config: Option<GuardConfig>) {
+        let mut state = self
+            .of(version)
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        state.guard = config.map(Cusum::new);
+    }
+
+    /// The guard's verdict on `version`, once it tripped (until disarmed).
+    pub(crate) fn guard_trip(&self, version: Version) -> Option<Trip> {
+        let state = self
+            .of(version)
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        state.guard.as_ref().and_then(Cusum::tripped)
     }
 
     pub(crate) fn in_flight_guard(self: &std::sync::Arc<Self>, version: Version) -> InFlight {

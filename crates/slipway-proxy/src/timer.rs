@@ -2,7 +2,7 @@
 //!
 //! A `tokio::time::timeout` per request inserts and removes a timer-wheel entry every
 //! time: about 4 % of the proxy's user-space instructions per request (callgrind, see
-//! BENCHMARKS.md 4b). Requests on one client connection run one after another (HTTP/1),
+//! docs/benchmarks-history.md 4b). Requests on one client connection run one after another (HTTP/1),
 //! so one `Sleep` per connection serves them all. It stays armed at the deadline of an
 //! earlier request, which is never later than the current request's; when it fires during
 //! a request whose own deadline has not come yet, it is re-armed to that deadline. Under

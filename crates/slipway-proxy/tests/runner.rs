@@ -16,6 +16,7 @@ mod test_admin_fuzz;
 mod test_binary;
 mod test_bodies;
 mod test_failures;
+mod test_guard;
 mod test_keepalive;
 mod test_metrics;
 mod test_routing;

@@ -101,6 +101,19 @@ pub trait TrafficRouter: Send + Sync {
     fn verify_weight(&self) -> BoxFuture<'_, Option<u8>>;
     /// Requests still in flight to the canary (`None` when unknown).
     fn canary_in_flight(&self) -> BoxFuture<'_, Option<u64>>;
+    /// Arm the router's canary guard with a fresh sequential test for an analysis whose
+    /// error rate may be at most `max_error_rate` (a router that judges every canary
+    /// response and takes the canary's weight to 0 on the one that shows a hard failure),
+    /// or disarm it with `None`. `Ok(false)`: this router has no guard (the interval
+    /// analysis alone judges the canary).
+    fn arm_guard(&self, max_error_rate: Option<f64>) -> BoxFuture<'_, Result<bool, RolloutError>> {
+        let _ = max_error_rate;
+        Box::pin(async { Ok(false) })
+    }
+    /// The armed guard's verdict once it tripped, as a sentence for the rollback reason.
+    fn guard_trip(&self) -> BoxFuture<'_, Option<String>> {
+        Box::pin(async { None })
+    }
 }
 
 /// Measurements of canary vs stable.
@@ -385,6 +398,22 @@ impl<'a> Judge<'a> {
         })
     }
 
+    /// The `max` of the template's builtin error-rate metric: what the router's guard
+    /// takes as the acceptable rate.
+    fn guard_max(&self) -> Option<f64> {
+        self.template
+            .metrics
+            .iter()
+            .filter(|m| m.provider == "builtin" && m.name == "error-rate")
+            .filter_map(|m| m.max.as_ref()?.0.parse::<f64>().ok())
+            .reduce(f64::min)
+    }
+
+    /// Whether a failure pauses for a human instead of rolling back.
+    fn pauses(&self) -> bool {
+        self.template.on_failure == OnFailure::Pause
+    }
+
     /// Whether the template has a metric of the router's window.
     fn uses_builtin(&self) -> bool {
         self.template
@@ -558,8 +587,19 @@ async fn steps(
     };
     let mut measurements: Vec<Measurement> = Vec::new();
     let mut weight: u8 = weight;
+    // The router's guard judges every canary response while an analysis with a builtin
+    // error-rate runs (the background one throughout, a step's own during the step).
+    let background_max = background.as_ref().and_then(Judge::guard_max);
+    let background_pauses = background.as_ref().is_some_and(Judge::pauses);
+    let mut guard = Guard::default();
+    guard.set(world, background_max, background_pauses).await?;
 
     for (index, step) in c.steps.iter().enumerate().skip(c.start_step) {
+        if let Some(reason) = guard.tripped(world).await {
+            return guard
+                .verdict(c, world, &canary, reason, measurements, emit)
+                .await;
+        }
         emit(RolloutEvent::StepStarted {
             index,
             step: describe(step),
@@ -595,9 +635,23 @@ async fn steps(
                 reason: format!("step {index}: pause until resumed (slipway resume / promote)"),
             });
         }
+        // The stricter max governs, and with it its template's on_failure.
+        let step_max = judge.as_ref().and_then(Judge::guard_max);
+        let pauses = match (step_max, background_max) {
+            (Some(s), b) if b.is_none_or(|b| s <= b) => judge.as_ref().is_some_and(Judge::pauses),
+            _ => background_pauses,
+        };
+        guard
+            .set(world, min_of(background_max, step_max), pauses)
+            .await?;
         let started = Instant::now();
         loop {
             tokio::time::sleep(tick).await;
+            if let Some(reason) = guard.tripped(world).await {
+                return guard
+                    .verdict(c, world, &canary, reason, measurements, emit)
+                    .await;
+            }
             match world.interventions.poll().await {
                 Some(Intervention::Rollback) => {
                     emit(RolloutEvent::Intervened {
@@ -731,8 +785,86 @@ async fn steps(
                 }
             }
         }
+        guard.set(world, background_max, background_pauses).await?;
     }
+    // A trip after the last look still counts: the router already took the weight to 0.
+    if let Some(reason) = guard.tripped(world).await {
+        return guard
+            .verdict(c, world, &canary, reason, measurements, emit)
+            .await;
+    }
+    guard.set(world, None, false).await?;
     promote(c, world, canary, emit).await
+}
+
+fn min_of(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// The router's canary guard as the controller keeps it: armed with which `max`, if the
+/// router has one.
+#[derive(Default)]
+struct Guard {
+    armed: Option<f64>,
+    /// The governing template's `on_failure: pause`: a trip pauses for a human (the
+    /// canary already gets no traffic) instead of rolling back.
+    pause: bool,
+    /// A trip seen while armed with an earlier `max`: a re-arm must not forget it.
+    trip: Option<String>,
+}
+
+impl Guard {
+    /// Arm with `max` (or disarm with `None`) unless that is what is armed already.
+    async fn set(
+        &mut self,
+        world: &World<'_>,
+        max: Option<f64>,
+        pause: bool,
+    ) -> Result<(), RolloutError> {
+        self.pause = pause;
+        if self.armed == max {
+            return Ok(());
+        }
+        if self.armed.is_some() && self.trip.is_none() {
+            self.trip = world.router.guard_trip().await;
+        }
+        let supported = world.router.arm_guard(max).await?;
+        self.armed = if supported { max } else { None };
+        Ok(())
+    }
+
+    /// The rollback reason once the guard tripped.
+    async fn tripped(&mut self, world: &World<'_>) -> Option<String> {
+        if self.trip.is_none() && self.armed.is_some() {
+            self.trip = world.router.guard_trip().await;
+        }
+        self.trip.clone()
+    }
+
+    /// What a trip leads to: a rollback, or a pause where the template says so.
+    async fn verdict(
+        &self,
+        c: &Canary<'_>,
+        world: &World<'_>,
+        canary: &[Instance],
+        reason: String,
+        measurements: Vec<Measurement>,
+        emit: &mut (dyn FnMut(RolloutEvent) + Send),
+    ) -> Result<Outcome, RolloutError> {
+        if self.pause {
+            let reason = format!(
+                "{reason}; paused for a human (on_failure: pause), the canary gets no traffic meanwhile"
+            );
+            emit(RolloutEvent::Paused {
+                reason: reason.clone(),
+            });
+            return Ok(Outcome::Paused { reason });
+        }
+        rollback(c, world, canary, reason, measurements, emit).await
+    }
 }
 
 fn describe(s: &CanaryStep) -> String {

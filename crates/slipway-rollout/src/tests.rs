@@ -518,3 +518,145 @@ async fn external_metrics_judge_a_canary_whose_router_cannot_measure() {
         "4 errors tolerated (the default), the 5th pauses"
     );
 }
+
+/// A router with a guard that trips after `trips_after` looks at it.
+struct GuardRouter<'a> {
+    inner: FakeRouter<'a>,
+    trips_after: Option<usize>,
+    looks: Mutex<usize>,
+}
+
+impl TrafficRouter for GuardRouter<'_> {
+    fn set_pools<'a>(
+        &'a self,
+        s: &'a [SocketAddr],
+        c: &'a [SocketAddr],
+    ) -> BoxFuture<'a, Result<(), RolloutError>> {
+        self.inner.set_pools(s, c)
+    }
+    fn set_weight(&self, w: u8) -> BoxFuture<'_, Result<(), RolloutError>> {
+        self.inner.set_weight(w)
+    }
+    fn verify_weight(&self) -> BoxFuture<'_, Option<u8>> {
+        self.inner.verify_weight()
+    }
+    fn canary_in_flight(&self) -> BoxFuture<'_, Option<u64>> {
+        self.inner.canary_in_flight()
+    }
+    fn arm_guard(&self, max: Option<f64>) -> BoxFuture<'_, Result<bool, RolloutError>> {
+        self.inner.log.push(format!("guard {max:?}"));
+        Box::pin(async { Ok(true) })
+    }
+    fn guard_trip(&self) -> BoxFuture<'_, Option<String>> {
+        let mut looks = self.looks.lock().unwrap();
+        *looks += 1;
+        let trip = self
+            .trips_after
+            .filter(|n| *looks > *n)
+            .map(|_| "the canary guard tripped: 4 errors in the last 4".to_owned());
+        Box::pin(async move { trip })
+    }
+}
+
+async fn drive_guarded(trips_after: Option<usize>) -> (Outcome, Vec<String>) {
+    drive_guarded_with(trips_after, OnFailure::Rollback).await
+}
+
+async fn drive_guarded_with(
+    trips_after: Option<usize>,
+    on_failure: OnFailure,
+) -> (Outcome, Vec<String>) {
+    let log = Log::default();
+    let instances = FakeInstances {
+        log: &log,
+        stable_ready: true,
+    };
+    let router = GuardRouter {
+        inner: FakeRouter {
+            log: &log,
+            weight: Mutex::new(0),
+        },
+        trips_after,
+        looks: Mutex::new(0),
+    };
+    let metrics = Script(Mutex::new(vec![(0, 0)]));
+    let world = World {
+        instances: &instances,
+        router: &router,
+        metrics: &metrics,
+        external: None,
+        interventions: &NoInterventions,
+        drain_timeout: Duration::from_millis(100),
+    };
+    let (mut templates, steps) = (template(0), steps());
+    for t in templates.values_mut() {
+        t.on_failure = on_failure;
+    }
+    let outcome = run_canary(
+        Canary {
+            service: "api",
+            version: "2.0.0",
+            replicas: 2,
+            stable: inst("api", "1.0.0", 2),
+            steps: &steps,
+            background: None,
+            templates: &templates,
+            start_step: 0,
+            environment: "prod",
+            resume: None,
+        },
+        &world,
+        &mut |_| {},
+    )
+    .await
+    .unwrap();
+    (outcome, log.all())
+}
+
+#[tokio::test]
+async fn the_routers_guard_is_armed_with_the_error_rate_max_during_analysis_only() {
+    let (outcome, log) = drive_guarded(None).await;
+    assert!(matches!(outcome, Outcome::Promoted { .. }), "{outcome:?}");
+    let guard: Vec<&str> = log
+        .iter()
+        .map(String::as_str)
+        .filter(|l| l.starts_with("guard") || l.starts_with("weight"))
+        .collect();
+    assert_eq!(
+        guard,
+        vec![
+            "weight 0",
+            "weight 10",
+            "guard Some(0.05)",
+            "guard None",
+            "weight 50",
+            "weight 100",
+            "weight 0"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_tripped_guard_rolls_back_with_its_verdict() {
+    let (outcome, log) = drive_guarded(Some(1)).await;
+    let Outcome::RolledBack { reason, .. } = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert!(reason.contains("canary guard tripped"), "{reason}");
+    // Never raised to the next step's weight once tripped.
+    assert!(!log.iter().any(|l| l == "weight 50"), "{log:?}");
+    assert!(log.iter().any(|l| l == "stop 2.0.0"), "{log:?}");
+}
+
+#[tokio::test]
+async fn a_tripped_guard_pauses_where_the_template_says_pause() {
+    let (outcome, log) = drive_guarded_with(Some(1), OnFailure::Pause).await;
+    let Outcome::Paused { reason } = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert!(reason.contains("canary guard tripped"), "{reason}");
+    assert!(reason.contains("on_failure: pause"), "{reason}");
+    // Nothing stopped, no weight raised: a human decides.
+    assert!(!log.iter().any(|l| l.starts_with("stop")), "{log:?}");
+    assert!(!log.iter().any(|l| l == "weight 50"), "{log:?}");
+}
