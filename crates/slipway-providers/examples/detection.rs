@@ -1,9 +1,13 @@
-//! Detection benchmark (issue 4a): 1,000 req/s through the built-in proxy, a canary at
-//! 10% that starts answering every request with 500 at time T. Measures the time from T
-//! until the canary receives no more traffic, and how many of its 5xx reached clients.
+//! Detection benchmark (issues 4a and 20): 1,000 req/s through the built-in proxy, a
+//! canary at 10% that starts answering every request with 500 at time T. Measures the time
+//! from T until the canary receives no more traffic, and how many of its 5xx reached
+//! clients. Then HEALTHY rounds where stable and canary both fail a realistic BASELINE
+//! fraction of requests independently (seeded, as real errors arrive): every one must
+//! promote (a rollback there is a false rollback).
 //!
-//! Usage: `cargo run --release -p slipway-providers --example detection -- [ROUNDS] [RATE]`
-//! (needs the demo-app binary: `cargo build --release -p demo-app`).
+//! Usage: `cargo run --release -p slipway-providers --example detection -- [ROUNDS] [RATE]
+//! [HEALTHY] [BASELINE]` (defaults 5, 1000, 0, 0.01; needs the demo-app binary: `cargo
+//! build --release -p demo-app`). One JSON line per round, then a summary.
 #![allow(
     clippy::disallowed_methods,
     reason = "tests start real processes and read the real clock directly"
@@ -54,11 +58,23 @@ struct Round {
     detect_ms: f64,
     errors_to_clients: u64,
     canary_requests_after_stop: u64,
+    /// How the canary ended: "rolled back: reason" or "promoted".
+    outcome: String,
+    canary_requests: u64,
+    canary_errors: u64,
 }
 
-async fn round(bin: &str, rate: u32, fail_after: u64) -> Round {
+/// One canary: failing every request after `fail_after` of its own, or healthy at the
+/// `baseline` error rate (then the round ends when the canary is promoted or rolled back).
+async fn round(bin: &str, rate: u32, fail_after: Option<u64>, baseline: f64) -> Round {
     let dir = tempfile::tempdir().unwrap();
-    let stable_t = target(dir.path(), bin, "");
+    // Independent errors at the baseline rate, seeded per instance by its port.
+    let noise = if baseline > 0.0 {
+        format!("--error-rate {baseline} --error-seed {{{{ port }}}}")
+    } else {
+        String::new()
+    };
+    let stable_t = target(dir.path(), bin, &noise);
     let stable = stable_t
         .start("api", "1.0.0", 2, Role::Stable)
         .await
@@ -78,12 +94,20 @@ async fn round(bin: &str, rate: u32, fail_after: u64) -> Round {
     let router = BuiltinRouter::new(proxy.clone());
     // Each canary instance serves `fail_after` good requests, then only 500s: T is when the
     // first 500 leaves the canary, observed on the proxy's own counters.
-    let canary_t = target(dir.path(), bin, &format!("--fail-after {fail_after}"));
+    let canary_args = match fail_after {
+        Some(n) => format!("--fail-after {n} {noise}"),
+        None => noise.clone(),
+    };
+    let canary_t = target(dir.path(), bin, &canary_args);
     let templates = BTreeMap::from([(
         "fast".to_owned(),
         AnalysisTemplate {
-            interval: Some("100ms".into()),
-            min_samples: Some(5),
+            // A realistic interval analysis (a measurement a second, at least 50 canary
+            // responses each): with a 1 % baseline, 100 ms windows of ~10 responses would
+            // fail on a single error. A hard failure is the guard's to catch, on every
+            // response in the proxy.
+            interval: Some("1s".into()),
+            min_samples: Some(50),
             failure_limit: Some(0),
             inconclusive_limit: Some(50),
             consecutive_error_limit: None,
@@ -107,7 +131,7 @@ async fn round(bin: &str, rate: u32, fail_after: u64) -> Round {
         CanaryStep {
             analysis: Some(AnalysisStep {
                 template: "fast".into(),
-                duration: Some("60s".into()),
+                duration: Some(if fail_after.is_some() { "60s" } else { "3s" }.into()),
             }),
             ..CanaryStep::default()
         },
@@ -161,16 +185,33 @@ async fn round(bin: &str, rate: u32, fail_after: u64) -> Round {
     )
     .await
     .unwrap();
-    assert!(matches!(outcome, Outcome::RolledBack { .. }), "{outcome:?}");
-    let (t0, stopped, requests_at_stop) = watch.await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let after = proxy.snapshot().version(Version::Canary).requests - requests_at_stop;
+    let outcome = match &outcome {
+        Outcome::RolledBack { reason, .. } => format!("rolled back: {reason}"),
+        Outcome::Promoted { instances } => {
+            canary_t.stop_instances(instances).await;
+            "promoted".to_owned()
+        }
+        other => format!("{other:?}"),
+    };
+    let canary = proxy.snapshot().version(Version::Canary).clone();
+    let (detect_ms, after) = if fail_after.is_some() && outcome.starts_with("rolled back") {
+        let (t0, stopped, requests_at_stop) = watch.await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let after = proxy.snapshot().version(Version::Canary).requests - requests_at_stop;
+        (stopped.duration_since(t0).as_secs_f64() * 1000.0, after)
+    } else {
+        watch.abort();
+        (0.0, 0)
+    };
     let stats = traffic.stop().await;
     stable_t.stop_instances(&stable).await;
     Round {
-        detect_ms: stopped.duration_since(t0).as_secs_f64() * 1000.0,
+        detect_ms,
         errors_to_clients: stats.canary_errors,
         canary_requests_after_stop: after,
+        outcome,
+        canary_requests: canary.requests,
+        canary_errors: canary.errors(),
     }
 }
 
@@ -178,6 +219,8 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let rounds: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(5);
     let rate: u32 = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(1000);
+    let healthy: usize = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(0);
+    let baseline: f64 = args.get(4).and_then(|a| a.parse().ok()).unwrap_or(0.01);
     let bin = std::env::var("DEMO_APP_BIN").unwrap_or_else(|_| {
         let exe = std::env::current_exe().unwrap();
         exe.parent()
@@ -194,37 +237,78 @@ fn main() {
         .build()
         .unwrap();
     println!(
-        "rate {rate} req/s, canary at 10%, analysis every 100 ms, rollback on the first failed measurement"
+        "rate {rate} req/s, canary at 10%, every response judged by the proxy's guard, interval analysis every 1 s; baseline error rate {baseline} on stable and canary"
     );
     println!(
-        "| round | T → canary gets no traffic | canary 5xx that reached clients | canary requests after stop |"
+        "| round | T → canary gets no traffic | canary 5xx that reached clients | canary requests after stop | stopped by |"
     );
-    println!("|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---|");
     let mut all = Vec::new();
     for i in 0..rounds {
         // ~2 s of healthy canary traffic before it breaks (50 req/s per canary instance),
         // shifted by a different odd amount each round so T falls at a different phase of
-        // the 100 ms analysis interval (an aligned T would flatter the result).
+        // the analysis interval (an aligned T would flatter the result).
         let fail_after = u64::from(rate) / 10 + 3 + 7 * i as u64;
-        let r = rt.block_on(round(&bin, rate, fail_after));
+        let r = rt.block_on(round(&bin, rate, Some(fail_after), baseline));
+        let by = if r.outcome.contains("canary guard") {
+            "guard"
+        } else if r.outcome.starts_with("rolled back") {
+            "interval analysis"
+        } else {
+            "not stopped"
+        };
         println!(
-            "| {} | {:.0} ms | {} | {} |",
+            "| {} | {:.0} ms | {} | {} | {by} |",
             i + 1,
             r.detect_ms,
             r.errors_to_clients,
             r.canary_requests_after_stop
         );
+        println!(
+            "{}",
+            serde_json::json!({"kind": "failing", "round": i + 1, "detect_ms": r.detect_ms,
+                "errors_to_clients": r.errors_to_clients,
+                "canary_requests_after_stop": r.canary_requests_after_stop,
+                "stopped_by": by, "outcome": r.outcome})
+        );
         all.push(r);
     }
-    let mut d: Vec<f64> = all.iter().map(|r| r.detect_ms).collect();
-    d.sort_by(f64::total_cmp);
-    let mut e: Vec<u64> = all.iter().map(|r| r.errors_to_clients).collect();
-    e.sort_unstable();
-    println!(
-        "median {:.0} ms (max {:.0} ms); median {} errors to clients (max {})",
-        d[d.len() / 2],
-        d[d.len() - 1],
-        e[e.len() / 2],
-        e[e.len() - 1]
-    );
+    if !all.is_empty() {
+        let mut d: Vec<f64> = all.iter().map(|r| r.detect_ms).collect();
+        d.sort_by(f64::total_cmp);
+        let mut e: Vec<u64> = all.iter().map(|r| r.errors_to_clients).collect();
+        e.sort_unstable();
+        println!(
+            "median {:.0} ms (max {:.0} ms); median {} errors to clients (max {})",
+            d[d.len() / 2],
+            d[d.len() - 1],
+            e[e.len() / 2],
+            e[e.len() - 1]
+        );
+    }
+    if healthy > 0 {
+        let (mut false_rollbacks, mut judged, mut errors) = (0, 0, 0);
+        for i in 0..healthy {
+            let r = rt.block_on(round(&bin, rate, None, baseline));
+            judged += r.canary_requests;
+            errors += r.canary_errors;
+            if r.outcome != "promoted" {
+                false_rollbacks += 1;
+            }
+            println!(
+                "{}",
+                serde_json::json!({"kind": "healthy", "round": i + 1,
+                    "canary_requests": r.canary_requests, "canary_errors": r.canary_errors,
+                    "outcome": r.outcome})
+            );
+        }
+        println!();
+        println!(
+            "healthy canaries at a {baseline} baseline error rate (stable too), 3 s of analysis each"
+        );
+        println!();
+        println!("| rounds | canary responses judged | of which errors | false rollbacks |");
+        println!("|---:|---:|---:|---:|");
+        println!("| {healthy} | {judged} | {errors} | {false_rollbacks} |");
+    }
 }

@@ -32,11 +32,14 @@ echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -
 echo "commit: $(git rev-parse --short HEAD), PostgreSQL $("$PGBIN/postgres" --version | awk '{print $3}')"
 
 echo "== bench_durable ($STEPS steps)"
+# At parallelism 1 one service of STEPS steps (the sequential case); above, STEPS/4
+# services of 4 ordered steps each (the group-commit case: a service's steps run in order).
 for p in "${PARS[@]}"; do
+  if [ "$p" -gt 1 ]; then shape=(4 "$p" "$WORK" $((STEPS / 4))); else shape=("$STEPS" 1 "$WORK" 1); fi
   echo "-- parallelism $p, SQLite"
-  target/release/examples/bench_durable "$STEPS" "$p" "$WORK"
+  target/release/examples/bench_durable "${shape[@]}"
   echo "-- parallelism $p, PostgreSQL"
-  SLIPWAY_BENCH_STORE=$(db "durable_$p") target/release/examples/bench_durable "$STEPS" "$p" "$WORK"
+  SLIPWAY_BENCH_STORE=$(db "durable_$p") target/release/examples/bench_durable "${shape[@]}"
 done
 
 echo "== audit verify ($ENTRIES entries)"

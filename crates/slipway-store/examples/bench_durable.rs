@@ -1,8 +1,16 @@
-//! Durability benchmark: N no-op durable steps end to end (run created, every step
-//! journaled started + succeeded with its audit entry, synchronous=FULL), beside the fsync
-//! rate of the same disk. `cargo run --release -p slipway-store --example bench_durable --
-//! [STEPS] [PARALLELISM] [DIR]`. With `SLIPWAY_BENCH_STORE=postgres://…` the run goes to
-//! that (empty) PostgreSQL database instead of an SQLite file in DIR.
+//! Durability benchmark: no-op durable steps end to end (run created, every step journaled
+//! started + succeeded with its audit entry, synchronous=FULL), beside the fsync rate of
+//! the same disk measured in the same process just before and just after the run, two
+//! ways: appending a byte before each fdatasync (the file grows, so the file system
+//! journals its size too: the rate the earlier figures used) and overwriting a byte in
+//! place (no metadata: what a commit to SQLite's reused WAL costs at least).
+//! `cargo run --release -p slipway-store --example bench_durable -- [STEPS] [PARALLELISM]
+//! [DIR] [SERVICES]`: SERVICES services (default 1) of STEPS ordered steps each. One
+//! service is the sequential case (its steps run one after another whatever the
+//! parallelism); many services of a few steps are the group-commit case. With
+//! `SLIPWAY_BENCH_STORE=postgres://…` the run goes to that (empty) PostgreSQL database
+//! instead of an SQLite file in DIR. The last line is the result as JSON (for
+//! `scripts/bench.sh`).
 #![allow(
     clippy::disallowed_methods,
     reason = "tests start real processes and read the real clock directly"
@@ -32,23 +40,19 @@ async fn main() {
     let base = args
         .get(3)
         .map_or_else(std::env::temp_dir, std::path::PathBuf::from);
+    let services: usize = args.get(4).and_then(|a| a.parse().ok()).unwrap_or(1).max(1);
     let dir = tempfile::tempdir_in(&base).unwrap();
-
-    // fsync rate of the same disk: small write + fdatasync, like a WAL commit.
-    let mut f = std::fs::File::create(dir.path().join("fsync.probe")).unwrap();
-    let n = 500;
-    let t = Instant::now();
-    for _ in 0..n {
-        f.write_all(b"x").unwrap();
-        f.sync_data().unwrap();
-    }
-    let fsync_rate = n as f64 / t.elapsed().as_secs_f64();
+    let fsync_before = fsync_rate(dir.path(), false);
+    let overwrite_before = fsync_rate(dir.path(), true);
 
     let mut yaml = String::from(
-        "apiVersion: slipway/v1\nkind: Release\nmetadata: { name: bench, version: 1.0.0, type: patch }\nservices:\n  app:\n    steps:\n",
+        "apiVersion: slipway/v1\nkind: Release\nmetadata: { name: bench, version: 1.0.0, type: patch }\nservices:\n",
     );
-    for i in 0..steps {
-        yaml.push_str(&format!("      - {{ name: s{i}, run: 'true' }}\n"));
+    for s in 0..services {
+        yaml.push_str(&format!("  app{s}:\n    steps:\n"));
+        for i in 0..steps {
+            yaml.push_str(&format!("      - {{ name: s{i}, run: 'true' }}\n"));
+        }
     }
     yaml.push_str(&format!(
         "environments:\n  dev:\n    target: {{ exec: {{ parallelism: {par} }} }}\n"
@@ -84,6 +88,9 @@ async fn main() {
         .await
         .unwrap();
     let secs = t.elapsed().as_secs_f64();
+    let fsync_after = fsync_rate(dir.path(), false);
+    let overwrite_after = fsync_rate(dir.path(), true);
+    let steps = steps * services;
     let entries = engine.store().audit_entries().await.unwrap();
     let head = engine.store().audit_head().await.unwrap().unwrap();
     slipway_engine::audit::verify(&entries, Some((head.0, &head.1))).unwrap();
@@ -92,6 +99,58 @@ async fn main() {
         "steps: {steps}, parallelism: {par}, journal+audit entries: {}",
         entries.len()
     );
-    println!("durable steps/s: {:.0} ({secs:.2} s)", steps as f64 / secs);
-    println!("fsync/s on the same disk: {fsync_rate:.0}");
+    let rate = steps as f64 / secs;
+    let fsync = f64::midpoint(fsync_before, fsync_after);
+    let overwrite = f64::midpoint(overwrite_before, overwrite_after);
+    println!("durable steps/s: {rate:.0} ({secs:.2} s)");
+    println!(
+        "fsync/s on the same disk: {fsync:.0} (before {fsync_before:.0}, after {fsync_after:.0}); steps/s ÷ fsync/s: {:.2}",
+        rate / fsync
+    );
+    println!(
+        "fsync/s overwriting in place: {overwrite:.0} (before {overwrite_before:.0}, after {overwrite_after:.0}); steps/s ÷ that: {:.2}",
+        rate / overwrite
+    );
+    println!(
+        "{}",
+        serde_json::json!({
+            "store": if std::env::var("SLIPWAY_BENCH_STORE").is_ok() { "postgres" } else { "sqlite" },
+            "services": services,
+            "steps": steps,
+            "parallelism": par,
+            "seconds": secs,
+            "steps_per_s": rate,
+            "fsync_per_s_before": fsync_before,
+            "fsync_per_s_after": fsync_after,
+            "fsync_per_s": fsync,
+            "ratio_to_fsync": rate / fsync,
+            "overwrite_fsync_per_s_before": overwrite_before,
+            "overwrite_fsync_per_s_after": overwrite_after,
+            "overwrite_fsync_per_s": overwrite,
+            "ratio_to_overwrite_fsync": rate / overwrite,
+            "entries": entries.len(),
+        })
+    );
+}
+
+/// fsync rate of the disk under `dir`: 500 × (1-byte write + fdatasync), appending to a
+/// new file or (`in_place`) overwriting bytes of a file already written and synced.
+fn fsync_rate(dir: &std::path::Path, in_place: bool) -> f64 {
+    use std::os::unix::fs::FileExt;
+    let n: u64 = 500;
+    let mut f = std::fs::File::create(dir.join("fsync.probe")).unwrap();
+    if in_place {
+        f.write_all(&vec![b'x'; 4096]).unwrap();
+        f.sync_all().unwrap();
+    }
+    let t = Instant::now();
+    for i in 0..n {
+        if in_place {
+            f.write_at(b"y", i % 4096).unwrap();
+        } else {
+            f.write_all(b"x").unwrap();
+        }
+        f.sync_data().unwrap();
+    }
+    n as f64 / t.elapsed().as_secs_f64()
 }
