@@ -202,8 +202,21 @@ pub fn planned(
     store: Option<&str>,
     out: &Output,
 ) -> Result<Planned, CliError> {
+    planned_with(file, env, store, &Default::default(), out)
+}
+
+/// [`planned`] with options (an override of the promotion evidence).
+pub fn planned_with(
+    file: &Path,
+    env: &str,
+    store: Option<&str>,
+    options: &slipway_ops::planning::PlanOptions,
+    out: &Output,
+) -> Result<Planned, CliError> {
     let rt = runtime()?;
-    let planned = rt.block_on(slipway_ops::planning::plan_file(file, env, store));
+    let planned = rt.block_on(slipway_ops::planning::plan_file_with(
+        file, env, store, options,
+    ));
     rt.shutdown_background();
     match planned {
         Ok(p) => {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use slipway_model::exit;
 use slipway_model::plan::{GateKind, Plan, StepAction};
 
-use crate::cli_util::{load_spec, planned};
+use crate::cli_util::load_spec;
 use crate::out::{CliError, Output, Style};
 
 /// `slipway plan`.
@@ -23,6 +23,13 @@ pub struct PlanArgs {
     /// The environment to plan for.
     #[arg(long, value_name = "ENV", required = true)]
     pub env: Option<String>,
+    /// Plan as `deploy --override-promotion --reason TEXT` would: without the lifecycle's
+    /// promotion evidence (what approvers then approve).
+    #[arg(long, requires = "reason")]
+    pub override_promotion: bool,
+    /// Why the promotion evidence is overridden.
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
     #[command(subcommand)]
     pub command: Option<PlanCommand>,
 }
@@ -117,7 +124,14 @@ pub fn plan(a: PlanArgs, out: &Output) -> Result<i32, CliError> {
         ));
     };
     let store = std::env::var("SLIPWAY_STORE").ok();
-    let p = planned(&file, &env, store.as_deref(), out)?.plan;
+    let options = slipway_ops::planning::PlanOptions {
+        override_promotion: if a.override_promotion {
+            a.reason.clone()
+        } else {
+            None
+        },
+    };
+    let p = crate::cli_util::planned_with(&file, &env, store.as_deref(), &options, out)?.plan;
     let blocked = p.findings.iter().any(|f| f.severity == "error");
     if out.json() {
         out.json_value(&p);
@@ -383,6 +397,27 @@ pub fn render_plan(p: &Plan, out: &Output) -> String {
                     .collect();
                 format!("before the first wave: {}", names.join(", "))
             }
+            GateKind::Promotion {
+                from,
+                run,
+                finished_at,
+                inputs,
+                overridden,
+            } => match (run, overridden) {
+                (_, Some(reason)) => format!(
+                    "same inputs ({}) in {from} first: OVERRIDDEN ({reason})",
+                    &inputs[..inputs.len().min(12)]
+                ),
+                (Some(r), None) => format!(
+                    "same inputs ({}) succeeded in {from}: run {r} at {}",
+                    &inputs[..inputs.len().min(12)],
+                    finished_at.as_deref().unwrap_or("?")
+                ),
+                (None, None) => format!(
+                    "same inputs ({}) in {from} first: not proven",
+                    &inputs[..inputs.len().min(12)]
+                ),
+            },
         };
         let _ = writeln!(
             s,

@@ -38,7 +38,11 @@ pub struct DeployArgs {
     /// Wait while another release holds the environment's lease instead of exiting 3.
     #[arg(long)]
     pub wait: bool,
-    /// Why the freeze is overridden (audited).
+    /// Deploy although the same inputs have not succeeded in the lifecycle's previous
+    /// environment (needs --reason and an approver other than you; audited).
+    #[arg(long, requires = "reason")]
+    pub override_promotion: bool,
+    /// Why the freeze or the promotion evidence is overridden (audited).
     #[arg(long)]
     pub reason: Option<String>,
     #[command(flatten)]
@@ -245,7 +249,15 @@ fn render_handled(h: Handled, reporter: &CliReporter, out: &Output) -> i32 {
 
 /// `slipway deploy`.
 pub fn deploy(a: DeployArgs, out: &Output) -> Result<i32, CliError> {
-    let planned = crate::cli_util::planned(&a.file, &a.env, a.store.store.as_deref(), out)?;
+    let options = slipway_ops::planning::PlanOptions {
+        override_promotion: if a.override_promotion {
+            a.reason.clone()
+        } else {
+            None
+        },
+    };
+    let planned =
+        crate::cli_util::planned_with(&a.file, &a.env, a.store.store.as_deref(), &options, out)?;
     let reporter = Arc::new(CliReporter::new(Some(&planned.plan), out));
     let rt = runtime()?;
     rt.block_on(async {

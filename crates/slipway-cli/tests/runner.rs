@@ -36,6 +36,7 @@ mod policy_cli;
 mod postgres_store_cli;
 mod prestage_cli;
 mod process_target_cli;
+mod promotion_cli;
 mod readiness_cli;
 mod readiness_ssh_cli;
 mod rehearse_cli;

@@ -317,6 +317,21 @@ pub enum GateKind {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         advisory: Vec<crate::readiness::ReadinessCheck>,
     },
+    /// The same inputs must have succeeded in the previous environment of the admin
+    /// policy's lifecycle (see [`crate::promotion`]).
+    Promotion {
+        /// The previous environment.
+        from: String,
+        /// The run there that proves it, when one does.
+        run: Option<String>,
+        /// When that run finished.
+        finished_at: Option<String>,
+        /// sha256 of the inputs (version, artifact and config template digests).
+        inputs: String,
+        /// Deployed without the evidence, for this reason (`--override-promotion`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        overridden: Option<String>,
+    },
 }
 
 impl GateKind {
@@ -334,6 +349,7 @@ impl GateKind {
             Self::PostReview => "post_review",
             Self::Checklist { .. } => "checklist",
             Self::Readiness { .. } => "readiness",
+            Self::Promotion { .. } => "promotion",
         }
     }
 }

@@ -88,6 +88,42 @@ pub struct ReleaseSpec {
     /// allowed between them. Every other difference is drift (`--fail-on-drift`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parity: Option<Parity>,
+    /// The order releases go through environments (e.g. `dev → staging → prod`): a
+    /// release reaches each one after the first only when the same inputs succeeded in
+    /// the one before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifecycle: Option<Lifecycle>,
+}
+
+/// The order of environments a release is promoted through.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Lifecycle {
+    /// Environments, first to last. A release reaches each one after the first only when
+    /// the same inputs (version, artifact and config template digests) succeeded in the
+    /// one before it.
+    pub order: Vec<String>,
+    /// Minimum time the inputs must have run successfully in the previous environment
+    /// before reaching this one, by environment, e.g. `{ prod: 1h }`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub soak: BTreeMap<String, String>,
+    /// The previous environment's run must have run post checks, all passed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub post_checks: bool,
+}
+
+impl Lifecycle {
+    /// What promotion into `environment` requires: the environment before it, `None` for
+    /// the first one or one the lifecycle does not name.
+    pub fn promotion_into(&self, environment: &str) -> Option<crate::promotion::PromotionRule> {
+        let at = self.order.iter().position(|e| e == environment)?;
+        let from = self.order.get(at.checked_sub(1)?)?;
+        Some(crate::promotion::PromotionRule {
+            from: from.clone(),
+            soak: self.soak.get(environment).cloned(),
+            post_checks: self.post_checks,
+        })
+    }
 }
 
 /// Differences allowed between environments.

@@ -817,6 +817,9 @@ fn semantic(cx: &mut Cx<'_>, spec: &ReleaseSpec) {
     for (name, env) in &spec.environments {
         environment(cx, spec, name, env);
     }
+    if let Some(l) = &spec.lifecycle {
+        lifecycle(cx, spec, l);
+    }
     if let Some(s) = &spec.strategy {
         strategy(cx, spec, "/strategy", s);
     }
@@ -1381,6 +1384,37 @@ fn cycles(cx: &mut Cx<'_>, spec: &ReleaseSpec) {
             format!("dependency cycle: {}", path.join(" → ")),
             "services cannot depend on each other in a circle; remove one of these depends_on entries (services that must move together belong in coupled_with)",
         );
+    }
+}
+
+/// The lifecycle names declared environments, each once, and soaks only where there is an
+/// environment before to soak in.
+fn lifecycle(cx: &mut Cx<'_>, spec: &ReleaseSpec, l: &crate::spec::Lifecycle) {
+    let envs: Vec<&str> = spec.environments.keys().map(String::as_str).collect();
+    for (i, name) in l.order.iter().enumerate() {
+        let ptr = format!("/lifecycle/order/{i}");
+        if l.order[..i].contains(name) {
+            cx.err_value(
+                "duplicate",
+                &ptr,
+                format!("`{name}` appears twice in the lifecycle"),
+                "name each environment once, in the order releases go through them",
+            );
+        } else {
+            cx.reference(&ptr, "environment", name, &envs);
+        }
+    }
+    for (env, d) in &l.soak {
+        let ptr = format!("/lifecycle/soak/{}", yaml::escape(env));
+        cx.duration(&ptr, Some(d), false);
+        if l.order.first() == Some(env) || !l.order.contains(env) {
+            cx.err_key(
+                "invalid-soak",
+                &ptr,
+                format!("`{env}` has no environment before it in the lifecycle to soak in"),
+                "give a soak to an environment that follows another in `lifecycle.order`",
+            );
+        }
     }
 }
 

@@ -161,9 +161,28 @@ pub struct Planned {
     pub plan: Plan,
 }
 
+/// What a plan is asked for beyond its file and environment.
+#[derive(Debug, Clone, Default)]
+pub struct PlanOptions {
+    /// Plan (and deploy) without the promotion evidence the lifecycle requires, for this
+    /// reason: a warning instead of a blocking finding, a waiver journaled when the run
+    /// starts, and an approver other than the author.
+    pub override_promotion: Option<String>,
+}
+
 /// Make the plan for a spec file and environment, with every finding. `store` names the
 /// store whose history says what a rollback would return to (never created here).
 pub async fn plan_file(file: &Path, env: &str, store: Option<&str>) -> Result<Planned, PlanError> {
+    plan_file_with(file, env, store, &PlanOptions::default()).await
+}
+
+/// [`plan_file`] with options.
+pub async fn plan_file_with(
+    file: &Path,
+    env: &str,
+    store: Option<&str>,
+    options: &PlanOptions,
+) -> Result<Planned, PlanError> {
     let loaded = load_spec(file)?;
     let mut facts = gather_facts(file, &loaded);
     // The admin policy of the environment comes from the store, never from the spec.
@@ -199,6 +218,18 @@ pub async fn plan_file(file: &Path, env: &str, store: Option<&str>) -> Result<Pl
             file.display()
         )))
     })?;
+    // Promotion through the lifecycle: the same inputs must have succeeded before.
+    if let Some(rule) = loaded
+        .spec
+        .lifecycle
+        .as_ref()
+        .and_then(|l| l.promotion_into(env))
+    {
+        let inputs = slipway_model::promotion::inputs(&p);
+        let mut ev = promotion_evidence(store, &rule, &inputs).await;
+        ev.override_reason = options.override_promotion.clone();
+        slipway_model::promotion::apply(&mut p, &rule, &ev);
+    }
     // Packaging checks (config placeholders, version constraints against what runs there,
     // migration compatibility) need the files beside the spec, so they run here rather
     // than in the pure planner. Findings are advisory data and not part of the digest.
@@ -239,6 +270,78 @@ pub async fn plan_file(file: &Path, env: &str, store: Option<&str>) -> Result<Pl
     p.findings.extend(ssh_findings(&p, file, dir));
     p.findings.extend(router_findings(&p));
     Ok(Planned { loaded, plan: p })
+}
+
+/// The runs of the lifecycle's previous environment, for these inputs: the newest run
+/// there with exactly these inputs (its state, when it finished, its post checks).
+async fn promotion_evidence(
+    store: Option<&str>,
+    rule: &slipway_model::promotion::PromotionRule,
+    inputs: &std::collections::BTreeMap<String, String>,
+) -> slipway_model::promotion::PromotionEvidence {
+    use slipway_engine::Store as _;
+    use slipway_engine::event::EngineEvent;
+    use slipway_model::promotion::{PriorRun, PromotionEvidence};
+    let mut ev = PromotionEvidence {
+        now: Some(slipway_stdx::now()),
+        ..PromotionEvidence::default()
+    };
+    let Some((loc, _)) = crate::session::layout_for(store) else {
+        ev.unavailable = Some("the store's location cannot be resolved".into());
+        return ev;
+    };
+    if let slipway_store::StoreLocation::Sqlite(db) = &loc
+        && !db.exists()
+    {
+        return ev;
+    }
+    let read = async {
+        let opened = slipway_store::open(&loc).await?;
+        for r in opened.runs(1000).await? {
+            if r.environment != rule.from {
+                continue;
+            }
+            ev.runs_there += 1;
+            let Some(full) = opened.run(&r.id).await? else {
+                continue;
+            };
+            let same = crate::runs::plan_of(&full)
+                .is_some_and(|p| &slipway_model::promotion::inputs(&p) == inputs);
+            if !same {
+                if ev.latest_other.is_none() {
+                    ev.latest_other =
+                        Some((r.id.clone(), r.version.clone(), r.state.as_str().to_owned()));
+                }
+                continue;
+            }
+            let post_checks = opened
+                .journal(&r.id, 0)
+                .await?
+                .into_iter()
+                .filter_map(|n| match n.event {
+                    EngineEvent::CheckRan {
+                        phase: slipway_model::spec::CheckPhase::Post,
+                        name,
+                        passed,
+                        ..
+                    } => Some((name, passed)),
+                    _ => None,
+                })
+                .collect();
+            ev.newest = Some(PriorRun {
+                run: r.id.clone(),
+                state: r.state.as_str().to_owned(),
+                finished_at: r.state.is_terminal().then(|| r.updated_at.to_string()),
+                post_checks,
+            });
+            break;
+        }
+        Ok::<(), slipway_engine::StoreError>(())
+    };
+    if let Err(e) = read.await {
+        ev.unavailable = Some(e.to_string());
+    }
+    ev
 }
 
 /// The admin policy in force for `env` in the store `store` names, when the store exists

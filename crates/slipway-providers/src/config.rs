@@ -134,6 +134,7 @@ fn spec_from_plan(plan: &Plan) -> ReleaseSpec {
         waivers: Vec::new(),
         checklist: Vec::new(),
         parity: None,
+        lifecycle: None,
     }
 }
 
