@@ -398,3 +398,69 @@ pub fn verdict_table(rows: &[slipway_checks::Verdict]) -> String {
     }
     t.to_string()
 }
+
+/// `--server URL` / `SLIPWAY_SERVER`, set once by `main`: run commands then act through
+/// that server's API instead of a store.
+static SERVER: OnceLock<Option<String>> = OnceLock::new();
+
+/// Record the server every run command of this process talks to.
+pub fn set_server(url: Option<String>) {
+    let _ = SERVER.set(url.filter(|u| !u.trim().is_empty()));
+}
+
+/// The API client when `--server` is given (with the caller's token), else `None`: the
+/// command works on a store as before.
+pub fn remote() -> Result<Option<slipway_server::client::Client>, CliError> {
+    let Some(url) = SERVER.get().cloned().flatten() else {
+        return Ok(None);
+    };
+    let token = match credentials() {
+        Credentials::Token(t) => Some(t),
+        Credentials::None => None,
+    };
+    slipway_server::client::Client::new(&url, token)
+        .map(Some)
+        .map_err(CliError::from)
+}
+
+/// A run id as one path segment of an API URL.
+pub fn path_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+impl From<slipway_server::client::ClientError> for CliError {
+    fn from(e: slipway_server::client::ClientError) -> Self {
+        use slipway_server::client::ClientError as E;
+        match e {
+            E::Url { .. } => CliError::input(
+                e.to_string(),
+                "pass the server as --server http://HOST:PORT (or SLIPWAY_SERVER)",
+            ),
+            E::Unreachable { .. } => CliError::new(
+                exit::STORE,
+                e.to_string(),
+                Some("check that `slipway serve` runs there and --server names it".into()),
+            ),
+            // The exit codes the same refusal has in local mode, from the status the
+            // server answered it with.
+            E::Api { status, error, fix } => {
+                let code = match status {
+                    400 | 404 | 405 | 422 => exit::INVALID_INPUT,
+                    401 => exit::UNAUTHENTICATED,
+                    403 | 409 | 429 => exit::BLOCKED,
+                    503 => exit::STORE,
+                    _ => exit::INTERNAL,
+                };
+                CliError::new(code, error, (!fix.is_empty()).then_some(fix))
+            }
+        }
+    }
+}

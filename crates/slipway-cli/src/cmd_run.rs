@@ -1,7 +1,11 @@
 //! Run commands: `deploy`, `resume`, `status`, `logs`, `pause`, `promote`, `abort`,
-//! `rollback`, `approve`, `history` — arguments in, one `slipway_ops` call, the outcome
-//! rendered as text or JSON with its exit code. What the operations do is documented in
-//! `slipway_ops::runs` and `slipway_ops::views`.
+//! `rollback`, `approve`, `history`, `wait` — arguments in, one `slipway_ops` call, the
+//! outcome rendered as text or JSON with its exit code. What the operations do is
+//! documented in `slipway_ops::runs` and `slipway_ops::views`.
+//!
+//! With `--server URL` the same commands (but `deploy`, which needs the server to run
+//! releases) are one API call each instead (`slipway_server::client`), as the caller's
+//! token, rendered the same way: the server makes the same `slipway_ops` call for them.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,7 +17,7 @@ use slipway_model::exit;
 use slipway_ops::runs::{self, DeployRequest, DeployStarted, DriveReport, DriveRequest, Handled};
 use slipway_ops::views;
 
-use crate::cli_util::{StoreArg, read_session, runtime, session};
+use crate::cli_util::{StoreArg, path_segment, read_session, remote, runtime, session};
 use crate::out::{CliError, Output};
 use crate::progress::{CliReporter, event_line};
 
@@ -137,6 +141,21 @@ pub struct HistoryArgs {
     pub store: StoreArg,
 }
 
+/// `slipway wait`.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Exit codes are the run's outcome: 0 succeeded, 1 failed, 4 rolled back, 5 paused, 6 aborted; 3 when --timeout passes first.\n\nExamples:\n  run=$(slipway deploy -f release.yaml --env prod --detach)\n  slipway wait \"$run\" --timeout 3600\n  slipway --server https://slipway.example.com wait \"$run\""
+)]
+pub struct WaitArgs {
+    /// Run id.
+    pub run: String,
+    /// Give up after this many seconds (exit 3); without it, wait as long as it takes.
+    #[arg(long, value_name = "SECONDS")]
+    pub timeout: Option<u64>,
+    #[command(flatten)]
+    pub store: StoreArg,
+}
+
 fn exit_for(r: &DriveReport) -> i32 {
     if !r.not_deployed.is_empty() && r.outcome == DriveOutcome::Finished(RunState::Succeeded) {
         return exit::PARTIAL;
@@ -249,6 +268,15 @@ fn render_handled(h: Handled, reporter: &CliReporter, out: &Output) -> i32 {
 
 /// `slipway deploy`.
 pub fn deploy(a: DeployArgs, out: &Output) -> Result<i32, CliError> {
+    if let Some(c) = remote()? {
+        return Err(CliError::input(
+            format!(
+                "failed to deploy through {}: the server does not start runs yet",
+                c.server()
+            ),
+            "deploy with a store (unset --server / SLIPWAY_SERVER; --store names a shared PostgreSQL store), then act on the run through the server",
+        ));
+    }
     let options = slipway_ops::planning::PlanOptions {
         override_promotion: if a.override_promotion {
             a.reason.clone()
@@ -320,6 +348,22 @@ pub fn deploy(a: DeployArgs, out: &Output) -> Result<i32, CliError> {
 /// `slipway resume`.
 pub fn resume(a: ResumeArgs, out: &Output) -> Result<i32, CliError> {
     let rt = runtime()?;
+    if let Some(c) = remote()? {
+        return rt.block_on(async {
+            let run = match a.run {
+                Some(r) => r,
+                None => {
+                    let r = remote_latest(&c).await?;
+                    if !out.json() {
+                        out.eline(&format!("resuming the latest run, {r}"));
+                    }
+                    r
+                }
+            };
+            let body = json!({"no_wait": a.no_wait, "wait": a.wait});
+            remote_drive(&c, &run, "resume", &body, out).await
+        });
+    }
     rt.block_on(async {
         let s = read_session(&a.store).await?;
         let run = match a.run {
@@ -350,6 +394,10 @@ pub fn resume(a: ResumeArgs, out: &Output) -> Result<i32, CliError> {
 /// `slipway promote`: the canary of a run becomes the new stable now.
 pub fn promote(a: RunArgs, out: &Output) -> Result<i32, CliError> {
     let rt = runtime()?;
+    if let Some(c) = remote()? {
+        let body = json!({"no_wait": a.no_wait, "wait": a.wait});
+        return rt.block_on(remote_drive(&c, &a.run, "promote", &body, out));
+    }
     rt.block_on(async {
         let s = read_session(&a.store).await?;
         let plan = runs::load_run(s.store.as_ref(), &a.run)
@@ -369,6 +417,33 @@ pub fn promote(a: RunArgs, out: &Output) -> Result<i32, CliError> {
 /// `slipway status`.
 pub fn status(a: StatusArgs, out: &Output) -> Result<i32, CliError> {
     let rt = runtime()?;
+    if let Some(c) = remote()? {
+        return rt.block_on(async {
+            let id = match a.run {
+                Some(r) => r,
+                None => remote_latest(&c).await?,
+            };
+            let doc = c
+                .get(&format!("/runs/{}/status", path_segment(&id)))
+                .await?;
+            if out.json() {
+                out.json_value(&doc);
+            } else {
+                let v = run_view_from_json(&doc).ok_or_else(|| {
+                    CliError::new(
+                        exit::INTERNAL,
+                        format!(
+                            "failed to read the status of run {id} from {}: an unexpected document",
+                            c.server()
+                        ),
+                        Some("use the same slipway version as the server".into()),
+                    )
+                })?;
+                crate::status_view::render_status(&v, &[], out);
+            }
+            Ok(exit::SUCCESS)
+        });
+    }
     rt.block_on(async {
         let s = read_session(&a.store).await?;
         let id = match a.run {
@@ -391,26 +466,89 @@ pub fn status(a: StatusArgs, out: &Output) -> Result<i32, CliError> {
 /// `slipway logs`.
 pub fn logs(a: LogsArgs, out: &Output) -> Result<i32, CliError> {
     let rt = runtime()?;
+    let print = |n: &slipway_engine::Notice| {
+        if out.json() {
+            out.line(&serde_json::to_string(n).unwrap_or_default());
+        } else if let Some(line) = event_line(n, out) {
+            out.line(&format!("{} {line}", n.at.strftime("%H:%M:%S")));
+        }
+    };
+    if let Some(c) = remote()? {
+        return rt.block_on(async {
+            let run = match a.run {
+                Some(r) => r,
+                None => remote_latest(&c).await?,
+            };
+            let run = path_segment(&run);
+            if a.follow {
+                // The event stream: every entry, then `end` once the run is over.
+                let mut ended = None;
+                c.events(&format!("/runs/{run}/events"), |event, data| match event {
+                    "journal" => {
+                        if let Ok(n) = serde_json::from_str::<slipway_engine::Notice>(data) {
+                            print(&n);
+                        }
+                    }
+                    "end" => ended = Some(data.to_owned()),
+                    _ => {}
+                })
+                .await?;
+                // An `end` naming an error (the token revoked meanwhile) is a failure.
+                if let Some(err) = ended
+                    .and_then(|d| serde_json::from_str::<serde_json::Value>(&d).ok())
+                    .and_then(|d| d["error"].as_str().map(str::to_owned))
+                {
+                    return Err(CliError::new(
+                        exit::UNAUTHENTICATED,
+                        format!("the event stream ended: {err}"),
+                        None,
+                    ));
+                }
+            } else {
+                let doc = c.get(&format!("/runs/{run}/journal")).await?;
+                let entries: Vec<slipway_engine::Notice> =
+                    serde_json::from_value(doc["entries"].clone()).unwrap_or_default();
+                for n in &entries {
+                    print(n);
+                }
+            }
+            Ok(exit::SUCCESS)
+        });
+    }
     rt.block_on(async {
         let s = read_session(&a.store).await?;
         let run = match a.run {
             Some(r) => r,
             None => views::latest_run(&s).await?,
         };
-        views::journal(&s, &run, a.follow, |n| {
-            if out.json() {
-                // One JSON object per line: a stream a pipeline can follow.
-                out.line(&serde_json::to_string(n).unwrap_or_default());
-            } else if let Some(line) = event_line(n, out) {
-                out.line(&format!("{} {line}", n.at.strftime("%H:%M:%S")));
-            }
-        })
-        .await?;
+        // One JSON object per line: a stream a pipeline can follow.
+        views::journal(&s, &run, a.follow, print).await?;
         Ok(exit::SUCCESS)
     })
 }
 
-fn render_control(c: &runs::Controlled, out: &Output) -> i32 {
+/// A pause or abort as rendered, from the operation or from the server's answer.
+#[derive(Debug, serde::Deserialize)]
+struct Control {
+    run: String,
+    requested: String,
+    state: RunState,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+impl From<runs::Controlled> for Control {
+    fn from(c: runs::Controlled) -> Self {
+        Self {
+            run: c.run,
+            requested: c.requested.to_owned(),
+            state: c.state,
+            reason: c.reason,
+        }
+    }
+}
+
+fn render_control(c: &Control, out: &Output) -> i32 {
     if out.json() {
         out.json_value(
             &json!({"run": c.run, "requested": c.requested, "state": c.state, "reason": c.reason}),
@@ -432,22 +570,28 @@ fn render_control(c: &runs::Controlled, out: &Output) -> i32 {
 /// `slipway pause`.
 pub fn pause(a: RunArgs, out: &Output) -> Result<i32, CliError> {
     let rt = runtime()?;
+    if let Some(c) = remote()? {
+        return rt.block_on(remote_control(&c, &a.run, "pause", out));
+    }
     rt.block_on(async {
         let s = read_session(&a.store).await?;
         let c = runs::pause(&s, &a.run).await?;
-        Ok(render_control(&c, out))
+        Ok(render_control(&c.into(), out))
     })
 }
 
 /// `slipway abort`: stop a run where it is (see README, "rollback and abort").
 pub fn abort(a: RunArgs, out: &Output) -> Result<i32, CliError> {
     let rt = runtime()?;
+    if let Some(c) = remote()? {
+        return rt.block_on(remote_control(&c, &a.run, "abort", out));
+    }
     rt.block_on(async {
         let s = read_session(&a.store).await?;
         let reporter = Arc::new(CliReporter::new(None, out));
         let c = runs::abort(&s, &a.run, reporter.clone()).await;
         reporter.finish();
-        Ok(render_control(&c?, out))
+        Ok(render_control(&c?.into(), out))
     })
 }
 
@@ -457,11 +601,30 @@ pub fn abort(a: RunArgs, out: &Output) -> Result<i32, CliError> {
 pub fn rollback(a: RollbackArgs, out: &Output) -> Result<i32, CliError> {
     let rt = runtime()?;
     rt.block_on(async {
-        let s = read_session(&a.store).await?;
-        let reporter = Arc::new(CliReporter::new(None, out));
-        let r = runs::rollback(&s, &a.run, &a.reason, reporter.clone()).await;
-        reporter.finish();
-        let r = r?;
+        let r = match remote()? {
+            Some(c) => {
+                let (_, doc) = c
+                    .post(
+                        &format!("/runs/{}/rollback", path_segment(&a.run)),
+                        &json!({"reason": a.reason}),
+                    )
+                    .await?;
+                serde_json::from_value::<RolledBack>(doc).map_err(|e| unexpected(&c, &e))?
+            }
+            None => {
+                let s = read_session(&a.store).await?;
+                let reporter = Arc::new(CliReporter::new(None, out));
+                let r = runs::rollback(&s, &a.run, &a.reason, reporter.clone()).await;
+                reporter.finish();
+                let r = r?;
+                RolledBack {
+                    run: r.run,
+                    state: r.state,
+                    reason: r.reason,
+                    by_driver: r.by_driver,
+                }
+            }
+        };
         let code = match r.state {
             RunState::RolledBack | RunState::Aborted => exit::SUCCESS,
             _ => exit::FAILURE,
@@ -484,8 +647,28 @@ pub fn rollback(a: RollbackArgs, out: &Output) -> Result<i32, CliError> {
 pub fn approve(a: ApproveArgs, out: &Output) -> Result<i32, CliError> {
     let rt = runtime()?;
     rt.block_on(async {
-        let s = read_session(&a.store).await?;
-        let ap = runs::approve(&s, &a.run, a.digest.as_deref()).await?;
+        let ap = match remote()? {
+            Some(c) => {
+                let (_, doc) = c
+                    .post(
+                        &format!("/runs/{}/approve", path_segment(&a.run)),
+                        &json!({"digest": a.digest}),
+                    )
+                    .await?;
+                serde_json::from_value::<Approved>(doc).map_err(|e| unexpected(&c, &e))?
+            }
+            None => {
+                let s = read_session(&a.store).await?;
+                let ap = runs::approve(&s, &a.run, a.digest.as_deref()).await?;
+                Approved {
+                    run: ap.run,
+                    approver: ap.approver,
+                    digest: ap.digest,
+                    valid: ap.valid,
+                    required: ap.required,
+                }
+            }
+        };
         if out.json() {
             out.json_value(
                 &json!({"run": ap.run, "approver": ap.approver, "digest": ap.digest,
@@ -508,6 +691,34 @@ pub fn approve(a: ApproveArgs, out: &Output) -> Result<i32, CliError> {
 pub fn history(a: HistoryArgs, out: &Output) -> Result<i32, CliError> {
     let rt = runtime()?;
     rt.block_on(async {
+        if let Some(c) = remote()? {
+            let doc = c
+                .get(&format!("/runs?limit={}", a.limit.clamp(1, 1000)))
+                .await?;
+            if out.json() {
+                out.json_value(&doc["runs"]);
+                return Ok(exit::SUCCESS);
+            }
+            let mut t = comfy_table::Table::new();
+            t.set_header(["run", "release", "version", "env", "state", "created"]);
+            for r in doc["runs"].as_array().into_iter().flatten() {
+                let text = |k: &str| r[k].as_str().unwrap_or_default().to_owned();
+                let created = text("started_at")
+                    .parse::<jiff::Timestamp>()
+                    .map(|t| t.strftime("%Y-%m-%d %H:%M:%S").to_string())
+                    .unwrap_or_default();
+                t.add_row([
+                    text("id"),
+                    text("release"),
+                    text("version"),
+                    text("environment"),
+                    text("state"),
+                    created,
+                ]);
+            }
+            out.line(&t.to_string());
+            return Ok(exit::SUCCESS);
+        }
         let s = read_session(&a.store).await?;
         let runs = views::history(&s, a.limit).await?;
         if out.json() {
@@ -528,5 +739,313 @@ pub fn history(a: HistoryArgs, out: &Output) -> Result<i32, CliError> {
             out.line(&t.to_string());
         }
         Ok(exit::SUCCESS)
+    })
+}
+
+/// A manual rollback's outcome, from the operation or from the server's answer.
+#[derive(Debug, serde::Deserialize)]
+struct RolledBack {
+    run: String,
+    state: RunState,
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default)]
+    by_driver: bool,
+}
+
+/// An approval's outcome, from the operation or from the server's answer.
+#[derive(Debug, serde::Deserialize)]
+struct Approved {
+    run: String,
+    approver: String,
+    digest: String,
+    valid: usize,
+    required: u32,
+}
+
+/// An answer of the server this version does not read.
+fn unexpected(c: &slipway_server::client::Client, e: &dyn std::fmt::Display) -> CliError {
+    CliError::new(
+        exit::INTERNAL,
+        format!("failed to read the answer of {}: {e}", c.server()),
+        Some("use the same slipway version as the server".into()),
+    )
+}
+
+/// The newest run the caller may read on the server.
+async fn remote_latest(c: &slipway_server::client::Client) -> Result<String, CliError> {
+    let doc = c.get("/runs?limit=1").await?;
+    doc["runs"][0]["id"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| {
+            CliError::input(
+                format!(
+                    "failed to find a run: {} lists none you may read",
+                    c.server()
+                ),
+                "start one with a deploy",
+            )
+        })
+}
+
+/// `pause` / `abort` through the server.
+async fn remote_control(
+    c: &slipway_server::client::Client,
+    run: &str,
+    what: &str,
+    out: &Output,
+) -> Result<i32, CliError> {
+    let (_, doc) = c
+        .post(&format!("/runs/{}/{what}", path_segment(run)), &json!({}))
+        .await?;
+    let control: Control = serde_json::from_value(doc).map_err(|e| unexpected(c, &e))?;
+    Ok(render_control(&control, out))
+}
+
+/// A drive's outcome as the server reports it (`slipway_server`'s `drive_json`).
+fn drive_from_json(v: &serde_json::Value) -> Option<DriveReport> {
+    let text = |k: &str| v[k].as_str().map(str::to_owned);
+    let list =
+        |k: &str| -> Vec<String> { serde_json::from_value(v[k].clone()).unwrap_or_default() };
+    let outcome = match v["outcome"].as_str()? {
+        "finished" => DriveOutcome::Finished(serde_json::from_value(v["state"].clone()).ok()?),
+        "paused" => DriveOutcome::Paused,
+        "blocked" => DriveOutcome::Blocked {
+            gate: v["blocked"]["gate"].as_str()?.to_owned(),
+            detail: v["blocked"]["detail"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            opens_at: v["blocked"]["opens_at"]
+                .as_str()
+                .and_then(|t| t.parse().ok()),
+        },
+        _ => return None,
+    };
+    Some(DriveReport {
+        run: text("run")?,
+        outcome,
+        continued: v["continued"].as_bool().unwrap_or(true),
+        reason: text("reason"),
+        failed_hosts: list("failed_hosts"),
+        not_deployed: list("not_deployed"),
+    })
+}
+
+/// `resume` / `promote` through the server: handed to the run's live driver, driven to
+/// its end by the server within the request, or — the usual case — driven by the server
+/// in the background (202): then followed here until it ends, pauses or stops at a gate,
+/// as a local resume would.
+async fn remote_drive(
+    c: &slipway_server::client::Client,
+    run: &str,
+    what: &str,
+    body: &serde_json::Value,
+    out: &Output,
+) -> Result<i32, CliError> {
+    let (status, doc) = c
+        .post(&format!("/runs/{}/{what}", path_segment(run)), body)
+        .await?;
+    if doc.get("delivered_to").is_some() {
+        let d: runs::Delivered = runs::Delivered {
+            run: doc["run"].as_str().unwrap_or(run).to_owned(),
+            requested: doc["requested"].as_str().unwrap_or(what).to_owned(),
+            state: serde_json::from_value(doc["state"].clone()).map_err(|e| unexpected(c, &e))?,
+        };
+        return Ok(render_delivered(&d, out));
+    }
+    if status == 202 {
+        if !out.json() {
+            out.eline(&format!(
+                "{} drives run {run}; following it (Ctrl-C stops following, not the run)",
+                c.server()
+            ));
+        }
+        return follow_remote(c, run, None, true, out).await;
+    }
+    let r = drive_from_json(&doc).ok_or_else(|| unexpected(c, &"no drive outcome"))?;
+    Ok(render_drive(&r, &[], out))
+}
+
+/// The exit code of a run's state once it has settled: its outcome's code, `None` while
+/// it is still going.
+fn settled_code(state: RunState) -> Option<i32> {
+    match state {
+        RunState::Succeeded => Some(exit::SUCCESS),
+        RunState::RolledBack => Some(exit::ROLLED_BACK),
+        RunState::Aborted => Some(exit::ABORTED),
+        RunState::Failed => Some(exit::FAILURE),
+        RunState::Paused => Some(exit::PAUSED),
+        _ => None,
+    }
+}
+
+/// How often `wait` and a followed remote drive look at the run.
+const WAIT_POLL: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Print a settled run's line and return its code.
+fn render_settled(run: &str, state: RunState, out: &Output, code: i32) -> i32 {
+    if out.json() {
+        out.json_value(&json!({"run": run, "state": state, "exit_code": code}));
+    } else {
+        out.line(&format!("run {run} {}", state.as_str()));
+    }
+    code
+}
+
+/// Follow a run on the server until it settles (see [`settled_code`]); with
+/// `gate_stops`, a run waiting at a gate that nobody drives stops the wait too (exit 3).
+async fn follow_remote(
+    c: &slipway_server::client::Client,
+    run: &str,
+    deadline: Option<std::time::Instant>,
+    gate_stops: bool,
+    out: &Output,
+) -> Result<i32, CliError> {
+    loop {
+        let doc = c
+            .get(&format!("/runs/{}/status", path_segment(run)))
+            .await?;
+        let state: RunState =
+            serde_json::from_value(doc["run"]["state"].clone()).map_err(|e| unexpected(c, &e))?;
+        if let Some(code) = settled_code(state) {
+            return Ok(render_settled(run, state, out, code));
+        }
+        let waiting = matches!(
+            state,
+            RunState::WaitingForApproval | RunState::WaitingForWindow
+        );
+        if gate_stops && waiting && doc["driven"] == json!(false) {
+            return Ok(render_settled(run, state, out, exit::BLOCKED));
+        }
+        if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+            return Err(timed_out(run, state));
+        }
+        tokio::time::sleep(WAIT_POLL).await;
+    }
+}
+
+fn timed_out(run: &str, state: RunState) -> CliError {
+    CliError::new(
+        exit::BLOCKED,
+        format!(
+            "run {run} is still {} at the end of --timeout",
+            state.as_str()
+        ),
+        Some(format!(
+            "wait again with `slipway wait {run}`, or see `slipway status {run}`"
+        )),
+    )
+}
+
+/// `slipway wait`: until the run ends or pauses, then exit with its outcome's code.
+pub fn wait(a: WaitArgs, out: &Output) -> Result<i32, CliError> {
+    let rt = runtime()?;
+    let deadline = a
+        .timeout
+        .map(|s| std::time::Instant::now() + std::time::Duration::from_secs(s));
+    rt.block_on(async {
+        if let Some(c) = remote()? {
+            return follow_remote(&c, &a.run, deadline, false, out).await;
+        }
+        let s = read_session(&a.store).await?;
+        loop {
+            let v = views::run(&s, &a.run).await?;
+            if let Some(code) = settled_code(v.run.state) {
+                return Ok(render_settled(&a.run, v.run.state, out, code));
+            }
+            if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+                return Err(timed_out(&a.run, v.run.state));
+            }
+            tokio::time::sleep(WAIT_POLL).await;
+        }
+    })
+}
+
+/// The status document of the server (`slipway_ops::views::RunView` as JSON) as the view
+/// `render_status` draws; `None` when it does not read as one.
+fn run_view_from_json(v: &serde_json::Value) -> Option<views::RunView> {
+    use slipway_providers::compose::{ProxyView, RouterView, ServiceTraffic};
+    let de = |k: &str| v.get(k).cloned().unwrap_or(serde_json::Value::Null);
+    let values =
+        |k: &str| -> Vec<serde_json::Value> { serde_json::from_value(de(k)).unwrap_or_default() };
+    let services = v["services"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(name, s)| {
+                    let state = match s["state"].as_str().unwrap_or_default() {
+                        "deployed" => "deployed",
+                        "not_deployed" => "not_deployed",
+                        "in_progress" => "in_progress",
+                        "partial" => "partial",
+                        _ => "unknown",
+                    };
+                    (
+                        name.clone(),
+                        views::ServiceVersion {
+                            version: s["version"].as_str().map(str::to_owned),
+                            target: s["target"].as_str().unwrap_or_default().to_owned(),
+                            previous: s["previous"].as_str().map(str::to_owned),
+                            state,
+                        },
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let traffic = v["traffic"].as_object().map(|m| {
+        m.iter()
+            .map(|(name, t)| {
+                let weight =
+                    |x: &serde_json::Value| x["weight"].as_u64().and_then(|w| u8::try_from(w).ok());
+                (
+                    name.clone(),
+                    ServiceTraffic {
+                        proxy: t["proxy"].as_object().map(|_| ProxyView {
+                            pid: t["proxy"]["pid"]
+                                .as_u64()
+                                .and_then(|p| u32::try_from(p).ok())
+                                .unwrap_or(0),
+                            traffic: t["proxy"]["traffic"]
+                                .as_str()
+                                .unwrap_or_default()
+                                .to_owned(),
+                            weight: weight(&t["proxy"]),
+                            requests: t["proxy"].get("requests").cloned(),
+                            errors: t["proxy"].get("errors").cloned(),
+                        }),
+                        instances: serde_json::from_value(t["instances"].clone())
+                            .unwrap_or_default(),
+                        router: t["router"].as_object().map(|_| RouterView {
+                            via: t["router"]["via"].as_str().unwrap_or_default().to_owned(),
+                            weight: weight(&t["router"]),
+                        }),
+                    },
+                )
+            })
+            .collect()
+    });
+    Some(views::RunView {
+        run: serde_json::from_value(de("run")).ok()?,
+        steps_total: usize::try_from(v["steps_total"].as_u64()?).ok()?,
+        steps_succeeded: usize::try_from(v["steps_succeeded"].as_u64()?).ok()?,
+        steps: serde_json::from_value(de("steps")).ok()?,
+        driven: v["driven"].as_bool(),
+        approvals: views::ApprovalsView {
+            required: u32::try_from(v["approvals"]["required"].as_u64().unwrap_or(0)).ok()?,
+            valid: serde_json::from_value(v["approvals"]["valid"].clone()).unwrap_or_default(),
+            rejected: serde_json::from_value(v["approvals"]["rejected"].clone())
+                .unwrap_or_default(),
+        },
+        config: values("config"),
+        traffic,
+        hosts: values("hosts"),
+        failed_hosts: serde_json::from_value(de("failed_hosts")).unwrap_or_default(),
+        analysis: values("analysis"),
+        services,
+        // Perf files stay on the server's machine.
+        run_dir: PathBuf::new(),
     })
 }

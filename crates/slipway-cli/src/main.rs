@@ -79,7 +79,7 @@ fn hanging(lead: &str, text: &str, width: usize) -> String {
 /// The one line every subcommand's help says about the global flags instead of repeating
 /// their blocks (they work after any subcommand; `slipway --help` describes them).
 const GLOBAL_NOTE: &str = "Global options (any command; see `slipway --help`):
-  --output text|json, --color auto|always|never, --token TOKEN";
+  --output text|json, --color auto|always|never, --token TOKEN, --server URL";
 
 /// The command line: clap's derive, plus what derive cannot say — the exit codes in the
 /// root help, and subcommand help that lists the command's own flags, with the global
@@ -130,6 +130,11 @@ pub struct Cli {
     /// against the store: every command then runs as that user. Prefer the env variable.
     #[arg(long, global = true, env = "SLIPWAY_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Act through a `slipway serve` API (http://HOST:PORT) with your token instead of
+    /// a store: status, history, logs, approve, pause, resume, promote, abort, rollback,
+    /// wait.
+    #[arg(long, global = true, env = "SLIPWAY_SERVER", value_name = "URL")]
+    pub server: Option<String>,
     #[command(subcommand)]
     pub command: Commands,
 }
@@ -185,6 +190,9 @@ pub enum Commands {
     Approve(cmd_run::ApproveArgs),
     /// List runs, newest first.
     History(cmd_run::HistoryArgs),
+    /// Wait until a run ends (or pauses) and exit with its outcome's code, for pipelines
+    /// that deploy with --detach or --no-wait.
+    Wait(cmd_run::WaitArgs),
     /// Environment leases: take, release and list them (deploys take them by themselves).
     #[command(subcommand)]
     Env(cmd_env::EnvCommand),
@@ -247,6 +255,7 @@ fn main() {
     if let Err(e) = cli_util::set_credentials(cli.token.clone()) {
         std::process::exit(out.fail(&e));
     }
+    cli_util::set_server(cli.server.clone());
     let code = match run(cli.command, &out) {
         Ok(code) => code,
         Err(e) => out.fail(&e),
@@ -296,6 +305,7 @@ fn run(command: Commands, out: &Output) -> Result<i32, out::CliError> {
         Commands::Rollback(a) => cmd_run::rollback(a, out),
         Commands::Approve(a) => cmd_run::approve(a, out),
         Commands::History(a) => cmd_run::history(a, out),
+        Commands::Wait(a) => cmd_run::wait(a, out),
         Commands::Audit(c) => cmd_audit::audit(c, out),
         Commands::Serve(a) => cmd_serve::serve(a, out),
         Commands::Archive(a) => cmd_archive::archive(a, out),

@@ -985,3 +985,590 @@ fn the_web_ui_signs_in_shows_a_run_streams_its_journal_and_escapes_spec_text() {
     );
     assert!(!dom.contains(&token), "the token stays out of the page");
 }
+
+/// `POST path` with a body of `content_type` and extra headers.
+fn post_with(
+    addr: &str,
+    path: &str,
+    content_type: &str,
+    body: &str,
+    headers: &[(&str, &str)],
+) -> Response {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut req = format!(
+        "POST {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    Response {
+        status,
+        headers: head.to_ascii_lowercase(),
+        body: body.to_owned(),
+    }
+}
+
+/// Sign `token` in through the login form; the session cookie (`name=value`) it sets.
+fn sign_in(addr: &str, token: &str) -> String {
+    let r = post_form(addr, "/login", &format!("token={token}&next=%2F"));
+    assert_eq!(r.status, 303, "{}", r.body);
+    let line = r
+        .headers
+        .lines()
+        .find(|l| l.starts_with("set-cookie:"))
+        .unwrap()
+        .to_owned();
+    // Header names were lowercased; take the value from the raw text's position.
+    let value = line["set-cookie:".len()..].trim();
+    value.split(';').next().unwrap().to_owned()
+}
+
+/// A page's HTML with `cookie`.
+fn page_with(addr: &str, path: &str, cookie: &str) -> String {
+    let (status, _, mut r) = open(addr, path, &[("Cookie", cookie)]);
+    let mut html = String::new();
+    r.read_to_string(&mut html).unwrap();
+    assert_eq!(status, 200, "{html}");
+    html
+}
+
+/// The user a journal entry's pseudonymous actor stands for, read from the SQLite store's
+/// identity table with the `sqlite3` CLI.
+fn name_of(e: &Env, actor: &str) -> String {
+    let o = Command::new("sqlite3")
+        .args(["-cmd", ".timeout 10000"])
+        .arg(e.dir.path().join("s.db"))
+        .arg(format!("SELECT name FROM identities WHERE id = '{actor}'"))
+        .output()
+        .expect("the sqlite3 CLI");
+    assert!(o.status.success(), "{o:?}");
+    String::from_utf8_lossy(&o.stdout).trim().to_owned()
+}
+
+/// `slipway deploy` in the background as the holder of `token`.
+fn deploy_as(e: &Env, token: &str) -> Child {
+    Command::new(assert_cmd::cargo::cargo_bin("slipway"))
+        .current_dir(e.dir.path())
+        .env("SLIPWAY_TOKEN", token)
+        .env_remove("SLIPWAY_OUTPUT")
+        .env("SLIPWAY_STORE", &e.store)
+        .args(["deploy", "-f", &e.spec, "--env", "staging"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Three people with their roles on staging: alice (admin), dave (deployer), carol
+/// (viewer).
+fn team(e: &Env) -> (String, String, String) {
+    e.ok_as(
+        "alice",
+        &["access", "grant", "user:alice", "admin", "--env", "*"],
+    );
+    e.ok_as(
+        "alice",
+        &[
+            "access",
+            "grant",
+            "user:dave",
+            "deployer",
+            "--env",
+            "staging",
+        ],
+    );
+    e.ok_as(
+        "alice",
+        &[
+            "access",
+            "grant",
+            "user:carol",
+            "viewer",
+            "--env",
+            "staging",
+        ],
+    );
+    (e.token("alice"), e.token("dave"), e.token("carol"))
+}
+
+/// Pause, resume and roll back over the API are the CLI's operations for the caller: a
+/// viewer gets 403 (from the API and no buttons on the page), a deployer's pause reaches
+/// the run's live driver, a browser session acts only with its page's anti-forgery value
+/// and never from another site, a resume of a run nobody drives is driven by the server,
+/// and each request is journaled with the person who made it.
+#[test]
+fn a_deployer_acts_on_a_run_over_the_api_and_a_viewer_is_refused() {
+    let e = Env::new();
+    let (alice, dave, carol) = team(&e);
+    let s = e.serve();
+    let a = s.addr.as_str();
+    let mut deploy = deploy_as(&e, &alice);
+    let run = until("the run to wait for GO", || {
+        let id = get(a, "/api/v1/runs", Some(&dave)).json()["runs"][0]["id"]
+            .as_str()?
+            .to_owned();
+        let j = get(a, &format!("/api/v1/runs/{id}/journal"), Some(&dave)).json();
+        j["entries"]
+            .as_array()?
+            .iter()
+            .any(|n| {
+                n["event"]["event"] == "step_started" && n["event"]["step"] == "api/wait-for-go"
+            })
+            .then_some(id)
+    });
+    let bearer = |t: &str| format!("Bearer {t}");
+    let act = |what: &str, token: &str, body: &str| {
+        post_json(
+            a,
+            &format!("/api/v1/runs/{run}/{what}"),
+            body,
+            &[("Authorization", &bearer(token))],
+        )
+    };
+
+    // A viewer: 403 naming the role to ask for, for every action; nothing journaled.
+    let before = get(a, &format!("/api/v1/runs/{run}/journal"), Some(&dave)).json()["entries"]
+        .as_array()
+        .unwrap()
+        .len();
+    for what in ["pause", "resume", "promote", "abort", "rollback"] {
+        let r = act(what, &carol, r#"{"reason": "because"}"#);
+        assert_eq!(r.status, 403, "{what}: {}", r.body);
+        assert!(
+            r.json()["fix"]
+                .as_str()
+                .unwrap()
+                .contains("slipway access grant user:carol deployer --env staging"),
+            "{what}: {}",
+            r.body
+        );
+    }
+    let after = get(a, &format!("/api/v1/runs/{run}/journal"), Some(&dave)).json()["entries"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(
+        before, after,
+        "a refused request leaves no trace in the run"
+    );
+
+    // The deployer pauses the live run: its driver (alice's deploy) stops after the step.
+    let paused = act("pause", &dave, "");
+    assert_eq!(paused.status, 200, "{}", paused.body);
+    assert_eq!(paused.json()["requested"], "pause");
+    e.go();
+    assert_eq!(
+        deploy.wait().unwrap().code(),
+        Some(5),
+        "the deploy exits paused"
+    );
+    let now = get(a, &format!("/api/v1/runs/{run}"), Some(&dave)).json();
+    assert_eq!(now["state"], "paused", "{now}");
+
+    // The browser: carol's page has no buttons; dave's has them, with his session's value.
+    let carol_cookie = sign_in(a, &carol);
+    let carol_page = page_with(a, &format!("/runs/{run}"), &carol_cookie);
+    assert!(
+        !carol_page.contains("class=\"action\"") && !carol_page.contains(&format!("{run}/resume")),
+        "{carol_page}"
+    );
+    let dave_cookie = sign_in(a, &dave);
+    let dave_page = page_with(a, &format!("/runs/{run}"), &dave_cookie);
+    for what in ["resume", "abort", "rollback"] {
+        assert!(
+            dave_page.contains(&format!("/api/v1/runs/{run}/{what}\"")),
+            "{what}: {dave_page}"
+        );
+    }
+    assert!(
+        !dave_page.contains(&format!("{run}/pause\"")),
+        "a paused run"
+    );
+    let csrf = dave_page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap()
+        .to_owned();
+    let form = "application/x-www-form-urlencoded";
+    let resume = format!("/api/v1/runs/{run}/resume");
+    // The cookie alone, a wrong value, or the right one posted from another site: refused.
+    for (body, extra) in [
+        (String::new(), None),
+        (format!("csrf={}", "0".repeat(csrf.len())), None),
+        (
+            format!("csrf={csrf}"),
+            Some(("Origin", "http://evil.example")),
+        ),
+        (
+            format!("csrf={csrf}"),
+            Some(("Sec-Fetch-Site", "cross-site")),
+        ),
+    ] {
+        let mut headers = vec![("Cookie", dave_cookie.as_str())];
+        headers.extend(extra);
+        let r = post_with(a, &resume, form, &body, &headers);
+        assert_eq!(r.status, 403, "{body} {extra:?}: {}", r.body);
+    }
+    // Another session's value does not do either.
+    let other_csrf = {
+        let alice_cookie = sign_in(a, &alice);
+        let p = page_with(a, &format!("/runs/{run}"), &alice_cookie);
+        p.split("name=\"csrf\" value=\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .unwrap()
+            .to_owned()
+    };
+    assert_ne!(other_csrf, csrf);
+    let r = post_with(
+        a,
+        &resume,
+        form,
+        &format!("csrf={other_csrf}"),
+        &[("Cookie", &dave_cookie)],
+    );
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert_eq!(
+        get(a, &format!("/api/v1/runs/{run}"), Some(&dave)).json()["state"],
+        "paused"
+    );
+
+    // dave's own button: back to the run's page; the server drives the run to its end.
+    let r = post_with(
+        a,
+        &resume,
+        form,
+        &format!("csrf={csrf}"),
+        &[("Cookie", &dave_cookie), ("Origin", &format!("http://{a}"))],
+    );
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert!(
+        r.headers.contains(&format!("location: /runs/{run}")),
+        "{}",
+        r.headers
+    );
+    until("the server to finish the resumed run", || {
+        (get(a, &format!("/api/v1/runs/{run}"), Some(&dave)).json()["state"] == "succeeded")
+            .then_some(())
+    });
+
+    // Rollback needs a reason (400), then undoes the run for dave.
+    let r = act("rollback", &dave, "{}");
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        r.json()["error"].as_str().unwrap().contains("reason"),
+        "{}",
+        r.body
+    );
+    let r = act("rollback", &dave, r#"{"reason": "checkout errors"}"#);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["state"], "rolled_back", "{}", r.body);
+    // Promote on a run without a canary: the operation's own refusal, 400.
+    let r = act("promote", &dave, "");
+    assert!(r.status == 400 || r.status == 409, "{}", r.body);
+
+    // The journal names dave for each of his requests.
+    let journal = get(a, &format!("/api/v1/runs/{run}/journal"), Some(&dave)).json();
+    let entries = journal["entries"].as_array().unwrap();
+    let by = |pred: &dyn Fn(&Value) -> bool| -> Vec<String> {
+        entries
+            .iter()
+            .filter(|n| pred(&n["event"]))
+            .map(|n| name_of(&e, n["actor"].as_str().unwrap()))
+            .collect()
+    };
+    assert_eq!(
+        by(&|ev| ev["event"] == "control_requested" && ev["control"] == "pause"),
+        ["dave"],
+        "{journal}"
+    );
+    assert_eq!(
+        by(&|ev| ev["event"] == "state_changed" && ev["from"] == "paused"),
+        ["dave"],
+        "the resume: {journal}"
+    );
+    let rollback = by(&|ev| ev["event"] == "state_changed" && ev["to"] == "rolled_back");
+    assert_eq!(rollback, ["dave"], "{journal}");
+}
+
+/// Abort over the API stops a run nobody drives (waiting for an approval) for good; a
+/// viewer cannot.
+#[test]
+fn a_deployer_aborts_a_waiting_run_over_the_api() {
+    let e = Env::new();
+    std::fs::write(
+        &e.spec,
+        SPEC.replace(
+            "  staging: { target: { exec: {} } }",
+            "  staging:\n    target: { exec: {} }\n    approvals: { required: 1 }",
+        ),
+    )
+    .unwrap();
+    let (alice, dave, carol) = team(&e);
+    let o = e
+        .cmd_as("alice")
+        .args([
+            "deploy",
+            "-f",
+            &e.spec,
+            "--env",
+            "staging",
+            "--no-wait",
+            "--output",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(3), "{o:?}");
+    let run = serde_json::from_slice::<Value>(&o.stdout).unwrap()["run"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let s = e.serve();
+    let a = s.addr.as_str();
+    let path = format!("/api/v1/runs/{run}/abort");
+    let r = post_json(
+        a,
+        &path,
+        "",
+        &[("Authorization", &format!("Bearer {carol}"))],
+    );
+    assert_eq!(r.status, 403, "{}", r.body);
+    // The approver-only button is not dave's; abort is.
+    let page = page_with(a, &format!("/runs/{run}"), &sign_in(a, &dave));
+    assert!(page.contains(&format!("{run}/abort\"")), "{page}");
+    assert!(!page.contains(&format!("{run}/approve\"")), "{page}");
+    let page = page_with(a, &format!("/runs/{run}"), &sign_in(a, &alice));
+    assert!(
+        page.contains(&format!("{run}/approve\"")),
+        "an admin approves: {page}"
+    );
+    let r = post_json(
+        a,
+        &path,
+        "",
+        &[("Authorization", &format!("Bearer {dave}"))],
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["state"], "aborted", "{}", r.body);
+    let journal = get(a, &format!("/api/v1/runs/{run}/journal"), Some(&dave)).json();
+    let aborted = journal["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["event"]["event"] == "state_changed" && n["event"]["to"] == "aborted")
+        .unwrap_or_else(|| panic!("{journal}"));
+    assert_eq!(name_of(&e, aborted["actor"].as_str().unwrap()), "dave");
+}
+
+/// `slipway --server URL …` as the holder of `token`, from a directory without a store and
+/// with `SLIPWAY_STORE` naming one that does not exist: only the server can answer.
+fn remote_cmd(addr: &str, token: Option<&str>, args: &[&str]) -> Command {
+    let mut c = Command::new(assert_cmd::cargo::cargo_bin("slipway"));
+    c.current_dir(std::env::temp_dir())
+        .env_remove("SLIPWAY_TOKEN")
+        .env_remove("SLIPWAY_OUTPUT")
+        .env("SLIPWAY_STORE", "sqlite:///nonexistent/slipway.db")
+        .env("SLIPWAY_SERVER", format!("http://{addr}"))
+        .args(args)
+        .stdin(Stdio::null());
+    if let Some(t) = token {
+        c.env("SLIPWAY_TOKEN", t);
+    }
+    c
+}
+
+/// Its exit code and stdout + stderr.
+fn remote(addr: &str, token: Option<&str>, args: &[&str]) -> (i32, String) {
+    let o = remote_cmd(addr, token, args).output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    (o.status.code().unwrap_or(-1), text)
+}
+
+/// Every run command with `--server` (here `SLIPWAY_SERVER`) goes through the API as the
+/// caller's token: history, status, logs (and `logs -f` over the event stream), approve,
+/// resume (the server drives, the CLI follows), pause, wait, rollback, abort, promote —
+/// with the exit codes of local mode, the viewer refused, a missing token 9, an
+/// unreachable server 8, and deploy refused for now.
+#[test]
+fn every_run_command_works_through_the_server() {
+    let e = Env::new();
+    std::fs::write(
+        &e.spec,
+        SPEC.replace(
+            "  staging: { target: { exec: {} } }",
+            "  staging:\n    target: { exec: {} }\n    approvals: { required: 1 }",
+        ),
+    )
+    .unwrap();
+    let (alice, dave, carol) = team(&e);
+    e.ok_as(
+        "alice",
+        &[
+            "access", "grant", "user:bob", "approver", "--env", "staging",
+        ],
+    );
+    let bob = e.token("bob");
+    let deploy_waiting = || {
+        let o = e
+            .cmd_as("alice")
+            .args([
+                "deploy",
+                "-f",
+                &e.spec,
+                "--env",
+                "staging",
+                "--no-wait",
+                "--output",
+                "json",
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(3), "{o:?}");
+        serde_json::from_slice::<Value>(&o.stdout).unwrap()["run"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let run = deploy_waiting();
+    let s = e.serve();
+    let a = s.addr.as_str();
+
+    let (code, text) = remote(a, Some(&carol), &["history", "--output", "json"]);
+    assert_eq!(code, 0, "{text}");
+    let listed: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(listed[0]["id"], run.as_str(), "{text}");
+    let (code, text) = remote(a, Some(&carol), &["history"]);
+    assert!(
+        code == 0 && text.contains(&run) && text.contains("waiting_for_approval"),
+        "{text}"
+    );
+    let (code, text) = remote(a, Some(&carol), &["status", &run, "--output", "json"]);
+    assert_eq!(code, 0, "{text}");
+    let status: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(status["run"]["state"], "waiting_for_approval", "{text}");
+    let (code, text) = remote(a, Some(&carol), &["status"]);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains(&format!("run {run}")) && text.contains("approvals 0/1"),
+        "{text}"
+    );
+
+    // The viewer may read but not act (exit 3, the grant to ask for); the approver approves.
+    let (code, text) = remote(a, Some(&carol), &["approve", &run]);
+    assert_eq!(code, 3, "{text}");
+    assert!(text.contains("approver"), "{text}");
+    let (code, text) = remote(a, Some(&carol), &["pause", &run]);
+    assert_eq!(code, 3, "{text}");
+    assert!(
+        text.contains("slipway access grant user:carol deployer --env staging"),
+        "{text}"
+    );
+    let (code, text) = remote(a, Some(&bob), &["approve", &run]);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("(1/1 approvals)"), "{text}");
+    let (code, text) = remote(a, Some(&carol), &["logs", &run]);
+    assert!(
+        code == 0 && text.contains(&format!("run {run} created")),
+        "{text}"
+    );
+
+    // dave resumes: the server drives the run; the CLI follows it. It pauses at dave's
+    // request once the step waiting for GO has started, and the resume exits 5.
+    let resume = remote_cmd(a, Some(&dave), &["resume", &run])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    until("the server to run the step waiting for GO", || {
+        let (_, text) = remote(a, Some(&dave), &["logs", &run, "--output", "json"]);
+        text.lines()
+            .any(|l| l.contains("\"step_started\"") && l.contains("api/wait-for-go"))
+            .then_some(())
+    });
+    let (code, text) = remote(a, Some(&dave), &["pause", &run]);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains(&format!("pause requested for run {run}")),
+        "{text}"
+    );
+    e.go();
+    let o = resume.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(5), "{o:?}");
+    let (code, text) = remote(a, Some(&carol), &["wait", &run]);
+    assert_eq!(code, 5, "a paused run: {text}");
+
+    // `logs -f` follows the event stream to the run's end while dave's resume finishes it.
+    let follow = remote_cmd(a, Some(&carol), &["logs", "-f", &run])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (code, text) = remote(a, Some(&dave), &["resume", &run]);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains(&format!("run {run} succeeded")), "{text}");
+    let o = follow.wait_with_output().unwrap();
+    let followed = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    assert!(followed.contains("succeeded"), "{followed}");
+    let (code, text) = remote(a, Some(&carol), &["wait", &run, "--output", "json"]);
+    assert_eq!(code, 0, "{text}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&text).unwrap()["state"],
+        "succeeded"
+    );
+
+    let (code, text) = remote(
+        a,
+        Some(&dave),
+        &["rollback", &run, "--reason", "checkout errors"],
+    );
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("rolled_back"), "{text}");
+    let (code, text) = remote(a, Some(&dave), &["status", &run]);
+    assert!(code == 0 && text.contains("state rolled_back"), "{text}");
+
+    // A second run: abort (the run ends, `wait` says 6); promote has no canary (2).
+    let second = deploy_waiting();
+    let (code, text) = remote(a, Some(&dave), &["abort", &second]);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("now aborted"), "{text}");
+    let (code, text) = remote(a, Some(&dave), &["wait", &second]);
+    assert_eq!(code, 6, "{text}");
+    let (code, text) = remote(a, Some(&dave), &["promote", &second]);
+    assert_eq!(code, 2, "{text}");
+
+    // No token: 9. An unreachable server: 8 naming it. Deploy: not through the server yet.
+    let (code, text) = remote(a, None, &["history"]);
+    assert_eq!(code, 9, "{text}");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let gone = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    let (code, text) = remote(&gone, Some(&dave), &["status", &run]);
+    assert_eq!(code, 8, "{text}");
+    assert!(
+        text.contains(&format!("failed to reach http://{gone}")),
+        "{text}"
+    );
+    let (code, text) = remote(
+        a,
+        Some(&alice),
+        &["deploy", "-f", &e.spec, "--env", "staging"],
+    );
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("does not start runs yet"), "{text}");
+}

@@ -114,6 +114,18 @@ pub(crate) async fn run(
     Ok(Json(doc))
 }
 
+/// `GET /api/v1/runs/{id}/status`: everything `slipway status` shows — the document
+/// `slipway status --output json` prints (`slipway_ops::views::run`), without the local
+/// perf files.
+pub(crate) async fn status(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let v = slipway_ops::views::run(&caller.session(&state).await?, &id).await?;
+    Ok(Json(serde_json::to_value(v).unwrap_or_default()))
+}
+
 /// `GET /api/v1/runs/{id}/journal?after=SEQ`: journal entries, oldest first.
 pub(crate) async fn journal(
     State(state): State<AppState>,
@@ -144,39 +156,6 @@ pub(crate) async fn audit_verify(
     Ok((status, Json(v.to_json(&state.store.location()))))
 }
 
-/// The body of `POST /api/v1/runs/{id}/approve`.
-#[derive(Debug, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct ApproveBody {
-    /// The plan digest the approver reviewed; refused when the run executes another.
-    #[serde(default)]
-    digest: Option<String>,
-}
-
-/// `POST /api/v1/runs/{id}/approve`: the caller approves the run's plan digest — the same
-/// operation as `slipway approve` (`slipway_ops::runs::approve`): the approver role in the
-/// run's environment, four-eyes, the digest. Needs the token in an `Authorization` header:
-/// a browser's cookie alone never approves (a cross-site form could send it).
-pub(crate) async fn approve(
-    State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
-    body: Option<Json<ApproveBody>>,
-) -> Result<Json<Value>, ApiError> {
-    if !caller.bearer {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "an approval needs the API token in an `Authorization: Bearer` header",
-            "send `Authorization: Bearer slw_…`; the sign-in cookie only reads",
-        ));
-    }
-    let body = body.map(|Json(b)| b).unwrap_or_default();
-    let done =
-        slipway_ops::runs::approve(&caller.session(&state).await?, &id, body.digest.as_deref())
-            .await?;
-    Ok(Json(serde_json::to_value(done).unwrap_or_default()))
-}
-
 /// `GET /healthz`: open, says nothing about the store's content.
 pub(crate) async fn healthz() -> Json<Value> {
     Json(json!({"ok": true}))
@@ -187,6 +166,6 @@ pub(crate) async fn not_found() -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         "no such API route",
-        "see ARCHITECTURE.md (slipway-server) for the routes: /api/v1/runs, /api/v1/runs/{id}, …/journal, …/events, /api/v1/audit/verify",
+        "see ARCHITECTURE.md (slipway-server) for the routes: /api/v1/runs, /api/v1/runs/{id}, …/journal, …/events, POST …/{approve,pause,resume,promote,abort,rollback}, /api/v1/audit/verify",
     )
 }

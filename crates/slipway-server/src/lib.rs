@@ -4,8 +4,10 @@
 //! Reads go through the engine's [`Store`] trait only, so SQLite and PostgreSQL serve
 //! alike; tokens are checked against the store's access tables with the same
 //! [`slipway_govern::access::authenticate`] `--token` uses; every authorization and every
-//! action (`POST /api/v1/runs/{id}/approve`) is a `slipway_ops` call for the caller, the one
-//! policy the CLI uses too. This crate prints nothing: the CLI binds, reports the address
+//! action (`POST /api/v1/runs/{id}/{approve|pause|resume|promote|abort|rollback}`, see
+//! `control.rs`) is a `slipway_ops` call for the caller, the one policy the CLI uses too;
+//! a browser session acts only from this server's own pages (anti-forgery value and
+//! same-site headers). This crate prints nothing: the CLI binds, reports the address
 //! and owns the process (signals, warnings).
 //!
 //! Authentication: every `/api/…` route and every page except `/login` and `/healthz`
@@ -17,6 +19,8 @@
 
 mod api;
 mod auth;
+pub mod client;
+mod control;
 mod error;
 mod sse;
 mod ui;
@@ -88,8 +92,14 @@ pub fn router(
         .route("/runs", get(api::runs))
         .route("/runs/{id}", get(api::run))
         .route("/runs/{id}/journal", get(api::journal))
+        .route("/runs/{id}/status", get(api::status))
         .route("/runs/{id}/events", get(sse::events))
-        .route("/runs/{id}/approve", post(api::approve))
+        .route("/runs/{id}/approve", post(control::approve))
+        .route("/runs/{id}/pause", post(control::pause))
+        .route("/runs/{id}/resume", post(control::resume))
+        .route("/runs/{id}/promote", post(control::promote))
+        .route("/runs/{id}/abort", post(control::abort))
+        .route("/runs/{id}/rollback", post(control::rollback))
         .route("/audit/verify", get(api::audit_verify))
         .fallback(api::not_found)
         .route_layer(axum::middleware::from_fn_with_state(

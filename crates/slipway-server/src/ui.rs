@@ -80,7 +80,7 @@ fn render(state: &AppState, name: &str, ctx: minijinja::Value) -> Result<String,
 }
 
 /// An error as a page (same message and fix as the API's JSON).
-fn error_page(state: &AppState, e: ApiError) -> Response {
+pub(crate) fn error_page(state: &AppState, e: ApiError) -> Response {
     let body = render(
         state,
         "error.html",
@@ -118,6 +118,7 @@ pub(crate) async fn run_page(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
+    headers: HeaderMap,
 ) -> Response {
     let result = async {
         let run = load_run(&state, &caller, &id).await?;
@@ -126,6 +127,9 @@ pub(crate) async fn run_page(
             state.store.steps(&id).await?,
         );
         let approvals = state.store.approvals(&id).await?;
+        let actions = crate::control::actions_for(&state, &caller, &run).await?;
+        // The session's anti-forgery value, for the action forms (none for a bearer caller).
+        let csrf = crate::control::page_csrf(&caller, &headers);
         render(
             &state,
             "run.html",
@@ -134,6 +138,8 @@ pub(crate) async fn run_page(
                 run => minijinja::Value::from(minijinja::value::Serde(run_summary(&run))),
                 steps => minijinja::Value::from(minijinja::value::Serde(&steps)),
                 approvals => minijinja::Value::from(minijinja::value::Serde(&approvals)),
+                actions => actions,
+                csrf => csrf,
             },
         )
     }

@@ -2,6 +2,15 @@
 // table and the run's state current from them, and stops at the `end` event: a finished
 // run's stream closes, and EventSource must not reconnect then.
 (function () {
+  // Every action asks first: a click alone never pauses, aborts or rolls back a release.
+  var forms = document.querySelectorAll("form.action");
+  for (var i = 0; i < forms.length; i++) {
+    forms[i].addEventListener("submit", function (ev) {
+      var what = ev.target.getAttribute("data-action");
+      var run = document.getElementById("run-id").textContent;
+      if (!window.confirm(what + " run " + run + "?")) { ev.preventDefault(); }
+    });
+  }
   var list = document.getElementById("journal");
   var status = document.getElementById("stream-state");
   if (!list || !window.EventSource) { return; }
