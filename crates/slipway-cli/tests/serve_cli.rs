@@ -1572,3 +1572,109 @@ fn every_run_command_works_through_the_server() {
     assert_eq!(code, 2, "{text}");
     assert!(text.contains("does not start runs yet"), "{text}");
 }
+
+/// The plan an approver reviews in the browser: what it changes against what runs now,
+/// waves, gates with their sources, risk, findings, and — for an approver while the run
+/// waits — an approve button bound to the plan's digest; posting it (with the page's
+/// anti-forgery value) approves as the signed-in person. A viewer sees the plan, no button.
+#[test]
+fn an_approver_reviews_the_plan_page_and_approves_from_the_browser() {
+    let e = Env::new();
+    std::fs::write(
+        &e.spec,
+        SPEC.replace(
+            "  staging: { target: { exec: {} } }",
+            "  staging:\n    target: { exec: {} }\n    approvals: { required: 1, four_eyes: true }",
+        ),
+    )
+    .unwrap();
+    let (_alice, _dave, carol) = team(&e);
+    e.ok_as(
+        "alice",
+        &[
+            "access", "grant", "user:bob", "approver", "--env", "staging",
+        ],
+    );
+    let bob = e.token("bob");
+    let o = e
+        .cmd_as("alice")
+        .args([
+            "deploy",
+            "-f",
+            &e.spec,
+            "--env",
+            "staging",
+            "--no-wait",
+            "--output",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(3), "{o:?}");
+    let run = serde_json::from_slice::<Value>(&o.stdout).unwrap()["run"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let s = e.serve();
+    let a = s.addr.as_str();
+    let digest = get(a, &format!("/api/v1/runs/{run}"), Some(&bob)).json()["digest"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let bob_cookie = sign_in(a, &bob);
+    let run_page = page_with(a, &format!("/runs/{run}"), &bob_cookie);
+    assert!(
+        run_page.contains(&format!("href=\"/runs/{run}/plan\"")),
+        "{run_page}"
+    );
+    let plan = page_with(a, &format!("/runs/{run}/plan"), &bob_cookie);
+    assert!(
+        plan.contains(&format!("<code id=\"plan-digest\">{digest}</code>")),
+        "{plan}"
+    );
+    assert!(
+        plan.contains("<td>api</td><td>(not deployed)</td><td>1.0.0</td>"),
+        "{plan}"
+    );
+    assert!(
+        plan.contains("<td>approvals</td><td>1 approver, never the author</td>"),
+        "{plan}"
+    );
+    assert!(
+        plan.contains("<td class=\"source\">environments.staging.approvals.required</td>"),
+        "{plan}"
+    );
+    assert!(plan.contains("<h2>Risk "), "{plan}");
+    assert!(
+        plan.contains(&format!("name=\"digest\" value=\"{digest}\"")),
+        "{plan}"
+    );
+    let carol_plan = page_with(a, &format!("/runs/{run}/plan"), &sign_in(a, &carol));
+    assert!(
+        carol_plan.contains(&digest) && !carol_plan.contains("class=\"action\""),
+        "{carol_plan}"
+    );
+
+    let csrf = plan
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap()
+        .to_owned();
+    let r = post_with(
+        a,
+        &format!("/api/v1/runs/{run}/approve"),
+        "application/x-www-form-urlencoded",
+        &format!("csrf={csrf}&digest={digest}"),
+        &[("Cookie", &bob_cookie), ("Sec-Fetch-Site", "same-origin")],
+    );
+    assert_eq!(r.status, 303, "{}", r.body);
+    let approvals = get(a, &format!("/api/v1/runs/{run}"), Some(&bob)).json()["approvals"].clone();
+    assert_eq!(approvals.as_array().unwrap().len(), 1, "{approvals}");
+    // The approval is bob's: the pseudonym recorded stands for him.
+    assert_eq!(
+        name_of(&e, approvals[0]["approver"].as_str().unwrap()),
+        "bob"
+    );
+}

@@ -109,6 +109,7 @@ pub fn router(
     let pages = Router::new()
         .route("/", get(ui::index))
         .route("/runs/{id}", get(ui::run_page))
+        .route("/runs/{id}/plan", get(ui::plan_page))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_page,

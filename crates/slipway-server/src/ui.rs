@@ -31,6 +31,7 @@ pub(crate) fn templates() -> Result<Environment<'static>, ApiError> {
         ("base.html", include_str!("../templates/base.html")),
         ("index.html", include_str!("../templates/index.html")),
         ("run.html", include_str!("../templates/run.html")),
+        ("plan.html", include_str!("../templates/plan.html")),
         ("login.html", include_str!("../templates/login.html")),
         ("error.html", include_str!("../templates/error.html")),
     ] {
@@ -140,6 +141,113 @@ pub(crate) async fn run_page(
                 approvals => minijinja::Value::from(minijinja::value::Serde(&approvals)),
                 actions => actions,
                 csrf => csrf,
+            },
+        )
+    }
+    .await;
+    match result {
+        Ok(b) => page(StatusCode::OK, b),
+        Err(e) => error_page(&state, e),
+    }
+}
+
+/// A gate as the plan page lists it: its name, what it asks in words, where it comes
+/// from.
+fn gate_row(g: &slipway_model::plan::Gate) -> minijinja::Value {
+    use slipway_model::plan::GateKind;
+    let detail = match &g.kind {
+        GateKind::Approvals {
+            required,
+            groups,
+            four_eyes,
+        } => format!(
+            "{required} approver{}{}{}",
+            if *required == 1 { "" } else { "s" },
+            if groups.is_empty() {
+                String::new()
+            } else {
+                format!(" from {}", groups.join(", "))
+            },
+            if *four_eyes { ", never the author" } else { "" }
+        ),
+        GateKind::ChangeRecord { record } => record
+            .as_ref()
+            .map_or("change record MISSING".to_owned(), |r| {
+                format!("change record {r}")
+            }),
+        GateKind::Signature { keys } => format!("signed by one of: {}", keys.join(", ")),
+        GateKind::Canary => "canary strategy".to_owned(),
+        GateKind::Soak { seconds } => format!("soak {seconds} s at full weight"),
+        GateKind::Windows { windows } => windows
+            .iter()
+            .map(|w| format!("`{}` {} for {}", w.cron, w.timezone, w.duration))
+            .collect::<Vec<_>>()
+            .join("; "),
+        GateKind::Freezes { freezes } => freezes
+            .iter()
+            .map(|f| format!("{}..{} ({})", f.from, f.to, f.reason))
+            .collect::<Vec<_>>()
+            .join("; "),
+        GateKind::Checks { names, .. } => format!("checks: {}", names.join(", ")),
+        GateKind::PostReview => "review after the fact".to_owned(),
+        GateKind::Checklist { items } => items
+            .iter()
+            .map(|i| format!("{}: {}", i.id, i.text))
+            .collect::<Vec<_>>()
+            .join("; "),
+        GateKind::Readiness { checks, advisory } => format!(
+            "readiness checks: {}",
+            checks
+                .iter()
+                .map(|c| if advisory.contains(c) {
+                    format!("{} (advisory)", c.as_str())
+                } else {
+                    c.as_str().to_owned()
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        // A gate kind this page has no words for yet: its fields as the plan records them.
+        _ => {
+            let mut v = serde_json::to_value(g).unwrap_or_default();
+            if let Some(m) = v.as_object_mut() {
+                m.remove("gate");
+                m.remove("source");
+            }
+            v.to_string()
+        }
+    };
+    context! { name => g.kind.name(), detail => detail, source => &g.source }
+}
+
+/// `GET /runs/{id}/plan`: the plan a run's approvals are bound to, as its approvers review
+/// it (`slipway_ops::views::plan_of_run`, what `slipway plan show` prints): what it
+/// changes against what runs now, waves, gates with their sources, risk, findings — and
+/// the approve button for an approver while the run waits for approvals.
+pub(crate) async fn plan_page(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let result = async {
+        let session = caller.session(&state).await?;
+        let shown = slipway_ops::views::plan_of_run(&session, &id).await?;
+        let run = load_run(&state, &caller, &id).await?;
+        let approve = crate::control::actions_for(&state, &caller, &run)
+            .await?
+            .contains(&"approve");
+        let gates: Vec<minijinja::Value> = shown.plan.gates.iter().map(gate_row).collect();
+        render(
+            &state,
+            "plan.html",
+            context! {
+                user => &caller.user,
+                shown => minijinja::Value::from(minijinja::value::Serde(&shown)),
+                plan => minijinja::Value::from(minijinja::value::Serde(&shown.plan)),
+                gates => gates,
+                approve => approve,
+                csrf => crate::control::page_csrf(&caller, &headers),
             },
         )
     }
