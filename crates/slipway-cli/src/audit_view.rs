@@ -173,7 +173,7 @@ pub(crate) async fn verified_bundles(
                 format!("its signature does not verify with the trusted key(s): {e}"),
             )
         })?;
-        let bytes = std::fs::read(b).map_err(|e| {
+        let bytes = garchive::read_bundle_file(b).map_err(|e| {
             CliError::new(
                 exit::FAILURE,
                 format!("failed to read {}: {e}", b.display()),

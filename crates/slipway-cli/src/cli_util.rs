@@ -464,3 +464,34 @@ impl From<slipway_server::client::ClientError> for CliError {
         }
     }
 }
+
+/// clap's parser of an environment name given on the command line without a spec to
+/// look it up in (`env lease`, `proxy stop`): the spec's rule
+/// ([`slipway_model::text::is_safe_name`]), so nothing outside it reaches the store, a
+/// path or a terminal.
+pub fn env_name(s: &str) -> Result<String, String> {
+    if slipway_model::text::is_safe_name(s) {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "`{}` is not an environment name: use 1 to {} letters, digits, `-` and `_`, starting with a letter or digit",
+            s.escape_default(),
+            slipway_model::text::NAME_MAX
+        ))
+    }
+}
+
+/// [`env_name`], or `*` for every environment (grants).
+pub fn env_name_or_all(s: &str) -> Result<String, String> {
+    if s == "*" {
+        Ok(s.to_owned())
+    } else {
+        env_name(s).map_err(|e| format!("{e}; or `*` for every environment"))
+    }
+}
+
+/// clap's parser of a service name given without a spec (`proxy stop SERVICE`): the
+/// spec's rule, as [`env_name`].
+pub fn service_name(s: &str) -> Result<String, String> {
+    env_name(s).map_err(|e| e.replace("an environment name", "a service name"))
+}

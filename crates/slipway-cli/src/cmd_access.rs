@@ -107,7 +107,7 @@ pub struct GrantArgs {
     /// viewer, deployer, approver or admin.
     pub role: String,
     /// Environment, or `*` for all.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::cli_util::env_name_or_all)]
     pub env: String,
     #[command(flatten)]
     pub store: StoreArg,

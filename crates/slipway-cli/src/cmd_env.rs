@@ -29,6 +29,7 @@ pub enum EnvCommand {
 #[derive(Debug, clap::Args)]
 pub struct LeaseArgs {
     /// The environment.
+    #[arg(value_parser = crate::cli_util::env_name)]
     pub env: String,
     /// Why, shown to whoever is refused.
     #[arg(long, default_value = "manual lease")]
@@ -44,6 +45,7 @@ pub struct LeaseArgs {
 #[derive(Debug, clap::Args)]
 pub struct ReleaseArgs {
     /// The environment.
+    #[arg(value_parser = crate::cli_util::env_name)]
     pub env: String,
     /// Release whoever holds it (a crashed run's lease, without waiting for expiry).
     #[arg(long)]

@@ -59,7 +59,7 @@ pub enum ProxyCommand {
 #[derive(Debug, clap::Args)]
 pub struct ListArgs {
     /// Only this environment's proxies.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::cli_util::env_name)]
     pub env: Option<String>,
     #[command(flatten)]
     pub store: StoreArg,
@@ -69,9 +69,10 @@ pub struct ListArgs {
 #[derive(Debug, clap::Args)]
 pub struct StopArgs {
     /// The service whose proxy to stop.
+    #[arg(value_parser = crate::cli_util::service_name)]
     pub service: String,
     /// The environment.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::cli_util::env_name)]
     pub env: String,
     /// Stop it even while a run that is not finished deploys through it.
     #[arg(long)]

@@ -175,9 +175,11 @@ impl Output {
             } else {
                 "error:".to_owned()
             };
-            stderr_line(&format!("{label} {}", e.message));
+            // Messages quote input (names, paths, server answers): never let an escape
+            // sequence in them act on the terminal.
+            stderr_line(&format!("{label} {}", slipway_model::text::printable(&e.message)));
             if let Some(h) = &e.hint {
-                stderr_line(&format!("  hint: {h}"));
+                stderr_line(&format!("  hint: {}", slipway_model::text::printable(h)));
             }
         }
         e.code

@@ -390,6 +390,13 @@ impl<R: Read> Read for Budgeted<R> {
     }
 }
 
+/// The bytes of the bundle file at `path`, for [`read_bundle`] and [`bundle_digest`]:
+/// a regular file only (a FIFO in its place is refused instead of blocking the reader)
+/// of at most the unpacked cap (a zstd bundle is smaller than what it unpacks to).
+pub fn read_bundle_file(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+    slipway_stdx::fs::read_regular(path, MAX_UNPACKED)
+}
+
 /// Read a bundle and check it against its own manifest: every file's digest, the row
 /// counts, the run ids, and that `audit.jsonl` covers exactly the manifest's chain range.
 /// What it unpacks to is capped at 2 GiB (see [`read_bundle_within`]).

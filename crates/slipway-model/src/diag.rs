@@ -59,13 +59,16 @@ impl Diagnostic {
         message: impl Into<String>,
         help: impl Into<String>,
     ) -> Self {
+        // Messages quote names and values from the spec: keep escape sequences in them
+        // from reaching a terminal.
+        let shown = |s: String| crate::text::printable(&s).into_owned();
         Self {
             code,
             severity: Severity::Error,
-            path: dotted(pointer),
+            path: shown(dotted(pointer)),
             pos,
-            message: message.into(),
-            help: help.into(),
+            message: shown(message.into()),
+            help: shown(help.into()),
         }
     }
 
@@ -145,6 +148,8 @@ pub fn render_all(
         .with_width(width)
         .with_context_lines(1);
     let mut out = String::new();
+    let source: &str = &displayable_source(source);
+    let file: &str = &crate::text::printable(file);
     for d in diagnostics {
         let report = Report { file, source, d };
         if handler.render_report(&mut out, &report).is_err() {
@@ -167,6 +172,31 @@ pub fn render_all(
         if warnings == 1 { "" } else { "s" }
     ));
     out
+}
+
+/// The source with every character a terminal would act on (control characters other
+/// than newline and tab, a carriage return not ending a line, bidirectional overrides)
+/// replaced by as many `?` as it has bytes, so the snippet cannot carry an escape
+/// sequence and every byte offset still points where it did.
+fn displayable_source(source: &str) -> std::borrow::Cow<'_, str> {
+    let acted_on = |(i, c): (usize, char)| match c {
+        '\n' | '\t' => false,
+        '\r' => source.as_bytes().get(i + 1) != Some(&b'\n'),
+        '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' => true,
+        c => c.is_control(),
+    };
+    if !source.char_indices().any(acted_on) {
+        return std::borrow::Cow::Borrowed(source);
+    }
+    let mut out = String::with_capacity(source.len());
+    for (i, c) in source.char_indices() {
+        if acted_on((i, c)) {
+            out.extend(std::iter::repeat_n('?', c.len_utf8()));
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 struct Report<'a> {

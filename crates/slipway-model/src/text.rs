@@ -95,6 +95,47 @@ pub fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// `text` safe to print on a terminal: control characters (other than newline and tab)
+/// and Unicode bidirectional overrides are shown escaped (`\u{1b}`), so a name, a path or
+/// an error message taken from input can never move the cursor, recolour the screen or
+/// reorder what a reader sees.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| {
+        (c.is_control() && c != '\n' && c != '\t')
+            || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !text.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if unsafe_char(c) {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// The longest environment or service name: one path component with room to spare,
+/// and short enough for a table column.
+pub const NAME_MAX: usize = 63;
+
+/// Whether `name` is a safe environment or service name: 1 to [`NAME_MAX`] ASCII
+/// letters, digits, `-` and `_`, starting with a letter or digit. Such names become
+/// directory names under the store (`config/<env>/<service>/`, `process/<env>/`), lock
+/// keys and terminal output, so they can never be `..`, hold a `/`, or carry an escape
+/// sequence.
+pub fn is_safe_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= NAME_MAX
+        && b[0].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,5 +155,33 @@ mod tests {
             fill_vars("{{ vars.host }}:5432 {{vars.host}} {{ vars.url }}", vars),
             "db.internal:5432 db.internal {{ vars.url }}"
         );
+    }
+
+    #[test]
+    fn printable_escapes_what_a_terminal_would_act_on() {
+        assert_eq!(printable("prod\n\tok"), "prod\n\tok");
+        assert_eq!(printable("\u{1b}[31mred"), "\\u{1b}[31mred");
+        assert_eq!(printable("a\u{202e}b"), "a\\u{202e}b");
+    }
+
+    #[test]
+    fn safe_names() {
+        for ok in ["prod", "eu-west_1", "A1", &"x".repeat(NAME_MAX)] {
+            assert!(is_safe_name(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "..",
+            "../x",
+            "a/b",
+            "-x",
+            "_x",
+            "a b",
+            "a.b",
+            "\u{1b}[2J",
+            &"x".repeat(NAME_MAX + 1),
+        ] {
+            assert!(!is_safe_name(bad), "{bad}");
+        }
     }
 }

@@ -1012,21 +1012,31 @@ fn inherit_env(cx: &mut Cx<'_>, ptr: &str, r: &crate::spec::RunSpec) {
     }
 }
 
+/// Refuse an environment or service name outside the safe set
+/// ([`crate::text::is_safe_name`]): such names become directories under the store and
+/// appear on terminals, so `../x` or an escape sequence must never get that far. The
+/// message shows the name escaped.
+fn safe_name(cx: &mut Cx<'_>, ptr: &str, kind: &str, name: &str) {
+    if !crate::text::is_safe_name(name) {
+        cx.err_key(
+            "invalid-name",
+            ptr,
+            format!(
+                "{kind} name `{}` is not a simple name",
+                name.escape_default()
+            ),
+            format!(
+                "use 1 to {} letters, digits, `-` and `_`, starting with a letter or digit, e.g. `prod-eu`",
+                crate::text::NAME_MAX
+            ),
+        );
+    }
+}
+
 fn service(cx: &mut Cx<'_>, spec: &ReleaseSpec, name: &str, s: &Service, names: &[&str]) {
     let base = pointer(["services", name]);
     let at = |f: &str| format!("{base}/{f}");
-    if name.is_empty()
-        || !name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    {
-        cx.err_key(
-            "invalid-name",
-            &base,
-            format!("service name `{name}` is not a simple name"),
-            "use letters, digits, `-` and `_`",
-        );
-    }
+    safe_name(cx, &base, "service", name);
     if let Some(v) = &s.version {
         semver_at(cx, &at("version"), v);
     }
@@ -1421,6 +1431,7 @@ fn lifecycle(cx: &mut Cx<'_>, spec: &ReleaseSpec, l: &crate::spec::Lifecycle) {
 fn environment(cx: &mut Cx<'_>, spec: &ReleaseSpec, name: &str, e: &Environment) {
     let base = pointer(["environments", name]);
     let at = |f: &str| format!("{base}/{f}");
+    safe_name(cx, &base, "environment", name);
     cx.exactly_one(
         &at("target"),
         &format!("the target of `{name}`"),

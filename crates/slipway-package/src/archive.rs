@@ -6,7 +6,7 @@
 //! header carries no time or OS. The first entry, `slipway-manifest.json`, lists every
 //! file's SHA-256 and size so an unpacked tree can be checked file by file.
 
-use std::fs::{self, File};
+use std::fs;
 use std::io::{self, Write};
 use std::path::{Component, Path, PathBuf};
 
@@ -339,7 +339,7 @@ fn write_tar<W: Write>(
                 let expected = files
                     .next()
                     .unwrap_or_else(|| unreachable!("one manifest entry per file"));
-                let f = File::open(abs).map_err(|e| Error::io("open", abs, e))?;
+                let f = crate::fsread::open_regular(abs)?.0;
                 let mut reader = HashingReader::new(io::Read::take(f, *size));
                 let mut h = header(tar::EntryType::Regular, *mode, *size, mtime);
                 builder

@@ -42,3 +42,7 @@ pub use sign::{
     GeneratedKey, PublicKey, SecretKey, Verified, generate_keypair, sign, sign_to, verify,
 };
 pub use unpack::{Limits, Unpacked, unpack};
+
+/// The largest text file (an OpenAPI document, a migration) read whole for a check.
+pub(crate) const MAX_TEXT_INPUT: u64 = 64 * 1024 * 1024;
+

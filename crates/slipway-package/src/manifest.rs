@@ -4,7 +4,6 @@
 //! Verifying the manifest's signature and then each artifact against it means an artifact
 //! of release A cannot be slipped into release B, even when both are signed by the same key.
 
-use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -199,7 +198,7 @@ pub fn verify_manifest(
     trusted_public_keys: &[PublicKey],
     artifacts: &[PathBuf],
 ) -> Result<VerifiedManifest> {
-    let file = File::open(manifest).map_err(|e| Error::io("open", manifest, e))?;
+    let file = crate::fsread::open_regular(manifest)?.0;
     let mut data = Vec::new();
     file.take(MAX_MANIFEST_BYTES + 1)
         .read_to_end(&mut data)

@@ -183,7 +183,8 @@ impl SecretResolver for EnvFileResolver {
             }),
             SecretRef::File(p) => {
                 let path = self.base_dir.join(p);
-                let text = std::fs::read_to_string(&path).map_err(|e| Error::Secret {
+                // A secret file is small; never a FIFO someone left in its place.
+                let text = slipway_stdx::fs::read_regular_string(&path, 1024 * 1024).map_err(|e| Error::Secret {
                     reference: secret.to_string(),
                     reason: format!(
                         "cannot read {}: {e}; create the file or fix the path",
@@ -320,6 +321,57 @@ impl Redactor {
             }
         }
         out
+    }
+
+    /// How many bytes a reader that keeps the last `limit` bytes of a stream must keep
+    /// beyond them for [`Self::redact_tail`]: the longest value (or escaped value). With
+    /// that margin every secret that overlaps the kept tail is whole in what was read.
+    pub fn tail_margin(&self) -> usize {
+        self.needles.first().map_or(0, |(n, _)| n.len())
+    }
+
+    /// Redact the end of a stream, *then* keep at most `limit` bytes of it. Cutting first
+    /// would leak: a secret straddling the cut leaves its end in the tail, which no longer
+    /// matches the whole value.
+    ///
+    /// `text` is the stream's last `limit + tail_margin()` bytes or more when it was longer
+    /// (`cut`), else the whole stream. When `cut`, the first bytes may be the end of a
+    /// secret that began before them: the longest such piece is masked too. Returns the
+    /// kept text and whether anything was left out.
+    pub fn redact_tail(&self, text: &str, cut: bool, limit: usize) -> (String, bool) {
+        let mut out = self.redact(text);
+        if cut {
+            let lead = self.partial_lead(&out);
+            if lead > 0 {
+                out.replace_range(..lead, "***");
+            }
+        }
+        if out.len() <= limit {
+            return (out, cut);
+        }
+        let mut start = out.len() - limit;
+        while !out.is_char_boundary(start) {
+            start += 1;
+        }
+        (out[start..].to_owned(), true)
+    }
+
+    /// The length of the longest start of `text` that is the end (not the whole) of a
+    /// secret value.
+    fn partial_lead(&self, text: &str) -> usize {
+        let t = text.as_bytes();
+        let mut best = 0;
+        for (needle, _) in &self.needles {
+            let n = needle.as_bytes();
+            // Longest first; only pieces longer than the best so far can matter.
+            for k in (best + 1..n.len()).rev() {
+                if k <= t.len() && t[..k] == n[n.len() - k..] {
+                    best = k;
+                    break;
+                }
+            }
+        }
+        best
     }
 
     /// Whether the text contains any secret value (for tests and last-line checks).
@@ -575,7 +627,7 @@ fn read_template(
         Ok(_) => {}
         Err(e) => return Err(unreadable(format!("cannot read {}: {e}", full.display()))),
     }
-    match std::fs::read_to_string(&full) {
+    match slipway_stdx::fs::read_regular_string(&full, MAX_TEMPLATE_BYTES) {
         Ok(source) => Ok(Loaded {
             path: path.to_owned(),
             source,

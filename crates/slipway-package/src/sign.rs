@@ -264,7 +264,7 @@ pub fn sign_to(
     trusted_comment: &str,
     out: &Path,
 ) -> Result<()> {
-    let reader = File::open(file).map_err(|e| Error::io("open", file, e))?;
+    let reader = crate::fsread::open_regular(file)?.0;
     let text = sign_reader(reader, file, secret_key, trusted_comment)?;
     write_replace(out, text.as_bytes())
 }
@@ -325,7 +325,7 @@ pub fn verify(
     trusted_public_keys: &[PublicKey],
 ) -> Result<Verified> {
     let sig_text = read_signature_text(signature)?;
-    let mut reader = File::open(file).map_err(|e| Error::io("open", file, e))?;
+    let mut reader = crate::fsread::open_regular(file)?.0;
     verify_reader(&mut reader, file, &sig_text, signature, trusted_public_keys)
 }
 
@@ -503,7 +503,7 @@ fn read_signature_utf8(path: &Path) -> Result<String> {
 }
 
 fn read_small_bytes(path: &Path, what: &'static str) -> Result<Vec<u8>> {
-    let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
+    let file = crate::fsread::open_regular(path)?.0;
     let mut bytes = Vec::new();
     file.take(MAX_SMALL_FILE + 1)
         .read_to_end(&mut bytes)

@@ -9,7 +9,7 @@
 //! leaves no destination at all.
 
 use std::cell::Cell;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
@@ -152,7 +152,7 @@ pub fn unpack(archive: &Path, dest: &Path, limits: &Limits) -> Result<Unpacked> 
     let dest_name = dest
         .file_name()
         .ok_or_else(|| refuse("the destination has no directory name".to_owned()))?;
-    let file = File::open(archive).map_err(|e| Error::io("open", archive, e))?;
+    let file = crate::fsread::open_regular(archive)?.0;
     let archive_len = file
         .metadata()
         .map_err(|e| Error::io("read", archive, e))?

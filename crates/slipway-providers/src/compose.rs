@@ -242,7 +242,8 @@ impl RunWiring<'_> {
             self.layout.migrate(),
             self.secrets.filled_vars(plan),
             self.actor.to_owned(),
-        );
+        )
+        .with_redactor(self.secrets.env_redactor(plan));
         let migrate = if plan.is_some_and(|p| p.env.backup.as_ref().is_some_and(|b| b.required)) {
             migrate.with_backup(self.layout.backups())
         } else {
@@ -371,10 +372,13 @@ pub fn process_target(layout: &Layout, workdir: &Path, plan: &Plan) -> ProcessTa
         .iter()
         .filter_map(|(name, s)| Some((name.clone(), s.artifact.as_ref()?.sha256.clone())))
         .collect();
+    // What is shown or kept of an instance's log is masked like step output.
+    let redactor = crate::config::plan_redactor(plan, &spec_dir_of(workdir, Some(plan)));
     let mut processes = ProcessTarget::new(root.join("instances"), services)
         .with_config_root(layout.config(&plan.environment))
         .with_artifacts(artifacts)
-        .with_deploying(deployed_services(plan).into_iter().collect());
+        .with_deploying(deployed_services(plan).into_iter().collect())
+        .with_redactor(redactor);
     if let Some(g) = plan
         .env
         .target

@@ -561,6 +561,11 @@ impl DeployTarget {
 
     /// Measurements and canary logs into `<diagnostics>/<service>-<version>/`, or, with
     /// run interventions configured, under the run: `<runs dir>/<run>/diagnostics/…`.
+    ///
+    /// The directory is 0700 and its files 0600, and every file passes through the
+    /// environment's redactor (the instances' one): a canary's log may hold a secret it
+    /// printed, and the bundle is kept long after the run. A log is copied bounded, its
+    /// last [`DIAGNOSTIC_LOG_BYTES`], redacted before it is cut.
     fn keep_diagnostics(
         &self,
         run: &str,
@@ -569,34 +574,68 @@ impl DeployTarget {
         log: &[RolloutEvent],
         measurements: &[slipway_model::analysis::Measurement],
     ) -> Option<PathBuf> {
+        use std::os::unix::fs::DirBuilderExt as _;
         let base = match &self.run_source {
             Some(src) => src.runs_dir.join(run).join("diagnostics"),
             None => self.diagnostics.clone(),
         };
         let dir = base.join(format!("{service}-{version}"));
-        std::fs::create_dir_all(&dir).ok()?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .ok()?;
+        let redactor = self.processes.redactor();
         let events: String = log
             .iter()
             .filter_map(|e| serde_json::to_string(e).ok())
             .map(|l| l + "\n")
             .collect();
-        std::fs::write(dir.join("rollout-events.jsonl"), events).ok()?;
-        std::fs::write(
-            dir.join("measurements.json"),
-            serde_json::to_vec_pretty(measurements).ok()?,
+        write_private(
+            &dir.join("rollout-events.jsonl"),
+            redactor.redact(&events).as_bytes(),
+        )
+        .ok()?;
+        let measurements = serde_json::to_string_pretty(measurements).ok()?;
+        write_private(
+            &dir.join("measurements.json"),
+            redactor.redact(&measurements).as_bytes(),
         )
         .ok()?;
         for e in log {
             if let RolloutEvent::CanaryStarted { instances } = e {
                 for i in instances {
                     if let Some(p) = &i.log_path {
-                        let _ = std::fs::copy(p, dir.join(format!("{}.log", i.id)));
+                        let text = crate::process::read_log_tail(
+                            std::path::Path::new(p),
+                            DIAGNOSTIC_LOG_BYTES,
+                            redactor,
+                        );
+                        let _ = write_private(&dir.join(format!("{}.log", i.id)), text.as_bytes());
                     }
                 }
             }
         }
         Some(dir)
     }
+}
+
+/// How much of each canary instance's log a diagnostics bundle keeps (its end).
+pub const DIAGNOSTIC_LOG_BYTES: usize = 1024 * 1024;
+
+/// Write `bytes` to a new file readable by its owner only (an existing one is replaced
+/// and made 0600 too).
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    f.write_all(bytes)
 }
 
 impl Target for DeployTarget {

@@ -27,7 +27,9 @@
 //!
 //! Output: an apply writes to `<key>.apply.out|err`, an undo to `<key>.undo.out|err` (mode
 //! 0600, since a step may print a secret it was given), of which the last
-//! [`OUTPUT_LIMIT`] bytes are kept and redacted; the files are emptied once read. A step
+//! [`OUTPUT_LIMIT`] bytes are kept — redacted first, then cut, reading as far back as the
+//! longest secret so one straddling the cut is masked whole; the files are emptied once
+//! read. A step
 //! printing gigabytes needs that much room in the state directory while it runs, and a
 //! step printing after its effect into a full disk fails there (as any write would).
 //!
@@ -141,16 +143,12 @@ impl ExecTarget {
         timeout: Duration,
         files: Option<(PathBuf, PathBuf)>,
     ) -> Result<StepOutput, TargetError> {
-        let redact = |o: StepOutput| StepOutput {
-            stdout: self.redactor.redact(&o.stdout),
-            stderr: self.redactor.redact(&o.stderr),
-            ..o
-        };
-        match run(c, timeout, files).await {
-            Ok(o) => Ok(redact(o)),
+        // `run` redacts the output before it cuts it to the limit; the message is ours.
+        match run(c, timeout, files, &self.redactor).await {
+            Ok(o) => Ok(o),
             Err(TargetError::Failed { message, output }) => Err(TargetError::Failed {
                 message: self.redactor.redact(&message),
-                output: redact(output),
+                output,
             }),
             Err(e) => Err(e),
         }
@@ -379,7 +377,11 @@ async fn run(
     mut c: Command,
     timeout: Duration,
     files: Option<(PathBuf, PathBuf)>,
+    redactor: &Redactor,
 ) -> Result<StepOutput, TargetError> {
+    // Read past the limit by the longest secret, so that one straddling the limit is
+    // whole when it is masked (see `Redactor::redact_tail`).
+    let keep = OUTPUT_LIMIT + redactor.tail_margin();
     if let Some((out, err)) = &files {
         c.stdout(output_file(out)?).stderr(output_file(err)?);
     }
@@ -390,13 +392,13 @@ async fn run(
     let err = child.stderr.take();
     let out = tokio::spawn(async move {
         match out {
-            Some(o) => tail(o, OUTPUT_LIMIT).await,
+            Some(o) => tail(o, keep).await,
             None => (Vec::new(), false),
         }
     });
     let err = tokio::spawn(async move {
         match err {
-            Some(e) => tail(e, OUTPUT_LIMIT).await,
+            Some(e) => tail(e, keep).await,
             None => (Vec::new(), false),
         }
     });
@@ -417,13 +419,15 @@ async fn run(
         }
     };
     let ((o, ot), (e, et)) = match &files {
-        Some((out, err)) => (tail_file(out, OUTPUT_LIMIT), tail_file(err, OUTPUT_LIMIT)),
+        Some((out, err)) => (tail_file(out, keep), tail_file(err, keep)),
         None => (out.await.unwrap_or_default(), err.await.unwrap_or_default()),
     };
+    let (stdout, ot) = redactor.redact_tail(&String::from_utf8_lossy(&o), ot, OUTPUT_LIMIT);
+    let (stderr, et) = redactor.redact_tail(&String::from_utf8_lossy(&e), et, OUTPUT_LIMIT);
     let output = StepOutput {
         exit_code: status.and_then(|s| s.code()),
-        stdout: String::from_utf8_lossy(&o).into_owned(),
-        stderr: String::from_utf8_lossy(&e).into_owned(),
+        stdout,
+        stderr,
         truncated: ot || et,
     };
     match status {

@@ -4,6 +4,11 @@
 //! What to undo to is decided at apply time and kept in a marker file per idempotency key
 //! (`<state>/<key>.before`): the latest version applied *before* this step. Undo is then
 //! "back to exactly where this step found the database", whatever happened since.
+//!
+//! A database URL is often a secret (`database: "{{ vars.db_url }}"` with `db_url:
+//! secret://env/DB_URL`): everything this target says — step output, which is journaled,
+//! and errors, which are too — names the database by its redacted form (the secret's mask
+//! in place of its value, then any password masked), never the resolved URL.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -12,6 +17,7 @@ use slipway_engine::{
     Applied, BoxFuture, Observation, StepContext, StepOutput, Target, TargetError,
 };
 use slipway_model::plan::StepAction;
+use slipway_package::Redactor;
 
 /// Runs migration steps.
 #[derive(Debug, Clone)]
@@ -22,6 +28,8 @@ pub struct MigrateTarget {
     who: String,
     /// Take a backup into this content-addressed store before applying anything.
     backup_store: Option<PathBuf>,
+    /// Masks the environment's secrets (a resolved database URL among them).
+    redactor: Redactor,
 }
 
 impl MigrateTarget {
@@ -38,7 +46,24 @@ impl MigrateTarget {
             vars,
             who: who.into(),
             backup_store: None,
+            redactor: Redactor::default(),
         }
+    }
+
+    /// Mask these secrets (the values behind `vars`) in everything the target says.
+    pub fn with_redactor(mut self, redactor: Redactor) -> Self {
+        self.redactor = redactor;
+        self
+    }
+
+    /// How a message names the database: secrets masked, then the password.
+    fn shown(&self, url: &str) -> String {
+        slipway_migrate::mask_url(&self.redactor.redact(url))
+    }
+
+    /// A migration error as a message: secrets masked.
+    fn said(&self, e: impl std::fmt::Display) -> String {
+        self.redactor.redact(&e.to_string())
     }
 
     /// Back the database up into `store` before any migration is applied (environments
@@ -204,7 +229,9 @@ impl Target for MigrateTarget {
                 });
             };
             let (dir, url) = self.resolve(dir, database)?;
-            let before = slipway_migrate::status(&url, &dir).await.map_err(io)?;
+            let before = slipway_migrate::status(&url, &dir)
+                .await
+                .map_err(|e| TargetError::Io(self.said(e)))?;
             if before.pending.is_empty() {
                 return Ok(Applied::AlreadyDone {
                     guard: format!(
@@ -231,8 +258,9 @@ impl Target for MigrateTarget {
                     let b = slipway_migrate::backup(&url, store).await.map_err(|e| {
                         TargetError::Failed {
                             message: format!(
-                                "back up {} before migrating (the environment requires it): {e}",
-                                slipway_migrate::mask_url(&url)
+                                "back up {} before migrating (the environment requires it): {}",
+                                self.shown(&url),
+                                self.said(e)
                             ),
                             output: StepOutput::default(),
                         }
@@ -248,7 +276,7 @@ impl Target for MigrateTarget {
                         stdout: format!(
                             "{backed_up}applied {} migration(s) to {}: now at V{}{}",
                             r.applied.len(),
-                            slipway_migrate::mask_url(&url),
+                            self.shown(&url),
                             r.latest_applied.unwrap_or(0),
                             if r.roll_forward_only.is_empty() {
                                 String::new()
@@ -261,7 +289,7 @@ impl Target for MigrateTarget {
                     },
                 }),
                 Err(e) => Err(TargetError::Failed {
-                    message: format!("migrate {}: {e}", slipway_migrate::mask_url(&url)),
+                    message: format!("migrate {}: {}", self.shown(&url), self.said(e)),
                     output: StepOutput::default(),
                 }),
             }
@@ -281,7 +309,9 @@ impl Target for MigrateTarget {
                 });
             };
             let (dir, url) = self.resolve(dir, database)?;
-            let s = slipway_migrate::status(&url, &dir).await.map_err(io)?;
+            let s = slipway_migrate::status(&url, &dir)
+                .await
+                .map_err(|e| TargetError::Io(self.said(e)))?;
             let evidence = format!(
                 "latest applied V{}, pending {:?}",
                 s.latest_applied.unwrap_or(0),
@@ -315,7 +345,7 @@ impl Target for MigrateTarget {
                 slipway_migrate::undo(&url, &dir, to)
                     .await
                     .map_err(|e| TargetError::Failed {
-                        message: format!("undo migrations to V{to}: {e}"),
+                        message: format!("undo migrations to V{to}: {}", self.said(e)),
                         output: StepOutput::default(),
                     })?;
             Ok(Some(StepOutput {

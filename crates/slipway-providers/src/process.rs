@@ -9,6 +9,12 @@
 //!
 //! Stopping is SIGTERM to the process group, then SIGKILL after the grace period.
 //!
+//! **Logs.** An instance writes its log itself (it outlives `slipway`, so nothing can
+//! filter it on the way), and a service may print a secret it was given: the log is
+//! created 0600, and whatever Slipway shows or keeps of it — the last lines in an error,
+//! the copy in a rollback's diagnostics ([`read_log_tail`]) — is read bounded and passed
+//! through the environment's [`Redactor`] like step output, redacted before it is cut.
+//!
 //! With a config root ([`ProcessTarget::with_config_root`]), an instance of version V is
 //! started with `SLIPWAY_CONFIG_DIR` set to V's rendered config
 //! ([`crate::config::version_dir`]) when it exists: each version reads its own config,
@@ -51,6 +57,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use slipway_model::spec::{Probe, RunSpec};
+use slipway_package::Redactor;
 use slipway_rollout::{BoxFuture, Instance, Instances, Role, RolloutError};
 
 use crate::portowner::{self, Ownership};
@@ -235,6 +242,8 @@ pub struct ProcessTarget {
     /// the spec; any other (a stable pool started again during a canary's rollback) is
     /// relaunched from its launch record.
     deploying: BTreeMap<String, String>,
+    /// Masks the environment's secrets in what is shown of an instance's log.
+    redactor: Redactor,
 }
 
 /// Ports tried for one instance when other programs keep taking the free port picked
@@ -284,7 +293,19 @@ impl ProcessTarget {
             first_ports: Arc::default(),
             artifacts: BTreeMap::new(),
             deploying: BTreeMap::new(),
+            redactor: Redactor::default(),
         }
+    }
+
+    /// Mask these secrets in everything shown of an instance's log.
+    pub fn with_redactor(mut self, redactor: Redactor) -> Self {
+        self.redactor = redactor;
+        self
+    }
+
+    /// The redactor of [`Self::with_redactor`] (for copies of logs kept elsewhere).
+    pub fn redactor(&self) -> &Redactor {
+        &self.redactor
     }
 
     /// Try these ports, in order, before free ones. For tests that need an instance's
@@ -602,7 +623,7 @@ impl ProcessTarget {
     /// by a stranger, or failed.
     async fn start_on(&self, launch: &Launch, id: &str, port: u16) -> Result<Instance, StartError> {
         let log_path = self.dir.join(format!("{id}.log"));
-        let log = std::fs::File::create(&log_path).map_err(|e| {
+        let log = private_log(&log_path).map_err(|e| {
             RolloutError::Instances(format!("create log {}: {e}", log_path.display()))
         })?;
         let log2 = log
@@ -684,7 +705,7 @@ impl ProcessTarget {
                 }
                 return Err(RolloutError::Instances(format!(
                     "{id} exited before it was ready; last log lines:\n{}",
-                    tail(&log_path, 10)
+                    self.log_tail(&log_path)
                 ))
                 .into());
             }
@@ -695,7 +716,7 @@ impl ProcessTarget {
                         "{id} never listened on its port {port}: {} holds it; last log \
                          lines:\n{}",
                         owner.describe(),
-                        tail(&log_path, 10)
+                        self.log_tail(&log_path)
                     ))
                     .into());
                 }
@@ -712,7 +733,7 @@ impl ProcessTarget {
                     } else {
                         ", the default deadline; set readiness.deadline to change it"
                     },
-                    tail(&log_path, 10)
+                    self.log_tail(&log_path)
                 ))
                 .into());
             }
@@ -964,8 +985,59 @@ pub fn is_zombie(pid: u32) -> bool {
     stat_fields(pid).is_some_and(|f| f.first().is_some_and(|s| s == "Z"))
 }
 
-fn tail(path: &Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
+/// A log file for an instance: created (or emptied) with mode 0600 — set on an existing
+/// file too, which an earlier build may have left world-readable.
+fn private_log(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    Ok(f)
+}
+
+/// The last `limit` bytes of an instance's log, redacted before they are cut (so a
+/// secret straddling the cut is masked whole); reads at most `limit` plus the longest
+/// secret, whatever the log's size. Empty when the log cannot be read; never follows a
+/// FIFO or device put in its place (that would block or read forever).
+pub fn read_log_tail(path: &Path, limit: usize, redactor: &Redactor) -> String {
+    use std::io::{Read as _, Seek as _, SeekFrom};
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let read = || -> std::io::Result<(Vec<u8>, bool)> {
+        // Non-blocking: opening a FIFO for reading must not wait for a writer.
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+            .open(path)?;
+        let meta = f.metadata()?;
+        if !meta.is_file() {
+            return Err(std::io::Error::other("not a regular file"));
+        }
+        let keep = (limit + redactor.tail_margin()) as u64;
+        let len = meta.len();
+        let start = len.saturating_sub(keep);
+        f.seek(SeekFrom::Start(start))?;
+        let mut buf = Vec::new();
+        f.take(keep).read_to_end(&mut buf)?;
+        Ok((buf, start > 0))
+    };
+    let (bytes, cut) = read().unwrap_or_default();
+    redactor
+        .redact_tail(&String::from_utf8_lossy(&bytes), cut, limit)
+        .0
+}
+
+/// How much of a log an error message quotes.
+const LOG_TAIL_BYTES: usize = 4096;
+
+impl ProcessTarget {
+    /// The last lines of an instance's log for an error message, redacted.
+    fn log_tail(&self, path: &Path) -> String {
+        let text = read_log_tail(path, LOG_TAIL_BYTES, &self.redactor);
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(10)..].join("\n")
+    }
 }

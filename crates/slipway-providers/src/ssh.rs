@@ -572,6 +572,10 @@ pub async fn connect(ep: &Endpoint) -> Result<Session, SshError> {
 /// Append to a buffer keeping its last `limit` bytes.
 fn push_tail(buf: &mut Vec<u8>, data: &[u8], limit: usize, truncated: &mut bool) {
     buf.extend_from_slice(data);
+    // A stream that fills the buffer may have been cut already on the host (`tail -c`).
+    if buf.len() >= limit {
+        *truncated = true;
+    }
     if buf.len() > limit {
         let cut = buf.len() - limit;
         buf.drain(..cut);
@@ -594,11 +598,16 @@ impl Session {
     /// exported first, capturing the tail of stdout and stderr and the exit status. The
     /// timeout is the caller's bound on the whole exchange; on expiry the channel is
     /// closed and the output so far is returned with no exit code.
+    ///
+    /// `keep` bytes of each stream are kept (its end); `truncated` says whether a stream
+    /// filled them, so a caller that redacts (`Redactor::redact_tail`) knows the first
+    /// bytes may end a secret that began before them.
     pub async fn run(
         &self,
         command: &str,
         env: &[(String, String)],
         timeout: Duration,
+        keep: usize,
     ) -> Result<(StepOutput, bool), SshError> {
         let mut line = String::new();
         for (k, v) in env {
@@ -626,10 +635,10 @@ impl Session {
                 Ok(None) => break,
                 Ok(Some(msg)) => match msg {
                     russh::ChannelMsg::Data { data } => {
-                        push_tail(&mut out, &data, OUTPUT_LIMIT, &mut truncated);
+                        push_tail(&mut out, &data, keep, &mut truncated);
                     }
                     russh::ChannelMsg::ExtendedData { data, .. } => {
-                        push_tail(&mut err, &data, OUTPUT_LIMIT, &mut truncated);
+                        push_tail(&mut err, &data, keep, &mut truncated);
                     }
                     russh::ChannelMsg::ExitStatus { exit_status } => {
                         code = Some(i32::try_from(exit_status).unwrap_or(i32::MAX));
@@ -1111,10 +1120,24 @@ impl SshTarget {
         env
     }
 
+    /// What [`Session::run`] keeps of each stream: the limit and, past it, the longest
+    /// secret, so [`Self::redact`] sees any secret straddling the limit whole.
+    fn keep(&self) -> usize {
+        OUTPUT_LIMIT + self.redactor.tail_margin()
+    }
+
+    /// Redact, then cut to [`OUTPUT_LIMIT`] (never the other way round).
     fn redact(&self, o: StepOutput) -> StepOutput {
+        let (stdout, ot) = self
+            .redactor
+            .redact_tail(&o.stdout, o.truncated, OUTPUT_LIMIT);
+        let (stderr, et) = self
+            .redactor
+            .redact_tail(&o.stderr, o.truncated, OUTPUT_LIMIT);
         StepOutput {
-            stdout: self.redactor.redact(&o.stdout),
-            stderr: self.redactor.redact(&o.stderr),
+            stdout,
+            stderr,
+            truncated: ot || et,
             ..o
         }
     }
@@ -1160,6 +1183,7 @@ impl SshTarget {
                 &line,
                 &self.env(ctx, host),
                 timeout + Duration::from_secs(10),
+                self.keep(),
             )
             .await
         {
@@ -1224,13 +1248,14 @@ impl SshTarget {
         // directory exists after its first step; most steps write nothing to stderr):
         // each process start on the host is paid per step per host.
         let secs = t.as_secs().max(1);
+        let keep = self.keep();
         let script = format!(
             "[ -d {dir} ] || mkdir -p {dir} || exit 1\n\
              setsid -w timeout -k 5 {secs} flock -o {marker}.lock sh -c {} slipway-step {marker} {} {} {dir}/{EXCLUDED_MARKER} {} >{marker}.out 2>{marker}.err </dev/null &\n\
              wait $!\n\
              rc=$?\n\
-             if [ -s {marker}.out ]; then tail -c {OUTPUT_LIMIT} {marker}.out; fi\n\
-             if [ -s {marker}.err ]; then tail -c {OUTPUT_LIMIT} {marker}.err >&2; fi\n\
+             if [ -s {marker}.out ]; then tail -c {keep} {marker}.out; fi\n\
+             if [ -s {marker}.err ]; then tail -c {keep} {marker}.err >&2; fi\n\
              rm -f {marker}.out {marker}.err\n\
              exit $rc",
             sh_quote(WRAPPER),
@@ -1241,7 +1266,12 @@ impl SshTarget {
         let line = Self::in_workdir(host, &script);
         // The host enforces `t`; this bound only covers a host that stops answering.
         let ran = s
-            .run(&line, &self.env(ctx, host), t + Duration::from_secs(15))
+            .run(
+                &line,
+                &self.env(ctx, host),
+                t + Duration::from_secs(15),
+                self.keep(),
+            )
             .await;
         let ran = match ran {
             Ok((o, false)) => Ok(self.redact(o)),
@@ -1297,13 +1327,14 @@ impl SshTarget {
         let marker = Self::marker(host, ctx);
         let secs = t.as_secs().max(1);
         let no_marker = sh_quote(NO_MARKER_SENTINEL);
+        let keep = self.keep();
         let script = format!(
             "[ -d {dir} ] || {{ echo {no_marker} >&2; exit 0; }}\n\
              setsid -w timeout -k 5 {secs} flock -o {marker}.lock sh -c {} slipway-undo {marker} {} {no_marker} >{marker}.undo.out 2>{marker}.undo.err </dev/null &\n\
              wait $!\n\
              rc=$?\n\
-             if [ -s {marker}.undo.out ]; then tail -c {OUTPUT_LIMIT} {marker}.undo.out; fi\n\
-             if [ -s {marker}.undo.err ]; then tail -c {OUTPUT_LIMIT} {marker}.undo.err >&2; fi\n\
+             if [ -s {marker}.undo.out ]; then tail -c {keep} {marker}.undo.out; fi\n\
+             if [ -s {marker}.undo.err ]; then tail -c {keep} {marker}.undo.err >&2; fi\n\
              rm -f {marker}.undo.out {marker}.undo.err\n\
              exit $rc",
             sh_quote(UNDO_WRAPPER),
@@ -1312,7 +1343,12 @@ impl SshTarget {
         let line = Self::in_workdir(host, &script);
         // The host enforces `t`; this bound only covers a host that stops answering.
         let o = match s
-            .run(&line, &self.env(ctx, host), t + Duration::from_secs(15))
+            .run(
+                &line,
+                &self.env(ctx, host),
+                t + Duration::from_secs(15),
+                self.keep(),
+            )
             .await
         {
             Ok((o, false)) => self.redact(o),

@@ -131,6 +131,7 @@ async fn runs_a_command_with_env_and_captures_output_and_status() {
             "echo \"$GREETING\"; echo oops >&2; exit 3",
             &[("GREETING".into(), "it's a 'quoted' $value".into())],
             Duration::from_secs(20),
+            OUTPUT_LIMIT,
         )
         .await
         .unwrap();
@@ -146,6 +147,7 @@ async fn runs_a_command_with_env_and_captures_output_and_status() {
             "head -c 100000 /dev/zero | tr '\\0' a; echo END",
             &[],
             Duration::from_secs(20),
+            OUTPUT_LIMIT,
         )
         .await
         .unwrap();
@@ -164,6 +166,7 @@ async fn runs_a_command_with_env_and_captures_output_and_status() {
             "echo started; exec sleep 8",
             &[],
             Duration::from_millis(1500),
+            OUTPUT_LIMIT,
         )
         .await
         .unwrap();

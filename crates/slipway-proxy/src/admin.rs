@@ -17,7 +17,6 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{CONTENT_TYPE, HeaderValue};
-use hyper::server::conn::http1;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
@@ -43,15 +42,19 @@ pub(crate) async fn serve(
     listener: TcpListener,
     shared: Arc<Shared>,
     token: Option<Arc<str>>,
+    limits: crate::ListenLimits,
     mut stop: watch::Receiver<bool>,
 ) {
+    let clients = slipway_stdx::net::ClientLimiter::new(limits.max_per_client);
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let Ok((stream, _peer)) = accepted else {
+                let Ok((stream, peer)) = accepted else {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                     continue;
                 };
+                // Over its cap, the client's new connection is closed at once (dropped).
+                let Some(slot) = clients.admit(peer.ip()) else { continue };
                 let shared = Arc::clone(&shared);
                 let token = token.clone();
                 let svc = hyper::service::service_fn(move |req| {
@@ -59,9 +62,10 @@ pub(crate) async fn serve(
                     let token = token.clone();
                     async move { Ok::<_, Infallible>(respond(&shared, token.as_deref(), req).await) }
                 });
-                let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
+                let conn = limits.http1().serve_connection(TokioIo::new(stream), svc);
                 tokio::spawn(async move {
                     let _ = conn.await;
+                    drop(slot);
                 });
             }
             () = crate::stopped(&mut stop) => break,

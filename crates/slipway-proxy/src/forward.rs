@@ -25,7 +25,12 @@ use crate::routing::{Backend, Router, Version};
 use crate::timer::UpstreamTimer;
 use crate::upstream::{self, UpstreamConfig};
 
-/// Testers force a version with this request header: `canary` or `stable`.
+/// Testers force a version with this request header: `canary` or `stable`. Honoured only
+/// from the sources the proxy trusts ([`crate::ProxyConfig::route_override_from`]; from
+/// anyone else it is removed and the request routed by weight), and a forced request is
+/// never counted in the numbers canary analysis judges: otherwise any client could
+/// choose which version serves it, or dilute a failing canary's error rate with its own
+/// healthy requests.
 pub const ROUTE_HEADER: &str = "x-slipway-route";
 /// Every proxied response says which version answered it.
 pub const VERSION_HEADER: &str = "x-slipway-version";
@@ -40,6 +45,22 @@ pub(crate) struct Shared {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) upstream: UpstreamConfig,
     pub(crate) upstream_timeout: Option<Duration>,
+    /// Sources whose [`ROUTE_HEADER`] is honoured.
+    pub(crate) route_override_from: Vec<ipnet::IpNet>,
+}
+
+impl Shared {
+    /// Count a finished request: in the analysed numbers, or — forced by a tester — apart.
+    /// When an analysed one trips the canary guard, the canary gets no further request
+    /// from this instant (weight 0), before the controller has even looked.
+    fn count(&self, version: Version, forced: bool, outcome: Outcome, elapsed: Duration) {
+        if forced {
+            self.metrics.record_forced(version);
+        } else if self.metrics.record(version, outcome, elapsed).is_some() {
+            // The guard tripped on the canary's own traffic: take its weight away.
+            self.router.set_weight(0);
+        }
+    }
 }
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1), plus `expect`: hyper already answered the
@@ -71,14 +92,19 @@ pub(crate) struct ClientConn {
     /// `X-Forwarded-For` value of the peer.
     pub(crate) peer_ip: HeaderValue,
     pub(crate) timer: UpstreamTimer,
+    /// The peer is a source allowed to force a version with [`ROUTE_HEADER`].
+    pub(crate) may_route: bool,
 }
 
 impl ClientConn {
     pub(crate) fn new(shared: Arc<Shared>, peer: SocketAddr) -> Self {
+        let ip = peer.ip().to_canonical();
+        let may_route = shared.route_override_from.iter().any(|n| n.contains(&ip));
         Self {
             shared,
             peer_ip: peer_ip_value(peer),
             timer: UpstreamTimer::default(),
+            may_route,
         }
     }
 }
@@ -90,9 +116,16 @@ pub(crate) async fn handle(
     let shared = &*conn.shared;
     let peer_ip = &conn.peer_ip;
     let started = Instant::now();
-    let version = match route_override(req.headers()) {
-        Ok(Some(version)) => version,
-        Ok(None) => shared.router.choose(),
+    let overridden = if conn.may_route {
+        route_override(req.headers())
+    } else {
+        // Not a trusted source: the header means nothing here, and goes no further.
+        req.headers_mut().remove(ROUTE_HEADER);
+        Ok(None)
+    };
+    let (version, forced) = match overridden {
+        Ok(Some(version)) => (version, true),
+        Ok(None) => (shared.router.choose(), false),
         Err(()) => {
             return Ok(local_response(
                 StatusCode::BAD_REQUEST,
@@ -104,7 +137,7 @@ pub(crate) async fn handle(
     let pools = shared.router.pools();
     let Some(backend) = pools.pool(version).next_backend() else {
         // Counted: a version that should take traffic but has no backend is failing.
-        record(shared, version, Outcome::ProxyError, started.elapsed());
+        shared.count(version, forced, Outcome::ProxyError, started.elapsed());
         return Ok(local_response(
             StatusCode::SERVICE_UNAVAILABLE,
             "no backend for this version\n",
@@ -159,8 +192,12 @@ pub(crate) async fn handle(
     let elapsed = started.elapsed();
     match result {
         Ok((response, sender)) => {
-            let status = Outcome::Status(response.status().as_u16());
-            record(shared, version, status, elapsed);
+            shared.count(
+                version,
+                forced,
+                Outcome::Status(response.status().as_u16()),
+                elapsed,
+            );
             let (mut parts, body) = response.into_parts();
             strip_hop_by_hop(&mut parts.headers);
             parts
@@ -180,7 +217,7 @@ pub(crate) async fn handle(
             Ok(Response::from_parts(parts, Either::Left(body)))
         }
         Err(status) => {
-            record(shared, version, Outcome::ProxyError, elapsed);
+            shared.count(version, forced, Outcome::ProxyError, elapsed);
             let message = if status == StatusCode::GATEWAY_TIMEOUT {
                 "upstream timed out\n"
             } else {
@@ -192,14 +229,6 @@ pub(crate) async fn handle(
 }
 
 /// `Ok(None)` without the header, `Err` when it names no version.
-/// Count a response; when it trips the canary guard, the canary gets no further request
-/// from this instant (weight 0), before the controller has even looked.
-fn record(shared: &Shared, version: Version, outcome: Outcome, elapsed: Duration) {
-    if shared.metrics.record(version, outcome, elapsed).is_some() {
-        shared.router.set_weight(0);
-    }
-}
-
 fn route_override(headers: &HeaderMap) -> Result<Option<Version>, ()> {
     let Some(value) = headers.get(ROUTE_HEADER) else {
         return Ok(None);

@@ -77,6 +77,29 @@ pub struct ProxyConfig {
     pub idle_timeout: Duration,
     /// Raw latency samples kept per version per window (reservoir-sampled beyond this).
     pub window_sample_limit: usize,
+    /// How long a client connection may take to send a request's head — counted from
+    /// when the proxy starts waiting for one, so an idle keep-alive connection is closed
+    /// after it too. Holds on both listeners.
+    pub header_read_timeout: Duration,
+    /// Connections one client (an IPv4 address or an IPv6 /64) may hold open on each
+    /// listener; more are closed as soon as they are accepted
+    /// ([`slipway_stdx::net::ClientLimiter`]).
+    pub max_connections_per_client: usize,
+    /// Sources whose [`ROUTE_HEADER`] is honoured (default: loopback only). From anyone
+    /// else the header is removed and the request routed by weight; forced requests are
+    /// never part of canary analysis, whoever sends them.
+    pub route_override_from: Vec<ipnet::IpNet>,
+}
+
+/// Loopback, v4 and v6: the default sources allowed to force a version.
+pub fn loopback_nets() -> Vec<ipnet::IpNet> {
+    vec![
+        ipnet::IpNet::V4(ipnet::Ipv4Net::new_assert(std::net::Ipv4Addr::LOCALHOST, 8)),
+        ipnet::IpNet::V6(ipnet::Ipv6Net::new_assert(
+            std::net::Ipv6Addr::LOCALHOST,
+            128,
+        )),
+    ]
 }
 
 impl Default for ProxyConfig {
@@ -92,6 +115,9 @@ impl Default for ProxyConfig {
             max_idle_per_backend: 1024,
             idle_timeout: Duration::from_secs(60),
             window_sample_limit: 10_000,
+            header_read_timeout: Duration::from_secs(10),
+            max_connections_per_client: 256,
+            route_override_from: loopback_nets(),
         }
     }
 }
@@ -146,12 +172,18 @@ impl Proxy {
                 idle_timeout: config.idle_timeout,
             },
             upstream_timeout: config.upstream_timeout,
+            route_override_from: config.route_override_from,
         });
+        let limits = ListenLimits {
+            header_read_timeout: config.header_read_timeout,
+            max_per_client: config.max_connections_per_client,
+        };
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = vec![
             tokio::spawn(serve_traffic(
                 listener,
                 Arc::clone(&shared),
+                limits,
                 stop_rx.clone(),
             )),
             tokio::spawn(reap_idle(
@@ -165,6 +197,7 @@ impl Proxy {
                 admin,
                 Arc::clone(&shared),
                 config.admin_token.map(Arc::from),
+                limits,
                 stop_rx,
             )));
             addr
@@ -311,12 +344,31 @@ async fn reap_idle(shared: Arc<Shared>, idle_timeout: Duration, mut stop: watch:
     }
 }
 
+/// What bounds the connections of each listener.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ListenLimits {
+    pub(crate) header_read_timeout: Duration,
+    pub(crate) max_per_client: usize,
+}
+
+impl ListenLimits {
+    /// hyper's HTTP/1 server with the header-read timeout (which needs hyper's timer).
+    pub(crate) fn http1(&self) -> http1::Builder {
+        let mut b = http1::Builder::new();
+        b.timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(self.header_read_timeout);
+        b
+    }
+}
+
 async fn serve_traffic(
     listener: TcpListener,
     shared: Arc<Shared>,
+    limits: ListenLimits,
     mut stop: watch::Receiver<bool>,
 ) {
     let graceful = GracefulShutdown::new();
+    let clients = slipway_stdx::net::ClientLimiter::new(limits.max_per_client);
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -326,19 +378,23 @@ async fn serve_traffic(
                     tokio::time::sleep(Duration::from_millis(5)).await;
                     continue;
                 };
+                // Over its cap, the client's new connection is closed at once (dropped).
+                let Some(slot) = clients.admit(peer.ip()) else { continue };
                 let _ = stream.set_nodelay(true);
                 let client = Arc::new(forward::ClientConn::new(Arc::clone(&shared), peer));
                 let svc = hyper::service::service_fn(move |req| {
                     let client = Arc::clone(&client);
                     async move { forward::handle(&client, req).await }
                 });
-                let conn = http1::Builder::new()
+                let conn = limits
+                    .http1()
                     .keep_alive(true)
                     .serve_connection(TokioIo::new(stream), svc);
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
                     // Client resets and aborted bodies end connections; nothing to report.
                     let _ = conn.await;
+                    drop(slot);
                 });
             }
             () = stopped(&mut stop) => break,

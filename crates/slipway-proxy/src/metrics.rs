@@ -241,6 +241,9 @@ impl VersionState {
 pub(crate) struct VersionMetrics {
     state: Mutex<VersionState>,
     in_flight: AtomicU64,
+    /// Requests a tester forced to this version with the route header: counted apart,
+    /// never in the numbers canary analysis judges (see [`crate::forward`]).
+    forced: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -255,6 +258,7 @@ impl Metrics {
         let version = || VersionMetrics {
             state: Mutex::new(VersionState::new()),
             in_flight: AtomicU64::new(0),
+            forced: AtomicU64::new(0),
         };
         Self {
             versions: [version(), version()],
@@ -332,6 +336,16 @@ impl Metrics {
             metrics: std::sync::Arc::clone(self),
             version,
         }
+    }
+
+    /// Count a request forced to `version` by the route header (not in any window).
+    pub(crate) fn record_forced(&self, version: Version) {
+        self.of(version).forced.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Requests forced to `version` by the route header so far.
+    pub(crate) fn forced(&self, version: Version) -> u64 {
+        self.of(version).forced.load(Ordering::Relaxed)
     }
 
     pub(crate) fn in_flight(&self, version: Version) -> u64 {
@@ -414,6 +428,18 @@ impl Metrics {
                 out,
                 "slipway_proxy_requests_total{{version=\"{v}\",class=\"proxy_error\"}} {}",
                 s.proxy_errors
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP slipway_proxy_forced_requests_total Requests a trusted source forced to a version with x-slipway-route (not part of canary analysis).\n\
+             # TYPE slipway_proxy_forced_requests_total counter"
+        );
+        for v in Version::ALL {
+            let _ = writeln!(
+                out,
+                "slipway_proxy_forced_requests_total{{version=\"{v}\"}} {}",
+                self.forced(v)
             );
         }
         let _ = writeln!(

@@ -7,6 +7,13 @@
 //!   without `SLIPWAY_TOKEN`: the operator's API token authenticates slipway itself and
 //!   must never reach a step, an instance, a probe or a tool slipway runs (a step's output
 //!   is journaled, and an instance outlives the command that started it).
+//!
+//! And two habits every server and reader shares: [`fs`] opens only regular files named
+//! by input, without blocking on a FIFO, and bounds whole-file reads; [`net`] caps the
+//! connections one client holds open on a listening port.
+
+pub mod fs;
+pub mod net;
 
 use std::ffi::OsStr;
 

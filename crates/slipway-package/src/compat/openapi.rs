@@ -137,7 +137,8 @@ pub fn load(path: &Path) -> Result<Value> {
             meta.len()
         )));
     }
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io("read", path, e))?;
+    let text = slipway_stdx::fs::read_regular_string(path, crate::MAX_TEXT_INPUT)
+        .map_err(|e| Error::io("read", path, e))?;
     parse(&text).map_err(err)
 }
 

@@ -993,7 +993,8 @@ pub fn classify_dir(dir: &Path, dialect: Dialect) -> Result<MigrationSetReport> 
                 meta.len()
             )));
         }
-        let text = std::fs::read_to_string(&path).map_err(|e| Error::io("read", &path, e))?;
+        let text = slipway_stdx::fs::read_regular_string(&path, crate::MAX_TEXT_INPUT)
+            .map_err(|e| Error::io("read", &path, e))?;
         migrations.push(classify_migration(
             &name,
             version,
