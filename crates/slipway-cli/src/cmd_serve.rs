@@ -23,7 +23,9 @@ Examples:
   curl -H \"Authorization: Bearer $SLIPWAY_TOKEN\" http://127.0.0.1:8080/api/v1/runs
 
 Every /api route and page needs an API token (`slipway access token create --user NAME`);
-the web UI asks for it once at /login. /healthz is open.";
+the web UI asks for it once at /login and keeps a server-side session (logout or revoking
+the token ends it). /healthz is open. Behind a TLS-terminating proxy, give --secure-cookies
+(and raise --max-connections-per-client: every client then comes from the proxy).";
 
 /// `slipway serve`.
 #[derive(Debug, clap::Args)]
@@ -32,6 +34,17 @@ pub struct ServeArgs {
     /// Address to listen on; port 0 picks a free one (printed when ready).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+    /// Browsers reach this server over HTTPS (a TLS-terminating proxy in front): the
+    /// session cookie gets `Secure` and the `__Host-` name.
+    #[arg(long)]
+    pub secure_cookies: bool,
+    /// How long a connection may take to send a request's head (idle keep-alive
+    /// connections are closed after it too).
+    #[arg(long, default_value = "10s", value_parser = slipway_model::duration::parse_duration)]
+    pub header_read_timeout: Duration,
+    /// Connections one client address may hold open; more are closed at once.
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections_per_client: u32,
     #[command(flatten)]
     pub store: StoreArg,
 }
@@ -50,7 +63,14 @@ async fn run(a: ServeArgs, out: &Output) -> Result<i32, CliError> {
     let store = session.store.clone();
     let access = AccessDb::for_store(&store).await.map_err(CliError::from)?;
     let location = store.location();
-    let app = slipway_server::router(session, access, slipway_server::Options::default())
+    let options = slipway_server::Options {
+        secure_cookie: a.secure_cookies,
+        header_read_timeout: a.header_read_timeout,
+        max_connections_per_client: usize::try_from(a.max_connections_per_client)
+            .unwrap_or(usize::MAX),
+        ..slipway_server::Options::default()
+    };
+    let app = slipway_server::router(session, access, options.clone())
         .map_err(|e| CliError::new(exit::INTERNAL, format!("failed to {e}"), None))?;
     let listener = tokio::net::TcpListener::bind(a.listen).await.map_err(|e| {
         CliError::input(
@@ -79,10 +99,10 @@ async fn run(a: ServeArgs, out: &Output) -> Result<i32, CliError> {
     }
 
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+    let server = slipway_server::serve(listener, app, &options, async move {
         let _ = stop_rx.wait_for(|s| *s).await;
     });
-    let mut server = std::pin::pin!(server.into_future());
+    let mut server = std::pin::pin!(server);
     let signal = shutdown_signal().await.map_err(|e| {
         CliError::new(
             exit::INTERNAL,

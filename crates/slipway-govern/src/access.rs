@@ -13,6 +13,18 @@
 //! parameters so they can be raised later without a migration. Rows written by earlier
 //! builds (salt column + hex sha256(salt ‖ secret)) still verify; [`needs_rehash`] tells the
 //! caller to replace them with an argon2id hash on their next successful use.
+//!
+//! A refused token gets one answer, [`REFUSED`], whether its id is unknown, revoked or its
+//! secret wrong, and the same work: an unknown or revoked id is checked against a dummy
+//! argon2id hash, so neither the message nor the time tells an attacker which ids exist.
+//! A long-running server ([`VerifiedTokens`]) also counts failed attempts per token id:
+//! past [`MAX_FAILURES`] in [`FAILURE_WINDOW`] an id is refused at once, without the
+//! argon2id work (about 30 ms each, the cost a flood of wrong secrets imposed on everyone
+//! else), until the window has passed; a token already verified keeps working.
+//!
+//! Browser sessions ([`start_session`], [`session_subject`], [`WebSessions`]): the sign-in
+//! cookie holds a random session id of its own, never the token; the server keeps its
+//! sha256 in memory.
 
 use argon2::Argon2;
 use argon2::password_hash::phc::PasswordHash;
@@ -87,6 +99,19 @@ pub enum AccessError {
     /// A token that does not verify.
     #[error("authenticate with the token: {0}")]
     Token(String),
+    /// The token id failed too often lately: refused unchecked until `retry_after` passed
+    /// (the same for an id that exists and one that does not).
+    #[error(
+        "authenticate with the token: token {id} was refused {MAX_FAILURES} times within {}s; try again in {}s",
+        FAILURE_WINDOW.as_secs(),
+        retry_after.as_secs() + 1
+    )]
+    TooManyFailures {
+        /// The token's public id.
+        id: String,
+        /// How long it stays refused.
+        retry_after: std::time::Duration,
+    },
 }
 
 /// Check that `user` (with `groups`) holds `role` in `environment`.
@@ -222,17 +247,35 @@ pub fn token_id(token: &str) -> Result<(&str, &str), AccessError> {
         .ok_or_else(|| AccessError::Token("it is not a slipway token (slw_ID_SECRET)".into()))
 }
 
-/// Verify a token against its stored row; the subject it acts as.
+/// Why any token is refused: one text whatever the reason, so a refusal does not tell
+/// whether the id exists.
+pub const REFUSED: &str = "it is unknown, revoked or its secret is wrong";
+
+fn refused(id: &str) -> AccessError {
+    AccessError::Token(format!("token {id} is not valid: {REFUSED}"))
+}
+
+/// An argon2id hash of nothing anyone holds, with the parameters real tokens get: what an
+/// unknown or revoked id is checked against, so it costs the same time as a wrong secret.
+fn dummy_hash() -> Option<&'static str> {
+    static DUMMY: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    DUMMY
+        .get_or_init(|| hash_secret("slipway-dummy-secret-nobody-holds").ok())
+        .as_deref()
+}
+
+/// Verify a token against its stored row; the subject it acts as. Unknown, revoked and
+/// wrong are refused alike ([`REFUSED`]), after the same argon2id work.
 pub fn verify_token(token: &str, row: Option<&TokenRow>) -> Result<String, AccessError> {
     let (id, secret) = token_id(token)?;
-    let row = row
-        .filter(|r| r.id == id)
-        .ok_or_else(|| AccessError::Token(format!("token {id} is unknown")))?;
-    if row.revoked_at.is_some() {
-        return Err(AccessError::Token(format!("token {id} was revoked")));
-    }
+    let Some(row) = row.filter(|r| r.id == id && r.revoked_at.is_none()) else {
+        if let Some(h) = dummy_hash().and_then(|h| PasswordHash::new(h).ok()) {
+            let _ = Argon2::default().verify_password(secret.as_bytes(), &h);
+        }
+        return Err(refused(id));
+    };
     if !secret_matches(row, secret) {
-        return Err(AccessError::Token(format!("token {id} does not match")));
+        return Err(refused(id));
     }
     Ok(row.subject.clone())
 }
@@ -249,7 +292,27 @@ pub fn verify_token(token: &str, row: Option<&TokenRow>) -> Result<String, Acces
 #[derive(Debug, Default)]
 pub struct VerifiedTokens {
     inner: std::sync::Mutex<std::collections::HashMap<[u8; 32], Verified>>,
+    /// Failed attempts per token id in the current window (see the module doc).
+    failures: std::sync::Mutex<std::collections::HashMap<String, Failures>>,
 }
+
+/// Failed attempts of one token id since `since`.
+#[derive(Debug, Clone, Copy)]
+struct Failures {
+    since: std::time::Instant,
+    count: u32,
+}
+
+/// Failed attempts one token id may make per [`FAILURE_WINDOW`] before it is refused
+/// without being checked.
+pub const MAX_FAILURES: u32 = 5;
+
+/// The window [`MAX_FAILURES`] counts in.
+pub const FAILURE_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// How many ids [`VerifiedTokens`] tracks failures of before it drops the oldest windows
+/// (random ids must not grow it without bound).
+const FAILURES_CAP: usize = 65_536;
 
 #[derive(Debug, Clone)]
 struct Verified {
@@ -282,12 +345,48 @@ impl VerifiedTokens {
             map.insert(Self::key(token), v);
         }
     }
+
+    /// How long `id` is still refused unchecked, when it used up its failures.
+    pub fn locked_out(&self, id: &str) -> Option<std::time::Duration> {
+        let map = self.failures.lock().ok()?;
+        let f = map.get(id)?;
+        let left = FAILURE_WINDOW.checked_sub(f.since.elapsed())?;
+        (f.count >= MAX_FAILURES).then_some(left)
+    }
+
+    /// Count a failed attempt of `id`.
+    fn failed(&self, id: &str) {
+        let Ok(mut map) = self.failures.lock() else {
+            return;
+        };
+        let now = std::time::Instant::now();
+        if map.len() >= FAILURES_CAP {
+            map.retain(|_, f| now.duration_since(f.since) < FAILURE_WINDOW);
+            if map.len() >= FAILURES_CAP {
+                map.clear();
+            }
+        }
+        let f = map.entry(id.to_owned()).or_insert(Failures {
+            since: now,
+            count: 0,
+        });
+        if now.duration_since(f.since) >= FAILURE_WINDOW {
+            *f = Failures {
+                since: now,
+                count: 0,
+            };
+        }
+        f.count = f.count.saturating_add(1);
+    }
 }
 
 /// [`authenticate`] for a process that sees the same tokens again and again: the row is
 /// read every time (revocation is immediate), the argon2id check runs only when this
 /// exact token was not yet verified against the row's current hash, and `last_used_at`
-/// is written at most once a minute per token.
+/// is written at most once a minute per token. Failed attempts are counted per token id:
+/// an id past [`MAX_FAILURES`] in [`FAILURE_WINDOW`] is refused with
+/// [`AccessError::TooManyFailures`] without any check, unless this exact token was verified
+/// before (its holder keeps working while someone guesses at its id).
 pub async fn authenticate_cached(
     db: &slipway_store::access::AccessDb,
     token: &str,
@@ -313,7 +412,19 @@ pub async fn authenticate_cached(
         }
         return Ok(row.subject.clone());
     }
-    let subject = authenticate(db, token, now).await?;
+    if let Some(retry_after) = cache.locked_out(id) {
+        return Err(AuthError::Refused(AccessError::TooManyFailures {
+            id: id.to_owned(),
+            retry_after,
+        }));
+    }
+    let subject = match authenticate(db, token, now).await {
+        Err(AuthError::Refused(e)) => {
+            cache.failed(id);
+            return Err(AuthError::Refused(e));
+        }
+        r => r?,
+    };
     // After a rehash the row holds a new hash: cache the one now stored.
     if let Some(row) = db.token(id).await.map_err(AuthError::Store)? {
         cache.put(
@@ -358,4 +469,153 @@ pub async fn authenticate(
     }
     db.touch_token(id, now).await.map_err(AuthError::Store)?;
     Ok(subject)
+}
+
+/// One browser session, as the server keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRow {
+    /// The API token it was signed in with.
+    pub token_id: String,
+    /// `user:NAME`.
+    pub subject: String,
+    /// Signed in.
+    pub created_at: Timestamp,
+    /// No longer honoured from then on.
+    pub expires_at: Timestamp,
+}
+
+/// How many live sessions [`WebSessions`] keeps; past it the oldest is dropped (its
+/// browser signs in again), so sign-ins cannot grow the table without bound.
+const SESSIONS_CAP: usize = 65_536;
+
+/// The browser sessions of one `slipway serve` process, by the sha256 of their id.
+///
+/// Held in memory, not in the store: a session is a short-lived credential derived from a
+/// token, not evidence, and the store's tables are versioned audit records. A restart of
+/// the server therefore signs every browser out (they sign in again with their token),
+/// which errs on the safe side. Logging out removes the session at once; revoking its
+/// token (in any process) ends it on the next request, because [`session_subject`]
+/// re-reads the token on every call.
+#[derive(Debug, Default)]
+pub struct WebSessions {
+    inner: std::sync::Mutex<std::collections::HashMap<String, SessionRow>>,
+}
+
+impl WebSessions {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, SessionRow>> {
+        // A panic while holding the lock leaves a map that is still consistent (every
+        // operation is one insert or remove): keep using it.
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Keep `row` under `id_hash`, forgetting sessions expired by `row.created_at`.
+    fn add(&self, id_hash: String, row: SessionRow) {
+        let mut map = self.lock();
+        map.retain(|_, r| r.expires_at > row.created_at);
+        if map.len() >= SESSIONS_CAP
+            && let Some(oldest) = map
+                .iter()
+                .min_by_key(|(_, r)| r.created_at)
+                .map(|(k, _)| k.clone())
+        {
+            map.remove(&oldest);
+        }
+        map.insert(id_hash, row);
+    }
+
+    /// The session whose id is `id`, if it was started and not ended.
+    fn get(&self, id: &str) -> Option<SessionRow> {
+        self.lock().get(&session_hash(id)).cloned()
+    }
+
+    /// End the session whose id is `id` (logout); false when unknown or already ended.
+    pub fn end(&self, id: &str) -> bool {
+        self.lock().remove(&session_hash(id)).is_some()
+    }
+
+    /// End every session signed in with the token `token_id`; how many.
+    pub fn end_of_token(&self, token_id: &str) -> usize {
+        let mut map = self.lock();
+        let before = map.len();
+        map.retain(|_, r| r.token_id != token_id);
+        before - map.len()
+    }
+}
+
+/// A browser session just started: the id for the cookie (shown once, kept only as its
+/// sha256) and what the server keeps.
+#[derive(Debug, Clone)]
+pub struct NewSession {
+    /// 64 hex characters of randomness: the cookie's value.
+    pub id: String,
+    /// What [`WebSessions`] keeps.
+    pub row: SessionRow,
+}
+
+/// The sha256 a session id is kept under (a dump of the server's memory holds no usable
+/// cookie).
+pub fn session_hash(id: &str) -> String {
+    hex::encode(Sha256::digest(id.as_bytes()))
+}
+
+/// Sign a browser in: verify `token` (as [`authenticate_cached`], failures counted) and
+/// keep a session for its subject that lasts `ttl` unless ended earlier.
+pub async fn start_session(
+    db: &slipway_store::access::AccessDb,
+    sessions: &WebSessions,
+    token: &str,
+    now: Timestamp,
+    ttl: std::time::Duration,
+    cache: &VerifiedTokens,
+) -> Result<NewSession, AuthError> {
+    let subject = authenticate_cached(db, token, now, cache).await?;
+    let (token_id, _) = token_id(token).map_err(AuthError::Refused)?;
+    let id = random_hex(32).map_err(AuthError::Refused)?;
+    let ttl = jiff::SignedDuration::try_from(ttl).unwrap_or(jiff::SignedDuration::from_hours(12));
+    let row = SessionRow {
+        token_id: token_id.to_owned(),
+        subject,
+        created_at: now,
+        expires_at: now.checked_add(ttl).unwrap_or(now),
+    };
+    sessions.add(session_hash(&id), row.clone());
+    Ok(NewSession { id, row })
+}
+
+/// Who a session cookie stands for: its subject and token id, while the session is not
+/// ended or expired and the token it was signed in with is live (the token is read on
+/// every call, so revoking it acts at once, from any process).
+pub async fn session_subject(
+    db: &slipway_store::access::AccessDb,
+    sessions: &WebSessions,
+    id: &str,
+    now: Timestamp,
+) -> Result<(String, String), AuthError> {
+    let gone = || {
+        AuthError::Refused(AccessError::Token(
+            "the session ended, expired or is unknown; sign in again".into(),
+        ))
+    };
+    let row = sessions.get(id).ok_or_else(gone)?;
+    if row.expires_at <= now {
+        sessions.end(id);
+        return Err(gone());
+    }
+    let live = db
+        .token(&row.token_id)
+        .await
+        .map_err(AuthError::Store)?
+        .is_some_and(|t| t.revoked_at.is_none() && t.subject == row.subject);
+    if !live {
+        sessions.end_of_token(&row.token_id);
+        return Err(AuthError::Refused(AccessError::Token(format!(
+            "the session's token {} was revoked; sign in again with a live token",
+            row.token_id
+        ))));
+    }
+    Ok((row.subject, row.token_id))
 }

@@ -18,6 +18,7 @@ mod test_bodies;
 mod test_failures;
 mod test_guard;
 mod test_keepalive;
+mod test_limits;
 mod test_metrics;
 mod test_routing;
 

@@ -71,6 +71,29 @@ where
     Conn { sender, addr }
 }
 
+/// [`connect`] from a chosen local address (another loopback address is another client).
+pub async fn connect_from<B>(local: &str, addr: SocketAddr) -> Conn<B>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let stream = socket_from(local, addr).await.unwrap();
+    stream.set_nodelay(true).unwrap();
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    Conn { sender, addr }
+}
+
+/// A TCP connection to `addr` from the loopback address `local` (any port).
+pub async fn socket_from(local: &str, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(local.parse().unwrap(), 0))?;
+    socket.connect(addr).await
+}
+
 impl<B> Conn<B>
 where
     B: hyper::body::Body + Send + 'static,

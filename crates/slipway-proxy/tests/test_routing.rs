@@ -6,9 +6,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use http_body_util::Empty;
-use slipway_proxy::{Pools, ROUTE_HEADER, Version};
+use slipway_proxy::{Pools, Proxy, ProxyConfig, ROUTE_HEADER, Version};
 
-use crate::support::{self, Conn, backend, connect, eventually, get, proxy, served_by};
+use crate::support::{
+    self, Conn, backend, backend_with, connect, connect_from, eventually, get, proxy, served_by,
+};
 
 async fn count_versions(conn: &mut Conn<Empty<Bytes>>, n: usize) -> HashMap<String, usize> {
     let mut seen = HashMap::new();
@@ -74,8 +76,73 @@ async fn header_overrides_the_weight() {
         400,
         "a typo in the header must not route silently"
     );
+    // Forced requests are a tester's, not traffic: none is in the analysed numbers, each
+    // is counted apart.
     let snap = proxy.snapshot();
-    assert_eq!((snap.canary.requests, snap.stable.requests), (5, 1));
+    assert_eq!((snap.canary.requests, snap.stable.requests), (0, 0));
+    let window = proxy.take_window();
+    assert_eq!(
+        window.canary.stats.requests + window.stable.stats.requests,
+        0
+    );
+    let text = proxy.render_prometheus();
+    assert!(
+        text.contains("slipway_proxy_forced_requests_total{version=\"canary\"} 5"),
+        "{text}"
+    );
+    assert!(text.contains("slipway_proxy_forced_requests_total{version=\"stable\"} 1"));
+}
+
+/// A client the proxy does not trust cannot pick a version: its header is removed and the
+/// request goes by weight (and counts like any other); a trusted source's forced requests
+/// never reach the analysed numbers. The attack: healthy requests forced to a
+/// 50 %-failing canary diluted its error rate to 0.8 %.
+#[tokio::test]
+async fn the_route_header_counts_only_from_trusted_sources_and_never_in_analysis() {
+    let stable = backend("1.0.0").await;
+    let canary = backend_with(demo_app::Config {
+        version: "2.0.0".into(),
+        error_rate: 0.5,
+        ..demo_app::Config::default()
+    })
+    .await;
+    let proxy = Proxy::start(ProxyConfig {
+        pools: Pools {
+            stable: vec![stable.local_addr()],
+            canary: vec![canary.local_addr()],
+        },
+        canary_weight: 0,
+        // Only 127.0.0.1 is trusted; the attacker below connects from 127.0.0.2.
+        route_override_from: vec!["127.0.0.1/32".parse().unwrap()],
+        ..ProxyConfig::default()
+    })
+    .await
+    .unwrap();
+    let mut untrusted = connect_from::<Empty<Bytes>>("127.0.0.2", proxy.local_addr()).await;
+    for _ in 0..20 {
+        let (resp, _) = get(&mut untrusted, "/", &[(ROUTE_HEADER, "canary")]).await;
+        assert_eq!(
+            served_by(&resp),
+            "1.0.0",
+            "weight 0: the header was ignored"
+        );
+    }
+    let snap = proxy.snapshot();
+    assert_eq!((snap.stable.requests, snap.canary.requests), (20, 0));
+
+    // A trusted tester may force the canary; none of it is judged.
+    proxy.set_weight(100).unwrap();
+    let mut trusted = connect::<Empty<Bytes>>(proxy.local_addr()).await;
+    for _ in 0..4 {
+        get(&mut trusted, "/", &[]).await;
+    }
+    for _ in 0..50 {
+        let (resp, _) = get(&mut trusted, "/", &[(ROUTE_HEADER, "stable")]).await;
+        assert_eq!(served_by(&resp), "1.0.0");
+    }
+    let snap = proxy.snapshot();
+    assert_eq!(snap.canary.requests, 4, "only weighted requests are judged");
+    assert_eq!(snap.stable.requests, 20);
 }
 
 /// Eight clients hammer the proxy while the weight swings; every request must succeed,

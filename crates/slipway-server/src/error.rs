@@ -16,6 +16,8 @@ pub struct ApiError {
     pub error: String,
     /// What to do about it.
     pub fix: String,
+    /// Seconds a client should wait before trying again (429), sent as `Retry-After`.
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -25,6 +27,19 @@ impl ApiError {
             status,
             error: error.into(),
             fix: fix.into(),
+            retry_after: None,
+        }
+    }
+
+    /// 429: this token id failed too often lately (see `slipway_govern::access`).
+    pub fn too_many_failures(error: impl Into<String>, retry_after: std::time::Duration) -> Self {
+        Self {
+            retry_after: Some(retry_after.as_secs() + 1),
+            ..Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                error,
+                "wait, then send a live token; an admin creates one with `slipway access token create --user NAME`",
+            )
         }
     }
 
@@ -113,6 +128,10 @@ impl IntoResponse for ApiError {
                 axum::http::header::WWW_AUTHENTICATE,
                 axum::http::HeaderValue::from_static("Bearer"),
             );
+        }
+        if let Some(secs) = self.retry_after {
+            r.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
         }
         r
     }

@@ -12,10 +12,18 @@
 //!
 //! Authentication: every `/api/…` route and every page except `/login` and `/healthz`
 //! needs an API token (`slipway access token create`), given as `Authorization: Bearer
-//! slw_…` or, for the browser, in the `slipway_token` cookie (HttpOnly, SameSite=Strict)
-//! that `POST /login` sets. Every request re-verifies the token, so a revoked token stops
-//! working at once. Once access control is on (a grant exists) reading a run also needs the
-//! `viewer` role in its environment (403 otherwise), and listings show only such runs.
+//! slw_…`, or, for the browser, a session that `POST /login` starts from a token: the
+//! `slipway_session` cookie (HttpOnly, SameSite=Strict; `__Host-` and `Secure` over TLS)
+//! holds a random session id the store keeps the hash of, never the token. Every request
+//! re-verifies the token or session, so a revoked token, a logout or an expired session
+//! stops working at once. Once access control is on (a grant exists) reading a run also
+//! needs the `viewer` role in its environment (403 otherwise), and listings show only such
+//! runs.
+//!
+//! Connections ([`serve`]): each waits at most `header_read_timeout` for a request head
+//! (idle keep-alive included), and one client holds at most `max_connections_per_client`
+//! open, so idle or trickling sockets cannot take every descriptor from `/healthz` and
+//! everyone else.
 
 mod api;
 mod auth;
@@ -43,9 +51,18 @@ pub struct Options {
     /// How often an open SSE stream checks its token again, so a revoked token stops a
     /// stream that outlives it.
     pub reauth_interval: Duration,
-    /// Whether the session cookie gets the `Secure` attribute (only when served over TLS,
-    /// or a browser would never send it back over plain HTTP).
+    /// Whether the session cookie gets the `Secure` attribute and the `__Host-` name
+    /// (only when served over TLS, or a browser would never send it back over plain HTTP).
     pub secure_cookie: bool,
+    /// How long a browser session lasts after sign-in (unless logged out before).
+    pub session_ttl: Duration,
+    /// How long a connection may take to send a request head; an idle keep-alive
+    /// connection is closed after it too.
+    pub header_read_timeout: Duration,
+    /// Connections one client (an IPv4 address, an IPv6 /64) may hold open; more are
+    /// closed as soon as they are accepted. Behind a reverse proxy every client is the
+    /// proxy: raise it there.
+    pub max_connections_per_client: usize,
 }
 
 impl Default for Options {
@@ -54,6 +71,9 @@ impl Default for Options {
             poll_interval: Duration::from_millis(250),
             reauth_interval: Duration::from_secs(30),
             secure_cookie: false,
+            session_ttl: Duration::from_secs(12 * 3600),
+            header_read_timeout: Duration::from_secs(10),
+            max_connections_per_client: 128,
         }
     }
 }
@@ -68,6 +88,8 @@ pub(crate) struct AppState {
     pub access: AccessDb,
     /// Tokens already verified (argon2id once per token, not per request).
     pub verified: Arc<slipway_govern::access::VerifiedTokens>,
+    /// Browser sessions (the cookie's id, kept in memory).
+    pub sessions: Arc<slipway_govern::access::WebSessions>,
     pub options: Arc<Options>,
     pub templates: Arc<minijinja::Environment<'static>>,
 }
@@ -85,6 +107,7 @@ pub fn router(
         session,
         access,
         verified: Arc::default(),
+        sessions: Arc::default(),
         options: Arc::new(options),
         templates: Arc::new(ui::templates()?),
     };
@@ -122,4 +145,59 @@ pub fn router(
         .route("/healthz", get(api::healthz))
         .route("/assets/{name}", get(ui::asset))
         .with_state(state))
+}
+
+/// Serve `app` on `listener` until `stop` resolves, then stop accepting and wait for open
+/// connections to finish their requests (the caller bounds that wait: an event stream of
+/// a live run never finishes by itself).
+///
+/// hyper's HTTP/1 server with a header-read timeout (an idle keep-alive connection is
+/// closed after it too) and a cap on the connections per client
+/// ([`slipway_stdx::net::ClientLimiter`]): a connection over the cap is closed as soon as
+/// it is accepted. `axum::serve` has neither, so 1,000 idle sockets used to hold every
+/// descriptor and `/healthz` stopped answering.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    options: &Options,
+    stop: impl std::future::Future<Output = ()>,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::server::graceful::GracefulShutdown;
+    use hyper_util::service::TowerToHyperService;
+
+    let clients = slipway_stdx::net::ClientLimiter::new(options.max_connections_per_client);
+    let graceful = GracefulShutdown::new();
+    let mut stop = std::pin::pin!(stop);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(_) => {
+                        // EMFILE and friends are transient; back off instead of spinning.
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        continue;
+                    }
+                };
+                // Over its cap, the client's new connection is closed at once (dropped).
+                let Some(slot) = clients.admit(peer.ip()) else { continue };
+                let service = TowerToHyperService::new(app.clone());
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(options.header_read_timeout)
+                    .serve_connection(TokioIo::new(stream), service);
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    // A client that resets or times out ends its connection; nothing to report.
+                    let _ = conn.await;
+                    drop(slot);
+                });
+            }
+            () = &mut stop => break,
+        }
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
 }

@@ -5,8 +5,10 @@
 //! entry it saw, without duplicates. The stream polls the store (`Options::poll_interval`)
 //! — it works the same whichever process drives the run, on SQLite or PostgreSQL — and
 //! ends with one `end` event carrying the final state once the run is terminal and every
-//! entry was sent. The token is checked again every `Options::reauth_interval`: a stream
-//! whose token was revoked ends with an `end` event naming why.
+//! entry was sent. Every `Options::reauth_interval` the stream checks again both who it
+//! serves and what they may see: the token or session (revoked, logged out, expired) and
+//! the `viewer` role in the run's environment (a grant revoked meanwhile). A stream that
+//! fails either ends with an `end` event naming why.
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
@@ -21,13 +23,16 @@ use serde_json::json;
 use slipway_engine::event::Notice;
 
 use crate::api::{load_run, param};
-use crate::auth::Caller;
+use crate::auth::{Caller, require_view, verify_credential};
 use crate::{ApiError, AppState};
 
 struct Follow {
     state: AppState,
-    /// The token the stream was opened with, checked again every `reauth_interval`.
-    token: String,
+    /// Who opened the stream; their credential and role are checked again every
+    /// `reauth_interval`.
+    caller: Caller,
+    /// The run's environment (what the role is checked in).
+    environment: String,
     verified_at: Instant,
     run: String,
     after: i64,
@@ -56,12 +61,11 @@ pub(crate) async fn events(
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let after = resume_from(&headers, &q)?;
-    load_run(&state, &caller, &id).await?;
-    // The middleware accepted this request, so it carries a token.
-    let token = crate::auth::presented(&headers).unwrap_or_default();
+    let run = load_run(&state, &caller, &id).await?;
     let follow = Follow {
         state,
-        token,
+        caller,
+        environment: run.environment,
         verified_at: Instant::now(),
         run: id,
         after,
@@ -92,7 +96,7 @@ async fn next_event(f: &mut Follow) -> Option<Event> {
             return None;
         }
         if f.verified_at.elapsed() >= f.state.options.reauth_interval {
-            if let Err(e) = crate::auth::verify(&f.state, &f.token).await {
+            if let Err(e) = still_allowed(f).await {
                 return Some(finish(f, json!({"error": e.error, "fix": e.fix})));
             }
             f.verified_at = Instant::now();
@@ -123,6 +127,13 @@ async fn next_event(f: &mut Follow) -> Option<Event> {
             }
         }
     }
+}
+
+/// The stream's credential still verifies and its caller still holds `viewer` in the run's
+/// environment.
+async fn still_allowed(f: &Follow) -> Result<(), ApiError> {
+    let caller = verify_credential(&f.state, &f.caller.credential).await?;
+    require_view(&f.state, &caller, &f.environment).await
 }
 
 fn finish(f: &mut Follow, data: serde_json::Value) -> Event {

@@ -1,7 +1,9 @@
 //! The web UI: server-rendered pages (minijinja, HTML auto-escaping on, undefined values
-//! an error), a login form that sets the session cookie, and two small scripts served as
-//! files so the Content-Security-Policy can forbid inline script: whatever a spec puts in
-//! a name is text, never code, twice over.
+//! an error), a login form that starts a server-side session (the cookie holds its id,
+//! never the token), and the page's script served as a file so the
+//! Content-Security-Policy can forbid inline script: whatever a spec puts in a name is
+//! text, never code, twice over. The login page has no script: a token is typed (or
+//! pasted) into the form, never taken from the URL, so no link can sign a browser in.
 
 use std::collections::HashMap;
 
@@ -13,7 +15,7 @@ use minijinja::{Environment, UndefinedBehavior, context};
 use serde::Deserialize;
 
 use crate::api::{load_run, run_summary, visible_runs};
-use crate::auth::{COOKIE, Caller, verify};
+use crate::auth::{Caller, cookie, cookie_name};
 use crate::{ApiError, AppState};
 
 /// Scripts only from this origin, no inline script, no framing.
@@ -258,11 +260,20 @@ pub(crate) async fn plan_page(
     }
 }
 
-/// Where to go after signing in: a path of this site only (no `//host`, no scheme), so
-/// the form cannot be made an open redirect.
-fn safe_next(next: Option<&str>) -> String {
+/// Where to go after signing in: a path of this site only, so the form cannot be made an
+/// open redirect. Strict: printable ASCII without spaces or backslashes, starting with one
+/// `/` — browsers drop tabs and newlines from a URL before resolving it (`/<TAB>/host` is
+/// `//host`, another site) and read `\` as `/`; anything else is `/`. Every accepted
+/// value is a valid `Location` header.
+pub(crate) fn safe_next(next: Option<&str>) -> String {
     match next {
-        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n.to_owned(),
+        Some(n)
+            if n.starts_with('/')
+                && !n.starts_with("//")
+                && n.bytes().all(|b| b.is_ascii_graphic() && b != b'\\') =>
+        {
+            n.to_owned()
+        }
         _ => "/".to_owned(),
     }
 }
@@ -326,7 +337,29 @@ fn cross_site_refused(state: &AppState) -> Response {
     )
 }
 
-/// `POST /login`: verify the token, keep it in the session cookie, go to `next`.
+/// `Set-Cookie` for a session id (or, empty with `Max-Age=0`, its removal): HttpOnly,
+/// SameSite=Strict, the whole site; over TLS `Secure` under the `__Host-` name.
+fn session_cookie(state: &AppState, value: &str, clear: bool) -> Option<HeaderValue> {
+    let secure = if state.options.secure_cookie {
+        "; Secure"
+    } else {
+        ""
+    };
+    let max_age = if clear {
+        "; Max-Age=0".to_owned()
+    } else {
+        format!("; Max-Age={}", state.options.session_ttl.as_secs())
+    };
+    // A session id is hex: always a valid header value.
+    HeaderValue::from_str(&format!(
+        "{}={value}; HttpOnly; SameSite=Strict; Path=/{secure}{max_age}",
+        cookie_name(state)
+    ))
+    .ok()
+}
+
+/// `POST /login`: verify the token, start a server-side session, set its id in the
+/// cookie, go to `next`.
 pub(crate) async fn login(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -337,33 +370,50 @@ pub(crate) async fn login(
     }
     let next = safe_next(f.next.as_deref());
     let token = f.token.trim();
-    match verify(&state, token).await {
-        Ok(_) => {
-            let secure = if state.options.secure_cookie {
-                "; Secure"
-            } else {
-                ""
-            };
-            let cookie = format!("{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/{secure}");
-            // A verified token is `slw_<hex>_<hex>`, always a valid header value; anything
-            // else is refused rather than echoed.
-            let Ok(cookie) = HeaderValue::from_str(&cookie) else {
+    let started = slipway_govern::access::start_session(
+        &state.access,
+        &state.sessions,
+        token,
+        slipway_stdx::now(),
+        state.options.session_ttl,
+        &state.verified,
+    )
+    .await
+    .map_err(crate::auth::auth_error);
+    match started {
+        Ok(session) => {
+            let Some(cookie) = session_cookie(&state, &session.id, false) else {
                 return error_page(
                     &state,
-                    ApiError::unauthenticated("the token has characters a cookie cannot hold"),
+                    ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "the session id is not a valid cookie",
+                        "this is a bug in slipway-server",
+                    ),
                 );
             };
             let mut r = Redirect::to(&next).into_response();
             r.headers_mut().insert(header::SET_COOKIE, cookie);
             r
         }
-        Err(e) if e.status == StatusCode::UNAUTHORIZED => {
+        Err(e)
+            if matches!(
+                e.status,
+                StatusCode::UNAUTHORIZED | StatusCode::TOO_MANY_REQUESTS
+            ) =>
+        {
             match render(
                 &state,
                 "login.html",
-                context! { user => None::<String>, next => next, error => e.error },
+                context! { user => None::<String>, next => next, error => &e.error },
             ) {
-                Ok(b) => page(StatusCode::UNAUTHORIZED, b),
+                Ok(b) => {
+                    let mut r = page(e.status, b);
+                    if let Some(secs) = e.retry_after {
+                        r.headers_mut().insert(header::RETRY_AFTER, secs.into());
+                    }
+                    r
+                }
                 Err(e) => e.into_response(),
             }
         }
@@ -371,16 +421,19 @@ pub(crate) async fn login(
     }
 }
 
-/// `POST /logout`: forget the cookie (not from another site: see [`cross_site`]).
+/// `POST /logout`: end the session on the server — its cookie, wherever copied, stops
+/// working — and clear the cookie (not from another site: see [`cross_site`]).
 pub(crate) async fn logout(State(state): State<AppState>, headers: HeaderMap) -> Response {
     if cross_site(&headers) {
         return cross_site_refused(&state);
     }
+    if let Some(id) = cookie(&headers, cookie_name(&state)) {
+        state.sessions.end(&id);
+    }
     let mut r = Redirect::to("/login").into_response();
-    r.headers_mut().insert(
-        header::SET_COOKIE,
-        HeaderValue::from_static("slipway_token=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0"),
-    );
+    if let Some(c) = session_cookie(&state, "", true) {
+        r.headers_mut().insert(header::SET_COOKIE, c);
+    }
     r
 }
 
@@ -388,13 +441,12 @@ pub(crate) async fn logout(State(state): State<AppState>, headers: HeaderMap) ->
 pub(crate) async fn asset(Path(name): Path<String>) -> Response {
     let (body, kind) = match name.as_str() {
         "run.js" => (include_str!("../templates/run.js"), "text/javascript"),
-        "login.js" => (include_str!("../templates/login.js"), "text/javascript"),
         "slipway.css" => (include_str!("../templates/slipway.css"), "text/css"),
         _ => {
             return ApiError::new(
                 StatusCode::NOT_FOUND,
                 format!("no asset `{name}`"),
-                "assets are run.js, login.js and slipway.css",
+                "assets are run.js and slipway.css",
             )
             .into_response();
         }
