@@ -48,5 +48,8 @@ python3 -c 'import croniter' 2>/dev/null || python3 -m pip install -q croniter >
 python3 -c 'import check_jsonschema' 2>/dev/null || python3 -m pip install -q check-jsonschema >/dev/null
 # openapi-diff for the OpenAPI differ's cross-check (oasdiff has no PyPI/npm build).
 [ -f "$(npm root -g)/openapi-diff/package.json" ] || npm install -g -q openapi-diff@0.24.1 >/dev/null
+# playwright-core drives the apt Chromium through the web UI's sign-in form (serve_cli); it
+# never downloads a browser of its own.
+[ -f "$(npm root -g)/playwright-core/package.json" ] || npm install -g -q playwright-core@1.65.2 >/dev/null
 
 cargo test --workspace --all-targets --no-fail-fast "$@"

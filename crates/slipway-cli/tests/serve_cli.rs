@@ -2,7 +2,9 @@
 //! deploy wrote (tokens checked on every request, 401/404/400 as JSON), the audit
 //! verification seeing an edit made with the `sqlite3` CLI, the SSE stream of a run while
 //! it executes (resumed by `Last-Event-ID` without duplicates), graceful shutdown on
-//! SIGTERM, and the web UI in headless Chromium (sign-in, steps, live journal, escaping).
+//! SIGTERM, the web UI in headless Chromium driven through the sign-in form
+//! (playwright-core; steps, live journal, escaping, the session cookie), and the listener
+//! under idle connections (a connection cap per client, a header-read timeout).
 //!
 //! The HTTP client is a few lines over `TcpStream` speaking HTTP/1.0, so every body —
 //! the event stream too — is delimited by the server closing the connection: nothing to
@@ -123,11 +125,29 @@ impl Env {
     }
 
     fn serve(&self) -> Server {
-        let mut child = Command::new(assert_cmd::cargo::cargo_bin("slipway"))
+        self.serve_with(&[], None)
+    }
+
+    /// `slipway serve` with extra arguments, and at most `fds` open descriptors when given
+    /// (as on a host whose limit is low, or whose descriptors are nearly used up).
+    fn serve_with(&self, extra: &[&str], fds: Option<u32>) -> Server {
+        let bin = assert_cmd::cargo::cargo_bin("slipway");
+        let mut c = match fds {
+            Some(n) => {
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
+                    .arg(&bin);
+                c
+            }
+            None => Command::new(&bin),
+        };
+        let mut child = c
             .current_dir(self.dir.path())
             .env_remove("SLIPWAY_TOKEN")
             .env("SLIPWAY_STORE", &self.store)
             .args(["serve", "--listen", "127.0.0.1:0", "--output", "json"])
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -232,6 +252,18 @@ fn post_form(addr: &str, path: &str, body: &str) -> Response {
         headers: head.to_ascii_lowercase(),
         body: body.to_owned(),
     }
+}
+
+/// Sign in through the login form; the session cookie (`name=value`) it sets.
+fn session_cookie(addr: &str, token: &str) -> String {
+    let r = post_form(addr, "/login", &format!("token={token}&next=%2F"));
+    assert_eq!(r.status, 303, "{}", r.body);
+    r.headers
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: "))
+        .and_then(|c| c.split(';').next())
+        .unwrap()
+        .to_owned()
 }
 
 /// One SSE event: its name, id and data.
@@ -659,12 +691,7 @@ fn approving_over_the_api_applies_the_same_rules_as_the_cli() {
         &[("Authorization", &bearer(&bob))],
     );
     assert_eq!(stale.status, 400, "another plan's digest: {}", stale.body);
-    let cookie = post_json(
-        a,
-        &path,
-        "{}",
-        &[("Cookie", &format!("slipway_token={bob}"))],
-    );
+    let cookie = post_json(a, &path, "{}", &[("Cookie", &session_cookie(a, &bob))]);
     assert_eq!(
         cookie.status, 403,
         "a cookie alone never approves: {}",
@@ -857,27 +884,53 @@ fn serve_on_a_taken_address_says_which_and_exits_2() {
     assert!(stderr.contains("--listen"), "{stderr}");
 }
 
-/// Headless Chromium's DOM of `url` after its scripts ran (`--dump-dom`).
-fn chromium_dom(url: &str) -> String {
-    let profile = tempfile::tempdir().unwrap();
-    let o = Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-dev-shm-usage",
-            "--no-first-run",
-            // Scripts and the event stream run to the end of this virtual time budget.
-            "--virtual-time-budget=10000",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg("--dump-dom")
+/// Drives headless Chromium with playwright-core (npm; never a downloaded browser): opens
+/// `url` (the sign-in form), types `token` into it and submits, like a person; waits for
+/// the run page's event stream to end. Prints `{dom, cookies, after_logout}` as JSON.
+const BROWSER_SCRIPT: &str = r#"
+const { chromium } = require('playwright-core');
+(async () => {
+  const [url, token] = process.argv.slice(2);
+  const browser = await chromium.launch({
+    executablePath: '/usr/bin/chromium',
+    args: ['--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage'],
+  });
+  try {
+    const page = await browser.newPage();
+    await page.goto(url);
+    await page.fill('input[name=token]', token);
+    await Promise.all([page.waitForNavigation(), page.click('#login button')]);
+    await page.waitForFunction(() => {
+      const e = document.getElementById('stream-state');
+      return e && e.textContent.startsWith('ended');
+    }, null, { timeout: 30000 });
+    const dom = await page.content();
+    const cookies = await page.context().cookies();
+    await Promise.all([page.waitForNavigation(), page.click('form.logout button')]);
+    const after_logout = page.url();
+    process.stdout.write(JSON.stringify({ dom, cookies, after_logout }));
+  } finally {
+    await browser.close();
+  }
+})().catch((e) => { console.error(e); process.exit(1); });
+"#;
+
+/// What [`BROWSER_SCRIPT`] saw.
+fn browse(url: &str, token: &str) -> Value {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("browse.js");
+    std::fs::write(&script, BROWSER_SCRIPT).unwrap();
+    let root = Command::new("npm").args(["root", "-g"]).output().unwrap();
+    let o = Command::new("node")
+        .env("NODE_PATH", String::from_utf8_lossy(&root.stdout).trim())
+        .env("HOME", dir.path())
+        .arg(&script)
         .arg(url)
+        .arg(token)
         .output()
-        .expect("chromium (apt-get install chromium; scripts/test.sh installs it)");
+        .expect("node and playwright-core (scripts/test.sh installs them)");
     assert!(o.status.success(), "{o:?}");
-    String::from_utf8_lossy(&o.stdout).into_owned()
+    serde_json::from_slice(&o.stdout).unwrap()
 }
 
 #[test]
@@ -888,7 +941,7 @@ fn the_web_ui_signs_in_shows_a_run_streams_its_journal_and_escapes_spec_text() {
     let s = e.serve();
     let a = s.addr.as_str();
 
-    // Without the cookie a page sends the browser to the login form.
+    // Without a session a page sends the browser to the login form.
     let page = get(a, &format!("/runs/{run}"), None);
     assert_eq!(page.status, 303, "{}", page.body);
     assert!(
@@ -896,12 +949,13 @@ fn the_web_ui_signs_in_shows_a_run_streams_its_journal_and_escapes_spec_text() {
             .contains(&format!("location: /login?next=/runs/{run}"))
     );
 
-    // The login form: a wrong token is refused on the form; a good one sets an HttpOnly,
-    // SameSite=Strict cookie and goes to `next`, a path of this site only.
+    // The login form: a wrong token is refused on the form; a good one starts a session
+    // (HttpOnly, SameSite=Strict cookie holding its id, not the token) and goes to
+    // `next`, a path of this site only.
     let refused = post_form(a, "/login", "token=slw_nope_nope&next=%2F");
     assert_eq!(refused.status, 401);
     assert!(
-        refused.body.contains("token nope is unknown"),
+        refused.body.contains("token nope is not valid"),
         "{}",
         refused.body
     );
@@ -922,6 +976,10 @@ fn the_web_ui_signs_in_shows_a_run_streams_its_journal_and_escapes_spec_text() {
         cookie.contains("httponly") && cookie.contains("samesite=strict"),
         "{cookie}"
     );
+    assert!(
+        !cookie.contains("slw_"),
+        "the token is not the cookie: {cookie}"
+    );
     let elsewhere = post_form(
         a,
         "/login",
@@ -934,7 +992,8 @@ fn the_web_ui_signs_in_shows_a_run_streams_its_journal_and_escapes_spec_text() {
     );
 
     // The index lists the run, linked.
-    let (_, _, mut r) = open(a, "/", &[("Cookie", &format!("slipway_token={token}"))]);
+    let session = session_cookie(a, &token);
+    let (_, _, mut r) = open(a, "/", &[("Cookie", &session)]);
     let mut index = String::new();
     r.read_to_string(&mut index).unwrap();
     assert!(
@@ -943,11 +1002,7 @@ fn the_web_ui_signs_in_shows_a_run_streams_its_journal_and_escapes_spec_text() {
     );
 
     // With it: the steps, the hostile step name as text, CSP forbidding inline script.
-    let (status, headers, mut r) = open(
-        a,
-        &format!("/runs/{run}"),
-        &[("Cookie", &format!("slipway_token={token}"))],
-    );
+    let (status, headers, mut r) = open(a, &format!("/runs/{run}"), &[("Cookie", &session)]);
     let mut html = String::new();
     r.read_to_string(&mut html).unwrap();
     assert_eq!(status, 200, "{html}");
@@ -956,10 +1011,11 @@ fn the_web_ui_signs_in_shows_a_run_streams_its_journal_and_escapes_spec_text() {
     assert!(!html.contains("<script>document"), "{html}");
     assert!(html.contains("&lt;script&gt;document.title="), "{html}");
 
-    // A real browser: the token in the URL fragment (never sent to the server) signs in
-    // through the form, the cookie takes it to the run, and the page's script appends
-    // the journal from the event stream until the run's end.
-    let dom = chromium_dom(&format!("http://{a}/login?next=/runs/{run}#token={token}"));
+    // A real browser signs in through the form, as a person does (a token in the URL no
+    // longer signs anyone in); the session takes it to the run, and the page's script
+    // appends the journal from the event stream until the run's end.
+    let seen = browse(&format!("http://{a}/login?next=/runs/{run}"), &token);
+    let dom = seen["dom"].as_str().unwrap();
     let cell = |step: &str| {
         format!(
             "<td class=\"step\">{}</td>",
@@ -984,6 +1040,101 @@ fn the_web_ui_signs_in_shows_a_run_streams_its_journal_and_escapes_spec_text() {
         "{dom}"
     );
     assert!(!dom.contains(&token), "the token stays out of the page");
+    // The browser holds one cookie: the session's id, HttpOnly, Strict — not the token.
+    let cookies = seen["cookies"].as_array().unwrap();
+    assert_eq!(cookies.len(), 1, "{cookies:?}");
+    assert_eq!(cookies[0]["name"], "slipway_session");
+    assert_eq!(cookies[0]["httpOnly"], true);
+    assert_eq!(cookies[0]["sameSite"], "Strict");
+    assert!(!cookies[0]["value"].as_str().unwrap().contains("slw_"));
+    // Signing out ends that session on the server: its cookie, replayed, is refused.
+    assert!(
+        seen["after_logout"].as_str().unwrap().ends_with("/login"),
+        "{seen}"
+    );
+    let replayed = format!("slipway_session={}", cookies[0]["value"].as_str().unwrap());
+    let (status, _, _) = open(a, "/api/v1/runs", &[("Cookie", &replayed)]);
+    assert_eq!(status, 401, "a logged-out session stays out");
+}
+
+/// Whether `GET /healthz` on `addr` is answered 200 within `within`.
+fn healthz_within(addr: &str, within: Duration) -> bool {
+    let Ok(mut s) = TcpStream::connect(addr) else {
+        return false;
+    };
+    s.set_read_timeout(Some(within)).unwrap();
+    if s.write_all(format!("GET /healthz HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .is_err()
+    {
+        return false;
+    }
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).is_ok() && line.contains(" 200 ")
+}
+
+/// The issue's attack on `slipway serve`: one client opens connections and sends nothing.
+/// With the descriptors a process commonly has (here 128, so a few hundred sockets
+/// suffice), an uncapped server fills its table and `/healthz` goes unanswered — shown
+/// first, with the cap set out of reach; with a cap per client the excess is closed on
+/// accept and `/healthz` answers at once. And a connection that sends no request head is
+/// closed after the header-read timeout.
+#[test]
+fn idle_connections_of_one_client_cannot_starve_healthz_and_time_out() {
+    let e = Env::new();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for (cap, answers) in [("100000", false), ("32", true)] {
+        let s = e.serve_with(
+            &[
+                "--max-connections-per-client",
+                cap,
+                "--header-read-timeout",
+                "60s",
+            ],
+            Some(128),
+        );
+        let addr: std::net::SocketAddr = s.addr.parse().unwrap();
+        let held = rt.block_on(async {
+            let mut held = Vec::new();
+            for _ in 0..300 {
+                let socket = tokio::net::TcpSocket::new_v4().unwrap();
+                // Another loopback address is another client.
+                socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+                if let Ok(c) = socket.connect(addr).await {
+                    held.push(c);
+                }
+            }
+            held
+        });
+        assert!(held.len() > 200, "{}", held.len());
+        assert_eq!(
+            healthz_within(&s.addr, Duration::from_secs(3)),
+            answers,
+            "cap {cap}: /healthz answered {}",
+            if answers { "not" } else { "anyway" }
+        );
+        drop(held);
+    }
+
+    let s = e.serve_with(&["--header-read-timeout", "1s"], None);
+    let mut idle = TcpStream::connect(&s.addr).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let closed = match idle.read(&mut buf) {
+        Ok(_) => true,
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    };
+    assert!(
+        closed,
+        "an idle connection was kept past the header-read timeout"
+    );
+    assert!(healthz_within(&s.addr, Duration::from_secs(5)));
 }
 
 /// `POST path` with a body of `content_type` and extra headers.
