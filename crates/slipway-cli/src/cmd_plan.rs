@@ -343,6 +343,10 @@ pub fn render_plan(p: &Plan, out: &Output) -> String {
                 Some(r) => format!("change record {r}"),
                 None => "change record MISSING".to_owned(),
             },
+            GateKind::ChangeApproved { system, record } => match record {
+                Some(r) => format!("change {r} approved in {system}, inside its window"),
+                None => format!("change record MISSING (checked in {system})"),
+            },
             GateKind::Signature { keys } => format!("signed by one of: {}", keys.join(", ")),
             GateKind::Canary => "canary strategy".to_owned(),
             GateKind::Soak { seconds } => format!(

@@ -387,6 +387,9 @@ impl slipway_ops::Reporter for CliReporter {
                     *kept = rows;
                 }
             }
+            OpsEvent::ChangeWrittenBack { detail, .. } if !self.json => {
+                self.line(&format!("change record updated: {detail}"));
+            }
             _ => {}
         }
     }

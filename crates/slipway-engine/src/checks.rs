@@ -51,6 +51,21 @@ pub trait CheckRunner: Send + Sync {
         let _ = (run_id, phase);
         self.run(plan, name, check)
     }
+
+    /// Check the plan's external change record (a `change_approved` gate): it exists, is
+    /// approved and the run is inside its implementation window. The engine asks before
+    /// the first wave. A runner that cannot ask any change system must not pass it, so the
+    /// default refuses.
+    fn change_gate<'a>(
+        &'a self,
+        run_id: &'a str,
+        plan: &'a Plan,
+    ) -> BoxFuture<'a, Result<CheckVerdict, String>> {
+        let _ = (run_id, plan);
+        Box::pin(async {
+            Err("this check runner has no change-management client, so the change record was not verified".to_owned())
+        })
+    }
 }
 
 /// The phase's name as written in specs: `pre`, `smoke`, `post`.

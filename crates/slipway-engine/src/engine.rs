@@ -690,6 +690,14 @@ impl Engine {
             if let Some(out) = self.pass_gates(&mut ctx, opts).await? {
                 return Ok(out);
             }
+            // The external change record, checked again now that the run may go: a change
+            // approved when the deploy started may have been withdrawn, or its window
+            // closed, while the run waited for approvals or a deployment window.
+            if let Some(reason) = self.change_gate(&ctx).await? {
+                self.transition(&mut ctx, RunState::Failed, Some(reason))
+                    .await?;
+                return Ok(DriveOutcome::Finished(RunState::Failed));
+            }
             // Pre checks run once the run may go (windows, freezes, approvals passed), so
             // they see the environment as it is when the first step would start.
             if let Some(reason) = self.run_checks(&ctx, CheckPhase::Pre).await? {
@@ -1319,6 +1327,50 @@ impl Engine {
         });
         self.transition(ctx, RunState::Succeeded, reason).await?;
         Ok(DriveOutcome::Finished(RunState::Succeeded))
+    }
+
+    /// The plan's `change_approved` gate, when it has one: asked through the check
+    /// runner and journaled as the `pre` check `change-record`. `Some(reason)` when it did
+    /// not pass — including when no runner can ask (a gate the plan shows is enforced).
+    async fn change_gate(&self, ctx: &RunCtx) -> Result<Option<String>, EngineError> {
+        let Some(record) = ctx.plan.gates.iter().find_map(|g| match &g.kind {
+            GateKind::ChangeApproved { record, .. } => Some(record.clone()),
+            _ => None,
+        }) else {
+            return Ok(None);
+        };
+        let verdict = match &self.checks {
+            Some(runner) => runner.change_gate(&ctx.run.id, &ctx.plan).await,
+            None => {
+                Err("this engine has no check runner, so the change record was not verified".into())
+            }
+        };
+        let (passed, measured, expected, detail) = match verdict {
+            Ok(v) => (v.passed, v.measured, v.expected, v.detail),
+            Err(e) => (
+                false,
+                format!("{}: not verified", record.as_deref().unwrap_or("no record")),
+                "an approved change, inside its window".to_owned(),
+                e,
+            ),
+        };
+        self.emit(
+            ctx,
+            vec![EngineEvent::CheckRan {
+                phase: CheckPhase::Pre,
+                name: "change-record".into(),
+                passed,
+                measured: measured.clone(),
+                expected: expected.clone(),
+                detail: detail.clone(),
+            }],
+        )
+        .await?;
+        Ok((!passed).then(|| {
+            format!(
+                "change gate: `change-record` measured {measured}, expected {expected} ({detail})"
+            )
+        }))
     }
 
     /// Run the declared checks of one phase, every one of them even after a failure (a

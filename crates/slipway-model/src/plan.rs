@@ -297,6 +297,15 @@ pub enum GateKind {
         /// Check names.
         names: Vec<String>,
     },
+    /// The change record must exist and be approved in the external change-management
+    /// system (`environments.X.change`), inside its implementation window: checked when
+    /// planning, when a deploy starts, and by the engine before the first wave.
+    ChangeApproved {
+        /// `servicenow`, `jira` or `http`.
+        system: String,
+        /// The record (`metadata.change`), if named.
+        record: Option<String>,
+    },
     /// A review after the fact is required (emergency change).
     PostReview,
     /// The spec's checklist (lessons from retrospectives): each item satisfied by its
@@ -340,6 +349,7 @@ impl GateKind {
         match self {
             Self::Approvals { .. } => "approvals",
             Self::ChangeRecord { .. } => "change_record",
+            Self::ChangeApproved { .. } => "change_approved",
             Self::Signature { .. } => "signature",
             Self::Canary => "canary",
             Self::Soak { .. } => "soak",
@@ -1301,6 +1311,26 @@ fn gates(
                 freezes: env.freezes.clone(),
             },
             source: env_src("freezes"),
+        });
+    }
+
+    if let Some(c) = &env.change {
+        if spec.metadata.change.is_none() {
+            findings.push(Finding {
+                severity: "error".into(),
+                code: "change-record-missing".into(),
+                message: format!(
+                    "environments.{env_name}.change checks every deploy's change record in {}; set metadata.change to the approved record's id, e.g. CHG0030001",
+                    c.system.as_str()
+                ),
+            });
+        }
+        gates.push(Gate {
+            kind: GateKind::ChangeApproved {
+                system: c.system.as_str().to_owned(),
+                record: spec.metadata.change.clone(),
+            },
+            source: env_src("change"),
         });
     }
 

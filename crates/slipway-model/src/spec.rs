@@ -515,6 +515,79 @@ pub struct Environment {
     /// proxy (default), or an nginx / HAProxy the team already runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub router: Option<Router>,
+    /// The external change-management system whose record (`metadata.change`) must exist
+    /// and be approved, inside its implementation window, before a deploy here; the
+    /// outcome is written back when the run ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change: Option<ChangeManagement>,
+}
+
+/// Which change-management system an environment asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ChangeSystem {
+    /// ServiceNow's Table API (`change_request`): `approval`, `state`, `start_date`,
+    /// `end_date`; work notes and close code written back.
+    Servicenow,
+    /// A Jira issue: its status (category), optional window fields; a transition written
+    /// back.
+    Jira,
+    /// Any JSON over HTTP: JSON pointers say where approval and window are.
+    Http,
+}
+
+impl ChangeSystem {
+    /// The spelling used in specs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Servicenow => "servicenow",
+            Self::Jira => "jira",
+            Self::Http => "http",
+        }
+    }
+}
+
+/// An environment's change gate: where the record of `metadata.change` is checked and
+/// its outcome written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChangeManagement {
+    /// `servicenow`, `jira` or `http`.
+    pub system: ChangeSystem,
+    /// ServiceNow instance or Jira site base URL (`https://acme.service-now.com`); for
+    /// `http`, the record's URL with `{change}` where the record id goes.
+    pub url: String,
+    /// `secret://env/NAME` holding `user:password` (HTTP basic auth) or `Bearer TOKEN`.
+    /// Only an environment variable: never a literal in the spec, never journaled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<String>,
+    /// `http`: JSON pointer to the approval value, e.g. `/change/approval`; `jira`: not
+    /// used (the status decides).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approved: Option<String>,
+    /// Values meaning approved: `http`, at `approved` (default `approved`, `true`);
+    /// `jira`, status names (default: any status in the `indeterminate` category, i.e.
+    /// in progress — neither new nor done).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approved_values: Vec<String>,
+    /// JSON pointer to the implementation window's start (`http`, `jira`, e.g.
+    /// `/fields/customfield_10031`); RFC 3339 or `YYYY-MM-DD HH:MM:SS` (UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<String>,
+    /// JSON pointer to the window's end, as `start`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end: Option<String>,
+    /// `http`: where the outcome is POSTed when the run ends (`{change}` replaced), as
+    /// JSON `{change, outcome, run, release, version, environment}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome_url: Option<String>,
+    /// `jira`: transition ids to apply when the run ends, by outcome: `succeeded`,
+    /// `rolled_back`, `failed`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub transitions: BTreeMap<String, String>,
+    /// Request timeout, e.g. `5s` (default 10s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
 }
 
 /// The traffic router of an environment. Exactly one of `builtin`, `nginx`, `haproxy`.

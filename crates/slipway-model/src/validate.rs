@@ -923,6 +923,74 @@ fn semver_at(cx: &mut Cx<'_>, ptr: &str, v: &str) {
     }
 }
 
+/// An environment's change gate: a URL, credentials only from an environment variable,
+/// what each system needs (`http` says where approval is), pointers that are pointers,
+/// known outcome names for Jira transitions, a timeout that parses.
+fn change_management(cx: &mut Cx<'_>, ptr: &str, c: &crate::spec::ChangeManagement) {
+    use crate::spec::ChangeSystem;
+    url_at(cx, &format!("{ptr}/url"), &c.url);
+    if let Some(cred) = &c.credentials {
+        let name = cred.strip_prefix("secret://env/").unwrap_or_default();
+        let valid = !name.is_empty()
+            && !name.starts_with(|ch: char| ch.is_ascii_digit())
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !valid {
+            cx.err_value(
+                "change-credentials",
+                &format!("{ptr}/credentials"),
+                "the change system's credentials must come from an environment variable, not the spec",
+                "write `credentials: secret://env/NAME` and export NAME=user:password (or NAME='Bearer TOKEN') where slipway runs",
+            );
+        }
+    }
+    if c.system == ChangeSystem::Http && c.approved.is_none() {
+        cx.err_key(
+            "change-mapping",
+            ptr,
+            "an `http` change system needs `approved:`, the JSON pointer to the record's approval",
+            "add e.g. `approved: /change/approval` (and `approved_values` if approved is not `approved` or `true`)",
+        );
+    }
+    if c.system == ChangeSystem::Http && !c.url.contains("{change}") {
+        cx.err_value(
+            "change-mapping",
+            &format!("{ptr}/url"),
+            "an `http` change system's URL must say where the record id goes",
+            "put `{change}` in it, e.g. `https://changes.example.com/api/changes/{change}`",
+        );
+    }
+    for (field, value) in [
+        ("approved", &c.approved),
+        ("start", &c.start),
+        ("end", &c.end),
+    ] {
+        if let Some(v) = value
+            && !v.starts_with('/')
+        {
+            cx.err_value(
+                "change-mapping",
+                &format!("{ptr}/{field}"),
+                format!("`{v}` is not a JSON pointer"),
+                "write a pointer from the answer's root, e.g. `/result/0/approval`",
+            );
+        }
+    }
+    if let Some(u) = &c.outcome_url {
+        url_at(cx, &format!("{ptr}/outcome_url"), u);
+    }
+    for k in c.transitions.keys() {
+        if !matches!(k.as_str(), "succeeded" | "rolled_back" | "failed") {
+            cx.err_key(
+                "change-mapping",
+                &format!("{ptr}/transitions/{k}"),
+                format!("`{k}` is not a run outcome"),
+                "name transitions by outcome: `succeeded`, `rolled_back`, `failed`",
+            );
+        }
+    }
+    cx.duration(&format!("{ptr}/timeout"), c.timeout.as_ref(), false);
+}
+
 fn url_at(cx: &mut Cx<'_>, ptr: &str, u: &str) {
     if !(u.starts_with("http://") || u.starts_with("https://")) || u.len() < 10 {
         cx.err_value(
@@ -1432,6 +1500,9 @@ fn environment(cx: &mut Cx<'_>, spec: &ReleaseSpec, name: &str, e: &Environment)
     let base = pointer(["environments", name]);
     let at = |f: &str| format!("{base}/{f}");
     safe_name(cx, &base, "environment", name);
+    if let Some(c) = &e.change {
+        change_management(cx, &at("change"), c);
+    }
     cx.exactly_one(
         &at("target"),
         &format!("the target of `{name}`"),

@@ -72,6 +72,13 @@ pub enum OpsEvent {
         /// The kinds whose failures only warn here.
         advisory: Vec<slipway_model::readiness::ReadinessCheck>,
     },
+    /// The run's outcome was written to its change record.
+    ChangeWrittenBack {
+        /// The record (`metadata.change`).
+        record: String,
+        /// What was written.
+        detail: String,
+    },
 }
 
 /// Receives events; must not block (a slow display never slows a run).

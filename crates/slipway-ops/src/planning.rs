@@ -269,6 +269,8 @@ pub async fn plan_file_with(
     p.findings.extend(target_unavailable(&p, file));
     p.findings.extend(ssh_findings(&p, file, dir));
     p.findings.extend(router_findings(&p));
+    // The change record, asked in the environment's change system (see `crate::change`).
+    p.findings.extend(crate::change::plan_findings(&p).await);
     Ok(Planned { loaded, plan: p })
 }
 

@@ -265,6 +265,8 @@ pub async fn deploy_with(
     };
     crate::access::require(session, Role::Deployer, "deploy", &plan.environment).await?;
     crate::gates::require_checklist(session, plan).await?;
+    // Asked again now, not trusted from when the plan was made.
+    crate::change::require_approved(plan).await?;
     let infra = crate::gates::require_infrastructure(&req.file, plan).await?;
     let author = session.actor_id().await?;
     if !req.drive.wait_for_lease {
@@ -635,6 +637,9 @@ async fn drive(
         }
         _ => Vec::new(),
     };
+    if let DriveOutcome::Finished(state) = &outcome {
+        crate::change::write_back(plan, &run.id, *state, reason.clone(), reporter.as_ref()).await;
+    }
     // A run that succeeded with ssh hosts failed within the failure budget exits 0 (as
     // Ansible does within `max_fail_percentage`) but says which hosts were left behind.
     let failed_hosts = match &outcome {
@@ -1072,6 +1077,18 @@ pub async fn rollback(
             .store
             .release_lease(&run.environment, Some(&run.id))
             .await?;
+    }
+    if !by_driver {
+        // A run's driver writes its own outcome back when the rollback it was asked for
+        // ends; here nobody else will.
+        crate::change::write_back(
+            plan.as_ref(),
+            run_id,
+            state,
+            Some(format!("rolled back by hand: {}", reason.trim())),
+            reporter.as_ref(),
+        )
+        .await;
     }
     Ok(RolledBack {
         run: run_id.to_owned(),

@@ -390,6 +390,26 @@ async fn consistency_row(
 }
 
 impl CheckRunner for SpecCheckRunner {
+    fn change_gate<'a>(
+        &'a self,
+        _run_id: &'a str,
+        plan: &'a Plan,
+    ) -> BoxFuture<'a, Result<CheckVerdict, String>> {
+        Box::pin(async move {
+            let (_, record) = crate::change::gate_of(plan)
+                .ok_or_else(|| "the plan has no change gate".to_owned())?;
+            let client = crate::change::ChangeClient::from_plan(plan)
+                .ok_or_else(|| "the plan's environment names no change system".to_owned())??;
+            let j = client.judge(record.as_deref(), slipway_stdx::now()).await;
+            Ok(CheckVerdict {
+                passed: j.passed,
+                measured: j.measured,
+                expected: j.expected,
+                detail: j.detail,
+            })
+        })
+    }
+
     fn run_gate<'a>(
         &'a self,
         run_id: &'a str,

@@ -11,6 +11,7 @@
 
 pub mod artifact;
 pub mod builtin;
+pub mod change;
 pub mod checks;
 pub mod compose;
 pub mod config;

@@ -381,7 +381,7 @@ async fn get(
 }
 
 /// A TLS session with certificate chain and host name verified (rustls, ring).
-async fn tls_connect(
+pub(crate) async fn tls_connect(
     tcp: tokio::net::TcpStream,
     host: &str,
     roots: Option<&[CertificateDer<'static>]>,
