@@ -14,6 +14,7 @@ mod archive_cli;
 mod archive_reports_cli;
 mod artifact_cli;
 mod canary_cli;
+mod change_cli;
 mod check_cli;
 mod checklist_cli;
 mod checks_gate_cli;
