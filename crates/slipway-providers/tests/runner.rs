@@ -11,6 +11,7 @@ mod nginx;
 mod ports;
 mod resume;
 mod router_support;
+mod secrets_out;
 mod smoke_gate;
 mod ssh;
 mod sshd;
