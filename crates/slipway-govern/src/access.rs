@@ -502,9 +502,7 @@ pub struct WebSessions {
 }
 
 impl WebSessions {
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, SessionRow>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, SessionRow>> {
         // A panic while holding the lock leaves a map that is still consistent (every
         // operation is one insert or remove): keep using it.
         self.inner

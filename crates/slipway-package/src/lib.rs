@@ -45,4 +45,3 @@ pub use unpack::{Limits, Unpacked, unpack};
 
 /// The largest text file (an OpenAPI document, a migration) read whole for a check.
 pub(crate) const MAX_TEXT_INPUT: u64 = 64 * 1024 * 1024;
-

@@ -245,7 +245,7 @@ async fn served(user: &str, options: slipway_server::Options) -> Served {
     .unwrap();
     let access = AccessDb::for_store(&store).await.unwrap();
     let issued = slipway_govern::access::issue_token(user, Timestamp::now()).unwrap();
-    access.add_token(&issued.row).await.unwrap();
+    access.add_token(&issued.row, "user:admin").await.unwrap();
     let session = session_over(store, dir.path());
     let app = slipway_server::router(session, access.clone(), options.clone()).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -370,7 +370,7 @@ async fn the_cookie_is_a_server_side_session_ended_by_logout_and_by_revoking_the
         200
     );
     let (id, _) = slipway_govern::access::token_id(&s.token).unwrap();
-    assert!(s.access.revoke_token(id, Timestamp::now()).await.unwrap());
+    assert!(s.access.revoke_token(id, Timestamp::now(), "user:admin").await.unwrap());
     let after = request(s.addr, page_with(s.addr, "/api/v1/runs", &cookie)).await;
     assert_eq!(status(&after), 401, "{after}");
 }
@@ -524,7 +524,7 @@ async fn an_open_event_stream_ends_when_the_viewers_role_is_revoked() {
     .unwrap();
     let access = AccessDb::for_store(&store).await.unwrap();
     let issued = slipway_govern::access::issue_token("bob", Timestamp::now()).unwrap();
-    access.add_token(&issued.row).await.unwrap();
+    access.add_token(&issued.row, "user:admin").await.unwrap();
     access
         .grant("user:admin", "admin", "*", "user:admin", Timestamp::now())
         .await
@@ -565,6 +565,8 @@ async fn an_open_event_stream_ends_when_the_viewers_role_is_revoked() {
                     environment: "staging".into(),
                     digest: "d".repeat(64),
                     override_freeze: None,
+                    plan_sha256: None,
+                    workdir: None,
                 },
             },
         )
