@@ -58,35 +58,62 @@ fn no_piece_of_secret(text: &str) {
     }
 }
 
-/// A step prints the secret so that the output limit cuts through it: everything kept is
-/// masked, whichever byte the cut falls on.
+/// A step prints the secret so that a cut falls inside it: everything kept is masked,
+/// whichever byte the cut falls on. Two cuts: the output limit itself (cut first, as
+/// before, the tail kept the secret's end), and the start of what is read back (the limit
+/// plus the longest secret), where only the secret's end is in hand.
 #[tokio::test]
 async fn a_secret_straddling_the_output_limit_is_masked_whole() {
     let dir = tempfile::tempdir().unwrap();
     let target = ExecTarget::new(dir.path(), dir.path().join("state")).with_redactor(redactor());
-    // OUTPUT_LIMIT bytes end `offset` bytes into the secret, followed by the rest of the
-    // output; several offsets, both streams.
-    for offset in [1, 7, SECRET.len() / 2, SECRET.len() - 1] {
-        let tail = OUTPUT_LIMIT - (SECRET.len() - offset);
-        let script = format!(
-            "printf '%s' '{SECRET}'; head -c {tail} /dev/zero | tr '\\0' x; printf '%s' '{SECRET}' >&2; head -c {tail} /dev/zero | tr '\\0' y >&2"
-        );
-        let step = step(format!("print-{offset}"), script);
-        let out = match target
-            .apply(&ctx(&format!("k{offset}")), &StepAction::Exec(step))
-            .await
-        {
-            Ok(Applied::Ran { output }) => output,
-            other => panic!("{other:?}"),
-        };
-        assert!(out.truncated);
-        assert!(out.stdout.len() <= OUTPUT_LIMIT && out.stderr.len() <= OUTPUT_LIMIT);
-        no_piece_of_secret(&out.stdout);
-        no_piece_of_secret(&out.stderr);
-        assert!(
-            out.stdout.ends_with("xxxx"),
-            "the tail is still what was printed last"
-        );
+    let margin = redactor().tail_margin();
+    assert!(margin >= SECRET.len());
+    for (window, cut_at) in [(OUTPUT_LIMIT, "limit"), (OUTPUT_LIMIT + margin, "read")] {
+        // `window` bytes end `offset` bytes into the secret, followed by the rest of the
+        // output; several offsets, both streams.
+        for offset in [1, 7, SECRET.len() / 2, SECRET.len() - 1] {
+            let tail = window - (SECRET.len() - offset);
+            // After the read cut, the secret a second time: its mask is shorter than it,
+            // so the final cut at the limit no longer drops the whole piece the read cut
+            // left at the front.
+            let (x1, again) = if cut_at == "read" {
+                (
+                    tail - SECRET.len() - 100,
+                    format!("{SECRET}{}", "x".repeat(100)),
+                )
+            } else {
+                (tail, String::new())
+            };
+            let yagain = again.replace('x', "y");
+            let script = format!(
+                "head -c 5000 /dev/zero | tr '\\0' a; printf '%s' '{SECRET}'; head -c {x1} /dev/zero | tr '\\0' x; printf '%s' '{again}'; \
+                 head -c 5000 /dev/zero | tr '\\0' b >&2; printf '%s' '{SECRET}' >&2; head -c {x1} /dev/zero | tr '\\0' y >&2; printf '%s' '{yagain}' >&2"
+            );
+            let step = step(format!("print-{cut_at}-{offset}"), script);
+            let out = match target
+                .apply(&ctx(&format!("k{cut_at}{offset}")), &StepAction::Exec(step))
+                .await
+            {
+                Ok(Applied::Ran { output }) => output,
+                other => panic!("{other:?}"),
+            };
+            assert!(out.truncated, "{cut_at} {offset}");
+            assert!(out.stdout.len() <= OUTPUT_LIMIT && out.stderr.len() <= OUTPUT_LIMIT);
+            no_piece_of_secret(&out.stdout);
+            no_piece_of_secret(&out.stderr);
+            assert!(
+                out.stdout.ends_with("xxxx") && out.stderr.ends_with("yyyy"),
+                "the tail is still what was printed last"
+            );
+            if cut_at == "limit" && offset <= 7 {
+                // The whole secret was read and its mask fits: it is shown as the mask.
+                assert!(
+                    out.stdout.contains("***secret://env/API_TOKEN***"),
+                    "{cut_at} {offset}: {}",
+                    &out.stdout[..80]
+                );
+            }
+        }
     }
 }
 

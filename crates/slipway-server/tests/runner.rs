@@ -370,7 +370,12 @@ async fn the_cookie_is_a_server_side_session_ended_by_logout_and_by_revoking_the
         200
     );
     let (id, _) = slipway_govern::access::token_id(&s.token).unwrap();
-    assert!(s.access.revoke_token(id, Timestamp::now(), "user:admin").await.unwrap());
+    assert!(
+        s.access
+            .revoke_token(id, Timestamp::now(), "user:admin")
+            .await
+            .unwrap()
+    );
     let after = request(s.addr, page_with(s.addr, "/api/v1/runs", &cookie)).await;
     assert_eq!(status(&after), 401, "{after}");
 }
