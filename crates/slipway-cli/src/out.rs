@@ -177,7 +177,10 @@ impl Output {
             };
             // Messages quote input (names, paths, server answers): never let an escape
             // sequence in them act on the terminal.
-            stderr_line(&format!("{label} {}", slipway_model::text::printable(&e.message)));
+            stderr_line(&format!(
+                "{label} {}",
+                slipway_model::text::printable(&e.message)
+            ));
             if let Some(h) = &e.hint {
                 stderr_line(&format!("  hint: {}", slipway_model::text::printable(h)));
             }

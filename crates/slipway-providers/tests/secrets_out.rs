@@ -44,6 +44,7 @@ fn ctx(key: &str) -> StepContext {
         key: key.into(),
         attempt: 0,
         progress: None,
+        prior: Vec::new(),
     }
 }
 
