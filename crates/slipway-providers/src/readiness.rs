@@ -417,7 +417,7 @@ impl<'a> Readiness<'a> {
             let dir = ep.host.workdir.clone().unwrap_or_else(|| ".".to_owned());
             let started = Instant::now();
             let cmd = slipway_checks::capacity::host_report_command(&dir);
-            let measured = match s.run(&cmd, &[], bound).await {
+            let measured = match s.run(&cmd, &[], bound, crate::exec::OUTPUT_LIMIT).await {
                 Ok((o, false)) if o.exit_code == Some(0) => {
                     slipway_checks::capacity::parse_host_report(&o.stdout, &dir)
                         .map_err(|e| e.to_string())
@@ -456,7 +456,7 @@ impl<'a> Readiness<'a> {
         for u in users {
             let started = Instant::now();
             let cmd = slipway_checks::accounts::unix_user_command(u);
-            let v = match s.run(&cmd, &[], bound).await {
+            let v = match s.run(&cmd, &[], bound, crate::exec::OUTPUT_LIMIT).await {
                 Ok((o, false)) => slipway_checks::accounts::unix_user_from_report(
                     u,
                     o.exit_code,
