@@ -154,7 +154,7 @@ pub(crate) fn require_same_site(
     if crate::ui::cross_site(headers) {
         return Err(refused("it was posted from another site"));
     }
-    let expected = crate::auth::presented(headers).map(|c| csrf_token(&c));
+    let expected = session_csrf(caller);
     let given = form_csrf.or_else(|| headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok()));
     match (expected, given) {
         (Some(e), Some(g)) if same(&e, g.trim()) => Ok(()),
@@ -324,11 +324,20 @@ route!(rollback, Action::Rollback);
 route!(approve, Action::Approve);
 
 /// The session's anti-forgery value for a page's forms; `None` for a bearer caller.
-pub(crate) fn page_csrf(caller: &Caller, headers: &HeaderMap) -> Option<String> {
+pub(crate) fn page_csrf(caller: &Caller) -> Option<String> {
     if caller.bearer {
         return None;
     }
-    crate::auth::presented(headers).map(|c| csrf_token(&c))
+    session_csrf(caller)
+}
+
+/// The anti-forgery value of the browser session `caller` came with (from its session id,
+/// the cookie's value); `None` for a token.
+fn session_csrf(caller: &Caller) -> Option<String> {
+    match &caller.credential {
+        crate::auth::Credential::Session(id) => Some(csrf_token(id)),
+        crate::auth::Credential::Token(_) => None,
+    }
 }
 
 /// The actions `caller` may take on `run` in its state — the run page's buttons. The

@@ -121,7 +121,6 @@ pub(crate) async fn run_page(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
-    headers: HeaderMap,
 ) -> Response {
     let result = async {
         let run = load_run(&state, &caller, &id).await?;
@@ -132,7 +131,7 @@ pub(crate) async fn run_page(
         let approvals = state.store.approvals(&id).await?;
         let actions = crate::control::actions_for(&state, &caller, &run).await?;
         // The session's anti-forgery value, for the action forms (none for a bearer caller).
-        let csrf = crate::control::page_csrf(&caller, &headers);
+        let csrf = crate::control::page_csrf(&caller);
         render(
             &state,
             "run.html",
@@ -230,7 +229,6 @@ pub(crate) async fn plan_page(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
-    headers: HeaderMap,
 ) -> Response {
     let result = async {
         let session = caller.session(&state).await?;
@@ -249,7 +247,7 @@ pub(crate) async fn plan_page(
                 plan => minijinja::Value::from(minijinja::value::Serde(&shown.plan)),
                 gates => gates,
                 approve => approve,
-                csrf => crate::control::page_csrf(&caller, &headers),
+                csrf => crate::control::page_csrf(&caller),
             },
         )
     }
