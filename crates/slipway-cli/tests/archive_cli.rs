@@ -301,6 +301,35 @@ fn a_changed_bundle_or_a_wrong_key_is_refused() {
         .unwrap();
     assert!(o.status.success(), "{o:?}");
     e.ok(&["audit", "verify", "--archive", &bundle, "--pubkey", &pk]);
+
+    // A FIFO named as a bundle, with a signature beside it, is refused at once: nothing
+    // ever writes to it, so a reader that opened it would wait for ever.
+    let fifo = e.dir.join("fifo.tar.zst");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    std::fs::copy(
+        format!("{bundle}.minisig"),
+        format!("{}.minisig", fifo.display()),
+    )
+    .unwrap();
+    let o = slipway()
+        .env("SLIPWAY_STORE", &e.store)
+        .args(["audit", "verify", "--archive"])
+        .arg(&fifo)
+        .args(["--pubkey", &pk])
+        .timeout(std::time::Duration::from_secs(30))
+        .output()
+        .unwrap();
+    assert!(
+        o.status.code().is_some_and(|c| c != 0),
+        "refused, not blocked: {o:?}"
+    );
+    assert!(stderr(&o).contains("FIFO"), "{}", stderr(&o));
 }
 
 #[test]

@@ -442,6 +442,15 @@ fn a_canary_returning_errors_is_rolled_back_by_itself() {
         diag.display()
     );
     assert!(diag.join("rollout-events.jsonl").exists());
+    // Kept long after the run and possibly holding what a canary printed: private.
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&diag), 0o700, "{}", diag.display());
+        for f in std::fs::read_dir(&diag).unwrap().flatten() {
+            assert_eq!(mode(&f.path()), 0o600, "{}", f.path().display());
+        }
+    }
     assert!(
         diag.join("api-2.0.0-canary-0.log").exists(),
         "{:?}",

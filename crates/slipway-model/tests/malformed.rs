@@ -110,3 +110,36 @@ fn huge_input_is_refused_without_parsing() {
     let errs = validate::load("huge.yaml", &text).unwrap_err();
     assert_eq!(errs.diagnostics[0].code, "too-large");
 }
+
+/// Environment and service names become directories under the store and terminal text:
+/// one outside the safe set (a path that climbs out, an escape sequence) is refused naming
+/// the field, and the name is shown escaped, never raw.
+#[test]
+fn unsafe_environment_and_service_names_are_refused_naming_the_field() {
+    let text = "apiVersion: slipway/v1\nkind: Release\nmetadata: { name: shop, version: 1.0.0, type: patch }\nservices:\n  \"api\\x1b[31m\": { steps: [ { name: i, run: \"true\" } ] }\nenvironments:\n  \"../../outside\": { target: { exec: {} } }\n";
+    let errs = validate::load("x.yaml", text).unwrap_err();
+    let named = |prefix: &str| {
+        errs.diagnostics
+            .iter()
+            .find(|d| d.code == "invalid-name" && d.path.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no invalid-name at {prefix}: {:?}", errs.diagnostics))
+    };
+    let env = named("environments");
+    assert!(
+        env.message.contains("environment name `../../outside`"),
+        "{}",
+        env.message
+    );
+    assert!(env.help.contains("letters, digits"), "{}", env.help);
+    let svc = named("services");
+    assert!(
+        svc.message.contains("service name `api\\u{1b}[31m`"),
+        "{}",
+        svc.message
+    );
+    let shown = errs.render(false, 100);
+    assert!(
+        !shown.contains('\u{1b}'),
+        "an escape reached the report: {shown:?}"
+    );
+}
