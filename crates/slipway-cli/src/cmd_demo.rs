@@ -922,6 +922,11 @@ fn describe(ev: &ServiceEvent, color: bool) -> Option<String> {
             format!("  {s}: {}", paint(&format!("{version} promoted"), true))
         }
         RolloutEvent::Paused { reason } => format!("  {s}: paused: {reason}"),
+        RolloutEvent::SoakStarted { seconds, .. } => {
+            format!("  {s}: soaking {seconds}s at full weight")
+        }
+        RolloutEvent::SoakPassed { seconds } => format!("  {s}: soaked {seconds}s, healthy"),
+        RolloutEvent::HealthFailed { detail } => format!("  {s}: health probe failed: {detail}"),
         RolloutEvent::PreTrafficChecked { passed, detail } => {
             format!(
                 "  {s}: smoke {} before traffic: {detail}",

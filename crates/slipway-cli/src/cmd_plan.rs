@@ -379,7 +379,10 @@ pub fn render_plan(p: &Plan, out: &Output) -> String {
                     .collect();
                 format!("{} checks: {}", phase_word(*phase), names.join(", "))
             }
-            GateKind::PostReview => "review after the fact".to_owned(),
+            GateKind::PostReview => format!(
+                "review after the fact by another person within {}h of the run (slipway review)",
+                slipway_ops::review::REVIEW_WITHIN.as_secs() / 3600
+            ),
             GateKind::Checklist { items } => items
                 .iter()
                 .map(|i| match &i.check {

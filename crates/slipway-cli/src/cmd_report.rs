@@ -427,6 +427,18 @@ fn compliance_cmd(a: ComplianceArgs, out: &Output) -> Result<i32, CliError> {
         )
         .map_err(govern_error)?;
         evidence.note_unsummarized(&unsummarized);
+        // Reviews after the fact still owed, whenever their run was: an auditor sees them.
+        let now = slipway_stdx::now();
+        evidence.open_reviews = slipway_ops::review::list(store.as_ref())
+            .await?
+            .into_iter()
+            .filter(|r| r.state(now) != "done")
+            .map(|r| {
+                serde_json::json!({"run": r.run, "release": r.release, "version": r.version,
+                    "environment": r.environment, "due_at": r.due_at.to_string(),
+                    "state": r.state(now)})
+            })
+            .collect();
         Ok::<_, CliError>(evidence)
     })?;
     slipway_govern::compliance::write_pack(&evidence, &a.out).map_err(govern_error)?;
@@ -443,6 +455,7 @@ fn compliance_cmd(a: ComplianceArgs, out: &Output) -> Result<i32, CliError> {
             "examined_from_bundles": evidence.examined_from_bundles,
             "not_covered": evidence.not_covered,
             "coverage": evidence.coverage(),
+            "open_reviews": evidence.open_reviews,
         }));
     } else {
         for r in &evidence.results {
@@ -462,6 +475,17 @@ fn compliance_cmd(a: ComplianceArgs, out: &Output) -> Result<i32, CliError> {
             out.line(&format!(
                 "  exception {} run {}: {}",
                 x.control, x.run, x.detail
+            ));
+        }
+        for r in &evidence.open_reviews {
+            out.line(&format!(
+                "review after the fact {} of run {} ({} {} to {}), due {}",
+                r["state"].as_str().unwrap_or_default(),
+                r["run"].as_str().unwrap_or_default(),
+                r["release"].as_str().unwrap_or_default(),
+                r["version"].as_str().unwrap_or_default(),
+                r["environment"].as_str().unwrap_or_default(),
+                r["due_at"].as_str().unwrap_or_default()
             ));
         }
         let coverage = evidence.coverage();

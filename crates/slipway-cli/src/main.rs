@@ -21,6 +21,7 @@ mod cmd_proxy;
 mod cmd_rehearse;
 mod cmd_render;
 mod cmd_report;
+mod cmd_review;
 mod cmd_run;
 mod cmd_serve;
 mod out;
@@ -210,6 +211,9 @@ pub enum Commands {
     /// Lessons from retrospectives that every plan must satisfy: accept, show, acknowledge.
     #[command(subcommand)]
     Checklist(cmd_checklist::ChecklistCommand),
+    /// Reviews after the fact that emergency changes owe: list them, complete one.
+    #[command(subcommand)]
+    Review(cmd_review::ReviewCommand),
     /// The retention policy per record kind (runs, journal, approvals, checks, audit).
     #[command(subcommand)]
     Retention(cmd_archive::RetentionCommand),
@@ -311,6 +315,7 @@ fn run(command: Commands, out: &Output) -> Result<i32, out::CliError> {
         Commands::Archive(a) => cmd_archive::archive(a, out),
         Commands::Retention(c) => cmd_archive::retention(c, out),
         Commands::Checklist(c) => cmd_checklist::checklist(c, out),
+        Commands::Review(c) => cmd_review::review(c, out),
         Commands::Env(c) => cmd_env::env(c, out),
         Commands::Render(a) => cmd_render::render(a, out),
         Commands::Compat(c) => cmd_render::compat(c, out),

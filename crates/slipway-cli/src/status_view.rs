@@ -55,6 +55,17 @@ pub fn render_status(v: &views::RunView, perf_lines: &[String], out: &Output) {
             }
         ));
     }
+    for r in &v.open_reviews {
+        out.line(&format!(
+            "review after the fact {} for run {} ({} to {}): due {}; another person runs `slipway review complete {} --note …`",
+            r["state"].as_str().unwrap_or_default(),
+            r["run"].as_str().unwrap_or_default(),
+            r["version"].as_str().unwrap_or_default(),
+            r["environment"].as_str().unwrap_or_default(),
+            r["due_at"].as_str().unwrap_or_default(),
+            r["run"].as_str().unwrap_or_default()
+        ));
+    }
     for s in &v.steps {
         out.line(&format!(
             "  {:<13} {} (attempts {})",

@@ -24,6 +24,7 @@ mod config_process_cli;
 mod crash;
 mod demo_cli;
 mod evidence_cli;
+mod gate_conformance_cli;
 mod gates_cli;
 mod infra_cli;
 mod lease_cli;

@@ -197,6 +197,10 @@ pub struct Evidence {
     pub examined_from_bundles: BTreeMap<String, u32>,
     /// Archives whose runs left no summary and may overlap the period: not covered at all.
     pub not_covered: Vec<Unsummarized>,
+    /// Reviews after the fact (emergency changes) still open or overdue when the pack was
+    /// made: each `{run, release, version, environment, due_at, state}`, filled by the
+    /// caller from the store's review records.
+    pub open_reviews: Vec<serde_json::Value>,
 }
 
 impl Evidence {
@@ -474,6 +478,7 @@ pub fn evaluate_from(
         });
     }
     Ok(Evidence {
+        open_reviews: Vec::new(),
         framework: framework.to_owned(),
         since,
         until,
@@ -554,6 +559,12 @@ pub fn to_jsonl(e: &Evidence) -> String {
         s.push_str(&v.to_string());
         s.push('\n');
     }
+    for r in &e.open_reviews {
+        let mut v = r.clone();
+        v["type"] = "open_review".into();
+        s.push_str(&v.to_string());
+        s.push('\n');
+    }
     s
 }
 
@@ -615,6 +626,23 @@ pub fn to_html(e: &Evidence) -> String {
                 esc(&x.control),
                 esc(&x.run),
                 esc(&x.detail)
+            );
+        }
+        b.push_str("</table>\n");
+    }
+    if !e.open_reviews.is_empty() {
+        b.push_str("<h2>Reviews after the fact not completed</h2>\n<table><tr><th>run</th><th>release</th><th>environment</th><th>due</th><th>state</th></tr>\n");
+        for r in &e.open_reviews {
+            let f = |k: &str| esc(r[k].as_str().unwrap_or_default());
+            let _ = writeln!(
+                b,
+                "<tr><td><code>{}</code></td><td>{} {}</td><td>{}</td><td>{}</td><td class=\"bad\">{}</td></tr>",
+                f("run"),
+                f("release"),
+                f("version"),
+                f("environment"),
+                f("due_at"),
+                f("state")
             );
         }
         b.push_str("</table>\n");

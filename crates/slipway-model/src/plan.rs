@@ -717,6 +717,38 @@ pub fn plan(spec: &ReleaseSpec, env_name: &str, facts: &Facts) -> Result<Plan, S
         gates.push(g);
     }
     let mut recommendation = recommend(spec, env, &strategy, &risk, facts);
+    // What the engine enforces and what it cannot: a soak holds traffic at full weight
+    // and probes run against instances, both only on the process target, for services it
+    // runs (`run:`). Elsewhere the gate is left out of the plan, and a probe is said to be
+    // unenforced, rather than shown and not kept.
+    let runs = |s: &crate::spec::Service| env.target.kind() == "process" && s.run.is_some();
+    if !spec.services.values().any(runs)
+        && let Some(i) = gates
+            .iter()
+            .position(|g| matches!(g.kind, GateKind::Soak { .. }))
+    {
+        let g = gates.remove(i);
+        findings.push(Finding {
+            severity: "warning".into(),
+            code: "soak-not-enforced".into(),
+            message: format!(
+                "{} asks for a soak, but only the process target holds a release at full weight with its probes and analysis running; this plan has no service it runs, so the soak is not part of the plan: watch the release by hand for that long",
+                g.source
+            ),
+        });
+    }
+    for (name, s) in &spec.services {
+        if !runs(s) && (s.health.is_some() || s.readiness.is_some()) {
+            findings.push(Finding {
+                severity: "warning".into(),
+                code: "probe-not-enforced".into(),
+                message: format!(
+                    "services.{name} declares a health or readiness probe, but probes run only against instances the process target runs (`run:`); on the {} target it is not evaluated: check the service in a step (e.g. a last step `run: <your probe>`)",
+                    env.target.kind()
+                ),
+            });
+        }
+    }
     let compat = crate::compat::apply(
         spec,
         env_name,

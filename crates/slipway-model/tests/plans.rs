@@ -89,8 +89,19 @@ fn gates_come_from_policy_with_their_source() {
 fn security_releases_require_signatures_by_default() {
     let spec = load("examples/security-patch/release.yaml");
     let p = plan(&spec, "prod", &Facts::default()).unwrap();
-    let soak = p.gates.iter().find(|g| g.kind.name() == "soak").unwrap();
-    assert_eq!(soak.source, "default policy for security releases");
+    // Its soak cannot be held on the exec target: left out of the plan, and said so.
+    assert!(p.gates.iter().all(|g| g.kind.name() != "soak"));
+    let f = p
+        .findings
+        .iter()
+        .find(|f| f.code == "soak-not-enforced")
+        .unwrap();
+    assert!(
+        f.message.contains("default policy for security releases"),
+        "{}",
+        f.message
+    );
+    assert!(p.findings.iter().any(|f| f.code == "probe-not-enforced"));
     assert!(
         p.gates
             .iter()

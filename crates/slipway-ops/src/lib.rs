@@ -24,6 +24,7 @@ pub mod parity;
 pub mod planning;
 pub mod policy;
 pub mod recovery;
+pub mod review;
 pub mod runs;
 pub mod session;
 pub mod views;

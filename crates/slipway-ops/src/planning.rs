@@ -258,6 +258,11 @@ pub async fn plan_file_with(
         .insert(env.to_owned(), p.env.clone());
     p.findings
         .extend(crate::recovery::plan_findings(file, &tightened, env, store).await);
+    // Reviews after the fact this release still owes block its next production change.
+    if p.env.production {
+        p.findings
+            .extend(crate::review::plan_findings(store, &loaded.spec.metadata.name).await);
+    }
     // Integrity before promotion: the artifact must be the one the spec names (and signed
     // by a trusted key when the plan has a signature gate). Checked again at install time
     // by each service's verify-artifact step.

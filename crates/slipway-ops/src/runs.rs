@@ -625,6 +625,21 @@ async fn drive(
             .filter(|r| r.starts_with(slipway_engine::engine::PARTIAL_PREFIX)),
         _ => last_reason(store.as_ref(), &run.id).await,
     };
+    // A run that changed production under a `post_review` gate owes a review by another
+    // person: opened now, in the store.
+    if let (DriveOutcome::Finished(RunState::Succeeded), Some(p)) = (&outcome, plan) {
+        match crate::review::open_for(store.as_ref(), run, p).await {
+            Ok(Some(r)) => reporter.report(OpsEvent::Warning(format!(
+                "a review after the fact is required ({}): another person must complete it by {} with `slipway review complete {} --note …`",
+                r.required_by, r.due_at, run.id
+            ))),
+            Ok(None) => {}
+            Err(e) => reporter.report(OpsEvent::Warning(format!(
+                "the review after the fact of run {} could not be opened: {}; open it by hand before the next production deploy",
+                run.id, e.message
+            ))),
+        }
+    }
     let not_deployed = match (&outcome, plan) {
         (DriveOutcome::Finished(RunState::Succeeded), Some(p)) => {
             let steps = store.steps(&run.id).await?;

@@ -46,6 +46,9 @@ pub struct RunView {
     pub analysis: Vec<serde_json::Value>,
     /// The version each service of the release is on, as this run's records say.
     pub services: BTreeMap<String, ServiceVersion>,
+    /// Reviews after the fact of this release not completed yet (this run's included),
+    /// each with its state (`open` or `overdue`).
+    pub open_reviews: Vec<serde_json::Value>,
     /// Where the run's files are (perf baselines and verifications).
     #[serde(skip)]
     pub run_dir: PathBuf,
@@ -239,7 +242,20 @@ pub async fn run(session: &Session, id: &str) -> OpsResult<RunView> {
         .as_ref()
         .map(|p| service_versions(p, &steps, &journal, &before))
         .unwrap_or_default();
+    let now = slipway_stdx::now();
+    let open_reviews = crate::review::list(session.store.as_ref())
+        .await?
+        .into_iter()
+        .filter(|r| r.release == run.release && r.state(now) != "done")
+        .map(|r| {
+            let state = r.state(now);
+            let mut v = serde_json::to_value(r).unwrap_or_default();
+            v["state"] = state.into();
+            v
+        })
+        .collect();
     Ok(RunView {
+        open_reviews,
         run_dir: session.layout.run(id),
         steps_total: total,
         steps_succeeded: done,

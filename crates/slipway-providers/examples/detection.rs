@@ -179,6 +179,7 @@ async fn round(bin: &str, rate: u32, fail_after: Option<u64>, baseline: f64) -> 
             start_step: 0,
             resume: None,
             environment: "test",
+            soak: None,
         },
         &world,
         &mut |_| {},

@@ -377,6 +377,12 @@ pub fn process_target(layout: &Layout, workdir: &Path, plan: &Plan) -> ProcessTa
     let mut processes = ProcessTarget::new(root.join("instances"), services)
         .with_config_root(layout.config(&plan.environment))
         .with_artifacts(artifacts)
+        .with_health(
+            plan.services
+                .iter()
+                .filter_map(|(name, s)| Some((name.clone(), s.health.clone()?)))
+                .collect(),
+        )
         .with_deploying(deployed_services(plan).into_iter().collect())
         .with_redactor(redactor);
     if let Some(g) = plan

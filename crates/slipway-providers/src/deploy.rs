@@ -25,7 +25,7 @@ use std::time::Duration;
 use slipway_engine::{
     Applied, BoxFuture, Observation, StepContext, StepOutput, Target, TargetError,
 };
-use slipway_model::plan::{Plan, StepAction};
+use slipway_model::plan::{GateKind, Plan, StepAction};
 use slipway_rollout::{
     Canary, ExternalMetrics, Instances, Intervention, Interventions, NoInterventions, Outcome,
     PreTraffic, Role, RolloutEvent, TrafficRouter, World, run_canary_checked,
@@ -147,6 +147,24 @@ impl DeployTarget {
     pub fn with_external_metrics(mut self, e: Arc<dyn ExternalMetrics>) -> Self {
         self.external = e;
         self
+    }
+
+    /// What is left of the plan's soak (`GateKind::Soak`) for this step: all of it, less
+    /// the time since an earlier driver of the step journaled its soak's start (a resumed
+    /// soak is not started over). `None` when the plan has no soak gate.
+    fn soak_left(&self, prior: &[serde_json::Value]) -> Option<Duration> {
+        let total = self.plan.gates.iter().find_map(|g| match g.kind {
+            GateKind::Soak { seconds } => Some(Duration::from_secs(seconds)),
+            _ => None,
+        })?;
+        let began = prior
+            .iter()
+            .find(|p| p["event"] == "soak_started")
+            .and_then(|p| p["at_unix"].as_i64());
+        let done = began
+            .and_then(|at| u64::try_from(slipway_stdx::now().as_second() - at).ok())
+            .map_or(Duration::ZERO, Duration::from_secs);
+        Some(total.saturating_sub(done))
     }
 
     fn service_of(ctx: &StepContext) -> &str {
@@ -301,7 +319,11 @@ impl DeployTarget {
         let processes = &self.processes;
         let mut emit = |e: RolloutEvent| {
             // Journaled by the engine as `step_progress`, before the step's outcome.
-            if let Ok(v) = serde_json::to_value(&e) {
+            if let Ok(mut v) = serde_json::to_value(&e) {
+                if let RolloutEvent::SoakStarted { .. } = &e {
+                    // When the soak began, so a resumed driver soaks only what is left.
+                    v["at_unix"] = serde_json::json!(slipway_stdx::now().as_second());
+                }
                 ctx.report(v);
             }
             if let RolloutEvent::CanaryStarted { .. } = &e
@@ -356,6 +378,7 @@ impl DeployTarget {
                         start_step,
                         resume: resumed,
                         environment: &self.plan.environment,
+                        soak: self.soak_left(&ctx.prior),
                     },
                     &world,
                     self.pre_traffic.as_deref(),
@@ -399,6 +422,19 @@ impl DeployTarget {
                         });
                     }
                 }
+                // Its health probe too: a version failing it never gets traffic.
+                if let Err(detail) = self.processes.healthy(&fresh).await {
+                    emit(RolloutEvent::HealthFailed {
+                        detail: detail.clone(),
+                    });
+                    self.processes.stop_instances(&fresh).await;
+                    return Err(TargetError::Failed {
+                        message: format!(
+                            "the health probe of the new {service} {version} failed before it got any traffic (it was stopped; the old version keeps serving): {detail}"
+                        ),
+                        output: StepOutput::default(),
+                    });
+                }
                 let addrs: Vec<_> = fresh.iter().map(|i| i.addr).collect();
                 router
                     .set_pools(&addrs, &[])
@@ -408,6 +444,27 @@ impl DeployTarget {
                     .set_weight(0)
                     .await
                     .map_err(|e| TargetError::Io(e.to_string()))?;
+                if let Some(left) = self.soak_left(&ctx.prior)
+                    && let Err(detail) = self.soak_replaced(&fresh, left, &mut emit).await
+                {
+                    // Back to what served, still running and never stopped during the soak.
+                    let back: Vec<_> = stable.iter().map(|i| i.addr).collect();
+                    router.set_pools(&back, &[]).await.map_err(io)?;
+                    self.processes.stop_instances(&fresh).await;
+                    if stable.is_empty() {
+                        self.processes.set_serving(service, None);
+                    }
+                    return Err(TargetError::Failed {
+                        message: format!(
+                            "{service} {version} failed its health probe during the soak and was taken out ({}): {detail}",
+                            match &previous {
+                                Some(p) => format!("{p} serves again"),
+                                None => "no earlier version served".to_owned(),
+                            }
+                        ),
+                        output: StepOutput::default(),
+                    });
+                }
                 self.processes.set_serving(service, Some(version));
                 self.processes.stop_instances(&stable).await;
                 emit(RolloutEvent::Promoted {
@@ -527,6 +584,40 @@ impl DeployTarget {
                 truncated: false,
             },
         })
+    }
+
+    /// The soak of a replaced service (no canary to hold at full weight): the new
+    /// instances serve alone for `left`, their health probed every second, while the old
+    /// ones keep running unrouted so a failure puts them back at once. `Err` is the
+    /// failed probe's answer.
+    async fn soak_replaced(
+        &self,
+        fresh: &[slipway_rollout::Instance],
+        left: Duration,
+        emit: &mut (dyn FnMut(RolloutEvent) + Send),
+    ) -> Result<(), String> {
+        emit(RolloutEvent::SoakStarted {
+            index: 0,
+            seconds: left.as_secs(),
+        });
+        let started = std::time::Instant::now();
+        let tick = Duration::from_secs(1).min(left.max(Duration::from_millis(1)));
+        loop {
+            tokio::time::sleep(tick).await;
+            if let Err(detail) = self.processes.healthy(fresh).await {
+                emit(RolloutEvent::HealthFailed {
+                    detail: detail.clone(),
+                });
+                return Err(detail);
+            }
+            if started.elapsed() >= left {
+                break;
+            }
+        }
+        emit(RolloutEvent::SoakPassed {
+            seconds: started.elapsed().as_secs(),
+        });
+        Ok(())
     }
 
     /// Take a canary of `version` out of service: no new traffic, drained, stopped; the
@@ -919,7 +1010,9 @@ fn canary_position(prior: &[serde_json::Value]) -> Option<(usize, u8)> {
     let mut weight = prior[start]["weight"].as_u64().unwrap_or(0) as u8;
     for p in &prior[start + 1..] {
         match p["event"].as_str() {
-            Some("step_started") => step = p["index"].as_u64().unwrap_or(0) as usize,
+            Some("step_started" | "soak_started") => {
+                step = p["index"].as_u64().unwrap_or(0) as usize;
+            }
             Some("weight_set") => weight = p["weight"].as_u64().unwrap_or(0).min(100) as u8,
             Some("promoted" | "rolling_back" | "rolled_back") => return None,
             _ => {}

@@ -244,6 +244,9 @@ pub struct ProcessTarget {
     deploying: BTreeMap<String, String>,
     /// Masks the environment's secrets in what is shown of an instance's log.
     redactor: Redactor,
+    /// Each service's `health` probe: probed during its canary, its soak and before a
+    /// replacement gets traffic ([`Instances::healthy`]).
+    health: BTreeMap<String, Probe>,
 }
 
 /// Ports tried for one instance when other programs keep taking the free port picked
@@ -294,6 +297,7 @@ impl ProcessTarget {
             artifacts: BTreeMap::new(),
             deploying: BTreeMap::new(),
             redactor: Redactor::default(),
+            health: BTreeMap::new(),
         }
     }
 
@@ -340,7 +344,13 @@ impl ProcessTarget {
         self
     }
 
-    /// Record each service's artifact sha256 in its launches.
+    /// Each service's `health` probe (see [`Instances::healthy`]).
+    pub fn with_health(mut self, health: BTreeMap<String, Probe>) -> Self {
+        self.health = health;
+        self
+    }
+
+    /// Each service's artifact sha256, recorded in its launches.
     pub fn with_artifacts(mut self, artifacts: BTreeMap<String, String>) -> Self {
         self.artifacts = artifacts;
         self
@@ -832,6 +842,25 @@ impl Instances for ProcessTarget {
                 }
             }
             !instances.is_empty()
+        })
+    }
+
+    fn healthy<'a>(&'a self, instances: &'a [Instance]) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            for i in instances {
+                let Some(p) = self.health.get(&i.service) else {
+                    continue;
+                };
+                // With the instance's own environment, as its readiness probe.
+                let env = self
+                    .launch_of(&i.service, &i.version)
+                    .map(|l| l.env)
+                    .unwrap_or_default();
+                probe_result(i, Some(p), &env)
+                    .await
+                    .map_err(|e| format!("{} {} ({}): {e}", i.service, i.version, i.id))?;
+            }
+            Ok(())
         })
     }
 

@@ -191,6 +191,7 @@ async fn canary(canary_args: &str, metrics: Vec<Metric>, rate: u32, min_samples:
             start_step: 0,
             resume: None,
             environment: "test",
+            soak: None,
         },
         &world,
         &mut |e| events.push(e),

@@ -83,6 +83,12 @@ pub trait Instances: Send + Sync {
     ) -> BoxFuture<'a, Result<Vec<Instance>, RolloutError>>;
     /// Whether every instance answers its readiness probe now.
     fn ready<'a>(&'a self, instances: &'a [Instance]) -> BoxFuture<'a, bool>;
+    /// Whether every instance answers its service's `health` probe now; `Err` names the
+    /// instance and what failed. A service without a health probe is healthy.
+    fn healthy<'a>(&'a self, instances: &'a [Instance]) -> BoxFuture<'a, Result<(), String>> {
+        let _ = instances;
+        Box::pin(async { Ok(()) })
+    }
     /// Stop instances gracefully.
     fn stop<'a>(&'a self, instances: &'a [Instance]) -> BoxFuture<'a, Result<(), RolloutError>>;
 }
@@ -208,6 +214,26 @@ pub enum RolloutEvent {
         /// Whether they passed; a failure rolls back before any traffic.
         passed: bool,
         /// What was checked and measured.
+        detail: String,
+    },
+    /// Every canary step is done: the candidate stays at full weight (the stable pool
+    /// still running, at weight 0) with health probes and the background analysis running
+    /// this long before it is promoted (the plan's `soak` gate).
+    SoakStarted {
+        /// One past the last canary step (where a resumed canary continues: the soak).
+        index: usize,
+        /// Seconds still to soak.
+        seconds: u64,
+    },
+    /// The soak ended healthy.
+    SoakPassed {
+        /// Seconds soaked by this driver.
+        seconds: u64,
+    },
+    /// A health probe of the candidate failed: an analysis failure during the canary, a
+    /// rollback trigger during the soak.
+    HealthFailed {
+        /// What failed.
         detail: String,
     },
     /// A canary step began.
@@ -353,6 +379,9 @@ pub struct Canary<'a> {
     pub resume: Option<Resumed>,
     /// The environment (for the placeholders of external metric queries).
     pub environment: &'a str,
+    /// Time still to soak at full weight after the last step, before the promotion (the
+    /// plan's `soak` gate, less what an earlier driver already soaked); `None`: no soak.
+    pub soak: Option<Duration>,
 }
 
 /// A canary continued where an earlier driver left it.
@@ -524,6 +553,16 @@ pub async fn run_canary_checked(
             return rollback(&c, world, &canary, reason, Vec::new(), emit).await;
         }
     }
+    if let Err(detail) = world.instances.healthy(&canary).await {
+        emit(RolloutEvent::HealthFailed {
+            detail: detail.clone(),
+        });
+        let reason = format!(
+            "the health probe of the isolated candidate {} {} failed before it got any traffic: {detail}",
+            c.service, c.version
+        );
+        return rollback(&c, world, &canary, reason, Vec::new(), emit).await;
+    }
     let stable_addrs: Vec<SocketAddr> = c.stable.iter().map(|i| i.addr).collect();
     let canary_addrs: Vec<SocketAddr> = canary.iter().map(|i| i.addr).collect();
     // Pools are installed at weight 0 so nothing reaches the canary before the first step.
@@ -686,6 +725,9 @@ async fn steps(
                 }
                 None => {}
             }
+            if let Err(detail) = world.instances.healthy(&canary).await {
+                return health_failed(c, world, &canary, detail, weight, measurements, emit).await;
+            }
             if judge.is_some() || background.is_some() {
                 // A template judged only by external providers does not need the router's
                 // window (an nginx router has none): a failing window is an Error only
@@ -793,6 +835,175 @@ async fn steps(
             .verdict(c, world, &canary, reason, measurements, emit)
             .await;
     }
+    if let Some(left) = c.soak {
+        // The guard stays armed with the background analysis's max through the soak.
+        let soaked = Soaked {
+            background,
+            measurements,
+            guard,
+        };
+        return soak(c, world, canary, left, soaked, &vars, emit).await;
+    }
+    guard.set(world, None, false).await?;
+    promote(c, world, canary, emit).await
+}
+
+/// What the steps hand to the soak: the background analysis, the measurements so far and
+/// the router's guard (armed with the background analysis's max).
+struct Soaked<'a> {
+    background: Option<Judge<'a>>,
+    measurements: Vec<Measurement>,
+    guard: Guard,
+}
+
+/// A failed health probe of the candidate during its canary: an analysis failure, rolled
+/// back with the probe's answer as the reason.
+async fn health_failed(
+    c: &Canary<'_>,
+    world: &World<'_>,
+    canary: &[Instance],
+    detail: String,
+    weight: u8,
+    measurements: Vec<Measurement>,
+    emit: &mut (dyn FnMut(RolloutEvent) + Send),
+) -> Result<Outcome, RolloutError> {
+    emit(RolloutEvent::HealthFailed {
+        detail: detail.clone(),
+    });
+    let reason = format!("health probe failed at canary weight {weight}%: {detail}");
+    rollback(c, world, canary, reason, measurements, emit).await
+}
+
+/// The soak (see [`Canary::soak`]): full weight to the candidate for `left`, its health
+/// probed and the background analysis judged at every tick, the stable pool kept running
+/// at weight 0 so a failure moves traffic back at once. A failed health probe or analysis
+/// rolls back; an analysis error pauses, as during the steps. An inconclusive
+/// measurement does not stop the soak: at full weight the stable pool gets no traffic
+/// to be compared with.
+async fn soak(
+    c: &Canary<'_>,
+    world: &World<'_>,
+    canary: Vec<Instance>,
+    left: Duration,
+    soaked: Soaked<'_>,
+    vars: &QueryVars,
+    emit: &mut (dyn FnMut(RolloutEvent) + Send),
+) -> Result<Outcome, RolloutError> {
+    let Soaked {
+        mut background,
+        mut measurements,
+        mut guard,
+    } = soaked;
+    if world.router.verify_weight().await != Some(100) {
+        world.router.set_weight(100).await?;
+        emit(RolloutEvent::WeightSet {
+            weight: 100,
+            verified: world.router.verify_weight().await,
+        });
+    }
+    emit(RolloutEvent::SoakStarted {
+        index: c.steps.len(),
+        seconds: left.as_secs(),
+    });
+    let tick = Duration::from_millis(
+        background
+            .as_ref()
+            .map_or(analysis::DEFAULT_INTERVAL_MS, |b| b.limits.interval_ms),
+    )
+    .min(left.max(Duration::from_millis(1)));
+    let started = Instant::now();
+    let _ = world.metrics.window().await; // the soak's own window
+    loop {
+        tokio::time::sleep(tick).await;
+        if let Some(reason) = guard.tripped(world).await {
+            return guard
+                .verdict(c, world, &canary, reason, measurements, emit)
+                .await;
+        }
+        match world.interventions.poll().await {
+            Some(Intervention::Rollback) => {
+                emit(RolloutEvent::Intervened {
+                    intervention: Intervention::Rollback,
+                });
+                let reason = "rollback requested by an operator during the soak".to_owned();
+                return rollback(c, world, &canary, reason, measurements, emit).await;
+            }
+            Some(Intervention::Promote) => {
+                // A human ends the soak early: the promotion is theirs.
+                emit(RolloutEvent::Intervened {
+                    intervention: Intervention::Promote,
+                });
+                return promote(c, world, canary, emit).await;
+            }
+            Some(Intervention::Pause) => {
+                emit(RolloutEvent::Intervened {
+                    intervention: Intervention::Pause,
+                });
+                return Ok(Outcome::Paused {
+                    reason: "paused by an operator during the soak".into(),
+                });
+            }
+            Some(Intervention::Resume) | None => {}
+        }
+        if let Err(detail) = world.instances.healthy(&canary).await {
+            emit(RolloutEvent::HealthFailed {
+                detail: detail.clone(),
+            });
+            let reason = format!("health probe failed during the soak at full weight: {detail}");
+            return rollback(c, world, &canary, reason, measurements, emit).await;
+        }
+        if let Some(j) = background.as_mut() {
+            let (w, source_error) = match world.metrics.window().await {
+                Ok(w) => (w, None),
+                Err(e) => (Window::default(), Some(e)),
+            };
+            let (m, phase) = match source_error {
+                Some(e) if j.uses_builtin() => {
+                    let m = analysis::combine(vec![analysis::MetricResult {
+                        metric: "provider".into(),
+                        phase: Phase::Error,
+                        value: None,
+                        threshold: String::new(),
+                        detail: format!("metric source failed: {e}"),
+                        query: None,
+                        sampled: None,
+                    }]);
+                    let phase = analysis::record(&mut j.state, m.clone(), &j.limits);
+                    (m, phase)
+                }
+                _ => {
+                    let asked = ask(world, j, vars).await;
+                    j.measure(&w, asked)
+                }
+            };
+            emit(RolloutEvent::Measured {
+                template: j.name.clone(),
+                window: WindowSummary::of(&w),
+                measurement: m.clone(),
+                phase,
+            });
+            measurements.push(m.clone());
+            if matches!(phase, Phase::Failed | Phase::Error) {
+                let reason = format!(
+                    "{} (during the soak)",
+                    failure_reason(&j.name, &m, 100, phase)
+                );
+                if j.template.on_failure == OnFailure::Pause || phase == Phase::Error {
+                    emit(RolloutEvent::Paused {
+                        reason: reason.clone(),
+                    });
+                    return Ok(Outcome::Paused { reason });
+                }
+                return rollback(c, world, &canary, reason, measurements, emit).await;
+            }
+        }
+        if started.elapsed() >= left {
+            break;
+        }
+    }
+    emit(RolloutEvent::SoakPassed {
+        seconds: started.elapsed().as_secs(),
+    });
     guard.set(world, None, false).await?;
     promote(c, world, canary, emit).await
 }

@@ -238,6 +238,7 @@ async fn drive_full(
             start_step: 0,
             resume: None,
             environment: "prod",
+            soak: None,
         },
         &world,
         &mut |e| events.push(e),
