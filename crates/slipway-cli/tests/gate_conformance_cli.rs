@@ -373,8 +373,11 @@ fn post_review_opens_a_review_another_person_must_complete() {
         "--output",
         "json",
     ]);
-    assert_eq!(code, 0, "{out}\n{err}");
-    assert!(out.contains(&run) && out.contains("open_reviews"), "{out}");
+    // 1: the pack lists an exception (this test's policy waived the approval).
+    assert!(code == 0 || code == 1, "{out}\n{err}");
+    let pack: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(pack["open_reviews"][0]["run"], run.as_str(), "{pack}");
+    assert_eq!(pack["open_reviews"][0]["state"], "open", "{pack}");
     let next = hotfix(&env, "1.0.2");
     let (_, out, _) = env.run(&[
         "plan",
