@@ -70,7 +70,7 @@ impl Env {
         self.dir.path()
     }
 
-    fn store(&self) -> String {
+    pub(crate) fn store(&self) -> String {
         match &self.postgres {
             Some(url) => url.clone(),
             None => format!("sqlite://{}/slipway.db", self.path().display()),

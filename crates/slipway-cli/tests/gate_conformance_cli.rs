@@ -345,49 +345,58 @@ policy:
 #[test]
 fn post_review_opens_a_review_another_person_must_complete() {
     let env = Env::new();
-    let alice = [("SLIPWAY_USER", "alice")];
-    let bob = [("SLIPWAY_USER", "bob")];
+    // Two people with verified tokens: alice (admin) deploys, bob (approver) reviews.
+    let mut people = crate::People::new(&env.store(), "alice");
+    people.add("bob", "approver", "live");
+    let alice = [("SLIPWAY_TOKEN", people.token("alice"))];
+    let bob = [("SLIPWAY_TOKEN", people.token("bob"))];
     let (code, v, err) = env.deploy_with(&hotfix(&env, "1.0.1"), &alice);
     assert_eq!(code, 0, "{v}\n{err}");
     assert!(err.contains("review after the fact is required"), "{err}");
     let run = v["run"].as_str().unwrap().to_owned();
 
     // Open: listed, in status, in the compliance report, a warning on the next plan.
-    let (_, out, _) = env.run(&["review", "list", "--output", "json"]);
+    let (_, out, _) = env.run_with(&["review", "list", "--output", "json"], &alice);
     let list: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(list[0]["run"], run.as_str(), "{list}");
     assert_eq!(list[0]["state"], "open", "{list}");
-    let (_, out, _) = env.run(&["status", &run, "--output", "json"]);
+    let (_, out, _) = env.run_with(&["status", &run, "--output", "json"], &alice);
     let status: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(status["open_reviews"][0]["run"], run.as_str(), "{status}");
     let pack = env.path().join("pack");
-    let (code, out, err) = env.run(&[
-        "report",
-        "compliance",
-        "--framework",
-        "sox",
-        "--since",
-        "2020-01-01",
-        "--out",
-        &pack.display().to_string(),
-        "--output",
-        "json",
-    ]);
+    let (code, out, err) = env.run_with(
+        &[
+            "report",
+            "compliance",
+            "--framework",
+            "sox",
+            "--since",
+            "2020-01-01",
+            "--out",
+            &pack.display().to_string(),
+            "--output",
+            "json",
+        ],
+        &alice,
+    );
     // 1: the pack lists an exception (this test's policy waived the approval).
     assert!(code == 0 || code == 1, "{out}\n{err}");
     let pack: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(pack["open_reviews"][0]["run"], run.as_str(), "{pack}");
     assert_eq!(pack["open_reviews"][0]["state"], "open", "{pack}");
     let next = hotfix(&env, "1.0.2");
-    let (_, out, _) = env.run(&[
-        "plan",
-        "--env",
-        "live",
-        "--output",
-        "json",
-        "-f",
-        &next.display().to_string(),
-    ]);
+    let (_, out, _) = env.run_with(
+        &[
+            "plan",
+            "--env",
+            "live",
+            "--output",
+            "json",
+            "-f",
+            &next.display().to_string(),
+        ],
+        &alice,
+    );
     assert!(out.contains("review-open"), "{out}");
 
     // Not by its author; by another person, with a note.
@@ -408,17 +417,20 @@ fn post_review_opens_a_review_another_person_must_complete() {
         &bob,
     );
     assert_eq!(code, 0, "{out}\n{err}");
-    let (_, out, _) = env.run(&["review", "list", "--open", "--output", "json"]);
+    let (_, out, _) = env.run_with(&["review", "list", "--open", "--output", "json"], &alice);
     assert_eq!(out.trim(), "[]");
-    let (_, out, _) = env.run(&[
-        "plan",
-        "--env",
-        "live",
-        "--output",
-        "json",
-        "-f",
-        &next.display().to_string(),
-    ]);
+    let (_, out, _) = env.run_with(
+        &[
+            "plan",
+            "--env",
+            "live",
+            "--output",
+            "json",
+            "-f",
+            &next.display().to_string(),
+        ],
+        &alice,
+    );
     assert!(!out.contains("review-open"), "{out}");
 }
 
