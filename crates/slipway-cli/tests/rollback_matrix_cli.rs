@@ -15,6 +15,9 @@
 //! release's command or environment is caught. Each case has a directory and a store of
 //! its own; a few run at once (`MATRIX_PARALLEL`, default 3; `MATRIX_ONLY=Succeeded`
 //! runs the cases whose name contains the text).
+//!
+//! Last, `examples/shop` as shipped: a promoted service and a failing later one, rolled
+//! back to the version before (its commands hard-code their version).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{Read as _, Write as _};
@@ -1191,4 +1194,208 @@ fn exec_target_rollback_invariant_from_every_state() {
         |c| format!("exec {:?} × {:?}", c.state, c.action),
         exec_case,
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// The shipped example.
+
+/// Copy the directory `from` into `to`, recursively.
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), target).unwrap();
+        }
+    }
+}
+
+/// A live instance's launch as the invariant compares it: its argv with the port masked
+/// (each instance gets its own) and its environment.
+fn launch(m: &crate::Marked) -> (Vec<String>, BTreeMap<String, String>) {
+    let mut argv = m.argv[1..].to_vec();
+    if let Some(i) = argv.iter().position(|a| a == "--port") {
+        argv[i + 1] = "PORT".into();
+    }
+    let mut env = m.environ.clone();
+    env.remove("PORT");
+    (argv, env)
+}
+
+/// `examples/shop` as shipped — both its services hard-code the version in their
+/// command — deployed to staging at 2.3.0, then at 2.4.0 (its `release.yaml`
+/// byte for byte) where db migrates and api is promoted before web, whose 2.4.0 build
+/// cannot start: the run rolls back web, then api (relaunched from 2.3.0's own launch
+/// record, never 2.4.0's command with a version put in), then undoes db's V3. Afterwards
+/// every instance is exactly the one 2.3.0's run launched, through the proxies too,
+/// `status` says 2.3.0 for each service, the migration is undone and the lease is free.
+#[test]
+fn examples_shop_rolls_back_cleanly_after_a_promoted_service_and_a_failing_later_one() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let w = World::new();
+    let shop = w.path().join("shop");
+    copy_dir(&crate::repo().join("examples/shop"), &shop);
+    // Where staging's SQLite database lives; the default store (`.slipway/` beside the
+    // spec) would have made it, this test's store is elsewhere.
+    std::fs::create_dir_all(shop.join(".slipway")).unwrap();
+    // web's 2.4.0 build is broken: it exits before it listens. Every other instance is
+    // the real demo-app.
+    let shim = w.path().join("bin/demo-app");
+    std::fs::write(
+        &shim,
+        format!(
+            "#!/bin/sh\nif [ \"$SLIPWAY_SERVICE\" = web ] && [ \"$SLIPWAY_VERSION\" = 2.4.0 ]; then\n  echo 'demo-app: web 2.4.0: missing asset bundle' >&2; exit 3\nfi\nexec '{}' demo-app \"$@\"\n",
+            assert_cmd::cargo::cargo_bin("slipway").display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&shim, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    // 2.3.0: the same release one version back — commands, requirement and migrations
+    // (without V3) as they were; nothing declared as deployed, Slipway deploys it.
+    let shipped = std::fs::read_to_string(shop.join("release.yaml")).unwrap();
+    assert!(shipped.contains("--version 2.4.0"), "{shipped}");
+    let old: String = shipped
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("deployed:"))
+        .map(|l| format!("{l}\n"))
+        .collect::<String>()
+        .replace("2.4.0", "2.3.0")
+        .replace("\">=2.4\"", "\">=2.3\"")
+        .replace("./migrations", "./migrations-2.3.0");
+    std::fs::create_dir_all(shop.join("migrations-2.3.0")).unwrap();
+    for f in ["V2__create_orders.sql", "U2__create_orders.sql"] {
+        std::fs::copy(
+            shop.join("migrations").join(f),
+            shop.join("migrations-2.3.0").join(f),
+        )
+        .unwrap();
+    }
+    let old_spec = shop.join("release-2.3.0.yaml");
+    std::fs::write(&old_spec, old).unwrap();
+    let deploy = |spec: &Path| {
+        let s = spec.display().to_string();
+        let (code, out, err) = w.run(&["deploy", "--env", "staging", "--output", "json", "-f", &s]);
+        let v: serde_json::Value = serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("{e}: stdout {out}\nstderr {err}\n{}", w.logs()));
+        (code, v, err)
+    };
+    let (code, v, err) = deploy(&old_spec);
+    assert_eq!(code, 0, "{v}\n{err}");
+    let by_service = |w: &World| {
+        let mut out: BTreeMap<String, Vec<(Vec<String>, BTreeMap<String, String>)>> =
+            BTreeMap::new();
+        for m in w.instances() {
+            let service = m
+                .environ
+                .get("SLIPWAY_SERVICE")
+                .cloned()
+                .unwrap_or_default();
+            out.entry(service).or_default().push(launch(&m));
+        }
+        for l in out.values_mut() {
+            l.sort();
+        }
+        out
+    };
+    let before = by_service(&w);
+    assert_eq!(
+        before.keys().collect::<Vec<_>>(),
+        ["api", "web"],
+        "{before:#?}"
+    );
+    for (service, launches) in &before {
+        assert_eq!(launches.len(), 2, "{service}: {launches:#?}");
+        assert!(
+            launches
+                .iter()
+                .all(|(argv, _)| argv.join(" ") == "demo-app --port PORT --version 2.3.0"),
+            "{service}: {launches:#?}"
+        );
+    }
+    let db = shop.join(".slipway/staging.db");
+    let index_exists = || {
+        let o = Command::new("sqlite3")
+            .arg(&db)
+            .arg("SELECT count(*) FROM sqlite_master WHERE name = 'orders_customer_idx';")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{o:?}");
+        String::from_utf8_lossy(&o.stdout).trim() == "1"
+    };
+    assert!(!index_exists(), "2.3.0 has no V3");
+
+    // 2.4.0, the shipped file: db and api promoted, web fails, the release rolls back.
+    let (code, v, err) = deploy(&shop.join("release.yaml"));
+    assert_eq!(code, 4, "{v}\n{err}\n{}", w.logs());
+    let run = v["run"].as_str().unwrap().to_owned();
+    let journal = w.journal(&run);
+    // The journal (JSON lines): db migrated and api promoted, then web failed; the
+    // rollback relaunched api from 2.3.0's record, then undid db — reverse dependency
+    // order.
+    let events: Vec<serde_json::Value> = journal
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["event"].clone())
+        .collect();
+    let at = |kind: &str, step: &str| {
+        events
+            .iter()
+            .position(|e| e["event"] == kind && e["step"] == step)
+            .unwrap_or_else(|| panic!("no {kind} of {step}: {journal}"))
+    };
+    let promoted = events
+        .iter()
+        .position(|e| e["detail"]["event"] == "promoted" && e["step"] == "api/deploy")
+        .unwrap_or_else(|| panic!("api was never promoted: {journal}"));
+    assert!(at("step_succeeded", "db/migrate") < promoted, "{journal}");
+    assert!(promoted < at("step_failed", "web/deploy"), "{journal}");
+    assert!(
+        at("step_failed", "web/deploy") < at("undo_succeeded", "api/deploy")
+            && at("undo_succeeded", "api/deploy") < at("undo_succeeded", "db/migrate"),
+        "{journal}"
+    );
+    let relaunched = events
+        .iter()
+        .find(|e| e["detail"]["event"] == "relaunched")
+        .unwrap_or_else(|| panic!("api was not relaunched: {journal}"));
+    assert_eq!(
+        relaunched["detail"]["launch"]["command"], "demo-app --port {{ port }} --version 2.3.0",
+        "{journal}"
+    );
+
+    // Exactly what 2.3.0's run launched: same command lines and environments, answering
+    // 2.3.0 directly and through the proxies; nothing of 2.4.0 runs.
+    let after = by_service(&w);
+    assert_eq!(after, before, "after the rollback of 2.4.0\n{}", w.logs());
+    for m in w.instances() {
+        let port_at = m.argv.iter().position(|a| a == "--port").unwrap() + 1;
+        let addr: SocketAddr = format!("127.0.0.1:{}", m.argv[port_at]).parse().unwrap();
+        assert_eq!(version_at(addr).as_deref(), Ok("2.3.0"), "{:?}", m.argv);
+    }
+    for service in ["api", "web"] {
+        let proxy = slipway_providers::remote::read_state(
+            &w.path()
+                .join(format!("process/staging/proxies/{service}.json")),
+        )
+        .expect("the proxy recorded itself")
+        .traffic;
+        for _ in 0..10 {
+            assert_eq!(version_at(proxy).as_deref(), Ok("2.3.0"), "{service} proxy");
+        }
+    }
+    let status = w.status(&run);
+    assert_eq!(status["run"]["state"], "rolled_back", "{:#}", status["run"]);
+    for service in ["db", "api", "web"] {
+        assert_eq!(
+            status["services"][service]["version"], "2.3.0",
+            "status of {run} for {service}: {:#}",
+            status["services"]
+        );
+    }
+    assert!(!index_exists(), "db's V3 was undone (U3)");
+    w.assert_lease_free();
+    let (code, out, _) = w.run(&["audit", "verify"]);
+    assert_eq!(code, 0, "{out}");
 }
