@@ -1214,7 +1214,9 @@ fn copy_dir(from: &Path, to: &Path) {
 
 /// A live instance's launch as the invariant compares it: its argv with the port masked
 /// (each instance gets its own) and its environment.
-fn launch(m: &crate::Marked) -> (Vec<String>, BTreeMap<String, String>) {
+type Launch = (Vec<String>, BTreeMap<String, String>);
+
+fn launch(m: &crate::Marked) -> Launch {
     let mut argv = m.argv[1..].to_vec();
     if let Some(i) = argv.iter().position(|a| a == "--port") {
         argv[i + 1] = "PORT".into();
@@ -1285,8 +1287,7 @@ fn examples_shop_rolls_back_cleanly_after_a_promoted_service_and_a_failing_later
     let (code, v, err) = deploy(&old_spec);
     assert_eq!(code, 0, "{v}\n{err}");
     let by_service = |w: &World| {
-        let mut out: BTreeMap<String, Vec<(Vec<String>, BTreeMap<String, String>)>> =
-            BTreeMap::new();
+        let mut out: BTreeMap<String, Vec<Launch>> = BTreeMap::new();
         for m in w.instances() {
             let service = m
                 .environ
