@@ -43,6 +43,9 @@ fn enforced_by(kind: &GateKind) -> &'static str {
         GateKind::Checklist { .. } => {
             "checklist_cli::an_accepted_retro_action_blocks_deploys_until_acknowledged"
         }
+        GateKind::Readiness { .. } => {
+            "readiness_cli::failing_readiness_blocks_the_deploy_before_its_first_wave_and_passing_is_kept"
+        }
     }
 }
 
@@ -99,6 +102,10 @@ fn every_gate_and_probe_kind_names_a_test_that_enforces_it() {
         },
         GateKind::PostReview,
         GateKind::Checklist { items: vec![] },
+        GateKind::Readiness {
+            checks: vec![],
+            advisory: vec![],
+        },
     ];
     let tests = crate::repo().join("crates/slipway-cli/tests");
     let names = every_kind

@@ -1227,12 +1227,13 @@ fn launch(m: &crate::Marked) -> Launch {
 }
 
 /// `examples/shop` as shipped — both its services hard-code the version in their
-/// command — deployed to staging at 2.3.0, then at 2.4.0 (its `release.yaml`
-/// byte for byte) where db migrates and api is promoted before web, whose 2.4.0 build
-/// cannot start: the run rolls back web, then api (relaunched from 2.3.0's own launch
-/// record, never 2.4.0's command with a version put in), then undoes db's V3. Afterwards
-/// every instance is exactly the one 2.3.0's run launched, through the proxies too,
-/// `status` says 2.3.0 for each service, the migration is undone and the lease is free.
+/// command — deployed to staging at 2.3.0, then at 2.4.0 (its `release.yaml`, staging's
+/// readiness checks made advisory) where db migrates and api is promoted before web,
+/// whose 2.4.0 build cannot start: the run rolls back web, then api (relaunched from
+/// 2.3.0's own launch record, never 2.4.0's command with a version put in), then undoes
+/// db's V3. Afterwards every instance is exactly the one 2.3.0's run launched, through
+/// the proxies too, `status` says 2.3.0 for each service, the migration is undone and
+/// the lease is free.
 #[test]
 fn examples_shop_rolls_back_cleanly_after_a_promoted_service_and_a_failing_later_one() {
     use std::os::unix::fs::PermissionsExt as _;
@@ -1257,8 +1258,20 @@ fn examples_shop_rolls_back_cleanly_after_a_promoted_service_and_a_failing_later
 
     // 2.3.0: the same release one version back — commands, requirement and migrations
     // (without V3) as they were; nothing declared as deployed, Slipway deploys it.
-    let shipped = std::fs::read_to_string(shop.join("release.yaml")).unwrap();
+    // One line added to staging: the readiness gate's reach and capacity checks only
+    // warn. It is not this test's subject (see `readiness_cli`), and here it would refuse
+    // both deploys before their first wave: nothing listens on the database port the
+    // example names (127.0.0.1:5432), and a loaded test machine has no free core.
+    let shipped = std::fs::read_to_string(shop.join("release.yaml"))
+        .unwrap()
+        .replacen(
+            "  staging:\n    target: { process: {} }\n",
+            "  staging:\n    target: { process: {} }\n    advisory_checks: [reach, capacity]\n",
+            1,
+        );
+    assert!(shipped.contains("advisory_checks"), "{shipped}");
     assert!(shipped.contains("--version 2.4.0"), "{shipped}");
+    std::fs::write(shop.join("release.yaml"), &shipped).unwrap();
     let old: String = shipped
         .lines()
         .filter(|l| !l.trim_start().starts_with("deployed:"))
@@ -1328,7 +1341,7 @@ fn examples_shop_rolls_back_cleanly_after_a_promoted_service_and_a_failing_later
     };
     assert!(!index_exists(), "2.3.0 has no V3");
 
-    // 2.4.0, the shipped file: db and api promoted, web fails, the release rolls back.
+    // 2.4.0, the shipped release: db and api promoted, web fails, the release rolls back.
     let (code, v, err) = deploy(&shop.join("release.yaml"));
     assert_eq!(code, 4, "{v}\n{err}\n{}", w.logs());
     let run = v["run"].as_str().unwrap().to_owned();
