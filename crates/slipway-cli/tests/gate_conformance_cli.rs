@@ -43,6 +43,9 @@ fn enforced_by(kind: &GateKind) -> &'static str {
         GateKind::Checklist { .. } => {
             "checklist_cli::an_accepted_retro_action_blocks_deploys_until_acknowledged"
         }
+        GateKind::Promotion { .. } => {
+            "promotion_cli::prod_is_refused_until_the_same_inputs_succeeded_in_staging_and_an_override_is_audited"
+        }
         GateKind::Readiness { .. } => {
             "readiness_cli::failing_readiness_blocks_the_deploy_before_its_first_wave_and_passing_is_kept"
         }
@@ -105,6 +108,13 @@ fn every_gate_and_probe_kind_names_a_test_that_enforces_it() {
         GateKind::Readiness {
             checks: vec![],
             advisory: vec![],
+        },
+        GateKind::Promotion {
+            from: String::new(),
+            run: None,
+            finished_at: None,
+            inputs: String::new(),
+            overridden: None,
         },
     ];
     let tests = crate::repo().join("crates/slipway-cli/tests");

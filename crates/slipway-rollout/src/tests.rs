@@ -605,6 +605,7 @@ async fn drive_guarded_with(
             start_step: 0,
             environment: "prod",
             resume: None,
+            soak: None,
         },
         &world,
         &mut |_| {},
