@@ -1045,6 +1045,7 @@ fn run_view_from_json(v: &serde_json::Value) -> Option<views::RunView> {
         failed_hosts: serde_json::from_value(de("failed_hosts")).unwrap_or_default(),
         analysis: values("analysis"),
         services,
+        open_reviews: values("open_reviews"),
         // Perf files stay on the server's machine.
         run_dir: PathBuf::new(),
     })

@@ -43,6 +43,9 @@ fn enforced_by(kind: &GateKind) -> &'static str {
         GateKind::Checklist { .. } => {
             "checklist_cli::an_accepted_retro_action_blocks_deploys_until_acknowledged"
         }
+        GateKind::ChangeApproved { .. } => {
+            "change_cli::servicenow_not_approved_outside_its_window_or_unknown_is_refused_before_a_run_exists"
+        }
         GateKind::Promotion { .. } => {
             "promotion_cli::prod_is_refused_until_the_same_inputs_succeeded_in_staging_and_an_override_is_audited"
         }
@@ -94,6 +97,10 @@ fn every_gate_and_probe_kind_names_a_test_that_enforces_it() {
             four_eyes: true,
         },
         GateKind::ChangeRecord { record: None },
+        GateKind::ChangeApproved {
+            system: "servicenow".into(),
+            record: None,
+        },
         GateKind::Signature { keys: vec![] },
         GateKind::Canary,
         GateKind::Soak { seconds: 1 },
