@@ -451,7 +451,9 @@ impl From<slipway_server::client::ClientError> for CliError {
             ),
             // The exit codes the same refusal has in local mode, from the status the
             // server answered it with.
-            E::Api { status, error, fix } => {
+            E::Api {
+                status, error, fix, ..
+            } => {
                 let code = match status {
                     400 | 404 | 405 | 422 => exit::INVALID_INPUT,
                     401 => exit::UNAUTHENTICATED,

@@ -3,9 +3,10 @@
 //! outcome rendered as text or JSON with its exit code. What the operations do is
 //! documented in `slipway_ops::runs` and `slipway_ops::views`.
 //!
-//! With `--server URL` the same commands (but `deploy`, which needs the server to run
-//! releases) are one API call each instead (`slipway_server::client`), as the caller's
-//! token, rendered the same way: the server makes the same `slipway_ops` call for them.
+//! With `--server URL` the same commands are one API call each instead
+//! (`slipway_server::client`), as the caller's token, rendered the same way: the server
+//! makes the same `slipway_ops` call for them. `deploy` packs the spec's directory into a
+//! bundle (`slipway_package::bundle`), uploads it and has the server plan and drive it.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -266,16 +267,147 @@ fn render_handled(h: Handled, reporter: &CliReporter, out: &Output) -> i32 {
     }
 }
 
+/// `slipway --server URL deploy`: pack the spec's directory into a bundle, upload it,
+/// start the run on the server, and (unless `--detach`) follow its journal until it ends,
+/// pauses or — with `--no-wait` — stops at a gate, exiting with its outcome's code.
+async fn deploy_remote(
+    c: &slipway_server::client::Client,
+    a: &DeployArgs,
+    out: &Output,
+) -> Result<i32, CliError> {
+    use slipway_server::client::ClientError;
+    let packed = slipway_package::bundle::pack(&a.file).map_err(|e| {
+        CliError::input(
+            format!("failed to pack the bundle of {}: {e}", a.file.display()),
+            "deploy a spec whose directory holds only the release's files (no other links out of it, nothing over the size limit)",
+        )
+    })?;
+    let files = packed.manifest.files.len();
+    let digest = packed.sha256.clone();
+    let (_, up) = c
+        .post_bytes(
+            &format!("/bundles?environment={}", path_segment(&a.env)),
+            packed.bytes,
+            &[(slipway_server::BUNDLE_DIGEST_HEADER, digest.as_str())],
+        )
+        .await?;
+    if !out.json() {
+        out.eline(&format!(
+            "bundle sha256:{digest} ({files} files, {} bytes) {} {}",
+            up["size"].as_u64().unwrap_or_default(),
+            if up["stored"] == json!(true) {
+                "uploaded to"
+            } else {
+                "already on"
+            },
+            c.server()
+        ));
+    }
+    let body = json!({
+        "bundle": digest,
+        "environment": a.env,
+        "no_wait": a.no_wait,
+        "wait": a.wait,
+        "override_freeze": if a.override_freeze { a.reason.clone() } else { None },
+        "override_promotion": if a.override_promotion { a.reason.clone() } else { None },
+    });
+    let (status, doc) = match c.post("/runs", &body).await {
+        Ok(r) => r,
+        Err(ClientError::Api {
+            status,
+            error,
+            fix,
+            body,
+        }) if body["findings"].is_array() => {
+            // The refusal with its findings, as a local deploy shows them.
+            let e = CliError::from(ClientError::Api {
+                status,
+                error,
+                fix,
+                body: body.clone(),
+            });
+            if out.json() {
+                out.json_value(&json!({
+                    "ok": false,
+                    "exit_code": e.code,
+                    "error": e.message,
+                    "hint": e.hint,
+                    "findings": body["findings"],
+                }));
+                return Err(CliError::new(e.code, "", None));
+            }
+            for f in body["findings"].as_array().into_iter().flatten() {
+                out.eline(&format!(
+                    "finding {} ({}): {}",
+                    f["code"].as_str().unwrap_or_default(),
+                    f["severity"].as_str().unwrap_or_default(),
+                    f["message"].as_str().unwrap_or_default()
+                ));
+            }
+            return Err(e);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if status != 202 {
+        let r = drive_from_json(&doc).ok_or_else(|| unexpected(c, &"no drive outcome"))?;
+        return Ok(render_drive(&r, &[], out));
+    }
+    let run = doc["run"]
+        .as_str()
+        .ok_or_else(|| unexpected(c, &"the run's id is missing"))?
+        .to_owned();
+    if a.detach {
+        if out.json() {
+            out.json_value(&json!({"run": run, "detached": true, "driving": "server"}));
+        } else {
+            out.line(&run);
+        }
+        return Ok(exit::SUCCESS);
+    }
+    if !out.json() {
+        out.eline(&format!(
+            "{} drives run {run}; following it (Ctrl-C stops following, not the run)",
+            c.server()
+        ));
+    }
+    let print = |n: &slipway_engine::Notice| {
+        if !out.json()
+            && let Some(line) = event_line(n, out)
+        {
+            out.line(&format!("{} {line}", n.at.strftime("%H:%M:%S")));
+        }
+    };
+    let path = format!("/runs/{}/events", path_segment(&run));
+    let events = c.events(&path, |event, data| {
+        if event == "journal"
+            && let Ok(n) = serde_json::from_str::<slipway_engine::Notice>(data)
+        {
+            print(&n);
+        }
+    });
+    let mut events = std::pin::pin!(events);
+    let (state, code) = tokio::select! {
+        // The stream ends once the run is over and every entry was sent.
+        streamed = &mut events => {
+            streamed?;
+            poll_remote(c, &run, None, a.no_wait).await?
+        }
+        settled = poll_remote(c, &run, None, a.no_wait) => {
+            let settled = settled?;
+            if settled.0.is_terminal() {
+                // The last entries are on their way; the stream ends after them.
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(5), &mut events).await;
+            }
+            settled
+        }
+    };
+    Ok(render_settled(&run, state, out, code))
+}
+
 /// `slipway deploy`.
 pub fn deploy(a: DeployArgs, out: &Output) -> Result<i32, CliError> {
     if let Some(c) = remote()? {
-        return Err(CliError::input(
-            format!(
-                "failed to deploy through {}: the server does not start runs yet",
-                c.server()
-            ),
-            "deploy with a store (unset --server / SLIPWAY_SERVER; --store names a shared PostgreSQL store), then act on the run through the server",
-        ));
+        return runtime()?.block_on(deploy_remote(&c, &a, out));
     }
     let options = slipway_ops::planning::PlanOptions {
         override_promotion: if a.override_promotion {
@@ -903,6 +1035,17 @@ async fn follow_remote(
     gate_stops: bool,
     out: &Output,
 ) -> Result<i32, CliError> {
+    let (state, code) = poll_remote(c, run, deadline, gate_stops).await?;
+    Ok(render_settled(run, state, out, code))
+}
+
+/// [`follow_remote`] without the rendering: the settled state and its exit code.
+async fn poll_remote(
+    c: &slipway_server::client::Client,
+    run: &str,
+    deadline: Option<std::time::Instant>,
+    gate_stops: bool,
+) -> Result<(RunState, i32), CliError> {
     loop {
         let doc = c
             .get(&format!("/runs/{}/status", path_segment(run)))
@@ -910,14 +1053,14 @@ async fn follow_remote(
         let state: RunState =
             serde_json::from_value(doc["run"]["state"].clone()).map_err(|e| unexpected(c, &e))?;
         if let Some(code) = settled_code(state) {
-            return Ok(render_settled(run, state, out, code));
+            return Ok((state, code));
         }
         let waiting = matches!(
             state,
             RunState::WaitingForApproval | RunState::WaitingForWindow
         );
         if gate_stops && waiting && doc["driven"] == json!(false) {
-            return Ok(render_settled(run, state, out, exit::BLOCKED));
+            return Ok((state, exit::BLOCKED));
         }
         if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
             return Err(timed_out(run, state));

@@ -49,6 +49,7 @@ mod rollback_matrix_cli;
 mod router_cli;
 mod secret_cli;
 mod serve_cli;
+mod server_deploy_cli;
 mod smoke_cli;
 mod ssh_cli;
 mod supply_cli;

@@ -51,6 +51,9 @@ pub struct BuildOptions {
     pub mtime: u64,
     /// `None` chooses from the output file name.
     pub compression: Option<Compression>,
+    /// Top-level entries of the directory left out (a release bundle leaves out the
+    /// local store directory `.slipway` and `.git`).
+    pub skip: Vec<String>,
 }
 
 impl BuildOptions {
@@ -64,6 +67,7 @@ impl BuildOptions {
         BuildOptions {
             mtime,
             compression: None,
+            skip: Vec::new(),
         }
     }
 }
@@ -186,7 +190,7 @@ pub fn build_archive_with(
     }
 
     let mut items = Vec::new();
-    walk(dir, dir, "", &mut items, out)?;
+    walk(dir, dir, "", &mut items, out, &options.skip)?;
     items.sort_by(|a, b| a.rel().cmp(b.rel()));
 
     let mut manifest = ArchiveManifest {
@@ -361,7 +365,14 @@ fn write_tar<W: Write>(
     builder.into_inner().map_err(io_error)
 }
 
-fn walk(root: &Path, dir: &Path, prefix: &str, items: &mut Vec<Item>, out: &Path) -> Result<()> {
+fn walk(
+    root: &Path,
+    dir: &Path,
+    prefix: &str,
+    items: &mut Vec<Item>,
+    out: &Path,
+    skip: &[String],
+) -> Result<()> {
     let build_error = |reason: String| Error::Build {
         path: out.to_owned(),
         reason,
@@ -382,6 +393,9 @@ fn walk(root: &Path, dir: &Path, prefix: &str, items: &mut Vec<Item>, out: &Path
         } else {
             format!("{prefix}/{name}")
         };
+        if prefix.is_empty() && skip.iter().any(|s| s == name) {
+            continue;
+        }
         if rel == ARCHIVE_MANIFEST_NAME {
             return Err(build_error(format!(
                 "{} uses the reserved name {ARCHIVE_MANIFEST_NAME}; rename it",
@@ -392,7 +406,7 @@ fn walk(root: &Path, dir: &Path, prefix: &str, items: &mut Vec<Item>, out: &Path
         let kind = meta.file_type();
         if kind.is_dir() {
             items.push(Item::Dir { rel: rel.clone() });
-            walk(root, &abs, &rel, items, out)?;
+            walk(root, &abs, &rel, items, out, &[])?;
         } else if kind.is_file() {
             items.push(Item::File {
                 rel,

@@ -9,6 +9,7 @@
 
 pub mod archive;
 pub mod artifacts;
+pub mod bundle;
 pub mod checks;
 pub mod compat;
 pub mod deps;

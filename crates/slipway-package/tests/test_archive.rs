@@ -34,6 +34,7 @@ fn options(compression: Compression, mtime: u64) -> BuildOptions {
     BuildOptions {
         mtime,
         compression: Some(compression),
+        skip: Vec::new(),
     }
 }
 

@@ -338,6 +338,7 @@ fn slipway_archive_round_trips_with_links_and_modes() {
     let opts = BuildOptions {
         mtime: 0,
         compression: Some(Compression::Zstd),
+        skip: Vec::new(),
     };
     build_archive_with(&src, "api", "1.0.0", &archive, &opts).unwrap();
 

@@ -42,6 +42,8 @@ pub enum ClientError {
         error: String,
         /// The server's fix.
         fix: String,
+        /// The whole answer (a refused plan's `findings` are in it).
+        body: Value,
     },
 }
 
@@ -112,13 +114,34 @@ impl Client {
 
     /// `GET path` (under `/api/v1`): the answer's JSON, or the server's error.
     pub async fn get(&self, path: &str) -> Result<Value, ClientError> {
-        let resp = self.send("GET", path, None).await?;
+        let resp = self.send("GET", path, None, &[]).await?;
         self.json(resp).await.map(|(_, v)| v)
     }
 
     /// `POST path` (under `/api/v1`) with a JSON body: the status (200, 202) and JSON.
     pub async fn post(&self, path: &str, body: &Value) -> Result<(u16, Value), ClientError> {
-        let resp = self.send("POST", path, Some(body.to_string())).await?;
+        let body = Bytes::from(body.to_string());
+        let resp = self
+            .send("POST", path, Some((body, "application/json")), &[])
+            .await?;
+        self.json(resp).await
+    }
+
+    /// `POST path` (under `/api/v1`) with raw bytes and extra headers: the status and JSON.
+    pub async fn post_bytes(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+        headers: &[(&str, &str)],
+    ) -> Result<(u16, Value), ClientError> {
+        let resp = self
+            .send(
+                "POST",
+                path,
+                Some((Bytes::from(body), "application/octet-stream")),
+                headers,
+            )
+            .await?;
         self.json(resp).await
     }
 
@@ -129,7 +152,7 @@ impl Client {
         path: &str,
         mut on: impl FnMut(&str, &str),
     ) -> Result<(), ClientError> {
-        let resp = self.send("GET", path, None).await?;
+        let resp = self.send("GET", path, None, &[]).await?;
         if !resp.status().is_success() {
             return self.json(resp).await.map(|_| ());
         }
@@ -193,6 +216,7 @@ impl Client {
                 status,
                 error: text("error"),
                 fix: text("fix"),
+                body: v,
             });
         }
         Ok((status, v))
@@ -202,7 +226,8 @@ impl Client {
         &self,
         method: &str,
         path: &str,
-        body: Option<String>,
+        body: Option<(Bytes, &str)>,
+        headers: &[(&str, &str)],
     ) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
         let mut req = hyper::Request::builder()
             .method(method)
@@ -213,11 +238,18 @@ impl Client {
         if let Some(t) = &self.token {
             req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {t}"));
         }
-        if body.is_some() {
-            req = req.header(hyper::header::CONTENT_TYPE, "application/json");
+        for (k, v) in headers {
+            req = req.header(*k, *v);
         }
+        let body = match body {
+            Some((b, kind)) => {
+                req = req.header(hyper::header::CONTENT_TYPE, kind);
+                b
+            }
+            None => Bytes::new(),
+        };
         let req = req
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .body(Full::new(body))
             .map_err(|e| self.unreachable(format!("the request: {e}")))?;
         let tcp = match tokio::time::timeout(
             CONNECT_TIMEOUT,

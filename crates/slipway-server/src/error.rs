@@ -18,6 +18,8 @@ pub struct ApiError {
     pub fix: String,
     /// Seconds a client should wait before trying again (429), sent as `Retry-After`.
     pub retry_after: Option<u64>,
+    /// More fields of the answer beside `error` and `fix` (a refused plan's `findings`).
+    pub details: serde_json::Map<String, serde_json::Value>,
 }
 
 impl ApiError {
@@ -28,7 +30,14 @@ impl ApiError {
             error: error.into(),
             fix: fix.into(),
             retry_after: None,
+            details: serde_json::Map::new(),
         }
+    }
+
+    /// The error with `key: value` in its answer too.
+    pub fn with(mut self, key: &str, value: serde_json::Value) -> Self {
+        self.details.insert(key.to_owned(), value);
+        self
     }
 
     /// 429: this token id failed too often lately (see `slipway_govern::access`).
@@ -121,7 +130,10 @@ impl From<slipway_ops::OpsError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({"error": self.error, "fix": self.fix});
+        let mut body = self.details;
+        body.insert("error".into(), self.error.into());
+        body.insert("fix".into(), self.fix.into());
+        let body = serde_json::Value::Object(body);
         let mut r = (self.status, Json(body)).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
             r.headers_mut().insert(

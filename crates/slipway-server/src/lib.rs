@@ -29,6 +29,7 @@ mod api;
 mod auth;
 pub mod client;
 mod control;
+mod deploy;
 mod error;
 mod sse;
 mod ui;
@@ -41,6 +42,7 @@ use axum::routing::{get, post};
 use slipway_engine::store::Store;
 use slipway_store::access::AccessDb;
 
+pub use deploy::BUNDLE_DIGEST_HEADER;
 pub use error::ApiError;
 
 /// How the server behaves; [`Options::default`] is what `slipway serve` uses.
@@ -112,7 +114,8 @@ pub fn router(
         templates: Arc::new(ui::templates()?),
     };
     let api = Router::new()
-        .route("/runs", get(api::runs))
+        .route("/runs", get(api::runs).post(deploy::start))
+        .route("/bundles", post(deploy::upload))
         .route("/runs/{id}", get(api::run))
         .route("/runs/{id}/journal", get(api::journal))
         .route("/runs/{id}/status", get(api::status))

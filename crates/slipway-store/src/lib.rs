@@ -205,6 +205,33 @@ impl AnyStore {
         }
     }
 
+    /// Keep a release bundle under its SHA-256 (hex), which the caller computed from
+    /// `data`; `false` when the store had it already (uploads are idempotent).
+    pub async fn put_bundle(&self, digest: &str, data: Vec<u8>) -> Result<bool, StoreError> {
+        match self {
+            Self::Sqlite(s) => s.put_bundle(digest, data).await,
+            Self::Postgres(s) => s.put_bundle(digest, data).await,
+        }
+    }
+
+    /// The bundle named `digest`, once its bytes hash to that digest: a row changed in the
+    /// database is refused, never handed to a planner.
+    pub async fn bundle(&self, digest: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let data = match self {
+            Self::Sqlite(s) => s.bundle(digest).await?,
+            Self::Postgres(s) => s.bundle(digest).await?,
+        };
+        let Some(data) = data else { return Ok(None) };
+        let actual = slipway_engine::evidence::sha256_hex(&data);
+        if actual != digest {
+            return Err(StoreError::Query(format!(
+                "bundle {digest} in {} has sha256 {actual}: the stored bundle was changed; upload it again",
+                self.location()
+            )));
+        }
+        Ok(Some(data))
+    }
+
     /// When API token `id` was last used (RFC 3339), if ever.
     pub async fn token_last_used(&self, id: &str) -> Result<Option<String>, StoreError> {
         match self {

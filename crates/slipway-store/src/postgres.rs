@@ -86,6 +86,8 @@ enum Write {
     Governance(Vec<GovernanceRecord>),
     Anchor(Anchor),
     TokenUsed(String, String),
+    /// A bundle's digest, bytes and when it arrived.
+    Bundle(String, Vec<u8>, String),
 }
 
 enum Reply {
@@ -311,6 +313,10 @@ async fn migrate(
             "open {loc}: journal format {current} is older than any PostgreSQL store (oldest {PG_FIRST_FORMAT}); the database is damaged or not a slipway store"
         )));
     }
+    sqlx::raw_sql(crate::schema::BUNDLES_PG)
+        .execute(&mut *tx)
+        .await
+        .map_err(err)?;
     if current == JOURNAL_FORMAT {
         tx.commit().await.map_err(err)?;
         return Ok(());
@@ -576,6 +582,21 @@ async fn apply_all(pool: &PgPool, writes: &[&Write]) -> Result<Vec<Reply>, Store
                 .bind(&a.hash)
                 .bind(&a.payload)
                 .bind(&a.signature)
+                .execute(&mut *tx)
+                .await
+                .map_err(query_err)?
+                .rows_affected();
+                Reply::Added(n > 0)
+            }
+            Write::Bundle(digest, data, at) => {
+                let n = sqlx::query(
+                    "INSERT INTO bundles (digest, size, data, created_at) VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (digest) DO NOTHING",
+                )
+                .bind(digest)
+                .bind(i64::try_from(data.len()).unwrap_or(i64::MAX))
+                .bind(data)
+                .bind(at)
                 .execute(&mut *tx)
                 .await
                 .map_err(query_err)?
@@ -1455,6 +1476,27 @@ impl PgStore {
         self.send(Write::TokenUsed(id.to_owned(), at.to_string()))
             .await
             .map(|_| ())
+    }
+
+    /// See [`crate::AnyStore::put_bundle`].
+    pub async fn put_bundle(&self, digest: &str, data: Vec<u8>) -> Result<bool, StoreError> {
+        let at = slipway_stdx::now().to_string();
+        match self
+            .send(Write::Bundle(digest.to_owned(), data, at))
+            .await?
+        {
+            Reply::Added(b) => Ok(b),
+            _ => Err(StoreError::Query("the writer answered out of turn".into())),
+        }
+    }
+
+    /// See [`crate::AnyStore::bundle`].
+    pub async fn bundle(&self, digest: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        sqlx::query_scalar("SELECT data FROM bundles WHERE digest = $1")
+            .bind(digest)
+            .fetch_optional(&self.read)
+            .await
+            .map_err(query_err)
     }
 
     /// See [`crate::AnyStore::token_last_used`].

@@ -206,6 +206,26 @@ CREATE TABLE token_use (
 );
 "#;
 
+/// Release bundles a server received (`slipway --server URL deploy`), content-addressed
+/// by their SHA-256. Created when a store is opened, not by a format bump: nothing an
+/// older slipway reads depends on them (it keeps reading and writing runs as before), and a
+/// bundle is a blob beside the journal, not evidence — the run's plan, digest and journal
+/// are. SQLite's form.
+pub const BUNDLES_SQLITE: &str = "CREATE TABLE IF NOT EXISTS bundles (
+    digest TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    created_at TEXT NOT NULL
+)";
+
+/// [`BUNDLES_SQLITE`] on PostgreSQL.
+pub const BUNDLES_PG: &str = "CREATE TABLE IF NOT EXISTS bundles (
+    digest TEXT PRIMARY KEY,
+    size BIGINT NOT NULL,
+    data BYTEA NOT NULL,
+    created_at TEXT NOT NULL
+)";
+
 /// The oldest journal format a PostgreSQL store can have: PostgreSQL support started at
 /// format 4, so a fresh database gets [`PG_SCHEMA`] (format 4) in one transaction, and
 /// later formats add their PostgreSQL migration to [`PG_MIGRATIONS`].

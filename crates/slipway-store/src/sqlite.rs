@@ -58,6 +58,8 @@ enum Write {
     Governance(Vec<GovernanceRecord>),
     Anchor(Anchor),
     TokenUsed(String, String),
+    /// A bundle's digest, bytes and when it arrived.
+    Bundle(String, Vec<u8>, String),
 }
 
 enum Reply {
@@ -222,6 +224,10 @@ async fn migrate(conn: &mut SqliteConnection, path: &Path) -> Result<(), StoreEr
             "open {loc}: journal format {current} is older than this build can migrate (oldest {OLDEST_MIGRATABLE}); export it with the slipway that wrote it (`slipway audit export`) and start a new store"
         )));
     }
+    sqlx::raw_sql(crate::schema::BUNDLES_SQLITE)
+        .execute(&mut *tx)
+        .await
+        .map_err(q(path))?;
     if current == JOURNAL_FORMAT {
         tx.commit().await.map_err(q(path))?;
         return Ok(());
@@ -432,6 +438,21 @@ async fn apply_all(
             Write::Lease(op) => Reply::Lease(crate::leases::apply(&mut tx, op).await?),
             Write::Governance(recs) => {
                 Reply::Records(write_governance(&mut tx, &mut app, recs).await?)
+            }
+            Write::Bundle(digest, data, at) => {
+                let n = sqlx::query(
+                    "INSERT INTO bundles (digest, size, data, created_at) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (digest) DO NOTHING",
+                )
+                .bind(digest)
+                .bind(i64::try_from(data.len()).unwrap_or(i64::MAX))
+                .bind(data)
+                .bind(at)
+                .execute(&mut *tx)
+                .await
+                .map_err(query_err)?
+                .rows_affected();
+                Reply::Added(n > 0)
             }
             Write::TokenUsed(id, at) => {
                 sqlx::query(
@@ -1124,6 +1145,27 @@ impl SqliteStore {
         self.send(Write::TokenUsed(id.to_owned(), at.to_string()))
             .await
             .map(|_| ())
+    }
+
+    /// See [`crate::AnyStore::put_bundle`].
+    pub async fn put_bundle(&self, digest: &str, data: Vec<u8>) -> Result<bool, StoreError> {
+        let at = slipway_stdx::now().to_string();
+        match self
+            .send(Write::Bundle(digest.to_owned(), data, at))
+            .await?
+        {
+            Reply::Added(b) => Ok(b),
+            _ => Err(StoreError::Query("the writer answered out of turn".into())),
+        }
+    }
+
+    /// See [`crate::AnyStore::bundle`].
+    pub async fn bundle(&self, digest: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        sqlx::query_scalar("SELECT data FROM bundles WHERE digest = ?1")
+            .bind(digest)
+            .fetch_optional(&self.read)
+            .await
+            .map_err(query_err)
     }
 
     /// See [`crate::AnyStore::token_last_used`].
