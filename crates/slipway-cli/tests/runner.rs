@@ -112,6 +112,7 @@ pub fn slipway() -> assert_cmd::Command {
 }
 
 /// A live process found by [`marked`].
+#[derive(Debug)]
 pub struct Marked {
     pub pid: u32,
     pub argv: Vec<String>,

@@ -705,10 +705,13 @@ impl ProcessTarget {
         loop {
             let answered = probe_with(&instance, launch.readiness.as_ref(), &launch.env).await;
             let held_by = stranger(port);
-            if answered && held_by.is_none() {
+            // A probe that does not ask the process itself (`command: test -e …`) can
+            // pass after the process died: ready means answered *and* still running.
+            let exited = proc_start_ticks(pid).is_none() || is_zombie(pid);
+            if answered && held_by.is_none() && !exited {
                 return Ok(instance);
             }
-            if proc_start_ticks(pid).is_none() || is_zombie(pid) {
+            if exited {
                 let _ = std::fs::remove_file(self.state_path(&id));
                 if let Some(owner) = held_by {
                     return Err(StartError::PortTaken(owner.describe()));
@@ -750,6 +753,32 @@ impl ProcessTarget {
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_millis(500));
         }
+    }
+
+    /// Why `i` no longer runs (its process exited, or its pid now belongs to another
+    /// process), with the tail of its log; `None` while it runs.
+    fn exited(&self, i: &Instance) -> Option<String> {
+        let recorded = std::fs::read(self.state_path(&i.id))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<InstanceState>(&b).ok());
+        let now = proc_start_ticks(i.pid);
+        let running = match (now, recorded) {
+            (None, _) => false,
+            (Some(t), Some(s)) => t == s.start_ticks && !is_zombie(i.pid),
+            (Some(_), None) => !is_zombie(i.pid),
+        };
+        if running {
+            return None;
+        }
+        let tail = i
+            .log_path
+            .as_deref()
+            .map(|p| self.log_tail(Path::new(p)))
+            .unwrap_or_default();
+        Some(format!(
+            "its process {} exited; last log lines:\n{tail}",
+            i.pid
+        ))
     }
 
     /// SIGTERM the process groups, SIGKILL what is left after the grace period.
@@ -848,6 +877,12 @@ impl Instances for ProcessTarget {
     fn healthy<'a>(&'a self, instances: &'a [Instance]) -> BoxFuture<'a, Result<(), String>> {
         Box::pin(async move {
             for i in instances {
+                // An instance whose process exited is unhealthy whatever its probes say:
+                // without this a canary that crashed after its readiness probe was
+                // promoted when its canary had no analysis to notice the errors.
+                if let Some(why) = self.exited(i) {
+                    return Err(format!("{} {} ({}): {why}", i.service, i.version, i.id));
+                }
                 let Some(p) = self.health.get(&i.service) else {
                     continue;
                 };

@@ -83,8 +83,9 @@ pub trait Instances: Send + Sync {
     ) -> BoxFuture<'a, Result<Vec<Instance>, RolloutError>>;
     /// Whether every instance answers its readiness probe now.
     fn ready<'a>(&'a self, instances: &'a [Instance]) -> BoxFuture<'a, bool>;
-    /// Whether every instance answers its service's `health` probe now; `Err` names the
-    /// instance and what failed. A service without a health probe is healthy.
+    /// Whether every instance runs and answers its service's `health` probe now; `Err`
+    /// names the instance and what failed. A running instance of a service without a
+    /// health probe is healthy (targets that cannot tell whether it runs say healthy).
     fn healthy<'a>(&'a self, instances: &'a [Instance]) -> BoxFuture<'a, Result<(), String>> {
         let _ = instances;
         Box::pin(async { Ok(()) })
