@@ -356,10 +356,6 @@ pub fn migrate_error(e: slipway_migrate::Error) -> CliError {
         | E::OutOfOrder { .. }
         | E::Irreversible { .. }
         | E::UndoMissing { .. } => (exit::INVALID_INPUT, Some("nothing was changed".to_owned())),
-        E::CloneBlocked { .. } => (
-            exit::BLOCKED,
-            Some("re-run with --allow-terminate where the environment allows it".to_owned()),
-        ),
         E::BackupDigest { .. } => (exit::TAMPERED, None),
         E::Connect { .. } => (
             exit::FAILURE,

@@ -28,7 +28,7 @@ pub enum MigrateCommand {
     Undo(UndoArgs),
     /// Clone the database, apply pending migrations, undo them, compare schemas, drop the clone.
     #[command(
-        after_help = "Exit 1 when a migration fails or undo does not restore the schema exactly.\n\nExample:\n  slipway migrate dry-run --url postgres://app@db:5432/shop --dir migrations --output json"
+        after_help = "PostgreSQL is cloned with pg_dump into a scratch database (on the same server, or on --clone-url): connected application sessions are never waited for or ended. The result is recorded in the store for this exact migration set (an admin policy's `dry_run: { max_age }` asks for it when planning).\n\nExit 1 when a migration fails or undo does not restore the schema exactly.\n\nExamples:\n  slipway migrate dry-run --url postgres://app@db:5432/shop --dir migrations --output json\n  slipway migrate dry-run --url postgres://app@db:5432/shop --dir migrations --clone-url postgres://postgres@scratch:5432/postgres"
     )]
     DryRun(DryRunArgs),
 }
@@ -74,9 +74,15 @@ pub struct UndoArgs {
 pub struct DryRunArgs {
     #[command(flatten)]
     pub target: MigrateArgs,
-    /// PostgreSQL: terminate other sessions on the source database so it can be cloned.
-    #[arg(long)]
+    /// PostgreSQL: create the scratch database on this server instead of the source's
+    /// (postgres://USER@HOST:PORT/postgres — the database to connect to for CREATE DATABASE).
+    #[arg(long, value_name = "URL")]
+    pub clone_url: Option<String>,
+    /// Removed: the dry run never ends anyone's session (it clones with pg_dump).
+    #[arg(long, hide = true)]
     pub allow_terminate: bool,
+    #[command(flatten)]
+    pub store: crate::cli_util::StoreArg,
 }
 
 /// `slipway backup …`.
@@ -267,13 +273,57 @@ pub fn migrate(cmd: MigrateCommand, out: &Output) -> Result<i32, CliError> {
                 Ok(exit::SUCCESS)
             }
             MigrateCommand::DryRun(a) => {
-                let r = mig::dry_run(&a.target.url, &a.target.dir, a.allow_terminate)
-                    .await
-                    .map_err(crate::cli_util::migrate_error)?;
+                if a.allow_terminate {
+                    return Err(CliError::input(
+                        "--allow-terminate is gone: the dry run no longer ends anyone's session",
+                        "drop it; PostgreSQL is cloned with pg_dump into a scratch database while the application stays connected (use --clone-url to put the scratch database on another server)",
+                    ));
+                }
+                if a.clone_url.is_some() && !a.target.url.starts_with("postgres") {
+                    return Err(CliError::input(
+                        "--clone-url applies to a PostgreSQL source; an SQLite file is cloned beside itself",
+                        "drop --clone-url",
+                    ));
+                }
+                let r = mig::dry_run_with(
+                    &a.target.url,
+                    &a.target.dir,
+                    &mig::DryRunOptions {
+                        clone_server: a.clone_url.clone(),
+                    },
+                )
+                .await
+                .map_err(crate::cli_util::migrate_error)?;
+                let record = slipway_model::recovery::DryRunRecord {
+                    format: slipway_model::recovery::DRY_RUN_FORMAT,
+                    migration_set: r.migration_set.clone(),
+                    database: r.database.clone(),
+                    clone_method: r.clone_method.clone(),
+                    passed: r.passed() && r.clone_dropped,
+                    finished_at: slipway_stdx::now(),
+                    report: serde_json::to_value(&r).map_err(|e| {
+                        CliError::new(
+                            exit::INTERNAL,
+                            format!("failed to serialise the dry-run report: {e}"),
+                            None,
+                        )
+                    })?,
+                };
+                let session = crate::cli_util::session(&a.store).await?;
+                let recorded = slipway_ops::recovery::record_dry_run(&session, &record).await?;
                 if out.json() {
-                    out.json_value(&r);
+                    out.json_value(&serde_json::json!({"record": recorded, "dry_run": r}));
                 } else {
-                    out.line(&format!("clone {} in {} ms", r.clone, r.clone_ms));
+                    out.line(&format!(
+                        "clone {} ({}{}) in {} ms; the source's sessions were not touched",
+                        r.clone,
+                        r.clone_method,
+                        r.clone_server
+                            .as_deref()
+                            .map(|s| format!(" on {s}"))
+                            .unwrap_or_default(),
+                        r.clone_ms
+                    ));
                     for s in &r.steps {
                         let undo = s
                             .undo_ms
@@ -307,6 +357,11 @@ pub fn migrate(cmd: MigrateCommand, out: &Output) -> Result<i32, CliError> {
                             Style::Bad,
                         ));
                     }
+                    out.line(&format!(
+                        "migration set {}: {}, recorded in {recorded}",
+                        r.migration_set,
+                        if record.passed { "passed" } else { "FAILED" }
+                    ));
                 }
                 Ok(if r.passed() && r.clone_dropped {
                     exit::SUCCESS

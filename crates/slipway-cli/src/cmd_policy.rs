@@ -29,6 +29,7 @@ may tighten it but never loosen it:
       checks: [pre, post]
       rehearsal: required
       change_record: true
+      dry_run: { max_age: 168h }   # a passed `slipway migrate dry-run` of the exact migrations
       release_types: [feature, patch, security, hotfix]
 
 Examples:

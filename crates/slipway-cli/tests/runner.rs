@@ -23,6 +23,7 @@ mod config_cli;
 mod config_process_cli;
 mod crash;
 mod demo_cli;
+mod dry_run_cli;
 mod evidence_cli;
 mod gate_conformance_cli;
 mod gates_cli;

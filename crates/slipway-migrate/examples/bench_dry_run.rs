@@ -16,7 +16,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Err("usage: bench_dry_run URL DIR".into());
     };
     let start = Instant::now();
-    let r = slipway_migrate::dry_run(&url, std::path::Path::new(&dir), false).await?;
+    let r = slipway_migrate::dry_run(&url, std::path::Path::new(&dir)).await?;
     let total_ms = start.elapsed().as_millis();
     if !r.passed() {
         return Err(format!("dry run did not pass: {r:#?}").into());

@@ -236,7 +236,7 @@ pub fn pg_bin_dir() -> Option<PathBuf> {
     dirs.pop().map(|(_, d)| d)
 }
 
-fn pg_command(tool: &str, url: &str) -> Command {
+pub(crate) fn pg_command(tool: &str, url: &str) -> Command {
     let program = pg_bin_dir().map_or_else(|| PathBuf::from(tool), |d| d.join(tool));
     let mut cmd = slipway_stdx::command(program);
     cmd.arg("--no-password")
@@ -251,7 +251,7 @@ fn pg_command(tool: &str, url: &str) -> Command {
 
 /// Run a client tool off the async threads; its stderr (which never contains the password)
 /// becomes the error.
-async fn run_tool(tool: &str, mut cmd: Command, url: &str) -> Result<()> {
+pub(crate) async fn run_tool(tool: &str, mut cmd: Command, url: &str) -> Result<()> {
     let fail = |reason: String| Error::Tool {
         tool: tool.to_owned(),
         reason,

@@ -1,12 +1,20 @@
 //! Dry run on a clone: clone the database, apply the pending migrations, run their undo
 //! scripts newest first, compare the schema after undo with the one before, drop the clone.
 //!
-//! PostgreSQL clones with `CREATE DATABASE clone TEMPLATE src`, which PostgreSQL refuses
-//! while any other session is connected to the source: we terminate them only when the caller
-//! allows it (`allow_terminate`), otherwise we fail naming them. SQLite clones with
-//! `VACUUM INTO`, an online, transactionally consistent copy made by the source connection
-//! (sqlx does not expose the C backup API; `VACUUM INTO` gives the same guarantee and also
-//! compacts the copy). The clone is dropped on every path, success or failure.
+//! The clone never disturbs the source: production has application sessions connected at
+//! every moment, and a dry run must neither wait for them to leave nor end them.
+//! PostgreSQL therefore clones by `pg_dump` of the source (one consistent snapshot under
+//! ACCESS SHARE locks, so the application's reads and writes go on) restored into a fresh
+//! scratch database — on the source's server, or on a separate server (`clone_server`) so
+//! the restore's load lands elsewhere. Never `CREATE DATABASE … TEMPLATE source`, which
+//! PostgreSQL refuses while anyone else is connected to the source, and never
+//! `pg_terminate_backend`. SQLite clones with `VACUUM INTO`, an online, transactionally
+//! consistent copy made by the source connection (sqlx does not expose the C backup API;
+//! `VACUUM INTO` gives the same guarantee and also compacts the copy). The clone is
+//! dropped on every path, success or failure.
+//!
+//! The report names the exact migration set it tried ([`MigrationSet::digest`]), so a
+//! recorded dry run proves something about these files and no others.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -21,10 +29,8 @@ use crate::migrate::{self, compute_status, ensure_history, read_history};
 use crate::schema::snapshot;
 use crate::target::{Conn, Target, quote_ident, quote_literal};
 
-/// How long terminated sessions may take to disappear.
-const TERMINATE_WAIT: Duration = Duration::from_secs(10);
-/// How long sessions on the source may take to go away by themselves.
-const SETTLE_WAIT: Duration = Duration::from_secs(2);
+/// Counter for unique clone and dump names within this process.
+static N: AtomicU32 = AtomicU32::new(0);
 
 /// One pending migration in a dry run.
 #[derive(Debug, Clone, Serialize)]
@@ -47,8 +53,13 @@ pub struct DryRunReport {
     /// Name of the clone (database name or file), dropped at the end.
     pub clone: String,
     pub clone_ms: u64,
-    /// Sessions terminated on the source to allow the clone (PostgreSQL).
-    pub terminated_sessions: Vec<String>,
+    /// How the clone was made: `pg_dump + pg_restore` (PostgreSQL) or `VACUUM INTO`
+    /// (SQLite); the source's sessions are never waited for or ended.
+    pub clone_method: String,
+    /// The server the clone lived on, when not the source's own (masked).
+    pub clone_server: Option<String>,
+    /// `sha256:<hex>` of the migration set tried ([`MigrationSet::digest`]).
+    pub migration_set: String,
     pub steps: Vec<DryRunStep>,
     pub apply_ms: u64,
     pub undo_ms: u64,
@@ -73,22 +84,47 @@ impl DryRunReport {
     }
 }
 
-/// Dry-run the pending migrations of `dir` against a clone of `url`.
-pub async fn dry_run(
+/// Where the clone of a dry run lives.
+#[derive(Debug, Clone, Default)]
+pub struct DryRunOptions {
+    /// PostgreSQL: a server URL to create the scratch database on instead of the source's
+    /// own server (`postgres://user@host:port/postgres`, the database being the one to
+    /// connect to for `CREATE DATABASE`).
+    pub clone_server: Option<String>,
+}
+
+/// Dry-run the pending migrations of `dir` against a clone of `url` on its own server.
+pub async fn dry_run(url: &str, dir: &std::path::Path) -> Result<DryRunReport> {
+    dry_run_with(url, dir, &DryRunOptions::default()).await
+}
+
+/// [`dry_run`] with options.
+pub async fn dry_run_with(
     url: &str,
     dir: &std::path::Path,
-    allow_terminate: bool,
+    options: &DryRunOptions,
 ) -> Result<DryRunReport> {
     let target = Target::parse(url)?;
     let set = MigrationSet::load(dir)?;
+    let server = options
+        .clone_server
+        .as_deref()
+        .map(Target::parse)
+        .transpose()?;
     let start = Instant::now();
-    let (clone, terminated) = make_clone(&target, allow_terminate).await?;
+    let clone = make_clone(&target, server.as_ref()).await?;
     let clone_ms = millis(start.elapsed());
     let mut report = DryRunReport {
         database: target.display(),
         clone: clone_name(&clone),
         clone_ms,
-        terminated_sessions: terminated,
+        clone_method: match target {
+            Target::Postgres { .. } => "pg_dump + pg_restore into a scratch database",
+            Target::Sqlite { .. } => "VACUUM INTO a scratch file",
+        }
+        .to_owned(),
+        clone_server: server.as_ref().map(Target::display),
+        migration_set: set.digest(),
         steps: Vec::new(),
         apply_ms: 0,
         undo_ms: 0,
@@ -101,7 +137,7 @@ pub async fn dry_run(
         drop_error: None,
     };
     let outcome = run_on_clone(&clone, &set, &mut report).await;
-    match drop_clone(&target, &clone).await {
+    match drop_clone(&target, &clone, server.as_ref()).await {
         Ok(()) => report.clone_dropped = true,
         Err(e) => report.drop_error = Some(e.to_string()),
     }
@@ -216,7 +252,6 @@ fn clone_name(t: &Target) -> String {
 /// A unique clone name: source name (shortened to fit PostgreSQL's 63-byte identifiers),
 /// process id and a counter.
 fn fresh_name(source: &str, ext: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
     let mut base: String = source
         .chars()
         .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
@@ -238,10 +273,10 @@ fn admin_target(target: &Target, source_db: &str) -> Target {
     })
 }
 
-pub(crate) async fn make_clone(
-    target: &Target,
-    allow_terminate: bool,
-) -> Result<(Target, Vec<String>)> {
+/// Make the clone: SQLite with `VACUUM INTO`; PostgreSQL by dumping the source and
+/// restoring into a fresh database (see the module doc). `clone_server` names another
+/// PostgreSQL server (its URL's database is the maintenance database to connect to).
+pub(crate) async fn make_clone(target: &Target, clone_server: Option<&Target>) -> Result<Target> {
     match target {
         Target::Sqlite { path } => {
             let stem = path
@@ -267,139 +302,130 @@ pub(crate) async fn make_clone(
                 url: target.display(),
                 source,
             })?;
-            Ok((clone, Vec::new()))
+            Ok(clone)
         }
         Target::Postgres { opts, .. } => {
             let source_db = opts.get_database().unwrap_or_default().to_owned();
-            let clone = target.with_database(&fresh_name(&source_db, ""));
-            let admin = admin_target(target, &source_db);
-            let mut conn = admin.connect(false).await?;
-            let r = pg_clone(
-                &mut conn,
-                &admin,
-                &source_db,
-                &clone_name(&clone),
-                allow_terminate,
-            )
-            .await;
-            conn.close().await;
-            r.map(|terminated| (clone, terminated))
+            let admin = admin_for(target, clone_server)?;
+            let clone = admin.with_database(&fresh_name(&source_db, ""));
+            let name = clone_name(&clone);
+            create_scratch(target, &admin, &name).await?;
+            // From here on the scratch database exists: drop it when the copy fails.
+            if let Err(e) = copy_into(target, &clone).await {
+                let _ = drop_database(&admin, &name).await;
+                return Err(e);
+            }
+            Ok(clone)
         }
     }
 }
 
-async fn pg_clone(
-    conn: &mut Conn,
-    admin: &Target,
-    source: &str,
-    clone: &str,
-    allow_terminate: bool,
-) -> Result<Vec<String>> {
-    let Conn::Pg(c) = conn else {
+/// Where scratch databases are created and dropped: the clone server's URL as given, or on
+/// the source's own server its maintenance database.
+fn admin_for(source: &Target, clone_server: Option<&Target>) -> Result<Target> {
+    match (source, clone_server) {
+        (_, None) => {
+            let db = match source {
+                Target::Postgres { opts, .. } => opts.get_database().unwrap_or_default(),
+                Target::Sqlite { .. } => "",
+            };
+            Ok(admin_target(source, db))
+        }
+        (Target::Postgres { .. }, Some(server @ Target::Postgres { .. })) => Ok(server.clone()),
+        (_, Some(server)) => Err(Error::Unsupported(format!(
+            "clone `{}` onto `{}`: a clone server is a PostgreSQL server for a PostgreSQL source",
+            source.display(),
+            server.display()
+        ))),
+    }
+}
+
+/// `CREATE DATABASE scratch TEMPLATE template0` with the source's encoding and locale.
+/// `template0` accepts no connections, so nobody can block the create, and it is the
+/// template `pg_restore` expects (no local additions of `template1`).
+async fn create_scratch(source: &Target, admin: &Target, name: &str) -> Result<()> {
+    let mut src = source.connect(false).await?;
+    let props = match &mut src {
+        Conn::Pg(c) => sqlx::query(
+            "SELECT pg_encoding_to_char(encoding)::text, datcollate::text, datctype::text \
+             FROM pg_database WHERE datname = current_database()",
+        )
+        .fetch_one(&mut *c)
+        .await
+        .and_then(|r| {
+            Ok((
+                r.try_get::<String, _>(0)?,
+                r.try_get::<String, _>(1)?,
+                r.try_get::<String, _>(2)?,
+            ))
+        }),
+        Conn::Sqlite(_) => Err(sqlx::Error::Protocol("not PostgreSQL".into())),
+    };
+    src.close().await;
+    let (encoding, collate, ctype) = props.map_err(|source_err| Error::Query {
+        what: "read the source database's encoding and locale".into(),
+        url: source.display(),
+        source: source_err,
+    })?;
+    let sql = format!(
+        "CREATE DATABASE {} TEMPLATE template0 ENCODING {} LC_COLLATE {} LC_CTYPE {}",
+        quote_ident(name),
+        quote_literal(&encoding),
+        quote_literal(&collate),
+        quote_literal(&ctype)
+    );
+    let mut conn = admin.connect(false).await?;
+    let r = conn.exec(&sql).await;
+    conn.close().await;
+    r.map(|_| ()).map_err(|source| Error::Query {
+        what: "create the scratch database".into(),
+        url: admin.display(),
+        source,
+    })
+}
+
+/// `pg_dump --format=custom` of the source (one consistent snapshot, only ACCESS SHARE
+/// locks: writers go on), `pg_restore` into the scratch database. Owners and grants are
+/// left out: the scratch database may live on a server without the source's roles.
+async fn copy_into(source: &Target, clone: &Target) -> Result<()> {
+    let (Target::Postgres { url: from, .. }, Target::Postgres { url: to, .. }) = (source, clone)
+    else {
         return Err(Error::Unsupported(
-            "clone a PostgreSQL database over a non-PostgreSQL connection".into(),
+            "copy a PostgreSQL database into a non-PostgreSQL clone".into(),
         ));
     };
-    let q = |what: &str| {
-        let what = what.to_owned();
-        move |source| Error::Query {
-            what,
-            url: admin.display(),
-            source,
+    let dump = std::env::temp_dir().join(format!(
+        "slipway-dryrun-{}-{}.dump",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let mut cmd = crate::backup::pg_command("pg_dump", from);
+    cmd.args(["--format=custom", "--no-owner", "--no-acl", "--file"])
+        .arg(&dump);
+    let dumped = crate::backup::run_tool("pg_dump", cmd, from).await;
+    let restored = match dumped {
+        Ok(()) => {
+            let mut cmd = crate::backup::pg_command("pg_restore", to);
+            cmd.args([
+                "--exit-on-error",
+                "--single-transaction",
+                "--no-owner",
+                "--no-acl",
+            ])
+            .arg(&dump);
+            crate::backup::run_tool("pg_restore", cmd, to).await
         }
+        Err(e) => Err(e),
     };
-    // A session that has just disconnected stays in pg_stat_activity until its backend
-    // exits; give such sessions a moment (PostgreSQL itself waits 5 s in CREATE DATABASE).
-    let settle = Instant::now() + SETTLE_WAIT;
-    let sessions = loop {
-        let sessions = pg_sessions(c, source)
-            .await
-            .map_err(q("list sessions on the source"))?;
-        if sessions.is_empty() || allow_terminate || Instant::now() >= settle {
-            break sessions;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let mut terminated = Vec::new();
-    if !sessions.is_empty() {
-        if !allow_terminate {
-            return Err(Error::CloneBlocked {
-                database: source.to_owned(),
-                sessions: sessions.join("; "),
-            });
-        }
-        sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()")
-            .bind(source)
-            .execute(&mut *c)
-            .await
-            .map_err(q("terminate sessions on the source"))?;
-        terminated = sessions;
-        let deadline = Instant::now() + TERMINATE_WAIT;
-        loop {
-            let left = pg_sessions(c, source)
-                .await
-                .map_err(q("list sessions on the source"))?;
-            if left.is_empty() {
-                break;
-            }
-            if Instant::now() >= deadline {
-                return Err(Error::CloneBlocked {
-                    database: source.to_owned(),
-                    sessions: left.join("; "),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-    let sql = format!(
-        "CREATE DATABASE {} TEMPLATE {}",
-        quote_ident(clone),
-        quote_ident(source)
-    );
-    match sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-        .execute(&mut *c)
-        .await
-    {
-        Ok(_) => Ok(terminated),
-        // Someone connected between our check and the CREATE: name them.
-        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("55006") => {
-            let left = pg_sessions(c, source)
-                .await
-                .map_err(q("list sessions on the source"))?;
-            Err(Error::CloneBlocked {
-                database: source.to_owned(),
-                sessions: left.join("; "),
-            })
-        }
-        Err(e) => Err(q("create the clone")(e)),
-    }
+    let _ = std::fs::remove_file(&dump);
+    restored
 }
 
-/// Other sessions connected to `db`, described for humans.
-async fn pg_sessions(c: &mut sqlx::PgConnection, db: &str) -> Result<Vec<String>, sqlx::Error> {
-    let rows = sqlx::query(
-        "SELECT pid, coalesce(usename::text, ''), coalesce(application_name, ''), \
-         coalesce(client_addr::text, 'local socket'), coalesce(state, '') \
-         FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid() ORDER BY pid",
-    )
-    .bind(db)
-    .fetch_all(&mut *c)
-    .await?;
-    rows.iter()
-        .map(|r| {
-            let pid: i32 = r.try_get(0)?;
-            let user: String = r.try_get(1)?;
-            let app: String = r.try_get(2)?;
-            let addr: String = r.try_get(3)?;
-            let state: String = r.try_get(4)?;
-            Ok(format!(
-                "pid {pid} user {user} app `{app}` from {addr} ({state})"
-            ))
-        })
-        .collect()
-}
-
-pub(crate) async fn drop_clone(source: &Target, clone: &Target) -> Result<()> {
+pub(crate) async fn drop_clone(
+    source: &Target,
+    clone: &Target,
+    clone_server: Option<&Target>,
+) -> Result<()> {
     match clone {
         Target::Sqlite { path } => {
             for suffix in ["", "-wal", "-shm", "-journal"] {
@@ -420,25 +446,23 @@ pub(crate) async fn drop_clone(source: &Target, clone: &Target) -> Result<()> {
             }
             Ok(())
         }
-        Target::Postgres { opts, .. } => {
-            let source_db = match source {
-                Target::Postgres { opts, .. } => opts.get_database().unwrap_or_default().to_owned(),
-                Target::Sqlite { .. } => String::new(),
-            };
-            let admin = admin_target(source, &source_db);
-            let mut conn = admin.connect(false).await?;
-            // FORCE (PostgreSQL 13+) ends sessions a failed step may have left on the clone.
-            let sql = format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                quote_ident(opts.get_database().unwrap_or_default())
-            );
-            let r = conn.exec(&sql).await;
-            conn.close().await;
-            r.map(|_| ()).map_err(|source| Error::Query {
-                what: "drop the clone".into(),
-                url: admin.display(),
-                source,
-            })
+        Target::Postgres { .. } => {
+            let admin = admin_for(source, clone_server)?;
+            drop_database(&admin, &clone_name(clone)).await
         }
     }
+}
+
+/// Drop a scratch database. FORCE (PostgreSQL 13+) ends sessions a failed step may have
+/// left on it — only ever on the scratch database, never on the source.
+async fn drop_database(admin: &Target, name: &str) -> Result<()> {
+    let mut conn = admin.connect(false).await?;
+    let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(name));
+    let r = conn.exec(&sql).await;
+    conn.close().await;
+    r.map(|_| ()).map_err(|source| Error::Query {
+        what: "drop the clone".into(),
+        url: admin.display(),
+        source,
+    })
 }

@@ -100,11 +100,6 @@ pub enum Error {
     /// Undo was asked for an applied migration whose file is gone.
     #[error("undo to V{to}: applied V{version} has no file in `{dir}`; restore its V and U files")]
     UndoMissing { to: i64, version: i64, dir: PathBuf },
-    /// The PostgreSQL clone is blocked by other sessions on the source database.
-    #[error(
-        "clone database `{database}`: other sessions are connected ({sessions}); close them or allow terminating them (allow_terminate)"
-    )]
-    CloneBlocked { database: String, sessions: String },
     /// An external tool (`pg_dump`, `pg_restore`) failed or is missing.
     #[error("run `{tool}`: {reason}")]
     Tool { tool: String, reason: String },

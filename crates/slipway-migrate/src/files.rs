@@ -120,6 +120,18 @@ impl MigrationSet {
         self.migrations.iter().find(|m| m.version == version)
     }
 
+    /// `sha256:<hex>` naming exactly these files: every version with the checksums of its
+    /// apply and undo scripts, in version order. A dry run recorded under this digest
+    /// proves nothing about a set where any script changed, was added or removed.
+    pub fn digest(&self) -> String {
+        let mut h = Sha256::new();
+        for m in &self.migrations {
+            let undo = m.undo.as_ref().map_or("-", |u| u.checksum.as_str());
+            h.update(format!("V{} {} U {}\n", m.version, m.apply.checksum, undo));
+        }
+        format!("sha256:{}", hex::encode(h.finalize()))
+    }
+
     /// Versions without an undo script (roll-forward-only).
     pub fn irreversible(&self) -> Vec<i64> {
         self.migrations
@@ -169,5 +181,22 @@ mod tests {
         assert!(parse_name("Vacuum.sql").is_none());
         assert!(matches!(parse_name("V1_add.sql"), Some(Err(_))));
         assert!(matches!(parse_name("U0__x.sql"), Some(Err(_))));
+    }
+
+    #[test]
+    fn digest_changes_with_any_script() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("V1__a.sql"), "CREATE TABLE a (x INT);").unwrap();
+        let d1 = MigrationSet::load(dir.path()).unwrap().digest();
+        std::fs::write(dir.path().join("U1__a.sql"), "DROP TABLE a;").unwrap();
+        let d2 = MigrationSet::load(dir.path()).unwrap().digest();
+        std::fs::write(dir.path().join("U1__a.sql"), "DROP TABLE a ;").unwrap();
+        let d3 = MigrationSet::load(dir.path()).unwrap().digest();
+        std::fs::write(dir.path().join("notes.txt"), "not a migration").unwrap();
+        let d4 = MigrationSet::load(dir.path()).unwrap().digest();
+        assert!(d1.starts_with("sha256:") && d1.len() == 71, "{d1}");
+        assert_ne!(d1, d2);
+        assert_ne!(d2, d3);
+        assert_eq!(d3, d4, "other files do not count");
     }
 }

@@ -4,7 +4,8 @@
 //! - [`migrate`]: [`status`], [`apply`] and [`undo`] against a history table
 //!   (`slipway_schema_history`) in the target database, one transaction per migration (in
 //!   parts with recorded progress when it holds statements that cannot run in one).
-//! - [`dryrun`]: clone the database, apply, undo, compare schemas, drop the clone.
+//! - [`dryrun`]: clone the database (`pg_dump` into a scratch database, never disturbing
+//!   the source's sessions), apply, undo, compare schemas, drop the clone.
 //! - [`backup`](mod@backup): content-addressed backups (`pg_dump --format=custom`, SQLite `VACUUM INTO`)
 //!   and restore.
 //! - [`rehearse`](mod@rehearse): rollback rehearsal measuring RTO and RPO with marker rows.
@@ -39,7 +40,7 @@ mod clock;
 
 pub use backup::{Backup, BackupKind, backup, restore};
 pub use consistency::{Check, CheckOutcome, Measure, Side, run_check};
-pub use dryrun::{DryRunReport, dry_run};
+pub use dryrun::{DryRunOptions, DryRunReport, dry_run, dry_run_with};
 pub use error::Error;
 pub use files::{Migration, MigrationSet};
 pub use migrate::{ApplyOptions, ApplyReport, Status, UndoReport, apply, apply_with, status, undo};

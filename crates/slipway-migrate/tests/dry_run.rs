@@ -1,7 +1,8 @@
 //! Dry runs on clones: undo that restores the schema, undo that does not (with the
-//! differences), blocking sessions on PostgreSQL, and the clone is always dropped.
+//! differences), a connected application session on PostgreSQL that survives, and the
+//! clone is always dropped.
 
-use slipway_migrate::{Error, apply, dry_run, status};
+use slipway_migrate::{DryRunOptions, apply, dry_run, dry_run_with, status};
 use sqlx::Connection;
 
 use crate::common::{both, migrations, pg, query_text};
@@ -66,7 +67,7 @@ async fn reversible_migrations_restore_the_schema_and_leave_the_source_alone() {
         ] {
             std::fs::write(dir.path().join(name), sql).unwrap();
         }
-        let r = dry_run(&url, dir.path(), false).await.unwrap();
+        let r = dry_run(&url, dir.path()).await.unwrap();
         assert!(r.passed(), "{url}: {r:#?}");
         assert!(r.undo_restores_schema && r.schema_differences.is_empty());
         assert_eq!(
@@ -98,7 +99,7 @@ async fn undo_that_does_not_restore_is_reported_with_differences() {
         ] {
             std::fs::write(dir.path().join(name), sql).unwrap();
         }
-        let r = dry_run(&url, dir.path(), false).await.unwrap();
+        let r = dry_run(&url, dir.path()).await.unwrap();
         assert!(!r.passed());
         assert!(!r.undo_restores_schema);
         // V3 has no undo, so nothing older was undone either.
@@ -112,7 +113,7 @@ async fn undo_that_does_not_restore_is_reported_with_differences() {
 
         // Now with V3 removed: U2 runs but leaves the column and the audit table.
         std::fs::remove_file(dir.path().join("V3__no_undo.sql")).unwrap();
-        let r = dry_run(&url, dir.path(), false).await.unwrap();
+        let r = dry_run(&url, dir.path()).await.unwrap();
         assert!(r.undo_error.is_none() && r.apply_error.is_none(), "{r:#?}");
         assert!(!r.undo_restores_schema);
         let diffs = r.schema_differences.join("\n");
@@ -143,7 +144,7 @@ async fn failing_migration_is_reported_and_the_clone_dropped() {
             "ALTER TABLE no_such_table ADD COLUMN x INTEGER;",
         )
         .unwrap();
-        let r = dry_run(&url, dir.path(), false).await.unwrap();
+        let r = dry_run(&url, dir.path()).await.unwrap();
         assert!(r.apply_error.as_deref().unwrap().contains("V2"), "{r:#?}");
         assert_eq!(r.steps.len(), 1);
         // V1 was applied and undone on the clone, so the schema is back to empty.
@@ -153,28 +154,93 @@ async fn failing_migration_is_reported_and_the_clone_dropped() {
     }
 }
 
+/// Production always has application sessions: the dry run must clone around them, not
+/// wait for them, not end them. The application here holds a session in the middle of a
+/// transaction (a row inserted, not committed) through the whole dry run; it must still
+/// be the same backend afterwards and commit. A clone by `CREATE DATABASE … TEMPLATE
+/// source` fails this test (PostgreSQL refuses while anyone is connected to the source),
+/// and so does terminating the session.
 #[tokio::test]
-async fn postgres_clone_blocked_by_sessions_unless_terminating_is_allowed() {
-    let url = pg().new_db("dry_block").await;
+async fn postgres_dry_run_clones_around_a_connected_application_session() {
+    let url = pg().new_db("dry_live").await;
     let dir = migrations(BASE);
-    let mut holder = sqlx::PgConnection::connect(&url).await.unwrap();
-    let err = dry_run(&url, dir.path(), false).await.unwrap_err();
-    assert!(matches!(err, Error::CloneBlocked { .. }), "{err}");
-    let msg = err.to_string();
-    assert!(
-        msg.contains("pid ") && msg.contains("allow_terminate"),
-        "{msg}"
-    );
-    sqlx::query("SELECT 1")
-        .execute(&mut holder)
-        .await
-        .expect("not terminated when not allowed");
+    apply(&url, dir.path(), "ci").await.unwrap();
+    crate::common::exec(&url, "INSERT INTO customers (id, name) VALUES (1, 'a');").await;
+    std::fs::write(
+        dir.path().join("V2__email.sql"),
+        "ALTER TABLE customers ADD COLUMN email TEXT;",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("U2__email.sql"),
+        "ALTER TABLE customers DROP COLUMN email;",
+    )
+    .unwrap();
 
-    let r = dry_run(&url, dir.path(), true).await.unwrap();
-    assert_eq!(r.terminated_sessions.len(), 1, "{r:#?}");
+    let mut app = sqlx::PgConnection::connect(&url).await.unwrap();
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut app)
+        .await
+        .unwrap();
+    sqlx::query("BEGIN").execute(&mut app).await.unwrap();
+    sqlx::query("INSERT INTO customers (id, name) VALUES (2, 'in flight')")
+        .execute(&mut app)
+        .await
+        .unwrap();
+
+    let r = dry_run(&url, dir.path()).await.unwrap();
+    assert!(r.passed(), "{r:#?}");
+    assert_eq!(
+        r.steps.iter().map(|s| s.version).collect::<Vec<_>>(),
+        vec![2]
+    );
+    assert!(r.clone_method.contains("pg_dump"), "{r:#?}");
+    assert_eq!(
+        r.migration_set,
+        slipway_migrate::MigrationSet::load(dir.path())
+            .unwrap()
+            .digest()
+    );
+    assert!(r.clone_dropped && leftover_clones(&url).await.is_empty());
+
+    // The application's session is the same backend, its transaction still open: it
+    // commits, and its row is there.
+    let still: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut app)
+        .await
+        .expect("the application's session survived the dry run");
+    assert_eq!(still, pid);
+    sqlx::query("COMMIT").execute(&mut app).await.unwrap();
+    let names = query_text(&url, "SELECT name FROM customers ORDER BY id").await;
+    assert_eq!(
+        names,
+        vec![Some("a".to_owned()), Some("in flight".to_owned())]
+    );
+    // The source was not migrated.
+    assert_eq!(status(&url, dir.path()).await.unwrap().pending, vec![2]);
+}
+
+/// The scratch database may live on another server (here: named by a different
+/// maintenance database URL of the harness's server, which is all a second server changes
+/// for this code: where CREATE/DROP DATABASE and the restore go).
+#[tokio::test]
+async fn postgres_dry_run_on_a_named_clone_server() {
+    let url = pg().new_db("dry_server").await;
+    let dir = migrations(BASE);
+    let _app = sqlx::PgConnection::connect(&url).await.unwrap();
+    let r = dry_run_with(
+        &url,
+        dir.path(),
+        &DryRunOptions {
+            clone_server: Some(pg().url("template1")),
+        },
+    )
+    .await
+    .unwrap();
     assert!(r.passed(), "{r:#?}");
     assert!(
-        sqlx::query("SELECT 1").execute(&mut holder).await.is_err(),
-        "the session was terminated"
+        r.clone_server.as_deref().unwrap().ends_with("/template1"),
+        "{r:#?}"
     );
+    assert!(r.clone_dropped && leftover_clones(&url).await.is_empty());
 }

@@ -67,9 +67,30 @@ pub struct EnvPolicy {
     /// Every release needs a change record (`metadata.change`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub change_record: bool,
+    /// A release that migrates a database here needs a passed migration dry run
+    /// (`slipway migrate dry-run`, recorded in the store) of its exact migration set, no
+    /// older than `max_age`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dry_run: Option<DryRunPolicy>,
     /// The release types that may deploy here (empty: all).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub release_types: Vec<ReleaseType>,
+}
+
+/// The migration dry run a policy requires.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DryRunPolicy {
+    /// How old the passed dry run may be when planning, e.g. `168h`.
+    pub max_age: String,
+}
+
+impl DryRunPolicy {
+    /// `max_age` as a duration (validated when the policy was applied; `None` only for a
+    /// policy that skipped validation).
+    pub fn max_age(&self) -> Option<std::time::Duration> {
+        crate::duration::parse_duration(&self.max_age).ok()
+    }
 }
 
 /// Approvals added to risky releases.
@@ -195,6 +216,15 @@ fn merge(a: &EnvPolicy, b: &EnvPolicy) -> EnvPolicy {
             (x, y) => x.or(y),
         },
         change_record: a.change_record || b.change_record,
+        // The shorter age is the stricter requirement.
+        dry_run: match (&a.dry_run, &b.dry_run) {
+            (Some(x), Some(y)) => Some(if y.max_age() < x.max_age() {
+                y.clone()
+            } else {
+                x.clone()
+            }),
+            (x, y) => x.clone().or_else(|| y.clone()),
+        },
         release_types,
     }
 }
@@ -415,6 +445,18 @@ pub fn load(file: &str, text: &str) -> Result<PolicyDoc, SpecErrors> {
                     "write a duration such as `6h`",
                 ));
             }
+        }
+        if let Some(d) = &p.dry_run
+            && d.max_age().is_none()
+        {
+            let ptr = format!("{base}/dry_run/max_age");
+            semantic.push(Diagnostic::new(
+                "policy-dry-run",
+                &ptr,
+                at(&ptr),
+                format!("`{}` is not a duration", d.max_age),
+                "write a duration in hours or less, such as `24h` or `168h`",
+            ));
         }
         for (i, f) in p.freezes.iter().enumerate() {
             let ptr = format!("{base}/freezes/{i}");

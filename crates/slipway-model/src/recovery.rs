@@ -1,5 +1,6 @@
-//! Plan findings about recoverability: scheduled backups against deployment windows, and
-//! the rollback rehearsal a production environment may require.
+//! Plan findings about recoverability: scheduled backups against deployment windows, the
+//! rollback rehearsal a production environment may require, and the migration dry run an
+//! admin policy may require.
 //!
 //! Pure like the rest of this crate: the caller gathers the facts (the current time, when
 //! the release last changed, the rehearsal record found beside the store) and gets findings
@@ -52,6 +53,106 @@ pub struct RehearsalRecord {
     pub objectives_met: bool,
     /// The full measurement (`slipway_migrate::RehearsalReport`), kept as evidence.
     pub report: serde_json::Value,
+}
+
+/// Version of [`DryRunRecord`].
+pub const DRY_RUN_FORMAT: u32 = 1;
+
+/// What `slipway migrate dry-run` keeps in the store (governance record kind
+/// `migration_dry_run`, keyed by the migration set's digest): the newest dry run of exactly
+/// these migration files.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DryRunRecord {
+    /// [`DRY_RUN_FORMAT`].
+    pub format: u32,
+    /// `sha256:<hex>` of the migration set (every V and U script's checksum).
+    pub migration_set: String,
+    /// The database that was cloned (URL masked).
+    pub database: String,
+    /// How the clone was made (never by disturbing the source's sessions).
+    pub clone_method: String,
+    /// Every migration applied, undo restored the schema, the clone was dropped.
+    pub passed: bool,
+    /// When the dry run finished.
+    pub finished_at: Timestamp,
+    /// The full report (`slipway_migrate::DryRunReport`), kept as evidence.
+    pub report: serde_json::Value,
+}
+
+/// One migration service's dry-run facts for [`dry_run_findings`].
+#[derive(Debug, Clone)]
+pub struct DryRunFacts {
+    /// The service.
+    pub service: String,
+    /// Its migration set's digest, or why it could not be read.
+    pub migration_set: Result<String, String>,
+    /// The record found for that digest, or why none could be read.
+    pub record: Option<Result<DryRunRecord, String>>,
+}
+
+/// Findings for an admin policy's `dry_run` requirement: a blocking finding per migration
+/// service without a passed dry run of its exact migration set finished within `max_age`
+/// of `now`. `source` names the policy for the message.
+pub fn dry_run_findings(
+    source: &str,
+    max_age: Duration,
+    now: Timestamp,
+    facts: &[DryRunFacts],
+) -> Vec<Finding> {
+    let mut out = Vec::new();
+    for f in facts {
+        let svc = &f.service;
+        let todo = format!(
+            "run `slipway migrate dry-run --url PRODUCTION_URL --dir <services.{svc}.migrations>` against this store (it clones production without touching its sessions)"
+        );
+        let mut fail = |why: String| {
+            out.push(Finding {
+                severity: "error".into(),
+                code: "migration-dry-run-required".into(),
+                message: format!(
+                    "{source} requires a passed migration dry run no older than {} of the exact migrations of services.{svc}, but {why}; {todo}",
+                    format_duration(max_age)
+                ),
+            });
+        };
+        let digest = match &f.migration_set {
+            Ok(d) => d,
+            Err(e) => {
+                fail(format!("its migrations cannot be read ({e})"));
+                continue;
+            }
+        };
+        let record = match &f.record {
+            None => {
+                fail(format!(
+                    "the store has no dry run of migration set {digest}"
+                ));
+                continue;
+            }
+            Some(Err(e)) => {
+                fail(format!("the dry run of {digest} cannot be read ({e})"));
+                continue;
+            }
+            Some(Ok(r)) => r,
+        };
+        if !record.passed {
+            fail(format!(
+                "the dry run of {digest} at {} failed",
+                record.finished_at
+            ));
+            continue;
+        }
+        let age = now.duration_since(record.finished_at);
+        let too_old = jiff::SignedDuration::try_from(max_age).is_ok_and(|m| age > m);
+        if too_old {
+            fail(format!(
+                "the last passed dry run of {digest} finished at {}, {} ago",
+                record.finished_at,
+                format_duration(Duration::try_from(age).unwrap_or(Duration::MAX))
+            ));
+        }
+    }
+    out
 }
 
 /// Facts the recovery findings need.
@@ -379,6 +480,48 @@ mod tests {
             objectives_met: true,
             report: serde_json::Value::Null,
         }
+    }
+
+    fn dry(passed: bool, finished: &str) -> DryRunFacts {
+        DryRunFacts {
+            service: "db".into(),
+            migration_set: Ok("sha256:aa".into()),
+            record: Some(Ok(DryRunRecord {
+                format: DRY_RUN_FORMAT,
+                migration_set: "sha256:aa".into(),
+                database: "postgres://db/shop".into(),
+                clone_method: "pg_dump".into(),
+                passed,
+                finished_at: finished.parse().unwrap(),
+                report: serde_json::Value::Null,
+            })),
+        }
+    }
+
+    #[test]
+    fn dry_run_must_have_passed_recently_for_the_exact_set() {
+        let now: Timestamp = "2025-03-03T00:00:00Z".parse().unwrap();
+        let day = Duration::from_secs(86_400);
+        let f =
+            |facts: DryRunFacts| dry_run_findings("admin policy v1 (dry_run)", day, now, &[facts]);
+        assert_eq!(f(dry(true, "2025-03-02T12:00:00Z")), vec![]);
+        let old = f(dry(true, "2025-03-01T12:00:00Z"));
+        assert_eq!(old.len(), 1);
+        assert_eq!(old[0].code, "migration-dry-run-required");
+        assert_eq!(old[0].severity, "error");
+        assert!(old[0].message.contains("36h ago"), "{old:?}");
+        let failed = f(dry(false, "2025-03-02T12:00:00Z"));
+        assert!(failed[0].message.contains("failed"), "{failed:?}");
+        let mut none = dry(true, "2025-03-02T12:00:00Z");
+        none.record = None;
+        let missing = f(none);
+        assert!(
+            missing[0]
+                .message
+                .contains("no dry run of migration set sha256:aa")
+                && missing[0].message.contains("slipway migrate dry-run"),
+            "{missing:?}"
+        );
     }
 
     #[test]

@@ -233,6 +233,16 @@ pub async fn plan_file_with(
     // Packaging checks (config placeholders, version constraints against what runs there,
     // migration compatibility) need the files beside the spec, so they run here rather
     // than in the pure planner. Findings are advisory data and not part of the digest.
+    // The admin policy's migration dry run, for the migrations still to apply there.
+    let dry_run = crate::recovery::dry_run_findings(
+        &loaded.spec,
+        env,
+        dir,
+        store,
+        facts.policy.as_ref(),
+        &applied,
+    )
+    .await;
     let checks = slipway_package::plan_checks(
         &loaded.spec,
         dir,
@@ -263,6 +273,7 @@ pub async fn plan_file_with(
         p.findings
             .extend(crate::review::plan_findings(store, &loaded.spec.metadata.name).await);
     }
+    p.findings.extend(dry_run);
     // Integrity before promotion: the artifact must be the one the spec names (and signed
     // by a trusted key when the plan has a signature gate). Checked again at install time
     // by each service's verify-artifact step.

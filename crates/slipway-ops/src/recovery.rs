@@ -6,6 +6,11 @@
 //! version]` as JSON), committed to by an audit chain entry; it is trusted only once the
 //! store's evidence verifies, so a record edited by hand (a failed rehearsal made to pass)
 //! is refused, and the plan's finding says why.
+//!
+//! A migration dry run (`slipway migrate dry-run`) is kept the same way: a governance record
+//! of kind [`DRY_RUN`] keyed by the migration set's digest, so an admin policy's `dry_run:
+//! { max_age }` is judged against a passed dry run of exactly the files this release
+//! applies (`dry_run_findings`).
 
 use std::path::{Path, PathBuf};
 
@@ -84,6 +89,132 @@ async fn read_record(
     }
     .await;
     (place, found.transpose())
+}
+
+/// Record kind of a migration dry run (key: the migration set's digest).
+pub const DRY_RUN: &str = "migration_dry_run";
+
+/// Keep a dry run's result in the store as a governance record (its chain entry commits to
+/// it and says who tried which migration set, with which outcome); returns where.
+pub async fn record_dry_run(
+    session: &crate::session::Session,
+    record: &slipway_model::recovery::DryRunRecord,
+) -> OpsResult<String> {
+    use slipway_engine::Store;
+    let actor = session.actor_id().await?;
+    let data = serde_json::to_value(record).map_err(|e| {
+        OpsError::new(
+            ErrorKind::Internal,
+            format!("failed to serialise the dry-run record: {e}"),
+        )
+    })?;
+    session
+        .store
+        .append_governance(vec![slipway_engine::store::GovernanceRecord {
+            kind: DRY_RUN.to_owned(),
+            key: slipway_engine::store::RecordKey::Given(record.migration_set.clone()),
+            data: Some(data),
+            action: "migration_dry_run_recorded".to_owned(),
+            summary: serde_json::json!({"migration_set": record.migration_set,
+                "database": record.database, "passed": record.passed}),
+            actor,
+            at: record.finished_at,
+            if_seq: None,
+        }])
+        .await?;
+    Ok(format!(
+        "{} as dry-run record {}",
+        session.store.location(),
+        record.migration_set
+    ))
+}
+
+/// The record `kind`/`key` of the store `store` names, read only after the store's evidence
+/// verified (a record edited by hand is never trusted). `Ok(None)`: no store or no record.
+async fn trusted_record(
+    store: Option<&str>,
+    kind: &str,
+    key: &str,
+) -> Result<Option<String>, String> {
+    use slipway_engine::Store;
+    let Some((loc, _)) = crate::session::layout_for(store) else {
+        return Err("the store's location cannot be resolved".into());
+    };
+    if matches!(slipway_store::exists(&loc).await, Ok(false)) {
+        return Ok(None);
+    }
+    let store = slipway_store::open(&loc).await.map_err(|e| e.to_string())?;
+    let v = slipway_engine::evidence::verify_store(&store)
+        .await
+        .map_err(|e| e.to_string())?;
+    if let Err(b) = v.result {
+        return Err(format!(
+            "the store's evidence does not verify, so no record in it is trusted: {b}"
+        ));
+    }
+    Ok(store
+        .record(kind, key)
+        .await
+        .map_err(|e| e.to_string())?
+        .map(|r| r.data))
+}
+
+/// Findings for the admin policy's `dry_run` requirement (none without one): for every
+/// migration service with migrations this release still applies in `env` (`applied`: the
+/// latest version applied per service, where it could be read), a passed dry run of its
+/// exact migration set, recorded in the store, no older than the policy's `max_age`.
+pub async fn dry_run_findings(
+    spec: &ReleaseSpec,
+    env: &str,
+    spec_dir: &Path,
+    store: Option<&str>,
+    policy: Option<&slipway_model::admin_policy::AppliedPolicy>,
+    applied: &std::collections::BTreeMap<String, u32>,
+) -> Vec<Finding> {
+    use slipway_model::recovery::{DryRunFacts, DryRunRecord};
+    let Some((policy, rule)) = policy.and_then(|p| p.env.dry_run.as_ref().map(|d| (p, d))) else {
+        return Vec::new();
+    };
+    let Some(max_age) = rule.max_age() else {
+        return Vec::new();
+    };
+    let mut facts = Vec::new();
+    for (service, set) in slipway_providers::migrate::migration_sets(spec, env, spec_dir) {
+        let migration_set = match set {
+            Ok((digest, versions)) => {
+                // Nothing of this set left to apply there: nothing to dry-run.
+                let latest = applied.get(&service).copied().map(i64::from);
+                if latest.is_some_and(|l| versions.iter().all(|v| *v <= l)) {
+                    continue;
+                }
+                Ok(digest)
+            }
+            Err(e) => Err(e),
+        };
+        let record = match &migration_set {
+            Ok(d) => trusted_record(store, DRY_RUN, d)
+                .await
+                .transpose()
+                .map(|r| {
+                    r.and_then(|text| {
+                        serde_json::from_str::<DryRunRecord>(&text)
+                            .map_err(|e| format!("not a dry-run record: {e}"))
+                    })
+                }),
+            Err(_) => None,
+        };
+        facts.push(DryRunFacts {
+            service,
+            migration_set,
+            record,
+        });
+    }
+    slipway_model::recovery::dry_run_findings(
+        &policy.source("dry_run"),
+        max_age,
+        slipway_stdx::now(),
+        &facts,
+    )
 }
 
 /// `<release>-<version>.json`, with anything but `[A-Za-z0-9._-]` replaced so a release

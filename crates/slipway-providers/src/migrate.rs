@@ -198,6 +198,42 @@ pub async fn applied_versions(
     (applied, findings)
 }
 
+/// A migration set's digest and its versions.
+pub type MigrationSetFacts = (String, Vec<i64>);
+
+/// Plan-time facts: each migration service's migration set in environment `env_name` —
+/// its digest (`slipway_migrate::MigrationSet::digest`, what a recorded dry run is keyed
+/// by) and its versions — or why its directory cannot be read. The directory is resolved
+/// as a deploy resolves it (the spec's directory joined with the exec target's `workdir`).
+pub fn migration_sets(
+    spec: &slipway_model::spec::ReleaseSpec,
+    env_name: &str,
+    spec_dir: &Path,
+) -> Vec<(String, Result<MigrationSetFacts, String>)> {
+    let workdir = match spec
+        .environments
+        .get(env_name)
+        .and_then(|e| e.target.exec.as_ref())
+        .and_then(|e| e.workdir.as_deref())
+    {
+        Some(w) => spec_dir.join(w),
+        None => spec_dir.to_owned(),
+    };
+    spec.services
+        .iter()
+        .filter_map(|(name, svc)| {
+            let dir = svc.migrations.as_ref()?;
+            let set = slipway_migrate::MigrationSet::load(&workdir.join(dir))
+                .map(|set| {
+                    let versions = set.migrations.iter().map(|m| m.version).collect();
+                    (set.digest(), versions)
+                })
+                .map_err(|e| e.to_string());
+            Some((name.clone(), set))
+        })
+        .collect()
+}
+
 fn io(e: impl std::fmt::Display) -> TargetError {
     TargetError::Io(e.to_string())
 }
