@@ -30,7 +30,14 @@ may tighten it but never loosen it:
       rehearsal: required
       change_record: true
       dry_run: { max_age: 168h }   # a passed `slipway migrate dry-run` of the exact migrations
+      change: { system: servicenow, url: \"https://acme.service-now.com\", credentials: secret://env/SNOW }
+      advisory_checks: [capacity]
+      promote_from: { environment: staging, soak: 1h, post_checks: true }
       release_types: [feature, patch, security, hotfix]
+
+Settings that would loosen a gate belong to the policy: under it, the spec's change system,
+advisory readiness checks and lifecycle for this environment are replaced by the policy's
+(`change`, `advisory_checks`, `promote_from`).
 
 Examples:
   slipway policy apply -f policy.yaml

@@ -303,7 +303,7 @@ struct Env {
 
 impl Env {
     /// A release with one install step (failing when `fail`), `change` as its record,
-    /// deploying to `prod` whose change system is `change_yaml`.
+    /// deploying to `prod` whose change system is `change_yaml` (none when empty).
     fn new(record: Option<&str>, change_yaml: &str, fail: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().display();
@@ -319,6 +319,12 @@ impl Env {
                 "[ {{ name: install, run: \"touch {d}/installed\", undo: \"rm -f {d}/installed\" }} ]"
             )
         };
+        // An empty `change_yaml`: the spec names no change system.
+        let system = if change_yaml.is_empty() {
+            String::new()
+        } else {
+            format!("    change: {change_yaml}\n")
+        };
         let spec = dir.path().join("release.yaml");
         std::fs::write(
             &spec,
@@ -332,8 +338,7 @@ services:
 environments:
   prod:
     target: {{ exec: {{}} }}
-    change: {change_yaml}
-"
+{system}"
             ),
         )
         .unwrap();
@@ -686,4 +691,71 @@ fn a_change_system_configured_with_literal_credentials_is_refused_by_validation(
         "{}",
         text(&o)
     );
+}
+
+/// The change system belongs to the admin policy: a spec that names no change system, or
+/// one that says "approved" to anything, still has its record checked in the policy's
+/// system — and the outcome is written back there, not to the spec's.
+#[test]
+fn the_policys_change_system_is_asked_whatever_the_spec_names() {
+    let policy_system = Server::start();
+    policy_system.record(
+        "CHG0000042",
+        "approved",
+        "-2",
+        &snow_time(-1),
+        &snow_time(2),
+    );
+    let yes_man = Server::start();
+    yes_man.record(
+        "lol-any-string",
+        "approved",
+        "-2",
+        &snow_time(-1),
+        &snow_time(2),
+    );
+    let apply = |e: &Env| {
+        let p = e.dir.path().join("policy.yaml");
+        std::fs::write(
+            &p,
+            format!(
+                "apiVersion: slipway/v1\nkind: Policy\nenvironments:\n  prod:\n    change_record: true\n    change: {}\n",
+                servicenow(&policy_system)
+            ),
+        )
+        .unwrap();
+        let o = e.cmd(&["policy", "apply", "-f", &p.display().to_string()]);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    };
+    for spec_system in [String::new(), servicenow(&yes_man)] {
+        let e = Env::new(Some("lol-any-string"), &spec_system, false);
+        // Without the policy the spec decides: free text passes, or the yes-man says yes.
+        let plan = e.run(&["plan", "--output", "json"], true);
+        assert!(!text(&plan).contains("change-unknown"), "{}", text(&plan));
+        apply(&e);
+        let plan = e.run(&["plan", "--output", "json"], true);
+        assert!(text(&plan).contains("change-unknown"), "{}", text(&plan));
+        if !spec_system.is_empty() {
+            assert!(
+                text(&plan).contains("policy-change-system"),
+                "{}",
+                text(&plan)
+            );
+        }
+        let deploy = e.run(&["deploy"], true);
+        assert_eq!(deploy.status.code(), Some(3), "{}", text(&deploy));
+        assert!(!e.installed());
+    }
+    // The record the policy's system approved deploys, and is told the outcome there.
+    let e = Env::new(Some("CHG0000042"), &servicenow(&yes_man), false);
+    apply(&e);
+    let deploy = e.run(&["deploy"], true);
+    assert_eq!(deploy.status.code(), Some(0), "{}", text(&deploy));
+    assert!(e.installed());
+    assert!(
+        policy_system.writes().iter().any(|(m, _, _)| m == "PATCH"),
+        "{:?}",
+        policy_system.seen()
+    );
+    assert!(yes_man.writes().is_empty(), "{:?}", yes_man.seen());
 }

@@ -206,3 +206,89 @@ fn prod_is_refused_until_the_same_inputs_succeeded_in_staging_and_an_override_is
         .unwrap();
     assert_eq!(o.status.code(), Some(0), "{o:?}");
 }
+
+/// Promotion belongs to the admin policy: a spec with no `lifecycle` still cannot reach
+/// prod before its inputs succeeded in the environment the policy's `promote_from` names.
+#[test]
+fn the_policys_promote_from_holds_for_a_spec_without_a_lifecycle() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let store = format!("sqlite://{}/state/s.db", d.display());
+    let mut people = People::new(&store, "admin");
+    people
+        .add("dev", "deployer", "staging")
+        .add("dev", "deployer", "prod");
+    let s = spec(d, b"api 1.0.0 build 7");
+    let text = std::fs::read_to_string(&s)
+        .unwrap()
+        .replace("lifecycle: { order: [staging, prod] }\n", "");
+    std::fs::write(&s, text).unwrap();
+    let deploy = |env: &str| {
+        people
+            .cmd("dev")
+            .args(["deploy", "--env", env, "--output", "json", "-f", &s])
+            .output()
+            .unwrap()
+    };
+    // Without a policy, nothing asks for staging first.
+    let plan = json(
+        &people
+            .cmd("dev")
+            .args(["plan", "--env", "prod", "--output", "json", "-f", &s])
+            .output()
+            .unwrap(),
+    );
+    assert!(
+        plan["findings"]
+            .as_array()
+            .is_none_or(|f| !f.iter().any(|f| f["code"] == "promotion-unproven")),
+        "{plan:#}"
+    );
+
+    let policy = d.join("policy.yaml");
+    std::fs::write(
+        &policy,
+        "apiVersion: slipway/v1\nkind: Policy\nenvironments:\n  prod:\n    promote_from: { environment: staging }\n",
+    )
+    .unwrap();
+    people.ok(
+        "admin",
+        &["policy", "apply", "-f", &policy.display().to_string()],
+    );
+    let o = deploy("prod");
+    assert_eq!(o.status.code(), Some(3), "{o:?}");
+    assert!(
+        json(&o)["error"]
+            .as_str()
+            .unwrap()
+            .contains("promotion-unproven"),
+        "{o:?}"
+    );
+    assert!(!d.join("installed").exists());
+    let plan = json(
+        &people
+            .cmd("dev")
+            .args(["plan", "--env", "prod", "--output", "json", "-f", &s])
+            .output()
+            .unwrap(),
+    );
+    let gate = plan["gates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["gate"] == "promotion")
+        .unwrap_or_else(|| panic!("{plan:#}"));
+    assert!(
+        gate["source"]
+            .as_str()
+            .unwrap()
+            .contains("admin policy v1 (promote_from) (staging → prod)"),
+        "{gate}"
+    );
+
+    // The same inputs succeed in staging: prod may follow.
+    let o = deploy("staging");
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    let o = deploy("prod");
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+}

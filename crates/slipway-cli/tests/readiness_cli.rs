@@ -233,3 +233,97 @@ fn an_environment_marks_a_readiness_kind_advisory() {
     assert!(text.contains("fail (advisory)"), "{text}");
     assert!(d.join("installed").exists());
 }
+
+/// Making a check advisory loosens a gate, so under an admin policy only the policy may:
+/// the spec's `advisory_checks` no longer let a failing capacity check through (a warning
+/// says why), and the policy's own list does.
+#[test]
+fn under_an_admin_policy_only_the_policy_makes_a_check_advisory() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let store = format!("sqlite://{}/state/s.db", d.display());
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let run = |args: &[&str]| {
+        slipway()
+            .env("SLIPWAY_STORE", &store)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let advisory = spec_with(
+        d,
+        &addr,
+        "root",
+        "500Gi",
+        "    advisory_checks: [capacity]\n",
+    );
+    let apply = |version: u32, text: &str| {
+        let p = d.join(format!("policy-{version}.yaml"));
+        std::fs::write(&p, text).unwrap();
+        let o = run(&["policy", "apply", "-f", &p.display().to_string()]);
+        assert_eq!(o.status.code(), Some(0), "{o:?}");
+    };
+    let gate_of = |plan: &serde_json::Value| {
+        plan["gates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["gate"] == "readiness")
+            .unwrap()
+            .clone()
+    };
+    apply(
+        1,
+        "apiVersion: slipway/v1\nkind: Policy\nenvironments:\n  prod:\n    change_record: false\n",
+    );
+    let o = run(&["plan", "--env", "prod", "--output", "json", "-f", &advisory]);
+    let plan: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(
+        gate_of(&plan)["advisory"]
+            .as_array()
+            .is_none_or(Vec::is_empty),
+        "{plan:#}"
+    );
+    let warning = plan["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["code"] == "policy-advisory-checks")
+        .unwrap_or_else(|| panic!("{plan:#}"));
+    assert_eq!(warning["severity"], "warning");
+    assert!(
+        warning["message"]
+            .as_str()
+            .unwrap()
+            .contains("[capacity] stay gates"),
+        "{warning}"
+    );
+    let o = run(&["deploy", "--env", "prod", "-f", &advisory]);
+    assert_eq!(o.status.code(), Some(3), "{o:?}");
+    assert!(!d.join("installed").exists());
+
+    // The admin lists capacity as advisory in prod: now it only warns.
+    apply(
+        2,
+        "apiVersion: slipway/v1\nkind: Policy\nenvironments:\n  prod:\n    advisory_checks: [capacity]\n",
+    );
+    let o = run(&["plan", "--env", "prod", "--output", "json", "-f", &advisory]);
+    let plan: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let gate = gate_of(&plan);
+    assert_eq!(
+        gate["advisory"],
+        serde_json::json!(["capacity"]),
+        "{gate:#}"
+    );
+    assert!(
+        gate["source"]
+            .as_str()
+            .unwrap()
+            .contains("admin policy v2 (advisory_checks)"),
+        "{gate:#}"
+    );
+    let o = run(&["deploy", "--env", "prod", "-f", &advisory]);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    assert!(d.join("installed").exists());
+}

@@ -4,13 +4,19 @@
 //! must pass: production or not, approvals (count, groups, four-eyes), risk thresholds that
 //! add approvals, deployment windows, freezes (environment-wide, for every release, with the
 //! release types allowed through), required check phases, a rollback rehearsal, a change
-//! record, and which release types may deploy at all. Admins apply it to the store
+//! record and the change system it is checked in, the environment a release must have
+//! succeeded in first (promotion), which readiness checks may only warn, and which release
+//! types may deploy at all. Admins apply it to the store
 //! (`slipway policy apply`); each version is kept and audited, and its digest is part of
 //! every plan made under it.
 //!
 //! A spec may tighten a policy but never loosen it: [`tighten`] makes the environment a
 //! plan is made for the stricter of the two, field by field, and says which gates came
-//! from the policy so `plan` can show each gate's source.
+//! from the policy so `plan` can show each gate's source. Where the spec's field would
+//! loosen a gate (its change system, its advisory readiness checks, its lifecycle), the
+//! policy's replaces it under a policy: a deployer who edits the spec cannot point the
+//! change check at a server that says yes, make a failing check advisory, or drop the
+//! promotion requirement.
 
 use std::collections::BTreeMap;
 
@@ -18,9 +24,10 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::diag::{Diagnostic, Pos, SpecErrors};
+use crate::readiness::ReadinessCheck;
 use crate::spec::{
-    ApprovalPolicy, CheckPhase, Environment, Freeze, RecoveryPolicy, RehearsalRequirement,
-    ReleaseType, Window,
+    ApprovalPolicy, ChangeManagement, CheckPhase, Environment, Freeze, RecoveryPolicy,
+    RehearsalRequirement, ReleaseType, Window,
 };
 
 /// The `kind` of a policy file.
@@ -72,6 +79,21 @@ pub struct EnvPolicy {
     /// older than `max_age`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dry_run: Option<DryRunPolicy>,
+    /// The change-management system the record is checked in (approved, inside its
+    /// window) and the outcome written back to. Replaces the spec's
+    /// `environments.X.change`: otherwise whoever edits the spec picks the server that
+    /// answers "approved".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change: Option<ChangeManagement>,
+    /// Readiness checks whose failures only warn here. Under a policy a release cannot make
+    /// a check advisory itself: the spec's `advisory_checks` are replaced by this list
+    /// (empty: every declared check blocks), with a warning naming what stays a gate.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub advisory_checks: Vec<ReadinessCheck>,
+    /// The environment where the same inputs must have succeeded before a release deploys
+    /// here. Replaces what the spec's `lifecycle` says for this environment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promote_from: Option<PromoteFrom>,
     /// The release types that may deploy here (empty: all).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub release_types: Vec<ReleaseType>,
@@ -90,6 +112,31 @@ impl DryRunPolicy {
     /// policy that skipped validation).
     pub fn max_age(&self) -> Option<std::time::Duration> {
         crate::duration::parse_duration(&self.max_age).ok()
+    }
+}
+
+/// Promotion into an environment, as the admin policy requires it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PromoteFrom {
+    /// The environment before this one.
+    pub environment: String,
+    /// Minimum time the inputs must have run successfully there, e.g. `1h`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub soak: Option<String>,
+    /// The run there must have run post checks, all passed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub post_checks: bool,
+}
+
+impl PromoteFrom {
+    /// The rule the planner judges.
+    pub fn rule(&self) -> crate::promotion::PromotionRule {
+        crate::promotion::PromotionRule {
+            from: self.environment.clone(),
+            soak: self.soak.clone(),
+            post_checks: self.post_checks,
+        }
     }
 }
 
@@ -225,6 +272,15 @@ fn merge(a: &EnvPolicy, b: &EnvPolicy) -> EnvPolicy {
             }),
             (x, y) => x.clone().or_else(|| y.clone()),
         },
+        // Admin-written settings of one system: the environment's own entry names it,
+        // else "*"'s applies.
+        change: b.change.clone().or_else(|| a.change.clone()),
+        advisory_checks: if b.advisory_checks.is_empty() {
+            a.advisory_checks.clone()
+        } else {
+            b.advisory_checks.clone()
+        },
+        promote_from: b.promote_from.clone().or_else(|| a.promote_from.clone()),
         release_types,
     }
 }
@@ -259,6 +315,9 @@ pub struct Tightened {
     /// Problems of the release under this policy (a release type it does not allow, a
     /// required check phase the spec does not declare).
     pub violations: Vec<(String, String)>,
+    /// What the policy overruled in the spec without blocking (code, message): shown as
+    /// warnings so the author learns why the spec's setting has no effect.
+    pub warnings: Vec<(String, String)>,
 }
 
 /// The environment a plan is made for: the spec's, made at least as strict as the policy.
@@ -339,7 +398,55 @@ pub fn tighten(
         t.sources
             .insert("change_record", policy.source("change_record"));
     }
+    if let Some(c) = &p.change {
+        if env.change.as_ref().is_some_and(|own| own != c) {
+            t.warnings.push((
+                "policy-change-system".to_owned(),
+                format!(
+                    "the spec's `change` system ({}) is not used: {} names the change system this environment's records are checked in ({})",
+                    own_url(env.change.as_ref()),
+                    policy.source("change"),
+                    c.url
+                ),
+            ));
+        }
+        out.change = Some(c.clone());
+        t.sources.insert("change", policy.source("change"));
+    }
+    // Making a readiness check advisory loosens a gate: under a policy only the policy
+    // may.
+    let refused: Vec<&str> = env
+        .advisory_checks
+        .iter()
+        .filter(|k| !p.advisory_checks.contains(k))
+        .map(|k| k.as_str())
+        .collect();
+    if !refused.is_empty() {
+        t.warnings.push((
+            "policy-advisory-checks".to_owned(),
+            format!(
+                "`advisory_checks` [{}] stay gates here: under {} only the policy makes a readiness check advisory; fix what the check finds, or ask an admin to list it in the policy's `advisory_checks`",
+                refused.join(", "),
+                policy.source("advisory_checks")
+            ),
+        ));
+    }
+    // Under a policy whatever is advisory is so by the policy's word, even where the spec
+    // happens to say the same.
+    if !p.advisory_checks.is_empty() || !env.advisory_checks.is_empty() {
+        t.sources
+            .insert("advisory_checks", policy.source("advisory_checks"));
+    }
+    out.advisory_checks = p.advisory_checks.clone();
+    if p.promote_from.is_some() {
+        t.sources
+            .insert("promote_from", policy.source("promote_from"));
+    }
     (out, t)
+}
+
+fn own_url(c: Option<&ChangeManagement>) -> &str {
+    c.map_or("none", |c| c.url.as_str())
 }
 
 /// Read a policy file: YAML into [`PolicyDoc`], every problem with its line and column.
@@ -457,6 +564,36 @@ pub fn load(file: &str, text: &str) -> Result<PolicyDoc, SpecErrors> {
                 format!("`{}` is not a duration", d.max_age),
                 "write a duration in hours or less, such as `24h` or `168h`",
             ));
+        }
+        if let Some(c) = &p.change {
+            semantic.extend(crate::validate::change_management_at(
+                &spans,
+                &format!("{base}/change"),
+                c,
+            ));
+        }
+        if let Some(pf) = &p.promote_from {
+            let ptr = format!("{base}/promote_from");
+            if pf.environment == *name {
+                semantic.push(Diagnostic::new(
+                    "policy-promote-from",
+                    &format!("{ptr}/environment"),
+                    at(&format!("{ptr}/environment")),
+                    format!("`{name}` cannot be promoted from itself"),
+                    "name the environment releases go through before this one, e.g. `staging`",
+                ));
+            }
+            if let Some(soak) = &pf.soak
+                && crate::duration::parse_duration(soak).is_err()
+            {
+                semantic.push(Diagnostic::new(
+                    "policy-promote-from",
+                    &format!("{ptr}/soak"),
+                    at(&format!("{ptr}/soak")),
+                    format!("`{soak}` is not a duration"),
+                    "write a duration such as `1h`",
+                ));
+            }
         }
         for (i, f) in p.freezes.iter().enumerate() {
             let ptr = format!("{base}/freezes/{i}");

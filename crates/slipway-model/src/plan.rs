@@ -713,7 +713,17 @@ pub fn plan(spec: &ReleaseSpec, env_name: &str, facts: &Facts) -> Result<Plan, S
     if let Some((t, p)) = &tightened {
         apply_policy(spec, env, &risk, t, p, &mut gates, &mut findings);
     }
-    if let Some(g) = readiness_gate(spec, env, env_name, &templates) {
+    if let Some(mut g) = readiness_gate(spec, env, env_name, &templates) {
+        // Under a policy the advisory list is the policy's, not the spec's.
+        if let Some((t, _)) = &tightened
+            && let Some(src) = t.sources.get("advisory_checks")
+            && let GateKind::Readiness { advisory, .. } = &g.kind
+            && !advisory.is_empty()
+        {
+            g.source = g
+                .source
+                .replace(&format!("environments.{env_name}.advisory_checks"), src);
+        }
         gates.push(g);
     }
     let mut recommendation = recommend(spec, env, &strategy, &risk, facts);
@@ -899,6 +909,13 @@ fn apply_policy(
     for (code, message) in &t.violations {
         findings.push(Finding {
             severity: "error".into(),
+            code: code.clone(),
+            message: message.clone(),
+        });
+    }
+    for (code, message) in &t.warnings {
+        findings.push(Finding {
+            severity: "warning".into(),
             code: code.clone(),
             message: message.clone(),
         });

@@ -102,6 +102,13 @@ pub struct PromotionEvidence {
 /// findings (and, when overridden, the waiver and an approval by someone other than the
 /// author), then recompute the digest.
 pub fn apply(plan: &mut Plan, rule: &PromotionRule, ev: &PromotionEvidence) {
+    let source = format!("lifecycle ({} → {})", rule.from, plan.environment);
+    apply_from(plan, rule, ev, source);
+}
+
+/// [`apply`] with the gate's source named by the caller (the admin policy's
+/// `promote_from`, or the spec's lifecycle).
+pub fn apply_from(plan: &mut Plan, rule: &PromotionRule, ev: &PromotionEvidence, source: String) {
     let inputs = inputs(plan);
     let digest = inputs_digest(&inputs);
     let from = &rule.from;
@@ -112,7 +119,6 @@ pub fn apply(plan: &mut Plan, rule: &PromotionRule, ev: &PromotionEvidence) {
         .collect::<Vec<_>>()
         .join(", ");
     let problem = judge(rule, ev, &shown_inputs);
-    let source = format!("lifecycle ({from} → {to})");
     match (&problem, &ev.override_reason) {
         (None, _) => {
             let run = ev.newest.as_ref();

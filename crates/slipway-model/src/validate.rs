@@ -923,6 +923,21 @@ fn semver_at(cx: &mut Cx<'_>, ptr: &str, v: &str) {
     }
 }
 
+/// [`change_management`] for a change system outside a spec (the admin policy's), with
+/// the policy file's spans.
+pub(crate) fn change_management_at(
+    spans: &SpanMap,
+    ptr: &str,
+    c: &crate::spec::ChangeManagement,
+) -> Vec<Diagnostic> {
+    let mut cx = Cx {
+        spans,
+        diags: Vec::new(),
+    };
+    change_management(&mut cx, ptr, c);
+    cx.diags
+}
+
 /// An environment's change gate: a URL, credentials only from an environment variable,
 /// what each system needs (`http` says where approval is), pointers that are pointers,
 /// known outcome names for Jira transitions, a timeout that parses.

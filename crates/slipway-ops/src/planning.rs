@@ -218,17 +218,33 @@ pub async fn plan_file_with(
             file.display()
         )))
     })?;
-    // Promotion through the lifecycle: the same inputs must have succeeded before.
-    if let Some(rule) = loaded
-        .spec
-        .lifecycle
-        .as_ref()
-        .and_then(|l| l.promotion_into(env))
-    {
+    // Promotion through the lifecycle: the same inputs must have succeeded before. Under
+    // an admin policy its `promote_from` decides (the spec's lifecycle cannot drop it);
+    // without one, the spec's lifecycle.
+    let policy_rule = facts.policy.as_ref().and_then(|ap| {
+        ap.env.promote_from.as_ref().map(|pf| {
+            (
+                pf.rule(),
+                format!("{} ({} → {env})", ap.source("promote_from"), pf.environment),
+            )
+        })
+    });
+    let rule = policy_rule.or_else(|| {
+        loaded
+            .spec
+            .lifecycle
+            .as_ref()
+            .and_then(|l| l.promotion_into(env))
+            .map(|r| {
+                let source = format!("lifecycle ({} → {env})", r.from);
+                (r, source)
+            })
+    });
+    if let Some((rule, source)) = rule {
         let inputs = slipway_model::promotion::inputs(&p);
         let mut ev = promotion_evidence(store, &rule, &inputs).await;
         ev.override_reason = options.override_promotion.clone();
-        slipway_model::promotion::apply(&mut p, &rule, &ev);
+        slipway_model::promotion::apply_from(&mut p, &rule, &ev, source);
     }
     // Packaging checks (config placeholders, version constraints against what runs there,
     // migration compatibility) need the files beside the spec, so they run here rather
