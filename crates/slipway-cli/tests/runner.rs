@@ -18,6 +18,7 @@ mod change_cli;
 mod check_cli;
 mod checklist_cli;
 mod checks_gate_cli;
+mod ci_examples_cli;
 mod compat_plan_cli;
 mod config_cli;
 mod config_process_cli;

@@ -25,14 +25,14 @@ const MARK_VAR: &str = "SLIPWAY_SERVER_DEPLOY_TEST";
 
 /// A server's directory (its store, `bin/demo-app`, everything it unpacks and runs) and
 /// the people of its store.
-struct World {
+pub(crate) struct World {
     dir: tempfile::TempDir,
-    store: String,
+    pub(crate) store: String,
     mark: String,
 }
 
 impl World {
-    fn sqlite() -> Self {
+    pub(crate) fn sqlite() -> Self {
         let dir = crate::demo_app_dir();
         let store = format!("sqlite://{}/s.db", dir.path().display());
         let mark = dir.path().display().to_string();
@@ -54,7 +54,7 @@ impl World {
     }
 
     /// `slipway serve` on this world's store, from its directory, demo-app on PATH.
-    fn serve(&self) -> Server {
+    pub(crate) fn serve(&self) -> Server {
         let mut child = Command::new(assert_cmd::cargo::cargo_bin("slipway"))
             .current_dir(self.dir.path())
             .env_remove("SLIPWAY_TOKEN")
@@ -85,8 +85,8 @@ impl Drop for World {
     }
 }
 
-struct Server {
-    addr: String,
+pub(crate) struct Server {
+    pub(crate) addr: String,
     child: Child,
 }
 
