@@ -1,5 +1,9 @@
 //! `slipway serve`: the HTTP API, SSE event stream and web UI of `slipway-server` over
-//! the store `--store` names, until SIGINT or SIGTERM.
+//! the store `--store` names (HTTPS with `--tls-cert`/`--tls-key`), until SIGINT or
+//! SIGTERM: then it stops accepting, lets open requests finish (for up to 3 s: an event
+//! stream of a live run never ends by itself) and hands over the runs it drives — each
+//! stopped where it is, its environment's lease released — so another server or a person
+//! can resume them at once.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -20,6 +24,7 @@ Examples:
   slipway serve                                   # http://127.0.0.1:8080, store .slipway/slipway.db
   slipway serve --store postgres://slipway@db/slipway --listen 0.0.0.0:8080
   slipway serve --listen 127.0.0.1:0 --output json   # one line {\"listening\": …} when ready
+  slipway serve --listen 0.0.0.0:8443 --tls-cert cert.pem --tls-key key.pem
   curl -H \"Authorization: Bearer $SLIPWAY_TOKEN\" http://127.0.0.1:8080/api/v1/runs
 
 Every /api route and page needs an API token (`slipway access token create --user NAME`);
@@ -45,6 +50,13 @@ pub struct ServeArgs {
     /// Connections one client address may hold open; more are closed at once.
     #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections_per_client: u32,
+    /// Serve HTTPS with this PEM certificate (chain) file; needs --tls-key. Cookies are
+    /// then `Secure` and answers carry `Strict-Transport-Security`.
+    #[arg(long, requires = "tls_key", value_name = "FILE")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert", value_name = "FILE")]
+    pub tls_key: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub store: StoreArg,
 }
@@ -63,14 +75,23 @@ async fn run(a: ServeArgs, out: &Output) -> Result<i32, CliError> {
     let store = session.store.clone();
     let access = AccessDb::for_store(&store).await.map_err(CliError::from)?;
     let location = store.location();
+    let tls = match (&a.tls_cert, &a.tls_key) {
+        (Some(cert), Some(key)) => Some(
+            slipway_server::tls::server_config(cert, key)
+                .map_err(|e| CliError::input(e, "see `slipway serve --help`"))?,
+        ),
+        _ => None,
+    };
+    let https = tls.is_some();
     let options = slipway_server::Options {
-        secure_cookie: a.secure_cookies,
+        secure_cookie: a.secure_cookies || https,
+        tls,
         header_read_timeout: a.header_read_timeout,
         max_connections_per_client: usize::try_from(a.max_connections_per_client)
             .unwrap_or(usize::MAX),
         ..slipway_server::Options::default()
     };
-    let app = slipway_server::router(session, access, options.clone())
+    let (app, handover) = slipway_server::app(session, access, options.clone())
         .map_err(|e| CliError::new(exit::INTERNAL, format!("failed to {e}"), None))?;
     let listener = tokio::net::TcpListener::bind(a.listen).await.map_err(|e| {
         CliError::input(
@@ -85,17 +106,16 @@ async fn run(a: ServeArgs, out: &Output) -> Result<i32, CliError> {
             None,
         )
     })?;
-    if !bound.ip().is_loopback() {
+    if !bound.ip().is_loopback() && !https {
         out.eline(&format!(
-            "warning: serving plain HTTP on {bound}: API tokens cross the network unencrypted; put a TLS-terminating proxy in front (slipway serve has no TLS of its own yet)"
+            "warning: serving plain HTTP on {bound}: API tokens cross the network unencrypted; serve HTTPS with --tls-cert/--tls-key or put a TLS-terminating proxy in front"
         ));
     }
+    let url = format!("{}://{bound}", if https { "https" } else { "http" });
     if out.json() {
-        out.json_line(&json!({"listening": bound.to_string(), "url": format!("http://{bound}"), "store": location}));
+        out.json_line(&json!({"listening": bound.to_string(), "url": url, "store": location}));
     } else {
-        out.line(&format!(
-            "serving http://{bound} (store {location}); Ctrl-C stops"
-        ));
+        out.line(&format!("serving {url} (store {location}); Ctrl-C stops"));
     }
 
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
@@ -119,9 +139,18 @@ async fn run(a: ServeArgs, out: &Output) -> Result<i32, CliError> {
             if let Ok(r) = tokio::time::timeout(DRAIN, &mut server).await {
                 served(r)?;
             }
+            // What this server drives goes on elsewhere: stopped where it is, its lease
+            // given back.
+            let runs = handover.hand_over().await;
             if out.json() {
-                out.json_line(&json!({"stopped": name}));
+                out.json_line(&json!({"stopped": name, "handed_over": runs}));
             } else {
+                if !runs.is_empty() {
+                    out.line(&format!(
+                        "handed over {} (resume with `slipway resume RUN` here or on another server)",
+                        runs.join(", ")
+                    ));
+                }
                 out.line(&format!("stopped ({name})"));
             }
         }

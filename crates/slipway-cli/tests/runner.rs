@@ -52,6 +52,7 @@ mod router_cli;
 mod secret_cli;
 mod serve_cli;
 mod server_deploy_cli;
+mod serving_cli;
 mod smoke_cli;
 mod ssh_cli;
 mod supply_cli;

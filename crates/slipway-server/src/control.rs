@@ -218,8 +218,10 @@ async fn perform(
     let drives = matches!(action, Action::Resume | Action::Promote);
     let reporter = Arc::new(Started(Mutex::new(drives.then_some(tx))));
     let run = id.clone();
-    // Its own task: a client hanging up must not cancel an operation half-way.
-    let task = tokio::spawn(async move {
+    // Its own task: a client hanging up must not cancel an operation half-way. Tracked,
+    // so a drive this starts is handed over when the server shuts down.
+    let run_id = id.clone();
+    let task = state.drives.spawn(Some(&run_id), |_| async move {
         let r = reporter as Arc<dyn Reporter>;
         match action {
             Action::Pause => runs::pause(&session, &run)

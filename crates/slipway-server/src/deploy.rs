@@ -108,7 +108,11 @@ pub(crate) struct StartBody {
 
 /// Signals once with the run's id when the deploy has a run (its first journal entry), or
 /// with `None` when it waits for the environment's lease.
-struct Started(Mutex<Option<oneshot::Sender<Option<String>>>>);
+/// The run id also goes to the drive's slot, for a hand-over at shutdown.
+struct Started {
+    tx: Mutex<Option<oneshot::Sender<Option<String>>>>,
+    slot: crate::drives::RunSlot,
+}
 
 impl Reporter for Started {
     fn report(&self, event: OpsEvent) {
@@ -117,7 +121,10 @@ impl Reporter for Started {
             OpsEvent::LeaseWaiting { .. } => None,
             _ => return,
         };
-        if let Some(tx) = self.0.lock().ok().and_then(|mut g| g.take()) {
+        if let Some(r) = &run {
+            self.slot.set(r);
+        }
+        if let Some(tx) = self.tx.lock().ok().and_then(|mut g| g.take()) {
             let _ = tx.send(run);
         }
     }
@@ -150,8 +157,6 @@ pub(crate) async fn start(
         }
     };
     let digest = planned.plan.digest.clone();
-    let (tx, started) = oneshot::channel();
-    let reporter: Arc<dyn Reporter> = Arc::new(Started(Mutex::new(Some(tx))));
     let req = DeployRequest {
         file: unpacked.spec.clone(),
         detach: false,
@@ -161,8 +166,16 @@ pub(crate) async fn start(
         },
         override_freeze: body.override_freeze.clone(),
     };
-    // Its own task: the release goes on whatever happens to this request.
-    let task = tokio::spawn(async move { runs::deploy(&session, &planned, req, reporter).await });
+    // Its own task: the release goes on whatever happens to this request; a tracked
+    // drive, handed over when the server shuts down.
+    let (tx, started) = oneshot::channel();
+    let task = state.drives.spawn(None, |slot| {
+        let reporter: Arc<dyn Reporter> = Arc::new(Started {
+            tx: Mutex::new(Some(tx)),
+            slot,
+        });
+        async move { runs::deploy(&session, &planned, req, reporter).await }
+    });
     tokio::select! {
         joined = task => {
             let started = joined.map_err(|e| {

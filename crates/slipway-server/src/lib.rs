@@ -30,8 +30,11 @@ mod auth;
 pub mod client;
 mod control;
 mod deploy;
+mod drives;
 mod error;
+mod metrics;
 mod sse;
+pub mod tls;
 mod ui;
 
 use std::sync::Arc;
@@ -65,6 +68,9 @@ pub struct Options {
     /// closed as soon as they are accepted. Behind a reverse proxy every client is the
     /// proxy: raise it there.
     pub max_connections_per_client: usize,
+    /// TLS of the server itself ([`tls::server_config`]): answers then carry
+    /// `Strict-Transport-Security`. `None`: plain HTTP.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Default for Options {
@@ -76,6 +82,7 @@ impl Default for Options {
             session_ttl: Duration::from_secs(12 * 3600),
             header_read_timeout: Duration::from_secs(10),
             max_connections_per_client: 128,
+            tls: None,
         }
     }
 }
@@ -94,6 +101,25 @@ pub(crate) struct AppState {
     pub sessions: Arc<slipway_govern::access::WebSessions>,
     pub options: Arc<Options>,
     pub templates: Arc<minijinja::Environment<'static>>,
+    /// The server's own metrics (`/metrics`).
+    pub metrics: Arc<metrics::Metrics>,
+    /// The runs this server drives, handed over at shutdown.
+    pub drives: Arc<drives::Drives>,
+}
+
+/// What shutting a server down needs besides its router: the runs it drives.
+#[derive(Clone)]
+pub struct Handover {
+    drives: Arc<drives::Drives>,
+    store: Arc<dyn Store>,
+}
+
+impl Handover {
+    /// Stop every run this server drives and give back their environments' leases, so
+    /// another server (or a person) can resume them at once: the runs handed over.
+    pub async fn hand_over(&self) -> Vec<String> {
+        self.drives.hand_over(self.store.as_ref()).await
+    }
 }
 
 /// The whole application: API, event streams, pages.
@@ -104,6 +130,23 @@ pub fn router(
     access: AccessDb,
     options: Options,
 ) -> Result<Router, ApiError> {
+    app(session, access, options).map(|(r, _)| r)
+}
+
+/// [`router`] and the [`Handover`] of the runs it will drive.
+pub fn app(
+    session: slipway_ops::Session,
+    access: AccessDb,
+    options: Options,
+) -> Result<(Router, Handover), ApiError> {
+    let metrics = metrics::Metrics::new().map_err(|e| {
+        ApiError::new(
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            e,
+            "this is a bug in slipway-server",
+        )
+    })?;
+    let drives = Arc::new(drives::Drives::default());
     let state = AppState {
         store: session.dyn_store(),
         session,
@@ -112,6 +155,12 @@ pub fn router(
         sessions: Arc::default(),
         options: Arc::new(options),
         templates: Arc::new(ui::templates()?),
+        metrics: Arc::new(metrics),
+        drives: drives.clone(),
+    };
+    let handover = Handover {
+        drives,
+        store: state.store.clone(),
     };
     let api = Router::new()
         .route("/runs", get(api::runs).post(deploy::start))
@@ -140,14 +189,21 @@ pub fn router(
             state.clone(),
             auth::require_page,
         ));
-    Ok(Router::new()
+    let app = Router::new()
         .nest("/api/v1", api)
         .merge(pages)
         .route("/login", get(ui::login_form).post(ui::login))
         .route("/logout", post(ui::logout))
         .route("/healthz", get(api::healthz))
+        .route("/readyz", get(metrics::readyz))
+        .route("/metrics", get(metrics::metrics))
         .route("/assets/{name}", get(ui::asset))
-        .with_state(state))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::observe,
+        ))
+        .with_state(state);
+    Ok((app, handover))
 }
 
 /// Serve `app` on `listener` until `stop` resolves, then stop accepting and wait for open
@@ -170,6 +226,7 @@ pub async fn serve(
     use hyper_util::service::TowerToHyperService;
 
     let clients = slipway_stdx::net::ClientLimiter::new(options.max_connections_per_client);
+    let tls = options.tls.clone().map(tokio_rustls::TlsAcceptor::from);
     let graceful = GracefulShutdown::new();
     let mut stop = std::pin::pin!(stop);
     loop {
@@ -186,14 +243,32 @@ pub async fn serve(
                 // Over its cap, the client's new connection is closed at once (dropped).
                 let Some(slot) = clients.admit(peer.ip()) else { continue };
                 let service = TowerToHyperService::new(app.clone());
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(options.header_read_timeout)
-                    .serve_connection(TokioIo::new(stream), service);
-                let conn = graceful.watch(conn);
+                let mut http = hyper::server::conn::http1::Builder::new();
+                http.timer(TokioTimer::new())
+                    .header_read_timeout(options.header_read_timeout);
+                let watcher = graceful.watcher();
+                let tls = tls.clone();
+                let timeout = options.header_read_timeout;
                 tokio::spawn(async move {
                     // A client that resets or times out ends its connection; nothing to report.
-                    let _ = conn.await;
+                    match tls {
+                        None => {
+                            let _ = watcher
+                                .watch(http.serve_connection(TokioIo::new(stream), service))
+                                .await;
+                        }
+                        Some(acceptor) => {
+                            // The handshake is bounded like a request head: a client that
+                            // opens a socket and says nothing holds no slot for long.
+                            if let Ok(Ok(stream)) =
+                                tokio::time::timeout(timeout, acceptor.accept(stream)).await
+                            {
+                                let _ = watcher
+                                    .watch(http.serve_connection(TokioIo::new(stream), service))
+                                    .await;
+                            }
+                        }
+                    }
                     drop(slot);
                 });
             }
