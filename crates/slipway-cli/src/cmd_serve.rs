@@ -57,6 +57,10 @@ pub struct ServeArgs {
     /// The PEM private key of --tls-cert.
     #[arg(long, requires = "tls_cert", value_name = "FILE")]
     pub tls_key: Option<std::path::PathBuf>,
+    /// How often to look for runs a server started whose driver died (its claim on the
+    /// run is free) and take them over here; `0s` never does.
+    #[arg(long, default_value = "5s", value_parser = slipway_model::duration::parse_duration)]
+    pub takeover_interval: Duration,
     #[command(flatten)]
     pub store: StoreArg,
 }
@@ -118,6 +122,9 @@ async fn run(a: ServeArgs, out: &Output) -> Result<i32, CliError> {
         out.line(&format!("serving {url} (store {location}); Ctrl-C stops"));
     }
 
+    if !a.takeover_interval.is_zero() {
+        handover.take_over_every(a.takeover_interval);
+    }
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let server = slipway_server::serve(listener, app, &options, async move {
         let _ = stop_rx.wait_for(|s| *s).await;

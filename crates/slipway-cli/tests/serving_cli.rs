@@ -3,7 +3,7 @@
 //! client trusts the CA through `SSL_CERT_FILE`), `Strict-Transport-Security` and a
 //! `__Host-`/`Secure` session cookie on TLS, `/readyz` and the Prometheus `/metrics` of
 //! the server itself, and a SIGTERM that hands the runs the server drives over: stopped
-//! where they are, the environment's lease released, so another server resumes one at once.
+//! where they are, the environment's lease released, and another server takes one over.
 //!
 //! Processes the tests cause are found by their mark and killed when each test ends.
 
@@ -373,7 +373,8 @@ fn sigterm_hands_the_runs_the_server_drives_over_to_another_server() {
     let text = String::from_utf8_lossy(&o.stdout).into_owned();
     assert!(o.status.success(), "{o:?}");
     assert!(!text.contains(&run), "the lease is still held: {text}");
-    let second = world.serve(&[]);
+    // Another server finds the run nobody drives and takes it over by itself.
+    let second = world.serve(&["--takeover-interval", "200ms"]);
     let workdir = std::fs::read_dir(world.dir.path().join("bundles"))
         .unwrap()
         .flatten()
@@ -381,7 +382,13 @@ fn sigterm_hands_the_runs_the_server_drives_over_to_another_server() {
         .find(|p| p.is_dir())
         .unwrap();
     std::fs::write(workdir.join("GO"), "").unwrap();
-    let (code, out) = remote(&second.url, token, release.path(), None, &["resume", &run]);
+    let (code, out) = remote(
+        &second.url,
+        token,
+        release.path(),
+        None,
+        &["wait", &run, "--timeout", "30"],
+    );
     assert_eq!(code, 0, "{out}");
     assert!(out.contains(&format!("run {run} succeeded")), "{out}");
 }

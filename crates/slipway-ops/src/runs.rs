@@ -729,6 +729,49 @@ async fn policy_freeze(
     Ok(None)
 }
 
+/// Take over a run whose driver is gone — a server that died (kill -9, a lost host) while
+/// it drove the run: drive it here, continuing where the journal says (a canary at its
+/// recorded step), as the session's actor (a server's service identity). No role is
+/// checked: nobody decides anything new — the run was authorized when it started, and
+/// this continues that decision. `None` when there is nothing to take over: the run ended,
+/// a person paused it, or a live process still drives it (its claim is held).
+pub async fn take_over(
+    session: &Session,
+    run_id: &str,
+    reporter: Arc<dyn Reporter>,
+) -> OpsResult<Option<DriveReport>> {
+    let run = load_run(session.store.as_ref(), run_id).await?;
+    if run.state.is_terminal()
+        || run.state == RunState::Paused
+        || driven(session.store.as_ref(), &run.id).await?
+    {
+        return Ok(None);
+    }
+    let actor = session.actor_id().await?;
+    let plan = plan_of(&run);
+    let workdir = PathBuf::from(&run.workdir);
+    let deploy = deploy_target(session, &workdir, plan.as_ref(), reporter.as_ref()).await?;
+    let engine = engine(session, &workdir, plan.as_ref(), &actor, deploy, None);
+    let report = drive(
+        session,
+        engine,
+        Driving {
+            run: &run,
+            plan: plan.as_ref(),
+            actor: &actor,
+            continued: true,
+        },
+        DriveRequest {
+            no_wait: false,
+            wait_for_lease: true,
+        },
+        reporter.clone(),
+    )
+    .await;
+    discard_interventions(session, &run.id, reporter.as_ref()).await;
+    report.map(Some)
+}
+
 /// Continue a paused, waiting or interrupted run — or, when another process drives its
 /// canary (e.g. in a `pause: manual` step), hand it the resume.
 pub async fn resume(

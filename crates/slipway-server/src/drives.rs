@@ -97,6 +97,14 @@ impl Drives {
         task
     }
 
+    /// Whether a drive of `run` is under way here.
+    pub(crate) fn drives(&self, run: &str) -> bool {
+        self.live.lock().is_ok_and(|g| {
+            g.values()
+                .any(|d| d.run.lock().is_ok_and(|r| r.as_deref() == Some(run)))
+        })
+    }
+
     /// How many drives are under way.
     pub(crate) fn count(&self) -> usize {
         self.live.lock().map(|g| g.len()).unwrap_or_default()

@@ -34,6 +34,7 @@ mod drives;
 mod error;
 mod metrics;
 mod sse;
+mod takeover;
 pub mod tls;
 mod ui;
 
@@ -107,18 +108,25 @@ pub(crate) struct AppState {
     pub drives: Arc<drives::Drives>,
 }
 
-/// What shutting a server down needs besides its router: the runs it drives.
+/// The runs a server drives, besides its router: taken over from a server that died
+/// ([`Handover::take_over_every`]) and handed over when it shuts down
+/// ([`Handover::hand_over`]).
 #[derive(Clone)]
 pub struct Handover {
-    drives: Arc<drives::Drives>,
-    store: Arc<dyn Store>,
+    state: AppState,
 }
 
 impl Handover {
     /// Stop every run this server drives and give back their environments' leases, so
     /// another server (or a person) can resume them at once: the runs handed over.
     pub async fn hand_over(&self) -> Vec<String> {
-        self.drives.hand_over(self.store.as_ref()).await
+        self.state.drives.hand_over(self.state.store.as_ref()).await
+    }
+
+    /// Look for runs a server started whose driver died, every `interval`, and drive them
+    /// here (see `takeover.rs`); the task ends with the runtime.
+    pub fn take_over_every(&self, interval: Duration) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(takeover::run(self.state.clone(), interval))
     }
 }
 
@@ -156,11 +164,10 @@ pub fn app(
         options: Arc::new(options),
         templates: Arc::new(ui::templates()?),
         metrics: Arc::new(metrics),
-        drives: drives.clone(),
+        drives,
     };
     let handover = Handover {
-        drives,
-        store: state.store.clone(),
+        state: state.clone(),
     };
     let api = Router::new()
         .route("/runs", get(api::runs).post(deploy::start))

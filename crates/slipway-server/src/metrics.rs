@@ -1,7 +1,8 @@
 //! The server's own health and metrics: `/healthz` (the process answers), `/readyz` (the
 //! store answers too: a load balancer sends no traffic to a server that cannot read runs)
 //! and `/metrics` in Prometheus' text format — runs by state, runs this server drives, and
-//! a latency histogram of every request by route, method and status.
+//! a latency histogram of every request by route, method and status, and how many runs
+//! this server took over from a driver that died.
 //!
 //! Recorded with the `metrics` facade into a recorder of this router's own
 //! (`metrics-exporter-prometheus`, no global one), so two servers in one process (the
@@ -43,6 +44,15 @@ impl Metrics {
             recorder,
             states: Mutex::default(),
         })
+    }
+}
+
+impl Metrics {
+    /// A run this server took over from a driver that died.
+    pub(crate) fn took_over(&self) {
+        metrics::with_local_recorder(&self.recorder, || {
+            metrics::counter!("slipway_run_takeovers_total").increment(1);
+        });
     }
 }
 
