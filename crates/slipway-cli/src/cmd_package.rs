@@ -70,6 +70,42 @@ pub enum PackageCommand {
     /// Show name, version, architecture, dependencies and digest of a tarball, .deb, .rpm
     /// or OCI layout.
     Inspect(InspectArgs),
+    /// Build a deterministic OCI image from a directory (its root file system), without a
+    /// daemon: an OCI image layout, or an oci-archive when OUT ends in `.tar`. Prints the
+    /// digest a spec's `artifact.sha256` takes (the manifest's for a layout, the file's for
+    /// an archive); sign a layout with `slipway sign OUT/blobs/sha256/<manifest digest>`.
+    Image(ImageArgs),
+}
+
+/// `slipway package image`.
+#[derive(Debug, clap::Args)]
+pub struct ImageArgs {
+    /// The directory that becomes the image's root file system.
+    pub dir: PathBuf,
+    /// Image name (`org.opencontainers.image.title`).
+    #[arg(long)]
+    pub name: String,
+    /// Image version (`org.opencontainers.image.version`).
+    #[arg(long)]
+    pub version: String,
+    /// The entrypoint: the program, then its first arguments, each given once
+    /// (`--entrypoint /bin/api --entrypoint serve`).
+    #[arg(long, value_name = "ARG")]
+    pub entrypoint: Vec<String>,
+    /// Default arguments after the entrypoint (a container service's `run.command`
+    /// replaces them), each given once.
+    #[arg(long, value_name = "ARG", allow_hyphen_values = true)]
+    pub cmd: Vec<String>,
+    /// A variable of the image's environment, NAME=value; repeat for several.
+    #[arg(long, value_name = "NAME=VALUE")]
+    pub env: Vec<String>,
+    /// The source commit it is built from (`org.opencontainers.image.revision`).
+    #[arg(long)]
+    pub revision: Option<String>,
+    /// Output: a directory to create (an OCI layout), or FILE.tar (an oci-archive).
+    /// Default: NAME-VERSION.oci.
+    #[arg(long, short = 'o', value_name = "OUT")]
+    pub out: Option<PathBuf>,
 }
 
 /// `slipway package build`.
@@ -201,7 +237,66 @@ pub fn package(command: PackageCommand, out: &Output) -> Result<i32, CliError> {
     match command {
         PackageCommand::Build(a) => build(a, out),
         PackageCommand::Inspect(a) => inspect(&a.file, out),
+        PackageCommand::Image(a) => image(a, out),
     }
+}
+
+fn image(a: ImageArgs, out: &Output) -> Result<i32, CliError> {
+    let target = a
+        .out
+        .unwrap_or_else(|| PathBuf::from(format!("{}-{}.oci", a.name, a.version)));
+    let options = pkg::ImageOptions {
+        name: a.name,
+        version: a.version,
+        entrypoint: a.entrypoint,
+        cmd: a.cmd,
+        env: a.env,
+        revision: a.revision,
+        mtime: 0,
+    }
+    .with_env_mtime();
+    let built = pkg::build_image(&a.dir, &target, &options)
+        .map_err(|e| crate::cli_util::package_error(&e))?;
+    // What `artifact.sha256` takes: a layout is known by its manifest, a file by its bytes.
+    let artifact_sha256 = built
+        .archive_sha256
+        .clone()
+        .unwrap_or_else(|| built.manifest_digest.clone());
+    if out.json() {
+        out.json_value(&serde_json::json!({
+            "ok": true,
+            "path": built.path,
+            "artifact_sha256": artifact_sha256,
+            "manifest_digest": built.manifest_digest,
+            "config_digest": built.config_digest,
+            "layer_digest": built.layer_digest,
+            "layer_size": built.layer_size,
+            "archive_sha256": built.archive_sha256,
+        }));
+    } else {
+        out.line(&format!(
+            "built image {} ({} bytes in one layer)",
+            built.path.display(),
+            built.layer_size
+        ));
+        out.line(&format!(
+            "  manifest: sha256:{}",
+            out.paint(&built.manifest_digest, Style::Bold)
+        ));
+        if let Some(sha) = &built.archive_sha256 {
+            out.line(&format!("  archive sha256 (artifact.sha256): {sha}"));
+        } else {
+            out.line(&format!(
+                "  sign it: slipway sign {}",
+                built
+                    .path
+                    .join("blobs/sha256")
+                    .join(&built.manifest_digest)
+                    .display()
+            ));
+        }
+    }
+    Ok(exit::SUCCESS)
 }
 
 fn build(a: BuildArgs, out: &Output) -> Result<i32, CliError> {

@@ -345,8 +345,17 @@ pub struct Artifact {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RunSpec {
-    /// The command line; `{{ port }}` is the instance's port.
+    /// The command line; `{{ port }}` is the instance's port. With `image`, the arguments
+    /// given to the image's entrypoint instead (split as a shell splits words, but no
+    /// shell runs; empty: the image's own `Cmd`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub command: String,
+    /// Run each instance as a container of this OCI image (podman, host network) instead
+    /// of a command: `artifact` — the service's artifact, an OCI image layout (e.g. built
+    /// by `slipway package image`) or an oci-archive, verified like any artifact — or a
+    /// registry reference pinned by digest, `registry.example:5000/shop/api@sha256:<hex>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
     /// Number of instances.
     #[serde(default = "one")]
     pub replicas: u32,
@@ -364,6 +373,24 @@ pub struct RunSpec {
 
 fn one() -> u32 {
     1
+}
+
+/// `run.image` naming the service's own artifact (an OCI image layout or oci-archive).
+pub const IMAGE_FROM_ARTIFACT: &str = "artifact";
+
+/// Whether an image reference is pinned by digest: `NAME@sha256:<64 lowercase hex>`, with a
+/// non-empty name. A tag alone can name other bytes tomorrow, so it is never run.
+pub fn is_pinned_image(reference: &str) -> bool {
+    reference
+        .rsplit_once("@sha256:")
+        .is_some_and(|(name, hex)| {
+            !name.is_empty()
+                && !name.contains(char::is_whitespace)
+                && hex.len() == 64
+                && hex
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        })
 }
 
 /// An install step for the `exec` target, with Ansible-like idempotency guards.

@@ -17,8 +17,9 @@ use crate::diag::{Diagnostic, Pos, Severity, SpecErrors};
 use crate::duration::parse_duration;
 use crate::schema;
 use crate::spec::{
-    API_VERSION, AnalysisTemplate, BackupPolicy, Check, Environment, KIND, Metric,
-    RehearsalRequirement, ReleaseSpec, Router, Service, ServiceKind, Strategy,
+    API_VERSION, AnalysisTemplate, BackupPolicy, Check, Environment, IMAGE_FROM_ARTIFACT, KIND,
+    Metric, RehearsalRequirement, ReleaseSpec, Router, Service, ServiceKind, Strategy,
+    is_pinned_image,
 };
 use crate::yaml::{self, SpanMap, pointer};
 
@@ -1217,12 +1218,41 @@ fn service(cx: &mut Cx<'_>, spec: &ReleaseSpec, name: &str, s: &Service, names: 
         }
     }
     if let Some(r) = &s.run {
-        if r.command.trim().is_empty() {
+        match r.image.as_deref() {
+            None if r.command.trim().is_empty() => {
+                cx.err_value(
+                    "empty",
+                    &at("run/command"),
+                    "run.command is empty",
+                    "give the command that starts one instance, or `image:` to run a container",
+                );
+            }
+            None => {}
+            Some(IMAGE_FROM_ARTIFACT) if s.artifact.is_none() => {
+                cx.err_value(
+                    "missing-artifact",
+                    &at("run/image"),
+                    "run.image is `artifact` but the service has no `artifact:`",
+                    "add `artifact: { path: IMAGE_LAYOUT_DIR, sha256: MANIFEST_DIGEST }` (`slipway package image DIR` builds one and prints its digest), or give a registry reference pinned by digest",
+                );
+            }
+            Some(IMAGE_FROM_ARTIFACT) => {}
+            Some(reference) if !is_pinned_image(reference) => {
+                cx.err_value(
+                    "unpinned-image",
+                    &at("run/image"),
+                    format!("run.image `{reference}` is not pinned by digest"),
+                    "name the image by its manifest digest, `REGISTRY/NAME@sha256:<64 hex>` (`skopeo inspect docker://REF` shows it), or `artifact` to run the service's OCI image artifact: a tag can point at other bytes tomorrow",
+                );
+            }
+            Some(_) => {}
+        }
+        if r.image.is_some() && shlex::split(&r.command).is_none() {
             cx.err_value(
-                "empty",
+                "invalid",
                 &at("run/command"),
-                "run.command is empty",
-                "give the command that starts one instance",
+                "run.command cannot be split into arguments (an unclosed quote?)",
+                "with `image:`, run.command is the entrypoint's arguments split as a shell would: close the quote or escape it",
             );
         }
         if r.replicas == 0 {

@@ -112,7 +112,7 @@ pub struct BuiltArchive {
     pub manifest: ArchiveManifest,
 }
 
-enum Item {
+pub(crate) enum Item {
     Dir {
         rel: String,
     },
@@ -129,7 +129,7 @@ enum Item {
 }
 
 impl Item {
-    fn rel(&self) -> &str {
+    pub(crate) fn rel(&self) -> &str {
         match self {
             Item::Dir { rel } | Item::File { rel, .. } | Item::Symlink { rel, .. } => rel,
         }
@@ -289,7 +289,7 @@ pub fn build_archive_with(
     })
 }
 
-fn header(kind: tar::EntryType, mode: u32, size: u64, mtime: u64) -> tar::Header {
+pub(crate) fn header(kind: tar::EntryType, mode: u32, size: u64, mtime: u64) -> tar::Header {
     // A GNU header starts zeroed: no user or group names, device numbers 0.
     let mut h = tar::Header::new_gnu();
     h.set_entry_type(kind);
@@ -365,7 +365,7 @@ fn write_tar<W: Write>(
     builder.into_inner().map_err(io_error)
 }
 
-fn walk(
+pub(crate) fn walk(
     root: &Path,
     dir: &Path,
     prefix: &str,

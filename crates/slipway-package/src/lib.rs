@@ -16,6 +16,7 @@ pub mod deps;
 pub mod digest;
 pub mod error;
 mod fsread;
+pub mod image;
 pub mod inspect;
 pub mod manifest;
 pub mod oci;
@@ -31,6 +32,7 @@ pub use checks::{CheckFacts, PlanChecks, plan_checks};
 pub use deps::{Conflict, LockedVersion, Resolution, VersionLock, VersionSource, resolve};
 pub use digest::{parse_sha256, sha256_file, verify_digest};
 pub use error::{Error, ErrorClass, Result};
+pub use image::{BuiltImage, ImageOptions, build_image};
 pub use inspect::{PackageFormat, PackageInfo, inspect};
 pub use manifest::{
     ManifestArtifact, ReleaseManifest, VerifiedManifest, sign_manifest, verify_manifest,

@@ -17,6 +17,7 @@ mod test_compat_sql;
 mod test_deps;
 mod test_digest;
 mod test_fuzz;
+mod test_image;
 mod test_inspect;
 mod test_locks;
 mod test_manifest;

@@ -35,6 +35,7 @@ use slipway_rollout::{Canary, Instances, NoInterventions, Outcome, Role, World, 
 fn target(dir: &std::path::Path, bin: &str, args: &str) -> ProcessTarget {
     let svc = ServiceProcess {
         run: RunSpec {
+            image: None,
             command: format!(
                 "{bin} --port {{{{ port }}}} --version {{{{ version }}}} --threads 1 {args}"
             ),

@@ -49,6 +49,7 @@ pub fn demo_app_bin() -> PathBuf {
 fn service(args: &str) -> ServiceProcess {
     ServiceProcess {
         run: RunSpec {
+            image: None,
             command: format!(
                 "{} --port {{{{ port }}}} --version {{{{ version }}}} --threads 1 {args}",
                 demo_app_bin().display()

@@ -44,6 +44,7 @@ fn stranger() -> (u16, Arc<AtomicUsize>) {
 fn target(dir: &std::path::Path) -> ProcessTarget {
     let svc = ServiceProcess {
         run: RunSpec {
+            image: None,
             command: format!(
                 "{} --port {{{{ port }}}} --version {{{{ version }}}} --threads 1",
                 demo_app_bin().display()

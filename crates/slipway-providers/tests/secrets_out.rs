@@ -126,6 +126,7 @@ async fn instance_logs_are_private_and_what_is_shown_of_them_is_redacted_and_bou
     let dir = tempfile::tempdir().unwrap();
     let svc = ServiceProcess {
         run: RunSpec {
+            image: None,
             command: format!("sh -c 'echo starting with {SECRET}; exit 3'"),
             replicas: 1,
             env: BTreeMap::new(),
