@@ -24,6 +24,11 @@ command -v openssl >/dev/null || need+=(openssl)
 command -v npm >/dev/null || need+=(npm)
 command -v iptables >/dev/null || need+=(iptables)
 command -v ip >/dev/null || need+=(iproute2)
+# Container services (container_cli): rootful podman with runc; skopeo reads the images
+# `slipway package image` builds.
+command -v podman >/dev/null || need+=(podman)
+[ -x /usr/sbin/runc ] || need+=(runc)
+command -v skopeo >/dev/null || need+=(skopeo)
 # The crash test that fills a store's file system mounts a small tmpfs (as root).
 command -v mount >/dev/null || need+=(mount)
 command -v pg_dump >/dev/null || ls /usr/lib/postgresql/*/bin/pg_dump >/dev/null 2>&1 || need+=(postgresql-client)

@@ -383,6 +383,7 @@ pub fn process_target(layout: &Layout, workdir: &Path, plan: &Plan) -> ProcessTa
                 .filter_map(|(name, s)| Some((name.clone(), s.health.clone()?)))
                 .collect(),
         )
+        .with_artifact_store(layout.artifacts())
         .with_deploying(deployed_services(plan).into_iter().collect())
         .with_redactor(redactor);
     if let Some(g) = plan

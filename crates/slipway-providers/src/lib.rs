@@ -15,6 +15,7 @@ pub mod change;
 pub mod checks;
 pub mod compose;
 pub mod config;
+pub mod container;
 pub mod deploy;
 pub mod exec;
 pub mod haproxy;

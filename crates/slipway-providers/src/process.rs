@@ -60,6 +60,7 @@ use slipway_model::spec::{Probe, RunSpec};
 use slipway_package::Redactor;
 use slipway_rollout::{BoxFuture, Instance, Instances, Role, RolloutError};
 
+use crate::container::{self, ContainerImage};
 use crate::portowner::{self, Ownership};
 
 /// Variables of `slipway`'s environment that every process it starts detached keeps when
@@ -131,6 +132,10 @@ pub struct Launch {
     pub readiness: Option<Probe>,
     /// Instances the version ran with.
     pub replicas: u32,
+    /// The container image each instance runs, for a service with `run.image`
+    /// ([`crate::container`]); `command` is then unused and `env` is the container's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<ContainerImage>,
 }
 
 impl Launch {
@@ -149,7 +154,7 @@ impl Launch {
 
     /// What the journal records of a launch: everything but the environment's values.
     pub fn summary(&self) -> serde_json::Value {
-        serde_json::json!({
+        let mut summary = serde_json::json!({
             "service": self.service,
             "version": self.version,
             "command": self.command,
@@ -160,7 +165,19 @@ impl Launch {
             "config_sha256": self.config_sha256,
             "artifact_sha256": self.artifact_sha256,
             "replicas": self.replicas,
-        })
+        });
+        if let (Some(i), Some(map)) = (&self.image, summary.as_object_mut()) {
+            map.insert(
+                "image".into(),
+                serde_json::json!({
+                    "source": i.source,
+                    "id": i.id,
+                    "digest": i.digest,
+                    "args": i.args,
+                }),
+            );
+        }
+        summary
     }
 
     /// How long an instance may take to become ready: the readiness probe's `deadline`,
@@ -247,6 +264,9 @@ pub struct ProcessTarget {
     /// Each service's `health` probe: probed during its canary, its soak and before a
     /// replacement gets traffic ([`Instances::healthy`]).
     health: BTreeMap<String, Probe>,
+    /// The artifact store (`sha256/<digest>`): where a container service's image
+    /// artifact is pulled from.
+    artifact_store: Option<PathBuf>,
 }
 
 /// Ports tried for one instance when other programs keep taking the free port picked
@@ -298,7 +318,16 @@ impl ProcessTarget {
             deploying: BTreeMap::new(),
             redactor: Redactor::default(),
             health: BTreeMap::new(),
+            artifact_store: None,
         }
+    }
+
+    /// Pull container services' image artifacts from this content-addressed store (the
+    /// copies `verify-artifact` steps keep).
+    pub fn with_artifact_store(mut self, store: impl Into<PathBuf>) -> Self {
+        let store = store.into();
+        self.artifact_store = Some(std::path::absolute(&store).unwrap_or(store));
+        self
     }
 
     /// Mask these secrets in everything shown of an instance's log.
@@ -435,9 +464,19 @@ impl ProcessTarget {
             .command
             .replace("{{ version }}", version)
             .replace("{{version}}", version);
+        let image = match svc.run.image.as_deref() {
+            None => None,
+            Some(reference) => Some(self.image_for(service, reference, &command)?),
+        };
         // The order a start always used: the host's allowlist, Slipway's own, the
         // rendered vars, the spec's `run.env`, then the version's own config directory.
-        let mut env: BTreeMap<String, String> = host_env(&svc.run.inherit_env)
+        // A container gets no host variables: its image has its own PATH and HOME.
+        let host = if image.is_some() {
+            Vec::new()
+        } else {
+            host_env(&svc.run.inherit_env)
+        };
+        let mut env: BTreeMap<String, String> = host
             .into_iter()
             .map(|(k, v)| {
                 (
@@ -478,6 +517,77 @@ impl ProcessTarget {
             artifact_sha256: self.artifacts.get(service).cloned(),
             readiness: svc.readiness.clone(),
             replicas,
+            image,
+        })
+    }
+
+    /// Where a container service's image comes from (see [`crate::container`]).
+    fn image_for(
+        &self,
+        service: &str,
+        reference: &str,
+        command: &str,
+    ) -> Result<ContainerImage, RolloutError> {
+        // `{{ port }}` is filled per instance, after the split: kept as one word.
+        let command = command.replace("{{ port }}", "{{port}}");
+        let args = shlex::split(&command).ok_or_else(|| {
+            RolloutError::Instances(format!(
+                "run.command of `{service}` cannot be split into arguments (an unclosed quote?)"
+            ))
+        })?;
+        if reference != slipway_model::spec::IMAGE_FROM_ARTIFACT {
+            let digest = reference
+                .rsplit_once('@')
+                .map(|(_, d)| d.to_owned())
+                .filter(|_| slipway_model::spec::is_pinned_image(reference))
+                .ok_or_else(|| {
+                    RolloutError::Instances(format!(
+                        "the image of `{service}`, `{reference}`, is not pinned by digest"
+                    ))
+                })?;
+            let insecure = registry_is_loopback(reference);
+            return Ok(ContainerImage {
+                source: format!("docker://{reference}"),
+                pull_dir: None,
+                expect_digest: Some(digest),
+                id: None,
+                digest: None,
+                args,
+                insecure_registry: insecure,
+            });
+        }
+        let sha = self.artifacts.get(service).ok_or_else(|| {
+            RolloutError::Instances(format!(
+                "`{service}` runs its artifact as an image but has no artifact"
+            ))
+        })?;
+        let store = self.artifact_store.as_ref().ok_or_else(|| {
+            RolloutError::Instances(format!(
+                "`{service}` runs its artifact as an image, but this target has no artifact store to take it from"
+            ))
+        })?;
+        let path = crate::artifact::stored_path(store, sha);
+        let meta = std::fs::metadata(&path).map_err(|e| {
+            RolloutError::Instances(format!(
+                "the image artifact of `{service}` (sha256 {sha}) is not in the artifact store at {} ({e}): its verify-artifact step keeps it there before the deploy",
+                path.display()
+            ))
+        })?;
+        // A layout is known by its manifest digest, which podman must report too; an
+        // oci-archive by the file's sha256 (already verified), its manifest read after.
+        let (source, expect_digest) = if meta.is_dir() {
+            (format!("oci:{sha}"), Some(format!("sha256:{sha}")))
+        } else {
+            (format!("oci-archive:{sha}"), None)
+        };
+        Ok(ContainerImage {
+            source,
+            pull_dir: path.parent().map(Path::to_path_buf),
+            expect_digest,
+            id: None,
+            digest: None,
+            args,
+            insecure_registry: false,
         })
     }
 
@@ -581,6 +691,21 @@ impl ProcessTarget {
         launch: &Launch,
         role: Role,
     ) -> Result<Vec<Instance>, RolloutError> {
+        let mut pinned;
+        let launch = match &launch.image {
+            Some(image) => {
+                let mut image = image.clone();
+                container::ensure_image(
+                    &mut image,
+                    &format!("{} {}", launch.service, launch.version),
+                )
+                .await?;
+                pinned = launch.clone();
+                pinned.image = Some(image);
+                &pinned
+            }
+            None => launch,
+        };
         self.write_launch(launch)?;
         let mut started = Vec::new();
         for i in 0..launch.replicas {
@@ -639,19 +764,42 @@ impl ProcessTarget {
         let log2 = log
             .try_clone()
             .map_err(|e| RolloutError::Instances(format!("log {}: {e}", log_path.display())))?;
-        let command = launch
-            .command
-            .replace("{{ port }}", &port.to_string())
-            .replace("{{port}}", &port.to_string());
-        let mut cmd = slipway_stdx::tokio_command("sh");
-        cmd.arg("-c")
-            .arg(format!("exec {command}"))
-            .current_dir(&launch.workdir)
-            // Nothing of `slipway`'s environment but what the launch records: see the
-            // module docs.
-            .env_clear()
-            .env("PORT", port.to_string())
-            .envs(&launch.env)
+        let container_name = launch
+            .image
+            .as_ref()
+            .map(|_| container::container_name(&self.dir, id));
+        let (mut cmd, command) = match (&launch.image, &container_name) {
+            (Some(image), Some(name)) => {
+                let env_file = self.dir.join(format!("{id}.env"));
+                container::write_env_file(&env_file, &launch.env, port)?;
+                let (service, version) = (launch.service.as_str(), launch.version.as_str());
+                let cmd = container::run_command(
+                    image,
+                    name,
+                    port,
+                    &env_file,
+                    launch.config_dir.as_ref(),
+                    &[("slipway.service", service), ("slipway.version", version)],
+                )?;
+                (cmd, format!("podman run {name}"))
+            }
+            _ => {
+                let command = launch
+                    .command
+                    .replace("{{ port }}", &port.to_string())
+                    .replace("{{port}}", &port.to_string());
+                let mut cmd = slipway_stdx::tokio_command("sh");
+                cmd.arg("-c")
+                    .arg(format!("exec {command}"))
+                    // Nothing of `slipway`'s environment but what the launch records:
+                    // see the module docs.
+                    .env_clear()
+                    .env("PORT", port.to_string())
+                    .envs(&launch.env);
+                (cmd, command)
+            }
+        };
+        cmd.current_dir(&launch.workdir)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)
@@ -695,19 +843,36 @@ impl ProcessTarget {
         // A probe answered by a stranger holding the port is not readiness (see
         // `portowner`): the instance is ready only on a listener of its own process group
         // (or where /proc cannot tell, as before).
-        let stranger = |port| match portowner::loopback_listener_owner(port, pid) {
+        // A container's listener belongs to its init process, in a session of its own
+        // under podman's conmon, not to the `podman` client's group.
+        let owner_group = || async {
+            match &container_name {
+                Some(name) => container::container_pid(name).await,
+                None => Some(pid),
+            }
+        };
+        let stranger = |port, group: Option<u32>| match portowner::loopback_listener_owner(
+            port,
+            group.unwrap_or(pid),
+        ) {
             o @ Ownership::Other { .. } => Some(o),
             _ => None,
         };
+        let probe_env = probe_env(launch);
         let ready_within = launch.ready_deadline(self.ready_timeout);
         let deadline = Instant::now() + ready_within;
         let mut backoff = Duration::from_millis(20);
         loop {
-            let answered = probe_with(&instance, launch.readiness.as_ref(), &launch.env).await;
-            let held_by = stranger(port);
+            let answered = probe_with(&instance, launch.readiness.as_ref(), &probe_env).await;
             // A probe that does not ask the process itself (`command: test -e …`) can
             // pass after the process died: ready means answered *and* still running.
             let exited = proc_start_ticks(pid).is_none() || is_zombie(pid);
+            // Asking podman who the container is costs a process: only when it matters.
+            let held_by = if answered || exited || container_name.is_none() {
+                stranger(port, owner_group().await)
+            } else {
+                None
+            };
             if answered && held_by.is_none() && !exited {
                 return Ok(instance);
             }
@@ -789,6 +954,23 @@ impl ProcessTarget {
     pub async fn stop_instances(&self, instances: &[Instance]) {
         use nix::sys::signal::{Signal, killpg};
         use nix::unistd::Pid;
+        // A container is stopped through podman (SIGTERM, SIGKILL after the grace,
+        // removed): signalling its attached client would leave it running. Its client
+        // then exits by itself, and the signals below find nothing left.
+        let containers: Vec<&Instance> = instances
+            .iter()
+            .filter(|i| {
+                self.launch_of(&i.service, &i.version)
+                    .is_some_and(|l| l.image.is_some())
+            })
+            .collect();
+        futures_util::future::join_all(containers.iter().map(|i| {
+            container::remove(container::container_name(&self.dir, &i.id), self.stop_grace)
+        }))
+        .await;
+        for i in &containers {
+            let _ = std::fs::remove_file(self.dir.join(format!("{}.env", i.id)));
+        }
         let ours: Vec<(&Instance, u64)> = instances
             .iter()
             .filter_map(|i| {
@@ -863,7 +1045,7 @@ impl Instances for ProcessTarget {
                 // Probed as the version was launched: a relaunched earlier version keeps
                 // its own probe.
                 let ok = match self.launch_of(&i.service, &i.version) {
-                    Some(l) => probe_with(i, l.readiness.as_ref(), &l.env).await,
+                    Some(l) => probe_with(i, l.readiness.as_ref(), &probe_env(&l)).await,
                     None => probe(i, self.services.get(&i.service)).await,
                 };
                 if !ok {
@@ -889,7 +1071,7 @@ impl Instances for ProcessTarget {
                 // With the instance's own environment, as its readiness probe.
                 let env = self
                     .launch_of(&i.service, &i.version)
-                    .map(|l| l.env)
+                    .map(|l| probe_env(&l))
                     .unwrap_or_default();
                 probe_result(i, Some(p), &env)
                     .await
@@ -905,6 +1087,38 @@ impl Instances for ProcessTarget {
             Ok(())
         })
     }
+}
+
+/// The environment a probe command of a launch runs with: the instance's own, and for a
+/// container (whose environment has no host variables) the host allowlist under it, since
+/// the probe runs on this machine.
+fn probe_env(launch: &Launch) -> BTreeMap<String, String> {
+    if launch.image.is_none() {
+        return launch.env.clone();
+    }
+    let mut env: BTreeMap<String, String> = host_env(&[])
+        .into_iter()
+        .map(|(k, v)| {
+            (
+                k.to_string_lossy().into_owned(),
+                v.to_string_lossy().into_owned(),
+            )
+        })
+        .collect();
+    env.extend(launch.env.clone());
+    env
+}
+
+/// Whether an image reference's registry is on loopback (`localhost`, `127.x`, `[::1]`):
+/// pulled without TLS, as Docker treats such registries (nothing off the machine can
+/// intercept the connection). The digest pin still decides what runs.
+fn registry_is_loopback(reference: &str) -> bool {
+    let host = reference.split('/').next().unwrap_or("");
+    let name = host
+        .rsplit_once(':')
+        .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
+        .map_or(host, |(h, _)| h);
+    name == "localhost" || name.starts_with("127.") || name == "[::1]"
 }
 
 fn describe_probe(p: Option<&Probe>) -> String {
