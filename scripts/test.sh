@@ -29,6 +29,7 @@ command -v ip >/dev/null || need+=(iproute2)
 command -v podman >/dev/null || need+=(podman)
 [ -x /usr/sbin/runc ] || need+=(runc)
 command -v skopeo >/dev/null || need+=(skopeo)
+command -v docker-registry >/dev/null || need+=(docker-registry)
 # The crash test that fills a store's file system mounts a small tmpfs (as root).
 command -v mount >/dev/null || need+=(mount)
 command -v pg_dump >/dev/null || ls /usr/lib/postgresql/*/bin/pg_dump >/dev/null 2>&1 || need+=(postgresql-client)

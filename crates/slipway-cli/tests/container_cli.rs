@@ -312,7 +312,7 @@ fn a_bad_image_is_rolled_back_a_good_one_promoted_and_a_rollback_relaunches_the_
 }
 
 #[test]
-fn a_container_that_never_passes_its_readiness_probe_gets_no_traffic() {
+fn a_container_that_never_passes_its_readiness_probe_gets_no_traffic_and_an_abort_stops_the_canary() {
     if let Some(why) = podman_unusable() {
         eprintln!("SKIPPED: container services need podman: {why}");
         return;
@@ -346,5 +346,168 @@ fn a_container_that_never_passes_its_readiness_probe_gets_no_traffic() {
     assert_eq!(
         env.versions_served(20),
         BTreeMap::from([("1.0.0".to_owned(), 20)])
+    );
+
+    // An abort while the canary container serves its share: it is stopped and removed,
+    // the run ends aborted, 1.0.0's containers keep serving.
+    let d3 = package_image(&env, &root, "3.0.0", &["/bin/demo-app"]);
+    let spec3 = spec(&env, "3.0.0", &d3, "/ready");
+    let text = std::fs::read_to_string(&spec3)
+        .unwrap()
+        .replace("duration: 3s", "duration: 60s");
+    std::fs::write(&spec3, text).unwrap();
+    let mut deploy = env.spawn_deploy(&spec3, "deploy-3.0.0");
+    let run = env.wait_journal("3.0.0", "\"weight\":20");
+    containers.expect(&env.rt, &[(&d1, 2), (&d3, 1)]);
+    let (code, out, err) = env.run(&["abort", &run]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = deploy.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the deploy never ended");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(6), "{status:?}");
+    containers.expect(&env.rt, &[(&d1, 2)]);
+    assert_eq!(
+        env.versions_served(20),
+        BTreeMap::from([("1.0.0".to_owned(), 20)])
+    );
+}
+
+/// A real registry (Debian's `docker-registry`) on a free loopback port, stopped by pid.
+struct Registry {
+    child: std::process::Child,
+    addr: String,
+}
+
+impl Registry {
+    fn start(dir: &Path) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let config = dir.join("registry.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog: {{ level: error }}\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
+                dir.join("registry-data").display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot run docker-registry ({e}); `apt-get install docker-registry`")
+            });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(&addr).is_err() {
+            assert!(Instant::now() < deadline, "the registry never listened on {addr}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { child, addr }
+    }
+
+    /// Pushes an OCI layout as `name:tag`, keeping its manifest digest.
+    fn push(&self, layout: &Path, name: &str, tag: &str) {
+        let out = Command::new("skopeo")
+            .args(["copy", "--quiet", "--preserve-digests", "--dest-tls-verify=false"])
+            .arg(format!("oci:{}", layout.display()))
+            .arg(format!("docker://{}/{name}:{tag}", self.addr))
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run skopeo ({e}); `apt-get install skopeo`"));
+        assert!(out.status.success(), "{out:?}");
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A release of `api` at `version` running the registry image `image`.
+fn registry_spec(env: &Env, version: &str, image: &str) -> PathBuf {
+    let text = format!(
+        "apiVersion: slipway/v1
+kind: Release
+metadata: {{ name: shop, version: {version}, type: patch }}
+services:
+  api:
+    run:
+      image: \"{image}\"
+      command: \"--port {{{{ port }}}} --version {{{{ version }}}} --threads 1\"
+      replicas: 2
+    readiness: {{ http: /ready, timeout: 2s, deadline: 20s }}
+environments:
+  live:
+    target: {{ process: {{ stop_grace: 2s }} }}
+"
+    );
+    let p = env.path().join(format!("release-{version}.yaml"));
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn a_registry_image_runs_pinned_by_digest_a_tag_is_refused_and_an_unknown_digest_never_runs() {
+    if let Some(why) = podman_unusable() {
+        eprintln!("SKIPPED: container services need podman: {why}");
+        return;
+    }
+    let env = Env::new();
+    let containers = Containers::new(&env);
+    let root = env.path().join("rootfs");
+    rootfs(&root);
+    let d1 = package_image(&env, &root, "1.0.0", &["/bin/demo-app"]);
+    let registry = Registry::start(env.path());
+    registry.push(&env.path().join("img-1.0.0"), "shop/api", "1.0.0");
+    let repo = format!("{}/shop/api", registry.addr);
+
+    // A tag can name other bytes tomorrow: refused before anything runs.
+    let (code, out, err) = env.run(&[
+        "plan",
+        "--env",
+        "live",
+        "-f",
+        &registry_spec(&env, "1.0.0", &format!("{repo}:1.0.0"))
+            .display()
+            .to_string(),
+    ]);
+    assert_eq!(code, 2, "{out}\n{err}");
+    assert!(
+        format!("{out}{err}").contains("is not pinned by digest"),
+        "{out}\n{err}"
+    );
+
+    // Pinned by digest: pulled, checked, run.
+    let (code, v, err) = env.deploy(&registry_spec(&env, "1.0.0", &format!("{repo}@sha256:{d1}")));
+    assert_eq!(code, 0, "{v}\n{err}");
+    containers.expect(&env.rt, &[(&d1, 2)]);
+    assert_eq!(
+        env.versions_served(10),
+        BTreeMap::from([("1.0.0".to_owned(), 10)])
+    );
+
+    // A digest the registry does not have never runs; 1.0.0 keeps serving.
+    let missing = "0".repeat(64);
+    let (code, v, err) =
+        env.deploy(&registry_spec(&env, "2.0.0", &format!("{repo}@sha256:{missing}")));
+    assert_ne!(code, 0, "{v}\n{err}");
+    assert!(format!("{v}").contains("pull the image of api 2.0.0"), "{v}");
+    containers.expect(&env.rt, &[(&d1, 2)]);
+    assert_eq!(
+        env.versions_served(10),
+        BTreeMap::from([("1.0.0".to_owned(), 10)])
     );
 }
