@@ -3,7 +3,9 @@
 //! demo-app binary and the libraries it loads, verified as artifacts, run as instances
 //! behind the built-in proxy; a bad image's canary rolled back by itself, a good one
 //! promoted, and a rollback by hand relaunching the previous image digest — pulled again
-//! from the artifact store after someone removed it from podman's storage.
+//! from the artifact store after someone removed it from podman's storage; the same
+//! behind a real HAProxy; images from a real registry pinned by digest; a probe that never
+//! passes keeping a container out of traffic; an abort stopping a canary container.
 //!
 //! Skipped, saying why, only where podman cannot run a container at all.
 
@@ -529,4 +531,74 @@ fn a_registry_image_runs_pinned_by_digest_a_tag_is_refused_and_an_unknown_digest
         env.versions_served(10),
         BTreeMap::from([("1.0.0".to_owned(), 10)])
     );
+}
+
+#[test]
+fn behind_haproxy_a_bad_image_is_rolled_back_and_a_good_one_promoted() {
+    if let Some(why) = podman_unusable() {
+        eprintln!("SKIPPED: container services need podman: {why}");
+        return;
+    }
+    let env = Env::new();
+    let containers = Containers::new(&env);
+    let h = crate::router_cli::haproxy(env.path());
+    let front = std::net::SocketAddr::from(([127, 0, 0, 1], h.port));
+    let routed = |version: &str, digest: &str| {
+        let p = spec(&env, version, digest, "/ready");
+        let text = std::fs::read_to_string(&p).unwrap().replace(
+            "    target: { process: { stop_grace: 2s } }\n",
+            "    target: { process: { stop_grace: 2s } }\n    router: { haproxy: { socket: admin.sock, backend: app } }\n",
+        )
+        // HAProxy's counters give error and request rates, no latency samples.
+        .replace("      - { name: p99-latency, max: 500ms }\n", "");
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let root = env.path().join("rootfs");
+    rootfs(&root);
+    let d1 = package_image(&env, &root, "1.0.0", &["/bin/demo-app"]);
+    let d2 = package_image(
+        &env,
+        &root,
+        "2.0.0",
+        &["/bin/demo-app", "--error-rate", "1.0"],
+    );
+    let d3 = package_image(&env, &root, "3.0.0", &["/bin/demo-app"]);
+
+    let (code, v, err) = env.deploy(&routed("1.0.0", &d1));
+    assert_eq!(code, 0, "{v}\n{err}");
+    containers.expect(&env.rt, &[(&d1, 2)]);
+    assert_eq!(
+        crate::router_cli::versions_served(front, 10),
+        BTreeMap::from([("1.0.0".to_owned(), 10)])
+    );
+    let users = {
+        let _g = env.rt.enter();
+        slipway_providers::traffic::Traffic::start(front, "/", 200, 4)
+    };
+
+    // The bad image's share of HAProxy's traffic fails: rolled back by itself, HAProxy
+    // sends everything to 1.0.0's containers again.
+    let (code, v, err) = env.deploy(&routed("2.0.0", &d2));
+    assert_eq!(code, 4, "{v}\n{err}");
+    assert_eq!(v["state"], "rolled_back", "{v}");
+    containers.expect(&env.rt, &[(&d1, 2)]);
+    assert_eq!(
+        crate::router_cli::versions_served(front, 10),
+        BTreeMap::from([("1.0.0".to_owned(), 10)])
+    );
+
+    // The good one is promoted through HAProxy's weights.
+    let (code, v, err) = env.deploy(&routed("3.0.0", &d3));
+    assert_eq!(code, 0, "{v}\n{err}");
+    let journal = env.journal(v["run"].as_str().unwrap());
+    assert!(journal.contains("\"event\":\"promoted\""), "{journal}");
+    containers.expect(&env.rt, &[(&d3, 2)]);
+    assert_eq!(
+        crate::router_cli::versions_served(front, 20),
+        BTreeMap::from([("3.0.0".to_owned(), 20)])
+    );
+    let stats = env.rt.block_on(users.stop());
+    assert!(stats.sent > 100, "{stats:?}");
+    assert_eq!(stats.failed, 0, "{stats:?}");
 }

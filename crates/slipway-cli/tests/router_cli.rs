@@ -13,9 +13,9 @@ use slipway_providers::traffic::Traffic;
 use crate::canary_cli::Env;
 
 /// A daemon this test started in the foreground, stopped by its pid when the test ends.
-struct Daemon {
+pub(crate) struct Daemon {
     child: std::process::Child,
-    port: u16,
+    pub(crate) port: u16,
 }
 
 impl Drop for Daemon {
@@ -73,7 +73,7 @@ fn start(
 
 /// HAProxy in the test's directory: admin socket `admin.sock`, backend `app` with two
 /// stable and two canary slots.
-fn haproxy(dir: &Path) -> Daemon {
+pub(crate) fn haproxy(dir: &Path) -> Daemon {
     start(
         dir,
         "haproxy",
@@ -208,7 +208,7 @@ analysis_templates:
 }
 
 /// `GET /version` through `addr` `n` times: versions by count.
-fn versions_served(addr: SocketAddr, n: usize) -> BTreeMap<String, usize> {
+pub(crate) fn versions_served(addr: SocketAddr, n: usize) -> BTreeMap<String, usize> {
     let mut seen = BTreeMap::new();
     for _ in 0..n {
         let mut s = TcpStream::connect(addr).unwrap();
