@@ -51,14 +51,19 @@ fn demo_app_bin() -> PathBuf {
 }
 
 /// A root file system with demo-app at /bin/demo-app and every library it loads at its
-/// own path (what `ldd` lists), so the image needs no base image.
-fn rootfs(at: &Path) {
+/// own path (what `ldd` lists), so the image needs no base image; `test` names the test in
+/// `/etc/slipway-test`, so each test's images have digests of their own (images are
+/// deterministic: tests running at once would otherwise share them, and one test
+/// removing its image would take the others' away).
+fn rootfs(at: &Path, test: &str) {
     let bin = demo_app_bin();
     let copy = |from: &Path, to: &Path| {
         std::fs::create_dir_all(to.parent().unwrap()).unwrap();
         std::fs::copy(from, to).unwrap();
     };
     copy(&bin, &at.join("bin/demo-app"));
+    std::fs::create_dir_all(at.join("etc")).unwrap();
+    std::fs::write(at.join("etc/slipway-test"), test).unwrap();
     let ldd = Command::new("ldd").arg(&bin).output().unwrap();
     for line in String::from_utf8_lossy(&ldd.stdout).lines() {
         let path = line
@@ -226,7 +231,7 @@ fn a_bad_image_is_rolled_back_a_good_one_promoted_and_a_rollback_relaunches_the_
     let env = Env::new();
     let containers = Containers::new(&env);
     let root = env.path().join("rootfs");
-    rootfs(&root);
+    rootfs(&root, "rollback");
     let d1 = package_image(&env, &root, "1.0.0", &["/bin/demo-app"]);
     // The bad image: every request answered 500, baked into its entrypoint.
     let d2 = package_image(
@@ -281,7 +286,7 @@ fn a_bad_image_is_rolled_back_a_good_one_promoted_and_a_rollback_relaunches_the_
     .unwrap();
     let image_id = launch["image"]["id"].as_str().unwrap().to_owned();
     let gone = Command::new("podman")
-        .args(["rmi", "-f", &image_id])
+        .args(["rmi", &image_id])
         .output()
         .unwrap();
     assert!(gone.status.success(), "{gone:?}");
@@ -323,7 +328,7 @@ fn a_container_that_never_passes_its_readiness_probe_gets_no_traffic_and_an_abor
     let env = Env::new();
     let containers = Containers::new(&env);
     let root = env.path().join("rootfs");
-    rootfs(&root);
+    rootfs(&root, "readiness");
     let d1 = package_image(&env, &root, "1.0.0", &["/bin/demo-app"]);
     let d2 = package_image(&env, &root, "2.0.0", &["/bin/demo-app"]);
     let (code, v, err) = env.deploy(&spec(&env, "1.0.0", &d1, "/ready"));
@@ -479,7 +484,7 @@ fn a_registry_image_runs_pinned_by_digest_a_tag_is_refused_and_an_unknown_digest
     let env = Env::new();
     let containers = Containers::new(&env);
     let root = env.path().join("rootfs");
-    rootfs(&root);
+    rootfs(&root, "registry");
     let d1 = package_image(&env, &root, "1.0.0", &["/bin/demo-app"]);
     let registry = Registry::start(env.path());
     registry.push(&env.path().join("img-1.0.0"), "shop/api", "1.0.0");
@@ -555,7 +560,7 @@ fn behind_haproxy_a_bad_image_is_rolled_back_and_a_good_one_promoted() {
         p
     };
     let root = env.path().join("rootfs");
-    rootfs(&root);
+    rootfs(&root, "haproxy");
     let d1 = package_image(&env, &root, "1.0.0", &["/bin/demo-app"]);
     let d2 = package_image(
         &env,
