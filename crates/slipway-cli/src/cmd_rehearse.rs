@@ -13,7 +13,14 @@
 //! previous version and a marker write succeeds after that. Running the two commands as
 //! child processes (rather than an engine in this process) keeps the rehearsal honest: it
 //! exercises exactly the code paths, locks and start-up costs an operator's rollback has.
-//! `--database-only` rehearses the migrations alone (undo scripts or backup restore).
+//! `--database-only` rehearses the migrations alone (undo scripts or backup restore);
+//! `--from-backup latest` rolls the database back by restoring the newest *real* backup of
+//! the backup store (never one the rehearsal takes), proving it restores and measuring RPO
+//! as the age of its data. A release without migrations rehearses its application rollback:
+//! the same real deploy and rollback run, RTO measured until the probes pass again.
+//!
+//! Every record says its scope (database, application, both) and `plan` accepts it only for
+//! a release whose changes it covers (`slipway_model::recovery::RehearsalScope`).
 //!
 //! The findings `slipway plan` draws from rehearsal records are
 //! `slipway_ops::recovery::plan_findings`.
@@ -23,7 +30,7 @@ use std::time::Duration;
 
 use slipway_migrate as mig;
 use slipway_model::exit;
-use slipway_model::recovery::{Objectives, REHEARSAL_FORMAT, RehearsalRecord};
+use slipway_model::recovery::{Objectives, REHEARSAL_FORMAT, RehearsalRecord, RehearsalScope};
 use slipway_model::spec::{ReleaseSpec, ServiceKind};
 
 use crate::cli_util::StoreArg;
@@ -41,7 +48,7 @@ pub enum RollbackArg {
 /// `slipway rehearse`.
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "With application services in the release, the rehearsal runs the real `slipway deploy` of the release on the environment and then `slipway rollback` of that run; --database-only rehearses the migrations alone.\n\nExit 1 when the rehearsal misses the RTO/RPO objectives (environments.X.recovery) or fails; 2 for a production environment.\n\nExamples:\n  slipway rehearse -f release.yaml --env staging\n  slipway rehearse -f release.yaml --env staging --database-only --rollback restore-backup --url sqlite://staging.db"
+    after_help = "With application services in the release, the rehearsal runs the real `slipway deploy` of the release on the environment and then `slipway rollback` of that run (a release without migrations rehearses just that); --database-only rehearses the migrations alone; --from-backup latest restores the newest real backup of the backup store as the rollback.\n\nExit 1 when the rehearsal misses the RTO/RPO objectives (environments.X.recovery) or fails; 2 for a production environment or when the backup store holds no backup.\n\nExamples:\n  slipway rehearse -f release.yaml --env staging\n  slipway rehearse -f release.yaml --env staging --database-only --rollback restore-backup --url sqlite://staging.db\n  slipway rehearse -f release.yaml --env staging --from-backup latest --backup-store /backups/prod"
 )]
 pub struct RehearseArgs {
     /// The release spec (YAML).
@@ -66,6 +73,16 @@ pub struct RehearseArgs {
     /// Rehearse the migrations only, even when the release has application services.
     #[arg(long)]
     pub database_only: bool,
+    /// Roll the database back by restoring a real backup — `latest` (the newest in the
+    /// backup store) or its digest `sha256:…` — instead of one the rehearsal takes; RPO is
+    /// then the age of that backup's data. Rehearses the database only.
+    #[arg(long, value_name = "latest|DIGEST")]
+    pub from_backup: Option<String>,
+    /// The backup store --from-backup reads (default: the store's backups directory, where
+    /// deploys keep the backups `backup.required` takes before migrating; `slipway backup
+    /// create --store DIR` writes one).
+    #[arg(long, value_name = "DIR", requires = "from_backup")]
+    pub backup_store: Option<PathBuf>,
     #[command(flatten)]
     pub store: StoreArg,
 }
@@ -128,6 +145,20 @@ pub fn rehearse(a: RehearseArgs, out: &Output) -> Result<i32, CliError> {
             "rehearse on a staging environment with a copy of production's data",
         ));
     }
+    let spec_dir = a
+        .file
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let changes = RehearsalScope::of_release(spec);
+    if changes == Some(RehearsalScope::Application)
+        && a.service.is_none()
+        && !a.database_only
+        && a.from_backup.is_none()
+    {
+        return rehearse_application(&a, spec, spec_dir, objectives_for(spec, &a.env), out);
+    }
+    let database_only = a.database_only || a.from_backup.is_some();
     let migrations: Vec<(&String, &slipway_model::spec::Service)> = spec
         .services
         .iter()
@@ -157,11 +188,6 @@ pub fn rehearse(a: RehearseArgs, out: &Output) -> Result<i32, CliError> {
             ));
         }
     };
-    let spec_dir = a
-        .file
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
     let dir = match (&a.dir, &svc.migrations) {
         (Some(d), _) => d.clone(),
         (None, Some(m)) => spec_dir.join(m),
@@ -173,7 +199,7 @@ pub fn rehearse(a: RehearseArgs, out: &Output) -> Result<i32, CliError> {
         }
     };
     // A whole-release rehearsal when anything besides migrations gets installed.
-    let release_scope = !a.database_only
+    let release_scope = !database_only
         && spec
             .services
             .values()
@@ -214,12 +240,17 @@ pub fn rehearse(a: RehearseArgs, out: &Output) -> Result<i32, CliError> {
     };
     let records = rehearsal_dir(a.store.store.as_deref())?;
     let objectives = objectives_for(spec, &a.env);
+    let restore_from = match &a.from_backup {
+        None => None,
+        Some(which) => Some(real_backup(&a, which)?),
+    };
     let cfg = mig::RehearsalConfig {
         url: url.clone(),
         dir,
         store_dir: records.join("backups"),
         who: crate::cli_util::whoami(&a.store)?,
         rollback: match a.rollback {
+            _ if restore_from.is_some() => mig::RollbackMethod::RestoreBackup,
             RollbackArg::Undo => mig::RollbackMethod::Undo,
             RollbackArg::RestoreBackup => mig::RollbackMethod::RestoreBackup,
         },
@@ -227,6 +258,7 @@ pub fn rehearse(a: RehearseArgs, out: &Output) -> Result<i32, CliError> {
         soak_markers: 5,
         // Judged here against durations (the spec's RPO is a time span), not marker rows.
         objectives: None,
+        restore_from,
     };
     let rt = crate::cli_util::runtime()?;
     let driver = release_scope
@@ -254,6 +286,11 @@ pub fn rehearse(a: RehearseArgs, out: &Output) -> Result<i32, CliError> {
         objective_rto_ms: objectives.rto.map(millis),
         objective_rpo_ms: objectives.rpo.map(millis),
         objectives_met: missed.is_empty(),
+        scope: if report.scope == "release" {
+            RehearsalScope::Both
+        } else {
+            RehearsalScope::Database
+        },
         report: serde_json::to_value(&report).map_err(|e| {
             CliError::new(
                 exit::INTERNAL,
@@ -268,7 +305,7 @@ pub fn rehearse(a: RehearseArgs, out: &Output) -> Result<i32, CliError> {
         out.json_value(&serde_json::json!({
             "record": path,
             "service": svc_name,
-            "scope": report.scope,
+            "scope": record.scope.as_str(),
             "run": run_id,
             "redeploy": if run_id.is_some() {
                 "rehearsed: the release run was deployed and rolled back"
@@ -317,6 +354,15 @@ pub fn rehearse(a: RehearseArgs, out: &Output) -> Result<i32, CliError> {
             fmt_version(report.previous_version),
         ));
         out.line(&t.to_string());
+        if let Some(age) = report.backup_age_ms {
+            out.line(&format!(
+                "rolled back by restoring backup {} of {} (taken {}, its data {} old: the RPO of a restore)",
+                report.backup.digest,
+                report.backup.source,
+                report.backup.created_at,
+                fmt(age)
+            ));
+        }
         let how = match &run_id {
             Some(run) => format!(
                 "deploy {} ms, rollback run {} ms (run {run}: `slipway deploy` then `slipway rollback`)",
@@ -337,6 +383,135 @@ pub fn rehearse(a: RehearseArgs, out: &Output) -> Result<i32, CliError> {
         for d in &report.schema_differences {
             out.line(&format!("  schema: {d}"));
         }
+        if record.objectives_met {
+            out.line(&out.paint("objectives met", Style::Good));
+        } else {
+            out.line(&out.paint(
+                &format!("objectives MISSED: {}", missed.join("; ")),
+                Style::Bad,
+            ));
+        }
+        out.line(&format!("recorded in {path}"));
+    }
+    Ok(if record.objectives_met {
+        exit::SUCCESS
+    } else {
+        exit::FAILURE
+    })
+}
+
+/// The real backup `--from-backup` names: `latest` (the newest in the backup store) or a
+/// digest; refused with what to do when the store holds none.
+fn real_backup(a: &RehearseArgs, which: &str) -> Result<mig::Backup, CliError> {
+    let dir = match &a.backup_store {
+        Some(d) => d.clone(),
+        None => slipway_ops::recovery::backup_dir(a.store.store.as_deref())?,
+    };
+    if which != "latest" {
+        return mig::backup::load(&dir, which).map_err(crate::cli_util::migrate_error);
+    }
+    mig::backup::latest(&dir)
+        .map_err(crate::cli_util::migrate_error)?
+        .ok_or_else(|| {
+            CliError::input(
+                format!(
+                    "no backup in {}: --from-backup latest restores the newest real backup of the backup store, and it holds none",
+                    dir.display()
+                ),
+                format!(
+                    "take one of production with `slipway backup create --url PRODUCTION_URL --store {}`, or name the store that has them with --backup-store DIR",
+                    dir.display()
+                ),
+            )
+        })
+}
+
+/// A release without migrations: rehearse its application rollback — the real deploy of
+/// the release on the environment, then the real rollback of that run — and measure RTO
+/// from the start of the rollback until it finished and every command probe passes again.
+/// There is no database to lose writes in: RPO is 0.
+fn rehearse_application(
+    a: &RehearseArgs,
+    spec: &ReleaseSpec,
+    spec_dir: &Path,
+    objectives: Objectives,
+    out: &Output,
+) -> Result<i32, CliError> {
+    use mig::Redeploy as _;
+    if a.url.is_some() || a.dir.is_some() || a.rollback == RollbackArg::RestoreBackup {
+        return Err(CliError::input(
+            "--url, --dir and --rollback apply to a database rehearsal, and this release has no migrations",
+            "drop them: the release's application rollback is rehearsed",
+        ));
+    }
+    let driver = ReleaseRun::new(a, spec_dir, spec)?;
+    let rt = crate::cli_util::runtime()?;
+    let failed = |what: &str, e: String| {
+        CliError::new(
+            exit::FAILURE,
+            format!("failed to rehearse: {what}: {e}"),
+            Some("see the run with `slipway status RUN`; nothing is recorded for a rehearsal that failed".to_owned()),
+        )
+    };
+    let t = std::time::Instant::now();
+    rt.block_on(driver.deploy_new())
+        .map_err(|e| failed("deploy the release", e))?;
+    let deploy_ms = millis(t.elapsed());
+    let t = std::time::Instant::now();
+    rt.block_on(driver.redeploy_previous())
+        .map_err(|e| failed("roll the release back", e))?;
+    let rto_ms = millis(t.elapsed());
+    let run_id = driver.run_id();
+    let missed = objectives.missed(rto_ms, 0);
+    let record = RehearsalRecord {
+        format: REHEARSAL_FORMAT,
+        release: spec.metadata.name.clone(),
+        version: spec.metadata.version.clone(),
+        environment: a.env.clone(),
+        finished_at: slipway_stdx::now(),
+        rto_ms,
+        rpo_ms: 0,
+        markers_lost: 0,
+        objective_rto_ms: objectives.rto.map(millis),
+        objective_rpo_ms: objectives.rpo.map(millis),
+        objectives_met: missed.is_empty(),
+        scope: RehearsalScope::Application,
+        report: serde_json::json!({
+            "scope": "application",
+            "run": run_id,
+            "deploy_ms": deploy_ms,
+            "rollback_ms": rto_ms,
+            "rto_ms": rto_ms,
+            "rpo": "no migrations in this release: no data to lose",
+        }),
+    };
+    let path = rt.block_on(store_record(&a.store, spec, &record))?;
+    if out.json() {
+        out.json_value(&serde_json::json!({
+            "record": path,
+            "scope": "application",
+            "run": run_id,
+            "missed": missed,
+            "rehearsal": record,
+        }));
+    } else {
+        let fmt = |ms: u64| slipway_model::duration::format_duration(Duration::from_millis(ms));
+        out.line(&format!(
+            "application rehearsal of {} {} on {}: run {} deployed in {}, rolled back in {} (`slipway deploy` then `slipway rollback`, probes passing again)",
+            spec.metadata.name,
+            spec.metadata.version,
+            a.env,
+            run_id.as_deref().unwrap_or("?"),
+            fmt(deploy_ms),
+            fmt(rto_ms)
+        ));
+        out.line(&format!(
+            "RTO {} (objective {})",
+            fmt(rto_ms),
+            objectives
+                .rto
+                .map_or("—".to_owned(), slipway_model::duration::format_duration)
+        ));
         if record.objectives_met {
             out.line(&out.paint("objectives met", Style::Good));
         } else {

@@ -132,6 +132,41 @@ pub fn load(store_dir: &Path, digest: &str) -> Result<Backup> {
         .map_err(|e| Error::Unsupported(format!("read backup metadata `{}`: {e}", meta.display())))
 }
 
+/// The newest backup in `store_dir` (by its recorded creation time), `None` when it holds
+/// none. Metadata files that do not read are skipped: a backup without readable metadata
+/// cannot be restored by digest either.
+pub fn latest(store_dir: &Path) -> Result<Option<Backup>> {
+    let objects = store_dir.join("sha256");
+    let entries = match std::fs::read_dir(&objects) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(Error::Io {
+                what: "read the backup store".into(),
+                path: objects,
+                source,
+            });
+        }
+    };
+    let mut newest: Option<(jiff::Timestamp, Backup)> = None;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(hex) = name.strip_suffix(".json") else {
+            continue;
+        };
+        let Ok(b) = load(store_dir, hex) else {
+            continue;
+        };
+        let Ok(at) = b.created_at.parse::<jiff::Timestamp>() else {
+            continue;
+        };
+        if newest.as_ref().is_none_or(|(n, _)| at > *n) {
+            newest = Some((at, b));
+        }
+    }
+    Ok(newest.map(|(_, b)| b))
+}
+
 /// Restore `backup` into `url`, after checking the file still matches its digest.
 pub async fn restore(backup: &Backup, url: &str) -> Result<()> {
     let target = Target::parse(url)?;

@@ -63,6 +63,10 @@ pub struct RehearsalConfig {
     /// Markers acknowledged on the new version before rolling back.
     pub soak_markers: u32,
     pub objectives: Option<Objectives>,
+    /// A real backup (e.g. production's newest, [`crate::backup::latest`]) to roll back to
+    /// by restoring it, instead of one the rehearsal takes itself: the rehearsal then proves
+    /// that backup restores and measures how old its data is (the RPO of a restore).
+    pub restore_from: Option<Backup>,
 }
 
 /// The rest of the release around the database: the engine's part of a deploy and of a
@@ -102,6 +106,11 @@ impl Redeploy for NoRedeploy {
 pub struct RehearsalReport {
     pub database: String,
     pub rollback: RollbackMethod,
+    /// `taken by the rehearsal` or `from the backup store` ([`RehearsalConfig::restore_from`]).
+    pub backup_origin: &'static str,
+    /// Age of the restored backup's data when the rollback started (from-backup only): the
+    /// writes a restore of it loses.
+    pub backup_age_ms: Option<u64>,
     pub previous_version: Option<i64>,
     pub new_version: Option<i64>,
     pub backup: Backup,
@@ -214,6 +223,11 @@ pub async fn rehearse<R: Redeploy>(cfg: &RehearsalConfig, redeploy: &R) -> Resul
         report.rpo_ms = lost.iter().min().map_or(0, |first| {
             millis(rollback_start.saturating_duration_since(*first))
         });
+        // Restoring a real backup loses everything written since it was taken, whether or
+        // not the rehearsal's own markers noticed.
+        if let Some(age) = report.backup_age_ms {
+            report.rpo_ms = report.rpo_ms.max(age);
+        }
     }
     report.schema_differences = before.diff(&after?);
     report.schema_restored = report.schema_differences.is_empty();
@@ -234,7 +248,10 @@ async fn rehearse_inner<R: Redeploy>(
 ) -> Result<(RehearsalReport, Instant)> {
     let acked = || markers.lock().map(|m| m.acked.len()).unwrap_or(0);
     wait_for(|| acked() >= 1, "the first marker write").await?;
-    let backup = backup(&cfg.url, &cfg.store_dir).await?;
+    let backup = match &cfg.restore_from {
+        Some(b) => b.clone(),
+        None => backup(&cfg.url, &cfg.store_dir).await?,
+    };
 
     let t = Instant::now();
     let apply = if redeploy.owns_migrations() {
@@ -285,6 +302,15 @@ async fn rehearse_inner<R: Redeploy>(
     wait_for(|| acked() >= soaked, "marker writes on the new version").await?;
 
     let rollback_start = Instant::now();
+    let backup_age_ms = cfg.restore_from.as_ref().map(|b| {
+        b.created_at
+            .parse::<jiff::Timestamp>()
+            .ok()
+            .and_then(|at| {
+                std::time::Duration::try_from(slipway_stdx::now().duration_since(at)).ok()
+            })
+            .map_or(u64::MAX, millis)
+    });
     let (rollback_ms, redeploy_ms) = if redeploy.owns_migrations() {
         // One rollback run undoes the whole release, migrations included.
         redeploy
@@ -300,7 +326,12 @@ async fn rehearse_inner<R: Redeploy>(
                 conn.close().await;
                 r?;
             }
-            RollbackMethod::RestoreBackup => restore(&backup, &cfg.url).await?,
+            RollbackMethod::RestoreBackup => {
+                restore(&backup, &cfg.url).await?;
+                if cfg.restore_from.is_some() {
+                    restored_as_before(target, &backup, previous_version).await?;
+                }
+            }
         }
         let rollback_ms = millis(rollback_start.elapsed());
         let t = Instant::now();
@@ -345,6 +376,12 @@ async fn rehearse_inner<R: Redeploy>(
         RehearsalReport {
             database: target.display(),
             rollback: cfg.rollback,
+            backup_origin: if cfg.restore_from.is_some() {
+                "from the backup store"
+            } else {
+                "taken by the rehearsal"
+            },
+            backup_age_ms,
             previous_version,
             new_version,
             backup,
@@ -368,6 +405,37 @@ async fn rehearse_inner<R: Redeploy>(
         },
         rollback_start,
     ))
+}
+
+/// After restoring a backup the rehearsal did not take: it must hold the version the
+/// rehearsal database was at before the release (else the rehearsal database does not
+/// mirror what the backup is of, and "back to the previous version" cannot be judged), and
+/// the marker table — which a real backup does not have — is made again so the application's
+/// writes can be seen resuming.
+async fn restored_as_before(target: &Target, backup: &Backup, previous: Option<i64>) -> Result<()> {
+    let mut conn = target.connect(false).await?;
+    let version = latest(&mut conn, target).await;
+    let made = conn
+        .exec("CREATE TABLE IF NOT EXISTS slipway_rehearsal_marker (seq BIGINT PRIMARY KEY, written_at TEXT NOT NULL)")
+        .await;
+    conn.close().await;
+    let version = version?;
+    made.map_err(|source| Error::Query {
+        what: "create the marker table after the restore".into(),
+        url: target.display(),
+        source,
+    })?;
+    if version != previous {
+        return Err(Error::Rehearsal(format!(
+            "the backup {} (of {}, {}) holds migration V{}, but the rehearsal database was at V{} before the release; restore that backup into it first (slipway backup restore) so the rehearsal starts where the backup's database is",
+            backup.digest,
+            backup.source,
+            backup.created_at,
+            version.unwrap_or(0),
+            previous.unwrap_or(0)
+        )));
+    }
+    Ok(())
 }
 
 /// Poll `done` every few milliseconds until it holds or the deadline passes.

@@ -38,6 +38,7 @@ fn config(
             rto: Duration::from_secs(60),
             rpo_rows: 0,
         }),
+        restore_from: None,
     }
 }
 

@@ -51,8 +51,62 @@ pub struct RehearsalRecord {
     pub objective_rpo_ms: Option<u64>,
     /// Whether the measurements met those objectives.
     pub objectives_met: bool,
+    /// What was rehearsed: the database's rollback, the application's, or both. Records
+    /// written before scopes existed rehearsed the database only.
+    #[serde(default)]
+    pub scope: RehearsalScope,
     /// The full measurement (`slipway_migrate::RehearsalReport`), kept as evidence.
     pub report: serde_json::Value,
+}
+
+/// What a rehearsal rolled back, or what a release changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RehearsalScope {
+    /// The migrations (undo scripts or a backup restore).
+    #[default]
+    Database,
+    /// The application services (deploy and roll back their steps).
+    Application,
+    /// Both, in one release run deployed and rolled back.
+    Both,
+}
+
+impl RehearsalScope {
+    /// As written in records and messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Database => "database",
+            Self::Application => "application",
+            Self::Both => "both",
+        }
+    }
+
+    /// A rehearsal of this scope proves the rollback of what `needed` changes.
+    pub fn covers(self, needed: Self) -> bool {
+        self == Self::Both || self == needed
+    }
+
+    /// What `spec` changes: its migrations (a `kind: migration` service with a migrations
+    /// directory), its application (any other service that installs something: steps or
+    /// a process), or both. `None`: it changes neither.
+    pub fn of_release(spec: &ReleaseSpec) -> Option<Self> {
+        use crate::spec::ServiceKind;
+        let database = spec
+            .services
+            .values()
+            .any(|s| s.kind == ServiceKind::Migration && s.migrations.is_some());
+        let application = spec
+            .services
+            .values()
+            .any(|s| s.kind != ServiceKind::Migration && (!s.steps.is_empty() || s.run.is_some()));
+        match (database, application) {
+            (true, true) => Some(Self::Both),
+            (true, false) => Some(Self::Database),
+            (false, true) => Some(Self::Application),
+            (false, false) => None,
+        }
+    }
 }
 
 /// Version of [`DryRunRecord`].
@@ -355,6 +409,23 @@ fn rehearsal(
             record.finished_at, at
         ));
     }
+    // A rehearsal proves the rollback of what it rolled back, nothing more: a database-only
+    // rehearsal says nothing about redeploying the previous application.
+    if let Some(needed) = RehearsalScope::of_release(spec)
+        && !record.scope.covers(needed)
+    {
+        return fail(format!(
+            "the rehearsal on `{}` at {} rolled back the {} only, and this release changes {}",
+            record.environment,
+            record.finished_at,
+            record.scope.as_str(),
+            match needed {
+                RehearsalScope::Both => "its database and its application",
+                RehearsalScope::Database => "its database",
+                RehearsalScope::Application => "its application",
+            }
+        ));
+    }
     // Judged against this environment's objectives, not the ones the rehearsal used: the
     // rehearsed environment may be laxer than production.
     let missed = Objectives::of(env).missed(record.rto_ms, record.rpo_ms);
@@ -478,6 +549,7 @@ mod tests {
             objective_rto_ms: None,
             objective_rpo_ms: None,
             objectives_met: true,
+            scope: RehearsalScope::Database,
             report: serde_json::Value::Null,
         }
     }
@@ -548,6 +620,29 @@ mod tests {
 
         f.rehearsal = Some(Ok(record(1_000, "2025-03-02T00:00:00Z")));
         assert_eq!(findings(&s, "prod", &f), vec![]);
+        // A release that also changes an application service needs a rehearsal of both.
+        let mut both = spec(env(None, true));
+        both.services.insert(
+            "db".into(),
+            serde_json::from_value(serde_json::json!({"kind": "migration", "migrations": "m"}))
+                .unwrap(),
+        );
+        both.services.get_mut("api").unwrap().run =
+            Some(serde_json::from_value(serde_json::json!({"command": "./api"})).unwrap());
+        assert_eq!(
+            RehearsalScope::of_release(&both),
+            Some(RehearsalScope::Both)
+        );
+        let narrow = findings(&both, "prod", &f);
+        assert!(
+            narrow[0].message.contains("rolled back the database only"),
+            "{narrow:?}"
+        );
+        let mut wide = record(1_000, "2025-03-02T00:00:00Z");
+        wide.scope = RehearsalScope::Both;
+        f.rehearsal = Some(Ok(wide));
+        assert_eq!(findings(&both, "prod", &f), vec![]);
+        f.rehearsal = Some(Ok(record(1_000, "2025-03-02T00:00:00Z")));
         // Staging itself never needs one.
         assert_eq!(findings(&s, "staging", &RecoveryFacts::default()), vec![]);
     }

@@ -33,6 +33,19 @@ pub fn rehearsal_dir(store: Option<&str>) -> OpsResult<PathBuf> {
         })
 }
 
+/// The store's backup directory: where deploys keep the backups `backup.required` takes
+/// before migrating, and where `rehearse --from-backup latest` looks by default.
+pub fn backup_dir(store: Option<&str>) -> OpsResult<PathBuf> {
+    crate::session::layout_for(store)
+        .map(|(_, layout)| layout.backups())
+        .ok_or_else(|| {
+            OpsError::new(
+                ErrorKind::Store,
+                "failed to resolve the store's directory for backups",
+            )
+        })
+}
+
 /// Record kind of a rehearsal.
 pub const REHEARSAL: &str = "rehearsal";
 
