@@ -150,11 +150,47 @@ fn failing_readiness_blocks_the_deploy_before_its_first_wave_and_passing_is_kept
     );
     assert!(d.join("installed").exists());
     let run = v["run"].as_str().unwrap();
-    let kept =
-        std::fs::read_to_string(d.join("state/runs").join(run).join("readiness.json")).unwrap();
+    // The rows are evidence in the store, committed to by the audit chain…
+    let db = d.join("state/s.db");
+    let sql = |q: &str| {
+        let o = std::process::Command::new("sqlite3")
+            .arg(&db)
+            .arg(q)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{o:?}");
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let kept = sql(&format!(
+        "SELECT data FROM records WHERE kind = 'readiness' AND key = '{run}'"
+    ));
     assert!(
-        kept.contains("reach.api") && kept.contains("capacity.memory"),
+        kept.contains("reach.api") && kept.contains("capacity.memory") && kept.contains(run),
         "{kept}"
+    );
+    assert!(
+        !d.join("state/runs")
+            .join(run)
+            .join("readiness.json")
+            .exists()
+    );
+    slipway()
+        .env("SLIPWAY_STORE", &store)
+        .args(["audit", "verify"])
+        .assert()
+        .success();
+    // …so a failing row edited into a pass (or the reverse) is named by `audit verify`.
+    sql("UPDATE records SET data = replace(data, '\"pass\"', '\"fail\"') WHERE kind = 'readiness'");
+    let o = slipway()
+        .env("SLIPWAY_STORE", &store)
+        .args(["audit", "verify"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(7), "{o:?}");
+    let said = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        said.contains(&format!("readiness record `{run}` was edited")),
+        "{said}"
     );
 
     // The plan shows the gate.

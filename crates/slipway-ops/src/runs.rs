@@ -204,6 +204,41 @@ pub async fn last_reason(store: &dyn Store, run: &str) -> Option<String> {
     })
 }
 
+/// Record kind of the readiness rows a deploy's gate measured before its run (key: the run).
+pub const READINESS: &str = "readiness";
+
+/// Keep the readiness rows measured before run `run` as a governance record.
+async fn record_readiness<T: serde::Serialize>(
+    session: &Session,
+    run: &str,
+    plan: &slipway_model::plan::Plan,
+    actor: &str,
+    rows: &[T],
+) -> OpsResult<()> {
+    use slipway_engine::Store as _;
+    let data = serde_json::json!({
+        "run": run,
+        "environment": plan.environment,
+        "plan": plan.digest,
+        "rows": rows,
+    });
+    session
+        .store
+        .append_governance(vec![slipway_engine::store::GovernanceRecord {
+            kind: READINESS.to_owned(),
+            key: slipway_engine::store::RecordKey::Given(run.to_owned()),
+            data: Some(data),
+            action: "readiness_recorded".to_owned(),
+            summary: serde_json::json!({"run": run, "environment": plan.environment,
+                "rows": rows.len()}),
+            actor: actor.to_owned(),
+            at: slipway_stdx::now(),
+            if_seq: None,
+        }])
+        .await?;
+    Ok(())
+}
+
 /// Start a deploy of a planned spec: refuse blocking findings, check access, the
 /// checklist and the infrastructure, refuse early when another release holds the
 /// environment, check every ssh host, create (or continue) the run, and drive it here or
@@ -359,14 +394,9 @@ pub async fn deploy_with(
         .await?;
     write_version_lock(session, &run.id, planned, &req.file, reporter.as_ref());
     if !readiness.is_empty() {
-        // What the readiness checks measured before the run, kept with it.
-        let dir = session.layout.run(&run.id);
-        let _ = std::fs::create_dir_all(&dir).and_then(|_| {
-            std::fs::write(
-                dir.join("readiness.json"),
-                serde_json::to_vec_pretty(&readiness).unwrap_or_default(),
-            )
-        });
+        // What the readiness checks measured before the run: evidence that the gate passed,
+        // so a governance record the audit chain commits to (an edit shows in `audit verify`).
+        record_readiness(session, &run.id, plan, &author, &readiness).await?;
     }
     if let Some(rows) = &infra {
         // The digests of the infrastructure the run was made against, kept with it.
