@@ -139,6 +139,11 @@ BENCHES = {
         ["slipway-migrate"],
         "crates/slipway-migrate/benches/dry_run.sh",
     ),
+    "readiness-gate": (
+        "Pre-deploy readiness gate on 10 and 50 sshd hosts",
+        ["slipway-cli"],
+        "cargo test -q -p slipway-cli --test runner readiness_gate_bench -- --ignored --nocapture",
+    ),
     "crash": (
         "Crash recovery, long tier (500 SIGKILLs)",
         ["slipway-cli"],

@@ -237,6 +237,7 @@ fn readiness_gate_bench() {
     use std::time::Instant;
     let db = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = db.local_addr().unwrap().port();
+    let mut rows = Vec::new();
     for n in [10usize, 50] {
         let fleet = Fleet::start(n);
         let with = format!(
@@ -274,9 +275,15 @@ fn readiness_gate_bench() {
             v[v.len() / 2]
         };
         let (p, g, c) = (median(&mut plain), median(&mut gated), median(&mut checks));
-        println!(
-            "{n} hosts: deploy without readiness {p:.3} s, with readiness {g:.3} s (gate {:.3} s); slipway check (connect + 3 checks per host) {c:.3} s; medians of 5",
-            g - p
-        );
+        rows.push(format!("| {n} | {p:.3} | {g:.3} | {:.3} | {c:.3} |", g - p));
+    }
+    // A markdown table: scripts/bench.py parses it into BENCHMARKS.md's block.
+    println!("Pre-deploy readiness gate (reach, capacity, account on every host), medians of 5");
+    println!(
+        "| hosts | deploy without readiness (s) | deploy with readiness (s) | gate (s) | slipway check alone (s) |"
+    );
+    println!("|---|---|---|---|---|");
+    for r in rows {
+        println!("{r}");
     }
 }
