@@ -137,16 +137,26 @@ async fn round(bin: &str, rate: u32, fail_after: Option<u64>, baseline: f64) -> 
             ..CanaryStep::default()
         },
     ];
-    // Watch the proxy: when does the canary's first 5xx happen, and when does the canary
-    // stop receiving requests?
+    // Watch the proxy: when does the canary start failing, and when does it stop
+    // receiving requests? T is the first 5xx of the run of errors that lasts until the
+    // stop: with a baseline error rate an isolated 5xx of the healthy stretch is not the
+    // failure, so every success the canary answers after a 5xx starts the clock again.
     let watch = {
         let proxy = proxy.clone();
         tokio::spawn(async move {
             let mut t: Option<Instant> = None;
+            let mut successes = 0;
+            let mut errors_seen = 0;
             loop {
                 let snap = proxy.snapshot();
                 let c = snap.version(Version::Canary);
-                if t.is_none() && c.errors() > 0 {
+                let ok = c.requests.saturating_sub(c.errors());
+                if ok > successes {
+                    successes = ok;
+                    errors_seen = c.errors();
+                    t = None;
+                }
+                if t.is_none() && c.errors() > errors_seen {
                     t = Some(Instant::now());
                 }
                 if let Some(t0) = t
