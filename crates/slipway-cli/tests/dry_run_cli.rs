@@ -239,11 +239,23 @@ fn a_dry_run_clones_around_a_live_session_and_is_what_the_policy_asks_for() {
         ),
         "a,in flight"
     );
-    // Nothing of the dry run is left: no scratch database, production not migrated.
+    // Nothing of the dry run is left: no scratch database of this one (the server is
+    // shared with other tests whose dry runs may be under way), production not migrated.
+    // Scratch databases are named `<source, first 30 characters>_dryrun_…`.
+    let db: String = url
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .split('?')
+        .next()
+        .unwrap()
+        .chars()
+        .take(30)
+        .collect();
     assert_eq!(
         psql(
             &url,
-            "SELECT count(*) FROM pg_database WHERE datname LIKE '%dryrun%'"
+            &format!("SELECT count(*) FROM pg_database WHERE datname LIKE '{db}\\_dryrun\\_%'")
         ),
         "0"
     );
