@@ -27,6 +27,9 @@ mod cmd_serve;
 mod out;
 mod perf_report;
 mod progress;
+mod run_client;
+mod run_remote;
+mod run_render;
 mod status_view;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
