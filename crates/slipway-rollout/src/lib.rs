@@ -507,6 +507,48 @@ async fn ask(world: &World<'_>, judge: &Judge<'_>, vars: &QueryVars) -> Vec<Aske
     }
 }
 
+/// Measure one judge over the router's window `w`, emit the measurement and keep it.
+/// When the window itself failed (`source_error`), a judge with builtin metrics gets a
+/// measurement in Error, counted against `consecutive_error_limit` like any other; a
+/// judge of external providers only is measured as usual (an nginx router has no window).
+async fn measure_judge(
+    world: &World<'_>,
+    j: &mut Judge<'_>,
+    w: &Window,
+    source_error: Option<&str>,
+    vars: &QueryVars,
+    measurements: &mut Vec<Measurement>,
+    emit: &mut (dyn FnMut(RolloutEvent) + Send),
+) -> (Measurement, Phase) {
+    let (m, phase) = match source_error {
+        Some(e) if j.uses_builtin() => {
+            let m = analysis::combine(vec![analysis::MetricResult {
+                metric: "provider".into(),
+                phase: Phase::Error,
+                value: None,
+                threshold: String::new(),
+                detail: format!("metric source failed: {e}"),
+                query: None,
+                sampled: None,
+            }]);
+            let phase = analysis::record(&mut j.state, m.clone(), &j.limits);
+            (m, phase)
+        }
+        _ => {
+            let asked = ask(world, j, vars).await;
+            j.measure(w, asked)
+        }
+    };
+    emit(RolloutEvent::Measured {
+        template: j.name.clone(),
+        window: WindowSummary::of(w),
+        measurement: m.clone(),
+        phase,
+    });
+    measurements.push(m.clone());
+    (m, phase)
+}
+
 /// Drive a canary to its end. `emit` receives every event before the controller acts on
 /// the next decision, so a journal written from it is always ahead of the world.
 pub async fn run_canary(
@@ -738,34 +780,16 @@ async fn steps(
                     Err(e) => (Window::default(), Some(e)),
                 };
                 for j in judge.iter_mut().chain(background.iter_mut()) {
-                    let (m, phase) = match &source_error {
-                        Some(e) if j.uses_builtin() => {
-                            // The window failed: a measurement in Error for this judge,
-                            // counted against consecutive_error_limit like any other.
-                            let m = analysis::combine(vec![analysis::MetricResult {
-                                metric: "provider".into(),
-                                phase: Phase::Error,
-                                value: None,
-                                threshold: String::new(),
-                                detail: format!("metric source failed: {e}"),
-                                query: None,
-                                sampled: None,
-                            }]);
-                            let phase = analysis::record(&mut j.state, m.clone(), &j.limits);
-                            (m, phase)
-                        }
-                        _ => {
-                            let asked = ask(world, j, &vars).await;
-                            j.measure(&w, asked)
-                        }
-                    };
-                    emit(RolloutEvent::Measured {
-                        template: j.name.clone(),
-                        window: WindowSummary::of(&w),
-                        measurement: m.clone(),
-                        phase,
-                    });
-                    measurements.push(m.clone());
+                    let (m, phase) = measure_judge(
+                        world,
+                        j,
+                        &w,
+                        source_error.as_deref(),
+                        &vars,
+                        &mut measurements,
+                        emit,
+                    )
+                    .await;
                     match phase {
                         Phase::Failed | Phase::Error => {
                             let reason = failure_reason(&j.name, &m, weight, phase);
@@ -958,32 +982,16 @@ async fn soak(
                 Ok(w) => (w, None),
                 Err(e) => (Window::default(), Some(e)),
             };
-            let (m, phase) = match source_error {
-                Some(e) if j.uses_builtin() => {
-                    let m = analysis::combine(vec![analysis::MetricResult {
-                        metric: "provider".into(),
-                        phase: Phase::Error,
-                        value: None,
-                        threshold: String::new(),
-                        detail: format!("metric source failed: {e}"),
-                        query: None,
-                        sampled: None,
-                    }]);
-                    let phase = analysis::record(&mut j.state, m.clone(), &j.limits);
-                    (m, phase)
-                }
-                _ => {
-                    let asked = ask(world, j, vars).await;
-                    j.measure(&w, asked)
-                }
-            };
-            emit(RolloutEvent::Measured {
-                template: j.name.clone(),
-                window: WindowSummary::of(&w),
-                measurement: m.clone(),
-                phase,
-            });
-            measurements.push(m.clone());
+            let (m, phase) = measure_judge(
+                world,
+                j,
+                &w,
+                source_error.as_deref(),
+                vars,
+                &mut measurements,
+                emit,
+            )
+            .await;
             if matches!(phase, Phase::Failed | Phase::Error) {
                 let reason = format!(
                     "{} (during the soak)",
