@@ -86,14 +86,32 @@ fn metric(name: &str, max: Option<&str>) -> Metric {
     }
 }
 
-fn templates(metrics: Vec<Metric>, min_samples: u64) -> BTreeMap<String, AnalysisTemplate> {
+/// How long the analysis step runs.
+#[derive(Clone, Copy)]
+enum Until {
+    /// Two seconds, pausing after two inconclusive measurements (too little traffic).
+    TwoSeconds,
+    /// Until its first conclusive measurement, however many windows a starved load
+    /// generator leaves short of `min_samples`: the verdict does not depend on how fast
+    /// this machine is.
+    Conclusive,
+}
+
+fn templates(
+    metrics: Vec<Metric>,
+    min_samples: u64,
+    until: Until,
+) -> BTreeMap<String, AnalysisTemplate> {
     BTreeMap::from([(
         "golden".to_owned(),
         AnalysisTemplate {
             interval: Some("250ms".into()),
             min_samples: Some(min_samples),
             failure_limit: Some(0),
-            inconclusive_limit: Some(2),
+            inconclusive_limit: Some(match until {
+                Until::TwoSeconds => 2,
+                Until::Conclusive => 1_000_000,
+            }),
             consecutive_error_limit: None,
             metrics,
             on_failure: OnFailure::Rollback,
@@ -101,7 +119,7 @@ fn templates(metrics: Vec<Metric>, min_samples: u64) -> BTreeMap<String, Analysi
     )])
 }
 
-fn steps(analysis_for: &str) -> Vec<CanaryStep> {
+fn steps(analysis_for: Option<&str>) -> Vec<CanaryStep> {
     vec![
         CanaryStep {
             set_weight: Some(20),
@@ -110,7 +128,7 @@ fn steps(analysis_for: &str) -> Vec<CanaryStep> {
         CanaryStep {
             analysis: Some(AnalysisStep {
                 template: "golden".into(),
-                duration: Some(analysis_for.into()),
+                duration: analysis_for.map(str::to_owned),
             }),
             ..CanaryStep::default()
         },
@@ -147,7 +165,13 @@ struct Run {
     dir: tempfile::TempDir,
 }
 
-async fn canary(canary_args: &str, metrics: Vec<Metric>, rate: u32, min_samples: u64) -> Run {
+async fn canary(
+    canary_args: &str,
+    metrics: Vec<Metric>,
+    rate: u32,
+    min_samples: u64,
+    until: Until,
+) -> Run {
     let dir = tempfile::tempdir().unwrap();
     let reap = Reap(dir.path().to_path_buf());
     let stable_t = target(dir.path(), "");
@@ -169,8 +193,11 @@ async fn canary(canary_args: &str, metrics: Vec<Metric>, rate: u32, min_samples:
     let traffic = Traffic::start(proxy.local_addr(), "/", rate, 16);
     let router = BuiltinRouter::new(proxy.clone());
     let canary_t = target(dir.path(), canary_args);
-    let templates = templates(metrics, min_samples);
-    let steps = steps("2s");
+    let templates = templates(metrics, min_samples, until);
+    let steps = steps(match until {
+        Until::TwoSeconds => Some("2s"),
+        Until::Conclusive => None,
+    });
     let world = World {
         instances: &canary_t,
         router: &router,
@@ -245,6 +272,7 @@ async fn a_good_canary_is_promoted_and_the_old_stable_stopped() {
         ],
         400,
         5,
+        Until::Conclusive,
     )
     .await;
     assert!(
@@ -279,6 +307,7 @@ async fn a_canary_returning_errors_is_rolled_back_automatically() {
         vec![metric("error-rate", Some("0.05"))],
         400,
         20,
+        Until::Conclusive,
     )
     .await;
     let Outcome::RolledBack {
@@ -312,6 +341,7 @@ async fn a_slow_canary_is_rolled_back_on_latency() {
         ],
         300,
         15,
+        Until::Conclusive,
     )
     .await;
     let Outcome::RolledBack { reason, .. } = &run.outcome else {
@@ -325,7 +355,14 @@ async fn a_slow_canary_is_rolled_back_on_latency() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn too_little_traffic_is_inconclusive_and_pauses() {
     // 8 req/s × 20% weight ≈ 0.4 canary requests per 250 ms window: never min_samples.
-    let run = canary("", vec![metric("error-rate", Some("0.01"))], 8, 20).await;
+    let run = canary(
+        "",
+        vec![metric("error-rate", Some("0.01"))],
+        8,
+        20,
+        Until::TwoSeconds,
+    )
+    .await;
     let Outcome::Paused { reason } = &run.outcome else {
         panic!("{:?}", run.outcome)
     };
@@ -377,6 +414,7 @@ async fn a_canary_failing_hard_is_cut_off_by_the_guard() {
         vec![metric("error-rate", Some("0.05"))],
         400,
         20,
+        Until::TwoSeconds,
     )
     .await;
     let Outcome::RolledBack { reason, .. } = &run.outcome else {
