@@ -22,6 +22,7 @@ mod ci_examples_cli;
 mod compat_plan_cli;
 mod config_cli;
 mod config_process_cli;
+mod console_cli;
 mod container_cli;
 mod crash;
 mod demo_cli;

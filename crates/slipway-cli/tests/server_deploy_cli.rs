@@ -27,7 +27,7 @@ const MARK_VAR: &str = "SLIPWAY_SERVER_DEPLOY_TEST";
 /// A server's directory (its store, `bin/demo-app`, everything it unpacks and runs) and
 /// the people of its store.
 pub(crate) struct World {
-    dir: tempfile::TempDir,
+    pub(crate) dir: tempfile::TempDir,
     pub(crate) store: String,
     mark: String,
 }
@@ -40,7 +40,7 @@ impl World {
         Self { dir, store, mark }
     }
 
-    fn on(store: String) -> Self {
+    pub(crate) fn on(store: String) -> Self {
         let dir = crate::demo_app_dir();
         let mark = dir.path().display().to_string();
         Self { dir, store, mark }
@@ -94,7 +94,7 @@ impl Drop for World {
 
 pub(crate) struct Server {
     pub(crate) addr: String,
-    child: Child,
+    pub(crate) child: Child,
 }
 
 impl Drop for Server {
@@ -106,7 +106,7 @@ impl Drop for Server {
 
 /// `slipway --server http://ADDR ARGS` as `token`, from `cwd` (no store anywhere near):
 /// exit code, stdout, stderr.
-fn remote(addr: &str, token: &str, cwd: &Path, args: &[&str]) -> (i32, String, String) {
+pub(crate) fn remote(addr: &str, token: &str, cwd: &Path, args: &[&str]) -> (i32, String, String) {
     let o = crate::slipway()
         .current_dir(cwd)
         .env("SLIPWAY_SERVER", format!("http://{addr}"))
@@ -125,7 +125,7 @@ fn remote(addr: &str, token: &str, cwd: &Path, args: &[&str]) -> (i32, String, S
 }
 
 /// `POST path` with raw bytes and headers over HTTP/1.0: status and JSON body.
-fn post(addr: &str, path: &str, body: &[u8], headers: &[(&str, &str)]) -> (u16, Value) {
+pub(crate) fn post(addr: &str, path: &str, body: &[u8], headers: &[(&str, &str)]) -> (u16, Value) {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let mut req = format!(
@@ -147,7 +147,7 @@ fn post(addr: &str, path: &str, body: &[u8], headers: &[(&str, &str)]) -> (u16, 
 }
 
 /// A plain `GET` of `http://addr/path` (HTTP/1.0): the body.
-fn get_body(addr: &str, path: &str) -> Option<String> {
+pub(crate) fn get_body(addr: &str, path: &str) -> Option<String> {
     let mut s = TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
@@ -158,7 +158,7 @@ fn get_body(addr: &str, path: &str) -> Option<String> {
 }
 
 /// The client's release directory: a process-target `api` (one demo-app instance).
-fn process_release(version: &str) -> tempfile::TempDir {
+pub(crate) fn process_release(version: &str) -> tempfile::TempDir {
     let d = tempfile::tempdir().unwrap();
     std::fs::write(
         d.path().join("release.yaml"),
@@ -214,7 +214,7 @@ environments:
     d
 }
 
-fn spec_of(d: &tempfile::TempDir) -> String {
+pub(crate) fn spec_of(d: &tempfile::TempDir) -> String {
     d.path().join("release.yaml").display().to_string()
 }
 

@@ -15,6 +15,7 @@
 pub mod access;
 pub mod bundles;
 pub mod change;
+pub mod console;
 pub mod deployed;
 pub mod error;
 pub mod events;

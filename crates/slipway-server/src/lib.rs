@@ -27,6 +27,7 @@
 
 mod api;
 mod auth;
+mod chart;
 pub mod client;
 mod control;
 mod deploy;
@@ -192,6 +193,9 @@ pub fn app(
         .route("/", get(ui::index))
         .route("/runs/{id}", get(ui::run_page))
         .route("/runs/{id}/plan", get(ui::plan_page))
+        .route("/runs/{id}/chart.svg", get(ui::chart_svg))
+        .route("/inbox", get(ui::inbox_page))
+        .route("/environments", get(ui::environments_page))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_page,

@@ -35,6 +35,11 @@ pub(crate) fn templates() -> Result<Environment<'static>, ApiError> {
         ("run.html", include_str!("../templates/run.html")),
         ("plan.html", include_str!("../templates/plan.html")),
         ("login.html", include_str!("../templates/login.html")),
+        ("inbox.html", include_str!("../templates/inbox.html")),
+        (
+            "environments.html",
+            include_str!("../templates/environments.html"),
+        ),
         ("error.html", include_str!("../templates/error.html")),
     ] {
         env.add_template(name, text).map_err(|e| {
@@ -130,6 +135,12 @@ pub(crate) async fn run_page(
         );
         let approvals = state.store.approvals(&id).await?;
         let actions = crate::control::actions_for(&state, &caller, &run).await?;
+        let canary = slipway_ops::runs::plan_of(&run).is_some_and(|p| p.strategy.canary.is_some());
+        let chart = if canary {
+            Some(chart_of(&state, &run).await?)
+        } else {
+            None
+        };
         // The session's anti-forgery value, for the action forms (none for a bearer caller).
         let csrf = crate::control::page_csrf(&caller);
         render(
@@ -142,7 +153,136 @@ pub(crate) async fn run_page(
                 approvals => minijinja::Value::from(minijinja::value::Serde(&approvals)),
                 actions => actions,
                 csrf => csrf,
+                // Built by `chart.rs`, which escapes every text it takes from outside.
+                chart => chart.map(minijinja::Value::from_safe_string),
             },
+        )
+    }
+    .await;
+    match result {
+        Ok(b) => page(StatusCode::OK, b),
+        Err(e) => error_page(&state, e),
+    }
+}
+
+/// The canary chart of `run` (`chart.rs`), from its journal.
+async fn chart_of(
+    state: &AppState,
+    run: &slipway_engine::store::RunRecord,
+) -> Result<String, ApiError> {
+    let journal = state.store.journal(&run.id, 0).await?;
+    let series = slipway_ops::console::canary_series(&journal);
+    let stable = slipway_ops::console::stable_versions(state.store.as_ref(), run, &journal).await?;
+    let planned: HashMap<String, String> = slipway_ops::runs::plan_of(run)
+        .map(|p| {
+            slipway_ops::deployed::planned_versions(&p)
+                .into_iter()
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(crate::chart::render(&series, &|service| {
+        crate::chart::Versions {
+            canary: planned
+                .get(service)
+                .cloned()
+                .unwrap_or_else(|| run.version.clone()),
+            stable: stable.get(service).cloned(),
+        }
+    }))
+}
+
+/// `GET /runs/{id}/chart.svg`: the run's canary chart alone, what the run page's script
+/// swaps in when the event stream journals a weight change or a measurement.
+pub(crate) async fn chart_svg(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Response {
+    let result = async {
+        let run = load_run(&state, &caller, &id).await?;
+        chart_of(&state, &run).await
+    }
+    .await;
+    match result {
+        Ok(svg) => (
+            [
+                (header::CONTENT_TYPE, "image/svg+xml"),
+                (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+                (header::CACHE_CONTROL, "no-store"),
+                // Opened on its own, the SVG may neither run script nor load anything.
+                (header::CONTENT_SECURITY_POLICY, "default-src 'none'"),
+            ],
+            svg,
+        )
+            .into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Runs the inbox and the dashboard look at.
+const CONSOLE_LIMIT: u32 = 500;
+
+/// `GET /inbox`: plans waiting for an approval the signed-in person may give
+/// (`slipway_ops::console::inbox`), each linking to its plan page.
+pub(crate) async fn inbox_page(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Response {
+    let result = async {
+        let session = caller.session(&state).await?;
+        let waiting = slipway_ops::console::inbox(&session, CONSOLE_LIMIT).await?;
+        let rows: Vec<_> = waiting
+            .iter()
+            .map(|w| {
+                let mut v = run_summary(&w.run);
+                v["required"] = w.required.into();
+                v["given"] = w.given.into();
+                v["groups"] = w.groups.clone().into();
+                v["author"] = w.run.author.clone().into();
+                v
+            })
+            .collect();
+        render(
+            &state,
+            "inbox.html",
+            context! { user => &caller.user, waiting => minijinja::Value::from(minijinja::value::Serde(&rows)) },
+        )
+    }
+    .await;
+    match result {
+        Ok(b) => page(StatusCode::OK, b),
+        Err(e) => error_page(&state, e),
+    }
+}
+
+/// `GET /environments`: service × environment (`slipway_ops::console::dashboard`).
+pub(crate) async fn environments_page(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Response {
+    let result = async {
+        let session = caller.session(&state).await?;
+        let cells = slipway_ops::console::dashboard(&session, CONSOLE_LIMIT).await?;
+        let mut environments: Vec<String> = cells.iter().map(|c| c.environment.clone()).collect();
+        environments.dedup();
+        let mut services: Vec<String> = cells.iter().map(|c| c.service.clone()).collect();
+        services.sort_unstable();
+        services.dedup();
+        // One row per service, one column per environment.
+        let rows: Vec<_> = services
+            .iter()
+            .map(|s| {
+                let row: Vec<_> = environments
+                    .iter()
+                    .map(|e| cells.iter().find(|c| c.service == *s && c.environment == *e))
+                    .collect();
+                context! { service => s, cells => minijinja::Value::from(minijinja::value::Serde(&row)) }
+            })
+            .collect();
+        render(
+            &state,
+            "environments.html",
+            context! { user => &caller.user, environments => environments, rows => rows },
         )
     }
     .await;

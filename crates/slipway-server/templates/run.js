@@ -53,6 +53,32 @@
       st.className = "state " + e.to;
     }
   }
+  // The canary chart is server-rendered SVG: fetched again (at most every half second)
+  // when a weight change or a measurement is journaled, parsed as SVG — never as HTML,
+  // so nothing in it runs — and swapped in.
+  var chart = document.getElementById("canary-chart");
+  var chartTimer = null;
+  function refreshChart() {
+    chartTimer = null;
+    fetch(chart.getAttribute("data-src"), { credentials: "same-origin" })
+      .then(function (r) { return r.ok ? r.text() : null; })
+      .then(function (text) {
+        if (!text) { return; }
+        var doc = new DOMParser().parseFromString(text, "image/svg+xml");
+        var svg = doc.documentElement;
+        if (svg.nodeName !== "svg") { return; }
+        chart.replaceChildren(document.importNode(svg, true));
+      })
+      .catch(function () {});
+  }
+  var CHART_EVENTS = { weight_set: 1, measured: 1, canary_resumed: 1 };
+  function chartMoved(n) {
+    var e = n.event || {};
+    if (!chart || e.event !== "step_progress" || !e.detail) { return; }
+    if (CHART_EVENTS[e.detail.event] && !chartTimer) {
+      chartTimer = window.setTimeout(refreshChart, 500);
+    }
+  }
   var es = new EventSource(list.getAttribute("data-events"));
   es.addEventListener("open", function () { status.textContent = "live"; });
   es.addEventListener("journal", function (e) {
@@ -66,6 +92,7 @@
     li.textContent = n.at + " " + kind + step;
     list.appendChild(li);
     follow(n);
+    chartMoved(n);
   });
   es.addEventListener("end", function (e) {
     es.close();
