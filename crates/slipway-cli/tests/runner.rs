@@ -13,6 +13,7 @@ mod access_enforced_cli;
 mod archive_cli;
 mod archive_reports_cli;
 mod artifact_cli;
+mod browser_cli;
 mod canary_cli;
 mod change_cli;
 mod check_cli;

@@ -7,7 +7,8 @@
   for (var i = 0; i < forms.length; i++) {
     forms[i].addEventListener("submit", function (ev) {
       var what = ev.target.getAttribute("data-action");
-      var run = document.getElementById("run-id").textContent;
+      // The form names its run: the plan page has no run-id element.
+      var run = ev.target.getAttribute("data-run");
       if (!window.confirm(what + " run " + run + "?")) { ev.preventDefault(); }
     });
   }
