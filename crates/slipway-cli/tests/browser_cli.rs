@@ -77,10 +77,16 @@ const { chromium } = require('playwright-core');
       if (n !== out.counts[out.counts.length - 1]) { out.counts.push(n); }
       const ended = (await page.textContent('#stream-state')).startsWith('ended');
       if (ended) {
-        // The last swap comes at most half a second after the last entry.
+        // The last swap comes half a second after the last chart entry: wait for the
+        // page to show as many points as the server's chart has now.
+        const want = await page.evaluate(async (u) => {
+          const text = await (await fetch(u)).text();
+          return new DOMParser().parseFromString(text, 'image/svg+xml').querySelectorAll('circle').length;
+        }, '/runs/' + run + '/chart.svg');
         await page.waitForFunction(
-          (want) => document.querySelectorAll('#canary-chart circle').length === want,
-          out.counts[out.counts.length - 1], { timeout: 1 }).catch(() => {});
+          (w) => document.querySelectorAll('#canary-chart circle').length === w, want, { timeout: 10000 });
+        const n = await points();
+        if (n !== out.counts[out.counts.length - 1]) { out.counts.push(n); }
         break;
       }
       if (Date.now() > deadline) { out.timeout = true; break; }

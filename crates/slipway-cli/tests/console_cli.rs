@@ -33,7 +33,9 @@ pub(crate) fn get_as(addr: &str, path: &str, token: &str) -> (u16, String) {
 }
 
 /// [`process_release`] with a four-eyes approval and a canary judged by an analysis:
-/// 20 %, 2 s of analysis, 100 %.
+/// 20 %, 3 s of analysis, 100 %. One canary request makes a window conclusive, so a load
+/// generator starved by a busy machine slows the chart down instead of pausing the run
+/// (a timed analysis needs one conclusive measurement).
 pub(crate) fn approved_canary_release(version: &str) -> tempfile::TempDir {
     let d = process_release(version);
     let spec = d.path().join("release.yaml");
@@ -46,14 +48,14 @@ pub(crate) fn approved_canary_release(version: &str) -> tempfile::TempDir {
       canary:
         steps:
           - set_weight: 20
-          - analysis: {{ template: golden, duration: 2s }}
+          - analysis: {{ template: golden, duration: 3s }}
           - set_weight: 100
 analysis_templates:
   golden:
     interval: 250ms
-    min_samples: 3
+    min_samples: 1
     failure_limit: 0
-    inconclusive_limit: 20
+    inconclusive_limit: 1000
     metrics:
       - {{ name: error-rate, max: 0.05 }}
     on_failure: rollback
@@ -64,7 +66,7 @@ analysis_templates:
     d
 }
 
-/// Requests to `traffic` every 20 ms until the returned flag is set.
+/// Requests to `traffic`, one after the other, until the returned flag is set.
 pub(crate) fn live_traffic(traffic: String) -> (Arc<AtomicBool>, std::thread::JoinHandle<()>) {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
@@ -72,7 +74,7 @@ pub(crate) fn live_traffic(traffic: String) -> (Arc<AtomicBool>, std::thread::Jo
         let deadline = Instant::now() + Duration::from_secs(120);
         while !flag.load(Ordering::Relaxed) && Instant::now() < deadline {
             let _ = get_body(&traffic, "/version");
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(2));
         }
     });
     (stop, h)
