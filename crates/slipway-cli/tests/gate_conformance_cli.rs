@@ -88,6 +88,27 @@ const PROBES: &[(&str, &str)] = &[
     ),
 ];
 
+/// Probe kinds as the ssh target enforces them for `run:` services (on each host, before
+/// the deploy step succeeds there; `health` is not evaluated there and the plan warns).
+const SSH_PROBES: &[(&str, &str)] = &[
+    (
+        "ssh readiness.http",
+        "ssh_service_cli::a_version_that_crashes_is_replaced_by_the_previous_one_and_the_run_rolls_back",
+    ),
+    (
+        "ssh readiness.tcp",
+        "ssh_service_cli::a_version_that_crashes_is_replaced_by_the_previous_one_and_the_run_rolls_back",
+    ),
+    (
+        "ssh readiness.command",
+        "ssh_service_cli::a_version_that_crashes_is_replaced_by_the_previous_one_and_the_run_rolls_back",
+    ),
+    (
+        "ssh readiness.deadline",
+        "ssh_service_cli::a_version_that_crashes_is_replaced_by_the_previous_one_and_the_run_rolls_back",
+    ),
+];
+
 #[test]
 fn every_gate_and_probe_kind_names_a_test_that_enforces_it() {
     let every_kind = [
@@ -128,7 +149,8 @@ fn every_gate_and_probe_kind_names_a_test_that_enforces_it() {
     let names = every_kind
         .iter()
         .map(|k| (k.name(), enforced_by(k)))
-        .chain(PROBES.iter().copied());
+        .chain(PROBES.iter().copied())
+        .chain(SSH_PROBES.iter().copied());
     for (kind, test) in names {
         let (file, function) = test.split_once("::").unwrap();
         let text = std::fs::read_to_string(tests.join(format!("{file}.rs"))).unwrap();

@@ -288,8 +288,8 @@ environments:
     insta::assert_json_snapshot!("plan-port-in-version-config", v["findings"]);
 }
 
-/// An `ssh` plan the ssh target cannot carry out — a service with `run:` instances and no
-/// install `steps:`, an inventory that does not load — is blocked by findings at plan
+/// An `ssh` plan the ssh target cannot carry out — a service running a container image on
+/// the hosts, an inventory that does not load — is blocked by findings at plan
 /// time, before anyone approves it, and a deploy is refused as blocked without a run.
 /// (No host is contacted for this.)
 #[test]
@@ -304,7 +304,7 @@ kind: Release
 metadata: { name: shop, version: 1.0.0, type: patch }
 services:
   api:
-    run: { command: \"api --port {{ port }}\" }
+    run: { image: \"registry.example/api@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\" }
 environments:
   fleet:
     target: { ssh: { inventory: hosts.yaml } }
@@ -329,7 +329,7 @@ environments:
     assert_eq!(unsupported["severity"], "error");
     let message = unsupported["message"].as_str().unwrap();
     assert!(
-        message.contains("services.api has no `steps:`") && message.contains("release.yaml"),
+        message.contains("services.api.run.image") && message.contains("release.yaml"),
         "{message}"
     );
     let inventory = find("ssh-inventory");

@@ -58,6 +58,7 @@ mod server_deploy_cli;
 mod serving_cli;
 mod smoke_cli;
 mod ssh_cli;
+mod ssh_service_cli;
 mod supply_cli;
 mod tls_check_cli;
 mod tokens_cli;

@@ -748,6 +748,20 @@ pub fn plan(spec: &ReleaseSpec, env_name: &str, facts: &Facts) -> Result<Plan, S
         });
     }
     for (name, s) in &spec.services {
+        // On ssh hosts the supervisor waits for the readiness probe of each instance
+        // (`slipway_providers::ssh_service`); nothing probes health there after that.
+        if env.target.kind() == "ssh" && s.run.is_some() {
+            if s.health.is_some() {
+                findings.push(Finding {
+                    severity: "warning".into(),
+                    code: "probe-not-enforced".into(),
+                    message: format!(
+                        "services.{name}.health: on the ssh target only the readiness probe is evaluated (on each host, before the deploy step succeeds there); the health probe is not: watch the service's health by hand"
+                    ),
+                });
+            }
+            continue;
+        }
         if !runs(s) && (s.health.is_some() || s.readiness.is_some()) {
             findings.push(Finding {
                 severity: "warning".into(),
@@ -1179,11 +1193,32 @@ fn steps(plan: &Plan, base_digest: &str) -> Vec<PlannedStep> {
                     push(format!("{name}/{}", s.name), StepAction::Exec(s.clone()));
                 }
             } else if plan.env.target.ssh.is_some() {
-                // The same install steps, run on every host of the inventory group. Config
-                // is rendered on this machine, so it has no place here yet (the CLI refuses
-                // such a plan: `ssh-unsupported`).
+                // The same install steps, run on every host of the inventory group. A
+                // service with `run:` is then deployed as supervised instances on each
+                // host: its config rendered first (on this machine, one directory per
+                // version, delivered to each host by the deploy step), then the deploy.
+                // Config of a service without `run:` has nowhere to go on the hosts (the
+                // CLI refuses such a plan: `ssh-unsupported`).
+                if svc.run.is_some() && !svc.config.is_empty() {
+                    push(
+                        format!("{name}/render-config"),
+                        StepAction::RenderConfig {
+                            files: svc.config.clone(),
+                            templates: BTreeMap::new(),
+                        },
+                    );
+                }
                 for s in &svc.steps {
                     push(format!("{name}/{}", s.name), StepAction::Exec(s.clone()));
+                }
+                if let Some(run) = &svc.run {
+                    push(
+                        format!("{name}/deploy"),
+                        StepAction::Deploy {
+                            version,
+                            replicas: run.replicas,
+                        },
+                    );
                 }
             } else if svc.run.is_some() {
                 // Config first here too: rendered (one directory per version) before the

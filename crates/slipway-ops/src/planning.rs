@@ -507,8 +507,9 @@ fn router_findings(p: &Plan) -> Vec<Finding> {
 
 /// What an `ssh` plan cannot do, found before anyone approves it: an inventory that does
 /// not load (or lacks the group, a user or a key), and services the ssh target has no way
-/// to install — `run:` instances (it runs install `steps:` only) and config templates
-/// (rendered on this machine, not on the hosts). No host is contacted here.
+/// to install — config templates of a service without `run:` (only supervised instances
+/// get config delivered), container images, canaries, and `run:` services some host has
+/// no port for. No host is contacted here.
 fn ssh_findings(p: &Plan, file: &Path, dir: &Path) -> Vec<Finding> {
     use slipway_providers::ssh::{Inventory, SshTarget};
     let Some(t) = &p.env.target.ssh else {
@@ -520,13 +521,14 @@ fn ssh_findings(p: &Plan, file: &Path, dir: &Path) -> Vec<Finding> {
         message,
     };
     let mut out = Vec::new();
-    match Inventory::load(&dir.join(&t.inventory)).and_then(|inv| {
+    let target = Inventory::load(&dir.join(&t.inventory)).and_then(|inv| {
         SshTarget::new(&inv, t.group.as_deref(), t.user.as_deref(), t.parallelism)?.with_waves(
             &inv,
             t.batch.as_ref(),
             t.max_failures.as_ref(),
         )
-    }) {
+    });
+    match &target {
         // The waves, from the inventory alone: which hosts go together, in which order.
         Ok(target) => {
             let waves = target.waves();
@@ -564,23 +566,62 @@ fn ssh_findings(p: &Plan, file: &Path, dir: &Path) -> Vec<Finding> {
         if svc.kind == slipway_model::spec::ServiceKind::Migration {
             continue;
         }
-        if !svc.config.is_empty() {
+        let Some(run) = &svc.run else {
+            if !svc.config.is_empty() {
+                out.push(error(
+                    "ssh-unsupported",
+                    format!(
+                        "{}: services.{name}.config: on the ssh target config is delivered to the hosts for services with `run:` (supervised instances); install the files with a step, give the service `run:`, or deploy it with `target: {{ exec: {{}} }}`",
+                        file.display()
+                    ),
+                ));
+            }
+            if svc.steps.is_empty() {
+                out.push(error(
+                    "ssh-unsupported",
+                    format!(
+                        "{}: services.{name} has neither `steps:` nor `run:`; the ssh target runs a service's install steps on each host and supervises its `run:` instances there; add one of them",
+                        file.display()
+                    ),
+                ));
+            }
+            continue;
+        };
+        if run.image.is_some() {
             out.push(error(
                 "ssh-unsupported",
                 format!(
-                    "{}: services.{name}.config: the ssh target does not render config templates on the hosts yet; install the files with a step, or deploy this service with `target: {{ exec: {{}} }}`",
+                    "{}: services.{name}.run.image: container instances on ssh hosts are not supported yet; run a command (`run.command`), or deploy the image with `target: {{ process: {{}} }}`",
                     file.display()
                 ),
             ));
         }
-        if svc.steps.is_empty() {
+        // Canaries on a fleet shift traffic through a load balancer; until that is
+        // wired, an ssh plan must not show traffic steps nobody would enforce.
+        if p.strategy.canary.is_some() {
             out.push(error(
                 "ssh-unsupported",
                 format!(
-                    "{}: services.{name} has no `steps:`; the ssh target runs a service's install steps on each host (it does not supervise `run:` instances); add `steps: [{{ name: install, run: ... }}]`",
-                    file.display()
+                    "{}: environments.{}.strategy: a canary of `run:` services on the ssh target is not supported yet; use `rolling` (hosts in waves of `target.ssh.batch`) for services.{name}",
+                    file.display(),
+                    p.environment
                 ),
             ));
+        }
+        if let Ok(target) = &target {
+            for e in target.endpoints() {
+                if !e.host.ports.contains_key(name.as_str()) {
+                    out.push(error(
+                        "ssh-port",
+                        format!(
+                            "{}: services.{name} runs instances on the hosts, but the inventory {} gives host `{}` no port for it; fix: add `ports: {{ {name}: PORT }}` to the inventory (for every host) or to that host",
+                            file.display(),
+                            t.inventory,
+                            e.host.name
+                        ),
+                    ));
+                }
+            }
         }
     }
     out

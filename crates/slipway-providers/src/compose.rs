@@ -227,15 +227,25 @@ impl RunWiring<'_> {
         let spec_dir = self.spec_dir();
         let redactor = self.secrets.env_redactor(plan);
         let (exec_wrap, config) = config_targets(self.layout, &spec_dir, plan, redactor.clone());
-        let exec: Arc<dyn Target> = match (plan.filter(|p| p.target == "ssh"), ssh) {
-            (Some(_), Some(checked)) => Arc::new(checked),
+        let ssh_plan = plan.filter(|p| p.target == "ssh");
+        // On the ssh target, `deploy` steps are supervised instances on the hosts, run by
+        // the same target as the install steps (waves, budget, markers).
+        let with_services = |t: SshTarget, p: &Plan| {
+            t.with_services(ssh_services(p), Some(self.layout.config(&p.environment)))
+        };
+        let exec: Arc<dyn Target> = match (ssh_plan, ssh) {
+            (Some(p), Some(checked)) => Arc::new(with_services(checked, p)),
             (Some(p), None) => match ssh_target(p, &spec_dir, redactor) {
-                Ok(t) => Arc::new(t),
+                Ok(t) => Arc::new(with_services(t, p)),
                 // A resumed or rolled-back run whose inventory no longer loads: every step
                 // fails with the reason instead of running somewhere else.
                 Err(why) => Arc::new(Unavailable(why)),
             },
             (None, _) => Arc::new(exec_wrap(ExecTarget::new(self.workdir, self.layout.exec()))),
+        };
+        let deploy = match (ssh_plan, deploy) {
+            (Some(_), None) => Some(Arc::clone(&exec)),
+            (_, d) => d.map(|d| d as Arc<dyn Target>),
         };
         let migrate = MigrateTarget::new(
             &spec_dir,
@@ -252,7 +262,7 @@ impl RunWiring<'_> {
         Arc::new(CompositeTarget {
             config,
             exec: Some(exec),
-            deploy: deploy.map(|d| d as Arc<dyn Target>),
+            deploy,
             migrate: Some(Arc::new(migrate)),
             artifact: Some(Arc::new(
                 ArtifactTarget::new(spec_dir).with_store(self.layout.artifacts()),
@@ -467,6 +477,22 @@ pub fn ssh_target(plan: &Plan, spec_dir: &Path, redactor: Redactor) -> Result<Ss
     .and_then(|s| s.with_waves(&inventory, t.batch.as_ref(), t.max_failures.as_ref()))
     .map(|t| t.with_redactor(redactor))
     .map_err(|e| e.to_string())
+}
+
+/// The `run:` services of a plan as the ssh target deploys them on its hosts.
+pub fn ssh_services(plan: &Plan) -> BTreeMap<String, crate::ssh_service::SshService> {
+    plan.services
+        .iter()
+        .filter_map(|(name, s)| {
+            Some((
+                name.clone(),
+                crate::ssh_service::SshService {
+                    run: s.run.clone()?,
+                    readiness: s.readiness.clone(),
+                },
+            ))
+        })
+        .collect()
 }
 
 /// The nginx / HAProxy router of each deployed service whose environment names one

@@ -29,6 +29,7 @@ pub mod readiness;
 pub mod remote;
 pub mod smoke_gate;
 pub mod ssh;
+pub mod ssh_service;
 pub mod traffic;
 
 pub use artifact::ArtifactTarget;

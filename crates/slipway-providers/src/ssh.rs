@@ -20,6 +20,8 @@
 //!     workdir: /srv/app         # optional; steps run there (default: the login directory)
 //!     state_dir: /var/lib/x     # optional; locks and markers (default: ~/.slipway)
 //!     env: { ROOT: /srv/web1 }  # optional; exported to every step on this host
+//!     ports: { web: 8081 }      # optional; overrides the file's `ports` for this host
+//! ports: { web: 8080 }          # the first instance's port of each `run:` service
 //! groups:
 //!   web: [web1]
 //! ```
@@ -89,6 +91,7 @@
 //! Every host's outcome and its output (through the [`Redactor`]) is reported as a
 //! `step_progress` entry, so the journal and `slipway status` show per-host results.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -108,6 +111,7 @@ use slipway_model::spec::{ExecStep, HostCount};
 use slipway_package::Redactor;
 
 use crate::exec::{DEFAULT_TIMEOUT, OUTPUT_LIMIT};
+use crate::ssh_service::{self, SshService};
 
 /// How long connecting to one host (TCP, key exchange, authentication) may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -154,6 +158,8 @@ struct RawInventory {
     identity: Option<String>,
     user: Option<String>,
     #[serde(default)]
+    ports: BTreeMap<String, u16>,
+    #[serde(default)]
     hosts: Vec<RawHost>,
     #[serde(default)]
     groups: BTreeMap<String, Vec<String>>,
@@ -171,6 +177,8 @@ struct RawHost {
     state_dir: Option<String>,
     #[serde(default)]
     env: BTreeMap<String, String>,
+    #[serde(default)]
+    ports: BTreeMap<String, u16>,
 }
 
 /// A shell variable name: `[A-Za-z_][A-Za-z0-9_]*`.
@@ -201,6 +209,9 @@ pub struct Host {
     pub state_dir: Option<String>,
     /// Exported to every step on this host.
     pub env: BTreeMap<String, String>,
+    /// The port of the first instance of each `run:` service on this host (the next
+    /// instances take the ports after it): the host's own `ports`, over the file's.
+    pub ports: BTreeMap<String, u16>,
 }
 
 /// A parsed, checked inventory file.
@@ -253,7 +264,7 @@ impl Inventory {
         };
         let raw: RawInventory = serde_saphyr::from_str(text).map_err(|e| {
             err(format!(
-                "{e}; fix: the fields are known_hosts, identity, user, hosts (list of name, address, port, user, identity, workdir, state_dir, env) and groups (name: [host, ...])"
+                "{e}; fix: the fields are known_hosts, identity, user, ports, hosts (list of name, address, port, user, identity, workdir, state_dir, env, ports) and groups (name: [host, ...])"
             ))
         })?;
         let dir = path.parent().unwrap_or(Path::new("."));
@@ -302,7 +313,16 @@ impl Inventory {
                     h.name
                 )));
             }
+            let mut ports = raw.ports.clone();
+            ports.extend(h.ports);
+            if let Some((svc, _)) = ports.iter().find(|(_, p)| **p == 0) {
+                return Err(err(format!(
+                    "the port of service `{svc}` on host `{}` is 0; fix: give the port its instances listen on (1-65535) in `ports`",
+                    h.name
+                )));
+            }
             hosts.push(Host {
+                ports,
                 name: h.name,
                 address: h.address,
                 port,
@@ -609,6 +629,19 @@ impl Session {
         timeout: Duration,
         keep: usize,
     ) -> Result<(StepOutput, bool), SshError> {
+        self.run_with_input(command, env, timeout, keep, None).await
+    }
+
+    /// [`Self::run`] with `input` as the command's standard input (then end of file):
+    /// how bytes that must not appear on a command line (rendered secrets) reach a host.
+    pub async fn run_with_input(
+        &self,
+        command: &str,
+        env: &[(String, String)],
+        timeout: Duration,
+        keep: usize,
+        input: Option<&[u8]>,
+    ) -> Result<(StepOutput, bool), SshError> {
         let mut line = String::new();
         for (k, v) in env {
             line.push_str(&format!("export {k}={}; ", sh_quote(v)));
@@ -619,6 +652,24 @@ impl Session {
         };
         let mut ch = self.handle.channel_open_session().await.map_err(broke)?;
         ch.exec(true, line).await.map_err(broke)?;
+        if let Some(bytes) = input {
+            let sent = tokio::time::timeout(timeout, async {
+                ch.data(bytes).await?;
+                ch.eof().await
+            })
+            .await;
+            match sent {
+                Ok(r) => r.map_err(broke)?,
+                Err(_) => {
+                    let _ = ch.close().await;
+                    return Err(SshError::Session(format!(
+                        "send input to {}: not accepted within {}",
+                        self.endpoint.label(),
+                        format_duration(timeout)
+                    )));
+                }
+            }
+        }
         let (mut out, mut err) = (Vec::new(), Vec::new());
         let mut truncated = false;
         let mut code = None;
@@ -727,6 +778,12 @@ pub struct SshTarget {
     /// Open sessions by endpoint index, reused by the next step of the run (one handshake
     /// per host per run, not per step); a closed one is replaced.
     sessions: Arc<tokio::sync::Mutex<BTreeMap<usize, Arc<Session>>>>,
+    /// The plan's `run:` services, deployed as supervised instances by `deploy` steps
+    /// (`crate::ssh_service`).
+    services: Arc<BTreeMap<String, SshService>>,
+    /// Where this machine renders each version's config (`<config root>/<service>/<version>`),
+    /// delivered to the hosts by the deploy step.
+    config_root: Option<PathBuf>,
 }
 
 /// What happened to one step on one host.
@@ -794,6 +851,8 @@ impl SshTarget {
             default_timeout: DEFAULT_TIMEOUT,
             redactor: Redactor::default(),
             sessions: Arc::default(),
+            services: Arc::default(),
+            config_root: None,
         })
     }
 
@@ -896,6 +955,18 @@ impl SshTarget {
     /// Masks these secret values in every captured stdout/stderr and message.
     pub fn with_redactor(mut self, redactor: Redactor) -> Self {
         self.redactor = redactor;
+        self
+    }
+
+    /// The `run:` services its `deploy` steps deploy, and the config root their
+    /// versions' config is rendered under on this machine.
+    pub fn with_services(
+        mut self,
+        services: BTreeMap<String, SshService>,
+        config_root: Option<PathBuf>,
+    ) -> Self {
+        self.services = Arc::new(services);
+        self.config_root = config_root;
         self
     }
 
@@ -1089,14 +1160,129 @@ impl SshTarget {
         Ok((sessions, unreachable))
     }
 
-    fn step<'a>(&self, action: &'a StepAction) -> Result<&'a ExecStep, TargetError> {
+    /// The exec step an action runs on every host: its own, or for a `deploy` step the
+    /// supervisor's deploy command with its rollback as undo (`crate::ssh_service`).
+    fn step<'a>(
+        &self,
+        ctx: &StepContext,
+        action: &'a StepAction,
+    ) -> Result<Cow<'a, ExecStep>, TargetError> {
         match action {
-            StepAction::Exec(s) => Ok(s),
+            StepAction::Exec(s) => Ok(Cow::Borrowed(s)),
+            StepAction::Deploy { version, replicas } => {
+                let (service, svc) = self.service_of(ctx)?;
+                Ok(Cow::Owned(ssh_service::exec_step(
+                    service, svc, version, *replicas,
+                )))
+            }
             other => Err(TargetError::Unsupported {
                 target: "ssh",
                 action: action_kind(other),
             }),
         }
+    }
+
+    /// The `run:` service of a deploy step (`service/deploy`).
+    fn service_of<'s>(
+        &'s self,
+        ctx: &StepContext,
+    ) -> Result<(&'s str, &'s SshService), TargetError> {
+        let name = ctx.step_id.split('/').next().unwrap_or(&ctx.step_id);
+        self.services
+            .get_key_value(name)
+            .map(|(k, v)| (k.as_str(), v))
+            .ok_or_else(|| {
+                TargetError::Io(format!(
+                    "step `{}` deploys service `{name}`, which has no `run:` in the plan",
+                    ctx.step_id
+                ))
+            })
+    }
+
+    /// Put a version's directory (launch record, probe, port, config) and the supervisor
+    /// on a host before its deploy step runs there; bytes go over standard input. The
+    /// directory is written under a temporary name and renamed in whole.
+    async fn upload_version(
+        &self,
+        s: &Session,
+        ctx: &StepContext,
+        version: &str,
+        replicas: u32,
+    ) -> Result<(), (String, StepOutput)> {
+        let (service, svc) = self
+            .service_of(ctx)
+            .map_err(|e| (e.to_string(), StepOutput::default()))?;
+        let host = &s.endpoint().host;
+        let port = *host.ports.get(service).ok_or_else(|| {
+            (
+                format!(
+                    "host `{}` has no port for service `{service}`; fix: add `ports: {{ {service}: PORT }}` to the inventory",
+                    host.name
+                ),
+                StepOutput::default(),
+            )
+        })?;
+        let config = self
+            .config_root
+            .as_ref()
+            .map(|r| crate::config::version_dir(r, service, version));
+        let files = ssh_service::version_files(
+            host,
+            service,
+            svc,
+            version,
+            replicas,
+            port,
+            config.as_deref(),
+        )
+        .map_err(|m| (m, StepOutput::default()))?;
+        let base = ssh_service::base_dir(host, service);
+        let stage = format!("{base}/versions/{}", sh_quote(&format!(".{version}.new")));
+        let old = format!("{base}/versions/{}", sh_quote(&format!(".{version}.old")));
+        let dest = format!("{base}/versions/{}", sh_quote(version));
+        let t = Duration::from_secs(30);
+        let run = |line: String, input: Option<Vec<u8>>| async move {
+            let line = Self::in_workdir(host, &format!("umask 077 && {line}"));
+            match s
+                .run_with_input(
+                    &line,
+                    &self.env(ctx, host),
+                    t,
+                    self.keep(),
+                    input.as_deref(),
+                )
+                .await
+            {
+                Ok((o, false)) if o.exit_code == Some(0) => Ok(()),
+                Ok((o, _)) => Err((
+                    format!(
+                        "delivering {service} {version} to {} failed (exit {:?})",
+                        s.endpoint().label(),
+                        o.exit_code
+                    ),
+                    self.redact(o),
+                )),
+                Err(e) => Err((self.redactor.redact(&e.to_string()), StepOutput::default())),
+            }
+        };
+        run(format!("rm -rf {stage} && mkdir -p {stage}"), None).await?;
+        for (rel, bytes, mode) in files {
+            let rel = rel.to_string_lossy().into_owned();
+            let path = format!("{stage}/{}", sh_quote(&rel));
+            run(
+                format!("mkdir -p \"$(dirname {path})\" && cat > {path} && chmod {mode:o} {path}"),
+                Some(bytes),
+            )
+            .await?;
+        }
+        let helper = format!("{base}/{}", ssh_service::HELPER);
+        run(
+            format!(
+                "cat > {helper}.tmp && mv -f {helper}.tmp {helper} && rm -rf {old} && if [ -d {dest} ]; then mv {dest} {old}; fi && mv {stage} {dest} && rm -rf {old}"
+            ),
+            Some(ssh_service::helper_script().into_bytes()),
+        )
+        .await
     }
 
     fn timeout(&self, step: &ExecStep) -> Result<Duration, TargetError> {
@@ -1116,6 +1302,10 @@ impl SshTarget {
             ("SLIPWAY_ATTEMPT".to_owned(), ctx.attempt.to_string()),
             ("SLIPWAY_HOST".to_owned(), host.name.clone()),
         ];
+        // Where the host keeps its state, for the supervised services' commands.
+        if let Some(d) = &host.state_dir {
+            env.push(("SLIPWAY_STATE_DIR".to_owned(), d.clone()));
+        }
         env.extend(host.env.iter().map(|(k, v)| (k.clone(), v.clone())));
         env
     }
@@ -1433,10 +1623,15 @@ impl SshTarget {
         s: &Session,
         ctx: &StepContext,
         step: &ExecStep,
+        action: &StepAction,
         wave: usize,
     ) -> HostOutcome {
         let o = if self.over_budget() {
             HostOutcome::Skipped
+        } else if let StepAction::Deploy { version, replicas } = action
+            && let Err((m, out)) = self.upload_version(s, ctx, version, *replicas).await
+        {
+            HostOutcome::Failed(m, out)
         } else {
             self.apply_host(s, ctx, step).await
         };
@@ -1572,7 +1767,8 @@ impl Target for SshTarget {
         action: &'a StepAction,
     ) -> BoxFuture<'a, Result<Applied, TargetError>> {
         Box::pin(async move {
-            let step = self.step(action)?;
+            let step = self.step(ctx, action)?;
+            let step: &ExecStep = &step;
             let excluded = self.excluded_set();
             let live: Vec<usize> = (0..self.endpoints.len())
                 .filter(|i| !excluded.contains(i))
@@ -1588,7 +1784,7 @@ impl Target for SshTarget {
                 let wave_no = wave.first().map_or(w, |(i, _)| i / self.batch) + 1;
                 let futs: Vec<_> = wave
                     .iter()
-                    .map(|(i, s)| self.apply_guarded(*i, s, ctx, step, wave_no))
+                    .map(|(i, s)| self.apply_guarded(*i, s, ctx, step, action, wave_no))
                     .collect();
                 let outcomes: Vec<HostOutcome> = futures_util::stream::iter(futs)
                     .buffered(self.parallelism)
@@ -1734,7 +1930,8 @@ impl Target for SshTarget {
         action: &'a StepAction,
     ) -> BoxFuture<'a, Result<Observation, TargetError>> {
         Box::pin(async move {
-            let step = self.step(action)?;
+            let step = self.step(ctx, action)?;
+            let step: &ExecStep = &step;
             let t = self.timeout(step)?;
             // Hosts left out after failing within the budget are not waited for; once
             // the budget is exceeded the run is failing, and every host is looked at.
@@ -1796,7 +1993,8 @@ impl Target for SshTarget {
         action: &'a StepAction,
     ) -> BoxFuture<'a, Result<Option<StepOutput>, TargetError>> {
         Box::pin(async move {
-            let step = self.step(action)?;
+            let step = self.step(ctx, action)?;
+            let step: &ExecStep = &step;
             let Some(cmd) = &step.undo else {
                 return Ok(None);
             };
@@ -1838,7 +2036,8 @@ impl Target for SshTarget {
         action: &'a StepAction,
     ) -> BoxFuture<'a, Result<Observation, TargetError>> {
         Box::pin(async move {
-            let step = self.step(action)?;
+            let step = self.step(ctx, action)?;
+            let step: &ExecStep = &step;
             let t = self.timeout(step)?;
             // Every host, as `undo` goes to every host.
             let sessions = self.connect_all().await?;

@@ -1,0 +1,462 @@
+//! Supervised `run:` services on ssh hosts (issue 19 part 2), through the real binary
+//! against real sshd "hosts" on 127.0.0.1 (each with its own state directory): instances
+//! of demo-app started on every host under the supervisor, config rendered here and
+//! delivered 0600, an instance killed with SIGKILL restarted by its supervisor, instances
+//! serving on while `slipway` is killed mid-deploy and `resume` finishing the deploy, a
+//! rollback restarting the previous version from its own launch record, and a version
+//! that crashes put back by itself with its log in the step's output.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::ssh_cli::sshd::Fleet;
+
+const SECRET_NAME: &str = "SLIPWAY_SSH_SVC_TEST_PASSWORD";
+const SECRET: &str = "pw-7f3a-ssh-never-in-the-journal";
+const TEMPLATE: &str = "password = \"{{ vars.password }}\"\nversion = \"{{ version }}\"\n";
+
+/// Two ports in a row that are free now (an instance per replica).
+fn free_ports(n: u16) -> u16 {
+    loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let p = l.local_addr().unwrap().port();
+        if p < 60000 && (1..n).all(|k| std::net::TcpListener::bind(("127.0.0.1", p + k)).is_ok()) {
+            return p;
+        }
+    }
+}
+
+struct World {
+    fleet: Fleet,
+    dir: PathBuf,
+    roots: Vec<PathBuf>,
+    ports: Vec<u16>,
+}
+
+impl World {
+    /// `hosts` sshd hosts, each with its own state directory and two ports for `web`.
+    fn new(hosts: usize) -> World {
+        let fleet = Fleet::start(hosts);
+        let dir = fleet.dir.join("spec");
+        std::fs::create_dir_all(&dir).unwrap();
+        let roots: Vec<PathBuf> = (0..hosts)
+            .map(|i| {
+                let r = fleet.dir.join(format!("root{i}"));
+                std::fs::create_dir_all(&r).unwrap();
+                r
+            })
+            .collect();
+        let ports: Vec<u16> = (0..hosts).map(|_| free_ports(2)).collect();
+        let (r, p) = (roots.clone(), ports.clone());
+        std::fs::write(
+            dir.join("hosts.yaml"),
+            fleet.inventory(|i| {
+                format!(
+                    "    state_dir: {}/state\n    ports: {{ web: {} }}\n",
+                    r[i].display(),
+                    p[i]
+                )
+            }),
+        )
+        .unwrap();
+        std::fs::write(dir.join("web.conf.j2"), TEMPLATE).unwrap();
+        World {
+            fleet,
+            dir,
+            roots,
+            ports,
+        }
+    }
+
+    /// Write the spec of release `version` whose `web` runs `command`.
+    fn spec(&self, version: &str, command: &str) -> PathBuf {
+        self.spec_with(
+            version,
+            command,
+            "{ http: /ready, timeout: 2s, deadline: 20s }",
+        )
+    }
+
+    /// ... with this readiness probe.
+    fn spec_with(&self, version: &str, command: &str, readiness: &str) -> PathBuf {
+        let file = self.dir.join(format!("release-{version}.yaml"));
+        std::fs::write(
+            &file,
+            format!(
+                "apiVersion: slipway/v1
+kind: Release
+metadata: {{ name: shop, version: {version}, type: patch }}
+services:
+  web:
+    run: {{ command: \"{command}\", replicas: 2 }}
+    readiness: {readiness}
+    config: [ {{ template: web.conf.j2, dest: web.conf }} ]
+environments:
+  fleet:
+    target: {{ ssh: {{ inventory: hosts.yaml, group: all, batch: 1 }} }}
+    vars: {{ password: \"secret://env/{SECRET_NAME}\" }}
+"
+            ),
+        )
+        .unwrap();
+        file
+    }
+
+    fn demo(&self) -> String {
+        format!(
+            "{} demo-app --port {{{{ port }}}} --version {{{{ version }}}}",
+            env!("CARGO_BIN_EXE_slipway")
+        )
+    }
+
+    fn cmd(&self) -> std::process::Command {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_slipway"));
+        c.env(
+            "SLIPWAY_STORE",
+            format!("sqlite://{}", self.dir.join("store.db").display()),
+        )
+        .env(SECRET_NAME, SECRET)
+        .env("NO_COLOR", "1")
+        .env_remove("SLIPWAY_OUTPUT");
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        self.cmd().args(args).output().unwrap()
+    }
+
+    fn deploy(&self, spec: &Path) -> std::process::Output {
+        self.run(&[
+            "deploy",
+            "--env",
+            "fleet",
+            "--output",
+            "json",
+            "-f",
+            &spec.display().to_string(),
+        ])
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let o = self.run(&["status", "--output", "json"]);
+        assert_eq!(o.status.code(), Some(0), "{o:?}");
+        serde_json::from_slice(&o.stdout).unwrap()
+    }
+
+    /// The service's directory on host `i`.
+    fn base(&self, i: usize) -> PathBuf {
+        self.roots[i].join("state/services/web")
+    }
+
+    /// `(pid, restarts)` of instance `k` on host `i`, as its supervisor recorded it.
+    fn child(&self, i: usize, k: usize) -> Option<(u32, u32)> {
+        let text =
+            std::fs::read_to_string(self.base(i).join(format!("instances/{k}/child"))).ok()?;
+        let f: Vec<&str> = text.split_whitespace().collect();
+        Some((f.first()?.parse().ok()?, f.get(3)?.parse().ok()?))
+    }
+
+    /// Wait until every instance on every host answers `version`.
+    fn wait_all(&self, version: &str) {
+        for (i, p) in self.ports.iter().enumerate() {
+            for k in 0..2 {
+                wait_version(*p + k, version, &format!("host {i} instance {k}"));
+            }
+        }
+    }
+}
+
+/// The body of `GET /version` on a local port, if it answers.
+fn version_at(port: u16) -> Option<String> {
+    let mut s = TcpStream::connect_timeout(
+        &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_secs(2),
+    )
+    .ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(b"GET /version HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    if !buf.starts_with("HTTP/1.1 200") {
+        return None;
+    }
+    buf.split("\r\n\r\n").nth(1).map(|b| b.trim().to_owned())
+}
+
+fn wait_version(port: u16, version: &str, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = version_at(port);
+        if got.as_deref() == Some(version) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} (port {port}) never answered {version}: last {got:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The demo-app process of the instance whose process group is `group`.
+fn demo_app_in(group: u32) -> u32 {
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        // Fields after the command's closing parenthesis: state, ppid, pgrp.
+        let pgrp = stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.split_whitespace().nth(2)?.parse::<u32>().ok());
+        let argv = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let argv = String::from_utf8_lossy(&argv);
+        if pgrp == Some(group) && argv.contains("demo-app") && !argv.starts_with("sh") {
+            return pid;
+        }
+    }
+    panic!("no demo-app process in group {group}");
+}
+
+/// The environment of a running process.
+fn environ(pid: u32) -> std::collections::BTreeMap<String, String> {
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .unwrap_or_default()
+        .split(|b| *b == 0)
+        .filter_map(|kv| {
+            let kv = String::from_utf8_lossy(kv);
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        })
+        .collect()
+}
+
+/// Stop every supervisor this test started (they outlive `slipway` by design).
+impl Drop for World {
+    fn drop(&mut self) {
+        for i in 0..self.roots.len() {
+            let Ok(dirs) = std::fs::read_dir(self.base(i).join("instances")) else {
+                continue;
+            };
+            for d in dirs.flatten() {
+                for f in ["supervisor", "child"] {
+                    if let Some(pid) = std::fs::read_to_string(d.path().join(f))
+                        .ok()
+                        .and_then(|t| t.split_whitespace().next()?.parse::<i32>().ok())
+                    {
+                        // The supervisor first (so it restarts nothing), then the
+                        // instance's process group.
+                        let flag = if f == "child" { -pid } else { pid };
+                        let _ = std::process::Command::new("kill")
+                            .args(["-KILL", "--", &flag.to_string()])
+                            .stderr(std::process::Stdio::null())
+                            .status();
+                    }
+                }
+            }
+        }
+        let _ = &self.fleet;
+    }
+}
+
+/// Deploy, kill -9 an instance (its supervisor restarts it), kill -9 `slipway` in the
+/// middle of the next deploy (instances keep serving; `resume` finishes), then roll the
+/// release back: every host runs the previous version again, launched from that
+/// version's own record (its own config directory and command).
+#[test]
+fn run_services_are_supervised_on_each_host_and_roll_back_to_their_own_launch() {
+    let w = World::new(2);
+    let o = w.deploy(&w.spec("1.0.0", &w.demo()));
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    w.wait_all("1.0.0");
+
+    // Config rendered here, delivered to each host 0600, with the secret resolved there.
+    for i in 0..2 {
+        let conf = w.base(i).join("versions/1.0.0/config/web.conf");
+        let meta = std::fs::metadata(&conf).unwrap();
+        assert_eq!(
+            meta.permissions().mode() & 0o777,
+            0o600,
+            "{}",
+            conf.display()
+        );
+        let text = std::fs::read_to_string(&conf).unwrap();
+        assert!(text.contains(SECRET) && text.contains("1.0.0"), "{text}");
+        let launch = w.base(i).join("versions/1.0.0/launch.sh");
+        assert_eq!(
+            std::fs::metadata(&launch).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert!(!std::fs::read_to_string(&launch).unwrap().contains(SECRET));
+    }
+    // The secret is in no journal entry.
+    let logs = w.run(&["logs", "--output", "json"]);
+    assert!(!String::from_utf8_lossy(&logs.stdout).contains(SECRET));
+
+    // kill -9 of an instance (the demo-app process itself): its supervisor starts it
+    // again.
+    let (group, restarts) = w.child(0, 0).unwrap();
+    assert_eq!(restarts, 0);
+    let pid = demo_app_in(group);
+    assert_eq!(
+        environ(pid).get("SLIPWAY_CONFIG_DIR").map(String::as_str),
+        Some(
+            w.base(0)
+                .join("versions/1.0.0/config")
+                .canonicalize()
+                .unwrap()
+                .to_str()
+                .unwrap()
+        )
+    );
+    std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some((new, r)) = w.child(0, 0)
+            && new != group
+            && r == 1
+            && version_at(w.ports[0]).as_deref() == Some("1.0.0")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the killed instance was not restarted"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = std::fs::read_to_string(w.base(0).join("logs/1.0.0.0.log")).unwrap();
+    assert!(log.contains("exited (status 137)"), "{log}");
+
+    // 2.0.0, with slipway killed once the first host serves it.
+    let spec2 = w.spec("2.0.0", &w.demo());
+    let mut child = w
+        .cmd()
+        .args(["deploy", "--env", "fleet", "-f"])
+        .arg(&spec2)
+        .stdout(std::fs::File::create(w.dir.join("deploy2.out")).unwrap())
+        .stderr(std::fs::File::create(w.dir.join("deploy2.err")).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while version_at(w.ports[0]).as_deref() != Some("2.0.0") {
+        assert!(
+            Instant::now() < deadline && child.try_wait().unwrap().is_none(),
+            "host 0 never served 2.0.0 during the second deploy: {} {} {:?}",
+            std::fs::read_to_string(w.dir.join("deploy2.out")).unwrap_or_default(),
+            std::fs::read_to_string(w.dir.join("deploy2.err")).unwrap_or_default(),
+            String::from_utf8_lossy(&w.run(&["logs"]).stdout)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Nobody drives the run now; what runs on the hosts keeps answering.
+    for _ in 0..20 {
+        assert_eq!(version_at(w.ports[0]).as_deref(), Some("2.0.0"));
+        assert!(version_at(w.ports[1]).is_some(), "host 1 stopped answering");
+    }
+    let s = w.status();
+    let run2 = s["run"]["id"].as_str().unwrap().to_owned();
+    if s["run"]["state"] != "succeeded" {
+        let o = w.run(&["resume", &run2]);
+        assert_eq!(o.status.code(), Some(0), "{o:?}");
+    }
+    w.wait_all("2.0.0");
+    assert_eq!(w.status()["run"]["state"], "succeeded");
+
+    // Rolled back by hand: the previous version, as its own run launched it.
+    let o = w.run(&["rollback", &run2, "--reason", "checkout errors"]);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    w.wait_all("1.0.0");
+    for i in 0..2 {
+        let pid = demo_app_in(w.child(i, 1).unwrap().0);
+        let argv = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap();
+        assert!(argv.contains("--version\x001.0.0"), "{argv:?}");
+        let env = environ(pid);
+        let own = w.base(i).join("versions/1.0.0/config");
+        assert_eq!(
+            env.get("SLIPWAY_CONFIG_DIR").map(PathBuf::from),
+            Some(own.canonicalize().unwrap())
+        );
+        let conf = std::fs::read_to_string(own.join("web.conf")).unwrap();
+        assert!(conf.contains("version = \"1.0.0\""), "{conf}");
+        assert_eq!(
+            std::fs::read_to_string(w.base(i).join("current"))
+                .unwrap()
+                .trim(),
+            "1.0.0"
+        );
+    }
+}
+
+/// A version whose instances exit at once (http probe), one that runs but never listens
+/// (tcp probe, 2 s deadline), and one whose command probe fails: each time the first
+/// host puts the version it replaced back by itself, the step fails with why (and the
+/// instances' log) in its output, nothing starts on the second host, and the run rolls
+/// back with every host on the previous version.
+#[test]
+fn a_version_that_crashes_is_replaced_by_the_previous_one_and_the_run_rolls_back() {
+    let w = World::new(2);
+    let o = w.deploy(&w.spec("1.0.0", &w.demo()));
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    w.wait_all("1.0.0");
+    let before = w.child(1, 0).unwrap().0;
+
+    let o = w.deploy(&w.spec("2.0.0", "sh -c 'echo boom-{{ version }} >&2; exit 3'"));
+    assert_eq!(o.status.code(), Some(4), "{o:?}");
+    let s = w.status();
+    assert_eq!(s["run"]["state"], "rolled_back", "{s:#}");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        serde_json::to_string(&s).unwrap()
+    );
+    assert!(
+        text.contains("boom-2.0.0"),
+        "the instance log is not in the output: {text}"
+    );
+    assert!(text.contains("exited before it was ready"), "{text}");
+    w.wait_all("1.0.0");
+    // The second host was never touched: the same instance serves.
+    assert_eq!(w.child(1, 0).unwrap().0, before);
+    assert_eq!(
+        std::fs::read_to_string(w.base(0).join("current"))
+            .unwrap()
+            .trim(),
+        "1.0.0"
+    );
+
+    for (version, command, readiness, why) in [
+        (
+            "3.0.0",
+            "sleep 600".to_owned(),
+            "{ tcp: true, timeout: 1s, deadline: 2s }",
+            "not ready within 2s",
+        ),
+        (
+            "4.0.0",
+            w.demo(),
+            "{ command: 'test -e /nonexistent/ready-$PORT', deadline: 2s }",
+            "not ready within 2s",
+        ),
+    ] {
+        let o = w.deploy(&w.spec_with(version, &command, readiness));
+        assert_eq!(o.status.code(), Some(4), "{version}: {o:?}");
+        let s = w.status();
+        assert_eq!(s["run"]["state"], "rolled_back", "{s:#}");
+        let text = serde_json::to_string(&s).unwrap();
+        assert!(text.contains(why), "{version}: {text}");
+        w.wait_all("1.0.0");
+        assert_eq!(w.child(1, 0).unwrap().0, before);
+    }
+}
