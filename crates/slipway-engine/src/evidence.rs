@@ -39,7 +39,7 @@ use crate::store::{RunEvidence, Store, StoreError, StoredRecord};
 
 /// Rows read per query while verifying: large enough that a read costs little per row,
 /// small enough that two buffers stay a few MiB.
-const CHUNK: i64 = 16_384;
+const CHUNK: i64 = 1_024;
 
 /// Hex sha256.
 pub fn sha256_hex(bytes: &[u8]) -> String {
@@ -646,10 +646,27 @@ struct Scanned {
     anchor_break: Option<ChainBreak>,
 }
 
-/// Read the rows after `from` up to `upto` in chunks, hashing each chunk on the blocking
-/// pool while the next one is read, walking seqs and links, checking anchors and folding
-/// the projections. `fast_ok` is false at the first row that does not follow (the caller
-/// then asks the exact classifier) or when `go` is false.
+/// Chunks read at once, each on its own connection of the store's read pool: the database
+/// frames rows on one core per read (SQLite in its worker thread, PostgreSQL in its
+/// backend), which costs more per row than hashing it, so one read at a time left the
+/// second core idle while the hashes of the previous chunks were already done.
+const READS: usize = 2;
+
+/// Read chunk `range` if there is one.
+async fn read_chunk(
+    store: &dyn Store,
+    range: Option<(i64, i64)>,
+) -> Option<Result<Vec<u8>, StoreError>> {
+    match range {
+        Some((after, to)) => Some(store.audit_framed(after, to).await),
+        None => None,
+    }
+}
+
+/// Read the rows after `from` up to `upto` in chunks, [`READS`] at a time, hashing them on
+/// the blocking pool while the next ones are read, walking seqs and links, checking
+/// anchors and folding the projections. `fast_ok` is false at the first row that does not
+/// follow (the caller then asks the exact classifier) or when `go` is false.
 async fn scan_rows(
     store: &dyn Store,
     from: &(i64, String),
@@ -668,46 +685,61 @@ async fn scan_rows(
         .position(|(s, _)| *s > from.0)
         .unwrap_or(anchors.sorted.len());
     let upto = upto.unwrap_or(from.0);
-    let step = |after: i64| after.saturating_add(CHUNK).min(upto);
     let mut after = from.0;
-    let mut blob = None;
-    if fast_ok && after < upto {
-        blob = Some(store.audit_framed(after, step(after)).await?);
-        after = step(after);
+    // The next READS ranges (after, to), in seq order.
+    let mut ranges = || {
+        let mut out = [None; READS];
+        for r in &mut out {
+            if after < upto {
+                let to = after.saturating_add(CHUNK).min(upto);
+                *r = Some((after, to));
+                after = to;
+            }
+        }
+        out
+    };
+    let mut blobs: Vec<Vec<u8>> = Vec::new();
+    if fast_ok {
+        let [a, b] = ranges();
+        let (a, b) = tokio::join!(read_chunk(store, a), read_chunk(store, b));
+        for r in [a, b].into_iter().flatten() {
+            blobs.push(r?);
+        }
     }
-    while let Some(b) = blob.take() {
-        let next = (after < upto).then(|| {
-            let to = step(after);
-            (to, store.audit_framed(after, to))
-        });
+    while !blobs.is_empty() {
+        let [a, b] = ranges();
         let anchors_c = anchors.clone();
+        let batch = std::mem::take(&mut blobs);
         let work = tokio::task::spawn_blocking(move || {
             let mut brk = None;
-            let ok = match parse_framed(&b) {
-                Ok(rows) => {
-                    let hashes = check_hashes(&rows);
-                    let ok = scan.push(&rows, &hashes);
-                    if ok {
-                        for r in &rows {
-                            if brk.is_none() {
-                                brk = anchors_c.check_row(&mut next_anchor, r);
-                            }
-                            projection.observe(r);
-                        }
+            let mut rows = Vec::new();
+            let mut ok = true;
+            for b in &batch {
+                match parse_framed(b) {
+                    Ok(r) => rows.extend(r),
+                    Err(_) => {
+                        ok = false;
+                        break;
                     }
-                    ok
                 }
-                Err(_) => false,
-            };
+            }
+            if ok {
+                let hashes = check_hashes(&rows);
+                ok = scan.push(&rows, &hashes);
+                if ok {
+                    for r in &rows {
+                        if brk.is_none() {
+                            brk = anchors_c.check_row(&mut next_anchor, r);
+                        }
+                        projection.observe(r);
+                    }
+                }
+            }
+            drop(rows);
             (scan, projection, next_anchor, ok, brk)
         });
-        let (read, done) = tokio::join!(
-            async {
-                match next {
-                    Some((to, f)) => Some((to, f.await)),
-                    None => None,
-                }
-            },
+        let ((ra, rb), done) = tokio::join!(
+            async { tokio::join!(read_chunk(store, a), read_chunk(store, b)) },
             work
         );
         let (s, p, n, ok, brk) = done.map_err(|e| {
@@ -725,9 +757,8 @@ async fn scan_rows(
             fast_ok = false;
             break;
         }
-        if let Some((to, r)) = read {
-            blob = Some(r?);
-            after = to;
+        for r in [ra, rb].into_iter().flatten() {
+            blobs.push(r?);
         }
     }
     Ok(Scanned {

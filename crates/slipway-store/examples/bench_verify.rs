@@ -6,7 +6,9 @@
 //! `cargo run --release -p slipway-store --example bench_verify -- [ENTRIES] [DIR]`; with
 //! `SLIPWAY_BENCH_STORE=postgres://…` the store is that (empty) PostgreSQL database. With
 //! `SLIPWAY_BENCH_KEEP=1` the SQLite file is kept (its path is printed) so the release
-//! `slipway audit verify --store sqlite://PATH` can be timed on it too.
+//! `slipway audit verify --store sqlite://PATH` can be timed on it too; with
+//! `SLIPWAY_BENCH_REUSE=PATH` that kept file is verified again without building (for a
+//! profile of the verification alone).
 #![allow(
     clippy::print_stdout,
     clippy::unwrap_used,
@@ -47,6 +49,15 @@ async fn main() {
         .get(2)
         .map_or_else(std::env::temp_dir, std::path::PathBuf::from);
     let dir = tempfile::tempdir_in(&base).unwrap();
+    if let Ok(path) = std::env::var("SLIPWAY_BENCH_REUSE") {
+        let store = AnyStore::Sqlite(
+            SqliteStore::open(std::path::Path::new(&path))
+                .await
+                .unwrap(),
+        );
+        verify_rounds(&store, 0).await;
+        return;
+    }
     let store = match std::env::var("SLIPWAY_BENCH_STORE") {
         Ok(url) => {
             let loc = slipway_store::resolve(Some(&url), dir.path()).unwrap();
@@ -161,11 +172,18 @@ async fn main() {
     println!(
         "built {written} entries ({n} runs of {STEPS} steps) in {built:.1} s; hashed bytes per entry: {avg}"
     );
+    verify_rounds(&store, n).await;
+    if std::env::var("SLIPWAY_BENCH_KEEP").is_ok() {
+        let kept = dir.keep();
+        println!("kept: {}", kept.join("bench.db").display());
+    }
+}
+
+/// Three timed rounds of `verify_store`.
+async fn verify_rounds(store: &AnyStore, n: usize) {
     for round in 1..=3 {
         let t = Instant::now();
-        let v = slipway_engine::evidence::verify_store(&store)
-            .await
-            .unwrap();
+        let v = slipway_engine::evidence::verify_store(store).await.unwrap();
         let secs = t.elapsed().as_secs_f64();
         let ok = v.result.as_ref().unwrap();
         println!(
@@ -173,9 +191,5 @@ async fn main() {
             ok.entries,
             ok.entries as f64 / secs
         );
-    }
-    if std::env::var("SLIPWAY_BENCH_KEEP").is_ok() {
-        let kept = dir.keep();
-        println!("kept: {}", kept.join("bench.db").display());
     }
 }

@@ -2,9 +2,10 @@
 //! own CLI (sqlite3, psql), and names the first bad entry — on both backends.
 
 use slipway_engine::audit::{self, ChainBreak};
-use slipway_engine::store::Store;
+use slipway_engine::event::EngineEvent;
+use slipway_engine::store::{NewRun, Store};
 
-use crate::common::{Backend, on_both, populated_on};
+use crate::common::{Backend, Fresh, on_both, populated_on, record};
 
 async fn verify_after(b: Backend, sql: &str) -> Result<audit::Verified, ChainBreak> {
     let (fresh, store) = populated_on(b, 9).await;
@@ -107,7 +108,76 @@ async fn export_verifies_standalone_and_detects_edits(b: Backend) {
     );
 }
 
+/// `verify_store` reads the chain in chunks of 1,024 rows, two queries at once, and hashes
+/// each batch on every core: one byte flipped in an entry in the middle of the fourth chunk
+/// (the second read of the second batch) is still named, and the same chain untouched
+/// verifies whole across every chunk.
+async fn flipped_byte_mid_chunk_is_found_by_the_parallel_verifier(b: Backend) {
+    let fresh = Fresh::new(b);
+    let store = fresh.open().await.unwrap();
+    store
+        .create_run(
+            NewRun {
+                id: "r1".into(),
+                plan_json: "{}".into(),
+                digest: "d1".into(),
+                release: "shop".into(),
+                version: "1.0.0".into(),
+                environment: "staging".into(),
+                author: "op-test".into(),
+                override_reason: None,
+                created_at: crate::common::at(0),
+                workdir: "/tmp".into(),
+            },
+            record(
+                "r1",
+                0,
+                EngineEvent::RunCreated {
+                    release: "shop".into(),
+                    version: "1.0.0".into(),
+                    environment: "staging".into(),
+                    digest: "d1".into(),
+                    override_freeze: None,
+                    plan_sha256: None,
+                    workdir: None,
+                },
+            ),
+        )
+        .await
+        .unwrap();
+    for c in 0..10 {
+        let batch = (0..500)
+            .map(|i| {
+                let n = c * 500 + i;
+                record(
+                    "r1",
+                    n + 1,
+                    EngineEvent::StepStarted {
+                        step: format!("svc/s{n}"),
+                        key: format!("k{n}"),
+                        attempt: 1,
+                    },
+                )
+            })
+            .collect();
+        store.commit(batch).await.unwrap();
+    }
+    let whole = audit::verify_store(&store).await.unwrap();
+    assert_eq!(
+        whole.result.map(|v| (v.entries, v.head_seq)),
+        Ok((5001, 5001))
+    );
+    drop(store);
+    fresh.sql(
+        r#"UPDATE audit SET detail = replace(detail, '"attempt":1', '"attempt":7') WHERE seq = 3500"#,
+    );
+    let store = fresh.open().await.unwrap();
+    let r = audit::verify_store(&store).await.unwrap().result;
+    assert_eq!(r, Err(ChainBreak::Edited { seq: 3500 }));
+}
+
 on_both!(
+    flipped_byte_mid_chunk_is_found_by_the_parallel_verifier,
     untouched_chain_verifies,
     edited_entry_is_named,
     edited_outcome_is_named,
