@@ -4,13 +4,16 @@
 //! first grant of a store (bootstrap: someone must become the first admin).
 
 use serde_json::json;
-use slipway_govern::access::{self};
 use slipway_model::exit;
 use slipway_ops::Session;
 use slipway_ops::access::require_admin;
 use slipway_store::access::AccessDb;
 
-use crate::cli_util::{StoreArg, runtime, session};
+use crate::admin_remote::{
+    render_grant_revoked, render_granted, render_grants, render_issued, render_member_added,
+    render_member_removed, render_members, render_token_revoked, render_tokens,
+};
+use crate::cli_util::{StoreArg, remote, runtime, session};
 use crate::out::{CliError, Output};
 
 /// `slipway access …`.
@@ -167,7 +170,10 @@ pub struct DecideArgs {
 /// Run an access subcommand.
 pub fn access_cmd(c: AccessCommand, out: &Output) -> Result<i32, CliError> {
     let rt = runtime()?;
-    let result = rt.block_on(run(c, out));
+    let result = match remote()? {
+        Some(client) => rt.block_on(crate::admin_remote::access(&client, c, out)),
+        None => rt.block_on(run(c, out)),
+    };
     // Everything is committed; the pools' background tasks need no orderly wait.
     rt.shutdown_background();
     result
@@ -214,17 +220,7 @@ async fn run(c: AccessCommand, out: &Output) -> Result<i32, CliError> {
     match c {
         AccessCommand::Grant(a) => {
             let g = slipway_ops::access::grant(&s, &a.subject, &a.role, &a.env).await?;
-            let mut text = format!(
-                "grant {}: {} is {} in {}",
-                g.grant, g.subject, g.role, g.environment
-            );
-            if let Some(t) = &g.token {
-                text.push_str(&format!(
-                    "\naccess control is on: every command now acts as the subject of an API token.\ntoken for {} (shown once; store it now, e.g. export SLIPWAY_TOKEN=…): {t}",
-                    g.subject
-                ));
-            }
-            out.outcome(&g, &text);
+            render_granted(out, &g);
         }
         AccessCommand::Whoami(_) => {
             out.outcome(
@@ -242,14 +238,7 @@ async fn run(c: AccessCommand, out: &Output) -> Result<i32, CliError> {
         }
         AccessCommand::Group(GroupCommand::Add(a)) => {
             let added = slipway_ops::access::add_member(&s, &a.group, &a.user).await?;
-            out.outcome(
-                &json!({"group": a.group, "user": a.user, "added": added}),
-                &if added {
-                    format!("user:{} is a member of group:{}", a.user, a.group)
-                } else {
-                    format!("user:{} already is a member of group:{}", a.user, a.group)
-                },
-            );
+            render_member_added(out, &a.group, &a.user, added);
         }
         AccessCommand::Group(GroupCommand::Remove(a)) => {
             if !slipway_ops::access::remove_member(&s, &a.group, &a.user).await? {
@@ -261,125 +250,31 @@ async fn run(c: AccessCommand, out: &Output) -> Result<i32, CliError> {
                     "list members with `slipway access group list`",
                 ));
             }
-            out.outcome(
-                &json!({"group": a.group, "user": a.user, "removed": true}),
-                &format!("user:{} removed from group:{}", a.user, a.group),
-            );
+            render_member_removed(out, &a.group, &a.user);
         }
         AccessCommand::Group(GroupCommand::List(a)) => {
             let members = slipway_ops::access::members(&s, a.group.as_deref()).await?;
-            if out.json() {
-                out.json_value(&members);
-            } else {
-                for m in &members {
-                    out.line(&format!("group:{:<24} user:{}", m.group, m.user));
-                }
-            }
+            render_members(out, &members);
         }
         AccessCommand::Revoke(a) => {
-            require_admin(&s, &db, "revoke grants").await?;
-            if !db
-                .revoke_grant(a.id, &format!("user:{me}"), now)
-                .await
-                .map_err(CliError::from)?
-            {
-                return Err(CliError::input(
-                    format!("failed to revoke grant {}: no live grant has that id", a.id),
-                    "list grants with `slipway access list`",
-                ));
-            }
-            out.outcome(
-                &json!({"grant": a.id, "revoked": true}),
-                &format!("grant {} revoked", a.id),
-            );
+            slipway_ops::access::revoke_grant(&s, a.id).await?;
+            render_grant_revoked(out, a.id);
         }
         AccessCommand::List(_) => {
-            let grants = db.grants(false).await.map_err(CliError::from)?;
-            if out.json() {
-                out.json_value(&grants);
-            } else {
-                for g in grants {
-                    out.line(&format!(
-                        "{:>4}  {:<28} {:<9} {}",
-                        g.id, g.subject, g.role, g.environment
-                    ));
-                }
-            }
+            let grants = slipway_ops::access::grants(&s).await?;
+            render_grants(out, &grants);
         }
         AccessCommand::Token(TokenCommand::Create(a)) => {
-            let user = a.user.unwrap_or_else(|| me.clone());
-            if user != me {
-                require_admin(&s, &db, "create tokens for others").await?;
-            }
-            let issued = access::issue_token(&user, now)
-                .map_err(|e| CliError::new(exit::BLOCKED, format!("failed to {e}"), None))?;
-            db.add_token(&issued.row, &format!("user:{me}"))
-                .await
-                .map_err(CliError::from)?;
-            // The token's id only: its secret is shown once below and never kept.
-            if out.json() {
-                // For pipelines that hand the token on (a CI secret): the one time it exists.
-                out.json_value(&json!({
-                    "id": issued.row.id,
-                    "subject": issued.row.subject,
-                    "token": issued.token,
-                }));
-            } else {
-                out.line(&format!(
-                    "token for user:{user} (shown once; store it now): {}",
-                    issued.token
-                ));
-            }
+            let issued = slipway_ops::access::create_token(&s, a.user.as_deref()).await?;
+            render_issued(out, &issued);
         }
         AccessCommand::Token(TokenCommand::Revoke(a)) => {
-            let own = db
-                .token(&a.id)
-                .await
-                .map_err(CliError::from)?
-                .is_some_and(|t| t.subject == format!("user:{me}"));
-            if !own {
-                require_admin(&s, &db, "revoke tokens of others").await?;
-            }
-            if !db
-                .revoke_token(&a.id, now, &format!("user:{me}"))
-                .await
-                .map_err(CliError::from)?
-            {
-                return Err(CliError::input(
-                    format!("failed to revoke token {}: no live token has that id", a.id),
-                    "the id is the part between `slw_` and the next `_`",
-                ));
-            }
-            if out.json() {
-                out.json_value(&json!({"id": a.id, "revoked": true}));
-            } else {
-                out.line(&format!("token {} revoked", a.id));
-            }
+            slipway_ops::access::revoke_token(&s, &a.id).await?;
+            render_token_revoked(out, &a.id);
         }
         AccessCommand::Token(TokenCommand::List(_)) => {
-            require_admin(&s, &db, "list tokens").await?;
-            let tokens = db.tokens().await.map_err(CliError::from)?;
-            let rows: Vec<_> = tokens
-                .iter()
-                .map(|t| {
-                    json!({"id": t.id, "subject": t.subject, "created_at": t.created_at,
-                        "last_used_at": t.last_used_at, "revoked_at": t.revoked_at})
-                })
-                .collect();
-            if out.json() {
-                out.json_value(&rows);
-            } else {
-                for t in &tokens {
-                    let used = t
-                        .last_used_at
-                        .map_or_else(|| "never used".to_owned(), |u| format!("last used {u}"));
-                    let revoked = t
-                        .revoked_at
-                        .map(|r| format!(", revoked {r}"))
-                        .unwrap_or_default();
-                    out.line(&format!("{}  {:<24} {used}{revoked}", t.id, t.subject));
-                }
-            }
+            let tokens = slipway_ops::access::tokens(&s).await?;
+            render_tokens(out, &tokens);
         }
         AccessCommand::Review(ReviewCommand::Start(a)) => {
             require_admin(&s, &db, "start access reviews").await?;

@@ -122,21 +122,16 @@ impl From<TypeArg> for ReleaseType {
 /// Run `slipway policy …`.
 pub fn policy(c: PolicyCommand, out: &Output) -> Result<i32, CliError> {
     let rt = runtime()?;
+    if let Some(client) = crate::cli_util::remote()? {
+        return rt.block_on(crate::admin_remote::policy(&client, c, out));
+    }
     rt.block_on(async {
         match c {
             PolicyCommand::Apply(a) => {
                 let s = session(&a.store).await?;
                 match slipway_ops::policy::apply(&s, &a.file).await {
                     Ok(applied) => {
-                        out.outcome(
-                            &applied,
-                            &format!(
-                                "policy v{} applied (sha256 {}) for {}; plans made from now on carry it",
-                                applied.version,
-                                &applied.digest[..12],
-                                applied.environments.join(", ")
-                            ),
-                        );
+                        crate::admin_remote::render_applied(out, &applied);
                         Ok(exit::SUCCESS)
                     }
                     Err(ApplyError::Ops(e)) => Err(e.into()),
@@ -149,7 +144,11 @@ pub fn policy(c: PolicyCommand, out: &Output) -> Result<i32, CliError> {
                         out.eline(&errs.render(out.color_err, 100));
                         Err(CliError::new(
                             exit::INVALID_INPUT,
-                            format!("{} has {} error(s); nothing was applied", errs.file, errs.error_count()),
+                            format!(
+                                "{} has {} error(s); nothing was applied",
+                                errs.file,
+                                errs.error_count()
+                            ),
                             None,
                         ))
                     }
@@ -158,22 +157,7 @@ pub fn policy(c: PolicyCommand, out: &Output) -> Result<i32, CliError> {
             PolicyCommand::Show(a) => {
                 let s = session(&a.store).await?;
                 let versions = slipway_ops::policy::versions(&s).await?;
-                if out.json() {
-                    out.json_value(&json!({"current": versions.last(), "versions": versions.iter()
-                        .map(|v| json!({"version": v.version, "digest": v.digest, "applied_by": v.applied_by, "applied_at": v.applied_at}))
-                        .collect::<Vec<_>>()}));
-                } else {
-                    match versions.last() {
-                        None => out.line("no policy applied: plans follow their specs alone (an admin applies one with `slipway policy apply -f FILE`)"),
-                        Some(v) => {
-                            out.line(&format!(
-                                "policy v{} (sha256 {}), applied by {} at {}:",
-                                v.version, v.digest, v.applied_by, v.applied_at
-                            ));
-                            out.raw(&v.text);
-                        }
-                    }
-                }
+                crate::admin_remote::render_policy(out, &versions);
                 Ok(exit::SUCCESS)
             }
         }

@@ -4,6 +4,7 @@
 //! returns an exit code from [`slipway_model::exit`]; errors carry a hint and map to
 //! exit codes here, so every failure a user sees says what to do next.
 
+mod admin_remote;
 mod audit_view;
 mod cli_util;
 mod cmd_access;

@@ -10,6 +10,7 @@
 )]
 
 mod access_enforced_cli;
+mod admin_server_cli;
 mod archive_cli;
 mod archive_reports_cli;
 mod artifact_cli;

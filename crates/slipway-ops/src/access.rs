@@ -173,7 +173,7 @@ pub async fn audit_change(
 }
 
 /// A grant made, with the first admin's token when the grant switched access control on.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Granted {
     /// The grant's id.
     pub grant: i64,
@@ -293,4 +293,105 @@ pub async fn members(
 ) -> OpsResult<Vec<slipway_store::access::MemberRow>> {
     let db = AccessDb::for_store(&session.store).await?;
     Ok(db.members(group).await?)
+}
+
+/// The live grants (anyone authenticated may read who holds which role).
+pub async fn grants(session: &Session) -> OpsResult<Vec<slipway_store::access::GrantRow>> {
+    let db = AccessDb::for_store(&session.store).await?;
+    Ok(db.grants(false).await?)
+}
+
+/// Revoke grant `id` (needs `admin`).
+pub async fn revoke_grant(session: &Session, id: i64) -> OpsResult<()> {
+    let db = AccessDb::for_store(&session.store).await?;
+    require_admin(session, &db, "revoke grants").await?;
+    let by = format!("user:{}", session.actor.user);
+    if !db.revoke_grant(id, &by, slipway_stdx::now()).await? {
+        return Err(OpsError::input(format!(
+            "failed to revoke grant {id}: no live grant has that id"
+        ))
+        .hint(Hint::text("list grants with `slipway access list`")));
+    }
+    Ok(())
+}
+
+/// An API token just issued: its secret exists only in this value.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct IssuedToken {
+    /// The token's public id.
+    pub id: String,
+    /// `user:NAME` it acts as.
+    pub subject: String,
+    /// The token (shown once, never stored).
+    pub token: String,
+}
+
+/// Issue an API token for `user` (the actor when `None`; for someone else needs `admin`).
+pub async fn create_token(session: &Session, user: Option<&str>) -> OpsResult<IssuedToken> {
+    let db = AccessDb::for_store(&session.store).await?;
+    let me = session.actor.user.clone();
+    let user = user.map_or_else(|| me.clone(), str::to_owned);
+    if user != me {
+        require_admin(session, &db, "create tokens for others").await?;
+    }
+    let issued = access::issue_token(&user, slipway_stdx::now())
+        .map_err(|e| OpsError::blocked(format!("failed to {e}")))?;
+    db.add_token(&issued.row, &format!("user:{me}")).await?;
+    Ok(IssuedToken {
+        id: issued.row.id.clone(),
+        subject: issued.row.subject.clone(),
+        token: issued.token,
+    })
+}
+
+/// Revoke token `id` (one's own, or anyone's with `admin`).
+pub async fn revoke_token(session: &Session, id: &str) -> OpsResult<()> {
+    let db = AccessDb::for_store(&session.store).await?;
+    let me = format!("user:{}", session.actor.user);
+    let own = db.token(id).await?.is_some_and(|t| t.subject == me);
+    if !own {
+        require_admin(session, &db, "revoke tokens of others").await?;
+    }
+    if !db.revoke_token(id, slipway_stdx::now(), &me).await? {
+        return Err(OpsError::input(format!(
+            "failed to revoke token {id}: no live token has that id"
+        ))
+        .hint(Hint::text(
+            "the id is the part between `slw_` and the next `_`",
+        )));
+    }
+    Ok(())
+}
+
+/// A token as listed: never its secret or hash.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct TokenInfo {
+    /// Public id.
+    pub id: String,
+    /// `user:NAME` it acts as.
+    pub subject: String,
+    /// Created.
+    pub created_at: jiff::Timestamp,
+    /// Last successful use.
+    pub last_used_at: Option<jiff::Timestamp>,
+    /// Revoked.
+    pub revoked_at: Option<jiff::Timestamp>,
+}
+
+/// Every token's id, subject and use (needs `admin`).
+pub async fn tokens(session: &Session) -> OpsResult<Vec<TokenInfo>> {
+    let db = AccessDb::for_store(&session.store).await?;
+    require_admin(session, &db, "list tokens").await?;
+    Ok(db
+        .tokens()
+        .await?
+        .into_iter()
+        .map(|t| TokenInfo {
+            id: t.id,
+            subject: t.subject,
+            created_at: t.created_at,
+            last_used_at: t.last_used_at,
+            revoked_at: t.revoked_at,
+        })
+        .collect())
 }

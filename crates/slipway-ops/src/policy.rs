@@ -30,7 +30,7 @@ impl From<OpsError> for ApplyError {
 }
 
 /// A policy version as applied.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Applied {
     /// The new version.
     pub version: i64,
@@ -46,8 +46,13 @@ pub struct Applied {
 pub async fn apply(session: &Session, file: &Path) -> Result<Applied, ApplyError> {
     let text = std::fs::read_to_string(file)
         .map_err(|e| OpsError::input(format!("failed to read policy `{}`: {e}", file.display())))?;
-    let doc = admin_policy::load(&file.display().to_string(), &text)
-        .map_err(|e| ApplyError::Invalid(Box::new(e)))?;
+    apply_text(session, &file.display().to_string(), &text).await
+}
+
+/// [`apply`] of a policy's text (`name` is what diagnostics call it): what the server
+/// applies from a request body.
+pub async fn apply_text(session: &Session, name: &str, text: &str) -> Result<Applied, ApplyError> {
+    let doc = admin_policy::load(name, text).map_err(|e| ApplyError::Invalid(Box::new(e)))?;
     let db = AccessDb::for_store(&session.store)
         .await
         .map_err(OpsError::from)?;
@@ -56,7 +61,7 @@ pub async fn apply(session: &Session, file: &Path) -> Result<Applied, ApplyError
     let version = db
         .apply_policy(
             &digest,
-            &text,
+            text,
             &format!("user:{}", session.actor.user),
             slipway_stdx::now(),
         )

@@ -25,6 +25,7 @@
 //! open, so idle or trickling sockets cannot take every descriptor from `/healthz` and
 //! everyone else.
 
+mod admin;
 mod api;
 mod auth;
 mod chart;
@@ -184,6 +185,21 @@ pub fn app(
         .route("/runs/{id}/abort", post(control::abort))
         .route("/runs/{id}/rollback", post(control::rollback))
         .route("/audit/verify", get(api::audit_verify))
+        .route("/access/whoami", get(admin::whoami))
+        .route("/access/grants", get(admin::grants).post(admin::grant))
+        .route("/access/grants/{id}/revoke", post(admin::revoke_grant))
+        .route("/access/groups", get(admin::members))
+        .route("/access/groups/{group}/members", post(admin::add_member))
+        .route(
+            "/access/groups/{group}/members/{user}/remove",
+            post(admin::remove_member),
+        )
+        .route(
+            "/access/tokens",
+            get(admin::tokens).post(admin::create_token),
+        )
+        .route("/access/tokens/{id}/revoke", post(admin::revoke_token))
+        .route("/policy", get(admin::policy).post(admin::apply_policy))
         .fallback(api::not_found)
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -1,0 +1,150 @@
+//! `slipway --server URL access …` and `policy …` (issue 16 part 1) against a real
+//! `slipway serve`: each command goes through the API with the caller's token and the
+//! server applies the operations layer's rules (admin for changes), so a deployer is
+//! refused there as on a store; a token revoked through the server stops working at
+//! once; a token listing never carries a secret or hash; a policy that does not validate
+//! is refused with its diagnostics and nothing applied. The embedded mode's own tests
+//! (`policy_cli`, `tokens_cli`, `access_enforced_cli`) are unchanged.
+
+use serde_json::Value;
+
+use crate::People;
+use crate::server_deploy_cli::{World, remote};
+
+fn json(out: &str) -> Value {
+    serde_json::from_str(out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+#[test]
+fn access_and_policy_commands_go_through_the_server_with_the_callers_token() {
+    let world = World::sqlite();
+    let people = People::new(&world.store, "alice");
+    let alice = people.token("alice").to_owned();
+    let server = world.serve();
+    let addr = server.addr.as_str();
+    let cwd = tempfile::tempdir().unwrap();
+    let run = |token: &str, args: &[&str]| remote(addr, token, cwd.path(), args);
+
+    let (code, out, err) = run(&alice, &["access", "whoami", "--output", "json"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(json(&out)["user"], "alice", "{out}");
+
+    let (code, out, err) = run(
+        &alice,
+        &["access", "grant", "user:bob", "deployer", "--env", "live"],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("user:bob is deployer in live"), "{out}");
+    let (_, out, _) = run(&alice, &["access", "list", "--output", "json"]);
+    let grants = json(&out);
+    let bobs = grants
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["subject"] == "user:bob")
+        .unwrap_or_else(|| panic!("{out}"))
+        .clone();
+
+    // A token for bob, issued through the server: it works there, as bob.
+    let (code, out, err) = run(
+        &alice,
+        &[
+            "access", "token", "create", "--user", "bob", "--output", "json",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let issued = json(&out);
+    let bob = issued["token"].as_str().unwrap().to_owned();
+    let (code, out, _) = run(&bob, &["access", "whoami", "--output", "json"]);
+    assert_eq!(code, 0);
+    assert_eq!(json(&out)["user"], "bob", "{out}");
+
+    // The operations layer's rules, enforced by the server: a deployer changes no access.
+    let (code, out, err) = run(
+        &bob,
+        &["access", "grant", "user:bob", "admin", "--env", "*"],
+    );
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(err.contains("admin"), "{err}");
+    let (code, _, err) = run(&bob, &["access", "token", "list"]);
+    assert_eq!(code, 3, "{err}");
+
+    // Groups.
+    let (code, out, err) = run(
+        &alice,
+        &["access", "group", "add", "release-managers", "bob"],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let (_, out, _) = run(&alice, &["access", "group", "list", "--output", "json"]);
+    assert_eq!(json(&out)[0]["user"], "bob", "{out}");
+    let (code, out, err) = run(
+        &alice,
+        &["access", "group", "remove", "release-managers", "bob"],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, _, err) = run(
+        &alice,
+        &["access", "group", "remove", "release-managers", "bob"],
+    );
+    assert_eq!(code, 2, "not a member any more: {err}");
+
+    // Tokens are listed without secret or hash; a revoked one stops at once.
+    let (code, out, _) = run(&alice, &["access", "token", "list", "--output", "json"]);
+    assert_eq!(code, 0);
+    assert!(out.contains(issued["id"].as_str().unwrap()), "{out}");
+    assert!(
+        !out.contains("hash") && !out.contains(&bob) && !out.contains("argon2"),
+        "{out}"
+    );
+    let (code, out, err) = run(
+        &alice,
+        &["access", "token", "revoke", issued["id"].as_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, _, err) = run(&bob, &["access", "whoami"]);
+    assert_ne!(code, 0, "a revoked token: {err}");
+
+    // Revoking the grant.
+    let (code, out, err) = run(&alice, &["access", "revoke", &bobs["id"].to_string()]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (_, out, _) = run(&alice, &["access", "list", "--output", "json"]);
+    assert!(!out.contains("user:bob"), "{out}");
+
+    // Policy: none yet; an invalid one refused with its diagnostics; a valid one applied.
+    let (code, out, _) = run(&alice, &["policy", "show", "--output", "json"]);
+    assert_eq!(code, 0);
+    assert_eq!(json(&out)["current"], Value::Null, "{out}");
+    let bad = cwd.path().join("bad.yaml");
+    std::fs::write(&bad, "apiVersion: slipway/v1\nkind: Policy\nenvironments:\n  prod: { approvals: { required: many } }\n").unwrap();
+    let (code, out, err) = run(
+        &alice,
+        &["policy", "apply", "-f", &bad.display().to_string()],
+    );
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(err.contains("nothing was applied"), "{err}");
+    let good = cwd.path().join("policy.yaml");
+    let text = "apiVersion: slipway/v1\nkind: Policy\nenvironments:\n  prod:\n    production: true\n    approvals: { required: 2, four_eyes: true }\n";
+    std::fs::write(&good, text).unwrap();
+    let (code, out, err) = run(
+        &alice,
+        &[
+            "policy",
+            "apply",
+            "-f",
+            &good.display().to_string(),
+            "--output",
+            "json",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(json(&out)["version"], 1, "{out}");
+    let (code, out, _) = run(&alice, &["policy", "show"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("policy v1") && out.contains("four_eyes: true"),
+        "{out}"
+    );
+    // The change is the store's: the embedded mode on the server's store sees it.
+    let local = people.ok("alice", &["policy", "show", "--output", "json"]);
+    assert_eq!(json(&local)["current"]["version"], 1, "{local}");
+}
