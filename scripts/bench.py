@@ -144,6 +144,11 @@ BENCHES = {
         ["slipway-cli"],
         "cargo test -q -p slipway-cli --test runner readiness_gate_bench -- --ignored --nocapture",
     ),
+    "server-api": (
+        "Server API on PostgreSQL: status and approve at 50 clients, runs started/s, takeover after kill -9",
+        ["slipway-cli", "slipway-server"],
+        "crates/slipway-server/benches/api.sh",
+    ),
     "crash": (
         "Crash recovery, long tier (500 SIGKILLs)",
         ["slipway-cli"],
@@ -271,6 +276,8 @@ def parse_extra(name, text):
         start = text.find('{\n  "results"')
         if start >= 0:
             return {"hyperfine": json.loads(text[start:])}
+    if name == "server-api":
+        return parse_server_api(text)
     if name == "crash":
         m = re.findall(r"crash tier: .*", text)
         return {"summary": m}
@@ -291,6 +298,63 @@ def parse_extra(name, text):
             "bytes_per_entry": built,
         }
     return {}
+
+
+def wrk_ms(v):
+    """A wrk duration (`812.00us`, `8.01ms`, `1.20s`) in milliseconds."""
+    m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", v)
+    if not m:
+        return None
+    return float(m.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}[m.group(2)]
+
+
+def parse_server_api(text):
+    """The wrk runs (one per `== METHOD route, N clients` header) and the takeover times."""
+    wrk = []
+    for part in re.split(r"^== ", text, flags=re.M)[1:]:
+        head = part.splitlines()[0]
+        m = re.match(r"(GET|POST) (\S+), (\d+) clients", head)
+        if not m:
+            continue
+        pct = dict(re.findall(r"^\s+(50|75|90|99)%\s+(\S+)$", part, re.M))
+        reqs = re.search(r"(\d+) requests in ([\d.]+\w+)", part)
+        non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", part)
+        errors = re.search(r"Socket errors: (.*)", part)
+        rps = re.search(r"Requests/sec:\s+([\d.]+)", part)
+        wrk.append({
+            "route": f"{m.group(1)} {m.group(2)}",
+            "clients": int(m.group(3)),
+            "p50_ms": wrk_ms(pct.get("50", "")),
+            "p90_ms": wrk_ms(pct.get("90", "")),
+            "p99_ms": wrk_ms(pct.get("99", "")),
+            "requests": int(reqs.group(1)) if reqs else None,
+            "non_2xx": int(non2xx.group(1)) if non2xx else 0,
+            "socket_errors": errors.group(1) if errors else None,
+            "requests_per_s": float(rps.group(1)) if rps else None,
+        })
+    takeover = [int(x) for x in re.findall(r"takeover after kill -9: (\d+) ms", text)]
+    return {"wrk": wrk, "takeover_ms": takeover}
+
+
+def render_server_api(r):
+    out = []
+    for t in r["tables"]:
+        out.append("Runs started through `POST /api/v1/runs` (planned, journaled, stopped at their approvals gate):")
+        out.append(md_table(t["columns"], t["rows"]))
+    rows = [[f"`{w['route']}`", w["clients"], f"{w['requests']:,}" if w["requests"] else "?",
+             w["non_2xx"], f"{w['requests_per_s']:,.0f}" if w["requests_per_s"] else "?",
+             f"**{w['p50_ms']:.1f} ms**" if w["p50_ms"] is not None else "?",
+             f"{w['p90_ms']:.1f} ms" if w["p90_ms"] is not None else "?",
+             f"**{w['p99_ms']:.1f} ms**" if w["p99_ms"] is not None else "?"]
+            for w in r["extra"].get("wrk", [])]
+    if rows:
+        out.append(md_table(["route", "clients", "requests", "non-2xx", "req/s", "p50", "p90", "p99"], rows))
+    t = r["extra"].get("takeover_ms", [])
+    if t:
+        out.append(f"Takeover after kill -9 (the other server drives the canary; lease claim freed by the "
+                   f"dead process, `--takeover-interval 200ms`): {', '.join(f'{x} ms' for x in t)}"
+                   f" (median {median(t):.0f} ms).")
+    return "\n\n".join(out)
 
 
 def run(name):
@@ -454,6 +518,7 @@ RENDER = {
     "durable": render_durable,
     "store": render_store,
     "crash": render_crash,
+    "server-api": render_server_api,
 }
 
 
