@@ -1146,6 +1146,11 @@ fn service(cx: &mut Cx<'_>, spec: &ReleaseSpec, name: &str, s: &Service, names: 
         }
     }
     for (i, d) in s.depends_on.iter().enumerate() {
+        // A map lookup first: `reference` searches the list (for its "did you mean"), which
+        // was a fifth of validating 2,000 services with 10,000 edges (issue 20 part 5).
+        if d != name && spec.services.contains_key(d) {
+            continue;
+        }
         let p = format!("{}/{i}", at("depends_on"));
         if d == name {
             cx.err_value(
@@ -1159,6 +1164,9 @@ fn service(cx: &mut Cx<'_>, spec: &ReleaseSpec, name: &str, s: &Service, names: 
         }
     }
     for (i, d) in s.coupled_with.iter().enumerate() {
+        if d != name && spec.services.contains_key(d) {
+            continue;
+        }
         let p = format!("{}/{i}", at("coupled_with"));
         if d == name {
             cx.err_value(
