@@ -11,6 +11,7 @@
 //! `demo-app` is this very binary (`slipway demo-app`, hidden): a tiny wrapper script on
 //! the instances' PATH points at it, so the demo needs no other program.
 
+use slipway_model::progress::Progress;
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -871,68 +872,16 @@ fn describe(ev: &ServiceEvent, color: bool) -> Option<String> {
         }
     };
     let s = &ev.service;
+    // The shared text of every progress line (`Progress::describe`), with the outcomes a
+    // newcomer watches for painted.
+    let text = Progress::Rollout(ev.event.clone()).describe();
     Some(match &ev.event {
-        RolloutEvent::CanaryStarted { instances } => format!(
-            "  {s}: canary {} started on {}",
-            instances.first().map(|i| i.version.as_str()).unwrap_or("?"),
-            instances
-                .iter()
-                .map(|i| i.addr.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-        RolloutEvent::CanaryResumed { step, weight, .. } => {
-            format!("  {s}: canary continues at step {step}, weight {weight}%")
-        }
-        RolloutEvent::WeightSet { weight, .. } => format!("  {s}: canary weight → {weight}%"),
-        RolloutEvent::Measured {
-            measurement,
-            phase,
-            window,
-            ..
-        } => {
-            let verdicts: Vec<String> = measurement
-                .results
-                .iter()
-                .map(|r| format!("{} {:?}", r.metric, r.phase))
-                .collect();
-            format!(
-                "  {s}: analysis {:?} ({} canary / {} stable requests): {}",
-                phase,
-                window.canary_requests,
-                window.stable_requests,
-                verdicts.join(", ")
-            )
-        }
-        RolloutEvent::RollingBack { reason } => {
-            format!("  {s}: {} {reason}", paint("ROLLING BACK:", false))
-        }
-        RolloutEvent::StableConfirmed { instances } => {
-            format!(
-                "  {s}: stable confirmed ready ({instances} instances) before moving traffic back"
-            )
-        }
-        RolloutEvent::CanaryDrained { in_flight } => {
-            format!("  {s}: canary drained ({in_flight} in flight)")
-        }
+        RolloutEvent::RollingBack { .. } => format!("  {s}: {}", paint(&text, false)),
         RolloutEvent::RolledBack { .. } => {
             format!("  {s}: {}", paint("rolled back; canary stopped", false))
         }
-        RolloutEvent::Promoted { version } => {
-            format!("  {s}: {}", paint(&format!("{version} promoted"), true))
-        }
-        RolloutEvent::Paused { reason } => format!("  {s}: paused: {reason}"),
-        RolloutEvent::SoakStarted { seconds, .. } => {
-            format!("  {s}: soaking {seconds}s at full weight")
-        }
-        RolloutEvent::SoakPassed { seconds } => format!("  {s}: soaked {seconds}s, healthy"),
-        RolloutEvent::HealthFailed { detail } => format!("  {s}: health probe failed: {detail}"),
-        RolloutEvent::PreTrafficChecked { passed, detail } => {
-            format!(
-                "  {s}: smoke {} before traffic: {detail}",
-                if *passed { "ok" } else { "FAILED" }
-            )
-        }
+        RolloutEvent::Promoted { .. } => format!("  {s}: {}", paint(&text, true)),
         RolloutEvent::StepStarted { .. } | RolloutEvent::Intervened { .. } => return None,
+        _ => format!("  {s}: {text}"),
     })
 }

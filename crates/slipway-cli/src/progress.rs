@@ -3,6 +3,7 @@
 //! `--output json`), and [`event_line`], the one text form of a journal entry that
 //! `deploy`, `resume` and `logs` share.
 
+use slipway_model::progress::Progress;
 use std::collections::HashMap;
 use std::io::IsTerminal;
 
@@ -128,81 +129,7 @@ pub fn event_line(n: &Notice, out: &Output) -> Option<String> {
             slipway_engine::checks::phase_name(*phase)
         ),
         EngineEvent::StepProgress { step, detail, .. } => {
-            let kind = detail
-                .get("event")
-                .and_then(|v| v.as_str())
-                .unwrap_or("progress");
-            let what = match kind {
-                "weight_set" => format!("canary weight {}%", detail["weight"]),
-                "measured" => format!(
-                    "analysis {}: {}",
-                    detail["phase"].as_str().unwrap_or("?"),
-                    detail["measurement"]["results"]
-                        .as_array()
-                        .map(|r| r
-                            .iter()
-                            .map(|m| m["detail"].as_str().unwrap_or_default().to_owned())
-                            .collect::<Vec<_>>()
-                            .join("; "))
-                        .unwrap_or_default()
-                ),
-                "rolling_back" | "rolled_back" | "paused" | "step_paused" => {
-                    format!("{kind}: {}", detail["reason"].as_str().unwrap_or_default())
-                }
-                "step_started" => format!(
-                    "canary step {}: {}",
-                    detail["index"],
-                    detail["step"].as_str().unwrap_or_default()
-                ),
-                "promoted" => format!(
-                    "promoted {}",
-                    detail["version"].as_str().unwrap_or_default()
-                ),
-                "pre_traffic_checked" => format!(
-                    "smoke before traffic {}: {}",
-                    if detail["passed"] == true {
-                        "ok"
-                    } else {
-                        "FAILED"
-                    },
-                    detail["detail"].as_str().unwrap_or_default()
-                ),
-                "canary_started" => format!(
-                    "canary started ({} instances)",
-                    detail["instances"].as_array().map_or(0, Vec::len)
-                ),
-                "canary_resumed" => format!(
-                    "canary continues at step {}, weight {}% ({} instances)",
-                    detail["step"],
-                    detail["weight"],
-                    detail["instances"].as_array().map_or(0, Vec::len)
-                ),
-                "retracted" => detail["detail"].as_str().unwrap_or_default().to_owned(),
-                "replaces" => format!(
-                    "replaces {}",
-                    detail["previous"]
-                        .as_str()
-                        .unwrap_or("nothing (first deploy)")
-                ),
-                "launched" | "relaunched" => format!(
-                    "{kind} {} {}: `{}`",
-                    detail["launch"]["service"].as_str().unwrap_or_default(),
-                    detail["launch"]["version"].as_str().unwrap_or_default(),
-                    detail["launch"]["command"].as_str().unwrap_or_default()
-                ),
-                "ssh_host" => format!(
-                    "{} on {}: {}{}",
-                    detail["phase"].as_str().unwrap_or_default(),
-                    detail["host"].as_str().unwrap_or_default(),
-                    detail["result"].as_str().unwrap_or_default(),
-                    detail["detail"]
-                        .as_str()
-                        .map(|d| format!(" ({d})"))
-                        .unwrap_or_default()
-                ),
-                other => other.replace('_', " "),
-            };
-            format!("    {step}: {what}")
+            format!("    {step}: {}", Progress::of(detail).describe())
         }
         _ => return None,
     };

@@ -3,6 +3,7 @@
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
+use slipway_model::progress::Progress;
 use slipway_model::spec::CheckPhase;
 
 use crate::target::StepOutput;
@@ -436,6 +437,14 @@ impl EngineEvent {
         }
     }
 
+    /// The typed view of a step-progress entry: the step and what it reported.
+    pub fn progress(&self) -> Option<(&str, Progress)> {
+        match self {
+            Self::StepProgress { step, detail, .. } => Some((step, Progress::of(detail))),
+            _ => None,
+        }
+    }
+
     /// The outcome recorded in the audit entry.
     pub fn outcome(&self) -> String {
         match self {
@@ -452,11 +461,7 @@ impl EngineEvent {
             Self::CheckSkipped { .. } => "skipped".into(),
             Self::Governance { action, .. } => action.clone(),
             Self::WaiverApplied { .. } => "waived".into(),
-            Self::StepProgress { detail, .. } => detail
-                .get("event")
-                .and_then(serde_json::Value::as_str)
-                .unwrap_or("progress")
-                .to_owned(),
+            Self::StepProgress { detail, .. } => Progress::of(detail).kind(),
             Self::StepObserved { decision, .. } => match decision {
                 RecoveryDecision::Complete => "complete".into(),
                 RecoveryDecision::Reapply => "reapply".into(),

@@ -11,6 +11,8 @@
 //! - **rollback**: with the reason journaled;
 //! - **analysis**: failed and inconclusive (insufficient data) measurements.
 
+use slipway_model::analysis::Phase;
+use slipway_model::progress::Progress;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
@@ -67,48 +69,8 @@ pub struct Retro {
     pub actions: Vec<String>,
 }
 
-fn str_of<'a>(v: &'a Value, k: &str) -> &'a str {
-    v.get(k).and_then(Value::as_str).unwrap_or("")
-}
-
 fn progress_text(step: &str, d: &Value) -> String {
-    let ev = str_of(d, "event");
-    match ev {
-        "weight_set" => format!(
-            "{step}: canary weight → {}%",
-            d.get("weight").cloned().unwrap_or(Value::Null)
-        ),
-        "measured" => {
-            let m = d.get("measurement").unwrap_or(&Value::Null);
-            let results: Vec<String> = m
-                .get("results")
-                .and_then(Value::as_array)
-                .map(|rs| {
-                    rs.iter()
-                        .map(|r| format!("{} {}", str_of(r, "metric"), str_of(r, "phase")))
-                        .collect()
-                })
-                .unwrap_or_default();
-            format!(
-                "{step}: analysis `{}` {}: {}",
-                str_of(d, "template"),
-                str_of(m, "phase"),
-                results.join(", ")
-            )
-        }
-        "canary_started" => format!(
-            "{step}: canary started ({} instances)",
-            d.get("instances")
-                .and_then(Value::as_array)
-                .map_or(0, Vec::len)
-        ),
-        "step_started" => format!("{step}: strategy step {}", str_of(d, "step")),
-        "rolling_back" | "rolled_back" => {
-            format!("{step}: {} — {}", ev.replace('_', " "), str_of(d, "reason"))
-        }
-        "promoted" => format!("{step}: {} promoted", str_of(d, "version")),
-        other => format!("{step}: {}", other.replace('_', " ")),
-    }
+    format!("{step}: {}", Progress::of(d).describe())
 }
 
 fn describe(e: &EngineEvent) -> String {
@@ -275,17 +237,18 @@ pub fn build(run: &RunHistory) -> Retro {
                     "Fix the undo of {step} and rehearse it: a rollback left it in place"
                 ));
             }
-            EngineEvent::StepProgress { detail, .. } if str_of(detail, "event") == "measured" => {
-                let phase = detail
-                    .get("measurement")
-                    .map(|m| str_of(m, "phase").to_owned())
-                    .unwrap_or_default();
-                if phase == "inconclusive" && inconclusive_detail.is_none() {
-                    inconclusive_detail = detail
-                        .pointer("/measurement/results/0/detail")
-                        .and_then(Value::as_str)
-                        .map(str::to_owned);
+            EngineEvent::StepProgress { detail, .. } => {
+                let progress = Progress::of(detail);
+                let Some((_, m, _)) = progress.measured() else {
+                    continue;
+                };
+                if m.phase == Phase::Inconclusive && inconclusive_detail.is_none() {
+                    inconclusive_detail = m.results.first().map(|r| r.detail.clone());
                 }
+                let phase = serde_json::to_value(m.phase)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default();
                 *measurements.entry(phase).or_default() += 1;
             }
             _ => {}

@@ -14,6 +14,7 @@ pub mod exit;
 pub mod metric_query;
 pub mod plan;
 pub mod policy;
+pub mod progress;
 pub mod promotion;
 pub mod readiness;
 pub mod recovery;

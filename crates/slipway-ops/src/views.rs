@@ -1,12 +1,13 @@
 //! Typed views of runs for the front ends: one run with everything `status` shows, the
 //! history, and a run's journal (followed live until the run ends).
 
+use slipway_model::progress::{Progress, StepEvent};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::json;
-use slipway_engine::event::{EngineEvent, Notice};
+use slipway_engine::event::Notice;
 use slipway_engine::store::{RunRecord, StepRecord};
 use slipway_engine::{StepStatus, Store};
 use slipway_govern::access::Role;
@@ -138,14 +139,17 @@ pub fn service_versions(
             })
             .or_else(|| svc.version.clone())
             .unwrap_or_else(|| plan.release.version.clone());
-        let replaced = journal.iter().rev().find_map(|n| match &n.event {
-            EngineEvent::StepProgress { step, detail, .. }
-                if detail["event"] == "replaces" && decisive.iter().any(|s| &s.id == step) =>
-            {
-                Some(detail["previous"].as_str().map(str::to_owned))
-            }
-            _ => None,
-        });
+        let replaced = journal
+            .iter()
+            .rev()
+            .find_map(|n| match n.event.progress()? {
+                (step, Progress::Step(StepEvent::Replaces { previous, .. }))
+                    if decisive.iter().any(|s| s.id == step) =>
+                {
+                    Some(previous)
+                }
+                _ => None,
+            });
         let previous = replaced.unwrap_or_else(|| {
             before
                 .get(service)
@@ -335,14 +339,11 @@ pub async fn journal(
 pub fn ssh_hosts(journal: &[Notice]) -> Vec<serde_json::Value> {
     journal
         .iter()
-        .filter_map(|n| match &n.event {
-            EngineEvent::StepProgress { step, detail, .. }
-                if detail.get("event").and_then(|e| e.as_str()) == Some("ssh_host") =>
-            {
-                let mut d = detail.clone();
+        .filter_map(|n| match n.event.progress()? {
+            (step, Progress::Step(StepEvent::SshHost(h))) => {
+                let mut d = serde_json::to_value(h).ok()?;
                 if let Some(m) = d.as_object_mut() {
-                    m.remove("event");
-                    m.insert("step".into(), serde_json::Value::from(step.as_str()));
+                    m.insert("step".into(), serde_json::Value::from(step));
                 }
                 Some(d)
             }
@@ -375,20 +376,17 @@ pub fn ssh_failed_hosts(journal: &[Notice]) -> Vec<String> {
 pub fn analysis_summary(journal: &[Notice]) -> Vec<serde_json::Value> {
     let mut by_key: Vec<(String, String, serde_json::Value)> = Vec::new();
     for n in journal {
-        let EngineEvent::StepProgress { step, detail, .. } = &n.event else {
+        let Some((step, progress)) = n.event.progress() else {
             continue;
         };
-        if detail.get("event").and_then(|e| e.as_str()) != Some("measured") {
+        let Some((template, measurement, after)) = progress.measured() else {
             continue;
-        }
-        let template = detail["template"].as_str().unwrap_or_default().to_owned();
-        let phase = detail["measurement"]["phase"]
-            .as_str()
-            .unwrap_or("?")
-            .to_owned();
+        };
+        let (step, template) = (step.to_owned(), template.to_owned());
+        let phase = json!(measurement.phase).as_str().unwrap_or("?").to_owned();
         let at = match by_key
             .iter()
-            .position(|(s, t, _)| s == step && *t == template)
+            .position(|(s, t, _)| *s == step && *t == template)
         {
             Some(i) => i,
             None => {
@@ -404,8 +402,8 @@ pub fn analysis_summary(journal: &[Notice]) -> Vec<serde_json::Value> {
         entry["measurements"] = json!(entry["measurements"].as_u64().unwrap_or(0) + 1);
         let count = entry["by_phase"][&phase].as_u64().unwrap_or(0) + 1;
         entry["by_phase"][&phase] = json!(count);
-        entry["phase"] = detail["phase"].clone();
-        entry["last"] = detail["measurement"]["results"].clone();
+        entry["phase"] = json!(after);
+        entry["last"] = json!(measurement.results);
     }
     by_key.into_iter().map(|(_, _, v)| v).collect()
 }
@@ -415,18 +413,13 @@ pub fn analysis_summary(journal: &[Notice]) -> Vec<serde_json::Value> {
 pub fn rendered_config(journal: &[Notice]) -> Vec<serde_json::Value> {
     let mut by_path = BTreeMap::new();
     for n in journal {
-        if let EngineEvent::StepProgress { step, detail, .. } = &n.event
-            && detail.get("event").and_then(|e| e.as_str()) == Some("config_rendered")
+        if let Some((step, Progress::Step(StepEvent::ConfigRendered { files, .. }))) =
+            n.event.progress()
         {
-            for f in detail
-                .get("files")
-                .and_then(|f| f.as_array())
-                .into_iter()
-                .flatten()
-            {
+            for f in files {
                 let mut f = f.clone();
                 if let Some(m) = f.as_object_mut() {
-                    m.insert("step".into(), serde_json::Value::from(step.as_str()));
+                    m.insert("step".into(), serde_json::Value::from(step));
                 }
                 let path = f
                     .get("path")

@@ -28,6 +28,9 @@ use slipway_model::analysis::{
 };
 use slipway_model::duration::parse_duration;
 pub use slipway_model::metric_query::QueryVars;
+// The journal's vocabulary of a canary lives in the model, where the engine's typed step
+// progress (and every reader of the journal) can name it.
+pub use slipway_model::progress::{Instance, Intervention, RolloutEvent, WindowSummary};
 use slipway_model::spec::{AnalysisStep, AnalysisTemplate, CanaryStep, Metric, OnFailure};
 
 /// A boxed, sendable future.
@@ -41,23 +44,6 @@ pub enum Role {
     Stable,
     /// The candidate.
     Canary,
-}
-
-/// One running instance of a service version.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Instance {
-    /// Stable id, e.g. `api-2.4.0-0`.
-    pub id: String,
-    /// Service.
-    pub service: String,
-    /// Version it runs.
-    pub version: String,
-    /// Where it listens.
-    pub addr: SocketAddr,
-    /// OS process id (or another target-specific handle).
-    pub pid: u32,
-    /// Where its logs are kept.
-    pub log_path: Option<String>,
 }
 
 /// Why the world refused.
@@ -154,20 +140,6 @@ pub struct Asked {
     pub reading: Reading,
 }
 
-/// Human intervention, polled between ticks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Intervention {
-    /// Continue a paused canary.
-    Resume,
-    /// Skip the remaining steps and go to 100%.
-    Promote,
-    /// Roll back now.
-    Rollback,
-    /// Stop at the current weight and wait.
-    Pause,
-}
-
 /// Where interventions come from (the store's control table, a channel, ...).
 pub trait Interventions: Send + Sync {
     /// The pending intervention, if any (consumed).
@@ -191,144 +163,16 @@ pub trait PreTraffic: Send + Sync {
     fn check<'a>(&'a self, candidate: &'a [Instance]) -> BoxFuture<'a, Result<String, String>>;
 }
 
-/// What the controller did, in order, for the journal and the live view.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "event", rename_all = "snake_case")]
-pub enum RolloutEvent {
-    /// Canary instances started and ready.
-    CanaryStarted {
-        /// Instances.
-        instances: Vec<Instance>,
-    },
-    /// A canary left running by an earlier driver is continued: from this step, at this
-    /// weight (an analysis there starts fresh).
-    CanaryResumed {
-        /// Its instances.
-        instances: Vec<Instance>,
-        /// The step it continues at (0-based).
-        step: usize,
-        /// The weight it serves at.
-        weight: u8,
-    },
-    /// The pre-traffic (smoke) checks ran against the isolated candidate.
-    PreTrafficChecked {
-        /// Whether they passed; a failure rolls back before any traffic.
-        passed: bool,
-        /// What was checked and measured.
-        detail: String,
-    },
-    /// Every canary step is done: the candidate stays at full weight (the stable pool
-    /// still running, at weight 0) with health probes and the background analysis running
-    /// this long before it is promoted (the plan's `soak` gate).
-    SoakStarted {
-        /// One past the last canary step (where a resumed canary continues: the soak).
-        index: usize,
-        /// Seconds still to soak.
-        seconds: u64,
-    },
-    /// The soak ended healthy.
-    SoakPassed {
-        /// Seconds soaked by this driver.
-        seconds: u64,
-    },
-    /// A health probe of the candidate failed: an analysis failure during the canary, a
-    /// rollback trigger during the soak.
-    HealthFailed {
-        /// What failed.
-        detail: String,
-    },
-    /// A canary step began.
-    StepStarted {
-        /// 0-based.
-        index: usize,
-        /// Human description.
-        step: String,
-    },
-    /// The canary weight changed (verified where the router can tell).
-    WeightSet {
-        /// Percent to the canary.
-        weight: u8,
-        /// What the router reports back.
-        verified: Option<u8>,
-    },
-    /// One analysis measurement with its verdicts.
-    Measured {
-        /// Template.
-        template: String,
-        /// Traffic in the window.
-        window: WindowSummary,
-        /// The verdicts.
-        measurement: Measurement,
-        /// Analysis phase after it.
-        phase: Phase,
-    },
-    /// The canary is paused.
-    Paused {
-        /// Why.
-        reason: String,
-    },
-    /// A human intervened.
-    Intervened {
-        /// What.
-        intervention: Intervention,
-    },
-    /// Rolling back.
-    RollingBack {
-        /// Why.
-        reason: String,
-    },
-    /// Stable confirmed ready before traffic moves back.
-    StableConfirmed {
-        /// Instances checked.
-        instances: usize,
-    },
-    /// The canary drained.
-    CanaryDrained {
-        /// Requests still in flight when we stopped waiting (0 when fully drained).
-        in_flight: u64,
-    },
-    /// The canary is the new stable.
-    Promoted {
-        /// The version now serving.
-        version: String,
-    },
-    /// Back on stable.
-    RolledBack {
-        /// Why.
-        reason: String,
-    },
-}
-
-/// Traffic numbers of a window, for display.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct WindowSummary {
-    /// Canary requests.
-    pub canary_requests: u64,
-    /// Canary errors.
-    pub canary_errors: u64,
-    /// Canary p99, ms.
-    pub canary_p99_ms: Option<f64>,
-    /// Stable requests.
-    pub stable_requests: u64,
-    /// Stable errors.
-    pub stable_errors: u64,
-    /// Stable p99, ms.
-    pub stable_p99_ms: Option<f64>,
-    /// Window length, s.
-    pub seconds: f64,
-}
-
-impl WindowSummary {
-    fn of(w: &Window) -> Self {
-        Self {
-            canary_requests: w.canary.requests,
-            canary_errors: w.canary.errors,
-            canary_p99_ms: w.canary.p99_ms,
-            stable_requests: w.stable.requests,
-            stable_errors: w.stable.errors,
-            stable_p99_ms: w.stable.p99_ms,
-            seconds: w.canary.seconds.max(w.stable.seconds),
-        }
+/// The traffic numbers of a window, as the journal keeps them.
+fn window_summary(w: &Window) -> WindowSummary {
+    WindowSummary {
+        canary_requests: w.canary.requests,
+        canary_errors: w.canary.errors,
+        canary_p99_ms: w.canary.p99_ms,
+        stable_requests: w.stable.requests,
+        stable_errors: w.stable.errors,
+        stable_p99_ms: w.stable.p99_ms,
+        seconds: w.canary.seconds.max(w.stable.seconds),
     }
 }
 
@@ -541,7 +385,7 @@ async fn measure_judge(
     };
     emit(RolloutEvent::Measured {
         template: j.name.clone(),
-        window: WindowSummary::of(w),
+        window: window_summary(w),
         measurement: m.clone(),
         phase,
     });
