@@ -132,7 +132,10 @@ pub fn plan(a: PlanArgs, out: &Output) -> Result<i32, CliError> {
         },
     };
     let p = crate::cli_util::planned_with(&file, &env, store.as_deref(), &options, out)?.plan;
-    let blocked = p.findings.iter().any(|f| f.severity == "error");
+    let blocked = p
+        .findings
+        .iter()
+        .any(|f| f.severity == slipway_model::plan::FindingSeverity::Error);
     if out.json() {
         out.json_value(&p);
     } else {
@@ -479,10 +482,10 @@ pub fn render_plan(p: &Plan, out: &Output) -> String {
     if !p.findings.is_empty() {
         let _ = writeln!(s, "\n{}", b("Findings"));
         for f in &p.findings {
-            let sev = match f.severity.as_str() {
-                "error" => out.paint("error", Style::Bad),
-                "info" => out.paint("info", Style::Dim),
-                _ => out.paint("warning", Style::Warn),
+            let sev = match f.severity {
+                slipway_model::plan::FindingSeverity::Error => out.paint("error", Style::Bad),
+                slipway_model::plan::FindingSeverity::Info => out.paint("info", Style::Dim),
+                slipway_model::plan::FindingSeverity::Warning => out.paint("warning", Style::Warn),
             };
             let _ = writeln!(s, "  {sev} [{}] {}", f.code, f.message);
         }

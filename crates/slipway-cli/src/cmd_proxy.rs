@@ -149,7 +149,7 @@ async fn store_runs(arg: &StoreArg) -> Result<(PathBuf, Vec<RunRecord>), CliErro
 fn plan_of(run: &RunRecord) -> Option<Plan> {
     serde_json::from_str::<Plan>(&run.plan_json)
         .ok()
-        .filter(|p| p.target == "process")
+        .filter(|p| p.target == slipway_model::spec::TargetKind::Process)
 }
 
 /// Every directory proxies of `env` (or any environment) may be recorded in: the default

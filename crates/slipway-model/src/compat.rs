@@ -96,7 +96,7 @@ pub fn apply(
         match spec.waivers.iter().find(|w| w.finding == f.id) {
             Some(w) => {
                 findings.push(Finding {
-                    severity: "info".into(),
+                    severity: crate::plan::FindingSeverity::Info,
                     code: if f.kind == "lock" {
                         "migration-lock-waived"
                     } else {
@@ -119,7 +119,11 @@ pub fn apply(
             // rollout or another approver does not shorten the lock. It blocks production
             // plans and warns elsewhere, where a blocked table costs little.
             None if f.kind == "lock" => findings.push(Finding {
-                severity: if env.production { "error" } else { "warning" }.into(),
+                severity: if env.production {
+                    crate::plan::FindingSeverity::Error
+                } else {
+                    crate::plan::FindingSeverity::Warning
+                },
                 code: "migration-lock".into(),
                 message: format!(
                     "`{}`: {}{}",
@@ -134,7 +138,7 @@ pub fn apply(
             }),
             None => {
                 findings.push(Finding {
-                    severity: "warning".into(),
+                    severity: crate::plan::FindingSeverity::Warning,
                     code: "backward-incompatible".into(),
                     message: format!("`{}`: {}", f.id, f.message),
                 });
@@ -148,7 +152,7 @@ pub fn apply(
         for w in &spec.waivers {
             if !facts.compat.iter().any(|f| f.id == w.finding) {
                 findings.push(Finding {
-                    severity: "warning".into(),
+                    severity: crate::plan::FindingSeverity::Warning,
                     code: "waiver-unused".into(),
                     message: format!(
                         "the waiver for `{}` matches no finding of this plan; remove it (the ids found are listed as backward-incompatible findings)",
@@ -167,7 +171,7 @@ pub fn apply(
     let phased = is_phased(strategy);
     if !phased {
         findings.push(Finding {
-            severity: "error".into(),
+            severity: crate::plan::FindingSeverity::Error,
             code: "compat-requires-phased".into(),
             message: format!(
                 "breaking compatibility findings ({ids}) need a phased rollout in environments.{env_name}, so old and new versions run side by side under control instead of all at once; set `strategy: {{ rolling: {{ batch_size: 1 }} }}` or a canary for environments.{env_name} (or the release), or waive each finding under `waivers:` with a reason and who decided"

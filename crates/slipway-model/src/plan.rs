@@ -97,10 +97,10 @@ pub struct Plan {
     pub environment: String,
     /// Whether it is a production environment.
     pub production: bool,
-    /// The target kind (`exec`, `process`, `ssh`).
-    pub target: String,
-    /// The strategy in force here (`big_bang`, `rolling`, `canary`).
-    pub strategy_kind: String,
+    /// The target kind.
+    pub target: crate::spec::TargetKind,
+    /// The strategy in force here.
+    pub strategy_kind: crate::spec::StrategyKind,
     /// Dependency-ordered waves.
     pub waves: Vec<Wave>,
     /// Every step, in execution order.
@@ -422,11 +422,40 @@ fn signature_keys(gates: &[Gate]) -> Option<&[String]> {
     })
 }
 
+/// How much a plan finding matters. Serialised as `error`, `warning`, `info`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FindingSeverity {
+    /// Blocks the deploy.
+    Error,
+    /// Worth a look; does not block.
+    Warning,
+    /// For the record.
+    Info,
+}
+
+impl FindingSeverity {
+    /// The serialised name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Error => "error",
+            Self::Warning => "warning",
+            Self::Info => "info",
+        }
+    }
+}
+
+impl std::fmt::Display for FindingSeverity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A problem found while planning.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Finding {
-    /// `error` blocks the deploy; `warning` does not.
-    pub severity: String,
+    /// `error` blocks the deploy; `warning` and `info` do not.
+    pub severity: FindingSeverity,
     /// Stable code.
     pub code: String,
     /// What is wrong and what to do.
@@ -471,7 +500,7 @@ fn render_step(
                     RenderError::Secret(names) => secret_advice(&names, vars, env_name),
                 };
                 findings.push(Finding {
-                    severity: "error".into(),
+                    severity: FindingSeverity::Error,
                     code: "step-placeholder".into(),
                     message: format!("services.{service}.steps[{index}].{field}: {why}"),
                 });
@@ -549,7 +578,7 @@ fn tag_at_head(
         })
     {
         return vec![Finding {
-            severity: "info".into(),
+            severity: FindingSeverity::Info,
             code: "tag-artifacts".into(),
             message: format!(
                 "every artifact records it was built from {} (tag {tag}), so what is deployed is the tag's even though the checkout is not",
@@ -564,7 +593,7 @@ fn tag_at_head(
             None => "not a descendant of".to_owned(),
         };
         out.push(Finding {
-            severity: "error".into(),
+            severity: FindingSeverity::Error,
             code: "tag-not-head".into(),
             message: format!(
                 "HEAD is {} ({distance} tag {tag} at {}): the plan would deploy what is checked out, not what was tagged. Check out the tag (git checkout {tag}), or move the tag to this commit if it is the release",
@@ -576,7 +605,7 @@ fn tag_at_head(
     if !g.uncommitted.is_empty() {
         let shown: Vec<&str> = g.uncommitted.iter().take(5).map(String::as_str).collect();
         out.push(Finding {
-            severity: "error".into(),
+            severity: FindingSeverity::Error,
             code: "tree-dirty".into(),
             message: format!(
                 "{} uncommitted change{} ({}{}): tag {tag} does not contain what would be deployed. Commit and tag them, or stash them",
@@ -675,7 +704,7 @@ pub fn plan(spec: &ReleaseSpec, env_name: &str, facts: &Facts) -> Result<Plan, S
     let mut findings = Vec::new();
     if let (Some(tag), None) = (&release.tag, &facts.git_tags) {
         findings.push(Finding {
-            severity: "warning".into(),
+            severity: FindingSeverity::Warning,
             code: "tag-unchecked".into(),
             message: format!(
                 "the spec is not in a git repository, so tag `{tag}` could not be checked"
@@ -686,7 +715,7 @@ pub fn plan(spec: &ReleaseSpec, env_name: &str, facts: &Facts) -> Result<Plan, S
         && !tags.iter().any(|t| t == tag)
     {
         findings.push(Finding {
-                severity: "error".into(),
+                severity: FindingSeverity::Error,
                 code: "tag-missing".into(),
                 message: format!(
                     "git tag `{tag}` (from metadata.tag `{}`) does not exist; tag the release commit: git tag {tag}",
@@ -731,7 +760,9 @@ pub fn plan(spec: &ReleaseSpec, env_name: &str, facts: &Facts) -> Result<Plan, S
     // and probes run against instances, both only on the process target, for services it
     // runs (`run:`). Elsewhere the gate is left out of the plan, and a probe is said to be
     // unenforced, rather than shown and not kept.
-    let runs = |s: &crate::spec::Service| env.target.kind() == "process" && s.run.is_some();
+    let runs = |s: &crate::spec::Service| {
+        env.target.kind() == crate::spec::TargetKind::Process && s.run.is_some()
+    };
     if !spec.services.values().any(runs)
         && let Some(i) = gates
             .iter()
@@ -739,7 +770,7 @@ pub fn plan(spec: &ReleaseSpec, env_name: &str, facts: &Facts) -> Result<Plan, S
     {
         let g = gates.remove(i);
         findings.push(Finding {
-            severity: "warning".into(),
+            severity: FindingSeverity::Warning,
             code: "soak-not-enforced".into(),
             message: format!(
                 "{} asks for a soak, but only the process target holds a release at full weight with its probes and analysis running; this plan has no service it runs, so the soak is not part of the plan: watch the release by hand for that long",
@@ -764,7 +795,7 @@ pub fn plan(spec: &ReleaseSpec, env_name: &str, facts: &Facts) -> Result<Plan, S
         }
         if !runs(s) && (s.health.is_some() || s.readiness.is_some()) {
             findings.push(Finding {
-                severity: "warning".into(),
+                severity: FindingSeverity::Warning,
                 code: "probe-not-enforced".into(),
                 message: format!(
                     "services.{name} declares a health or readiness probe, but probes run only against instances the process target runs (`run:`); on the {} target it is not evaluated: check the service in a step (e.g. a last step `run: <your probe>`)",
@@ -799,8 +830,8 @@ pub fn plan(spec: &ReleaseSpec, env_name: &str, facts: &Facts) -> Result<Plan, S
         release,
         environment: env_name.to_owned(),
         production: env.production,
-        target: env.target.kind().to_owned(),
-        strategy_kind: strategy.kind().to_owned(),
+        target: env.target.kind(),
+        strategy_kind: strategy.kind(),
         waves,
         steps: Vec::new(),
         gates,
@@ -905,7 +936,7 @@ fn apply_policy(
     {
         if spec.metadata.change.is_none() {
             findings.push(Finding {
-                severity: "error".into(),
+                severity: FindingSeverity::Error,
                 code: "change-record-missing".into(),
                 message: format!(
                     "a change-board record is required ({}); set metadata.change to the record id, e.g. CHG-1234",
@@ -922,14 +953,14 @@ fn apply_policy(
     }
     for (code, message) in &t.violations {
         findings.push(Finding {
-            severity: "error".into(),
+            severity: FindingSeverity::Error,
             code: code.clone(),
             message: message.clone(),
         });
     }
     for (code, message) in &t.warnings {
         findings.push(Finding {
-            severity: "warning".into(),
+            severity: FindingSeverity::Warning,
             code: code.clone(),
             message: message.clone(),
         });
@@ -1300,7 +1331,7 @@ fn gates(
             };
             if spec.metadata.change.is_none() {
                 findings.push(Finding {
-                    severity: "error".into(),
+                    severity: FindingSeverity::Error,
                     code: "change-record-missing".into(),
                     message: format!(
                         "a change-board record is required ({source}); set metadata.change to the record id, e.g. CHG-1234"
@@ -1317,7 +1348,7 @@ fn gates(
         if rule.canary.0 {
             if strategy.canary.is_none() {
                 findings.push(Finding {
-                    severity: "error".into(),
+                    severity: FindingSeverity::Error,
                     code: "canary-required".into(),
                     message: format!(
                         "{t} releases need a canary strategy in production ({}); add strategy.canary to environments.{env_name}",
@@ -1353,7 +1384,7 @@ fn gates(
             .unwrap_or_default();
         if keys.is_empty() {
             findings.push(Finding {
-                severity: "error".into(),
+                severity: FindingSeverity::Error,
                 code: "signature-keys-missing".into(),
                 message: format!(
                     "signatures are required ({}) but environments.{env_name}.signature.keys lists no trusted key",
@@ -1374,7 +1405,7 @@ fn gates(
     if !env.windows.is_empty() {
         if env.production && rule.bypass_windows {
             findings.push(Finding {
-                severity: "warning".into(),
+                severity: FindingSeverity::Warning,
                 code: "windows-bypassed".into(),
                 message: format!(
                     "{t} releases may deploy outside environments.{env_name}.windows (emergency change); a post-review is required instead"
@@ -1401,7 +1432,7 @@ fn gates(
     if let Some(c) = &env.change {
         if spec.metadata.change.is_none() {
             findings.push(Finding {
-                severity: "error".into(),
+                severity: FindingSeverity::Error,
                 code: "change-record-missing".into(),
                 message: format!(
                     "environments.{env_name}.change checks every deploy's change record in {}; set metadata.change to the approved record's id, e.g. CHG0030001",
@@ -1455,7 +1486,7 @@ fn gates(
         for phase in &rule.checks.0 {
             if !by_phase.contains_key(phase) {
                 findings.push(Finding {
-                    severity: "error".into(),
+                    severity: FindingSeverity::Error,
                     code: "checks-missing".into(),
                     message: format!(
                         "{t} releases need {} checks in production ({}); declare one under `checks` with phase: {} and list it in environments.{env_name}.checks",

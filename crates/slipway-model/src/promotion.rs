@@ -123,7 +123,7 @@ pub fn apply_from(plan: &mut Plan, rule: &PromotionRule, ev: &PromotionEvidence,
         (None, _) => {
             let run = ev.newest.as_ref();
             plan.findings.push(Finding {
-                severity: "info".into(),
+                severity: crate::plan::FindingSeverity::Info,
                 code: "promotion".into(),
                 message: format!(
                     "these inputs succeeded in {from}: run {} finished {}{}; inputs {shown_inputs}",
@@ -154,7 +154,7 @@ pub fn apply_from(plan: &mut Plan, rule: &PromotionRule, ev: &PromotionEvidence,
         }
         (Some((code, message)), None) => {
             plan.findings.push(Finding {
-                severity: "error".into(),
+                severity: crate::plan::FindingSeverity::Error,
                 code: (*code).to_owned(),
                 message: format!(
                     "{message}; deploy the same inputs to {from} first, or override with `--override-promotion --reason TEXT` (a second person must approve, and it is audited)"
@@ -173,7 +173,7 @@ pub fn apply_from(plan: &mut Plan, rule: &PromotionRule, ev: &PromotionEvidence,
         }
         (Some((code, message)), Some(reason)) => {
             plan.findings.push(Finding {
-                severity: "warning".into(),
+                severity: crate::plan::FindingSeverity::Warning,
                 code: "promotion-overridden".into(),
                 message: format!("{message}; overridden: {reason}"),
             });

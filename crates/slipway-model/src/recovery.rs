@@ -161,7 +161,7 @@ pub fn dry_run_findings(
         );
         let mut fail = |why: String| {
             out.push(Finding {
-                severity: "error".into(),
+                severity: crate::plan::FindingSeverity::Error,
                 code: "migration-dry-run-required".into(),
                 message: format!(
                     "{source} requires a passed migration dry run no older than {} of the exact migrations of services.{svc}, but {why}; {todo}",
@@ -307,11 +307,14 @@ fn backup_age(b: &BackupPolicy, windows: &[Window], now: Timestamp, out: &mut Ve
     };
     let (severity, consequence) = if b.required {
         (
-            "error",
+            crate::plan::FindingSeverity::Error,
             "backups are required here, so the deploy is blocked",
         )
     } else {
-        ("warning", "a rollback would restore an old backup")
+        (
+            crate::plan::FindingSeverity::Warning,
+            "a rollback would restore an old backup",
+        )
     };
     let Ok(end) = now.checked_add(HORIZON) else {
         return;
@@ -342,7 +345,7 @@ fn backup_age(b: &BackupPolicy, windows: &[Window], now: Timestamp, out: &mut Ve
                 _ => format!("with no scheduled backup before it (`{schedule}` {backup_tz})"),
             };
             out.push(Finding {
-                severity: severity.into(),
+                severity,
                 code: "backup-too-old".into(),
                 message: format!(
                     "deployment window {i} (`{}` {}) opens at {}, {ago}, more than backup.max_age {max_age}; {consequence}. Schedule a backup within {max_age} before the window opens, or move the window",
@@ -376,7 +379,7 @@ fn rehearsal(
     );
     let mut fail = |why: String| {
         out.push(Finding {
-            severity: "error".into(),
+            severity: crate::plan::FindingSeverity::Error,
             code: "rollback-not-rehearsed".into(),
             message: format!(
                 "rollback not rehearsed: `{env_name}` requires a passing rollback rehearsal of {name} {version}, but {why}; {todo}"
@@ -508,7 +511,7 @@ mod tests {
         let s = spec(env(Some(backup("0 2 * * SUN", "12h", true)), false));
         let f = findings(&s, "prod", &facts());
         assert_eq!(f.len(), 1, "{f:?}");
-        assert_eq!(f[0].severity, "error");
+        assert_eq!(f[0].severity, crate::plan::FindingSeverity::Error);
         assert_eq!(f[0].code, "backup-too-old");
         assert!(
             f[0].message.contains("window 0 (`0 9 * * *` UTC)"),
@@ -533,7 +536,7 @@ mod tests {
         let s = spec(env(Some(backup("0 2 * * SUN", "12h", false)), false));
         let f = findings(&s, "prod", &facts());
         assert_eq!(f.len(), 1);
-        assert_eq!(f[0].severity, "warning");
+        assert_eq!(f[0].severity, crate::plan::FindingSeverity::Warning);
     }
 
     fn record(rto_ms: u64, finished: &str) -> RehearsalRecord {
@@ -580,7 +583,7 @@ mod tests {
         let old = f(dry(true, "2025-03-01T12:00:00Z"));
         assert_eq!(old.len(), 1);
         assert_eq!(old[0].code, "migration-dry-run-required");
-        assert_eq!(old[0].severity, "error");
+        assert_eq!(old[0].severity, crate::plan::FindingSeverity::Error);
         assert!(old[0].message.contains("36h ago"), "{old:?}");
         let failed = f(dry(false, "2025-03-02T12:00:00Z"));
         assert!(failed[0].message.contains("failed"), "{failed:?}");

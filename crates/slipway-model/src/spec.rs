@@ -770,14 +770,46 @@ pub struct Target {
     pub ssh: Option<SshTarget>,
 }
 
+/// The kind of an environment's target. Serialised as `exec`, `process`, `ssh`, `none`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetKind {
+    /// Shell steps on this machine.
+    Exec,
+    /// Supervised processes (or containers) on this machine, with canaries.
+    Process,
+    /// Shell steps on the inventory's hosts over SSH.
+    Ssh,
+    /// No target configured.
+    None,
+}
+
+impl TargetKind {
+    /// The serialised name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Exec => "exec",
+            Self::Process => "process",
+            Self::Ssh => "ssh",
+            Self::None => "none",
+        }
+    }
+}
+
+impl std::fmt::Display for TargetKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl Target {
-    /// The name of the configured target kind, or `none`.
-    pub fn kind(&self) -> &'static str {
+    /// The configured target kind, or [`TargetKind::None`].
+    pub fn kind(&self) -> TargetKind {
         match (&self.exec, &self.process, &self.ssh) {
-            (Some(_), _, _) => "exec",
-            (_, Some(_), _) => "process",
-            (_, _, Some(_)) => "ssh",
-            _ => "none",
+            (Some(_), _, _) => TargetKind::Exec,
+            (_, Some(_), _) => TargetKind::Process,
+            (_, _, Some(_)) => TargetKind::Ssh,
+            _ => TargetKind::None,
         }
     }
 }
@@ -945,15 +977,44 @@ pub struct Strategy {
     pub canary: Option<Canary>,
 }
 
+/// The kind of a deployment strategy. Serialised as `big_bang`, `rolling`, `canary`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StrategyKind {
+    /// Everything at once.
+    BigBang,
+    /// In batches.
+    Rolling,
+    /// A slice of traffic first, judged, then the rest.
+    Canary,
+}
+
+impl StrategyKind {
+    /// The serialised name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::BigBang => "big_bang",
+            Self::Rolling => "rolling",
+            Self::Canary => "canary",
+        }
+    }
+}
+
+impl std::fmt::Display for StrategyKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl Strategy {
-    /// The name of the configured strategy, `big_bang` when none is.
-    pub fn kind(&self) -> &'static str {
+    /// The configured strategy, big bang when none is.
+    pub fn kind(&self) -> StrategyKind {
         if self.canary.is_some() {
-            "canary"
+            StrategyKind::Canary
         } else if self.rolling.is_some() {
-            "rolling"
+            StrategyKind::Rolling
         } else {
-            "big_bang"
+            StrategyKind::BigBang
         }
     }
 }

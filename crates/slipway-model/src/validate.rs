@@ -1736,7 +1736,7 @@ fn router(cx: &mut Cx<'_>, spec: &ReleaseSpec, env: &str, e: &Environment, r: &R
             ("haproxy", r.haproxy.is_some()),
         ],
     );
-    if e.target.process.is_none() && e.target.kind() != "none" {
+    if e.target.process.is_none() && e.target.kind() != crate::spec::TargetKind::None {
         cx.err_key(
             "router-needs-process",
             &base,

@@ -248,7 +248,10 @@ fn breaking_findings_refuse_big_bang_and_add_an_approver() {
     let refused: Vec<_> = p
         .findings
         .iter()
-        .filter(|f| f.severity == "error" && f.code == "compat-requires-phased")
+        .filter(|f| {
+            f.severity == slipway_model::plan::FindingSeverity::Error
+                && f.code == "compat-requires-phased"
+        })
         .collect();
     assert_eq!(refused.len(), 1, "{:#?}", p.findings);
     assert!(
@@ -265,7 +268,9 @@ fn breaking_findings_refuse_big_bang_and_add_an_approver() {
     )
     .unwrap();
     assert!(
-        p.findings.iter().all(|f| f.severity != "error"),
+        p.findings
+            .iter()
+            .all(|f| f.severity != slipway_model::plan::FindingSeverity::Error),
         "{:#?}",
         p.findings
     );
@@ -286,7 +291,9 @@ fn a_waived_finding_adds_no_gate_and_is_in_the_plan_and_digest() {
     let spec = compat_spec("{ big_bang: {} }", waiver);
     let p = plan(&spec, "prod", &breaking()).unwrap();
     assert!(
-        p.findings.iter().all(|f| f.severity != "error"),
+        p.findings
+            .iter()
+            .all(|f| f.severity != slipway_model::plan::FindingSeverity::Error),
         "{:#?}",
         p.findings
     );
@@ -365,7 +372,7 @@ fn a_blocking_migration_lock_is_an_error_in_production_and_a_warning_elsewhere()
         .filter(|f| f.code == "migration-lock")
         .collect();
     assert_eq!(f.len(), 1, "{:#?}", prod.findings);
-    assert_eq!(f[0].severity, "error");
+    assert_eq!(f[0].severity, slipway_model::plan::FindingSeverity::Error);
     assert!(
         f[0].message.contains("lock:db:V3__index.sql:1"),
         "{}",
@@ -387,7 +394,7 @@ fn a_blocking_migration_lock_is_an_error_in_production_and_a_warning_elsewhere()
         .filter(|f| f.code == "migration-lock")
         .collect();
     assert_eq!(f.len(), 1);
-    assert_eq!(f[0].severity, "warning");
+    assert_eq!(f[0].severity, slipway_model::plan::FindingSeverity::Warning);
 }
 
 #[test]
@@ -399,7 +406,9 @@ fn a_waived_migration_lock_is_listed_not_blocking() {
     );
     let p = plan(&spec, "prod", &blocking_lock()).unwrap();
     assert!(
-        p.findings.iter().all(|f| f.severity != "error"),
+        p.findings
+            .iter()
+            .all(|f| f.severity != slipway_model::plan::FindingSeverity::Error),
         "{:#?}",
         p.findings
     );
@@ -492,7 +501,10 @@ fn a_step_placeholder_that_cannot_be_filled_is_refused() {
         .filter(|f| f.code == "step-placeholder")
         .collect();
     assert_eq!(f.len(), 3, "{:#?}", prod.findings);
-    assert!(f.iter().all(|f| f.severity == "error"));
+    assert!(
+        f.iter()
+            .all(|f| f.severity == slipway_model::plan::FindingSeverity::Error)
+    );
     assert!(
         f[0].message.contains("services.api.steps[0].run")
             && f[0].message.contains("environments.prod.vars"),
@@ -561,7 +573,7 @@ fn codes(p: &slipway_model::plan::Plan) -> Vec<(String, String)> {
     p.findings
         .iter()
         .filter(|f| f.code.starts_with("tag") || f.code == "tree-dirty")
-        .map(|f| (f.severity.clone(), f.code.clone()))
+        .map(|f| (f.severity.to_string(), f.code.clone()))
         .collect()
 }
 

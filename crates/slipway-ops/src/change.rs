@@ -30,7 +30,7 @@ pub async fn plan_findings(plan: &Plan) -> Vec<Finding> {
         None => return Vec::new(),
         Some(Err(e)) => {
             return vec![Finding {
-                severity: "error".into(),
+                severity: slipway_model::plan::FindingSeverity::Error,
                 code: "change-unverified".into(),
                 message: format!("{record} could not be checked: {e}"),
             }];
@@ -39,12 +39,12 @@ pub async fn plan_findings(plan: &Plan) -> Vec<Finding> {
     };
     let j = client.judge(Some(&record), slipway_stdx::now()).await;
     let severity = match j.code {
-        "change-approved" => "info",
-        "change-window-not-open" => "warning",
-        _ => "error",
+        "change-approved" => slipway_model::plan::FindingSeverity::Info,
+        "change-window-not-open" => slipway_model::plan::FindingSeverity::Warning,
+        _ => slipway_model::plan::FindingSeverity::Error,
     };
     vec![Finding {
-        severity: severity.into(),
+        severity,
         code: j.code.into(),
         message: format!("{}; {}", j.measured, j.detail),
     }]

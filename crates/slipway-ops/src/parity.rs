@@ -300,10 +300,10 @@ fn spec_drift(spec: &ReleaseSpec, l: &Environment, r: &Environment) -> Vec<Diffe
             .strategy
             .as_ref()
             .or(spec.strategy.as_ref())
-            .map_or("big_bang", |s| s.kind());
+            .map_or(slipway_model::spec::StrategyKind::BigBang, |s| s.kind());
         BTreeMap::from([
-            ("target", e.target.kind().to_owned()),
-            ("strategy", strategy.to_owned()),
+            ("target", e.target.kind().to_string()),
+            ("strategy", strategy.to_string()),
             ("production", e.production.to_string()),
             (
                 "approvals",

@@ -151,7 +151,11 @@ fn migration_files(dir: &Path) -> Vec<(u32, bool)> {
 }
 
 /// The targets a deploy can run a plan on.
-pub const DEPLOYABLE_TARGETS: &[&str] = &["exec", "process", "ssh"];
+pub const DEPLOYABLE_TARGETS: &[slipway_model::spec::TargetKind] = &[
+    slipway_model::spec::TargetKind::Exec,
+    slipway_model::spec::TargetKind::Process,
+    slipway_model::spec::TargetKind::Ssh,
+];
 
 /// A validated spec and its plan for one environment.
 pub struct Planned {
@@ -426,7 +430,7 @@ fn deployed_findings(
     let mut out = Vec::new();
     if !history.is_empty() {
         out.push(Finding {
-            severity: "info".into(),
+            severity: slipway_model::plan::FindingSeverity::Info,
             code: "deployed-from-history".into(),
             message: format!(
                 "running in {env} (from the store's history): {}",
@@ -446,7 +450,7 @@ fn deployed_findings(
     for (service, version) in declared {
         match history.get(&service) {
             Some((v, r)) => out.push(Finding {
-                severity: "warning".into(),
+                severity: slipway_model::plan::FindingSeverity::Warning,
                 code: "deployed-override-ignored".into(),
                 message: format!(
                     "{}: environments.{env}.deployed.{service} says {version}, but Slipway deployed {service} {v} there (run {r}), and its history wins; `deployed:` is only for systems Slipway does not deploy: remove the entry",
@@ -454,7 +458,7 @@ fn deployed_findings(
                 ),
             }),
             None => out.push(Finding {
-                severity: "info".into(),
+                severity: slipway_model::plan::FindingSeverity::Info,
                 code: "deployed-declared".into(),
                 message: format!(
                     "{service} {version} in {env} is declared by hand (environments.{env}.deployed; Slipway has not deployed it there)"
@@ -497,7 +501,7 @@ fn router_findings(p: &Plan) -> Vec<Finding> {
                 _ => "the built-in proxy".to_owned(),
             };
             Finding {
-                severity: "info".into(),
+                severity: slipway_model::plan::FindingSeverity::Info,
                 code: "router".into(),
                 message: format!("{service}: traffic through {how}"),
             }
@@ -516,7 +520,7 @@ fn ssh_findings(p: &Plan, file: &Path, dir: &Path) -> Vec<Finding> {
         return Vec::new();
     };
     let error = |code: &str, message: String| Finding {
-        severity: "error".into(),
+        severity: slipway_model::plan::FindingSeverity::Error,
         code: code.into(),
         message,
     };
@@ -533,7 +537,7 @@ fn ssh_findings(p: &Plan, file: &Path, dir: &Path) -> Vec<Finding> {
         Ok(target) => {
             let waves = target.waves();
             out.push(Finding {
-                severity: "info".into(),
+                severity: slipway_model::plan::FindingSeverity::Info,
                 code: "ssh-waves".into(),
                 message: format!(
                     "{} hosts in {} wave{} of up to {} (at most {} at once), failure budget {} host{}: {}",
@@ -630,15 +634,19 @@ fn ssh_findings(p: &Plan, file: &Path, dir: &Path) -> Vec<Finding> {
 /// A plan for a target this build cannot deploy to is blocked at plan time, before anyone
 /// approves it, rather than refused only when the deploy starts.
 fn target_unavailable(p: &Plan, file: &Path) -> Option<Finding> {
-    (!DEPLOYABLE_TARGETS.contains(&p.target.as_str())).then(|| Finding {
-        severity: "error".into(),
+    (!DEPLOYABLE_TARGETS.contains(&p.target)).then(|| Finding {
+        severity: slipway_model::plan::FindingSeverity::Error,
         code: "target-unavailable".into(),
         message: format!(
             "{}: environments.{}.target is `{}`, which this build of slipway cannot deploy to (it can: {}); use `target: {{ exec: {{}} }}` with install steps, or `target: {{ process: {{}} }}`",
             file.display(),
             p.environment,
             p.target,
-            DEPLOYABLE_TARGETS.join(", ")
+            DEPLOYABLE_TARGETS
+                .iter()
+                .map(|t| t.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
     })
 }
@@ -702,7 +710,7 @@ async fn rollback_staging(p: &Plan, spec_dir: &Path, store: Option<&str>) -> Vec
     );
     if !missing.is_empty() {
         vec![Finding {
-            severity: "error".into(),
+            severity: slipway_model::plan::FindingSeverity::Error,
             code: "rollback-artifacts-missing".into(),
             message: format!(
                 "the rollback target {target} is not pre-staged: {}; a rollback would have to fetch or rebuild it. Put the exact file back into {} under its sha256, or redeploy that release first",
@@ -712,7 +720,7 @@ async fn rollback_staging(p: &Plan, spec_dir: &Path, store: Option<&str>) -> Vec
         }]
     } else if kept > 0 {
         vec![Finding {
-            severity: "info".into(),
+            severity: slipway_model::plan::FindingSeverity::Info,
             code: "rollback-artifacts-staged".into(),
             message: format!(
                 "rollback target {target}: {kept} artifact(s) pre-staged in {} and verified (digest{})",
@@ -733,7 +741,7 @@ async fn rollback_staging(p: &Plan, spec_dir: &Path, store: Option<&str>) -> Vec
 pub fn blocking(p: &Plan) -> Vec<&Finding> {
     p.findings
         .iter()
-        .filter(|f| f.severity == "error")
+        .filter(|f| f.severity == slipway_model::plan::FindingSeverity::Error)
         .collect()
 }
 

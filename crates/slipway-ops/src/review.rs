@@ -219,12 +219,12 @@ pub fn findings(reviews: &[Review], release: &str, now: Timestamp) -> Vec<Findin
         .filter(|r| r.release == release)
         .filter_map(|r| {
             let (severity, code, when) = match r.state(now) {
-                "overdue" => ("error", "review-overdue", "was due"),
-                "open" => ("warning", "review-open", "is due"),
+                "overdue" => (slipway_model::plan::FindingSeverity::Error, "review-overdue", "was due"),
+                "open" => (slipway_model::plan::FindingSeverity::Warning, "review-open", "is due"),
                 _ => return None,
             };
             Some(Finding {
-                severity: severity.into(),
+                severity,
                 code: code.into(),
                 message: format!(
                     "the review after the fact of run {} ({} {} to {}) {when} at {} and is not completed; another person completes it with `slipway review complete {} --note …`",
@@ -251,7 +251,7 @@ pub async fn plan_findings(store: Option<&str>, release: &str) -> Vec<Finding> {
     match read.await {
         Ok(reviews) => findings(&reviews, release, slipway_stdx::now()),
         Err(e) => vec![Finding {
-            severity: "warning".into(),
+            severity: slipway_model::plan::FindingSeverity::Warning,
             code: "review-unknown".into(),
             message: format!(
                 "the store's reviews could not be read, so open reviews are not known: {e}"
@@ -295,7 +295,7 @@ mod tests {
         let codes = |r: Review| -> Vec<(String, String)> {
             findings(&[r], "pay", now)
                 .into_iter()
-                .map(|f| (f.severity, f.code))
+                .map(|f| (f.severity.to_string(), f.code))
                 .collect()
         };
         assert_eq!(

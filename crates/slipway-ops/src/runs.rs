@@ -278,7 +278,7 @@ pub async fn deploy_with(
     }
     // Unreachable through planning (a `target-unavailable` finding blocks above); kept so
     // that no later change to the findings can start a run on a target without code.
-    if !crate::planning::DEPLOYABLE_TARGETS.contains(&plan.target.as_str()) {
+    if !crate::planning::DEPLOYABLE_TARGETS.contains(&plan.target) {
         return Err(OpsError::input(format!(
             "failed to deploy: the `{}` target is not available in this build",
             plan.target
@@ -315,7 +315,7 @@ pub async fn deploy_with(
     }
     let mut checked_ssh = None;
     let readiness;
-    if plan.target == "ssh" {
+    if plan.target == slipway_model::spec::TargetKind::Ssh {
         // Every host reachable, its key the recorded one, the key accepted: checked before
         // a run exists, so a refused host key stops the release before any host changed.
         let spec_dir = slipway_providers::compose::spec_dir_of(&workdir, Some(plan));
@@ -814,7 +814,9 @@ pub async fn resume(
     crate::access::require(session, Role::Deployer, "resume", &run.environment).await?;
     let actor = session.actor_id().await?;
     let plan = plan_of(&run);
-    if plan.as_ref().is_some_and(|p| p.target == "process")
+    if plan
+        .as_ref()
+        .is_some_and(|p| p.target == slipway_model::spec::TargetKind::Process)
         && !run.state.is_terminal()
         && driven(session.store.as_ref(), &run.id).await?
     {
@@ -823,7 +825,9 @@ pub async fn resume(
             .await
             .map(Handled::Delivered);
     }
-    if let Some(p) = plan.as_ref().filter(|p| p.target == "ssh")
+    if let Some(p) = plan
+        .as_ref()
+        .filter(|p| p.target == slipway_model::spec::TargetKind::Ssh)
         && !run.state.is_terminal()
     {
         let spec_dir = slipway_providers::compose::spec_dir_of(Path::new(&run.workdir), Some(p));
@@ -898,10 +902,9 @@ pub async fn promote(
         .hint(Hint::ListRuns));
     }
     let plan = plan_of(&run);
-    if !plan
-        .as_ref()
-        .is_some_and(|p| p.target == "process" && p.strategy.canary.is_some())
-    {
+    if !plan.as_ref().is_some_and(|p| {
+        p.target == slipway_model::spec::TargetKind::Process && p.strategy.canary.is_some()
+    }) {
         return Err(OpsError::input(format!(
             "failed to promote: run {} has no canary to promote",
             run.id

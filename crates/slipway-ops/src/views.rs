@@ -234,7 +234,7 @@ pub async fn run(session: &Session, id: &str) -> OpsResult<RunView> {
         .filter(|s| s.status == StepStatus::Succeeded)
         .count();
     let traffic = match &plan {
-        Some(p) if p.target == "process" => Some(
+        Some(p) if p.target == slipway_model::spec::TargetKind::Process => Some(
             slipway_providers::compose::traffic_view(&session.layout, Path::new(&run.workdir), p)
                 .await,
         ),

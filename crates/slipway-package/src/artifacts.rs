@@ -119,7 +119,7 @@ pub fn check_artifacts(
     trusted_keys: Option<&[String]>,
 ) -> Vec<Finding> {
     let error = |code: &str, message: String| Finding {
-        severity: "error".to_owned(),
+        severity: slipway_model::plan::FindingSeverity::Error,
         code: code.to_owned(),
         message,
     };
@@ -240,7 +240,7 @@ fn identity(spec: &ReleaseSpec, name: &str, spec_dir: &Path) -> Vec<Finding> {
         Ok(info) => info,
         Err(e) => {
             return vec![Finding {
-                severity: "error".to_owned(),
+                severity: slipway_model::plan::FindingSeverity::Error,
                 code: "artifact-unparseable".to_owned(),
                 message: format!(
                     "service `{name}` (services.{name}.artifact): failed to {e}; a package that does not parse is refused at plan time rather than failing on the hosts: rebuild or fetch it again (its sha256 matched, so the spec names the broken file too)"
@@ -254,7 +254,7 @@ fn identity(spec: &ReleaseSpec, name: &str, spec_dir: &Path) -> Vec<Finding> {
         && !found.eq_ignore_ascii_case(expected_name)
     {
         out.push(Finding {
-            severity: "error".to_owned(),
+            severity: slipway_model::plan::FindingSeverity::Error,
             code: "artifact-identity".to_owned(),
             message: format!(
                 "service `{name}`: {} is the {} package `{found}`, not `{expected_name}`: it is another package. Point services.{name}.artifact.path at the right one, or, if `{found}` is this service's package name, set services.{name}.artifact.name: {found}",
@@ -267,7 +267,7 @@ fn identity(spec: &ReleaseSpec, name: &str, spec_dir: &Path) -> Vec<Finding> {
         && !version_matches(info.format, found, expected_version)
     {
         out.push(Finding {
-            severity: "error".to_owned(),
+            severity: slipway_model::plan::FindingSeverity::Error,
             code: "artifact-identity".to_owned(),
             message: format!(
                 "service `{name}`: {} says it is version {found}, but this release ships `{name}` {expected_version} ({}): build the artifact of {expected_version}, or correct the version",

@@ -102,7 +102,7 @@ pub fn secret_findings(spec: &ReleaseSpec, spec_dir: &Path, env_name: &str) -> V
         };
         if let Err(e) = resolver.resolve(&secret) {
             out.push(Finding {
-                severity: Severity::Error.as_str().to_owned(),
+                severity: slipway_model::plan::FindingSeverity::Error,
                 code: "secret-missing".to_owned(),
                 message: format!(
                     "environments.{env_name}.vars.{var} ({secret}) is needed by {place} but cannot be resolved here: failed to {e}. The deploy would stop when it first needs it — after earlier steps (a migration) already ran"
@@ -137,7 +137,10 @@ pub fn plan_checks(
             .chain(render::check_version_config_in(spec, spec_dir, &[name]));
         for p in problems {
             findings.push(Finding {
-                severity: p.severity.as_str().to_owned(),
+                severity: match p.severity {
+                    Severity::Error => slipway_model::plan::FindingSeverity::Error,
+                    Severity::Warning => slipway_model::plan::FindingSeverity::Warning,
+                },
                 code: if p.code == "undefined-variable" {
                     "placeholder-undefined".to_owned()
                 } else {
@@ -152,7 +155,7 @@ pub fn plan_checks(
         Ok(res) => {
             for c in &res.conflicts {
                 findings.push(Finding {
-                    severity: Severity::Error.as_str().to_owned(),
+                    severity: slipway_model::plan::FindingSeverity::Error,
                     code: "dependency-conflict".to_owned(),
                     message: c.message.clone(),
                 });
@@ -180,7 +183,7 @@ pub fn plan_checks(
                         .count();
                     if unknown > 0 {
                         findings.push(Finding {
-                            severity: Severity::Warning.as_str().to_owned(),
+                            severity: slipway_model::plan::FindingSeverity::Warning,
                             code: "migration-unclassified".to_owned(),
                             message: format!(
                                 "{unknown} statement(s) of {} (service `{svc}`) could not be classified as expand or contract; review them by hand (`slipway compat sql`)",
@@ -194,7 +197,7 @@ pub fn plan_checks(
         }
         Err(e) => {
             findings.push(Finding {
-                severity: Severity::Warning.as_str().to_owned(),
+                severity: slipway_model::plan::FindingSeverity::Warning,
                 code: "migrations-unreadable".to_owned(),
                 message: format!("failed to {e}"),
             });

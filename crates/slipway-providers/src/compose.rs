@@ -227,7 +227,7 @@ impl RunWiring<'_> {
         let spec_dir = self.spec_dir();
         let redactor = self.secrets.env_redactor(plan);
         let (exec_wrap, config) = config_targets(self.layout, &spec_dir, plan, redactor.clone());
-        let ssh_plan = plan.filter(|p| p.target == "ssh");
+        let ssh_plan = plan.filter(|p| p.target == slipway_model::spec::TargetKind::Ssh);
         // On the ssh target, `deploy` steps are supervised instances on the hosts, run by
         // the same target as the install steps (waves, budget, markers).
         let with_services = |t: SshTarget, p: &Plan| {
@@ -274,7 +274,10 @@ impl RunWiring<'_> {
     pub fn checks(&self) -> Arc<dyn CheckRunner> {
         let mut checks =
             SpecCheckRunner::new(&self.workdir.to_string_lossy()).with_runs_dir(self.layout.runs());
-        if let Some(p) = self.plan.filter(|p| p.target == "process") {
+        if let Some(p) = self
+            .plan
+            .filter(|p| p.target == slipway_model::spec::TargetKind::Process)
+        {
             checks =
                 checks.with_instances(self.layout.process_root(self.workdir, p).join("instances"));
         }
@@ -292,7 +295,10 @@ impl RunWiring<'_> {
         notes: &mut Vec<WiringNote>,
     ) -> Result<Option<Arc<DeployTarget>>, String> {
         use slipway_rollout::TrafficRouter as _;
-        let Some(plan) = self.plan.filter(|p| p.target == "process") else {
+        let Some(plan) = self
+            .plan
+            .filter(|p| p.target == slipway_model::spec::TargetKind::Process)
+        else {
             return Ok(None);
         };
         let root = self.layout.process_root(self.workdir, plan);

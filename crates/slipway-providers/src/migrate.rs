@@ -152,7 +152,7 @@ pub async fn applied_versions(
             continue;
         };
         let unknown = |why: String| slipway_model::plan::Finding {
-            severity: "warning".into(),
+            severity: slipway_model::plan::FindingSeverity::Warning,
             code: "migrations-applied-unknown".into(),
             message: format!(
                 "services.{name}: cannot read which migrations are applied ({why}); every migration in {dir} is judged as pending. Make the database reachable from here (and its secret set) for an exact plan"

@@ -365,9 +365,9 @@ pub(crate) async fn actions_for(
     let live = !run.state.is_terminal();
     if may(Role::Deployer).await {
         let plan = runs::plan_of(run);
-        let canary = plan
-            .as_ref()
-            .is_some_and(|p| p.target == "process" && p.strategy.canary.is_some());
+        let canary = plan.as_ref().is_some_and(|p| {
+            p.target == slipway_model::spec::TargetKind::Process && p.strategy.canary.is_some()
+        });
         if live && run.state != RunState::Paused {
             out.push("pause");
         }

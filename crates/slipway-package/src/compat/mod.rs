@@ -213,7 +213,7 @@ pub fn findings(
                 }
             }
             Err(e) => problems.push(Finding {
-                severity: "error".into(),
+                severity: slipway_model::plan::FindingSeverity::Error,
                 code: "openapi-unreadable".into(),
                 message: format!(
                     "failed to {e} (services.{name}.openapi); fix the paths or the documents: compatibility cannot be judged without them"
