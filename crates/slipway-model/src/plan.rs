@@ -781,10 +781,10 @@ pub fn plan(spec: &ReleaseSpec, env_name: &str, facts: &Facts) -> Result<Plan, S
     for (name, s) in &spec.services {
         // On ssh hosts the supervisor waits for the readiness probe of each instance
         // (`slipway_providers::ssh_service`); nothing probes health there after that.
-        if env.target.kind() == "ssh" && s.run.is_some() {
+        if env.target.kind() == crate::spec::TargetKind::Ssh && s.run.is_some() {
             if s.health.is_some() {
                 findings.push(Finding {
-                    severity: "warning".into(),
+                    severity: FindingSeverity::Warning,
                     code: "probe-not-enforced".into(),
                     message: format!(
                         "services.{name}.health: on the ssh target only the readiness probe is evaluated (on each host, before the deploy step succeeds there); the health probe is not: watch the service's health by hand"
