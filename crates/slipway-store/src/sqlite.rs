@@ -643,17 +643,28 @@ pub(crate) async fn put_record(
     Ok(())
 }
 
-/// Insert the appended entries, many rows per statement, and record the new head.
+/// Insert the appended entries, many rows per statement, and record the new head — the
+/// head's upsert rides in the last insert's call (sqlx runs the statements of one call in
+/// its worker thread in one go, binding `?`s in order), so a commit makes one round trip
+/// through the driver's worker fewer: those hand-offs, not the fsync, bound a sequential
+/// service's steps per second (BENCHMARKS.md, durable engine).
 pub(crate) async fn flush(tx: &mut SqliteConnection, app: &Appender) -> Result<(), StoreError> {
     // 11 columns per row; 80 rows keeps a statement under SQLite's 999 binds on old builds
     // as well.
-    for chunk in app.entries.chunks(80) {
+    let chunks: Vec<&[AuditEntry]> = app.entries.chunks(80).collect();
+    for (i, chunk) in chunks.iter().enumerate() {
         let mut sql = String::from(
             "INSERT INTO audit (seq, at, actor, action, run_id, digest, outcome, detail, prev_hash, hash, hv) VALUES ",
         );
         sql.push_str(&vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", "));
+        let last = i + 1 == chunks.len();
+        if last {
+            sql.push_str(
+                "; INSERT INTO meta (key, value) VALUES ('audit_head', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            );
+        }
         let mut qy = sqlx::query(AssertSqlSafe(sql));
-        for e in chunk {
+        for e in *chunk {
             qy = qy
                 .bind(e.seq)
                 .bind(&e.at)
@@ -667,15 +678,11 @@ pub(crate) async fn flush(tx: &mut SqliteConnection, app: &Appender) -> Result<(
                 .bind(&e.hash)
                 .bind(i64::from(e.v));
         }
+        if last {
+            let (seq, prev) = app.head();
+            qy = qy.bind(format!("{seq}:{prev}"));
+        }
         qy.execute(&mut *tx).await.map_err(query_err)?;
-    }
-    if !app.entries.is_empty() {
-        let (seq, prev) = app.head();
-        sqlx::query("INSERT INTO meta (key, value) VALUES ('audit_head', ?1) ON CONFLICT(key) DO UPDATE SET value = excluded.value")
-            .bind(format!("{seq}:{prev}"))
-            .execute(&mut *tx)
-            .await
-            .map_err(query_err)?;
     }
     Ok(())
 }
