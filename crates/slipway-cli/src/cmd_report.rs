@@ -14,7 +14,6 @@ use slipway_govern::dora::{self, DoraQuery};
 use slipway_govern::history::{RunHistory, Unsummarized};
 use slipway_govern::{GovernError, history};
 use slipway_model::exit;
-use slipway_store::archive::ArchiveDb;
 
 use crate::cli_util::{StoreArg, runtime};
 use crate::out::{CliError, Output};
@@ -189,21 +188,11 @@ pub(crate) async fn history_with_archive(
     db_path: Option<&Path>,
     since: Option<jiff::Timestamp>,
 ) -> Result<(Vec<RunHistory>, Vec<Unsummarized>), CliError> {
-    let live = history::load_runs(store, since)
-        .await
-        .map_err(govern_error)?;
-    let (summaries, checkpoints) = archived(db_path).await?;
-    Ok(history::with_archived(
-        live,
-        &summaries,
-        &checkpoints,
-        since,
-    ))
+    Ok(slipway_ops::reports::history_with_archive(store, db_path, since).await?)
 }
 
-/// The run summaries and archive checkpoints of an SQLite store (`db_path`); none for a
-/// PostgreSQL store (`None`), which cannot be archived, so reports there count its live
-/// runs — all of them.
+/// The run summaries and archive checkpoints of an SQLite store (see
+/// `slipway_ops::reports::archived`).
 async fn archived(
     db_path: Option<&Path>,
 ) -> Result<
@@ -213,50 +202,7 @@ async fn archived(
     ),
     CliError,
 > {
-    let Some(db_path) = db_path else {
-        return Ok((Vec::new(), Vec::new()));
-    };
-    let db = ArchiveDb::open(db_path).await.map_err(CliError::from)?;
-    let summaries = db.summaries().await.map_err(CliError::from)?;
-    let checkpoints = db.checkpoints().await.map_err(CliError::from)?;
-    Ok((summaries, checkpoints))
-}
-
-/// One run for a per-run report; an archived run is refused naming the bundle that holds
-/// its journal.
-async fn load_run(
-    store: &dyn Store,
-    db_path: Option<&Path>,
-    id: &str,
-) -> Result<RunHistory, CliError> {
-    match RunHistory::load(store, id).await {
-        Err(GovernError::NoSuchRun(_)) => {
-            let (summaries, checkpoints) = archived(db_path).await?;
-            let bundle = summaries
-                .iter()
-                .find(|s| s.run_id == id)
-                .map(|s| s.checkpoint_id)
-                .or_else(|| {
-                    checkpoints
-                        .iter()
-                        .find(|c| c.runs.iter().any(|r| r == id))
-                        .map(|c| c.id)
-                })
-                .and_then(|cp| checkpoints.iter().find(|c| c.id == cp));
-            match bundle {
-                Some(c) => Err(CliError::new(
-                    exit::INVALID_INPUT,
-                    format!(
-                        "failed to read run `{id}`: it was archived into {} (sha256 {}, archive before {}); its journal and approvals are in that bundle",
-                        c.bundle_name, c.bundle_sha256, c.before
-                    ),
-                    Some("read the bundle's journal.jsonl (`zstd -dc BUNDLE | tar -xO journal.jsonl`); `slipway report dora` still counts the run".to_owned()),
-                )),
-                None => Err(govern_error(GovernError::NoSuchRun(id.to_owned()))),
-            }
-        }
-        other => other.map_err(govern_error),
-    }
+    Ok(slipway_ops::reports::archived(db_path).await?)
 }
 
 fn dora_cmd(a: DoraArgs, out: &Output) -> Result<i32, CliError> {
@@ -268,27 +214,46 @@ fn dora_cmd(a: DoraArgs, out: &Output) -> Result<i32, CliError> {
         .transpose()
         .map_err(govern_error)?;
     let rt = runtime()?;
+    if let Some(c) = crate::cli_util::remote()? {
+        // The server computes it (the operations layer's rules); it sends the text and
+        // HTML renderings with the figures.
+        let mut q = vec![("since", since.to_string())];
+        let opt = [
+            ("until", until.map(|u| u.to_string())),
+            ("service", a.service.clone()),
+            ("type", a.release_type.clone()),
+            ("environment", a.env.clone()),
+        ];
+        q.extend(opt.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))));
+        let query: Vec<String> = q
+            .iter()
+            .map(|(k, v)| format!("{k}={}", crate::cli_util::path_segment(v)))
+            .collect();
+        let v = rt.block_on(c.get(&format!("/reports/dora?{}", query.join("&"))))?;
+        if let Some(path) = &a.html {
+            write_file(path, v["html"].as_str().unwrap_or_default())?;
+        }
+        if out.json() {
+            out.json_value(&v["report"]);
+        } else {
+            out.raw(v["text"].as_str().unwrap_or_default());
+            if let Some(path) = &a.html {
+                out.line(&format!("HTML report written to {}", path.display()));
+            }
+        }
+        return Ok(exit::SUCCESS);
+    }
     let report = rt.block_on(async {
-        let (store, _) = crate::cli_util::open_store_to_read(&a.store, "read reports").await?;
-        slipway_govern::verify_evidence(store.as_ref())
-            .await
-            .map_err(govern_error)?;
-        let (runs, unsummarized) =
-            history_with_archive(store.as_ref(), store.sqlite_path(), Some(since)).await?;
+        let s = crate::cli_util::read_session(&a.store).await?;
         let query = DoraQuery {
             since: Some(since),
             until,
             service: a.service.clone(),
             release_type: a.release_type.clone(),
             environment: a.env.clone(),
-            unsummarized,
+            unsummarized: Vec::new(),
         };
-        Ok::<_, CliError>(dora::compute(
-            &runs,
-            &query,
-            slipway_stdx::now(),
-            &slipway_govern::git::change_origin,
-        ))
+        Ok::<_, CliError>(slipway_ops::reports::dora(&s, query).await?)
     })?;
     if let Some(path) = &a.html {
         write_file(path, &dora::render_html(&report))?;
@@ -306,48 +271,61 @@ fn dora_cmd(a: DoraArgs, out: &Output) -> Result<i32, CliError> {
 
 fn handover_cmd(a: RunReportArgs, out: &Output) -> Result<i32, CliError> {
     let rt = runtime()?;
-    let (run, prev) = rt.block_on(async {
-        let (store, _) = crate::cli_util::open_store_to_read(&a.store, "read reports").await?;
-        slipway_govern::verify_evidence(store.as_ref())
-            .await
-            .map_err(govern_error)?;
-        let run = load_run(store.as_ref(), store.sqlite_path(), &a.run).await?;
-        let (summaries, checkpoints) = archived(store.sqlite_path()).await?;
-        let prev =
-            history::previous_run_with_archived(store.as_ref(), &run, &summaries, &checkpoints)
-                .await
-                .map_err(govern_error)?;
-        Ok::<_, CliError>((run, prev))
-    })?;
-    let notes = slipway_govern::git::release_notes(&run, prev.as_ref());
-    let md = slipway_govern::handover::render(&run, prev.as_ref(), &notes);
+    let h = match crate::cli_util::remote()? {
+        Some(c) => rt.block_on(c.get(&format!(
+            "/reports/handover/{}",
+            crate::cli_util::path_segment(&a.run)
+        )))?,
+        None => rt.block_on(async {
+            let s = crate::cli_util::read_session(&a.store).await?;
+            let h = slipway_ops::reports::handover(&s, &a.run).await?;
+            Ok::<_, CliError>(serde_json::json!(h))
+        })?,
+    };
     if out.json() {
-        out.json_value(&serde_json::json!({ "run": run.record.id, "markdown": md, "git": notes }));
+        out.json_value(&h);
     } else {
-        out.raw(&md);
+        out.raw(h["markdown"].as_str().unwrap_or_default());
     }
     Ok(exit::SUCCESS)
 }
 
 fn retro_cmd(a: RunReportArgs, out: &Output) -> Result<i32, CliError> {
     let rt = runtime()?;
-    let run = rt.block_on(async {
-        let (store, _) = crate::cli_util::open_store_to_read(&a.store, "read reports").await?;
-        slipway_govern::verify_evidence(store.as_ref())
-            .await
-            .map_err(govern_error)?;
-        load_run(store.as_ref(), store.sqlite_path(), &a.run).await
-    })?;
-    let retro = slipway_govern::retro::build(&run);
+    let (retro, markdown) = match crate::cli_util::remote()? {
+        Some(c) => {
+            let v = rt.block_on(c.get(&format!(
+                "/reports/retro/{}",
+                crate::cli_util::path_segment(&a.run)
+            )))?;
+            (
+                v["retro"].clone(),
+                v["markdown"].as_str().unwrap_or_default().to_owned(),
+            )
+        }
+        None => rt.block_on(async {
+            let s = crate::cli_util::read_session(&a.store).await?;
+            let r = slipway_ops::reports::retro(&s, &a.run).await?;
+            let md = slipway_govern::retro::render_markdown(&r);
+            Ok::<_, CliError>((serde_json::json!(r), md))
+        })?,
+    };
     if out.json() {
         out.json_value(&retro);
     } else {
-        out.raw(&slipway_govern::retro::render_markdown(&retro));
+        out.raw(&markdown);
     }
     Ok(exit::SUCCESS)
 }
 
 fn compliance_cmd(a: ComplianceArgs, out: &Output) -> Result<i32, CliError> {
+    if crate::cli_util::remote()?.is_some() {
+        // Not silently against some local store: the pack is not served yet.
+        return Err(CliError::input(
+            "failed to write a compliance pack through a server: it is written from the store (and archive bundles) directly",
+            "run `slipway report compliance` without --server/SLIPWAY_SERVER, with --store naming the server's store",
+        ));
+    }
     let since = slipway_govern::parse_when(&a.since).map_err(govern_error)?;
     let until = match a.until.as_deref() {
         Some(u) => slipway_govern::parse_when(u).map_err(govern_error)?,

@@ -148,3 +148,114 @@ fn access_and_policy_commands_go_through_the_server_with_the_callers_token() {
     let local = people.ok("alice", &["policy", "show", "--output", "json"]);
     assert_eq!(json(&local)["current"]["version"], 1, "{local}");
 }
+
+#[test]
+fn reports_through_the_server_are_the_stores_reports_for_viewers_only() {
+    use crate::server_deploy_cli::{exec_release, spec_of};
+    let world = World::sqlite();
+    let mut people = People::new(&world.store, "alice");
+    people
+        .add("bob", "deployer", "staging")
+        .add("vic", "viewer", "*");
+    let (alice, bob, vic) = (
+        people.token("alice").to_owned(),
+        people.token("bob").to_owned(),
+        people.token("vic").to_owned(),
+    );
+    let server = world.serve();
+    let addr = server.addr.as_str();
+    let release = exec_release();
+    let (code, out, err) = remote(
+        addr,
+        &alice,
+        release.path(),
+        &["deploy", "-f", &spec_of(&release), "--env", "staging"],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let (_, out, _) = remote(addr, &vic, release.path(), &["history", "--output", "json"]);
+    let history = json(&out);
+    let run = history[0]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{out}"))
+        .to_owned();
+    let cwd = tempfile::tempdir().unwrap();
+
+    // DORA: the server's figures are the store's.
+    let args = [
+        "report",
+        "dora",
+        "--since",
+        "2020-01-01",
+        "--until",
+        "2100-01-01",
+        "--output",
+        "json",
+    ];
+    let (code, out, err) = remote(addr, &vic, cwd.path(), &args);
+    assert_eq!(code, 0, "{out}{err}");
+    let remote_dora = json(&out);
+    let local_dora = json(&people.ok("vic", &args));
+    assert_eq!(remote_dora["overall"], local_dora["overall"], "{out}");
+    assert_eq!(remote_dora["deployments"], local_dora["deployments"]);
+    assert_eq!(remote_dora["deployments"][0]["run"], run.as_str(), "{out}");
+    let (code, text, _) = remote(
+        addr,
+        &vic,
+        cwd.path(),
+        &["report", "dora", "--since", "2020-01-01"],
+    );
+    assert_eq!(code, 0);
+    assert!(
+        text.contains("Deployment frequency") || text.contains("deployment"),
+        "{text}"
+    );
+    let html = cwd.path().join("dora.html");
+    let (code, _, err) = remote(
+        addr,
+        &vic,
+        cwd.path(),
+        &[
+            "report",
+            "dora",
+            "--since",
+            "2020-01-01",
+            "--html",
+            &html.display().to_string(),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(std::fs::read_to_string(&html).unwrap().contains("<html"));
+
+    // Per-run reports: the same documents as on the store.
+    for report in ["retro", "handover"] {
+        let (code, out, err) = remote(
+            addr,
+            &vic,
+            cwd.path(),
+            &["report", report, &run, "--output", "json"],
+        );
+        assert_eq!(code, 0, "{report}: {out}{err}");
+        let local = json(&people.ok("vic", &["report", report, &run, "--output", "json"]));
+        let served = json(&out);
+        if report == "retro" {
+            assert_eq!(served, local, "{report}");
+        } else {
+            assert_eq!(served["markdown"], local["markdown"], "{report}");
+        }
+        let (code, md, _) = remote(addr, &vic, cwd.path(), &["report", report, &run]);
+        assert_eq!(code, 0);
+        assert!(md.contains(&run) || md.contains("shop"), "{report}: {md}");
+    }
+    let (code, _, err) = remote(addr, &vic, cwd.path(), &["report", "retro", "no-such-run"]);
+    assert_eq!(code, 2, "{err}");
+
+    // Reports read every environment: a deployer in staging only is refused, as locally.
+    let (code, _, err) = remote(
+        addr,
+        &bob,
+        cwd.path(),
+        &["report", "dora", "--since", "2020-01-01"],
+    );
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("viewer"), "{err}");
+}

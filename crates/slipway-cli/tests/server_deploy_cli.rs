@@ -182,7 +182,7 @@ environments:
 
 /// The client's release directory: an exec-target `api` installing `artifact.bin` (by
 /// digest) and rendering `api.conf.j2`, with staging before prod in its lifecycle.
-fn exec_release() -> tempfile::TempDir {
+pub(crate) fn exec_release() -> tempfile::TempDir {
     let d = tempfile::tempdir().unwrap();
     let artifact = b"api 1.0.0 build 1";
     std::fs::write(d.path().join("artifact.bin"), artifact).unwrap();

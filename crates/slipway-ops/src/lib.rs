@@ -26,6 +26,7 @@ pub mod parity;
 pub mod planning;
 pub mod policy;
 pub mod recovery;
+pub mod reports;
 pub mod review;
 pub mod runs;
 pub mod session;

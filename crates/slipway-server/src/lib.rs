@@ -35,6 +35,7 @@ mod deploy;
 mod drives;
 mod error;
 mod metrics;
+mod reports;
 mod sse;
 mod takeover;
 pub mod tls;
@@ -200,6 +201,9 @@ pub fn app(
         )
         .route("/access/tokens/{id}/revoke", post(admin::revoke_token))
         .route("/policy", get(admin::policy).post(admin::apply_policy))
+        .route("/reports/dora", get(reports::dora_report))
+        .route("/reports/handover/{id}", get(reports::handover))
+        .route("/reports/retro/{id}", get(reports::retro))
         .fallback(api::not_found)
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -1,0 +1,133 @@
+//! Reports after the fact (`slipway report dora | handover | retro`), for either front end:
+//! the reader needs `viewer` everywhere, the evidence must verify first, and every report
+//! that counts or lists runs reads the live runs *and* the summaries `slipway archive` left
+//! of archived ones (so archiving never changes a figure); a per-run report of an archived
+//! run names the bundle that holds its journal.
+
+use std::path::Path;
+
+use slipway_engine::store::Store;
+use slipway_govern::access::Role;
+use slipway_govern::dora::{self, DoraQuery, DoraReport};
+use slipway_govern::history::{self, RunHistory, Unsummarized};
+use slipway_govern::{GovernError, git::GitNotes};
+use slipway_store::archive::{ArchiveDb, Checkpoint, RunSummary};
+
+use crate::error::{Hint, OpsError, OpsResult};
+use crate::session::Session;
+
+/// The reader may read reports, and the store's evidence verifies.
+async fn readable(session: &Session) -> OpsResult<()> {
+    crate::access::require(session, Role::Viewer, "read reports", "*").await?;
+    slipway_govern::verify_evidence(session.store.as_ref()).await?;
+    Ok(())
+}
+
+/// The run summaries and archive checkpoints of an SQLite store (`db_path`); none for a
+/// PostgreSQL store (`None`), which is not archived, so reports there count its live runs.
+pub async fn archived(db_path: Option<&Path>) -> OpsResult<(Vec<RunSummary>, Vec<Checkpoint>)> {
+    let Some(db_path) = db_path else {
+        return Ok((Vec::new(), Vec::new()));
+    };
+    let db = ArchiveDb::open(db_path).await?;
+    Ok((db.summaries().await?, db.checkpoints().await?))
+}
+
+/// Live and archived runs since `since`, and the archived runs no summary covers.
+pub async fn history_with_archive(
+    store: &dyn Store,
+    db_path: Option<&Path>,
+    since: Option<jiff::Timestamp>,
+) -> OpsResult<(Vec<RunHistory>, Vec<Unsummarized>)> {
+    let live = history::load_runs(store, since).await?;
+    let (summaries, checkpoints) = archived(db_path).await?;
+    Ok(history::with_archived(
+        live,
+        &summaries,
+        &checkpoints,
+        since,
+    ))
+}
+
+/// One run for a per-run report; an archived run is refused naming its bundle.
+pub async fn load_run(
+    store: &dyn Store,
+    db_path: Option<&Path>,
+    id: &str,
+) -> OpsResult<RunHistory> {
+    match RunHistory::load(store, id).await {
+        Err(GovernError::NoSuchRun(_)) => {
+            let (summaries, checkpoints) = archived(db_path).await?;
+            let bundle = summaries
+                .iter()
+                .find(|s| s.run_id == id)
+                .map(|s| s.checkpoint_id)
+                .or_else(|| {
+                    checkpoints
+                        .iter()
+                        .find(|c| c.runs.iter().any(|r| r == id))
+                        .map(|c| c.id)
+                })
+                .and_then(|cp| checkpoints.iter().find(|c| c.id == cp));
+            match bundle {
+                Some(c) => Err(OpsError::input(format!(
+                    "failed to read run `{id}`: it was archived into {} (sha256 {}, archive before {}); its journal and approvals are in that bundle",
+                    c.bundle_name, c.bundle_sha256, c.before
+                ))
+                .hint(Hint::text("read the bundle's journal.jsonl (`zstd -dc BUNDLE | tar -xO journal.jsonl`); `slipway report dora` still counts the run"))),
+                None => Err(GovernError::NoSuchRun(id.to_owned()).into()),
+            }
+        }
+        other => Ok(other?),
+    }
+}
+
+/// `slipway report dora`: `query.since` is required by the front ends.
+pub async fn dora(session: &Session, mut query: DoraQuery) -> OpsResult<DoraReport> {
+    readable(session).await?;
+    let store = session.store.as_ref();
+    let (runs, unsummarized) =
+        history_with_archive(store, session.store.sqlite_path(), query.since).await?;
+    query.unsummarized = unsummarized;
+    Ok(dora::compute(
+        &runs,
+        &query,
+        slipway_stdx::now(),
+        &slipway_govern::git::change_origin,
+    ))
+}
+
+/// A run's handover pack.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Handover {
+    /// The run.
+    pub run: String,
+    /// The pack, Markdown.
+    pub markdown: String,
+    /// The release notes from git (the run's workdir, where it ran).
+    pub git: GitNotes,
+}
+
+/// `slipway report handover RUN`.
+pub async fn handover(session: &Session, id: &str) -> OpsResult<Handover> {
+    readable(session).await?;
+    let store = session.store.as_ref();
+    let db = session.store.sqlite_path();
+    let run = load_run(store, db, id).await?;
+    let (summaries, checkpoints) = archived(db).await?;
+    let prev = history::previous_run_with_archived(store, &run, &summaries, &checkpoints).await?;
+    let notes = slipway_govern::git::release_notes(&run, prev.as_ref());
+    let markdown = slipway_govern::handover::render(&run, prev.as_ref(), &notes);
+    Ok(Handover {
+        run: run.record.id.clone(),
+        markdown,
+        git: notes,
+    })
+}
+
+/// `slipway report retro RUN`.
+pub async fn retro(session: &Session, id: &str) -> OpsResult<slipway_govern::retro::Retro> {
+    readable(session).await?;
+    let run = load_run(session.store.as_ref(), session.store.sqlite_path(), id).await?;
+    Ok(slipway_govern::retro::build(&run))
+}
