@@ -34,6 +34,10 @@ struct World {
     dir: PathBuf,
     roots: Vec<PathBuf>,
     ports: Vec<u16>,
+    /// Instances per host.
+    replicas: u16,
+    /// Lines added to the environment (e.g. `router:`), indented by four spaces.
+    env_extra: String,
 }
 
 impl World {
@@ -68,6 +72,8 @@ impl World {
             dir,
             roots,
             ports,
+            replicas: 2,
+            env_extra: String::new(),
         }
     }
 
@@ -91,14 +97,16 @@ kind: Release
 metadata: {{ name: shop, version: {version}, type: patch }}
 services:
   web:
-    run: {{ command: \"{command}\", replicas: 2 }}
+    run: {{ command: \"{command}\", replicas: {replicas} }}
     readiness: {readiness}
     config: [ {{ template: web.conf.j2, dest: web.conf }} ]
 environments:
   fleet:
     target: {{ ssh: {{ inventory: hosts.yaml, group: all, batch: 1 }} }}
     vars: {{ password: \"secret://env/{SECRET_NAME}\" }}
-"
+{extra}",
+                replicas = self.replicas,
+                extra = self.env_extra,
             ),
         )
         .unwrap();
@@ -162,7 +170,7 @@ environments:
     /// Wait until every instance on every host answers `version`.
     fn wait_all(&self, version: &str) {
         for (i, p) in self.ports.iter().enumerate() {
-            for k in 0..2 {
+            for k in 0..self.replicas {
                 wait_version(*p + k, version, &format!("host {i} instance {k}"));
             }
         }
@@ -459,4 +467,164 @@ fn a_version_that_crashes_is_replaced_by_the_previous_one_and_the_run_rolls_back
         w.wait_all("1.0.0");
         assert_eq!(w.child(1, 0).unwrap().0, before);
     }
+}
+
+/// HAProxy in front of the fleet: backend `web` with one server per host, named after it.
+struct Haproxy {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn haproxy(w: &World) -> Haproxy {
+    for _ in 0..3 {
+        let port = free_ports(1);
+        let servers: String = w
+            .fleet
+            .hosts
+            .iter()
+            .zip(&w.ports)
+            .map(|(h, p)| format!("  server {} 127.0.0.1:{p}\n", h.name))
+            .collect();
+        let cfg = format!(
+            "global
+  stats socket {d}/admin.sock mode 600 level admin
+defaults
+  mode http
+  timeout connect 2s
+  timeout client 30s
+  timeout server 30s
+  # No retry: a request sent to a host whose instances are being replaced fails, as a
+  # user's would; only draining keeps requests away from it.
+  retries 0
+frontend fe
+  bind 127.0.0.1:{port}
+  default_backend web
+backend web
+  balance roundrobin
+{servers}",
+            d = w.dir.display()
+        );
+        std::fs::write(w.dir.join("haproxy.cfg"), cfg).unwrap();
+        let mut h = Haproxy {
+            child: std::process::Command::new("haproxy")
+                .arg("-db")
+                .arg("-f")
+                .arg(w.dir.join("haproxy.cfg"))
+                .stdout(std::process::Stdio::null())
+                .stderr(std::fs::File::create(w.dir.join("haproxy.err")).unwrap())
+                .spawn()
+                .expect("haproxy is installed (scripts/test.sh installs it)"),
+            port,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if matches!(h.child.try_wait(), Ok(Some(_))) {
+                break;
+            }
+            if std::os::unix::net::UnixStream::connect(w.dir.join("admin.sock")).is_ok()
+                && TcpStream::connect(("127.0.0.1", port)).is_ok()
+            {
+                return h;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    panic!("haproxy did not start in {}", w.dir.display());
+}
+
+/// Requests through `port` one after another (a new connection each) until `stop`:
+/// (answers by version, failures with what they were).
+fn traffic(
+    port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<(std::collections::BTreeMap<String, u32>, Vec<String>)> {
+    std::thread::spawn(move || {
+        let mut seen = std::collections::BTreeMap::new();
+        let mut failed = Vec::new();
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            match version_at_full(port) {
+                Ok(v) => *seen.entry(v).or_insert(0) += 1,
+                Err(e) => failed.push(e),
+            }
+        }
+        (seen, failed)
+    })
+}
+
+/// `GET /version` through a port: the body of a 200, else what came back.
+fn version_at_full(port: u16) -> Result<String, String> {
+    let mut s = TcpStream::connect_timeout(
+        &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_secs(2),
+    )
+    .map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    s.write_all(b"GET /version HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).map_err(|e| e.to_string())?;
+    if !buf.starts_with("HTTP/1.1 200") {
+        return Err(buf.lines().next().unwrap_or("no answer").to_owned());
+    }
+    Ok(buf.split("\r\n\r\n").nth(1).unwrap_or("").trim().to_owned())
+}
+
+/// Behind HAProxy (backend `web`, one server per host), a rolling deploy in waves of one
+/// host drains each host before replacing its instances and puts it back after, and a
+/// rollback does the same: requests sent all along through HAProxy never fail.
+#[test]
+fn behind_haproxy_each_host_is_drained_while_replaced_and_no_request_fails() {
+    let mut w = World::new(2);
+    w.replicas = 1;
+    w.env_extra = "    router: { haproxy: { socket: admin.sock, backend: web } }\n".into();
+    let h = haproxy(&w);
+    let o = w.deploy(&w.spec("1.0.0", &w.demo()));
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    w.wait_all("1.0.0");
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = traffic(h.port, stop.clone());
+    let o = w.deploy(&w.spec("2.0.0", &w.demo()));
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    let run2 = w.status()["run"]["id"].as_str().unwrap().to_owned();
+    w.wait_all("2.0.0");
+    let o = w.run(&["rollback", &run2, "--reason", "drill"]);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    w.wait_all("1.0.0");
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (seen, failed) = load.join().unwrap();
+    assert!(
+        failed.is_empty(),
+        "requests failed: {failed:?} (answered: {seen:?})"
+    );
+    assert!(
+        seen.get("2.0.0").copied().unwrap_or(0) > 0 && seen.get("1.0.0").copied().unwrap_or(0) > 0,
+        "{seen:?}"
+    );
+    // Each host's output says it was drained and put back, on the way in and out.
+    let s = w.status();
+    let hosts = s["hosts"].as_array().unwrap();
+    for (phase, what) in [("apply", "deploy"), ("undo", "rollback")] {
+        for host in ["host1", "host2"] {
+            let h = hosts
+                .iter()
+                .find(|h| h["step"] == "web/deploy" && h["phase"] == phase && h["host"] == host)
+                .unwrap_or_else(|| panic!("no {phase} on {host}: {s:#}"));
+            let err = h["stderr"].as_str().unwrap_or("");
+            assert!(
+                err.contains(&format!("{what}: drained web/{host}"))
+                    && err.contains(&format!("web/{host} back in service")),
+                "{phase} on {host}: {err}"
+            );
+        }
+    }
+    drop(h);
 }

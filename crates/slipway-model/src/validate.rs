@@ -1722,7 +1722,8 @@ fn environment(cx: &mut Cx<'_>, spec: &ReleaseSpec, name: &str, e: &Environment)
 /// Builtin metrics HAProxy's per-server counters (`show stat`) can answer.
 pub const HAPROXY_BUILTIN_METRICS: &[&str] = &["error-rate", "request-rate"];
 
-/// `environments.X.router`: one kind, on the process target, fronting one service, with
+/// `environments.X.router`: one kind, on the process target (or HAProxy on the ssh
+/// target, draining each host while it is deployed), fronting one service, with
 /// the builtin metrics of the canary's analysis answerable by that router.
 fn router(cx: &mut Cx<'_>, spec: &ReleaseSpec, env: &str, e: &Environment, r: &Router) {
     let base = pointer(["environments", env, "router"]);
@@ -1736,7 +1737,11 @@ fn router(cx: &mut Cx<'_>, spec: &ReleaseSpec, env: &str, e: &Environment, r: &R
             ("haproxy", r.haproxy.is_some()),
         ],
     );
-    if e.target.process.is_none() && e.target.kind() != crate::spec::TargetKind::None {
+    // On the ssh target HAProxy takes each host out of service while its instances are
+    // replaced (one server per host, named after it); nothing else routes there.
+    let ssh_drain = e.target.ssh.is_some() && r.haproxy.is_some();
+    if e.target.process.is_none() && e.target.kind() != crate::spec::TargetKind::None && !ssh_drain
+    {
         cx.err_key(
             "router-needs-process",
             &base,
@@ -1744,7 +1749,7 @@ fn router(cx: &mut Cx<'_>, spec: &ReleaseSpec, env: &str, e: &Environment, r: &R
                 "`{env}` deploys with the `{}` target, which does not shift traffic; a router fronts the instances of the `process` target",
                 e.target.kind()
             ),
-            "use `target: { process: {} }` here, or remove `router:`",
+            "use `target: { process: {} }` here (or, on the ssh target, `router: { haproxy: ... }` to drain each host while it is deployed), or remove `router:`",
         );
     }
     let instanced: Vec<&str> = spec

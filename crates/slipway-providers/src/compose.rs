@@ -231,7 +231,10 @@ impl RunWiring<'_> {
         // On the ssh target, `deploy` steps are supervised instances on the hosts, run by
         // the same target as the install steps (waves, budget, markers).
         let with_services = |t: SshTarget, p: &Plan| {
-            t.with_services(ssh_services(p), Some(self.layout.config(&p.environment)))
+            t.with_services(
+                ssh_services(p, self.workdir),
+                Some(self.layout.config(&p.environment)),
+            )
         };
         let exec: Arc<dyn Target> = match (ssh_plan, ssh) {
             (Some(p), Some(checked)) => Arc::new(with_services(checked, p)),
@@ -485,16 +488,33 @@ pub fn ssh_target(plan: &Plan, spec_dir: &Path, redactor: Redactor) -> Result<Ss
     .map_err(|e| e.to_string())
 }
 
-/// The `run:` services of a plan as the ssh target deploys them on its hosts.
-pub fn ssh_services(plan: &Plan) -> BTreeMap<String, crate::ssh_service::SshService> {
+/// The `run:` services of a plan as the ssh target deploys them on its hosts, each with
+/// the HAProxy its environment's `router:` puts in front of the fleet (socket relative to
+/// `workdir`).
+pub fn ssh_services(
+    plan: &Plan,
+    workdir: &Path,
+) -> BTreeMap<String, crate::ssh_service::SshService> {
     plan.services
         .iter()
         .filter_map(|(name, s)| {
+            let drain = plan
+                .router_of(name)
+                .and_then(|r| r.haproxy.as_ref())
+                .map(|h| {
+                    Arc::new(crate::haproxy::HaproxyRouter::new(
+                        workdir.join(&h.socket),
+                        h.backend.clone(),
+                        "stable",
+                        "canary",
+                    ))
+                });
             Some((
                 name.clone(),
                 crate::ssh_service::SshService {
                     run: s.run.clone()?,
                     readiness: s.readiness.clone(),
+                    drain,
                 },
             ))
         })

@@ -1182,6 +1182,52 @@ impl SshTarget {
         }
     }
 
+    /// Run `work` on a host of a `deploy` step's service with the host out of its HAProxy
+    /// backend (drained first, back in service after, whatever the outcome: the host then
+    /// runs the new version or the one put back); without HAProxy just `work`. The drain
+    /// is reported as the host's progress.
+    async fn drained(
+        &self,
+        s: &Session,
+        ctx: &StepContext,
+        what: &str,
+        work: impl std::future::Future<Output = HostOutcome>,
+    ) -> HostOutcome {
+        let router = self
+            .service_of(ctx)
+            .ok()
+            .and_then(|(_, svc)| svc.drain.clone());
+        let Some(router) = router else {
+            return work.await;
+        };
+        let server = s.endpoint().host.name.clone();
+        let drained = match ssh_service::drain(&router, &server).await {
+            Ok(d) => d,
+            Err(m) => return HostOutcome::Failed(m, StepOutput::default()),
+        };
+        let outcome = work.await;
+        let back = ssh_service::restore(&router, &server).await;
+        let note = format!(
+            "[slipway] {what}: {drained}; {}\n",
+            match &back {
+                Ok(()) => format!("{}/{server} back in service", router.backend()),
+                Err(m) => format!("could not put it back in service: {m}"),
+            }
+        );
+        match (outcome, back) {
+            (HostOutcome::Ran(mut o), Ok(())) => {
+                o.stderr.push_str(&note);
+                HostOutcome::Ran(o)
+            }
+            (HostOutcome::Ran(o), Err(m)) => HostOutcome::Failed(m, o),
+            (HostOutcome::Failed(m, mut o), _) => {
+                o.stderr.push_str(&note);
+                HostOutcome::Failed(m, o)
+            }
+            (other, _) => other,
+        }
+    }
+
     /// The `run:` service of a deploy step (`service/deploy`).
     fn service_of<'s>(
         &'s self,
@@ -1628,10 +1674,14 @@ impl SshTarget {
     ) -> HostOutcome {
         let o = if self.over_budget() {
             HostOutcome::Skipped
-        } else if let StepAction::Deploy { version, replicas } = action
-            && let Err((m, out)) = self.upload_version(s, ctx, version, *replicas).await
-        {
-            HostOutcome::Failed(m, out)
+        } else if let StepAction::Deploy { version, replicas } = action {
+            match self.upload_version(s, ctx, version, *replicas).await {
+                Err((m, out)) => HostOutcome::Failed(m, out),
+                Ok(()) => {
+                    self.drained(s, ctx, "deploy", self.apply_host(s, ctx, step))
+                        .await
+                }
+            }
         } else {
             self.apply_host(s, ctx, step).await
         };
@@ -1671,10 +1721,11 @@ impl SshTarget {
         &self,
         s: &Session,
         ctx: &StepContext,
+        action: &StepAction,
         cmd: &str,
         t: Duration,
     ) -> (String, Result<Option<StepOutput>, (String, StepOutput)>) {
-        let r = self.undo_host(s, ctx, cmd, t).await;
+        let r = self.undo_one(s, ctx, action, cmd, t).await;
         let outcome = match &r {
             Ok(Some(o)) => HostOutcome::Ran(o.clone()),
             Ok(None) => {
@@ -1684,6 +1735,33 @@ impl SshTarget {
         };
         self.report(ctx, &s.endpoint().host, "undo", None, &outcome);
         (s.endpoint().host.name.clone(), r)
+    }
+
+    /// [`Self::undo_host`], with the host out of its HAProxy backend meanwhile when the
+    /// step deploys instances there.
+    async fn undo_one(
+        &self,
+        s: &Session,
+        ctx: &StepContext,
+        action: &StepAction,
+        cmd: &str,
+        t: Duration,
+    ) -> Result<Option<StepOutput>, (String, StepOutput)> {
+        if !matches!(action, StepAction::Deploy { .. }) {
+            return self.undo_host(s, ctx, cmd, t).await;
+        }
+        let work = async {
+            match self.undo_host(s, ctx, cmd, t).await {
+                Ok(Some(o)) => HostOutcome::Ran(o),
+                Ok(None) => HostOutcome::Skipped,
+                Err((m, o)) => HostOutcome::Failed(m, o),
+            }
+        };
+        match self.drained(s, ctx, "rollback", work).await {
+            HostOutcome::Ran(o) => Ok(Some(o)),
+            HostOutcome::Failed(m, o) => Err((m, o)),
+            _ => Ok(None),
+        }
     }
 
     fn report(
@@ -1879,7 +1957,7 @@ impl Target for SshTarget {
                 let t = self.timeout(step)?;
                 for s in &completed {
                     let name = s.endpoint().host.name.clone();
-                    let r = self.undo_host(s, ctx, cmd, t).await;
+                    let r = self.undo_one(s, ctx, action, cmd, t).await;
                     let outcome = match &r {
                         Ok(o) => HostOutcome::Ran(o.clone().unwrap_or_default()),
                         Err((m, o)) => HostOutcome::Failed(m.clone(), o.clone()),
@@ -2002,7 +2080,7 @@ impl Target for SshTarget {
             let sessions = self.connect_all().await?;
             let futs: Vec<_> = sessions
                 .iter()
-                .map(|s| self.undo_reported(s, ctx, cmd, t))
+                .map(|s| self.undo_reported(s, ctx, action, cmd, t))
                 .collect();
             let results: Vec<_> = futures_util::stream::iter(futs)
                 .buffered(self.parallelism)

@@ -43,6 +43,17 @@
 //! lingering user session, which a deploy user usually lacks; the supervisor needs only
 //! a POSIX shell, `setsid` and `/proc`.
 //!
+//! # Behind HAProxy
+//!
+//! With `router: { haproxy: { socket, backend } }` in an ssh environment, the backend has
+//! one server per host, named as the host in the inventory (`server web1 10.0.0.11:8080`).
+//! Before a host's instances are replaced (deploy or rollback) its server is set to
+//! `drain` and its sessions are waited for (at most [`DRAIN_TIMEOUT`]); after, whatever
+//! the outcome (the host then runs the new version, or the one put back), it is set
+//! `ready` again. A rolling deploy in waves of `batch` hosts so never sends a request to
+//! a host whose instances are being replaced — the rolling-update pattern of Ansible's
+//! `serial:` with HAProxy drain tasks.
+//!
 //! # The deploy step
 //!
 //! The `deploy` step is run like any exec step of the ssh target (markers, locks, waves,
@@ -56,9 +67,12 @@
 //! recorded version the same way, unless a later release already replaced this one.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use slipway_model::duration::parse_duration;
+
+use crate::haproxy::HaproxyRouter;
 use slipway_model::spec::{ExecStep, Probe, RunSpec};
 
 use crate::ssh::{Host, sh_quote};
@@ -74,12 +88,110 @@ pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(30);
 pub const STOP_GRACE_SECS: u64 = 10;
 
 /// A `run:` service as the ssh target deploys it.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SshService {
     /// The spec's `run:`.
     pub run: RunSpec,
     /// The spec's `readiness` probe, run on the host.
     pub readiness: Option<Probe>,
+    /// The HAProxy in front of the fleet (`router: { haproxy }`), whose backend has one
+    /// server per host named after it: each host is drained before its instances are
+    /// replaced and put back in service after.
+    pub drain: Option<Arc<HaproxyRouter>>,
+}
+
+impl std::fmt::Debug for SshService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SshService")
+            .field("run", &self.run)
+            .field("readiness", &self.readiness)
+            .field(
+                "drain",
+                &self.drain.as_ref().map(|r| r.backend().to_owned()),
+            )
+            .finish()
+    }
+}
+
+/// Longest wait for a drained host's sessions to end before its instances are replaced
+/// anyway (a long-lived connection must not hold a deploy forever).
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A runtime API change that answers nothing when it worked.
+async fn haproxy_change(router: &HaproxyRouter, cmd: &str) -> Result<(), String> {
+    let out = router.command(cmd).await?;
+    let t = out.trim();
+    if t.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "HAProxy refused `{cmd}` on {}: {t}; fix: the backend needs one server per host, named as the host in the inventory",
+            router.socket().display()
+        ))
+    }
+}
+
+/// The current sessions of one server (`scur` of `show stat`).
+async fn sessions(router: &HaproxyRouter, server: &str) -> Result<u64, String> {
+    let out = router.command("show stat").await?;
+    let mut lines = out.lines();
+    let header: Vec<&str> = lines
+        .next()
+        .and_then(|h| h.strip_prefix("# "))
+        .map(|h| h.split(',').collect())
+        .ok_or_else(|| format!("HAProxy answered `show stat` with: {}", out.trim()))?;
+    let col = |n: &str| header.iter().position(|h| *h == n);
+    let (px, sv, scur) = (col("pxname"), col("svname"), col("scur"));
+    for line in lines {
+        let f: Vec<&str> = line.split(',').collect();
+        let at = |i: Option<usize>| i.and_then(|i| f.get(i)).copied().unwrap_or("");
+        if at(px) == router.backend() && at(sv) == server {
+            return Ok(at(scur).parse().unwrap_or(0));
+        }
+    }
+    Err(format!(
+        "HAProxy backend `{}` has no server `{server}`; fix: name one server per host after the host in the inventory",
+        router.backend()
+    ))
+}
+
+/// Take a host out of service: `drain` (no new requests), then wait (up to
+/// [`DRAIN_TIMEOUT`]) for its sessions to end. Returns what was done, for the step's
+/// output.
+pub async fn drain(router: &HaproxyRouter, server: &str) -> Result<String, String> {
+    haproxy_change(
+        router,
+        &format!("set server {}/{server} state drain", router.backend()),
+    )
+    .await?;
+    let started = std::time::Instant::now();
+    loop {
+        let n = sessions(router, server).await?;
+        if n == 0 {
+            return Ok(format!(
+                "drained {}/{server} in {} ms",
+                router.backend(),
+                started.elapsed().as_millis()
+            ));
+        }
+        if started.elapsed() >= DRAIN_TIMEOUT {
+            return Ok(format!(
+                "drained {}/{server}: {n} session(s) still open after {} s, replaced anyway",
+                router.backend(),
+                DRAIN_TIMEOUT.as_secs()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Put a host back in service.
+pub async fn restore(router: &HaproxyRouter, server: &str) -> Result<(), String> {
+    haproxy_change(
+        router,
+        &format!("set server {}/{server} state ready", router.backend()),
+    )
+    .await
 }
 
 /// The supervisor and its commands (see the module docs). POSIX sh; needs `setsid`,
@@ -522,6 +634,7 @@ mod tests {
                 env: Default::default(),
                 inherit_env: vec!["JAVA_HOME".into()],
             },
+            drain: None,
             readiness: Some(Probe {
                 http: Some("/ready".into()),
                 tcp: None,
