@@ -229,6 +229,9 @@ def parse_tables(text):
     tables, caption, cur = [], "", None
     for line in text.splitlines():
         s = line.strip()
+        if s.startswith("{") and cur is not None:
+            # A JSON record between rows (parse_json_lines keeps it) does not end a table.
+            continue
         if s.startswith("|") and s.endswith("|"):
             cells = [c.strip() for c in s.strip("|").split("|")]
             if cur is None:
@@ -507,7 +510,8 @@ def render_crash(r):
 
 def render_tables(r):
     out = []
-    for t in r["tables"]:
+    # Parsed again from the output, so a parser fix applies to results already recorded.
+    for t in parse_tables(r["output"]):
         if t["caption"]:
             out.append(t["caption"])
         out.append(md_table(t["columns"], t["rows"]))
