@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
@@ -32,6 +32,26 @@ pub const TOKEN_HEADER: &str = "x-slipway-admin-token";
 
 /// Admin request bodies are small JSON documents; anything bigger is refused.
 const BODY_LIMIT: usize = 1 << 20;
+
+/// How much of a refused body is still read (and dropped) so the client gets its 413.
+const DRAIN_LIMIT: usize = 8 << 20;
+
+/// How long a refused body is drained at most.
+const DRAIN_TIME: Duration = Duration::from_secs(2);
+
+/// Reads and drops what is left of `body`, `seen` bytes already read, within [`DRAIN_LIMIT`]
+/// and [`DRAIN_TIME`]; errors end it (the connection is closed afterwards either way).
+async fn drain(body: &mut Incoming, mut seen: usize) {
+    let _ = tokio::time::timeout(DRAIN_TIME, async {
+        while seen <= DRAIN_LIMIT {
+            match body.frame().await {
+                Some(Ok(frame)) => seen += frame.data_ref().map_or(0, |d| d.len()),
+                _ => break,
+            }
+        }
+    })
+    .await;
+}
 
 /// The shapes error messages show.
 const WEIGHT_EXAMPLE: &str = r#"{"weight": 25} (0 to 100)"#;
@@ -107,39 +127,58 @@ fn same_token(given: &[u8], expected: &[u8]) -> bool {
             == 0
 }
 
-/// Reads a JSON body of the shape `example` shows. Too big a body is a 413 (refused on its
-/// `Content-Length` before it is read, or once reading passes the limit); one that does not
-/// parse is a 400 that shows the expected shape.
+/// Reads a JSON body of the shape `example` shows. Too big a body is a 413, refused on its
+/// `Content-Length` or once reading passes the limit; one that does not parse is a 400 that
+/// shows the expected shape.
+///
+/// A refused body is still read and dropped, up to [`DRAIN_LIMIT`] bytes for at most
+/// [`DRAIN_TIME`], before the answer goes out (nginx's "lingering close"): a server that
+/// closes with the client's bytes unread makes the kernel reset the connection, and the client
+/// then sees a broken pipe or a reset instead of the 413 that says what to fix. Past those
+/// bounds the connection is closed anyway, so a slow or endless sender costs little.
 async fn body_json<T: serde::de::DeserializeOwned>(
     req: Request<Incoming>,
     example: &str,
 ) -> Result<T, Response<Full<Bytes>>> {
     let too_large = || {
-        text(
+        let mut resp = text(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!(
                 "the body is larger than {BODY_LIMIT} bytes; send a small JSON document: {example}\n"
             ),
-        )
+        );
+        resp.headers_mut()
+            .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+        resp
     };
     let declared = req
         .headers()
         .get(hyper::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
+    let mut body = req.into_body();
     if declared.is_some_and(|n| n > BODY_LIMIT as u64) {
+        if declared.is_some_and(|n| n <= DRAIN_LIMIT as u64) {
+            drain(&mut body, 0).await;
+        }
         return Err(too_large());
     }
-    let bytes = match Limited::new(req.into_body(), BODY_LIMIT).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
-        Err(e) => {
-            return Err(text(
+    let mut bytes = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            text(
                 StatusCode::BAD_REQUEST,
                 format!("failed to read the body: {e}\n"),
-            ));
+            )
+        })?;
+        if let Ok(data) = frame.into_data() {
+            if bytes.len() + data.len() > BODY_LIMIT {
+                drain(&mut body, bytes.len() + data.len()).await;
+                return Err(too_large());
+            }
+            bytes.extend_from_slice(&data);
         }
-    };
+    }
     serde_json::from_slice(&bytes).map_err(|e| {
         text(
             StatusCode::BAD_REQUEST,

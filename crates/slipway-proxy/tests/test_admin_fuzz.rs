@@ -308,3 +308,35 @@ fn bodies_over_the_limit_are_refused_and_change_nothing() {
         assert!(text.contains("missing field `stable`") && text.contains(r#"{"stable": ["#), "{text}");
     });
 }
+
+/// A client that sends a refused body whole before reading gets the 413, however large the
+/// body is compared with the socket buffers: the proxy reads and drops what it refuses
+/// (bounded) before answering. It used to answer at once and close with the body unread,
+/// so a client still writing (hyper's, in CI under load) saw a broken pipe or a reset and
+/// never the answer. 7 MiB is more than loopback's send buffer (4 MiB) and an unread
+/// receive window hold together, so without the drain the writes below fail every time.
+#[test]
+fn a_client_sending_a_refused_body_whole_still_reads_the_413() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let proxy = start().await;
+        let admin = proxy.admin_addr().unwrap();
+        let body = vec![b' '; 7 << 20];
+        let mut tcp = tokio::net::TcpStream::connect(admin).await.unwrap();
+        let head = format!(
+            "PUT /admin/weight HTTP/1.1\r\nhost: {admin}\r\n{TOKEN_HEADER}: {TOKEN}\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        );
+        tcp.write_all(head.as_bytes()).await.unwrap();
+        tcp.write_all(&body)
+            .await
+            .expect("the proxy reads a refused body instead of closing on the client");
+        let mut answer = Vec::new();
+        tcp.read_to_end(&mut answer).await.unwrap();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+        assert!(answer.contains("larger than 1048576 bytes"), "{answer}");
+        assert_eq!(proxy.weight(), 37);
+    });
+}
