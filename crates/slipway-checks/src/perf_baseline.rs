@@ -68,8 +68,7 @@ impl Setup {
             ));
         }
         let duration = match &p.duration {
-            Some(d) => slipway_model::duration::parse_duration(d)
-                .map_err(|e| format!("perf duration `{d}`: {e}"))?,
+            Some(d) => d.get().map_err(|e| format!("perf duration `{d}`: {e}"))?,
             None => Duration::from_secs(5),
         };
         Ok(Self {

@@ -646,8 +646,8 @@ impl ReleaseRun {
                     .filter_map(move |p| {
                         let deadline = p
                             .deadline
-                            .as_deref()
-                            .and_then(|d| slipway_model::duration::parse_duration(d).ok())
+                            .as_ref()
+                            .and_then(|d| d.get().ok())
                             .unwrap_or(PROBE_DEADLINE);
                         p.command.clone().map(|c| (name.clone(), c, deadline))
                     })

@@ -9,7 +9,6 @@ use std::collections::BTreeSet;
 use std::str::FromStr;
 
 use jiff::{Timestamp, Zoned, tz::TimeZone};
-use slipway_model::duration::parse_duration;
 use slipway_model::spec::{Freeze, Window};
 
 use crate::store::ApprovalRecord;
@@ -68,7 +67,7 @@ pub fn window_status(windows: &[Window], now: Timestamp) -> Result<WindowStatus,
             what: what("timezone"),
             message: format!("`{}` is not an IANA time zone: {e}", w.timezone),
         })?;
-        let len = parse_duration(&w.duration).map_err(|e| GateError {
+        let len = w.duration.get().map_err(|e| GateError {
             what: what("duration"),
             message: e,
         })?;

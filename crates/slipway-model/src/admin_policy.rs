@@ -104,14 +104,14 @@ pub struct EnvPolicy {
 #[serde(deny_unknown_fields)]
 pub struct DryRunPolicy {
     /// How old the passed dry run may be when planning, e.g. `168h`.
-    pub max_age: String,
+    pub max_age: crate::duration::SpecDuration,
 }
 
 impl DryRunPolicy {
     /// `max_age` as a duration (validated when the policy was applied; `None` only for a
     /// policy that skipped validation).
     pub fn max_age(&self) -> Option<std::time::Duration> {
-        crate::duration::parse_duration(&self.max_age).ok()
+        self.max_age.get().ok()
     }
 }
 
@@ -123,7 +123,7 @@ pub struct PromoteFrom {
     pub environment: String,
     /// Minimum time the inputs must have run successfully there, e.g. `1h`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub soak: Option<String>,
+    pub soak: Option<crate::duration::SpecDuration>,
     /// The run there must have run post checks, all passed.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub post_checks: bool,
@@ -543,7 +543,7 @@ pub fn load(file: &str, text: &str) -> Result<PolicyDoc, SpecErrors> {
                     "write a zone such as `Europe/Berlin`",
                 ));
             }
-            if crate::duration::parse_duration(&w.duration).is_err() {
+            if w.duration.get().is_err() {
                 semantic.push(Diagnostic::new(
                     "policy-window",
                     &format!("{ptr}/duration"),
@@ -584,7 +584,7 @@ pub fn load(file: &str, text: &str) -> Result<PolicyDoc, SpecErrors> {
                 ));
             }
             if let Some(soak) = &pf.soak
-                && crate::duration::parse_duration(soak).is_err()
+                && soak.get().is_err()
             {
                 semantic.push(Diagnostic::new(
                     "policy-promote-from",

@@ -296,8 +296,8 @@ impl Limits {
         Self {
             interval_ms: t
                 .interval
-                .as_deref()
-                .and_then(|i| parse_duration(i).ok())
+                .as_ref()
+                .and_then(|i| i.get().ok())
                 .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1))
                 .unwrap_or(DEFAULT_INTERVAL_MS),
             min_samples: t.min_samples.unwrap_or(DEFAULT_MIN_SAMPLES),

@@ -12,7 +12,6 @@
 //! - hotfix: 1 approval, post-review required, may deploy outside windows (never inside a
 //!   freeze without an override) — the emergency-change path auditors ask about.
 
-use crate::duration::parse_duration;
 use crate::spec::{CheckPhase, PolicyRule, ReleaseSpec, ReleaseType, Requirement};
 
 /// The built-in rule for a release type.
@@ -94,7 +93,7 @@ pub fn effective_rule(spec: &ReleaseSpec, t: ReleaseType) -> EffectiveRule {
             .unwrap_or((0, format!("policy.{name}.approvals"))),
         canary: flag(pick(user, &def, |r| r.canary, "canary", name), "canary"),
         soak: pick(user, &def, |r| r.soak.clone(), "soak", name).and_then(|(s, src)| {
-            parse_duration(&s)
+            s.get()
                 .ok()
                 .map(|d| (d.as_secs(), src))
                 .filter(|(secs, _)| *secs > 0)

@@ -36,7 +36,7 @@ pub struct PromotionRule {
     pub from: String,
     /// Minimum soak there, e.g. `1h`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub soak: Option<String>,
+    pub soak: Option<crate::duration::SpecDuration>,
     /// Post checks must have passed there.
     #[serde(default)]
     pub post_checks: bool,
@@ -269,7 +269,7 @@ fn judge(
         }
     }
     if let Some(soak) = &rule.soak {
-        let need = crate::duration::parse_duration(soak).ok()?;
+        let need = soak.get().ok()?;
         let finished = run
             .finished_at
             .as_deref()

@@ -13,7 +13,7 @@ use jiff::Timestamp;
 use jiff::tz::TimeZone;
 use serde::{Deserialize, Serialize};
 
-use crate::duration::{format_duration, parse_duration};
+use crate::duration::{SpecDuration, format_duration};
 use crate::plan::Finding;
 use crate::spec::{BackupPolicy, Environment, RehearsalRequirement, ReleaseSpec, Window};
 
@@ -237,7 +237,7 @@ impl Objectives {
     /// and count as absent here).
     pub fn of(env: &Environment) -> Self {
         let r = env.recovery.as_ref();
-        let d = |v: Option<&String>| v.and_then(|v| parse_duration(v).ok());
+        let d = |v: Option<&SpecDuration>| v.and_then(|v| v.get().ok());
         Self {
             rto: d(r.and_then(|r| r.rto.as_ref())),
             rpo: d(r.and_then(|r| r.rpo.as_ref())),
@@ -295,7 +295,7 @@ fn backup_age(b: &BackupPolicy, windows: &[Window], now: Timestamp, out: &mut Ve
     };
     // Validation refused unparsable values; a spec that skipped it gets no finding rather
     // than a wrong one.
-    let (Ok(cron), Ok(max)) = (crate::cron::parse(schedule), parse_duration(max_age)) else {
+    let (Ok(cron), Ok(max)) = (crate::cron::parse(schedule), max_age.get()) else {
         return;
     };
     let Ok(max) = jiff::SignedDuration::try_from(max) else {

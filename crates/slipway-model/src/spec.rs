@@ -11,6 +11,8 @@
 use std::collections::BTreeMap;
 
 use schemars::JsonSchema;
+
+use crate::duration::SpecDuration;
 use serde::{Deserialize, Serialize};
 
 /// The only `apiVersion` this build understands.
@@ -106,7 +108,7 @@ pub struct Lifecycle {
     /// Minimum time the inputs must have run successfully in the previous environment
     /// before reaching this one, by environment, e.g. `{ prod: 1h }`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub soak: BTreeMap<String, String>,
+    pub soak: BTreeMap<String, SpecDuration>,
     /// The previous environment's run must have run post checks, all passed.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub post_checks: bool,
@@ -412,7 +414,7 @@ pub struct ExecStep {
     pub undo: Option<String>,
     /// Timeout, e.g. `30s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeout: Option<String>,
+    pub timeout: Option<SpecDuration>,
 }
 
 /// A config template rendered per environment.
@@ -440,10 +442,10 @@ pub struct Probe {
     pub command: Option<String>,
     /// Timeout of one probe, e.g. `2s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeout: Option<String>,
+    pub timeout: Option<SpecDuration>,
     /// How long to keep trying before giving up, e.g. `30s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub deadline: Option<String>,
+    pub deadline: Option<SpecDuration>,
 }
 
 /// Resources one instance needs.
@@ -614,7 +616,7 @@ pub struct ChangeManagement {
     pub transitions: BTreeMap<String, String>,
     /// Request timeout, e.g. `5s` (default 10s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeout: Option<String>,
+    pub timeout: Option<SpecDuration>,
 }
 
 /// The traffic router of an environment. Exactly one of `builtin`, `nginx`, `haproxy`.
@@ -723,7 +725,7 @@ pub struct BackupPolicy {
     pub timezone: Option<String>,
     /// How old the last scheduled backup may be when a deployment window opens, e.g. `12h`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_age: Option<String>,
+    pub max_age: Option<SpecDuration>,
 }
 
 /// An environment's recovery objectives.
@@ -733,11 +735,11 @@ pub struct RecoveryPolicy {
     /// Recovery time objective: longest acceptable time until the previous version serves
     /// again after a rollback starts, e.g. `5m`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rto: Option<String>,
+    pub rto: Option<SpecDuration>,
     /// Recovery point objective: longest acceptable span of writes lost by a rollback,
     /// e.g. `0s` (undo scripts) or `15m`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rpo: Option<String>,
+    pub rpo: Option<SpecDuration>,
     /// Whether a passing rollback rehearsal (`slipway rehearse`) of this release must exist
     /// before it goes to a production environment (default `optional`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -823,7 +825,7 @@ pub struct ExecTarget {
     pub workdir: Option<String>,
     /// Default timeout of a step, e.g. `5m`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeout: Option<String>,
+    pub timeout: Option<SpecDuration>,
     /// How many steps of a wave run at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parallelism: Option<u32>,
@@ -838,7 +840,7 @@ pub struct ProcessTarget {
     pub workdir: Option<String>,
     /// Grace period between SIGTERM and SIGKILL, e.g. `10s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stop_grace: Option<String>,
+    pub stop_grace: Option<SpecDuration>,
 }
 
 /// Settings of the `ssh` target.
@@ -915,7 +917,7 @@ pub struct Window {
     /// IANA time zone, e.g. `Europe/Berlin`.
     pub timezone: String,
     /// How long the window stays open, e.g. `6h`.
-    pub duration: String,
+    pub duration: SpecDuration,
 }
 
 /// A change freeze: no deploys between two dates (inclusive).
@@ -1070,7 +1072,7 @@ pub struct AnalysisStep {
     pub template: String,
     /// How long to analyse (default: until the template decides).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub duration: Option<String>,
+    pub duration: Option<SpecDuration>,
 }
 
 /// What to do when analysis fails.
@@ -1090,7 +1092,7 @@ pub enum OnFailure {
 pub struct AnalysisTemplate {
     /// Measurement interval, e.g. `1s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub interval: Option<String>,
+    pub interval: Option<SpecDuration>,
     /// Fewer samples than this in a measurement is Inconclusive, never a pass.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_samples: Option<u64>,
@@ -1170,7 +1172,7 @@ pub struct UrlProvider {
     pub url: String,
     /// Request timeout, e.g. `2s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeout: Option<String>,
+    pub timeout: Option<SpecDuration>,
 }
 
 /// When a check runs.
@@ -1229,7 +1231,7 @@ pub struct Check {
     pub consistency: Option<ConsistencyCheck>,
     /// Timeout, e.g. `5s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeout: Option<String>,
+    pub timeout: Option<SpecDuration>,
 }
 
 /// An HTTP check.
@@ -1266,7 +1268,7 @@ pub struct PerfCheck {
     pub workers: Option<u32>,
     /// How long each measurement lasts, e.g. `5s` (default `5s`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub duration: Option<String>,
+    pub duration: Option<SpecDuration>,
     /// Allowed slowdown and throughput loss, in percent (default 20).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tolerance: Option<f64>,
@@ -1430,7 +1432,7 @@ pub struct PolicyRule {
     pub canary: Option<Requirement>,
     /// Minimum soak time at full weight before the run succeeds, e.g. `10m`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub soak: Option<String>,
+    pub soak: Option<SpecDuration>,
     /// Whether artifacts must be signed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature: Option<Requirement>,

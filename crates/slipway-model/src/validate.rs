@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::Value;
 
 use crate::diag::{Diagnostic, Pos, Severity, SpecErrors};
-use crate::duration::parse_duration;
+use crate::duration::{SpecDuration, parse_duration};
 use crate::schema;
 use crate::spec::{
     API_VERSION, AnalysisTemplate, BackupPolicy, Check, Environment, IMAGE_FROM_ARTIFACT, KIND,
@@ -230,9 +230,9 @@ impl Cx<'_> {
         self.diags
     }
 
-    fn duration(&mut self, ptr: &str, v: Option<&String>, positive: bool) {
+    fn duration(&mut self, ptr: &str, v: Option<&SpecDuration>, positive: bool) {
         let Some(v) = v else { return };
-        match parse_duration(v) {
+        match v.get() {
             Ok(d) if positive && d.is_zero() => self.err_value(
                 "invalid-duration",
                 ptr,
@@ -2050,7 +2050,11 @@ fn strategy(cx: &mut Cx<'_>, spec: &ReleaseSpec, ptr: &str, s: &Strategy) {
             if let Some(pause) = &st.pause
                 && pause != "manual"
             {
-                cx.duration(&format!("{p}/pause"), Some(pause), true);
+                cx.duration(
+                    &format!("{p}/pause"),
+                    Some(&SpecDuration::from(pause.as_str())),
+                    true,
+                );
             }
             if let Some(a) = &st.analysis {
                 cx.reference(

@@ -194,7 +194,8 @@ impl ChangeClient {
             }
         };
         let timeout = match &config.timeout {
-            Some(t) => slipway_model::duration::parse_duration(t)
+            Some(t) => t
+                .get()
                 .map_err(|e| format!("the change system's timeout: {e}"))?,
             None => DEFAULT_TIMEOUT,
         };

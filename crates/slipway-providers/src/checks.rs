@@ -439,7 +439,7 @@ impl CheckRunner for SpecCheckRunner {
     ) -> BoxFuture<'a, Result<CheckVerdict, String>> {
         Box::pin(async move {
             let timeout = match &check.timeout {
-                Some(t) => slipway_model::duration::parse_duration(t).map_err(|e| {
+                Some(t) => t.get().map_err(|e| {
                     format!("checks.{name}.timeout: {e}; write a duration such as `5s`")
                 })?,
                 None => slipway_checks::smoke::DEFAULT_TIMEOUT,

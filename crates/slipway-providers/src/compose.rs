@@ -410,8 +410,8 @@ pub fn process_target(layout: &Layout, workdir: &Path, plan: &Plan) -> ProcessTa
         .target
         .process
         .as_ref()
-        .and_then(|p| p.stop_grace.as_deref())
-        .and_then(|g| slipway_model::duration::parse_duration(g).ok())
+        .and_then(|p| p.stop_grace.as_ref())
+        .and_then(|g| g.get().ok())
     {
         processes.stop_grace = g;
     }

@@ -52,7 +52,6 @@ use slipway_engine::target::action_kind;
 use slipway_engine::{
     Applied, BoxFuture, Observation, StepContext, StepOutput, Target, TargetError,
 };
-use slipway_model::duration::parse_duration;
 use slipway_model::plan::StepAction;
 use slipway_model::spec::ExecStep;
 use slipway_package::Redactor;
@@ -259,7 +258,7 @@ impl ExecTarget {
     fn timeout(&self, step: &ExecStep) -> Result<Duration, TargetError> {
         match &step.timeout {
             None => Ok(self.default_timeout),
-            Some(t) => parse_duration(t).map_err(|e| {
+            Some(t) => t.get().map_err(|e| {
                 TargetError::Io(format!("read timeout `{t}` of step `{}`: {e}", step.name))
             }),
         }

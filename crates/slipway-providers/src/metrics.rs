@@ -30,7 +30,6 @@ use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use rustls::pki_types::CertificateDer;
 use slipway_model::analysis::Reading;
-use slipway_model::duration::parse_duration;
 use slipway_model::metric_query::{QueryVars, render};
 use slipway_model::plan::Plan;
 use slipway_model::spec::{Metric, Provider};
@@ -138,8 +137,8 @@ impl ProviderSet {
                 };
                 let timeout = u
                     .timeout
-                    .as_deref()
-                    .and_then(|t| parse_duration(t).ok())
+                    .as_ref()
+                    .and_then(|t| t.get().ok())
                     .filter(|d| !d.is_zero())
                     .unwrap_or(DEFAULT_TIMEOUT);
                 Some((

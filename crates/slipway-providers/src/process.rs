@@ -185,8 +185,8 @@ impl Launch {
     fn ready_deadline(&self, default: Duration) -> Duration {
         self.readiness
             .as_ref()
-            .and_then(|p| p.deadline.as_deref())
-            .and_then(|d| slipway_model::duration::parse_duration(d).ok())
+            .and_then(|p| p.deadline.as_ref())
+            .and_then(|d| d.get().ok())
             .unwrap_or(default)
     }
 }
@@ -1161,8 +1161,8 @@ pub async fn probe_result(
     env: &BTreeMap<String, String>,
 ) -> Result<(), String> {
     let timeout = p
-        .and_then(|p| p.timeout.as_deref())
-        .and_then(|t| slipway_model::duration::parse_duration(t).ok())
+        .and_then(|p| p.timeout.as_ref())
+        .and_then(|t| t.get().ok())
         .unwrap_or(Duration::from_secs(2));
     match p {
         Some(Probe {

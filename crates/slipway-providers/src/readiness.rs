@@ -548,8 +548,8 @@ impl<'a> Readiness<'a> {
             for t in self.plan.analysis_templates.values() {
                 let interval_ms = t
                     .interval
-                    .as_deref()
-                    .and_then(|i| slipway_model::duration::parse_duration(i).ok())
+                    .as_ref()
+                    .and_then(|i| i.get().ok())
                     .map_or(60_000, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
                 for m in &t.metrics {
                     if !self.plan.providers.contains_key(&m.provider) {

@@ -60,8 +60,8 @@ impl PreTraffic for SmokeGate {
                 for (name, c) in &self.checks {
                     let timeout = c
                         .timeout
-                        .as_deref()
-                        .and_then(|t| slipway_model::duration::parse_duration(t).ok())
+                        .as_ref()
+                        .and_then(|t| t.get().ok())
                         .unwrap_or(smoke::DEFAULT_TIMEOUT)
                         .min(Duration::from_secs(60));
                     let v = smoke::run(name, c, Some(&base), timeout).await;

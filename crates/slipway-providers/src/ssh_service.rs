@@ -70,8 +70,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use slipway_model::duration::parse_duration;
-
 use crate::haproxy::HaproxyRouter;
 use slipway_model::spec::{ExecStep, Probe, RunSpec};
 
@@ -413,8 +411,8 @@ pub fn base_dir(host: &Host, service: &str) -> String {
 pub fn deadline(svc: &SshService) -> Duration {
     svc.readiness
         .as_ref()
-        .and_then(|p| p.deadline.as_deref())
-        .and_then(|d| parse_duration(d).ok())
+        .and_then(|p| p.deadline.as_ref())
+        .and_then(|d| d.get().ok())
         .unwrap_or(DEFAULT_DEADLINE)
 }
 
@@ -442,7 +440,7 @@ pub fn exec_step(service: &str, svc: &SshService, version: &str, replicas: u32) 
             "sh {helper} rollback {base} {} \"$SLIPWAY_STEP_KEY\"",
             sh_quote(version)
         )),
-        timeout: Some(format!("{secs}s")),
+        timeout: Some(format!("{secs}s").into()),
     }
 }
 
@@ -450,8 +448,8 @@ pub fn exec_step(service: &str, svc: &SshService, version: &str, replicas: u32) 
 fn probe_timeout(p: &Probe) -> String {
     let d = p
         .timeout
-        .as_deref()
-        .and_then(|t| parse_duration(t).ok())
+        .as_ref()
+        .and_then(|t| t.get().ok())
         .unwrap_or(Duration::from_secs(2));
     format!("{:.3}", d.as_secs_f64().max(0.1))
 }

@@ -128,7 +128,7 @@ fn steps(analysis_for: Option<&str>) -> Vec<CanaryStep> {
         CanaryStep {
             analysis: Some(AnalysisStep {
                 template: "golden".into(),
-                duration: analysis_for.map(str::to_owned),
+                duration: analysis_for.map(Into::into),
             }),
             ..CanaryStep::default()
         },

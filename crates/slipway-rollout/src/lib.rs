@@ -543,7 +543,7 @@ async fn steps(
             let judge = Judge::new(a, c.templates).ok_or_else(|| {
                 RolloutError::Instances(format!("unknown analysis template `{}`", a.template))
             })?;
-            let d = a.duration.as_deref().and_then(|d| parse_duration(d).ok());
+            let d = a.duration.as_ref().and_then(|d| d.get().ok());
             (Some(judge), d, false)
         } else {
             let p = step.pause.as_deref().unwrap_or("manual");
