@@ -187,10 +187,11 @@ pub enum AnyStore {
 }
 
 impl AnyStore {
-    /// The SQLite file, when the store is one (the records kept beside the journal —
+    /// The SQLite file, when the store is one (not in memory; the records kept beside the journal —
     /// access grants, retention and archives, checklists — exist only there).
     pub fn sqlite_path(&self) -> Option<&Path> {
         match self {
+            Self::Sqlite(s) if s.is_memory() => None,
             Self::Sqlite(s) => Some(s.path()),
             Self::Postgres(_) => None,
         }

@@ -10,9 +10,11 @@
 //! write through their own writer; `BEGIN IMMEDIATE` plus `busy_timeout` serialize them,
 //! and the audit head is re-read inside every transaction, so the chain stays linear.
 
+use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -78,6 +80,8 @@ type Pending = (Write, oneshot::Sender<Result<Reply, StoreError>>);
 #[derive(Clone)]
 pub struct SqliteStore {
     path: PathBuf,
+    /// The name of an in-memory store ([`SqliteStore::in_memory`]); `None` for a file.
+    memory: Option<String>,
     read: SqlitePool,
     writer: mpsc::UnboundedSender<Pending>,
 }
@@ -86,6 +90,7 @@ impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SqliteStore")
             .field("path", &self.path)
+            .field("memory", &self.memory)
             .finish()
     }
 }
@@ -148,9 +153,59 @@ impl SqliteStore {
         tokio::spawn(writer(conn, rx));
         Ok(Self {
             path: path.to_owned(),
+            memory: None,
             read,
             writer: tx,
         })
+    }
+
+    /// A store that lives in this process's memory, named `name`: every handle opened with
+    /// the same name in this process sees the same store until the process ends, as handles
+    /// on one file do. For fast engine and contract tests — the same schema, SQL, writer and
+    /// audit chain as the file store, only no disk (so no fsync) and no other process.
+    ///
+    /// The records kept beside the journal in the store file (access grants, retention and
+    /// archives, checklists) need a file: [`crate::AnyStore::sqlite_path`] is `None` here,
+    /// as on PostgreSQL. A run claim is held by this process's handles only.
+    pub async fn in_memory(name: &str) -> Result<Self, StoreError> {
+        let path = PathBuf::from(format!("file:slipway-memory-{name}"));
+        let opts = SqliteConnectOptions::new()
+            .filename(&path)
+            .in_memory(true)
+            .shared_cache(true)
+            .busy_timeout(Duration::from_secs(30));
+        let conn = {
+            // The first handle of a name creates the schema; the keeper connection keeps the
+            // database alive while no handle is open (SQLite frees an in-memory database
+            // with its last connection), so dropping a store and opening it again finds it
+            // as a restarted process finds its file.
+            let mut kept = memory_keepers().lock().await;
+            if !kept.contains_key(name) {
+                let keeper = SqliteConnection::connect_with(&opts)
+                    .await
+                    .map_err(q(&path))?;
+                kept.insert(name.to_owned(), keeper);
+            }
+            let mut conn = SqliteConnection::connect_with(&opts)
+                .await
+                .map_err(q(&path))?;
+            migrate(&mut conn, &path).await?;
+            conn
+        };
+        let read = pool_options(4).connect_with(opts).await.map_err(q(&path))?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(writer(conn, rx));
+        Ok(Self {
+            path,
+            memory: Some(name.to_owned()),
+            read,
+            writer: tx,
+        })
+    }
+
+    /// Whether this is an in-memory store ([`SqliteStore::in_memory`]).
+    pub fn is_memory(&self) -> bool {
+        self.memory.is_some()
     }
 
     /// The store file.
@@ -752,6 +807,37 @@ fn run_from_row(r: &SqliteRow) -> Result<RunRecord, StoreError> {
 
 const RUN_COLS: &str = "id, digest, release, version, environment, author, state, control, override_reason, created_at, updated_at, workdir";
 
+/// The connections keeping each in-memory store alive, by name.
+fn memory_keepers() -> &'static tokio::sync::Mutex<HashMap<String, SqliteConnection>> {
+    static KEEPERS: OnceLock<tokio::sync::Mutex<HashMap<String, SqliteConnection>>> =
+        OnceLock::new();
+    KEEPERS.get_or_init(Default::default)
+}
+
+/// The runs claimed in in-memory stores, as `(store name, run id)`.
+fn memory_claims() -> &'static std::sync::Mutex<HashSet<(String, String)>> {
+    static CLAIMS: OnceLock<std::sync::Mutex<HashSet<(String, String)>>> = OnceLock::new();
+    CLAIMS.get_or_init(Default::default)
+}
+
+/// A run claimed in an in-memory store; dropping it releases the claim.
+struct MemoryClaim {
+    key: (String, String),
+}
+
+impl RunClaim for MemoryClaim {}
+
+impl Drop for MemoryClaim {
+    fn drop(&mut self) {
+        // A poisoned set still holds the right entries: the guard is only ever held for an
+        // insert or a remove, neither of which can leave it half done.
+        let mut claims = memory_claims()
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        claims.remove(&self.key);
+    }
+}
+
 /// Held lock file of a claimed run.
 struct FileClaim {
     _file: File,
@@ -761,6 +847,9 @@ impl RunClaim for FileClaim {}
 
 impl Store for SqliteStore {
     fn location(&self) -> String {
+        if let Some(name) = &self.memory {
+            return format!("memory://{name}");
+        }
         format!("sqlite://{}", self.path.display())
     }
 
@@ -971,6 +1060,16 @@ impl Store for SqliteStore {
         run_id: &'a str,
     ) -> BoxFuture<'a, Result<Box<dyn RunClaim>, StoreError>> {
         Box::pin(async move {
+            if let Some(name) = &self.memory {
+                let key = (name.clone(), run_id.to_owned());
+                let mut claims = memory_claims()
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if !claims.insert(key.clone()) {
+                    return Err(StoreError::Claimed(run_id.to_owned()));
+                }
+                return Ok(Box::new(MemoryClaim { key }) as Box<dyn RunClaim>);
+            }
             let dir = self.path.with_extension("locks");
             let unavailable = |e: std::io::Error| StoreError::Unavailable {
                 location: self.location(),

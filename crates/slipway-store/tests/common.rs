@@ -1,5 +1,6 @@
-//! Shared helpers: a fresh store on either backend (an SQLite file in a temp dir or a
-//! database on the binary's PostgreSQL server), journal records, the sqlite3 and psql CLIs.
+//! Shared helpers: a fresh store on any backend (an SQLite file in a temp dir, a database
+//! on the binary's PostgreSQL server, or an in-memory store), journal records, the sqlite3
+//! and psql CLIs.
 
 use std::path::Path;
 use std::process::Command;
@@ -11,11 +12,14 @@ use slipway_store::AnyStore;
 
 use crate::pg::pg;
 
-/// The two store backends the contract tests run on.
+/// The store backends the contract tests run on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     Sqlite,
     Postgres,
+    /// `SqliteStore::in_memory`: the same SQL with no file, for fast engine tests; the
+    /// contract tests show it behaves as the file store does.
+    Memory,
 }
 
 /// A fresh, empty store location: a file in a temp dir or a new database.
@@ -43,11 +47,26 @@ impl Fresh {
                 url: pg().new_db("store"),
                 _dir: None,
             },
+            Backend::Memory => {
+                static NEXT: std::sync::atomic::AtomicUsize =
+                    std::sync::atomic::AtomicUsize::new(0);
+                let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Self {
+                    backend,
+                    url: format!("memory://contract-{n}"),
+                    _dir: None,
+                }
+            }
         }
     }
 
     /// A new handle on the store (its own pools and writer, as another process has).
     pub async fn open(&self) -> Result<AnyStore, slipway_engine::StoreError> {
+        if let Some(name) = self.url.strip_prefix("memory://") {
+            return slipway_store::SqliteStore::in_memory(name)
+                .await
+                .map(AnyStore::Sqlite);
+        }
         let loc = slipway_store::resolve(Some(&self.url), Path::new("/")).unwrap();
         slipway_store::open(&loc).await
     }
@@ -57,12 +76,37 @@ impl Fresh {
         match self.backend {
             Backend::Sqlite => sqlite3(Path::new(self.url.strip_prefix("sqlite://").unwrap()), sql),
             Backend::Postgres => pg().psql(crate::pg::db_name(&self.url), sql),
+            Backend::Memory => {
+                panic!("no CLI reaches an in-memory store: use on_disk! for this test")
+            }
         }
     }
 }
 
-/// `name::sqlite` and `name::postgres` tests calling `async fn name(Backend)`.
+/// `name::sqlite`, `name::postgres` and `name::memory` tests calling `async fn name(Backend)`.
 macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name(crate::common::Backend::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$name(crate::common::Backend::Postgres).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn memory() {
+                super::$name(crate::common::Backend::Memory).await
+            }
+        }
+    )*};
+}
+pub(crate) use on_both;
+
+/// `name::sqlite` and `name::postgres` only: tests that edit the store with its own CLI
+/// (`Fresh::sql`), which no in-memory store has.
+macro_rules! on_disk {
     ($($name:ident),* $(,)?) => {$(
         mod $name {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -76,7 +120,7 @@ macro_rules! on_both {
         }
     )*};
 }
-pub(crate) use on_both;
+pub(crate) use on_disk;
 
 pub fn at(secs: i64) -> Timestamp {
     Timestamp::from_second(1_800_000_000 + secs).unwrap()

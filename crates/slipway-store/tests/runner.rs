@@ -1,6 +1,7 @@
 //! Integration tests of the stores: one binary, one module per concern. Real SQLite files
 //! in temp dirs and databases on one real PostgreSQL server per binary, tampered with the
-//! real `sqlite3` and `psql` CLIs; the contract tests run on both backends (`on_both!`).
+//! real `sqlite3` and `psql` CLIs; the contract tests run on every backend, the in-memory
+//! store included (`on_both!`), or on the two with files (`on_disk!`).
 #![allow(
     clippy::disallowed_methods,
     reason = "tests start real processes and read the real clock directly"
@@ -21,6 +22,7 @@ mod engine;
 mod journal;
 mod leases;
 mod live_runs;
+mod memory;
 mod open_race;
 mod pg;
 mod postgres;

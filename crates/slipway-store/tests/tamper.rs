@@ -5,7 +5,7 @@ use slipway_engine::audit::{self, ChainBreak};
 use slipway_engine::event::EngineEvent;
 use slipway_engine::store::{NewRun, Store};
 
-use crate::common::{Backend, Fresh, on_both, populated_on, record};
+use crate::common::{Backend, Fresh, on_disk, populated_on, record};
 
 async fn verify_after(b: Backend, sql: &str) -> Result<audit::Verified, ChainBreak> {
     let (fresh, store) = populated_on(b, 9).await;
@@ -176,7 +176,7 @@ async fn flipped_byte_mid_chunk_is_found_by_the_parallel_verifier(b: Backend) {
     assert_eq!(r, Err(ChainBreak::Edited { seq: 3500 }));
 }
 
-on_both!(
+on_disk!(
     flipped_byte_mid_chunk_is_found_by_the_parallel_verifier,
     untouched_chain_verifies,
     edited_entry_is_named,
