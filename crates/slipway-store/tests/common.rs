@@ -83,42 +83,38 @@ impl Fresh {
     }
 }
 
+/// For each `name`, a module `name` with one `#[tokio::test]` per listed backend
+/// (`fn_name Variant`) calling `async fn name(Backend)`.
+macro_rules! backend_tests {
+    ([$($f:ident $v:ident),*] $(,)?) => {};
+    ([$($f:ident $v:ident),*] $name:ident $(, $rest:ident)* $(,)?) => {
+        mod $name {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $f() {
+                    super::$name(crate::common::Backend::$v).await
+                }
+            )*
+        }
+        crate::common::backend_tests!([$($f $v),*] $($rest),*);
+    };
+}
+pub(crate) use backend_tests;
+
 /// `name::sqlite`, `name::postgres` and `name::memory` tests calling `async fn name(Backend)`.
 macro_rules! on_both {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                super::$name(crate::common::Backend::Sqlite).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                super::$name(crate::common::Backend::Postgres).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn memory() {
-                super::$name(crate::common::Backend::Memory).await
-            }
-        }
-    )*};
+    ($($name:ident),* $(,)?) => {
+        crate::common::backend_tests!([sqlite Sqlite, postgres Postgres, memory Memory] $($name),*);
+    };
 }
 pub(crate) use on_both;
 
 /// `name::sqlite` and `name::postgres` only: tests that edit the store with its own CLI
 /// (`Fresh::sql`), which no in-memory store has.
 macro_rules! on_disk {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                super::$name(crate::common::Backend::Sqlite).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                super::$name(crate::common::Backend::Postgres).await
-            }
-        }
-    )*};
+    ($($name:ident),* $(,)?) => {
+        crate::common::backend_tests!([sqlite Sqlite, postgres Postgres] $($name),*);
+    };
 }
 pub(crate) use on_disk;
 
