@@ -10,9 +10,7 @@
 use serde_json::Value;
 use std::process::Command;
 
-use crate::People;
-use crate::console_cli::{approved_canary_release, get_as, live_traffic, until};
-use crate::server_deploy_cli::{World, process_release, remote, spec_of};
+use crate::console_cli::{AwaitingApproval, get_as};
 
 /// The browser's part: prints what it saw as JSON, or `{"skip": why}` when Chromium
 /// cannot start on this machine.
@@ -144,46 +142,17 @@ fn circles(svg: &str) -> Vec<Value> {
 
 #[test]
 fn in_the_browser_an_approver_approves_from_the_inbox_and_watches_the_canary_chart_grow() {
-    let world = World::sqlite();
-    let mut people = People::new(&world.store, "alice");
-    people
-        .add("bob", "approver", "live")
-        .add("vic", "viewer", "live");
-    let (alice, bob, vic) = (
-        people.token("alice"),
-        people.token("bob"),
-        people.token("vic"),
-    );
-    let server = world.serve();
+    let AwaitingApproval {
+        world: _world,
+        people,
+        server,
+        run,
+        stop,
+        traffic,
+        releases: _releases,
+    } = AwaitingApproval::start();
+    let (bob, vic) = (people.token("bob"), people.token("vic"));
     let addr = server.addr.as_str();
-    let v1 = process_release("1.0.0");
-    let (code, out, err) = remote(
-        addr,
-        alice,
-        v1.path(),
-        &["deploy", "-f", &spec_of(&v1), "--env", "live"],
-    );
-    assert_eq!(code, 0, "{out}{err}");
-    let proxy = slipway_providers::remote::read_state(
-        &world.dir.path().join("process/live/proxies/api.json"),
-    )
-    .expect("the first deploy started the api proxy");
-    let (stop, traffic) = live_traffic(proxy.traffic.to_string());
-
-    // The author deploys from the CLI through the server; it waits for an approval.
-    let v2 = approved_canary_release("1.1.0");
-    let (code, out, err) = remote(
-        addr,
-        alice,
-        v2.path(),
-        &["deploy", "-f", &spec_of(&v2), "--env", "live", "--detach"],
-    );
-    assert_eq!(code, 0, "{out}{err}");
-    let run = out.trim().to_owned();
-    until(30, "the approvals gate", || {
-        let (_, b) = get_as(addr, &format!("/api/v1/runs/{run}"), vic);
-        (serde_json::from_str::<Value>(&b).ok()?["state"] == "waiting_for_approval").then_some(())
-    });
 
     let base = format!("http://{addr}");
     let seen = browse(&[&base, &run, bob, vic]);

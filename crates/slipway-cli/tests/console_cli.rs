@@ -109,48 +109,88 @@ fn plotted(svg: &str, series: &str, role: &str, seq: i64) -> Option<f64> {
     })
 }
 
+/// A real server (SQLite store) whose `live` environment runs api 1.0.0 behind its proxy,
+/// live traffic through that proxy, and api 1.1.0 deployed by alice from the CLI through
+/// the server, waiting for an approval bob (approver) may give and vic (viewer) may not.
+pub(crate) struct AwaitingApproval {
+    pub world: World,
+    pub people: People,
+    pub server: crate::server_deploy_cli::Server,
+    pub run: String,
+    pub stop: Arc<AtomicBool>,
+    pub traffic: std::thread::JoinHandle<()>,
+    /// The two releases' directories (1.0.0, 1.1.0), kept for the run's lifetime.
+    pub releases: [tempfile::TempDir; 2],
+}
+
+impl AwaitingApproval {
+    pub(crate) fn start() -> Self {
+        let world = World::sqlite();
+        let mut people = People::new(&world.store, "alice");
+        people
+            .add("bob", "approver", "live")
+            .add("vic", "viewer", "live");
+        let server = world.serve();
+        let addr = server.addr.clone();
+        let alice = people.token("alice").to_owned();
+        let v1 = process_release("1.0.0");
+        let (code, out, err) = remote(
+            &addr,
+            &alice,
+            v1.path(),
+            &["deploy", "-f", &spec_of(&v1), "--env", "live"],
+        );
+        assert_eq!(code, 0, "{out}{err}");
+        let proxy = slipway_providers::remote::read_state(
+            &world.dir.path().join("process/live/proxies/api.json"),
+        )
+        .expect("the first deploy started the api proxy");
+        let (stop, traffic) = live_traffic(proxy.traffic.to_string());
+
+        let v2 = approved_canary_release("1.1.0");
+        let (code, out, err) = remote(
+            &addr,
+            &alice,
+            v2.path(),
+            &["deploy", "-f", &spec_of(&v2), "--env", "live", "--detach"],
+        );
+        assert_eq!(code, 0, "{out}{err}");
+        let run = out.trim().to_owned();
+        let vic = people.token("vic");
+        until(30, "the approvals gate", || {
+            let (_, b) = get_as(&addr, &format!("/api/v1/runs/{run}"), vic);
+            (serde_json::from_str::<Value>(&b).ok()?["state"] == "waiting_for_approval")
+                .then_some(())
+        });
+        Self {
+            world,
+            people,
+            server,
+            run,
+            stop,
+            traffic,
+            releases: [v1, v2],
+        }
+    }
+}
+
 #[test]
 fn inbox_dashboard_and_canary_chart_show_a_real_canary_run() {
-    let world = World::sqlite();
-    let mut people = People::new(&world.store, "alice");
-    people
-        .add("bob", "approver", "live")
-        .add("vic", "viewer", "live");
+    let AwaitingApproval {
+        world: _world,
+        people,
+        server,
+        run,
+        stop,
+        traffic,
+        releases,
+    } = AwaitingApproval::start();
     let (alice, bob, vic) = (
         people.token("alice"),
         people.token("bob"),
         people.token("vic"),
     );
-    let server = world.serve();
     let addr = server.addr.as_str();
-
-    let v1 = process_release("1.0.0");
-    let (code, out, err) = remote(
-        addr,
-        alice,
-        v1.path(),
-        &["deploy", "-f", &spec_of(&v1), "--env", "live"],
-    );
-    assert_eq!(code, 0, "{out}{err}");
-    let proxy = slipway_providers::remote::read_state(
-        &world.dir.path().join("process/live/proxies/api.json"),
-    )
-    .expect("the first deploy started the api proxy");
-    let (stop, traffic) = live_traffic(proxy.traffic.to_string());
-
-    let v2 = approved_canary_release("1.1.0");
-    let (code, out, err) = remote(
-        addr,
-        alice,
-        v2.path(),
-        &["deploy", "-f", &spec_of(&v2), "--env", "live", "--detach"],
-    );
-    assert_eq!(code, 0, "{out}{err}");
-    let run = out.trim().to_owned();
-    until(30, "the approvals gate", || {
-        let (_, b) = get_as(addr, &format!("/api/v1/runs/{run}"), vic);
-        (serde_json::from_str::<Value>(&b).ok()?["state"] == "waiting_for_approval").then_some(())
-    });
 
     // The inbox: bob may approve; alice wrote it (four eyes); vic only views.
     let (status, page) = get_as(addr, "/inbox", bob);
@@ -186,7 +226,12 @@ fn inbox_dashboard_and_canary_chart_show_a_real_canary_run() {
         ],
     );
     assert_eq!(status, 200, "{v}");
-    let (code, out, err) = remote(addr, alice, v2.path(), &["wait", &run, "--timeout", "60"]);
+    let (code, out, err) = remote(
+        addr,
+        alice,
+        releases[1].path(),
+        &["wait", &run, "--timeout", "60"],
+    );
     assert_eq!(code, 0, "{out}{err}");
     stop.store(true, Ordering::Relaxed);
     traffic.join().unwrap();
