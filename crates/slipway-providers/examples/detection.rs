@@ -1,7 +1,10 @@
 //! Detection benchmark (issues 4a and 20): 1,000 req/s through the built-in proxy, a
 //! canary at 10% that starts answering every request with 500 at time T. Measures the time
 //! from T until the canary receives no more traffic, and how many of its 5xx reached
-//! clients. Then HEALTHY rounds where stable and canary both fail a realistic BASELINE
+//! clients: the failure's (from T until the stop: what the detector decides) and, beside
+//! them, all of the canary's, with the baseline noise of its healthy stretch before T that
+//! no detector can prevent (the figure before 2026-12-06 counted only this total, so a
+//! round's two or three noise errors read as slow detection). Then HEALTHY rounds where stable and canary both fail a realistic BASELINE
 //! fraction of requests independently (seeded, as real errors arrive): every one must
 //! promote (a rollback there is a false rollback).
 //!
@@ -57,7 +60,10 @@ fn target(dir: &std::path::Path, bin: &str, args: &str) -> ProcessTarget {
 
 struct Round {
     detect_ms: f64,
+    /// Every canary 5xx clients received in the round, the baseline noise before T included.
     errors_to_clients: u64,
+    /// The failure's 5xx that reached clients: from T (its first) until the stop.
+    failure_errors_to_clients: u64,
     canary_requests_after_stop: u64,
     /// How the canary ended: "rolled back: reason" or "promoted".
     outcome: String,
@@ -147,6 +153,8 @@ async fn round(bin: &str, rate: u32, fail_after: Option<u64>, baseline: f64) -> 
             let mut t: Option<Instant> = None;
             let mut successes = 0;
             let mut errors_seen = 0;
+            // The canary's error count just before T: the noise of its healthy stretch.
+            let mut errors_before_t = 0;
             loop {
                 let snap = proxy.snapshot();
                 let c = snap.version(Version::Canary);
@@ -158,13 +166,16 @@ async fn round(bin: &str, rate: u32, fail_after: Option<u64>, baseline: f64) -> 
                 }
                 if t.is_none() && c.errors() > errors_seen {
                     t = Some(Instant::now());
+                    errors_before_t = errors_seen;
                 }
                 if let Some(t0) = t
                     && proxy.weight() == 0
                     && proxy.in_flight(Version::Canary) == 0
                 {
                     let requests_at_stop = c.requests;
-                    return (t0, Instant::now(), requests_at_stop);
+                    // The proxy counts what it answered, so these are responses clients got.
+                    let failure_errors = c.errors() - errors_before_t;
+                    return (t0, Instant::now(), requests_at_stop, failure_errors);
                 }
                 tokio::time::sleep(Duration::from_micros(500)).await;
             }
@@ -206,20 +217,26 @@ async fn round(bin: &str, rate: u32, fail_after: Option<u64>, baseline: f64) -> 
         other => format!("{other:?}"),
     };
     let canary = proxy.snapshot().version(Version::Canary).clone();
-    let (detect_ms, after) = if fail_after.is_some() && outcome.starts_with("rolled back") {
-        let (t0, stopped, requests_at_stop) = watch.await.unwrap();
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let after = proxy.snapshot().version(Version::Canary).requests - requests_at_stop;
-        (stopped.duration_since(t0).as_secs_f64() * 1000.0, after)
-    } else {
-        watch.abort();
-        (0.0, 0)
-    };
+    let (detect_ms, after, failure_errors) =
+        if fail_after.is_some() && outcome.starts_with("rolled back") {
+            let (t0, stopped, requests_at_stop, failure_errors) = watch.await.unwrap();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let after = proxy.snapshot().version(Version::Canary).requests - requests_at_stop;
+            (
+                stopped.duration_since(t0).as_secs_f64() * 1000.0,
+                after,
+                failure_errors,
+            )
+        } else {
+            watch.abort();
+            (0.0, 0, 0)
+        };
     let stats = traffic.stop().await;
     stable_t.stop_instances(&stable).await;
     Round {
         detect_ms,
         errors_to_clients: stats.canary_errors,
+        failure_errors_to_clients: failure_errors,
         canary_requests_after_stop: after,
         outcome,
         canary_requests: canary.requests,
@@ -252,9 +269,9 @@ fn main() {
         "rate {rate} req/s, canary at 10%, every response judged by the proxy's guard, interval analysis every 1 s; baseline error rate {baseline} on stable and canary"
     );
     println!(
-        "| round | T → canary gets no traffic | canary 5xx that reached clients | canary requests after stop | stopped by |"
+        "| round | T → canary gets no traffic | the failure's 5xx that reached clients (from T) | all canary 5xx clients got (with the baseline's) | canary requests after stop | stopped by |"
     );
-    println!("|---:|---:|---:|---:|---|");
+    println!("|---:|---:|---:|---:|---:|---|");
     let mut all = Vec::new();
     for i in 0..rounds {
         // ~2 s of healthy canary traffic before it breaks (50 req/s per canary instance),
@@ -270,9 +287,10 @@ fn main() {
             "not stopped"
         };
         println!(
-            "| {} | {:.0} ms | {} | {} | {by} |",
+            "| {} | {:.0} ms | {} | {} | {} | {by} |",
             i + 1,
             r.detect_ms,
+            r.failure_errors_to_clients,
             r.errors_to_clients,
             r.canary_requests_after_stop
         );
@@ -280,6 +298,7 @@ fn main() {
             "{}",
             serde_json::json!({"kind": "failing", "round": i + 1, "detect_ms": r.detect_ms,
                 "errors_to_clients": r.errors_to_clients,
+                "failure_errors_to_clients": r.failure_errors_to_clients,
                 "canary_requests_after_stop": r.canary_requests_after_stop,
                 "stopped_by": by, "outcome": r.outcome})
         );
@@ -288,12 +307,16 @@ fn main() {
     if !all.is_empty() {
         let mut d: Vec<f64> = all.iter().map(|r| r.detect_ms).collect();
         d.sort_by(f64::total_cmp);
+        let mut f: Vec<u64> = all.iter().map(|r| r.failure_errors_to_clients).collect();
+        f.sort_unstable();
         let mut e: Vec<u64> = all.iter().map(|r| r.errors_to_clients).collect();
         e.sort_unstable();
         println!(
-            "median {:.0} ms (max {:.0} ms); median {} errors to clients (max {})",
+            "median {:.0} ms (max {:.0} ms); median {} of the failure's 5xx to clients (max {}); with the baseline's, median {} (max {})",
             d[d.len() / 2],
             d[d.len() - 1],
+            f[f.len() / 2],
+            f[f.len() - 1],
             e[e.len() / 2],
             e[e.len() - 1]
         );
