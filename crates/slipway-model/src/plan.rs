@@ -408,6 +408,19 @@ impl Plan {
             .filter(|r| r.kind() != "builtin")
     }
 
+    /// The fixed front-door address of `service`'s built-in proxy, when the environment's
+    /// `router: { builtin: { listen } }` sets one for it. Validation proved it parses; a
+    /// plan edited by hand to something else gets no fixed address (a free port).
+    pub fn builtin_listen(&self, service: &str) -> Option<std::net::SocketAddr> {
+        self.env
+            .router
+            .as_ref()
+            .filter(|r| r.service.as_deref().is_none_or(|s| s == service))
+            .and_then(|r| r.builtin.as_ref())
+            .and_then(|b| b.listen.as_deref())
+            .and_then(|l| l.parse().ok())
+    }
+
     /// The trusted keys of the plan's signature gate, when artifacts must be signed here;
     /// `None` when the plan has no signature gate.
     pub fn signature_keys(&self) -> Option<&[String]> {

@@ -650,10 +650,16 @@ impl Router {
     }
 }
 
-/// Settings of the built-in proxy as router (none yet).
+/// Settings of the built-in proxy as router.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct BuiltinRouter {}
+pub struct BuiltinRouter {
+    /// The fixed front-door address clients connect to, `HOST:PORT` (e.g.
+    /// `127.0.0.1:8080`, `0.0.0.0:80`, `[::1]:8080`). Default: a free loopback port chosen
+    /// when the service's proxy first starts, kept by every later proxy of the service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+}
 
 /// nginx as router.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]

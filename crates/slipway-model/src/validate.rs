@@ -294,6 +294,19 @@ impl Cx<'_> {
 }
 
 /// "did you mean" help: the closest candidate, then the full list.
+/// The fix for an unknown field: a field that belongs elsewhere says where, any other
+/// gets the nearest known name.
+fn unknown_field_help(ptr: &str, field: &str, known: &[&str]) -> String {
+    let parent = ptr.rsplit('/').next().unwrap_or_default();
+    if field == "listen" && matches!(parent, "nginx" | "haproxy") {
+        // The front door of nginx / HAProxy is their own config's `listen` / `bind`.
+        return format!(
+            "`listen` fixes the built-in proxy's address (`router: {{ builtin: {{ listen: \"127.0.0.1:8080\" }} }}`); behind {parent}, clients connect where {parent}'s own config listens: remove it here"
+        );
+    }
+    suggest(field, known, "field")
+}
+
 pub(crate) fn suggest(name: &str, known: &[&str], kind: &str) -> String {
     let best = known
         .iter()
@@ -558,7 +571,7 @@ fn structural(root: &Value, value: &Value, spans: &SpanMap) -> Structure {
                         "unknown-field",
                         &child,
                         format!("unknown field `{field}` {where_}"),
-                        suggest(field, &known, "field"),
+                        unknown_field_help(&ptr, field, &known),
                     );
                 }
             }
@@ -1719,6 +1732,41 @@ fn environment(cx: &mut Cx<'_>, spec: &ReleaseSpec, name: &str, e: &Environment)
     }
 }
 
+/// `router.builtin.listen`: an IP address and a port (not 0: that is what leaving it out
+/// means), fronting one service.
+fn builtin_listen(cx: &mut Cx<'_>, ptr: &str, listen: &str, r: &Router, instanced: &[&str]) {
+    match listen.parse::<std::net::SocketAddr>() {
+        Err(_) => cx.err_value(
+            "invalid-address",
+            ptr,
+            format!("`{listen}` is not an IP address and port"),
+            "write `HOST:PORT` with a numeric address, e.g. `127.0.0.1:8080`, `0.0.0.0:80` or `[::1]:8080` (no host names: the proxy binds it)",
+        ),
+        Ok(a) if a.port() == 0 => cx.err_value(
+            "invalid-address",
+            ptr,
+            format!("`{listen}` asks for port 0, i.e. any free port"),
+            "give the fixed port clients should use, e.g. `127.0.0.1:8080`, or remove `listen:` to let the proxy pick one",
+        ),
+        Ok(_) => {}
+    }
+    if r.service.is_none() && instanced.len() > 1 {
+        cx.err_value(
+            "missing-field",
+            ptr,
+            format!(
+                "the release runs {} services as instances ({}), each behind its own proxy; one address cannot front them all",
+                instanced.len(),
+                instanced.join(", ")
+            ),
+            format!(
+                "add `service: {}` to `router:` to give that service's proxy this address (the others keep a free port)",
+                instanced[0]
+            ),
+        );
+    }
+}
+
 /// Builtin metrics HAProxy's per-server counters (`show stat`) can answer.
 pub const HAPROXY_BUILTIN_METRICS: &[&str] = &["error-rate", "request-rate"];
 
@@ -1787,6 +1835,9 @@ fn router(cx: &mut Cx<'_>, spec: &ReleaseSpec, env: &str, e: &Environment, r: &R
             ),
         ),
         _ => {}
+    }
+    if let Some(listen) = r.builtin.as_ref().and_then(|b| b.listen.as_deref()) {
+        builtin_listen(cx, &at("builtin/listen"), listen, r, &instanced);
     }
     let word = |v: &str| {
         !v.is_empty()

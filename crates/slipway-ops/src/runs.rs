@@ -168,7 +168,17 @@ async fn deploy_target(
     for n in notes {
         reporter.report(OpsEvent::Wiring(n));
     }
-    built.map_err(|e| OpsError::failure(format!("failed to deploy: {e}")))
+    built.map_err(|e| {
+        let err = if e.input {
+            OpsError::input(format!("cannot deploy: {}", e.message))
+        } else {
+            OpsError::failure(format!("failed to deploy: {}", e.message))
+        };
+        match e.fix {
+            Some(fix) => err.hint(Hint::text(fix)),
+            None => err,
+        }
+    })
 }
 
 /// A run by id.

@@ -194,6 +194,29 @@ pub enum WiringNote {
     },
 }
 
+/// Why a run's world could not be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct WiringError {
+    /// The spec asks for what this machine cannot give (a taken front-door port): the
+    /// operator fixes the spec or the machine, nothing was started.
+    pub input: bool,
+    /// What went wrong.
+    pub message: String,
+    /// What to do about it, when there is something specific.
+    pub fix: Option<String>,
+}
+
+impl WiringError {
+    fn failed(message: String) -> Self {
+        Self {
+            input: false,
+            message,
+            fix: None,
+        }
+    }
+}
+
 /// The inputs of a run's composition.
 pub struct RunWiring<'a> {
     /// The store directory's layout.
@@ -296,7 +319,7 @@ impl RunWiring<'_> {
         store: Arc<dyn Store>,
         proxy_command: Vec<OsString>,
         notes: &mut Vec<WiringNote>,
-    ) -> Result<Option<Arc<DeployTarget>>, String> {
+    ) -> Result<Option<Arc<DeployTarget>>, WiringError> {
         use slipway_rollout::TrafficRouter as _;
         let Some(plan) = self
             .plan
@@ -317,12 +340,22 @@ impl RunWiring<'_> {
                 });
                 continue;
             }
-            let (router, started) = supervisor.ensure(&service).await.map_err(|e| {
-                format!(
-                    "{e} (the proxy's log is {})",
-                    supervisor.log_path(&service).display()
-                )
-            })?;
+            let fixed = plan.builtin_listen(&service);
+            let (router, started) =
+                supervisor
+                    .ensure(&service, fixed)
+                    .await
+                    .map_err(|e| match e.fix() {
+                        Some(fix) => WiringError {
+                            input: e.is_input(),
+                            message: e.to_string(),
+                            fix: Some(fix),
+                        },
+                        None => WiringError::failed(format!(
+                            "{e} (the proxy's log is {})",
+                            supervisor.log_path(&service).display()
+                        )),
+                    })?;
             if started {
                 // A new front door serves what already runs: the previous version when a
                 // canary of this release was left running beside it, else all of it.
@@ -338,7 +371,7 @@ impl RunWiring<'_> {
                     router
                         .set_pools(&addrs, &[])
                         .await
-                        .map_err(|e| e.to_string())?;
+                        .map_err(|e| WiringError::failed(e.to_string()))?;
                 }
             }
             notes.push(WiringNote::Proxy {

@@ -312,6 +312,63 @@ pub enum Stopped {
     },
 }
 
+/// Why [`ProxySupervisor::ensure`] has no proxy to give.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnsureError {
+    /// The spec's fixed front-door address is held by another process.
+    #[error(
+        "the front-door address {addr} of the {service} proxy (`router.builtin.listen`) cannot be bound: {why}"
+    )]
+    AddressTaken {
+        /// Service.
+        service: String,
+        /// The address asked for.
+        addr: SocketAddr,
+        /// What binding it said.
+        why: String,
+    },
+    /// The spec's fixed front-door address differs from where the running proxy serves.
+    #[error(
+        "the {service} proxy serves on {running}, but `router.builtin.listen` now asks for {asked}"
+    )]
+    AddressMoved {
+        /// Service.
+        service: String,
+        /// Where the running proxy serves.
+        running: SocketAddr,
+        /// The address asked for.
+        asked: SocketAddr,
+    },
+    /// Anything else: the proxy could not be started or does not answer.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl EnsureError {
+    /// What the operator can do about it.
+    pub fn fix(&self) -> Option<String> {
+        match self {
+            Self::AddressTaken { addr, .. } => Some(format!(
+                "free port {} (`ss -ltnp 'sport = :{}'` shows who holds it) or set another address in `router: {{ builtin: {{ listen: ... }} }}`",
+                addr.port(),
+                addr.port()
+            )),
+            Self::AddressMoved {
+                service, running, ..
+            } => Some(format!(
+                "stop the running proxy with `slipway proxy stop {service} --env ENV` (its clients on {running} are cut off until the deploy starts the new one), or set `listen: \"{running}\"` back"
+            )),
+            Self::Failed(_) => None,
+        }
+    }
+
+    /// Whether the spec asks for something this machine cannot give (invalid input),
+    /// rather than a proxy that failed.
+    pub fn is_input(&self) -> bool {
+        !matches!(self, Self::Failed(_))
+    }
+}
+
 /// Finds or starts the proxy processes of one environment.
 #[derive(Debug, Clone)]
 pub struct ProxySupervisor {
@@ -360,10 +417,29 @@ impl ProxySupervisor {
         None
     }
 
-    /// The running proxy of a service, or a new one (on the port the previous one used,
-    /// so clients keep their address). `true` when it was started now.
-    pub async fn ensure(&self, service: &str) -> Result<(RemoteRouter, bool), String> {
+    /// The running proxy of a service, or a new one: on `fixed` when the spec sets the
+    /// front-door address, else on the port the previous one used, so clients keep their
+    /// address. `true` when it was started now.
+    ///
+    /// A fixed address that another process holds is refused before anything starts
+    /// ([`EnsureError::AddressTaken`]), and so is one that differs from where the running
+    /// proxy serves ([`EnsureError::AddressMoved`]): moving a live front door would cut its
+    /// clients off, so that takes the operator's `slipway proxy stop`.
+    pub async fn ensure(
+        &self,
+        service: &str,
+        fixed: Option<SocketAddr>,
+    ) -> Result<(RemoteRouter, bool), EnsureError> {
         if let Some(r) = self.find(service).await {
+            if let Some(asked) = fixed
+                && asked != r.traffic_addr()
+            {
+                return Err(EnsureError::AddressMoved {
+                    service: service.to_owned(),
+                    running: r.traffic_addr(),
+                    asked,
+                });
+            }
             return Ok((r, false));
         }
         let path = self.state_path(service);
@@ -371,19 +447,47 @@ impl ProxySupervisor {
         if let Some(p) = &previous
             && p.is_running()
         {
-            return Err(format!(
+            return Err(EnsureError::Failed(format!(
                 "the {service} proxy (pid {}) is running but does not answer its admin API on {}; see {}",
                 p.pid,
                 p.admin,
                 self.log_path(service).display()
-            ));
+            )));
         }
-        let listen = previous
-            .as_ref()
-            .map_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)), |p| p.traffic);
+        let listen = match fixed {
+            Some(addr) => {
+                // Refused here with the address and the fix rather than as a proxy that
+                // exited: the bind is tried and released at once (a process that takes
+                // the port in between still makes the proxy fail, with its log named).
+                if let Err(e) = std::net::TcpListener::bind(addr) {
+                    return Err(EnsureError::AddressTaken {
+                        service: service.to_owned(),
+                        addr,
+                        why: e.to_string(),
+                    });
+                }
+                addr
+            }
+            None => previous
+                .as_ref()
+                .map_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)), |p| p.traffic),
+        };
+        self.start(service, &path, listen)
+            .await
+            .map_err(EnsureError::Failed)
+    }
+
+    /// Start the proxy of `service` on `listen` and wait until it recorded itself in
+    /// `path` and answers.
+    async fn start(
+        &self,
+        service: &str,
+        path: &Path,
+        listen: SocketAddr,
+    ) -> Result<(RemoteRouter, bool), String> {
         std::fs::create_dir_all(&self.dir)
             .map_err(|e| format!("failed to create {}: {e}", self.dir.display()))?;
-        let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_file(path);
         let log_path = self.log_path(service);
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -401,7 +505,7 @@ impl ProxySupervisor {
             .arg("--service")
             .arg(service)
             .arg("--state")
-            .arg(&path)
+            .arg(path)
             .arg("--listen")
             .arg(listen.to_string())
             // Like an instance, the long-lived proxy keeps nothing of this process's
@@ -424,7 +528,7 @@ impl ProxySupervisor {
             .ok_or_else(|| format!("the {service} proxy exited at once"))?;
         let deadline = Instant::now() + self.start_timeout;
         loop {
-            if let Some(state) = read_state(&path)
+            if let Some(state) = read_state(path)
                 && state.pid == pid
                 && let Some(router) = self.find(service).await
             {
