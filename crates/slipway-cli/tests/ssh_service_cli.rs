@@ -38,6 +38,10 @@ struct World {
     replicas: u16,
     /// Lines added to the environment (e.g. `router:`), indented by four spaces.
     env_extra: String,
+    /// Top-level lines added to the spec (e.g. `strategy:`).
+    tail: String,
+    /// `target.ssh.batch`.
+    batch: u32,
 }
 
 impl World {
@@ -74,6 +78,8 @@ impl World {
             ports,
             replicas: 2,
             env_extra: String::new(),
+            tail: String::new(),
+            batch: 1,
         }
     }
 
@@ -102,11 +108,13 @@ services:
     config: [ {{ template: web.conf.j2, dest: web.conf }} ]
 environments:
   fleet:
-    target: {{ ssh: {{ inventory: hosts.yaml, group: all, batch: 1 }} }}
+    target: {{ ssh: {{ inventory: hosts.yaml, group: all, batch: {batch} }} }}
     vars: {{ password: \"secret://env/{SECRET_NAME}\" }}
-{extra}",
+{extra}{tail}",
                 replicas = self.replicas,
+                batch = self.batch,
                 extra = self.env_extra,
+                tail = self.tail,
             ),
         )
         .unwrap();
@@ -626,5 +634,237 @@ fn behind_haproxy_each_host_is_drained_while_replaced_and_no_request_fails() {
             );
         }
     }
+    drop(h);
+}
+
+/// The canary strategy of the fleet tests: a third of the traffic to the canary host,
+/// analysed on its own 5xx against the others', the same analysis between later waves.
+const FLEET_CANARY: &str = "strategy:
+  canary:
+    steps:
+      - set_weight: 34
+      - analysis: { template: errors, duration: 3s }
+analysis_templates:
+  errors:
+    interval: 500ms
+    min_samples: 5
+    failure_limit: 0
+    inconclusive_limit: 20
+    metrics:
+      - { name: error-rate, provider: builtin, max: 0.05 }
+    on_failure: rollback
+";
+
+/// `GET /` through a port, new connection each: the version of a 200, else the status.
+fn root_at(port: u16) -> Result<String, String> {
+    let mut s = TcpStream::connect_timeout(
+        &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_secs(2),
+    )
+    .map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).map_err(|e| e.to_string())?;
+    if !buf.starts_with("HTTP/1.1 200") {
+        return Err(buf.lines().next().unwrap_or("no answer").to_owned());
+    }
+    Ok(buf.split("\r\n\r\n").nth(1).unwrap_or("").trim().to_owned())
+}
+
+/// Requests to `/` through `port` until `stop`: (answers by version, failures).
+fn root_traffic(
+    port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<(std::collections::BTreeMap<String, u32>, Vec<String>)> {
+    std::thread::spawn(move || {
+        let mut seen = std::collections::BTreeMap::new();
+        let mut failed = Vec::new();
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            match root_at(port) {
+                Ok(v) => *seen.entry(v).or_insert(0) += 1,
+                Err(e) => failed.push(e),
+            }
+        }
+        (seen, failed)
+    })
+}
+
+/// One runtime API command on the test's HAProxy.
+fn haproxy_cmd(w: &World, cmd: &str) -> String {
+    let mut s = std::os::unix::net::UnixStream::connect(w.dir.join("admin.sock")).unwrap();
+    s.write_all(format!("{cmd}\n").as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+/// Each server's weight in backend `web`, by name.
+fn weights(w: &World) -> std::collections::BTreeMap<String, u64> {
+    let out = haproxy_cmd(w, "show servers state web");
+    let mut header: Vec<String> = Vec::new();
+    let mut m = std::collections::BTreeMap::new();
+    for line in out.lines() {
+        if let Some(h) = line.strip_prefix("# ") {
+            header = h.split_whitespace().map(str::to_owned).collect();
+            continue;
+        }
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if header.is_empty() || f.len() < header.len() {
+            continue;
+        }
+        let at = |n: &str| f[header.iter().position(|h| h == n).unwrap()];
+        m.insert(
+            at("srv_name").to_owned(),
+            at("srv_uweight").parse().unwrap(),
+        );
+    }
+    m
+}
+
+/// The run's journal entries' step-progress details, in order.
+fn progress(w: &World) -> Vec<serde_json::Value> {
+    let o = w.run(&["logs", "--output", "json"]);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    let text = String::from_utf8_lossy(&o.stdout);
+    let mut out = Vec::new();
+    let docs: Vec<serde_json::Value> = match serde_json::from_str::<serde_json::Value>(&text) {
+        Ok(serde_json::Value::Array(a)) => a,
+        Ok(v) => vec![v],
+        Err(_) => text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect(),
+    };
+    fn walk(v: &serde_json::Value, out: &mut Vec<serde_json::Value>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                if m.get("event").and_then(|e| e.as_str()).is_some() && !m.contains_key("seq") {
+                    out.push(v.clone());
+                }
+                for x in m.values() {
+                    walk(x, out);
+                }
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|x| walk(x, out)),
+            _ => {}
+        }
+    }
+    for d in &docs {
+        walk(d, &mut out);
+    }
+    out
+}
+
+fn events_named<'a>(p: &'a [serde_json::Value], name: &str) -> Vec<&'a serde_json::Value> {
+    p.iter().filter(|e| e["event"] == name).collect()
+}
+
+/// A fleet canary through HAProxy (issue 19 part 3), three hosts in waves of one with
+/// real traffic through HAProxy all along: a good version goes to host1 first at a third
+/// of the traffic, judged on host1's own responses against the others', then to host2
+/// (judged again) and host3, with no request failing and every weight back as it was; a
+/// bad version (every `/` a 500) is rolled back by itself on host1 — the only host that
+/// changed — which runs the good version again from its own launch record, the other
+/// hosts never having been touched, every weight back, and the run rolled back.
+#[test]
+fn a_fleet_canary_promotes_a_good_version_and_rolls_a_bad_one_back_by_itself() {
+    let mut w = World::new(3);
+    w.replicas = 1;
+    w.env_extra = "    router: { haproxy: { socket: admin.sock, backend: web } }\n".into();
+    w.tail = FLEET_CANARY.into();
+    let h = haproxy(&w);
+    let o = w.deploy(&w.spec("1.0.0", &w.demo()));
+    assert_eq!(o.status.code(), Some(0), "first deploy: {o:?}");
+    w.wait_all("1.0.0");
+    let before = weights(&w);
+    assert_eq!(before.len(), 3, "{before:?}");
+
+    // The good version, with traffic all along.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = root_traffic(h.port, stop.clone());
+    let o = w.deploy(&w.spec("2.0.0", &w.demo()));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (seen, failed) = load.join().unwrap();
+    assert_eq!(o.status.code(), Some(0), "good version: {o:?}");
+    w.wait_all("2.0.0");
+    assert!(failed.is_empty(), "requests failed: {failed:?} ({seen:?})");
+    assert!(
+        seen.contains_key("2.0.0") && seen.contains_key("1.0.0"),
+        "{seen:?}"
+    );
+    assert_eq!(weights(&w), before);
+    let p = progress(&w);
+    let fleet = events_named(&p, "fleet_canary");
+    assert_eq!(fleet.len(), 1, "{p:#?}");
+    assert_eq!(
+        fleet[0]["waves"],
+        serde_json::json!([["host1"], ["host2"], ["host3"]])
+    );
+    // The canary's weight and its analysis on its own traffic, then wave 2 judged too.
+    assert!(
+        events_named(&p, "weight_set")
+            .iter()
+            .any(|e| e["weight"] == 34 && e["verified"] == 34),
+        "{p:#?}"
+    );
+    let measured = events_named(&p, "measured");
+    assert!(
+        measured
+            .iter()
+            .any(|m| m["window"]["canary_requests"].as_u64().unwrap_or(0) > 0
+                && m["window"]["stable_requests"].as_u64().unwrap_or(0) > 0),
+        "{measured:#?}"
+    );
+    let waves: Vec<u64> = events_named(&p, "fleet_wave_passed")
+        .iter()
+        .map(|e| e["wave"].as_u64().unwrap())
+        .collect();
+    assert_eq!(waves, vec![1, 2, 3], "{p:#?}");
+
+    // The bad version: every `/` answers 500.
+    let bad = format!("{} --error-rate 1", w.demo());
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = root_traffic(h.port, stop.clone());
+    let o = w.deploy(&w.spec("3.0.0", &bad));
+    assert_eq!(o.status.code(), Some(4), "bad version rolled back: {o:?}");
+    w.wait_all("2.0.0");
+    // Afterwards every request through HAProxy is answered by the good version.
+    let settle = Instant::now();
+    while settle.elapsed() < Duration::from_secs(10) {
+        if (0..20).all(|_| root_at(h.port).as_deref() == Ok("2.0.0")) {
+            break;
+        }
+    }
+    assert!((0..30).all(|_| root_at(h.port).as_deref() == Ok("2.0.0")));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (seen, failed) = load.join().unwrap();
+    assert!(
+        !failed.is_empty(),
+        "the bad version served some 500s: {seen:?}"
+    );
+    assert!(!seen.contains_key("3.0.0"), "{seen:?}");
+    assert_eq!(weights(&w), before, "every weight back");
+    let s = w.status();
+    assert_eq!(s["run"]["state"], "rolled_back", "{s:#}");
+    let text = serde_json::to_string(&s).unwrap();
+    assert!(text.contains("error-rate"), "{text}");
+    // Exactly the host that changed was rolled back; the others never got 3.0.0.
+    for i in [1, 2] {
+        assert!(!w.base(i).join("versions/3.0.0").exists(), "host {i}");
+    }
+    assert!(w.base(0).join("versions/3.0.0").exists());
+    let p = progress(&w);
+    assert_eq!(events_named(&p, "rolled_back").len(), 1, "{p:#?}");
+    let undos: Vec<&str> = s["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h["step"] == "web/deploy" && h["phase"] == "undo")
+        .map(|h| h["host"].as_str().unwrap())
+        .collect();
+    assert_eq!(undos, vec!["host1"], "{s:#}");
     drop(h);
 }

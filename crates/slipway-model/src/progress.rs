@@ -277,6 +277,32 @@ pub enum StepEvent {
     },
     /// One host's result on the ssh target.
     SshHost(HostReport),
+    /// A fleet canary began (ssh hosts behind HAProxy): which hosts take the new version
+    /// first, the waves after them, and each host's weight before anything changed (what
+    /// a rollback or the end of the canary puts back). Journaled once per step, before
+    /// any weight changes, so a resumed driver restores these and not what it finds.
+    FleetCanary {
+        /// The service.
+        service: String,
+        /// The version deployed.
+        version: String,
+        /// Host names of every wave in order; the first is the canary.
+        waves: Vec<Vec<String>>,
+        /// Each host's HAProxy server weight before the canary.
+        weights: std::collections::BTreeMap<String, u64>,
+    },
+    /// A wave of a fleet canary passed its analysis (wave 1: the canary's steps).
+    FleetWavePassed {
+        /// 1-based.
+        wave: usize,
+        /// Every host that runs the new version now.
+        changed: Vec<String>,
+    },
+    /// Hosts' HAProxy weights put back as they were before the fleet canary.
+    FleetWeightsRestored {
+        /// Host name → weight.
+        weights: std::collections::BTreeMap<String, u64>,
+    },
     /// A human request reached the driver.
     InterventionReceived {
         /// What was asked.
@@ -466,6 +492,27 @@ fn describe_step(e: &StepEvent) -> String {
                 files.len()
             )
         }
+        StepEvent::FleetCanary {
+            service,
+            version,
+            waves,
+            ..
+        } => format!(
+            "fleet canary of {service} {version}: {} first, then {} more wave(s)",
+            waves.first().map(|w| w.join(", ")).unwrap_or_default(),
+            waves.len().saturating_sub(1)
+        ),
+        StepEvent::FleetWavePassed { wave, changed } => {
+            format!("wave {wave} passed; new version on {}", changed.join(", "))
+        }
+        StepEvent::FleetWeightsRestored { weights } => format!(
+            "weights restored: {}",
+            weights
+                .iter()
+                .map(|(h, w)| format!("{h}={w}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        ),
         StepEvent::InterventionReceived { intervention, by } => format!(
             "{} received{}",
             intervention_name(*intervention),
@@ -493,6 +540,10 @@ mod tests {
             json!({"event": "launched", "launch": {"service": "api", "version": "2.0.0",
                    "command": "api --port 1", "replicas": 2}}),
             json!({"event": "step_paused", "reason": "manual step"}),
+            json!({"event": "fleet_canary", "service": "web", "version": "2.0.0",
+                   "waves": [["h1"], ["h2", "h3"]], "weights": {"h1": 1, "h2": 1, "h3": 1}}),
+            json!({"event": "fleet_wave_passed", "wave": 1, "changed": ["h1"]}),
+            json!({"event": "fleet_weights_restored", "weights": {"h1": 1}}),
         ];
         for d in docs {
             let p = Progress::of(&d);

@@ -600,17 +600,31 @@ fn ssh_findings(p: &Plan, file: &Path, dir: &Path) -> Vec<Finding> {
                 ),
             ));
         }
-        // Canaries on a fleet shift traffic through a load balancer; until that is
-        // wired, an ssh plan must not show traffic steps nobody would enforce.
-        if p.strategy.canary.is_some() {
-            out.push(error(
-                "ssh-unsupported",
-                format!(
-                    "{}: environments.{}.strategy: a canary of `run:` services on the ssh target is not supported yet; use `rolling` (hosts in waves of `target.ssh.batch`) for services.{name}",
-                    file.display(),
-                    p.environment
-                ),
-            ));
+        // Canaries on a fleet shift traffic through HAProxy, one server per host
+        // (`slipway_providers::fleet`); without it an ssh plan must not show traffic
+        // steps nobody would enforce.
+        let behind_haproxy = p.router_of(name).is_some_and(|r| r.haproxy.is_some());
+        if let Some(c) = p.strategy.canary.as_ref() {
+            if !behind_haproxy {
+                out.push(error(
+                    "ssh-unsupported",
+                    format!(
+                        "{}: environments.{}.strategy: a canary of `run:` services on the ssh target shifts traffic through HAProxy; add `router: {{ haproxy: {{ socket: …, backend: … }} }}` (one server per host, named after it) to the environment, or use `rolling` (hosts in waves of `target.ssh.batch`) for services.{name}",
+                        file.display(),
+                        p.environment
+                    ),
+                ));
+            } else if c.steps.iter().any(|s| s.pause.as_deref() == Some("manual")) {
+                // The fleet canary takes no requests from people yet (promote, resume).
+                out.push(error(
+                    "ssh-unsupported",
+                    format!(
+                        "{}: environments.{}.strategy.canary: `pause: manual` is not supported in a fleet canary on the ssh target yet; pause for a duration (`pause: 5m`) or analyse instead",
+                        file.display(),
+                        p.environment
+                    ),
+                ));
+            }
         }
         if let Ok(target) = &target {
             for e in target.endpoints() {

@@ -202,6 +202,7 @@ async fn round(bin: &str, rate: u32, fail_after: Option<u64>, baseline: f64) -> 
             resume: None,
             environment: "test",
             soak: None,
+            promotion: Default::default(),
         },
         &world,
         &mut |_| {},

@@ -542,12 +542,30 @@ pub fn ssh_services(
                         "canary",
                     ))
                 });
+            // A canary needs the load balancer to shift traffic with; without one the
+            // plan is refused (`ssh-unsupported`), and nothing here would enforce it.
+            let canary = plan
+                .strategy
+                .canary
+                .as_ref()
+                .filter(|_| drain.is_some())
+                .map(|c| {
+                    Arc::new(crate::fleet::FleetCanary {
+                        steps: c.steps.clone(),
+                        background: c.analysis.clone(),
+                        templates: plan.analysis_templates.clone(),
+                        environment: plan.environment.clone(),
+                        external: Some(Arc::new(crate::metrics::ProviderSet::from_plan(plan))
+                            as Arc<dyn slipway_rollout::ExternalMetrics>),
+                    })
+                });
             Some((
                 name.clone(),
                 crate::ssh_service::SshService {
                     run: s.run.clone()?,
                     readiness: s.readiness.clone(),
                     drain,
+                    canary,
                 },
             ))
         })

@@ -379,6 +379,7 @@ impl DeployTarget {
                         resume: resumed,
                         environment: &self.plan.environment,
                         soak: self.soak_left(&ctx.prior),
+                        promotion: Default::default(),
                     },
                     &world,
                     self.pre_traffic.as_deref(),

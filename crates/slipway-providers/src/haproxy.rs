@@ -131,6 +131,19 @@ fn gcd(a: u64, b: u64) -> u64 {
     if b == 0 { a } else { gcd(b, a % b) }
 }
 
+/// One server's counters as `show stat` reports them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServerStat {
+    /// HTTP responses of every class (`hrsp_*`), since HAProxy started.
+    pub requests: u64,
+    /// 5xx responses (`hrsp_5xx`).
+    pub errors: u64,
+    /// Current sessions (`scur`).
+    pub sessions: u64,
+    /// `UP`, `DOWN`, `MAINT`, `DRAIN`, `no check`, ….
+    pub status: String,
+}
+
 #[derive(Debug, Clone, Copy, Default)]
 struct Counts {
     requests: u64,
@@ -218,13 +231,14 @@ impl HaproxyRouter {
         }
     }
 
-    /// The backend's slots, read back from HAProxy.
-    pub async fn slots(&self) -> Result<Slots, String> {
+    /// Every server of the backend as `show servers state` reports it, in HAProxy's
+    /// order (one server per host in front of an ssh fleet).
+    pub async fn servers(&self) -> Result<Vec<Slot>, String> {
         let out = self
             .command(&format!("show servers state {}", self.backend))
             .await?;
         let mut header: Vec<&str> = Vec::new();
-        let mut slots = Slots::default();
+        let mut servers = Vec::new();
         for line in out.lines() {
             if let Some(h) = line.strip_prefix("# ") {
                 header = h.split_whitespace().collect();
@@ -254,21 +268,16 @@ impl HaproxyRouter {
                     .and_then(|i| fields.get(i).copied())
                     .unwrap_or("")
             };
-            let slot = Slot {
+            if get("be_name") != self.backend {
+                continue;
+            }
+            servers.push(Slot {
                 name: get("srv_name").to_owned(),
                 addr: get("srv_addr").to_owned(),
                 port: get("srv_port").parse().unwrap_or(0),
                 admin_state: get("srv_admin_state").parse().unwrap_or(0),
                 weight: get("srv_uweight").parse().unwrap_or(0),
-            };
-            if get("be_name") != self.backend {
-                continue;
-            }
-            if slot.name.starts_with(&self.canary_prefix) {
-                slots.canary.push(slot);
-            } else if slot.name.starts_with(&self.stable_prefix) {
-                slots.stable.push(slot);
-            }
+            });
         }
         if header.is_empty() {
             return Err(format!(
@@ -278,6 +287,19 @@ impl HaproxyRouter {
                 out.trim()
             ));
         }
+        Ok(servers)
+    }
+
+    /// The backend's slots, read back from HAProxy.
+    pub async fn slots(&self) -> Result<Slots, String> {
+        let mut slots = Slots::default();
+        for slot in self.servers().await? {
+            if slot.name.starts_with(&self.canary_prefix) {
+                slots.canary.push(slot);
+            } else if slot.name.starts_with(&self.stable_prefix) {
+                slots.stable.push(slot);
+            }
+        }
         // `stable10` after `stable9`: order by the number the template appended.
         let key = |s: &Slot, p: &str| {
             let n: u64 = s.name[p.len()..].parse().unwrap_or(u64::MAX);
@@ -286,6 +308,50 @@ impl HaproxyRouter {
         slots.stable.sort_by_key(|s| key(s, &self.stable_prefix));
         slots.canary.sort_by_key(|s| key(s, &self.canary_prefix));
         Ok(slots)
+    }
+
+    /// Per-server counters of the backend from `show stat`, by server name.
+    pub async fn server_stats(&self) -> Result<BTreeMap<String, ServerStat>, String> {
+        let out = self.command("show stat").await?;
+        let mut lines = out.lines();
+        let header: Vec<&str> = lines
+            .next()
+            .and_then(|h| h.strip_prefix("# "))
+            .map(|h| h.split(',').collect())
+            .ok_or_else(|| format!("HAProxy answered `show stat` with: {}", out.trim()))?;
+        let col = |n: &str| header.iter().position(|h| *h == n);
+        let (px, sv, scur, status) = (col("pxname"), col("svname"), col("scur"), col("status"));
+        let codes: Vec<Option<usize>> = [
+            "hrsp_1xx",
+            "hrsp_2xx",
+            "hrsp_3xx",
+            "hrsp_4xx",
+            "hrsp_5xx",
+            "hrsp_other",
+        ]
+        .iter()
+        .map(|n| col(n))
+        .collect();
+        let mut out = BTreeMap::new();
+        for line in lines {
+            let f: Vec<&str> = line.split(',').collect();
+            let at = |i: Option<usize>| i.and_then(|i| f.get(i)).copied().unwrap_or("");
+            let name = at(sv);
+            if at(px) != self.backend || name == "BACKEND" || name == "FRONTEND" {
+                continue;
+            }
+            let num = |i: Option<usize>| at(i).parse::<u64>().unwrap_or(0);
+            out.insert(
+                name.to_owned(),
+                ServerStat {
+                    requests: codes.iter().map(|c| num(*c)).sum(),
+                    errors: num(codes[4]),
+                    sessions: num(scur),
+                    status: at(status).to_owned(),
+                },
+            );
+        }
+        Ok(out)
     }
 
     fn missing_slots(&self, pool: &str, prefix: &str, have: usize, need: usize) -> RolloutError {

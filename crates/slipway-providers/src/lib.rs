@@ -18,6 +18,7 @@ pub mod config;
 pub mod container;
 pub mod deploy;
 pub mod exec;
+pub mod fleet;
 pub mod haproxy;
 pub mod interventions;
 pub mod metrics;

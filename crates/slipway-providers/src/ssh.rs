@@ -788,7 +788,7 @@ pub struct SshTarget {
 
 /// What happened to one step on one host.
 #[derive(Debug, Clone)]
-enum HostOutcome {
+pub(crate) enum HostOutcome {
     Ran(StepOutput),
     AlreadyDone(String),
     Failed(String, StepOutput),
@@ -912,6 +912,16 @@ impl SshTarget {
         self.max_failures
     }
 
+    /// Hosts per wave.
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    /// Hosts worked on at once within a wave.
+    pub fn parallelism(&self) -> usize {
+        self.parallelism
+    }
+
     /// Names of the hosts left out of later steps after failing within the budget.
     pub fn excluded_hosts(&self) -> Vec<String> {
         self.excluded_set()
@@ -920,7 +930,7 @@ impl SshTarget {
             .collect()
     }
 
-    fn excluded_set(&self) -> BTreeSet<usize> {
+    pub(crate) fn excluded_set(&self) -> BTreeSet<usize> {
         // A poisoned lock only means a thread panicked while inserting an index: the set
         // is still a set of indices.
         self.excluded
@@ -940,7 +950,7 @@ impl SshTarget {
     }
 
     /// How many hosts have failed in this run (as far as this process knows).
-    fn failed_count(&self) -> usize {
+    pub(crate) fn failed_count(&self) -> usize {
         self.excluded
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -948,7 +958,7 @@ impl SshTarget {
     }
 
     /// Whether more hosts failed than the budget allows: nothing more starts.
-    fn over_budget(&self) -> bool {
+    pub(crate) fn over_budget(&self) -> bool {
         self.failed_count() > self.max_failures
     }
 
@@ -1114,7 +1124,7 @@ impl SshTarget {
     /// hosts that cannot be reached count against the failure budget (reported failed
     /// and left out of later steps — in memory only, nothing can be marked on them) and
     /// the step goes on without them while the budget holds, else nothing runs.
-    async fn connect_within_budget(
+    pub(crate) async fn connect_within_budget(
         &self,
         ctx: &StepContext,
         which: &[usize],
@@ -1331,7 +1341,7 @@ impl SshTarget {
         .await
     }
 
-    fn timeout(&self, step: &ExecStep) -> Result<Duration, TargetError> {
+    pub(crate) fn timeout(&self, step: &ExecStep) -> Result<Duration, TargetError> {
         match &step.timeout {
             None => Ok(self.default_timeout),
             Some(t) => t.get().map_err(|e| {
@@ -1399,7 +1409,7 @@ impl SshTarget {
     }
 
     /// Run `script` on a host, redacted; a time-out is a failure.
-    async fn run_on(
+    pub(crate) async fn run_on(
         &self,
         s: &Session,
         ctx: &StepContext,
@@ -1663,7 +1673,7 @@ impl SshTarget {
     /// [`Self::apply_host`] on host `i` unless the failure budget is used up already (by
     /// any step of the run); a failure (or a host found marked as failed by an earlier
     /// attempt) counts against it at once. Reported.
-    async fn apply_guarded(
+    pub(crate) async fn apply_guarded(
         &self,
         i: usize,
         s: &Session,
@@ -1695,7 +1705,7 @@ impl SshTarget {
     /// Leave a host that failed within the budget out of the later steps: remembered
     /// here, and marked on the host for a resumed run. The mark is best effort (the host
     /// may be the reason it failed); reported either way.
-    async fn exclude_host(&self, i: usize, s: &Session, ctx: &StepContext, t: Duration) {
+    pub(crate) async fn exclude_host(&self, i: usize, s: &Session, ctx: &StepContext, t: Duration) {
         self.exclude(i);
         let dir = Self::marker_dir(&s.endpoint().host, ctx);
         let script = format!(
@@ -1739,7 +1749,7 @@ impl SshTarget {
 
     /// [`Self::undo_host`], with the host out of its HAProxy backend meanwhile when the
     /// step deploys instances there.
-    async fn undo_one(
+    pub(crate) async fn undo_one(
         &self,
         s: &Session,
         ctx: &StepContext,
@@ -1764,7 +1774,7 @@ impl SshTarget {
         }
     }
 
-    fn report(
+    pub(crate) fn report(
         &self,
         ctx: &StepContext,
         host: &Host,
@@ -1847,6 +1857,19 @@ impl Target for SshTarget {
         Box::pin(async move {
             let step = self.step(ctx, action)?;
             let step: &ExecStep = &step;
+            // A `deploy` with a canary behind HAProxy: the fleet canary (crate::fleet),
+            // unless there is nothing to compare with yet.
+            if matches!(action, StepAction::Deploy { .. })
+                && let Ok((service, svc)) = self.service_of(ctx)
+                && let (Some(spec), Some(router)) = (&svc.canary, &svc.drain)
+                && let Some(r) =
+                    crate::fleet::apply(self, ctx, action, step, service, spec, router, |h| {
+                        h.ports.get(service).copied()
+                    })
+                    .await
+            {
+                return r;
+            }
             let excluded = self.excluded_set();
             let live: Vec<usize> = (0..self.endpoints.len())
                 .filter(|i| !excluded.contains(i))

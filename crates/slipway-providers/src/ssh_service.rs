@@ -96,6 +96,9 @@ pub struct SshService {
     /// server per host named after it: each host is drained before its instances are
     /// replaced and put back in service after.
     pub drain: Option<Arc<HaproxyRouter>>,
+    /// The plan's canary, driven through that HAProxy host by host
+    /// ([`crate::fleet`]); `None`: a rolling deploy.
+    pub canary: Option<Arc<crate::fleet::FleetCanary>>,
 }
 
 impl std::fmt::Debug for SshService {
@@ -107,6 +110,7 @@ impl std::fmt::Debug for SshService {
                 "drain",
                 &self.drain.as_ref().map(|r| r.backend().to_owned()),
             )
+            .field("canary", &self.canary)
             .finish()
     }
 }
@@ -633,6 +637,7 @@ mod tests {
                 inherit_env: vec!["JAVA_HOME".into()],
             },
             drain: None,
+            canary: None,
             readiness: Some(Probe {
                 http: Some("/ready".into()),
                 tcp: None,

@@ -220,6 +220,7 @@ async fn canary(
             resume: None,
             environment: "test",
             soak: None,
+            promotion: Default::default(),
         },
         &world,
         &mut |e| events.push(e),

@@ -227,6 +227,21 @@ pub struct Canary<'a> {
     /// Time still to soak at full weight after the last step, before the promotion (the
     /// plan's `soak` gate, less what an earlier driver already soaked); `None`: no soak.
     pub soak: Option<Duration>,
+    /// What passing every step leads to.
+    pub promotion: Promotion,
+}
+
+/// What a canary that passed its steps (or was promoted by a human) leads to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Promotion {
+    /// The canary takes all traffic and replaces the stable pool, which is stopped (one
+    /// service's instances behind one router).
+    #[default]
+    Replace,
+    /// Nothing is changed: the outcome is [`Outcome::Promoted`] with the router and the
+    /// instances as the last step left them, for a caller that goes on its own way (a
+    /// fleet canary: the next waves of hosts, the canary hosts back at their own weights).
+    Hold,
 }
 
 /// A canary continued where an earlier driver left it.
@@ -974,6 +989,9 @@ async fn promote(
     canary: Vec<Instance>,
     emit: &mut (dyn FnMut(RolloutEvent) + Send),
 ) -> Result<Outcome, RolloutError> {
+    if c.promotion == Promotion::Hold {
+        return Ok(Outcome::Promoted { instances: canary });
+    }
     if world.router.verify_weight().await != Some(100) {
         world.router.set_weight(100).await?;
         emit(RolloutEvent::WeightSet {

@@ -239,6 +239,7 @@ async fn drive_full(
             resume: None,
             environment: "prod",
             soak: None,
+            promotion: Default::default(),
         },
         &world,
         &mut |e| events.push(e),
@@ -606,6 +607,7 @@ async fn drive_guarded_with(
             environment: "prod",
             resume: None,
             soak: None,
+            promotion: Default::default(),
         },
         &world,
         &mut |_| {},
@@ -661,4 +663,65 @@ async fn a_tripped_guard_pauses_where_the_template_says_pause() {
     // Nothing stopped, no weight raised: a human decides.
     assert!(!log.iter().any(|l| l.starts_with("stop")), "{log:?}");
     assert!(!log.iter().any(|l| l == "weight 50"), "{log:?}");
+}
+
+/// `Promotion::Hold`: a canary that passed its steps is reported promoted with nothing
+/// changed after its last step — no full weight, no pool swap, the stable kept running —
+/// for a caller that promotes its own way (the fleet canary's next waves).
+#[tokio::test]
+async fn a_held_promotion_leaves_router_and_instances_as_the_last_step_left_them() {
+    let log = Log::default();
+    let instances = FakeInstances {
+        log: &log,
+        stable_ready: true,
+    };
+    let router = FakeRouter {
+        log: &log,
+        weight: Mutex::new(0),
+    };
+    let metrics = Script(Mutex::new(vec![(0, 0)]));
+    let world = World {
+        instances: &instances,
+        router: &router,
+        metrics: &metrics,
+        external: None,
+        interventions: &NoInterventions,
+        drain_timeout: Duration::from_millis(100),
+    };
+    let steps = vec![CanaryStep {
+        set_weight: Some(30),
+        ..CanaryStep::default()
+    }];
+    let templates = BTreeMap::new();
+    let mut events = Vec::new();
+    let outcome = run_canary(
+        Canary {
+            service: "api",
+            version: "2.0.0",
+            replicas: 2,
+            stable: inst("api", "1.0.0", 2),
+            steps: &steps,
+            background: None,
+            templates: &templates,
+            start_step: 0,
+            resume: None,
+            environment: "prod",
+            soak: None,
+            promotion: Promotion::Hold,
+        },
+        &world,
+        &mut |e| events.push(e),
+    )
+    .await
+    .unwrap();
+    assert!(matches!(outcome, Outcome::Promoted { .. }), "{outcome:?}");
+    assert_eq!(
+        log.all(),
+        vec!["start 2.0.0 Canary", "weight 0", "pools 2/2", "weight 30"]
+    );
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, RolloutEvent::Promoted { .. }))
+    );
 }
