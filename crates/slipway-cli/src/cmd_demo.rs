@@ -113,7 +113,7 @@ const RELEASES: [(&str, &str); 3] = [
 /// `slipway demo`.
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Examples:\n  slipway demo\n  slipway demo --output json\n  slipway demo --dir /tmp/shop --keep"
+    after_help = "Examples:\n  slipway demo\n  slipway demo --output json\n  slipway demo --dir /tmp/shop --keep\n  slipway demo --fleet"
 )]
 pub struct DemoArgs {
     /// Working directory for the demo's store, logs and diagnostics (default: a new
@@ -127,6 +127,11 @@ pub struct DemoArgs {
     /// per analysis window to be judged: below ~200 the analysis turns inconclusive).
     #[arg(long, default_value_t = 300)]
     pub rate: u32,
+    /// The fleet demo instead: four local sshd "hosts" behind HAProxy, a good version
+    /// rolled out host by host after a canary on the first, then a bad one rolled back by
+    /// itself (needs sshd, ssh-keygen and haproxy; says so and exits 0 without them).
+    #[arg(long)]
+    pub fleet: bool,
 }
 
 /// `slipway demo-app` (hidden): the demo's service.
@@ -253,6 +258,9 @@ struct Shop {
 
 /// `slipway demo`.
 pub fn demo(a: DemoArgs, out: &Output) -> Result<i32, CliError> {
+    if a.fleet {
+        return demo_fleet(&a, out);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -307,6 +315,397 @@ pub fn demo(a: DemoArgs, out: &Output) -> Result<i32, CliError> {
         out.eline(&format!("demo files kept in {}", kept.display()));
     }
     result
+}
+
+/// The fleet demo's releases: version, whether it answers every `/` with a 500, what it
+/// shows, and the run state it should end in.
+const FLEET_RELEASES: [(&str, bool, &str, &str); 3] = [
+    (
+        "1.0.0",
+        false,
+        "first deploy of what runs today",
+        "succeeded",
+    ),
+    (
+        "2.0.0",
+        false,
+        "good version: canary on host1 at 20% of the traffic, then host by host",
+        "succeeded",
+    ),
+    (
+        "3.0.0",
+        true,
+        "bad version (every request a 500): rolled back by itself",
+        "rolled_back",
+    ),
+];
+
+/// The fleet demo's release spec of `version`.
+fn fleet_spec(exe: &Path, version: &str, bad: bool) -> String {
+    format!(
+        "apiVersion: slipway/v1
+kind: Release
+metadata: {{ name: fleet-shop, version: {version}, type: patch }}
+services:
+  web:
+    run: {{ command: \"'{exe}' demo-app --port {{{{ port }}}} --version {{{{ version }}}}{faults}\", replicas: 1 }}
+    readiness: {{ http: /ready, timeout: 2s, deadline: 20s }}
+environments:
+  fleet:
+    target: {{ ssh: {{ inventory: hosts.yaml, group: web, batch: 1 }} }}
+    router: {{ haproxy: {{ socket: admin.sock, backend: web }} }}
+strategy:
+  canary:
+    steps:
+      - set_weight: 20
+      - analysis: {{ template: errors, duration: 3s }}
+analysis_templates:
+  errors:
+    interval: 500ms
+    min_samples: 5
+    failure_limit: 0
+    inconclusive_limit: 20
+    metrics:
+      - {{ name: error-rate, provider: builtin, max: 0.05 }}
+    on_failure: rollback
+",
+        exe = exe.display(),
+        faults = if bad { " --error-rate 1" } else { "" },
+    )
+}
+
+/// What the fleet demo's users saw through HAProxy: answers by version, and failures.
+#[derive(Debug, Clone, Default, Serialize)]
+struct FleetTraffic {
+    by_version: BTreeMap<String, u64>,
+    failed: u64,
+}
+
+/// One fleet demo run.
+#[derive(Debug, Serialize)]
+struct FleetRun {
+    version: String,
+    what: String,
+    state: String,
+    expected: String,
+    exit_code: Option<i32>,
+    run_id: String,
+    reason: Option<String>,
+    seconds: f64,
+}
+
+/// The `reason` of the first journal event named `event` anywhere in `v`.
+fn event_reason(v: &serde_json::Value, event: &str) -> Option<String> {
+    match v {
+        serde_json::Value::Object(m) => {
+            if m.get("event").and_then(|e| e.as_str()) == Some(event)
+                && let Some(r) = m.get("reason").and_then(|r| r.as_str())
+            {
+                return Some(r.to_owned());
+            }
+            m.values().find_map(|x| event_reason(x, event))
+        }
+        serde_json::Value::Array(a) => a.iter().find_map(|x| event_reason(x, event)),
+        _ => None,
+    }
+}
+
+/// `slipway demo --fleet` (see [`DemoArgs::fleet`]): the lab of [`crate::fleet_demo`], a
+/// steady trickle of users through HAProxy, and three deploys by this very binary.
+fn demo_fleet(a: &DemoArgs, out: &Output) -> Result<i32, CliError> {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    if let Some(why) = crate::fleet_demo::missing() {
+        let reason = format!(
+            "the fleet demo needs OpenSSH and HAProxy on this machine: {why}; install them (`apt-get install openssh-server openssh-client haproxy`) and run it again"
+        );
+        out.outcome(
+            &serde_json::json!({"ok": true, "skipped": true, "reason": reason}),
+            &format!("skipping the fleet demo: {reason}"),
+        );
+        return Ok(exit::SUCCESS);
+    }
+    let exe = std::env::current_exe().map_err(|e| {
+        CliError::new(
+            exit::INTERNAL,
+            format!("failed to find this slipway binary: {e}"),
+            None,
+        )
+    })?;
+    let (dir, temp) = match &a.dir {
+        Some(d) => (d.clone(), None),
+        None => {
+            let t = tempfile::Builder::new()
+                .prefix("slipway-fleet-demo-")
+                .tempdir()
+                .map_err(|e| {
+                    CliError::new(
+                        exit::INTERNAL,
+                        format!("failed to create a temporary directory: {e}"),
+                        None,
+                    )
+                })?;
+            (t.path().to_path_buf(), Some(t))
+        }
+    };
+    let lab_dir = dir.join("lab");
+    let lab = match crate::fleet_demo::Lab::start(&lab_dir, 4) {
+        Ok(l) => l,
+        Err(why) => {
+            let reason =
+                format!("the local sshd hosts or HAProxy could not be started here: {why}");
+            out.outcome(
+                &serde_json::json!({"ok": true, "skipped": true, "reason": reason}),
+                &format!("skipping the fleet demo: {reason}"),
+            );
+            return Ok(exit::SUCCESS);
+        }
+    };
+    if !out.json() {
+        out.line(&format!(
+            "{} four sshd hosts on 127.0.0.1 ({}) behind HAProxy (http://127.0.0.1:{}, backend `web`, one server per host); working directory {}",
+            out.paint("Starting", Style::Bold),
+            lab.hosts
+                .iter()
+                .map(|h| format!("{} :{}", h.name, h.port))
+                .collect::<Vec<_>>()
+                .join(", "),
+            lab.front,
+            dir.display()
+        ));
+    }
+    let store = format!("sqlite://{}", dir.join("slipway.db").display());
+    let slipway = |args: &[&str]| {
+        slipway_stdx::command(&exe)
+            .env("SLIPWAY_STORE", &store)
+            .env("NO_COLOR", "1")
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+    };
+
+    let weights_before = lab.weights();
+    let mut runs = Vec::new();
+    let seen = Arc::new(Mutex::new(FleetTraffic::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut users = None;
+    for (version, bad, what, expected) in FLEET_RELEASES {
+        if users.is_none() && !runs.is_empty() {
+            // Users from the first deploy on (before it, nothing serves): one request
+            // after another through HAProxy, each on a new connection.
+            let (seen, stop, front) = (seen.clone(), stop.clone(), lab.front);
+            users = Some(std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    let r = crate::fleet_demo::get(front, "/");
+                    if let Ok(mut t) = seen.lock() {
+                        match r {
+                            Ok(v) => *t.by_version.entry(v).or_insert(0) += 1,
+                            Err(_) => t.failed += 1,
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }));
+        }
+        let spec = lab_dir.join(format!("fleet-shop-{version}.yaml"));
+        std::fs::write(&spec, fleet_spec(&exe, version, bad)).map_err(|e| {
+            CliError::new(
+                exit::INTERNAL,
+                format!("failed to write {}: {e}", spec.display()),
+                None,
+            )
+        })?;
+        if !out.json() {
+            out.line(&format!(
+                "\n{} {version}: {what}",
+                out.paint("Deploying", Style::Bold)
+            ));
+        }
+        let started = Instant::now();
+        let spec_arg = spec.display().to_string();
+        let mut child = slipway_stdx::command(&exe)
+            .env("SLIPWAY_STORE", &store)
+            .env("NO_COLOR", "1")
+            .args([
+                "deploy", "--env", "fleet", "--output", "json", "-f", &spec_arg,
+            ])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| {
+                CliError::new(
+                    exit::INTERNAL,
+                    format!("failed to run slipway deploy: {e}"),
+                    None,
+                )
+            })?;
+        let mut last_line = Instant::now();
+        let code = loop {
+            if let Ok(Some(st)) = child.try_wait() {
+                break st.code();
+            }
+            if !out.json() && last_line.elapsed() >= Duration::from_secs(1) {
+                last_line = Instant::now();
+                let weights: BTreeMap<String, Option<u64>> = lab.weights().into_iter().collect();
+                let hosts: Vec<String> = lab
+                    .versions()
+                    .into_iter()
+                    .map(|(h, v)| {
+                        format!(
+                            "{h} {} w{}",
+                            v.as_deref().unwrap_or("-"),
+                            weights
+                                .get(&h)
+                                .copied()
+                                .flatten()
+                                .map_or("?".to_owned(), |w| w.to_string())
+                        )
+                    })
+                    .collect();
+                let users = seen.lock().map(|t| t.clone()).unwrap_or_default();
+                out.line(&format!(
+                    "  {:>4.0}s  {}  · users: {}, not answered 200: {}",
+                    started.elapsed().as_secs_f64(),
+                    hosts.join(" | "),
+                    users
+                        .by_version
+                        .iter()
+                        .map(|(v, n)| format!("{v} {n}"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    users.failed
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let status: serde_json::Value = slipway(&["status", "--output", "json"])
+            .ok()
+            .and_then(|o| serde_json::from_slice(&o.stdout).ok())
+            .unwrap_or_default();
+        let state = status["run"]["state"]
+            .as_str()
+            .unwrap_or("unknown")
+            .to_owned();
+        let run_id = status["run"]["id"].as_str().unwrap_or_default().to_owned();
+        // Why it was rolled back, as the journal's `rolled_back` entry says.
+        let reason = if state == "succeeded" {
+            None
+        } else {
+            // One journal entry per line.
+            slipway(&["logs", &run_id, "--output", "json"])
+                .ok()
+                .and_then(|o| {
+                    String::from_utf8_lossy(&o.stdout)
+                        .lines()
+                        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                        .find_map(|entry| event_reason(&entry, "rolled_back"))
+                })
+        };
+        let run = FleetRun {
+            version: version.to_owned(),
+            what: what.to_owned(),
+            state,
+            expected: expected.to_owned(),
+            exit_code: code,
+            run_id,
+            reason,
+            seconds: started.elapsed().as_secs_f64(),
+        };
+        if !out.json() {
+            let mark = if run.state == run.expected {
+                out.paint("✓", Style::Good)
+            } else {
+                out.paint("✗", Style::Bad)
+            };
+            out.line(&format!(
+                "  {mark} {version} {} in {:.1}s{}",
+                run.state,
+                run.seconds,
+                run.reason
+                    .as_deref()
+                    .map(|r| format!(": {r}"))
+                    .unwrap_or_default()
+            ));
+        }
+        runs.push(run);
+    }
+    // The users keep going a moment after the rollback: all answered by the good version.
+    let after = Instant::now();
+    while after.elapsed() < Duration::from_secs(1) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop.store(true, Ordering::SeqCst);
+    if let Some(u) = users {
+        let _ = u.join();
+    }
+    let traffic = seen.lock().map(|t| t.clone()).unwrap_or_default();
+    let versions = lab.versions();
+    let weights_after = lab.weights();
+    let ok = runs.iter().all(|r| r.state == r.expected)
+        && versions.iter().all(|(_, v)| v.as_deref() == Some("2.0.0"))
+        && weights_after == weights_before;
+    let summary = serde_json::json!({
+        "ok": ok,
+        "skipped": false,
+        "runs": runs,
+        "hosts": versions.iter().zip(&weights_after).map(|((h, v), (_, w))| serde_json::json!({
+            "host": h, "version": v, "weight": w,
+        })).collect::<Vec<_>>(),
+        "weights_before": weights_before.iter().map(|(h, w)| (h.clone(), *w)).collect::<BTreeMap<_, _>>(),
+        "traffic": traffic,
+        "store": store,
+    });
+    if out.json() {
+        out.json_value(&summary);
+    } else {
+        out.line(&format!("\n{}", out.paint("Summary", Style::Bold)));
+        for (h, v) in &versions {
+            out.line(&format!(
+                "  {h}: serving {} at weight {}",
+                v.as_deref().unwrap_or("nothing"),
+                weights_after
+                    .iter()
+                    .find(|(n, _)| n == h)
+                    .and_then(|(_, w)| *w)
+                    .map_or("?".to_owned(), |w| w.to_string())
+            ));
+        }
+        out.line(&format!(
+            "  users (from the first deploy on): {} requests not answered 200 (the bad canary's 500s); answers {}",
+            traffic.failed,
+            traffic
+                .by_version
+                .iter()
+                .map(|(v, n)| format!("{v}: {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        out.line(&format!(
+            "  the journal: SLIPWAY_STORE={store} slipway logs {}",
+            runs.last().map(|r| r.run_id.as_str()).unwrap_or("")
+        ));
+        out.line(&format!(
+            "\n{}",
+            if ok {
+                out.paint(
+                    "The good version reached every host; the bad one was rolled back by itself and every weight is back.",
+                    Style::Good,
+                )
+            } else {
+                out.paint("The fleet demo did not go as intended.", Style::Bad)
+            }
+        ));
+    }
+    drop(lab);
+    if a.keep
+        && let Some(t) = temp
+    {
+        let kept = t.keep();
+        out.eline(&format!("demo files kept in {}", kept.display()));
+    }
+    Ok(if ok { exit::SUCCESS } else { exit::FAILURE })
 }
 
 fn process_target(dir: &Path, plan: &Plan, bin: &Path) -> ProcessTarget {

@@ -25,6 +25,7 @@ mod cmd_report;
 mod cmd_review;
 mod cmd_run;
 mod cmd_serve;
+mod fleet_demo;
 mod out;
 mod perf_report;
 mod progress;

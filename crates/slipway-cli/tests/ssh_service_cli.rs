@@ -868,3 +868,102 @@ fn a_fleet_canary_promotes_a_good_version_and_rolls_a_bad_one_back_by_itself() {
     assert_eq!(undos, vec!["host1"], "{s:#}");
     drop(h);
 }
+
+/// kill -9 of `slipway` while a fleet canary is at its first step (issue 19: the
+/// orchestrator dying mid-canary): the hosts keep serving through HAProxy at the
+/// canary's weights while nobody drives (every request answered, both versions), and
+/// `slipway resume` continues from the journal — the canary host found by its marker
+/// (its deploy not repeated), the canary continued at its journaled step and weight,
+/// judged again, then the later waves — ending with every host on the new version and
+/// every weight as it was before the canary.
+#[test]
+fn a_fleet_canary_survives_slipway_killed_mid_canary_and_resume_continues_it() {
+    let mut w = World::new(3);
+    w.replicas = 1;
+    w.env_extra = "    router: { haproxy: { socket: admin.sock, backend: web } }\n".into();
+    w.tail = FLEET_CANARY.into();
+    let h = haproxy(&w);
+    let o = w.deploy(&w.spec("1.0.0", &w.demo()));
+    assert_eq!(o.status.code(), Some(0), "first deploy: {o:?}");
+    w.wait_all("1.0.0");
+    let before = weights(&w);
+
+    let spec2 = w.spec("2.0.0", &w.demo());
+    let mut child = w
+        .cmd()
+        .args(["deploy", "--env", "fleet", "-f"])
+        .arg(&spec2)
+        .stdout(std::fs::File::create(w.dir.join("deploy2.out")).unwrap())
+        .stderr(std::fs::File::create(w.dir.join("deploy2.err")).unwrap())
+        .spawn()
+        .unwrap();
+    // Killed once the canary's first step (weight 34% to host1) is in the journal.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let p = progress(&w);
+        if events_named(&p, "weight_set")
+            .iter()
+            .any(|e| e["weight"] == 34)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline && child.try_wait().unwrap().is_none(),
+            "the canary never reached its first step: {} {}",
+            std::fs::read_to_string(w.dir.join("deploy2.out")).unwrap_or_default(),
+            std::fs::read_to_string(w.dir.join("deploy2.err")).unwrap_or_default(),
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // Nobody drives: HAProxy keeps the canary's weights and every request is answered.
+    let during = weights(&w);
+    assert_ne!(during, before, "the canary's weights stay in force");
+    assert_eq!(version_at(w.ports[0]).as_deref(), Some("2.0.0"));
+    let mut seen = std::collections::BTreeMap::new();
+    for _ in 0..60 {
+        let v = root_at(h.port).unwrap_or_else(|e| panic!("a request failed: {e}"));
+        *seen.entry(v).or_insert(0) += 1;
+    }
+    assert!(
+        seen.contains_key("2.0.0") && seen.contains_key("1.0.0"),
+        "{seen:?}"
+    );
+    assert_eq!(version_at(w.ports[1]).as_deref(), Some("1.0.0"));
+
+    let run = w.status()["run"]["id"].as_str().unwrap().to_owned();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = root_traffic(h.port, stop.clone());
+    let o = w.run(&["resume", &run]);
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (seen, failed) = load.join().unwrap();
+    assert_eq!(o.status.code(), Some(0), "resume: {o:?}");
+    assert!(failed.is_empty(), "requests failed: {failed:?} ({seen:?})");
+    w.wait_all("2.0.0");
+    assert_eq!(weights(&w), before, "every weight back after the canary");
+    let s = w.status();
+    assert_eq!(s["run"]["state"], "succeeded", "{s:#}");
+    let p = progress(&w);
+    // One fleet canary (the resumed driver read its weights back, not journaled anew),
+    // continued at its weight, judged, then the later waves.
+    assert_eq!(events_named(&p, "fleet_canary").len(), 1, "{p:#?}");
+    let resumed = events_named(&p, "canary_resumed");
+    assert!(resumed.first().is_some_and(|r| r["weight"] == 34), "{p:#?}");
+    let waves: Vec<u64> = events_named(&p, "fleet_wave_passed")
+        .iter()
+        .map(|e| e["wave"].as_u64().unwrap())
+        .collect();
+    assert_eq!(waves, vec![1, 2, 3], "{p:#?}");
+    // host1's deploy was not repeated: its marker showed it done.
+    let host1: Vec<&str> = s["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h["step"] == "web/deploy" && h["phase"] == "apply" && h["host"] == "host1")
+        .map(|h| h["result"].as_str().unwrap())
+        .collect();
+    assert!(host1.contains(&"already_done"), "{s:#}");
+    drop(h);
+}
