@@ -4,6 +4,11 @@
 //! returns an exit code from [`slipway_model::exit`]; errors carry a hint and map to
 //! exit codes here, so every failure a user sees says what to do next.
 
+// mimalloc instead of glibc's malloc: see the dependency's note in Cargo.toml and
+// BENCHMARKS.md (plan-cli) for what it measured.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod admin_remote;
 mod audit_view;
 mod cli_util;

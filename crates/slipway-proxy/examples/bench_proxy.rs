@@ -10,6 +10,10 @@
 // A benchmark helper talks to its script through stdout.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+// The allocator the `slipway` binary runs its proxy with (crates/slipway-cli/src/main.rs).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
