@@ -45,11 +45,16 @@ environments:
     )
     .unwrap();
     std::fs::create_dir_all(d.path().join("ci")).unwrap();
-    std::fs::copy(
-        examples().join("slipway-deploy.sh"),
-        d.path().join("ci/slipway-deploy.sh"),
-    )
-    .unwrap();
+    // Copied by `cp`, not by this process: a copy written here holds a write descriptor on
+    // the new executable, which a process another test thread forks at that moment inherits
+    // until its exec, and running the script then fails with "Text file busy" (ETXTBSY;
+    // seen under load). A symlink would leave the checkout, which bundles refuse.
+    let copied = Command::new("cp")
+        .arg(examples().join("slipway-deploy.sh"))
+        .arg(d.path().join("ci/slipway-deploy.sh"))
+        .status()
+        .unwrap();
+    assert!(copied.success());
     d
 }
 

@@ -93,21 +93,42 @@ pub fn repo() -> std::path::PathBuf {
 /// A test's directory with `bin/demo-app`: a shim running `slipway demo-app`, for specs
 /// whose services run `demo-app` with `<dir>/bin` on PATH.
 pub fn demo_app_dir() -> tempfile::TempDir {
-    use std::os::unix::fs::PermissionsExt as _;
     let dir = tempfile::tempdir().unwrap();
     let bin = dir.path().join("bin");
     std::fs::create_dir_all(&bin).unwrap();
-    let script = bin.join("demo-app");
-    std::fs::write(
-        &script,
-        format!(
+    write_executable(
+        &bin.join("demo-app"),
+        &format!(
             "#!/bin/sh\nexec '{}' demo-app \"$@\"\n",
             assert_cmd::cargo::cargo_bin("slipway").display()
         ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    );
     dir
+}
+
+/// Writes an executable file through a `sh` child, never holding a write descriptor on it
+/// in this process: one held here while another test thread forks is inherited by that
+/// child until its exec, and running the file in that moment fails with "Text file busy"
+/// (ETXTBSY), which the suite met under load.
+pub fn write_executable(path: &std::path::Path, content: &str) {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new("sh")
+        .args(["-c", "cat > \"$1\" && chmod 755 \"$1\"", "sh"])
+        .arg(path)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(content.as_bytes())
+        .unwrap();
+    assert!(
+        child.wait().unwrap().success(),
+        "writing {}",
+        path.display()
+    );
 }
 
 /// A `slipway` command with a clean, deterministic environment.
