@@ -360,9 +360,13 @@ fn a_container_that_never_passes_its_readiness_probe_gets_no_traffic_and_an_abor
     // the run ends aborted, 1.0.0's containers keep serving.
     let d3 = package_image(&env, &root, "3.0.0", &["/bin/demo-app"]);
     let spec3 = spec(&env, "3.0.0", &d3, "/ready");
+    // The canary must still be analysing when the abort comes: a long analysis, and no
+    // pause for too little traffic (a starved load generator under CI load made windows
+    // short of min_samples, the canary paused first and the deploy exited 5, not 6).
     let text = std::fs::read_to_string(&spec3)
         .unwrap()
-        .replace("duration: 3s", "duration: 60s");
+        .replace("duration: 3s", "duration: 60s")
+        .replace("inconclusive_limit: 3", "inconclusive_limit: 100000");
     std::fs::write(&spec3, text).unwrap();
     let mut deploy = env.spawn_deploy(&spec3, "deploy-3.0.0");
     let run = env.wait_journal("3.0.0", "\"weight\":20");
