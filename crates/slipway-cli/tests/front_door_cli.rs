@@ -57,13 +57,24 @@ impl Env {
     /// A release of `api` at `version` (one instance), with `router` and `strategy`
     /// (YAML mappings, indented under the environment) written as given.
     pub(crate) fn spec(&self, version: &str, router: &str, strategy: &str) -> PathBuf {
+        self.spec_with(version, "", router, strategy)
+    }
+
+    /// [`Self::spec`] with `args` added to demo-app's command line (e.g. `--error-rate 0.3`).
+    pub(crate) fn spec_with(
+        &self,
+        version: &str,
+        args: &str,
+        router: &str,
+        strategy: &str,
+    ) -> PathBuf {
         let text = format!(
             "apiVersion: slipway/v1
 kind: Release
 metadata: {{ name: shop, version: {version}, type: patch }}
 services:
   api:
-    run: {{ command: \"demo-app --port {{{{ port }}}} --version {{{{ version }}}}\", replicas: 1 }}
+    run: {{ command: \"demo-app --port {{{{ port }}}} --version {{{{ version }}}} {args}\", replicas: 1 }}
     readiness: {{ http: /ready, timeout: 2s }}
 environments:
   live:

@@ -9,6 +9,7 @@
     reason = "tests: a panic is a failure"
 )]
 
+mod ab_routes_cli;
 mod access_enforced_cli;
 mod admin_server_cli;
 mod archive_cli;

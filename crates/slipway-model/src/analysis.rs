@@ -228,6 +228,21 @@ pub struct Window {
     pub canary: VersionWindow,
     /// The stable version's traffic.
     pub stable: VersionWindow,
+    /// Requests a match route sent to the canary in the window: in neither of the above,
+    /// so they cannot move the verdict, but kept for the journal.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub matched_requests: u64,
+    /// Those of them that failed.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub matched_errors: u64,
+}
+
+#[expect(
+    clippy::trivially_copy_pass_by_ref,
+    reason = "serde's skip_serializing_if passes a reference"
+)]
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The verdict on one metric in one measurement.
@@ -679,6 +694,7 @@ mod tests {
         let w = Window {
             canary: version(100, 100, 5.0),
             stable: version(900, 0, 5.0),
+            ..Window::default()
         };
         let r = measure_builtin(&metric("error-rate", Some("0.01")), &w, &limits());
         assert_eq!(r.phase, Phase::Failed);
@@ -690,6 +706,7 @@ mod tests {
         let w = Window {
             canary: version(10, 0, 5.0),
             stable: version(900, 0, 5.0),
+            ..Window::default()
         };
         for m in ["error-rate", "p99-latency"] {
             let r = measure_builtin(&metric(m, Some("0.5")), &w, &limits());
@@ -713,6 +730,7 @@ mod tests {
         let w = Window {
             canary: version(100, 0, 200.0),
             stable: version(100, 0, 5.0),
+            ..Window::default()
         };
         let r = measure_builtin(&metric("p99-latency", Some("300ms")), &w, &limits());
         assert_eq!(r.phase, Phase::Failed, "{}", r.detail);
@@ -726,11 +744,13 @@ mod tests {
         let slow = Window {
             canary: version(200, 0, 12.0),
             stable: version(200, 0, 10.0),
+            ..Window::default()
         };
         assert_eq!(measure_builtin(&m, &slow, &limits()).phase, Phase::Failed);
         let same = Window {
             canary: version(200, 0, 10.0),
             stable: version(200, 0, 10.0),
+            ..Window::default()
         };
         assert_eq!(
             measure_builtin(&m, &same, &limits()).phase,
@@ -739,6 +759,7 @@ mod tests {
         let faster = Window {
             canary: version(200, 0, 8.0),
             stable: version(200, 0, 10.0),
+            ..Window::default()
         };
         assert_eq!(
             measure_builtin(&m, &faster, &limits()).phase,
@@ -867,6 +888,7 @@ mod tests {
         let mut w = Window {
             canary: version(200, 0, 10.0),
             stable: version(200, 0, 10.0),
+            ..Window::default()
         };
         // The proxy's reservoir kept 200 of 50,000 stable requests.
         w.stable.requests = 50_000;

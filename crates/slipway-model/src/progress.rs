@@ -171,6 +171,20 @@ pub struct WindowSummary {
     pub stable_p99_ms: Option<f64>,
     /// Window length, s.
     pub seconds: f64,
+    /// Requests a match route sent to the canary (not judged), and their errors; absent
+    /// in journals written before match routes.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub matched_requests: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub matched_errors: u64,
+}
+
+#[expect(
+    clippy::trivially_copy_pass_by_ref,
+    reason = "serde's skip_serializing_if passes a reference"
+)]
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// What the ssh target reports of one host for one step.
@@ -395,8 +409,17 @@ fn describe_rollout(e: &RolloutEvent) -> String {
                     details.push(&r.detail);
                 }
             }
+            // Matched (A/B) requests are shown apart: they are not what was judged.
+            let matched = if window.matched_requests > 0 {
+                format!(
+                    "; {} matched to the canary, not judged, {} failed",
+                    window.matched_requests, window.matched_errors
+                )
+            } else {
+                String::new()
+            };
             format!(
-                "analysis `{template}`: {} ({} canary / {} stable requests): {}",
+                "analysis `{template}`: {} ({} canary / {} stable requests{matched}): {}",
                 phase_name(measurement.phase),
                 window.canary_requests,
                 window.stable_requests,

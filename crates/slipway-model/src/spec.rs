@@ -31,6 +31,7 @@ pub const EXACTLY_ONE: &[(&str, &[&str])] = &[
     ("Router", &["builtin", "nginx", "haproxy"]),
     ("Strategy", &["big_bang", "rolling", "canary"]),
     ("CanaryStep", &["set_weight", "pause", "analysis"]),
+    ("HeaderCondition", &["exact", "prefix"]),
     ("Provider", &["prometheus", "http"]),
     (
         "Check",
@@ -1052,6 +1053,60 @@ pub struct Canary {
     /// Analysis run in the background for the whole canary.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub analysis: Option<AnalysisStep>,
+    /// A/B routes: a request matching any of these goes to the new version for the whole
+    /// canary, whatever the weight (testers, internal users), and is counted apart from
+    /// the traffic the analysis judges. Built-in router only.
+    #[serde(default, rename = "match", skip_serializing_if = "Vec::is_empty")]
+    pub matches: Vec<MatchRoute>,
+    /// Keep each user on the version the weight first gave it, for the whole canary, by a
+    /// cookie the router sets. Built-in router only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_affinity: Option<SessionAffinity>,
+}
+
+/// One A/B route: every header condition and the cookie (when given) must hold.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MatchRoute {
+    /// Header name → condition, e.g. `x-canary: { exact: always }`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, HeaderCondition>,
+    /// A cookie with this value, e.g. `{ name: canary, value: always }`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<CookieCondition>,
+}
+
+/// What a header's value must be. Exactly one of `exact`, `prefix`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderCondition {
+    /// The whole value, compared exactly (case matters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exact: Option<String>,
+    /// The start of the value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+}
+
+/// A cookie a request must carry.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CookieCondition {
+    /// Cookie name.
+    pub name: String,
+    /// Its value.
+    pub value: String,
+}
+
+/// Session affinity by a router-set cookie (Flagger's `sessionAffinity`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SessionAffinity {
+    /// The cookie's name, e.g. `slipway-canary`; its value is `canary` or `stable`.
+    pub cookie: String,
+    /// How long the browser keeps it (`Max-Age`), e.g. `6h`; default `1h`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<crate::duration::SpecDuration>,
 }
 
 /// One canary step. Exactly one of `set_weight`, `pause`, `analysis`.

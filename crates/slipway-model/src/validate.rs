@@ -1836,6 +1836,33 @@ fn router(cx: &mut Cx<'_>, spec: &ReleaseSpec, env: &str, e: &Environment, r: &R
         ),
         _ => {}
     }
+    if r.kind() != "builtin"
+        && let Some((sp, c)) = e
+            .strategy
+            .as_ref()
+            .map(|s| (pointer(["environments", env, "strategy"]), s))
+            .or(spec.strategy.as_ref().map(|s| ("/strategy".to_owned(), s)))
+            .and_then(|(p, s)| Some((p, s.canary.as_ref()?)))
+    {
+        for (field, used) in [
+            ("match", !c.matches.is_empty()),
+            ("session_affinity", c.session_affinity.is_some()),
+        ] {
+            if used {
+                cx.err_key(
+                    "router-routes",
+                    &format!("{sp}/canary/{field}"),
+                    format!(
+                        "`{env}` routes through {}, which Slipway cannot give the canary's `{field}` yet: only the built-in router applies it",
+                        r.kind()
+                    ),
+                    format!(
+                        "remove `{field}:` for `{env}` (an environment's own `strategy:` may leave it out), or use `router: {{ builtin: {{}} }}` there"
+                    ),
+                );
+            }
+        }
+    }
     if let Some(listen) = r.builtin.as_ref().and_then(|b| b.listen.as_deref()) {
         builtin_listen(cx, &at("builtin/listen"), listen, r, &instanced);
     }
@@ -2046,6 +2073,114 @@ fn date_at(cx: &mut Cx<'_>, ptr: &str, d: &str) -> Option<jiff::civil::Date> {
     }
 }
 
+/// An RFC 7230 token: what a header name or a cookie name may be.
+fn http_token(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// A cookie value: RFC 6265 cookie-octets (no space, quote, comma, semicolon, backslash).
+fn cookie_value(value: &str) -> bool {
+    value
+        .bytes()
+        .all(|b| b.is_ascii_graphic() && !b"\",;\\".contains(&b))
+}
+
+/// `canary.match` and `canary.session_affinity`: names a router can match and set.
+fn canary_routes(cx: &mut Cx<'_>, ptr: &str, c: &crate::spec::Canary) {
+    for (i, rule) in c.matches.iter().enumerate() {
+        let rp = format!("{ptr}/match/{i}");
+        if rule.headers.is_empty() && rule.cookie.is_none() {
+            cx.err_value(
+                "empty",
+                &rp,
+                "this match route has no condition: it would send every request to the canary",
+                "give it `headers: { x-canary: { exact: always } }` and/or `cookie: { name: canary, value: always }`, or use `set_weight: 100` to send everyone",
+            );
+        }
+        for (name, cond) in &rule.headers {
+            let hp = format!("{rp}/headers/{}", yaml::escape(name));
+            if !http_token(name) {
+                cx.err_key(
+                    "invalid-name",
+                    &hp,
+                    format!("`{name}` is not an HTTP header name"),
+                    "header names are letters, digits and `-` (e.g. `x-canary`), without spaces or `:`",
+                );
+            }
+            cx.exactly_one(
+                &hp,
+                &format!("the condition on header `{name}`"),
+                &[
+                    ("exact", cond.exact.is_some()),
+                    ("prefix", cond.prefix.is_some()),
+                ],
+            );
+            if let Some(v) = cond.exact.as_ref().or(cond.prefix.as_ref())
+                && (v.is_empty() || v.bytes().any(|b| b.is_ascii_control()))
+            {
+                cx.err_value(
+                    "invalid-value",
+                    &format!("{hp}/{}", if cond.exact.is_some() { "exact" } else { "prefix" }),
+                    format!("header `{name}` cannot be matched against {v:?}"),
+                    "write the value a tester sends, e.g. `always`: not empty, no control characters",
+                );
+            }
+        }
+        if let Some(ck) = &rule.cookie {
+            if !http_token(&ck.name) {
+                cx.err_value(
+                    "invalid-name",
+                    &format!("{rp}/cookie/name"),
+                    if ck.name.is_empty() {
+                        "the cookie name is empty".to_owned()
+                    } else {
+                        format!("`{}` is not a cookie name", ck.name)
+                    },
+                    "name the cookie testers carry, e.g. `name: canary` (letters, digits, `-`, `_`)",
+                );
+            }
+            if ck.value.is_empty() || !cookie_value(&ck.value) {
+                cx.err_value(
+                    "invalid-value",
+                    &format!("{rp}/cookie/value"),
+                    format!("{:?} cannot be a cookie value", ck.value),
+                    "write the value testers set, e.g. `value: always`: not empty, no space, quote, comma, `;` or `\\`",
+                );
+            }
+        }
+    }
+    if let Some(a) = &c.session_affinity {
+        let ap = format!("{ptr}/session_affinity");
+        if !http_token(&a.cookie) {
+            cx.err_value(
+                "invalid-name",
+                &format!("{ap}/cookie"),
+                if a.cookie.is_empty() {
+                    "the affinity cookie name is empty".to_owned()
+                } else {
+                    format!("`{}` is not a cookie name", a.cookie)
+                },
+                "name the cookie the router sets, e.g. `cookie: slipway-canary` (letters, digits, `-`, `_`)",
+            );
+        }
+        cx.duration(&format!("{ap}/max_age"), a.max_age.as_ref(), true);
+        if c.matches
+            .iter()
+            .any(|m| m.cookie.as_ref().is_some_and(|ck| ck.name == a.cookie))
+        {
+            cx.err_value(
+                "ambiguous-name",
+                &format!("{ap}/cookie"),
+                format!("`{}` is also the cookie of a match route", a.cookie),
+                "give the affinity cookie a name of its own, e.g. `slipway-canary`",
+            );
+        }
+    }
+}
+
 fn strategy(cx: &mut Cx<'_>, spec: &ReleaseSpec, ptr: &str, s: &Strategy) {
     cx.exactly_one(
         ptr,
@@ -2130,6 +2265,7 @@ fn strategy(cx: &mut Cx<'_>, spec: &ReleaseSpec, ptr: &str, s: &Strategy) {
                 true,
             );
         }
+        canary_routes(cx, &format!("{ptr}/canary"), c);
         if !c.steps.iter().any(|s| s.analysis.is_some()) && c.analysis.is_none() {
             cx.warn(
                 "canary-without-analysis",

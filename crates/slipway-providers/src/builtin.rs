@@ -57,6 +57,15 @@ impl TrafficRouter for BuiltinRouter {
         Box::pin(async move { Some(w) })
     }
 
+    fn clear_routes(&self) -> BoxFuture<'_, Result<(), RolloutError>> {
+        // Clearing cannot be refused: an empty set compiles.
+        let r = self
+            .proxy
+            .set_routes(slipway_proxy::Routes::default())
+            .map_err(|e| RolloutError::Router(e.to_string()));
+        Box::pin(async move { r })
+    }
+
     fn canary_in_flight(&self) -> BoxFuture<'_, Option<u64>> {
         let n = self.proxy.in_flight(Version::Canary);
         Box::pin(async move { Some(n) })
@@ -103,6 +112,8 @@ impl MetricSource for BuiltinRouter {
         let out = Window {
             canary: convert(&w.canary, secs),
             stable: convert(&w.stable, secs),
+            matched_requests: w.canary.stats.matched_requests,
+            matched_errors: w.canary.stats.matched_errors,
         };
         Box::pin(async move { Ok(out) })
     }

@@ -356,6 +356,12 @@ impl RunWiring<'_> {
                             supervisor.log_path(&service).display()
                         )),
                     })?;
+            // The canary's A/B routes and affinity as this plan declares them (none
+            // clears what an earlier release installed).
+            router
+                .set_routes(&proxy_routes(plan))
+                .await
+                .map_err(WiringError::failed)?;
             if started {
                 // A new front door serves what already runs: the previous version when a
                 // canary of this release was left running beside it, else all of it.
@@ -396,6 +402,47 @@ impl RunWiring<'_> {
             deploy = deploy.with_pre_traffic(Arc::new(gate));
         }
         Ok(Some(Arc::new(deploy)))
+    }
+}
+
+/// The canary's match routes and session affinity (`strategy.canary.match`,
+/// `session_affinity`) as the built-in proxy takes them; empty without a canary.
+pub fn proxy_routes(plan: &Plan) -> slipway_proxy::Routes {
+    use slipway_proxy::matching::{Affinity, CookieMatch, HeaderMatch, MatchRule};
+    /// A session's default length when the spec gives no `max_age`.
+    const DEFAULT_MAX_AGE_SECS: u64 = 3600;
+    let Some(c) = plan.strategy.canary.as_ref() else {
+        return slipway_proxy::Routes::default();
+    };
+    slipway_proxy::Routes {
+        matches: c
+            .matches
+            .iter()
+            .map(|m| MatchRule {
+                headers: m
+                    .headers
+                    .iter()
+                    .map(|(name, cond)| HeaderMatch {
+                        name: name.clone(),
+                        exact: cond.exact.clone(),
+                        prefix: cond.prefix.clone(),
+                    })
+                    .collect(),
+                cookie: m.cookie.as_ref().map(|c| CookieMatch {
+                    name: c.name.clone(),
+                    value: c.value.clone(),
+                }),
+            })
+            .collect(),
+        affinity: c.session_affinity.as_ref().map(|a| Affinity {
+            cookie: a.cookie.clone(),
+            // Validation proved the duration parses; a hand-edited plan gets the default.
+            max_age_secs: a
+                .max_age
+                .as_ref()
+                .and_then(|d| d.get().ok())
+                .map_or(DEFAULT_MAX_AGE_SECS, |d| d.as_secs()),
+        }),
     }
 }
 

@@ -565,9 +565,11 @@ impl MetricSource for HaproxyRouter {
                 seconds,
                 samples_ms: Vec::new(),
             };
+            // No match routes behind HAProxy (validation refuses them there).
             Ok(Window {
                 canary: v(diff(canary, pc)),
                 stable: v(diff(stable, ps)),
+                ..Window::default()
             })
         })
     }

@@ -175,6 +175,24 @@ impl RemoteRouter {
         self.call(hyper::Method::GET, "/admin/state", None).await
     }
 
+    /// Install the canary's match routes and session affinity (an empty document clears
+    /// them). Refused by a proxy too old to have them when there are any to install.
+    pub async fn set_routes(&self, routes: &slipway_proxy::Routes) -> Result<(), String> {
+        let body = serde_json::to_vec(routes).map_err(|e| e.to_string())?;
+        match self
+            .call::<StateReport>(hyper::Method::PUT, "/admin/routes", Some(body))
+            .await
+        {
+            Ok(_) => Ok(()),
+            // An older proxy without the route has none to clear.
+            Err(_) if routes.is_empty() => Ok(()),
+            Err(e) => Err(format!(
+                "{e} (a proxy started by an older slipway has no match routes: stop it with `slipway proxy stop {}` and deploy again)",
+                self.state.service
+            )),
+        }
+    }
+
     /// Take the analysis window (ends it and starts the next).
     pub async fn take_window(&self) -> Result<WindowReport, String> {
         self.call(hyper::Method::POST, "/admin/window", None).await
@@ -249,6 +267,14 @@ impl TrafficRouter for RemoteRouter {
         })
     }
 
+    fn clear_routes(&self) -> BoxFuture<'_, Result<(), RolloutError>> {
+        Box::pin(async move {
+            self.set_routes(&slipway_proxy::Routes::default())
+                .await
+                .map_err(router_err)
+        })
+    }
+
     fn guard_trip(&self) -> BoxFuture<'_, Option<String>> {
         Box::pin(async move {
             let state = self.fetch_state().await.ok()?;
@@ -285,6 +311,8 @@ pub fn analysis_window(w: &WindowReport) -> Window {
     Window {
         canary: convert(&w.canary, seconds),
         stable: convert(&w.stable, seconds),
+        matched_requests: w.canary.matched_requests,
+        matched_errors: w.canary.matched_errors,
     }
 }
 

@@ -5,7 +5,7 @@
 //! text) and `GET /weight`. Everything under `/admin/` needs the admin token in
 //! [`TOKEN_HEADER`] when one is configured, because it changes routing or consumes the
 //! analysis window: `GET /admin/state`, `PUT /admin/weight`, `PUT /admin/pools`,
-//! `PUT /admin/guard`, `POST /admin/window`. Bodies are JSON, typed in [`crate::api`], so a controller in
+//! `PUT /admin/guard`, `PUT /admin/routes`, `POST /admin/window`. Bodies are JSON, typed in [`crate::api`], so a controller in
 //! another process (a `slipway` that outlives none of its proxies) drives the proxy
 //! exactly as the in-process [`crate::ProxyHandle`] does.
 
@@ -56,6 +56,7 @@ async fn drain(body: &mut Incoming, mut seen: usize) {
 /// The shapes error messages show.
 const WEIGHT_EXAMPLE: &str = r#"{"weight": 25} (0 to 100)"#;
 const GUARD_EXAMPLE: &str = r#"{"max_error_rate": 0.05}"#;
+const ROUTES_EXAMPLE: &str = r#"{"match": [{"headers": [{"name": "x-canary", "exact": "always"}]}], "affinity": {"cookie": "slipway-canary", "max_age_secs": 3600}}"#;
 const POOLS_EXAMPLE: &str = r#"{"stable": ["127.0.0.1:8080"], "canary": ["127.0.0.1:8081"]}"#;
 
 pub(crate) async fn serve(
@@ -272,6 +273,21 @@ async fn respond(
                 Err(resp) => resp,
             }
         }
+        (Method::PUT, "/admin/routes") => {
+            match body_json::<crate::matching::Routes>(req, ROUTES_EXAMPLE).await {
+                Ok(r) => match crate::matching::Compiled::new(r) {
+                    Ok(compiled) => {
+                        shared.router.set_routes(compiled);
+                        json(&state(shared))
+                    }
+                    Err(e) => text(
+                        StatusCode::BAD_REQUEST,
+                        format!("{e}; send e.g. {ROUTES_EXAMPLE}, or {{}} to clear\n"),
+                    ),
+                },
+                Err(resp) => resp,
+            }
+        }
         (Method::POST, "/admin/window") => {
             let window = shared.metrics.take_window(shared.router.weight());
             json(&WindowReport::from(&window))
@@ -294,6 +310,9 @@ fn state(shared: &Shared) -> StateReport {
         errors_stable: snapshot.stable.errors(),
         errors_canary: snapshot.canary.errors(),
         guard_trip: shared.metrics.guard_trip(Version::Canary),
+        matched_stable: snapshot.stable.matched_requests,
+        matched_canary: snapshot.canary.matched_requests,
+        routes: shared.router.routes().spec.clone(),
     }
 }
 

@@ -48,6 +48,14 @@ pub struct StateReport {
     /// The canary guard's verdict once it tripped (it set the weight to 0 then).
     #[serde(default)]
     pub guard_trip: Option<crate::guard::Trip>,
+    /// Lifetime requests a match route sent to each version (counted apart).
+    #[serde(default)]
+    pub matched_stable: u64,
+    #[serde(default)]
+    pub matched_canary: u64,
+    /// The match routes and affinity in force.
+    #[serde(default)]
+    pub routes: crate::matching::Routes,
 }
 
 /// One version's traffic in a window (`POST /admin/window`).
@@ -64,6 +72,11 @@ pub struct VersionReport {
     pub p99_us: Option<u64>,
     /// Raw latencies (µs) for the Mann-Whitney comparison (reservoir-sampled).
     pub samples_us: Vec<u64>,
+    /// Requests a match route sent here, apart from all of the above, and their errors.
+    #[serde(default)]
+    pub matched_requests: u64,
+    #[serde(default)]
+    pub matched_errors: u64,
 }
 
 /// `POST /admin/window`: both versions since the previous window, which this call ends.
@@ -92,6 +105,8 @@ impl From<&VersionWindow> for VersionReport {
             p95_us: us(0.95),
             p99_us: us(0.99),
             samples_us: v.latency_samples_us.clone(),
+            matched_requests: v.stats.matched_requests,
+            matched_errors: v.stats.matched_errors,
         }
     }
 }

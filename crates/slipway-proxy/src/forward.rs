@@ -20,8 +20,9 @@ use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::http::uri::PathAndQuery;
 use hyper::{Request, Response, StatusCode, Uri};
 
+use crate::matching::Routed;
 use crate::metrics::{InFlight, Metrics, Outcome};
-use crate::routing::{Backend, Router, Version};
+use crate::routing::{Backend, Decision, Router, Version};
 use crate::timer::UpstreamTimer;
 use crate::upstream::{self, UpstreamConfig};
 
@@ -50,15 +51,21 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// Count a finished request: in the analysed numbers, or — forced by a tester — apart.
-    /// When an analysed one trips the canary guard, the canary gets no further request
-    /// from this instant (weight 0), before the controller has even looked.
-    fn count(&self, version: Version, forced: bool, outcome: Outcome, elapsed: Duration) {
-        if forced {
-            self.metrics.record_forced(version);
-        } else if self.metrics.record(version, outcome, elapsed).is_some() {
-            // The guard tripped on the canary's own traffic: take its weight away.
-            self.router.set_weight(0);
+    /// Count a finished request: in the analysed numbers, or — forced by a tester or
+    /// sent by a match route — apart. When an analysed one trips the canary guard, the
+    /// canary gets no further request from this instant (weight 0, match routes and
+    /// affinity cleared), before the controller has even looked.
+    fn count(&self, version: Version, routed: Routed, outcome: Outcome, elapsed: Duration) {
+        match routed {
+            Routed::Forced => self.metrics.record_forced(version),
+            Routed::Matched => self.metrics.record_matched(version, outcome),
+            Routed::Weighted | Routed::Sticky => {
+                if self.metrics.record(version, outcome, elapsed).is_some() {
+                    // The guard tripped on the canary's own traffic: take it all away.
+                    self.router.set_weight(0);
+                    self.router.set_routes(crate::matching::Compiled::default());
+                }
+            }
         }
     }
 }
@@ -123,9 +130,18 @@ pub(crate) async fn handle(
         req.headers_mut().remove(ROUTE_HEADER);
         Ok(None)
     };
-    let (version, forced) = match overridden {
-        Ok(Some(version)) => (version, true),
-        Ok(None) => (shared.router.choose(), false),
+    let pools = shared.router.pools();
+    let Decision {
+        version,
+        routed,
+        set_cookie,
+    } = match overridden {
+        Ok(Some(version)) => Decision {
+            version,
+            routed: Routed::Forced,
+            set_cookie: None,
+        },
+        Ok(None) => shared.router.decide(req.headers(), &pools),
         Err(()) => {
             return Ok(local_response(
                 StatusCode::BAD_REQUEST,
@@ -134,10 +150,9 @@ pub(crate) async fn handle(
             ));
         }
     };
-    let pools = shared.router.pools();
     let Some(backend) = pools.pool(version).next_backend() else {
         // Counted: a version that should take traffic but has no backend is failing.
-        shared.count(version, forced, Outcome::ProxyError, started.elapsed());
+        shared.count(version, routed, Outcome::ProxyError, started.elapsed());
         return Ok(local_response(
             StatusCode::SERVICE_UNAVAILABLE,
             "no backend for this version\n",
@@ -194,7 +209,7 @@ pub(crate) async fn handle(
         Ok((response, sender)) => {
             shared.count(
                 version,
-                forced,
+                routed,
                 Outcome::Status(response.status().as_u16()),
                 elapsed,
             );
@@ -203,6 +218,10 @@ pub(crate) async fn handle(
             parts
                 .headers
                 .insert(VERSION_HEADER, HeaderValue::from_static(version.as_str()));
+            if let Some(cookie) = set_cookie {
+                // Appended: the backend's own cookies stay.
+                parts.headers.append(header::SET_COOKIE, cookie);
+            }
             let body = Tracked {
                 ended: body.is_end_stream(),
                 inner: body,
@@ -217,7 +236,7 @@ pub(crate) async fn handle(
             Ok(Response::from_parts(parts, Either::Left(body)))
         }
         Err(status) => {
-            shared.count(version, forced, Outcome::ProxyError, elapsed);
+            shared.count(version, routed, Outcome::ProxyError, elapsed);
             let message = if status == StatusCode::GATEWAY_TIMEOUT {
                 "upstream timed out\n"
             } else {

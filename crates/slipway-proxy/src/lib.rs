@@ -10,6 +10,8 @@
 //!   set_weight / verify_weight pair; a change applies to the very next request, and
 //!   requests already dispatched finish where they are;
 //! - [`ProxyHandle::set_pools`] — swap backends live;
+//! - [`ProxyHandle::set_routes`] — header/cookie match routes and session affinity
+//!   ([`matching`]), applied only while the canary pool has a backend;
 //! - [`ProxyHandle::snapshot`], [`ProxyHandle::take_window`], [`ProxyHandle::in_flight`]
 //!   — what the built-in metric provider measures.
 //!
@@ -24,6 +26,7 @@ mod admin;
 pub mod api;
 mod forward;
 pub mod guard;
+pub mod matching;
 mod metrics;
 mod routing;
 mod timer;
@@ -42,6 +45,7 @@ use tokio::task::JoinHandle;
 
 pub use admin::TOKEN_HEADER;
 pub use forward::{ProxyBody, ROUTE_HEADER, Tracked, VERSION_HEADER};
+pub use matching::Routes;
 pub use metrics::{MetricsSnapshot, VersionSnapshot, VersionWindow, Window};
 pub use routing::{Pools, Version};
 
@@ -248,6 +252,21 @@ impl ProxyHandle {
     /// The canary weight in effect (the verify_weight of the router contract).
     pub fn weight(&self) -> u8 {
         self.shared.router.weight()
+    }
+
+    /// Installs match routes and session affinity (replacing any; an empty [`Routes`]
+    /// clears them). They apply from the next request, and only while the canary pool has
+    /// a backend.
+    pub fn set_routes(&self, routes: matching::Routes) -> Result<(), matching::RoutesError> {
+        self.shared
+            .router
+            .set_routes(matching::Compiled::new(routes)?);
+        Ok(())
+    }
+
+    /// The match routes and affinity in force.
+    pub fn routes(&self) -> matching::Routes {
+        self.shared.router.routes().spec.clone()
     }
 
     /// Replaces the backends of both pools; the next request uses the new ones.

@@ -55,6 +55,11 @@ pub struct VersionSnapshot {
     pub proxy_errors: u64,
     /// Latency to response head, in microseconds.
     pub latency_us: Histogram<u64>,
+    /// Requests a match route sent here: counted apart, in none of the numbers above,
+    /// so testers forcing the canary cannot move its verdict either way.
+    pub matched_requests: u64,
+    /// Those of them that failed (5xx or a proxy error).
+    pub matched_errors: u64,
 }
 
 impl Default for VersionSnapshot {
@@ -64,6 +69,8 @@ impl Default for VersionSnapshot {
             status_classes: [0; 5],
             proxy_errors: 0,
             latency_us: new_histogram(),
+            matched_requests: 0,
+            matched_errors: 0,
         }
     }
 }
@@ -121,6 +128,10 @@ impl VersionSnapshot {
             status_classes,
             proxy_errors: self.proxy_errors.saturating_sub(earlier.proxy_errors),
             latency_us,
+            matched_requests: self
+                .matched_requests
+                .saturating_sub(earlier.matched_requests),
+            matched_errors: self.matched_errors.saturating_sub(earlier.matched_errors),
         }
     }
 
@@ -338,6 +349,25 @@ impl Metrics {
         }
     }
 
+    /// Count a request a match route sent to `version`: apart from the analysed numbers
+    /// and never seen by the guard.
+    pub(crate) fn record_matched(&self, version: Version, outcome: Outcome) {
+        let error = match outcome {
+            Outcome::Status(status) => status >= 500,
+            Outcome::ProxyError => true,
+        };
+        let mut guard = self
+            .of(version)
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let state = &mut *guard;
+        for span in [&mut state.total, &mut state.window] {
+            span.matched_requests += 1;
+            span.matched_errors += u64::from(error);
+        }
+    }
+
     /// Count a request forced to `version` by the route header (not in any window).
     pub(crate) fn record_forced(&self, version: Version) {
         self.of(version).forced.fetch_add(1, Ordering::Relaxed);
@@ -440,6 +470,20 @@ impl Metrics {
                 out,
                 "slipway_proxy_forced_requests_total{{version=\"{v}\"}} {}",
                 self.forced(v)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP slipway_proxy_matched_requests_total Requests a match route sent to a version, and those that failed (not part of canary analysis).\n\
+             # TYPE slipway_proxy_matched_requests_total counter"
+        );
+        for v in Version::ALL {
+            let s = snapshot.version(v);
+            let _ = writeln!(
+                out,
+                "slipway_proxy_matched_requests_total{{version=\"{v}\",outcome=\"all\"}} {}\n\
+                 slipway_proxy_matched_requests_total{{version=\"{v}\",outcome=\"error\"}} {}",
+                s.matched_requests, s.matched_errors
             );
         }
         let _ = writeln!(

@@ -6,13 +6,14 @@
 //! robin). An analysis at low traffic then sees the share it asked for, not a dice roll.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use std::time::Duration;
 
-use hyper::header::HeaderValue;
+use hyper::header::{HeaderMap, HeaderValue};
 
+use crate::matching::{Compiled, Routed};
 use crate::upstream::IdleConns;
 
 /// The two versions the proxy splits traffic between.
@@ -94,6 +95,10 @@ impl Pool {
         }
     }
 
+    pub(crate) fn is_empty(&self) -> bool {
+        self.backends.is_empty()
+    }
+
     pub(crate) fn next_backend(&self) -> Option<&Arc<Backend>> {
         if self.backends.is_empty() {
             return None;
@@ -131,12 +136,24 @@ impl PoolSet {
     }
 }
 
-/// Weight and pools, shared by every connection task and the handle.
+/// Weight, pools and match routes, shared by every connection task and the handle.
 #[derive(Debug)]
 pub(crate) struct Router {
     weight: AtomicU8,
     sequence: AtomicU64,
     pools: RwLock<Arc<PoolSet>>,
+    /// Whether `routes` holds any rule or affinity: the one check a request pays when
+    /// there are none (no lock, no allocation).
+    has_routes: AtomicBool,
+    routes: RwLock<Arc<Compiled>>,
+}
+
+/// Where a request goes, why, and the affinity cookie its response carries.
+#[derive(Debug)]
+pub(crate) struct Decision {
+    pub(crate) version: Version,
+    pub(crate) routed: Routed,
+    pub(crate) set_cookie: Option<HeaderValue>,
 }
 
 impl Router {
@@ -145,6 +162,60 @@ impl Router {
             weight: AtomicU8::new(weight.min(100)),
             sequence: AtomicU64::new(0),
             pools: RwLock::new(Arc::new(PoolSet::new(pools, None))),
+            has_routes: AtomicBool::new(false),
+            routes: RwLock::new(Arc::new(Compiled::default())),
+        }
+    }
+
+    /// Installs match routes and affinity (replacing any); an empty set clears them.
+    pub(crate) fn set_routes(&self, routes: Compiled) {
+        let active = !routes.spec.is_empty();
+        let mut current = self.routes.write().unwrap_or_else(PoisonError::into_inner);
+        *current = Arc::new(routes);
+        self.has_routes.store(active, Ordering::SeqCst);
+    }
+
+    /// The routes in force.
+    pub(crate) fn routes(&self) -> Arc<Compiled> {
+        // As for `pools`: a poisoned lock still holds a whole Arc.
+        Arc::clone(&self.routes.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// The version of a request that did not force one. Match routes and affinity only
+    /// count while there is a canary to send to; otherwise (and without routes, the
+    /// common case, which costs one atomic load here) the weight decides, and the
+    /// response of a weighted request is given the affinity cookie during a canary.
+    pub(crate) fn decide(&self, headers: &HeaderMap, pools: &PoolSet) -> Decision {
+        if self.has_routes.load(Ordering::SeqCst) && !pools.pool(Version::Canary).is_empty() {
+            let routes = self.routes();
+            if routes.matches(headers) {
+                return Decision {
+                    version: Version::Canary,
+                    routed: Routed::Matched,
+                    set_cookie: None,
+                };
+            }
+            if let Some(version) = routes.sticky(headers) {
+                return Decision {
+                    version,
+                    routed: Routed::Sticky,
+                    set_cookie: None,
+                };
+            }
+            let version = self.choose();
+            return Decision {
+                version,
+                routed: Routed::Weighted,
+                set_cookie: routes
+                    .affinity
+                    .as_ref()
+                    .map(|a| a.set_cookie(version).clone()),
+            };
+        }
+        Decision {
+            version: self.choose(),
+            routed: Routed::Weighted,
+            set_cookie: None,
         }
     }
 

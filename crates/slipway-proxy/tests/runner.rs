@@ -19,6 +19,7 @@ mod test_failures;
 mod test_guard;
 mod test_keepalive;
 mod test_limits;
+mod test_matching;
 mod test_metrics;
 mod test_routing;
 

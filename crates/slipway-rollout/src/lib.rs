@@ -103,6 +103,12 @@ pub trait TrafficRouter: Send + Sync {
         let _ = max_error_rate;
         Box::pin(async { Ok(false) })
     }
+    /// Stop the canary's match routes and session affinity (a rollback begins): from now
+    /// on only the weight sends requests to the canary. A router without them has
+    /// nothing to do.
+    fn clear_routes(&self) -> BoxFuture<'_, Result<(), RolloutError>> {
+        Box::pin(async { Ok(()) })
+    }
     /// The armed guard's verdict once it tripped, as a sentence for the rollback reason.
     fn guard_trip(&self) -> BoxFuture<'_, Option<String>> {
         Box::pin(async { None })
@@ -173,6 +179,8 @@ fn window_summary(w: &Window) -> WindowSummary {
         stable_errors: w.stable.errors,
         stable_p99_ms: w.stable.p99_ms,
         seconds: w.canary.seconds.max(w.stable.seconds),
+        matched_requests: w.matched_requests,
+        matched_errors: w.matched_errors,
     }
 }
 
@@ -1044,6 +1052,8 @@ async fn rollback(
     emit(RolloutEvent::StableConfirmed {
         instances: stable.len(),
     });
+    // Testers matched to the canary and users stuck to it leave with everyone else.
+    world.router.clear_routes().await?;
     world.router.set_weight(0).await?;
     emit(RolloutEvent::WeightSet {
         weight: 0,

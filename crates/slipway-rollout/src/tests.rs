@@ -110,6 +110,7 @@ impl MetricSource for Script {
         let w = Window {
             canary: v(req, err),
             stable: v(900, 0),
+            ..Window::default()
         };
         Box::pin(async move { Ok(w) })
     }
