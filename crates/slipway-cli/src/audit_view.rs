@@ -10,6 +10,7 @@ use slipway_engine::store::{Anchor, Store};
 use slipway_govern::archive as garchive;
 use slipway_model::exit;
 use slipway_package as pkg;
+use slipway_store::AnyStore;
 use slipway_store::archive::ArchiveDb;
 
 use crate::out::{CliError, Output, Style};
@@ -89,13 +90,12 @@ pub(crate) async fn sign_anchor(
 /// content against its manifest, its digest against a checkpoint of this store, then the
 /// archived entries and the live ones as one chain.
 pub(crate) async fn verify_with_archives(
-    store: &dyn Store,
-    db_path: &Path,
+    store: &AnyStore,
     bundles: &[PathBuf],
     pubkeys: &[PathBuf],
     out: &Output,
 ) -> Result<i32, CliError> {
-    let verified = verified_bundles(db_path, bundles, pubkeys).await?;
+    let verified = verified_bundles(store, bundles, pubkeys).await?;
     let mut parts: Vec<(i64, String, Vec<AuditEntry>)> = verified
         .into_iter()
         .map(|v| {
@@ -140,7 +140,7 @@ pub(crate) struct VerifiedBundle {
 /// against its manifest, its digest against a checkpoint of this store and its chain
 /// range against that checkpoint. Exit 7 on any mismatch.
 pub(crate) async fn verified_bundles(
-    db_path: &Path,
+    store: &AnyStore,
     bundles: &[PathBuf],
     pubkeys: &[PathBuf],
 ) -> Result<Vec<VerifiedBundle>, CliError> {
@@ -155,7 +155,7 @@ pub(crate) async fn verified_bundles(
         .map(|k| pkg::PublicKey::from_file(k))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| crate::cli_util::package_error(&e))?;
-    let db = ArchiveDb::open(db_path).await.map_err(CliError::from)?;
+    let db = ArchiveDb::for_store(store);
     let checkpoints = db.checkpoints().await.map_err(CliError::from)?;
     let tampered = |path: &Path, why: String| {
         CliError::new(

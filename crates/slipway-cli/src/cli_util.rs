@@ -282,28 +282,6 @@ pub async fn open_store_to_read(
     Ok((s.store, anchor))
 }
 
-/// The SQLite file of the store, for `command`, which needs `what` — records kept only in
-/// an SQLite store so far. On PostgreSQL: a refusal (exit 2, nothing done).
-pub fn sqlite_only<'a>(
-    store: &'a AnyStore,
-    command: &str,
-    what: &str,
-) -> Result<&'a Path, CliError> {
-    store.sqlite_path().ok_or_else(|| {
-        CliError::new(
-            exit::INVALID_INPUT,
-            format!(
-                "failed to run `{command}` on {}: it needs {what}, which only an SQLite store keeps so far",
-                slipway_engine::Store::location(store)
-            ),
-            Some(
-                "run it with --store sqlite://PATH; on PostgreSQL, runs, approvals, leases, access control, reports and `audit verify/export` work"
-                    .to_owned(),
-            ),
-        )
-    })
-}
-
 /// Require `role` in `environment` of the session's actor (see `slipway_ops::access`).
 pub async fn enforce(
     session: &Session,

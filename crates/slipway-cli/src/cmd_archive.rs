@@ -31,7 +31,7 @@ use slipway_model::exit;
 use slipway_package as pkg;
 use slipway_store::archive::{ArchiveDb, PolicyRow};
 
-use crate::cli_util::{StoreArg, runtime, sqlite_only};
+use crate::cli_util::{StoreArg, runtime};
 use crate::out::{CliError, Output};
 
 /// `slipway archive`.
@@ -179,14 +179,8 @@ pub fn archive(a: ArchiveArgs, out: &Output) -> Result<i32, CliError> {
     rt.block_on(async {
         let session = crate::cli_util::read_session(&a.store).await?;
         let store = session.store.clone();
-        let db_path = sqlite_only(
-            &store,
-            "slipway archive",
-            "archive checkpoints, run summaries and the retention policy",
-        )?
-        .to_path_buf();
         crate::cli_util::enforce(&session, Role::Admin, "archive records", "*").await?;
-        let db = ArchiveDb::open(&db_path).await.map_err(CliError::from)?;
+        let db = ArchiveDb::for_store(&store);
         // A chain that does not verify is evidence of tampering: moving it into a signed
         // bundle would launder it.
         let start = store.audit_start().await.map_err(CliError::from)?;
@@ -223,7 +217,9 @@ pub fn archive(a: ArchiveArgs, out: &Output) -> Result<i32, CliError> {
             }
             return Ok(exit::SUCCESS);
         }
-        let store_dir = db_path.parent().unwrap_or(Path::new(".")).to_owned();
+        // Files runs left (an SQLite store's directory; `.slipway/` where a PostgreSQL
+        // store's runs were driven from here).
+        let store_dir = session.layout.dir().to_owned();
         let mut extra = Vec::new();
         for id in &ids {
             extra.extend(run_files(&store_dir, id)?);
@@ -340,8 +336,7 @@ pub fn retention(c: RetentionCommand, out: &Output) -> Result<i32, CliError> {
         match c {
             RetentionCommand::Show(a) => {
                 let (store, _) = crate::cli_util::read_store(&a.store).await?;
-                let db_path = sqlite_only(&store, "slipway retention show", "the retention policy")?;
-                let db = ArchiveDb::open(db_path).await.map_err(CliError::from)?;
+                let db = ArchiveDb::for_store(&store);
                 let policy = policy_of(&db).await?;
                 if out.json() {
                     out.json_value(&policy);
@@ -371,10 +366,8 @@ pub fn retention(c: RetentionCommand, out: &Output) -> Result<i32, CliError> {
                     ));
                 }
                 let session = crate::cli_util::session(&a.store).await?;
-                let store = session.store.clone();
-                let db_path = sqlite_only(&store, "slipway retention set", "the retention policy")?;
                 crate::cli_util::enforce(&session, Role::Admin, "set retention", "*").await?;
-                let db = ArchiveDb::open(db_path).await.map_err(CliError::from)?;
+                let db = ArchiveDb::for_store(&session.store);
                 let me = session.actor.user.clone();
                 db.set_policy(&PolicyRow {
                     kind: a.kind.clone(),

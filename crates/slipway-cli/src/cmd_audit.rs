@@ -130,19 +130,8 @@ fn verify(a: VerifyArgs, out: &Output) -> Result<i32, CliError> {
         let (store, _) =
             crate::cli_util::open_store_to_read(&a.store, "read the audit chain").await?;
         if !a.archive.is_empty() {
-            let db_path = crate::cli_util::sqlite_only(
-                &store,
-                "slipway audit verify --archive",
-                "archive checkpoints",
-            )?;
-            return crate::audit_view::verify_with_archives(
-                store.as_ref(),
-                db_path,
-                &a.archive,
-                &a.pubkey,
-                out,
-            )
-            .await;
+            return crate::audit_view::verify_with_archives(&store, &a.archive, &a.pubkey, out)
+                .await;
         }
         let anchors = if a.pubkey.is_empty() {
             Anchors::default()

@@ -13,7 +13,7 @@ use slipway_model::exit;
 use slipway_model::spec::ChecklistItem;
 use slipway_store::checklist::{Ack, ChecklistDb};
 
-use crate::cli_util::{StoreArg, runtime, sqlite_only};
+use crate::cli_util::{StoreArg, runtime};
 use crate::out::{CliError, Output};
 
 /// `slipway checklist …`.
@@ -145,12 +145,7 @@ pub fn checklist(c: ChecklistCommand, out: &Output) -> Result<i32, CliError> {
             )),
             (ChecklistCommand::Show(a), Some(plan)) => {
                 let (store, _) = crate::cli_util::read_store(&a.store).await?;
-                let db_path = sqlite_only(
-                    &store,
-                    "slipway checklist show",
-                    "checklist acknowledgements",
-                )?;
-                let db = ChecklistDb::open(db_path).await.map_err(CliError::from)?;
+                let db = ChecklistDb::for_store(&store);
                 let acks = db
                     .acks(&plan.release.name, &plan.release.version, &plan.environment)
                     .await
@@ -189,13 +184,6 @@ pub fn checklist(c: ChecklistCommand, out: &Output) -> Result<i32, CliError> {
                     ));
                 }
                 let session = crate::cli_util::session(&a.store).await?;
-                let store = session.store.clone();
-                let db_path = sqlite_only(
-                    &store,
-                    "slipway checklist ack",
-                    "checklist acknowledgements",
-                )?
-                .to_path_buf();
                 crate::cli_util::enforce(
                     &session,
                     Role::Approver,
@@ -203,7 +191,7 @@ pub fn checklist(c: ChecklistCommand, out: &Output) -> Result<i32, CliError> {
                     &plan.environment,
                 )
                 .await?;
-                let db = ChecklistDb::open(&db_path).await.map_err(CliError::from)?;
+                let db = ChecklistDb::for_store(&session.store);
                 let me = session.actor.user.clone();
                 db.acknowledge(
                     &plan.release.name,

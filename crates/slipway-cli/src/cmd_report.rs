@@ -7,13 +7,14 @@
 //! changes a figure; each says how many runs came from summaries and which bundles hold
 //! their records.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use slipway_engine::store::Store;
 use slipway_govern::dora::{self, DoraQuery};
 use slipway_govern::history::{RunHistory, Unsummarized};
 use slipway_govern::{GovernError, history};
 use slipway_model::exit;
+use slipway_store::AnyStore;
 
 use crate::cli_util::{StoreArg, runtime};
 use crate::out::{CliError, Output};
@@ -184,17 +185,16 @@ pub(crate) fn write_file(path: &std::path::Path, text: &str) -> Result<(), CliEr
 /// The runs created at or after `since`: live ones and, from their summaries, archived
 /// ones; plus the archives whose runs left no summary (archived by an older slipway).
 pub(crate) async fn history_with_archive(
-    store: &dyn Store,
-    db_path: Option<&Path>,
+    store: &AnyStore,
     since: Option<jiff::Timestamp>,
 ) -> Result<(Vec<RunHistory>, Vec<Unsummarized>), CliError> {
-    Ok(slipway_ops::reports::history_with_archive(store, db_path, since).await?)
+    Ok(slipway_ops::reports::history_with_archive(store, since).await?)
 }
 
-/// The run summaries and archive checkpoints of an SQLite store (see
+/// The run summaries and archive checkpoints of the store (see
 /// `slipway_ops::reports::archived`).
 async fn archived(
-    db_path: Option<&Path>,
+    store: &AnyStore,
 ) -> Result<
     (
         Vec<slipway_store::archive::RunSummary>,
@@ -202,7 +202,7 @@ async fn archived(
     ),
     CliError,
 > {
-    Ok(slipway_ops::reports::archived(db_path).await?)
+    Ok(slipway_ops::reports::archived(store).await?)
 }
 
 fn dora_cmd(a: DoraArgs, out: &Output) -> Result<i32, CliError> {
@@ -348,21 +348,16 @@ fn compliance_cmd(a: ComplianceArgs, out: &Output) -> Result<i32, CliError> {
             None => entries,
         };
         let (mut runs, unsummarized) =
-            history_with_archive(store.as_ref(), store.sqlite_path(), None).await?;
+            history_with_archive(&store, None).await?;
         let (start, entries) = if a.archive.is_empty() {
             (start, entries)
         } else {
             // The bundles' runs are examined whole, and the chain verified from the first
             // bundle's start through the live entries.
-            let db_path = crate::cli_util::sqlite_only(
-                &store,
-                "slipway report compliance --archive",
-                "archive checkpoints",
-            )?;
             let mut verified =
-                crate::audit_view::verified_bundles(db_path, &a.archive, &a.pubkey).await?;
+                crate::audit_view::verified_bundles(&store, &a.archive, &a.pubkey).await?;
             verified.sort_by_key(|v| v.checkpoint.id);
-            let (_, checkpoints) = archived(Some(db_path)).await?;
+            let (_, checkpoints) = archived(&store).await?;
             let first = verified.first().map_or(0, |v| v.checkpoint.id);
             let missing: Vec<&str> = checkpoints
                 .iter()
@@ -505,7 +500,7 @@ pub fn catalog(c: CatalogCommand, out: &Output) -> Result<i32, CliError> {
                     .map_err(govern_error)?;
                 // Archived runs count too: a service deployed to production once is
                 // in production whether or not that run was archived since.
-                history_with_archive(store.as_ref(), store.sqlite_path(), None).await
+                history_with_archive(&store, None).await
             })?
         }
         _ => (Vec::new(), Vec::new()),

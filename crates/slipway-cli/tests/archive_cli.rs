@@ -2,7 +2,8 @@
 //! into a signed bundle, the live store keeps a checkpoint, and `audit verify` passes over
 //! the live store alone and with the bundle; a changed bundle, a wrong key or an edited
 //! live row is refused with exit 7; a run still waiting is never archived; a crash between
-//! writing the bundle and pruning loses nothing.
+//! writing the bundle and pruning loses nothing. The archive, its verification and the
+//! crash run on SQLite and PostgreSQL alike (`…_on_postgres`).
 
 use std::path::{Path, PathBuf};
 
@@ -14,10 +15,14 @@ struct Env {
     spec: PathBuf,
     store: String,
     db: PathBuf,
+    /// The PostgreSQL database, when the store is one.
+    pg: Option<String>,
 }
 
 impl Env {
-    fn new() -> Self {
+    /// A fresh store: an SQLite file in a temp dir, or a database on the binary's
+    /// PostgreSQL server (`postgres`).
+    fn on(postgres: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().to_owned();
         let spec = d.join("release.yaml");
@@ -35,8 +40,12 @@ environments:
         )
         .unwrap();
         let db = d.join("s.db");
+        let pg = postgres.then(|| crate::postgres_store_cli::pg::pg().new_db("archive"));
         Self {
-            store: format!("sqlite://{}", db.display()),
+            store: pg
+                .clone()
+                .unwrap_or_else(|| format!("sqlite://{}", db.display())),
+            pg,
             db,
             spec,
             dir: d,
@@ -44,8 +53,18 @@ environments:
         }
     }
 
+    /// Where `slipway archive` writes bundles by default: beside an SQLite file, under
+    /// `.slipway/` of the working directory for PostgreSQL.
+    fn archive_dir(&self) -> PathBuf {
+        match self.pg {
+            Some(_) => self.dir.join(".slipway/archive"),
+            None => self.dir.join("archive"),
+        }
+    }
+
     fn run(&self, args: &[&str]) -> std::process::Output {
         slipway()
+            .current_dir(&self.dir)
             .env("SLIPWAY_STORE", &self.store)
             .args(args)
             .output()
@@ -72,7 +91,13 @@ environments:
         ])
     }
 
-    fn sqlite(&self, sql: &str) {
+    /// Change the store behind slipway's back (sqlite3 or psql).
+    fn sql(&self, sql: &str) {
+        if let Some(url) = &self.pg {
+            let pg = crate::postgres_store_cli::pg::pg();
+            pg.psql(crate::postgres_store_cli::pg::db_name(url), sql);
+            return;
+        }
         let o = std::process::Command::new("sqlite3")
             // Wait for a lock the store holds instead of failing at once with "database is
             // locked", as any other SQLite client of the store would.
@@ -126,7 +151,11 @@ fn stderr(o: &std::process::Output) -> String {
 
 /// Two closed runs around one still waiting for approval.
 fn seeded() -> (Env, String, String, String) {
-    let e = Env::new();
+    seeded_on(false)
+}
+
+fn seeded_on(postgres: bool) -> (Env, String, String, String) {
+    let e = Env::on(postgres);
     let a = e.deploy("staging");
     assert_eq!(a.status.code(), Some(0), "{a:?}");
     let w = e.deploy("prod");
@@ -138,7 +167,16 @@ fn seeded() -> (Env, String, String, String) {
 
 #[test]
 fn archive_prunes_closed_runs_and_the_chain_verifies_live_and_with_the_bundle() {
-    let (e, a, w, b) = seeded();
+    archive_prunes_closed_runs(false);
+}
+
+#[test]
+fn archive_prunes_closed_runs_and_the_chain_verifies_live_and_with_the_bundle_on_postgres() {
+    archive_prunes_closed_runs(true);
+}
+
+fn archive_prunes_closed_runs(postgres: bool) {
+    let (e, a, w, b) = seeded_on(postgres);
     let (sk, pk) = e.keys("archive");
 
     // The default policy keeps runs live 90 days: nothing this young leaves.
@@ -227,7 +265,7 @@ fn archive_prunes_closed_runs_and_the_chain_verifies_live_and_with_the_bundle() 
     }
 
     // An edited live row still fails, with the checkpoint in place.
-    e.sqlite(&format!(
+    e.sql(&format!(
         "UPDATE audit SET outcome = 'forged' WHERE seq = {}",
         end + 2
     ));
@@ -334,17 +372,41 @@ fn a_changed_bundle_or_a_wrong_key_is_refused() {
 
 #[test]
 fn a_crash_between_the_bundle_and_the_prune_loses_nothing_and_a_rerun_finishes() {
-    let (e, a, w, b) = seeded();
+    a_crash_before_the_prune(false);
+}
+
+#[test]
+fn a_crash_between_the_bundle_and_the_prune_loses_nothing_on_postgres() {
+    a_crash_before_the_prune(true);
+}
+
+fn a_crash_before_the_prune(postgres: bool) {
+    let (e, a, w, b) = seeded_on(postgres);
     let (sk, pk) = e.keys("archive");
     e.live_policy();
+    // Inside the prune's transaction first: nothing of it is kept.
     let o = slipway()
+        .current_dir(&e.dir)
+        .env("SLIPWAY_STORE", &e.store)
+        .env("SLIPWAY_FAULT", "archive-inside-prune")
+        .args(["archive", "--before", "2100-01-01", "--key", &sk])
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "the fault aborts: {o:?}");
+    assert_eq!(e.history().len(), 3, "nothing was pruned");
+    e.ok(&["audit", "verify"]);
+    for p in std::fs::read_dir(e.archive_dir()).unwrap() {
+        std::fs::remove_file(p.unwrap().path()).unwrap();
+    }
+    let o = slipway()
+        .current_dir(&e.dir)
         .env("SLIPWAY_STORE", &e.store)
         .env("SLIPWAY_FAULT", "archive-before-prune")
         .args(["archive", "--before", "2100-01-01", "--key", &sk])
         .output()
         .unwrap();
     assert!(!o.status.success(), "the fault aborts: {o:?}");
-    let written: Vec<PathBuf> = std::fs::read_dir(e.dir.join("archive"))
+    let written: Vec<PathBuf> = std::fs::read_dir(e.archive_dir())
         .unwrap()
         .map(|d| d.unwrap().path())
         .filter(|p| p.extension().is_some_and(|x| x == "zst"))

@@ -3,8 +3,8 @@
 //! by `status`, `history` and `audit verify` from other invocations; a row edited with
 //! psql named by `audit verify` (exit 7); two concurrent deploys of one environment (one
 //! refused on the lease, exit 3); clear errors for an unreachable server, a wrong password
-//! and a newer journal format (exit 8); access control in the shared database; SQLite-only
-//! commands refused by name (exit 2).
+//! and a newer journal format (exit 8); access control in the shared database; checklists,
+//! retention and archives on the shared database, covered by its chain.
 //! The password never appears in any output.
 
 use std::path::Path;
@@ -324,30 +324,187 @@ fn access_control_works_on_postgres_and_its_changes_are_audited_there() {
 }
 
 #[test]
-fn sqlite_only_commands_refuse_by_name_and_change_nothing() {
+fn checklists_retention_and_archives_work_on_postgres_and_the_chain_covers_them() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let url = pg().new_db("cli_only");
-    let entries = || pg().psql(db_name(&url), "SELECT count(*) FROM audit");
-    create_store(d, &url);
-    let before = entries();
-    for (args, command) in [
-        (
-            &["retention", "set", "runs", "--live", "90d", "--keep", "7y"][..],
-            "slipway retention set",
-        ),
-        (&["retention", "show"][..], "slipway retention show"),
-    ] {
-        let t = text(&run(slipway(d, &url).args(args), 2));
-        assert!(t.contains(&format!("`{command}`")), "{t}");
-        assert!(t.contains("only an SQLite store keeps"), "{t}");
-        assert!(t.contains("--store sqlite://PATH"), "{t}");
-    }
-    assert_eq!(
-        entries(),
-        before,
-        "a refused command wrote to the audit chain"
+    let url = pg().new_db("cli_govern");
+    let file = spec(d, "1.0.0", "true");
+    let mut text_of_spec = std::fs::read_to_string(&file).unwrap();
+    text_of_spec.push_str("checklist:\n  - { id: by-hand, text: \"clicked through the shop\" }\n");
+    std::fs::write(&file, text_of_spec).unwrap();
+    let f = file.display().to_string();
+
+    // The checklist gate holds on PostgreSQL until the item is acknowledged.
+    let o = run(
+        slipway(d, &url).args(["deploy", "--env", "prod", "-f", &f]),
+        3,
     );
+    assert!(text(&o).contains("by-hand"), "{}", text(&o));
+    run(
+        slipway(d, &url).args(["checklist", "show", "--env", "prod", "-f", &f]),
+        3,
+    );
+    run(
+        slipway(d, &url).args([
+            "checklist",
+            "ack",
+            "by-hand",
+            "--env",
+            "prod",
+            "--note",
+            "done",
+            "-f",
+            &f,
+        ]),
+        0,
+    );
+    let shown = json(&run(
+        slipway(d, &url).args([
+            "checklist",
+            "show",
+            "--env",
+            "prod",
+            "-f",
+            &f,
+            "--output",
+            "json",
+        ]),
+        0,
+    ));
+    assert_eq!(shown[0]["state"], "acknowledged", "{shown}");
+    let v = json(&run(
+        slipway(d, &url).args(["deploy", "--env", "prod", "-f", &f, "--output", "json"]),
+        0,
+    ));
+    let run_id = v["run"].as_str().or(v["id"].as_str()).unwrap().to_owned();
+
+    // The retention policy is kept in the database.
+    let (sk, pk) = (d.join("a.key"), d.join("a.pub"));
+    run(
+        slipway(d, &url)
+            .args(["key", "generate", "--unencrypted", "--secret-key"])
+            .arg(&sk)
+            .arg("--public-key")
+            .arg(&pk),
+        0,
+    );
+    let archive = |code: i32| {
+        json(&run(
+            slipway(d, &url)
+                .args([
+                    "archive",
+                    "--before",
+                    "2100-01-01",
+                    "--output",
+                    "json",
+                    "--key",
+                ])
+                .arg(&sk),
+            code,
+        ))
+    };
+    // The default live period protects a run this young: nothing leaves.
+    assert_eq!(archive(0)["archived"], false);
+    for kind in ["runs", "journal", "approvals", "checks", "audit"] {
+        run(
+            slipway(d, &url).args(["retention", "set", kind, "--live", "0d", "--keep", "7y"]),
+            0,
+        );
+    }
+    let policy = json(&run(
+        slipway(d, &url).args(["retention", "show", "--output", "json"]),
+        0,
+    ));
+    assert_eq!(policy["rules"]["runs"]["live_days"], 0, "{policy}");
+    let dora = || {
+        json(&run(
+            slipway(d, &url).args([
+                "report",
+                "dora",
+                "--since",
+                "2000-01-01",
+                "--output",
+                "json",
+            ]),
+            0,
+        ))["deployments"]
+            .as_array()
+            .map(Vec::len)
+    };
+    let before = dora();
+    let v = archive(0);
+    assert_eq!(v["archived"], true, "{v}");
+    assert_eq!(v["runs"][0], run_id.as_str(), "{v}");
+    let bundle = v["bundle"].as_str().unwrap().to_owned();
+    assert!(
+        bundle.starts_with(&d.join(".slipway/archive").display().to_string()),
+        "{bundle}"
+    );
+    let rows = pg().psql(db_name(&url), "SELECT count(*) FROM runs");
+    assert_eq!(rows.trim(), "0", "the archived run left the database");
+    // The archive's summary keeps the deployment in the figures.
+    assert_eq!(dora(), before);
+    // Live alone, and with the bundle from genesis.
+    let live = json(&run(
+        slipway(d, &url).args(["audit", "verify", "--output", "json"]),
+        0,
+    ));
+    assert_eq!(live["ok"], true, "{live}");
+    assert!(live["from_seq"].as_i64().unwrap() > 0, "{live}");
+    let whole = json(&run(
+        slipway(d, &url)
+            .args([
+                "audit",
+                "verify",
+                "--output",
+                "json",
+                "--archive",
+                &bundle,
+                "--pubkey",
+            ])
+            .arg(&pk),
+        0,
+    ));
+    assert_eq!(whole["ok"], true, "{whole}");
+    assert_eq!(whole["from_seq"].as_i64(), Some(0), "{whole}");
+    // The compliance pack examines the archived run from its bundle.
+    run(
+        slipway(d, &url)
+            .args([
+                "report",
+                "compliance",
+                "--framework",
+                "sox",
+                "--since",
+                "2000-01-01",
+            ])
+            .arg("--out")
+            .arg(d.join("evidence"))
+            .args(["--archive", &bundle, "--pubkey"])
+            .arg(&pk),
+        0,
+    );
+    assert!(d.join("evidence").read_dir().unwrap().next().is_some());
+    // Everything written is in the chain: the bundle holds the acknowledgement's entry,
+    // the live chain the rules and the archive's own entry.
+    let actions = pg().psql(db_name(&url), "SELECT outcome FROM audit ORDER BY seq");
+    assert!(actions.contains("archived"), "{actions}");
+    let listing = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("zstd -dc '{bundle}' | tar -xOf - audit.jsonl"))
+        .output()
+        .unwrap();
+    let archived = String::from_utf8_lossy(&listing.stdout);
+    assert!(archived.contains("checklist_acknowledged"), "{archived}");
+    assert!(archived.contains("retention_set"), "{archived}");
+
+    // A retention rule edited behind the chain's back is named (exit 7).
+    pg().psql(
+        db_name(&url),
+        "UPDATE records SET data = replace(data, '\"live_days\":0', '\"live_days\":9') WHERE kind = 'retention' AND key = 'runs'",
+    );
+    let o = run(slipway(d, &url).args(["audit", "verify"]), 7);
+    assert!(text(&o).contains("retention"), "{}", text(&o));
     assert!(!d.join(".slipway/slipway.db").exists());
 }
 

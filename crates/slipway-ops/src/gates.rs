@@ -83,15 +83,13 @@ pub fn checklist_states(plan: &Plan, acks: &[Ack]) -> Vec<ItemState> {
         .collect()
 }
 
-/// Refuse a deploy while a checklist item of the plan is open. Acknowledgements are kept
-/// only in an SQLite store so far: on PostgreSQL a plan with a checklist is refused (it
-/// could never be acknowledged there), one without deploys.
+/// Refuse a deploy while a checklist item of the plan is open (acknowledgements are
+/// records of the store, either backend).
 pub async fn require_checklist(session: &Session, plan: &Plan) -> OpsResult<()> {
     if checklist_items(plan).is_empty() {
         return Ok(());
     }
-    let db_path = session.sqlite_only("slipway deploy", "checklist acknowledgements")?;
-    let db = ChecklistDb::open(db_path).await?;
+    let db = ChecklistDb::for_store(&session.store);
     let acks = db
         .acks(&plan.release.name, &plan.release.version, &plan.environment)
         .await?;

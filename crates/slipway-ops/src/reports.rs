@@ -4,13 +4,11 @@
 //! of archived ones (so archiving never changes a figure); a per-run report of an archived
 //! run names the bundle that holds its journal.
 
-use std::path::Path;
-
-use slipway_engine::store::Store;
 use slipway_govern::access::Role;
 use slipway_govern::dora::{self, DoraQuery, DoraReport};
 use slipway_govern::history::{self, RunHistory, Unsummarized};
 use slipway_govern::{GovernError, git::GitNotes};
+use slipway_store::AnyStore;
 use slipway_store::archive::{ArchiveDb, Checkpoint, RunSummary};
 
 use crate::error::{Hint, OpsError, OpsResult};
@@ -23,24 +21,19 @@ async fn readable(session: &Session) -> OpsResult<()> {
     Ok(())
 }
 
-/// The run summaries and archive checkpoints of an SQLite store (`db_path`); none for a
-/// PostgreSQL store (`None`), which is not archived, so reports there count its live runs.
-pub async fn archived(db_path: Option<&Path>) -> OpsResult<(Vec<RunSummary>, Vec<Checkpoint>)> {
-    let Some(db_path) = db_path else {
-        return Ok((Vec::new(), Vec::new()));
-    };
-    let db = ArchiveDb::open(db_path).await?;
+/// The run summaries and archive checkpoints of the store (either backend).
+pub async fn archived(store: &AnyStore) -> OpsResult<(Vec<RunSummary>, Vec<Checkpoint>)> {
+    let db = ArchiveDb::for_store(store);
     Ok((db.summaries().await?, db.checkpoints().await?))
 }
 
 /// Live and archived runs since `since`, and the archived runs no summary covers.
 pub async fn history_with_archive(
-    store: &dyn Store,
-    db_path: Option<&Path>,
+    store: &AnyStore,
     since: Option<jiff::Timestamp>,
 ) -> OpsResult<(Vec<RunHistory>, Vec<Unsummarized>)> {
     let live = history::load_runs(store, since).await?;
-    let (summaries, checkpoints) = archived(db_path).await?;
+    let (summaries, checkpoints) = archived(store).await?;
     Ok(history::with_archived(
         live,
         &summaries,
@@ -50,14 +43,10 @@ pub async fn history_with_archive(
 }
 
 /// One run for a per-run report; an archived run is refused naming its bundle.
-pub async fn load_run(
-    store: &dyn Store,
-    db_path: Option<&Path>,
-    id: &str,
-) -> OpsResult<RunHistory> {
+pub async fn load_run(store: &AnyStore, id: &str) -> OpsResult<RunHistory> {
     match RunHistory::load(store, id).await {
         Err(GovernError::NoSuchRun(_)) => {
-            let (summaries, checkpoints) = archived(db_path).await?;
+            let (summaries, checkpoints) = archived(store).await?;
             let bundle = summaries
                 .iter()
                 .find(|s| s.run_id == id)
@@ -85,9 +74,7 @@ pub async fn load_run(
 /// `slipway report dora`: `query.since` is required by the front ends.
 pub async fn dora(session: &Session, mut query: DoraQuery) -> OpsResult<DoraReport> {
     readable(session).await?;
-    let store = session.store.as_ref();
-    let (runs, unsummarized) =
-        history_with_archive(store, session.store.sqlite_path(), query.since).await?;
+    let (runs, unsummarized) = history_with_archive(&session.store, query.since).await?;
     query.unsummarized = unsummarized;
     Ok(dora::compute(
         &runs,
@@ -112,9 +99,8 @@ pub struct Handover {
 pub async fn handover(session: &Session, id: &str) -> OpsResult<Handover> {
     readable(session).await?;
     let store = session.store.as_ref();
-    let db = session.store.sqlite_path();
-    let run = load_run(store, db, id).await?;
-    let (summaries, checkpoints) = archived(db).await?;
+    let run = load_run(&session.store, id).await?;
+    let (summaries, checkpoints) = archived(&session.store).await?;
     let prev = history::previous_run_with_archived(store, &run, &summaries, &checkpoints).await?;
     let notes = slipway_govern::git::release_notes(&run, prev.as_ref());
     let markdown = slipway_govern::handover::render(&run, prev.as_ref(), &notes);
@@ -128,6 +114,6 @@ pub async fn handover(session: &Session, id: &str) -> OpsResult<Handover> {
 /// `slipway report retro RUN`.
 pub async fn retro(session: &Session, id: &str) -> OpsResult<slipway_govern::retro::Retro> {
     readable(session).await?;
-    let run = load_run(session.store.as_ref(), session.store.sqlite_path(), id).await?;
+    let run = load_run(&session.store, id).await?;
     Ok(slipway_govern::retro::build(&run))
 }

@@ -213,20 +213,6 @@ impl Session {
     pub async fn actor_id(&self) -> OpsResult<String> {
         Ok(slipway_engine::Store::pseudonym(self.store.as_ref(), &self.actor.user).await?)
     }
-
-    /// The SQLite file of the store, for `operation`, which needs `what` — records kept
-    /// only in an SQLite store so far. On PostgreSQL: a refusal naming the operation.
-    pub fn sqlite_only(&self, operation: &str, what: &str) -> OpsResult<&Path> {
-        self.store.sqlite_path().ok_or_else(|| {
-            OpsError::input(format!(
-                "failed to run `{operation}` on {}: it needs {what}, which only an SQLite store keeps so far",
-                slipway_engine::Store::location(self.store.as_ref())
-            ))
-            .hint(Hint::text(
-                "use an SQLite store (sqlite://PATH) for it; on PostgreSQL, runs, approvals, leases, access control, reports and audit verification work",
-            ))
-        })
-    }
 }
 
 /// Who acts in `store` with `credentials` (see [`Session::open`]).

@@ -227,6 +227,12 @@ impl PgStore {
         rx.await.map_err(|_| gone())?
     }
 
+    /// The reading pool, for the archive's snapshot reads and its prune (which takes the
+    /// write lock itself, as the writer task does).
+    pub(crate) fn pool(&self) -> &PgPool {
+        &self.read
+    }
+
     /// Close the pools (the writer task ends when the store is dropped).
     pub async fn close(&self) {
         self.read.close().await;
@@ -481,7 +487,9 @@ struct Batch {
 /// The head after the advisory write lock is held: two statements of one simple query, so
 /// one round trip, and the head read gets a snapshot taken after the lock was granted
 /// (read committed: one per statement), never one from before another writer committed.
-async fn lock_and_head(tx: &mut PgConnection) -> Result<Option<(i64, String)>, StoreError> {
+pub(crate) async fn lock_and_head(
+    tx: &mut PgConnection,
+) -> Result<Option<(i64, String)>, StoreError> {
     use sqlx::Executor as _;
     // `ORDER BY audit.seq`: the bare name would sort by the text alias (9 after 10).
     let sql = format!(
@@ -690,23 +698,7 @@ async fn write_governance(
             &rec.summary,
             vec![staged.reference()],
         )?;
-        match &staged.data {
-            Some(data) => sqlx::query(
-                "INSERT INTO records (kind, key, data, nonce, seq) VALUES ($1, $2, $3, $4, $5)
-                 ON CONFLICT (kind, key) DO UPDATE SET data = excluded.data, nonce = excluded.nonce, seq = excluded.seq",
-            )
-            .bind(&staged.kind)
-            .bind(&staged.key)
-            .bind(data)
-            .bind(&staged.nonce)
-            .bind(seq),
-            None => sqlx::query("DELETE FROM records WHERE kind = $1 AND key = $2")
-                .bind(&staged.kind)
-                .bind(&staged.key),
-        }
-        .execute(&mut *tx)
-        .await
-        .map_err(query_err)?;
+        put_record(tx, &staged, seq).await?;
         if let Some(data) = staged.data {
             out.push(StoredRecord {
                 kind: staged.kind,
@@ -718,6 +710,39 @@ async fn write_governance(
         }
     }
     Ok(out)
+}
+
+/// Write (or, with no data, delete) one staged record version committed to by entry `seq`,
+/// inside `tx`.
+pub(crate) async fn put_record(
+    tx: &mut PgConnection,
+    staged: &Staged,
+    seq: i64,
+) -> Result<(), StoreError> {
+    match &staged.data {
+        Some(data) => sqlx::query(
+            "INSERT INTO records (kind, key, data, nonce, seq) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (kind, key) DO UPDATE SET data = excluded.data, nonce = excluded.nonce, seq = excluded.seq",
+        )
+        .bind(&staged.kind)
+        .bind(&staged.key)
+        .bind(data)
+        .bind(&staged.nonce)
+        .bind(seq),
+        None => sqlx::query("DELETE FROM records WHERE kind = $1 AND key = $2")
+            .bind(&staged.kind)
+            .bind(&staged.key),
+    }
+    .execute(&mut *tx)
+    .await
+    .map_err(query_err)?;
+    Ok(())
+}
+
+/// Write the appended chain entries and the new head inside `tx` (no run rows: the
+/// archive's prune writes only governance entries).
+pub(crate) async fn flush_entries(tx: &mut PgConnection, app: &Appender) -> Result<(), StoreError> {
+    flush(tx, app, &mut Batch::default()).await
 }
 
 fn parse_head(v: &str) -> Option<(i64, String)> {

@@ -1,16 +1,24 @@
-//! The archive selection and prune on a real SQLite store: only closed runs leave (never a
-//! running, paused or waiting one), the audit prefix stops before the first entry of a run
-//! that stays, the prune is refused when the store moved since the selection, and after it
-//! the chain verifies from the checkpoint and keeps growing from its head.
+//! The archive selection and prune on real SQLite and PostgreSQL stores (`on_both!`): only
+//! closed runs leave (never a running, paused or waiting one), the audit prefix stops
+//! before the first entry of a run that stays, the prune is refused when the store moved
+//! since the selection, a failure inside it keeps nothing, and after it the chain verifies
+//! from the checkpoint and keeps growing from its head; the retention rules are records
+//! committed to by the chain on both.
 
 use slipway_engine::audit;
 use slipway_engine::event::{EngineEvent, RunState};
 use slipway_engine::store::{NewRun, Store};
-use slipway_store::SqliteStore;
-use slipway_store::archive::{ArchiveDb, RunSummary, Selection};
+use slipway_store::archive::{ArchiveDb, PolicyRow, RunSummary, Selection};
 use slipway_store::schema::MIGRATIONS;
+use slipway_store::{AnyStore, SqliteStore};
 
-use crate::common::{at, record, sqlite3};
+use crate::common::{Backend, Fresh, at, on_both, record, sqlite3};
+
+on_both!(
+    only_closed_runs_leave_and_the_chain_verifies_from_the_checkpoint,
+    summaries_are_written_with_the_prune_or_not_at_all,
+    retention_rules_are_records_the_chain_commits_to,
+);
 
 /// Summaries of the selected runs from their rows (the CLI derives them from the plan and
 /// journal; the store only needs one per run).
@@ -41,7 +49,7 @@ fn summaries(sel: &Selection) -> Vec<RunSummary> {
         .collect()
 }
 
-async fn run(store: &SqliteStore, id: &str, secs: i64, states: &[RunState]) {
+async fn run(store: &impl Store, id: &str, secs: i64, states: &[RunState]) {
     store
         .create_run(
             NewRun {
@@ -103,11 +111,9 @@ fn verify_live(
     )
 }
 
-#[tokio::test]
-async fn only_closed_runs_leave_and_the_chain_verifies_from_the_checkpoint() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("s.db");
-    let store = SqliteStore::open(&db).await.unwrap();
+async fn only_closed_runs_leave_and_the_chain_verifies_from_the_checkpoint(backend: Backend) {
+    let fresh = Fresh::new(backend);
+    let store = fresh.open().await.unwrap();
     run(
         &store,
         "done-1",
@@ -126,8 +132,13 @@ async fn only_closed_runs_leave_and_the_chain_verifies_from_the_checkpoint() {
     )
     .await;
 
-    let a = ArchiveDb::open(&db).await.unwrap();
+    let a = ArchiveDb::for_store(&store);
     let far = at(1_000_000);
+    // The retention cut-off holds back what is younger: runs last changed at or after it
+    // and audit entries from it on stay live.
+    let held = a.select(at(12), at(12)).await.unwrap();
+    assert_eq!(held.run_ids(), ["done-1"]);
+    assert!(held.audit.iter().all(|e| e.at < at(12).to_string()));
     let sel = a.select(far, far).await.unwrap();
     assert_eq!(sel.run_ids(), ["done-1", "failed", "rolled"]);
     // The prefix stops before the running run's first entry (seq 7).
@@ -136,7 +147,7 @@ async fn only_closed_runs_leave_and_the_chain_verifies_from_the_checkpoint() {
 
     // Something moved since the selection (another writer edited the prefix's last
     // entry): refused, nothing removed.
-    crate::common::sqlite3(&db, "UPDATE audit SET hash = 'x' || hash WHERE seq = 6");
+    fresh.sql("UPDATE audit SET hash = 'x' || hash WHERE seq = 6");
     let e = a
         .prune(
             &sel,
@@ -149,7 +160,7 @@ async fn only_closed_runs_leave_and_the_chain_verifies_from_the_checkpoint() {
         )
         .await;
     assert!(e.is_err(), "{e:?}");
-    crate::common::sqlite3(&db, "UPDATE audit SET hash = substr(hash, 2) WHERE seq = 6");
+    fresh.sql("UPDATE audit SET hash = substr(hash, 2) WHERE seq = 6");
     assert_eq!(store.runs(10).await.unwrap().len(), 5);
 
     let cp = a
@@ -240,15 +251,13 @@ async fn only_closed_runs_leave_and_the_chain_verifies_from_the_checkpoint() {
     verify_live(&entries, &start, &store.audit_head().await.unwrap()).unwrap();
 }
 
-fn count(db: &std::path::Path, sql: &str) -> i64 {
-    sqlite3(db, sql).trim().parse().unwrap()
+fn count(fresh: &Fresh, sql: &str) -> i64 {
+    fresh.sql(sql).trim().parse().unwrap()
 }
 
-#[tokio::test]
-async fn summaries_are_written_with_the_prune_or_not_at_all() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("s.db");
-    let store = SqliteStore::open(&db).await.unwrap();
+async fn summaries_are_written_with_the_prune_or_not_at_all(backend: Backend) {
+    let fresh = Fresh::new(backend);
+    let store = fresh.open().await.unwrap();
     run(&store, "ok", 0, &[RunState::Running, RunState::Succeeded]).await;
     run(
         &store,
@@ -261,12 +270,12 @@ async fn summaries_are_written_with_the_prune_or_not_at_all() {
         ],
     )
     .await;
-    let a = ArchiveDb::open(&db).await.unwrap();
+    let a = ArchiveDb::for_store(&store);
     let far = at(1_000_000);
     let sel = a.select(far, far).await.unwrap();
     let all = summaries(&sel);
     let live = |n: usize| {
-        assert_eq!(count(&db, "SELECT count(*) FROM runs"), n as i64);
+        assert_eq!(count(&fresh, "SELECT count(*) FROM runs"), n as i64);
     };
 
     // One summary missing: refused before anything is written.
@@ -306,13 +315,20 @@ async fn summaries_are_written_with_the_prune_or_not_at_all() {
 
     // The second summary's write fails inside the transaction (a trigger refuses it): the
     // deletes, the checkpoint, the first summary and the chain entry roll back with it.
-    let audit_rows = count(&db, "SELECT count(*) FROM audit");
-    let records = count(&db, "SELECT count(*) FROM records");
-    sqlite3(
-        &db,
-        "CREATE TRIGGER refuse BEFORE INSERT ON records WHEN NEW.key = 'back'
-         BEGIN SELECT RAISE(ABORT, 'summary of run back refused'); END;",
-    );
+    let audit_rows = count(&fresh, "SELECT count(*) FROM audit");
+    let records = count(&fresh, "SELECT count(*) FROM records");
+    fresh.sql(match backend {
+        Backend::Sqlite => {
+            "CREATE TRIGGER refuse BEFORE INSERT ON records WHEN NEW.key = 'back'
+             BEGIN SELECT RAISE(ABORT, 'summary of run back refused'); END;"
+        }
+        Backend::Postgres => {
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN RAISE EXCEPTION 'summary of run back refused'; END $$;
+             CREATE TRIGGER refuse BEFORE INSERT ON records FOR EACH ROW
+             WHEN (NEW.key = 'back') EXECUTE FUNCTION refuse();"
+        }
+    });
     let e = a
         .prune(
             &sel,
@@ -327,9 +343,12 @@ async fn summaries_are_written_with_the_prune_or_not_at_all() {
         .unwrap_err();
     assert!(e.to_string().contains("summary of run back"), "{e}");
     live(2);
-    assert_eq!(count(&db, "SELECT count(*) FROM audit"), audit_rows);
-    assert_eq!(count(&db, "SELECT count(*) FROM records"), records);
-    sqlite3(&db, "DROP TRIGGER refuse");
+    assert_eq!(count(&fresh, "SELECT count(*) FROM audit"), audit_rows);
+    assert_eq!(count(&fresh, "SELECT count(*) FROM records"), records);
+    fresh.sql(match backend {
+        Backend::Sqlite => "DROP TRIGGER refuse",
+        Backend::Postgres => "DROP TRIGGER refuse ON records",
+    });
 
     let cp = a
         .prune(
@@ -357,6 +376,56 @@ async fn summaries_are_written_with_the_prune_or_not_at_all() {
         );
     }
     assert_eq!(got[1].state, RunState::RolledBack);
+    // What the prune wrote is vouched for by the live chain alone.
+    assert_eq!(
+        slipway_engine::evidence::verify_store(&store)
+            .await
+            .unwrap()
+            .result
+            .map(|_| ()),
+        Ok(())
+    );
+}
+
+async fn retention_rules_are_records_the_chain_commits_to(backend: Backend) {
+    let fresh = Fresh::new(backend);
+    let store: AnyStore = fresh.open().await.unwrap();
+    let a = ArchiveDb::for_store(&store);
+    assert!(a.policy().await.unwrap().is_empty());
+    let row = |kind: &str, live: u32| PolicyRow {
+        kind: kind.into(),
+        live_days: live,
+        keep_days: 2555,
+        set_by: "user:alice".into(),
+        set_at: at(5).to_string(),
+    };
+    a.set_policy(&row("runs", 90)).await.unwrap();
+    a.set_policy(&row("audit", 365)).await.unwrap();
+    a.set_policy(&row("runs", 30)).await.unwrap();
+    // Another handle (another process) reads what this one wrote.
+    let other = ArchiveDb::for_store(&fresh.open().await.unwrap());
+    assert_eq!(
+        other.policy().await.unwrap(),
+        [row("audit", 365), row("runs", 30)]
+    );
+    let entries = store.audit_entries().await.unwrap();
+    let set: Vec<_> = entries
+        .iter()
+        .filter(|e| e.outcome == "retention_set")
+        .collect();
+    assert_eq!(set.len(), 3, "{entries:?}");
+    // The actor is alice's pseudonym, never her name.
+    assert!(set.iter().all(|e| !e.actor.contains("alice")));
+    let v = slipway_engine::evidence::verify_store(&store)
+        .await
+        .unwrap();
+    assert!(v.result.is_ok(), "{:?}", v.result);
+    // A rule changed behind the chain's back is named by verification.
+    fresh.sql("UPDATE records SET data = replace(data, '30', '3000') WHERE kind = 'retention'");
+    let v = slipway_engine::evidence::verify_store(&store)
+        .await
+        .unwrap();
+    assert!(v.result.is_err(), "a tampered retention rule verified");
 }
 
 /// The archive tables as a slipway of journal format 3 created them.
