@@ -417,8 +417,14 @@ impl ArchiveDb {
     }
 
     /// A one-connection pool on the SQLite file, for the selection's snapshot and the
-    /// prune's `BEGIN IMMEDIATE` transaction.
-    async fn sqlite_pool(path: &Path) -> Result<SqlitePool, StoreError> {
+    /// prune's `BEGIN IMMEDIATE` transaction. An in-memory store has no file to archive.
+    async fn sqlite_pool(store: &crate::SqliteStore) -> Result<SqlitePool, StoreError> {
+        if store.is_memory() {
+            return Err(StoreError::Query(
+                "archive an in-memory store: it lives in one process and has no file to move records out of; archive a file or PostgreSQL store".into(),
+            ));
+        }
+        let path = store.path();
         let location = format!("sqlite://{}", path.display());
         let opts = SqliteConnectOptions::new()
             .filename(path)
@@ -506,7 +512,7 @@ impl ArchiveDb {
         let start = self.live_start().await?;
         match &self.store {
             AnyStore::Sqlite(s) => {
-                let pool = Self::sqlite_pool(s.path()).await?;
+                let pool = Self::sqlite_pool(s).await?;
                 let mut conn = pool.acquire().await.map_err(q)?;
                 // A deferred transaction's first read fixes the WAL snapshot.
                 let mut tx = conn.begin().await.map_err(q)?;
@@ -617,7 +623,7 @@ impl ArchiveDb {
         let bundle = (bundle_sha256, bundle_name);
         match &self.store {
             AnyStore::Sqlite(s) => {
-                let pool = Self::sqlite_pool(s.path()).await?;
+                let pool = Self::sqlite_pool(s).await?;
                 let mut conn = pool.acquire().await.map_err(q)?;
                 let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.map_err(q)?;
                 let latest: Option<String> = sqlx::query_scalar(

@@ -1,4 +1,4 @@
-//! The archive selection and prune on real SQLite and PostgreSQL stores (`on_both!`): only
+//! The archive selection and prune on real SQLite and PostgreSQL stores (`on_disk!`): only
 //! closed runs leave (never a running, paused or waiting one), the audit prefix stops
 //! before the first entry of a run that stays, the prune is refused when the store moved
 //! since the selection, a failure inside it keeps nothing, and after it the chain verifies
@@ -12,9 +12,10 @@ use slipway_store::archive::{ArchiveDb, PolicyRow, RunSummary, Selection};
 use slipway_store::schema::MIGRATIONS;
 use slipway_store::{AnyStore, SqliteStore};
 
-use crate::common::{Backend, Fresh, at, on_both, record, sqlite3};
+use crate::common::{Backend, Fresh, at, on_disk, record, sqlite3};
 
-on_both!(
+// They edit the store behind its back with its own CLI: files and databases only.
+on_disk!(
     only_closed_runs_leave_and_the_chain_verifies_from_the_checkpoint,
     summaries_are_written_with_the_prune_or_not_at_all,
     retention_rules_are_records_the_chain_commits_to,
@@ -328,6 +329,7 @@ async fn summaries_are_written_with_the_prune_or_not_at_all(backend: Backend) {
              CREATE TRIGGER refuse BEFORE INSERT ON records FOR EACH ROW
              WHEN (NEW.key = 'back') EXECUTE FUNCTION refuse();"
         }
+        Backend::Memory => unreachable!("on_disk! only"),
     });
     let e = a
         .prune(
@@ -348,6 +350,7 @@ async fn summaries_are_written_with_the_prune_or_not_at_all(backend: Backend) {
     fresh.sql(match backend {
         Backend::Sqlite => "DROP TRIGGER refuse",
         Backend::Postgres => "DROP TRIGGER refuse ON records",
+        Backend::Memory => unreachable!("on_disk! only"),
     });
 
     let cp = a
