@@ -164,9 +164,9 @@ impl SqliteStore {
     /// on one file do. For fast engine and contract tests — the same schema, SQL, writer and
     /// audit chain as the file store, only no disk (so no fsync) and no other process.
     ///
-    /// The records kept beside the journal in the store file (access grants, retention and
-    /// archives, checklists) need a file: [`crate::AnyStore::sqlite_path`] is `None` here,
-    /// as on PostgreSQL. A run claim is held by this process's handles only.
+    /// Archiving needs a file to archive from, so it refuses an in-memory store by name;
+    /// [`crate::AnyStore::sqlite_path`] is `None` here. A run claim is held by this
+    /// process's handles only.
     pub async fn in_memory(name: &str) -> Result<Self, StoreError> {
         let path = PathBuf::from(format!("file:slipway-memory-{name}"));
         let opts = SqliteConnectOptions::new()
