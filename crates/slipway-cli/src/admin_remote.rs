@@ -1,7 +1,7 @@
 //! `slipway access …` and `slipway policy …`: what they print (shared by the embedded mode
 //! in `cmd_access`/`cmd_policy` and `--server`), and their `--server` mode — one API call
 //! per command with the caller's token (`slipway_server`'s `admin.rs` routes), the server
-//! applying the operations layer's rules. Access review campaigns stay store-only.
+//! applying the operations layer's rules.
 
 use serde_json::{Value, json};
 use slipway_model::exit;
@@ -25,6 +25,40 @@ pub fn render_granted(out: &Output, g: &Granted) {
         ));
     }
     out.outcome(g, &text);
+}
+
+pub fn render_review_opened(out: &Output, review: &str, grants: u64) {
+    out.outcome(
+        &json!({"review": review, "opened": true, "grants": grants}),
+        &format!("access review {review} opened over {grants} grant(s); decide each with `slipway access review decide {review} GRANT confirm|revoke`"),
+    );
+}
+
+pub fn render_review_decided(out: &Output, review: &str, grant: i64, decision: &str) {
+    out.outcome(
+        &json!({"review": review, "grant": grant, "decision": decision}),
+        &format!("grant {grant}: {decision}"),
+    );
+}
+
+/// Exit 1 when any grant went unreviewed.
+pub fn render_review_closed(out: &Output, review: &str, unreviewed: &[i64]) -> i32 {
+    if out.json() {
+        out.json_value(&json!({"review": review, "closed": true, "unreviewed": unreviewed}));
+    } else {
+        for g in unreviewed {
+            out.line(&format!("unreviewed: grant {g}"));
+        }
+        out.line(&format!(
+            "access review {review} closed; {} grant(s) unreviewed",
+            unreviewed.len()
+        ));
+    }
+    if unreviewed.is_empty() {
+        exit::SUCCESS
+    } else {
+        exit::FAILURE
+    }
 }
 
 pub fn render_grant_revoked(out: &Output, id: i64) {
@@ -154,7 +188,9 @@ pub async fn access(
     cmd: crate::cmd_access::AccessCommand,
     out: &Output,
 ) -> Result<i32, CliError> {
-    use crate::cmd_access::{AccessCommand as A, GroupCommand as G, TokenCommand as T};
+    use crate::cmd_access::{
+        AccessCommand as A, GroupCommand as G, ReviewCommand as R, TokenCommand as T,
+    };
     match cmd {
         A::Whoami(_) => {
             let v = c.get("/access/whoami").await?;
@@ -243,12 +279,36 @@ pub async fn access(
             let v = c.get("/access/tokens").await?;
             render_tokens(out, &read::<Vec<TokenInfo>>(c, v)?);
         }
-        A::Review(_) => {
-            return Err(CliError::new(
-                exit::INVALID_INPUT,
-                "failed to run an access review through a server: review campaigns are kept on the store only".to_owned(),
-                Some("run `slipway access review …` without --server, with --store naming the server's store".to_owned()),
-            ));
+        A::Review(R::Start(a)) => {
+            let (_, v) = c
+                .post(
+                    &format!("/access/reviews/{}", path_segment(&a.review)),
+                    &json!({}),
+                )
+                .await?;
+            render_review_opened(out, &a.review, v["grants"].as_u64().unwrap_or(0));
+        }
+        A::Review(R::Decide(a)) => {
+            c.post(
+                &format!(
+                    "/access/reviews/{}/grants/{}",
+                    path_segment(&a.review),
+                    a.grant
+                ),
+                &json!({"decision": a.decision}),
+            )
+            .await?;
+            render_review_decided(out, &a.review, a.grant, &a.decision);
+        }
+        A::Review(R::Close(a)) => {
+            let (_, v) = c
+                .post(
+                    &format!("/access/reviews/{}/close", path_segment(&a.review)),
+                    &json!({}),
+                )
+                .await?;
+            let unreviewed: Vec<i64> = read(c, v["unreviewed"].clone())?;
+            return Ok(render_review_closed(out, &a.review, &unreviewed));
         }
     }
     Ok(exit::SUCCESS)

@@ -3,15 +3,13 @@
 //! `slipway_govern::access`. Managing access needs the `admin` role, except the very
 //! first grant of a store (bootstrap: someone must become the first admin).
 
-use serde_json::json;
 use slipway_model::exit;
 use slipway_ops::Session;
-use slipway_ops::access::require_admin;
-use slipway_store::access::AccessDb;
 
 use crate::admin_remote::{
     render_grant_revoked, render_granted, render_grants, render_issued, render_member_added,
-    render_member_removed, render_members, render_token_revoked, render_tokens,
+    render_member_removed, render_members, render_review_closed, render_review_decided,
+    render_review_opened, render_token_revoked, render_tokens,
 };
 use crate::cli_util::{StoreArg, remote, runtime, session};
 use crate::out::{CliError, Output};
@@ -180,7 +178,6 @@ pub fn access_cmd(c: AccessCommand, out: &Output) -> Result<i32, CliError> {
 }
 
 async fn run(c: AccessCommand, out: &Output) -> Result<i32, CliError> {
-    let now = slipway_stdx::now();
     let store_url = match &c {
         AccessCommand::Grant(a) => &a.store,
         AccessCommand::Revoke(a) => &a.store,
@@ -213,10 +210,6 @@ async fn run(c: AccessCommand, out: &Output) -> Result<i32, CliError> {
     } else {
         crate::cli_util::read_session(&store).await?
     };
-    let db = AccessDb::for_store(&s.store)
-        .await
-        .map_err(CliError::from)?;
-    let me = s.actor.user.clone();
     match c {
         AccessCommand::Grant(a) => {
             let g = slipway_ops::access::grant(&s, &a.subject, &a.role, &a.env).await?;
@@ -277,61 +270,16 @@ async fn run(c: AccessCommand, out: &Output) -> Result<i32, CliError> {
             render_tokens(out, &tokens);
         }
         AccessCommand::Review(ReviewCommand::Start(a)) => {
-            require_admin(&s, &db, "start access reviews").await?;
-            let n = db
-                .open_review(&a.review, &format!("user:{me}"), now)
-                .await
-                .map_err(CliError::from)?;
-            out.outcome(
-                &json!({"review": a.review, "opened": true, "grants": n}),
-                &format!("access review {} opened over {n} grant(s); decide each with `slipway access review decide {} GRANT confirm|revoke`", a.review, a.review),
-            );
+            let n = slipway_ops::access::open_review(&s, &a.review).await?;
+            render_review_opened(out, &a.review, n);
         }
         AccessCommand::Review(ReviewCommand::Decide(a)) => {
-            require_admin(&s, &db, "decide access reviews").await?;
-            if !db
-                .decide(&a.review, a.grant, &a.decision, &format!("user:{me}"), now)
-                .await
-                .map_err(CliError::from)?
-            {
-                return Err(CliError::input(
-                    format!(
-                        "failed to decide grant {} in review {}: it is not in an open campaign",
-                        a.grant, a.review
-                    ),
-                    "start one with `slipway access review start ID`",
-                ));
-            }
-            out.outcome(
-                &json!({"review": a.review, "grant": a.grant, "decision": a.decision}),
-                &format!("grant {}: {}", a.grant, a.decision),
-            );
+            slipway_ops::access::decide_review(&s, &a.review, a.grant, &a.decision).await?;
+            render_review_decided(out, &a.review, a.grant, &a.decision);
         }
         AccessCommand::Review(ReviewCommand::Close(a)) => {
-            require_admin(&s, &db, "close access reviews").await?;
-            let unreviewed = db
-                .close_review(&a.review, now, &format!("user:{me}"))
-                .await
-                .map_err(CliError::from)?;
-            if out.json() {
-                out.json_value(
-                    &json!({"review": a.review, "closed": true, "unreviewed": unreviewed}),
-                );
-            } else {
-                for g in &unreviewed {
-                    out.line(&format!("unreviewed: grant {g}"));
-                }
-                out.line(&format!(
-                    "access review {} closed; {} grant(s) unreviewed",
-                    a.review,
-                    unreviewed.len()
-                ));
-            }
-            return Ok(if unreviewed.is_empty() {
-                exit::SUCCESS
-            } else {
-                exit::FAILURE
-            });
+            let unreviewed = slipway_ops::access::close_review(&s, &a.review).await?;
+            return Ok(render_review_closed(out, &a.review, &unreviewed));
         }
     }
     Ok(exit::SUCCESS)

@@ -168,10 +168,31 @@ pub fn policy(c: PolicyCommand, out: &Output) -> Result<i32, CliError> {
 pub fn freeze(c: FreezeCommand, out: &Output) -> Result<i32, CliError> {
     let FreezeCommand::Status(a) = c;
     let rt = runtime()?;
+    let release_type: Option<ReleaseType> = a.release_type.map(Into::into);
     rt.block_on(async {
-        let s = session(&a.store).await?;
-        let st =
-            slipway_ops::policy::freeze_status(&s, &a.env, a.release_type.map(Into::into)).await?;
+        let st = match crate::cli_util::remote()? {
+            Some(c) => {
+                let mut path = format!(
+                    "/freeze?environment={}",
+                    crate::cli_util::path_segment(&a.env)
+                );
+                if let Some(t) = release_type {
+                    path.push_str(&format!("&type={}", t.as_str()));
+                }
+                let v = c.get(&path).await?;
+                serde_json::from_value::<slipway_ops::policy::FreezeStatus>(v).map_err(|e| {
+                    CliError::new(
+                        exit::FAILURE,
+                        format!("failed to read the server's freeze status: {e}"),
+                        Some("check that the server runs the same slipway version".into()),
+                    )
+                })?
+            }
+            None => {
+                let s = session(&a.store).await?;
+                slipway_ops::policy::freeze_status(&s, &a.env, release_type).await?
+            }
+        };
         let code = if st.frozen {
             exit::BLOCKED
         } else {

@@ -3,15 +3,14 @@
 //! printed here (text, `--output json`, or an HTML file).
 //!
 //! Every report that counts or lists runs reads the live runs *and* the summaries
-//! `slipway archive` left of archived ones ([`history_with_archive`]), so archiving never
+//! `slipway archive` left of archived ones (`slipway_ops::reports::history_with_archive`), so archiving never
 //! changes a figure; each says how many runs came from summaries and which bundles hold
 //! their records.
 
 use std::path::PathBuf;
 
-use slipway_engine::store::Store;
 use slipway_govern::dora::{self, DoraQuery};
-use slipway_govern::history::{RunHistory, Unsummarized};
+use slipway_govern::history::RunHistory;
 use slipway_govern::{GovernError, history};
 use slipway_model::exit;
 use slipway_store::AnyStore;
@@ -182,15 +181,6 @@ pub(crate) fn write_file(path: &std::path::Path, text: &str) -> Result<(), CliEr
     })
 }
 
-/// The runs created at or after `since`: live ones and, from their summaries, archived
-/// ones; plus the archives whose runs left no summary (archived by an older slipway).
-pub(crate) async fn history_with_archive(
-    store: &AnyStore,
-    since: Option<jiff::Timestamp>,
-) -> Result<(Vec<RunHistory>, Vec<Unsummarized>), CliError> {
-    Ok(slipway_ops::reports::history_with_archive(store, since).await?)
-}
-
 /// The run summaries and archive checkpoints of the store (see
 /// `slipway_ops::reports::archived`).
 async fn archived(
@@ -319,13 +309,6 @@ fn retro_cmd(a: RunReportArgs, out: &Output) -> Result<i32, CliError> {
 }
 
 fn compliance_cmd(a: ComplianceArgs, out: &Output) -> Result<i32, CliError> {
-    if crate::cli_util::remote()?.is_some() {
-        // Not silently against some local store: the pack is not served yet.
-        return Err(CliError::input(
-            "failed to write a compliance pack through a server: it is written from the store (and archive bundles) directly",
-            "run `slipway report compliance` without --server/SLIPWAY_SERVER, with --store naming the server's store",
-        ));
-    }
     let since = slipway_govern::parse_when(&a.since).map_err(govern_error)?;
     let until = match a.until.as_deref() {
         Some(u) => slipway_govern::parse_when(u).map_err(govern_error)?,
@@ -333,144 +316,124 @@ fn compliance_cmd(a: ComplianceArgs, out: &Output) -> Result<i32, CliError> {
     };
     slipway_govern::compliance::catalogue(&a.framework).map_err(govern_error)?;
     let rt = runtime()?;
-    let evidence = rt.block_on(async {
-        let (store, _) = crate::cli_util::open_store_to_read(&a.store, "read reports").await?;
-        slipway_govern::verify_evidence(store.as_ref())
-            .await
-            .map_err(govern_error)?;
-        // Read the head before the entries: entries appended in between only extend the
-        // chain past the head the pack names, which still verifies.
-        let start = store.audit_start().await.map_err(CliError::from)?;
-        let head = store.audit_head().await.map_err(CliError::from)?;
-        let entries = store.audit_entries().await.map_err(CliError::from)?;
-        let entries: Vec<_> = match &head {
-            Some((seq, _)) => entries.into_iter().filter(|e| e.seq <= *seq).collect(),
-            None => entries,
-        };
-        let (mut runs, unsummarized) =
-            history_with_archive(&store, None).await?;
-        let (start, entries) = if a.archive.is_empty() {
-            (start, entries)
-        } else {
-            // The bundles' runs are examined whole, and the chain verified from the first
-            // bundle's start through the live entries.
-            let mut verified =
-                crate::audit_view::verified_bundles(&store, &a.archive, &a.pubkey).await?;
-            verified.sort_by_key(|v| v.checkpoint.id);
-            let (_, checkpoints) = archived(&store).await?;
-            let first = verified.first().map_or(0, |v| v.checkpoint.id);
-            let missing: Vec<&str> = checkpoints
-                .iter()
-                .filter(|c| c.id >= first && !verified.iter().any(|v| v.checkpoint.id == c.id))
-                .map(|c| c.bundle_name.as_str())
-                .collect();
-            if !missing.is_empty() {
+    // The evidence as JSON, what it does not cover, and the pack's two files — computed by
+    // the operations layer here or on the server, rendered the same way.
+    let (evidence, coverage, jsonl, html) = match crate::cli_util::remote()? {
+        Some(c) => {
+            if !a.archive.is_empty() {
                 return Err(CliError::input(
-                    format!(
-                        "failed to read the archived evidence: the bundles given leave a gap in the audit chain; missing {}",
-                        missing.join(", ")
-                    ),
-                    "give every bundle from the oldest wanted to the newest with --archive",
+                    "failed to examine archive bundles through a server: the bundles are files on this machine, the server verifies only its store",
+                    "drop --archive (archived runs are then listed with their bundle), or run it without --server with --store naming the server's store",
                 ));
             }
-            let mut full = Vec::new();
-            let mut all = Vec::new();
-            for v in &verified {
-                full.extend(
-                    RunHistory::from_bundle(&v.bundle, &v.checkpoint).map_err(govern_error)?,
-                );
-                all.extend(v.bundle.audit.iter().cloned());
-            }
-            RunHistory::replace_from_bundles(&mut runs, full);
-            all.extend(entries);
-            let c = verified
-                .first()
-                .map(|v| &v.bundle.manifest.chain)
-                .map_or(start, |c| (c.start_seq, c.start_hash.clone()));
-            (c, all)
-        };
-        let mut evidence = slipway_govern::compliance::evaluate_from(
-            &a.framework,
-            &runs,
-            &entries,
-            start,
-            head,
-            since,
-            until,
+            let v = rt.block_on(c.get(&format!(
+                "/reports/compliance?framework={}&since={}&until={}",
+                crate::cli_util::path_segment(&a.framework),
+                crate::cli_util::path_segment(&since.to_string()),
+                crate::cli_util::path_segment(&until.to_string())
+            )))?;
+            let text = |k: &str| v["files"][k].as_str().unwrap_or_default().to_owned();
+            (
+                v["evidence"].clone(),
+                v["coverage"].as_str().unwrap_or_default().to_owned(),
+                text("evidence.jsonl"),
+                text("summary.html"),
+            )
+        }
+        None => {
+            let e = rt.block_on(async {
+                let session = crate::cli_util::read_session(&a.store).await?;
+                let bundles = if a.archive.is_empty() {
+                    None
+                } else {
+                    Some(from_bundles(&session.store, &a.archive, &a.pubkey).await?)
+                };
+                Ok::<_, CliError>(
+                    slipway_ops::reports::compliance(&session, &a.framework, since, until, bundles)
+                        .await?,
+                )
+            })?;
+            (
+                serde_json::to_value(&e).unwrap_or_default(),
+                e.coverage(),
+                slipway_govern::compliance::to_jsonl(&e),
+                slipway_govern::compliance::to_html(&e),
+            )
+        }
+    };
+    std::fs::create_dir_all(&a.out).map_err(|e| {
+        CliError::new(
+            exit::FAILURE,
+            format!("failed to create {}: {e}", a.out.display()),
+            Some("choose a writable --out directory".to_owned()),
         )
-        .map_err(govern_error)?;
-        evidence.note_unsummarized(&unsummarized);
-        // Reviews after the fact still owed, whenever their run was: an auditor sees them.
-        let now = slipway_stdx::now();
-        evidence.open_reviews = slipway_ops::review::list(store.as_ref())
-            .await?
-            .into_iter()
-            .filter(|r| r.state(now) != "done")
-            .map(|r| {
-                serde_json::json!({"run": r.run, "release": r.release, "version": r.version,
-                    "environment": r.environment, "due_at": r.due_at.to_string(),
-                    "state": r.state(now)})
-            })
-            .collect();
-        Ok::<_, CliError>(evidence)
     })?;
-    slipway_govern::compliance::write_pack(&evidence, &a.out).map_err(govern_error)?;
-    let exceptions: Vec<_> = evidence.exceptions().collect();
+    write_file(&a.out.join("evidence.jsonl"), &jsonl)?;
+    write_file(&a.out.join("summary.html"), &html)?;
+    let empty = Vec::new();
+    let results = evidence["results"].as_array().unwrap_or(&empty);
+    let exceptions: Vec<&serde_json::Value> = results
+        .iter()
+        .flat_map(|r| r["exceptions"].as_array().unwrap_or(&empty))
+        .collect();
+    let s = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
     if out.json() {
         out.json_value(&serde_json::json!({
-            "framework": evidence.framework,
+            "framework": evidence["framework"],
             "out": a.out.display().to_string(),
-            "audit_head_seq": evidence.audit_head_seq,
-            "audit_head_hash": evidence.audit_head_hash,
-            "chain": evidence.chain,
+            "audit_head_seq": evidence["audit_head_seq"],
+            "audit_head_hash": evidence["audit_head_hash"],
+            "chain": evidence["chain"],
             "exceptions": exceptions,
-            "archived_runs": evidence.archived,
-            "examined_from_bundles": evidence.examined_from_bundles,
-            "not_covered": evidence.not_covered,
-            "coverage": evidence.coverage(),
-            "open_reviews": evidence.open_reviews,
+            "archived_runs": evidence["archived"],
+            "examined_from_bundles": evidence["examined_from_bundles"],
+            "not_covered": evidence["not_covered"],
+            "coverage": coverage,
+            "open_reviews": evidence["open_reviews"],
         }));
     } else {
-        for r in &evidence.results {
+        for r in results {
+            let n = r["exceptions"].as_array().map_or(0, Vec::len);
             out.line(&format!(
                 "{:<11} {:<10} {} ({} examined)",
-                r.control.id,
-                if r.exceptions.is_empty() {
+                s(&r["control"]["id"]),
+                if n == 0 {
                     "pass".to_owned()
                 } else {
-                    format!("{} exc.", r.exceptions.len())
+                    format!("{n} exc.")
                 },
-                r.control.title,
-                r.examined
+                s(&r["control"]["title"]),
+                r["examined"]
             ));
         }
         for x in &exceptions {
             out.line(&format!(
                 "  exception {} run {}: {}",
-                x.control, x.run, x.detail
+                s(&x["control"]),
+                s(&x["run"]),
+                s(&x["detail"])
             ));
         }
-        for r in &evidence.open_reviews {
+        for r in evidence["open_reviews"].as_array().unwrap_or(&empty) {
             out.line(&format!(
                 "review after the fact {} of run {} ({} {} to {}), due {}",
-                r["state"].as_str().unwrap_or_default(),
-                r["run"].as_str().unwrap_or_default(),
-                r["release"].as_str().unwrap_or_default(),
-                r["version"].as_str().unwrap_or_default(),
-                r["environment"].as_str().unwrap_or_default(),
-                r["due_at"].as_str().unwrap_or_default()
+                s(&r["state"]),
+                s(&r["run"]),
+                s(&r["release"]),
+                s(&r["version"]),
+                s(&r["environment"]),
+                s(&r["due_at"])
             ));
         }
-        let coverage = evidence.coverage();
         if !coverage.is_empty() {
             out.line(&format!("coverage: {coverage}"));
         }
         out.line(&format!(
             "evidence pack written to {} (audit chain head {} at entry {}; {})",
             a.out.display(),
-            evidence.audit_head_hash,
-            evidence.audit_head_seq,
-            evidence.chain
+            s(&evidence["audit_head_hash"]),
+            evidence["audit_head_seq"],
+            s(&evidence["chain"])
         ));
     }
     Ok(if exceptions.is_empty() {
@@ -480,34 +443,87 @@ fn compliance_cmd(a: ComplianceArgs, out: &Output) -> Result<i32, CliError> {
     })
 }
 
+/// The runs and chain of the `--archive` bundles, each verified against its signature
+/// and this store's checkpoints, with no gap from the first to the live chain.
+async fn from_bundles(
+    store: &AnyStore,
+    archive: &[PathBuf],
+    pubkey: &[PathBuf],
+) -> Result<slipway_ops::reports::FromBundles, CliError> {
+    let mut verified = crate::audit_view::verified_bundles(store, archive, pubkey).await?;
+    verified.sort_by_key(|v| v.checkpoint.id);
+    let (_, checkpoints) = archived(store).await?;
+    let first = verified.first().map_or(0, |v| v.checkpoint.id);
+    let missing: Vec<&str> = checkpoints
+        .iter()
+        .filter(|c| c.id >= first && !verified.iter().any(|v| v.checkpoint.id == c.id))
+        .map(|c| c.bundle_name.as_str())
+        .collect();
+    if !missing.is_empty() {
+        return Err(CliError::input(
+            format!(
+                "failed to read the archived evidence: the bundles given leave a gap in the audit chain; missing {}",
+                missing.join(", ")
+            ),
+            "give every bundle from the oldest wanted to the newest with --archive",
+        ));
+    }
+    let mut runs = Vec::new();
+    let mut audit = Vec::new();
+    for v in &verified {
+        runs.extend(RunHistory::from_bundle(&v.bundle, &v.checkpoint).map_err(govern_error)?);
+        audit.extend(v.bundle.audit.iter().cloned());
+    }
+    let start = verified
+        .first()
+        .map(|v| &v.bundle.manifest.chain)
+        .map_or_else(
+            || (0, slipway_engine::audit::GENESIS.to_owned()),
+            |c| (c.start_seq, c.start_hash.clone()),
+        );
+    Ok(slipway_ops::reports::FromBundles { runs, audit, start })
+}
+
 /// Run a catalog subcommand.
 pub fn catalog(c: CatalogCommand, out: &Output) -> Result<i32, CliError> {
     let CatalogCommand::Export(a) = c;
     let loaded = crate::cli_util::load_spec(&a.file, out)?;
-    // Lifecycles come from the run history when a store exists; none is created here.
+    // Lifecycles come from the run history (the server's, under --server) when a store
+    // exists; none is created here.
     let cwd = std::env::current_dir().unwrap_or_default();
-    let runs = match slipway_store::resolve(a.store.store.as_deref(), &cwd) {
-        Ok(loc)
-            if matches!(&loc, slipway_store::StoreLocation::Postgres(_))
-                || matches!(&loc, slipway_store::StoreLocation::Sqlite(p) if p.exists()) =>
-        {
-            let rt = runtime()?;
-            rt.block_on(async {
-                let (store, _) =
-                    crate::cli_util::open_store_to_read(&a.store, "read reports").await?;
-                slipway_govern::verify_evidence(store.as_ref())
-                    .await
-                    .map_err(govern_error)?;
-                // Archived runs count too: a service deployed to production once is
-                // in production whether or not that run was archived since.
-                history_with_archive(&store, None).await
-            })?
-        }
-        _ => (Vec::new(), Vec::new()),
+    let (yaml, count, archive, archive_text) = if let Some(c) = crate::cli_util::remote()? {
+        let rt = runtime()?;
+        let (_, v) = rt.block_on(c.post("/catalog", &serde_json::json!({"spec": loaded.spec})))?;
+        (
+            v["yaml"].as_str().unwrap_or_default().to_owned(),
+            v["entities"].as_u64().unwrap_or(0),
+            v["archive"].clone(),
+            v["archive_text"].as_str().unwrap_or_default().to_owned(),
+        )
+    } else {
+        let catalog = match slipway_store::resolve(a.store.store.as_deref(), &cwd) {
+            Ok(loc)
+                if matches!(&loc, slipway_store::StoreLocation::Postgres(_))
+                    || matches!(&loc, slipway_store::StoreLocation::Sqlite(p) if p.exists()) =>
+            {
+                let rt = runtime()?;
+                rt.block_on(async {
+                    let s = crate::cli_util::read_session(&a.store).await?;
+                    Ok::<_, CliError>(slipway_ops::reports::catalog(&s, &loaded.spec).await?)
+                })?
+            }
+            _ => slipway_ops::reports::Catalog {
+                entities: slipway_govern::catalog::entities(&loaded.spec, &[]),
+                archive: history::ArchiveUse::default(),
+            },
+        };
+        (
+            slipway_govern::catalog::to_yaml(&catalog.entities),
+            catalog.entities.len() as u64,
+            serde_json::to_value(&catalog.archive).unwrap_or_default(),
+            catalog.archive.describe(),
+        )
     };
-    let (runs, unsummarized) = runs;
-    let entities = slipway_govern::catalog::entities(&loaded.spec, &runs);
-    let archive = history::ArchiveUse::of(&runs, &unsummarized, None);
     std::fs::create_dir_all(&a.out).map_err(|e| {
         CliError::new(
             exit::FAILURE,
@@ -516,7 +532,7 @@ pub fn catalog(c: CatalogCommand, out: &Output) -> Result<i32, CliError> {
         )
     })?;
     let yaml_path = a.out.join("catalog-info.yaml");
-    write_file(&yaml_path, &slipway_govern::catalog::to_yaml(&entities))?;
+    write_file(&yaml_path, &yaml)?;
     let dot = slipway_govern::catalog::to_dot(&loaded.spec);
     let dot_path = a.out.join("dependencies.dot");
     write_file(&dot_path, &dot)?;
@@ -530,7 +546,7 @@ pub fn catalog(c: CatalogCommand, out: &Output) -> Result<i32, CliError> {
         .is_ok_and(|s| s.success());
     if out.json() {
         out.json_value(&serde_json::json!({
-            "entities": entities.len(),
+            "entities": count,
             "catalog": yaml_path.display().to_string(),
             "dot": dot_path.display().to_string(),
             "svg": svg.then(|| svg_path.display().to_string()),
@@ -539,7 +555,7 @@ pub fn catalog(c: CatalogCommand, out: &Output) -> Result<i32, CliError> {
     } else {
         out.line(&format!(
             "{} entities written to {}; dependency map {}{}",
-            entities.len(),
+            count,
             yaml_path.display(),
             dot_path.display(),
             if svg {
@@ -548,10 +564,7 @@ pub fn catalog(c: CatalogCommand, out: &Output) -> Result<i32, CliError> {
                 " (install Graphviz `dot` for an SVG)".to_owned()
             }
         ));
-        out.line(&format!(
-            "lifecycles from the run history; {}",
-            archive.describe()
-        ));
+        out.line(&format!("lifecycles from the run history; {archive_text}"));
     }
     Ok(exit::SUCCESS)
 }

@@ -4,7 +4,8 @@
 //! refused there as on a store; a token revoked through the server stops working at
 //! once; a token listing never carries a secret or hash; a policy that does not validate
 //! is refused with its diagnostics and nothing applied. The embedded mode's own tests
-//! (`policy_cli`, `tokens_cli`, `access_enforced_cli`) are unchanged.
+//! (`policy_cli`, `tokens_cli`, `access_enforced_cli`) are unchanged. Access reviews, the
+//! compliance pack, the freeze status and the catalog go through the server too.
 
 use serde_json::Value;
 
@@ -258,4 +259,247 @@ fn reports_through_the_server_are_the_stores_reports_for_viewers_only() {
     );
     assert_eq!(code, 3, "{err}");
     assert!(err.contains("viewer"), "{err}");
+}
+
+/// Access reviews, the compliance pack, the freeze status and the catalog through a real
+/// server (issue 16: the last commands refused under `--server`): each is the operations
+/// layer's answer for the caller's token, the same as on the store, with its roles.
+#[test]
+fn reviews_compliance_freeze_and_catalog_go_through_the_server() {
+    use crate::server_deploy_cli::{exec_release, spec_of};
+    let world = World::sqlite();
+    let mut people = People::new(&world.store, "alice");
+    people
+        .add("bob", "deployer", "staging")
+        .add("vic", "viewer", "*");
+    let (alice, bob, vic) = (
+        people.token("alice").to_owned(),
+        people.token("bob").to_owned(),
+        people.token("vic").to_owned(),
+    );
+    let server = world.serve();
+    let addr = server.addr.as_str();
+    let release = exec_release();
+    let (code, out, err) = remote(
+        addr,
+        &alice,
+        release.path(),
+        &["deploy", "-f", &spec_of(&release), "--env", "staging"],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let cwd = tempfile::tempdir().unwrap();
+    let run = |token: &str, args: &[&str]| remote(addr, token, cwd.path(), args);
+
+    // An access review campaign, admin only, decided and closed through the server.
+    let (code, _, err) = run(&bob, &["access", "review", "start", "q4"]);
+    assert_eq!(code, 3, "a deployer starts no review: {err}");
+    // A viewer posting to the API anyway: 403 naming the role, on every review route.
+    let vic_auth = format!("Bearer {vic}");
+    for (path, body) in [
+        ("/api/v1/access/reviews/q4", "{}"),
+        (
+            "/api/v1/access/reviews/q4/grants/1",
+            r#"{"decision":"revoke"}"#,
+        ),
+        ("/api/v1/access/reviews/q4/close", "{}"),
+    ] {
+        let (status, v) = crate::server_deploy_cli::post(
+            addr,
+            path,
+            body.as_bytes(),
+            &[
+                ("Authorization", &vic_auth),
+                ("Content-Type", "application/json"),
+            ],
+        );
+        assert_eq!(status, 403, "{path}: {v}");
+        assert!(v["error"].as_str().unwrap().contains("admin"), "{v}");
+    }
+    let (code, out, err) = run(
+        &alice,
+        &["access", "review", "start", "q4", "--output", "json"],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(json(&out)["grants"], 3, "{out}");
+    let (_, out, _) = run(&alice, &["access", "list", "--output", "json"]);
+    let ids: Vec<String> = json(&out)
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["id"].to_string())
+        .collect();
+    let (code, out, err) = run(
+        &alice,
+        &["access", "review", "decide", "q4", &ids[0], "confirm"],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, _, err) = run(
+        &alice,
+        &["access", "review", "decide", "nope", &ids[0], "confirm"],
+    );
+    assert_eq!(code, 2, "no such campaign: {err}");
+    let (code, out, err) = run(
+        &alice,
+        &["access", "review", "close", "q4", "--output", "json"],
+    );
+    assert_eq!(code, 1, "two grants went unreviewed: {out}{err}");
+    assert_eq!(
+        json(&out)["unreviewed"].as_array().unwrap().len(),
+        2,
+        "{out}"
+    );
+    // The campaign is the store's: its chain entries verify locally.
+    let chain = people.ok("alice", &["audit", "verify", "--output", "json"]);
+    assert_eq!(json(&chain)["ok"], true, "{chain}");
+
+    // Freeze status: the policy's, for a viewer of the environment.
+    let today = jiff::Zoned::now().date();
+    let policy = cwd.path().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        format!(
+            "apiVersion: slipway/v1\nkind: Policy\nenvironments:\n  prod:\n    freezes: [ {{ from: {}, to: {}, reason: year-end freeze, allow: [hotfix] }} ]\n",
+            today.yesterday().unwrap(),
+            today.tomorrow().unwrap()
+        ),
+    )
+    .unwrap();
+    let (code, out, err) = run(
+        &alice,
+        &["policy", "apply", "-f", &policy.display().to_string()],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = run(
+        &vic,
+        &["freeze", "status", "--env", "prod", "--output", "json"],
+    );
+    assert_eq!(code, 3, "frozen: {out}{err}");
+    assert_eq!(json(&out)["frozen"], true, "{out}");
+    assert_eq!(json(&out)["freeze"]["reason"], "year-end freeze", "{out}");
+    let (code, out, _) = run(
+        &vic,
+        &["freeze", "status", "--env", "prod", "--type", "hotfix"],
+    );
+    assert_eq!(code, 0, "hotfixes pass: {out}");
+    assert!(out.contains("allowed through"), "{out}");
+    let (code, _, err) = run(&bob, &["freeze", "status", "--env", "prod"]);
+    assert_eq!(code, 3, "bob may not read prod's policy: {err}");
+    assert!(err.contains("viewer"), "{err}");
+
+    // The compliance pack: the server's evidence, written here, the store's figures.
+    let pack = cwd.path().join("pack");
+    let args = [
+        "report",
+        "compliance",
+        "--framework",
+        "sox",
+        "--since",
+        "2020-01-01",
+        "--until",
+        "2100-01-01",
+        "--output",
+        "json",
+    ];
+    let mut served = args.to_vec();
+    let pack_arg = pack.display().to_string();
+    served.extend(["--out", &pack_arg]);
+    let (code, out, err) = run(&vic, &served);
+    assert!(matches!(code, 0 | 1), "{out}{err}");
+    let remote_pack = json(&out);
+    let local_dir = cwd.path().join("local");
+    let mut local = args.to_vec();
+    let local_arg = local_dir.display().to_string();
+    local.extend(["--out", &local_arg]);
+    let o = people.cmd("vic").args(&local).output().unwrap();
+    let local_pack: Value = serde_json::from_slice(&o.stdout).unwrap();
+    for k in [
+        "framework",
+        "audit_head_seq",
+        "chain",
+        "exceptions",
+        "coverage",
+    ] {
+        assert_eq!(remote_pack[k], local_pack[k], "{k}: {out}");
+    }
+    let evidence = std::fs::read_to_string(pack.join("evidence.jsonl")).unwrap();
+    assert!(evidence.lines().count() > 1, "{evidence}");
+    assert!(
+        std::fs::read_to_string(pack.join("summary.html"))
+            .unwrap()
+            .contains("<html")
+    );
+    let (code, _, err) = run(&bob, &served);
+    assert_eq!(code, 3, "reports need viewer everywhere: {err}");
+    // Bundles are files of this machine: refused through a server, naming the way.
+    let (code, _, err) = run(
+        &vic,
+        &[
+            "report",
+            "compliance",
+            "--framework",
+            "sox",
+            "--since",
+            "2020-01-01",
+            "--out",
+            &pack_arg,
+            "--archive",
+            "x.tar.zst",
+            "--pubkey",
+            "k.pub",
+        ],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--archive"), "{err}");
+
+    // The catalog: lifecycles from the server's history (api deployed to staging only).
+    let out_dir = cwd.path().join("catalog");
+    let (code, out, err) = remote(
+        addr,
+        &vic,
+        release.path(),
+        &[
+            "catalog",
+            "export",
+            "-f",
+            &spec_of(&release),
+            "--out",
+            &out_dir.display().to_string(),
+            "--output",
+            "json",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let yaml = std::fs::read_to_string(out_dir.join("catalog-info.yaml")).unwrap();
+    assert!(yaml.contains("slipway.dev/deployed.staging"), "{yaml}");
+    let local_dir = cwd.path().join("catalog-local");
+    people.ok(
+        "vic",
+        &[
+            "catalog",
+            "export",
+            "-f",
+            &spec_of(&release),
+            "--out",
+            &local_dir.display().to_string(),
+        ],
+    );
+    assert_eq!(
+        yaml,
+        std::fs::read_to_string(local_dir.join("catalog-info.yaml")).unwrap(),
+        "the server's catalog is the store's"
+    );
+    let (code, _, err) = remote(
+        addr,
+        &bob,
+        release.path(),
+        &[
+            "catalog",
+            "export",
+            "-f",
+            &spec_of(&release),
+            "--out",
+            &out_dir.display().to_string(),
+        ],
+    );
+    assert_eq!(code, 3, "{err}");
 }

@@ -395,3 +395,50 @@ pub async fn tokens(session: &Session) -> OpsResult<Vec<TokenInfo>> {
         })
         .collect())
 }
+
+/// Open access review campaign `review` over every live grant (needs `admin`); returns how
+/// many grants it holds.
+pub async fn open_review(session: &Session, review: &str) -> OpsResult<u64> {
+    let db = AccessDb::for_store(&session.store).await?;
+    require_admin(session, &db, "start access reviews").await?;
+    let by = format!("user:{}", session.actor.user);
+    Ok(db.open_review(review, &by, slipway_stdx::now()).await?)
+}
+
+/// Decide grant `grant` in campaign `review`: `confirm` or `revoke` (needs `admin`).
+pub async fn decide_review(
+    session: &Session,
+    review: &str,
+    grant: i64,
+    decision: &str,
+) -> OpsResult<()> {
+    if !matches!(decision, "confirm" | "revoke") {
+        return Err(OpsError::input(format!(
+            "failed to decide grant {grant} in review {review}: `{decision}` is no decision"
+        ))
+        .hint(Hint::text("decide `confirm` or `revoke`")));
+    }
+    let db = AccessDb::for_store(&session.store).await?;
+    require_admin(session, &db, "decide access reviews").await?;
+    let by = format!("user:{}", session.actor.user);
+    if !db
+        .decide(review, grant, decision, &by, slipway_stdx::now())
+        .await?
+    {
+        return Err(OpsError::input(format!(
+            "failed to decide grant {grant} in review {review}: it is not in an open campaign"
+        ))
+        .hint(Hint::text(
+            "start one with `slipway access review start ID`",
+        )));
+    }
+    Ok(())
+}
+
+/// Close campaign `review` (needs `admin`); returns the grants nobody reviewed.
+pub async fn close_review(session: &Session, review: &str) -> OpsResult<Vec<i64>> {
+    let db = AccessDb::for_store(&session.store).await?;
+    require_admin(session, &db, "close access reviews").await?;
+    let by = format!("user:{}", session.actor.user);
+    Ok(db.close_review(review, slipway_stdx::now(), &by).await?)
+}

@@ -117,7 +117,7 @@ fn parse_row(row: &PolicyRow) -> OpsResult<PolicyDoc> {
 
 /// Whether a release of `release_type` may deploy to `environment` now, as far as the
 /// policy's freezes go: the freeze in force, if it holds this type.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct FreezeStatus {
     /// The environment.
     pub environment: String,

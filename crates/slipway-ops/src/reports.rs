@@ -4,6 +4,7 @@
 //! of archived ones (so archiving never changes a figure); a per-run report of an archived
 //! run names the bundle that holds its journal.
 
+use slipway_engine::Store;
 use slipway_govern::access::Role;
 use slipway_govern::dora::{self, DoraQuery, DoraReport};
 use slipway_govern::history::{self, RunHistory, Unsummarized};
@@ -116,4 +117,94 @@ pub async fn retro(session: &Session, id: &str) -> OpsResult<slipway_govern::ret
     readable(session).await?;
     let run = load_run(&session.store, id).await?;
     Ok(slipway_govern::retro::build(&run))
+}
+
+/// Runs and audit entries read from verified archive bundles (the CLI's `--archive`), to
+/// be examined like live ones.
+#[derive(Debug, Clone)]
+pub struct FromBundles {
+    /// The bundles' runs, whole (journal and approvals).
+    pub runs: Vec<RunHistory>,
+    /// Their audit entries, oldest bundle first.
+    pub audit: Vec<slipway_engine::audit::AuditEntry>,
+    /// Where the first bundle's chain starts.
+    pub start: (i64, String),
+}
+
+/// `slipway report compliance`: the evidence of `framework`'s controls over the period
+/// `[since, until)` — live runs, archived ones by their summary (or whole, from
+/// `bundles`), the audit chain from its start to the head read first, and the reviews
+/// after the fact still owed. The reader needs `viewer` everywhere; the evidence must
+/// verify.
+pub async fn compliance(
+    session: &Session,
+    framework: &str,
+    since: jiff::Timestamp,
+    until: jiff::Timestamp,
+    bundles: Option<FromBundles>,
+) -> OpsResult<slipway_govern::compliance::Evidence> {
+    slipway_govern::compliance::catalogue(framework)?;
+    readable(session).await?;
+    let store = session.store.as_ref();
+    // Read the head before the entries: entries appended in between only extend the
+    // chain past the head the pack names, which still verifies.
+    let start = store.audit_start().await?;
+    let head = store.audit_head().await?;
+    let entries = store.audit_entries().await?;
+    let entries: Vec<_> = match &head {
+        Some((seq, _)) => entries.into_iter().filter(|e| e.seq <= *seq).collect(),
+        None => entries,
+    };
+    let (mut runs, unsummarized) = history_with_archive(&session.store, None).await?;
+    let (start, entries) = match bundles {
+        None => (start, entries),
+        Some(b) => {
+            RunHistory::replace_from_bundles(&mut runs, b.runs);
+            let mut all = b.audit;
+            all.extend(entries);
+            (b.start, all)
+        }
+    };
+    let mut evidence = slipway_govern::compliance::evaluate_from(
+        framework, &runs, &entries, start, head, since, until,
+    )?;
+    evidence.note_unsummarized(&unsummarized);
+    // Reviews after the fact still owed, whenever their run was: an auditor sees them.
+    let now = slipway_stdx::now();
+    evidence.open_reviews = crate::review::list(store)
+        .await?
+        .into_iter()
+        .filter(|r| r.state(now) != "done")
+        .map(|r| {
+            serde_json::json!({"run": r.run, "release": r.release, "version": r.version,
+                "environment": r.environment, "due_at": r.due_at.to_string(),
+                "state": r.state(now)})
+        })
+        .collect();
+    Ok(evidence)
+}
+
+/// The Backstage entities of a spec with lifecycles from the run history, and what of
+/// that history came from archives.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Catalog {
+    /// System, Components and Resources.
+    pub entities: Vec<slipway_govern::catalog::Entity>,
+    /// Runs counted from archive summaries.
+    pub archive: history::ArchiveUse,
+}
+
+/// `slipway catalog export`: the entities of `spec`, lifecycles from the run history
+/// (archived runs count: a service deployed to production once is in production whether
+/// or not that run was archived since). The reader needs `viewer` everywhere.
+pub async fn catalog(
+    session: &Session,
+    spec: &slipway_model::spec::ReleaseSpec,
+) -> OpsResult<Catalog> {
+    readable(session).await?;
+    let (runs, unsummarized) = history_with_archive(&session.store, None).await?;
+    Ok(Catalog {
+        entities: slipway_govern::catalog::entities(spec, &runs),
+        archive: history::ArchiveUse::of(&runs, &unsummarized, None),
+    })
 }

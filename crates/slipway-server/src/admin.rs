@@ -9,7 +9,10 @@
 //! `{subject, role, environment}`, `…/access/grants/{id}/revoke`,
 //! `…/access/groups/{group}/members` `{user}`, `…/access/groups/{group}/members/{user}/remove`,
 //! `…/access/tokens` `{user?}` (the answer holds the new token, the one time it exists),
-//! `…/access/tokens/{id}/revoke`, `POST /api/v1/policy` `{name, text}`.
+//! `…/access/tokens/{id}/revoke`, `POST /api/v1/policy` `{name, text}`; access review
+//! campaigns: `POST …/access/reviews/{review}` (open), `…/access/reviews/{review}/grants/{id}`
+//! `{decision}`, `…/access/reviews/{review}/close`. The freeze status a merge pipeline asks:
+//! `GET /api/v1/freeze?environment=E[&type=T]`.
 
 use std::collections::HashMap;
 
@@ -233,4 +236,80 @@ pub(crate) async fn apply_policy(
         )
         .with("diagnostics", json!(errs.diagnostics))),
     }
+}
+
+/// `POST /api/v1/access/reviews/{review}`: open a campaign over every live grant.
+pub(crate) async fn open_review(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(review): Path<String>,
+    headers: HeaderMap,
+) -> Answer {
+    let s = changing(&state, &caller, &headers).await?;
+    let n = slipway_ops::access::open_review(&s, &review).await?;
+    Ok(Json(json!({"review": review, "opened": true, "grants": n})))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DecisionBody {
+    decision: String,
+}
+
+/// `POST /api/v1/access/reviews/{review}/grants/{id}` `{decision: confirm|revoke}`.
+pub(crate) async fn decide_review(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path((review, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Answer {
+    let id: i64 = id
+        .parse()
+        .map_err(|_| ApiError::bad_parameter("id", &id, "a grant id (a whole number)"))?;
+    let b: DecisionBody =
+        serde_json::from_slice(&body).map_err(|e| bad_body(&e, "decision (confirm or revoke)"))?;
+    let s = changing(&state, &caller, &headers).await?;
+    slipway_ops::access::decide_review(&s, &review, id, &b.decision).await?;
+    Ok(Json(
+        json!({"review": review, "grant": id, "decision": b.decision}),
+    ))
+}
+
+/// `POST /api/v1/access/reviews/{review}/close`: the grants nobody reviewed.
+pub(crate) async fn close_review(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(review): Path<String>,
+    headers: HeaderMap,
+) -> Answer {
+    let s = changing(&state, &caller, &headers).await?;
+    let unreviewed = slipway_ops::access::close_review(&s, &review).await?;
+    Ok(Json(
+        json!({"review": review, "closed": true, "unreviewed": unreviewed}),
+    ))
+}
+
+/// `GET /api/v1/freeze?environment=E[&type=T]`: the policy's freeze status for a merge
+/// pipeline (viewer in that environment).
+pub(crate) async fn freeze_status(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Answer {
+    let env = q
+        .get("environment")
+        .ok_or_else(|| ApiError::bad_parameter("environment", "", "an environment name"))?;
+    let release_type = q
+        .get("type")
+        .map(|t| {
+            serde_json::from_value::<slipway_model::spec::ReleaseType>(json!(t)).map_err(|_| {
+                ApiError::bad_parameter("type", t, "feature, patch, security or hotfix")
+            })
+        })
+        .transpose()?;
+    let s = caller.session(&state).await?;
+    Ok(Json(json!(
+        slipway_ops::policy::freeze_status(&s, env, release_type).await?
+    )))
 }

@@ -200,7 +200,16 @@ pub fn app(
             get(admin::tokens).post(admin::create_token),
         )
         .route("/access/tokens/{id}/revoke", post(admin::revoke_token))
+        .route("/access/reviews/{review}", post(admin::open_review))
+        .route(
+            "/access/reviews/{review}/grants/{id}",
+            post(admin::decide_review),
+        )
+        .route("/access/reviews/{review}/close", post(admin::close_review))
         .route("/policy", get(admin::policy).post(admin::apply_policy))
+        .route("/freeze", get(admin::freeze_status))
+        .route("/reports/compliance", get(reports::compliance))
+        .route("/catalog", post(reports::catalog))
         .route("/reports/dora", get(reports::dora_report))
         .route("/reports/handover/{id}", get(reports::handover))
         .route("/reports/retro/{id}", get(reports::retro))

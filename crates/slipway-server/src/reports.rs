@@ -6,7 +6,10 @@
 //!
 //! `GET /api/v1/reports/dora?since=WHEN[&until=WHEN&service=S&type=T&environment=E]`:
 //! `{report, text, html}`; `GET /api/v1/reports/handover/{run}`: `{run, markdown, git}`;
-//! `GET /api/v1/reports/retro/{run}`: `{retro, markdown}`.
+//! `GET /api/v1/reports/retro/{run}`: `{retro, markdown}`;
+//! `GET /api/v1/reports/compliance?framework=F&since=WHEN[&until=WHEN]`:
+//! `{evidence, coverage, files}`; `POST /api/v1/catalog` `{spec}`:
+//! `{entities, yaml, archive, archive_text}`.
 
 use std::collections::HashMap;
 
@@ -75,5 +78,62 @@ pub(crate) async fn retro(
     Ok(Json(json!({
         "markdown": slipway_govern::retro::render_markdown(&r),
         "retro": r,
+    })))
+}
+
+/// `GET /api/v1/reports/compliance?framework=F&since=WHEN[&until=WHEN]`: the evidence
+/// (`slipway_ops::reports::compliance`, live runs and archive summaries; bundles are the
+/// CLI's, on a store), what it does not cover, and the pack's files for the caller to write.
+pub(crate) async fn compliance(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let framework = q
+        .get("framework")
+        .ok_or_else(|| ApiError::bad_parameter("framework", "", "sox, hipaa or gdpr"))?;
+    let since = when(&q, "since")?.ok_or_else(|| {
+        ApiError::bad_parameter("since", "", "a date (2026-11-01) or an RFC 3339 instant")
+    })?;
+    let until = when(&q, "until")?.unwrap_or_else(slipway_stdx::now);
+    let s = caller.session(&state).await?;
+    let e = slipway_ops::reports::compliance(&s, framework, since, until, None).await?;
+    Ok(Json(json!({
+        "coverage": e.coverage(),
+        "files": {
+            "evidence.jsonl": slipway_govern::compliance::to_jsonl(&e),
+            "summary.html": slipway_govern::compliance::to_html(&e),
+        },
+        "evidence": e,
+    })))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CatalogBody {
+    spec: slipway_model::spec::ReleaseSpec,
+}
+
+/// `POST /api/v1/catalog` `{spec}` (a validated spec as the CLI loaded it): the Backstage
+/// entities with lifecycles from this server's run history (`slipway_ops::reports::catalog`).
+pub(crate) async fn catalog(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let b: CatalogBody = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            axum::http::StatusCode::BAD_REQUEST,
+            format!("the request body does not parse: {e}"),
+            "send {\"spec\": …} with the release spec as `slipway validate` accepts it",
+        )
+    })?;
+    let s = caller.session(&state).await?;
+    let c = slipway_ops::reports::catalog(&s, &b.spec).await?;
+    Ok(Json(json!({
+        "entities": c.entities.len(),
+        "yaml": slipway_govern::catalog::to_yaml(&c.entities),
+        "archive_text": c.archive.describe(),
+        "archive": c.archive,
     })))
 }
