@@ -45,6 +45,7 @@ mod plan_cli;
 mod policy_cli;
 mod postgres_store_cli;
 mod prestage_cli;
+mod probe_cli;
 mod process_target_cli;
 mod promotion_cli;
 mod readiness_cli;

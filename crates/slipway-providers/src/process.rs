@@ -863,7 +863,8 @@ impl ProcessTarget {
         let deadline = Instant::now() + ready_within;
         let mut backoff = Duration::from_millis(20);
         loop {
-            let answered = probe_with(&instance, launch.readiness.as_ref(), &probe_env).await;
+            let probed = probe_result(&instance, launch.readiness.as_ref(), &probe_env).await;
+            let answered = probed.is_ok();
             // A probe that does not ask the process itself (`command: test -e …`) can
             // pass after the process died: ready means answered *and* still running.
             let exited = proc_start_ticks(pid).is_none() || is_zombie(pid);
@@ -898,8 +899,14 @@ impl ProcessTarget {
                     ))
                     .into());
                 }
+                // The last probe's own answer (refused, a status, timed out) is what
+                // tells a slow start from a wrong port or a failing endpoint.
+                let last = match &probed {
+                    Err(why) => format!("; last probe: {why}"),
+                    Ok(()) => String::new(),
+                };
                 return Err(RolloutError::Instances(format!(
-                    "{id} was not ready within {:?} (probe {}{}); last log lines:\n{}",
+                    "{id} was not ready within {:?} (probe {}{}{last}); last log lines:\n{}",
                     ready_within,
                     describe_probe(launch.readiness.as_ref()),
                     if launch
@@ -1168,9 +1175,9 @@ pub async fn probe_result(
         Some(Probe {
             http: Some(path), ..
         }) => match tokio::time::timeout(timeout, http_get_status(i.addr, path)).await {
-            Ok(Some(s)) if (200..300).contains(&s) => Ok(()),
-            Ok(Some(s)) => Err(format!("GET {path} on {} answered {s}", i.addr)),
-            Ok(None) => Err(format!("GET {path} on {} got no answer", i.addr)),
+            Ok(Ok(s)) if (200..300).contains(&s) => Ok(()),
+            Ok(Ok(s)) => Err(format!("GET {path} on {} answered {s}", i.addr)),
+            Ok(Err(why)) => Err(format!("GET {path} on {} failed: {why}", i.addr)),
             Err(_) => Err(format!(
                 "GET {path} on {} timed out after {timeout:?}",
                 i.addr
@@ -1208,24 +1215,30 @@ pub async fn probe_result(
     }
 }
 
-/// `GET path` over HTTP/1.1 with hyper; the status, or `None` on any failure.
-pub async fn http_get_status(addr: SocketAddr, path: &str) -> Option<u16> {
+/// `GET path` over HTTP/1.1 with hyper: the status, or what failed (connect, handshake, no
+/// answer) for the probe to report.
+pub async fn http_get_status(addr: SocketAddr, path: &str) -> Result<u16, String> {
     use http_body_util::Empty;
     use hyper::body::Bytes;
-    let stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
     let io = hyper_util::rt::TokioIo::new(stream);
     let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(io)
         .await
-        .ok()?;
+        .map_err(|e| format!("handshake: {e}"))?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
     let req = hyper::Request::get(path)
         .header(hyper::header::HOST, addr.to_string())
         .body(Empty::new())
-        .ok()?;
-    let resp = sender.send_request(req).await.ok()?;
-    Some(resp.status().as_u16())
+        .map_err(|e| format!("request: {e}"))?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| format!("no answer: {e}"))?;
+    Ok(resp.status().as_u16())
 }
 
 fn free_port() -> Result<u16, RolloutError> {

@@ -1052,13 +1052,15 @@ async fn rollback(
     emit(RolloutEvent::StableConfirmed {
         instances: stable.len(),
     });
-    // Testers matched to the canary and users stuck to it leave with everyone else.
-    world.router.clear_routes().await?;
+    // The weight first, then the routes: with the routes gone and the weight still up, a
+    // tester's request would be weighted — and could land on the rejected canary again.
     world.router.set_weight(0).await?;
     emit(RolloutEvent::WeightSet {
         weight: 0,
         verified: world.router.verify_weight().await,
     });
+    // Testers matched to the canary and users stuck to it leave with everyone else.
+    world.router.clear_routes().await?;
     let start = Instant::now();
     let mut in_flight = world.router.canary_in_flight().await.unwrap_or(0);
     while in_flight > 0 && start.elapsed() < world.drain_timeout {

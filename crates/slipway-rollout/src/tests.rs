@@ -89,6 +89,10 @@ impl TrafficRouter for FakeRouter<'_> {
     fn canary_in_flight(&self) -> BoxFuture<'_, Option<u64>> {
         Box::pin(async { Some(0) })
     }
+    fn clear_routes(&self) -> BoxFuture<'_, Result<(), RolloutError>> {
+        self.log.push("routes cleared");
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// Windows scripted per call: canary requests and errors.
@@ -294,11 +298,19 @@ async fn a_failing_canary_rolls_back_naming_metric_value_and_threshold() {
     );
     assert!(reason.contains("weight 10%"), "{reason}");
     assert_eq!(measurements.len(), 1);
-    // Stable is confirmed ready before the weight goes to 0; the canary stops last.
-    let tail: Vec<&str> = log.iter().rev().take(4).rev().map(String::as_str).collect();
+    // Stable is confirmed ready before the weight goes to 0; the match routes go only
+    // after the weight (with them gone and the weight up, a tester's request is weighted
+    // and may reach the rejected canary again); the canary stops last.
+    let tail: Vec<&str> = log.iter().rev().take(5).rev().map(String::as_str).collect();
     assert_eq!(
         tail,
-        vec!["ready? 1.0.0", "weight 0", "pools 2/0", "stop 2.0.0"]
+        vec![
+            "ready? 1.0.0",
+            "weight 0",
+            "routes cleared",
+            "pools 2/0",
+            "stop 2.0.0"
+        ]
     );
 }
 
