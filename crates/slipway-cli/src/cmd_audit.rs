@@ -126,6 +126,9 @@ fn verify(a: VerifyArgs, out: &Output) -> Result<i32, CliError> {
         ));
     }
     let rt = runtime()?;
+    if let Some(c) = crate::cli_util::remote()? {
+        return rt.block_on(verify_remote(&c, &a, out));
+    }
     rt.block_on(async {
         let (store, _) =
             crate::cli_util::open_store_to_read(&a.store, "read the audit chain").await?;
@@ -145,6 +148,55 @@ fn verify(a: VerifyArgs, out: &Output) -> Result<i32, CliError> {
             .map_err(CliError::from)?;
         Ok(crate::audit_view::report(v, &store.location(), out))
     })
+}
+
+/// `audit verify` through a server: the server verifies its store's chain
+/// (`GET /api/v1/audit/verify`, viewer everywhere) and answers 409 with the break when it
+/// does not hold. Bundles, keys and witness files are files of this machine, which the
+/// server never reads: refused with the way to check them.
+async fn verify_remote(
+    c: &slipway_server::client::Client,
+    a: &VerifyArgs,
+    out: &Output,
+) -> Result<i32, CliError> {
+    if !a.archive.is_empty() || !a.pubkey.is_empty() {
+        return Err(CliError::input(
+            "failed to verify archive bundles or signed checkpoints through a server: bundles, keys and witness files are files of this machine, the server verifies its store's chain only",
+            "drop --archive/--pubkey/--witness to verify the server's chain, or run `slipway audit verify` without --server, with --store naming the server's store",
+        ));
+    }
+    let (v, ok) = match c.get("/audit/verify").await {
+        Ok(v) => (v, true),
+        Err(slipway_server::client::ClientError::Api {
+            status: 409, body, ..
+        }) => (body, false),
+        Err(e) => return Err(e.into()),
+    };
+    if out.json() {
+        out.json_value(&v);
+    } else {
+        let source = format!(
+            "{} ({})",
+            v["source"].as_str().unwrap_or_default(),
+            c.server()
+        );
+        if ok {
+            out.line(&format!(
+                "{} audit chain of {source}: {} entries, head {} {}",
+                out.paint("OK", crate::out::Style::Good),
+                v["entries"],
+                v["head_seq"],
+                v["head_hash"].as_str().unwrap_or_default()
+            ));
+        } else {
+            out.line(&format!(
+                "{} {source}: {}",
+                out.paint("TAMPERED", crate::out::Style::Bad),
+                v["message"].as_str().unwrap_or_default()
+            ));
+        }
+    }
+    Ok(if ok { exit::SUCCESS } else { exit::TAMPERED })
 }
 
 fn load_keys(paths: &[PathBuf]) -> Result<Vec<pkg::PublicKey>, CliError> {

@@ -152,8 +152,29 @@ pub fn plan(a: PlanArgs, out: &Output) -> Result<i32, CliError> {
 fn show(a: PlanShowArgs, out: &Output) -> Result<i32, CliError> {
     let rt = crate::cli_util::runtime()?;
     rt.block_on(async {
-        let s = crate::cli_util::session(&a.store).await?;
-        let shown = slipway_ops::views::plan_of_run(&s, &a.run).await?;
+        // Through a server: the same document (`GET /api/v1/runs/{id}/plan`), the
+        // server's store and the caller's token.
+        let shown = match crate::cli_util::remote()? {
+            Some(c) => {
+                let v = c
+                    .get(&format!(
+                        "/runs/{}/plan",
+                        crate::cli_util::path_segment(&a.run)
+                    ))
+                    .await?;
+                serde_json::from_value::<slipway_ops::views::PlanOfRun>(v).map_err(|e| {
+                    CliError::new(
+                        exit::FAILURE,
+                        format!("failed to read the server's plan of run {}: {e}", a.run),
+                        Some("use the same slipway version as the server".into()),
+                    )
+                })?
+            }
+            None => {
+                let s = crate::cli_util::session(&a.store).await?;
+                slipway_ops::views::plan_of_run(&s, &a.run).await?
+            }
+        };
         if out.json() {
             out.json_value(&shown);
         } else {

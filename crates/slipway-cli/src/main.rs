@@ -37,6 +37,7 @@ mod progress;
 mod run_client;
 mod run_remote;
 mod run_render;
+mod server_mode;
 mod status_view;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -142,8 +143,10 @@ pub struct Cli {
     #[arg(long, global = true, env = "SLIPWAY_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// Act through a `slipway serve` API (http://HOST:PORT) with your token instead of
-    /// a store: status, history, logs, approve, pause, resume, promote, abort, rollback,
-    /// wait.
+    /// a store: deploy, status, history, logs, wait, approve, pause, resume, promote,
+    /// abort, rollback, access, policy, freeze, report, catalog, audit verify, plan show.
+    /// Commands on files (validate, package, …) run here; the other store commands are
+    /// refused with the way to run them.
     #[arg(long, global = true, env = "SLIPWAY_SERVER", value_name = "URL")]
     pub server: Option<String>,
     #[command(subcommand)]
@@ -270,6 +273,10 @@ fn main() {
         std::process::exit(out.fail(&e));
     }
     cli_util::set_server(cli.server.clone());
+    let server = cli.server.as_deref().is_some_and(|u| !u.trim().is_empty());
+    if let Err(e) = server_mode::check(&cli.command, server) {
+        std::process::exit(out.fail(&e));
+    }
     let code = match run(cli.command, &out) {
         Ok(code) => code,
         Err(e) => out.fail(&e),

@@ -59,6 +59,7 @@ mod router_cli;
 mod secret_cli;
 mod serve_cli;
 mod server_deploy_cli;
+mod server_mode_cli;
 mod serving_cli;
 mod smoke_cli;
 mod ssh_cli;

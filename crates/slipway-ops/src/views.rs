@@ -434,7 +434,7 @@ pub fn rendered_config(journal: &[Notice]) -> Vec<serde_json::Value> {
 }
 
 /// A service a plan deploys, against what runs there now.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Change {
     /// The service.
     pub service: String,
@@ -447,7 +447,7 @@ pub struct Change {
 }
 
 /// The plan a run executes, as its approvers review it.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct PlanOfRun {
     /// The run.
     pub run: String,

@@ -1,5 +1,5 @@
-//! The JSON API under `/api/v1`: runs, one run with its steps and approvals, its journal,
-//! and the audit chain's verification (the same as `slipway audit verify`).
+//! The JSON API under `/api/v1`: runs, one run with its steps and approvals, its plan, its
+//! journal, and the audit chain's verification (the same as `slipway audit verify`).
 
 use std::collections::HashMap;
 
@@ -124,6 +124,18 @@ pub(crate) async fn status(
 ) -> Result<Json<Value>, ApiError> {
     let v = slipway_ops::views::run(&caller.session(&state).await?, &id).await?;
     Ok(Json(serde_json::to_value(v).unwrap_or_default()))
+}
+
+/// `GET /api/v1/runs/{id}/plan`: the plan a run executes and what it changes against what
+/// runs now — the document `slipway plan show RUN --output json` prints
+/// (`slipway_ops::views::plan_of_run`; viewer in the run's environment).
+pub(crate) async fn plan(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let shown = slipway_ops::views::plan_of_run(&caller.session(&state).await?, &id).await?;
+    Ok(Json(serde_json::to_value(shown).unwrap_or_default()))
 }
 
 /// `GET /api/v1/runs/{id}/journal?after=SEQ`: journal entries, oldest first.

@@ -178,6 +178,7 @@ pub fn app(
         .route("/runs/{id}", get(api::run))
         .route("/runs/{id}/journal", get(api::journal))
         .route("/runs/{id}/status", get(api::status))
+        .route("/runs/{id}/plan", get(api::plan))
         .route("/runs/{id}/events", get(sse::events))
         .route("/runs/{id}/approve", post(control::approve))
         .route("/runs/{id}/pause", post(control::pause))

@@ -1,0 +1,163 @@
+//! What every top-level command does under `--server URL` / `SLIPWAY_SERVER`, in one
+//! exhaustive table (a new command does not compile until it is classified here):
+//!
+//! - **through the server**: the command calls the API with the caller's token and reads
+//!   or changes the server's store only (deploy, resume, status, logs, pause, promote,
+//!   abort, rollback, approve, history, wait, access, policy, freeze, report, catalog,
+//!   `audit verify`, `plan show`);
+//! - **here**: the command works on files of this machine (or starts its own demo) and
+//!   never reads a store, so a server changes nothing and it runs as without one
+//!   (validate, schema, key, sign, verify, package, render, compat, demo, migrate
+//!   status/apply/undo and backup, which act on the database `--url` names);
+//! - **refused**: the command reads or writes a store and has no API route; run through a
+//!   server it would act on whatever store this machine has, so it is refused before it
+//!   starts, saying why and where it does work (exit 2).
+//!
+//! `docs/server.md` holds the same table for people.
+
+use crate::Commands;
+use crate::out::CliError;
+
+/// How a command behaves under `--server`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// It calls the server's API.
+    Through,
+    /// It needs no store: it runs here, the same with or without a server.
+    Here,
+    /// It needs a store the API does not serve: refused, with why and the way.
+    Refused {
+        /// The command as typed.
+        command: &'static str,
+        /// Why it cannot go through a server.
+        why: &'static str,
+        /// Where it does work.
+        fix: &'static str,
+    },
+}
+
+/// The way every command that works on a store without an API route is run instead.
+const ON_THE_STORE: &str = "run it without --server/SLIPWAY_SERVER, on a machine that reaches the server's store, with --store naming it (`--store postgres://…`)";
+
+/// The mode of `command`.
+pub fn mode(command: &Commands) -> Mode {
+    use crate::cmd_audit::AuditCommand as A;
+    use crate::cmd_migrate::MigrateCommand as M;
+    use crate::cmd_plan::PlanCommand as P;
+    let refused = |command, why, fix| Mode::Refused { command, why, fix };
+    match command {
+        Commands::Deploy(_)
+        | Commands::Resume(_)
+        | Commands::Status(_)
+        | Commands::Logs(_)
+        | Commands::Pause(_)
+        | Commands::Promote(_)
+        | Commands::Abort(_)
+        | Commands::Rollback(_)
+        | Commands::Approve(_)
+        | Commands::History(_)
+        | Commands::Wait(_)
+        | Commands::Access(_)
+        | Commands::Policy(_)
+        | Commands::Freeze(_)
+        | Commands::Report(_)
+        | Commands::Catalog(_)
+        | Commands::Audit(A::Verify(_)) => Mode::Through,
+        Commands::Plan(a) if matches!(a.command, Some(P::Show(_))) => Mode::Through,
+        Commands::Validate(_)
+        | Commands::Schema
+        | Commands::Key(_)
+        | Commands::Sign(_)
+        | Commands::Verify(_)
+        | Commands::Package(_)
+        | Commands::Render(_)
+        | Commands::Compat(_)
+        | Commands::Demo(_)
+        | Commands::DemoApp(_)
+        | Commands::Backup(_)
+        | Commands::Migrate(M::Status(_) | M::Apply(_) | M::Undo(_)) => Mode::Here,
+        Commands::Plan(_) => refused(
+            "plan",
+            "a plan reads the environment's admin policy and what runs there from the store; the server plans each deploy itself",
+            "deploy through the server and read the plan its approvers see with `slipway --server URL plan show RUN` (or the run's page); or run `slipway plan` without --server, with --store naming the server's store",
+        ),
+        Commands::Diff(_) => refused(
+            "diff",
+            "it compares against the versions the store records as running",
+            ON_THE_STORE,
+        ),
+        Commands::Check(_) => refused(
+            "check",
+            "readiness is checked from the machine that runs the command, against what the store records as running; the server checks readiness itself when it drives a deploy",
+            ON_THE_STORE,
+        ),
+        Commands::Env(_) => refused(
+            "env",
+            "environment leases are taken by the server's deploys themselves; manual leases have no API",
+            ON_THE_STORE,
+        ),
+        Commands::Proxy(_) => refused(
+            "proxy",
+            "the process target's proxies are processes of the machine that runs the target, not of the server's API",
+            "run `slipway proxy …` on that machine, without --server",
+        ),
+        Commands::Serve(_) => refused(
+            "serve",
+            "`serve` is the server; --server/SLIPWAY_SERVER names a server for its clients",
+            "unset SLIPWAY_SERVER (or drop --server) and name the store with --store",
+        ),
+        Commands::Audit(A::Export(_)) => refused(
+            "audit export",
+            "the export is written from the store's chain; the server verifies its chain (`slipway --server URL audit verify`) but serves no export",
+            ON_THE_STORE,
+        ),
+        Commands::Audit(A::Checkpoint(_)) => refused(
+            "audit checkpoint",
+            "a checkpoint is signed with a key the server must never hold and written into the store",
+            ON_THE_STORE,
+        ),
+        Commands::Archive(_) => refused(
+            "archive",
+            "an archive bundle is cut from the store and signed on the machine that runs it",
+            ON_THE_STORE,
+        ),
+        Commands::Retention(_) => refused(
+            "retention",
+            "the retention policy has no API route yet",
+            ON_THE_STORE,
+        ),
+        Commands::Checklist(_) => refused(
+            "checklist",
+            "checklists have no API route yet",
+            ON_THE_STORE,
+        ),
+        Commands::Review(_) => refused(
+            "review",
+            "reviews after the fact have no API route yet",
+            ON_THE_STORE,
+        ),
+        Commands::Rehearse(_) => refused(
+            "rehearse",
+            "a rehearsal runs the migrations from this machine and records its RTO/RPO in the store",
+            ON_THE_STORE,
+        ),
+        Commands::Migrate(M::DryRun(_)) => refused(
+            "migrate dry-run",
+            "the dry run's record is written into the store, for the plans that ask for it",
+            ON_THE_STORE,
+        ),
+    }
+}
+
+/// The refusal of `command` when a server is named and it cannot go through one.
+pub fn check(command: &Commands, server: bool) -> Result<(), CliError> {
+    match mode(command) {
+        Mode::Refused { command, why, fix } if server => Err(CliError::input(
+            format!(
+                "failed to run `slipway {command}` through a server (--server/SLIPWAY_SERVER): {why}"
+            ),
+            fix,
+        )),
+        _ => Ok(()),
+    }
+}
