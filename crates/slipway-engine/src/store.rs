@@ -360,6 +360,27 @@ pub trait Store: Send + Sync {
     fn run<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<RunRecord>, StoreError>>;
     /// Most recent runs first.
     fn runs(&self, limit: u32) -> BoxFuture<'_, Result<Vec<RunRecord>, StoreError>>;
+    /// Per release and environment, its newest run and its newest succeeded run (one row
+    /// when they are the same), plans included, newest first: what runs where and what
+    /// was last tried, however many runs the store holds. The stores answer it with one
+    /// query over an index; this default scans every run.
+    fn latest_runs(&self) -> BoxFuture<'_, Result<Vec<RunRecord>, StoreError>> {
+        Box::pin(async move {
+            let mut seen = std::collections::HashSet::new();
+            let mut out = Vec::new();
+            for r in self.runs(u32::MAX).await? {
+                let newest = seen.insert((r.release.clone(), r.environment.clone(), false));
+                let succeeded = r.state == RunState::Succeeded
+                    && seen.insert((r.release.clone(), r.environment.clone(), true));
+                if (newest || succeeded)
+                    && let Some(whole) = self.run(&r.id).await?
+                {
+                    out.push(whole);
+                }
+            }
+            Ok(out)
+        })
+    }
     /// The newest non-terminal run of this digest in this environment.
     fn active_run<'a>(
         &'a self,

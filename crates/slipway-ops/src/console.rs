@@ -101,20 +101,20 @@ pub struct ServiceCell {
     pub drift: bool,
 }
 
-/// Service × environment over the newest `limit` runs the actor may read, ordered by
-/// environment then service.
-pub async fn dashboard(session: &Session, limit: u32) -> OpsResult<Vec<ServiceCell>> {
+/// Service × environment the actor may read, ordered by environment then service, from
+/// the newest run and the newest succeeded run of each release in each environment
+/// (`Store::latest_runs`: one indexed query, whatever the history's length — a service
+/// deployed once, thousands of runs ago, still shows). Every run plans all of its
+/// release's services, so those two runs hold each service's last run and what runs.
+pub async fn dashboard(session: &Session) -> OpsResult<Vec<ServiceCell>> {
     let may_read = crate::access::readable(session).await?;
     let mut cells: BTreeMap<(String, String), ServiceCell> = BTreeMap::new();
     // Newest first: the first run naming a service is its last run there; the first
     // succeeded one is what runs.
-    for listed in session.store.runs(limit).await? {
-        if !may_read(&listed.environment) {
+    for run in session.store.latest_runs().await? {
+        if !may_read(&run.environment) {
             continue;
         }
-        let Some(run) = session.store.run(&listed.id).await? else {
-            continue;
-        };
         let Some(plan) = plan_of(&run) else { continue };
         for (service, version) in crate::deployed::planned_versions(&plan) {
             let cell = cells

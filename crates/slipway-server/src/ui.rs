@@ -219,7 +219,7 @@ pub(crate) async fn chart_svg(
     }
 }
 
-/// Runs the inbox and the dashboard look at.
+/// Runs the inbox looks at (the dashboard reads `Store::latest_runs`, unbounded by this).
 const CONSOLE_LIMIT: u32 = 500;
 
 /// `GET /inbox`: plans waiting for an approval the signed-in person may give
@@ -262,7 +262,7 @@ pub(crate) async fn environments_page(
 ) -> Response {
     let result = async {
         let session = caller.session(&state).await?;
-        let cells = slipway_ops::console::dashboard(&session, CONSOLE_LIMIT).await?;
+        let cells = slipway_ops::console::dashboard(&session).await?;
         let mut environments: Vec<String> = cells.iter().map(|c| c.environment.clone()).collect();
         environments.dedup();
         let mut services: Vec<String> = cells.iter().map(|c| c.service.clone()).collect();

@@ -622,3 +622,91 @@ async fn an_open_event_stream_ends_when_the_viewers_role_is_revoked() {
     assert!(rest.contains("event: end"), "{rest}");
     assert!(rest.contains("lacks the `viewer` role"), "{rest}");
 }
+
+/// The environment dashboard (`slipway_ops::console::dashboard`, the `/environments` page)
+/// shows a service whose only deploy is older than 500 later runs of another release: it
+/// reads the newest and newest succeeded run per release and environment
+/// (`Store::latest_runs`), not the newest 500 runs. Seeded through the store API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_a_service_deployed_before_500_other_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = slipway_store::open(&slipway_store::StoreLocation::Sqlite(
+        dir.path().join("s.db"),
+    ))
+    .await
+    .unwrap();
+    let t0 = Timestamp::now();
+    let seed = async |id: String, release: &str, service: &str, secs: i64| {
+        let yaml = format!(
+            "apiVersion: slipway/v1\nkind: Release\nmetadata: {{ name: {release}, version: 1.0.{secs}, type: patch }}\n\
+             services:\n  {service}:\n    steps:\n      - {{ name: one, run: 'true' }}\n\
+             environments:\n  prod:\n    target: {{ exec: {{}} }}\n"
+        );
+        let spec = slipway_model::validate::load("release.yaml", &yaml)
+            .unwrap()
+            .spec;
+        let plan = slipway_model::plan::plan(&spec, "prod", &slipway_model::plan::Facts::default())
+            .unwrap();
+        let at = t0 + jiff::SignedDuration::from_secs(secs);
+        let digest = format!("d-{id}");
+        let record = |event| JournalRecord {
+            run_id: id.clone(),
+            digest: digest.clone(),
+            at,
+            actor: "a".into(),
+            event,
+        };
+        store
+            .create_run(
+                NewRun {
+                    id: id.clone(),
+                    plan_json: serde_json::to_string(&plan).unwrap(),
+                    digest: digest.clone(),
+                    release: release.into(),
+                    version: format!("1.0.{secs}"),
+                    environment: "prod".into(),
+                    author: "a".into(),
+                    override_reason: None,
+                    created_at: at,
+                    workdir: dir.path().display().to_string(),
+                },
+                record(EngineEvent::RunCreated {
+                    release: release.into(),
+                    version: format!("1.0.{secs}"),
+                    environment: "prod".into(),
+                    digest: digest.clone(),
+                    override_freeze: None,
+                    plan_sha256: None,
+                    workdir: None,
+                }),
+            )
+            .await
+            .unwrap();
+        store
+            .commit(vec![record(EngineEvent::StateChanged {
+                from: slipway_engine::RunState::Pending,
+                to: slipway_engine::RunState::Succeeded,
+                reason: None,
+            })])
+            .await
+            .unwrap();
+    };
+    seed("api-1".into(), "shop", "api", 0).await;
+    // Together: the store's writer commits them in groups.
+    futures_util::future::join_all(
+        (0..510).map(|i| seed(format!("noise-{i}"), "batch", "worker", 1 + i)),
+    )
+    .await;
+    let session = session_over(store, dir.path());
+    let cells = slipway_ops::console::dashboard(&session).await.unwrap();
+    let api = cells
+        .iter()
+        .find(|c| c.service == "api" && c.environment == "prod")
+        .unwrap_or_else(|| panic!("api is missing from the dashboard: {cells:?}"));
+    assert_eq!(api.running.as_deref(), Some("1.0.0"));
+    assert_eq!(api.running_run.as_deref(), Some("api-1"));
+    assert!(!api.drift);
+    let worker = cells.iter().find(|c| c.service == "worker").unwrap();
+    assert_eq!(worker.running.as_deref(), Some("1.0.510"));
+    assert_eq!(cells.len(), 2, "{cells:?}");
+}

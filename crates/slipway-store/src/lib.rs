@@ -272,6 +272,9 @@ impl Store for AnyStore {
     fn runs(&self, limit: u32) -> BoxFuture<'_, Result<Vec<RunRecord>, StoreError>> {
         both!(self, s => s.runs(limit))
     }
+    fn latest_runs(&self) -> BoxFuture<'_, Result<Vec<RunRecord>, StoreError>> {
+        both!(self, s => s.latest_runs())
+    }
     fn active_run<'a>(
         &'a self,
         digest: &'a str,

@@ -324,6 +324,10 @@ async fn migrate(
         .await
         .map_err(err)?;
     if current == JOURNAL_FORMAT {
+        sqlx::raw_sql(crate::schema::RUNS_LATEST_INDEX)
+            .execute(&mut *tx)
+            .await
+            .map_err(err)?;
         tx.commit().await.map_err(err)?;
         return Ok(());
     }
@@ -375,6 +379,10 @@ async fn migrate(
     .execute(&mut *tx)
     .await
     .map_err(err)?;
+    sqlx::raw_sql(crate::schema::RUNS_LATEST_INDEX)
+        .execute(&mut *tx)
+        .await
+        .map_err(err)?;
     tx.commit().await.map_err(err)?;
     Ok(())
 }
@@ -1075,6 +1083,27 @@ impl Store for PgStore {
             );
             let rows = sqlx::query(AssertSqlSafe(sql))
                 .bind(i64::from(limit))
+                .fetch_all(&self.read)
+                .await
+                .map_err(query_err)?;
+            rows.iter().map(run_from_row).collect()
+        })
+    }
+
+    fn latest_runs(&self) -> BoxFuture<'_, Result<Vec<RunRecord>, StoreError>> {
+        Box::pin(async move {
+            // Byte order (`C`) for the newest, as `runs` orders and SQLite compares.
+            let sql = format!(
+                "SELECT {RUN_COLS}, plan_json FROM runs
+                 WHERE (release, environment, created_at) IN (
+                     SELECT release, environment, MAX(created_at COLLATE \"C\") FROM runs
+                     GROUP BY release, environment
+                     UNION
+                     SELECT release, environment, MAX(created_at COLLATE \"C\") FROM runs
+                     WHERE state = 'succeeded' GROUP BY release, environment)
+                 ORDER BY created_at COLLATE \"C\" DESC, id COLLATE \"C\" DESC"
+            );
+            let rows = sqlx::query(AssertSqlSafe(sql))
                 .fetch_all(&self.read)
                 .await
                 .map_err(query_err)?;

@@ -226,6 +226,12 @@ pub const BUNDLES_PG: &str = "CREATE TABLE IF NOT EXISTS bundles (
     created_at TEXT NOT NULL
 )";
 
+/// The index `Store::latest_runs` reads (the newest run, and the newest succeeded one, of
+/// each release in each environment), the same text on both backends. Created when a store
+/// is opened, like the bundles table: an index changes nothing an older slipway reads.
+pub const RUNS_LATEST_INDEX: &str =
+    "CREATE INDEX IF NOT EXISTS runs_latest ON runs (release, environment, state, created_at)";
+
 /// The oldest journal format a PostgreSQL store can have: PostgreSQL support started at
 /// format 4, so a fresh database gets [`PG_SCHEMA`] (format 4) in one transaction, and
 /// later formats add their PostgreSQL migration to [`PG_MIGRATIONS`].

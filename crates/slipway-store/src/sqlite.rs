@@ -284,6 +284,10 @@ async fn migrate(conn: &mut SqliteConnection, path: &Path) -> Result<(), StoreEr
         .await
         .map_err(q(path))?;
     if current == JOURNAL_FORMAT {
+        sqlx::raw_sql(crate::schema::RUNS_LATEST_INDEX)
+            .execute(&mut *tx)
+            .await
+            .map_err(q(path))?;
         tx.commit().await.map_err(q(path))?;
         return Ok(());
     }
@@ -324,6 +328,10 @@ async fn migrate(conn: &mut SqliteConnection, path: &Path) -> Result<(), StoreEr
     }
     sqlx::query("INSERT INTO meta (key, value) VALUES ('journal_format', ?1) ON CONFLICT(key) DO UPDATE SET value = excluded.value")
         .bind(JOURNAL_FORMAT.to_string())
+        .execute(&mut *tx)
+        .await
+        .map_err(q(path))?;
+    sqlx::raw_sql(crate::schema::RUNS_LATEST_INDEX)
         .execute(&mut *tx)
         .await
         .map_err(q(path))?;
@@ -890,6 +898,28 @@ impl Store for SqliteStore {
             );
             let rows = sqlx::query(AssertSqlSafe(sql))
                 .bind(i64::from(limit))
+                .fetch_all(&self.read)
+                .await
+                .map_err(query_err)?;
+            rows.iter().map(run_from_row).collect()
+        })
+    }
+
+    fn latest_runs(&self) -> BoxFuture<'_, Result<Vec<RunRecord>, StoreError>> {
+        Box::pin(async move {
+            // Both maxima per pair come from `runs_latest` alone; only the rows picked
+            // are read whole (their plans).
+            let sql = format!(
+                "SELECT {RUN_COLS}, plan_json FROM runs
+                 WHERE (release, environment, created_at) IN (
+                     SELECT release, environment, MAX(created_at) FROM runs
+                     GROUP BY release, environment
+                     UNION
+                     SELECT release, environment, MAX(created_at) FROM runs
+                     WHERE state = 'succeeded' GROUP BY release, environment)
+                 ORDER BY created_at DESC, id DESC"
+            );
+            let rows = sqlx::query(AssertSqlSafe(sql))
                 .fetch_all(&self.read)
                 .await
                 .map_err(query_err)?;

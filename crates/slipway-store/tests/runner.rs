@@ -20,6 +20,7 @@ mod common;
 mod compat;
 mod engine;
 mod journal;
+mod latest_runs;
 mod leases;
 mod live_runs;
 mod memory;
