@@ -323,7 +323,8 @@ def parse_server_api(text):
         m = re.match(r"(GET|POST) (\S+), (\d+) clients", head)
         if not m:
             continue
-        pct = dict(re.findall(r"^\s+(50|75|90|99)%\s+(\S+)$", part, re.M))
+        # wrk pads some values with a trailing space (`1.25s `).
+        pct = dict(re.findall(r"^\s+(50|75|90|99)%\s+(\S+)\s*$", part, re.M))
         reqs = re.search(r"(\d+) requests in ([\d.]+\w+)", part)
         non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", part)
         errors = re.search(r"Socket errors: (.*)", part)
@@ -349,13 +350,14 @@ def render_server_api(r):
         out.append("Runs started through `POST /api/v1/runs` (planned, journaled, stopped at their approvals gate):")
         out.append(md_table(t["columns"], t["rows"]))
     rows = [[f"`{w['route']}`", w["clients"], f"{w['requests']:,}" if w["requests"] else "?",
-             w["non_2xx"], f"{w['requests_per_s']:,.0f}" if w["requests_per_s"] else "?",
+             w["non_2xx"], w["socket_errors"] or "none",
+             f"{w['requests_per_s']:,.0f}" if w["requests_per_s"] else "?",
              f"**{w['p50_ms']:.1f} ms**" if w["p50_ms"] is not None else "?",
              f"{w['p90_ms']:.1f} ms" if w["p90_ms"] is not None else "?",
              f"**{w['p99_ms']:.1f} ms**" if w["p99_ms"] is not None else "?"]
             for w in r["extra"].get("wrk", [])]
     if rows:
-        out.append(md_table(["route", "clients", "requests", "non-2xx", "req/s", "p50", "p90", "p99"], rows))
+        out.append(md_table(["route", "clients", "requests", "non-2xx", "socket errors", "req/s", "p50", "p90", "p99"], rows))
     t = r["extra"].get("takeover_ms", [])
     if t:
         out.append(f"Takeover after kill -9 (the other server drives the canary; lease claim freed by the "
