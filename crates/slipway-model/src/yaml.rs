@@ -30,10 +30,25 @@ pub struct NodeSpan {
     pub key: Option<Pos>,
 }
 
+/// Where a node starts as the parser reported it: 1-based line and column (characters).
+/// Turned into a [`Pos`] (byte offset, token length) only when someone asks: a spec of
+/// 2,000 services has ~100,000 nodes and a diagnostic needs a handful.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct RawSpan {
+    value: (u32, u32),
+    key: Option<(u32, u32)>,
+}
+
 /// JSON pointer → position in the source.
 #[derive(Debug, Clone, Default)]
 pub struct SpanMap {
-    spans: HashMap<String, NodeSpan>,
+    // foldhash, not SipHash: the keys are the spec's own pointers (no attacker gains by
+    // colliding them in a map built and dropped in one `validate`), and hashing ~100,000
+    // of them with SipHash was 8 % of validating a large spec.
+    spans: HashMap<String, RawSpan, foldhash::fast::FixedState>,
+    /// The source, to turn a line and column into a byte offset and token length.
+    text: std::sync::Arc<str>,
+    starts: std::sync::Arc<[usize]>,
 }
 
 impl SpanMap {
@@ -42,7 +57,14 @@ impl SpanMap {
         let mut p = pointer;
         loop {
             if let Some(s) = self.spans.get(p) {
-                return *s;
+                let lines = LineIndex {
+                    text: &self.text,
+                    starts: std::borrow::Cow::Borrowed(&self.starts),
+                };
+                return NodeSpan {
+                    value: pos_at(s.value, &lines),
+                    key: s.key.map(|k| pos_at(k, &lines)),
+                };
             }
             match p.rfind('/') {
                 Some(i) => p = &p[..i],
@@ -158,14 +180,17 @@ impl<'de> Visitor<'de> for NodeVisitor {
 /// Line-start table to turn (line, column) into byte offsets for snippets.
 pub(crate) struct LineIndex<'a> {
     text: &'a str,
-    starts: Vec<usize>,
+    starts: std::borrow::Cow<'a, [usize]>,
 }
 
 impl<'a> LineIndex<'a> {
     pub(crate) fn new(text: &'a str) -> Self {
         let mut starts = vec![0];
         starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
-        Self { text, starts }
+        Self {
+            text,
+            starts: std::borrow::Cow::Owned(starts),
+        }
     }
 
     /// Byte offset of a 1-based line and 1-based column counted in characters.
@@ -201,16 +226,25 @@ impl<'a> LineIndex<'a> {
     }
 }
 
-fn pos_of(loc: &serde_saphyr::Location, lines: &LineIndex<'_>) -> Pos {
-    let line = loc.line();
-    let column = loc.column();
-    let offset = lines.offset(line, column);
+fn raw_of(loc: &serde_saphyr::Location) -> (u32, u32) {
+    (
+        u32::try_from(loc.line()).unwrap_or(u32::MAX),
+        u32::try_from(loc.column()).unwrap_or(u32::MAX),
+    )
+}
+
+fn pos_at((line, column): (u32, u32), lines: &LineIndex<'_>) -> Pos {
+    let offset = lines.offset(u64::from(line), u64::from(column));
     Pos {
-        line: u32::try_from(line).unwrap_or(u32::MAX),
-        column: u32::try_from(column).unwrap_or(u32::MAX),
+        line,
+        column,
         offset,
         len: lines.token_len(offset),
     }
+}
+
+fn pos_of(loc: &serde_saphyr::Location, lines: &LineIndex<'_>) -> Pos {
+    pos_at(raw_of(loc), lines)
 }
 
 /// Parse YAML text into a JSON value and its span map, or a list of diagnostics.
@@ -276,8 +310,13 @@ pub fn parse(text: &str) -> Result<(serde_json::Value, SpanMap), Vec<Diagnostic>
         Err(e) => return Err(vec![yaml_error(&e, text)]),
     };
     let lines = LineIndex::new(text);
-    let mut map = SpanMap::default();
-    let value = flatten(root, String::new(), None, &lines, &mut map)?;
+    let mut map = SpanMap {
+        spans: HashMap::default(),
+        text: std::sync::Arc::from(text),
+        starts: std::sync::Arc::from(&*lines.starts),
+    };
+    let mut path = String::new();
+    let value = flatten(root, &mut path, None, &lines, &mut map)?;
     Ok((value, map))
 }
 
@@ -344,17 +383,20 @@ fn yaml_error(e: &serde_saphyr::Error, text: &str) -> Diagnostic {
     Diagnostic::new(code, "", pos, format!("invalid YAML: {msg}"), help)
 }
 
+/// `path` is the node's pointer; children push their segment onto it and truncate it
+/// back, so the walk allocates one string per node (the map's key), not two.
 fn flatten(
     node: Spanned<Node>,
-    path: String,
-    key: Option<Pos>,
+    path: &mut String,
+    key: Option<(u32, u32)>,
     lines: &LineIndex<'_>,
     map: &mut SpanMap,
 ) -> Result<serde_json::Value, Vec<Diagnostic>> {
     use serde_json::Value;
-    let here = pos_of(&node.referenced, lines);
-    map.spans
-        .insert(path.clone(), NodeSpan { value: here, key });
+    use std::fmt::Write as _;
+    let here = raw_of(&node.referenced);
+    map.spans.insert(path.clone(), RawSpan { value: here, key });
+    let len = path.len();
     Ok(match node.value {
         Node::Null => Value::Null,
         Node::Bool(b) => Value::Bool(b),
@@ -367,7 +409,11 @@ fn flatten(
         Node::Seq(items) => {
             let mut out = Vec::with_capacity(items.len());
             for (i, item) in items.into_iter().enumerate() {
-                out.push(flatten(item, format!("{path}/{i}"), None, lines, map)?);
+                // Writing to a String cannot fail.
+                let _ = write!(path, "/{i}");
+                let child = flatten(item, path, None, lines, map);
+                path.truncate(len);
+                out.push(child?);
             }
             Value::Array(out)
         }
@@ -375,7 +421,7 @@ fn flatten(
             let mut out = serde_json::Map::new();
             let mut errors = Vec::new();
             for (k, v) in entries {
-                let kpos = pos_of(&k.referenced, lines);
+                let kraw = raw_of(&k.referenced);
                 let name = match k.value {
                     Node::Str(s) => s,
                     Node::Int(i) => i.to_string(),
@@ -386,17 +432,23 @@ fn flatten(
                     Node::Seq(_) | Node::Map(_) => {
                         errors.push(Diagnostic::new(
                             "complex-key",
-                            &path,
-                            kpos,
+                            path.as_str(),
+                            pos_at(kraw, lines),
                             "a mapping key must be a plain scalar, not a list or a mapping",
                             "use a plain name as the key",
                         ));
                         continue;
                     }
                 };
-                let child = format!("{path}/{}", escape(&name));
-                let value = flatten(v, child, Some(kpos), lines, map)?;
-                out.insert(name, value);
+                path.push('/');
+                if name.contains(['~', '/']) {
+                    path.push_str(&escape(&name));
+                } else {
+                    path.push_str(&name);
+                }
+                let value = flatten(v, path, Some(kraw), lines, map);
+                path.truncate(len);
+                out.insert(name, value?);
             }
             if !errors.is_empty() {
                 return Err(errors);
