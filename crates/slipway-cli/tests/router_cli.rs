@@ -113,7 +113,7 @@ backend app
     )
 }
 
-fn nginx_flags(dir: &Path) -> String {
+pub(crate) fn nginx_flags(dir: &Path) -> String {
     format!(
         "-p {d} -c {d}/nginx.conf -e {d}/error.log",
         d = dir.display()
@@ -123,6 +123,11 @@ fn nginx_flags(dir: &Path) -> String {
 /// nginx in the test's directory including `upstream.conf` (upstream `app`), which a
 /// first `slipway` writes; until then a placeholder.
 fn nginx(dir: &Path) -> Daemon {
+    nginx_with(dir, "http://app", "access_log off;")
+}
+
+/// nginx as [`nginx`] does, proxying to `pass` with `log` as its access log directive.
+pub(crate) fn nginx_with(dir: &Path, pass: &str, log: &str) -> Daemon {
     let file = dir.join("upstream.conf");
     slipway_providers::nginx::NginxRouter::new(&file, "app", None, None)
         .write_initial(&slipway_providers::nginx::UpstreamState::default())
@@ -140,7 +145,7 @@ fn nginx(dir: &Path) -> Daemon {
 pid {d}/nginx.pid;
 events {{ worker_connections 256; }}
 http {{
-    access_log off;
+    {log}
     client_body_temp_path {d}/tmp/body;
     proxy_temp_path {d}/tmp/proxy;
     fastcgi_temp_path {d}/tmp/fastcgi;
@@ -150,7 +155,7 @@ http {{
     server {{
         listen 127.0.0.1:{port};
         location / {{
-            proxy_pass http://app;
+            proxy_pass {pass};
             proxy_http_version 1.1;
             proxy_set_header Connection \"\";
         }}

@@ -56,6 +56,7 @@ mod report_cli;
 mod rollback_cli;
 mod rollback_matrix_cli;
 mod router_cli;
+mod routes_router_cli;
 mod secret_cli;
 mod serve_cli;
 mod server_deploy_cli;

@@ -1732,6 +1732,58 @@ fn environment(cx: &mut Cx<'_>, spec: &ReleaseSpec, name: &str, e: &Environment)
     }
 }
 
+/// What each router can do with the canary's match routes and session affinity: the
+/// built-in proxy and nginx apply both (nginx reads a header through `$http_NAME`, so
+/// its name must be letters, digits and `-`); HAProxy applies neither yet.
+fn router_routes(
+    cx: &mut Cx,
+    env: &str,
+    r: &crate::spec::Router,
+    sp: &str,
+    c: &crate::spec::Canary,
+) {
+    match r.kind() {
+        "nginx" => {
+            for (i, m) in c.matches.iter().enumerate() {
+                for name in m.headers.keys() {
+                    if name.is_empty()
+                        || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    {
+                        cx.err_key(
+                            "router-routes",
+                            &format!("{sp}/canary/match/{i}/headers/{}", crate::yaml::escape(name)),
+                            format!(
+                                "`{env}` routes through nginx, which reads a header as `$http_NAME`: `{name}` holds a character other than letters, digits and `-` (nginx drops headers with `_` by default)"
+                            ),
+                            "name the header with letters, digits and `-` only, e.g. `x-canary`",
+                        );
+                    }
+                }
+            }
+        }
+        "haproxy" => {
+            for (field, used) in [
+                ("match", !c.matches.is_empty()),
+                ("session_affinity", c.session_affinity.is_some()),
+            ] {
+                if used {
+                    cx.err_key(
+                        "router-routes",
+                        &format!("{sp}/canary/{field}"),
+                        format!(
+                            "`{env}` routes through HAProxy, which Slipway cannot give the canary's `{field}` yet: the built-in router and nginx apply it"
+                        ),
+                        format!(
+                            "remove `{field}:` for `{env}` (an environment's own `strategy:` may leave it out), or use `router: {{ builtin: {{}} }}` or `router: {{ nginx: ... }}` there"
+                        ),
+                    );
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
 /// `router.builtin.listen`: an IP address and a port (not 0: that is what leaving it out
 /// means), fronting one service.
 fn builtin_listen(cx: &mut Cx<'_>, ptr: &str, listen: &str, r: &Router, instanced: &[&str]) {
@@ -1836,32 +1888,14 @@ fn router(cx: &mut Cx<'_>, spec: &ReleaseSpec, env: &str, e: &Environment, r: &R
         ),
         _ => {}
     }
-    if r.kind() != "builtin"
-        && let Some((sp, c)) = e
-            .strategy
-            .as_ref()
-            .map(|s| (pointer(["environments", env, "strategy"]), s))
-            .or(spec.strategy.as_ref().map(|s| ("/strategy".to_owned(), s)))
-            .and_then(|(p, s)| Some((p, s.canary.as_ref()?)))
+    if let Some((sp, c)) = e
+        .strategy
+        .as_ref()
+        .map(|s| (pointer(["environments", env, "strategy"]), s))
+        .or(spec.strategy.as_ref().map(|s| ("/strategy".to_owned(), s)))
+        .and_then(|(p, s)| Some((p, s.canary.as_ref()?)))
     {
-        for (field, used) in [
-            ("match", !c.matches.is_empty()),
-            ("session_affinity", c.session_affinity.is_some()),
-        ] {
-            if used {
-                cx.err_key(
-                    "router-routes",
-                    &format!("{sp}/canary/{field}"),
-                    format!(
-                        "`{env}` routes through {}, which Slipway cannot give the canary's `{field}` yet: only the built-in router applies it",
-                        r.kind()
-                    ),
-                    format!(
-                        "remove `{field}:` for `{env}` (an environment's own `strategy:` may leave it out), or use `router: {{ builtin: {{}} }}` there"
-                    ),
-                );
-            }
-        }
+        router_routes(cx, env, r, &sp, c);
     }
     if let Some(listen) = r.builtin.as_ref().and_then(|b| b.listen.as_deref()) {
         builtin_listen(cx, &at("builtin/listen"), listen, r, &instanced);

@@ -636,12 +636,15 @@ pub fn external_routers(
             let file = workdir.join(&n.upstream_file);
             Some((
                 format!("nginx upstream `{}` ({})", n.upstream, file.display()),
-                Arc::new(crate::nginx::NginxRouter::new(
-                    file,
-                    n.upstream.clone(),
-                    n.test.clone(),
-                    n.reload.clone(),
-                )),
+                Arc::new(
+                    crate::nginx::NginxRouter::new(
+                        file,
+                        n.upstream.clone(),
+                        n.test.clone(),
+                        n.reload.clone(),
+                    )
+                    .with_routes(proxy_routes(plan)),
+                ),
             ))
         } else {
             r.haproxy.as_ref().map(|h| {

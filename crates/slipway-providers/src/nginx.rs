@@ -38,6 +38,7 @@ use std::time::{Duration, Instant};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use slipway_model::analysis::Window;
+use slipway_proxy::Routes;
 use slipway_rollout::{BoxFuture, MetricSource, RolloutError, TrafficRouter};
 
 /// Longest `test` or `reload` may run.
@@ -55,6 +56,10 @@ pub struct UpstreamState {
     pub stable: Vec<SocketAddr>,
     /// Canary servers.
     pub canary: Vec<SocketAddr>,
+    /// The token of the canary whose match routes and session affinity are in force
+    /// (`None`: only the weight routes). Set when a canary pool appears, cleared when a
+    /// rollback begins or the canary pool empties; never set again for the same canary.
+    pub routes: Option<String>,
 }
 
 impl UpstreamState {
@@ -71,10 +76,11 @@ impl UpstreamState {
             }
         };
         format!(
-            "upstream={upstream} weight={} stable={} canary={}",
+            "upstream={upstream} weight={} stable={} canary={} routes={}",
             self.weight,
             list(&self.stable),
-            list(&self.canary)
+            list(&self.canary),
+            self.routes.as_deref().unwrap_or("-")
         )
     }
 
@@ -94,6 +100,7 @@ impl UpstreamState {
                 "weight" => weight = v.parse().ok(),
                 "stable" => s.stable = addrs(v)?,
                 "canary" => s.canary = addrs(v)?,
+                "routes" if v != "-" => s.routes = Some(v.to_owned()),
                 _ => {}
             }
         }
@@ -121,8 +128,9 @@ fn gcd(a: u64, b: u64) -> u64 {
     if b == 0 { a } else { gcd(b, a % b) }
 }
 
-/// The upstream file's text for a state.
-pub fn render(upstream: &str, file: &Path, state: &UpstreamState) -> String {
+/// The upstream file's text for a state, with the canary's match routes and session
+/// affinity (`routes`) in force while `state.routes` holds a token and a canary serves.
+pub fn render(upstream: &str, file: &Path, state: &UpstreamState, routes: &Routes) -> String {
     let (ws, wc) = server_weights(state.weight, state.stable.len(), state.canary.len());
     let list = |v: &[SocketAddr]| {
         v.iter()
@@ -133,10 +141,11 @@ pub fn render(upstream: &str, file: &Path, state: &UpstreamState) -> String {
     let mut out = format!(
         "# Managed by slipway (router nginx, upstream {upstream}): rewritten on every weight\n\
          # or pool change. Edits here are overwritten.\n\
-         # slipway-weight {}\n# slipway-stable {}\n# slipway-canary {}\nupstream {upstream} {{\n",
+         # slipway-weight {}\n# slipway-stable {}\n# slipway-canary {}\n# slipway-routes {}\nupstream {upstream} {{\n",
         state.weight,
         list(&state.stable),
-        list(&state.canary)
+        list(&state.canary),
+        state.routes.as_deref().unwrap_or("-")
     );
     let mut servers = 0;
     for (pool, w, role) in [(&state.stable, ws, "stable"), (&state.canary, wc, "canary")] {
@@ -153,12 +162,184 @@ pub fn render(upstream: &str, file: &Path, state: &UpstreamState) -> String {
         // nginx refuses an upstream without servers; nothing is deployed yet.
         out.push_str("    server 127.0.0.1:1 down; # no instances yet\n");
     }
+    out.push_str("}\n");
+    out.push_str(&render_routes(upstream, state, routes));
     out.push_str(&format!(
-        "}}\n# Slipway reads the state nginx serves from here after each reload.\nserver {{\n    listen unix:{};\n    access_log off;\n    location = {STATUS_PATH} {{\n        return 200 \"{} pid=$pid\";\n    }}\n}}\n",
+        "# Slipway reads the state nginx serves from here after each reload.\nserver {{\n    listen unix:{};\n    access_log off;\n    location = {STATUS_PATH} {{\n        return 200 \"{} pid=$pid\";\n    }}\n}}\n",
         status_socket(file).display(),
         state.status_line(upstream)
     ));
     out
+}
+
+/// The name nginx variables of an upstream end with: its name with every character
+/// but letters, digits and `_` as `_` (`api-v2` → `api_v2`).
+pub fn var_suffix(upstream: &str) -> String {
+    upstream
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect()
+}
+
+/// A literal as a PCRE pattern nginx's config parser leaves alone: letters and digits
+/// as they are, every other byte as `\xHH` (no quote, `$`, `{` or space to escape).
+fn literal(text: &str) -> String {
+    text.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                char::from(b).to_string()
+            } else {
+                format!("\\x{b:02x}")
+            }
+        })
+        .collect()
+}
+
+/// The per-pool upstreams and the `map`s that route a request: `$slipway_NAME` names
+/// the upstream to `proxy_pass` to (the weighted one, or a pool a match rule or the
+/// affinity cookie chose), `$slipway_route_NAME` says why (`matched`, `sticky`,
+/// `weighted`: log it or pass it to your metrics to keep testers out of the verdict),
+/// `$slipway_cookie_NAME` is the affinity `Set-Cookie` for a weighted response during
+/// a canary (empty otherwise, so `add_header` sends nothing). Always written, so the
+/// user's `proxy_pass http://$slipway_NAME;` works with or without rules.
+fn render_routes(upstream: &str, state: &UpstreamState, routes: &Routes) -> String {
+    let id = var_suffix(upstream);
+    let (stable_up, canary_up) = pool_upstreams(upstream);
+    let mut out = String::new();
+    for (name, pool) in [(&stable_up, &state.stable), (&canary_up, &state.canary)] {
+        out.push_str(&format!("upstream {name} {{\n"));
+        for a in pool {
+            out.push_str(&format!("    server {a};\n"));
+        }
+        if pool.is_empty() {
+            out.push_str("    server 127.0.0.1:1 down; # empty pool\n");
+        }
+        out.push_str("}\n");
+    }
+    let token = state
+        .routes
+        .as_deref()
+        .filter(|_| !state.canary.is_empty() && !routes.is_empty());
+    let Some(token) = token else {
+        out.push_str(&format!(
+            "# No canary routes in force: the weight alone routes.\n\
+             map $host $slipway_{id} {{ default {upstream}; }}\n\
+             map $host $slipway_route_{id} {{ default weighted; }}\n\
+             map $host $slipway_cookie_{id} {{ default \"\"; }}\n\
+             add_header Set-Cookie $slipway_cookie_{id} always;\n"
+        ));
+        return out;
+    };
+    out.push_str(&format!("# Canary routes of rollout {token}.\n"));
+    // Each rule is a chain of maps, one per condition, over "<previous flag><value>":
+    // the flag is one character, so a value can never fake it.
+    let mut flags = Vec::new();
+    for (i, rule) in routes.matches.iter().enumerate() {
+        let mut conditions: Vec<(String, String)> = rule
+            .headers
+            .iter()
+            .map(|h| {
+                let var = format!("$http_{}", h.name.to_ascii_lowercase().replace('-', "_"));
+                let pattern = match (&h.exact, &h.prefix) {
+                    (Some(v), _) => format!("{}$", literal(v)),
+                    (None, Some(p)) => literal(p),
+                    // Validation requires one of them; a rule nginx cannot evaluate
+                    // never matches.
+                    (None, None) => "(?!)".to_owned(),
+                };
+                (var, pattern)
+            })
+            .collect();
+        if let Some(c) = &rule.cookie {
+            conditions.push((
+                "$http_cookie".to_owned(),
+                format!(
+                    "(?:.*;)?[[:blank:]]*{}={}[[:blank:]]*(?:;.*)?$",
+                    literal(&c.name),
+                    literal(&c.value)
+                ),
+            ));
+        }
+        let mut previous = "1".to_owned();
+        for (j, (var, pattern)) in conditions.iter().enumerate() {
+            let flag = format!("$slipway_{id}_r{i}c{j}");
+            out.push_str(&format!(
+                "map \"{previous}{var}\" {flag} {{ \"~^1{pattern}\" 1; default 0; }}\n"
+            ));
+            previous = flag;
+        }
+        if !conditions.is_empty() {
+            flags.push(previous);
+        }
+    }
+    out.push_str(&format!(
+        "map \"0{}\" $slipway_{id}_matched {{ \"~1\" 1; default 0; }}\n",
+        flags.join("")
+    ));
+    let mut cookie = "map $host $slipway_cookie_{id} { default \"\"; }\n".replace("{id}", &id);
+    if let Some(a) = &routes.affinity {
+        let name = literal(&a.cookie);
+        let token_re = literal(token);
+        out.push_str(&format!(
+            "map $http_cookie $slipway_{id}_sticky {{\n    \"~(?:^|;)[[:blank:]]*{name}={token_re}-canary[[:blank:]]*(?:;|$)\" canary;\n    \"~(?:^|;)[[:blank:]]*{name}={token_re}-stable[[:blank:]]*(?:;|$)\" stable;\n    default \"\";\n}}\n"
+        ));
+        let addrs = |v: &[SocketAddr]| {
+            v.iter()
+                .map(|a| literal(&a.to_string()))
+                .collect::<Vec<_>>()
+                .join("|")
+        };
+        let set = |version: &str| {
+            format!(
+                "{}={token}-{version}; Max-Age={}; Path=/; HttpOnly; SameSite=Lax",
+                a.cookie, a.max_age_secs
+            )
+        };
+        // The version a weighted request reached is known once nginx picked a server:
+        // the last address in `$upstream_addr` (earlier ones failed).
+        let mut lines = format!(
+            "map \"$slipway_route_{id}|$upstream_addr\" $slipway_cookie_{id} {{\n    \"~^weighted[|](?:.*, )?(?:{})$\" \"{}\";\n",
+            addrs(&state.canary),
+            set("canary")
+        );
+        if !state.stable.is_empty() {
+            lines.push_str(&format!(
+                "    \"~^weighted[|](?:.*, )?(?:{})$\" \"{}\";\n",
+                addrs(&state.stable),
+                set("stable")
+            ));
+        }
+        lines.push_str("    default \"\";\n}\n");
+        cookie = lines;
+    } else {
+        out.push_str(&format!(
+            "map $host $slipway_{id}_sticky {{ default \"\"; }}\n"
+        ));
+    }
+    out.push_str(&format!(
+        "map \"$slipway_{id}_matched$slipway_{id}_sticky\" $slipway_{id} {{\n    \"~^1\" {canary_up};\n    0canary {canary_up};\n    0stable {stable_up};\n    default {upstream};\n}}\n\
+         map \"$slipway_{id}_matched$slipway_{id}_sticky\" $slipway_route_{id} {{\n    \"~^1\" matched;\n    0canary sticky;\n    0stable sticky;\n    default weighted;\n}}\n"
+    ));
+    out.push_str(&cookie);
+    out.push_str(&format!(
+        "add_header Set-Cookie $slipway_cookie_{id} always;\n"
+    ));
+    out
+}
+
+/// The upstreams holding only the stable and only the canary servers.
+pub fn pool_upstreams(upstream: &str) -> (String, String) {
+    (
+        format!("{upstream}__slipway_stable"),
+        format!("{upstream}__slipway_canary"),
+    )
+}
+
+/// A fresh token naming one canary's routes: the affinity cookie's value carries it, so
+/// a cookie from an earlier canary means nothing to this one.
+pub fn routes_token() -> String {
+    let t = slipway_stdx::now();
+    format!("{:x}", t.as_nanosecond())
 }
 
 /// The status socket of an upstream file.
@@ -182,6 +363,8 @@ pub fn parse_file(text: &str) -> Option<UpstreamState> {
             s.stable = addrs(v)?;
         } else if let Some(v) = line.strip_prefix("# slipway-canary") {
             s.canary = addrs(v)?;
+        } else if let Some(v) = line.strip_prefix("# slipway-routes") {
+            s.routes = Some(v.trim().to_owned()).filter(|t| !t.is_empty() && t != "-");
         }
     }
     s.weight = weight?;
@@ -195,6 +378,8 @@ pub struct NginxRouter {
     upstream: String,
     test: String,
     reload: String,
+    /// The canary's match routes and session affinity, as the plan declares them.
+    routes: Routes,
     /// How long a reload may take to show.
     pub reload_timeout: Duration,
 }
@@ -213,8 +398,16 @@ impl NginxRouter {
             upstream: upstream.into(),
             test: test.unwrap_or_else(|| "nginx -t".into()),
             reload: reload.unwrap_or_else(|| "nginx -s reload".into()),
+            routes: Routes::default(),
             reload_timeout: Duration::from_secs(15),
         }
+    }
+
+    /// Give the canary these match routes and this session affinity (none by default).
+    #[must_use]
+    pub fn with_routes(mut self, routes: Routes) -> Self {
+        self.routes = routes;
+        self
     }
 
     /// The upstream file.
@@ -234,7 +427,7 @@ impl NginxRouter {
     pub fn write_initial(&self, state: &UpstreamState) -> Result<(), String> {
         write_atomic(
             &self.file,
-            render(&self.upstream, &self.file, state).as_bytes(),
+            render(&self.upstream, &self.file, state, &self.routes).as_bytes(),
         )
     }
 
@@ -299,7 +492,7 @@ impl NginxRouter {
     /// Rewrite, test, reload, and wait until nginx serves `next`.
     pub async fn apply(&self, next: &UpstreamState) -> Result<(), RolloutError> {
         let previous = std::fs::read(&self.file).ok();
-        let text = render(&self.upstream, &self.file, next);
+        let text = render(&self.upstream, &self.file, next, &self.routes);
         if previous.as_deref() == Some(text.as_bytes())
             && self.served().await.is_ok_and(|s| &s == next)
         {
@@ -447,6 +640,14 @@ impl TrafficRouter for NginxRouter {
     ) -> BoxFuture<'a, Result<(), RolloutError>> {
         Box::pin(async move {
             let mut next = self.current();
+            // Routes start with a canary pool and end with it; in between only
+            // `clear_routes` changes them, so once a rollback cleared them no later pool
+            // or weight change can put them back.
+            if canary.is_empty() {
+                next.routes = None;
+            } else if next.canary.is_empty() && !self.routes.is_empty() {
+                next.routes = Some(routes_token());
+            }
             next.stable = stable.to_vec();
             next.canary = canary.to_vec();
             self.apply(&next).await
@@ -477,6 +678,17 @@ impl TrafficRouter for NginxRouter {
     fn canary_in_flight(&self) -> BoxFuture<'_, Option<u64>> {
         Box::pin(async { None })
     }
+
+    fn clear_routes(&self) -> BoxFuture<'_, Result<(), RolloutError>> {
+        Box::pin(async move {
+            let mut next = self.current();
+            if next.routes.is_none() {
+                return Ok(());
+            }
+            next.routes = None;
+            self.apply(&next).await
+        })
+    }
 }
 
 impl MetricSource for NginxRouter {
@@ -500,8 +712,9 @@ mod tests {
                 "127.0.0.1:8002".parse().unwrap(),
                 "127.0.0.1:8003".parse().unwrap(),
             ],
+            routes: Some("abc1".into()),
         };
-        let text = render("app", Path::new("/tmp/up.conf"), &s);
+        let text = render("app", Path::new("/tmp/up.conf"), &s, &Routes::default());
         assert!(text.contains("server 127.0.0.1:8001 weight=18;"), "{text}");
         assert!(text.contains("server 127.0.0.1:8002 weight=1;"), "{text}");
         assert!(text.contains("listen unix:/tmp/up.conf.sock;"), "{text}");
@@ -512,7 +725,7 @@ mod tests {
         assert_eq!(parse_file(&text), Some(s.clone()));
         assert_eq!(UpstreamState::parse_status(&s.status_line("app")), Some(s));
         let empty = UpstreamState::default();
-        let text = render("app", Path::new("/tmp/up.conf"), &empty);
+        let text = render("app", Path::new("/tmp/up.conf"), &empty, &Routes::default());
         assert!(text.contains("server 127.0.0.1:1 down;"), "{text}");
         assert_eq!(parse_file(&text), Some(empty.clone()));
         assert_eq!(

@@ -108,6 +108,7 @@ async fn weights_split_real_traffic_and_read_back_after_each_reload() {
             weight: 0,
             stable: vec![stable.local_addr()],
             canary: Vec::new(),
+            ..UpstreamState::default()
         })
     });
     assert_eq!(r.verify_weight().await, Some(0));
@@ -159,6 +160,7 @@ async fn a_request_in_flight_across_a_reload_completes() {
             weight: 100,
             stable: vec![stable.local_addr()],
             canary: vec![canary.addr],
+            ..UpstreamState::default()
         })
     });
     let addr = front(&n);
@@ -194,6 +196,7 @@ async fn a_failing_nginx_test_restores_the_previous_file_and_keeps_traffic() {
             weight: 0,
             stable: vec![stable.local_addr()],
             canary: vec![canary.local_addr()],
+            ..UpstreamState::default()
         })
     });
     let before = std::fs::read_to_string(r.file()).unwrap();
@@ -236,6 +239,7 @@ async fn a_fresh_router_continues_from_what_nginx_serves() {
             weight: 0,
             stable: vec![stable.local_addr()],
             canary: vec![canary.local_addr()],
+            ..UpstreamState::default()
         })
     });
     first.set_weight(50).await.unwrap();
