@@ -74,6 +74,11 @@ fn start(
 /// HAProxy in the test's directory: admin socket `admin.sock`, backend `app` with two
 /// stable and two canary slots.
 pub(crate) fn haproxy(dir: &Path) -> Daemon {
+    haproxy_with(dir, "")
+}
+
+/// HAProxy as [`haproxy`] starts it, with `extra` lines in `backend app`.
+pub(crate) fn haproxy_with(dir: &Path, extra: &str) -> Daemon {
     start(
         dir,
         "haproxy",
@@ -91,6 +96,7 @@ frontend fe
   default_backend app
 backend app
   balance roundrobin
+{extra}
   server-template stable 2 127.0.0.1:1 disabled
   server-template canary 2 127.0.0.1:1 disabled
 ",

@@ -3,6 +3,9 @@
 //! real `slipway` binary, real demo-app instances and real HTTP: testers matched to the
 //! canary reach it whatever the weight, users stuck to a version stay there while the
 //! canary lasts, a cookie from an earlier canary is ignored, and a rollback ends both.
+//! Behind a real HAProxy (a `map_reg` map over the request's headers filled through the
+//! runtime API, `use-server` to a canary slot, a stick table counting matched requests):
+//! the same for match routes, and testers kept out of the verdict HAProxy's counters give.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -10,17 +13,29 @@ use std::time::{Duration, Instant};
 
 use crate::canary_cli::Env;
 use crate::front_door_cli::get;
-use crate::router_cli::{nginx_flags, nginx_with};
+use crate::router_cli::{haproxy_with, nginx_flags, nginx_with};
 
 /// A release of `api` at `version` behind `router` with `strategy.canary` = `canary`.
 fn spec(env: &Env, version: &str, router: &str, canary: &str) -> PathBuf {
+    spec_with(env, version, "", router, canary, "")
+}
+
+/// [`spec`] with `args` for demo-app and `more` YAML at the end.
+fn spec_with(
+    env: &Env,
+    version: &str,
+    args: &str,
+    router: &str,
+    canary: &str,
+    more: &str,
+) -> PathBuf {
     let text = format!(
         "apiVersion: slipway/v1
 kind: Release
 metadata: {{ name: shop, version: {version}, type: patch }}
 services:
   api:
-    run: {{ command: \"demo-app --port {{{{ port }}}} --version {{{{ version }}}}\", replicas: 2 }}
+    run: {{ command: \"demo-app --port {{{{ port }}}} --version {{{{ version }}}} {args}\", replicas: 2 }}
     readiness: {{ http: /ready, timeout: 2s }}
 environments:
   live:
@@ -28,7 +43,7 @@ environments:
     router: {router}
     strategy:
       canary: {canary}
-"
+{more}"
     );
     let p = env.path().join(format!("release-{version}.yaml"));
     std::fs::write(&p, text).unwrap();
@@ -211,4 +226,150 @@ fn nginx_keeps_users_on_their_version_while_the_canary_lasts_and_ignores_stale_c
         let (got, set) = who(front, &[("cookie", cookie)]);
         assert_eq!((got.as_str(), set.as_str()), ("1.0.0", ""), "{cookie}");
     }
+}
+
+/// HAProxy whose `backend app` applies the routes map `routes.map` (created empty), and
+/// the router spec that drives it.
+fn routed_haproxy(env: &Env) -> (crate::router_cli::Daemon, String) {
+    let map = env.path().join("routes.map");
+    std::fs::write(&map, "").unwrap();
+    let m = map.display();
+    let h = haproxy_with(
+        env.path(),
+        &format!(
+            "  stick-table type integer size 1 store http_req_cnt,http_fail_cnt
+  http-request set-var(txn.slipway) req.hdrs,map_reg({m})
+  http-request track-sc0 int(0) if {{ var(txn.slipway) -m str matched }}
+  use-server canary1 if {{ var(txn.slipway) -m str matched }} {{ srv_is_up(app/canary1) }}
+  use-server canary2 if {{ var(txn.slipway) -m str matched }} {{ srv_is_up(app/canary2) }}"
+        ),
+    );
+    (
+        h,
+        "{ haproxy: { socket: admin.sock, backend: app, routes_map: routes.map } }".to_owned(),
+    )
+}
+
+#[test]
+fn haproxy_sends_testers_by_header_or_cookie_to_a_paused_canary_until_it_is_rolled_back() {
+    let env = Env::new();
+    let (h, router) = routed_haproxy(&env);
+    let front = SocketAddr::from(([127, 0, 0, 1], h.port));
+    let canary = "{ match: [ { headers: { x-canary: { exact: always } } }, { headers: { x-group: { prefix: \"beta \" }, x-region: { exact: eu.1 } } }, { cookie: { name: canary, value: always } } ], steps: [ { pause: manual } ] }";
+    let (code, v, err) = env.deploy(&spec(&env, "1.0.0", &router, canary));
+    assert_eq!(code, 0, "{v}\n{err}");
+    assert_eq!(who(front, &[("x-canary", "always")]).0, "1.0.0");
+    // The canary waits at weight 0: only matched requests reach it.
+    let run = deploy_to_pause(&env, &spec(&env, "2.0.0", &router, canary));
+    for _ in 0..5 {
+        assert_eq!(who(front, &[("x-canary", "always")]).0, "2.0.0");
+        assert_eq!(who(front, &[("X-Canary", "always ")]).0, "2.0.0");
+        assert_eq!(who(front, &[("cookie", "a=b; canary=always")]).0, "2.0.0");
+        assert_eq!(
+            who(front, &[("x-region", "eu.1"), ("x-group", "beta testers")]).0,
+            "2.0.0"
+        );
+        assert_eq!(who(front, &[]).0, "1.0.0");
+        assert_eq!(who(front, &[("x-canary", "Always")]).0, "1.0.0");
+        assert_eq!(who(front, &[("x-canary", "always2")]).0, "1.0.0");
+        assert_eq!(who(front, &[("cookie", "canary=always2")]).0, "1.0.0");
+        assert_eq!(who(front, &[("x-region", "eu.1")]).0, "1.0.0");
+        assert_eq!(
+            who(front, &[("x-region", "eux1"), ("x-group", "beta testers")]).0,
+            "1.0.0"
+        );
+    }
+    abort(&env, &run);
+    // The rollback emptied the map with the weight: testers are back on stable.
+    for _ in 0..5 {
+        assert_eq!(who(front, &[("x-canary", "always")]).0, "1.0.0");
+        assert_eq!(who(front, &[("cookie", "canary=always")]).0, "1.0.0");
+    }
+}
+
+#[test]
+fn haproxy_testers_hammering_a_failing_canary_cannot_dilute_its_verdict() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let env = Env::new();
+    let (h, router) = routed_haproxy(&env);
+    let front = SocketAddr::from(([127, 0, 0, 1], h.port));
+    let canary = "{ match: [ { headers: { x-canary: { exact: always } } } ], steps: [ { set_weight: 20 }, { analysis: { template: golden, duration: 4s } }, { set_weight: 100 } ] }";
+    let golden = "analysis_templates:
+  golden:
+    interval: 500ms
+    min_samples: 5
+    failure_limit: 0
+    inconclusive_limit: 8
+    metrics:
+      - { name: error-rate, max: 0.05 }
+    on_failure: rollback
+";
+    let (code, v, err) = env.deploy(&spec_with(&env, "1.0.0", "", &router, canary, golden));
+    assert_eq!(code, 0, "{v}\n{err}");
+    let users = {
+        let _g = env.rt.enter();
+        slipway_providers::traffic::Traffic::start(front, "/", 100, 2)
+    };
+    // A tester asks the canary for `/version` (which never fails) as fast as it answers:
+    // counted with the canary's own traffic, these would hide its errors.
+    let stop = Arc::new(AtomicBool::new(false));
+    let tester = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut seen: Vec<String> = Vec::new();
+            while !stop.load(Ordering::SeqCst) {
+                let (version, _) = who(front, &[("x-canary", "always")]);
+                if seen.last() != Some(&version) {
+                    seen.push(version);
+                }
+            }
+            seen
+        })
+    };
+    let (code, v, err) = env.deploy(&spec_with(
+        &env,
+        "2.0.0",
+        "--error-rate 0.3",
+        &router,
+        canary,
+        golden,
+    ));
+    stop.store(true, Ordering::SeqCst);
+    let seen = tester.join().unwrap();
+    let stats = env.rt.block_on(users.stop());
+    assert_eq!(code, 4, "rolled back by itself: {v}\n{err}\n{stats:?}");
+    // Once the rollback cleared the routes nothing installed them again.
+    // The tester reached the canary through the header and ended on stable. Between the
+    // routes being cleared and the weight reaching 0 a tester is an ordinary user, so
+    // the weight may send it to the canary once more; once the run ended, never.
+    assert_eq!(seen.first().map(String::as_str), Some("1.0.0"), "{seen:?}");
+    assert!(seen.iter().any(|v| v == "2.0.0"), "{seen:?}");
+    assert_eq!(seen.last().map(String::as_str), Some("1.0.0"), "{seen:?}");
+    for _ in 0..20 {
+        assert_eq!(who(front, &[("x-canary", "always")]).0, "1.0.0");
+    }
+    let map = env.rt.block_on(
+        slipway_providers::haproxy::HaproxyRouter::new(
+            env.path().join("admin.sock"),
+            "app",
+            "stable",
+            "canary",
+        )
+        .command(&format!(
+            "show map {}",
+            env.path().join("routes.map").display()
+        )),
+    );
+    assert!(
+        !map.as_deref().unwrap_or("").contains(" matched"),
+        "{map:?}"
+    );
+    let journal = env.journal(v["run"].as_str().unwrap());
+    assert!(journal.contains("\"matched_requests\""), "{journal}");
+    let (_, shown, _) = env.run(&["logs", v["run"].as_str().unwrap()]);
+    assert!(
+        shown.contains("matched to the canary, not judged"),
+        "{shown}"
+    );
 }

@@ -693,6 +693,12 @@ pub struct HaproxyRouter {
     /// `server-template stable 4 127.0.0.1:1 disabled` names them `stable1`..`stable4`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub servers: Option<HaproxySlots>,
+    /// The map file (relative to the spec) through which Slipway gives the canary its
+    /// `match` routes at runtime (`add map`/`clear map`, no reload); the backend reads it
+    /// with `req.hdrs,map_reg(FILE)` (docs/rollout.md has the lines). Required with
+    /// `strategy.canary.match`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routes_map: Option<String>,
 }
 
 /// Name prefixes of HAProxy server slots.

@@ -1734,7 +1734,8 @@ fn environment(cx: &mut Cx<'_>, spec: &ReleaseSpec, name: &str, e: &Environment)
 
 /// What each router can do with the canary's match routes and session affinity: the
 /// built-in proxy and nginx apply both (nginx reads a header through `$http_NAME`, so
-/// its name must be letters, digits and `-`); HAProxy applies neither yet.
+/// its name must be letters, digits and `-`); HAProxy applies match routes from a map
+/// file (`routes_map`) and no session affinity yet.
 fn router_routes(
     cx: &mut Cx,
     env: &str,
@@ -1762,22 +1763,27 @@ fn router_routes(
             }
         }
         "haproxy" => {
-            for (field, used) in [
-                ("match", !c.matches.is_empty()),
-                ("session_affinity", c.session_affinity.is_some()),
-            ] {
-                if used {
-                    cx.err_key(
-                        "router-routes",
-                        &format!("{sp}/canary/{field}"),
-                        format!(
-                            "`{env}` routes through HAProxy, which Slipway cannot give the canary's `{field}` yet: the built-in router and nginx apply it"
-                        ),
-                        format!(
-                            "remove `{field}:` for `{env}` (an environment's own `strategy:` may leave it out), or use `router: {{ builtin: {{}} }}` or `router: {{ nginx: ... }}` there"
-                        ),
-                    );
-                }
+            if c.session_affinity.is_some() {
+                cx.err_key(
+                    "router-routes",
+                    &format!("{sp}/canary/session_affinity"),
+                    format!(
+                        "`{env}` routes through HAProxy, which Slipway cannot give the canary's `session_affinity` yet: the built-in router and nginx apply it"
+                    ),
+                    format!(
+                        "remove `session_affinity:` for `{env}` (an environment's own `strategy:` may leave it out), or use `router: {{ builtin: {{}} }}` or `router: {{ nginx: ... }}` there"
+                    ),
+                );
+            }
+            if !c.matches.is_empty() && r.haproxy.as_ref().is_some_and(|h| h.routes_map.is_none()) {
+                cx.err_key(
+                    "router-routes",
+                    &format!("{sp}/canary/match"),
+                    format!(
+                        "`{env}` routes through HAProxy, which takes the canary's `match` routes from a map file Slipway fills at runtime, and `router.haproxy` names none"
+                    ),
+                    "add `routes_map: FILE` to `router.haproxy` and have the backend read it (`http-request set-var(txn.slipway) req.hdrs,map_reg(FILE)`, see docs/rollout.md), or remove `match:`",
+                );
             }
         }
         _ => {}

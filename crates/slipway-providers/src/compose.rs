@@ -657,12 +657,20 @@ pub fn external_routers(
                     });
                 (
                     format!("HAProxy backend `{}` ({})", h.backend, socket.display()),
-                    Arc::new(crate::haproxy::HaproxyRouter::new(
-                        socket,
-                        h.backend.clone(),
-                        stable,
-                        canary,
-                    )) as Arc<dyn ServiceRouter>,
+                    Arc::new({
+                        let r = crate::haproxy::HaproxyRouter::new(
+                            socket,
+                            h.backend.clone(),
+                            stable,
+                            canary,
+                        );
+                        match &h.routes_map {
+                            Some(map) => {
+                                r.with_routes(proxy_routes(plan).matches, workdir.join(map))
+                            }
+                            None => r,
+                        }
+                    }) as Arc<dyn ServiceRouter>,
                 )
             })
         };

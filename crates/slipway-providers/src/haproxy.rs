@@ -35,6 +35,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use slipway_model::analysis::{VersionWindow, Window};
+use slipway_proxy::matching::MatchRule;
 use slipway_rollout::{BoxFuture, MetricSource, RolloutError, TrafficRouter};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -44,6 +45,19 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(3);
 /// Admin-state bits that take a server out of service (forced, inherited, resolution and
 /// hostname maintenance). `0x04`, "configured disabled", stays set after `state ready`.
 const MAINT_MASK: u32 = 0x01 | 0x02 | 0x20 | 0x40;
+
+/// The routes map's key recording the canary whose routes ended: a pattern no request
+/// matches.
+const ENDED_KEY: &str = "(?!)slipway-ended";
+
+/// `ip:port` of the slots in use.
+fn in_use_addrs(slots: &[Slot]) -> Vec<String> {
+    slots
+        .iter()
+        .filter(|s| s.in_use())
+        .map(|s| format!("{}:{}", s.addr, s.port))
+        .collect()
+}
 
 /// HAProxy's largest server weight.
 const MAX_WEIGHT: u64 = 256;
@@ -156,7 +170,9 @@ pub struct HaproxyRouter {
     backend: String,
     stable_prefix: String,
     canary_prefix: String,
-    last: Mutex<Option<(Instant, Counts, Counts)>>,
+    /// The canary's match rules and the map file they go into.
+    routes: Option<(Vec<MatchRule>, PathBuf)>,
+    last: Mutex<Option<(Instant, Counts, Counts, Counts)>>,
 }
 
 impl HaproxyRouter {
@@ -173,8 +189,167 @@ impl HaproxyRouter {
             backend: backend.into(),
             stable_prefix: stable_prefix.into(),
             canary_prefix: canary_prefix.into(),
+            routes: None,
             last: Mutex::new(None),
         }
+    }
+
+    /// Give the canary these match rules through the map file `map` (which the backend
+    /// reads with `req.hdrs,map_reg(MAP)`); no rules, no map.
+    #[must_use]
+    pub fn with_routes(mut self, rules: Vec<MatchRule>, map: impl Into<PathBuf>) -> Self {
+        self.routes = (!rules.is_empty()).then(|| (rules, map.into()));
+        self
+    }
+
+    /// The backend lines that apply the match routes of `map` (for messages and docs).
+    pub fn routes_snippet(&self, map: &Path) -> String {
+        format!(
+            "stick-table type integer size 1 store http_req_cnt,http_fail_cnt\n  \
+             http-request set-var(txn.slipway) req.hdrs,map_reg({m})\n  \
+             http-request track-sc0 int(0) if {{ var(txn.slipway) -m str matched }}\n  \
+             use-server {c}1 if {{ var(txn.slipway) -m str matched }} {{ srv_is_up({b}/{c}1) }}\n  \
+             (one `use-server` line per `{c}` slot)",
+            m = map.display(),
+            b = self.backend,
+            c = self.canary_prefix
+        )
+    }
+
+    /// Whether the canary's match routes are in force (the map holds entries).
+    pub async fn routes_in_force(&self) -> Result<bool, String> {
+        let Some((_, map)) = &self.routes else {
+            return Ok(false);
+        };
+        let out = self.command(&format!("show map {}", map.display())).await?;
+        if out.contains("Unknown map identifier") || out.contains("unknown map") {
+            return Err(self.map_unknown(map));
+        }
+        Ok(out.lines().any(|l| l.contains(" matched")))
+    }
+
+    fn map_unknown(&self, map: &Path) -> String {
+        format!(
+            "HAProxy at {} does not read the routes map {}: create the file (empty) and add to `backend {}`:\n  {}\nthen reload HAProxy",
+            self.socket.display(),
+            map.display(),
+            self.backend,
+            self.routes_snippet(map)
+        )
+    }
+
+    /// Fill the routes map with the canary's rules (a canary pool appeared).
+    async fn install_routes(&self) -> Result<(), RolloutError> {
+        let Some((rules, map)) = &self.routes else {
+            return Ok(());
+        };
+        self.clear_map(map).await?;
+        for rule in rules {
+            let out = self
+                .command(&format!(
+                    "add map {} {} matched",
+                    map.display(),
+                    rule_pattern(rule)
+                ))
+                .await
+                .map_err(RolloutError::Router)?;
+            if !out.trim().is_empty() {
+                return Err(RolloutError::Router(format!(
+                    "HAProxy refused a match route in {}: {}",
+                    map.display(),
+                    out.trim()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Empty the map but for a record of the canary whose routes ended (`ENDED_KEY`, a
+    /// pattern that matches no request): the same canary put back in its pool (to drain
+    /// it, by an undo) never gets its routes again.
+    async fn end_routes(&self, map: &Path, canary: &[String]) -> Result<(), RolloutError> {
+        self.clear_map(map).await?;
+        if canary.is_empty() {
+            return Ok(());
+        }
+        let out = self
+            .command(&format!(
+                "add map {} {ENDED_KEY} {}",
+                map.display(),
+                canary.join(",")
+            ))
+            .await
+            .map_err(RolloutError::Router)?;
+        if out.trim().is_empty() {
+            Ok(())
+        } else {
+            Err(RolloutError::Router(format!(
+                "HAProxy refused to record the ended canary in {}: {}",
+                map.display(),
+                out.trim()
+            )))
+        }
+    }
+
+    /// The canary servers (`ip:port`) whose routes ended, from the map.
+    async fn ended_canary(&self, map: &Path) -> Result<Vec<String>, String> {
+        let out = self.command(&format!("show map {}", map.display())).await?;
+        if out.contains("Unknown map identifier") || out.contains("unknown map") {
+            return Err(self.map_unknown(map));
+        }
+        Ok(out
+            .lines()
+            .find_map(|l| {
+                let mut f = l.split_whitespace().skip(1);
+                (f.next() == Some(ENDED_KEY)).then(|| f.next().unwrap_or("").to_owned())
+            })
+            .map(|v| v.split(',').map(str::to_owned).collect())
+            .unwrap_or_default())
+    }
+
+    async fn clear_map(&self, map: &Path) -> Result<(), RolloutError> {
+        let out = self
+            .command(&format!("clear map {}", map.display()))
+            .await
+            .map_err(RolloutError::Router)?;
+        let t = out.trim();
+        if t.is_empty() {
+            Ok(())
+        } else if t.contains("Unknown map identifier") || t.contains("unknown map") {
+            Err(RolloutError::Router(self.map_unknown(map)))
+        } else {
+            Err(RolloutError::Router(format!(
+                "HAProxy refused `clear map {}`: {t}",
+                map.display()
+            )))
+        }
+    }
+
+    /// Matched requests and their failures so far (the backend's stick table, which
+    /// counts only what the routes map sent to the canary); zero without routes.
+    async fn matched_counts(&self) -> Result<Counts, String> {
+        if self.routes.is_none() {
+            return Ok(Counts::default());
+        }
+        let out = self
+            .command(&format!("show table {}", self.backend))
+            .await?;
+        if !out.starts_with("# table:") {
+            return Err(format!(
+                "HAProxy backend `{}` has no stick table counting matched requests ({}); add `stick-table type integer size 1 store http_req_cnt,http_fail_cnt` and `http-request track-sc0 int(0) if {{ var(txn.slipway) -m str matched }}` to it",
+                self.backend,
+                out.trim()
+            ));
+        }
+        let field = |name: &str| -> u64 {
+            out.split_whitespace()
+                .find_map(|f| f.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+                .unwrap_or(0)
+        };
+        Ok(Counts {
+            requests: field("http_req_cnt"),
+            errors: field("http_fail_cnt"),
+        })
     }
 
     /// The admin socket.
@@ -455,6 +630,22 @@ impl TrafficRouter for HaproxyRouter {
                     canary.len(),
                 ));
             }
+            // Routes start with a canary pool and end with it; in between only
+            // `clear_routes` changes them, so once a rollback cleared them no later pool
+            // or weight change can put them back.
+            if let Some((_, map)) = &self.routes {
+                let had = in_use_addrs(&slots.canary);
+                if canary.is_empty() {
+                    if !had.is_empty() {
+                        self.end_routes(map, &had).await?;
+                    }
+                } else if had.is_empty() {
+                    let ended = self.ended_canary(map).await.map_err(RolloutError::Router)?;
+                    if !canary.iter().any(|a| ended.contains(&a.to_string())) {
+                        self.install_routes().await?;
+                    }
+                }
+            }
             // The weight in force carries over to the new pools.
             let weight = if canary.is_empty() {
                 0
@@ -531,19 +722,70 @@ impl TrafficRouter for HaproxyRouter {
     fn canary_in_flight(&self) -> BoxFuture<'_, Option<u64>> {
         Box::pin(async move { self.counts().await.ok().and_then(|(_, _, n)| n) })
     }
+
+    fn clear_routes(&self) -> BoxFuture<'_, Result<(), RolloutError>> {
+        Box::pin(async move {
+            let Some((_, map)) = &self.routes else {
+                return Ok(());
+            };
+            let slots = self.slots().await.map_err(RolloutError::Router)?;
+            self.end_routes(map, &in_use_addrs(&slots.canary)).await
+        })
+    }
+}
+
+/// A match rule as one `map_reg` key over `req.hdrs` (every header line, `name: value`):
+/// a lookahead per condition, header names case-insensitive, values exact. Letters and
+/// digits as they are, every other byte `\\xHH` (the runtime API takes `\\` for `\`), so
+/// no space, quote or `#` reaches the command line.
+pub fn rule_pattern(rule: &MatchRule) -> String {
+    let lit = |t: &str| -> String {
+        t.bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() {
+                    char::from(b).to_string()
+                } else {
+                    format!("\\\\x{b:02x}")
+                }
+            })
+            .collect()
+    };
+    let eol = "[[:blank:]\\\\x0d]*$";
+    let mut out = "(?m)\\\\A".to_owned();
+    for h in &rule.headers {
+        let value = match (&h.exact, &h.prefix) {
+            (Some(v), _) => format!("{}{eol}", lit(v)),
+            (None, Some(p)) => lit(p),
+            (None, None) => "(?!)".to_owned(),
+        };
+        out.push_str(&format!(
+            "(?=(?s:.*)^(?i:{}):[[:blank:]]*{value})",
+            lit(&h.name)
+        ));
+    }
+    if let Some(c) = &rule.cookie {
+        out.push_str(&format!(
+            "(?=(?s:.*)^(?i:cookie):(?:[^\\\\x0a]*\\\\x3b)?[[:blank:]]*{}={}[[:blank:]]*(?:\\\\x3b|{eol}))",
+            lit(&c.name),
+            lit(&c.value)
+        ));
+    }
+    out
 }
 
 impl MetricSource for HaproxyRouter {
     fn window(&self) -> BoxFuture<'_, Result<Window, String>> {
         Box::pin(async move {
             let (stable, canary, _) = self.counts().await?;
+            let matched = self.matched_counts().await?;
             let now = Instant::now();
             let previous = self
                 .last
                 .lock()
                 .map_err(|_| "metric state poisoned".to_owned())?
-                .replace((now, stable, canary));
-            let (since, ps, pc) = previous.unwrap_or((now, Counts::default(), Counts::default()));
+                .replace((now, stable, canary, matched));
+            let (since, ps, pc, pm) =
+                previous.unwrap_or((now, Counts::default(), Counts::default(), Counts::default()));
             // Counters restart with HAProxy: a smaller total is a fresh start.
             let diff = |now: Counts, before: Counts| {
                 if now.requests < before.requests {
@@ -565,11 +807,19 @@ impl MetricSource for HaproxyRouter {
                 seconds,
                 samples_ms: Vec::new(),
             };
-            // No match routes behind HAProxy (validation refuses them there).
+            // Matched requests reached canary slots too: the stick table counts them, and
+            // they are taken out of what the analysis judges and reported apart.
+            let m = diff(matched, pm);
+            let c = diff(canary, pc);
+            let judged = Counts {
+                requests: c.requests.saturating_sub(m.requests),
+                errors: c.errors.saturating_sub(m.errors),
+            };
             Ok(Window {
-                canary: v(diff(canary, pc)),
+                canary: v(judged),
                 stable: v(diff(stable, ps)),
-                ..Window::default()
+                matched_requests: m.requests,
+                matched_errors: m.errors,
             })
         })
     }

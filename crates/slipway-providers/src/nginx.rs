@@ -60,9 +60,22 @@ pub struct UpstreamState {
     /// (`None`: only the weight routes). Set when a canary pool appears, cleared when a
     /// rollback begins or the canary pool empties; never set again for the same canary.
     pub routes: Option<String>,
+    /// The canary servers whose routes ended (cleared by a rollback, or the pool
+    /// emptied): the same canary put back in its pool (to drain it, by an undo) never
+    /// gets its routes again.
+    pub ended: Vec<SocketAddr>,
 }
 
 impl UpstreamState {
+    /// Whether nginx serving `self` serves `other` (what the status line shows: all but
+    /// the ended canary, which only the file keeps).
+    pub fn serves_as(&self, other: &Self) -> bool {
+        self.weight == other.weight
+            && self.stable == other.stable
+            && self.canary == other.canary
+            && self.routes == other.routes
+    }
+
     /// The status line the socket answers with for this state.
     pub fn status_line(&self, upstream: &str) -> String {
         let list = |v: &[SocketAddr]| {
@@ -141,11 +154,12 @@ pub fn render(upstream: &str, file: &Path, state: &UpstreamState, routes: &Route
     let mut out = format!(
         "# Managed by slipway (router nginx, upstream {upstream}): rewritten on every weight\n\
          # or pool change. Edits here are overwritten.\n\
-         # slipway-weight {}\n# slipway-stable {}\n# slipway-canary {}\n# slipway-routes {}\nupstream {upstream} {{\n",
+         # slipway-weight {}\n# slipway-stable {}\n# slipway-canary {}\n# slipway-routes {}\n# slipway-routes-ended {}\nupstream {upstream} {{\n",
         state.weight,
         list(&state.stable),
         list(&state.canary),
-        state.routes.as_deref().unwrap_or("-")
+        state.routes.as_deref().unwrap_or("-"),
+        list(&state.ended)
     );
     let mut servers = 0;
     for (pool, w, role) in [(&state.stable, ws, "stable"), (&state.canary, wc, "canary")] {
@@ -363,6 +377,8 @@ pub fn parse_file(text: &str) -> Option<UpstreamState> {
             s.stable = addrs(v)?;
         } else if let Some(v) = line.strip_prefix("# slipway-canary") {
             s.canary = addrs(v)?;
+        } else if let Some(v) = line.strip_prefix("# slipway-routes-ended") {
+            s.ended = addrs(v)?;
         } else if let Some(v) = line.strip_prefix("# slipway-routes") {
             s.routes = Some(v.trim().to_owned()).filter(|t| !t.is_empty() && t != "-");
         }
@@ -494,7 +510,7 @@ impl NginxRouter {
         let previous = std::fs::read(&self.file).ok();
         let text = render(&self.upstream, &self.file, next, &self.routes);
         if previous.as_deref() == Some(text.as_bytes())
-            && self.served().await.is_ok_and(|s| &s == next)
+            && self.served().await.is_ok_and(|s| s.serves_as(next))
         {
             return Ok(());
         }
@@ -535,7 +551,7 @@ impl NginxRouter {
         loop {
             let served = self.served_by().await;
             if let Ok((s, Some(pid))) = &served
-                && s == next
+                && s.serves_as(next)
                 && active_workers(*pid)
                     .iter()
                     .all(|w| !old_workers.contains(w))
@@ -644,8 +660,15 @@ impl TrafficRouter for NginxRouter {
             // `clear_routes` changes them, so once a rollback cleared them no later pool
             // or weight change can put them back.
             if canary.is_empty() {
+                if !next.canary.is_empty() {
+                    next.ended = std::mem::take(&mut next.canary);
+                }
                 next.routes = None;
-            } else if next.canary.is_empty() && !self.routes.is_empty() {
+            } else if next.canary.is_empty()
+                && next.routes.is_none()
+                && !self.routes.is_empty()
+                && !canary.iter().any(|a| next.ended.contains(a))
+            {
                 next.routes = Some(routes_token());
             }
             next.stable = stable.to_vec();
@@ -686,6 +709,7 @@ impl TrafficRouter for NginxRouter {
                 return Ok(());
             }
             next.routes = None;
+            next.ended = next.canary.clone();
             self.apply(&next).await
         })
     }
@@ -713,17 +737,23 @@ mod tests {
                 "127.0.0.1:8003".parse().unwrap(),
             ],
             routes: Some("abc1".into()),
+            ended: vec!["127.0.0.1:8004".parse().unwrap()],
         };
         let text = render("app", Path::new("/tmp/up.conf"), &s, &Routes::default());
         assert!(text.contains("server 127.0.0.1:8001 weight=18;"), "{text}");
         assert!(text.contains("server 127.0.0.1:8002 weight=1;"), "{text}");
         assert!(text.contains("listen unix:/tmp/up.conf.sock;"), "{text}");
         assert!(
-            text.contains("canary=127.0.0.1:8002,127.0.0.1:8003 pid=$pid"),
+            text.contains("canary=127.0.0.1:8002,127.0.0.1:8003 routes=abc1 pid=$pid"),
             "{text}"
         );
         assert_eq!(parse_file(&text), Some(s.clone()));
-        assert_eq!(UpstreamState::parse_status(&s.status_line("app")), Some(s));
+        // The status line shows what nginx serves; the ended canary only the file keeps.
+        let served = UpstreamState::parse_status(&s.status_line("app")).unwrap();
+        assert!(
+            served.serves_as(&s) && served.ended.is_empty(),
+            "{served:?}"
+        );
         let empty = UpstreamState::default();
         let text = render("app", Path::new("/tmp/up.conf"), &empty, &Routes::default());
         assert!(text.contains("server 127.0.0.1:1 down;"), "{text}");
