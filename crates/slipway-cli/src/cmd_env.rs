@@ -72,75 +72,156 @@ fn lease_json(l: &LeaseRecord, now: Timestamp) -> serde_json::Value {
     })
 }
 
+fn render_lease(out: &Output, lease: &LeaseRecord, ttl: Duration) {
+    if out.json() {
+        out.json_value(&lease_json(lease, SystemClock.now()));
+    } else {
+        out.line(&format!(
+            "{} {} ({} from now); give it back with `slipway env release {}`",
+            lease.environment,
+            describe(lease),
+            format_duration(ttl),
+            lease.environment
+        ));
+    }
+}
+
+fn render_released(out: &Output, l: &LeaseRecord) {
+    if out.json() {
+        out.json_value(&json!({"released": lease_json(l, SystemClock.now())}));
+    } else {
+        out.line(&format!(
+            "released {} (was held by `{}`)",
+            l.environment, l.holder
+        ));
+    }
+}
+
+/// Nothing was released: exit 1, saying whose lease was looked for.
+fn nothing_released(env: &str, force: bool, holder: &str) -> CliError {
+    CliError::new(
+        exit::FAILURE,
+        format!(
+            "failed to release `{env}`: {}",
+            if force {
+                "it has no lease".to_owned()
+            } else {
+                format!("you ({holder}) hold no lease on it")
+            }
+        ),
+        Some("list leases with `slipway env leases`; a lease someone else holds is released with --force".into()),
+    )
+}
+
+fn render_leases(out: &Output, leases: &[LeaseRecord]) {
+    let now = SystemClock.now();
+    if out.json() {
+        out.json_value(
+            &leases
+                .iter()
+                .map(|l| lease_json(l, now))
+                .collect::<Vec<_>>(),
+        );
+    } else {
+        let mut t = comfy_table::Table::new();
+        t.set_header([
+            "environment",
+            "holder",
+            "release",
+            "since",
+            "expires",
+            "state",
+        ]);
+        for l in leases {
+            t.add_row([
+                l.environment.clone(),
+                l.holder.clone(),
+                l.release.clone(),
+                l.acquired_at.strftime("%Y-%m-%d %H:%M:%S").to_string(),
+                l.expires_at.strftime("%Y-%m-%d %H:%M:%S").to_string(),
+                if live(l, now) { "held" } else { "expired" }.to_owned(),
+            ]);
+        }
+        out.line(&t.to_string());
+    }
+}
+
+/// `slipway --server URL env …`: the server's leases (`GET /api/v1/leases`, `POST
+/// /api/v1/leases/{env}[/release]`), the operations layer's rules for the caller.
+async fn env_remote(
+    c: &slipway_server::client::Client,
+    cmd: EnvCommand,
+    out: &Output,
+) -> Result<i32, CliError> {
+    use crate::cli_util::path_segment;
+    let read = |v: serde_json::Value| -> Result<LeaseRecord, CliError> {
+        serde_json::from_value(v).map_err(|e| crate::run_remote::unexpected(c, &e))
+    };
+    match cmd {
+        EnvCommand::Lease(a) => {
+            let (_, v) = c
+                .post(
+                    &format!("/leases/{}", path_segment(&a.env)),
+                    &json!({"reason": a.reason, "ttl_seconds": a.ttl.as_secs()}),
+                )
+                .await?;
+            render_lease(out, &read(v)?, a.ttl);
+        }
+        EnvCommand::Release(a) => {
+            let (_, v) = c
+                .post(
+                    &format!("/leases/{}/release", path_segment(&a.env)),
+                    &json!({"force": a.force}),
+                )
+                .await?;
+            if v["released"].is_null() {
+                let holder = v["holder"].as_str().unwrap_or("manual:you");
+                return Err(nothing_released(&a.env, a.force, holder));
+            }
+            render_released(out, &read(v["released"].clone())?);
+        }
+        EnvCommand::Leases(_) => {
+            let v = c.get("/leases").await?;
+            let leases: Vec<LeaseRecord> =
+                serde_json::from_value(v).map_err(|e| crate::run_remote::unexpected(c, &e))?;
+            render_leases(out, &leases);
+        }
+    }
+    Ok(exit::SUCCESS)
+}
+
 /// `slipway env …`.
 pub fn env(c: EnvCommand, out: &Output) -> Result<i32, CliError> {
     let rt = runtime()?;
+    if let Some(client) = crate::cli_util::remote()? {
+        return rt.block_on(env_remote(&client, c, out));
+    }
     rt.block_on(async {
         match c {
             EnvCommand::Lease(a) => {
                 let s = crate::cli_util::session(&a.store).await?;
                 let lease = slipway_ops::lease::lease(&s, &a.env, &a.reason, a.ttl).await?;
-                if out.json() {
-                    out.json_value(&lease_json(&lease, SystemClock.now()));
-                } else {
-                    out.line(&format!(
-                        "{} {} ({} from now); give it back with `slipway env release {}`",
-                        lease.environment,
-                        describe(&lease),
-                        format_duration(a.ttl),
-                        lease.environment
-                    ));
-                }
+                render_lease(out, &lease, a.ttl);
                 Ok(exit::SUCCESS)
             }
             EnvCommand::Release(a) => {
                 let s = crate::cli_util::read_session(&a.store).await?;
-                let gone = slipway_ops::lease::release(&s, &a.env, a.force).await?;
-                match gone {
+                match slipway_ops::lease::release(&s, &a.env, a.force).await? {
                     Some(l) => {
-                        if out.json() {
-                            out.json_value(&json!({"released": lease_json(&l, SystemClock.now())}));
-                        } else {
-                            out.line(&format!("released {} (was held by `{}`)", l.environment, l.holder));
-                        }
+                        render_released(out, &l);
                         Ok(exit::SUCCESS)
                     }
-                    None => Err(CliError::new(
-                        exit::FAILURE,
-                        format!(
-                            "failed to release `{}`: {}",
-                            a.env,
-                            if a.force {
-                                "it has no lease".to_owned()
-                            } else {
-                                format!("you (manual:{}) hold no lease on it", s.actor.user)
-                            }
-                        ),
-                        Some("list leases with `slipway env leases`; a lease someone else holds is released with --force".into()),
+                    None => Err(nothing_released(
+                        &a.env,
+                        a.force,
+                        &format!("manual:{}", s.actor.user),
                     )),
                 }
             }
             EnvCommand::Leases(a) => {
                 let (store, _) = crate::cli_util::read_store(&a.store).await?;
-                let now = SystemClock.now();
                 let leases = store.leases().await.map_err(CliError::from)?;
-                if out.json() {
-                    out.json_value(&leases.iter().map(|l| lease_json(l, now)).collect::<Vec<_>>());
-                } else {
-                    let mut t = comfy_table::Table::new();
-                    t.set_header(["environment", "holder", "release", "since", "expires", "state"]);
-                    for l in &leases {
-                        t.add_row([
-                            l.environment.clone(),
-                            l.holder.clone(),
-                            l.release.clone(),
-                            l.acquired_at.strftime("%Y-%m-%d %H:%M:%S").to_string(),
-                            l.expires_at.strftime("%Y-%m-%d %H:%M:%S").to_string(),
-                            if live(l, now) { "held" } else { "expired" }.to_owned(),
-                        ]);
-                    }
-                    out.line(&t.to_string());
-                }
+                render_leases(out, &leases);
                 Ok(exit::SUCCESS)
             }
         }

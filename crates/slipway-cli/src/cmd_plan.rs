@@ -131,7 +131,21 @@ pub fn plan(a: PlanArgs, out: &Output) -> Result<i32, CliError> {
             None
         },
     };
-    let p = crate::cli_util::planned_with(&file, &env, store.as_deref(), &options, out)?.plan;
+    let p = match crate::cli_util::remote()? {
+        // Through a server: validated here first (its diagnostics and warnings as on a
+        // store), then planned by the server against its store.
+        Some(c) => {
+            load_spec(&file, out)?;
+            let rt = crate::cli_util::runtime()?;
+            rt.block_on(crate::run_remote::plan_remote(
+                &c,
+                &file,
+                &env,
+                options.override_promotion.as_deref(),
+            ))?
+        }
+        None => crate::cli_util::planned_with(&file, &env, store.as_deref(), &options, out)?.plan,
+    };
     let blocked = p
         .findings
         .iter()
@@ -542,12 +556,26 @@ pub fn diff(a: DiffArgs, out: &Output) -> Result<i32, CliError> {
     }
     let loaded = load_spec(&a.file, out)?;
     let rt = crate::cli_util::runtime()?;
-    let report = rt.block_on(slipway_ops::parity::diff_in(
-        a.store.store.as_deref(),
-        &loaded.spec,
-        &a.envs[0],
-        &a.envs[1],
-    ))?;
+    let report = match crate::cli_util::remote()? {
+        // Through a server: what runs there is what its store records
+        // (`POST /api/v1/diff`, viewer in both).
+        Some(c) => rt.block_on(async {
+            let (_, v) = c
+                .post(
+                    "/diff",
+                    &serde_json::json!({"spec": loaded.spec, "left": a.envs[0], "right": a.envs[1]}),
+                )
+                .await?;
+            serde_json::from_value::<slipway_ops::parity::Parity>(v)
+                .map_err(|e| crate::run_remote::unexpected(&c, &e))
+        })?,
+        None => rt.block_on(slipway_ops::parity::diff_in(
+            a.store.store.as_deref(),
+            &loaded.spec,
+            &a.envs[0],
+            &a.envs[1],
+        ))?,
+    };
     let drift = report
         .differences
         .iter()

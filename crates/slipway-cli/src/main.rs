@@ -143,10 +143,10 @@ pub struct Cli {
     #[arg(long, global = true, env = "SLIPWAY_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// Act through a `slipway serve` API (http://HOST:PORT) with your token instead of
-    /// a store: deploy, status, history, logs, wait, approve, pause, resume, promote,
-    /// abort, rollback, access, policy, freeze, report, catalog, audit verify, plan show.
-    /// Commands on files (validate, package, …) run here; the other store commands are
-    /// refused with the way to run them.
+    /// a store: deploy, plan, diff, status, history, logs, wait, approve, pause, resume,
+    /// promote, abort, rollback, env, access, policy, freeze, report, catalog, audit
+    /// verify, plan show. Commands on files (validate, package, …) run here; the other
+    /// store commands are refused with the way to run them.
     #[arg(long, global = true, env = "SLIPWAY_SERVER", value_name = "URL")]
     pub server: Option<String>,
     #[command(subcommand)]

@@ -26,12 +26,7 @@ pub async fn deploy_remote(
     out: &Output,
 ) -> Result<i32, CliError> {
     use slipway_server::client::ClientError;
-    let packed = slipway_package::bundle::pack(&a.file).map_err(|e| {
-        CliError::input(
-            format!("failed to pack the bundle of {}: {e}", a.file.display()),
-            "deploy a spec whose directory holds only the release's files (no other links out of it, nothing over the size limit)",
-        )
-    })?;
+    let packed = pack(&a.file)?;
     let files = packed.manifest.files.len();
     let digest = packed.sha256.clone();
     let (_, up) = c
@@ -153,6 +148,44 @@ pub async fn deploy_remote(
         }
     };
     Ok(render_settled(&run, state, out, code))
+}
+
+/// The bundle of `spec`: its directory packed as `slipway_package::bundle` packs it.
+pub fn pack(spec: &std::path::Path) -> Result<slipway_package::bundle::Packed, CliError> {
+    slipway_package::bundle::pack(spec).map_err(|e| {
+        CliError::input(
+            format!("failed to pack the bundle of {}: {e}", spec.display()),
+            "use a spec whose directory holds only the release's files (no other links out of it, nothing over the size limit)",
+        )
+    })
+}
+
+/// `slipway --server URL plan`: the spec's directory packed as a deploy packs it and
+/// planned by the server against its store (`POST /api/v1/plans`, viewer in `env`),
+/// nothing kept there. The findings name `spec` as given here.
+pub async fn plan_remote(
+    c: &slipway_server::client::Client,
+    spec: &std::path::Path,
+    env: &str,
+    override_promotion: Option<&str>,
+) -> Result<slipway_model::plan::Plan, CliError> {
+    let packed = pack(spec)?;
+    let mut path = format!(
+        "/plans?environment={}&file={}",
+        path_segment(env),
+        path_segment(&spec.display().to_string())
+    );
+    if let Some(r) = override_promotion {
+        path.push_str(&format!("&override_promotion={}", path_segment(r)));
+    }
+    let (_, v) = c
+        .post_bytes(
+            &path,
+            packed.bytes,
+            &[(slipway_server::BUNDLE_DIGEST_HEADER, packed.sha256.as_str())],
+        )
+        .await?;
+    serde_json::from_value(v).map_err(|e| unexpected(c, &e))
 }
 
 /// An answer of the server this version does not read.

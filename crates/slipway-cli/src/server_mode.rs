@@ -4,7 +4,7 @@
 //! - **through the server**: the command calls the API with the caller's token and reads
 //!   or changes the server's store only (deploy, resume, status, logs, pause, promote,
 //!   abort, rollback, approve, history, wait, access, policy, freeze, report, catalog,
-//!   `audit verify`, `plan show`);
+//!   `audit verify`, plan (a bundle the server plans), `plan show`, diff, env);
 //! - **here**: the command works on files of this machine (or starts its own demo) and
 //!   never reads a store, so a server changes nothing and it runs as without one
 //!   (validate, schema, key, sign, verify, package, render, compat, demo, migrate
@@ -43,7 +43,6 @@ const ON_THE_STORE: &str = "run it without --server/SLIPWAY_SERVER, on a machine
 pub fn mode(command: &Commands) -> Mode {
     use crate::cmd_audit::AuditCommand as A;
     use crate::cmd_migrate::MigrateCommand as M;
-    use crate::cmd_plan::PlanCommand as P;
     let refused = |command, why, fix| Mode::Refused { command, why, fix };
     match command {
         Commands::Deploy(_)
@@ -62,8 +61,10 @@ pub fn mode(command: &Commands) -> Mode {
         | Commands::Freeze(_)
         | Commands::Report(_)
         | Commands::Catalog(_)
+        | Commands::Plan(_)
+        | Commands::Diff(_)
+        | Commands::Env(_)
         | Commands::Audit(A::Verify(_)) => Mode::Through,
-        Commands::Plan(a) if matches!(a.command, Some(P::Show(_))) => Mode::Through,
         Commands::Validate(_)
         | Commands::Schema
         | Commands::Key(_)
@@ -76,24 +77,9 @@ pub fn mode(command: &Commands) -> Mode {
         | Commands::DemoApp(_)
         | Commands::Backup(_)
         | Commands::Migrate(M::Status(_) | M::Apply(_) | M::Undo(_)) => Mode::Here,
-        Commands::Plan(_) => refused(
-            "plan",
-            "a plan reads the environment's admin policy and what runs there from the store; the server plans each deploy itself",
-            "deploy through the server and read the plan its approvers see with `slipway --server URL plan show RUN` (or the run's page); or run `slipway plan` without --server, with --store naming the server's store",
-        ),
-        Commands::Diff(_) => refused(
-            "diff",
-            "it compares against the versions the store records as running",
-            ON_THE_STORE,
-        ),
         Commands::Check(_) => refused(
             "check",
             "readiness is checked from the machine that runs the command, against what the store records as running; the server checks readiness itself when it drives a deploy",
-            ON_THE_STORE,
-        ),
-        Commands::Env(_) => refused(
-            "env",
-            "environment leases are taken by the server's deploys themselves; manual leases have no API",
             ON_THE_STORE,
         ),
         Commands::Proxy(_) => refused(

@@ -61,6 +61,7 @@ mod secret_cli;
 mod serve_cli;
 mod server_deploy_cli;
 mod server_mode_cli;
+mod server_store_cli;
 mod serving_cli;
 mod smoke_cli;
 mod ssh_cli;

@@ -88,10 +88,7 @@ fn plan_show_and_audit_verify_go_through_the_server_and_store_commands_without_a
     let scratch = tempfile::tempdir().unwrap();
     let local_store = scratch.path().join("never.db");
     let refused: &[&[&str]] = &[
-        &["plan", "-f", &spec, "--env", "staging"],
-        &["diff", "-f", &spec, "--env", "staging"],
         &["check", "-f", &spec, "--env", "staging"],
-        &["env", "leases"],
         &["proxy", "list"],
         &["serve"],
         &["audit", "export", "--out", "chain.jsonl"],

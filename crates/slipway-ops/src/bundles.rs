@@ -100,6 +100,71 @@ pub async fn upload(
     })
 }
 
+/// Plan a bundle the caller sent for `environment` without keeping it or starting a run
+/// (`slipway --server URL plan`): the caller needs `viewer` there (a plan reads the
+/// environment's policy and history, nothing more); the bytes are checked as an upload is
+/// (size, `declared` SHA-256, every entry, the manifest), unpacked into a directory of
+/// their own, planned against this store by [`crate::planning::plan_file_with`] as
+/// `slipway plan` plans a file, and removed. `shown_as` is the spec's path as the caller
+/// named it: the findings that name the spec or its directory say the caller's path, not
+/// the server's copy, so the plan reads as the local one does.
+pub async fn plan(
+    session: &Session,
+    environment: &str,
+    declared: Option<&str>,
+    data: Vec<u8>,
+    shown_as: &str,
+    options: &crate::planning::PlanOptions,
+) -> Result<slipway_model::plan::Plan, crate::planning::PlanError> {
+    crate::access::require(session, Role::Viewer, "plan", environment).await?;
+    if data.len() as u64 > bundle::MAX_BUNDLE_BYTES {
+        return Err(refused(format!(
+            "it is {} bytes, more than the {} a bundle may have",
+            data.len(),
+            bundle::MAX_BUNDLE_BYTES
+        ))
+        .into());
+    }
+    let digest = slipway_engine::evidence::sha256_hex(&data);
+    if let Some(d) = declared {
+        let d = parse_digest(d)?;
+        if d != digest {
+            return Err(refused(format!(
+                "its sha256 is {digest}, not the {d} it was sent as: it changed on the way"
+            ))
+            .into());
+        }
+    }
+    let root = bundles_root(session)?;
+    let (dir, archive) = fresh(&root, &format!("plan-{}", &digest[..12]))?;
+    let opened = std::fs::write(&archive, &data)
+        .map_err(|e| OpsError::internal(format!("failed to write {}: {e}", archive.display())))
+        .and_then(|()| bundle::open(&archive, &dir).map_err(refused));
+    let _ = std::fs::remove_file(&archive);
+    let planned = match opened {
+        Ok(manifest) => {
+            let spec = dir.join(bundle::spec_of(&manifest));
+            let store = session.store_for_child();
+            crate::planning::plan_file_with(&spec, environment, Some(&store), options)
+                .await
+                .map(|p| (p, spec))
+        }
+        Err(e) => Err(e.into()),
+    };
+    // A plan keeps nothing of its bundle.
+    let _ = std::fs::remove_dir_all(&dir);
+    let (planned, spec) = planned?;
+    let mut p = planned.plan;
+    let shown_dir = crate::planning::spec_dir(Path::new(shown_as))
+        .display()
+        .to_string();
+    let (spec, dir) = (spec.display().to_string(), dir.display().to_string());
+    for f in &mut p.findings {
+        f.message = f.message.replace(&spec, shown_as).replace(&dir, &shown_dir);
+    }
+    Ok(p)
+}
+
 /// Unpack bundle `digest` from the store into a new directory under the store's layout
 /// (`bundles/<time>-<digest prefix>-<n>`), checked again file by file.
 pub async fn unpack_for_run(session: &Session, digest: &str) -> OpsResult<Unpacked> {

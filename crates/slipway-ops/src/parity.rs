@@ -17,7 +17,7 @@ use slipway_model::spec::{Environment, ReleaseSpec};
 use crate::error::OpsResult;
 
 /// One difference between two environments.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Difference {
     /// `variable`, `version`, `artifact`, `config`, `replicas`, `target` or `policy`.
     pub kind: String,
@@ -35,7 +35,7 @@ pub struct Difference {
 }
 
 /// What one environment runs, from the store's history.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Live {
     /// Per service: version, the run that deployed it.
     pub versions: BTreeMap<String, (String, String)>,
@@ -48,7 +48,7 @@ pub struct Live {
 }
 
 /// The comparison of two environments.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Parity {
     /// The first environment.
     pub left: String,

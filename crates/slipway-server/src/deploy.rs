@@ -49,6 +49,23 @@ pub(crate) async fn upload(
             "POST /api/v1/bundles?environment=ENV (you need the deployer role there)",
         )
     })?;
+    let data = read_bundle(body).await?;
+    let declared = headers
+        .get(BUNDLE_DIGEST_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let session = caller.session(&state).await?;
+    let up = slipway_ops::bundles::upload(&session, environment, declared.as_deref(), data).await?;
+    let status = if up.stored {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(json!(up))))
+}
+
+/// A request body holding a bundle, refused (413) past the size a bundle may have.
+pub(crate) async fn read_bundle(body: Body) -> Result<Vec<u8>, ApiError> {
     let limit = usize::try_from(slipway_package::bundle::MAX_BUNDLE_BYTES).unwrap_or(usize::MAX);
     // One byte over the limit is enough to know the body is too big.
     let data = axum::body::to_bytes(body, limit.saturating_add(1))
@@ -69,19 +86,7 @@ pub(crate) async fn upload(
             "keep large artifacts in a registry the spec references, not beside the spec",
         ));
     }
-    let declared = headers
-        .get(BUNDLE_DIGEST_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let session = caller.session(&state).await?;
-    let up = slipway_ops::bundles::upload(&session, environment, declared.as_deref(), data.into())
-        .await?;
-    let status = if up.stored {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    Ok((status, Json(json!(up))))
+    Ok(data.into())
 }
 
 /// The body of `POST /api/v1/runs`.

@@ -35,6 +35,7 @@ mod deploy;
 mod drives;
 mod error;
 mod metrics;
+mod planning;
 mod reports;
 mod sse;
 mod takeover;
@@ -186,6 +187,11 @@ pub fn app(
         .route("/runs/{id}/promote", post(control::promote))
         .route("/runs/{id}/abort", post(control::abort))
         .route("/runs/{id}/rollback", post(control::rollback))
+        .route("/plans", post(planning::plan))
+        .route("/diff", post(planning::diff))
+        .route("/leases", get(planning::leases))
+        .route("/leases/{env}", post(planning::lease))
+        .route("/leases/{env}/release", post(planning::release))
         .route("/audit/verify", get(api::audit_verify))
         .route("/access/whoami", get(admin::whoami))
         .route("/access/grants", get(admin::grants).post(admin::grant))

@@ -1,0 +1,235 @@
+//! The store commands that go through a server (issue 16: "every CLI command in --server
+//! mode"), each against a real `slipway serve` and compared with the same command run on
+//! the server's store directly: `plan` (the spec's directory packed as a deploy packs it,
+//! planned by the server against its history and policy, nothing kept), `diff` (what runs
+//! in each environment, from the server's store) and `env lease|release|leases` (audited
+//! as the acting person). Roles are the operations layer's: a plan or diff needs viewer
+//! in the environments, a lease deployer; a viewer's write is refused (403, exit 3).
+
+use serde_json::Value;
+
+use crate::People;
+use crate::server_deploy_cli::{World, exec_release, remote, spec_of};
+
+fn json(out: &str) -> Value {
+    serde_json::from_str(out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+/// The local command as `who`, on the server's store, from `cwd`: exit code, stdout,
+/// stderr.
+fn local(
+    people: &People,
+    who: &str,
+    cwd: &std::path::Path,
+    args: &[&str],
+) -> (i32, String, String) {
+    let o = people
+        .cmd(who)
+        .current_dir(cwd)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn plan_diff_and_env_go_through_the_server_and_answer_as_on_its_store() {
+    let world = World::sqlite();
+    let mut people = People::new(&world.store, "alice");
+    people
+        .add("bob", "deployer", "staging")
+        .add("vic", "viewer", "*");
+    let server = world.serve();
+    let addr = server.addr.as_str();
+    let release = exec_release();
+    let spec = spec_of(&release);
+    let cwd = release.path();
+    let bob = people.token("bob").to_owned();
+    let vic = people.token("vic").to_owned();
+
+    // Staging runs 1.0.0 (deployed through the server): prod's plan depends on it (the
+    // lifecycle's promotion evidence) and the diff sees it.
+    let (code, out, err) = remote(
+        addr,
+        &bob,
+        cwd,
+        &["deploy", "-f", &spec, "--env", "staging", "--detach"],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let run = out.trim().to_owned();
+    let (code, out, err) = remote(addr, &bob, cwd, &["wait", &run]);
+    assert_eq!(code, 0, "{out}{err}");
+    let bundles_before = std::fs::read_dir(world.dir.path().join("bundles"))
+        .unwrap()
+        .count();
+
+    // `plan`: the server's plan is the store's, as JSON and as text, exit code included.
+    for env in ["staging", "prod"] {
+        let args = [
+            "plan",
+            "-f",
+            spec.as_str(),
+            "--env",
+            env,
+            "--output",
+            "json",
+        ];
+        let (code, served, err) = remote(addr, &vic, cwd, &args);
+        let (lcode, here, lerr) = local(&people, "vic", cwd, &args);
+        assert_eq!((code, lcode), (0, 0), "{err}{lerr}");
+        assert_eq!(json(&served), json(&here), "{env}");
+        let args = ["plan", "-f", spec.as_str(), "--env", env];
+        let (code, served, err) = remote(addr, &vic, cwd, &args);
+        let (_, here, _) = local(&people, "vic", cwd, &args);
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(served, here, "{env}");
+    }
+    let planned = json(
+        &remote(
+            addr,
+            &vic,
+            cwd,
+            &["plan", "-f", &spec, "--env", "prod", "--output", "json"],
+        )
+        .1,
+    );
+    let promotion = planned["gates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["gate"] == "promotion")
+        .cloned()
+        .unwrap_or_else(|| panic!("no promotion gate: {planned}"));
+    assert!(
+        promotion.to_string().contains(&run),
+        "prod's promotion evidence is staging's run on the server's store: {promotion}"
+    );
+    // A plan keeps nothing on the server and starts no run.
+    assert_eq!(
+        std::fs::read_dir(world.dir.path().join("bundles"))
+            .unwrap()
+            .count(),
+        bundles_before
+    );
+    let (_, out, _) = remote(addr, &vic, cwd, &["history", "--output", "json"]);
+    assert_eq!(json(&out).as_array().map(Vec::len), Some(1), "{out}");
+    // Bob may read staging only: prod's plan is refused, naming the grant to ask for.
+    let (code, _, err) = remote(addr, &bob, cwd, &["plan", "-f", &spec, "--env", "prod"]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("viewer --env prod"), "{err}");
+    // A spec that does not validate is refused here, before anything is sent.
+    let bad = cwd.join("bad.yaml");
+    std::fs::write(&bad, "apiVersion: slipway/v1\nkind: Release\n").unwrap();
+    let (code, _, err) = remote(
+        addr,
+        &vic,
+        cwd,
+        &["plan", "-f", &bad.display().to_string(), "--env", "prod"],
+    );
+    assert_eq!(code, 2, "{err}");
+    std::fs::remove_file(&bad).unwrap();
+
+    // `diff`: what runs in each environment is the server's history.
+    let args = [
+        "diff", "-f", &spec, "--env", "staging", "--env", "prod", "--output", "json",
+    ];
+    let (code, served, err) = remote(addr, &vic, cwd, &args);
+    let (_, here, _) = local(&people, "vic", cwd, &args);
+    assert_eq!(code, 0, "{err}");
+    let served = json(&served);
+    assert_eq!(served, json(&here));
+    assert_eq!(
+        served["live"]["staging"]["versions"]["api"][1], run,
+        "{served}"
+    );
+    let args = [
+        "diff",
+        "-f",
+        &spec,
+        "--env",
+        "staging",
+        "--env",
+        "prod",
+        "--fail-on-drift",
+    ];
+    let (code, served, _) = remote(addr, &vic, cwd, &args);
+    let (lcode, here, _) = local(&people, "vic", cwd, &args);
+    assert_eq!(
+        (code, lcode),
+        (1, 1),
+        "staging runs 1.0.0, prod nothing: {served}"
+    );
+    assert_eq!(served, here);
+    let (code, _, err) = remote(addr, &bob, cwd, &args);
+    assert_eq!(code, 3, "bob may not read prod: {err}");
+
+    // `env`: a lease taken through the server is the store's, held by the caller.
+    let (code, out, err) = remote(
+        addr,
+        &bob,
+        cwd,
+        &[
+            "env",
+            "lease",
+            "staging",
+            "--reason",
+            "maintenance",
+            "--ttl",
+            "30m",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("staging"), "{out}");
+    let (code, served, err) = remote(addr, &vic, cwd, &["env", "leases", "--output", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let (_, here, _) = local(&people, "vic", cwd, &["env", "leases", "--output", "json"]);
+    assert_eq!(json(&served), json(&here));
+    assert_eq!(json(&served)[0]["holder"], "manual:bob", "{served}");
+    // A viewer takes no lease; bob holds none in prod.
+    let (code, _, err) = remote(addr, &vic, cwd, &["env", "lease", "staging"]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("deployer"), "{err}");
+    let (code, _, err) = remote(addr, &vic, cwd, &["env", "release", "staging", "--force"]);
+    assert_eq!(code, 3, "{err}");
+    let (code, out, err) = remote(addr, &bob, cwd, &["env", "release", "staging"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("was held by `manual:bob`"), "{out}");
+    let (code, _, err) = remote(addr, &bob, cwd, &["env", "release", "staging"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("you (manual:bob) hold no lease"), "{err}");
+    let (_, served, _) = remote(addr, &vic, cwd, &["env", "leases", "--output", "json"]);
+    assert_eq!(json(&served), serde_json::json!([]));
+
+    // Both changes are in the audit chain as bob's: the actor of bob's own deploy.
+    let export = cwd.join("chain.jsonl");
+    people.ok(
+        "alice",
+        &["audit", "export", "--out", &export.display().to_string()],
+    );
+    let entries: Vec<Value> = std::fs::read_to_string(&export)
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let actor_of = |pred: &dyn Fn(&Value) -> bool| -> Vec<String> {
+        entries
+            .iter()
+            .filter(|e| pred(e))
+            .map(|e| e["actor"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    let bobs = actor_of(&|e| e["run_id"] == run.as_str());
+    let leases = actor_of(&|e| {
+        let s = e.to_string();
+        s.contains("lease_taken") || s.contains("lease_released")
+    });
+    assert_eq!(leases.len(), 2, "{entries:?}");
+    assert!(
+        leases.iter().all(|a| bobs.contains(a)),
+        "{leases:?} {bobs:?}"
+    );
+}
