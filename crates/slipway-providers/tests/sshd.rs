@@ -98,9 +98,10 @@ pub fn fingerprint(public: &Path) -> String {
         .to_owned()
 }
 
-/// What makes one host differ from the others: its own /etc/passwd (this machine's plus
-/// `passwd_extra` lines), its own /etc/hosts, a small tmpfs (path, size such as `16m`), and
-/// extra sshd_config lines. The server then runs in a mount namespace of its own.
+/// What makes one host differ from the others beyond what every host has (a mount
+/// namespace, its own /etc/passwd with the user's home in the host's directory): extra
+/// /etc/passwd lines, its own /etc/hosts, a small tmpfs (path, size such as `16m`), and
+/// extra sshd_config lines.
 #[derive(Debug, Clone, Default)]
 pub struct Isolation {
     /// Lines appended to a copy of /etc/passwd.
@@ -198,45 +199,53 @@ impl Sshd {
         )
         .expect("write sshd_config");
         let log = std::fs::File::create(dir.join("sshd.log")).expect("sshd log");
-        let mut cmd = match isolation {
-            None => {
-                let mut c = Command::new("/usr/sbin/sshd");
-                c.args(["-D", "-e", "-f"]).arg(&config);
-                c
-            }
-            Some(i) => {
-                // A mount namespace of its own: the host's /etc/passwd, /etc/hosts and a
-                // small file system are what its sessions see. `unshare` without --fork
-                // execs, so the child's pid is sshd's.
-                let mut script = String::new();
-                let mut bind = |file: &str, text: &str| {
-                    let copy = dir.join(file.trim_start_matches("/etc/"));
-                    std::fs::write(&copy, text).expect("host file");
-                    script.push_str(&format!("mount --bind '{}' {file} && ", copy.display()));
-                };
-                if let Some(extra) = &i.passwd_extra {
-                    let passwd = std::fs::read_to_string("/etc/passwd").expect("/etc/passwd");
-                    bind("/etc/passwd", &format!("{passwd}{extra}"));
+        // Every host runs in a mount namespace of its own with its own /etc/passwd, in
+        // which the user's home is the host's own empty `home` directory: hosts do not
+        // share `~/.slipway` (markers, supervised services), and a session's shell does
+        // not source this machine's ~/.bashrc — here it runs `pyenv init`, 3 s alone and
+        // over 10 s with 50 sessions at once, which made the 50-host readiness gate time
+        // out measuring the harness instead of Slipway. `unshare` without --fork execs,
+        // so the child's pid is sshd's.
+        let home = dir.join("home");
+        std::fs::create_dir_all(&home).expect("host home");
+        let user = current_user();
+        let passwd: String = std::fs::read_to_string("/etc/passwd")
+            .expect("/etc/passwd")
+            .lines()
+            .map(|line| {
+                let mut f: Vec<&str> = line.split(':').collect();
+                if f.len() == 7 && f[0] == user {
+                    f[5] = home.to_str().expect("utf-8 host dir");
                 }
-                if let Some(hosts) = &i.hosts {
-                    bind("/etc/hosts", hosts);
-                }
-                if let Some((path, size)) = &i.tmpfs {
-                    std::fs::create_dir_all(path).expect("tmpfs mount point");
-                    script.push_str(&format!(
-                        "mount -t tmpfs -o size={size} tmpfs '{}' && ",
-                        path.display()
-                    ));
-                }
-                script.push_str(&format!(
-                    "exec /usr/sbin/sshd -D -e -f '{}'",
-                    config.display()
-                ));
-                let mut c = Command::new("unshare");
-                c.args(["--mount", "--propagation", "private", "sh", "-c", &script]);
-                c
-            }
+                format!("{}\n", f.join(":"))
+            })
+            .collect();
+        let mut script = String::new();
+        let mut bind = |file: &str, text: &str| {
+            let copy = dir.join(file.trim_start_matches("/etc/"));
+            std::fs::write(&copy, text).expect("host file");
+            script.push_str(&format!("mount --bind '{}' {file} && ", copy.display()));
         };
+        let extra = isolation
+            .and_then(|i| i.passwd_extra.as_deref())
+            .unwrap_or("");
+        bind("/etc/passwd", &format!("{passwd}{extra}"));
+        if let Some(hosts) = isolation.and_then(|i| i.hosts.as_ref()) {
+            bind("/etc/hosts", hosts);
+        }
+        if let Some((path, size)) = isolation.and_then(|i| i.tmpfs.as_ref()) {
+            std::fs::create_dir_all(path).expect("tmpfs mount point");
+            script.push_str(&format!(
+                "mount -t tmpfs -o size={size} tmpfs '{}' && ",
+                path.display()
+            ));
+        }
+        script.push_str(&format!(
+            "exec /usr/sbin/sshd -D -e -f '{}'",
+            config.display()
+        ));
+        let mut cmd = Command::new("unshare");
+        cmd.args(["--mount", "--propagation", "private", "sh", "-c", &script]);
         let mut child = cmd
             // Its own process group, so "who listens on the port" can tell it from
             // another test's sshd (a child of this same test process).
