@@ -275,6 +275,15 @@ async fn trusted_anchors(
             ));
         }
     }
+    signed_by(all, keys)
+}
+
+/// The checkpoints of `all` (each with where it was found) whose signature one of `keys`
+/// makes; one that names a trusted key but does not verify is a forgery (exit 7).
+fn signed_by(
+    all: Vec<(String, Anchor)>,
+    keys: &[pkg::PublicKey],
+) -> Result<Vec<AnchorPayload>, CliError> {
     let mut out = Vec::new();
     for (what, a) in all {
         let forged = |why: String| {
@@ -308,6 +317,193 @@ async fn trusted_anchors(
     Ok(out)
 }
 
+/// A checkpoint signed (or found already signed) and every checkpoint the store keeps
+/// after it: what the witnesses are brought up to.
+struct Signed {
+    anchor: Anchor,
+    new: bool,
+    payload: AnchorPayload,
+    all: Vec<Anchor>,
+}
+
+/// Sign the head of the store `arg` names, after verifying it.
+async fn checkpoint_store(arg: &StoreArg, sk: &pkg::SecretKey) -> Result<Signed, CliError> {
+    // Signing a checkpoint vouches for the whole chain: the signer must be able to read
+    // all of it (viewer on `*`), as a verified person.
+    let (store, _) = crate::cli_util::open_store_to_read(arg, "checkpoint the audit chain").await?;
+    let store = store.as_ref();
+    let mine = trusted_anchors(store, &[], &[sk.public_key()]).await?;
+    let start = store.audit_start().await.map_err(CliError::from)?;
+    // Only what was added since the newest checkpoint of this key is verified (a chain
+    // that does not verify is never signed: that would launder the tampering); the
+    // whole live chain when there is none, or the live start moved past it.
+    let prev = mine
+        .iter()
+        .filter(|p| p.seq > start.0 && p.start_seq == start.0)
+        .max_by_key(|p| p.seq);
+    let anchors = Anchors::new(&mine);
+    let verified = match prev {
+        Some(p) => evidence::verify_chain_since(store, &(p.seq, p.hash.clone()))
+            .await
+            .map_err(CliError::from)?,
+        None => {
+            evidence::verify_store_anchored(store, &anchors)
+                .await
+                .map_err(CliError::from)?
+                .result
+        }
+    };
+    let v = verified.map_err(|b| {
+        CliError::new(
+            exit::TAMPERED,
+            format!("failed to sign a checkpoint: the audit chain does not verify: {b}"),
+            Some("nothing was signed; investigate with `slipway audit verify --pubkey KEY`".into()),
+        )
+    })?;
+    let payload = AnchorPayload {
+        seq: v.head_seq,
+        hash: v.head_hash.clone(),
+        entries: v.head_seq - start.0,
+        start_seq: start.0,
+        start_hash: start.1.clone(),
+        at: slipway_stdx::now().to_string(),
+    };
+    let existing = store
+        .anchors()
+        .await
+        .map_err(CliError::from)?
+        .into_iter()
+        .find(|x| x.seq == payload.seq && x.hash == payload.hash);
+    let (anchor, new) = match existing {
+        Some(x) => (x, false),
+        None => (
+            crate::audit_view::sign_anchor(store, sk, &payload).await?,
+            true,
+        ),
+    };
+    let all = store.anchors().await.map_err(CliError::from)?;
+    Ok(Signed {
+        anchor,
+        new,
+        payload,
+        all,
+    })
+}
+
+/// Refuse to sign: the chain does not verify (nothing was signed).
+fn unsigned(why: impl std::fmt::Display) -> CliError {
+    CliError::new(
+        exit::TAMPERED,
+        format!("failed to sign a checkpoint: {why}"),
+        Some("nothing was signed; investigate with `slipway audit verify --pubkey KEY`".into()),
+    )
+}
+
+/// `slipway --server URL audit checkpoint`: the key stays on this machine. The server
+/// vouches that the records its chain covers hold (`/audit/verify`); the chain itself is
+/// exported and verified here, from where it starts, and held to every checkpoint of this
+/// key the server keeps — a signature vouches for what its signer checked, not for what a
+/// server says. The signed checkpoint is then kept by the server (`POST /audit/anchors`,
+/// admin on `*`).
+async fn checkpoint_remote(
+    c: &slipway_server::client::Client,
+    sk: &pkg::SecretKey,
+) -> Result<Signed, CliError> {
+    use slipway_server::client::ClientError;
+    match c.get("/audit/verify").await {
+        Ok(_) => {}
+        Err(ClientError::Api {
+            status: 409, body, ..
+        }) => {
+            return Err(unsigned(format!(
+                "the audit chain of {} does not verify: {}",
+                c.server(),
+                body["message"].as_str().unwrap_or_default()
+            )));
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let doc = c.get("/audit/anchors").await?;
+    let bad = |e: &dyn std::fmt::Display| crate::run_remote::unexpected(c, e);
+    let start: (i64, String) = (
+        doc["start"]["seq"]
+            .as_i64()
+            .ok_or_else(|| bad(&"no start"))?,
+        doc["start"]["hash"]
+            .as_str()
+            .ok_or_else(|| bad(&"no start"))?
+            .to_owned(),
+    );
+    let stored: Vec<Anchor> =
+        serde_json::from_value(doc["anchors"].clone()).map_err(|e| bad(&e))?;
+    let bytes = c.get_bytes("/audit/export").await?;
+    let text = String::from_utf8(bytes).map_err(|e| bad(&e))?;
+    let (header, entries) = audit::parse_jsonl(&text).map_err(|e| unsigned(&e))?;
+    let v = audit::verify_from(
+        &entries,
+        (start.0, &start.1),
+        Some((header.head_seq, &header.head_hash)),
+    )
+    .map_err(|b| unsigned(format!("the audit chain does not verify: {b}")))?;
+    let labelled = stored
+        .iter()
+        .map(|a| {
+            (
+                format!("{}'s checkpoint of entry {}", c.server(), a.seq),
+                a.clone(),
+            )
+        })
+        .collect();
+    for p in signed_by(labelled, &[sk.public_key()])?
+        .iter()
+        .filter(|p| p.start_seq == start.0 && p.seq > start.0)
+    {
+        if !entries.iter().any(|e| e.seq == p.seq && e.hash == p.hash) {
+            return Err(unsigned(format!(
+                "the audit chain no longer holds entry {} as this key signed it",
+                p.seq
+            )));
+        }
+    }
+    let payload = AnchorPayload {
+        seq: v.head_seq,
+        hash: v.head_hash.clone(),
+        entries: v.head_seq - start.0,
+        start_seq: start.0,
+        start_hash: start.1.clone(),
+        at: slipway_stdx::now().to_string(),
+    };
+    let mut all = stored;
+    if let Some(x) = all
+        .iter()
+        .find(|x| x.seq == payload.seq && x.hash == payload.hash)
+    {
+        return Ok(Signed {
+            anchor: x.clone(),
+            new: false,
+            payload,
+            all,
+        });
+    }
+    let line = payload.line();
+    let signature = pkg::sign::sign_bytes(line.as_bytes(), Path::new("checkpoint"), sk, &line)
+        .map_err(|e| crate::cli_util::package_error(&e))?;
+    let anchor = Anchor {
+        seq: payload.seq,
+        hash: payload.hash.clone(),
+        payload: line,
+        signature,
+    };
+    let (_, added) = c.post("/audit/anchors", &json!(anchor)).await?;
+    all.push(anchor.clone());
+    Ok(Signed {
+        anchor,
+        new: added["added"] != json!(false),
+        payload,
+        all,
+    })
+}
+
 /// Run `slipway audit checkpoint`.
 fn checkpoint(a: CheckpointArgs, out: &Output) -> Result<i32, CliError> {
     let pw = crate::cli_util::password_from_env(a.password_env.as_deref())?;
@@ -315,57 +511,13 @@ fn checkpoint(a: CheckpointArgs, out: &Output) -> Result<i32, CliError> {
         .map_err(|e| crate::cli_util::package_error(&e))?;
     let rt = runtime()?;
     rt.block_on(async {
-        // Signing a checkpoint vouches for the whole chain: the signer must be able to read
-        // all of it (viewer on `*`), as a verified person.
-        let (store, _) = crate::cli_util::open_store_to_read(&a.store, "checkpoint the audit chain").await?;
-        let store = store.as_ref();
-        let mine = trusted_anchors(store, &[], &[sk.public_key()]).await?;
-        let start = store.audit_start().await.map_err(CliError::from)?;
-        // Only what was added since the newest checkpoint of this key is verified (a chain
-        // that does not verify is never signed: that would launder the tampering); the
-        // whole live chain when there is none, or the live start moved past it.
-        let prev = mine
-            .iter()
-            .filter(|p| p.seq > start.0 && p.start_seq == start.0)
-            .max_by_key(|p| p.seq);
-        let anchors = Anchors::new(&mine);
-        let verified = match prev {
-            Some(p) => evidence::verify_chain_since(store, &(p.seq, p.hash.clone()))
-                .await
-                .map_err(CliError::from)?,
-            None => evidence::verify_store_anchored(store, &anchors)
-                .await
-                .map_err(CliError::from)?
-                .result,
-        };
-        let v = verified.map_err(|b| {
-            CliError::new(
-                exit::TAMPERED,
-                format!("failed to sign a checkpoint: the audit chain does not verify: {b}"),
-                Some("nothing was signed; investigate with `slipway audit verify --pubkey KEY`".into()),
-            )
-        })?;
-        let payload = AnchorPayload {
-            seq: v.head_seq,
-            hash: v.head_hash.clone(),
-            entries: v.head_seq - start.0,
-            start_seq: start.0,
-            start_hash: start.1.clone(),
-            at: slipway_stdx::now().to_string(),
-        };
-        let existing = store
-            .anchors()
-            .await
-            .map_err(CliError::from)?
-            .into_iter()
-            .find(|x| x.seq == payload.seq && x.hash == payload.hash);
-        let (anchor, new) = match existing {
-            Some(x) => (x, false),
-            None => (crate::audit_view::sign_anchor(store, &sk, &payload).await?, true),
+        let signed = match crate::cli_util::remote()? {
+            Some(c) => checkpoint_remote(&c, &sk).await?,
+            None => checkpoint_store(&a.store, &sk).await?,
         };
         // Witnesses get every checkpoint of the store they lack, so a witness added later
         // (or one that missed a run) catches up.
-        let all = store.anchors().await.map_err(CliError::from)?;
+        let Signed { anchor, new, payload, all } = signed;
         let mut appended = Vec::new();
         for w in &a.witness {
             let have: std::collections::HashSet<(i64, String)> = witness_lines(w)?
@@ -406,7 +558,7 @@ fn checkpoint(a: CheckpointArgs, out: &Output) -> Result<i32, CliError> {
         let failed = sent.iter().any(|s| !s["error"].is_null());
         if out.json() {
             out.json_value(&json!({"anchored": new, "seq": payload.seq, "hash": payload.hash,
-                "entries": payload.entries, "start_seq": start.0, "key": sk.key_id(),
+                "entries": payload.entries, "start_seq": payload.start_seq, "key": sk.key_id(),
                 "witnesses": appended, "webhooks": sent}));
         } else {
             out.line(&format!(
@@ -460,9 +612,24 @@ fn append_durably(path: &Path, text: &str) -> Result<(), CliError> {
 fn export(a: ExportArgs, out: &Output) -> Result<i32, CliError> {
     let rt = runtime()?;
     rt.block_on(async {
-        let (store, _) = crate::cli_util::open_store_to_read(&a.store, "read the audit chain").await?;
-        let entries = store.audit_entries().await.map_err(CliError::from)?;
-        let text = audit::export_jsonl(&entries);
+        let (text, entries) = match crate::cli_util::remote()? {
+            // Through a server: its chain, exported there (`GET /api/v1/audit/export`,
+            // viewer on `*`), the same file a local export writes.
+            Some(c) => {
+                let bytes = c.get_bytes("/audit/export").await?;
+                let text = String::from_utf8(bytes)
+                    .map_err(|e| crate::run_remote::unexpected(&c, &e))?;
+                let (_, entries) = audit::parse_jsonl(&text)
+                    .map_err(|e| crate::run_remote::unexpected(&c, &e))?;
+                (text, entries)
+            }
+            None => {
+                let (store, _) =
+                    crate::cli_util::open_store_to_read(&a.store, "read the audit chain").await?;
+                let entries = store.audit_entries().await.map_err(CliError::from)?;
+                (audit::export_jsonl(&entries), entries)
+            }
+        };
         std::fs::write(&a.out, &text).map_err(|e| {
             CliError::input(format!("failed to write {}: {e}", a.out.display()), "choose a writable path for --out")
         })?;

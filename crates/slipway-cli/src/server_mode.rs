@@ -4,7 +4,8 @@
 //! - **through the server**: the command calls the API with the caller's token and reads
 //!   or changes the server's store only (deploy, resume, status, logs, pause, promote,
 //!   abort, rollback, approve, history, wait, access, policy, freeze, report, catalog,
-//!   `audit verify`, plan (a bundle the server plans), `plan show`, diff, env);
+//!   audit verify/export/checkpoint (signed here), plan (a bundle the server plans),
+//!   `plan show`, diff, env);
 //! - **here**: the command works on files of this machine (or starts its own demo) and
 //!   never reads a store, so a server changes nothing and it runs as without one
 //!   (validate, schema, key, sign, verify, package, render, compat, demo, migrate
@@ -41,7 +42,6 @@ const ON_THE_STORE: &str = "run it without --server/SLIPWAY_SERVER, on a machine
 
 /// The mode of `command`.
 pub fn mode(command: &Commands) -> Mode {
-    use crate::cmd_audit::AuditCommand as A;
     use crate::cmd_migrate::MigrateCommand as M;
     let refused = |command, why, fix| Mode::Refused { command, why, fix };
     match command {
@@ -64,7 +64,7 @@ pub fn mode(command: &Commands) -> Mode {
         | Commands::Plan(_)
         | Commands::Diff(_)
         | Commands::Env(_)
-        | Commands::Audit(A::Verify(_)) => Mode::Through,
+        | Commands::Audit(_) => Mode::Through,
         Commands::Validate(_)
         | Commands::Schema
         | Commands::Key(_)
@@ -91,16 +91,6 @@ pub fn mode(command: &Commands) -> Mode {
             "serve",
             "`serve` is the server; --server/SLIPWAY_SERVER names a server for its clients",
             "unset SLIPWAY_SERVER (or drop --server) and name the store with --store",
-        ),
-        Commands::Audit(A::Export(_)) => refused(
-            "audit export",
-            "the export is written from the store's chain; the server verifies its chain (`slipway --server URL audit verify`) but serves no export",
-            ON_THE_STORE,
-        ),
-        Commands::Audit(A::Checkpoint(_)) => refused(
-            "audit checkpoint",
-            "a checkpoint is signed with a key the server must never hold and written into the store",
-            ON_THE_STORE,
         ),
         Commands::Archive(_) => refused(
             "archive",

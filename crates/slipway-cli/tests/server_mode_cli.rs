@@ -91,8 +91,6 @@ fn plan_show_and_audit_verify_go_through_the_server_and_store_commands_without_a
         &["check", "-f", &spec, "--env", "staging"],
         &["proxy", "list"],
         &["serve"],
-        &["audit", "export", "--out", "chain.jsonl"],
-        &["audit", "checkpoint", "--key", "k"],
         &["archive", "--before", "2026-01-01", "--key", "k"],
         &["retention", "show"],
         &["checklist", "show", "-f", &spec, "--env", "staging"],

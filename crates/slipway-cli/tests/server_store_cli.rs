@@ -233,3 +233,144 @@ fn plan_diff_and_env_go_through_the_server_and_answer_as_on_its_store() {
         "{leases:?} {bobs:?}"
     );
 }
+
+#[test]
+fn audit_export_and_checkpoint_go_through_the_server_and_the_key_stays_here() {
+    let world = World::sqlite();
+    let mut people = People::new(&world.store, "alice");
+    people
+        .add("bob", "deployer", "staging")
+        .add("vic", "viewer", "*");
+    let server = world.serve();
+    let addr = server.addr.as_str();
+    let cwd = tempfile::tempdir().unwrap();
+    let cwd = cwd.path();
+    let path = |name: &str| cwd.join(name).display().to_string();
+    let (alice, vic, bob) = (
+        people.token("alice").to_owned(),
+        people.token("vic").to_owned(),
+        people.token("bob").to_owned(),
+    );
+
+    // `audit export`: the server's chain, byte for byte the local export's, and it
+    // verifies as a file. Viewer on `*` (vic, the auditor); bob reads staging only.
+    let (code, out, err) = remote(
+        addr,
+        &vic,
+        cwd,
+        &[
+            "audit",
+            "export",
+            "--out",
+            &path("served.jsonl"),
+            "--output",
+            "json",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let served_doc = json(&out);
+    let (code, here, err) = local(
+        &people,
+        "vic",
+        cwd,
+        &[
+            "audit",
+            "export",
+            "--out",
+            &path("local.jsonl"),
+            "--output",
+            "json",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let here = json(&here);
+    assert_eq!(served_doc["head_hash"], here["head_hash"]);
+    assert_eq!(served_doc["entries"], here["entries"]);
+    assert!(served_doc["entries"].as_u64().unwrap() >= 3, "{served_doc}");
+    assert_eq!(
+        std::fs::read(cwd.join("served.jsonl")).unwrap(),
+        std::fs::read(cwd.join("local.jsonl")).unwrap()
+    );
+    let (code, out, err) = local(
+        &people,
+        "vic",
+        cwd,
+        &["audit", "verify", "--file", &path("served.jsonl")],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, _, err) = remote(
+        addr,
+        &bob,
+        cwd,
+        &["audit", "export", "--out", &path("b.jsonl")],
+    );
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("viewer"), "{err}");
+    assert!(!cwd.join("b.jsonl").exists());
+
+    // `audit checkpoint`: signed here, kept by the server (admin), witnessed here; the
+    // same head twice signs nothing new.
+    let (sk, pk) = crate::evidence_cli::keys(cwd, "audit");
+    let witness = path("worm/checkpoints.jsonl");
+    let args = [
+        "audit",
+        "checkpoint",
+        "--key",
+        &sk,
+        "--witness",
+        &witness,
+        "--output",
+        "json",
+    ];
+    let (code, out, err) = remote(addr, &vic, cwd, &args);
+    assert_eq!(code, 3, "a viewer writes no checkpoint: {err}");
+    assert!(out.contains("admin"), "{out}");
+    let (code, out, err) = remote(addr, &alice, cwd, &args);
+    assert_eq!(code, 0, "{out}{err}");
+    let first = json(&out);
+    assert_eq!(first["anchored"], true, "{first}");
+    assert_eq!(first["hash"], here["head_hash"], "{first} {here}");
+    assert_eq!(first["witnesses"][0]["appended"], 1, "{first}");
+    let (code, out, err) = remote(addr, &alice, cwd, &args);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(json(&out)["anchored"], false, "{out}");
+    assert_eq!(json(&out)["witnesses"][0]["appended"], 0, "{out}");
+    // The key never left this machine, and the checkpoint is the store's: a local verify
+    // with the public key holds the chain to it, from the store and the witness file.
+    let (code, out, err) = local(
+        &people,
+        "alice",
+        cwd,
+        &[
+            "audit",
+            "verify",
+            "--pubkey",
+            &pk,
+            "--witness",
+            &witness,
+            "--output",
+            "json",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        json(&out)["checkpoints_checked"].as_u64().unwrap() >= 1,
+        "{out}"
+    );
+
+    // A chain edited behind slipway's back is never signed through the server either.
+    let db = world.dir.path().join("s.db");
+    let o = std::process::Command::new("sqlite3")
+        .args(["-cmd", ".timeout 10000"])
+        .arg(&db)
+        .arg("UPDATE audit SET outcome = 'forged' WHERE seq = 2")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    let (code, out, err) = remote(addr, &alice, cwd, &args);
+    assert_eq!(code, 7, "{out}{err}");
+    assert!(
+        out.contains("nothing was signed") && out.contains("does not verify"),
+        "{out}"
+    );
+}

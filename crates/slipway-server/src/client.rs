@@ -118,6 +118,24 @@ impl Client {
         self.json(resp).await.map(|(_, v)| v)
     }
 
+    /// `GET path` (under `/api/v1`) of a document that is not JSON (an audit export): its
+    /// bytes, or the server's error.
+    pub async fn get_bytes(&self, path: &str) -> Result<Vec<u8>, ClientError> {
+        let resp = self.send("GET", path, None, &[]).await?;
+        if !resp.status().is_success() {
+            let status = resp.status().as_u16();
+            self.json(resp).await?;
+            return Err(self.unreachable(format!("the answer is HTTP {status}, not a document")));
+        }
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| self.unreachable(format!("reading the answer: {e}")))?
+            .to_bytes();
+        Ok(bytes.to_vec())
+    }
+
     /// `POST path` (under `/api/v1`) with a JSON body: the status (200, 202) and JSON.
     pub async fn post(&self, path: &str, body: &Value) -> Result<(u16, Value), ClientError> {
         let body = Bytes::from(body.to_string());

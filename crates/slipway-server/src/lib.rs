@@ -27,6 +27,7 @@
 
 mod admin;
 mod api;
+mod audit;
 mod auth;
 mod chart;
 pub mod client;
@@ -193,6 +194,11 @@ pub fn app(
         .route("/leases/{env}", post(planning::lease))
         .route("/leases/{env}/release", post(planning::release))
         .route("/audit/verify", get(api::audit_verify))
+        .route("/audit/export", get(audit::export))
+        .route(
+            "/audit/anchors",
+            get(audit::anchors).post(audit::add_anchor),
+        )
         .route("/access/whoami", get(admin::whoami))
         .route("/access/grants", get(admin::grants).post(admin::grant))
         .route("/access/grants/{id}/revoke", post(admin::revoke_grant))
