@@ -330,14 +330,22 @@ pub fn archive(a: ArchiveArgs, out: &Output) -> Result<i32, CliError> {
 }
 
 /// Run `slipway retention …`.
+///
+/// Through a server (`--server`): `GET /api/v1/retention` and `POST
+/// /api/v1/retention/{kind}` (admin on `*`, as on a store).
 pub fn retention(c: RetentionCommand, out: &Output) -> Result<i32, CliError> {
     let rt = runtime()?;
+    let remote = crate::cli_util::remote()?;
     rt.block_on(async {
         match c {
             RetentionCommand::Show(a) => {
-                let (store, _) = crate::cli_util::read_store(&a.store).await?;
-                let db = ArchiveDb::for_store(&store);
-                let policy = policy_of(&db).await?;
+                let policy: RetentionPolicy = match &remote {
+                    Some(c) => crate::run_remote::read(c, c.get("/retention").await?)?,
+                    None => {
+                        let (store, _) = crate::cli_util::read_store(&a.store).await?;
+                        policy_of(&ArchiveDb::for_store(&store)).await?
+                    }
+                };
                 if out.json() {
                     out.json_value(&policy);
                 } else {
@@ -365,19 +373,27 @@ pub fn retention(c: RetentionCommand, out: &Output) -> Result<i32, CliError> {
                         "records must be kept at least as long as they stay live",
                     ));
                 }
-                let session = crate::cli_util::session(&a.store).await?;
-                crate::cli_util::enforce(&session, Role::Admin, "set retention", "*").await?;
-                let db = ArchiveDb::for_store(&session.store);
-                let me = session.actor.user.clone();
-                db.set_policy(&PolicyRow {
-                    kind: a.kind.clone(),
-                    live_days: live,
-                    keep_days: keep,
-                    set_by: format!("user:{me}"),
-                    set_at: slipway_stdx::now().to_string(),
-                })
-                .await
-                .map_err(CliError::from)?;
+                if let Some(c) = &remote {
+                    c.post(
+                        &format!("/retention/{}", crate::cli_util::path_segment(&a.kind)),
+                        &json!({"live_days": live, "keep_days": keep}),
+                    )
+                    .await?;
+                } else {
+                    let session = crate::cli_util::session(&a.store).await?;
+                    crate::cli_util::enforce(&session, Role::Admin, "set retention", "*").await?;
+                    let db = ArchiveDb::for_store(&session.store);
+                    let me = session.actor.user.clone();
+                    db.set_policy(&PolicyRow {
+                        kind: a.kind.clone(),
+                        live_days: live,
+                        keep_days: keep,
+                        set_by: format!("user:{me}"),
+                        set_at: slipway_stdx::now().to_string(),
+                    })
+                    .await
+                    .map_err(CliError::from)?;
+                }
                 if out.json() {
                     out.json_value(&json!({"kind": a.kind, "live_days": live, "keep_days": keep}));
                 } else {

@@ -124,32 +124,60 @@ fn append_item(text: &str, item: &ChecklistItem) -> String {
 }
 
 /// Run a checklist subcommand.
+///
+/// Through a server (`--server`): the plan is the server's (`slipway --server URL plan`),
+/// acknowledgements are read and written through `/api/v1/checklist/acks` (viewer / approver
+/// in the environment, as on a store), a retrospective's action items come from
+/// `/api/v1/reports/retro/{run}`; the spec stays a file of this machine.
 pub fn checklist(c: ChecklistCommand, out: &Output) -> Result<i32, CliError> {
+    let remote = crate::cli_util::remote()?;
     // Planning gathers facts with its own runtime: plan before entering ours.
     let plan = match &c {
         ChecklistCommand::Accept(_) => None,
         ChecklistCommand::Show(ShowArgs { file, env, .. })
-        | ChecklistCommand::Ack(AckArgs { file, env, .. }) => {
-            let store = std::env::var("SLIPWAY_STORE").ok();
-            Some(crate::cli_util::planned(file, env, store.as_deref(), out)?.plan)
-        }
+        | ChecklistCommand::Ack(AckArgs { file, env, .. }) => Some(match &remote {
+            Some(client) => {
+                crate::cli_util::load_spec(file, out)?;
+                let rt = runtime()?;
+                rt.block_on(crate::run_remote::plan_remote(client, file, env, None))?
+            }
+            None => {
+                let store = std::env::var("SLIPWAY_STORE").ok();
+                crate::cli_util::planned(file, env, store.as_deref(), out)?.plan
+            }
+        }),
     };
     let rt = runtime()?;
     let result = rt.block_on(async {
         match (c, plan) {
-            (ChecklistCommand::Accept(a), _) => accept(a, out).await,
+            (ChecklistCommand::Accept(a), _) => accept(a, remote.as_ref(), out).await,
             (ChecklistCommand::Show(_) | ChecklistCommand::Ack(_), None) => Err(CliError::new(
                 exit::INTERNAL,
                 "failed to plan before the checklist command",
                 None,
             )),
             (ChecklistCommand::Show(a), Some(plan)) => {
-                let (store, _) = crate::cli_util::read_store(&a.store).await?;
-                let db = ChecklistDb::for_store(&store);
-                let acks = db
-                    .acks(&plan.release.name, &plan.release.version, &plan.environment)
-                    .await
-                    .map_err(CliError::from)?;
+                let acks: Vec<Ack> = match &remote {
+                    Some(c) => {
+                        let seg = crate::cli_util::path_segment;
+                        let v = c
+                            .get(&format!(
+                                "/checklist/acks?release={}&version={}&environment={}",
+                                seg(&plan.release.name),
+                                seg(&plan.release.version),
+                                seg(&plan.environment)
+                            ))
+                            .await?;
+                        crate::run_remote::read(c, v)?
+                    }
+                    None => {
+                        let (store, _) = crate::cli_util::read_store(&a.store).await?;
+                        ChecklistDb::for_store(&store)
+                            .acks(&plan.release.name, &plan.release.version, &plan.environment)
+                            .await
+                            .map_err(CliError::from)?
+                    }
+                };
                 let st = slipway_ops::gates::checklist_states(&plan, &acks);
                 if out.json() {
                     out.json_value(&st);
@@ -182,6 +210,19 @@ pub fn checklist(c: ChecklistCommand, out: &Output) -> Result<i32, CliError> {
                         ),
                         "list the items with `slipway checklist show -f SPEC --env ENV`",
                     ));
+                }
+                if let Some(c) = &remote {
+                    c.post(
+                        "/checklist/acks",
+                        &json!({"release": plan.release.name, "version": plan.release.version,
+                            "environment": plan.environment, "item": a.item, "note": a.note}),
+                    )
+                    .await?;
+                    out.line(&format!(
+                        "checklist item {} acknowledged for {} {} in {}",
+                        a.item, plan.release.name, plan.release.version, plan.environment
+                    ));
+                    return Ok(exit::SUCCESS);
                 }
                 let session = crate::cli_util::session(&a.store).await?;
                 crate::cli_util::enforce(
@@ -218,19 +259,37 @@ pub fn checklist(c: ChecklistCommand, out: &Output) -> Result<i32, CliError> {
     result
 }
 
-async fn accept(a: AcceptArgs, out: &Output) -> Result<i32, CliError> {
-    let (store, _) = crate::cli_util::read_store(&a.store).await?;
-    let run = slipway_govern::history::RunHistory::load(store.as_ref(), &a.run)
-        .await
-        .map_err(CliError::from)?;
-    let retro = slipway_govern::retro::build(&run);
-    let Some(text) = a.item.checked_sub(1).and_then(|i| retro.actions.get(i)) else {
+async fn accept(
+    a: AcceptArgs,
+    remote: Option<&slipway_server::client::Client>,
+    out: &Output,
+) -> Result<i32, CliError> {
+    let actions: Vec<String> = match remote {
+        // The retrospective the server builds from its store (viewer everywhere).
+        Some(c) => {
+            let v = c
+                .get(&format!(
+                    "/reports/retro/{}",
+                    crate::cli_util::path_segment(&a.run)
+                ))
+                .await?;
+            crate::run_remote::read(c, v["retro"]["actions"].clone())?
+        }
+        None => {
+            let (store, _) = crate::cli_util::read_store(&a.store).await?;
+            let run = slipway_govern::history::RunHistory::load(store.as_ref(), &a.run)
+                .await
+                .map_err(CliError::from)?;
+            slipway_govern::retro::build(&run).actions
+        }
+    };
+    let Some(text) = a.item.checked_sub(1).and_then(|i| actions.get(i)) else {
         return Err(CliError::input(
             format!(
                 "failed to accept action item {} of run {}: its retrospective lists {}",
                 a.item,
                 a.run,
-                retro.actions.len()
+                actions.len()
             ),
             format!("see them with `slipway report retro {}`", a.run),
         ));

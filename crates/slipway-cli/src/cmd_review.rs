@@ -43,15 +43,24 @@ pub struct CompleteArgs {
 }
 
 /// Run a `slipway review` command.
+///
+/// Through a server (`--server`): `GET /api/v1/reviews` (the environments the caller may
+/// read) and `POST /api/v1/reviews/{run}/complete`, the same rules on the server's store.
 pub fn review(c: ReviewCommand, out: &Output) -> Result<i32, CliError> {
     let rt = runtime()?;
+    let remote = crate::cli_util::remote()?;
     rt.block_on(async {
         match c {
             ReviewCommand::List(a) => {
-                let s = read_session(&a.store).await?;
+                let all: Vec<slipway_ops::review::Review> = match &remote {
+                    Some(c) => crate::run_remote::read(c, c.get("/reviews").await?)?,
+                    None => {
+                        let s = read_session(&a.store).await?;
+                        slipway_ops::review::list(s.store.as_ref()).await?
+                    }
+                };
                 let now = slipway_stdx::now();
-                let reviews: Vec<_> = slipway_ops::review::list(s.store.as_ref())
-                    .await?
+                let reviews: Vec<_> = all
                     .into_iter()
                     .filter(|r| !a.open || r.state(now) != "done")
                     .collect();
@@ -87,8 +96,20 @@ pub fn review(c: ReviewCommand, out: &Output) -> Result<i32, CliError> {
                 Ok(0)
             }
             ReviewCommand::Complete(a) => {
-                let s = read_session(&a.store).await?;
-                let r = slipway_ops::review::complete(&s, &a.run, &a.note).await?;
+                let r: slipway_ops::review::Review = match &remote {
+                    Some(c) => {
+                        let path = format!(
+                            "/reviews/{}/complete",
+                            crate::cli_util::path_segment(&a.run)
+                        );
+                        let (_, v) = c.post(&path, &serde_json::json!({"note": a.note})).await?;
+                        crate::run_remote::read(c, v)?
+                    }
+                    None => {
+                        let s = read_session(&a.store).await?;
+                        slipway_ops::review::complete(&s, &a.run, &a.note).await?
+                    }
+                };
                 if out.json() {
                     let mut v = serde_json::to_value(&r).unwrap_or_default();
                     v["state"] = "done".into();

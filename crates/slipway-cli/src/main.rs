@@ -144,8 +144,8 @@ pub struct Cli {
     pub token: Option<String>,
     /// Act through a `slipway serve` API (http://HOST:PORT) with your token instead of
     /// a store: deploy, plan, diff, status, history, logs, wait, approve, pause, resume,
-    /// promote, abort, rollback, env, access, policy, freeze, report, catalog, audit
-    /// (checkpoints signed here), plan show. Commands on files (validate, package, …) run here; the other
+    /// promote, abort, rollback, env, review, checklist, retention, access, policy,
+    /// freeze, report, catalog, audit (checkpoints signed here), plan show. Commands on files (validate, package, …) run here; the other
     /// store commands are refused with the way to run them.
     #[arg(long, global = true, env = "SLIPWAY_SERVER", value_name = "URL")]
     pub server: Option<String>,

@@ -188,6 +188,14 @@ pub async fn plan_remote(
     serde_json::from_value(v).map_err(|e| unexpected(c, &e))
 }
 
+/// The server's answer as `T`, or an error naming the server.
+pub fn read<T: serde::de::DeserializeOwned>(
+    c: &slipway_server::client::Client,
+    v: serde_json::Value,
+) -> Result<T, CliError> {
+    serde_json::from_value(v).map_err(|e| unexpected(c, &e))
+}
+
 /// An answer of the server this version does not read.
 pub fn unexpected(c: &slipway_server::client::Client, e: &dyn std::fmt::Display) -> CliError {
     CliError::new(

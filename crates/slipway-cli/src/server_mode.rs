@@ -5,14 +5,16 @@
 //!   or changes the server's store only (deploy, resume, status, logs, pause, promote,
 //!   abort, rollback, approve, history, wait, access, policy, freeze, report, catalog,
 //!   audit verify/export/checkpoint (signed here), plan (a bundle the server plans),
-//!   `plan show`, diff, env);
+//!   `plan show`, diff, env, review, checklist, retention);
 //! - **here**: the command works on files of this machine (or starts its own demo) and
 //!   never reads a store, so a server changes nothing and it runs as without one
 //!   (validate, schema, key, sign, verify, package, render, compat, demo, migrate
 //!   status/apply/undo and backup, which act on the database `--url` names);
-//! - **refused**: the command reads or writes a store and has no API route; run through a
-//!   server it would act on whatever store this machine has, so it is refused before it
-//!   starts, saying why and where it does work (exit 2).
+//! - **refused**: the command acts from the machine that runs it on things a server does
+//!   not reach or must not hold (targets, databases and their credentials, local
+//!   processes), or is the server itself; run through a server it would act on whatever
+//!   store this machine has, so it is refused before it starts, saying why and where it
+//!   does work (exit 2).
 //!
 //! `docs/server.md` holds the same table for people.
 
@@ -64,7 +66,10 @@ pub fn mode(command: &Commands) -> Mode {
         | Commands::Plan(_)
         | Commands::Diff(_)
         | Commands::Env(_)
-        | Commands::Audit(_) => Mode::Through,
+        | Commands::Audit(_)
+        | Commands::Review(_)
+        | Commands::Checklist(_)
+        | Commands::Retention(_) => Mode::Through,
         Commands::Validate(_)
         | Commands::Schema
         | Commands::Key(_)
@@ -79,8 +84,8 @@ pub fn mode(command: &Commands) -> Mode {
         | Commands::Migrate(M::Status(_) | M::Apply(_) | M::Undo(_)) => Mode::Here,
         Commands::Check(_) => refused(
             "check",
-            "readiness is checked from the machine that runs the command, against what the store records as running; the server checks readiness itself when it drives a deploy",
-            ON_THE_STORE,
+            "it probes the targets (hosts, ports, accounts, capacity) from the machine that runs it, so through a server it would say what this machine reaches, not what the server's deploys reach; the server runs the same readiness gate itself before each deploy it drives",
+            "run `slipway check` without --server on a machine that reaches the targets, with --store naming the server's store (`--store postgres://…`); or deploy through the server, whose readiness gate refuses a target that is not ready",
         ),
         Commands::Proxy(_) => refused(
             "proxy",
@@ -97,30 +102,15 @@ pub fn mode(command: &Commands) -> Mode {
             "an archive bundle is cut from the store and signed on the machine that runs it",
             ON_THE_STORE,
         ),
-        Commands::Retention(_) => refused(
-            "retention",
-            "the retention policy has no API route yet",
-            ON_THE_STORE,
-        ),
-        Commands::Checklist(_) => refused(
-            "checklist",
-            "checklists have no API route yet",
-            ON_THE_STORE,
-        ),
-        Commands::Review(_) => refused(
-            "review",
-            "reviews after the fact have no API route yet",
-            ON_THE_STORE,
-        ),
         Commands::Rehearse(_) => refused(
             "rehearse",
-            "a rehearsal runs the migrations from this machine and records its RTO/RPO in the store",
-            ON_THE_STORE,
+            "a rehearsal backs up, migrates, rolls back and restores the environment's databases from the machine that runs it (it needs their credentials and network), then records its RTO/RPO in the store; the server never holds those credentials",
+            "run `slipway rehearse` without --server on a machine that reaches the databases, with --store naming the server's store (`--store postgres://…`) so plans through the server see the record",
         ),
         Commands::Migrate(M::DryRun(_)) => refused(
             "migrate dry-run",
-            "the dry run's record is written into the store, for the plans that ask for it",
-            ON_THE_STORE,
+            "the dry run clones the database --url names and runs the migrations on the clone from the machine that runs it (the server never holds database credentials); its record is written into the store, for the plans that ask for it",
+            "run `slipway migrate dry-run` without --server on a machine that reaches the database, with --store naming the server's store (`--store postgres://…`)",
         ),
     }
 }

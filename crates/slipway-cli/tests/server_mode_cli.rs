@@ -92,9 +92,6 @@ fn plan_show_and_audit_verify_go_through_the_server_and_store_commands_without_a
         &["proxy", "list"],
         &["serve"],
         &["archive", "--before", "2026-01-01", "--key", "k"],
-        &["retention", "show"],
-        &["checklist", "show", "-f", &spec, "--env", "staging"],
-        &["review", "list"],
         &["rehearse", "-f", &spec, "--env", "staging"],
         &["migrate", "dry-run", "--url", "sqlite://x.db", "--dir", "m"],
     ];

@@ -374,3 +374,192 @@ fn audit_export_and_checkpoint_go_through_the_server_and_the_key_stays_here() {
         "{out}"
     );
 }
+
+/// A production hotfix of `payfix` (its plan carries `post_review`), with `checklist`
+/// items; its step fails when `fail`.
+fn hotfix(dir: &std::path::Path, version: &str, fail: bool, checklist: &str) -> String {
+    let p = dir.join(format!("hotfix-{version}.yaml"));
+    std::fs::write(
+        &p,
+        format!(
+            "apiVersion: slipway/v1
+kind: Release
+metadata: {{ name: payfix, version: {version}, type: hotfix, change: CHG-9 }}
+services:
+  pay:
+    steps:
+      - {{ name: install, run: \"{}\" }}
+environments:
+  live:
+    production: true
+    target: {{ exec: {{}} }}
+policy:
+  hotfix: {{ approvals: 0 }}
+{checklist}",
+            if fail { "false" } else { "echo installed" }
+        ),
+    )
+    .unwrap();
+    p.display().to_string()
+}
+
+#[test]
+fn review_checklist_and_retention_go_through_the_server_with_the_store_commands_rules() {
+    let world = World::sqlite();
+    let mut people = People::new(&world.store, "alice");
+    people
+        .add("bob", "approver", "live")
+        .add("vic", "viewer", "*");
+    let server = world.serve();
+    let addr = server.addr.as_str();
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path();
+    let (alice, bob, vic) = (
+        people.token("alice").to_owned(),
+        people.token("bob").to_owned(),
+        people.token("vic").to_owned(),
+    );
+    let same = |who: &str, token: &str, args: &[&str]| -> (i32, String) {
+        let (code, served, err) = remote(addr, token, cwd, args);
+        let (lcode, here, lerr) = local(&people, who, cwd, args);
+        assert_eq!(code, lcode, "{args:?}: {err} / {lerr}");
+        assert_eq!(served, here, "{args:?}");
+        (code, served)
+    };
+
+    // `checklist`: the item is open (exit 3 both ways) until an approver acknowledges it
+    // through the server, as that person.
+    let spec = hotfix(
+        cwd,
+        "1.0.1",
+        false,
+        "checklist:\n  - { id: keys, text: rotate the keys }\n",
+    );
+    let show = [
+        "checklist",
+        "show",
+        "-f",
+        spec.as_str(),
+        "--env",
+        "live",
+        "--output",
+        "json",
+    ];
+    let (code, out) = same("vic", &vic, &show);
+    assert_eq!(code, 3, "{out}");
+    assert_eq!(json(&out)[0]["state"], "open", "{out}");
+    let ack = [
+        "checklist",
+        "ack",
+        "keys",
+        "-f",
+        spec.as_str(),
+        "--env",
+        "live",
+        "--note",
+        "rotated",
+    ];
+    let (code, _, err) = remote(addr, &vic, cwd, &ack);
+    assert_eq!(code, 3, "a viewer acknowledges nothing: {err}");
+    assert!(err.contains("approver"), "{err}");
+    let (code, out, err) = remote(addr, &bob, cwd, &ack);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out) = same("vic", &vic, &show);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(json(&out)[0]["state"], "acknowledged", "{out}");
+    assert!(out.contains("user:bob"), "{out}");
+
+    // `review`: alice's hotfix (deployed through the server) owes a review by another
+    // approver.
+    let (code, out, err) = remote(
+        addr,
+        &alice,
+        cwd,
+        &["deploy", "-f", &spec, "--env", "live", "--detach"],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let run = out.trim().to_owned();
+    let (code, out, err) = remote(addr, &alice, cwd, &["wait", &run]);
+    assert_eq!(code, 0, "{out}{err}");
+    let list = ["review", "list", "--output", "json"];
+    let (_, out) = same("vic", &vic, &list);
+    assert_eq!(json(&out)[0]["run"], run.as_str(), "{out}");
+    assert_eq!(json(&out)[0]["state"], "open", "{out}");
+    let complete = |token: &str| {
+        remote(
+            addr,
+            token,
+            cwd,
+            &["review", "complete", &run, "--note", "root cause fixed"],
+        )
+    };
+    let (code, _, err) = complete(&alice);
+    assert_eq!(code, 3, "not by its author: {err}");
+    assert!(err.contains("different person"), "{err}");
+    let (code, _, err) = complete(&vic);
+    assert_eq!(code, 3, "a viewer completes nothing: {err}");
+    let (code, out, err) = complete(&bob);
+    assert_eq!(code, 0, "{out}{err}");
+    let (_, out) = same(
+        "vic",
+        &vic,
+        &["review", "list", "--open", "--output", "json"],
+    );
+    assert_eq!(out.trim(), "[]");
+    let (_, out) = same("vic", &vic, &list);
+    assert_eq!(json(&out)[0]["state"], "done", "{out}");
+
+    // `checklist accept`: a failed run's retrospective (the server's) grows the spec here,
+    // as it does on the store.
+    let failing = hotfix(cwd, "0.9.0", true, "");
+    let (code, out, err) = remote(
+        addr,
+        &alice,
+        cwd,
+        &["deploy", "-f", &failing, "--env", "live", "--detach"],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let failed = out.trim().to_owned();
+    let (code, out, err) = remote(addr, &alice, cwd, &["wait", &failed]);
+    assert_ne!(code, 0, "{out}{err}");
+    let copy = cwd.join("copy.yaml");
+    std::fs::copy(&spec, &copy).unwrap();
+    let copy = copy.display().to_string();
+    let (code, out, err) = remote(
+        addr,
+        &vic,
+        cwd,
+        &["checklist", "accept", &failed, "1", "-f", &spec],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = local(
+        &people,
+        "vic",
+        cwd,
+        &["checklist", "accept", &failed, "1", "-f", &copy],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let text = std::fs::read_to_string(&spec).unwrap();
+    assert!(text.contains(&format!("retro-{failed}-1")), "{text}");
+    assert_eq!(text, std::fs::read_to_string(&copy).unwrap());
+
+    // `retention`: shown as on the store; set by an admin only, audited as that person.
+    let (code, out) = same("vic", &vic, &["retention", "show", "--output", "json"]);
+    assert_eq!(code, 0);
+    assert_eq!(json(&out)["rules"]["runs"]["live_days"], 90, "{out}");
+    let set = ["retention", "set", "runs", "--live", "30d", "--keep", "7y"];
+    let (code, _, err) = remote(addr, &vic, cwd, &set);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("admin"), "{err}");
+    let (code, out, err) = remote(addr, &alice, cwd, &set);
+    assert_eq!(code, 0, "{out}{err}");
+    let (_, out) = same("vic", &vic, &["retention", "show", "--output", "json"]);
+    assert_eq!(json(&out)["rules"]["runs"]["live_days"], 30, "{out}");
+    let (code, _, err) = remote(
+        addr,
+        &alice,
+        cwd,
+        &["retention", "set", "runs", "--live", "1y", "--keep", "30d"],
+    );
+    assert_eq!(code, 2, "{err}");
+}

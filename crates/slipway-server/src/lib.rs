@@ -35,6 +35,7 @@ mod control;
 mod deploy;
 mod drives;
 mod error;
+mod governance;
 mod metrics;
 mod planning;
 mod reports;
@@ -219,6 +220,14 @@ pub fn app(
             post(admin::decide_review),
         )
         .route("/access/reviews/{review}/close", post(admin::close_review))
+        .route("/reviews", get(governance::reviews))
+        .route("/reviews/{run}/complete", post(governance::complete_review))
+        .route(
+            "/checklist/acks",
+            get(governance::acks).post(governance::acknowledge),
+        )
+        .route("/retention", get(governance::retention))
+        .route("/retention/{kind}", post(governance::set_retention))
         .route("/policy", get(admin::policy).post(admin::apply_policy))
         .route("/freeze", get(admin::freeze_status))
         .route("/reports/compliance", get(reports::compliance))
