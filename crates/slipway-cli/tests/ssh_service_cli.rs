@@ -19,7 +19,7 @@ const SECRET: &str = "pw-7f3a-ssh-never-in-the-journal";
 const TEMPLATE: &str = "password = \"{{ vars.password }}\"\nversion = \"{{ version }}\"\n";
 
 /// Two ports in a row that are free now (an instance per replica).
-fn free_ports(n: u16) -> u16 {
+pub(crate) fn free_ports(n: u16) -> u16 {
     loop {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let p = l.local_addr().unwrap().port();
@@ -29,24 +29,24 @@ fn free_ports(n: u16) -> u16 {
     }
 }
 
-struct World {
-    fleet: Fleet,
-    dir: PathBuf,
+pub(crate) struct World {
+    pub(crate) fleet: Fleet,
+    pub(crate) dir: PathBuf,
     roots: Vec<PathBuf>,
-    ports: Vec<u16>,
+    pub(crate) ports: Vec<u16>,
     /// Instances per host.
-    replicas: u16,
+    pub(crate) replicas: u16,
     /// Lines added to the environment (e.g. `router:`), indented by four spaces.
-    env_extra: String,
+    pub(crate) env_extra: String,
     /// Top-level lines added to the spec (e.g. `strategy:`).
-    tail: String,
+    pub(crate) tail: String,
     /// `target.ssh.batch`.
-    batch: u32,
+    pub(crate) batch: u32,
 }
 
 impl World {
     /// `hosts` sshd hosts, each with its own state directory and two ports for `web`.
-    fn new(hosts: usize) -> World {
+    pub(crate) fn new(hosts: usize) -> World {
         let fleet = Fleet::start(hosts);
         let dir = fleet.dir.join("spec");
         std::fs::create_dir_all(&dir).unwrap();
@@ -84,7 +84,7 @@ impl World {
     }
 
     /// Write the spec of release `version` whose `web` runs `command`.
-    fn spec(&self, version: &str, command: &str) -> PathBuf {
+    pub(crate) fn spec(&self, version: &str, command: &str) -> PathBuf {
         self.spec_with(
             version,
             command,
@@ -121,14 +121,14 @@ environments:
         file
     }
 
-    fn demo(&self) -> String {
+    pub(crate) fn demo(&self) -> String {
         format!(
             "{} demo-app --port {{{{ port }}}} --version {{{{ version }}}}",
             env!("CARGO_BIN_EXE_slipway")
         )
     }
 
-    fn cmd(&self) -> std::process::Command {
+    pub(crate) fn cmd(&self) -> std::process::Command {
         let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_slipway"));
         c.env(
             "SLIPWAY_STORE",
@@ -140,11 +140,11 @@ environments:
         c
     }
 
-    fn run(&self, args: &[&str]) -> std::process::Output {
+    pub(crate) fn run(&self, args: &[&str]) -> std::process::Output {
         self.cmd().args(args).output().unwrap()
     }
 
-    fn deploy(&self, spec: &Path) -> std::process::Output {
+    pub(crate) fn deploy(&self, spec: &Path) -> std::process::Output {
         self.run(&[
             "deploy",
             "--env",
@@ -156,14 +156,14 @@ environments:
         ])
     }
 
-    fn status(&self) -> serde_json::Value {
+    pub(crate) fn status(&self) -> serde_json::Value {
         let o = self.run(&["status", "--output", "json"]);
         assert_eq!(o.status.code(), Some(0), "{o:?}");
         serde_json::from_slice(&o.stdout).unwrap()
     }
 
     /// The service's directory on host `i`.
-    fn base(&self, i: usize) -> PathBuf {
+    pub(crate) fn base(&self, i: usize) -> PathBuf {
         self.roots[i].join("state/services/web")
     }
 
@@ -176,7 +176,7 @@ environments:
     }
 
     /// Wait until every instance on every host answers `version`.
-    fn wait_all(&self, version: &str) {
+    pub(crate) fn wait_all(&self, version: &str) {
         for (i, p) in self.ports.iter().enumerate() {
             for k in 0..self.replicas {
                 wait_version(*p + k, version, &format!("host {i} instance {k}"));
@@ -186,7 +186,7 @@ environments:
 }
 
 /// The body of `GET /version` on a local port, if it answers.
-fn version_at(port: u16) -> Option<String> {
+pub(crate) fn version_at(port: u16) -> Option<String> {
     let mut s = TcpStream::connect_timeout(
         &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
         Duration::from_secs(2),
@@ -639,7 +639,7 @@ fn behind_haproxy_each_host_is_drained_while_replaced_and_no_request_fails() {
 
 /// The canary strategy of the fleet tests: a third of the traffic to the canary host,
 /// analysed on its own 5xx against the others', the same analysis between later waves.
-const FLEET_CANARY: &str = "strategy:
+pub(crate) const FLEET_CANARY: &str = "strategy:
   canary:
     steps:
       - set_weight: 34
@@ -656,7 +656,7 @@ analysis_templates:
 ";
 
 /// `GET /` through a port, new connection each: the version of a 200, else the status.
-fn root_at(port: u16) -> Result<String, String> {
+pub(crate) fn root_at(port: u16) -> Result<String, String> {
     let mut s = TcpStream::connect_timeout(
         &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
         Duration::from_secs(2),
@@ -675,7 +675,7 @@ fn root_at(port: u16) -> Result<String, String> {
 }
 
 /// Requests to `/` through `port` until `stop`: (answers by version, failures).
-fn root_traffic(
+pub(crate) fn root_traffic(
     port: u16,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> std::thread::JoinHandle<(std::collections::BTreeMap<String, u32>, Vec<String>)> {
@@ -725,7 +725,7 @@ fn weights(w: &World) -> std::collections::BTreeMap<String, u64> {
 }
 
 /// The run's journal entries' step-progress details, in order.
-fn progress(w: &World) -> Vec<serde_json::Value> {
+pub(crate) fn progress(w: &World) -> Vec<serde_json::Value> {
     let o = w.run(&["logs", "--output", "json"]);
     assert_eq!(o.status.code(), Some(0), "{o:?}");
     let text = String::from_utf8_lossy(&o.stdout);
@@ -758,7 +758,10 @@ fn progress(w: &World) -> Vec<serde_json::Value> {
     out
 }
 
-fn events_named<'a>(p: &'a [serde_json::Value], name: &str) -> Vec<&'a serde_json::Value> {
+pub(crate) fn events_named<'a>(
+    p: &'a [serde_json::Value],
+    name: &str,
+) -> Vec<&'a serde_json::Value> {
     p.iter().filter(|e| e["event"] == name).collect()
 }
 

@@ -679,6 +679,12 @@ pub struct NginxRouter {
     /// Reloads nginx; default `nginx -s reload`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reload: Option<String>,
+    /// On the ssh target (a fleet behind nginx): the access log (relative to the spec)
+    /// the builtin `error-rate` / `request-rate` of a fleet canary are counted from, per
+    /// host. nginx writes it with `log_format slipway '$upstream_addr $status';` and
+    /// `access_log PATH slipway;` where requests are proxied to the upstream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_log: Option<String>,
 }
 
 /// HAProxy as router.

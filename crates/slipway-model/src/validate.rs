@@ -1843,9 +1843,10 @@ fn router(cx: &mut Cx<'_>, spec: &ReleaseSpec, env: &str, e: &Environment, r: &R
             ("haproxy", r.haproxy.is_some()),
         ],
     );
-    // On the ssh target HAProxy takes each host out of service while its instances are
-    // replaced (one server per host, named after it); nothing else routes there.
-    let ssh_drain = e.target.ssh.is_some() && r.haproxy.is_some();
+    // On the ssh target HAProxy or nginx takes each host out of service while its
+    // instances are replaced (one server per host, named after it); nothing else routes
+    // there.
+    let ssh_drain = e.target.ssh.is_some() && (r.haproxy.is_some() || r.nginx.is_some());
     if e.target.process.is_none() && e.target.kind() != crate::spec::TargetKind::None && !ssh_drain
     {
         cx.err_key(
@@ -1855,7 +1856,7 @@ fn router(cx: &mut Cx<'_>, spec: &ReleaseSpec, env: &str, e: &Environment, r: &R
                 "`{env}` deploys with the `{}` target, which does not shift traffic; a router fronts the instances of the `process` target",
                 e.target.kind()
             ),
-            "use `target: { process: {} }` here (or, on the ssh target, `router: { haproxy: ... }` to drain each host while it is deployed), or remove `router:`",
+            "use `target: { process: {} }` here (or, on the ssh target, `router: { haproxy: ... }` or `router: { nginx: ... }` to drain each host while it is deployed), or remove `router:`",
         );
     }
     let instanced: Vec<&str> = spec
@@ -1939,6 +1940,21 @@ fn router(cx: &mut Cx<'_>, spec: &ReleaseSpec, env: &str, e: &Environment, r: &R
                 "write the name your `proxy_pass http://NAME` uses: letters, digits, `-`, `_`, `.`",
             );
         }
+        match &n.access_log {
+            Some(l) if l.trim().is_empty() => cx.err_value(
+                "empty",
+                &at("nginx/access_log"),
+                "the access log path is empty",
+                "name the file of `access_log PATH slipway;` in nginx's config, or remove the field",
+            ),
+            Some(_) if e.target.ssh.is_none() => cx.err_value(
+                "unused-field",
+                &at("nginx/access_log"),
+                "`access_log` is read only by fleet canaries on the ssh target; this environment does not deploy with `target: { ssh: ... }`",
+                "remove `access_log:` (on the process target analysis behind nginx uses `prometheus` or `http` providers)",
+            ),
+            _ => {}
+        }
         for (f, v) in [("test", &n.test), ("reload", &n.reload)] {
             if v.as_ref().is_some_and(|v| v.trim().is_empty()) {
                 cx.err_value(
@@ -2019,15 +2035,38 @@ fn router(cx: &mut Cx<'_>, spec: &ReleaseSpec, env: &str, e: &Environment, r: &R
             continue;
         };
         for m in tpl.metrics.iter().filter(|m| m.provider == "builtin") {
+            let fleet_log =
+                e.target.ssh.is_some() && r.nginx.as_ref().is_some_and(|n| n.access_log.is_some());
             let answered = match r.kind() {
                 "haproxy" => HAPROXY_BUILTIN_METRICS.contains(&m.name.as_str()),
-                "nginx" => false,
+                "nginx" => fleet_log && HAPROXY_BUILTIN_METRICS.contains(&m.name.as_str()),
                 _ => true,
             };
             if answered {
                 continue;
             }
-            let (msg, help) = if r.kind() == "nginx" {
+            let (msg, help) = if r.kind() == "nginx" && e.target.ssh.is_some() {
+                if HAPROXY_BUILTIN_METRICS.contains(&m.name.as_str()) {
+                    cx.err_key(
+                        "router-metrics",
+                        &at("nginx"),
+                        format!(
+                            "analysis template `{t}` measures `{}` with the builtin provider; a fleet behind nginx counts it per host from nginx's access log, and `router.nginx.access_log` is not set",
+                            m.name
+                        ),
+                        "add `access_log: /var/log/nginx/slipway-web.log` under `router.nginx` and in nginx's `http` block `log_format slipway '$upstream_addr $status';` and `access_log /var/log/nginx/slipway-web.log slipway;` (docs/providers.md, \"A fleet behind nginx\"), or measure it with a `prometheus` or `http` provider",
+                    );
+                    continue;
+                }
+                (
+                    format!(
+                        "analysis template `{t}` measures `{}` with the builtin provider; a fleet behind nginx has only per-host response and 5xx counts from the access log ({})",
+                        m.name,
+                        HAPROXY_BUILTIN_METRICS.join(", ")
+                    ),
+                    "measure latency with a `prometheus` or `http` provider (declared under `providers:`)".to_owned(),
+                )
+            } else if r.kind() == "nginx" {
                 (
                     format!(
                         "analysis template `{t}` measures `{}` with the builtin provider, which counts requests in the built-in proxy; behind nginx there are no such counters",

@@ -600,16 +600,18 @@ fn ssh_findings(p: &Plan, file: &Path, dir: &Path) -> Vec<Finding> {
                 ),
             ));
         }
-        // Canaries on a fleet shift traffic through HAProxy, one server per host
-        // (`slipway_providers::fleet`); without it an ssh plan must not show traffic
+        // Canaries on a fleet shift traffic through HAProxy or nginx, one server per host
+        // (`slipway_providers::fleet`); without one an ssh plan must not show traffic
         // steps nobody would enforce.
-        let behind_haproxy = p.router_of(name).is_some_and(|r| r.haproxy.is_some());
+        let behind_balancer = p
+            .router_of(name)
+            .is_some_and(|r| r.haproxy.is_some() || r.nginx.is_some());
         if let Some(c) = p.strategy.canary.as_ref() {
-            if !behind_haproxy {
+            if !behind_balancer {
                 out.push(error(
                     "ssh-unsupported",
                     format!(
-                        "{}: environments.{}.strategy: a canary of `run:` services on the ssh target shifts traffic through HAProxy; add `router: {{ haproxy: {{ socket: …, backend: … }} }}` (one server per host, named after it) to the environment, or use `rolling` (hosts in waves of `target.ssh.batch`) for services.{name}",
+                        "{}: environments.{}.strategy: a canary of `run:` services on the ssh target shifts traffic through HAProxy or nginx; add `router: {{ haproxy: {{ socket: …, backend: … }} }}` (one server per host, named after it) or `router: {{ nginx: {{ upstream_file: …, upstream: …, access_log: … }} }}` to the environment, or use `rolling` (hosts in waves of `target.ssh.batch`) for services.{name}",
                         file.display(),
                         p.environment
                     ),

@@ -254,10 +254,8 @@ impl RunWiring<'_> {
         // On the ssh target, `deploy` steps are supervised instances on the hosts, run by
         // the same target as the install steps (waves, budget, markers).
         let with_services = |t: SshTarget, p: &Plan| {
-            t.with_services(
-                ssh_services(p, self.workdir),
-                Some(self.layout.config(&p.environment)),
-            )
+            let services = ssh_services(p, self.workdir, t.endpoints());
+            t.with_services(services, Some(self.layout.config(&p.environment)))
         };
         let exec: Arc<dyn Target> = match (ssh_plan, ssh) {
             (Some(p), Some(checked)) => Arc::new(with_services(checked, p)),
@@ -568,27 +566,49 @@ pub fn ssh_target(plan: &Plan, spec_dir: &Path, redactor: Redactor) -> Result<Ss
     .map_err(|e| e.to_string())
 }
 
-/// The `run:` services of a plan as the ssh target deploys them on its hosts, each with
-/// the HAProxy its environment's `router:` puts in front of the fleet (socket relative to
-/// `workdir`).
+/// The `run:` services of a plan as the ssh target deploys them on its hosts
+/// (`endpoints`), each with the load balancer its environment's `router:` puts in front
+/// of the fleet: HAProxy or nginx (paths relative to `workdir`).
 pub fn ssh_services(
     plan: &Plan,
     workdir: &Path,
+    endpoints: &[crate::ssh::Endpoint],
 ) -> BTreeMap<String, crate::ssh_service::SshService> {
     plan.services
         .iter()
         .filter_map(|(name, s)| {
-            let drain = plan
-                .router_of(name)
-                .and_then(|r| r.haproxy.as_ref())
-                .map(|h| {
-                    Arc::new(crate::haproxy::HaproxyRouter::new(
+            let router = plan.router_of(name);
+            let drain: Option<Arc<dyn crate::balancer::Balancer>> =
+                if let Some(h) = router.and_then(|r| r.haproxy.as_ref()) {
+                    Some(Arc::new(crate::haproxy::HaproxyRouter::new(
                         workdir.join(&h.socket),
                         h.backend.clone(),
                         "stable",
                         "canary",
-                    ))
-                });
+                    )))
+                } else {
+                    router.and_then(|r| r.nginx.as_ref()).map(|n| {
+                        let members = endpoints
+                            .iter()
+                            .filter_map(|e| {
+                                Some(crate::balancer::Member {
+                                    name: e.host.name.clone(),
+                                    address: e.host.address.clone(),
+                                    port: *e.host.ports.get(name)?,
+                                })
+                            })
+                            .collect();
+                        Arc::new(crate::balancer::NginxFleet::new(
+                            workdir.join(&n.upstream_file),
+                            n.upstream.clone(),
+                            n.test.clone(),
+                            n.reload.clone(),
+                            n.access_log.as_ref().map(|l| workdir.join(l)),
+                            members,
+                            s.run.as_ref().map_or(1, |r| r.replicas),
+                        )) as Arc<dyn crate::balancer::Balancer>
+                    })
+                };
             // A canary needs the load balancer to shift traffic with; without one the
             // plan is refused (`ssh-unsupported`), and nothing here would enforce it.
             let canary = plan

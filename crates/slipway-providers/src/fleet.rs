@@ -1,6 +1,7 @@
-//! Fleet canaries: a `run:` service on the hosts of an ssh inventory group, behind an
-//! HAProxy backend with one server per host (named as the host), deployed with
-//! `strategy: canary`.
+//! Fleet canaries: a `run:` service on the hosts of an ssh inventory group, behind a
+//! load balancer with one server per host (named as the host) — an HAProxy backend or an
+//! nginx upstream, both through [`crate::balancer::Balancer`], the only thing used here —
+//! deployed with `strategy: canary`.
 //!
 //! # What happens
 //!
@@ -15,8 +16,8 @@
 //!    and judge as the process target) then runs the canary's steps with the hosts as
 //!    its pools: `set_weight: W` gives the canary hosts W% of new requests through
 //!    absolute per-server weights ([`crate::haproxy::server_weights`]), and analysis
-//!    reads HAProxy's per-server counters (`show stat`: responses and 5xx of the canary
-//!    hosts' servers against the other hosts').
+//!    reads the balancer's per-host counters (HAProxy's `show stat`, or nginx's access
+//!    log: responses and 5xx of the canary hosts against the other hosts').
 //! 2. **The next waves.** Once the canary passed, its hosts get their own weights back,
 //!    and each later wave is deployed like a rolling deploy (drained, replaced, back in
 //!    service at its own weight). Between waves the canary's last analysis runs again on
@@ -37,7 +38,7 @@
 //! # A driver that dies
 //!
 //! Nothing here is kept in memory that the journal and the hosts do not also hold:
-//! instances are supervised on the hosts and keep serving through HAProxy at the weights
+//! instances are supervised on the hosts and keep serving through the balancer at the weights
 //! in force. A resumed driver reads the step's progress: the journaled weights, whether
 //! the canary wave passed, and the canary's step and weight; the canary hosts are found
 //! by their completion markers (their deploy is not repeated) and the controller
@@ -65,7 +66,8 @@ use slipway_rollout::{
     run_canary_checked,
 };
 
-use crate::haproxy::{HaproxyRouter, server_weights};
+use crate::balancer::Balancer;
+use crate::haproxy::server_weights;
 use crate::ssh::{HostOutcome, Session, SshTarget};
 use crate::ssh_service;
 
@@ -194,9 +196,10 @@ fn host_addr(address: &str, port: u16, index: usize) -> SocketAddr {
         })
 }
 
-/// The canary's view of HAProxy: pools are sets of hosts (servers named after them).
+/// The canary's view of the load balancer: pools are sets of hosts (servers named after
+/// them).
 struct FleetRouter<'a> {
-    haproxy: &'a HaproxyRouter,
+    lb: &'a dyn Balancer,
     /// Every host with a server in the backend, by address.
     hosts: BTreeMap<SocketAddr, String>,
     /// The hosts in the canary pool.
@@ -224,27 +227,11 @@ impl FleetRouter<'_> {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
     }
-
-    async fn set(&self, host: &str, weight: u64) -> Result<(), RolloutError> {
-        set_weight(self.haproxy, host, weight)
-            .await
-            .map_err(RolloutError::Router)
-    }
 }
 
-/// `set weight BACKEND/HOST W` (absolute, never `%`).
-async fn set_weight(haproxy: &HaproxyRouter, host: &str, weight: u64) -> Result<(), String> {
-    let cmd = format!("set weight {}/{host} {weight}", haproxy.backend());
-    let out = haproxy.command(&cmd).await?;
-    let t = out.trim();
-    if t.is_empty() {
-        Ok(())
-    } else {
-        Err(format!(
-            "HAProxy refused `{cmd}` on {}: {t}; fix: the backend needs one server per host, named as the host in the inventory",
-            haproxy.socket().display()
-        ))
-    }
+/// One host's weight.
+async fn set_weight(lb: &dyn Balancer, host: &str, weight: u64) -> Result<(), String> {
+    lb.set_weights(&[(host.to_owned(), weight)]).await
 }
 
 impl TrafficRouter for FleetRouter<'_> {
@@ -263,8 +250,12 @@ impl TrafficRouter for FleetRouter<'_> {
                 .collect();
             let before = self.canary();
             let left: Vec<String> = before.difference(&now).cloned().collect();
-            for h in &left {
-                self.set(h, 0).await?;
+            if !left.is_empty() {
+                let zero: Vec<(String, u64)> = left.iter().map(|h| (h.clone(), 0)).collect();
+                self.lb
+                    .set_weights(&zero)
+                    .await
+                    .map_err(RolloutError::Router)?;
             }
             self.out
                 .lock()
@@ -290,31 +281,31 @@ impl TrafficRouter for FleetRouter<'_> {
             let (ws, wc) = server_weights(weight, stable.len(), canary.len());
             // The pool gaining weight first, so the servers never all weigh 0.
             let current = self.verify_weight().await.unwrap_or(0);
-            let c = canary.iter().map(|h| (h, wc));
-            let s = stable.into_iter().map(|h| (h, ws));
-            let order: Vec<(&String, u64)> = if weight >= current {
+            let c = canary.iter().map(|h| (h.clone(), wc));
+            let s = stable.into_iter().map(|h| (h.clone(), ws));
+            let order: Vec<(String, u64)> = if weight >= current {
                 c.chain(s).collect()
             } else {
                 s.chain(c).collect()
             };
-            for (h, w) in order {
-                self.set(h, w).await?;
-            }
-            Ok(())
+            self.lb
+                .set_weights(&order)
+                .await
+                .map_err(RolloutError::Router)
         })
     }
 
     fn verify_weight(&self) -> BoxFuture<'_, Option<u8>> {
         Box::pin(async move {
-            let servers = self.haproxy.servers().await.ok()?;
+            let hosts = self.lb.hosts().await.ok()?;
             let canary = self.canary();
             let (mut c, mut all) = (0u64, 0u64);
-            for s in servers.iter().filter(|s| s.in_use()) {
-                if !self.hosts.values().any(|h| *h == s.name) {
+            for (name, s) in hosts.iter().filter(|(_, s)| s.in_service) {
+                if !self.hosts.values().any(|h| h == name) {
                     continue;
                 }
                 all += s.weight;
-                if canary.contains(&s.name) {
+                if canary.contains(name) {
                     c += s.weight;
                 }
             }
@@ -327,15 +318,13 @@ impl TrafficRouter for FleetRouter<'_> {
 
     fn canary_in_flight(&self) -> BoxFuture<'_, Option<u64>> {
         Box::pin(async move {
-            let stats = self.haproxy.server_stats().await.ok()?;
+            let counts = self.lb.counts().await.ok()?;
             let canary = self.canary();
-            Some(
-                stats
-                    .iter()
-                    .filter(|(n, _)| canary.contains(*n))
-                    .map(|(_, s)| s.sessions)
-                    .sum(),
-            )
+            counts
+                .iter()
+                .filter(|(n, _)| canary.contains(*n))
+                .map(|(_, s)| s.in_flight)
+                .sum()
         })
     }
 }
@@ -343,7 +332,7 @@ impl TrafficRouter for FleetRouter<'_> {
 impl MetricSource for FleetRouter<'_> {
     fn window(&self) -> BoxFuture<'_, Result<Window, String>> {
         Box::pin(async move {
-            let stats = self.haproxy.server_stats().await?;
+            let stats = self.lb.counts().await?;
             let canary = self.canary();
             let (mut c, mut s) = ((0u64, 0u64), (0u64, 0u64));
             for (name, st) in &stats {
@@ -355,7 +344,7 @@ impl MetricSource for FleetRouter<'_> {
                 } else {
                     &mut s
                 };
-                pool.0 += st.requests;
+                pool.0 += st.responses;
                 pool.1 += st.errors;
             }
             let now = Instant::now();
@@ -366,7 +355,7 @@ impl MetricSource for FleetRouter<'_> {
                 .replace((now, c, s));
             // The pools change between windows (a wave joins the canary): a window is
             // the difference of each pool's sums, and a negative one (HAProxy restarted,
-            // a host moved pools) counts from zero.
+            // a host moved pools, a new reader of nginx's log) counts from zero.
             let (since, pc, ps) = previous.unwrap_or((now, (0, 0), (0, 0)));
             let diff = |now: (u64, u64), before: (u64, u64)| {
                 if now.0 < before.0 {
@@ -385,7 +374,7 @@ impl MetricSource for FleetRouter<'_> {
                 seconds,
                 samples_ms: Vec::new(),
             };
-            // No match routes behind HAProxy: nothing is counted apart.
+            // No match routes in a fleet canary: nothing is counted apart.
             Ok(Window {
                 canary: v(diff(c, pc)),
                 stable: v(diff(s, ps)),
@@ -416,7 +405,7 @@ impl Instances for FleetHosts<'_> {
                 // Deployed on the wave's hosts before the controller started.
                 Role::Canary => Ok(self.canary.clone()),
                 Role::Stable => Err(RolloutError::Instances(
-                    "every host outside the canary is out of service in HAProxy (DOWN or in maintenance): there is no stable version to move the traffic back to; the canary hosts are rolled back to their previous version instead".into(),
+                    "every host outside the canary is out of service in the load balancer (down, drained or in maintenance): there is no stable version to move the traffic back to; the canary hosts are rolled back to their previous version instead".into(),
                 )),
             }
         })
@@ -425,16 +414,14 @@ impl Instances for FleetHosts<'_> {
     fn ready<'a>(&'a self, instances: &'a [Instance]) -> BoxFuture<'a, bool> {
         Box::pin(async move {
             // The stable hosts were not touched: they can take the traffic back unless
-            // HAProxy has every one of them out of service.
-            let Ok(stats) = self.run.haproxy.server_stats().await else {
+            // the balancer has every one of them out of service.
+            let Ok(hosts) = self.run.lb.hosts().await else {
                 return false;
             };
             instances.is_empty()
-                || instances.iter().any(|i| {
-                    stats.get(&i.id).is_some_and(|s| {
-                        !s.status.starts_with("DOWN") && !s.status.starts_with("MAINT")
-                    })
-                })
+                || instances
+                    .iter()
+                    .any(|i| hosts.get(&i.id).is_some_and(|s| s.in_service))
         })
     }
 
@@ -464,7 +451,7 @@ struct FleetRun<'a> {
     service: &'a str,
     version: &'a str,
     spec: &'a FleetCanary,
-    haproxy: &'a HaproxyRouter,
+    lb: &'a dyn Balancer,
     /// Every connected host, in inventory order.
     hosts: Vec<FleetHost>,
     /// Each host's weight before the canary.
@@ -508,7 +495,7 @@ impl FleetRun<'_> {
                 self.target
                     .report(self.ctx, &h.session.endpoint().host, "undo", None, &outcome);
                 let back = match self.weights.get(&h.name) {
-                    Some(w) => set_weight(self.haproxy, &h.name, *w).await,
+                    Some(w) => set_weight(self.lb, &h.name, *w).await,
                     None => Ok(()),
                 };
                 match (r, back) {
@@ -532,9 +519,8 @@ impl FleetRun<'_> {
 
     /// Every host's journaled weight put back, reported.
     async fn restore_weights(&self) -> Result<(), String> {
-        for (h, w) in &self.weights {
-            set_weight(self.haproxy, h, *w).await?;
-        }
+        let all: Vec<(String, u64)> = self.weights.iter().map(|(h, w)| (h.clone(), *w)).collect();
+        self.lb.set_weights(&all).await?;
         self.ctx.report(json(&StepEvent::FleetWeightsRestored {
             weights: self.weights.clone(),
         }));
@@ -585,7 +571,7 @@ impl FleetRun<'_> {
                     .exclude_host(h.index, &h.session, self.ctx, t)
                     .await;
                 if let Some(w) = self.weights.get(&h.name) {
-                    set_weight(self.haproxy, &h.name, *w)
+                    set_weight(self.lb, &h.name, *w)
                         .await
                         .map_err(TargetError::Io)?;
                 }
@@ -646,7 +632,7 @@ impl FleetRun<'_> {
             .map(|h| self.instance(h, h.current.as_deref().unwrap_or("unknown")))
             .collect();
         let router = FleetRouter {
-            haproxy: self.haproxy,
+            lb: self.lb,
             hosts: self
                 .hosts
                 .iter()
@@ -800,7 +786,7 @@ pub(crate) async fn apply(
     step: &ExecStep,
     service: &str,
     spec: &FleetCanary,
-    haproxy: &HaproxyRouter,
+    lb: &dyn Balancer,
     port: impl Fn(&crate::ssh::Host) -> Option<u16>,
 ) -> Option<Result<Applied, TargetError>> {
     let StepAction::Deploy { version, .. } = action else {
@@ -855,20 +841,20 @@ pub(crate) async fn apply(
     let weights = match prior.weights.clone() {
         Some(w) => w,
         None => {
-            let servers = match haproxy.servers().await {
+            let servers = match lb.hosts().await {
                 Ok(s) => s,
                 Err(m) => return Some(Err(TargetError::Io(m))),
             };
             let mut w = BTreeMap::new();
             for h in &hosts {
-                match servers.iter().find(|s| s.name == h.name) {
+                match servers.get(&h.name) {
                     Some(s) => {
                         w.insert(h.name.clone(), s.weight);
                     }
                     None => {
                         return Some(Err(TargetError::Io(format!(
-                            "HAProxy backend `{}` has no server `{}`; fix: name one server per host after the host in the inventory",
-                            haproxy.backend(),
+                            "{} has no server `{}`; fix: name one server per host after the host in the inventory",
+                            lb.describe(),
                             h.name
                         ))));
                     }
@@ -894,7 +880,7 @@ pub(crate) async fn apply(
         service,
         version,
         spec,
-        haproxy,
+        lb,
         hosts: hosts.clone(),
         weights,
     };
@@ -935,7 +921,7 @@ async fn drive(
                 .iter()
                 .filter(|h| h.current.as_deref() != Some(version))
             {
-                set_weight(run.haproxy, &h.name, 0)
+                set_weight(run.lb, &h.name, 0)
                     .await
                     .map_err(TargetError::Io)?;
             }

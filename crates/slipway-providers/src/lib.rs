@@ -10,6 +10,7 @@
 //! and out.
 
 pub mod artifact;
+pub mod balancer;
 pub mod builtin;
 pub mod change;
 pub mod checks;

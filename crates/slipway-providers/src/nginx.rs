@@ -455,46 +455,8 @@ impl NginxRouter {
     /// The state nginx serves now and the pid of the worker that answered.
     async fn served_by(&self) -> Result<(UpstreamState, Option<u32>), String> {
         let sock = status_socket(&self.file);
-        let attempt = async {
-            let stream = tokio::net::UnixStream::connect(&sock)
-                .await
-                .map_err(|e| format!("connect: {e}"))?;
-            let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(
-                hyper_util::rt::TokioIo::new(stream),
-            )
-            .await
-            .map_err(|e| format!("handshake: {e}"))?;
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
-            let req = hyper::Request::get(STATUS_PATH)
-                .header(hyper::header::HOST, "localhost")
-                .body(Empty::new())
-                .map_err(|e| e.to_string())?;
-            let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
-            let body = resp
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| e.to_string())?
-                .to_bytes();
-            Ok::<_, String>(String::from_utf8_lossy(&body).trim().to_owned())
-        };
-        let line = tokio::time::timeout(Duration::from_secs(3), attempt)
-            .await
-            .map_err(|_| "timed out".to_owned())
-            .and_then(|r| r)
-            .map_err(|e| {
-                format!(
-                    "nginx's status socket {} did not answer: {e} (is nginx running with {} included in its `http` block?)",
-                    sock.display(),
-                    self.file.display()
-                )
-            })?;
-        let pid = line
-            .split_whitespace()
-            .find_map(|p| p.strip_prefix("pid="))
-            .and_then(|p| p.parse().ok());
+        let line = status_line(&self.file).await?;
+        let pid = status_pid(&line);
         UpstreamState::parse_status(&line)
             .map(|s| (s, pid))
             .ok_or_else(|| {
@@ -507,72 +469,27 @@ impl NginxRouter {
 
     /// Rewrite, test, reload, and wait until nginx serves `next`.
     pub async fn apply(&self, next: &UpstreamState) -> Result<(), RolloutError> {
-        let previous = std::fs::read(&self.file).ok();
         let text = render(&self.upstream, &self.file, next, &self.routes);
-        if previous.as_deref() == Some(text.as_bytes())
+        if std::fs::read(&self.file).ok().as_deref() == Some(text.as_bytes())
             && self.served().await.is_ok_and(|s| s.serves_as(next))
         {
             return Ok(());
         }
-        // The workers serving now: after the reload none of them may still accept, or a
-        // request could meet the old upstream after we report the change done.
-        let old_workers = match self.served_by().await {
-            Ok((_, Some(pid))) => active_workers(pid),
-            _ => Vec::new(),
-        };
-        write_atomic(&self.file, text.as_bytes()).map_err(RolloutError::Router)?;
-        let restore = || match &previous {
-            Some(bytes) => write_atomic(&self.file, bytes),
-            None => std::fs::remove_file(&self.file)
-                .map_err(|e| format!("failed to remove {}: {e}", self.file.display())),
-        };
-        if let Err(e) = run(&self.test).await {
-            let restored = match restore() {
-                Ok(()) => "the previous upstream file was restored".to_owned(),
-                Err(r) => format!("restoring the previous upstream file failed too: {r}"),
-            };
-            return Err(RolloutError::Router(format!(
-                "`{}` refused the config with the new {} ({restored}; nginx was not reloaded, traffic is unchanged): {e}",
-                self.test,
-                self.file.display()
-            )));
-        }
-        if let Err(e) = run(&self.reload).await {
-            let restored = match restore() {
-                Ok(()) => "the previous upstream file was restored",
-                Err(_) => "the previous upstream file could not be restored",
-            };
-            return Err(RolloutError::Router(format!(
-                "`{}` failed ({restored}): {e}",
-                self.reload
-            )));
-        }
-        let deadline = Instant::now() + self.reload_timeout;
-        loop {
-            let served = self.served_by().await;
-            if let Ok((s, Some(pid))) = &served
-                && s.serves_as(next)
-                && active_workers(*pid)
-                    .iter()
-                    .all(|w| !old_workers.contains(w))
-            {
-                return Ok(());
-            }
-            let served = served.map(|(s, _)| s);
-            if Instant::now() >= deadline {
-                return Err(RolloutError::Router(format!(
-                    "nginx did not serve the new {} within {:?} after `{}`: {}; see nginx's error log",
-                    self.file.display(),
-                    self.reload_timeout,
-                    self.reload,
-                    match served {
-                        Ok(s) => format!("it still serves `{}`", s.status_line(&self.upstream)),
-                        Err(e) => e,
-                    }
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        let upstream = &self.upstream;
+        install(
+            &Install {
+                file: &self.file,
+                test: &self.test,
+                reload: &self.reload,
+                timeout: self.reload_timeout,
+            },
+            &text,
+            |line| UpstreamState::parse_status(line).is_some_and(|s| s.serves_as(next)),
+            || format!("`{}`", next.status_line(upstream)),
+        )
+        .await
+        .map(|_| ())
+        .map_err(RolloutError::Router)
     }
 
     fn current(&self) -> UpstreamState {
@@ -580,10 +497,151 @@ impl NginxRouter {
     }
 }
 
-/// The worker processes of the nginx master that `worker` belongs to which still accept
-/// requests (not "shutting down"), from /proc. Empty when /proc cannot tell (nginx in
-/// another pid namespace): the status socket alone then confirms the reload.
-fn active_workers(worker: u32) -> Vec<u32> {
+/// Where and how an upstream file is installed.
+pub(crate) struct Install<'a> {
+    /// The upstream file.
+    pub file: &'a Path,
+    /// The config check (`nginx -t`).
+    pub test: &'a str,
+    /// The reload (`nginx -s reload`).
+    pub reload: &'a str,
+    /// How long the reload may take to show.
+    pub timeout: Duration,
+}
+
+/// Install `text` as the upstream file: written atomically, the whole config checked by
+/// `test` (on failure the previous file is put back and nginx is not reloaded), `reload`,
+/// then wait until the status socket answers with a line `expect` accepts from a worker
+/// of a generation none of whose accepting workers existed before (no request can meet
+/// the old file after this returns). Returns the pid of the worker that answered.
+/// `describe` names the expected state for the error at the deadline.
+pub(crate) async fn install(
+    at: &Install<'_>,
+    text: &str,
+    expect: impl Fn(&str) -> bool,
+    describe: impl Fn() -> String,
+) -> Result<u32, String> {
+    let file = at.file;
+    let previous = std::fs::read(file).ok();
+    // The workers serving now: after the reload none of them may still accept, or a
+    // request could meet the old upstream after we report the change done.
+    let old_workers = match status_line(file).await.ok().as_deref().and_then(status_pid) {
+        Some(pid) => active_workers(pid),
+        None => Vec::new(),
+    };
+    write_atomic(file, text.as_bytes())?;
+    let restore = || match &previous {
+        Some(bytes) => write_atomic(file, bytes),
+        None => std::fs::remove_file(file)
+            .map_err(|e| format!("failed to remove {}: {e}", file.display())),
+    };
+    if let Err(e) = run(at.test).await {
+        let restored = match restore() {
+            Ok(()) => "the previous upstream file was restored".to_owned(),
+            Err(r) => format!("restoring the previous upstream file failed too: {r}"),
+        };
+        return Err(format!(
+            "`{}` refused the config with the new {} ({restored}; nginx was not reloaded, traffic is unchanged): {e}",
+            at.test,
+            file.display()
+        ));
+    }
+    if let Err(e) = run(at.reload).await {
+        let restored = match restore() {
+            Ok(()) => "the previous upstream file was restored",
+            Err(_) => "the previous upstream file could not be restored",
+        };
+        return Err(format!("`{}` failed ({restored}): {e}", at.reload));
+    }
+    let deadline = Instant::now() + at.timeout;
+    loop {
+        let served = status_line(file).await;
+        if let Ok(line) = &served
+            && expect(line)
+            && let Some(pid) = status_pid(line)
+            && active_workers(pid).iter().all(|w| !old_workers.contains(w))
+        {
+            return Ok(pid);
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "nginx did not serve the new {} ({}) within {:?} after `{}`: {}; see nginx's error log",
+                file.display(),
+                describe(),
+                at.timeout,
+                at.reload,
+                match served {
+                    Ok(s) => format!("it still answers `{s}`"),
+                    Err(e) => e,
+                }
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// The line nginx's status server for an upstream file answers with (the file's
+/// `<file>.sock`, [`STATUS_PATH`]): proof of which config the answering worker serves.
+pub(crate) async fn status_line(file: &Path) -> Result<String, String> {
+    let sock = status_socket(file);
+    let attempt = async {
+        let stream = tokio::net::UnixStream::connect(&sock)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(
+            hyper_util::rt::TokioIo::new(stream),
+        )
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let req = hyper::Request::get(STATUS_PATH)
+            .header(hyper::header::HOST, "localhost")
+            .body(Empty::new())
+            .map_err(|e| e.to_string())?;
+        let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok::<_, String>(String::from_utf8_lossy(&body).trim().to_owned())
+    };
+    tokio::time::timeout(Duration::from_secs(3), attempt)
+        .await
+        .map_err(|_| "timed out".to_owned())
+        .and_then(|r| r)
+        .map_err(|e| {
+            format!(
+                "nginx's status socket {} did not answer: {e} (is nginx running with {} included in its `http` block?)",
+                sock.display(),
+                file.display()
+            )
+        })
+}
+
+/// The pid of the worker that answered a status line (`pid=N`).
+pub(crate) fn status_pid(line: &str) -> Option<u32> {
+    line.split_whitespace()
+        .find_map(|p| p.strip_prefix("pid="))
+        .and_then(|p| p.parse().ok())
+}
+
+/// The worker processes of the nginx master that `worker` belongs to which are still
+/// finishing requests after a reload ("shutting down"), from /proc. Empty when /proc
+/// cannot tell (nginx in another pid namespace).
+pub(crate) fn shutting_down_workers(worker: u32) -> Vec<u32> {
+    siblings(worker)
+        .into_iter()
+        .filter(|(_, t)| t.contains("worker process") && t.contains("shutting down"))
+        .map(|(p, _)| p)
+        .collect()
+}
+
+/// The children of `worker`'s parent (the nginx master) with their command lines.
+fn siblings(worker: u32) -> Vec<(u32, String)> {
     let ppid = |pid: u32| -> Option<u32> {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
         // Field 4, after the parenthesised command name (which may hold spaces).
@@ -599,17 +657,26 @@ fn active_workers(worker: u32) -> Vec<u32> {
     dir.flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| ppid(*pid) == Some(master))
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
-                let t = String::from_utf8_lossy(&c);
-                t.contains("worker process") && !t.contains("shutting down")
-            })
+        .filter_map(|pid| {
+            let c = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            Some((pid, String::from_utf8_lossy(&c).into_owned()))
         })
         .collect()
 }
 
+/// The worker processes of the nginx master that `worker` belongs to which still accept
+/// requests (not "shutting down"), from /proc. Empty when /proc cannot tell (nginx in
+/// another pid namespace): the status socket alone then confirms the reload.
+fn active_workers(worker: u32) -> Vec<u32> {
+    siblings(worker)
+        .into_iter()
+        .filter(|(_, t)| t.contains("worker process") && !t.contains("shutting down"))
+        .map(|(p, _)| p)
+        .collect()
+}
+
 /// Write `bytes` to a temporary file beside `path`, sync it, and rename it over `path`.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
     use std::io::Write as _;
     let name = path
         .file_name()
@@ -626,7 +693,7 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
 }
 
 /// Run a shell command; `Err` carries its exit status and output.
-async fn run(cmd: &str) -> Result<(), String> {
+pub(crate) async fn run(cmd: &str) -> Result<(), String> {
     let child = slipway_stdx::tokio_command("sh")
         .arg("-c")
         .arg(cmd)

@@ -1192,9 +1192,9 @@ impl SshTarget {
         }
     }
 
-    /// Run `work` on a host of a `deploy` step's service with the host out of its HAProxy
-    /// backend (drained first, back in service after, whatever the outcome: the host then
-    /// runs the new version or the one put back); without HAProxy just `work`. The drain
+    /// Run `work` on a host of a `deploy` step's service with the host out of its load
+    /// balancer (drained first, back in service after, whatever the outcome: the host then
+    /// runs the new version or the one put back); without one just `work`. The drain
     /// is reported as the host's progress.
     async fn drained(
         &self,
@@ -1211,16 +1211,16 @@ impl SshTarget {
             return work.await;
         };
         let server = s.endpoint().host.name.clone();
-        let drained = match ssh_service::drain(&router, &server).await {
+        let drained = match router.drain(&server).await {
             Ok(d) => d,
             Err(m) => return HostOutcome::Failed(m, StepOutput::default()),
         };
         let outcome = work.await;
-        let back = ssh_service::restore(&router, &server).await;
+        let back = router.restore(&server).await;
         let note = format!(
             "[slipway] {what}: {drained}; {}\n",
             match &back {
-                Ok(()) => format!("{}/{server} back in service", router.backend()),
+                Ok(()) => format!("{} back in service", router.server(&server)),
                 Err(m) => format!("could not put it back in service: {m}"),
             }
         );
@@ -1857,13 +1857,13 @@ impl Target for SshTarget {
         Box::pin(async move {
             let step = self.step(ctx, action)?;
             let step: &ExecStep = &step;
-            // A `deploy` with a canary behind HAProxy: the fleet canary (crate::fleet),
+            // A `deploy` with a canary behind a load balancer: the fleet canary (crate::fleet),
             // unless there is nothing to compare with yet.
             if matches!(action, StepAction::Deploy { .. })
                 && let Ok((service, svc)) = self.service_of(ctx)
                 && let (Some(spec), Some(router)) = (&svc.canary, &svc.drain)
                 && let Some(r) =
-                    crate::fleet::apply(self, ctx, action, step, service, spec, router, |h| {
+                    crate::fleet::apply(self, ctx, action, step, service, spec, &**router, |h| {
                         h.ports.get(service).copied()
                     })
                     .await

@@ -70,7 +70,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::haproxy::HaproxyRouter;
+use crate::balancer::Balancer;
 use slipway_model::spec::{ExecStep, Probe, RunSpec};
 
 use crate::ssh::{Host, sh_quote};
@@ -92,11 +92,11 @@ pub struct SshService {
     pub run: RunSpec,
     /// The spec's `readiness` probe, run on the host.
     pub readiness: Option<Probe>,
-    /// The HAProxy in front of the fleet (`router: { haproxy }`), whose backend has one
-    /// server per host named after it: each host is drained before its instances are
-    /// replaced and put back in service after.
-    pub drain: Option<Arc<HaproxyRouter>>,
-    /// The plan's canary, driven through that HAProxy host by host
+    /// The load balancer in front of the fleet (`router: { haproxy }` or `router: {
+    /// nginx }`), with one server per host named after it: each host is drained before
+    /// its instances are replaced and put back in service after.
+    pub drain: Option<Arc<dyn Balancer>>,
+    /// The plan's canary, driven through that balancer host by host
     /// ([`crate::fleet`]); `None`: a rolling deploy.
     pub canary: Option<Arc<crate::fleet::FleetCanary>>,
 }
@@ -106,94 +106,10 @@ impl std::fmt::Debug for SshService {
         f.debug_struct("SshService")
             .field("run", &self.run)
             .field("readiness", &self.readiness)
-            .field(
-                "drain",
-                &self.drain.as_ref().map(|r| r.backend().to_owned()),
-            )
+            .field("drain", &self.drain.as_ref().map(|r| r.describe()))
             .field("canary", &self.canary)
             .finish()
     }
-}
-
-/// Longest wait for a drained host's sessions to end before its instances are replaced
-/// anyway (a long-lived connection must not hold a deploy forever).
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// A runtime API change that answers nothing when it worked.
-async fn haproxy_change(router: &HaproxyRouter, cmd: &str) -> Result<(), String> {
-    let out = router.command(cmd).await?;
-    let t = out.trim();
-    if t.is_empty() {
-        Ok(())
-    } else {
-        Err(format!(
-            "HAProxy refused `{cmd}` on {}: {t}; fix: the backend needs one server per host, named as the host in the inventory",
-            router.socket().display()
-        ))
-    }
-}
-
-/// The current sessions of one server (`scur` of `show stat`).
-async fn sessions(router: &HaproxyRouter, server: &str) -> Result<u64, String> {
-    let out = router.command("show stat").await?;
-    let mut lines = out.lines();
-    let header: Vec<&str> = lines
-        .next()
-        .and_then(|h| h.strip_prefix("# "))
-        .map(|h| h.split(',').collect())
-        .ok_or_else(|| format!("HAProxy answered `show stat` with: {}", out.trim()))?;
-    let col = |n: &str| header.iter().position(|h| *h == n);
-    let (px, sv, scur) = (col("pxname"), col("svname"), col("scur"));
-    for line in lines {
-        let f: Vec<&str> = line.split(',').collect();
-        let at = |i: Option<usize>| i.and_then(|i| f.get(i)).copied().unwrap_or("");
-        if at(px) == router.backend() && at(sv) == server {
-            return Ok(at(scur).parse().unwrap_or(0));
-        }
-    }
-    Err(format!(
-        "HAProxy backend `{}` has no server `{server}`; fix: name one server per host after the host in the inventory",
-        router.backend()
-    ))
-}
-
-/// Take a host out of service: `drain` (no new requests), then wait (up to
-/// [`DRAIN_TIMEOUT`]) for its sessions to end. Returns what was done, for the step's
-/// output.
-pub async fn drain(router: &HaproxyRouter, server: &str) -> Result<String, String> {
-    haproxy_change(
-        router,
-        &format!("set server {}/{server} state drain", router.backend()),
-    )
-    .await?;
-    let started = std::time::Instant::now();
-    loop {
-        let n = sessions(router, server).await?;
-        if n == 0 {
-            return Ok(format!(
-                "drained {}/{server} in {} ms",
-                router.backend(),
-                started.elapsed().as_millis()
-            ));
-        }
-        if started.elapsed() >= DRAIN_TIMEOUT {
-            return Ok(format!(
-                "drained {}/{server}: {n} session(s) still open after {} s, replaced anyway",
-                router.backend(),
-                DRAIN_TIMEOUT.as_secs()
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Put a host back in service.
-pub async fn restore(router: &HaproxyRouter, server: &str) -> Result<(), String> {
-    haproxy_change(
-        router,
-        &format!("set server {}/{server} state ready", router.backend()),
-    )
-    .await
 }
 
 /// The supervisor and its commands (see the module docs). POSIX sh; needs `setsid`,
