@@ -23,8 +23,7 @@ use std::path::{Path, PathBuf};
 
 use jiff::Timestamp;
 use serde_json::json;
-use slipway_engine::audit;
-use slipway_engine::store::Store;
+use slipway_engine::evidence::AnchorPayload;
 use slipway_govern::access::Role;
 use slipway_govern::archive::{self as garchive, KINDS, RetentionPolicy};
 use slipway_model::exit;
@@ -144,189 +143,280 @@ fn sync_dir(dir: &Path) -> Result<(), CliError> {
         .map_err(|e| io_error("fsync directory", dir, e))
 }
 
-/// Files a run left beside the store (version lock, infrastructure digests), as
-/// `files/RUN/NAME`.
-fn run_files(store_dir: &Path, run: &str) -> Result<Vec<(String, Vec<u8>)>, CliError> {
-    let dir = store_dir.join("runs").join(run);
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(&dir) else {
-        return Ok(out);
-    };
-    for e in entries.flatten() {
-        let p = e.path();
-        if p.is_file() {
-            let b = std::fs::read(&p).map_err(|e| io_error("read", &p, e))?;
-            out.push((
-                format!("files/{run}/{}", e.file_name().to_string_lossy()),
-                b,
-            ));
-        }
-    }
-    Ok(out)
-}
-
 async fn policy_of(db: &ArchiveDb) -> Result<RetentionPolicy, CliError> {
     Ok(RetentionPolicy::from_rows(
         &db.policy().await.map_err(CliError::from)?,
     ))
 }
 
-/// Run `slipway archive`.
+/// What an archive selected, as both modes report it.
+struct Selected {
+    runs: Vec<String>,
+    audit_entries: usize,
+    start_seq: i64,
+    end_seq: i64,
+    runs_before: String,
+    audit_before: String,
+}
+
+fn render_nothing(out: &Output, s: &Selected) -> i32 {
+    if out.json() {
+        out.json_value(&json!({"archived": false, "runs": [], "audit_entries": 0,
+            "runs_before": s.runs_before, "audit_before": s.audit_before}));
+    } else {
+        out.line(&format!(
+            "nothing to archive: no closed run before {} and no audit entry before {} (retention: `slipway retention show`)",
+            s.runs_before, s.audit_before
+        ));
+    }
+    exit::SUCCESS
+}
+
+fn render_dry_run(out: &Output, s: &Selected, path: &Path) -> i32 {
+    if out.json() {
+        out.json_value(&json!({"archived": false, "dry_run": true, "runs": s.runs,
+            "audit_entries": s.audit_entries, "chain_end": s.end_seq, "bundle": path}));
+    } else {
+        out.line(&format!(
+            "would archive {} run(s) and audit entries {}..={} into {}",
+            s.runs.len(),
+            s.start_seq + 1,
+            s.end_seq,
+            path.display()
+        ));
+    }
+    exit::SUCCESS
+}
+
+/// Write the bundle durably into `path` and sign it there with the key of `a` (the key
+/// never leaves this machine): the secret key and the signature's path.
+fn write_signed(
+    a: &ArchiveArgs,
+    path: &Path,
+    bytes: &[u8],
+    digest: &str,
+) -> Result<(pkg::SecretKey, PathBuf), CliError> {
+    let pw = crate::cli_util::password_from_env(a.password_env.as_deref())?;
+    let sk = pkg::SecretKey::from_file(&a.key, pw.as_deref())
+        .map_err(|e| crate::cli_util::package_error(&e))?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| io_error("create", dir, e))?;
+    write_durable(path, bytes)?;
+    let sig = pkg::sign::signature_path(path);
+    // The trusted comment binds the digest the checkpoint records; it holds no time, so
+    // a re-run signs identically.
+    pkg::sign::sign_to(path, &sk, &format!("slipway-archive sha256:{digest}"), &sig)
+        .map_err(|e| crate::cli_util::package_error(&e))?;
+    File::open(&sig)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| io_error("fsync", &sig, e))?;
+    sync_dir(dir)?;
+    if std::env::var("SLIPWAY_FAULT").as_deref() == Ok("archive-before-prune") {
+        // Test hook (see the module doc): die as a crash would, before the prune.
+        std::process::abort();
+    }
+    Ok((sk, sig))
+}
+
+/// The checkpoint the live chain now starts at, signed with the archive's key, so `audit
+/// verify --pubkey` can tell this start from a forged one.
+fn start_anchor(pruned: &slipway_ops::archive::Pruned) -> Option<AnchorPayload> {
+    let cp = &pruned.checkpoint;
+    pruned.head.as_ref().map(|(seq, hash)| AnchorPayload {
+        seq: *seq,
+        hash: hash.clone(),
+        entries: seq - cp.end_seq,
+        start_seq: cp.end_seq,
+        start_hash: cp.end_hash.clone(),
+        at: slipway_stdx::now().to_string(),
+    })
+}
+
+struct Archived<'a> {
+    path: &'a Path,
+    sig: &'a Path,
+    digest: &'a str,
+    key_id: String,
+    selected: &'a Selected,
+    pruned: &'a slipway_ops::archive::Pruned,
+    keep_until: serde_json::Value,
+}
+
+fn render_archived(out: &Output, a: &Archived<'_>) -> i32 {
+    let cp = &a.pruned.checkpoint;
+    if out.json() {
+        out.json_value(
+            &json!({"archived": true, "bundle": a.path, "signature": a.sig,
+            "sha256": a.digest, "runs": a.selected.runs, "summaries": a.pruned.summaries,
+            "audit_entries": a.selected.audit_entries, "checkpoint": cp,
+            "keep_until": a.keep_until}),
+        );
+    } else {
+        out.line(&format!(
+            "archived {} run(s) and audit entries {}..={} into {}",
+            a.selected.runs.len(),
+            cp.start_seq + 1,
+            cp.end_seq,
+            a.path.display()
+        ));
+        out.line(&format!(
+            "  sha256 {}, signed with key {} ({})",
+            a.digest,
+            a.key_id,
+            a.sig.display()
+        ));
+        out.line(&format!(
+            "  checkpoint: the live chain now starts after entry {} ({})",
+            cp.end_seq, cp.end_hash
+        ));
+        out.line(&format!(
+            "  {} run summar{} kept in the store for the reports",
+            a.pruned.summaries,
+            if a.pruned.summaries == 1 { "y" } else { "ies" }
+        ));
+    }
+    exit::SUCCESS
+}
+
+/// Run `slipway archive`: on a store, or through a server (`--server`), where the server
+/// cuts and prunes and this machine writes and signs the bundle (the key never reaches the
+/// server): `POST /api/v1/archive/cut`, `GET /api/v1/archive/bundle`, `POST
+/// /api/v1/archive/prune`, then the new start's checkpoint by `POST /api/v1/audit/anchors`
+/// — admin on `*` for each.
 pub fn archive(a: ArchiveArgs, out: &Output) -> Result<i32, CliError> {
     let before = slipway_govern::parse_when(&a.before)
         .map_err(|e| CliError::input(format!("failed to {e}"), "e.g. --before 2026-01-01"))?;
     let rt = runtime()?;
-    rt.block_on(async {
-        let session = crate::cli_util::read_session(&a.store).await?;
-        let store = session.store.clone();
-        crate::cli_util::enforce(&session, Role::Admin, "archive records", "*").await?;
-        let db = ArchiveDb::for_store(&store);
-        // A chain that does not verify is evidence of tampering: moving it into a signed
-        // bundle would launder it.
-        let start = store.audit_start().await.map_err(CliError::from)?;
-        let head = store.audit_head().await.map_err(CliError::from)?;
-        let live = store.audit_entries().await.map_err(CliError::from)?;
-        if let Err(b) = audit::verify_from(
-            &live,
-            (start.0, start.1.as_str()),
-            head.as_ref().map(|(s, h)| (*s, h.as_str())),
-        ) {
-            return Err(CliError::new(
-                exit::TAMPERED,
-                format!("failed to archive: the live audit chain does not verify: {b}"),
-                Some("investigate with `slipway audit verify`; nothing was archived".into()),
-            ));
-        }
-        let policy = policy_of(&db).await?;
-        let now = slipway_stdx::now();
-        let (runs_before, audit_before) = policy.cutoffs(now, before);
-        let sel = db
-            .select(runs_before, audit_before)
-            .await
-            .map_err(CliError::from)?;
-        let ids = sel.run_ids();
-        let (end_seq, _) = sel.end();
-        if sel.is_empty() {
-            if out.json() {
-                out.json_value(&json!({"archived": false, "runs": [], "audit_entries": 0,
-                    "runs_before": runs_before.to_string(), "audit_before": audit_before.to_string()}));
-            } else {
-                out.line(&format!(
-                    "nothing to archive: no closed run before {runs_before} and no audit entry before {audit_before} (retention: `slipway retention show`)"
-                ));
-            }
-            return Ok(exit::SUCCESS);
-        }
-        // Files runs left (an SQLite store's directory; `.slipway/` where a PostgreSQL
-        // store's runs were driven from here).
-        let store_dir = session.layout.dir().to_owned();
-        let mut extra = Vec::new();
-        for id in &ids {
-            extra.extend(run_files(&store_dir, id)?);
-        }
-        let (bytes, manifest) =
-            garchive::build_bundle(&sel, &extra, &before.to_string(), &policy)
-                .map_err(archive_error)?;
-        let digest = garchive::bundle_digest(&bytes);
-        let dir = a.out.clone().unwrap_or_else(|| store_dir.join("archive"));
-        let name = format!("slipway-archive-{}.tar.zst", &digest[..16]);
-        let path = dir.join(&name);
-        if a.dry_run {
-            if out.json() {
-                out.json_value(&json!({"archived": false, "dry_run": true, "runs": ids,
-                    "audit_entries": sel.audit.len(), "chain_end": end_seq, "bundle": path}));
-            } else {
-                out.line(&format!(
-                    "would archive {} run(s) and audit entries {}..={} into {}",
-                    ids.len(),
-                    sel.start.0 + 1,
-                    end_seq,
-                    path.display()
-                ));
-            }
-            return Ok(exit::SUCCESS);
-        }
-        let pw = crate::cli_util::password_from_env(a.password_env.as_deref())?;
-        let sk = pkg::SecretKey::from_file(&a.key, pw.as_deref())
+    match crate::cli_util::remote()? {
+        Some(c) => rt.block_on(archive_remote(&c, &a, before, out)),
+        None => rt.block_on(archive_store(&a, before, out)),
+    }
+}
+
+async fn archive_store(a: &ArchiveArgs, before: Timestamp, out: &Output) -> Result<i32, CliError> {
+    let session = crate::cli_util::read_session(&a.store).await?;
+    let cut = slipway_ops::archive::cut(&session, before, slipway_stdx::now()).await?;
+    let (end_seq, _) = cut.selection.end();
+    let selected = Selected {
+        runs: cut.selection.run_ids(),
+        audit_entries: cut.selection.audit.len(),
+        start_seq: cut.selection.start.0,
+        end_seq,
+        runs_before: cut.runs_before.to_string(),
+        audit_before: cut.audit_before.to_string(),
+    };
+    let Some((bytes, manifest)) = &cut.bundle else {
+        return Ok(render_nothing(out, &selected));
+    };
+    // An SQLite store's directory; `.slipway/` where a PostgreSQL store's runs were
+    // driven from here.
+    let dir = a
+        .out
+        .clone()
+        .unwrap_or_else(|| session.layout.dir().join("archive"));
+    let path = dir.join(&cut.name);
+    if a.dry_run {
+        return Ok(render_dry_run(out, &selected, &path));
+    }
+    let (sk, sig) = write_signed(a, &path, bytes, &cut.digest)?;
+    let pruned = slipway_ops::archive::prune(&session, &cut, &cut.digest).await?;
+    if let Some(payload) = start_anchor(&pruned) {
+        crate::audit_view::sign_anchor(session.store.as_ref(), &sk, &payload).await?;
+    }
+    Ok(render_archived(
+        out,
+        &Archived {
+            path: &path,
+            sig: &sig,
+            digest: &cut.digest,
+            key_id: sk.key_id().to_owned(),
+            selected: &selected,
+            pruned: &pruned,
+            keep_until: json!(manifest.keep_until),
+        },
+    ))
+}
+
+async fn archive_remote(
+    c: &slipway_server::client::Client,
+    a: &ArchiveArgs,
+    before: Timestamp,
+    out: &Output,
+) -> Result<i32, CliError> {
+    use crate::run_remote::{read, unexpected};
+    let (_, v) = c
+        .post("/archive/cut", &json!({"before": before.to_string()}))
+        .await?;
+    let text = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
+    let selected = Selected {
+        runs: read(c, v["runs"].clone())?,
+        audit_entries: read(c, v["audit_entries"].clone())?,
+        start_seq: read(c, v["start_seq"].clone())?,
+        end_seq: read(c, v["end_seq"].clone())?,
+        runs_before: text("runs_before"),
+        audit_before: text("audit_before"),
+    };
+    if v["empty"] == json!(true) {
+        return Ok(render_nothing(out, &selected));
+    }
+    let (at, digest, name) = (text("at"), text("sha256"), text("name"));
+    if name.contains('/') || !name.starts_with("slipway-archive-") {
+        return Err(unexpected(c, &format!("the bundle's name `{name}`")));
+    }
+    // No store here: the bundle goes where --out says, else `archive/` in this directory.
+    let dir = a.out.clone().unwrap_or_else(|| PathBuf::from("archive"));
+    let path = dir.join(&name);
+    if a.dry_run {
+        return Ok(render_dry_run(out, &selected, &path));
+    }
+    let seg = crate::cli_util::path_segment;
+    let bytes = c
+        .get_bytes(&format!(
+            "/archive/bundle?before={}&at={}",
+            seg(&before.to_string()),
+            seg(&at)
+        ))
+        .await?;
+    if garchive::bundle_digest(&bytes) != digest {
+        return Err(CliError::new(
+            exit::TAMPERED,
+            format!(
+                "failed to archive: the bundle {} sent does not hash to the sha256 {digest} it announced",
+                c.server()
+            ),
+            Some("nothing was signed or removed; run the archive again".into()),
+        ));
+    }
+    let (sk, sig) = write_signed(a, &path, &bytes, &digest)?;
+    let (_, p) = c
+        .post(
+            "/archive/prune",
+            &json!({"before": before.to_string(), "at": at, "sha256": digest}),
+        )
+        .await?;
+    let pruned: slipway_ops::archive::Pruned = read(c, p["pruned"].clone())?;
+    if let Some(payload) = start_anchor(&pruned) {
+        let line = payload.line();
+        let signature = pkg::sign::sign_bytes(line.as_bytes(), Path::new("checkpoint"), &sk, &line)
             .map_err(|e| crate::cli_util::package_error(&e))?;
-        std::fs::create_dir_all(&dir).map_err(|e| io_error("create", &dir, e))?;
-        write_durable(&path, &bytes)?;
-        let sig = pkg::sign::signature_path(&path);
-        // The trusted comment binds the digest the checkpoint records; it holds no time, so
-        // a re-run signs identically.
-        pkg::sign::sign_to(&path, &sk, &format!("slipway-archive sha256:{digest}"), &sig)
-            .map_err(|e| crate::cli_util::package_error(&e))?;
-        File::open(&sig)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| io_error("fsync", &sig, e))?;
-        sync_dir(&dir)?;
-        // The summaries the reports count archived runs by, pruned with the runs in one
-        // transaction. Closed runs do not change, so reading them after the selection's
-        // snapshot reads the same records (the prune re-checks they are still closed).
-        let keep_until = manifest
-            .keep_until
-            .get("runs")
-            .and_then(|t| t.parse::<Timestamp>().ok());
-        let mut summaries = Vec::with_capacity(ids.len());
-        for id in &ids {
-            let run = slipway_govern::RunHistory::load(store.as_ref(), id)
-                .await
-                .map_err(CliError::from)?;
-            summaries.push(slipway_govern::history::summarize(&run, keep_until));
-        }
-        if std::env::var("SLIPWAY_FAULT").as_deref() == Ok("archive-before-prune") {
-            // Test hook (see the module doc): die as a crash would, before the prune.
-            std::process::abort();
-        }
-        let actor = session.actor_id().await?;
-        // The prune appends the `archived` chain entry itself, in its transaction.
-        let cp = db
-            .prune(&sel, &summaries, &digest, &name, &before.to_string(), now, &actor)
-            .await
-            .map_err(CliError::from)?;
-        // The live chain now starts at the checkpoint: sign that (with the archive's key),
-        // so `audit verify --pubkey` can tell this start from a forged one.
-        if let Some((seq, hash)) = store.audit_head().await.map_err(CliError::from)? {
-            let payload = slipway_engine::evidence::AnchorPayload {
-                seq,
-                hash,
-                entries: seq - cp.end_seq,
-                start_seq: cp.end_seq,
-                start_hash: cp.end_hash.clone(),
-                at: now.to_string(),
-            };
-            crate::audit_view::sign_anchor(store.as_ref(), &sk, &payload).await?;
-        }
-        for id in &ids {
-            // Best effort: the records are in the bundle and gone from the store; a left
-            // directory only costs space.
-            let _ = std::fs::remove_dir_all(store_dir.join("runs").join(id));
-        }
-        if out.json() {
-            out.json_value(&json!({"archived": true, "bundle": path, "signature": sig,
-                "sha256": digest, "runs": ids, "summaries": summaries.len(), "audit_entries": sel.audit.len(),
-                "checkpoint": cp, "keep_until": manifest.keep_until}));
-        } else {
-            out.line(&format!(
-                "archived {} run(s) and audit entries {}..={} into {}",
-                ids.len(),
-                cp.start_seq + 1,
-                cp.end_seq,
-                path.display()
-            ));
-            out.line(&format!("  sha256 {digest}, signed with key {} ({})", sk.key_id(), sig.display()));
-            out.line(&format!(
-                "  checkpoint: the live chain now starts after entry {} ({})",
-                cp.end_seq, cp.end_hash
-            ));
-            out.line(&format!(
-                "  {} run summar{} kept in the store for the reports",
-                summaries.len(),
-                if summaries.len() == 1 { "y" } else { "ies" }
-            ));
-        }
-        Ok(exit::SUCCESS)
-    })
+        c.post(
+            "/audit/anchors",
+            &json!({"seq": payload.seq, "hash": payload.hash, "payload": line, "signature": signature}),
+        )
+        .await?;
+    }
+    Ok(render_archived(
+        out,
+        &Archived {
+            path: &path,
+            sig: &sig,
+            digest: &digest,
+            key_id: sk.key_id().to_owned(),
+            selected: &selected,
+            pruned: &pruned,
+            keep_until: p["keep_until"].clone(),
+        },
+    ))
 }
 
 /// Run `slipway retention …`.

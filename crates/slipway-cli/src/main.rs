@@ -145,8 +145,9 @@ pub struct Cli {
     /// Act through a `slipway serve` API (http://HOST:PORT) with your token instead of
     /// a store: deploy, plan, diff, status, history, logs, wait, approve, pause, resume,
     /// promote, abort, rollback, env, review, checklist, retention, access, policy,
-    /// freeze, report, catalog, audit (checkpoints signed here), plan show. Commands on files (validate, package, …) run here; the other
-    /// store commands are refused with the way to run them.
+    /// freeze, report, catalog, audit and archive (signed here), plan show. Commands on
+    /// files (validate, package, …) run here; check, rehearse, migrate dry-run, proxy and
+    /// serve, which act from this machine, are refused with the way to run them.
     #[arg(long, global = true, env = "SLIPWAY_SERVER", value_name = "URL")]
     pub server: Option<String>,
     #[command(subcommand)]

@@ -5,7 +5,7 @@
 //!   or changes the server's store only (deploy, resume, status, logs, pause, promote,
 //!   abort, rollback, approve, history, wait, access, policy, freeze, report, catalog,
 //!   audit verify/export/checkpoint (signed here), plan (a bundle the server plans),
-//!   `plan show`, diff, env, review, checklist, retention);
+//!   `plan show`, diff, env, review, checklist, retention, archive (signed here));
 //! - **here**: the command works on files of this machine (or starts its own demo) and
 //!   never reads a store, so a server changes nothing and it runs as without one
 //!   (validate, schema, key, sign, verify, package, render, compat, demo, migrate
@@ -39,9 +39,6 @@ pub enum Mode {
     },
 }
 
-/// The way every command that works on a store without an API route is run instead.
-const ON_THE_STORE: &str = "run it without --server/SLIPWAY_SERVER, on a machine that reaches the server's store, with --store naming it (`--store postgres://…`)";
-
 /// The mode of `command`.
 pub fn mode(command: &Commands) -> Mode {
     use crate::cmd_migrate::MigrateCommand as M;
@@ -69,7 +66,8 @@ pub fn mode(command: &Commands) -> Mode {
         | Commands::Audit(_)
         | Commands::Review(_)
         | Commands::Checklist(_)
-        | Commands::Retention(_) => Mode::Through,
+        | Commands::Retention(_)
+        | Commands::Archive(_) => Mode::Through,
         Commands::Validate(_)
         | Commands::Schema
         | Commands::Key(_)
@@ -96,11 +94,6 @@ pub fn mode(command: &Commands) -> Mode {
             "serve",
             "`serve` is the server; --server/SLIPWAY_SERVER names a server for its clients",
             "unset SLIPWAY_SERVER (or drop --server) and name the store with --store",
-        ),
-        Commands::Archive(_) => refused(
-            "archive",
-            "an archive bundle is cut from the store and signed on the machine that runs it",
-            ON_THE_STORE,
         ),
         Commands::Rehearse(_) => refused(
             "rehearse",

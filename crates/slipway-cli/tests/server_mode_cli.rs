@@ -91,7 +91,6 @@ fn plan_show_and_audit_verify_go_through_the_server_and_store_commands_without_a
         &["check", "-f", &spec, "--env", "staging"],
         &["proxy", "list"],
         &["serve"],
-        &["archive", "--before", "2026-01-01", "--key", "k"],
         &["rehearse", "-f", &spec, "--env", "staging"],
         &["migrate", "dry-run", "--url", "sqlite://x.db", "--dir", "m"],
     ];

@@ -563,3 +563,112 @@ fn review_checklist_and_retention_go_through_the_server_with_the_store_commands_
     );
     assert_eq!(code, 2, "{err}");
 }
+
+#[test]
+fn archive_goes_through_the_server_and_the_bundle_is_signed_here() {
+    let world = World::sqlite();
+    let mut people = People::new(&world.store, "alice");
+    people.add("vic", "viewer", "*");
+    let server = world.serve();
+    let addr = server.addr.as_str();
+    let release = exec_release();
+    let cwd = release.path();
+    let spec = spec_of(&release);
+    let (alice, vic) = (
+        people.token("alice").to_owned(),
+        people.token("vic").to_owned(),
+    );
+    let (code, out, err) = remote(
+        addr,
+        &alice,
+        cwd,
+        &["deploy", "-f", &spec, "--env", "staging", "--detach"],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let run = out.trim().to_owned();
+    let (code, out, err) = remote(addr, &alice, cwd, &["wait", &run]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (sk, pk) = crate::evidence_cli::keys(cwd, "archive");
+    let out_dir = cwd.join("arch").display().to_string();
+    let archive = [
+        "archive",
+        "--before",
+        "2100-01-01",
+        "--key",
+        &sk,
+        "--out",
+        &out_dir,
+        "--output",
+        "json",
+    ];
+
+    // The default policy keeps runs live 90 days: nothing this young leaves.
+    let (code, out, err) = remote(addr, &alice, cwd, &archive);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(json(&out)["archived"], false, "{out}");
+    for kind in ["runs", "journal", "approvals", "checks", "audit"] {
+        let (code, _, err) = remote(
+            addr,
+            &alice,
+            cwd,
+            &["retention", "set", kind, "--live", "0d", "--keep", "7y"],
+        );
+        assert_eq!(code, 0, "{err}");
+    }
+    // Admin only; a dry run shows what would go and changes nothing.
+    let (code, out, err) = remote(addr, &vic, cwd, &archive);
+    assert_eq!(code, 3, "{err}");
+    assert!(out.contains("admin"), "{out}");
+    let mut dry = archive.to_vec();
+    dry.push("--dry-run");
+    let (code, out, err) = remote(addr, &alice, cwd, &dry);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(json(&out)["runs"], serde_json::json!([run]), "{out}");
+    assert!(!cwd.join("arch").exists());
+
+    let (code, out, err) = remote(addr, &alice, cwd, &archive);
+    assert_eq!(code, 0, "{out}{err}");
+    let v = json(&out);
+    assert_eq!(v["archived"], true, "{v}");
+    assert_eq!(v["runs"], serde_json::json!([run]), "{v}");
+    let bundle = v["bundle"].as_str().unwrap().to_owned();
+    assert!(bundle.starts_with(&out_dir), "written here: {v}");
+    assert!(std::path::Path::new(&format!("{bundle}.minisig")).exists());
+    let end = v["checkpoint"]["end_seq"].as_i64().unwrap();
+
+    // The run is gone from the server's store; its chain starts at the checkpoint, whose
+    // new start was signed here; the bundle and the live chain verify as one.
+    let (_, out, _) = remote(addr, &vic, cwd, &["history", "--output", "json"]);
+    assert!(!out.contains(&run), "{out}");
+    let (code, out, err) = remote(addr, &vic, cwd, &["audit", "verify", "--output", "json"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(json(&out)["from_seq"].as_i64(), Some(end), "{out}");
+    let (code, out, err) = local(
+        &people,
+        "vic",
+        cwd,
+        &[
+            "audit",
+            "verify",
+            "--archive",
+            &bundle,
+            "--pubkey",
+            &pk,
+            "--output",
+            "json",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(json(&out)["from_seq"].as_i64(), Some(0), "{out}");
+    let (code, out, err) = local(
+        &people,
+        "vic",
+        cwd,
+        &["audit", "verify", "--pubkey", &pk, "--output", "json"],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        json(&out)["checkpoints_checked"].as_u64().unwrap() >= 1,
+        "{out}"
+    );
+}

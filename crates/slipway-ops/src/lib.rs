@@ -13,6 +13,7 @@
 //! providers themselves — they call this crate (checked by the tidy test).
 
 pub mod access;
+pub mod archive;
 pub mod bundles;
 pub mod change;
 pub mod console;

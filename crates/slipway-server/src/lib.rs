@@ -27,6 +27,7 @@
 
 mod admin;
 mod api;
+mod archiving;
 mod audit;
 mod auth;
 mod chart;
@@ -226,6 +227,9 @@ pub fn app(
             "/checklist/acks",
             get(governance::acks).post(governance::acknowledge),
         )
+        .route("/archive/cut", post(archiving::select))
+        .route("/archive/bundle", get(archiving::bundle))
+        .route("/archive/prune", post(archiving::prune))
         .route("/retention", get(governance::retention))
         .route("/retention/{kind}", post(governance::set_retention))
         .route("/policy", get(admin::policy).post(admin::apply_policy))
