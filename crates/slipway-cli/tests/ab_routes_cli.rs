@@ -116,11 +116,15 @@ fn affinity_keeps_users_on_their_version_while_the_canary_lasts_and_not_after() 
     let mut users = Vec::new();
     for _ in 0..10 {
         let (proxy_says, version, cookie) = who(port, &[]);
-        assert_eq!(
-            cookie,
-            format!("slipway-canary={proxy_says}; Max-Age=1800; Path=/; HttpOnly; SameSite=Lax")
-        );
-        users.push((format!("slipway-canary={proxy_says}"), version));
+        // `slipway-canary=TOKEN-canary`: the token names this canary (its plan).
+        let (value, attributes) = cookie.split_once("; ").unwrap_or((&cookie, ""));
+        assert_eq!(attributes, "Max-Age=1800; Path=/; HttpOnly; SameSite=Lax");
+        let token = value
+            .strip_prefix("slipway-canary=")
+            .and_then(|v| v.strip_suffix(&format!("-{proxy_says}")))
+            .unwrap_or_else(|| panic!("{cookie}"));
+        assert!(!token.is_empty(), "{cookie}");
+        users.push((value.to_owned(), version));
     }
     assert_eq!(users.iter().filter(|(_, v)| v == "2.0.0").count(), 5);
     // Each comes back to the same version, every time, and is not reassigned.
@@ -134,6 +138,23 @@ fn affinity_keeps_users_on_their_version_while_the_canary_lasts_and_not_after() 
     for (cookie, _) in &users {
         let (_, got, set) = who(port, &[("cookie", cookie)]);
         assert_eq!((got.as_str(), set.as_str()), ("1.0.0", ""), "{cookie}");
+    }
+    // The next release's canary does not honour the rejected one's cookies: every one of
+    // those users is routed by weight again and told anew (a `TOKEN-canary` cookie of
+    // 2.0.0 would otherwise pin them to 3.0.0 without the weight choosing it).
+    let _run = deploy_to_pause(&env, &env.spec("3.0.0", ROUTER, strategy));
+    for (cookie, _) in &users {
+        let (proxy_says, got, set) = who(port, &[("cookie", cookie)]);
+        assert!(
+            set.starts_with("slipway-canary=") && !set.starts_with(&format!("{cookie};")),
+            "{cookie} was honoured by the next canary: {set:?}"
+        );
+        let want = if proxy_says == "canary" {
+            "3.0.0"
+        } else {
+            "1.0.0"
+        };
+        assert_eq!(got, want, "{cookie} → {set}");
     }
 }
 

@@ -440,6 +440,10 @@ pub fn proxy_routes(plan: &Plan) -> slipway_proxy::Routes {
                 .as_ref()
                 .and_then(|d| d.get().ok())
                 .map_or(DEFAULT_MAX_AGE_SECS, |d| d.as_secs()),
+            // The release plan's digest names the canary: a cookie from an earlier
+            // release's canary (a rejected version's users above all) is not honoured,
+            // and the same plan resumed after a crash keeps its users where they were.
+            token: plan.digest.chars().take(16).collect(),
         }),
     }
 }

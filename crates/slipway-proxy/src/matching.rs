@@ -51,15 +51,32 @@ pub struct MatchRule {
     pub cookie: Option<CookieMatch>,
 }
 
-/// Session affinity: the proxy sets `cookie` (`canary` or `stable`) on a response it
-/// routed by weight during a canary, valid for `max_age_secs`, and routes requests that
-/// carry it to that version for as long as the canary lasts.
+/// Session affinity: the proxy sets `cookie` (`TOKEN-canary` or `TOKEN-stable`) on a
+/// response it routed by weight during a canary, valid for `max_age_secs`, and routes
+/// requests that carry it to that version for as long as the canary lasts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Affinity {
     /// Cookie name.
     pub cookie: String,
     /// Cookie lifetime, seconds (`Max-Age`).
     pub max_age_secs: u64,
+    /// Names the canary the cookie belongs to (Slipway gives the release plan's digest):
+    /// a cookie an earlier canary set — the rejected version's users, or a stable
+    /// assignment made against another release — is not honoured by this one, and its
+    /// request is routed by weight and told anew. Empty: plain `canary`/`stable`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub token: String,
+}
+
+impl Affinity {
+    /// The cookie's value for a version.
+    fn value(&self, v: Version) -> String {
+        if self.token.is_empty() {
+            v.as_str().to_owned()
+        } else {
+            format!("{}-{}", self.token, v.as_str())
+        }
+    }
 }
 
 /// `PUT /admin/routes`: the rules in force (an empty document clears them).
@@ -94,6 +111,8 @@ pub enum RoutesError {
     CookieValue(String),
     #[error("a match rule has no condition: it would send every request to the canary")]
     EmptyRule,
+    #[error("the affinity token `{0}` holds a character a cookie value cannot")]
+    AffinityToken(String),
 }
 
 /// How a request was routed, which decides how it is counted.
@@ -125,6 +144,8 @@ struct CompiledRule {
 #[derive(Debug)]
 pub(crate) struct CompiledAffinity {
     name: String,
+    /// The cookie values this canary honours: index by [`Version::index`].
+    values: [Vec<u8>; 2],
     /// `Set-Cookie` values, rendered once: index by [`Version::index`].
     set: [HeaderValue; 2],
 }
@@ -192,18 +213,25 @@ impl Compiled {
             Some(a) if !cookie_name_ok(&a.cookie) => {
                 return Err(RoutesError::CookieName(a.cookie.clone()));
             }
+            Some(a) if !cookie_value_ok(&a.token) => {
+                return Err(RoutesError::AffinityToken(a.token.clone()));
+            }
             Some(a) => {
                 let render = |v: Version| {
                     HeaderValue::from_str(&format!(
                         "{}={}; Max-Age={}; Path=/; HttpOnly; SameSite=Lax",
                         a.cookie,
-                        v.as_str(),
+                        a.value(v),
                         a.max_age_secs
                     ))
                     .map_err(|_| RoutesError::CookieName(a.cookie.clone()))
                 };
                 Some(CompiledAffinity {
                     name: a.cookie.clone(),
+                    values: [
+                        a.value(Version::Stable).into_bytes(),
+                        a.value(Version::Canary).into_bytes(),
+                    ],
                     set: [render(Version::Stable)?, render(Version::Canary)?],
                 })
             }
@@ -238,11 +266,10 @@ impl Compiled {
     /// The version the request's affinity cookie names, if it carries one.
     pub(crate) fn sticky(&self, headers: &HeaderMap) -> Option<Version> {
         let a = self.affinity.as_ref()?;
-        match cookie(headers, &a.name)? {
-            b"canary" => Some(Version::Canary),
-            b"stable" => Some(Version::Stable),
-            _ => None,
-        }
+        let v = cookie(headers, &a.name)?;
+        [Version::Stable, Version::Canary]
+            .into_iter()
+            .find(|version| a.values[version.index()] == v)
     }
 }
 
@@ -358,11 +385,24 @@ mod tests {
             affinity: Some(Affinity {
                 cookie: String::new(),
                 max_age_secs: 1,
+                token: String::new(),
             }),
         };
         assert!(matches!(
             Compiled::new(cookie),
             Err(RoutesError::CookieName(_))
+        ));
+        let token = Routes {
+            matches: vec![],
+            affinity: Some(Affinity {
+                cookie: "sticky".into(),
+                max_age_secs: 1,
+                token: "a;b".into(),
+            }),
+        };
+        assert!(matches!(
+            Compiled::new(token),
+            Err(RoutesError::AffinityToken(_))
         ));
     }
 
@@ -373,6 +413,7 @@ mod tests {
             affinity: Some(Affinity {
                 cookie: "sticky".into(),
                 max_age_secs: 600,
+                token: String::new(),
             }),
         })
         .unwrap();
@@ -388,6 +429,35 @@ mod tests {
         assert_eq!(
             r.affinity.as_ref().unwrap().set_cookie(Version::Canary),
             "sticky=canary; Max-Age=600; Path=/; HttpOnly; SameSite=Lax"
+        );
+    }
+
+    #[test]
+    fn a_tokened_affinity_honours_only_its_own_canarys_cookies() {
+        let r = Compiled::new(Routes {
+            matches: vec![],
+            affinity: Some(Affinity {
+                cookie: "sticky".into(),
+                max_age_secs: 600,
+                token: "9f2c".into(),
+            }),
+        })
+        .unwrap();
+        assert_eq!(
+            r.sticky(&headers(&[("cookie", "sticky=9f2c-canary")])),
+            Some(Version::Canary)
+        );
+        assert_eq!(
+            r.sticky(&headers(&[("cookie", "sticky=9f2c-stable")])),
+            Some(Version::Stable)
+        );
+        // An earlier canary's cookies, tokened or not, assign nothing.
+        for stale in ["sticky=canary", "sticky=stable", "sticky=77aa-canary"] {
+            assert_eq!(r.sticky(&headers(&[("cookie", stale)])), None, "{stale}");
+        }
+        assert_eq!(
+            r.affinity.as_ref().unwrap().set_cookie(Version::Canary),
+            "sticky=9f2c-canary; Max-Age=600; Path=/; HttpOnly; SameSite=Lax"
         );
     }
 }

@@ -36,6 +36,7 @@ fn sticky(max_age_secs: u64) -> Routes {
         affinity: Some(Affinity {
             cookie: "slipway-canary".into(),
             max_age_secs,
+            token: String::new(),
         }),
     }
 }
