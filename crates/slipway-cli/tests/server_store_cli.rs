@@ -5,6 +5,9 @@
 //! in each environment, from the server's store) and `env lease|release|leases` (audited
 //! as the acting person). Roles are the operations layer's: a plan or diff needs viewer
 //! in the environments, a lease deployer; a viewer's write is refused (403, exit 3).
+//! Also through the server: `audit export|checkpoint` (the key stays here), `review`,
+//! `checklist`, `retention` and `archive` (the bundle written and signed here); and the
+//! read commands on a PostgreSQL store (`on_postgres_…`).
 
 use serde_json::Value;
 
@@ -670,5 +673,88 @@ fn archive_goes_through_the_server_and_the_bundle_is_signed_here() {
     assert!(
         json(&out)["checkpoints_checked"].as_u64().unwrap() >= 1,
         "{out}"
+    );
+}
+
+#[test]
+fn on_postgres_plan_diff_env_retention_and_the_audit_export_answer_as_on_the_store() {
+    use crate::postgres_store_cli::pg::pg;
+    let world = World::on(pg().new_db("storecmds"));
+    let mut people = People::new(&world.store, "alice");
+    people.add("vic", "viewer", "*");
+    let server = world.serve();
+    let addr = server.addr.as_str();
+    let release = exec_release();
+    let cwd = release.path();
+    let spec = spec_of(&release);
+    let (alice, vic) = (
+        people.token("alice").to_owned(),
+        people.token("vic").to_owned(),
+    );
+    let (code, out, err) = remote(
+        addr,
+        &alice,
+        cwd,
+        &["deploy", "-f", &spec, "--env", "staging", "--detach"],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let run = out.trim().to_owned();
+    let (code, out, err) = remote(addr, &alice, cwd, &["wait", &run]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = remote(
+        addr,
+        &alice,
+        cwd,
+        &["env", "lease", "prod", "--reason", "maintenance"],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let export = |name: &str| cwd.join(name).display().to_string();
+    let cases: Vec<(Vec<String>, Vec<String>)> = [
+        vec!["plan", "-f", &spec, "--env", "prod", "--output", "json"],
+        vec!["plan", "-f", &spec, "--env", "prod"],
+        vec![
+            "diff", "-f", &spec, "--env", "staging", "--env", "prod", "--output", "json",
+        ],
+        vec!["env", "leases", "--output", "json"],
+        vec!["retention", "show", "--output", "json"],
+    ]
+    .iter()
+    .map(|a| {
+        let a: Vec<String> = a.iter().map(|s| (*s).to_owned()).collect();
+        (a.clone(), a)
+    })
+    .chain([(
+        vec![
+            "audit".into(),
+            "export".into(),
+            "--out".into(),
+            export("served.jsonl"),
+        ],
+        vec![
+            "audit".into(),
+            "export".into(),
+            "--out".into(),
+            export("local.jsonl"),
+        ],
+    )])
+    .collect();
+    for (served_args, local_args) in &cases {
+        let s: Vec<&str> = served_args.iter().map(String::as_str).collect();
+        let l: Vec<&str> = local_args.iter().map(String::as_str).collect();
+        let (code, served, err) = remote(addr, &vic, cwd, &s);
+        let (lcode, here, lerr) = local(&people, "vic", cwd, &l);
+        assert_eq!((code, lcode), (0, 0), "{s:?}: {err} / {lerr}");
+        if s[0] != "audit" {
+            assert_eq!(served, here, "{s:?}");
+        }
+    }
+    assert!(
+        std::fs::read_to_string(cwd.join("served.jsonl"))
+            .unwrap()
+            .contains(&run)
+    );
+    assert_eq!(
+        std::fs::read(cwd.join("served.jsonl")).unwrap(),
+        std::fs::read(cwd.join("local.jsonl")).unwrap()
     );
 }
