@@ -522,15 +522,45 @@ impl Framed<'_> {
 
 /// Append `e` to `out` in the framing [`parse_framed`] reads.
 pub fn frame(e: &AuditEntry, out: &mut Vec<u8>) {
-    out.extend_from_slice(e.seq.to_string().as_bytes());
-    out.push(b':');
-    out.extend_from_slice(e.v.to_string().as_bytes());
-    out.push(b':');
-    canonical_v2(e.fields(), out);
-    for f in [e.prev_hash.as_bytes(), e.hash.as_bytes()] {
+    frame_row(
+        e.seq,
+        i64::from(e.v),
+        e.fields(),
+        e.prev_hash.as_bytes(),
+        e.hash.as_bytes(),
+        out,
+    );
+}
+
+/// Append one row to `out` in the framing [`parse_framed`] reads, from the column values
+/// as a store reads them (borrowed, so a store stepping over its rows copies each byte
+/// once). `v` is the stored scheme column as it is: a value no scheme has still frames,
+/// and [`parse_framed`] refuses it, so the exact classifier decides.
+pub fn frame_row(
+    seq: i64,
+    v: i64,
+    fields: [&[u8]; 7],
+    prev_hash: &[u8],
+    hash: &[u8],
+    out: &mut Vec<u8>,
+) {
+    push_int(out, seq);
+    push_int(out, v);
+    canonical_v2(fields, out);
+    for f in [prev_hash, hash] {
         push_len(out, f.len());
         out.extend_from_slice(f);
     }
+}
+
+/// `<decimal n>:`, signed (a stored seq or scheme may be anything after an edit).
+fn push_int(out: &mut Vec<u8>, n: i64) {
+    if n < 0 {
+        out.push(b'-');
+    }
+    // Always fits on the 64-bit targets slipway builds for; were it not to, the number
+    // read back would differ and the walk would hand over to the exact classifier.
+    push_len(out, usize::try_from(n.unsigned_abs()).unwrap_or(usize::MAX));
 }
 
 /// Read the rows framed in `buf` (see [`Framed`]), in the order they lie there.

@@ -9,6 +9,7 @@
 
 pub mod access;
 pub mod archive;
+mod audit_read;
 mod chain;
 pub mod checklist;
 mod leases;

@@ -38,6 +38,7 @@ use sqlx::sqlite::{
 use sqlx::{AssertSqlSafe, Connection, Row};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::audit_read::AuditReader;
 use crate::chain::{self, Appender, Staged};
 use crate::leases::{LeaseOp, LeaseReply};
 use crate::schema::{
@@ -83,6 +84,8 @@ pub struct SqliteStore {
     /// The name of an in-memory store ([`SqliteStore::in_memory`]); `None` for a file.
     memory: Option<String>,
     read: SqlitePool,
+    /// The audit chain's fast reader (file stores only).
+    audit_reader: Option<AuditReader>,
     writer: mpsc::UnboundedSender<Pending>,
 }
 
@@ -155,6 +158,7 @@ impl SqliteStore {
             path: path.to_owned(),
             memory: None,
             read,
+            audit_reader: Some(AuditReader::new(path)),
             writer: tx,
         })
     }
@@ -199,6 +203,7 @@ impl SqliteStore {
             path,
             memory: Some(name.to_owned()),
             read,
+            audit_reader: None,
             writer: tx,
         })
     }
@@ -1176,6 +1181,9 @@ impl Store for SqliteStore {
 
     fn audit_framed(&self, after: i64, upto: i64) -> BoxFuture<'_, Result<Vec<u8>, StoreError>> {
         Box::pin(async move {
+            if let Some(reader) = &self.audit_reader {
+                return reader.framed(after, upto).await;
+            }
             let blob: Option<Vec<u8>> = sqlx::query_scalar(FRAMED_SQL)
                 .bind(after)
                 .bind(upto)
