@@ -386,6 +386,10 @@ fn run_insert_err(digest: &str, environment: &str) -> impl Fn(sqlx::Error) -> St
 
 /// The writer task: drains the queue into one transaction at a time.
 async fn writer(mut conn: SqliteConnection, mut rx: mpsc::UnboundedReceiver<Pending>) {
+    // The chain's head as this writer's last commit left it: the compare-and-set of
+    // `commit_fast` checks it against `meta` inside the transaction, so another process's
+    // append (or an archive) only costs a fall-back to the path that reads the head.
+    let mut head: Option<(i64, String)> = None;
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while batch.len() < MAX_GROUP {
@@ -395,8 +399,31 @@ async fn writer(mut conn: SqliteConnection, mut rx: mpsc::UnboundedReceiver<Pend
             }
         }
         let writes: Vec<&Write> = batch.iter().map(|(w, _)| w).collect();
+        if let Some(h) = head.take()
+            && let Some(records) = chain_only(&writes)
+        {
+            match commit_fast(&mut conn, &h, &records).await {
+                Ok(Some(new_head)) => {
+                    head = Some(new_head);
+                    for (_, tx) in batch {
+                        let _ = tx.send(Ok(Reply::Done));
+                    }
+                    continue;
+                }
+                // Another writer moved the head: nothing was written; read it below.
+                Ok(None) => {}
+                Err(_) => {
+                    // Whatever failed (the lock, a full disk, the commit) left nothing
+                    // committed once rolled back (SQLite rolls back a failed COMMIT's
+                    // transaction itself, or it stays open until this); the batch then
+                    // goes the ordinary way, which reports an error that persists.
+                    let _ = sqlx::raw_sql("ROLLBACK").execute(&mut conn).await;
+                }
+            }
+        }
         match apply_all(&mut conn, &writes).await {
-            Ok(replies) => {
+            Ok((replies, new_head)) => {
+                head = new_head;
                 for ((_, tx), r) in batch.into_iter().zip(replies) {
                     let _ = tx.send(Ok(r));
                 }
@@ -404,7 +431,7 @@ async fn writer(mut conn: SqliteConnection, mut rx: mpsc::UnboundedReceiver<Pend
             Err(_) if batch.len() > 1 => {
                 // One write spoiled the group: retry each alone so only it fails.
                 for (w, tx) in batch {
-                    let r = apply_all(&mut conn, &[&w]).await.map(|mut v| {
+                    let r = apply_all(&mut conn, &[&w]).await.map(|(mut v, _)| {
                         // apply_all returns one reply per write; exactly one here.
                         v.pop().unwrap_or(Reply::Done)
                     });
@@ -424,6 +451,88 @@ async fn writer(mut conn: SqliteConnection, mut rx: mpsc::UnboundedReceiver<Pend
             }
         }
     }
+}
+
+/// The records of a group made only of journal commits whose events touch nothing but
+/// the chain (step events and the like; a state change or control request also updates
+/// its run's row, and goes the ordinary way); `None` otherwise.
+fn chain_only<'a>(writes: &[&'a Write]) -> Option<Vec<&'a JournalRecord>> {
+    let mut out = Vec::new();
+    for w in writes {
+        let Write::Commit(records) = w else {
+            return None;
+        };
+        for r in records {
+            if matches!(
+                r.event,
+                EngineEvent::StateChanged { .. } | EngineEvent::ControlRequested { .. }
+            ) {
+                return None;
+            }
+            out.push(r);
+        }
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+/// Append chain-only records after the head this writer last committed, in ONE call
+/// through sqlx's worker (a sequential service's step costs its hand-offs more than its
+/// fsync, BENCHMARKS.md): `BEGIN IMMEDIATE`, a compare-and-set of the head in `meta`
+/// (every chain writer, archive included, records the head there in the transaction that
+/// appends), the inserts — each guarded by the head now being the new one, so a lost
+/// compare-and-set inserts nothing — the head read back, `COMMIT`. Returns the new head,
+/// or `None` when another writer had moved the head (nothing written).
+async fn commit_fast(
+    conn: &mut SqliteConnection,
+    head: &(i64, String),
+    records: &[&JournalRecord],
+) -> Result<Option<(i64, String)>, StoreError> {
+    let mut app = Appender::new(Some(head.clone()));
+    for r in records {
+        app.push(r)?;
+    }
+    let (seq, prev) = app.head();
+    let new_head = format!("{seq}:{prev}");
+    let old_head = format!("{}:{}", head.0, head.1);
+    let mut sql = String::from(
+        "BEGIN IMMEDIATE; UPDATE meta SET value = ? WHERE key = 'audit_head' AND value = ?;",
+    );
+    // 11 columns per row, 80 rows a statement, as `flush`.
+    let chunks: Vec<&[AuditEntry]> = app.entries.chunks(80).collect();
+    for chunk in &chunks {
+        sql.push_str(
+            " INSERT INTO audit (seq, at, actor, action, run_id, digest, outcome, detail, prev_hash, hash, hv) SELECT * FROM (VALUES ",
+        );
+        sql.push_str(&vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", "));
+        sql.push_str(") WHERE (SELECT value FROM meta WHERE key = 'audit_head') = ?;");
+    }
+    sql.push_str(" SELECT value FROM meta WHERE key = 'audit_head'; COMMIT");
+    let mut qy = sqlx::query(AssertSqlSafe(sql))
+        .bind(&new_head)
+        .bind(&old_head);
+    for chunk in &chunks {
+        for e in *chunk {
+            qy = qy
+                .bind(e.seq)
+                .bind(&e.at)
+                .bind(&e.actor)
+                .bind(&e.action)
+                .bind(&e.run_id)
+                .bind(&e.digest)
+                .bind(&e.outcome)
+                .bind(&e.detail)
+                .bind(&e.prev_hash)
+                .bind(&e.hash)
+                .bind(i64::from(e.v));
+        }
+        qy = qy.bind(&new_head);
+    }
+    let rows = qy.fetch_all(&mut *conn).await.map_err(query_err)?;
+    let now: Option<String> = match rows.first() {
+        Some(r) => r.try_get(0).map_err(query_err)?,
+        None => None,
+    };
+    Ok((now.as_deref() == Some(new_head.as_str())).then(|| (seq, prev.to_owned())))
 }
 
 /// The head the chain continues from, read inside the writing transaction: the last entry,
@@ -450,10 +559,13 @@ pub(crate) async fn read_head(
     }))
 }
 
+/// Apply a group of writes in one transaction; returns one reply per write and the head
+/// the chain has after it, when this transaction appended (it then wrote that head to
+/// `meta` too, which `commit_fast` relies on).
 async fn apply_all(
     conn: &mut SqliteConnection,
     writes: &[&Write],
-) -> Result<Vec<Reply>, StoreError> {
+) -> Result<(Vec<Reply>, Option<(i64, String)>), StoreError> {
     let mut tx = conn
         .begin_with("BEGIN IMMEDIATE")
         .await
@@ -554,7 +666,11 @@ async fn apply_all(
     }
     flush(&mut tx, &app).await?;
     tx.commit().await.map_err(query_err)?;
-    Ok(replies)
+    let head = (!app.entries.is_empty()).then(|| {
+        let (seq, hash) = app.head();
+        (seq, hash.to_owned())
+    });
+    Ok((replies, head))
 }
 
 /// The pseudonymous id of `name`, created on first use, inside `tx`.

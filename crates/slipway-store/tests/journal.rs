@@ -5,7 +5,7 @@ use slipway_engine::audit;
 use slipway_engine::event::{Control, EngineEvent, RunState, StepStatus};
 use slipway_engine::store::{Store, StoreError};
 
-use crate::common::{Backend, on_both, populated_on, record};
+use crate::common::{Backend, on_both, on_disk, populated_on, record};
 
 async fn events_update_steps_runs_and_approvals(b: Backend) {
     let (_f, store) = populated_on(b, 2).await;
@@ -136,7 +136,76 @@ async fn erasing_a_person_keeps_the_chain_valid(b: Backend) {
     assert!(!store.erase_identity("alice").await.unwrap());
 }
 
+fn step(i: usize) -> slipway_engine::store::JournalRecord {
+    record(
+        "r1",
+        i as i64,
+        EngineEvent::StepStarted {
+            step: format!("svc/{i}"),
+            key: format!("k{i}"),
+            attempt: 1,
+        },
+    )
+}
+
+/// Two handles on one store (two processes: each its own writer, each keeping the head of
+/// its last commit) append in turns, runs of several commits each, so each writer's
+/// kept head goes stale again and again: every entry lands once, in one linear chain.
+async fn writers_taking_turns_keep_one_linear_chain(b: Backend) {
+    let (fresh, a) = populated_on(b, 0).await;
+    let other = fresh.open().await.unwrap();
+    let mut n = 0;
+    for turn in 0..12 {
+        let w = if turn % 2 == 0 { &a } else { &other };
+        for _ in 0..=(turn % 3) {
+            n += 1;
+            w.commit(vec![step(n)]).await.unwrap();
+        }
+    }
+    for s in [&a, &other] {
+        let v = audit::verify_store(s).await.unwrap();
+        assert_eq!(v.result.map(|v| v.entries), Ok(1 + n as u64));
+    }
+    assert_eq!(a.steps("r1").await.unwrap().len(), n);
+}
+
+/// A commit that fails inside its transaction (a trigger refuses one entry) reaches its
+/// caller as an error, leaves nothing behind, and the writer goes on from the head the
+/// store really has: the next commits land and the chain verifies.
+async fn a_failed_commit_leaves_the_writer_on_the_true_head(b: Backend) {
+    let (fresh, store) = populated_on(b, 0).await;
+    for i in 1..=3 {
+        store.commit(vec![step(i)]).await.unwrap();
+    }
+    let refuse = match b {
+        Backend::Postgres => {
+            "CREATE FUNCTION refuse() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'refused by the test'; END $$ LANGUAGE plpgsql; \
+             CREATE TRIGGER refuse BEFORE INSERT ON audit FOR EACH ROW WHEN (NEW.seq = 5) EXECUTE FUNCTION refuse();"
+        }
+        _ => {
+            "CREATE TRIGGER refuse BEFORE INSERT ON audit WHEN NEW.seq = 5 BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;"
+        }
+    };
+    fresh.sql(refuse);
+    let err = store.commit(vec![step(4)]).await.unwrap_err();
+    assert!(err.to_string().contains("refused by the test"), "{err}");
+    assert_eq!(store.audit_head().await.unwrap().map(|h| h.0), Some(4));
+    fresh.sql(match b {
+        Backend::Postgres => "DROP TRIGGER refuse ON audit",
+        _ => "DROP TRIGGER refuse",
+    });
+    for i in 4..=6 {
+        store.commit(vec![step(i)]).await.unwrap();
+    }
+    let v = audit::verify_store(&store).await.unwrap();
+    assert_eq!(v.result.map(|v| (v.entries, v.head_seq)), Ok((7, 7)));
+    assert_eq!(store.steps("r1").await.unwrap().len(), 6);
+}
+
+on_disk!(a_failed_commit_leaves_the_writer_on_the_true_head);
+
 on_both!(
+    writers_taking_turns_keep_one_linear_chain,
     events_update_steps_runs_and_approvals,
     concurrent_commits_are_grouped_and_the_chain_stays_linear,
     a_second_claim_on_a_run_is_refused_until_released,
