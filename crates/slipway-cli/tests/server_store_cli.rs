@@ -565,6 +565,40 @@ fn review_checklist_and_retention_go_through_the_server_with_the_store_commands_
         &["retention", "set", "runs", "--live", "1y", "--keep", "30d"],
     );
     assert_eq!(code, 2, "{err}");
+
+    // Every write through the server is in the audit chain as the person who made it:
+    // bob acknowledged and reviewed, alice (the author of the run) set the retention.
+    let export = cwd.join("chain.jsonl");
+    people.ok(
+        "alice",
+        &["audit", "export", "--out", &export.display().to_string()],
+    );
+    let entries: Vec<Value> = std::fs::read_to_string(&export)
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let actors = |what: &str| -> Vec<String> {
+        entries
+            .iter()
+            .filter(|e| e.to_string().contains(what))
+            .map(|e| e["actor"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    let alices = actors(&format!("\"run_id\":\"{run}\""));
+    let (acked, reviewed, set) = (
+        actors("checklist_acknowledged"),
+        actors("review_completed"),
+        actors("retention_set"),
+    );
+    assert_eq!(
+        (acked.len(), reviewed.len(), set.len()),
+        (1, 1, 1),
+        "{entries:?}"
+    );
+    assert_eq!(acked, reviewed, "both bob's");
+    assert!(alices.contains(&set[0]), "alice's: {set:?} {alices:?}");
+    assert!(!alices.contains(&acked[0]), "not alice's: {acked:?}");
 }
 
 #[test]

@@ -178,6 +178,6 @@ pub(crate) async fn not_found() -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         "no such API route",
-        "see ARCHITECTURE.md (slipway-server) for the routes: /api/v1/runs, /api/v1/runs/{id}, …/journal, …/events, POST …/{approve,pause,resume,promote,abort,rollback}, /api/v1/audit/verify",
+        "see docs/server.md for the routes: /api/v1/runs, /api/v1/runs/{id}, …/journal, …/events, POST …/{approve,pause,resume,promote,abort,rollback}, /api/v1/plans, /api/v1/diff, /api/v1/leases, /api/v1/audit/{verify,export,anchors}, /api/v1/reviews, /api/v1/checklist/acks, /api/v1/retention, /api/v1/archive/{cut,bundle,prune}, /api/v1/access/…, /api/v1/policy, /api/v1/reports/…",
     )
 }
