@@ -365,3 +365,236 @@ fn behind_nginx_a_fleet_canary_survives_slipway_killed_mid_canary() {
     assert!(host1.contains(&"already_done"), "{s:#}");
     drop(n);
 }
+
+/// The fleet canary of the operator tests: host1 at a third of the traffic, then a
+/// manual pause, then half the traffic judged for ten minutes (an operator decides well
+/// before).
+const OPERATED: &str = "strategy:
+  canary:
+    steps:
+      - set_weight: 34
+      - pause: manual
+      - set_weight: 50
+      - analysis: { template: errors, duration: 10m }
+analysis_templates:
+  errors:
+    interval: 500ms
+    min_samples: 5
+    failure_limit: 0
+    inconclusive_limit: 2000
+    metrics:
+      - { name: error-rate, provider: builtin, max: 0.05 }
+    on_failure: rollback
+";
+
+/// The same without the manual pause: a third of the traffic judged for ten minutes.
+const LONG: &str = "strategy:
+  canary:
+    steps:
+      - set_weight: 34
+      - analysis: { template: errors, duration: 10m }
+analysis_templates:
+  errors:
+    interval: 500ms
+    min_samples: 5
+    failure_limit: 0
+    inconclusive_limit: 2000
+    metrics:
+      - { name: error-rate, provider: builtin, max: 0.05 }
+    on_failure: rollback
+";
+
+/// `slipway deploy` of `version` in the background, its output in files named after it.
+fn spawn_deploy(w: &World, version: &str) -> std::process::Child {
+    let spec = w.spec(version, &w.demo());
+    w.cmd()
+        .args(["deploy", "--env", "fleet", "-f"])
+        .arg(&spec)
+        .stdout(std::fs::File::create(w.dir.join(format!("deploy-{version}.out"))).unwrap())
+        .stderr(std::fs::File::create(w.dir.join(format!("deploy-{version}.err"))).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+/// Wait (generously: the machine may be loaded) until the latest run's journal holds an
+/// event `pred` accepts, while `child` still drives it.
+fn wait_event(
+    w: &World,
+    child: &mut std::process::Child,
+    what: &str,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        if progress(w).iter().any(&pred) {
+            return;
+        }
+        let exited = child.try_wait().unwrap();
+        assert!(
+            Instant::now() < deadline && exited.is_none(),
+            "never saw {what} (deploy exited: {exited:?}): {:#?}",
+            progress(w)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Wait for a background deploy's exit code.
+fn exit_of(child: &mut std::process::Child, w: &World) -> Option<i32> {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s.code();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the deploy did not exit: {:#?}",
+            progress(w)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn run_id(w: &World) -> String {
+    w.status()["run"]["id"].as_str().unwrap().to_owned()
+}
+
+/// `slipway pause`, `resume` and `promote RUN` act on a fleet canary as on the process
+/// target, with traffic through nginx all along and no request failing: the canary
+/// waits at its manual pause until `resume` reaches the live driver, goes to 50 % and
+/// its analysis; `pause` stops the driver mid-analysis (the deploy exits 5, the run is
+/// paused, both versions keep serving at the canary's weights); `promote` — nobody
+/// driving — drives the run again here and the promoted canary's hosts, then the later
+/// waves without analysis, end on the new version with every weight back.
+#[test]
+fn behind_nginx_operators_pause_resume_and_promote_a_fleet_canary() {
+    let (w, n) = deployed(OPERATED);
+    let before = weights(&w);
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = root_traffic(n.port, stop.clone());
+
+    let mut deploy = spawn_deploy(&w, "2.0.0");
+    wait_event(&w, &mut deploy, "the manual pause", |e| {
+        e["event"] == "paused"
+            && e["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("pause until resumed"))
+    });
+    let run = run_id(&w);
+    let o = w.run(&["resume", &run]);
+    assert_eq!(o.status.code(), Some(0), "resume: {o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("resume sent to the driver"),
+        "{o:?}"
+    );
+    wait_event(&w, &mut deploy, "weight 50 and the analysis", |e| {
+        e["event"] == "step_started" && e["index"] == 3
+    });
+    assert!(
+        events_named(&progress(&w), "weight_set")
+            .iter()
+            .any(|e| e["weight"] == 50 && e["verified"] == 50)
+    );
+
+    let o = w.run(&["pause", &run]);
+    assert_eq!(o.status.code(), Some(0), "pause: {o:?}");
+    assert_eq!(exit_of(&mut deploy, &w), Some(5), "paused deploy exits 5");
+    assert_eq!(w.status()["run"]["state"], "paused");
+    // Paused: nobody drives, both versions serve at the canary's weights.
+    assert_ne!(weights(&w), before);
+    assert_eq!(version_at(w.ports[0]).as_deref(), Some("2.0.0"));
+    assert_eq!(version_at(w.ports[1]).as_deref(), Some("1.0.0"));
+
+    let o = w.run(&["promote", &run, "--output", "json"]);
+    assert_eq!(o.status.code(), Some(0), "promote: {o:?}");
+    stop.store(true, Ordering::SeqCst);
+    let (seen, failed) = load.join().unwrap();
+    assert!(failed.is_empty(), "requests failed: {failed:?} ({seen:?})");
+    assert!(
+        seen.contains_key("1.0.0") && seen.contains_key("2.0.0"),
+        "{seen:?}"
+    );
+    w.wait_all("2.0.0");
+    assert_eq!(w.status()["run"]["state"], "succeeded");
+    assert_eq!(weights(&w), before, "every weight back");
+    let p = progress(&w);
+    let intervened: Vec<&serde_json::Value> = events_named(&p, "intervened")
+        .into_iter()
+        .map(|e| &e["intervention"])
+        .collect();
+    assert_eq!(intervened, vec!["resume", "pause", "promote"], "{p:#?}");
+    let waves: Vec<u64> = events_named(&p, "fleet_wave_passed")
+        .iter()
+        .map(|e| e["wave"].as_u64().unwrap())
+        .collect();
+    assert_eq!(waves, vec![1, 2, 3], "{p:#?}");
+    drop(n);
+}
+
+/// `slipway abort RUN` on a fleet canary: while the deploy drives it (the live driver
+/// rolls the canary host back and the run ends aborted, the deploy exiting 6), and while
+/// it is paused with nobody driving (the abort takes the canary back itself) — each time
+/// host1 back on the previous version, every weight back, and no request failing.
+#[test]
+fn behind_nginx_an_abort_takes_a_fleet_canary_back_live_or_paused() {
+    let (w, n) = deployed(LONG);
+    let before = weights(&w);
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = root_traffic(n.port, stop.clone());
+
+    // Live.
+    let mut deploy = spawn_deploy(&w, "2.0.0");
+    wait_event(&w, &mut deploy, "the analysis", |e| {
+        e["event"] == "step_started" && e["index"] == 1
+    });
+    let run = run_id(&w);
+    let o = w.run(&["abort", &run]);
+    assert_eq!(o.status.code(), Some(0), "abort: {o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("(now aborted)"),
+        "{o:?}"
+    );
+    assert_eq!(exit_of(&mut deploy, &w), Some(6));
+    w.wait_all("1.0.0");
+    assert_eq!(weights(&w), before, "every weight back");
+    let p = progress(&w);
+    assert!(
+        events_named(&p, "rolling_back").iter().any(|e| e["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("rollback requested by an operator"))),
+        "{p:#?}"
+    );
+
+    // Paused, nobody driving.
+    let mut deploy = spawn_deploy(&w, "2.0.0");
+    // The journal read is the latest run's: first the new run, then its analysis.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while run_id(&w) == run {
+        assert!(
+            Instant::now() < deadline && deploy.try_wait().unwrap().is_none(),
+            "no second run"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    wait_event(&w, &mut deploy, "the analysis", |e| {
+        e["event"] == "step_started" && e["index"] == 1
+    });
+    let run2 = run_id(&w);
+    assert_ne!(run2, run);
+    let o = w.run(&["pause", &run2]);
+    assert_eq!(o.status.code(), Some(0), "pause: {o:?}");
+    assert_eq!(exit_of(&mut deploy, &w), Some(5));
+    assert_eq!(version_at(w.ports[0]).as_deref(), Some("2.0.0"));
+    assert_ne!(weights(&w), before);
+    let o = w.run(&["abort", &run2]);
+    assert_eq!(o.status.code(), Some(0), "abort: {o:?}");
+    assert_eq!(w.status()["run"]["state"], "aborted");
+    w.wait_all("1.0.0");
+    assert_eq!(weights(&w), before, "every weight back");
+
+    stop.store(true, Ordering::SeqCst);
+    let (seen, failed) = load.join().unwrap();
+    assert!(failed.is_empty(), "requests failed: {failed:?} ({seen:?})");
+    assert!(seen.contains_key("2.0.0"), "{seen:?}");
+    drop(n);
+}

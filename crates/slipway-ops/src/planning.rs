@@ -606,22 +606,12 @@ fn ssh_findings(p: &Plan, file: &Path, dir: &Path) -> Vec<Finding> {
         let behind_balancer = p
             .router_of(name)
             .is_some_and(|r| r.haproxy.is_some() || r.nginx.is_some());
-        if let Some(c) = p.strategy.canary.as_ref() {
-            if !behind_balancer {
+        if p.strategy.canary.is_some() && !behind_balancer {
+            {
                 out.push(error(
                     "ssh-unsupported",
                     format!(
                         "{}: environments.{}.strategy: a canary of `run:` services on the ssh target shifts traffic through HAProxy or nginx; add `router: {{ haproxy: {{ socket: …, backend: … }} }}` (one server per host, named after it) or `router: {{ nginx: {{ upstream_file: …, upstream: …, access_log: … }} }}` to the environment, or use `rolling` (hosts in waves of `target.ssh.batch`) for services.{name}",
-                        file.display(),
-                        p.environment
-                    ),
-                ));
-            } else if c.steps.iter().any(|s| s.pause.as_deref() == Some("manual")) {
-                // The fleet canary takes no requests from people yet (promote, resume).
-                out.push(error(
-                    "ssh-unsupported",
-                    format!(
-                        "{}: environments.{}.strategy.canary: `pause: manual` is not supported in a fleet canary on the ssh target yet; pause for a duration (`pause: 5m`) or analyse instead",
                         file.display(),
                         p.environment
                     ),

@@ -129,6 +129,7 @@ pub(crate) fn engine(
         plan,
         secrets: &secrets,
         actor,
+        store: Some(session.dyn_store()),
     };
     let target = wiring.target(deploy, ssh);
     Engine::new(
@@ -154,6 +155,7 @@ async fn deploy_target(
         plan,
         secrets: &secrets,
         actor: "",
+        store: None,
     };
     let exe = std::env::current_exe()
         .map_err(|e| OpsError::internal(format!("failed to find the slipway binary: {e}")))?;
@@ -824,9 +826,7 @@ pub async fn resume(
     crate::access::require(session, Role::Deployer, "resume", &run.environment).await?;
     let actor = session.actor_id().await?;
     let plan = plan_of(&run);
-    if plan
-        .as_ref()
-        .is_some_and(|p| p.target == slipway_model::spec::TargetKind::Process)
+    if plan.as_ref().is_some_and(canary_driven_live)
         && !run.state.is_terminal()
         && driven(session.store.as_ref(), &run.id).await?
     {
@@ -872,6 +872,22 @@ pub async fn resume(
     report.map(Handled::Driven)
 }
 
+/// Whether a plan's deploys are canaries a live driver takes requests for: the process
+/// target's, and a fleet canary's on the ssh target behind HAProxy or nginx.
+fn canary_driven_live(p: &Plan) -> bool {
+    match p.target {
+        slipway_model::spec::TargetKind::Process => true,
+        slipway_model::spec::TargetKind::Ssh => {
+            p.strategy.canary.is_some()
+                && p.services.keys().any(|s| {
+                    p.router_of(s)
+                        .is_some_and(|r| r.haproxy.is_some() || r.nginx.is_some())
+                })
+        }
+        _ => false,
+    }
+}
+
 /// Journal a request for the driver of a run's canary, wherever it runs.
 async fn deliver(
     session: &Session,
@@ -912,15 +928,16 @@ pub async fn promote(
         .hint(Hint::ListRuns));
     }
     let plan = plan_of(&run);
-    if !plan.as_ref().is_some_and(|p| {
-        p.target == slipway_model::spec::TargetKind::Process && p.strategy.canary.is_some()
-    }) {
+    if !plan
+        .as_ref()
+        .is_some_and(|p| p.strategy.canary.is_some() && canary_driven_live(p))
+    {
         return Err(OpsError::input(format!(
             "failed to promote: run {} has no canary to promote",
             run.id
         ))
         .hint(Hint::text(
-            "promote works on runs of a canary strategy on the process target",
+            "promote works on runs of a canary strategy on the process target, or on the ssh target behind HAProxy or nginx (a fleet canary)",
         )));
     }
     let actor = session.actor_id().await?;

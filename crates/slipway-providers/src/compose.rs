@@ -230,6 +230,9 @@ pub struct RunWiring<'a> {
     pub secrets: &'a RunSecrets,
     /// Who drives (pseudonymous id), recorded by migrations.
     pub actor: &'a str,
+    /// The run's store, through which operators' requests (pause, resume, promote,
+    /// abort) reach a fleet canary on the ssh target; `None`: none reach it.
+    pub store: Option<Arc<dyn Store>>,
 }
 
 impl RunWiring<'_> {
@@ -254,7 +257,7 @@ impl RunWiring<'_> {
         // On the ssh target, `deploy` steps are supervised instances on the hosts, run by
         // the same target as the install steps (waves, budget, markers).
         let with_services = |t: SshTarget, p: &Plan| {
-            let services = ssh_services(p, self.workdir, t.endpoints());
+            let services = ssh_services(p, self.workdir, t.endpoints(), self.store.clone());
             t.with_services(services, Some(self.layout.config(&p.environment)))
         };
         let exec: Arc<dyn Target> = match (ssh_plan, ssh) {
@@ -577,6 +580,7 @@ pub fn ssh_services(
     plan: &Plan,
     workdir: &Path,
     endpoints: &[crate::ssh::Endpoint],
+    store: Option<Arc<dyn Store>>,
 ) -> BTreeMap<String, crate::ssh_service::SshService> {
     plan.services
         .iter()
@@ -628,6 +632,7 @@ pub fn ssh_services(
                         environment: plan.environment.clone(),
                         external: Some(Arc::new(crate::metrics::ProviderSet::from_plan(plan))
                             as Arc<dyn slipway_rollout::ExternalMetrics>),
+                        store: store.clone(),
                     })
                 });
             Some((

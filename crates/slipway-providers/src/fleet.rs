@@ -61,9 +61,9 @@ use slipway_model::plan::StepAction;
 use slipway_model::progress::{Progress, StepEvent};
 use slipway_model::spec::{AnalysisStep, AnalysisTemplate, CanaryStep, ExecStep};
 use slipway_rollout::{
-    BoxFuture, Canary, ExternalMetrics, Instance, Instances, MetricSource, NoInterventions,
-    Outcome, Promotion, Resumed, Role, RolloutError, RolloutEvent, TrafficRouter, World,
-    run_canary_checked,
+    BoxFuture, Canary, ExternalMetrics, Instance, Instances, Intervention, Interventions,
+    MetricSource, NoInterventions, Outcome, Promotion, Resumed, Role, RolloutError, RolloutEvent,
+    TrafficRouter, World, run_canary_checked,
 };
 
 use crate::balancer::Balancer;
@@ -84,6 +84,9 @@ pub struct FleetCanary {
     pub environment: String,
     /// The plan's external metric providers (Prometheus, HTTP JSON).
     pub external: Option<Arc<dyn ExternalMetrics>>,
+    /// The run's store: operators' pause, resume, promote and abort reach the canary
+    /// through it ([`crate::interventions`]); `None`: none do.
+    pub store: Option<Arc<dyn slipway_engine::Store>>,
 }
 
 impl std::fmt::Debug for FleetCanary {
@@ -131,6 +134,8 @@ struct Prior {
     position: Option<(usize, u8)>,
     rolling_back: Option<String>,
     restored: bool,
+    /// An operator promoted the canary: the later waves go without analysis.
+    promoted: bool,
 }
 
 impl Prior {
@@ -175,6 +180,9 @@ impl Prior {
                     p.position = None;
                 }
                 Progress::Step(StepEvent::FleetWeightsRestored { .. }) => p.restored = true,
+                Progress::Rollout(RolloutEvent::Intervened {
+                    intervention: Intervention::Promote,
+                }) => p.promoted = true,
                 _ => {}
             }
         }
@@ -456,6 +464,29 @@ struct FleetRun<'a> {
     hosts: Vec<FleetHost>,
     /// Each host's weight before the canary.
     weights: BTreeMap<String, u64>,
+    /// An operator promoted the canary (now or in an earlier attempt).
+    promoted: std::sync::atomic::AtomicBool,
+}
+
+/// The operators' requests as the controller polls them, remembering a promotion (the
+/// later waves then go without analysis, as a promoted canary on the process target
+/// skips its remaining steps).
+struct Operators<'a> {
+    inner: &'a dyn Interventions,
+    promoted: &'a std::sync::atomic::AtomicBool,
+}
+
+impl Interventions for Operators<'_> {
+    fn poll(&self) -> BoxFuture<'_, Option<Intervention>> {
+        Box::pin(async move {
+            let i = self.inner.poll().await;
+            if i == Some(Intervention::Promote) {
+                self.promoted
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+            i
+        })
+    }
 }
 
 impl FleetRun<'_> {
@@ -647,12 +678,26 @@ impl FleetRun<'_> {
             run: self,
             canary: canary_instances.clone(),
         };
+        let per_run = self.spec.store.clone().map(|store| {
+            crate::interventions::RunInterventions::new(
+                self.ctx.run_id.clone(),
+                store,
+                self.ctx.progress.clone(),
+            )
+        });
+        let operators = Operators {
+            inner: match &per_run {
+                Some(p) => p,
+                None => &NoInterventions,
+            },
+            promoted: &self.promoted,
+        };
         let world = World {
             instances: &hosts,
             router: &router,
             metrics: &router,
             external: self.spec.external.as_deref(),
-            interventions: &NoInterventions,
+            interventions: &operators,
             drain_timeout: DRAIN_TIMEOUT,
         };
         let (start_step, resumed) = match resume {
@@ -883,6 +928,7 @@ pub(crate) async fn apply(
         lb,
         hosts: hosts.clone(),
         weights,
+        promoted: std::sync::atomic::AtomicBool::new(prior.promoted),
     };
     Some(drive(&run, &waves, &prior).await)
 }
@@ -955,6 +1001,7 @@ async fn drive(
             run.verdict(outcome, &changed).await?;
         } else if k + 1 < waves.len()
             && wave_no > prior.waves_passed
+            && !run.promoted.load(std::sync::atomic::Ordering::SeqCst)
             && let Some(a) = run.spec.between_waves()
         {
             // At their natural share: each changed host at its own weight.
@@ -1018,6 +1065,92 @@ async fn drive(
             stderr,
             truncated: false,
         },
+    })
+}
+
+/// Take back a fleet canary found not done while its run is aborted or rolled back with
+/// nobody driving it (a paused canary still takes traffic): the hosts running the step's
+/// version are rolled back to what they ran (drained; the supervisor's rollback, guarded
+/// by the step's marker), and every journaled weight is put back. `None`: the step
+/// started no fleet canary (nothing journaled), so there is nothing of one to take back.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the step's parts, passed through from the ssh target"
+)]
+pub(crate) async fn retract(
+    target: &SshTarget,
+    ctx: &StepContext,
+    action: &StepAction,
+    step: &ExecStep,
+    service: &str,
+    spec: &FleetCanary,
+    lb: &dyn Balancer,
+    port: impl Fn(&crate::ssh::Host) -> Option<u16>,
+) -> Option<Result<Option<String>, TargetError>> {
+    let StepAction::Deploy { version, .. } = action else {
+        return None;
+    };
+    let prior = Prior::read(&ctx.prior);
+    let weights = prior.weights?;
+    let all: Vec<usize> = (0..target.endpoints().len()).collect();
+    let (connected, _unreachable) = match target.connect_within_budget(ctx, &all).await {
+        Ok(c) => c,
+        Err(e) => return Some(Err(e)),
+    };
+    let mut hosts = Vec::new();
+    for (i, s) in &connected {
+        let current = match current_version(target, s, ctx, service).await {
+            Ok(c) => c,
+            Err(m) => return Some(Err(TargetError::Io(m))),
+        };
+        let host = &s.endpoint().host;
+        let p = port(host).unwrap_or(0);
+        hosts.push(FleetHost {
+            index: *i,
+            name: host.name.clone(),
+            session: s.clone(),
+            addr: host_addr(&host.address, p, *i),
+            current,
+        });
+    }
+    let run = FleetRun {
+        target,
+        ctx,
+        action,
+        step,
+        service,
+        version,
+        spec,
+        lb,
+        hosts: hosts.clone(),
+        weights,
+        promoted: std::sync::atomic::AtomicBool::new(prior.promoted),
+    };
+    let changed: Vec<&FleetHost> = hosts
+        .iter()
+        .filter(|h| h.current.as_deref() == Some(version.as_str()))
+        .collect();
+    let undone = run.roll_back(&changed).await;
+    let restored = run.restore_weights().await;
+    let names = changed
+        .iter()
+        .map(|h| h.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    Some(match (undone, restored) {
+        (Ok(()), Ok(())) => Ok(Some(format!(
+            "the fleet canary of {service} {version} was taken back: {} on their previous version, every host at its own weight in {}",
+            if names.is_empty() {
+                "no host was".to_owned()
+            } else {
+                format!("{names} back")
+            },
+            lb.describe()
+        ))),
+        (Err(m), _) | (_, Err(m)) => Err(TargetError::Failed {
+            message: format!("taking back the fleet canary of {service} {version} failed: {m}"),
+            output: StepOutput::default(),
+        }),
     })
 }
 

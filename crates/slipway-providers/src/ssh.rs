@@ -1849,6 +1849,32 @@ impl Target for SshTarget {
         "ssh"
     }
 
+    fn retract<'a>(
+        &'a self,
+        ctx: &'a StepContext,
+        action: &'a StepAction,
+    ) -> BoxFuture<'a, Result<Option<String>, TargetError>> {
+        Box::pin(async move {
+            // A fleet canary paused or interrupted mid-way takes traffic on its hosts:
+            // an abort or rollback with nobody driving takes it back (crate::fleet).
+            if matches!(action, StepAction::Deploy { .. })
+                && let Ok((service, svc)) = self.service_of(ctx)
+                && let (Some(spec), Some(router)) = (&svc.canary, &svc.drain)
+            {
+                let step = self.step(ctx, action)?;
+                if let Some(r) =
+                    crate::fleet::retract(self, ctx, action, &step, service, spec, &**router, |h| {
+                        h.ports.get(service).copied()
+                    })
+                    .await
+                {
+                    return r;
+                }
+            }
+            Ok(None)
+        })
+    }
+
     fn apply<'a>(
         &'a self,
         ctx: &'a StepContext,
