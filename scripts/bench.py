@@ -148,6 +148,17 @@ BENCHES = {
         ["slipway-cli"],
         "cargo test -q -p slipway-cli --test runner readiness_gate_bench -- --ignored --nocapture",
     ),
+    "fleet-canary": (
+        "Fleet canary behind HAProxy on 10 and 50 sshd hosts: detection, and a rolling release beside ansible-core",
+        ["slipway-cli"],
+        # ansible-core comes from pip when missing (never from the test suite); its real
+        # path, not a pyenv shim, so the shim's start-up is not timed. Without it the
+        # benchmark's ansible row says so.
+        "{ command -v ansible-playbook >/dev/null || pip install -q ansible-core "
+        "|| echo 'pip install ansible-core failed' >&2; } && "
+        "ANSIBLE_PLAYBOOK=$( { pyenv which ansible-playbook || command -v ansible-playbook; } 2>/dev/null ) "
+        "cargo test -q -p slipway-cli --test runner fleet_canary_bench -- --ignored --nocapture",
+    ),
     "server-api": (
         "Server API on PostgreSQL: status and approve at 50 clients, runs started/s, takeover after kill -9",
         ["slipway-cli", "slipway-server"],

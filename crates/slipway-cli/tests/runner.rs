@@ -31,6 +31,7 @@ mod crash;
 mod demo_cli;
 mod dry_run_cli;
 mod evidence_cli;
+mod fleet_canary_bench;
 mod fleet_nginx_cli;
 mod front_door_cli;
 mod gate_conformance_cli;
