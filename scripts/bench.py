@@ -149,7 +149,7 @@ BENCHES = {
         "cargo test -q -p slipway-cli --test runner readiness_gate_bench -- --ignored --nocapture",
     ),
     "fleet-canary": (
-        "Fleet canary behind HAProxy on 10 and 50 sshd hosts: detection, and a rolling release beside ansible-core",
+        "Fleet canary on 10 and 50 sshd hosts: detection behind HAProxy and nginx, a rolling release beside ansible-core",
         ["slipway-cli"],
         # ansible-core comes from pip when missing (never from the test suite); its real
         # path, not a pyenv shim, so the shim's start-up is not timed. Without it the

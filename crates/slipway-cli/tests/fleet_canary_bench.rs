@@ -17,10 +17,14 @@
 //!    1.0.0 first) from 1.0.0 to 2.0.0 as a fleet canary and from 2.0.0 to 3.0.0 as a
 //!    plain rolling deploy. Waves of 20% of the hosts, that many at once, for every tool.
 //!    Reported: wall time of the release command and requests that failed during it.
-//! 2. **Detection**, `FLEET_CANARY_ROUNDS` rounds (default 3): a fleet canary of a bad
-//!    version (every `/` a 500) on the first wave. From the clients' view: the time from
-//!    the first 500 to the last response a canary host gave on the bad version (its
-//!    every answer is a 500, so: the last 500), the 500s users got, and failed requests
+//! 2. **Detection**, `FLEET_CANARY_ROUNDS` rounds (default 3) per balancer of
+//!    `FLEET_CANARY_BALANCERS` (default `haproxy nginx`: the same hosts, then behind a
+//!    real nginx too — Slipway's upstream file, `nginx -t`, reload, analysis on its access
+//!    log — with the traffic through it): a fleet canary of a bad version (every `/` a
+//!    500) on the first wave. From the clients' view: the time from the first 500 to the
+//!    last response a canary host gave on the bad version (its every answer is a 500, so:
+//!    the last 500; that every 500 came from a canary host is checked, by `X-Server`
+//!    behind HAProxy and by nginx's access log), the 500s users got, and failed requests
 //!    (connection errors, 502/503/504); median and max over the rounds.
 //!
 //! ansible-playbook is `$ANSIBLE_PLAYBOOK`, else found on PATH; the benchmark's command
@@ -34,6 +38,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::fleet_nginx_cli;
 use crate::ssh_service_cli::{World, free_ports, version_at};
 
 /// The canary's analysis: short enough that the rollout compares with a tool that does
@@ -238,9 +243,12 @@ backend web
     panic!("haproxy did not start in {}", w.dir.display());
 }
 
+/// The environment's router for the bench's HAProxy.
+const HAPROXY_ROUTER: &str = "    router: { haproxy: { socket: admin.sock, backend: web } }\n";
+
 /// Slipway's spec of `version` (bad: every `/` a 500), in waves of `batch` hosts, that
 /// many at once, as a fleet canary or a plain rolling deploy.
-fn spec(w: &World, version: &str, bad: bool, canary: bool, batch: usize) -> PathBuf {
+fn spec(w: &World, version: &str, bad: bool, canary: bool, batch: usize, router: &str) -> PathBuf {
     let file = w.dir.join(format!("release-{version}.yaml"));
     let command = format!("{}{}", w.demo(), if bad { " --error-rate 1" } else { "" });
     std::fs::write(
@@ -256,8 +264,7 @@ services:
 environments:
   fleet:
     target: {{ ssh: {{ inventory: hosts.yaml, group: all, batch: {batch}, parallelism: {batch} }} }}
-    router: {{ haproxy: {{ socket: admin.sock, backend: web }} }}
-{strategy}",
+{router}{strategy}",
             strategy = if canary { CANARY } else { "" },
         ),
     )
@@ -561,8 +568,13 @@ fn env_or(name: &str, default: &str) -> String {
 }
 
 /// A timed release under traffic: (seconds, the command's output, records).
-fn under_load<T>(lb: &Lb, epoch: Instant, rate: f64, f: impl FnOnce() -> T) -> (f64, T, Vec<Rec>) {
-    let load = Load::start(lb.port, epoch, rate, 4);
+fn under_load<T>(
+    port: u16,
+    epoch: Instant,
+    rate: f64,
+    f: impl FnOnce() -> T,
+) -> (f64, T, Vec<Rec>) {
+    let load = Load::start(port, epoch, rate, 4);
     let started = Instant::now();
     let out = f();
     let secs = started.elapsed().as_secs_f64();
@@ -603,6 +615,10 @@ fn fleet_canary_bench() {
         .collect();
     let rounds: usize = env_or("FLEET_CANARY_ROUNDS", "3").parse().unwrap();
     let rate: f64 = env_or("FLEET_CANARY_RATE", "100").parse().unwrap();
+    let balancers: Vec<String> = env_or("FLEET_CANARY_BALANCERS", "haproxy nginx")
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
     let playbook = ansible_playbook();
     let epoch = Instant::now();
     let (mut detection, mut release) = (Vec::new(), Vec::new());
@@ -626,7 +642,7 @@ fn fleet_canary_bench() {
                 let o = a.run("1.0.0");
                 assert!(o.status.success(), "ansible 1.0.0: {o:?}");
                 wait_all_on(&w, "1.0.0");
-                let (secs, o, recs) = under_load(&lb, epoch, rate, || a.run("2.0.0"));
+                let (secs, o, recs) = under_load(lb.port, epoch, rate, || a.run("2.0.0"));
                 keep(&recs, &format!("release-{n}-hosts-ansible"));
                 assert!(o.status.success(), "ansible 2.0.0: {o:?}");
                 assert!(all_on(&w, "2.0.0"));
@@ -649,7 +665,7 @@ fn fleet_canary_bench() {
         eprintln!(
             "{n} hosts: slipway 1.0.0, then 2.0.0 (canary) and 3.0.0 (rolling) under traffic"
         );
-        let o = w.deploy(&spec(&w, "1.0.0", false, false, batch));
+        let o = w.deploy(&spec(&w, "1.0.0", false, false, batch, HAPROXY_ROUTER));
         assert_eq!(o.status.code(), Some(0), "slipway 1.0.0: {o:?}");
         wait_all_on(&w, "1.0.0");
         for (version, canary, what) in [
@@ -664,8 +680,8 @@ fn fleet_canary_bench() {
                 "plain rolling deploy (no canary), each host drained and put back",
             ),
         ] {
-            let s = spec(&w, version, false, canary, batch);
-            let (secs, o, recs) = under_load(&lb, epoch, rate, || w.deploy(&s));
+            let s = spec(&w, version, false, canary, batch, HAPROXY_ROUTER);
+            let (secs, o, recs) = under_load(lb.port, epoch, rate, || w.deploy(&s));
             keep(&recs, &format!("release-{n}-hosts-slipway-{version}"));
             assert_eq!(o.status.code(), Some(0), "slipway {version}: {o:?}");
             assert!(all_on(&w, version));
@@ -681,56 +697,86 @@ fn fleet_canary_bench() {
             );
         }
 
-        // --- Detection: a bad version on the first wave, rolled back by itself.
+        // --- Detection: a bad version on the first wave, rolled back by itself: behind
+        // HAProxy, then behind nginx in front of the same hosts.
         let canary_hosts: BTreeSet<String> = w.fleet.hosts[..batch]
             .iter()
             .map(|h| h.name.clone())
             .collect();
-        let (mut detect, mut bad_n, mut failed_n, mut undone) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for r in 1..=rounds {
-            let version = format!("4.0.{r}");
-            eprintln!("{n} hosts: detection round {r}, bad {version}");
-            let s = spec(&w, &version, true, true, batch);
-            let (_, (o, ended), recs) = under_load(&lb, epoch, rate, || {
-                let o = w.deploy(&s);
-                (o, epoch.elapsed().as_secs_f64())
-            });
-            assert_eq!(o.status.code(), Some(4), "bad {version} rolled back: {o:?}");
-            assert!(all_on(&w, "3.0.0"), "every host back on 3.0.0");
-            keep(&recs, &format!("detection-{n}-hosts-round-{r}"));
-            let bad: Vec<&Rec> = recs.iter().filter(|r| r.status == Some(500)).collect();
-            assert!(!bad.is_empty(), "round {r}: the clients saw no 500");
-            let stray: Vec<&&Rec> = bad
-                .iter()
-                .filter(|r| !canary_hosts.contains(&r.server))
-                .collect();
-            assert!(
-                stray.is_empty(),
-                "500s from hosts outside the canary: {stray:?}"
-            );
-            let first = bad.iter().map(|r| r.received).fold(f64::INFINITY, f64::min);
-            let last = bad.iter().map(|r| r.received).fold(0.0, f64::max);
-            let failed = failures(&recs);
-            println!(
-                "{{\"bench\":\"fleet-canary-detection\",\"hosts\":{n},\"canary_hosts\":{batch},\"round\":{r},\"first_bad_to_last_canary_s\":{:.3},\"first_bad_to_rolled_back_s\":{:.3},\"bad\":{},\"failed\":{failed},\"requests\":{}}}",
-                last - first,
-                ended - first,
-                bad.len(),
-                recs.len()
-            );
-            detect.push(last - first);
-            undone.push(ended - first);
-            bad_n.push(bad.len() as f64);
-            failed_n.push(failed as f64);
+        let canary_ports: BTreeSet<String> = w.ports[..batch]
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        for (k, balancer) in balancers.iter().enumerate() {
+            let (port, router, nginx) = match balancer.as_str() {
+                "haproxy" => (lb.port, HAPROXY_ROUTER.to_owned(), None),
+                "nginx" => {
+                    let ng = fleet_nginx_cli::nginx(&w);
+                    (ng.port, fleet_nginx_cli::router(&w.dir), Some(ng))
+                }
+                other => panic!("FLEET_CANARY_BALANCERS: {other} is neither haproxy nor nginx"),
+            };
+            let (mut detect, mut bad_n, mut failed_n, mut undone) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            for r in 1..=rounds {
+                let version = format!("{}.0.{r}", 4 + k);
+                eprintln!("{n} hosts: detection behind {balancer}, round {r}, bad {version}");
+                let s = spec(&w, &version, true, true, batch, &router);
+                let (_, (o, ended), recs) = under_load(port, epoch, rate, || {
+                    let o = w.deploy(&s);
+                    (o, epoch.elapsed().as_secs_f64())
+                });
+                assert_eq!(o.status.code(), Some(4), "bad {version} rolled back: {o:?}");
+                assert!(all_on(&w, "3.0.0"), "every host back on 3.0.0");
+                keep(&recs, &format!("detection-{balancer}-{n}-hosts-round-{r}"));
+                let bad: Vec<&Rec> = recs.iter().filter(|r| r.status == Some(500)).collect();
+                assert!(!bad.is_empty(), "round {r}: the clients saw no 500");
+                // Every 500 came from a canary host: HAProxy names the server in each
+                // response, nginx's access log has the upstream of each.
+                let stray: Vec<String> = match &nginx {
+                    None => bad
+                        .iter()
+                        .filter(|r| !canary_hosts.contains(&r.server))
+                        .map(|r| format!("{r:?}"))
+                        .collect(),
+                    Some(ng) => ng
+                        .log()
+                        .into_iter()
+                        .filter(|l| {
+                            l.split_once(' ').is_some_and(|(addr, status)| {
+                                status == "500" && !canary_ports.contains(addr)
+                            })
+                        })
+                        .collect(),
+                };
+                assert!(
+                    stray.is_empty(),
+                    "500s from hosts outside the canary: {stray:?}"
+                );
+                let first = bad.iter().map(|r| r.received).fold(f64::INFINITY, f64::min);
+                let last = bad.iter().map(|r| r.received).fold(0.0, f64::max);
+                let failed = failures(&recs);
+                println!(
+                    "{{\"bench\":\"fleet-canary-detection\",\"balancer\":\"{balancer}\",\"hosts\":{n},\"canary_hosts\":{batch},\"round\":{r},\"first_bad_to_last_canary_s\":{:.3},\"first_bad_to_rolled_back_s\":{:.3},\"bad\":{},\"failed\":{failed},\"requests\":{}}}",
+                    last - first,
+                    ended - first,
+                    bad.len(),
+                    recs.len()
+                );
+                detect.push(last - first);
+                undone.push(ended - first);
+                bad_n.push(bad.len() as f64);
+                failed_n.push(failed as f64);
+            }
+            detection.push(format!(
+                "| {balancer} | {n} | {batch} | {} | {} | {} | {} |",
+                med_max(detect, 2),
+                med_max(bad_n, 0),
+                med_max(failed_n, 0),
+                med_max(undone, 2),
+            ));
+            drop(nginx);
         }
-        detection.push(format!(
-            "| {n} | {batch} | {} | {} | {} | {} |",
-            med_max(detect, 2),
-            med_max(bad_n, 0),
-            med_max(failed_n, 0),
-            med_max(undone, 2),
-        ));
         drop(lb);
         drop(w);
     }
@@ -738,13 +784,13 @@ fn fleet_canary_bench() {
     let host = std::process::Command::new("nproc").output().unwrap();
     println!();
     println!(
-        "Fleet canary of a bad version (every `/` a 500) on the first wave (20% of the hosts) behind HAProxy, {rate} req/s through it; median (max) of {rounds} rounds, {} cores",
+        "Fleet canary of a bad version (every `/` a 500) on the first wave (20% of the hosts), {rate} req/s through the balancer; median (max) of {rounds} rounds, {} cores",
         String::from_utf8_lossy(&host.stdout).trim()
     );
     println!(
-        "| hosts | canary hosts | first 500 → last response by a canary host on it (s) | 500s users got | failed requests (errors, 502/503) | first 500 → `slipway deploy` done, rolled back (s) |"
+        "| balancer | hosts | canary hosts | first 500 → last response by a canary host on it (s) | 500s users got | failed requests (errors, 502/503) | first 500 → `slipway deploy` done, rolled back (s) |"
     );
-    println!("|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|");
     for r in &detection {
         println!("{r}");
     }
