@@ -153,10 +153,14 @@ BENCHES = {
         ["slipway-cli"],
         # ansible-core comes from pip when missing (never from the test suite); its real
         # path, not a pyenv shim, so the shim's start-up is not timed. Without it the
-        # benchmark's ansible row says so.
+        # benchmark's ansible row says so. Slipway is measured as its release binary (as
+        # the `fleet` benchmark does), which every instance of both tools also runs.
         "{ command -v ansible-playbook >/dev/null || pip install -q ansible-core "
         "|| echo 'pip install ansible-core failed' >&2; } && "
+        "cargo build --release -q -p slipway-cli --bin slipway && "
         "ANSIBLE_PLAYBOOK=$( { pyenv which ansible-playbook || command -v ansible-playbook; } 2>/dev/null ) "
+        "SLIPWAY_BIN=$(cargo metadata --format-version 1 --no-deps "
+        "| python3 -c 'import json,sys; print(json.load(sys.stdin)[\"target_directory\"])')/release/slipway "
         "cargo test -q -p slipway-cli --test runner fleet_canary_bench -- --ignored --nocapture",
     ),
     "server-api": (

@@ -250,7 +250,11 @@ const HAPROXY_ROUTER: &str = "    router: { haproxy: { socket: admin.sock, backe
 /// many at once, as a fleet canary or a plain rolling deploy.
 fn spec(w: &World, version: &str, bad: bool, canary: bool, batch: usize, router: &str) -> PathBuf {
     let file = w.dir.join(format!("release-{version}.yaml"));
-    let command = format!("{}{}", w.demo(), if bad { " --error-rate 1" } else { "" });
+    let command = format!(
+        "{} demo-app --port {{{{ port }}}} --version {{{{ version }}}}{}",
+        slipway_bin().display(),
+        if bad { " --error-rate 1" } else { "" }
+    );
     std::fs::write(
         &file,
         format!(
@@ -300,6 +304,53 @@ fn wait_all_on(w: &World, version: &str) {
         &format!("every host on {version}"),
         || all_on(w, version).then_some(()),
     );
+}
+
+/// The `slipway` measured: `$SLIPWAY_BIN` (the bench's command builds the release
+/// binary, as the other fleet benchmarks measure), else the test build. Every instance,
+/// Slipway's and ansible's, runs its `demo-app`.
+fn slipway_bin() -> PathBuf {
+    std::env::var_os("SLIPWAY_BIN")
+        .filter(|p| !p.is_empty())
+        .map_or_else(
+            || PathBuf::from(env!("CARGO_BIN_EXE_slipway")),
+            PathBuf::from,
+        )
+}
+
+/// `slipway --version`'s version and which build it is.
+fn slipway_version() -> String {
+    let bin = slipway_bin();
+    let o = std::process::Command::new(&bin)
+        .arg("--version")
+        .output()
+        .unwrap();
+    let v = String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .last()
+        .unwrap_or("")
+        .to_owned();
+    let build = if bin.components().any(|c| c.as_os_str() == "release") {
+        "release"
+    } else {
+        "debug"
+    };
+    format!("{v} ({build})")
+}
+
+/// `slipway deploy` of `spec` with the world's store, by [`slipway_bin`].
+fn deploy(w: &World, spec: &std::path::Path) -> std::process::Output {
+    std::process::Command::new(slipway_bin())
+        .env(
+            "SLIPWAY_STORE",
+            format!("sqlite://{}", w.dir.join("store.db").display()),
+        )
+        .env("NO_COLOR", "1")
+        .env_remove("SLIPWAY_OUTPUT")
+        .args(["deploy", "--env", "fleet", "--output", "json", "-f"])
+        .arg(spec)
+        .output()
+        .unwrap()
 }
 
 /// ansible-playbook's real path (not a pyenv shim, which would be timed too).
@@ -462,7 +513,7 @@ control_path_dir = {cp}
       shell: {hap} ready
       delegate_to: localhost
 "#,
-                slipway = env!("CARGO_BIN_EXE_slipway"),
+                slipway = slipway_bin().display(),
             ),
         )
         .unwrap();
@@ -665,7 +716,7 @@ fn fleet_canary_bench() {
         eprintln!(
             "{n} hosts: slipway 1.0.0, then 2.0.0 (canary) and 3.0.0 (rolling) under traffic"
         );
-        let o = w.deploy(&spec(&w, "1.0.0", false, false, batch, HAPROXY_ROUTER));
+        let o = deploy(&w, &spec(&w, "1.0.0", false, false, batch, HAPROXY_ROUTER));
         assert_eq!(o.status.code(), Some(0), "slipway 1.0.0: {o:?}");
         wait_all_on(&w, "1.0.0");
         for (version, canary, what) in [
@@ -681,12 +732,13 @@ fn fleet_canary_bench() {
             ),
         ] {
             let s = spec(&w, version, false, canary, batch, HAPROXY_ROUTER);
-            let (secs, o, recs) = under_load(lb.port, epoch, rate, || w.deploy(&s));
+            let (secs, o, recs) = under_load(lb.port, epoch, rate, || deploy(&w, &s));
             keep(&recs, &format!("release-{n}-hosts-slipway-{version}"));
             assert_eq!(o.status.code(), Some(0), "slipway {version}: {o:?}");
             assert!(all_on(&w, version));
             release.push(format!(
-                "| Slipway (`slipway deploy`, batch {batch}, parallelism {batch}) | {n} | {waves} | {secs:.2} | {} | {} | {what} |",
+                "| Slipway {} (`slipway deploy`, batch {batch}, parallelism {batch}) | {n} | {waves} | {secs:.2} | {} | {} | {what} |",
+                slipway_version(),
                 recs.len(),
                 failures(&recs),
             ));
@@ -723,7 +775,7 @@ fn fleet_canary_bench() {
                 eprintln!("{n} hosts: detection behind {balancer}, round {r}, bad {version}");
                 let s = spec(&w, &version, true, true, batch, &router);
                 let (_, (o, ended), recs) = under_load(port, epoch, rate, || {
-                    let o = w.deploy(&s);
+                    let o = deploy(&w, &s);
                     (o, epoch.elapsed().as_secs_f64())
                 });
                 assert_eq!(o.status.code(), Some(4), "bad {version} rolled back: {o:?}");
