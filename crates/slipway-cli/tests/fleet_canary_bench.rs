@@ -11,8 +11,8 @@
 //!
 //! 1. **A good rolling release, one run, same hosts, same traffic**: ansible-core
 //!    (`serial:` waves, pre/post tasks draining and enabling the host through HAProxy's
-//!    runtime socket — its documented rolling-update pattern, with `shell` and a python
-//!    one-liner since `community.general.haproxy` is not in ansible-core and socat is not
+//!    runtime socket — its documented rolling-update pattern, with `shell` and a small
+//!    python script since `community.general.haproxy` is not in ansible-core and socat is not
 //!    installed) takes the hosts from 1.0.0 to 2.0.0; then Slipway (its own supervised
 //!    1.0.0 first) from 1.0.0 to 2.0.0 as a fleet canary and from 2.0.0 to 3.0.0 as a
 //!    plain rolling deploy. Waves of 20% of the hosts, that many at once, for every tool.
@@ -29,7 +29,10 @@
 //!
 //! ansible-playbook is `$ANSIBLE_PLAYBOOK`, else found on PATH; the benchmark's command
 //! in scripts/bench.py installs ansible-core with pip when missing, never the test suite;
-//! without it the ansible row says so.
+//! without it the ansible row says so. `slipway` is `$SLIPWAY_BIN` (the benchmark's
+//! command builds the release binary), else the test build; every instance of both tools
+//! runs its `demo-app`. With `FLEET_CANARY_RECORDS=DIR` every phase's responses are also
+//! written there as CSV.
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::TcpStream;
