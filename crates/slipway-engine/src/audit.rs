@@ -15,11 +15,13 @@
 //! appending a forged entry is caught too. Verification is a pure function over entries,
 //! so a JSONL export verifies on its own with the same code.
 //!
-//! Large chains are verified by [`ChainScan`] over *framed* rows ([`parse_framed`]: the
-//! store streams its rows in that form, many per read): each row's own hash depends only
-//! on its bytes, so [`check_hashes`] computes them on every core, and the sequential part
-//! is an equality walk over seqs and links. The first inconsistency hands over to the exact
-//! classifier ([`verify_from`]), which names what happened.
+//! Large chains are verified in ranges of seqs: each range is checked where the store
+//! reads it ([`SegmentBuilder`]: every row hashed from its column values and linked to the
+//! row before it, on the reader's thread, one range per core), and [`ChainScan`] walks the
+//! ranges' boundaries in order — one comparison per range. Stores that read rows in the
+//! database's own framing ([`parse_framed`]) check them with [`Segment::of_framed`]. The
+//! first inconsistency hands over to the exact classifier ([`verify_from`]), which names
+//! what happened.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -121,6 +123,28 @@ pub fn canonical_v2(f: [&[u8]; 7], out: &mut Vec<u8>) {
 }
 
 fn push_len(out: &mut Vec<u8>, n: usize) {
+    // Most fields are shorter than 1,000 bytes: write those without the division loop
+    // (verification frames seven lengths for every entry it hashes).
+    if n < 10 {
+        // One decimal digit: n < 10 fits in a u8.
+        out.extend_from_slice(&[b'0' + n as u8, b':']);
+        return;
+    }
+    if n < 100 {
+        // Two decimal digits, each < 10.
+        out.extend_from_slice(&[b'0' + (n / 10) as u8, b'0' + (n % 10) as u8, b':']);
+        return;
+    }
+    if n < 1000 {
+        // Three decimal digits, each < 10.
+        out.extend_from_slice(&[
+            b'0' + (n / 100) as u8,
+            b'0' + (n / 10 % 10) as u8,
+            b'0' + (n % 10) as u8,
+            b':',
+        ]);
+        return;
+    }
     let mut digits = [0u8; 20];
     let mut i = digits.len();
     let mut n = n;
@@ -506,18 +530,39 @@ impl Framed<'_> {
 
     /// Whether the stored hash is the one the row's content and link give.
     pub fn hash_ok(&self) -> bool {
-        let digest: [u8; 32] = if self.v == HASH_V2 {
-            let mut h = Sha256::new();
-            h.update(self.prev_hash);
-            h.update(self.canonical);
-            h.finalize().into()
-        } else {
-            let mut buf = Vec::with_capacity(self.canonical.len() + 160);
-            hash_fields(self.v, self.prev_hash, self.fields, &mut buf)
-        };
-        let mut hex = [0u8; 64];
-        hex::encode_to_slice(digest, &mut hex).is_ok() && self.hash == hex.as_slice()
+        hash_matches(
+            self.v,
+            self.prev_hash,
+            self.fields,
+            Some(self.canonical),
+            self.hash,
+            &mut Vec::new(),
+        )
     }
+}
+
+/// Whether `hash` (stored, hex) is the hash of fields `f` linking to `prev` under scheme
+/// `v`. `canonical`: scheme 2's canonical bytes of `f` when they already lie in one piece;
+/// `buf` is scratch space reused between calls.
+fn hash_matches(
+    v: u8,
+    prev: &[u8],
+    f: [&[u8]; 7],
+    canonical: Option<&[u8]>,
+    hash: &[u8],
+    buf: &mut Vec<u8>,
+) -> bool {
+    let digest: [u8; 32] = match canonical {
+        Some(c) if v == HASH_V2 => {
+            let mut h = Sha256::new();
+            h.update(prev);
+            h.update(c);
+            h.finalize().into()
+        }
+        _ => hash_fields(v, prev, f, buf),
+    };
+    let mut hex = [0u8; 64];
+    hex::encode_to_slice(digest, &mut hex).is_ok() && hash == hex.as_slice()
 }
 
 /// Append `e` to `out` in the framing [`parse_framed`] reads.
@@ -613,38 +658,131 @@ pub fn parse_framed(buf: &[u8]) -> Result<Vec<Framed<'_>>, String> {
     Ok(rows)
 }
 
-/// Whether each row's stored hash is right ([`Framed::hash_ok`]), computed on every core:
-/// a row's hash depends only on its own bytes and link, never on another row's check.
-pub fn check_hashes(rows: &[Framed<'_>]) -> Vec<bool> {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if threads <= 1 || rows.len() < 512 {
-        return rows.iter().map(Framed::hash_ok).collect();
-    }
-    let per = rows.len().div_ceil(threads);
-    std::thread::scope(|s| {
-        let parts: Vec<_> = rows
-            .chunks(per)
-            .map(|c| {
-                (
-                    c.len(),
-                    s.spawn(move || c.iter().map(Framed::hash_ok).collect()),
-                )
-            })
-            .collect();
-        parts
-            .into_iter()
-            // A thread that panicked checked nothing: its rows count as wrong, so the exact
-            // (sequential) classifier takes over.
-            .flat_map(|(n, h)| h.join().unwrap_or_else(|_| vec![false; n]))
-            .collect()
-    })
+/// What one reader found in one range of the chain, checked where it was read: every row
+/// hashed (from the column values as the store hands them over, no framing to re-parse)
+/// and linked to the row before it in the range. What is left for the sequential walk
+/// ([`ChainScan::push_segment`]) is one comparison per range boundary: the first row
+/// follows the previous range's last.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Segment {
+    /// Rows accepted.
+    pub rows: u64,
+    /// Whether every row read was accepted: hashed right, followed the row before it
+    /// (seq + 1, link), and its columns held what a writer stores. False hands over to the
+    /// exact classifier.
+    pub ok: bool,
+    /// Seq of the first row (when `rows > 0`).
+    pub first_seq: i64,
+    /// Link of the first row.
+    pub first_prev: Vec<u8>,
+    /// Seq of the last row.
+    pub last_seq: i64,
+    /// Hash of the last row.
+    pub last_hash: Vec<u8>,
+    /// The rows the caller reads beyond the chain itself, framed ([`parse_framed`]): those
+    /// the table projections fold (`crate::evidence`) and those at the requested seqs
+    /// (signed checkpoints).
+    pub kept: Vec<u8>,
 }
 
-/// The fast, sequential half of verifying a large chain, fed in slices of rows in seq
-/// order: seqs follow one another, each link is the previous hash, each stored hash was
-/// right (from [`check_hashes`]), nothing lies past the recorded head. It accepts exactly
-/// the chains [`verify_from`] accepts; at the first row it cannot accept, the caller asks
-/// [`verify_from`] what happened.
+/// Builds a [`Segment`] from rows fed in the order the store reads them.
+#[derive(Debug)]
+pub struct SegmentBuilder<'k> {
+    seg: Segment,
+    keep_seqs: &'k [i64],
+    /// Scratch for one row's hash input, reused (no allocation per row).
+    buf: Vec<u8>,
+}
+
+impl<'k> SegmentBuilder<'k> {
+    /// A segment that keeps the rows at `keep_seqs` (sorted) besides the projected ones.
+    pub fn new(keep_seqs: &'k [i64]) -> Self {
+        Self {
+            seg: Segment {
+                ok: true,
+                ..Segment::default()
+            },
+            keep_seqs,
+            buf: Vec::with_capacity(1024),
+        }
+    }
+
+    /// Check the next row from its column values (`v` as stored: a value no scheme has is
+    /// refused); false once the segment is broken, so the reader can stop.
+    pub fn push(
+        &mut self,
+        seq: i64,
+        v: i64,
+        fields: [&[u8]; 7],
+        prev_hash: &[u8],
+        hash: &[u8],
+    ) -> bool {
+        if !self.seg.ok {
+            return false;
+        }
+        let follows = if self.seg.rows == 0 {
+            true
+        } else {
+            self.seg.last_seq.checked_add(1) == Some(seq) && prev_hash == self.seg.last_hash
+        };
+        let accepted = follows
+            && u8::try_from(v)
+                .is_ok_and(|v| hash_matches(v, prev_hash, fields, None, hash, &mut self.buf));
+        if !accepted {
+            self.seg.ok = false;
+            return false;
+        }
+        if self.seg.rows == 0 {
+            self.seg.first_seq = seq;
+            self.seg.first_prev = prev_hash.to_vec();
+        }
+        if crate::evidence::projected(fields[2]) || self.keep_seqs.binary_search(&seq).is_ok() {
+            frame_row(seq, v, fields, prev_hash, hash, &mut self.seg.kept);
+        }
+        self.seg.rows += 1;
+        self.seg.last_seq = seq;
+        self.seg.last_hash.clear();
+        self.seg.last_hash.extend_from_slice(hash);
+        true
+    }
+
+    /// A row whose columns hold what no writer stores (NULL, a number where text
+    /// belongs): the segment is broken.
+    pub fn unreadable(&mut self) {
+        self.seg.ok = false;
+    }
+
+    /// The segment.
+    pub fn finish(self) -> Segment {
+        self.seg
+    }
+}
+
+impl Segment {
+    /// The segment of rows framed in `buf` ([`parse_framed`]), for stores that read framed
+    /// chunks; `keep_seqs` as in [`SegmentBuilder::new`].
+    pub fn of_framed(buf: &[u8], keep_seqs: &[i64]) -> Self {
+        let mut b = SegmentBuilder::new(keep_seqs);
+        match parse_framed(buf) {
+            Ok(rows) => {
+                for r in rows {
+                    if !b.push(r.seq, i64::from(r.v), r.fields, r.prev_hash, r.hash) {
+                        break;
+                    }
+                }
+            }
+            Err(_) => b.unreadable(),
+        }
+        b.finish()
+    }
+}
+
+/// The fast, sequential half of verifying a large chain, fed the [`Segment`]s of its
+/// ranges in seq order: each range's rows were hashed and linked where they were read, so
+/// what is left is that each range starts where the previous one ended (seq + 1, the link
+/// is its hash) and nothing lies past the recorded head. It accepts exactly the chains
+/// [`verify_from`] accepts (property-tested in `tests/audit_fuzz.rs`); at the first range
+/// it cannot accept, the caller asks [`verify_from`] what happened.
 #[derive(Debug, Clone)]
 pub struct ChainScan {
     prev: Vec<u8>,
@@ -664,27 +802,25 @@ impl ChainScan {
         }
     }
 
-    /// Walk the next rows; false at the first one that does not follow.
-    pub fn push(&mut self, rows: &[Framed<'_>], hash_ok: &[bool]) -> bool {
-        if rows.len() != hash_ok.len() {
+    /// Walk the next range's [`Segment`] (its rows were checked where they were read): it
+    /// follows when every row was accepted, its first row follows the last row walked, and
+    /// it ends at or before the recorded head. False at the first one that does not.
+    pub fn push_segment(&mut self, seg: &Segment) -> bool {
+        if !seg.ok {
             return false;
         }
-        for (r, ok) in rows.iter().zip(hash_ok) {
-            let Some(expected) = self.last.checked_add(1) else {
-                return false;
-            };
-            if r.seq != expected
-                || self.head_seq.is_some_and(|h| r.seq > h)
-                || r.prev_hash != self.prev.as_slice()
-                || !*ok
-            {
-                return false;
-            }
-            self.prev.clear();
-            self.prev.extend_from_slice(r.hash);
-            self.last = r.seq;
-            self.entries += 1;
+        if seg.rows == 0 {
+            return true;
         }
+        if self.last.checked_add(1) != Some(seg.first_seq)
+            || seg.first_prev != self.prev
+            || self.head_seq.is_some_and(|h| seg.last_seq > h)
+        {
+            return false;
+        }
+        self.prev.clone_from(&seg.last_hash);
+        self.last = seg.last_seq;
+        self.entries += seg.rows;
         true
     }
 

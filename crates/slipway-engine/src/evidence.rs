@@ -25,20 +25,22 @@
 //! A kind of record joins by writing through `Store::append_governance` and reading
 //! through `Store::records`; nothing here names the kinds, so it is covered at once.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::task::Poll;
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::audit::{
-    self, ChainBreak, ChainScan, Framed, RecordEdit, StoreVerification, Verified, check_hashes,
-    parse_framed,
+    self, ChainBreak, ChainScan, Framed, RecordEdit, StoreVerification, Verified, parse_framed,
 };
 use crate::event::{Control, RunState};
 use crate::store::{RunEvidence, Store, StoreError, StoredRecord};
 
-/// Rows read per query while verifying: large enough that a read costs little per row,
-/// small enough that two buffers stay a few MiB.
+/// Rows read per range while verifying: large enough that a range's fixed costs (a
+/// prepared statement, a hand-off to a reader thread: tens of microseconds) are small
+/// against its rows' (about a millisecond), small enough that a store that frames its rows
+/// holds well under a MiB per range in flight.
 const CHUNK: i64 = 1_024;
 
 /// Hex sha256.
@@ -169,15 +171,20 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+/// Whether the entries of `action` change what the projections hold (the rows a
+/// [`audit::Segment`] keeps for them).
+pub(crate) fn projected(action: &[u8]) -> bool {
+    matches!(
+        action,
+        b"run_created" | b"state_changed" | b"control_requested" | b"governance"
+    )
+}
+
 impl Projection {
     /// Fold one verified entry in (entries must come in chain order).
     pub fn observe(&mut self, row: &Framed<'_>) {
         let action = row.action();
-        let interesting = matches!(
-            action,
-            b"run_created" | b"state_changed" | b"control_requested" | b"governance"
-        );
-        if !interesting {
+        if !projected(action) {
             return;
         }
         // The entry verified, so its detail is what slipway wrote; an unreadable one is
@@ -646,27 +653,25 @@ struct Scanned {
     anchor_break: Option<ChainBreak>,
 }
 
-/// Chunks read at once, each on its own connection of the store's read pool: the database
-/// frames rows on one core per read (SQLite in its worker thread, PostgreSQL in its
-/// backend), which costs more per row than hashing it, so one read at a time left the
-/// second core idle while the hashes of the previous chunks were already done.
-const READS: usize = 2;
-
-/// Read chunk `range` if there is one.
-async fn read_chunk(
-    store: &dyn Store,
-    range: Option<(i64, i64)>,
-) -> Option<Result<Vec<u8>, StoreError>> {
-    match range {
-        Some((after, to)) => Some(store.audit_framed(after, to).await),
-        None => None,
-    }
+/// Ranges read at once: each is read and hashed on a thread of its own (the store's
+/// reader, or the blocking pool for stores that frame rows in the database), so one per
+/// core keeps every core busy; at least two, so a database that frames rows in its own
+/// process works on one range while the previous one is hashed.
+fn reads() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 8))
 }
 
-/// Read the rows after `from` up to `upto` in chunks, [`READS`] at a time, hashing them on
-/// the blocking pool while the next ones are read, walking seqs and links, checking
-/// anchors and folding the projections. `fast_ok` is false at the first row that does not
-/// follow (the caller then asks the exact classifier) or when `go` is false.
+/// One range being read.
+struct Read<'a> {
+    fut: crate::BoxFuture<'a, Result<audit::Segment, StoreError>>,
+    done: Option<Result<audit::Segment, StoreError>>,
+}
+
+/// Read the rows after `from` up to `upto` in ranges of [`CHUNK`], [`reads`] at a time,
+/// each checked where it is read ([`Store::audit_segment`]); walk the range boundaries in
+/// seq order, check anchors and fold the projections from the rows the segments keep.
+/// `fast_ok` is false at the first range that does not follow (the caller then asks the
+/// exact classifier) or when `go` is false.
 async fn scan_rows(
     store: &dyn Store,
     from: &(i64, String),
@@ -684,81 +689,59 @@ async fn scan_rows(
         .iter()
         .position(|(s, _)| *s > from.0)
         .unwrap_or(anchors.sorted.len());
+    // The seqs whose rows the anchors compare (sorted, as `anchors.sorted` is).
+    let mut anchor_seqs: Vec<i64> = anchors.sorted.iter().map(|(s, _)| *s).collect();
+    anchor_seqs.dedup();
+    let anchor_seqs = anchor_seqs.as_slice();
     let upto = upto.unwrap_or(from.0);
     let mut after = from.0;
-    // The next READS ranges (after, to), in seq order.
-    let mut ranges = || {
-        let mut out = [None; READS];
-        for r in &mut out {
-            if after < upto {
-                let to = after.saturating_add(CHUNK).min(upto);
-                *r = Some((after, to));
-                after = to;
-            }
+    let reads = reads();
+    let mut inflight: VecDeque<Read<'_>> = VecDeque::with_capacity(reads);
+    while fast_ok {
+        while inflight.len() < reads && after < upto {
+            let to = after.saturating_add(CHUNK).min(upto);
+            let lo = anchor_seqs.partition_point(|s| *s <= after);
+            let hi = anchor_seqs.partition_point(|s| *s <= to);
+            inflight.push_back(Read {
+                fut: store.audit_segment(after, to, &anchor_seqs[lo..hi]),
+                done: None,
+            });
+            after = to;
         }
-        out
-    };
-    let mut blobs: Vec<Vec<u8>> = Vec::new();
-    if fast_ok {
-        let [a, b] = ranges();
-        let (a, b) = tokio::join!(read_chunk(store, a), read_chunk(store, b));
-        for r in [a, b].into_iter().flatten() {
-            blobs.push(r?);
+        if inflight.is_empty() {
+            break;
         }
-    }
-    while !blobs.is_empty() {
-        let [a, b] = ranges();
-        let anchors_c = anchors.clone();
-        let batch = std::mem::take(&mut blobs);
-        let work = tokio::task::spawn_blocking(move || {
-            let mut brk = None;
-            let mut rows = Vec::new();
-            let mut ok = true;
-            for b in &batch {
-                match parse_framed(b) {
-                    Ok(r) => rows.extend(r),
-                    Err(_) => {
-                        ok = false;
-                        break;
-                    }
+        // Poll every range in flight (each starts its reader when first polled); take the
+        // first one in seq order once it is done.
+        let seg = std::future::poll_fn(|cx| {
+            for r in &mut inflight {
+                if r.done.is_none()
+                    && let Poll::Ready(v) = r.fut.as_mut().poll(cx)
+                {
+                    r.done = Some(v);
                 }
             }
-            if ok {
-                let hashes = check_hashes(&rows);
-                ok = scan.push(&rows, &hashes);
-                if ok {
-                    for r in &rows {
-                        if brk.is_none() {
-                            brk = anchors_c.check_row(&mut next_anchor, r);
-                        }
-                        projection.observe(r);
-                    }
-                }
+            match inflight.front_mut().and_then(|r| r.done.take()) {
+                Some(v) => Poll::Ready(v),
+                None => Poll::Pending,
             }
-            drop(rows);
-            (scan, projection, next_anchor, ok, brk)
-        });
-        let ((ra, rb), done) = tokio::join!(
-            async { tokio::join!(read_chunk(store, a), read_chunk(store, b)) },
-            work
-        );
-        let (s, p, n, ok, brk) = done.map_err(|e| {
-            StoreError::Query(format!(
-                "verify the audit chain: a hashing task failed: {e}"
-            ))
-        })?;
-        scan = s;
-        projection = p;
-        next_anchor = n;
-        if anchor_break.is_none() {
-            anchor_break = brk;
-        }
-        if !ok {
+        })
+        .await;
+        inflight.pop_front();
+        let seg = seg?;
+        if !scan.push_segment(&seg) {
             fast_ok = false;
             break;
         }
-        for r in [ra, rb].into_iter().flatten() {
-            blobs.push(r?);
+        let Ok(rows) = parse_framed(&seg.kept) else {
+            fast_ok = false;
+            break;
+        };
+        for r in &rows {
+            if anchor_break.is_none() {
+                anchor_break = anchors.check_row(&mut next_anchor, r);
+            }
+            projection.observe(r);
         }
     }
     Ok(Scanned {

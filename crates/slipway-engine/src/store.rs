@@ -461,6 +461,30 @@ pub trait Store: Send + Sync {
             Ok(out)
         })
     }
+    /// The audit rows with `after < seq <= upto` checked where they are read
+    /// ([`crate::audit::Segment`]), keeping those at `keep_seqs` (sorted) besides the ones
+    /// the projections fold. This default checks [`Store::audit_framed`]'s rows on the
+    /// blocking pool; a store that can step over its rows on a thread of its own hashes
+    /// them there, from the column values.
+    fn audit_segment<'a>(
+        &'a self,
+        after: i64,
+        upto: i64,
+        keep_seqs: &'a [i64],
+    ) -> BoxFuture<'a, Result<crate::audit::Segment, StoreError>> {
+        Box::pin(async move {
+            let buf = self.audit_framed(after, upto).await?;
+            let keep = keep_seqs.to_vec();
+            tokio::task::spawn_blocking(move || crate::audit::Segment::of_framed(&buf, &keep))
+                .await
+                .map_err(|e| {
+                    StoreError::Query(format!(
+                        "verify audit entries {}..={upto}: the hashing task failed: {e}",
+                        after.saturating_add(1)
+                    ))
+                })
+        })
+    }
     /// Every run row with its plan's digest, for verification.
     fn run_evidence(&self) -> BoxFuture<'_, Result<Vec<RunEvidence>, StoreError>> {
         Box::pin(async { Err(unsupported(self.location(), "run evidence")) })

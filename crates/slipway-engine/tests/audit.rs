@@ -141,7 +141,7 @@ fn scheme_1_hashes_what_the_canonical_json_of_earlier_builds_hashed() {
 /// check agrees with the entry's own, for both schemes.
 #[test]
 fn framed_rows_read_back_and_hash_like_entries() {
-    use slipway_engine::audit::{check_hashes, frame, parse_framed};
+    use slipway_engine::audit::{Framed, frame, parse_framed};
     let mut entries = chain(5);
     for e in entries.iter_mut().skip(2) {
         e.v = 2;
@@ -155,7 +155,7 @@ fn framed_rows_read_back_and_hash_like_entries() {
     let rows = parse_framed(&buf).unwrap();
     let back: Vec<AuditEntry> = rows.iter().map(|r| r.entry().unwrap()).collect();
     assert_eq!(back, entries);
-    let ok = check_hashes(&rows);
+    let ok: Vec<bool> = rows.iter().map(Framed::hash_ok).collect();
     let want: Vec<bool> = entries.iter().map(|e| e.compute_hash() == e.hash).collect();
     assert_eq!(ok, want);
     assert_eq!(ok, vec![true, true, true, true, false]);
@@ -164,4 +164,19 @@ fn framed_rows_read_back_and_hash_like_entries() {
     let mut padded = buf.clone();
     padded.push(b'x');
     assert!(parse_framed(&padded).is_err());
+}
+
+/// Scheme 2 frames each field with its decimal byte length, whatever the length (the
+/// short lengths take a path of their own).
+#[test]
+fn framed_lengths_are_decimal_at_every_size() {
+    use slipway_engine::audit::canonical_v2;
+    let long = vec![b'x'; 123_457];
+    for n in (0..2_100).chain([9_999, 10_000, 99_999, 123_457]) {
+        let mut out = Vec::new();
+        canonical_v2([&long[..n], b"", b"", b"", b"", b"", b""], &mut out);
+        let want = format!("{n}:");
+        assert_eq!(&out[..want.len()], want.as_bytes(), "length {n}");
+        assert_eq!(out.len(), want.len() + n + 6 * 2, "length {n}");
+    }
 }

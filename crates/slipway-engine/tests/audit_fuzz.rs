@@ -207,3 +207,122 @@ proptest! {
         }
     }
 }
+
+/// What the chunked verifier (`evidence::verify_store`'s fast path) makes of `entries` as a
+/// store holds them (sorted by seq, one row per seq) read in ranges of `chunk` seqs: each
+/// range checked on its own ([`Segment`]), the ranges walked in order ([`ChainScan`]).
+/// `None` when it hands over to the exact classifier; also the seqs the segments kept.
+fn chunked(
+    entries: &[AuditEntry],
+    head: (i64, &str),
+    chunk: i64,
+    keep: &[i64],
+) -> (Option<slipway_engine::audit::Verified>, Vec<i64>) {
+    use slipway_engine::audit::{ChainScan, Segment, frame, parse_framed};
+    // `verify_store` hands a row at or below the start straight to the classifier.
+    if entries.iter().any(|e| e.seq <= 0) {
+        return (None, Vec::new());
+    }
+    let upto = entries.iter().map(|e| e.seq).max().unwrap_or(0);
+    let mut scan = ChainScan::new((0, GENESIS), Some(head.0));
+    let mut kept = Vec::new();
+    let mut after = 0;
+    while after < upto {
+        let to = (after + chunk).min(upto);
+        let mut buf = Vec::new();
+        for e in entries.iter().filter(|e| e.seq > after && e.seq <= to) {
+            frame(e, &mut buf);
+        }
+        let seg = Segment::of_framed(&buf, keep);
+        if !scan.push_segment(&seg) {
+            return (None, kept);
+        }
+        kept.extend(parse_framed(&seg.kept).unwrap().iter().map(|r| r.seq));
+        after = to;
+    }
+    (scan.finish(Some(head)), kept)
+}
+
+proptest! {
+    #![proptest_config(config(256))]
+
+    /// The chunked verifier accepts exactly the chains the exact classifier accepts,
+    /// whatever one entry's edit (rehashed or not), a deleted, swapped or renumbered row,
+    /// and wherever the range boundaries fall; what it accepts, it reports alike, and it
+    /// keeps exactly the rows the projections fold and the requested ones.
+    #[test]
+    fn ranges_checked_apart_accept_exactly_what_the_classifier_accepts(
+        n in 1i64..14,
+        op in 0u8..5,
+        which in any::<Index>(),
+        other in any::<Index>(),
+        field in 0usize..9,
+        value in "[a-z0-9:{}\" -]{0,8}",
+        number in -2i64..20,
+        rehash in any::<bool>(),
+        chunk in 1i64..6,
+        keep in proptest::collection::vec(1i64..14, 0..3),
+    ) {
+        let mut entries = chain(n);
+        let head = entries.last().map(|e| (e.seq, e.hash.clone())).unwrap();
+        let i = which.index(entries.len());
+        match op {
+            0 => {}
+            1 => {
+                let e = &mut entries[i];
+                match field {
+                    0 => e.at = value,
+                    1 => e.actor = value,
+                    2 => e.action = value,
+                    3 => e.run_id = value,
+                    4 => e.digest = value,
+                    5 => e.outcome = value,
+                    6 => e.detail = value,
+                    7 => e.prev_hash = value,
+                    _ => e.hash = value,
+                }
+                if rehash && field != 8 {
+                    e.hash = e.compute_hash();
+                }
+            }
+            2 => {
+                entries.remove(i);
+            }
+            3 => {
+                // Two rows swap places (their seqs stay where they were).
+                let j = other.index(entries.len());
+                let (a, b) = (entries[i].seq, entries[j].seq);
+                entries[i].seq = b;
+                entries[j].seq = a;
+            }
+            _ => {
+                // A row renumbered (onto a free seq: the key is unique).
+                if entries.iter().all(|e| e.seq != number) {
+                    entries[i].seq = number;
+                }
+            }
+        }
+        entries.sort_by_key(|e| e.seq);
+        let mut keep = keep;
+        keep.sort_unstable();
+        keep.dedup();
+        let exact = slipway_engine::audit::verify(&entries, Some((head.0, &head.1)));
+        let (fast, kept) = chunked(&entries, (head.0, &head.1), chunk, &keep);
+        match (&exact, &fast) {
+            (Ok(v), Some(f)) => {
+                prop_assert_eq!(v, f);
+                let want: Vec<i64> = entries
+                    .iter()
+                    .filter(|e| {
+                        ["run_created", "state_changed"].contains(&e.action.as_str())
+                            || keep.contains(&e.seq)
+                    })
+                    .map(|e| e.seq)
+                    .collect();
+                prop_assert_eq!(kept, want);
+            }
+            (Err(_), None) => {}
+            _ => prop_assert!(false, "classifier {:?}, chunked {:?}", exact, fast),
+        }
+    }
+}

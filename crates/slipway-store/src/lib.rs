@@ -348,6 +348,14 @@ impl Store for AnyStore {
     fn audit_framed(&self, after: i64, upto: i64) -> BoxFuture<'_, Result<Vec<u8>, StoreError>> {
         both!(self, s => s.audit_framed(after, upto))
     }
+    fn audit_segment<'a>(
+        &'a self,
+        after: i64,
+        upto: i64,
+        keep_seqs: &'a [i64],
+    ) -> BoxFuture<'a, Result<slipway_engine::audit::Segment, StoreError>> {
+        both!(self, s => s.audit_segment(after, upto, keep_seqs))
+    }
     fn run_evidence(&self) -> BoxFuture<'_, Result<Vec<RunEvidence>, StoreError>> {
         both!(self, s => s.run_evidence())
     }

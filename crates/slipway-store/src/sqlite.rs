@@ -21,7 +21,7 @@ use std::time::Duration;
 use jiff::Timestamp;
 use sha2_free::pseudonym_id;
 use slipway_engine::BoxFuture;
-use slipway_engine::audit::AuditEntry;
+use slipway_engine::audit::{AuditEntry, Segment};
 use slipway_engine::event::{Control, EngineEvent, Notice, RunState};
 use slipway_engine::evidence::sha256_hex;
 use slipway_engine::store::{
@@ -1300,9 +1300,6 @@ impl Store for SqliteStore {
 
     fn audit_framed(&self, after: i64, upto: i64) -> BoxFuture<'_, Result<Vec<u8>, StoreError>> {
         Box::pin(async move {
-            if let Some(reader) = &self.audit_reader {
-                return reader.framed(after, upto).await;
-            }
             let blob: Option<Vec<u8>> = sqlx::query_scalar(FRAMED_SQL)
                 .bind(after)
                 .bind(upto)
@@ -1310,6 +1307,29 @@ impl Store for SqliteStore {
                 .await
                 .map_err(query_err)?;
             Ok(blob.unwrap_or_default())
+        })
+    }
+
+    fn audit_segment<'a>(
+        &'a self,
+        after: i64,
+        upto: i64,
+        keep_seqs: &'a [i64],
+    ) -> BoxFuture<'a, Result<Segment, StoreError>> {
+        Box::pin(async move {
+            if let Some(reader) = &self.audit_reader {
+                return reader.segment(after, upto, keep_seqs.to_vec()).await;
+            }
+            let buf = self.audit_framed(after, upto).await?;
+            let keep = keep_seqs.to_vec();
+            tokio::task::spawn_blocking(move || Segment::of_framed(&buf, &keep))
+                .await
+                .map_err(|e| {
+                    StoreError::Query(format!(
+                        "verify audit entries {}..={upto}: the hashing task failed: {e}",
+                        after.saturating_add(1)
+                    ))
+                })
         })
     }
 

@@ -17,6 +17,7 @@ use crate::common::{Backend, Fresh, at, on_disk, record, sqlite3};
 // They edit the store behind its back with its own CLI: files and databases only.
 on_disk!(
     only_closed_runs_leave_and_the_chain_verifies_from_the_checkpoint,
+    a_writers_kept_head_archived_away_is_not_appended_to,
     summaries_are_written_with_the_prune_or_not_at_all,
     retention_rules_are_records_the_chain_commits_to,
 );
@@ -250,6 +251,122 @@ async fn only_closed_runs_leave_and_the_chain_verifies_from_the_checkpoint(backe
     assert_eq!(entries[0].seq, start.0 + 1);
     assert_eq!(entries[0].prev_hash, start.1);
     verify_live(&entries, &start, &store.audit_head().await.unwrap()).unwrap();
+}
+
+/// A writer keeps the head of its last commit and appends after it with a compare-and-set
+/// on the head in `meta` (the SQLite writer's fast path). Here the rows after that kept
+/// head, and the kept head's own row, are archived away by another handle, so their seqs
+/// are free again: a writer that trusted its kept head would start a second chain there
+/// (no key collides). The compare-and-set sees the head moved; the entry lands after the
+/// live head instead, and the live chain verifies from the checkpoint on both handles.
+async fn a_writers_kept_head_archived_away_is_not_appended_to(backend: Backend) {
+    let fresh = Fresh::new(backend);
+    let a = fresh.open().await.unwrap();
+    let b = fresh.open().await.unwrap();
+    let step = |run: &str, n: i64| {
+        record(
+            run,
+            10 + n,
+            EngineEvent::StepStarted {
+                step: format!("api/s{n}"),
+                key: format!("k{n}"),
+                attempt: 1,
+            },
+        )
+    };
+    run(&a, "r1", 0, &[RunState::Running]).await;
+    // The second one goes after the head `a` kept from the first.
+    a.commit(vec![step("r1", 1)]).await.unwrap();
+    a.commit(vec![step("r1", 2)]).await.unwrap();
+    let kept = a.audit_head().await.unwrap().unwrap();
+    b.commit(vec![step("r1", 3), step("r1", 4)]).await.unwrap();
+    b.commit(vec![record(
+        "r1",
+        20,
+        EngineEvent::StateChanged {
+            from: RunState::Running,
+            to: RunState::Succeeded,
+            reason: None,
+        },
+    )])
+    .await
+    .unwrap();
+    let arch = ArchiveDb::for_store(&b);
+    let far = at(1_000_000);
+    let sel = arch.select(far, far).await.unwrap();
+    assert_eq!(sel.end().0, kept.0 + 3, "{:?}", sel.audit);
+    arch.prune(
+        &sel,
+        &summaries(&sel),
+        "digest",
+        "a.tar.zst",
+        "2030-01-01",
+        at(100),
+        "op-archiver",
+    )
+    .await
+    .unwrap();
+    let left = b.audit_entries().await.unwrap();
+    assert_eq!(
+        left.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        [kept.0 + 4],
+        "only the archive's own entry stays live"
+    );
+    // A run of the same plan (`run`'s rows name a plan of their own, which
+    // `verify_store` would report), created by the other handle.
+    b.create_run(
+        NewRun {
+            id: "r2".into(),
+            plan_json: "{}".into(),
+            digest: "d1".into(),
+            release: "shop".into(),
+            version: "1.0.0".into(),
+            environment: "staging".into(),
+            author: "op-test".into(),
+            override_reason: None,
+            created_at: at(200),
+            workdir: "/tmp".into(),
+        },
+        record(
+            "r2",
+            200,
+            EngineEvent::RunCreated {
+                release: "shop".into(),
+                version: "1.0.0".into(),
+                environment: "staging".into(),
+                digest: "d1".into(),
+                override_freeze: None,
+                plan_sha256: None,
+                workdir: None,
+            },
+        ),
+    )
+    .await
+    .unwrap();
+    b.commit(vec![record(
+        "r2",
+        201,
+        EngineEvent::StateChanged {
+            from: RunState::Pending,
+            to: RunState::Running,
+            reason: None,
+        },
+    )])
+    .await
+    .unwrap();
+    a.commit(vec![step("r2", 5)]).await.unwrap();
+    a.commit(vec![step("r2", 6)]).await.unwrap();
+    let entries = a.audit_entries().await.unwrap();
+    let seqs: Vec<i64> = entries.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (kept.0 + 4..=kept.0 + 8).collect::<Vec<_>>());
+    for s in [&a, &b] {
+        let v = audit::verify_store(s).await.unwrap();
+        assert_eq!(v.from_seq, kept.0 + 3);
+        assert_eq!(
+            v.result.map(|v| (v.entries, v.head_seq)),
+            Ok((5, kept.0 + 8))
+        );
+    }
 }
 
 fn count(fresh: &Fresh, sql: &str) -> i64 {

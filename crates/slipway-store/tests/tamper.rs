@@ -108,10 +108,9 @@ async fn export_verifies_standalone_and_detects_edits(b: Backend) {
     );
 }
 
-/// `verify_store` reads the chain in chunks of 1,024 rows, two queries at once, and hashes
-/// each batch on every core: one byte flipped in an entry in the middle of the fourth chunk
-/// (the second read of the second batch) is still named, and the same chain untouched
-/// verifies whole across every chunk.
+/// `verify_store` reads the chain in ranges of 1,024 seqs, several at once, each hashed
+/// where it is read: one byte flipped in an entry in the middle of the fourth range is
+/// still named, and the same chain untouched verifies whole across every range.
 async fn flipped_byte_mid_chunk_is_found_by_the_parallel_verifier(b: Backend) {
     let fresh = Fresh::new(b);
     let store = fresh.open().await.unwrap();
@@ -176,8 +175,8 @@ async fn flipped_byte_mid_chunk_is_found_by_the_parallel_verifier(b: Backend) {
     assert_eq!(r, Err(ChainBreak::Edited { seq: 3500 }));
 }
 
-/// A store of one run and 5,000 step events (5,001 entries: five chunks of 1,024 rows,
-/// read two at a time and hashed on every core).
+/// A store of one run and 5,000 step events (5,001 entries: five ranges of 1,024 seqs,
+/// each hashed where it is read, one per core at a time).
 async fn large_chain(b: Backend) -> (Fresh, slipway_store::AnyStore) {
     let (fresh, store) = populated_on(b, 0).await;
     for c in 0..10 {
