@@ -370,3 +370,303 @@ fn haproxy_testers_hammering_a_failing_canary_cannot_dilute_its_verdict() {
         "{shown}"
     );
 }
+
+/// HAProxy whose `backend app` declares the affinity cookie (the line docs/rollout.md
+/// gives; Slipway turns on dynamic server cookies while a canary serves), and the router
+/// spec that drives it.
+fn sticky_haproxy(env: &Env) -> (crate::router_cli::Daemon, String) {
+    let h = haproxy_with(
+        env.path(),
+        "  cookie slipway-canary insert indirect nocache httponly attr \"SameSite=Lax\" attr \"Max-Age=1800\"",
+    );
+    (
+        h,
+        "{ haproxy: { socket: admin.sock, backend: app } }".to_owned(),
+    )
+}
+
+/// The value of a `slipway-canary=VALUE; ...` `Set-Cookie` ("" for none or a removal).
+fn pin(set: &str) -> &str {
+    set.strip_prefix("slipway-canary=")
+        .and_then(|v| v.split(';').next())
+        .unwrap_or("")
+}
+
+#[test]
+fn haproxy_keeps_users_on_their_version_while_the_canary_lasts_and_ignores_stale_cookies() {
+    let env = Env::new();
+    let (h, router) = sticky_haproxy(&env);
+    let front = SocketAddr::from(([127, 0, 0, 1], h.port));
+    let canary = "{ session_affinity: { cookie: slipway-canary, max_age: 30m }, steps: [ { set_weight: 50 }, { pause: manual } ] }";
+    let (code, v, err) = env.deploy(&spec(&env, "1.0.0", &router, canary));
+    assert_eq!(code, 0, "{v}\n{err}");
+    // No canary: nobody is pinned (HAProxy only asks for any old cookie to be dropped).
+    let (version, set) = who(front, &[]);
+    assert_eq!((version.as_str(), pin(&set)), ("1.0.0", ""), "{set}");
+    let run = deploy_to_pause(&env, &spec(&env, "2.0.0", &router, canary));
+    // New users are split by weight and pinned to the server that answered them.
+    let mut users = Vec::new();
+    for _ in 0..20 {
+        let (version, set) = who(front, &[]);
+        let (value, attrs) = set.split_once(';').unwrap_or_else(|| panic!("{set:?}"));
+        assert_eq!(
+            attrs.trim(),
+            "path=/; HttpOnly; SameSite=Lax; Max-Age=1800",
+            "{set}"
+        );
+        assert!(!pin(&set).is_empty(), "{set}");
+        users.push((value.to_owned(), version));
+    }
+    let on_canary = users.iter().filter(|(_, v)| v == "2.0.0").count();
+    assert!((1..20).contains(&on_canary), "{users:?}");
+    // Each comes back to the same version, every time, and is not reassigned.
+    for _ in 0..10 {
+        for (cookie, version) in &users {
+            let (got, set) = who(front, &[("cookie", cookie)]);
+            assert_eq!((&got, set.as_str()), (version, ""), "{cookie}");
+        }
+    }
+    abort(&env, &run);
+    // The rollback ended the pins with the weight: everyone is on stable, nobody pinned.
+    for (cookie, _) in &users {
+        let (got, set) = who(front, &[("cookie", cookie)]);
+        assert_eq!((got.as_str(), pin(&set)), ("1.0.0", ""), "{cookie}: {set}");
+    }
+    // The next release's canary does not honour the earlier canary's cookies, not even a
+    // stable user's (the same stable servers): each holder is routed by weight and pinned
+    // anew.
+    let _run = deploy_to_pause(&env, &spec(&env, "3.0.0", &router, canary));
+    let mut seen = std::collections::BTreeSet::new();
+    for (cookie, _) in &users {
+        let (got, set) = who(front, &[("cookie", cookie)]);
+        let fresh = pin(&set);
+        assert!(
+            !fresh.is_empty() && !cookie.ends_with(&format!("={fresh}")),
+            "{cookie} was honoured by the next canary: {set:?}"
+        );
+        // The fresh pin holds.
+        let (again, set2) = who(front, &[("cookie", &format!("slipway-canary={fresh}"))]);
+        assert_eq!((&again, set2.as_str()), (&got, ""), "{set}");
+        seen.insert(got);
+    }
+    assert!(seen.contains("1.0.0"), "{seen:?}");
+}
+
+/// `GET /` (latency and injected failures apply) with `cookie`: (status, the version
+/// that answered, `Set-Cookie` or "").
+fn get_root(front: SocketAddr, cookie: Option<&str>) -> (u16, String, String) {
+    let headers: Vec<(&str, &str)> = cookie.map(|c| ("cookie", c)).into_iter().collect();
+    let (status, head, _) = get(front.port(), "/", &headers);
+    let header = |name: &str| {
+        head.lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+            })
+            .unwrap_or_default()
+    };
+    (status, header("x-version"), header("set-cookie"))
+}
+
+#[test]
+fn haproxy_sends_users_pinned_to_a_canary_it_rolls_back_by_itself_to_stable_at_once() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let env = Env::new();
+    let (h, router) = sticky_haproxy(&env);
+    let front = SocketAddr::from(([127, 0, 0, 1], h.port));
+    let canary = "{ session_affinity: { cookie: slipway-canary, max_age: 30m }, steps: [ { set_weight: 50 }, { analysis: { template: golden, duration: 8s } }, { set_weight: 100 } ] }";
+    let golden = "analysis_templates:
+  golden:
+    interval: 500ms
+    min_samples: 5
+    failure_limit: 0
+    inconclusive_limit: 8
+    metrics:
+      - { name: error-rate, max: 0.05 }
+    on_failure: rollback
+";
+    let (code, v, err) = env.deploy(&spec_with(&env, "1.0.0", "", &router, canary, golden));
+    assert_eq!(code, 0, "{v}\n{err}");
+    let traffic = {
+        let _g = env.rt.enter();
+        slipway_providers::traffic::Traffic::start(front, "/", 100, 2)
+    };
+    // Users who keep coming back: each takes the first pin the canary gives it, then
+    // asks with it (the canary is slow: a pinned user is nearly always in flight there).
+    let stop = Arc::new(AtomicBool::new(false));
+    let pinned: Vec<_> = (0..3)
+        .map(|_| {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let mut cookie: Option<String> = None;
+                let mut path: Vec<String> = Vec::new();
+                while !stop.load(Ordering::SeqCst) {
+                    let Some(c) = &cookie else {
+                        let (version, set) = who(front, &[]);
+                        if version == "2.0.0" && !pin(&set).is_empty() {
+                            cookie = Some(format!("slipway-canary={}", pin(&set)));
+                        }
+                        continue;
+                    };
+                    let (status, version, _) = get_root(front, Some(c));
+                    assert_ne!(status, 0, "no answer");
+                    if path.last() != Some(&version) {
+                        path.push(version);
+                    }
+                }
+                path
+            })
+        })
+        .collect();
+    // HAProxy's own counters of the canary slots the moment the rollback's weight 0 is
+    // in force: what they served until then, and what was in flight there.
+    let socket = env.path().join("admin.sock");
+    let at_zero = {
+        let socket = socket.clone();
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let mut weighted = false;
+            loop {
+                assert!(
+                    Instant::now() < deadline,
+                    "the canary never went 0 after >0"
+                );
+                let weights = canary_weights(&socket);
+                if weights.iter().any(|w| *w > 0) {
+                    weighted = true;
+                } else if weighted {
+                    return canary_served(&socket);
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        })
+    };
+    let (code, v, err) = env.deploy(&spec_with(
+        &env,
+        "2.0.0",
+        "--error-rate 0.3 --latency 300ms",
+        &router,
+        canary,
+        golden,
+    ));
+    stop.store(true, Ordering::SeqCst);
+    let (served, in_flight) = at_zero.join().unwrap();
+    let (served_after, _) = canary_served(&socket);
+    let paths: Vec<Vec<String>> = pinned.into_iter().map(|t| t.join().unwrap()).collect();
+    let stats = env.rt.block_on(traffic.stop());
+    assert_eq!(code, 4, "rolled back by itself: {v}\n{err}\n{stats:?}");
+    // Each pinned user stayed on the canary until the verdict, then was on stable for
+    // good.
+    for path in &paths {
+        assert_eq!(path, &["2.0.0", "1.0.0"], "{paths:?}");
+    }
+    // From the rollback's weight 0 on HAProxy sent the canary nothing new: it answered
+    // only what was in flight then (plus at most one request per client HAProxy had
+    // routed but not yet counted), where users kept pinned to it would have been served
+    // there all through the drain.
+    assert!(
+        served_after <= served + in_flight + 5,
+        "the canary answered {} requests after its weight went to 0 ({in_flight} were in flight)",
+        served_after - served
+    );
+    // And it drained to no request in flight (a pinned user kept on it holds one there
+    // nearly always).
+    let journal = env.journal(v["run"].as_str().unwrap());
+    let mut drained = Vec::new();
+    for line in journal.lines() {
+        let entry: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        find_key(&entry, "in_flight", &mut drained);
+    }
+    assert_eq!(drained, [serde_json::json!(0)], "{journal}");
+}
+
+/// One runtime API command to HAProxy's admin socket, and its answer.
+fn admin(socket: &Path, cmd: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    s.write_all(format!("{cmd}\n").as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+/// The weights of the canary slots in service (`show servers state app`).
+fn canary_weights(socket: &Path) -> Vec<u64> {
+    let out = admin(socket, "show servers state app");
+    let mut header: Vec<&str> = Vec::new();
+    let mut weights = Vec::new();
+    for line in out.lines() {
+        if let Some(h) = line.strip_prefix("# ") {
+            header = h.split_whitespace().collect();
+            continue;
+        }
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let get = |n: &str| {
+            let i = header.iter().position(|h| *h == n)?;
+            f.get(i).copied()
+        };
+        let in_service = get("srv_admin_state")
+            .and_then(|a| a.parse::<u32>().ok())
+            .is_some_and(|a| a & 0x01 == 0);
+        if get("srv_name").is_some_and(|n| n.starts_with("canary")) && in_service {
+            weights.push(get("srv_uweight").and_then(|w| w.parse().ok()).unwrap_or(0));
+        }
+    }
+    weights
+}
+
+/// Responses the canary slots have given since HAProxy started, and their current
+/// sessions (`show stat`).
+fn canary_served(socket: &Path) -> (u64, u64) {
+    let out = admin(socket, "show stat");
+    let mut lines = out.lines();
+    let header: Vec<&str> = lines
+        .next()
+        .and_then(|h| h.strip_prefix("# "))
+        .unwrap()
+        .split(',')
+        .collect();
+    let col = |n: &str| header.iter().position(|h| *h == n).unwrap();
+    let (mut served, mut current) = (0, 0);
+    for line in lines {
+        let f: Vec<&str> = line.split(',').collect();
+        if f.len() < header.len()
+            || f[col("pxname")] != "app"
+            || !f[col("svname")].starts_with("canary")
+        {
+            continue;
+        }
+        let num = |n: &str| f[col(n)].parse::<u64>().unwrap_or(0);
+        served += [
+            "hrsp_1xx",
+            "hrsp_2xx",
+            "hrsp_3xx",
+            "hrsp_4xx",
+            "hrsp_5xx",
+            "hrsp_other",
+        ]
+        .iter()
+        .map(|n| num(n))
+        .sum::<u64>();
+        current += num("scur");
+    }
+    (served, current)
+}
+
+/// Every value of `key` anywhere in `v`.
+fn find_key(v: &serde_json::Value, key: &str, out: &mut Vec<serde_json::Value>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, x) in m {
+                if k == key {
+                    out.push(x.clone());
+                }
+                find_key(x, key, out);
+            }
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(|x| find_key(x, key, out)),
+        _ => {}
+    }
+}

@@ -1735,13 +1735,15 @@ fn environment(cx: &mut Cx<'_>, spec: &ReleaseSpec, name: &str, e: &Environment)
 /// What each router can do with the canary's match routes and session affinity: the
 /// built-in proxy and nginx apply both (nginx reads a header through `$http_NAME`, so
 /// its name must be letters, digits and `-`); HAProxy applies match routes from a map
-/// file (`routes_map`) and no session affinity yet.
+/// file (`routes_map`) and session affinity by its cookie persistence, but not to a fleet
+/// canary on the ssh target (`ssh`).
 fn router_routes(
     cx: &mut Cx,
     env: &str,
     r: &crate::spec::Router,
     sp: &str,
     c: &crate::spec::Canary,
+    ssh: bool,
 ) {
     match r.kind() {
         "nginx" => {
@@ -1763,15 +1765,19 @@ fn router_routes(
             }
         }
         "haproxy" => {
-            if c.session_affinity.is_some() {
+            // In front of the process target HAProxy pins users by its dynamic server
+            // cookies (the backend's `cookie` line, checked against HAProxy before the
+            // canary gets traffic); a fleet canary on the ssh target drives HAProxy's
+            // per-host servers, which do not apply it.
+            if c.session_affinity.is_some() && ssh {
                 cx.err_key(
                     "router-routes",
                     &format!("{sp}/canary/session_affinity"),
                     format!(
-                        "`{env}` routes through HAProxy, which Slipway cannot give the canary's `session_affinity` yet: the built-in router and nginx apply it"
+                        "`{env}` runs a fleet canary on the ssh target through HAProxy, which Slipway cannot give the canary's `session_affinity` there yet (it does in front of the process target)"
                     ),
                     format!(
-                        "remove `session_affinity:` for `{env}` (an environment's own `strategy:` may leave it out), or use `router: {{ builtin: {{}} }}` or `router: {{ nginx: ... }}` there"
+                        "remove `session_affinity:` for `{env}` (an environment's own `strategy:` may leave it out), or deploy `{env}` with `target: {{ process: {{}} }}` behind HAProxy"
                     ),
                 );
             }
@@ -1902,7 +1908,7 @@ fn router(cx: &mut Cx<'_>, spec: &ReleaseSpec, env: &str, e: &Environment, r: &R
         .or(spec.strategy.as_ref().map(|s| ("/strategy".to_owned(), s)))
         .and_then(|(p, s)| Some((p, s.canary.as_ref()?)))
     {
-        router_routes(cx, env, r, &sp, c);
+        router_routes(cx, env, r, &sp, c, e.target.ssh.is_some());
     }
     if let Some(listen) = r.builtin.as_ref().and_then(|b| b.listen.as_deref()) {
         builtin_listen(cx, &at("builtin/listen"), listen, r, &instanced);

@@ -143,3 +143,52 @@ fn unsafe_environment_and_service_names_are_refused_naming_the_field() {
         "an escape reached the report: {shown:?}"
     );
 }
+
+/// Session affinity behind HAProxy: in front of the process target HAProxy applies it
+/// (its own cookie persistence; the backend's `cookie` line is checked against HAProxy at
+/// deploy time), so validation accepts it; a fleet canary on the ssh target does not
+/// apply it, and validation says so naming the field and the way out.
+#[test]
+fn haproxy_session_affinity_is_accepted_before_processes_and_refused_for_fleets() {
+    let spec = |target: &str| {
+        format!(
+            "apiVersion: slipway/v1
+kind: Release
+metadata: {{ name: shop, version: 1.0.0, type: feature }}
+services:
+  api:
+    run: {{ command: \"bin/api --port {{{{ port }}}}\" }}
+environments:
+  live:
+    target: {target}
+    router: {{ haproxy: {{ socket: admin.sock, backend: app }} }}
+    strategy:
+      canary:
+        session_affinity: {{ cookie: slipway-canary, max_age: 30m }}
+        steps: [ {{ set_weight: 20 }}, {{ pause: manual }} ]
+"
+        )
+    };
+    let process = spec("{ process: {} }");
+    if let Err(e) = validate::load("live.yaml", &process) {
+        panic!("refused in front of processes:\n{}", e.render(false, 100));
+    }
+    let errs =
+        validate::load("fleet.yaml", &spec("{ ssh: { inventory: hosts.yaml } }")).unwrap_err();
+    let d = errs
+        .diagnostics
+        .iter()
+        .find(|d| d.code == "router-routes")
+        .unwrap_or_else(|| panic!("{}", errs.render(false, 100)));
+    let shown = errs.render(false, 200);
+    assert!(
+        shown.contains("environments.live.strategy.canary.session_affinity"),
+        "{shown}"
+    );
+    assert!(d.message.contains("fleet canary"), "{}", d.message);
+    assert!(
+        d.help.contains("remove `session_affinity:`") && d.help.contains("process"),
+        "{}",
+        d.help
+    );
+}

@@ -687,16 +687,16 @@ pub fn external_routers(
                 (
                     format!("HAProxy backend `{}` ({})", h.backend, socket.display()),
                     Arc::new({
+                        let routes = proxy_routes(plan);
                         let r = crate::haproxy::HaproxyRouter::new(
                             socket,
                             h.backend.clone(),
                             stable,
                             canary,
-                        );
+                        )
+                        .with_affinity(routes.affinity);
                         match &h.routes_map {
-                            Some(map) => {
-                                r.with_routes(proxy_routes(plan).matches, workdir.join(map))
-                            }
+                            Some(map) => r.with_routes(routes.matches, workdir.join(map)),
                             None => r,
                         }
                     }) as Arc<dyn ServiceRouter>,

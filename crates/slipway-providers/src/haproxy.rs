@@ -24,6 +24,20 @@
 //! previous `show stat` counters, for the difference a metric window is; a new router's
 //! first window is discarded by the controller anyway.
 //!
+//! Session affinity (`strategy.canary.session_affinity`) is HAProxy's own cookie
+//! persistence with *dynamic* server cookies: the backend declares the cookie once
+//! (`cookie NAME insert indirect nocache ...`, no `dynamic`, so HAProxy starts with no
+//! server pinned), and while a canary serves with a weight above 0 Slipway sets the
+//! backend's `dynamic-cookie-key` to the plan's token and enables dynamic cookies; each
+//! server's cookie is then a hash of that key and its address, so a user pinned by one
+//! canary means nothing to the next (a new key), and the same plan resumed keeps its
+//! users (the same key, the same cookies). HAProxy still sends persistent requests to a
+//! server of weight 0, so whenever the weight goes to 0 (a rollback, a promotion) the
+//! dynamic cookies are disabled *in the same socket write* as the weights: from then on
+//! no request is pinned anywhere, and a rolled-back canary draining at weight 0 gets no
+//! user back. No memory is needed: nothing pins at weight 0, and only a canary pool at
+//! a weight above 0 pins again.
+//!
 //! Metrics: per-server `hrsp_*` counters give requests and 5xx per pool (`error-rate`,
 //! `request-rate`); HAProxy keeps no latency distribution per server, so latency metrics
 //! need another provider (the spec's validation says so). `canary_in_flight` is the sum of
@@ -35,7 +49,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use slipway_model::analysis::{VersionWindow, Window};
-use slipway_proxy::matching::MatchRule;
+use slipway_proxy::matching::{Affinity, MatchRule};
 use slipway_rollout::{BoxFuture, MetricSource, RolloutError, TrafficRouter};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -172,6 +186,8 @@ pub struct HaproxyRouter {
     canary_prefix: String,
     /// The canary's match rules and the map file they go into.
     routes: Option<(Vec<MatchRule>, PathBuf)>,
+    /// Session affinity by HAProxy's dynamic cookies (the backend's `cookie` line).
+    affinity: Option<Affinity>,
     last: Mutex<Option<(Instant, Counts, Counts, Counts)>>,
 }
 
@@ -190,6 +206,7 @@ impl HaproxyRouter {
             stable_prefix: stable_prefix.into(),
             canary_prefix: canary_prefix.into(),
             routes: None,
+            affinity: None,
             last: Mutex::new(None),
         }
     }
@@ -200,6 +217,82 @@ impl HaproxyRouter {
     pub fn with_routes(mut self, rules: Vec<MatchRule>, map: impl Into<PathBuf>) -> Self {
         self.routes = (!rules.is_empty()).then(|| (rules, map.into()));
         self
+    }
+
+    /// Give the canary session affinity by HAProxy's dynamic server cookies (the
+    /// backend's `cookie` line names `affinity.cookie`; the key is `affinity.token`).
+    #[must_use]
+    pub fn with_affinity(mut self, affinity: Option<Affinity>) -> Self {
+        self.affinity = affinity;
+        self
+    }
+
+    /// The backend line that declares the affinity cookie (for messages and docs).
+    pub fn affinity_snippet(affinity: &Affinity) -> String {
+        format!(
+            "cookie {} insert indirect nocache httponly attr \"SameSite=Lax\" attr \"Max-Age={}\"",
+            affinity.cookie, affinity.max_age_secs
+        )
+    }
+
+    /// The commands that turn affinity on (a canary serves at a weight above 0) or off;
+    /// none without affinity.
+    fn affinity_commands(&self, on: bool) -> Result<Vec<String>, RolloutError> {
+        let Some(a) = &self.affinity else {
+            return Ok(Vec::new());
+        };
+        let b = &self.backend;
+        if !on {
+            return Ok(vec![format!("disable dynamic-cookie backend {b}")]);
+        }
+        // The key goes on the runtime API's command line: a plan digest is hex.
+        if a.token.is_empty() || !a.token.bytes().all(|c| c.is_ascii_alphanumeric()) {
+            return Err(RolloutError::Router(format!(
+                "the session affinity token `{}` is not letters and digits (it is the plan digest's start; re-plan the release)",
+                a.token
+            )));
+        }
+        Ok(vec![
+            format!("set dynamic-cookie-key backend {b} {}", a.token),
+            format!("enable dynamic-cookie backend {b}"),
+        ])
+    }
+
+    /// Check the backend declares the affinity cookie the spec names (`show stat` gives
+    /// a backend's cookie name), before any canary gets a user.
+    async fn check_affinity_cookie(&self) -> Result<(), RolloutError> {
+        let Some(a) = &self.affinity else {
+            return Ok(());
+        };
+        let out = self
+            .command("show stat")
+            .await
+            .map_err(RolloutError::Router)?;
+        let mut lines = out.lines();
+        let header: Vec<&str> = lines
+            .next()
+            .and_then(|h| h.strip_prefix("# "))
+            .map(|h| h.split(',').collect())
+            .unwrap_or_default();
+        let col = |n: &str| header.iter().position(|h| *h == n);
+        let (px, sv, ck) = (col("pxname"), col("svname"), col("cookie"));
+        let cookie = lines.find_map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            let at = |i: Option<usize>| i.and_then(|i| f.get(i)).copied().unwrap_or("");
+            (at(px) == self.backend && at(sv) == "BACKEND").then(|| at(ck).to_owned())
+        });
+        let has = match cookie.as_deref() {
+            Some(c) if c == a.cookie => return Ok(()),
+            Some("") | None => "declares no cookie".to_owned(),
+            Some(c) => format!("declares cookie `{c}`"),
+        };
+        Err(RolloutError::Router(format!(
+            "HAProxy backend `{b}` ({s}) {has}, and `strategy.canary.session_affinity.cookie` asks for `{name}`: HAProxy pins users by its own cookie persistence; add to `backend {b}`:\n  {line}\nthen reload HAProxy (Slipway enables dynamic cookies while a canary serves; docs/rollout.md), or remove `session_affinity:`",
+            b = self.backend,
+            s = self.socket.display(),
+            name = a.cookie,
+            line = Self::affinity_snippet(a),
+        )))
     }
 
     /// The backend lines that apply the match routes of `map` (for messages and docs).
@@ -394,14 +487,32 @@ impl HaproxyRouter {
 
     /// A command that answers nothing (or only a confirmation) when it worked.
     async fn change(&self, cmd: &str) -> Result<(), RolloutError> {
-        let out = self.command(cmd).await.map_err(RolloutError::Router)?;
-        let t = out.trim();
-        if t.is_empty() || t.contains("changed from") || t.starts_with("no need to change") {
+        self.changes(&[cmd.to_owned()]).await
+    }
+
+    /// Commands sent in one write (`a; b; c`), which HAProxy runs one after the other
+    /// before it reads anything else from the socket: what must change together does.
+    /// Each answers nothing (or a confirmation) when it worked.
+    async fn changes(&self, cmds: &[String]) -> Result<(), RolloutError> {
+        if cmds.is_empty() {
+            return Ok(());
+        }
+        let line = cmds.join("; ");
+        let out = self.command(&line).await.map_err(RolloutError::Router)?;
+        let refused: Vec<&str> = out
+            .lines()
+            .map(str::trim)
+            .filter(|t| {
+                !(t.is_empty() || t.contains("changed from") || t.starts_with("no need to change"))
+            })
+            .collect();
+        if refused.is_empty() {
             Ok(())
         } else {
             Err(RolloutError::Router(format!(
-                "HAProxy refused `{cmd}` on {}: {t}",
-                self.socket.display()
+                "HAProxy refused `{line}` on {}: {}",
+                self.socket.display(),
+                refused.join("; ")
             )))
         }
     }
@@ -549,13 +660,22 @@ impl HaproxyRouter {
         } else {
             stable.chain(canary).collect()
         };
-        for (slot, w) in order {
-            if slot.weight != w {
-                self.change(&format!("set weight {}/{} {w}", self.backend, slot.name))
-                    .await?;
-            }
+        let mut cmds: Vec<String> = order
+            .into_iter()
+            .filter(|(slot, w)| slot.weight != *w)
+            .map(|(slot, w)| format!("set weight {}/{} {w}", self.backend, slot.name))
+            .collect();
+        // Affinity pins only while a canary serves at a weight above 0. Switched off
+        // before the weights in the same write (a weight-0 server still takes the
+        // requests pinned to it: a rolled-back canary must get none), on after them.
+        let on = weight > 0 && nc > 0;
+        let affinity = self.affinity_commands(on)?;
+        if on {
+            cmds.extend(affinity);
+        } else {
+            cmds.splice(0..0, affinity);
         }
-        Ok(())
+        self.changes(&cmds).await
     }
 
     async fn counts(&self) -> Result<(Counts, Counts, Option<u64>), String> {
@@ -654,6 +774,18 @@ impl TrafficRouter for HaproxyRouter {
             } else {
                 slots.weight().unwrap_or(0)
             };
+            // Affinity: refused before a new canary pool is in service if the backend
+            // lacks the cookie; off before anything moves when no canary (or no weight)
+            // is left, on once the pools are in place.
+            let affinity_on = !canary.is_empty() && weight > 0;
+            if self.affinity.is_some() {
+                if !canary.is_empty() && !slots.canary.iter().any(Slot::in_use) {
+                    self.check_affinity_cookie().await?;
+                }
+                if !affinity_on {
+                    self.changes(&self.affinity_commands(false)?).await?;
+                }
+            }
             let (ws, wc) = server_weights(weight, stable.len(), canary.len());
             let mut after = slots.clone();
             // New servers first (address, weight, ready), then the slots no longer used
@@ -697,6 +829,9 @@ impl TrafficRouter for HaproxyRouter {
                     .await?;
                 }
             }
+            if affinity_on {
+                self.changes(&self.affinity_commands(true)?).await?;
+            }
             Ok(())
         })
     }
@@ -725,6 +860,9 @@ impl TrafficRouter for HaproxyRouter {
 
     fn clear_routes(&self) -> BoxFuture<'_, Result<(), RolloutError>> {
         Box::pin(async move {
+            // The rollback's weight 0 already switched affinity off; said again, so a
+            // rollback never leaves it on whatever came before.
+            self.changes(&self.affinity_commands(false)?).await?;
             let Some((_, map)) = &self.routes else {
                 return Ok(());
             };
