@@ -670,3 +670,110 @@ fn find_key(v: &serde_json::Value, key: &str, out: &mut Vec<serde_json::Value>) 
         _ => {}
     }
 }
+
+/// `slipway` killed mid-canary behind HAProxy with session affinity: HAProxy keeps every
+/// user pinned while nobody drives, and the resumed run (a new process, the same plan)
+/// sets the same key, so each user stays on its version through the next step; after the
+/// promotion nobody is pinned.
+#[test]
+fn haproxy_keeps_its_users_pinned_across_a_killed_and_resumed_canary() {
+    let env = Env::new();
+    let (h, router) = sticky_haproxy(&env);
+    let front = SocketAddr::from(([127, 0, 0, 1], h.port));
+    let canary = "{ session_affinity: { cookie: slipway-canary, max_age: 30m }, steps: [ { set_weight: 50 }, { analysis: { template: golden, duration: 6s } }, { set_weight: 60 }, { analysis: { template: golden, duration: 6s } }, { set_weight: 100 } ] }";
+    let golden = "analysis_templates:
+  golden:
+    interval: 500ms
+    min_samples: 5
+    inconclusive_limit: 20
+    metrics:
+      - { name: error-rate, max: 0.05 }
+";
+    let (code, v, err) = env.deploy(&spec_with(&env, "1.0.0", "", &router, canary, golden));
+    assert_eq!(code, 0, "{v}\n{err}");
+    let traffic = {
+        let _g = env.rt.enter();
+        slipway_providers::traffic::Traffic::start(front, "/", 100, 2)
+    };
+    let mut child = env.spawn_deploy(
+        &spec_with(&env, "2.0.0", "", &router, canary, golden),
+        "killed",
+    );
+    let run = env.wait_journal("2.0.0", "\"verified\":50,\"weight\":50");
+    let users: Vec<(String, String)> = (0..20)
+        .map(|_| {
+            let (version, set) = who(front, &[]);
+            assert!(!pin(&set).is_empty(), "{set}");
+            (format!("slipway-canary={}", pin(&set)), version)
+        })
+        .collect();
+    assert!(users.iter().any(|(_, v)| v == "2.0.0"), "{users:?}");
+    child.kill().unwrap(); // SIGKILL mid-analysis
+    child.wait().unwrap();
+    let still = |when: &str| {
+        for (cookie, version) in &users {
+            let (got, set) = who(front, &[("cookie", cookie)]);
+            assert_eq!((&got, set.as_str()), (version, ""), "{when}: {cookie}");
+        }
+    };
+    still("nobody driving");
+    std::thread::scope(|s| {
+        let resumed = s.spawn(|| env.run(&["resume", &run]));
+        // The resumed run set the weight again (and with it the key): the same pins hold.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !env.journal(&run).contains("\"verified\":60,\"weight\":60") {
+            if resumed.is_finished() || Instant::now() > deadline {
+                let (code, out, err) = resumed.join().unwrap();
+                panic!(
+                    "the resumed run never reached 60%: {code}\n{out}\n{err}\n{}",
+                    env.journal(&run)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        still("resumed at 60%");
+        let (code, out, err) = resumed.join().unwrap();
+        assert_eq!(code, 0, "{out}\n{err}");
+    });
+    let journal = env.journal(&run);
+    assert!(
+        journal.contains("\"event\":\"canary_resumed\""),
+        "{journal}"
+    );
+    assert!(journal.contains("\"event\":\"promoted\""), "{journal}");
+    // Promoted: everyone on 2.0.0 and nobody pinned, whatever they hold.
+    for (cookie, _) in &users {
+        let (got, set) = who(front, &[("cookie", cookie)]);
+        assert_eq!((got.as_str(), pin(&set)), ("2.0.0", ""), "{cookie}: {set}");
+    }
+    let stats = env.rt.block_on(traffic.stop());
+    assert_eq!(stats.server_errors, 0, "{stats:?}");
+}
+
+/// A backend without the affinity cookie line: the canary is refused before its pool is
+/// in service, with the line to add and the field it serves, and stable keeps serving.
+#[test]
+fn haproxy_without_the_affinity_cookie_refuses_the_canary_naming_the_line_to_add() {
+    let env = Env::new();
+    let h = haproxy_with(env.path(), "");
+    let router = "{ haproxy: { socket: admin.sock, backend: app } }";
+    let front = SocketAddr::from(([127, 0, 0, 1], h.port));
+    let canary = "{ session_affinity: { cookie: slipway-canary, max_age: 30m }, steps: [ { set_weight: 50 }, { pause: manual } ] }";
+    let (code, v, err) = env.deploy(&spec(&env, "1.0.0", router, canary));
+    assert_eq!(code, 0, "{v}\n{err}");
+    let (code, v, err) = env.deploy(&spec(&env, "2.0.0", router, canary));
+    let shown = format!("{v}\n{err}");
+    assert_ne!(code, 0, "{shown}");
+    for needle in [
+        "HAProxy backend `app`",
+        "declares no cookie",
+        "strategy.canary.session_affinity.cookie",
+        "cookie slipway-canary insert indirect nocache httponly attr \\\"SameSite=Lax\\\" attr \\\"Max-Age=1800\\\"",
+    ] {
+        assert!(shown.contains(needle), "{needle} not in: {shown}");
+    }
+    for _ in 0..10 {
+        assert_eq!(who(front, &[]).0, "1.0.0");
+    }
+    assert!(canary_weights(&env.path().join("admin.sock")).is_empty());
+}
