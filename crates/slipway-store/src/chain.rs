@@ -93,6 +93,28 @@ impl Appender {
     }
 }
 
+/// The records of a group made only of journal commits (`Some(records)` per write, `None`
+/// for any other write) whose events touch nothing but the chain (step events and the
+/// like; a state change or control request also updates its run's row, and goes the
+/// ordinary way); `None` otherwise. Such a group may go after a writer's kept head.
+pub(crate) fn chain_only<'a>(
+    writes: impl IntoIterator<Item = Option<&'a [JournalRecord]>>,
+) -> Option<Vec<&'a JournalRecord>> {
+    let mut out = Vec::new();
+    for w in writes {
+        for r in w? {
+            if matches!(
+                r.event,
+                EngineEvent::StateChanged { .. } | EngineEvent::ControlRequested { .. }
+            ) {
+                return None;
+            }
+            out.push(r);
+        }
+    }
+    (!out.is_empty()).then_some(out)
+}
+
 /// The `run_created` record of `run` with its coverage filled in: the plan's digest and the
 /// working directory the row stores (what `audit verify` compares the row with). A record
 /// that already names them must name the row's own.

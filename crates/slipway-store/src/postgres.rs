@@ -3,19 +3,23 @@
 //!
 //! Same contract as the SQLite store, with PostgreSQL's tools for the cross-process parts:
 //! - **Writes** go through one writer task per process that group-commits queued records
-//!   (as in SQLite). Every write transaction first takes a transaction-scoped advisory lock
-//!   (`pg_advisory_xact_lock`), the PostgreSQL counterpart of SQLite's `BEGIN IMMEDIATE`:
-//!   writers of all processes are serialized, so the audit head read inside the
-//!   transaction is the real head and the chain stays linear, journal (= audit) `seq`
-//!   values are handed out in commit order (a `logs -f` reader polling `seq > n` never
-//!   skips one), and the lease compare-and-swap cannot interleave with another process's.
-//!   The lock and the head read are one round trip (two statements of one simple query,
-//!   the head read after the lock is held, with its own snapshot); a group's journal
-//!   records become one statement — the audit rows, new runs and every run's collapsed
-//!   state change as `UNNEST` arrays in data-modifying CTEs — so a group costs four round
-//!   trips (begin, lock + head, write, commit) however many records it holds. Records that
-//!   need reads of their own (leases, governance records, pseudonyms) run their statements
-//!   before that one.
+//!   (as in SQLite), on a connection of its own. Appends are serialized through the row of
+//!   `meta` that records the chain head, so the chain stays linear and journal (= audit)
+//!   `seq` values are handed out in commit order (a `logs -f` reader polling `seq > n`
+//!   never skips one). The writer keeps the head its last commit left: a group of
+//!   chain-only records (step events) is one autocommit statement, a compare-and-set of
+//!   that head in `meta` whose row lock orders concurrent writers, with the audit rows
+//!   inserted only if it swapped (`commit_fast`). Any other group, or a lost
+//!   compare-and-set, takes the ordinary path: a transaction that first takes a
+//!   transaction-scoped advisory lock (`pg_advisory_xact_lock`, the counterpart of
+//!   SQLite's `BEGIN IMMEDIATE`: the lease compare-and-swap cannot interleave with another
+//!   process's) and locks the head row `FOR UPDATE` (no compare-and-set lands meanwhile),
+//!   then reads the head — one round trip for the three, the head read after both locks
+//!   are held, with its own snapshot; a group's journal records become one statement —
+//!   the audit rows, new runs and every run's collapsed state change as `UNNEST` arrays
+//!   in data-modifying CTEs — so a group costs four round trips (begin, locks + head,
+//!   write, commit) however many records it holds. Records that need reads of their own
+//!   (leases, governance records, pseudonyms) run their statements before that one.
 //! - **Run claims** are session advisory locks held on a dedicated connection
 //!   (`pg_try_advisory_lock` on a 64-bit hash of the run id). Why not a row with an expiry
 //!   renewed by a heartbeat: a claim must end the moment its process exits, and `Drop`
@@ -187,11 +191,10 @@ impl PgStore {
             .application_name("slipway");
         let mut conn = connect(&opts, &location, password.as_deref()).await?;
         migrate(&mut conn, &location, password.as_deref()).await?;
-        let _ = conn.close().await;
         let read = pool(&opts, 4);
-        let write = pool(&opts, 1);
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(writer(write, rx));
+        // The writer goes on with the connection that migrated.
+        tokio::spawn(writer(conn, opts.clone(), location.clone(), password, rx));
         Ok(Self {
             location,
             opts: Box::new(opts),
@@ -441,8 +444,22 @@ pub(crate) async fn schema_lock(tx: &mut PgConnection) -> Result<(), sqlx::Error
     Ok(())
 }
 
-/// The writer task: drains the queue into one transaction at a time.
-async fn writer(pool: PgPool, mut rx: mpsc::UnboundedReceiver<Pending>) {
+/// The writer task: drains the queue into one transaction at a time, on a connection of
+/// its own (no pool: a pool pings a connection on every acquire, a round trip per commit).
+/// A connection that failed is dropped and the next group opens another.
+async fn writer(
+    first: PgConnection,
+    opts: PgConnectOptions,
+    location: String,
+    password: Option<String>,
+    mut rx: mpsc::UnboundedReceiver<Pending>,
+) {
+    let mut conn = Some(first);
+    // The chain's head as this writer's last commit left it: a group of chain-only records
+    // goes after it in one autocommit statement that compare-and-sets the head in `meta`
+    // (`commit_fast`); another process's append (or an archive) costs a fall-back to the
+    // transaction that reads the head.
+    let mut head: Option<(i64, String)> = None;
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while batch.len() < MAX_GROUP {
@@ -451,9 +468,50 @@ async fn writer(pool: PgPool, mut rx: mpsc::UnboundedReceiver<Pending>) {
                 Err(_) => break,
             }
         }
+        let c = match conn.as_mut() {
+            Some(c) => c,
+            None => match connect(&opts, &location, password.as_deref()).await {
+                Ok(c) => conn.insert(c),
+                Err(e) => {
+                    let message = match e {
+                        StoreError::Unavailable { message, .. } => message,
+                        other => other.to_string(),
+                    };
+                    for (_, tx) in batch {
+                        let _ = tx.send(Err(StoreError::Unavailable {
+                            location: location.clone(),
+                            message: message.clone(),
+                        }));
+                    }
+                    continue;
+                }
+            },
+        };
         let writes: Vec<&Write> = batch.iter().map(|(w, _)| w).collect();
-        match apply_all(&pool, &writes).await {
-            Ok(replies) => {
+        if let Some(h) = head.take()
+            && let Some(records) = chain::chain_only(writes.iter().map(|w| match w {
+                Write::Commit(r) => Some(r.as_slice()),
+                _ => None,
+            }))
+        {
+            match commit_fast(c, &h, &records).await {
+                Ok(Some(new_head)) => {
+                    head = Some(new_head);
+                    for (_, tx) in batch {
+                        let _ = tx.send(Ok(Reply::Done));
+                    }
+                    continue;
+                }
+                // Another writer moved the head: nothing was written; read it below.
+                Ok(None) => {}
+                // Nothing was written (`commit_fast` asked); the ordinary path reports an
+                // error that persists.
+                Err(_) => {}
+            }
+        }
+        match apply_all(c, &writes).await {
+            Ok((replies, new_head)) => {
+                head = Some(new_head);
                 for ((_, tx), r) in batch.into_iter().zip(replies) {
                     let _ = tx.send(Ok(r));
                 }
@@ -461,12 +519,16 @@ async fn writer(pool: PgPool, mut rx: mpsc::UnboundedReceiver<Pending>) {
             Err(_) if batch.len() > 1 => {
                 // One write spoiled the group: retry each alone so only it fails.
                 for (w, tx) in batch {
-                    let r = apply_all(&pool, &[&w])
-                        .await
-                        // apply_all returns one reply per write; exactly one here.
-                        .map(|mut v| v.pop().unwrap_or(Reply::Done));
+                    let r = match conn.as_mut() {
+                        Some(c) => apply_all(c, &[&w])
+                            .await
+                            // apply_all returns one reply per write; exactly one here.
+                            .map(|(mut v, _)| v.pop().unwrap_or(Reply::Done)),
+                        None => Err(StoreError::Query("the write failed".into())),
+                    };
                     let _ = tx.send(r);
                 }
+                conn = None;
             }
             Err(e) => {
                 // A batch of one: its caller gets the error as it is (a typed
@@ -478,10 +540,80 @@ async fn writer(pool: PgPool, mut rx: mpsc::UnboundedReceiver<Pending>) {
                         .unwrap_or_else(|| StoreError::Query("the write failed".into()));
                     let _ = tx.send(Err(err));
                 }
+                conn = None;
             }
         }
     }
-    pool.close().await;
+    if let Some(c) = conn {
+        let _ = c.close().await;
+    }
+}
+
+/// The one autocommit statement of a chain-only group after the head the writer kept: a
+/// compare-and-set of the head in `meta` (every chain writer records the head there in
+/// the transaction that appends), and the audit rows inserted only if it swapped. The
+/// row lock the swap takes orders appends as the advisory lock does: a concurrent
+/// writer's swap waits for this commit and then finds the head moved; the ordinary path
+/// locks the same row (`lock_and_head`) before it reads the head.
+const FAST_SQL: &str = "WITH h AS (
+    UPDATE meta SET value = $12 WHERE key = 'audit_head' AND value = $13 RETURNING 1
+), a AS (
+    INSERT INTO audit (seq, at, actor, action, run_id, digest, outcome, detail, prev_hash, hash, hv)
+    SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                         $7::text[], $8::text[], $9::text[], $10::text[], $11::int[])
+    WHERE EXISTS (SELECT 1 FROM h)
+)
+SELECT count(*) FROM h";
+
+/// Append chain-only records after `head` in one round trip ([`FAST_SQL`]). Returns the
+/// new head, or `None` when another writer had moved the head (nothing written). After an
+/// error the head in `meta` says whether the statement committed all the same (the answer
+/// lost on the way back): then it counts as done, never appended twice.
+async fn commit_fast(
+    conn: &mut PgConnection,
+    head: &(i64, String),
+    records: &[&JournalRecord],
+) -> Result<Option<(i64, String)>, StoreError> {
+    let mut app = Appender::new(Some(head.clone()));
+    for r in records {
+        app.push(r)?;
+    }
+    let (seq, prev) = app.head();
+    let new_head = format!("{seq}:{prev}");
+    let e = &app.entries;
+    let col = |f: fn(&AuditEntry) -> &str| e.iter().map(f).collect::<Vec<&str>>();
+    let swapped: Result<i64, sqlx::Error> = sqlx::query_scalar(FAST_SQL)
+        .bind(e.iter().map(|e| e.seq).collect::<Vec<i64>>())
+        .bind(col(|e| &e.at))
+        .bind(col(|e| &e.actor))
+        .bind(col(|e| &e.action))
+        .bind(col(|e| &e.run_id))
+        .bind(col(|e| &e.digest))
+        .bind(col(|e| &e.outcome))
+        .bind(col(|e| &e.detail))
+        .bind(col(|e| &e.prev_hash))
+        .bind(col(|e| &e.hash))
+        .bind(e.iter().map(|e| i32::from(e.v)).collect::<Vec<i32>>())
+        .bind(&new_head)
+        .bind(format!("{}:{}", head.0, head.1))
+        .fetch_one(&mut *conn)
+        .await;
+    match swapped {
+        Ok(n) => Ok((n == 1).then(|| (seq, prev.to_owned()))),
+        Err(err) => {
+            let now: Option<String> =
+                sqlx::query_scalar("SELECT value FROM meta WHERE key = 'audit_head'")
+                    .fetch_optional(&mut *conn)
+                    .await
+                    .ok()
+                    .flatten();
+            if now.as_deref() == Some(new_head.as_str()) {
+                Ok(Some((seq, prev.to_owned())))
+            } else {
+                Err(query_err(err))
+            }
+        }
+    }
 }
 
 /// The run rows a group creates, with the group's own later state changes folded in (a
@@ -492,9 +624,12 @@ struct Batch {
     updates: RunUpdates,
 }
 
-/// The head after the advisory write lock is held: two statements of one simple query, so
-/// one round trip, and the head read gets a snapshot taken after the lock was granted
-/// (read committed: one per statement), never one from before another writer committed.
+/// The head after the advisory write lock is held: statements of one simple query, so
+/// one round trip. The head row of `meta` is locked (`FOR UPDATE`) before the chain is
+/// read: writers appending through `commit_fast` take no advisory lock, only that row's,
+/// so one in flight commits first and none starts until this transaction ends; the chain
+/// read then gets a snapshot taken after both locks were granted (read committed: one per
+/// statement), never one from before another writer committed.
 pub(crate) async fn lock_and_head(
     tx: &mut PgConnection,
 ) -> Result<Option<(i64, String)>, StoreError> {
@@ -502,8 +637,8 @@ pub(crate) async fn lock_and_head(
     // `ORDER BY audit.seq`: the bare name would sort by the text alias (9 after 10).
     let sql = format!(
         "SELECT pg_advisory_xact_lock({LOCK_CLASS}, {WRITE_LOCK}); \
-         SELECT 'chain' AS src, seq::text AS seq, hash FROM audit ORDER BY audit.seq DESC LIMIT 1; \
-         SELECT 'meta' AS src, value AS seq, '' AS hash FROM meta WHERE key = 'audit_head'"
+         SELECT 'meta' AS src, value AS seq, '' AS hash FROM meta WHERE key = 'audit_head' FOR UPDATE; \
+         SELECT 'chain' AS src, seq::text AS seq, hash FROM audit ORDER BY audit.seq DESC LIMIT 1"
     );
     let rows = tx
         .fetch_all(sqlx::raw_sql(AssertSqlSafe(sql)))
@@ -545,8 +680,13 @@ async fn read_head(tx: &mut PgConnection) -> Result<Option<(i64, String)>, Store
     Ok(v.and_then(|v| parse_head(&v)))
 }
 
-async fn apply_all(pool: &PgPool, writes: &[&Write]) -> Result<Vec<Reply>, StoreError> {
-    let mut tx = pool.begin().await.map_err(query_err)?;
+/// Apply a group of writes in one transaction; returns one reply per write and the
+/// chain's head after it (read under the locks, so the true head either way).
+async fn apply_all(
+    conn: &mut PgConnection,
+    writes: &[&Write],
+) -> Result<(Vec<Reply>, (i64, String)), StoreError> {
+    let mut tx = conn.begin().await.map_err(query_err)?;
     let mut app = Appender::new(lock_and_head(&mut tx).await?);
     let mut batch = Batch::default();
     let mut replies = Vec::with_capacity(writes.len());
@@ -636,7 +776,8 @@ async fn apply_all(pool: &PgPool, writes: &[&Write]) -> Result<Vec<Reply>, Store
     }
     flush(&mut tx, &app, &mut batch).await?;
     tx.commit().await.map_err(query_err)?;
-    Ok(replies)
+    let (seq, prev) = app.head();
+    Ok((replies, (seq, prev.to_owned())))
 }
 
 /// The pseudonymous id of `name`, created on first use, inside `tx`.

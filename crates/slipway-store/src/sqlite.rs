@@ -400,7 +400,10 @@ async fn writer(mut conn: SqliteConnection, mut rx: mpsc::UnboundedReceiver<Pend
         }
         let writes: Vec<&Write> = batch.iter().map(|(w, _)| w).collect();
         if let Some(h) = head.take()
-            && let Some(records) = chain_only(&writes)
+            && let Some(records) = chain::chain_only(writes.iter().map(|w| match w {
+                Write::Commit(r) => Some(r.as_slice()),
+                _ => None,
+            }))
         {
             match commit_fast(&mut conn, &h, &records).await {
                 Ok(Some(new_head)) => {
@@ -451,28 +454,6 @@ async fn writer(mut conn: SqliteConnection, mut rx: mpsc::UnboundedReceiver<Pend
             }
         }
     }
-}
-
-/// The records of a group made only of journal commits whose events touch nothing but
-/// the chain (step events and the like; a state change or control request also updates
-/// its run's row, and goes the ordinary way); `None` otherwise.
-fn chain_only<'a>(writes: &[&'a Write]) -> Option<Vec<&'a JournalRecord>> {
-    let mut out = Vec::new();
-    for w in writes {
-        let Write::Commit(records) = w else {
-            return None;
-        };
-        for r in records {
-            if matches!(
-                r.event,
-                EngineEvent::StateChanged { .. } | EngineEvent::ControlRequested { .. }
-            ) {
-                return None;
-            }
-            out.push(r);
-        }
-    }
-    (!out.is_empty()).then_some(out)
 }
 
 /// Append chain-only records after the head this writer last committed, in ONE call

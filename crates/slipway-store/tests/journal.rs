@@ -169,6 +169,64 @@ async fn writers_taking_turns_keep_one_linear_chain(b: Backend) {
     assert_eq!(a.steps("r1").await.unwrap().len(), n);
 }
 
+/// Two handles on one store (two processes, each its own writer keeping the head of its
+/// last commit) append at the same time: one only step events (the kept-head path), the
+/// other steps and, every third commit, a control request (the path that reads the head
+/// under the write lock). Every entry lands once, in one chain that verifies from both,
+/// and each writer's entries keep their order.
+async fn two_writers_at_once_keep_one_linear_chain(b: Backend) {
+    let (fresh, a) = populated_on(b, 0).await;
+    let other = fresh.open().await.unwrap();
+    const EACH: usize = 80;
+    async fn go(store: &slipway_store::AnyStore, w: usize) {
+        for i in 0..EACH {
+            let mut group = vec![record(
+                "r1",
+                i as i64,
+                EngineEvent::StepStarted {
+                    step: format!("w{w}/s{i}"),
+                    key: format!("k{w}-{i}"),
+                    attempt: 1,
+                },
+            )];
+            if w == 1 && i % 3 == 0 {
+                group.push(record(
+                    "r1",
+                    i as i64,
+                    EngineEvent::ControlRequested {
+                        control: Control::Pause,
+                        reason: None,
+                    },
+                ));
+            }
+            store.commit(group).await.unwrap();
+        }
+    }
+    tokio::join!(go(&a, 0), go(&other, 1));
+    let controls = EACH.div_ceil(3);
+    for s in [&a, &other] {
+        let v = audit::verify_store(s).await.unwrap();
+        assert_eq!(
+            v.result.map(|v| v.entries),
+            Ok((1 + 2 * EACH + controls) as u64)
+        );
+    }
+    let journal = a.journal("r1", 0).await.unwrap();
+    for w in 0..2 {
+        let order: Vec<String> = journal
+            .iter()
+            .filter_map(|e| match &e.event {
+                EngineEvent::StepStarted { step, .. } if step.starts_with(&format!("w{w}/")) => {
+                    Some(step.clone())
+                }
+                _ => None,
+            })
+            .collect();
+        let want: Vec<String> = (0..EACH).map(|i| format!("w{w}/s{i}")).collect();
+        assert_eq!(order, want, "writer {w}");
+    }
+}
+
 /// A commit that fails inside its transaction (a trigger refuses one entry) reaches its
 /// caller as an error, leaves nothing behind, and the writer goes on from the head the
 /// store really has: the next commits land and the chain verifies.
@@ -206,6 +264,7 @@ on_disk!(a_failed_commit_leaves_the_writer_on_the_true_head);
 
 on_both!(
     writers_taking_turns_keep_one_linear_chain,
+    two_writers_at_once_keep_one_linear_chain,
     events_update_steps_runs_and_approvals,
     concurrent_commits_are_grouped_and_the_chain_stays_linear,
     a_second_claim_on_a_run_is_refused_until_released,
