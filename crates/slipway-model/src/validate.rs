@@ -1735,7 +1735,7 @@ fn environment(cx: &mut Cx<'_>, spec: &ReleaseSpec, name: &str, e: &Environment)
 /// What each router can do with the canary's match routes and session affinity: the
 /// built-in proxy and nginx apply both (nginx reads a header through `$http_NAME`, so
 /// its name must be letters, digits and `-`); HAProxy applies match routes from a map
-/// file (`routes_map`) and session affinity by its cookie persistence, but not to a fleet
+/// file (`routes_map`) and session affinity by its cookie persistence, neither to a fleet
 /// canary on the ssh target (`ssh`).
 fn router_routes(
     cx: &mut Cx,
@@ -1781,7 +1781,21 @@ fn router_routes(
                     ),
                 );
             }
-            if !c.matches.is_empty() && r.haproxy.as_ref().is_some_and(|h| h.routes_map.is_none()) {
+            if !c.matches.is_empty() && ssh {
+                // A fleet canary counts and weighs per host; nothing there reads a map.
+                cx.err_key(
+                    "router-routes",
+                    &format!("{sp}/canary/match"),
+                    format!(
+                        "`{env}` runs a fleet canary on the ssh target through HAProxy, which does not apply the canary's `match` routes there (it does in front of the process target)"
+                    ),
+                    format!(
+                        "remove `match:` for `{env}` (an environment's own `strategy:` may leave it out), or deploy `{env}` with `target: {{ process: {{}} }}` behind HAProxy"
+                    ),
+                );
+            } else if !c.matches.is_empty()
+                && r.haproxy.as_ref().is_some_and(|h| h.routes_map.is_none())
+            {
                 cx.err_key(
                     "router-routes",
                     &format!("{sp}/canary/match"),

@@ -147,7 +147,8 @@ fn unsafe_environment_and_service_names_are_refused_naming_the_field() {
 /// Session affinity behind HAProxy: in front of the process target HAProxy applies it
 /// (its own cookie persistence; the backend's `cookie` line is checked against HAProxy at
 /// deploy time), so validation accepts it; a fleet canary on the ssh target does not
-/// apply it, and validation says so naming the field and the way out.
+/// apply it (nor `match` routes), and validation says so naming the field and the way
+/// out.
 #[test]
 fn haproxy_session_affinity_is_accepted_before_processes_and_refused_for_fleets() {
     let spec = |target: &str| {
@@ -190,5 +191,24 @@ environments:
         d.help.contains("remove `session_affinity:`") && d.help.contains("process"),
         "{}",
         d.help
+    );
+    // Match routes neither: a fleet canary reads no map, so they would be ignored.
+    let fleet = spec("{ ssh: { inventory: hosts.yaml } }")
+        .replace("backend: app }", "backend: app, routes_map: app.routes }")
+        .replace(
+            "session_affinity: { cookie: slipway-canary, max_age: 30m }",
+            "match: [ { headers: { x-canary: { exact: always } } } ]",
+        );
+    let errs = validate::load("fleet.yaml", &fleet).unwrap_err();
+    let shown = errs.render(false, 200);
+    assert!(
+        errs.diagnostics.iter().any(|d| d.code == "router-routes"
+            && d.message.contains("`match` routes")
+            && d.help.contains("remove `match:`")),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("environments.live.strategy.canary.match"),
+        "{shown}"
     );
 }
