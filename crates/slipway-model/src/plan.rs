@@ -866,7 +866,11 @@ pub fn plan(spec: &ReleaseSpec, env_name: &str, facts: &Facts) -> Result<Plan, S
             digest: p.digest.clone(),
         }),
     };
-    let base = digest_of(&plan);
+    // The base digest (no steps yet) keys the steps; the plan's digest adds them. Only
+    // `steps` and `target_files` differ between the two, so the canonical document is
+    // built once and those two fields replaced (building it is most of the digest's cost).
+    let mut canonical = canonical(&plan);
+    let base = hash_of(&canonical);
     plan.steps = steps(&plan, &base);
     // Template digests are facts (the planner reads no files); they go into the steps, and
     // so into the digest, but not into the idempotency keys' base.
@@ -885,7 +889,18 @@ pub fn plan(spec: &ReleaseSpec, env_name: &str, facts: &Facts) -> Result<Plan, S
     {
         plan.target_files.insert(t.inventory.clone(), d.clone());
     }
-    plan.digest = digest_of(&plan);
+    if let Some(m) = canonical.as_object_mut() {
+        m.insert("steps".into(), serde_json::json!(plan.steps));
+        if !plan.target_files.is_empty() {
+            m.insert("target_files".into(), serde_json::json!(plan.target_files));
+        }
+    }
+    plan.digest = hash_of(&canonical);
+    debug_assert_eq!(
+        plan.digest,
+        digest_of(&plan),
+        "the patched canonical document"
+    );
     Ok(plan)
 }
 
@@ -1046,6 +1061,11 @@ fn readiness_gate(
 /// serde_json's map is a BTreeMap (no `preserve_order` feature), so keys are sorted and the
 /// text is whitespace-free: reordering keys or reformatting the YAML cannot change it.
 pub fn digest_of(plan: &Plan) -> String {
+    hash_of(&canonical(plan))
+}
+
+/// The canonical JSON a plan's digest hashes.
+fn canonical(plan: &Plan) -> serde_json::Value {
     let mut depends: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
     for (n, s) in &plan.services {
         depends.insert(n, s.depends_on.iter().map(String::as_str).collect());
@@ -1088,44 +1108,81 @@ pub fn digest_of(plan: &Plan) -> String {
             m.insert("policy".into(), serde_json::json!(p));
         }
     }
-    hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
+    canonical
+}
+
+/// SHA-256 of a value's compact JSON text, in hex.
+fn hash_of(canonical: &serde_json::Value) -> String {
+    // Streamed into the hash: the same bytes as `canonical.to_string()` without holding
+    // a megabyte of text for a 2,000-service plan.
+    let mut hasher = HashWriter(Sha256::new());
+    // Writing to a hasher cannot fail, and a `Value` always serializes.
+    let _ = serde_json::to_writer(&mut hasher, canonical);
+    hex::encode(hasher.0.finalize())
+}
+
+/// `io::Write` into a SHA-256.
+struct HashWriter(Sha256);
+
+impl std::io::Write for HashWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Longest-path layering: a service's wave is one more than the latest of its
 /// dependencies; coupled services are pulled into the same (latest) wave.
 pub fn waves(services: &BTreeMap<String, Service>) -> Vec<Wave> {
-    let mut level: BTreeMap<&str, u32> = BTreeMap::new();
-    // Kahn-style iteration in a deterministic order; validation has ruled out cycles, but
-    // we still bound the loop so a cycle can never hang the planner.
-    let mut remaining: BTreeSet<&str> = services.keys().map(String::as_str).collect();
-    let mut rounds = 0usize;
-    while !remaining.is_empty() && rounds <= services.len() {
-        rounds += 1;
-        let ready: Vec<&str> = remaining
-            .iter()
-            .copied()
-            .filter(|n| {
-                services[*n]
-                    .depends_on
-                    .iter()
-                    .all(|d| level.contains_key(d.as_str()) || !services.contains_key(d))
-            })
-            .collect();
-        if ready.is_empty() {
-            break;
-        }
-        for n in ready {
-            let l = services[n]
-                .depends_on
+    // Kahn's algorithm over indices (each edge looked at once): a service's level is one
+    // more than the highest of its dependencies. Unknown dependencies are ignored; a
+    // service on a cycle (validation refuses those) never becomes ready and gets no level.
+    let names: Vec<&str> = services.keys().map(String::as_str).collect();
+    let index: std::collections::HashMap<&str, usize> =
+        names.iter().enumerate().map(|(i, n)| (*n, i)).collect();
+    let deps: Vec<Vec<usize>> = services
+        .values()
+        .map(|s| {
+            s.depends_on
                 .iter()
-                .filter_map(|d| level.get(d.as_str()))
-                .map(|l| l + 1)
-                .max()
-                .unwrap_or(0);
-            level.insert(n, l);
-            remaining.remove(n);
+                .filter_map(|d| index.get(d.as_str()).copied())
+                .collect()
+        })
+        .collect();
+    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); names.len()];
+    let mut waiting: Vec<usize> = vec![0; names.len()];
+    for (i, ds) in deps.iter().enumerate() {
+        waiting[i] = ds.len();
+        for &d in ds {
+            dependents[d].push(i);
         }
     }
+    let mut levels: Vec<Option<u32>> = vec![None; names.len()];
+    let mut ready: Vec<usize> = (0..names.len()).filter(|&i| waiting[i] == 0).collect();
+    while let Some(i) = ready.pop() {
+        levels[i] = Some(
+            deps[i]
+                .iter()
+                .filter_map(|&d| levels[d])
+                .map(|l| l + 1)
+                .max()
+                .unwrap_or(0),
+        );
+        for &j in &dependents[i] {
+            waiting[j] -= 1;
+            if waiting[j] == 0 {
+                ready.push(j);
+            }
+        }
+    }
+    let mut level: BTreeMap<&str, u32> = names
+        .iter()
+        .zip(&levels)
+        .filter_map(|(n, l)| l.map(|l| (*n, l)))
+        .collect();
     // Coupled groups move together: everyone in a group goes to the group's latest wave.
     // Repeat until stable because groups can chain.
     for _ in 0..services.len() {

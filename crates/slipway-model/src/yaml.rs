@@ -40,26 +40,52 @@ struct RawSpan {
 }
 
 /// JSON pointer → position in the source.
+///
+/// Built on first use: a spec that validates cleanly asks for no position, and recording
+/// one for each of a large spec's ~100,000 nodes was the larger part of parsing it. The
+/// first lookup parses the text again with positions (the same parser, the same options).
 #[derive(Debug, Clone, Default)]
 pub struct SpanMap {
+    /// The source, to parse again and to turn a line and column into a byte offset.
+    text: std::sync::Arc<str>,
+    spans: std::sync::Arc<std::sync::OnceLock<Spans>>,
+}
+
+/// The positions of one source: every pointer's, and the line starts.
+#[derive(Debug, Default)]
+struct Spans {
     // foldhash, not SipHash: the keys are the spec's own pointers (no attacker gains by
     // colliding them in a map built and dropped in one `validate`), and hashing ~100,000
     // of them with SipHash was 8 % of validating a large spec.
-    spans: HashMap<String, RawSpan, foldhash::fast::FixedState>,
-    /// The source, to turn a line and column into a byte offset and token length.
-    text: std::sync::Arc<str>,
-    starts: std::sync::Arc<[usize]>,
+    by_pointer: HashMap<String, RawSpan, foldhash::fast::FixedState>,
+    starts: Vec<usize>,
 }
 
 impl SpanMap {
+    fn lazy(text: &str) -> Self {
+        Self {
+            text: std::sync::Arc::from(text),
+            spans: std::sync::Arc::default(),
+        }
+    }
+
+    fn spans(&self) -> &Spans {
+        self.spans.get_or_init(|| {
+            // The text parsed once already; should the spanned parse refuse it anyway,
+            // positions fall back to the document's start rather than failing a lookup.
+            spanned(&self.text).map(|(_, s)| s).unwrap_or_default()
+        })
+    }
+
     /// The span recorded for a pointer, or the nearest recorded ancestor's.
     pub fn lookup(&self, pointer: &str) -> NodeSpan {
+        let spans = self.spans();
         let mut p = pointer;
         loop {
-            if let Some(s) = self.spans.get(p) {
+            if let Some(s) = spans.by_pointer.get(p) {
                 let lines = LineIndex {
                     text: &self.text,
-                    starts: std::borrow::Cow::Borrowed(&self.starts),
+                    starts: std::borrow::Cow::Borrowed(&spans.starts),
                 };
                 return NodeSpan {
                     value: pos_at(s.value, &lines),
@@ -75,7 +101,7 @@ impl SpanMap {
 
     /// Whether a pointer was present in the source.
     pub fn contains(&self, pointer: &str) -> bool {
-        self.spans.contains_key(pointer)
+        self.spans().by_pointer.contains_key(pointer)
     }
 }
 
@@ -174,6 +200,141 @@ impl<'de> Visitor<'de> for NodeVisitor {
             entries.push((k, v));
         }
         Ok(Node::Map(entries))
+    }
+}
+
+/// The document as a JSON value without positions: the same conversions as [`Node`] and
+/// [`flatten`] (big integers and non-finite floats become text, scalar keys their text),
+/// checked against them by the tests. A mapping as a key is refused here; the spanned
+/// reading reports it.
+struct Plain(serde_json::Value);
+
+impl<'de> Deserialize<'de> for Plain {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(PlainVisitor).map(Plain)
+    }
+}
+
+struct PlainVisitor;
+
+impl<'de> Visitor<'de> for PlainVisitor {
+    type Value = serde_json::Value;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any YAML value")
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(serde_json::Value::Null)
+    }
+    fn visit_none<E>(self) -> Result<Self::Value, E> {
+        Ok(serde_json::Value::Null)
+    }
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        Plain::deserialize(d).map(|p| p.0)
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(serde_json::Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(serde_json::Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(serde_json::Value::from(v))
+    }
+    fn visit_i128<E: serde::de::Error>(self, v: i128) -> Result<Self::Value, E> {
+        Ok(serde_json::Value::String(v.to_string()))
+    }
+    fn visit_u128<E: serde::de::Error>(self, v: u128) -> Result<Self::Value, E> {
+        Ok(serde_json::Value::String(v.to_string()))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(serde_json::Number::from_f64(v)
+            .map(serde_json::Value::Number)
+            .unwrap_or_else(|| serde_json::Value::String(v.to_string())))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(serde_json::Value::String(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(serde_json::Value::String(v))
+    }
+    fn visit_bytes<E: serde::de::Error>(self, _: &[u8]) -> Result<Self::Value, E> {
+        Err(E::custom("binary values are not allowed in a release spec"))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(Plain(item)) = seq.next_element::<Plain>()? {
+            items.push(item);
+        }
+        Ok(serde_json::Value::Array(items))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut out = serde_json::Map::new();
+        while let Some(PlainKey(name)) = map.next_key::<PlainKey>()? {
+            let Plain(v) = map.next_value::<Plain>()?;
+            out.insert(name, v);
+        }
+        Ok(serde_json::Value::Object(out))
+    }
+}
+
+/// A mapping key as [`flatten`] names it: a scalar's text as Rust prints it (a float key
+/// `1.0` is `1`, as in the spanned reading), a collection refused.
+struct PlainKey(String);
+
+impl<'de> Deserialize<'de> for PlainKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(KeyVisitor).map(PlainKey)
+    }
+}
+
+struct KeyVisitor;
+
+impl<'de> Visitor<'de> for KeyVisitor {
+    type Value = String;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a scalar key")
+    }
+    fn visit_unit<E>(self) -> Result<String, E> {
+        Ok("null".to_owned())
+    }
+    fn visit_none<E>(self) -> Result<String, E> {
+        Ok("null".to_owned())
+    }
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<String, D::Error> {
+        PlainKey::deserialize(d).map(|k| k.0)
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<String, E> {
+        Ok(v.to_string())
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<String, E> {
+        Ok(v.to_string())
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<String, E> {
+        Ok(v.to_string())
+    }
+    fn visit_i128<E: serde::de::Error>(self, v: i128) -> Result<String, E> {
+        Ok(v.to_string())
+    }
+    fn visit_u128<E: serde::de::Error>(self, v: u128) -> Result<String, E> {
+        Ok(v.to_string())
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<String, E> {
+        Ok(v.to_string())
+    }
+    fn visit_str<E>(self, v: &str) -> Result<String, E> {
+        Ok(v.to_owned())
+    }
+    fn visit_string<E>(self, v: String) -> Result<String, E> {
+        Ok(v)
+    }
+    fn visit_bytes<E: serde::de::Error>(self, _: &[u8]) -> Result<String, E> {
+        Err(E::custom("binary values are not allowed in a release spec"))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, _: A) -> Result<String, A::Error> {
+        Err(serde::de::Error::custom("a mapping key must be a scalar"))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, _: A) -> Result<String, A::Error> {
+        Err(serde::de::Error::custom("a mapping key must be a scalar"))
     }
 }
 
@@ -288,7 +449,24 @@ pub fn parse(text: &str) -> Result<(serde_json::Value, SpanMap), Vec<Diagnostic>
             "point -f at the release spec (a .yaml file)",
         )]);
     }
-    let options = serde_saphyr::options! {
+    // Fast path: the value alone. Positions are only needed for a diagnostic, and the
+    // span map parses again with them when asked. Anything the plain reading refuses
+    // (a syntax error, a mapping as a key, a budget exceeded) takes the spanned path,
+    // which reports it with its position.
+    if let Ok(Plain(value)) = serde_saphyr::from_str_with_options::<Plain>(text, options()) {
+        return Ok((value, SpanMap::lazy(text)));
+    }
+    let (value, spans) = spanned(text)?;
+    let map = SpanMap {
+        text: std::sync::Arc::from(text),
+        spans: std::sync::Arc::new(std::sync::OnceLock::from(spans)),
+    };
+    Ok((value, map))
+}
+
+/// The parser's limits and policies, the same for both readings.
+fn options() -> serde_saphyr::Options {
+    serde_saphyr::options! {
         budget: serde_saphyr::budget! {
             max_depth: MAX_DEPTH,
             max_aliases: 1_000,
@@ -304,20 +482,23 @@ pub fn parse(text: &str) -> Result<(serde_json::Value, SpanMap), Vec<Diagnostic>
         duplicate_keys: serde_saphyr::options::DuplicateKeyPolicy::Error,
         with_snippet: false,
         strict_booleans: true,
-    };
-    let root: Spanned<Node> = match serde_saphyr::from_str_with_options(text, options) {
+    }
+}
+
+/// The value with every node's position: the reading that names where a problem is.
+fn spanned(text: &str) -> Result<(serde_json::Value, Spans), Vec<Diagnostic>> {
+    let root: Spanned<Node> = match serde_saphyr::from_str_with_options(text, options()) {
         Ok(root) => root,
         Err(e) => return Err(vec![yaml_error(&e, text)]),
     };
     let lines = LineIndex::new(text);
-    let mut map = SpanMap {
-        spans: HashMap::default(),
-        text: std::sync::Arc::from(text),
-        starts: std::sync::Arc::from(&*lines.starts),
+    let mut spans = Spans {
+        by_pointer: HashMap::default(),
+        starts: lines.starts.to_vec(),
     };
     let mut path = String::new();
-    let value = flatten(root, &mut path, None, &lines, &mut map)?;
-    Ok((value, map))
+    let value = flatten(root, &mut path, None, &lines, &mut spans)?;
+    Ok((value, spans))
 }
 
 fn yaml_error(e: &serde_saphyr::Error, text: &str) -> Diagnostic {
@@ -390,12 +571,13 @@ fn flatten(
     path: &mut String,
     key: Option<(u32, u32)>,
     lines: &LineIndex<'_>,
-    map: &mut SpanMap,
+    map: &mut Spans,
 ) -> Result<serde_json::Value, Vec<Diagnostic>> {
     use serde_json::Value;
     use std::fmt::Write as _;
     let here = raw_of(&node.referenced);
-    map.spans.insert(path.clone(), RawSpan { value: here, key });
+    map.by_pointer
+        .insert(path.clone(), RawSpan { value: here, key });
     let len = path.len();
     Ok(match node.value {
         Node::Null => Value::Null,
@@ -456,4 +638,98 @@ fn flatten(
             Value::Object(out)
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The plain reading and the spanned one give the same value for every text the plain
+    /// one accepts: the fast path must not change what a spec means.
+    fn agree(text: &str) {
+        let plain = serde_saphyr::from_str_with_options::<Plain>(text, options());
+        let spanned = spanned(text);
+        if let Ok(Plain(p)) = plain {
+            match spanned {
+                Ok((v, _)) => assert_eq!(p, v, "the readings differ on:\n{text}"),
+                Err(d) => panic!("only the plain reading accepts:\n{text}\n{d:?}"),
+            }
+        }
+    }
+
+    fn yaml_files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                if !p.ends_with("target") && !p.ends_with(".git") {
+                    yaml_files(&p, out);
+                }
+            } else if p.extension().is_some_and(|x| x == "yaml" || x == "yml") {
+                out.push(p);
+            }
+        }
+    }
+
+    #[test]
+    fn the_plain_reading_agrees_with_the_spanned_one() {
+        let tricky = [
+            "a: 1\nb: -2\nc: 18446744073709551615\nd: 170141183460469231731687303715884105727\n",
+            "a: 1.0\nb: 1.5e300\nc: .nan\nd: -.inf\ne: .inf\nf: 0x1F\ng: 0o17\n",
+            "1: a\n1.0: b\n2.5: c\ntrue: d\nnull: e\n~: f\n-3: g\n",
+            "a: &x { b: [1, 2, { c: d }] }\ne: *x\nf:\n  <<: *x\n  g: h\n",
+            "'a/b~c': 1\n\"q\": 'x'\nlist:\n  - ~\n  - null\n  - ''\n  - \"1\"\n",
+            "a: !!str 12\nb: !!int \"13\"\nc: !!float 1\nd: yes\ne: True\n",
+            "a:\nb: |\n  text\n  more\nc: >-\n  folded\n",
+            "[1, 2]: x\n",
+            "{a: b}: x\n",
+            "a: b\na: c\n",
+            "- a\n- b\n",
+            "plain",
+            "a: !!binary aGVsbG8=\n",
+        ];
+        for t in tricky {
+            agree(t);
+        }
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let mut files = Vec::new();
+        yaml_files(&root.join("examples"), &mut files);
+        yaml_files(&root.join("crates"), &mut files);
+        assert!(files.len() > 10, "found only {files:?}");
+        for (n, f) in files.iter().enumerate() {
+            let Ok(text) = std::fs::read_to_string(f) else {
+                continue;
+            };
+            agree(&text);
+            // Damaged copies (of every fourth file, at every 331st character, to keep the
+            // debug build's run short): cut short, and YAML punctuation inserted.
+            if n % 4 != 0 {
+                continue;
+            }
+            for (i, _) in text.char_indices().step_by(331) {
+                agree(&text[..i]);
+                for c in [":", "-", "'", "&a ", "*a", "{", "[", "#", "1.0", "~"] {
+                    let mut t = text.clone();
+                    t.insert_str(i, c);
+                    agree(&t);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_clean_parse_finds_positions_when_asked() {
+        let (_, spans) = parse("a:\n  b: 1\n  c: [x, y]\n").expect("parses");
+        let c1 = spans.lookup("/a/c/1");
+        assert_eq!((c1.value.line, c1.value.column), (3, 10));
+        assert_eq!(
+            spans.lookup("/a/b").key.map(|k| (k.line, k.column)),
+            Some((2, 3))
+        );
+        assert!(spans.contains("/a/c") && !spans.contains("/a/d"));
+        // Unknown pointers fall back to their nearest ancestor.
+        assert_eq!(spans.lookup("/a/c/9").value.line, 3);
+    }
 }
