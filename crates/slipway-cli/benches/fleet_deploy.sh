@@ -5,6 +5,8 @@
 #
 # Usage: crates/slipway-cli/benches/fleet_deploy.sh
 #   HOSTS=20 REPS=3 PAR2=5 DEPLOY_USER=deploy TOOLS="slipway ansible pyinfra"
+#   SLIPWAY_BIN=path (a given slipway binary instead of building one: A/B of two builds)
+#   CONNECTS=n (the inventory's `connect_parallelism`; unset: Slipway's default)
 #   (environment overrides; PAR2= empty skips Slipway's second pass at parallelism 5)
 #
 # Hosts: HOSTS sshd on 127.0.0.1, each on a free port with its own generated ed25519 host
@@ -53,7 +55,9 @@ for tool in sshd ssh-keygen ssh; do
   command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install -y openssh-server openssh-client" >&2; exit 1; }
 done
 
-if [[ " $TOOLS " == *" slipway "* ]]; then
+if [ -n "${SLIPWAY_BIN:-}" ]; then
+  SLIPWAY=$SLIPWAY_BIN
+elif [[ " $TOOLS " == *" slipway "* ]]; then
   cargo build --release --quiet -p slipway-cli --bin slipway
   TARGET=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
   SLIPWAY=$TARGET/release/slipway
@@ -216,6 +220,7 @@ slipway_spec() {
     echo "known_hosts: $WORK/known_hosts"
     echo "identity: $WORK/id_ed25519"
     echo "user: $DEPLOY_USER"
+    [ -z "${CONNECTS:-}" ] || echo "connect_parallelism: $CONNECTS"
     echo "hosts:"
     for i in $(seq 1 "$HOSTS"); do
       local r=$WORK/roots/slipway/host$i

@@ -322,6 +322,96 @@ fn slipway_killed_mid_step_then_resumed_runs_the_step_once_per_host() {
     assert_eq!(status(&dir)["run"]["state"], "succeeded");
 }
 
+/// Whether the completion marker of some step of some run is on the host (a file of the
+/// run's marker directory named by its key: no dot, unlike `.lock`, `.out`, `.err` and
+/// `.host-failed`).
+fn has_marker(root: &Path) -> bool {
+    let Ok(runs) = std::fs::read_dir(root.join("state/markers")) else {
+        return false;
+    };
+    runs.flatten().any(|run| {
+        std::fs::read_dir(run.path()).is_ok_and(|files| {
+            files
+                .flatten()
+                .any(|f| !f.file_name().to_string_lossy().contains('.'))
+        })
+    })
+}
+
+/// The crash window between a step's effect and the journal: `slipway` is stopped
+/// (SIGSTOP) while the step runs, so it cannot learn of its end; the step then finishes
+/// on every host and writes its completion marker, and only then is `slipway` SIGKILLed.
+/// The run's journal never saw the step succeed; `slipway resume` finds the markers and
+/// does not run the step again: each host's effect happened exactly once.
+#[test]
+fn slipway_killed_after_the_marker_before_the_journal_does_not_run_the_step_again() {
+    let fleet = Fleet::start(2);
+    let (dir, roots) = setup(
+        &fleet,
+        "  web:
+    steps:
+      - name: install
+        timeout: 60s
+        run: 'touch \"$ROOT/started\"; while [ ! -e \"$ROOT/go\" ]; do sleep 0.05; done; echo x >> \"$ROOT/count\"; echo done'
+",
+    );
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_slipway"))
+        .env(
+            "SLIPWAY_STORE",
+            format!("sqlite://{}", dir.join("store.db").display()),
+        )
+        .env("NO_COLOR", "1")
+        .args(["deploy", "--env", "fleet", "-f"])
+        .arg(dir.join("release.yaml"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let signal = |sig: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success(), "kill {sig} failed");
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !roots.iter().all(|r| r.join("started").exists()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the step never started on every host"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    signal("-STOP");
+    for root in &roots {
+        std::fs::write(root.join("go"), "").unwrap();
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !roots.iter().all(|r| has_marker(r)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the step never wrote its marker on every host"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    signal("-KILL");
+    child.wait().unwrap();
+    let s = status(&dir);
+    let id = s["run"]["id"].as_str().unwrap().to_owned();
+    assert_ne!(s["run"]["state"], "succeeded", "{s:#}");
+    let o = run(&dir, &["resume", &id]);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    for root in &roots {
+        assert_eq!(
+            std::fs::read_to_string(root.join("count")).unwrap(),
+            "x\n",
+            "{}",
+            root.display()
+        );
+    }
+    assert_eq!(status(&dir)["run"]["state"], "succeeded");
+}
+
 /// The inventory (which hosts, as whom) is pinned into the plan by its sha256: editing it
 /// makes another plan (another digest, so approvals of the old one do not carry over),
 /// and a run made with the old one refuses to go on until the file is restored.

@@ -11,6 +11,7 @@
 //!                               # is refused (never trusted on first use)
 //! identity: id_ed25519          # private key for every host (OpenSSH format, no passphrase)
 //! user: deploy                  # remote user for every host
+//! connect_parallelism: 32       # optional; SSH handshakes in flight at once (default 32)
 //! hosts:                        # in the order they are worked on
 //!   - name: web1
 //!     address: 10.0.0.11        # as it appears in known_hosts (`[address]:port` if port != 22)
@@ -28,20 +29,29 @@
 //!
 //! The user of a host is the host's `user`, else the target's `user`, else the file's.
 //!
+//! `connect_parallelism` bounds the handshakes (TCP, key exchange, authentication) in
+//! flight at once, whatever the target's `parallelism`: a handshake costs the host (and
+//! a fleet of local test hosts, this machine) a process start and a key exchange, and
+//! hundreds at once starve each other (and meet sshd's `MaxStartups`) instead of
+//! finishing sooner. The sessions are kept for the run, so this only paces its start.
+//!
 //! # Exactly once, on the host
 //!
 //! As in [`crate::exec`], each attempt runs under `flock` on the host, on
 //! `<state_dir>/markers/<run>/<key>.lock` (`state_dir` defaults to `~/.slipway`), and the
 //! shell holding the lock skips the command when the completion marker
-//! `<state_dir>/markers/<run>/<key>` exists, else runs it and
-//! writes the marker on exit 0. The attempt runs in a session of its own (`setsid`) with
-//! its output in files beside the marker, so slipway dying (the connection dropping) does
-//! not hang it up or kill it through a closed pipe: it finishes on its own, and `observe`
-//! waits for its lock before looking at the marker. Its timeout is applied on the host
-//! (`timeout`, killing it there). The lock is held by `flock -o` itself, never inherited
-//! by what the command starts, so a step that starts a service does not keep its step
-//! locked for the service's life. The host needs `flock`, `setsid` and `timeout`
-//! (util-linux and coreutils).
+//! `<state_dir>/markers/<run>/<key>` exists (or the step's `creates`/`unless` guard
+//! holds), else runs it and writes the marker on exit 0. One step on one host is one
+//! channel and one process tree: the login shell takes the lock (on a descriptor of its
+//! own, which the command does not inherit, so a step that starts a service does not keep
+//! its step locked for the service's life), checks, runs the command under `timeout`
+//! with its output in files beside the marker, writes the marker, and only then sends
+//! the output back. Without a terminal nothing signals that shell when the connection
+//! drops, and the command writes to files, not to the connection: slipway dying
+//! mid-step leaves the attempt to finish and write its marker on its own, and `observe`
+//! waits for its lock before looking at the marker. The timeout is applied on the host
+//! (`timeout`, killing the command there), to the wait for the lock too. The host needs
+//! `flock` and `timeout` (util-linux and coreutils).
 //!
 //! # Waves
 //!
@@ -116,6 +126,9 @@ use crate::ssh_service::{self, SshService};
 /// How long connecting to one host (TCP, key exchange, authentication) may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// Handshakes in flight at once unless the inventory sets `connect_parallelism`.
+pub const DEFAULT_CONNECT_PARALLELISM: usize = 32;
+
 /// What the wrapper prints when the completion marker already exists.
 const MARKER_SENTINEL: &str = "slipway: completion marker present, nothing to do";
 
@@ -129,24 +142,93 @@ const EXCLUDED_MARKER: &str = ".host-failed";
 /// What the undo script prints when the step left no marker on the host.
 const NO_MARKER_SENTINEL: &str = "slipway: no completion marker, nothing to undo";
 
-/// The undo wrapper run under the step's lock: `$1` the step's completion marker, `$2`
-/// the undo command, `$3` the sentinel printed when there is no marker (nothing of this
-/// run to undo here, or an earlier undo finished). The marker goes once the undo
-/// succeeded, so it is also the undo's completion evidence.
-const UNDO_WRAPPER: &str = r#"if [ ! -e "$1" ]; then echo "$3" >&2; exit 0; fi
-sh -c "$2"
-rc=$?
-if [ "$rc" -eq 0 ]; then rm -f "$1" || exit 75; fi
-exit "$rc""#;
+/// The undo's script on a host, as [`step_script`]: in the login shell, under the
+/// step's lock, the undo command runs only where the step's completion marker is (else
+/// [`NO_MARKER_SENTINEL`]: nothing of this run to undo here, or an earlier undo
+/// finished), and the marker goes once the undo succeeded, so it is also the undo's
+/// completion evidence.
+fn undo_script(dir: &str, marker: &str, cmd: &str, secs: u64, keep: usize) -> String {
+    let no_marker = sh_quote(NO_MARKER_SENTINEL);
+    format!(
+        "{{ [ -d {dir} ] || {{ echo {no_marker} >&2; exit 0; }}\n\
+         exec 9>>{marker}.lock || exit 1\n\
+         flock -w {secs} 9 || {{ echo {} >&2; exit 75; }}\n\
+         if [ ! -e {marker} ]; then echo {no_marker} >&2; exit 0; fi\n\
+         timeout -k 5 {secs} sh -c {} >{marker}.undo.out 2>{marker}.undo.err </dev/null 9>&-\n\
+         rc=$?\n\
+         if [ $rc -eq 0 ]; then rm -f {marker} || rc=75; fi\n\
+         if [ -s {marker}.undo.out ]; then tail -c {keep} {marker}.undo.out; : >{marker}.undo.out; fi\n\
+         if [ -s {marker}.undo.err ]; then tail -c {keep} {marker}.undo.err >&2; : >{marker}.undo.err; fi\n\
+         exit $rc; }}",
+        sh_quote(LOCK_SENTINEL),
+        sh_quote(cmd),
+    )
+}
 
-/// The wrapper run under the lock: `$1` marker, `$2` command, `$3` sentinel, `$4` the
-/// run's exclusion marker, `$5` its sentinel.
-const WRAPPER: &str = r#"if [ -e "$4" ]; then echo "$5" >&2; exit 0; fi
-if [ -e "$1" ]; then echo "$3" >&2; exit 0; fi
-sh -c "$2"
-rc=$?
-if [ "$rc" -eq 0 ]; then : > "$1"; fi
-exit "$rc""#;
+/// What the step script prints when the step's `creates` path exists.
+const CREATES_SENTINEL: &str = "slipway: guard `creates` holds, nothing to do";
+
+/// What the step script prints when the step's `unless` command exited 0.
+const UNLESS_SENTINEL: &str = "slipway: guard `unless` holds, nothing to do";
+
+/// What the step script prints when an earlier attempt of the step (e.g. of a slipway
+/// that died) still held the step's lock after the step's timeout.
+const LOCK_SENTINEL: &str = "slipway: an earlier attempt of this step still holds its lock";
+
+/// The step's script on a host, run by the login shell in the host's workdir: the whole
+/// attempt (lock, exclusion and marker checks, guards, the command, the marker, the
+/// output) in that one shell, so that a step costs the host one process tree and one
+/// channel. Besides the shell: `mkdir` once per run (the run's marker directory),
+/// `flock` (takes the lock on the shell's descriptor 9 and exits: the lock is the
+/// shell's), `timeout` and `sh -c` for the command (and for `unless`), `tail` only for
+/// a stream that is not empty.
+///
+/// Why it is safe for the login shell to hold the lock: without a terminal nothing
+/// signals it when the connection drops (sshd does not, and there is no hang-up), and
+/// it writes to the connection only after the marker, so slipway dying mid-step leaves
+/// it to finish the attempt, write the marker and only then release the lock (by
+/// exiting); `observe` waits for that lock. The command's output goes to files beside
+/// the marker (a closed pipe would kill it), read back and emptied (secrets do not stay
+/// there) once it ended. Descriptor 9 is closed for the command, so a service it starts
+/// does not keep the step locked. The lock wait is bounded by the step's timeout too,
+/// so nothing starts on the host after slipway stopped waiting for it.
+fn step_script(dir: &str, marker: &str, step: &ExecStep, secs: u64, keep: usize) -> String {
+    let mut s = format!(
+        "{{ [ -d {dir} ] || mkdir -p {dir} || exit 1\n\
+         exec 9>>{marker}.lock || exit 1\n\
+         flock -w {secs} 9 || {{ echo {} >&2; exit 75; }}\n\
+         if [ -e {dir}/{EXCLUDED_MARKER} ]; then echo {} >&2; exit 0; fi\n\
+         if [ -e {marker} ]; then echo {} >&2; exit 0; fi\n",
+        sh_quote(LOCK_SENTINEL),
+        sh_quote(EXCLUDED_SENTINEL),
+        sh_quote(MARKER_SENTINEL),
+    );
+    if let Some(p) = &step.creates {
+        s.push_str(&format!(
+            "if [ -e {} ]; then echo {} >&2; exit 0; fi\n",
+            sh_quote(p),
+            sh_quote(CREATES_SENTINEL)
+        ));
+    }
+    if let Some(cmd) = &step.unless {
+        s.push_str(&format!(
+            "if timeout -k 5 {secs} sh -c {} >/dev/null 2>&1 </dev/null 9>&-; then echo {} >&2; exit 0; fi\n",
+            sh_quote(cmd),
+            sh_quote(UNLESS_SENTINEL)
+        ));
+    }
+    s.push_str(&format!(
+        "timeout -k 5 {secs} sh -c {} >{marker}.out 2>{marker}.err </dev/null 9>&-\n\
+         rc=$?\n\
+         if [ $rc -eq 0 ]; then : >{marker} || {{ echo {} >&2; rc=75; }}; fi\n\
+         if [ -s {marker}.out ]; then tail -c {keep} {marker}.out; : >{marker}.out; fi\n\
+         if [ -s {marker}.err ]; then tail -c {keep} {marker}.err >&2; : >{marker}.err; fi\n\
+         exit $rc; }}",
+        sh_quote(&step.run),
+        sh_quote("slipway: could not write the completion marker")
+    ));
+    s
+}
 
 // ---------------------------------------------------------------------------------------
 // Inventory
@@ -157,6 +239,7 @@ struct RawInventory {
     known_hosts: Option<String>,
     identity: Option<String>,
     user: Option<String>,
+    connect_parallelism: Option<u32>,
     #[serde(default)]
     ports: BTreeMap<String, u16>,
     #[serde(default)]
@@ -225,6 +308,8 @@ pub struct Inventory {
     pub identity: Option<PathBuf>,
     /// Default user.
     pub user: Option<String>,
+    /// SSH handshakes in flight at once (at least 1).
+    pub connect_parallelism: usize,
     /// Hosts in file order.
     pub hosts: Vec<Host>,
     /// Groups: name → host names.
@@ -264,7 +349,7 @@ impl Inventory {
         };
         let raw: RawInventory = serde_saphyr::from_str(text).map_err(|e| {
             err(format!(
-                "{e}; fix: the fields are known_hosts, identity, user, ports, hosts (list of name, address, port, user, identity, workdir, state_dir, env, ports) and groups (name: [host, ...])"
+                "{e}; fix: the fields are known_hosts, identity, user, connect_parallelism, ports, hosts (list of name, address, port, user, identity, workdir, state_dir, env, ports) and groups (name: [host, ...])"
             ))
         })?;
         let dir = path.parent().unwrap_or(Path::new("."));
@@ -274,6 +359,11 @@ impl Inventory {
                 "`known_hosts` is missing; fix: add `known_hosts: FILE` with the hosts' keys (e.g. from `ssh-keyscan` checked against the hosts' real fingerprints); host keys are never trusted on first use".into(),
             ));
         };
+        if raw.connect_parallelism == Some(0) {
+            return Err(err(
+                "`connect_parallelism` is 0; fix: allow at least 1 SSH handshake at once (default 32)".into(),
+            ));
+        }
         if raw.hosts.is_empty() {
             return Err(err(
                 "`hosts` is empty; fix: list the hosts as `hosts: [{ name: web1, address: 10.0.0.11 }]`".into(),
@@ -348,6 +438,9 @@ impl Inventory {
             known_hosts: abs(known_hosts),
             identity: raw.identity.as_deref().map(abs),
             user: raw.user,
+            connect_parallelism: raw
+                .connect_parallelism
+                .map_or(DEFAULT_CONNECT_PARALLELISM, |n| n as usize),
             hosts,
             groups: raw.groups,
         })
@@ -764,6 +857,8 @@ impl Session {
 pub struct SshTarget {
     endpoints: Vec<Endpoint>,
     parallelism: usize,
+    /// Handshakes in flight at once (the inventory's `connect_parallelism`).
+    connect_parallelism: usize,
     /// Hosts per wave (at least 1).
     batch: usize,
     /// Hosts that may fail during the run (less than the number of hosts).
@@ -845,6 +940,7 @@ impl SshTarget {
         Ok(Self {
             endpoints,
             parallelism: parallelism.map_or(1, |p| p.max(1) as usize),
+            connect_parallelism: inventory.connect_parallelism.max(1),
             batch,
             max_failures: 0,
             excluded: Arc::default(),
@@ -992,7 +1088,7 @@ impl SshTarget {
     }
 
     /// A session to every host, in host order: the open ones kept from an earlier step,
-    /// new ones connected (bounded by `parallelism`) with their host keys checked and
+    /// new ones connected (bounded by `parallelism` and `connect_parallelism`) with their host keys checked and
     /// their key authenticated; every problem is named, host by host, and then none of
     /// the sessions is handed out.
     pub async fn connect_all(&self) -> Result<Vec<Arc<Session>>, TargetError> {
@@ -1096,13 +1192,18 @@ impl SshTarget {
             .copied()
             .filter(|i| !pool.contains_key(i))
             .collect();
-        let futs: Vec<_> = todo.iter().map(|&i| connect(&self.endpoints[i])).collect();
-        let results: Vec<Result<Session, SshError>> = futures_util::stream::iter(futs)
-            .buffered(self.parallelism)
+        // Unordered: one slow handshake does not hold back the start of the others.
+        let futs: Vec<_> = todo
+            .iter()
+            .map(|&i| async move { (i, connect(&self.endpoints[i]).await) })
+            .collect();
+        let mut results: Vec<(usize, Result<Session, SshError>)> = futures_util::stream::iter(futs)
+            .buffer_unordered(self.parallelism.min(self.connect_parallelism))
             .collect()
             .await;
+        results.sort_by_key(|(i, _)| *i);
         let mut problems = Vec::new();
-        for (i, r) in todo.into_iter().zip(results) {
+        for (i, r) in results {
             match r {
                 Ok(s) => {
                     pool.insert(i, Arc::new(s));
@@ -1474,51 +1575,26 @@ impl SshTarget {
     }
 
     async fn apply_host(&self, s: &Session, ctx: &StepContext, step: &ExecStep) -> HostOutcome {
-        match self.guard(s, ctx, step).await {
-            Ok(Some(g)) => return HostOutcome::AlreadyDone(g),
-            Ok(None) => {}
-            Err((m, o)) => return HostOutcome::Failed(m, o),
-        }
         let t = match self.timeout(step) {
             Ok(t) => t,
             Err(e) => return HostOutcome::Failed(e.to_string(), StepOutput::default()),
         };
         let host = &s.endpoint().host;
-        let dir = Self::marker_dir(host, ctx);
-        let marker = Self::marker(host, ctx);
-        // The attempt runs in a session of its own with its output in files on the host:
-        // if slipway dies or the connection drops, it is neither hung up on nor killed
-        // by a closed pipe, and finishes (and writes its marker) on its own; `observe`
-        // waits for its lock. The timeout is applied on the host, inside that session.
-        // Shell tests spare a process where there is nothing to do (the run's marker
-        // directory exists after its first step; most steps write nothing to stderr):
-        // each process start on the host is paid per step per host.
         let secs = t.as_secs().max(1);
-        let keep = self.keep();
-        let script = format!(
-            "[ -d {dir} ] || mkdir -p {dir} || exit 1\n\
-             setsid -w timeout -k 5 {secs} flock -o {marker}.lock sh -c {} slipway-step {marker} {} {} {dir}/{EXCLUDED_MARKER} {} >{marker}.out 2>{marker}.err </dev/null &\n\
-             wait $!\n\
-             rc=$?\n\
-             if [ -s {marker}.out ]; then tail -c {keep} {marker}.out; fi\n\
-             if [ -s {marker}.err ]; then tail -c {keep} {marker}.err >&2; fi\n\
-             rm -f {marker}.out {marker}.err\n\
-             exit $rc",
-            sh_quote(WRAPPER),
-            sh_quote(&step.run),
-            sh_quote(MARKER_SENTINEL),
-            sh_quote(EXCLUDED_SENTINEL)
+        let script = step_script(
+            &Self::marker_dir(host, ctx),
+            &Self::marker(host, ctx),
+            step,
+            secs,
+            self.keep(),
         );
         let line = Self::in_workdir(host, &script);
-        // The host enforces `t`; this bound only covers a host that stops answering.
-        let ran = s
-            .run(
-                &line,
-                &self.env(ctx, host),
-                t + Duration::from_secs(15),
-                self.keep(),
-            )
-            .await;
+        // The host bounds each wait of the script (the lock, `unless`, the command) by
+        // the step's timeout (`timeout -k 5` kills 5 s after it); this bound only covers a
+        // host that stops answering.
+        let waits: u32 = if step.unless.is_some() { 3 } else { 2 };
+        let bound = (t + Duration::from_secs(5)) * waits + Duration::from_secs(10);
+        let ran = s.run(&line, &self.env(ctx, host), bound, self.keep()).await;
         let ran = match ran {
             Ok((o, false)) => Ok(self.redact(o)),
             Ok((o, true)) => Err((
@@ -1542,6 +1618,29 @@ impl SshTarget {
             }
             Ok(o) if o.exit_code == Some(0) && o.stderr.trim_end() == MARKER_SENTINEL => {
                 HostOutcome::AlreadyDone("completion marker of an earlier attempt".into())
+            }
+            Ok(o) if o.exit_code == Some(0) && o.stderr.trim_end() == CREATES_SENTINEL => {
+                HostOutcome::AlreadyDone(format!(
+                    "creates: {} exists",
+                    step.creates.as_deref().unwrap_or_default()
+                ))
+            }
+            Ok(o) if o.exit_code == Some(0) && o.stderr.trim_end() == UNLESS_SENTINEL => {
+                HostOutcome::AlreadyDone(format!(
+                    "unless: `{}` exited 0",
+                    step.unless.as_deref().unwrap_or_default()
+                ))
+            }
+            Ok(o) if o.exit_code == Some(75) && o.stderr.trim_end() == LOCK_SENTINEL => {
+                HostOutcome::Failed(
+                    format!(
+                        "an earlier attempt of `{}` still held its lock on {} after {}: it was not started again; fix: wait for that attempt (`slipway resume` observes it) or raise the step's `timeout`",
+                        step.run,
+                        s.endpoint().label(),
+                        format_duration(t)
+                    ),
+                    o,
+                )
             }
             Ok(o) if o.exit_code == Some(0) => HostOutcome::Ran(o),
             Ok(o) => HostOutcome::Failed(
@@ -1569,34 +1668,18 @@ impl SshTarget {
         t: Duration,
     ) -> Result<Option<StepOutput>, (String, StepOutput)> {
         let host = &s.endpoint().host;
-        let dir = Self::marker_dir(host, ctx);
-        let marker = Self::marker(host, ctx);
-        let secs = t.as_secs().max(1);
-        let no_marker = sh_quote(NO_MARKER_SENTINEL);
-        let keep = self.keep();
-        let script = format!(
-            "[ -d {dir} ] || {{ echo {no_marker} >&2; exit 0; }}\n\
-             setsid -w timeout -k 5 {secs} flock -o {marker}.lock sh -c {} slipway-undo {marker} {} {no_marker} >{marker}.undo.out 2>{marker}.undo.err </dev/null &\n\
-             wait $!\n\
-             rc=$?\n\
-             if [ -s {marker}.undo.out ]; then tail -c {keep} {marker}.undo.out; fi\n\
-             if [ -s {marker}.undo.err ]; then tail -c {keep} {marker}.undo.err >&2; fi\n\
-             rm -f {marker}.undo.out {marker}.undo.err\n\
-             exit $rc",
-            sh_quote(UNDO_WRAPPER),
-            sh_quote(cmd),
+        let script = undo_script(
+            &Self::marker_dir(host, ctx),
+            &Self::marker(host, ctx),
+            cmd,
+            t.as_secs().max(1),
+            self.keep(),
         );
         let line = Self::in_workdir(host, &script);
-        // The host enforces `t`; this bound only covers a host that stops answering.
-        let o = match s
-            .run(
-                &line,
-                &self.env(ctx, host),
-                t + Duration::from_secs(15),
-                self.keep(),
-            )
-            .await
-        {
+        // The host bounds the lock wait and the undo by `t` each (`timeout -k 5`); this
+        // bound only covers a host that stops answering.
+        let bound = (t + Duration::from_secs(5)) * 2 + Duration::from_secs(10);
+        let o = match s.run(&line, &self.env(ctx, host), bound, self.keep()).await {
             Ok((o, false)) => self.redact(o),
             Ok((o, true)) => {
                 return Err((
@@ -1609,6 +1692,14 @@ impl SshTarget {
         match o.exit_code {
             Some(0) if o.stderr.trim_end() == NO_MARKER_SENTINEL => Ok(None),
             Some(0) => Ok(Some(o)),
+            Some(75) if o.stderr.trim_end() == LOCK_SENTINEL => Err((
+                format!(
+                    "an earlier attempt or undo of this step still held its lock on {} after {}: the undo was not started; fix: wait for it (`slipway resume` observes it) or raise the step's `timeout`",
+                    s.endpoint().label(),
+                    format_duration(t)
+                ),
+                o,
+            )),
             Some(124) => Err((
                 format!(
                     "undo `{cmd}` timed out after {} (exit 124 from `timeout` on the host, which killed it)",

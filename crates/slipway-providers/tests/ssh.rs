@@ -107,6 +107,14 @@ fn inventory_errors_name_the_file_the_field_and_the_fix() {
         e.contains("`hosts[0].env`") && e.contains("not a variable name"),
         "{e}"
     );
+    let e = load_err(
+        dir.path(),
+        "known_hosts: kh\nconnect_parallelism: 0\nhosts:\n  - name: a\n    address: x\n",
+    );
+    assert!(
+        e.contains("`connect_parallelism` is 0") && e.contains("fix:"),
+        "{e}"
+    );
     let p = dir.path().join("ok.yaml");
     std::fs::write(&p, "known_hosts: kh\nhosts:\n  - name: a\n    address: x\n").unwrap();
     let inv = Inventory::load(&p).unwrap();
@@ -427,6 +435,97 @@ async fn guards_skip_hosts_where_the_effect_is_already_there() {
     target.undo(&c, &action).await.unwrap();
     assert!(roots[0].join("app.txt").exists());
     assert!(!roots[1].join("app.txt").exists());
+}
+
+/// `unless` is judged on the host in the step's own attempt (under its lock, no channel
+/// of its own): where it exits 0 the command does not run and no marker is written, so
+/// an undo leaves that host alone.
+#[tokio::test]
+async fn an_unless_guard_skips_hosts_in_the_same_attempt() {
+    let fleet = Fleet::start(2);
+    let (inv, roots) = host_dirs(&fleet);
+    std::fs::write(roots[0].join("app.txt"), "pre-existing").unwrap();
+    let target = SshTarget::new(&inv, None, None, Some(2)).unwrap();
+    let action = StepAction::Exec(ExecStep {
+        name: "install".into(),
+        run: "echo new > app.txt; echo x >> runs".into(),
+        creates: None,
+        unless: Some("echo noise; grep -q pre-existing app.txt".into()),
+        undo: Some("rm app.txt".into()),
+        timeout: Some("30s".into()),
+    });
+    let (c, mut rx) = ctx("run4u", "install");
+    assert!(matches!(
+        target.apply(&c, &action).await.unwrap(),
+        Applied::Ran { .. }
+    ));
+    assert!(!roots[0].join("runs").exists());
+    assert_eq!(
+        std::fs::read_to_string(roots[1].join("runs")).unwrap(),
+        "x\n"
+    );
+    assert!(!roots[0].join("state/markers/run4u/key-install").exists());
+    assert!(roots[1].join("state/markers/run4u/key-install").exists());
+    let details: Vec<String> = reports(&mut rx)
+        .iter()
+        .filter(|r| r["host"] == "host1")
+        .map(|r| r["detail"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert!(
+        details
+            .iter()
+            .any(|d| d.contains("unless: `echo noise; grep -q pre-existing app.txt` exited 0")),
+        "{details:?}"
+    );
+    // Every host done now: host1 by its guard, host2 by its marker.
+    let again = target.apply(&c, &action).await.unwrap();
+    assert!(matches!(again, Applied::AlreadyDone { .. }), "{again:?}");
+    target.undo(&c, &action).await.unwrap();
+    assert_eq!(
+        std::fs::read_to_string(roots[0].join("app.txt")).unwrap(),
+        "pre-existing"
+    );
+    assert!(!roots[1].join("app.txt").exists());
+}
+
+/// An earlier attempt still holding the step's lock on the host (a dead slipway's,
+/// still running) past the step's timeout: the new attempt is not started after slipway
+/// stopped waiting for it, and the host fails naming why.
+#[tokio::test]
+async fn an_attempt_waits_for_the_lock_no_longer_than_the_timeout() {
+    let fleet = Fleet::start(1);
+    let (inv, roots) = host_dirs(&fleet);
+    let dir = roots[0].join("state/markers/run8");
+    std::fs::create_dir_all(&dir).unwrap();
+    let lock = dir.join("key-install.lock");
+    let held = roots[0].join("held");
+    let mut holder = std::process::Command::new("flock")
+        .arg(&lock)
+        .arg("sh")
+        .arg("-c")
+        .arg(format!("touch {}; sleep 60", held.display()))
+        .spawn()
+        .unwrap();
+    wait_for(&held).await;
+    let target = SshTarget::new(&inv, None, None, None).unwrap();
+    let action = StepAction::Exec(ExecStep {
+        name: "install".into(),
+        run: "touch app.txt".into(),
+        creates: None,
+        unless: None,
+        undo: None,
+        timeout: Some("1s".into()),
+    });
+    let (c, _rx) = ctx("run8", "install");
+    let e = target.apply(&c, &action).await.unwrap_err();
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    assert!(
+        e.to_string().contains("still held its lock") && e.to_string().contains("after 1s"),
+        "{e}"
+    );
+    assert!(!roots[0].join("app.txt").exists());
+    assert!(!dir.join("key-install").exists());
 }
 
 async fn wait_for(path: &Path) {
