@@ -1764,6 +1764,43 @@ fn router_routes(
     c: &crate::spec::Canary,
     ssh: bool,
 ) {
+    // A fleet canary on the ssh target weighs and counts per host, through HAProxy's
+    // servers or nginx's upstream: neither reads the canary's match routes there, nor pins
+    // its users (HAProxy does in front of the process target, by its dynamic server
+    // cookies; nginx by its maps). Refused rather than silently ignored.
+    let lb = match r.kind() {
+        "nginx" => "nginx",
+        "haproxy" => "HAProxy",
+        _ => "",
+    };
+    if ssh && !lb.is_empty() {
+        let fix = |what: &str| {
+            format!(
+                "remove `{what}:` for `{env}` (an environment's own `strategy:` may leave it out), or deploy `{env}` with `target: {{ process: {{}} }}` behind {lb}"
+            )
+        };
+        if c.session_affinity.is_some() {
+            cx.err_key(
+                "router-routes",
+                &format!("{sp}/canary/session_affinity"),
+                format!(
+                    "`{env}` runs a fleet canary on the ssh target through {lb}, which Slipway cannot give the canary's `session_affinity` there yet (it does in front of the process target)"
+                ),
+                fix("session_affinity"),
+            );
+        }
+        if !c.matches.is_empty() {
+            cx.err_key(
+                "router-routes",
+                &format!("{sp}/canary/match"),
+                format!(
+                    "`{env}` runs a fleet canary on the ssh target through {lb}, which does not apply the canary's `match` routes there (it does in front of the process target)"
+                ),
+                fix("match"),
+            );
+        }
+        return;
+    }
     match r.kind() {
         "nginx" => {
             for (i, m) in c.matches.iter().enumerate() {
@@ -1783,47 +1820,18 @@ fn router_routes(
                 }
             }
         }
-        "haproxy" => {
-            // In front of the process target HAProxy pins users by its dynamic server
-            // cookies (the backend's `cookie` line, checked against HAProxy before the
-            // canary gets traffic); a fleet canary on the ssh target drives HAProxy's
-            // per-host servers, which do not apply it.
-            if c.session_affinity.is_some() && ssh {
-                cx.err_key(
-                    "router-routes",
-                    &format!("{sp}/canary/session_affinity"),
-                    format!(
-                        "`{env}` runs a fleet canary on the ssh target through HAProxy, which Slipway cannot give the canary's `session_affinity` there yet (it does in front of the process target)"
-                    ),
-                    format!(
-                        "remove `session_affinity:` for `{env}` (an environment's own `strategy:` may leave it out), or deploy `{env}` with `target: {{ process: {{}} }}` behind HAProxy"
-                    ),
-                );
-            }
-            if !c.matches.is_empty() && ssh {
-                // A fleet canary counts and weighs per host; nothing there reads a map.
-                cx.err_key(
-                    "router-routes",
-                    &format!("{sp}/canary/match"),
-                    format!(
-                        "`{env}` runs a fleet canary on the ssh target through HAProxy, which does not apply the canary's `match` routes there (it does in front of the process target)"
-                    ),
-                    format!(
-                        "remove `match:` for `{env}` (an environment's own `strategy:` may leave it out), or deploy `{env}` with `target: {{ process: {{}} }}` behind HAProxy"
-                    ),
-                );
-            } else if !c.matches.is_empty()
-                && r.haproxy.as_ref().is_some_and(|h| h.routes_map.is_none())
-            {
-                cx.err_key(
-                    "router-routes",
-                    &format!("{sp}/canary/match"),
-                    format!(
-                        "`{env}` routes through HAProxy, which takes the canary's `match` routes from a map file Slipway fills at runtime, and `router.haproxy` names none"
-                    ),
-                    "add `routes_map: FILE` to `router.haproxy` and have the backend read it (`http-request set-var(txn.slipway) req.hdrs,map_reg(FILE)`, see docs/rollout.md), or remove `match:`",
-                );
-            }
+        "haproxy"
+            if !c.matches.is_empty()
+                && r.haproxy.as_ref().is_some_and(|h| h.routes_map.is_none()) =>
+        {
+            cx.err_key(
+                "router-routes",
+                &format!("{sp}/canary/match"),
+                format!(
+                    "`{env}` routes through HAProxy, which takes the canary's `match` routes from a map file Slipway fills at runtime, and `router.haproxy` names none"
+                ),
+                "add `routes_map: FILE` to `router.haproxy` and have the backend read it (`http-request set-var(txn.slipway) req.hdrs,map_reg(FILE)`, see docs/rollout.md), or remove `match:`",
+            );
         }
         _ => {}
     }

@@ -212,3 +212,58 @@ environments:
         "{shown}"
     );
 }
+
+/// A fleet canary behind nginx applies neither match routes nor session affinity (its
+/// upstream weighs hosts; the maps are the process target's): refused, as through HAProxy,
+/// instead of silently ignored.
+#[test]
+fn nginx_fleet_canaries_refuse_match_routes_and_session_affinity() {
+    let spec = |target: &str, rule: &str| {
+        format!(
+            "apiVersion: slipway/v1
+kind: Release
+metadata: {{ name: shop, version: 1.0.0, type: feature }}
+services:
+  api:
+    run: {{ command: \"bin/api --port {{{{ port }}}}\" }}
+environments:
+  live:
+    target: {target}
+    router: {{ nginx: {{ upstream_file: up.conf, upstream: app }} }}
+    strategy:
+      canary:
+        {rule}
+        steps: [ {{ set_weight: 20 }}, {{ pause: manual }} ]
+"
+        )
+    };
+    let affinity = "session_affinity: { cookie: slipway-canary, max_age: 30m }";
+    let matches = "match: [ { headers: { x-canary: { exact: always } } } ]";
+    for (rule, field) in [(affinity, "session_affinity"), (matches, "match")] {
+        let process = spec("{ process: {} }", rule);
+        if let Err(e) = validate::load("live.yaml", &process) {
+            panic!("refused in front of processes:\n{}", e.render(false, 100));
+        }
+        let errs = validate::load(
+            "fleet.yaml",
+            &spec("{ ssh: { inventory: hosts.yaml } }", rule),
+        )
+        .unwrap_err();
+        let shown = errs.render(false, 200);
+        let d = errs
+            .diagnostics
+            .iter()
+            .find(|d| d.code == "router-routes")
+            .unwrap_or_else(|| panic!("{shown}"));
+        assert!(
+            d.message.contains("fleet canary") && d.message.contains("nginx"),
+            "{}",
+            d.message
+        );
+        assert!(d.help.contains(&format!("remove `{field}:`")), "{}", d.help);
+        assert!(
+            shown.contains(&format!("environments.live.strategy.canary.{field}")),
+            "{shown}"
+        );
+    }
+}
