@@ -106,14 +106,23 @@ pub struct HeldLease {
     environment: String,
     holder: String,
     renewer: tokio::task::JoinHandle<()>,
+    /// Tells the renewer to stop before its next renewal; it finishes one in flight.
+    stop: Option<oneshot::Sender<()>>,
     /// Fires with the new holder when the lease was lost.
     pub lost: oneshot::Receiver<LeaseRecord>,
 }
 
 impl HeldLease {
     /// Stop renewing and remove the lease (the run ended).
-    pub async fn release(self) -> OpsResult<()> {
-        self.renewer.abort();
+    pub async fn release(mut self) -> OpsResult<()> {
+        // Stop the renewer and wait for it: aborting it could leave a renewal already
+        // handed to the store to land after the release below and take the lease again
+        // until its expiry (seen under load: the next deploy found the environment leased
+        // by the run that had just ended).
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.renewer).await;
         self.store
             .release_lease(&self.environment, Some(&self.holder))
             .await?;
@@ -183,6 +192,7 @@ pub async fn take(
         }
     }
     let (tx, lost) = oneshot::channel();
+    let (stop, mut stop_rx) = oneshot::channel::<()>();
     let renewer = {
         let store = store.clone();
         let environment = run.environment.clone();
@@ -190,7 +200,11 @@ pub async fn take(
         let release = format!("{} {}", run.release, run.version);
         tokio::spawn(async move {
             loop {
-                tokio::time::sleep(ttl / 3).await;
+                tokio::select! {
+                    () = tokio::time::sleep(ttl / 3) => {}
+                    // Asked to stop, or the lease was dropped.
+                    _ = &mut stop_rx => return,
+                }
                 let req = LeaseRequest {
                     environment: environment.clone(),
                     holder: holder.clone(),
@@ -216,6 +230,7 @@ pub async fn take(
         environment: run.environment.clone(),
         holder: run.id.clone(),
         renewer,
+        stop: Some(stop),
         lost,
     })
 }
