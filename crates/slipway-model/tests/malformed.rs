@@ -144,14 +144,13 @@ fn unsafe_environment_and_service_names_are_refused_naming_the_field() {
     );
 }
 
-/// Session affinity behind HAProxy: in front of the process target HAProxy applies it
-/// (its own cookie persistence; the backend's `cookie` line is checked against HAProxy at
-/// deploy time), so validation accepts it; a fleet canary on the ssh target does not
-/// apply it (nor `match` routes), and validation says so naming the field and the way
-/// out.
+/// A fleet canary (ssh target) weighs hosts through HAProxy's servers or nginx's upstream:
+/// neither balancer applies the canary's match routes or pins its users there (both do in
+/// front of the process target). Validation refuses them, naming the field and the way
+/// out, instead of silently ignoring them; the same spec in front of processes is valid.
 #[test]
-fn haproxy_session_affinity_is_accepted_before_processes_and_refused_for_fleets() {
-    let spec = |target: &str| {
+fn fleet_canaries_refuse_match_routes_and_session_affinity_through_either_balancer() {
+    let spec = |router: &str, target: &str, rule: &str| {
         format!(
             "apiVersion: slipway/v1
 kind: Release
@@ -162,74 +161,7 @@ services:
 environments:
   live:
     target: {target}
-    router: {{ haproxy: {{ socket: admin.sock, backend: app }} }}
-    strategy:
-      canary:
-        session_affinity: {{ cookie: slipway-canary, max_age: 30m }}
-        steps: [ {{ set_weight: 20 }}, {{ pause: manual }} ]
-"
-        )
-    };
-    let process = spec("{ process: {} }");
-    if let Err(e) = validate::load("live.yaml", &process) {
-        panic!("refused in front of processes:\n{}", e.render(false, 100));
-    }
-    let errs =
-        validate::load("fleet.yaml", &spec("{ ssh: { inventory: hosts.yaml } }")).unwrap_err();
-    let d = errs
-        .diagnostics
-        .iter()
-        .find(|d| d.code == "router-routes")
-        .unwrap_or_else(|| panic!("{}", errs.render(false, 100)));
-    let shown = errs.render(false, 200);
-    assert!(
-        shown.contains("environments.live.strategy.canary.session_affinity"),
-        "{shown}"
-    );
-    assert!(d.message.contains("fleet canary"), "{}", d.message);
-    assert!(
-        d.help.contains("remove `session_affinity:`") && d.help.contains("process"),
-        "{}",
-        d.help
-    );
-    // Match routes neither: a fleet canary reads no map, so they would be ignored.
-    let fleet = spec("{ ssh: { inventory: hosts.yaml } }")
-        .replace("backend: app }", "backend: app, routes_map: app.routes }")
-        .replace(
-            "session_affinity: { cookie: slipway-canary, max_age: 30m }",
-            "match: [ { headers: { x-canary: { exact: always } } } ]",
-        );
-    let errs = validate::load("fleet.yaml", &fleet).unwrap_err();
-    let shown = errs.render(false, 200);
-    assert!(
-        errs.diagnostics.iter().any(|d| d.code == "router-routes"
-            && d.message.contains("`match` routes")
-            && d.help.contains("remove `match:`")),
-        "{shown}"
-    );
-    assert!(
-        shown.contains("environments.live.strategy.canary.match"),
-        "{shown}"
-    );
-}
-
-/// A fleet canary behind nginx applies neither match routes nor session affinity (its
-/// upstream weighs hosts; the maps are the process target's): refused, as through HAProxy,
-/// instead of silently ignored.
-#[test]
-fn nginx_fleet_canaries_refuse_match_routes_and_session_affinity() {
-    let spec = |target: &str, rule: &str| {
-        format!(
-            "apiVersion: slipway/v1
-kind: Release
-metadata: {{ name: shop, version: 1.0.0, type: feature }}
-services:
-  api:
-    run: {{ command: \"bin/api --port {{{{ port }}}}\" }}
-environments:
-  live:
-    target: {target}
-    router: {{ nginx: {{ upstream_file: up.conf, upstream: app }} }}
+    router: {router}
     strategy:
       canary:
         {rule}
@@ -237,33 +169,46 @@ environments:
 "
         )
     };
+    let haproxy = "{ haproxy: { socket: admin.sock, backend: app, routes_map: app.routes } }";
+    let nginx = "{ nginx: { upstream_file: up.conf, upstream: app } }";
     let affinity = "session_affinity: { cookie: slipway-canary, max_age: 30m }";
     let matches = "match: [ { headers: { x-canary: { exact: always } } } ]";
-    for (rule, field) in [(affinity, "session_affinity"), (matches, "match")] {
-        let process = spec("{ process: {} }", rule);
-        if let Err(e) = validate::load("live.yaml", &process) {
-            panic!("refused in front of processes:\n{}", e.render(false, 100));
+    for (router, lb) in [(haproxy, "HAProxy"), (nginx, "nginx")] {
+        for (rule, field, what) in [
+            (affinity, "session_affinity", "`session_affinity`"),
+            (matches, "match", "`match` routes"),
+        ] {
+            let case = format!("{lb} {field}");
+            if let Err(e) = validate::load("live.yaml", &spec(router, "{ process: {} }", rule)) {
+                panic!(
+                    "{case}: refused in front of processes:\n{}",
+                    e.render(false, 100)
+                );
+            }
+            let fleet = spec(router, "{ ssh: { inventory: hosts.yaml } }", rule);
+            let errs = validate::load("fleet.yaml", &fleet).unwrap_err();
+            let shown = errs.render(false, 200);
+            let d = errs
+                .diagnostics
+                .iter()
+                .find(|d| d.code == "router-routes")
+                .unwrap_or_else(|| panic!("{case}: {shown}"));
+            assert!(
+                d.message.contains("fleet canary")
+                    && d.message.contains(lb)
+                    && d.message.contains(what),
+                "{case}: {}",
+                d.message
+            );
+            assert!(
+                d.help.contains(&format!("remove `{field}:`")) && d.help.contains("process"),
+                "{case}: {}",
+                d.help
+            );
+            assert!(
+                shown.contains(&format!("environments.live.strategy.canary.{field}")),
+                "{case}: {shown}"
+            );
         }
-        let errs = validate::load(
-            "fleet.yaml",
-            &spec("{ ssh: { inventory: hosts.yaml } }", rule),
-        )
-        .unwrap_err();
-        let shown = errs.render(false, 200);
-        let d = errs
-            .diagnostics
-            .iter()
-            .find(|d| d.code == "router-routes")
-            .unwrap_or_else(|| panic!("{shown}"));
-        assert!(
-            d.message.contains("fleet canary") && d.message.contains("nginx"),
-            "{}",
-            d.message
-        );
-        assert!(d.help.contains(&format!("remove `{field}:`")), "{}", d.help);
-        assert!(
-            shown.contains(&format!("environments.live.strategy.canary.{field}")),
-            "{shown}"
-        );
     }
 }
