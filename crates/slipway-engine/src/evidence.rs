@@ -654,11 +654,14 @@ struct Scanned {
 }
 
 /// Ranges read at once: each is read and hashed on a thread of its own (the store's
-/// reader, or the blocking pool for stores that frame rows in the database), so one per
-/// core keeps every core busy; at least two, so a database that frames rows in its own
-/// process works on one range while the previous one is hashed.
+/// reader, or the blocking pool for stores that frame rows in the database). Two per core:
+/// with only one, a core idles from the moment its range is done until the walk has taken
+/// the range before it and handed out the next one (measured on 1M SQLite entries, 2
+/// cores, quiet, alternated: 2 in flight ≈ 845k entries/s, 4 ≈ 970k, 8 ≈ 1.0M). A range
+/// in flight holds only the rows it keeps (SQLite) or well under a MiB of framed rows
+/// (PostgreSQL), so 16 at most is still small.
 fn reads() -> usize {
-    std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 8))
+    std::thread::available_parallelism().map_or(4, |n| n.get().saturating_mul(2).clamp(4, 16))
 }
 
 /// One range being read.
