@@ -11,11 +11,12 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-// One PostgreSQL server per test binary: serve_cli uses this module too.
-#[path = "../../slipway-store/tests/pg.rs"]
-pub(crate) mod pg;
+// One PostgreSQL server per test binary (slipway-testkit's): the other modules reach it
+// through this one.
+pub(crate) use slipway_testkit::pg;
 
-use pg::{PASSWORD, db_name, free_port, pg};
+use pg::{PASSWORD, db_name, pg};
+use slipway_testkit::ports::free_port;
 
 fn spec(dir: &Path, version: &str, step: &str) -> std::path::PathBuf {
     let text = format!(
