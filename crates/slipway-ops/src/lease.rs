@@ -149,7 +149,17 @@ pub async fn take(
     wait: bool,
     reporter: &dyn Reporter,
 ) -> OpsResult<HeldLease> {
-    let ttl = ttl()?;
+    take_for(store, run, wait, reporter, ttl()?).await
+}
+
+/// [`take`] with the lease length given (the tests' own, without the environment).
+async fn take_for(
+    store: Arc<dyn Store>,
+    run: &RunRecord,
+    wait: bool,
+    reporter: &dyn Reporter,
+    ttl: Duration,
+) -> OpsResult<HeldLease> {
     let request = |now| LeaseRequest {
         environment: run.environment.clone(),
         holder: run.id.clone(),
@@ -302,3 +312,6 @@ pub async fn release(
     }
     Ok(gone)
 }
+
+#[cfg(test)]
+mod tests;
