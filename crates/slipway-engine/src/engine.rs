@@ -25,6 +25,7 @@ use crate::event::{
 use crate::gates::{self, ApprovalNeed, ApprovalTally, GateError, WindowStatus};
 use crate::store::{JournalRecord, NewRun, RunRecord, StepRecord, Store, StoreError};
 use crate::target::{Applied, Observation, StepContext, Target, TargetError};
+use crate::wave::WaveTodo;
 
 /// The order steps of a wave start in: artifact re-verification (0), then config
 /// rendering (1), then everything else (2), each rank finished before the next starts.
@@ -1090,22 +1091,26 @@ impl Engine {
             // service's `steps:` are a script (download, unpack, switch), not a set.
             // The sort is stable, so plan order holds within a rank.
             todo.sort_by_key(|(s, _)| rank(s));
-            // Steps in flight per rank, and the services that have one in flight.
+            // Steps in flight per rank.
             let mut running = [0usize; 3];
-            let mut busy: HashSet<String> = HashSet::new();
             let mut refused_config = false;
             // Successes returned uncommitted: (service, rank, event). Their service stays
             // busy and their rank running until the event is committed, with the service's
             // next step or by a flush job below, within this turn of the loop.
             let mut pending: Vec<(String, u8, EngineEvent)> = Vec::new();
             let mut set = JoinSet::new();
-            let mut todo: Vec<(PlannedStep, Option<StepRecord>)> = todo;
             // What interrupted steps reported before, so they continue from it.
             let prior = if todo.iter().any(|(_, r)| r.is_some()) {
                 self.prior_progress(&ctx.run.id).await?
             } else {
                 HashMap::new()
             };
+            // Steps of failed services never start.
+            let mut todo = WaveTodo::new(
+                todo.into_iter()
+                    .filter(|(s, _)| !failed_services.contains(&s.service))
+                    .map(|t| (rank(&t.0), t)),
+            );
             let mut last_check = Instant::now();
             let ctx_shared = Arc::new((
                 ctx.run.id.clone(),
@@ -1123,10 +1128,9 @@ impl Engine {
                             break;
                         }
                     }
-                    // Steps of failed services never start; of the others, the lowest
-                    // rank left goes first, and a rank starts once the lower ones ended.
-                    todo.retain(|(s, _)| !failed_services.contains(&s.service));
-                    let Some(lowest) = todo.iter().map(|(s, _)| rank(s)).min() else {
+                    // The lowest rank left goes first, and a rank starts once the lower
+                    // ones ended.
+                    let Some(lowest) = todo.lowest() else {
                         break;
                     };
                     if running[..usize::from(lowest)].iter().any(|n| *n > 0) {
@@ -1135,33 +1139,29 @@ impl Engine {
                     // A service whose last step's success is pending continues first, if
                     // its next step (the first of it left, in plan order) may start now:
                     // that start carries the success into the same commit.
-                    let chained = pending.iter().enumerate().find_map(|(p, (svc, _, _))| {
-                        let i = todo.iter().position(|(s, _)| &s.service == svc)?;
-                        let (s, rec) = &todo[i];
-                        (rank(s) == lowest && rec.is_none()).then_some((p, i))
+                    let chained = pending.iter().position(|(svc, _, _)| {
+                        todo.next_of(svc)
+                            .is_some_and(|(r, (_, rec))| r == lowest && rec.is_none())
                     });
-                    let (i, prelude) = match chained {
-                        Some((p, i)) => {
-                            let (_, pr, ev) = pending.swap_remove(p);
-                            running[usize::from(pr)] -= 1;
-                            (i, vec![ev])
-                        }
-                        None => {
-                            // The first step (in plan order) of a service with nothing in
-                            // flight; an earlier step of a service is found before a later.
-                            let Some(i) = todo
-                                .iter()
-                                .position(|(s, _)| rank(s) == lowest && !busy.contains(&s.service))
-                            else {
-                                break;
-                            };
-                            (i, Vec::new())
-                        }
+                    let ((step, rec), prelude) = match chained {
+                        // Found just above, so there is one to take.
+                        Some(p) => match todo.take_next_of(&pending[p].0) {
+                            Some(t) => {
+                                let (_, pr, ev) = pending.swap_remove(p);
+                                running[usize::from(pr)] -= 1;
+                                (t, vec![ev])
+                            }
+                            None => break,
+                        },
+                        // The first step (in plan order) of a service with nothing in
+                        // flight; an earlier step of a service is found before a later.
+                        None => match todo.take_free(lowest) {
+                            Some(t) => (t, Vec::new()),
+                            None => break,
+                        },
                     };
-                    let (step, rec) = todo.remove(i);
                     let r = rank(&step);
                     running[usize::from(r)] += 1;
-                    busy.insert(step.service.clone());
                     let service = step.service.clone();
                     let this = self.clone();
                     let shared = Arc::clone(&ctx_shared);
@@ -1200,13 +1200,14 @@ impl Engine {
                             continue;
                         }
                         running[usize::from(r)] -= 1;
-                        busy.remove(&service);
+                        todo.release(&service);
                         match end {
                             StepEnd::Done(_) => {}
                             StepEnd::Failed(error) => {
                                 down.insert(service.clone(), format!("failed: {error}"));
                                 errors.push(error);
                                 failed += 1;
+                                todo.drop_service(&service);
                                 failed_services.insert(service);
                                 refused_artifact |= r == 0;
                                 refused_config |= r == 1;

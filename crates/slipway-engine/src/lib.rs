@@ -21,6 +21,7 @@ pub mod gates;
 pub mod noop;
 pub mod store;
 pub mod target;
+mod wave;
 
 pub use checks::{CheckRunner, CheckVerdict};
 pub use clock::{Clock, FakeClock, SystemClock};

@@ -8,6 +8,7 @@
 //! current directory; [`open`] gives an [`AnyStore`].
 
 pub mod access;
+mod append;
 pub mod archive;
 mod audit_read;
 mod chain;

@@ -38,6 +38,7 @@ use sqlx::sqlite::{
 use sqlx::{AssertSqlSafe, Connection, Row};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::append::Appends;
 use crate::audit_read::AuditReader;
 use crate::chain::{self, Appender, Staged};
 use crate::leases::{LeaseOp, LeaseReply};
@@ -153,7 +154,7 @@ impl SqliteStore {
             .await
             .map_err(q(path))?;
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(writer(conn, rx));
+        tokio::spawn(writer(conn, Some(Appends::new(path)), rx));
         Ok(Self {
             path: path.to_owned(),
             memory: None,
@@ -198,7 +199,7 @@ impl SqliteStore {
         };
         let read = pool_options(4).connect_with(opts).await.map_err(q(&path))?;
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(writer(conn, rx));
+        tokio::spawn(writer(conn, None, rx));
         Ok(Self {
             path,
             memory: Some(name.to_owned()),
@@ -384,8 +385,14 @@ fn run_insert_err(digest: &str, environment: &str) -> impl Fn(sqlx::Error) -> St
     }
 }
 
-/// The writer task: drains the queue into one transaction at a time.
-async fn writer(mut conn: SqliteConnection, mut rx: mpsc::UnboundedReceiver<Pending>) {
+/// The writer task: drains the queue into one transaction at a time. `appends`: the
+/// connection chain-only groups go through (file stores; `None` in memory, where they go
+/// through `commit_fast`).
+async fn writer(
+    mut conn: SqliteConnection,
+    mut appends: Option<Appends>,
+    mut rx: mpsc::UnboundedReceiver<Pending>,
+) {
     // The chain's head as this writer's last commit left it: the compare-and-set of
     // `commit_fast` checks it against `meta` inside the transaction, so another process's
     // append (or an archive) only costs a fall-back to the path that reads the head.
@@ -405,7 +412,11 @@ async fn writer(mut conn: SqliteConnection, mut rx: mpsc::UnboundedReceiver<Pend
                 _ => None,
             }))
         {
-            match commit_fast(&mut conn, &h, &records).await {
+            let done = match appends.as_mut() {
+                Some(a) => append_fast(a, &h, &records).await,
+                None => commit_fast(&mut conn, &h, &records).await,
+            };
+            match done {
                 Ok(Some(new_head)) => {
                     head = Some(new_head);
                     for (_, tx) in batch {
@@ -454,6 +465,30 @@ async fn writer(mut conn: SqliteConnection, mut rx: mpsc::UnboundedReceiver<Pend
             }
         }
     }
+}
+
+/// Append chain-only records after the head this writer last committed through the
+/// writer's rusqlite connection (`crate::append` says why). Returns the new head, or `None`
+/// when another writer had moved the head (nothing written).
+async fn append_fast(
+    appends: &mut Appends,
+    head: &(i64, String),
+    records: &[&JournalRecord],
+) -> Result<Option<(i64, String)>, StoreError> {
+    let mut app = Appender::new(Some(head.clone()));
+    for r in records {
+        app.push(r)?;
+    }
+    let (seq, prev) = app.head();
+    let new = (seq, prev.to_owned());
+    let swapped = appends
+        .commit(
+            format!("{}:{}", head.0, head.1),
+            format!("{seq}:{prev}"),
+            app.entries,
+        )
+        .await?;
+    Ok(swapped.then_some(new))
 }
 
 /// Append chain-only records after the head this writer last committed, in ONE call
