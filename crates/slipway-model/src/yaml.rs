@@ -449,10 +449,16 @@ pub fn parse(text: &str) -> Result<(serde_json::Value, SpanMap), Vec<Diagnostic>
             "point -f at the release spec (a .yaml file)",
         )]);
     }
-    // Fast path: the value alone. Positions are only needed for a diagnostic, and the
-    // span map parses again with them when asked. Anything the plain reading refuses
-    // (a syntax error, a mapping as a key, a budget exceeded) takes the spanned path,
-    // which reports it with its position.
+    // Fast paths: the value alone. Positions are only needed for a diagnostic, and the
+    // span map parses again with them when asked. First the parser's events read directly
+    // (most of serde-saphyr's time on a large spec was its own machinery around the same
+    // parser); what that reading declines (aliases, tags, merge keys, numbers it does not
+    // spell out, any doubt) goes to serde-saphyr's plain reading. Anything that one refuses
+    // (a syntax error, a mapping as a key, a budget exceeded) takes the spanned path, which
+    // reports it with its position.
+    if let Some(value) = direct::read(text) {
+        return Ok((value, SpanMap::lazy(text)));
+    }
     if let Ok(Plain(value)) = serde_saphyr::from_str_with_options::<Plain>(text, options()) {
         return Ok((value, SpanMap::lazy(text)));
     }
@@ -462,6 +468,192 @@ pub fn parse(text: &str) -> Result<(serde_json::Value, SpanMap), Vec<Diagnostic>
         spans: std::sync::Arc::new(std::sync::OnceLock::from(spans)),
     };
     Ok((value, map))
+}
+
+mod direct {
+    //! The document read from granit-parser's events (the parser serde-saphyr itself runs),
+    //! without serde-saphyr: the value of a common spec, or `None` whenever there is any
+    //! doubt that serde-saphyr would read the text to the same value — then it does.
+    //!
+    //! Only the plain core of YAML is read here: mappings with string keys, sequences and
+    //! untagged scalars without anchors or aliases. Declined (so read by serde-saphyr, with
+    //! its budget and its errors): any parse error, an anchor, alias or tag, a merge key
+    //! (`<<`), a duplicate key, a key that is not a string (null, a boolean, a number, a
+    //! collection), a `%YAML` directive, anything but exactly one document, more than
+    //! [`MAX_NODES`] nodes or [`MAX_DEPTH`] levels (well inside serde-saphyr's budget), and
+    //! every number spelled other than plain decimal (`+1`, `007`, `0x1F`, `1_000`, `.inf`,
+    //! 19 digits and more, `1e999`). Everything it accepts is checked against
+    //! serde-saphyr's reading by the tests (every YAML file of the repository, and damaged
+    //! copies of them).
+
+    use std::borrow::Cow;
+
+    use granit_parser::{Event, Parser, ScalarStyle, StrInput};
+    use serde_json::{Map, Value};
+
+    /// Deepest nesting read here; serde-saphyr's budget allows 48 (a spec needs about 8).
+    const MAX_DEPTH: usize = 32;
+
+    /// Most nodes read here; serde-saphyr's budget allows 500,000 (its count may differ
+    /// from ours by what it counts, never by half). 2,000 services are about 70,000.
+    const MAX_NODES: usize = 250_000;
+
+    /// The value of `text`, or `None` for serde-saphyr to read it.
+    pub(super) fn read(text: &str) -> Option<Value> {
+        let mut r = Reader {
+            // serde-saphyr's options for this parser (its `Budget::parser_options` with our
+            // budget): comments on, at most 32 buffered — a longer run of comment lines is
+            // an error there, so it must be one here too.
+            parser: Parser::new_from_str_with_options(
+                text,
+                granit_parser::options! {
+                    emit_comments: true,
+                    max_buffered_comment_events: 32,
+                    simple_key_max_lookahead: 1024,
+                    flow_nesting_limit: 255,
+                    block_nesting_limit: 255,
+                },
+            ),
+            nodes: 0,
+        };
+        if !matches!(r.next()?, Event::StreamStart) {
+            return None;
+        }
+        // A `%YAML` directive may change how scalars resolve: serde-saphyr decides.
+        if !matches!(r.next()?, Event::DocumentStart(_, None)) {
+            return None;
+        }
+        let first = r.next()?;
+        let value = r.node(first, 1)?;
+        if !matches!(r.next()?, Event::DocumentEnd) || !matches!(r.next()?, Event::StreamEnd) {
+            return None;
+        }
+        Some(value)
+    }
+
+    struct Reader<'a> {
+        parser: Parser<'a, StrInput<'a>>,
+        nodes: usize,
+    }
+
+    impl<'a> Reader<'a> {
+        /// The next event that is not a comment; `None` at an error or the end.
+        fn next(&mut self) -> Option<Event<'a>> {
+            loop {
+                match self.parser.next_event()? {
+                    Ok((Event::Comment(..), _)) => {}
+                    Ok((event, _)) => return Some(event),
+                    Err(_) => return None,
+                }
+            }
+        }
+
+        fn count(&mut self) -> Option<()> {
+            self.nodes += 1;
+            (self.nodes <= MAX_NODES).then_some(())
+        }
+
+        fn node(&mut self, event: Event<'a>, depth: usize) -> Option<Value> {
+            self.count()?;
+            match event {
+                Event::Scalar(text, style, 0, None) => scalar(text, style),
+                Event::SequenceStart(_, 0, None) if depth < MAX_DEPTH => {
+                    let mut items = Vec::new();
+                    loop {
+                        match self.next()? {
+                            Event::SequenceEnd => return Some(Value::Array(items)),
+                            e => items.push(self.node(e, depth + 1)?),
+                        }
+                    }
+                }
+                Event::MappingStart(_, 0, None) if depth < MAX_DEPTH => {
+                    let mut out = Map::new();
+                    loop {
+                        let name = match self.next()? {
+                            Event::MappingEnd => return Some(Value::Object(out)),
+                            Event::Scalar(text, style, 0, None) => key(text, style)?,
+                            _ => return None,
+                        };
+                        self.count()?;
+                        let event = self.next()?;
+                        let value = self.node(event, depth + 1)?;
+                        if out.contains_key(&name) {
+                            return None;
+                        }
+                        out.insert(name, value);
+                    }
+                }
+                _ => None,
+            }
+        }
+    }
+
+    /// A mapping key: a quoted scalar, or a plain one that can only be a string.
+    fn key(text: Cow<'_, str>, style: ScalarStyle) -> Option<String> {
+        if text == "<<" {
+            return None;
+        }
+        match style {
+            ScalarStyle::SingleQuoted | ScalarStyle::DoubleQuoted => Some(text.into_owned()),
+            ScalarStyle::Plain => match scalar(text, style)? {
+                Value::String(s) => Some(s),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// A scalar as serde-saphyr's untyped reading resolves it (YAML 1.2 core schema with
+    /// strict booleans), or `None` where this reading leaves it to serde-saphyr.
+    fn scalar(text: Cow<'_, str>, style: ScalarStyle) -> Option<Value> {
+        if style != ScalarStyle::Plain {
+            return Some(Value::String(text.into_owned()));
+        }
+        match &*text {
+            "" | "~" | "null" | "Null" | "NULL" => return Some(Value::Null),
+            "true" | "True" | "TRUE" => return Some(Value::Bool(true)),
+            "false" | "False" | "FALSE" => return Some(Value::Bool(false)),
+            _ => {}
+        }
+        let t = &*text;
+        let negative = t.starts_with('-');
+        let unsigned = t.strip_prefix(['+', '-']).unwrap_or(t);
+        let b = unsigned.as_bytes();
+        // Text that does not start (after a sign) with a digit or a dot is no number to
+        // serde-saphyr: Rust's float parser takes only `inf`/`nan` spellings there, which
+        // are not finite, and so stay text.
+        if !b.first().is_some_and(|c| c.is_ascii_digit() || *c == b'.') {
+            return Some(Value::String(text.into_owned()));
+        }
+        if t.starts_with('+') {
+            return None;
+        }
+        if b.iter().all(u8::is_ascii_digit) {
+            // Leading zeros and numbers near 64 bits have rules of their own.
+            if (b.len() > 1 && b[0] == b'0') || b.len() > 18 {
+                return None;
+            }
+            let n: i64 = unsigned.parse().ok()?;
+            return Some(if negative {
+                Value::from(-n)
+            } else {
+                Value::from(n.unsigned_abs())
+            });
+        }
+        // Radix prefixes, underscores and `.inf`/`.nan` are serde-saphyr's to read.
+        let lower = unsigned.get(..4).map(str::to_ascii_lowercase);
+        if b.contains(&b'_')
+            || (b.len() > 1 && b[0] == b'0' && b[1].is_ascii_alphabetic())
+            || matches!(lower.as_deref(), Some(".inf" | ".nan"))
+        {
+            return None;
+        }
+        match t.parse::<f64>() {
+            Ok(f) => serde_json::Number::from_f64(f).map(Value::Number),
+            // `1.0.0`, `10:30`, `1.2.3-rc.1`: text.
+            Err(_) => Some(Value::String(text.into_owned())),
+        }
+    }
 }
 
 /// The parser's limits and policies, the same for both readings.
@@ -646,8 +838,19 @@ mod tests {
 
     /// The plain reading and the spanned one give the same value for every text the plain
     /// one accepts: the fast path must not change what a spec means.
-    fn agree(text: &str) {
+    ///
+    /// And the direct reading of the parser's events gives serde-saphyr's value for every
+    /// text it accepts (it declines what it is not sure of; accepting what serde-saphyr
+    /// refuses, or reading it differently, is the failure). Returns whether it accepted.
+    fn agree(text: &str) -> bool {
         let plain = serde_saphyr::from_str_with_options::<Plain>(text, options());
+        let direct = direct::read(text);
+        if let Some(d) = &direct {
+            match &plain {
+                Ok(Plain(p)) => assert_eq!(p, d, "the direct reading differs on:\n{text}"),
+                Err(e) => panic!("only the direct reading accepts:\n{text}\n{e}"),
+            }
+        }
         let spanned = spanned(text);
         if let Ok(Plain(p)) = plain {
             match spanned {
@@ -655,6 +858,7 @@ mod tests {
                 Err(d) => panic!("only the plain reading accepts:\n{text}\n{d:?}"),
             }
         }
+        direct.is_some()
     }
 
     fn yaml_files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
@@ -689,20 +893,81 @@ mod tests {
             "- a\n- b\n",
             "plain",
             "a: !!binary aGVsbG8=\n",
+            // Numbers as the direct reading spells them out, and the ones it leaves to
+            // serde-saphyr.
+            "a: 0\nb: -0\nc: 123456789012345678\nd: 1234567890123456789\ne: -17\nf: 007\n",
+            "a: +1\nb: 1_000\nc: 0x1F\nd: 0o17\ne: 0b101\nf: 0X1F\ng: 1e999\nh: -1e999\n",
+            "a: 1.5\nb: -0.25\nc: .5\nd: -.5\ne: 1.\nf: 1e5\ng: 1E-5\nh: 00.5\ni: -0.0\n",
+            "a: 1.0.0\nb: 10:30\nc: 1.2.3-rc.1\nd: 2026-12-07\ne: 1e\nf: .\ng: '-'\nh: +\n",
+            "a: .slipway/x\nb: .5e3\nc: .Inf\nd: .infinity\ne: -.NaN\nf: ./x\ng: .\\x\n",
+            "a: inf\nb: -inf\nc: nan\nd: NaN\ne: .inf\nf: -.inf\ng: .NaN\nh: +.inf\ni: infinity\n",
+            "a: null\nb: Null\nc: NULL\nd: ~\ne:\nf: nULL\ng: True\nh: FALSE\ni: tRUE\nj: yes\nk: off\n",
+            "a: 'null'\nb: \"true\"\nc: '12'\nd: \"1.5\"\ne: ''\n",
+            // Keys: quoted ones that look like other things, and ones left to serde-saphyr.
+            "'1': a\n\"true\": b\n'~': c\n'a': d\n",
+            "a: 1\n'a': 2\n",
+            "a: 1\n\"a\": 2\n",
+            "'<<': {a: 1}\n",
+            "? a\n: b\n? [c]\n: d\n",
+            "? |\n  block\n: x\n",
+            "1.0.0: a\n-inf: b\n.x: c\n",
+            // Documents, directives, comments.
+            "---\na: 1\n...\n",
+            "---\na: 1\n---\nb: 2\n",
+            "%YAML 1.2\n---\na: 1\n",
+            "%YAML 1.1\n---\na: yes\n",
+            "%TAG !e! tag:example.com,2000:\n---\na: 1\n",
+            "# only a comment\n",
+            "---\n",
+            "a: !e 1\n",
+            "a: ! 1\n",
+            "a: &x 1\nb: 2\n",
+            "a: *x\n",
+            "a: \"tab\\there \\u263A\"\nb: 'it''s'\nc: plain\n  folded\n\n  again\n",
+            "a: >\n  one\n  two\n\n  three\nb: |+\n  keep\n\nc: |-\n  strip\n",
+            "a: [1, {b: c}, [d, e], '', ]\nb: {}\nc: []\n",
+            "a:\n  - b\n  -\n  - - c\n    - d\n",
+            "\u{feff}a: 1\n",
+            "a: 1\n\tb: 2\n",
         ];
         for t in tricky {
             agree(t);
+        }
+        // Runs of comment lines: serde-saphyr's parser refuses more than 32 buffered.
+        for n in [10, 31, 32, 33, 40, 200] {
+            let comments = "# comment\n".repeat(n);
+            agree(&format!("{comments}a: 1\n"));
+            agree(&format!("a: 1\n{comments}b: 2\n"));
+            agree(&format!("a:\n{comments}  b: 2\n"));
+            agree(&format!("a: [1,\n{comments} 2]\n"));
+            agree(&format!("a: 1\n{comments}"));
+        }
+        // Nesting around the direct reading's limit and serde-saphyr's budget.
+        for depth in [30, 31, 32, 33, 47, 48, 49, 60] {
+            agree(&format!("{}1{}", "[".repeat(depth), "]".repeat(depth)));
+            agree(&format!("{}1{}", "{a: ".repeat(depth), "}".repeat(depth)));
+        }
+        // The common shapes are read directly, not all declined.
+        for t in [
+            "apiVersion: slipway/v1\nkind: Release\nmetadata: { name: big, version: 1.0.0 }\n",
+            "a: 1\nb: -2\nc: 1.5\nd: true\ne: ~\nf: 'x'\ng: [1, \"2\"]\nh: { i: j }\nk: |\n  l\n",
+            "file: .slipway/n.jsonl\nfrom: 2026-12-20\nmax: 300ms\nm: ./migrations\nv: 2.4.0\n",
+        ] {
+            assert!(agree(t), "the direct reading declined:\n{t}");
         }
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
         let mut files = Vec::new();
         yaml_files(&root.join("examples"), &mut files);
         yaml_files(&root.join("crates"), &mut files);
         assert!(files.len() > 10, "found only {files:?}");
+        let mut read_directly = Vec::new();
         for (n, f) in files.iter().enumerate() {
             let Ok(text) = std::fs::read_to_string(f) else {
                 continue;
             };
-            agree(&text);
+            if agree(&text) {
+                read_directly.push(f);
+            }
             // Damaged copies (of every fourth file, at every 331st character, to keep the
             // debug build's run short): cut short, and YAML punctuation inserted.
             if n % 4 != 0 {
@@ -716,7 +981,25 @@ mod tests {
                     agree(&t);
                 }
             }
+            // What the direct reading declines or must refuse, more sparsely (the debug
+            // build's run stays short).
+            for (i, _) in text.char_indices().step_by(997) {
+                for c in [
+                    "\"", "!x ", "<<: ", "\t", "? ", "0x", ".inf", "\n---\n", "\n# c\n",
+                ] {
+                    let mut t = text.clone();
+                    t.insert_str(i, c);
+                    agree(&t);
+                }
+            }
         }
+        // The examples are what users start from: the direct reading must take them.
+        let shop = root.join("examples/shop/release.yaml");
+        assert!(
+            read_directly.contains(&&shop),
+            "the direct reading declined {}",
+            shop.display()
+        );
     }
 
     #[test]
