@@ -7,6 +7,10 @@
 #   HOSTS=20 REPS=3 PAR2=5 DEPLOY_USER=deploy TOOLS="slipway ansible pyinfra"
 #   SLIPWAY_BIN=path (a given slipway binary instead of building one: A/B of two builds)
 #   CONNECTS=n (the inventory's `connect_parallelism`; unset: Slipway's default)
+#   In TOOLS, `slipway@N` is Slipway with `connect_parallelism: N`, and `base` (`base@N`)
+#   the binary SLIPWAY_BASE=path: several Slipway rows in one run (A/B, tuning)
+#   SSHD_LOG=DEBUG (the hosts' sshd LogLevel, default ERROR; at DEBUG the script ends with
+#   the channels and logins the hosts saw, all tools and runs together: run one tool)
 #   (environment overrides; PAR2= empty skips Slipway's second pass at parallelism 5)
 #
 # Hosts: HOSTS sshd on 127.0.0.1, each on a free port with its own generated ed25519 host
@@ -57,7 +61,7 @@ done
 
 if [ -n "${SLIPWAY_BIN:-}" ]; then
   SLIPWAY=$SLIPWAY_BIN
-elif [[ " $TOOLS " == *" slipway "* ]]; then
+elif [[ " $TOOLS " == *" slipway"* ]]; then
   cargo build --release --quiet -p slipway-cli --bin slipway
   TARGET=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
   SLIPWAY=$TARGET/release/slipway
@@ -148,7 +152,7 @@ StrictModes no
 PubkeyAuthentication yes
 MaxStartups 200
 MaxSessions 50
-LogLevel ERROR
+LogLevel ${SSHD_LOG:-ERROR}
 EOF
   /usr/sbin/sshd -D -e -f "$h/sshd_config" 2>"$h/sshd.log" &
   PIDS+=($!)
@@ -249,10 +253,14 @@ EOF
 }
 slipway_deploy() {
   SLIPWAY_STORE="sqlite://$WORK/slipway/store.db" NO_COLOR=1 \
-    "$SLIPWAY" deploy --env fleet -f "$WORK/slipway/release.yaml"
+    "$BIN" deploy --env fleet -f "$WORK/slipway/release.yaml"
 }
+# bench_slipway PARALLELISM [BINARY [CONNECT_PARALLELISM]]
 bench_slipway() {
   local par=$1 first=() again=() r
+  local BIN=${2:-$SLIPWAY} CONNECTS=${3:-${CONNECTS:-}} label=""
+  [ "$BIN" = "${SLIPWAY:-}" ] || label=" $BIN"
+  [ -z "$CONNECTS" ] || label="$label, connect_parallelism $CONNECTS"
   for r in $(seq 1 "$REPS"); do
     fresh_roots slipway
     slipway_spec "$par"
@@ -260,8 +268,8 @@ bench_slipway() {
     again+=("$(timed slipway_deploy)")
     verify slipway
   done
-  echo "slipway parallelism $par: first ${first[*]}; re-run ${again[*]}" >&2
-  row "Slipway $("$SLIPWAY" --version | awk '{print $NF}') (\`slipway deploy\`, ssh target)" "$par" \
+  echo "slipway$label parallelism $par: first ${first[*]}; re-run ${again[*]}" >&2
+  row "Slipway $("$BIN" --version | awk '{print $NF}') (\`slipway deploy\`, ssh target$label)" "$par" \
     "$(median "${first[@]}")" "$(median "${again[@]}")" \
     "one process (russh); host keys checked on every host before the run starts, then one session per host for the run"
 }
@@ -385,9 +393,14 @@ for t in $TOOLS; do
     slipway)
       bench_slipway "$HOSTS"
       [ -z "$PAR2" ] || [ "$PAR2" = "$HOSTS" ] || bench_slipway "$PAR2" ;;
+    slipway@*) bench_slipway "$HOSTS" "$SLIPWAY" "${t#slipway@}" ;;
+    base | base@*)
+      [ -n "${SLIPWAY_BASE:-}" ] || { echo "tool $t needs SLIPWAY_BASE=path" >&2; exit 1; }
+      c=""; [ "$t" = base ] || c=${t#base@}
+      bench_slipway "$HOSTS" "$SLIPWAY_BASE" "$c" ;;
     ansible) [ -z "$ANSIBLE" ] || bench_ansible ;;
     pyinfra) [ -z "$PYINFRA" ] || bench_pyinfra ;;
-    *) echo "unknown tool $t (slipway, ansible, pyinfra)" >&2; exit 1 ;;
+    *) echo "unknown tool $t (slipway, slipway@N, base, base@N, ansible, pyinfra)" >&2; exit 1 ;;
   esac
 done
 
@@ -398,3 +411,11 @@ echo "| tool | hosts | parallelism / forks | first deploy (s) | no-change re-run
 echo "|---|---|---|---|---|---|"
 printf '%s\n' "${ROWS[@]}"
 for s in "${SKIPPED[@]+"${SKIPPED[@]}"}"; do echo; echo "skipped: $s"; done
+if [[ "${SSHD_LOG:-}" == DEBUG* ]]; then
+  # What the hosts saw, all runs together (the login of the script's own check included).
+  logs=("$WORK"/host*/sshd.log)
+  echo
+  echo "sshd on $HOSTS hosts saw: $(cat "${logs[@]}" | grep -c 'Accepted publickey') logins," \
+    "$(cat "${logs[@]}" | grep -c 'server_input_channel_open: ctype session') session channels," \
+    "$(cat "${logs[@]}" | grep -c 'server_input_channel_req: channel [0-9]* request exec') exec requests"
+fi

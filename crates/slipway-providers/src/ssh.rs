@@ -35,6 +35,14 @@
 //! hundreds at once starve each other (and meet sshd's `MaxStartups`) instead of
 //! finishing sooner. The sessions are kept for the run, so this only paces its start.
 //!
+//! A kept session is not probed before a step (that cost a round trip per host per
+//! step). One the host was seen to close is replaced before the step, with the
+//! handshakes; one that broke unseen (a host that stopped answering) is replaced when the
+//! step's channel does not open within [`OPEN_TIMEOUT`] — once, and only then: no command
+//! was sent, so nothing of the step started there. A connection that breaks once the
+//! channel is open fails the host and never runs the step again (its effect is unknown:
+//! the lock and the marker settle it, see below).
+//!
 //! # Exactly once, on the host
 //!
 //! As in [`crate::exec`], each attempt runs under `flock` on the host, on
@@ -125,6 +133,10 @@ use crate::ssh_service::{self, SshService};
 
 /// How long connecting to one host (TCP, key exchange, authentication) may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How long opening a channel on a kept session may take before the connection is
+/// taken for dead (the host stopped answering without closing it) and replaced.
+pub const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Handshakes in flight at once unless the inventory sets `connect_parallelism`.
 pub const DEFAULT_CONNECT_PARALLELISM: usize = 32;
@@ -227,6 +239,45 @@ fn step_script(dir: &str, marker: &str, step: &ExecStep, secs: u64, keep: usize)
         sh_quote(&step.run),
         sh_quote("slipway: could not write the completion marker")
     ));
+    s
+}
+
+/// Exit statuses of [`observe_script`], each the answer to "is the step done here", so
+/// that a shell that fails on its own (a missing workdir: 1 or 2) is not taken for one.
+const OBSERVED_MARKER: i32 = 0;
+const OBSERVED_EXCLUDED: i32 = 3;
+const OBSERVED_CREATES: i32 = 4;
+const OBSERVED_UNLESS: i32 = 5;
+const OBSERVED_NOT_DONE: i32 = 6;
+
+/// Whether a step is done on a host, in the login shell, on one channel: left out by an
+/// earlier failure (the run's exclusion marker), else, once no attempt holds the step's
+/// lock (waited for at most `wait` seconds, then [`LOCK_SENTINEL`] and 75), the
+/// completion marker, else the step's `creates`/`unless` guard checked under that lock as
+/// an attempt checks it; the answer is the exit status (`OBSERVED_*`).
+fn observe_script(dir: &str, marker: &str, step: &ExecStep, secs: u64, wait: u64) -> String {
+    let mut s = format!(
+        "{{ if [ -e {dir}/{EXCLUDED_MARKER} ]; then exit {OBSERVED_EXCLUDED}; fi\n\
+         if [ -e {marker}.lock ]; then\n\
+         exec 9>>{marker}.lock || exit 1\n\
+         flock -w {wait} 9 || {{ echo {} >&2; exit 75; }}\n\
+         fi\n\
+         if [ -e {marker} ]; then exit {OBSERVED_MARKER}; fi\n",
+        sh_quote(LOCK_SENTINEL),
+    );
+    if let Some(p) = &step.creates {
+        s.push_str(&format!(
+            "if [ -e {} ]; then exit {OBSERVED_CREATES}; fi\n",
+            sh_quote(p)
+        ));
+    }
+    if let Some(cmd) = &step.unless {
+        s.push_str(&format!(
+            "if timeout -k 5 {secs} sh -c {} >/dev/null 2>&1 </dev/null 9>&-; then exit {OBSERVED_UNLESS}; fi\n",
+            sh_quote(cmd)
+        ));
+    }
+    s.push_str(&format!("exit {OBSERVED_NOT_DONE}; }}"));
     s
 }
 
@@ -602,10 +653,20 @@ impl client::Handler for Verifier {
     }
 }
 
-/// An authenticated session to one host.
+/// The SSH connection of a [`Session`].
+type Handle = Arc<client::Handle<Verifier>>;
+
+/// An authenticated session to one host, kept for a run. Its connection is replaced
+/// (host key checked again) when a channel cannot be opened on it: see
+/// [`Session::channel`].
 pub struct Session {
     endpoint: Endpoint,
-    handle: client::Handle<Verifier>,
+    /// The current connection. Each user of a channel holds its own clone of the handle
+    /// for the channel's life, so replacing it never cuts a channel in use.
+    handle: std::sync::Mutex<Handle>,
+    /// Taken while the connection is replaced, so users that find it broken at once
+    /// log in again once, not once each.
+    reconnecting: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Session {
@@ -618,6 +679,15 @@ impl std::fmt::Debug for Session {
 
 /// Connect to a host, verify its key strictly, authenticate with its private key.
 pub async fn connect(ep: &Endpoint) -> Result<Session, SshError> {
+    Ok(Session {
+        endpoint: ep.clone(),
+        handle: std::sync::Mutex::new(Arc::new(handshake(ep).await?)),
+        reconnecting: tokio::sync::Mutex::new(()),
+    })
+}
+
+/// A new authenticated connection to a host (the work of [`connect`]).
+async fn handshake(ep: &Endpoint) -> Result<client::Handle<Verifier>, SshError> {
     let key = russh::keys::load_secret_key(&ep.identity, None).map_err(|e| {
         SshError::Connect(format!(
             "cannot use the private key {} for {}: {e}; fix: set `identity` in the inventory to an OpenSSH private key without a passphrase",
@@ -676,10 +746,7 @@ pub async fn connect(ep: &Endpoint) -> Result<Session, SshError> {
             ep.user
         )));
     }
-    Ok(Session {
-        endpoint: ep.clone(),
-        handle,
-    })
+    Ok(handle)
 }
 
 /// Append to a buffer keeping its last `limit` bytes.
@@ -743,7 +810,8 @@ impl Session {
         let broke = |e: russh::Error| {
             SshError::Session(format!("run a command on {}: {e}", self.endpoint.label()))
         };
-        let mut ch = self.handle.channel_open_session().await.map_err(broke)?;
+        // Held until the exchange ends: the channel lives on this connection.
+        let (_conn, mut ch) = self.channel().await?;
         ch.exec(true, line).await.map_err(broke)?;
         if let Some(bytes) = input {
             let sent = tokio::time::timeout(timeout, async {
@@ -811,39 +879,124 @@ impl Session {
 
     /// A TCP connection opened *by the host* to `host:port` (an SSH `direct-tcpip`
     /// channel): what the host can reach, not what this machine can, with no tool needed
-    /// there. sshd refuses it when its `AllowTcpForwarding`/`PermitOpen` forbid it.
+    /// there. sshd refuses it when its `AllowTcpForwarding`/`PermitOpen` forbid it. A
+    /// connection already closed is replaced first; a refused channel is the answer
+    /// (nothing listens there, or forwarding is forbidden), not a reason to log in again.
     pub async fn open_tcp(
         &self,
         host: &str,
         port: u16,
     ) -> Result<russh::ChannelStream<client::Msg>, russh::Error> {
-        let ch = self
-            .handle
+        let mut conn = self.current();
+        if conn.is_closed() {
+            conn = self
+                .reconnect(&conn)
+                .await
+                .map_err(|e| russh::Error::IO(std::io::Error::other(e.to_string())))?;
+        }
+        let ch = conn
             .channel_open_direct_tcpip(host, u32::from(port), "127.0.0.1", 0)
             .await?;
         Ok(ch.into_stream())
     }
 
-    /// Whether the session still opens a channel (within 10 s).
-    pub async fn alive(&self) -> bool {
-        if self.handle.is_closed() {
-            return false;
+    /// The current connection.
+    fn current(&self) -> Handle {
+        // A poisoned lock only means a thread panicked while swapping an `Arc`: the
+        // handle in it is whole.
+        self.handle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replace `broken` with a new connection (host key checked again), unless another
+    /// user of the session did already; the connection to use now.
+    async fn reconnect(&self, broken: &Handle) -> Result<Handle, SshError> {
+        let _one = self.reconnecting.lock().await;
+        let now = self.current();
+        if !Arc::ptr_eq(&now, broken) && !now.is_closed() {
+            return Ok(now);
         }
-        match tokio::time::timeout(Duration::from_secs(10), self.handle.channel_open_session())
-            .await
-        {
-            Ok(Ok(ch)) => {
-                let _ = ch.close().await;
-                true
+        let fresh = Arc::new(handshake(&self.endpoint).await?);
+        *self
+            .handle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = fresh.clone();
+        // The old connection may still be open (it stopped answering): say goodbye, and
+        // do not wait for an answer that may never come.
+        let old = broken.clone();
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(
+                Duration::from_secs(1),
+                old.disconnect(russh::Disconnect::ByApplication, "", "en"),
+            )
+            .await;
+        });
+        Ok(fresh)
+    }
+
+    /// Whether the connection was found closed (the host dropped it since it was last
+    /// used); nothing is sent to find out.
+    pub fn is_closed(&self) -> bool {
+        self.current().is_closed()
+    }
+
+    /// Replace the connection if it is closed (see [`Self::is_closed`]).
+    pub async fn reconnect_if_closed(&self) -> Result<(), SshError> {
+        let conn = self.current();
+        if conn.is_closed() {
+            self.reconnect(&conn).await?;
+        }
+        Ok(())
+    }
+
+    /// A session channel to run one command on, with the connection it lives on.
+    ///
+    /// The reconnect rule (exactly once): when the connection is closed, or opening the
+    /// channel fails or gets no answer within [`OPEN_TIMEOUT`], the session logs in again
+    /// and opens the channel there, once. That is safe because no command had been sent:
+    /// a command goes only on a channel that opened, so nothing of it can have started on
+    /// the host. Once the channel is open, nothing is ever retried here: a connection
+    /// that breaks after that fails the command, whose effect on the host is unknown (the
+    /// step's lock and marker settle it). A kept session is thus not probed before use
+    /// (that cost a round trip per host per step).
+    async fn channel(&self) -> Result<(Handle, russh::Channel<client::Msg>), SshError> {
+        let conn = self.current();
+        let why = if conn.is_closed() {
+            "the connection was closed".to_owned()
+        } else {
+            match tokio::time::timeout(OPEN_TIMEOUT, conn.channel_open_session()).await {
+                Ok(Ok(ch)) => return Ok((conn, ch)),
+                Ok(Err(e)) => format!("opening a channel failed: {e}"),
+                Err(_) => format!(
+                    "opening a channel got no answer within {}",
+                    format_duration(OPEN_TIMEOUT)
+                ),
             }
-            _ => false,
+        };
+        let label = self.endpoint.label();
+        let conn = self.reconnect(&conn).await.map_err(|e| {
+            SshError::Session(format!(
+                "run a command on {label}: {why}, and logging in again failed (nothing was started there): {e}"
+            ))
+        })?;
+        match tokio::time::timeout(OPEN_TIMEOUT, conn.channel_open_session()).await {
+            Ok(Ok(ch)) => Ok((conn, ch)),
+            Ok(Err(e)) => Err(SshError::Session(format!(
+                "run a command on {label}: {why}; logged in again, and opening a channel failed again (nothing was started there): {e}"
+            ))),
+            Err(_) => Err(SshError::Session(format!(
+                "run a command on {label}: {why}; logged in again, and opening a channel got no answer within {} again (nothing was started there)",
+                format_duration(OPEN_TIMEOUT)
+            ))),
         }
     }
 
     /// Close the session politely.
     pub async fn close(&self) {
         let _ = self
-            .handle
+            .current()
             .disconnect(russh::Disconnect::ByApplication, "", "en")
             .await;
     }
@@ -1174,39 +1327,44 @@ impl SshTarget {
         which: &[usize],
     ) -> (Vec<(usize, Arc<Session>)>, Vec<(usize, SshError)>) {
         let mut pool = self.sessions.lock().await;
-        // A kept session is used again only if it still opens a channel: the host may
-        // have dropped it (restarted sshd, idle timeout) since the last step.
-        let kept: Vec<(usize, Arc<Session>)> = pool.iter().map(|(i, s)| (*i, s.clone())).collect();
-        let probes: Vec<_> = kept.iter().map(|(_, s)| s.alive()).collect();
-        let alive: Vec<bool> = futures_util::stream::iter(probes)
-            .buffered(self.parallelism)
-            .collect()
-            .await;
-        for ((i, _), ok) in kept.iter().zip(alive) {
-            if !ok {
-                pool.remove(i);
-            }
+        // A kept session is used as it is, not probed (a probe cost a round trip per host
+        // per step); one the host was seen to close (restarted sshd, idle timeout) logs in
+        // again here, paced with the new handshakes, so that a host gone since the last
+        // step is found before anything runs. One that broke unseen is replaced when its
+        // channel does not open (`Session::channel`).
+        enum Todo {
+            New(usize),
+            Closed(usize, Arc<Session>),
         }
-        let todo: Vec<usize> = which
+        let todo: Vec<Todo> = which
             .iter()
-            .copied()
-            .filter(|i| !pool.contains_key(i))
+            .filter_map(|&i| match pool.get(&i) {
+                None => Some(Todo::New(i)),
+                Some(s) if s.is_closed() => Some(Todo::Closed(i, s.clone())),
+                Some(_) => None,
+            })
             .collect();
         // Unordered: one slow handshake does not hold back the start of the others.
         let futs: Vec<_> = todo
-            .iter()
-            .map(|&i| async move { (i, connect(&self.endpoints[i]).await) })
+            .into_iter()
+            .map(|t| async move {
+                match t {
+                    Todo::New(i) => (i, connect(&self.endpoints[i]).await.map(Arc::new)),
+                    Todo::Closed(i, s) => (i, s.reconnect_if_closed().await.map(|()| s)),
+                }
+            })
             .collect();
-        let mut results: Vec<(usize, Result<Session, SshError>)> = futures_util::stream::iter(futs)
-            .buffer_unordered(self.parallelism.min(self.connect_parallelism))
-            .collect()
-            .await;
+        let mut results: Vec<(usize, Result<Arc<Session>, SshError>)> =
+            futures_util::stream::iter(futs)
+                .buffer_unordered(self.parallelism.min(self.connect_parallelism))
+                .collect()
+                .await;
         results.sort_by_key(|(i, _)| *i);
         let mut problems = Vec::new();
         for (i, r) in results {
             match r {
                 Ok(s) => {
-                    pool.insert(i, Arc::new(s));
+                    pool.insert(i, s);
                 }
                 Err(e) => {
                     pool.remove(&i);
@@ -1547,33 +1705,6 @@ impl SshTarget {
         }
     }
 
-    /// The guard that shows the step done on this host, if any.
-    async fn guard(
-        &self,
-        s: &Session,
-        ctx: &StepContext,
-        step: &ExecStep,
-    ) -> Result<Option<String>, (String, StepOutput)> {
-        let t = self
-            .timeout(step)
-            .map_err(|e| (e.to_string(), StepOutput::default()))?;
-        if let Some(p) = &step.creates {
-            let o = self
-                .run_on(s, ctx, &format!("test -e {}", sh_quote(p)), t)
-                .await?;
-            if o.exit_code == Some(0) {
-                return Ok(Some(format!("creates: {p} exists")));
-            }
-        }
-        if let Some(cmd) = &step.unless {
-            let o = self.run_on(s, ctx, cmd, t).await?;
-            if o.exit_code == Some(0) {
-                return Ok(Some(format!("unless: `{cmd}` exited 0")));
-            }
-        }
-        Ok(None)
-    }
-
     async fn apply_host(&self, s: &Session, ctx: &StepContext, step: &ExecStep) -> HostOutcome {
         let t = match self.timeout(step) {
             Ok(t) => t,
@@ -1737,7 +1868,8 @@ impl SshTarget {
     }
 
     /// Whether the step is done on this host: its marker (after waiting for an attempt
-    /// still holding the lock), else a guard. `Ok(None)` when it is not.
+    /// still holding the lock), else a guard; one channel and one shell
+    /// ([`observe_script`]). `Ok(None)` when it is not.
     async fn observe_host(
         &self,
         s: &Session,
@@ -1746,18 +1878,49 @@ impl SshTarget {
         t: Duration,
     ) -> Result<Option<String>, String> {
         let host = &s.endpoint().host;
-        let marker = Self::marker(host, ctx);
-        let excluded = format!("{}/{EXCLUDED_MARKER}", Self::marker_dir(host, ctx));
-        let script = format!(
-            "if [ -e {excluded} ]; then exit 3; fi; if [ -e {marker}.lock ]; then flock {marker}.lock true; fi; test -e {marker}"
+        let secs = t.as_secs().max(1);
+        // An attempt holds the lock through its `unless` and its command (each killed by
+        // the host 5 s past the timeout) and then writes its marker.
+        let wait = (secs + 5) * 2 + 5;
+        let script = observe_script(
+            &Self::marker_dir(host, ctx),
+            &Self::marker(host, ctx),
+            step,
+            secs,
+            wait,
         );
-        match self.run_on(s, ctx, &script, t).await {
-            Ok(o) if o.exit_code == Some(0) => Ok(Some("completion marker".into())),
-            Ok(o) if o.exit_code == Some(3) => Ok(Some(
+        let line = Self::in_workdir(host, &script);
+        let guard_wait = if step.unless.is_some() { secs + 5 } else { 0 };
+        let bound = Duration::from_secs(wait + guard_wait + 10);
+        let o = match s.run(&line, &self.env(ctx, host), bound, self.keep()).await {
+            Ok((o, false)) => self.redact(o),
+            Ok((_, true)) => return Err(format!("{} stopped answering", s.endpoint().label())),
+            Err(e) => return Err(self.redactor.redact(&e.to_string())),
+        };
+        match o.exit_code {
+            Some(OBSERVED_MARKER) => Ok(Some("completion marker".into())),
+            Some(OBSERVED_EXCLUDED) => Ok(Some(
                 "left out: failed an earlier step of this run within the failure budget".into(),
             )),
-            Ok(_) => self.guard(s, ctx, step).await.map_err(|(m, _)| m),
-            Err((m, _)) => Err(m),
+            Some(OBSERVED_CREATES) => Ok(Some(format!(
+                "creates: {} exists",
+                step.creates.as_deref().unwrap_or_default()
+            ))),
+            Some(OBSERVED_UNLESS) => Ok(Some(format!(
+                "unless: `{}` exited 0",
+                step.unless.as_deref().unwrap_or_default()
+            ))),
+            Some(OBSERVED_NOT_DONE) => Ok(None),
+            Some(75) if o.stderr.trim_end() == LOCK_SENTINEL => Err(format!(
+                "{}: an attempt of `{}` still held its lock after {wait} s, so whether it completed is not known yet; fix: `slipway resume` once it ended",
+                s.endpoint().label(),
+                step.run
+            )),
+            c => Err(format!(
+                "{}: looking for the completion marker and the guards exited with {c:?}: {}",
+                s.endpoint().label(),
+                o.stderr.trim()
+            )),
         }
     }
 

@@ -431,6 +431,15 @@ async fn guards_skip_hosts_where_the_effect_is_already_there() {
         std::fs::read_to_string(roots[1].join("app.txt")).unwrap(),
         "new\n"
     );
+    // Observed done everywhere (one channel per host: marker and guard in one shell).
+    let Observation::Done { evidence } = target.observe(&c, &action).await.unwrap() else {
+        panic!("not observed done");
+    };
+    assert!(
+        evidence.contains("host1: creates: app.txt exists")
+            && evidence.contains("host2: completion marker"),
+        "{evidence}"
+    );
     // Undo reverses what this run did: host1's file predates it and stays.
     target.undo(&c, &action).await.unwrap();
     assert!(roots[0].join("app.txt").exists());
@@ -478,6 +487,14 @@ async fn an_unless_guard_skips_hosts_in_the_same_attempt() {
         "{details:?}"
     );
     // Every host done now: host1 by its guard, host2 by its marker.
+    let Observation::Done { evidence } = target.observe(&c, &action).await.unwrap() else {
+        panic!("not observed done");
+    };
+    assert!(
+        evidence.contains("host1: unless: `echo noise; grep -q pre-existing app.txt` exited 0")
+            && evidence.contains("host2: completion marker"),
+        "{evidence}"
+    );
     let again = target.apply(&c, &action).await.unwrap();
     assert!(matches!(again, Applied::AlreadyDone { .. }), "{again:?}");
     target.undo(&c, &action).await.unwrap();
@@ -674,6 +691,87 @@ async fn sessions_are_kept_between_steps_and_replaced_when_the_host_drops_them()
     assert!(roots.iter().all(|r| r.join("four").exists()));
     assert_eq!(fleet.hosts[0].logins(), 2);
     assert_eq!(fleet.hosts[1].logins(), 1);
+}
+
+/// The reconnect rule, first half: a kept session whose host stopped answering without
+/// closing the connection (its sshd processes stopped: nothing tells this side) is not
+/// probed before the step; the step's channel does not open within `OPEN_TIMEOUT`, and
+/// since no command was sent on it the session logs in again and the step runs there,
+/// once.
+#[tokio::test]
+async fn a_step_whose_channel_does_not_open_logs_in_again_and_runs_once() {
+    let fleet = Fleet::start(2);
+    let (inv, roots) = host_dirs(&fleet);
+    let target = SshTarget::new(&inv, None, None, Some(2)).unwrap();
+    let (c, _rx) = ctx("run10", "one");
+    target
+        .apply(&c, &exec_step("echo x >> one", None))
+        .await
+        .unwrap();
+    let frozen = fleet.hosts[0].freeze_connections();
+    assert!(!frozen.pids.is_empty(), "host1 has a connection to freeze");
+    let (c, mut rx) = ctx("run10", "two");
+    let action = exec_step("echo x >> two", None);
+    let bound = ssh::OPEN_TIMEOUT + Duration::from_secs(60);
+    let applied = tokio::time::timeout(bound, target.apply(&c, &action))
+        .await
+        .expect("the step waited on the frozen connection instead of logging in again")
+        .unwrap();
+    assert!(matches!(applied, Applied::Ran { .. }), "{applied:?}");
+    let mut ran = summary(&reports(&mut rx));
+    ran.sort();
+    assert_eq!(
+        ran,
+        vec![
+            ("apply".into(), "host1".into(), "ran".into()),
+            ("apply".into(), "host2".into(), "ran".into()),
+        ]
+    );
+    for root in &roots {
+        assert_eq!(std::fs::read_to_string(root.join("one")).unwrap(), "x\n");
+        assert_eq!(std::fs::read_to_string(root.join("two")).unwrap(), "x\n");
+    }
+    assert_eq!(fleet.hosts[0].logins(), 2);
+    assert_eq!(fleet.hosts[1].logins(), 1);
+    // The new session is kept: the next step logs in no more.
+    let (c, _rx) = ctx("run10", "three");
+    target
+        .apply(&c, &exec_step("echo x >> three", None))
+        .await
+        .unwrap();
+    assert_eq!(fleet.hosts[0].logins(), 2);
+    drop(frozen);
+}
+
+/// The reconnect rule, second half: once the step's channel opened, a broken connection
+/// is never a reason to run the step again: the host whose connection dropped while the
+/// command ran fails the step (whether it took effect is not known here), the command
+/// goes on to the end on the host, once, and its marker shows it done.
+#[tokio::test]
+async fn a_connection_dropped_after_the_channel_opened_does_not_start_the_step_again() {
+    let fleet = Fleet::start(1);
+    let (inv, roots) = host_dirs(&fleet);
+    let target = SshTarget::new(&inv, None, None, None).unwrap();
+    let action = exec_step("touch started; sleep 1; echo x >> runs", None);
+    let (c, _rx) = ctx("run11", "install");
+    let started = roots[0].join("started");
+    let apply = target.apply(&c, &action);
+    tokio::pin!(apply);
+    tokio::select! {
+        r = &mut apply => panic!("the step finished before its connection dropped: {r:?}"),
+        () = wait_for(&started) => {}
+    }
+    fleet.hosts[0].drop_connections();
+    let e = apply.await.unwrap_err();
+    assert!(matches!(e, TargetError::Failed { .. }), "{e:?}");
+    // `observe` waits for the attempt still running on the host and finds its marker.
+    let seen = target.observe(&c, &action).await.unwrap();
+    assert!(matches!(seen, Observation::Done { .. }), "{seen:?}");
+    assert_eq!(
+        std::fs::read_to_string(roots[0].join("runs")).unwrap(),
+        "x\n"
+    );
+    assert_eq!(fleet.hosts[0].logins(), 2);
 }
 
 fn waves_target(inv: &Inventory, parallelism: u32, batch: u32, max_failures: u32) -> SshTarget {

@@ -35,6 +35,23 @@ impl Drop for Sshd {
     }
 }
 
+/// Connection processes stopped by [`Sshd::freeze_connections`]; killed on drop.
+pub struct Frozen {
+    /// Their pids.
+    pub pids: Vec<u32>,
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        for pid in &self.pids {
+            let _ = Command::new("kill")
+                .arg("-KILL")
+                .arg(pid.to_string())
+                .status();
+        }
+    }
+}
+
 /// Several sshd and the client side to reach them.
 pub struct Fleet {
     /// Holds every file; removed on drop (after the servers, which are dropped first).
@@ -123,12 +140,26 @@ impl Sshd {
             .count()
     }
 
-    /// Kill the per-connection processes of this server (its children), by pid: every
-    /// open session to it drops, the listener stays.
+    /// Kill the per-connection sshd processes of this server (its descendants named
+    /// `sshd`), by pid: every open session to it drops, the listener stays, and commands
+    /// still running in those sessions go on (as when the network drops a connection).
     pub fn drop_connections(&self) {
-        let me = self.child.id();
+        for pid in self.descendants() {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            if comm.trim_end() == "sshd" {
+                let _ = Command::new("kill")
+                    .arg("-KILL")
+                    .arg(pid.to_string())
+                    .status();
+            }
+        }
+    }
+
+    /// Every process below this server (its connections and what runs in them).
+    fn descendants(&self) -> Vec<u32> {
+        let mut children: std::collections::BTreeMap<u32, Vec<u32>> = Default::default();
         for e in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
                 continue;
             };
             let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
@@ -137,13 +168,32 @@ impl Sshd {
                 .rsplit_once(')')
                 .and_then(|(_, rest)| rest.split_whitespace().nth(1))
                 .and_then(|p| p.parse::<u32>().ok());
-            if ppid == Some(me) {
-                let _ = Command::new("kill")
-                    .arg("-KILL")
-                    .arg(pid.to_string())
-                    .status();
+            if let Some(ppid) = ppid {
+                children.entry(ppid).or_default().push(pid);
             }
         }
+        let mut pids = Vec::new();
+        let mut todo = children.get(&self.child.id()).cloned().unwrap_or_default();
+        while let Some(pid) = todo.pop() {
+            pids.push(pid);
+            todo.extend(children.get(&pid).cloned().unwrap_or_default());
+        }
+        pids
+    }
+
+    /// Stop (SIGSTOP) every process of this server's open connections (its descendants),
+    /// by pid: the connections stay open but nothing answers on them any more, as when a
+    /// host hangs or the network drops packets without a reset; the listener still
+    /// accepts new ones. They are killed when the returned guard is dropped.
+    pub fn freeze_connections(&self) -> Frozen {
+        let pids = self.descendants();
+        for pid in &pids {
+            let _ = Command::new("kill")
+                .arg("-STOP")
+                .arg(pid.to_string())
+                .status();
+        }
+        Frozen { pids }
     }
 
     fn start(dir: &Path, name: &str, authorized: &Path) -> Sshd {
