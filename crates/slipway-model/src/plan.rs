@@ -1070,6 +1070,19 @@ fn canonical(plan: &Plan) -> serde_json::Value {
     for (n, s) in &plan.services {
         depends.insert(n, s.depends_on.iter().map(String::as_str).collect());
     }
+    // depends_on order carries no meaning; the set does: each service's lists are sorted
+    // in its JSON rather than on a copy of the service (2,000 clones and drops of them was
+    // a tenth of planning 2,000 services; the bytes hashed are the same).
+    let mut services = serde_json::json!(plan.services);
+    if let Some(m) = services.as_object_mut() {
+        for s in m.values_mut() {
+            for field in ["depends_on", "coupled_with"] {
+                if let Some(serde_json::Value::Array(a)) = s.get_mut(field) {
+                    a.sort_by(|x, y| x.as_str().cmp(&y.as_str()));
+                }
+            }
+        }
+    }
     let mut canonical = serde_json::json!({
         "format": plan.format,
         "release": plan.release,
@@ -1078,12 +1091,6 @@ fn canonical(plan: &Plan) -> serde_json::Value {
         "strategy": plan.strategy,
         // depends_on order carries no meaning; the set does.
         "depends": depends,
-        "services": plan.services.iter().map(|(n, s)| {
-            let mut s = s.clone();
-            s.depends_on.sort();
-            s.coupled_with.sort();
-            (n.clone(), s)
-        }).collect::<BTreeMap<_, _>>(),
         "waves": plan.waves,
         "steps": plan.steps,
         "gates": plan.gates,
@@ -1095,6 +1102,8 @@ fn canonical(plan: &Plan) -> serde_json::Value {
     // Only when present, so plans without compatibility findings keep their digests.
     // A waiver changes what is approved (no compat gate), so it is part of the digest.
     if let Some(m) = canonical.as_object_mut() {
+        // Moved in, not through `json!` (which would copy the whole tree).
+        m.insert("services".into(), services);
         if !plan.breaking.is_empty() {
             m.insert("breaking".into(), serde_json::json!(plan.breaking));
         }

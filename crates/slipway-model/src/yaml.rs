@@ -119,7 +119,13 @@ where
     let mut out = String::new();
     for s in segments {
         out.push('/');
-        out.push_str(&escape(s.as_ref()));
+        let s = s.as_ref();
+        // Most segments (names, fields) need no escaping: no copy for them.
+        if s.contains(['~', '/']) {
+            out.push_str(&escape(s));
+        } else {
+            out.push_str(s);
+        }
     }
     out
 }
