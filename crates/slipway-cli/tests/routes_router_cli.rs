@@ -776,4 +776,12 @@ fn haproxy_without_the_affinity_cookie_refuses_the_canary_naming_the_line_to_add
         assert_eq!(who(front, &[]).0, "1.0.0");
     }
     assert!(canary_weights(&env.path().join("admin.sock")).is_empty());
+    // What the refused attempt started is stopped, the stable pool untouched.
+    let running = env.instances();
+    assert_eq!(running.get("2.0.0"), None, "the refused canary keeps running: {running:?}");
+    assert_eq!(running.get("1.0.0"), Some(&2), "{running:?}");
+    assert!(
+        shown.contains("the canary api 2.0.0 was taken out of the router and stopped (2 instance(s)), 1.0.0 serves as before"),
+        "{shown}"
+    );
 }

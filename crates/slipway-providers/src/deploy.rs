@@ -366,7 +366,7 @@ impl DeployTarget {
                     }
                     None => (0, None),
                 };
-                run_canary_checked(
+                let driven = run_canary_checked(
                     Canary {
                         service,
                         version,
@@ -385,8 +385,15 @@ impl DeployTarget {
                     self.pre_traffic.as_deref(),
                     &mut emit,
                 )
-                .await
-                .map_err(|e| TargetError::Io(e.to_string()))?
+                .await;
+                match driven {
+                    Ok(outcome) => outcome,
+                    Err(e) => {
+                        return Err(self
+                            .abandon_canary(router, service, version, &stable, e, &mut emit)
+                            .await);
+                    }
+                }
             }
             _ => {
                 // Nothing to compare against (first deploy) or not a canary: replace.
@@ -517,6 +524,58 @@ impl DeployTarget {
             }
             // Both versions keep running; the run pauses and a resume observes this step.
             Outcome::Paused { reason } => Err(TargetError::Paused { reason }),
+        }
+    }
+
+    /// The controller stopped with an error (the router refused the candidate's pool as
+    /// it was about to get traffic, or a change later on; an instance would not start):
+    /// the step fails, and what this attempt started or continued of `version` is taken
+    /// out of the router and stopped, the stable pool untouched — the engine undoes only
+    /// steps that succeeded, so nothing else would. Journaled as a rollback
+    /// (`rolling_back` first): a driver killed in between is resumed as one, the step
+    /// applied again retiring what is left before a fresh canary. A router that refuses
+    /// to serve the stable pool alone leaves the canary running, and the error says so.
+    async fn abandon_canary(
+        &self,
+        router: &dyn ServiceRouter,
+        service: &str,
+        version: &str,
+        stable: &[slipway_rollout::Instance],
+        error: slipway_rollout::RolloutError,
+        emit: &mut (dyn FnMut(RolloutEvent) + Send),
+    ) -> TargetError {
+        let started: Vec<_> = self
+            .processes
+            .running(service)
+            .alive
+            .into_iter()
+            .filter(|i| i.version == version)
+            .collect();
+        let failed = |message: String| TargetError::Failed {
+            message,
+            output: StepOutput::default(),
+        };
+        if started.is_empty() {
+            return failed(error.to_string());
+        }
+        let reason = format!("the canary cannot go on: {error}");
+        emit(RolloutEvent::RollingBack {
+            reason: reason.clone(),
+        });
+        let n = started.len();
+        match retire(router, &self.processes, stable, &started, self.drain_timeout).await {
+            Ok(()) => {
+                emit(RolloutEvent::RolledBack { reason });
+                failed(format!(
+                    "{error}; the canary {service} {version} was taken out of the router and stopped ({n} instance(s)), {} serves as before",
+                    stable
+                        .first()
+                        .map_or("the stable pool", |i| i.version.as_str())
+                ))
+            }
+            Err(e) => failed(format!(
+                "{error}; the canary {service} {version} ({n} instance(s)) keeps running: taking it out failed too ({e}); fix the router, then `slipway rollback` the run"
+            )),
         }
     }
 
@@ -1036,13 +1095,20 @@ async fn retire(
     let canary_addrs: Vec<_> = canary.iter().map(|i| i.addr).collect();
     if !stable.is_empty() {
         router.set_weight(0).await.map_err(io)?;
-        router
+        // Drained in its pool where the router takes it there; a router that refuses
+        // (a canary it never served, e.g. a HAProxy backend without the affinity cookie)
+        // only has to serve the stable pool alone before the canary stops.
+        if router
             .set_pools(&stable_addrs, &canary_addrs)
             .await
-            .map_err(io)?;
-        let start = std::time::Instant::now();
-        while router.canary_in_flight().await.unwrap_or(0) > 0 && start.elapsed() < drain_timeout {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            .is_ok()
+        {
+            let start = std::time::Instant::now();
+            while router.canary_in_flight().await.unwrap_or(0) > 0
+                && start.elapsed() < drain_timeout
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
         }
         router.set_pools(&stable_addrs, &[]).await.map_err(io)?;
     }
