@@ -785,3 +785,170 @@ fn haproxy_without_the_affinity_cookie_refuses_the_canary_naming_the_line_to_add
         "{shown}"
     );
 }
+
+/// HAProxy in master-worker mode, reloaded as `systemctl reload haproxy` does (SIGUSR2 to
+/// the master): the new worker starts from the configuration alone.
+struct Reloadable {
+    master: std::process::Child,
+    port: u16,
+    socket: PathBuf,
+}
+
+impl Reloadable {
+    /// [`crate::router_cli::haproxy_with`]'s configuration, with `extra` in `backend app`.
+    fn start(dir: &Path, extra: &str) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let socket = dir.join("admin.sock");
+        let cfg = format!(
+            "global
+  stats socket {s} mode 600 level admin
+defaults
+  mode http
+  timeout connect 2s
+  timeout client 30s
+  timeout server 30s
+frontend fe
+  bind 127.0.0.1:{port}
+  default_backend app
+backend app
+  balance roundrobin
+{extra}
+  server-template stable 2 127.0.0.1:1 disabled
+  server-template canary 2 127.0.0.1:1 disabled
+",
+            s = socket.display()
+        );
+        std::fs::write(dir.join("haproxy.cfg"), cfg).unwrap();
+        let master = std::process::Command::new("haproxy")
+            .args(["-W", "-db", "-f"])
+            .arg(dir.join("haproxy.cfg"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.join("haproxy.err")).unwrap())
+            .spawn()
+            .expect("haproxy is installed (scripts/test.sh installs it)");
+        let h = Self {
+            master,
+            port,
+            socket,
+        };
+        h.wait_worker(None);
+        h
+    }
+
+    /// The pid of the worker answering the admin socket, if one does.
+    fn worker(&self) -> Option<String> {
+        use std::io::{Read as _, Write as _};
+        let mut s = std::os::unix::net::UnixStream::connect(&self.socket).ok()?;
+        s.write_all(b"show info\n").ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        out.lines()
+            .find_map(|l| l.strip_prefix("Pid: "))
+            .map(str::to_owned)
+    }
+
+    /// Until a worker other than `old` answers the admin socket and the front door.
+    fn wait_worker(&self, old: Option<&str>) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(pid) = self.worker()
+                && old != Some(pid.as_str())
+                && std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+            {
+                return pid;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no new HAProxy worker after 20 s: {}",
+                std::fs::read_to_string(self.socket.with_file_name("haproxy.err"))
+                    .unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Reload: a new worker from the configuration file, the old one finishing.
+    fn reload(&self) {
+        let old = self.worker().expect("a worker answers before the reload");
+        let ok = std::process::Command::new("kill")
+            .args(["-USR2", &self.master.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -USR2 the HAProxy master");
+        self.wait_worker(Some(&old));
+    }
+}
+
+impl Drop for Reloadable {
+    fn drop(&mut self) {
+        // SIGTERM by its pid: the master takes its workers with it.
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.master.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if matches!(self.master.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.master.kill();
+        let _ = self.master.wait();
+    }
+}
+
+/// HAProxy reloaded mid-canary forgets everything its runtime API was told (addresses,
+/// weights, the dynamic-cookie key): Slipway finds it at its next interval and sets it
+/// again, journaled; the canary gets its share again and every user pinned before the
+/// reload is still on the same version (the same key gives the same cookies).
+#[test]
+fn haproxy_reloaded_mid_canary_gets_its_split_and_its_pinned_users_back() {
+    let env = Env::new();
+    let h = Reloadable::start(
+        env.path(),
+        "  cookie slipway-canary insert indirect nocache httponly attr \"SameSite=Lax\" attr \"Max-Age=1800\"",
+    );
+    let router = "{ haproxy: { socket: admin.sock, backend: app } }";
+    let front = SocketAddr::from(([127, 0, 0, 1], h.port));
+    let canary = "{ session_affinity: { cookie: slipway-canary, max_age: 30m }, steps: [ { set_weight: 50 }, { pause: manual } ] }";
+    let (code, v, err) = env.deploy(&spec(&env, "1.0.0", router, canary));
+    assert_eq!(code, 0, "{v}\n{err}");
+    let run = deploy_to_pause(&env, &spec(&env, "2.0.0", router, canary));
+    let split = canary_weights(&h.socket);
+    assert_eq!(split.len(), 2, "{split:?}");
+    let users: Vec<(String, String)> = (0..20)
+        .map(|_| {
+            let (version, set) = who(front, &[]);
+            assert!(!pin(&set).is_empty(), "{set}");
+            (format!("slipway-canary={}", pin(&set)), version)
+        })
+        .collect();
+    assert!(users.iter().any(|(_, v)| v == "2.0.0"), "{users:?}");
+    assert!(users.iter().any(|(_, v)| v == "1.0.0"), "{users:?}");
+    h.reload();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !env.journal(&run).contains("\"event\":\"router_restored\"") {
+        assert!(
+            Instant::now() < deadline,
+            "the reloaded HAProxy was never given the canary back (canary weights now {:?}): {}",
+            canary_weights(&h.socket),
+            env.journal(&run)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(canary_weights(&h.socket), split);
+    // Each pinned user is on its version still, and not pinned anew.
+    for (cookie, version) in &users {
+        let (got, set) = who(front, &[("cookie", cookie)]);
+        assert_eq!((&got, set.as_str()), (version, ""), "{cookie}");
+    }
+    // New users are split by the weight again.
+    let on_canary = (0..20).filter(|_| who(front, &[]).0 == "2.0.0").count();
+    assert!((1..20).contains(&on_canary), "{on_canary} of 20 on the canary");
+    abort(&env, &run);
+}

@@ -152,6 +152,12 @@ pub enum RolloutEvent {
         /// Why.
         reason: String,
     },
+    /// The router had lost what the controller set (HAProxy reloaded: what its runtime
+    /// API was told is gone) and it was set again.
+    RouterRestored {
+        /// What was lost and put back.
+        detail: String,
+    },
 }
 
 /// Traffic numbers of a window, for display.
@@ -464,6 +470,9 @@ fn describe_rollout(e: &RolloutEvent) -> String {
         }
         RolloutEvent::CanaryDrained { in_flight } => {
             format!("canary drained ({in_flight} in flight)")
+        }
+        RolloutEvent::RouterRestored { detail } => {
+            format!("the router had lost the canary's traffic split; set again: {detail}")
         }
     }
 }

@@ -24,6 +24,13 @@
 //! previous `show stat` counters, for the difference a metric window is; a new router's
 //! first window is discarded by the controller anyway.
 //!
+//! What the router last set (pools and weight) is remembered only to hold HAProxy to
+//! it: a reload forgets everything the runtime API was told (addresses, weights,
+//! `state ready`, the dynamic-cookie key, map entries), so at each analysis interval
+//! ([`TrafficRouter::reconcile`]) the router reads HAProxy back and sets again what
+//! differs — the pools and weight, dynamic cookies with the same key (the same cookies:
+//! pinned users stay pinned), the routes — and the controller journals what was lost.
+//!
 //! Session affinity (`strategy.canary.session_affinity`) is HAProxy's own cookie
 //! persistence with *dynamic* server cookies: the backend declares the cookie once
 //! (`cookie NAME insert indirect nocache ...`, no `dynamic`, so HAProxy starts with no
@@ -189,6 +196,37 @@ pub struct HaproxyRouter {
     /// Session affinity by HAProxy's dynamic cookies (the backend's `cookie` line).
     affinity: Option<Affinity>,
     last: Mutex<Option<(Instant, Counts, Counts, Counts)>>,
+    /// The pools and weight this router last set, to set again when HAProxy lost them.
+    desired: Mutex<Option<Desired>>,
+}
+
+/// What a router set: the pools (in slot order) and the canary's weight.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Desired {
+    stable: Vec<std::net::SocketAddr>,
+    canary: Vec<std::net::SocketAddr>,
+    weight: u8,
+}
+
+/// What HAProxy lost of what a router set.
+#[derive(Debug, Default)]
+struct Lost {
+    /// The servers in service are not the pools (everything else goes with them).
+    pools: bool,
+    /// The routes map lost the canary's rules.
+    routes: bool,
+    /// Each loss, in words.
+    what: Vec<String>,
+}
+
+/// `ip:port` of each address, sorted (to compare with [`in_use_addrs`]).
+fn addr_list(addrs: &[std::net::SocketAddr]) -> Vec<String> {
+    let mut v: Vec<String> = addrs
+        .iter()
+        .map(|a| format!("{}:{}", a.ip(), a.port()))
+        .collect();
+    v.sort();
+    v
 }
 
 impl HaproxyRouter {
@@ -208,7 +246,96 @@ impl HaproxyRouter {
             routes: None,
             affinity: None,
             last: Mutex::new(None),
+            desired: Mutex::new(None),
         }
+    }
+
+    /// What this router last set (a poisoned lock still holds plain data).
+    fn desired(&self) -> std::sync::MutexGuard<'_, Option<Desired>> {
+        self.desired
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether HAProxy lost the affinity of a canary serving above 0: dynamic cookies on
+    /// give every canary server in use a cookie (`show stat`), a reload forgets the key
+    /// and leaves them without one.
+    async fn affinity_lost(&self, slots: &Slots) -> Result<bool, String> {
+        let out = self.command("show stat").await?;
+        let mut lines = out.lines();
+        let header: Vec<&str> = lines
+            .next()
+            .and_then(|h| h.strip_prefix("# "))
+            .map(|h| h.split(',').collect())
+            .ok_or_else(|| format!("HAProxy answered `show stat` with: {}", out.trim()))?;
+        let col = |n: &str| header.iter().position(|h| *h == n);
+        let (px, sv, ck) = (col("pxname"), col("svname"), col("cookie"));
+        let canary: Vec<&str> = slots
+            .canary
+            .iter()
+            .filter(|s| s.in_use())
+            .map(|s| s.name.as_str())
+            .collect();
+        Ok(lines.any(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            let at = |i: Option<usize>| i.and_then(|i| f.get(i)).copied().unwrap_or("");
+            at(px) == self.backend && canary.contains(&at(sv)) && at(ck).is_empty()
+        }))
+    }
+
+    /// What HAProxy lost of `want`.
+    async fn lost(&self, want: &Desired, slots: &Slots) -> Result<Lost, String> {
+        let mut lost = Lost::default();
+        let have_s = {
+            let mut v = in_use_addrs(&slots.stable);
+            v.sort();
+            v
+        };
+        let have_c = {
+            let mut v = in_use_addrs(&slots.canary);
+            v.sort();
+            v
+        };
+        if have_s != addr_list(&want.stable) || have_c != addr_list(&want.canary) {
+            lost.pools = true;
+            lost.what.push(format!(
+                "the pools ({} stable and {} canary server(s) in service instead of {} and {})",
+                have_s.len(),
+                have_c.len(),
+                want.stable.len(),
+                want.canary.len()
+            ));
+            // Everything else goes back with the pools.
+            return Ok(lost);
+        }
+        let (ws, wc) = server_weights(want.weight, have_s.len(), have_c.len());
+        let off = |v: &[Slot], w: u64| v.iter().filter(|s| s.in_use()).any(|s| s.weight != w);
+        if off(&slots.stable, ws) || off(&slots.canary, wc) {
+            lost.what.push(format!(
+                "the weights (the canary at {}% instead of {}%)",
+                slots.weight().unwrap_or(0),
+                want.weight
+            ));
+        }
+        let canary_serves = !want.canary.is_empty() && want.weight > 0;
+        if self.affinity.is_some() && canary_serves && self.affinity_lost(slots).await? {
+            lost.what
+                .push("the session affinity (dynamic cookies off or without their key)".into());
+        }
+        if let Some((_, map)) = &self.routes
+            && !want.canary.is_empty()
+            && !self.routes_in_force().await?
+            && !self
+                .ended_canary(map)
+                .await?
+                .iter()
+                .any(|a| have_c.contains(a))
+        {
+            lost.routes = true;
+            lost.what
+                .push(format!("the match routes (map {} empty)", map.display()));
+        }
+        Ok(lost)
     }
 
     /// Give the canary these match rules through the map file `map` (which the backend
@@ -832,6 +959,11 @@ impl TrafficRouter for HaproxyRouter {
             if affinity_on {
                 self.changes(&self.affinity_commands(true)?).await?;
             }
+            *self.desired() = Some(Desired {
+                stable: stable.to_vec(),
+                canary: canary.to_vec(),
+                weight,
+            });
             Ok(())
         })
     }
@@ -839,7 +971,52 @@ impl TrafficRouter for HaproxyRouter {
     fn set_weight(&self, weight: u8) -> BoxFuture<'_, Result<(), RolloutError>> {
         Box::pin(async move {
             let slots = self.slots().await.map_err(RolloutError::Router)?;
-            self.apply_weights(&slots, weight).await
+            self.apply_weights(&slots, weight).await?;
+            if let Some(d) = self.desired().as_mut() {
+                d.weight = weight;
+            }
+            Ok(())
+        })
+    }
+
+    fn reconcile(&self) -> BoxFuture<'_, Result<Option<String>, RolloutError>> {
+        Box::pin(async move {
+            // Only what this router set: a router that set nothing yet (a new process
+            // before its first change) has nothing to hold HAProxy to.
+            let Some(want) = self.desired().clone() else {
+                return Ok(None);
+            };
+            let slots = self.slots().await.map_err(RolloutError::Router)?;
+            let lost = self.lost(&want, &slots).await.map_err(RolloutError::Router)?;
+            if lost.what.is_empty() {
+                return Ok(None);
+            }
+            if lost.pools {
+                // Weight 0, the pools (their routes installed anew), then the weight with
+                // its affinity: the order of a canary's start, so nothing reaches the
+                // canary before its share is set. The same key gives the same cookies:
+                // users pinned before the loss stay where they were.
+                self.set_weight(0).await?;
+                self.set_pools(&want.stable, &want.canary).await?;
+                self.set_weight(want.weight).await?;
+            } else {
+                let slots = self.slots().await.map_err(RolloutError::Router)?;
+                self.apply_weights(&slots, want.weight).await?;
+                let canary_serves = !want.canary.is_empty() && want.weight > 0;
+                if canary_serves {
+                    self.changes(&self.affinity_commands(true)?).await?;
+                }
+                if lost.routes {
+                    self.install_routes().await?;
+                }
+            }
+            Ok(Some(format!(
+                "HAProxy backend `{}` ({}) had lost {}; the canary at {}% again",
+                self.backend,
+                self.socket.display(),
+                lost.what.join(", "),
+                want.weight
+            )))
         })
     }
 

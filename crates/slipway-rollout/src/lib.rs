@@ -113,6 +113,13 @@ pub trait TrafficRouter: Send + Sync {
     fn guard_trip(&self) -> BoxFuture<'_, Option<String>> {
         Box::pin(async { None })
     }
+    /// Called at every analysis interval: when the router no longer holds what this
+    /// router last set (pools, weights, match routes, affinity — e.g. HAProxy reloaded
+    /// and forgot what its runtime API was told), set it again and say what was lost.
+    /// `Ok(None)`: nothing was lost, or a router that cannot lose it.
+    fn reconcile(&self) -> BoxFuture<'_, Result<Option<String>, RolloutError>> {
+        Box::pin(async { Ok(None) })
+    }
 }
 
 /// Measurements of canary vs stable.
@@ -638,6 +645,7 @@ async fn steps(
             if let Err(detail) = world.instances.healthy(&canary).await {
                 return health_failed(c, world, &canary, detail, weight, measurements, emit).await;
             }
+            restore_router(world, emit).await;
             if judge.is_some() || background.is_some() {
                 // A template judged only by external providers does not need the router's
                 // window (an nginx router has none): a failing window is an Error only
@@ -738,6 +746,15 @@ async fn steps(
     }
     guard.set(world, None, false).await?;
     promote(c, world, canary, emit).await
+}
+
+/// Put back what the router lost since the last interval (see
+/// [`TrafficRouter::reconcile`]), journaled. A router that cannot be read now is tried
+/// again at the next interval; one that stays unreachable fails the analysis window.
+async fn restore_router(world: &World<'_>, emit: &mut (dyn FnMut(RolloutEvent) + Send)) {
+    if let Ok(Some(detail)) = world.router.reconcile().await {
+        emit(RolloutEvent::RouterRestored { detail });
+    }
 }
 
 /// What the steps hand to the soak: the background analysis, the measurements so far and
@@ -844,6 +861,7 @@ async fn soak(
             let reason = format!("health probe failed during the soak at full weight: {detail}");
             return rollback(c, world, &canary, reason, measurements, emit).await;
         }
+        restore_router(world, emit).await;
         if let Some(j) = background.as_mut() {
             let (w, source_error) = match world.metrics.window().await {
                 Ok(w) => (w, None),
