@@ -983,7 +983,8 @@ impl TrafficRouter for HaproxyRouter {
         Box::pin(async move {
             // Only what this router set: a router that set nothing yet (a new process
             // before its first change) has nothing to hold HAProxy to.
-            let Some(want) = self.desired().clone() else {
+            let want = self.desired().clone();
+            let Some(want) = want else {
                 return Ok(None);
             };
             let slots = self.slots().await.map_err(RolloutError::Router)?;
@@ -1000,12 +1001,8 @@ impl TrafficRouter for HaproxyRouter {
                 self.set_pools(&want.stable, &want.canary).await?;
                 self.set_weight(want.weight).await?;
             } else {
-                let slots = self.slots().await.map_err(RolloutError::Router)?;
+                // The weights, and with them the affinity (its key sent again).
                 self.apply_weights(&slots, want.weight).await?;
-                let canary_serves = !want.canary.is_empty() && want.weight > 0;
-                if canary_serves {
-                    self.changes(&self.affinity_commands(true)?).await?;
-                }
                 if lost.routes {
                     self.install_routes().await?;
                 }
