@@ -778,7 +778,11 @@ fn haproxy_without_the_affinity_cookie_refuses_the_canary_naming_the_line_to_add
     assert!(canary_weights(&env.path().join("admin.sock")).is_empty());
     // What the refused attempt started is stopped, the stable pool untouched.
     let running = env.instances();
-    assert_eq!(running.get("2.0.0"), None, "the refused canary keeps running: {running:?}");
+    assert_eq!(
+        running.get("2.0.0"),
+        None,
+        "the refused canary keeps running: {running:?}"
+    );
     assert_eq!(running.get("1.0.0"), Some(&2), "{running:?}");
     assert!(
         shown.contains("the canary api 2.0.0 was taken out of the router and stopped (2 instance(s)), 1.0.0 serves as before"),
@@ -949,6 +953,9 @@ fn haproxy_reloaded_mid_canary_gets_its_split_and_its_pinned_users_back() {
     }
     // New users are split by the weight again.
     let on_canary = (0..20).filter(|_| who(front, &[]).0 == "2.0.0").count();
-    assert!((1..20).contains(&on_canary), "{on_canary} of 20 on the canary");
+    assert!(
+        (1..20).contains(&on_canary),
+        "{on_canary} of 20 on the canary"
+    );
     abort(&env, &run);
 }

@@ -563,7 +563,15 @@ impl DeployTarget {
             reason: reason.clone(),
         });
         let n = started.len();
-        match retire(router, &self.processes, stable, &started, self.drain_timeout).await {
+        match retire(
+            router,
+            &self.processes,
+            stable,
+            &started,
+            self.drain_timeout,
+        )
+        .await
+        {
             Ok(()) => {
                 emit(RolloutEvent::RolledBack { reason });
                 failed(format!(
@@ -1098,11 +1106,7 @@ async fn retire(
         // Drained in its pool where the router takes it there; a router that refuses
         // (a canary it never served, e.g. a HAProxy backend without the affinity cookie)
         // only has to serve the stable pool alone before the canary stops.
-        if router
-            .set_pools(&stable_addrs, &canary_addrs)
-            .await
-            .is_ok()
-        {
+        if router.set_pools(&stable_addrs, &canary_addrs).await.is_ok() {
             let start = std::time::Instant::now();
             while router.canary_in_flight().await.unwrap_or(0) > 0
                 && start.elapsed() < drain_timeout

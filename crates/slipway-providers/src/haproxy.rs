@@ -988,7 +988,10 @@ impl TrafficRouter for HaproxyRouter {
                 return Ok(None);
             };
             let slots = self.slots().await.map_err(RolloutError::Router)?;
-            let lost = self.lost(&want, &slots).await.map_err(RolloutError::Router)?;
+            let lost = self
+                .lost(&want, &slots)
+                .await
+                .map_err(RolloutError::Router)?;
             if lost.what.is_empty() {
                 return Ok(None);
             }
