@@ -957,5 +957,12 @@ fn haproxy_reloaded_mid_canary_gets_its_split_and_its_pinned_users_back() {
         (1..20).contains(&on_canary),
         "{on_canary} of 20 on the canary"
     );
+    // Once put back, nothing is found lost again at the intervals since.
+    let journal = env.journal(&run);
+    assert_eq!(
+        journal.matches("\"event\":\"router_restored\"").count(),
+        1,
+        "{journal}"
+    );
     abort(&env, &run);
 }
