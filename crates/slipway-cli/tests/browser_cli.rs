@@ -219,9 +219,13 @@ fn in_the_browser_an_approver_approves_from_the_inbox_and_watches_the_canary_cha
         .map(|c| c.as_u64().unwrap())
         .collect();
     eprintln!("chart points the page showed, as they grew: {counts:?}");
+    if counts.len() < 2 {
+        let (_, j) = get_as(addr, &format!("/api/v1/runs/{run}/journal"), vic);
+        eprintln!("JOURNAL {j}");
+    }
     assert!(
         counts.windows(2).all(|w| w[0] < w[1]) && counts.iter().filter(|c| **c > 0).count() >= 2,
-        "the chart grew as points were journaled: {counts:?}"
+        "the chart grew as points were journaled: {counts:?}\n{seen}"
     );
     let (_, svg) = get_as(addr, &format!("/runs/{run}/chart.svg"), vic);
     assert_eq!(

@@ -298,7 +298,7 @@ pub struct InstanceState {
 /// What [`ProcessTarget::running`] found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Survey {
-    /// Still running and answering.
+    /// Still running (answering or not: see [`ProcessTarget::ready`]).
     pub alive: Vec<Instance>,
     /// Recorded but gone (or the pid now belongs to another process).
     pub dead: Vec<Instance>,
@@ -429,14 +429,15 @@ impl ProcessTarget {
             .collect();
         states.sort_by(|a, b| a.instance.id.cmp(&b.instance.id));
         for s in states {
-            let ours = proc_start_ticks(s.instance.pid) == Some(s.start_ticks);
-            if ours
-                && std::net::TcpStream::connect_timeout(
-                    &s.instance.addr,
-                    Duration::from_millis(500),
-                )
-                .is_ok()
-            {
+            // Running means our process lives (same pid and start time, not a zombie),
+            // whether or not it answers this instant: whether it is ready is `ready`'s
+            // question. A connect that took over 500 ms on a loaded host used to count as
+            // death here: the record was removed, the process kept serving unrecorded,
+            // and the next deploy saw no stable version and launched the new one
+            // without a canary.
+            let ours = proc_start_ticks(s.instance.pid) == Some(s.start_ticks)
+                && !is_zombie(s.instance.pid);
+            if ours {
                 survey.alive.push(s.instance);
             } else {
                 let _ = std::fs::remove_file(self.state_path(&s.instance.id));

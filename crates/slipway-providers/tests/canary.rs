@@ -408,6 +408,40 @@ async fn instances_survive_the_supervisor_and_are_found_not_duplicated() {
     assert!(second.running("api").alive.is_empty());
 }
 
+/// An instance whose process lives is running whether or not it answers this instant (a
+/// loaded host, a full accept queue). The survey used to call it dead when a connect was
+/// refused or took over 500 ms: its record was removed, the process kept serving
+/// unrecorded, and the next deploy saw no stable version and launched the new one
+/// without a canary (seen under load in browser_cli: `replaces`, `previous: null`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_that_does_not_answer_for_a_moment_is_still_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let _reap = Reap(dir.path().to_path_buf());
+    let t = target(dir.path(), "");
+    let started = t.start("api", "1.0.0", 1, Role::Stable).await.unwrap();
+    // Its record now names an address nothing listens on: every connect is refused, as
+    // a connect to a stalled instance times out.
+    let state = dir.path().join(format!("{}.json", started[0].id));
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+    let silent = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    v["instance"]["addr"] = silent.to_string().into();
+    std::fs::write(&state, serde_json::to_vec(&v).unwrap()).unwrap();
+    let survey = t.running("api");
+    assert!(state.exists(), "the record of a live instance was removed");
+    // Stop it by its real pid whatever the survey said, so a failure leaks nothing.
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(started[0].pid).unwrap());
+    let _ = nix::sys::signal::killpg(pid, nix::sys::signal::Signal::SIGKILL);
+    assert!(survey.dead.is_empty(), "{survey:?}");
+    assert_eq!(
+        survey.alive.iter().map(|i| i.pid).collect::<Vec<_>>(),
+        vec![started[0].pid],
+        "{survey:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_canary_failing_hard_is_cut_off_by_the_guard() {
     let run = canary(
