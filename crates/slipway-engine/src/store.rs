@@ -423,6 +423,20 @@ pub trait Store: Send + Sync {
     /// live process holds it. Released on drop or when the process dies.
     fn claim<'a>(&'a self, run_id: &'a str)
     -> BoxFuture<'a, Result<Box<dyn RunClaim>, StoreError>>;
+    /// Whether a live process holds the claim on `run_id` now. A reader (`status`, a
+    /// takeover scan) asks this; it must neither hold up a driver claiming at that instant
+    /// nor take another reader for a driver, so a store should answer without taking the
+    /// claim. This default takes it and lets it go at once, as a store whose claims are
+    /// cheap and uncontended may.
+    fn driven<'a>(&'a self, run_id: &'a str) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            match self.claim(run_id).await {
+                Ok(_claim) => Ok(false),
+                Err(StoreError::Claimed(_)) => Ok(true),
+                Err(e) => Err(e),
+            }
+        })
+    }
     /// Take, renew or reclaim the lease on `req.environment`, as one compare-and-swap:
     /// granted when the environment is free, the lease is the caller's own, or the
     /// current lease expired at `req.now`; otherwise [`LeaseOutcome::Held`].

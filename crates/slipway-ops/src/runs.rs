@@ -198,11 +198,7 @@ pub fn plan_of(run: &RunRecord) -> Option<Plan> {
 
 /// Whether a live process drives the run now (holds its claim).
 pub async fn driven(store: &dyn Store, run: &str) -> OpsResult<bool> {
-    match store.claim(run).await {
-        Ok(_claim) => Ok(false),
-        Err(StoreError::Claimed(_)) => Ok(true),
-        Err(e) => Err(e.into()),
-    }
+    Ok(store.driven(run).await?)
 }
 
 /// Why the run is where it is: the reason of its latest state change that gave one.

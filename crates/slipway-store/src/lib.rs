@@ -330,6 +330,9 @@ impl Store for AnyStore {
     ) -> BoxFuture<'a, Result<Box<dyn RunClaim>, StoreError>> {
         both!(self, s => s.claim(run_id))
     }
+    fn driven<'a>(&'a self, run_id: &'a str) -> BoxFuture<'a, Result<bool, StoreError>> {
+        both!(self, s => s.driven(run_id))
+    }
     fn acquire_lease(&self, req: LeaseRequest) -> BoxFuture<'_, Result<LeaseOutcome, StoreError>> {
         both!(self, s => s.acquire_lease(req))
     }

@@ -71,6 +71,20 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const CLAIM_LEASE: Duration = Duration::from_secs(30);
 /// Tries of a busy claim, 50 ms apart (see `claim`).
 const CLAIM_RETRIES: u32 = 20;
+
+/// Whether a session holds the run's claim ([`Store::claim`]'s advisory lock, exclusive),
+/// read from `pg_locks` on a pooled connection: asking takes no lock and opens no
+/// session, so a reader never holds up a driver claiming at that instant, nor sees another
+/// reader as a driver (taking and dropping the claim did both, and each probe cost a new
+/// session: `status` under 50 clients answered in a second). A bigint key shows as its
+/// high and low 32 bits in `classid`/`objid`, `objsubid` 1.
+const DRIVEN_SQL: &str = "SELECT EXISTS (SELECT 1 FROM pg_locks l, \
+     (SELECT ('x' || substr(md5('slipway-run:' || $1), 1, 16))::bit(64)::bigint AS k) key \
+     WHERE l.locktype = 'advisory' AND l.granted AND l.mode = 'ExclusiveLock' \
+     AND l.objsubid = 1 \
+     AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+     AND l.classid = ((key.k >> 32) & 4294967295)::oid \
+     AND l.objid = (key.k & 4294967295)::oid)";
 /// Advisory lock keys (two-int4 form, a key space apart from the claims' bigint keys):
 /// `SLIP` in ASCII, then which lock.
 const LOCK_CLASS: i32 = 0x534c_4950;
@@ -1459,6 +1473,16 @@ impl Store for PgStore {
                 let _ = conn.close().await;
                 Err(StoreError::Claimed(run_id.to_owned()))
             }
+        })
+    }
+
+    fn driven<'a>(&'a self, run_id: &'a str) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            sqlx::query_scalar(DRIVEN_SQL)
+                .bind(run_id)
+                .fetch_one(&self.read)
+                .await
+                .map_err(query_err)
         })
     }
 

@@ -1270,6 +1270,40 @@ impl Store for SqliteStore {
         })
     }
 
+    fn driven<'a>(&'a self, run_id: &'a str) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            if let Some(name) = &self.memory {
+                let claims = memory_claims()
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                return Ok(claims.contains(&(name.clone(), run_id.to_owned())));
+            }
+            let path = self
+                .path
+                .with_extension("locks")
+                .join(format!("{run_id}.lock"));
+            let unavailable = |e: std::io::Error| StoreError::Unavailable {
+                location: self.location(),
+                message: format!("read the run lock {}: {e}", path.display()),
+            };
+            let file = match std::fs::File::open(&path) {
+                Ok(f) => f,
+                // Never claimed here.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+                Err(e) => return Err(unavailable(e)),
+            };
+            // A driver holds the exclusive lock; a reader asks with a shared one, which
+            // other readers' do not exclude (so a reader never takes another for a
+            // driver) and which is let go as the file closes here. A driver claiming in
+            // that instant retries, as it does when a claim is busy.
+            match file.try_lock_shared() {
+                Ok(()) => Ok(false),
+                Err(std::fs::TryLockError::WouldBlock) => Ok(true),
+                Err(std::fs::TryLockError::Error(e)) => Err(unavailable(e)),
+            }
+        })
+    }
+
     fn acquire_lease(&self, req: LeaseRequest) -> BoxFuture<'_, Result<LeaseOutcome, StoreError>> {
         Box::pin(async move {
             match self.send(Write::Lease(LeaseOp::Acquire(req))).await? {

@@ -110,6 +110,63 @@ async fn a_second_claim_on_a_run_is_refused_until_released(b: Backend) {
     store.claim("r1").await.unwrap();
 }
 
+/// `driven` answers whether a live process holds a run's claim without taking it: another
+/// reader asking at that instant (a shared hold on the claim's lock) is not a driver — a
+/// reader that took the claim to ask saw every other reader as one, and held up drivers
+/// (`status` under 50 clients answered in a second on PostgreSQL) — while a held claim
+/// reads as driven from any handle, and a released one as free.
+async fn a_reader_asks_whether_a_run_is_driven_without_claiming_it(b: Backend) {
+    let (f, store) = populated_on(b, 0).await;
+    assert!(!store.driven("r1").await.unwrap());
+    // Another reader, mid-question: the shared lock each backend's claim excludes.
+    let reader: Option<Box<dyn std::any::Any>> = match b {
+        Backend::Sqlite => {
+            let path = f.url.strip_prefix("sqlite://").unwrap();
+            let dir = std::path::Path::new(path).with_extension("locks");
+            std::fs::create_dir_all(&dir).unwrap();
+            let file = std::fs::File::create(dir.join("r1.lock")).unwrap();
+            file.try_lock_shared().unwrap();
+            Some(Box::new(file))
+        }
+        Backend::Postgres => {
+            use sqlx::Connection as _;
+            let mut conn = sqlx::PgConnection::connect(&f.url).await.unwrap();
+            let got: bool = sqlx::query_scalar(
+                "SELECT pg_try_advisory_lock_shared(('x' || substr(md5('slipway-run:' || $1), 1, 16))::bit(64)::bigint)",
+            )
+            .bind("r1")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+            assert!(got);
+            Some(Box::new(conn))
+        }
+        Backend::Memory => None,
+    };
+    assert!(
+        !store.driven("r1").await.unwrap(),
+        "another reader was taken for a driver"
+    );
+    drop(reader);
+    let claim = store.claim("r1").await.unwrap();
+    assert!(store.driven("r1").await.unwrap());
+    let other = f.open().await.unwrap();
+    assert!(
+        other.driven("r1").await.unwrap(),
+        "another handle sees the claim"
+    );
+    drop(claim);
+    // PostgreSQL lets an advisory lock go once it notices the claim's session closed.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while store.driven("r1").await.unwrap() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the claim was released 10 s ago and still reads as held"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 async fn erasing_a_person_keeps_the_chain_valid(b: Backend) {
     let (_f, store) = populated_on(b, 1).await;
     let id = store.pseudonym("alice").await.unwrap();
@@ -268,5 +325,6 @@ on_both!(
     events_update_steps_runs_and_approvals,
     concurrent_commits_are_grouped_and_the_chain_stays_linear,
     a_second_claim_on_a_run_is_refused_until_released,
+    a_reader_asks_whether_a_run_is_driven_without_claiming_it,
     erasing_a_person_keeps_the_chain_valid
 );
