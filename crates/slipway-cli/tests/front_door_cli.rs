@@ -115,13 +115,10 @@ impl Drop for Env {
     }
 }
 
-/// A port free right now (bound and released).
+/// A port free right now, written into a spec: outside the ephemeral range, where no
+/// other test's connection can take it before the proxy binds it.
 pub(crate) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    slipway_testkit::ports::fixed_port()
 }
 
 /// One HTTP/1.1 exchange on a fresh connection: (status, head, body).

@@ -64,12 +64,10 @@ providers:
     p
 }
 
+/// A port for a server started on it (Prometheus) or for nothing to listen on: outside
+/// the ephemeral range, where no other test's connection can take it meanwhile.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    slipway_testkit::ports::fixed_port()
 }
 
 /// A real Prometheus scraping the proxy's admin `/metrics` every second; stopped (by its

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 pub(crate) use slipway_testkit::pg;
 
 use pg::{PASSWORD, db_name, pg};
-use slipway_testkit::ports::free_port;
+use slipway_testkit::ports::fixed_port;
 
 fn spec(dir: &Path, version: &str, step: &str) -> std::path::PathBuf {
     let text = format!(
@@ -209,7 +209,7 @@ fn store_errors_name_the_masked_url_and_the_fix() {
     // Unreachable: nothing listens on the port.
     let url = format!(
         "postgres://app:{PASSWORD}@127.0.0.1:{}/slipway",
-        free_port()
+        fixed_port()
     );
     let t = text(&run(slipway(d, &url).arg("history"), 8));
     assert!(t.contains("postgres://app:***@127.0.0.1:"), "{t}");

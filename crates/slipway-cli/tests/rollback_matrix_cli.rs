@@ -947,6 +947,7 @@ start() {
   env -i PATH="$PATH" FLAVOR="$5" SERVICE="$1" setsid demo-app --port "$3" --version "$2" $4 > "$d/$1-$2.log" 2>&1 < /dev/null &
   echo $! > "$d/$1.pid.new"
   i=0; until [ "$(cat "$d/$1-$2.log" 2>/dev/null | head -c1)" != "" ] || [ $i -ge 200 ]; do sleep 0.05; i=$((i+1)); done
+  grep -q "^listening on" "$d/$1-$2.log" || { echo "$1 $2 did not start:" >&2; cat "$d/$1-$2.log" >&2; exit 1; }
 }
 stop_current() { [ -f "$d/$1.pid" ] && kill "$(cat "$d/$1.pid")" 2>/dev/null; rm -f "$d/$1.pid"; }
 start "$svc" "$ver" "$port" "$flags" "$flavor"
@@ -972,6 +973,7 @@ if [ -s "$prev" ]; then
   echo $! > "$d/$svc.pid"
   cp "$prev" "$d/$svc.launch"
   i=0; until [ "$(cat "$d/$svc-$ver.log" 2>/dev/null | head -c1)" != "" ] || [ $i -ge 200 ]; do sleep 0.05; i=$((i+1)); done
+  grep -q "^listening on" "$d/$svc-$ver.log" || { echo "$svc $ver did not start:" >&2; cat "$d/$svc-$ver.log" >&2; exit 1; }
 else
   stop_current "$svc"; rm -f "$d/$svc.launch"
 fi
@@ -1068,14 +1070,6 @@ environments:
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn exec_case(c: &ECase) {
     let w = World::new();
     let d = w.path();
@@ -1084,7 +1078,12 @@ fn exec_case(c: &ECase) {
     let mut ports = BTreeMap::new();
     for s in ["api", "web"] {
         for v in [V1, V2] {
-            ports.insert((s.to_owned(), v.to_owned()), free_port());
+            // Written into the release's scripts, so it cannot be re-picked on a clash: a
+            // port outside the ephemeral range no connection of another test can take.
+            ports.insert(
+                (s.to_owned(), v.to_owned()),
+                slipway_testkit::ports::fixed_port(),
+            );
         }
     }
     let v1 = w.espec(V1, &ports, false, false);

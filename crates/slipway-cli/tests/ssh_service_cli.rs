@@ -18,15 +18,10 @@ const SECRET_NAME: &str = "SLIPWAY_SSH_SVC_TEST_PASSWORD";
 const SECRET: &str = "pw-7f3a-ssh-never-in-the-journal";
 const TEMPLATE: &str = "password = \"{{ vars.password }}\"\nversion = \"{{ version }}\"\n";
 
-/// Two ports in a row that are free now (an instance per replica).
+/// `n` ports in a row that are free now (an instance per replica), written into the
+/// spec: outside the ephemeral range, where no other test's connection can take them.
 pub(crate) fn free_ports(n: u16) -> u16 {
-    loop {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let p = l.local_addr().unwrap().port();
-        if p < 60000 && (1..n).all(|k| std::net::TcpListener::bind(("127.0.0.1", p + k)).is_ok()) {
-            return p;
-        }
-    }
+    slipway_testkit::ports::fixed_ports(n)
 }
 
 pub(crate) struct World {
