@@ -101,18 +101,13 @@ fn keygen(path: &Path) -> Result<(), String> {
     )
 }
 
-/// A port free on 127.0.0.1 now, below 60000 and with the next one free too (nothing
-/// holds it; another program may take it before it is used, which the callers retry).
+/// A port free on 127.0.0.1 now with the next one free too, below the kernel's ephemeral
+/// range: the lab writes its ports into configs and the inventory before anything binds
+/// them, and a port from the ephemeral range could be taken meanwhile by any outgoing
+/// connection on the machine (`slipway_stdx::ports`).
 fn free_port() -> Result<u16, String> {
-    for _ in 0..50 {
-        let l = std::net::TcpListener::bind("127.0.0.1:0")
-            .map_err(|e| format!("no free port on 127.0.0.1: {e}"))?;
-        let p = l.local_addr().map_err(|e| e.to_string())?.port();
-        if p < 60000 && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
-            return Ok(p);
-        }
-    }
-    Err("no free port on 127.0.0.1".into())
+    slipway_stdx::ports::fixed_ports(2)
+        .ok_or_else(|| "no two free ports on 127.0.0.1 below the ephemeral range".into())
 }
 
 fn current_user() -> Result<String, String> {

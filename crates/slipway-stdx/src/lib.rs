@@ -10,10 +10,12 @@
 //!
 //! And two habits every server and reader shares: [`fs`] opens only regular files named
 //! by input, without blocking on a FIFO, and bounds whole-file reads; [`net`] caps the
-//! connections one client holds open on a listening port.
+//! connections one client holds open on a listening port; [`ports`] picks ports that
+//! must be known before their server starts outside the kernel's ephemeral range.
 
 pub mod fs;
 pub mod net;
+pub mod ports;
 
 use std::ffi::OsStr;
 
