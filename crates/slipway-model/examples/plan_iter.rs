@@ -1,10 +1,15 @@
 //! One workload of the planning benchmark, N times, for instruction counts and page faults:
 //! `plan_iter FILE (read|validate|plan|both) N`. criterion reports time; this lets
 //! callgrind, `perf stat` and `/usr/bin/time -v` see one iteration's work (run N = 1 and
-//! N = 3 and take the difference over 2 to leave the setup out).
+//! N = 3 and take the difference over 2 to leave the setup out). It allocates with
+//! mimalloc, like the `slipway` binary and the criterion benchmark.
 #![allow(clippy::expect_used, reason = "benchmark tool: a panic is a failure")]
 
 use slipway_model::{plan, validate, yaml};
+
+// The `slipway` binary's allocator, so the counts are those of what users run.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
     let mut args = std::env::args().skip(1);
