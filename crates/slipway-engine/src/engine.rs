@@ -1578,30 +1578,32 @@ impl Engine {
             attempt: sctx.attempt,
         });
         commit(prelude).await?;
-        // Progress reports are journaled as they come, and all of them before the outcome.
+        // Progress reports are journaled as they come, and all of them before the outcome:
+        // by this task, beside the effect (a task of its own per step cost a spawn and two
+        // wake-ups on every step, most of which report nothing).
         let (ptx, mut prx) = tokio::sync::mpsc::unbounded_channel::<serde_json::Value>();
         sctx.progress = Some(ptx);
-        let journal_progress = {
-            let this = self.clone();
-            let (run_id, digest, actor) = (run_id.clone(), digest.clone(), actor.clone());
-            let (step_id, key) = (step.id.clone(), sctx.key.clone());
-            tokio::spawn(async move {
-                while let Some(detail) = prx.recv().await {
-                    let ev = EngineEvent::StepProgress {
-                        step: step_id.clone(),
-                        key: key.clone(),
-                        detail,
-                    };
-                    this.commit(&run_id, &digest, &actor, vec![ev]).await?;
-                }
-                Ok::<(), StoreError>(())
-            })
+        let key = sctx.key.clone();
+        let journal_progress = async {
+            while let Some(detail) = prx.recv().await {
+                let ev = EngineEvent::StepProgress {
+                    step: step.id.clone(),
+                    key: key.clone(),
+                    detail,
+                };
+                commit(vec![ev]).await?;
+            }
+            Ok::<(), StoreError>(())
         };
-        let applied = self.target.apply(&sctx, &step.action).await;
-        sctx.progress = None;
-        journal_progress
-            .await
-            .map_err(|e| EngineError::Task(e.to_string()))??;
+        let apply = async {
+            let applied = self.target.apply(&sctx, &step.action).await;
+            // The step's own sink closes here, so the journaling ends once the reports
+            // sent so far (and by any clone the target still holds) are in.
+            sctx.progress = None;
+            applied
+        };
+        let (applied, journaled) = tokio::join!(apply, journal_progress);
+        journaled?;
         let event = match applied {
             Ok(Applied::Ran { output }) => EngineEvent::StepSucceeded {
                 step: step.id.clone(),

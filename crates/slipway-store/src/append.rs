@@ -22,8 +22,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
-use slipway_engine::audit::AuditEntry;
+use slipway_engine::audit::{HASH_V2, hash_v2_hex};
 use slipway_engine::store::StoreError;
+
+use crate::chain::Ready;
 
 const SWAP_SQL: &str = "UPDATE meta SET value = ?1 WHERE key = 'audit_head' AND value = ?2";
 const INSERT_SQL: &str = "INSERT INTO audit (seq, at, actor, action, run_id, digest, outcome, detail, prev_hash, hash, hv)
@@ -45,41 +47,105 @@ impl Appends {
         }
     }
 
-    /// Append `entries` (numbered and hashed after `old_head`, ending at `new_head`, both
-    /// as `meta` records them: `seq:hash`) in one transaction. `Ok(true)`: committed;
-    /// `Ok(false)`: another writer had moved the head, nothing was written; an error:
-    /// nothing was written either (the transaction rolled back).
-    pub async fn commit(
-        &mut self,
-        old_head: String,
-        new_head: String,
-        entries: Vec<AuditEntry>,
-    ) -> Result<bool, StoreError> {
+    /// Append `group` in one transaction. `Ok(true)`: committed; `Ok(false)`: another
+    /// writer had moved the head, nothing was written; an error: nothing was written either
+    /// (the transaction rolled back). The group comes back either way (its records go the
+    /// ordinary way when this did not commit them).
+    pub async fn commit(&mut self, group: Group) -> (Group, Result<bool, StoreError>) {
         let conn = match self.conn.take() {
             Some(c) => c,
-            None => open(&self.path)?,
+            None => match open(&self.path) {
+                Ok(c) => c,
+                Err(e) => return (group, Err(e)),
+            },
         };
-        let path = self.path.clone();
-        let (conn, done) = tokio::task::spawn_blocking(move || {
-            let done = append(&conn, &old_head, &new_head, &entries);
-            (conn, done)
+        let joined = tokio::task::spawn_blocking(move || {
+            let done = append(&conn, &group);
+            (conn, group, done)
         })
-        .await
-        .map_err(|e| {
-            StoreError::Query(format!("append to the audit chain: the task failed: {e}"))
-        })?;
+        .await;
+        let (conn, group, done) = match joined {
+            Ok(j) => j,
+            // The closure does not panic (rusqlite reports errors), so this is a runtime
+            // shutting down; the group went with the task, and its callers with it.
+            Err(e) => {
+                return (
+                    Group::default(),
+                    Err(StoreError::Query(format!(
+                        "append to the audit chain: the task failed: {e}"
+                    ))),
+                );
+            }
+        };
         match done {
             Ok(swapped) => {
                 self.conn = Some(conn);
-                Ok(swapped)
+                (group, Ok(swapped))
             }
             // The connection is dropped with its transaction, which rolls it back.
-            Err(e) => Err(StoreError::Query(format!(
-                "append to the audit chain of {}: {e}",
-                path.display()
-            ))),
+            Err(e) => {
+                let e = StoreError::Query(format!(
+                    "append to the audit chain of {}: {e}",
+                    self.path.display()
+                ));
+                (group, Err(e))
+            }
         }
     }
+}
+
+/// A group of chain-only records (step events and the like) numbered and hashed after a
+/// head: what one transaction appends.
+#[derive(Debug, Default)]
+pub(crate) struct Group {
+    /// The head the group continues (seq, hash).
+    pub old: (i64, String),
+    /// The records, in chain order.
+    pub readies: Vec<Ready>,
+    /// `hashes[i]` is record i's entry hash; entry i links to `hashes[i - 1]`, the first
+    /// to `old`'s hash.
+    pub hashes: Vec<String>,
+}
+
+impl Group {
+    /// Number and hash `readies` after `old`: the only serial work of an entry (its text
+    /// was made by its caller).
+    pub fn new(old: (i64, String), readies: Vec<Ready>) -> Self {
+        let mut hashes: Vec<String> = Vec::with_capacity(readies.len());
+        for r in &readies {
+            let prev = hashes.last().unwrap_or(&old.1);
+            let h = hash_v2_hex(prev, &r.text.canonical);
+            hashes.push(h);
+        }
+        Self {
+            old,
+            readies,
+            hashes,
+        }
+    }
+
+    /// The head after the group, as `meta` records it (`seq:hash`).
+    pub fn new_head(&self) -> (i64, String) {
+        match self.hashes.last() {
+            Some(h) => (self.old.0 + self.hashes.len() as i64, h.clone()),
+            None => self.old.clone(),
+        }
+    }
+
+    /// Entry `i`'s (seq, prev_hash, hash).
+    pub fn link(&self, i: usize) -> (i64, &str, &str) {
+        let prev = if i == 0 {
+            &self.old.1
+        } else {
+            &self.hashes[i - 1]
+        };
+        (self.old.0 + 1 + i as i64, prev, &self.hashes[i])
+    }
+}
+
+/// `seq:hash`, as `meta` records a head.
+pub(crate) fn head_text(h: &(i64, String)) -> String {
+    format!("{}:{}", h.0, h.1)
 }
 
 fn open(path: &Path) -> Result<Connection, StoreError> {
@@ -102,31 +168,28 @@ fn open(path: &Path) -> Result<Connection, StoreError> {
 }
 
 /// The transaction; dropping it uncommitted (an early return) rolls it back.
-fn append(
-    conn: &Connection,
-    old_head: &str,
-    new_head: &str,
-    entries: &[AuditEntry],
-) -> rusqlite::Result<bool> {
+fn append(conn: &Connection, group: &Group) -> rusqlite::Result<bool> {
     let tx = conn_tx(conn)?;
-    if tx.prepare(SWAP_SQL)?.execute([new_head, old_head])? != 1 {
+    let (old, new) = (head_text(&group.old), head_text(&group.new_head()));
+    if tx.prepare(SWAP_SQL)?.execute([&new, &old])? != 1 {
         return Ok(false);
     }
     {
         let mut ins = tx.prepare(INSERT_SQL)?;
-        for e in entries {
+        for (i, r) in group.readies.iter().enumerate() {
+            let (seq, prev, hash) = group.link(i);
             ins.execute(rusqlite::params![
-                e.seq,
-                e.at,
-                e.actor,
-                e.action,
-                e.run_id,
-                e.digest,
-                e.outcome,
-                e.detail,
-                e.prev_hash,
-                e.hash,
-                i64::from(e.v),
+                seq,
+                r.text.at,
+                r.record.actor,
+                r.record.event.name(),
+                r.record.run_id,
+                r.record.digest,
+                r.text.outcome,
+                r.text.detail,
+                prev,
+                hash,
+                i64::from(HASH_V2),
             ])?;
         }
     }

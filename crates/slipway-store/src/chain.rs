@@ -11,7 +11,7 @@ use std::hash::{BuildHasher, Hasher};
 use std::str::FromStr;
 
 use jiff::Timestamp;
-use slipway_engine::audit::{AuditEntry, GENESIS, HASH_V2};
+use slipway_engine::audit::{AuditEntry, GENESIS, HASH_V2, canonical_v2, hash_v2_hex};
 use slipway_engine::event::{Control, EngineEvent, RunState};
 use slipway_engine::evidence::{RecordRef, record_commitment, sha256_hex};
 use slipway_engine::store::{
@@ -45,52 +45,97 @@ impl Appender {
 
     /// Append one journal record; returns its seq.
     pub fn push(&mut self, r: &JournalRecord) -> Result<i64, StoreError> {
-        let detail =
-            serde_json::to_string(&r.event).map_err(|e| StoreError::Query(e.to_string()))?;
-        Ok(self.push_raw(
-            &r.run_id,
-            &r.digest,
-            &r.at.to_string(),
-            &r.actor,
-            r.event.name(),
-            r.event.outcome(),
-            detail,
-        ))
+        let text = Text::of(r)?;
+        Ok(self.push_text(r, text))
     }
 
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "the seven hashed fields of an entry"
-    )]
-    fn push_raw(
-        &mut self,
-        run_id: &str,
-        digest: &str,
-        at: &str,
-        actor: &str,
-        action: &str,
-        outcome: String,
-        detail: String,
-    ) -> i64 {
+    /// Append one record made ready on its caller's task; returns its seq.
+    pub fn push_ready(&mut self, r: &Ready) -> i64 {
+        self.push_text(&r.record, r.text.clone())
+    }
+
+    fn push_text(&mut self, r: &JournalRecord, text: Text) -> i64 {
         self.seq += 1;
-        let mut e = AuditEntry {
+        let hash = hash_v2_hex(&self.prev, &text.canonical);
+        let prev_hash = std::mem::replace(&mut self.prev, hash.clone());
+        self.entries.push(AuditEntry {
             seq: self.seq,
-            at: at.to_owned(),
-            actor: actor.to_owned(),
-            action: action.to_owned(),
-            run_id: run_id.to_owned(),
-            digest: digest.to_owned(),
-            outcome,
-            detail,
-            prev_hash: std::mem::take(&mut self.prev),
-            hash: String::new(),
+            at: text.at,
+            actor: r.actor.clone(),
+            action: r.event.name().to_owned(),
+            run_id: r.run_id.clone(),
+            digest: r.digest.clone(),
+            outcome: text.outcome,
+            detail: text.detail,
+            prev_hash,
+            hash,
             v: HASH_V2,
-        };
-        e.hash = e.compute_hash();
-        self.prev.clone_from(&e.hash);
-        self.entries.push(e);
+        });
         self.seq
     }
+}
+
+/// The text of a journal record's chain entry that does not depend on its place in the
+/// chain: its time, outcome and event JSON, and the scheme-2 canonical bytes of its seven
+/// hashed fields. Made by whoever commits the record, on its own task, so the one writer
+/// that numbers entries only hashes the link and those bytes ([`hash_v2_hex`]).
+#[derive(Debug, Clone)]
+pub(crate) struct Text {
+    pub at: String,
+    pub outcome: String,
+    pub detail: String,
+    /// [`canonical_v2`] of the seven fields in [`AuditEntry::fields`] order.
+    pub canonical: Vec<u8>,
+}
+
+impl Text {
+    pub fn of(r: &JournalRecord) -> Result<Self, StoreError> {
+        let detail =
+            serde_json::to_string(&r.event).map_err(|e| StoreError::Query(e.to_string()))?;
+        let at = r.at.to_string();
+        let outcome = r.event.outcome();
+        let fields: [&[u8]; 7] = [
+            at.as_bytes(),
+            r.actor.as_bytes(),
+            r.event.name().as_bytes(),
+            r.run_id.as_bytes(),
+            r.digest.as_bytes(),
+            outcome.as_bytes(),
+            detail.as_bytes(),
+        ];
+        // Seven short length prefixes besides the bytes.
+        let mut canonical = Vec::with_capacity(fields.iter().map(|f| f.len() + 8).sum());
+        canonical_v2(fields, &mut canonical);
+        Ok(Self {
+            at,
+            outcome,
+            detail,
+            canonical,
+        })
+    }
+}
+
+/// A journal record with its entry's [`Text`].
+#[derive(Debug)]
+pub(crate) struct Ready {
+    pub record: JournalRecord,
+    pub text: Text,
+}
+
+impl Ready {
+    pub fn new(record: JournalRecord) -> Result<Self, StoreError> {
+        let text = Text::of(&record)?;
+        Ok(Self { record, text })
+    }
+}
+
+/// Whether an event touches nothing but the chain (step events and the like): a state
+/// change or control request also updates its run's row.
+pub(crate) fn chain_only_event(e: &EngineEvent) -> bool {
+    !matches!(
+        e,
+        EngineEvent::StateChanged { .. } | EngineEvent::ControlRequested { .. }
+    )
 }
 
 /// The records of a group made only of journal commits (`Some(records)` per write, `None`
@@ -103,10 +148,7 @@ pub(crate) fn chain_only<'a>(
     let mut out = Vec::new();
     for w in writes {
         for r in w? {
-            if matches!(
-                r.event,
-                EngineEvent::StateChanged { .. } | EngineEvent::ControlRequested { .. }
-            ) {
+            if !chain_only_event(&r.event) {
                 return None;
             }
             out.push(r);

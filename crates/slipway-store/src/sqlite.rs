@@ -21,7 +21,7 @@ use std::time::Duration;
 use jiff::Timestamp;
 use sha2_free::pseudonym_id;
 use slipway_engine::BoxFuture;
-use slipway_engine::audit::{AuditEntry, Segment};
+use slipway_engine::audit::{AuditEntry, HASH_V2, Segment};
 use slipway_engine::event::{Control, EngineEvent, Notice, RunState};
 use slipway_engine::evidence::sha256_hex;
 use slipway_engine::store::{
@@ -38,9 +38,9 @@ use sqlx::sqlite::{
 use sqlx::{AssertSqlSafe, Connection, Row};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::append::Appends;
+use crate::append::{Appends, Group, head_text};
 use crate::audit_read::AuditReader;
-use crate::chain::{self, Appender, Staged};
+use crate::chain::{self, Appender, Ready, Staged};
 use crate::leases::{LeaseOp, LeaseReply};
 use crate::schema::{
     JOURNAL_FORMAT, LIVE_DUPLICATES, LIVE_RUN_FORMAT, MIGRATIONS, OLDEST_MIGRATABLE,
@@ -54,7 +54,7 @@ const MAX_GROUP: usize = 512;
 const CLAIM_RETRIES: u32 = 5;
 
 enum Write {
-    Commit(Vec<JournalRecord>),
+    Commit(Vec<Ready>),
     CreateRun(Box<(NewRun, JournalRecord)>),
     Pseudonym(String),
     Erase(String),
@@ -405,27 +405,27 @@ async fn writer(
                 Err(_) => break,
             }
         }
-        let writes: Vec<&Write> = batch.iter().map(|(w, _)| w).collect();
         if let Some(h) = head.take()
-            && let Some(records) = chain::chain_only(writes.iter().map(|w| match w {
-                Write::Commit(r) => Some(r.as_slice()),
-                _ => None,
-            }))
+            && is_chain_only(&batch)
         {
-            let done = match appends.as_mut() {
-                Some(a) => append_fast(a, &h, &records).await,
-                None => commit_fast(&mut conn, &h, &records).await,
+            let (group, callers) = into_group(h, batch);
+            let (group, done) = match appends.as_mut() {
+                Some(a) => a.commit(group).await,
+                None => {
+                    let done = commit_fast(&mut conn, &group).await;
+                    (group, done)
+                }
             };
             match done {
-                Ok(Some(new_head)) => {
-                    head = Some(new_head);
-                    for (_, tx) in batch {
+                Ok(true) => {
+                    head = Some(group.new_head());
+                    for (_, tx) in callers {
                         let _ = tx.send(Ok(Reply::Done));
                     }
                     continue;
                 }
                 // Another writer moved the head: nothing was written; read it below.
-                Ok(None) => {}
+                Ok(false) => {}
                 Err(_) => {
                     // Whatever failed (the lock, a full disk, the commit) left nothing
                     // committed once rolled back (SQLite rolls back a failed COMMIT's
@@ -434,7 +434,12 @@ async fn writer(
                     let _ = sqlx::raw_sql("ROLLBACK").execute(&mut conn).await;
                 }
             }
+            batch = match from_group(group, callers) {
+                Some(b) => b,
+                None => continue,
+            };
         }
+        let writes: Vec<&Write> = batch.iter().map(|(w, _)| w).collect();
         match apply_all(&mut conn, &writes).await {
             Ok((replies, new_head)) => {
                 head = new_head;
@@ -467,54 +472,69 @@ async fn writer(
     }
 }
 
-/// Append chain-only records after the head this writer last committed through the
-/// writer's rusqlite connection (`crate::append` says why). Returns the new head, or `None`
-/// when another writer had moved the head (nothing written).
-async fn append_fast(
-    appends: &mut Appends,
-    head: &(i64, String),
-    records: &[&JournalRecord],
-) -> Result<Option<(i64, String)>, StoreError> {
-    let mut app = Appender::new(Some(head.clone()));
-    for r in records {
-        app.push(r)?;
-    }
-    let (seq, prev) = app.head();
-    let new = (seq, prev.to_owned());
-    let swapped = appends
-        .commit(
-            format!("{}:{}", head.0, head.1),
-            format!("{seq}:{prev}"),
-            app.entries,
-        )
-        .await?;
-    Ok(swapped.then_some(new))
+/// Whether every write of `batch` is a journal commit that touches only the chain: such a
+/// group may go after a writer's kept head.
+fn is_chain_only(batch: &[Pending]) -> bool {
+    batch.iter().all(|(w, _)| match w {
+        Write::Commit(rs) => rs.iter().all(|r| chain::chain_only_event(&r.record.event)),
+        _ => false,
+    })
 }
 
-/// Append chain-only records after the head this writer last committed, in ONE call
-/// through sqlx's worker (a sequential service's step costs its hand-offs more than its
-/// fsync, BENCHMARKS.md): `BEGIN IMMEDIATE`, a compare-and-set of the head in `meta`
-/// (every chain writer, archive included, records the head there in the transaction that
-/// appends), the inserts — each guarded by the head now being the new one, so a lost
-/// compare-and-set inserts nothing — the head read back, `COMMIT`. Returns the new head,
-/// or `None` when another writer had moved the head (nothing written).
-async fn commit_fast(
-    conn: &mut SqliteConnection,
-    head: &(i64, String),
-    records: &[&JournalRecord],
-) -> Result<Option<(i64, String)>, StoreError> {
-    let mut app = Appender::new(Some(head.clone()));
-    for r in records {
-        app.push(r)?;
+/// A caller of a group: how many of its records it holds, and where its answer goes.
+type Caller = (usize, oneshot::Sender<Result<Reply, StoreError>>);
+
+/// The records of a chain-only batch as one group after `head`, and who sent them.
+fn into_group(head: (i64, String), batch: Vec<Pending>) -> (Group, Vec<Caller>) {
+    let mut readies = Vec::new();
+    let mut callers = Vec::with_capacity(batch.len());
+    for (w, tx) in batch {
+        if let Write::Commit(rs) = w {
+            callers.push((rs.len(), tx));
+            readies.extend(rs);
+        }
     }
-    let (seq, prev) = app.head();
-    let new_head = format!("{seq}:{prev}");
-    let old_head = format!("{}:{}", head.0, head.1);
+    (Group::new(head, readies), callers)
+}
+
+/// The batch back from a group that was not committed, for the ordinary path; `None`
+/// when its records were lost (the commit's task failed), the callers then told so.
+fn from_group(group: Group, callers: Vec<Caller>) -> Option<Vec<Pending>> {
+    let total: usize = callers.iter().map(|(n, _)| n).sum();
+    if total != group.readies.len() {
+        for (_, tx) in callers {
+            let _ = tx.send(Err(StoreError::Query(
+                "append to the audit chain: the writer lost the group".into(),
+            )));
+        }
+        return None;
+    }
+    let mut readies = group.readies.into_iter();
+    Some(
+        callers
+            .into_iter()
+            .map(|(n, tx)| (Write::Commit(readies.by_ref().take(n).collect()), tx))
+            .collect(),
+    )
+}
+
+/// Append a chain-only group after the head this writer last committed, in ONE call
+/// through sqlx's worker (in-memory stores; a file store's writer uses `crate::append`):
+/// `BEGIN IMMEDIATE`, a compare-and-set of the head in `meta` (every chain writer,
+/// archive included, records the head there in the transaction that appends), the
+/// inserts — each guarded by the head now being the new one, so a lost compare-and-set
+/// inserts nothing — the head read back, `COMMIT`. `Ok(false)` when another writer had
+/// moved the head (nothing written).
+async fn commit_fast(conn: &mut SqliteConnection, group: &Group) -> Result<bool, StoreError> {
+    let new_head = head_text(&group.new_head());
+    let old_head = head_text(&group.old);
     let mut sql = String::from(
         "BEGIN IMMEDIATE; UPDATE meta SET value = ? WHERE key = 'audit_head' AND value = ?;",
     );
     // 11 columns per row, 80 rows a statement, as `flush`.
-    let chunks: Vec<&[AuditEntry]> = app.entries.chunks(80).collect();
+    let n = group.readies.len();
+    let chunks: Vec<std::ops::Range<usize>> =
+        (0..n).step_by(80).map(|s| s..(s + 80).min(n)).collect();
     for chunk in &chunks {
         sql.push_str(
             " INSERT INTO audit (seq, at, actor, action, run_id, digest, outcome, detail, prev_hash, hash, hv) SELECT * FROM (VALUES ",
@@ -526,20 +546,22 @@ async fn commit_fast(
     let mut qy = sqlx::query(AssertSqlSafe(sql))
         .bind(&new_head)
         .bind(&old_head);
-    for chunk in &chunks {
-        for e in *chunk {
+    for chunk in chunks {
+        for i in chunk {
+            let r = &group.readies[i];
+            let (seq, prev, hash) = group.link(i);
             qy = qy
-                .bind(e.seq)
-                .bind(&e.at)
-                .bind(&e.actor)
-                .bind(&e.action)
-                .bind(&e.run_id)
-                .bind(&e.digest)
-                .bind(&e.outcome)
-                .bind(&e.detail)
-                .bind(&e.prev_hash)
-                .bind(&e.hash)
-                .bind(i64::from(e.v));
+                .bind(seq)
+                .bind(&r.text.at)
+                .bind(&r.record.actor)
+                .bind(r.record.event.name())
+                .bind(&r.record.run_id)
+                .bind(&r.record.digest)
+                .bind(&r.text.outcome)
+                .bind(&r.text.detail)
+                .bind(prev)
+                .bind(hash)
+                .bind(i64::from(HASH_V2));
         }
         qy = qy.bind(&new_head);
     }
@@ -548,7 +570,7 @@ async fn commit_fast(
         Some(r) => r.try_get(0).map_err(query_err)?,
         None => None,
     };
-    Ok((now.as_deref() == Some(new_head.as_str())).then(|| (seq, prev.to_owned())))
+    Ok(now.as_deref() == Some(new_head.as_str()))
 }
 
 /// The head the chain continues from, read inside the writing transaction: the last entry,
@@ -592,8 +614,8 @@ async fn apply_all(
         let reply = match w {
             Write::Commit(records) => {
                 for r in records {
-                    apply_record(&mut tx, r).await?;
-                    app.push(r)?;
+                    apply_record(&mut tx, &r.record).await?;
+                    app.push_ready(r);
                 }
                 Reply::Done
             }
@@ -1011,7 +1033,13 @@ impl Store for SqliteStore {
 
     fn commit(&self, records: Vec<JournalRecord>) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
-            self.send(Write::Commit(records)).await?;
+            // The entries' text is made here, on the caller's task: the writer, which
+            // every commit of the process waits on in turn, only hashes and writes.
+            let ready = records
+                .into_iter()
+                .map(Ready::new)
+                .collect::<Result<Vec<_>, _>>()?;
+            self.send(Write::Commit(ready)).await?;
             Ok(())
         })
     }
