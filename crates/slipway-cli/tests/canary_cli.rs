@@ -240,17 +240,7 @@ analysis_templates:
 
     /// What the background `slipway deploy`s wrote, for failure messages.
     fn background_logs(&self) -> String {
-        let mut all = String::new();
-        for e in std::fs::read_dir(self.path()).unwrap().flatten() {
-            if e.path().extension().is_some_and(|x| x == "log") {
-                all.push_str(&format!(
-                    "--- {}\n{}\n",
-                    e.path().display(),
-                    std::fs::read_to_string(e.path()).unwrap_or_default()
-                ));
-            }
-        }
-        all
+        logs_in(self.path())
     }
 
     /// The id of the run of `version`, once the journal of it contains `needle`.
@@ -277,6 +267,21 @@ analysis_templates:
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+}
+
+/// Every `*.log` file in `dir` (none if it does not exist), for failure messages.
+pub(crate) fn logs_in(dir: &Path) -> String {
+    let mut all = String::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.path().extension().is_some_and(|x| x == "log") {
+            all.push_str(&format!(
+                "--- {}\n{}\n",
+                e.path().display(),
+                std::fs::read_to_string(e.path()).unwrap_or_default()
+            ));
+        }
+    }
+    all
 }
 
 /// The exit code of a background `slipway`, within `limit`.

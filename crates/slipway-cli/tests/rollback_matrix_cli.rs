@@ -130,17 +130,7 @@ impl World {
     }
 
     fn logs(&self) -> String {
-        let mut all = String::new();
-        for e in std::fs::read_dir(self.path()).unwrap().flatten() {
-            if e.path().extension().is_some_and(|x| x == "log") {
-                all.push_str(&format!(
-                    "--- {}\n{}\n",
-                    e.path().display(),
-                    std::fs::read_to_string(e.path()).unwrap_or_default()
-                ));
-            }
-        }
-        all
+        crate::canary_cli::logs_in(self.path())
     }
 
     fn deploy(&self, spec: &Path, extra: &[&str]) -> (i32, serde_json::Value) {

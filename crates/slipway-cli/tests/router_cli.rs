@@ -36,14 +36,6 @@ impl Drop for Daemon {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Start `program args` until `ready` holds (another port on a clash, three tries).
 fn start(
     dir: &Path,
@@ -52,7 +44,7 @@ fn start(
     ready: impl Fn(u16) -> bool,
 ) -> Daemon {
     for _ in 0..3 {
-        let port = free_port();
+        let port = slipway_testkit::ports::free_port();
         let mut d = Daemon {
             child: spawn(port),
             port,
@@ -79,43 +71,15 @@ pub(crate) fn haproxy(dir: &Path) -> Daemon {
 
 /// HAProxy as [`haproxy`] starts it, with `extra` lines in `backend app`.
 pub(crate) fn haproxy_with(dir: &Path, extra: &str) -> Daemon {
+    use slipway_testkit::haproxy;
     start(
         dir,
         "haproxy",
         |port| {
-            let cfg = format!(
-                "global
-  stats socket {d}/admin.sock mode 600 level admin
-defaults
-  mode http
-  timeout connect 2s
-  timeout client 30s
-  timeout server 30s
-frontend fe
-  bind 127.0.0.1:{port}
-  default_backend app
-backend app
-  balance roundrobin
-{extra}
-  server-template stable 2 127.0.0.1:1 disabled
-  server-template canary 2 127.0.0.1:1 disabled
-",
-                d = dir.display()
-            );
-            std::fs::write(dir.join("haproxy.cfg"), cfg).unwrap();
-            std::process::Command::new("haproxy")
-                .arg("-db")
-                .arg("-f")
-                .arg(dir.join("haproxy.cfg"))
-                .stdout(std::process::Stdio::null())
-                .stderr(std::fs::File::create(dir.join("haproxy.err")).unwrap())
-                .spawn()
-                .expect("haproxy is installed (scripts/test.sh installs it)")
+            haproxy::write_config(dir, port, 2, extra);
+            haproxy::spawn(dir, false)
         },
-        |port| {
-            std::os::unix::net::UnixStream::connect(dir.join("admin.sock")).is_ok()
-                && TcpStream::connect(("127.0.0.1", port)).is_ok()
-        },
+        |port| haproxy::answers(dir, port),
     )
 }
 

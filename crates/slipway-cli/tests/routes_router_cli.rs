@@ -205,10 +205,7 @@ fn nginx_keeps_users_on_their_version_while_the_canary_lasts_and_ignores_stale_c
     assert!((1..10).contains(&on_canary), "{users:?}");
     // Each comes back to the same version, every time, and is not reassigned.
     for _ in 0..5 {
-        for (cookie, version) in &users {
-            let (got, set) = who(front, &[("cookie", cookie)]);
-            assert_eq!((&got, set.as_str()), (version, ""), "{cookie}");
-        }
+        assert_still_pinned(front, &users, "nginx");
     }
     // A cookie from an earlier canary names another rollout: its holder is assigned
     // afresh by weight, not sent to this canary.
@@ -392,6 +389,28 @@ fn pin(set: &str) -> &str {
         .unwrap_or("")
 }
 
+/// `n` new users through HAProxy's front door, each pinned by the cookie it was given:
+/// (its `Cookie` header, the version that answered). Some are on the canary.
+fn pinned_users(front: SocketAddr, n: usize) -> Vec<(String, String)> {
+    let users: Vec<(String, String)> = (0..n)
+        .map(|_| {
+            let (version, set) = who(front, &[]);
+            assert!(!pin(&set).is_empty(), "{set}");
+            (format!("slipway-canary={}", pin(&set)), version)
+        })
+        .collect();
+    assert!(users.iter().any(|(_, v)| v == "2.0.0"), "{users:?}");
+    users
+}
+
+/// Each of `users` (cookie, version) comes back to its version and is not pinned anew.
+fn assert_still_pinned(front: SocketAddr, users: &[(String, String)], when: &str) {
+    for (cookie, version) in users {
+        let (got, set) = who(front, &[("cookie", cookie)]);
+        assert_eq!((&got, set.as_str()), (version, ""), "{when}: {cookie}");
+    }
+}
+
 #[test]
 fn haproxy_keeps_users_on_their_version_while_the_canary_lasts_and_ignores_stale_cookies() {
     let env = Env::new();
@@ -421,10 +440,7 @@ fn haproxy_keeps_users_on_their_version_while_the_canary_lasts_and_ignores_stale
     assert!((1..20).contains(&on_canary), "{users:?}");
     // Each comes back to the same version, every time, and is not reassigned.
     for _ in 0..10 {
-        for (cookie, version) in &users {
-            let (got, set) = who(front, &[("cookie", cookie)]);
-            assert_eq!((&got, set.as_str()), (version, ""), "{cookie}");
-        }
+        assert_still_pinned(front, &users, "HAProxy");
     }
     abort(&env, &run);
     // The rollback ended the pins with the weight: everyone is on stable, nobody pinned.
@@ -618,41 +634,20 @@ fn canary_weights(socket: &Path) -> Vec<u64> {
 }
 
 /// Responses the canary slots have given since HAProxy started, and their current
-/// sessions (`show stat`).
+/// sessions (`show stat`, as the router reads it for the fleet balancer).
 fn canary_served(socket: &Path) -> (u64, u64) {
-    let out = admin(socket, "show stat");
-    let mut lines = out.lines();
-    let header: Vec<&str> = lines
-        .next()
-        .and_then(|h| h.strip_prefix("# "))
-        .unwrap()
-        .split(',')
-        .collect();
-    let col = |n: &str| header.iter().position(|h| *h == n).unwrap();
-    let (mut served, mut current) = (0, 0);
-    for line in lines {
-        let f: Vec<&str> = line.split(',').collect();
-        if f.len() < header.len()
-            || f[col("pxname")] != "app"
-            || !f[col("svname")].starts_with("canary")
-        {
-            continue;
-        }
-        let num = |n: &str| f[col(n)].parse::<u64>().unwrap_or(0);
-        served += [
-            "hrsp_1xx",
-            "hrsp_2xx",
-            "hrsp_3xx",
-            "hrsp_4xx",
-            "hrsp_5xx",
-            "hrsp_other",
-        ]
+    let router = slipway_providers::haproxy::HaproxyRouter::new(socket, "app", "stable", "canary");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let stats = rt.block_on(router.server_stats()).unwrap();
+    stats
         .iter()
-        .map(|n| num(n))
-        .sum::<u64>();
-        current += num("scur");
-    }
-    (served, current)
+        .filter(|(name, _)| name.starts_with("canary"))
+        .fold((0, 0), |(served, current), (_, s)| {
+            (served + s.requests, current + s.sessions)
+        })
 }
 
 /// Every value of `key` anywhere in `v`.
@@ -700,22 +695,10 @@ fn haproxy_keeps_its_users_pinned_across_a_killed_and_resumed_canary() {
         "killed",
     );
     let run = env.wait_journal("2.0.0", "\"verified\":50,\"weight\":50");
-    let users: Vec<(String, String)> = (0..20)
-        .map(|_| {
-            let (version, set) = who(front, &[]);
-            assert!(!pin(&set).is_empty(), "{set}");
-            (format!("slipway-canary={}", pin(&set)), version)
-        })
-        .collect();
-    assert!(users.iter().any(|(_, v)| v == "2.0.0"), "{users:?}");
+    let users = pinned_users(front, 20);
     child.kill().unwrap(); // SIGKILL mid-analysis
     child.wait().unwrap();
-    let still = |when: &str| {
-        for (cookie, version) in &users {
-            let (got, set) = who(front, &[("cookie", cookie)]);
-            assert_eq!((&got, set.as_str()), (version, ""), "{when}: {cookie}");
-        }
-    };
+    let still = |when: &str| assert_still_pinned(front, &users, when);
     still("nobody driving");
     std::thread::scope(|s| {
         let resumed = s.spawn(|| env.run(&["resume", &run]));
@@ -750,17 +733,24 @@ fn haproxy_keeps_its_users_pinned_across_a_killed_and_resumed_canary() {
     assert_eq!(stats.server_errors, 0, "{stats:?}");
 }
 
+/// HAProxy whose backend has no cookie line, 1.0.0 deployed behind it, and (the router,
+/// a canary with session affinity) the next release asks for: a canary it refuses.
+fn cookieless(env: &Env) -> (crate::router_cli::Daemon, &'static str, &'static str) {
+    let h = haproxy_with(env.path(), "");
+    let router = "{ haproxy: { socket: admin.sock, backend: app } }";
+    let canary = "{ session_affinity: { cookie: slipway-canary, max_age: 30m }, steps: [ { set_weight: 50 }, { pause: manual } ] }";
+    let (code, v, err) = env.deploy(&spec(env, "1.0.0", router, canary));
+    assert_eq!(code, 0, "{v}\n{err}");
+    (h, router, canary)
+}
+
 /// A backend without the affinity cookie line: the canary is refused before its pool is
 /// in service, with the line to add and the field it serves, and stable keeps serving.
 #[test]
 fn haproxy_without_the_affinity_cookie_refuses_the_canary_naming_the_line_to_add() {
     let env = Env::new();
-    let h = haproxy_with(env.path(), "");
-    let router = "{ haproxy: { socket: admin.sock, backend: app } }";
+    let (h, router, canary) = cookieless(&env);
     let front = SocketAddr::from(([127, 0, 0, 1], h.port));
-    let canary = "{ session_affinity: { cookie: slipway-canary, max_age: 30m }, steps: [ { set_weight: 50 }, { pause: manual } ] }";
-    let (code, v, err) = env.deploy(&spec(&env, "1.0.0", router, canary));
-    assert_eq!(code, 0, "{v}\n{err}");
     let (code, v, err) = env.deploy(&spec(&env, "2.0.0", router, canary));
     let shown = format!("{v}\n{err}");
     assert_ne!(code, 0, "{shown}");
@@ -790,6 +780,162 @@ fn haproxy_without_the_affinity_cookie_refuses_the_canary_naming_the_line_to_add
     );
 }
 
+/// A release of `api` at `version` whose instances are `held-app` (see [`held_app`])
+/// stopped with a grace far longer than any test waits: a driver stopping them is held
+/// in that stop until the test lets the instances go.
+fn held_spec(env: &Env, version: &str, router: &str, canary: &str) -> PathBuf {
+    let p = spec(env, version, router, canary);
+    let text = std::fs::read_to_string(&p)
+        .unwrap()
+        .replace("command: \"demo-app ", "command: \"held-app ")
+        .replace("stop_grace: 2s", "stop_grace: 600s");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// `bin/held-app`: demo-app behind a shell that holds the first SIGTERM coming before
+/// `<dir>/release` exists: it writes `held.PID` and waits for `release`; the instance (the
+/// shell, its process group's leader) then lives on without demo-app, which the signal to
+/// the group stopped, until it is stopped again. Any other SIGTERM stops it at once.
+fn held_app(env: &Env) {
+    let dir = env.path().display();
+    crate::write_executable(
+        &env.path().join("bin/held-app"),
+        &format!(
+            r#"#!/bin/sh
+term() {{
+  if [ -e '{dir}/release' ]; then
+    kill -TERM "$app" 2>/dev/null
+    exit 0
+  fi
+  : > "{dir}/held.$$"
+  while [ ! -e '{dir}/release' ]; do sleep 0.05; done
+}}
+trap term TERM
+demo-app "$@" &
+app=$!
+wait "$app"
+while :; do sleep 1 & wait $!; done
+"#
+        ),
+    );
+}
+
+/// The pids of the held instances ([`held_app`]'s `held.PID` files).
+fn held_pids(env: &Env) -> Vec<u32> {
+    std::fs::read_dir(env.path())
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .strip_prefix("held.")
+                .and_then(|p| p.parse().ok())
+        })
+        .collect()
+}
+
+/// Whether `pid` is a live process (not a zombie).
+fn lives(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        !s.rsplit(')')
+            .next()
+            .is_some_and(|r| r.trim_start().starts_with('Z'))
+    })
+}
+
+/// The driver is SIGKILLed after the router's refusal is journaled (`rolling_back`) but
+/// while it is still stopping the canary (held in the instances' SIGTERM): `slipway
+/// resume` retires what was left, tries a fresh canary the router refuses again, and
+/// ends the run rolled back with the router's reason; stable serves alone as before.
+#[test]
+fn a_driver_killed_while_it_stops_a_refused_canary_is_resumed_to_a_rolled_back_run() {
+    let (env, run, code, shown) = killed_while_stopping_a_refused_canary(&["resume"]);
+    assert_ne!(code, 0, "{shown}");
+    assert!(shown.contains("declares no cookie"), "{shown}");
+    let journal = env.journal(&run);
+    assert!(
+        journal.contains("\"event\":\"canary_retired\""),
+        "the resumed driver did not retire what the killed one left: {journal}"
+    );
+}
+
+/// [`a_driver_killed_while_it_stops_a_refused_canary_is_resumed_to_a_rolled_back_run`],
+/// rolled back by hand instead: the interrupted step is found not done and what it left
+/// (the canary) is taken back.
+#[test]
+fn a_driver_killed_while_it_stops_a_refused_canary_is_rolled_back_by_hand_without_it() {
+    let (env, run, code, shown) =
+        killed_while_stopping_a_refused_canary(&["rollback", "--reason", "router refused"]);
+    assert_eq!(code, 0, "{shown}");
+    let journal = env.journal(&run);
+    assert!(
+        journal.contains("\"event\":\"retracted\""),
+        "the canary was not taken back: {shown}\n{journal}"
+    );
+}
+
+/// A refused canary's driver SIGKILLed while it stops the canary, then `slipway COMMAND
+/// RUN ARGS...` (`after` = COMMAND, ARGS...): (the test's world, the run, the command's
+/// exit code, what it showed). Checked here: the command ended the run rolled back with
+/// the step failed, no canary instance is left, the stable pool serves every request
+/// alone, and HAProxy's canary slots are out of service.
+fn killed_while_stopping_a_refused_canary(after: &[&str]) -> (Env, String, i32, String) {
+    let env = Env::new();
+    let (h, router, canary) = cookieless(&env);
+    let front = SocketAddr::from(([127, 0, 0, 1], h.port));
+    held_app(&env);
+    let mut child = env.spawn_deploy(&held_spec(&env, "2.0.0", router, canary), "killed");
+    // Both canary instances were asked to stop and hold the driver there.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while held_pids(&env).len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the canary instances were never asked to stop; instance logs:\n{}\ndeploy: {}",
+            crate::canary_cli::logs_in(&env.path().join("process/live/instances")),
+            std::fs::read_to_string(env.path().join("killed.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let run = env.wait_journal("2.0.0", "\"event\":\"rolling_back\"");
+    child.kill().unwrap(); // SIGKILL in the middle of stopping the canary
+    child.wait().unwrap();
+    std::fs::write(env.path().join("release"), "").unwrap();
+    let held = held_pids(&env);
+    assert!(held.iter().all(|p| lives(*p)), "{held:?}");
+    let journal = env.journal(&run);
+    assert!(
+        !journal.contains("\"event\":\"rolled_back\""),
+        "killed after the stop: {journal}"
+    );
+    let mut args = after.to_vec();
+    args.insert(1, &run);
+    let (code, out, err) = env.run(&args);
+    let shown = format!("{out}\n{err}");
+    let running = env.instances();
+    assert_eq!(
+        running.get("2.0.0"),
+        None,
+        "the canary outlived `{after:?}`: {running:?}\n{shown}"
+    );
+    let left: Vec<u32> = held.into_iter().filter(|p| lives(*p)).collect();
+    assert!(
+        left.is_empty(),
+        "held canary instances left running: {left:?}\n{shown}"
+    );
+    assert_eq!(running.get("1.0.0"), Some(&2), "{running:?}");
+    assert!(canary_weights(&env.path().join("admin.sock")).is_empty());
+    for _ in 0..10 {
+        assert_eq!(who(front, &[]).0, "1.0.0");
+    }
+    let (_, status, _) = env.run(&["status", &run, "--output", "json"]);
+    let status: serde_json::Value =
+        serde_json::from_str(&status).unwrap_or_else(|e| panic!("{e}: {status}"));
+    assert_eq!(status["run"]["state"], "rolled_back", "{status}\n{shown}");
+    assert_eq!(status["steps"][0]["status"], "failed", "{status}");
+    (env, run, code, shown)
+}
+
 /// HAProxy in master-worker mode, reloaded as `systemctl reload haproxy` does (SIGUSR2 to
 /// the master): the new worker starts from the configuration alone.
 struct Reloadable {
@@ -801,43 +947,14 @@ struct Reloadable {
 impl Reloadable {
     /// [`crate::router_cli::haproxy_with`]'s configuration, with `extra` in `backend app`.
     fn start(dir: &Path, extra: &str) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let socket = dir.join("admin.sock");
-        let cfg = format!(
-            "global
-  stats socket {s} mode 600 level admin
-defaults
-  mode http
-  timeout connect 2s
-  timeout client 30s
-  timeout server 30s
-frontend fe
-  bind 127.0.0.1:{port}
-  default_backend app
-backend app
-  balance roundrobin
-{extra}
-  server-template stable 2 127.0.0.1:1 disabled
-  server-template canary 2 127.0.0.1:1 disabled
-",
-            s = socket.display()
-        );
-        std::fs::write(dir.join("haproxy.cfg"), cfg).unwrap();
-        let master = std::process::Command::new("haproxy")
-            .args(["-W", "-db", "-f"])
-            .arg(dir.join("haproxy.cfg"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(dir.join("haproxy.err")).unwrap())
-            .spawn()
-            .expect("haproxy is installed (scripts/test.sh installs it)");
+        use slipway_testkit::haproxy;
+        // Written into the configuration, and this daemon is not restarted on a clash.
+        let port = slipway_testkit::ports::fixed_port();
+        haproxy::write_config(dir, port, 2, extra);
         let h = Self {
-            master,
+            master: haproxy::spawn(dir, true),
             port,
-            socket,
+            socket: haproxy::socket(dir),
         };
         h.wait_worker(None);
         h
@@ -868,8 +985,7 @@ backend app
             assert!(
                 Instant::now() < deadline,
                 "no new HAProxy worker after 20 s: {}",
-                std::fs::read_to_string(self.socket.with_file_name("haproxy.err"))
-                    .unwrap_or_default()
+                slipway_testkit::haproxy::errors(self.socket.parent().unwrap())
             );
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -925,14 +1041,7 @@ fn haproxy_reloaded_mid_canary_gets_its_split_and_its_pinned_users_back() {
     let run = deploy_to_pause(&env, &spec(&env, "2.0.0", router, canary));
     let split = canary_weights(&h.socket);
     assert_eq!(split.len(), 2, "{split:?}");
-    let users: Vec<(String, String)> = (0..20)
-        .map(|_| {
-            let (version, set) = who(front, &[]);
-            assert!(!pin(&set).is_empty(), "{set}");
-            (format!("slipway-canary={}", pin(&set)), version)
-        })
-        .collect();
-    assert!(users.iter().any(|(_, v)| v == "2.0.0"), "{users:?}");
+    let users = pinned_users(front, 20);
     assert!(users.iter().any(|(_, v)| v == "1.0.0"), "{users:?}");
     h.reload();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -947,10 +1056,7 @@ fn haproxy_reloaded_mid_canary_gets_its_split_and_its_pinned_users_back() {
     }
     assert_eq!(canary_weights(&h.socket), split);
     // Each pinned user is on its version still, and not pinned anew.
-    for (cookie, version) in &users {
-        let (got, set) = who(front, &[("cookie", cookie)]);
-        assert_eq!((&got, set.as_str()), (version, ""), "{cookie}");
-    }
+    assert_still_pinned(front, &users, "after the reload");
     // New users are split by the weight again.
     let on_canary = (0..20).filter(|_| who(front, &[]).0 == "2.0.0").count();
     assert!(

@@ -20,6 +20,7 @@ pub mod evidence;
 pub mod gates;
 pub mod noop;
 pub mod store;
+pub mod store_wrap;
 pub mod target;
 mod wave;
 

@@ -185,6 +185,77 @@ struct Counts {
     errors: u64,
 }
 
+/// The `show stat` columns of HTTP responses by class: their sum is a server's requests.
+const RESPONSE_COLUMNS: [&str; 6] = [
+    "hrsp_1xx",
+    "hrsp_2xx",
+    "hrsp_3xx",
+    "hrsp_4xx",
+    "hrsp_5xx",
+    "hrsp_other",
+];
+
+/// The rows of one backend in HAProxy's `show stat` CSV (its servers, `BACKEND`), each
+/// field read by column name: the columns move between HAProxy versions.
+struct Stat<'a> {
+    header: Vec<&'a str>,
+    rows: Vec<Vec<&'a str>>,
+}
+
+impl<'a> Stat<'a> {
+    /// `out` as `show stat` answers (`# pxname,svname,...` then a row a line), the rows
+    /// of `backend` kept.
+    fn parse(out: &'a str, backend: &str) -> Result<Self, String> {
+        let mut lines = out.lines();
+        let header: Vec<&str> = lines
+            .next()
+            .and_then(|h| h.strip_prefix("# "))
+            .map(|h| h.split(',').collect())
+            .ok_or_else(|| format!("HAProxy answered `show stat` with: {}", out.trim()))?;
+        let px = header.iter().position(|h| *h == "pxname");
+        let rows = lines
+            .map(|l| l.split(',').collect::<Vec<_>>())
+            .filter(|f| px.and_then(|i| f.get(i)) == Some(&backend))
+            .collect();
+        Ok(Self { header, rows })
+    }
+
+    /// Each row: a field by column name ("" where the column or the field is missing).
+    fn rows(&self) -> impl Iterator<Item = StatRow<'_>> {
+        self.rows.iter().map(|fields| StatRow {
+            header: &self.header,
+            fields,
+        })
+    }
+}
+
+/// One row of a [`Stat`].
+struct StatRow<'s> {
+    header: &'s [&'s str],
+    fields: &'s [&'s str],
+}
+
+impl StatRow<'_> {
+    fn get(&self, column: &str) -> &str {
+        self.header
+            .iter()
+            .position(|h| *h == column)
+            .and_then(|i| self.fields.get(i))
+            .copied()
+            .unwrap_or("")
+    }
+
+    /// A counter (0 where HAProxy leaves it empty).
+    fn num(&self, column: &str) -> u64 {
+        self.get(column).parse().unwrap_or(0)
+    }
+
+    /// Responses of every class: the requests the server answered.
+    fn requests(&self) -> u64 {
+        RESPONSE_COLUMNS.iter().map(|c| self.num(c)).sum()
+    }
+}
+
 /// HAProxy's runtime API as the rollout controller's router and metric source.
 pub struct HaproxyRouter {
     socket: PathBuf,
@@ -262,25 +333,15 @@ impl HaproxyRouter {
     /// and leaves them without one.
     async fn affinity_lost(&self, slots: &Slots) -> Result<bool, String> {
         let out = self.command("show stat").await?;
-        let mut lines = out.lines();
-        let header: Vec<&str> = lines
-            .next()
-            .and_then(|h| h.strip_prefix("# "))
-            .map(|h| h.split(',').collect())
-            .ok_or_else(|| format!("HAProxy answered `show stat` with: {}", out.trim()))?;
-        let col = |n: &str| header.iter().position(|h| *h == n);
-        let (px, sv, ck) = (col("pxname"), col("svname"), col("cookie"));
         let canary: Vec<&str> = slots
             .canary
             .iter()
             .filter(|s| s.in_use())
             .map(|s| s.name.as_str())
             .collect();
-        Ok(lines.any(|l| {
-            let f: Vec<&str> = l.split(',').collect();
-            let at = |i: Option<usize>| i.and_then(|i| f.get(i)).copied().unwrap_or("");
-            at(px) == self.backend && canary.contains(&at(sv)) && at(ck).is_empty()
-        }))
+        Ok(Stat::parse(&out, &self.backend)?
+            .rows()
+            .any(|r| canary.contains(&r.get("svname")) && r.get("cookie").is_empty()))
     }
 
     /// What HAProxy lost of `want`.
@@ -395,19 +456,10 @@ impl HaproxyRouter {
             .command("show stat")
             .await
             .map_err(RolloutError::Router)?;
-        let mut lines = out.lines();
-        let header: Vec<&str> = lines
-            .next()
-            .and_then(|h| h.strip_prefix("# "))
-            .map(|h| h.split(',').collect())
-            .unwrap_or_default();
-        let col = |n: &str| header.iter().position(|h| *h == n);
-        let (px, sv, ck) = (col("pxname"), col("svname"), col("cookie"));
-        let cookie = lines.find_map(|l| {
-            let f: Vec<&str> = l.split(',').collect();
-            let at = |i: Option<usize>| i.and_then(|i| f.get(i)).copied().unwrap_or("");
-            (at(px) == self.backend && at(sv) == "BACKEND").then(|| at(ck).to_owned())
-        });
+        let cookie = Stat::parse(&out, &self.backend)
+            .map_err(RolloutError::Router)?
+            .rows()
+            .find_map(|r| (r.get("svname") == "BACKEND").then(|| r.get("cookie").to_owned()));
         let has = match cookie.as_deref() {
             Some(c) if c == a.cookie => return Ok(()),
             Some("") | None => "declares no cookie".to_owned(),
@@ -726,45 +778,23 @@ impl HaproxyRouter {
     /// Per-server counters of the backend from `show stat`, by server name.
     pub async fn server_stats(&self) -> Result<BTreeMap<String, ServerStat>, String> {
         let out = self.command("show stat").await?;
-        let mut lines = out.lines();
-        let header: Vec<&str> = lines
-            .next()
-            .and_then(|h| h.strip_prefix("# "))
-            .map(|h| h.split(',').collect())
-            .ok_or_else(|| format!("HAProxy answered `show stat` with: {}", out.trim()))?;
-        let col = |n: &str| header.iter().position(|h| *h == n);
-        let (px, sv, scur, status) = (col("pxname"), col("svname"), col("scur"), col("status"));
-        let codes: Vec<Option<usize>> = [
-            "hrsp_1xx",
-            "hrsp_2xx",
-            "hrsp_3xx",
-            "hrsp_4xx",
-            "hrsp_5xx",
-            "hrsp_other",
-        ]
-        .iter()
-        .map(|n| col(n))
-        .collect();
-        let mut out = BTreeMap::new();
-        for line in lines {
-            let f: Vec<&str> = line.split(',').collect();
-            let at = |i: Option<usize>| i.and_then(|i| f.get(i)).copied().unwrap_or("");
-            let name = at(sv);
-            if at(px) != self.backend || name == "BACKEND" || name == "FRONTEND" {
+        let mut stats = BTreeMap::new();
+        for r in Stat::parse(&out, &self.backend)?.rows() {
+            let name = r.get("svname");
+            if name == "BACKEND" || name == "FRONTEND" {
                 continue;
             }
-            let num = |i: Option<usize>| at(i).parse::<u64>().unwrap_or(0);
-            out.insert(
+            stats.insert(
                 name.to_owned(),
                 ServerStat {
-                    requests: codes.iter().map(|c| num(*c)).sum(),
-                    errors: num(codes[4]),
-                    sessions: num(scur),
-                    status: at(status).to_owned(),
+                    requests: r.requests(),
+                    errors: r.num("hrsp_5xx"),
+                    sessions: r.num("scur"),
+                    status: r.get("status").to_owned(),
                 },
             );
         }
-        Ok(out)
+        Ok(stats)
     }
 
     fn missing_slots(&self, pool: &str, prefix: &str, have: usize, need: usize) -> RolloutError {
@@ -807,47 +837,20 @@ impl HaproxyRouter {
 
     async fn counts(&self) -> Result<(Counts, Counts, Option<u64>), String> {
         let out = self.command("show stat").await?;
-        let mut lines = out.lines();
-        let header: Vec<&str> = lines
-            .next()
-            .and_then(|h| h.strip_prefix("# "))
-            .map(|h| h.split(',').collect())
-            .ok_or_else(|| format!("HAProxy answered `show stat` with: {}", out.trim()))?;
-        let col = |n: &str| header.iter().position(|h| *h == n);
-        let (px, sv, scur) = (col("pxname"), col("svname"), col("scur"));
-        let codes: Vec<Option<usize>> = [
-            "hrsp_1xx",
-            "hrsp_2xx",
-            "hrsp_3xx",
-            "hrsp_4xx",
-            "hrsp_5xx",
-            "hrsp_other",
-        ]
-        .iter()
-        .map(|n| col(n))
-        .collect();
         let (mut stable, mut canary) = (Counts::default(), Counts::default());
         let mut in_flight = None;
-        for line in lines {
-            let f: Vec<&str> = line.split(',').collect();
-            let at = |i: Option<usize>| i.and_then(|i| f.get(i)).copied().unwrap_or("");
-            if at(px) != self.backend {
-                continue;
-            }
-            let name = at(sv);
-            let num = |i: Option<usize>| at(i).parse::<u64>().unwrap_or(0);
-            let requests: u64 = codes.iter().map(|c| num(*c)).sum();
-            let errors = num(codes[4]);
+        for r in Stat::parse(&out, &self.backend)?.rows() {
+            let name = r.get("svname");
             let pool = if name.starts_with(&self.canary_prefix) {
-                *in_flight.get_or_insert(0) += num(scur);
+                *in_flight.get_or_insert(0) += r.num("scur");
                 &mut canary
             } else if name.starts_with(&self.stable_prefix) {
                 &mut stable
             } else {
                 continue;
             };
-            pool.requests += requests;
-            pool.errors += errors;
+            pool.requests += r.requests();
+            pool.errors += r.num("hrsp_5xx");
         }
         Ok((stable, canary, in_flight))
     }

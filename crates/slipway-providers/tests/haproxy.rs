@@ -20,54 +20,31 @@ pub fn start_haproxy(slots: u32) -> Daemon {
     for _ in 0..3 {
         let dir = tempfile::tempdir().unwrap();
         let port = crate::router_support::free_port();
-        let cfg = format!(
-            "global
-  stats socket {d}/admin.sock mode 600 level admin
-defaults
-  mode http
-  timeout connect 2s
-  timeout client 30s
-  timeout server 30s
-frontend fe
-  bind 127.0.0.1:{port}
-  default_backend app
-backend app
-  balance roundrobin
-  server-template stable {slots} 127.0.0.1:1 disabled
-  server-template canary {slots} 127.0.0.1:1 disabled
-",
-            d = dir.path().display()
-        );
-        std::fs::write(dir.path().join("haproxy.cfg"), cfg).unwrap();
-        let child = std::process::Command::new("haproxy")
-            .arg("-db")
-            .arg("-f")
-            .arg(dir.path().join("haproxy.cfg"))
-            .stdout(std::fs::File::create(dir.path().join("haproxy.log")).unwrap())
-            .stderr(std::fs::File::create(dir.path().join("haproxy.err")).unwrap())
-            .spawn()
-            .expect("haproxy is installed (apt-get install haproxy; scripts/test.sh does)");
+        slipway_testkit::haproxy::write_config(dir.path(), port, slots, "");
+        let child = slipway_testkit::haproxy::spawn(dir.path(), false);
         let mut d = Daemon { child, dir, port };
-        let sock = d.dir.path().join("admin.sock");
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while std::time::Instant::now() < deadline {
             if matches!(d.child.try_wait(), Ok(Some(_))) {
                 break; // port taken by a stranger: try another
             }
-            if std::os::unix::net::UnixStream::connect(&sock).is_ok()
-                && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-            {
+            if slipway_testkit::haproxy::answers(d.dir.path(), port) {
                 return d;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        errors.push(std::fs::read_to_string(d.dir.path().join("haproxy.err")).unwrap_or_default());
+        errors.push(slipway_testkit::haproxy::errors(d.dir.path()));
     }
     panic!("haproxy did not start in three attempts: {errors:?}");
 }
 
 pub fn router(h: &Daemon) -> HaproxyRouter {
-    HaproxyRouter::new(h.dir.path().join("admin.sock"), "app", "stable", "canary")
+    HaproxyRouter::new(
+        slipway_testkit::haproxy::socket(h.dir.path()),
+        "app",
+        "stable",
+        "canary",
+    )
 }
 
 fn front(h: &Daemon) -> SocketAddr {

@@ -6,15 +6,12 @@
 
 use std::sync::{Arc, Mutex};
 
-use slipway_engine::event::{Control, EngineEvent};
-use slipway_engine::store::{
-    ApprovalRecord, JournalRecord, LeaseOutcome, LeaseRecord, LeaseRequest, NewRun, RunClaim,
-    RunRecord, StepRecord,
-};
+use slipway_engine::event::EngineEvent;
+use slipway_engine::store::JournalRecord;
+use slipway_engine::store_wrap::{Wrap, Wrapped};
 use slipway_engine::target::{Applied, Observation, StepContext, StepOutput, Target, TargetError};
 use slipway_engine::{
-    DriveOptions, DriveOutcome, Engine, Notice, RunState, StepStatus, Store, StoreError,
-    SystemClock,
+    DriveOptions, DriveOutcome, Engine, RunState, StepStatus, Store, StoreError, SystemClock,
 };
 use slipway_model::plan::{Facts, StepAction, plan};
 use slipway_model::spec::ReleaseSpec;
@@ -30,12 +27,9 @@ struct Recording {
     commits: Mutex<Vec<Vec<EngineEvent>>>,
 }
 
-impl Store for Recording {
-    fn location(&self) -> String {
-        self.inner.location()
-    }
-    fn create_run<'a>(&'a self, run: NewRun, first: JournalRecord) -> Fut<'a, ()> {
-        self.inner.create_run(run, first)
+impl Wrap for Recording {
+    fn inner(&self) -> &dyn Store {
+        &self.inner
     }
     fn commit(&self, records: Vec<JournalRecord>) -> Fut<'_, ()> {
         let events = records.iter().map(|r| r.event.clone()).collect();
@@ -45,58 +39,6 @@ impl Store for Recording {
             Ok(())
         })
     }
-    fn run<'a>(&'a self, id: &'a str) -> Fut<'a, Option<RunRecord>> {
-        self.inner.run(id)
-    }
-    fn runs(&self, limit: u32) -> Fut<'_, Vec<RunRecord>> {
-        self.inner.runs(limit)
-    }
-    fn active_run<'a>(&'a self, digest: &'a str, env: &'a str) -> Fut<'a, Option<RunRecord>> {
-        self.inner.active_run(digest, env)
-    }
-    fn control<'a>(&'a self, run_id: &'a str) -> Fut<'a, Option<Control>> {
-        self.inner.control(run_id)
-    }
-    fn steps<'a>(&'a self, run_id: &'a str) -> Fut<'a, Vec<StepRecord>> {
-        self.inner.steps(run_id)
-    }
-    fn journal<'a>(&'a self, run_id: &'a str, after: i64) -> Fut<'a, Vec<Notice>> {
-        self.inner.journal(run_id, after)
-    }
-    fn approvals<'a>(&'a self, run_id: &'a str) -> Fut<'a, Vec<ApprovalRecord>> {
-        self.inner.approvals(run_id)
-    }
-    fn pseudonym<'a>(&'a self, name: &'a str) -> Fut<'a, String> {
-        self.inner.pseudonym(name)
-    }
-    fn identity<'a>(&'a self, id: &'a str) -> Fut<'a, Option<String>> {
-        self.inner.identity(id)
-    }
-    fn erase_identity<'a>(&'a self, name: &'a str) -> Fut<'a, bool> {
-        self.inner.erase_identity(name)
-    }
-    fn audit_entries(&self) -> Fut<'_, Vec<slipway_engine::audit::AuditEntry>> {
-        self.inner.audit_entries()
-    }
-    fn audit_head(&self) -> Fut<'_, Option<(i64, String)>> {
-        self.inner.audit_head()
-    }
-    fn claim<'a>(&'a self, run_id: &'a str) -> Fut<'a, Box<dyn RunClaim>> {
-        self.inner.claim(run_id)
-    }
-    fn acquire_lease(&self, req: LeaseRequest) -> Fut<'_, LeaseOutcome> {
-        self.inner.acquire_lease(req)
-    }
-    fn release_lease<'a>(
-        &'a self,
-        environment: &'a str,
-        holder: Option<&'a str>,
-    ) -> Fut<'a, Option<LeaseRecord>> {
-        self.inner.release_lease(environment, holder)
-    }
-    fn leases(&self) -> Fut<'_, Vec<LeaseRecord>> {
-        self.inner.leases()
-    }
 }
 
 /// Per effect: the step applied and the run's (step, status) as durable at that moment.
@@ -105,7 +47,7 @@ type Seen = Vec<(String, Vec<(String, StepStatus)>)>;
 /// Applies every step without effect, after writing down the store's durable step states
 /// as its effect would see them: (step applied, [(step, status)] of the run).
 struct Probe {
-    store: Arc<Recording>,
+    store: Arc<Wrapped<Recording>>,
     seen: Mutex<Seen>,
 }
 
@@ -183,10 +125,10 @@ async fn drive(
     let spec: ReleaseSpec = serde_saphyr::from_str(&yaml).unwrap();
     let p = plan(&spec, "dev", &Facts::default()).unwrap();
     let fresh = Fresh::new(b);
-    let store = Arc::new(Recording {
+    let store = Arc::new(Wrapped(Recording {
         inner: fresh.open().await.unwrap(),
         commits: Mutex::new(Vec::new()),
-    });
+    }));
     let probe = Arc::new(Probe {
         store: store.clone(),
         seen: Mutex::new(Vec::new()),
@@ -206,7 +148,7 @@ async fn drive(
         .await
         .unwrap();
     assert_eq!(out, DriveOutcome::Finished(RunState::Succeeded));
-    let commits = store.commits.lock().unwrap().clone();
+    let commits = store.0.commits.lock().unwrap().clone();
     let seen = probe.seen.lock().unwrap().clone();
     (commits, seen)
 }

@@ -8,12 +8,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 
-use slipway_engine::event::Control;
-use slipway_engine::store::{
-    ApprovalRecord, JournalRecord, LeaseOutcome, LeaseRecord, LeaseRequest, NewRun, RunClaim,
-    RunRecord, StepRecord,
-};
-use slipway_engine::{Clock, Notice, RunState, Store, StoreError, SystemClock};
+use slipway_engine::store::{LeaseOutcome, LeaseRecord, LeaseRequest, RunRecord};
+use slipway_engine::store_wrap::{Wrap, Wrapped};
+use slipway_engine::{Clock, RunState, Store, StoreError, SystemClock};
 use slipway_store::{AnyStore, StoreLocation};
 use tokio::sync::watch;
 
@@ -58,54 +55,9 @@ impl Gated {
     }
 }
 
-impl Store for Gated {
-    fn location(&self) -> String {
-        self.inner.location()
-    }
-    fn create_run<'a>(&'a self, run: NewRun, first: JournalRecord) -> Fut<'a, ()> {
-        self.inner.create_run(run, first)
-    }
-    fn commit(&self, records: Vec<JournalRecord>) -> Fut<'_, ()> {
-        self.inner.commit(records)
-    }
-    fn run<'a>(&'a self, id: &'a str) -> Fut<'a, Option<RunRecord>> {
-        self.inner.run(id)
-    }
-    fn runs(&self, limit: u32) -> Fut<'_, Vec<RunRecord>> {
-        self.inner.runs(limit)
-    }
-    fn active_run<'a>(&'a self, digest: &'a str, env: &'a str) -> Fut<'a, Option<RunRecord>> {
-        self.inner.active_run(digest, env)
-    }
-    fn control<'a>(&'a self, run_id: &'a str) -> Fut<'a, Option<Control>> {
-        self.inner.control(run_id)
-    }
-    fn steps<'a>(&'a self, run_id: &'a str) -> Fut<'a, Vec<StepRecord>> {
-        self.inner.steps(run_id)
-    }
-    fn journal<'a>(&'a self, run_id: &'a str, after: i64) -> Fut<'a, Vec<Notice>> {
-        self.inner.journal(run_id, after)
-    }
-    fn approvals<'a>(&'a self, run_id: &'a str) -> Fut<'a, Vec<ApprovalRecord>> {
-        self.inner.approvals(run_id)
-    }
-    fn pseudonym<'a>(&'a self, name: &'a str) -> Fut<'a, String> {
-        self.inner.pseudonym(name)
-    }
-    fn identity<'a>(&'a self, id: &'a str) -> Fut<'a, Option<String>> {
-        self.inner.identity(id)
-    }
-    fn erase_identity<'a>(&'a self, name: &'a str) -> Fut<'a, bool> {
-        self.inner.erase_identity(name)
-    }
-    fn audit_entries(&self) -> Fut<'_, Vec<slipway_engine::audit::AuditEntry>> {
-        self.inner.audit_entries()
-    }
-    fn audit_head(&self) -> Fut<'_, Option<(i64, String)>> {
-        self.inner.audit_head()
-    }
-    fn claim<'a>(&'a self, run_id: &'a str) -> Fut<'a, Box<dyn RunClaim>> {
-        self.inner.claim(run_id)
+impl Wrap for Gated {
+    fn inner(&self) -> &dyn Store {
+        &*self.inner
     }
     fn acquire_lease(&self, req: LeaseRequest) -> Fut<'_, LeaseOutcome> {
         // The first call takes the lease; the second is the renewer's first renewal.
@@ -151,9 +103,6 @@ impl Store for Gated {
             out
         })
     }
-    fn leases(&self) -> Fut<'_, Vec<LeaseRecord>> {
-        self.inner.leases()
-    }
 }
 
 fn run(id: &str) -> RunRecord {
@@ -180,7 +129,7 @@ async fn a_renewal_in_flight_at_the_release_does_not_take_the_lease_back() {
     let dir = tempfile::tempdir().unwrap();
     let loc = StoreLocation::Sqlite(dir.path().join("store.db"));
     let inner = Arc::new(slipway_store::open(&loc).await.unwrap());
-    let store = Arc::new(Gated::new(inner.clone()));
+    let store = Arc::new(Wrapped(Gated::new(inner.clone())));
     // Renewed every second; long enough that the lease a late renewal would put back is
     // still live when the next run asks.
     let ttl = Duration::from_secs(3);
@@ -188,7 +137,7 @@ async fn a_renewal_in_flight_at_the_release_does_not_take_the_lease_back() {
         .await
         .unwrap();
     // The first renewal is handed to the store and held there.
-    let mut handed = store.held.subscribe();
+    let mut handed = store.0.held.subscribe();
     tokio::time::timeout(Duration::from_secs(30), handed.wait_for(|h| *h))
         .await
         .expect("the renewer renews within 30 s")
@@ -204,13 +153,13 @@ async fn a_renewal_in_flight_at_the_release_does_not_take_the_lease_back() {
         Poll::Ready(())
     })
     .await;
-    store.gate.send_replace(true);
+    store.0.gate.send_replace(true);
     tokio::time::timeout(Duration::from_secs(30), release)
         .await
         .expect("the release ends once the renewal landed")
         .unwrap();
     assert!(
-        *store.landed.borrow(),
+        *store.0.landed.borrow(),
         "the held renewal was applied: the race happened"
     );
     // The environment is free: the next run is granted the lease at once.
