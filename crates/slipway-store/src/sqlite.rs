@@ -1,21 +1,23 @@
 //! The embedded SQLite store.
 //!
 //! Durability: WAL with `synchronous=FULL`, so a commit returns only after the WAL is
-//! fsynced. One writer task per process owns the only write connection; callers send it
-//! their journal records and wait for their own commit. While a transaction is being
-//! fsynced, the records of other callers queue up and go into the *next* transaction
-//! together (group commit): each caller still returns only after its own records are
-//! durable, so the journal-before-effect rule holds exactly as with one commit per event,
-//! while the fsync cost is shared by everything that arrived meanwhile. Other processes
-//! write through their own writer; `BEGIN IMMEDIATE` plus `busy_timeout` serialize them,
-//! and the audit head is re-read inside every transaction, so the chain stays linear.
+//! fsynced. Per process, one writer task owns the write connection (a file store's
+//! chain-only records, step events and the like, take the pipeline of `crate::append`,
+//! which it drains before each of its own transactions); callers send it their journal
+//! records and wait for their own commit. While a transaction is being fsynced, the
+//! records of other callers queue up and go into the *next* transaction together (group
+//! commit): each caller still returns only after its own records are durable, so the
+//! journal-before-effect rule holds exactly as with one commit per event, while the fsync
+//! cost is shared by everything that arrived meanwhile. Other processes write through
+//! their own writer; `BEGIN IMMEDIATE` plus `busy_timeout` serialize them, and the audit
+//! head is re-read inside every transaction or compared-and-set, so the chain stays linear.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -38,7 +40,7 @@ use sqlx::sqlite::{
 use sqlx::{AssertSqlSafe, Connection, Row};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::append::{Appends, Group, head_text};
+use crate::append::{Group, Outcome, Pipeline, head_text};
 use crate::audit_read::AuditReader;
 use crate::chain::{self, Appender, Ready, Staged};
 use crate::leases::{LeaseOp, LeaseReply};
@@ -88,6 +90,8 @@ pub struct SqliteStore {
     /// The audit chain's fast reader (file stores only).
     audit_reader: Option<AuditReader>,
     writer: mpsc::UnboundedSender<Pending>,
+    /// Where chain-only commits go without the writer task (file stores; `crate::append`).
+    pipeline: Option<Arc<Pipeline>>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -154,13 +158,15 @@ impl SqliteStore {
             .await
             .map_err(q(path))?;
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(writer(conn, Some(Appends::new(path)), rx));
+        let pipeline = Pipeline::start(path)?;
+        tokio::spawn(writer(conn, Some(Arc::clone(&pipeline)), rx));
         Ok(Self {
             path: path.to_owned(),
             memory: None,
             read,
             audit_reader: Some(AuditReader::new(path)),
             writer: tx,
+            pipeline: Some(pipeline),
         })
     }
 
@@ -206,7 +212,15 @@ impl SqliteStore {
             read,
             audit_reader: None,
             writer: tx,
+            pipeline: None,
         })
+    }
+
+    /// How many groups of chain-only records (step events and the like) wait behind the
+    /// commit in progress, not yet taken into a transaction: the depth of the append
+    /// pipeline (`crate::append`); 0 for an in-memory store, which has none.
+    pub fn appends_waiting(&self) -> usize {
+        self.pipeline.as_ref().map_or(0, |p| p.waiting())
     }
 
     /// Whether this is an in-memory store ([`SqliteStore::in_memory`]).
@@ -385,17 +399,20 @@ fn run_insert_err(digest: &str, environment: &str) -> impl Fn(sqlx::Error) -> St
     }
 }
 
-/// The writer task: drains the queue into one transaction at a time. `appends`: the
-/// connection chain-only groups go through (file stores; `None` in memory, where they go
-/// through `commit_fast`).
+/// The writer task: drains the queue into one transaction at a time. `pipe`: where a file
+/// store's callers append chain-only records themselves (`crate::append`); every write
+/// that comes here waits until the groups queued there before it are finished, and the
+/// fast path reopens after the head this writer leaves. In memory (`None`) chain-only
+/// groups go through `commit_fast` here.
 async fn writer(
     mut conn: SqliteConnection,
-    mut appends: Option<Appends>,
+    pipe: Option<Arc<Pipeline>>,
     mut rx: mpsc::UnboundedReceiver<Pending>,
 ) {
-    // The chain's head as this writer's last commit left it: the compare-and-set of
-    // `commit_fast` checks it against `meta` inside the transaction, so another process's
-    // append (or an archive) only costs a fall-back to the path that reads the head.
+    // In memory, the chain's head as this writer's last commit left it: the
+    // compare-and-set of `commit_fast` checks it against `meta` inside the transaction,
+    // so another handle's append (or an archive) only costs a fall-back to the path that
+    // reads the head.
     let mut head: Option<(i64, String)> = None;
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
@@ -405,18 +422,16 @@ async fn writer(
                 Err(_) => break,
             }
         }
-        if let Some(h) = head.take()
+        let kept = match &pipe {
+            Some(p) => p.drain().await,
+            None => head.take(),
+        };
+        if pipe.is_none()
+            && let Some(h) = kept.clone()
             && is_chain_only(&batch)
         {
             let (group, callers) = into_group(h, batch);
-            let (group, done) = match appends.as_mut() {
-                Some(a) => a.commit(group).await,
-                None => {
-                    let done = commit_fast(&mut conn, &group).await;
-                    (group, done)
-                }
-            };
-            match done {
+            match commit_fast(&mut conn, &group).await {
                 Ok(true) => {
                     head = Some(group.new_head());
                     for (_, tx) in callers {
@@ -427,25 +442,29 @@ async fn writer(
                 // Another writer moved the head: nothing was written; read it below.
                 Ok(false) => {}
                 Err(_) => {
-                    // Whatever failed (the lock, a full disk, the commit) left nothing
-                    // committed once rolled back (SQLite rolls back a failed COMMIT's
-                    // transaction itself, or it stays open until this); the batch then
-                    // goes the ordinary way, which reports an error that persists.
+                    // Whatever failed (the lock, the commit) left nothing committed once
+                    // rolled back (SQLite rolls back a failed COMMIT's transaction itself,
+                    // or it stays open until this); the batch then goes the ordinary way,
+                    // which reports an error that persists.
                     let _ = sqlx::raw_sql("ROLLBACK").execute(&mut conn).await;
                 }
             }
-            batch = match from_group(group, callers) {
-                Some(b) => b,
-                None => continue,
-            };
+            batch = from_group(group, callers);
         }
         let writes: Vec<&Write> = batch.iter().map(|(w, _)| w).collect();
-        match apply_all(&mut conn, &writes).await {
+        let new_head = match apply_all(&mut conn, &writes).await {
             Ok((replies, new_head)) => {
-                head = new_head;
+                // A group that appended nothing left the head where it was. The fast path
+                // reopens before anyone hears back, so a caller's next commit takes it.
+                let new_head = new_head.or(kept);
+                match &pipe {
+                    Some(p) => p.reopen(new_head),
+                    None => head = new_head,
+                }
                 for ((_, tx), r) in batch.into_iter().zip(replies) {
                     let _ = tx.send(Ok(r));
                 }
+                continue;
             }
             Err(_) if batch.len() > 1 => {
                 // One write spoiled the group: retry each alone so only it fails.
@@ -456,6 +475,7 @@ async fn writer(
                     });
                     let _ = tx.send(r);
                 }
+                None
             }
             Err(e) => {
                 // A batch of one: its caller gets the error as it is (a typed
@@ -467,7 +487,12 @@ async fn writer(
                         .unwrap_or_else(|| StoreError::Query("the write failed".into()));
                     let _ = tx.send(Err(err));
                 }
+                None
             }
+        };
+        // After a failure the next write re-reads the head.
+        if pipe.is_none() {
+            head = new_head;
         }
     }
 }
@@ -497,29 +522,17 @@ fn into_group(head: (i64, String), batch: Vec<Pending>) -> (Group, Vec<Caller>) 
     (Group::new(head, readies), callers)
 }
 
-/// The batch back from a group that was not committed, for the ordinary path; `None`
-/// when its records were lost (the commit's task failed), the callers then told so.
-fn from_group(group: Group, callers: Vec<Caller>) -> Option<Vec<Pending>> {
-    let total: usize = callers.iter().map(|(n, _)| n).sum();
-    if total != group.readies.len() {
-        for (_, tx) in callers {
-            let _ = tx.send(Err(StoreError::Query(
-                "append to the audit chain: the writer lost the group".into(),
-            )));
-        }
-        return None;
-    }
+/// The batch back from a group that was not committed, for the ordinary path.
+fn from_group(group: Group, callers: Vec<Caller>) -> Vec<Pending> {
     let mut readies = group.readies.into_iter();
-    Some(
-        callers
-            .into_iter()
-            .map(|(n, tx)| (Write::Commit(readies.by_ref().take(n).collect()), tx))
-            .collect(),
-    )
+    callers
+        .into_iter()
+        .map(|(n, tx)| (Write::Commit(readies.by_ref().take(n).collect()), tx))
+        .collect()
 }
 
 /// Append a chain-only group after the head this writer last committed, in ONE call
-/// through sqlx's worker (in-memory stores; a file store's writer uses `crate::append`):
+/// through sqlx's worker (in-memory stores; a file store's callers use `crate::append`):
 /// `BEGIN IMMEDIATE`, a compare-and-set of the head in `meta` (every chain writer,
 /// archive included, records the head there in the transaction that appends), the
 /// inserts — each guarded by the head now being the new one, so a lost compare-and-set
@@ -1033,12 +1046,33 @@ impl Store for SqliteStore {
 
     fn commit(&self, records: Vec<JournalRecord>) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
-            // The entries' text is made here, on the caller's task: the writer, which
-            // every commit of the process waits on in turn, only hashes and writes.
-            let ready = records
+            // The entries' text is made here, on the caller's task: what every commit of
+            // the process waits on in turn only hashes and writes.
+            let mut ready = records
                 .into_iter()
                 .map(Ready::new)
                 .collect::<Result<Vec<_>, _>>()?;
+            if let Some(pipe) = &self.pipeline
+                && ready
+                    .iter()
+                    .all(|r| chain::chain_only_event(&r.record.event))
+            {
+                match pipe.enqueue(ready) {
+                    Ok(answer) => match answer.await {
+                        Ok(Outcome::Committed) => return Ok(()),
+                        Ok(Outcome::Failed(e)) => return Err(e),
+                        // The head had moved: the writer task commits them.
+                        Ok(Outcome::Redo(r)) => ready = r,
+                        Err(_) => {
+                            return Err(StoreError::Unavailable {
+                                location: self.location(),
+                                message: "the committer thread stopped".into(),
+                            });
+                        }
+                    },
+                    Err(r) => ready = r,
+                }
+            }
             self.send(Write::Commit(ready)).await?;
             Ok(())
         })

@@ -26,6 +26,7 @@ mod live_runs;
 mod memory;
 mod open_race;
 mod pg;
+mod pipeline;
 mod postgres;
 mod rollback;
 mod tamper;
