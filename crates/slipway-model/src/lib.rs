@@ -6,6 +6,7 @@
 
 pub mod admin_policy;
 pub mod analysis;
+pub mod canonical;
 pub mod compat;
 pub mod cron;
 pub mod diag;

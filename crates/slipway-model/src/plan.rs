@@ -867,10 +867,24 @@ pub fn plan(spec: &ReleaseSpec, env_name: &str, facts: &Facts) -> Result<Plan, S
         }),
     };
     // The base digest (no steps yet) keys the steps; the plan's digest adds them. Only
-    // `steps` and `target_files` differ between the two, so the canonical document is
-    // built once and those two fields replaced (building it is most of the digest's cost).
-    let mut canonical = canonical(&plan);
-    let base = hash_of(&canonical);
+    // `steps` and `target_files` differ between the two, and `steps` sorts after almost
+    // everything else: the canonical text is written once with no steps, the SHA-256 of
+    // what precedes them kept, and the final digest continues from there.
+    let parts = canonical_text(&plan);
+    let (base, prefix) = match &parts {
+        Ok((doc, steps_at)) => {
+            let mut prefix = Sha256::new();
+            prefix.update(&doc[..steps_at.start]);
+            let base = hex::encode(
+                prefix
+                    .clone()
+                    .chain_update(&doc[steps_at.start..])
+                    .finalize(),
+            );
+            (base, Some(prefix))
+        }
+        Err(_) => (hash_of(&canonical(&plan)), None),
+    };
     plan.steps = steps(&plan, &base);
     // Template digests are facts (the planner reads no files); they go into the steps, and
     // so into the digest, but not into the idempotency keys' base.
@@ -889,17 +903,25 @@ pub fn plan(spec: &ReleaseSpec, env_name: &str, facts: &Facts) -> Result<Plan, S
     {
         plan.target_files.insert(t.inventory.clone(), d.clone());
     }
-    if let Some(m) = canonical.as_object_mut() {
-        m.insert("steps".into(), serde_json::json!(plan.steps));
-        if !plan.target_files.is_empty() {
-            m.insert("target_files".into(), serde_json::json!(plan.target_files));
+    plan.digest = match (parts, prefix) {
+        (Ok((doc, steps_at)), Some(mut prefix)) if plan.target_files.is_empty() => {
+            let mut w = crate::canonical::Canonical::default();
+            match w.write(&plan.steps) {
+                Ok(()) => {
+                    prefix.update(w.bytes());
+                    prefix.update(&doc[steps_at.end..]);
+                    hex::encode(prefix.finalize())
+                }
+                Err(_) => digest_of(&plan),
+            }
         }
-    }
-    plan.digest = hash_of(&canonical);
+        // `target_files` sorts after `steps`: the whole text again (ssh plans only).
+        _ => digest_of(&plan),
+    };
     debug_assert_eq!(
         plan.digest,
-        digest_of(&plan),
-        "the patched canonical document"
+        hash_of(&canonical(&plan)),
+        "the digest continued from the text before the steps"
     );
     Ok(plan)
 }
@@ -1061,7 +1083,65 @@ fn readiness_gate(
 /// serde_json's map is a BTreeMap (no `preserve_order` feature), so keys are sorted and the
 /// text is whitespace-free: reordering keys or reformatting the YAML cannot change it.
 pub fn digest_of(plan: &Plan) -> String {
-    hash_of(&canonical(plan))
+    match canonical_text(plan) {
+        Ok((doc, _)) => hex::encode(Sha256::digest(&doc)),
+        Err(_) => hash_of(&canonical(plan)),
+    }
+}
+
+/// The text of [`canonical`] written directly ([`crate::canonical`]), and where the value
+/// of `steps` is in it. Identical bytes, without building the `serde_json::Value` (which,
+/// with dropping it, was most of the digest's cost for 2,000 services).
+fn canonical_text(plan: &Plan) -> Result<(Vec<u8>, std::ops::Range<usize>), serde_json::Error> {
+    let mut depends: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for (n, s) in &plan.services {
+        depends.insert(n, s.depends_on.iter().map(String::as_str).collect());
+    }
+    let mut w = crate::canonical::Canonical::default();
+    let o = w.begin_object();
+    // In key order, so no entry moves and the range of `steps` stays true (checked below).
+    w.entry(&o, "analysis_templates", &plan.analysis_templates)?;
+    if !plan.breaking.is_empty() {
+        w.entry(&o, "breaking", &plan.breaking)?;
+    }
+    w.entry(&o, "checks", &plan.checks)?;
+    w.entry(&o, "depends", &depends)?;
+    w.entry(&o, "env", &plan.env)?;
+    w.entry(&o, "environment", &plan.environment)?;
+    w.entry(&o, "format", &plan.format)?;
+    w.entry(&o, "gates", &plan.gates)?;
+    w.entry(&o, "notifications", &plan.notifications)?;
+    if let Some(p) = &plan.policy {
+        w.entry(&o, "policy", p)?;
+    }
+    w.entry(&o, "providers", &plan.providers)?;
+    w.entry(&o, "release", &plan.release)?;
+    // depends_on order carries no meaning; the set does: each service's lists are
+    // written sorted, as [`canonical`] sorts them in the `Value`.
+    w.entry_with_sorted_lists(
+        &o,
+        "services",
+        &plan.services,
+        2,
+        &["depends_on", "coupled_with"],
+    )?;
+    let steps = w.entry(&o, "steps", &plan.steps)?;
+    w.entry(&o, "strategy", &plan.strategy)?;
+    if !plan.target_files.is_empty() {
+        w.entry(&o, "target_files", &plan.target_files)?;
+    }
+    if !plan.waivers.is_empty() {
+        w.entry(&o, "waivers", &plan.waivers)?;
+    }
+    w.entry(&o, "waves", &plan.waves)?;
+    if w.end_object(o) {
+        // Cannot happen with the order above; the text is right anyway, only the range
+        // would not be.
+        return Err(<serde_json::Error as serde::ser::Error>::custom(
+            "plan fields out of key order",
+        ));
+    }
+    Ok((w.take(), steps))
 }
 
 /// The canonical JSON a plan's digest hashes.
@@ -1246,6 +1326,11 @@ pub fn waves(services: &BTreeMap<String, Service>) -> Vec<Wave> {
 fn steps(plan: &Plan, base_digest: &str) -> Vec<PlannedStep> {
     let mut out = Vec::new();
     let sig_keys = plan.signature_keys();
+    // Every key hashes `{base_digest}\n{id}`: the state after the common prefix is kept
+    // and each id continues from a copy of it (the same bytes hashed, one block less each).
+    let mut key_prefix = Sha256::new();
+    key_prefix.update(base_digest.as_bytes());
+    key_prefix.update(b"\n");
     for wave in &plan.waves {
         for name in &wave.services {
             let Some(svc) = plan.services.get(name) else {
@@ -1256,7 +1341,7 @@ fn steps(plan: &Plan, base_digest: &str) -> Vec<PlannedStep> {
                 .clone()
                 .unwrap_or_else(|| plan.release.version.clone());
             let mut push = |id: String, action: StepAction| {
-                let key = hex::encode(Sha256::digest(format!("{base_digest}\n{id}").as_bytes()));
+                let key = hex::encode(key_prefix.clone().chain_update(id.as_bytes()).finalize());
                 out.push(PlannedStep {
                     id,
                     wave: wave.index,
