@@ -480,12 +480,72 @@ struct Haproxy {
 
 impl Drop for Haproxy {
     fn drop(&mut self) {
+        // A master-worker's workers leave with their master on SIGTERM, not on SIGKILL.
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
 
+impl Haproxy {
+    /// The pid of the worker answering the admin socket of `w`, if one does.
+    fn worker(w: &World) -> Option<String> {
+        let mut s = std::os::unix::net::UnixStream::connect(w.dir.join("admin.sock")).ok()?;
+        s.write_all(b"show info\n").ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        out.lines()
+            .find_map(|l| l.strip_prefix("Pid: "))
+            .map(str::to_owned)
+    }
+
+    /// Reload as `systemctl reload haproxy` does (SIGUSR2 to the master of a
+    /// [`haproxy_reloadable`]): a new worker from the configuration alone, answering
+    /// before this returns.
+    fn reload(&self, w: &World) {
+        let old = Self::worker(w).expect("a worker answers before the reload");
+        let ok = std::process::Command::new("kill")
+            .args(["-USR2", &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -USR2 the HAProxy master");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if Self::worker(w).is_some_and(|p| p != old)
+                && TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no new HAProxy worker after 20 s: {}",
+                slipway_testkit::haproxy::errors(&w.dir)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
 fn haproxy(w: &World) -> Haproxy {
+    start_haproxy(w, false)
+}
+
+/// [`haproxy`] in master-worker mode (`-W`), reloadable with [`Haproxy::reload`].
+fn haproxy_reloadable(w: &World) -> Haproxy {
+    start_haproxy(w, true)
+}
+
+fn start_haproxy(w: &World, master_worker: bool) -> Haproxy {
     for _ in 0..3 {
         let port = free_ports(1);
         let servers: String = w
@@ -516,14 +576,7 @@ backend web
         );
         std::fs::write(w.dir.join("haproxy.cfg"), cfg).unwrap();
         let mut h = Haproxy {
-            child: std::process::Command::new("haproxy")
-                .arg("-db")
-                .arg("-f")
-                .arg(w.dir.join("haproxy.cfg"))
-                .stdout(std::process::Stdio::null())
-                .stderr(std::fs::File::create(w.dir.join("haproxy.err")).unwrap())
-                .spawn()
-                .expect("haproxy is installed (scripts/test.sh installs it)"),
+            child: slipway_testkit::haproxy::spawn(&w.dir, master_worker),
             port,
         };
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -531,9 +584,7 @@ backend web
             if matches!(h.child.try_wait(), Ok(Some(_))) {
                 break;
             }
-            if std::os::unix::net::UnixStream::connect(w.dir.join("admin.sock")).is_ok()
-                && TcpStream::connect(("127.0.0.1", port)).is_ok()
-            {
+            if slipway_testkit::haproxy::answers(&w.dir, port) {
                 return h;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -963,5 +1014,70 @@ fn a_fleet_canary_survives_slipway_killed_mid_canary_and_resume_continues_it() {
         .map(|h| h["result"].as_str().unwrap())
         .collect();
     assert!(host1.contains(&"already_done"), "{s:#}");
+    drop(h);
+}
+
+/// HAProxy reloaded in the middle of a fleet canary (SIGUSR2 to its master, as `systemctl
+/// reload haproxy` does) forgets the weights its runtime API was told and serves every
+/// host at its configured weight: the canary host's share is gone. Slipway finds it at
+/// its next interval and sets the canary's weights again, journaled (`router_restored`).
+#[test]
+fn a_fleet_canary_behind_a_reloaded_haproxy_gets_its_weights_back() {
+    let mut w = World::new(3);
+    w.replicas = 1;
+    w.env_extra = "    router: { haproxy: { socket: admin.sock, backend: web } }\n".into();
+    w.tail =
+        "strategy:\n  canary:\n    steps:\n      - set_weight: 34\n      - pause: manual\n".into();
+    let h = haproxy_reloadable(&w);
+    let o = w.deploy(&w.spec("1.0.0", &w.demo()));
+    assert_eq!(o.status.code(), Some(0), "first deploy: {o:?}");
+    w.wait_all("1.0.0");
+    let before = weights(&w);
+    let spec2 = w.spec("2.0.0", &w.demo());
+    let mut child = w
+        .cmd()
+        .args(["deploy", "--env", "fleet", "-f"])
+        .arg(&spec2)
+        .stdout(std::fs::File::create(w.dir.join("deploy2.out")).unwrap())
+        .stderr(std::fs::File::create(w.dir.join("deploy2.err")).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while events_named(&progress(&w), "paused").is_empty() {
+        assert!(
+            Instant::now() < deadline && child.try_wait().unwrap().is_none(),
+            "the canary never paused at 34%: {} {}",
+            std::fs::read_to_string(w.dir.join("deploy2.out")).unwrap_or_default(),
+            std::fs::read_to_string(w.dir.join("deploy2.err")).unwrap_or_default(),
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let during = weights(&w);
+    assert_ne!(during, before, "the canary's weights are in force");
+    h.reload(&w);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let restored = loop {
+        let p = progress(&w);
+        if let Some(r) = events_named(&p, "router_restored").first() {
+            break (*r).clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the reloaded HAProxy never got the canary's weights back (now {:?}, the canary's {during:?}): {p:#?}",
+            weights(&w)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(weights(&w), during, "{restored}");
+    assert!(
+        restored["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("web/host1") && d.contains("34%")),
+        "{restored}"
+    );
+    // Put back once: nothing found lost again since.
+    assert_eq!(events_named(&progress(&w), "router_restored").len(), 1);
+    child.kill().unwrap();
+    child.wait().unwrap();
     drop(h);
 }

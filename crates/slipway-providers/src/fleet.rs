@@ -214,12 +214,17 @@ struct FleetRouter<'a> {
     canary: Mutex<BTreeSet<String>>,
     /// Hosts in neither pool (weight 0): canary hosts after a rollback took them out.
     out: Mutex<BTreeSet<String>>,
+    /// The canary's weight this router last set, to set again when the balancer lost it.
+    weight: Mutex<Option<u8>>,
     /// The previous window's sums: when, and (requests, 5xx) of canary and stable.
     last: Mutex<Option<(Instant, Sums, Sums)>>,
 }
 
 /// Requests and 5xx responses of a pool.
 type Sums = (u64, u64);
+
+/// Hosts' weights, by host name, in the order they are to be set.
+type Weights = Vec<(String, u64)>;
 
 impl FleetRouter<'_> {
     fn canary(&self) -> BTreeSet<String> {
@@ -234,6 +239,26 @@ impl FleetRouter<'_> {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
+    }
+
+    /// Each host's weight for the canary at `weight`%: (the canary hosts', the others')
+    /// — a host out of both pools at 0 among the others.
+    fn weights_for(&self, weight: u8) -> (Weights, Weights) {
+        let canary = self.canary();
+        let out = self.out();
+        let stable: Vec<&String> = self
+            .hosts
+            .values()
+            .filter(|h| !canary.contains(*h) && !out.contains(*h))
+            .collect();
+        let (ws, wc) = server_weights(weight, stable.len(), canary.len());
+        let c = canary.iter().map(|h| (h.clone(), wc)).collect();
+        let s = stable
+            .into_iter()
+            .map(|h| (h.clone(), ws))
+            .chain(out.iter().map(|h| (h.clone(), 0)))
+            .collect();
+        (c, s)
     }
 }
 
@@ -279,27 +304,65 @@ impl TrafficRouter for FleetRouter<'_> {
 
     fn set_weight(&self, weight: u8) -> BoxFuture<'_, Result<(), RolloutError>> {
         Box::pin(async move {
-            let canary = self.canary();
-            let out = self.out();
-            let stable: Vec<&String> = self
-                .hosts
-                .values()
-                .filter(|h| !canary.contains(*h) && !out.contains(*h))
-                .collect();
-            let (ws, wc) = server_weights(weight, stable.len(), canary.len());
+            let (c, s) = self.weights_for(weight);
             // The pool gaining weight first, so the servers never all weigh 0.
             let current = self.verify_weight().await.unwrap_or(0);
-            let c = canary.iter().map(|h| (h.clone(), wc));
-            let s = stable.into_iter().map(|h| (h.clone(), ws));
             let order: Vec<(String, u64)> = if weight >= current {
-                c.chain(s).collect()
+                c.into_iter().chain(s).collect()
             } else {
-                s.chain(c).collect()
+                s.into_iter().chain(c).collect()
             };
             self.lb
                 .set_weights(&order)
                 .await
-                .map_err(RolloutError::Router)
+                .map_err(RolloutError::Router)?;
+            *self
+                .weight
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(weight);
+            Ok(())
+        })
+    }
+
+    /// A balancer reloaded mid-canary (HAProxy's runtime API forgets the weights it was
+    /// told; the configuration's come back) no longer gives the canary its share: the
+    /// hosts' weights are read at each interval and, where one differs from what the
+    /// canary's weight gives it, all are set again. nginx keeps them (the upstream file
+    /// is Slipway's): nothing is found lost there.
+    fn reconcile(&self) -> BoxFuture<'_, Result<Option<String>, RolloutError>> {
+        Box::pin(async move {
+            let Some(weight) = *self
+                .weight
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+            else {
+                return Ok(None);
+            };
+            let have = self.lb.hosts().await.map_err(RolloutError::Router)?;
+            let (c, s) = self.weights_for(weight);
+            let lost: Vec<String> = c
+                .iter()
+                .chain(&s)
+                .filter_map(|(host, want)| {
+                    let now = have.get(host).map(|h| h.weight);
+                    (now != Some(*want)).then(|| {
+                        format!(
+                            "{} at {} instead of {want}",
+                            self.lb.server(host),
+                            now.map_or("nothing (not in the balancer)".to_owned(), |w| w
+                                .to_string())
+                        )
+                    })
+                })
+                .collect();
+            if lost.is_empty() {
+                return Ok(None);
+            }
+            self.set_weight(weight).await?;
+            Ok(Some(format!(
+                "the weights ({}), the canary at {weight}% again",
+                lost.join(", ")
+            )))
         })
     }
 
@@ -672,6 +735,7 @@ impl FleetRun<'_> {
                 .collect(),
             canary: Mutex::new(names.iter().map(|n| (*n).to_owned()).collect()),
             out: Mutex::default(),
+            weight: Mutex::default(),
             last: Mutex::default(),
         };
         let hosts = FleetHosts {
