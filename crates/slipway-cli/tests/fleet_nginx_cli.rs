@@ -290,32 +290,17 @@ fn behind_nginx_a_fleet_canary_survives_slipway_killed_mid_canary() {
     let (w, n) = deployed(FLEET_CANARY);
     let before = weights(&w);
 
-    let spec2 = w.spec("2.0.0", &w.demo());
-    let mut child = w
-        .cmd()
-        .args(["deploy", "--env", "fleet", "-f"])
-        .arg(&spec2)
-        .stdout(std::fs::File::create(w.dir.join("deploy2.out")).unwrap())
-        .stderr(std::fs::File::create(w.dir.join("deploy2.err")).unwrap())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let p = progress(&w);
-        if events_named(&p, "weight_set")
-            .iter()
-            .any(|e| e["weight"] == 34)
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline && child.try_wait().unwrap().is_none(),
-            "the canary never reached its first step: {} {}",
-            std::fs::read_to_string(w.dir.join("deploy2.out")).unwrap_or_default(),
-            std::fs::read_to_string(w.dir.join("deploy2.err")).unwrap_or_default(),
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut child = w.spawn_deploy2();
+    w.wait_progress(
+        &mut child,
+        Duration::from_secs(90),
+        "reached its first step",
+        |p| {
+            events_named(p, "weight_set")
+                .iter()
+                .any(|e| e["weight"] == 34)
+        },
+    );
     // SIGKILL.
     child.kill().unwrap();
     child.wait().unwrap();

@@ -951,74 +951,28 @@ impl Reloadable {
         // Written into the configuration, and this daemon is not restarted on a clash.
         let port = slipway_testkit::ports::fixed_port();
         haproxy::write_config(dir, port, 2, extra);
-        let h = Self {
-            master: haproxy::spawn(dir, true),
+        let master = haproxy::spawn(dir, true);
+        haproxy::wait_worker(dir, port, None);
+        Self {
+            master,
             port,
             socket: haproxy::socket(dir),
-        };
-        h.wait_worker(None);
-        h
-    }
-
-    /// The pid of the worker answering the admin socket, if one does.
-    fn worker(&self) -> Option<String> {
-        use std::io::{Read as _, Write as _};
-        let mut s = std::os::unix::net::UnixStream::connect(&self.socket).ok()?;
-        s.write_all(b"show info\n").ok()?;
-        let mut out = String::new();
-        s.read_to_string(&mut out).ok()?;
-        out.lines()
-            .find_map(|l| l.strip_prefix("Pid: "))
-            .map(str::to_owned)
-    }
-
-    /// Until a worker other than `old` answers the admin socket and the front door.
-    fn wait_worker(&self, old: Option<&str>) -> String {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(pid) = self.worker()
-                && old != Some(pid.as_str())
-                && std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
-            {
-                return pid;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no new HAProxy worker after 20 s: {}",
-                slipway_testkit::haproxy::errors(self.socket.parent().unwrap())
-            );
-            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
-    /// Reload: a new worker from the configuration file, the old one finishing.
+    /// Reload as `systemctl reload haproxy` does: a new worker from the configuration.
     fn reload(&self) {
-        let old = self.worker().expect("a worker answers before the reload");
-        let ok = std::process::Command::new("kill")
-            .args(["-USR2", &self.master.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill -USR2 the HAProxy master");
-        self.wait_worker(Some(&old));
+        let dir = self
+            .socket
+            .parent()
+            .expect("the socket is in the test's directory");
+        slipway_testkit::haproxy::reload(&self.master, dir, self.port);
     }
 }
 
 impl Drop for Reloadable {
     fn drop(&mut self) {
-        // SIGTERM by its pid: the master takes its workers with it.
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &self.master.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if matches!(self.master.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.master.kill();
-        let _ = self.master.wait();
+        slipway_testkit::terminate(&mut self.master);
     }
 }
 

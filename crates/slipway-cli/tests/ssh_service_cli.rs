@@ -123,6 +123,40 @@ environments:
         )
     }
 
+    /// `slipway deploy --env fleet -f <2.0.0 of demo>` in the background, its output in
+    /// `deploy2.out` / `deploy2.err`.
+    pub(crate) fn spawn_deploy2(&self) -> std::process::Child {
+        let spec2 = self.spec("2.0.0", &self.demo());
+        self.cmd()
+            .args(["deploy", "--env", "fleet", "-f"])
+            .arg(&spec2)
+            .stdout(std::fs::File::create(self.dir.join("deploy2.out")).unwrap())
+            .stderr(std::fs::File::create(self.dir.join("deploy2.err")).unwrap())
+            .spawn()
+            .unwrap()
+    }
+
+    /// Until the journal's step progress satisfies `reached` (`what`, for the failure),
+    /// while `child` ([`Self::spawn_deploy2`]) runs, for at most `within`.
+    pub(crate) fn wait_progress(
+        &self,
+        child: &mut std::process::Child,
+        within: Duration,
+        what: &str,
+        reached: impl Fn(&[serde_json::Value]) -> bool,
+    ) {
+        let deadline = Instant::now() + within;
+        while !reached(&progress(self)) {
+            assert!(
+                Instant::now() < deadline && child.try_wait().unwrap().is_none(),
+                "the canary never {what}: {} {}",
+                std::fs::read_to_string(self.dir.join("deploy2.out")).unwrap_or_default(),
+                std::fs::read_to_string(self.dir.join("deploy2.err")).unwrap_or_default(),
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub(crate) fn cmd(&self) -> std::process::Command {
         let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_slipway"));
         c.env(
@@ -480,59 +514,14 @@ struct Haproxy {
 
 impl Drop for Haproxy {
     fn drop(&mut self) {
-        // A master-worker's workers leave with their master on SIGTERM, not on SIGKILL.
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        slipway_testkit::terminate(&mut self.child);
     }
 }
 
 impl Haproxy {
-    /// The pid of the worker answering the admin socket of `w`, if one does.
-    fn worker(w: &World) -> Option<String> {
-        let mut s = std::os::unix::net::UnixStream::connect(w.dir.join("admin.sock")).ok()?;
-        s.write_all(b"show info\n").ok()?;
-        let mut out = String::new();
-        s.read_to_string(&mut out).ok()?;
-        out.lines()
-            .find_map(|l| l.strip_prefix("Pid: "))
-            .map(str::to_owned)
-    }
-
-    /// Reload as `systemctl reload haproxy` does (SIGUSR2 to the master of a
-    /// [`haproxy_reloadable`]): a new worker from the configuration alone, answering
-    /// before this returns.
+    /// Reload as `systemctl reload haproxy` does (a [`haproxy_reloadable`] only).
     fn reload(&self, w: &World) {
-        let old = Self::worker(w).expect("a worker answers before the reload");
-        let ok = std::process::Command::new("kill")
-            .args(["-USR2", &self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill -USR2 the HAProxy master");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if Self::worker(w).is_some_and(|p| p != old)
-                && TcpStream::connect(("127.0.0.1", self.port)).is_ok()
-            {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no new HAProxy worker after 20 s: {}",
-                slipway_testkit::haproxy::errors(&w.dir)
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        slipway_testkit::haproxy::reload(&self.child, &w.dir, self.port);
     }
 }
 
@@ -937,33 +926,18 @@ fn a_fleet_canary_survives_slipway_killed_mid_canary_and_resume_continues_it() {
     w.wait_all("1.0.0");
     let before = weights(&w);
 
-    let spec2 = w.spec("2.0.0", &w.demo());
-    let mut child = w
-        .cmd()
-        .args(["deploy", "--env", "fleet", "-f"])
-        .arg(&spec2)
-        .stdout(std::fs::File::create(w.dir.join("deploy2.out")).unwrap())
-        .stderr(std::fs::File::create(w.dir.join("deploy2.err")).unwrap())
-        .spawn()
-        .unwrap();
+    let mut child = w.spawn_deploy2();
     // Killed once the canary's first step (weight 34% to host1) is in the journal.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let p = progress(&w);
-        if events_named(&p, "weight_set")
-            .iter()
-            .any(|e| e["weight"] == 34)
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline && child.try_wait().unwrap().is_none(),
-            "the canary never reached its first step: {} {}",
-            std::fs::read_to_string(w.dir.join("deploy2.out")).unwrap_or_default(),
-            std::fs::read_to_string(w.dir.join("deploy2.err")).unwrap_or_default(),
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    w.wait_progress(
+        &mut child,
+        Duration::from_secs(60),
+        "reached its first step",
+        |p| {
+            events_named(p, "weight_set")
+                .iter()
+                .any(|e| e["weight"] == 34)
+        },
+    );
     child.kill().unwrap();
     child.wait().unwrap();
 
@@ -1033,25 +1007,10 @@ fn a_fleet_canary_behind_a_reloaded_haproxy_gets_its_weights_back() {
     assert_eq!(o.status.code(), Some(0), "first deploy: {o:?}");
     w.wait_all("1.0.0");
     let before = weights(&w);
-    let spec2 = w.spec("2.0.0", &w.demo());
-    let mut child = w
-        .cmd()
-        .args(["deploy", "--env", "fleet", "-f"])
-        .arg(&spec2)
-        .stdout(std::fs::File::create(w.dir.join("deploy2.out")).unwrap())
-        .stderr(std::fs::File::create(w.dir.join("deploy2.err")).unwrap())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while events_named(&progress(&w), "paused").is_empty() {
-        assert!(
-            Instant::now() < deadline && child.try_wait().unwrap().is_none(),
-            "the canary never paused at 34%: {} {}",
-            std::fs::read_to_string(w.dir.join("deploy2.out")).unwrap_or_default(),
-            std::fs::read_to_string(w.dir.join("deploy2.err")).unwrap_or_default(),
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut child = w.spawn_deploy2();
+    w.wait_progress(&mut child, Duration::from_secs(60), "paused at 34%", |p| {
+        !events_named(p, "paused").is_empty()
+    });
     let during = weights(&w);
     assert_ne!(during, before, "the canary's weights are in force");
     h.reload(&w);

@@ -65,3 +65,49 @@ pub fn answers(dir: &Path, port: u16) -> bool {
 pub fn errors(dir: &Path) -> String {
     std::fs::read_to_string(dir.join("haproxy.err")).unwrap_or_default()
 }
+
+/// The pid of the worker answering the admin socket of `dir`, if one does.
+pub fn worker(dir: &Path) -> Option<String> {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::os::unix::net::UnixStream::connect(socket(dir)).ok()?;
+    s.write_all(b"show info\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    out.lines()
+        .find_map(|l| l.strip_prefix("Pid: "))
+        .map(str::to_owned)
+}
+
+/// Until a worker other than `old` answers the admin socket of `dir` and `port` takes
+/// connections (at most 20 s); its pid.
+pub fn wait_worker(dir: &Path, port: u16, old: Option<&str>) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        if let Some(pid) = worker(dir)
+            && old != Some(pid.as_str())
+            && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        {
+            return pid;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no new HAProxy worker after 20 s: {}",
+            errors(dir)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Reload the master-worker HAProxy `master` of `dir` as `systemctl reload haproxy` does
+/// (SIGUSR2 to the master): a new worker from the configuration alone, answering on
+/// `port` before this returns.
+pub fn reload(master: &std::process::Child, dir: &Path, port: u16) {
+    let old = worker(dir).expect("a worker answers before the reload");
+    let ok = std::process::Command::new("kill")
+        .args(["-USR2", &master.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -USR2 the HAProxy master");
+    wait_worker(dir, port, Some(&old));
+}

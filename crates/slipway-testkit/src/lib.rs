@@ -22,6 +22,24 @@ pub mod ports;
 
 use std::time::{Duration, Instant};
 
+/// Stop a daemon a test started in the foreground: SIGTERM by its pid (nginx's and a
+/// master-worker HAProxy's master take their workers with them; SIGKILL would leave
+/// them), SIGKILL if it has not exited after 5 s.
+pub fn terminate(child: &mut std::process::Child) {
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 /// Call `f` until it returns `Some`, at most for `within`; panics with `what` when it
 /// never does. Poll, never sleep-and-hope.
 pub fn eventually<T>(within: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
