@@ -148,16 +148,19 @@ async fn orchestrator_killed_mid_canary_continues_at_its_recorded_step_and_weigh
         }
     }
     assert_eq!(first_canary.len(), 2, "the canary never started");
-    driving.abort();
-    let _ = driving.await;
-    // What the canary reported reaches the journal on its own task: wait for the weight.
+    // It dies once the weight is recorded (the step's progress is journaled by the step's
+    // own task, which dies with the driver: a weight set and not yet journaled is lost
+    // with it, as with a SIGKILL). The analysis after it lasts 2 s, so it is still at
+    // this step when killed.
     let deadline = Instant::now() + Duration::from_secs(10);
     while !store.journal(&run.id, 0).await.unwrap().iter().any(|r| {
         matches!(&r.event, EngineEvent::StepProgress { detail, .. } if detail["event"] == "weight_set" && detail["weight"] == 20)
     }) {
         assert!(Instant::now() < deadline, "the weight was never journaled");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    driving.abort();
+    let _ = driving.await;
     let survey = processes(dir.path(), &p).running("api");
     assert_eq!(
         survey.alive.len(),
