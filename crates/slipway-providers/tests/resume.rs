@@ -78,6 +78,8 @@ fn processes(dir: &std::path::Path, p: &slipway_model::plan::Plan) -> ProcessTar
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orchestrator_killed_mid_canary_continues_at_its_recorded_step_and_weight() {
     let dir = tempfile::tempdir().unwrap();
+    // The instances run in `dir`: killed however the test ends (dropped before `dir`).
+    let _instances = slipway_testkit::SweepCwd::new(dir.path());
     let loaded = slipway_model::validate::load("resume.yaml", &spec()).unwrap();
     let p = plan(&loaded.spec, "demo", &Facts::default()).unwrap();
     let store: Arc<dyn Store> = Arc::new(
@@ -245,6 +247,8 @@ async fn orchestrator_killed_mid_canary_continues_at_its_recorded_step_and_weigh
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_inconclusive_canary_pauses_the_run_and_a_resume_finishes_it() {
     let dir = tempfile::tempdir().unwrap();
+    // The instances run in `dir`: killed however the test ends (dropped before `dir`).
+    let _instances = slipway_testkit::SweepCwd::new(dir.path());
     let loaded = slipway_model::validate::load("resume.yaml", &spec()).unwrap();
     let p = plan(&loaded.spec, "demo", &Facts::default()).unwrap();
     let store: Arc<dyn Store> = Arc::new(

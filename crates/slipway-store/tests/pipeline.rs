@@ -70,6 +70,22 @@ fn waiting(store: &AnyStore) -> usize {
     }
 }
 
+/// The audit chain verified whole against its head; then run r1's step ids as the store
+/// reads them back, and the chain's entries.
+async fn verified_steps(store: &AnyStore) -> (Vec<String>, Vec<AuditEntry>) {
+    let entries = store.audit_entries().await.unwrap();
+    let head = store.audit_head().await.unwrap().unwrap();
+    slipway_engine::audit::verify(&entries, Some((head.0, &head.1))).unwrap();
+    let steps = store
+        .steps("r1")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.step_id)
+        .collect();
+    (steps, entries)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_commit_fails_the_commits_queued_behind_it() {
     // One run and a first step event: the chain's head is known, so what follows is
@@ -110,13 +126,7 @@ async fn a_failed_commit_fails_the_commits_queued_behind_it() {
             .to_string();
         assert!(e.contains("the test refuses svc/poison"), "{name}: {e}");
     }
-    let steps: Vec<String> = store
-        .steps("r1")
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|s| s.step_id)
-        .collect();
+    let (steps, _) = verified_steps(&store).await;
     assert_eq!(
         steps,
         ["svc/s0"],
@@ -128,17 +138,8 @@ async fn a_failed_commit_fails_the_commits_queued_behind_it() {
     lock.execute_batch("DROP TRIGGER refuse_poison").unwrap();
     store.commit(vec![started("svc/e", 13)]).await.unwrap();
     store.commit(vec![started("svc/f", 14)]).await.unwrap();
-    let steps: Vec<String> = store
-        .steps("r1")
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|s| s.step_id)
-        .collect();
+    let (steps, _) = verified_steps(&store).await;
     assert_eq!(steps, ["svc/e", "svc/f", "svc/s0"]);
-    let entries = store.audit_entries().await.unwrap();
-    let head = store.audit_head().await.unwrap().unwrap();
-    slipway_engine::audit::verify(&entries, Some((head.0, &head.1))).unwrap();
 }
 
 /// Commits queued while another process's append moved the head are not lost: nothing of
@@ -204,17 +205,8 @@ async fn commits_queued_while_another_process_appends_are_redone_after_it() {
     a.await.unwrap();
     b.await.unwrap();
     store.commit(vec![started("svc/z", 13)]).await.unwrap();
-    let steps: Vec<String> = store
-        .steps("r1")
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|s| s.step_id)
-        .collect();
+    let (steps, entries) = verified_steps(&store).await;
     assert_eq!(steps, ["svc/a", "svc/b", "svc/o", "svc/s0", "svc/z"]);
-    let entries = store.audit_entries().await.unwrap();
-    let head = store.audit_head().await.unwrap().unwrap();
-    slipway_engine::audit::verify(&entries, Some((head.0, &head.1))).unwrap();
     // The other process's entry stayed where it was written: right after the first
     // step event, before anything queued behind it.
     let o = entries.iter().position(|x| x.actor == "op-other").unwrap();

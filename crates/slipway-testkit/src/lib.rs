@@ -1,7 +1,8 @@
 //! Test fixtures shared by the workspace's tests (a dev-dependency only; nothing ships it):
 //! a real PostgreSQL server per test binary ([`pg`]), a real HAProxy's configuration and
 //! daemon ([`haproxy`]), ports ([`ports`]), polling with a deadline instead of sleeping
-//! ([`eventually`]), and the `slipway` command with a cleared environment ([`cli`]).
+//! ([`eventually`]), the `slipway` command with a cleared environment ([`cli`]), and guards
+//! that stop what a test started when it ends, failing or not ([`reap`]).
 //!
 //! The workspace's tidy test (`tests/tidy.rs`) lives beside them: crate edges, module docs,
 //! forgotten test files, and the one-helper rules for clocks and processes.
@@ -19,6 +20,9 @@ pub mod cli;
 pub mod haproxy;
 pub mod pg;
 pub mod ports;
+pub mod reap;
+
+pub use reap::{Reaped, SweepCwd};
 
 use std::time::{Duration, Instant};
 
