@@ -40,6 +40,29 @@ impl Drop for Nginx {
 }
 
 impl Nginx {
+    /// `nginx -s reload`, as `systemctl reload nginx` does; returns once the master's
+    /// workers are all new (the old ones finished and exited): every request from then on
+    /// is routed by what the reload read.
+    pub(crate) fn reload(&self) {
+        let master = self.child.id();
+        let old = workers(master);
+        assert!(!old.is_empty(), "nginx {master} has no worker");
+        let status = std::process::Command::new("nginx")
+            .args(flags(&self.dir).split(' '))
+            .args(["-s", "reload"])
+            .status()
+            .unwrap();
+        assert!(status.success(), "nginx -s reload: {status}");
+        slipway_testkit::eventually(
+            Duration::from_secs(60),
+            "nginx's workers replaced by the reload",
+            || {
+                let now = workers(master);
+                (!now.is_empty() && now.is_disjoint(&old)).then_some(())
+            },
+        );
+    }
+
     /// The access log's lines so far.
     pub(crate) fn log(&self) -> Vec<String> {
         std::fs::read_to_string(self.dir.join("access.log"))
@@ -48,6 +71,28 @@ impl Nginx {
             .map(str::to_owned)
             .collect()
     }
+}
+
+/// The processes whose parent is `master` (nginx's workers: the test's nginx has no
+/// cache manager or loader).
+fn workers(master: u32) -> std::collections::BTreeSet<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            // Fields after the command's closing parenthesis: state, ppid.
+            let ppid: u32 = stat
+                .rsplit_once(") ")?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            (ppid == master).then_some(pid)
+        })
+        .collect()
 }
 
 /// The nginx flags every command of the test uses (prefix, config, error log here).
@@ -389,8 +434,9 @@ analysis_templates:
     on_failure: rollback
 ";
 
-/// `slipway deploy` of `version` in the background, its output in files named after it.
-fn spawn_deploy(w: &World, version: &str) -> std::process::Child {
+/// `slipway deploy` of `version` in the background, its output in files named after it;
+/// killed when dropped, so a failed assertion leaves no deploy driving.
+fn spawn_deploy(w: &World, version: &str) -> slipway_testkit::Reaped {
     let spec = w.spec(version, &w.demo());
     w.cmd()
         .args(["deploy", "--env", "fleet", "-f"])
@@ -399,6 +445,7 @@ fn spawn_deploy(w: &World, version: &str) -> std::process::Child {
         .stderr(std::fs::File::create(w.dir.join(format!("deploy-{version}.err"))).unwrap())
         .spawn()
         .unwrap()
+        .into()
 }
 
 /// Wait (generously: the machine may be loaded) until the latest run's journal holds an
@@ -581,5 +628,61 @@ fn behind_nginx_an_abort_takes_a_fleet_canary_back_live_or_paused() {
     let (seen, failed) = load.join().unwrap();
     assert!(failed.is_empty(), "requests failed: {failed:?} ({seen:?})");
     assert!(seen.contains_key("2.0.0"), "{seen:?}");
+    drop(n);
+}
+
+/// The canary's share of `n` requests in a row through nginx: how many host1 (the only
+/// host on 2.0.0) answered. Each request on a new connection; any failure fails the test.
+fn canary_answers(port: u16, n: usize) -> usize {
+    (0..n)
+        .filter(|_| {
+            root_at(port).unwrap_or_else(|e| panic!("a request through nginx failed: {e}"))
+                == "2.0.0"
+        })
+        .count()
+}
+
+/// nginx reloaded (`nginx -s reload`, as `systemctl reload nginx` does) while a fleet
+/// canary holds host1 at 80 % of the traffic: nginx reads the upstream file Slipway wrote
+/// again, so the split survives the reload — counted from nginx's own answers after it
+/// (the other hosts at 1, host1 at 8: 80 of any 100 requests in a row) — and Slipway finds
+/// nothing to put back (no `router_restored`). With the weights lost, host1 would answer a
+/// third.
+#[test]
+fn behind_nginx_a_reload_mid_canary_keeps_the_canary_share() {
+    let (w, n) = deployed(
+        "strategy:\n  canary:\n    steps:\n      - set_weight: 80\n      - pause: manual\n",
+    );
+    let mut child = w.spawn_deploy2();
+    w.wait_progress(&mut child, Duration::from_secs(120), "paused at 80%", |p| {
+        !events_named(p, "paused").is_empty()
+    });
+    let during = weights(&w);
+    assert_eq!(
+        during.values().collect::<Vec<_>>(),
+        vec!["8 in", "1 in", "1 in"],
+        "{during:?}"
+    );
+    let before = canary_answers(n.port, 100);
+    assert!(
+        (75..=85).contains(&before),
+        "before the reload: {before} of 100"
+    );
+
+    n.reload();
+    let after = canary_answers(n.port, 100);
+    assert!(
+        (75..=85).contains(&after),
+        "host1 answered {after} of 100 requests after the reload (80 before it: {before}): the canary's weight did not survive"
+    );
+    assert_eq!(weights(&w), during);
+    let p = progress(&w);
+    assert!(events_named(&p, "router_restored").is_empty(), "{p:#?}");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the deploy stopped driving"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
     drop(n);
 }

@@ -124,8 +124,9 @@ environments:
     }
 
     /// `slipway deploy --env fleet -f <2.0.0 of demo>` in the background, its output in
-    /// `deploy2.out` / `deploy2.err`.
-    pub(crate) fn spawn_deploy2(&self) -> std::process::Child {
+    /// `deploy2.out` / `deploy2.err`; killed when dropped (a failed assertion leaves no
+    /// deploy driving). Declare it after the world: it stops before the instances do.
+    pub(crate) fn spawn_deploy2(&self) -> slipway_testkit::Reaped {
         let spec2 = self.spec("2.0.0", &self.demo());
         self.cmd()
             .args(["deploy", "--env", "fleet", "-f"])
@@ -134,6 +135,7 @@ environments:
             .stderr(std::fs::File::create(self.dir.join("deploy2.err")).unwrap())
             .spawn()
             .unwrap()
+            .into()
     }
 
     /// Until the journal's step progress satisfies `reached` (`what`, for the failure),
@@ -383,15 +385,7 @@ fn run_services_are_supervised_on_each_host_and_roll_back_to_their_own_launch() 
     assert!(log.contains("exited (status 137)"), "{log}");
 
     // 2.0.0, with slipway killed once the first host serves it.
-    let spec2 = w.spec("2.0.0", &w.demo());
-    let mut child = w
-        .cmd()
-        .args(["deploy", "--env", "fleet", "-f"])
-        .arg(&spec2)
-        .stdout(std::fs::File::create(w.dir.join("deploy2.out")).unwrap())
-        .stderr(std::fs::File::create(w.dir.join("deploy2.err")).unwrap())
-        .spawn()
-        .unwrap();
+    let mut child = w.spawn_deploy2();
     let deadline = Instant::now() + Duration::from_secs(30);
     while version_at(w.ports[0]).as_deref() != Some("2.0.0") {
         assert!(
