@@ -846,8 +846,9 @@ fn lives(pid: u32) -> bool {
 
 /// The driver is SIGKILLed after the router's refusal is journaled (`rolling_back`) but
 /// while it is still stopping the canary (held in the instances' SIGTERM): `slipway
-/// resume` retires what was left, tries a fresh canary the router refuses again, and
-/// ends the run rolled back with the router's reason; stable serves alone as before.
+/// resume` finishes that rollback — retires what was left — and fails the step with the
+/// journaled reason, without a fresh canary the router would be asked to take again; the
+/// run ends rolled back and stable serves alone as before.
 #[test]
 fn a_driver_killed_while_it_stops_a_refused_canary_is_resumed_to_a_rolled_back_run() {
     let (env, run, code, shown) = killed_while_stopping_a_refused_canary(&["resume"]);
@@ -857,6 +858,15 @@ fn a_driver_killed_while_it_stops_a_refused_canary_is_resumed_to_a_rolled_back_r
     assert!(
         journal.contains("\"event\":\"canary_retired\""),
         "the resumed driver did not retire what the killed one left: {journal}"
+    );
+    assert_eq!(
+        journal.matches("\"event\":\"canary_started\"").count(),
+        1,
+        "the resumed driver started a fresh canary after a journaled refusal: {journal}"
+    );
+    assert!(
+        shown.contains("finished after it; no fresh canary"),
+        "{shown}"
     );
 }
 

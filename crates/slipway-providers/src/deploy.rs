@@ -259,6 +259,18 @@ impl DeployTarget {
                 "previous": previous,
             }));
         }
+        // An earlier attempt of this step decided to roll its canary back (the analysis
+        // failed it, or the router refused it) and its driver died before the step's
+        // failure was journaled: the decision stands. What is left of the canary is
+        // retired and the step fails with the journaled reason. A fresh canary would send
+        // users to a version already judged bad, or ask a router that refused it to take
+        // it again (Argo Rollouts keeps an aborted rollout aborted until a human retries
+        // it; the fleet canary finishes a journaled rollback the same way).
+        if let Some(reason) = rollback_decided(&ctx.prior) {
+            return Err(self
+                .finish_rollback(ctx, router, service, version, &stable, &current, &reason)
+                .await);
+        }
         let mut resume = None;
         if !current.is_empty() {
             if let Some(store) = self.run_source.as_ref().and_then(|s| s.store.as_deref())
@@ -533,7 +545,8 @@ impl DeployTarget {
     /// out of the router and stopped, the stable pool untouched — the engine undoes only
     /// steps that succeeded, so nothing else would. Journaled as a rollback
     /// (`rolling_back` first): a driver killed in between is resumed as one, the step
-    /// applied again retiring what is left before a fresh canary. A router that refuses
+    /// applied again retiring what is left and failing with the journaled reason
+    /// ([`rollback_decided`]), never starting a fresh canary. A router that refuses
     /// to serve the stable pool alone leaves the canary running, and the error says so.
     async fn abandon_canary(
         &self,
@@ -585,6 +598,51 @@ impl DeployTarget {
                 "{error}; the canary {service} {version} ({n} instance(s)) keeps running: taking it out failed too ({e}); fix the router, then `slipway rollback` the run"
             )),
         }
+    }
+
+    /// [`rollback_decided`]: retire what is left of the canary (`current`, possibly
+    /// nothing: the killed driver may have stopped it already) and fail with `reason`.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the step's world as deploy() has it; a struct would only rename it"
+    )]
+    async fn finish_rollback(
+        &self,
+        ctx: &StepContext,
+        router: &dyn ServiceRouter,
+        service: &str,
+        version: &str,
+        stable: &[slipway_rollout::Instance],
+        current: &[slipway_rollout::Instance],
+        reason: &str,
+    ) -> TargetError {
+        let failed = |message: String| TargetError::Failed {
+            message,
+            output: StepOutput::default(),
+        };
+        if !current.is_empty() {
+            if let Err(e) =
+                retire(router, &self.processes, stable, current, self.drain_timeout).await
+            {
+                return failed(format!(
+                    "canary rolled back: {reason}; after a restart the canary {service} {version} ({} instance(s)) keeps running: taking it out failed ({e}); fix the router, then `slipway rollback` the run",
+                    current.len()
+                ));
+            }
+            ctx.report(serde_json::json!({
+                "event": "canary_retired",
+                "instances": current.iter().map(|i| i.id.clone()).collect::<Vec<_>>(),
+                "why": "an earlier attempt decided to roll it back; the rollback is finished",
+            }));
+        }
+        if let Ok(v) = serde_json::to_value(RolloutEvent::RolledBack {
+            reason: reason.to_owned(),
+        }) {
+            ctx.report(v);
+        }
+        failed(format!(
+            "canary rolled back: {reason} (decided before a restart and finished after it; no fresh canary of {service} {version} was started)"
+        ))
     }
 
     /// Promote canary instances found running (a paused canary a human promoted): all
@@ -1089,6 +1147,24 @@ fn canary_position(prior: &[serde_json::Value]) -> Option<(usize, u8)> {
     Some((step, weight))
 }
 
+/// The reason of a rollback an earlier attempt journaled (`rolling_back`) for the canary
+/// it started or continued last, if it decided one: the step applied again finishes that
+/// rollback instead of starting a fresh canary.
+fn rollback_decided(prior: &[serde_json::Value]) -> Option<String> {
+    let start = prior
+        .iter()
+        .rposition(|p| p["event"] == "canary_started" || p["event"] == "canary_resumed")?;
+    prior[start + 1..]
+        .iter()
+        .find(|p| p["event"] == "rolling_back")
+        .map(|p| {
+            p["reason"]
+                .as_str()
+                .unwrap_or("no reason recorded")
+                .to_owned()
+        })
+}
+
 /// Weight to 0 with the stable pool alone in front (the canary kept in its pool while it
 /// drains so in-flight requests are counted), then the canary stops.
 async fn retire(
@@ -1203,5 +1279,39 @@ impl Target for CompositeTarget {
             Ok(t) => t.observe_undo(ctx, action),
             Err(e) => Box::pin(async move { Err(e) }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rollback_decided;
+    use serde_json::json;
+
+    #[test]
+    fn a_journaled_rollback_stands_only_for_the_canary_it_was_decided_for() {
+        let started = json!({"event": "canary_started", "instances": []});
+        let refused = json!({"event": "rolling_back", "reason": "the router refused"});
+        assert_eq!(rollback_decided(&[]), None);
+        // Decided, not finished: the step applied again finishes it.
+        let prior = [
+            started.clone(),
+            json!({"event": "weight_set", "weight": 20}),
+            refused.clone(),
+        ];
+        assert_eq!(
+            rollback_decided(&prior).as_deref(),
+            Some("the router refused")
+        );
+        // A canary started after that rollback is the one that counts.
+        let prior = [
+            started.clone(),
+            refused,
+            json!({"event": "rolled_back", "reason": "the router refused"}),
+            started.clone(),
+        ];
+        assert_eq!(rollback_decided(&prior), None);
+        // Paused, nothing decided: the canary continues.
+        let prior = [started, json!({"event": "paused", "reason": "manual"})];
+        assert_eq!(rollback_decided(&prior), None);
     }
 }
