@@ -24,20 +24,25 @@
 //! ones behind them go back to the writer task, which commits them the ordinary way.
 //!
 //! Why rusqlite and not sqlx here: sqlx binds every value into an argument list of its own
-//! (a copy and an allocation each) and hands the call to its worker thread; here the two
-//! statements are prepared once per transaction and the insert is stepped once per entry,
-//! its values bound straight from the callers' text. `BEGIN IMMEDIATE` and the busy
+//! (a copy and an allocation each) and hands the call to its worker thread; here the
+//! statements are prepared once per connection and kept, and the entries go in as
+//! multi-row INSERTs (up to 64 rows: SQLite's per-statement work, its cursors and
+//! halting, is paid once per chunk, not per entry), their values bound straight from the
+//! callers' text. Within a chunk a row's `prev_hash` is the row before's `hash`
+//! parameter, and the actor, run and digest, when every row of the chunk has the same,
+//! are bound once: each text bound is a copy SQLite makes. The committed groups go back
+//! to their callers, whose tasks free them (not this serial thread). `BEGIN IMMEDIATE` and the busy
 //! timeout serialize this connection with other processes as the sqlx one is, and the
 //! writer task uses its sqlx connection only after a barrier, so the two never overlap.
 //! In-memory stores (shared cache) keep the writer's sqlx path.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, Sender, TryRecvError};
+use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
-use rusqlite::{Connection, OpenFlags, TransactionBehavior};
+use rusqlite::{Connection, OpenFlags, Statement, TransactionBehavior};
 use slipway_engine::audit::{HASH_V2, hash_v2_hex};
 use slipway_engine::store::StoreError;
 use tokio::sync::oneshot;
@@ -45,8 +50,10 @@ use tokio::sync::oneshot;
 use crate::chain::Ready;
 
 const SWAP_SQL: &str = "UPDATE meta SET value = ?1 WHERE key = 'audit_head' AND value = ?2";
-const INSERT_SQL: &str = "INSERT INTO audit (seq, at, actor, action, run_id, digest, outcome, detail, prev_hash, hash, hv)
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
+
+/// Rows of one multi-row INSERT, largest first: a transaction's entries go in as many of
+/// the largest as fit, then the smaller ones (at most 3 of each smaller size).
+const CHUNKS: [usize; 4] = [64, 16, 4, 1];
 
 /// Most entries the committer puts in one transaction.
 const MAX_ENTRIES: usize = 4096;
@@ -54,7 +61,9 @@ const MAX_ENTRIES: usize = 4096;
 /// What a caller whose group was not committed gets: its records back to be committed the
 /// ordinary way (the head had moved), or the error.
 pub(crate) enum Outcome {
-    Committed,
+    /// Committed; the group comes back so that its caller, not the serial committer,
+    /// frees its memory.
+    Committed(Group),
     Redo(Vec<Ready>),
     Failed(StoreError),
 }
@@ -95,6 +104,13 @@ impl Group {
             Some(h) => (self.old.0 + self.hashes.len() as i64, h.clone()),
             None => self.old.clone(),
         }
+    }
+
+    /// Whether the group starts at the head `before` leaves (groups queued one after
+    /// another do).
+    pub fn continues(&self, before: &Self) -> bool {
+        self.old.0 == before.old.0 + before.hashes.len() as i64
+            && self.old.1 == *before.hashes.last().unwrap_or(&before.old.1)
     }
 
     /// Entry `i`'s (seq, prev_hash, hash).
@@ -150,9 +166,9 @@ impl Pipeline {
         });
         let committer = Committer {
             path: path.to_owned(),
-            conn: None,
             pipe: Arc::downgrade(&pipe),
             waiting,
+            broken: None,
         };
         std::thread::Builder::new()
             .name("slipway-commit".into())
@@ -244,73 +260,126 @@ enum Broken {
 
 struct Committer {
     path: PathBuf,
-    /// Opened on first use, dropped after any error (the next commit opens another).
-    conn: Option<Connection>,
     pipe: Weak<Pipeline>,
     waiting: Arc<AtomicUsize>,
+    /// Groups queued behind a commit that failed are refused until a barrier.
+    broken: Option<Broken>,
+}
+
+/// What the committer took from its queue in one go: consecutive groups, and the barrier
+/// that ended the take, if one did.
+struct Batch {
+    groups: Vec<(Group, oneshot::Sender<Outcome>)>,
+    barrier: Option<oneshot::Sender<bool>>,
 }
 
 impl Committer {
+    /// Commit batches through one connection, and its prepared statements, for as long as
+    /// it works; after an error the next batch opens another (the failed one is dropped
+    /// with its transaction, which rolls it back).
     fn run(mut self, rx: Receiver<Job>) {
-        let mut broken: Option<Broken> = None;
-        let mut barrier: Option<oneshot::Sender<bool>> = None;
-        while let Ok(first) = rx.recv() {
-            let mut groups = Vec::new();
-            match first {
+        loop {
+            let Some(batch) = self.take(&rx) else {
+                return;
+            };
+            if batch.groups.is_empty() || self.broken.is_some() {
+                self.finish(batch, None);
+                continue;
+            }
+            let conn = match open(&self.path) {
+                Ok(c) => c,
+                Err(e) => {
+                    self.finish(batch, Some(Err(e)));
+                    continue;
+                }
+            };
+            let mut stmts = Stmts::new(&conn);
+            let mut batch = batch;
+            loop {
+                let result = if batch.groups.is_empty() || self.broken.is_some() {
+                    None
+                } else {
+                    Some(append(&mut stmts, &batch.groups).map_err(|e| {
+                        format!("append to the audit chain of {}: {e}", self.path.display())
+                    }))
+                };
+                let failed = matches!(result, Some(Err(_)));
+                self.finish(batch, result);
+                if failed {
+                    // A new connection for the next commit.
+                    break;
+                }
+                match self.take(&rx) {
+                    Some(b) => batch = b,
+                    None => return,
+                }
+            }
+            drop(stmts);
+            drop(conn);
+        }
+    }
+
+    /// Wait for the next job, then take everything queued meanwhile (each group chains
+    /// onto the one before) into the same transaction, up to a barrier. `None`: the queue
+    /// ended (the store's last handle is gone).
+    fn take(&self, rx: &Receiver<Job>) -> Option<Batch> {
+        let mut batch = Batch {
+            groups: Vec::new(),
+            barrier: None,
+        };
+        let mut entries = 0usize;
+        let mut job = Some(rx.recv().ok()?);
+        while let Some(j) = job.take() {
+            match j {
                 Job::Group(g, tx) => {
                     self.waiting.fetch_sub(1, Ordering::Relaxed);
-                    groups.push((g, tx));
+                    entries += g.readies.len();
+                    batch.groups.push((g, tx));
                 }
-                Job::Barrier(tx) => barrier = Some(tx),
-            }
-            // Everything queued meanwhile (each group chains onto the one before) goes
-            // into the same transaction, up to a barrier.
-            let mut entries: usize = groups.iter().map(|(g, _)| g.readies.len()).sum();
-            while barrier.is_none() && entries < MAX_ENTRIES {
-                match rx.try_recv() {
-                    Ok(Job::Group(g, tx)) => {
-                        self.waiting.fetch_sub(1, Ordering::Relaxed);
-                        entries += g.readies.len();
-                        groups.push((g, tx));
-                    }
-                    Ok(Job::Barrier(tx)) => barrier = Some(tx),
-                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+                Job::Barrier(tx) => {
+                    batch.barrier = Some(tx);
+                    break;
                 }
             }
-            if !groups.is_empty() {
-                if let Some(b) = &broken {
+            if entries < MAX_ENTRIES {
+                job = rx.try_recv().ok();
+            }
+        }
+        Some(batch)
+    }
+
+    /// Answer a batch's callers: `result` is its commit's (`None`: not tried, because a
+    /// commit it chains onto failed or it has no groups), then its barrier.
+    fn finish(&mut self, batch: Batch, result: Option<Result<bool, String>>) {
+        let Batch { groups, barrier } = batch;
+        match result {
+            None => {
+                if let Some(b) = &self.broken {
                     // They chain onto a group that was not committed.
                     refuse(b, true, groups);
-                } else {
-                    match self.commit(&groups) {
-                        Ok(true) => {
-                            // Everyone hears back before the groups' memory is freed.
-                            let mut done = Vec::with_capacity(groups.len());
-                            for (g, tx) in groups {
-                                let _ = tx.send(Outcome::Committed);
-                                done.push(g);
-                            }
-                            drop(done);
-                        }
-                        Ok(false) => {
-                            self.close();
-                            refuse(&Broken::Moved, false, groups);
-                            broken = Some(Broken::Moved);
-                        }
-                        Err(e) => {
-                            self.close();
-                            let b = Broken::Failed(e);
-                            refuse(&b, false, groups);
-                            broken = Some(b);
-                        }
-                    }
                 }
             }
-            if let Some(tx) = barrier.take() {
-                // Every group queued before the barrier is finished; the writer task
-                // re-reads the head before callers queue again.
-                let _ = tx.send(broken.take().is_none());
+            Some(Ok(true)) => {
+                for (g, tx) in groups {
+                    let _ = tx.send(Outcome::Committed(g));
+                }
             }
+            Some(Ok(false)) => {
+                self.close();
+                refuse(&Broken::Moved, false, groups);
+                self.broken = Some(Broken::Moved);
+            }
+            Some(Err(e)) => {
+                self.close();
+                let b = Broken::Failed(e);
+                refuse(&b, false, groups);
+                self.broken = Some(b);
+            }
+        }
+        if let Some(tx) = barrier {
+            // Every group queued before the barrier is finished; the writer task re-reads
+            // the head before callers queue again.
+            let _ = tx.send(self.broken.take().is_none());
         }
     }
 
@@ -318,26 +387,6 @@ impl Committer {
     fn close(&self) {
         if let Some(p) = self.pipe.upgrade() {
             p.close();
-        }
-    }
-
-    /// Commit `groups` (consecutive: each continues the one before) in one transaction.
-    /// `Ok(false)`: the head in `meta` was not the first group's, nothing written.
-    fn commit(&mut self, groups: &[(Group, oneshot::Sender<Outcome>)]) -> Result<bool, String> {
-        let conn = match self.conn.take() {
-            Some(c) => c,
-            None => open(&self.path)?,
-        };
-        match append(&conn, groups) {
-            Ok(swapped) => {
-                self.conn = Some(conn);
-                Ok(swapped)
-            }
-            // The connection is dropped with its transaction, which rolls it back.
-            Err(e) => Err(format!(
-                "append to the audit chain of {}: {e}",
-                self.path.display()
-            )),
         }
     }
 }
@@ -373,40 +422,180 @@ fn open(path: &Path) -> Result<Connection, String> {
     Ok(conn)
 }
 
+/// The committer's statements, prepared once per connection (not per transaction): the
+/// head's compare-and-set and the multi-row INSERTs, one per chunk size and shape.
+struct Stmts<'c> {
+    conn: &'c Connection,
+    swap: Option<Statement<'c>>,
+    /// Keyed by (rows, shared): `shared`, the rows of the chunk have one actor, run and
+    /// digest, bound once.
+    inserts: Vec<((usize, bool), Statement<'c>)>,
+}
+
+impl<'c> Stmts<'c> {
+    fn new(conn: &'c Connection) -> Self {
+        Self {
+            conn,
+            swap: None,
+            inserts: Vec::new(),
+        }
+    }
+
+    fn swap(&mut self) -> rusqlite::Result<&mut Statement<'c>> {
+        if self.swap.is_none() {
+            self.swap = Some(self.conn.prepare(SWAP_SQL)?);
+        }
+        // Set just above when it was not.
+        self.swap.as_mut().ok_or(rusqlite::Error::InvalidQuery)
+    }
+
+    fn insert(&mut self, rows: usize, shared: bool) -> rusqlite::Result<&mut Statement<'c>> {
+        let i = match self.inserts.iter().position(|(k, _)| *k == (rows, shared)) {
+            Some(i) => i,
+            None => {
+                let st = self.conn.prepare(&insert_sql(rows, shared))?;
+                self.inserts.push(((rows, shared), st));
+                self.inserts.len() - 1
+            }
+        };
+        Ok(&mut self.inserts[i].1)
+    }
+}
+
+/// Parameters of a chunk's INSERT: `?1` is the first row's `prev_hash` (every later row's
+/// is the row before's `hash` parameter, bound once); `shared`: `?2..?4` are the actor,
+/// run and digest of every row, then 6 per row (seq, at, action, outcome, detail, hash);
+/// otherwise 9 per row (seq, at, actor, action, run, digest, outcome, detail, hash) from
+/// `?2`. The scheme `hv` is a literal (this writer hashes every entry under it).
+fn insert_sql(rows: usize, shared: bool) -> String {
+    let (first, per) = if shared { (5, 6) } else { (2, 9) };
+    let mut sql = String::from(
+        "INSERT INTO audit (seq, at, actor, action, run_id, digest, outcome, detail, prev_hash, hash, hv) VALUES ",
+    );
+    for i in 0..rows {
+        let p = first + i * per;
+        let prev = if i == 0 { 1 } else { p - 1 };
+        let row = if shared {
+            format!(
+                "(?{p}, ?{}, ?2, ?{}, ?3, ?4, ?{}, ?{}, ?{prev}, ?{}, {HASH_V2})",
+                p + 1,
+                p + 2,
+                p + 3,
+                p + 4,
+                p + 5
+            )
+        } else {
+            format!(
+                "(?{p}, ?{}, ?{}, ?{}, ?{}, ?{}, ?{}, ?{}, ?{prev}, ?{}, {HASH_V2})",
+                p + 1,
+                p + 2,
+                p + 3,
+                p + 4,
+                p + 5,
+                p + 6,
+                p + 7,
+                p + 8
+            )
+        };
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(&row);
+    }
+    sql
+}
+
+/// One entry to insert: its record and text, seq and hash.
+type Row<'a> = (&'a Ready, i64, &'a str);
+
 /// The transaction; dropping it uncommitted (an early return) rolls it back.
 fn append(
-    conn: &Connection,
+    stmts: &mut Stmts<'_>,
     groups: &[(Group, oneshot::Sender<Outcome>)],
 ) -> rusqlite::Result<bool> {
     let (Some((first, _)), Some((last, _))) = (groups.first(), groups.last()) else {
         return Ok(true);
     };
-    let tx = rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
+    // Each group continues the one queued before it (`Pipeline::enqueue`): the chunks
+    // below bind a row's `prev_hash` as the row before's `hash`.
+    for w in groups.windows(2) {
+        if !w[1].0.continues(&w[0].0) {
+            return Err(rusqlite::Error::ToSqlConversionFailure(
+                "a queued group does not continue the one before it".into(),
+            ));
+        }
+    }
+    let tx = rusqlite::Transaction::new_unchecked(stmts.conn, TransactionBehavior::Immediate)?;
     let (old, new) = (head_text(&first.old), head_text(&last.new_head()));
-    if tx.prepare(SWAP_SQL)?.execute([&new, &old])? != 1 {
+    if stmts.swap()?.execute([&new, &old])? != 1 {
         return Ok(false);
     }
-    {
-        let mut ins = tx.prepare(INSERT_SQL)?;
-        for (g, _) in groups {
-            for (i, r) in g.readies.iter().enumerate() {
-                let (seq, prev, hash) = g.link(i);
-                ins.execute(rusqlite::params![
-                    seq,
-                    r.text.at,
-                    r.record.actor,
-                    r.record.event.name(),
-                    r.record.run_id,
-                    r.record.digest,
-                    r.text.outcome,
-                    r.text.detail,
-                    prev,
-                    hash,
-                    i64::from(HASH_V2),
-                ])?;
-            }
+    let rows: Vec<Row<'_>> = groups
+        .iter()
+        .flat_map(|(g, _)| {
+            g.readies.iter().enumerate().map(move |(i, r)| {
+                let (seq, _, hash) = g.link(i);
+                (r, seq, hash)
+            })
+        })
+        .collect();
+    let mut prev: &str = &first.old.1;
+    let mut rest: &[Row<'_>] = &rows;
+    while !rest.is_empty() {
+        let n = CHUNKS
+            .iter()
+            .copied()
+            .find(|n| *n <= rest.len())
+            .unwrap_or(1);
+        let (chunk, tail) = rest.split_at(n.min(rest.len()));
+        insert_chunk(stmts, prev, chunk)?;
+        if let Some((_, _, h)) = chunk.last() {
+            prev = *h;
         }
+        rest = tail;
     }
     tx.commit()?;
     Ok(true)
+}
+
+/// Insert `chunk` (consecutive entries, the first linking to `prev`) in one statement.
+fn insert_chunk(stmts: &mut Stmts<'_>, prev: &str, chunk: &[Row<'_>]) -> rusqlite::Result<()> {
+    let Some((r0, _, _)) = chunk.first() else {
+        return Ok(());
+    };
+    let (actor, run, digest) = (&r0.record.actor, &r0.record.run_id, &r0.record.digest);
+    let shared = chunk.iter().all(|(r, _, _)| {
+        r.record.actor == *actor && r.record.run_id == *run && r.record.digest == *digest
+    });
+    let st = stmts.insert(chunk.len(), shared)?;
+    st.raw_bind_parameter(1, prev)?;
+    let mut p = 2;
+    if shared {
+        st.raw_bind_parameter(2, actor)?;
+        st.raw_bind_parameter(3, run)?;
+        st.raw_bind_parameter(4, digest)?;
+        p = 5;
+    }
+    for (r, seq, hash) in chunk {
+        st.raw_bind_parameter(p, seq)?;
+        st.raw_bind_parameter(p + 1, &r.text.at)?;
+        p += 2;
+        if !shared {
+            st.raw_bind_parameter(p, &r.record.actor)?;
+            p += 1;
+        }
+        st.raw_bind_parameter(p, r.record.event.name())?;
+        p += 1;
+        if !shared {
+            st.raw_bind_parameter(p, &r.record.run_id)?;
+            st.raw_bind_parameter(p + 1, &r.record.digest)?;
+            p += 2;
+        }
+        st.raw_bind_parameter(p, &r.text.outcome)?;
+        st.raw_bind_parameter(p + 1, &r.text.detail)?;
+        st.raw_bind_parameter(p + 2, hash)?;
+        p += 3;
+    }
+    st.raw_execute()?;
+    Ok(())
 }

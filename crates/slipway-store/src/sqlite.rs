@@ -1059,7 +1059,11 @@ impl Store for SqliteStore {
             {
                 match pipe.enqueue(ready) {
                     Ok(answer) => match answer.await {
-                        Ok(Outcome::Committed) => return Ok(()),
+                        Ok(Outcome::Committed(group)) => {
+                            // Its memory is freed here, on this task.
+                            drop(group);
+                            return Ok(());
+                        }
                         Ok(Outcome::Failed(e)) => return Err(e),
                         // The head had moved: the writer task commits them.
                         Ok(Outcome::Redo(r)) => ready = r,

@@ -13,6 +13,7 @@
 )]
 
 mod access;
+mod append_rows;
 mod archive;
 mod check_gates;
 mod commits;
