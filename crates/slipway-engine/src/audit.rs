@@ -114,11 +114,13 @@ pub fn hash_v2_hex(prev: &str, canonical: &[u8]) -> String {
 fn hex64(digest: [u8; 32]) -> String {
     // `hex::encode` collects its output one `char` at a time: about 2,600 instructions
     // an entry (callgrind, bench_durable), as much as the SHA-NI hash itself.
+    // `from_utf8_lossy` walks its input in chunks (~500 instructions here); this hash is
+    // made under the append pipeline's lock, so the plain check is worth having.
     let mut out = [0u8; 64];
-    match hex::encode_to_slice(digest, &mut out) {
+    match hex::encode_to_slice(digest, &mut out).map(|()| std::str::from_utf8(&out)) {
         // 32 bytes fill exactly 64 hex digits, ASCII.
-        Ok(()) => String::from_utf8_lossy(&out).into_owned(),
-        Err(_) => hex::encode(digest),
+        Ok(Ok(s)) => s.to_owned(),
+        _ => hex::encode(digest),
     }
 }
 

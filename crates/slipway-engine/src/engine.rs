@@ -1112,13 +1112,17 @@ impl Engine {
                     .map(|t| (rank(&t.0), t)),
             );
             let mut last_check = Instant::now();
+            // Step tasks in the set: the parallelism bounds steps being applied, not the
+            // commits of successes below (which hold no target and would otherwise take
+            // the slot a service's next step needs to carry its success).
+            let mut applying = 0usize;
             let ctx_shared = Arc::new((
                 ctx.run.id.clone(),
                 ctx.run.digest.clone(),
                 ctx.actor.clone(),
             ));
             loop {
-                while halt.is_none() && set.len() < parallelism {
+                while halt.is_none() && applying < parallelism {
                     // Control requests are polled at most every 50 ms: a pause is prompt
                     // for a human while a fast wave does not pay a read per step.
                     if last_check.elapsed() >= Duration::from_millis(50) {
@@ -1143,25 +1147,46 @@ impl Engine {
                         todo.next_of(svc)
                             .is_some_and(|(r, (_, rec))| r == lowest && rec.is_none())
                     });
-                    let ((step, rec), prelude) = match chained {
+                    let ((step, rec), prelude, carried) = match chained {
                         // Found just above, so there is one to take.
                         Some(p) => match todo.take_next_of(&pending[p].0) {
                             Some(t) => {
                                 let (_, pr, ev) = pending.swap_remove(p);
                                 running[usize::from(pr)] -= 1;
-                                (t, vec![ev])
+                                (t, vec![ev], Vec::new())
                             }
                             None => break,
                         },
                         // The first step (in plan order) of a service with nothing in
                         // flight; an earlier step of a service is found before a later.
+                        // The successes of services with nothing left in the wave ride
+                        // with its start instead of a commit each: they stay running (of
+                        // this same rank, which waits for this step anyway) and their
+                        // service busy until the start is durable, when its task returns.
                         None => match todo.take_free(lowest) {
-                            Some(t) => (t, Vec::new()),
+                            Some(t) => {
+                                let mut prelude = Vec::new();
+                                let mut carried = Vec::new();
+                                if t.1.is_none() {
+                                    let mut i = 0;
+                                    while i < pending.len() {
+                                        if todo.next_of(&pending[i].0).is_none() {
+                                            let (svc, pr, ev) = pending.swap_remove(i);
+                                            prelude.push(ev);
+                                            carried.push((svc, pr));
+                                        } else {
+                                            i += 1;
+                                        }
+                                    }
+                                }
+                                (t, prelude, carried)
+                            }
                             None => break,
                         },
                     };
                     let r = rank(&step);
                     running[usize::from(r)] += 1;
+                    applying += 1;
                     let service = step.service.clone();
                     let this = self.clone();
                     let shared = Arc::clone(&ctx_shared);
@@ -1170,6 +1195,8 @@ impl Engine {
                         (
                             r,
                             service,
+                            true,
+                            carried,
                             this.run_step(&shared, step, rec, before, prelude).await,
                         )
                     });
@@ -1185,6 +1212,8 @@ impl Engine {
                         (
                             r,
                             service,
+                            false,
+                            Vec::new(),
                             done.map(|()| StepEnd::Done(None)).map_err(Into::into),
                         )
                     });
@@ -1192,9 +1221,18 @@ impl Engine {
                 match set.join_next().await {
                     None => break,
                     Some(joined) => {
-                        let (r, service, result) =
+                        let (r, service, step_task, carried, result) =
                             joined.map_err(|e| EngineError::Task(e.to_string()))?;
+                        if step_task {
+                            applying -= 1;
+                        }
                         let end = result?;
+                        // The step's start was committed (an error returned above), and
+                        // with it the successes it carried.
+                        for (svc, cr) in carried {
+                            running[usize::from(cr)] -= 1;
+                            todo.release(&svc);
+                        }
                         if let StepEnd::Done(Some(ev)) = end {
                             pending.push((service, r, ev));
                             continue;

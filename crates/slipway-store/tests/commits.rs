@@ -102,20 +102,15 @@ fn succeeded(e: &EngineEvent) -> Option<&str> {
     }
 }
 
-/// Drive a plan of `services` services of `steps` steps each at `parallelism`; the
-/// recorded commits and what each effect saw.
-async fn drive(
-    b: Backend,
-    services: usize,
-    steps: usize,
-    parallelism: usize,
-) -> (Vec<Vec<EngineEvent>>, Seen) {
+/// Drive a plan of services `svc0`, `svc1`, … of `shape[s]` steps each at `parallelism`;
+/// the recorded commits and what each effect saw.
+async fn drive(b: Backend, shape: &[usize], parallelism: usize) -> (Vec<Vec<EngineEvent>>, Seen) {
     let mut yaml = String::from(
         "apiVersion: slipway/v1\nkind: Release\nmetadata: { name: c, version: 1.0.0, type: patch }\nservices:\n",
     );
-    for s in 0..services {
+    for (s, steps) in shape.iter().enumerate() {
         yaml.push_str(&format!("  svc{s}:\n    steps:\n"));
-        for i in 0..steps {
+        for i in 0..*steps {
             yaml.push_str(&format!("      - {{ name: s{i}, run: 'true' }}\n"));
         }
     }
@@ -166,7 +161,7 @@ fn id_of(commits: &[Vec<EngineEvent>], s: usize, i: usize) -> String {
 }
 
 async fn a_steps_success_and_the_next_start_share_a_commit(b: Backend) {
-    let (commits, seen) = drive(b, 1, 5, 4).await;
+    let (commits, seen) = drive(b, &[5], 4).await;
     for i in 1..5 {
         let (prev, next) = (id_of(&commits, 0, i - 1), id_of(&commits, 0, i));
         let shared = commits
@@ -196,7 +191,7 @@ async fn a_steps_success_and_the_next_start_share_a_commit(b: Backend) {
 }
 
 async fn parallel_services_each_chain_their_own_steps(b: Backend) {
-    let (commits, _) = drive(b, 3, 3, 3).await;
+    let (commits, _) = drive(b, &[3, 3, 3], 3).await;
     for s in 0..3 {
         for i in 1..3 {
             let (prev, next) = (id_of(&commits, s, i - 1), id_of(&commits, s, i));
@@ -219,7 +214,47 @@ async fn parallel_services_each_chain_their_own_steps(b: Backend) {
     }
 }
 
+/// A service's last success (no next step of its own to carry it) rides with the next
+/// service's first start instead of a commit of its own, and at full parallelism a
+/// service's success still rides with its own next start. Parallelism 1, `svc0` of one
+/// step then `svc1` of two: one commit per step, plus the last success.
+async fn a_last_success_rides_with_the_next_services_start(b: Backend) {
+    let (commits, seen) = drive(b, &[1, 2], 1).await;
+    let (a, b0, b1) = (
+        id_of(&commits, 0, 0),
+        id_of(&commits, 1, 0),
+        id_of(&commits, 1, 1),
+    );
+    let commit_of = |start: &str| {
+        commits
+            .iter()
+            .find(|c| c.iter().any(|e| started(e) == Some(start)))
+            .unwrap()
+    };
+    for (prev, next) in [(&a, &b0), (&b0, &b1)] {
+        assert!(
+            commit_of(next)
+                .iter()
+                .any(|e| succeeded(e) == Some(&**prev)),
+            "{prev} succeeded in another commit than {next} started: {commits:#?}"
+        );
+        // Both durable before the next step's effect began.
+        let (_, states) = seen.iter().find(|(s, _)| s == next).unwrap();
+        let status = |id: &str| states.iter().find(|(s, _)| s == id).map(|(_, st)| *st);
+        assert_eq!(status(prev), Some(StepStatus::Succeeded), "{states:?}");
+    }
+    let step_commits = commits
+        .iter()
+        .filter(|c| {
+            c.iter()
+                .any(|e| started(e).is_some() || succeeded(e).is_some())
+        })
+        .count();
+    assert_eq!(step_commits, 4, "{commits:#?}");
+}
+
 on_both!(
     a_steps_success_and_the_next_start_share_a_commit,
-    parallel_services_each_chain_their_own_steps
+    parallel_services_each_chain_their_own_steps,
+    a_last_success_rides_with_the_next_services_start
 );
