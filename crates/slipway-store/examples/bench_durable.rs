@@ -10,7 +10,7 @@
 //! parallelism); many services of a few steps are the group-commit case. With
 //! `SLIPWAY_BENCH_STORE=postgres://…` the run goes to that (empty) PostgreSQL database
 //! instead of an SQLite file in DIR. The last line is the result as JSON (for
-//! `scripts/bench.sh`).
+//! `scripts/bench.sh`). It allocates with mimalloc, as the `slipway` binary does.
 #![allow(
     clippy::disallowed_methods,
     reason = "tests start real processes and read the real clock directly"
@@ -31,6 +31,10 @@ use slipway_engine::{DriveOptions, Engine, NewRunRequest, SystemClock};
 use slipway_model::plan::{Facts, plan};
 use slipway_model::spec::ReleaseSpec;
 use slipway_store::SqliteStore;
+
+// The `slipway` binary's allocator, so the figures are those of what users run.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() {
