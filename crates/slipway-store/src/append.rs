@@ -42,7 +42,7 @@ use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
-use rusqlite::{Connection, OpenFlags, Statement, TransactionBehavior};
+use rusqlite::{Connection, OpenFlags, Statement};
 use slipway_engine::audit::{HASH_V2, hash_v2_hex};
 use slipway_engine::store::StoreError;
 use tokio::sync::oneshot;
@@ -422,10 +422,15 @@ fn open(path: &Path) -> Result<Connection, String> {
     Ok(conn)
 }
 
-/// The committer's statements, prepared once per connection (not per transaction): the
-/// head's compare-and-set and the multi-row INSERTs, one per chunk size and shape.
+/// The committer's statements, prepared once per connection (not per transaction):
+/// `BEGIN IMMEDIATE`, `COMMIT` and `ROLLBACK` (rusqlite's `Transaction` prepares them
+/// again each time: ~25k instructions a transaction), the head's compare-and-set and the
+/// multi-row INSERTs, one per chunk size and shape.
 struct Stmts<'c> {
     conn: &'c Connection,
+    begin: Option<Statement<'c>>,
+    commit: Option<Statement<'c>>,
+    rollback: Option<Statement<'c>>,
     swap: Option<Statement<'c>>,
     /// Keyed by (rows, shared): `shared`, the rows of the chunk have one actor, run and
     /// digest, bound once.
@@ -436,9 +441,27 @@ impl<'c> Stmts<'c> {
     fn new(conn: &'c Connection) -> Self {
         Self {
             conn,
+            begin: None,
+            commit: None,
+            rollback: None,
             swap: None,
             inserts: Vec::new(),
         }
+    }
+
+    /// Run one of the kept statements without parameters.
+    fn run(
+        conn: &'c Connection,
+        st: &mut Option<Statement<'c>>,
+        sql: &str,
+    ) -> rusqlite::Result<usize> {
+        if st.is_none() {
+            *st = Some(conn.prepare(sql)?);
+        }
+        // Set just above when it was not.
+        st.as_mut()
+            .ok_or(rusqlite::Error::InvalidQuery)?
+            .raw_execute()
     }
 
     fn swap(&mut self) -> rusqlite::Result<&mut Statement<'c>> {
@@ -508,7 +531,8 @@ fn insert_sql(rows: usize, shared: bool) -> String {
 /// One entry to insert: its record and text, seq and hash.
 type Row<'a> = (&'a Ready, i64, &'a str);
 
-/// The transaction; dropping it uncommitted (an early return) rolls it back.
+/// The transaction. An error leaves it open: the caller then drops the connection, which
+/// rolls it back.
 fn append(
     stmts: &mut Stmts<'_>,
     groups: &[(Group, oneshot::Sender<Outcome>)],
@@ -525,9 +549,12 @@ fn append(
             ));
         }
     }
-    let tx = rusqlite::Transaction::new_unchecked(stmts.conn, TransactionBehavior::Immediate)?;
+    let conn = stmts.conn;
+    Stmts::run(conn, &mut stmts.begin, "BEGIN IMMEDIATE")?;
     let (old, new) = (head_text(&first.old), head_text(&last.new_head()));
     if stmts.swap()?.execute([&new, &old])? != 1 {
+        // Nothing written.
+        Stmts::run(conn, &mut stmts.rollback, "ROLLBACK")?;
         return Ok(false);
     }
     let rows: Vec<Row<'_>> = groups
@@ -554,7 +581,7 @@ fn append(
         }
         rest = tail;
     }
-    tx.commit()?;
+    Stmts::run(conn, &mut stmts.commit, "COMMIT")?;
     Ok(true)
 }
 
