@@ -702,6 +702,11 @@ async fn handshake(ep: &Endpoint) -> Result<client::Handle<Verifier>, SshError> 
     };
     let config = Arc::new(client::Config {
         inactivity_timeout: None,
+        // Each message goes out when written: with Nagle's algorithm (russh's default) a
+        // small message written while the previous one is unacknowledged waits for the
+        // host's delayed acknowledgement (40 ms on Linux) — in the handshake, and for a
+        // step's channel after the previous step's close.
+        nodelay: true,
         ..Default::default()
     });
     let addr = (ep.host.address.as_str(), ep.host.port);
@@ -857,6 +862,15 @@ impl Session {
                     }
                     russh::ChannelMsg::ExitSignal { signal_name, .. } => {
                         signal = Some(format!("{signal_name:?}"));
+                    }
+                    // The host refused to start the command: nothing ran, and nothing
+                    // more will come on this channel (it waited for the bound before).
+                    russh::ChannelMsg::Failure => {
+                        let _ = ch.close().await;
+                        return Err(SshError::Session(format!(
+                            "run a command on {}: the host refused to start it",
+                            self.endpoint.label()
+                        )));
                     }
                     _ => {}
                 },
