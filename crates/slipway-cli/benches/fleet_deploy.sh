@@ -26,6 +26,9 @@
 #   2. init     echo init >> "$ROOT/app/init.log"; touch "$ROOT/app/initialized"
 #               guarded by creates: $ROOT/app/initialized                  (skipped on re-run)
 #   3. check    test "$(cat "$ROOT/app/VERSION")" = "1.0.0 on $HOST"        (runs every time)
+# Slipway runs each host's steps through one long-lived helper process per connection (a
+# Perl script started on the first step: a fork and the step's `sh` per step, no channel;
+# the wrapper shell per step where perl is missing) with its exactly-once lock and markers.
 # Slipway: the steps of one service run at once (a wave's steps are not ordered), so the
 # three are one-step services chained by `depends_on` (three waves, in order, as ansible's
 # tasks); `creates: app/initialized` is relative to the host's `workdir` (its ROOT); ansible: `shell` with `creates:`; pyinfra has no
@@ -271,7 +274,7 @@ bench_slipway() {
   echo "slipway$label parallelism $par: first ${first[*]}; re-run ${again[*]}" >&2
   row "Slipway $("$BIN" --version | awk '{print $NF}') (\`slipway deploy\`, ssh target$label)" "$par" \
     "$(median "${first[@]}")" "$(median "${again[@]}")" \
-    "one process (russh); host keys checked on every host before the run starts, then one session per host for the run"
+    "one process (russh); host keys checked on every host before the run starts, then one session per host for the run, its steps run by one helper process per host (perl)"
 }
 
 # --- ansible-core ------------------------------------------------------------------------

@@ -61,6 +61,14 @@
 //! (`timeout`, killing the command there), to the wait for the lock too. The host needs
 //! `flock` and `timeout` (util-linux and coreutils).
 //!
+//! That wrapper costs a host a channel and four process starts per step (login shell,
+//! `flock`, `timeout`, `sh`). Where `perl` runs, a step instead goes to the connection's
+//! step helper ([`helper`]): one process per connection, started on the first step, that
+//! runs each step with the same lock, markers, guards, timeout, output files and answers
+//! at the cost of a fork and the step's `sh`. A host where it cannot start, or a step that
+//! finds it busy with another step of the host, takes the wrapper; each host's progress
+//! report says which (`via`).
+//!
 //! # Waves
 //!
 //! `batch` (a number, or a percentage of the group rounded down, at least 1) cuts the
@@ -130,6 +138,8 @@ use slipway_package::Redactor;
 
 use crate::exec::{DEFAULT_TIMEOUT, OUTPUT_LIMIT};
 use crate::ssh_service::{self, SshService};
+
+mod helper;
 
 /// How long connecting to one host (TCP, key exchange, authentication) may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -667,6 +677,9 @@ pub struct Session {
     /// Taken while the connection is replaced, so users that find it broken at once
     /// log in again once, not once each.
     reconnecting: tokio::sync::Mutex<()>,
+    /// The step helper on the current connection ([`helper`]); taken by the step it
+    /// runs, so a step that finds it taken runs with the wrapper instead of waiting.
+    helper: tokio::sync::Mutex<helper::Slot>,
 }
 
 impl std::fmt::Debug for Session {
@@ -683,6 +696,7 @@ pub async fn connect(ep: &Endpoint) -> Result<Session, SshError> {
         endpoint: ep.clone(),
         handle: std::sync::Mutex::new(Arc::new(handshake(ep).await?)),
         reconnecting: tokio::sync::Mutex::new(()),
+        helper: tokio::sync::Mutex::default(),
     })
 }
 
@@ -1046,6 +1060,17 @@ pub struct SshTarget {
     /// Where this machine renders each version's config (`<config root>/<service>/<version>`),
     /// delivered to the hosts by the deploy step.
     config_root: Option<PathBuf>,
+}
+
+/// How a step reached a host.
+#[derive(Debug, Clone)]
+pub(crate) enum Via {
+    /// Not at all (not started, or its timeout could not be read).
+    Nothing,
+    /// Through the connection's step helper ([`helper`]).
+    Helper,
+    /// Through the wrapper on a channel of its own ([`step_script`]): why not the helper.
+    Wrapper(String),
 }
 
 /// What happened to one step on one host.
@@ -1719,27 +1744,71 @@ impl SshTarget {
         }
     }
 
-    async fn apply_host(&self, s: &Session, ctx: &StepContext, step: &ExecStep) -> HostOutcome {
+    /// One attempt of the step on one host, through the host's step helper ([`helper`])
+    /// or, where it cannot run or is busy, the wrapper ([`step_script`]): the same guard,
+    /// answers and outcome either way; which one ran it comes back with the outcome.
+    async fn apply_host(
+        &self,
+        s: &Session,
+        ctx: &StepContext,
+        step: &ExecStep,
+    ) -> (HostOutcome, Via) {
         let t = match self.timeout(step) {
             Ok(t) => t,
-            Err(e) => return HostOutcome::Failed(e.to_string(), StepOutput::default()),
+            Err(e) => {
+                return (
+                    HostOutcome::Failed(e.to_string(), StepOutput::default()),
+                    Via::Nothing,
+                );
+            }
         };
         let host = &s.endpoint().host;
         let secs = t.as_secs().max(1);
-        let script = step_script(
-            &Self::marker_dir(host, ctx),
-            &Self::marker(host, ctx),
-            step,
-            secs,
-            self.keep(),
-        );
-        let line = Self::in_workdir(host, &script);
-        // The host bounds each wait of the script (the lock, `unless`, the command) by
-        // the step's timeout (`timeout -k 5` kills 5 s after it); this bound only covers a
-        // host that stops answering.
+        let env = self.env(ctx, host);
+        // The host bounds each wait of the attempt (the lock, `unless`, the command) by
+        // the step's timeout (killed 5 s after it); this bound only covers a host that
+        // stops answering.
         let waits: u32 = if step.unless.is_some() { 3 } else { 2 };
         let bound = (t + Duration::from_secs(5)) * waits + Duration::from_secs(10);
-        let ran = s.run(&line, &self.env(ctx, host), bound, self.keep()).await;
+        let req = helper::StepRequest {
+            secs,
+            keep: self.keep(),
+            state_dir: host.state_dir.as_deref(),
+            run_id: &ctx.run_id,
+            key: &ctx.key,
+            creates: step.creates.as_deref(),
+            unless: step.unless.as_deref(),
+            run: &step.run,
+            env: &env,
+        };
+        let (ran, via) = match s.run_step(&req, bound).await {
+            helper::StepRun::Ran(r) => (r, Via::Helper),
+            helper::StepRun::Wrapper(why) => {
+                let script = step_script(
+                    &Self::marker_dir(host, ctx),
+                    &Self::marker(host, ctx),
+                    step,
+                    secs,
+                    self.keep(),
+                );
+                let line = Self::in_workdir(host, &script);
+                (
+                    s.run(&line, &env, bound, self.keep()).await,
+                    Via::Wrapper(why),
+                )
+            }
+        };
+        (self.outcome(s, step, t, ran), via)
+    }
+
+    /// What an attempt's answer means (the helper's and the wrapper's are alike).
+    fn outcome(
+        &self,
+        s: &Session,
+        step: &ExecStep,
+        t: Duration,
+        ran: Result<(StepOutput, bool), SshError>,
+    ) -> HostOutcome {
         let ran = match ran {
             Ok((o, false)) => Ok(self.redact(o)),
             Ok((o, true)) => Err((
@@ -1752,7 +1821,7 @@ impl SshTarget {
             Err((m, o)) => HostOutcome::Failed(m, o),
             Ok(o) if o.exit_code == Some(124) => HostOutcome::Failed(
                 format!(
-                    "`{}` timed out after {} (exit 124 from `timeout` on the host, which killed it)",
+                    "`{}` timed out after {} (exit 124: killed on the host at its timeout)",
                     step.run,
                     format_duration(t)
                 ),
@@ -1950,23 +2019,30 @@ impl SshTarget {
         action: &StepAction,
         wave: usize,
     ) -> HostOutcome {
+        let mut via = Via::Nothing;
         let o = if self.over_budget() {
             HostOutcome::Skipped
         } else if let StepAction::Deploy { version, replicas } = action {
             match self.upload_version(s, ctx, version, *replicas).await {
                 Err((m, out)) => HostOutcome::Failed(m, out),
                 Ok(()) => {
-                    self.drained(s, ctx, "deploy", self.apply_host(s, ctx, step))
-                        .await
+                    let work = async {
+                        let (o, v) = self.apply_host(s, ctx, step).await;
+                        via = v;
+                        o
+                    };
+                    self.drained(s, ctx, "deploy", work).await
                 }
             }
         } else {
-            self.apply_host(s, ctx, step).await
+            let (o, v) = self.apply_host(s, ctx, step).await;
+            via = v;
+            o
         };
         if matches!(o, HostOutcome::Failed(..) | HostOutcome::Excluded) {
             self.exclude(i);
         }
-        self.report(ctx, &s.endpoint().host, "apply", Some(wave), &o);
+        self.report_via(ctx, &s.endpoint().host, "apply", Some(wave), &o, &via);
         o
     }
 
@@ -2050,6 +2126,20 @@ impl SshTarget {
         wave: Option<usize>,
         outcome: &HostOutcome,
     ) {
+        self.report_via(ctx, host, what, wave, outcome, &Via::Nothing);
+    }
+
+    /// [`Self::report`], saying how the host ran the step (`via`: `helper` or `wrapper`,
+    /// and for the wrapper `via_why`).
+    fn report_via(
+        &self,
+        ctx: &StepContext,
+        host: &Host,
+        what: &str,
+        wave: Option<usize>,
+        outcome: &HostOutcome,
+        via: &Via,
+    ) {
         let (result, detail, out) = match outcome {
             HostOutcome::Ran(o) => ("ran", None, Some(o)),
             HostOutcome::AlreadyDone(g) => ("already_done", Some(g.clone()), None),
@@ -2071,7 +2161,7 @@ impl SshTarget {
                 None,
             ),
         };
-        ctx.report(serde_json::json!({
+        let mut v = serde_json::json!({
             "event": "ssh_host",
             "phase": what,
             "wave": wave,
@@ -2082,7 +2172,16 @@ impl SshTarget {
             "exit_code": out.and_then(|o| o.exit_code),
             "stdout": out.map(|o| o.stdout.clone()),
             "stderr": out.map(|o| o.stderr.clone()),
-        }));
+        });
+        match via {
+            Via::Nothing => {}
+            Via::Helper => v["via"] = "helper".into(),
+            Via::Wrapper(why) => {
+                v["via"] = "wrapper".into();
+                v["via_why"] = why.clone().into();
+            }
+        }
+        ctx.report(v);
     }
 }
 

@@ -12,7 +12,7 @@ use slipway_model::spec::{ExecStep, HostCount};
 use slipway_providers::exec::OUTPUT_LIMIT;
 use slipway_providers::ssh::{self, Inventory, SshError, SshTarget};
 
-use crate::sshd::{Fleet, fingerprint};
+use crate::sshd::{Fleet, Isolation, fingerprint};
 
 fn inventory(fleet: &Fleet, extra: impl Fn(usize) -> String) -> Inventory {
     let path = fleet.dir.join("inventory.yaml");
@@ -1114,4 +1114,341 @@ fn percentages_are_taken_of_the_group_rounded_down() {
     );
     let e = t(Some(pct("lots")), None).unwrap_err().to_string();
     assert!(e.contains("batch") && e.contains("fix:"), "{e}");
+}
+
+/// The step helpers (ssh/helper.rs) running on a host with this workdir: processes whose
+/// name (Perl's `$0`) is the helper's and whose working directory is `root`.
+fn helper_pids(root: &Path) -> Vec<u32> {
+    let root = root.canonicalize().unwrap();
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        if cmdline.starts_with(b"slipway-step-helper")
+            && std::fs::read_link(e.path().join("cwd")).is_ok_and(|d| d == root)
+        {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Wait (bounded) until process `pid` has ended (gone, or a zombie).
+async fn wait_gone(pid: u32) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .unwrap_or("gone")
+            .to_owned();
+        if state == "gone" || state == "Z" {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "process {pid} did not end"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A step that waits (at most 30 s) for the file `go` in its workdir, after touching
+/// `started`, then counts itself in `runs`.
+fn held_step() -> StepAction {
+    exec_step(
+        "touch started; i=0; while [ ! -e go ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; echo x >> runs",
+        None,
+    )
+}
+
+/// How each host's `apply` reached it (`via` of its report), by host.
+fn vias(r: &[serde_json::Value]) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = r
+        .iter()
+        .filter(|v| v["phase"] == "apply")
+        .map(|v| {
+            (
+                v["host"].as_str().unwrap().to_owned(),
+                v["via"].as_str().unwrap_or("none").to_owned(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// One helper per connection runs every step of the run; its death mid-step (killed on
+/// the host) loses nothing and runs nothing twice: the step's runner, which holds the
+/// lock, finishes, marks and answers; the next step starts a new helper; a resumed run
+/// (a new process) observes the step done.
+#[tokio::test]
+async fn a_step_helper_killed_mid_step_runs_the_step_once_and_the_run_goes_on() {
+    let fleet = Fleet::start(1);
+    let (inv, roots) = host_dirs(&fleet);
+    let root = &roots[0];
+    let target = SshTarget::new(&inv, None, None, None).unwrap();
+    let (c, mut rx) = ctx("run20", "one");
+    target
+        .apply(&c, &exec_step("echo x >> one", None))
+        .await
+        .unwrap();
+    let first = helper_pids(root);
+    assert_eq!(first.len(), 1, "one helper after the first step");
+    assert_eq!(
+        vias(&reports(&mut rx)),
+        vec![("host1".into(), "helper".into())]
+    );
+
+    let action = held_step();
+    let (c, mut rx) = ctx("run20", "two");
+    let started = root.join("started");
+    let apply = target.apply(&c, &action);
+    tokio::pin!(apply);
+    tokio::select! {
+        r = &mut apply => panic!("the step finished before its helper was killed: {r:?}"),
+        () = wait_for(&started) => {}
+    }
+    // The same helper took the second step.
+    assert_eq!(helper_pids(root), first);
+    let st = std::process::Command::new("kill")
+        .args(["-KILL", &first[0].to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    wait_gone(first[0]).await;
+    std::fs::write(root.join("go"), "").unwrap();
+    let applied = apply.await.unwrap();
+    assert!(matches!(applied, Applied::Ran { .. }), "{applied:?}");
+    assert_eq!(summary(&reports(&mut rx)).len(), 1);
+    assert_eq!(std::fs::read_to_string(root.join("runs")).unwrap(), "x\n");
+
+    // The next step starts a new helper on the same connection.
+    let (c3, mut rx) = ctx("run20", "three");
+    target
+        .apply(&c3, &exec_step("echo x >> three", None))
+        .await
+        .unwrap();
+    assert_eq!(
+        vias(&reports(&mut rx)),
+        vec![("host1".into(), "helper".into())]
+    );
+    let second = helper_pids(root);
+    assert_eq!(second.len(), 1);
+    assert_ne!(second, first);
+    assert_eq!(fleet.hosts[0].logins(), 1);
+
+    // A resumed run (a new process) finds the killed helper's step done, and applying it
+    // again does nothing.
+    let resumed = SshTarget::new(&inv, None, None, None).unwrap();
+    let seen = resumed.observe(&c, &action).await.unwrap();
+    assert!(matches!(seen, Observation::Done { .. }), "{seen:?}");
+    let again = resumed.apply(&c, &action).await.unwrap();
+    assert!(matches!(again, Applied::AlreadyDone { .. }), "{again:?}");
+    assert_eq!(std::fs::read_to_string(root.join("runs")).unwrap(), "x\n");
+    assert_eq!(std::fs::read_to_string(root.join("three")).unwrap(), "x\n");
+    resumed.close_all().await;
+    target.close_all().await;
+}
+
+/// The reconnect rule with a helper already running: the connection drops while it runs
+/// a later step; the host fails the step (its effect is not known here), the step goes on
+/// to the end on the host, once, `observe` finds its marker, and a resumed run starts a
+/// new helper for the next step.
+#[tokio::test]
+async fn a_connection_dropped_while_the_helper_runs_a_step_does_not_start_it_again() {
+    let fleet = Fleet::start(1);
+    let (inv, roots) = host_dirs(&fleet);
+    let root = &roots[0];
+    let target = SshTarget::new(&inv, None, None, None).unwrap();
+    let (c, _rx) = ctx("run21", "one");
+    target
+        .apply(&c, &exec_step("echo x >> one", None))
+        .await
+        .unwrap();
+    let action = held_step();
+    let (c, _rx) = ctx("run21", "two");
+    let started = root.join("started");
+    let apply = target.apply(&c, &action);
+    tokio::pin!(apply);
+    tokio::select! {
+        r = &mut apply => panic!("the step finished before its connection dropped: {r:?}"),
+        () = wait_for(&started) => {}
+    }
+    fleet.hosts[0].drop_connections();
+    let e = apply.await.unwrap_err();
+    let TargetError::Failed { message, .. } = &e else {
+        panic!("expected a failed step, got {e:?}");
+    };
+    assert!(message.contains("not known"), "{message}");
+    // Released only now: the step's answer cannot have reached this side.
+    std::fs::write(root.join("go"), "").unwrap();
+    let seen = target.observe(&c, &action).await.unwrap();
+    assert!(matches!(seen, Observation::Done { .. }), "{seen:?}");
+    assert_eq!(std::fs::read_to_string(root.join("runs")).unwrap(), "x\n");
+    assert_eq!(fleet.hosts[0].logins(), 2);
+    target.close_all().await;
+    // The helper of the dropped connection ends once its step did; a resumed run (a new
+    // process: this one's failure budget is spent) runs the next step with a new helper.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !helper_pids(root).is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the helper never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let resumed = SshTarget::new(&inv, None, None, None).unwrap();
+    let again = resumed.apply(&c, &action).await.unwrap();
+    assert!(matches!(again, Applied::AlreadyDone { .. }), "{again:?}");
+    let (c3, mut rx) = ctx("run21", "three");
+    resumed
+        .apply(&c3, &exec_step("echo x >> three", None))
+        .await
+        .unwrap();
+    assert_eq!(
+        vias(&reports(&mut rx)),
+        vec![("host1".into(), "helper".into())]
+    );
+    assert_eq!(std::fs::read_to_string(root.join("three")).unwrap(), "x\n");
+    assert_eq!(std::fs::read_to_string(root.join("runs")).unwrap(), "x\n");
+    assert_eq!(fleet.hosts[0].logins(), 3);
+    resumed.close_all().await;
+}
+
+/// A step that prints megabytes on both streams: its output goes to files on the host,
+/// the helper answers with their tails only, nothing blocks, the files are emptied, and
+/// the helper takes the next step.
+#[tokio::test]
+async fn a_step_that_prints_a_lot_does_not_block_the_helper() {
+    let fleet = Fleet::start(1);
+    let (inv, roots) = host_dirs(&fleet);
+    let root = &roots[0];
+    let target = SshTarget::new(&inv, None, None, None).unwrap();
+    let (c, mut rx) = ctx("run22", "loud");
+    let applied = target
+        .apply(
+            &c,
+            &exec_step(
+                "head -c 3000000 /dev/zero | tr '\\0' a; echo; echo OUT-END; \
+                 head -c 2000000 /dev/zero | tr '\\0' b >&2; echo >&2; echo ERR-END >&2",
+                None,
+            ),
+        )
+        .await
+        .unwrap();
+    let Applied::Ran { output } = applied else {
+        panic!("{applied:?}")
+    };
+    assert!(
+        output.stdout.ends_with("aaa\nOUT-END\n"),
+        "{:?}",
+        &output.stdout[output.stdout.len() - 40..]
+    );
+    assert!(
+        output.stderr.ends_with("bbb\nERR-END\n"),
+        "{:?}",
+        &output.stderr[output.stderr.len() - 40..]
+    );
+    assert!(output.truncated);
+    assert!(
+        output.stdout.len() <= OUTPUT_LIMIT + 20,
+        "{}",
+        output.stdout.len()
+    );
+    assert_eq!(
+        vias(&reports(&mut rx)),
+        vec![("host1".into(), "helper".into())]
+    );
+    let markers = root.join("state/markers/run22");
+    assert!(markers.join("key-loud").exists());
+    assert_eq!(
+        std::fs::metadata(markers.join("key-loud.out"))
+            .unwrap()
+            .len(),
+        0
+    );
+    assert_eq!(
+        std::fs::metadata(markers.join("key-loud.err"))
+            .unwrap()
+            .len(),
+        0
+    );
+    let (c, mut rx) = ctx("run22", "quiet");
+    let applied = target
+        .apply(&c, &exec_step("echo small; echo note >&2", None))
+        .await
+        .unwrap();
+    let Applied::Ran { output } = applied else {
+        panic!("{applied:?}")
+    };
+    assert_eq!(output.stdout, "[host1] small\n");
+    assert_eq!(output.stderr, "[host1] note\n");
+    assert!(!output.truncated);
+    assert_eq!(
+        vias(&reports(&mut rx)),
+        vec![("host1".into(), "helper".into())]
+    );
+    assert_eq!(helper_pids(root).len(), 1);
+    target.close_all().await;
+}
+
+/// A host where the helper cannot start (here its perl refuses to: `PERL5OPT` names a
+/// module that is not there) runs its steps with the wrapper, guards and all, for the
+/// whole session; the other hosts use their helpers; each host's report says which.
+#[tokio::test]
+async fn a_host_where_the_helper_cannot_start_runs_its_steps_with_the_wrapper() {
+    let fleet = Fleet::start_isolated(2, |i, _| {
+        (i == 0).then(|| Isolation {
+            sshd_config: "SetEnv PERL5OPT=-Mslipway_no_such_module\n".into(),
+            ..Isolation::default()
+        })
+    });
+    let (inv, roots) = host_dirs(&fleet);
+    let target = SshTarget::new(&inv, None, None, Some(2)).unwrap();
+    let step = |run: &str, creates: Option<&str>| {
+        StepAction::Exec(ExecStep {
+            name: "install".into(),
+            run: run.into(),
+            creates: creates.map(str::to_owned),
+            unless: None,
+            undo: None,
+            timeout: Some("30s".into()),
+        })
+    };
+    for (name, creates) in [("one", None), ("two", Some("guard")), ("three", None)] {
+        let (c, mut rx) = ctx("run23", name);
+        target
+            .apply(
+                &c,
+                &step(&format!("echo x >> {name}; touch guard"), creates),
+            )
+            .await
+            .unwrap();
+        let r = reports(&mut rx);
+        assert_eq!(
+            vias(&r),
+            vec![
+                ("host1".into(), "wrapper".into()),
+                ("host2".into(), "helper".into())
+            ]
+        );
+        let why = r.iter().find(|v| v["host"] == "host1").unwrap()["via_why"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(why.contains("did not start"), "{why}");
+    }
+    for root in &roots {
+        // `two` was skipped by its guard on both hosts; the others ran once.
+        assert_eq!(std::fs::read_to_string(root.join("one")).unwrap(), "x\n");
+        assert!(!root.join("two").exists());
+        assert_eq!(std::fs::read_to_string(root.join("three")).unwrap(), "x\n");
+    }
+    assert!(helper_pids(&roots[0]).is_empty());
+    assert_eq!(helper_pids(&roots[1]).len(), 1);
+    target.close_all().await;
 }
