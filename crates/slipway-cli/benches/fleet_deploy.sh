@@ -272,9 +272,12 @@ bench_slipway() {
     verify slipway
   done
   echo "slipway$label parallelism $par: first ${first[*]}; re-run ${again[*]}" >&2
+  # The step helper is this tree's; a `base` binary (SLIPWAY_BASE) may predate it.
+  local helper=", its steps run by one helper process per host (perl)"
+  [ "$BIN" = "${SLIPWAY:-}" ] || helper=""
   row "Slipway $("$BIN" --version | awk '{print $NF}') (\`slipway deploy\`, ssh target$label)" "$par" \
     "$(median "${first[@]}")" "$(median "${again[@]}")" \
-    "one process (russh); host keys checked on every host before the run starts, then one session per host for the run, its steps run by one helper process per host (perl)"
+    "one process (russh); host keys checked on every host before the run starts, then one session per host for the run$helper"
 }
 
 # --- ansible-core ------------------------------------------------------------------------
