@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use crate::canary_cli::Env;
 use crate::front_door_cli::get;
 use crate::router_cli::{haproxy_with, nginx_flags, nginx_with};
+use slipway_providers::traffic::Traffic;
 
 /// A release of `api` at `version` behind `router` with `strategy.canary` = `canary`.
 fn spec(env: &Env, version: &str, router: &str, canary: &str) -> PathBuf {
@@ -784,7 +785,11 @@ fn haproxy_without_the_affinity_cookie_refuses_the_canary_naming_the_line_to_add
 /// stopped with a grace far longer than any test waits: a driver stopping them is held
 /// in that stop until the test lets the instances go.
 fn held_spec(env: &Env, version: &str, router: &str, canary: &str) -> PathBuf {
-    let p = spec(env, version, router, canary);
+    held(spec(env, version, router, canary))
+}
+
+/// The release at `p` rewritten as [`held_spec`] does.
+fn held(p: PathBuf) -> PathBuf {
     let text = std::fs::read_to_string(&p)
         .unwrap()
         .replace("command: \"demo-app ", "command: \"held-app ")
@@ -895,29 +900,8 @@ fn killed_while_stopping_a_refused_canary(after: &[&str]) -> (Env, String, i32, 
     let (h, router, canary) = cookieless(&env);
     let front = SocketAddr::from(([127, 0, 0, 1], h.port));
     held_app(&env);
-    let mut child = env.spawn_deploy(&held_spec(&env, "2.0.0", router, canary), "killed");
-    // Both canary instances were asked to stop and hold the driver there.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while held_pids(&env).len() < 2 {
-        assert!(
-            Instant::now() < deadline,
-            "the canary instances were never asked to stop; instance logs:\n{}\ndeploy: {}",
-            crate::canary_cli::logs_in(&env.path().join("process/live/instances")),
-            std::fs::read_to_string(env.path().join("killed.log")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let run = env.wait_journal("2.0.0", "\"event\":\"rolling_back\"");
-    child.kill().unwrap(); // SIGKILL in the middle of stopping the canary
-    child.wait().unwrap();
-    std::fs::write(env.path().join("release"), "").unwrap();
-    let held = held_pids(&env);
-    assert!(held.iter().all(|p| lives(*p)), "{held:?}");
-    let journal = env.journal(&run);
-    assert!(
-        !journal.contains("\"event\":\"rolled_back\""),
-        "killed after the stop: {journal}"
-    );
+    let child = env.spawn_deploy(&held_spec(&env, "2.0.0", router, canary), "killed");
+    let (run, held) = kill_while_held(&env, child, "2.0.0");
     let mut args = after.to_vec();
     args.insert(1, &run);
     let (code, out, err) = env.run(&args);
@@ -944,6 +928,224 @@ fn killed_while_stopping_a_refused_canary(after: &[&str]) -> (Env, String, i32, 
     assert_eq!(status["run"]["state"], "rolled_back", "{status}\n{shown}");
     assert_eq!(status["steps"][0]["status"], "failed", "{status}");
     (env, run, code, shown)
+}
+
+/// SIGKILL `driver` (a background `slipway deploy` of `version`'s [`held`] release) once
+/// its rollback is journaled (`rolling_back`) and both canary instances hold it in their
+/// stop, then let the instances go: (the run, the held instances' pids, still alive and
+/// to be stopped by whoever finishes the rollback). Checked: the rollback was not
+/// journaled as finished.
+fn kill_while_held(env: &Env, driver: std::process::Child, version: &str) -> (String, Vec<u32>) {
+    let mut driver = slipway_testkit::reap::Reaped::from(driver);
+    // Both canary instances were asked to stop and hold the driver there.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while held_pids(env).len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the canary instances were never asked to stop; instance logs:\n{}\ndeploy: {}",
+            crate::canary_cli::logs_in(&env.path().join("process/live/instances")),
+            std::fs::read_to_string(env.path().join("killed.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let run = env.wait_journal(version, "\"event\":\"rolling_back\"");
+    driver.kill().unwrap(); // SIGKILL in the middle of stopping the canary
+    driver.wait().unwrap();
+    std::fs::write(env.path().join("release"), "").unwrap();
+    let held = held_pids(env);
+    assert!(held.iter().all(|p| lives(*p)), "{held:?}");
+    let journal = env.journal(&run);
+    assert!(
+        !journal.contains("\"event\":\"rolled_back\""),
+        "killed after the stop: {journal}"
+    );
+    (run, held)
+}
+
+/// Every object with `"event": name` anywhere in the journal's entries (JSON lines),
+/// oldest first.
+fn events(journal: &str, name: &str) -> Vec<serde_json::Value> {
+    fn walk(v: &serde_json::Value, name: &str, out: &mut Vec<serde_json::Value>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                if m.get("event").and_then(|e| e.as_str()) == Some(name) {
+                    out.push(v.clone());
+                }
+                m.values().for_each(|x| walk(x, name, out));
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|x| walk(x, name, out)),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    for line in journal.lines().filter(|l| !l.trim().is_empty()) {
+        let entry: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        walk(&entry, name, &mut out);
+    }
+    out
+}
+
+/// The analysis template of the canaries below: the error rate of HAProxy's counters,
+/// judged every 250ms, the first failure final.
+const GOLDEN: &str = "analysis_templates:
+  golden:
+    interval: 250ms
+    min_samples: 5
+    failure_limit: 0
+    inconclusive_limit: 40
+    metrics:
+      - { name: error-rate, max: 0.05 }
+    on_failure: rollback
+";
+
+/// Behind HAProxy: 1.0.0 deployed and users sending it requests (HAProxy's counters are
+/// what the analysis judges), and a held release ([`held`]) of 2.0.0 whose canary takes
+/// 30% and is analysed for `analysis`, its instances running demo-app with `args`:
+/// (HAProxy, its admin socket, the users, the release of 2.0.0).
+fn behind_haproxy_with_users(
+    env: &Env,
+    args: &str,
+    analysis: &str,
+) -> (crate::router_cli::Daemon, PathBuf, Traffic, PathBuf) {
+    let h = haproxy_with(env.path(), "");
+    let router = "{ haproxy: { socket: admin.sock, backend: app } }";
+    let canary = format!(
+        "{{ steps: [ {{ set_weight: 30 }}, {{ analysis: {{ template: golden, duration: {analysis} }} }}, {{ set_weight: 100 }} ] }}"
+    );
+    let (code, v, err) = env.deploy(&spec_with(env, "1.0.0", "", router, &canary, GOLDEN));
+    assert_eq!(code, 0, "{v}\n{err}");
+    let users = {
+        let _g = env.rt.enter();
+        Traffic::start(SocketAddr::from(([127, 0, 0, 1], h.port)), "/", 100, 2)
+    };
+    held_app(env);
+    let next = held(spec_with(env, "2.0.0", args, router, &canary, GOLDEN));
+    (h, env.path().join("admin.sock"), users, next)
+}
+
+/// What `slipway resume` of a run whose driver was killed in a canary's rollback
+/// ([`kill_while_held`]) must leave, whatever decided the rollback: (exit code, what it
+/// showed, the journal). Checked here: HAProxy sent the rejected 2.0.0 no request from the
+/// kill on (its canary slots' response counters did not move, users saw no 5xx) and its
+/// canary slots are out of service; no 2.0.0 instance is left and 1.0.0 serves every
+/// request; the resumed driver started no canary (one `canary_started`, the killed
+/// driver's).
+fn resume_killed_rollback(
+    env: &Env,
+    h: &crate::router_cli::Daemon,
+    socket: &Path,
+    users: &Traffic,
+    run: &str,
+    held: Vec<u32>,
+) -> (i32, String, String) {
+    let front = SocketAddr::from(([127, 0, 0, 1], h.port));
+    let (served, _) = canary_served(socket);
+    let errors = users.stats().server_errors;
+    let (code, out, err) = env.run(&["resume", run]);
+    let shown = format!("{out}\n{err}");
+    for _ in 0..10 {
+        assert_eq!(who(front, &[]).0, "1.0.0", "{shown}");
+    }
+    let (served_after, _) = canary_served(socket);
+    assert_eq!(
+        served_after - served,
+        0,
+        "HAProxy sent the rejected canary requests after the rollback was decided: {shown}\n{}",
+        env.journal(run)
+    );
+    assert_eq!(
+        users.stats().server_errors - errors,
+        0,
+        "users got 5xx after the rollback was decided: {shown}"
+    );
+    assert!(canary_weights(socket).is_empty(), "{shown}");
+    let running = env.instances();
+    assert_eq!(running.get("2.0.0"), None, "{running:?}\n{shown}");
+    assert_eq!(running.get("1.0.0"), Some(&2), "{running:?}");
+    let left: Vec<u32> = held.into_iter().filter(|p| lives(*p)).collect();
+    assert!(
+        left.is_empty(),
+        "held canary instances left running: {left:?}\n{shown}"
+    );
+    let journal = env.journal(run);
+    assert_eq!(
+        events(&journal, "canary_started").len(),
+        1,
+        "the resumed driver started a fresh canary after a journaled rollback: {journal}"
+    );
+    (code, shown, journal)
+}
+
+/// The analysis judges the canary bad and its driver is SIGKILLed after the rollback is
+/// journaled (`rolling_back`), while it stops the canary: `slipway resume` finishes that
+/// rollback — never a fresh canary of the version judged bad — and the run ends rolled
+/// back with the analysis' verdict as its reason.
+#[test]
+fn a_driver_killed_while_it_rolls_back_a_failed_analysis_is_resumed_to_a_rolled_back_run() {
+    let env = Env::new();
+    let (h, socket, users, next) = behind_haproxy_with_users(&env, "--error-rate 0.5", "60s");
+    let (run, held) = kill_while_held(&env, env.spawn_deploy(&next, "killed"), "2.0.0");
+    let journal = env.journal(&run);
+    let decided = events(&journal, "rolling_back");
+    let reason = decided[0]["reason"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        reason.contains("analysis `golden` failed") && reason.contains("error-rate"),
+        "not rolled back by the analysis: {journal}"
+    );
+    let (code, shown, journal) = resume_killed_rollback(&env, &h, &socket, &users, &run, held);
+    assert_eq!(code, slipway_model::exit::ROLLED_BACK, "{shown}");
+    assert!(
+        shown.contains("finished after it; no fresh canary"),
+        "{shown}"
+    );
+    // The rollback is journaled finished with the reason the analysis gave.
+    let finished = events(&journal, "rolled_back");
+    assert_eq!(finished.len(), 1, "{journal}");
+    assert_eq!(finished[0]["reason"], reason.as_str(), "{journal}");
+    let (_, status, _) = env.run(&["status", &run, "--output", "json"]);
+    let status: serde_json::Value =
+        serde_json::from_str(&status).unwrap_or_else(|e| panic!("{e}: {status}"));
+    assert_eq!(status["run"]["state"], "rolled_back", "{status}\n{shown}");
+    assert_eq!(status["steps"][0]["status"], "failed", "{status}");
+    env.rt.block_on(users.stop());
+}
+
+/// An operator aborts a live canary (`slipway abort` while its analysis runs) and the
+/// driver is SIGKILLed while it takes the canary out (`rolling_back` journaled, the
+/// instances held in their stop): `slipway resume` ends the run aborted as the operator
+/// asked, the canary taken back, without a fresh one.
+#[test]
+fn a_driver_killed_while_it_aborts_a_live_canary_is_resumed_to_an_aborted_run() {
+    let env = Env::new();
+    let (h, socket, users, next) = behind_haproxy_with_users(&env, "", "10m");
+    let driver = env.spawn_deploy(&next, "killed");
+    let run = env.wait_journal("2.0.0", "\"verified\":30,\"weight\":30");
+    let (held, aborted) = std::thread::scope(|s| {
+        // `slipway abort` of a live run waits for its driver to act (or die).
+        let aborting = s.spawn(|| env.run(&["abort", &run]));
+        let (killed, held) = kill_while_held(&env, driver, "2.0.0");
+        assert_eq!(killed, run);
+        (held, aborting.join().unwrap())
+    });
+    let journal = env.journal(&run);
+    let decided = events(&journal, "rolling_back");
+    assert_eq!(decided.len(), 1, "{journal}\nabort: {aborted:?}");
+    let (code, shown, journal) = resume_killed_rollback(&env, &h, &socket, &users, &run, held);
+    assert_eq!(
+        code,
+        slipway_model::exit::ABORTED,
+        "{shown}\nabort: {aborted:?}"
+    );
+    assert!(
+        events(&journal, "retracted").len() + events(&journal, "canary_retired").len() == 1,
+        "the canary was not taken back once: {journal}"
+    );
+    let (_, status, _) = env.run(&["status", &run, "--output", "json"]);
+    let status: serde_json::Value =
+        serde_json::from_str(&status).unwrap_or_else(|e| panic!("{e}: {status}"));
+    assert_eq!(status["run"]["state"], "aborted", "{status}\n{shown}");
+    env.rt.block_on(users.stop());
 }
 
 /// HAProxy in master-worker mode, reloaded as `systemctl reload haproxy` does (SIGUSR2 to
