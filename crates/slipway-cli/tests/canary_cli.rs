@@ -223,8 +223,9 @@ analysis_templates:
         self.run(&["logs", run, "--output", "json"]).1
     }
 
-    /// `slipway deploy` of a spec in the background (its stderr in `<dir>/<name>.log`).
-    pub(crate) fn spawn_deploy(&self, spec: &Path, name: &str) -> std::process::Child {
+    /// `slipway deploy` of a spec in the background (its stderr in `<dir>/<name>.log`),
+    /// killed and reaped when dropped: a test that fails leaves no driver behind.
+    pub(crate) fn spawn_deploy(&self, spec: &Path, name: &str) -> slipway_testkit::Reaped {
         let log = std::fs::File::create(self.path().join(format!("{name}.log"))).unwrap();
         Command::new(assert_cmd::cargo::cargo_bin("slipway"))
             .current_dir(self.path())
@@ -236,6 +237,7 @@ analysis_templates:
             .stderr(log)
             .spawn()
             .unwrap()
+            .into()
     }
 
     /// What the background `slipway deploy`s wrote, for failure messages.

@@ -8,7 +8,7 @@
 
 use std::io::Write;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::postgres_store_cli::pg::pg;
@@ -51,16 +51,18 @@ fn psql(url: &str, sql: &str) -> String {
 }
 
 /// The application: a `psql` session with a transaction open (a row inserted, not
-/// committed), fed from a pipe so it stays connected until told to commit.
-fn application(url: &str) -> Child {
-    let mut c = Command::new("psql")
+/// committed), fed from a pipe so it stays connected until told to commit; killed and
+/// reaped when dropped (a failing test leaves no session holding the transaction).
+fn application(url: &str) -> slipway_testkit::Reaped {
+    let mut c: slipway_testkit::Reaped = Command::new("psql")
         .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", url])
         .env("PGAPPNAME", "shop-app")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap();
+        .unwrap()
+        .into();
     c.stdin
         .as_mut()
         .unwrap()

@@ -5,7 +5,7 @@
 //! `SLIPWAY_LEASE_TTL`.
 
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 fn spec(dir: &Path, version: &str, block: bool) -> std::path::PathBuf {
@@ -45,11 +45,14 @@ fn deploy(dir: &Path, file: &Path, ttl: &str, extra: &[&str]) -> Command {
     c
 }
 
-fn spawn(mut c: Command) -> Child {
+/// `c` in the background, killed and reaped when dropped (a failing test leaves no
+/// `slipway` behind).
+fn spawn(mut c: Command) -> slipway_testkit::Reaped {
     c.stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap()
+        .into()
 }
 
 /// Poll `cond` every 20 ms for at most `limit`.
@@ -99,7 +102,7 @@ fn two_concurrent_deploys_to_one_environment_exactly_one_proceeds() {
     });
     let refused = refused.unwrap();
     let winner = if refused == "1.0.0" { "1.0.1" } else { "1.0.0" };
-    let (loser, mut proceeding) = if refused == "1.0.0" {
+    let (mut loser, mut proceeding) = if refused == "1.0.0" {
         (ca, cb)
     } else {
         (cb, ca)

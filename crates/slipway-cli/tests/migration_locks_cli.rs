@@ -208,14 +208,16 @@ fn a_migrator_killed_during_a_concurrent_build_is_detected_and_the_next_apply_re
     );
 
     // An application session with a write in flight: the concurrent build waits for it.
-    let mut app = Command::new(server.bin.join("psql"))
-        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1"])
-        .arg(&url)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut app = slipway_testkit::Reaped::from(
+        Command::new(server.bin.join("psql"))
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1"])
+            .arg(&url)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     {
         use std::io::Write as _;
         let stdin = app.stdin.as_mut().unwrap();
@@ -234,14 +236,16 @@ fn a_migrator_killed_during_a_concurrent_build_is_detected_and_the_next_apply_re
         },
     );
 
-    let mut migrator = Command::new(assert_cmd::cargo::cargo_bin("slipway"))
-        .env("NO_COLOR", "1")
-        .args(["migrate", "apply", "--url", &url, "--dir"])
-        .arg(d.path().join("migrations"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut migrator = slipway_testkit::Reaped::from(
+        Command::new(assert_cmd::cargo::cargo_bin("slipway"))
+            .env("NO_COLOR", "1")
+            .args(["migrate", "apply", "--url", &url, "--dir"])
+            .arg(d.path().join("migrations"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     until(
         Duration::from_secs(15),
         "the concurrent build to wait",

@@ -8,7 +8,7 @@
 //! The password never appears in any output.
 
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 // One PostgreSQL server per test binary (slipway-testkit's): the other modules reach it
@@ -127,11 +127,14 @@ fn a_deploy_on_postgres_is_read_back_by_other_invocations_and_verified() {
     assert!(t.contains("TAMPERED") && t.contains("entry 2"), "{t}");
 }
 
-fn spawn(mut c: Command) -> Child {
+/// `c` in the background, killed and reaped when dropped (a failing test leaves no
+/// `slipway` behind).
+fn spawn(mut c: Command) -> slipway_testkit::Reaped {
     c.stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap()
+        .into()
 }
 
 /// Poll `cond` every 20 ms for at most `limit`.
@@ -170,7 +173,7 @@ fn two_concurrent_deploys_of_one_environment_on_postgres_exactly_one_proceeds() 
     });
     let refused = refused.unwrap();
     let winner = if refused == "1.0.0" { "1.0.1" } else { "1.0.0" };
-    let (loser, proceeding) = if refused == "1.0.0" {
+    let (mut loser, mut proceeding) = if refused == "1.0.0" {
         (ca, cb)
     } else {
         (cb, ca)

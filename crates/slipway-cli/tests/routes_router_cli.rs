@@ -935,8 +935,11 @@ fn killed_while_stopping_a_refused_canary(after: &[&str]) -> (Env, String, i32, 
 /// stop, then let the instances go: (the run, the held instances' pids, still alive and
 /// to be stopped by whoever finishes the rollback). Checked: the rollback was not
 /// journaled as finished.
-fn kill_while_held(env: &Env, driver: std::process::Child, version: &str) -> (String, Vec<u32>) {
-    let mut driver = slipway_testkit::reap::Reaped::from(driver);
+fn kill_while_held(
+    env: &Env,
+    mut driver: slipway_testkit::Reaped,
+    version: &str,
+) -> (String, Vec<u32>) {
     // Both canary instances were asked to stop and hold the driver there.
     let deadline = Instant::now() + Duration::from_secs(60);
     while held_pids(env).len() < 2 {

@@ -107,8 +107,9 @@ impl Env {
         t
     }
 
-    /// `slipway deploy` in the background (it waits for `GO`).
-    fn deploy(&self) -> Child {
+    /// `slipway deploy` in the background (it waits for `GO`), killed and reaped when
+    /// dropped.
+    fn deploy(&self) -> slipway_testkit::Reaped {
         let mut c = Command::new(assert_cmd::cargo::cargo_bin("slipway"));
         c.current_dir(self.dir.path())
             .env_remove("SLIPWAY_TOKEN")
@@ -117,7 +118,7 @@ impl Env {
             .args(["deploy", "-f", &self.spec, "--env", "staging"])
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        c.spawn().unwrap()
+        c.spawn().unwrap().into()
     }
 
     fn go(&self) {
@@ -845,14 +846,16 @@ fn serve_stops_cleanly_on_sigterm() {
 #[test]
 fn serve_warns_when_listening_beyond_loopback_without_tls() {
     let e = Env::new();
-    let mut child = Command::new(assert_cmd::cargo::cargo_bin("slipway"))
-        .current_dir(e.dir.path())
-        .env("SLIPWAY_STORE", &e.store)
-        .args(["serve", "--listen", "0.0.0.0:0", "--output", "json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = slipway_testkit::Reaped::from(
+        Command::new(assert_cmd::cargo::cargo_bin("slipway"))
+            .current_dir(e.dir.path())
+            .env("SLIPWAY_STORE", &e.store)
+            .args(["serve", "--listen", "0.0.0.0:0", "--output", "json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
@@ -1208,8 +1211,9 @@ fn name_of(e: &Env, actor: &str) -> String {
     String::from_utf8_lossy(&o.stdout).trim().to_owned()
 }
 
-/// `slipway deploy` in the background as the holder of `token`.
-fn deploy_as(e: &Env, token: &str) -> Child {
+/// `slipway deploy` in the background as the holder of `token`, killed and reaped when
+/// dropped.
+fn deploy_as(e: &Env, token: &str) -> slipway_testkit::Reaped {
     Command::new(assert_cmd::cargo::cargo_bin("slipway"))
         .current_dir(e.dir.path())
         .env("SLIPWAY_TOKEN", token)
@@ -1220,6 +1224,7 @@ fn deploy_as(e: &Env, token: &str) -> Child {
         .stderr(Stdio::null())
         .spawn()
         .unwrap()
+        .into()
 }
 
 /// Three people with their roles on staging: alice (admin), dave (deployer), carol
@@ -1643,11 +1648,13 @@ fn every_run_command_works_through_the_server() {
 
     // dave resumes: the server drives the run; the CLI follows it. It pauses at dave's
     // request once the step waiting for GO has started, and the resume exits 5.
-    let resume = remote_cmd(a, Some(&dave), &["resume", &run])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut resume = slipway_testkit::Reaped::from(
+        remote_cmd(a, Some(&dave), &["resume", &run])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     until("the server to run the step waiting for GO", || {
         let (_, text) = remote(a, Some(&dave), &["logs", &run, "--output", "json"]);
         text.lines()
@@ -1667,11 +1674,13 @@ fn every_run_command_works_through_the_server() {
     assert_eq!(code, 5, "a paused run: {text}");
 
     // `logs -f` follows the event stream to the run's end while dave's resume finishes it.
-    let follow = remote_cmd(a, Some(&carol), &["logs", "-f", &run])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut follow = slipway_testkit::Reaped::from(
+        remote_cmd(a, Some(&carol), &["logs", "-f", &run])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let (code, text) = remote(a, Some(&dave), &["resume", &run]);
     assert_eq!(code, 0, "{text}");
     assert!(text.contains(&format!("run {run} succeeded")), "{text}");

@@ -10,13 +10,45 @@
 
 use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
-use std::process::Child;
+use std::process::{Child, Output};
 use std::time::{Duration, Instant};
 
 /// A child process killed (SIGKILL) and reaped when dropped, unless it has exited
 /// already. Derefs to the [`Child`], so a test waits, kills or polls it as before.
 #[derive(Debug)]
 pub struct Reaped(pub Child);
+
+impl Reaped {
+    /// [`Child::wait_with_output`] for a guarded child, which cannot be moved out of its
+    /// guard: stdin closed, stdout and stderr read to their ends (stderr on a thread, so
+    /// a child filling one pipe cannot block on the other), then the exit status.
+    pub fn wait_with_output(&mut self) -> std::io::Result<Output> {
+        use std::io::Read as _;
+        drop(self.0.stdin.take());
+        let stderr = self.0.stderr.take().map(|mut e| {
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                e.read_to_end(&mut buf).map(|_| buf)
+            })
+        });
+        let mut stdout = Vec::new();
+        if let Some(o) = self.0.stdout.as_mut() {
+            o.read_to_end(&mut stdout)?;
+        }
+        let stderr = match stderr {
+            Some(t) => t
+                .join()
+                .map_err(|_| std::io::Error::other("the stderr reader panicked"))??,
+            None => Vec::new(),
+        };
+        let status = self.0.wait()?;
+        Ok(Output {
+            status,
+            stdout,
+            stderr,
+        })
+    }
+}
 
 impl From<Child> for Reaped {
     fn from(child: Child) -> Self {
