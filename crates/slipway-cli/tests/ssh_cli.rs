@@ -609,3 +609,56 @@ fn failures_over_the_budget_roll_the_deploy_back() {
         "{s:#}"
     );
 }
+
+/// Poll (at most `within`; once for zero) until no host runs a process whose command line
+/// starts with `prefix`; the ones left then, by host.
+fn left_after(fleet: &Fleet, prefix: &str, within: std::time::Duration) -> Vec<(String, usize)> {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let left = fleet.processes(prefix);
+        if left.is_empty() || std::time::Instant::now() >= deadline {
+            return left;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// A deploy ends its sessions before it exits, whether the run succeeded or rolled back:
+/// every host's step helper is gone when `slipway deploy` has exited (it waited for each
+/// helper's channel to end, which sshd signals only after the helper exited), and the
+/// hosts' sshd connection processes end within 2 s. (Left to the process's exit, the
+/// helpers and sessions of one run lingered into the next run's logins: on the old code
+/// the helpers were still there when the deploy had exited.)
+#[test]
+fn a_deploy_leaves_no_step_helper_or_session_behind_on_the_hosts() {
+    let fleet = Fleet::start(10);
+    let (dir, _roots) = setup(
+        &fleet,
+        "  web:
+    steps:
+      - { name: install, run: 'echo 1 > \"$ROOT/app.txt\"', undo: 'rm -f \"$ROOT/app.txt\"' }
+      - { name: check, run: 'test -e \"$ROOT/app.txt\" && test \"$SLIPWAY_HOST\" != \"$FAIL_ON\"' }
+",
+    );
+    let within = std::time::Duration::from_secs(2);
+    let hosts = std::fs::read_to_string(dir.join("hosts.yaml")).unwrap();
+    for (fail_on, code) in [("nobody", 0), ("host2", 4)] {
+        std::fs::write(
+            dir.join("hosts.yaml"),
+            hosts.replace("env: {", &format!("env: {{ FAIL_ON: {fail_on}, ")),
+        )
+        .unwrap();
+        let o = deploy(&dir);
+        assert_eq!(o.status.code(), Some(code), "{o:?}");
+        assert_eq!(
+            left_after(&fleet, "slipway-step-", std::time::Duration::ZERO),
+            vec![],
+            "step helpers left after the deploy that failed on {fail_on}"
+        );
+        assert_eq!(
+            left_after(&fleet, "sshd: ", within),
+            vec![],
+            "sshd connections left after the deploy that failed on {fail_on}"
+        );
+    }
+}

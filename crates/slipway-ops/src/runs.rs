@@ -391,6 +391,8 @@ pub async fn deploy_with(
     } else {
         deploy_target(session, &workdir, Some(plan), reporter.as_ref()).await?
     };
+    // Kept to end the hosts' sessions when the run is driven (the engine's copy shares them).
+    let hosts = checked_ssh.clone();
     let engine = engine(session, &workdir, Some(plan), &author, deploy, checked_ssh);
     let (run, continued) = engine
         .create_or_continue(NewRunRequest {
@@ -441,6 +443,11 @@ pub async fn deploy_with(
         reporter.clone(),
     )
     .await;
+    // Done with the hosts: their step helpers and sessions end now, not at this process's
+    // exit, where they outlived it and overlapped the next deploy's logins.
+    if let Some(t) = &hosts {
+        t.close_all().await;
+    }
     discard_interventions(session, &run.id, reporter.as_ref()).await;
     if let Err(e) = &report
         && !continued

@@ -148,6 +148,11 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// taken for dead (the host stopped answering without closing it) and replaced.
 pub const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long ending a session may take ([`Session::close`]): its helper's exit awaited,
+/// then its disconnect. Longer only for a host that stopped answering, which then does
+/// not hold up the end of a run by more.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// Handshakes in flight at once unless the inventory sets `connect_parallelism`.
 pub const DEFAULT_CONNECT_PARALLELISM: usize = 32;
 
@@ -642,6 +647,8 @@ struct Verifier {
     endpoint: Endpoint,
     /// Why the key was refused, read back after the handshake fails.
     refusal: Arc<Mutex<Option<String>>>,
+    /// Dropped with the handler when the connection's task ends: [`Conn::ended`].
+    _alive: tokio::sync::watch::Sender<()>,
 }
 
 impl client::Handler for Verifier {
@@ -663,8 +670,36 @@ impl client::Handler for Verifier {
     }
 }
 
+/// An SSH connection, and word of its end.
+struct Conn {
+    handle: client::Handle<Verifier>,
+    /// Closed when the connection's task has ended (its handler, which holds the sender,
+    /// is dropped then): a disconnect sent before is on the wire and the socket shut.
+    ended: tokio::sync::watch::Receiver<()>,
+}
+
+impl std::ops::Deref for Conn {
+    type Target = client::Handle<Verifier>;
+    fn deref(&self) -> &Self::Target {
+        &self.handle
+    }
+}
+
+impl Conn {
+    /// Say goodbye to the host and wait (until `deadline`) for the connection to end, so
+    /// that the host sees a clean disconnect even when this process exits right after.
+    async fn disconnect_by(&self, deadline: tokio::time::Instant) {
+        let bye = self.disconnect(russh::Disconnect::ByApplication, "", "en");
+        if let Ok(Ok(())) = tokio::time::timeout_at(deadline, bye).await {
+            let mut ended = self.ended.clone();
+            // `Err` once the sender is dropped: the connection's task ended.
+            let _ = tokio::time::timeout_at(deadline, ended.changed()).await;
+        }
+    }
+}
+
 /// The SSH connection of a [`Session`].
-type Handle = Arc<client::Handle<Verifier>>;
+type Handle = Arc<Conn>;
 
 /// An authenticated session to one host, kept for a run. Its connection is replaced
 /// (host key checked again) when a channel cannot be opened on it: see
@@ -701,7 +736,7 @@ pub async fn connect(ep: &Endpoint) -> Result<Session, SshError> {
 }
 
 /// A new authenticated connection to a host (the work of [`connect`]).
-async fn handshake(ep: &Endpoint) -> Result<client::Handle<Verifier>, SshError> {
+async fn handshake(ep: &Endpoint) -> Result<Conn, SshError> {
     let key = russh::keys::load_secret_key(&ep.identity, None).map_err(|e| {
         SshError::Connect(format!(
             "cannot use the private key {} for {}: {e}; fix: set `identity` in the inventory to an OpenSSH private key without a passphrase",
@@ -710,9 +745,11 @@ async fn handshake(ep: &Endpoint) -> Result<client::Handle<Verifier>, SshError> 
         ))
     })?;
     let refusal = Arc::new(Mutex::new(None));
+    let (alive, ended) = tokio::sync::watch::channel(());
     let verifier = Verifier {
         endpoint: ep.clone(),
         refusal: refusal.clone(),
+        _alive: alive,
     };
     let config = Arc::new(client::Config {
         inactivity_timeout: None,
@@ -765,7 +802,7 @@ async fn handshake(ep: &Endpoint) -> Result<client::Handle<Verifier>, SshError> 
             ep.user
         )));
     }
-    Ok(handle)
+    Ok(Conn { handle, ended })
 }
 
 /// Append to a buffer keeping its last `limit` bytes.
@@ -1021,12 +1058,22 @@ impl Session {
         }
     }
 
-    /// Close the session politely.
+    /// End the session, by [`CLOSE_TIMEOUT`] at most (a host that stopped answering
+    /// does not hold up the end of a run): its step helper is told end of file and
+    /// exits, and its channel's end is awaited — so once this returns the helper is gone
+    /// from the host — then the host gets a clean disconnect, on the wire before this
+    /// returns. Left to the process's exit, helpers and their sshd sessions outlived the
+    /// run by seconds on a busy host and overlapped the next run's logins.
     pub async fn close(&self) {
-        let _ = self
-            .current()
-            .disconnect(russh::Disconnect::ByApplication, "", "en")
-            .await;
+        let deadline = tokio::time::Instant::now() + CLOSE_TIMEOUT;
+        // A step still holding the helper (a run stopped mid-step) keeps it: the
+        // disconnect then ends its channel, and the helper reads end of file.
+        if let Ok(mut slot) = tokio::time::timeout_at(deadline, self.helper.lock()).await
+            && let helper::Slot::Up(h) = std::mem::take(&mut *slot)
+        {
+            h.finish(deadline).await;
+        }
+        self.current().disconnect_by(deadline).await;
     }
 }
 
@@ -1332,12 +1379,12 @@ impl SshTarget {
             .collect()
     }
 
-    /// Close every kept session (the hosts see a clean disconnect, not a dropped one).
+    /// Close every kept session, all at once ([`Session::close`]: the step helpers gone
+    /// from the hosts, a clean disconnect, [`CLOSE_TIMEOUT`] at most): what a run's
+    /// driver calls when it is done with the hosts.
     pub async fn close_all(&self) {
         let kept = std::mem::take(&mut *self.sessions.lock().await);
-        for s in kept.into_values() {
-            s.close().await;
-        }
+        futures_util::future::join_all(kept.values().map(|s| s.close())).await;
     }
 
     /// [`Self::connect_all`] for the hosts at these endpoint indices, with their indices.

@@ -157,28 +157,7 @@ impl Sshd {
 
     /// Every process below this server (its connections and what runs in them).
     fn descendants(&self) -> Vec<u32> {
-        let mut children: std::collections::BTreeMap<u32, Vec<u32>> = Default::default();
-        for e in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-                continue;
-            };
-            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-            // Fields after the `(comm)`: state, ppid, ...
-            let ppid = stat
-                .rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-                .and_then(|p| p.parse::<u32>().ok());
-            if let Some(ppid) = ppid {
-                children.entry(ppid).or_default().push(pid);
-            }
-        }
-        let mut pids = Vec::new();
-        let mut todo = children.get(&self.child.id()).cloned().unwrap_or_default();
-        while let Some(pid) = todo.pop() {
-            pids.push(pid);
-            todo.extend(children.get(&pid).cloned().unwrap_or_default());
-        }
-        pids
+        descendants_of(&children(), self.child.id())
     }
 
     /// Stop (SIGSTOP) every process of this server's open connections (its descendants),
@@ -342,6 +321,37 @@ impl Sshd {
     }
 }
 
+/// Every process's children, by parent pid (one read of /proc).
+fn children() -> std::collections::BTreeMap<u32, Vec<u32>> {
+    let mut children: std::collections::BTreeMap<u32, Vec<u32>> = Default::default();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        // Fields after the `(comm)`: state, ppid, ...
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if let Some(ppid) = ppid {
+            children.entry(ppid).or_default().push(pid);
+        }
+    }
+    children
+}
+
+/// The processes below `root` in a [`children`] tree.
+fn descendants_of(children: &std::collections::BTreeMap<u32, Vec<u32>>, root: u32) -> Vec<u32> {
+    let mut pids = Vec::new();
+    let mut todo = children.get(&root).cloned().unwrap_or_default();
+    while let Some(pid) = todo.pop() {
+        pids.push(pid);
+        todo.extend(children.get(&pid).cloned().unwrap_or_default());
+    }
+    pids
+}
+
 impl Fleet {
     /// Start `n` servers named `host1`..`hostN`.
     pub fn start(n: usize) -> Fleet {
@@ -379,6 +389,29 @@ impl Fleet {
             dir,
             _tmp: tmp,
         }
+    }
+
+    /// How many processes below each server (its connections and what runs in them)
+    /// have a command line starting with `prefix` (a Perl `$0` such as
+    /// `slipway-step-helper`, or `sshd: ` for its connection processes), by host name,
+    /// hosts with none left out; one read of /proc for the whole fleet. Zombies have no
+    /// command line and are not counted.
+    pub fn processes(&self, prefix: &str) -> Vec<(String, usize)> {
+        let tree = children();
+        self.hosts
+            .iter()
+            .map(|h| {
+                let n = descendants_of(&tree, h.child.id())
+                    .into_iter()
+                    .filter(|pid| {
+                        std::fs::read(format!("/proc/{pid}/cmdline"))
+                            .is_ok_and(|c| c.starts_with(prefix.as_bytes()))
+                    })
+                    .count();
+                (h.name.clone(), n)
+            })
+            .filter(|(_, n)| *n > 0)
+            .collect()
     }
 
     /// Give host `i` a new host key and restart it (on a new port, whose known_hosts

@@ -423,6 +423,18 @@ impl Helper {
         let _ = tokio::time::timeout(Duration::from_secs(1), self.ch.close()).await;
     }
 
+    /// End the helper between steps: end of file on its standard input (it exits), then
+    /// wait (until `deadline`) for its channel to end, which sshd signals only once the
+    /// helper's output closed — it has exited — then close the channel.
+    pub(super) async fn finish(mut self, deadline: tokio::time::Instant) {
+        if !self.ended
+            && let Ok(Ok(())) = tokio::time::timeout_at(deadline, self.ch.eof()).await
+        {
+            while let Pulled::More = self.pull(deadline).await {}
+        }
+        let _ = tokio::time::timeout_at(deadline, self.ch.close()).await;
+    }
+
     /// Send the step and wait for [`ARMED`].
     async fn arm(&mut self, frame: &[u8]) -> Armed {
         let deadline = tokio::time::Instant::now() + OPEN_TIMEOUT;
