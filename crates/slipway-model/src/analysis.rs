@@ -11,6 +11,20 @@
 //! canary-vs-stable comparison is a one-sided Mann-Whitney U test on latency samples from
 //! the same window (as Kayenta does): "is the canary slower than stable?".
 //!
+//! The builtin `error-rate` is judged as a proportion, not a raw ratio: it fails only when
+//! the counts make it confident (the metric's `confidence`, default
+//! [`DEFAULT_CONFIDENCE`]) that the canary's *true* error rate is above `max` (below
+//! `min`) — a one-sided exact binomial test ([`binomial_p_greater`], [`binomial_p_less`]),
+//! on the window and on the analysis's accumulated counts ([`AnalysisState::canary`],
+//! cleared by a failed measurement so one bad stretch is counted once).
+//! Why: a raw `errors/requests > max` over a window of 50 requests fires now and then on a
+//! healthy canary (at a 1 % true rate, 3 errors of 50 — "6 %" — happen 1.4 % of the time),
+//! and each such window is a rollback with `failure_limit: 0`. Argo Rollouts and Flagger
+//! judge the raw ratio and leave the noise to `failureLimit`/`threshold` counts; Kayenta
+//! judges with a statistical test, as here. A hard failure (every request an error) still
+//! fails on its first window of `min_samples` (p = max^n), and the accumulated counts
+//! catch a moderate rate (10 % against 5 %) a single short window cannot yet prove.
+//!
 //! The test judges at most [`MAX_COMPARE_SAMPLES`] samples per side. A side with more is
 //! reduced by reservoir sampling (Algorithm R, [`reservoir`]) with a fixed seed: every
 //! sample has the same chance to be judged whatever its position or size, so no part of a
@@ -184,6 +198,78 @@ pub fn mann_whitney_greater(canary: &[f64], stable: &[f64]) -> Option<f64> {
     .filter(|p| p.is_finite())
 }
 
+/// Requests and errors of the canary's own traffic.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    /// Requests completed.
+    pub requests: u64,
+    /// Of which errors (5xx and proxy-level failures).
+    pub errors: u64,
+}
+
+impl Counts {
+    /// The sum of two counts (saturating: a counter never wraps into a small number).
+    #[must_use]
+    pub fn plus(self, other: Self) -> Self {
+        Self {
+            requests: self.requests.saturating_add(other.requests),
+            errors: self.errors.saturating_add(other.errors),
+        }
+    }
+
+    fn of(v: &VersionWindow) -> Self {
+        Self {
+            requests: v.requests,
+            errors: v.errors.min(v.requests),
+        }
+    }
+
+    fn describe(self) -> String {
+        format!("{} errors of {} requests", self.errors, self.requests)
+    }
+}
+
+/// One-sided exact binomial test, alternative "the true rate is above `rate`": the p-value
+/// P(X ≥ `errors`) for X ~ Binomial(`requests`, `rate`) — scipy's
+/// `binomtest(errors, requests, rate, alternative='greater').pvalue`. `None` when `rate`
+/// is not a probability or `errors > requests`.
+pub fn binomial_p_greater(errors: u64, requests: u64, rate: f64) -> Option<f64> {
+    use statrs::distribution::{Binomial, DiscreteCDF};
+    if errors > requests || !(0.0..=1.0).contains(&rate) {
+        return None;
+    }
+    if errors == 0 {
+        return Some(1.0);
+    }
+    // The edges exactly, rather than through the incomplete beta function.
+    if rate == 0.0 {
+        return Some(0.0);
+    }
+    if rate == 1.0 {
+        return Some(1.0);
+    }
+    let b = Binomial::new(rate, requests).ok()?;
+    Some(b.sf(errors - 1).clamp(0.0, 1.0))
+}
+
+/// One-sided exact binomial test, alternative "the true rate is below `rate`": the p-value
+/// P(X ≤ `errors`) for X ~ Binomial(`requests`, `rate`) — scipy's
+/// `binomtest(errors, requests, rate, alternative='less').pvalue`.
+pub fn binomial_p_less(errors: u64, requests: u64, rate: f64) -> Option<f64> {
+    use statrs::distribution::{Binomial, DiscreteCDF};
+    if errors > requests || !(0.0..=1.0).contains(&rate) {
+        return None;
+    }
+    if errors == requests || rate == 0.0 {
+        return Some(1.0);
+    }
+    if rate == 1.0 {
+        return Some(0.0);
+    }
+    let b = Binomial::new(rate, requests).ok()?;
+    Some(b.cdf(errors).clamp(0.0, 1.0))
+}
+
 /// Phase of a metric, a measurement or a whole analysis.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -288,6 +374,25 @@ pub struct AnalysisState {
     pub consecutive_errors: u32,
     /// The last measurement.
     pub last: Option<Measurement>,
+    /// The canary's own requests and errors over the windows measured since the analysis
+    /// began or last failed a measurement: what the builtin `error-rate` judges beside the
+    /// window itself ([`AnalysisState::observe`]).
+    #[serde(default)]
+    pub canary: Counts,
+}
+
+impl AnalysisState {
+    /// After [`record`]: add a judged window's canary traffic to the accumulated counts
+    /// — or, when its measurement failed, clear them. Why clear: that evidence has been
+    /// counted once against `failure_limit`, and a next failure must rest on new traffic
+    /// (otherwise one bad window would fail every measurement after it).
+    pub fn observe(&mut self, w: &Window) {
+        self.canary = if self.last.as_ref().is_some_and(|m| m.phase == Phase::Failed) {
+            Counts::default()
+        } else {
+            self.canary.plus(Counts::of(&w.canary))
+        };
+    }
 }
 
 /// The limits of a template with defaults applied.
@@ -429,8 +534,19 @@ fn threshold_text(m: &Metric) -> String {
     parts.join(", ")
 }
 
-/// Measure one builtin metric on a window.
+/// Measure one builtin metric on a window alone (no earlier windows of the analysis).
 pub fn measure_builtin(metric: &Metric, w: &Window, limits: &Limits) -> MetricResult {
+    measure_builtin_over(metric, w, Counts::default(), limits)
+}
+
+/// Measure one builtin metric on a window; `before` is the canary's traffic in the
+/// analysis's earlier windows ([`AnalysisState::canary`]), which `error-rate` also judges.
+pub fn measure_builtin_over(
+    metric: &Metric,
+    w: &Window,
+    before: Counts,
+    limits: &Limits,
+) -> MetricResult {
     let c = &w.canary;
     let insufficient = |have: u64, who: &str| MetricResult {
         metric: metric.name.clone(),
@@ -450,7 +566,7 @@ pub fn measure_builtin(metric: &Metric, w: &Window, limits: &Limits) -> MetricRe
             judge_value(metric, rate, "")
         }
         _ if c.requests < limits.min_samples => insufficient(c.requests, "the canary"),
-        "error-rate" => judge_value(metric, Some(c.errors as f64 / c.requests as f64), "%"),
+        "error-rate" => judge_error_rate(metric, Counts::of(c), before),
         "p50-latency" => judge_value(metric, c.p50_ms, "ms"),
         "p95-latency" => judge_value(metric, c.p95_ms, "ms"),
         "p99-latency" => judge_value(metric, c.p99_ms, "ms"),
@@ -479,6 +595,78 @@ pub fn measure_builtin(metric: &Metric, w: &Window, limits: &Limits) -> MetricRe
             query: None,
             sampled: None,
         },
+    }
+}
+
+/// The builtin `error-rate` of a window with requests: Failed only when a one-sided exact
+/// binomial test is confident (at the metric's `confidence`) that the true rate is above
+/// `max` (or below `min`), on the window or on the analysis's counts so far (`before` plus
+/// the window). `value` is the window's observed rate; `detail` names what was tested.
+fn judge_error_rate(metric: &Metric, window: Counts, before: Counts) -> MetricResult {
+    if window.requests == 0 {
+        return judge_value(metric, None, "%");
+    }
+    let confidence = metric.confidence.unwrap_or(DEFAULT_CONFIDENCE);
+    let alpha = 1.0 - confidence;
+    let rate = |c: Counts| c.errors as f64 / c.requests as f64;
+    let bound = |b: &Option<crate::spec::Scalar>| {
+        b.as_ref()
+            .and_then(|x| threshold_value(metric, x.as_str()))
+            .map(|x| x.clamp(0.0, 1.0))
+    };
+    let total = before.plus(window);
+    // The window alone, then (once earlier windows exist) everything the analysis saw.
+    let mut scopes = vec![("in this window", window)];
+    if before.requests > 0 {
+        scopes.push(("over the analysis so far", total));
+    }
+    let mut tested = Vec::new();
+    let mut failed = None;
+    type Test = fn(u64, u64, f64) -> Option<f64>;
+    let sides: [(Option<f64>, &str, &str, Test); 2] = [
+        (bound(&metric.max), "above max", "above", binomial_p_greater),
+        (bound(&metric.min), "below min", "below", binomial_p_less),
+    ];
+    for (limit, words, side, test) in sides {
+        let Some(limit) = limit else { continue };
+        for (scope, c) in &scopes {
+            let Some(p) = test(c.errors, c.requests, limit) else {
+                continue;
+            };
+            tested.push(format!("{scope} {}: p = {p:.3e}", c.describe()));
+            if p < alpha && failed.is_none() {
+                failed = Some(format!(
+                    "{} = {} {words} {} {scope} ({}; one-sided exact binomial test that the true rate is {side} {}: p = {p:.3e} < α = {alpha:.3}, confidence {confidence})",
+                    metric.name,
+                    fmt(rate(*c), "%"),
+                    fmt(limit, "%"),
+                    c.describe(),
+                    fmt(limit, "%"),
+                ));
+            }
+        }
+    }
+    let threshold = threshold_text(metric);
+    let (phase, detail) = match failed {
+        Some(d) => (Phase::Failed, d),
+        None => (
+            Phase::Successful,
+            format!(
+                "{} = {} within {threshold}: not confident at {confidence} that the true rate is outside it (one-sided exact binomial test, α = {alpha:.3}; {})",
+                metric.name,
+                fmt(rate(window), "%"),
+                tested.join("; ")
+            ),
+        ),
+    };
+    MetricResult {
+        metric: metric.name.clone(),
+        phase,
+        value: Some(rate(window)),
+        threshold,
+        detail,
+        query: None,
+        sampled: None,
     }
 }
 
@@ -699,6 +887,115 @@ mod tests {
         let r = measure_builtin(&metric("error-rate", Some("0.01")), &w, &limits());
         assert_eq!(r.phase, Phase::Failed);
         assert_eq!(r.value, Some(1.0));
+    }
+
+    fn counts(requests: u64, errors: u64) -> Window {
+        Window {
+            canary: VersionWindow {
+                requests,
+                errors,
+                seconds: 1.0,
+                ..VersionWindow::default()
+            },
+            ..Window::default()
+        }
+    }
+
+    #[test]
+    fn one_unlucky_window_is_not_a_failure_but_a_confident_one_is() {
+        let m = Metric {
+            confidence: None,
+            ..metric("error-rate", Some("0.05"))
+        };
+        // 3 of 50 (6 %) happens 1.4 % of the time at a true 1 %: the raw ratio failed it.
+        let r = measure_builtin(&m, &counts(50, 3), &limits());
+        assert_eq!(r.phase, Phase::Successful, "{}", r.detail);
+        assert_eq!(r.value, Some(0.06));
+        assert!(r.detail.contains("3 errors of 50 requests"), "{}", r.detail);
+        assert!(r.detail.contains("p = 4.595e-1"), "{}", r.detail);
+        // 6 of 50: P(X ≥ 6 | 50, 5 %) = 0.038 < 0.05.
+        let r = measure_builtin(&m, &counts(50, 6), &limits());
+        assert_eq!(r.phase, Phase::Failed, "{}", r.detail);
+        assert!(
+            r.detail.contains("above max 5.00% in this window"),
+            "{}",
+            r.detail
+        );
+        assert!(
+            r.detail.contains("p = 3.778e-2 < α = 0.050"),
+            "{}",
+            r.detail
+        );
+        // A hard failure fails on its first window of min_samples.
+        let r = measure_builtin(&m, &counts(50, 50), &limits());
+        assert_eq!(r.phase, Phase::Failed, "{}", r.detail);
+        assert_eq!(r.value, Some(1.0));
+    }
+
+    #[test]
+    fn the_analysis_counts_so_far_prove_what_one_window_cannot() {
+        let m = metric("error-rate", Some("0.05"));
+        // 10 % in every window: 10 of 100 is not proof at 0.98, 50 of 500 is.
+        let w = counts(100, 10);
+        assert_eq!(measure_builtin(&m, &w, &limits()).phase, Phase::Successful);
+        let before = Counts {
+            requests: 400,
+            errors: 40,
+        };
+        let r = measure_builtin_over(&m, &w, before, &limits());
+        assert_eq!(r.phase, Phase::Failed, "{}", r.detail);
+        assert!(
+            r.detail
+                .contains("10.00% above max 5.00% over the analysis so far (50 errors of 500"),
+            "{}",
+            r.detail
+        );
+        assert_eq!(r.value, Some(0.1), "the value stays the window's rate");
+        // The state accumulates what the controller measured, until a failed measurement.
+        let mut s = AnalysisState::default();
+        let l = limits();
+        let ok = || combine(vec![measure_builtin(&m, &counts(1, 0), &l)]);
+        record(&mut s, ok(), &l);
+        s.observe(&w);
+        record(&mut s, ok(), &l);
+        s.observe(&counts(50, 60)); // a counter glitch: never more errors than requests
+        assert_eq!(
+            s.canary,
+            Counts {
+                requests: 150,
+                errors: 60
+            }
+        );
+        record(&mut s, combine(vec![r]), &l);
+        s.observe(&w);
+        assert_eq!(s.canary, Counts::default(), "spent on the failure");
+    }
+
+    #[test]
+    fn a_min_is_judged_the_same_way() {
+        let m = Metric {
+            max: None,
+            min: Some(Scalar("0.05".into())),
+            ..metric("error-rate", None)
+        };
+        // P(X ≤ 0 | 100, 5 %) = 0.0059 < 0.02; P(X ≤ 2 | 100, 5 %) = 0.118.
+        let r = measure_builtin(&m, &counts(100, 0), &limits());
+        assert_eq!(r.phase, Phase::Failed, "{}", r.detail);
+        assert!(r.detail.contains("below min 5.00%"), "{}", r.detail);
+        let r = measure_builtin(&m, &counts(100, 2), &limits());
+        assert_eq!(r.phase, Phase::Successful, "{}", r.detail);
+    }
+
+    #[test]
+    fn binomial_p_values_at_the_edges() {
+        assert_eq!(binomial_p_greater(0, 10, 0.3), Some(1.0));
+        assert_eq!(binomial_p_greater(1, 10, 0.0), Some(0.0));
+        assert_eq!(binomial_p_greater(10, 10, 1.0), Some(1.0));
+        assert_eq!(binomial_p_less(10, 10, 0.3), Some(1.0));
+        assert_eq!(binomial_p_less(0, 10, 1.0), Some(0.0));
+        assert_eq!(binomial_p_greater(11, 10, 0.3), None);
+        assert_eq!(binomial_p_less(1, 10, 1.5), None);
+        assert_eq!(binomial_p_greater(1, 10, f64::NAN), None);
     }
 
     #[test]

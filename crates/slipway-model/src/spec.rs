@@ -1198,16 +1198,21 @@ pub struct Metric {
     /// Provider query (PromQL for Prometheus, a JSON pointer for HTTP).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub query: Option<String>,
-    /// Fails when the value is above this (a number, or a duration for latencies).
+    /// Fails when the value is above this (a number, or a duration for latencies). For
+    /// the builtin `error-rate`: fails only when a one-sided exact binomial test is
+    /// confident (`confidence`) that the canary's true error rate is above this, on the
+    /// window or on the analysis's counts so far — not on one window's raw ratio.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max: Option<Scalar>,
-    /// Fails when the value is below this.
+    /// Fails when the value is below this (the builtin `error-rate`: when confidently
+    /// below, as for `max`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min: Option<Scalar>,
     /// Statistical comparison of canary vs stable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compare: Option<Comparison>,
-    /// Confidence for `compare`, e.g. `0.98` (between 0 and 1, both excluded).
+    /// Confidence for `compare` and for the builtin `error-rate`'s tests, e.g. `0.98`
+    /// (between 0 and 1, both excluded; default 0.95).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("exclusiveMinimum" = 0, "exclusiveMaximum" = 1))]
     pub confidence: Option<f64>,

@@ -8,9 +8,18 @@
 //! (the p-values must agree), and for the scenarios the sampling exists for (a late
 //! regression, a slower half, equal distributions of different sizes) Slipway's verdict on
 //! its sample must be scipy's verdict on *all* samples.
+//!
+//! The builtin `error-rate` judge's one-sided exact binomial tests against
+//! `scipy.stats.binomtest(k, n, p, alternative='greater'|'less')` on generated counts, and
+//! the judge's verdict (through `measure_builtin`) against scipy's p-value at the metric's
+//! confidence.
 
 use serde_json::json;
-use slipway_model::analysis::{MAX_COMPARE_SAMPLES, SAMPLE_SEED, mann_whitney_greater, reservoir};
+use slipway_model::analysis::{
+    Limits, MAX_COMPARE_SAMPLES, Phase, SAMPLE_SEED, VersionWindow, Window, binomial_p_greater,
+    binomial_p_less, mann_whitney_greater, measure_builtin, reservoir,
+};
+use slipway_model::spec::{Metric, Scalar};
 
 use crate::reference;
 
@@ -182,4 +191,153 @@ fn verdicts_on_a_uniform_sample_match_scipy_on_all_samples() {
             "{name}: Slipway on its sample p = {ours:e}, scipy on all p = {p_all:e}"
         );
     }
+}
+
+const SCIPY_BINOM: &str = r#"
+import json, sys
+from scipy.stats import binomtest
+out = []
+for k, n, p in json.load(sys.stdin):
+    out.append([float(binomtest(k, n, p, alternative="greater").pvalue),
+                float(binomtest(k, n, p, alternative="less").pvalue)])
+print(json.dumps(out))
+"#;
+
+/// Generated (errors, requests, rate) cases: window-sized and analysis-sized counts,
+/// rates from rare to even, errors around, far below and far above the expected count,
+/// and the edges (no error, every request an error, one request).
+fn binomial_cases() -> Vec<(u64, u64, f64)> {
+    let mut g = Gen(0xb1_0a1a_1715);
+    let mut cases = Vec::new();
+    for i in 0..400 {
+        let n = match i % 4 {
+            0 => 1 + g.below(60),
+            1 => 50 + g.below(150),
+            2 => 200 + g.below(2_000),
+            _ => 5_000 + g.below(50_000),
+        };
+        let p = [0.001, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 0.9][g.below(8) as usize];
+        let k = match g.below(5) {
+            0 => 0,
+            1 => n,
+            2 => g.below(n + 1),
+            // Around the expected count, where verdicts flip.
+            _ => {
+                let mean = (n as f64 * p).round() as u64;
+                (mean + g.below(2 * (n as f64 * p).sqrt() as u64 + 4)).min(n)
+            }
+        };
+        cases.push((k, n, p));
+    }
+    cases.extend([
+        (0, 1, 0.05),
+        (1, 1, 0.05),
+        (3, 50, 0.05),
+        (6, 50, 0.05),
+        (50, 50, 0.05),
+    ]);
+    cases.extend([(10, 100, 0.05), (9, 100, 0.05), (1, 1_000_000, 0.000_001)]);
+    cases
+}
+
+fn scipy_binom(cases: &[(u64, u64, f64)]) -> Vec<[f64; 2]> {
+    let input: Vec<_> = cases.iter().map(|(k, n, p)| json!([k, n, p])).collect();
+    let out = reference::python(SCIPY_BINOM, &serde_json::to_string(&input).unwrap());
+    serde_json::from_str(out.trim()).unwrap()
+}
+
+fn close_binom(ours: f64, theirs: f64) -> bool {
+    // Both go through the regularised incomplete beta function (scipy's binom.sf/cdf,
+    // statrs's beta_reg): agreement to ~1e-9 relative, absolute far in the tail.
+    (ours - theirs).abs() <= 1e-12 + 1e-8 * theirs.abs()
+}
+
+#[test]
+fn binomial_p_values_match_scipy_binomtest() {
+    if !scipy_available() {
+        return;
+    }
+    let cases = binomial_cases();
+    let theirs = scipy_binom(&cases);
+    assert_eq!(theirs.len(), cases.len());
+    for ((k, n, p), [greater, less]) in cases.iter().zip(&theirs) {
+        let ours_g = binomial_p_greater(*k, *n, *p).expect("p-value");
+        let ours_l = binomial_p_less(*k, *n, *p).expect("p-value");
+        assert!(
+            close_binom(ours_g, *greater),
+            "k = {k}, n = {n}, p = {p}: greater: Slipway {ours_g:e}, scipy {greater:e}"
+        );
+        assert!(
+            close_binom(ours_l, *less),
+            "k = {k}, n = {n}, p = {p}: less: Slipway {ours_l:e}, scipy {less:e}"
+        );
+    }
+}
+
+#[test]
+fn error_rate_verdicts_match_scipy_binomtest() {
+    if !scipy_available() {
+        return;
+    }
+    let cases = binomial_cases();
+    let theirs = scipy_binom(&cases);
+    let limits = Limits {
+        interval_ms: 1000,
+        min_samples: 1,
+        failure_limit: 0,
+        inconclusive_limit: 0,
+        consecutive_error_limit: 4,
+    };
+    let (mut failed, mut passed) = (0, 0);
+    for ((k, n, p), [greater, less]) in cases.iter().zip(&theirs) {
+        for confidence in [0.9, 0.95, 0.99] {
+            let alpha: f64 = 1.0 - confidence;
+            // A p-value within rounding of α has no well-defined verdict to compare.
+            if (greater - alpha).abs() < 1e-9 || (less - alpha).abs() < 1e-9 {
+                continue;
+            }
+            let w = Window {
+                canary: VersionWindow {
+                    requests: *n,
+                    errors: *k,
+                    seconds: 1.0,
+                    ..VersionWindow::default()
+                },
+                ..Window::default()
+            };
+            for (max, min, reference) in [
+                (Some(p.to_string()), None, *greater),
+                (None, Some(p.to_string()), *less),
+            ] {
+                let m = Metric {
+                    name: "error-rate".into(),
+                    provider: "builtin".into(),
+                    query: None,
+                    max: max.map(Scalar),
+                    min: min.map(Scalar),
+                    compare: None,
+                    confidence: Some(confidence),
+                };
+                let r = measure_builtin(&m, &w, &limits);
+                let expected = if reference < alpha {
+                    failed += 1;
+                    Phase::Failed
+                } else {
+                    passed += 1;
+                    Phase::Successful
+                };
+                assert_eq!(
+                    r.phase, expected,
+                    "k = {k}, n = {n}, {m:?}: scipy p = {reference:e}; {}",
+                    r.detail
+                );
+                assert_eq!(r.value, Some(*k as f64 / *n as f64));
+            }
+        }
+    }
+    // Both verdicts well represented among the cases.
+    assert!(
+        failed > 300 && passed > 300,
+        "{failed} failed, {passed} passed"
+    );
 }

@@ -10,6 +10,7 @@
 )]
 
 mod digest;
+mod error_rate;
 mod fuzz;
 mod malformed;
 mod plans;

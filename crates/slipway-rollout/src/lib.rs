@@ -335,17 +335,19 @@ impl<'a> Judge<'a> {
             .collect()
     }
 
-    /// Judge one measurement: builtin metrics on the window, external ones on what their
+    /// Judge one measurement: builtin metrics on the window (`error-rate` also on the
+    /// canary's counts of the analysis's earlier windows), external ones on what their
     /// providers answered (`asked`, in the order of [`Self::external`]).
     fn measure(&mut self, w: &Window, asked: Vec<Asked>) -> (Measurement, Phase) {
         let mut asked = asked.into_iter();
+        let before = self.state.canary;
         let results = self
             .template
             .metrics
             .iter()
             .map(|m| {
                 if m.provider == "builtin" {
-                    return analysis::measure_builtin(m, w, &self.limits);
+                    return analysis::measure_builtin_over(m, w, before, &self.limits);
                 }
                 match asked.next() {
                     Some(a) => analysis::judge_reading(m, &a.source, &a.query, a.reading),
@@ -362,6 +364,7 @@ impl<'a> Judge<'a> {
             .collect();
         let m = analysis::combine(results);
         let phase = analysis::record(&mut self.state, m.clone(), &self.limits);
+        self.state.observe(w);
         (m, phase)
     }
 }
