@@ -99,13 +99,14 @@ enum Until {
 
 fn templates(
     metrics: Vec<Metric>,
+    interval: &str,
     min_samples: u64,
     until: Until,
 ) -> BTreeMap<String, AnalysisTemplate> {
     BTreeMap::from([(
         "golden".to_owned(),
         AnalysisTemplate {
-            interval: Some("250ms".into()),
+            interval: Some(interval.into()),
             min_samples: Some(min_samples),
             failure_limit: Some(0),
             inconclusive_limit: Some(match until {
@@ -169,7 +170,7 @@ async fn canary(
     canary_args: &str,
     metrics: Vec<Metric>,
     rate: u32,
-    min_samples: u64,
+    (interval, min_samples): (&str, u64),
     until: Until,
 ) -> Run {
     let dir = tempfile::tempdir().unwrap();
@@ -193,7 +194,7 @@ async fn canary(
     let traffic = Traffic::start(proxy.local_addr(), "/", rate, 16);
     let router = BuiltinRouter::new(proxy.clone());
     let canary_t = target(dir.path(), canary_args);
-    let templates = templates(metrics, min_samples, until);
+    let templates = templates(metrics, interval, min_samples, until);
     let steps = steps(match until {
         Until::TwoSeconds => Some("2s"),
         Until::Conclusive => None,
@@ -272,7 +273,7 @@ async fn a_good_canary_is_promoted_and_the_old_stable_stopped() {
             metric("p99-latency", Some("500ms")),
         ],
         400,
-        5,
+        ("250ms", 5),
         Until::Conclusive,
     )
     .await;
@@ -303,11 +304,16 @@ async fn a_good_canary_is_promoted_and_the_old_stable_stopped() {
 async fn a_canary_returning_errors_is_rolled_back_automatically() {
     // 20 % errors, evenly spread: far above the 5 % max for the interval analysis, while
     // the guard (which waits for a hard failure, half of all responses) lets it through.
+    // Windows of at least 50 canary requests (1 s at ~80 req/s): the error-rate judge
+    // fails only what a binomial test proves at 95 %, and the ~20 requests of a 250 ms
+    // window may hold 3 errors, no proof of a rate above 5 % (p = 0.075), while 50
+    // requests at 20 % (10 errors, p < 0.001) are. Until then a window short of
+    // 50 is inconclusive and the analysis keeps measuring, however slow this machine.
     let run = canary(
         "--error-rate 0.2",
         vec![metric("error-rate", Some("0.05"))],
         400,
-        20,
+        ("1s", 50),
         Until::Conclusive,
     )
     .await;
@@ -341,7 +347,7 @@ async fn a_slow_canary_is_rolled_back_on_latency() {
             metric("latency-vs-stable", None),
         ],
         300,
-        15,
+        ("250ms", 15),
         Until::Conclusive,
     )
     .await;
@@ -360,7 +366,7 @@ async fn too_little_traffic_is_inconclusive_and_pauses() {
         "",
         vec![metric("error-rate", Some("0.01"))],
         8,
-        20,
+        ("250ms", 20),
         Until::TwoSeconds,
     )
     .await;
@@ -448,7 +454,7 @@ async fn a_canary_failing_hard_is_cut_off_by_the_guard() {
         "--error-rate 1.0",
         vec![metric("error-rate", Some("0.05"))],
         400,
-        20,
+        ("250ms", 20),
         Until::TwoSeconds,
     )
     .await;
