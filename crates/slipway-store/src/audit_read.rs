@@ -63,15 +63,24 @@ pub(crate) struct AuditReader {
 #[derive(Debug)]
 struct Inner {
     path: PathBuf,
+    /// Reader threads to start: one per core.
+    threads: usize,
     /// The queue the threads take ranges from; `None` until the first read.
     jobs: Mutex<Option<Sender<Job>>>,
 }
 
 impl AuditReader {
     pub fn new(path: &Path) -> Self {
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 16));
+        Self::with_threads(path, threads)
+    }
+
+    /// A reader of `threads` threads (tests: one, so which connection reads is known).
+    fn with_threads(path: &Path, threads: usize) -> Self {
         Self {
             inner: Arc::new(Inner {
                 path: path.to_owned(),
+                threads,
                 jobs: Mutex::new(None),
             }),
         }
@@ -114,8 +123,7 @@ impl Inner {
     fn start(&self) -> Result<Sender<Job>, StoreError> {
         let (tx, rx) = channel();
         let rx = Arc::new(Mutex::new(rx));
-        let threads = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(1, 16));
-        for i in 0..threads {
+        for i in 0..self.threads {
             let (path, rx) = (self.path.clone(), Arc::clone(&rx));
             std::thread::Builder::new()
                 .name(format!("slipway-audit-read-{i}"))
@@ -262,4 +270,185 @@ fn check_range(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    //! A reader thread whose read fails on a real store file (pages of the audit table
+    //! corrupted in place under its open connection), with one thread so the connection
+    //! that reads after the failure is known to be the one it opened again.
+
+    use std::io::{Seek as _, SeekFrom, Write as _};
+
+    use slipway_engine::event::EngineEvent;
+    use slipway_engine::store::{JournalRecord, NewRun, Store as _};
+
+    use super::*;
+
+    fn record(n: i64, event: EngineEvent) -> JournalRecord {
+        JournalRecord {
+            run_id: "r1".into(),
+            digest: "d1".into(),
+            at: jiff::Timestamp::from_second(1_800_000_000 + n).unwrap(),
+            actor: "op-test".into(),
+            event,
+        }
+    }
+
+    /// A store file with one run and `n` step events (`n + 1` audit entries), its
+    /// writer closed and everything checkpointed into the file.
+    async fn store_file(dir: &Path, n: i64) -> PathBuf {
+        let path = dir.join("slipway.db");
+        let store = crate::SqliteStore::open(&path).await.unwrap();
+        store
+            .create_run(
+                NewRun {
+                    id: "r1".into(),
+                    plan_json: "{}".into(),
+                    digest: "d1".into(),
+                    release: "shop".into(),
+                    version: "1.0.0".into(),
+                    environment: "staging".into(),
+                    author: "op-test".into(),
+                    override_reason: None,
+                    created_at: jiff::Timestamp::from_second(1_800_000_000).unwrap(),
+                    workdir: "/tmp".into(),
+                },
+                record(
+                    0,
+                    EngineEvent::RunCreated {
+                        release: "shop".into(),
+                        version: "1.0.0".into(),
+                        environment: "staging".into(),
+                        digest: "d1".into(),
+                        override_freeze: None,
+                        plan_sha256: None,
+                        workdir: None,
+                    },
+                ),
+            )
+            .await
+            .unwrap();
+        for c in 0..n / 500 {
+            let batch = (0..500)
+                .map(|i| {
+                    let k = c * 500 + i;
+                    record(
+                        k + 1,
+                        EngineEvent::StepStarted {
+                            step: format!("svc/s{k}"),
+                            key: format!("k{k}"),
+                            attempt: 1,
+                        },
+                    )
+                })
+                .collect();
+            store.commit(batch).await.unwrap();
+        }
+        drop(store);
+        // Every page in the file itself, none left in the WAL, so the pages changed below
+        // are the ones read.
+        let conn = Connection::open(&path).unwrap();
+        conn.busy_timeout(Duration::from_secs(30)).unwrap();
+        let (busy, _, _): (i64, i64, i64) = conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .unwrap();
+        assert_eq!(busy, 0, "the checkpoint was blocked");
+        path
+    }
+
+    /// The leaf pages of the audit table but its first and last, in key order: (page
+    /// size, their page numbers).
+    fn middle_leaves(path: &Path) -> (u64, Vec<u64>) {
+        let conn = Connection::open(path).unwrap();
+        let size: i64 = conn
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .unwrap();
+        let mut st = conn
+            .prepare(
+                "SELECT pageno FROM dbstat WHERE name = 'audit' AND pagetype = 'leaf' ORDER BY path",
+            )
+            .unwrap();
+        let pages: Vec<i64> = st
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(pages.len() > 4, "{pages:?}");
+        let u = |n: i64| u64::try_from(n).unwrap();
+        (
+            u(size),
+            pages[1..pages.len() - 1].iter().map(|p| u(*p)).collect(),
+        )
+    }
+
+    /// Set the first byte (the b-tree page type) of each page to `byte`; returns what
+    /// each held. In place: the size of the file does not change (a file shrunk under a
+    /// reader's memory map is another failure, SIGBUS, not a read error).
+    fn set_page_type(path: &Path, size: u64, pages: &[u64], bytes: &[u8]) -> Vec<u8> {
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .unwrap();
+        let mut was = Vec::new();
+        for (p, b) in pages.iter().zip(bytes) {
+            use std::io::Read as _;
+            let at = (p - 1) * size;
+            let mut old = [0u8];
+            f.seek(SeekFrom::Start(at)).unwrap();
+            f.read_exact(&mut old).unwrap();
+            was.push(old[0]);
+            f.seek(SeekFrom::Start(at)).unwrap();
+            f.write_all(&[*b]).unwrap();
+        }
+        f.sync_all().unwrap();
+        was
+    }
+
+    async fn read(reader: &AuditReader, upto: i64) -> Result<Segment, StoreError> {
+        tokio::time::timeout(Duration::from_secs(60), reader.segment(0, upto, Vec::new()))
+            .await
+            .expect("a failed read is answered, never left waiting")
+    }
+
+    #[tokio::test]
+    async fn a_failed_read_names_the_store_and_the_connection_opened_again_reads_right() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = store_file(dir.path(), 3000).await;
+        let reader = AuditReader::with_threads(&path, 1);
+        let good = read(&reader, 3001).await.unwrap();
+        assert!(good.ok && good.rows == 3001, "{good:?}");
+
+        // Pages the open connection reads turn unreadable under it: the read fails,
+        // naming the store file and the range, and is never a pass.
+        let (size, pages) = middle_leaves(&path);
+        let was = set_page_type(&path, size, &pages, &vec![0xff; pages.len()]);
+        let err = read(&reader, 3001).await.unwrap_err().to_string();
+        assert!(
+            err.contains(&path.display().to_string()) && err.contains("entries 1..=3001"),
+            "{err}"
+        );
+        assert!(err.contains("malformed"), "{err}");
+
+        // The pages back as they were: the thread's next read is on a connection it
+        // opened again, and it reads the chain as before.
+        set_page_type(&path, size, &pages, &was);
+        let again = read(&reader, 3001).await.unwrap();
+        assert_eq!(again, good);
+
+        // And it judges an edit as the first connection would: the chain breaks there.
+        let writer = Connection::open(&path).unwrap();
+        writer
+            .execute(
+                "UPDATE audit SET actor = 'op-someone-else' WHERE seq = 1500",
+                [],
+            )
+            .unwrap();
+        let edited = read(&reader, 3001).await.unwrap();
+        assert!(!edited.ok, "{edited:?}");
+        assert_eq!(edited.rows, 1499, "{edited:?}");
+    }
 }

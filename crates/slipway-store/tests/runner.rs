@@ -15,6 +15,7 @@
 mod access;
 mod append_rows;
 mod archive;
+mod audit_read;
 mod check_gates;
 mod commits;
 mod common;
