@@ -117,8 +117,9 @@ pub enum EngineError {
         /// Run id.
         run: String,
     },
-    /// A step task panicked or was cancelled (a bug).
-    #[error("run a step task: {0}")]
+    /// A step or drive task panicked or was cancelled (a bug, or the runtime shutting
+    /// down).
+    #[error("run an engine task: {0}")]
     Task(String),
 }
 
@@ -638,7 +639,35 @@ impl Engine {
     /// Drive a run as far as it goes: through its gates, its waves, and rollback on
     /// failure. Resumes a paused run and recovers an interrupted one. `actor` is the
     /// pseudonymous id of whoever drives.
+    ///
+    /// The drive runs as a task of the runtime, not on the caller's thread. A caller that
+    /// `block_on`s it (the CLI, `#[tokio::main]`) would otherwise run the wave loop on a
+    /// thread of its own, so every step of a sequential service crossed threads twice more
+    /// (its task's end woke the caller's thread, whose next spawn woke a worker); as a
+    /// task, the loop wakes on the worker its step task ended on. Dropping this future
+    /// stops the drive as before: the task's `JoinSet` aborts it, as the wave's own set
+    /// aborts its step tasks. A panic in the drive is resumed here.
     pub async fn drive(
+        &self,
+        run_id: &str,
+        actor: &str,
+        opts: DriveOptions,
+    ) -> Result<DriveOutcome, EngineError> {
+        let this = self.clone();
+        let (run_id, actor) = (run_id.to_owned(), actor.to_owned());
+        let mut task = JoinSet::new();
+        task.spawn(async move { this.drive_here(&run_id, &actor, opts).await });
+        match task.join_next().await {
+            Some(Ok(outcome)) => outcome,
+            Some(Err(e)) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Some(Err(e)) => Err(EngineError::Task(format!("the drive: {e}"))),
+            // One task was spawned just above.
+            None => Err(EngineError::Task("the drive task was not spawned".into())),
+        }
+    }
+
+    /// [`Engine::drive`], on the task that polls it.
+    async fn drive_here(
         &self,
         run_id: &str,
         actor: &str,
