@@ -20,6 +20,7 @@ mod check_gates;
 mod commits;
 mod common;
 mod compat;
+mod drive_task;
 mod engine;
 mod journal;
 mod latest_runs;
