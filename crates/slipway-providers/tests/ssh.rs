@@ -267,6 +267,27 @@ fn host_dirs(fleet: &Fleet) -> (Inventory, Vec<std::path::PathBuf>) {
     (inv, roots)
 }
 
+/// One sshd host, its directory ([`host_dirs`]) and a target over it: what the
+/// single-host tests start from. Keep `fleet` bound (`_fleet`): dropped, it stops the host.
+struct OneHost {
+    fleet: Fleet,
+    inv: Inventory,
+    root: std::path::PathBuf,
+    target: SshTarget,
+}
+
+fn one_host() -> OneHost {
+    let fleet = Fleet::start(1);
+    let (inv, mut roots) = host_dirs(&fleet);
+    let target = SshTarget::new(&inv, None, None, None).unwrap();
+    OneHost {
+        fleet,
+        inv,
+        root: roots.remove(0),
+        target,
+    }
+}
+
 #[tokio::test]
 async fn the_target_applies_observes_and_undoes_on_every_host() {
     let fleet = Fleet::start(3);
@@ -639,9 +660,12 @@ async fn an_undo_outlives_a_dropped_connection_and_observe_undo_waits_for_it() {
 
 #[tokio::test]
 async fn a_step_past_its_timeout_is_killed_on_the_host_and_leaves_no_marker() {
-    let fleet = Fleet::start(1);
-    let (inv, roots) = host_dirs(&fleet);
-    let target = SshTarget::new(&inv, None, None, None).unwrap();
+    let OneHost {
+        fleet: _fleet,
+        root,
+        target,
+        ..
+    } = one_host();
     let action = StepAction::Exec(ExecStep {
         name: "install".into(),
         run: "echo begun; sleep 30; touch app.txt".into(),
@@ -657,13 +681,13 @@ async fn a_step_past_its_timeout_is_killed_on_the_host_and_leaves_no_marker() {
     };
     assert!(message.contains("timed out after 1s"), "{message}");
     assert!(output.stdout.contains("[host1] begun"), "{output:?}");
-    assert!(!roots[0].join("state/markers/run6/key-install").exists());
+    assert!(!root.join("state/markers/run6/key-install").exists());
     // Killed there: the sleep did not go on to create the file (its lock is free again).
     assert!(matches!(
         target.observe(&c, &action).await.unwrap(),
         Observation::NotDone { .. }
     ));
-    assert!(!roots[0].join("app.txt").exists());
+    assert!(!root.join("app.txt").exists());
 }
 
 /// One handshake per host per run, not per step: a target keeps its sessions between
@@ -749,12 +773,15 @@ async fn a_step_whose_channel_does_not_open_logs_in_again_and_runs_once() {
 /// goes on to the end on the host, once, and its marker shows it done.
 #[tokio::test]
 async fn a_connection_dropped_after_the_channel_opened_does_not_start_the_step_again() {
-    let fleet = Fleet::start(1);
-    let (inv, roots) = host_dirs(&fleet);
-    let target = SshTarget::new(&inv, None, None, None).unwrap();
+    let OneHost {
+        fleet,
+        root,
+        target,
+        ..
+    } = one_host();
     let action = exec_step("touch started; sleep 1; echo x >> runs", None);
     let (c, _rx) = ctx("run11", "install");
-    let started = roots[0].join("started");
+    let started = root.join("started");
     let apply = target.apply(&c, &action);
     tokio::pin!(apply);
     tokio::select! {
@@ -767,10 +794,7 @@ async fn a_connection_dropped_after_the_channel_opened_does_not_start_the_step_a
     // `observe` waits for the attempt still running on the host and finds its marker.
     let seen = target.observe(&c, &action).await.unwrap();
     assert!(matches!(seen, Observation::Done { .. }), "{seen:?}");
-    assert_eq!(
-        std::fs::read_to_string(roots[0].join("runs")).unwrap(),
-        "x\n"
-    );
+    assert_eq!(std::fs::read_to_string(root.join("runs")).unwrap(), "x\n");
     assert_eq!(fleet.hosts[0].logins(), 2);
 }
 
@@ -1187,10 +1211,13 @@ fn vias(r: &[serde_json::Value]) -> Vec<(String, String)> {
 /// (a new process) observes the step done.
 #[tokio::test]
 async fn a_step_helper_killed_mid_step_runs_the_step_once_and_the_run_goes_on() {
-    let fleet = Fleet::start(1);
-    let (inv, roots) = host_dirs(&fleet);
-    let root = &roots[0];
-    let target = SshTarget::new(&inv, None, None, None).unwrap();
+    let OneHost {
+        fleet,
+        inv,
+        root,
+        target,
+    } = one_host();
+    let root = &root;
     let (c, mut rx) = ctx("run20", "one");
     target
         .apply(&c, &exec_step("echo x >> one", None))
@@ -1260,10 +1287,13 @@ async fn a_step_helper_killed_mid_step_runs_the_step_once_and_the_run_goes_on() 
 /// new helper for the next step.
 #[tokio::test]
 async fn a_connection_dropped_while_the_helper_runs_a_step_does_not_start_it_again() {
-    let fleet = Fleet::start(1);
-    let (inv, roots) = host_dirs(&fleet);
-    let root = &roots[0];
-    let target = SshTarget::new(&inv, None, None, None).unwrap();
+    let OneHost {
+        fleet,
+        inv,
+        root,
+        target,
+    } = one_host();
+    let root = &root;
     let (c, _rx) = ctx("run21", "one");
     target
         .apply(&c, &exec_step("echo x >> one", None))
@@ -1324,10 +1354,13 @@ async fn a_connection_dropped_while_the_helper_runs_a_step_does_not_start_it_aga
 /// the helper takes the next step.
 #[tokio::test]
 async fn a_step_that_prints_a_lot_does_not_block_the_helper() {
-    let fleet = Fleet::start(1);
-    let (inv, roots) = host_dirs(&fleet);
-    let root = &roots[0];
-    let target = SshTarget::new(&inv, None, None, None).unwrap();
+    let OneHost {
+        fleet: _fleet,
+        root,
+        target,
+        ..
+    } = one_host();
+    let root = &root;
     let (c, mut rx) = ctx("run22", "loud");
     let applied = target
         .apply(
