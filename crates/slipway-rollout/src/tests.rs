@@ -314,6 +314,50 @@ async fn a_failing_canary_rolls_back_naming_metric_value_and_threshold() {
     );
 }
 
+/// The controller judges `error-rate` on the canary's counts of the whole analysis, not
+/// only the window: the first window is too small to judge (10 requests, min_samples 20:
+/// inconclusive, tolerated once) but 9 of them failed; the second, 1 error of 20, proves
+/// nothing alone (p = 0.64), while the two together, 10 of 30 at max 5 %, do.
+#[tokio::test]
+async fn error_rate_is_judged_on_the_analysis_counts_as_well_as_the_window() {
+    let steps = vec![
+        CanaryStep {
+            set_weight: Some(10),
+            ..Default::default()
+        },
+        CanaryStep {
+            // No duration: the analysis ends at its first conclusive measurement, so
+            // the verdict does not depend on how many windows fit in a wall-clock span.
+            analysis: Some(AnalysisStep {
+                template: "t".into(),
+                duration: None,
+            }),
+            ..Default::default()
+        },
+    ];
+    let (outcome, _, _) = drive_full(
+        vec![(10, 9), (20, 1)],
+        template(0),
+        true,
+        None,
+        false,
+        steps,
+    )
+    .await;
+    let Outcome::RolledBack {
+        reason,
+        measurements,
+    } = outcome
+    else {
+        panic!("{outcome:?}")
+    };
+    assert!(
+        reason.contains("above max 5.00% over the analysis so far (10 errors of 30 requests"),
+        "{reason}"
+    );
+    assert_eq!(measurements.len(), 2);
+}
+
 #[tokio::test]
 async fn failure_limit_tolerates_that_many_failed_measurements() {
     let (outcome, _, _) = drive(
