@@ -110,9 +110,9 @@ async fn round(bin: &str, rate: u32, fail_after: Option<u64>, baseline: f64) -> 
         "fast".to_owned(),
         AnalysisTemplate {
             // A realistic interval analysis (a measurement a second, at least 50 canary
-            // responses each): with a 1 % baseline, 100 ms windows of ~10 responses would
-            // fail on a single error. A hard failure is the guard's to catch, on every
-            // response in the proxy.
+            // responses each), judged by a binomial test at 95 % (a 1 % baseline is not
+            // a rate above 5 %; a raw ratio on windows this short failed now and then). A
+            // hard failure is the guard's to catch, on every response in the proxy.
             interval: Some("1s".into()),
             min_samples: Some(50),
             failure_limit: Some(0),
