@@ -6,7 +6,8 @@
 //! no detector can prevent (the figure before 2026-12-06 counted only this total, so a
 //! round's two or three noise errors read as slow detection). Then HEALTHY rounds where stable and canary both fail a realistic BASELINE
 //! fraction of requests independently (seeded, as real errors arrive): every one must
-//! promote (a rollback there is a false rollback).
+//! promote (a rollback there is a false rollback; a pause, an analysis left without one
+//! conclusive measurement, is counted apart).
 //!
 //! Usage: `cargo run --release -p slipway-providers --example detection -- [ROUNDS] [RATE]
 //! [HEALTHY] [BASELINE]` (defaults 5, 1000, 0, 0.01; needs the demo-app binary: `cargo
@@ -215,7 +216,15 @@ async fn round(bin: &str, rate: u32, fail_after: Option<u64>, baseline: f64) -> 
             canary_t.stop_instances(instances).await;
             "promoted".to_owned()
         }
-        other => format!("{other:?}"),
+        Outcome::Paused { reason } => {
+            // A pause leaves the canary's instances up, waiting for a human: stop them, or
+            // they outlive the round (and the benchmark).
+            // (Stable and canary share the state dir: only the candidate's.)
+            let mut canary_left = canary_t.running("api").alive;
+            canary_left.retain(|i| i.version == "2.0.0");
+            canary_t.stop_instances(&canary_left).await;
+            format!("paused: {reason}")
+        }
     };
     let canary = proxy.snapshot().version(Version::Canary).clone();
     let (detect_ms, after, failure_errors) =
@@ -323,13 +332,17 @@ fn main() {
         );
     }
     if healthy > 0 {
-        let (mut false_rollbacks, mut judged, mut errors) = (0, 0, 0);
+        // A pause (an analysis without one conclusive measurement, e.g. a starved load
+        // generator) is not a rollback: no user was sent back; it is counted on its own.
+        let (mut false_rollbacks, mut paused, mut judged, mut errors) = (0, 0, 0, 0);
         for i in 0..healthy {
             let r = rt.block_on(round(&bin, rate, None, baseline));
             judged += r.canary_requests;
             errors += r.canary_errors;
-            if r.outcome != "promoted" {
+            if r.outcome.starts_with("rolled back") {
                 false_rollbacks += 1;
+            } else if r.outcome != "promoted" {
+                paused += 1;
             }
             println!(
                 "{}",
@@ -343,8 +356,10 @@ fn main() {
             "healthy canaries at a {baseline} baseline error rate (stable too), 3 s of analysis each"
         );
         println!();
-        println!("| rounds | canary responses judged | of which errors | false rollbacks |");
-        println!("|---:|---:|---:|---:|");
-        println!("| {healthy} | {judged} | {errors} | {false_rollbacks} |");
+        println!(
+            "| rounds | canary responses judged | of which errors | false rollbacks | paused (inconclusive) |"
+        );
+        println!("|---:|---:|---:|---:|---:|");
+        println!("| {healthy} | {judged} | {errors} | {false_rollbacks} | {paused} |");
     }
 }
