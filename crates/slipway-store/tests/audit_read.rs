@@ -10,10 +10,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use slipway_engine::audit::{self, StoreVerification};
-use slipway_engine::event::EngineEvent;
-use slipway_engine::store::{Store as _, StoreError};
+use slipway_engine::store::StoreError;
 
-use crate::common::{Backend, populated_on, record, sqlite3};
+use crate::common::{Backend, large_chain, sqlite3};
 
 /// The page size and the leaf pages of the audit table but its first and last (which
 /// the bounds query reads), in key order.
@@ -59,24 +58,7 @@ async fn verify(store: &slipway_store::AnyStore) -> Result<StoreVerification, St
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_that_fails_under_verify_names_the_store_and_the_next_verify_passes() {
-    let (fresh, store) = populated_on(Backend::Sqlite, 0).await;
-    for c in 0..10 {
-        let batch = (0..500)
-            .map(|i| {
-                let n = c * 500 + i;
-                record(
-                    "r1",
-                    n + 1,
-                    EngineEvent::StepStarted {
-                        step: format!("svc/s{n}"),
-                        key: format!("k{n}"),
-                        attempt: 1,
-                    },
-                )
-            })
-            .collect();
-        store.commit(batch).await.unwrap();
-    }
+    let (fresh, store) = large_chain(Backend::Sqlite).await;
     let db = Path::new(fresh.url.strip_prefix("sqlite://").unwrap()).to_owned();
     // Every page in the file, none in the WAL: the pages changed below are those read.
     assert_eq!(

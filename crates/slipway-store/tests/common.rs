@@ -140,6 +140,30 @@ pub async fn populated_on(backend: Backend, n: usize) -> (Fresh, AnyStore) {
     (fresh, store)
 }
 
+/// A store of one run and 5,000 step events (5,001 entries: five ranges of 1,024 seqs,
+/// each hashed where it is read, one per core at a time).
+pub async fn large_chain(b: Backend) -> (Fresh, AnyStore) {
+    let (fresh, store) = populated_on(b, 0).await;
+    for c in 0..10 {
+        let batch = (0..500)
+            .map(|i| {
+                let n = c * 500 + i;
+                record(
+                    "r1",
+                    n + 1,
+                    EngineEvent::StepStarted {
+                        step: format!("svc/s{n}"),
+                        key: format!("k{n}"),
+                        attempt: 1,
+                    },
+                )
+            })
+            .collect();
+        store.commit(batch).await.unwrap();
+    }
+    (fresh, store)
+}
+
 async fn fill(store: &impl Store, n: usize) {
     store
         .create_run(

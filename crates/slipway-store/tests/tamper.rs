@@ -2,10 +2,9 @@
 //! own CLI (sqlite3, psql), and names the first bad entry — on both backends.
 
 use slipway_engine::audit::{self, ChainBreak};
-use slipway_engine::event::EngineEvent;
-use slipway_engine::store::{NewRun, Store};
+use slipway_engine::store::Store;
 
-use crate::common::{Backend, Fresh, on_disk, populated_on, record};
+use crate::common::{Backend, large_chain, on_disk, populated_on};
 
 async fn verify_after(b: Backend, sql: &str) -> Result<audit::Verified, ChainBreak> {
     let (fresh, store) = populated_on(b, 9).await;
@@ -112,55 +111,7 @@ async fn export_verifies_standalone_and_detects_edits(b: Backend) {
 /// where it is read: one byte flipped in an entry in the middle of the fourth range is
 /// still named, and the same chain untouched verifies whole across every range.
 async fn flipped_byte_mid_chunk_is_found_by_the_parallel_verifier(b: Backend) {
-    let fresh = Fresh::new(b);
-    let store = fresh.open().await.unwrap();
-    store
-        .create_run(
-            NewRun {
-                id: "r1".into(),
-                plan_json: "{}".into(),
-                digest: "d1".into(),
-                release: "shop".into(),
-                version: "1.0.0".into(),
-                environment: "staging".into(),
-                author: "op-test".into(),
-                override_reason: None,
-                created_at: crate::common::at(0),
-                workdir: "/tmp".into(),
-            },
-            record(
-                "r1",
-                0,
-                EngineEvent::RunCreated {
-                    release: "shop".into(),
-                    version: "1.0.0".into(),
-                    environment: "staging".into(),
-                    digest: "d1".into(),
-                    override_freeze: None,
-                    plan_sha256: None,
-                    workdir: None,
-                },
-            ),
-        )
-        .await
-        .unwrap();
-    for c in 0..10 {
-        let batch = (0..500)
-            .map(|i| {
-                let n = c * 500 + i;
-                record(
-                    "r1",
-                    n + 1,
-                    EngineEvent::StepStarted {
-                        step: format!("svc/s{n}"),
-                        key: format!("k{n}"),
-                        attempt: 1,
-                    },
-                )
-            })
-            .collect();
-        store.commit(batch).await.unwrap();
-    }
+    let (fresh, store) = large_chain(b).await;
     let whole = audit::verify_store(&store).await.unwrap();
     assert_eq!(
         whole.result.map(|v| (v.entries, v.head_seq)),
@@ -173,30 +124,6 @@ async fn flipped_byte_mid_chunk_is_found_by_the_parallel_verifier(b: Backend) {
     let store = fresh.open().await.unwrap();
     let r = audit::verify_store(&store).await.unwrap().result;
     assert_eq!(r, Err(ChainBreak::Edited { seq: 3500 }));
-}
-
-/// A store of one run and 5,000 step events (5,001 entries: five ranges of 1,024 seqs,
-/// each hashed where it is read, one per core at a time).
-async fn large_chain(b: Backend) -> (Fresh, slipway_store::AnyStore) {
-    let (fresh, store) = populated_on(b, 0).await;
-    for c in 0..10 {
-        let batch = (0..500)
-            .map(|i| {
-                let n = c * 500 + i;
-                record(
-                    "r1",
-                    n + 1,
-                    EngineEvent::StepStarted {
-                        step: format!("svc/s{n}"),
-                        key: format!("k{n}"),
-                        attempt: 1,
-                    },
-                )
-            })
-            .collect();
-        store.commit(batch).await.unwrap();
-    }
-    (fresh, store)
 }
 
 /// `text` with the middle byte's lowest bit flipped (ASCII stays ASCII), as an SQL literal.
