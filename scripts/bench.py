@@ -560,9 +560,26 @@ def short(rev):
 
 
 def staleness(r):
-    """Paths whose tree at HEAD differs from the one measured."""
+    """Paths whose tree at HEAD differs from the one measured, in code the benchmark runs.
+
+    A crate's integration tests (`<crate>/tests/`) are built into no binary but their own
+    test runner: a change there leaves a figure standing unless the benchmark runs that
+    crate's tests (`cargo test -p <its package>`, e.g. the crash tier)."""
     now = trees(list(r["trees"]))
-    return [p for p, t in r["trees"].items() if now.get(p) != t]
+    changed = [p for p, t in r["trees"].items() if now.get(p) != t]
+    packages, cmd = BENCHES[r["name"]][1], r.get("ran", "")
+    runs_tests_of = {f"crates/{p}" for p in packages} if "cargo test" in cmd else set()
+    stale = []
+    for p in changed:
+        if p in runs_tests_of or p == "Cargo.lock":
+            stale.append(p)
+            continue
+        files = sh(f"git diff --name-only {r['commit']} HEAD -- {p}")
+        if files.returncode != 0 or any(
+            not f.startswith(f"{p}/tests/") for f in files.stdout.split()
+        ):
+            stale.append(p)
+    return stale
 
 
 def block(name):
