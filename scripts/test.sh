@@ -58,4 +58,6 @@ python3 -c 'import check_jsonschema' 2>/dev/null || python3 -m pip install -q ch
 # never downloads a browser of its own.
 [ -f "$(npm root -g)/playwright-core/package.json" ] || npm install -g -q playwright-core@1.65.2 >/dev/null
 
+# bench.py computes what BENCHMARKS.md claims (goal verdicts, empty blocks): its own tests.
+python3 -m unittest discover -q -s scripts -p 'test_*.py'
 cargo test --workspace --all-targets --no-fail-fast "$@"
