@@ -67,6 +67,7 @@ mod server_store_cli;
 mod serving_cli;
 mod smoke_cli;
 mod ssh_cli;
+mod ssh_lifecycle_cli;
 mod ssh_service_cli;
 mod supply_cli;
 mod tls_check_cli;

@@ -15,7 +15,7 @@ use sshd::Fleet;
 
 /// A spec directory with an inventory of the fleet (each host's `ROOT` its own directory)
 /// and `release.yaml` with `services` as given.
-fn setup(fleet: &Fleet, services: &str) -> (PathBuf, Vec<PathBuf>) {
+pub(crate) fn setup(fleet: &Fleet, services: &str) -> (PathBuf, Vec<PathBuf>) {
     let dir = fleet.dir.join("spec");
     std::fs::create_dir_all(&dir).unwrap();
     let roots: Vec<PathBuf> = (0..fleet.hosts.len())
@@ -54,7 +54,7 @@ services:
     (dir, roots)
 }
 
-fn run(dir: &Path, args: &[&str]) -> std::process::Output {
+pub(crate) fn run(dir: &Path, args: &[&str]) -> std::process::Output {
     slipway()
         .env(
             "SLIPWAY_STORE",
@@ -65,7 +65,7 @@ fn run(dir: &Path, args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
-fn deploy(dir: &Path) -> std::process::Output {
+pub(crate) fn deploy(dir: &Path) -> std::process::Output {
     let spec = dir.join("release.yaml").display().to_string();
     run(
         dir,
@@ -73,7 +73,7 @@ fn deploy(dir: &Path) -> std::process::Output {
     )
 }
 
-fn status(dir: &Path) -> serde_json::Value {
+pub(crate) fn status(dir: &Path) -> serde_json::Value {
     let o = run(dir, &["status", "--output", "json"]);
     assert_eq!(o.status.code(), Some(0), "{o:?}");
     serde_json::from_slice(&o.stdout).unwrap()
@@ -322,6 +322,41 @@ fn slipway_killed_mid_step_then_resumed_runs_the_step_once_per_host() {
     assert_eq!(status(&dir)["run"]["state"], "succeeded");
 }
 
+/// One approval required on the fleet environment of `dir`'s spec; the spec's path.
+pub(crate) fn requiring_an_approval(dir: &Path) -> String {
+    let spec_path = dir.join("release.yaml");
+    let spec = std::fs::read_to_string(&spec_path)
+        .unwrap()
+        .replace("  fleet:\n", "  fleet:\n    approvals: { required: 1 }\n");
+    std::fs::write(&spec_path, spec).unwrap();
+    spec_path.display().to_string()
+}
+
+/// A run of `spec` (see [`requiring_an_approval`]) that `alice` deployed with `--no-wait`
+/// (it waits for the approval) and `bob` approved, access control being on in `dir`'s
+/// store (approvals need two verified people); nothing ran on the hosts yet. The people
+/// (`alice` deploys) and the run.
+pub(crate) fn approved_run(dir: &Path, spec: &str) -> (crate::People, String) {
+    let mut people = crate::People::new(
+        &format!("sqlite://{}", dir.join("store.db").display()),
+        "admin",
+    );
+    people
+        .add("alice", "deployer", "fleet")
+        .add("bob", "approver", "fleet");
+    let o = people
+        .cmd("alice")
+        .args(["deploy", "--env", "fleet", "--no-wait", "-f", spec])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(3), "waits for an approval: {o:?}");
+    let st: serde_json::Value =
+        serde_json::from_str(&people.ok("admin", &["status", "--output", "json"])).unwrap();
+    let id = st["run"]["id"].as_str().unwrap().to_owned();
+    people.ok("bob", &["approve", &id]);
+    (people, id)
+}
+
 /// Whether the completion marker of some step of some run is on the host (a file of the
 /// run's marker directory named by its key: no dot, unlike `.lock`, `.out`, `.err` and
 /// `.host-failed`).
@@ -425,12 +460,7 @@ fn the_inventory_is_pinned_into_the_plan_and_a_run_refuses_an_edited_one() {
       - { name: install, run: 'touch \"$ROOT/app\"' }
 ",
     );
-    let spec_path = dir.join("release.yaml");
-    let spec = std::fs::read_to_string(&spec_path)
-        .unwrap()
-        .replace("  fleet:\n", "  fleet:\n    approvals: { required: 1 }\n");
-    std::fs::write(&spec_path, spec).unwrap();
-    let spec = spec_path.display().to_string();
+    let spec = requiring_an_approval(&dir);
     let plan = |dir: &Path| -> serde_json::Value {
         let o = run(
             dir,
@@ -456,25 +486,8 @@ fn the_inventory_is_pinned_into_the_plan_and_a_run_refuses_an_edited_one() {
         "{before:#}"
     );
 
-    // Approvals need two verified people.
-    let mut people = crate::People::new(
-        &format!("sqlite://{}", dir.join("store.db").display()),
-        "admin",
-    );
-    people
-        .add("alice", "deployer", "fleet")
-        .add("bob", "approver", "fleet");
+    let (people, id) = approved_run(&dir, &spec);
     let as_user = |u: &str, args: &[&str]| people.cmd(u).args(args).output().unwrap();
-    let o = as_user(
-        "alice",
-        &["deploy", "--env", "fleet", "--no-wait", "-f", &spec],
-    );
-    assert_eq!(o.status.code(), Some(3), "waits for an approval: {o:?}");
-    let st: serde_json::Value =
-        serde_json::from_str(&people.ok("admin", &["status", "--output", "json"])).unwrap();
-    let id = st["run"]["id"].as_str().unwrap().to_owned();
-    let o = as_user("bob", &["approve", &id]);
-    assert_eq!(o.status.code(), Some(0), "{o:?}");
 
     // Someone adds a host after the approval.
     let mut edited = original.clone();
@@ -612,7 +625,11 @@ fn failures_over_the_budget_roll_the_deploy_back() {
 
 /// Poll (at most `within`; once for zero) until no host runs a process whose command line
 /// starts with `prefix`; the ones left then, by host.
-fn left_after(fleet: &Fleet, prefix: &str, within: std::time::Duration) -> Vec<(String, usize)> {
+pub(crate) fn left_after(
+    fleet: &Fleet,
+    prefix: &str,
+    within: std::time::Duration,
+) -> Vec<(String, usize)> {
     let deadline = std::time::Instant::now() + within;
     loop {
         let left = fleet.processes(prefix);

@@ -243,6 +243,12 @@ impl Engine {
         &self.store
     }
 
+    /// The target: its driver ends its connections ([`Target::close`]) once done with
+    /// the run.
+    pub fn target(&self) -> &Arc<dyn Target> {
+        &self.target
+    }
+
     async fn commit(
         &self,
         run_id: &str,

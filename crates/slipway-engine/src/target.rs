@@ -179,6 +179,15 @@ pub trait Target: Send + Sync {
             })
         })
     }
+    /// End the connections the target keeps between steps (an ssh target's sessions and
+    /// the step helpers on its hosts), bounded in time by the target: called by whoever
+    /// drove a run once it is done with it, so they end then rather than at the process's
+    /// exit (or, in a server, whenever the target is dropped). Nothing to report: the
+    /// run's outcome is what counts. A target used again afterwards connects anew. The
+    /// default does nothing: most targets keep no connection.
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
 }
 
 /// The name of a step action's kind, for messages.

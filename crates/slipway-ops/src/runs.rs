@@ -391,8 +391,6 @@ pub async fn deploy_with(
     } else {
         deploy_target(session, &workdir, Some(plan), reporter.as_ref()).await?
     };
-    // Kept to end the hosts' sessions when the run is driven (the engine's copy shares them).
-    let hosts = checked_ssh.clone();
     let engine = engine(session, &workdir, Some(plan), &author, deploy, checked_ssh);
     let (run, continued) = engine
         .create_or_continue(NewRunRequest {
@@ -443,11 +441,6 @@ pub async fn deploy_with(
         reporter.clone(),
     )
     .await;
-    // Done with the hosts: their step helpers and sessions end now, not at this process's
-    // exit, where they outlived it and overlapped the next deploy's logins.
-    if let Some(t) = &hosts {
-        t.close_all().await;
-    }
     discard_interventions(session, &run.id, reporter.as_ref()).await;
     if let Err(e) = &report
         && !continued
@@ -599,7 +592,26 @@ struct Driving<'a> {
     continued: bool,
 }
 
+/// Every drive, whichever operation started it (deploy, resume, promote, take over, the
+/// background driver) and however it ended, ends the target's connections when done with
+/// the run: an ssh target's step helpers and sessions end now, not at this process's exit
+/// (where they outlived it by seconds and overlapped the next run's logins) nor, in a
+/// server, whenever the engine is dropped.
 async fn drive(
+    session: &Session,
+    engine: Engine,
+    d: Driving<'_>,
+    req: DriveRequest,
+    reporter: Arc<dyn Reporter>,
+) -> OpsResult<DriveReport> {
+    let target = engine.target().clone();
+    let report = drive_engine(session, engine, d, req, reporter).await;
+    target.close().await;
+    report
+}
+
+/// [`drive`] without the close.
+async fn drive_engine(
     session: &Session,
     engine: Engine,
     d: Driving<'_>,
@@ -1024,6 +1036,7 @@ pub async fn abort(
         // taken out of service through the deploy target) and ends the run here.
         let deploy = deploy_target(session, &workdir, plan.as_ref(), reporter.as_ref()).await?;
         let engine = engine(session, &workdir, plan.as_ref(), &actor, deploy, None);
+        let target = engine.target().clone();
         let (engine, forward) = watch(
             engine,
             plan.as_ref(),
@@ -1032,6 +1045,9 @@ pub async fn abort(
             session.layout.rehearsals(),
         );
         let state = engine.request(run_id, &actor, Control::Abort).await;
+        // Settling the run may have reached the hosts (a paused fleet canary taken out of
+        // service): their sessions end now ([`drive`]).
+        target.close().await;
         drop(engine);
         unwatch(forward, reporter.as_ref()).await;
         let state = state?;
@@ -1155,6 +1171,7 @@ pub async fn rollback(
         // undo commands print too, and the plan's secrets are masked in their output.
         let deploy = deploy_target(session, &workdir, plan.as_ref(), reporter.as_ref()).await?;
         let engine = engine(session, &workdir, plan.as_ref(), &me, deploy, None);
+        let target = engine.target().clone();
         let (engine, forward) = watch(
             engine,
             plan.as_ref(),
@@ -1165,6 +1182,7 @@ pub async fn rollback(
         let result = tokio::select! {
             r = engine.rollback_run(run_id, &me, reason) => r,
             Ok(other) = &mut held.lost => {
+                target.close().await;
                 return Err(OpsError::blocked(format!(
                     "failed to keep the lease on `{}`: it lapsed and run `{}` ({}) took it; the rollback of run {} stopped",
                     run.environment, other.holder, other.release, run.id
@@ -1172,6 +1190,8 @@ pub async fn rollback(
                 .hint(Hint::text("finish the rollback once that release is done (it continues where it stopped)")));
             }
         };
+        // Done with the hosts the undo ran on: their sessions end now ([`drive`]).
+        target.close().await;
         drop(engine);
         unwatch(forward, reporter.as_ref()).await;
         match result {

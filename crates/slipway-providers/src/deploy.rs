@@ -1280,6 +1280,28 @@ impl Target for CompositeTarget {
             Err(e) => Box::pin(async move { Err(e) }),
         }
     }
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            // Every part once (on the ssh target `exec` and `deploy` are one target), all
+            // at once: each bounds its own close.
+            let mut parts: Vec<&Arc<dyn Target>> = Vec::new();
+            for t in [
+                &self.exec,
+                &self.deploy,
+                &self.migrate,
+                &self.artifact,
+                &self.config,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                if !parts.iter().any(|p| Arc::ptr_eq(p, t)) {
+                    parts.push(t);
+                }
+            }
+            futures_util::future::join_all(parts.into_iter().map(|t| t.close())).await;
+        })
+    }
 }
 
 #[cfg(test)]

@@ -2263,6 +2263,10 @@ impl Target for SshTarget {
         "ssh"
     }
 
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(self.close_all())
+    }
+
     fn retract<'a>(
         &'a self,
         ctx: &'a StepContext,
