@@ -1118,6 +1118,13 @@ fn a_driver_killed_while_it_rolls_back_a_failed_analysis_is_resumed_to_a_rolled_
 /// driver is SIGKILLed while it takes the canary out (`rolling_back` journaled, the
 /// instances held in their stop): `slipway resume` ends the run aborted as the operator
 /// asked, the canary taken back, without a fresh one.
+///
+/// What decides it is the engine, not da29af9's `rollback_decided` (this test passes with
+/// that commit reverted): `Engine::drive` finds the stored abort (`run.control ==
+/// Some(Control::Abort)`, the operator's `control_requested`) before any step runs and ends
+/// the run through `Engine::abort`, which observes the interrupted deploy step (not done)
+/// and retracts it (`DeployTarget::retract` → `take_back` retires the canary) instead of
+/// applying it again.
 #[test]
 fn a_driver_killed_while_it_aborts_a_live_canary_is_resumed_to_an_aborted_run() {
     let env = Env::new();
