@@ -174,6 +174,18 @@ fn steps() -> Vec<CanaryStep> {
     ]
 }
 
+/// [`steps`] with an analysis without a duration: it ends at its first conclusive
+/// measurement or by its limits, so the verdict does not depend on how many windows fit
+/// in a wall-clock span.
+fn untimed_steps() -> Vec<CanaryStep> {
+    let mut untimed = steps();
+    untimed[1].analysis = Some(AnalysisStep {
+        template: "t".into(),
+        duration: None,
+    });
+    untimed
+}
+
 async fn drive(
     script: Vec<(u64, u64)>,
     failure_limit: u32,
@@ -320,28 +332,13 @@ async fn a_failing_canary_rolls_back_naming_metric_value_and_threshold() {
 /// nothing alone (p = 0.64), while the two together, 10 of 30 at max 5 %, do.
 #[tokio::test]
 async fn error_rate_is_judged_on_the_analysis_counts_as_well_as_the_window() {
-    let steps = vec![
-        CanaryStep {
-            set_weight: Some(10),
-            ..Default::default()
-        },
-        CanaryStep {
-            // No duration: the analysis ends at its first conclusive measurement, so
-            // the verdict does not depend on how many windows fit in a wall-clock span.
-            analysis: Some(AnalysisStep {
-                template: "t".into(),
-                duration: None,
-            }),
-            ..Default::default()
-        },
-    ];
     let (outcome, _, _) = drive_full(
         vec![(10, 9), (20, 1)],
         template(0),
         true,
         None,
         false,
-        steps,
+        untimed_steps(),
     )
     .await;
     let Outcome::RolledBack {
@@ -553,13 +550,8 @@ async fn external_metrics_judge_a_canary_whose_router_cannot_measure() {
     // A template with builtin metrics cannot pass without the router's window: its
     // errors are measurements that pause the canary past consecutive_error_limit (they
     // used to be counted and never acted on, and the canary waited forever).
-    // (An analysis without a duration: it ends by its limits alone, whatever the clock.)
-    let mut untimed = steps();
-    untimed[1].analysis = Some(AnalysisStep {
-        template: "t".into(),
-        duration: None,
-    });
-    let (outcome, log, events) = drive_full(vec![], template(0), true, None, true, untimed).await;
+    let (outcome, log, events) =
+        drive_full(vec![], template(0), true, None, true, untimed_steps()).await;
     let Outcome::Paused { reason } = outcome else {
         panic!("{outcome:?} {log:?}")
     };

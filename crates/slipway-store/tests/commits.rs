@@ -9,15 +9,15 @@ use std::sync::{Arc, Mutex};
 use slipway_engine::event::EngineEvent;
 use slipway_engine::store::JournalRecord;
 use slipway_engine::store_wrap::{Wrap, Wrapped};
-use slipway_engine::target::{Applied, Observation, StepContext, StepOutput, Target, TargetError};
+use slipway_engine::target::{Applied, StepContext, StepOutput, TargetError};
 use slipway_engine::{
     DriveOptions, DriveOutcome, Engine, RunState, StepStatus, Store, StoreError, SystemClock,
 };
-use slipway_model::plan::{Facts, StepAction, plan};
+use slipway_model::plan::{Facts, plan};
 use slipway_model::spec::ReleaseSpec;
 use slipway_store::AnyStore;
 
-use crate::common::{Backend, Fresh, on_both};
+use crate::common::{ApplyOnly, Backend, Effect, Fresh, on_both, req};
 
 type Fut<'a, T> = slipway_engine::BoxFuture<'a, Result<T, StoreError>>;
 
@@ -51,14 +51,13 @@ struct Probe {
     seen: Mutex<Seen>,
 }
 
-impl Target for Probe {
+impl Effect for Probe {
     fn kind(&self) -> &'static str {
         "probe"
     }
     fn apply<'a>(
         &'a self,
         ctx: &'a StepContext,
-        _action: &'a StepAction,
     ) -> slipway_engine::BoxFuture<'a, Result<Applied, TargetError>> {
         Box::pin(async move {
             let steps = self.store.steps(&ctx.run_id).await.unwrap();
@@ -71,20 +70,6 @@ impl Target for Probe {
                 output: StepOutput::default(),
             })
         })
-    }
-    fn observe<'a>(
-        &'a self,
-        _ctx: &'a StepContext,
-        _action: &'a StepAction,
-    ) -> slipway_engine::BoxFuture<'a, Result<Observation, TargetError>> {
-        Box::pin(async { unreachable!("nothing is interrupted here") })
-    }
-    fn undo<'a>(
-        &'a self,
-        _ctx: &'a StepContext,
-        _action: &'a StepAction,
-    ) -> slipway_engine::BoxFuture<'a, Result<Option<StepOutput>, TargetError>> {
-        Box::pin(async { Ok(None) })
     }
 }
 
@@ -124,27 +109,19 @@ async fn drive(b: Backend, shape: &[usize], parallelism: usize) -> (Vec<Vec<Engi
         inner: fresh.open().await.unwrap(),
         commits: Mutex::new(Vec::new()),
     }));
-    let probe = Arc::new(Probe {
+    let probe = Arc::new(ApplyOnly(Probe {
         store: store.clone(),
         seen: Mutex::new(Vec::new()),
-    });
+    }));
     let engine = Engine::new(store.clone(), probe.clone(), Arc::new(SystemClock));
-    let run = engine
-        .create_run(slipway_engine::NewRunRequest {
-            plan: p,
-            author: "op-a".into(),
-            override_freeze: None,
-            workdir: "/tmp".into(),
-        })
-        .await
-        .unwrap();
+    let run = engine.create_run(req(p, "op-a")).await.unwrap();
     let out = engine
         .drive(&run.id, "op-a", DriveOptions::default())
         .await
         .unwrap();
     assert_eq!(out, DriveOutcome::Finished(RunState::Succeeded));
     let commits = store.0.commits.lock().unwrap().clone();
-    let seen = probe.seen.lock().unwrap().clone();
+    let seen = probe.0.seen.lock().unwrap().clone();
     (commits, seen)
 }
 

@@ -1,6 +1,6 @@
 //! Shared helpers: a fresh store on any backend (an SQLite file in a temp dir, a database
 //! on the binary's PostgreSQL server, or an in-memory store), journal records, the sqlite3
-//! and psql CLIs.
+//! and psql CLIs, and a target made of a test's own `apply` ([`ApplyOnly`]).
 
 use std::path::Path;
 use std::process::Command;
@@ -8,6 +8,8 @@ use std::process::Command;
 use jiff::Timestamp;
 use slipway_engine::event::{EngineEvent, RunState};
 use slipway_engine::store::{JournalRecord, NewRun, Store};
+use slipway_engine::target::{Applied, Observation, StepContext, StepOutput, Target, TargetError};
+use slipway_model::plan::StepAction;
 use slipway_store::AnyStore;
 
 use crate::pg::pg;
@@ -227,4 +229,56 @@ pub fn sqlite3(db: &Path, sql: &str) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A request for a run of `p` by `author`, no freeze overridden.
+pub fn req(p: slipway_model::plan::Plan, author: &str) -> slipway_engine::NewRunRequest {
+    slipway_engine::NewRunRequest {
+        plan: p,
+        author: author.into(),
+        override_freeze: None,
+        workdir: "/tmp".into(),
+    }
+}
+
+/// What a test's target does when a step is applied; [`ApplyOnly`] makes it a [`Target`].
+pub trait Effect: Send + Sync {
+    /// The target's kind name.
+    fn kind(&self) -> &'static str;
+    /// Apply a step (the tests tell steps apart by their context alone).
+    fn apply<'a>(
+        &'a self,
+        ctx: &'a StepContext,
+    ) -> slipway_engine::BoxFuture<'a, Result<Applied, TargetError>>;
+}
+
+/// A target that only applies, for engine tests in which no step is found interrupted
+/// (`observe` is never called: it panics) and no step has anything to undo.
+pub struct ApplyOnly<E>(pub E);
+
+impl<E: Effect> Target for ApplyOnly<E> {
+    fn kind(&self) -> &'static str {
+        self.0.kind()
+    }
+    fn apply<'a>(
+        &'a self,
+        ctx: &'a StepContext,
+        _action: &'a StepAction,
+    ) -> slipway_engine::BoxFuture<'a, Result<Applied, TargetError>> {
+        self.0.apply(ctx)
+    }
+    fn observe<'a>(
+        &'a self,
+        _ctx: &'a StepContext,
+        _action: &'a StepAction,
+    ) -> slipway_engine::BoxFuture<'a, Result<Observation, TargetError>> {
+        Box::pin(async { unreachable!("nothing is interrupted here") })
+    }
+    fn undo<'a>(
+        &'a self,
+        _ctx: &'a StepContext,
+        _action: &'a StepAction,
+    ) -> slipway_engine::BoxFuture<'a, Result<Option<StepOutput>, TargetError>> {
+        Box::pin(async { Ok(None) })
+    }
 }

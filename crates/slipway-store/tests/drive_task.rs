@@ -7,13 +7,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use slipway_engine::event::EngineEvent;
-use slipway_engine::target::{Applied, Observation, StepContext, StepOutput, Target, TargetError};
+use slipway_engine::target::{Applied, StepContext, StepOutput, TargetError};
 use slipway_engine::{DriveOptions, Engine, Store, SystemClock};
-use slipway_model::plan::{Facts, StepAction, plan};
+use slipway_model::plan::{Facts, plan};
 use slipway_model::spec::ReleaseSpec;
 use tokio::sync::oneshot;
 
-use crate::common::{Backend, Fresh, on_both};
+use crate::common::{ApplyOnly, Backend, Effect, Fresh, on_both, req};
 
 /// Sends on its channel when dropped: the effect's future went away.
 struct OnDrop(Option<oneshot::Sender<()>>);
@@ -33,14 +33,13 @@ struct Hang {
     dropped: Mutex<Option<oneshot::Sender<()>>>,
 }
 
-impl Target for Hang {
+impl Effect for Hang {
     fn kind(&self) -> &'static str {
         "hang"
     }
     fn apply<'a>(
         &'a self,
         ctx: &'a StepContext,
-        _action: &'a StepAction,
     ) -> slipway_engine::BoxFuture<'a, Result<Applied, TargetError>> {
         Box::pin(async move {
             if ctx.step_id.ends_with("s1") {
@@ -55,20 +54,6 @@ impl Target for Hang {
             })
         })
     }
-    fn observe<'a>(
-        &'a self,
-        _ctx: &'a StepContext,
-        _action: &'a StepAction,
-    ) -> slipway_engine::BoxFuture<'a, Result<Observation, TargetError>> {
-        Box::pin(async { unreachable!("nothing is interrupted here") })
-    }
-    fn undo<'a>(
-        &'a self,
-        _ctx: &'a StepContext,
-        _action: &'a StepAction,
-    ) -> slipway_engine::BoxFuture<'a, Result<Option<StepOutput>, TargetError>> {
-        Box::pin(async { Ok(None) })
-    }
 }
 
 async fn dropping_the_drive_stops_the_step_in_flight(b: Backend) {
@@ -81,20 +66,12 @@ async fn dropping_the_drive_stops_the_step_in_flight(b: Backend) {
     let store = Arc::new(fresh.open().await.unwrap());
     let (entered_tx, entered) = oneshot::channel();
     let (dropped_tx, dropped) = oneshot::channel();
-    let target = Arc::new(Hang {
+    let target = Arc::new(ApplyOnly(Hang {
         entered: Mutex::new(Some(entered_tx)),
         dropped: Mutex::new(Some(dropped_tx)),
-    });
+    }));
     let engine = Engine::new(store.clone(), target, Arc::new(SystemClock));
-    let run = engine
-        .create_run(slipway_engine::NewRunRequest {
-            plan: p,
-            author: "op-a".into(),
-            override_freeze: None,
-            workdir: "/tmp".into(),
-        })
-        .await
-        .unwrap();
+    let run = engine.create_run(req(p, "op-a")).await.unwrap();
     let mut drive = Box::pin(engine.drive(&run.id, "op-a", DriveOptions::default()));
     tokio::select! {
         out = &mut drive => panic!("the drive ended while s1 hangs: {out:?}"),

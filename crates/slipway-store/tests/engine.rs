@@ -6,13 +6,11 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use slipway_engine::noop::NoopTarget;
-use slipway_engine::{
-    DriveOptions, DriveOutcome, Engine, EngineError, FakeClock, NewRunRequest, RunState,
-};
+use slipway_engine::{DriveOptions, DriveOutcome, Engine, EngineError, FakeClock, RunState};
 use slipway_model::plan::{Facts, Plan, plan};
 use slipway_model::spec::ReleaseSpec;
 
-use crate::common::{Backend, Fresh, on_both};
+use crate::common::{Backend, Fresh, on_both, req};
 
 fn make_plan(env_extra: &str, version: &str) -> Plan {
     let yaml = format!(
@@ -31,15 +29,6 @@ async fn setup(b: Backend, now: &str) -> (Fresh, Engine, Arc<FakeClock>) {
     let engine = Engine::new(Arc::new(store), Arc::new(NoopTarget), clock.clone())
         .with_poll(Duration::from_secs(60));
     (dir, engine, clock)
-}
-
-fn req(p: Plan, author: &str) -> NewRunRequest {
-    NewRunRequest {
-        plan: p,
-        author: author.into(),
-        override_freeze: None,
-        workdir: "/tmp".into(),
-    }
 }
 
 const NO_WAIT: DriveOptions = DriveOptions { no_wait: true };
