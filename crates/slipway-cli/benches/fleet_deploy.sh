@@ -9,9 +9,15 @@
 #   CONNECTS=n (the inventory's `connect_parallelism`; unset: Slipway's default)
 #   In TOOLS, `slipway@N` is Slipway with `connect_parallelism: N`, and `base` (`base@N`)
 #   the binary SLIPWAY_BASE=path: several Slipway rows in one run (A/B, tuning)
+#   TIMELINE=dir (each Slipway deploy's per-host phase timeline kept there, one file a
+#   deploy, named by its start time: see crates/slipway-providers/src/ssh/timeline.rs)
 #   SSHD_LOG=DEBUG (the hosts' sshd LogLevel, default ERROR; at DEBUG the script ends with
 #   the channels and logins the hosts saw, all tools and runs together: run one tool)
 #   (environment overrides; PAR2= empty skips Slipway's second pass at parallelism 5)
+#
+# The repetitions are interleaved: repetition 1 of every tool (and Slipway configuration),
+# then repetition 2, ..., each round starting with the next tool, so that drift of the
+# machine during the run (a neighbour's build starting, or ending) falls on every tool.
 #
 # Hosts: HOSTS sshd on 127.0.0.1, each on a free port with its own generated ed25519 host
 # key; one known_hosts file holding every host key, one client key. Every tool checks
@@ -254,29 +260,39 @@ environments:
     target: { ssh: { inventory: hosts.yaml, group: all, parallelism: $par } }
 EOF
 }
+# With TIMELINE=dir, each deploy's phase timeline (SLIPWAY_SSH_TIMELINE) is kept there.
 slipway_deploy() {
-  SLIPWAY_STORE="sqlite://$WORK/slipway/store.db" NO_COLOR=1 \
+  local tl=()
+  if [ -n "${TIMELINE:-}" ]; then
+    mkdir -p "$TIMELINE"
+    tl=(SLIPWAY_SSH_TIMELINE="$TIMELINE/slipway-$(date +%s.%N).log")
+  fi
+  env "${tl[@]}" SLIPWAY_STORE="sqlite://$WORK/slipway/store.db" NO_COLOR=1 \
     "$BIN" deploy --env fleet -f "$WORK/slipway/release.yaml"
 }
-# bench_slipway PARALLELISM [BINARY [CONNECT_PARALLELISM]]
-bench_slipway() {
-  local par=$1 first=() again=() r
-  local BIN=${2:-$SLIPWAY} CONNECTS=${3:-${CONNECTS:-}} label=""
+# One repetition of a Slipway configuration (a first deploy, a re-run, the hosts checked),
+# its times appended to FIRST/AGAIN under the configuration's name.
+# rep_slipway NAME PARALLELISM BINARY [CONNECT_PARALLELISM]
+rep_slipway() {
+  local name=$1 par=$2 BIN=$3 CONNECTS=${4:-}
+  fresh_roots slipway
+  slipway_spec "$par"
+  FIRST[$name]+=" $(timed slipway_deploy)"
+  AGAIN[$name]+=" $(timed slipway_deploy)"
+  verify slipway
+}
+# The table row of a Slipway configuration (same arguments).
+row_slipway() {
+  local name=$1 par=$2 BIN=$3 CONNECTS=${4:-} label=""
   [ "$BIN" = "${SLIPWAY:-}" ] || label=" $BIN"
   [ -z "$CONNECTS" ] || label="$label, connect_parallelism $CONNECTS"
-  for r in $(seq 1 "$REPS"); do
-    fresh_roots slipway
-    slipway_spec "$par"
-    first+=("$(timed slipway_deploy)")
-    again+=("$(timed slipway_deploy)")
-    verify slipway
-  done
-  echo "slipway$label parallelism $par: first ${first[*]}; re-run ${again[*]}" >&2
+  echo "slipway$label parallelism $par: first${FIRST[$name]}; re-run${AGAIN[$name]}" >&2
   # The step helper is this tree's; a `base` binary (SLIPWAY_BASE) may predate it.
   local helper=", its steps run by one helper process per host (perl)"
   [ "$BIN" = "${SLIPWAY:-}" ] || helper=""
+  # shellcheck disable=SC2086 # the samples are space-separated words on purpose
   row "Slipway $("$BIN" --version | awk '{print $NF}') (\`slipway deploy\`, ssh target$label)" "$par" \
-    "$(median "${first[@]}")" "$(median "${again[@]}")" \
+    "$(median ${FIRST[$name]})" "$(median ${AGAIN[$name]})" \
     "one process (russh); host keys checked on every host before the run starts, then one session per host for the run$helper"
 }
 
@@ -322,24 +338,23 @@ EOF
 EOF
 }
 ansible_run() { ANSIBLE_CONFIG=$WORK/ansible/ansible.cfg "$ANSIBLE" "$WORK/ansible/site.yml"; }
-bench_ansible() {
-  local first=() again=() cold=() r
-  ansible_setup
-  for r in $(seq 1 "$REPS"); do
-    fresh_roots ansible
-    close_masters "$WORK/cp"
-    first+=("$(timed ansible_run)")
-    again+=("$(timed ansible_run)")
-    verify ansible
-    close_masters "$WORK/cp"
-    # One more no-change run with no control master left (its `installs` count is 3 now).
-    cold+=("$(timed ansible_run)")
-  done
+rep_ansible() {
+  fresh_roots ansible
   close_masters "$WORK/cp"
-  echo "ansible: first ${first[*]}; re-run ${again[*]}; cold re-run ${cold[*]}" >&2
+  FIRST[ansible]+=" $(timed ansible_run)"
+  AGAIN[ansible]+=" $(timed ansible_run)"
+  verify ansible
+  close_masters "$WORK/cp"
+  # One more no-change run with no control master left (its `installs` count is 3 now).
+  COLD[ansible]+=" $(timed ansible_run)"
+  close_masters "$WORK/cp"
+}
+row_ansible() {
+  echo "ansible: first${FIRST[ansible]}; re-run${AGAIN[ansible]}; cold re-run${COLD[ansible]}" >&2
+  # shellcheck disable=SC2086
   row "ansible-core $("$ANSIBLE" --version 2>/dev/null | sed -n 1p | sed 's/.*core \([0-9.]*\).*/\1/')" "$HOSTS" \
-    "$(median "${first[@]}")" "$(median "${again[@]}")" \
-    "re-run reuses the first run's ControlPersist connections; with them closed first: $(median "${cold[@]}") s"
+    "$(median ${FIRST[ansible]})" "$(median ${AGAIN[ansible]})" \
+    "re-run reuses the first run's ControlPersist connections; with them closed first: $(median ${COLD[ansible]}) s"
 }
 
 # --- pyinfra -----------------------------------------------------------------------------
@@ -373,41 +388,62 @@ server.shell(name='check', commands=[r'''$CMD_CHECK'''], _env=env)
 EOF
 }
 pyinfra_run() { (cd "$WORK/pyinfra" && "$PYINFRA" -y --parallel "$HOSTS" inventory.py deploy.py); }
-bench_pyinfra() {
-  local first=() again=() r
+# A trial run first: pyinfra is skipped (with the reason) when it does not work here.
+pyinfra_works() {
   pyinfra_setup
   fresh_roots pyinfra
-  # A trial run first: skipped (with the reason) when it does not work here.
   if ! (pyinfra_run >"$WORK/pyinfra-trial.log" 2>&1); then
     SKIPPED+=("pyinfra: a trial run failed: $(grep -v '^\s*$' "$WORK/pyinfra-trial.log" | tail -3 | tr '\n' ' ')")
-    return
+    return 1
   fi
-  for r in $(seq 1 "$REPS"); do
-    fresh_roots pyinfra
-    first+=("$(timed pyinfra_run)")
-    again+=("$(timed pyinfra_run)")
-    verify pyinfra
-  done
-  echo "pyinfra: first ${first[*]}; re-run ${again[*]}" >&2
+}
+rep_pyinfra() {
+  fresh_roots pyinfra
+  FIRST[pyinfra]+=" $(timed pyinfra_run)"
+  AGAIN[pyinfra]+=" $(timed pyinfra_run)"
+  verify pyinfra
+}
+row_pyinfra() {
+  echo "pyinfra: first${FIRST[pyinfra]}; re-run${AGAIN[pyinfra]}" >&2
+  # shellcheck disable=SC2086
   row "pyinfra $("$PYINFRA" --version | awk '{print $2}')" "$HOSTS" \
-    "$(median "${first[@]}")" "$(median "${again[@]}")" \
+    "$(median ${FIRST[pyinfra]})" "$(median ${AGAIN[pyinfra]})" \
     "paramiko; \`creates\` guard written into the command (server.shell has none)"
 }
 
+# --- the runs ----------------------------------------------------------------------------
+# Every configuration to time (a tool, or a Slipway parallelism/binary/connect bound), as
+# `KIND NAME ARGS...`; the rows come out in this order.
+declare -A FIRST=() AGAIN=() COLD=()
+CONFIGS=()
 for t in $TOOLS; do
   case $t in
     slipway)
-      bench_slipway "$HOSTS"
-      [ -z "$PAR2" ] || [ "$PAR2" = "$HOSTS" ] || bench_slipway "$PAR2" ;;
-    slipway@*) bench_slipway "$HOSTS" "$SLIPWAY" "${t#slipway@}" ;;
+      CONFIGS+=("slipway slipway/$HOSTS $HOSTS $SLIPWAY ${CONNECTS:-}")
+      [ -z "$PAR2" ] || [ "$PAR2" = "$HOSTS" ] || CONFIGS+=("slipway slipway/$PAR2 $PAR2 $SLIPWAY ${CONNECTS:-}") ;;
+    slipway@*) CONFIGS+=("slipway $t $HOSTS $SLIPWAY ${t#slipway@}") ;;
     base | base@*)
       [ -n "${SLIPWAY_BASE:-}" ] || { echo "tool $t needs SLIPWAY_BASE=path" >&2; exit 1; }
-      c=""; [ "$t" = base ] || c=${t#base@}
-      bench_slipway "$HOSTS" "$SLIPWAY_BASE" "$c" ;;
-    ansible) [ -z "$ANSIBLE" ] || bench_ansible ;;
-    pyinfra) [ -z "$PYINFRA" ] || bench_pyinfra ;;
+      c=${CONNECTS:-}; [ "$t" = base ] || c=${t#base@}
+      CONFIGS+=("slipway $t $HOSTS $SLIPWAY_BASE $c") ;;
+    ansible) [ -z "$ANSIBLE" ] || { ansible_setup; CONFIGS+=("ansible"); } ;;
+    pyinfra) [ -z "$PYINFRA" ] || ! pyinfra_works || CONFIGS+=("pyinfra") ;;
     *) echo "unknown tool $t (slipway, slipway@N, base, base@N, ansible, pyinfra)" >&2; exit 1 ;;
   esac
+done
+# Interleaved: repetition 1 of every configuration, then repetition 2, ..., each round
+# starting one configuration further on, so that a machine slowing down (or speeding up)
+# during the run weighs on every tool alike, and no tool always follows the same one.
+N=${#CONFIGS[@]}
+for r in $(seq 1 "$REPS"); do
+  for k in $(seq 0 $((N - 1))); do
+    read -r -a c <<<"${CONFIGS[$(((k + r - 1) % N))]}"
+    "rep_${c[0]}" "${c[@]:1}"
+  done
+done
+for cfg in "${CONFIGS[@]}"; do
+  read -r -a c <<<"$cfg"
+  "row_${c[0]}" "${c[@]:1}"
 done
 
 echo
