@@ -140,6 +140,7 @@ use crate::exec::{DEFAULT_TIMEOUT, OUTPUT_LIMIT};
 use crate::ssh_service::{self, SshService};
 
 mod helper;
+mod timeline;
 
 /// How long connecting to one host (TCP, key exchange, authentication) may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -658,6 +659,7 @@ impl client::Handler for Verifier {
         &mut self,
         server_public_key: &PublicKeyOrCertificate,
     ) -> Result<bool, Self::Error> {
+        timeline::mark(&self.endpoint.host.name, "hostkey", "");
         match check_host_key(&self.endpoint, &server_public_key.public_key()) {
             Ok(()) => Ok(true),
             Err(why) => {
@@ -737,6 +739,7 @@ pub async fn connect(ep: &Endpoint) -> Result<Session, SshError> {
 
 /// A new authenticated connection to a host (the work of [`connect`]).
 async fn handshake(ep: &Endpoint) -> Result<Conn, SshError> {
+    timeline::mark(&ep.host.name, "connect", "");
     let key = russh::keys::load_secret_key(&ep.identity, None).map_err(|e| {
         SshError::Connect(format!(
             "cannot use the private key {} for {}: {e}; fix: set `identity` in the inventory to an OpenSSH private key without a passphrase",
@@ -802,6 +805,7 @@ async fn handshake(ep: &Endpoint) -> Result<Conn, SshError> {
             ep.user
         )));
     }
+    timeline::mark(&ep.host.name, "authed", "");
     Ok(Conn { handle, ended })
 }
 
@@ -1065,6 +1069,7 @@ impl Session {
     /// returns. Left to the process's exit, helpers and their sshd sessions outlived the
     /// run by seconds on a busy host and overlapped the next run's logins.
     pub async fn close(&self) {
+        timeline::mark(&self.endpoint.host.name, "close", "");
         let deadline = tokio::time::Instant::now() + CLOSE_TIMEOUT;
         // A step still holding the helper (a run stopped mid-step) keeps it: the
         // disconnect then ends its channel, and the helper reads end of file.
@@ -1074,6 +1079,7 @@ impl Session {
             h.finish(deadline).await;
         }
         self.current().disconnect_by(deadline).await;
+        timeline::mark(&self.endpoint.host.name, "closed", "");
     }
 }
 
@@ -1413,6 +1419,7 @@ impl SshTarget {
         which: &[usize],
     ) -> (Vec<(usize, Arc<Session>)>, Vec<(usize, SshError)>) {
         let mut pool = self.sessions.lock().await;
+        timeline::mark("-", "sessions", &which.len().to_string());
         // A kept session is used as it is, not probed (a probe cost a round trip per host
         // per step); one the host was seen to close (restarted sshd, idle timeout) logs in
         // again here, paced with the new handshakes, so that a host gone since the last
@@ -1446,6 +1453,7 @@ impl SshTarget {
                 .collect()
                 .await;
         results.sort_by_key(|(i, _)| *i);
+        timeline::mark("-", "sessions-done", &results.len().to_string());
         let mut problems = Vec::new();
         for (i, r) in results {
             match r {
@@ -1839,10 +1847,10 @@ impl SshTarget {
                     self.keep(),
                 );
                 let line = Self::in_workdir(host, &script);
-                (
-                    s.run(&line, &env, bound, self.keep()).await,
-                    Via::Wrapper(why),
-                )
+                timeline::mark(&host.name, "wrapper", &ctx.step_id);
+                let ran = s.run(&line, &env, bound, self.keep()).await;
+                timeline::mark(&host.name, "wrapper-done", &ctx.step_id);
+                (ran, Via::Wrapper(why))
             }
         };
         (self.outcome(s, step, t, ran), via)
@@ -2052,6 +2060,181 @@ impl SshTarget {
                 o.stderr.trim()
             )),
         }
+    }
+
+    /// [`Target::apply`]: the step on every host of the group (waves, budget, undo).
+    async fn apply_all(
+        &self,
+        ctx: &StepContext,
+        action: &StepAction,
+    ) -> Result<Applied, TargetError> {
+        let step = self.step(ctx, action)?;
+        let step: &ExecStep = &step;
+        // A `deploy` with a canary behind a load balancer: the fleet canary (crate::fleet),
+        // unless there is nothing to compare with yet.
+        if matches!(action, StepAction::Deploy { .. })
+            && let Ok((service, svc)) = self.service_of(ctx)
+            && let (Some(spec), Some(router)) = (&svc.canary, &svc.drain)
+            && let Some(r) =
+                crate::fleet::apply(self, ctx, action, step, service, spec, &**router, |h| {
+                    h.ports.get(service).copied()
+                })
+                .await
+        {
+            return r;
+        }
+        let excluded = self.excluded_set();
+        let live: Vec<usize> = (0..self.endpoints.len())
+            .filter(|i| !excluded.contains(i))
+            .collect();
+        let (connected, unreachable) = self.connect_within_budget(ctx, &live).await?;
+        // Waves one after another; within one, at most `parallelism` hosts at once.
+        let mut results: Vec<(usize, Arc<Session>, HostOutcome)> = Vec::new();
+        let mut left_out = Vec::new();
+        for (w, wave) in connected
+            .chunk_by(|(a, _), (b, _)| a / self.batch == b / self.batch)
+            .enumerate()
+        {
+            let wave_no = wave.first().map_or(w, |(i, _)| i / self.batch) + 1;
+            let futs: Vec<_> = wave
+                .iter()
+                .map(|(i, s)| self.apply_guarded(*i, s, ctx, step, action, wave_no))
+                .collect();
+            let outcomes: Vec<HostOutcome> = futures_util::stream::iter(futs)
+                .buffered(self.parallelism)
+                .collect()
+                .await;
+            for ((i, s), o) in wave.iter().zip(outcomes) {
+                results.push((*i, s.clone(), o));
+            }
+        }
+        for i in &excluded {
+            left_out.push(self.endpoints[*i].host.name.clone());
+        }
+        let sessions: Vec<Arc<Session>> = results.iter().map(|(_, s, _)| s.clone()).collect();
+        let outcomes: Vec<HostOutcome> = results.iter().map(|(_, _, o)| o.clone()).collect();
+        if !self.over_budget() {
+            let t = self.timeout(step)?;
+            let mut parts = Vec::new();
+            let mut guards = Vec::new();
+            let mut failed_here = unreachable.clone();
+            for (i, s, o) in &results {
+                let name = s.endpoint().host.name.clone();
+                match o {
+                    HostOutcome::Ran(out) => parts.push((name, out.clone())),
+                    HostOutcome::AlreadyDone(g) => guards.push(format!("{name}: {g}")),
+                    HostOutcome::Failed(m, out) => {
+                        self.exclude_host(*i, s, ctx, t).await;
+                        failed_here.push(format!("{}: {m}", s.endpoint().label()));
+                        parts.push((name, out.clone()));
+                    }
+                    HostOutcome::Excluded => {
+                        self.exclude(*i);
+                        left_out.push(name);
+                    }
+                    HostOutcome::Skipped => {}
+                }
+            }
+            if parts.is_empty() && failed_here.is_empty() {
+                let mut guard = format!("already done on every host ({})", guards.join("; "));
+                if !left_out.is_empty() {
+                    guard.push_str(&format!(
+                        "; left out (failed an earlier step within the failure budget): {}",
+                        left_out.join(", ")
+                    ));
+                }
+                return Ok(Applied::AlreadyDone { guard });
+            }
+            let mut output = combine(&parts);
+            if !failed_here.is_empty() {
+                // Within the budget: the step succeeded on the other hosts.
+                output.exit_code = Some(0);
+                output.stderr.push_str(&self.redactor.redact(&format!(
+                    "[slipway] failed within the failure budget ({} of {} hosts may fail; {} failed in this run), left out of the later steps: {}\n",
+                    self.max_failures,
+                    self.endpoints.len(),
+                    self.failed_count(),
+                    failed_here.join("; ")
+                )));
+            }
+            if !left_out.is_empty() {
+                output.stderr.push_str(&format!(
+                    "[slipway] left out (failed an earlier step within the failure budget): {}\n",
+                    left_out.join(", ")
+                ));
+            }
+            return Ok(Applied::Ran { output });
+        }
+        // Over the budget: undo where this step completed, then fail the step.
+        let mut failures = unreachable.clone();
+        let mut parts = Vec::new();
+        let mut completed = Vec::new();
+        let mut skipped = Vec::new();
+        for (s, o) in sessions.iter().zip(&outcomes) {
+            let name = s.endpoint().host.name.clone();
+            match o {
+                HostOutcome::Failed(m, out) => {
+                    failures.push(format!("{}: {m}", s.endpoint().label()));
+                    parts.push((name, out.clone()));
+                }
+                HostOutcome::Ran(out) => {
+                    completed.push(s);
+                    parts.push((name, out.clone()));
+                }
+                HostOutcome::AlreadyDone(g) if g.starts_with("completion marker") => {
+                    completed.push(s);
+                }
+                HostOutcome::Skipped => skipped.push(name),
+                HostOutcome::AlreadyDone(_) | HostOutcome::Excluded => {}
+            }
+        }
+        let mut undone = Vec::new();
+        if let Some(cmd) = &step.undo {
+            let t = self.timeout(step)?;
+            for s in &completed {
+                let name = s.endpoint().host.name.clone();
+                let r = self.undo_one(s, ctx, action, cmd, t).await;
+                let outcome = match &r {
+                    Ok(o) => HostOutcome::Ran(o.clone().unwrap_or_default()),
+                    Err((m, o)) => HostOutcome::Failed(m.clone(), o.clone()),
+                };
+                self.report(ctx, &s.endpoint().host, "undo", None, &outcome);
+                match r {
+                    Ok(_) => undone.push(name),
+                    Err((m, _)) => failures.push(format!("undo on {name} failed: {m}")),
+                }
+            }
+        } else if !completed.is_empty() {
+            failures.push(format!(
+                "the step has no undo, so it stays applied on: {}",
+                completed
+                    .iter()
+                    .map(|s| s.endpoint().host.name.clone())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        let mut message = failures.join("; ");
+        if self.max_failures > 0 || !excluded.is_empty() {
+            message.push_str(&format!(
+                "; {} hosts failed in this run, more than the failure budget of {}",
+                self.failed_count(),
+                self.max_failures
+            ));
+        }
+        if !undone.is_empty() {
+            message.push_str(&format!(
+                "; undone on the hosts where it had completed: {}",
+                undone.join(", ")
+            ));
+        }
+        if !skipped.is_empty() {
+            message.push_str(&format!("; not started on: {}", skipped.join(", ")));
+        }
+        Err(TargetError::Failed {
+            message: self.redactor.redact(&message),
+            output: combine(&parts),
+        })
     }
 
     /// [`Self::apply_host`] on host `i` unless the failure budget is used up already (by
@@ -2299,173 +2482,10 @@ impl Target for SshTarget {
         action: &'a StepAction,
     ) -> BoxFuture<'a, Result<Applied, TargetError>> {
         Box::pin(async move {
-            let step = self.step(ctx, action)?;
-            let step: &ExecStep = &step;
-            // A `deploy` with a canary behind a load balancer: the fleet canary (crate::fleet),
-            // unless there is nothing to compare with yet.
-            if matches!(action, StepAction::Deploy { .. })
-                && let Ok((service, svc)) = self.service_of(ctx)
-                && let (Some(spec), Some(router)) = (&svc.canary, &svc.drain)
-                && let Some(r) =
-                    crate::fleet::apply(self, ctx, action, step, service, spec, &**router, |h| {
-                        h.ports.get(service).copied()
-                    })
-                    .await
-            {
-                return r;
-            }
-            let excluded = self.excluded_set();
-            let live: Vec<usize> = (0..self.endpoints.len())
-                .filter(|i| !excluded.contains(i))
-                .collect();
-            let (connected, unreachable) = self.connect_within_budget(ctx, &live).await?;
-            // Waves one after another; within one, at most `parallelism` hosts at once.
-            let mut results: Vec<(usize, Arc<Session>, HostOutcome)> = Vec::new();
-            let mut left_out = Vec::new();
-            for (w, wave) in connected
-                .chunk_by(|(a, _), (b, _)| a / self.batch == b / self.batch)
-                .enumerate()
-            {
-                let wave_no = wave.first().map_or(w, |(i, _)| i / self.batch) + 1;
-                let futs: Vec<_> = wave
-                    .iter()
-                    .map(|(i, s)| self.apply_guarded(*i, s, ctx, step, action, wave_no))
-                    .collect();
-                let outcomes: Vec<HostOutcome> = futures_util::stream::iter(futs)
-                    .buffered(self.parallelism)
-                    .collect()
-                    .await;
-                for ((i, s), o) in wave.iter().zip(outcomes) {
-                    results.push((*i, s.clone(), o));
-                }
-            }
-            for i in &excluded {
-                left_out.push(self.endpoints[*i].host.name.clone());
-            }
-            let sessions: Vec<Arc<Session>> = results.iter().map(|(_, s, _)| s.clone()).collect();
-            let outcomes: Vec<HostOutcome> = results.iter().map(|(_, _, o)| o.clone()).collect();
-            if !self.over_budget() {
-                let t = self.timeout(step)?;
-                let mut parts = Vec::new();
-                let mut guards = Vec::new();
-                let mut failed_here = unreachable.clone();
-                for (i, s, o) in &results {
-                    let name = s.endpoint().host.name.clone();
-                    match o {
-                        HostOutcome::Ran(out) => parts.push((name, out.clone())),
-                        HostOutcome::AlreadyDone(g) => guards.push(format!("{name}: {g}")),
-                        HostOutcome::Failed(m, out) => {
-                            self.exclude_host(*i, s, ctx, t).await;
-                            failed_here.push(format!("{}: {m}", s.endpoint().label()));
-                            parts.push((name, out.clone()));
-                        }
-                        HostOutcome::Excluded => {
-                            self.exclude(*i);
-                            left_out.push(name);
-                        }
-                        HostOutcome::Skipped => {}
-                    }
-                }
-                if parts.is_empty() && failed_here.is_empty() {
-                    let mut guard = format!("already done on every host ({})", guards.join("; "));
-                    if !left_out.is_empty() {
-                        guard.push_str(&format!(
-                            "; left out (failed an earlier step within the failure budget): {}",
-                            left_out.join(", ")
-                        ));
-                    }
-                    return Ok(Applied::AlreadyDone { guard });
-                }
-                let mut output = combine(&parts);
-                if !failed_here.is_empty() {
-                    // Within the budget: the step succeeded on the other hosts.
-                    output.exit_code = Some(0);
-                    output.stderr.push_str(&self.redactor.redact(&format!(
-                        "[slipway] failed within the failure budget ({} of {} hosts may fail; {} failed in this run), left out of the later steps: {}\n",
-                        self.max_failures,
-                        self.endpoints.len(),
-                        self.failed_count(),
-                        failed_here.join("; ")
-                    )));
-                }
-                if !left_out.is_empty() {
-                    output.stderr.push_str(&format!(
-                        "[slipway] left out (failed an earlier step within the failure budget): {}\n",
-                        left_out.join(", ")
-                    ));
-                }
-                return Ok(Applied::Ran { output });
-            }
-            // Over the budget: undo where this step completed, then fail the step.
-            let mut failures = unreachable.clone();
-            let mut parts = Vec::new();
-            let mut completed = Vec::new();
-            let mut skipped = Vec::new();
-            for (s, o) in sessions.iter().zip(&outcomes) {
-                let name = s.endpoint().host.name.clone();
-                match o {
-                    HostOutcome::Failed(m, out) => {
-                        failures.push(format!("{}: {m}", s.endpoint().label()));
-                        parts.push((name, out.clone()));
-                    }
-                    HostOutcome::Ran(out) => {
-                        completed.push(s);
-                        parts.push((name, out.clone()));
-                    }
-                    HostOutcome::AlreadyDone(g) if g.starts_with("completion marker") => {
-                        completed.push(s);
-                    }
-                    HostOutcome::Skipped => skipped.push(name),
-                    HostOutcome::AlreadyDone(_) | HostOutcome::Excluded => {}
-                }
-            }
-            let mut undone = Vec::new();
-            if let Some(cmd) = &step.undo {
-                let t = self.timeout(step)?;
-                for s in &completed {
-                    let name = s.endpoint().host.name.clone();
-                    let r = self.undo_one(s, ctx, action, cmd, t).await;
-                    let outcome = match &r {
-                        Ok(o) => HostOutcome::Ran(o.clone().unwrap_or_default()),
-                        Err((m, o)) => HostOutcome::Failed(m.clone(), o.clone()),
-                    };
-                    self.report(ctx, &s.endpoint().host, "undo", None, &outcome);
-                    match r {
-                        Ok(_) => undone.push(name),
-                        Err((m, _)) => failures.push(format!("undo on {name} failed: {m}")),
-                    }
-                }
-            } else if !completed.is_empty() {
-                failures.push(format!(
-                    "the step has no undo, so it stays applied on: {}",
-                    completed
-                        .iter()
-                        .map(|s| s.endpoint().host.name.clone())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ));
-            }
-            let mut message = failures.join("; ");
-            if self.max_failures > 0 || !excluded.is_empty() {
-                message.push_str(&format!(
-                    "; {} hosts failed in this run, more than the failure budget of {}",
-                    self.failed_count(),
-                    self.max_failures
-                ));
-            }
-            if !undone.is_empty() {
-                message.push_str(&format!(
-                    "; undone on the hosts where it had completed: {}",
-                    undone.join(", ")
-                ));
-            }
-            if !skipped.is_empty() {
-                message.push_str(&format!("; not started on: {}", skipped.join(", ")));
-            }
-            Err(TargetError::Failed {
-                message: self.redactor.redact(&message),
-                output: combine(&parts),
-            })
+            timeline::mark("-", "apply", &ctx.step_id);
+            let r = self.apply_all(ctx, action).await;
+            timeline::mark("-", "applied", &ctx.step_id);
+            r
         })
     }
 

@@ -58,7 +58,7 @@ use slipway_model::duration::format_duration;
 
 use super::{
     CREATES_SENTINEL, EXCLUDED_MARKER, EXCLUDED_SENTINEL, Handle, LOCK_SENTINEL, MARKER_SENTINEL,
-    OPEN_TIMEOUT, Session, SshError, SshTarget, UNLESS_SENTINEL, push_tail, sh_quote,
+    OPEN_TIMEOUT, Session, SshError, SshTarget, UNLESS_SENTINEL, push_tail, sh_quote, timeline,
 };
 
 /// What the helper prints once it runs (after whatever the login shell printed).
@@ -613,9 +613,12 @@ impl Session {
             let Slot::Up(h) = &mut *slot else {
                 continue;
             };
+            timeline::mark(&self.endpoint.host.name, "arm", req.key);
             match h.arm(&frame).await {
                 Armed::Ready => {
+                    timeline::mark(&self.endpoint.host.name, "go", req.key);
                     let r = h.go(bound, req.keep, &label).await;
+                    timeline::mark(&self.endpoint.host.name, "done", req.key);
                     if h.ended || h.exit.is_some() {
                         h.close().await;
                         *slot = Slot::Idle;
@@ -664,6 +667,7 @@ impl Session {
     /// current connection only (slipway just logged in again).
     async fn start_helper(&self, relogin: bool) -> Result<Helper, StartError> {
         let label = self.endpoint.label();
+        timeline::mark(&self.endpoint.host.name, "helper-open", "");
         let (conn, ch) = if relogin {
             self.channel().await.map_err(StartError::Session)?
         } else {
@@ -683,6 +687,7 @@ impl Session {
                 }
             }
         };
+        timeline::mark(&self.endpoint.host.name, "helper-exec", "");
         let line = SshTarget::in_workdir(
             &self.endpoint.host,
             &format!("exec perl -e {}", sh_quote(&FILLED)),
@@ -705,6 +710,7 @@ impl Session {
             // What the login shell printed first (a chatty rc file) is not the helper's.
             if let Some(at) = h.buf.windows(HELLO.len()).position(|w| w == HELLO) {
                 h.buf.drain(..at + HELLO.len());
+                timeline::mark(&self.endpoint.host.name, "helper-up", "");
                 return Ok(h);
             }
             match h.pull(deadline).await {
