@@ -21,6 +21,14 @@ fn example_plans_snapshot() {
         let spec = load(&format!("examples/{example}/release.yaml"));
         for env in envs {
             let p = plan(&spec, env, &Facts::default()).unwrap();
+            // A plan reads back from its JSON as itself: the engine drives a run it just
+            // created with the plan it kept, and a resumed one with the stored text parsed.
+            let back: slipway_model::plan::Plan =
+                serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
+            assert_eq!(
+                back, p,
+                "plan of {example} in {env} read back from its JSON"
+            );
             insta::assert_json_snapshot!(format!("plan-{example}-{env}"), p);
         }
     }

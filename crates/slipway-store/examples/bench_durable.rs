@@ -9,7 +9,8 @@
 //! service is the sequential case (its steps run one after another whatever the
 //! parallelism); many services of a few steps are the group-commit case. With
 //! `SLIPWAY_BENCH_STORE=postgres://…` the run goes to that (empty) PostgreSQL database
-//! instead of an SQLite file in DIR. The last line is the result as JSON (for
+//! instead of an SQLite file in DIR. With `SLIPWAY_BENCH_NO_PROBE` set the fsync probes
+//! are skipped (for profiling the run's CPU: the ratios are then NaN). The last line is the result as JSON (for
 //! `scripts/bench.sh`). It allocates with mimalloc, as the `slipway` binary does.
 #![allow(
     clippy::disallowed_methods,
@@ -22,6 +23,7 @@
     reason = "a benchmark binary"
 )]
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::Arc;
 use std::time::Instant;
@@ -77,6 +79,7 @@ async fn main() {
         ),
     };
     let engine = Engine::new(Arc::new(store), Arc::new(NoopTarget), Arc::new(SystemClock));
+    let (cpu_before, faults_before) = (cpu_ns(), minor_faults());
     let t = Instant::now();
     let run = engine
         .create_run(NewRunRequest {
@@ -92,6 +95,17 @@ async fn main() {
         .await
         .unwrap();
     let secs = t.elapsed().as_secs_f64();
+    let cpu_after = cpu_ns();
+    let cpu_threads: BTreeMap<String, f64> = cpu_after
+        .iter()
+        .map(|(name, ns)| {
+            let before = cpu_before.get(name).copied().unwrap_or(0);
+            (name.clone(), ns.saturating_sub(before) as f64 / 1e9)
+        })
+        .filter(|(_, s)| *s > 0.0)
+        .collect();
+    let cpu: f64 = cpu_threads.values().sum();
+    let faults = minor_faults().saturating_sub(faults_before);
     let fsync_after = fsync_rate(dir.path(), false);
     let overwrite_after = fsync_rate(dir.path(), true);
     let steps = steps * services;
@@ -108,6 +122,18 @@ async fn main() {
     let overwrite = f64::midpoint(overwrite_before, overwrite_after);
     println!("durable steps/s: {rate:.0} ({secs:.2} s)");
     println!(
+        "CPU of the run, every thread: {:.1} ms, {:.1} µs per step; {faults} minor page faults",
+        cpu * 1e3,
+        cpu * 1e6 / steps as f64
+    );
+    for (name, secs) in &cpu_threads {
+        println!(
+            "  {name}: {:.1} ms, {:.1} µs per step",
+            secs * 1e3,
+            secs * 1e6 / steps as f64
+        );
+    }
+    println!(
         "fsync/s on the same disk: {fsync:.0} (before {fsync_before:.0}, after {fsync_after:.0}); steps/s ÷ fsync/s: {:.2}",
         rate / fsync
     );
@@ -123,6 +149,10 @@ async fn main() {
             "steps": steps,
             "parallelism": par,
             "seconds": secs,
+            "cpu_seconds": cpu,
+            "cpu_us_per_step": cpu * 1e6 / steps as f64,
+            "minor_faults": faults,
+            "cpu_seconds_by_thread": cpu_threads,
             "steps_per_s": rate,
             "fsync_per_s_before": fsync_before,
             "fsync_per_s_after": fsync_after,
@@ -137,10 +167,55 @@ async fn main() {
     );
 }
 
+/// CPU time the process's threads have run, in ns, by thread name (the runtime's
+/// workers share one): each thread's `/proc/self/task/*/schedstat` (its first field, ns on
+/// a CPU; finer than the clock ticks of `/proc/self/stat`). A thread that ends between
+/// two readings takes its time with it; the runtime's and the store's threads live as
+/// long as the run. Empty where the files are missing (not Linux).
+fn cpu_ns() -> BTreeMap<String, u64> {
+    let mut by = BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return by;
+    };
+    for t in tasks.flatten() {
+        let (Ok(stat), Ok(name)) = (
+            std::fs::read_to_string(t.path().join("schedstat")),
+            std::fs::read_to_string(t.path().join("comm")),
+        ) else {
+            continue;
+        };
+        if let Some(ns) = stat
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            *by.entry(name.trim().to_owned()).or_insert(0) += ns;
+        }
+    }
+    by
+}
+
+/// Minor page faults of the process so far (`/proc/self/stat` field 10): fresh memory
+/// the kernel zeroed, which a profile of the run counts as kernel CPU. 0 where missing.
+fn minor_faults() -> u64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            // The fields after the command name, which is in parentheses.
+            let rest = s.get(s.rfind(')')? + 2..)?;
+            rest.split_whitespace().nth(7)?.parse().ok()
+        })
+        .unwrap_or(0)
+}
+
 /// fsync rate of the disk under `dir`: 500 × (1-byte write + fdatasync), appending to a
 /// new file or (`in_place`) overwriting bytes of a file already written and synced.
 fn fsync_rate(dir: &std::path::Path, in_place: bool) -> f64 {
     use std::os::unix::fs::FileExt;
+    // Profiling the run's CPU needs no probe (each takes seconds on a loaded disk).
+    if std::env::var_os("SLIPWAY_BENCH_NO_PROBE").is_some() {
+        return f64::NAN;
+    }
     let n: u64 = 500;
     let mut f = std::fs::File::create(dir.join("fsync.probe")).unwrap();
     if in_place {

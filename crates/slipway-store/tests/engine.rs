@@ -10,7 +10,7 @@ use slipway_engine::{DriveOptions, DriveOutcome, Engine, EngineError, FakeClock,
 use slipway_model::plan::{Facts, Plan, plan};
 use slipway_model::spec::ReleaseSpec;
 
-use crate::common::{Backend, Fresh, on_both, req};
+use crate::common::{Backend, Fresh, on_both, on_disk, req};
 
 fn make_plan(env_extra: &str, version: &str) -> Plan {
     let yaml = format!(
@@ -264,6 +264,59 @@ async fn waivers_are_journaled_once_even_after_a_crash_right_after_creation(b: B
         .unwrap();
     assert!(waiver < first_step);
 }
+
+/// A drive in the process that created the run takes the plan `create_run` kept only
+/// while the stored plan is the text it wrote: a plan changed in the store since is the
+/// one driven (as a drive from another process would), and a drive of another run than
+/// the last created reads its own.
+async fn a_drive_reads_the_stored_plan_when_it_is_not_the_one_created(b: Backend) {
+    let (d, engine, _) = setup(b, "2026-03-02T10:00:00Z").await;
+    let edited = engine
+        .create_run(req(make_plan("", "1.0.0"), "op-a"))
+        .await
+        .unwrap();
+    d.sql(&format!(
+        "UPDATE runs SET plan_json = replace(plan_json, 'two', 'zwei') WHERE id = '{}'",
+        edited.id
+    ));
+    let out = engine.drive(&edited.id, "op-a", NO_WAIT).await.unwrap();
+    assert_eq!(out, DriveOutcome::Finished(RunState::Succeeded));
+    let steps = |run: String| {
+        let engine = engine.clone();
+        async move {
+            engine
+                .store()
+                .steps(&run)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|s| s.step_id)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(steps(edited.id.clone()).await, ["app/one", "app/zwei"]);
+    // Two runs created, the first driven: its plan is the stored one, not the second's.
+    let first = engine
+        .create_run(req(make_plan("", "1.0.1"), "op-a"))
+        .await
+        .unwrap();
+    let yaml = "apiVersion: slipway/v1\nkind: Release\nmetadata: { name: h, version: 1.0.0, type: patch }\n\
+         services:\n  other:\n    steps:\n      - { name: only, run: 'true' }\n\
+         environments:\n  prod:\n    target: { exec: {} }\n";
+    let spec: ReleaseSpec = serde_saphyr::from_str(yaml).unwrap();
+    let second = engine
+        .create_run(req(plan(&spec, "prod", &Facts::default()).unwrap(), "op-a"))
+        .await
+        .unwrap();
+    let out = engine.drive(&first.id, "op-a", NO_WAIT).await.unwrap();
+    assert_eq!(out, DriveOutcome::Finished(RunState::Succeeded));
+    assert_eq!(steps(first.id.clone()).await, ["app/one", "app/two"]);
+    let out = engine.drive(&second.id, "op-a", NO_WAIT).await.unwrap();
+    assert_eq!(out, DriveOutcome::Finished(RunState::Succeeded));
+    assert_eq!(steps(second.id.clone()).await, ["other/only"]);
+}
+
+on_disk!(a_drive_reads_the_stored_plan_when_it_is_not_the_one_created);
 
 on_both!(
     a_future_window_blocks_with_no_wait_and_is_waited_for_otherwise,
