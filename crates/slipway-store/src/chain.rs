@@ -143,12 +143,12 @@ pub(crate) fn chain_only_event(e: &EngineEvent) -> bool {
 /// like; a state change or control request also updates its run's row, and goes the
 /// ordinary way); `None` otherwise. Such a group may go after a writer's kept head.
 pub(crate) fn chain_only<'a>(
-    writes: impl IntoIterator<Item = Option<&'a [JournalRecord]>>,
-) -> Option<Vec<&'a JournalRecord>> {
+    writes: impl IntoIterator<Item = Option<&'a [Ready]>>,
+) -> Option<Vec<&'a Ready>> {
     let mut out = Vec::new();
     for w in writes {
         for r in w? {
-            if !chain_only_event(&r.event) {
+            if !chain_only_event(&r.record.event) {
                 return None;
             }
             out.push(r);

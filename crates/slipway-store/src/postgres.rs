@@ -2,8 +2,10 @@
 //! sharing one database.
 //!
 //! Same contract as the SQLite store, with PostgreSQL's tools for the cross-process parts:
-//! - **Writes** go through one writer task per process that group-commits queued records
-//!   (as in SQLite), on a connection of its own. Appends are serialized through the row of
+//! - **Writes** go through one writer per process that group-commits queued records
+//!   (as in SQLite), on a thread, runtime and connection of its own (so an answer from
+//!   PostgreSQL is read when it arrives, not after the engine's ready tasks); callers make
+//!   their entries' text (`chain::Ready`) before they queue. Appends are serialized through the row of
 //!   `meta` that records the chain head, so the chain stays linear and journal (= audit)
 //!   `seq` values are handed out in commit order (a `logs -f` reader polling `seq > n`
 //!   never skips one). The writer keeps the head its last commit left: a group of
@@ -55,7 +57,7 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRo
 use sqlx::{AssertSqlSafe, Connection, Row};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::chain::{self, Appender, RunUpdates, Staged};
+use crate::chain::{self, Appender, Ready, RunUpdates, Staged};
 use crate::schema::{
     JOURNAL_FORMAT, LIVE_DUPLICATES, LIVE_RUN_FORMAT, LIVE_RUN_INDEX_NAME, PG_FIRST_FORMAT,
     PG_MIGRATIONS, PG_SCHEMA,
@@ -92,7 +94,9 @@ const WRITE_LOCK: i32 = 1;
 const SCHEMA_LOCK: i32 = 2;
 
 enum Write {
-    Commit(Vec<JournalRecord>),
+    /// Records whose entry text the caller made (`chain::Ready`): the writer, which every
+    /// commit of the process waits on in turn, only numbers, hashes and writes them.
+    Commit(Vec<Ready>),
     CreateRun(Box<(NewRun, JournalRecord)>),
     Pseudonym(String),
     Erase(String),
@@ -203,12 +207,78 @@ impl PgStore {
         let opts = PgConnectOptions::from_str(url)
             .map_err(|e| unavailable(&location, password.as_deref(), &e))?
             .application_name("slipway");
-        let mut conn = connect(&opts, &location, password.as_deref()).await?;
-        migrate(&mut conn, &location, password.as_deref()).await?;
         let read = pool(&opts, 4);
+        // The first reader's connection is made while the writer migrates, not when the
+        // first read (a run being driven) needs it.
+        let warm = {
+            let read = read.clone();
+            tokio::spawn(async move {
+                let _ = read.acquire().await;
+            })
+        };
         let (tx, rx) = mpsc::unbounded_channel();
-        // The writer goes on with the connection that migrated.
-        tokio::spawn(writer(conn, opts.clone(), location.clone(), password, rx));
+        let (opened_tx, opened) = oneshot::channel();
+        let args = (opts.clone(), location.clone(), password);
+        // The writer runs on a thread of its own, with its own runtime and connection (the
+        // one that migrates): were it a task among the engine's, each commit's reply would
+        // wait behind whichever of hundreds of ready engine tasks the workers run first,
+        // and the next group with it (group commit throughput is this one task's latency).
+        // The commit path's waits are I/O on this one connection; the thread wakes when
+        // PostgreSQL answers, as SQLite's committer thread does when its fsync returns.
+        std::thread::Builder::new()
+            .name("slipway-pg-writer".into())
+            .spawn(move || {
+                let (opts, location, password) = args;
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = opened_tx.send(Err(StoreError::Unavailable {
+                            location,
+                            message: format!("start the writer's runtime: {e}"),
+                        }));
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    let mut conn = match connect(&opts, &location, password.as_deref()).await {
+                        Ok(c) => c,
+                        Err(e) => {
+                            let _ = opened_tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    if let Err(e) = migrate(&mut conn, &location, password.as_deref()).await {
+                        let _ = conn.close().await;
+                        let _ = opened_tx.send(Err(e));
+                        return;
+                    }
+                    writer_session(&mut conn).await;
+                    if opened_tx.send(Ok(())).is_err() {
+                        // Whoever opened the store stopped waiting for it.
+                        let _ = conn.close().await;
+                        return;
+                    }
+                    // The writer goes on with the connection that migrated.
+                    writer(conn, opts, location, password, rx).await;
+                });
+            })
+            .map_err(|e| StoreError::Unavailable {
+                location: location.clone(),
+                message: format!("start the writer thread: {e}"),
+            })?;
+        let opened = opened.await.unwrap_or_else(|_| {
+            Err(StoreError::Unavailable {
+                location: location.clone(),
+                message: "the writer thread stopped while opening the store".into(),
+            })
+        });
+        if let Err(e) = opened {
+            warm.abort();
+            return Err(e);
+        }
         Ok(Self {
             location,
             opts: Box::new(opts),
@@ -272,6 +342,17 @@ async fn connect(
             ),
         }),
     }
+}
+
+/// Settings of a writer's session. `default_toast_compression = lz4`: a run's plan (a few
+/// hundred KB of JSON for 500 services) is compressed when its row is written, and pglz,
+/// the server's default, took longer than the rest of that transaction; lz4 takes a
+/// fraction of that (and reads back on any server that wrote it). A server built without
+/// lz4 refuses the setting and keeps pglz: nothing else changes.
+async fn writer_session(conn: &mut PgConnection) {
+    let _ = sqlx::raw_sql("SET default_toast_compression = lz4")
+        .execute(&mut *conn)
+        .await;
 }
 
 /// Pool options without the idle/lifetime maintenance task (see `sqlite::pool_options`).
@@ -485,7 +566,10 @@ async fn writer(
         let c = match conn.as_mut() {
             Some(c) => c,
             None => match connect(&opts, &location, password.as_deref()).await {
-                Ok(c) => conn.insert(c),
+                Ok(mut c) => {
+                    writer_session(&mut c).await;
+                    conn.insert(c)
+                }
                 Err(e) => {
                     let message = match e {
                         StoreError::Unavailable { message, .. } => message,
@@ -586,11 +670,11 @@ SELECT count(*) FROM h";
 async fn commit_fast(
     conn: &mut PgConnection,
     head: &(i64, String),
-    records: &[&JournalRecord],
+    records: &[&Ready],
 ) -> Result<Option<(i64, String)>, StoreError> {
     let mut app = Appender::new(Some(head.clone()));
     for r in records {
-        app.push(r)?;
+        app.push_ready(r);
     }
     let (seq, prev) = app.head();
     let new_head = format!("{seq}:{prev}");
@@ -708,8 +792,8 @@ async fn apply_all(
         let reply = match w {
             Write::Commit(records) => {
                 for r in records {
-                    app.push(r)?;
-                    batch.updates.apply(r);
+                    app.push_ready(r);
+                    batch.updates.apply(&r.record);
                 }
                 Reply::Done
             }
@@ -1211,7 +1295,12 @@ impl Store for PgStore {
 
     fn commit(&self, records: Vec<JournalRecord>) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
-            self.send(Write::Commit(records)).await?;
+            // The entries' text is made here, on the caller's task (as in SQLite).
+            let ready = records
+                .into_iter()
+                .map(Ready::new)
+                .collect::<Result<Vec<_>, _>>()?;
+            self.send(Write::Commit(ready)).await?;
             Ok(())
         })
     }
