@@ -189,7 +189,8 @@ struct CreatedPlan {
 /// What a drive keeps about its run.
 struct RunCtx {
     run: RunRecord,
-    plan: Plan,
+    /// Shared with the wave's step tasks, which read their step from it (no copy each).
+    plan: Arc<Plan>,
     actor: String,
     state: RunState,
 }
@@ -558,7 +559,7 @@ impl Engine {
             let mut ctx = RunCtx {
                 state: run.state,
                 run,
-                plan,
+                plan: Arc::new(plan),
                 actor: actor.to_owned(),
             };
             let end = self.abort(&mut ctx, "aborted by request").await?;
@@ -729,7 +730,7 @@ impl Engine {
         let mut ctx = RunCtx {
             state: run.state,
             run,
-            plan,
+            plan: Arc::new(plan),
             actor: actor.to_owned(),
         };
         if ctx.state.is_terminal() {
@@ -812,7 +813,7 @@ impl Engine {
         let mut ctx = RunCtx {
             state: run.state,
             run,
-            plan,
+            plan: Arc::new(plan),
             actor: actor.to_owned(),
         };
         if ctx.state == RunState::RolledBack {
@@ -1057,6 +1058,8 @@ impl Engine {
             .map(|r| (r.step_id.clone(), r))
             .collect();
         let waves = ctx.plan.waves.clone();
+        // The step tasks read their step here, named by its index in the plan.
+        let plan = Arc::clone(&ctx.plan);
         // Smoke checks are meant for the candidate before it gets traffic. The exec target
         // has no separate candidate instance, so they run right after the wave that
         // deploys: the last wave with a `deploy` step, else (exec-only plans) the last wave,
@@ -1074,23 +1077,24 @@ impl Engine {
         // a service in front of a dependency that is not there).
         let mut down: BTreeMap<String, String> = BTreeMap::new();
         for wave in &waves {
-            let steps: Vec<&PlannedStep> = ctx
-                .plan
+            let steps: Vec<(usize, &PlannedStep)> = plan
                 .steps
                 .iter()
-                .filter(|s| s.wave == wave.index)
+                .enumerate()
+                .filter(|(_, s)| s.wave == wave.index)
                 .collect();
             let mut failed = 0u32;
             let mut errors: Vec<String> = Vec::new();
             let mut paused: Vec<String> = Vec::new();
             let mut refused_artifact = false;
-            let mut todo = Vec::new();
+            // (index of the step in the plan, its record when it has one).
+            let mut todo: Vec<(usize, Option<StepRecord>)> = Vec::with_capacity(steps.len());
             let mut fresh = true;
             // A service whose step failed runs none of its later steps.
             let mut failed_services: HashSet<String> = HashSet::new();
-            for s in &steps {
+            for (i, s) in &steps {
                 match records.get(&s.id) {
-                    None => todo.push(((*s).clone(), None)),
+                    None => todo.push((*i, None)),
                     Some(r) => {
                         fresh = false;
                         match r.status {
@@ -1099,7 +1103,7 @@ impl Engine {
                                 failed += 1;
                                 failed_services.insert(s.service.clone());
                             }
-                            _ => todo.push(((*s).clone(), Some(r.clone()))),
+                            _ => todo.push((*i, Some(r.clone()))),
                         }
                     }
                 }
@@ -1109,7 +1113,8 @@ impl Engine {
                     .or_insert_with(|| "a step failed".into());
             }
             let mut skipped: BTreeMap<String, String> = BTreeMap::new();
-            for (s, _) in &todo {
+            for (i, _) in &todo {
+                let s = &plan.steps[*i];
                 if skipped.contains_key(&s.service) {
                     continue;
                 }
@@ -1129,7 +1134,11 @@ impl Engine {
             if !skipped.is_empty() {
                 let mut notes = Vec::new();
                 for (service, why) in &skipped {
-                    if let Some((s, _)) = todo.iter().find(|(s, _)| &s.service == service) {
+                    if let Some(s) = todo
+                        .iter()
+                        .map(|(i, _)| &plan.steps[*i])
+                        .find(|s| &s.service == service)
+                    {
                         notes.push(EngineEvent::StepProgress {
                             step: s.id.clone(),
                             key: s.idempotency_key.clone(),
@@ -1137,7 +1146,7 @@ impl Engine {
                         });
                     }
                 }
-                todo.retain(|(s, _)| !skipped.contains_key(&s.service));
+                todo.retain(|(i, _)| !skipped.contains_key(&plan.steps[*i].service));
                 down.extend(skipped);
                 self.emit(ctx, notes).await?;
             }
@@ -1172,7 +1181,7 @@ impl Engine {
             // once, and the steps of one service one after another, in their order: a
             // service's `steps:` are a script (download, unpack, switch), not a set.
             // The sort is stable, so plan order holds within a rank.
-            todo.sort_by_key(|(s, _)| rank(s));
+            todo.sort_by_key(|(i, _)| rank(&plan.steps[*i]));
             // Steps in flight per rank.
             let mut running = [0usize; 3];
             let mut refused_config = false;
@@ -1188,11 +1197,10 @@ impl Engine {
                 HashMap::new()
             };
             // Steps of failed services never start.
-            let mut todo = WaveTodo::new(
-                todo.into_iter()
-                    .filter(|(s, _)| !failed_services.contains(&s.service))
-                    .map(|t| (rank(&t.0), t)),
-            );
+            let mut todo = WaveTodo::new(todo.into_iter().filter_map(|t| {
+                let s = &plan.steps[t.0];
+                (!failed_services.contains(&s.service)).then(|| (rank(s), s.service.as_str(), t))
+            }));
             let mut last_check = Instant::now();
             // Step tasks in the set: the parallelism bounds steps being applied, not the
             // commits of successes below (which hold no target and would otherwise take
@@ -1229,7 +1237,7 @@ impl Engine {
                         todo.next_of(svc)
                             .is_some_and(|(r, (_, rec))| r == lowest && rec.is_none())
                     });
-                    let ((step, rec), prelude, carried) = match chained {
+                    let ((index, rec), prelude, carried) = match chained {
                         // Found just above, so there is one to take.
                         Some(p) => match todo.take_next_of(&pending[p].0) {
                             Some(t) => {
@@ -1266,14 +1274,17 @@ impl Engine {
                             None => break,
                         },
                     };
-                    let r = rank(&step);
+                    let step = &plan.steps[index];
+                    let r = rank(step);
                     running[usize::from(r)] += 1;
                     applying += 1;
                     let service = step.service.clone();
                     let this = self.clone();
                     let shared = Arc::clone(&ctx_shared);
                     let before = prior.get(&step.id).cloned().unwrap_or_default();
+                    let plan = Arc::clone(&plan);
                     set.spawn(async move {
+                        let step = &plan.steps[index];
                         (
                             r,
                             service,
@@ -1615,7 +1626,7 @@ impl Engine {
     async fn run_step(
         &self,
         run: &(String, String, String),
-        step: PlannedStep,
+        step: &PlannedStep,
         rec: Option<StepRecord>,
         prior: Vec<serde_json::Value>,
         mut prelude: Vec<EngineEvent>,
