@@ -1351,9 +1351,16 @@ impl SshTarget {
     /// the run counts them against its budget). The sessions stay open for this target's
     /// steps, so a deploy that checks first and then runs logs in once per host; on an
     /// error they are closed.
+    ///
+    /// Each host's step helper ([`helper`]) is started as soon as its session is up,
+    /// while the other hosts' handshakes go on (outside their bound), so that the run's
+    /// first step does not start 200 of them at once: it found them started. A helper
+    /// runs nothing until a step is sent to it, so this changes nothing on a host whose
+    /// run does not start. Where one cannot start, the host's steps take the wrapper, as
+    /// they would have.
     pub async fn check_hosts(&self) -> Result<Vec<String>, TargetError> {
         let all: Vec<usize> = (0..self.endpoints.len()).collect();
-        let (_kept, problems) = self.connect_each(&all).await;
+        let (_kept, problems) = self.connect_each_then(&all, true).await;
         let refused = problems
             .iter()
             .any(|(_, e)| matches!(e, SshError::HostKey(_)));
@@ -1418,6 +1425,17 @@ impl SshTarget {
         &self,
         which: &[usize],
     ) -> (Vec<(usize, Arc<Session>)>, Vec<(usize, SshError)>) {
+        self.connect_each_then(which, false).await
+    }
+
+    /// [`Self::connect_each`], starting each new session's step helper once it is up
+    /// when `warm` ([`Self::check_hosts`]); every start is awaited before this returns,
+    /// so that a step never finds a helper still starting (it would take the wrapper).
+    async fn connect_each_then(
+        &self,
+        which: &[usize],
+        warm: bool,
+    ) -> (Vec<(usize, Arc<Session>)>, Vec<(usize, SshError)>) {
         let mut pool = self.sessions.lock().await;
         timeline::mark("-", "sessions", &which.len().to_string());
         // A kept session is used as it is, not probed (a probe cost a round trip per host
@@ -1447,11 +1465,28 @@ impl SshTarget {
                 }
             })
             .collect();
-        let mut results: Vec<(usize, Result<Arc<Session>, SshError>)> =
-            futures_util::stream::iter(futs)
-                .buffer_unordered(self.parallelism.min(self.connect_parallelism))
-                .collect()
-                .await;
+        let mut connecting = futures_util::stream::iter(futs)
+            .buffer_unordered(self.parallelism.min(self.connect_parallelism));
+        let mut results: Vec<(usize, Result<Arc<Session>, SshError>)> = Vec::new();
+        // Helper starts run beside the handshakes still in flight, not within their bound:
+        // a handshake slot is not held by the session's own helper start.
+        let mut warming = futures_util::stream::FuturesUnordered::new();
+        loop {
+            tokio::select! {
+                next = connecting.next() => match next {
+                    Some(r) => {
+                        if warm && let (_, Ok(s)) = &r {
+                            let s = s.clone();
+                            warming.push(async move { s.warm_helper().await });
+                        }
+                        results.push(r);
+                    }
+                    None => break,
+                },
+                Some(()) = warming.next(), if !warming.is_empty() => {}
+            }
+        }
+        while warming.next().await.is_some() {}
         results.sort_by_key(|(i, _)| *i);
         timeline::mark("-", "sessions-done", &results.len().to_string());
         let mut problems = Vec::new();

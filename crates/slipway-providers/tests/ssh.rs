@@ -1485,3 +1485,55 @@ async fn a_host_where_the_helper_cannot_start_runs_its_steps_with_the_wrapper() 
     assert_eq!(helper_pids(&roots[1]).len(), 1);
     target.close_all().await;
 }
+
+/// The host check starts each host's step helper (overlapping the other handshakes), so
+/// the first step finds it up and it takes the step; a host where it cannot start runs
+/// its steps with the wrapper, as when the first step starts it; the helpers end with the
+/// sessions.
+#[tokio::test]
+async fn the_host_check_starts_the_step_helpers_that_take_the_first_step() {
+    let fleet = Fleet::start_isolated(3, |i, _| {
+        (i == 0).then(|| Isolation {
+            sshd_config: "SetEnv PERL5OPT=-Mslipway_no_such_module\n".into(),
+            ..Isolation::default()
+        })
+    });
+    let (inv, roots) = host_dirs(&fleet);
+    let target = SshTarget::new(&inv, None, None, Some(3)).unwrap();
+    assert!(target.check_hosts().await.unwrap().is_empty());
+    // Nothing of the run has started yet: no marker directory, no step output.
+    assert!(helper_pids(&roots[0]).is_empty());
+    let warmed: Vec<Vec<u32>> = roots[1..].iter().map(|r| helper_pids(r)).collect();
+    for (root, pids) in roots[1..].iter().zip(&warmed) {
+        assert_eq!(
+            pids.len(),
+            1,
+            "one helper on {} after the check",
+            root.display()
+        );
+        assert!(!root.join("one").exists());
+    }
+    let (c, mut rx) = ctx("run24", "one");
+    target
+        .apply(&c, &exec_step("echo x >> one", None))
+        .await
+        .unwrap();
+    assert_eq!(
+        vias(&reports(&mut rx)),
+        vec![
+            ("host1".into(), "wrapper".into()),
+            ("host2".into(), "helper".into()),
+            ("host3".into(), "helper".into())
+        ]
+    );
+    for (root, pids) in roots[1..].iter().zip(&warmed) {
+        assert_eq!(&helper_pids(root), pids, "the check's helper took the step");
+    }
+    for root in &roots {
+        assert_eq!(std::fs::read_to_string(root.join("one")).unwrap(), "x\n");
+    }
+    target.close_all().await;
+    for pid in warmed.into_iter().flatten() {
+        wait_gone(pid).await;
+    }
+}

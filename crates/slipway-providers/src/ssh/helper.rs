@@ -6,8 +6,9 @@
 //! # The helper
 //!
 //! A Perl script (Perl 5.10 and its core only: `flock`, `fork`, `alarm` are built in)
-//! started once per connection, on the first step that needs it, on a channel of its own
-//! that stays open for the connection's life: `cd <workdir> && exec perl -e <script>`. It
+//! started once per connection — by the host check ([`SshTarget::check_hosts`]) as soon as
+//! the session is up, while other hosts' handshakes go on, else on the first step that
+//! needs it — on a channel of its own that stays open for the connection's life: `cd <workdir> && exec perl -e <script>`. It
 //! says [`HELLO`] on standard output, then takes one step at a time from standard input.
 //! A host where it cannot start (no `perl`, a `ForceCommand`, a workdir that is not there)
 //! runs its steps with the wrapper instead, for the whole connection; so does a step that
@@ -659,6 +660,25 @@ impl Session {
                     }
                 }
             }
+        }
+    }
+
+    /// Start this connection's helper ahead of its first step
+    /// ([`SshTarget::check_hosts`]), unless one is up (or known not to start). A failure
+    /// to open its channel leaves none: the first step tries again, with the reconnect
+    /// rule; a helper that cannot run here leaves its steps to the wrapper, as a start on
+    /// the first step would.
+    pub(super) async fn warm_helper(&self) {
+        let Ok(mut slot) = self.helper.try_lock() else {
+            return;
+        };
+        if !matches!(*slot, Slot::Idle) {
+            return;
+        }
+        match self.start_helper(false).await {
+            Ok(h) => *slot = Slot::Up(h),
+            Err(StartError::Unavailable(why)) => *slot = Slot::Unavailable(why),
+            Err(StartError::Session(_)) => {}
         }
     }
 
