@@ -203,6 +203,12 @@ const UNLESS_SENTINEL: &str = "slipway: guard `unless` holds, nothing to do";
 /// that died) still held the step's lock after the step's timeout.
 const LOCK_SENTINEL: &str = "slipway: an earlier attempt of this step still holds its lock";
 
+/// What the step helper answers (with 75) when its runner finds the step's attempt record
+/// holding its own attempt token: this attempt already started on the host, by an earlier
+/// send of the same step (ssh/helper.rs), and it is not started again.
+const ATTEMPT_SENTINEL: &str =
+    "slipway: this attempt of the step already started on this host (an earlier send of it)";
+
 /// The step's script on a host, run by the login shell in the host's workdir: the whole
 /// attempt (lock, exclusion and marker checks, guards, the command, the marker, the
 /// output) in that one shell, so that a step costs the host one process tree and one
@@ -1934,6 +1940,16 @@ impl SshTarget {
                     "unless: `{}` exited 0",
                     step.unless.as_deref().unwrap_or_default()
                 ))
+            }
+            Ok(o) if o.exit_code == Some(75) && o.stderr.trim_end() == ATTEMPT_SENTINEL => {
+                HostOutcome::Failed(
+                    format!(
+                        "`{}` was sent to {} twice (its first send got no answer in time) and the first send had started it: it was not started again, and whether it took effect there is not known (the step's lock and marker settle it: `slipway resume` observes them)",
+                        step.run,
+                        s.endpoint().label(),
+                    ),
+                    o,
+                )
             }
             Ok(o) if o.exit_code == Some(75) && o.stderr.trim_end() == LOCK_SENTINEL => {
                 HostOutcome::Failed(

@@ -18,21 +18,31 @@
 //!
 //! # One step, exactly once
 //!
-//! Slipway sends the step (`R <length>\n` and the fields, NUL-separated: timeout, output
-//! kept, state dir, run, key, `creates`, `unless`, the command, the environment); the
-//! helper answers `A\n` ("armed") and starts nothing until slipway sends `G\n` ("go"). The
-//! step is sent on a connection that may have broken unseen (a host that stopped
-//! answering): without the answer within [`OPEN_TIMEOUT`] nothing can have started, so
-//! slipway logs in again, once, and sends it to a new helper there — the reconnect rule of
-//! [`Session::channel`], for which a channel that opens is the proof that nothing started.
-//! Once `G` went out, nothing is ever sent again: a connection that breaks then fails the
-//! host, its effect unknown (the lock and the marker settle it).
+//! Slipway sends the step in one write (`R <length>\n` and the fields, NUL-separated:
+//! timeout, output kept, state dir, run, key, attempt token, `creates`, `unless`, the
+//! command, the environment); the helper answers `A\n` as it takes it and starts it at
+//! once: one round trip a step. The step is sent on a connection that may have broken
+//! unseen (a host that stopped answering): without the `A` within [`OPEN_TIMEOUT`]
+//! slipway logs in again, once, and sends the same step, with the same attempt token, to
+//! a new helper there — the reconnect rule of [`Session::channel`]. Whether the first
+//! send arrived is not known then; the token makes the resend safe either way. The runner
+//! records it (as the content of the lock file, `<marker>.lock`: no file more a step)
+//! under the step's lock just before it starts the
+//! command, and a runner that finds its own token there (and no completion marker) starts
+//! nothing and answers [`ATTEMPT_SENTINEL`] and 75: that attempt started once, its effect
+//! unknown, and the host fails as when a connection breaks mid-step. That holds in either
+//! order: the resend's runner finds the first send's token, or the first send's runner,
+//! late (a helper that was frozen, then woke up), finds the resend's. A new attempt of the
+//! step (a resumed run) has a token of its own, so the record does not stop it. Once the
+//! `A` came back nothing is sent again: a connection that breaks then fails the host, its
+//! effect unknown (the lock and the marker settle it).
 //!
-//! On `G` the helper forks a *runner*, which does what the wrapper's login shell does, in
-//! the same order and with the same files and answers: creates the run's marker directory,
-//! takes the step's lock (`flock` on `<marker>.lock`, waiting at most the step's timeout,
-//! else [`LOCK_SENTINEL`] and 75), checks the exclusion marker, the completion marker,
-//! `creates`, `unless` (run as `sh -c` under the timeout), runs the command as `sh -c`
+//! On taking a step the helper forks a *runner*, which does what the wrapper's login shell
+//! does, in the same order and with the same files and answers: creates the run's marker
+//! directory, takes the step's lock (`flock` on `<marker>.lock`, waiting at most the step's
+//! timeout, else [`LOCK_SENTINEL`] and 75), checks the exclusion marker, the completion
+//! marker, the attempt record, `creates`, `unless` (run as `sh -c` under the timeout),
+//! records the attempt, runs the command as `sh -c`
 //! with the host's environment and the step's, standard input from `/dev/null`, its
 //! output in `<marker>.out`/`.err` and the lock not inherited, kills its process group at
 //! the timeout (TERM, KILL 5 s later; exit 124, or 137 when it took the KILL: `timeout
@@ -58,18 +68,16 @@ use slipway_engine::StepOutput;
 use slipway_model::duration::format_duration;
 
 use super::{
-    CREATES_SENTINEL, EXCLUDED_MARKER, EXCLUDED_SENTINEL, Handle, LOCK_SENTINEL, MARKER_SENTINEL,
-    OPEN_TIMEOUT, Session, SshError, SshTarget, UNLESS_SENTINEL, push_tail, sh_quote, timeline,
+    ATTEMPT_SENTINEL, CREATES_SENTINEL, EXCLUDED_MARKER, EXCLUDED_SENTINEL, Handle, LOCK_SENTINEL,
+    MARKER_SENTINEL, OPEN_TIMEOUT, Session, SshError, SshTarget, UNLESS_SENTINEL, push_tail,
+    sh_quote, timeline,
 };
 
 /// What the helper prints once it runs (after whatever the login shell printed).
 const HELLO: &[u8] = b"slipway-step-helper 1\n";
 
-/// The helper's answer to a step: it holds it, and runs it on [`GO`].
-const ARMED: &[u8] = b"A\n";
-
-/// Slipway's go-ahead for the step the helper holds.
-const GO: &[u8] = b"G\n";
+/// The helper's answer to a step as it takes it (and starts it).
+const TAKEN: &[u8] = b"A\n";
 
 /// Bytes of the helper's own standard error kept for messages.
 const NOISE_LIMIT: usize = 1024;
@@ -93,8 +101,6 @@ while (defined(my $h = <STDIN>)) {
     }
     last if length($p) < $n;
     print "A\n";
-    my $g = <STDIN>;
-    last unless defined($g) && $g eq "G\n";
     my $pid = fork();
     if (!defined($pid)) {
         reply(1, '', "slipway: the step helper could not start the step: $!\n");
@@ -116,7 +122,7 @@ sub reply {
 }
 
 sub attempt {
-    my ($secs, $keep, $state, $run, $key, $creates, $unless, $cmd, @env) = @_;
+    my ($secs, $keep, $state, $run, $key, $token, $creates, $unless, $cmd, @env) = @_;
     my $base = substr($state, 0, 1) eq '+' ? substr($state, 1)
         : (defined($ENV{HOME}) ? $ENV{HOME} : '') . '/.slipway';
     my $dir = "$base/markers/$run";
@@ -125,7 +131,7 @@ sub attempt {
         return (1, '', "slipway: cannot create the marker directory $dir: $!\n");
     }
     my $lk;
-    open($lk, '>>', "$m.lock") or return (1, '', "slipway: cannot open the lock $m.lock: $!\n");
+    open($lk, '+>>', "$m.lock") or return (1, '', "slipway: cannot open the lock $m.lock: $!\n");
     if (!flock($lk, 6)) {
         my $got = eval {
             local $SIG{ALRM} = sub { die("timeout\n") };
@@ -139,9 +145,16 @@ sub attempt {
     }
     return (0, '', @EXCLUDED@ . "\n") if -e "$dir/@EXCLUDED_MARKER@";
     return (0, '', @MARKER@ . "\n") if -e $m;
+    my $seen = '';
+    sysseek($lk, 0, 0);
+    sysread($lk, $seen, 256);
+    return (75, '', @ATTEMPT@ . "\n") if $seen eq $token;
     return (0, '', @CREATES@ . "\n") if substr($creates, 0, 1) eq '+' && -e substr($creates, 1);
     return (0, '', @UNLESS@ . "\n") if substr($unless, 0, 1) eq '+'
         && spawn(substr($unless, 1), '/dev/null', '/dev/null', $secs, \@env) == 0;
+    if (!(truncate($lk, 0) && syswrite($lk, $token) == length($token))) {
+        return (1, '', "slipway: cannot write the attempt record in $m.lock: $!\n");
+    }
     my $rc = spawn($cmd, "$m.out", "$m.err", $secs, \@env);
     my $pre = '';
     if ($rc == 0) {
@@ -231,6 +244,7 @@ fn perl_quote(s: &str) -> String {
 static FILLED: LazyLock<String> = LazyLock::new(|| {
     SCRIPT
         .replace("@LOCK@", &perl_quote(LOCK_SENTINEL))
+        .replace("@ATTEMPT@", &perl_quote(ATTEMPT_SENTINEL))
         .replace("@EXCLUDED_MARKER@", EXCLUDED_MARKER)
         .replace("@EXCLUDED@", &perl_quote(EXCLUDED_SENTINEL))
         .replace("@MARKER_WRITE_FAILED@", &perl_quote(MARKER_WRITE_FAILED))
@@ -263,10 +277,10 @@ pub(super) struct StepRequest<'a> {
 }
 
 impl StepRequest<'_> {
-    /// The request's payload; `None` when a field holds a NUL byte (which no argument or
-    /// environment value can carry: the wrapper then runs it, and says what the shell
-    /// makes of it).
-    fn encode(&self) -> Option<Vec<u8>> {
+    /// The request's frame for the attempt `token` ([`attempt_token`]); `None` when a
+    /// field holds a NUL byte (which no argument or environment value can carry: the
+    /// wrapper then runs it, and says what the shell makes of it).
+    fn encode(&self, token: &str) -> Option<Vec<u8>> {
         let opt = |o: Option<&str>| match o {
             Some(v) => format!("+{v}"),
             None => "-".to_owned(),
@@ -277,6 +291,7 @@ impl StepRequest<'_> {
             opt(self.state_dir),
             self.run_id.to_owned(),
             self.key.to_owned(),
+            token.to_owned(),
             opt(self.creates),
             opt(self.unless),
             self.run.to_owned(),
@@ -293,6 +308,19 @@ impl StepRequest<'_> {
         frame.extend_from_slice(payload.as_bytes());
         Some(frame)
     }
+}
+
+/// A token for one attempt of a step, the same for its resend ([`Session::run_step`]):
+/// unique across the processes that may attempt the step (this one's id, the time, a
+/// count), never reused by a later attempt. Not secret: a host's files hold it.
+fn attempt_token() -> String {
+    static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!(
+        "{}.{}.{n}",
+        std::process::id(),
+        slipway_stdx::now().as_nanosecond()
+    )
 }
 
 /// The helper of a session, as far as slipway knows.
@@ -332,12 +360,16 @@ enum Pulled {
 }
 
 /// How sending a step to the helper went.
-enum Armed {
-    /// It holds the step and waits for [`GO`].
-    Ready,
-    /// It had ended (killed while idle, or its connection closed): it never saw the step.
+enum Sent {
+    /// It took the step ([`TAKEN`]) and started it.
+    Taken,
+    /// The write failed (the channel was closed): the step did not reach it.
+    Unsent,
+    /// It had ended (killed while idle, or its connection closed), or it said something
+    /// else than [`TAKEN`]: it did not take the step.
     Ended,
-    /// No answer in time: the connection may have broken unseen; nothing started.
+    /// No answer in time: the connection may have broken unseen; the step may or may not
+    /// have reached the helper (a resend with the same token cannot start it twice).
     NoAnswer,
 }
 
@@ -436,34 +468,35 @@ impl Helper {
         let _ = tokio::time::timeout_at(deadline, self.ch.close()).await;
     }
 
-    /// Send the step and wait for [`ARMED`].
-    async fn arm(&mut self, frame: &[u8]) -> Armed {
+    /// Send the step (its whole frame, one write) and wait for [`TAKEN`].
+    async fn send(&mut self, frame: &[u8]) -> Sent {
         let deadline = tokio::time::Instant::now() + OPEN_TIMEOUT;
         match tokio::time::timeout_at(deadline, self.ch.data(frame)).await {
-            Err(_) => return Armed::NoAnswer,
-            Ok(Err(_)) => return Armed::Ended,
+            Err(_) => return Sent::NoAnswer,
+            Ok(Err(_)) => return Sent::Unsent,
             Ok(Ok(())) => {}
         }
         loop {
-            if self.buf.len() >= ARMED.len() || !ARMED.starts_with(&self.buf) {
-                if self.buf.starts_with(ARMED) {
-                    self.buf.drain(..ARMED.len());
-                    return Armed::Ready;
+            if self.buf.len() >= TAKEN.len() || !TAKEN.starts_with(&self.buf) {
+                if self.buf.starts_with(TAKEN) {
+                    self.buf.drain(..TAKEN.len());
+                    return Sent::Taken;
                 }
-                // Not the protocol: this helper is of no use, and it was not told to go.
+                // Not the protocol: this helper is of no use (a resend with the same token
+                // cannot start the step twice, whatever it did with it).
                 self.ended = true;
-                return Armed::Ended;
+                return Sent::Ended;
             }
             match self.pull(deadline).await {
                 Pulled::More => {}
-                Pulled::Ended => return Armed::Ended,
-                Pulled::TimedOut => return Armed::NoAnswer,
+                Pulled::Ended => return Sent::Ended,
+                Pulled::TimedOut => return Sent::NoAnswer,
             }
         }
     }
 
-    /// Tell the armed helper to go, and wait (at most `bound`) for the step's answer.
-    async fn go(
+    /// Wait (at most `bound`) for the answer of the step the helper took.
+    async fn answer(
         &mut self,
         bound: Duration,
         keep: usize,
@@ -475,17 +508,6 @@ impl Helper {
             ))
         };
         let deadline = tokio::time::Instant::now() + bound;
-        match tokio::time::timeout_at(deadline, self.ch.data(GO)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                self.ended = true;
-                return Err(unknown(&format!("the connection broke ({e})")));
-            }
-            Err(_) => {
-                self.ended = true;
-                return Ok((StepOutput::default(), true));
-            }
-        }
         loop {
             match parse_answer(&self.buf, keep) {
                 Answer::Partial => {}
@@ -582,7 +604,8 @@ impl Session {
     /// (started here when there is none); [`StepRun::Wrapper`] when nothing was sent and
     /// the wrapper should run it. `bound` is what the wrapper's run would be given.
     pub(super) async fn run_step(&self, req: &StepRequest<'_>, bound: Duration) -> StepRun {
-        let Some(frame) = req.encode() else {
+        // One token for this attempt, sent again as it is by a resend below.
+        let Some(frame) = req.encode(&attempt_token()) else {
             return StepRun::Wrapper("a field of the step holds a NUL byte".into());
         };
         let Ok(mut slot) = self.helper.try_lock() else {
@@ -591,6 +614,14 @@ impl Session {
         let label = self.endpoint.label();
         let mut relogged = false;
         let mut restarted = false;
+        // Once the step went out, it is not left to the wrapper, which does not read the
+        // attempt record: only a helper may have it again.
+        let mut sent = false;
+        let unsure = |what: String| {
+            SshError::Session(format!(
+                "run a command on {label}: an earlier send of the step got no answer, and {what}; whether that send started it there is not known, so it is not run again (the step's lock and marker settle it: `slipway resume` observes them)"
+            ))
+        };
         loop {
             if let Slot::Up(h) = &*slot
                 && !h.usable(&self.current())
@@ -599,6 +630,9 @@ impl Session {
                 *slot = Slot::Idle;
             }
             if let Slot::Unavailable(why) = &*slot {
+                if sent {
+                    return StepRun::Ran(Err(unsure(format!("no step helper runs now ({why})"))));
+                }
                 return StepRun::Wrapper(why.clone());
             }
             if matches!(*slot, Slot::Idle) {
@@ -606,7 +640,15 @@ impl Session {
                     Ok(h) => *slot = Slot::Up(h),
                     Err(StartError::Unavailable(why)) => {
                         *slot = Slot::Unavailable(why.clone());
+                        if sent {
+                            return StepRun::Ran(Err(unsure(format!(
+                                "the step helper does not start again ({why})"
+                            ))));
+                        }
                         return StepRun::Wrapper(why);
+                    }
+                    Err(StartError::Session(e)) if sent => {
+                        return StepRun::Ran(Err(unsure(e.to_string())));
                     }
                     Err(StartError::Session(e)) => return StepRun::Ran(Err(e)),
                 }
@@ -614,11 +656,13 @@ impl Session {
             let Slot::Up(h) = &mut *slot else {
                 continue;
             };
-            timeline::mark(&self.endpoint.host.name, "arm", req.key);
-            match h.arm(&frame).await {
-                Armed::Ready => {
-                    timeline::mark(&self.endpoint.host.name, "go", req.key);
-                    let r = h.go(bound, req.keep, &label).await;
+            timeline::mark(&self.endpoint.host.name, "send", req.key);
+            let r = h.send(&frame).await;
+            sent |= !matches!(r, Sent::Unsent);
+            match r {
+                Sent::Taken => {
+                    timeline::mark(&self.endpoint.host.name, "taken", req.key);
+                    let r = h.answer(bound, req.keep, &label).await;
                     timeline::mark(&self.endpoint.host.name, "done", req.key);
                     if h.ended || h.exit.is_some() {
                         h.close().await;
@@ -626,20 +670,23 @@ impl Session {
                     }
                     return StepRun::Ran(r);
                 }
-                // Ended between steps (killed while idle; its connection closed): it never
-                // saw this step. Start another, once.
-                Armed::Ended => {
+                // Ended between steps (killed while idle; its connection closed), or not
+                // the protocol: it did not take this step. Start another, once (the same
+                // token: a step that did reach it cannot start twice).
+                Sent::Ended | Sent::Unsent => {
                     h.close().await;
                     *slot = Slot::Idle;
                     if restarted {
                         return StepRun::Ran(Err(SshError::Session(format!(
-                            "run a command on {label}: the step helper ended twice before taking the step (nothing was started there)"
+                            "run a command on {label}: the step helper ended twice before taking the step"
                         ))));
                     }
                     restarted = true;
                 }
-                // The reconnect rule: no answer, so nothing started; log in again, once.
-                Armed::NoAnswer => {
+                // The reconnect rule: no answer; log in again, once, and send the step
+                // again with the same token (if the first send got there, its record
+                // stops the resend, or the resend's stops it).
+                Sent::NoAnswer => {
                     let conn = h.conn.clone();
                     h.close().await;
                     *slot = Slot::Idle;
@@ -649,13 +696,13 @@ impl Session {
                     );
                     if relogged {
                         return StepRun::Ran(Err(SshError::Session(format!(
-                            "run a command on {label}: {why}, again after logging in again (nothing was started there)"
+                            "run a command on {label}: {why}, again after logging in again (whether the first send reached the host is not known: the step's lock and marker settle it, and `slipway resume` observes them)"
                         ))));
                     }
                     relogged = true;
                     if let Err(e) = self.reconnect(&conn).await {
                         return StepRun::Ran(Err(SshError::Session(format!(
-                            "run a command on {label}: {why}, and logging in again failed (nothing was started there): {e}"
+                            "run a command on {label}: {why}, and logging in again failed (the step may have reached the host; its lock and marker settle it): {e}"
                         ))));
                     }
                 }
@@ -790,13 +837,172 @@ mod tests {
             run: "echo hi",
             env: &env,
         };
-        let frame = r.encode().expect("encodes");
-        let payload = b"5\x0010\x00-\x00r\x00k\x00+c\x00-\x00echo hi\x00A\x001";
+        let frame = r.encode("t").expect("encodes");
+        let payload = b"5\x0010\x00-\x00r\x00k\x00t\x00+c\x00-\x00echo hi\x00A\x001";
         let mut want = format!("R {}\n", payload.len()).into_bytes();
         want.extend_from_slice(payload);
         assert_eq!(frame, want);
         r.run = "echo \0";
-        assert!(r.encode().is_none());
+        assert!(r.encode("t").is_none());
+    }
+
+    /// The helper script itself, run by a local perl (its standard input and output are
+    /// what the channel would carry), for what the host side of the protocol does.
+    struct Local {
+        child: std::process::Child,
+        out: std::io::BufReader<std::process::ChildStdout>,
+    }
+
+    impl Local {
+        fn start(dir: &std::path::Path) -> Local {
+            use std::io::BufRead;
+            let mut child = slipway_stdx::command("perl")
+                .arg("-e")
+                .arg(&*FILLED)
+                .current_dir(dir)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::inherit())
+                .spawn()
+                .expect("perl runs");
+            let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+            let mut hello = String::new();
+            out.read_line(&mut hello).unwrap();
+            assert_eq!(hello.as_bytes(), HELLO);
+            Local { child, out }
+        }
+
+        fn send(&mut self, frame: &[u8]) {
+            use std::io::Write;
+            let stdin = self.child.stdin.as_mut().unwrap();
+            stdin.write_all(frame).unwrap();
+            stdin.flush().unwrap();
+        }
+
+        /// `A`, then the answer: status, stdout, stderr.
+        fn answer(&mut self) -> (i32, String, String) {
+            use std::io::{BufRead, Read};
+            let mut taken = [0u8; 2];
+            self.out.read_exact(&mut taken).unwrap();
+            assert_eq!(
+                &taken, TAKEN,
+                "the helper takes the step without a go-ahead"
+            );
+            let mut head = String::new();
+            self.out.read_line(&mut head).unwrap();
+            let p: Vec<&str> = head.trim_end().split(' ').collect();
+            assert_eq!(p[0], "D", "{head:?}");
+            let (ol, el): (usize, usize) = (p[2].parse().unwrap(), p[3].parse().unwrap());
+            let mut body = vec![0u8; ol + el];
+            self.out.read_exact(&mut body).unwrap();
+            (
+                p[1].parse().unwrap(),
+                String::from_utf8_lossy(&body[..ol]).into_owned(),
+                String::from_utf8_lossy(&body[ol..]).into_owned(),
+            )
+        }
+    }
+
+    impl Drop for Local {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    /// A step that counts its runs in `count` and fails (so it leaves no completion
+    /// marker: only the attempt record can stop a second start).
+    fn failing_step(dir: &std::path::Path) -> (String, String) {
+        let state = format!("{}/state", dir.display());
+        let cmd = format!("echo x >> {}/count; echo ran; exit 3", dir.display());
+        (state, cmd)
+    }
+
+    fn count(dir: &std::path::Path) -> usize {
+        std::fs::read_to_string(dir.join("count"))
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn a_resent_step_is_not_started_again_when_its_first_send_started_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (state, cmd) = failing_step(dir.path());
+        let req = StepRequest {
+            secs: 5,
+            keep: 100,
+            state_dir: Some(&state),
+            run_id: "run1",
+            key: "k1",
+            creates: None,
+            unless: None,
+            run: &cmd,
+            env: &[],
+        };
+        let frame = req.encode("tok-1").unwrap();
+        // The first send: taken at once, run, failed.
+        let mut first = Local::start(dir.path());
+        first.send(&frame);
+        assert_eq!(first.answer(), (3, "ran\n".into(), String::new()));
+        assert_eq!(count(dir.path()), 1);
+        // Its resend (same token) to another helper, as after a connection that stopped
+        // answering: not started again, and said so.
+        let mut second = Local::start(dir.path());
+        second.send(&frame);
+        let (rc, _, err) = second.answer();
+        assert_eq!((rc, err.trim_end()), (75, ATTEMPT_SENTINEL));
+        assert_eq!(count(dir.path()), 1, "the resend did not run the command");
+        // A new attempt of the step (a resumed run: a token of its own) runs it.
+        second.send(&req.encode("tok-2").unwrap());
+        assert_eq!(second.answer().0, 3);
+        assert_eq!(count(dir.path()), 2);
+        // Two attempts never share a token.
+        assert_ne!(attempt_token(), attempt_token());
+    }
+
+    #[test]
+    fn a_first_send_that_arrives_after_its_resend_ran_does_not_start_it_again() {
+        use nix::sys::signal::{Signal, kill};
+        use nix::unistd::Pid;
+        let dir = tempfile::tempdir().unwrap();
+        let (state, cmd) = failing_step(dir.path());
+        let req = StepRequest {
+            secs: 5,
+            keep: 100,
+            state_dir: Some(&state),
+            run_id: "run1",
+            key: "k1",
+            creates: None,
+            unless: None,
+            run: &cmd,
+            env: &[],
+        };
+        let frame = req.encode("tok-1").unwrap();
+        // The first helper is frozen (a host that stopped answering) with the step in its
+        // input: slipway got no answer and resent the step elsewhere.
+        let mut late = Local::start(dir.path());
+        let pid = Pid::from_raw(late.child.id() as i32);
+        kill(pid, Signal::SIGSTOP).unwrap();
+        let stopped = || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+                s.rsplit(')')
+                    .next()
+                    .is_some_and(|r| r.trim_start().starts_with('T'))
+            })
+        };
+        while !stopped() {
+            std::thread::yield_now();
+        }
+        late.send(&frame);
+        let mut resend = Local::start(dir.path());
+        resend.send(&frame);
+        assert_eq!(resend.answer().0, 3);
+        assert_eq!(count(dir.path()), 1);
+        // The frozen helper wakes up and takes its step: the resend's record stops it.
+        kill(pid, Signal::SIGCONT).unwrap();
+        let (rc, _, err) = late.answer();
+        assert_eq!((rc, err.trim_end()), (75, ATTEMPT_SENTINEL));
+        assert_eq!(count(dir.path()), 1, "the step ran once");
     }
 
     #[test]
@@ -804,6 +1010,7 @@ mod tests {
         assert!(!FILLED.contains("@LOCK@") && !FILLED.contains("@MARKER"));
         for s in [
             LOCK_SENTINEL,
+            ATTEMPT_SENTINEL,
             EXCLUDED_SENTINEL,
             MARKER_SENTINEL,
             CREATES_SENTINEL,

@@ -1,7 +1,7 @@
 //! Where a fleet run's time goes: with `SLIPWAY_SSH_TIMELINE=<file>` in the environment,
 //! the `ssh` target appends one line per phase boundary of each host to that file —
 //! `<unix seconds> <host> <event> [<detail>]` — for the handshake (`connect`, `hostkey`,
-//! `authed`), the step helper (`helper-open`, `helper-up`), each step (`arm`, `go`,
+//! `authed`), the step helper (`helper-open`, `helper-up`), each step (`send`, `taken`,
 //! `done`, or `wrapper`/`wrapper-done`) and the end (`close`, `closed`); `-` as host marks
 //! a step's start and end over all hosts (`apply`, `applied`). Nothing secret goes there:
 //! host names, step ids and phase names only. Without the variable nothing is written and
