@@ -13,6 +13,7 @@
 #   deploy, named by its start time: see crates/slipway-providers/src/ssh/timeline.rs)
 #   SSHD_LOG=DEBUG (the hosts' sshd LogLevel, default ERROR; at DEBUG the script ends with
 #   the channels and logins the hosts saw, all tools and runs together: run one tool)
+#   HOST_FS=tmpfs|disk (where the hosts' own directories are: see "The hosts' file system")
 #   (environment overrides; PAR2= empty skips Slipway's second pass at parallelism 5)
 #
 # The repetitions are interleaved: repetition 1 of every tool (and Slipway configuration),
@@ -24,6 +25,19 @@
 # host keys strictly against that known_hosts file (nothing trusted on first use) and
 # logs in as DEPLOY_USER (created with `useradd` when run as root and missing): root's
 # shell rc here runs pyenv (+0.25 s per session), which would tax every tool's sessions.
+#
+# The hosts' file system: each host's ROOT (the task's files, Slipway's state directory)
+# is on a tmpfs (/dev/shm) by default, everything else (keys, each tool's own state,
+# Slipway's SQLite store) in a temporary directory on disk. Here the hosts share one file
+# system, which a fleet never does, and each repetition deletes the thousands of files
+# the last one created. On an ext4 without a journal (this VM's root file system) a new
+# inode skips every free inode of its group deleted in the last 60-360 s
+# (`recently_deleted`, fs/ext4/ialloc.c, no-journal mode only), so every file a deploy
+# creates cost more the more the benchmark had deleted before it, and a tool's times grew
+# rep after rep with the number of files it creates on the hosts (Slipway's first deploy
+# at 200 hosts 4.90 -> 8.25 s over five reps, the hosts' kernel time 7.2 -> 11.7 CPU s; a
+# perf profile put 8% of all samples in `recently_deleted`). HOST_FS=disk keeps them on
+# disk. docs/benchmarks-history.md has the measurements.
 #
 # The task, identical shell text for every tool, with ROOT (a directory of this host's
 # own, standing for its file system) and HOST (its inventory name) in the environment:
@@ -109,12 +123,22 @@ fi
 
 WORK=$(mktemp -d)
 chmod 755 "$WORK"
+HOST_FS=${HOST_FS:-tmpfs}
+case $HOST_FS in
+  tmpfs)
+    [ "$(stat -f -c %T /dev/shm 2>/dev/null)" = tmpfs ] \
+      || { echo "HOST_FS=tmpfs: /dev/shm is not a tmpfs here (HOST_FS=disk puts the hosts' directories on disk)" >&2; exit 1; }
+    ROOTS=$(mktemp -d -p /dev/shm fleet-roots.XXXXXX) ;;
+  disk) ROOTS=$WORK/roots ;;
+  *) echo "HOST_FS=$HOST_FS: tmpfs or disk" >&2; exit 1 ;;
+esac
+chmod 755 "$ROOTS"
 PIDS=()
 cleanup() {
   close_masters "$WORK/cp" 2>/dev/null || true
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$WORK"
+  rm -rf "$WORK" "$ROOTS"
 }
 trap cleanup EXIT
 
@@ -183,7 +207,7 @@ ssh "${SSH_OPTS[@]}" -p "${PORTS[0]}" "$DEPLOY_USER@127.0.0.1" true \
 
 # Fresh, empty host directories for a tool (owned by the deploy user).
 fresh_roots() {
-  local base=$WORK/roots/$1
+  local base=$ROOTS/$1
   rm -rf "$base"
   mkdir -p "$base"
   for i in $(seq 1 "$HOSTS"); do mkdir -p "$base/host$i"; done
@@ -192,7 +216,7 @@ fresh_roots() {
 
 # Every host has the release and ran the task twice (first run + re-run), init once.
 verify() {
-  local tool=$1 base=$WORK/roots/$1 i bad=0
+  local tool=$1 base=$ROOTS/$1 i bad=0
   for i in $(seq 1 "$HOSTS"); do
     local r=$base/host$i/app
     if [ "$(cat "$r/VERSION" 2>/dev/null)" != "1.0.0 on host$i" ] \
@@ -236,7 +260,7 @@ slipway_spec() {
     [ -z "${CONNECTS:-}" ] || echo "connect_parallelism: $CONNECTS"
     echo "hosts:"
     for i in $(seq 1 "$HOSTS"); do
-      local r=$WORK/roots/slipway/host$i
+      local r=$ROOTS/slipway/host$i
       echo "  - { name: host$i, address: 127.0.0.1, port: ${PORTS[$((i - 1))]}, workdir: $r, state_dir: $r/.state, env: { ROOT: $r, HOST: host$i } }"
     done
     echo "groups:"
@@ -303,7 +327,7 @@ ansible_setup() {
   {
     echo "[fleet]"
     for i in $(seq 1 "$HOSTS"); do
-      echo "host$i ansible_host=127.0.0.1 ansible_port=${PORTS[$((i - 1))]} root=$WORK/roots/ansible/host$i"
+      echo "host$i ansible_host=127.0.0.1 ansible_port=${PORTS[$((i - 1))]} root=$ROOTS/ansible/host$i"
     done
     echo "[fleet:vars]"
     echo "ansible_user=$DEPLOY_USER"
@@ -364,7 +388,7 @@ pyinfra_setup() {
   {
     echo "hosts = ["
     for i in $(seq 1 "$HOSTS"); do
-      echo "  ('host$i', {'ssh_hostname': '127.0.0.1', 'ssh_port': ${PORTS[$((i - 1))]}, 'root': '$WORK/roots/pyinfra/host$i'}),"
+      echo "  ('host$i', {'ssh_hostname': '127.0.0.1', 'ssh_port': ${PORTS[$((i - 1))]}, 'root': '$ROOTS/pyinfra/host$i'}),"
     done
     echo "]"
   } >"$p/inventory.py"
@@ -447,7 +471,7 @@ for cfg in "${CONFIGS[@]}"; do
 done
 
 echo
-echo "$HOSTS sshd on 127.0.0.1 (OpenSSH $(ssh -V 2>&1 | sed 's/OpenSSH_\([^ ,]*\).*/\1/')), user $DEPLOY_USER, $(nproc) cores, Linux $(uname -r); median of $REPS"
+echo "$HOSTS sshd on 127.0.0.1 (OpenSSH $(ssh -V 2>&1 | sed 's/OpenSSH_\([^ ,]*\).*/\1/')), user $DEPLOY_USER, hosts' directories on $HOST_FS, $(nproc) cores, Linux $(uname -r); median of $REPS"
 echo
 echo "| tool | hosts | parallelism / forks | first deploy (s) | no-change re-run (s) | notes |"
 echo "|---|---|---|---|---|---|"
