@@ -26,15 +26,16 @@
 //! slipway logs in again, once, and sends the same step, with the same attempt token, to
 //! a new helper there — the reconnect rule of [`Session::channel`]. Whether the first
 //! send arrived is not known then; the token makes the resend safe either way. The runner
-//! records it (as the content of the lock file, `<marker>.lock`: no file more a step)
-//! under the step's lock just before it starts the
-//! command, and a runner that finds its own token there (and no completion marker) starts
-//! nothing and answers [`ATTEMPT_SENTINEL`] and 75: that attempt started once, its effect
-//! unknown, and the host fails as when a connection breaks mid-step. That holds in either
-//! order: the resend's runner finds the first send's token, or the first send's runner,
-//! late (a helper that was frozen, then woke up), finds the resend's. A new attempt of the
-//! step (a resumed run) has a token of its own, so the record does not stop it. Once the
-//! `A` came back nothing is sent again: a connection that breaks then fails the host, its
+//! records it under the step's lock, as the content of the lock file (`<marker>.lock`:
+//! no file more a step), just before it starts the command, and a runner that finds its
+//! own token there (and no completion marker) starts nothing and answers
+//! [`ATTEMPT_SENTINEL`] and 75: that attempt started once, its effect unknown, and the
+//! host fails as when a connection breaks mid-step. That holds in either order: the
+//! resend's runner finds the first send's token, or the first send's runner, late (a
+//! helper that was frozen, then woke up), finds the resend's. A new attempt of the step
+//! (a resumed run) has a token of its own, so the record does not stop it. The wrapper
+//! does not read the record, so a step sent once never goes to the wrapper. Once the `A`
+//! came back nothing is sent again: a connection that breaks then fails the host, its
 //! effect unknown (the lock and the marker settle it).
 //!
 //! On taking a step the helper forks a *runner*, which does what the wrapper's login shell
@@ -42,8 +43,8 @@
 //! directory, takes the step's lock (`flock` on `<marker>.lock`, waiting at most the step's
 //! timeout, else [`LOCK_SENTINEL`] and 75), checks the exclusion marker, the completion
 //! marker, the attempt record, `creates`, `unless` (run as `sh -c` under the timeout),
-//! records the attempt, runs the command as `sh -c`
-//! with the host's environment and the step's, standard input from `/dev/null`, its
+//! records the attempt, runs the command as `sh -c` with the host's environment and the
+//! step's, standard input from `/dev/null`, its
 //! output in `<marker>.out`/`.err` and the lock not inherited, kills its process group at
 //! the timeout (TERM, KILL 5 s later; exit 124, or 137 when it took the KILL: `timeout
 //! -k 5`'s statuses), writes the marker on exit 0, reads back and empties the output
